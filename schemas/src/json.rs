@@ -1,0 +1,474 @@
+//! The JSON wire codec: one event, a JSON array of events, or NDJSON.
+//!
+//! Decoding is strict and precise: every error names the field (as a JSON path
+//! relative to the event) and says what was expected and what was found, so an
+//! app developer can fix the call from the message alone.
+
+use crate::event::{Category, Event, EventType};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Bounds applied while decoding. `Default` matches DESIGN.md.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest accepted `id`, in bytes.
+    pub max_id_bytes: usize,
+    /// Largest accepted single event, in bytes of JSON.
+    pub max_event_bytes: usize,
+    /// Server clock in ms since the epoch; `None` disables the skew check
+    /// (replay of historical files).
+    pub now_ms: Option<i64>,
+    /// How far in the past `ts` may be, in ms (default 24 h).
+    pub max_past_ms: i64,
+    /// How far in the future `ts` may be, in ms (default 5 min).
+    pub max_future_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_id_bytes: 128,
+            max_event_bytes: 64 * 1024,
+            now_ms: None,
+            max_past_ms: 24 * 3600 * 1000,
+            max_future_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// Why an event was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct DecodeError {
+    /// Stable machine-readable code (`missing_field`, `invalid_field`, …).
+    pub code: &'static str,
+    /// JSON path of the offending field, relative to the event (`data.words`).
+    pub field: Option<String>,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(code: &'static str, field: Option<&str>, message: impl Into<String>) -> Self {
+        DecodeError {
+            code,
+            field: field.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    fn invalid(field: &str, expected: &str, got: &Value) -> Self {
+        DecodeError::new(
+            "invalid_field",
+            Some(field),
+            format!("expected {expected}, got {}", describe(got)),
+        )
+    }
+
+    fn missing(field: &str, expected: &str) -> Self {
+        DecodeError::new(
+            "missing_field",
+            Some(field),
+            format!("required field is missing (expected {expected})"),
+        )
+    }
+
+    fn render(&self) -> String {
+        match &self.field {
+            Some(f) => format!("{f}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// A short rendering of a JSON value for error messages (never the whole payload).
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.len() <= 40 => format!("{s:?}"),
+        Value::String(s) => format!("a string of {} bytes", s.len()),
+        Value::Array(a) => format!("an array of {} items", a.len()),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// Decodes one event from its JSON bytes.
+pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
+    if bytes.len() > limits.max_event_bytes {
+        return Err(DecodeError::new(
+            "event_too_large",
+            None,
+            format!(
+                "event is {} bytes, the limit is {} bytes",
+                bytes.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(json_error)?;
+    decode_value(value, limits)
+}
+
+fn json_error(e: serde_json::Error) -> DecodeError {
+    let message = if e.is_eof() {
+        format!("truncated JSON: {e}")
+    } else {
+        format!("malformed JSON: {e}")
+    };
+    DecodeError::new("invalid_json", None, message)
+}
+
+/// Decodes a request body: a single JSON object, a JSON array of objects, or
+/// NDJSON (one object per line; `ndjson = true`). Returns one result per event,
+/// in order, so callers can report each rejected index.
+pub fn decode_batch(
+    body: &[u8],
+    ndjson: bool,
+    limits: &Limits,
+) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(DecodeError::new(
+            "invalid_utf8",
+            None,
+            "body is not valid UTF-8",
+        ));
+    }
+    if ndjson {
+        return Ok(body
+            .split(|b| *b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|line| decode_event(line, limits))
+            .collect());
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_slice(body).map_err(json_error)?;
+            Ok(items
+                .into_iter()
+                .map(|raw| decode_event(raw.get().as_bytes(), limits))
+                .collect())
+        }
+        Some(b'{') => Ok(vec![decode_event(body, limits)]),
+        Some(_) => Err(DecodeError::new(
+            "invalid_json",
+            None,
+            "expected a JSON object, a JSON array of objects, or NDJSON",
+        )),
+        None => Err(DecodeError::new("empty_body", None, "the body is empty")),
+    }
+}
+
+/// Validates and converts an already-parsed JSON value into an [`Event`].
+pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError> {
+    let mut obj = match value {
+        Value::Object(m) => m,
+        other => {
+            return Err(DecodeError::new(
+                "invalid_json",
+                None,
+                format!("expected an event object, got {}", describe(&other)),
+            ));
+        }
+    };
+
+    let event_type = take_string(&mut obj, "type")?
+        .ok_or_else(|| DecodeError::missing("type", "a string such as \"writing.keystroke\""))?;
+    let known = EventType::lookup(&event_type)
+        .map_err(|e| DecodeError::new("unknown_type", Some("type"), e.to_string()))?;
+
+    let id = match take_string(&mut obj, "id")? {
+        Some(id) if id.is_empty() => {
+            return Err(DecodeError::new(
+                "invalid_field",
+                Some("id"),
+                "expected a non-empty string",
+            ));
+        }
+        Some(id) if id.len() > limits.max_id_bytes => {
+            return Err(DecodeError::new(
+                "invalid_field",
+                Some("id"),
+                format!(
+                    "expected at most {} bytes, got {} bytes",
+                    limits.max_id_bytes,
+                    id.len()
+                ),
+            ));
+        }
+        Some(id) => id,
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+
+    let ts = match obj.remove("ts") {
+        None => {
+            return Err(DecodeError::missing(
+                "ts",
+                "integer milliseconds since the Unix epoch or an RFC 3339 string",
+            ));
+        }
+        Some(v) => parse_ts(&v)?,
+    };
+    if let Some(now) = limits.now_ms {
+        if ts < now - limits.max_past_ms || ts > now + limits.max_future_ms {
+            return Err(DecodeError::new(
+                "ts_out_of_range",
+                Some("ts"),
+                format!(
+                    "event time {ts} is outside the accepted range [{}, {}] (server clock {now}, \
+                     {} ms in the past to {} ms in the future)",
+                    now - limits.max_past_ms,
+                    now + limits.max_future_ms,
+                    limits.max_past_ms,
+                    limits.max_future_ms
+                ),
+            ));
+        }
+    }
+
+    let user_id = take_id(&mut obj, "user_id", limits)?;
+    let project_id = take_id(&mut obj, "project_id", limits)?;
+    let document_id = take_id(&mut obj, "document_id", limits)?;
+    for field in known.category.required_fields() {
+        let present = match *field {
+            "user_id" => user_id.is_some(),
+            "project_id" => project_id.is_some(),
+            "document_id" => document_id.is_some(),
+            _ => true,
+        };
+        if !present {
+            return Err(DecodeError::new(
+                "missing_field",
+                Some(field),
+                format!(
+                    "required for {} events (expected a non-empty string)",
+                    known.category
+                ),
+            ));
+        }
+    }
+
+    let data = match obj.remove("data") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => return Err(DecodeError::invalid("data", "an object", &other)),
+    };
+    validate_payload(known, &data)?;
+
+    if let Some(extra) = obj.keys().next() {
+        return Err(DecodeError::new(
+            "unknown_field",
+            Some(extra),
+            "not a field of the event envelope (payload fields go inside \"data\")",
+        ));
+    }
+
+    Ok(Event {
+        id,
+        event_type: known.name.to_owned(),
+        ts,
+        user_id,
+        project_id,
+        document_id,
+        data,
+    })
+}
+
+fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, DecodeError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(DecodeError::invalid(field, "a string", &other)),
+    }
+}
+
+fn take_id(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    limits: &Limits,
+) -> Result<Option<String>, DecodeError> {
+    match take_string(obj, field)? {
+        Some(s) if s.is_empty() => Err(DecodeError::new(
+            "invalid_field",
+            Some(field),
+            "expected a non-empty string",
+        )),
+        Some(s) if s.len() > limits.max_id_bytes => Err(DecodeError::new(
+            "invalid_field",
+            Some(field),
+            format!("expected at most {} bytes, got {}", limits.max_id_bytes, s.len()),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// `ts` as integer milliseconds, or an RFC 3339 string.
+fn parse_ts(v: &Value) -> Result<i64, DecodeError> {
+    const EXPECTED: &str = "integer milliseconds since the Unix epoch or an RFC 3339 string";
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|ms| *ms >= 0)
+            .ok_or_else(|| DecodeError::invalid("ts", EXPECTED, v)),
+        Value::String(s) => {
+            let parsed =
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| DecodeError::invalid("ts", EXPECTED, v))?;
+            i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
+                .map_err(|_| DecodeError::invalid("ts", EXPECTED, v))
+        }
+        _ => Err(DecodeError::invalid("ts", EXPECTED, v)),
+    }
+}
+
+/// Payload checks for the types the pipeline computes on. The full per-type
+/// schemas (Avro) extend this; the walking skeleton checks what WPM needs.
+fn validate_payload(known: EventType, data: &Value) -> Result<(), DecodeError> {
+    if known.name == "writing.keystroke" {
+        for field in ["keystrokes", "words", "chars"] {
+            require_count(data, field)?;
+        }
+        if let Some(v) = data.get("source") {
+            match v.as_str() {
+                Some("typed" | "paste" | "import" | "ai") => {}
+                _ => {
+                    return Err(DecodeError::invalid(
+                        "data.source",
+                        "one of \"typed\", \"paste\", \"import\", \"ai\"",
+                        v,
+                    ));
+                }
+            }
+        }
+    }
+    if known.category == Category::Writing && known.name == "writing.word_added" {
+        if let Some(v) = data.get("words") {
+            if v.as_u64().is_none() {
+                return Err(DecodeError::invalid(
+                    "data.words",
+                    "non-negative integer",
+                    v,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn require_count(data: &Value, field: &str) -> Result<(), DecodeError> {
+    let path = format!("data.{field}");
+    match data.get(field) {
+        None => Err(DecodeError::missing(&path, "non-negative integer")),
+        Some(v) if v.as_u64().is_some() => Ok(()),
+        Some(v) => Err(DecodeError::invalid(&path, "non-negative integer", v)),
+    }
+}
+
+impl fmt::Display for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "id ≤ {} B, event ≤ {} B",
+            self.max_id_bytes, self.max_event_bytes
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<Event, DecodeError> {
+        decode_event(s.as_bytes(), &Limits::default())
+    }
+
+    const KEYSTROKE: &str = r#"{"id":"e1","type":"writing.keystroke","ts":1767603600123,"user_id":"u1","project_id":"p1","document_id":"d1","data":{"keystrokes":10,"words":2,"chars":11}}"#;
+
+    #[test]
+    fn decodes_the_contract_example() {
+        let e = decode(KEYSTROKE).unwrap();
+        assert_eq!(e.id, "e1");
+        assert_eq!(e.ts, 1_767_603_600_123);
+        assert_eq!(e.data_u64("words"), Some(2));
+        assert_eq!(e.partition_key(), "u1");
+    }
+
+    #[test]
+    fn accepts_rfc3339_timestamps() {
+        let e = decode(
+            r#"{"type":"system.error","ts":"2026-01-05T09:00:00.123Z","data":{"message":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.ts, 1_767_603_600_123);
+    }
+
+    #[test]
+    fn generates_a_uuid_v7_when_id_is_absent() {
+        let e = decode(r#"{"type":"system.error","ts":1}"#).unwrap();
+        let id = uuid::Uuid::parse_str(&e.id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn mistyped_payload_field_names_its_path() {
+        let err = decode(
+            r#"{"type":"writing.keystroke","ts":1,"user_id":"u1","data":{"keystrokes":1,"words":"3","chars":1}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "invalid_field");
+        assert_eq!(err.field.as_deref(), Some("data.words"));
+        assert_eq!(
+            err.to_string(),
+            r#"data.words: expected non-negative integer, got "3""#
+        );
+    }
+
+    #[test]
+    fn missing_required_envelope_field_is_named() {
+        let err = decode(r#"{"type":"collaboration.cursor_moved","ts":1,"user_id":"u1"}"#)
+            .unwrap_err();
+        assert_eq!(err.code, "missing_field");
+        assert_eq!(err.field.as_deref(), Some("document_id"));
+    }
+
+    #[test]
+    fn id_over_128_bytes_is_rejected() {
+        let long = "x".repeat(129);
+        let err = decode(&format!(r#"{{"id":"{long}","type":"system.error","ts":1}}"#)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn ts_outside_the_skew_is_rejected_when_a_clock_is_given() {
+        let limits = Limits {
+            now_ms: Some(10 * 24 * 3600 * 1000),
+            ..Limits::default()
+        };
+        let err = decode_event(br#"{"type":"system.error","ts":1}"#, &limits).unwrap_err();
+        assert_eq!(err.code, "ts_out_of_range");
+    }
+
+    #[test]
+    fn batch_reports_each_event_in_order() {
+        let body = format!("{KEYSTROKE}\n{{\"type\":\"nope.x\",\"ts\":1}}\n\n");
+        let out = decode_batch(body.as_bytes(), true, &Limits::default()).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out[0].is_ok());
+        assert_eq!(out[1].as_ref().unwrap_err().code, "unknown_type");
+
+        let arr = format!("[{KEYSTROKE},{KEYSTROKE}]");
+        let out = decode_batch(arr.as_bytes(), false, &Limits::default()).unwrap();
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn unknown_envelope_field_is_rejected() {
+        let err = decode(r#"{"type":"system.error","ts":1,"words":3}"#).unwrap_err();
+        assert_eq!(err.code, "unknown_field");
+        assert_eq!(err.field.as_deref(), Some("words"));
+    }
+}

@@ -1,0 +1,14 @@
+//! The inkstream event contract.
+//!
+//! - [`event`]: the envelope every event travels in ([`Event`]), its categories and
+//!   partition keys, and the catalogue of known event types.
+//! - [`json`]: the JSON wire codec — single events, arrays and NDJSON — with
+//!   validation errors that name the offending field and what was expected.
+//!
+//! This crate is pure (no async, no I/O) so that every other crate can depend on it.
+
+pub mod event;
+pub mod json;
+
+pub use event::{Category, Event, EventType, UnknownType};
+pub use json::{DecodeError, Limits, decode_batch, decode_event, decode_value};
