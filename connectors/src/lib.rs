@@ -1,0 +1,21 @@
+//! Every inkstream edge that does I/O.
+//!
+//! - [`event_log`]: the log every event is appended to before it is acknowledged:
+//!   the [`EventLog`] enum over the embedded (in-process) log and Redis Streams.
+//! - [`redis_stream`]: the Redis Streams backend (XADD, XREADGROUP, XACK, XAUTOCLAIM).
+//! - [`kafka`]: the Kafka-compatible side (topic admin, idempotent producer).
+//! - [`websocket_fanout`]: the hub that fans derived events out to WebSocket
+//!   subscribers by path and channel, with byte-bounded per-client queues.
+//! - [`http_ingest`]: the axum router: `POST /v1/events`, the WS paths,
+//!   `/metrics`, `/healthz`.
+//! - [`metrics`]: every Prometheus metric of the process, in one place.
+
+pub mod event_log;
+pub mod http_ingest;
+pub mod kafka;
+pub mod metrics;
+pub mod redis_stream;
+pub mod websocket_fanout;
+
+pub use event_log::{EntryRef, EventLog, LogEntry, LogError};
+pub use metrics::Metrics;

@@ -1,1 +1,185 @@
-fn main(){}
+//! The `inkstream` binary: parses arguments and calls into the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use inkstream::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "inkstream",
+    version,
+    about = "Real-time event stream processing for writing and collaboration"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "INKSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override any config key: `--set sessions.gap=5m` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run ingest, the log, the dataflow and the WebSocket fanout.
+    Serve {
+        /// HTTP port (config `server.port`, default 8080).
+        #[arg(long, env = "PORT")]
+        port: Option<u16>,
+        /// Redis URL for the durable log; without it the log is embedded.
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
+        /// Kafka-compatible brokers (host:port,…).
+        #[arg(long, env = "KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
+        /// Dataflow worker threads.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Run the dataflow over an NDJSON event file, writing derived streams to DIR.
+    Replay {
+        /// The events, one JSON object per line.
+        file: PathBuf,
+        /// Output directory: one `<type>.ndjson` per derived event type.
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataflow worker threads.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Write a realistic, deterministic NDJSON event file.
+    Generate {
+        /// Number of events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Number of users.
+        #[arg(long, default_value_t = 1_000)]
+        users: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Largest arrival-order disorder, in ms.
+        #[arg(long, default_value_t = 1_500)]
+        disorder_ms: i64,
+        /// Output file (`-` for stdout).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Flags become overrides of their config keys; `--set` comes last and wins.
+    let mut overrides = Vec::new();
+    match &cli.command {
+        Command::Serve {
+            port,
+            redis_url,
+            kafka_brokers,
+            workers,
+        } => {
+            if let Some(p) = port {
+                overrides.push(format!("server.port={p}"));
+            }
+            if let Some(u) = redis_url.as_deref().filter(|u| !u.is_empty()) {
+                overrides.push(format!("redis.url=\"{u}\""));
+            }
+            if let Some(b) = kafka_brokers.as_deref().filter(|b| !b.is_empty()) {
+                overrides.push(format!("kafka.brokers=\"{b}\""));
+            }
+            if let Some(w) = workers {
+                overrides.push(format!("dataflow.workers={w}"));
+            }
+        }
+        Command::Replay { workers, .. } => {
+            if let Some(w) = workers {
+                overrides.push(format!("dataflow.workers={w}"));
+            }
+        }
+        Command::Generate { .. } => {}
+    }
+    overrides.extend(cli.set.iter().cloned());
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+
+    match cli.command {
+        Command::Serve { .. } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(inkstream::serve::run(config, shutdown_signal(), |_| {}))?;
+        }
+        Command::Replay { file, out, .. } => {
+            let report = inkstream::replay::run(&file, &out, &config)?;
+            println!(
+                "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late",
+                report.events,
+                report.bytes as f64 / 1e6,
+                report.elapsed.as_secs_f64(),
+                report.events_per_second(),
+                report.invalid,
+                report.late
+            );
+            for (ty, n) in &report.derived {
+                println!("  {ty}: {n}");
+            }
+        }
+        Command::Generate {
+            events,
+            users,
+            seed,
+            disorder_ms,
+            out,
+        } => {
+            let config = inkstream::generate::GenerateConfig {
+                events,
+                users,
+                seed,
+                disorder_ms,
+                ..Default::default()
+            };
+            if out.as_os_str() == "-" {
+                let stdout = std::io::stdout();
+                let mut w = std::io::BufWriter::new(stdout.lock());
+                inkstream::generate::generate(&config, &mut w)?;
+            } else {
+                let f = std::fs::File::create(&out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                inkstream::generate::generate(&config, &mut w)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

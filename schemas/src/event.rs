@@ -104,7 +104,9 @@ impl Category {
 
     /// The category of a `category.name` type string.
     pub fn of_type(event_type: &str) -> Option<Category> {
-        event_type.split_once('.').and_then(|(c, _)| Category::parse(c))
+        event_type
+            .split_once('.')
+            .and_then(|(c, _)| Category::parse(c))
     }
 
     /// Which optional envelope fields events of this category must carry.
@@ -192,7 +194,9 @@ impl EventType {
 
     /// Every known type.
     pub fn all() -> impl Iterator<Item = EventType> {
-        CATALOGUE.iter().filter_map(|(n, _)| EventType::lookup(n).ok())
+        CATALOGUE
+            .iter()
+            .filter_map(|(n, _)| EventType::lookup(n).ok())
     }
 }
 

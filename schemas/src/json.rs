@@ -213,8 +213,10 @@ pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError>
         }
         Some(v) => parse_ts(&v)?,
     };
-    if let Some(now) = limits.now_ms {
-        if ts < now - limits.max_past_ms || ts > now + limits.max_future_ms {
+    if let Some(now) = limits.now_ms
+        && (ts < now - limits.max_past_ms || ts > now + limits.max_future_ms)
+    {
+        {
             return Err(DecodeError::new(
                 "ts_out_of_range",
                 Some("ts"),
@@ -300,7 +302,11 @@ fn take_id(
         Some(s) if s.len() > limits.max_id_bytes => Err(DecodeError::new(
             "invalid_field",
             Some(field),
-            format!("expected at most {} bytes, got {}", limits.max_id_bytes, s.len()),
+            format!(
+                "expected at most {} bytes, got {}",
+                limits.max_id_bytes,
+                s.len()
+            ),
         )),
         other => Ok(other),
     }
@@ -345,16 +351,16 @@ fn validate_payload(known: EventType, data: &Value) -> Result<(), DecodeError> {
             }
         }
     }
-    if known.category == Category::Writing && known.name == "writing.word_added" {
-        if let Some(v) = data.get("words") {
-            if v.as_u64().is_none() {
-                return Err(DecodeError::invalid(
-                    "data.words",
-                    "non-negative integer",
-                    v,
-                ));
-            }
-        }
+    if known.category == Category::Writing
+        && known.name == "writing.word_added"
+        && let Some(v) = data.get("words")
+        && v.as_u64().is_none()
+    {
+        return Err(DecodeError::invalid(
+            "data.words",
+            "non-negative integer",
+            v,
+        ));
     }
     Ok(())
 }
@@ -429,8 +435,8 @@ mod tests {
 
     #[test]
     fn missing_required_envelope_field_is_named() {
-        let err = decode(r#"{"type":"collaboration.cursor_moved","ts":1,"user_id":"u1"}"#)
-            .unwrap_err();
+        let err =
+            decode(r#"{"type":"collaboration.cursor_moved","ts":1,"user_id":"u1"}"#).unwrap_err();
         assert_eq!(err.code, "missing_field");
         assert_eq!(err.field.as_deref(), Some("document_id"));
     }
@@ -438,7 +444,10 @@ mod tests {
     #[test]
     fn id_over_128_bytes_is_rejected() {
         let long = "x".repeat(129);
-        let err = decode(&format!(r#"{{"id":"{long}","type":"system.error","ts":1}}"#)).unwrap_err();
+        let err = decode(&format!(
+            r#"{{"id":"{long}","type":"system.error","ts":1}}"#
+        ))
+        .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("id"));
     }
 

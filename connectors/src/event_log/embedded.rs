@@ -1,0 +1,298 @@
+//! The in-process log. Not durable: it lives and dies with the process. It
+//! exists so that `inkstream serve` runs with nothing installed, and it keeps
+//! the semantics of Redis Streams consumer groups so that code written against
+//! it behaves the same against Redis.
+
+use super::{EntryRef, LogEntry, stream_name};
+use schemas::{Category, Event};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// An entry id, ordered as Redis orders them: (milliseconds, sequence).
+type Id = (u64, u64);
+
+fn render(id: Id) -> String {
+    format!("{}-{}", id.0, id.1)
+}
+
+fn parse(id: &str) -> Option<Id> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+struct Stream {
+    name: Arc<str>,
+    entries: VecDeque<(Id, Event)>,
+}
+
+#[derive(Default)]
+struct Group {
+    /// The last id delivered to any consumer of the group.
+    last_delivered: Id,
+    /// Delivered but unacknowledged: id → consumer.
+    pending: BTreeMap<(usize, Id), String>,
+}
+
+struct Inner {
+    streams: Vec<Stream>,
+    groups: HashMap<String, Group>,
+    last_id: Id,
+}
+
+/// The embedded log; clones share the same log.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Mutex<Inner>>,
+    /// Wakes blocked readers when entries are appended.
+    appended: Arc<Notify>,
+}
+
+impl Default for EmbeddedLog {
+    fn default() -> Self {
+        EmbeddedLog::new("inkstream")
+    }
+}
+
+impl EmbeddedLog {
+    pub fn new(prefix: &str) -> EmbeddedLog {
+        let streams = Category::ALL
+            .iter()
+            .map(|c| Stream {
+                name: stream_name(prefix, *c).into(),
+                entries: VecDeque::new(),
+            })
+            .collect();
+        EmbeddedLog {
+            inner: Arc::new(Mutex::new(Inner {
+                streams,
+                groups: HashMap::new(),
+                last_id: (0, 0),
+            })),
+            appended: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the log half-written
+        // (every mutation is a single push or remove), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn append(&self, events: &[Event]) -> Vec<EntryRef> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut inner = self.lock();
+        let mut refs = Vec::with_capacity(events.len());
+        for event in events {
+            let id = if now > inner.last_id.0 {
+                (now, 0)
+            } else {
+                (inner.last_id.0, inner.last_id.1 + 1)
+            };
+            inner.last_id = id;
+            let idx = category_index(event.category());
+            let stream = &mut inner.streams[idx];
+            stream.entries.push_back((id, event.clone()));
+            refs.push(EntryRef {
+                stream: stream.name.clone(),
+                id: render(id),
+            });
+        }
+        drop(inner);
+        self.appended.notify_waiters();
+        refs
+    }
+
+    pub fn ensure_group(&self, group: &str) {
+        self.lock().groups.entry(group.to_owned()).or_default();
+    }
+
+    pub async fn read_new(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Vec<LogEntry> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            // Register interest before looking, so an append between the look
+            // and the wait is not missed.
+            let notified = self.appended.notified();
+            let batch = self.take_new(group, consumer, count);
+            if !batch.is_empty() {
+                return batch;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    fn take_new(&self, group: &str, consumer: &str, count: usize) -> Vec<LogEntry> {
+        let mut inner = self.lock();
+        let Inner {
+            streams, groups, ..
+        } = &mut *inner;
+        let g = groups.entry(group.to_owned()).or_default();
+        // Merge streams by id so delivery follows append order across categories.
+        let mut out: Vec<(usize, Id, Event)> = Vec::new();
+        for (si, s) in streams.iter().enumerate() {
+            let start = s.entries.partition_point(|(id, _)| *id <= g.last_delivered);
+            out.extend(
+                s.entries
+                    .iter()
+                    .skip(start)
+                    .take(count)
+                    .map(|(id, e)| (si, *id, e.clone())),
+            );
+        }
+        out.sort_by_key(|(_, id, _)| *id);
+        out.truncate(count);
+        if let Some((_, id, _)) = out.last() {
+            g.last_delivered = *id;
+        }
+        out.into_iter()
+            .map(|(si, id, event)| {
+                g.pending.insert((si, id), consumer.to_owned());
+                LogEntry {
+                    entry: EntryRef {
+                        stream: streams[si].name.clone(),
+                        id: render(id),
+                    },
+                    event: Ok(event),
+                }
+            })
+            .collect()
+    }
+
+    pub fn read_pending(&self, group: &str, consumer: &str, count: usize) -> Vec<LogEntry> {
+        let inner = self.lock();
+        let Some(g) = inner.groups.get(group) else {
+            return Vec::new();
+        };
+        g.pending
+            .iter()
+            .filter(|(_, c)| c.as_str() == consumer)
+            .take(count)
+            .filter_map(|((si, id), _)| {
+                let s = &inner.streams[*si];
+                let pos = s.entries.binary_search_by_key(id, |(i, _)| *i).ok()?;
+                Some(LogEntry {
+                    entry: EntryRef {
+                        stream: s.name.clone(),
+                        id: render(*id),
+                    },
+                    event: Ok(s.entries[pos].1.clone()),
+                })
+            })
+            .collect()
+    }
+
+    pub fn ack(&self, group: &str, entries: &[EntryRef]) {
+        let mut inner = self.lock();
+        let Inner {
+            streams, groups, ..
+        } = &mut *inner;
+        if let Some(g) = groups.get_mut(group) {
+            for e in entries {
+                let si = streams.iter().position(|s| *s.name == *e.stream);
+                if let (Some(si), Some(id)) = (si, parse(&e.id)) {
+                    g.pending.remove(&(si, id));
+                }
+            }
+        }
+        // Trim what every group has acknowledged: nothing unacknowledged or
+        // undelivered is ever removed.
+        for (si, s) in streams.iter_mut().enumerate() {
+            let floor = groups
+                .values()
+                .map(|g| {
+                    let first_pending = g
+                        .pending
+                        .range((si, (0, 0))..(si + 1, (0, 0)))
+                        .next()
+                        .map(|((_, id), _)| *id);
+                    match first_pending {
+                        Some(id) => id,
+                        None => (g.last_delivered.0, g.last_delivered.1.saturating_add(1)),
+                    }
+                })
+                .min();
+            if let Some(floor) = floor {
+                while s.entries.front().is_some_and(|(id, _)| *id < floor) {
+                    s.entries.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Entries currently held, over all streams (tests, stats).
+    pub fn len(&self) -> usize {
+        self.lock().streams.iter().map(|s| s.entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn category_index(c: Category) -> usize {
+    Category::ALL.iter().position(|x| *x == c).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, ty: &str) -> Event {
+        Event {
+            id: id.into(),
+            event_type: ty.into(),
+            ts: 1,
+            user_id: Some("u".into()),
+            project_id: Some("p".into()),
+            document_id: Some("d".into()),
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_in_append_order_and_redelivers_unacked_pending() {
+        let log = EmbeddedLog::default();
+        log.ensure_group("g");
+        log.append(&[ev("a", "writing.keystroke"), ev("b", "system.error")]);
+        log.append(&[ev("c", "writing.keystroke")]);
+        let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
+        let ids: Vec<_> = got
+            .iter()
+            .map(|e| e.event.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(log.read_new("g", "c1", 10, Duration::ZERO).await.is_empty());
+        // Unacknowledged: still pending for c1.
+        assert_eq!(log.read_pending("g", "c1", 10).len(), 3);
+        log.ack("g", &[got[0].entry.clone()]);
+        assert_eq!(log.read_pending("g", "c1", 10).len(), 2);
+        // Only the acknowledged prefix of the writing stream was trimmed.
+        assert_eq!(log.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn blocking_read_wakes_on_append() {
+        let log = EmbeddedLog::default();
+        log.ensure_group("g");
+        let reader = log.clone();
+        let t = tokio::spawn(
+            async move { reader.read_new("g", "c", 10, Duration::from_secs(5)).await },
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.append(&[ev("a", "writing.keystroke")]);
+        let got = t.await.unwrap();
+        assert_eq!(got.len(), 1);
+    }
+}

@@ -1,0 +1,73 @@
+//! The Kafka-compatible side: topic administration and an idempotent producer.
+//!
+//! The walking skeleton uses it for the broker round trip; the mirror
+//! (Redis Streams → `inkstream.events.<category>`) builds on it.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
+use std::time::Duration;
+
+/// Why a Kafka operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka client error: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic} failed: {code}")]
+    CreateTopic { topic: String, code: String },
+}
+
+/// The topic carrying events of a category.
+pub fn events_topic(category: schemas::Category) -> String {
+    format!("inkstream.events.{}", category.as_str())
+}
+
+/// The base client configuration for `brokers` (comma-separated host:port).
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("socket.timeout.ms", "10000")
+        // The broker does not support topic auto-creation; topics are created
+        // explicitly through the admin API.
+        .set("allow.auto.create.topics", "false");
+    cfg
+}
+
+/// An idempotent producer: retries never duplicate or reorder within a partition.
+pub fn idempotent_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
+    Ok(client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// Creates the topics that do not exist yet, with `partitions` each.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic,
+                    code: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Every Prometheus metric of the process, registered once into one registry.
+//!
+//! Names follow `inkstream_<area>_<name>_<unit>`; counters end in `_total`;
+//! label values come from closed sets (route templates, categories, outcome
+//! codes), never from user input such as user ids.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics; cheap to share behind an `Arc`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events accepted into the log, by category.
+    pub ingest_events_accepted: IntCounterVec,
+    /// Events rejected at ingest, by error code.
+    pub ingest_events_rejected: IntCounterVec,
+    /// Events per accepted ingest request or frame.
+    pub ingest_batch_size: Histogram,
+    /// Time to append one batch to the log, by backend.
+    pub log_append_seconds: HistogramVec,
+    /// Log operation failures, by backend and operation.
+    pub log_errors: IntCounterVec,
+    /// Events handed to the dataflow.
+    pub dataflow_events_in: IntCounter,
+    /// Derived events emitted by the dataflow, by type.
+    pub dataflow_derived: IntCounterVec,
+    /// Events behind the watermark, dead-lettered with reason `late`.
+    pub dataflow_late_events: IntCounterVec,
+    /// Current event-time watermark, ms since the epoch.
+    pub dataflow_watermark_ms: IntGauge,
+    /// Open WebSocket connections, by path.
+    pub ws_connections: IntGaugeVec,
+    /// Frames queued to WebSocket clients, by path.
+    pub ws_messages_out: IntCounterVec,
+    /// Clients disconnected because their queue overflowed, by path.
+    pub ws_slow_disconnects: IntCounterVec,
+    /// HTTP requests by route template and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency by route template.
+    pub http_request_seconds: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in `registry`.
+    pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
+        let latency = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let m = Metrics {
+            ingest_events_accepted: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ingest_events_accepted_total",
+                    "Events durably appended to the log and acknowledged, by category.",
+                ),
+                &["category"],
+            )?,
+            ingest_events_rejected: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ingest_events_rejected_total",
+                    "Events rejected at ingest, by error code.",
+                ),
+                &["code"],
+            )?,
+            ingest_batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "inkstream_ingest_batch_size_events",
+                    "Events per ingest request or WebSocket frame.",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0,
+                ]),
+            )?,
+            log_append_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "inkstream_log_append_duration_seconds",
+                    "Time to append one batch to the log.",
+                )
+                .buckets(latency.clone()),
+                &["backend"],
+            )?,
+            log_errors: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_log_errors_total",
+                    "Failed log operations, by backend and operation.",
+                ),
+                &["backend", "op"],
+            )?,
+            dataflow_events_in: IntCounter::new(
+                "inkstream_dataflow_events_in_total",
+                "Events handed to the dataflow.",
+            )?,
+            dataflow_derived: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_dataflow_derived_events_total",
+                    "Derived events emitted by the dataflow, by type.",
+                ),
+                &["type"],
+            )?,
+            dataflow_late_events: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_dataflow_late_events_total",
+                    "Events behind the watermark, dead-lettered with reason late, by category.",
+                ),
+                &["category"],
+            )?,
+            dataflow_watermark_ms: IntGauge::new(
+                "inkstream_dataflow_watermark_milliseconds",
+                "Current event-time watermark in milliseconds since the Unix epoch.",
+            )?,
+            ws_connections: IntGaugeVec::new(
+                Opts::new(
+                    "inkstream_ws_connections",
+                    "Open WebSocket connections, by path.",
+                ),
+                &["path"],
+            )?,
+            ws_messages_out: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_messages_out_total",
+                    "Frames queued to WebSocket clients, by path.",
+                ),
+                &["path"],
+            )?,
+            ws_slow_disconnects: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_slow_disconnects_total",
+                    "Clients disconnected (close code 4008) because their queue overflowed.",
+                ),
+                &["path"],
+            )?,
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_http_requests_total",
+                    "HTTP requests by route template and status code.",
+                ),
+                &["route", "status"],
+            )?,
+            http_request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "inkstream_http_request_duration_seconds",
+                    "HTTP request latency by route template.",
+                )
+                .buckets(latency),
+                &["route"],
+            )?,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.ingest_events_accepted.clone()))?;
+        r.register(Box::new(m.ingest_events_rejected.clone()))?;
+        r.register(Box::new(m.ingest_batch_size.clone()))?;
+        r.register(Box::new(m.log_append_seconds.clone()))?;
+        r.register(Box::new(m.log_errors.clone()))?;
+        r.register(Box::new(m.dataflow_events_in.clone()))?;
+        r.register(Box::new(m.dataflow_derived.clone()))?;
+        r.register(Box::new(m.dataflow_late_events.clone()))?;
+        r.register(Box::new(m.dataflow_watermark_ms.clone()))?;
+        r.register(Box::new(m.ws_connections.clone()))?;
+        r.register(Box::new(m.ws_messages_out.clone()))?;
+        r.register(Box::new(m.ws_slow_disconnects.clone()))?;
+        r.register(Box::new(m.http_requests.clone()))?;
+        r.register(Box::new(m.http_request_seconds.clone()))?;
+        Ok(m)
+    }
+
+    /// A fresh registry with every metric registered (tests, replay).
+    pub fn standalone() -> Metrics {
+        // Invariant: registering a fixed set of distinct names into an empty
+        // registry cannot fail.
+        #[allow(clippy::expect_used)]
+        Metrics::new(Registry::new()).expect("fresh registry accepts every metric")
+    }
+
+    /// The registry, for components that register metrics of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

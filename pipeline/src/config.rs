@@ -1,0 +1,382 @@
+//! Configuration: one TOML file, CLI flags and env vars for the usual
+//! suspects, and `--set dotted.key=value` overrides for any key.
+//!
+//! Precedence, lowest first: defaults < TOML file < flags/env < `--set`.
+//! Every section denies unknown fields, and every error names the key path.
+
+use serde::{Deserialize, Deserializer};
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration. Every field has a default, so nothing is required.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub ingest: IngestSettings,
+    pub fanout: FanoutSettings,
+    pub dataflow: DataflowConfig,
+    pub wpm: crate::operators::wpm::WpmConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind (default `0.0.0.0`).
+    pub bind: String,
+    /// HTTP port (default 8080; `--port`, `PORT`).
+    pub port: u16,
+    /// How long shutdown waits for in-flight requests and the dataflow to drain.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "0.0.0.0".into(),
+            port: 8080,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://…`; unset means the embedded (in-process, not durable) log.
+    pub url: Option<String>,
+    /// Prefix of every key inkstream writes (default `inkstream`).
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            prefix: "inkstream".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port]`; unset means no Kafka.
+    pub brokers: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Largest request body in bytes (default 8 MiB).
+    pub max_body_bytes: usize,
+    /// Most events per request (default 10,000).
+    pub max_batch_events: usize,
+    /// Largest single event in bytes (default 64 KiB).
+    pub max_event_bytes: usize,
+    /// How far in the past `ts` may be (default 24 h).
+    #[serde(deserialize_with = "duration")]
+    pub max_past: Duration,
+    /// How far in the future `ts` may be (default 5 min).
+    #[serde(deserialize_with = "duration")]
+    pub max_future: Duration,
+    /// Whether to check `ts` against the server clock at all (default true).
+    pub check_skew: bool,
+    /// How long an append may take before answering 503 (default 5 s).
+    #[serde(deserialize_with = "duration")]
+    pub append_timeout: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_body_bytes: 8 << 20,
+            max_batch_events: 10_000,
+            max_event_bytes: 64 << 10,
+            max_past: Duration::from_secs(24 * 3600),
+            max_future: Duration::from_secs(300),
+            check_skew: true,
+            append_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl IngestSettings {
+    pub fn to_ingest_config(&self) -> connectors::http_ingest::IngestConfig {
+        connectors::http_ingest::IngestConfig {
+            max_body_bytes: self.max_body_bytes,
+            max_batch_events: self.max_batch_events,
+            limits: schemas::Limits {
+                max_event_bytes: self.max_event_bytes,
+                max_past_ms: self.max_past.as_millis() as i64,
+                max_future_ms: self.max_future.as_millis() as i64,
+                ..schemas::Limits::default()
+            },
+            check_skew: self.check_skew,
+            append_timeout: self.append_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutSettings {
+    /// Bytes queued per WebSocket connection before it is closed as slow (default 1 MiB).
+    pub max_queue_bytes: usize,
+    /// Channels per connection (default 256).
+    pub max_subscriptions: usize,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        let d = connectors::websocket_fanout::HubConfig::default();
+        FanoutSettings {
+            max_queue_bytes: d.max_queue_bytes,
+            max_subscriptions: d.max_subscriptions,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataflowConfig {
+    /// Timely worker threads in this process (default 1).
+    pub workers: usize,
+    /// How far behind the newest event time the watermark trails (default 2 s).
+    #[serde(deserialize_with = "duration")]
+    pub allowed_disorder: Duration,
+    /// Granularity of dataflow timestamps: event times are batched into epochs
+    /// of this length (default 100 ms).
+    #[serde(deserialize_with = "duration")]
+    pub epoch: Duration,
+    /// `serve` only: with no input for this long, the watermark advances with
+    /// the wall clock (default 1 s).
+    #[serde(deserialize_with = "duration")]
+    pub idle_advance_after: Duration,
+    /// Consumer group the dataflow reads the log with (default `dataflow`).
+    pub group: String,
+    /// Consumer name within the group; stable across restarts so that this
+    /// instance resumes its own pending entries (default `inkstream-0`).
+    pub consumer: String,
+    /// Most entries read from the log per batch (default 4096).
+    pub read_batch: usize,
+}
+
+impl Default for DataflowConfig {
+    fn default() -> Self {
+        DataflowConfig {
+            workers: 1,
+            allowed_disorder: Duration::from_secs(2),
+            epoch: Duration::from_millis(100),
+            idle_advance_after: Duration::from_secs(1),
+            group: "dataflow".into(),
+            consumer: "inkstream-0".into(),
+            read_batch: 4096,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("--set {0}: expected dotted.key=value")]
+    BadOverride(String),
+    #[error("config key {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Loads the file (if any), then applies `overrides` (`dotted.key=value`).
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Invalid {
+                    path: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |path: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message: message.into(),
+            })
+        };
+        if self.dataflow.workers == 0 {
+            return bad("dataflow.workers", "must be at least 1");
+        }
+        if self.dataflow.epoch.is_zero() {
+            return bad("dataflow.epoch", "must be positive");
+        }
+        if self.wpm.window.is_zero() {
+            return bad("wpm.window", "must be positive");
+        }
+        if self.dataflow.read_batch == 0 {
+            return bad("dataflow.read_batch", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c = value` in `table`; the value is parsed as TOML (so numbers
+/// and booleans keep their type) and taken as a string when that fails.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| ConfigError::BadOverride(assignment.into()))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(ConfigError::BadOverride(assignment.into()));
+    }
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = table;
+    for (i, part) in parts.iter().enumerate() {
+        let entry = cur
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    path: parts[..=i].join("."),
+                    message: "is not a table".into(),
+                });
+            }
+        };
+    }
+    cur.insert(last.to_owned(), value);
+    Ok(())
+}
+
+/// A duration: integer milliseconds, or a string such as `500ms`, `2s`, `5m`,
+/// `1h`, `1d` (units may be combined: `1m30s`).
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Ms(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Ms(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err =
+        || format!("expected a duration such as \"500ms\", \"2s\", \"5m\" or \"1h\", got {s:?}");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" if rest.is_empty() && total.is_zero() => 1,
+            _ => return Err(err()),
+        };
+        total += Duration::from_millis(n.saturating_mul(ms));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_overrides_any_key_with_typed_values() {
+        let c = Config::load(
+            None,
+            &[
+                "server.port=9000".into(),
+                "dataflow.allowed_disorder=5s".into(),
+                "wpm.window=\"2m\"".into(),
+                "redis.url=redis://127.0.0.1:1/0".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 9000);
+        assert_eq!(c.dataflow.allowed_disorder, Duration::from_secs(5));
+        assert_eq!(c.wpm.window, Duration::from_secs(120));
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:1/0"));
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_name_their_path() {
+        let e = Config::load(None, &["dataflow.wokers=2".into()]).unwrap_err();
+        assert!(e.to_string().contains("dataflow"), "{e}");
+        assert!(e.to_string().contains("wokers"), "{e}");
+        let e = Config::load(None, &["server.port=\"x\"".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("config key server.port"), "{e}");
+        let e = Config::load(None, &["dataflow.epoch=abc".into()]).unwrap_err();
+        assert!(e.to_string().contains("dataflow.epoch"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

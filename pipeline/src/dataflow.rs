@@ -1,0 +1,242 @@
+//! Wires the operators into one timely dataflow, and drives its input.
+//!
+//! **Time.** Dataflow timestamps are event times (ms since the epoch) rounded
+//! down to `dataflow.epoch`, so records batch into epochs and the timely
+//! frontier *is* the event-time watermark. The input is an unordered input:
+//! worker 0's [`InputDriver`] holds the one capability, at the watermark, and
+//! sends each event at its own epoch. An event older than the watermark can no
+//! longer be sent at its time; it is *late*, and goes to the dead-letter output
+//! with reason `late` instead (counted, never silently dropped).
+//!
+//! **Watermark** = newest event time seen − `allowed_disorder`. In `serve` it
+//! also advances with the wall clock while the input is idle (see
+//! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
+
+use crate::config::Config;
+use crate::operators::derived_id;
+use crate::operators::wpm::LiveWpm;
+use schemas::Event;
+use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::unordered_input::{UnorderedHandle, UnorderedInput};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{ActivateCapability, Probe};
+use timely::dataflow::{ProbeHandle, Stream};
+use timely::worker::Worker;
+
+/// Where derived events go: the fanout hub in `serve`, files in `replay`,
+/// a vector in tests. Called from worker threads, so it must be `Sync`.
+pub trait DerivedSink: Send + Sync + 'static {
+    /// Takes a batch of derived events (drain it).
+    fn emit(&self, events: &mut Vec<Event>);
+}
+
+/// Every operator, wired: events in, derived events out.
+pub fn build_graph<'scope>(
+    events: Stream<'scope, u64, Vec<Event>>,
+    config: &Config,
+) -> Stream<'scope, u64, Vec<Event>> {
+    events.live_wpm(&config.wpm)
+}
+
+type Handle = UnorderedHandle<u64, CapacityContainerBuilder<Vec<Event>>>;
+
+/// Feeds events into the dataflow at their event-time epoch and holds the
+/// watermark. Lives on worker 0; other workers drop their capability at once.
+pub struct InputDriver {
+    handle: Handle,
+    cap: Option<ActivateCapability<u64>>,
+    epoch_ms: u64,
+    disorder_ms: i64,
+    /// Newest event time seen.
+    max_ts: Option<i64>,
+    /// Events with `ts < watermark` are late.
+    watermark: i64,
+}
+
+impl InputDriver {
+    /// The epoch (dataflow timestamp) of an event time.
+    pub fn epoch_of(&self, ts: i64) -> u64 {
+        let ts = ts.max(0) as u64;
+        ts - ts % self.epoch_ms
+    }
+
+    /// Sends `events` into the dataflow; returns those that are late.
+    pub fn push(&mut self, events: impl IntoIterator<Item = Event>) -> Vec<Event> {
+        let mut late = Vec::new();
+        let Some(cap) = self.cap.as_ref() else {
+            late.extend(events);
+            return late;
+        };
+        let mut handle = self.handle.activate();
+        let mut current: Option<(u64, ActivateCapability<u64>)> = None;
+        for e in events {
+            if e.ts < self.watermark {
+                late.push(e);
+                continue;
+            }
+            self.max_ts = Some(self.max_ts.map_or(e.ts, |m| m.max(e.ts)));
+            let ts = e.ts.max(0) as u64;
+            let t = ts - ts % self.epoch_ms;
+            if current.as_ref().is_none_or(|(ct, _)| *ct != t) {
+                current = Some((t, cap.delayed(&t)));
+            }
+            if let Some((_, c)) = current.as_ref() {
+                handle.session(c).give(e);
+            }
+        }
+        drop(current);
+        drop(handle);
+        if let Some(max) = self.max_ts {
+            self.advance_to(max - self.disorder_ms);
+        }
+        late
+    }
+
+    /// Moves the watermark forward to `watermark` (never back).
+    pub fn advance_to(&mut self, watermark: i64) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        let t = self.epoch_of(watermark);
+        if let Some(cap) = self.cap.as_mut()
+            && *cap.time() < t
+        {
+            cap.downgrade(&t);
+        }
+    }
+
+    /// The current watermark (ms).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// The newest event time seen.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.max_ts
+    }
+
+    /// The dataflow time the input is at (`None` once closed).
+    pub fn time(&self) -> Option<u64> {
+        self.cap.as_ref().map(|c| *c.time())
+    }
+
+    /// Ends the input: everything pending is flushed through the dataflow.
+    pub fn close(&mut self) {
+        self.cap = None;
+    }
+}
+
+/// Builds the dataflow on `worker` with its output going to `sink`. Returns
+/// the input driver (worker 0 only) and a probe on the output.
+pub fn install<S: DerivedSink>(
+    worker: &mut Worker,
+    config: &Config,
+    sink: Arc<S>,
+) -> (Option<InputDriver>, ProbeHandle<u64>) {
+    let probe = ProbeHandle::new();
+    let index = worker.index();
+    let (handle, cap) = worker.dataflow::<u64, _, _>(|scope| {
+        let ((handle, cap), events) =
+            scope.new_unordered_input::<CapacityContainerBuilder<Vec<Event>>>();
+        build_graph(events, config).probe_with(&probe).sink(
+            Pipeline,
+            "DerivedSink",
+            move |(input, _frontier)| {
+                input.for_each(|_time, data| sink.emit(data));
+            },
+        );
+        (handle, cap)
+    });
+    if index != 0 {
+        // Only worker 0 reads the source; the others hold no capability so the
+        // frontier is decided by worker 0 alone.
+        drop(cap);
+        return (None, probe);
+    }
+    let driver = InputDriver {
+        handle,
+        cap: Some(cap),
+        epoch_ms: config.dataflow.epoch.as_millis().max(1) as u64,
+        disorder_ms: config.dataflow.allowed_disorder.as_millis() as i64,
+        max_ts: None,
+        watermark: i64::MIN,
+    };
+    (Some(driver), probe)
+}
+
+/// A dead-letter event: why `original` (or an undecodable record) was not
+/// processed. Deterministic id, so replays deduplicate.
+pub fn dead_letter(reason: &str, key: &str, ts: i64, detail: serde_json::Value) -> Event {
+    Event {
+        id: derived_id("dead_letter", &[reason, key]),
+        event_type: "system.dead_letter".into(),
+        ts,
+        user_id: None,
+        project_id: None,
+        document_id: None,
+        data: serde_json::json!({ "reason": reason, "detail": detail }),
+    }
+}
+
+/// Dead-letters a late event.
+pub fn late_event(e: Event, watermark: i64) -> Event {
+    let (id, ts) = (e.id.clone(), e.ts);
+    dead_letter(
+        "late",
+        &id,
+        ts,
+        serde_json::json!({ "watermark": watermark, "event": e }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct VecSink(Mutex<Vec<Event>>);
+    impl DerivedSink for VecSink {
+        fn emit(&self, events: &mut Vec<Event>) {
+            self.0.lock().unwrap().append(events);
+        }
+    }
+
+    fn ks(id: &str, ts: i64, words: u64) -> Event {
+        Event {
+            id: id.into(),
+            event_type: "writing.keystroke".into(),
+            ts,
+            user_id: Some("u1".into()),
+            project_id: None,
+            document_id: None,
+            data: serde_json::json!({"keystrokes": 1, "words": words, "chars": 1}),
+        }
+    }
+
+    #[test]
+    fn events_behind_the_watermark_are_returned_as_late() {
+        let sink = Arc::new(VecSink::default());
+        let s2 = sink.clone();
+        let late = timely::execute_directly(move |worker| {
+            let (driver, probe) = install(worker, &Config::default(), s2);
+            let mut driver = driver.unwrap();
+            let mut late = driver.push(vec![ks("a", 10_000, 1), ks("b", 9_000, 1)]);
+            // watermark is now 8 000: 7 999 is late, 8 000 is not.
+            late.extend(driver.push(vec![ks("c", 7_999, 1), ks("d", 8_000, 1)]));
+            driver.close();
+            while !probe.done() {
+                worker.step();
+            }
+            late
+        });
+        assert_eq!(
+            late.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert_eq!(sink.0.lock().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,261 @@
+//! Live words per minute per user, over a rolling event-time window.
+//!
+//! Emitted as `analytics.metric_updated` (`data: {"metric":"wpm","value",
+//! "window_ms"}`) as each writing event arrives: live figures do not wait for
+//! the watermark. The watermark only drops what can no longer be inside any
+//! future window, so state is bounded by the users active within one window.
+//!
+//! Counted: `writing.keystroke` words whose `source` is typed (or absent) and
+//! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
+//! not writing.
+
+use crate::operators::{derived_id, stable_hash};
+use schemas::Event;
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+/// Settings of the WPM operator (`[wpm]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WpmConfig {
+    /// Length of the rolling window (default 60 s).
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub window: Duration,
+}
+
+impl Default for WpmConfig {
+    fn default() -> Self {
+        WpmConfig {
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One user's recent writing: (event time, words), ordered by time.
+#[derive(Default)]
+struct UserWindow {
+    entries: VecDeque<(i64, u64)>,
+}
+
+/// The pure core.
+pub struct WpmTracker {
+    window_ms: i64,
+    users: HashMap<String, UserWindow>,
+}
+
+/// Words counted for an event, if it is writing at all.
+fn words_of(e: &Event) -> Option<u64> {
+    match e.event_type.as_str() {
+        "writing.keystroke" => match e.data_str("source") {
+            None | Some("typed") => Some(e.data_u64("words").unwrap_or(0)),
+            Some(_) => Some(0),
+        },
+        "writing.word_added" => Some(e.data_u64("words").unwrap_or(1)),
+        _ => None,
+    }
+}
+
+impl WpmTracker {
+    pub fn new(config: &WpmConfig) -> WpmTracker {
+        WpmTracker {
+            window_ms: config.window.as_millis().max(1) as i64,
+            users: HashMap::new(),
+        }
+    }
+
+    /// Records a writing event and returns the user's live WPM as of its time.
+    pub fn observe(&mut self, e: &Event) -> Option<Event> {
+        let words = words_of(e)?;
+        let user = e.user_id.as_deref()?;
+        let w = self.users.entry(user.to_owned()).or_default();
+        // Insert in time order; arrivals are mostly in order, so search from the back.
+        let pos = w.entries.len()
+            - w.entries
+                .iter()
+                .rev()
+                .take_while(|(t, _)| *t > e.ts)
+                .count();
+        w.entries.insert(pos, (e.ts, words));
+        let from = e.ts - self.window_ms;
+        let in_window: u64 = w
+            .entries
+            .iter()
+            .filter(|(t, _)| *t > from && *t <= e.ts)
+            .map(|(_, n)| *n)
+            .sum();
+        let value = in_window as f64 * 60_000.0 / self.window_ms as f64;
+        Some(Event {
+            id: derived_id("wpm", &[user, &e.id]),
+            event_type: "analytics.metric_updated".into(),
+            ts: e.ts,
+            user_id: e.user_id.clone(),
+            project_id: e.project_id.clone(),
+            document_id: e.document_id.clone(),
+            data: serde_json::json!({
+                "metric": "wpm",
+                "value": value,
+                "window_ms": self.window_ms,
+            }),
+        })
+    }
+
+    /// No event at or before `watermark` will arrive any more: forget what
+    /// cannot fall into a window ending at or after it.
+    pub fn advance_to(&mut self, watermark: i64) {
+        let horizon = watermark - self.window_ms;
+        self.users.retain(|_, w| {
+            while w.entries.front().is_some_and(|(t, _)| *t <= horizon) {
+                w.entries.pop_front();
+            }
+            !w.entries.is_empty()
+        });
+    }
+
+    /// Users with state (for memory bounds and metrics).
+    pub fn active_users(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// The timely wrapper: `events.live_wpm(&config)`.
+pub trait LiveWpm<'scope> {
+    fn live_wpm(self, config: &WpmConfig) -> Stream<'scope, u64, Vec<Event>>;
+}
+
+impl<'scope> LiveWpm<'scope> for Stream<'scope, u64, Vec<Event>> {
+    fn live_wpm(self, config: &WpmConfig) -> Stream<'scope, u64, Vec<Event>> {
+        let config = config.clone();
+        // Exchange by user so each user's window lives on exactly one worker.
+        let by_user = Exchange::new(|e: &Event| stable_hash(e.user_id.as_deref().unwrap_or("")));
+        self.unary_frontier(by_user, "LiveWpm", move |_cap, _info| {
+            let mut tracker = WpmTracker::new(&config);
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for e in data.drain(..) {
+                        if let Some(d) = tracker.observe(&e) {
+                            session.give(d);
+                        }
+                    }
+                });
+                if let Some(t) = frontier.frontier().first() {
+                    tracker.advance_to(*t as i64);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks(id: &str, user: &str, ts: i64, words: u64, source: Option<&str>) -> Event {
+        let mut data =
+            serde_json::json!({"keystrokes": words * 5, "words": words, "chars": words * 5});
+        if let Some(s) = source {
+            data["source"] = s.into();
+        }
+        Event {
+            id: id.into(),
+            event_type: "writing.keystroke".into(),
+            ts,
+            user_id: Some(user.into()),
+            project_id: Some("p1".into()),
+            document_id: None,
+            data,
+        }
+    }
+
+    fn wpm(e: &Event) -> f64 {
+        e.data["value"].as_f64().unwrap()
+    }
+
+    #[test]
+    fn sums_words_in_the_last_minute() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        assert_eq!(
+            wpm(&t.observe(&ks("a", "u1", 1_000, 10, None)).unwrap()),
+            10.0
+        );
+        assert_eq!(
+            wpm(&t.observe(&ks("b", "u1", 30_000, 5, None)).unwrap()),
+            15.0
+        );
+        // 61 s: the event at 1 s has left the window (window is (1 000, 61 000]).
+        assert_eq!(
+            wpm(&t.observe(&ks("c", "u1", 61_000, 1, None)).unwrap()),
+            6.0
+        );
+    }
+
+    #[test]
+    fn window_boundary_is_exclusive_at_the_start() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        t.observe(&ks("a", "u1", 0, 10, None));
+        // exactly one window later: the first event is out.
+        assert_eq!(
+            wpm(&t.observe(&ks("b", "u1", 60_000, 1, None)).unwrap()),
+            1.0
+        );
+    }
+
+    #[test]
+    fn out_of_order_event_counts_for_its_own_time() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        t.observe(&ks("a", "u1", 10_000, 10, None));
+        // Arrives late but within the window: its WPM covers only events up to 5 s.
+        assert_eq!(
+            wpm(&t.observe(&ks("b", "u1", 5_000, 3, None)).unwrap()),
+            3.0
+        );
+        assert_eq!(
+            wpm(&t.observe(&ks("c", "u1", 11_000, 0, None)).unwrap()),
+            13.0
+        );
+    }
+
+    #[test]
+    fn pasted_text_is_not_writing() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        assert_eq!(
+            wpm(&t.observe(&ks("a", "u1", 1, 500, Some("paste"))).unwrap()),
+            0.0
+        );
+    }
+
+    #[test]
+    fn users_are_independent_and_ids_deterministic() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        let a = t.observe(&ks("a", "u1", 1, 4, None)).unwrap();
+        let b = t.observe(&ks("b", "u2", 1, 7, None)).unwrap();
+        assert_eq!((wpm(&a), wpm(&b)), (4.0, 7.0));
+        let mut t2 = WpmTracker::new(&WpmConfig::default());
+        assert_eq!(t2.observe(&ks("a", "u1", 1, 4, None)).unwrap().id, a.id);
+    }
+
+    #[test]
+    fn state_is_dropped_once_the_watermark_passes_the_window() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        for i in 0..100 {
+            t.observe(&ks(&format!("e{i}"), &format!("u{i}"), 1_000, 1, None));
+        }
+        assert_eq!(t.active_users(), 100);
+        t.advance_to(60_999);
+        assert_eq!(t.active_users(), 100);
+        t.advance_to(61_000);
+        assert_eq!(t.active_users(), 0);
+    }
+
+    #[test]
+    fn non_writing_events_are_ignored() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut e = ks("a", "u1", 1, 4, None);
+        e.event_type = "collaboration.cursor_moved".into();
+        assert!(t.observe(&e).is_none());
+    }
+}

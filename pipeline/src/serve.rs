@@ -1,0 +1,175 @@
+//! `inkstream serve`: ingest, log, dataflow and fanout in one process.
+//!
+//! With no Redis URL and no Kafka brokers everything runs in-process (the
+//! embedded log is not durable, and says so at startup).
+//!
+//! Shutdown (SIGINT/SIGTERM): stop accepting connections and let in-flight
+//! requests finish; close WebSocket clients with 1001; stop reading the log;
+//! drain the dataflow (every derived event of what was read is emitted); and
+//! acknowledge what it processed. Nothing acknowledged to a client is lost:
+//! it is in the log, and unprocessed entries stay pending for the next start.
+
+use crate::bridge::{Bridge, BridgeEnds};
+use crate::config::Config;
+use crate::dataflow::DerivedSink;
+use crate::source::{self, SourceConfig};
+use connectors::event_log::EmbeddedLog;
+use connectors::http_ingest::{self, AppState};
+use connectors::redis_stream::{RedisLog, RedisLogConfig};
+use connectors::websocket_fanout::{Hub, HubConfig};
+use connectors::{EventLog, Metrics};
+use schemas::Event;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Why `serve` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the log: {0}")]
+    Log(#[from] connectors::LogError),
+    #[error("cannot reach Kafka: {0}")]
+    Kafka(#[from] connectors::kafka::KafkaError),
+    #[error("cannot start the dataflow: {0}")]
+    Dataflow(String),
+    #[error("server error: {0}")]
+    Server(std::io::Error),
+}
+
+/// Sends derived events to the fanout hub and counts them.
+struct FanoutSink {
+    hub: Arc<Hub>,
+    metrics: Metrics,
+}
+
+impl DerivedSink for FanoutSink {
+    fn emit(&self, events: &mut Vec<Event>) {
+        for e in events.drain(..) {
+            self.metrics
+                .dataflow_derived
+                .with_label_values(&[e.event_type.as_str()])
+                .inc();
+            if e.event_type == "system.dead_letter" {
+                tracing::debug!(id = %e.id, reason = ?e.data.get("reason"), "dead-lettered");
+            }
+            self.hub.publish(&e);
+        }
+    }
+}
+
+/// Opens the log the config asks for.
+pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
+    match &config.redis.url {
+        Some(url) => {
+            let mut rc = RedisLogConfig::new(url.clone());
+            rc.prefix = config.redis.prefix.clone();
+            let log = RedisLog::connect(&rc).await?;
+            tracing::info!(prefix = %rc.prefix, "event log: redis streams");
+            Ok(EventLog::Redis(log))
+        }
+        None => {
+            tracing::warn!(
+                "event log: EMBEDDED (in-process, NOT durable: events are lost when the process \
+                 stops). Set --redis-url / REDIS_URL for a durable log."
+            );
+            Ok(EventLog::Embedded(EmbeddedLog::new(&config.redis.prefix)))
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves, then shuts down cleanly. Calls `on_bound`
+/// with the bound address once the listener is up (port 0 picks a free port).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let metrics = Metrics::standalone();
+    let log = open_log(&config).await?;
+    if let Some(brokers) = &config.kafka.brokers {
+        let topics: Vec<String> = schemas::Category::ALL
+            .iter()
+            .map(|c| connectors::kafka::events_topic(*c))
+            .collect();
+        connectors::kafka::ensure_topics(brokers, &topics, 8).await?;
+        tracing::info!(%brokers, "kafka topics ready");
+    }
+    let hub = Arc::new(Hub::new(
+        HubConfig {
+            max_queue_bytes: config.fanout.max_queue_bytes,
+            max_subscriptions: config.fanout.max_subscriptions,
+        },
+        metrics.clone(),
+    ));
+    let sink = Arc::new(FanoutSink {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+    });
+    let (bridge, BridgeEnds { entries, processed }) =
+        Bridge::start(&config, sink, metrics.clone()).map_err(ServeError::Dataflow)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let source = tokio::spawn(source::run(
+        log.clone(),
+        SourceConfig {
+            group: config.dataflow.group.clone(),
+            consumer: config.dataflow.consumer.clone(),
+            batch: config.dataflow.read_batch,
+        },
+        entries,
+        processed,
+        stop_rx,
+        metrics.clone(),
+    ));
+
+    let state = AppState {
+        log,
+        hub: hub.clone(),
+        metrics,
+        config: Arc::new(config.ingest.to_ingest_config()),
+    };
+    let addr = format!("{}:{}", config.server.bind, config.server.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ServeError::Server)?;
+    tracing::info!(addr = %local, "listening");
+    on_bound(local);
+
+    let (signal_tx, signal_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = signal_tx.send(true);
+    });
+    let mut graceful = signal_rx.clone();
+    let hub_for_close = hub.clone();
+    let server =
+        axum::serve(listener, http_ingest::router(state)).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|s| *s).await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            // Upgraded WebSocket connections are not tracked by the HTTP
+            // server's graceful shutdown: close them explicitly.
+            hub_for_close.close_all();
+        });
+    let result = server.await.map_err(ServeError::Server);
+
+    // HTTP is down: nothing new can be acknowledged. Drain the dataflow.
+    let _ = stop_tx.send(true);
+    let grace = config.server.shutdown_grace;
+    if tokio::time::timeout(grace, source).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "dataflow drain exceeded the grace period"
+        );
+    }
+    let _ = tokio::task::spawn_blocking(move || bridge.join()).await;
+    tracing::info!("stopped");
+    result
+}

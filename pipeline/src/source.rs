@@ -1,0 +1,130 @@
+//! Reads the log for the dataflow and acknowledges what it has processed.
+//!
+//! At start it re-reads this consumer's pending entries (delivered before a
+//! restart, never acknowledged), then new ones. Entries are acknowledged only
+//! when the bridge reports them fully processed. Log errors are counted and
+//! retried with capped exponential backoff: the source never dies.
+
+use connectors::{EntryRef, EventLog, LogEntry, Metrics};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+pub struct SourceConfig {
+    pub group: String,
+    pub consumer: String,
+    pub batch: usize,
+}
+
+/// Runs until `shutdown` flips; then stops reading, drops `entries` (ending
+/// the dataflow's input) and keeps acknowledging until the bridge has
+/// reported everything.
+pub async fn run(
+    log: EventLog,
+    config: SourceConfig,
+    entries: mpsc::Sender<Vec<LogEntry>>,
+    mut processed: mpsc::UnboundedReceiver<Vec<EntryRef>>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
+) {
+    let backend = log.backend();
+    let mut backoff = Backoff::default();
+    let mut resumed = false;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let read = async {
+            if !resumed {
+                log.ensure_group(&config.group).await?;
+                let pending = log
+                    .read_pending(&config.group, &config.consumer, 1_000_000)
+                    .await?;
+                if !pending.is_empty() {
+                    tracing::info!(entries = pending.len(), "resuming pending log entries");
+                }
+                return Ok::<_, connectors::LogError>((pending, true));
+            }
+            let batch = log
+                .read_new(
+                    &config.group,
+                    &config.consumer,
+                    config.batch,
+                    Duration::from_millis(250),
+                )
+                .await?;
+            Ok((batch, false))
+        };
+        // Acknowledge between reads rather than racing them: a cancelled
+        // XREADGROUP would leave delivered entries pending until a restart.
+        while let Ok(done) = processed.try_recv() {
+            ack(&log, &config.group, &done, &metrics).await;
+        }
+        match read.await {
+            Ok((batch, first)) => {
+                resumed |= first;
+                backoff.reset();
+                if !batch.is_empty() && entries.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                metrics
+                    .log_errors
+                    .with_label_values(&[backend, "read"])
+                    .inc();
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "log read failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    // Ending the input lets the dataflow drain; the bridge then reports the rest.
+    drop(entries);
+    while let Some(done) = processed.recv().await {
+        ack(&log, &config.group, &done, &metrics).await;
+    }
+}
+
+async fn ack(log: &EventLog, group: &str, done: &[EntryRef], metrics: &Metrics) {
+    let mut backoff = Backoff::default();
+    for _ in 0..5 {
+        match log.ack(group, done).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics
+                    .log_errors
+                    .with_label_values(&[log.backend(), "ack"])
+                    .inc();
+                tracing::warn!(error = %e, "log ack failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    // Unacknowledged entries stay pending and are re-read after a restart:
+    // at-least-once, never lost.
+    tracing::error!(
+        entries = done.len(),
+        "giving up acknowledging entries for now"
+    );
+}
+
+/// Capped exponential backoff: 50 ms, 100 ms, … 5 s.
+#[derive(Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let ms = 50u64.saturating_mul(1 << self.attempt.min(7)).min(5_000);
+        self.attempt += 1;
+        Duration::from_millis(ms)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
