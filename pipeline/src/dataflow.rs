@@ -76,7 +76,12 @@ impl InputDriver {
                 late.push(e);
                 continue;
             }
-            self.max_ts = Some(self.max_ts.map_or(e.ts, |m| m.max(e.ts)));
+            // The watermark moves per event, not per batch, so which events are
+            // late depends only on arrival order, never on how input was batched.
+            if self.max_ts.is_none_or(|m| e.ts > m) {
+                self.max_ts = Some(e.ts);
+                self.watermark = self.watermark.max(e.ts - self.disorder_ms);
+            }
             let ts = e.ts.max(0) as u64;
             let t = ts - ts % self.epoch_ms;
             if current.as_ref().is_none_or(|(ct, _)| *ct != t) {
@@ -88,9 +93,7 @@ impl InputDriver {
         }
         drop(current);
         drop(handle);
-        if let Some(max) = self.max_ts {
-            self.advance_to(max - self.disorder_ms);
-        }
+        self.downgrade_to_watermark();
         late
     }
 
@@ -100,7 +103,11 @@ impl InputDriver {
             return;
         }
         self.watermark = watermark;
-        let t = self.epoch_of(watermark);
+        self.downgrade_to_watermark();
+    }
+
+    fn downgrade_to_watermark(&mut self) {
+        let t = self.epoch_of(self.watermark);
         if let Some(cap) = self.cap.as_mut()
             && *cap.time() < t
         {
@@ -224,7 +231,12 @@ mod tests {
         let late = timely::execute_directly(move |worker| {
             let (driver, probe) = install(worker, &Config::default(), s2);
             let mut driver = driver.unwrap();
-            let mut late = driver.push(vec![ks("a", 10_000, 1), ks("b", 9_000, 1)]);
+            // Lateness is decided per event, also inside one batch.
+            let mut late = driver.push(vec![
+                ks("a", 10_000, 1),
+                ks("x", 7_500, 1),
+                ks("b", 9_000, 1),
+            ]);
             // watermark is now 8 000: 7 999 is late, 8 000 is not.
             late.extend(driver.push(vec![ks("c", 7_999, 1), ks("d", 8_000, 1)]));
             driver.close();
@@ -235,7 +247,7 @@ mod tests {
         });
         assert_eq!(
             late.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            ["c"]
+            ["x", "c"]
         );
         assert_eq!(sink.0.lock().unwrap().len(), 3);
     }

@@ -153,7 +153,15 @@ pub fn decode_batch(
                 .map(|raw| decode_event(raw.get().as_bytes(), limits))
                 .collect())
         }
-        Some(b'{') => Ok(vec![decode_event(body, limits)]),
+        Some(b'{') => {
+            // A single event that is not even JSON is a malformed request
+            // (400), not an invalid event of a batch.
+            let value: Value = serde_json::from_slice(body).map_err(json_error)?;
+            if body.len() > limits.max_event_bytes {
+                return Ok(vec![decode_event(body, limits)]);
+            }
+            Ok(vec![decode_value(value, limits)])
+        }
         Some(_) => Err(DecodeError::new(
             "invalid_json",
             None,

@@ -1,1 +1,147 @@
+//! Shared helpers of the end-to-end suites: the services started by
+//! `tests/run.sh`, and the real `inkstream` binary as a child process.
+//!
+//! A test that needs a service calls [`redis_url`] or [`kafka_brokers`]; when
+//! the harness did not provide it, the test **fails** with a message saying
+//! how to run the suite. Nothing is skipped silently.
 
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn required(var: &str, what: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{var} is not set: this test needs a real {what}. Run the suite with `tests/run.sh`, \
+             which installs and starts it (or export {var} yourself)."
+        ),
+    }
+}
+
+/// The real redis-server started by the harness (`redis://127.0.0.1:PORT`).
+pub fn redis_url() -> String {
+    required("INKSTREAM_TEST_REDIS_URL", "redis-server")
+}
+
+/// The real Kafka-compatible broker started by the harness (`127.0.0.1:PORT`).
+pub fn kafka_brokers() -> String {
+    required(
+        "INKSTREAM_TEST_KAFKA_BROKERS",
+        "Kafka-compatible broker (tansu)",
+    )
+}
+
+/// A name no other test (or earlier run) uses: for key prefixes and topics.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The `inkstream` binary built by this cargo invocation
+/// (`target/<profile>/inkstream`, next to the test's `deps/` folder).
+pub fn inkstream_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("INKSTREAM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("inkstream");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build the workspace (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `inkstream serve`; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `inkstream serve` with `args` and waits until `/healthz` answers.
+    pub async fn start(args: &[&str]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(inkstream_bin());
+        cmd.arg("serve")
+            .arg("--port")
+            .arg(port.to_string())
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn inkstream serve");
+        let server = Server { child, port };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(server.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "inkstream serve did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

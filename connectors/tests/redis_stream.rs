@@ -1,0 +1,157 @@
+//! The Redis Streams log against a real redis-server (started by tests/run.sh).
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use inkstream_connectors::EventLog;
+use inkstream_connectors::redis_stream::{RedisLog, RedisLogConfig};
+use inkstream_tests::{redis_url, unique};
+use schemas::Event;
+use std::time::Duration;
+
+fn ev(id: &str, ty: &str, user: &str) -> Event {
+    Event {
+        id: id.into(),
+        event_type: ty.into(),
+        ts: 1_767_603_600_000,
+        user_id: Some(user.into()),
+        project_id: Some("p1".into()),
+        document_id: Some("d1".into()),
+        data: serde_json::json!({"keystrokes": 1, "words": 1, "chars": 1}),
+    }
+}
+
+async fn open(prefix: &str) -> EventLog {
+    let mut config = RedisLogConfig::new(redis_url());
+    config.prefix = prefix.into();
+    EventLog::Redis(RedisLog::connect(&config).await.expect("connect to redis"))
+}
+
+#[tokio::test]
+async fn appended_events_are_read_by_a_group_acked_and_not_redelivered() {
+    let prefix = unique("log");
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let refs = log
+        .append(&[
+            ev("a", "writing.keystroke", "u1"),
+            ev("b", "collaboration.cursor_moved", "u1"),
+            ev("c", "writing.keystroke", "u1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(refs.len(), 3);
+    assert_eq!(&*refs[0].stream, format!("{prefix}:events:writing"));
+    assert_eq!(&*refs[1].stream, format!("{prefix}:events:collaboration"));
+
+    let got = log
+        .read_new("g", "c1", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c"]);
+    // Per-stream order holds: a before c in the writing stream.
+    let writing: Vec<&str> = got
+        .iter()
+        .filter(|e| e.entry.stream.ends_with("writing"))
+        .map(|e| e.event.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(writing, ["a", "c"]);
+    assert_eq!(
+        got[0].event.as_ref().unwrap(),
+        &ev("a", "writing.keystroke", "u1")
+    );
+
+    log.ack("g", &[got[0].entry.clone()]).await.unwrap();
+    assert!(
+        log.read_new("g", "c1", 100, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(log.read_pending("g", "c1", 100).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn pending_entries_survive_a_restart_of_the_consumer() {
+    let prefix = unique("restart");
+    {
+        let log = open(&prefix).await;
+        log.ensure_group("g").await.unwrap();
+        log.append(&[ev("a", "writing.keystroke", "u1")])
+            .await
+            .unwrap();
+        let got = log
+            .read_new("g", "c1", 10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        // dropped without ack: a crash between read and processing
+    }
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let pending = log.read_pending("g", "c1", 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event.as_ref().unwrap().id, "a");
+}
+
+#[tokio::test]
+async fn blocking_read_returns_promptly_when_nothing_arrives() {
+    let log = open(&unique("block")).await;
+    log.ensure_group("g").await.unwrap();
+    let start = std::time::Instant::now();
+    let got = log
+        .read_new("g", "c1", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn an_undecodable_entry_is_returned_as_an_error_not_a_failed_read() {
+    let prefix = unique("corrupt");
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:events:system"))
+        .arg("*")
+        .arg("event")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    log.append(&[ev("ok", "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    let got = log
+        .read_new("g", "c1", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().any(|e| {
+        e.event
+            .as_ref()
+            .is_err_and(|r| r.contains("does not decode"))
+    }));
+    assert!(
+        got.iter()
+            .any(|e| e.event.as_ref().is_ok_and(|e| e.id == "ok"))
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_reported_as_unavailable() {
+    let mut config = RedisLogConfig::new("redis://127.0.0.1:1/");
+    config.response_timeout = Duration::from_millis(300);
+    match RedisLog::connect(&config).await {
+        Err(inkstream_connectors::LogError::Unavailable(_)) => {}
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+}

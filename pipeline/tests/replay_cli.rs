@@ -1,0 +1,177 @@
+//! `inkstream generate` and `inkstream replay` as a user runs them, checked
+//! against a straightforward reference implementation of live WPM.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_inkstream")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("inkstream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Live WPM as specified: for each writing event, in arrival order, the typed
+/// words of that user's events that arrived so far with time in (ts − 60 s, ts].
+fn reference_wpm(events: &[serde_json::Value]) -> HashMap<String, f64> {
+    let mut seen: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
+    let mut out = HashMap::new();
+    for e in events {
+        let ty = e["type"].as_str().unwrap();
+        let words = match ty {
+            "writing.keystroke" if e["data"]["source"].as_str().unwrap_or("typed") == "typed" => {
+                e["data"]["words"].as_u64().unwrap()
+            }
+            "writing.keystroke" => 0,
+            "writing.word_added" => e["data"]["words"].as_u64().unwrap_or(1),
+            _ => continue,
+        };
+        let user = e["user_id"].as_str().unwrap().to_owned();
+        let ts = e["ts"].as_i64().unwrap();
+        let mine = seen.entry(user).or_default();
+        mine.push((ts, words));
+        let sum: u64 = mine
+            .iter()
+            .filter(|(t, _)| *t > ts - 60_000 && *t <= ts)
+            .map(|(_, w)| *w)
+            .sum();
+        out.insert(e["id"].as_str().unwrap().to_owned(), sum as f64);
+    }
+    out
+}
+
+fn replay(input: &Path, out: &Path, extra: &[&str]) -> String {
+    let output = Command::new(bin())
+        .arg("replay")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn replay_of_a_generated_file_matches_the_reference_wpm_with_one_and_two_workers() {
+    let dir = scratch("replay");
+    let input = dir.join("events.ndjson");
+    let status = Command::new(bin())
+        .args(["generate", "--events", "20000", "--users", "50", "--out"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let events = read_ndjson(&input);
+    assert_eq!(events.len(), 20_000);
+    let expected = reference_wpm(&events);
+
+    let mut runs = Vec::new();
+    for workers in ["1", "2"] {
+        let out = dir.join(format!("out-{workers}"));
+        let summary = replay(&input, &out, &["--workers", workers]);
+        assert!(summary.contains("replayed 20000 events"), "{summary}");
+        assert!(summary.contains("0 invalid, 0 late"), "{summary}");
+        assert!(!out.join("system.dead_letter.ndjson").exists());
+        let derived = read_ndjson(&out.join("analytics.metric_updated.ndjson"));
+        assert_eq!(derived.len(), expected.len());
+        let mut by_id: Vec<(String, f64)> = derived
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap().to_owned(),
+                    d["data"]["value"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        by_id.sort_by(|a, b| a.0.cmp(&b.0));
+        runs.push(by_id);
+    }
+    assert_eq!(
+        runs[0], runs[1],
+        "one and two workers produce the same outputs"
+    );
+
+    // Every derived value equals the reference for its triggering event.
+    let out = dir.join("out-1");
+    let derived = read_ndjson(&out.join("analytics.metric_updated.ndjson"));
+    let triggering: HashMap<(String, i64), Vec<f64>> = {
+        let mut m: HashMap<(String, i64), Vec<f64>> = HashMap::new();
+        for e in &events {
+            if let Some(v) = expected.get(e["id"].as_str().unwrap()) {
+                m.entry((
+                    e["user_id"].as_str().unwrap().to_owned(),
+                    e["ts"].as_i64().unwrap(),
+                ))
+                .or_default()
+                .push(*v);
+            }
+        }
+        m
+    };
+    for d in &derived {
+        let key = (
+            d["user_id"].as_str().unwrap().to_owned(),
+            d["ts"].as_i64().unwrap(),
+        );
+        let value = d["data"]["value"].as_f64().unwrap();
+        assert!(
+            triggering[&key].contains(&value),
+            "wpm {value} for {key:?} not in reference {:?}",
+            triggering[&key]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn invalid_lines_and_late_events_go_to_the_dead_letter_file() {
+    let dir = scratch("deadletter");
+    let input = dir.join("events.ndjson");
+    let lines = [
+        r#"{"id":"a","type":"writing.keystroke","ts":100000,"user_id":"u1","data":{"keystrokes":1,"words":1,"chars":1}}"#,
+        r#"{"id":"b","type":"writing.keystroke","ts":"oops","user_id":"u1","data":{"keystrokes":1,"words":1,"chars":1}}"#,
+        r#"not json at all"#,
+        // 5 s behind the newest event: beyond the default 2 s disorder.
+        r#"{"id":"c","type":"writing.keystroke","ts":95000,"user_id":"u1","data":{"keystrokes":1,"words":1,"chars":1}}"#,
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = dir.join("out");
+    let summary = replay(&input, &out, &[]);
+    assert!(summary.contains("replayed 2 events"), "{summary}");
+    assert!(summary.contains("2 invalid, 1 late"), "{summary}");
+    let dead = read_ndjson(&out.join("system.dead_letter.ndjson"));
+    assert_eq!(dead.len(), 3);
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d["data"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.iter().filter(|r| **r == "invalid").count(), 2);
+    assert_eq!(reasons.iter().filter(|r| **r == "late").count(), 1);
+    let invalid_ts = dead
+        .iter()
+        .find(|d| d["data"]["detail"]["line"] == 2)
+        .unwrap();
+    assert_eq!(invalid_ts["data"]["detail"]["field"], "ts");
+    let _ = std::fs::remove_dir_all(&dir);
+}

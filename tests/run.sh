@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or this one:
+#   - installs what is missing: redis-server (Debian package) and the
+#     Kafka-compatible broker tansu (cargo install, cached under
+#     ${INKSTREAM_CACHE:-~/.cache/inkstream} and skipped when present);
+#   - starts its own redis-server and tansu on free loopback ports (never the
+#     ones that may already be running) and exports their addresses;
+#   - runs cargo fmt --check, clippy -D warnings and every test in one cargo
+#     invocation;
+#   - stops what it started, also on failure or interrupt.
+# Tests that need a service fail (never skip) when it is missing.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cache="${INKSTREAM_CACHE:-$HOME/.cache/inkstream}"
+tansu_version="0.6.0"
+tansu="$cache/tansu-$tansu_version/bin/tansu"
+work="$(mktemp -d -t inkstream-tests.XXXXXX)"
+pids=()
+started=$(date +%s)
+
+log() { printf '[tests/run.sh %3ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
+
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+  log "done (exit $status)"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# --- install what is missing -------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing redis-server (Debian package)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+if [ ! -x "$tansu" ]; then
+  log "installing tansu $tansu_version with the dynostore engine (first run only, ~9 min)"
+  cargo install tansu --version "$tansu_version" --locked --features dynostore \
+    --root "$cache/tansu-$tansu_version"
+fi
+"$tansu" --help | grep -q 'Storage engines: .*dynostore' || {
+  log "$tansu has no storage engine: delete it and rerun"; exit 1; }
+
+# --- start services on free ports ---------------------------------------------
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(( 20000 + RANDOM % 40000 ))
+    if ! port_in_use "$p"; then echo "$p"; return 0; fi
+  done
+  log "no free port found"; return 1
+}
+wait_port() { # port name pid
+  for _ in $(seq 1 200); do
+    port_in_use "$1" && return 0
+    kill -0 "$3" 2>/dev/null || { log "$2 exited during startup"; return 1; }
+    sleep 0.05
+  done
+  log "$2 did not open port $1"; return 1
+}
+
+redis_port=$(free_port)
+mkdir -p "$work/redis"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$work/redis" --logfile "$work/redis/redis.log" &
+pids+=($!)
+wait_port "$redis_port" redis-server "$!"
+
+kafka_port=$(free_port)
+"$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+  --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+pids+=($!)
+wait_port "$kafka_port" tansu "$!"
+
+export INKSTREAM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+export INKSTREAM_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
+export INKSTREAM_TEST_REDIS_SERVER="$(command -v redis-server)"
+export INKSTREAM_TEST_TANSU="$tansu"
+log "redis-server on $redis_port, tansu on $kafka_port"
+
+# --- checks and tests ---------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked "$@"

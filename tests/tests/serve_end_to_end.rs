@@ -1,0 +1,217 @@
+//! The walking skeleton end to end: the real `inkstream serve` binary, events
+//! POSTed over HTTP, the live WPM message received on `/ws/analytics`.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use futures_util::{SinkExt, StreamExt};
+use inkstream_tests::{Server, now_ms, redis_url, unique};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("stream open")
+            .expect("frame ok");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON frame");
+        }
+    }
+}
+
+async fn subscribe(server: &Server, channel: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/analytics"))
+        .await
+        .expect("connect /ws/analytics");
+    ws.send(Message::text(
+        json!({"op":"subscribe","channel":channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op":"subscribed","channel":channel})
+    );
+    ws
+}
+
+/// POSTs keystrokes for `user` and returns the WPM messages and the latency
+/// from the POST to the first message.
+async fn wpm_round_trip(server: &Server, user: &str) -> Duration {
+    let mut ws = subscribe(server, &format!("user:{user}")).await;
+    let ts = now_ms();
+    let body = format!(
+        "{}\n{}\n",
+        json!({"id": unique("k1"), "type":"writing.keystroke","ts":ts - 1000,"user_id":user,"project_id":"p1",
+               "data":{"keystrokes":10,"words":2,"chars":11}}),
+        json!({"id": unique("k2"), "type":"writing.keystroke","ts":ts,"user_id":user,"project_id":"p1",
+               "data":{"keystrokes":20,"words":4,"chars":22}}),
+    );
+    let client = reqwest::Client::new();
+    let sent = Instant::now();
+    let resp = client
+        .post(server.url("/v1/events"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let ack: Value = resp.json().await.unwrap();
+    assert_eq!(ack["accepted"], 2);
+
+    let first = next_json(&mut ws).await;
+    let latency = sent.elapsed();
+    let second = next_json(&mut ws).await;
+    for (m, offset, wpm) in [(&first, 1, 2.0), (&second, 2, 6.0)] {
+        assert_eq!(m["op"], "message");
+        assert_eq!(m["channel"], format!("user:{user}"));
+        assert_eq!(m["offset"], offset);
+        assert_eq!(m["data"]["type"], "analytics.metric_updated");
+        assert_eq!(m["data"]["user_id"], user);
+        assert_eq!(m["data"]["data"]["metric"], "wpm");
+        assert_eq!(m["data"]["data"]["window_ms"], 60000);
+        assert_eq!(m["data"]["data"]["value"], wpm);
+    }
+    latency
+}
+
+#[tokio::test]
+async fn posted_keystrokes_reach_the_analytics_socket_as_live_wpm_embedded() {
+    let server = Server::start(&[]).await;
+    let latency = wpm_round_trip(&server, "u-embedded").await;
+    println!("embedded: POST → WS WPM message in {latency:?}");
+    assert!(latency < Duration::from_secs(2), "took {latency:?}");
+}
+
+#[tokio::test]
+async fn posted_keystrokes_reach_the_analytics_socket_as_live_wpm_through_redis() {
+    let prefix = unique("e2e");
+    let url = redis_url();
+    let server = Server::start(&[
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ])
+    .await;
+    let latency = wpm_round_trip(&server, "u-redis").await;
+    println!("redis: POST → WS WPM message in {latency:?}");
+    assert!(latency < Duration::from_secs(2), "took {latency:?}");
+}
+
+#[tokio::test]
+async fn invalid_events_are_rejected_with_the_field_named_and_nothing_stored() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    let body = json!([
+        {"type":"writing.keystroke","ts":now_ms(),"user_id":"u1","data":{"keystrokes":1,"words":1,"chars":1}},
+        {"type":"writing.keystroke","ts":now_ms(),"user_id":"u1","data":{"keystrokes":1,"words":"3","chars":1}},
+    ]);
+    let resp = client
+        .post(server.url("/v1/events"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_events");
+    assert_eq!(err["error"]["field"], "data.words");
+    assert_eq!(err["error"]["rejected"][0]["index"], 1);
+    assert_eq!(
+        err["error"]["rejected"][0]["message"],
+        "expected non-negative integer, got \"3\""
+    );
+
+    // ?partial=true stores the valid one and reports the other.
+    let resp = client
+        .post(server.url("/v1/events?partial=true"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let ok: Value = resp.json().await.unwrap();
+    assert_eq!(ok["accepted"], 1);
+    assert_eq!(ok["rejected"][0]["index"], 1);
+
+    let resp = client
+        .post(server.url("/v1/events"))
+        .header("content-type", "application/json")
+        .body("{\"type\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_json");
+
+    let resp = client
+        .post(server.url("/v1/events"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+}
+
+#[tokio::test]
+async fn metrics_and_health_answer() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    let health: Value = client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "inkstream_dataflow_watermark_milliseconds",
+        "inkstream_dataflow_events_in_total",
+        "inkstream_http_requests_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut server = Server::start(&[]).await;
+    let mut ws = subscribe(&server, "user:u-stop").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.terminate(Duration::from_secs(15));
+        (s, server)
+    })
+    .await
+    .unwrap();
+    let (status, _server) = status;
+    let status = status.expect("exited within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    // The socket was closed with 1001 (going away), not dropped.
+    let close = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
