@@ -13,8 +13,8 @@
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
 use crate::config::Config;
-use crate::operators::derived_id;
 use crate::operators::wpm::LiveWpm;
+use crate::operators::{Record, derived_id};
 use schemas::Event;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
@@ -34,13 +34,13 @@ pub trait DerivedSink: Send + Sync + 'static {
 
 /// Every operator, wired: events in, derived events out.
 pub fn build_graph<'scope>(
-    events: Stream<'scope, u64, Vec<Event>>,
+    events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
 ) -> Stream<'scope, u64, Vec<Event>> {
     events.live_wpm(&config.wpm)
 }
 
-type Handle = UnorderedHandle<u64, CapacityContainerBuilder<Vec<Event>>>;
+type Handle = UnorderedHandle<u64, CapacityContainerBuilder<Vec<Record>>>;
 
 /// Feeds events into the dataflow at their event-time epoch and holds the
 /// watermark. Lives on worker 0; other workers drop their capability at once.
@@ -53,6 +53,8 @@ pub struct InputDriver {
     max_ts: Option<i64>,
     /// Events with `ts < watermark` are late.
     watermark: i64,
+    /// Arrival sequence number of the next event.
+    next_seq: u64,
 }
 
 impl InputDriver {
@@ -65,12 +67,11 @@ impl InputDriver {
     /// Sends `events` into the dataflow; returns those that are late.
     pub fn push(&mut self, events: impl IntoIterator<Item = Event>) -> Vec<Event> {
         let mut late = Vec::new();
-        let Some(cap) = self.cap.as_ref() else {
+        if self.cap.is_none() {
             late.extend(events);
             return late;
-        };
-        let mut handle = self.handle.activate();
-        let mut current: Option<(u64, ActivateCapability<u64>)> = None;
+        }
+        let mut timed: Vec<(u64, Record)> = Vec::new();
         for e in events {
             if e.ts < self.watermark {
                 late.push(e);
@@ -82,17 +83,26 @@ impl InputDriver {
                 self.max_ts = Some(e.ts);
                 self.watermark = self.watermark.max(e.ts - self.disorder_ms);
             }
-            let ts = e.ts.max(0) as u64;
-            let t = ts - ts % self.epoch_ms;
-            if current.as_ref().is_none_or(|(ct, _)| *ct != t) {
-                current = Some((t, cap.delayed(&t)));
-            }
-            if let Some((_, c)) = current.as_ref() {
-                handle.session(c).give(e);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            timed.push((self.epoch_of(e.ts), Record { seq, event: e }));
+        }
+        // One session (one container) per epoch, not per event: disordered
+        // input would otherwise flush a tiny container for every record. The
+        // sort is stable, so arrival order holds within an epoch.
+        timed.sort_by_key(|(t, _)| *t);
+        if let Some(cap) = self.cap.as_ref() {
+            let mut handle = self.handle.activate();
+            let mut rest = timed.into_iter().peekable();
+            while let Some((t, first)) = rest.next() {
+                let delayed = cap.delayed(&t);
+                let mut session = handle.session(&delayed);
+                session.give(first);
+                while let Some((_, e)) = rest.next_if(|(t2, _)| *t2 == t) {
+                    session.give(e);
+                }
             }
         }
-        drop(current);
-        drop(handle);
         self.downgrade_to_watermark();
         late
     }
@@ -147,7 +157,7 @@ pub fn install<S: DerivedSink>(
     let index = worker.index();
     let (handle, cap) = worker.dataflow::<u64, _, _>(|scope| {
         let ((handle, cap), events) =
-            scope.new_unordered_input::<CapacityContainerBuilder<Vec<Event>>>();
+            scope.new_unordered_input::<CapacityContainerBuilder<Vec<Record>>>();
         build_graph(events, config).probe_with(&probe).sink(
             Pipeline,
             "DerivedSink",
@@ -170,6 +180,7 @@ pub fn install<S: DerivedSink>(
         disorder_ms: config.dataflow.allowed_disorder.as_millis() as i64,
         max_ts: None,
         watermark: i64::MIN,
+        next_seq: 0,
     };
     (Some(driver), probe)
 }

@@ -4,6 +4,19 @@
 
 pub mod wpm;
 
+use schemas::Event;
+use serde::{Deserialize, Serialize};
+
+/// An input event as the dataflow carries it: with its arrival sequence
+/// number, assigned by the input in the order events arrived. Operators that
+/// emit live figures use it to answer "as of this event's arrival" no matter
+/// in which order a batch is processed, so results never depend on batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub event: Event,
+}
+
 use std::hash::{Hash, Hasher};
 
 /// A stable 64-bit FNV-1a hash: the same in every process and every run, so

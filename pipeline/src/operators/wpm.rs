@@ -9,7 +9,7 @@
 //! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
 //! not writing.
 
-use crate::operators::{derived_id, stable_hash};
+use crate::operators::{Record, derived_id, stable_hash};
 use schemas::Event;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
@@ -35,10 +35,10 @@ impl Default for WpmConfig {
     }
 }
 
-/// One user's recent writing: (event time, words), ordered by time.
+/// One user's recent writing: (event time, arrival seq, words), ordered by time.
 #[derive(Default)]
 struct UserWindow {
-    entries: VecDeque<(i64, u64)>,
+    entries: VecDeque<(i64, u64, u64)>,
 }
 
 /// The pure core.
@@ -67,8 +67,10 @@ impl WpmTracker {
         }
     }
 
-    /// Records a writing event and returns the user's live WPM as of its time.
-    pub fn observe(&mut self, e: &Event) -> Option<Event> {
+    /// Records a writing event (the `seq`-th to arrive) and returns the
+    /// user's live WPM at its event time, counting the events that had arrived
+    /// by then.
+    pub fn observe(&mut self, seq: u64, e: &Event) -> Option<Event> {
         let words = words_of(e)?;
         let user = e.user_id.as_deref()?;
         let w = self.users.entry(user.to_owned()).or_default();
@@ -77,15 +79,18 @@ impl WpmTracker {
             - w.entries
                 .iter()
                 .rev()
-                .take_while(|(t, _)| *t > e.ts)
+                .take_while(|(t, _, _)| *t > e.ts)
                 .count();
-        w.entries.insert(pos, (e.ts, words));
+        w.entries.insert(pos, (e.ts, seq, words));
         let from = e.ts - self.window_ms;
+        // Entries up to `pos` are at or before e.ts; walk back to the window start.
         let in_window: u64 = w
             .entries
-            .iter()
-            .filter(|(t, _)| *t > from && *t <= e.ts)
-            .map(|(_, n)| *n)
+            .range(..=pos)
+            .rev()
+            .take_while(|(t, _, _)| *t > from)
+            .filter(|(_, s, _)| *s <= seq)
+            .map(|(_, _, n)| *n)
             .sum();
         let value = in_window as f64 * 60_000.0 / self.window_ms as f64;
         Some(Event {
@@ -108,7 +113,7 @@ impl WpmTracker {
     pub fn advance_to(&mut self, watermark: i64) {
         let horizon = watermark - self.window_ms;
         self.users.retain(|_, w| {
-            while w.entries.front().is_some_and(|(t, _)| *t <= horizon) {
+            while w.entries.front().is_some_and(|(t, _, _)| *t <= horizon) {
                 w.entries.pop_front();
             }
             !w.entries.is_empty()
@@ -126,18 +131,19 @@ pub trait LiveWpm<'scope> {
     fn live_wpm(self, config: &WpmConfig) -> Stream<'scope, u64, Vec<Event>>;
 }
 
-impl<'scope> LiveWpm<'scope> for Stream<'scope, u64, Vec<Event>> {
+impl<'scope> LiveWpm<'scope> for Stream<'scope, u64, Vec<Record>> {
     fn live_wpm(self, config: &WpmConfig) -> Stream<'scope, u64, Vec<Event>> {
         let config = config.clone();
         // Exchange by user so each user's window lives on exactly one worker.
-        let by_user = Exchange::new(|e: &Event| stable_hash(e.user_id.as_deref().unwrap_or("")));
+        let by_user =
+            Exchange::new(|r: &Record| stable_hash(r.event.user_id.as_deref().unwrap_or("")));
         self.unary_frontier(by_user, "LiveWpm", move |_cap, _info| {
             let mut tracker = WpmTracker::new(&config);
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
-                    for e in data.drain(..) {
-                        if let Some(d) = tracker.observe(&e) {
+                    for r in data.drain(..) {
+                        if let Some(d) = tracker.observe(r.seq, &r.event) {
                             session.give(d);
                         }
                     }
@@ -179,16 +185,16 @@ mod tests {
     fn sums_words_in_the_last_minute() {
         let mut t = WpmTracker::new(&WpmConfig::default());
         assert_eq!(
-            wpm(&t.observe(&ks("a", "u1", 1_000, 10, None)).unwrap()),
+            wpm(&t.observe(1, &ks("a", "u1", 1_000, 10, None)).unwrap()),
             10.0
         );
         assert_eq!(
-            wpm(&t.observe(&ks("b", "u1", 30_000, 5, None)).unwrap()),
+            wpm(&t.observe(2, &ks("b", "u1", 30_000, 5, None)).unwrap()),
             15.0
         );
         // 61 s: the event at 1 s has left the window (window is (1 000, 61 000]).
         assert_eq!(
-            wpm(&t.observe(&ks("c", "u1", 61_000, 1, None)).unwrap()),
+            wpm(&t.observe(3, &ks("c", "u1", 61_000, 1, None)).unwrap()),
             6.0
         );
     }
@@ -196,10 +202,10 @@ mod tests {
     #[test]
     fn window_boundary_is_exclusive_at_the_start() {
         let mut t = WpmTracker::new(&WpmConfig::default());
-        t.observe(&ks("a", "u1", 0, 10, None));
+        t.observe(4, &ks("a", "u1", 0, 10, None));
         // exactly one window later: the first event is out.
         assert_eq!(
-            wpm(&t.observe(&ks("b", "u1", 60_000, 1, None)).unwrap()),
+            wpm(&t.observe(5, &ks("b", "u1", 60_000, 1, None)).unwrap()),
             1.0
         );
     }
@@ -207,15 +213,30 @@ mod tests {
     #[test]
     fn out_of_order_event_counts_for_its_own_time() {
         let mut t = WpmTracker::new(&WpmConfig::default());
-        t.observe(&ks("a", "u1", 10_000, 10, None));
+        t.observe(6, &ks("a", "u1", 10_000, 10, None));
         // Arrives late but within the window: its WPM covers only events up to 5 s.
         assert_eq!(
-            wpm(&t.observe(&ks("b", "u1", 5_000, 3, None)).unwrap()),
+            wpm(&t.observe(7, &ks("b", "u1", 5_000, 3, None)).unwrap()),
             3.0
         );
         assert_eq!(
-            wpm(&t.observe(&ks("c", "u1", 11_000, 0, None)).unwrap()),
+            wpm(&t.observe(8, &ks("c", "u1", 11_000, 0, None)).unwrap()),
             13.0
+        );
+    }
+
+    #[test]
+    fn value_is_as_of_arrival_whatever_the_processing_order() {
+        // A (ts 10 s) arrived before B (ts 9 s), but B is processed first.
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        assert_eq!(
+            wpm(&t.observe(2, &ks("b", "u1", 9_000, 3, None)).unwrap()),
+            3.0
+        );
+        // A does not count B: B had not arrived when A did.
+        assert_eq!(
+            wpm(&t.observe(1, &ks("a", "u1", 10_000, 10, None)).unwrap()),
+            10.0
         );
     }
 
@@ -223,7 +244,7 @@ mod tests {
     fn pasted_text_is_not_writing() {
         let mut t = WpmTracker::new(&WpmConfig::default());
         assert_eq!(
-            wpm(&t.observe(&ks("a", "u1", 1, 500, Some("paste"))).unwrap()),
+            wpm(&t.observe(9, &ks("a", "u1", 1, 500, Some("paste"))).unwrap()),
             0.0
         );
     }
@@ -231,18 +252,19 @@ mod tests {
     #[test]
     fn users_are_independent_and_ids_deterministic() {
         let mut t = WpmTracker::new(&WpmConfig::default());
-        let a = t.observe(&ks("a", "u1", 1, 4, None)).unwrap();
-        let b = t.observe(&ks("b", "u2", 1, 7, None)).unwrap();
+        let a = t.observe(10, &ks("a", "u1", 1, 4, None)).unwrap();
+        let b = t.observe(11, &ks("b", "u2", 1, 7, None)).unwrap();
         assert_eq!((wpm(&a), wpm(&b)), (4.0, 7.0));
         let mut t2 = WpmTracker::new(&WpmConfig::default());
-        assert_eq!(t2.observe(&ks("a", "u1", 1, 4, None)).unwrap().id, a.id);
+        // Same input, same id, whatever the arrival position.
+        assert_eq!(t2.observe(12, &ks("a", "u1", 1, 4, None)).unwrap().id, a.id);
     }
 
     #[test]
     fn state_is_dropped_once_the_watermark_passes_the_window() {
         let mut t = WpmTracker::new(&WpmConfig::default());
         for i in 0..100 {
-            t.observe(&ks(&format!("e{i}"), &format!("u{i}"), 1_000, 1, None));
+            t.observe(13, &ks(&format!("e{i}"), &format!("u{i}"), 1_000, 1, None));
         }
         assert_eq!(t.active_users(), 100);
         t.advance_to(60_999);
@@ -256,6 +278,6 @@ mod tests {
         let mut t = WpmTracker::new(&WpmConfig::default());
         let mut e = ks("a", "u1", 1, 4, None);
         e.event_type = "collaboration.cursor_moved".into();
-        assert!(t.observe(&e).is_none());
+        assert!(t.observe(14, &e).is_none());
     }
 }
