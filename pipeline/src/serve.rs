@@ -13,6 +13,7 @@ use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::Config;
 use crate::dataflow::DerivedSink;
 use crate::source::{self, SourceConfig};
+use axum::serve::ListenerExt;
 use connectors::event_log::EmbeddedLog;
 use connectors::http_ingest::{self, AppState};
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
@@ -150,6 +151,11 @@ pub async fn run(
     });
     let mut graceful = signal_rx.clone();
     let hub_for_close = hub.clone();
+    // Small frames (WS messages, 202s) must not wait for Nagle's algorithm:
+    // without TCP_NODELAY a push can pay the 40 ms delayed-ACK round.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server =
         axum::serve(listener, http_ingest::router(state)).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|s| *s).await;
