@@ -17,6 +17,8 @@ pub struct Metrics {
     pub ingest_events_accepted: IntCounterVec,
     /// Events rejected at ingest, by error code.
     pub ingest_events_rejected: IntCounterVec,
+    /// Events whose id was already stored (not stored again).
+    pub ingest_duplicates: IntCounter,
     /// Events per accepted ingest request or frame.
     pub ingest_batch_size: Histogram,
     /// Time to append one batch to the log, by backend.
@@ -64,6 +66,10 @@ impl Metrics {
                     "Events rejected at ingest, by error code.",
                 ),
                 &["code"],
+            )?,
+            ingest_duplicates: IntCounter::new(
+                "inkstream_ingest_duplicates_total",
+                "Events whose id the same app had already stored; acknowledged, not stored again.",
             )?,
             ingest_batch_size: Histogram::with_opts(
                 HistogramOpts::new(
@@ -152,6 +158,7 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.ingest_events_accepted.clone()))?;
         r.register(Box::new(m.ingest_events_rejected.clone()))?;
+        r.register(Box::new(m.ingest_duplicates.clone()))?;
         r.register(Box::new(m.ingest_batch_size.clone()))?;
         r.register(Box::new(m.log_append_seconds.clone()))?;
         r.register(Box::new(m.log_errors.clone()))?;

@@ -32,16 +32,32 @@ async fn appended_events_are_read_by_a_group_acked_and_not_redelivered() {
     let log = open(&prefix).await;
     log.ensure_group("g").await.unwrap();
     let refs = log
-        .append(&[
-            ev("a", "writing.keystroke", "u1"),
-            ev("b", "collaboration.cursor_moved", "u1"),
-            ev("c", "writing.keystroke", "u1"),
-        ])
+        .append(
+            "app",
+            &[
+                ev("a", "writing.keystroke", "u1"),
+                ev("b", "collaboration.cursor_moved", "u1"),
+                ev("c", "writing.keystroke", "u1"),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(refs.len(), 3);
-    assert_eq!(&*refs[0].stream, format!("{prefix}:events:writing"));
-    assert_eq!(&*refs[1].stream, format!("{prefix}:events:collaboration"));
+    assert!(
+        refs[0]
+            .entry
+            .stream
+            .starts_with(&format!("{prefix}:events:writing:"))
+    );
+    assert!(
+        refs[1]
+            .entry
+            .stream
+            .starts_with(&format!("{prefix}:events:collaboration:"))
+    );
+    // Same partition key (user) → same shard stream.
+    assert_eq!(refs[0].entry.stream, refs[2].entry.stream);
+    assert!(refs.iter().all(|r| !r.duplicate));
 
     let got = log
         .read_new("g", "c1", 100, Duration::from_millis(100))
@@ -56,7 +72,7 @@ async fn appended_events_are_read_by_a_group_acked_and_not_redelivered() {
     // Per-stream order holds: a before c in the writing stream.
     let writing: Vec<&str> = got
         .iter()
-        .filter(|e| e.entry.stream.ends_with("writing"))
+        .filter(|e| e.entry.stream.contains(":writing:"))
         .map(|e| e.event.as_ref().unwrap().id.as_str())
         .collect();
     assert_eq!(writing, ["a", "c"]);
@@ -81,7 +97,7 @@ async fn pending_entries_survive_a_restart_of_the_consumer() {
     {
         let log = open(&prefix).await;
         log.ensure_group("g").await.unwrap();
-        log.append(&[ev("a", "writing.keystroke", "u1")])
+        log.append("app", &[ev("a", "writing.keystroke", "u1")])
             .await
             .unwrap();
         let got = log
@@ -119,14 +135,14 @@ async fn an_undecodable_entry_is_returned_as_an_error_not_a_failed_read() {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: String = redis::cmd("XADD")
-        .arg(format!("{prefix}:events:system"))
+        .arg(format!("{prefix}:events:system:0"))
         .arg("*")
         .arg("event")
         .arg("{not json")
         .query_async(&mut conn)
         .await
         .unwrap();
-    log.append(&[ev("ok", "writing.keystroke", "u1")])
+    log.append("app", &[ev("ok", "writing.keystroke", "u1")])
         .await
         .unwrap();
     let got = log
@@ -154,4 +170,93 @@ async fn an_unreachable_redis_is_reported_as_unavailable() {
         Err(other) => panic!("expected Unavailable, got {other}"),
         Ok(_) => panic!("connected to a closed port"),
     }
+}
+
+#[tokio::test]
+async fn the_same_id_from_the_same_app_is_stored_once_across_restarts() {
+    let prefix = unique("dedup");
+    let first = open(&prefix).await;
+    let a = first
+        .append(
+            "app",
+            &[
+                ev("x", "writing.keystroke", "u1"),
+                ev("x", "writing.keystroke", "u1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!a[0].duplicate);
+    assert!(a[1].duplicate, "a duplicate within one batch");
+    assert_eq!(a[0].entry, a[1].entry);
+    drop(first);
+    // A new connection (as after a restart of inkstream) still knows the id.
+    let second = open(&prefix).await;
+    let b = second
+        .append("app", &[ev("x", "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    assert!(b[0].duplicate);
+    assert_eq!(b[0].entry, a[0].entry, "reports where the first copy is");
+    // Another app's ids are its own.
+    let c = second
+        .append("other", &[ev("x", "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    assert!(!c[0].duplicate);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&*a[0].entry.stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 2, "one copy for app, one for other");
+}
+
+#[tokio::test]
+async fn trimming_never_removes_what_a_required_group_still_needs() {
+    let prefix = unique("trim");
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let events: Vec<Event> = (0..10)
+        .map(|i| ev(&format!("t{i}"), "writing.keystroke", "u1"))
+        .collect();
+    let stored = log.append("app", &events).await.unwrap();
+    let stream = stored[0].entry.stream.clone();
+    let far_future = u64::MAX / 2;
+    // Nothing delivered yet: nothing may go.
+    assert_eq!(log.trim(&["g".into()], far_future).await.unwrap(), 0);
+    let got = log
+        .read_new("g", "c", 4, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    // Delivered but not acknowledged: still nothing.
+    assert_eq!(log.trim(&["g".into()], far_future).await.unwrap(), 0);
+    log.ack("g", &[got[0].entry.clone(), got[1].entry.clone()])
+        .await
+        .unwrap();
+    // The first two are acknowledged: exactly those go.
+    assert_eq!(log.trim(&["g".into()], far_future).await.unwrap(), 2);
+    // A required group that does not exist yet protects everything.
+    assert_eq!(
+        log.trim(&["g".into(), "mirror".into()], far_future)
+            .await
+            .unwrap(),
+        0
+    );
+    // The retention floor protects recent entries whatever the groups did.
+    log.ack("g", &[got[2].entry.clone(), got[3].entry.clone()])
+        .await
+        .unwrap();
+    assert_eq!(log.trim(&["g".into()], 0).await.unwrap(), 0);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&*stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 8);
 }

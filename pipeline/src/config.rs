@@ -50,6 +50,8 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// Prefix of every key inkstream writes (default `inkstream`).
     pub prefix: String,
+    /// Streams per category, keyed by partition key (default 8).
+    pub shards: u32,
 }
 
 impl Default for RedisConfig {
@@ -57,6 +59,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: None,
             prefix: "inkstream".into(),
+            shards: 8,
         }
     }
 }
@@ -88,6 +91,12 @@ pub struct IngestSettings {
     /// How long an append may take before answering 503 (default 5 s).
     #[serde(deserialize_with = "duration")]
     pub append_timeout: Duration,
+    /// How long an event id is remembered per app for deduplication (default 24 h).
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    /// Embedded log only: most ids remembered; past it the oldest are
+    /// forgotten before the window ends (default 1,000,000).
+    pub dedup_max_ids_embedded: usize,
 }
 
 impl Default for IngestSettings {
@@ -100,6 +109,8 @@ impl Default for IngestSettings {
             max_future: Duration::from_secs(300),
             check_skew: true,
             append_timeout: Duration::from_secs(5),
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_max_ids_embedded: 1_000_000,
         }
     }
 }

@@ -71,6 +71,8 @@ pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
         Some(url) => {
             let mut rc = RedisLogConfig::new(url.clone());
             rc.prefix = config.redis.prefix.clone();
+            rc.shards = config.redis.shards;
+            rc.dedup_window = config.ingest.dedup_window;
             let log = RedisLog::connect(&rc).await?;
             tracing::info!(prefix = %rc.prefix, "event log: redis streams");
             Ok(EventLog::Redis(log))
@@ -80,7 +82,11 @@ pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
                 "event log: EMBEDDED (in-process, NOT durable: events are lost when the process \
                  stops). Set --redis-url / REDIS_URL for a durable log."
             );
-            Ok(EventLog::Embedded(EmbeddedLog::new(&config.redis.prefix)))
+            Ok(EventLog::Embedded(EmbeddedLog::new(
+                &config.redis.prefix,
+                config.ingest.dedup_window,
+                config.ingest.dedup_max_ids_embedded,
+            )))
         }
     }
 }

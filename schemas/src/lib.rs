@@ -8,7 +8,10 @@
 //! This crate is pure (no async, no I/O) so that every other crate can depend on it.
 
 pub mod event;
+mod hash;
 pub mod json;
+pub mod payload;
 
 pub use event::{Category, Event, EventType, UnknownType};
+pub use hash::stable_hash;
 pub use json::{DecodeError, Limits, decode_batch, decode_event, decode_value};

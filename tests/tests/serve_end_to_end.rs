@@ -215,3 +215,78 @@ async fn sigterm_drains_and_exits_cleanly() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn sigterm_after_ingest_leaves_every_acknowledged_event_in_redis_and_processed() {
+    let prefix = unique("drain");
+    let url = redis_url();
+    let mut server = Server::start(&[
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let ts = now_ms();
+    let mut accepted = 0;
+    for batch in 0..10 {
+        let body: String = (0..50)
+            .map(|i| {
+                json!({"id": format!("{prefix}-{batch}-{i}"), "type":"writing.keystroke","ts": ts + i,
+                       "user_id": format!("u{}", i % 7), "data":{"keystrokes":5,"words":1,"chars":5}})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        let resp = client
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        accepted += resp.json::<Value>().await.unwrap()["accepted"]
+            .as_u64()
+            .unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("exited within 15 s");
+    assert!(status.success());
+
+    let redis = redis::Client::open(url).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut len = 0u64;
+    let mut count = 0i64;
+    for shard in 0..8 {
+        let stream = format!("{prefix}:events:writing:{shard}");
+        let n: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        len += n;
+        // XPENDING summary: [count, first, last, consumers]
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("dataflow")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        count += match summary {
+            redis::Value::Array(items) => match &items[0] {
+                redis::Value::Int(n) => *n,
+                other => panic!("unexpected XPENDING count {other:?}"),
+            },
+            other => panic!("unexpected XPENDING reply {other:?}"),
+        };
+    }
+    assert_eq!(len, accepted, "every acknowledged event is in the log");
+    assert_eq!(
+        count, 0,
+        "the dataflow drained and acknowledged everything it read"
+    );
+}

@@ -3,11 +3,11 @@
 //! the semantics of Redis Streams consumer groups so that code written against
 //! it behaves the same against Redis.
 
-use super::{EntryRef, LogEntry, stream_name};
+use super::{Appended, EntryRef, LogEntry, stream_name};
 use schemas::{Category, Event};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// An entry id, ordered as Redis orders them: (milliseconds, sequence).
@@ -39,6 +39,29 @@ struct Inner {
     streams: Vec<Stream>,
     groups: HashMap<String, Group>,
     last_id: Id,
+    dedup: Dedup,
+}
+
+/// Ids seen per app within the window, bounded in count: past `max_ids` the
+/// oldest are forgotten early (documented in docs/OPERATIONS.md).
+struct Dedup {
+    window: Duration,
+    max_ids: usize,
+    seen: HashMap<String, EntryRef>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedup {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.window && self.order.len() <= self.max_ids {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.seen.remove(&key);
+            }
+        }
+    }
 }
 
 /// The embedded log; clones share the same log.
@@ -51,16 +74,18 @@ pub struct EmbeddedLog {
 
 impl Default for EmbeddedLog {
     fn default() -> Self {
-        EmbeddedLog::new("inkstream")
+        EmbeddedLog::new("inkstream", Duration::from_secs(24 * 3600), 1_000_000)
     }
 }
 
 impl EmbeddedLog {
-    pub fn new(prefix: &str) -> EmbeddedLog {
+    /// One stream per category (no shards: one process reads them all).
+    /// Ids are remembered for `dedup_window`, at most `max_ids` of them.
+    pub fn new(prefix: &str, dedup_window: Duration, max_ids: usize) -> EmbeddedLog {
         let streams = Category::ALL
             .iter()
             .map(|c| Stream {
-                name: stream_name(prefix, *c).into(),
+                name: stream_name(prefix, *c, 0).into(),
                 entries: VecDeque::new(),
             })
             .collect();
@@ -69,6 +94,12 @@ impl EmbeddedLog {
                 streams,
                 groups: HashMap::new(),
                 last_id: (0, 0),
+                dedup: Dedup {
+                    window: dedup_window,
+                    max_ids: max_ids.max(1),
+                    seen: HashMap::new(),
+                    order: VecDeque::new(),
+                },
             })),
             appended: Arc::new(Notify::new()),
         }
@@ -80,14 +111,24 @@ impl EmbeddedLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn append(&self, events: &[Event]) -> Vec<EntryRef> {
+    pub fn append(&self, app: &str, events: &[Event]) -> Vec<Appended> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let clock = Instant::now();
         let mut inner = self.lock();
+        inner.dedup.expire(clock);
         let mut refs = Vec::with_capacity(events.len());
         for event in events {
+            let key = format!("{app}\u{0}{}", event.id);
+            if let Some(first) = inner.dedup.seen.get(&key) {
+                refs.push(Appended {
+                    entry: first.clone(),
+                    duplicate: true,
+                });
+                continue;
+            }
             let id = if now > inner.last_id.0 {
                 (now, 0)
             } else {
@@ -97,9 +138,15 @@ impl EmbeddedLog {
             let idx = category_index(event.category());
             let stream = &mut inner.streams[idx];
             stream.entries.push_back((id, event.clone()));
-            refs.push(EntryRef {
+            let entry = EntryRef {
                 stream: stream.name.clone(),
                 id: render(id),
+            };
+            inner.dedup.seen.insert(key.clone(), entry.clone());
+            inner.dedup.order.push_back((clock, key));
+            refs.push(Appended {
+                entry,
+                duplicate: false,
             });
         }
         drop(inner);
@@ -265,8 +312,11 @@ mod tests {
     async fn delivers_in_append_order_and_redelivers_unacked_pending() {
         let log = EmbeddedLog::default();
         log.ensure_group("g");
-        log.append(&[ev("a", "writing.keystroke"), ev("b", "system.error")]);
-        log.append(&[ev("c", "writing.keystroke")]);
+        log.append(
+            "app",
+            &[ev("a", "writing.keystroke"), ev("b", "system.error")],
+        );
+        log.append("app", &[ev("c", "writing.keystroke")]);
         let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
         let ids: Vec<_> = got
             .iter()
@@ -282,6 +332,32 @@ mod tests {
         assert_eq!(log.len(), 2);
     }
 
+    #[test]
+    fn the_same_id_from_the_same_app_is_stored_once() {
+        let log = EmbeddedLog::default();
+        let first = log.append(
+            "app",
+            &[ev("a", "writing.keystroke"), ev("a", "writing.keystroke")],
+        );
+        assert!(!first[0].duplicate);
+        assert!(first[1].duplicate);
+        assert_eq!(first[0].entry, first[1].entry);
+        let again = log.append("app", &[ev("a", "writing.keystroke")]);
+        assert!(again[0].duplicate);
+        // Another app's id space is its own.
+        assert!(!log.append("other", &[ev("a", "writing.keystroke")])[0].duplicate);
+        assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn dedup_memory_is_bounded() {
+        let log = EmbeddedLog::new("t", Duration::from_secs(3600), 10);
+        for i in 0..100 {
+            log.append("app", &[ev(&format!("e{i}"), "writing.keystroke")]);
+        }
+        assert!(log.lock().dedup.seen.len() <= 11);
+    }
+
     #[tokio::test]
     async fn blocking_read_wakes_on_append() {
         let log = EmbeddedLog::default();
@@ -291,7 +367,7 @@ mod tests {
             async move { reader.read_new("g", "c", 10, Duration::from_secs(5)).await },
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        log.append(&[ev("a", "writing.keystroke")]);
+        log.append("app", &[ev("a", "writing.keystroke")]);
         let got = t.await.unwrap();
         assert_eq!(got.len(), 1);
     }

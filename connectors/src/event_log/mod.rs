@@ -24,6 +24,16 @@ pub struct EntryRef {
     pub id: String,
 }
 
+/// The outcome of appending one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Where the event is stored (for a duplicate: where the first copy is).
+    pub entry: EntryRef,
+    /// The same id from the same app was already stored within the dedup
+    /// window; nothing new was written.
+    pub duplicate: bool,
+}
+
 /// One entry read from the log. An entry that does not decode is still
 /// returned (as `Err` with the reason) so that it can be dead-lettered and
 /// acknowledged instead of blocking its stream forever.
@@ -59,12 +69,14 @@ impl EventLog {
         }
     }
 
-    /// Appends `events` (in order, one round trip for the batch) and returns
-    /// where each was stored. Returns only once every event is in the log.
-    pub async fn append(&self, events: &[Event]) -> Result<Vec<EntryRef>, LogError> {
+    /// Appends `events` for `app` (in order, one round trip for the batch)
+    /// and returns where each is stored. Returns only once every event is in
+    /// the log. An id `app` already stored within the dedup window is not
+    /// stored again (`duplicate: true`).
+    pub async fn append(&self, app: &str, events: &[Event]) -> Result<Vec<Appended>, LogError> {
         match self {
-            EventLog::Embedded(log) => Ok(log.append(events)),
-            EventLog::Redis(log) => log.append(events).await,
+            EventLog::Embedded(log) => Ok(log.append(app, events)),
+            EventLog::Redis(log) => log.append(app, events).await,
         }
     }
 
@@ -121,6 +133,16 @@ impl EventLog {
         }
     }
 
+    /// Removes entries every group in `groups` has acknowledged and that are
+    /// older than `keep_after_ms` (ms since the epoch); returns how many. The
+    /// embedded log trims on acknowledgement already.
+    pub async fn trim(&self, groups: &[String], keep_after_ms: u64) -> Result<u64, LogError> {
+        match self {
+            EventLog::Embedded(_) => Ok(0),
+            EventLog::Redis(log) => log.trim(groups, keep_after_ms).await,
+        }
+    }
+
     /// Whether the log answers at all (readiness).
     pub async fn ping(&self) -> Result<(), LogError> {
         match self {
@@ -130,7 +152,8 @@ impl EventLog {
     }
 }
 
-/// The stream name of a category under `prefix` (`inkstream:events:writing`).
-pub fn stream_name(prefix: &str, category: Category) -> String {
-    format!("{prefix}:events:{}", category.as_str())
+/// The stream name of a category's shard under `prefix`
+/// (`inkstream:events:writing:3`).
+pub fn stream_name(prefix: &str, category: Category, shard: u32) -> String {
+    format!("{prefix}:events:{}:{shard}", category.as_str())
 }

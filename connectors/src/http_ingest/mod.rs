@@ -136,6 +136,9 @@ struct IngestParams {
     partial: bool,
 }
 
+/// The dedup namespace of unauthenticated ingest.
+const ANONYMOUS_APP: &str = "anonymous";
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -243,10 +246,14 @@ async fn ingest(
     }
 
     let start = Instant::now();
-    let appended = tokio::time::timeout(s.config.append_timeout, s.log.append(&events)).await;
+    let appended = tokio::time::timeout(
+        s.config.append_timeout,
+        s.log.append(ANONYMOUS_APP, &events),
+    )
+    .await;
     let backend = s.log.backend();
-    let refs = match appended {
-        Ok(Ok(refs)) => refs,
+    let stored = match appended {
+        Ok(Ok(stored)) => stored,
         Ok(Err(e)) => {
             s.metrics
                 .log_errors
@@ -273,17 +280,27 @@ async fn ingest(
         .with_label_values(&[backend])
         .observe(start.elapsed().as_secs_f64());
     s.metrics.ingest_batch_size.observe(events.len() as f64);
-    for e in &events {
-        s.metrics
-            .ingest_events_accepted
-            .with_label_values(&[e.category().as_str()])
-            .inc();
+    let mut duplicates = 0;
+    for (e, a) in events.iter().zip(&stored) {
+        if a.duplicate {
+            duplicates += 1;
+        } else {
+            s.metrics
+                .ingest_events_accepted
+                .with_label_values(&[e.category().as_str()])
+                .inc();
+        }
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    if duplicates > 0 {
+        s.metrics.ingest_duplicates.inc_by(duplicates);
+    }
     let mut body = json!({
         "accepted": events.len(),
-        "ids": ids,
-        "offsets": refs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        "duplicates": duplicates,
+        "ids": events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        "events": events.iter().zip(&stored).map(|(e, a)| json!({
+            "id": e.id, "offset": a.entry.id, "duplicate": a.duplicate,
+        })).collect::<Vec<_>>(),
     });
     if !rejected.is_empty() {
         body["rejected"] = rejected.into();

@@ -1,16 +1,28 @@
 //! Redis Streams: the durable log.
 //!
-//! One stream per category (`<prefix>:events:<category>`); entries carry the
-//! event's `type`, `id` and the event itself (`event`, JSON). Appends are
-//! pipelined: one round trip per batch, and the batch is acknowledged to the
-//! client only after every XADD returned. Consumers use consumer groups
-//! (XREADGROUP / XACK); blocking reads carry a short timeout so that shutdown
-//! is prompt.
+//! **Layout.** One stream per category and shard:
+//! `<prefix>:events:<category>:<shard>`, the shard chosen by a stable hash of
+//! the event's partition key (DESIGN.md), so all events of one key land in
+//! one stream in order, and consumers can scale out by stream. Entries carry
+//! the event's `type`, `id` and the event itself (`event`).
 //!
-//! Writes and blocking reads use separate connections: a `BLOCK`ed read on a
-//! multiplexed connection would stall every append queued behind it.
+//! **Appends** are one round trip per batch: a Lua script that, per event,
+//! checks the idempotency key `<prefix>:dedup:<app>:<id>` and either XADDs
+//! the event and records the key (with the dedup window as TTL), or reports
+//! the entry already stored. The script runs atomically, so a crash can never
+//! leave an id recorded without its event or an event without its id; a
+//! retried batch after a timeout is stored exactly once. Ingest answers only
+//! after the script returned.
+//!
+//! **Consumers** use consumer groups (XREADGROUP / XACK). Blocking reads carry
+//! a short timeout so shutdown is prompt. Writes and blocking reads use
+//! separate connections: a `BLOCK`ed read on a multiplexed connection would
+//! stall every append queued behind it.
+//!
+//! **Trimming** ([`RedisLog::trim`]) removes only entries that every required
+//! consumer group has acknowledged and that are older than the retention.
 
-use crate::event_log::{EntryRef, LogEntry, LogError, stream_name};
+use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
 use schemas::{Category, Event};
@@ -25,8 +37,13 @@ pub struct RedisLogConfig {
     pub url: String,
     /// Key prefix of every stream (default `inkstream`).
     pub prefix: String,
+    /// Streams per category (default 8). Changing it for an existing log
+    /// moves keys to other streams: per-key order then holds only for new events.
+    pub shards: u32,
     /// How long one command may take before the log counts as unavailable.
     pub response_timeout: Duration,
+    /// How long an event id is remembered for deduplication (default 24 h).
+    pub dedup_window: Duration,
 }
 
 impl RedisLogConfig {
@@ -34,17 +51,48 @@ impl RedisLogConfig {
         RedisLogConfig {
             url: url.into(),
             prefix: "inkstream".into(),
+            shards: 8,
             response_timeout: Duration::from_secs(2),
+            dedup_window: Duration::from_secs(24 * 3600),
         }
     }
 }
+
+/// KEYS: dedup keys 1..n, then stream keys n+1..2n.
+/// ARGV: ttl_ms, n, then (type, id, body) per event.
+/// Returns per event `{duplicate (0|1), "stream entry-id"}`.
+const APPEND_SCRIPT: &str = r#"
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+local out = {}
+for i = 1, n do
+  local dk = KEYS[i]
+  local sk = KEYS[n + i]
+  local a = 2 + (i - 1) * 3
+  local existing = redis.call('GET', dk)
+  if existing then
+    out[i] = {1, existing}
+  else
+    local id = redis.call('XADD', sk, '*', 'type', ARGV[a + 1], 'id', ARGV[a + 2], 'event', ARGV[a + 3])
+    local at = sk .. ' ' .. id
+    redis.call('SET', dk, at, 'PX', ttl)
+    out[i] = {0, at}
+  end
+end
+return out
+"#;
 
 /// The Redis Streams log; clones share connections.
 #[derive(Clone)]
 pub struct RedisLog {
     writer: ConnectionManager,
     reader: ConnectionManager,
+    /// All streams, category-major: index = category × shards + shard.
     streams: Arc<[Arc<str>]>,
+    shards: u32,
+    prefix: Arc<str>,
+    dedup_ttl_ms: u64,
+    append: Arc<redis::Script>,
 }
 
 fn unavailable(e: redis::RedisError) -> LogError {
@@ -58,7 +106,7 @@ impl RedisLog {
             .map_err(|e| LogError::Unavailable(format!("invalid redis url: {e}")))?;
         let base = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.response_timeout))
-            .set_number_of_retries(2)
+            .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let writer = ConnectionManager::new_with_config(
             client.clone(),
@@ -74,60 +122,88 @@ impl RedisLog {
         )
         .await
         .map_err(unavailable)?;
+        let shards = config.shards.max(1);
         let streams = Category::ALL
             .iter()
-            .map(|c| Arc::<str>::from(stream_name(&config.prefix, *c)))
+            .flat_map(|c| {
+                (0..shards).map(move |s| Arc::<str>::from(stream_name(&config.prefix, *c, s)))
+            })
             .collect();
         Ok(RedisLog {
             writer,
             reader,
             streams,
+            shards,
+            prefix: config.prefix.as_str().into(),
+            dedup_ttl_ms: config.dedup_window.as_millis().max(1) as u64,
+            append: Arc::new(redis::Script::new(APPEND_SCRIPT)),
         })
     }
 
-    fn stream_of(&self, category: Category) -> &Arc<str> {
-        let idx = Category::ALL
+    /// The stream an event belongs to.
+    pub fn stream_for(&self, event: &Event) -> &Arc<str> {
+        let c = Category::ALL
             .iter()
-            .position(|c| *c == category)
+            .position(|c| *c == event.category())
             .unwrap_or(0);
-        &self.streams[idx]
+        let shard = (schemas::stable_hash(event.partition_key()) % u64::from(self.shards)) as usize;
+        &self.streams[c * self.shards as usize + shard]
     }
 
-    pub async fn append(&self, events: &[Event]) -> Result<Vec<EntryRef>, LogError> {
+    /// Appends `events` for `app` in one round trip; events whose id `app`
+    /// already stored within the dedup window are not stored again.
+    pub async fn append(&self, app: &str, events: &[Event]) -> Result<Vec<Appended>, LogError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        let mut streams = Vec::with_capacity(events.len());
-        for event in events {
-            let stream = self.stream_of(event.category()).clone();
-            let body = serde_json::to_string(event)
-                .map_err(|e| LogError::Protocol(format!("encode event: {e}")))?;
-            pipe.cmd("XADD")
-                .arg(&*stream)
-                .arg("*")
-                .arg("type")
-                .arg(&event.event_type)
-                .arg("id")
-                .arg(&event.id)
-                .arg("event")
-                .arg(body);
-            streams.push(stream);
+        let mut invocation = self.append.prepare_invoke();
+        for e in events {
+            invocation.key(format!("{}:dedup:{app}:{}", self.prefix, e.id));
+        }
+        for e in events {
+            invocation.key(&**self.stream_for(e));
+        }
+        invocation.arg(self.dedup_ttl_ms).arg(events.len());
+        for e in events {
+            let body = serde_json::to_string(e)
+                .map_err(|err| LogError::Protocol(format!("encode event: {err}")))?;
+            invocation.arg(&e.event_type).arg(&e.id).arg(body);
         }
         let mut conn = self.writer.clone();
-        let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        if ids.len() != streams.len() {
+        let replies: Vec<(i64, String)> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if replies.len() != events.len() {
             return Err(LogError::Protocol(format!(
-                "{} XADD replies for {} events",
-                ids.len(),
-                streams.len()
+                "{} append replies for {} events",
+                replies.len(),
+                events.len()
             )));
         }
-        Ok(streams
+        replies
             .into_iter()
-            .zip(ids)
-            .map(|(stream, id)| EntryRef { stream, id })
-            .collect())
+            .map(|(dup, at)| {
+                let (stream, id) = at
+                    .rsplit_once(' ')
+                    .ok_or_else(|| LogError::Protocol(format!("bad append reply {at:?}")))?;
+                Ok(Appended {
+                    entry: EntryRef {
+                        stream: self.intern(stream),
+                        id: id.to_owned(),
+                    },
+                    duplicate: dup == 1,
+                })
+            })
+            .collect()
+    }
+
+    fn intern(&self, stream: &str) -> Arc<str> {
+        self.streams
+            .iter()
+            .find(|s| ***s == *stream)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(stream))
     }
 
     pub async fn ensure_group(&self, group: &str) -> Result<(), LogError> {
@@ -202,12 +278,7 @@ impl RedisLog {
         };
         let mut out = Vec::new();
         for key in reply.keys {
-            let stream = self
-                .streams
-                .iter()
-                .find(|s| ***s == *key.key)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(key.key.as_str()));
+            let stream = self.intern(&key.key);
             for entry in key.ids {
                 let event = decode_entry(&entry.map);
                 out.push(LogEntry {
@@ -247,10 +318,94 @@ impl RedisLog {
             .map_err(unavailable)
     }
 
-    /// The stream names, in category order.
+    /// Trims every stream below the oldest entry that one of `groups` still
+    /// needs (pending, or not yet delivered), and never newer than
+    /// `keep_after_ms` (a retention floor, ms since the epoch). A stream on
+    /// which a required group does not exist yet is not trimmed. Returns the
+    /// number of entries removed.
+    pub async fn trim(&self, groups: &[String], keep_after_ms: u64) -> Result<u64, LogError> {
+        let mut conn = self.writer.clone();
+        let mut removed = 0;
+        for stream in self.streams.iter() {
+            let infos: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&**stream)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.code() == Some("ERR") => continue, // no such stream yet
+                Err(e) => return Err(unavailable(e)),
+            };
+            let mut floor = format!("{keep_after_ms}-0");
+            let mut ok = true;
+            for g in groups {
+                let Some(info) = infos
+                    .iter()
+                    .find(|i| value_str(i.get("name")) == Some(g.clone()))
+                else {
+                    ok = false;
+                    break;
+                };
+                let pending = match info.get("pending") {
+                    Some(redis::Value::Int(n)) => *n,
+                    _ => 0,
+                };
+                let need = if pending > 0 {
+                    // XPENDING summary: [count, smallest id, greatest id, consumers]
+                    let summary: (i64, Option<String>, Option<String>, redis::Value) =
+                        redis::cmd("XPENDING")
+                            .arg(&**stream)
+                            .arg(g)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(unavailable)?;
+                    summary.1
+                } else {
+                    value_str(info.get("last-delivered-id"))
+                };
+                match need {
+                    Some(id) if id_lt(&id, &floor) => floor = id,
+                    Some(_) => {}
+                    None => ok = false,
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let n: u64 = redis::cmd("XTRIM")
+                .arg(&**stream)
+                .arg("MINID")
+                .arg(&floor)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            removed += n;
+        }
+        Ok(removed)
+    }
+
+    /// Every stream name, category-major.
     pub fn streams(&self) -> &[Arc<str>] {
         &self.streams
     }
+}
+
+fn value_str(v: Option<&redis::Value>) -> Option<String> {
+    match v? {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Compares two stream ids (`ms-seq`).
+fn id_lt(a: &str, b: &str) -> bool {
+    let parse = |s: &str| -> (u64, u64) {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    parse(a) < parse(b)
 }
 
 fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, String> {

@@ -17,28 +17,7 @@ pub struct Record {
     pub event: Event,
 }
 
-use std::hash::{Hash, Hasher};
-
-/// A stable 64-bit FNV-1a hash: the same in every process and every run, so
-/// that exchange routing and derived ids agree across workers, processes and
-/// restarts.
-pub fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
-    struct Fnv(u64);
-    impl Hasher for Fnv {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 ^= u64::from(*b);
-                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    value.hash(&mut h);
-    h.finish()
-}
+pub use schemas::stable_hash;
 
 /// A deterministic id for a derived event: a hash of what produced it, so
 /// that replays and restarts produce the same id and sinks can deduplicate.
