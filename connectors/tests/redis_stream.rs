@@ -11,12 +11,11 @@ use std::time::Duration;
 fn ev(id: &str, ty: &str, user: &str) -> Event {
     Event {
         id: id.into(),
-        event_type: ty.into(),
         ts: 1_767_603_600_000,
         user_id: Some(user.into()),
         project_id: Some("p1".into()),
         document_id: Some("d1".into()),
-        data: serde_json::json!({"keystrokes": 1, "words": 1, "chars": 1}),
+        data: schemas::Payload::example(ty).unwrap(),
     }
 }
 

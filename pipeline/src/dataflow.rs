@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::operators::wpm::LiveWpm;
 use crate::operators::{Record, derived_id};
 use schemas::Event;
+use schemas::payload::{DeadLetter, Payload};
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -190,12 +191,14 @@ pub fn install<S: DerivedSink>(
 pub fn dead_letter(reason: &str, key: &str, ts: i64, detail: serde_json::Value) -> Event {
     Event {
         id: derived_id("dead_letter", &[reason, key]),
-        event_type: "system.dead_letter".into(),
         ts,
         user_id: None,
         project_id: None,
         document_id: None,
-        data: serde_json::json!({ "reason": reason, "detail": detail }),
+        data: Payload::SystemDeadLetter(DeadLetter {
+            reason: reason.to_owned(),
+            detail: detail.to_string(),
+        }),
     }
 }
 
@@ -223,15 +226,20 @@ mod tests {
         }
     }
 
-    fn ks(id: &str, ts: i64, words: u64) -> Event {
+    fn ks(id: &str, ts: i64, words: i64) -> Event {
         Event {
             id: id.into(),
-            event_type: "writing.keystroke".into(),
             ts,
             user_id: Some("u1".into()),
             project_id: None,
             document_id: None,
-            data: serde_json::json!({"keystrokes": 1, "words": words, "chars": 1}),
+            data: Payload::WritingKeystroke(schemas::payload::Keystroke {
+                keystrokes: 1,
+                words,
+                chars: 1,
+                deleted_chars: None,
+                source: Default::default(),
+            }),
         }
     }
 

@@ -42,7 +42,7 @@ pub struct ReplayReport {
     pub invalid: u64,
     pub late: u64,
     pub bytes: u64,
-    pub derived: BTreeMap<String, u64>,
+    pub derived: BTreeMap<&'static str, u64>,
     pub elapsed: Duration,
 }
 
@@ -55,8 +55,8 @@ impl ReplayReport {
 /// Writes derived events as NDJSON, one file per type.
 struct FileSink {
     dir: PathBuf,
-    files: Mutex<HashMap<String, BufWriter<File>>>,
-    counts: Mutex<BTreeMap<String, u64>>,
+    files: Mutex<HashMap<&'static str, BufWriter<File>>>,
+    counts: Mutex<BTreeMap<&'static str, u64>>,
     error: Mutex<Option<ReplayError>>,
 }
 
@@ -65,15 +65,16 @@ impl FileSink {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for e in events.drain(..) {
-            let path = self.dir.join(format!("{}.ndjson", e.event_type));
-            if !files.contains_key(&e.event_type) {
+            let ty = e.event_type();
+            let path = self.dir.join(format!("{ty}.ndjson"));
+            if !files.contains_key(ty) {
                 let f = File::create(&path).map_err(|source| ReplayError::Output {
                     path: path.clone(),
                     source,
                 })?;
-                files.insert(e.event_type.clone(), BufWriter::with_capacity(1 << 20, f));
+                files.insert(ty, BufWriter::with_capacity(1 << 20, f));
             }
-            let Some(w) = files.get_mut(&e.event_type) else {
+            let Some(w) = files.get_mut(ty) else {
                 continue;
             };
             let io = |source| ReplayError::Output {
@@ -82,7 +83,7 @@ impl FileSink {
             };
             serde_json::to_writer(&mut *w, &e).map_err(|e| io(e.into()))?;
             w.write_all(b"\n").map_err(io)?;
-            *counts.entry(e.event_type).or_default() += 1;
+            *counts.entry(ty).or_default() += 1;
         }
         Ok(())
     }

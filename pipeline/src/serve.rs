@@ -55,10 +55,10 @@ impl DerivedSink for FanoutSink {
         for e in events.drain(..) {
             self.metrics
                 .dataflow_derived
-                .with_label_values(&[e.event_type.as_str()])
+                .with_label_values(&[e.event_type()])
                 .inc();
-            if e.event_type == "system.dead_letter" {
-                tracing::debug!(id = %e.id, reason = ?e.data.get("reason"), "dead-lettered");
+            if let schemas::Payload::SystemDeadLetter(d) = &e.data {
+                tracing::debug!(id = %e.id, reason = %d.reason, "dead-lettered");
             }
             self.hub.publish(&e);
         }

@@ -168,10 +168,17 @@ fn invalid_lines_and_late_events_go_to_the_dead_letter_file() {
         .collect();
     assert_eq!(reasons.iter().filter(|r| **r == "invalid").count(), 2);
     assert_eq!(reasons.iter().filter(|r| **r == "late").count(), 1);
-    let invalid_ts = dead
+    // `detail` is JSON text (the dead-letter schema keeps it opaque).
+    let details: Vec<serde_json::Value> = dead
         .iter()
-        .find(|d| d["data"]["detail"]["line"] == 2)
+        .map(|d| serde_json::from_str(d["data"]["detail"].as_str().unwrap()).unwrap())
+        .collect();
+    let invalid_ts = details.iter().find(|d| d["line"] == 2).unwrap();
+    assert_eq!(invalid_ts["field"], "ts");
+    let late = details
+        .iter()
+        .find(|d| d.get("watermark").is_some())
         .unwrap();
-    assert_eq!(invalid_ts["data"]["detail"]["field"], "ts");
+    assert_eq!(late["event"]["id"], "c");
     let _ = std::fs::remove_dir_all(&dir);
 }

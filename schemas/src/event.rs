@@ -1,41 +1,103 @@
 //! The event envelope and the catalogue of event types.
 
-use serde::{Deserialize, Serialize};
+use crate::payload::Payload;
+use serde::de::Error as _;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// One event, as it travels through the log, the dataflow and the sinks.
 ///
 /// Derived events (the pipeline's outputs) use the same envelope so that a
-/// consumer reads every stream the same way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// consumer reads every stream the same way. The type is not stored apart
+/// from the payload: it is `data`'s variant ([`Event::event_type`]).
+///
+/// JSON form (the wire contract): `{"id","type","ts","user_id"?,
+/// "project_id"?,"document_id"?,"data":{…}}`. Deserializing this form is for
+/// trusted input (the log, files written by inkstream); untrusted input goes
+/// through [`crate::json`], whose errors name the field.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Client-chosen idempotency key (≤ 128 bytes), or a generated UUIDv7.
     /// Derived events carry a deterministic id (a hash of what produced them).
     pub id: String,
-    /// `category.name`, e.g. `writing.keystroke`.
-    #[serde(rename = "type")]
-    pub event_type: String,
     /// Event time: milliseconds since the Unix epoch.
     pub ts: i64,
     /// The acting user; required for writing and collaboration events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// Required for collaboration, publishing, analytics and automation events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Required for publishing, analytics and automation events.
     pub project_id: Option<String>,
     /// Required for collaboration events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_id: Option<String>,
-    /// The type's payload (always a JSON object).
-    pub data: serde_json::Value,
+    /// The typed payload; its variant is the event type.
+    pub data: Payload,
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = 4
+            + usize::from(self.user_id.is_some())
+            + usize::from(self.project_id.is_some())
+            + usize::from(self.document_id.is_some());
+        let mut m = serializer.serialize_struct("Event", n)?;
+        m.serialize_field("id", &self.id)?;
+        m.serialize_field("type", self.event_type())?;
+        m.serialize_field("ts", &self.ts)?;
+        if let Some(u) = &self.user_id {
+            m.serialize_field("user_id", u)?;
+        }
+        if let Some(p) = &self.project_id {
+            m.serialize_field("project_id", p)?;
+        }
+        if let Some(d) = &self.document_id {
+            m.serialize_field("document_id", d)?;
+        }
+        m.serialize_field("data", &self.data)?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            id: String,
+            #[serde(rename = "type")]
+            event_type: String,
+            ts: i64,
+            #[serde(default)]
+            user_id: Option<String>,
+            #[serde(default)]
+            project_id: Option<String>,
+            #[serde(default)]
+            document_id: Option<String>,
+            data: Box<serde_json::value::RawValue>,
+        }
+        let w = Wire::deserialize(deserializer)?;
+        let data = Payload::from_json(&w.event_type, w.data.get())
+            .ok_or_else(|| D::Error::custom(format!("unknown event type {:?}", w.event_type)))?
+            .map_err(|e| D::Error::custom(format!("data: {e}")))?;
+        Ok(Event {
+            id: w.id,
+            ts: w.ts,
+            user_id: w.user_id,
+            project_id: w.project_id,
+            document_id: w.document_id,
+            data,
+        })
+    }
 }
 
 impl Event {
+    /// `category.name`, e.g. `writing.keystroke`.
+    pub fn event_type(&self) -> &'static str {
+        self.data.type_name()
+    }
+
     /// The category half of the type (`writing` for `writing.keystroke`).
     pub fn category(&self) -> Category {
-        // Invariant: only validated events are constructed by the codecs, and
-        // validation rejects unknown categories; derived events use known types.
-        Category::of_type(&self.event_type).unwrap_or(Category::System)
+        // Invariant: every payload type starts with a known category (tested).
+        Category::of_type(self.event_type()).unwrap_or(Category::System)
     }
 
     /// The key that decides ordering and partitioning (DESIGN.md):
@@ -50,17 +112,7 @@ impl Event {
             }
             Category::System => None,
         };
-        key.unwrap_or(&self.event_type)
-    }
-
-    /// A non-negative integer field of `data`, if present and of that type.
-    pub fn data_u64(&self, field: &str) -> Option<u64> {
-        self.data.get(field).and_then(serde_json::Value::as_u64)
-    }
-
-    /// A string field of `data`, if present and of that type.
-    pub fn data_str(&self, field: &str) -> Option<&str> {
-        self.data.get(field).and_then(serde_json::Value::as_str)
+        key.unwrap_or(self.event_type())
     }
 }
 
@@ -135,55 +187,30 @@ pub struct EventType {
     pub derived: bool,
 }
 
-/// Every type of the original specification, plus the pipeline's own outputs.
-/// (`name`, `derived`)
-const CATALOGUE: &[(&str, bool)] = &[
-    ("writing.keystroke", false),
-    ("writing.word_added", false),
-    ("writing.paragraph_completed", false),
-    ("writing.session_started", false),
-    ("writing.session_ended", false),
-    ("writing.session_paused", false),
-    ("writing.session_resumed", false),
-    ("writing.flow_state_entered", true),
-    ("writing.flow_state_exited", true),
-    ("writing.session_state_changed", true),
-    ("collaboration.user_joined", false),
-    ("collaboration.user_left", false),
-    ("collaboration.cursor_moved", false),
-    ("collaboration.edit_applied", false),
-    ("collaboration.comment_added", false),
-    ("collaboration.comment_resolved", false),
-    ("collaboration.conflict_detected", true),
-    ("collaboration.conflict_resolved", true),
-    ("collaboration.presence_updated", false),
-    ("publishing.status_changed", false),
-    ("publishing.upload_started", false),
-    ("publishing.upload_completed", false),
-    ("publishing.upload_failed", false),
-    ("publishing.review_completed", false),
-    ("publishing.book_published", false),
-    ("publishing.sales_updated", false),
-    ("analytics.metric_updated", true),
-    ("analytics.threshold_crossed", true),
-    ("analytics.anomaly_detected", true),
-    ("automation.workflow_started", false),
-    ("automation.action_executed", false),
-    ("automation.workflow_completed", false),
-    ("automation.workflow_failed", false),
-    ("system.error", false),
-    ("system.dead_letter", true),
+/// Types the pipeline emits (clients may still send them; see docs/EVENTS.md).
+const DERIVED: &[&str] = &[
+    "writing.flow_state_entered",
+    "writing.flow_state_exited",
+    "writing.session_state_changed",
+    "collaboration.conflict_detected",
+    "collaboration.conflict_resolved",
+    "analytics.metric_updated",
+    "analytics.threshold_crossed",
+    "analytics.anomaly_detected",
+    "analytics.alert_triggered",
+    "system.dead_letter",
+    "system.notification",
 ];
 
 impl EventType {
     /// Looks up a type by its `category.name`.
     pub fn lookup(name: &str) -> Result<EventType, UnknownType> {
-        match CATALOGUE.iter().find(|(n, _)| *n == name) {
-            Some(&(name, derived)) => Ok(EventType {
+        match crate::payload::TYPES.iter().find(|n| **n == name) {
+            Some(&name) => Ok(EventType {
                 name,
                 // Invariant: every catalogue name starts with a known category.
                 category: Category::of_type(name).unwrap_or(Category::System),
-                derived,
+                derived: DERIVED.contains(&name),
             }),
             None => Err(UnknownType {
                 given: name.to_owned(),
@@ -194,9 +221,9 @@ impl EventType {
 
     /// Every known type.
     pub fn all() -> impl Iterator<Item = EventType> {
-        CATALOGUE
+        crate::payload::TYPES
             .iter()
-            .filter_map(|(n, _)| EventType::lookup(n).ok())
+            .filter_map(|n| EventType::lookup(n).ok())
     }
 }
 
@@ -219,9 +246,9 @@ impl fmt::Display for UnknownType {
 
 /// The (at most three) catalogue names closest to `name` by edit distance.
 fn closest_types(name: &str) -> Vec<&'static str> {
-    let mut scored: Vec<(usize, &'static str)> = CATALOGUE
+    let mut scored: Vec<(usize, &'static str)> = crate::payload::TYPES
         .iter()
-        .map(|(n, _)| (edit_distance(name, n), *n))
+        .map(|n| (edit_distance(name, n), *n))
         .collect();
     scored.sort();
     let best = scored.first().map(|(d, _)| *d).unwrap_or(0);
@@ -253,22 +280,24 @@ mod tests {
 
     #[test]
     fn partition_keys_follow_the_contract() {
-        let mut e = Event {
-            id: "e1".into(),
-            event_type: "writing.keystroke".into(),
-            ts: 0,
-            user_id: Some("u1".into()),
-            project_id: Some("p1".into()),
-            document_id: Some("d1".into()),
-            data: serde_json::json!({}),
+        let event = |ty: &str| {
+            let (_, minimal, _) = crate::payload::examples()
+                .into_iter()
+                .find(|(t, _, _)| *t == ty)
+                .unwrap();
+            Event {
+                id: "e1".into(),
+                ts: 0,
+                user_id: Some("u1".into()),
+                project_id: Some("p1".into()),
+                document_id: Some("d1".into()),
+                data: Payload::from_json_value(ty, minimal).unwrap().unwrap(),
+            }
         };
-        assert_eq!(e.partition_key(), "u1");
-        e.event_type = "collaboration.cursor_moved".into();
-        assert_eq!(e.partition_key(), "d1");
-        e.event_type = "publishing.book_published".into();
-        assert_eq!(e.partition_key(), "p1");
-        e.event_type = "system.error".into();
-        assert_eq!(e.partition_key(), "system.error");
+        assert_eq!(event("writing.keystroke").partition_key(), "u1");
+        assert_eq!(event("collaboration.cursor_moved").partition_key(), "d1");
+        assert_eq!(event("publishing.book_published").partition_key(), "p1");
+        assert_eq!(event("system.error").partition_key(), "system.error");
     }
 
     #[test]
@@ -283,6 +312,9 @@ mod tests {
         for c in Category::ALL {
             assert!(EventType::all().any(|t| t.category == c), "{c}");
         }
-        assert_eq!(EventType::all().count(), CATALOGUE.len());
+        assert_eq!(EventType::all().count(), crate::payload::TYPES.len());
+        for d in DERIVED {
+            assert!(EventType::lookup(d).unwrap().derived, "{d}");
+        }
     }
 }

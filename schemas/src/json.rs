@@ -4,7 +4,7 @@
 //! relative to the event) and says what was expected and what was found, so an
 //! app developer can fix the call from the message alone.
 
-use crate::event::{Category, Event, EventType};
+use crate::event::{Event, EventType};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -49,7 +49,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(code: &'static str, field: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, field: Option<&str>, message: impl Into<String>) -> Self {
         DecodeError {
             code,
             field: field.map(str::to_owned),
@@ -82,7 +82,7 @@ impl DecodeError {
 }
 
 /// A short rendering of a JSON value for error messages (never the whole payload).
-fn describe(v: &Value) -> String {
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
@@ -262,14 +262,7 @@ pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError>
         }
     }
 
-    let data = match obj.remove("data") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v @ Value::Object(_)) => v,
-        Some(other) => return Err(DecodeError::invalid("data", "an object", &other)),
-    };
-    validate_payload(known, &data)?;
-
-    if let Some(extra) = obj.keys().next() {
+    if let Some(extra) = obj.keys().find(|k| *k != "data") {
         return Err(DecodeError::new(
             "unknown_field",
             Some(extra),
@@ -277,9 +270,15 @@ pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError>
         ));
     }
 
+    let data = match obj.remove("data") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => return Err(DecodeError::invalid("data", "an object", &other)),
+    };
+    let data = crate::validate::payload(known, &data)?;
+
     Ok(Event {
         id,
-        event_type: known.name.to_owned(),
         ts,
         user_id,
         project_id,
@@ -339,49 +338,6 @@ fn parse_ts(v: &Value) -> Result<i64, DecodeError> {
     }
 }
 
-/// Payload checks for the types the pipeline computes on. The full per-type
-/// schemas (Avro) extend this; the walking skeleton checks what WPM needs.
-fn validate_payload(known: EventType, data: &Value) -> Result<(), DecodeError> {
-    if known.name == "writing.keystroke" {
-        for field in ["keystrokes", "words", "chars"] {
-            require_count(data, field)?;
-        }
-        if let Some(v) = data.get("source") {
-            match v.as_str() {
-                Some("typed" | "paste" | "import" | "ai") => {}
-                _ => {
-                    return Err(DecodeError::invalid(
-                        "data.source",
-                        "one of \"typed\", \"paste\", \"import\", \"ai\"",
-                        v,
-                    ));
-                }
-            }
-        }
-    }
-    if known.category == Category::Writing
-        && known.name == "writing.word_added"
-        && let Some(v) = data.get("words")
-        && v.as_u64().is_none()
-    {
-        return Err(DecodeError::invalid(
-            "data.words",
-            "non-negative integer",
-            v,
-        ));
-    }
-    Ok(())
-}
-
-fn require_count(data: &Value, field: &str) -> Result<(), DecodeError> {
-    let path = format!("data.{field}");
-    match data.get(field) {
-        None => Err(DecodeError::missing(&path, "non-negative integer")),
-        Some(v) if v.as_u64().is_some() => Ok(()),
-        Some(v) => Err(DecodeError::invalid(&path, "non-negative integer", v)),
-    }
-}
-
 impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -407,14 +363,17 @@ mod tests {
         let e = decode(KEYSTROKE).unwrap();
         assert_eq!(e.id, "e1");
         assert_eq!(e.ts, 1_767_603_600_123);
-        assert_eq!(e.data_u64("words"), Some(2));
+        match &e.data {
+            crate::Payload::WritingKeystroke(k) => assert_eq!(k.words, 2),
+            other => panic!("decoded as {other:?}"),
+        }
         assert_eq!(e.partition_key(), "u1");
     }
 
     #[test]
     fn accepts_rfc3339_timestamps() {
         let e = decode(
-            r#"{"type":"system.error","ts":"2026-01-05T09:00:00.123Z","data":{"message":"x"}}"#,
+            r#"{"type":"system.error","ts":"2026-01-05T09:00:00.123Z","data":{"service":"api","message":"x"}}"#,
         )
         .unwrap();
         assert_eq!(e.ts, 1_767_603_600_123);
@@ -422,7 +381,8 @@ mod tests {
 
     #[test]
     fn generates_a_uuid_v7_when_id_is_absent() {
-        let e = decode(r#"{"type":"system.error","ts":1}"#).unwrap();
+        let e = decode(r#"{"type":"system.error","ts":1,"data":{"service":"api","message":"x"}}"#)
+            .unwrap();
         let id = uuid::Uuid::parse_str(&e.id).unwrap();
         assert_eq!(id.get_version_num(), 7);
     }

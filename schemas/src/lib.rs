@@ -4,6 +4,8 @@
 //!   partition keys, and the catalogue of known event types.
 //! - [`json`]: the JSON wire codec — single events, arrays and NDJSON — with
 //!   validation errors that name the offending field and what was expected.
+//! - [`payload`]: the typed payload of every event type, mirroring the Avro
+//!   schemas in `schemas/avro/` (the source of truth), and the Avro codecs.
 //!
 //! This crate is pure (no async, no I/O) so that every other crate can depend on it.
 
@@ -11,7 +13,9 @@ pub mod event;
 mod hash;
 pub mod json;
 pub mod payload;
+mod validate;
 
 pub use event::{Category, Event, EventType, UnknownType};
 pub use hash::stable_hash;
 pub use json::{DecodeError, Limits, decode_batch, decode_event, decode_value};
+pub use payload::{AvroSchemas, Payload};

@@ -15,6 +15,7 @@
 //! - [`examples`]: a minimal and a maximal example payload per type, for tests, docs and
 //!   benchmarks.
 
+use crate::event::Event;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::{Name, ResolvedSchema};
@@ -798,6 +799,20 @@ macro_rules! payloads {
                 })
             }
 
+            /// Parses a payload from a borrowed JSON value, reporting the path
+            /// of the offending field on failure. `None` when the type is unknown.
+            pub fn from_json_value_tracked(
+                type_name: &str,
+                json: &serde_json::Value,
+            ) -> Option<Result<Payload, serde_path_to_error::Error<serde_json::Error>>> {
+                Some(match type_name {
+                    $(concat!(stringify!($cat), ".", stringify!($name)) => {
+                        serde_path_to_error::deserialize(json).map(Payload::$variant)
+                    })*
+                    _ => return None,
+                })
+            }
+
             /// Like [`Payload::from_json`], from an already parsed JSON value.
             pub fn from_json_value(
                 type_name: &str,
@@ -897,6 +912,13 @@ impl Payload {
         // Cannot fail: the payloads are plain structs with string keys (a non-finite f64
         // becomes `null`, as serde_json always does).
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The minimal example payload of a type (required fields only), for
+    /// tests, docs and benchmarks. `None` when the type is unknown.
+    pub fn example(type_name: &str) -> Option<Payload> {
+        let (_, minimal, _) = examples().into_iter().find(|(t, _, _)| *t == type_name)?;
+        Payload::from_json_value(type_name, minimal)?.ok()
     }
 
     /// The full Avro record name of an event type's payload (`writing.keystroke` →
@@ -1352,33 +1374,10 @@ pub enum AvroError {
     Malformed(String),
 }
 
-/// One event with a typed payload: the Rust side of the Avro record `inkstream.Event`.
-///
-/// The record's `type` field is not stored: it is always `data.type_name()` (decoding checks
-/// that the two agree).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AvroEnvelope {
-    /// Idempotency key: chosen by the client (at most 128 bytes) or a generated UUIDv7; derived
-    /// events carry a deterministic id.
-    pub id: String,
-    /// Event time (ms since the Unix epoch).
-    pub ts: i64,
-    /// The acting user; required for writing and collaboration events.
-    pub user_id: Option<String>,
-    /// The project; required for publishing, analytics and automation events.
-    pub project_id: Option<String>,
-    /// The document; required for collaboration events.
-    pub document_id: Option<String>,
-    /// The payload; its variant is the event type.
-    pub data: Payload,
-}
-
-impl AvroEnvelope {
-    /// The event type, `category.name`.
-    pub fn event_type(&self) -> &'static str {
-        self.data.type_name()
-    }
-}
+/// The Rust side of the Avro record `inkstream.Event` is [`Event`] itself. The
+/// record's `type` field is not stored apart: it is always `data.type_name()`
+/// (decoding checks that the two agree).
+pub type AvroEnvelope = Event;
 
 /// A parsed set of Avro schemas: shared types, payload records and the envelope.
 ///
@@ -1500,6 +1499,21 @@ impl AvroSchemas {
     pub fn payload_schema(&self, type_name: &str) -> Option<&Schema> {
         let index = TYPES.iter().position(|t| *t == type_name)?;
         self.payloads.get(index)?.as_ref().map(|(_, schema)| schema)
+    }
+
+    /// A named type (shared enum or record) by its full name.
+    pub fn named(&self, name: &Name) -> Option<&Schema> {
+        self.names.get(name)
+    }
+
+    /// The schemas embedded in this build, parsed once per process.
+    pub fn shared() -> Result<&'static AvroSchemas, AvroError> {
+        static SHARED: std::sync::OnceLock<Result<AvroSchemas, String>> =
+            std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| AvroSchemas::embedded().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| AvroError::Malformed(format!("embedded schemas: {e}")))
     }
 
     /// Encodes an event as a raw Avro datum of the envelope schema (no container header, no

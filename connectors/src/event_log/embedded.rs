@@ -299,12 +299,11 @@ mod tests {
     fn ev(id: &str, ty: &str) -> Event {
         Event {
             id: id.into(),
-            event_type: ty.into(),
             ts: 1,
             user_id: Some("u".into()),
             project_id: Some("p".into()),
             document_id: Some("d".into()),
-            data: serde_json::json!({}),
+            data: schemas::Payload::example(ty).unwrap(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! `<prefix>:events:<category>:<shard>`, the shard chosen by a stable hash of
 //! the event's partition key (DESIGN.md), so all events of one key land in
 //! one stream in order, and consumers can scale out by stream. Entries carry
-//! the event's `type`, `id` and the event itself (`event`).
+//! the event's `type`, `id` and the event itself (`event`: raw Avro binary of
+//! the envelope schema `inkstream.Event`).
 //!
 //! **Appends** are one round trip per batch: a Lua script that, per event,
 //! checks the idempotency key `<prefix>:dedup:<app>:<id>` and either XADDs
@@ -25,7 +26,7 @@
 use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
-use schemas::{Category, Event};
+use schemas::{AvroSchemas, Category, Event};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,10 +165,12 @@ impl RedisLog {
             invocation.key(&**self.stream_for(e));
         }
         invocation.arg(self.dedup_ttl_ms).arg(events.len());
+        let schemas = AvroSchemas::shared().map_err(|e| LogError::Protocol(e.to_string()))?;
         for e in events {
-            let body = serde_json::to_string(e)
-                .map_err(|err| LogError::Protocol(format!("encode event: {err}")))?;
-            invocation.arg(&e.event_type).arg(&e.id).arg(body);
+            let body = schemas
+                .encode(e)
+                .map_err(|err| LogError::Protocol(format!("encode event {}: {err}", e.id)))?;
+            invocation.arg(e.event_type()).arg(&e.id).arg(body);
         }
         let mut conn = self.writer.clone();
         let replies: Vec<(i64, String)> = invocation
@@ -414,5 +417,8 @@ fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, String> {
         Some(_) => return Err("field `event` is not a string".into()),
         None => return Err("entry has no `event` field".into()),
     };
-    serde_json::from_slice(raw).map_err(|e| format!("entry does not decode: {e}"))
+    let schemas = AvroSchemas::shared().map_err(|e| e.to_string())?;
+    schemas
+        .decode(raw)
+        .map_err(|e| format!("entry does not decode: {e}"))
 }

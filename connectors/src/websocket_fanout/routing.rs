@@ -60,7 +60,7 @@ pub fn valid_channel(channel: &str) -> bool {
 /// Every (path, channel) the event is published to.
 pub fn routes(event: &Event) -> Vec<(WsPath, String)> {
     let mut out = Vec::with_capacity(3);
-    let ty = event.event_type.as_str();
+    let ty = event.event_type();
     let user = event.user_id.as_deref();
     let project = event.project_id.as_deref();
     let document = event.document_id.as_deref();
@@ -95,12 +95,11 @@ mod tests {
     fn live_wpm_goes_to_analytics_user_and_project_channels() {
         let e = Event {
             id: "d".into(),
-            event_type: "analytics.metric_updated".into(),
             ts: 0,
             user_id: Some("u1".into()),
             project_id: Some("p1".into()),
             document_id: None,
-            data: serde_json::json!({}),
+            data: schemas::Payload::example("analytics.metric_updated").unwrap(),
         };
         assert_eq!(
             routes(&e),

@@ -11,6 +11,7 @@
 
 use crate::operators::{Record, derived_id, stable_hash};
 use schemas::Event;
+use schemas::payload::{MetricUpdated, Payload, TextSource};
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -49,12 +50,12 @@ pub struct WpmTracker {
 
 /// Words counted for an event, if it is writing at all.
 fn words_of(e: &Event) -> Option<u64> {
-    match e.event_type.as_str() {
-        "writing.keystroke" => match e.data_str("source") {
-            None | Some("typed") => Some(e.data_u64("words").unwrap_or(0)),
-            Some(_) => Some(0),
-        },
-        "writing.word_added" => Some(e.data_u64("words").unwrap_or(1)),
+    match &e.data {
+        Payload::WritingKeystroke(k) if k.source == TextSource::Typed => {
+            Some(k.words.max(0) as u64)
+        }
+        Payload::WritingKeystroke(_) => Some(0),
+        Payload::WritingWordAdded(w) => Some(w.words.max(0) as u64),
         _ => None,
     }
 }
@@ -95,15 +96,15 @@ impl WpmTracker {
         let value = in_window as f64 * 60_000.0 / self.window_ms as f64;
         Some(Event {
             id: derived_id("wpm", &[user, &e.id]),
-            event_type: "analytics.metric_updated".into(),
             ts: e.ts,
             user_id: e.user_id.clone(),
             project_id: e.project_id.clone(),
             document_id: e.document_id.clone(),
-            data: serde_json::json!({
-                "metric": "wpm",
-                "value": value,
-                "window_ms": self.window_ms,
+            data: Payload::AnalyticsMetricUpdated(MetricUpdated {
+                metric: "wpm".into(),
+                value,
+                window_ms: Some(self.window_ms),
+                dimensions: Vec::new(),
             }),
         })
     }
@@ -168,17 +169,21 @@ mod tests {
         }
         Event {
             id: id.into(),
-            event_type: "writing.keystroke".into(),
             ts,
             user_id: Some(user.into()),
             project_id: Some("p1".into()),
             document_id: None,
-            data,
+            data: Payload::from_json_value("writing.keystroke", data)
+                .unwrap()
+                .unwrap(),
         }
     }
 
     fn wpm(e: &Event) -> f64 {
-        e.data["value"].as_f64().unwrap()
+        match &e.data {
+            Payload::AnalyticsMetricUpdated(m) => m.value,
+            other => panic!("not a metric: {other:?}"),
+        }
     }
 
     #[test]
@@ -277,7 +282,12 @@ mod tests {
     fn non_writing_events_are_ignored() {
         let mut t = WpmTracker::new(&WpmConfig::default());
         let mut e = ks("a", "u1", 1, 4, None);
-        e.event_type = "collaboration.cursor_moved".into();
+        e.data = Payload::from_json_value(
+            "collaboration.cursor_moved",
+            serde_json::json!({"paragraph": 1, "offset": 2}),
+        )
+        .unwrap()
+        .unwrap();
         assert!(t.observe(14, &e).is_none());
     }
 }

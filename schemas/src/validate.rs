@@ -1,0 +1,272 @@
+//! Payload validation with errors a developer can act on.
+//!
+//! The typed structs (deserialized with `serde_path_to_error`) decide what is
+//! well-formed; the Avro schema of the type says, in the message, what was
+//! expected; and a few rules the types cannot express (counts are
+//! non-negative, `[start, end]` pairs are ordered, currencies are ISO 4217
+//! codes) are checked here.
+
+use crate::event::EventType;
+use crate::json::{DecodeError, describe};
+use crate::payload::{AvroSchemas, Payload};
+use apache_avro::Schema;
+use serde_json::Value;
+
+/// Fields that count something, by name, across every payload: never negative.
+fn non_negative(field: &str) -> bool {
+    matches!(
+        field,
+        "keystrokes"
+            | "words"
+            | "chars"
+            | "deleted_chars"
+            | "paragraph"
+            | "offset"
+            | "inserted"
+            | "deleted"
+            | "bytes"
+            | "events"
+            | "total_units"
+            | "suppressed_similar"
+            | "rating"
+    ) || field.ends_with("_ms")
+}
+
+/// Decodes and validates the `data` of an event of type `known`.
+pub fn payload(known: EventType, data: &Value) -> Result<Payload, DecodeError> {
+    if let Value::Object(fields) = data {
+        for (name, value) in fields {
+            if non_negative(name) && value.as_i64().is_some_and(|n| n < 0) {
+                return Err(invalid(
+                    &format!("data.{name}"),
+                    "non-negative integer",
+                    value,
+                ));
+            }
+        }
+    }
+    let payload = match Payload::from_json_value_tracked(known.name, data) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return Err(explain(known.name, data, &e)),
+        None => {
+            return Err(DecodeError::new(
+                "unknown_type",
+                Some("type"),
+                format!("no payload schema for {:?}", known.name),
+            ));
+        }
+    };
+    check_rules(&payload)?;
+    Ok(payload)
+}
+
+fn invalid(field: &str, expected: &str, got: &Value) -> DecodeError {
+    DecodeError::new(
+        "invalid_field",
+        Some(field),
+        format!("expected {expected}, got {}", describe(got)),
+    )
+}
+
+/// Turns a serde error at a path into the contract's error.
+fn explain(
+    type_name: &str,
+    data: &Value,
+    e: &serde_path_to_error::Error<serde_json::Error>,
+) -> DecodeError {
+    let message = e.inner().to_string();
+    let path = e.path().to_string();
+    let schema = AvroSchemas::shared().ok();
+    let expected_of = |field: &str| {
+        schema
+            .and_then(|s| expected_for_field(s, type_name, field))
+            .unwrap_or_else(|| "a valid value".into())
+    };
+    if let Some(field) = between(&message, "missing field `", "`") {
+        return DecodeError::new(
+            "missing_field",
+            Some(&format!("data.{field}")),
+            format!(
+                "required field is missing (expected {})",
+                expected_of(field)
+            ),
+        );
+    }
+    if let Some(field) = between(&message, "unknown field `", "`") {
+        let known = schema
+            .and_then(|s| s.payload_schema(type_name))
+            .map(|r| match r {
+                Schema::Record(r) => r
+                    .fields
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::new(),
+            })
+            .unwrap_or_default();
+        return DecodeError::new(
+            "unknown_field",
+            Some(&format!("data.{field}")),
+            format!("not a field of {type_name} (its fields: {known})"),
+        );
+    }
+    // A wrong type or value at `path` (`words`, `selection[1]`, `mode`).
+    let top = path.split(['.', '[']).next().unwrap_or("");
+    let got = lookup(data, &path).unwrap_or(&Value::Null);
+    let expected = if path.contains('[') {
+        element_expectation(schema, type_name, top)
+    } else {
+        expected_of(top)
+    };
+    DecodeError::new(
+        "invalid_field",
+        Some(&format!("data.{path}")),
+        format!("expected {expected}, got {}", describe(got)),
+    )
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let rest = &s[s.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+/// The JSON value at a serde_path_to_error path (`a.b[2]`).
+fn lookup<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = data;
+    for part in path.split('.') {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            cur = cur.get(name)?;
+        }
+        for idx in indexes.split('[').filter(|s| !s.is_empty()) {
+            cur = cur.get(idx.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(cur)
+}
+
+fn field_schema<'a>(schemas: &'a AvroSchemas, type_name: &str, field: &str) -> Option<&'a Schema> {
+    match schemas.payload_schema(type_name)? {
+        Schema::Record(r) => r.fields.iter().find(|f| f.name == field).map(|f| &f.schema),
+        _ => None,
+    }
+}
+
+fn expected_for_field(schemas: &AvroSchemas, type_name: &str, field: &str) -> Option<String> {
+    let schema = field_schema(schemas, type_name, field)?;
+    Some(expectation(schemas, schema, non_negative(field)))
+}
+
+fn element_expectation(schemas: Option<&AvroSchemas>, type_name: &str, field: &str) -> String {
+    let item = schemas.and_then(|s| {
+        let mut schema = field_schema(s, type_name, field)?;
+        if let Schema::Union(u) = schema {
+            schema = u.variants().iter().find(|v| !matches!(v, Schema::Null))?;
+        }
+        match schema {
+            Schema::Array(a) => Some(expectation(s, &a.items, pair_field(field))),
+            _ => None,
+        }
+    });
+    item.unwrap_or_else(|| "a valid value".into())
+}
+
+fn pair_field(field: &str) -> bool {
+    matches!(field, "selection" | "viewport")
+}
+
+/// A human description of what a schema accepts.
+fn expectation(schemas: &AvroSchemas, schema: &Schema, non_negative: bool) -> String {
+    match schema {
+        Schema::Int | Schema::Long if non_negative => "non-negative integer".into(),
+        Schema::Int | Schema::Long => "integer".into(),
+        Schema::TimestampMillis => "integer milliseconds since the Unix epoch".into(),
+        Schema::Float | Schema::Double => "number".into(),
+        Schema::String => "string".into(),
+        Schema::Boolean => "boolean".into(),
+        Schema::Null => "null".into(),
+        Schema::Enum(e) => format!(
+            "one of {}",
+            e.symbols
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Schema::Array(a) => format!("array of {}", expectation(schemas, &a.items, non_negative)),
+        Schema::Record(_) => "object".into(),
+        Schema::Ref { name } => schemas
+            .named(name)
+            .map(|s| expectation(schemas, s, non_negative))
+            .unwrap_or_else(|| name.to_string()),
+        Schema::Union(u) => {
+            let parts: Vec<String> = u
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .map(|v| expectation(schemas, v, non_negative))
+                .collect();
+            let nullable = u.variants().iter().any(|v| matches!(v, Schema::Null));
+            format!(
+                "{}{}",
+                parts.join(" or "),
+                if nullable { " or null" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Rules the types cannot express.
+fn check_rules(payload: &Payload) -> Result<(), DecodeError> {
+    let pair = |field: &str, v: &Option<Vec<i64>>| -> Result<(), DecodeError> {
+        if let Some(v) = v
+            && (v.len() != 2 || v[0] < 0 || v[1] < v[0])
+        {
+            return Err(DecodeError::new(
+                "invalid_field",
+                Some(&format!("data.{field}")),
+                format!(
+                    "expected [start, end] with 0 ≤ start ≤ end, got {}",
+                    serde_json::to_string(v).unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    };
+    match payload {
+        Payload::CollaborationCursorMoved(c) => {
+            pair("selection", &c.selection)?;
+            pair("viewport", &c.viewport)?;
+        }
+        Payload::CollaborationPresenceUpdated(p) => {
+            pair("selection", &p.selection)?;
+            pair("viewport", &p.viewport)?;
+        }
+        Payload::PublishingSalesUpdated(s)
+            if !(s.currency.len() == 3 && s.currency.bytes().all(|b| b.is_ascii_uppercase())) =>
+        {
+            return Err(DecodeError::new(
+                "invalid_field",
+                Some("data.currency"),
+                format!(
+                    "expected an ISO 4217 code such as \"EUR\", got {:?}",
+                    s.currency
+                ),
+            ));
+        }
+        Payload::AnalyticsMetricUpdated(m) if !m.value.is_finite() => {
+            return Err(DecodeError::new(
+                "invalid_field",
+                Some("data.value"),
+                "expected a finite number",
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
