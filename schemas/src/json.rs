@@ -107,8 +107,88 @@ pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError>
             ),
         ));
     }
+    if let Some(event) = decode_fast(bytes, limits) {
+        return Ok(event);
+    }
+    // The slow path parses a generic JSON value so that the error can name
+    // the field and show what was found.
     let value: Value = serde_json::from_slice(bytes).map_err(json_error)?;
     decode_value(value, limits)
+}
+
+/// The fast path: a borrowed, typed parse of a well-formed event in one pass.
+/// `None` on anything unusual (an error, an RFC 3339 `ts`, an escaped id…):
+/// the slow path then decides, with a precise error if it is one. Both paths
+/// accept exactly the same events (tested).
+fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
+    use serde::Deserialize;
+    use std::borrow::Cow;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wire<'a> {
+        #[serde(default, borrow)]
+        id: Option<Cow<'a, str>>,
+        #[serde(rename = "type", borrow)]
+        event_type: Cow<'a, str>,
+        ts: i64,
+        #[serde(default, borrow)]
+        user_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        project_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        document_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    // Validate UTF-8 once, then parse from `&str` (serde_json then skips
+    // per-string validation).
+    let text = std::str::from_utf8(bytes).ok()?;
+    let w: Wire<'_> = serde_json::from_str(text).ok()?;
+    let known = EventType::lookup(&w.event_type).ok()?;
+    let ok_id = |s: &Option<Cow<'_, str>>| {
+        s.as_ref()
+            .is_none_or(|s| !s.is_empty() && s.len() <= limits.max_id_bytes)
+    };
+    if !(ok_id(&w.id) && ok_id(&w.user_id) && ok_id(&w.project_id) && ok_id(&w.document_id)) {
+        return None;
+    }
+    if w.ts < 0
+        || limits
+            .now_ms
+            .is_some_and(|now| w.ts < now - limits.max_past_ms || w.ts > now + limits.max_future_ms)
+    {
+        return None;
+    }
+    for field in known.category.required_fields() {
+        let present = match *field {
+            "user_id" => w.user_id.is_some(),
+            "project_id" => w.project_id.is_some(),
+            "document_id" => w.document_id.is_some(),
+            _ => true,
+        };
+        if !present {
+            return None;
+        }
+    }
+    let raw = w.data.map_or("{}", |d| d.get());
+    if !raw.trim_start().starts_with('{') {
+        return None;
+    }
+    let data = crate::payload::Payload::from_json(known.name, raw)?.ok()?;
+    if !crate::validate::passes_rules(&data) {
+        return None;
+    }
+    Some(Event {
+        id: match w.id {
+            Some(id) => id.into_owned(),
+            None => uuid::Uuid::now_v7().to_string(),
+        },
+        ts: w.ts,
+        user_id: w.user_id.map(Cow::into_owned),
+        project_id: w.project_id.map(Cow::into_owned),
+        document_id: w.document_id.map(Cow::into_owned),
+        data,
+    })
 }
 
 fn json_error(e: serde_json::Error) -> DecodeError {

@@ -9,11 +9,15 @@
 //!
 //! This crate is pure (no async, no I/O) so that every other crate can depend on it.
 
+pub mod binary;
 pub mod event;
 mod hash;
 pub mod json;
 pub mod payload;
 mod validate;
+
+#[cfg(test)]
+mod random_tests;
 
 pub use event::{Category, Event, EventType, UnknownType};
 pub use hash::stable_hash;

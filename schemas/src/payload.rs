@@ -813,6 +813,21 @@ macro_rules! payloads {
                 })
             }
 
+            /// Deserializes the payload of type `type_name` from any serde
+            /// deserializer (the JSON text, the Avro binary reader, …).
+            /// `None` when the type is unknown.
+            pub fn deserialize_as<'de, D: serde::Deserializer<'de>>(
+                type_name: &str,
+                deserializer: D,
+            ) -> Option<Result<Payload, D::Error>> {
+                Some(match type_name {
+                    $(concat!(stringify!($cat), ".", stringify!($name)) => {
+                        <$ty as Deserialize>::deserialize(deserializer).map(Payload::$variant)
+                    })*
+                    _ => return None,
+                })
+            }
+
             /// Like [`Payload::from_json`], from an already parsed JSON value.
             pub fn from_json_value(
                 type_name: &str,

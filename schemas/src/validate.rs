@@ -13,7 +13,7 @@ use apache_avro::Schema;
 use serde_json::Value;
 
 /// Fields that count something, by name, across every payload: never negative.
-fn non_negative(field: &str) -> bool {
+pub(crate) fn non_negative(field: &str) -> bool {
     matches!(
         field,
         "keystrokes"
@@ -269,4 +269,296 @@ fn check_rules(payload: &Payload) -> Result<(), DecodeError> {
         _ => {}
     }
     Ok(())
+}
+
+/// Whether a decoded payload satisfies every rule the types cannot express
+/// (the fast path's check; the slow path reports which rule failed).
+pub(crate) fn passes_rules(payload: &Payload) -> bool {
+    use serde::Serialize;
+    let mut probe = NegativeProbe { found: false };
+    // Serializing into the probe cannot fail for plain payload structs.
+    let _ = payload.serialize(&mut probe);
+    !probe.found && check_rules(payload).is_ok()
+}
+
+/// Walks a payload's top-level fields and notes a negative value in a field
+/// that counts something.
+struct NegativeProbe {
+    found: bool,
+}
+
+/// Reads an integer out of a field value (through an `Option`).
+struct IntProbe;
+
+#[derive(Debug)]
+struct ProbeError;
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not an integer")
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl serde::ser::Error for ProbeError {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        ProbeError
+    }
+}
+
+macro_rules! not_an_int {
+    ($($name:ident($($arg:ty),*)),*) => {
+        $(fn $name(self, $(_: $arg),*) -> Result<Option<i64>, ProbeError> { Ok(None) })*
+    };
+}
+
+impl serde::Serializer for IntProbe {
+    type Ok = Option<i64>;
+    type Error = ProbeError;
+    type SerializeSeq = serde::ser::Impossible<Option<i64>, ProbeError>;
+    type SerializeTuple = serde::ser::Impossible<Option<i64>, ProbeError>;
+    type SerializeTupleStruct = serde::ser::Impossible<Option<i64>, ProbeError>;
+    type SerializeTupleVariant = serde::ser::Impossible<Option<i64>, ProbeError>;
+    type SerializeMap = serde::ser::Impossible<Option<i64>, ProbeError>;
+    type SerializeStruct = serde::ser::Impossible<Option<i64>, ProbeError>;
+    type SerializeStructVariant = serde::ser::Impossible<Option<i64>, ProbeError>;
+    fn serialize_i64(self, v: i64) -> Result<Option<i64>, ProbeError> {
+        Ok(Some(v))
+    }
+    fn serialize_i32(self, v: i32) -> Result<Option<i64>, ProbeError> {
+        Ok(Some(v.into()))
+    }
+    fn serialize_some<T: ?Sized + serde::Serialize>(
+        self,
+        v: &T,
+    ) -> Result<Option<i64>, ProbeError> {
+        v.serialize(self)
+    }
+    not_an_int!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+        serialize_str(&str),
+        serialize_bytes(&[u8]),
+        serialize_none(),
+        serialize_unit(),
+        serialize_unit_struct(&'static str),
+        serialize_unit_variant(&'static str, u32, &'static str)
+    );
+    fn serialize_newtype_struct<T: ?Sized + serde::Serialize>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<Option<i64>, ProbeError> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + serde::Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<Option<i64>, ProbeError> {
+        Ok(None)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, ProbeError> {
+        Err(ProbeError)
+    }
+}
+
+impl serde::ser::SerializeStruct for &mut NegativeProbe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_field<T: ?Sized + serde::Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), ProbeError> {
+        if non_negative(key)
+            && value
+                .serialize(IntProbe)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v < 0)
+        {
+            self.found = true;
+        }
+        Ok(())
+    }
+    fn end(self) -> Result<(), ProbeError> {
+        Ok(())
+    }
+}
+
+impl serde::Serializer for &mut NegativeProbe {
+    type Ok = ();
+    type Error = ProbeError;
+    type SerializeSeq = serde::ser::Impossible<(), ProbeError>;
+    type SerializeTuple = serde::ser::Impossible<(), ProbeError>;
+    type SerializeTupleStruct = serde::ser::Impossible<(), ProbeError>;
+    type SerializeTupleVariant = serde::ser::Impossible<(), ProbeError>;
+    type SerializeMap = serde::ser::Impossible<(), ProbeError>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = serde::ser::Impossible<(), ProbeError>;
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, ProbeError> {
+        Ok(self)
+    }
+    fn serialize_bool(self, _: bool) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_i8(self, _: i8) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_i16(self, _: i16) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_i32(self, _: i32) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_i64(self, _: i64) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_u8(self, _: u8) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_u16(self, _: u16) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_u32(self, _: u32) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_u64(self, _: u64) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_f32(self, _: f32) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_f64(self, _: f64) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_char(self, _: char) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_str(self, _: &str) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_none(self) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_some<T: ?Sized + serde::Serialize>(self, _: &T) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_unit(self) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_newtype_struct<T: ?Sized + serde::Serialize>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_newtype_variant<T: ?Sized + serde::Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ProbeError> {
+        Err(ProbeError)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, ProbeError> {
+        Err(ProbeError)
+    }
 }

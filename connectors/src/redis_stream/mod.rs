@@ -26,7 +26,7 @@
 use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
-use schemas::{AvroSchemas, Category, Event};
+use schemas::{Category, Event};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,10 +165,8 @@ impl RedisLog {
             invocation.key(&**self.stream_for(e));
         }
         invocation.arg(self.dedup_ttl_ms).arg(events.len());
-        let schemas = AvroSchemas::shared().map_err(|e| LogError::Protocol(e.to_string()))?;
         for e in events {
-            let body = schemas
-                .encode(e)
+            let body = schemas::binary::encode(e)
                 .map_err(|err| LogError::Protocol(format!("encode event {}: {err}", e.id)))?;
             invocation.arg(e.event_type()).arg(&e.id).arg(body);
         }
@@ -417,8 +415,5 @@ fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, String> {
         Some(_) => return Err("field `event` is not a string".into()),
         None => return Err("entry has no `event` field".into()),
     };
-    let schemas = AvroSchemas::shared().map_err(|e| e.to_string())?;
-    schemas
-        .decode(raw)
-        .map_err(|e| format!("entry does not decode: {e}"))
+    schemas::binary::decode(raw).map_err(|e| format!("entry does not decode: {e}"))
 }
