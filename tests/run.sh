@@ -54,6 +54,21 @@ if [ ! -x "$tansu" ]; then
 fi
 "$tansu" --help | grep -q 'Storage engines: .*dynostore' || {
   log "$tansu has no storage engine: delete it and rerun"; exit 1; }
+# Independent (non-Rust) clients for the cross-checks: fastavro.
+venv="$cache/venv"
+python_deps="fastavro==1.13.1"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastavro' 2>/dev/null; then
+  log "creating the Python venv for the cross-checks ($python_deps)"
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv" || {
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q $python_deps
+fi
 
 # --- start services on free ports ---------------------------------------------
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -92,6 +107,7 @@ export INKSTREAM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export INKSTREAM_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export INKSTREAM_TEST_REDIS_SERVER="$(command -v redis-server)"
 export INKSTREAM_TEST_TANSU="$tansu"
+export INKSTREAM_TEST_PYTHON="$venv/bin/python"
 log "redis-server on $redis_port, tansu on $kafka_port"
 
 # --- checks and tests ---------------------------------------------------------

@@ -23,6 +23,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum SchemasCommand {
+    /// Every event type, its category and whether the pipeline derives it.
+    List,
+    /// One type's Avro schema (its payload record) and an example event.
+    Show {
+        /// The type, e.g. `writing.keystroke`; `envelope` for the published envelope.
+        event_type: String,
+    },
+    /// docs/EVENTS.md, generated from the schemas.
+    Docs,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run ingest, the log, the dataflow and the WebSocket fanout.
     Serve {
@@ -49,6 +62,11 @@ enum Command {
         /// Dataflow worker threads.
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// Print the event contract.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
     },
     /// Write a realistic, deterministic NDJSON event file.
     Generate {
@@ -105,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 overrides.push(format!("dataflow.workers={w}"));
             }
         }
-        Command::Generate { .. } => {}
+        Command::Generate { .. } | Command::Schemas { .. } => {}
     }
     overrides.extend(cli.set.iter().cloned());
     let config = Config::load(cli.config.as_deref(), &overrides)?;
@@ -133,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  {ty}: {n}");
             }
         }
+        Command::Schemas { command } => schemas_command(command)?,
         Command::Generate {
             events,
             users,
@@ -158,6 +177,48 @@ fn main() -> anyhow::Result<()> {
                 inkstream::generate::generate(&config, &mut w)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn schemas_command(command: SchemasCommand) -> anyhow::Result<()> {
+    use schemas::{EventType, payload};
+    match command {
+        SchemasCommand::List => {
+            for t in EventType::all() {
+                println!(
+                    "{:<36} {:<14} {}",
+                    t.name,
+                    t.category.as_str(),
+                    if t.derived { "derived" } else { "" }
+                );
+            }
+        }
+        SchemasCommand::Show { event_type } => {
+            if event_type == "envelope" {
+                println!("{}", schemas::confluent::published_schema());
+                println!("schema id: {}", schemas::confluent::schema_id());
+                return Ok(());
+            }
+            let t = EventType::lookup(&event_type).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let file = payload::AVRO_PAYLOAD_SOURCES
+                .iter()
+                .zip(payload::TYPES)
+                .find(|(_, ty)| **ty == t.name)
+                .map(|((_, text), _)| *text)
+                .context("no schema file for the type")?;
+            println!("{}", file.trim_end());
+            if let Some((_, _, maximal)) = payload::examples()
+                .into_iter()
+                .find(|(ty, _, _)| *ty == t.name)
+            {
+                println!(
+                    "\nexample data:\n{}",
+                    serde_json::to_string_pretty(&maximal)?
+                );
+            }
+        }
+        SchemasCommand::Docs => print!("{}", schemas::docs::events_markdown()),
     }
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! This crate is pure (no async, no I/O) so that every other crate can depend on it.
 
 pub mod binary;
+pub mod confluent;
+pub mod docs;
 pub mod event;
 mod hash;
 pub mod json;

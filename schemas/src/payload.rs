@@ -2157,11 +2157,21 @@ mod tests {
     /// Writes every example as `<type>.avro.bin` (maximal) and `<type>.minimal.avro.bin`, each
     /// with its expected decoded JSON (`.json`), for `schemas/tests/check_schemas.py`.
     #[test]
-    fn write_examples_for_an_independent_avro_implementation() {
-        let Some(dir) = std::env::var_os("INKSTREAM_AVRO_EXAMPLES_DIR") else {
-            return;
-        };
-        let dir = PathBuf::from(dir);
+    fn fastavro_an_independent_implementation_reads_our_schemas_and_bytes() {
+        // Needs Python with fastavro (tests/run.sh provides it); fails, never
+        // skips, without it.
+        let python = std::env::var("INKSTREAM_TEST_PYTHON").unwrap_or_else(|_| {
+            panic!(
+                "INKSTREAM_TEST_PYTHON is not set: this test needs Python with fastavro. \
+                 Run the suite with tests/run.sh (or export it yourself)."
+            )
+        });
+        let dir = std::env::var_os("INKSTREAM_AVRO_EXAMPLES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("inkstream-avro-{}", std::process::id()))
+            });
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let schemas = AvroSchemas::embedded().unwrap();
         for (type_name, minimal, maximal) in examples() {
@@ -2175,9 +2185,39 @@ mod tests {
                 let event = envelope(payload, full);
                 let bytes = schemas.encode(&event).unwrap();
                 std::fs::write(dir.join(format!("{stem}.avro.bin")), bytes).unwrap();
+                let framed = crate::confluent::encode(&event).unwrap();
+                std::fs::write(dir.join(format!("{stem}.framed.bin")), framed).unwrap();
                 let json = serde_json::to_string_pretty(&expected_decoded(&event)).unwrap();
                 std::fs::write(dir.join(format!("{stem}.json")), json + "\n").unwrap();
             }
         }
+        std::fs::write(
+            dir.join("published.avsc"),
+            crate::confluent::published_schema(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("published.id"),
+            crate::confluent::schema_id().to_string(),
+        )
+        .unwrap();
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_schemas.py");
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "fastavro check failed:\n{report}");
+        assert!(
+            report.contains("Confluent-framed records decode"),
+            "{report}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -249,15 +249,51 @@ def main(argv):
         if binaries:
             errors.append(f"{event_type}: no example")
 
+    framed = check_framed(examples_dir, errors)
+
     if errors:
         print("\n".join(f"FAIL {e}" for e in errors), file=sys.stderr)
         print(f"{len(errors)} problem(s) with the Avro schemas or examples", file=sys.stderr)
         return 1
+    print(f"ok: {framed} Confluent-framed records decode with the published schema alone")
     print(
         f"ok: {len(records)} payload schemas parse with fastavro {fastavro.__version__}; "
         f"{len(binaries)} examples decode to their JSON and re-encode to the same bytes"
     )
     return 0
+
+
+def check_framed(examples_dir, errors):
+    """Decodes `*.framed.bin` (magic 0, 4-byte big-endian schema id, Avro datum) with
+    nothing but the published standalone schema (`published.avsc`) and its id
+    (`published.id`), as a Confluent consumer with a registry would."""
+    published = examples_dir / "published.avsc"
+    if not published.exists():
+        errors.append(f"{published}: missing (the published envelope schema)")
+        return 0
+    schema = fastavro.parse_schema(json.loads(published.read_text()))
+    schema_id = int((examples_dir / "published.id").read_text())
+    count = 0
+    for path in sorted(examples_dir.glob("*.framed.bin")):
+        raw = path.read_bytes()
+        if raw[0] != 0:
+            errors.append(f"{path.name}: magic byte {raw[0]}, expected 0")
+            continue
+        found = int.from_bytes(raw[1:5], "big")
+        if found != schema_id:
+            errors.append(f"{path.name}: schema id {found}, expected {schema_id}")
+            continue
+        buf = io.BytesIO(raw[5:])
+        record = fastavro.schemaless_reader(buf, schema)
+        if buf.read():
+            errors.append(f"{path.name}: trailing bytes after the record")
+        expected = json.loads((examples_dir / path.name.replace(".framed.bin", ".json")).read_text())
+        if normalize(record) != normalize(expected):
+            errors.append(f"{path.name}: {describe_difference(normalize(record), normalize(expected))}")
+        count += 1
+    if count == 0:
+        errors.append(f"{examples_dir}: no *.framed.bin examples")
+    return count
 
 
 if __name__ == "__main__":
