@@ -1,5 +1,6 @@
 //! Every inkstream edge that does I/O.
 //!
+//! - [`auth`]: API keys, HS256 JWTs and express-session cookies; rate limits.
 //! - [`event_log`]: the log every event is appended to before it is acknowledged:
 //!   the [`EventLog`] enum over the embedded (in-process) log and Redis Streams.
 //! - [`redis_stream`]: the Redis Streams backend (XADD, XREADGROUP, XACK, XAUTOCLAIM).
@@ -10,6 +11,7 @@
 //!   `/metrics`, `/healthz`.
 //! - [`metrics`]: every Prometheus metric of the process, in one place.
 
+pub mod auth;
 pub mod event_log;
 pub mod http_ingest;
 pub mod kafka;

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub dataflow_late_events: IntCounterVec,
     /// Current event-time watermark, ms since the epoch.
     pub dataflow_watermark_ms: IntGauge,
+    /// Open `/ws/ingest` connections.
+    pub ws_ingest_connections: IntGauge,
+    /// Accepts that waited because the connection limit was reached.
+    pub http_connection_limit_waits: IntCounter,
     /// Open WebSocket connections, by path.
     pub ws_connections: IntGaugeVec,
     /// Frames queued to WebSocket clients, by path.
@@ -56,9 +60,9 @@ impl Metrics {
             ingest_events_accepted: IntCounterVec::new(
                 Opts::new(
                     "inkstream_ingest_events_accepted_total",
-                    "Events durably appended to the log and acknowledged, by category.",
+                    "Events durably appended to the log and acknowledged, by type.",
                 ),
-                &["category"],
+                &["type"],
             )?,
             ingest_events_rejected: IntCounterVec::new(
                 Opts::new(
@@ -117,6 +121,14 @@ impl Metrics {
                 "inkstream_dataflow_watermark_milliseconds",
                 "Current event-time watermark in milliseconds since the Unix epoch.",
             )?,
+            ws_ingest_connections: IntGauge::new(
+                "inkstream_ws_ingest_connections",
+                "Open /ws/ingest connections.",
+            )?,
+            http_connection_limit_waits: IntCounter::new(
+                "inkstream_http_connection_limit_waits_total",
+                "Accepts that waited because server.max_connections connections were open.",
+            )?,
             ws_connections: IntGaugeVec::new(
                 Opts::new(
                     "inkstream_ws_connections",
@@ -166,6 +178,8 @@ impl Metrics {
         r.register(Box::new(m.dataflow_derived.clone()))?;
         r.register(Box::new(m.dataflow_late_events.clone()))?;
         r.register(Box::new(m.dataflow_watermark_ms.clone()))?;
+        r.register(Box::new(m.ws_ingest_connections.clone()))?;
+        r.register(Box::new(m.http_connection_limit_waits.clone()))?;
         r.register(Box::new(m.ws_connections.clone()))?;
         r.register(Box::new(m.ws_messages_out.clone()))?;
         r.register(Box::new(m.ws_slow_disconnects.clone()))?;

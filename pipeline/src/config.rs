@@ -19,6 +19,84 @@ pub struct Config {
     pub fanout: FanoutSettings,
     pub dataflow: DataflowConfig,
     pub wpm: crate::operators::wpm::WpmConfig,
+    pub auth: AuthSettings,
+}
+
+/// `[auth]`: with nothing set, authentication is off (and `serve` says so).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 secret of user JWTs (`INKSTREAM_JWT_SECRET`).
+    pub jwt_secret: Option<String>,
+    /// express-session cookie secret (`INKSTREAM_SESSION_SECRET`).
+    pub session_secret: Option<String>,
+    /// Apps allowed to ingest.
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+/// `[[auth.api_keys]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// The app's name (logs, metrics, the namespace of its event ids).
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`); the key itself is never stored.
+    pub sha256: String,
+    /// Categories it may ingest (default: all).
+    #[serde(default)]
+    pub categories: Option<Vec<String>>,
+    /// Sustained events per second (default `ingest.app_rate_per_sec`).
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
+    /// Burst, in events (default twice the rate).
+    #[serde(default)]
+    pub burst: Option<f64>,
+}
+
+impl AuthSettings {
+    pub fn to_auth_config(
+        &self,
+        ingest: &IngestSettings,
+    ) -> Result<connectors::auth::AuthConfig, ConfigError> {
+        let mut keys = Vec::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            let path = format!("auth.api_keys[{i}]");
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid {
+                    path: format!("{path}.sha256"),
+                    message: "expected 64 hex digits (the SHA-256 of the key)".into(),
+                });
+            }
+            let categories = match &k.categories {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .map(|c| {
+                            schemas::Category::parse(c).ok_or_else(|| ConfigError::Invalid {
+                                path: format!("{path}.categories"),
+                                message: format!("unknown category {c:?}"),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            let per_second = k.rate_per_sec.unwrap_or(ingest.app_rate_per_sec);
+            keys.push(connectors::auth::ApiKey {
+                name: k.name.clone(),
+                sha256: k.sha256.to_ascii_lowercase(),
+                categories,
+                rate: Some(connectors::auth::Rate {
+                    per_second,
+                    burst: k.burst.unwrap_or(per_second * 2.0),
+                }),
+            });
+        }
+        Ok(connectors::auth::AuthConfig {
+            jwt_secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
+            session_secret: self.session_secret.clone().filter(|s| !s.is_empty()),
+            api_keys: keys,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +109,8 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests and the dataflow to drain.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Most open connections (HTTP and WebSocket); past it, accepting waits (default 50,000).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +119,7 @@ impl Default for ServerConfig {
             bind: "0.0.0.0".into(),
             port: 8080,
             shutdown_grace: Duration::from_secs(10),
+            max_connections: 50_000,
         }
     }
 }
@@ -52,6 +133,17 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Streams per category, keyed by partition key (default 8).
     pub shards: u32,
+    /// Acknowledged entries younger than this are kept (for replays and
+    /// event queries); older ones are trimmed (default 1 h).
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// How often trimming runs (default 10 s).
+    #[serde(deserialize_with = "duration")]
+    pub trim_interval: Duration,
+    /// Entries pending this long with a consumer that stopped are claimed by
+    /// another (XAUTOCLAIM; default 30 s).
+    #[serde(deserialize_with = "duration")]
+    pub claim_idle_after: Duration,
 }
 
 impl Default for RedisConfig {
@@ -60,6 +152,9 @@ impl Default for RedisConfig {
             url: None,
             prefix: "inkstream".into(),
             shards: 8,
+            retention: Duration::from_secs(3600),
+            trim_interval: Duration::from_secs(10),
+            claim_idle_after: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +192,13 @@ pub struct IngestSettings {
     /// Embedded log only: most ids remembered; past it the oldest are
     /// forgotten before the window ends (default 1,000,000).
     pub dedup_max_ids_embedded: usize,
+    /// Events per second an end user may ingest (default 200, burst 1,000).
+    pub user_rate_per_sec: f64,
+    pub user_burst: f64,
+    /// Events per second an app may ingest unless its key says otherwise
+    /// (default 50,000, burst 100,000).
+    pub app_rate_per_sec: f64,
+    pub app_burst: f64,
 }
 
 impl Default for IngestSettings {
@@ -111,6 +213,10 @@ impl Default for IngestSettings {
             append_timeout: Duration::from_secs(5),
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_max_ids_embedded: 1_000_000,
+            user_rate_per_sec: 200.0,
+            user_burst: 1_000.0,
+            app_rate_per_sec: 50_000.0,
+            app_burst: 100_000.0,
         }
     }
 }
@@ -128,6 +234,14 @@ impl IngestSettings {
             },
             check_skew: self.check_skew,
             append_timeout: self.append_timeout,
+            user_rate: connectors::auth::Rate {
+                per_second: self.user_rate_per_sec,
+                burst: self.user_burst,
+            },
+            app_rate: connectors::auth::Rate {
+                per_second: self.app_rate_per_sec,
+                burst: self.app_burst,
+            },
         }
     }
 }

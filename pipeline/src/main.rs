@@ -51,6 +51,12 @@ enum Command {
         /// Dataflow worker threads.
         #[arg(long)]
         workers: Option<usize>,
+        /// HS256 secret of user JWTs (config `auth.jwt_secret`).
+        #[arg(long, env = "INKSTREAM_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// express-session cookie secret (config `auth.session_secret`).
+        #[arg(long, env = "INKSTREAM_SESSION_SECRET", hide_env_values = true)]
+        session_secret: Option<String>,
     },
     /// Run the dataflow over an NDJSON event file, writing derived streams to DIR.
     Replay {
@@ -104,15 +110,25 @@ fn main() -> anyhow::Result<()> {
             redis_url,
             kafka_brokers,
             workers,
+            jwt_secret,
+            session_secret,
         } => {
+            for (key, value) in [
+                ("auth.jwt_secret", jwt_secret),
+                ("auth.session_secret", session_secret),
+            ] {
+                if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                    overrides.push(format!("{key}={}", toml_string(v)));
+                }
+            }
             if let Some(p) = port {
                 overrides.push(format!("server.port={p}"));
             }
             if let Some(u) = redis_url.as_deref().filter(|u| !u.is_empty()) {
-                overrides.push(format!("redis.url=\"{u}\""));
+                overrides.push(format!("redis.url={}", toml_string(u)));
             }
             if let Some(b) = kafka_brokers.as_deref().filter(|b| !b.is_empty()) {
-                overrides.push(format!("kafka.brokers=\"{b}\""));
+                overrides.push(format!("kafka.brokers={}", toml_string(b)));
             }
             if let Some(w) = workers {
                 overrides.push(format!("dataflow.workers={w}"));
@@ -221,6 +237,11 @@ fn schemas_command(command: SchemasCommand) -> anyhow::Result<()> {
         SchemasCommand::Docs => print!("{}", schemas::docs::events_markdown()),
     }
     Ok(())
+}
+
+/// A TOML string literal.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -13,9 +13,9 @@ use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::Config;
 use crate::dataflow::DerivedSink;
 use crate::source::{self, SourceConfig};
-use axum::serve::ListenerExt;
+use connectors::auth::{Authenticator, RateLimiter};
 use connectors::event_log::EmbeddedLog;
-use connectors::http_ingest::{self, AppState};
+use connectors::http_ingest::{self, AppState, LimitedListener};
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
 use connectors::websocket_fanout::{Hub, HubConfig};
 use connectors::{EventLog, Metrics};
@@ -42,6 +42,38 @@ pub enum ServeError {
     Dataflow(String),
     #[error("server error: {0}")]
     Server(std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Trims acknowledged entries older than the retention, forever.
+async fn trim_periodically(
+    log: EventLog,
+    groups: Vec<String>,
+    retention: std::time::Duration,
+    every: std::time::Duration,
+    metrics: Metrics,
+) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+    loop {
+        tick.tick().await;
+        let keep_after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(retention.as_millis() as u64);
+        match log.trim(&groups, keep_after).await {
+            Ok(n) if n > 0 => tracing::debug!(entries = n, "trimmed the log"),
+            Ok(_) => {}
+            Err(e) => {
+                metrics
+                    .log_errors
+                    .with_label_values(&[log.backend(), "trim"])
+                    .inc();
+                tracing::warn!(error = %e, "trimming the log failed");
+            }
+        }
+    }
 }
 
 /// Sends derived events to the fanout hub and counts them.
@@ -129,6 +161,7 @@ pub async fn run(
             group: config.dataflow.group.clone(),
             consumer: config.dataflow.consumer.clone(),
             batch: config.dataflow.read_batch,
+            claim_idle_after: config.redis.claim_idle_after,
         },
         entries,
         processed,
@@ -136,11 +169,46 @@ pub async fn run(
         metrics.clone(),
     ));
 
+    let auth_config = config
+        .auth
+        .to_auth_config(&config.ingest)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let sessions = match &config.redis.url {
+        Some(url) if auth_config.session_secret.is_some() => Some(
+            redis::Client::open(url.as_str())
+                .and_then(|c| {
+                    redis::aio::ConnectionManager::new_lazy_with_config(
+                        c,
+                        redis::aio::ConnectionManagerConfig::new(),
+                    )
+                })
+                .map_err(|e| ServeError::Config(format!("redis.url: {e}")))?,
+        ),
+        _ => None,
+    };
+    let auth = Authenticator::new(auth_config, sessions);
+    if !auth.enabled() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: anyone who can reach this port may ingest and subscribe. \
+             Configure auth.api_keys, auth.jwt_secret or auth.session_secret to turn it on."
+        );
+    }
+    if matches!(log, EventLog::Redis(_)) {
+        tokio::spawn(trim_periodically(
+            log.clone(),
+            vec![config.dataflow.group.clone()],
+            config.redis.retention,
+            config.redis.trim_interval,
+            metrics.clone(),
+        ));
+    }
     let state = AppState {
         log,
         hub: hub.clone(),
-        metrics,
+        metrics: metrics.clone(),
         config: Arc::new(config.ingest.to_ingest_config()),
+        auth,
+        limiter: Arc::new(RateLimiter::new(100_000)),
     };
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener = TcpListener::bind(&addr)
@@ -157,11 +225,11 @@ pub async fn run(
     });
     let mut graceful = signal_rx.clone();
     let hub_for_close = hub.clone();
-    // Small frames (WS messages, 202s) must not wait for Nagle's algorithm:
-    // without TCP_NODELAY a push can pay the 40 ms delayed-ACK round.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = LimitedListener::new(
+        listener,
+        config.server.max_connections,
+        metrics.http_connection_limit_waits.clone(),
+    );
     let server =
         axum::serve(listener, http_ingest::router(state)).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|s| *s).await;

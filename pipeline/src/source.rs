@@ -13,6 +13,8 @@ pub struct SourceConfig {
     pub group: String,
     pub consumer: String,
     pub batch: usize,
+    /// Entries pending this long with another (dead) consumer are claimed.
+    pub claim_idle_after: Duration,
 }
 
 /// Runs until `shutdown` flips; then stops reading, drops `entries` (ending
@@ -29,6 +31,7 @@ pub async fn run(
     let backend = log.backend();
     let mut backoff = Backoff::default();
     let mut resumed = false;
+    let mut last_claim = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
@@ -58,6 +61,37 @@ pub async fn run(
         // XREADGROUP would leave delivered entries pending until a restart.
         while let Ok(done) = processed.try_recv() {
             ack(&log, &config.group, &done, &metrics).await;
+        }
+        // Take over what a consumer that stopped left pending.
+        if resumed && last_claim.elapsed() >= config.claim_idle_after / 2 {
+            last_claim = tokio::time::Instant::now();
+            match log
+                .claim_idle(
+                    &config.group,
+                    &config.consumer,
+                    config.claim_idle_after,
+                    config.batch,
+                )
+                .await
+            {
+                Ok(claimed) if !claimed.is_empty() => {
+                    tracing::info!(
+                        entries = claimed.len(),
+                        "claimed entries of a stopped consumer"
+                    );
+                    if entries.send(claimed).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics
+                        .log_errors
+                        .with_label_values(&[backend, "claim"])
+                        .inc();
+                    tracing::warn!(error = %e, "claiming idle entries failed");
+                }
+            }
         }
         match read.await {
             Ok((batch, first)) => {

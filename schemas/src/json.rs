@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_past_ms: i64,
     /// How far in the future `ts` may be, in ms (default 5 min).
     pub max_future_ms: i64,
+    /// `user_id` of events that carry none (the authenticated end user).
+    pub default_user_id: Option<String>,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             now_ms: None,
             max_past_ms: 24 * 3600 * 1000,
             max_future_ms: 5 * 60 * 1000,
+            default_user_id: None,
         }
     }
 }
@@ -92,6 +95,11 @@ pub(crate) fn describe(v: &Value) -> String {
         Value::Array(a) => format!("an array of {} items", a.len()),
         Value::Object(_) => "an object".into(),
     }
+}
+
+/// A new event id: a UUIDv7 (time-ordered).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Decodes one event from its JSON bytes.
@@ -159,9 +167,13 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
     {
         return None;
     }
+    let user_id = w
+        .user_id
+        .map(Cow::into_owned)
+        .or_else(|| limits.default_user_id.clone());
     for field in known.category.required_fields() {
         let present = match *field {
-            "user_id" => w.user_id.is_some(),
+            "user_id" => user_id.is_some(),
             "project_id" => w.project_id.is_some(),
             "document_id" => w.document_id.is_some(),
             _ => true,
@@ -184,7 +196,7 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
             None => uuid::Uuid::now_v7().to_string(),
         },
         ts: w.ts,
-        user_id: w.user_id.map(Cow::into_owned),
+        user_id,
         project_id: w.project_id.map(Cow::into_owned),
         document_id: w.document_id.map(Cow::into_owned),
         data,
@@ -320,7 +332,7 @@ pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError>
         }
     }
 
-    let user_id = take_id(&mut obj, "user_id", limits)?;
+    let user_id = take_id(&mut obj, "user_id", limits)?.or_else(|| limits.default_user_id.clone());
     let project_id = take_id(&mut obj, "project_id", limits)?;
     let document_id = take_id(&mut obj, "document_id", limits)?;
     for field in known.category.required_fields() {

@@ -145,3 +145,72 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A private redis-server (from the harness's `INKSTREAM_TEST_REDIS_SERVER`)
+/// that a test may stop and restart, with AOF so data survives the restart.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(name: &str) -> PrivateRedis {
+        let dir = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = PrivateRedis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and data directory.
+    pub fn restart(&mut self) {
+        let bin = required("INKSTREAM_TEST_REDIS_SERVER", "redis-server binary");
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGKILL: an outage, not a clean shutdown; AOF with
+    /// fsync always keeps every acknowledged write).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

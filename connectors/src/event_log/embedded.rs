@@ -31,8 +31,8 @@ struct Stream {
 struct Group {
     /// The last id delivered to any consumer of the group.
     last_delivered: Id,
-    /// Delivered but unacknowledged: id → consumer.
-    pending: BTreeMap<(usize, Id), String>,
+    /// Delivered but unacknowledged: id → (consumer, when delivered).
+    pending: BTreeMap<(usize, Id), (String, Instant)>,
 }
 
 struct Inner {
@@ -205,7 +205,8 @@ impl EmbeddedLog {
         }
         out.into_iter()
             .map(|(si, id, event)| {
-                g.pending.insert((si, id), consumer.to_owned());
+                g.pending
+                    .insert((si, id), (consumer.to_owned(), Instant::now()));
                 LogEntry {
                     entry: EntryRef {
                         stream: streams[si].name.clone(),
@@ -224,7 +225,7 @@ impl EmbeddedLog {
         };
         g.pending
             .iter()
-            .filter(|(_, c)| c.as_str() == consumer)
+            .filter(|(_, (c, _))| c.as_str() == consumer)
             .take(count)
             .filter_map(|((si, id), _)| {
                 let s = &inner.streams[*si];
@@ -238,6 +239,46 @@ impl EmbeddedLog {
                 })
             })
             .collect()
+    }
+
+    pub fn claim_idle(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Vec<LogEntry> {
+        let mut inner = self.lock();
+        let Inner {
+            streams, groups, ..
+        } = &mut *inner;
+        let Some(g) = groups.get_mut(group) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for ((si, id), (owner, at)) in g.pending.iter_mut() {
+            if out.len() >= count {
+                break;
+            }
+            if now.duration_since(*at) < min_idle || owner == consumer {
+                continue;
+            }
+            let s = &streams[*si];
+            let Ok(pos) = s.entries.binary_search_by_key(id, |(i, _)| *i) else {
+                continue;
+            };
+            *owner = consumer.to_owned();
+            *at = now;
+            out.push(LogEntry {
+                entry: EntryRef {
+                    stream: s.name.clone(),
+                    id: render(*id),
+                },
+                event: Ok(s.entries[pos].1.clone()),
+            });
+        }
+        out
     }
 
     pub fn ack(&self, group: &str, entries: &[EntryRef]) {

@@ -122,6 +122,21 @@ impl EventLog {
         }
     }
 
+    /// Claims entries pending with any consumer of `group` for at least
+    /// `min_idle` (its consumer died) for `consumer`.
+    pub async fn claim_idle(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(log.claim_idle(group, consumer, min_idle, count)),
+            EventLog::Redis(log) => log.claim_idle(group, consumer, min_idle, count).await,
+        }
+    }
+
     /// Acknowledges processed entries for `group`.
     pub async fn ack(&self, group: &str, entries: &[EntryRef]) -> Result<(), LogError> {
         match self {

@@ -52,17 +52,34 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// 429/503: when to retry, in seconds.
+    pub fn with_retry_after(mut self, secs: u32) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The `error` object of the JSON body.
+    pub fn body(&self) -> serde_json::Value {
         let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(f) = self.field {
-            error["field"] = f.into();
+        if let Some(f) = &self.field {
+            error["field"] = f.clone().into();
         }
-        if let Some(serde_json::Value::Object(d)) = self.details {
+        if let Some(serde_json::Value::Object(d)) = &self.details {
             for (k, v) in d {
-                error[k] = v;
+                error[k] = v.clone();
             }
         }
+        if let Some(secs) = self.retry_after {
+            error["retry_after_s"] = secs.into();
+        }
+        error
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let error = self.body();
         let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

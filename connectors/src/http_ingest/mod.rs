@@ -1,5 +1,6 @@
-//! The HTTP edge: `POST /v1/events`, the WebSocket paths, `/metrics`,
-//! `/healthz` and `/readyz`.
+//! The HTTP edge: ingest (`POST /v1/events`, `/api/realtime/events/publish`,
+//! the command endpoints, `/ws/ingest`), the WebSocket fanout paths,
+//! `/metrics`, `/healthz` and `/readyz`.
 //!
 //! [`router`] builds the whole app from an [`AppState`] so that tests can drive
 //! it with `oneshot` requests, without a socket.
@@ -8,13 +9,21 @@
 //! carries is in the log (the append returned). Errors are JSON
 //! `{"error":{"code","message","field"?}}`.
 
+mod commands;
 mod error;
+mod ingest;
+mod listener;
+mod ws_ingest;
 
 pub use error::ApiError;
+pub use ingest::{IngestOutcome, ingest_events};
+pub use listener::LimitedListener;
 
+use crate::auth::{Authenticator, Principal, Rate, RateLimiter};
 use crate::event_log::EventLog;
 use crate::metrics::Metrics;
 use crate::websocket_fanout::{Hub, WsPath};
+use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -27,14 +36,14 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Settings of the ingest API.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// Largest accepted request body, in bytes (default 8 MiB).
+    /// Largest accepted request body or WS frame, in bytes (default 8 MiB).
     pub max_body_bytes: usize,
-    /// Most events in one request (default 10,000).
+    /// Most events in one request or frame (default 10,000).
     pub max_batch_events: usize,
     /// Per-event decode limits; `now_ms` is filled per request when
     /// `check_skew` is on.
@@ -43,6 +52,10 @@ pub struct IngestConfig {
     pub check_skew: bool,
     /// How long an append may take before the request answers 503.
     pub append_timeout: Duration,
+    /// Rate of an end user (JWT or session), in events.
+    pub user_rate: Rate,
+    /// Rate of an app whose key sets none, in events.
+    pub app_rate: Rate,
 }
 
 impl Default for IngestConfig {
@@ -53,6 +66,14 @@ impl Default for IngestConfig {
             limits: schemas::Limits::default(),
             check_skew: true,
             append_timeout: Duration::from_secs(5),
+            user_rate: Rate {
+                per_second: 200.0,
+                burst: 1_000.0,
+            },
+            app_rate: Rate {
+                per_second: 50_000.0,
+                burst: 100_000.0,
+            },
         }
     }
 }
@@ -64,14 +85,18 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub config: Arc<IngestConfig>,
+    pub auth: Authenticator,
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// The whole HTTP app.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let mut app = Router::new()
-        .route("/v1/events", post(ingest))
-        .route("/api/realtime/events/publish", post(ingest))
+        .route("/v1/events", post(ingest_http))
+        .route("/api/realtime/events/publish", post(ingest_http))
+        .route("/ws/ingest", get(ws_ingest::upgrade))
+        .merge(commands::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz));
@@ -90,8 +115,6 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
-
-use axum::Json;
 
 /// Counts every request by route template and status, and times it.
 async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -128,30 +151,39 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Ap
     Ok(Json(json!({"status": "ready", "log": s.log.backend()})))
 }
 
+/// Authenticates a request (headers, `?token=`), answering 401 on failure.
+pub(crate) async fn authenticate(
+    s: &AppState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<Principal, ApiError> {
+    s.auth.authenticate(headers, token).await.map_err(|e| {
+        s.metrics
+            .ingest_events_rejected
+            .with_label_values(&[e.code()])
+            .inc();
+        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    })
+}
+
 #[derive(Deserialize)]
 struct IngestParams {
     /// Accept the valid events of a batch and report the rejected ones,
     /// instead of rejecting the whole batch (the default).
     #[serde(default)]
     partial: bool,
+    /// A user token, for clients that cannot set headers.
+    #[serde(default)]
+    token: Option<String>,
 }
 
-/// The dedup namespace of unauthenticated ingest.
-const ANONYMOUS_APP: &str = "anonymous";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-async fn ingest(
+async fn ingest_http(
     State(s): State<AppState>,
     Query(params): Query<IngestParams>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -179,131 +211,7 @@ async fn ingest(
             ));
         }
     };
-    let mut limits = s.config.limits.clone();
-    if s.config.check_skew {
-        limits.now_ms = Some(now_ms());
-    }
-    let decoded = schemas::decode_batch(&body, ndjson, &limits).map_err(|e| {
-        s.metrics
-            .ingest_events_rejected
-            .with_label_values(&[e.code])
-            .inc();
-        ApiError::from_decode(StatusCode::BAD_REQUEST, &e)
-    })?;
-    if decoded.len() > s.config.max_batch_events {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} events in one request; the limit is {}",
-                decoded.len(),
-                s.config.max_batch_events
-            ),
-        ));
-    }
-    let mut events = Vec::with_capacity(decoded.len());
-    let mut rejected = Vec::new();
-    for (index, result) in decoded.into_iter().enumerate() {
-        match result {
-            Ok(e) => events.push(e),
-            Err(e) => {
-                s.metrics
-                    .ingest_events_rejected
-                    .with_label_values(&[e.code])
-                    .inc();
-                rejected.push(json!({
-                    "index": index, "code": e.code, "field": e.field, "message": e.message,
-                }));
-            }
-        }
-    }
-    if !rejected.is_empty() && !params.partial {
-        let first = &rejected[0];
-        let message = format!(
-            "{} of {} events are invalid; nothing was stored (event {}: {}{})",
-            rejected.len(),
-            rejected.len() + events.len(),
-            first["index"],
-            first["field"]
-                .as_str()
-                .map(|f| format!("{f}: "))
-                .unwrap_or_default(),
-            first["message"].as_str().unwrap_or(""),
-        );
-        return Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", message)
-                .with_field(first["field"].as_str())
-                .with_details(json!({ "rejected": rejected })),
-        );
-    }
-    if events.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_events",
-            "no valid event in the request",
-        )
-        .with_details(json!({ "rejected": rejected })));
-    }
-
-    let start = Instant::now();
-    let appended = tokio::time::timeout(
-        s.config.append_timeout,
-        s.log.append(ANONYMOUS_APP, &events),
-    )
-    .await;
-    let backend = s.log.backend();
-    let stored = match appended {
-        Ok(Ok(stored)) => stored,
-        Ok(Err(e)) => {
-            s.metrics
-                .log_errors
-                .with_label_values(&[backend, "append"])
-                .inc();
-            tracing::warn!(error = %e, backend, "log append failed");
-            return Err(ApiError::unavailable(
-                "the event log cannot take writes right now",
-            ));
-        }
-        Err(_) => {
-            s.metrics
-                .log_errors
-                .with_label_values(&[backend, "append"])
-                .inc();
-            tracing::warn!(backend, "log append timed out");
-            return Err(ApiError::unavailable(
-                "the event log did not answer in time",
-            ));
-        }
-    };
-    s.metrics
-        .log_append_seconds
-        .with_label_values(&[backend])
-        .observe(start.elapsed().as_secs_f64());
-    s.metrics.ingest_batch_size.observe(events.len() as f64);
-    let mut duplicates = 0;
-    for (e, a) in events.iter().zip(&stored) {
-        if a.duplicate {
-            duplicates += 1;
-        } else {
-            s.metrics
-                .ingest_events_accepted
-                .with_label_values(&[e.category().as_str()])
-                .inc();
-        }
-    }
-    if duplicates > 0 {
-        s.metrics.ingest_duplicates.inc_by(duplicates);
-    }
-    let mut body = json!({
-        "accepted": events.len(),
-        "duplicates": duplicates,
-        "ids": events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        "events": events.iter().zip(&stored).map(|(e, a)| json!({
-            "id": e.id, "offset": a.entry.id, "duplicate": a.duplicate,
-        })).collect::<Vec<_>>(),
-    });
-    if !rejected.is_empty() {
-        body["rejected"] = rejected.into();
-    }
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let decoded = ingest::decode_body(&s, &principal, &body, ndjson)?;
+    let outcome = ingest_events(&s, &principal, decoded, params.partial).await?;
+    Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }

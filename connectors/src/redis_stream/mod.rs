@@ -15,7 +15,9 @@
 //! retried batch after a timeout is stored exactly once. Ingest answers only
 //! after the script returned.
 //!
-//! **Consumers** use consumer groups (XREADGROUP / XACK). Blocking reads carry
+//! **Consumers** use consumer groups (XREADGROUP / XACK); entries a stopped
+//! consumer left pending are claimed by another after a visibility timeout
+//! (XPENDING IDLE + XCLAIM). Blocking reads carry
 //! a short timeout so shutdown is prompt. Writes and blocking reads use
 //! separate connections: a `BLOCK`ed read on a multiplexed connection would
 //! stall every append queued behind it.
@@ -288,6 +290,68 @@ impl RedisLog {
                         id: entry.id,
                     },
                     event,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Claims up to `count` entries per stream that have been pending with
+    /// another consumer for at least `min_idle` (a consumer that stopped), for
+    /// `consumer`. Its own pending entries are never claimed: they may still
+    /// be in flight in its dataflow. (XPENDING … IDLE, then XCLAIM.)
+    pub async fn claim_idle(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let mut conn = self.reader.clone();
+        let idle_ms = min_idle.as_millis() as u64;
+        let mut out = Vec::new();
+        for stream in self.streams.iter() {
+            let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> =
+                redis::cmd("XPENDING")
+                    .arg(&**stream)
+                    .arg(group)
+                    .arg("IDLE")
+                    .arg(idle_ms)
+                    .arg("-")
+                    .arg("+")
+                    .arg(count)
+                    .query_async(&mut conn)
+                    .await;
+            let pending = match pending {
+                Ok(p) => p,
+                // The group does not exist on this stream yet.
+                Err(e) if e.code() == Some("NOGROUP") => continue,
+                Err(e) => return Err(unavailable(e)),
+            };
+            let ids: Vec<&str> = pending
+                .iter()
+                .filter(|(_, owner, _, _)| owner != consumer)
+                .map(|(id, _, _, _)| id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let claimed: redis::streams::StreamClaimReply = redis::cmd("XCLAIM")
+                .arg(&**stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(idle_ms)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for entry in claimed.ids {
+                out.push(LogEntry {
+                    entry: EntryRef {
+                        stream: stream.clone(),
+                        id: entry.id.clone(),
+                    },
+                    event: decode_entry(&entry.map),
                 });
             }
         }

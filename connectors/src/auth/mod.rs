@@ -1,0 +1,449 @@
+//! Who is calling: apps with API keys, end users with a signed JWT (HS256) or
+//! the express-session cookie (`connect.sid`, session looked up in Redis as
+//! connect-redis stores it).
+//!
+//! With no API key and no secret configured, authentication is off and every
+//! caller is [`Principal::Anonymous`] (the zero-setup default; `serve` says so
+//! loudly at startup). Configuring either turns it on for every caller.
+
+mod jwt;
+mod rate;
+
+pub use rate::{Rate, RateLimiter};
+
+use axum::http::{HeaderMap, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use hmac::{Hmac, Mac};
+use redis::aio::ConnectionManager;
+use schemas::Category;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// An API key as configured: only its SHA-256 is stored.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Name of the app (metrics, logs, and the dedup namespace of its ids).
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// Categories the app may ingest; `None` = all.
+    pub categories: Option<Vec<Category>>,
+    /// Events per second the app may ingest; `None` = the default app rate.
+    pub rate: Option<Rate>,
+}
+
+/// The authentication settings.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub jwt_secret: Option<String>,
+    pub session_secret: Option<String>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+impl AuthConfig {
+    /// Whether any credential is configured (auth is on).
+    pub fn enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.session_secret.is_some() || !self.api_keys.is_empty()
+    }
+}
+
+/// A role carried by user tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Analyst,
+    Member,
+}
+
+/// An authenticated end user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub role: Role,
+    /// Projects the user is a member of (claims).
+    pub projects: Vec<String>,
+    /// Documents the user is a member of (claims).
+    pub documents: Vec<String>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Auth is off.
+    Anonymous,
+    /// An app with an API key.
+    App(Arc<ApiKey>),
+    /// An end user.
+    User(User),
+}
+
+impl Principal {
+    /// The namespace its idempotency keys live in.
+    pub fn dedup_namespace(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".into(),
+            Principal::App(k) => format!("app:{}", k.name),
+            Principal::User(u) => format!("user:{}", u.id),
+        }
+    }
+
+    /// The key its rate is accounted under.
+    pub fn rate_key(&self) -> Option<String> {
+        match self {
+            Principal::Anonymous => None,
+            _ => Some(self.dedup_namespace()),
+        }
+    }
+}
+
+/// Why a caller could not be authenticated (HTTP 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no credentials: send `Authorization: Bearer <api key or token>`, `?token=`, or the session cookie"
+    )]
+    Missing,
+    #[error("invalid credentials: {0}")]
+    Invalid(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("the session store is unavailable: {0}")]
+    SessionStore(String),
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "unauthenticated",
+            AuthError::Invalid(_) => "invalid_credentials",
+            AuthError::Expired => "token_expired",
+            AuthError::SessionStore(_) => "session_store_unavailable",
+        }
+    }
+}
+
+/// Authenticates requests and WebSocket upgrades.
+#[derive(Clone)]
+pub struct Authenticator {
+    config: Arc<AuthConfig>,
+    keys: Arc<Vec<Arc<ApiKey>>>,
+    /// Redis holding `sess:<sid>` (connect-redis); `None` without Redis.
+    sessions: Option<ConnectionManager>,
+}
+
+impl Authenticator {
+    pub fn new(config: AuthConfig, sessions: Option<ConnectionManager>) -> Authenticator {
+        let keys = config.api_keys.iter().cloned().map(Arc::new).collect();
+        Authenticator {
+            config: Arc::new(config),
+            keys: Arc::new(keys),
+            sessions,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled()
+    }
+
+    /// Authenticates from headers (Authorization, Cookie) and an optional
+    /// `?token=` query parameter.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        if !self.enabled() {
+            return Ok(Principal::Anonymous);
+        }
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        if let Some(token) = bearer.or(query_token) {
+            return self.token(token);
+        }
+        if let Some(sid) = session_cookie(headers) {
+            return self.session(&sid).await;
+        }
+        Err(AuthError::Missing)
+    }
+
+    fn token(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.matches('.').count() == 2 {
+            let secret = self.config.jwt_secret.as_deref().ok_or_else(|| {
+                AuthError::Invalid("JWTs are not accepted (no auth.jwt_secret)".into())
+            })?;
+            return jwt::verify(token, secret.as_bytes()).map(Principal::User);
+        }
+        let digest = hex(&Sha256::digest(token.as_bytes()));
+        self.keys
+            .iter()
+            .find(|k| constant_time_eq(k.sha256.as_bytes(), digest.as_bytes()))
+            .map(|k| Principal::App(k.clone()))
+            .ok_or_else(|| AuthError::Invalid("unknown API key".into()))
+    }
+
+    async fn session(&self, signed: &str) -> Result<Principal, AuthError> {
+        let secret = self.config.session_secret.as_deref().ok_or_else(|| {
+            AuthError::Invalid("session cookies are not accepted (no auth.session_secret)".into())
+        })?;
+        let sid = verify_cookie(signed, secret.as_bytes())?;
+        let mut conn = self
+            .sessions
+            .clone()
+            .ok_or_else(|| AuthError::SessionStore("no Redis configured".into()))?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(format!("sess:{sid}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| AuthError::SessionStore(e.to_string()))?;
+        let raw = raw.ok_or_else(|| AuthError::Invalid("no such session".into()))?;
+        let session: serde_json::Value = serde_json::from_str(&raw)
+            .map_err(|_| AuthError::Invalid("the session is not JSON".into()))?;
+        user_from_session(&session)
+            .map(Principal::User)
+            .ok_or_else(|| AuthError::Invalid("the session holds no user".into()))
+    }
+}
+
+/// The user of a connect-redis session: `userId`, `user_id`, `user.id` or
+/// `passport.user` (string or `{id}`), with optional `role`, `projects`,
+/// `documents` next to it.
+fn user_from_session(s: &serde_json::Value) -> Option<User> {
+    let str_of = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let id = s
+        .get("userId")
+        .and_then(str_of)
+        .or_else(|| s.get("user_id").and_then(str_of))
+        .or_else(|| s.get("user").and_then(|u| u.get("id")).and_then(str_of))
+        .or_else(|| {
+            let p = s.get("passport")?.get("user")?;
+            str_of(p).or_else(|| p.get("id").and_then(str_of))
+        })?;
+    let holder = s.get("user").filter(|u| u.is_object()).unwrap_or(s);
+    Some(User {
+        id,
+        role: jwt::role_of(holder.get("role")),
+        projects: jwt::strings(holder.get("projects")),
+        documents: jwt::strings(holder.get("documents")),
+    })
+}
+
+/// The raw `connect.sid` cookie value (URL-decoded), if present.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            if let Some(v) = pair.trim().strip_prefix("connect.sid=") {
+                return Some(percent_decode(v));
+            }
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `s:<sid>.<base64 HMAC-SHA256(sid), no padding>`, as express-session signs it.
+fn verify_cookie(value: &str, secret: &[u8]) -> Result<String, AuthError> {
+    let signed = value
+        .strip_prefix("s:")
+        .ok_or_else(|| AuthError::Invalid("the session cookie is not signed".into()))?;
+    let (sid, sig) = signed
+        .rsplit_once('.')
+        .ok_or_else(|| AuthError::Invalid("malformed session cookie".into()))?;
+    let expected = STANDARD_NO_PAD.encode(hmac_sha256(secret, sid.as_bytes()));
+    if !constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
+        return Err(AuthError::Invalid("bad session cookie signature".into()));
+    }
+    Ok(sid.to_owned())
+}
+
+/// Signs a session id as express-session does (for tests and tools).
+pub fn sign_cookie(sid: &str, secret: &[u8]) -> String {
+    format!(
+        "s:{sid}.{}",
+        STANDARD_NO_PAD.encode(hmac_sha256(secret, sid.as_bytes()))
+    )
+}
+
+pub use jwt::sign as sign_jwt;
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(data);
+            mac.finalize().into_bytes().to_vec()
+        }
+        // Invariant: HMAC takes keys of any length; an empty signature never verifies.
+        Err(_) => Vec::new(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hex SHA-256 of an API key, as configured in `auth.api_keys`.
+pub fn hash_api_key(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn auth() -> Authenticator {
+        Authenticator::new(
+            AuthConfig {
+                jwt_secret: Some("jwt-secret".into()),
+                session_secret: Some("sess-secret".into()),
+                api_keys: vec![ApiKey {
+                    name: "mobile".into(),
+                    sha256: hash_api_key("k-123"),
+                    categories: Some(vec![Category::Writing]),
+                    rate: None,
+                }],
+            },
+            None,
+        )
+    }
+
+    fn bearer(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {v}")).unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn api_keys_are_matched_by_hash() {
+        let p = auth().authenticate(&bearer("k-123"), None).await.unwrap();
+        assert!(matches!(p, Principal::App(k) if k.name == "mobile"));
+        assert_eq!(
+            auth()
+                .authenticate(&bearer("k-999"), None)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_credentials"
+        );
+    }
+
+    #[tokio::test]
+    async fn jwts_are_verified_and_expiry_enforced() {
+        let now = jwt::now_secs();
+        let good = sign_jwt(
+            &serde_json::json!({"sub":"u1","role":"member","projects":["p1"],"exp": now + 60}),
+            b"jwt-secret",
+        );
+        let p = auth().authenticate(&bearer(&good), None).await.unwrap();
+        let Principal::User(u) = p else { panic!() };
+        assert_eq!(
+            (u.id.as_str(), u.role, u.projects),
+            ("u1", Role::Member, vec!["p1".to_owned()])
+        );
+        let expired = sign_jwt(
+            &serde_json::json!({"sub":"u1","exp": now - 1}),
+            b"jwt-secret",
+        );
+        assert_eq!(
+            auth()
+                .authenticate(&bearer(&expired), None)
+                .await
+                .unwrap_err(),
+            AuthError::Expired
+        );
+        let forged = sign_jwt(&serde_json::json!({"sub":"u1","exp": now + 60}), b"other");
+        assert!(matches!(
+            auth().authenticate(&bearer(&forged), None).await,
+            Err(AuthError::Invalid(_))
+        ));
+        // ?token= works like the header.
+        assert!(
+            auth()
+                .authenticate(&HeaderMap::new(), Some(&good))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            auth()
+                .authenticate(&HeaderMap::new(), None)
+                .await
+                .unwrap_err(),
+            AuthError::Missing
+        );
+    }
+
+    #[test]
+    fn cookies_are_signed_as_express_session_does() {
+        // express-session / cookie-signature: "s:" + sid + "." + base64(hmac) without padding.
+        let signed = sign_cookie("abc", b"keyboard cat");
+        assert!(signed.starts_with("s:abc."));
+        assert!(!signed.ends_with('='));
+        assert_eq!(verify_cookie(&signed, b"keyboard cat").unwrap(), "abc");
+        assert!(verify_cookie(&signed, b"other").is_err());
+        assert!(verify_cookie("abc.sig", b"keyboard cat").is_err());
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str("a=1; connect.sid=s%3Aabc.xyz").unwrap(),
+        );
+        assert_eq!(session_cookie(&h).as_deref(), Some("s:abc.xyz"));
+    }
+
+    #[test]
+    fn session_users_are_found_where_apps_put_them() {
+        for s in [
+            serde_json::json!({"userId":"u1"}),
+            serde_json::json!({"passport":{"user":"u1"}}),
+            serde_json::json!({"user":{"id":"u1","role":"admin"}}),
+        ] {
+            assert_eq!(user_from_session(&s).unwrap().id, "u1");
+        }
+        assert!(user_from_session(&serde_json::json!({"cookie":{}})).is_none());
+    }
+
+    #[tokio::test]
+    async fn auth_off_makes_everyone_anonymous() {
+        let a = Authenticator::new(AuthConfig::default(), None);
+        assert!(matches!(
+            a.authenticate(&HeaderMap::new(), None).await.unwrap(),
+            Principal::Anonymous
+        ));
+    }
+}

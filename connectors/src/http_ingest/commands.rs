@@ -1,0 +1,235 @@
+//! The command endpoints of the original specification: requests that become
+//! events (validated exactly like `POST /v1/events`, so errors name
+//! `data.<field>`), appended, and answered `202` once in the log.
+//!
+//! Envelope fields (`id`, `ts`, `user_id`, `project_id`, `document_id`) are
+//! taken from the body; `ts` defaults to the server clock and `user_id` to
+//! the authenticated user. Every other body field is the payload.
+
+use super::{ApiError, AppState, authenticate, ingest_events};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Map, Value, json};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/realtime/writing/sessions/start", post(start))
+        .route(
+            "/api/realtime/writing/sessions/{id}/keystroke",
+            post(keystroke),
+        )
+        .route("/api/realtime/writing/sessions/{id}/end", post(end))
+        .route("/api/realtime/writing/sessions/{id}/resume", post(resume))
+        .route("/api/realtime/collaboration/presence", post(presence))
+        .route("/api/realtime/collaboration/cursor", post(cursor))
+        .route("/api/realtime/collaboration/edit", post(edit))
+}
+
+const ENVELOPE: [&str; 5] = ["id", "ts", "user_id", "project_id", "document_id"];
+
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "expected a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("malformed JSON: {e}"),
+        )),
+    }
+}
+
+/// Builds the event of `event_type` from the body (plus `extra` payload
+/// fields), ingests it, and answers 202 with `reply` merged in.
+async fn command(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    event_type: &str,
+    extra: &[(&str, Value)],
+    mut reply: Value,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(s, headers, None).await?;
+    let mut fields = body_object(body)?;
+    let mut event = Map::new();
+    event.insert("type".into(), event_type.into());
+    for k in ENVELOPE {
+        if let Some(v) = fields.remove(k) {
+            event.insert(k.into(), v);
+        }
+    }
+    if !event.contains_key("ts") {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        event.insert("ts".into(), now.into());
+    }
+    if let (crate::auth::Principal::User(u), false) = (&principal, event.contains_key("user_id")) {
+        event.insert("user_id".into(), u.id.clone().into());
+    }
+    for (k, v) in extra {
+        fields.insert((*k).into(), v.clone());
+    }
+    event.insert("data".into(), Value::Object(fields));
+    let mut limits = s.config.limits.clone();
+    if s.config.check_skew {
+        limits.now_ms = Some(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        );
+    }
+    let decoded = vec![schemas::decode_value(Value::Object(event), &limits)];
+    let outcome = ingest_events(s, &principal, decoded, false).await?;
+    if let (Value::Object(r), Value::Object(o)) = (&mut reply, outcome.body) {
+        r.extend(o);
+    }
+    Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
+}
+
+async fn start(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let given = body_object(&body)?
+        .get("session_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let session_id = given.clone().unwrap_or_else(|| format!("s-{}", uuid_v7()));
+    let extra = if given.is_some() {
+        vec![]
+    } else {
+        vec![("session_id", Value::from(session_id.clone()))]
+    };
+    command(
+        &s,
+        &headers,
+        &body,
+        "writing.session_started",
+        &extra,
+        json!({"session_id": session_id}),
+    )
+    .await
+}
+
+fn uuid_v7() -> String {
+    // The schemas crate generates ids the same way for events without one.
+    schemas::json::new_id()
+}
+
+async fn keystroke(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // The keystroke payload has no session id: sessions are derived from
+    // activity; the path's id is echoed back.
+    command(
+        &s,
+        &headers,
+        &body,
+        "writing.keystroke",
+        &[],
+        json!({"session_id": id}),
+    )
+    .await
+}
+
+async fn end(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(
+        &s,
+        &headers,
+        &body,
+        "writing.session_ended",
+        &[("session_id", id.clone().into())],
+        json!({"session_id": id}),
+    )
+    .await
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(
+        &s,
+        &headers,
+        &body,
+        "writing.session_resumed",
+        &[("session_id", id.clone().into())],
+        json!({"session_id": id}),
+    )
+    .await
+}
+
+async fn presence(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(
+        &s,
+        &headers,
+        &body,
+        "collaboration.presence_updated",
+        &[],
+        json!({}),
+    )
+    .await
+}
+
+async fn cursor(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(
+        &s,
+        &headers,
+        &body,
+        "collaboration.cursor_moved",
+        &[],
+        json!({}),
+    )
+    .await
+}
+
+async fn edit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(
+        &s,
+        &headers,
+        &body,
+        "collaboration.edit_applied",
+        &[],
+        json!({}),
+    )
+    .await
+}

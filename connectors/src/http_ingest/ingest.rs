@@ -1,0 +1,244 @@
+//! The ingest pipeline shared by REST, the command endpoints and `/ws/ingest`:
+//! decode → rate limit → authorize → append (idempotent) → answer.
+
+use super::{ApiError, AppState};
+use crate::auth::Principal;
+use axum::http::StatusCode;
+use schemas::{DecodeError, Event};
+use serde_json::{Value, json};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What an accepted ingest answers.
+pub struct IngestOutcome {
+    /// `{"accepted","duplicates","ids","events":[{id,offset,duplicate}],"rejected"?}`.
+    pub body: Value,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Decodes a body or frame into per-event results (400 when the body itself is bad).
+pub(crate) fn decode_body(
+    s: &AppState,
+    principal: &Principal,
+    body: &[u8],
+    ndjson: bool,
+) -> Result<Vec<Result<Event, DecodeError>>, ApiError> {
+    let mut limits = s.config.limits.clone();
+    if let Principal::User(u) = principal {
+        // An end user's events are theirs: `user_id` may be left out.
+        limits.default_user_id = Some(u.id.clone());
+    }
+    if s.config.check_skew {
+        limits.now_ms = Some(now_ms());
+    }
+    let decoded = schemas::decode_batch(body, ndjson, &limits).map_err(|e| {
+        s.metrics
+            .ingest_events_rejected
+            .with_label_values(&[e.code])
+            .inc();
+        ApiError::from_decode(StatusCode::BAD_REQUEST, &e)
+    })?;
+    if decoded.len() > s.config.max_batch_events {
+        s.metrics
+            .ingest_events_rejected
+            .with_label_values(&["batch_too_large"])
+            .inc_by(decoded.len() as u64);
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} events in one request; the limit is {}",
+                decoded.len(),
+                s.config.max_batch_events
+            ),
+        ));
+    }
+    Ok(decoded)
+}
+
+/// Whether `principal` may ingest `event`; a user's events are their own
+/// (an event without `user_id` is taken as theirs).
+fn authorize(principal: &Principal, event: &mut Event) -> Result<(), String> {
+    match principal {
+        Principal::Anonymous => Ok(()),
+        Principal::App(key) => match &key.categories {
+            Some(allowed) if !allowed.contains(&event.category()) => Err(format!(
+                "the API key {:?} may not ingest {} events",
+                key.name,
+                event.category()
+            )),
+            _ => Ok(()),
+        },
+        Principal::User(user) => match &event.user_id {
+            None => {
+                event.user_id = Some(user.id.clone());
+                Ok(())
+            }
+            Some(u) if *u == user.id => Ok(()),
+            Some(u) => Err(format!(
+                "user {:?} may not ingest events of user {u:?}",
+                user.id
+            )),
+        },
+    }
+}
+
+/// Rate-limits, authorizes and appends decoded events for `principal`.
+pub async fn ingest_events(
+    s: &AppState,
+    principal: &Principal,
+    decoded: Vec<Result<Event, DecodeError>>,
+    partial: bool,
+) -> Result<IngestOutcome, ApiError> {
+    if let Some(key) = principal.rate_key() {
+        let rate = match principal {
+            Principal::App(k) => k.rate.unwrap_or(s.config.app_rate),
+            _ => s.config.user_rate,
+        };
+        if let Err(wait) = s.limiter.check(&key, decoded.len(), rate) {
+            s.metrics
+                .ingest_events_rejected
+                .with_label_values(&["rate_limited"])
+                .inc_by(decoded.len() as u64);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} events/s (burst {}); retry later",
+                    rate.per_second, rate.burst
+                ),
+            )
+            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u32));
+        }
+    }
+
+    let total = decoded.len();
+    let mut events = Vec::with_capacity(total);
+    let mut rejected = Vec::new();
+    for (index, result) in decoded.into_iter().enumerate() {
+        match result {
+            Ok(mut e) => match authorize(principal, &mut e) {
+                Ok(()) => events.push(e),
+                Err(message) => {
+                    s.metrics
+                        .ingest_events_rejected
+                        .with_label_values(&["forbidden"])
+                        .inc();
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        format!("event {index}: {message}; nothing was stored"),
+                    ));
+                }
+            },
+            Err(e) => {
+                s.metrics
+                    .ingest_events_rejected
+                    .with_label_values(&[e.code])
+                    .inc();
+                rejected.push(json!({
+                    "index": index, "code": e.code, "field": e.field, "message": e.message,
+                }));
+            }
+        }
+    }
+    if !rejected.is_empty() && !partial {
+        let first = &rejected[0];
+        let message = format!(
+            "{} of {} events are invalid; nothing was stored (event {}: {}{})",
+            rejected.len(),
+            total,
+            first["index"],
+            first["field"]
+                .as_str()
+                .map(|f| format!("{f}: "))
+                .unwrap_or_default(),
+            first["message"].as_str().unwrap_or(""),
+        );
+        return Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", message)
+                .with_field(first["field"].as_str())
+                .with_details(json!({ "rejected": rejected })),
+        );
+    }
+    if events.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_events",
+            "no valid event in the request",
+        )
+        .with_details(json!({ "rejected": rejected })));
+    }
+
+    let start = Instant::now();
+    let app = principal.dedup_namespace();
+    let appended = tokio::time::timeout(s.config.append_timeout, s.log.append(&app, &events)).await;
+    let backend = s.log.backend();
+    let stored = match appended {
+        Ok(Ok(stored)) => stored,
+        Ok(Err(e)) => {
+            s.metrics
+                .log_errors
+                .with_label_values(&[backend, "append"])
+                .inc();
+            s.metrics
+                .ingest_events_rejected
+                .with_label_values(&["log_unavailable"])
+                .inc_by(events.len() as u64);
+            tracing::warn!(error = %e, backend, "log append failed");
+            return Err(ApiError::unavailable(
+                "the event log cannot take writes right now",
+            ));
+        }
+        Err(_) => {
+            s.metrics
+                .log_errors
+                .with_label_values(&[backend, "append"])
+                .inc();
+            s.metrics
+                .ingest_events_rejected
+                .with_label_values(&["log_unavailable"])
+                .inc_by(events.len() as u64);
+            tracing::warn!(backend, "log append timed out");
+            return Err(ApiError::unavailable(
+                "the event log did not answer in time",
+            ));
+        }
+    };
+    s.metrics
+        .log_append_seconds
+        .with_label_values(&[backend])
+        .observe(start.elapsed().as_secs_f64());
+    s.metrics.ingest_batch_size.observe(events.len() as f64);
+    let mut duplicates = 0;
+    for (e, a) in events.iter().zip(&stored) {
+        if a.duplicate {
+            duplicates += 1;
+        } else {
+            s.metrics
+                .ingest_events_accepted
+                .with_label_values(&[e.event_type()])
+                .inc();
+        }
+    }
+    if duplicates > 0 {
+        s.metrics.ingest_duplicates.inc_by(duplicates);
+    }
+    let mut body = json!({
+        "accepted": events.len(),
+        "duplicates": duplicates,
+        "ids": events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        "events": events.iter().zip(&stored).map(|(e, a)| json!({
+            "id": e.id, "offset": a.entry.id, "duplicate": a.duplicate,
+        })).collect::<Vec<_>>(),
+    });
+    if !rejected.is_empty() {
+        body["rejected"] = rejected.into();
+    }
+    Ok(IngestOutcome { body })
+}

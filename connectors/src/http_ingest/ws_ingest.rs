@@ -1,0 +1,94 @@
+//! `/ws/ingest`: clients stream events as JSON text frames (one event or an
+//! array); each frame is answered, in order, with the stored ids or the
+//! per-event errors:
+//!
+//! - `{"op":"ack","frame":N,"accepted","duplicates","ids","events"}`
+//! - `{"op":"error","frame":N,"error":{"code","message","field"?,…}}`
+//!
+//! Backpressure: a frame is read only after the previous one is in the log,
+//! so a slow log slows the socket (TCP flow control) instead of buffering.
+
+use super::{ApiError, AppState, authenticate, ingest, ingest_events};
+use crate::auth::Principal;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+pub(crate) struct WsParams {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    partial: bool,
+}
+
+pub(crate) async fn upgrade(
+    State(s): State<AppState>,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Nothing is sent before authentication: a bad credential refuses the upgrade.
+    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+    let max = s.config.max_body_bytes;
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(socket, s, principal, params.partial))
+        .into_response())
+}
+
+async fn serve(socket: WebSocket, s: AppState, principal: Principal, partial: bool) {
+    let gauge = s.metrics.ws_ingest_connections.clone();
+    gauge.inc();
+    let (mut sink, mut stream) = socket.split();
+    let mut frame: u64 = 0;
+    while let Some(msg) = stream.next().await {
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => {
+                let reply = json!({"op":"error","frame":frame,"error":{
+                    "code":"unsupported_media_type","message":"send events as JSON text frames"}});
+                frame += 1;
+                if sink
+                    .send(Message::Text(reply.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let result = match ingest::decode_body(&s, &principal, text.as_bytes(), false) {
+            Ok(decoded) => ingest_events(&s, &principal, decoded, partial).await,
+            Err(e) => Err(e),
+        };
+        let reply = match result {
+            Ok(outcome) => {
+                let mut body = outcome.body;
+                body["op"] = "ack".into();
+                body["frame"] = frame.into();
+                body
+            }
+            Err(e) => {
+                json!({"op": "error", "frame": frame, "status": e.status.as_u16(), "error": e.body()})
+            }
+        };
+        frame += 1;
+        if sink
+            .send(Message::Text(reply.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    gauge.dec();
+}

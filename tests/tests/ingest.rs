@@ -1,0 +1,558 @@
+//! Ingest for real: idempotency, authentication and authorization, rate
+//! limits, WebSocket ingest, the command endpoints, limits, and Redis outages
+//! — against the real binary and real redis-servers.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use futures_util::{SinkExt, StreamExt};
+use inkstream_tests::{PrivateRedis, Server, now_ms, redis_url, unique};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// An XRANGE entry: id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+fn keystroke(id: &str, user: &str) -> Value {
+    json!({"id": id, "type":"writing.keystroke","ts": now_ms(),"user_id": user,
+           "data":{"keystrokes":5,"words":1,"chars":5}})
+}
+
+async fn post(server: &Server, path: &str, auth: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut req = reqwest::Client::new().post(server.url(path)).json(body);
+    if let Some(a) = auth {
+        req = req.bearer_auth(a);
+    }
+    req.send().await.unwrap()
+}
+
+async fn xlen_all(url: &str, prefix: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:events:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut n = 0;
+    for k in keys {
+        let l: u64 = redis::cmd("XLEN")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        n += l;
+    }
+    n
+}
+
+#[tokio::test]
+async fn retried_batches_are_stored_exactly_once_across_a_restart_of_inkstream() {
+    let url = redis_url();
+    let prefix = unique("idem");
+    let args = [
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ];
+    let batch: Vec<Value> = (0..20)
+        .map(|i| keystroke(&format!("{prefix}-{i}"), "u1"))
+        .collect();
+    {
+        let server = Server::start(&args).await;
+        let r: Value = post(&server, "/v1/events", None, &Value::Array(batch.clone()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r["accepted"].as_u64(), r["duplicates"].as_u64()),
+            (Some(20), Some(0))
+        );
+        let r: Value = post(&server, "/v1/events", None, &Value::Array(batch.clone()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["duplicates"], 20, "a retry is reported as duplicates");
+        assert!(
+            r["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["duplicate"] == true)
+        );
+    }
+    // A new process remembers: the dedup state lives in Redis.
+    let server = Server::start(&args).await;
+    let mut half = batch[10..].to_vec();
+    half.push(keystroke(&format!("{prefix}-new"), "u1"));
+    let r: Value = post(&server, "/v1/events", None, &Value::Array(half))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["accepted"].as_u64(), r["duplicates"].as_u64()),
+        (Some(11), Some(10))
+    );
+    assert_eq!(
+        xlen_all(&url, &prefix).await,
+        21,
+        "every acknowledged event exactly once"
+    );
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("inkstream_ingest_duplicates_total 10"),
+        "duplicates are counted"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_jwts_and_session_cookies_authenticate_and_are_authorized() {
+    let url = redis_url();
+    let prefix = unique("auth");
+    let key_hash = connectors::auth::hash_api_key("key-writer");
+    let cfg_dir = std::env::temp_dir().join(unique("authcfg"));
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("inkstream.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\njwt_secret = \"jwt-s3cret\"\nsession_secret = \"keyboard cat\"\n\
+             [[auth.api_keys]]\nname = \"writer-app\"\nsha256 = \"{key_hash}\"\ncategories = [\"writing\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ])
+    .await;
+    let ks = keystroke(&unique("k"), "u1");
+
+    // No credentials, a wrong key, a forged or expired token: 401.
+    let r = post(&server, "/v1/events", None, &ks).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unauthenticated"
+    );
+    assert_eq!(
+        post(&server, "/v1/events", Some("nope"), &ks)
+            .await
+            .status(),
+        401
+    );
+    let exp = now_ms() / 1000 + 60;
+    let forged = connectors::auth::sign_jwt(&json!({"sub":"u1","exp":exp}), b"other");
+    assert_eq!(
+        post(&server, "/v1/events", Some(&forged), &ks)
+            .await
+            .status(),
+        401
+    );
+    let expired = connectors::auth::sign_jwt(
+        &json!({"sub":"u1","exp":now_ms() / 1000 - 5}),
+        b"jwt-s3cret",
+    );
+    let r = post(&server, "/v1/events", Some(&expired), &ks).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "token_expired"
+    );
+
+    // An API key limited to writing: writing passes, system is forbidden.
+    assert_eq!(
+        post(&server, "/v1/events", Some("key-writer"), &ks)
+            .await
+            .status(),
+        202
+    );
+    let err = json!({"type":"system.error","ts":now_ms(),"data":{"service":"a","message":"b"}});
+    let r = post(&server, "/v1/events", Some("key-writer"), &err).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "forbidden"
+    );
+
+    // A user may ingest their own events (user_id filled in when absent), not others'.
+    let token = connectors::auth::sign_jwt(&json!({"sub":"u1","exp":exp}), b"jwt-s3cret");
+    assert_eq!(
+        post(
+            &server,
+            "/v1/events",
+            Some(&token),
+            &keystroke(&unique("k"), "u1")
+        )
+        .await
+        .status(),
+        202
+    );
+    let mut mine = keystroke(&unique("k"), "u1");
+    mine.as_object_mut().unwrap().remove("user_id");
+    assert_eq!(
+        post(&server, "/v1/events", Some(&token), &mine)
+            .await
+            .status(),
+        202
+    );
+    let r = post(
+        &server,
+        "/v1/events",
+        Some(&token),
+        &keystroke(&unique("k"), "u2"),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+
+    // The express-session cookie, with the session in Redis as connect-redis stores it.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let sid = unique("sid");
+    let _: () = redis::cmd("SET")
+        .arg(format!("sess:{sid}"))
+        .arg(json!({"cookie":{},"userId":"u7"}).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let cookie = connectors::auth::sign_cookie(&sid, b"keyboard cat").replace(':', "%3A");
+    let send = |body: Value, cookie: String| {
+        reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .header("cookie", format!("connect.sid={cookie}"))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        send(keystroke(&unique("k"), "u7"), cookie.clone())
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        send(keystroke(&unique("k"), "u1"), cookie.clone())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let bad = connectors::auth::sign_cookie(&sid, b"wrong").replace(':', "%3A");
+    assert_eq!(
+        send(keystroke(&unique("k"), "u7"), bad)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let _ = std::fs::remove_dir_all(&cfg_dir);
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_gets_429_with_retry_after() {
+    let server = Server::start(&[
+        "--set",
+        "auth.jwt_secret=\"s\"",
+        "--set",
+        "ingest.user_rate_per_sec=5",
+        "--set",
+        "ingest.user_burst=10",
+    ])
+    .await;
+    let token = connectors::auth::sign_jwt(&json!({"sub":"u1","exp":now_ms() / 1000 + 60}), b"s");
+    let batch: Vec<Value> = (0..10).map(|_| keystroke(&unique("r"), "u1")).collect();
+    assert_eq!(
+        post(&server, "/v1/events", Some(&token), &Value::Array(batch))
+            .await
+            .status(),
+        202
+    );
+    let r = post(
+        &server,
+        "/v1/events",
+        Some(&token),
+        &keystroke(&unique("r"), "u1"),
+    )
+    .await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+}
+
+#[tokio::test]
+async fn ws_ingest_acknowledges_every_frame_in_order() {
+    let server = Server::start(&[]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/ingest"))
+        .await
+        .unwrap();
+    let a = keystroke(&unique("w"), "u1");
+    let frames = [
+        a.to_string(),
+        json!([keystroke(&unique("w"), "u1"), keystroke(&unique("w"), "u2")]).to_string(),
+        json!({"type":"writing.keystroke","ts":now_ms(),"user_id":"u1","data":{"words":"x"}})
+            .to_string(),
+        "{not json".to_owned(),
+        a.to_string(),
+    ];
+    for f in &frames {
+        ws.send(Message::text(f.clone())).await.unwrap();
+    }
+    let mut replies = Vec::new();
+    while replies.len() < frames.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            replies.push(serde_json::from_str::<Value>(&t).unwrap());
+        }
+    }
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["frame"], i, "in order: {r}");
+    }
+    assert_eq!(
+        (replies[0]["op"].as_str(), replies[0]["accepted"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    assert_eq!(replies[1]["accepted"], 2);
+    assert_eq!(replies[2]["op"], "error");
+    assert_eq!(replies[2]["error"]["field"], "data.words");
+    assert_eq!(replies[3]["error"]["code"], "invalid_json");
+    assert_eq!(
+        replies[4]["duplicates"], 1,
+        "the same id again is a duplicate"
+    );
+}
+
+#[tokio::test]
+async fn ws_ingest_refuses_the_upgrade_without_credentials() {
+    let server = Server::start(&["--set", "auth.jwt_secret=\"s\""]).await;
+    let err = tokio_tungstenite::connect_async(server.ws_url("/ws/ingest"))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let token = connectors::auth::sign_jwt(&json!({"sub":"u1","exp":now_ms() / 1000 + 60}), b"s");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("/ws/ingest?token={token}")))
+            .await
+            .unwrap();
+    ws.send(Message::text(keystroke(&unique("w"), "u1").to_string()))
+        .await
+        .unwrap();
+    let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(serde_json::from_str::<Value>(&t).unwrap()["op"], "ack");
+}
+
+#[tokio::test]
+async fn command_endpoints_turn_requests_into_events() {
+    let server = Server::start(&[]).await;
+    let r = post(
+        &server,
+        "/api/realtime/writing/sessions/start",
+        None,
+        &json!({"user_id":"u1","project_id":"p1"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    let sid = body["session_id"].as_str().unwrap().to_owned();
+    assert!(sid.starts_with("s-"));
+    let path = format!("/api/realtime/writing/sessions/{sid}/keystroke");
+    let r = post(
+        &server,
+        &path,
+        None,
+        &json!({"user_id":"u1","keystrokes":10,"words":2,"chars":11}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let r = post(
+        &server,
+        &path,
+        None,
+        &json!({"user_id":"u1","keystrokes":10,"words":-2,"chars":11}),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["field"],
+        "data.words"
+    );
+    for (p, body) in [
+        (
+            format!("/api/realtime/writing/sessions/{sid}/end"),
+            json!({"user_id":"u1","reason":"done"}),
+        ),
+        (
+            format!("/api/realtime/writing/sessions/{sid}/resume"),
+            json!({"user_id":"u1"}),
+        ),
+        (
+            "/api/realtime/collaboration/presence".into(),
+            json!({"user_id":"u1","document_id":"d1","status":"online"}),
+        ),
+        (
+            "/api/realtime/collaboration/cursor".into(),
+            json!({"user_id":"u1","document_id":"d1","paragraph":3,"offset":10,"selection":[10,20]}),
+        ),
+        (
+            "/api/realtime/collaboration/edit".into(),
+            json!({"user_id":"u1","document_id":"d1","paragraph":3,"offset":10,"inserted":5,"deleted":0}),
+        ),
+    ] {
+        let r = post(&server, &p, None, &body).await;
+        assert_eq!(r.status(), 202, "{p}: {}", r.text().await.unwrap());
+    }
+    let r = post(
+        &server,
+        "/api/realtime/collaboration/cursor",
+        None,
+        &json!({"user_id":"u1","paragraph":3,"offset":1}),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["field"],
+        "document_id"
+    );
+}
+
+#[tokio::test]
+async fn limits_answer_413_with_their_codes() {
+    let server = Server::start(&[
+        "--set",
+        "ingest.max_batch_events=3",
+        "--set",
+        "ingest.max_body_bytes=2000",
+    ])
+    .await;
+    let batch: Vec<Value> = (0..4).map(|_| keystroke(&unique("l"), "u1")).collect();
+    let r = post(&server, "/v1/events", None, &Value::Array(batch)).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "batch_too_large"
+    );
+    let big = json!({"type":"system.error","ts":now_ms(),"data":{"service":"a","message":"m".repeat(3000)}});
+    let r = post(&server, "/v1/events", None, &big).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "body_too_large"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
+    let mut redis = PrivateRedis::start("outage");
+    let url = redis.url();
+    let server = Server::start(&["--redis-url", &url, "--set", "ingest.append_timeout=2s"]).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let id = unique(&format!("before{i}"));
+        assert_eq!(
+            post(&server, "/v1/events", None, &keystroke(&id, "u1"))
+                .await
+                .status(),
+            202
+        );
+        acknowledged.push(id);
+    }
+
+    redis.stop();
+    let started = Instant::now();
+    let r = post(
+        &server,
+        "/v1/events",
+        None,
+        &keystroke(&unique("during"), "u1"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "log_unavailable"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "answered in {took:?}: no hang"
+    );
+    let ready = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    redis.restart();
+    // Retry as a client would: the same id until it is acknowledged.
+    let retried = unique("after");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post(&server, "/v1/events", None, &keystroke(&retried, "u1")).await;
+        if r.status() == 202 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < deadline, "ingest did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    acknowledged.push(retried);
+    // Everything acknowledged, before and after the outage, is in Redis once.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("inkstream:events:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for k in keys {
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+            .arg(&k)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for (_, fields) in entries {
+            for (name, value) in fields {
+                if name == "id" {
+                    ids.push(String::from_utf8(value).unwrap());
+                }
+            }
+        }
+    }
+    for id in &acknowledged {
+        assert_eq!(ids.iter().filter(|x| *x == id).count(), 1, "{id}");
+    }
+    assert_eq!(
+        reqwest::get(server.url("/readyz")).await.unwrap().status(),
+        200
+    );
+}
