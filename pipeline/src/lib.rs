@@ -4,13 +4,14 @@
 //! - [`dataflow`]: wires the operators; event time, watermark and late events.
 //! - [`bridge`]: the only module touching both tokio and timely.
 //! - [`source`]: reads the log for the dataflow and acknowledges processed entries.
-//! - [`serve`], [`replay`], [`generate`]: the subcommands.
+//! - [`serve`], [`replay`], [`generate`], [`load`]: the subcommands.
 //! - [`config`]: the TOML file, flags, env vars and `--set` overrides.
 
 pub mod bridge;
 pub mod config;
 pub mod dataflow;
 pub mod generate;
+pub mod load;
 pub mod operators;
 pub mod replay;
 pub mod serve;

@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 use inkstream::config::Config;
 use std::path::PathBuf;
 
+// glibc malloc dominated the ingest and replay profiles (many small,
+// short-lived allocations across threads); mimalloc handles that pattern well.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "inkstream",
@@ -74,6 +79,28 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// Generate ingest load against a running `inkstream serve` (benchmarks).
+    Load {
+        /// host:port of the server.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// batch (NDJSON bodies), single (one event per request) or ws (/ws/ingest frames).
+        #[arg(long, default_value = "batch")]
+        mode: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Events per request or frame.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        #[arg(long, default_value_t = 10_000)]
+        users: u32,
+        /// Bearer token or API key.
+        #[arg(long, env = "INKSTREAM_LOAD_TOKEN")]
+        token: Option<String>,
+    },
     /// Write a realistic, deterministic NDJSON event file.
     Generate {
         /// Number of events.
@@ -139,7 +166,7 @@ fn main() -> anyhow::Result<()> {
                 overrides.push(format!("dataflow.workers={w}"));
             }
         }
-        Command::Generate { .. } | Command::Schemas { .. } => {}
+        Command::Generate { .. } | Command::Schemas { .. } | Command::Load { .. } => {}
     }
     overrides.extend(cli.set.iter().cloned());
     let config = Config::load(cli.config.as_deref(), &overrides)?;
@@ -168,6 +195,51 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Schemas { command } => schemas_command(command)?,
+        Command::Load {
+            addr,
+            mode,
+            events,
+            batch,
+            connections,
+            users,
+            token,
+        } => {
+            let mode = match mode.as_str() {
+                "batch" => inkstream::load::Mode::Batch,
+                "single" => inkstream::load::Mode::Single,
+                "ws" => inkstream::load::Mode::Ws,
+                other => anyhow::bail!("--mode {other:?}: expected batch, single or ws"),
+            };
+            let config = inkstream::load::LoadConfig {
+                addr,
+                mode,
+                events,
+                batch,
+                connections,
+                users,
+                token,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let r = runtime
+                .block_on(inkstream::load::run(&config))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!(
+                "{:?}: {} events in {} requests over {} connections in {:.2} s: {:.0} events/s; \
+                 latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                config.mode,
+                r.events,
+                r.requests,
+                config.connections,
+                r.elapsed.as_secs_f64(),
+                r.events_per_second(),
+                r.percentile_ms(0.5),
+                r.percentile_ms(0.99),
+                r.percentile_ms(1.0)
+            );
+        }
         Command::Generate {
             events,
             users,

@@ -6,6 +6,7 @@
 use super::{Appended, EntryRef, LogEntry, stream_name};
 use schemas::{Category, Event};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -43,12 +44,39 @@ struct Inner {
 }
 
 /// Ids seen per app within the window, bounded in count: past `max_ids` the
-/// oldest are forgotten early (documented in docs/OPERATIONS.md).
+/// oldest are forgotten early (documented in docs/OPERATIONS.md). Keys are a
+/// 128-bit hash of (app, id) — two independent 64-bit hashes, so a false
+/// "duplicate" needs a 128-bit collision — and values where the first copy
+/// went: compact, and no allocation per event.
 struct Dedup {
     window: Duration,
     max_ids: usize,
-    seen: HashMap<String, EntryRef>,
-    order: VecDeque<(Instant, String)>,
+    seen: HashMap<u128, (usize, Id), BuildHasherDefault<PassThrough>>,
+    order: VecDeque<(Instant, u128)>,
+}
+
+/// The keys are already uniform hashes: use their low bits as they are.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+fn dedup_key(app: &str, id: &str) -> u128 {
+    let a = schemas::stable_hash(&(app, id));
+    let b = schemas::stable_hash(&(id, app, 0x9e37_79b9_u32));
+    (u128::from(a) << 64) | u128::from(b)
 }
 
 impl Dedup {
@@ -97,7 +125,7 @@ impl EmbeddedLog {
                 dedup: Dedup {
                     window: dedup_window,
                     max_ids: max_ids.max(1),
-                    seen: HashMap::new(),
+                    seen: HashMap::default(),
                     order: VecDeque::new(),
                 },
             })),
@@ -121,10 +149,13 @@ impl EmbeddedLog {
         inner.dedup.expire(clock);
         let mut refs = Vec::with_capacity(events.len());
         for event in events {
-            let key = format!("{app}\u{0}{}", event.id);
-            if let Some(first) = inner.dedup.seen.get(&key) {
+            let key = dedup_key(app, &event.id);
+            if let Some(&(si, id)) = inner.dedup.seen.get(&key) {
                 refs.push(Appended {
-                    entry: first.clone(),
+                    entry: EntryRef {
+                        stream: inner.streams[si].name.clone(),
+                        id: render(id),
+                    },
                     duplicate: true,
                 });
                 continue;
@@ -142,7 +173,7 @@ impl EmbeddedLog {
                 stream: stream.name.clone(),
                 id: render(id),
             };
-            inner.dedup.seen.insert(key.clone(), entry.clone());
+            inner.dedup.seen.insert(key, (idx, id));
             inner.dedup.order.push_back((clock, key));
             refs.push(Appended {
                 entry,

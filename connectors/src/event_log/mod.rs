@@ -27,7 +27,8 @@ pub struct EntryRef {
 /// The outcome of appending one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
-    /// Where the event is stored (for a duplicate: where the first copy is).
+    /// Where the event is stored. For a duplicate the embedded log names the
+    /// first copy; Redis does not record it (the id is empty).
     pub entry: EntryRef,
     /// The same id from the same app was already stored within the dedup
     /// window; nothing new was written.

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// What an accepted ingest answers.
 pub struct IngestOutcome {
-    /// `{"accepted","duplicates","ids","events":[{id,offset,duplicate}],"rejected"?}`.
+    /// `{"accepted","duplicates","ids","duplicate_ids"?,"rejected"?}`.
     pub body: Value,
 }
 
@@ -229,14 +229,22 @@ pub async fn ingest_events(
     if duplicates > 0 {
         s.metrics.ingest_duplicates.inc_by(duplicates);
     }
+    // Ids in request order; duplicates (already stored, not stored again)
+    // listed apart. Offsets stay internal: they are the log's business.
     let mut body = json!({
         "accepted": events.len(),
         "duplicates": duplicates,
         "ids": events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        "events": events.iter().zip(&stored).map(|(e, a)| json!({
-            "id": e.id, "offset": a.entry.id, "duplicate": a.duplicate,
-        })).collect::<Vec<_>>(),
     });
+    if duplicates > 0 {
+        body["duplicate_ids"] = events
+            .iter()
+            .zip(&stored)
+            .filter(|(_, a)| a.duplicate)
+            .map(|(e, _)| e.id.as_str())
+            .collect::<Vec<_>>()
+            .into();
+    }
     if !rejected.is_empty() {
         body["rejected"] = rejected.into();
     }

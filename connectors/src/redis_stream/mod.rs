@@ -8,12 +8,12 @@
 //! the envelope schema `inkstream.Event`).
 //!
 //! **Appends** are one round trip per batch: a Lua script that, per event,
-//! checks the idempotency key `<prefix>:dedup:<app>:<id>` and either XADDs
-//! the event and records the key (with the dedup window as TTL), or reports
-//! the entry already stored. The script runs atomically, so a crash can never
-//! leave an id recorded without its event or an event without its id; a
-//! retried batch after a timeout is stored exactly once. Ingest answers only
-//! after the script returned.
+//! claims the idempotency key `<prefix>:dedup:<app>:<id>` (SET NX with the
+//! dedup window as TTL) and XADDs the event only when the claim succeeded.
+//! The script runs atomically, so a crash can never leave an id recorded
+//! without its event or an event without its id; a retried batch after a
+//! timeout is stored exactly once. Ingest answers only after the script
+//! returned.
 //!
 //! **Consumers** use consumer groups (XREADGROUP / XACK); entries a stopped
 //! consumer left pending are claimed by another after a visibility timeout
@@ -63,23 +63,20 @@ impl RedisLogConfig {
 
 /// KEYS: dedup keys 1..n, then stream keys n+1..2n.
 /// ARGV: ttl_ms, n, then (type, id, body) per event.
-/// Returns per event `{duplicate (0|1), "stream entry-id"}`.
+/// Returns per event the new entry id, or 0 for a duplicate. Two commands per
+/// event: the dedup key is claimed with SET NX (so a duplicate costs one),
+/// and the entry appended only when the claim succeeded. Both run inside one
+/// script, so no crash can separate them.
 const APPEND_SCRIPT: &str = r#"
 local ttl = ARGV[1]
 local n = tonumber(ARGV[2])
 local out = {}
 for i = 1, n do
-  local dk = KEYS[i]
-  local sk = KEYS[n + i]
   local a = 2 + (i - 1) * 3
-  local existing = redis.call('GET', dk)
-  if existing then
-    out[i] = {1, existing}
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ttl) then
+    out[i] = redis.call('XADD', KEYS[n + i], '*', 'type', ARGV[a + 1], 'id', ARGV[a + 2], 'event', ARGV[a + 3])
   else
-    local id = redis.call('XADD', sk, '*', 'type', ARGV[a + 1], 'id', ARGV[a + 2], 'event', ARGV[a + 3])
-    local at = sk .. ' ' .. id
-    redis.call('SET', dk, at, 'PX', ttl)
-    out[i] = {0, at}
+    out[i] = 0
   end
 end
 return out
@@ -173,7 +170,7 @@ impl RedisLog {
             invocation.arg(e.event_type()).arg(&e.id).arg(body);
         }
         let mut conn = self.writer.clone();
-        let replies: Vec<(i64, String)> = invocation
+        let replies: Vec<redis::Value> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -184,19 +181,29 @@ impl RedisLog {
                 events.len()
             )));
         }
-        replies
-            .into_iter()
-            .map(|(dup, at)| {
-                let (stream, id) = at
-                    .rsplit_once(' ')
-                    .ok_or_else(|| LogError::Protocol(format!("bad append reply {at:?}")))?;
-                Ok(Appended {
-                    entry: EntryRef {
-                        stream: self.intern(stream),
-                        id: id.to_owned(),
-                    },
-                    duplicate: dup == 1,
-                })
+        events
+            .iter()
+            .zip(replies)
+            .map(|(e, reply)| {
+                let stream = self.stream_for(e).clone();
+                match reply {
+                    redis::Value::BulkString(id) => Ok(Appended {
+                        entry: EntryRef {
+                            stream,
+                            id: String::from_utf8_lossy(&id).into_owned(),
+                        },
+                        duplicate: false,
+                    }),
+                    // A duplicate: stored earlier (where is not recorded).
+                    redis::Value::Int(0) => Ok(Appended {
+                        entry: EntryRef {
+                            stream,
+                            id: String::new(),
+                        },
+                        duplicate: true,
+                    }),
+                    other => Err(LogError::Protocol(format!("bad append reply {other:?}"))),
+                }
             })
             .collect()
     }

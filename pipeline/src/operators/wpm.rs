@@ -74,7 +74,12 @@ impl WpmTracker {
     pub fn observe(&mut self, seq: u64, e: &Event) -> Option<Event> {
         let words = words_of(e)?;
         let user = e.user_id.as_deref()?;
-        let w = self.users.entry(user.to_owned()).or_default();
+        // Look up before inserting: most events are from users already known,
+        // and `entry` would allocate the key every time.
+        if !self.users.contains_key(user) {
+            self.users.insert(user.to_owned(), UserWindow::default());
+        }
+        let w = self.users.get_mut(user)?;
         // Insert in time order; arrivals are mostly in order, so search from the back.
         let pos = w.entries.len()
             - w.entries
