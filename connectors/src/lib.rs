@@ -4,7 +4,9 @@
 //! - [`event_log`]: the log every event is appended to before it is acknowledged:
 //!   the [`EventLog`] enum over the embedded (in-process) log and Redis Streams.
 //! - [`redis_stream`]: the Redis Streams backend (XADD, XREADGROUP, XACK, XAUTOCLAIM).
-//! - [`kafka`]: the Kafka-compatible side (topic admin, idempotent producer).
+//! - [`kafka`]: the Kafka-compatible side: topic admin, idempotent producer,
+//!   and the mirror from the log to the event topics.
+//! - [`schema_registry`]: the read side of the Schema Registry REST API.
 //! - [`websocket_fanout`]: the hub that fans derived events out to WebSocket
 //!   subscribers by path and channel, with byte-bounded per-client queues.
 //! - [`http_ingest`]: the axum router: `POST /v1/events`, the WS paths,
@@ -17,6 +19,7 @@ pub mod http_ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod redis_stream;
+pub mod schema_registry;
 pub mod websocket_fanout;
 
 pub use event_log::{EntryRef, EventLog, LogEntry, LogError};

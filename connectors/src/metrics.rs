@@ -33,6 +33,14 @@ pub struct Metrics {
     pub dataflow_late_events: IntCounterVec,
     /// Current event-time watermark, ms since the epoch.
     pub dataflow_watermark_ms: IntGauge,
+    /// Events delivered to Kafka by the mirror (acknowledged in the log).
+    pub mirror_events: IntCounter,
+    /// Mirror failures, by stage (topics, log, produce, ack, encode, undecodable).
+    pub mirror_errors: IntCounterVec,
+    /// Entries not yet in Kafka (undelivered + pending) for the mirror group.
+    pub mirror_lag_events: IntGauge,
+    /// Age of the oldest entry not yet in Kafka, seconds.
+    pub mirror_lag_seconds: prometheus::Gauge,
     /// Open `/ws/ingest` connections.
     pub ws_ingest_connections: IntGauge,
     /// Accepts that waited because the connection limit was reached.
@@ -121,6 +129,25 @@ impl Metrics {
                 "inkstream_dataflow_watermark_milliseconds",
                 "Current event-time watermark in milliseconds since the Unix epoch.",
             )?,
+            mirror_events: IntCounter::new(
+                "inkstream_mirror_events_total",
+                "Events delivered to Kafka and acknowledged in the log by the mirror.",
+            )?,
+            mirror_errors: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_mirror_errors_total",
+                    "Mirror failures, by stage.",
+                ),
+                &["stage"],
+            )?,
+            mirror_lag_events: IntGauge::new(
+                "inkstream_mirror_lag_events",
+                "Log entries not yet delivered to Kafka (undelivered plus pending).",
+            )?,
+            mirror_lag_seconds: prometheus::Gauge::new(
+                "inkstream_mirror_lag_seconds",
+                "Age of the oldest log entry not yet delivered to Kafka.",
+            )?,
             ws_ingest_connections: IntGauge::new(
                 "inkstream_ws_ingest_connections",
                 "Open /ws/ingest connections.",
@@ -178,6 +205,10 @@ impl Metrics {
         r.register(Box::new(m.dataflow_derived.clone()))?;
         r.register(Box::new(m.dataflow_late_events.clone()))?;
         r.register(Box::new(m.dataflow_watermark_ms.clone()))?;
+        r.register(Box::new(m.mirror_events.clone()))?;
+        r.register(Box::new(m.mirror_errors.clone()))?;
+        r.register(Box::new(m.mirror_lag_events.clone()))?;
+        r.register(Box::new(m.mirror_lag_seconds.clone()))?;
         r.register(Box::new(m.ws_ingest_connections.clone()))?;
         r.register(Box::new(m.http_connection_limit_waits.clone()))?;
         r.register(Box::new(m.ws_connections.clone()))?;

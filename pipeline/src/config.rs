@@ -159,11 +159,25 @@ impl Default for RedisConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `host:port[,host:port]`; unset means no Kafka.
     pub brokers: Option<String>,
+    /// Partitions of the topics inkstream creates (default 8).
+    pub partitions: i32,
+    /// Entries the mirror reads and produces per round (default 2,000).
+    pub mirror_batch: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            partitions: 8,
+            mirror_batch: 2_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

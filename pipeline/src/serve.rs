@@ -16,6 +16,7 @@ use crate::source::{self, SourceConfig};
 use connectors::auth::{Authenticator, RateLimiter};
 use connectors::event_log::EmbeddedLog;
 use connectors::http_ingest::{self, AppState, LimitedListener};
+use connectors::kafka::mirror::MirrorConfig;
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
 use connectors::websocket_fanout::{Hub, HubConfig};
 use connectors::{EventLog, Metrics};
@@ -132,14 +133,6 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = Metrics::standalone();
     let log = open_log(&config).await?;
-    if let Some(brokers) = &config.kafka.brokers {
-        let topics: Vec<String> = schemas::Category::ALL
-            .iter()
-            .map(|c| connectors::kafka::events_topic(*c))
-            .collect();
-        connectors::kafka::ensure_topics(brokers, &topics, 8).await?;
-        tracing::info!(%brokers, "kafka topics ready");
-    }
     let hub = Arc::new(Hub::new(
         HubConfig {
             max_queue_bytes: config.fanout.max_queue_bytes,
@@ -151,10 +144,10 @@ pub async fn run(
         hub: hub.clone(),
         metrics: metrics.clone(),
     });
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (bridge, BridgeEnds { entries, processed }) =
         Bridge::start(&config, sink, metrics.clone()).map_err(ServeError::Dataflow)?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let source = tokio::spawn(source::run(
         log.clone(),
         SourceConfig {
@@ -165,7 +158,7 @@ pub async fn run(
         },
         entries,
         processed,
-        stop_rx,
+        stop_rx.clone(),
         metrics.clone(),
     ));
 
@@ -193,10 +186,32 @@ pub async fn run(
              Configure auth.api_keys, auth.jwt_secret or auth.session_secret to turn it on."
         );
     }
+    let mut required_groups = vec![config.dataflow.group.clone()];
+    let mut mirror = None;
+    if let Some(brokers) = &config.kafka.brokers {
+        let mut mc = MirrorConfig::new(brokers.clone());
+        mc.partitions = config.kafka.partitions;
+        mc.batch = config.kafka.mirror_batch;
+        required_groups.push(mc.group.clone());
+        tracing::info!(%brokers, "mirroring the log to Kafka");
+        tokio::spawn(connectors::kafka::mirror::report_lag(
+            log.clone(),
+            mc.group.clone(),
+            metrics.clone(),
+            std::time::Duration::from_secs(5),
+            stop_rx.clone(),
+        ));
+        mirror = Some(tokio::spawn(connectors::kafka::mirror::run(
+            log.clone(),
+            mc,
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+    }
     if matches!(log, EventLog::Redis(_)) {
         tokio::spawn(trim_periodically(
             log.clone(),
-            vec![config.dataflow.group.clone()],
+            required_groups,
             config.redis.retention,
             config.redis.trim_interval,
             metrics.clone(),
@@ -248,6 +263,11 @@ pub async fn run(
             grace_ms = grace.as_millis() as u64,
             "dataflow drain exceeded the grace period"
         );
+    }
+    if let Some(m) = mirror
+        && tokio::time::timeout(grace, m).await.is_err()
+    {
+        tracing::warn!("the mirror did not stop within the grace period");
     }
     let _ = tokio::task::spawn_blocking(move || bridge.join()).await;
     tracing::info!("stopped");

@@ -214,3 +214,71 @@ impl Drop for PrivateRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A private tansu broker (from the harness's `INKSTREAM_TEST_TANSU`) that a
+/// test may stop and restart on the same port (the memory engine comes back
+/// empty).
+pub struct PrivateKafka {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateKafka {
+    pub fn start() -> PrivateKafka {
+        let mut k = PrivateKafka {
+            port: free_port(),
+            child: None,
+        };
+        k.restart();
+        k
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let bin = required("INKSTREAM_TEST_TANSU", "tansu binary");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The harness's Python (with fastavro and confluent-kafka).
+pub fn python() -> String {
+    required(
+        "INKSTREAM_TEST_PYTHON",
+        "Python with fastavro and confluent-kafka",
+    )
+}

@@ -350,6 +350,36 @@ impl EmbeddedLog {
         }
     }
 
+    pub fn group_lag(&self, group: &str) -> (u64, Option<u64>) {
+        let inner = self.lock();
+        let Some(g) = inner.groups.get(group) else {
+            let n: usize = inner.streams.iter().map(|s| s.entries.len()).sum();
+            let oldest = inner
+                .streams
+                .iter()
+                .filter_map(|s| s.entries.front())
+                .map(|(id, _)| id.0)
+                .min();
+            return (n as u64, oldest);
+        };
+        let undelivered: usize = inner
+            .streams
+            .iter()
+            .map(|s| s.entries.len() - s.entries.partition_point(|(id, _)| *id <= g.last_delivered))
+            .sum();
+        let oldest_pending = g.pending.keys().map(|(_, id)| id.0).min();
+        let oldest_new = inner
+            .streams
+            .iter()
+            .filter_map(|s| s.entries.iter().find(|(id, _)| *id > g.last_delivered))
+            .map(|(id, _)| id.0)
+            .min();
+        (
+            (undelivered + g.pending.len()) as u64,
+            oldest_pending.into_iter().chain(oldest_new).min(),
+        )
+    }
+
     /// Entries currently held, over all streams (tests, stats).
     pub fn len(&self) -> usize {
         self.lock().streams.iter().map(|s| s.entries.len()).sum()

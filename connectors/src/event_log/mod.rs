@@ -138,6 +138,15 @@ impl EventLog {
         }
     }
 
+    /// How far `group` is behind: entries not yet acknowledged (undelivered
+    /// plus pending), and the append time (ms) of the oldest of them.
+    pub async fn group_lag(&self, group: &str) -> Result<(u64, Option<u64>), LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(log.group_lag(group)),
+            EventLog::Redis(log) => log.group_lag(group).await,
+        }
+    }
+
     /// Acknowledges processed entries for `group`.
     pub async fn ack(&self, group: &str, entries: &[EntryRef]) -> Result<(), LogError> {
         match self {

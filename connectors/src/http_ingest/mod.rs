@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/realtime/events/publish", post(ingest_http))
         .route("/ws/ingest", get(ws_ingest::upgrade))
         .merge(commands::routes())
+        .merge(crate::schema_registry::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz));

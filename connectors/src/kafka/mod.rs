@@ -1,7 +1,8 @@
 //! The Kafka-compatible side: topic administration and an idempotent producer.
 //!
-//! The walking skeleton uses it for the broker round trip; the mirror
-//! (Redis Streams → `inkstream.events.<category>`) builds on it.
+//! - [`mirror`]: the log → `inkstream.events.<category>` mirror.
+
+pub mod mirror;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

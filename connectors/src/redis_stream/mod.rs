@@ -457,6 +457,68 @@ impl RedisLog {
         Ok(removed)
     }
 
+    /// How far `group` is behind over every stream: entries not acknowledged
+    /// (XINFO GROUPS `lag` + `pending`), and the ms part of the oldest one's id.
+    pub async fn group_lag(&self, group: &str) -> Result<(u64, Option<u64>), LogError> {
+        let mut conn = self.writer.clone();
+        let mut total = 0u64;
+        let mut oldest: Option<u64> = None;
+        for stream in self.streams.iter() {
+            let infos: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&**stream)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.code() == Some("ERR") => continue,
+                Err(e) => return Err(unavailable(e)),
+            };
+            let Some(info) = infos
+                .iter()
+                .find(|i| value_str(i.get("name")).as_deref() == Some(group))
+            else {
+                continue;
+            };
+            let int = |k: &str| match info.get(k) {
+                Some(redis::Value::Int(n)) => Some(*n as u64),
+                _ => None,
+            };
+            let pending = int("pending").unwrap_or(0);
+            let lag = int("lag").unwrap_or(0);
+            total += pending + lag;
+            let first = if pending > 0 {
+                let summary: (i64, Option<String>, Option<String>, redis::Value) =
+                    redis::cmd("XPENDING")
+                        .arg(&**stream)
+                        .arg(group)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                summary.1
+            } else if lag > 0 {
+                let last = value_str(info.get("last-delivered-id")).unwrap_or_else(|| "0-0".into());
+                let next: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XRANGE")
+                    .arg(&**stream)
+                    .arg(format!("({last}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                next.into_iter().next().map(|(id, _)| id)
+            } else {
+                None
+            };
+            if let Some(ms) = first.and_then(|id| id.split('-').next().and_then(|m| m.parse().ok()))
+            {
+                oldest = Some(oldest.map_or(ms, |o: u64| o.min(ms)));
+            }
+        }
+        Ok((total, oldest))
+    }
+
     /// Every stream name, category-major.
     pub fn streams(&self) -> &[Arc<str>] {
         &self.streams

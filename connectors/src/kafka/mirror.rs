@@ -1,0 +1,265 @@
+//! The mirror: Redis Streams (or the embedded log) → Kafka topics.
+//!
+//! A consumer group on the log (`mirror`) reads entries and produces each
+//! event to `inkstream.events.<category>`, keyed by its partition key, value
+//! in the Confluent wire format, headers `event_type`, `event_id`,
+//! `schema_id`, record timestamp = event time. A log entry is acknowledged
+//! (XACK) only after Kafka's delivery report for it: at-least-once. After a
+//! crash, or when a delivery fails (broker down), the unacknowledged entries
+//! are produced again — consumers deduplicate by `event_id`. The producer is
+//! idempotent, so its own retries never duplicate.
+//!
+//! Broker outage: ingest keeps appending to Redis; the mirror backs off
+//! (capped exponential), re-creates missing topics (an in-memory broker comes
+//! back empty), re-reads its pending entries and catches up.
+
+use super::{ensure_topics, events_topic, idempotent_producer};
+use crate::event_log::{EntryRef, EventLog, LogEntry};
+use crate::metrics::Metrics;
+use futures_util::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Settings of the mirror.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub brokers: String,
+    /// Consumer group on the log (default `mirror`).
+    pub group: String,
+    /// Consumer name, stable across restarts (default `mirror-0`).
+    pub consumer: String,
+    /// Partitions of topics it creates (default 8).
+    pub partitions: i32,
+    /// Entries read and produced per round (default 2,000): the bound on
+    /// records in flight.
+    pub batch: usize,
+}
+
+impl MirrorConfig {
+    pub fn new(brokers: impl Into<String>) -> MirrorConfig {
+        MirrorConfig {
+            brokers: brokers.into(),
+            group: "mirror".into(),
+            consumer: "mirror-0".into(),
+            partitions: 8,
+            batch: 2_000,
+        }
+    }
+}
+
+fn topics() -> Vec<String> {
+    schemas::Category::ALL
+        .iter()
+        .map(|c| events_topic(*c))
+        .collect()
+}
+
+/// Runs the mirror until `shutdown` flips.
+pub async fn run(
+    log: EventLog,
+    config: MirrorConfig,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff_ms = 100u64;
+    let mut need_topics = true;
+    let mut reread_pending = true;
+    let producer = loop {
+        match idempotent_producer(&config.brokers) {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the Kafka producer; retrying");
+                if sleep_or_stop(&mut shutdown, backoff_ms).await {
+                    return;
+                }
+            }
+        }
+    };
+    let schema_id = schemas::confluent::schema_id().to_string();
+    while !*shutdown.borrow() {
+        if need_topics {
+            match ensure_topics(&config.brokers, &topics(), config.partitions).await {
+                Ok(()) => need_topics = false,
+                Err(e) => {
+                    metrics.mirror_errors.with_label_values(&["topics"]).inc();
+                    tracing::warn!(error = %e, retry_in_ms = backoff_ms, "creating topics failed");
+                    if sleep_or_stop(&mut shutdown, backoff_ms).await {
+                        return;
+                    }
+                    backoff_ms = (backoff_ms * 2).min(5_000);
+                    continue;
+                }
+            }
+        }
+        let read = if reread_pending {
+            let r = async {
+                log.ensure_group(&config.group).await?;
+                log.read_pending(&config.group, &config.consumer, config.batch)
+                    .await
+            }
+            .await;
+            if matches!(&r, Ok(v) if v.is_empty()) {
+                reread_pending = false;
+            }
+            r
+        } else {
+            log.read_new(
+                &config.group,
+                &config.consumer,
+                config.batch,
+                Duration::from_millis(250),
+            )
+            .await
+        };
+        let entries = match read {
+            Ok(e) => e,
+            Err(e) => {
+                metrics.mirror_errors.with_label_values(&["log"]).inc();
+                tracing::warn!(error = %e, "mirror: reading the log failed");
+                if sleep_or_stop(&mut shutdown, backoff_ms).await {
+                    return;
+                }
+                backoff_ms = (backoff_ms * 2).min(5_000);
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        let (delivered, failed) = produce(&producer, &entries, &schema_id, &metrics).await;
+        if !delivered.is_empty() {
+            if let Err(e) = log.ack(&config.group, &delivered).await {
+                // Unacknowledged: they will be produced again (at-least-once).
+                metrics.mirror_errors.with_label_values(&["ack"]).inc();
+                tracing::warn!(error = %e, "mirror: acknowledging in the log failed");
+            }
+            metrics.mirror_events.inc_by(delivered.len() as u64);
+        }
+        if let Some(error) = failed {
+            metrics.mirror_errors.with_label_values(&["produce"]).inc();
+            tracing::warn!(%error, retry_in_ms = backoff_ms, "mirror: delivery failed; will re-read pending entries");
+            // Topics may have vanished (an in-memory broker restarted).
+            need_topics = true;
+            reread_pending = true;
+            if sleep_or_stop(&mut shutdown, backoff_ms).await {
+                return;
+            }
+            backoff_ms = (backoff_ms * 2).min(5_000);
+        } else {
+            backoff_ms = 100;
+        }
+    }
+}
+
+/// Produces a batch and waits for every delivery report. Returns the
+/// entries to acknowledge, and the first error if any delivery failed.
+async fn produce(
+    producer: &FutureProducer,
+    entries: &[LogEntry],
+    schema_id: &str,
+    metrics: &Metrics,
+) -> (Vec<EntryRef>, Option<String>) {
+    let mut deliveries = Vec::with_capacity(entries.len());
+    let mut delivered = Vec::with_capacity(entries.len());
+    let mut first_error = None;
+    for entry in entries {
+        let event = match &entry.event {
+            Ok(e) => e,
+            Err(reason) => {
+                // Cannot be represented in Avro: counted, logged, acknowledged.
+                metrics
+                    .mirror_errors
+                    .with_label_values(&["undecodable"])
+                    .inc();
+                tracing::error!(entry = %entry.entry.id, %reason, "mirror: skipping an undecodable entry");
+                delivered.push(entry.entry.clone());
+                continue;
+            }
+        };
+        let value = match schemas::confluent::encode(event) {
+            Ok(v) => v,
+            Err(e) => {
+                metrics.mirror_errors.with_label_values(&["encode"]).inc();
+                tracing::error!(id = %event.id, error = %e, "mirror: cannot encode an event");
+                delivered.push(entry.entry.clone());
+                continue;
+            }
+        };
+        let topic = events_topic(event.category());
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "event_type",
+                value: Some(event.event_type()),
+            })
+            .insert(Header {
+                key: "event_id",
+                value: Some(event.id.as_str()),
+            })
+            .insert(Header {
+                key: "schema_id",
+                value: Some(schema_id),
+            });
+        let record = FutureRecord::to(&topic)
+            .key(event.partition_key())
+            .payload(&value)
+            .headers(headers)
+            .timestamp(event.ts);
+        match producer.send_result(record) {
+            Ok(future) => deliveries.push((entry.entry.clone(), future)),
+            Err((e, _)) => {
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
+    for (entry, result) in refs.into_iter().zip(join_all(futures).await) {
+        match result {
+            Ok(Ok(_)) => delivered.push(entry),
+            Ok(Err((e, _))) => {
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+            Err(_) => {
+                first_error.get_or_insert_with(|| "delivery report dropped".to_owned());
+            }
+        }
+    }
+    (delivered, first_error)
+}
+
+/// Sleeps `ms`, or returns true at once when shutdown was requested.
+async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, ms: u64) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Publishes the mirror group's lag (entries not yet in Kafka and the age of
+/// the oldest) every `every`, until `shutdown` flips.
+pub async fn report_lag(
+    log: EventLog,
+    group: String,
+    metrics: Metrics,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match log.group_lag(&group).await {
+            Ok((entries, oldest_ms)) => {
+                metrics.mirror_lag_events.set(entries as i64);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let age = oldest_ms.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+                metrics.mirror_lag_seconds.set(age);
+            }
+            Err(e) => tracing::debug!(error = %e, "mirror lag unavailable"),
+        }
+        if sleep_or_stop(&mut shutdown, every.as_millis() as u64).await {
+            return;
+        }
+    }
+}

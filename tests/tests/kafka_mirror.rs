@@ -1,0 +1,282 @@
+//! The Kafka mirror against the real broker (tansu): every ingested event
+//! reaches its topic, keyed, with headers, in the Confluent wire format that
+//! a non-Rust client decodes through inkstream's registry endpoint; and
+//! nothing is lost across a kill -9 of inkstream or a broker restart.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use inkstream_tests::{
+    PrivateKafka, PrivateRedis, Server, kafka_brokers, now_ms, python, redis_url, unique,
+};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+const TOPICS: [&str; 6] = [
+    "inkstream.events.writing",
+    "inkstream.events.collaboration",
+    "inkstream.events.publishing",
+    "inkstream.events.analytics",
+    "inkstream.events.automation",
+    "inkstream.events.system",
+];
+
+fn events(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| match i % 3 {
+            0 | 1 => json!({"id": format!("{prefix}-{i:06}"), "type":"writing.keystroke","ts": now_ms(),
+                            "user_id": format!("u{}", i % 7),
+                            "data":{"keystrokes":5,"words":1,"chars":5}}),
+            _ => json!({"id": format!("{prefix}-{i:06}"), "type":"collaboration.cursor_moved","ts": now_ms(),
+                        "user_id": "u1", "document_id": format!("d{}", i % 5),
+                        "data":{"paragraph": i % 9, "offset": 1}}),
+        })
+        .collect()
+}
+
+async fn ingest(server: &Server, batch: &[Value]) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .json(&Value::Array(batch.to_vec()))
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// Reads the event topics from the beginning until every id in `expected`
+/// was seen (or the timeout); returns the records with `prefix` by id (and
+/// how many copies).
+async fn consume(
+    brokers: &str,
+    prefix: &str,
+    expected: &HashSet<String>,
+    timeout: Duration,
+) -> HashMap<String, (Vec<rdkafka::message::OwnedMessage>, usize)> {
+    let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
+        .set("group.id", unique("verify"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&TOPICS).unwrap();
+    let mut seen: HashMap<String, (Vec<rdkafka::message::OwnedMessage>, usize)> = HashMap::new();
+    let deadline = Instant::now() + timeout;
+    while !expected.iter().all(|id| seen.contains_key(id)) && Instant::now() < deadline {
+        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let id = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "event_id").and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        if !id.starts_with(prefix) {
+            continue;
+        }
+        let entry = seen.entry(id).or_default();
+        entry.1 += 1;
+        entry.0.push(msg.detach());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
+    let brokers = kafka_brokers();
+    let prefix = unique("mirror");
+    let server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &brokers,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ])
+    .await;
+    let batch = events(&prefix, 600);
+    assert_eq!(ingest(&server, &batch).await, 202);
+    let ids: HashSet<String> = batch
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = consume(&brokers, &prefix, &ids, Duration::from_secs(60)).await;
+    assert_eq!(seen.len(), batch.len(), "every event is on its topic");
+
+    let mut last_seq_by_key: HashMap<String, usize> = HashMap::new();
+    let mut records: Vec<&rdkafka::message::OwnedMessage> =
+        seen.values().map(|(m, _)| &m[0]).collect();
+    records.sort_by_key(|m| (m.topic().to_owned(), m.partition(), m.offset()));
+    for m in records {
+        let event = schemas::confluent::decode(m.payload().unwrap()).unwrap();
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        assert_eq!(key, event.partition_key());
+        assert_eq!(m.topic(), format!("inkstream.events.{}", event.category()));
+        assert_eq!(m.timestamp().to_millis(), Some(event.ts));
+        let headers: HashMap<&str, &[u8]> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| (h.key, h.value.unwrap()))
+            .collect();
+        assert_eq!(headers["event_type"], event.event_type().as_bytes());
+        assert_eq!(
+            headers["schema_id"],
+            schemas::confluent::schema_id().to_string().as_bytes()
+        );
+        // Per key, records come in ingest order (the id's sequence number).
+        let seq: usize = event.id.rsplit('-').next().unwrap().parse().unwrap();
+        if let Some(prev) = last_seq_by_key.insert(key.to_owned(), seq) {
+            assert!(seq > prev, "order of key {key}: {prev} then {seq}");
+        }
+    }
+
+    // An independent client (Python confluent-kafka + its Avro deserializer)
+    // decodes the same records through inkstream's registry endpoint.
+    let out = std::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/consume_avro.py"
+        ))
+        .args([
+            &brokers,
+            &server.url(""),
+            &prefix,
+            &batch.len().to_string(),
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python consumer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoded: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: HashSet<&str> = decoded.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), batch.len());
+    for d in &decoded {
+        assert_eq!(d["headers"]["event_id"], d["id"]);
+        assert_eq!(
+            d["topic"],
+            format!(
+                "inkstream.events.{}",
+                d["type"].as_str().unwrap().split('.').next().unwrap()
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn schema_registry_endpoints_serve_the_published_schema() {
+    let server = Server::start(&[]).await;
+    let id = schemas::confluent::schema_id();
+    let body: Value = reqwest::get(server.url(&format!("/schemas/ids/{id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["schema"], schemas::confluent::published_schema());
+    let subjects: Vec<String> = reqwest::get(server.url("/subjects"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(subjects.contains(&"inkstream.events.writing-value".to_owned()));
+    let latest: Value =
+        reqwest::get(server.url("/subjects/inkstream.events.writing-value/versions/latest"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        (latest["id"].as_u64(), latest["version"].as_u64()),
+        (Some(u64::from(id)), Some(1))
+    );
+    let missing = reqwest::get(server.url("/schemas/ids/1")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error_code"], 40403);
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_a_kill_9_of_inkstream_and_a_broker_restart() {
+    let redis = PrivateRedis::start("mirror-crash");
+    let mut kafka = PrivateKafka::start();
+    let prefix = unique("crash");
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--kafka-brokers",
+        &kafka.brokers(),
+    ];
+    let all = events(&prefix, 3000);
+
+    // 1. Ingest, and kill -9 while the mirror is working.
+    let mut server = Server::start(&args).await;
+    assert_eq!(ingest(&server, &all[..1500]).await, 202);
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+
+    // 2. A new inkstream re-mirrors what the dead one had not acknowledged:
+    //    every event of before the crash is on the topics (at least once).
+    let server = Server::start(&args).await;
+    let before: HashSet<String> = all[..1500]
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = consume(&kafka.brokers(), &prefix, &before, Duration::from_secs(60)).await;
+    for id in &before {
+        assert!(seen.contains_key(id), "{id} lost across the kill -9");
+    }
+    drop(server);
+
+    // 3. The broker goes down; inkstream keeps ingesting into Redis.
+    kafka.stop();
+    let server = Server::start(&args).await;
+    assert_eq!(
+        ingest(&server, &all[1500..2500]).await,
+        202,
+        "ingest does not depend on Kafka"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. The broker returns empty (memory engine): the mirror re-creates the
+    //    topics and delivers everything not yet acknowledged.
+    kafka.restart();
+    assert_eq!(ingest(&server, &all[2500..]).await, 202);
+    let after: HashSet<String> = all[1500..]
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = consume(&kafka.brokers(), &prefix, &after, Duration::from_secs(90)).await;
+    // Everything ingested during and after the outage is there (what was
+    // delivered before it died with the broker's memory).
+    for e in &all[1500..] {
+        let id = e["id"].as_str().unwrap();
+        assert!(
+            seen.contains_key(id),
+            "{id} missing after the broker restart"
+        );
+    }
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("inkstream_mirror_events_total"),
+        "mirror metrics exported"
+    );
+}
