@@ -25,6 +25,10 @@ pub struct Metrics {
     pub log_append_seconds: HistogramVec,
     /// Log operation failures, by backend and operation.
     pub log_errors: IntCounterVec,
+    /// Records read from Kafka for the dataflow.
+    pub dataflow_source_records: IntCounter,
+    /// Derived events produced to `inkstream.derived.*` topics, by outcome.
+    pub derived_produced: IntCounterVec,
     /// Events handed to the dataflow.
     pub dataflow_events_in: IntCounter,
     /// Derived events emitted by the dataflow, by type.
@@ -106,6 +110,17 @@ impl Metrics {
                     "Failed log operations, by backend and operation.",
                 ),
                 &["backend", "op"],
+            )?,
+            dataflow_source_records: IntCounter::new(
+                "inkstream_dataflow_source_records_total",
+                "Records read from the Kafka event topics for the dataflow.",
+            )?,
+            derived_produced: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_derived_produced_total",
+                    "Derived events produced to inkstream.derived.* topics, by outcome.",
+                ),
+                &["outcome"],
             )?,
             dataflow_events_in: IntCounter::new(
                 "inkstream_dataflow_events_in_total",
@@ -201,6 +216,8 @@ impl Metrics {
         r.register(Box::new(m.ingest_batch_size.clone()))?;
         r.register(Box::new(m.log_append_seconds.clone()))?;
         r.register(Box::new(m.log_errors.clone()))?;
+        r.register(Box::new(m.dataflow_source_records.clone()))?;
+        r.register(Box::new(m.derived_produced.clone()))?;
         r.register(Box::new(m.dataflow_events_in.clone()))?;
         r.register(Box::new(m.dataflow_derived.clone()))?;
         r.register(Box::new(m.dataflow_late_events.clone()))?;

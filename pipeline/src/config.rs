@@ -168,6 +168,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Entries the mirror reads and produces per round (default 2,000).
     pub mirror_batch: usize,
+    /// Consumer group of the dataflow on the event topics (default `inkstream-dataflow`).
+    pub dataflow_group: String,
 }
 
 impl Default for KafkaConfig {
@@ -176,6 +178,7 @@ impl Default for KafkaConfig {
             brokers: None,
             partitions: 8,
             mirror_batch: 2_000,
+            dataflow_group: "inkstream-dataflow".into(),
         }
     }
 }

@@ -16,7 +16,9 @@ use crate::source::{self, SourceConfig};
 use connectors::auth::{Authenticator, RateLimiter};
 use connectors::event_log::EmbeddedLog;
 use connectors::http_ingest::{self, AppState, LimitedListener};
+use connectors::kafka::derived::DerivedProducer;
 use connectors::kafka::mirror::MirrorConfig;
+use connectors::kafka::source::KafkaSourceConfig;
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
 use connectors::websocket_fanout::{Hub, HubConfig};
 use connectors::{EventLog, Metrics};
@@ -77,10 +79,12 @@ async fn trim_periodically(
     }
 }
 
-/// Sends derived events to the fanout hub and counts them.
+/// Sends derived events to the fanout hub (and the derived topics when Kafka
+/// is configured) and counts them.
 struct FanoutSink {
     hub: Arc<Hub>,
     metrics: Metrics,
+    derived: Option<Arc<DerivedProducer>>,
 }
 
 impl DerivedSink for FanoutSink {
@@ -94,6 +98,9 @@ impl DerivedSink for FanoutSink {
                 tracing::debug!(id = %e.id, reason = %d.reason, "dead-lettered");
             }
             self.hub.publish(&e);
+            if let Some(p) = &self.derived {
+                p.send(&e);
+            }
         }
     }
 }
@@ -140,27 +147,59 @@ pub async fn run(
         },
         metrics.clone(),
     ));
+    let derived = match &config.kafka.brokers {
+        Some(brokers) => {
+            let topics: Vec<String> = schemas::EventType::all()
+                .filter(|t| t.derived)
+                .map(|t| connectors::kafka::derived_topic(t.name))
+                .collect();
+            if let Err(e) =
+                connectors::kafka::ensure_topics(brokers, &topics, config.kafka.partitions).await
+            {
+                // Not fatal: the broker may be down now; production retries.
+                tracing::warn!(error = %e, "creating the derived topics failed");
+            }
+            Some(Arc::new(DerivedProducer::new(brokers, metrics.clone())?))
+        }
+        None => None,
+    };
     let sink = Arc::new(FanoutSink {
         hub: hub.clone(),
         metrics: metrics.clone(),
+        derived: derived.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (bridge, BridgeEnds { entries, processed }) =
         Bridge::start(&config, sink, metrics.clone()).map_err(ServeError::Dataflow)?;
 
-    let source = tokio::spawn(source::run(
-        log.clone(),
-        SourceConfig {
-            group: config.dataflow.group.clone(),
-            consumer: config.dataflow.consumer.clone(),
-            batch: config.dataflow.read_batch,
-            claim_idle_after: config.redis.claim_idle_after,
-        },
-        entries,
-        processed,
-        stop_rx.clone(),
-        metrics.clone(),
-    ));
+    // The dataflow reads the event topics when Kafka is configured (each
+    // record is then in Redis, mirrored, and in Kafka), the log otherwise.
+    let source = match &config.kafka.brokers {
+        Some(brokers) => tokio::spawn(connectors::kafka::source::run(
+            KafkaSourceConfig {
+                brokers: brokers.clone(),
+                group: config.kafka.dataflow_group.clone(),
+                batch: config.dataflow.read_batch,
+            },
+            entries,
+            processed,
+            stop_rx.clone(),
+            metrics.clone(),
+        )),
+        None => tokio::spawn(source::run(
+            log.clone(),
+            SourceConfig {
+                group: config.dataflow.group.clone(),
+                consumer: config.dataflow.consumer.clone(),
+                batch: config.dataflow.read_batch,
+                claim_idle_after: config.redis.claim_idle_after,
+            },
+            entries,
+            processed,
+            stop_rx.clone(),
+            metrics.clone(),
+        )),
+    };
 
     let auth_config = config
         .auth
@@ -186,7 +225,12 @@ pub async fn run(
              Configure auth.api_keys, auth.jwt_secret or auth.session_secret to turn it on."
         );
     }
-    let mut required_groups = vec![config.dataflow.group.clone()];
+    // Trimming waits for the consumers that read the log: the dataflow (when
+    // it reads Redis) and the mirror (when Kafka is configured).
+    let mut required_groups = Vec::new();
+    if config.kafka.brokers.is_none() {
+        required_groups.push(config.dataflow.group.clone());
+    }
     let mut mirror = None;
     if let Some(brokers) = &config.kafka.brokers {
         let mut mc = MirrorConfig::new(brokers.clone());
@@ -269,7 +313,14 @@ pub async fn run(
     {
         tracing::warn!("the mirror did not stop within the grace period");
     }
-    let _ = tokio::task::spawn_blocking(move || bridge.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        bridge.join();
+        // The dataflow has drained: deliver what it derived before exiting.
+        if let Some(p) = derived {
+            p.flush(grace);
+        }
+    })
+    .await;
     tracing::info!("stopped");
     result
 }

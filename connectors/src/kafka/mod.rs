@@ -2,7 +2,9 @@
 //!
 //! - [`mirror`]: the log → `inkstream.events.<category>` mirror.
 
+pub mod derived;
 pub mod mirror;
+pub mod source;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -34,6 +36,11 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         // explicitly through the admin API.
         .set("allow.auto.create.topics", "false");
     cfg
+}
+
+/// The topic carrying derived events of a type (`inkstream.derived.analytics.metric_updated`).
+pub fn derived_topic(event_type: &str) -> String {
+    format!("inkstream.derived.{event_type}")
 }
 
 /// An idempotent producer: retries never duplicate or reorder within a partition.

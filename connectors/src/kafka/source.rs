@@ -1,0 +1,221 @@
+//! Kafka as the dataflow's source: a consumer group on the event topics.
+//!
+//! Records become [`LogEntry`]s whose [`EntryRef`] is `"<topic>#<partition>"`
+//! and the offset, so the dataflow bridge treats them like log entries.
+//! Offsets are committed only once the dataflow reports the records
+//! processed (its output frontier passed them), and only as a contiguous
+//! prefix per partition: a restart resumes after the last record whose every
+//! predecessor was processed — at-least-once, never a gap.
+
+use super::{client_config, events_topic};
+use crate::event_log::{EntryRef, LogEntry};
+use crate::metrics::Metrics;
+use futures_util::{FutureExt, StreamExt};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Settings of the Kafka source.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    /// Consumer group (default `inkstream-dataflow`).
+    pub group: String,
+    /// Most records per batch handed to the dataflow.
+    pub batch: usize,
+}
+
+/// Received offsets of one partition, in order, with whether each is done.
+#[derive(Default)]
+struct PartitionProgress {
+    received: VecDeque<(i64, bool)>,
+}
+
+impl PartitionProgress {
+    fn mark(&mut self, offset: i64) {
+        if let Some(slot) = self.received.iter_mut().find(|(o, _)| *o == offset) {
+            slot.1 = true;
+        }
+    }
+
+    /// Drops the done prefix; returns the offset to commit (the first not done).
+    fn advance(&mut self) -> Option<i64> {
+        let mut last = None;
+        while let Some(&(o, true)) = self.received.front() {
+            last = Some(o + 1);
+            self.received.pop_front();
+        }
+        last
+    }
+}
+
+fn split_ref(r: &EntryRef) -> Option<(String, i32, i64)> {
+    let (topic, partition) = r.stream.rsplit_once('#')?;
+    Some((
+        topic.to_owned(),
+        partition.parse().ok()?,
+        r.id.parse().ok()?,
+    ))
+}
+
+/// Runs until `shutdown` flips; then stops consuming, drops `entries` (ending
+/// the dataflow's input) and commits what the bridge reports processed.
+pub async fn run(
+    config: KafkaSourceConfig,
+    entries: mpsc::Sender<Vec<LogEntry>>,
+    mut processed: mpsc::UnboundedReceiver<Vec<EntryRef>>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
+) {
+    let consumer: StreamConsumer = match client_config(&config.brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the Kafka consumer");
+            return;
+        }
+    };
+    let topics: Vec<String> = schemas::Category::ALL
+        .iter()
+        .map(|c| events_topic(*c))
+        .collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&topic_refs) {
+        tracing::error!(error = %e, "cannot subscribe to the event topics");
+        return;
+    }
+    let mut progress: HashMap<(String, i32), PartitionProgress> = HashMap::new();
+    let mut names: HashMap<(String, i32), Arc<str>> = HashMap::new();
+    let mut stream = consumer.stream();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(done) = processed.recv() => {
+                commit_with(&consumer, &mut progress, &done, CommitMode::Async);
+                continue;
+            }
+            msg = stream.next() => msg,
+        };
+        let mut batch: Vec<LogEntry> = Vec::new();
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(m)) => {
+                    let key = (m.topic().to_owned(), m.partition());
+                    let name = names
+                        .entry(key.clone())
+                        .or_insert_with(|| Arc::from(format!("{}#{}", key.0, key.1)))
+                        .clone();
+                    progress
+                        .entry(key)
+                        .or_default()
+                        .received
+                        .push_back((m.offset(), false));
+                    let event = match m.payload() {
+                        Some(bytes) => schemas::confluent::decode(bytes).map_err(|e| e.to_string()),
+                        None => Err("record without a value".to_owned()),
+                    };
+                    batch.push(LogEntry {
+                        entry: EntryRef {
+                            stream: name,
+                            id: m.offset().to_string(),
+                        },
+                        event,
+                    });
+                }
+                Some(Err(e)) => {
+                    metrics
+                        .log_errors
+                        .with_label_values(&["kafka", "read"])
+                        .inc();
+                    tracing::warn!(error = %e, "kafka source: receive failed");
+                    break;
+                }
+                None => break,
+            }
+            if batch.len() >= config.batch {
+                break;
+            }
+            // Take what is already buffered, without waiting: large batches
+            // under load, no added latency when idle.
+            match stream.next().now_or_never() {
+                Some(m) => next = m,
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        metrics.dataflow_source_records.inc_by(batch.len() as u64);
+        if entries.send(batch).await.is_err() {
+            break;
+        }
+    }
+    drop(stream);
+    drop(entries);
+    // The dataflow drains; commit what it reports, synchronously so the
+    // commits are on the broker before the process exits.
+    while let Some(done) = processed.recv().await {
+        commit_with(&consumer, &mut progress, &done, CommitMode::Sync);
+    }
+}
+
+fn commit_with(
+    consumer: &StreamConsumer,
+    progress: &mut HashMap<(String, i32), PartitionProgress>,
+    done: &[EntryRef],
+    mode: CommitMode,
+) {
+    let mut touched = Vec::new();
+    for r in done {
+        if let Some((topic, partition, offset)) = split_ref(r) {
+            let key = (topic, partition);
+            if let Some(p) = progress.get_mut(&key) {
+                p.mark(offset);
+                touched.push(key);
+            }
+        }
+    }
+    touched.sort();
+    touched.dedup();
+    let mut tpl = TopicPartitionList::new();
+    for key in touched {
+        if let Some(next) = progress.get_mut(&key).and_then(PartitionProgress::advance) {
+            let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, mode)
+    {
+        tracing::warn!(error = %e, "kafka source: commit failed (will commit later offsets)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_the_contiguous_done_prefix() {
+        let mut p = PartitionProgress::default();
+        for o in [10, 11, 12, 15] {
+            p.received.push_back((o, false));
+        }
+        p.mark(11);
+        assert_eq!(p.advance(), None, "10 is not done: nothing to commit");
+        p.mark(10);
+        assert_eq!(p.advance(), Some(12));
+        p.mark(15);
+        assert_eq!(p.advance(), None);
+        p.mark(12);
+        assert_eq!(p.advance(), Some(16), "gaps in offsets are fine");
+    }
+}
