@@ -1,0 +1,58 @@
+//! Counts the records on the event topics whose `event_id` header starts with
+//! a prefix, and how many distinct ids they carry (the exactly-once-by-id
+//! check of tests/bench/mirror.sh; Python is too slow for a million).
+//!
+//! `cargo run --release -p inkstream-tests --example count_topics -- BROKERS PREFIX EXPECTED`
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (brokers, prefix, expected) = (&args[1], &args[2], args[3].parse::<usize>()?);
+    let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
+        .set("group.id", format!("count-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topics: Vec<String> = schemas::Category::ALL
+        .iter()
+        .map(|c| connectors::kafka::events_topic(*c))
+        .collect();
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut ids = HashSet::new();
+    let mut records = 0u64;
+    let mut decoded = 0u64;
+    let start = Instant::now();
+    let mut idle = Instant::now();
+    while ids.len() < expected && idle.elapsed() < Duration::from_secs(20) {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+            continue;
+        };
+        idle = Instant::now();
+        let Some(id) = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "event_id").and_then(|h| h.value))
+        else {
+            continue;
+        };
+        if !id.starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        records += 1;
+        if schemas::confluent::decode(m.payload().unwrap_or_default()).is_ok() {
+            decoded += 1;
+        }
+        ids.insert(id.to_vec());
+    }
+    println!(
+        "{records} records ({decoded} decoded), {} distinct event ids (expected {expected}) in {:.1} s",
+        ids.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
