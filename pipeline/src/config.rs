@@ -19,6 +19,7 @@ pub struct Config {
     pub fanout: FanoutSettings,
     pub dataflow: DataflowConfig,
     pub wpm: crate::operators::wpm::WpmConfig,
+    pub sessions: crate::operators::sessions::SessionsConfig,
     pub auth: AuthSettings,
 }
 
@@ -305,6 +306,11 @@ pub struct DataflowConfig {
     pub consumer: String,
     /// Most entries read from the log per batch (default 4096).
     pub read_batch: usize,
+    /// End every open session and window when the input ends (`replay` sets
+    /// it; in `serve` the input only ends at shutdown, and sessions continue
+    /// after a restart).
+    #[serde(skip)]
+    pub flush_at_end: bool,
 }
 
 impl Default for DataflowConfig {
@@ -317,6 +323,7 @@ impl Default for DataflowConfig {
             group: "dataflow".into(),
             consumer: "inkstream-0".into(),
             read_batch: 4096,
+            flush_at_end: false,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
 use crate::config::Config;
+use crate::operators::sessions::Sessions;
 use crate::operators::wpm::LiveWpm;
 use crate::operators::{Record, derived_id};
 use schemas::Event;
@@ -20,6 +21,7 @@ use schemas::payload::{DeadLetter, Payload};
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::core::unordered_input::{UnorderedHandle, UnorderedInput};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{ActivateCapability, Probe};
@@ -38,7 +40,9 @@ pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
 ) -> Stream<'scope, u64, Vec<Event>> {
-    events.live_wpm(&config.wpm)
+    let wpm = events.clone().live_wpm(&config.wpm);
+    let sessions = events.sessions(&config.sessions, config.dataflow.flush_at_end);
+    wpm.concat(sessions)
 }
 
 type Handle = UnorderedHandle<u64, CapacityContainerBuilder<Vec<Record>>>;

@@ -142,7 +142,10 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     } else {
         timely::Config::process(workers)
     };
-    let (cfg, sink2, stats2) = (config.clone(), sink.clone(), stats.clone());
+    let mut cfg = config.clone();
+    // Pure event time: at the end of the file every session and window ends.
+    cfg.dataflow.flush_at_end = true;
+    let (sink2, stats2) = (sink.clone(), stats.clone());
     let guards = timely::execute(timely_config, move |worker| {
         let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone());
         let Some(mut driver) = driver else {

@@ -182,3 +182,93 @@ fn invalid_lines_and_late_events_go_to_the_dead_letter_file() {
     assert_eq!(late["event"]["id"], "c");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sessions as specified, computed the obvious way: per user, writing events
+/// sorted by event time, split where the gap exceeds `gap_ms`.
+fn reference_sessions(
+    events: &[serde_json::Value],
+    gap_ms: i64,
+) -> Vec<(String, i64, i64, i64, i64)> {
+    let mut by_user: std::collections::BTreeMap<String, Vec<(i64, i64)>> = Default::default();
+    for e in events {
+        let ty = e["type"].as_str().unwrap();
+        if !ty.starts_with("writing.") {
+            continue;
+        }
+        let words = match ty {
+            "writing.keystroke" if e["data"]["source"].as_str().unwrap_or("typed") == "typed" => {
+                e["data"]["words"].as_i64().unwrap()
+            }
+            "writing.word_added" => e["data"]["words"].as_i64().unwrap_or(1),
+            _ => 0,
+        };
+        by_user
+            .entry(e["user_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((e["ts"].as_i64().unwrap(), words));
+    }
+    let mut out = Vec::new();
+    for (user, mut evs) in by_user {
+        evs.sort_by_key(|(ts, _)| *ts); // stable: arrival order within a timestamp
+        let mut cur: Option<(i64, i64, i64, i64)> = None; // start, last, events, words
+        for (ts, w) in evs {
+            cur = match cur {
+                Some((s, last, n, words)) if ts - last <= gap_ms => Some((s, ts, n + 1, words + w)),
+                Some((s, last, n, words)) => {
+                    out.push((user.clone(), s, last, n, words));
+                    Some((ts, ts, 1, w))
+                }
+                None => Some((ts, ts, 1, w)),
+            };
+        }
+        if let Some((s, last, n, words)) = cur {
+            out.push((user.clone(), s, last, n, words));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sessions_match_the_reference_with_gap_overridden_and_any_worker_count() {
+    let dir = scratch("sessions");
+    let input = dir.join("events.ndjson");
+    let status = Command::new(bin())
+        .args(["generate", "--events", "30000", "--users", "40", "--out"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let events = read_ndjson(&input);
+    let expected = reference_sessions(&events, 5 * 60 * 1000);
+    assert!(
+        expected.len() > 40,
+        "the generator makes several sessions per user"
+    );
+    for workers in ["1", "2"] {
+        let out = dir.join(format!("out-{workers}"));
+        replay(
+            &input,
+            &out,
+            &["--set", "sessions.gap=5m", "--workers", workers],
+        );
+        let mut got: Vec<(String, i64, i64, i64, i64)> =
+            read_ndjson(&out.join("writing.session_ended.ndjson"))
+                .iter()
+                .map(|s| {
+                    let d = &s["data"];
+                    (
+                        s["user_id"].as_str().unwrap().to_owned(),
+                        d["start_ts"].as_i64().unwrap(),
+                        d["end_ts"].as_i64().unwrap(),
+                        d["events"].as_i64().unwrap(),
+                        d["words"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+        got.sort();
+        assert_eq!(got.len(), expected.len(), "{workers} worker(s)");
+        assert_eq!(got, expected, "{workers} worker(s)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

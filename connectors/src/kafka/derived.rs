@@ -10,7 +10,6 @@
 use super::{client_config, derived_topic};
 use crate::metrics::Metrics;
 use rdkafka::ClientContext;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use schemas::Event;
 use std::time::Duration;
@@ -83,19 +82,7 @@ impl DerivedProducer {
         let topic = derived_topic(event.event_type());
         let key = event.partition_key().to_owned();
         for _ in 0..1000 {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "event_type",
-                    value: Some(event.event_type()),
-                })
-                .insert(Header {
-                    key: "event_id",
-                    value: Some(event.id.as_str()),
-                })
-                .insert(Header {
-                    key: "schema_id",
-                    value: Some(self.schema_id.as_str()),
-                });
+            let headers = super::event_headers(event, self.schema_id.as_str());
             let record = BaseRecord::to(&topic)
                 .key(&key)
                 .payload(&value)

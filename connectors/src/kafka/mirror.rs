@@ -17,7 +17,6 @@ use super::{ensure_topics, events_topic, idempotent_producer};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -188,19 +187,7 @@ async fn produce(
             }
         };
         let topic = events_topic(event.category());
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "event_type",
-                value: Some(event.event_type()),
-            })
-            .insert(Header {
-                key: "event_id",
-                value: Some(event.id.as_str()),
-            })
-            .insert(Header {
-                key: "schema_id",
-                value: Some(schema_id),
-            });
+        let headers = super::event_headers(event, schema_id);
         let record = FutureRecord::to(&topic)
             .key(event.partition_key())
             .payload(&value)

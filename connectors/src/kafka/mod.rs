@@ -38,6 +38,25 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     cfg
 }
 
+/// The headers every inkstream record carries: `event_type`, `event_id`,
+/// `schema_id` (so consumers can route and deduplicate without decoding).
+pub fn event_headers(event: &schemas::Event, schema_id: &str) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, OwnedHeaders};
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "event_type",
+            value: Some(event.event_type()),
+        })
+        .insert(Header {
+            key: "event_id",
+            value: Some(event.id.as_str()),
+        })
+        .insert(Header {
+            key: "schema_id",
+            value: Some(schema_id),
+        })
+}
+
 /// The topic carrying derived events of a type (`inkstream.derived.analytics.metric_updated`).
 pub fn derived_topic(event_type: &str) -> String {
     format!("inkstream.derived.{event_type}")

@@ -424,15 +424,7 @@ impl RedisLog {
                     _ => 0,
                 };
                 let need = if pending > 0 {
-                    // XPENDING summary: [count, smallest id, greatest id, consumers]
-                    let summary: (i64, Option<String>, Option<String>, redis::Value) =
-                        redis::cmd("XPENDING")
-                            .arg(&**stream)
-                            .arg(g)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(unavailable)?;
-                    summary.1
+                    oldest_pending(&mut conn, stream, g).await?
                 } else {
                     value_str(info.get("last-delivered-id"))
                 };
@@ -488,14 +480,7 @@ impl RedisLog {
             let lag = int("lag").unwrap_or(0);
             total += pending + lag;
             let first = if pending > 0 {
-                let summary: (i64, Option<String>, Option<String>, redis::Value) =
-                    redis::cmd("XPENDING")
-                        .arg(&**stream)
-                        .arg(group)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(unavailable)?;
-                summary.1
+                oldest_pending(&mut conn, stream, group).await?
             } else if lag > 0 {
                 let last = value_str(info.get("last-delivered-id")).unwrap_or_else(|| "0-0".into());
                 let next: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XRANGE")
@@ -523,6 +508,22 @@ impl RedisLog {
     pub fn streams(&self) -> &[Arc<str>] {
         &self.streams
     }
+}
+
+/// The smallest id pending in `group` on `stream` (XPENDING summary:
+/// `[count, smallest id, greatest id, consumers]`).
+async fn oldest_pending(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> Result<Option<String>, LogError> {
+    let summary: (i64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(summary.1)
 }
 
 fn value_str(v: Option<&redis::Value>) -> Option<String> {
