@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, late_event};
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -29,16 +30,33 @@ pub struct BridgeEnds {
 }
 
 impl Bridge {
-    /// Starts `config.dataflow.workers` worker threads.
+    /// Starts `config.dataflow.workers` worker threads, the first `readers`
+    /// of which each take one input (one [`BridgeEnds`] per reader: e.g. one
+    /// Kafka consumer per worker, each with its share of the partitions).
     pub fn start<S: DerivedSink>(
         config: &Config,
         sink: Arc<S>,
         metrics: Metrics,
-    ) -> Result<(Bridge, BridgeEnds), String> {
-        let (tx, rx) = mpsc::channel::<Vec<LogEntry>>(64);
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        // Worker 0 takes the receivers; the closure is shared by all workers.
-        let ends = Arc::new(Mutex::new(Some((rx, done_tx))));
+        readers: usize,
+    ) -> Result<(Bridge, Vec<BridgeEnds>), String> {
+        let readers = readers.clamp(1, config.dataflow.workers.max(1));
+        let mut tokio_ends = Vec::with_capacity(readers);
+        let mut worker_ends = Vec::with_capacity(readers);
+        for _ in 0..readers {
+            let (tx, rx) = mpsc::channel::<Vec<LogEntry>>(64);
+            let (done_tx, done_rx) = mpsc::unbounded_channel();
+            tokio_ends.push(BridgeEnds {
+                entries: tx,
+                processed: done_rx,
+            });
+            worker_ends.push(Some((rx, done_tx)));
+        }
+        // Worker i takes reader i's channels; the closure is shared by all workers.
+        let ends = Arc::new(Mutex::new(worker_ends));
+        // The highest watermark of any reader: an idle reader (say, one whose
+        // Kafka partitions get no traffic) follows it instead of holding the
+        // frontier back forever — Flink's idle-source rule.
+        let leading = Arc::new(AtomicI64::new(i64::MIN));
         let config = config.clone();
         let workers = config.dataflow.workers;
         let timely_config = if workers == 1 {
@@ -47,11 +65,15 @@ impl Bridge {
             timely::Config::process(workers)
         };
         let guards = timely::execute(timely_config, move |worker| {
-            let (driver, probe) = dataflow::install(worker, &config, sink.clone());
+            let index = worker.index();
+            let (driver, probe) = dataflow::install(worker, &config, sink.clone(), index < readers);
             let Some(mut driver) = driver else {
                 return;
             };
-            let taken = ends.lock().ok().and_then(|mut e| e.take());
+            let taken = ends
+                .lock()
+                .ok()
+                .and_then(|mut e| e.get_mut(index).and_then(Option::take));
             let Some((mut rx, done_tx)) = taken else {
                 return;
             };
@@ -95,11 +117,13 @@ impl Bridge {
                 // Idle input: let the watermark follow the wall clock, so that
                 // absence of events still moves time forward.
                 let idle = last_arrival.elapsed();
-                if idle >= idle_after
-                    && let Some(max) = driver.max_ts()
-                {
-                    driver.advance_to(max + idle.as_millis() as i64 - disorder);
+                if idle >= idle_after {
+                    if let Some(max) = driver.max_ts() {
+                        driver.advance_to(max + idle.as_millis() as i64 - disorder);
+                    }
+                    driver.advance_to(leading.load(Ordering::Relaxed));
                 }
+                leading.fetch_max(driver.watermark(), Ordering::Relaxed);
                 metrics.dataflow_watermark_ms.set(driver.watermark().max(0));
                 worker.step_or_park(Some(Duration::from_millis(2)));
                 // Report entries whose epoch the output frontier has passed.
@@ -115,13 +139,7 @@ impl Bridge {
                 }
             }
         })?;
-        Ok((
-            Bridge { guards },
-            BridgeEnds {
-                entries: tx,
-                processed: done_rx,
-            },
-        ))
+        Ok((Bridge { guards }, tokio_ends))
     }
 
     /// Waits for the workers to finish (after `entries` was dropped).

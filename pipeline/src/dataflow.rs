@@ -152,14 +152,16 @@ impl InputDriver {
 }
 
 /// Builds the dataflow on `worker` with its output going to `sink`. Returns
-/// the input driver (worker 0 only) and a probe on the output.
+/// the input driver when this worker reads a source (`reader`), and a probe
+/// on the output. Each reading worker holds its own watermark (per-input
+/// watermarks, as with Kafka partitions); the frontier is their minimum.
 pub fn install<S: DerivedSink>(
     worker: &mut Worker,
     config: &Config,
     sink: Arc<S>,
+    reader: bool,
 ) -> (Option<InputDriver>, ProbeHandle<u64>) {
     let probe = ProbeHandle::new();
-    let index = worker.index();
     let (handle, cap) = worker.dataflow::<u64, _, _>(|scope| {
         let ((handle, cap), events) =
             scope.new_unordered_input::<CapacityContainerBuilder<Vec<Record>>>();
@@ -172,9 +174,9 @@ pub fn install<S: DerivedSink>(
         );
         (handle, cap)
     });
-    if index != 0 {
-        // Only worker 0 reads the source; the others hold no capability so the
-        // frontier is decided by worker 0 alone.
+    if !reader {
+        // A worker that reads nothing holds no capability: the frontier is
+        // decided by the readers alone.
         drop(cap);
         return (None, probe);
     }
@@ -252,7 +254,7 @@ mod tests {
         let sink = Arc::new(VecSink::default());
         let s2 = sink.clone();
         let late = timely::execute_directly(move |worker| {
-            let (driver, probe) = install(worker, &Config::default(), s2);
+            let (driver, probe) = install(worker, &Config::default(), s2, true);
             let mut driver = driver.unwrap();
             // Lateness is decided per event, also inside one batch.
             let mut late = driver.push(vec![

@@ -147,7 +147,10 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     cfg.dataflow.flush_at_end = true;
     let (sink2, stats2) = (sink.clone(), stats.clone());
     let guards = timely::execute(timely_config, move |worker| {
-        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone());
+        // Worker 0 reads the file (one arrival order, so live figures match a
+        // single-worker run exactly); the others compute.
+        let reads = worker.index() == 0;
+        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads);
         let Some(mut driver) = driver else {
             return Ok(());
         };

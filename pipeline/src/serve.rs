@@ -169,37 +169,46 @@ pub async fn run(
         derived: derived.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (bridge, BridgeEnds { entries, processed }) =
-        Bridge::start(&config, sink, metrics.clone()).map_err(ServeError::Dataflow)?;
-
     // The dataflow reads the event topics when Kafka is configured (each
-    // record is then in Redis, mirrored, and in Kafka), the log otherwise.
-    let source = match &config.kafka.brokers {
-        Some(brokers) => tokio::spawn(connectors::kafka::source::run(
-            KafkaSourceConfig {
-                brokers: brokers.clone(),
-                group: config.kafka.dataflow_group.clone(),
-                batch: config.dataflow.read_batch,
-            },
-            entries,
-            processed,
-            stop_rx.clone(),
-            metrics.clone(),
-        )),
-        None => tokio::spawn(source::run(
-            log.clone(),
-            SourceConfig {
-                group: config.dataflow.group.clone(),
-                consumer: config.dataflow.consumer.clone(),
-                batch: config.dataflow.read_batch,
-                claim_idle_after: config.redis.claim_idle_after,
-            },
-            entries,
-            processed,
-            stop_rx.clone(),
-            metrics.clone(),
-        )),
+    // record is then in Redis, mirrored, and in Kafka) — one consumer per
+    // worker, sharing the partitions — and the log otherwise (one reader, so
+    // every key's events reach one worker in log order).
+    let readers = if config.kafka.brokers.is_some() {
+        config.dataflow.workers
+    } else {
+        1
     };
+    let (bridge, ends) =
+        Bridge::start(&config, sink, metrics.clone(), readers).map_err(ServeError::Dataflow)?;
+    let mut sources = Vec::new();
+    for BridgeEnds { entries, processed } in ends {
+        sources.push(match &config.kafka.brokers {
+            Some(brokers) => tokio::spawn(connectors::kafka::source::run(
+                KafkaSourceConfig {
+                    brokers: brokers.clone(),
+                    group: config.kafka.dataflow_group.clone(),
+                    batch: config.dataflow.read_batch,
+                },
+                entries,
+                processed,
+                stop_rx.clone(),
+                metrics.clone(),
+            )),
+            None => tokio::spawn(source::run(
+                log.clone(),
+                SourceConfig {
+                    group: config.dataflow.group.clone(),
+                    consumer: config.dataflow.consumer.clone(),
+                    batch: config.dataflow.read_batch,
+                    claim_idle_after: config.redis.claim_idle_after,
+                },
+                entries,
+                processed,
+                stop_rx.clone(),
+                metrics.clone(),
+            )),
+        });
+    }
 
     let auth_config = config
         .auth
@@ -302,7 +311,10 @@ pub async fn run(
     // HTTP is down: nothing new can be acknowledged. Drain the dataflow.
     let _ = stop_tx.send(true);
     let grace = config.server.shutdown_grace;
-    if tokio::time::timeout(grace, source).await.is_err() {
+    if tokio::time::timeout(grace, futures_util::future::join_all(sources))
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "dataflow drain exceeded the grace period"

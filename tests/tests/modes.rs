@@ -131,11 +131,31 @@ async fn embedded_redis_and_kafka_modes_produce_the_same_outputs() {
         &user,
     )
     .await;
+    // Kafka with two workers: each worker's consumer takes its share of the
+    // partitions (one of them idle here), same outputs.
+    let kafka_two = run_mode(
+        &[
+            "--redis-url",
+            &redis,
+            "--kafka-brokers",
+            &brokers,
+            "--workers",
+            "2",
+            "--set",
+            &format!("redis.prefix={prefix}-k2"),
+            "--set",
+            &format!("kafka.dataflow_group=\"{prefix}-g2\""),
+        ],
+        &prefix,
+        &user,
+    )
+    .await;
     assert_eq!(
         embedded.len(),
         40,
         "one live WPM message per keystroke event"
     );
+    assert_eq!(embedded, kafka_two, "Kafka with two workers agrees");
     assert_eq!(embedded, redis_only, "embedded and Redis-only agree");
     assert_eq!(embedded, kafka, "embedded and Redis + Kafka agree");
 
