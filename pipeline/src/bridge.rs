@@ -163,17 +163,18 @@ fn feed<S: DerivedSink>(
 ) -> Vec<EntryRef> {
     let mut done = Vec::new();
     let mut dead = Vec::new();
-    let mut events = Vec::with_capacity(batch.len());
+    let mut events: Vec<(Option<u64>, schemas::Event)> = Vec::with_capacity(batch.len());
     for LogEntry { entry, event } in batch {
         match event {
             Ok(e) => {
+                let at = position(&entry);
                 let t = driver.epoch_of(e.ts);
                 if e.ts >= driver.watermark() {
                     in_flight.entry(t).or_default().push(entry);
                 } else {
                     done.push(entry);
                 }
-                events.push(e);
+                events.push((at, e));
             }
             Err(reason) => {
                 dead.push(dataflow::dead_letter(
@@ -188,7 +189,7 @@ fn feed<S: DerivedSink>(
     }
     metrics.dataflow_events_in.inc_by(events.len() as u64);
     let watermark = driver.watermark();
-    for e in driver.push(events) {
+    for e in driver.push_positioned(events) {
         metrics
             .dataflow_late_events
             .with_label_values(&[e.category().as_str()])
@@ -199,4 +200,16 @@ fn feed<S: DerivedSink>(
         sink.emit(&mut dead);
     }
     done
+}
+
+/// An entry's position in its log as a number: a Kafka offset
+/// (`topic#partition` streams), or a Redis/embedded stream id `ms-seq`
+/// packed as `ms << 20 | seq`. Monotonic per stream, hence per key.
+fn position(entry: &EntryRef) -> Option<u64> {
+    if entry.stream.contains('#') {
+        return entry.id.parse().ok();
+    }
+    let (ms, seq) = entry.id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    Some((ms << 20) | seq.min((1 << 20) - 1))
 }

@@ -71,13 +71,24 @@ impl InputDriver {
 
     /// Sends `events` into the dataflow; returns those that are late.
     pub fn push(&mut self, events: impl IntoIterator<Item = Event>) -> Vec<Event> {
+        self.push_positioned(events.into_iter().map(|e| (None, e)))
+    }
+
+    /// Like [`InputDriver::push`], with each event's position in its log
+    /// (Redis entry id, Kafka offset) as its arrival sequence number when
+    /// known: per key, log order is arrival order, whichever worker reads
+    /// it, and a redelivered event keeps its number (so it is recognised).
+    pub fn push_positioned(
+        &mut self,
+        events: impl IntoIterator<Item = (Option<u64>, Event)>,
+    ) -> Vec<Event> {
         let mut late = Vec::new();
         if self.cap.is_none() {
-            late.extend(events);
+            late.extend(events.into_iter().map(|(_, e)| e));
             return late;
         }
         let mut timed: Vec<(u64, Record)> = Vec::new();
-        for e in events {
+        for (position, e) in events {
             if e.ts < self.watermark {
                 late.push(e);
                 continue;
@@ -88,8 +99,8 @@ impl InputDriver {
                 self.max_ts = Some(e.ts);
                 self.watermark = self.watermark.max(e.ts - self.disorder_ms);
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = position.unwrap_or(self.next_seq);
+            self.next_seq = self.next_seq.max(seq) + 1;
             timed.push((self.epoch_of(e.ts), Record { seq, event: e }));
         }
         // One session (one container) per epoch, not per event: disordered

@@ -59,6 +59,8 @@ struct Open {
     paused_ms: i64,
     project_id: Option<String>,
     document_id: Option<String>,
+    /// Ids (hashed) of the session's events: each is counted once.
+    seen: std::collections::HashSet<u64>,
 }
 
 /// The pure core. Feed each user's events in event-time order.
@@ -119,7 +121,11 @@ impl SessionTracker {
             paused_ms: 0,
             project_id: e.project_id.clone(),
             document_id: e.document_id.clone(),
+            seen: Default::default(),
         });
+        if !open.seen.insert(stable_hash(e.id.as_str())) {
+            return; // the same event id again
+        }
         if open.events > 0 {
             let step = e.ts - open.last_ts;
             if step <= pause_ms {
@@ -392,6 +398,20 @@ mod tests {
             .collect();
         assert_eq!(ids, ["s1", "s2"]);
         assert_eq!(ended(&out), [(0, 10, 2), (20, 30, 2)]);
+    }
+
+    #[test]
+    fn a_duplicated_event_id_counts_once() {
+        let mut t = SessionTracker::new(&cfg(1000));
+        let mut out = Vec::new();
+        t.observe(&ks("u", 0, 2), &mut out);
+        t.observe(&ks("u", 0, 2), &mut out);
+        t.observe(&ks("u", 10, 1), &mut out);
+        t.flush(&mut out);
+        let Payload::WritingSessionEnded(s) = &out[0].data else {
+            panic!()
+        };
+        assert_eq!((s.events, s.words), (Some(2), Some(3)));
     }
 
     #[test]

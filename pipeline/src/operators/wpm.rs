@@ -36,10 +36,12 @@ impl Default for WpmConfig {
     }
 }
 
-/// One user's recent writing: (event time, arrival seq, words), ordered by time.
+/// One user's recent writing: (event time, arrival seq, words), ordered by
+/// time, and the ids (hashed) of those events, to process each id once.
 #[derive(Default)]
 struct UserWindow {
     entries: VecDeque<(i64, u64, u64)>,
+    ids: VecDeque<(i64, u64)>,
 }
 
 /// The pure core.
@@ -80,6 +82,13 @@ impl WpmTracker {
             self.users.insert(user.to_owned(), UserWindow::default());
         }
         let w = self.users.get_mut(user)?;
+        // The same event id twice (a redelivery, an at-least-once copy) is
+        // counted once: the ids of everything still in the window are kept.
+        let id = stable_hash(e.id.as_str());
+        if w.ids.iter().any(|(_, i)| *i == id) {
+            return None;
+        }
+        w.ids.push_back((e.ts, id));
         // Insert in time order; arrivals are mostly in order, so search from the back.
         let pos = w.entries.len()
             - w.entries
@@ -122,6 +131,7 @@ impl WpmTracker {
             while w.entries.front().is_some_and(|(t, _, _)| *t <= horizon) {
                 w.entries.pop_front();
             }
+            w.ids.retain(|(t, _)| *t > horizon);
             !w.entries.is_empty()
         });
     }
@@ -247,6 +257,22 @@ mod tests {
         assert_eq!(
             wpm(&t.observe(1, &ks("a", "u1", 10_000, 10, None)).unwrap()),
             10.0
+        );
+    }
+
+    #[test]
+    fn a_duplicated_event_id_is_counted_once() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        let e = ks("a", "u1", 1_000, 4, None);
+        assert_eq!(wpm(&t.observe(7, &e).unwrap()), 4.0);
+        assert!(t.observe(7, &e).is_none(), "redelivered");
+        assert!(
+            t.observe(12, &e).is_none(),
+            "a second copy at another position"
+        );
+        assert_eq!(
+            wpm(&t.observe(8, &ks("b", "u1", 1_001, 1, None)).unwrap()),
+            5.0
         );
     }
 
