@@ -295,3 +295,45 @@ async fn entries_left_pending_by_a_stopped_consumer_are_claimed_by_another() {
     assert_eq!(log.read_pending("g", "alive", 10).await.unwrap().len(), 1);
     assert!(log.read_pending("g", "dead", 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_pending_backlog_is_read_back_page_by_page() {
+    let prefix = unique("pages");
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let events: Vec<Event> = (0..25)
+        .map(|i| {
+            ev(
+                &format!("p{i}"),
+                "writing.keystroke",
+                &format!("u{}", i % 3),
+            )
+        })
+        .collect();
+    log.append("app", &events).await.unwrap();
+    assert_eq!(
+        log.read_new("g", "c", 100, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .len(),
+        25
+    );
+    // As after a crash: everything pending, read back in pages of 10.
+    let mut cursor = std::collections::HashMap::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = log.read_pending_after("g", "c", 10, &cursor).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10 * 8, "one page per stream at most");
+        for e in page {
+            cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
+            seen.push(e.event.unwrap().id);
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every pending entry once, none twice");
+}

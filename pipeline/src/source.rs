@@ -31,6 +31,10 @@ pub async fn run(
     let backend = log.backend();
     let mut backoff = Backoff::default();
     let mut resumed = false;
+    // Where the re-read of this consumer's pending entries is, per stream:
+    // a backlog left by a crash is resumed page by page, not all at once.
+    let mut cursor: std::collections::HashMap<std::sync::Arc<str>, String> = Default::default();
+    let mut group_ready = false;
     let mut last_claim = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
@@ -38,14 +42,22 @@ pub async fn run(
         }
         let read = async {
             if !resumed {
-                log.ensure_group(&config.group).await?;
-                let pending = log
-                    .read_pending(&config.group, &config.consumer, 1_000_000)
-                    .await?;
-                if !pending.is_empty() {
-                    tracing::info!(entries = pending.len(), "resuming pending log entries");
+                if !group_ready {
+                    log.ensure_group(&config.group).await?;
+                    group_ready = true;
                 }
-                return Ok::<_, connectors::LogError>((pending, true));
+                let page = log
+                    .read_pending_after(&config.group, &config.consumer, config.batch, &cursor)
+                    .await?;
+                for e in &page {
+                    cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
+                }
+                if !page.is_empty() {
+                    tracing::info!(entries = page.len(), "resuming pending log entries");
+                }
+                // An empty page: the backlog is done; new entries from now on.
+                let done = page.is_empty();
+                return Ok::<_, connectors::LogError>((page, done));
             }
             let batch = log
                 .read_new(
@@ -94,8 +106,8 @@ pub async fn run(
             }
         }
         match read.await {
-            Ok((batch, first)) => {
-                resumed |= first;
+            Ok((batch, resume_done)) => {
+                resumed |= resume_done;
                 backoff.reset();
                 if !batch.is_empty() && entries.send(batch).await.is_err() {
                     break;

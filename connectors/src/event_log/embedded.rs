@@ -250,6 +250,17 @@ impl EmbeddedLog {
     }
 
     pub fn read_pending(&self, group: &str, consumer: &str, count: usize) -> Vec<LogEntry> {
+        self.read_pending_after(group, consumer, count, &HashMap::new())
+    }
+
+    /// One page of `consumer`'s pending entries: per stream, after the id in `after`.
+    pub fn read_pending_after(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        after: &HashMap<Arc<str>, String>,
+    ) -> Vec<LogEntry> {
         let inner = self.lock();
         let Some(g) = inner.groups.get(group) else {
             return Vec::new();
@@ -257,6 +268,12 @@ impl EmbeddedLog {
         g.pending
             .iter()
             .filter(|(_, (c, _))| c.as_str() == consumer)
+            .filter(|((si, id), _)| {
+                after
+                    .get(&inner.streams[*si].name)
+                    .and_then(|a| parse(a))
+                    .is_none_or(|a| *id > a)
+            })
             .take(count)
             .filter_map(|((si, id), _)| {
                 let s = &inner.streams[*si];

@@ -147,6 +147,21 @@ impl EventLog {
         }
     }
 
+    /// One page of `consumer`'s pending entries, per stream after the id in
+    /// `after` — for resuming a large backlog without reading it at once.
+    pub async fn read_pending_after(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        after: &std::collections::HashMap<Arc<str>, String>,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(log.read_pending_after(group, consumer, count, after)),
+            EventLog::Redis(log) => log.read_pending_after(group, consumer, count, after).await,
+        }
+    }
+
     /// Acknowledges processed entries for `group`.
     pub async fn ack(&self, group: &str, entries: &[EntryRef]) -> Result<(), LogError> {
         match self {

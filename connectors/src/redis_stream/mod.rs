@@ -253,7 +253,33 @@ impl RedisLog {
         consumer: &str,
         count: usize,
     ) -> Result<Vec<LogEntry>, LogError> {
-        self.read_group(group, consumer, count, None, "0").await
+        self.read_pending_after(group, consumer, count, &HashMap::new())
+            .await
+    }
+
+    /// One page of `consumer`'s pending entries: per stream, those after the
+    /// id in `after` (from the start where absent).
+    pub async fn read_pending_after(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        after: &HashMap<Arc<str>, String>,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
+        cmd.arg("STREAMS");
+        for s in self.streams.iter() {
+            cmd.arg(&**s);
+        }
+        for s in self.streams.iter() {
+            cmd.arg(after.get(s).map(String::as_str).unwrap_or("0"));
+        }
+        self.run_read(cmd).await
     }
 
     async fn read_group(
@@ -280,6 +306,10 @@ impl RedisLog {
         for _ in self.streams.iter() {
             cmd.arg(from);
         }
+        self.run_read(cmd).await
+    }
+
+    async fn run_read(&self, cmd: redis::Cmd) -> Result<Vec<LogEntry>, LogError> {
         let mut conn = self.reader.clone();
         let reply: Option<StreamReadReply> =
             cmd.query_async(&mut conn).await.map_err(unavailable)?;
