@@ -105,8 +105,16 @@ pub fn router(state: AppState) -> Router {
         app = app.route(
             path.as_str(),
             get(
-                move |State(s): State<AppState>, ws: WebSocketUpgrade| async move {
-                    ws.on_upgrade(move |socket| s.hub.serve(socket, path))
+                move |State(s): State<AppState>,
+                      Query(params): Query<IngestParams>,
+                      headers: HeaderMap,
+                      ws: WebSocketUpgrade| async move {
+                    // Nothing is sent before authentication: bad or missing
+                    // credentials refuse the upgrade with 401.
+                    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+                    Ok::<_, ApiError>(
+                        ws.on_upgrade(move |socket| s.hub.serve(socket, path, principal)),
+                    )
                 },
             ),
         );

@@ -11,6 +11,7 @@ mod routing;
 
 pub use routing::{WsPath, routes, valid_channel};
 
+use crate::auth::{Principal, Role};
 use crate::metrics::Metrics;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -180,7 +181,7 @@ impl Hub {
     }
 
     /// Serves one upgraded WebSocket connection on `path` until it closes.
-    pub async fn serve(self: Arc<Self>, socket: WebSocket, path: WsPath) {
+    pub async fn serve(self: Arc<Self>, socket: WebSocket, path: WsPath, principal: Principal) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = ClientQueue {
@@ -201,7 +202,8 @@ impl Hub {
             tokio::select! {
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        let reply = self.control(conn, &q, &mut subscriptions, text.as_str());
+                        let reply =
+                            self.control(conn, &q, &principal, &mut subscriptions, text.as_str());
                         self.enqueue(&q, reply);
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
@@ -238,6 +240,7 @@ impl Hub {
         &self,
         conn: u64,
         q: &ClientQueue,
+        principal: &Principal,
         subscriptions: &mut Vec<String>,
         text: &str,
     ) -> Utf8Bytes {
@@ -259,6 +262,12 @@ impl Hub {
             ("subscribe" | "unsubscribe", Some(ch)) if !valid_channel(&ch) => error_frame(
                 "bad_channel",
                 "expected user:{id}, project:{id}, document:{id} or category:{name}",
+                Some(&ch),
+            ),
+            ("subscribe", Some(ch)) if !may_subscribe(principal, &ch) => error_frame(
+                "forbidden",
+                "not allowed on this channel: user:{id} is the user's own, project:/document: need \
+                 membership, category: needs the admin or analyst role",
                 Some(&ch),
             ),
             ("subscribe", Some(ch)) => {
@@ -292,6 +301,24 @@ impl Hub {
     }
 }
 
+/// Channel authorization: a user's own `user:` channel; `project:` and
+/// `document:` for members (token claims) and admins; `category:` for admins
+/// and analysts. Apps (API keys) are services and may subscribe to any
+/// channel; with auth off everyone may.
+pub fn may_subscribe(principal: &Principal, channel: &str) -> bool {
+    let Principal::User(user) = principal else {
+        return true;
+    };
+    let admin = user.role == Role::Admin;
+    match channel.split_once(':') {
+        Some(("user", id)) => id == user.id,
+        Some(("project", id)) => admin || user.projects.iter().any(|p| p == id),
+        Some(("document", id)) => admin || user.documents.iter().any(|d| d == id),
+        Some(("category", _)) => matches!(user.role, Role::Admin | Role::Analyst),
+        _ => false,
+    }
+}
+
 fn message_frame(channel: &str, offset: u64, body: &str) -> Utf8Bytes {
     Utf8Bytes::from(format!(
         r#"{{"op":"message","channel":{},"offset":{offset},"data":{body}}}"#,
@@ -316,4 +343,42 @@ fn error_frame(code: &str, message: &str, channel: Option<&str>) -> Utf8Bytes {
 
 fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::User;
+
+    fn user(role: Role) -> Principal {
+        Principal::User(User {
+            id: "u1".into(),
+            role,
+            projects: vec!["p1".into()],
+            documents: vec!["d1".into()],
+        })
+    }
+
+    #[test]
+    fn every_cross_user_access_is_refused() {
+        let member = user(Role::Member);
+        assert!(may_subscribe(&member, "user:u1"));
+        assert!(!may_subscribe(&member, "user:u2"));
+        assert!(may_subscribe(&member, "project:p1"));
+        assert!(!may_subscribe(&member, "project:p2"));
+        assert!(may_subscribe(&member, "document:d1"));
+        assert!(!may_subscribe(&member, "document:d2"));
+        assert!(!may_subscribe(&member, "category:writing"));
+        assert!(may_subscribe(&user(Role::Analyst), "category:writing"));
+        assert!(
+            !may_subscribe(&user(Role::Analyst), "user:u2"),
+            "analysts do not read other users"
+        );
+        assert!(may_subscribe(&user(Role::Admin), "project:p9"));
+        assert!(
+            !may_subscribe(&user(Role::Admin), "user:u2"),
+            "a user channel is the user's own"
+        );
+        assert!(may_subscribe(&Principal::Anonymous, "user:u2"), "auth off");
+    }
 }
