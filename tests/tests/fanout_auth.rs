@@ -130,3 +130,65 @@ async fn fanout_requires_credentials_and_authorizes_every_channel() {
         .unwrap();
     assert_eq!(next_json(&mut analyst).await["op"], "subscribed");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounded() {
+    let server = Server::start(&["--set", "fanout.max_queue_bytes=65536"]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/analytics"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op":"subscribe","channel":"user:slow"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    // Stop reading; push far more than the kernel buffers and the queue hold.
+    let client = reqwest::Client::new();
+    let t0 = now_ms();
+    for batch in 0..150 {
+        let body: String = (0..1000)
+            .map(|i| {
+                json!({"type":"writing.keystroke","ts": t0 + batch * 1000 + i / 10,"user_id":"slow",
+                       "data":{"keystrokes":5,"words":1,"chars":5}})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        let r = client
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // The server closed us as slow; the metric says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut closed_with = None;
+    while std::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                closed_with = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => {
+                println!("reading ended with {other:?}");
+                break;
+            }
+        }
+    }
+    assert_eq!(closed_with, Some((4008, "slow".to_owned())));
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("inkstream_ws_slow_disconnects_total{path=\"/ws/analytics\"} 1"),
+        "slow disconnect counted"
+    );
+}
