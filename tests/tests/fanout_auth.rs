@@ -192,3 +192,65 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounde
         "slow disconnect counted"
     );
 }
+
+#[tokio::test]
+async fn admins_broadcast_and_read_stats_and_members_may_not() {
+    let server = Server::start(&["--set", "auth.jwt_secret=\"fanout-secret\""]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(&format!(
+        "/ws/notifications?token={}",
+        token("u1", "member")
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        json!({"op":"subscribe","channel":"user:u1"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let client = reqwest::Client::new();
+    let send = |who: String| {
+        client
+            .post(server.url("/api/realtime/websocket/send-to-user"))
+            .bearer_auth(who)
+            .json(&json!({"user_id":"u1","data":{"title":"hello"}}))
+            .send()
+    };
+    assert_eq!(send(token("u2", "member")).await.unwrap().status(), 403);
+    let r = send(token("boss", "admin")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["delivered_to"], 1);
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (m["op"].as_str(), m["channel"].as_str()),
+        (Some("message"), Some("user:u1"))
+    );
+    assert_eq!(m["data"]["title"], "hello");
+
+    let stats = client
+        .get(server.url("/api/realtime/websocket/stats"))
+        .bearer_auth(token("boss", "admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 200);
+    let stats: Value = stats.json().await.unwrap();
+    assert_eq!(stats["connections"], 1);
+    assert_eq!(stats["connections_by_path"]["/ws/notifications"], 1);
+    assert_eq!(stats["top_channels"][0]["channel"], "user:u1");
+    let denied = client
+        .get(server.url("/api/realtime/websocket/stats"))
+        .bearer_auth(token("u1", "member"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let bad = client
+        .post(server.url("/api/realtime/websocket/broadcast"))
+        .bearer_auth(token("boss", "admin"))
+        .json(&json!({"channel":"room:1","data":{}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+}

@@ -98,6 +98,12 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/ingest", get(ws_ingest::upgrade))
         .merge(commands::routes())
         .merge(crate::schema_registry::routes())
+        .route("/api/realtime/websocket/stats", get(ws_stats))
+        .route("/api/realtime/websocket/broadcast", post(ws_broadcast))
+        .route(
+            "/api/realtime/websocket/send-to-user",
+            post(ws_send_to_user),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz));
@@ -173,6 +179,89 @@ pub(crate) async fn authenticate(
             .inc();
         ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
     })
+}
+
+/// Admin-only endpoints: an admin user or an app (service key); open when
+/// auth is off.
+async fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match authenticate(s, headers, None).await? {
+        Principal::Anonymous | Principal::App(_) => Ok(()),
+        Principal::User(u) if u.role == crate::auth::Role::Admin => Ok(()),
+        Principal::User(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin only",
+        )),
+    }
+}
+
+async fn ws_stats(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&s, &headers).await?;
+    Ok(Json(s.hub.stats()))
+}
+
+#[derive(Deserialize)]
+struct Broadcast {
+    /// `/ws/analytics` (default), `/ws/collaboration`, `/ws/presence`, `/ws/notifications`.
+    #[serde(default)]
+    path: Option<String>,
+    channel: String,
+    data: serde_json::Value,
+}
+
+async fn ws_broadcast(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(b): Json<Broadcast>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&s, &headers).await?;
+    let path = match b.path.as_deref() {
+        None => WsPath::Analytics,
+        Some(p) => WsPath::ALL
+            .into_iter()
+            .find(|w| w.as_str() == p)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    format!("unknown path {p:?}"),
+                )
+                .with_field(Some("path"))
+            })?,
+    };
+    if !crate::websocket_fanout::valid_channel(&b.channel) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "expected user:{id}, project:{id}, document:{id} or category:{name}",
+        )
+        .with_field(Some("channel")));
+    }
+    let n = s.hub.publish_raw(path, &b.channel, &b.data);
+    Ok(Json(json!({"delivered_to": n})))
+}
+
+#[derive(Deserialize)]
+struct SendToUser {
+    user_id: String,
+    data: serde_json::Value,
+}
+
+async fn ws_send_to_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(b): Json<SendToUser>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&s, &headers).await?;
+    let n = s.hub.publish_raw(
+        WsPath::Notifications,
+        &format!("user:{}", b.user_id),
+        &b.data,
+    );
+    Ok(Json(json!({"delivered_to": n})))
 }
 
 #[derive(Deserialize)]

@@ -180,6 +180,53 @@ impl Hub {
         self.conns().len()
     }
 
+    /// Publishes an arbitrary JSON payload (admin broadcast) to one channel
+    /// of one path; returns the subscribers it was queued for.
+    pub fn publish_raw(&self, path: WsPath, channel: &str, data: &serde_json::Value) -> usize {
+        let mut channels = self.channels();
+        let Some(ch) = channels.get_mut(&(path, channel.to_owned())) else {
+            return 0;
+        };
+        ch.offset += 1;
+        let frame = message_frame(channel, ch.offset, &data.to_string());
+        for q in ch.subscribers.values() {
+            self.enqueue(q, frame.clone());
+        }
+        ch.subscribers.len()
+    }
+
+    /// Connections per path, channels, and the busiest channels.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut per_path: HashMap<&'static str, usize> = HashMap::new();
+        for q in self.conns().values() {
+            *per_path.entry(q.path.as_str()).or_default() += 1;
+        }
+        let channels = self.channels();
+        let mut busiest: Vec<(usize, String, &'static str)> = channels
+            .iter()
+            .map(|((path, name), ch)| (ch.subscribers.len(), name.clone(), path.as_str()))
+            .collect();
+        busiest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        busiest.truncate(100);
+        let sum = |v: &prometheus::IntCounterVec| -> u64 {
+            WsPath::ALL
+                .iter()
+                .map(|p| v.with_label_values(&[p.as_str()]).get())
+                .sum()
+        };
+        serde_json::json!({
+            "connections": per_path.values().sum::<usize>(),
+            "connections_by_path": per_path,
+            "channels": channels.len(),
+            "top_channels": busiest
+                .into_iter()
+                .map(|(n, name, path)| serde_json::json!({"path": path, "channel": name, "subscribers": n}))
+                .collect::<Vec<_>>(),
+            "messages_out": sum(&self.metrics.ws_messages_out),
+            "slow_disconnects": sum(&self.metrics.ws_slow_disconnects),
+        })
+    }
+
     /// Serves one upgraded WebSocket connection on `path` until it closes.
     pub async fn serve(self: Arc<Self>, socket: WebSocket, path: WsPath, principal: Principal) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
