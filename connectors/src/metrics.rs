@@ -45,6 +45,8 @@ pub struct Metrics {
     pub mirror_lag_events: IntGauge,
     /// Age of the oldest entry not yet in Kafka, seconds.
     pub mirror_lag_seconds: prometheus::Gauge,
+    /// Requests and upgrades refused by authentication, by error code.
+    pub auth_failures: IntCounterVec,
     /// Open `/ws/ingest` connections.
     pub ws_ingest_connections: IntGauge,
     /// Accepts that waited because the connection limit was reached.
@@ -163,6 +165,13 @@ impl Metrics {
                 "inkstream_mirror_lag_seconds",
                 "Age of the oldest log entry not yet delivered to Kafka.",
             )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_auth_failures_total",
+                    "Requests and WebSocket upgrades refused by authentication, by error code.",
+                ),
+                &["code"],
+            )?,
             ws_ingest_connections: IntGauge::new(
                 "inkstream_ws_ingest_connections",
                 "Open /ws/ingest connections.",
@@ -226,6 +235,7 @@ impl Metrics {
         r.register(Box::new(m.mirror_errors.clone()))?;
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
+        r.register(Box::new(m.auth_failures.clone()))?;
         r.register(Box::new(m.ws_ingest_connections.clone()))?;
         r.register(Box::new(m.http_connection_limit_waits.clone()))?;
         r.register(Box::new(m.ws_connections.clone()))?;

@@ -164,11 +164,29 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounde
             .unwrap();
         assert_eq!(r.status(), 202);
     }
-    // The server closed us as slow; the metric says so.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Do not read until the server has given up on us (reading earlier could
+    // keep up with the dataflow and never fill the queue).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("inkstream_ws_slow_disconnects_total{path=\"/ws/analytics\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slow disconnect within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then the buffered frames, then the close frame with 4008.
     let mut closed_with = None;
-    while std::time::Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Ok(Some(Ok(Message::Close(frame)))) => {
                 closed_with = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                 break;
@@ -181,16 +199,6 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounde
         }
     }
     assert_eq!(closed_with, Some((4008, "slow".to_owned())));
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("inkstream_ws_slow_disconnects_total{path=\"/ws/analytics\"} 1"),
-        "slow disconnect counted"
-    );
 }
 
 #[tokio::test]

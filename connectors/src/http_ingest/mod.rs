@@ -173,10 +173,7 @@ pub(crate) async fn authenticate(
     token: Option<&str>,
 ) -> Result<Principal, ApiError> {
     s.auth.authenticate(headers, token).await.map_err(|e| {
-        s.metrics
-            .ingest_events_rejected
-            .with_label_values(&[e.code()])
-            .inc();
+        s.metrics.auth_failures.with_label_values(&[e.code()]).inc();
         ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
     })
 }
