@@ -101,7 +101,13 @@ impl InputDriver {
             }
             let seq = position.unwrap_or(self.next_seq);
             self.next_seq = self.next_seq.max(seq) + 1;
-            timed.push((self.epoch_of(e.ts), Record { seq, event: e }));
+            timed.push((
+                self.epoch_of(e.ts),
+                Record {
+                    seq,
+                    event: std::sync::Arc::new(e),
+                },
+            ));
         }
         // One session (one container) per epoch, not per event: disordered
         // input would otherwise flush a tiny container for every record. The

@@ -62,28 +62,36 @@ struct FileSink {
 
 impl FileSink {
     fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), ReplayError> {
+        // Serialize outside the lock (workers do it in parallel), one buffer
+        // per type; then one locked write per type.
+        let mut buffers: BTreeMap<&'static str, (Vec<u8>, u64)> = BTreeMap::new();
+        for e in events.drain(..) {
+            let (buf, n) = buffers.entry(e.event_type()).or_default();
+            serde_json::to_writer(&mut *buf, &e).map_err(|err| ReplayError::Output {
+                path: self.dir.clone(),
+                source: err.into(),
+            })?;
+            buf.push(b'\n');
+            *n += 1;
+        }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for e in events.drain(..) {
-            let ty = e.event_type();
-            let path = self.dir.join(format!("{ty}.ndjson"));
+        for (ty, (buf, n)) in buffers {
+            let path = || self.dir.join(format!("{ty}.ndjson"));
             if !files.contains_key(ty) {
-                let f = File::create(&path).map_err(|source| ReplayError::Output {
-                    path: path.clone(),
+                let f = File::create(path()).map_err(|source| ReplayError::Output {
+                    path: path(),
                     source,
                 })?;
                 files.insert(ty, BufWriter::with_capacity(1 << 20, f));
             }
-            let Some(w) = files.get_mut(ty) else {
-                continue;
-            };
-            let io = |source| ReplayError::Output {
-                path: path.clone(),
-                source,
-            };
-            serde_json::to_writer(&mut *w, &e).map_err(|e| io(e.into()))?;
-            w.write_all(b"\n").map_err(io)?;
-            *counts.entry(ty).or_default() += 1;
+            if let Some(w) = files.get_mut(ty) {
+                w.write_all(&buf).map_err(|source| ReplayError::Output {
+                    path: path(),
+                    source,
+                })?;
+            }
+            *counts.entry(ty).or_default() += n;
         }
         Ok(())
     }

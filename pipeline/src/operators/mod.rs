@@ -12,10 +12,14 @@ use serde::{Deserialize, Serialize};
 /// number, assigned by the input in the order events arrived. Operators that
 /// emit live figures use it to answer "as of this event's arrival" no matter
 /// in which order a batch is processed, so results never depend on batching.
+///
+/// The event is shared (`Arc`): several operators read the input stream, and
+/// timely hands each extra reader a clone of every container — a refcount
+/// bump, not a copy of every string.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub seq: u64,
-    pub event: Event,
+    pub event: std::sync::Arc<Event>,
 }
 
 pub use schemas::stable_hash;
