@@ -282,3 +282,39 @@ pub fn python() -> String {
         "Python with fastavro and confluent-kafka",
     )
 }
+
+/// A client WebSocket to the server under test.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON text frame (other frames skipped); fails after 10 s.
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("stream open")
+            .expect("frame ok");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON frame");
+        }
+    }
+}
+
+/// Connects to `/ws/analytics`, subscribes to `channel` and checks the reply.
+pub async fn subscribe(server: &Server, channel: &str) -> Ws {
+    use futures_util::SinkExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/analytics"))
+        .await
+        .expect("connect /ws/analytics");
+    let frame = serde_json::json!({"op": "subscribe", "channel": channel}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+        .await
+        .expect("send subscribe");
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"op": "subscribed", "channel": channel})
+    );
+    ws
+}

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{Server, now_ms};
+use inkstream_tests::{Server, next_json, now_ms};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -15,23 +15,6 @@ fn token(sub: &str, role: &str) -> String {
         &json!({"sub": sub, "role": role, "projects": ["p1"], "documents": ["d1"], "exp": now_ms() / 1000 + 300}),
         b"fanout-secret",
     )
-}
-
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

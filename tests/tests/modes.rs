@@ -5,30 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{PrivateKafka, Server, now_ms, redis_url, unique};
+use futures_util::StreamExt;
+use inkstream_tests::{PrivateKafka, Server, Ws, now_ms, redis_url, subscribe, unique};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn subscribe(server: &Server, channel: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/analytics"))
-        .await
-        .unwrap();
-    ws.send(WsMessage::text(
-        json!({"op":"subscribe","channel":channel}).to_string(),
-    ))
-    .await
-    .unwrap();
-    let _subscribed = ws.next().await.unwrap().unwrap();
-    ws
-}
 
 /// WPM messages (derived id → value) until `n` arrived or the timeout.
 async fn collect(ws: &mut Ws, n: usize, timeout: Duration) -> BTreeMap<String, f64> {

@@ -3,43 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{Server, now_ms, redis_url, unique};
+use futures_util::StreamExt;
+use inkstream_tests::{Server, next_json, now_ms, redis_url, subscribe, unique};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("stream open")
-            .expect("frame ok");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).expect("JSON frame");
-        }
-    }
-}
-
-async fn subscribe(server: &Server, channel: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/analytics"))
-        .await
-        .expect("connect /ws/analytics");
-    ws.send(Message::text(
-        json!({"op":"subscribe","channel":channel}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        next_json(&mut ws).await,
-        json!({"op":"subscribed","channel":channel})
-    );
-    ws
-}
 
 /// POSTs keystrokes for `user` and returns the WPM messages and the latency
 /// from the POST to the first message.

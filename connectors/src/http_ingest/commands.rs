@@ -152,21 +152,32 @@ async fn keystroke(
     .await
 }
 
+/// `…/sessions/:id/end` and `/resume`: the path's session id goes into the payload.
+async fn session_command(
+    s: &AppState,
+    id: String,
+    headers: &HeaderMap,
+    body: &[u8],
+    event_type: &str,
+) -> Result<Response, ApiError> {
+    command(
+        s,
+        headers,
+        body,
+        event_type,
+        &[("session_id", id.clone().into())],
+        json!({"session_id": id}),
+    )
+    .await
+}
+
 async fn end(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    command(
-        &s,
-        &headers,
-        &body,
-        "writing.session_ended",
-        &[("session_id", id.clone().into())],
-        json!({"session_id": id}),
-    )
-    .await
+    session_command(&s, id, &headers, &body, "writing.session_ended").await
 }
 
 async fn resume(
@@ -175,15 +186,7 @@ async fn resume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    command(
-        &s,
-        &headers,
-        &body,
-        "writing.session_resumed",
-        &[("session_id", id.clone().into())],
-        json!({"session_id": id}),
-    )
-    .await
+    session_command(&s, id, &headers, &body, "writing.session_resumed").await
 }
 
 async fn presence(

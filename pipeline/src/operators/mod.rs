@@ -24,6 +24,20 @@ pub struct Record {
 
 pub use schemas::stable_hash;
 
+/// Words an event adds to a user's writing, if it is writing at all: typed
+/// keystroke words and `word_added`; pasted, imported and AI text counts 0.
+pub fn written_words(e: &Event) -> Option<u64> {
+    use schemas::payload::{Payload, TextSource};
+    match &e.data {
+        Payload::WritingKeystroke(k) if k.source == TextSource::Typed => {
+            Some(k.words.max(0) as u64)
+        }
+        Payload::WritingKeystroke(_) => Some(0),
+        Payload::WritingWordAdded(w) => Some(w.words.max(0) as u64),
+        _ => None,
+    }
+}
+
 /// A deterministic id for a derived event: a hash of what produced it, so
 /// that replays and restarts produce the same id and sinks can deduplicate.
 pub fn derived_id(operator: &str, parts: &[&str]) -> String {

@@ -17,9 +17,9 @@
 //! number of workers. Gap-based ends fire on the frontier: once it passes
 //! `last_ts + gap`, no event can still extend the session.
 
-use crate::operators::{Record, derived_id, stable_hash};
+use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
-use schemas::payload::{Payload, SessionEnded, TextSource};
+use schemas::payload::{Payload, SessionEnded};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -136,11 +136,7 @@ impl SessionTracker {
         }
         open.events += 1;
         open.last_ts = e.ts;
-        open.words += match &e.data {
-            Payload::WritingKeystroke(k) if k.source == TextSource::Typed => k.words.max(0),
-            Payload::WritingWordAdded(w) => w.words.max(0),
-            _ => 0,
-        };
+        open.words += written_words(e).unwrap_or(0) as i64;
         if open.project_id.is_none() {
             open.project_id = e.project_id.clone();
         }

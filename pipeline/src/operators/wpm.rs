@@ -9,9 +9,9 @@
 //! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
 //! not writing.
 
-use crate::operators::{Record, derived_id, stable_hash};
+use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
-use schemas::payload::{MetricUpdated, Payload, TextSource};
+use schemas::payload::{MetricUpdated, Payload};
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -50,18 +50,6 @@ pub struct WpmTracker {
     users: HashMap<String, UserWindow>,
 }
 
-/// Words counted for an event, if it is writing at all.
-fn words_of(e: &Event) -> Option<u64> {
-    match &e.data {
-        Payload::WritingKeystroke(k) if k.source == TextSource::Typed => {
-            Some(k.words.max(0) as u64)
-        }
-        Payload::WritingKeystroke(_) => Some(0),
-        Payload::WritingWordAdded(w) => Some(w.words.max(0) as u64),
-        _ => None,
-    }
-}
-
 impl WpmTracker {
     pub fn new(config: &WpmConfig) -> WpmTracker {
         WpmTracker {
@@ -74,7 +62,7 @@ impl WpmTracker {
     /// user's live WPM at its event time, counting the events that had arrived
     /// by then.
     pub fn observe(&mut self, seq: u64, e: &Event) -> Option<Event> {
-        let words = words_of(e)?;
+        let words = written_words(e)?;
         let user = e.user_id.as_deref()?;
         // Look up before inserting: most events are from users already known,
         // and `entry` would allocate the key every time.
