@@ -15,9 +15,10 @@
 use crate::config::Config;
 use crate::operators::sessions::Sessions;
 use crate::operators::wpm::LiveWpm;
-use crate::operators::{Record, derived_id};
+use crate::operators::{EventTime, Record, derived_id, stable_hash};
 use schemas::Event;
 use schemas::payload::{DeadLetter, Payload};
+use std::collections::HashMap;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -40,8 +41,12 @@ pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
 ) -> Stream<'scope, u64, Vec<Event>> {
+    let time = EventTime {
+        epoch_ms: config.dataflow.epoch.as_millis().max(1) as u64,
+        flush_at_end: config.dataflow.flush_at_end,
+    };
     let wpm = events.clone().live_wpm(&config.wpm);
-    let sessions = events.sessions(&config.sessions, config.dataflow.flush_at_end);
+    let sessions = events.sessions(&config.sessions, time);
     wpm.concat(sessions)
 }
 
@@ -60,6 +65,11 @@ pub struct InputDriver {
     watermark: i64,
     /// Arrival sequence number of the next event.
     next_seq: u64,
+    /// Hashed ids of events at or after the watermark, with their time.
+    seen: HashMap<u64, i64>,
+    /// Size of `seen` after its last pruning (prune when it doubles).
+    seen_pruned_at: usize,
+    duplicates: u64,
 }
 
 impl InputDriver {
@@ -78,19 +88,37 @@ impl InputDriver {
     /// (Redis entry id, Kafka offset) as its arrival sequence number when
     /// known: per key, log order is arrival order, whichever worker reads
     /// it, and a redelivered event keeps its number (so it is recognised).
+    ///
+    /// Records are stamped with the watermark's epoch at arrival, not their
+    /// own: one container per call, in arrival order, so every downstream
+    /// channel delivers each key's records in the order they arrived (timely
+    /// channels are FIFO). A record's stamp is never later than its own
+    /// epoch, so the frontier still means "no event before this time can
+    /// come": frontier-driven operators park records by their own epoch
+    /// ([`crate::operators::EpochBuffer`]).
+    ///
+    /// An event id seen before (within the disorder window: older copies are
+    /// late anyway) is a duplicate: counted in [`InputDriver::duplicates`]
+    /// and not sent, so operators see each event once.
     pub fn push_positioned(
         &mut self,
         events: impl IntoIterator<Item = (Option<u64>, Event)>,
     ) -> Vec<Event> {
         let mut late = Vec::new();
-        if self.cap.is_none() {
+        let Some(cap) = self.cap.as_ref() else {
             late.extend(events.into_iter().map(|(_, e)| e));
             return late;
-        }
-        let mut timed: Vec<(u64, Record)> = Vec::new();
+        };
+        let mut handle = self.handle.activate();
+        let mut session = handle.session(cap);
         for (position, e) in events {
             if e.ts < self.watermark {
                 late.push(e);
+                continue;
+            }
+            let id = stable_hash(e.id.as_str());
+            if self.seen.insert(id, e.ts).is_some() {
+                self.duplicates += 1;
                 continue;
             }
             // The watermark moves per event, not per batch, so which events are
@@ -101,32 +129,20 @@ impl InputDriver {
             }
             let seq = position.unwrap_or(self.next_seq);
             self.next_seq = self.next_seq.max(seq) + 1;
-            timed.push((
-                self.epoch_of(e.ts),
-                Record {
-                    seq,
-                    event: std::sync::Arc::new(e),
-                },
-            ));
+            session.give(Record {
+                seq,
+                event: Arc::new(e),
+            });
         }
-        // One session (one container) per epoch, not per event: disordered
-        // input would otherwise flush a tiny container for every record. The
-        // sort is stable, so arrival order holds within an epoch.
-        timed.sort_by_key(|(t, _)| *t);
-        if let Some(cap) = self.cap.as_ref() {
-            let mut handle = self.handle.activate();
-            let mut rest = timed.into_iter().peekable();
-            while let Some((t, first)) = rest.next() {
-                let delayed = cap.delayed(&t);
-                let mut session = handle.session(&delayed);
-                session.give(first);
-                while let Some((_, e)) = rest.next_if(|(t2, _)| *t2 == t) {
-                    session.give(e);
-                }
-            }
-        }
+        drop(session);
+        drop(handle);
         self.downgrade_to_watermark();
         late
+    }
+
+    /// Events dropped as duplicates of an id already in the window.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 
     /// Moves the watermark forward to `watermark` (never back).
@@ -139,6 +155,12 @@ impl InputDriver {
     }
 
     fn downgrade_to_watermark(&mut self) {
+        // Ids older than the watermark can go: a copy of them would be late.
+        if self.seen.len() > self.seen_pruned_at.saturating_mul(2).max(1024) {
+            let w = self.watermark;
+            self.seen.retain(|_, ts| *ts >= w);
+            self.seen_pruned_at = self.seen.len();
+        }
         let t = self.epoch_of(self.watermark);
         if let Some(cap) = self.cap.as_mut()
             && *cap.time() < t
@@ -178,11 +200,29 @@ pub fn install<S: DerivedSink>(
     sink: Arc<S>,
     reader: bool,
 ) -> (Option<InputDriver>, ProbeHandle<u64>) {
+    install_graph(worker, config, sink, reader, |events| {
+        build_graph(events, config)
+    })
+}
+
+/// [`install`] with another graph (tests run one operator this way, with the
+/// real input driver: stamping, watermark, lateness and deduplication).
+pub fn install_graph<S, G>(
+    worker: &mut Worker,
+    config: &Config,
+    sink: Arc<S>,
+    reader: bool,
+    graph: G,
+) -> (Option<InputDriver>, ProbeHandle<u64>)
+where
+    S: DerivedSink,
+    G: for<'s> FnOnce(Stream<'s, u64, Vec<Record>>) -> Stream<'s, u64, Vec<Event>>,
+{
     let probe = ProbeHandle::new();
     let (handle, cap) = worker.dataflow::<u64, _, _>(|scope| {
         let ((handle, cap), events) =
             scope.new_unordered_input::<CapacityContainerBuilder<Vec<Record>>>();
-        build_graph(events, config).probe_with(&probe).sink(
+        graph(events).probe_with(&probe).sink(
             Pipeline,
             "DerivedSink",
             move |(input, _frontier)| {
@@ -205,6 +245,9 @@ pub fn install<S: DerivedSink>(
         max_ts: None,
         watermark: i64::MIN,
         next_seq: 0,
+        seen: HashMap::new(),
+        seen_pruned_at: 0,
+        duplicates: 0,
     };
     (Some(driver), probe)
 }
@@ -236,10 +279,84 @@ pub fn late_event(e: Event, watermark: i64) -> Event {
     )
 }
 
+/// Runs a graph over events in tests: as `replay` does (worker 0 feeds
+/// `events` in this arrival order, `batch` at a time, through the real input
+/// driver; the others compute), then returns every output sorted by
+/// (ts, id) and the events the driver found late.
+#[cfg(test)]
+pub fn run_for_test<G>(
+    events: Vec<Event>,
+    workers: usize,
+    batch: usize,
+    config: &Config,
+    graph: G,
+) -> (Vec<Event>, Vec<Event>)
+where
+    G: for<'s> Fn(Stream<'s, u64, Vec<Record>>, &Config) -> Stream<'s, u64, Vec<Event>>
+        + Send
+        + Sync
+        + 'static,
+{
+    use std::sync::Mutex;
+    #[derive(Default)]
+    struct VecSink(Mutex<Vec<Event>>);
+    impl DerivedSink for VecSink {
+        fn emit(&self, events: &mut Vec<Event>) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(events);
+        }
+    }
+    let sink = Arc::new(VecSink::default());
+    let late = Arc::new(Mutex::new(Vec::new()));
+    let input = Arc::new(Mutex::new(Some(events)));
+    let mut config = config.clone();
+    config.dataflow.flush_at_end = true;
+    let (s2, late2) = (sink.clone(), late.clone());
+    let timely_config = if workers <= 1 {
+        timely::Config::thread()
+    } else {
+        timely::Config::process(workers)
+    };
+    let guards = timely::execute(timely_config, move |worker| {
+        let reads = worker.index() == 0;
+        let (driver, probe) =
+            install_graph(worker, &config, s2.clone(), reads, |s| graph(s, &config));
+        if let Some(mut driver) = driver {
+            let events = input
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_default();
+            let mut rest = events.into_iter().peekable();
+            while rest.peek().is_some() {
+                let chunk: Vec<Event> = rest.by_ref().take(batch.max(1)).collect();
+                let l = driver.push(chunk);
+                late2.lock().unwrap_or_else(|p| p.into_inner()).extend(l);
+                worker.step();
+            }
+            driver.close();
+        }
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .expect("timely starts");
+    for r in guards.join() {
+        r.expect("worker ok");
+    }
+    let mut out = std::mem::take(&mut *sink.0.lock().unwrap_or_else(|p| p.into_inner()));
+    out.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
+    let late = std::mem::take(&mut *late.lock().unwrap_or_else(|p| p.into_inner()));
+    (out, late)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use timely::dataflow::operators::vec::Map;
 
     #[derive(Default)]
     struct VecSink(Mutex<Vec<Event>>);
@@ -264,6 +381,19 @@ mod tests {
                 source: Default::default(),
             }),
         }
+    }
+
+    #[test]
+    fn a_duplicated_id_reaches_operators_once() {
+        let events = vec![ks("a", 1_000, 1), ks("a", 1_000, 1), ks("b", 1_500, 1)];
+        let (out, late) = run_for_test(events, 2, 1, &Config::default(), |s, _| {
+            s.map(|r| (*r.event).clone())
+        });
+        assert!(late.is_empty());
+        assert_eq!(
+            out.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 
     #[test]

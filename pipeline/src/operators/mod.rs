@@ -43,3 +43,72 @@ pub fn written_words(e: &Event) -> Option<u64> {
 pub fn derived_id(operator: &str, parts: &[&str]) -> String {
     format!("d-{:016x}", stable_hash(&(operator, parts)))
 }
+
+/// How operators see time. Input containers are stamped with the watermark
+/// at arrival (never later than the record's own event-time epoch), so every
+/// channel carries records in arrival order and the frontier *is* the
+/// watermark: once it passes `epoch_of(ts)`, no record at or before `ts`
+/// can still come. Live operators process containers as they arrive;
+/// frontier-driven operators park records in an [`EpochBuffer`] keyed by
+/// their own event-time epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTime {
+    /// Epoch length in ms (`dataflow.epoch`).
+    pub epoch_ms: u64,
+    /// At end of input, end every open session/window (replay) instead of
+    /// leaving them open (serve, where input never really ends).
+    pub flush_at_end: bool,
+}
+
+impl EventTime {
+    /// The epoch (dataflow timestamp) of an event time.
+    pub fn epoch_of(&self, ts: i64) -> u64 {
+        let ts = ts.max(0) as u64;
+        ts - ts % self.epoch_ms.max(1)
+    }
+}
+
+/// Records waiting for the frontier to pass their event-time epoch: the
+/// building block of every frontier-driven (deterministic) operator.
+#[derive(Default)]
+pub struct EpochBuffer {
+    pending: std::collections::BTreeMap<u64, Vec<Record>>,
+    len: usize,
+}
+
+impl EpochBuffer {
+    /// Parks `data` (drained) by event-time epoch.
+    pub fn push(&mut self, time: &EventTime, data: &mut Vec<Record>) {
+        self.len += data.len();
+        for r in data.drain(..) {
+            self.pending
+                .entry(time.epoch_of(r.event.ts))
+                .or_default()
+                .push(r);
+        }
+    }
+
+    /// The oldest epoch the frontier has passed (`frontier` = `None`: input
+    /// ended, every epoch is final), with its records in (event time,
+    /// arrival) order: the order in which a deterministic operator must
+    /// observe them.
+    pub fn pop_ready(&mut self, frontier: Option<u64>) -> Option<(u64, Vec<Record>)> {
+        let entry = self.pending.first_entry()?;
+        if frontier.is_some_and(|f| *entry.key() >= f) {
+            return None;
+        }
+        let (t, mut records) = entry.remove_entry();
+        self.len -= records.len();
+        records.sort_by_key(|r| (r.event.ts, r.seq));
+        Some((t, records))
+    }
+
+    /// Records parked.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

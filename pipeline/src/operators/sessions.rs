@@ -17,11 +17,11 @@
 //! number of workers. Gap-based ends fire on the frontier: once it passes
 //! `last_ts + gap`, no event can still extend the session.
 
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{EpochBuffer, EventTime, Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{Payload, SessionEnded};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
@@ -203,42 +203,25 @@ fn summary(user: &str, o: Open, reason: &str) -> Event {
 
 /// The timely wrapper: `records.sessions(&config, flush_at_end)`.
 pub trait Sessions<'scope> {
-    fn sessions(
-        self,
-        config: &SessionsConfig,
-        flush_at_end: bool,
-    ) -> Stream<'scope, u64, Vec<Event>>;
+    fn sessions(self, config: &SessionsConfig, time: EventTime) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope> Sessions<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn sessions(
-        self,
-        config: &SessionsConfig,
-        flush_at_end: bool,
-    ) -> Stream<'scope, u64, Vec<Event>> {
+    fn sessions(self, config: &SessionsConfig, time: EventTime) -> Stream<'scope, u64, Vec<Event>> {
         let config = config.clone();
         let by_user =
             Exchange::new(|r: &Record| stable_hash(r.event.user_id.as_deref().unwrap_or("")));
         self.unary_frontier(by_user, "Sessions", move |initial, _info| {
             let mut tracker = SessionTracker::new(&config);
-            // Records waiting for the frontier to pass their epoch.
-            let mut pending: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
-            // Held at the frontier to emit gap-ended sessions (timers).
+            let mut pending = EpochBuffer::default();
+            // Held at the frontier to emit what the passing of time produces.
             let mut timer: Option<Capability<u64>> = Some(initial);
             let mut out = Vec::new();
             move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    let t = cap.least().copied().unwrap_or_default();
-                    pending.entry(t).or_default().append(data);
-                });
+                input.for_each(|_cap, data| pending.push(&time, data));
                 let f = frontier.frontier().first().copied();
                 // Epochs the frontier has passed are final: process them in order.
-                while let Some(entry) = pending.first_entry() {
-                    if f.is_some_and(|f| *entry.key() >= f) {
-                        break;
-                    }
-                    let (t, mut records) = entry.remove_entry();
-                    records.sort_by_key(|r| (r.event.ts, r.seq));
+                while let Some((t, records)) = pending.pop_ready(f) {
                     for r in &records {
                         tracker.observe(&r.event, &mut out);
                     }
@@ -263,7 +246,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, u64, Vec<Record>> {
                         }
                     }
                     None => {
-                        if flush_at_end {
+                        if time.flush_at_end {
                             tracker.flush(&mut out);
                         }
                         if let Some(cap) = timer.take()
