@@ -112,3 +112,43 @@ impl EpochBuffer {
         self.len == 0
     }
 }
+
+/// An operator's output of derived events.
+pub type EventOutput<'a> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    u64,
+    timely::container::CapacityContainerBuilder<Vec<Event>>,
+>;
+
+/// Emits `events` (drained), each stamped with its own event-time epoch,
+/// never earlier than `cap`.
+///
+/// **The invariant every operator keeps:** a derived event is stamped at or
+/// before the epoch of its own `ts` (live outputs: the input container's
+/// stamp; outputs fired by the passing of time: `ts` = the moment of the
+/// transition, emitted from a capability held no later than it). Downstream
+/// operators can then park derived events by `ts` in an [`EpochBuffer`]
+/// exactly like input records, and stay deterministic.
+pub fn give_at_own_epochs(
+    output: &mut EventOutput<'_>,
+    cap: &timely::dataflow::operators::Capability<u64>,
+    time: &EventTime,
+    events: &mut Vec<Event>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let floor = *cap.time();
+    let stamp = |e: &Event| time.epoch_of(e.ts).max(floor);
+    events.sort_by_key(stamp); // stable: each epoch keeps the operator's order
+    let mut rest = events.drain(..).peekable();
+    while let Some(first) = rest.next() {
+        let t = stamp(&first);
+        let at = cap.delayed(&t);
+        let mut session = output.session(&at);
+        session.give(first);
+        while let Some(e) = rest.next_if(|e| stamp(e) == t) {
+            session.give(e);
+        }
+    }
+}
