@@ -401,7 +401,9 @@ mod tests {
         let sink = Arc::new(VecSink::default());
         let s2 = sink.clone();
         let late = timely::execute_directly(move |worker| {
-            let (driver, probe) = install(worker, &Config::default(), s2, true);
+            let (driver, probe) = install_graph(worker, &Config::default(), s2, true, |s| {
+                s.map(|r| (*r.event).clone())
+            });
             let mut driver = driver.unwrap();
             // Lateness is decided per event, also inside one batch.
             let mut late = driver.push(vec![

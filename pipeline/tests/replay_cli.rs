@@ -27,9 +27,12 @@ fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Live WPM as specified: for each writing event, in arrival order, the typed
-/// words of that user's events that arrived so far with time in (ts − 60 s, ts].
+/// words of that user's events that arrived so far with time in (ts − 60 s,
+/// ts] — emitted only when at least 1 s of event time has passed since the
+/// user's last emitted update.
 fn reference_wpm(events: &[serde_json::Value]) -> HashMap<String, f64> {
     let mut seen: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
+    let mut last_emitted: HashMap<String, i64> = HashMap::new();
     let mut out = HashMap::new();
     for e in events {
         let ty = e["type"].as_str().unwrap();
@@ -43,8 +46,12 @@ fn reference_wpm(events: &[serde_json::Value]) -> HashMap<String, f64> {
         };
         let user = e["user_id"].as_str().unwrap().to_owned();
         let ts = e["ts"].as_i64().unwrap();
-        let mine = seen.entry(user).or_default();
+        let mine = seen.entry(user.clone()).or_default();
         mine.push((ts, words));
+        if last_emitted.get(&user).is_some_and(|l| ts < l + 1_000) {
+            continue;
+        }
+        last_emitted.insert(user, ts);
         let sum: u64 = mine
             .iter()
             .filter(|(t, _)| *t > ts - 60_000 && *t <= ts)

@@ -26,12 +26,18 @@ pub struct WpmConfig {
     /// Length of the rolling window (default 60 s).
     #[serde(deserialize_with = "crate::config::duration")]
     pub window: Duration,
+    /// Least event time between two updates of one user (default 1 s): an
+    /// event closer than this to the user's last emitted update is counted
+    /// but emits nothing, so a fast typist is not a firehose.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub min_interval: Duration,
 }
 
 impl Default for WpmConfig {
     fn default() -> Self {
         WpmConfig {
             window: Duration::from_secs(60),
+            min_interval: Duration::from_secs(1),
         }
     }
 }
@@ -42,11 +48,14 @@ impl Default for WpmConfig {
 struct UserWindow {
     entries: VecDeque<(i64, u64, u64)>,
     ids: VecDeque<(i64, u64)>,
+    /// Event time of the last update emitted.
+    last_emitted: Option<i64>,
 }
 
 /// The pure core.
 pub struct WpmTracker {
     window_ms: i64,
+    interval_ms: i64,
     users: HashMap<String, UserWindow>,
 }
 
@@ -54,13 +63,15 @@ impl WpmTracker {
     pub fn new(config: &WpmConfig) -> WpmTracker {
         WpmTracker {
             window_ms: config.window.as_millis().max(1) as i64,
+            interval_ms: config.min_interval.as_millis() as i64,
             users: HashMap::new(),
         }
     }
 
     /// Records a writing event (the `seq`-th to arrive) and returns the
     /// user's live WPM at its event time, counting the events that had arrived
-    /// by then.
+    /// by then — unless the user's last update is less than `min_interval`
+    /// of event time before it.
     pub fn observe(&mut self, seq: u64, e: &Event) -> Option<Event> {
         let words = written_words(e)?;
         let user = e.user_id.as_deref()?;
@@ -85,6 +96,15 @@ impl WpmTracker {
                 .take_while(|(t, _, _)| *t > e.ts)
                 .count();
         w.entries.insert(pos, (e.ts, seq, words));
+        // Rate limit in event time, per user, in arrival order (the operator
+        // is live and per-user arrival order is the log's order).
+        if self.interval_ms > 0
+            && w.last_emitted
+                .is_some_and(|last| e.ts < last + self.interval_ms)
+        {
+            return None;
+        }
+        w.last_emitted = Some(e.ts);
         let from = e.ts - self.window_ms;
         // Entries up to `pos` are at or before e.ts; walk back to the window start.
         let in_window: u64 = w
@@ -182,6 +202,29 @@ mod tests {
         }
     }
 
+    /// Every event emits: these tests are about the window.
+    fn unlimited() -> WpmConfig {
+        WpmConfig {
+            min_interval: Duration::ZERO,
+            ..WpmConfig::default()
+        }
+    }
+
+    #[test]
+    fn updates_are_at_most_one_per_interval_of_event_time_per_user() {
+        let mut t = WpmTracker::new(&WpmConfig::default());
+        assert!(t.observe(1, &ks("a", "u1", 10_000, 1, None)).is_some());
+        assert!(t.observe(2, &ks("b", "u1", 10_999, 1, None)).is_none());
+        assert!(t.observe(3, &ks("c", "u2", 10_500, 1, None)).is_some());
+        // Exactly one interval later emits, and counts what was suppressed.
+        assert_eq!(
+            wpm(&t.observe(4, &ks("d", "u1", 11_000, 1, None)).unwrap()),
+            3.0
+        );
+        // An out-of-order event behind the last update emits nothing.
+        assert!(t.observe(5, &ks("e", "u1", 10_200, 1, None)).is_none());
+    }
+
     fn wpm(e: &Event) -> f64 {
         match &e.data {
             Payload::AnalyticsMetricUpdated(m) => m.value,
@@ -191,7 +234,7 @@ mod tests {
 
     #[test]
     fn sums_words_in_the_last_minute() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         assert_eq!(
             wpm(&t.observe(1, &ks("a", "u1", 1_000, 10, None)).unwrap()),
             10.0
@@ -209,7 +252,7 @@ mod tests {
 
     #[test]
     fn window_boundary_is_exclusive_at_the_start() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         t.observe(4, &ks("a", "u1", 0, 10, None));
         // exactly one window later: the first event is out.
         assert_eq!(
@@ -220,7 +263,7 @@ mod tests {
 
     #[test]
     fn out_of_order_event_counts_for_its_own_time() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         t.observe(6, &ks("a", "u1", 10_000, 10, None));
         // Arrives late but within the window: its WPM covers only events up to 5 s.
         assert_eq!(
@@ -236,7 +279,7 @@ mod tests {
     #[test]
     fn value_is_as_of_arrival_whatever_the_processing_order() {
         // A (ts 10 s) arrived before B (ts 9 s), but B is processed first.
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         assert_eq!(
             wpm(&t.observe(2, &ks("b", "u1", 9_000, 3, None)).unwrap()),
             3.0
@@ -250,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_duplicated_event_id_is_counted_once() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         let e = ks("a", "u1", 1_000, 4, None);
         assert_eq!(wpm(&t.observe(7, &e).unwrap()), 4.0);
         assert!(t.observe(7, &e).is_none(), "redelivered");
@@ -266,7 +309,7 @@ mod tests {
 
     #[test]
     fn pasted_text_is_not_writing() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         assert_eq!(
             wpm(&t.observe(9, &ks("a", "u1", 1, 500, Some("paste"))).unwrap()),
             0.0
@@ -275,18 +318,18 @@ mod tests {
 
     #[test]
     fn users_are_independent_and_ids_deterministic() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         let a = t.observe(10, &ks("a", "u1", 1, 4, None)).unwrap();
         let b = t.observe(11, &ks("b", "u2", 1, 7, None)).unwrap();
         assert_eq!((wpm(&a), wpm(&b)), (4.0, 7.0));
-        let mut t2 = WpmTracker::new(&WpmConfig::default());
+        let mut t2 = WpmTracker::new(&unlimited());
         // Same input, same id, whatever the arrival position.
         assert_eq!(t2.observe(12, &ks("a", "u1", 1, 4, None)).unwrap().id, a.id);
     }
 
     #[test]
     fn state_is_dropped_once_the_watermark_passes_the_window() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         for i in 0..100 {
             t.observe(13, &ks(&format!("e{i}"), &format!("u{i}"), 1_000, 1, None));
         }
@@ -299,7 +342,7 @@ mod tests {
 
     #[test]
     fn non_writing_events_are_ignored() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = WpmTracker::new(&unlimited());
         let mut e = ks("a", "u1", 1, 4, None);
         e.data = Payload::from_json_value(
             "collaboration.cursor_moved",
