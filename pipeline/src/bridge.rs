@@ -59,13 +59,11 @@ impl Bridge {
         let leading = Arc::new(AtomicI64::new(i64::MIN));
         let config = config.clone();
         let workers = config.dataflow.workers;
-        let timely_config = if workers == 1 {
-            timely::Config::thread()
-        } else {
-            timely::Config::process(workers)
-        };
+        let timely_config = config.dataflow.timely_config();
         let guards = timely::execute(timely_config, move |worker| {
-            let index = worker.index();
+            // Workers are numbered across a cluster; readers are this
+            // process's first `readers` workers.
+            let index = worker.index() - config.dataflow.process_index * workers.max(1);
             let (driver, probe) = dataflow::install(worker, &config, sink.clone(), index < readers);
             let Some(mut driver) = driver else {
                 return;

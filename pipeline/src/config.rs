@@ -288,6 +288,12 @@ impl Default for FanoutSettings {
 pub struct DataflowConfig {
     /// Timely worker threads in this process (default 1).
     pub workers: usize,
+    /// `host:port` of every process of a timely cluster, in process order
+    /// (default empty: one process). Every process runs the same command with
+    /// its own `process_index`; workers are numbered across the cluster.
+    pub hosts: Vec<String>,
+    /// This process's index in `hosts` (default 0).
+    pub process_index: usize,
     /// How far behind the newest event time the watermark trails (default 2 s).
     #[serde(deserialize_with = "duration")]
     pub allowed_disorder: Duration,
@@ -313,10 +319,41 @@ pub struct DataflowConfig {
     pub flush_at_end: bool,
 }
 
+impl DataflowConfig {
+    /// Timely's configuration: one thread, threads in this process, or a
+    /// cluster of processes.
+    pub fn timely_config(&self) -> timely::Config {
+        if self.hosts.len() > 1 {
+            return timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: self.workers.max(1),
+                    process: self.process_index,
+                    addresses: self.hosts.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            };
+        }
+        if self.workers <= 1 {
+            timely::Config::thread()
+        } else {
+            timely::Config::process(self.workers)
+        }
+    }
+
+    /// Processes in the cluster (1 without `hosts`).
+    pub fn processes(&self) -> usize {
+        self.hosts.len().max(1)
+    }
+}
+
 impl Default for DataflowConfig {
     fn default() -> Self {
         DataflowConfig {
             workers: 1,
+            hosts: Vec::new(),
+            process_index: 0,
             allowed_disorder: Duration::from_secs(2),
             epoch: Duration::from_millis(100),
             idle_advance_after: Duration::from_secs(1),
@@ -384,6 +421,14 @@ impl Config {
         };
         if self.dataflow.workers == 0 {
             return bad("dataflow.workers", "must be at least 1");
+        }
+        if !self.dataflow.hosts.is_empty()
+            && self.dataflow.process_index >= self.dataflow.hosts.len()
+        {
+            return bad(
+                "dataflow.process_index",
+                "must be less than the number of dataflow.hosts",
+            );
         }
         if self.dataflow.epoch.is_zero() {
             return bad("dataflow.epoch", "must be positive");

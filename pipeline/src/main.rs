@@ -40,6 +40,30 @@ enum SchemasCommand {
     Docs,
 }
 
+/// A timely cluster of several processes (config `dataflow.hosts`,
+/// `dataflow.process_index`): start the same command once per host.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// host:port of every process of the cluster, in process order, comma separated.
+    #[arg(long, env = "INKSTREAM_HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// This process's index in `--hosts`.
+    #[arg(long, env = "INKSTREAM_PROCESS_INDEX")]
+    process_index: Option<usize>,
+}
+
+impl ClusterArgs {
+    fn overrides(&self, out: &mut Vec<String>) {
+        if !self.hosts.is_empty() {
+            let list: Vec<String> = self.hosts.iter().map(|h| toml_string(h)).collect();
+            out.push(format!("dataflow.hosts=[{}]", list.join(",")));
+        }
+        if let Some(i) = self.process_index {
+            out.push(format!("dataflow.process_index={i}"));
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run ingest, the log, the dataflow and the WebSocket fanout.
@@ -56,6 +80,8 @@ enum Command {
         /// Dataflow worker threads.
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// HS256 secret of user JWTs (config `auth.jwt_secret`).
         #[arg(long, env = "INKSTREAM_JWT_SECRET", hide_env_values = true)]
         jwt_secret: Option<String>,
@@ -73,6 +99,8 @@ enum Command {
         /// Dataflow worker threads.
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Print the event contract.
     Schemas {
@@ -137,9 +165,11 @@ fn main() -> anyhow::Result<()> {
             redis_url,
             kafka_brokers,
             workers,
+            cluster,
             jwt_secret,
             session_secret,
         } => {
+            cluster.overrides(&mut overrides);
             for (key, value) in [
                 ("auth.jwt_secret", jwt_secret),
                 ("auth.session_secret", session_secret),
@@ -161,7 +191,10 @@ fn main() -> anyhow::Result<()> {
                 overrides.push(format!("dataflow.workers={w}"));
             }
         }
-        Command::Replay { workers, .. } => {
+        Command::Replay {
+            workers, cluster, ..
+        } => {
+            cluster.overrides(&mut overrides);
             if let Some(w) = workers {
                 overrides.push(format!("dataflow.workers={w}"));
             }

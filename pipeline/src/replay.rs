@@ -55,6 +55,9 @@ impl ReplayReport {
 /// Writes derived events as NDJSON, one file per type.
 struct FileSink {
     dir: PathBuf,
+    /// `""`, or `.p<i>` in process i of a cluster (each process writes what
+    /// its own workers derived; the union is the output).
+    suffix: String,
     files: Mutex<HashMap<&'static str, BufWriter<File>>>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
     error: Mutex<Option<ReplayError>>,
@@ -77,7 +80,7 @@ impl FileSink {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (ty, (buf, n)) in buffers {
-            let path = || self.dir.join(format!("{ty}.ndjson"));
+            let path = || self.dir.join(format!("{ty}{}.ndjson", self.suffix));
             if !files.contains_key(ty) {
                 let f = File::create(path()).map_err(|source| ReplayError::Output {
                     path: path(),
@@ -100,7 +103,7 @@ impl FileSink {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for (ty, w) in files.iter_mut() {
             w.flush().map_err(|source| ReplayError::Output {
-                path: self.dir.join(format!("{ty}.ndjson")),
+                path: self.dir.join(format!("{ty}{}.ndjson", self.suffix)),
                 source,
             })?;
         }
@@ -135,6 +138,11 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     })?;
     let sink = Arc::new(FileSink {
         dir: out.into(),
+        suffix: if config.dataflow.processes() > 1 {
+            format!(".p{}", config.dataflow.process_index)
+        } else {
+            String::new()
+        },
         files: Mutex::new(HashMap::new()),
         counts: Mutex::new(BTreeMap::new()),
         error: Mutex::new(None),
@@ -144,12 +152,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal();
 
-    let workers = config.dataflow.workers;
-    let timely_config = if workers == 1 {
-        timely::Config::thread()
-    } else {
-        timely::Config::process(workers)
-    };
+    let timely_config = config.dataflow.timely_config();
     let mut cfg = config.clone();
     // Pure event time: at the end of the file every session and window ends.
     cfg.dataflow.flush_at_end = true;

@@ -279,3 +279,82 @@ fn sessions_match_the_reference_with_gap_overridden_and_any_worker_count() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every derived event of a run, as JSON text keyed by id: files of one
+/// process (`<type>.ndjson`) or of every process of a cluster
+/// (`<type>.p<i>.ndjson`).
+fn all_derived(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        for v in read_ndjson(&path) {
+            out.push((v["id"].as_str().unwrap().to_owned(), v.to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn one_worker_two_workers_and_a_two_process_cluster_derive_the_same_events() {
+    let dir = scratch("cluster");
+    let input = dir.join("events.ndjson");
+    let status = Command::new(bin())
+        .args(["generate", "--events", "20000", "--users", "24", "--out"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let one = dir.join("one");
+    replay(&input, &one, &["--workers", "1"]);
+    let expected = all_derived(&one);
+    assert!(expected.len() > 1000, "{} derived events", expected.len());
+    let types: std::collections::BTreeSet<String> = std::fs::read_dir(&one)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+
+    let two = dir.join("two");
+    replay(&input, &two, &["--workers", "2"]);
+    assert_eq!(all_derived(&two), expected, "two worker threads");
+
+    // Two processes of two workers each: a timely cluster over TCP.
+    let cluster = dir.join("cluster");
+    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new(bin())
+                .arg("replay")
+                .arg(&input)
+                .arg("--out")
+                .arg(&cluster)
+                .args(["--workers", "2", "--hosts", &hosts])
+                .args(["--process-index", &i.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let got = all_derived(&cluster);
+    assert_eq!(got.len(), expected.len(), "types: {types:?}");
+    assert_eq!(got, expected, "two processes");
+    let _ = std::fs::remove_dir_all(&dir);
+}
