@@ -2,10 +2,15 @@
 //! golden tests and benchmarks.
 //!
 //! Users write in sessions: bursts of keystroke batches every 1–4 s, short
-//! pauses (10–90 s), breaks (5–20 min) and session gaps (30–120 min); some
-//! users co-edit the same document (cursor moves and edits on nearby
-//! paragraphs). Arrival order is shuffled within `disorder_ms` of event time,
-//! the bound the dataflow tolerates.
+//! pauses (10–90 s), breaks (5–20 min) and session gaps (30–120 min); one
+//! burst in eight is a flow burst (a batch every second at 200–400 WPM for
+//! minutes). Four users share each project and document and co-edit it:
+//! cursor moves (some with selections, in every edit mode) and edits on
+//! nearby paragraphs, comments that mention a co-author and are resolved
+//! later, joins and leaves around sessions. Projects publish books and
+//! report growing sales; services report the odd error. About one event in
+//! 200 arrives twice (a client retry: same id). Arrival order is shuffled
+//! within `disorder_ms` of event time, the bound the dataflow tolerates.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -64,6 +69,16 @@ struct UserState {
     /// Events left in the current burst before a pause, break or gap.
     burst_left: u32,
     paragraph: i64,
+    /// This burst is a flow burst (fast, steady writing).
+    flowing: bool,
+    /// The user's session has ended (a gap): the next event joins again.
+    away: bool,
+    /// The user's session is ending: the next event is their leaving.
+    leaving: bool,
+    /// An open comment of this user (resolved by a later event).
+    open_comment: Option<u64>,
+    /// Book units sold so far (the user's project's, reported by them).
+    units: i64,
 }
 
 /// Writes `config.events` NDJSON lines to `out`.
@@ -75,6 +90,11 @@ pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Resul
             next_ts: config.start_ts + rng.range(0, 600_000),
             burst_left: rng.range(5, 200) as u32,
             paragraph: rng.range(0, 40),
+            flowing: false,
+            away: true,
+            leaving: false,
+            open_comment: None,
+            units: 0,
         })
         .collect();
     // Next event per user, earliest first.
@@ -98,35 +118,102 @@ pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Resul
         let document = format!("d{:04}-1", u / 4);
         let id = format!("e{seq:010}");
         seq += 1;
-        let roll = rng.range(0, 99);
-        let line = if roll < 80 {
-            let words = rng.range(0, 4);
-            let source = if rng.chance(2) { "paste" } else { "typed" };
+        let head = format!(
+            r#""id":"{id}","ts":{ts},"user_id":"{user}","project_id":"{project}","document_id":"{document}""#
+        );
+        let roll = rng.range(0, 999);
+        let line = if s.leaving {
+            format!(r#"{{{head},"type":"collaboration.user_left","data":{{"reason":"closed"}}}}"#)
+        } else if s.away {
+            s.away = false;
+            format!(r#"{{{head},"type":"collaboration.user_joined","data":{{"client":"web"}}}}"#)
+        } else if s.flowing && roll < 900 {
+            let words = rng.range(3, 7);
             format!(
-                r#"{{"id":"{id}","type":"writing.keystroke","ts":{ts},"user_id":"{user}","project_id":"{project}","document_id":"{document}","data":{{"keystrokes":{},"words":{words},"chars":{},"source":"{source}"}}}}"#,
+                r#"{{{head},"type":"writing.keystroke","data":{{"keystrokes":{},"words":{words},"chars":{}}}}}"#,
                 words * 6 + rng.range(0, 5),
                 words * 6
             )
-        } else if roll < 85 {
+        } else if roll < 780 {
+            let words = rng.range(0, 4);
+            let source = if rng.chance(2) { "paste" } else { "typed" };
             format!(
-                r#"{{"id":"{id}","type":"writing.word_added","ts":{ts},"user_id":"{user}","project_id":"{project}","document_id":"{document}","data":{{"words":1}}}}"#
+                r#"{{{head},"type":"writing.keystroke","data":{{"keystrokes":{},"words":{words},"chars":{},"source":"{source}"}}}}"#,
+                words * 6 + rng.range(0, 5),
+                words * 6
             )
-        } else if roll < 95 {
-            s.paragraph = (s.paragraph + rng.range(-1, 1)).max(0);
+        } else if roll < 830 {
+            format!(r#"{{{head},"type":"writing.word_added","data":{{"words":1}}}}"#)
+        } else if roll < 840 {
             format!(
-                r#"{{"id":"{id}","type":"collaboration.cursor_moved","ts":{ts},"user_id":"{user}","project_id":"{project}","document_id":"{document}","data":{{"paragraph":{},"offset":{},"mode":"edit"}}}}"#,
+                r#"{{{head},"type":"writing.paragraph_completed","data":{{"paragraph":{},"words":{}}}}}"#,
                 s.paragraph,
-                rng.range(0, 400)
+                rng.range(20, 200)
             )
-        } else {
+        } else if roll < 930 {
+            s.paragraph = (s.paragraph + rng.range(-1, 1)).max(0);
+            let mode =
+                ["edit", "edit", "edit", "review", "comment", "navigate"][rng.range(0, 5) as usize];
+            let offset = rng.range(0, 400);
+            let selection = if rng.chance(20) {
+                format!(r#","selection":[{offset},{}]"#, offset + rng.range(1, 80))
+            } else {
+                String::new()
+            };
             format!(
-                r#"{{"id":"{id}","type":"collaboration.edit_applied","ts":{ts},"user_id":"{user}","project_id":"{project}","document_id":"{document}","data":{{"paragraph":{},"offset":{},"inserted":{},"deleted":{}}}}}"#,
+                r#"{{{head},"type":"collaboration.cursor_moved","data":{{"paragraph":{},"offset":{offset},"mode":"{mode}"{selection}}}}}"#,
+                s.paragraph
+            )
+        } else if roll < 970 {
+            format!(
+                r#"{{{head},"type":"collaboration.edit_applied","data":{{"paragraph":{},"offset":{},"inserted":{},"deleted":{}}}}}"#,
                 s.paragraph,
                 rng.range(0, 400),
                 rng.range(0, 40),
                 rng.range(0, 5)
             )
+        } else if roll < 980 {
+            match s.open_comment.take() {
+                Some(c) => format!(
+                    r#"{{{head},"type":"collaboration.comment_resolved","data":{{"comment_id":"c{c:010}","resolved_by":"{user}"}}}}"#
+                ),
+                None => {
+                    s.open_comment = Some(seq);
+                    // Mention a co-author of the same project.
+                    let other = (u / 4) * 4 + (u + 1 + rng.range(0, 2) as u32) % 4;
+                    format!(
+                        r#"{{{head},"type":"collaboration.comment_added","data":{{"comment_id":"c{seq:010}","paragraph":{},"mentions":["u{other:05}"]}}}}"#,
+                        s.paragraph
+                    )
+                }
+            }
+        } else if roll < 990 {
+            s.units += rng.range(1, 60);
+            format!(
+                r#"{{{head},"type":"publishing.sales_updated","data":{{"book_id":"b{project}","units":{},"revenue_cents":{},"currency":"EUR","total_units":{}}}}}"#,
+                s.units.min(60),
+                s.units.min(60) * 999,
+                s.units
+            )
+        } else if roll < 993 {
+            format!(
+                r#"{{{head},"type":"publishing.book_published","data":{{"book_id":"b{project}","title":"Book of {project}","channels":["ebook"]}}}}"#
+            )
+        } else if roll < 995 {
+            format!(
+                r#"{{"id":"{id}","ts":{ts},"type":"system.error","data":{{"service":"export","message":"PDF export timed out","severity":"error"}}}}"#
+            )
+        } else {
+            format!(
+                r#"{{{head},"type":"collaboration.presence_updated","data":{{"status":"online","paragraph":{}}}}}"#,
+                s.paragraph
+            )
         };
+        // A client retry now and then: the same event (same id) twice.
+        if rng.chance(1) && rng.chance(50) {
+            let again = ts + rng.range(0, config.disorder_ms.max(0));
+            arrivals.push(Reverse((again, seq, line.clone())));
+        }
         let arrival = ts + rng.range(0, config.disorder_ms.max(0));
         arrivals.push(Reverse((arrival, seq, line)));
         // Release lines that can no longer be overtaken (every later event has ts ≥ this ts).
@@ -142,22 +229,40 @@ pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Resul
         }
         // Schedule the user's next event.
         s.burst_left = s.burst_left.saturating_sub(1);
-        let gap = if s.burst_left > 0 {
+        let gap = if s.leaving {
+            s.leaving = false;
+            s.away = true;
+            rng.range(1_800_000, 7_200_000) // the session ends
+        } else if s.burst_left > 0 && s.flowing {
+            1_000
+        } else if s.burst_left > 0 {
             rng.range(1_000, 4_000)
         } else {
-            s.burst_left = rng.range(5, 300) as u32;
+            s.flowing = rng.chance(12);
+            s.burst_left = if s.flowing {
+                rng.range(150, 400) as u32
+            } else {
+                rng.range(5, 300) as u32
+            };
             match rng.range(0, 99) {
                 0..=59 => rng.range(10_000, 90_000),      // a pause
                 60..=89 => rng.range(300_000, 1_200_000), // a break
-                _ => rng.range(1_800_000, 7_200_000),     // the session ends
+                _ => {
+                    s.leaving = true;
+                    rng.range(1_000, 30_000) // then the user leaves
+                }
             }
         };
         s.next_ts = ts + gap;
         due.push(Reverse((s.next_ts, u)));
     }
-    while let Some(Reverse((_, _, l))) = arrivals.pop() {
+    // A retry copy can make one line too many: stop at exactly `events`.
+    while written < config.events
+        && let Some(Reverse((_, _, l))) = arrivals.pop()
+    {
         out.write_all(l.as_bytes())?;
         out.write_all(b"\n")?;
+        written += 1;
     }
     out.flush()
 }

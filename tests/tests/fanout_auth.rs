@@ -116,7 +116,14 @@ async fn fanout_requires_credentials_and_authorizes_every_channel() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounded() {
-    let server = Server::start(&["--set", "fanout.max_queue_bytes=65536"]).await;
+    // Every keystroke emits an update (no rate limit), so the queue fills.
+    let server = Server::start(&[
+        "--set",
+        "fanout.max_queue_bytes=65536",
+        "--set",
+        "wpm.min_interval=0s",
+    ])
+    .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/analytics"))
         .await
         .unwrap();
