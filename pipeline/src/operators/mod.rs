@@ -3,6 +3,7 @@
 //! extension trait on `Stream`, and its tests.
 
 pub mod sessions;
+pub mod team;
 pub mod wpm;
 
 use schemas::Event;

@@ -1,0 +1,1779 @@
+//! Team metrics per project and per document, over tumbling event-time windows.
+//!
+//! **Windows.** For each length `L` of `team.windows` (default 1 min and 1 h),
+//! windows are `[k·L, (k+1)·L)` in ms since the Unix epoch: the start is
+//! inclusive, the end exclusive (an event at exactly `(k+1)·L` belongs to the
+//! next window). Every event is counted in two *scopes*: its project
+//! (`project_id`, document dimension absent) and, when it has a `document_id`,
+//! that document. Events without `project_id` are ignored.
+//!
+//! **Inputs.** The input records (activity and comments) and the conflict
+//! events of the conflicts operator. Activity = `writing.keystroke`,
+//! `writing.word_added`, `collaboration.edit_applied`. Conflict events arriving
+//! on the *records* input (sent by clients) are ignored: the conflicts
+//! operator's stream is the only source of conflicts.
+//!
+//! **Metrics**, one `analytics.metric_updated` per figure (`MetricUpdated
+//! {metric, value, window_ms: Some(L), dimensions}`):
+//! - `team.words` (per user): words written in the window ([`written_words`]:
+//!   typed keystroke words and `word_added`; pasted/imported/AI text is 0).
+//! - `team.edits` (per user): `collaboration.edit_applied` events.
+//!   Both are emitted for every user with at least one activity event in the
+//!   window (values may be 0); activity without `user_id` counts only in the
+//!   scope-wide figures below.
+//! - `team.edit_velocity_per_min`: all edits of the scope / (L in minutes).
+//! - `team.conflicts`: conflicts *detected* in the window. A conflict is
+//!   reported once per user of the pair: it is counted once, by
+//!   `conflict_id` within its document, in the window of its first report.
+//! - `team.conflict_resolution_ms_mean`: mean `duration_ms` of the conflicts
+//!   whose first `conflict_resolved` report falls in the window (emitted only
+//!   when there is one).
+//! - `team.comment_response_ms_mean`: mean of `resolved.ts − added.ts` over
+//!   the comments whose `comment_resolved` falls in the window, matched by
+//!   (project, document, `comment_id`) with the first `comment_added`.
+//!   A response longer than `comment_max_open` is not counted: the comment
+//!   is dropped and counted in [`TeamTracker::comments_expired`] (so open
+//!   comments never pile up). A resolution without a known `comment_added`
+//!   is ignored. Emitted only when at least one response is counted.
+//! - `team.collaboration_efficiency`: active time without an open conflict
+//!   / active time, in [0, 1]. Active time is counted in *document-seconds*:
+//!   a pair (document, second `⌊ts / 1000⌋`) is active when the document has
+//!   an activity event in that second (events without a document form their
+//!   own "no document" group). It is *conflicted* when a conflict of that
+//!   document is open at any instant of that second inside the window; a
+//!   conflict is open from its first `conflict_detected` report to its first
+//!   `conflict_resolved` report, both inclusive, and at most
+//!   `conflict_max_open` (a conflict never resolved stops counting then).
+//!   A resolution with no detection seen counts as open over
+//!   `[ts − duration_ms, ts]`, in the windows holding `ts` only (earlier
+//!   windows have closed by then).
+//!   The project scope sums its documents' document-seconds. Emitted only
+//!   when the window has active time.
+//!
+//! **Dimensions**, in this order: `project_id`; `document_id` (document
+//! scope only); `user_id` (per-user figures only); `window` (a label of `L`:
+//! `"1m"`, `"1h"`, `"90s"`, `"1d"`, `"250ms"`).
+//!
+//! **When.** A window *exists* for a scope once something is counted in it
+//! (an activity event, a conflict's first detection or resolution report, a
+//! counted comment response); windows where nothing was counted emit nothing.
+//! An existing window emits `team.conflicts` and `team.edit_velocity_per_min`
+//! (possibly 0), the per-user figures, and the means/efficiency when defined.
+//! It closes when the watermark (the frontier) reaches its end — once no event
+//! with `ts < end` can come — and not before.
+//!
+//! **Envelope.** `ts = end − 1` (the last millisecond of the window, so the
+//! figure lies inside the window it describes; it is never before the
+//! frontier at which the window was still open, so outputs are stamped at
+//! their own epoch); `project_id`, `document_id` (document scope), `user_id`
+//! (per-user figures) set; `id = derived_id("team", [metric, level, project,
+//! document, user, L, start])`.
+//!
+//! **Determinism.** Frontier-driven: records and conflict events are parked
+//! by their own epoch and observed once the frontier (the minimum of both
+//! inputs') passes it, in [`observation_order`]: (ts, comment_added and
+//! conflict_detected first, resolutions last, id). The output is then a
+//! function of the events alone, whatever their arrival order within the
+//! disorder bound, batching or number of workers (exchange by `project_id`).
+//! Every expiry is a function of event times (checked against the event
+//! being observed), so when pruning runs never changes a figure.
+//!
+//! **State.** Open windows; per document the conflicts seen within the last
+//! `conflict_max_open` + longest window and the comments open at most
+//! `comment_max_open`; the latest closed figures per scope for
+//! `latest_retention` ([`TeamTracker::latest`], for the view store).
+
+use crate::operators::{
+    EventTime, Record, derived_id, give_at_own_epochs, stable_hash, written_words,
+};
+use schemas::Event;
+use schemas::payload::{Dimension, MetricUpdated, Payload};
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+pub const WORDS: &str = "team.words";
+pub const EDITS: &str = "team.edits";
+pub const EDIT_VELOCITY: &str = "team.edit_velocity_per_min";
+pub const CONFLICTS: &str = "team.conflicts";
+pub const CONFLICT_RESOLUTION: &str = "team.conflict_resolution_ms_mean";
+pub const COMMENT_RESPONSE: &str = "team.comment_response_ms_mean";
+pub const EFFICIENCY: &str = "team.collaboration_efficiency";
+
+/// `[team]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeamConfig {
+    /// Lengths of the tumbling windows, e.g. `["1m", "1h"]` (default 1 min
+    /// and 1 h). Zero lengths and repeats are ignored.
+    #[serde(deserialize_with = "durations")]
+    pub windows: Vec<Duration>,
+    /// A comment still unresolved this long after it was added is dropped
+    /// (counted); a later resolution is not a response (default 7 days).
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub comment_max_open: Duration,
+    /// A conflict counts as open for efficiency at most this long after its
+    /// detection, in case its resolution never comes (default 1 h).
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub conflict_max_open: Duration,
+    /// How long the latest closed figures of a scope stay queryable after
+    /// their window ended, in event time (default 24 h).
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub latest_retention: Duration,
+}
+
+impl Default for TeamConfig {
+    fn default() -> Self {
+        TeamConfig {
+            windows: vec![Duration::from_secs(60), Duration::from_secs(3600)],
+            comment_max_open: Duration::from_secs(7 * 24 * 3600),
+            conflict_max_open: Duration::from_secs(3600),
+            latest_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl TeamConfig {
+    /// Checks what serde cannot; the message starts with the key path.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.windows.iter().all(Duration::is_zero) {
+            return Err("team.windows: needs at least one positive duration".into());
+        }
+        Ok(())
+    }
+}
+
+/// A list of durations, each as [`crate::config::duration`] reads it.
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(transparent)]
+    struct One(#[serde(deserialize_with = "crate::config::duration")] Duration);
+    Ok(Vec::<One>::deserialize(d)?
+        .into_iter()
+        .map(|o| o.0)
+        .collect())
+}
+
+/// The label of a window length in the `window` dimension.
+pub fn window_label(ms: i64) -> String {
+    for (unit, len) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= len && ms % len == 0 {
+            return format!("{}{unit}", ms / len);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// The order in which events of one epoch must be observed, so that results
+/// never depend on arrival order: event time, then openings (comment added,
+/// conflict detected) before activity before resolutions, then id.
+pub fn observation_order(e: &Event) -> (i64, u8, &str) {
+    let rank = match &e.data {
+        Payload::CollaborationCommentAdded(_) | Payload::CollaborationConflictDetected(_) => 0,
+        Payload::CollaborationCommentResolved(_) | Payload::CollaborationConflictResolved(_) => 2,
+        _ => 1,
+    };
+    (e.ts, rank, e.id.as_str())
+}
+
+/// One figure of a closed window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figure {
+    pub metric: &'static str,
+    /// Set for per-user figures (`team.words`, `team.edits`).
+    pub user_id: Option<String>,
+    pub value: f64,
+}
+
+/// Every figure of one closed window of one scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowFigures {
+    pub window_ms: i64,
+    /// Inclusive start and exclusive end (ms).
+    pub start: i64,
+    pub end: i64,
+    pub figures: Vec<Figure>,
+}
+
+#[derive(Default)]
+struct UserCounts {
+    words: u64,
+    edits: u64,
+}
+
+/// What one window of one scope has counted so far.
+#[derive(Default)]
+struct Agg {
+    users: BTreeMap<String, UserCounts>,
+    edits: u64,
+    conflicts: u64,
+    resolved: u64,
+    resolved_ms: i64,
+    responses: u64,
+    response_ms: i64,
+    /// Active seconds per document (`None`: events without a document).
+    active: BTreeMap<Option<String>, BTreeSet<i64>>,
+}
+
+/// A conflict as seen by one document: first detection, first resolution.
+struct Span {
+    detected: i64,
+    resolved: Option<i64>,
+}
+
+impl Span {
+    /// Last instant the conflict counts as open (inclusive).
+    fn end(&self, max_open: i64) -> i64 {
+        let cap = self.detected.saturating_add(max_open);
+        self.resolved.map_or(cap, |r| r.min(cap))
+    }
+}
+
+#[derive(Default)]
+struct DocState {
+    conflicts: HashMap<String, Span>,
+    /// Open comments: id → time added.
+    comments: HashMap<String, i64>,
+}
+
+#[derive(Default)]
+struct ProjectState {
+    /// Open windows per scope (`None`: the project), keyed by (end, length).
+    windows: HashMap<Option<String>, BTreeMap<(i64, i64), Agg>>,
+    /// Conflicts and comments per document (`None`: events without one).
+    docs: HashMap<Option<String>, DocState>,
+}
+
+/// The pure core. Feed events in [`observation_order`]: records with
+/// [`TeamTracker::observe`], the conflicts operator's events with
+/// [`TeamTracker::observe_conflict`]; tell it the watermark with
+/// [`TeamTracker::advance_to`].
+pub struct TeamTracker {
+    /// Window lengths (ms), ascending, distinct, positive.
+    lengths: Vec<i64>,
+    longest: i64,
+    comment_max_open: i64,
+    conflict_max_open: i64,
+    latest_retention: i64,
+    projects: HashMap<String, ProjectState>,
+    /// Every open window, in the order they close: (end, project, scope, length).
+    closing: BTreeSet<(i64, String, Option<String>, i64)>,
+    /// Latest closed figures per project and scope, one per window length.
+    latest: HashMap<String, HashMap<Option<String>, Vec<WindowFigures>>>,
+    comments_expired: u64,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl TeamTracker {
+    pub fn new(config: &TeamConfig) -> TeamTracker {
+        let mut lengths: Vec<i64> = config
+            .windows
+            .iter()
+            .map(|d| ms(*d))
+            .filter(|l| *l > 0)
+            .collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        TeamTracker {
+            longest: lengths.last().copied().unwrap_or(0),
+            lengths,
+            comment_max_open: ms(config.comment_max_open),
+            conflict_max_open: ms(config.conflict_max_open),
+            latest_retention: ms(config.latest_retention),
+            projects: HashMap::new(),
+            closing: BTreeSet::new(),
+            latest: HashMap::new(),
+            comments_expired: 0,
+        }
+    }
+
+    /// Whether the records input carries anything for this operator.
+    pub fn wants_record(e: &Event) -> bool {
+        e.project_id.is_some()
+            && matches!(
+                e.data,
+                Payload::WritingKeystroke(_)
+                    | Payload::WritingWordAdded(_)
+                    | Payload::CollaborationEditApplied(_)
+                    | Payload::CollaborationCommentAdded(_)
+                    | Payload::CollaborationCommentResolved(_)
+            )
+    }
+
+    /// Whether the conflicts input carries anything for this operator.
+    pub fn wants_conflict(e: &Event) -> bool {
+        e.project_id.is_some()
+            && matches!(
+                e.data,
+                Payload::CollaborationConflictDetected(_)
+                    | Payload::CollaborationConflictResolved(_)
+            )
+    }
+
+    /// Entries held: open windows, tracked conflicts and comments, latest
+    /// figures. Bounded by what is active within the retention periods.
+    pub fn state_size(&self) -> usize {
+        let docs: usize = self
+            .projects
+            .values()
+            .flat_map(|p| p.docs.values())
+            .map(|d| d.conflicts.len() + d.comments.len())
+            .sum();
+        let latest: usize = self
+            .latest
+            .values()
+            .flat_map(|p| p.values())
+            .map(Vec::len)
+            .sum();
+        self.closing.len() + docs + latest
+    }
+
+    /// Comments dropped because they stayed open longer than `comment_max_open`.
+    pub fn comments_expired(&self) -> u64 {
+        self.comments_expired
+    }
+
+    /// The latest closed-window figures of a project (`document` = `None`)
+    /// or one of its documents, one per window length (shortest first).
+    pub fn latest(&self, project: &str, document: Option<&str>) -> Vec<&WindowFigures> {
+        let Some(scopes) = self.latest.get(project) else {
+            return Vec::new();
+        };
+        let key = document.map(str::to_owned);
+        let mut v: Vec<&WindowFigures> = scopes.get(&key).into_iter().flatten().collect();
+        v.sort_by_key(|w| w.window_ms);
+        v
+    }
+
+    /// An input record (activity or comment); other types are ignored.
+    pub fn observe(&mut self, e: &Event, out: &mut Vec<Event>) {
+        let Some(project) = e.project_id.as_deref() else {
+            return;
+        };
+        self.close_until(e.ts, out);
+        match &e.data {
+            Payload::WritingKeystroke(_)
+            | Payload::WritingWordAdded(_)
+            | Payload::CollaborationEditApplied(_) => {
+                let words = written_words(e).unwrap_or(0);
+                let edit = u64::from(matches!(e.data, Payload::CollaborationEditApplied(_)));
+                let second = e.ts.div_euclid(1000);
+                let user = e.user_id.as_deref();
+                let document = &e.document_id;
+                self.touch(project, document, e.ts, |agg| {
+                    agg.edits += edit;
+                    if let Some(u) = user {
+                        if !agg.users.contains_key(u) {
+                            agg.users.insert(u.to_owned(), UserCounts::default());
+                        }
+                        if let Some(c) = agg.users.get_mut(u) {
+                            c.words += words;
+                            c.edits += edit;
+                        }
+                    }
+                    if let Some(s) = agg.active.get_mut(document) {
+                        s.insert(second);
+                    } else {
+                        agg.active
+                            .insert(document.clone(), BTreeSet::from([second]));
+                    }
+                });
+            }
+            Payload::CollaborationCommentAdded(c) => {
+                let max_open = self.comment_max_open;
+                let Some(doc) = self.doc(project, &e.document_id) else {
+                    return;
+                };
+                let expired = match doc.comments.get(&c.comment_id) {
+                    // Another report of a comment still open: the first counts.
+                    Some(&added) if e.ts.saturating_sub(added) <= max_open => return,
+                    Some(_) => 1,
+                    None => 0,
+                };
+                doc.comments.insert(c.comment_id.clone(), e.ts);
+                self.comments_expired += expired;
+            }
+            Payload::CollaborationCommentResolved(c) => {
+                let max_open = self.comment_max_open;
+                let Some(doc) = self.doc(project, &e.document_id) else {
+                    return;
+                };
+                match doc.comments.remove(&c.comment_id) {
+                    Some(added) if e.ts.saturating_sub(added) <= max_open => {
+                        let response = e.ts.saturating_sub(added);
+                        self.touch(project, &e.document_id, e.ts, |agg| {
+                            agg.responses += 1;
+                            agg.response_ms += response;
+                        });
+                    }
+                    Some(_) => self.comments_expired += 1,
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A conflict event from the conflicts operator; other types are ignored.
+    pub fn observe_conflict(&mut self, e: &Event, out: &mut Vec<Event>) {
+        let Some(project) = e.project_id.as_deref() else {
+            return;
+        };
+        self.close_until(e.ts, out);
+        let (max_open, longest) = (self.conflict_max_open, self.longest);
+        // A span still retained (see `prune`) is the same conflict; an older
+        // one can no longer touch any open window and is forgotten.
+        let live = |s: &Span| s.end(max_open) >= e.ts.saturating_sub(longest);
+        match &e.data {
+            Payload::CollaborationConflictDetected(c) => {
+                let Some(doc) = self.doc(project, &e.document_id) else {
+                    return;
+                };
+                if doc.conflicts.get(&c.conflict_id).is_some_and(live) {
+                    return;
+                }
+                let span = Span {
+                    detected: e.ts,
+                    resolved: None,
+                };
+                doc.conflicts.insert(c.conflict_id.clone(), span);
+                self.touch(project, &e.document_id, e.ts, |agg| agg.conflicts += 1);
+            }
+            Payload::CollaborationConflictResolved(c) => {
+                let duration = c.duration_ms.max(0);
+                let Some(doc) = self.doc(project, &e.document_id) else {
+                    return;
+                };
+                match doc.conflicts.get_mut(&c.conflict_id) {
+                    Some(s) if live(s) => {
+                        if s.resolved.is_some() {
+                            return;
+                        }
+                        s.resolved = Some(e.ts);
+                    }
+                    _ => {
+                        let span = Span {
+                            detected: e.ts.saturating_sub(duration),
+                            resolved: Some(e.ts),
+                        };
+                        doc.conflicts.insert(c.conflict_id.clone(), span);
+                    }
+                }
+                self.touch(project, &e.document_id, e.ts, |agg| {
+                    agg.resolved += 1;
+                    agg.resolved_ms += duration;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// No event with `ts < watermark` will come: closes the windows ending
+    /// at or before it and forgets what no open window can need.
+    pub fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
+        self.close_until(watermark, out);
+        self.prune(watermark);
+    }
+
+    /// End of input (replay): closes every open window.
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        self.close_until(i64::MAX, out);
+    }
+
+    fn doc(&mut self, project: &str, document: &Option<String>) -> Option<&mut DocState> {
+        // Look up before inserting: `entry` would allocate the keys every time.
+        if !self.projects.contains_key(project) {
+            self.projects
+                .insert(project.to_owned(), ProjectState::default());
+        }
+        let p = self.projects.get_mut(project)?;
+        if !p.docs.contains_key(document) {
+            p.docs.insert(document.clone(), DocState::default());
+        }
+        p.docs.get_mut(document)
+    }
+
+    /// Applies `f` to the window containing `ts` of every length, in the
+    /// project's scope and (if any) the document's.
+    fn touch(&mut self, project: &str, document: &Option<String>, ts: i64, f: impl Fn(&mut Agg)) {
+        if !self.projects.contains_key(project) {
+            self.projects
+                .insert(project.to_owned(), ProjectState::default());
+        }
+        let Some(p) = self.projects.get_mut(project) else {
+            return;
+        };
+        let doc_scope = document.is_some().then_some(document);
+        for scope in [Some(&None), doc_scope].into_iter().flatten() {
+            if !p.windows.contains_key(scope) {
+                p.windows.insert(scope.clone(), BTreeMap::new());
+            }
+            let Some(windows) = p.windows.get_mut(scope) else {
+                continue;
+            };
+            for &len in &self.lengths {
+                let start = ts.div_euclid(len) * len;
+                let end = start.saturating_add(len);
+                let agg = windows.entry((end, len)).or_insert_with(|| {
+                    self.closing
+                        .insert((end, project.to_owned(), scope.clone(), len));
+                    Agg::default()
+                });
+                f(agg);
+            }
+        }
+    }
+
+    fn close_until(&mut self, watermark: i64, out: &mut Vec<Event>) {
+        while self.closing.first().is_some_and(|k| k.0 <= watermark) {
+            let Some((end, project, scope, len)) = self.closing.pop_first() else {
+                break;
+            };
+            let Some(p) = self.projects.get_mut(&project) else {
+                continue;
+            };
+            let Some(windows) = p.windows.get_mut(&scope) else {
+                continue;
+            };
+            let Some(agg) = windows.remove(&(end, len)) else {
+                continue;
+            };
+            if windows.is_empty() {
+                p.windows.remove(&scope);
+            }
+            let start = end.saturating_sub(len);
+            let figures = WindowFigures {
+                window_ms: len,
+                start,
+                end,
+                figures: figures(&p.docs, self.conflict_max_open, start, end, len, agg),
+            };
+            emit(&project, &scope, &figures, out);
+            let latest = self
+                .latest
+                .entry(project)
+                .or_default()
+                .entry(scope)
+                .or_default();
+            latest.retain(|w| w.window_ms != len);
+            latest.push(figures);
+        }
+    }
+
+    fn prune(&mut self, watermark: i64) {
+        let (conflict_max, longest, comment_max) =
+            (self.conflict_max_open, self.longest, self.comment_max_open);
+        let conflict_horizon = watermark.saturating_sub(longest);
+        let mut expired = 0;
+        self.projects.retain(|_, p| {
+            p.docs.retain(|_, d| {
+                d.conflicts
+                    .retain(|_, s| s.end(conflict_max) >= conflict_horizon);
+                d.comments.retain(|_, added| {
+                    let keep = watermark.saturating_sub(*added) <= comment_max;
+                    expired += u64::from(!keep);
+                    keep
+                });
+                !d.conflicts.is_empty() || !d.comments.is_empty()
+            });
+            !p.docs.is_empty() || !p.windows.is_empty()
+        });
+        self.comments_expired += expired;
+        let horizon = watermark.saturating_sub(self.latest_retention);
+        self.latest.retain(|_, scopes| {
+            scopes.retain(|_, figures| {
+                figures.retain(|w| w.end >= horizon);
+                !figures.is_empty()
+            });
+            !scopes.is_empty()
+        });
+    }
+}
+
+/// The figures of a closed window (see the module doc for each definition).
+fn figures(
+    docs: &HashMap<Option<String>, DocState>,
+    conflict_max_open: i64,
+    start: i64,
+    end: i64,
+    len: i64,
+    agg: Agg,
+) -> Vec<Figure> {
+    let mut v = Vec::new();
+    let figure = |metric, user_id, value| Figure {
+        metric,
+        user_id,
+        value,
+    };
+    for (user, c) in agg.users {
+        v.push(figure(WORDS, Some(user.clone()), c.words as f64));
+        v.push(figure(EDITS, Some(user), c.edits as f64));
+    }
+    v.push(figure(
+        EDIT_VELOCITY,
+        None,
+        agg.edits as f64 * 60_000.0 / len as f64,
+    ));
+    v.push(figure(CONFLICTS, None, agg.conflicts as f64));
+    if agg.resolved > 0 {
+        let mean = agg.resolved_ms as f64 / agg.resolved as f64;
+        v.push(figure(CONFLICT_RESOLUTION, None, mean));
+    }
+    if agg.responses > 0 {
+        let mean = agg.response_ms as f64 / agg.responses as f64;
+        v.push(figure(COMMENT_RESPONSE, None, mean));
+    }
+    let (mut active, mut clean) = (0u64, 0u64);
+    for (document, seconds) in &agg.active {
+        // The conflicts of this document that overlap the window.
+        let spans: Vec<(i64, i64)> = docs
+            .get(document)
+            .into_iter()
+            .flat_map(|d| d.conflicts.values())
+            .map(|s| (s.detected, s.end(conflict_max_open)))
+            .filter(|&(from, to)| from < end && to >= start)
+            .collect();
+        for &sec in seconds {
+            let lo = sec.saturating_mul(1000).max(start);
+            let hi = sec.saturating_mul(1000).saturating_add(999).min(end - 1);
+            active += 1;
+            if !spans.iter().any(|&(from, to)| from <= hi && to >= lo) {
+                clean += 1;
+            }
+        }
+    }
+    if active > 0 {
+        v.push(figure(EFFICIENCY, None, clean as f64 / active as f64));
+    }
+    v
+}
+
+/// The `analytics.metric_updated` events of one closed window.
+fn emit(project: &str, scope: &Option<String>, w: &WindowFigures, out: &mut Vec<Event>) {
+    let window = window_label(w.window_ms);
+    let (len, start) = (w.window_ms.to_string(), w.start.to_string());
+    let level = if scope.is_some() {
+        "document"
+    } else {
+        "project"
+    };
+    let document = scope.as_deref().unwrap_or("");
+    for f in &w.figures {
+        let user = f.user_id.as_deref().unwrap_or("");
+        let mut dimensions = vec![dimension("project_id", project)];
+        if let Some(d) = scope {
+            dimensions.push(dimension("document_id", d));
+        }
+        if let Some(u) = &f.user_id {
+            dimensions.push(dimension("user_id", u));
+        }
+        dimensions.push(dimension("window", &window));
+        out.push(Event {
+            id: derived_id(
+                "team",
+                &[f.metric, level, project, document, user, &len, &start],
+            ),
+            ts: w.end - 1,
+            user_id: f.user_id.clone(),
+            project_id: Some(project.to_owned()),
+            document_id: scope.clone(),
+            data: Payload::AnalyticsMetricUpdated(MetricUpdated {
+                metric: f.metric.to_owned(),
+                value: f.value,
+                window_ms: Some(w.window_ms),
+                dimensions,
+            }),
+        });
+    }
+}
+
+fn dimension(name: &str, value: &str) -> Dimension {
+    Dimension {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+/// An event parked until the frontier passes its epoch, with its input.
+struct Parked {
+    event: Arc<Event>,
+    conflict: bool,
+}
+
+/// The timely wrapper: `records.team_metrics(conflicts, &config, time)`.
+pub trait TeamMetrics<'scope> {
+    fn team_metrics(
+        self,
+        conflicts: Stream<'scope, u64, Vec<Event>>,
+        config: &TeamConfig,
+        time: EventTime,
+    ) -> Stream<'scope, u64, Vec<Event>>;
+}
+
+impl<'scope> TeamMetrics<'scope> for Stream<'scope, u64, Vec<Record>> {
+    fn team_metrics(
+        self,
+        conflicts: Stream<'scope, u64, Vec<Event>>,
+        config: &TeamConfig,
+        time: EventTime,
+    ) -> Stream<'scope, u64, Vec<Event>> {
+        let config = config.clone();
+        let records_by_project =
+            Exchange::new(|r: &Record| stable_hash(r.event.project_id.as_deref().unwrap_or("")));
+        let conflicts_by_project =
+            Exchange::new(|e: &Event| stable_hash(e.project_id.as_deref().unwrap_or("")));
+        self.binary_frontier::<_, CapacityContainerBuilder<Vec<Event>>, _, _, _, _>(
+            conflicts,
+            records_by_project,
+            conflicts_by_project,
+            "TeamMetrics",
+            move |initial, _info| {
+                let mut tracker = TeamTracker::new(&config);
+                // Both inputs' events, by their own event-time epoch.
+                let mut parked: BTreeMap<u64, Vec<Parked>> = BTreeMap::new();
+                // Held at the frontier to emit the windows its passing closes.
+                let mut timer: Option<Capability<u64>> = Some(initial);
+                let mut out = Vec::new();
+                move |(records, f1), (conflicts, f2), output| {
+                    records.for_each(|_cap, data| {
+                        for r in data.drain(..) {
+                            if TeamTracker::wants_record(&r.event) {
+                                let epoch = time.epoch_of(r.event.ts);
+                                parked.entry(epoch).or_default().push(Parked {
+                                    event: r.event,
+                                    conflict: false,
+                                });
+                            }
+                        }
+                    });
+                    conflicts.for_each(|_cap, data| {
+                        for e in data.drain(..) {
+                            if TeamTracker::wants_conflict(&e) {
+                                let epoch = time.epoch_of(e.ts);
+                                parked.entry(epoch).or_default().push(Parked {
+                                    event: Arc::new(e),
+                                    conflict: true,
+                                });
+                            }
+                        }
+                    });
+                    // Conflicts lag the records (they are derived from them):
+                    // an epoch is final once both frontiers have passed it.
+                    let f = [f1.frontier().first(), f2.frontier().first()]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .copied();
+                    while let Some(entry) = parked.first_entry() {
+                        if f.is_some_and(|f| *entry.key() >= f) {
+                            break;
+                        }
+                        let (t, mut items) = entry.remove_entry();
+                        items.sort_by(|a, b| {
+                            (observation_order(&a.event), a.conflict)
+                                .cmp(&(observation_order(&b.event), b.conflict))
+                        });
+                        tracker.advance_to(t as i64, &mut out);
+                        for p in &items {
+                            if p.conflict {
+                                tracker.observe_conflict(&p.event, &mut out);
+                            } else {
+                                tracker.observe(&p.event, &mut out);
+                            }
+                        }
+                    }
+                    match f {
+                        Some(f) => {
+                            tracker.advance_to(f as i64, &mut out);
+                            if let Some(cap) = timer.as_mut() {
+                                give_at_own_epochs(output, cap, &time, &mut out);
+                                if *cap.time() < f {
+                                    cap.downgrade(&f);
+                                }
+                            }
+                        }
+                        None => {
+                            if time.flush_at_end {
+                                tracker.flush(&mut out);
+                            }
+                            if let Some(cap) = timer.take() {
+                                give_at_own_epochs(output, &cap, &time, &mut out);
+                            }
+                            out.clear();
+                        }
+                    }
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::payload::{
+        CommentAdded, CommentResolved, ConflictDetected, ConflictKind, ConflictResolved,
+        ConflictSeverity, EditApplied, Keystroke, TextSource, WordAdded,
+    };
+
+    const P: &str = "p1";
+
+    fn ev(id: &str, ts: i64, user: &str, doc: Option<&str>, data: Payload) -> Event {
+        Event {
+            id: id.into(),
+            ts,
+            user_id: Some(user.into()),
+            project_id: Some(P.into()),
+            document_id: doc.map(Into::into),
+            data,
+        }
+    }
+
+    fn words(id: &str, ts: i64, user: &str, doc: Option<&str>, words: i64) -> Event {
+        ev(
+            id,
+            ts,
+            user,
+            doc,
+            Payload::WritingWordAdded(WordAdded { words }),
+        )
+    }
+
+    fn edit(id: &str, ts: i64, user: &str, doc: Option<&str>) -> Event {
+        let e = EditApplied {
+            paragraph: 1,
+            offset: 0,
+            inserted: 3,
+            deleted: 0,
+        };
+        ev(id, ts, user, doc, Payload::CollaborationEditApplied(e))
+    }
+
+    fn keystroke(
+        id: &str,
+        ts: i64,
+        user: &str,
+        doc: Option<&str>,
+        words: i64,
+        paste: bool,
+    ) -> Event {
+        let k = Keystroke {
+            keystrokes: 5,
+            words,
+            chars: 5,
+            deleted_chars: None,
+            source: if paste {
+                TextSource::Paste
+            } else {
+                TextSource::Typed
+            },
+        };
+        ev(id, ts, user, doc, Payload::WritingKeystroke(k))
+    }
+
+    fn comment_added(id: &str, ts: i64, doc: Option<&str>, comment: &str) -> Event {
+        let c = CommentAdded {
+            comment_id: comment.into(),
+            paragraph: 0,
+            mentions: Vec::new(),
+            thread_id: None,
+        };
+        ev(id, ts, "u1", doc, Payload::CollaborationCommentAdded(c))
+    }
+
+    fn comment_resolved(id: &str, ts: i64, doc: Option<&str>, comment: &str) -> Event {
+        let c = CommentResolved {
+            comment_id: comment.into(),
+            resolved_by: None,
+        };
+        ev(id, ts, "u2", doc, Payload::CollaborationCommentResolved(c))
+    }
+
+    fn detected(id: &str, ts: i64, user: &str, doc: &str, conflict: &str) -> Event {
+        let c = ConflictDetected {
+            conflict_id: conflict.into(),
+            other_user_id: "other".into(),
+            paragraph: 1,
+            severity: ConflictSeverity::High,
+            kind: ConflictKind::SameParagraph,
+            suggestion: "someone is editing this paragraph".into(),
+        };
+        ev(
+            id,
+            ts,
+            user,
+            Some(doc),
+            Payload::CollaborationConflictDetected(c),
+        )
+    }
+
+    fn resolved(
+        id: &str,
+        ts: i64,
+        user: &str,
+        doc: &str,
+        conflict: &str,
+        duration_ms: i64,
+    ) -> Event {
+        let c = ConflictResolved {
+            conflict_id: conflict.into(),
+            other_user_id: "other".into(),
+            paragraph: 1,
+            duration_ms,
+            resolution: None,
+        };
+        ev(
+            id,
+            ts,
+            user,
+            Some(doc),
+            Payload::CollaborationConflictResolved(c),
+        )
+    }
+
+    fn is_conflict(e: &Event) -> bool {
+        matches!(
+            e.data,
+            Payload::CollaborationConflictDetected(_) | Payload::CollaborationConflictResolved(_)
+        )
+    }
+
+    fn cfg(windows_ms: &[u64]) -> TeamConfig {
+        TeamConfig {
+            windows: windows_ms
+                .iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect(),
+            ..TeamConfig::default()
+        }
+    }
+
+    /// Feeds `events` (conflict events to the conflicts input) in
+    /// observation order, then flushes.
+    fn run(t: &mut TeamTracker, mut events: Vec<Event>) -> Vec<Event> {
+        events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
+        let mut out = Vec::new();
+        for e in &events {
+            if is_conflict(e) {
+                t.observe_conflict(e, &mut out);
+            } else {
+                t.observe(e, &mut out);
+            }
+        }
+        t.flush(&mut out);
+        out
+    }
+
+    /// (metric, project, document, user, window_ms, ts, value).
+    type Row = (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+        f64,
+    );
+
+    fn rows(out: &[Event]) -> Vec<Row> {
+        let mut v: Vec<Row> = out
+            .iter()
+            .map(|e| match &e.data {
+                Payload::AnalyticsMetricUpdated(m) => (
+                    m.metric.clone(),
+                    e.project_id.clone().unwrap_or_default(),
+                    e.document_id.clone(),
+                    e.user_id.clone(),
+                    m.window_ms.unwrap_or_default(),
+                    e.ts,
+                    m.value,
+                ),
+                other => panic!("not a metric: {other:?}"),
+            })
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    }
+
+    /// Values of `metric` for a scope/user and window length, by window end.
+    fn values(
+        out: &[Event],
+        metric: &str,
+        doc: Option<&str>,
+        user: Option<&str>,
+        len: i64,
+    ) -> Vec<(i64, f64)> {
+        rows(out)
+            .into_iter()
+            .filter(|r| {
+                r.0 == metric && r.2.as_deref() == doc && r.3.as_deref() == user && r.4 == len
+            })
+            .map(|r| (r.5 + 1, r.6))
+            .collect()
+    }
+
+    #[test]
+    fn an_event_exactly_at_the_window_end_belongs_to_the_next_window() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(
+            &mut t,
+            vec![
+                words("a", 0, "u1", None, 3),
+                words("b", 59_999, "u1", None, 4),
+                words("c", 60_000, "u1", None, 5),
+            ],
+        );
+        assert_eq!(
+            values(&out, WORDS, None, Some("u1"), 60_000),
+            [(60_000, 7.0), (120_000, 5.0)]
+        );
+    }
+
+    #[test]
+    fn a_window_closes_only_when_the_watermark_reaches_its_end() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut out = Vec::new();
+        t.observe(&words("a", 1_000, "u1", Some("d1"), 2), &mut out);
+        t.advance_to(59_999, &mut out);
+        assert!(out.is_empty(), "an event at 59 999 could still come");
+        t.advance_to(60_000, &mut out);
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|e| e.ts == 59_999), "stamped at end - 1");
+        // Only the latest figures (project and document scope) remain.
+        assert_eq!(t.state_size(), 2);
+        t.advance_to(60_000 + 24 * 3_600_000 + 1, &mut out);
+        assert_eq!(
+            t.state_size(),
+            0,
+            "latest figures expire after the retention"
+        );
+    }
+
+    #[test]
+    fn empty_windows_emit_nothing() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(
+            &mut t,
+            vec![
+                edit("a", 10_000, "u1", Some("d1")),
+                edit("b", 200_000, "u1", Some("d1")),
+            ],
+        );
+        let ends: BTreeSet<i64> = out.iter().map(|e| e.ts + 1).collect();
+        assert_eq!(ends, BTreeSet::from([60_000, 240_000]));
+    }
+
+    #[test]
+    fn the_hour_window_sums_the_minute_windows() {
+        let mut t = TeamTracker::new(&TeamConfig::default());
+        let mut events = Vec::new();
+        for i in 0..200i64 {
+            let ts = (i * 7_919) % 3_600_000;
+            let user = ["u1", "u2", "u3"][(i % 3) as usize];
+            let doc = ["d1", "d2"][(i % 2) as usize];
+            events.push(words(&format!("w{i}"), ts, user, Some(doc), i % 5));
+            if i % 4 == 0 {
+                events.push(edit(&format!("e{i}"), ts + 1, user, Some(doc)));
+            }
+            if i % 10 == 0 {
+                events.push(detected(&format!("k{i}"), ts, user, doc, &format!("c{i}")));
+            }
+        }
+        let out = run(&mut t, events);
+        let sum = |metric: &str, doc: Option<&str>, user: Option<&str>| -> f64 {
+            values(&out, metric, doc, user, 60_000)
+                .iter()
+                .map(|v| v.1)
+                .sum()
+        };
+        for user in ["u1", "u2", "u3"] {
+            for doc in [None, Some("d1"), Some("d2")] {
+                for metric in [WORDS, EDITS] {
+                    let hour = values(&out, metric, doc, Some(user), 3_600_000);
+                    assert_eq!(hour.len(), 1);
+                    assert_eq!(
+                        hour[0].1,
+                        sum(metric, doc, Some(user)),
+                        "{metric} {user} {doc:?}"
+                    );
+                }
+            }
+        }
+        let hour = values(&out, CONFLICTS, None, None, 3_600_000);
+        assert_eq!(hour, [(3_600_000, 20.0)]);
+        assert_eq!(sum(CONFLICTS, None, None), 20.0);
+        assert_eq!(
+            values(&out, EDIT_VELOCITY, None, None, 3_600_000),
+            [(3_600_000, 50.0 / 60.0)]
+        );
+    }
+
+    #[test]
+    fn words_count_typed_text_only_and_edits_count_edit_events() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(
+            &mut t,
+            vec![
+                keystroke("a", 0, "u1", Some("d1"), 4, false),
+                keystroke("b", 1, "u1", Some("d1"), 40, true),
+                edit("c", 2, "u1", Some("d1")),
+                edit("d", 3, "u2", Some("d1")),
+            ],
+        );
+        assert_eq!(
+            values(&out, WORDS, Some("d1"), Some("u1"), 60_000),
+            [(60_000, 4.0)]
+        );
+        assert_eq!(
+            values(&out, EDITS, Some("d1"), Some("u1"), 60_000),
+            [(60_000, 1.0)]
+        );
+        assert_eq!(
+            values(&out, WORDS, Some("d1"), Some("u2"), 60_000),
+            [(60_000, 0.0)]
+        );
+        assert_eq!(
+            values(&out, EDIT_VELOCITY, Some("d1"), None, 60_000),
+            [(60_000, 2.0)]
+        );
+    }
+
+    #[test]
+    fn comment_response_time_is_resolution_minus_addition() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(
+            &mut t,
+            vec![
+                comment_added("a1", 10_000, Some("d1"), "c1"),
+                comment_added("a2", 20_000, Some("d1"), "c2"),
+                comment_added("a3", 30_000, Some("d1"), "c3"),
+                comment_resolved("r1", 40_000, Some("d1"), "c1"),
+                comment_resolved("r3", 50_000, Some("d1"), "c3"),
+                comment_resolved("r2", 70_000, Some("d1"), "c2"),
+                // Resolved without a known addition: ignored.
+                comment_resolved("r9", 75_000, Some("d1"), "c9"),
+            ],
+        );
+        for doc in [None, Some("d1")] {
+            assert_eq!(
+                values(&out, COMMENT_RESPONSE, doc, None, 60_000),
+                [(60_000, 25_000.0), (120_000, 50_000.0)]
+            );
+        }
+        assert_eq!(t.state_size(), 2, "only the latest figures remain");
+    }
+
+    #[test]
+    fn a_comment_open_longer_than_the_bound_is_dropped_and_counted() {
+        let config = TeamConfig {
+            comment_max_open: Duration::from_secs(60),
+            ..cfg(&[60_000])
+        };
+        let mut t = TeamTracker::new(&config);
+        let mut out = Vec::new();
+        let events = [
+            comment_added("a1", 0, Some("d1"), "c1"),
+            comment_added("a2", 0, Some("d1"), "c2"),
+            comment_added("a3", 0, Some("d1"), "c3"),
+            comment_resolved("r1", 60_000, Some("d1"), "c1"),
+            comment_resolved("r2", 60_001, Some("d1"), "c2"),
+        ];
+        for e in &events {
+            t.observe(e, &mut out);
+        }
+        t.advance_to(60_002, &mut out);
+        assert_eq!(t.comments_expired(), 2, "c2 resolved too late, c3 never");
+        t.advance_to(120_000, &mut out);
+        assert_eq!(
+            values(&out, COMMENT_RESPONSE, Some("d1"), None, 60_000),
+            [(120_000, 60_000.0)],
+            "exactly the bound still counts"
+        );
+        assert!(t.projects.is_empty(), "no comment left open");
+    }
+
+    #[test]
+    fn conflict_resolution_mean_counts_each_conflict_once() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(
+            &mut t,
+            vec![
+                // c1 reported by both users of the pair.
+                detected("k1", 1_000, "u1", "d1", "c1"),
+                detected("k2", 1_000, "u2", "d1", "c1"),
+                detected("k3", 2_000, "u1", "d1", "c2"),
+                resolved("r1", 5_000, "u1", "d1", "c1", 4_000),
+                resolved("r2", 5_000, "u2", "d1", "c1", 4_000),
+                resolved("r3", 12_000, "u1", "d1", "c2", 10_000),
+            ],
+        );
+        for doc in [None, Some("d1")] {
+            assert_eq!(values(&out, CONFLICTS, doc, None, 60_000), [(60_000, 2.0)]);
+            assert_eq!(
+                values(&out, CONFLICT_RESOLUTION, doc, None, 60_000),
+                [(60_000, 7_000.0)]
+            );
+        }
+        assert!(
+            values(&out, EFFICIENCY, None, None, 60_000).is_empty(),
+            "no activity, no efficiency"
+        );
+    }
+
+    #[test]
+    fn efficiency_is_one_without_conflicts() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(
+            &mut t,
+            (0..10)
+                .map(|i| edit(&format!("e{i}"), i * 3_000, "u1", Some("d1")))
+                .collect(),
+        );
+        assert_eq!(
+            values(&out, EFFICIENCY, Some("d1"), None, 60_000),
+            [(60_000, 1.0)]
+        );
+        assert_eq!(
+            values(&out, EFFICIENCY, None, None, 60_000),
+            [(60_000, 1.0)]
+        );
+    }
+
+    #[test]
+    fn efficiency_counts_active_seconds_while_a_conflict_is_open() {
+        let mut t = TeamTracker::new(&cfg(&[10_000]));
+        let mut events: Vec<Event> = (0..20)
+            .map(|s| edit(&format!("e{s}"), s * 1_000 + 500, "u1", Some("d1")))
+            .collect();
+        // Open over seconds 3..=5.
+        events.push(detected("k1", 3_200, "u1", "d1", "c1"));
+        events.push(resolved("r1", 5_100, "u1", "d1", "c1", 1_900));
+        // Open from second 8 across the window end, until second 12.
+        events.push(detected("k2", 8_999, "u2", "d1", "c2"));
+        events.push(resolved("r2", 12_000, "u2", "d1", "c2", 3_001));
+        // Another document's conflict does not touch d1.
+        events.push(detected("k3", 0, "u3", "d2", "c3"));
+        events.push(resolved("r3", 19_000, "u3", "d2", "c3", 19_000));
+        let out = run(&mut t, events);
+        assert_eq!(
+            values(&out, EFFICIENCY, Some("d1"), None, 10_000),
+            [(10_000, 0.5), (20_000, 0.7)]
+        );
+    }
+
+    #[test]
+    fn an_unresolved_conflict_stops_counting_after_its_bound() {
+        let config = TeamConfig {
+            conflict_max_open: Duration::from_millis(2_000),
+            ..cfg(&[10_000])
+        };
+        let mut t = TeamTracker::new(&config);
+        let mut events: Vec<Event> = (0..5)
+            .map(|s| edit(&format!("e{s}"), s * 1_000, "u1", Some("d1")))
+            .collect();
+        events.push(detected("k1", 0, "u1", "d1", "c1"));
+        let out = run(&mut t, events);
+        // Seconds 0, 1, 2 conflicted (open through 2 000 inclusive).
+        assert_eq!(
+            values(&out, EFFICIENCY, Some("d1"), None, 10_000),
+            [(10_000, 0.4)]
+        );
+    }
+
+    #[test]
+    fn records_without_project_and_client_sent_conflicts_are_ignored() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut out = Vec::new();
+        let mut e = words("a", 0, "u1", None, 3);
+        e.project_id = None;
+        t.observe(&e, &mut out);
+        // A conflict on the records input is not the conflicts operator's.
+        t.observe(&detected("k", 0, "u1", "d1", "c1"), &mut out);
+        t.flush(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(t.state_size(), 0);
+        assert!(!TeamTracker::wants_record(&e));
+        assert!(!TeamTracker::wants_record(&detected(
+            "k", 0, "u1", "d1", "c1"
+        )));
+    }
+
+    #[test]
+    fn outputs_carry_envelope_and_dimensions() {
+        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let out = run(&mut t, vec![words("a", 61_000, "u1", Some("d1"), 3)]);
+        let e = out
+            .iter()
+            .find(|e| e.document_id.is_some() && e.user_id.is_some())
+            .unwrap();
+        let Payload::AnalyticsMetricUpdated(m) = &e.data else {
+            panic!()
+        };
+        let dims: Vec<(&str, &str)> = m
+            .dimensions
+            .iter()
+            .map(|d| (d.name.as_str(), d.value.as_str()))
+            .collect();
+        assert_eq!(
+            dims,
+            [
+                ("project_id", "p1"),
+                ("document_id", "d1"),
+                ("user_id", "u1"),
+                ("window", "1m")
+            ]
+        );
+        assert_eq!((e.ts, m.window_ms), (119_999, Some(60_000)));
+        assert_eq!(e.event_type(), "analytics.metric_updated");
+        let ids: BTreeSet<&str> = out.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), out.len(), "ids are distinct");
+    }
+
+    #[test]
+    fn latest_exposes_the_last_closed_window_of_each_length() {
+        let mut t = TeamTracker::new(&cfg(&[60_000, 120_000]));
+        let mut out = Vec::new();
+        t.observe(&words("a", 0, "u1", Some("d1"), 3), &mut out);
+        t.observe(&words("b", 60_000, "u1", Some("d1"), 5), &mut out);
+        t.advance_to(120_000, &mut out);
+        let latest = t.latest(P, Some("d1"));
+        assert_eq!(
+            latest
+                .iter()
+                .map(|w| (w.window_ms, w.start, w.end))
+                .collect::<Vec<_>>(),
+            [(60_000, 60_000, 120_000), (120_000, 0, 120_000)]
+        );
+        let words_of = |w: &WindowFigures| {
+            w.figures
+                .iter()
+                .find(|f| f.metric == WORDS)
+                .map(|f| f.value)
+        };
+        assert_eq!(words_of(latest[0]), Some(5.0));
+        assert_eq!(words_of(latest[1]), Some(8.0));
+        assert_eq!(t.latest(P, None).len(), 2);
+        assert!(t.latest(P, Some("d9")).is_empty());
+        assert!(t.latest("p9", None).is_empty());
+    }
+
+    #[test]
+    fn config_reads_duration_lists_from_toml() {
+        let c: TeamConfig =
+            toml::from_str("windows = [\"1m\", \"1h\", 90000]\ncomment_max_open = \"2d\"").unwrap();
+        assert_eq!(
+            c.windows,
+            [
+                Duration::from_secs(60),
+                Duration::from_secs(3600),
+                Duration::from_secs(90)
+            ]
+        );
+        assert_eq!(c.comment_max_open, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.conflict_max_open, Duration::from_secs(3600));
+        assert!(toml::from_str::<TeamConfig>("windows = [\"1x\"]").is_err());
+        assert!(toml::from_str::<TeamConfig>("window = [\"1m\"]").is_err());
+        assert!(cfg(&[0]).validate().is_err());
+        assert!(TeamConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn window_labels_use_the_largest_exact_unit() {
+        assert_eq!(window_label(60_000), "1m");
+        assert_eq!(window_label(3_600_000), "1h");
+        assert_eq!(window_label(90_000), "90s");
+        assert_eq!(window_label(86_400_000), "1d");
+        assert_eq!(window_label(250), "250ms");
+    }
+
+    // ---- reference: a naive implementation on seeded random streams --------
+
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    fn reference_config() -> TeamConfig {
+        TeamConfig {
+            windows: vec![
+                Duration::from_secs(60),
+                Duration::from_secs(90),
+                Duration::from_secs(300),
+            ],
+            comment_max_open: Duration::from_secs(120),
+            conflict_max_open: Duration::from_secs(45),
+            latest_retention: Duration::from_secs(3600),
+        }
+    }
+
+    /// A random stream within the conflicts operator's habits: each conflict
+    /// has one id, reported by one or both users at its detection and (maybe)
+    /// its resolution, resolved within `conflict_max_open`.
+    fn random_stream(seed: u64, n: usize) -> Vec<Event> {
+        let cfg = reference_config();
+        let mut g = SplitMix(seed);
+        let span = 10 * 60_000;
+        let projects = ["p1", "p2"];
+        let docs = [None, Some("d1"), Some("d2")];
+        let users = ["u1", "u2", "u3"];
+        let mut out = Vec::new();
+        for i in 0..n {
+            let ts = g.below(span) as i64;
+            let project = *g.pick(&projects);
+            let doc = *g.pick(&docs);
+            let user = *g.pick(&users);
+            let id = |j: usize| format!("e{i}-{j}");
+            let mut batch = match g.below(10) {
+                0..=1 => vec![words(&id(0), ts, user, doc, g.below(6) as i64)],
+                2 => vec![keystroke(
+                    &id(0),
+                    ts,
+                    user,
+                    doc,
+                    g.below(6) as i64,
+                    g.below(4) == 0,
+                )],
+                3..=5 => vec![edit(&id(0), ts, user, doc)],
+                6 => {
+                    let c = format!("c{i}");
+                    let mut v = vec![comment_added(&id(0), ts, doc, &c)];
+                    let r = match g.below(5) {
+                        0 => None,
+                        1 => Some(ts - g.below(2_000) as i64),
+                        2 => Some(ts),
+                        _ => Some(ts + g.below(3 * ms(cfg.comment_max_open) as u64) as i64),
+                    };
+                    if let Some(r) = r {
+                        v.push(comment_resolved(&id(1), r, doc, &c));
+                    }
+                    v
+                }
+                _ => {
+                    let doc = doc.unwrap_or("d1");
+                    let c = format!("k{i}");
+                    let other = *g.pick(&users);
+                    let both = g.below(2) == 0;
+                    let mut v = vec![detected(&id(0), ts, user, doc, &c)];
+                    if both {
+                        v.push(detected(&id(1), ts, other, doc, &c));
+                    }
+                    if g.below(5) > 0 {
+                        let d = g.below(ms(cfg.conflict_max_open) as u64 + 1) as i64;
+                        v.push(resolved(&id(2), ts + d, user, doc, &c, d));
+                        if both {
+                            v.push(resolved(&id(3), ts + d, other, doc, &c, d));
+                        }
+                    }
+                    v
+                }
+            };
+            for e in &mut batch {
+                e.project_id = Some(project.into());
+                if g.below(40) == 0 {
+                    e.project_id = None;
+                }
+                if g.below(30) == 0 {
+                    e.user_id = None;
+                }
+            }
+            out.extend(batch);
+        }
+        out
+    }
+
+    #[derive(Default)]
+    struct RefWindow {
+        users: BTreeMap<String, (u64, u64)>,
+        edits: u64,
+        conflicts: u64,
+        resolutions: Vec<i64>,
+        responses: Vec<i64>,
+        active: BTreeSet<(Option<String>, i64)>,
+    }
+
+    /// The definitions of the module doc, applied to the whole stream at once.
+    fn reference(events: &[Event], cfg: &TeamConfig) -> Vec<Row> {
+        let lengths: Vec<i64> = cfg.windows.iter().map(|d| ms(*d)).collect();
+        let comment_max = ms(cfg.comment_max_open);
+        let conflict_max = ms(cfg.conflict_max_open);
+        type Key = (String, Option<String>, String);
+        // (project, document, conflict id) -> first detection, first resolution (ts, duration)
+        /// First detection, first resolution (ts, duration).
+        type RefConflict = (Option<i64>, Option<(i64, i64)>);
+        let mut conflicts: BTreeMap<Key, RefConflict> = BTreeMap::new();
+        // (project, document, comment id) -> first addition, resolutions
+        let mut comments: BTreeMap<Key, (Option<i64>, Vec<i64>)> = BTreeMap::new();
+        let mut windows: BTreeMap<(String, Option<String>, i64, i64), RefWindow> = BTreeMap::new();
+        let mut each_window =
+            |project: &str, doc: &Option<String>, ts: i64, f: &dyn Fn(&mut RefWindow)| {
+                for &len in &lengths {
+                    let start = ts.div_euclid(len) * len;
+                    let mut scopes = vec![None];
+                    if doc.is_some() {
+                        scopes.push(doc.clone());
+                    }
+                    for scope in scopes {
+                        f(windows
+                            .entry((project.into(), scope, len, start))
+                            .or_default());
+                    }
+                }
+            };
+        for e in events {
+            let Some(project) = e.project_id.clone() else {
+                continue;
+            };
+            let doc = e.document_id.clone();
+            match &e.data {
+                Payload::WritingKeystroke(_)
+                | Payload::WritingWordAdded(_)
+                | Payload::CollaborationEditApplied(_) => {
+                    let w = written_words(e).unwrap_or(0);
+                    let edit = u64::from(matches!(e.data, Payload::CollaborationEditApplied(_)));
+                    let user = e.user_id.clone();
+                    let sec = e.ts.div_euclid(1000);
+                    each_window(&project, &doc, e.ts, &|rw| {
+                        rw.edits += edit;
+                        if let Some(u) = &user {
+                            let c = rw.users.entry(u.clone()).or_default();
+                            c.0 += w;
+                            c.1 += edit;
+                        }
+                        rw.active.insert((doc.clone(), sec));
+                    });
+                }
+                Payload::CollaborationConflictDetected(c) => {
+                    let k = (project, doc, c.conflict_id.clone());
+                    let d = &mut conflicts.entry(k).or_default().0;
+                    *d = Some(d.map_or(e.ts, |d| d.min(e.ts)));
+                }
+                Payload::CollaborationConflictResolved(c) => {
+                    let k = (project, doc, c.conflict_id.clone());
+                    let r = &mut conflicts.entry(k).or_default().1;
+                    if r.is_none_or(|(t, _)| e.ts < t) {
+                        *r = Some((e.ts, c.duration_ms));
+                    }
+                }
+                Payload::CollaborationCommentAdded(c) => {
+                    let k = (project, doc, c.comment_id.clone());
+                    let a = &mut comments.entry(k).or_default().0;
+                    *a = Some(a.map_or(e.ts, |a| a.min(e.ts)));
+                }
+                Payload::CollaborationCommentResolved(c) => {
+                    let k = (project, doc, c.comment_id.clone());
+                    comments.entry(k).or_default().1.push(e.ts);
+                }
+                _ => {}
+            }
+        }
+        for ((project, doc, _), (d, r)) in &conflicts {
+            if let Some(d) = d {
+                each_window(project, doc, *d, &|rw| rw.conflicts += 1);
+            }
+            if let Some((r, duration)) = r {
+                each_window(project, doc, *r, &|rw| rw.resolutions.push(*duration));
+            }
+        }
+        for ((project, doc, _), (a, rs)) in &comments {
+            let Some(a) = a else { continue };
+            if let Some(r) = rs.iter().filter(|r| **r >= *a).min()
+                && r - a <= comment_max
+            {
+                each_window(project, doc, *r, &|rw| rw.responses.push(r - a));
+            }
+        }
+        let mut rows = Vec::new();
+        for ((project, scope, len, start), w) in windows {
+            let end = start + len;
+            let row = |metric: &str, user: Option<String>, value: f64| -> Row {
+                (
+                    metric.into(),
+                    project.clone(),
+                    scope.clone(),
+                    user,
+                    len,
+                    end - 1,
+                    value,
+                )
+            };
+            for (u, (words, edits)) in &w.users {
+                rows.push(row(WORDS, Some(u.clone()), *words as f64));
+                rows.push(row(EDITS, Some(u.clone()), *edits as f64));
+            }
+            rows.push(row(
+                EDIT_VELOCITY,
+                None,
+                w.edits as f64 * 60_000.0 / len as f64,
+            ));
+            rows.push(row(CONFLICTS, None, w.conflicts as f64));
+            if !w.resolutions.is_empty() {
+                let mean = w.resolutions.iter().sum::<i64>() as f64 / w.resolutions.len() as f64;
+                rows.push(row(CONFLICT_RESOLUTION, None, mean));
+            }
+            if !w.responses.is_empty() {
+                let mean = w.responses.iter().sum::<i64>() as f64 / w.responses.len() as f64;
+                rows.push(row(COMMENT_RESPONSE, None, mean));
+            }
+            if !w.active.is_empty() {
+                let clean = w
+                    .active
+                    .iter()
+                    .filter(|(doc, sec)| {
+                        let lo = (sec * 1000).max(start);
+                        let hi = (sec * 1000 + 999).min(end - 1);
+                        !conflicts.iter().any(|((p, d, _), (det, res))| {
+                            let (from, until) = match (det, res) {
+                                (Some(det), None) => (*det, det + conflict_max),
+                                (Some(det), Some((r, _))) => (*det, (*r).min(det + conflict_max)),
+                                // Known only from its resolution: in the windows holding it.
+                                (None, Some((r, duration))) if start <= *r && *r < end => {
+                                    (r - duration, *r)
+                                }
+                                _ => return false,
+                            };
+                            p == &project && d == doc && from <= hi && until >= lo
+                        })
+                    })
+                    .count();
+                rows.push(row(EFFICIENCY, None, clean as f64 / w.active.len() as f64));
+            }
+        }
+        rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        rows
+    }
+
+    #[test]
+    fn the_core_matches_a_naive_reference_on_random_streams() {
+        let cfg = reference_config();
+        for seed in 1..=12 {
+            let events = random_stream(seed, 400);
+            let expected = reference(&events, &cfg);
+            // The core, with the watermark advancing at random points.
+            let mut g = SplitMix(seed ^ 0xABCD);
+            let mut sorted = events.clone();
+            sorted.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
+            let mut t = TeamTracker::new(&cfg);
+            let mut out = Vec::new();
+            let mut watermark = i64::MIN;
+            let mut peak = 0;
+            for e in &sorted {
+                if g.below(8) == 0 && e.ts > watermark.max(0) {
+                    watermark =
+                        watermark.max(0) + g.below((e.ts - watermark.max(0)) as u64 + 1) as i64;
+                    t.advance_to(watermark, &mut out);
+                }
+                if is_conflict(e) {
+                    t.observe_conflict(e, &mut out);
+                } else {
+                    t.observe(e, &mut out);
+                }
+                peak = peak.max(t.state_size());
+            }
+            t.flush(&mut out);
+            let got = rows(&out);
+            assert!(!expected.is_empty());
+            assert_eq!(got.len(), expected.len(), "seed {seed}");
+            for (g, x) in got.iter().zip(&expected) {
+                assert_eq!(
+                    (&g.0, &g.1, &g.2, &g.3, g.4, g.5),
+                    (&x.0, &x.1, &x.2, &x.3, x.4, x.5),
+                    "seed {seed}"
+                );
+                assert!((g.6 - x.6).abs() < 1e-9, "seed {seed}: {g:?} vs {x:?}");
+            }
+            let ids: BTreeSet<&str> = out.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids.len(), out.len(), "seed {seed}: ids are distinct");
+            assert!(peak > 0);
+        }
+    }
+
+    // ---- the timely wrapper ------------------------------------------------
+
+    fn run_dataflow(events: Vec<Event>, workers: usize, batch: usize) -> Vec<Event> {
+        let config = crate::config::Config::default();
+        let team = reference_config();
+        let (out, late) =
+            crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
+                use timely::dataflow::operators::vec::{Filter, Map};
+                let time = EventTime {
+                    epoch_ms: cfg.dataflow.epoch.as_millis().max(1) as u64,
+                    flush_at_end: cfg.dataflow.flush_at_end,
+                };
+                // Tests put synthetic conflict events in the input.
+                let conflicts = s
+                    .clone()
+                    .filter(|r| is_conflict(&r.event))
+                    .map(|r| (*r.event).clone());
+                s.team_metrics(conflicts, &team, time)
+            });
+        assert!(late.is_empty(), "{} late", late.len());
+        out
+    }
+
+    #[test]
+    fn the_dataflow_output_is_independent_of_workers_batching_and_disorder() {
+        let disorder = crate::config::Config::default()
+            .dataflow
+            .allowed_disorder
+            .as_millis() as u64;
+        for seed in [3, 8] {
+            let mut events = random_stream(seed, 300);
+            events.sort_by_key(|e| e.ts);
+            // The core on the events in order is the expected output.
+            let mut t = TeamTracker::new(&reference_config());
+            let expected = run(&mut t, events.clone());
+            assert!(!expected.is_empty());
+            let mut expected_sorted = expected.clone();
+            expected_sorted.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
+            // Shuffled within the disorder bound: each event moves by less than it.
+            let mut g = SplitMix(seed);
+            let mut keyed: Vec<(i64, Event)> = events
+                .iter()
+                .map(|e| (e.ts + g.below(disorder) as i64, e.clone()))
+                .collect();
+            keyed.sort_by_key(|(k, _)| *k);
+            let shuffled: Vec<Event> = keyed.into_iter().map(|(_, e)| e).collect();
+            assert_ne!(shuffled, events);
+            for (input, name) in [(&events, "ordered"), (&shuffled, "shuffled")] {
+                for workers in [1, 2] {
+                    for batch in [1, 7, 1000] {
+                        let out = run_dataflow(input.clone(), workers, batch);
+                        assert_eq!(
+                            out, expected_sorted,
+                            "seed {seed} {name} workers {workers} batch {batch}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
