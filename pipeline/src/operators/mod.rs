@@ -2,6 +2,7 @@
 //! (no timely, no tokio: plain `observe`/`advance_to`), the timely wrapper as an
 //! extension trait on `Stream`, and its tests.
 
+pub mod presence;
 pub mod sessions;
 pub mod wpm;
 
