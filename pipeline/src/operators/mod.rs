@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod conflicts;
+pub mod presence;
 pub mod sessions;
 pub mod team;
 pub mod wpm;

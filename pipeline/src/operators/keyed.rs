@@ -1,0 +1,220 @@
+//! The runtime every stateful operator runs in: exchange by key, arrival-order
+//! or event-time-order processing, capability management for outputs fired
+//! by the passing of time, and checkpoint barriers (see [`crate::checkpoint`]).
+//!
+//! An operator supplies a [`Core`]: a pure, serializable state machine
+//! (`observe`, `advance_to`, `flush`). This file is the only place that
+//! knows how a core meets timely, so every operator gets the same
+//! guarantees:
+//! - records reach `observe` in per-key arrival order ([`Order::Arrival`],
+//!   live operators) or, once the watermark has passed their epoch, in
+//!   (event time, arrival) order ([`Order::EventTime`], deterministic
+//!   whatever the disorder within the bound);
+//! - `advance_to(w)` is called with a watermark `w` (no record with `ts < w`
+//!   will be observed any more) each time it moves;
+//! - every output is stamped at its own event-time epoch, never earlier than
+//!   the input that caused it ([`give_at_own_epochs`]);
+//! - at each checkpoint barrier the core and its parked records are saved,
+//!   and restored at start.
+
+use crate::checkpoint::Checkpoints;
+use crate::operators::{EpochBuffer, EventTime, Record, give_at_own_epochs};
+use schemas::Event;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Filter;
+
+/// In which order a core observes its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// As they arrive (per key: log order). Live outputs, low latency.
+    Arrival,
+    /// Once the watermark has passed their epoch, sorted by
+    /// [`Core::sort_epoch`]. Deterministic whatever the arrival order.
+    EventTime,
+}
+
+/// A stateful operator's pure logic.
+pub trait Core: Serialize + DeserializeOwned + 'static {
+    /// Names the operator in timely, logs and checkpoint files.
+    const NAME: &'static str;
+    const ORDER: Order;
+    /// Whether the operator reads `r` at all (filtered before the exchange).
+    fn wants(r: &Record) -> bool;
+    /// The key `r` is exchanged by: all records of one key meet on one worker.
+    fn key(r: &Record) -> u64;
+    /// Takes one record; pushes what it derives.
+    fn observe(&mut self, r: &Record, out: &mut Vec<Event>);
+    /// No record with `ts < watermark` will be observed any more: fire what
+    /// the passing of time decides (output `ts` = the moment it happened).
+    fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>);
+    /// End of input with `flush_at_end` (replay): close everything open.
+    fn flush(&mut self, out: &mut Vec<Event>);
+    /// Keys or entries held (memory is bounded by active keys).
+    fn state_size(&self) -> usize;
+    /// The order of one epoch's records ([`Order::EventTime`]).
+    fn sort_epoch(records: &mut [Record]) {
+        records.sort_by_key(|r| (r.event.ts, r.seq));
+    }
+}
+
+/// Where an operator instance runs.
+#[derive(Clone)]
+pub struct Ctx {
+    pub time: EventTime,
+    /// Global index of this worker (names its checkpoint parts).
+    pub worker: usize,
+    pub checkpoints: Option<Arc<Checkpoints>>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a, C> {
+    core: &'a C,
+    pending: Vec<&'a Record>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(bound = "C: DeserializeOwned")]
+struct Snapshot<C> {
+    core: C,
+    pending: Vec<Record>,
+}
+
+/// Runs `core` over `records`: `records.keyed(core, &ctx)`.
+pub trait Keyed<'scope> {
+    fn keyed<C: Core>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
+}
+
+impl<'scope> Keyed<'scope> for Stream<'scope, u64, Vec<Record>> {
+    fn keyed<C: Core>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
+        let ctx = ctx.clone();
+        let time = ctx.time;
+        let part = format!("{}-w{}", C::NAME, ctx.worker);
+        self.filter(|r| C::wants(r)).unary_frontier(
+            Exchange::new(|r: &Record| C::key(r)),
+            C::NAME,
+            move |initial, _info| {
+                let ckpt = ctx.checkpoints.clone();
+                let mut core = core;
+                let mut pending = EpochBuffer::default();
+                if let Some(c) = ckpt.as_ref() {
+                    match c.load::<Snapshot<C>>(&part) {
+                        Ok(Some(s)) => {
+                            core = s.core;
+                            pending.push(&time, &mut s.pending.clone());
+                            tracing::info!(operator = C::NAME, state = core.state_size(), "state restored");
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::error!(%error, operator = C::NAME, "checkpoint unreadable; starting empty")
+                        }
+                    }
+                }
+                let mut next_barrier = ckpt
+                    .as_ref()
+                    .map(|c| c.next_barrier(c.restored().unwrap_or(0)));
+                // Containers stamped at or after the next barrier wait for it.
+                let mut held: Vec<(Capability<u64>, Vec<Record>)> = Vec::new();
+                let mut cap: Option<Capability<u64>> = Some(initial);
+                let mut out = Vec::new();
+                let mut scratch = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each(|c, data| {
+                        let Some(c) = c.retain_least(0) else {
+                            return;
+                        };
+                        if next_barrier.is_some_and(|b| *c.time() >= b) {
+                            held.push((c, std::mem::take(data)));
+                            return;
+                        }
+                        match C::ORDER {
+                            Order::Arrival => {
+                                for r in data.iter() {
+                                    core.observe(r, &mut out);
+                                }
+                                give_at_own_epochs(output, &c, &time, &mut out);
+                            }
+                            Order::EventTime => pending.push(&time, data),
+                        }
+                    });
+                    let f = frontier.frontier().first().copied();
+                    loop {
+                        let barrier = match (f, next_barrier) {
+                            (Some(f), Some(b)) if f >= b => Some(b),
+                            _ => None,
+                        };
+                        let target = barrier.or(f);
+                        let Some(floor) = cap.as_ref() else {
+                            break;
+                        };
+                        // Work due before `target`, in event-time order.
+                        while let Some((t, mut records)) = pending.pop_ready(target) {
+                            C::sort_epoch(&mut records);
+                            for r in &records {
+                                core.observe(r, &mut out);
+                            }
+                            let w = (t + time.epoch_ms) as i64;
+                            if target.is_none_or(|target| w <= target as i64) {
+                                core.advance_to(w, &mut out);
+                            }
+                            give_at_own_epochs(output, floor, &time, &mut out);
+                        }
+                        let Some(target) = target else {
+                            // Input ended.
+                            if time.flush_at_end {
+                                core.flush(&mut out);
+                            }
+                            if let Some(c) = cap.take() {
+                                give_at_own_epochs(output, &c, &time, &mut out);
+                            }
+                            out.clear();
+                            break;
+                        };
+                        core.advance_to(target as i64, &mut out);
+                        if let Some(c) = cap.as_mut() {
+                            give_at_own_epochs(output, c, &time, &mut out);
+                            if *c.time() < target {
+                                c.downgrade(&target);
+                            }
+                        }
+                        let Some(b) = barrier else {
+                            break;
+                        };
+                        // Every record stamped before `b` has been observed or
+                        // parked, nothing stamped later: the cut.
+                        if let Some(c) = ckpt.as_ref() {
+                            let snapshot = SnapshotRef {
+                                core: &core,
+                                pending: pending.iter().collect(),
+                            };
+                            c.save(b, &part, &snapshot);
+                            next_barrier = Some(c.next_barrier(b));
+                        }
+                        // Release what waited for this barrier (in arrival order).
+                        scratch.append(&mut held);
+                        for (c, mut data) in scratch.drain(..) {
+                            if next_barrier.is_some_and(|nb| *c.time() >= nb) {
+                                held.push((c, data));
+                                continue;
+                            }
+                            match C::ORDER {
+                                Order::Arrival => {
+                                    for r in data.iter() {
+                                        core.observe(r, &mut out);
+                                    }
+                                    give_at_own_epochs(output, &c, &time, &mut out);
+                                }
+                                Order::EventTime => pending.push(&time, &mut data),
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+}
