@@ -20,6 +20,11 @@ pub struct Config {
     pub dataflow: DataflowConfig,
     pub wpm: crate::operators::wpm::WpmConfig,
     pub sessions: crate::operators::sessions::SessionsConfig,
+    pub presence: crate::operators::presence::PresenceConfig,
+    pub conflicts: crate::operators::conflicts::ConflictsConfig,
+    pub team: crate::operators::team::TeamConfig,
+    pub alerts: crate::operators::alerts::AlertsConfig,
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
     pub auth: AuthSettings,
 }
 
@@ -429,6 +434,15 @@ impl Config {
                 "dataflow.process_index",
                 "must be less than the number of dataflow.hosts",
             );
+        }
+        if let Err(message) = self.team.validate() {
+            return bad("team.windows", &message);
+        }
+        if let Err(e) = crate::operators::alerts::AlertRules::new(&self.alerts) {
+            return Err(ConfigError::Invalid {
+                path: e.path.clone(),
+                message: e.message.clone(),
+            });
         }
         if self.dataflow.epoch.is_zero() {
             return bad("dataflow.epoch", "must be positive");

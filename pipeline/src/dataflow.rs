@@ -13,7 +13,11 @@
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
 use crate::config::Config;
+use crate::operators::alerts::Alerts;
+use crate::operators::conflicts::ConflictWindows;
+use crate::operators::presence::Presence;
 use crate::operators::sessions::Sessions;
+use crate::operators::team::TeamMetrics;
 use crate::operators::wpm::LiveWpm;
 use crate::operators::{EventTime, Record, derived_id, stable_hash};
 use schemas::Event;
@@ -23,8 +27,10 @@ use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::core::unordered_input::{UnorderedHandle, UnorderedInput};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{ActivateCapability, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
@@ -37,6 +43,17 @@ pub trait DerivedSink: Send + Sync + 'static {
 }
 
 /// Every operator, wired: events in, derived events out.
+///
+/// ```text
+/// records ─┬─ live_wpm ───────────────────────────────┐
+///          ├─ sessions (state machine, flow) ──┬──────┤
+///          ├─ presence ────────────────────────│──────┤
+///          ├─ conflict_windows ──┬─────────────│──────┼──▶ derived events
+///          │                     ▼             │      │
+///          ├─ team_metrics ◀── conflicts       │      │
+///          │                                   ▼      │
+///          └─ alert_rules ◀── records + session/flow ─┘
+/// ```
 pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
@@ -46,8 +63,24 @@ pub fn build_graph<'scope>(
         flush_at_end: config.dataflow.flush_at_end,
     };
     let wpm = events.clone().live_wpm(&config.wpm);
-    let sessions = events.sessions(&config.sessions, time);
-    wpm.concat(sessions)
+    let sessions = events.clone().sessions(&config.sessions, time);
+    let presence = events.clone().presence(&config.presence, time);
+    let conflicts = events.clone().conflict_windows(&config.conflicts, time);
+    let team = events
+        .clone()
+        .team_metrics(as_records(conflicts.clone()), &config.team, time);
+    // Alerts read the input and what the sessions derive (flow state).
+    let alerts = events
+        .concat(as_records(sessions.clone()))
+        .alert_rules(&config.alerts, time);
+    let scope = wpm.scope();
+    scope.concatenate([wpm, sessions, presence, conflicts, team, alerts])
+}
+
+/// Derived events as records, to feed other operators (records are what
+/// crosses workers; see [`Record`]).
+fn as_records<'scope>(events: Stream<'scope, u64, Vec<Event>>) -> Stream<'scope, u64, Vec<Record>> {
+    events.map(Record::derived)
 }
 
 type Handle = UnorderedHandle<u64, CapacityContainerBuilder<Vec<Record>>>;
@@ -356,7 +389,6 @@ where
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use timely::dataflow::operators::vec::Map;
 
     #[derive(Default)]
     struct VecSink(Mutex<Vec<Event>>);

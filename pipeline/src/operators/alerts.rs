@@ -94,7 +94,7 @@
 //! series and per-book sales totals are dropped once idle for `state_ttl`
 //! of event time (after that a book falls back to `total_units - units`).
 
-use crate::operators::{EventTime, derived_id, give_at_own_epochs, stable_hash};
+use crate::operators::{EventTime, Record, derived_id, give_at_own_epochs, stable_hash};
 use schemas::payload::{
     AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
 };
@@ -1784,7 +1784,7 @@ pub trait Alerts<'scope> {
     ) -> Stream<'scope, u64, Vec<Event>>;
 }
 
-impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Event>> {
+impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
     fn alert_rules(
         self,
         config: &AlertsConfig,
@@ -1811,8 +1811,8 @@ impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Event>> {
                 let (mut alerts, mut obs) = (Vec::new(), Vec::new());
                 move |input, output| {
                     input.for_each(|cap, data| {
-                        for e in data.drain(..) {
-                            live_rules.stage(&e, &mut alerts, &mut obs);
+                        for r in data.drain(..) {
+                            live_rules.stage(&r.event, &mut alerts, &mut obs);
                         }
                         if !alerts.is_empty() || !obs.is_empty() {
                             let mut session = output.session(&cap);
@@ -2893,7 +2893,6 @@ mod tests {
 
     #[test]
     fn outputs_are_identical_with_1_and_2_workers_any_batching_and_disorder() {
-        use timely::dataflow::operators::vec::Map;
         let alerts_cfg = config(
             r#"
             [alerts]
@@ -2945,7 +2944,7 @@ mod tests {
                         epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                         flush_at_end: cfg.dataflow.flush_at_end,
                     };
-                    s.map(|r| (*r.event).clone()).alert_rules(&a, time)
+                    s.alert_rules(&a, time)
                 });
             assert!(late.is_empty());
             out

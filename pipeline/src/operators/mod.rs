@@ -33,12 +33,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// A derived event on its way to another operator (no arrival number).
+    /// A derived event on its way to another operator: it has no arrival
+    /// number (`seq` = `u64::MAX` marks it).
     pub fn derived(event: Event) -> Record {
         Record {
-            seq: 0,
+            seq: u64::MAX,
             event: std::sync::Arc::new(event),
         }
+    }
+
+    /// Made by an operator, not read from the input.
+    pub fn is_derived(&self) -> bool {
+        self.seq == u64::MAX
     }
 }
 

@@ -718,7 +718,7 @@ struct Parked {
 pub trait TeamMetrics<'scope> {
     fn team_metrics(
         self,
-        conflicts: Stream<'scope, u64, Vec<Event>>,
+        conflicts: Stream<'scope, u64, Vec<Record>>,
         config: &TeamConfig,
         time: EventTime,
     ) -> Stream<'scope, u64, Vec<Event>>;
@@ -727,15 +727,16 @@ pub trait TeamMetrics<'scope> {
 impl<'scope> TeamMetrics<'scope> for Stream<'scope, u64, Vec<Record>> {
     fn team_metrics(
         self,
-        conflicts: Stream<'scope, u64, Vec<Event>>,
+        conflicts: Stream<'scope, u64, Vec<Record>>,
         config: &TeamConfig,
         time: EventTime,
     ) -> Stream<'scope, u64, Vec<Event>> {
         let config = config.clone();
         let records_by_project =
             Exchange::new(|r: &Record| stable_hash(r.event.project_id.as_deref().unwrap_or("")));
+        // Conflicts cross workers as records (see `Record`'s wire format).
         let conflicts_by_project =
-            Exchange::new(|e: &Event| stable_hash(e.project_id.as_deref().unwrap_or("")));
+            Exchange::new(|r: &Record| stable_hash(r.event.project_id.as_deref().unwrap_or("")));
         self.binary_frontier::<_, CapacityContainerBuilder<Vec<Event>>, _, _, _, _>(
             conflicts,
             records_by_project,
@@ -761,11 +762,11 @@ impl<'scope> TeamMetrics<'scope> for Stream<'scope, u64, Vec<Record>> {
                         }
                     });
                     conflicts.for_each(|_cap, data| {
-                        for e in data.drain(..) {
-                            if TeamTracker::wants_conflict(&e) {
-                                let epoch = time.epoch_of(e.ts);
+                        for r in data.drain(..) {
+                            if TeamTracker::wants_conflict(&r.event) {
+                                let epoch = time.epoch_of(r.event.ts);
                                 parked.entry(epoch).or_default().push(Parked {
-                                    event: Arc::new(e),
+                                    event: r.event,
                                     conflict: true,
                                 });
                             }
@@ -1723,16 +1724,13 @@ mod tests {
         let team = reference_config();
         let (out, late) =
             crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
-                use timely::dataflow::operators::vec::{Filter, Map};
+                use timely::dataflow::operators::vec::Filter;
                 let time = EventTime {
                     epoch_ms: cfg.dataflow.epoch.as_millis().max(1) as u64,
                     flush_at_end: cfg.dataflow.flush_at_end,
                 };
                 // Tests put synthetic conflict events in the input.
-                let conflicts = s
-                    .clone()
-                    .filter(|r| is_conflict(&r.event))
-                    .map(|r| (*r.event).clone());
+                let conflicts = s.clone().filter(|r| is_conflict(&r.event));
                 s.team_metrics(conflicts, &team, time)
             });
         assert!(late.is_empty(), "{} late", late.len());

@@ -1,0 +1,301 @@
+//! Checkpoints: consistent snapshots of every operator's state together
+//! with the input position they correspond to, so that a killed dataflow
+//! resumes where it was instead of starting over or losing open sessions.
+//!
+//! **The cut.** Checkpoint `B` is taken at the dataflow time `B` (a multiple
+//! of `checkpoint.interval` of event time). Input records are stamped with
+//! the watermark's epoch at arrival, so "stamp < B" splits the input in two
+//! by arrival: the input driver notes its position when its capability first
+//! moves to `B` or beyond (every record it sent before has a smaller stamp).
+//! Each operator holds back containers stamped `B` or later, and once its
+//! input frontier reaches `B` (every earlier record has arrived) it finishes
+//! the work due before `B` and writes its state, including the records it
+//! parked for later epochs (Chandy–Lamport: the channel state is in the
+//! snapshot). Operators downstream of others see the same cut because every
+//! derived event is stamped at or after the input that caused it.
+//!
+//! **Completion.** Once the output probe has passed `B`, every operator of
+//! every worker has written its part and every derived event stamped before
+//! `B` has reached the sink; the process then flushes its sink durably and
+//! writes `COMPLETE.p<i>`. A checkpoint with the markers of all processes is
+//! complete; the latest complete one is restored at start. Older ones are
+//! deleted.
+//!
+//! **Restore.** Operators load their state, the input driver its watermark,
+//! seen ids and position, and the input is re-read from that position. What
+//! was derived between the checkpoint and the crash is derived again with the
+//! same deterministic ids, so sinks deduplicate it (at-least-once output,
+//! exactly-once state). A restore needs the same worker count (state is
+//! partitioned by worker).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// `[checkpoint]`: off unless a directory is given (`replay --checkpoint-dir`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Where checkpoints are written and restored from (default: none, off).
+    pub dir: Option<PathBuf>,
+    /// Event time between checkpoints (default 5 min).
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub interval: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: None,
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {source}")]
+    Format {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("checkpoint {barrier}: a part failed to write; not completed")]
+    Incomplete { barrier: u64 },
+}
+
+/// The checkpoint directory of a run.
+#[derive(Debug)]
+pub struct Checkpoints {
+    dir: PathBuf,
+    interval_ms: u64,
+    /// The checkpoint restored at start, if any.
+    restored: Option<u64>,
+    /// Barriers a part of which failed to write (never completed).
+    failed: Mutex<Vec<u64>>,
+}
+
+impl Checkpoints {
+    /// Opens (creating) `dir` and finds the latest complete checkpoint.
+    pub fn open(
+        config: &CheckpointConfig,
+        epoch_ms: u64,
+    ) -> Result<Option<Checkpoints>, CheckpointError> {
+        let Some(dir) = config.dir.clone() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let ms = config.interval.as_millis() as u64;
+        // Barriers are epoch boundaries: round the interval up to whole epochs.
+        let epoch = epoch_ms.max(1);
+        let interval_ms = ms.div_ceil(epoch).max(1) * epoch;
+        let restored = complete_barriers(&dir)?.into_iter().max();
+        Ok(Some(Checkpoints {
+            dir,
+            interval_ms,
+            restored,
+            failed: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The checkpoint state was restored from.
+    pub fn restored(&self) -> Option<u64> {
+        self.restored
+    }
+
+    /// The first barrier strictly after `time`.
+    pub fn next_barrier(&self, time: u64) -> u64 {
+        (time / self.interval_ms + 1) * self.interval_ms
+    }
+
+    fn barrier_dir(&self, barrier: u64) -> PathBuf {
+        self.dir.join(format!("ckpt-{barrier:020}"))
+    }
+
+    /// Reads part `name` of the restored checkpoint (`None`: nothing restored,
+    /// or this part was not written).
+    pub fn load<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, CheckpointError> {
+        let Some(b) = self.restored else {
+            return Ok(None);
+        };
+        let path = self.barrier_dir(b).join(format!("{name}.json"));
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CheckpointError::Io { path, source }),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| CheckpointError::Format { path, source })
+    }
+
+    /// Writes part `name` of checkpoint `barrier` (atomically: a crash
+    /// leaves the old file or the new one, never half of one). A failure is
+    /// remembered so that the checkpoint is never marked complete.
+    pub fn save<T: Serialize>(&self, barrier: u64, name: &str, value: &T) {
+        if let Err(error) = self.try_save(barrier, name, value) {
+            tracing::error!(%error, barrier, part = name, "checkpoint part not written");
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(barrier);
+        }
+    }
+
+    fn try_save<T: Serialize>(
+        &self,
+        barrier: u64,
+        name: &str,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
+        let dir = self.barrier_dir(barrier);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CheckpointError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{name}.json"));
+        let tmp = dir.join(format!("{name}.json.tmp"));
+        let bytes = serde_json::to_vec(value).map_err(|source| CheckpointError::Format {
+            path: path.clone(),
+            source,
+        })?;
+        write_synced(&tmp, &bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Marks this process's part of checkpoint `barrier` done (call after the
+    /// output probe passed it and the sink is flushed); deletes checkpoints
+    /// older than the newest complete one.
+    pub fn complete(
+        &self,
+        barrier: u64,
+        process: usize,
+        processes: usize,
+    ) -> Result<(), CheckpointError> {
+        if self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&barrier)
+        {
+            return Err(CheckpointError::Incomplete { barrier });
+        }
+        let dir = self.barrier_dir(barrier);
+        let path = dir.join(format!("COMPLETE.p{process}"));
+        std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        write_synced(&path, processes.to_string().as_bytes()).map_err(|source| {
+            CheckpointError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let complete = complete_barriers(&self.dir)?;
+        if let Some(newest) = complete.iter().max() {
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                let older = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("ckpt-"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|b| b < *newest && Some(b) != self.restored);
+                if older {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Barriers whose checkpoint has the completion marker of every process.
+fn complete_barriers(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| CheckpointError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(barrier) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("ckpt-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let marker = |p: usize| entry.path().join(format!("COMPLETE.p{p}"));
+        let Ok(text) = std::fs::read_to_string(marker(0)) else {
+            continue;
+        };
+        let processes: usize = text.trim().parse().unwrap_or(1);
+        if (1..processes).all(|p| marker(p).exists()) {
+            out.push(barrier);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Checkpoints {
+        Checkpoints::open(
+            &CheckpointConfig {
+                dir: Some(dir.to_path_buf()),
+                interval: Duration::from_millis(250),
+            },
+            100,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_checkpoint_marked_complete_by_every_process_is_restored() {
+        let dir = std::env::temp_dir().join(format!("inkstream-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = open(&dir);
+        assert_eq!(
+            c.next_barrier(0),
+            300,
+            "interval rounded up to whole epochs"
+        );
+        assert_eq!(c.next_barrier(300), 600);
+        c.save(300, "part", &vec![1, 2, 3]);
+        c.complete(300, 0, 2).unwrap();
+        assert_eq!(open(&dir).restored(), None, "process 1 has not completed");
+        c.complete(300, 1, 2).unwrap();
+        let again = open(&dir);
+        assert_eq!(again.restored(), Some(300));
+        assert_eq!(again.load::<Vec<i32>>("part").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(again.load::<Vec<i32>>("absent").unwrap(), None);
+        // A newer one, half written, is ignored; a complete newer one replaces it.
+        again.save(600, "part", &vec![4]);
+        assert_eq!(open(&dir).restored(), Some(300));
+        again.complete(600, 0, 1).unwrap();
+        assert_eq!(open(&dir).restored(), Some(600));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
