@@ -64,7 +64,8 @@ impl Bridge {
             // Workers are numbered across a cluster; readers are this
             // process's first `readers` workers.
             let index = worker.index() - config.dataflow.process_index * workers.max(1);
-            let (driver, probe) = dataflow::install(worker, &config, sink.clone(), index < readers);
+            let (driver, probe) =
+                dataflow::install(worker, &config, sink.clone(), index < readers, None);
             let Some(mut driver) = driver else {
                 return;
             };

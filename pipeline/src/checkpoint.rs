@@ -35,6 +35,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// `[checkpoint]`: off unless a directory is given (`replay --checkpoint-dir`).
+///
+/// Parts are bincode (any key type, compact); they are read back only by
+/// the same build, which is the point of a checkpoint, not an archive.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
@@ -65,7 +68,7 @@ pub enum CheckpointError {
     #[error("checkpoint {path}: {source}")]
     Format {
         path: PathBuf,
-        source: serde_json::Error,
+        source: bincode::Error,
     },
     #[error("checkpoint {barrier}: a part failed to write; not completed")]
     Incomplete { barrier: u64 },
@@ -128,13 +131,13 @@ impl Checkpoints {
         let Some(b) = self.restored else {
             return Ok(None);
         };
-        let path = self.barrier_dir(b).join(format!("{name}.json"));
+        let path = self.barrier_dir(b).join(format!("{name}.bin"));
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CheckpointError::Io { path, source }),
         };
-        serde_json::from_slice(&bytes)
+        bincode::deserialize(&bytes)
             .map(Some)
             .map_err(|source| CheckpointError::Format { path, source })
     }
@@ -164,9 +167,9 @@ impl Checkpoints {
             move |source| CheckpointError::Io { path, source }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(format!("{name}.json"));
-        let tmp = dir.join(format!("{name}.json.tmp"));
-        let bytes = serde_json::to_vec(value).map_err(|source| CheckpointError::Format {
+        let path = dir.join(format!("{name}.bin"));
+        let tmp = dir.join(format!("{name}.bin.tmp"));
+        let bytes = bincode::serialize(value).map_err(|source| CheckpointError::Format {
             path: path.clone(),
             source,
         })?;

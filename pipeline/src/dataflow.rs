@@ -12,13 +12,15 @@
 //! also advances with the wall clock while the input is idle (see
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
+use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alerts::Alerts;
 use crate::operators::conflicts::ConflictWindows;
+use crate::operators::keyed::{Ctx, Keyed};
 use crate::operators::presence::Presence;
 use crate::operators::sessions::Sessions;
 use crate::operators::team::TeamMetrics;
-use crate::operators::wpm::LiveWpm;
+use crate::operators::wpm::WpmTracker;
 use crate::operators::{EventTime, Record, derived_id, stable_hash};
 use schemas::Event;
 use schemas::payload::{DeadLetter, Payload};
@@ -57,12 +59,10 @@ pub trait DerivedSink: Send + Sync + 'static {
 pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
+    ctx: &Ctx,
 ) -> Stream<'scope, u64, Vec<Event>> {
-    let time = EventTime {
-        epoch_ms: config.dataflow.epoch.as_millis().max(1) as u64,
-        flush_at_end: config.dataflow.flush_at_end,
-    };
-    let wpm = events.clone().live_wpm(&config.wpm);
+    let time = ctx.time;
+    let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
     let sessions = events.clone().sessions(&config.sessions, time);
     let presence = events.clone().presence(&config.presence, time);
     let conflicts = events.clone().conflict_windows(&config.conflicts, time);
@@ -232,9 +232,18 @@ pub fn install<S: DerivedSink>(
     config: &Config,
     sink: Arc<S>,
     reader: bool,
+    checkpoints: Option<Arc<Checkpoints>>,
 ) -> (Option<InputDriver>, ProbeHandle<u64>) {
+    let ctx = Ctx {
+        time: EventTime {
+            epoch_ms: config.dataflow.epoch.as_millis().max(1) as u64,
+            flush_at_end: config.dataflow.flush_at_end,
+        },
+        worker: worker.index(),
+        checkpoints,
+    };
     install_graph(worker, config, sink, reader, |events| {
-        build_graph(events, config)
+        build_graph(events, config, &ctx)
     })
 }
 

@@ -161,7 +161,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         // Worker 0 reads the file (one arrival order, so live figures match a
         // single-worker run exactly); the others compute.
         let reads = worker.index() == 0;
-        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads);
+        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, None);
         let Some(mut driver) = driver else {
             return Ok(());
         };

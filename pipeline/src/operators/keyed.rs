@@ -18,7 +18,7 @@
 //!   and restored at start.
 
 use crate::checkpoint::Checkpoints;
-use crate::operators::{EpochBuffer, EventTime, Record, give_at_own_epochs};
+use crate::operators::{EpochBuffer, EventTime, Timed, give_at_own_epochs};
 use schemas::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,26 +41,27 @@ pub enum Order {
 
 /// A stateful operator's pure logic.
 pub trait Core: Serialize + DeserializeOwned + 'static {
+    /// What the operator reads and exchanges: usually [`crate::operators::Record`].
+    type Item: Timed + Clone + Serialize + DeserializeOwned + Send + 'static;
     /// Names the operator in timely, logs and checkpoint files.
     const NAME: &'static str;
     const ORDER: Order;
-    /// Whether the operator reads `r` at all (filtered before the exchange).
-    fn wants(r: &Record) -> bool;
-    /// The key `r` is exchanged by: all records of one key meet on one worker.
-    fn key(r: &Record) -> u64;
-    /// Takes one record; pushes what it derives.
-    fn observe(&mut self, r: &Record, out: &mut Vec<Event>);
-    /// No record with `ts < watermark` will be observed any more: fire what
+    /// Whether the operator reads `item` at all (filtered before the exchange).
+    fn wants(item: &Self::Item) -> bool;
+    /// The key items are exchanged by: all items of one key meet on one worker.
+    fn key(item: &Self::Item) -> u64;
+    /// Takes one item; pushes what it derives.
+    fn observe(&mut self, item: &Self::Item, out: &mut Vec<Event>);
+    /// No item with `ts < watermark` will be observed any more: fire what
     /// the passing of time decides (output `ts` = the moment it happened).
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>);
     /// End of input with `flush_at_end` (replay): close everything open.
     fn flush(&mut self, out: &mut Vec<Event>);
     /// Keys or entries held (memory is bounded by active keys).
     fn state_size(&self) -> usize;
-    /// The order of one epoch's records ([`Order::EventTime`]).
-    fn sort_epoch(records: &mut [Record]) {
-        records.sort_by_key(|r| (r.event.ts, r.seq));
-    }
+    /// The order of one epoch's items ([`Order::EventTime`]): must not depend
+    /// on arrival across workers (records: `(ts, seq)`).
+    fn sort_epoch(items: &mut [Self::Item]);
 }
 
 /// Where an operator instance runs.
@@ -73,37 +74,40 @@ pub struct Ctx {
 }
 
 #[derive(Serialize)]
-struct SnapshotRef<'a, C> {
+struct SnapshotRef<'a, C, T> {
     core: &'a C,
-    pending: Vec<&'a Record>,
+    pending: Vec<&'a T>,
 }
 
 #[derive(serde::Deserialize)]
-#[serde(bound = "C: DeserializeOwned")]
-struct Snapshot<C> {
+#[serde(bound = "C: DeserializeOwned, T: DeserializeOwned")]
+struct Snapshot<C, T> {
     core: C,
-    pending: Vec<Record>,
+    pending: Vec<T>,
 }
 
-/// Runs `core` over `records`: `records.keyed(core, &ctx)`.
-pub trait Keyed<'scope> {
-    fn keyed<C: Core>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
+/// Runs `core` over a stream of its items: `records.keyed(core, &ctx)`.
+pub trait Keyed<'scope, T> {
+    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
 }
 
-impl<'scope> Keyed<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn keyed<C: Core>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
+impl<'scope, T> Keyed<'scope, T> for Stream<'scope, u64, Vec<T>>
+where
+    T: Timed + Clone + Serialize + DeserializeOwned + Send + 'static,
+{
+    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
         let ctx = ctx.clone();
         let time = ctx.time;
         let part = format!("{}-w{}", C::NAME, ctx.worker);
         self.filter(|r| C::wants(r)).unary_frontier(
-            Exchange::new(|r: &Record| C::key(r)),
+            Exchange::new(|r: &T| C::key(r)),
             C::NAME,
             move |initial, _info| {
                 let ckpt = ctx.checkpoints.clone();
                 let mut core = core;
                 let mut pending = EpochBuffer::default();
                 if let Some(c) = ckpt.as_ref() {
-                    match c.load::<Snapshot<C>>(&part) {
+                    match c.load::<Snapshot<C, T>>(&part) {
                         Ok(Some(s)) => {
                             core = s.core;
                             pending.push(&time, &mut s.pending.clone());
@@ -119,7 +123,7 @@ impl<'scope> Keyed<'scope> for Stream<'scope, u64, Vec<Record>> {
                     .as_ref()
                     .map(|c| c.next_barrier(c.restored().unwrap_or(0)));
                 // Containers stamped at or after the next barrier wait for it.
-                let mut held: Vec<(Capability<u64>, Vec<Record>)> = Vec::new();
+                let mut held: Vec<(Capability<u64>, Vec<T>)> = Vec::new();
                 let mut cap: Option<Capability<u64>> = Some(initial);
                 let mut out = Vec::new();
                 let mut scratch = Vec::new();

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod conflicts;
+pub mod keyed;
 pub mod presence;
 pub mod sessions;
 pub mod team;
@@ -158,42 +159,64 @@ impl EventTime {
     }
 }
 
-/// Records waiting for the frontier to pass their event-time epoch: the
+/// Something with an event time (what an [`EpochBuffer`] parks).
+pub trait Timed {
+    fn ts(&self) -> i64;
+}
+
+impl Timed for Record {
+    fn ts(&self) -> i64 {
+        self.event.ts
+    }
+}
+
+/// Items waiting for the frontier to pass their event-time epoch: the
 /// building block of every frontier-driven (deterministic) operator.
-#[derive(Default)]
-pub struct EpochBuffer {
-    pending: std::collections::BTreeMap<u64, Vec<Record>>,
+pub struct EpochBuffer<T = Record> {
+    pending: std::collections::BTreeMap<u64, Vec<T>>,
     len: usize,
 }
 
-impl EpochBuffer {
+impl<T> Default for EpochBuffer<T> {
+    fn default() -> Self {
+        EpochBuffer {
+            pending: Default::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Timed> EpochBuffer<T> {
     /// Parks `data` (drained) by event-time epoch.
-    pub fn push(&mut self, time: &EventTime, data: &mut Vec<Record>) {
+    pub fn push(&mut self, time: &EventTime, data: &mut Vec<T>) {
         self.len += data.len();
         for r in data.drain(..) {
             self.pending
-                .entry(time.epoch_of(r.event.ts))
+                .entry(time.epoch_of(r.ts()))
                 .or_default()
                 .push(r);
         }
     }
 
     /// The oldest epoch the frontier has passed (`frontier` = `None`: input
-    /// ended, every epoch is final), with its records in (event time,
-    /// arrival) order: the order in which a deterministic operator must
-    /// observe them.
-    pub fn pop_ready(&mut self, frontier: Option<u64>) -> Option<(u64, Vec<Record>)> {
+    /// ended, every epoch is final), with its items in arrival order (sort
+    /// them as the operator's determinism requires).
+    pub fn pop_ready(&mut self, frontier: Option<u64>) -> Option<(u64, Vec<T>)> {
         let entry = self.pending.first_entry()?;
         if frontier.is_some_and(|f| *entry.key() >= f) {
             return None;
         }
-        let (t, mut records) = entry.remove_entry();
-        self.len -= records.len();
-        records.sort_by_key(|r| (r.event.ts, r.seq));
-        Some((t, records))
+        let (t, items) = entry.remove_entry();
+        self.len -= items.len();
+        Some((t, items))
     }
 
-    /// Records parked.
+    /// Everything parked (for a checkpoint).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.pending.values().flatten()
+    }
+
+    /// Items parked.
     pub fn len(&self) -> usize {
         self.len
     }

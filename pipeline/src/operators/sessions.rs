@@ -221,7 +221,8 @@ impl<'scope> Sessions<'scope> for Stream<'scope, u64, Vec<Record>> {
                 input.for_each(|_cap, data| pending.push(&time, data));
                 let f = frontier.frontier().first().copied();
                 // Epochs the frontier has passed are final: process them in order.
-                while let Some((t, records)) = pending.pop_ready(f) {
+                while let Some((t, mut records)) = pending.pop_ready(f) {
+                    records.sort_by_key(|r| (r.event.ts, r.seq));
                     for r in &records {
                         tracker.observe(&r.event, &mut out);
                     }

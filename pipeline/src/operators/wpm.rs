@@ -9,15 +9,13 @@
 //! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
 //! not writing.
 
+use crate::operators::keyed::{Core, Order};
 use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
 
 /// Settings of the WPM operator (`[wpm]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -44,7 +42,7 @@ impl Default for WpmConfig {
 
 /// One user's recent writing: (event time, arrival seq, words), ordered by
 /// time, and the ids (hashed) of those events, to process each id once.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct UserWindow {
     entries: VecDeque<(i64, u64, u64)>,
     ids: VecDeque<(i64, u64)>,
@@ -53,6 +51,7 @@ struct UserWindow {
 }
 
 /// The pure core.
+#[derive(Serialize, Deserialize)]
 pub struct WpmTracker {
     window_ms: i64,
     interval_ms: i64,
@@ -150,34 +149,35 @@ impl WpmTracker {
     }
 }
 
-/// The timely wrapper: `events.live_wpm(&config)`.
-pub trait LiveWpm<'scope> {
-    fn live_wpm(self, config: &WpmConfig) -> Stream<'scope, u64, Vec<Event>>;
-}
+/// Live (arrival order) and keyed by user, in the operator runtime.
+impl Core for WpmTracker {
+    type Item = Record;
+    const NAME: &'static str = "LiveWpm";
+    const ORDER: Order = Order::Arrival;
 
-impl<'scope> LiveWpm<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn live_wpm(self, config: &WpmConfig) -> Stream<'scope, u64, Vec<Event>> {
-        let config = config.clone();
-        // Exchange by user so each user's window lives on exactly one worker.
-        let by_user =
-            Exchange::new(|r: &Record| stable_hash(r.event.user_id.as_deref().unwrap_or("")));
-        self.unary_frontier(by_user, "LiveWpm", move |_cap, _info| {
-            let mut tracker = WpmTracker::new(&config);
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for r in data.drain(..) {
-                        if let Some(d) = tracker.observe(r.seq, &r.event) {
-                            session.give(d);
-                        }
-                    }
-                });
-                if let Some(t) = frontier.frontier().first() {
-                    tracker.advance_to(*t as i64);
-                }
-            }
-        })
+    fn wants(r: &Record) -> bool {
+        r.event.user_id.is_some() && written_words(&r.event).is_some()
     }
+
+    fn key(r: &Record) -> u64 {
+        stable_hash(r.event.user_id.as_deref().unwrap_or(""))
+    }
+
+    fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
+        out.extend(WpmTracker::observe(self, r.seq, &r.event));
+    }
+
+    fn advance_to(&mut self, watermark: i64, _out: &mut Vec<Event>) {
+        WpmTracker::advance_to(self, watermark);
+    }
+
+    fn flush(&mut self, _out: &mut Vec<Event>) {}
+
+    fn state_size(&self) -> usize {
+        self.active_users()
+    }
+
+    fn sort_epoch(_records: &mut [Record]) {}
 }
 
 #[cfg(test)]
