@@ -83,6 +83,9 @@ pub struct Checkpoints {
     restored: Option<u64>,
     /// Barriers a part of which failed to write (never completed).
     failed: Mutex<Vec<u64>>,
+    /// The parts this process writes at every barrier (operator instances,
+    /// input drivers): a checkpoint is complete only with all of them.
+    parts: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Checkpoints {
@@ -108,6 +111,7 @@ impl Checkpoints {
             interval_ms,
             restored,
             failed: Mutex::new(Vec::new()),
+            parts: Mutex::new(Default::default()),
         }))
     }
 
@@ -119,6 +123,21 @@ impl Checkpoints {
     /// The first barrier strictly after `time`.
     pub fn next_barrier(&self, time: u64) -> u64 {
         (time / self.interval_ms + 1) * self.interval_ms
+    }
+
+    /// The latest barrier at or before `time`. When time jumps over several
+    /// barriers at once (the first event, an idle gap), only this one is
+    /// taken: everyone who sees the jump picks the same one.
+    pub fn barrier_at_or_before(&self, time: u64) -> u64 {
+        time / self.interval_ms * self.interval_ms
+    }
+
+    /// Registers a part this process writes at every barrier it sees.
+    pub fn expect(&self, name: &str) {
+        self.parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
     }
 
     fn barrier_dir(&self, barrier: u64) -> PathBuf {
@@ -179,13 +198,14 @@ impl Checkpoints {
 
     /// Marks this process's part of checkpoint `barrier` done (call after the
     /// output probe passed it and the sink is flushed); deletes checkpoints
-    /// older than the newest complete one.
+    /// older than the newest complete one. Returns whether the checkpoint
+    /// was complete (every part of this process present).
     pub fn complete(
         &self,
         barrier: u64,
         process: usize,
         processes: usize,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<bool, CheckpointError> {
         if self
             .failed
             .lock()
@@ -195,6 +215,17 @@ impl Checkpoints {
             return Err(CheckpointError::Incomplete { barrier });
         }
         let dir = self.barrier_dir(barrier);
+        // A part missing: some instance saw time jump past this barrier to a
+        // later one. Not an error; this barrier just is no checkpoint.
+        let missing = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|name| !dir.join(format!("{name}.bin")).exists());
+        if missing {
+            return Ok(false);
+        }
         let path = dir.join(format!("COMPLETE.p{process}"));
         std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
             path: dir.clone(),
@@ -220,7 +251,20 @@ impl Checkpoints {
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Deletes every checkpoint (the run finished: nothing to resume).
+    pub fn clear(&self) {
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("ckpt-"))
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
@@ -286,8 +330,10 @@ mod tests {
             "interval rounded up to whole epochs"
         );
         assert_eq!(c.next_barrier(300), 600);
+        c.expect("part");
         c.save(300, "part", &vec![1, 2, 3]);
-        c.complete(300, 0, 2).unwrap();
+        assert!(!c.complete(600, 0, 1).unwrap(), "no parts written at 600");
+        assert!(c.complete(300, 0, 2).unwrap());
         assert_eq!(open(&dir).restored(), None, "process 1 has not completed");
         c.complete(300, 1, 2).unwrap();
         let again = open(&dir);
@@ -297,7 +343,7 @@ mod tests {
         // A newer one, half written, is ignored; a complete newer one replaces it.
         again.save(600, "part", &vec![4]);
         assert_eq!(open(&dir).restored(), Some(300));
-        again.complete(600, 0, 1).unwrap();
+        assert!(again.complete(600, 0, 1).unwrap());
         assert_eq!(open(&dir).restored(), Some(600));
         let _ = std::fs::remove_dir_all(&dir);
     }

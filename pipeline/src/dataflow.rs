@@ -24,6 +24,7 @@ use crate::operators::wpm::WpmTracker;
 use crate::operators::{EventTime, Record, derived_id, stable_hash};
 use schemas::Event;
 use schemas::payload::{DeadLetter, Payload};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
@@ -42,6 +43,11 @@ use timely::worker::Worker;
 pub trait DerivedSink: Send + Sync + 'static {
     /// Takes a batch of derived events (drain it).
     fn emit(&self, events: &mut Vec<Event>);
+    /// Makes everything emitted so far durable (before a checkpoint is
+    /// declared complete).
+    fn sync(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Every operator, wired: events in, derived events out.
@@ -103,6 +109,22 @@ pub struct InputDriver {
     /// Size of `seen` after its last pruning (prune when it doubles).
     seen_pruned_at: usize,
     duplicates: u64,
+    checkpoints: Option<Arc<Checkpoints>>,
+    /// The next checkpoint barrier the capability will cross.
+    next_barrier: Option<u64>,
+    /// Barriers crossed since the last [`InputDriver::take_crossed`].
+    crossed: Vec<u64>,
+}
+
+/// What the input driver must restore to resume exactly where a
+/// checkpoint was taken.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverState {
+    pub watermark: i64,
+    pub max_ts: Option<i64>,
+    pub next_seq: u64,
+    pub seen: Vec<(u64, i64)>,
+    pub duplicates: u64,
 }
 
 impl InputDriver {
@@ -199,7 +221,47 @@ impl InputDriver {
             && *cap.time() < t
         {
             cap.downgrade(&t);
+            // Everything sent so far is stamped before `t`: a checkpoint cut.
+            if let (Some(c), Some(next)) = (self.checkpoints.as_ref(), self.next_barrier)
+                && t >= next
+            {
+                let b = c.barrier_at_or_before(t);
+                self.crossed.push(b);
+                self.next_barrier = Some(c.next_barrier(b));
+            }
         }
+    }
+
+    /// Checkpoint barriers the input crossed since the last call: save the
+    /// driver's part of each ([`InputDriver::state`] and the source position).
+    pub fn take_crossed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.crossed)
+    }
+
+    /// What a checkpoint keeps of the driver.
+    pub fn state(&self) -> DriverState {
+        let mut seen: Vec<(u64, i64)> = self.seen.iter().map(|(k, v)| (*k, *v)).collect();
+        seen.sort_unstable();
+        DriverState {
+            watermark: self.watermark,
+            max_ts: self.max_ts,
+            next_seq: self.next_seq,
+            seen,
+            duplicates: self.duplicates,
+        }
+    }
+
+    /// Resumes from a checkpoint's driver part.
+    pub fn restore(&mut self, state: DriverState) {
+        self.watermark = state.watermark;
+        self.max_ts = state.max_ts;
+        self.next_seq = state.next_seq;
+        self.seen = state.seen.into_iter().collect();
+        self.seen_pruned_at = self.seen.len();
+        self.duplicates = state.duplicates;
+        self.downgrade_to_watermark();
+        // The restored barrier itself is not crossed again.
+        self.crossed.clear();
     }
 
     /// The current watermark (ms).
@@ -242,7 +304,8 @@ pub fn install<S: DerivedSink>(
         worker: worker.index(),
         checkpoints,
     };
-    install_graph(worker, config, sink, reader, |events| {
+    let checkpoints = ctx.checkpoints.clone();
+    install_graph(worker, config, sink, reader, checkpoints, |events| {
         build_graph(events, config, &ctx)
     })
 }
@@ -254,6 +317,7 @@ pub fn install_graph<S, G>(
     config: &Config,
     sink: Arc<S>,
     reader: bool,
+    checkpoints: Option<Arc<Checkpoints>>,
     graph: G,
 ) -> (Option<InputDriver>, ProbeHandle<u64>)
 where
@@ -264,13 +328,20 @@ where
     let (handle, cap) = worker.dataflow::<u64, _, _>(|scope| {
         let ((handle, cap), events) =
             scope.new_unordered_input::<CapacityContainerBuilder<Vec<Record>>>();
-        graph(events).probe_with(&probe).sink(
-            Pipeline,
-            "DerivedSink",
-            move |(input, _frontier)| {
-                input.for_each(|_time, data| sink.emit(data));
-            },
-        );
+        // The probe is after the sink: once it passes a time, everything
+        // stamped before it has been handed to the sink (checkpoints rely on
+        // it to flush outputs before declaring a checkpoint complete).
+        graph(events)
+            .unary::<CapacityContainerBuilder<Vec<Event>>, _, _, _>(
+                Pipeline,
+                "DerivedSink",
+                move |_cap, _info| {
+                    move |input, _output| {
+                        input.for_each(|_time, data| sink.emit(data));
+                    }
+                },
+            )
+            .probe_with(&probe);
         (handle, cap)
     });
     if !reader {
@@ -290,6 +361,11 @@ where
         seen: HashMap::new(),
         seen_pruned_at: 0,
         duplicates: 0,
+        next_barrier: checkpoints
+            .as_ref()
+            .map(|c| c.next_barrier(c.restored().unwrap_or(0))),
+        checkpoints,
+        crossed: Vec::new(),
     };
     (Some(driver), probe)
 }
@@ -363,8 +439,9 @@ where
     };
     let guards = timely::execute(timely_config, move |worker| {
         let reads = worker.index() == 0;
-        let (driver, probe) =
-            install_graph(worker, &config, s2.clone(), reads, |s| graph(s, &config));
+        let (driver, probe) = install_graph(worker, &config, s2.clone(), reads, None, |s| {
+            graph(s, &config)
+        });
         if let Some(mut driver) = driver {
             let events = input
                 .lock()
@@ -442,7 +519,7 @@ mod tests {
         let sink = Arc::new(VecSink::default());
         let s2 = sink.clone();
         let late = timely::execute_directly(move |worker| {
-            let (driver, probe) = install_graph(worker, &Config::default(), s2, true, |s| {
+            let (driver, probe) = install_graph(worker, &Config::default(), s2, true, None, |s| {
                 s.map(|r| (*r.event).clone())
             });
             let mut driver = driver.unwrap();

@@ -101,6 +101,10 @@ enum Command {
         workers: Option<usize>,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Checkpoint into DIR (config `checkpoint.dir`), and resume from its
+        /// latest complete checkpoint if a previous run was killed.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
     },
     /// Print the event contract.
     Schemas {
@@ -192,9 +196,18 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Replay {
-            workers, cluster, ..
+            workers,
+            cluster,
+            checkpoint_dir,
+            ..
         } => {
             cluster.overrides(&mut overrides);
+            if let Some(d) = checkpoint_dir {
+                overrides.push(format!(
+                    "checkpoint.dir={}",
+                    toml_string(&d.to_string_lossy())
+                ));
+            }
             if let Some(w) = workers {
                 overrides.push(format!("dataflow.workers={w}"));
             }

@@ -8,6 +8,7 @@
 //! (`OUT/<type>.ndjson`); invalid lines and late events go to
 //! `OUT/system.dead_letter.ndjson`.
 
+use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, dead_letter, late_event};
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +59,9 @@ struct FileSink {
     /// `""`, or `.p<i>` in process i of a cluster (each process writes what
     /// its own workers derived; the union is the output).
     suffix: String,
+    /// Resuming from a checkpoint: append to the files (after cutting a line
+    /// a crash left half written) instead of truncating them.
+    resume: bool,
     files: Mutex<HashMap<&'static str, BufWriter<File>>>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
     error: Mutex<Option<ReplayError>>,
@@ -82,7 +86,12 @@ impl FileSink {
         for (ty, (buf, n)) in buffers {
             let path = || self.dir.join(format!("{ty}{}.ndjson", self.suffix));
             if !files.contains_key(ty) {
-                let f = File::create(path()).map_err(|source| ReplayError::Output {
+                let f = if self.resume {
+                    open_for_resume(&path())
+                } else {
+                    File::create(path())
+                }
+                .map_err(|source| ReplayError::Output {
                     path: path(),
                     source,
                 })?;
@@ -100,15 +109,52 @@ impl FileSink {
     }
 
     fn flush(&self) -> Result<(), ReplayError> {
+        self.flush_files(false)
+    }
+
+    fn flush_files(&self, durable: bool) -> Result<(), ReplayError> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for (ty, w) in files.iter_mut() {
-            w.flush().map_err(|source| ReplayError::Output {
+            let err = |source| ReplayError::Output {
                 path: self.dir.join(format!("{ty}{}.ndjson", self.suffix)),
                 source,
-            })?;
+            };
+            w.flush().map_err(err)?;
+            if durable {
+                w.get_ref().sync_data().map_err(err)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Opens an output file to append to after a crash, first cutting what
+/// follows its last complete line.
+fn open_for_resume(path: &Path) -> std::io::Result<File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut keep = len;
+    let mut buf = [0u8; 4096];
+    while keep > 0 {
+        let start = keep.saturating_sub(buf.len() as u64);
+        f.seek(SeekFrom::Start(start))?;
+        let chunk = &mut buf[..(keep - start) as usize];
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        keep = start;
+    }
+    f.set_len(keep)?;
+    f.seek(SeekFrom::End(0))?;
+    Ok(f)
 }
 
 impl DerivedSink for FileSink {
@@ -117,6 +163,51 @@ impl DerivedSink for FileSink {
             let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert(e);
         }
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        self.flush_files(true).map_err(|e| e.to_string())
+    }
+}
+
+/// The reader's part of a checkpoint: where in the file the cut is, and the
+/// input driver's state there.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReaderPart {
+    /// Lines consumed before the cut.
+    line: u64,
+    driver: dataflow::DriverState,
+}
+
+/// Completes the newest checkpoint the output probe has passed, once this
+/// process's sink has made everything before it durable.
+fn complete_passed(
+    probe: &timely::dataflow::ProbeHandle<u64>,
+    checkpoints: &Checkpoints,
+    sink: &FileSink,
+    last: &mut u64,
+    process: usize,
+    processes: usize,
+) {
+    let Some(f) = probe.with_frontier(|f| f.first().copied()) else {
+        return;
+    };
+    if f == 0 {
+        return;
+    }
+    let b = checkpoints.barrier_at_or_before(f - 1);
+    if b <= *last || checkpoints.restored().is_some_and(|r| b <= r) {
+        return;
+    }
+    *last = b;
+    if let Err(error) = sink.sync() {
+        tracing::error!(%error, "outputs not made durable; checkpoint skipped");
+        return;
+    }
+    match checkpoints.complete(b, process, processes) {
+        Ok(true) => tracing::debug!(barrier = b, "checkpoint complete"),
+        Ok(false) => {}
+        Err(error) => tracing::error!(%error, "checkpoint not completed"),
     }
 }
 
@@ -136,7 +227,16 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         path: out.into(),
         source,
     })?;
+    let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
+    let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms)
+        .map_err(|e| ReplayError::Dataflow(e.to_string()))?
+        .map(Arc::new);
+    let resume = checkpoints.as_ref().and_then(|c| c.restored());
+    if let Some(b) = resume {
+        tracing::info!(barrier = b, "resuming from checkpoint");
+    }
     let sink = Arc::new(FileSink {
+        resume: resume.is_some(),
         dir: out.into(),
         suffix: if config.dataflow.processes() > 1 {
             format!(".p{}", config.dataflow.process_index)
@@ -157,12 +257,24 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     // Pure event time: at the end of the file every session and window ends.
     cfg.dataflow.flush_at_end = true;
     let (sink2, stats2) = (sink.clone(), stats.clone());
+    let ckpt = checkpoints.clone();
+    let (process, processes) = (config.dataflow.process_index, config.dataflow.processes());
+    let threads = config.dataflow.workers.max(1);
     let guards = timely::execute(timely_config, move |worker| {
         // Worker 0 reads the file (one arrival order, so live figures match a
         // single-worker run exactly); the others compute.
         let reads = worker.index() == 0;
-        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, None);
+        // The first worker of each process completes its process's checkpoints.
+        let completes = worker.index() % threads == 0;
+        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone());
+        let mut last_completed = 0u64;
         let Some(mut driver) = driver else {
+            if let (true, Some(c)) = (completes, ckpt.as_ref()) {
+                while !probe.done() {
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                    complete_passed(&probe, c, &sink2, &mut last_completed, process, processes);
+                }
+            }
             return Ok(());
         };
         let taken = reader.lock().ok().and_then(|mut r| r.take());
@@ -172,6 +284,25 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         let limits = schemas::Limits::default();
         let mut line = String::new();
         let mut line_no = 0u64;
+        if let Some(c) = ckpt.as_ref() {
+            c.expect("reader");
+            match c.load::<ReaderPart>("reader") {
+                Ok(Some(part)) => {
+                    // Skip what the checkpoint already covers.
+                    while line_no < part.line {
+                        line.clear();
+                        if reader.read_line(&mut line)? == 0 {
+                            break;
+                        }
+                        line_no += 1;
+                    }
+                    driver.restore(part.driver);
+                    eprintln!("resuming from checkpoint at line {line_no}");
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
         let mut batch = Vec::with_capacity(BATCH);
         let mut dead = Vec::new();
         let mut batches = 0usize;
@@ -212,7 +343,19 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
                     stats2.late.fetch_add(1, Ordering::Relaxed);
                     dead.push(late_event(e, watermark));
                 }
+                if let Some(c) = ckpt.as_ref() {
+                    for b in driver.take_crossed() {
+                        let part = ReaderPart {
+                            line: line_no,
+                            driver: driver.state(),
+                        };
+                        c.save(b, "reader", &part);
+                    }
+                }
                 worker.step();
+                if let Some(c) = ckpt.as_ref() {
+                    complete_passed(&probe, c, &sink2, &mut last_completed, process, processes);
+                }
                 batches += 1;
                 if batches.is_multiple_of(BATCHES_IN_FLIGHT)
                     && let Some(t) = driver.time()
@@ -261,6 +404,12 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         return Err(e);
     }
     sink.flush()?;
+    // Finished: nothing to resume any more.
+    if let Some(c) = checkpoints.as_ref()
+        && process == 0
+    {
+        c.clear();
+    }
     let derived = sink
         .counts
         .lock()

@@ -375,3 +375,118 @@ fn one_worker_two_workers_and_a_two_process_cluster_derive_the_same_events() {
     assert_eq!(got, expected, "two processes");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every derived event, deduplicated by id (as a sink would): a second copy
+/// of an id must be the same event.
+fn deduplicated(dir: &Path) -> Vec<(String, String)> {
+    let mut by_id: std::collections::BTreeMap<String, String> = Default::default();
+    for (id, json) in all_derived(dir) {
+        if let Some(first) = by_id.get(&id) {
+            assert_eq!(first, &json, "two different events with id {id}");
+        }
+        by_id.insert(id, json);
+    }
+    by_id.into_iter().collect()
+}
+
+#[test]
+fn a_replay_killed_mid_way_resumes_from_its_checkpoint_with_the_same_outputs() {
+    let dir = scratch("crash");
+    let input = dir.join("events.ndjson");
+    let status = Command::new(bin())
+        .args(["generate", "--events", "400000", "--users", "120", "--out"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let settings = ["--set", "checkpoint.interval=2m", "--workers", "2"];
+
+    let uninterrupted = dir.join("uninterrupted");
+    replay(&input, &uninterrupted, &settings);
+    let expected = deduplicated(&uninterrupted);
+
+    // Kill -9 once at least one checkpoint is complete, well before the end.
+    let out = dir.join("crashed");
+    let checkpoints = dir.join("checkpoints");
+    let mut child = Command::new(bin())
+        .arg("replay")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .arg("--checkpoint-dir")
+        .arg(&checkpoints)
+        .args(settings)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let complete = || {
+        std::fs::read_dir(&checkpoints)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("COMPLETE.p0").exists())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !complete() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in 120 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replay finished before a checkpoint completed: make the input longer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the replay finished before the kill: make the input longer"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = all_derived(&out).len();
+    assert!(partial < expected.len(), "killed before the end");
+
+    // Restart: it resumes from the checkpoint, not from the start.
+    let output = Command::new(bin())
+        .arg("replay")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .arg("--checkpoint-dir")
+        .arg(&checkpoints)
+        .args(settings)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let resumed_at: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming from checkpoint at line "))
+        .unwrap_or_else(|| panic!("did not resume: {stderr}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        resumed_at > 0 && resumed_at < 400_000,
+        "resumed at line {resumed_at}"
+    );
+
+    let got = deduplicated(&out);
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "derived events after the crash and resume"
+    );
+    assert!(
+        got == expected,
+        "the outputs differ from an uninterrupted run"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -104,6 +104,9 @@ where
             C::NAME,
             move |initial, _info| {
                 let ckpt = ctx.checkpoints.clone();
+                if let Some(c) = ckpt.as_ref() {
+                    c.expect(&part);
+                }
                 let mut core = core;
                 let mut pending = EpochBuffer::default();
                 if let Some(c) = ckpt.as_ref() {
@@ -148,11 +151,33 @@ where
                     });
                     let f = frontier.frontier().first().copied();
                     loop {
-                        let barrier = match (f, next_barrier) {
-                            (Some(f), Some(b)) if f >= b => Some(b),
+                        // The barrier the frontier reached, if any: the latest
+                        // at or before it, when it jumped over several.
+                        let barrier = match (f, next_barrier, ckpt.as_ref()) {
+                            (Some(f), Some(b), Some(c)) if f >= b => Some(c.barrier_at_or_before(f)),
                             _ => None,
                         };
                         let target = barrier.or(f);
+                        if let Some(b) = barrier {
+                            // What was held for an earlier barrier than `b` is
+                            // before the cut: take it in first.
+                            scratch.append(&mut held);
+                            for (c, mut data) in scratch.drain(..) {
+                                if *c.time() >= b {
+                                    held.push((c, data));
+                                    continue;
+                                }
+                                match C::ORDER {
+                                    Order::Arrival => {
+                                        for r in data.iter() {
+                                            core.observe(r, &mut out);
+                                        }
+                                        give_at_own_epochs(output, &c, &time, &mut out);
+                                    }
+                                    Order::EventTime => pending.push(&time, &mut data),
+                                }
+                            }
+                        }
                         let Some(floor) = cap.as_ref() else {
                             break;
                         };
