@@ -144,7 +144,15 @@ where
                                 for r in data.iter() {
                                     core.observe(r, &mut out);
                                 }
-                                give_at_own_epochs(output, &c, &time, &mut out);
+                                // From the held capability (never later than the
+                                // container's stamp): a deadline an event fires
+                                // late keeps its own epoch.
+                                give_at_own_epochs(
+                                    output,
+                                    cap.as_ref().unwrap_or(&c),
+                                    &time,
+                                    &mut out,
+                                );
                             }
                             Order::EventTime => pending.push(&time, data),
                         }
@@ -172,7 +180,15 @@ where
                                         for r in data.iter() {
                                             core.observe(r, &mut out);
                                         }
-                                        give_at_own_epochs(output, &c, &time, &mut out);
+                                        // From the held capability (never later than the
+                                // container's stamp): a deadline an event fires
+                                // late keeps its own epoch.
+                                give_at_own_epochs(
+                                    output,
+                                    cap.as_ref().unwrap_or(&c),
+                                    &time,
+                                    &mut out,
+                                );
                                     }
                                     Order::EventTime => pending.push(&time, &mut data),
                                 }
@@ -199,7 +215,15 @@ where
                                 core.flush(&mut out);
                             }
                             if let Some(c) = cap.take() {
-                                give_at_own_epochs(output, &c, &time, &mut out);
+                                // From the held capability (never later than the
+                                // container's stamp): a deadline an event fires
+                                // late keeps its own epoch.
+                                give_at_own_epochs(
+                                    output,
+                                    cap.as_ref().unwrap_or(&c),
+                                    &time,
+                                    &mut out,
+                                );
                             }
                             out.clear();
                             break;
@@ -236,7 +260,15 @@ where
                                     for r in data.iter() {
                                         core.observe(r, &mut out);
                                     }
-                                    give_at_own_epochs(output, &c, &time, &mut out);
+                                    // From the held capability (never later than the
+                                // container's stamp): a deadline an event fires
+                                // late keeps its own epoch.
+                                give_at_own_epochs(
+                                    output,
+                                    cap.as_ref().unwrap_or(&c),
+                                    &time,
+                                    &mut out,
+                                );
                                 }
                                 Order::EventTime => pending.push(&time, &mut data),
                             }
