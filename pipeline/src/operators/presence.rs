@@ -6,8 +6,10 @@
 //! events and comments). Events without a `user_id` or without a
 //! `document_id` are ignored, and so are derived types (`EventType::derived`:
 //! conflicts, flow state, metrics...), which the pipeline computes itself.
-//! The wrapper exchanges by `document_id`, so one document's collaborators
-//! live on one worker.
+//! It runs in the operator runtime ([`crate::operators::keyed`], live:
+//! [`Order::Arrival`]), exchanged by `document_id`, so one document's
+//! collaborators live on one worker and each pair's events arrive in log
+//! order; its whole state is saved at checkpoint barriers.
 //!
 //! **Statuses.** A pair with no state is offline.
 //! - Any other event of the pair is *activity*: the pair is online, and
@@ -73,18 +75,14 @@
 //! one timer entry per pair (plus entries of dropped pairs until their time
 //! passes).
 
-use crate::operators::{
-    EventTime, Record, derived_id, give_at_own_epochs, stable_hash, written_words,
-};
+use crate::operators::keyed::{Core, Ctx, Keyed, Order};
+use crate::operators::{EventTime, Record, derived_id, stable_hash, written_words};
 use schemas::Event;
-use schemas::payload::{CursorMoved, Payload, PresenceStatus, PresenceUpdated};
-use serde::Deserialize;
+use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::Operator;
 
 /// Settings of the presence operator (`[presence]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -118,7 +116,9 @@ impl Default for PresenceConfig {
     }
 }
 
-/// The config in ms.
+/// The config in ms (what a checkpoint keeps of it: plain numbers, not the
+/// TOML-shaped config).
+#[derive(Serialize, Deserialize)]
 struct Limits {
     away_ms: i64,
     offline_ms: i64,
@@ -143,7 +143,31 @@ impl Limits {
     }
 }
 
+/// The stored cursor: `CursorMoved`'s fields. Not `CursorMoved` itself:
+/// its serde leaves `None`s out (JSON-shaped), which bincode cannot read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Cursor {
+    paragraph: i64,
+    offset: i64,
+    selection: Option<Vec<i64>>,
+    viewport: Option<Vec<i64>>,
+    mode: EditMode,
+}
+
+impl From<&CursorMoved> for Cursor {
+    fn from(c: &CursorMoved) -> Cursor {
+        Cursor {
+            paragraph: c.paragraph,
+            offset: c.offset,
+            selection: c.selection.clone(),
+            viewport: c.viewport.clone(),
+            mode: c.mode,
+        }
+    }
+}
+
 /// One collaborator in one document (online or away: offline holds no state).
+#[derive(Serialize, Deserialize)]
 struct Pair {
     status: PresenceStatus,
     /// Greatest event time of the pair's activity.
@@ -152,7 +176,7 @@ struct Pair {
     last_emitted: Option<i64>,
     project_id: Option<String>,
     /// The cursor with the greatest event time, and that time.
-    cursor: Option<(i64, CursorMoved)>,
+    cursor: Option<(i64, Cursor)>,
     /// (event time, words) of typed words, in time order; older than the
     /// typing window behind the watermark is pruned.
     typing: VecDeque<(i64, u64)>,
@@ -278,7 +302,9 @@ fn prune_typing(p: &mut Pair, watermark: i64, window_ms: i64) {
 }
 
 /// The pure core. Feed each pair's events in arrival order; tell it the
-/// watermark with [`PresenceTracker::advance_to`].
+/// watermark with [`PresenceTracker::advance_to`]. Serializable whole (a
+/// checkpoint restores it as it was).
+#[derive(Serialize, Deserialize)]
 pub struct PresenceTracker {
     lim: Limits,
     /// document → user → state.
@@ -455,7 +481,7 @@ impl PresenceTracker {
         if let Payload::CollaborationCursorMoved(c) = &e.data {
             cursor_moved = true;
             if p.cursor.as_ref().is_none_or(|(at, _)| t >= *at) {
-                p.cursor = Some((t, c.clone()));
+                p.cursor = Some((t, Cursor::from(c)));
             }
         }
         let due = cursor_moved
@@ -532,54 +558,62 @@ fn note_project(p: &mut Pair, e: &Event) {
     }
 }
 
-/// The timely wrapper: `records.presence(&config, time)`.
+/// Live (arrival order), keyed by document, in the operator runtime:
+/// `records.keyed(PresenceTracker::new(&config.presence), &ctx)`.
+///
+/// The runtime stamps what `observe` emits no earlier than the input
+/// container's stamp, so a missed away/offline fired by a later event can
+/// be stamped later than its own epoch (its deadline may be before that
+/// stamp, the frontier not having caught up); harmless while nothing
+/// downstream parks presence updates.
+impl Core for PresenceTracker {
+    type Item = Record;
+    const NAME: &'static str = "Presence";
+    const ORDER: Order = Order::Arrival;
+
+    /// What `observe` would ignore anyway: filtered before the exchange.
+    fn wants(r: &Record) -> bool {
+        let e = &r.event;
+        e.user_id.is_some() && e.document_id.is_some() && !is_derived(&e.data)
+    }
+
+    fn key(r: &Record) -> u64 {
+        stable_hash(r.event.document_id.as_deref().unwrap_or(""))
+    }
+
+    fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
+        PresenceTracker::observe(self, &r.event, out);
+    }
+
+    fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
+        PresenceTracker::advance_to(self, watermark, out);
+    }
+
+    fn flush(&mut self, out: &mut Vec<Event>) {
+        PresenceTracker::flush(self, out);
+    }
+
+    fn state_size(&self) -> usize {
+        PresenceTracker::state_size(self)
+    }
+
+    fn sort_epoch(_records: &mut [Record]) {}
+}
+
+/// Transitional, until `build_graph` calls the runtime with its own `Ctx`
+/// (then delete this): the runtime without checkpoints.
 pub trait Presence<'scope> {
     fn presence(self, config: &PresenceConfig, time: EventTime) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope> Presence<'scope> for Stream<'scope, u64, Vec<Record>> {
     fn presence(self, config: &PresenceConfig, time: EventTime) -> Stream<'scope, u64, Vec<Event>> {
-        let config = config.clone();
-        // By document: one document's collaborators on one worker, and each
-        // pair's events in arrival order (channels are FIFO).
-        let by_doc =
-            Exchange::new(|r: &Record| stable_hash(r.event.document_id.as_deref().unwrap_or("")));
-        self.unary_frontier(by_doc, "Presence", move |initial, _info| {
-            let mut tracker = PresenceTracker::new(&config);
-            // Held at the input frontier. Everything is emitted from it, live
-            // updates too: a missed away fired by a later event has a `ts`
-            // earlier than that event's container stamp, but never earlier
-            // than the frontier (deadlines before it have fired already).
-            let mut timer: Option<Capability<u64>> = Some(initial);
-            let mut out = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each(|_cap, data| {
-                    for r in data.drain(..) {
-                        tracker.observe(&r.event, &mut out);
-                    }
-                });
-                match frontier.frontier().first().copied() {
-                    Some(f) => {
-                        tracker.advance_to(f as i64, &mut out);
-                        if let Some(cap) = timer.as_mut() {
-                            give_at_own_epochs(output, cap, &time, &mut out);
-                            if *cap.time() < f {
-                                cap.downgrade(&f);
-                            }
-                        }
-                    }
-                    None => {
-                        if time.flush_at_end {
-                            tracker.flush(&mut out);
-                        }
-                        if let Some(cap) = timer.take() {
-                            give_at_own_epochs(output, &cap, &time, &mut out);
-                        }
-                    }
-                }
-                out.clear();
-            }
-        })
+        let ctx = Ctx {
+            time,
+            worker: 0,
+            checkpoints: None,
+        };
+        self.keyed(PresenceTracker::new(config), &ctx)
     }
 }
 
@@ -1543,7 +1577,7 @@ mod tests {
 
     /// The core, told of the watermark at random points (never past an event
     /// still to come), checking that nothing is emitted before the watermark
-    /// it was at (what lets the wrapper stamp every update at its own epoch).
+    /// it was at (what lets the runtime stamp every update at its own epoch).
     fn core(cfg: &PresenceConfig, events: &[Event], seed: u64) -> Vec<Event> {
         let mut rng = SplitMix(seed ^ 0xabcd);
         let mut t = PresenceTracker::new(cfg);
@@ -1642,7 +1676,7 @@ mod tests {
         );
     }
 
-    // ---- the timely wrapper --------------------------------------------------------------
+    // ---- in the runtime -----------------------------------------------------------------
 
     #[test]
     fn same_output_with_one_or_two_workers_and_any_batch_size() {
@@ -1663,7 +1697,12 @@ mod tests {
                                 epoch_ms: c.dataflow.epoch.as_millis() as u64,
                                 flush_at_end: c.dataflow.flush_at_end,
                             };
-                            s.presence(&pc, time)
+                            let ctx = Ctx {
+                                time,
+                                worker: 0,
+                                checkpoints: None,
+                            };
+                            s.keyed(PresenceTracker::new(&pc), &ctx)
                         },
                     );
                     assert!(late.is_empty(), "the stream has no late events");
@@ -1676,5 +1715,96 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Through the `Core` interface, as the runtime drives it: the record,
+    /// then (maybe) a watermark.
+    fn feed(t: &mut PresenceTracker, e: &Event, watermark: Option<i64>) -> Vec<Event> {
+        let mut out = Vec::new();
+        let r = Record {
+            seq: 0,
+            event: std::sync::Arc::new(e.clone()),
+        };
+        if <PresenceTracker as Core>::wants(&r) {
+            Core::observe(t, &r, &mut out);
+        }
+        if let Some(w) = watermark {
+            Core::advance_to(t, w, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let configs = [
+            small(),
+            PresenceConfig {
+                away_after: Duration::from_secs(15),
+                ..small()
+            },
+        ];
+        // What the snapshots held, over all seeds: every part of a pair's state.
+        let (mut held_cursor, mut held_typing, mut held_away) = (false, false, false);
+        for (c, cfg) in configs.iter().enumerate() {
+            for seed in 0..10 {
+                let events = random_stream(seed * 7 + 100 + c as u64, 600, cfg);
+                let mut rng = SplitMix(seed ^ 0x5eed);
+                let (mut max_ts, mut said) = (i64::MIN, i64::MIN);
+                // Like the frontier: epoch boundaries behind the disorder bound.
+                let mut watermarks: Vec<Option<i64>> = Vec::new();
+                for e in &events {
+                    max_ts = max_ts.max(e.ts);
+                    let w = max_ts - DISORDER;
+                    let w = w - w.rem_euclid(100);
+                    let tick = rng.below(3) == 0 && w > said;
+                    if tick {
+                        said = w;
+                    }
+                    watermarks.push(tick.then_some(w));
+                }
+                let half = events.len() / 2;
+                let mut before = PresenceTracker::new(cfg);
+                for (e, w) in events[..half].iter().zip(&watermarks) {
+                    feed(&mut before, e, *w);
+                }
+                let bytes = bincode::serialize(&before).expect("serializes");
+                let mut after: PresenceTracker =
+                    bincode::deserialize(&bytes).expect("deserializes");
+                assert!(
+                    before.state_size() > 0,
+                    "config {c} seed {seed}: empty snapshot"
+                );
+                for p in before.docs.values().flat_map(|u| u.values()) {
+                    held_cursor |= p.cursor.is_some();
+                    held_typing |= !p.typing.is_empty();
+                    held_away |= p.status == PresenceStatus::Away;
+                }
+                assert_eq!(
+                    (after.state_size(), after.pending_timers()),
+                    (before.state_size(), before.pending_timers())
+                );
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for (e, w) in events[half..].iter().zip(&watermarks[half..]) {
+                    a.extend(feed(&mut before, e, *w));
+                    b.extend(feed(&mut after, e, *w));
+                    assert_eq!(
+                        (after.state_size(), after.pending_timers()),
+                        (before.state_size(), before.pending_timers())
+                    );
+                }
+                Core::flush(&mut before, &mut a);
+                Core::flush(&mut after, &mut b);
+                assert!(a.len() > 20, "config {c} seed {seed}: too few updates");
+                assert!(
+                    a == b,
+                    "config {c} seed {seed}: outputs differ after a restore"
+                );
+                assert_eq!(Core::state_size(&after), Core::state_size(&before));
+            }
+        }
+        assert!(
+            held_cursor && held_typing && held_away,
+            "snapshots held cursor {held_cursor}, typing {held_typing}, away {held_away}"
+        );
     }
 }
