@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::operators::alerts::Alerts;
 use crate::operators::conflicts::ConflictWindows;
 use crate::operators::keyed::{Ctx, Keyed};
-use crate::operators::presence::Presence;
+use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::Sessions;
 use crate::operators::team::TeamMetrics;
 use crate::operators::wpm::WpmTracker;
@@ -70,7 +70,9 @@ pub fn build_graph<'scope>(
     let time = ctx.time;
     let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
     let sessions = events.clone().sessions(&config.sessions, time);
-    let presence = events.clone().presence(&config.presence, time);
+    let presence = events
+        .clone()
+        .keyed(PresenceTracker::new(&config.presence), ctx);
     let conflicts = events.clone().conflict_windows(&config.conflicts, time);
     let team = events
         .clone()

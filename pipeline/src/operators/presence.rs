@@ -75,14 +75,13 @@
 //! one timer entry per pair (plus entries of dropped pairs until their time
 //! passes).
 
-use crate::operators::keyed::{Core, Ctx, Keyed, Order};
-use crate::operators::{EventTime, Record, derived_id, stable_hash, written_words};
+use crate::operators::keyed::{Core, Order};
+use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
-use timely::dataflow::Stream;
 
 /// Settings of the presence operator (`[presence]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -600,26 +599,11 @@ impl Core for PresenceTracker {
     fn sort_epoch(_records: &mut [Record]) {}
 }
 
-/// Transitional, until `build_graph` calls the runtime with its own `Ctx`
-/// (then delete this): the runtime without checkpoints.
-pub trait Presence<'scope> {
-    fn presence(self, config: &PresenceConfig, time: EventTime) -> Stream<'scope, u64, Vec<Event>>;
-}
-
-impl<'scope> Presence<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn presence(self, config: &PresenceConfig, time: EventTime) -> Stream<'scope, u64, Vec<Event>> {
-        let ctx = Ctx {
-            time,
-            worker: 0,
-            checkpoints: None,
-        };
-        self.keyed(PresenceTracker::new(config), &ctx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::EventTime;
+    use crate::operators::keyed::{Ctx, Keyed};
     use serde_json::json;
 
     const MIN: i64 = 60_000;
