@@ -15,7 +15,7 @@
 use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alerts::Alerts;
-use crate::operators::conflicts::ConflictWindows;
+use crate::operators::conflicts::ConflictTracker;
 use crate::operators::keyed::{Ctx, Keyed};
 use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::Sessions;
@@ -73,7 +73,9 @@ pub fn build_graph<'scope>(
     let presence = events
         .clone()
         .keyed(PresenceTracker::new(&config.presence), ctx);
-    let conflicts = events.clone().conflict_windows(&config.conflicts, time);
+    let conflicts = events
+        .clone()
+        .keyed(ConflictTracker::new(&config.conflicts), ctx);
     let team = events
         .clone()
         .team_metrics(as_records(conflicts.clone()), &config.team, time);
