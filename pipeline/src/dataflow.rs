@@ -19,7 +19,7 @@ use crate::operators::conflicts::ConflictTracker;
 use crate::operators::keyed::{Ctx, Keyed};
 use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::Sessions;
-use crate::operators::team::TeamMetrics;
+use crate::operators::team::TeamTracker;
 use crate::operators::wpm::WpmTracker;
 use crate::operators::{EventTime, Record, derived_id, stable_hash};
 use schemas::Event;
@@ -78,7 +78,8 @@ pub fn build_graph<'scope>(
         .keyed(ConflictTracker::new(&config.conflicts), ctx);
     let team = events
         .clone()
-        .team_metrics(as_records(conflicts.clone()), &config.team, time);
+        .concat(as_records(conflicts.clone()))
+        .keyed(TeamTracker::new(&config.team), ctx);
     // Alerts read the input and what the sessions derive (flow state).
     let alerts = events
         .concat(as_records(sessions.clone()))
