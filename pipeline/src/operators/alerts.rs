@@ -80,9 +80,13 @@
 //! **live**: emitted as each container is processed, at its stamp, with
 //! `ts` = the source event's time. Stateful rules (sales milestones,
 //! thresholds, anomalies) are **frontier-driven**: the live stage extracts a
-//! small [`Observation`] per (rule, key) that the event feeds, exchanged by
-//! (rule, key) and parked by event-time epoch; once the frontier passes an
-//! epoch its observations are processed in (ts, event id) order. Arrival
+//! small [`Observation`] per (rule, key) that the event feeds; an
+//! [`AlertState`] in the operator runtime ([`crate::operators::keyed`],
+//! [`Order::EventTime`]) exchanges them by (rule, key), parks them by
+//! event-time epoch and, once the frontier passes an epoch, processes its
+//! observations in (ts, event id) order; the runtime also checkpoints the
+//! state and the parked observations (see [`AlertState`] for how the rules
+//! come back after a restore). Arrival
 //! order was not an option: this operator reads input events *and* derived
 //! events of other operators, and a rule's key is not the log's partition
 //! key, so no arrival order per key is reproducible across workers and
@@ -91,8 +95,10 @@
 //! event id) count once.
 //!
 //! State: threshold keys live while their window holds events; anomaly
-//! series and per-book sales totals are dropped once idle for `state_ttl`
-//! of event time (after that a book falls back to `total_units - units`).
+//! series and per-book sales totals idle for more than `state_ttl` of event
+//! time are forgotten (an observation more than `state_ttl` after its key's
+//! last one starts afresh: a book falls back to `total_units - units`),
+//! whatever the batching; a periodic sweep frees their memory.
 
 use crate::operators::keyed::{Core, Ctx, Keyed, Order};
 use crate::operators::{Record, Timed, derived_id, stable_hash};
@@ -1346,7 +1352,7 @@ enum SeriesKind {
 /// **Checkpoints.** The operator runtime saves the whole core with bincode
 /// and restores it by deserializing, with no hook to hand it anything
 /// afterwards. So the core holds its rules as plain data (names, priorities,
-/// windows, thresholds, milestones: [`SeriesRule`]), copied out of the
+/// windows, thresholds, milestones: `SeriesRule`), copied out of the
 /// compiled [`AlertRules`] at construction, not the `Arc<AlertRules>`
 /// itself: that holds field paths, conditions with `serde_json::Value`s
 /// (whose `Deserialize` needs `deserialize_any`, which bincode lacks) and
@@ -1441,12 +1447,23 @@ impl AlertState {
                 let map = &mut self.windows[ri];
                 observe_threshold(map, &mut self.deadlines, ri as u32, rule, t, o, out)
             }
-            SeriesKind::Anomaly(a) => observe_anomaly(&mut self.series[ri], rule, a, o, out),
+            SeriesKind::Anomaly(a) => {
+                let map = &mut self.series[ri];
+                forget_if_idle(map, &o.key, |s| s.last_ts, o.ts, self.state_ttl_ms);
+                observe_anomaly(map, rule, a, o, out)
+            }
             SeriesKind::Stateless => {}
         }
     }
 
     fn observe_sales(&mut self, o: &Observation, out: &mut Vec<Event>) {
+        forget_if_idle(
+            &mut self.books,
+            &o.key,
+            |b| b.last_ts,
+            o.ts,
+            self.state_ttl_ms,
+        );
         let total = o.value as i64;
         let prev = match self.books.get(o.key.as_str()) {
             Some(b) => b.max_total,
@@ -1591,6 +1608,25 @@ impl Core for AlertState {
 
     fn sort_epoch(items: &mut [Observation]) {
         sort_observations(items);
+    }
+}
+
+/// Drops `key`'s entry if idle for more than `ttl_ms` before `ts`. The sweep
+/// in [`AlertState::advance_to`] runs when the frontier happens to pass, so
+/// it only bounds memory: this check makes "forgotten" depend on event time
+/// alone, never on batching or on when the last sweep ran.
+fn forget_if_idle<V>(
+    map: &mut HashMap<String, V>,
+    key: &str,
+    last_ts: impl Fn(&V) -> i64,
+    ts: i64,
+    ttl_ms: i64,
+) {
+    if map
+        .get(key)
+        .is_some_and(|v| last_ts(v) < ts.saturating_sub(ttl_ms))
+    {
+        map.remove(key);
     }
 }
 
@@ -2905,6 +2941,29 @@ mod tests {
         }
         // Counted once, "a" and "b" make 2: above at "b", not at the copy.
         assert_eq!(crossings(&out), [(500, "u1".into(), Above, 2.0)]);
+    }
+
+    #[test]
+    fn an_idle_book_is_forgotten_after_the_ttl_whether_or_not_a_sweep_ran() {
+        let mut cfg = config("[alerts]\nstate_ttl = \"1h\"\n").unwrap();
+        cfg.sales_milestones = vec![100];
+        let r = AlertRules::new(&cfg).unwrap();
+        let run = |second_ts: i64, sweep: bool| {
+            let mut state = AlertState::new(&r);
+            let (mut out, mut obs) = (Vec::new(), Vec::new());
+            r.stage(&sales("s1", 0, "b1", 50, 50), &mut out, &mut obs);
+            r.stage(&sales("s2", second_ts, "b1", 10, 110), &mut out, &mut obs);
+            state.observe(&obs[0], &mut out);
+            if sweep {
+                state.advance_to(second_ts, &mut out);
+            }
+            state.observe(&obs[1], &mut out);
+            crossings(&out).len()
+        };
+        // Idle for exactly the ttl: remembered (50 → 110 crosses 100).
+        assert_eq!((run(3_600_000, false), run(3_600_000, true)), (1, 1));
+        // Longer: forgotten, the update's own previous total (100) is not below 100.
+        assert_eq!((run(3_600_001, false), run(3_600_001, true)), (0, 0));
     }
 
     /// Observations of `events` by epoch (100 ms), in processing order.
