@@ -83,7 +83,7 @@ pub fn build_graph<'scope>(
     // Alerts read the input and what the sessions derive (flow state).
     let alerts = events
         .concat(as_records(sessions.clone()))
-        .alert_rules(&config.alerts, time);
+        .alert_rules(&config.alerts, ctx);
     let scope = wpm.scope();
     scope.concatenate([wpm, sessions, presence, conflicts, team, alerts])
 }

@@ -80,9 +80,13 @@
 //! **live**: emitted as each container is processed, at its stamp, with
 //! `ts` = the source event's time. Stateful rules (sales milestones,
 //! thresholds, anomalies) are **frontier-driven**: the live stage extracts a
-//! small [`Observation`] per (rule, key) that the event feeds, exchanged by
-//! (rule, key) and parked by event-time epoch; once the frontier passes an
-//! epoch its observations are processed in (ts, event id) order. Arrival
+//! small [`Observation`] per (rule, key) that the event feeds; an
+//! [`AlertState`] in the operator runtime ([`crate::operators::keyed`],
+//! [`Order::EventTime`]) exchanges them by (rule, key), parks them by
+//! event-time epoch and, once the frontier passes an epoch, processes its
+//! observations in (ts, event id) order; the runtime also checkpoints the
+//! state and the parked observations (see [`AlertState`] for how the rules
+//! come back after a restore). Arrival
 //! order was not an option: this operator reads input events *and* derived
 //! events of other operators, and a rule's key is not the log's partition
 //! key, so no arrival order per key is reproducible across workers and
@@ -91,10 +95,13 @@
 //! event id) count once.
 //!
 //! State: threshold keys live while their window holds events; anomaly
-//! series and per-book sales totals are dropped once idle for `state_ttl`
-//! of event time (after that a book falls back to `total_units - units`).
+//! series and per-book sales totals idle for more than `state_ttl` of event
+//! time are forgotten (an observation more than `state_ttl` after its key's
+//! last one starts afresh: a book falls back to `total_units - units`),
+//! whatever the batching; a periodic sweep frees their memory.
 
-use crate::operators::{EventTime, Record, derived_id, give_at_own_epochs, stable_hash};
+use crate::operators::keyed::{Core, Ctx, Keyed, Order};
+use crate::operators::{Record, Timed, derived_id, stable_hash};
 use schemas::payload::{
     AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
 };
@@ -103,13 +110,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
@@ -587,18 +593,18 @@ impl Template {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 enum Aggregate {
     Count,
     Sum,
     Avg,
 }
 
-#[derive(Debug, Clone)]
+/// What a threshold rule's windows need (the field paths stay with the live
+/// stage): plain data, saved with the windows at each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ThresholdRule {
-    key: Option<FieldPath>,
     aggregate: Aggregate,
-    value: Option<FieldPath>,
     window_ms: i64,
     threshold: f64,
     metric: String,
@@ -606,10 +612,9 @@ struct ThresholdRule {
     notify_below: bool,
 }
 
-#[derive(Debug, Clone)]
+/// What an anomaly rule's series need (plain data, as [`ThresholdRule`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct AnomalyRule {
-    key: Option<FieldPath>,
-    value: FieldPath,
     window: usize,
     k: f64,
     min_samples: usize,
@@ -623,8 +628,17 @@ enum RuleKind {
         title: Template,
         body: Template,
     },
-    Threshold(ThresholdRule),
-    Anomaly(AnomalyRule),
+    Threshold {
+        key: Option<FieldPath>,
+        /// `None`: count (every event weighs 1).
+        value: Option<FieldPath>,
+        params: ThresholdRule,
+    },
+    Anomaly {
+        key: Option<FieldPath>,
+        value: FieldPath,
+        params: AnomalyRule,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -859,16 +873,18 @@ impl AlertRules {
                             (Some(v), Aggregate::Avg) => format!("avg({v})"),
                             _ => "count".to_owned(),
                         });
-                    RuleKind::Threshold(ThresholdRule {
+                    RuleKind::Threshold {
                         key: key(&t.key)?,
-                        aggregate,
                         value,
-                        window_ms: t.window.as_millis().min(i64::MAX as u128 / 4) as i64,
-                        threshold: t.threshold,
-                        metric,
-                        notify_above,
-                        notify_below,
-                    })
+                        params: ThresholdRule {
+                            aggregate,
+                            window_ms: t.window.as_millis().min(i64::MAX as u128 / 4) as i64,
+                            threshold: t.threshold,
+                            metric,
+                            notify_above,
+                            notify_below,
+                        },
+                    }
                 }
                 RuleConfig::Anomaly(a) => {
                     let value = path("value", &a.value)?;
@@ -887,14 +903,16 @@ impl AlertRules {
                     if !(a.k.is_finite() && a.k > 0.0) {
                         return invalid(at("k"), "must be a positive number");
                     }
-                    RuleKind::Anomaly(AnomalyRule {
+                    RuleKind::Anomaly {
                         key: key(&a.key)?,
                         value,
-                        window: a.window,
-                        k: a.k,
-                        min_samples: a.min_samples,
-                        metric: a.metric.clone().unwrap_or_else(|| a.value.clone()),
-                    })
+                        params: AnomalyRule {
+                            window: a.window,
+                            k: a.k,
+                            min_samples: a.min_samples,
+                            metric: a.metric.clone().unwrap_or_else(|| a.value.clone()),
+                        },
+                    }
                 }
             };
             by_type.entry(ty).or_default().push(i as u32);
@@ -984,21 +1002,21 @@ impl AlertRules {
                         ));
                     }
                 }
-                RuleKind::Threshold(t) => {
-                    let value = match &t.value {
+                RuleKind::Threshold { key, value, .. } => {
+                    let value = match value {
                         None => 1.0,
                         Some(p) => match p.eval(&view).first().and_then(|v| v.as_f64()) {
                             Some(v) => v,
                             None => continue, // no numeric value: not part of the series
                         },
                     };
-                    push_observations(ri, t.key.as_ref(), &view, value, recipients(), obs);
+                    push_observations(ri, key.as_ref(), &view, value, recipients(), obs);
                 }
-                RuleKind::Anomaly(a) => {
-                    let Some(value) = a.value.eval(&view).first().and_then(|v| v.as_f64()) else {
+                RuleKind::Anomaly { key, value, .. } => {
+                    let Some(value) = value.eval(&view).first().and_then(|v| v.as_f64()) else {
                         continue;
                     };
-                    push_observations(ri, a.key.as_ref(), &view, value, recipients(), obs);
+                    push_observations(ri, key.as_ref(), &view, value, recipients(), obs);
                 }
             }
         }
@@ -1217,6 +1235,9 @@ fn direction_name(d: Direction) -> &'static str {
 
 /// What one event contributes to one stateful rule's series: produced by the
 /// live stage, exchanged by (rule, key), processed in event-time order.
+///
+/// Plain strings and numbers, so bincode carries it between processes and
+/// into checkpoints (the parked observations are part of a snapshot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// Index of the config rule, or `u32::MAX` for sales milestones.
@@ -1238,21 +1259,30 @@ pub struct Observation {
     pub recipients: Vec<String>,
 }
 
+impl Timed for Observation {
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+}
+
+impl Observation {
+    /// What makes two observations the same one (an at-least-once copy of
+    /// the source event): the rest follows from the source event.
+    fn identity(&self) -> (i64, &str, u32, &str) {
+        (self.ts, &self.source_id, self.rule, &self.key)
+    }
+}
+
 /// The order in which a key's observations must be processed: event time,
-/// then the event id (unique), so it is the same on every run.
-pub fn sort_observations(obs: &mut Vec<Observation>) {
-    obs.sort_by(|a, b| {
-        (a.ts, &a.source_id, a.rule, &a.key).cmp(&(b.ts, &b.source_id, b.rule, &b.key))
-    });
-    // The same event twice (an at-least-once copy of a derived event) counts once.
-    obs.dedup_by(|a, b| {
-        a.ts == b.ts && a.source_id == b.source_id && a.rule == b.rule && a.key == b.key
-    });
+/// then the event id (unique), so it is the same on every run. Copies of one
+/// observation end up next to each other ([`AlertState::observe`] skips them).
+pub fn sort_observations(obs: &mut [Observation]) {
+    obs.sort_by(|a, b| a.identity().cmp(&b.identity()));
 }
 
 /// The latest envelope and recipients of a series, for transitions that
 /// no event carries (a window sliding).
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Context {
     user_id: Option<String>,
     project_id: Option<String>,
@@ -1272,7 +1302,7 @@ impl Context {
 }
 
 /// One key of a threshold rule: its window's events (ts, value) in time order.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Window {
     entries: VecDeque<(i64, f64)>,
     sum: f64,
@@ -1284,21 +1314,62 @@ struct Window {
     ctx: Context,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Series {
     values: VecDeque<f64>,
     last_ts: i64,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Book {
     max_total: i64,
     last_ts: i64,
 }
 
+/// A config rule as the stateful stage sees it: the outputs' name and
+/// priority, and the parameters of its series. Its field paths, conditions
+/// and recipients were applied by the live stage ([`AlertRules::stage`]),
+/// whose results the observations carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeriesRule {
+    name: String,
+    priority: Priority,
+    kind: SeriesKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum SeriesKind {
+    /// A match rule: never observed here.
+    Stateless,
+    Threshold(ThresholdRule),
+    Anomaly(AnomalyRule),
+}
+
 /// The stateful rules' state. Feed each (rule, key)'s observations in
 /// [`sort_observations`] order; call [`AlertState::advance_to`] with the
 /// watermark (no observation before it will come).
+///
+/// **Checkpoints.** The operator runtime saves the whole core with bincode
+/// and restores it by deserializing, with no hook to hand it anything
+/// afterwards. So the core holds its rules as plain data (names, priorities,
+/// windows, thresholds, milestones: `SeriesRule`), copied out of the
+/// compiled [`AlertRules`] at construction, not the `Arc<AlertRules>`
+/// itself: that holds field paths, conditions with `serde_json::Value`s
+/// (whose `Deserialize` needs `deserialize_any`, which bincode lacks) and
+/// templates, none of which this stage uses. Re-attaching a skipped
+/// `Arc<AlertRules>` would have needed state outside the core (a
+/// process-wide `OnceLock`): one rule set per process, wrong for tests that
+/// run several dataflows at once, and invisible in the snapshot. A restored
+/// core therefore runs with the rules it was saved with; restoring with a
+/// changed `[alerts]` section is not supported (as with a changed worker
+/// count): the live stage's rule indices would name other rules.
+#[derive(Serialize, Deserialize)]
 pub struct AlertState {
-    rules: Arc<AlertRules>,
+    /// Per config rule index.
+    rules: Vec<SeriesRule>,
+    /// Sorted, distinct, positive.
+    milestones: Vec<i64>,
+    state_ttl_ms: i64,
     /// Per rule index (empty maps for other kinds).
     windows: Vec<HashMap<String, Window>>,
     /// (moment an event leaves a window, rule, key); entries whose key has
@@ -1307,18 +1378,36 @@ pub struct AlertState {
     series: Vec<HashMap<String, Series>>,
     books: HashMap<String, Book>,
     swept_at: i64,
+    /// Identity of the last observation processed: a copy sorts right after
+    /// it (see [`sort_observations`]) and is skipped.
+    last: Option<(i64, String, u32, String)>,
 }
 
 impl AlertState {
-    pub fn new(rules: Arc<AlertRules>) -> AlertState {
+    pub fn new(rules: &AlertRules) -> AlertState {
         let n = rules.rules.len();
         AlertState {
-            rules,
+            rules: rules
+                .rules
+                .iter()
+                .map(|r| SeriesRule {
+                    name: r.name.clone(),
+                    priority: r.priority,
+                    kind: match &r.kind {
+                        RuleKind::Match { .. } => SeriesKind::Stateless,
+                        RuleKind::Threshold { params, .. } => SeriesKind::Threshold(params.clone()),
+                        RuleKind::Anomaly { params, .. } => SeriesKind::Anomaly(params.clone()),
+                    },
+                })
+                .collect(),
+            milestones: rules.milestones.clone(),
+            state_ttl_ms: rules.state_ttl_ms,
             windows: (0..n).map(|_| HashMap::new()).collect(),
             deadlines: BTreeSet::new(),
             series: (0..n).map(|_| HashMap::new()).collect(),
             books: HashMap::new(),
             swept_at: i64::MIN,
+            last: None,
         }
     }
 
@@ -1330,136 +1419,57 @@ impl AlertState {
     }
 
     pub fn observe(&mut self, o: &Observation, out: &mut Vec<Event>) {
+        // The same event twice (an at-least-once copy of a derived event) counts once.
+        if let Some((ts, source, rule, key)) = &self.last
+            && (*ts, source.as_str(), *rule, key.as_str()) == o.identity()
+        {
+            return;
+        }
+        match &mut self.last {
+            Some(last) => {
+                last.0 = o.ts;
+                last.1.clone_from(&o.source_id);
+                last.2 = o.rule;
+                last.3.clone_from(&o.key);
+            }
+            None => self.last = Some((o.ts, o.source_id.clone(), o.rule, o.key.clone())),
+        }
         if o.rule == SALES {
             self.observe_sales(o, out);
             return;
         }
         let ri = o.rule as usize;
-        let rules = self.rules.clone();
-        let Some(rule) = rules.rules.get(ri) else {
+        let Some(rule) = self.rules.get(ri) else {
             return;
         };
         match &rule.kind {
-            RuleKind::Threshold(t) => self.observe_threshold(ri, rule, t, o, out),
-            RuleKind::Anomaly(a) => self.observe_anomaly(ri, rule, a, o, out),
-            RuleKind::Match { .. } => {}
-        }
-    }
-
-    fn observe_threshold(
-        &mut self,
-        ri: usize,
-        rule: &Rule,
-        t: &ThresholdRule,
-        o: &Observation,
-        out: &mut Vec<Event>,
-    ) {
-        let map = &mut self.windows[ri];
-        if !map.contains_key(o.key.as_str()) {
-            map.insert(o.key.clone(), Window::default());
-        }
-        let Some(w) = map.get_mut(o.key.as_str()) else {
-            return;
-        };
-        // Events that left the window before this one came fire first, at their own moment.
-        slide(rule, t, &o.key, w, o.ts, out);
-        w.entries.push_back((o.ts, o.value));
-        w.sum += o.value;
-        w.ctx = Context::of(o);
-        evaluate(rule, t, &o.key, w, o.ts, Some(&o.source_id), out);
-        register(&mut self.deadlines, ri as u32, &o.key, t, w);
-    }
-
-    fn observe_anomaly(
-        &mut self,
-        ri: usize,
-        rule: &Rule,
-        a: &AnomalyRule,
-        o: &Observation,
-        out: &mut Vec<Event>,
-    ) {
-        let map = &mut self.series[ri];
-        if !map.contains_key(o.key.as_str()) {
-            let values = VecDeque::with_capacity(a.window.min(64));
-            map.insert(
-                o.key.clone(),
-                Series {
-                    values,
-                    last_ts: o.ts,
-                },
-            );
-        }
-        let Some(s) = map.get_mut(o.key.as_str()) else {
-            return;
-        };
-        if s.values.len() >= a.min_samples {
-            let n = s.values.len() as f64;
-            let mean = s.values.iter().sum::<f64>() / n;
-            let var = s
-                .values
-                .iter()
-                .map(|x| (x - mean) * (x - mean))
-                .sum::<f64>()
-                / n;
-            let stddev = var.sqrt();
-            if (o.value - mean).abs() > a.k * stddev {
-                let id = derived_id(
-                    "alerts",
-                    &["anomaly_detected", &rule.name, &o.key, &o.source_id],
-                );
-                for r in &o.recipients {
-                    out.push(alert_event(
-                        &rule.name,
-                        rule.priority,
-                        r,
-                        format!("{}:{}", rule.name, o.key),
-                        format!("{}: unusual {}", rule.name, a.metric),
-                        format!(
-                            "{} for {} is {}, against a recent mean of {} (standard deviation {}).",
-                            a.metric,
-                            o.key,
-                            fmt_num(o.value),
-                            fmt_num(mean),
-                            fmt_num(stddev)
-                        ),
-                        &id,
-                        o.ts,
-                        o.project_id.as_ref(),
-                        o.document_id.as_ref(),
-                    ));
-                }
-                out.push(Event {
-                    id,
-                    ts: o.ts,
-                    user_id: o.user_id.clone(),
-                    project_id: o.project_id.clone(),
-                    document_id: o.document_id.clone(),
-                    data: Payload::AnalyticsAnomalyDetected(AnomalyDetected {
-                        rule: rule.name.clone(),
-                        metric: a.metric.clone(),
-                        key: o.key.clone(),
-                        value: o.value,
-                        mean,
-                        stddev,
-                        k: a.k,
-                    }),
-                });
+            SeriesKind::Threshold(t) => {
+                let map = &mut self.windows[ri];
+                observe_threshold(map, &mut self.deadlines, ri as u32, rule, t, o, out)
             }
+            SeriesKind::Anomaly(a) => {
+                let map = &mut self.series[ri];
+                forget_if_idle(map, &o.key, |s| s.last_ts, o.ts, self.state_ttl_ms);
+                observe_anomaly(map, rule, a, o, out)
+            }
+            SeriesKind::Stateless => {}
         }
-        s.values.push_back(o.value);
-        if s.values.len() > a.window {
-            s.values.pop_front();
-        }
-        s.last_ts = s.last_ts.max(o.ts);
     }
 
     fn observe_sales(&mut self, o: &Observation, out: &mut Vec<Event>) {
+        forget_if_idle(
+            &mut self.books,
+            &o.key,
+            |b| b.last_ts,
+            o.ts,
+            self.state_ttl_ms,
+        );
         let total = o.value as i64;
         let prev = match self.books.get(o.key.as_str()) {
             Some(b) => b.max_total,
             None => total - o.aux as i64,
         };
-        for &m in &self.rules.milestones {
+        for &m in &self.milestones {
             if !(prev < m && m <= total) {
                 continue;
             }
@@ -1517,7 +1527,6 @@ impl AlertState {
     /// slides due at or before it (an event at exactly the deadline would
     /// come after the slide anyway) and forgets idle series.
     pub fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        let rules = self.rules.clone();
         while let Some((d, _, _)) = self.deadlines.first() {
             if *d > watermark {
                 break;
@@ -1525,10 +1534,10 @@ impl AlertState {
             let Some((d, ri, key)) = self.deadlines.pop_first() else {
                 break;
             };
-            let Some(rule) = rules.rules.get(ri as usize) else {
+            let Some(rule) = self.rules.get(ri as usize) else {
                 continue;
             };
-            let RuleKind::Threshold(t) = &rule.kind else {
+            let SeriesKind::Threshold(t) = &rule.kind else {
                 continue;
             };
             let map = &mut self.windows[ri as usize];
@@ -1545,7 +1554,7 @@ impl AlertState {
                 register(&mut self.deadlines, ri, &key, t, w);
             }
         }
-        let ttl = rules.state_ttl_ms;
+        let ttl = self.state_ttl_ms;
         if watermark >= self.swept_at.saturating_add((ttl / 4).max(1)) {
             self.swept_at = watermark;
             let horizon = watermark.saturating_sub(ttl);
@@ -1565,6 +1574,165 @@ impl AlertState {
         }
         self.books.clear();
     }
+}
+
+/// Frontier-driven, keyed by (rule, key), in the operator runtime.
+impl Core for AlertState {
+    type Item = Observation;
+    const NAME: &'static str = "AlertWindows";
+    const ORDER: Order = Order::EventTime;
+
+    fn wants(_o: &Observation) -> bool {
+        true // the live stage only makes observations of stateful rules
+    }
+
+    fn key(o: &Observation) -> u64 {
+        stable_hash(&(o.rule, o.key.as_str()))
+    }
+
+    fn observe(&mut self, o: &Observation, out: &mut Vec<Event>) {
+        AlertState::observe(self, o, out);
+    }
+
+    fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
+        AlertState::advance_to(self, watermark, out);
+    }
+
+    fn flush(&mut self, out: &mut Vec<Event>) {
+        AlertState::flush(self, out);
+    }
+
+    fn state_size(&self) -> usize {
+        AlertState::state_size(self)
+    }
+
+    fn sort_epoch(items: &mut [Observation]) {
+        sort_observations(items);
+    }
+}
+
+/// Drops `key`'s entry if idle for more than `ttl_ms` before `ts`. The sweep
+/// in [`AlertState::advance_to`] runs when the frontier happens to pass, so
+/// it only bounds memory: this check makes "forgotten" depend on event time
+/// alone, never on batching or on when the last sweep ran.
+fn forget_if_idle<V>(
+    map: &mut HashMap<String, V>,
+    key: &str,
+    last_ts: impl Fn(&V) -> i64,
+    ts: i64,
+    ttl_ms: i64,
+) {
+    if map
+        .get(key)
+        .is_some_and(|v| last_ts(v) < ts.saturating_sub(ttl_ms))
+    {
+        map.remove(key);
+    }
+}
+
+fn observe_threshold(
+    map: &mut HashMap<String, Window>,
+    deadlines: &mut BTreeSet<(i64, u32, String)>,
+    ri: u32,
+    rule: &SeriesRule,
+    t: &ThresholdRule,
+    o: &Observation,
+    out: &mut Vec<Event>,
+) {
+    if !map.contains_key(o.key.as_str()) {
+        map.insert(o.key.clone(), Window::default());
+    }
+    let Some(w) = map.get_mut(o.key.as_str()) else {
+        return;
+    };
+    // Events that left the window before this one came fire first, at their own moment.
+    slide(rule, t, &o.key, w, o.ts, out);
+    w.entries.push_back((o.ts, o.value));
+    w.sum += o.value;
+    w.ctx = Context::of(o);
+    evaluate(rule, t, &o.key, w, o.ts, Some(&o.source_id), out);
+    register(deadlines, ri, &o.key, t, w);
+}
+
+fn observe_anomaly(
+    map: &mut HashMap<String, Series>,
+    rule: &SeriesRule,
+    a: &AnomalyRule,
+    o: &Observation,
+    out: &mut Vec<Event>,
+) {
+    if !map.contains_key(o.key.as_str()) {
+        let values = VecDeque::with_capacity(a.window.min(64));
+        map.insert(
+            o.key.clone(),
+            Series {
+                values,
+                last_ts: o.ts,
+            },
+        );
+    }
+    let Some(s) = map.get_mut(o.key.as_str()) else {
+        return;
+    };
+    if s.values.len() >= a.min_samples {
+        let n = s.values.len() as f64;
+        let mean = s.values.iter().sum::<f64>() / n;
+        let var = s
+            .values
+            .iter()
+            .map(|x| (x - mean) * (x - mean))
+            .sum::<f64>()
+            / n;
+        let stddev = var.sqrt();
+        if (o.value - mean).abs() > a.k * stddev {
+            let id = derived_id(
+                "alerts",
+                &["anomaly_detected", &rule.name, &o.key, &o.source_id],
+            );
+            for r in &o.recipients {
+                out.push(alert_event(
+                    &rule.name,
+                    rule.priority,
+                    r,
+                    format!("{}:{}", rule.name, o.key),
+                    format!("{}: unusual {}", rule.name, a.metric),
+                    format!(
+                        "{} for {} is {}, against a recent mean of {} (standard deviation {}).",
+                        a.metric,
+                        o.key,
+                        fmt_num(o.value),
+                        fmt_num(mean),
+                        fmt_num(stddev)
+                    ),
+                    &id,
+                    o.ts,
+                    o.project_id.as_ref(),
+                    o.document_id.as_ref(),
+                ));
+            }
+            out.push(Event {
+                id,
+                ts: o.ts,
+                user_id: o.user_id.clone(),
+                project_id: o.project_id.clone(),
+                document_id: o.document_id.clone(),
+                data: Payload::AnalyticsAnomalyDetected(AnomalyDetected {
+                    rule: rule.name.clone(),
+                    metric: a.metric.clone(),
+                    key: o.key.clone(),
+                    value: o.value,
+                    mean,
+                    stddev,
+                    k: a.k,
+                }),
+            });
+        }
+    }
+    s.values.push_back(o.value);
+    if s.values.len() > a.window {
+        s.values.pop_front();
+    }
+    s.last_ts = s.last_ts.max(o.ts);
 }
 
 /// Registers the key's next deadline (its oldest event leaving the window).
@@ -1590,7 +1758,7 @@ fn register(
 /// Removes the events that leave the window at or before `until`, one
 /// moment at a time (`ts + window`), evaluating after each.
 fn slide(
-    rule: &Rule,
+    rule: &SeriesRule,
     t: &ThresholdRule,
     key: &str,
     w: &mut Window,
@@ -1630,7 +1798,7 @@ fn slide(
 }
 
 fn evaluate(
-    rule: &Rule,
+    rule: &SeriesRule,
     t: &ThresholdRule,
     key: &str,
     w: &mut Window,
@@ -1659,7 +1827,7 @@ fn evaluate(
 
 #[allow(clippy::too_many_arguments)]
 fn crossing(
-    rule: &Rule,
+    rule: &SeriesRule,
     t: &ThresholdRule,
     key: &str,
     ctx: &Context,
@@ -1736,31 +1904,6 @@ fn crossing(
 
 // ---- the timely wrapper ---------------------------------------------------------------------
 
-/// Observations waiting for the frontier to pass their event-time epoch
-/// (the [`crate::operators::EpochBuffer`] of this operator).
-#[derive(Default)]
-struct ObservationBuffer {
-    pending: BTreeMap<u64, Vec<Observation>>,
-}
-
-impl ObservationBuffer {
-    fn push(&mut self, time: &EventTime, data: &mut Vec<Observation>) {
-        for o in data.drain(..) {
-            self.pending.entry(time.epoch_of(o.ts)).or_default().push(o);
-        }
-    }
-
-    fn pop_ready(&mut self, frontier: Option<u64>) -> Option<Vec<Observation>> {
-        let entry = self.pending.first_entry()?;
-        if frontier.is_some_and(|f| *entry.key() >= f) {
-            return None;
-        }
-        let mut obs = entry.remove();
-        sort_observations(&mut obs);
-        Some(obs)
-    }
-}
-
 /// An item of the live stage's output: split right after it.
 #[derive(Clone)]
 enum Staged {
@@ -1768,41 +1911,40 @@ enum Staged {
     Observe(Observation),
 }
 
-/// The timely wrapper: `events.alert_rules(&config, time)`.
+/// The timely wrapper: `events.alert_rules(&config, &ctx)`.
 pub trait Alerts<'scope> {
     /// Every alert rule over `self` (all events, input and derived). A
     /// config that fails [`AlertRules::new`] should have been rejected at
     /// startup; if one gets here, it is logged and only the built-in rules run.
-    fn alert_rules(self, config: &AlertsConfig, time: EventTime)
-    -> Stream<'scope, u64, Vec<Event>>;
+    fn alert_rules(self, config: &AlertsConfig, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
 
     /// The same with rules already compiled.
     fn compiled_alert_rules(
         self,
         rules: Arc<AlertRules>,
-        time: EventTime,
+        ctx: &Ctx,
     ) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn alert_rules(
-        self,
-        config: &AlertsConfig,
-        time: EventTime,
-    ) -> Stream<'scope, u64, Vec<Event>> {
+    fn alert_rules(self, config: &AlertsConfig, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
         let rules = AlertRules::new(config).unwrap_or_else(|error| {
             tracing::error!(%error, "invalid alert rules; only the built-in rules run");
             AlertRules::builtin(config.defaults)
         });
-        self.compiled_alert_rules(Arc::new(rules), time)
+        self.compiled_alert_rules(Arc::new(rules), ctx)
     }
 
+    /// Two stages: the live one is stateless (nothing to checkpoint) and runs
+    /// where the event is; the stateful one is an [`AlertState`] in the
+    /// operator runtime ([`Keyed`]), which exchanges, orders, stamps and
+    /// checkpoints it like every stateful operator.
     fn compiled_alert_rules(
         self,
         rules: Arc<AlertRules>,
-        time: EventTime,
+        ctx: &Ctx,
     ) -> Stream<'scope, u64, Vec<Event>> {
-        let live_rules = rules.clone();
+        let state = AlertState::new(&rules);
         // Live stage, on the worker that has the event: no exchange of whole events.
         let staged = self.unary::<CapacityContainerBuilder<Vec<Staged>>, _, _, _>(
             Pipeline,
@@ -1812,7 +1954,7 @@ impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
                 move |input, output| {
                     input.for_each(|cap, data| {
                         for r in data.drain(..) {
-                            live_rules.stage(&r.event, &mut alerts, &mut obs);
+                            rules.stage(&r.event, &mut alerts, &mut obs);
                         }
                         if !alerts.is_empty() || !obs.is_empty() {
                             let mut session = output.session(&cap);
@@ -1832,44 +1974,7 @@ impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
             Staged::Alert(e) => Ok(e),
             Staged::Observe(o) => Err(o),
         });
-        let by_series = Exchange::new(|o: &Observation| stable_hash(&(o.rule, o.key.as_str())));
-        let windowed = observed.unary_frontier(by_series, "AlertWindows", move |initial, _info| {
-            let mut state = AlertState::new(rules);
-            let mut pending = ObservationBuffer::default();
-            // Held at the frontier to emit what the passing of time produces.
-            let mut timer: Option<Capability<u64>> = Some(initial);
-            let mut out = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each(|_cap, data| pending.push(&time, data));
-                let f = frontier.frontier().first().copied();
-                while let Some(obs) = pending.pop_ready(f) {
-                    for o in &obs {
-                        state.observe(o, &mut out);
-                    }
-                }
-                match f {
-                    Some(f) => {
-                        state.advance_to(f as i64, &mut out);
-                        if let Some(cap) = timer.as_mut() {
-                            give_at_own_epochs(output, cap, &time, &mut out);
-                            if *cap.time() < f {
-                                cap.downgrade(&f);
-                            }
-                        }
-                    }
-                    None => {
-                        if time.flush_at_end {
-                            state.flush(&mut out);
-                        }
-                        if let Some(cap) = timer.take() {
-                            give_at_own_epochs(output, &cap, &time, &mut out);
-                        }
-                        out.clear();
-                    }
-                }
-            }
-        });
-        live.concat(windowed)
+        live.concat(observed.keyed(state, ctx))
     }
 }
 
@@ -1878,6 +1983,7 @@ mod tests {
     use super::*;
     use schemas::payload::Keystroke;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn ev(id: &str, ty: &str, ts: i64, user: Option<&str>, data: Value) -> Event {
         Event {
@@ -1955,8 +2061,7 @@ mod tests {
     /// Stages every event, then feeds the observations in order, epoch by
     /// epoch (advancing the watermark between epochs), and flushes.
     fn run_core(rules: &AlertRules, events: &[Event]) -> Vec<Event> {
-        let rules = Arc::new(rules.clone());
-        let mut state = AlertState::new(rules.clone());
+        let mut state = AlertState::new(rules);
         let (mut out, mut obs) = (Vec::new(), Vec::new());
         for e in events {
             rules.stage(e, &mut out, &mut obs);
@@ -2330,10 +2435,8 @@ mod tests {
 
     #[test]
     fn falling_below_by_the_window_sliding_waits_for_the_frontier() {
-        let r = Arc::new(threshold_rules(
-            "aggregate = \"count\"\nwindow = \"10s\"\nthreshold = 2",
-        ));
-        let mut state = AlertState::new(r.clone());
+        let r = threshold_rules("aggregate = \"count\"\nwindow = \"10s\"\nthreshold = 2");
+        let mut state = AlertState::new(&r);
         let (mut out, mut obs) = (Vec::new(), Vec::new());
         for e in [ks("a", "u1", 0, 1), ks("b", "u1", 500, 1)] {
             r.stage(&e, &mut out, &mut obs);
@@ -2510,8 +2613,8 @@ mod tests {
         )
         .unwrap();
         cfg.sales_milestones = vec![100];
-        let r = Arc::new(AlertRules::new(&cfg).unwrap());
-        let mut state = AlertState::new(r.clone());
+        let r = AlertRules::new(&cfg).unwrap();
+        let mut state = AlertState::new(&r);
         let (mut out, mut obs) = (Vec::new(), Vec::new());
         for e in [
             ks("a", "u1", 0, 1),
@@ -2822,6 +2925,163 @@ mod tests {
         assert!(compared > 200, "the streams cross often enough: {compared}");
     }
 
+    #[test]
+    fn a_copy_of_an_observation_counts_once() {
+        let r = threshold_rules("aggregate = \"count\"\nwindow = \"10s\"\nthreshold = 2");
+        let (mut out, mut obs) = (Vec::new(), Vec::new());
+        for e in [ks("a", "u1", 0, 1), ks("b", "u1", 500, 1)] {
+            r.stage(&e, &mut out, &mut obs);
+        }
+        let mut twice = obs.clone();
+        twice.insert(0, obs[0].clone());
+        sort_observations(&mut twice);
+        let mut state = AlertState::new(&r);
+        for o in &twice {
+            state.observe(o, &mut out);
+        }
+        // Counted once, "a" and "b" make 2: above at "b", not at the copy.
+        assert_eq!(crossings(&out), [(500, "u1".into(), Above, 2.0)]);
+    }
+
+    #[test]
+    fn an_idle_book_is_forgotten_after_the_ttl_whether_or_not_a_sweep_ran() {
+        let mut cfg = config("[alerts]\nstate_ttl = \"1h\"\n").unwrap();
+        cfg.sales_milestones = vec![100];
+        let r = AlertRules::new(&cfg).unwrap();
+        let run = |second_ts: i64, sweep: bool| {
+            let mut state = AlertState::new(&r);
+            let (mut out, mut obs) = (Vec::new(), Vec::new());
+            r.stage(&sales("s1", 0, "b1", 50, 50), &mut out, &mut obs);
+            r.stage(&sales("s2", second_ts, "b1", 10, 110), &mut out, &mut obs);
+            state.observe(&obs[0], &mut out);
+            if sweep {
+                state.advance_to(second_ts, &mut out);
+            }
+            state.observe(&obs[1], &mut out);
+            crossings(&out).len()
+        };
+        // Idle for exactly the ttl: remembered (50 → 110 crosses 100).
+        assert_eq!((run(3_600_000, false), run(3_600_000, true)), (1, 1));
+        // Longer: forgotten, the update's own previous total (100) is not below 100.
+        assert_eq!((run(3_600_001, false), run(3_600_001, true)), (0, 0));
+    }
+
+    /// Observations of `events` by epoch (100 ms), in processing order.
+    fn epochs_of(rules: &AlertRules, events: &[Event]) -> Vec<(i64, Vec<Observation>)> {
+        let (mut alerts, mut obs) = (Vec::new(), Vec::new());
+        for e in events {
+            rules.stage(e, &mut alerts, &mut obs);
+        }
+        let mut by_epoch: BTreeMap<i64, Vec<Observation>> = BTreeMap::new();
+        for o in obs {
+            by_epoch
+                .entry(o.ts.div_euclid(100) * 100)
+                .or_default()
+                .push(o);
+        }
+        by_epoch
+            .into_iter()
+            .map(|(t, mut obs)| {
+                sort_observations(&mut obs);
+                (t + 100, obs)
+            })
+            .collect()
+    }
+
+    /// As the runtime does: each epoch's observations, then the watermark at its end.
+    fn feed(state: &mut AlertState, epochs: &[(i64, Vec<Observation>)]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (end, obs) in epochs {
+            for o in obs {
+                state.observe(o, &mut out);
+            }
+            state.advance_to(*end, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let mut cfg = config(
+            r#"
+            [alerts]
+            [[alerts.rules]]
+            kind = "threshold"
+            name = "burst"
+            type = "writing.keystroke"
+            key = "user_id"
+            aggregate = "count"
+            window = "1s"
+            threshold = 12
+            recipient = "user_id"
+            notify = "both"
+            [[alerts.rules]]
+            kind = "threshold"
+            name = "words"
+            type = "writing.keystroke"
+            aggregate = "avg"
+            value = "data.words"
+            window = "500ms"
+            threshold = 4
+            [[alerts.rules]]
+            kind = "anomaly"
+            name = "odd_words"
+            type = "writing.keystroke"
+            key = "user_id"
+            value = "data.words"
+            window = 20
+            min_samples = 5
+            k = 2.5
+            recipient = "role:admin"
+            "#,
+        )
+        .unwrap();
+        cfg.sales_milestones = vec![100, 300, 1000, 3000];
+        let r = AlertRules::new(&cfg).unwrap();
+        for seed in 0..3 {
+            let epochs = epochs_of(&r, &mixed_stream(seed, 2000));
+            let (first, second) = epochs.split_at(epochs.len() / 2);
+            let mut original = AlertState::new(&r);
+            let before = feed(&mut original, first);
+            assert!(!before.is_empty());
+            assert!(
+                original.state_size() > 0 && !original.deadlines.is_empty(),
+                "seed {seed}: open windows at the snapshot"
+            );
+            let bytes = bincode::serialize(&original).unwrap();
+            let mut restored: AlertState = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(restored.state_size(), original.state_size());
+            let mut want = feed(&mut original, second);
+            let mut got = feed(&mut restored, second);
+            assert_eq!(restored.state_size(), original.state_size());
+            want.extend(original.flush_out());
+            got.extend(restored.flush_out());
+            let kinds = |out: &[Event]| {
+                ["analytics.threshold_crossed", "analytics.anomaly_detected"]
+                    .map(|ty| out.iter().filter(|e| e.event_type() == ty).count())
+            };
+            assert!(
+                kinds(&want).iter().all(|n| *n > 0),
+                "seed {seed}: {:?}",
+                kinds(&want)
+            );
+            assert!(
+                crossings(&want)
+                    .iter()
+                    .any(|(_, k, _, _)| k == "b0" || k == "b1")
+            );
+            assert!(got == want, "seed {seed}: outputs after the restore differ");
+        }
+    }
+
+    impl AlertState {
+        fn flush_out(&mut self) -> Vec<Event> {
+            let mut out = Vec::new();
+            self.flush(&mut out);
+            out
+        }
+    }
+
     // ---- the timely wrapper --------------------------------------------------------------
 
     fn mixed_stream(seed: u64, n: usize) -> Vec<Event> {
@@ -2940,11 +3200,15 @@ mod tests {
             let a = alerts_cfg.clone();
             let (out, late) =
                 crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
-                    let time = EventTime {
-                        epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
-                        flush_at_end: cfg.dataflow.flush_at_end,
+                    let ctx = Ctx {
+                        time: crate::operators::EventTime {
+                            epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
+                            flush_at_end: cfg.dataflow.flush_at_end,
+                        },
+                        worker: 0,
+                        checkpoints: None,
                     };
-                    s.alert_rules(&a, time)
+                    s.alert_rules(&a, &ctx)
                 });
             assert!(late.is_empty());
             out
