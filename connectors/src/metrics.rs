@@ -33,8 +33,10 @@ pub struct Metrics {
     pub dataflow_events_in: IntCounter,
     /// Derived events emitted by the dataflow, by type.
     pub dataflow_derived: IntCounterVec,
-    /// Events behind the watermark, dead-lettered with reason `late`.
+    /// Events behind the watermark, dead-lettered with reason `late`, by type.
     pub dataflow_late_events: IntCounterVec,
+    /// Events whose id the dataflow had already taken (processed once).
+    pub dataflow_duplicate_events: IntCounter,
     /// Current event-time watermark, ms since the epoch.
     pub dataflow_watermark_ms: IntGauge,
     /// Events delivered to Kafka by the mirror (acknowledged in the log).
@@ -138,9 +140,13 @@ impl Metrics {
             dataflow_late_events: IntCounterVec::new(
                 Opts::new(
                     "inkstream_dataflow_late_events_total",
-                    "Events behind the watermark, dead-lettered with reason late, by category.",
+                    "Events behind the watermark, dead-lettered with reason late, by event type.",
                 ),
-                &["category"],
+                &["type"],
+            )?,
+            dataflow_duplicate_events: IntCounter::new(
+                "inkstream_dataflow_duplicate_events_total",
+                "Events dropped by the dataflow's input as a second copy of an id it had taken.",
             )?,
             dataflow_watermark_ms: IntGauge::new(
                 "inkstream_dataflow_watermark_milliseconds",
@@ -230,6 +236,7 @@ impl Metrics {
         r.register(Box::new(m.dataflow_events_in.clone()))?;
         r.register(Box::new(m.dataflow_derived.clone()))?;
         r.register(Box::new(m.dataflow_late_events.clone()))?;
+        r.register(Box::new(m.dataflow_duplicate_events.clone()))?;
         r.register(Box::new(m.dataflow_watermark_ms.clone()))?;
         r.register(Box::new(m.mirror_events.clone()))?;
         r.register(Box::new(m.mirror_errors.clone()))?;

@@ -188,10 +188,15 @@ fn feed<S: DerivedSink>(
     }
     metrics.dataflow_events_in.inc_by(events.len() as u64);
     let watermark = driver.watermark();
-    for e in driver.push_positioned(events) {
+    let duplicates = driver.duplicates();
+    let late = driver.push_positioned(events);
+    metrics
+        .dataflow_duplicate_events
+        .inc_by(driver.duplicates() - duplicates);
+    for e in late {
         metrics
             .dataflow_late_events
-            .with_label_values(&[e.category().as_str()])
+            .with_label_values(&[e.event_type()])
             .inc();
         dead.push(late_event(e, watermark));
     }

@@ -228,13 +228,22 @@ fn main() -> anyhow::Result<()> {
         Command::Replay { file, out, .. } => {
             let report = inkstream::replay::run(&file, &out, &config)?;
             println!(
-                "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late",
+                "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late, {} duplicates",
                 report.events,
                 report.bytes as f64 / 1e6,
                 report.elapsed.as_secs_f64(),
                 report.events_per_second(),
                 report.invalid,
-                report.late
+                report.late,
+                report.duplicates
+            );
+            let [p50, p99, max] = report.epoch_delay;
+            println!(
+                "  epoch delay p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; peak RSS {:.1} MB",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3,
+                report.peak_rss_bytes as f64 / 1e6
             );
             for (ty, n) in &report.derived {
                 println!("  {ty}: {n}");

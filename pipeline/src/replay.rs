@@ -45,6 +45,14 @@ pub struct ReplayReport {
     pub bytes: u64,
     pub derived: BTreeMap<&'static str, u64>,
     pub elapsed: Duration,
+    /// Epoch processing delay: from the input's watermark passing an epoch
+    /// (its work is due) to the output frontier passing it (its results
+    /// are out), over every epoch the input crossed: p50, p99, max.
+    pub epoch_delay: [Duration; 3],
+    /// Duplicated event ids the input dropped.
+    pub duplicates: u64,
+    /// Peak resident set size of the process (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
 }
 
 impl ReplayReport {
@@ -307,6 +315,9 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         let mut dead = Vec::new();
         let mut batches = 0usize;
         let mut last_progress = Instant::now();
+        // Input times the watermark reached, and when: for epoch delays.
+        let mut due: std::collections::VecDeque<(u64, Instant)> = Default::default();
+        let mut delays = Vec::new();
         loop {
             line.clear();
             let n = reader.read_line(&mut line)?;
@@ -352,6 +363,11 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
                         c.save(b, "reader", &part);
                     }
                 }
+                if let Some(t) = driver.time()
+                    && due.back().is_none_or(|(last, _)| *last < t)
+                {
+                    due.push_back((t, Instant::now()));
+                }
                 worker.step();
                 if let Some(c) = ckpt.as_ref() {
                     complete_passed(&probe, c, &sink2, &mut last_completed, process, processes);
@@ -363,6 +379,14 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
                     while probe.less_than(&t) {
                         worker.step();
                     }
+                }
+                // An input time is done once the output frontier reached it.
+                while let Some((t, at)) = due.front().copied() {
+                    if probe.less_than(&t) {
+                        break;
+                    }
+                    delays.push(at.elapsed());
+                    due.pop_front();
                 }
                 if progress && last_progress.elapsed() >= Duration::from_millis(250) {
                     last_progress = Instant::now();
@@ -376,10 +400,19 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
                 break;
             }
         }
+        stats2
+            .duplicates
+            .store(driver.duplicates(), Ordering::Relaxed);
         driver.close();
         while !probe.done() {
             worker.step();
         }
+        delays.extend(due.iter().map(|(_, at)| at.elapsed()));
+        stats2
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut delays);
         if progress {
             stats2.print_progress(total_bytes, start);
             eprintln!();
@@ -422,6 +455,19 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         bytes: stats.bytes.load(Ordering::Relaxed),
         derived,
         elapsed,
+        epoch_delay: {
+            let mut d =
+                std::mem::take(&mut *stats.delays.lock().unwrap_or_else(|p| p.into_inner()));
+            d.sort_unstable();
+            let at = |q: f64| {
+                d.get(((d.len() as f64 * q) as usize).min(d.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            [at(0.5), at(0.99), d.last().copied().unwrap_or_default()]
+        },
+        duplicates: stats.duplicates.load(Ordering::Relaxed),
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -431,6 +477,21 @@ struct Stats {
     invalid: AtomicU64,
     late: AtomicU64,
     bytes: AtomicU64,
+    duplicates: AtomicU64,
+    /// Epoch processing delays (see [`ReplayReport::epoch_delay`]).
+    delays: Mutex<Vec<Duration>>,
+}
+
+/// Peak resident set size (Linux `VmHWM`), or 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 impl Stats {
