@@ -7,10 +7,11 @@
 //! acknowledge them in the log. A full channel blocks the source: that is the
 //! backpressure from a slow dataflow to the log reader.
 
+use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, late_event};
 use connectors::{EntryRef, LogEntry, Metrics};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ impl Bridge {
         sink: Arc<S>,
         metrics: Metrics,
         readers: usize,
+        checkpoints: Option<Arc<Checkpoints>>,
     ) -> Result<(Bridge, Vec<BridgeEnds>), String> {
         let readers = readers.clamp(1, config.dataflow.workers.max(1));
         let mut tokio_ends = Vec::with_capacity(readers);
@@ -64,10 +66,26 @@ impl Bridge {
             // Workers are numbered across a cluster; readers are this
             // process's first `readers` workers.
             let index = worker.index() - config.dataflow.process_index * workers.max(1);
-            let (driver, probe) =
-                dataflow::install(worker, &config, sink.clone(), index < readers, None);
+            let (driver, probe) = dataflow::install(
+                worker,
+                &config,
+                sink.clone(),
+                index < readers,
+                checkpoints.clone(),
+            );
             let Some(mut driver) = driver else {
                 return;
+            };
+            let (process, processes) = (config.dataflow.process_index, config.dataflow.processes());
+            let mut acks = match checkpoints.as_ref() {
+                None => Acks::Frontier(BTreeMap::new()),
+                Some(c) => match CheckpointAcks::restore(c, worker.index(), &mut driver) {
+                    Ok(a) => Acks::Checkpoint(a),
+                    Err(error) => {
+                        tracing::error!(%error, "checkpoint unreadable; the dataflow does not start");
+                        return;
+                    }
+                },
             };
             let taken = ends
                 .lock()
@@ -79,15 +97,13 @@ impl Bridge {
             let idle_after = config.dataflow.idle_advance_after;
             let disorder = config.dataflow.allowed_disorder.as_millis() as i64;
             let mut last_arrival = Instant::now();
-            // Entries waiting for the output frontier to pass their epoch.
-            let mut in_flight: BTreeMap<u64, Vec<EntryRef>> = BTreeMap::new();
             loop {
                 let mut closed = false;
                 loop {
                     match rx.try_recv() {
                         Ok(batch) => {
                             last_arrival = Instant::now();
-                            let done = feed(&mut driver, batch, &mut in_flight, &*sink, &metrics);
+                            let done = feed(&mut driver, batch, &mut acks, &*sink, &metrics);
                             if !done.is_empty() {
                                 let _ = done_tx.send(done);
                             }
@@ -104,12 +120,15 @@ impl Bridge {
                     while !probe.done() {
                         worker.step();
                     }
-                    let rest: Vec<EntryRef> = std::mem::take(&mut in_flight)
-                        .into_values()
-                        .flatten()
-                        .collect();
-                    if !rest.is_empty() {
-                        let _ = done_tx.send(rest);
+                    // Without checkpoints, drained means done. With them, the
+                    // open state was not saved: what followed the last
+                    // checkpoint stays pending, to be read again after a restart.
+                    if let Acks::Frontier(in_flight) = &mut acks {
+                        let rest: Vec<EntryRef> =
+                            std::mem::take(in_flight).into_values().flatten().collect();
+                        if !rest.is_empty() {
+                            let _ = done_tx.send(rest);
+                        }
                     }
                     return;
                 }
@@ -124,15 +143,30 @@ impl Bridge {
                 }
                 leading.fetch_max(driver.watermark(), Ordering::Relaxed);
                 metrics.dataflow_watermark_ms.set(driver.watermark().max(0));
-                worker.step_or_park(Some(Duration::from_millis(2)));
-                // Report entries whose epoch the output frontier has passed.
-                let mut done = Vec::new();
-                while let Some(entry) = in_flight.first_entry() {
-                    if probe.less_equal(entry.key()) {
-                        break;
+                if let (Acks::Checkpoint(a), Some(c)) = (&mut acks, checkpoints.as_ref()) {
+                    for b in driver.take_crossed() {
+                        a.cut(c, b, &driver);
                     }
-                    done.extend(entry.remove());
                 }
+                worker.step_or_park(Some(Duration::from_millis(2)));
+                let done = match (&mut acks, checkpoints.as_ref()) {
+                    // Entries whose epoch the output frontier has passed.
+                    (Acks::Frontier(in_flight), _) => {
+                        let mut done = Vec::new();
+                        while let Some(entry) = in_flight.first_entry() {
+                            if probe.less_equal(entry.key()) {
+                                break;
+                            }
+                            done.extend(entry.remove());
+                        }
+                        done
+                    }
+                    // Entries before the cut of a completed checkpoint.
+                    (Acks::Checkpoint(a), Some(c)) => {
+                        a.completed(c, &probe, &*sink, process, processes)
+                    }
+                    (Acks::Checkpoint(_), None) => Vec::new(),
+                };
                 if !done.is_empty() {
                     let _ = done_tx.send(done);
                 }
@@ -156,7 +190,7 @@ impl Bridge {
 fn feed<S: DerivedSink>(
     driver: &mut dataflow::InputDriver,
     batch: Vec<LogEntry>,
-    in_flight: &mut BTreeMap<u64, Vec<EntryRef>>,
+    acks: &mut Acks,
     sink: &S,
     metrics: &Metrics,
 ) -> Vec<EntryRef> {
@@ -167,11 +201,22 @@ fn feed<S: DerivedSink>(
         match event {
             Ok(e) => {
                 let at = position(&entry);
-                let t = driver.epoch_of(e.ts);
-                if e.ts >= driver.watermark() {
-                    in_flight.entry(t).or_default().push(entry);
-                } else {
-                    done.push(entry);
+                match acks {
+                    Acks::Frontier(in_flight) => {
+                        let t = driver.epoch_of(e.ts);
+                        if e.ts >= driver.watermark() {
+                            in_flight.entry(t).or_default().push(entry);
+                        } else {
+                            done.push(entry);
+                        }
+                    }
+                    Acks::Checkpoint(a) => {
+                        if !a.admit(&entry, at) {
+                            // Before the restored cut: already in the state.
+                            done.push(entry);
+                            continue;
+                        }
+                    }
                 }
                 events.push((at, e));
             }
@@ -204,6 +249,138 @@ fn feed<S: DerivedSink>(
         sink.emit(&mut dead);
     }
     done
+}
+
+/// Which processed entries may be acknowledged in the log, and when.
+enum Acks {
+    /// No checkpoints: an entry is done once the output frontier has passed
+    /// its epoch (entries by epoch).
+    Frontier(BTreeMap<u64, Vec<EntryRef>>),
+    /// Checkpoints: an entry is done once a checkpoint whose cut follows it
+    /// is complete; until then a crash must find it pending, to read again.
+    Checkpoint(CheckpointAcks),
+}
+
+/// The reader's part of a checkpoint in `serve`: the input driver's state
+/// and, per stream (or topic partition), the position of the last entry fed
+/// before the cut.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReaderPart {
+    driver: dataflow::DriverState,
+    cut: HashMap<String, u64>,
+}
+
+struct CheckpointAcks {
+    /// This reader's part name (`reader-<worker>`).
+    part: String,
+    /// Entries fed, not yet acknowledged, in feed order.
+    awaiting: VecDeque<EntryRef>,
+    /// Entries ever fed into `awaiting` / ever acknowledged from it.
+    fed: u64,
+    acked: u64,
+    /// Checkpoints this reader cut: barrier and `fed` at the cut.
+    cuts: VecDeque<(u64, u64)>,
+    /// Position of the last entry fed, per stream (the next cut).
+    pushed: HashMap<String, u64>,
+    /// The restored cut: entries at or before it are already in the state.
+    skip: HashMap<String, u64>,
+    last_completed: u64,
+}
+
+impl CheckpointAcks {
+    /// Restores the driver from this reader's part of the restored
+    /// checkpoint, if any.
+    fn restore(
+        checkpoints: &Checkpoints,
+        worker: usize,
+        driver: &mut dataflow::InputDriver,
+    ) -> Result<CheckpointAcks, crate::checkpoint::CheckpointError> {
+        let part = format!("reader-{worker}");
+        checkpoints.expect(&part);
+        let mut skip = HashMap::new();
+        if let Some(p) = checkpoints.load::<ReaderPart>(&part)? {
+            driver.restore(p.driver);
+            tracing::info!(streams = p.cut.len(), "input resumed from checkpoint");
+            skip = p.cut;
+        }
+        Ok(CheckpointAcks {
+            part,
+            awaiting: VecDeque::new(),
+            fed: 0,
+            acked: 0,
+            cuts: VecDeque::new(),
+            pushed: skip.clone(),
+            skip,
+            last_completed: checkpoints.restored().unwrap_or(0),
+        })
+    }
+
+    /// Takes an entry to feed; `false` if the restored state already has it.
+    fn admit(&mut self, entry: &EntryRef, at: Option<u64>) -> bool {
+        if let Some(at) = at {
+            if self.skip.get(&*entry.stream).is_some_and(|cut| at <= *cut) {
+                return false;
+            }
+            self.pushed.insert(entry.stream.to_string(), at);
+        }
+        self.awaiting.push_back(entry.clone());
+        self.fed += 1;
+        true
+    }
+
+    /// The input crossed barrier `b`: save this reader's part.
+    fn cut(&mut self, checkpoints: &Checkpoints, b: u64, driver: &dataflow::InputDriver) {
+        let part = ReaderPart {
+            driver: driver.state(),
+            cut: self.pushed.clone(),
+        };
+        checkpoints.save(b, &self.part, &part);
+        self.cuts.push_back((b, self.fed));
+    }
+
+    /// Completes the newest checkpoint the output probe has passed (after
+    /// making the sink durable) and returns the entries it covers.
+    fn completed<S: DerivedSink>(
+        &mut self,
+        checkpoints: &Checkpoints,
+        probe: &timely::dataflow::ProbeHandle<u64>,
+        sink: &S,
+        process: usize,
+        processes: usize,
+    ) -> Vec<EntryRef> {
+        let Some(f) = probe.with_frontier(|f| f.first().copied()) else {
+            return Vec::new();
+        };
+        let b = checkpoints.barrier_at_or_before(f.saturating_sub(1));
+        if f == 0 || b <= self.last_completed {
+            return Vec::new();
+        }
+        self.last_completed = b;
+        if let Err(error) = sink.sync() {
+            tracing::error!(%error, "derived events not made durable; checkpoint skipped");
+            return Vec::new();
+        }
+        match checkpoints.complete(b, process, processes) {
+            Ok(true) => {}
+            Ok(false) => return Vec::new(),
+            Err(error) => {
+                tracing::error!(%error, "checkpoint not completed");
+                return Vec::new();
+            }
+        }
+        // Everything fed before this barrier's cut is in the checkpoint.
+        let mut upto = self.acked;
+        while let Some((cb, fed)) = self.cuts.front().copied() {
+            if cb > b {
+                break;
+            }
+            upto = fed;
+            self.cuts.pop_front();
+        }
+        let n = (upto - self.acked) as usize;
+        self.acked = upto;
+        self.awaiting.drain(..n.min(self.awaiting.len())).collect()
+    }
 }
 
 /// An entry's position in its log as a number: a Kafka offset

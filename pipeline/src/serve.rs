@@ -103,6 +103,15 @@ impl DerivedSink for FanoutSink {
             }
         }
     }
+
+    /// Before a checkpoint completes, the derived topics have everything
+    /// derived so far (the fanout is live only; its history is its own).
+    fn sync(&self) -> Result<(), String> {
+        if let Some(p) = &self.derived {
+            p.flush(std::time::Duration::from_secs(10));
+        }
+        Ok(())
+    }
 }
 
 /// Opens the log the config asks for.
@@ -178,8 +187,15 @@ pub async fn run(
     } else {
         1
     };
-    let (bridge, ends) =
-        Bridge::start(&config, sink, metrics.clone(), readers).map_err(ServeError::Dataflow)?;
+    let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
+    let checkpoints = crate::checkpoint::Checkpoints::open(&config.checkpoint, epoch_ms)
+        .map_err(|e| ServeError::Dataflow(e.to_string()))?
+        .map(Arc::new);
+    if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
+        tracing::info!(barrier = b, "dataflow state restored from checkpoint");
+    }
+    let (bridge, ends) = Bridge::start(&config, sink, metrics.clone(), readers, checkpoints)
+        .map_err(ServeError::Dataflow)?;
     let mut sources = Vec::new();
     for BridgeEnds { entries, processed } in ends {
         sources.push(match &config.kafka.brokers {

@@ -35,11 +35,13 @@ async fn collect(ws: &mut Ws, n: usize, timeout: Duration) -> BTreeMap<String, f
     out
 }
 
+/// 40 keystroke batches a second apart: each one emits a WPM update (live
+/// WPM updates at most once per second of event time per user).
 fn scenario(prefix: &str, user: &str) -> Vec<Value> {
-    let t0 = now_ms() - 30_000;
+    let t0 = now_ms() - 50_000;
     (0..40)
         .map(|i| {
-            json!({"id": format!("{prefix}-{i}"), "type":"writing.keystroke","ts": t0 + i * 500,
+            json!({"id": format!("{prefix}-{i}"), "type":"writing.keystroke","ts": t0 + i * 1_000,
                         "user_id": user, "project_id": "p1",
                         "data":{"keystrokes": 6, "words": 1 + i % 3, "chars": 6}})
         })
