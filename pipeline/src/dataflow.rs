@@ -69,7 +69,7 @@ pub fn build_graph<'scope>(
 ) -> Stream<'scope, u64, Vec<Event>> {
     let time = ctx.time;
     let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
-    let sessions = events.clone().sessions(&config.sessions, time);
+    let sessions = events.clone().sessions(&config.sessions, &config.flow, time);
     let presence = events
         .clone()
         .keyed(PresenceTracker::new(&config.presence), ctx);
