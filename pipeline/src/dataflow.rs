@@ -69,7 +69,9 @@ pub fn build_graph<'scope>(
 ) -> Stream<'scope, u64, Vec<Event>> {
     let time = ctx.time;
     let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
-    let sessions = events.clone().sessions(&config.sessions, &config.flow, time);
+    let sessions = events
+        .clone()
+        .sessions(&config.sessions, &config.flow, time);
     let presence = events
         .clone()
         .keyed(PresenceTracker::new(&config.presence), ctx);
@@ -546,14 +548,6 @@ mod tests {
             late.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["x", "c"]
         );
-        // One live WPM figure per event that was not late.
-        let wpm = sink
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.event_type() == "analytics.metric_updated")
-            .count();
-        assert_eq!(wpm, 3);
+        assert_eq!(sink.0.lock().unwrap().len(), 3);
     }
 }

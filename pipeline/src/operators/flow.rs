@@ -37,7 +37,7 @@
 //! `window` 60 s. Memory: the window keeps one entry per distinct event time
 //! with typed words in the last `window`, so it is bounded by the window.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ impl Default for FlowConfig {
 }
 
 /// [`FlowConfig`] in the units the core works in (ms).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct FlowRules {
     pub min_wpm: f64,
     pub sustain_ms: i64,
@@ -91,7 +91,7 @@ impl FlowRules {
 }
 
 /// Typed words per event time over the last `window_ms`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RollingWpm {
     window_ms: i64,
     /// (event time, words), by time; one entry per distinct time.
@@ -175,7 +175,7 @@ pub enum FlowChange {
 }
 
 /// One user's rolling WPM and flow runs.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FlowTracker {
     rules: FlowRules,
     wpm: RollingWpm,

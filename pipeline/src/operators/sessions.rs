@@ -80,6 +80,7 @@
 //! rolling window is empty ([`SessionTracker::state_size`]).
 
 use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
+use crate::operators::keyed::{Core, Order};
 use crate::operators::{
     EpochBuffer, EventTime, Record, derived_id, give_at_own_epochs, stable_hash, written_words,
 };
@@ -88,7 +89,7 @@ use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
     SessionStarted, SessionState, SessionStateChanged, TextSource,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use timely::dataflow::Stream;
@@ -128,7 +129,7 @@ impl Default for SessionsConfig {
 }
 
 /// [`SessionsConfig`] in ms.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Rules {
     gap: i64,
     pause: i64,
@@ -144,7 +145,7 @@ fn writing(state: SessionState) -> bool {
 }
 
 /// Time per kind of state.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Totals {
     active_ms: i64,
     flow_ms: i64,
@@ -152,6 +153,7 @@ struct Totals {
     longest_flow_ms: i64,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Session {
     id: String,
     start_ts: i64,
@@ -305,6 +307,7 @@ impl Ctx<'_> {
 }
 
 /// One user's state.
+#[derive(Serialize, Deserialize)]
 struct User {
     session: Option<Session>,
     flow: FlowTracker,
@@ -609,7 +612,10 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
 }
 
 /// The pure core. Feed each user's events in event-time order (the wrapper
-/// does), and tell it when the watermark moves.
+/// does), and tell it when the watermark moves. Serializable (plain fields
+/// only, bincode-safe), so it also runs in the checkpointed runtime
+/// ([`Core`]).
+#[derive(Serialize, Deserialize)]
 pub struct SessionTracker {
     rules: Rules,
     flow: FlowRules,
@@ -735,6 +741,51 @@ impl SessionTracker {
                 None => {}
             }
         }
+    }
+}
+
+/// In the operator runtime: `records.keyed(SessionTracker::new(&config.sessions,
+/// &config.flow), &ctx)`, checkpointed, with the same outputs as [`Sessions`].
+impl Core for SessionTracker {
+    type Item = Record;
+    const NAME: &'static str = "Sessions";
+    const ORDER: Order = Order::EventTime;
+
+    /// What `observe` would ignore anyway: filtered before the exchange.
+    fn wants(r: &Record) -> bool {
+        r.event.user_id.is_some()
+            && r.event.category() == schemas::Category::Writing
+            && !matches!(
+                r.event.data,
+                Payload::WritingFlowStateEntered(_)
+                    | Payload::WritingFlowStateExited(_)
+                    | Payload::WritingSessionStateChanged(_)
+            )
+    }
+
+    fn key(r: &Record) -> u64 {
+        stable_hash(r.event.user_id.as_deref().unwrap_or(""))
+    }
+
+    fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
+        SessionTracker::observe(self, &r.event, out);
+    }
+
+    fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
+        SessionTracker::advance_to(self, watermark, out);
+    }
+
+    fn flush(&mut self, out: &mut Vec<Event>) {
+        SessionTracker::flush(self, out);
+    }
+
+    fn state_size(&self) -> usize {
+        SessionTracker::state_size(self)
+    }
+
+    /// Per user: event time, ties in arrival order.
+    fn sort_epoch(records: &mut [Record]) {
+        records.sort_by_key(|r| (r.event.ts, r.seq));
     }
 }
 
@@ -1366,14 +1417,16 @@ mod tests {
             }];
             parked.push(&time, &mut batch);
             let frontier = time.epoch_of(newest - disorder);
-            while let Some((_, records)) = parked.pop_ready(Some(frontier)) {
+            while let Some((_, mut records)) = parked.pop_ready(Some(frontier)) {
+                records.sort_by_key(|r| (r.event.ts, r.seq));
                 for r in &records {
                     t.observe(&r.event, &mut out);
                 }
             }
             t.advance_to(frontier as i64, &mut out);
         }
-        while let Some((_, records)) = parked.pop_ready(None) {
+        while let Some((_, mut records)) = parked.pop_ready(None) {
+            records.sort_by_key(|r| (r.event.ts, r.seq));
             for r in &records {
                 t.observe(&r.event, &mut out);
             }
@@ -1933,6 +1986,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let (s, f) = small();
+        let mut held = std::collections::BTreeSet::new();
+        for seed in 0..8 {
+            let events = random_stream(300 + seed, 3, 400, true);
+            let half = events.len() / 2;
+            let feed = |t: &mut SessionTracker, e: &Event| {
+                let mut out = Vec::new();
+                t.observe(e, &mut out);
+                t.advance_to(e.ts - 50, &mut out);
+                out
+            };
+            let mut before = SessionTracker::new(&s, &f);
+            for e in &events[..half] {
+                feed(&mut before, e);
+            }
+            let bytes = bincode::serialize(&before).expect("serializes");
+            let mut after: SessionTracker = bincode::deserialize(&bytes).expect("deserializes");
+            assert!(before.state_size() > 0, "seed {seed}: empty snapshot");
+            for u in ["u0", "u1", "u2"] {
+                held.insert(format!("{:?}", before.state_of(u)));
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for e in &events[half..] {
+                a.extend(feed(&mut before, e));
+                b.extend(feed(&mut after, e));
+            }
+            before.flush(&mut a);
+            after.flush(&mut b);
+            assert!(a.len() > 50, "seed {seed}: too few outputs");
+            assert!(a == b, "seed {seed}: outputs differ after a restore");
+        }
+        assert!(held.len() >= 3, "snapshots held states {held:?}");
+    }
+
     // ---- the timely wrapper -------------------------------------------------------------
 
     #[test]
@@ -1944,7 +2033,11 @@ mod tests {
         let events = random_stream(7, 6, 300, true);
         let expected = drive(&events, 50, 10, &s, &f);
         assert!(expected.len() > 200);
-        for (workers, batch, shuffle) in [(1, 1, 0), (1, 64, 1), (2, 7, 2), (2, 1000, 3)] {
+        let runs = [(1, 1, 0), (1, 64, 1), (2, 7, 2), (2, 1000, 3)];
+        for (runtime, (workers, batch, shuffle)) in [false, true]
+            .into_iter()
+            .flat_map(|k| runs.into_iter().map(move |r| (k, r)))
+        {
             let arrivals = if shuffle == 0 {
                 events.clone()
             } else {
@@ -1957,10 +2050,26 @@ mod tests {
                         epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                         flush_at_end: cfg.dataflow.flush_at_end,
                     };
-                    st.sessions(&s2, &f2, time)
+                    if runtime {
+                        let ctx = crate::operators::keyed::Ctx {
+                            time,
+                            worker: 0,
+                            checkpoints: None,
+                        };
+                        crate::operators::keyed::Keyed::keyed(
+                            st,
+                            SessionTracker::new(&s2, &f2),
+                            &ctx,
+                        )
+                    } else {
+                        st.sessions(&s2, &f2, time)
+                    }
                 });
             assert!(late.is_empty());
-            assert_eq!(out, expected, "{workers} worker(s), batch {batch}");
+            assert_eq!(
+                out, expected,
+                "{workers} worker(s), batch {batch}, runtime {runtime}"
+            );
         }
     }
 }
