@@ -25,6 +25,7 @@ pub struct Config {
     pub team: crate::operators::team::TeamConfig,
     pub alerts: crate::operators::alerts::AlertsConfig,
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    pub flow: crate::operators::flow::FlowConfig,
     pub auth: AuthSettings,
 }
 

@@ -18,7 +18,7 @@ use crate::operators::alerts::Alerts;
 use crate::operators::conflicts::ConflictTracker;
 use crate::operators::keyed::{Ctx, Keyed};
 use crate::operators::presence::PresenceTracker;
-use crate::operators::sessions::Sessions;
+use crate::operators::sessions::SessionTracker;
 use crate::operators::team::TeamTracker;
 use crate::operators::wpm::WpmTracker;
 use crate::operators::{EventTime, Record, derived_id, stable_hash};
@@ -67,9 +67,10 @@ pub fn build_graph<'scope>(
     config: &Config,
     ctx: &Ctx,
 ) -> Stream<'scope, u64, Vec<Event>> {
-    let time = ctx.time;
     let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
-    let sessions = events.clone().sessions(&config.sessions, time);
+    let sessions = events
+        .clone()
+        .keyed(SessionTracker::new(&config.sessions, &config.flow), ctx);
     let presence = events
         .clone()
         .keyed(PresenceTracker::new(&config.presence), ctx);

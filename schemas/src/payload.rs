@@ -233,6 +233,10 @@ pub struct SessionEnded {
     /// Summary: longest uninterrupted period in flow state (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub longest_flow_ms: Option<i64>,
+    /// Summary: words pasted, imported or AI-generated during the session, not counted in words
+    /// (words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pasted_words: Option<i64>,
 }
 
 /// The writer paused the writing session.
@@ -989,7 +993,8 @@ pub fn examples() -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
                 "active_ms": 1_920_000,
                 "flow_ms": 900_000,
                 "paused_ms": 300_000,
-                "longest_flow_ms": 600_000
+                "longest_flow_ms": 600_000,
+                "pasted_words": 120
             }),
         ),
         (

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod conflicts;
+pub mod flow;
 pub mod keyed;
 pub mod presence;
 pub mod sessions;
