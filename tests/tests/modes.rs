@@ -25,7 +25,8 @@ async fn collect(ws: &mut Ws, n: usize, timeout: Duration) -> BTreeMap<String, f
             continue;
         };
         let m: Value = serde_json::from_str(&t).unwrap();
-        if m["op"] == "message" {
+        // Live WPM only (session transitions share the user's channel).
+        if m["op"] == "message" && m["data"]["data"]["metric"] == "wpm" {
             out.insert(
                 m["data"]["id"].as_str().unwrap().to_owned(),
                 m["data"]["data"]["value"].as_f64().unwrap(),
