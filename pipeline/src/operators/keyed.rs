@@ -18,7 +18,7 @@
 //!   and restored at start.
 
 use crate::checkpoint::Checkpoints;
-use crate::operators::{EpochBuffer, EventTime, Timed, give_at_own_epochs};
+use crate::operators::{EpochBuffer, EventTime, Timed, give_at_own_epochs, give_stamped};
 use schemas::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -147,12 +147,7 @@ where
                                 // From the held capability (never later than the
                                 // container's stamp): a deadline an event fires
                                 // late keeps its own epoch.
-                                give_at_own_epochs(
-                                    output,
-                                    cap.as_ref().unwrap_or(&c),
-                                    &time,
-                                    &mut out,
-                                );
+                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
                             }
                             Order::EventTime => pending.push(&time, data),
                         }
@@ -183,12 +178,7 @@ where
                                         // From the held capability (never later than the
                                 // container's stamp): a deadline an event fires
                                 // late keeps its own epoch.
-                                give_at_own_epochs(
-                                    output,
-                                    cap.as_ref().unwrap_or(&c),
-                                    &time,
-                                    &mut out,
-                                );
+                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
                                     }
                                     Order::EventTime => pending.push(&time, &mut data),
                                 }
@@ -218,12 +208,7 @@ where
                                 // From the held capability (never later than the
                                 // container's stamp): a deadline an event fires
                                 // late keeps its own epoch.
-                                give_at_own_epochs(
-                                    output,
-                                    cap.as_ref().unwrap_or(&c),
-                                    &time,
-                                    &mut out,
-                                );
+                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
                             }
                             out.clear();
                             break;
@@ -263,12 +248,7 @@ where
                                     // From the held capability (never later than the
                                 // container's stamp): a deadline an event fires
                                 // late keeps its own epoch.
-                                give_at_own_epochs(
-                                    output,
-                                    cap.as_ref().unwrap_or(&c),
-                                    &time,
-                                    &mut out,
-                                );
+                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
                                 }
                                 Order::EventTime => pending.push(&time, &mut data),
                             }

@@ -249,11 +249,28 @@ pub fn give_at_own_epochs(
     time: &EventTime,
     events: &mut Vec<Event>,
 ) {
+    give_stamped(output, cap, u64::MAX, time, events);
+}
+
+/// [`give_at_own_epochs`], but never later than `ceiling`: outputs of a live
+/// operator are stamped no later than the input container that caused them
+/// (whose stamp is at or before its records' epochs). A checkpoint cut
+/// between stamps then never separates an output from its cause: what an
+/// operator derived from input before a barrier reaches the next operator
+/// before that barrier too, so it is in that operator's snapshot.
+pub fn give_stamped(
+    output: &mut EventOutput<'_>,
+    cap: &timely::dataflow::operators::Capability<u64>,
+    ceiling: u64,
+    time: &EventTime,
+    events: &mut Vec<Event>,
+) {
     if events.is_empty() {
         return;
     }
     let floor = *cap.time();
-    let stamp = |e: &Event| time.epoch_of(e.ts).max(floor);
+    let ceiling = ceiling.max(floor);
+    let stamp = |e: &Event| time.epoch_of(e.ts).clamp(floor, ceiling);
     events.sort_by_key(stamp); // stable: each epoch keeps the operator's order
     let mut rest = events.drain(..).peekable();
     while let Some(first) = rest.next() {
