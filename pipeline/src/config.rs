@@ -25,8 +25,20 @@ pub struct Config {
     pub team: crate::operators::team::TeamConfig,
     pub alerts: crate::operators::alerts::AlertsConfig,
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    pub derived: DerivedSettings,
     pub flow: crate::operators::flow::FlowConfig,
     pub auth: AuthSettings,
+}
+
+/// `[derived]`: where `serve` writes derived events besides the WebSocket
+/// fanout and the Kafka derived topics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DerivedSettings {
+    /// Append every derived event to `DIR/<type>.ndjson` (default: none). The
+    /// files survive restarts and are made durable before each checkpoint
+    /// completes.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// `[auth]`: with nothing set, authentication is off (and `serve` says so).

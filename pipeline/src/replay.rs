@@ -11,9 +11,10 @@
 use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, dead_letter, late_event};
-use std::collections::{BTreeMap, HashMap};
+use crate::file_sink::FileSink;
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,123 +59,6 @@ pub struct ReplayReport {
 impl ReplayReport {
     pub fn events_per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// Writes derived events as NDJSON, one file per type.
-struct FileSink {
-    dir: PathBuf,
-    /// `""`, or `.p<i>` in process i of a cluster (each process writes what
-    /// its own workers derived; the union is the output).
-    suffix: String,
-    /// Resuming from a checkpoint: append to the files (after cutting a line
-    /// a crash left half written) instead of truncating them.
-    resume: bool,
-    files: Mutex<HashMap<&'static str, BufWriter<File>>>,
-    counts: Mutex<BTreeMap<&'static str, u64>>,
-    error: Mutex<Option<ReplayError>>,
-}
-
-impl FileSink {
-    fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), ReplayError> {
-        // Serialize outside the lock (workers do it in parallel), one buffer
-        // per type; then one locked write per type.
-        let mut buffers: BTreeMap<&'static str, (Vec<u8>, u64)> = BTreeMap::new();
-        for e in events.drain(..) {
-            let (buf, n) = buffers.entry(e.event_type()).or_default();
-            serde_json::to_writer(&mut *buf, &e).map_err(|err| ReplayError::Output {
-                path: self.dir.clone(),
-                source: err.into(),
-            })?;
-            buf.push(b'\n');
-            *n += 1;
-        }
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (ty, (buf, n)) in buffers {
-            let path = || self.dir.join(format!("{ty}{}.ndjson", self.suffix));
-            if !files.contains_key(ty) {
-                let f = if self.resume {
-                    open_for_resume(&path())
-                } else {
-                    File::create(path())
-                }
-                .map_err(|source| ReplayError::Output {
-                    path: path(),
-                    source,
-                })?;
-                files.insert(ty, BufWriter::with_capacity(1 << 20, f));
-            }
-            if let Some(w) = files.get_mut(ty) {
-                w.write_all(&buf).map_err(|source| ReplayError::Output {
-                    path: path(),
-                    source,
-                })?;
-            }
-            *counts.entry(ty).or_default() += n;
-        }
-        Ok(())
-    }
-
-    fn flush(&self) -> Result<(), ReplayError> {
-        self.flush_files(false)
-    }
-
-    fn flush_files(&self, durable: bool) -> Result<(), ReplayError> {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        for (ty, w) in files.iter_mut() {
-            let err = |source| ReplayError::Output {
-                path: self.dir.join(format!("{ty}{}.ndjson", self.suffix)),
-                source,
-            };
-            w.flush().map_err(err)?;
-            if durable {
-                w.get_ref().sync_data().map_err(err)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Opens an output file to append to after a crash, first cutting what
-/// follows its last complete line.
-fn open_for_resume(path: &Path) -> std::io::Result<File> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(path)?;
-    let len = f.metadata()?.len();
-    let mut keep = len;
-    let mut buf = [0u8; 4096];
-    while keep > 0 {
-        let start = keep.saturating_sub(buf.len() as u64);
-        f.seek(SeekFrom::Start(start))?;
-        let chunk = &mut buf[..(keep - start) as usize];
-        f.read_exact(chunk)?;
-        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
-            keep = start + i as u64 + 1;
-            break;
-        }
-        keep = start;
-    }
-    f.set_len(keep)?;
-    f.seek(SeekFrom::End(0))?;
-    Ok(f)
-}
-
-impl DerivedSink for FileSink {
-    fn emit(&self, events: &mut Vec<schemas::Event>) {
-        if let Err(e) = self.write(events) {
-            let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert(e);
-        }
-    }
-
-    fn sync(&self) -> Result<(), String> {
-        self.flush_files(true).map_err(|e| e.to_string())
     }
 }
 
@@ -243,18 +127,12 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     if let Some(b) = resume {
         tracing::info!(barrier = b, "resuming from checkpoint");
     }
-    let sink = Arc::new(FileSink {
-        resume: resume.is_some(),
-        dir: out.into(),
-        suffix: if config.dataflow.processes() > 1 {
-            format!(".p{}", config.dataflow.process_index)
-        } else {
-            String::new()
-        },
-        files: Mutex::new(HashMap::new()),
-        counts: Mutex::new(BTreeMap::new()),
-        error: Mutex::new(None),
-    });
+    let suffix = if config.dataflow.processes() > 1 {
+        format!(".p{}", config.dataflow.process_index)
+    } else {
+        String::new()
+    };
+    let sink = Arc::new(FileSink::new(out, suffix, resume.is_some())?);
     let reader = Arc::new(Mutex::new(Some(BufReader::with_capacity(1 << 20, file))));
     let stats = Arc::new(Stats::default());
     let start = Instant::now();
@@ -433,7 +311,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         }
     }
     let elapsed = start.elapsed();
-    if let Some(e) = sink.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = sink.take_error() {
         return Err(e);
     }
     sink.flush()?;

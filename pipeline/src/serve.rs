@@ -12,6 +12,7 @@
 use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::Config;
 use crate::dataflow::DerivedSink;
+use crate::file_sink::FileSink;
 use crate::source::{self, SourceConfig};
 use connectors::auth::{Authenticator, RateLimiter};
 use connectors::event_log::EmbeddedLog;
@@ -85,10 +86,18 @@ struct FanoutSink {
     hub: Arc<Hub>,
     metrics: Metrics,
     derived: Option<Arc<DerivedProducer>>,
+    /// `derived.dir`: every derived event, appended as NDJSON.
+    files: Option<FileSink>,
 }
 
 impl DerivedSink for FanoutSink {
     fn emit(&self, events: &mut Vec<Event>) {
+        if let Some(files) = &self.files {
+            files.emit(&mut events.clone());
+            if let Some(error) = files.take_error() {
+                tracing::error!(%error, "derived events not written to derived.dir");
+            }
+        }
         for e in events.drain(..) {
             self.metrics
                 .dataflow_derived
@@ -110,7 +119,10 @@ impl DerivedSink for FanoutSink {
         if let Some(p) = &self.derived {
             p.flush(std::time::Duration::from_secs(10));
         }
-        Ok(())
+        match &self.files {
+            Some(files) => files.sync(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -172,10 +184,18 @@ pub async fn run(
         }
         None => None,
     };
+    let files = match &config.derived.dir {
+        Some(dir) => Some(
+            FileSink::new(dir, String::new(), true)
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let sink = Arc::new(FanoutSink {
         hub: hub.clone(),
         metrics: metrics.clone(),
         derived: derived.clone(),
+        files,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The dataflow reads the event topics when Kafka is configured (each
