@@ -564,6 +564,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_alert_rules_example_in_the_operations_doc_is_a_valid_config() {
+        let doc = include_str!("../../docs/OPERATIONS.md");
+        let start = doc.find("```toml\n").expect("a toml example") + 8;
+        let end = start + doc[start..].find("```").expect("closed");
+        let path = std::env::temp_dir().join(format!("inkstream-doc-{}.toml", std::process::id()));
+        std::fs::write(&path, &doc[start..end]).unwrap();
+        let c = Config::load(Some(&path), &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(c.alerts.rules.len(), 2);
+    }
+
+    #[test]
     fn set_overrides_any_key_with_typed_values() {
         let c = Config::load(
             None,
