@@ -313,7 +313,14 @@ pub struct TeamTracker {
     /// Latest closed figures per project and scope, one per window length.
     latest: HashMap<String, HashMap<Option<String>, Vec<WindowFigures>>>,
     comments_expired: u64,
+    /// Watermark of the last pruning: pruning walks all state, so it runs
+    /// once per [`PRUNE_EVERY_MS`] of event time, not per epoch (when it
+    /// runs never changes a figure: expiry is checked against each event).
+    last_prune: i64,
 }
+
+/// Event time between two prunings of the team state.
+const PRUNE_EVERY_MS: i64 = 60_000;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -339,6 +346,7 @@ impl TeamTracker {
             closing: BTreeSet::new(),
             latest: HashMap::new(),
             comments_expired: 0,
+            last_prune: i64::MIN,
         }
     }
 
@@ -527,7 +535,10 @@ impl TeamTracker {
     /// at or before it and forgets what no open window can need.
     pub fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
         self.close_until(watermark, out);
-        self.prune(watermark);
+        if watermark.saturating_sub(self.last_prune) >= PRUNE_EVERY_MS {
+            self.last_prune = watermark;
+            self.prune(watermark);
+        }
     }
 
     /// End of input (replay): closes every open window.
@@ -1182,6 +1193,8 @@ mod tests {
             [(120_000, 60_000.0)],
             "exactly the bound still counts"
         );
+        // State is pruned once per minute of event time.
+        t.advance_to(120_002 + PRUNE_EVERY_MS, &mut out);
         assert!(t.projects.is_empty(), "no comment left open");
     }
 
