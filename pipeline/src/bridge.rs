@@ -135,6 +135,8 @@ impl Bridge {
                 // Idle input: let the watermark follow the wall clock, so that
                 // absence of events still moves time forward.
                 let idle = last_arrival.elapsed();
+                // Partitions that went quiet stop holding the watermark back.
+                driver.tick();
                 if idle >= idle_after {
                     if let Some(max) = driver.max_ts() {
                         driver.advance_to(max + idle.as_millis() as i64 - disorder);
@@ -196,11 +198,13 @@ fn feed<S: DerivedSink>(
 ) -> Vec<EntryRef> {
     let mut done = Vec::new();
     let mut dead = Vec::new();
-    let mut events: Vec<(Option<u64>, schemas::Event)> = Vec::with_capacity(batch.len());
+    let mut events: Vec<(Option<Arc<str>>, Option<u64>, schemas::Event)> =
+        Vec::with_capacity(batch.len());
     for LogEntry { entry, event } in batch {
         match event {
             Ok(e) => {
                 let at = position(&entry);
+                let stream = entry.stream.clone();
                 match acks {
                     Acks::Frontier(in_flight) => {
                         let t = driver.epoch_of(e.ts);
@@ -218,7 +222,9 @@ fn feed<S: DerivedSink>(
                         }
                     }
                 }
-                events.push((at, e));
+                // Each stream (or topic partition) is an input partition with
+                // its own watermark: see `InputDriver::push_from`.
+                events.push((Some(stream), at, e));
             }
             Err(reason) => {
                 dead.push(dataflow::dead_letter(
@@ -234,7 +240,7 @@ fn feed<S: DerivedSink>(
     metrics.dataflow_events_in.inc_by(events.len() as u64);
     let watermark = driver.watermark();
     let duplicates = driver.duplicates();
-    let late = driver.push_positioned(events);
+    let late = driver.push_from(events);
     metrics
         .dataflow_duplicate_events
         .inc_by(driver.duplicates() - duplicates);

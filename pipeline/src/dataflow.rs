@@ -120,6 +120,20 @@ pub struct InputDriver {
     next_barrier: Option<u64>,
     /// Barriers crossed since the last [`InputDriver::take_crossed`].
     crossed: Vec<u64>,
+    /// Per input partition (a Redis stream, a Kafka partition): its newest
+    /// event time and when it last delivered. With partitions, the watermark
+    /// follows the *slowest active* one (Flink's per-partition watermarks):
+    /// a backlog read stream by stream does not make the streams read later
+    /// look late. A partition silent for `idle_after` stops holding it back.
+    parts: HashMap<Arc<str>, Part>,
+    /// The least `max_ts` of the active partitions (cached).
+    parts_min: Option<i64>,
+    idle_after: std::time::Duration,
+}
+
+struct Part {
+    max_ts: i64,
+    last_seen: std::time::Instant,
 }
 
 /// What the input driver must restore to resume exactly where a
@@ -131,6 +145,9 @@ pub struct DriverState {
     pub next_seq: u64,
     pub seen: Vec<(u64, i64)>,
     pub duplicates: u64,
+    /// Newest event time per input partition.
+    #[serde(default)]
+    pub parts: Vec<(String, i64)>,
 }
 
 impl InputDriver {
@@ -165,14 +182,51 @@ impl InputDriver {
         &mut self,
         events: impl IntoIterator<Item = (Option<u64>, Event)>,
     ) -> Vec<Event> {
+        self.push_from(events.into_iter().map(|(p, e)| (None, p, e)))
+    }
+
+    /// Like [`InputDriver::push_positioned`], with each event's input
+    /// partition (`None`: the one default partition, as in `replay`).
+    pub fn push_from(
+        &mut self,
+        events: impl IntoIterator<Item = (Option<Arc<str>>, Option<u64>, Event)>,
+    ) -> Vec<Event> {
         let mut late = Vec::new();
-        let Some(cap) = self.cap.as_ref() else {
-            late.extend(events.into_iter().map(|(_, e)| e));
+        if self.cap.is_none() {
+            late.extend(events.into_iter().map(|(_, _, e)| e));
             return late;
-        };
-        let mut handle = self.handle.activate();
-        let mut session = handle.session(cap);
-        for (position, e) in events {
+        }
+        let now = std::time::Instant::now();
+        self.expire_idle(now);
+        let events: Vec<(Option<Arc<str>>, Option<u64>, Event)> = events.into_iter().collect();
+        // Every partition in this batch is active from its start, at its
+        // first event's time: a stream that comes later in the batch (a
+        // reply lists stream after stream) holds the watermark back from
+        // the first event on, instead of finding it moved past by the
+        // streams listed before it.
+        let mut joined = false;
+        for (part, _, e) in &events {
+            if let Some(part) = part {
+                match self.parts.get_mut(part) {
+                    Some(p) => p.last_seen = now,
+                    None => {
+                        self.parts.insert(
+                            part.clone(),
+                            Part {
+                                max_ts: e.ts,
+                                last_seen: now,
+                            },
+                        );
+                        joined = true;
+                    }
+                }
+            }
+        }
+        if joined {
+            self.parts_min = self.parts.values().map(|p| p.max_ts).min();
+        }
+        let mut records = Vec::new();
+        for (part, position, e) in events {
             if e.ts < self.watermark {
                 late.push(e);
                 continue;
@@ -186,19 +240,76 @@ impl InputDriver {
             // late depends only on arrival order, never on how input was batched.
             if self.max_ts.is_none_or(|m| e.ts > m) {
                 self.max_ts = Some(e.ts);
-                self.watermark = self.watermark.max(e.ts - self.disorder_ms);
+            }
+            match part {
+                None => {
+                    self.watermark = self.watermark.max(e.ts - self.disorder_ms);
+                }
+                Some(part) => self.observe_part(part, e.ts, now),
             }
             let seq = position.unwrap_or(self.next_seq);
             self.next_seq = self.next_seq.max(seq) + 1;
-            session.give(Record {
+            records.push(Record {
                 seq,
                 event: Arc::new(e),
             });
         }
-        drop(session);
-        drop(handle);
+        if let Some(cap) = self.cap.as_ref() {
+            let mut handle = self.handle.activate();
+            handle.session(cap).give_iterator(records.into_iter());
+        }
         self.downgrade_to_watermark();
         late
+    }
+
+    /// Partition `part` delivered an event at `ts`.
+    fn observe_part(&mut self, part: Arc<str>, ts: i64, now: std::time::Instant) {
+        match self.parts.get_mut(&part) {
+            Some(p) => {
+                p.last_seen = now;
+                if ts > p.max_ts {
+                    let was_min = self.parts_min == Some(p.max_ts);
+                    p.max_ts = ts;
+                    if was_min {
+                        self.parts_min = self.parts.values().map(|p| p.max_ts).min();
+                    }
+                }
+            }
+            None => {
+                self.parts.insert(
+                    part,
+                    Part {
+                        max_ts: ts,
+                        last_seen: now,
+                    },
+                );
+                self.parts_min = Some(self.parts_min.map_or(ts, |m| m.min(ts)));
+            }
+        }
+        if let Some(min) = self.parts_min {
+            self.watermark = self.watermark.max(min - self.disorder_ms);
+        }
+    }
+
+    /// Partitions silent for `idle_after` stop holding the watermark back.
+    fn expire_idle(&mut self, now: std::time::Instant) {
+        let before = self.parts.len();
+        let idle_after = self.idle_after;
+        self.parts
+            .retain(|_, p| now.duration_since(p.last_seen) < idle_after);
+        if self.parts.len() != before {
+            self.parts_min = self.parts.values().map(|p| p.max_ts).min();
+            if let Some(min) = self.parts_min {
+                self.watermark = self.watermark.max(min - self.disorder_ms);
+            }
+        }
+    }
+
+    /// Lets time pass without input: idle partitions stop holding the
+    /// watermark back (call it when the input is quiet).
+    pub fn tick(&mut self) {
+        self.expire_idle(std::time::Instant::now());
+        self.downgrade_to_watermark();
     }
 
     /// Events dropped as duplicates of an id already in the window.
@@ -248,12 +359,19 @@ impl InputDriver {
     pub fn state(&self) -> DriverState {
         let mut seen: Vec<(u64, i64)> = self.seen.iter().map(|(k, v)| (*k, *v)).collect();
         seen.sort_unstable();
+        let mut parts: Vec<(String, i64)> = self
+            .parts
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.max_ts))
+            .collect();
+        parts.sort_unstable();
         DriverState {
             watermark: self.watermark,
             max_ts: self.max_ts,
             next_seq: self.next_seq,
             seen,
             duplicates: self.duplicates,
+            parts,
         }
     }
 
@@ -265,6 +383,21 @@ impl InputDriver {
         self.seen = state.seen.into_iter().collect();
         self.seen_pruned_at = self.seen.len();
         self.duplicates = state.duplicates;
+        let now = std::time::Instant::now();
+        self.parts = state
+            .parts
+            .into_iter()
+            .map(|(k, max_ts)| {
+                (
+                    Arc::from(k),
+                    Part {
+                        max_ts,
+                        last_seen: now,
+                    },
+                )
+            })
+            .collect();
+        self.parts_min = self.parts.values().map(|p| p.max_ts).min();
         self.downgrade_to_watermark();
         // The restored barrier itself is not crossed again.
         self.crossed.clear();
@@ -372,6 +505,9 @@ where
             .map(|c| c.next_barrier(c.restored().unwrap_or(0))),
         checkpoints,
         crossed: Vec::new(),
+        parts: HashMap::new(),
+        parts_min: None,
+        idle_after: config.dataflow.idle_advance_after,
     };
     (Some(driver), probe)
 }
@@ -517,6 +653,50 @@ mod tests {
         assert_eq!(
             out.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn the_watermark_follows_the_slowest_active_partition_until_it_goes_quiet() {
+        let mut config = Config::default();
+        config.dataflow.idle_advance_after = std::time::Duration::from_millis(200);
+        let sink = Arc::new(VecSink::default());
+        let late = timely::execute_directly(move |worker| {
+            let (driver, probe) = install_graph(worker, &config, sink, true, None, |s| {
+                s.map(|r| (*r.event).clone())
+            });
+            let mut driver = driver.unwrap();
+            let (a, b): (Arc<str>, Arc<str>) = (Arc::from("stream-a"), Arc::from("stream-b"));
+            let mut late = Vec::new();
+            // A backlog read stream by stream: all of a, then b, 60 s behind.
+            late.extend(driver.push_from(vec![
+                (Some(b.clone()), None, ks("b0", 0, 1)),
+                (Some(a.clone()), None, ks("a1", 60_000, 1)),
+                (Some(a.clone()), None, ks("a2", 70_000, 1)),
+            ]));
+            assert_eq!(
+                driver.watermark(),
+                -2_000,
+                "held back by the slower stream b"
+            );
+            late.extend(driver.push_from(vec![(Some(b.clone()), None, ks("b1", 5_000, 1))]));
+            assert_eq!(driver.watermark(), 3_000);
+            // b goes quiet: once idle, a alone decides.
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            late.extend(driver.push_from(vec![(Some(a.clone()), None, ks("a3", 71_000, 1))]));
+            assert_eq!(driver.watermark(), 69_000);
+            // Now an old event of b is late (the watermark never goes back).
+            late.extend(driver.push_from(vec![(Some(b), None, ks("b2", 6_000, 1))]));
+            driver.close();
+            while !probe.done() {
+                worker.step();
+            }
+            late
+        });
+        assert_eq!(
+            late.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["b2"],
+            "one stream far ahead makes nothing late while the other is active"
         );
     }
 

@@ -243,8 +243,20 @@ impl RedisLog {
         count: usize,
         block: Duration,
     ) -> Result<Vec<LogEntry>, LogError> {
-        self.read_group(group, consumer, count, Some(block), ">")
-            .await
+        let mut batch = self
+            .read_group(group, consumer, count, Some(block), ">")
+            .await?;
+        if !batch.is_empty() {
+            // A blocked XREADGROUP is woken by one stream and answers with
+            // that stream's entries only; the other streams may have been
+            // written in the same instant (one ingest batch spans many).
+            // Take them too, without blocking, so that a batch is a snapshot
+            // across streams: the dataflow keeps a watermark per stream, and
+            // a stream first seen a batch later would find it moved on.
+            let rest = self.read_group(group, consumer, count, None, ">").await?;
+            batch.extend(rest);
+        }
+        Ok(batch)
     }
 
     pub async fn read_pending(
