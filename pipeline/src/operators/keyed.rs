@@ -18,7 +18,9 @@
 //!   and restored at start.
 
 use crate::checkpoint::Checkpoints;
-use crate::operators::{EpochBuffer, EventTime, Timed, give_at_own_epochs, give_stamped};
+use crate::operators::{
+    EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped,
+};
 use schemas::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +88,89 @@ struct Snapshot<C, T> {
     pending: Vec<T>,
 }
 
+/// One operator instance's state besides its core's: what is parked by
+/// epoch, what waits for a barrier, and the capability held at the
+/// frontier for outputs fired by time.
+struct Instance<C: Core> {
+    core: C,
+    pending: EpochBuffer<C::Item>,
+    /// Containers stamped at or after the next barrier wait for it.
+    held: Vec<(Capability<u64>, Vec<C::Item>)>,
+    cap: Option<Capability<u64>>,
+    time: EventTime,
+    out: Vec<Event>,
+}
+
+impl<C: Core> Instance<C> {
+    /// Takes in one container stamped `c`: observed at once (arrival order)
+    /// or parked by epoch (event-time order).
+    fn take(&mut self, output: &mut EventOutput<'_>, c: &Capability<u64>, data: &mut Vec<C::Item>) {
+        match C::ORDER {
+            Order::Arrival => {
+                for r in data.iter() {
+                    self.core.observe(r, &mut self.out);
+                }
+                // From the held capability (never later than the container's
+                // stamp), and no later than the container: a deadline an event
+                // fires late keeps its own epoch, and an output never lands
+                // after a checkpoint cut its cause came before.
+                let floor = self.cap.as_ref().unwrap_or(c);
+                give_stamped(output, floor, *c.time(), &self.time, &mut self.out);
+            }
+            Order::EventTime => self.pending.push(&self.time, data),
+        }
+    }
+
+    /// Takes in the held containers stamped before `below`, in arrival order.
+    fn release(&mut self, output: &mut EventOutput<'_>, below: u64) {
+        let held = std::mem::take(&mut self.held);
+        for (c, mut data) in held {
+            if *c.time() >= below {
+                self.held.push((c, data));
+            } else {
+                self.take(output, &c, &mut data);
+            }
+        }
+    }
+
+    /// Does the work due before `target` (`None`: the input ended) and
+    /// moves the held capability to it.
+    fn advance(&mut self, output: &mut EventOutput<'_>, target: Option<u64>) {
+        let Some(floor) = self.cap.as_ref() else {
+            return;
+        };
+        // Work due before `target`, in event-time order.
+        while let Some((t, mut items)) = self.pending.pop_ready(target) {
+            C::sort_epoch(&mut items);
+            for r in &items {
+                self.core.observe(r, &mut self.out);
+            }
+            let w = (t + self.time.epoch_ms) as i64;
+            if target.is_none_or(|target| w <= target as i64) {
+                self.core.advance_to(w, &mut self.out);
+            }
+            give_at_own_epochs(output, floor, &self.time, &mut self.out);
+        }
+        let Some(target) = target else {
+            if self.time.flush_at_end {
+                self.core.flush(&mut self.out);
+            }
+            if let Some(c) = self.cap.take() {
+                give_at_own_epochs(output, &c, &self.time, &mut self.out);
+            }
+            self.out.clear();
+            return;
+        };
+        self.core.advance_to(target as i64, &mut self.out);
+        if let Some(c) = self.cap.as_mut() {
+            give_at_own_epochs(output, c, &self.time, &mut self.out);
+            if *c.time() < target {
+                c.downgrade(&target);
+            }
+        }
+    }
+}
+
 /// Runs `core` over a stream of its items: `records.keyed(core, &ctx)`.
 pub trait Keyed<'scope, T> {
     fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
@@ -104,17 +189,22 @@ where
             C::NAME,
             move |initial, _info| {
                 let ckpt = ctx.checkpoints.clone();
+                let mut me = Instance {
+                    core,
+                    pending: EpochBuffer::default(),
+                    held: Vec::new(),
+                    cap: Some(initial),
+                    time,
+                    out: Vec::new(),
+                };
                 if let Some(c) = ckpt.as_ref() {
                     c.expect(&part);
-                }
-                let mut core = core;
-                let mut pending = EpochBuffer::default();
-                if let Some(c) = ckpt.as_ref() {
                     match c.load::<Snapshot<C, T>>(&part) {
                         Ok(Some(s)) => {
-                            core = s.core;
-                            pending.push(&time, &mut s.pending.clone());
-                            tracing::info!(operator = C::NAME, state = core.state_size(), "state restored");
+                            me.core = s.core;
+                            me.pending.push(&time, &mut s.pending.clone());
+                            let state = me.core.state_size();
+                            tracing::info!(operator = C::NAME, state, "state restored");
                         }
                         Ok(None) => {}
                         Err(error) => {
@@ -125,31 +215,15 @@ where
                 let mut next_barrier = ckpt
                     .as_ref()
                     .map(|c| c.next_barrier(c.restored().unwrap_or(0)));
-                // Containers stamped at or after the next barrier wait for it.
-                let mut held: Vec<(Capability<u64>, Vec<T>)> = Vec::new();
-                let mut cap: Option<Capability<u64>> = Some(initial);
-                let mut out = Vec::new();
-                let mut scratch = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each(|c, data| {
                         let Some(c) = c.retain_least(0) else {
                             return;
                         };
                         if next_barrier.is_some_and(|b| *c.time() >= b) {
-                            held.push((c, std::mem::take(data)));
-                            return;
-                        }
-                        match C::ORDER {
-                            Order::Arrival => {
-                                for r in data.iter() {
-                                    core.observe(r, &mut out);
-                                }
-                                // From the held capability (never later than the
-                                // container's stamp): a deadline an event fires
-                                // late keeps its own epoch.
-                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
-                            }
-                            Order::EventTime => pending.push(&time, data),
+                            me.held.push((c, std::mem::take(data)));
+                        } else {
+                            me.take(output, &c, data);
                         }
                     });
                     let f = frontier.frontier().first().copied();
@@ -157,101 +231,30 @@ where
                         // The barrier the frontier reached, if any: the latest
                         // at or before it, when it jumped over several.
                         let barrier = match (f, next_barrier, ckpt.as_ref()) {
-                            (Some(f), Some(b), Some(c)) if f >= b => Some(c.barrier_at_or_before(f)),
+                            (Some(f), Some(b), Some(c)) if f >= b => {
+                                Some(c.barrier_at_or_before(f))
+                            }
                             _ => None,
                         };
-                        let target = barrier.or(f);
-                        if let Some(b) = barrier {
-                            // What was held for an earlier barrier than `b` is
-                            // before the cut: take it in first.
-                            scratch.append(&mut held);
-                            for (c, mut data) in scratch.drain(..) {
-                                if *c.time() >= b {
-                                    held.push((c, data));
-                                    continue;
-                                }
-                                match C::ORDER {
-                                    Order::Arrival => {
-                                        for r in data.iter() {
-                                            core.observe(r, &mut out);
-                                        }
-                                        // From the held capability (never later than the
-                                // container's stamp): a deadline an event fires
-                                // late keeps its own epoch.
-                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
-                                    }
-                                    Order::EventTime => pending.push(&time, &mut data),
-                                }
-                            }
-                        }
-                        let Some(floor) = cap.as_ref() else {
-                            break;
-                        };
-                        // Work due before `target`, in event-time order.
-                        while let Some((t, mut records)) = pending.pop_ready(target) {
-                            C::sort_epoch(&mut records);
-                            for r in &records {
-                                core.observe(r, &mut out);
-                            }
-                            let w = (t + time.epoch_ms) as i64;
-                            if target.is_none_or(|target| w <= target as i64) {
-                                core.advance_to(w, &mut out);
-                            }
-                            give_at_own_epochs(output, floor, &time, &mut out);
-                        }
-                        let Some(target) = target else {
-                            // Input ended.
-                            if time.flush_at_end {
-                                core.flush(&mut out);
-                            }
-                            if let Some(c) = cap.take() {
-                                // From the held capability (never later than the
-                                // container's stamp): a deadline an event fires
-                                // late keeps its own epoch.
-                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
-                            }
-                            out.clear();
-                            break;
-                        };
-                        core.advance_to(target as i64, &mut out);
-                        if let Some(c) = cap.as_mut() {
-                            give_at_own_epochs(output, c, &time, &mut out);
-                            if *c.time() < target {
-                                c.downgrade(&target);
-                            }
-                        }
                         let Some(b) = barrier else {
+                            me.advance(output, f);
                             break;
                         };
-                        // Every record stamped before `b` has been observed or
+                        // What was held for a barrier before `b` is before the cut.
+                        me.release(output, b);
+                        me.advance(output, Some(b));
+                        // Every item stamped before `b` has been observed or
                         // parked, nothing stamped later: the cut.
                         if let Some(c) = ckpt.as_ref() {
                             let snapshot = SnapshotRef {
-                                core: &core,
-                                pending: pending.iter().collect(),
+                                core: &me.core,
+                                pending: me.pending.iter().collect(),
                             };
                             c.save(b, &part, &snapshot);
                             next_barrier = Some(c.next_barrier(b));
                         }
-                        // Release what waited for this barrier (in arrival order).
-                        scratch.append(&mut held);
-                        for (c, mut data) in scratch.drain(..) {
-                            if next_barrier.is_some_and(|nb| *c.time() >= nb) {
-                                held.push((c, data));
-                                continue;
-                            }
-                            match C::ORDER {
-                                Order::Arrival => {
-                                    for r in data.iter() {
-                                        core.observe(r, &mut out);
-                                    }
-                                    // From the held capability (never later than the
-                                // container's stamp): a deadline an event fires
-                                // late keeps its own epoch.
-                                give_stamped(output, cap.as_ref().unwrap_or(&c), *c.time(), &time, &mut out);
-                                }
-                                Order::EventTime => pending.push(&time, &mut data),
-                            }
+                        if let Some(nb) = next_barrier {
+                            me.release(output, nb);
                         }
                     }
                 }
