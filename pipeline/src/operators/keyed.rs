@@ -237,6 +237,12 @@ where
                             _ => None,
                         };
                         let Some(b) = barrier else {
+                            if f.is_none() {
+                                // Input ended: no barrier will come, and a
+                                // held container keeps its capability (the
+                                // dataflow would never finish). Take them in.
+                                me.release(output, u64::MAX);
+                            }
                             me.advance(output, f);
                             break;
                         };
@@ -260,5 +266,101 @@ where
                 }
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{CheckpointConfig, Checkpoints};
+    use crate::config::Config;
+    use crate::dataflow::{DerivedSink, install_graph};
+    use crate::operators::wpm::{WpmConfig, WpmTracker};
+    use schemas::payload::{Keystroke, Payload};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct VecSink(Mutex<Vec<Event>>);
+    impl DerivedSink for VecSink {
+        fn emit(&self, events: &mut Vec<Event>) {
+            self.0.lock().unwrap().append(events);
+        }
+    }
+
+    fn ks(id: &str, ts: i64) -> Event {
+        Event {
+            id: id.into(),
+            ts,
+            user_id: Some("u1".into()),
+            project_id: None,
+            document_id: None,
+            data: Payload::WritingKeystroke(Keystroke {
+                keystrokes: 1,
+                words: 1,
+                chars: 1,
+                deleted_chars: None,
+                source: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn containers_held_for_a_barrier_are_taken_in_when_the_input_ends_first() {
+        let dir = std::env::temp_dir().join(format!("inkstream-keyed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = Checkpoints::open(
+            &CheckpointConfig {
+                dir: Some(dir.clone()),
+                interval: std::time::Duration::from_secs(1),
+            },
+            100,
+        )
+        .unwrap()
+        .map(Arc::new);
+        let sink = Arc::new(VecSink::default());
+        let s2 = sink.clone();
+        timely::execute_directly(move |worker| {
+            let ctx = Ctx {
+                time: EventTime {
+                    epoch_ms: 100,
+                    flush_at_end: true,
+                },
+                worker: 0,
+                checkpoints: ckpt.clone(),
+            };
+            let config = Config::default();
+            let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {
+                s.keyed(
+                    WpmTracker::new(&WpmConfig {
+                        min_interval: std::time::Duration::ZERO,
+                        ..WpmConfig::default()
+                    }),
+                    &ctx,
+                )
+            });
+            let mut driver = driver.unwrap();
+            // The first batch moves the input past the first barriers; the
+            // second is stamped after them and must wait for the operator's
+            // frontier to reach a barrier — but the input ends first, with
+            // no step in between.
+            driver.push(vec![ks("a", 0), ks("b", 5_000)]);
+            driver.push(vec![ks("c", 5_100), ks("d", 5_200)]);
+            driver.close();
+            let mut steps = 0;
+            while !probe.done() {
+                worker.step();
+                steps += 1;
+                assert!(steps < 10_000, "the dataflow never finishes");
+            }
+        });
+        let ids: Vec<String> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(ids.len(), 4, "every event was taken in: {ids:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
