@@ -250,11 +250,24 @@ impl RedisLog {
             // A blocked XREADGROUP is woken by one stream and answers with
             // that stream's entries only; the other streams may have been
             // written in the same instant (one ingest batch spans many).
-            // Take them too, without blocking, so that a batch is a snapshot
-            // across streams: the dataflow keeps a watermark per stream, and
-            // a stream first seen a batch later would find it moved on.
-            let rest = self.read_group(group, consumer, count, None, ">").await?;
-            batch.extend(rest);
+            // Take theirs too, without blocking, so that a batch is a
+            // snapshot across streams: the dataflow keeps a watermark per
+            // stream, and a stream first seen a batch later would find it
+            // moved on. (`count` stays a bound per stream.)
+            let answered: std::collections::HashSet<&str> =
+                batch.iter().map(|e| &*e.entry.stream).collect();
+            let others: Vec<Arc<str>> = self
+                .streams
+                .iter()
+                .filter(|s| !answered.contains(&***s))
+                .cloned()
+                .collect();
+            if !others.is_empty() {
+                let rest = self
+                    .read_group_of(group, consumer, count, None, ">", &others)
+                    .await?;
+                batch.extend(rest);
+            }
         }
         Ok(batch)
     }
@@ -302,6 +315,20 @@ impl RedisLog {
         block: Option<Duration>,
         from: &str,
     ) -> Result<Vec<LogEntry>, LogError> {
+        self.read_group_of(group, consumer, count, block, from, &self.streams)
+            .await
+    }
+
+    /// `XREADGROUP` over `streams` only.
+    async fn read_group_of(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+        from: &str,
+        streams: &[Arc<str>],
+    ) -> Result<Vec<LogEntry>, LogError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(group)
@@ -312,10 +339,10 @@ impl RedisLog {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS");
-        for s in self.streams.iter() {
+        for s in streams {
             cmd.arg(&**s);
         }
-        for _ in self.streams.iter() {
+        for _ in streams {
             cmd.arg(from);
         }
         self.run_read(cmd).await
