@@ -59,6 +59,10 @@ pub struct Metrics {
     pub ws_messages_out: IntCounterVec,
     /// Clients disconnected because their queue overflowed, by path.
     pub ws_slow_disconnects: IntCounterVec,
+    /// Channels keeping publications for recovery.
+    pub ws_history_channels: IntGauge,
+    /// Subscribes with `since`, by outcome (`recovered`, `not_recovered`).
+    pub ws_recoveries: IntCounterVec,
     /// HTTP requests by route template and status.
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route template.
@@ -207,6 +211,17 @@ impl Metrics {
                 ),
                 &["path"],
             )?,
+            ws_history_channels: IntGauge::new(
+                "inkstream_ws_history_channels",
+                "WebSocket channels keeping recent publications for recovery.",
+            )?,
+            ws_recoveries: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_recoveries_total",
+                    "Subscribes with since, by outcome (recovered, not_recovered).",
+                ),
+                &["outcome"],
+            )?,
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "inkstream_http_requests_total",
@@ -248,6 +263,8 @@ impl Metrics {
         r.register(Box::new(m.ws_connections.clone()))?;
         r.register(Box::new(m.ws_messages_out.clone()))?;
         r.register(Box::new(m.ws_slow_disconnects.clone()))?;
+        r.register(Box::new(m.ws_history_channels.clone()))?;
+        r.register(Box::new(m.ws_recoveries.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
         Ok(m)

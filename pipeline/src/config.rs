@@ -289,6 +289,14 @@ pub struct FanoutSettings {
     pub max_queue_bytes: usize,
     /// Channels per connection (default 256).
     pub max_subscriptions: usize,
+    /// Publications kept per channel for recovery on reconnect (default 100; 0: none).
+    pub history_size: usize,
+    /// Age after which a kept publication is dropped (default 5m).
+    #[serde(deserialize_with = "duration")]
+    pub history_max_age: Duration,
+    /// Most channels keeping history; the least recently published loses it
+    /// first (default 10000).
+    pub history_max_channels: usize,
 }
 
 impl Default for FanoutSettings {
@@ -297,6 +305,21 @@ impl Default for FanoutSettings {
         FanoutSettings {
             max_queue_bytes: d.max_queue_bytes,
             max_subscriptions: d.max_subscriptions,
+            history_size: d.history_size,
+            history_max_age: d.history_max_age,
+            history_max_channels: d.history_max_channels,
+        }
+    }
+}
+
+impl FanoutSettings {
+    pub fn to_hub_config(&self) -> connectors::websocket_fanout::HubConfig {
+        connectors::websocket_fanout::HubConfig {
+            max_queue_bytes: self.max_queue_bytes,
+            max_subscriptions: self.max_subscriptions,
+            history_size: self.history_size,
+            history_max_age: self.history_max_age,
+            history_max_channels: self.history_max_channels,
         }
     }
 }

@@ -21,7 +21,7 @@ use connectors::kafka::derived::DerivedProducer;
 use connectors::kafka::mirror::MirrorConfig;
 use connectors::kafka::source::KafkaSourceConfig;
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
-use connectors::websocket_fanout::{Hub, HubConfig};
+use connectors::websocket_fanout::Hub;
 use connectors::{EventLog, Metrics};
 use schemas::Event;
 use std::future::Future;
@@ -161,13 +161,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = Metrics::standalone();
     let log = open_log(&config).await?;
-    let hub = Arc::new(Hub::new(
-        HubConfig {
-            max_queue_bytes: config.fanout.max_queue_bytes,
-            max_subscriptions: config.fanout.max_subscriptions,
-        },
-        metrics.clone(),
-    ));
+    let hub = Arc::new(Hub::new(config.fanout.to_hub_config(), metrics.clone()));
     let derived = match &config.kafka.brokers {
         Some(brokers) => {
             let topics: Vec<String> = schemas::EventType::all()

@@ -1,12 +1,20 @@
 //! The fanout hub: derived events out to WebSocket subscribers.
 //!
 //! - A publication is serialized once per channel and shared (as reference-
-//!   counted bytes) by every subscriber of that channel.
-//! - Every channel numbers its publications (`offset`, from 1).
+//!   counted bytes) by every subscriber of that channel and its history.
+//! - Every channel numbers its publications (`offset`, from 1) and keeps the
+//!   last ones (`history_size`, `history_max_age`) whether or not anyone is
+//!   subscribed, so a client that reconnects with `since` recovers what it
+//!   missed. Offsets keep counting while the channel has history or
+//!   subscribers; when both are gone the channel is forgotten and comes back
+//!   with a new `epoch`, which is how clients tell a reset from a gap.
+//! - At most `history_max_channels` channels keep history; the least recently
+//!   published one loses it first, so memory stays bounded.
 //! - Every connection's outbound queue is bounded in **bytes**; a client whose
 //!   queue would overflow is disconnected with close code 4008 (`slow`) and
 //!   counted, so one slow reader never becomes unbounded memory.
 
+mod history;
 mod routing;
 
 pub use routing::{WsPath, routes, valid_channel};
@@ -15,11 +23,14 @@ use crate::auth::{Principal, Role};
 use crate::metrics::Metrics;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use history::History;
 use schemas::Event;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Close code sent to a client whose queue overflowed.
@@ -34,6 +45,13 @@ pub struct HubConfig {
     pub max_queue_bytes: usize,
     /// Most channels one connection may subscribe to.
     pub max_subscriptions: usize,
+    /// Publications kept per channel for recovery (0: no history).
+    pub history_size: usize,
+    /// Age after which a kept publication is dropped.
+    pub history_max_age: Duration,
+    /// Most channels keeping history; the least recently published loses its
+    /// history first (0: no history).
+    pub history_max_channels: usize,
 }
 
 impl Default for HubConfig {
@@ -41,7 +59,16 @@ impl Default for HubConfig {
         HubConfig {
             max_queue_bytes: 1 << 20,
             max_subscriptions: 256,
+            history_size: 100,
+            history_max_age: Duration::from_secs(300),
+            history_max_channels: 10_000,
         }
+    }
+}
+
+impl HubConfig {
+    fn history_on(&self) -> bool {
+        self.history_size > 0 && self.history_max_channels > 0
     }
 }
 
@@ -61,33 +88,120 @@ struct ClientQueue {
     path: WsPath,
 }
 
+type ChannelKey = (WsPath, String);
+
 struct Channel {
+    /// Offset of the newest publication (0: none yet in this epoch).
     offset: u64,
+    /// Names this incarnation of the channel; offsets only compare within one.
+    epoch: String,
     subscribers: HashMap<u64, ClientQueue>,
+    history: History,
+    /// This channel's key in `Table::by_publish`; `Some` exactly when the
+    /// history is non-empty.
+    publish_seq: Option<u64>,
+}
+
+/// Every live channel: one with subscribers or history (or both).
+#[derive(Default)]
+struct Table {
+    channels: HashMap<ChannelKey, Channel>,
+    /// Channels with history by last publication, oldest first: the eviction
+    /// order for `history_max_channels`, and for age expiry (a channel whose
+    /// newest entry is too old has nothing left, and so have all before it).
+    by_publish: BTreeMap<u64, ChannelKey>,
+    next_seq: u64,
+    /// Channels created so far; with the hub's incarnation id, the epoch.
+    created: u64,
+}
+
+impl Table {
+    fn new_channel(&mut self, incarnation: &str) -> Channel {
+        self.created += 1;
+        Channel {
+            offset: 0,
+            epoch: format!("{incarnation}-{}", self.created),
+            subscribers: HashMap::new(),
+            history: History::default(),
+            publish_seq: None,
+        }
+    }
+
+    /// Forgets `key`'s history, and the channel itself when nobody is
+    /// subscribed (its offsets and epoch go with it).
+    fn drop_history(&mut self, key: &ChannelKey) {
+        let Some(ch) = self.channels.get_mut(key) else {
+            return;
+        };
+        if let Some(seq) = ch.publish_seq.take() {
+            self.by_publish.remove(&seq);
+        }
+        ch.history.clear();
+        if ch.subscribers.is_empty() {
+            self.channels.remove(key);
+        }
+    }
+
+    /// Drops the histories whose newest entry is older than `max_age`.
+    fn expire(&mut self, now: Instant, max_age: Duration) {
+        while let Some((_, key)) = self.by_publish.first_key_value() {
+            let expired = self
+                .channels
+                .get(key)
+                .and_then(|ch| ch.history.newest_at())
+                .is_none_or(|at| now.saturating_duration_since(at) > max_age);
+            if !expired {
+                break;
+            }
+            let key = key.clone();
+            self.drop_history(&key);
+        }
+    }
+}
+
+/// What a `subscribe` with `since` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// No `since`: a plain subscription.
+    NotAsked,
+    /// Every publication after `since` was replayed.
+    Recovered,
+    /// The history no longer reaches back (or the epoch changed): reload.
+    NotRecovered,
 }
 
 /// The hub; share it behind an `Arc`.
 pub struct Hub {
-    channels: Mutex<HashMap<(WsPath, String), Channel>>,
+    table: Mutex<Table>,
     connections: Mutex<HashMap<u64, ClientQueue>>,
     next_conn: AtomicU64,
+    /// Random per hub: epochs of a restarted server never match old ones.
+    incarnation: String,
     config: HubConfig,
     metrics: Metrics,
 }
 
 impl Hub {
     pub fn new(config: HubConfig, metrics: Metrics) -> Hub {
+        // std's RandomState is seeded randomly per process; the clock makes
+        // two hubs of one process differ too. No dependency needed for that.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let incarnation = std::hash::RandomState::new().hash_one((nanos, std::process::id()));
         Hub {
-            channels: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            incarnation: format!("{incarnation:016x}"),
             config,
             metrics,
         }
     }
 
-    fn channels(&self) -> MutexGuard<'_, HashMap<(WsPath, String), Channel>> {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, ClientQueue>> {
@@ -96,27 +210,88 @@ impl Hub {
 
     /// Publishes a derived event to every channel it routes to.
     pub fn publish(&self, event: &Event) {
+        self.publish_at(event, Instant::now());
+    }
+
+    fn publish_at(&self, event: &Event, now: Instant) {
         let routes = routes(event);
         if routes.is_empty() {
             return;
         }
-        let mut channels = self.channels();
-        // Serialize the event lazily: most events have no subscriber.
-        let mut body: Option<String> = None;
-        for key in routes {
-            let Some(ch) = channels.get_mut(&key) else {
-                continue;
-            };
-            ch.offset += 1;
-            if ch.subscribers.is_empty() {
-                continue;
+        // Serialized before taking the lock: with history every publication
+        // is kept, subscribed or not, so it is always needed.
+        let body = match serde_json::to_string(event) {
+            Ok(b) => b,
+            Err(error) => {
+                tracing::warn!(error = %error, "serializing a derived event for the fanout failed");
+                return;
             }
-            let body = body.get_or_insert_with(|| serde_json::to_string(event).unwrap_or_default());
-            let frame = message_frame(&key.1, ch.offset, body);
-            for q in ch.subscribers.values() {
-                self.enqueue(q, frame.clone());
+        };
+        let mut t = self.table();
+        t.expire(now, self.config.history_max_age);
+        for key in routes {
+            self.publish_locked(&mut t, key, &body, now);
+        }
+        self.metrics
+            .ws_history_channels
+            .set(t.by_publish.len() as i64);
+    }
+
+    /// Numbers, keeps and queues one publication on one channel; returns its
+    /// subscriber count.
+    fn publish_locked(&self, t: &mut Table, key: ChannelKey, body: &str, now: Instant) -> usize {
+        let history_on = self.config.history_on();
+        let needs_room = t
+            .channels
+            .get(&key)
+            .is_none_or(|ch| ch.publish_seq.is_none());
+        if needs_room && history_on {
+            while t.by_publish.len() >= self.config.history_max_channels {
+                let Some((_, evicted)) = t.by_publish.pop_first() else {
+                    break;
+                };
+                // Already out of by_publish; drop_history clears the rest.
+                if let Some(ch) = t.channels.get_mut(&evicted) {
+                    ch.publish_seq = None;
+                }
+                t.drop_history(&evicted);
             }
         }
+        if !history_on && !t.channels.contains_key(&key) {
+            // Without history a channel lives only while it has subscribers.
+            return 0;
+        }
+        if !t.channels.contains_key(&key) {
+            let ch = t.new_channel(&self.incarnation);
+            t.channels.insert(key.clone(), ch);
+        }
+        let seq = t.next_seq;
+        let Some(ch) = t.channels.get_mut(&key) else {
+            return 0;
+        };
+        ch.offset += 1;
+        let frame = message_frame(&key.1, ch.offset, body);
+        if history_on {
+            ch.history.push(
+                ch.offset,
+                now,
+                frame.clone(),
+                self.config.history_size,
+                self.config.history_max_age,
+            );
+            if let Some(old) = ch.publish_seq.replace(seq) {
+                t.by_publish.remove(&old);
+            }
+            t.next_seq += 1;
+            t.by_publish.insert(seq, key.clone());
+        }
+        let Some(ch) = t.channels.get(&key) else {
+            return 0;
+        };
+        for q in ch.subscribers.values() {
+            self.enqueue(q, frame.clone());
+        }
+        ch.subscribers.len()
     }
 
     fn enqueue(&self, q: &ClientQueue, frame: Utf8Bytes) {
@@ -145,25 +320,76 @@ impl Hub {
         }
     }
 
-    fn subscribe(&self, conn: u64, q: &ClientQueue, channel: &str) {
-        self.channels()
-            .entry((q.path, channel.to_owned()))
-            .or_insert_with(|| Channel {
-                offset: 0,
-                subscribers: HashMap::new(),
-            })
-            .subscribers
-            .insert(conn, q.clone());
+    /// Subscribes `conn` to `channel` and queues, in this order, the missed
+    /// publications (when `since` is given and recoverable) and the
+    /// `subscribed` reply. Everything happens under the table lock, so no live
+    /// publication can slip between the replay and the reply or be lost: the
+    /// reply's `offset` is the last one before the live stream continues.
+    fn subscribe(
+        &self,
+        conn: u64,
+        q: &ClientQueue,
+        channel: &str,
+        since: Option<u64>,
+        epoch: Option<&str>,
+        now: Instant,
+    ) -> Recovery {
+        let mut t = self.table();
+        t.expire(now, self.config.history_max_age);
+        let key = (q.path, channel.to_owned());
+        if !t.channels.contains_key(&key) {
+            let ch = t.new_channel(&self.incarnation);
+            t.channels.insert(key.clone(), ch);
+        }
+        let Some(ch) = t.channels.get_mut(&key) else {
+            return Recovery::NotAsked;
+        };
+        // expire() only drops whole histories; the older entries of a
+        // still-active channel go here.
+        ch.history.prune(now, self.config.history_max_age);
+        let mut recovery = Recovery::NotAsked;
+        if let Some(since) = since {
+            let missed = ch
+                .history
+                .missed_since(since, ch.offset)
+                .filter(|_| epoch.is_none_or(|e| e == ch.epoch));
+            recovery = match missed {
+                Some(frames) => {
+                    for f in frames {
+                        self.enqueue(q, f.clone());
+                    }
+                    Recovery::Recovered
+                }
+                None => Recovery::NotRecovered,
+            };
+            let outcome = match recovery {
+                Recovery::Recovered => "recovered",
+                _ => "not_recovered",
+            };
+            self.metrics
+                .ws_recoveries
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        ch.subscribers.insert(conn, q.clone());
+        self.enqueue(q, subscribed_frame(channel, ch.offset, &ch.epoch, recovery));
+        // prune() never empties a history here: expire() above already
+        // dropped every history whose newest entry is too old.
+        self.metrics
+            .ws_history_channels
+            .set(t.by_publish.len() as i64);
+        recovery
     }
 
     fn unsubscribe(&self, conn: u64, path: WsPath, channel: &str) {
-        let mut channels = self.channels();
+        let mut t = self.table();
         let key = (path, channel.to_owned());
-        if let Some(ch) = channels.get_mut(&key) {
+        if let Some(ch) = t.channels.get_mut(&key) {
             ch.subscribers.remove(&conn);
-            if ch.subscribers.is_empty() {
-                // The channel's state goes with its last subscriber.
-                channels.remove(&key);
+            if ch.subscribers.is_empty() && ch.publish_seq.is_none() {
+                // Nothing to recover from and nobody listening: the channel
+                // (its offsets and epoch) is forgotten.
+                t.channels.remove(&key);
             }
         }
     }
@@ -183,16 +409,24 @@ impl Hub {
     /// Publishes an arbitrary JSON payload (admin broadcast) to one channel
     /// of one path; returns the subscribers it was queued for.
     pub fn publish_raw(&self, path: WsPath, channel: &str, data: &serde_json::Value) -> usize {
-        let mut channels = self.channels();
-        let Some(ch) = channels.get_mut(&(path, channel.to_owned())) else {
-            return 0;
-        };
-        ch.offset += 1;
-        let frame = message_frame(channel, ch.offset, &data.to_string());
-        for q in ch.subscribers.values() {
-            self.enqueue(q, frame.clone());
-        }
-        ch.subscribers.len()
+        self.publish_raw_at(path, channel, data, Instant::now())
+    }
+
+    fn publish_raw_at(
+        &self,
+        path: WsPath,
+        channel: &str,
+        data: &serde_json::Value,
+        now: Instant,
+    ) -> usize {
+        let mut t = self.table();
+        t.expire(now, self.config.history_max_age);
+        // Kept in the history like any publication: offsets stay contiguous.
+        let n = self.publish_locked(&mut t, (path, channel.to_owned()), &data.to_string(), now);
+        self.metrics
+            .ws_history_channels
+            .set(t.by_publish.len() as i64);
+        n
     }
 
     /// Connections per path, channels, and the busiest channels.
@@ -201,11 +435,16 @@ impl Hub {
         for q in self.conns().values() {
             *per_path.entry(q.path.as_str()).or_default() += 1;
         }
-        let channels = self.channels();
-        let mut busiest: Vec<(usize, String, &'static str)> = channels
+        let t = self.table();
+        // `channels` counts subscribed channels, as before history existed;
+        // history-only channels are `history_channels`.
+        let mut busiest: Vec<(usize, String, &'static str)> = t
+            .channels
             .iter()
+            .filter(|(_, ch)| !ch.subscribers.is_empty())
             .map(|((path, name), ch)| (ch.subscribers.len(), name.clone(), path.as_str()))
             .collect();
+        let subscribed = busiest.len();
         busiest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         busiest.truncate(100);
         let sum = |v: &prometheus::IntCounterVec| -> u64 {
@@ -217,7 +456,8 @@ impl Hub {
         serde_json::json!({
             "connections": per_path.values().sum::<usize>(),
             "connections_by_path": per_path,
-            "channels": channels.len(),
+            "channels": subscribed,
+            "history_channels": t.by_publish.len(),
             "top_channels": busiest
                 .into_iter()
                 .map(|(n, name, path)| serde_json::json!({"path": path, "channel": name, "subscribers": n}))
@@ -249,9 +489,12 @@ impl Hub {
             tokio::select! {
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        let reply =
-                            self.control(conn, &q, &principal, &mut subscriptions, text.as_str());
-                        self.enqueue(&q, reply);
+                        // A subscribe queues its own reply (after any replay).
+                        if let Some(reply) =
+                            self.control(conn, &q, &principal, &mut subscriptions, text.as_str())
+                        {
+                            self.enqueue(&q, reply);
+                        }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
@@ -282,7 +525,8 @@ impl Hub {
         gauge.dec();
     }
 
-    /// Handles one control frame; returns the reply frame.
+    /// Handles one control frame; returns the reply frame, or `None` when
+    /// it was already queued (a successful subscribe).
     fn control(
         &self,
         conn: u64,
@@ -290,18 +534,30 @@ impl Hub {
         principal: &Principal,
         subscriptions: &mut Vec<String>,
         text: &str,
-    ) -> Utf8Bytes {
+    ) -> Option<Utf8Bytes> {
         #[derive(Deserialize)]
         struct Control {
             op: String,
             #[serde(default)]
             channel: Option<String>,
+            /// The last offset the client saw: recover what came after.
+            #[serde(default)]
+            since: Option<u64>,
+            /// The epoch that offset belongs to (from `subscribed`).
+            #[serde(default)]
+            epoch: Option<String>,
         }
         let ctl: Control = match serde_json::from_str(text) {
             Ok(c) => c,
-            Err(e) => return error_frame("bad_request", &format!("malformed frame: {e}"), None),
+            Err(e) => {
+                return Some(error_frame(
+                    "bad_request",
+                    &format!("malformed frame: {e}"),
+                    None,
+                ));
+            }
         };
-        match (ctl.op.as_str(), ctl.channel) {
+        Some(match (ctl.op.as_str(), ctl.channel) {
             ("ping", _) => Utf8Bytes::from(r#"{"op":"pong"}"#),
             ("subscribe" | "unsubscribe", None) => {
                 error_frame("bad_request", "channel: required", None)
@@ -320,19 +576,28 @@ impl Hub {
             ("subscribe", Some(ch)) => {
                 if !subscriptions.contains(&ch) {
                     if subscriptions.len() >= self.config.max_subscriptions {
-                        return error_frame(
+                        return Some(error_frame(
                             "too_many_subscriptions",
                             &format!(
                                 "at most {} channels per connection",
                                 self.config.max_subscriptions
                             ),
                             Some(&ch),
-                        );
+                        ));
                     }
-                    self.subscribe(conn, q, &ch);
                     subscriptions.push(ch.clone());
                 }
-                op_frame("subscribed", &ch)
+                // Again on an existing subscription: replays what was asked
+                // for and answers with the current offset.
+                self.subscribe(
+                    conn,
+                    q,
+                    &ch,
+                    ctl.since,
+                    ctl.epoch.as_deref(),
+                    Instant::now(),
+                );
+                return None;
             }
             ("unsubscribe", Some(ch)) => {
                 subscriptions.retain(|c| *c != ch);
@@ -344,7 +609,7 @@ impl Hub {
                 &format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
                 None,
             ),
-        }
+        })
     }
 }
 
@@ -373,6 +638,21 @@ fn message_frame(channel: &str, offset: u64, body: &str) -> Utf8Bytes {
     ))
 }
 
+/// `{"op":"subscribed","channel":…,"offset":N,"epoch":"…"}`, plus
+/// `"recovered":bool` when the subscribe carried `since`.
+fn subscribed_frame(channel: &str, offset: u64, epoch: &str, recovery: Recovery) -> Utf8Bytes {
+    let recovered = match recovery {
+        Recovery::NotAsked => "",
+        Recovery::Recovered => r#","recovered":true"#,
+        Recovery::NotRecovered => r#","recovered":false"#,
+    };
+    Utf8Bytes::from(format!(
+        r#"{{"op":"subscribed","channel":{},"offset":{offset},"epoch":{}{recovered}}}"#,
+        json_str(channel),
+        json_str(epoch)
+    ))
+}
+
 fn op_frame(op: &str, channel: &str) -> Utf8Bytes {
     Utf8Bytes::from(format!(
         r#"{{"op":"{op}","channel":{}}}"#,
@@ -393,6 +673,7 @@ fn json_str(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::auth::User;
@@ -404,6 +685,293 @@ mod tests {
             projects: vec!["p1".into()],
             documents: vec!["d1".into()],
         })
+    }
+
+    const A: WsPath = WsPath::Analytics;
+
+    fn hub(size: usize, max_age_s: u64, max_channels: usize) -> Hub {
+        Hub::new(
+            HubConfig {
+                history_size: size,
+                history_max_age: Duration::from_secs(max_age_s),
+                history_max_channels: max_channels,
+                ..HubConfig::default()
+            },
+            Metrics::standalone(),
+        )
+    }
+
+    fn client() -> (ClientQueue, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let q = ClientQueue {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            closing: Arc::new(AtomicBool::new(false)),
+            path: A,
+        };
+        (q, rx)
+    }
+
+    /// Everything queued so far; a close becomes `{"close": code}`.
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            out.push(match o {
+                Outbound::Frame(f) => serde_json::from_str(f.as_str()).unwrap(),
+                Outbound::Close(code, _) => serde_json::json!({"close": code}),
+            });
+        }
+        out
+    }
+
+    fn publish(hub: &Hub, channel: &str, n: u64, at: Instant) {
+        hub.publish_raw_at(A, channel, &serde_json::json!({"n": n}), at);
+    }
+
+    /// The `data.n` of replayed messages, and the `subscribed` reply.
+    fn resubscribe(
+        hub: &Hub,
+        channel: &str,
+        since: u64,
+        epoch: Option<&str>,
+        now: Instant,
+    ) -> (Vec<u64>, serde_json::Value) {
+        let (q, mut rx) = client();
+        hub.subscribe(99, &q, channel, Some(since), epoch, now);
+        let mut frames = drain(&mut rx);
+        let reply = frames.pop().unwrap();
+        assert_eq!(reply["op"], "subscribed");
+        let replayed = frames
+            .iter()
+            .map(|m| {
+                assert_eq!(m["op"], "message");
+                assert_eq!(m["data"]["n"], m["offset"], "original offsets");
+                m["offset"].as_u64().unwrap()
+            })
+            .collect();
+        hub.unsubscribe(99, A, channel);
+        (replayed, reply)
+    }
+
+    fn history_channels(hub: &Hub) -> i64 {
+        hub.metrics.ws_history_channels.get()
+    }
+
+    #[test]
+    fn history_keeps_the_last_size_publications_of_an_unsubscribed_channel() {
+        let (hub, t0) = (hub(3, 300, 10), Instant::now());
+        for n in 1..=5 {
+            publish(&hub, "user:u1", n, t0);
+        }
+        assert_eq!(history_channels(&hub), 1);
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 2, None, t0);
+        assert_eq!(replayed, vec![3, 4, 5]);
+        assert_eq!(
+            (reply["offset"].as_u64(), reply["recovered"].as_bool()),
+            (Some(5), Some(true))
+        );
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 1, None, t0);
+        assert_eq!(replayed, Vec::<u64>::new(), "2 is gone: nothing replayed");
+        assert_eq!(reply["recovered"], false);
+        assert_eq!(reply["offset"], 5);
+    }
+
+    #[test]
+    fn history_older_than_the_max_age_is_dropped() {
+        let (hub, t0) = (hub(100, 60, 10), Instant::now());
+        publish(&hub, "user:u1", 1, t0);
+        publish(&hub, "user:u1", 2, t0 + Duration::from_secs(50));
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 0, None, t0 + Duration::from_secs(70));
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![], Some(false))
+        );
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 1, None, t0 + Duration::from_secs(70));
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![2], Some(true))
+        );
+        // Once everything expired with nobody subscribed, the channel is
+        // forgotten: a new epoch, offsets from 1 again.
+        let epoch = reply["epoch"].as_str().unwrap().to_owned();
+        publish(&hub, "user:u2", 1, t0 + Duration::from_secs(200));
+        assert_eq!(history_channels(&hub), 1, "only user:u2 is left");
+        let (_, reply) = resubscribe(&hub, "user:u1", 0, None, t0 + Duration::from_secs(200));
+        assert_eq!(reply["offset"], 0);
+        assert_ne!(reply["epoch"], epoch.as_str());
+    }
+
+    #[test]
+    fn the_least_recently_published_channel_loses_its_history_first() {
+        let (hub, t0) = (hub(100, 300, 2), Instant::now());
+        publish(&hub, "user:a", 1, t0);
+        publish(&hub, "user:b", 1, t0);
+        publish(&hub, "user:a", 2, t0);
+        publish(&hub, "user:c", 1, t0);
+        assert_eq!(history_channels(&hub), 2);
+        let (replayed, reply) = resubscribe(&hub, "user:a", 0, None, t0);
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![1, 2], Some(true))
+        );
+        let (_, reply) = resubscribe(&hub, "user:b", 0, None, t0);
+        assert_eq!(reply["recovered"], true, "a fresh channel: nothing missed");
+        assert_eq!(reply["offset"], 0, "user:b was evicted and forgotten");
+        let (replayed, _) = resubscribe(&hub, "user:c", 0, None, t0);
+        assert_eq!(replayed, vec![1]);
+    }
+
+    #[test]
+    fn an_evicted_channel_with_subscribers_keeps_its_offsets_but_not_its_history() {
+        let (hub, t0) = (hub(100, 300, 1), Instant::now());
+        let (q, mut rx) = client();
+        hub.subscribe(1, &q, "user:a", None, None, t0);
+        publish(&hub, "user:a", 1, t0);
+        publish(&hub, "user:b", 1, t0);
+        publish(&hub, "user:a", 2, t0);
+        let offsets: Vec<_> = drain(&mut rx).iter().map(|m| m["offset"].clone()).collect();
+        assert_eq!(offsets, vec![0, 1, 2], "subscribed at 0, then 1 and 2");
+        let (replayed, reply) = resubscribe(&hub, "user:a", 0, None, t0);
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![], Some(false))
+        );
+    }
+
+    #[test]
+    fn offsets_continue_across_unsubscribe_and_resubscribe() {
+        let (hub, t0) = (hub(100, 300, 10), Instant::now());
+        let (q, mut rx) = client();
+        hub.subscribe(1, &q, "user:u1", None, None, t0);
+        publish(&hub, "user:u1", 1, t0);
+        publish(&hub, "user:u1", 2, t0);
+        let first = drain(&mut rx);
+        assert_eq!(first[0]["op"], "subscribed");
+        assert!(first[0].get("recovered").is_none(), "no since, no flag");
+        let epoch = first[0]["epoch"].clone();
+        hub.unsubscribe(1, A, "user:u1");
+        publish(&hub, "user:u1", 3, t0);
+        hub.subscribe(1, &q, "user:u1", None, None, t0);
+        publish(&hub, "user:u1", 4, t0);
+        let again = drain(&mut rx);
+        assert_eq!(
+            (&again[0]["op"], &again[0]["offset"], &again[0]["epoch"]),
+            (&"subscribed".into(), &3.into(), &epoch)
+        );
+        assert_eq!(again[1]["offset"], 4);
+    }
+
+    #[test]
+    fn recovery_without_a_gap_replays_before_subscribed_then_goes_live() {
+        let (hub, t0) = (hub(100, 300, 10), Instant::now());
+        for n in 1..=3 {
+            publish(&hub, "user:u1", n, t0);
+        }
+        let (q, mut rx) = client();
+        let (_, epoch) = resubscribe(&hub, "user:u1", 3, None, t0);
+        let epoch = epoch["epoch"].as_str().unwrap().to_owned();
+        assert_eq!(
+            hub.subscribe(1, &q, "user:u1", Some(1), Some(&epoch), t0),
+            Recovery::Recovered
+        );
+        publish(&hub, "user:u1", 4, t0);
+        let frames = drain(&mut rx);
+        let ops: Vec<_> = frames
+            .iter()
+            .map(|m| format!("{}{}", m["op"].as_str().unwrap(), m["offset"]))
+            .collect();
+        assert_eq!(ops, vec!["message2", "message3", "subscribed3", "message4"]);
+        assert_eq!(frames[2]["recovered"], true);
+        // Caught up exactly: nothing to replay, still recovered.
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 4, Some(&epoch), t0);
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![], Some(true))
+        );
+        let m = hub
+            .metrics
+            .ws_recoveries
+            .with_label_values(&["recovered"])
+            .get();
+        assert_eq!(m, 3);
+    }
+
+    #[test]
+    fn another_epoch_or_a_since_ahead_is_not_recovered() {
+        let (hub, t0) = (hub(100, 300, 10), Instant::now());
+        publish(&hub, "user:u1", 1, t0);
+        publish(&hub, "user:u1", 2, t0);
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 1, Some("other-1"), t0);
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![], Some(false))
+        );
+        let (replayed, reply) = resubscribe(&hub, "user:u1", 7, None, t0);
+        assert_eq!(
+            (replayed, reply["recovered"].as_bool()),
+            (vec![], Some(false))
+        );
+        let m = hub
+            .metrics
+            .ws_recoveries
+            .with_label_values(&["not_recovered"])
+            .get();
+        assert_eq!(m, 2);
+    }
+
+    #[test]
+    fn epochs_differ_between_hubs() {
+        let t0 = Instant::now();
+        let (a, b) = (hub(100, 300, 10), hub(100, 300, 10));
+        publish(&a, "user:u1", 1, t0);
+        publish(&b, "user:u1", 1, t0);
+        let (_, ra) = resubscribe(&a, "user:u1", 0, None, t0);
+        let (_, rb) = resubscribe(&b, "user:u1", 0, None, t0);
+        assert_ne!(ra["epoch"], rb["epoch"]);
+    }
+
+    #[test]
+    fn replayed_frames_count_against_the_queue_bound() {
+        let hub = Hub::new(
+            HubConfig {
+                max_queue_bytes: 300,
+                ..HubConfig::default()
+            },
+            Metrics::standalone(),
+        );
+        let t0 = Instant::now();
+        for n in 1..=10 {
+            publish(&hub, "user:u1", n, t0);
+        }
+        let (q, mut rx) = client();
+        hub.subscribe(1, &q, "user:u1", Some(0), None, t0);
+        let frames = drain(&mut rx);
+        assert_eq!(
+            frames.last().unwrap(),
+            &serde_json::json!({"close": CLOSE_SLOW})
+        );
+        assert!(frames.len() < 10);
+    }
+
+    #[test]
+    fn without_history_a_channel_lives_only_while_subscribed() {
+        let (hub, t0) = (hub(0, 300, 10), Instant::now());
+        publish(&hub, "user:u1", 1, t0);
+        let (q, mut rx) = client();
+        hub.subscribe(1, &q, "user:u1", None, None, t0);
+        publish(&hub, "user:u1", 1, t0);
+        let frames = drain(&mut rx);
+        assert_eq!(
+            (&frames[0]["offset"], &frames[1]["offset"]),
+            (&0.into(), &1.into())
+        );
+        hub.unsubscribe(1, A, "user:u1");
+        assert_eq!(history_channels(&hub), 0);
+        let (_, reply) = resubscribe(&hub, "user:u1", 1, None, t0);
+        assert_eq!(
+            (reply["offset"].as_u64(), reply["recovered"].as_bool()),
+            (Some(0), Some(false))
+        );
     }
 
     #[test]
