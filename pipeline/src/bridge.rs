@@ -103,7 +103,14 @@ impl Bridge {
                     match rx.try_recv() {
                         Ok(batch) => {
                             last_arrival = Instant::now();
-                            let done = feed(&mut driver, batch, &mut acks, &*sink, &metrics);
+                            let done = feed(
+                                &mut driver,
+                                batch,
+                                &mut acks,
+                                checkpoints.as_deref(),
+                                &*sink,
+                                &metrics,
+                            );
                             if !done.is_empty() {
                                 let _ = done_tx.send(done);
                             }
@@ -193,6 +200,7 @@ fn feed<S: DerivedSink>(
     driver: &mut dataflow::InputDriver,
     batch: Vec<LogEntry>,
     acks: &mut Acks,
+    checkpoints: Option<&Checkpoints>,
     sink: &S,
     metrics: &Metrics,
 ) -> Vec<EntryRef> {
@@ -241,6 +249,14 @@ fn feed<S: DerivedSink>(
     let watermark = driver.watermark();
     let duplicates = driver.duplicates();
     let late = driver.push_from(events);
+    // A barrier this batch crossed: its cut is *here*, after this batch and
+    // before the next one (saving it later, after more batches, would put
+    // entries the restored state never saw before the cut).
+    if let (Acks::Checkpoint(a), Some(c)) = (&mut *acks, checkpoints) {
+        for b in driver.take_crossed() {
+            a.cut(c, b, driver);
+        }
+    }
     metrics
         .dataflow_duplicate_events
         .inc_by(driver.duplicates() - duplicates);
