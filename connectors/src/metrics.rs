@@ -59,6 +59,9 @@ pub struct Metrics {
     pub ws_messages_out: IntCounterVec,
     /// Clients disconnected because their queue overflowed, by path.
     pub ws_slow_disconnects: IntCounterVec,
+    /// Presence frames that replaced an older one of the same channel in a
+    /// full queue instead of disconnecting the client.
+    pub ws_coalesced: IntCounterVec,
     /// Channels keeping publications for recovery.
     pub ws_history_channels: IntGauge,
     /// Subscribes with `since`, by outcome (`recovered`, `not_recovered`).
@@ -211,6 +214,13 @@ impl Metrics {
                 ),
                 &["path"],
             )?,
+            ws_coalesced: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_coalesced_total",
+                    "Presence frames coalesced to the latest per channel because the client's queue was full.",
+                ),
+                &["path"],
+            )?,
             ws_history_channels: IntGauge::new(
                 "inkstream_ws_history_channels",
                 "WebSocket channels keeping recent publications for recovery.",
@@ -263,6 +273,7 @@ impl Metrics {
         r.register(Box::new(m.ws_connections.clone()))?;
         r.register(Box::new(m.ws_messages_out.clone()))?;
         r.register(Box::new(m.ws_slow_disconnects.clone()))?;
+        r.register(Box::new(m.ws_coalesced.clone()))?;
         r.register(Box::new(m.ws_history_channels.clone()))?;
         r.register(Box::new(m.ws_recoveries.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;

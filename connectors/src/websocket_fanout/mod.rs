@@ -12,7 +12,11 @@
 //!   published one loses it first, so memory stays bounded.
 //! - Every connection's outbound queue is bounded in **bytes**; a client whose
 //!   queue would overflow is disconnected with close code 4008 (`slow`) and
-//!   counted, so one slow reader never becomes unbounded memory.
+//!   counted, so one slow reader never becomes unbounded memory. On
+//!   `/ws/presence` a full queue coalesces instead: the latest frame per
+//!   channel waits (older ones are dropped, counted in
+//!   `inkstream_ws_coalesced_total`; the client sees a jump in the channel's
+//!   offsets) and goes out as soon as the socket drains.
 
 mod history;
 mod routing;
@@ -75,6 +79,8 @@ impl HubConfig {
 enum Outbound {
     Frame(Utf8Bytes),
     Close(u16, &'static str),
+    /// Send what is waiting in the connection's coalesced slots.
+    Coalesced,
 }
 
 /// The sending half of one connection's queue.
@@ -86,6 +92,11 @@ struct ClientQueue {
     /// Set once the connection is being closed as slow; nothing more is queued.
     closing: Arc<AtomicBool>,
     path: WsPath,
+    /// Presence only: when the queue is full, the latest frame per channel
+    /// waits here (replacing older ones) instead of the client being
+    /// disconnected: a collaborator wants where the others are now, not
+    /// every step in between. Bounded by the connection's subscriptions.
+    coalesced: Arc<Mutex<Vec<(String, Utf8Bytes)>>>,
 }
 
 type ChannelKey = (WsPath, String);
@@ -289,16 +300,50 @@ impl Hub {
             return 0;
         };
         for q in ch.subscribers.values() {
-            self.enqueue(q, frame.clone());
+            self.enqueue_on(q, Some(&key.1), frame.clone());
         }
         ch.subscribers.len()
     }
 
     fn enqueue(&self, q: &ClientQueue, frame: Utf8Bytes) {
+        self.enqueue_on(q, None, frame);
+    }
+
+    /// Queues a publication of `channel`. On `/ws/presence` a full queue
+    /// coalesces to the latest frame per channel; elsewhere it closes the
+    /// connection with 4008. Once a channel has a coalesced frame waiting,
+    /// its later frames replace it too, so the client never receives an
+    /// older position after a newer one.
+    fn enqueue_on(&self, q: &ClientQueue, channel: Option<&str>, frame: Utf8Bytes) {
         if q.closing.load(Ordering::Relaxed) {
             return;
         }
         let len = frame.len();
+        if q.path == WsPath::Presence
+            && let Some(channel) = channel
+        {
+            let mut slots = q.coalesced.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = slots.iter_mut().find(|(c, _)| c == channel) {
+                slot.1 = frame;
+                self.metrics
+                    .ws_coalesced
+                    .with_label_values(&[q.path.as_str()])
+                    .inc();
+                return;
+            }
+            if q.queued.load(Ordering::Relaxed) + len > self.config.max_queue_bytes {
+                let wake = slots.is_empty();
+                slots.push((channel.to_owned(), frame));
+                self.metrics
+                    .ws_coalesced
+                    .with_label_values(&[q.path.as_str()])
+                    .inc();
+                if wake {
+                    let _ = q.tx.send(Outbound::Coalesced);
+                }
+                return;
+            }
+        }
         let before = q.queued.fetch_add(len, Ordering::Relaxed);
         if before + len > self.config.max_queue_bytes {
             q.queued.fetch_sub(len, Ordering::Relaxed);
@@ -476,6 +521,7 @@ impl Hub {
             queued: Arc::new(AtomicUsize::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
             path,
+            coalesced: Arc::new(Mutex::new(Vec::new())),
         };
         self.conns().insert(conn, q.clone());
         let gauge = self
@@ -513,6 +559,21 @@ impl Hub {
                             .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
                             .await;
                         break;
+                    }
+                    Some(Outbound::Coalesced) => {
+                        let frames = std::mem::take(
+                            &mut *q.coalesced.lock().unwrap_or_else(|p| p.into_inner()),
+                        );
+                        let mut failed = false;
+                        for (_, frame) in frames {
+                            if sink.send(Message::Text(frame)).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
                     }
                     None => break,
                 },
@@ -708,6 +769,7 @@ mod tests {
             queued: Arc::new(AtomicUsize::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
             path: A,
+            coalesced: Arc::new(Mutex::new(Vec::new())),
         };
         (q, rx)
     }
@@ -719,9 +781,67 @@ mod tests {
             out.push(match o {
                 Outbound::Frame(f) => serde_json::from_str(f.as_str()).unwrap(),
                 Outbound::Close(code, _) => serde_json::json!({"close": code}),
+                Outbound::Coalesced => serde_json::json!({"coalesced": true}),
             });
         }
         out
+    }
+
+    #[test]
+    fn a_full_presence_queue_keeps_the_latest_frame_per_channel_instead_of_closing() {
+        let hub = Hub::new(
+            HubConfig {
+                max_queue_bytes: 300,
+                ..HubConfig::default()
+            },
+            Metrics::standalone(),
+        );
+        let (mut q, mut rx) = client();
+        q.path = WsPath::Presence;
+        let t0 = Instant::now();
+        hub.subscribe(1, &q, "document:d1", None, None, t0);
+        hub.subscribe(1, &q, "document:d2", None, None, t0);
+        for n in 0..50 {
+            let ch = if n % 2 == 0 {
+                "document:d1"
+            } else {
+                "document:d2"
+            };
+            hub.publish_raw_at(WsPath::Presence, ch, &serde_json::json!({ "n": n }), t0);
+        }
+        let out = drain(&mut rx);
+        assert!(
+            out.iter().all(|f| f.get("close").is_none()),
+            "a presence client is never closed as slow: {out:?}"
+        );
+        assert_eq!(
+            out.iter().filter(|f| f.get("coalesced").is_some()).count(),
+            1,
+            "one wake-up for the writer"
+        );
+        // The writer then sends the latest frame of each channel, once.
+        let slots = q.coalesced.lock().unwrap();
+        let latest: Vec<(String, i64)> = slots
+            .iter()
+            .map(|(c, f)| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                (c.clone(), v["data"]["n"].as_i64().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            latest,
+            [
+                ("document:d1".to_owned(), 48),
+                ("document:d2".to_owned(), 49)
+            ]
+        );
+        assert!(
+            hub.metrics
+                .ws_coalesced
+                .with_label_values(&["/ws/presence"])
+                .get()
+                > 40
+        );
     }
 
     fn publish(hub: &Hub, channel: &str, n: u64, at: Instant) {
