@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod checkpoint;
 pub mod config;
 pub mod dataflow;
+pub mod fanout_load;
 pub mod file_sink;
 pub mod generate;
 pub mod load;

@@ -144,76 +144,98 @@ async fn http_connection(
         } else {
             "application/x-ndjson"
         };
-        let request = format!(
-            "POST /v1/events HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\n\r\n",
-            config.addr,
-            body.len()
-        );
         let t = Instant::now();
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(body.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        // Read the response: headers, then Content-Length bytes of body.
-        let mut have = 0usize;
-        let (status, header_end, length) = loop {
-            let k = stream
-                .read(&mut buf[have..])
-                .await
-                .map_err(|e| e.to_string())?;
-            if k == 0 {
-                return Err("server closed the connection".into());
-            }
-            have += k;
-            if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]);
-                let status: u16 = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                break (status, end + 4, length);
-            }
-            if have == buf.len() {
-                return Err("response headers too large".into());
-            }
-        };
-        while have < header_end + length {
-            if have == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            let k = stream
-                .read(&mut buf[have..])
-                .await
-                .map_err(|e| e.to_string())?;
-            if k == 0 {
-                return Err("server closed the connection".into());
-            }
-            have += k;
-        }
+        let (status, reply) = http_post(
+            &mut stream,
+            &mut buf,
+            &config.addr,
+            "/v1/events",
+            content_type,
+            &auth,
+            &body,
+        )
+        .await?;
         latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         if status != 202 {
-            return Err(format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&buf[header_end..header_end + length])
-            ));
+            return Err(format!("status {status}: {reply}"));
         }
         sent += n;
         requests += 1;
     }
     Ok((latencies, requests))
+}
+
+/// One `POST` on a keep-alive HTTP/1.1 connection, written by hand (the
+/// load client must cost little next to the server on the same cores).
+/// `auth` is a header line or empty. Returns the status and the body.
+pub(crate) async fn http_post(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    addr: &str,
+    path: &str,
+    content_type: &str,
+    auth: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(body.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Read the response: headers, then Content-Length bytes of body.
+    let mut have = 0usize;
+    let (status, header_end, length) = loop {
+        let k = stream
+            .read(&mut buf[have..])
+            .await
+            .map_err(|e| e.to_string())?;
+        if k == 0 {
+            return Err("server closed the connection".into());
+        }
+        have += k;
+        if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]);
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            break (status, end + 4, length);
+        }
+        if have == buf.len() {
+            return Err("response headers too large".into());
+        }
+    };
+    while have < header_end + length {
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let k = stream
+            .read(&mut buf[have..])
+            .await
+            .map_err(|e| e.to_string())?;
+        if k == 0 {
+            return Err("server closed the connection".into());
+        }
+        have += k;
+    }
+    let reply = String::from_utf8_lossy(&buf[header_end..header_end + length]).into_owned();
+    Ok((status, reply))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

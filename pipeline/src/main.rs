@@ -116,9 +116,18 @@ enum Command {
         /// host:port of the server.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// batch (NDJSON bodies), single (one event per request) or ws (/ws/ingest frames).
+        /// batch (NDJSON bodies), single (one event per request), ws (/ws/ingest
+        /// frames); fanout (`--connections` subscribers, `--events` broadcasts:
+        /// deliveries/s and latency); e2e (ingest at `--rate` for `--seconds`:
+        /// ingest → live WPM message latency).
         #[arg(long, default_value = "batch")]
         mode: String,
+        /// e2e: events per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// e2e: how long to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
         /// Events per request or frame.
@@ -258,12 +267,56 @@ fn main() -> anyhow::Result<()> {
             connections,
             users,
             token,
+            rate,
+            seconds,
         } => {
+            if mode == "fanout" || mode == "e2e" {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the async runtime")?;
+                let r = runtime
+                    .block_on(async {
+                        if mode == "fanout" {
+                            inkstream::fanout_load::fanout(
+                                &addr,
+                                token.as_deref(),
+                                connections,
+                                events,
+                            )
+                            .await
+                        } else {
+                            inkstream::fanout_load::end_to_end(
+                                &addr,
+                                token.as_deref(),
+                                users,
+                                rate,
+                                seconds,
+                            )
+                            .await
+                        }
+                    })
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                println!(
+                    "{mode}: {} messages over {} connections in {:.2} s: {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+                    r.delivered,
+                    r.connections,
+                    r.elapsed.as_secs_f64(),
+                    r.per_second(),
+                    r.percentile_ms(0.5),
+                    r.percentile_ms(0.99),
+                    r.percentile_ms(1.0),
+                    r.latencies_us.len()
+                );
+                return Ok(());
+            }
             let mode = match mode.as_str() {
                 "batch" => inkstream::load::Mode::Batch,
                 "single" => inkstream::load::Mode::Single,
                 "ws" => inkstream::load::Mode::Ws,
-                other => anyhow::bail!("--mode {other:?}: expected batch, single or ws"),
+                other => {
+                    anyhow::bail!("--mode {other:?}: expected batch, single, ws, fanout or e2e")
+                }
             };
             let config = inkstream::load::LoadConfig {
                 addr,

@@ -118,8 +118,15 @@ pub fn router(state: AppState) -> Router {
                     // Nothing is sent before authentication: bad or missing
                     // credentials refuse the upgrade with 401.
                     let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+                    // Small buffers: tens of thousands of subscribers, each
+                    // sending only small control frames (tungstenite's 128 KiB
+                    // read and write buffers would be ~5 GB at 20 K); the hub's
+                    // own byte-bounded queue is the outbound buffer.
                     Ok::<_, ApiError>(
-                        ws.on_upgrade(move |socket| s.hub.serve(socket, path, principal)),
+                        ws.read_buffer_size(4 * 1024)
+                            .write_buffer_size(4 * 1024)
+                            .max_message_size(64 * 1024)
+                            .on_upgrade(move |socket| s.hub.serve(socket, path, principal)),
                     )
                 },
             ),

@@ -1,0 +1,261 @@
+//! `inkstream load --mode fanout` and `--mode e2e`: load on the WebSocket
+//! fanout of a running `inkstream serve`, for benchmarks.
+//!
+//! - `fanout`: opens `--connections` WebSockets on `/ws/analytics`, all
+//!   subscribed to one channel, then broadcasts `--events` messages to it
+//!   through `POST /api/realtime/websocket/broadcast` (as an admin when
+//!   auth is on) and counts deliveries: messages/s delivered, and the
+//!   latency from the broadcast request to each delivery.
+//! - `e2e`: one subscriber on `category:analytics`; ingests keystroke
+//!   batches for `--users` writers at `--rate` events/s with `ts` = now, and
+//!   measures ingest → live WPM message on the socket from each message's
+//!   event time (ms resolution; client and server share the clock).
+
+use crate::load::http_post;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What a fanout or e2e run measured.
+#[derive(Debug)]
+pub struct FanoutReport {
+    pub connections: usize,
+    pub delivered: u64,
+    pub elapsed: Duration,
+    /// Latencies, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl FanoutReport {
+    pub fn per_second(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The number after `"key":` in a frame, without parsing the whole frame
+/// (the client must cost little next to the server on the same cores).
+fn number_after(frame: &str, key: &str) -> Option<u64> {
+    let at = frame.find(key)? + key.len();
+    let digits: String = frame[at..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// A keep-alive connection for `http_post`, its buffer and auth header.
+async fn connect(addr: &str, token: Option<&str>) -> Result<(TcpStream, Vec<u8>, String), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    Ok((stream, vec![0u8; 64 * 1024], auth))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscribe(addr: &str, token: Option<&str>, channel: &str) -> Result<Ws, String> {
+    let mut url = format!("ws://{addr}/ws/analytics");
+    if let Some(t) = token {
+        url.push_str(&format!("?token={t}"));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let sub = format!(r#"{{"op":"subscribe","channel":"{channel}"}}"#);
+    ws.send(Message::text(sub))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains(r#""op":"subscribed""#) => return Ok(ws),
+            Some(Ok(Message::Text(t))) if t.contains(r#""op":"error""#) => {
+                return Err(format!("subscribe refused: {t}"));
+            }
+            Some(Ok(_)) => continue,
+            other => return Err(format!("subscribe: {other:?}")),
+        }
+    }
+}
+
+/// Broadcast fanout: `connections` subscribers, `broadcasts` messages.
+pub async fn fanout(
+    addr: &str,
+    token: Option<&str>,
+    connections: usize,
+    broadcasts: u64,
+) -> Result<FanoutReport, String> {
+    let channel = "category:load";
+    let delivered = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let mut readers = Vec::new();
+    // Open in waves: a burst of thousands of handshakes at once only
+    // measures the accept queue.
+    for wave in (0..connections).collect::<Vec<_>>().chunks(500) {
+        let mut opened = Vec::new();
+        for _ in wave {
+            opened.push(subscribe(addr, token, channel));
+        }
+        for ws in futures_util::future::join_all(opened).await {
+            let mut ws = ws?;
+            let (delivered, latencies) = (delivered.clone(), latencies.clone());
+            readers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut seen = 0u64;
+                while seen < broadcasts {
+                    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""op":"message""#) => {
+                            seen += 1;
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                            // Sample latencies (1 in 16) to keep the client cheap.
+                            if seen.is_multiple_of(16)
+                                && let Some(sent) = number_after(&t, r#""sent_us""#)
+                            {
+                                mine.push(
+                                    now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32
+                                );
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => break,
+                    }
+                }
+                latencies.lock().await.extend(mine);
+            }));
+        }
+    }
+    let (mut http, mut buf, auth) = connect(addr, token).await?;
+    let start = Instant::now();
+    for i in 0..broadcasts {
+        let body = format!(
+            r#"{{"channel":"{channel}","data":{{"i":{i},"sent_us":{}}}}}"#,
+            now_us()
+        );
+        let (status, reply) = http_post(
+            &mut http,
+            &mut buf,
+            addr,
+            "/api/realtime/websocket/broadcast",
+            "application/json",
+            &auth,
+            &body,
+        )
+        .await?;
+        if status != 200 {
+            return Err(format!("broadcast: {status} {reply}"));
+        }
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let elapsed = start.elapsed();
+    let mut latencies_us = std::mem::take(&mut *latencies.lock().await);
+    latencies_us.sort_unstable();
+    Ok(FanoutReport {
+        connections,
+        delivered: delivered.load(Ordering::Relaxed),
+        elapsed,
+        latencies_us,
+    })
+}
+
+/// Ingest → live WPM message, at `rate` events/s for `seconds`.
+pub async fn end_to_end(
+    addr: &str,
+    token: Option<&str>,
+    users: u32,
+    rate: u64,
+    seconds: u64,
+) -> Result<FanoutReport, String> {
+    let mut ws = subscribe(addr, token, "category:analytics").await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Text(t))) if t.contains(r#""metric":"wpm""#) => {
+                        if let Some(ts) = number_after(&t, r#""ts""#) {
+                            let ms = now_us() / 1000;
+                            lat.push((ms.saturating_sub(ts) * 1000).min(u64::from(u32::MAX)) as u32);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+                _ = stop_rx.changed() => break,
+            }
+        }
+        lat
+    });
+    let (mut http, mut buf, auth) = connect(addr, token).await?;
+    // Batches every 10 ms; each user writes at most once a second (the
+    // live WPM rate limit), so every event is an update.
+    let per_tick = (rate / 100).max(1);
+    let mut next_user = 0u64;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let ts = now_us() / 1000;
+        let mut body = String::new();
+        for _ in 0..per_tick {
+            let u = next_user % u64::from(users.max(1));
+            next_user += 1;
+            body.push_str(&format!(
+                r#"{{"type":"writing.keystroke","ts":{ts},"user_id":"e{u:06}","project_id":"p{:04}","data":{{"keystrokes":6,"words":1,"chars":6}}}}"#,
+                u / 4
+            ));
+            body.push('\n');
+        }
+        let (status, reply) = http_post(
+            &mut http,
+            &mut buf,
+            addr,
+            "/v1/events",
+            "application/x-ndjson",
+            &auth,
+            &body,
+        )
+        .await?;
+        if status != 202 {
+            return Err(format!("ingest: {status} {reply}"));
+        }
+        sent += per_tick;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop_tx.send(true);
+    let elapsed = start.elapsed();
+    let mut latencies_us = reader.await.map_err(|e| e.to_string())?;
+    latencies_us.sort_unstable();
+    Ok(FanoutReport {
+        connections: 1,
+        delivered: sent,
+        elapsed,
+        latencies_us,
+    })
+}
