@@ -35,11 +35,7 @@ impl FanoutReport {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
+        crate::load::percentile_ms(&self.latencies_us, p)
     }
 }
 
@@ -197,7 +193,10 @@ pub async fn end_to_end(
         loop {
             tokio::select! {
                 m = ws.next() => match m {
-                    Some(Ok(Message::Text(t))) if t.contains(r#""metric":"wpm""#) => {
+                    // Only this run's writers (`e…`), not other traffic.
+                    Some(Ok(Message::Text(t)))
+                        if t.contains(r#""metric":"wpm""#) && t.contains(r#""user_id":"e"#) =>
+                    {
                         if let Some(ts) = number_after(&t, r#""ts""#) {
                             let ms = now_us() / 1000;
                             lat.push((ms.saturating_sub(ts) * 1000).min(u64::from(u32::MAX)) as u32);

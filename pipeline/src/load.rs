@@ -48,12 +48,17 @@ impl LoadReport {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
+        percentile_ms(&self.latencies_us, p)
     }
+}
+
+/// The `p` quantile (0..=1) of sorted latencies in µs, in ms.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted_us[i]) / 1000.0
 }
 
 fn event_line(run: u64, conn: usize, i: u64, users: u32, ts: i64) -> String {
@@ -192,14 +197,7 @@ pub(crate) async fn http_post(
     // Read the response: headers, then Content-Length bytes of body.
     let mut have = 0usize;
     let (status, header_end, length) = loop {
-        let k = stream
-            .read(&mut buf[have..])
-            .await
-            .map_err(|e| e.to_string())?;
-        if k == 0 {
-            return Err("server closed the connection".into());
-        }
-        have += k;
+        have += read_some(stream, &mut buf[have..]).await?;
         if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]);
             let status: u16 = head
@@ -225,17 +223,19 @@ pub(crate) async fn http_post(
         if have == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        let k = stream
-            .read(&mut buf[have..])
-            .await
-            .map_err(|e| e.to_string())?;
-        if k == 0 {
-            return Err("server closed the connection".into());
-        }
-        have += k;
+        have += read_some(stream, &mut buf[have..]).await?;
     }
     let reply = String::from_utf8_lossy(&buf[header_end..header_end + length]).into_owned();
     Ok((status, reply))
+}
+
+/// Reads what is there (at least one byte); a closed connection is an error.
+async fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
+    match stream.read(buf).await {
+        Ok(0) => Err("server closed the connection".into()),
+        Ok(k) => Ok(k),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
