@@ -122,7 +122,10 @@ pub async fn fanout(
                 let mut mine = Vec::new();
                 let mut seen = 0u64;
                 while seen < broadcasts {
-                    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                    // Idle until the broadcasts start, which is after every
+                    // connection has subscribed (tens of seconds for 20 K):
+                    // a short timeout here closes the first connections.
+                    match tokio::time::timeout(Duration::from_secs(600), ws.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""op":"message""#) => {
                             seen += 1;
                             delivered.fetch_add(1, Ordering::Relaxed);
