@@ -89,19 +89,39 @@ wait_port() { # port name pid
   log "$2 did not open port $1"; return 1
 }
 
-redis_port=$(free_port)
-mkdir -p "$work/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$work/redis" --logfile "$work/redis/redis.log" &
-pids+=($!)
-wait_port "$redis_port" redis-server "$!"
-
-kafka_port=$(free_port)
-"$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-  --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-pids+=($!)
-wait_port "$kafka_port" tansu "$!"
+# A port that looks free can still refuse a bind (a socket lingering in
+# TIME_WAIT from an earlier run, a race with another process): a service that
+# exits during startup is retried on another port, a few times.
+start_redis() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    redis_port=$(free_port)
+    mkdir -p "$work/redis"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$work/redis" --logfile "$work/redis/redis.log" &
+    local pid=$!
+    if wait_port "$redis_port" redis-server "$pid"; then pids+=("$pid"); return 0; fi
+    kill "$pid" 2>/dev/null || true
+    log "redis-server could not start on $redis_port (attempt $attempt): $(tail -1 "$work/redis/redis.log" 2>/dev/null)"
+  done
+  return 1
+}
+start_tansu() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    kafka_port=$(free_port)
+    "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+      --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+      --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+    local pid=$!
+    if wait_port "$kafka_port" tansu "$pid"; then pids+=("$pid"); return 0; fi
+    kill "$pid" 2>/dev/null || true
+    log "tansu could not start on $kafka_port (attempt $attempt)"
+  done
+  return 1
+}
+start_redis
+start_tansu
 
 export INKSTREAM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export INKSTREAM_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
