@@ -125,15 +125,75 @@ pub struct InputDriver {
     /// follows the *slowest active* one (Flink's per-partition watermarks):
     /// a backlog read stream by stream does not make the streams read later
     /// look late. A partition silent for `idle_after` stops holding it back.
-    parts: HashMap<Arc<str>, Part>,
-    /// The least `max_ts` of the active partitions (cached).
-    parts_min: Option<i64>,
+    parts: Partitions,
     idle_after: std::time::Duration,
+}
+
+/// The input partitions of a reader and the least newest event time among
+/// the active ones (cached: most events do not change it).
+#[derive(Default)]
+struct Partitions {
+    parts: HashMap<Arc<str>, Part>,
+    min: Option<i64>,
 }
 
 struct Part {
     max_ts: i64,
     last_seen: std::time::Instant,
+}
+
+impl Partitions {
+    fn recompute(&mut self) {
+        self.min = self.parts.values().map(|p| p.max_ts).min();
+    }
+
+    /// Marks `part` active now; a new one starts at `ts`.
+    fn touch(&mut self, part: &Arc<str>, ts: i64, now: std::time::Instant) {
+        match self.parts.get_mut(part) {
+            Some(p) => p.last_seen = now,
+            None => {
+                self.parts.insert(
+                    part.clone(),
+                    Part {
+                        max_ts: ts,
+                        last_seen: now,
+                    },
+                );
+                self.min = Some(self.min.map_or(ts, |m| m.min(ts)));
+            }
+        }
+    }
+
+    /// `part` delivered an event at `ts`; returns the least newest time of
+    /// the active partitions.
+    fn observe(&mut self, part: &Arc<str>, ts: i64, now: std::time::Instant) -> Option<i64> {
+        match self.parts.get_mut(part) {
+            Some(p) => {
+                p.last_seen = now;
+                if ts > p.max_ts {
+                    let was_min = self.min == Some(p.max_ts);
+                    p.max_ts = ts;
+                    if was_min {
+                        self.recompute();
+                    }
+                }
+            }
+            None => self.touch(part, ts, now),
+        }
+        self.min
+    }
+
+    /// Drops partitions silent for `idle_after`; whether any was.
+    fn expire(&mut self, now: std::time::Instant, idle_after: std::time::Duration) -> bool {
+        let before = self.parts.len();
+        self.parts
+            .retain(|_, p| now.duration_since(p.last_seen) < idle_after);
+        let expired = self.parts.len() != before;
+        if expired {
+            self.recompute();
+        }
+        expired
+    }
 }
 
 /// What the input driver must restore to resume exactly where a
@@ -182,50 +242,40 @@ impl InputDriver {
         &mut self,
         events: impl IntoIterator<Item = (Option<u64>, Event)>,
     ) -> Vec<Event> {
-        self.push_from(events.into_iter().map(|(p, e)| (None, p, e)))
+        let now = std::time::Instant::now();
+        self.push_inner(events.into_iter().map(|(p, e)| (None, p, e)), now)
     }
 
     /// Like [`InputDriver::push_positioned`], with each event's input
     /// partition (`None`: the one default partition, as in `replay`).
-    pub fn push_from(
-        &mut self,
-        events: impl IntoIterator<Item = (Option<Arc<str>>, Option<u64>, Event)>,
-    ) -> Vec<Event> {
-        let mut late = Vec::new();
-        if self.cap.is_none() {
-            late.extend(events.into_iter().map(|(_, _, e)| e));
-            return late;
-        }
+    pub fn push_from(&mut self, events: Vec<(Option<Arc<str>>, Option<u64>, Event)>) -> Vec<Event> {
         let now = std::time::Instant::now();
         self.expire_idle(now);
-        let events: Vec<(Option<Arc<str>>, Option<u64>, Event)> = events.into_iter().collect();
         // Every partition in this batch is active from its start, at its
         // first event's time: a stream that comes later in the batch (a
         // reply lists stream after stream) holds the watermark back from
         // the first event on, instead of finding it moved past by the
         // streams listed before it.
-        let mut joined = false;
         for (part, _, e) in &events {
             if let Some(part) = part {
-                match self.parts.get_mut(part) {
-                    Some(p) => p.last_seen = now,
-                    None => {
-                        self.parts.insert(
-                            part.clone(),
-                            Part {
-                                max_ts: e.ts,
-                                last_seen: now,
-                            },
-                        );
-                        joined = true;
-                    }
-                }
+                self.parts.touch(part, e.ts, now);
             }
         }
-        if joined {
-            self.parts_min = self.parts.values().map(|p| p.max_ts).min();
-        }
-        let mut records = Vec::new();
+        self.push_inner(events.into_iter(), now)
+    }
+
+    fn push_inner(
+        &mut self,
+        events: impl Iterator<Item = (Option<Arc<str>>, Option<u64>, Event)>,
+        now: std::time::Instant,
+    ) -> Vec<Event> {
+        let mut late = Vec::new();
+        let Some(cap) = self.cap.as_ref() else {
+            late.extend(events.map(|(_, _, e)| e));
+            return late;
+        };
+        let mut handle = self.handle.activate();
+        let mut session = handle.session(cap);
         for (part, position, e) in events {
             if e.ts < self.watermark {
                 late.push(e);
@@ -241,67 +291,37 @@ impl InputDriver {
             if self.max_ts.is_none_or(|m| e.ts > m) {
                 self.max_ts = Some(e.ts);
             }
-            match part {
-                None => {
-                    self.watermark = self.watermark.max(e.ts - self.disorder_ms);
-                }
-                Some(part) => self.observe_part(part, e.ts, now),
+            let newest = match &part {
+                None => Some(e.ts),
+                Some(part) => self.parts.observe(part, e.ts, now),
+            };
+            if let Some(newest) = newest {
+                self.watermark = self.watermark.max(newest - self.disorder_ms);
             }
             let seq = position.unwrap_or(self.next_seq);
             self.next_seq = self.next_seq.max(seq) + 1;
-            records.push(Record {
+            session.give(Record {
                 seq,
                 event: Arc::new(e),
             });
         }
-        if let Some(cap) = self.cap.as_ref() {
-            let mut handle = self.handle.activate();
-            handle.session(cap).give_iterator(records.into_iter());
-        }
+        drop(session);
+        drop(handle);
         self.downgrade_to_watermark();
         late
     }
 
-    /// Partition `part` delivered an event at `ts`.
-    fn observe_part(&mut self, part: Arc<str>, ts: i64, now: std::time::Instant) {
-        match self.parts.get_mut(&part) {
-            Some(p) => {
-                p.last_seen = now;
-                if ts > p.max_ts {
-                    let was_min = self.parts_min == Some(p.max_ts);
-                    p.max_ts = ts;
-                    if was_min {
-                        self.parts_min = self.parts.values().map(|p| p.max_ts).min();
-                    }
-                }
-            }
-            None => {
-                self.parts.insert(
-                    part,
-                    Part {
-                        max_ts: ts,
-                        last_seen: now,
-                    },
-                );
-                self.parts_min = Some(self.parts_min.map_or(ts, |m| m.min(ts)));
-            }
-        }
-        if let Some(min) = self.parts_min {
-            self.watermark = self.watermark.max(min - self.disorder_ms);
-        }
+    /// Events dropped as duplicates of an id already in the window.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 
     /// Partitions silent for `idle_after` stop holding the watermark back.
     fn expire_idle(&mut self, now: std::time::Instant) {
-        let before = self.parts.len();
-        let idle_after = self.idle_after;
-        self.parts
-            .retain(|_, p| now.duration_since(p.last_seen) < idle_after);
-        if self.parts.len() != before {
-            self.parts_min = self.parts.values().map(|p| p.max_ts).min();
-            if let Some(min) = self.parts_min {
-                self.watermark = self.watermark.max(min - self.disorder_ms);
-            }
+        if self.parts.expire(now, self.idle_after)
+            && let Some(min) = self.parts.min
+        {
+            self.watermark = self.watermark.max(min - self.disorder_ms);
         }
     }
 
@@ -310,11 +330,6 @@ impl InputDriver {
     pub fn tick(&mut self) {
         self.expire_idle(std::time::Instant::now());
         self.downgrade_to_watermark();
-    }
-
-    /// Events dropped as duplicates of an id already in the window.
-    pub fn duplicates(&self) -> u64 {
-        self.duplicates
     }
 
     /// Moves the watermark forward to `watermark` (never back).
@@ -361,6 +376,7 @@ impl InputDriver {
         seen.sort_unstable();
         let mut parts: Vec<(String, i64)> = self
             .parts
+            .parts
             .iter()
             .map(|(k, p)| (k.to_string(), p.max_ts))
             .collect();
@@ -384,7 +400,7 @@ impl InputDriver {
         self.seen_pruned_at = self.seen.len();
         self.duplicates = state.duplicates;
         let now = std::time::Instant::now();
-        self.parts = state
+        self.parts.parts = state
             .parts
             .into_iter()
             .map(|(k, max_ts)| {
@@ -397,7 +413,7 @@ impl InputDriver {
                 )
             })
             .collect();
-        self.parts_min = self.parts.values().map(|p| p.max_ts).min();
+        self.parts.recompute();
         self.downgrade_to_watermark();
         // The restored barrier itself is not crossed again.
         self.crossed.clear();
@@ -505,8 +521,7 @@ where
             .map(|c| c.next_barrier(c.restored().unwrap_or(0))),
         checkpoints,
         crossed: Vec::new(),
-        parts: HashMap::new(),
-        parts_min: None,
+        parts: Partitions::default(),
         idle_after: config.dataflow.idle_advance_after,
     };
     (Some(driver), probe)
@@ -539,6 +554,21 @@ pub fn late_event(e: Event, watermark: i64) -> Event {
     )
 }
 
+/// Derived events collected in memory (tests).
+#[cfg(test)]
+#[derive(Default)]
+pub struct VecSink(pub std::sync::Mutex<Vec<Event>>);
+
+#[cfg(test)]
+impl DerivedSink for VecSink {
+    fn emit(&self, events: &mut Vec<Event>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(events);
+    }
+}
+
 /// Runs a graph over events in tests: as `replay` does (worker 0 feeds
 /// `events` in this arrival order, `batch` at a time, through the real input
 /// driver; the others compute), then returns every output sorted by
@@ -558,16 +588,6 @@ where
         + 'static,
 {
     use std::sync::Mutex;
-    #[derive(Default)]
-    struct VecSink(Mutex<Vec<Event>>);
-    impl DerivedSink for VecSink {
-        fn emit(&self, events: &mut Vec<Event>) {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .append(events);
-        }
-    }
     let sink = Arc::new(VecSink::default());
     let late = Arc::new(Mutex::new(Vec::new()));
     let input = Arc::new(Mutex::new(Some(events)));
@@ -616,15 +636,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct VecSink(Mutex<Vec<Event>>);
-    impl DerivedSink for VecSink {
-        fn emit(&self, events: &mut Vec<Event>) {
-            self.0.lock().unwrap().append(events);
-        }
-    }
 
     fn ks(id: &str, ts: i64, words: i64) -> Event {
         Event {

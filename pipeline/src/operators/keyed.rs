@@ -274,18 +274,9 @@ mod tests {
     use super::*;
     use crate::checkpoint::{CheckpointConfig, Checkpoints};
     use crate::config::Config;
-    use crate::dataflow::{DerivedSink, install_graph};
+    use crate::dataflow::{VecSink, install_graph};
     use crate::operators::wpm::{WpmConfig, WpmTracker};
     use schemas::payload::{Keystroke, Payload};
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct VecSink(Mutex<Vec<Event>>);
-    impl DerivedSink for VecSink {
-        fn emit(&self, events: &mut Vec<Event>) {
-            self.0.lock().unwrap().append(events);
-        }
-    }
 
     fn ks(id: &str, ts: i64) -> Event {
         Event {

@@ -69,7 +69,8 @@
 //! `wpm_above_threshold`, `wpm_below_threshold`, `idle_timeout`,
 //! `session_paused`, `break_timeout`, `gap`, `ended`, `restarted`.
 //!
-//! **Determinism.** The wrapper processes each epoch only once the frontier
+//! **Determinism.** The operator runtime ([`crate::operators::keyed`],
+//! event-time order) processes each epoch only once the frontier
 //! has passed it, in (event time, arrival) order, and fires deadlines from
 //! the frontier, so outputs are identical whatever the arrival order within
 //! the disorder bound and whatever the number of workers. Derived ids hash
@@ -81,9 +82,7 @@
 
 use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
 use crate::operators::keyed::{Core, Order};
-use crate::operators::{
-    EpochBuffer, EventTime, Record, derived_id, give_at_own_epochs, stable_hash, written_words,
-};
+use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
@@ -92,10 +91,6 @@ use schemas::payload::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::Operator;
 
 /// `[sessions]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -611,10 +606,9 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
     }
 }
 
-/// The pure core. Feed each user's events in event-time order (the wrapper
-/// does), and tell it when the watermark moves. Serializable (plain fields
-/// only, bincode-safe), so it also runs in the checkpointed runtime
-/// ([`Core`]).
+/// The pure core. Feed each user's events in event-time order (the runtime
+/// does, as a [`Core`]), and tell it when the watermark moves. Serializable
+/// (plain fields only, bincode-safe), so it is checkpointed.
 #[derive(Serialize, Deserialize)]
 pub struct SessionTracker {
     rules: Rules,
@@ -789,74 +783,10 @@ impl Core for SessionTracker {
     }
 }
 
-/// The timely wrapper: `records.sessions(&config.sessions, &config.flow, time)`.
-pub trait Sessions<'scope> {
-    fn sessions(
-        self,
-        config: &SessionsConfig,
-        flow: &FlowConfig,
-        time: EventTime,
-    ) -> Stream<'scope, u64, Vec<Event>>;
-}
-
-impl<'scope> Sessions<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn sessions(
-        self,
-        config: &SessionsConfig,
-        flow: &FlowConfig,
-        time: EventTime,
-    ) -> Stream<'scope, u64, Vec<Event>> {
-        let (config, flow) = (config.clone(), flow.clone());
-        let by_user =
-            Exchange::new(|r: &Record| stable_hash(r.event.user_id.as_deref().unwrap_or("")));
-        self.unary_frontier(by_user, "Sessions", move |initial, _info| {
-            let mut tracker = SessionTracker::new(&config, &flow);
-            let mut pending = EpochBuffer::default();
-            // Held at the frontier to emit what the passing of time produces.
-            let mut timer: Option<Capability<u64>> = Some(initial);
-            let mut out = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each(|_cap, data| pending.push(&time, data));
-                let f = frontier.frontier().first().copied();
-                // Epochs the frontier has passed are final: process them in order.
-                while let Some((_t, mut records)) = pending.pop_ready(f) {
-                    // Per user: event-time order, ties in arrival order.
-                    records.sort_by_key(|r| (r.event.ts, r.seq));
-                    for r in &records {
-                        tracker.observe(&r.event, &mut out);
-                    }
-                }
-                match f {
-                    Some(f) => {
-                        tracker.advance_to(f as i64, &mut out);
-                        if let Some(cap) = timer.as_mut() {
-                            // Every output is at or after the previous
-                            // frontier (= cap): stamped at its own epoch.
-                            give_at_own_epochs(output, cap, &time, &mut out);
-                            if *cap.time() < f {
-                                cap.downgrade(&f);
-                            }
-                        }
-                    }
-                    None => {
-                        if time.flush_at_end {
-                            tracker.flush(&mut out);
-                        }
-                        if let Some(cap) = timer.take() {
-                            give_at_own_epochs(output, &cap, &time, &mut out);
-                        }
-                        out.clear();
-                    }
-                }
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operators::EpochBuffer;
+    use crate::operators::{EpochBuffer, EventTime};
     use serde_json::json;
     use std::sync::Arc;
 
@@ -2022,10 +1952,10 @@ mod tests {
         assert!(held.len() >= 3, "snapshots held states {held:?}");
     }
 
-    // ---- the timely wrapper -------------------------------------------------------------
+    // ---- in the operator runtime --------------------------------------------------------
 
     #[test]
-    fn the_wrapper_gives_identical_outputs_for_any_workers_batches_and_arrival_order() {
+    fn the_runtime_gives_identical_outputs_for_any_workers_batches_and_arrival_order() {
         let (s, f) = small();
         let mut config = crate::config::Config::default();
         config.dataflow.allowed_disorder = Duration::from_millis(50);
@@ -2034,10 +1964,7 @@ mod tests {
         let expected = drive(&events, 50, 10, &s, &f);
         assert!(expected.len() > 200);
         let runs = [(1, 1, 0), (1, 64, 1), (2, 7, 2), (2, 1000, 3)];
-        for (runtime, (workers, batch, shuffle)) in [false, true]
-            .into_iter()
-            .flat_map(|k| runs.into_iter().map(move |r| (k, r)))
-        {
+        for (workers, batch, shuffle) in runs {
             let arrivals = if shuffle == 0 {
                 events.clone()
             } else {
@@ -2046,30 +1973,18 @@ mod tests {
             let (s2, f2) = (s.clone(), f.clone());
             let (out, late) =
                 crate::dataflow::run_for_test(arrivals, workers, batch, &config, move |st, cfg| {
-                    let time = EventTime {
-                        epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
-                        flush_at_end: cfg.dataflow.flush_at_end,
+                    let ctx = crate::operators::keyed::Ctx {
+                        time: EventTime {
+                            epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
+                            flush_at_end: cfg.dataflow.flush_at_end,
+                        },
+                        worker: 0,
+                        checkpoints: None,
                     };
-                    if runtime {
-                        let ctx = crate::operators::keyed::Ctx {
-                            time,
-                            worker: 0,
-                            checkpoints: None,
-                        };
-                        crate::operators::keyed::Keyed::keyed(
-                            st,
-                            SessionTracker::new(&s2, &f2),
-                            &ctx,
-                        )
-                    } else {
-                        st.sessions(&s2, &f2, time)
-                    }
+                    crate::operators::keyed::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
                 });
             assert!(late.is_empty());
-            assert_eq!(
-                out, expected,
-                "{workers} worker(s), batch {batch}, runtime {runtime}"
-            );
+            assert_eq!(out, expected, "{workers} worker(s), batch {batch}");
         }
     }
 }
