@@ -295,8 +295,25 @@ pub struct FanoutSettings {
     #[serde(deserialize_with = "duration")]
     pub history_max_age: Duration,
     /// Most channels keeping history; the least recently published loses it
-    /// first (default 10000).
+    /// first (default 10000). In-process history only.
     pub history_max_channels: usize,
+    /// Where publications, numbering and history live: `memory` (this
+    /// process only), `redis` (shared by every gateway on the same Redis and
+    /// prefix), or `auto` (default: `redis` when `redis.url` is set).
+    pub broker: FanoutBroker,
+    /// Publications waiting to be written to Redis before new ones are
+    /// dropped and counted (default 65536).
+    pub publish_queue: usize,
+}
+
+/// `fanout.broker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FanoutBroker {
+    #[default]
+    Auto,
+    Memory,
+    Redis,
 }
 
 impl Default for FanoutSettings {
@@ -308,6 +325,8 @@ impl Default for FanoutSettings {
             history_size: d.history_size,
             history_max_age: d.history_max_age,
             history_max_channels: d.history_max_channels,
+            broker: FanoutBroker::Auto,
+            publish_queue: 65_536,
         }
     }
 }
@@ -346,6 +365,19 @@ pub struct DataflowConfig {
     /// the wall clock (default 1 s).
     #[serde(deserialize_with = "duration")]
     pub idle_advance_after: Duration,
+    /// Run the dataflow in this process (default true). A gateway-only
+    /// instance (`false`) ingests and fans out what another instance's
+    /// dataflow publishes through Redis (`fanout.broker = redis`).
+    pub enabled: bool,
+    /// With Redis: run the dataflow only while holding the lease
+    /// `<redis.prefix>:lease:dataflow:<group>` (default true), so that
+    /// several instances on one Redis run one dataflow; the others serve as
+    /// gateways and one takes over within `lease_ttl` of the holder's end.
+    pub lease: bool,
+    /// How long the lease outlives its holder's last renewal (default 10s;
+    /// renewed every third of it).
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
     /// Consumer group the dataflow reads the log with (default `dataflow`).
     pub group: String,
     /// Consumer name within the group; stable across restarts so that this
@@ -398,6 +430,9 @@ impl Default for DataflowConfig {
             allowed_disorder: Duration::from_secs(2),
             epoch: Duration::from_millis(100),
             idle_advance_after: Duration::from_secs(1),
+            enabled: true,
+            lease: true,
+            lease_ttl: Duration::from_secs(10),
             group: "dataflow".into(),
             consumer: "inkstream-0".into(),
             read_batch: 4096,

@@ -10,7 +10,7 @@
 //! it is in the log, and unprocessed entries stay pending for the next start.
 
 use crate::bridge::{Bridge, BridgeEnds};
-use crate::config::Config;
+use crate::config::{Config, FanoutBroker};
 use crate::dataflow::DerivedSink;
 use crate::file_sink::FileSink;
 use crate::source::{self, SourceConfig};
@@ -20,8 +20,9 @@ use connectors::http_ingest::{self, AppState, LimitedListener};
 use connectors::kafka::derived::DerivedProducer;
 use connectors::kafka::mirror::MirrorConfig;
 use connectors::kafka::source::KafkaSourceConfig;
+use connectors::redis_stream::lease::Lease;
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
-use connectors::websocket_fanout::Hub;
+use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
 use connectors::{EventLog, Metrics};
 use schemas::Event;
 use std::future::Future;
@@ -162,8 +163,27 @@ pub async fn run(
     let metrics = Metrics::standalone();
     let log = open_log(&config).await?;
     let hub = Arc::new(Hub::new(config.fanout.to_hub_config(), metrics.clone()));
+    let via_redis = match (config.fanout.broker, &config.redis.url) {
+        (FanoutBroker::Memory, _) | (FanoutBroker::Auto, None) => None,
+        (FanoutBroker::Auto | FanoutBroker::Redis, Some(url)) => Some(url),
+        (FanoutBroker::Redis, None) => {
+            return Err(ServeError::Config(
+                "fanout.broker = redis needs redis.url (--redis-url / REDIS_URL)".into(),
+            ));
+        }
+    };
+    if let Some(url) = via_redis {
+        hub.attach_redis(&RedisBrokerConfig {
+            url: url.clone(),
+            prefix: config.redis.prefix.clone(),
+            publish_queue: config.fanout.publish_queue,
+        })
+        .await
+        .map_err(|e| ServeError::Config(format!("fanout through redis: {e}")))?;
+        tracing::info!("fanout: through redis (numbering and history shared by every gateway)");
+    }
     let derived = match &config.kafka.brokers {
-        Some(brokers) => {
+        Some(brokers) if config.dataflow.enabled => {
             let topics: Vec<String> = schemas::EventType::all()
                 .filter(|t| t.derived)
                 .map(|t| connectors::kafka::derived_topic(t.name))
@@ -176,7 +196,7 @@ pub async fn run(
             }
             Some(Arc::new(DerivedProducer::new(brokers, metrics.clone())?))
         }
-        None => None,
+        _ => None,
     };
     let files = match &config.derived.dir {
         Some(dir) => Some(
@@ -208,36 +228,122 @@ pub async fn run(
     if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
         tracing::info!(barrier = b, "dataflow state restored from checkpoint");
     }
-    let (bridge, ends) = Bridge::start(&config, sink, metrics.clone(), readers, checkpoints)
-        .map_err(ServeError::Dataflow)?;
-    let mut sources = Vec::new();
-    for BridgeEnds { entries, processed } in ends {
-        sources.push(match &config.kafka.brokers {
-            Some(brokers) => tokio::spawn(connectors::kafka::source::run(
-                KafkaSourceConfig {
-                    brokers: brokers.clone(),
-                    group: config.kafka.dataflow_group.clone(),
-                    batch: config.dataflow.read_batch,
-                },
-                entries,
-                processed,
-                stop_rx.clone(),
-                metrics.clone(),
-            )),
-            None => tokio::spawn(source::run(
-                log.clone(),
-                SourceConfig {
-                    group: config.dataflow.group.clone(),
-                    consumer: config.dataflow.consumer.clone(),
-                    batch: config.dataflow.read_batch,
-                    claim_idle_after: config.redis.claim_idle_after,
-                },
-                entries,
-                processed,
-                stop_rx.clone(),
-                metrics.clone(),
-            )),
-        });
+    // Started now, or — when several instances share Redis — once this
+    // instance holds the dataflow lease (until then it is a gateway).
+    let start_dataflow = {
+        let config = config.clone();
+        let log = log.clone();
+        let metrics = metrics.clone();
+        let stop_rx = stop_rx.clone();
+        move || -> Result<RunningDataflow, ServeError> {
+            let (bridge, ends) =
+                Bridge::start(&config, sink, metrics.clone(), readers, checkpoints)
+                    .map_err(ServeError::Dataflow)?;
+            let sources = ends
+                .into_iter()
+                .map(
+                    |BridgeEnds { entries, processed }| match &config.kafka.brokers {
+                        Some(brokers) => tokio::spawn(connectors::kafka::source::run(
+                            KafkaSourceConfig {
+                                brokers: brokers.clone(),
+                                group: config.kafka.dataflow_group.clone(),
+                                batch: config.dataflow.read_batch,
+                            },
+                            entries,
+                            processed,
+                            stop_rx.clone(),
+                            metrics.clone(),
+                        )),
+                        None => tokio::spawn(source::run(
+                            log.clone(),
+                            SourceConfig {
+                                group: config.dataflow.group.clone(),
+                                consumer: config.dataflow.consumer.clone(),
+                                batch: config.dataflow.read_batch,
+                                claim_idle_after: config.redis.claim_idle_after,
+                            },
+                            entries,
+                            processed,
+                            stop_rx.clone(),
+                            metrics.clone(),
+                        )),
+                    },
+                )
+                .collect();
+            Ok(RunningDataflow { bridge, sources })
+        }
+    };
+    let running: Arc<std::sync::Mutex<Option<RunningDataflow>>> = Arc::default();
+    // 1 while this process runs the dataflow (holds the lease): which
+    // instance is the active one, for operators and tests.
+    let active = prometheus::IntGauge::new(
+        "inkstream_dataflow_active",
+        "1 while this process runs the dataflow (holds the dataflow lease), else 0.",
+    )
+    .map_err(|e| ServeError::Config(e.to_string()))?;
+    metrics
+        .registry()
+        .register(Box::new(active.clone()))
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    // Set when this instance must stop: its dataflow failed to start or it
+    // lost the lease (another instance runs the dataflow now).
+    let (fatal_tx, fatal_rx) = watch::channel(None::<String>);
+    let mut lease_task = None;
+    match (&config.redis.url, config.dataflow.enabled) {
+        (_, false) => {
+            tracing::info!(
+                "dataflow: off in this process (dataflow.enabled = false): gateway only"
+            );
+        }
+        (Some(url), true) if config.dataflow.lease => {
+            let conn = redis::Client::open(url.as_str())
+                .and_then(|c| {
+                    redis::aio::ConnectionManager::new_lazy_with_config(
+                        c,
+                        redis::aio::ConnectionManagerConfig::new(),
+                    )
+                })
+                .map_err(|e| ServeError::Config(format!("redis.url: {e}")))?;
+            let name = format!("dataflow:{}", config.dataflow.group);
+            let prefix = config.redis.prefix.clone();
+            let ttl = config.dataflow.lease_ttl;
+            let holder = format!(
+                "{}-{}-{:x}",
+                config.dataflow.consumer,
+                std::process::id(),
+                std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
+            );
+            let running = running.clone();
+            let mut stop = stop_rx.clone();
+            lease_task = Some(tokio::spawn(async move {
+                let lease =
+                    Lease::acquire(conn, &prefix, &name, &holder, ttl, stop.clone()).await?;
+                match start_dataflow() {
+                    Ok(d) => {
+                        *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+                        active.set(1);
+                    }
+                    Err(e) => {
+                        let _ = fatal_tx.send(Some(e.to_string()));
+                        return Some(lease);
+                    }
+                }
+                let mut lost = lease.lost();
+                tokio::select! {
+                    _ = lost.wait_for(|l| *l) => {
+                        let _ = fatal_tx.send(Some(
+                            "the dataflow lease was lost (another instance runs the dataflow now)".into(),
+                        ));
+                    }
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                Some(lease)
+            }));
+        }
+        (_, true) => {
+            *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(start_dataflow()?);
+            active.set(1);
+        }
     }
 
     let auth_config = config
@@ -317,8 +423,12 @@ pub async fn run(
     on_bound(local);
 
     let (signal_tx, signal_rx) = watch::channel(false);
+    let mut fatal = fatal_rx.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = fatal.wait_for(|f| f.is_some()) => {}
+        }
         let _ = signal_tx.send(true);
     });
     let mut graceful = signal_rx.clone();
@@ -341,6 +451,15 @@ pub async fn run(
     // HTTP is down: nothing new can be acknowledged. Drain the dataflow.
     let _ = stop_tx.send(true);
     let grace = config.server.shutdown_grace;
+    // The lease task ends at the stop signal; after it, `running` is final.
+    let lease = match lease_task {
+        Some(t) => t.await.ok().flatten(),
+        None => None,
+    };
+    let (bridge, sources) = match running.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(RunningDataflow { bridge, sources }) => (Some(bridge), sources),
+        None => (None, Vec::new()),
+    };
     if tokio::time::timeout(grace, futures_util::future::join_all(sources))
         .await
         .is_err()
@@ -356,13 +475,28 @@ pub async fn run(
         tracing::warn!("the mirror did not stop within the grace period");
     }
     let _ = tokio::task::spawn_blocking(move || {
-        bridge.join();
+        if let Some(bridge) = bridge {
+            bridge.join();
+        }
         // The dataflow has drained: deliver what it derived before exiting.
         if let Some(p) = derived {
             p.flush(grace);
         }
     })
     .await;
+    // Drained and acknowledged: a standby may take over right away.
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    if let Some(reason) = fatal_rx.borrow().clone() {
+        return Err(ServeError::Dataflow(reason));
+    }
     tracing::info!("stopped");
     result
+}
+
+/// The dataflow of this process, once started.
+struct RunningDataflow {
+    bridge: Bridge,
+    sources: Vec<tokio::task::JoinHandle<()>>,
 }

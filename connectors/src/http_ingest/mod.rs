@@ -244,7 +244,11 @@ async fn ws_broadcast(
         )
         .with_field(Some("channel")));
     }
-    let n = s.hub.publish_raw(path, &b.channel, &b.data);
+    let n = s
+        .hub
+        .publish_raw(path, &b.channel, &b.data)
+        .await
+        .map_err(fanout_unavailable)?;
     Ok(Json(json!({"delivered_to": n})))
 }
 
@@ -260,12 +264,26 @@ async fn ws_send_to_user(
     Json(b): Json<SendToUser>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&s, &headers).await?;
-    let n = s.hub.publish_raw(
-        WsPath::Notifications,
-        &format!("user:{}", b.user_id),
-        &b.data,
-    );
+    let n = s
+        .hub
+        .publish_raw(
+            WsPath::Notifications,
+            &format!("user:{}", b.user_id),
+            &b.data,
+        )
+        .await
+        .map_err(fanout_unavailable)?;
     Ok(Json(json!({"delivered_to": n})))
+}
+
+/// The fanout could not publish (Redis unreachable): 503, retry later.
+fn fanout_unavailable(reason: String) -> ApiError {
+    tracing::warn!(%reason, "broadcast failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "fanout_unavailable",
+        "the fanout cannot publish right now; retry later",
+    )
 }
 
 #[derive(Deserialize)]

@@ -74,6 +74,10 @@ pub async fn run(
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // librdkafka's default lets a fetch wait up to 500 ms for data; the
+        // broker may not answer early, and the live path (ingest → derived
+        // frame) pays it. A short wait costs idle fetches, not latency.
+        .set("fetch.wait.max.ms", "5")
         .create()
     {
         Ok(c) => c,

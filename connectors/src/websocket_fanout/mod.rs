@@ -18,9 +18,11 @@
 //!   `inkstream_ws_coalesced_total`; the client sees a jump in the channel's
 //!   offsets) and goes out as soon as the socket drains.
 
+mod broker;
 mod history;
 mod routing;
 
+pub use broker::{BrokerError, RedisBrokerConfig};
 pub use routing::{WsPath, routes, valid_channel};
 
 use crate::auth::{Principal, Role};
@@ -33,7 +35,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -124,6 +126,10 @@ struct Table {
     next_seq: u64,
     /// Channels created so far; with the hub's incarnation id, the epoch.
     created: u64,
+    /// Channels with at least one subscriber (the `inkstream_ws_channels` gauge).
+    subscribed_channels: usize,
+    /// Subscriptions over all channels (the `inkstream_ws_subscribers` gauge).
+    subscriptions: usize,
 }
 
 impl Table {
@@ -184,6 +190,10 @@ enum Recovery {
 /// The hub; share it behind an `Arc`.
 pub struct Hub {
     table: Mutex<Table>,
+    /// Set when publications go through Redis (`fanout.broker = redis`):
+    /// numbering and history are then Redis's, shared by every gateway.
+    broker: OnceLock<broker::Broker>,
+    gauges: HubGauges,
     connections: Mutex<HashMap<u64, ClientQueue>>,
     next_conn: AtomicU64,
     /// Random per hub: epochs of a restarted server never match old ones.
@@ -201,14 +211,28 @@ impl Hub {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let incarnation = std::hash::RandomState::new().hash_one((nanos, std::process::id()));
+        let gauges = HubGauges::new(&metrics);
         Hub {
             table: Mutex::new(Table::default()),
+            broker: OnceLock::new(),
+            gauges,
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             incarnation: format!("{incarnation:016x}"),
             config,
             metrics,
         }
+    }
+
+    /// Routes publications and subscriptions through Redis from now on, so
+    /// that several gateways share numbering, history and every publication.
+    pub async fn attach_redis(
+        self: &Arc<Self>,
+        config: &RedisBrokerConfig,
+    ) -> Result<(), BrokerError> {
+        let b = broker::Broker::start(self, config).await?;
+        let _ = self.broker.set(b);
+        Ok(())
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -238,6 +262,12 @@ impl Hub {
                 return;
             }
         };
+        if let Some(b) = self.broker.get() {
+            for key in routes {
+                b.publish(key, body.clone());
+            }
+            return;
+        }
         let mut t = self.table();
         t.expire(now, self.config.history_max_age);
         for key in routes {
@@ -416,8 +446,10 @@ impl Hub {
                 .with_label_values(&[outcome])
                 .inc();
         }
-        ch.subscribers.insert(conn, q.clone());
+        let added = ch.subscribers.insert(conn, q.clone()).is_none();
+        let first = added && ch.subscribers.len() == 1;
         self.enqueue(q, subscribed_frame(channel, ch.offset, &ch.epoch, recovery));
+        self.count_subscriber(&mut t, added, first);
         // prune() never empties a history here: expire() above already
         // dropped every history whose newest entry is too old.
         self.metrics
@@ -429,13 +461,126 @@ impl Hub {
     fn unsubscribe(&self, conn: u64, path: WsPath, channel: &str) {
         let mut t = self.table();
         let key = (path, channel.to_owned());
-        if let Some(ch) = t.channels.get_mut(&key) {
-            ch.subscribers.remove(&conn);
-            if ch.subscribers.is_empty() && ch.publish_seq.is_none() {
-                // Nothing to recover from and nobody listening: the channel
-                // (its offsets and epoch) is forgotten.
-                t.channels.remove(&key);
+        let Some(ch) = t.channels.get_mut(&key) else {
+            return;
+        };
+        let removed = ch.subscribers.remove(&conn).is_some();
+        let now_empty = ch.subscribers.is_empty();
+        if now_empty && ch.publish_seq.is_none() {
+            // Nothing to recover from and nobody listening: the channel
+            // (its offsets and epoch) is forgotten.
+            t.channels.remove(&key);
+        }
+        if removed {
+            t.subscriptions -= 1;
+            if now_empty {
+                t.subscribed_channels -= 1;
             }
+            self.gauges.set(&t);
+        }
+        drop(t);
+        if removed
+            && now_empty
+            && let Some(b) = self.broker.get()
+        {
+            // Through Redis the gateway stops listening after the last one.
+            b.command(broker::Command::Leave { key });
+        }
+    }
+
+    /// Counts a subscriber added to a channel (`first`: the channel had none).
+    fn count_subscriber(&self, t: &mut Table, added: bool, first: bool) {
+        if added {
+            t.subscriptions += 1;
+            if first {
+                t.subscribed_channels += 1;
+            }
+            self.gauges.set(t);
+        }
+    }
+
+    /// Whether a client of this gateway is subscribed to `key`.
+    fn has_local_subscribers(&self, key: &ChannelKey) -> bool {
+        self.table()
+            .channels
+            .get(key)
+            .is_some_and(|ch| !ch.subscribers.is_empty())
+    }
+
+    /// Through Redis: adds a client to a channel after its replay, with the
+    /// channel's numbering as the broker knows it. Called by the broker's
+    /// one task, in order with the live publications.
+    #[allow(clippy::too_many_arguments)]
+    fn join_remote(
+        &self,
+        conn: u64,
+        q: &ClientQueue,
+        key: ChannelKey,
+        epoch: &str,
+        offset: u64,
+        replay: Vec<Utf8Bytes>,
+        recovery: Recovery,
+    ) {
+        if recovery != Recovery::NotAsked {
+            let outcome = match recovery {
+                Recovery::Recovered => "recovered",
+                _ => "not_recovered",
+            };
+            self.metrics
+                .ws_recoveries
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        if q.closing.load(Ordering::Relaxed) || q.tx.is_closed() {
+            // Gone while the broker worked: nothing to add (and a Leave
+            // keeps the channel tidy).
+            if let Some(b) = self.broker.get()
+                && !self.has_local_subscribers(&key)
+            {
+                b.command(broker::Command::Leave { key });
+            }
+            return;
+        }
+        let mut t = self.table();
+        let ch = t.channels.entry(key.clone()).or_insert_with(|| Channel {
+            offset,
+            epoch: epoch.to_owned(),
+            subscribers: HashMap::new(),
+            history: History::default(),
+            publish_seq: None,
+        });
+        ch.offset = offset;
+        ch.epoch = epoch.to_owned();
+        for f in replay {
+            self.enqueue(q, f);
+        }
+        let added = ch.subscribers.insert(conn, q.clone()).is_none();
+        let first = added && ch.subscribers.len() == 1;
+        self.enqueue(q, subscribed_frame(&key.1, offset, epoch, recovery));
+        self.count_subscriber(&mut t, added, first);
+    }
+
+    /// Through Redis: a publication numbered by the broker, to this
+    /// gateway's subscribers of the channel.
+    fn deliver_remote(
+        &self,
+        key: &ChannelKey,
+        epoch: &str,
+        offset: u64,
+        body: &str,
+        _now: Instant,
+    ) {
+        let mut t = self.table();
+        let Some(ch) = t.channels.get_mut(key) else {
+            return;
+        };
+        ch.offset = offset;
+        if ch.epoch != epoch {
+            ch.epoch = epoch.to_owned();
+        }
+        let frame = message_frame(&key.1, offset, body);
+        for q in ch.subscribers.values() {
+            self.enqueue_on(q, Some(&key.1), frame.clone());
         }
     }
 
@@ -452,9 +597,21 @@ impl Hub {
     }
 
     /// Publishes an arbitrary JSON payload (admin broadcast) to one channel
-    /// of one path; returns the subscribers it was queued for.
-    pub fn publish_raw(&self, path: WsPath, channel: &str, data: &serde_json::Value) -> usize {
-        self.publish_raw_at(path, channel, data, Instant::now())
+    /// of one path. Returns the subscribers it was queued for on this
+    /// gateway, or, through Redis, the gateways that received it.
+    pub async fn publish_raw(
+        &self,
+        path: WsPath,
+        channel: &str,
+        data: &serde_json::Value,
+    ) -> Result<usize, String> {
+        match self.broker.get() {
+            Some(b) => b
+                .publish_and_wait((path, channel.to_owned()), data.to_string())
+                .await
+                .map(|(_, gateways)| gateways as usize),
+            None => Ok(self.publish_raw_at(path, channel, data, Instant::now())),
+        }
     }
 
     fn publish_raw_at(
@@ -507,7 +664,10 @@ impl Hub {
                 .into_iter()
                 .map(|(n, name, path)| serde_json::json!({"path": path, "channel": name, "subscribers": n}))
                 .collect::<Vec<_>>(),
+            "subscriptions": t.subscriptions,
             "messages_out": sum(&self.metrics.ws_messages_out),
+            "bytes_out": sum(&self.gauges.bytes_out),
+            "broker": if self.broker.get().is_some() { "redis" } else { "memory" },
             "slow_disconnects": sum(&self.metrics.ws_slow_disconnects),
         })
     }
@@ -529,6 +689,7 @@ impl Hub {
             .ws_connections
             .with_label_values(&[path.as_str()]);
         gauge.inc();
+        let bytes_out = self.gauges.bytes_out.with_label_values(&[path.as_str()]);
         let mut subscriptions: Vec<String> = Vec::new();
         let (mut sink, mut stream) = socket.split();
         loop {
@@ -550,6 +711,7 @@ impl Hub {
                         let len = frame.len();
                         let sent = sink.send(Message::Text(frame)).await;
                         q.queued.fetch_sub(len, Ordering::Relaxed);
+                        bytes_out.inc_by(len as u64);
                         if sent.is_err() {
                             break;
                         }
@@ -566,6 +728,7 @@ impl Hub {
                         );
                         let mut failed = false;
                         for (_, frame) in frames {
+                            bytes_out.inc_by(frame.len() as u64);
                             if sink.send(Message::Text(frame)).await.is_err() {
                                 failed = true;
                                 break;
@@ -648,6 +811,18 @@ impl Hub {
                     }
                     subscriptions.push(ch.clone());
                 }
+                if let Some(b) = self.broker.get() {
+                    // The broker's task replays, answers and adds the client
+                    // in order with the live publications.
+                    b.command(broker::Command::Join {
+                        conn,
+                        q: q.clone(),
+                        channel: ch,
+                        since: ctl.since,
+                        epoch: ctl.epoch,
+                    });
+                    return None;
+                }
                 // Again on an existing subscription: replays what was asked
                 // for and answers with the current offset.
                 self.subscribe(
@@ -689,6 +864,62 @@ pub fn may_subscribe(principal: &Principal, channel: &str) -> bool {
         Some(("document", id)) => admin || user.documents.iter().any(|d| d == id),
         Some(("category", _)) => matches!(user.role, Role::Admin | Role::Analyst),
         _ => false,
+    }
+}
+
+/// The hub's own gauges and byte counter, registered next to the others.
+struct HubGauges {
+    /// `inkstream_ws_channels`: channels with a subscriber on this gateway.
+    channels: prometheus::IntGauge,
+    /// `inkstream_ws_subscribers`: subscriptions on this gateway.
+    subscribers: prometheus::IntGauge,
+    /// `inkstream_ws_bytes_out_total{path}`: frame bytes written to sockets.
+    bytes_out: prometheus::IntCounterVec,
+}
+
+impl HubGauges {
+    fn new(metrics: &Metrics) -> HubGauges {
+        let g = HubGauges {
+            channels: prometheus::IntGauge::new(
+                "inkstream_ws_channels",
+                "Channels with at least one subscriber on this gateway.",
+            )
+            .expect("constant metric options are valid"),
+            subscribers: prometheus::IntGauge::new(
+                "inkstream_ws_subscribers",
+                "Channel subscriptions on this gateway.",
+            )
+            .expect("constant metric options are valid"),
+            bytes_out: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "inkstream_ws_bytes_out_total",
+                    "Bytes of frames written to WebSocket clients, by path.",
+                ),
+                &["path"],
+            )
+            .expect("constant metric options are valid"),
+        };
+        for p in WsPath::ALL {
+            g.bytes_out.with_label_values(&[p.as_str()]);
+        }
+        // One hub per registry in a process; a second one (tests) keeps its
+        // own unregistered series rather than failing.
+        let r = metrics.registry();
+        for m in [
+            Box::new(g.channels.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(g.subscribers.clone()),
+            Box::new(g.bytes_out.clone()),
+        ] {
+            if let Err(error) = r.register(m) {
+                tracing::debug!(%error, "fanout gauges already registered");
+            }
+        }
+        g
+    }
+
+    fn set(&self, t: &Table) {
+        self.channels.set(t.subscribed_channels as i64);
+        self.subscribers.set(t.subscriptions as i64);
     }
 }
 

@@ -5,7 +5,7 @@
 //! | `analytics.*`, `writing.*` (derived)    | `/ws/analytics`     | `user:{u}`, `project:{p}`     |
 //! | `collaboration.conflict_*`              | `/ws/collaboration` | `document:{d}`, `project:{p}` |
 //! | `collaboration.presence_updated`        | `/ws/presence`      | `document:{d}`, `project:{p}` |
-//! | `notification.*`                        | `/ws/notifications` | `user:{recipient}`            |
+//! | `system.notification`                   | `/ws/notifications` | `user:{recipient}`            |
 //! | every derived event                     | `/ws/analytics`     | `category:{category}`         |
 
 use schemas::Event;
@@ -75,7 +75,7 @@ pub fn routes(event: &Event) -> Vec<(WsPath, String)> {
     } else if ty == "collaboration.presence_updated" {
         push(WsPath::Presence, "document", document);
         push(WsPath::Presence, "project", project);
-    } else if ty.starts_with("notification.") {
+    } else if ty == "system.notification" {
         push(WsPath::Notifications, "user", user);
     } else {
         push(WsPath::Analytics, "user", user);

@@ -1,0 +1,167 @@
+//! A lease in Redis: at most one holder at a time, kept alive by renewal.
+//!
+//! Several `inkstream serve` instances may share one Redis (several
+//! gateways), but only one dataflow may read the log's consumer group: keyed
+//! state (sessions, windows) lives in one place. Every instance tries to take
+//! the lease `<prefix>:lease:<name>`; the holder runs the dataflow and renews
+//! it every `ttl / 3`; the others serve HTTP and WebSocket as gateways and try
+//! again every `ttl / 3`, so one of them takes over within about `ttl` of the
+//! holder's death (its pending entries are then claimed as usual).
+//!
+//! A holder that finds the lease gone or taken at renewal has been fenced off
+//! (it stalled past the TTL, or Redis lost the key): it must stop its
+//! dataflow at once — that is what [`Lease::lost`] is for.
+
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Renews only the caller's own lease; returns 1 when renewed.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// Deletes only the caller's own lease.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// A lease this process holds.
+pub struct Lease {
+    conn: ConnectionManager,
+    key: String,
+    holder: String,
+    lost: watch::Receiver<bool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Waits until the lease `name` is ours (or `stop` turns true: `None`).
+    pub async fn acquire(
+        conn: ConnectionManager,
+        prefix: &str,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<Lease> {
+        let key = format!("{prefix}:lease:{name}");
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let every = (ttl / 3).max(Duration::from_millis(10));
+        let mut waiting_logged = false;
+        loop {
+            if *stop.borrow() {
+                return None;
+            }
+            let taken: Result<Option<String>, _> = redis::cmd("SET")
+                .arg(&key)
+                .arg(holder)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn.clone())
+                .await;
+            match taken {
+                Ok(Some(_)) => break,
+                Ok(None) => {
+                    if !waiting_logged {
+                        let owner: Option<String> = redis::cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut conn.clone())
+                            .await
+                            .unwrap_or(None);
+                        tracing::info!(
+                            lease = %key,
+                            owner = owner.as_deref().unwrap_or("?"),
+                            "another instance holds the lease; standing by"
+                        );
+                        waiting_logged = true;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, lease = %key, "taking the lease failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        tracing::info!(lease = %key, %holder, "lease taken");
+        let (lost_tx, lost) = watch::channel(false);
+        let renewer = tokio::spawn(renew(
+            conn.clone(),
+            key.clone(),
+            holder.to_owned(),
+            ttl,
+            lost_tx,
+        ));
+        Some(Lease {
+            conn,
+            key,
+            holder: holder.to_owned(),
+            lost,
+            renewer,
+        })
+    }
+
+    /// Turns true when the lease was lost (gone or taken at a renewal).
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    /// Gives the lease up now, so a standby takes over without waiting for
+    /// the TTL.
+    pub async fn release(self) {
+        self.renewer.abort();
+        let released: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(&self.key)
+            .arg(&self.holder)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(%error, lease = %self.key, "releasing the lease failed; it expires");
+        }
+    }
+}
+
+async fn renew(
+    mut conn: ConnectionManager,
+    key: String,
+    holder: String,
+    ttl: Duration,
+    lost: watch::Sender<bool>,
+) {
+    let script = redis::Script::new(RENEW);
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let renewed: Result<i64, _> = script
+            .key(&key)
+            .arg(&holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(1) => last_ok = tokio::time::Instant::now(),
+            Ok(_) => {
+                tracing::error!(lease = %key, "lease lost: another instance holds it");
+                let _ = lost.send(true);
+                return;
+            }
+            // Unreachable Redis: the lease may have expired meanwhile; past
+            // the TTL another instance may hold it, so stop either way.
+            Err(error) if last_ok.elapsed() >= ttl => {
+                tracing::error!(%error, lease = %key, "lease not renewed within its ttl");
+                let _ = lost.send(true);
+                return;
+            }
+            Err(error) => tracing::warn!(%error, lease = %key, "renewing the lease failed"),
+        }
+    }
+}

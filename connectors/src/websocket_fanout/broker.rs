@@ -1,0 +1,696 @@
+//! Fanout through Redis: several gateways, one numbering, history in Redis.
+//!
+//! With `fanout.broker = redis` (the default when Redis is configured) the hub
+//! no longer numbers or keeps publications itself. The shape is Centrifugo's
+//! Redis engine:
+//!
+//! - **Publishing** (the process running the dataflow, or an admin
+//!   broadcast on any gateway) runs one Lua call per batch. For every
+//!   publication it increments the channel's offset in a meta hash (creating
+//!   the channel's epoch on first use), appends the publication to the
+//!   channel's history stream with the offset as its entry id (`<offset>-0`,
+//!   capped at `history_size` entries, expiring after `history_max_age`
+//!   without publications), and `PUBLISH`es `<epoch> <offset> <body>` on the
+//!   channel's Pub/Sub channel. Numbering and history are therefore shared by
+//!   every gateway, and a client may reconnect to any of them with `since`.
+//! - **Subscribing**: each gateway holds one Pub/Sub connection and
+//!   subscribes to a channel lazily, when its first local client joins, and
+//!   unsubscribes after the last one leaves. One task owns that connection and
+//!   does everything in order: it subscribes, then reads the channel's
+//!   current offset (so every later publication arrives by Pub/Sub), replays
+//!   the history a client asked for, and only then adds the client; live
+//!   publications at or below what a client was given are skipped.
+//! - **Gaps**: Pub/Sub is at-most-once (a lost connection loses messages). The
+//!   task tracks the last offset it delivered per channel; a publication that
+//!   skips offsets makes it read the missing ones from the history stream
+//!   first, and after a reconnect it reads everything published while it was
+//!   away. Only what the history no longer holds is lost, and the client
+//!   sees the jump in offsets.
+//! - **Bounds**: publications wait in a bounded queue (overflow is dropped and
+//!   counted: the live fanout must never hold back the dataflow); the history
+//!   is bounded per channel; meta hashes expire a day after their channel's
+//!   last publication.
+
+use super::{ChannelKey, ClientQueue, Hub, Recovery, WsPath, message_frame};
+use crate::metrics::Metrics;
+use futures_util::StreamExt;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Settings of the Redis fanout broker.
+#[derive(Debug, Clone)]
+pub struct RedisBrokerConfig {
+    /// `redis://…` of the shared Redis.
+    pub url: String,
+    /// Key prefix (`redis.prefix`); keys are `<prefix>:ws:{<path>|<channel>}:…`.
+    pub prefix: String,
+    /// Publications waiting to be written to Redis before new ones are dropped.
+    pub publish_queue: usize,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// For each publication: keys meta, history; args pubsub channel, body.
+/// ARGV[1] history size (0: no history), ARGV[2] history ttl ms, ARGV[3] meta
+/// ttl ms, ARGV[4] now ms, ARGV[5] epoch seed (random per call).
+/// Returns, per publication, the offset and the number of gateways that
+/// received it.
+const PUBLISH_SCRIPT: &str = r#"
+local size = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
+  local chan, body = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = ARGV[5] .. '-' .. i
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  redis.call('PEXPIRE', meta, ARGV[3])
+  if size > 0 then
+    redis.call('XADD', hist, 'MAXLEN', size, offset .. '-0', 't', ARGV[4], 'd', body)
+    redis.call('PEXPIRE', hist, ARGV[2])
+  end
+  local n = redis.call('PUBLISH', chan, epoch .. ' ' .. offset .. ' ' .. body)
+  out[2 * i - 1] = offset
+  out[2 * i] = n
+end
+return out
+"#;
+
+/// The channel's epoch and newest offset, creating the channel when new.
+/// KEYS[1] meta; ARGV[1] epoch candidate, ARGV[2] meta ttl ms.
+const META_SCRIPT: &str = r#"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'offset', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+"#;
+
+/// Meta hashes outlive their history by far: offsets (and so clients'
+/// positions) survive a quiet day; the history itself is bounded by age.
+const META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One publication on its way to Redis.
+struct Publication {
+    key: ChannelKey,
+    body: String,
+    /// Admin broadcasts wait for the offset and receiver count.
+    reply: Option<oneshot::Sender<Result<(u64, u64), String>>>,
+}
+
+pub(super) enum Command {
+    Join {
+        conn: u64,
+        q: ClientQueue,
+        channel: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// The last local subscriber of the channel left (checked again).
+    Leave { key: ChannelKey },
+}
+
+/// Key names of one deployment.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn tag(&self, key: &ChannelKey) -> String {
+        format!("{}:ws:{{{}|{}}}", self.prefix, key.0.as_str(), key.1)
+    }
+    fn meta(&self, key: &ChannelKey) -> String {
+        format!("{}:m", self.tag(key))
+    }
+    fn history(&self, key: &ChannelKey) -> String {
+        format!("{}:h", self.tag(key))
+    }
+    fn pubsub(&self, key: &ChannelKey) -> String {
+        self.tag(key)
+    }
+    fn parse_pubsub(&self, name: &str) -> Option<ChannelKey> {
+        let inner = name
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":ws:{")?
+            .strip_suffix('}')?;
+        let (path, channel) = inner.split_once('|')?;
+        let path = WsPath::ALL.into_iter().find(|p| p.as_str() == path)?;
+        Some((path, channel.to_owned()))
+    }
+}
+
+/// Counters of the broker.
+#[derive(Clone)]
+struct BrokerMetrics {
+    /// Publications by outcome: published, dropped (queue full), failed.
+    publications: IntCounterVec,
+    /// Publications read back from the history after a Pub/Sub gap.
+    gap_fills: IntCounter,
+    /// Pub/Sub reconnects.
+    reconnects: IntCounter,
+}
+
+impl BrokerMetrics {
+    fn new(metrics: &Metrics) -> Result<BrokerMetrics, prometheus::Error> {
+        let m = BrokerMetrics {
+            publications: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_broker_publications_total",
+                    "Fanout publications through Redis, by outcome (published, dropped, failed).",
+                ),
+                &["outcome"],
+            )?,
+            gap_fills: IntCounter::new(
+                "inkstream_ws_broker_gap_fills_total",
+                "Publications a gateway read from the Redis history because Pub/Sub skipped them.",
+            )?,
+            reconnects: IntCounter::new(
+                "inkstream_ws_broker_reconnects_total",
+                "Reconnects of a gateway's Redis Pub/Sub connection.",
+            )?,
+        };
+        for o in ["published", "dropped", "failed"] {
+            m.publications.with_label_values(&[o]);
+        }
+        let r = metrics.registry();
+        r.register(Box::new(m.publications.clone()))?;
+        r.register(Box::new(m.gap_fills.clone()))?;
+        r.register(Box::new(m.reconnects.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The hub's handle on Redis.
+pub(super) struct Broker {
+    publish_tx: mpsc::Sender<Publication>,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    metrics: BrokerMetrics,
+}
+
+impl Broker {
+    /// Connects and starts the publisher and subscriber tasks for `hub`.
+    pub(super) async fn start(
+        hub: &Arc<Hub>,
+        config: &RedisBrokerConfig,
+    ) -> Result<Broker, BrokerError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let conn = ConnectionManager::new_with_config(
+            client.clone(),
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+        let keys = Keys {
+            prefix: config.prefix.clone(),
+        };
+        let metrics = BrokerMetrics::new(&hub.metrics)?;
+        let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let history = Arc::new(HistoryReader {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            max_age: hub.config.history_max_age,
+        });
+        tokio::spawn(publisher(
+            conn,
+            keys.clone(),
+            publish_rx,
+            hub.config.history_size,
+            hub.config.history_max_age,
+            metrics.clone(),
+        ));
+        tokio::spawn(
+            Subscriber::new(Arc::downgrade(hub), client, keys, history, metrics.clone())
+                .run(cmd_rx),
+        );
+        Ok(Broker {
+            publish_tx,
+            cmd_tx,
+            metrics,
+        })
+    }
+
+    /// Queues a publication; dropped (and counted) when the queue is full.
+    pub(super) fn publish(&self, key: ChannelKey, body: String) {
+        let p = Publication {
+            key,
+            body,
+            reply: None,
+        };
+        if self.publish_tx.try_send(p).is_err() {
+            self.metrics
+                .publications
+                .with_label_values(&["dropped"])
+                .inc();
+        }
+    }
+
+    /// Publishes and waits: the channel offset and the gateways that got it.
+    pub(super) async fn publish_and_wait(
+        &self,
+        key: ChannelKey,
+        body: String,
+    ) -> Result<(u64, u64), String> {
+        let (tx, rx) = oneshot::channel();
+        let p = Publication {
+            key,
+            body,
+            reply: Some(tx),
+        };
+        self.publish_tx
+            .send(p)
+            .await
+            .map_err(|_| "the fanout broker stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the fanout broker stopped".to_owned())?
+    }
+
+    pub(super) fn command(&self, c: Command) {
+        let _ = self.cmd_tx.send(c);
+    }
+}
+
+/// Writes queued publications in batches, one Lua call per batch, in order.
+/// A failed batch is retried (with backoff) before anything after it, so
+/// offsets follow publication order; meanwhile the queue bound applies.
+async fn publisher(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    mut rx: mpsc::Receiver<Publication>,
+    history_size: usize,
+    history_max_age: Duration,
+    metrics: BrokerMetrics,
+) {
+    let script = redis::Script::new(PUBLISH_SCRIPT);
+    let mut batch: Vec<Publication> = Vec::new();
+    let mut seed: u64 =
+        std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id());
+    loop {
+        if rx.recv_many(&mut batch, 256).await == 0 {
+            return;
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let mut inv = script.prepare_invoke();
+            for p in &batch {
+                inv.key(keys.meta(&p.key)).key(keys.history(&p.key));
+            }
+            inv.arg(history_size)
+                .arg(history_max_age.as_millis().max(1) as u64)
+                .arg(META_TTL.as_millis() as u64)
+                .arg(now_ms)
+                .arg(format!("{seed:016x}"));
+            for p in &batch {
+                inv.arg(keys.pubsub(&p.key)).arg(&p.body);
+            }
+            match inv.invoke_async::<Vec<u64>>(&mut conn).await {
+                Ok(replies) => {
+                    metrics
+                        .publications
+                        .with_label_values(&["published"])
+                        .inc_by(batch.len() as u64);
+                    for (i, p) in batch.drain(..).enumerate() {
+                        if let Some(reply) = p.reply {
+                            let offset = replies.get(2 * i).copied().unwrap_or(0);
+                            let n = replies.get(2 * i + 1).copied().unwrap_or(0);
+                            let _ = reply.send(Ok((offset, n)));
+                        }
+                    }
+                    break;
+                }
+                Err(error) => {
+                    metrics
+                        .publications
+                        .with_label_values(&["failed"])
+                        .inc_by(batch.len() as u64);
+                    tracing::warn!(%error, publications = batch.len(), "fanout publish to redis failed; retrying");
+                    // Waiting callers get the error; the batch is retried
+                    // for everyone else.
+                    for p in &mut batch {
+                        if let Some(reply) = p.reply.take() {
+                            let _ = reply.send(Err(error.to_string()));
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Reads a channel's meta and history.
+struct HistoryReader {
+    conn: ConnectionManager,
+    keys: Keys,
+    max_age: Duration,
+}
+
+impl HistoryReader {
+    /// The channel's epoch and newest offset (the channel is created if new).
+    async fn meta(&self, key: &ChannelKey) -> Result<(String, u64), redis::RedisError> {
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), key);
+        let (epoch, offset): (Option<String>, Option<u64>) = redis::Script::new(META_SCRIPT)
+            .key(self.keys.meta(key))
+            .arg(format!("{seed:016x}"))
+            .arg(META_TTL.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((epoch.unwrap_or_default(), offset.unwrap_or(0)))
+    }
+
+    /// The publications with offsets `from..=to`, as bodies, when the history
+    /// still holds every one of them (and none is older than the max age).
+    async fn range(
+        &self,
+        key: &ChannelKey,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Vec<(u64, String)>>, redis::RedisError> {
+        if from > to {
+            return Ok(Some(Vec::new()));
+        }
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.history(key))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let oldest_ok = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(self.max_age.as_millis() as u64);
+        let mut out = Vec::with_capacity(entries.ids.len());
+        for (i, e) in entries.ids.iter().enumerate() {
+            let offset =
+                e.id.split_once('-')
+                    .and_then(|(o, _)| o.parse::<u64>().ok())
+                    .unwrap_or(0);
+            let at: u64 = e.get("t").unwrap_or(0);
+            let body: Option<String> = e.get("d");
+            match body {
+                Some(body) if offset == from + i as u64 && at >= oldest_ok => {
+                    out.push((offset, body))
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok((out.len() as u64 == to - from + 1).then_some(out))
+    }
+}
+
+/// What the gateway last delivered on a channel it is subscribed to.
+struct ChannelState {
+    epoch: String,
+    offset: u64,
+}
+
+/// The one task that owns the gateway's Pub/Sub connection.
+struct Subscriber {
+    hub: Weak<Hub>,
+    client: redis::Client,
+    keys: Keys,
+    history: Arc<HistoryReader>,
+    metrics: BrokerMetrics,
+    channels: HashMap<ChannelKey, ChannelState>,
+}
+
+impl Subscriber {
+    fn new(
+        hub: Weak<Hub>,
+        client: redis::Client,
+        keys: Keys,
+        history: Arc<HistoryReader>,
+        metrics: BrokerMetrics,
+    ) -> Subscriber {
+        Subscriber {
+            hub,
+            client,
+            keys,
+            history,
+            metrics,
+            channels: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut first = true;
+        loop {
+            if self.hub.strong_count() == 0 {
+                return;
+            }
+            let pubsub = match self.client.get_async_pubsub().await {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::warn!(%error, "fanout: redis pub/sub connection failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            if !first {
+                self.metrics.reconnects.inc();
+            }
+            first = false;
+            let (mut sink, mut stream) = pubsub.split();
+            // Back after an outage: resubscribe, then deliver what was
+            // published meanwhile (from the history) before anything live.
+            let names: Vec<ChannelKey> = self.channels.keys().cloned().collect();
+            let mut ok = true;
+            for key in &names {
+                if let Err(error) = sink.subscribe(self.keys.pubsub(key)).await {
+                    tracing::warn!(%error, "fanout: resubscribing failed");
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                for key in &names {
+                    if let Err(error) = self.catch_up(key).await {
+                        tracing::warn!(%error, "fanout: reading missed publications failed");
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            backoff = Duration::from_millis(50);
+            loop {
+                tokio::select! {
+                    cmd = cmds.recv() => match cmd {
+                        None => return,
+                        Some(Command::Join { conn, q, channel, since, epoch }) => {
+                            if let Err(error) = self.join(&mut sink, conn, q, channel, since, epoch).await {
+                                tracing::warn!(%error, "fanout: subscribing through redis failed");
+                                break;
+                            }
+                        }
+                        Some(Command::Leave { key }) => {
+                            let still = self.hub.upgrade().is_some_and(|h| h.has_local_subscribers(&key));
+                            if !still && self.channels.remove(&key).is_some()
+                                && sink.unsubscribe(self.keys.pubsub(&key)).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    },
+                    msg = stream.next() => match msg {
+                        None => {
+                            tracing::warn!("fanout: redis pub/sub connection lost; reconnecting");
+                            break;
+                        }
+                        Some(msg) => {
+                            if let Err(error) = self.on_message(&msg).await {
+                                tracing::warn!(%error, "fanout: reading missed publications failed");
+                                break;
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Subscribes (when new), replays what the client missed, then adds it.
+    async fn join(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        conn: u64,
+        q: ClientQueue,
+        channel: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) -> Result<(), redis::RedisError> {
+        let key: ChannelKey = (q.path, channel);
+        if !self.channels.contains_key(&key) {
+            sink.subscribe(self.keys.pubsub(&key)).await?;
+            // Subscribed first: every publication after this offset arrives
+            // by Pub/Sub (or is found by the gap check).
+            let (epoch, offset) = self.history.meta(&key).await?;
+            self.channels
+                .insert(key.clone(), ChannelState { epoch, offset });
+        }
+        let Some(state) = self.channels.get(&key) else {
+            return Ok(());
+        };
+        let (current_epoch, current) = (state.epoch.clone(), state.offset);
+        let mut replay = Vec::new();
+        let recovery = match since {
+            None => Recovery::NotAsked,
+            Some(since)
+                if since > current || epoch.as_ref().is_some_and(|e| *e != current_epoch) =>
+            {
+                Recovery::NotRecovered
+            }
+            Some(since) => match self.history.range(&key, since + 1, current).await? {
+                Some(entries) => {
+                    replay = entries
+                        .into_iter()
+                        .map(|(o, body)| message_frame(&key.1, o, &body))
+                        .collect();
+                    Recovery::Recovered
+                }
+                None => Recovery::NotRecovered,
+            },
+        };
+        if let Some(hub) = self.hub.upgrade() {
+            hub.join_remote(conn, &q, key, &current_epoch, current, replay, recovery);
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, msg: &redis::Msg) -> Result<(), redis::RedisError> {
+        let Some(key) = self.keys.parse_pubsub(msg.get_channel_name()) else {
+            return Ok(());
+        };
+        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            return Ok(());
+        };
+        let mut parts = payload.splitn(3, ' ');
+        let (Some(epoch), Some(Ok(offset)), Some(body)) = (
+            parts.next(),
+            parts.next().map(str::parse::<u64>),
+            parts.next(),
+        ) else {
+            return Ok(());
+        };
+        let Some(state) = self.channels.get_mut(&key) else {
+            return Ok(()); // unsubscribed meanwhile
+        };
+        if state.epoch != epoch {
+            // The channel was forgotten and created anew: a new numbering.
+            state.epoch = epoch.to_owned();
+            state.offset = 0;
+        }
+        if offset <= state.offset {
+            return Ok(()); // already delivered (replayed or gap-filled)
+        }
+        if offset > state.offset + 1 {
+            self.fill(&key, offset - 1).await?;
+        }
+        self.deliver(&key, epoch, offset, body);
+        Ok(())
+    }
+
+    /// Delivers what the history holds between the last delivered offset and
+    /// `to` (inclusive), in order.
+    async fn fill(&mut self, key: &ChannelKey, to: u64) -> Result<(), redis::RedisError> {
+        let Some(state) = self.channels.get(key) else {
+            return Ok(());
+        };
+        let (epoch, from) = (state.epoch.clone(), state.offset + 1);
+        if from > to {
+            return Ok(());
+        }
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.history(key))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.history.conn.clone())
+            .await?;
+        for e in &entries.ids {
+            let offset =
+                e.id.split_once('-')
+                    .and_then(|(o, _)| o.parse::<u64>().ok())
+                    .unwrap_or(0);
+            if let Some(body) = e.get::<String>("d") {
+                self.metrics.gap_fills.inc();
+                self.deliver(key, &epoch, offset, &body);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a reconnect: everything published on `key` since the last
+    /// delivered offset.
+    async fn catch_up(&mut self, key: &ChannelKey) -> Result<(), redis::RedisError> {
+        let (epoch, newest) = self.history.meta(key).await?;
+        let Some(state) = self.channels.get_mut(key) else {
+            return Ok(());
+        };
+        if state.epoch != epoch {
+            state.epoch = epoch;
+            state.offset = 0;
+        }
+        self.fill(key, newest).await?;
+        if let Some(state) = self.channels.get_mut(key) {
+            // What the history no longer held is skipped: offsets jump.
+            state.offset = state.offset.max(newest);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, key: &ChannelKey, epoch: &str, offset: u64, body: &str) {
+        if let Some(state) = self.channels.get_mut(key) {
+            state.offset = offset;
+        }
+        if let Some(hub) = self.hub.upgrade() {
+            hub.deliver_remote(key, epoch, offset, body, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pubsub_names_round_trip() {
+        let keys = Keys {
+            prefix: "inkstream".into(),
+        };
+        let key = (WsPath::Analytics, "user:a|b:c}".to_owned());
+        // Channel names may hold any character but the path separator is the
+        // first '|' and the name ends at the last '}'.
+        assert_eq!(keys.parse_pubsub(&keys.pubsub(&key)), Some(key));
+        assert_eq!(keys.parse_pubsub("other:ws:{/ws/analytics|user:u}"), None);
+    }
+}
