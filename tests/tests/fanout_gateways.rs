@@ -369,3 +369,54 @@ async fn identical_instances_run_one_dataflow_and_a_standby_takes_over() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_instance_that_loses_the_lease_stops_rather_than_run_a_second_dataflow() {
+    let url = redis_url();
+    let prefix = unique("gw");
+    let pre = format!("redis.prefix={prefix}");
+    let mut server = Server::start(&[
+        "--redis-url",
+        url.as_str(),
+        "--set",
+        pre.as_str(),
+        "--set",
+        "dataflow.lease_ttl=600ms",
+    ])
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !active(&server).await {
+        assert!(std::time::Instant::now() < deadline, "never took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another holder now (as after a stall past the TTL): fenced off.
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:lease:dataflow:dataflow"))
+        .arg("someone-else")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running without the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "exits with an error: {status}");
+    let owner: String = redis::cmd("GET")
+        .arg(format!("{prefix}:lease:dataflow:dataflow"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        owner, "someone-else",
+        "never deletes another holder's lease"
+    );
+}
