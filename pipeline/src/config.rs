@@ -28,6 +28,8 @@ pub struct Config {
     pub derived: DerivedSettings,
     pub flow: crate::operators::flow::FlowConfig,
     pub auth: AuthSettings,
+    /// `[notifications]`: see `connectors::notifier::NotifierConfig` and docs/OPERATIONS.md.
+    pub notifications: connectors::notifier::NotifierConfig,
 }
 
 /// `[derived]`: where `serve` writes derived events besides the WebSocket
@@ -473,6 +475,9 @@ impl Config {
         }
         if let Err(message) = self.team.validate() {
             return bad("team.windows", &message);
+        }
+        if let Err((path, message)) = self.notifications.validate() {
+            return bad(&path, &message);
         }
         if let Err(e) = crate::operators::alerts::AlertRules::new(&self.alerts) {
             return Err(ConfigError::Invalid {

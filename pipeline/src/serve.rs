@@ -20,6 +20,7 @@ use connectors::http_ingest::{self, AppState, LimitedListener};
 use connectors::kafka::derived::DerivedProducer;
 use connectors::kafka::mirror::MirrorConfig;
 use connectors::kafka::source::KafkaSourceConfig;
+use connectors::notifier::NotifierHandle;
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
 use connectors::websocket_fanout::Hub;
 use connectors::{EventLog, Metrics};
@@ -88,6 +89,8 @@ struct FanoutSink {
     derived: Option<Arc<DerivedProducer>>,
     /// `derived.dir`: every derived event, appended as NDJSON.
     files: Option<FileSink>,
+    /// The notifier's bounded queue (alerts and flow changes), when enabled.
+    notify: Option<NotifierHandle>,
 }
 
 impl DerivedSink for FanoutSink {
@@ -105,6 +108,9 @@ impl DerivedSink for FanoutSink {
                 .inc();
             if let schemas::Payload::SystemDeadLetter(d) = &e.data {
                 tracing::debug!(id = %e.id, reason = %d.reason, "dead-lettered");
+            }
+            if let Some(n) = &self.notify {
+                n.offer(&e);
             }
             self.hub.publish(&e);
             if let Some(p) = &self.derived {
@@ -185,11 +191,13 @@ pub async fn run(
         ),
         None => None,
     };
+    let (notifier, notifier_task) = start_notifier(&config, &hub, &metrics).await?;
     let sink = Arc::new(FanoutSink {
         hub: hub.clone(),
         metrics: metrics.clone(),
         derived: derived.clone(),
         files,
+        notify: notifier.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The dataflow reads the event topics when Kafka is configured (each
@@ -328,14 +336,17 @@ pub async fn run(
         config.server.max_connections,
         metrics.http_connection_limit_waits.clone(),
     );
-    let server =
-        axum::serve(listener, http_ingest::router(state)).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            // Upgraded WebSocket connections are not tracked by the HTTP
-            // server's graceful shutdown: close them explicitly.
-            hub_for_close.close_all();
-        });
+    let mut app = http_ingest::router(state);
+    if let Some(n) = notifier {
+        app = app.layer(axum::Extension(n));
+    }
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        // Upgraded WebSocket connections are not tracked by the HTTP
+        // server's graceful shutdown: close them explicitly.
+        hub_for_close.close_all();
+    });
     let result = server.await.map_err(ServeError::Server);
 
     // HTTP is down: nothing new can be acknowledged. Drain the dataflow.
@@ -363,6 +374,48 @@ pub async fn run(
         }
     })
     .await;
+    // After the drain: what the dataflow derived last is routed too.
+    if let Some((stop, task)) = notifier_task {
+        let _ = stop.send(true);
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("the notifier did not stop within the grace period");
+        }
+    }
     tracing::info!("stopped");
     result
+}
+
+type NotifierTask = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// Starts the notifier task (`[notifications]`), its store in Redis when
+/// `redis.url` is set (in-process otherwise).
+async fn start_notifier(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Metrics,
+) -> Result<(Option<NotifierHandle>, Option<NotifierTask>), ServeError> {
+    use connectors::notifier::{Notifier, Store, SystemClock, metrics::NotifierMetrics};
+    if !config.notifications.enabled {
+        return Ok((None, None));
+    }
+    let store = match &config.redis.url {
+        Some(url) => Store::redis(url, &config.redis.prefix)
+            .map_err(|e| ServeError::Config(format!("redis.url: {e}")))?,
+        None => Store::memory(),
+    };
+    let nm = NotifierMetrics::register(metrics.registry())
+        .map_err(|e| ServeError::Config(format!("notifier metrics: {e}")))?;
+    let (notifier, rx) = Notifier::start(
+        config.notifications.clone(),
+        store,
+        Some(hub.clone()),
+        nm,
+        SystemClock,
+    )
+    .await
+    .map_err(|e| ServeError::Config(e.to_string()))?;
+    let handle = notifier.handle();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(notifier.run(rx, stop_rx));
+    Ok((Some(handle), Some((stop_tx, task))))
 }
