@@ -929,3 +929,93 @@ async fn endpoints_send_list_page_mark_read_and_preferences() {
         .unwrap();
     assert_eq!(r.status(), 422, "unknown fields are refused");
 }
+
+// --- flow state from the derived session events -----------------------------------
+
+fn writing(id: &str, data: Payload) -> Event {
+    Event {
+        id: id.into(),
+        ts: 0,
+        user_id: Some("ada".into()),
+        project_id: None,
+        document_id: None,
+        data,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_app_waits_while_the_writer_is_in_flow_and_arrives_when_they_pause() {
+    use schemas::payload::{
+        FlowStateEntered, FlowStateExited, SessionPaused, SessionState, SessionStateChanged,
+    };
+    let clock = ManualClock::new(local("UTC", 12, 0));
+    let (mut n, metrics) = start(base_config(), Store::memory(), &clock).await;
+    let mut p = ada("UTC");
+    p.channels.high = vec![Channel::InApp];
+    n.handle().set_prefs("ada", p).await.unwrap();
+    let inbox = |n: &Notifier<ManualClock>| {
+        let store = n.handle().store;
+        async move { store.in_app_list("ada", false, 0, 10).await.unwrap().1 }
+    };
+
+    n.on_event(&writing(
+        "f1",
+        Payload::WritingFlowStateEntered(FlowStateEntered {
+            session_id: None,
+            wpm: 210.0,
+            sustained_ms: 120_000,
+        }),
+    ))
+    .await
+    .unwrap();
+    n.on_event(&alert_event(
+        "d-f-1",
+        Priority::High,
+        "ada",
+        "k",
+        "Review ready",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(inbox(&n).await, 0, "held while in flow");
+    assert_eq!(count(&metrics, "high", "in_app", "held_flow"), 1);
+    // Flow ends but the writer keeps writing: still held.
+    clock.advance(60_000);
+    n.on_event(&writing(
+        "f2",
+        Payload::WritingFlowStateExited(FlowStateExited {
+            session_id: None,
+            wpm: 150.0,
+            duration_ms: 60_000,
+        }),
+    ))
+    .await
+    .unwrap();
+    n.on_event(&writing(
+        "f3",
+        Payload::WritingSessionStateChanged(SessionStateChanged {
+            session_id: None,
+            from: SessionState::FlowState,
+            to: SessionState::ActiveWriting,
+            reason: "wpm_below_threshold".into(),
+            wpm: 150.0,
+        }),
+    ))
+    .await
+    .unwrap();
+    n.tick().await.unwrap();
+    assert_eq!(inbox(&n).await, 0, "not paused yet");
+    // The pause releases it.
+    clock.advance(60_000);
+    n.on_event(&writing(
+        "f4",
+        Payload::WritingSessionPaused(SessionPaused {
+            session_id: None,
+            reason: None,
+        }),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(inbox(&n).await, 1);
+    assert_eq!(count(&metrics, "high", "in_app", "delivered"), 1);
+}

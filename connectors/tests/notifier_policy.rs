@@ -287,3 +287,53 @@ fn delivery_ids_are_deterministic_and_state_round_trips() {
     assert_eq!(da, db);
     assert_eq!(da.len(), 2);
 }
+
+#[test]
+fn flow_hold_ends_after_its_maximum_even_without_a_pause() {
+    let p = prefs("UTC");
+    let mut pol = Policy::new(PolicyConfig::default()); // 2 h maximum
+    let t = local("UTC", 2026, 11, 30, 12, 0);
+    pol.on_flow("ada", true, &p, t);
+    assert!(
+        pol.on_alert(&alert("h", Priority::High, "k"), &p, t)
+            .is_empty()
+    );
+    assert!(pol.tick(t + HOUR, &|_| p.clone()).is_empty());
+    let out = pol.tick(t + 2 * HOUR, &|_| p.clone());
+    assert_eq!(channels(&out), vec![Channel::InApp, Channel::Email]);
+}
+
+#[test]
+fn sms_and_webhook_are_not_held_by_flow() {
+    let mut p = prefs("UTC");
+    p.channels.high = vec![Channel::InApp, Channel::Sms, Channel::Webhook];
+    let mut pol = Policy::new(PolicyConfig::default());
+    let t = local("UTC", 2026, 11, 30, 12, 0);
+    pol.on_flow("ada", true, &p, t);
+    let out = pol.on_alert(&alert("h", Priority::High, "k"), &p, t);
+    assert_eq!(channels(&out), vec![Channel::Sms, Channel::Webhook]);
+    let released = pol.on_flow("ada", false, &p, t + MIN);
+    assert_eq!(channels(&released), vec![Channel::InApp]);
+}
+
+#[test]
+fn unconfigured_channels_and_missing_addresses_are_skipped_and_counted() {
+    let mut p = prefs("UTC");
+    p.email = None;
+    let config = PolicyConfig {
+        available: vec![Channel::InApp, Channel::Email],
+        ..PolicyConfig::default()
+    };
+    let mut pol = Policy::new(config);
+    let t = local("UTC", 2026, 11, 30, 12, 0);
+    let out = pol.on_alert(&alert("h", Priority::High, "k"), &p, t);
+    assert_eq!(channels(&out), vec![Channel::InApp]);
+    assert!(
+        pol.take_tallies()
+            .iter()
+            .any(|t| t.outcome == Outcome::Failed && t.channel == "email")
+    );
+    // CRITICAL: no SMS backend, no email address: in-app only.
+    let out = pol.on_alert(&alert("c", Priority::Critical, "s"), &p, t);
+    assert_eq!(channels(&out), vec![Channel::InApp]);
+}

@@ -56,6 +56,9 @@ pub struct NotifierConfig {
     /// Hold non-critical in-app/email while the user is in FLOW_STATE
     /// (default true; each user may also turn it off).
     pub flow_hold: bool,
+    /// Longest flow hold for one stretch, in seconds (default 7200): a lost
+    /// pause must not hold notifications forever.
+    pub flow_hold_max_s: u64,
     /// Bound of the queue from the dataflow to the notifier, in events (default 10 000).
     pub queue: usize,
     /// How long alert ids and delivered ids are remembered, in seconds (default 7 days).
@@ -79,6 +82,7 @@ impl Default for NotifierConfig {
             mute_window_s: 3600,
             batch_window_s: 60,
             flow_hold: true,
+            flow_hold_max_s: 7200,
             queue: 10_000,
             dedup_ttl_s: 7 * 24 * 3600,
             in_app_keep: 500,
@@ -181,6 +185,7 @@ impl NotifierConfig {
             mute_window_ms: self.mute_window_s as i64 * 1000,
             batch_window_ms: self.batch_window_s as i64 * 1000,
             flow_hold: self.flow_hold,
+            flow_hold_max_ms: self.flow_hold_max_s as i64 * 1000,
             available,
         }
     }
@@ -276,8 +281,8 @@ pub fn wants(e: &schemas::Event) -> bool {
         e.data,
         P::AnalyticsAlertTriggered(_)
             | P::WritingFlowStateEntered(_)
-            | P::WritingFlowStateExited(_)
             | P::WritingSessionStateChanged(_)
             | P::WritingSessionPaused(_)
+            | P::WritingSessionEnded(_)
     )
 }

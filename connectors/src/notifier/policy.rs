@@ -412,6 +412,9 @@ pub struct PolicyConfig {
     pub batch_window_ms: i64,
     /// Whether flow hold is on at all (each user can still turn it off).
     pub flow_hold: bool,
+    /// Longest hold for one flow stretch, in ms (default 2 h): a lost
+    /// pause event must not hold notifications forever.
+    pub flow_hold_max_ms: i64,
     /// Channels with a configured backend (in-app always; webhook also
     /// when the user has a `webhook_url`).
     pub available: Vec<Channel>,
@@ -423,6 +426,7 @@ impl Default for PolicyConfig {
             mute_window_ms: 3_600_000,
             batch_window_ms: 60_000,
             flow_hold: true,
+            flow_hold_max_ms: 2 * 3_600_000,
             available: Channel::ALL.to_vec(),
         }
     }
@@ -447,6 +451,9 @@ pub struct UserState {
     /// Suppressed since the last delivery: reported in the next one.
     suppressed: u64,
     in_flow: bool,
+    /// When the current flow stretch began (bounds the hold).
+    #[serde(default)]
+    flow_since_ms: i64,
     quiet_held: Vec<Held>,
     flow_held: BTreeMap<Channel, Vec<Item>>,
     batch: Vec<Item>,
@@ -540,8 +547,8 @@ impl Policy {
         });
     }
 
-    /// The user's flow state changed (`true` = entered FLOW_STATE). Leaving
-    /// it releases what flow held.
+    /// The user's flow state changed: `true` = entered FLOW_STATE, `false` =
+    /// paused (or the session ended). Leaving releases what flow held.
     pub fn on_flow(
         &mut self,
         user: &str,
@@ -554,6 +561,7 @@ impl Policy {
             return Vec::new();
         }
         st.in_flow = in_flow;
+        st.flow_since_ms = now_ms;
         self.dirty.insert(user.to_owned());
         let mut out = Vec::new();
         if !in_flow {
@@ -680,6 +688,11 @@ impl Policy {
         let mut users: Vec<String> = self.users.keys().cloned().collect();
         users.sort();
         for user in users {
+            if self.users.get(&user).is_some_and(|s| {
+                s.waiting() == 0 && !s.is_empty() && s.mutes.values().all(|m| m.until_ms > now_ms)
+            }) {
+                continue; // nothing to release, nothing to forget
+            }
             let p = prefs(&user);
             let before = out.len();
             let mut changed = false;
@@ -762,7 +775,7 @@ impl Policy {
             return;
         };
         // Out of flow (or hold turned off): what flow held.
-        let holding = st.in_flow && prefs.flow_hold && self.config.flow_hold;
+        let holding = holds_flow(&self.config, st, prefs, now_ms);
         if !holding && !quiet && !st.flow_held.is_empty() {
             let per: Vec<(Channel, Vec<Item>)> =
                 std::mem::take(&mut st.flow_held).into_iter().collect();
@@ -802,10 +815,9 @@ impl Policy {
         prefs: &Preferences,
         kind: DeliveryKind,
         per_channel: Vec<(Channel, Vec<Item>)>,
-        _now_ms: i64,
+        now_ms: i64,
         out: &mut Vec<Delivery>,
     ) {
-        let flow_hold = self.config.flow_hold && prefs.flow_hold;
         let mut sendable = Vec::new();
         for (ch, items) in per_channel {
             if items.is_empty() || !self.reachable(ch, prefs) {
@@ -816,8 +828,11 @@ impl Policy {
                 }
                 continue;
             }
-            let in_flow = self.users.get(user).is_some_and(|s| s.in_flow);
-            if flow_hold && in_flow && ch.held_in_flow() {
+            let holding = self
+                .users
+                .get(user)
+                .is_some_and(|s| holds_flow(&self.config, s, prefs, now_ms));
+            if holding && ch.held_in_flow() {
                 for i in &items {
                     self.tally(i.priority, ch.as_str(), Outcome::HeldFlow);
                 }
@@ -905,6 +920,14 @@ impl Policy {
         }
         out
     }
+}
+
+/// Whether flow holds the user's in-app and email now.
+fn holds_flow(config: &PolicyConfig, st: &UserState, prefs: &Preferences, now_ms: i64) -> bool {
+    st.in_flow
+        && prefs.flow_hold
+        && config.flow_hold
+        && now_ms - st.flow_since_ms < config.flow_hold_max_ms
 }
 
 fn rank(p: Priority) -> u8 {

@@ -267,7 +267,8 @@ async fn send(
     });
     let alert = Alert {
         dedup_key: b.dedup_key.unwrap_or_else(|| format!("send:{id}")),
-        id: id.clone(),
+        // Its own namespace: a client id never collides with a derived one.
+        id: format!("send:{id}"),
         rule: None,
         priority: b.priority,
         recipient: b.recipient,

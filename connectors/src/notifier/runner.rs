@@ -320,10 +320,19 @@ impl<C: Clock> Notifier<C> {
                 };
                 return self.send(alert).await;
             }
+            // Held "until they pause": leaving FLOW_STATE for active writing
+            // (flow_state_exited) keeps the hold; a pause, a break, the end
+            // of the session (or `flow_hold_max_s`) releases it.
             Payload::WritingFlowStateEntered(_) => true,
-            Payload::WritingFlowStateExited(_) | Payload::WritingSessionPaused(_) => false,
-            Payload::WritingSessionStateChanged(s) if s.to == SessionState::FlowState => true,
-            Payload::WritingSessionStateChanged(s) if s.from == SessionState::FlowState => false,
+            Payload::WritingSessionPaused(_) | Payload::WritingSessionEnded(_) => false,
+            Payload::WritingSessionStateChanged(s) => match s.to {
+                SessionState::FlowState => true,
+                SessionState::Paused
+                | SessionState::Break
+                | SessionState::Ended
+                | SessionState::Idle => false,
+                SessionState::WarmingUp | SessionState::ActiveWriting => return Ok(()),
+            },
             _ => return Ok(()),
         };
         let Some(user) = user else { return Ok(()) };
