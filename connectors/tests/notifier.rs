@@ -51,6 +51,8 @@ struct ProviderState {
     plan: HashMap<String, VecDeque<u16>>,
     /// A status answered forever, per path (after the plan).
     always: HashMap<String, u16>,
+    /// Delays of the next answers, per path (a provider too slow to answer).
+    delays: HashMap<String, VecDeque<u64>>,
     received: Vec<Received>,
 }
 
@@ -76,24 +78,32 @@ impl Provider {
             body: Bytes,
         ) -> StatusCode {
             let path = uri.path().to_owned();
-            let mut g = s.lock().unwrap();
-            let status = match g.plan.get_mut(&path).and_then(VecDeque::pop_front) {
-                Some(s) => s,
-                None => g.always.get(&path).copied().unwrap_or(200),
+            let (status, delay) = {
+                let mut g = s.lock().unwrap();
+                let delay = g.delays.get_mut(&path).and_then(VecDeque::pop_front);
+                let status = match g.plan.get_mut(&path).and_then(VecDeque::pop_front) {
+                    Some(s) => s,
+                    None => g.always.get(&path).copied().unwrap_or(200),
+                };
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                g.received.push(Received {
+                    path,
+                    idempotency_key: h("idempotency-key").unwrap_or_default(),
+                    signature: h("x-inkstream-signature"),
+                    body,
+                    status,
+                });
+                (status, delay)
             };
-            let h = |n: &str| {
-                headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            g.received.push(Received {
-                path,
-                idempotency_key: h("idempotency-key").unwrap_or_default(),
-                signature: h("x-inkstream-signature"),
-                body,
-                status,
-            });
+            // Recorded on arrival: a request the client gave up on was still received.
+            if let Some(ms) = delay {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             StatusCode::from_u16(status).unwrap()
         }
         let app = Router::new()
@@ -113,6 +123,14 @@ impl Provider {
             .unwrap()
             .plan
             .insert(path.into(), statuses.iter().copied().collect());
+    }
+
+    fn delay(&self, path: &str, delays_ms: &[u64]) {
+        self.state
+            .lock()
+            .unwrap()
+            .delays
+            .insert(path.into(), delays_ms.iter().copied().collect());
     }
 
     fn always(&self, path: &str, status: u16) {
@@ -1018,4 +1036,53 @@ async fn in_app_waits_while_the_writer_is_in_flow_and_arrives_when_they_pause() 
     .unwrap();
     assert_eq!(inbox(&n).await, 1);
     assert_eq!(count(&metrics, "high", "in_app", "delivered"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_is_retried_and_a_refused_connection_ends_in_a_dead_letter() {
+    let provider = Provider::start().await;
+    let mut config = base_config();
+    config.retry.timeout_ms = 300;
+    config.retry.max_attempts = 2;
+    config.email_api = Some(provider.api());
+    // Nothing listens there.
+    config.sms = Some(HttpApiConfig {
+        base_url: format!("http://127.0.0.1:{}", inkstream_tests::free_port()),
+        ..provider.api()
+    });
+    let clock = ManualClock::new(local("UTC", 12, 0));
+    let store = Store::memory();
+    let (mut n, metrics) = start(config, store.clone(), &clock).await;
+    let mut p = ada("UTC");
+    p.channels.high = vec![Channel::Email, Channel::Sms];
+    n.handle().set_prefs("ada", p).await.unwrap();
+    provider.delay(EMAIL, &[2_000]);
+
+    n.on_event(&alert_event("d-t1", Priority::High, "ada", "k", "Slow"))
+        .await
+        .unwrap();
+    assert_eq!(n.pending(), 2, "both wait for a retry");
+    clock.advance(after_backoff(1));
+    n.tick().await.unwrap();
+    assert_eq!(count(&metrics, "high", "email", "retried"), 1);
+    assert_eq!(count(&metrics, "high", "email", "delivered"), 1);
+    assert_eq!(count(&metrics, "high", "sms", "retried"), 1);
+    assert_eq!(count(&metrics, "high", "sms", "dead_lettered"), 1);
+    let dead = store.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["channel"], "sms");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("request failed"),
+        "{dead:?}"
+    );
+    // The timed-out request reached the provider once, the retry once more
+    // (same key): a provider deduplicating by key sends one email.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let got = provider.received(EMAIL);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].idempotency_key, got[1].idempotency_key);
+    assert_eq!(n.pending(), 0);
 }
