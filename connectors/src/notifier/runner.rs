@@ -413,7 +413,11 @@ impl<C: Clock> Notifier<C> {
         result
     }
 
+    /// Attempts every due delivery, `CONCURRENCY` at a time (a slow
+    /// provider costs one timeout per batch, not one per delivery), then
+    /// the fallbacks of those that failed for good.
     async fn attempt_due(&mut self, now: i64) -> Result<(), StoreError> {
+        const CONCURRENCY: usize = 32;
         loop {
             let due: Vec<String> = self
                 .pending
@@ -425,12 +429,57 @@ impl<C: Clock> Notifier<C> {
                 return Ok(());
             }
             let mut fallbacks = Vec::new();
-            for id in due {
-                let Some(p) = self.pending.remove(&id) else {
-                    continue;
-                };
-                if let Some(fb) = self.attempt(p, now).await? {
-                    fallbacks.push(fb);
+            for chunk in due.chunks(CONCURRENCY) {
+                let mut batch = Vec::new();
+                for id in chunk {
+                    let Some(p) = self.pending.remove(id) else {
+                        continue;
+                    };
+                    match self.store.is_done(id).await {
+                        // Delivered before a restart, bookkeeping interrupted: never twice.
+                        Ok(true) => {
+                            if let Err(e) = self.store.finish(id, self.config.dedup_ttl_s).await {
+                                self.pending.insert(id.clone(), p);
+                                return Err(e);
+                            }
+                        }
+                        Ok(false) => {
+                            let prefs = self.handle.prefs(&p.delivery.recipient);
+                            batch.push((p, prefs));
+                        }
+                        Err(e) => {
+                            self.pending.insert(id.clone(), p);
+                            return Err(e);
+                        }
+                    }
+                }
+                let channels = &self.channels;
+                let results =
+                    futures_util::future::join_all(batch.iter().map(|(p, prefs)| async move {
+                        let started = Instant::now();
+                        let r = channels.deliver(&p.delivery, prefs, now).await;
+                        (r, started.elapsed())
+                    }))
+                    .await;
+                let mut error = None;
+                for ((p, _), (result, took)) in batch.into_iter().zip(results) {
+                    self.metrics
+                        .delivery_seconds
+                        .with_label_values(&[p.delivery.channel.as_str()])
+                        .observe(took.as_secs_f64());
+                    if error.is_some() {
+                        // The store failed: keep it for the next tick.
+                        self.pending.insert(p.delivery.id.clone(), p);
+                        continue;
+                    }
+                    match self.settle(p, result, now).await {
+                        Ok(Some(fb)) => fallbacks.push(fb),
+                        Ok(None) => {}
+                        Err(e) => error = Some(e),
+                    }
+                }
+                if let Some(e) = error {
+                    return Err(e);
                 }
             }
             if fallbacks.is_empty() {
@@ -454,27 +503,28 @@ impl<C: Clock> Notifier<C> {
         }
     }
 
-    /// One attempt; returns a fallback delivery when this one failed for good.
-    async fn attempt(&mut self, mut p: Pending, now: i64) -> Result<Option<Delivery>, StoreError> {
-        let d = &p.delivery;
-        let (prio, ch) = (priority_label(d.priority), d.channel.as_str());
-        if self.store.is_done(&d.id).await? {
-            // Delivered before a restart, bookkeeping interrupted: never twice.
-            self.store.finish(&d.id, self.config.dedup_ttl_s).await?;
-            return Ok(None);
-        }
-        let prefs = self.handle.prefs(&d.recipient);
-        let started = Instant::now();
-        let result = self.channels.deliver(d, &prefs, now).await;
-        self.metrics
-            .delivery_seconds
-            .with_label_values(&[ch])
-            .observe(started.elapsed().as_secs_f64());
+    /// Books the result of one attempt; returns a fallback delivery when it
+    /// failed for good. On a store error the delivery stays pending.
+    async fn settle(
+        &mut self,
+        mut p: Pending,
+        result: Result<(), DeliveryError>,
+        now: i64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let (prio, ch) = (
+            priority_label(p.delivery.priority),
+            p.delivery.channel.as_str(),
+        );
+        let id = p.delivery.id.clone();
         match result {
             Ok(()) => {
-                self.store.finish(&d.id, self.config.dedup_ttl_s).await?;
+                if let Err(e) = self.store.finish(&id, self.config.dedup_ttl_s).await {
+                    // Delivered but not booked: the retry carries the same key.
+                    self.pending.insert(id, p);
+                    return Err(e);
+                }
                 self.metrics.count(prio, ch, "delivered");
-                tracing::debug!(id = %d.id, channel = ch, attempt = p.attempt + 1, "notification delivered");
+                tracing::debug!(id = %id, channel = ch, attempt = p.attempt + 1, "notification delivered");
                 Ok(None)
             }
             Err(e) if e.transient && p.attempt + 1 < self.config.retry.max_attempts => {
@@ -482,16 +532,20 @@ impl<C: Clock> Notifier<C> {
                 p.next_at_ms = now + self.backoff_ms(p.attempt);
                 p.last_error = Some(e.reason.clone());
                 self.metrics.count(prio, ch, "retried");
-                tracing::info!(id = %p.delivery.id, channel = ch, attempt = p.attempt, error = %e, "delivery failed, retrying");
-                self.store.put_pending(&p).await?;
-                self.pending.insert(p.delivery.id.clone(), p);
-                Ok(None)
+                tracing::info!(id = %id, channel = ch, attempt = p.attempt, error = %e, "delivery failed, retrying");
+                let saved = self.store.put_pending(&p).await;
+                self.pending.insert(id, p);
+                saved.map(|()| None)
             }
             Err(e) => {
                 p.attempt += 1;
+                tracing::warn!(id = %id, channel = ch, attempts = p.attempt, error = %e, "delivery dead-lettered");
+                if let Err(err) = self.store.dead_letter(&p, &e.reason).await {
+                    p.attempt -= 1;
+                    self.pending.insert(id, p);
+                    return Err(err);
+                }
                 self.metrics.count(prio, ch, "dead_lettered");
-                tracing::warn!(id = %p.delivery.id, channel = ch, attempts = p.attempt, error = %e, "delivery dead-lettered");
-                self.store.dead_letter(&p, &e.reason).await?;
                 Ok(self.policy.on_failed(&p.delivery))
             }
         }
