@@ -604,6 +604,36 @@ mod tests {
     }
 
     #[test]
+    fn the_notifications_example_in_the_operations_doc_is_valid_and_bad_zones_name_their_key() {
+        let doc = include_str!("../../docs/OPERATIONS.md");
+        let section = &doc[doc
+            .find("## Notifications")
+            .expect("a notifications section")..];
+        let start = section.find("```toml\n").expect("a toml example") + 8;
+        let end = start + section[start..].find("```").expect("closed");
+        let path =
+            std::env::temp_dir().join(format!("inkstream-notify-doc-{}.toml", std::process::id()));
+        std::fs::write(&path, &section[start..end]).unwrap();
+        let c = Config::load(Some(&path), &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(c.notifications.admins, vec!["u-ops-1".to_owned()]);
+        assert_eq!(
+            c.notifications.resolve("project:p1"),
+            vec!["u1".to_owned(), "u2".to_owned()]
+        );
+        assert_eq!(c.notifications.smtp.as_ref().map(|s| s.port), Some(25));
+        let e = Config::load(
+            None,
+            &["notifications.defaults.timezone=\"Mars/Olympus\"".into()],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("notifications.defaults.timezone"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn set_overrides_any_key_with_typed_values() {
         let c = Config::load(
             None,
