@@ -344,7 +344,7 @@ impl<C: Clock> Notifier<C> {
     /// Routes one alert (from the dataflow or a custom send), once per id.
     pub async fn send(&mut self, alert: Alert) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        if self.store.is_seen(&alert.id, now).await? {
+        if self.store.is_seen(&alert.id).await? {
             tracing::debug!(id = %alert.id, "alert already routed");
             return Ok(());
         }
@@ -398,7 +398,7 @@ impl<C: Clock> Notifier<C> {
             .collect();
         if !(seen.is_empty() && dirty.is_empty() && new.is_empty()) {
             self.store
-                .commit(&seen, self.config.dedup_ttl_s, now, &dirty, &new)
+                .commit(&seen, self.config.dedup_ttl_s, &dirty, &new)
                 .await?;
         }
         for t in self.policy.take_tallies() {
@@ -495,7 +495,7 @@ impl<C: Clock> Notifier<C> {
                 })
                 .collect();
             self.store
-                .commit(&[], self.config.dedup_ttl_s, now, &[], &new)
+                .commit(&[], self.config.dedup_ttl_s, &[], &new)
                 .await?;
             for p in new {
                 self.pending.insert(p.delivery.id.clone(), p);

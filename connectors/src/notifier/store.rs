@@ -14,13 +14,16 @@
 //!   hash id → notification JSON; `…:unread:<user>` set of unread ids.
 //! - `P:notifications:prefs` — hash user → preferences (JSON).
 //!
+//! In-process, ids are remembered by count (the last 100 000 alert ids and
+//! delivered ids) and the newest 10 000 dead letters are kept.
+//!
 //! Routing an alert commits its seen mark, the users' state and the new
 //! pending deliveries in one MULTI, so a crash leaves either all or none.
 
 use super::policy::{Delivery, Preferences, UserState};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A store failure (Redis unreachable, bad JSON).
@@ -59,13 +62,43 @@ pub struct InAppNotification {
     pub read: bool,
 }
 
+/// The last `cap` ids (the embedded store's stand-in for keys with a TTL:
+/// bounded by count, since it is not durable anyway).
+#[derive(Debug, Default)]
+struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    const CAP: usize = 100_000;
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            while self.order.len() > Self::CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}
+
+/// Dead letters kept by the embedded store (oldest dropped first).
+const MEMORY_DEAD_LETTERS: usize = 10_000;
+
 #[derive(Debug, Default)]
 struct Mem {
-    seen: HashMap<String, i64>,
+    seen: Recent,
     users: HashMap<String, String>,
     pending: BTreeMap<String, String>,
-    done: HashSet<String>,
-    dead: Vec<serde_json::Value>,
+    done: Recent,
+    dead: VecDeque<serde_json::Value>,
     in_app: HashMap<String, Vec<InAppNotification>>,
     prefs: HashMap<String, String>,
 }
@@ -121,9 +154,9 @@ impl Store {
     }
 
     /// Whether an alert id was routed already (and not expired).
-    pub async fn is_seen(&self, id: &str, now_ms: i64) -> R<bool> {
+    pub async fn is_seen(&self, id: &str) -> R<bool> {
         match self {
-            Store::Memory(m) => Ok(Self::mem(m).0.seen.get(id).is_some_and(|exp| *exp > now_ms)),
+            Store::Memory(m) => Ok(Self::mem(m).0.seen.contains(id)),
             Store::Redis { conn, prefix } => {
                 let n: i64 = redis::cmd("EXISTS")
                     .arg(Self::key(prefix, &format!("seen:{id}")))
@@ -140,7 +173,6 @@ impl Store {
         &self,
         seen: &[String],
         ttl_s: u64,
-        now_ms: i64,
         users: &[(String, Option<UserState>)],
         pending: &[Pending],
     ) -> R<()> {
@@ -148,7 +180,7 @@ impl Store {
             Store::Memory(m) => {
                 let mut g = Self::mem(m);
                 for id in seen {
-                    g.0.seen.insert(id.clone(), now_ms + ttl_s as i64 * 1000);
+                    g.0.seen.insert(id);
                 }
                 for (u, s) in users {
                     match s {
@@ -239,7 +271,7 @@ impl Store {
 
     /// Saves a pending delivery (after a failed attempt).
     pub async fn put_pending(&self, p: &Pending) -> R<()> {
-        self.commit(&[], 1, 0, &[], std::slice::from_ref(p)).await
+        self.commit(&[], 1, &[], std::slice::from_ref(p)).await
     }
 
     /// Whether a delivery id was delivered already.
@@ -261,7 +293,7 @@ impl Store {
         match self {
             Store::Memory(m) => {
                 let mut g = Self::mem(m);
-                g.0.done.insert(id.to_owned());
+                g.0.done.insert(id);
                 g.0.pending.remove(id);
                 Ok(())
             }
@@ -291,7 +323,10 @@ impl Store {
             Store::Memory(m) => {
                 let mut g = Self::mem(m);
                 g.0.pending.remove(&d.id);
-                g.0.dead.push(serde_json::json!({
+                if g.0.dead.len() >= MEMORY_DEAD_LETTERS {
+                    g.0.dead.pop_front();
+                }
+                g.0.dead.push_back(serde_json::json!({
                     "id": d.id, "channel": d.channel.as_str(), "recipient": d.recipient,
                     "reason": reason, "delivery": json,
                 }));
@@ -329,7 +364,7 @@ impl Store {
     /// The dead letters (oldest first): `{id, channel, recipient, reason, delivery}`.
     pub async fn dead_letters(&self) -> R<Vec<serde_json::Value>> {
         match self {
-            Store::Memory(m) => Ok(Self::mem(m).0.dead.clone()),
+            Store::Memory(m) => Ok(Self::mem(m).0.dead.iter().cloned().collect()),
             Store::Redis { conn, prefix } => {
                 let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
                     .arg(Self::key(prefix, "dead"))
