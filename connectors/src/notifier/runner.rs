@@ -375,7 +375,10 @@ impl<C: Clock> Notifier<C> {
         let now = self.clock.now_ms();
         let handle = self.handle.clone();
         let out = self.policy.tick(now, &|u| handle.prefs(u));
-        self.route(Vec::new(), out, now).await
+        let result = self.route(Vec::new(), out, now).await;
+        // Once per tick: counting the held items walks every user.
+        self.update_gauge();
+        result
     }
 
     /// Persists the step (seen ids, state, new deliveries), then sends.
@@ -408,9 +411,7 @@ impl<C: Clock> Notifier<C> {
         for p in new {
             self.pending.insert(p.delivery.id.clone(), p);
         }
-        let result = self.attempt_due(now).await;
-        self.update_gauge();
-        result
+        self.attempt_due(now).await
     }
 
     /// Attempts every due delivery, `CONCURRENCY` at a time (a slow
