@@ -1,6 +1,7 @@
 //! Throughput of the notification policy core and of the notifier with the
 //! in-process store and in-app delivery (no network):
-//! `cargo run --release -p inkstream-tests --example notifier_policy`.
+//! `cargo run -p inkstream-tests --example notifier_policy` (with
+//! `INKSTREAM_TEST_REDIS_URL` set, also with the Redis store).
 
 use connectors::notifier::metrics::NotifierMetrics;
 use connectors::notifier::policy::{Alert, Policy, PolicyConfig, Preferences};
@@ -75,5 +76,32 @@ async fn main() -> anyhow::Result<()> {
         "notifier (embedded store, in-app): {m} HIGH alerts delivered in {took:?} ({:.0}/s)",
         m as f64 / took.as_secs_f64()
     );
+    if let Ok(url) = std::env::var("INKSTREAM_TEST_REDIS_URL") {
+        let mut config = NotifierConfig::default();
+        config.defaults.quiet_hours = None;
+        let prefix = format!("bench-{}", std::process::id());
+        let store = Store::redis(&url, &prefix)?;
+        let (mut notifier, _rx) = Notifier::start(
+            config,
+            store,
+            None,
+            NotifierMetrics::standalone(),
+            clock.clone(),
+        )
+        .await?;
+        let m = 10_000u64;
+        let start = Instant::now();
+        for i in 0..m {
+            let mut a = alert(i);
+            a.priority = Priority::High;
+            a.dedup_key = format!("unique{i}");
+            notifier.send(a).await?;
+        }
+        let took = start.elapsed();
+        println!(
+            "notifier (Redis store, in-app): {m} HIGH alerts delivered in {took:?} ({:.0}/s)",
+            m as f64 / took.as_secs_f64()
+        );
+    }
     Ok(())
 }
