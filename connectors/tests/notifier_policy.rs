@@ -337,3 +337,31 @@ fn unconfigured_channels_and_missing_addresses_are_skipped_and_counted() {
     let out = pol.on_alert(&alert("c", Priority::Critical, "s"), &p, t);
     assert_eq!(channels(&out), vec![Channel::InApp]);
 }
+
+#[test]
+fn queues_are_bounded_per_user_and_drop_the_oldest() {
+    let p = prefs(NY);
+    let config = PolicyConfig {
+        max_queued_per_user: 3,
+        ..PolicyConfig::default()
+    };
+    let mut pol = Policy::new(config);
+    let t = local(NY, 2026, 11, 30, 3, 0);
+    for i in 0..5 {
+        pol.on_alert(
+            &alert(&format!("l{i}"), Priority::Low, &format!("k{i}")),
+            &p,
+            t,
+        );
+    }
+    assert_eq!(
+        pol.take_tallies()
+            .iter()
+            .filter(|t| t.outcome == Outcome::Failed)
+            .count(),
+        2
+    );
+    let out = pol.tick(local(NY, 2026, 11, 30, 8, 0), &|_| p.clone());
+    let ids: Vec<&str> = out[0].items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, vec!["l2", "l3", "l4"]);
+}

@@ -59,6 +59,10 @@ pub struct NotifierConfig {
     /// Longest flow hold for one stretch, in seconds (default 7200): a lost
     /// pause must not hold notifications forever.
     pub flow_hold_max_s: u64,
+    /// Most items queued per user in each of its digest, quiet-hours hold,
+    /// MEDIUM batch and flow hold (default 1000); the oldest are dropped
+    /// (counted as `failed`).
+    pub max_queued_per_user: usize,
     /// Bound of the queue from the dataflow to the notifier, in events (default 10 000).
     pub queue: usize,
     /// How long alert ids and delivered ids are remembered, in seconds (default 7 days).
@@ -83,6 +87,7 @@ impl Default for NotifierConfig {
             batch_window_s: 60,
             flow_hold: true,
             flow_hold_max_s: 7200,
+            max_queued_per_user: 1000,
             queue: 10_000,
             dedup_ttl_s: 7 * 24 * 3600,
             in_app_keep: 500,
@@ -186,6 +191,7 @@ impl NotifierConfig {
             batch_window_ms: self.batch_window_s as i64 * 1000,
             flow_hold: self.flow_hold,
             flow_hold_max_ms: self.flow_hold_max_s as i64 * 1000,
+            max_queued_per_user: self.max_queued_per_user,
             available,
         }
     }

@@ -412,6 +412,10 @@ pub struct PolicyConfig {
     pub batch_window_ms: i64,
     /// Whether flow hold is on at all (each user can still turn it off).
     pub flow_hold: bool,
+    /// Most items one user's digest, quiet-hours hold, batch or flow hold
+    /// may queue (default 1000); beyond it the oldest is dropped and
+    /// counted `failed`.
+    pub max_queued_per_user: usize,
     /// Longest hold for one flow stretch, in ms (default 2 h): a lost
     /// pause event must not hold notifications forever.
     pub flow_hold_max_ms: i64,
@@ -427,6 +431,7 @@ impl Default for PolicyConfig {
             batch_window_ms: 60_000,
             flow_hold: true,
             flow_hold_max_ms: 2 * 3_600_000,
+            max_queued_per_user: 1000,
             available: Channel::ALL.to_vec(),
         }
     }
@@ -632,7 +637,13 @@ impl Policy {
         }
         if alert.priority == Priority::Low {
             st.digest.push(item);
+            // Scheduled now, so a digest falls due even if no tick runs
+            // in between (a restart across the digest hour).
+            st.next_digest_ms
+                .get_or_insert_with(|| prefs.next_digest_after(now_ms));
+            let dropped = trim_front(&mut st.digest, self.config.max_queued_per_user);
             self.tally(Priority::Low, "digest", Outcome::Digested);
+            self.count_dropped(dropped, Priority::Low, "digest");
             return out;
         }
         let channels = self.channels_for(alert.priority, prefs);
@@ -642,6 +653,8 @@ impl Policy {
                 channels: channels.clone(),
                 item,
             });
+            let dropped = trim_front(&mut st.quiet_held, self.config.max_queued_per_user);
+            self.count_dropped(dropped, alert.priority, "in_app");
             for c in channels {
                 self.tally(alert.priority, c.as_str(), Outcome::HeldQuietHours);
             }
@@ -651,7 +664,9 @@ impl Policy {
             let batch_window = self.config.batch_window_ms;
             let st = self.users.entry(user.clone()).or_default();
             st.batch.push(item);
+            let dropped = trim_front(&mut st.batch, self.config.max_queued_per_user);
             st.batch_deadline_ms.get_or_insert(now_ms + batch_window);
+            self.count_dropped(dropped, Priority::Medium, "in_app");
             return out;
         }
         let per_channel: Vec<(Channel, Vec<Item>)> = channels
@@ -743,6 +758,7 @@ impl Policy {
                         channels: channels.clone(),
                         item,
                     });
+                    // (Batches are already bounded, so the hold grows by at most one batch.)
                 }
             } else if !items.is_empty() {
                 let per: Vec<(Channel, Vec<Item>)> =
@@ -837,7 +853,10 @@ impl Policy {
                     self.tally(i.priority, ch.as_str(), Outcome::HeldFlow);
                 }
                 let st = self.users.entry(user.to_owned()).or_default();
-                st.flow_held.entry(ch).or_default().extend(items);
+                let held = st.flow_held.entry(ch).or_default();
+                held.extend(items);
+                let dropped = trim_front(held, self.config.max_queued_per_user);
+                self.count_dropped(dropped, Priority::Medium, ch.as_str());
                 continue;
             }
             sendable.push((ch, items));
@@ -870,6 +889,12 @@ impl Policy {
                 suppressed_similar: suppressed,
                 fallback: None,
             });
+        }
+    }
+
+    fn count_dropped(&mut self, dropped: usize, priority: Priority, channel: &'static str) {
+        for _ in 0..dropped {
+            self.tally(priority, channel, Outcome::Failed);
         }
     }
 
@@ -920,6 +945,13 @@ impl Policy {
         }
         out
     }
+}
+
+/// Drops the oldest entries beyond `cap`; returns how many.
+fn trim_front<T>(v: &mut Vec<T>, cap: usize) -> usize {
+    let extra = v.len().saturating_sub(cap.max(1));
+    v.drain(..extra);
+    extra
 }
 
 /// Whether flow holds the user's in-app and email now.
