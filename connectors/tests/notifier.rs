@@ -632,6 +632,7 @@ async fn webhook_is_signed_and_the_signature_verifies() {
     config.webhook = WebhookConfig {
         urls: vec![format!("{}{HOOK}", provider.base)],
         secret: Some("s3cret".into()),
+        allow_user_urls: false,
     };
     let clock = ManualClock::new(local("UTC", 12, 0));
     let (mut n, _) = start(config, Store::memory(), &clock).await;
@@ -946,6 +947,26 @@ async fn endpoints_send_list_page_mark_read_and_preferences() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "unknown fields are refused");
+    // A member may not point the server at a URL of their choice; an admin may.
+    let hook = serde_json::json!({"webhook_url": "http://169.254.169.254/"});
+    let r = http
+        .put(format!("{base}/api/realtime/notifications/preferences"))
+        .header("authorization", &ada)
+        .json(&hook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .put(format!(
+            "{base}/api/realtime/notifications/preferences?user_id=ada"
+        ))
+        .header("authorization", &admin)
+        .json(&hook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 // --- flow state from the derived session events -----------------------------------

@@ -171,6 +171,9 @@ pub struct WebhookConfig {
     pub urls: Vec<String>,
     /// Signing secret: header `X-Inkstream-Signature: sha256=<hex HMAC of the body>`.
     pub secret: Option<String>,
+    /// Whether users may set their own `webhook_url` (default false: only
+    /// admins and apps may, since the server POSTs to it).
+    pub allow_user_urls: bool,
 }
 
 impl NotifierConfig {

@@ -56,12 +56,18 @@ fn store_error(e: super::store::StoreError) -> ApiError {
 }
 
 /// Whose notifications: the caller's, or `user_id` for admins and apps.
+/// Also says whether the caller is privileged (an admin user or an app).
 async fn target_user(
     s: &AppState,
     headers: &HeaderMap,
     user_id: Option<String>,
-) -> Result<String, ApiError> {
+) -> Result<(String, bool), ApiError> {
     let principal = authenticate(s, headers, None).await?;
+    let privileged = match &principal {
+        Principal::User(u) => u.role == Role::Admin,
+        Principal::App(_) => true,
+        Principal::Anonymous => false,
+    };
     match principal {
         Principal::User(u) => match user_id {
             Some(other) if other != u.id && u.role != Role::Admin => Err(ApiError::new(
@@ -69,19 +75,20 @@ async fn target_user(
                 "forbidden",
                 "only admins may act for another user",
             )),
-            Some(other) => Ok(other),
-            None => Ok(u.id),
+            Some(other) => Ok((other, privileged)),
+            None => Ok((u.id, privileged)),
         },
-        Principal::App(_) | Principal::Anonymous => {
-            user_id.filter(|u| !u.is_empty()).ok_or_else(|| {
+        Principal::App(_) | Principal::Anonymous => user_id
+            .filter(|u| !u.is_empty())
+            .map(|u| (u, privileged))
+            .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "missing_field",
                     "user_id is required for apps (and when auth is off)",
                 )
                 .with_field(Some("user_id"))
-            })
-        }
+            }),
     }
 }
 
@@ -107,7 +114,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let n = notifier(h)?;
-    let user = target_user(&s, &headers, q.user_id).await?;
+    let (user, _) = target_user(&s, &headers, q.user_id).await?;
     let limit = q.limit.clamp(1, 200);
     let (items, total) = n
         .store
@@ -136,7 +143,7 @@ async fn mark_read(
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let n = notifier(h)?;
-    let user = target_user(&s, &headers, q.user_id).await?;
+    let (user, _) = target_user(&s, &headers, q.user_id).await?;
     if !n
         .store
         .in_app_mark_read(&user, &id)
@@ -159,7 +166,7 @@ async fn get_prefs(
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let n = notifier(h)?;
-    let user = target_user(&s, &headers, q.user_id).await?;
+    let (user, _) = target_user(&s, &headers, q.user_id).await?;
     Ok(Json(
         json!({"user_id": user, "preferences": n.prefs(&user)}),
     ))
@@ -173,7 +180,7 @@ async fn put_prefs(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let n = notifier(h)?;
-    let user = target_user(&s, &headers, q.user_id).await?;
+    let (user, privileged) = target_user(&s, &headers, q.user_id).await?;
     // Missing fields take the configured defaults, unknown ones are refused.
     let defaults = serde_json::to_value(&n.config().defaults).unwrap_or(Value::Null);
     let patch: Value = serde_json::from_slice(&body).map_err(|e| {
@@ -205,6 +212,16 @@ async fn put_prefs(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg)
             .with_field(Some(field))
     })?;
+    // The server POSTs to a webhook URL: letting any user choose it would
+    // let them make it call internal addresses (SSRF).
+    if prefs.webhook_url.is_some() && !privileged && !n.config().webhook.allow_user_urls {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)",
+        )
+        .with_field(Some("webhook_url")));
+    }
     n.set_prefs(&user, prefs.clone())
         .await
         .map_err(store_error)?;
