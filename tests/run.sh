@@ -54,10 +54,11 @@ if [ ! -x "$tansu" ]; then
 fi
 "$tansu" --help | grep -q 'Storage engines: .*dynostore' || {
   log "$tansu has no storage engine: delete it and rerun"; exit 1; }
-# Independent (non-Rust) clients for the cross-checks: fastavro, confluent-kafka.
+# Independent (non-Rust) clients for the cross-checks: fastavro, confluent-kafka;
+# aiosmtpd: the real SMTP server of the notifier tests.
 venv="$cache/venv"
-python_deps="fastavro==1.13.1 confluent-kafka[avro,schemaregistry]==2.16.1"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastavro, confluent_kafka.schema_registry.avro' 2>/dev/null; then
+python_deps="fastavro==1.13.1 confluent-kafka[avro,schemaregistry]==2.16.1 aiosmtpd==1.4.6"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastavro, confluent_kafka.schema_registry.avro, aiosmtpd' 2>/dev/null; then
   log "creating the Python venv for the cross-checks ($python_deps)"
   if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
     as_root apt-get update -qq

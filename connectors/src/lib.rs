@@ -12,12 +12,14 @@
 //! - [`http_ingest`]: the axum router: `POST /v1/events`, the WS paths,
 //!   `/metrics`, `/healthz`.
 //! - [`metrics`]: every Prometheus metric of the process, in one place.
+//! - [`notifier`]: notifications (policy, in-app/email/SMS/webhook delivery).
 
 pub mod auth;
 pub mod event_log;
 pub mod http_ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod notifier;
 pub mod redis_stream;
 pub mod schema_registry;
 pub mod websocket_fanout;

@@ -28,6 +28,8 @@ pub struct Config {
     pub derived: DerivedSettings,
     pub flow: crate::operators::flow::FlowConfig,
     pub auth: AuthSettings,
+    /// `[notifications]`: see `connectors::notifier::NotifierConfig` and docs/OPERATIONS.md.
+    pub notifications: connectors::notifier::NotifierConfig,
 }
 
 /// `[derived]`: where `serve` writes derived events besides the WebSocket
@@ -509,6 +511,9 @@ impl Config {
         if let Err(message) = self.team.validate() {
             return bad("team.windows", &message);
         }
+        if let Err((path, message)) = self.notifications.validate() {
+            return bad(&path, &message);
+        }
         if let Err(e) = crate::operators::alerts::AlertRules::new(&self.alerts) {
             return Err(ConfigError::Invalid {
                 path: e.path.clone(),
@@ -631,6 +636,36 @@ mod tests {
         let c = Config::load(Some(&path), &[]).unwrap();
         let _ = std::fs::remove_file(&path);
         assert_eq!(c.alerts.rules.len(), 2);
+    }
+
+    #[test]
+    fn the_notifications_example_in_the_operations_doc_is_valid_and_bad_zones_name_their_key() {
+        let doc = include_str!("../../docs/OPERATIONS.md");
+        let section = &doc[doc
+            .find("## Notifications")
+            .expect("a notifications section")..];
+        let start = section.find("```toml\n").expect("a toml example") + 8;
+        let end = start + section[start..].find("```").expect("closed");
+        let path =
+            std::env::temp_dir().join(format!("inkstream-notify-doc-{}.toml", std::process::id()));
+        std::fs::write(&path, &section[start..end]).unwrap();
+        let c = Config::load(Some(&path), &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(c.notifications.admins, vec!["u-ops-1".to_owned()]);
+        assert_eq!(
+            c.notifications.resolve("project:p1"),
+            vec!["u1".to_owned(), "u2".to_owned()]
+        );
+        assert_eq!(c.notifications.smtp.as_ref().map(|s| s.port), Some(25));
+        let e = Config::load(
+            None,
+            &["notifications.defaults.timezone=\"Mars/Olympus\"".into()],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("notifications.defaults.timezone"),
+            "{e}"
+        );
     }
 
     #[test]

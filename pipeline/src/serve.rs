@@ -20,6 +20,7 @@ use connectors::http_ingest::{self, AppState, LimitedListener};
 use connectors::kafka::derived::DerivedProducer;
 use connectors::kafka::mirror::MirrorConfig;
 use connectors::kafka::source::KafkaSourceConfig;
+use connectors::notifier::NotifierHandle;
 use connectors::redis_stream::lease::Lease;
 use connectors::redis_stream::{RedisLog, RedisLogConfig};
 use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
@@ -89,6 +90,8 @@ struct FanoutSink {
     derived: Option<Arc<DerivedProducer>>,
     /// `derived.dir`: every derived event, appended as NDJSON.
     files: Option<FileSink>,
+    /// The notifier's bounded queue (alerts and flow changes), when enabled.
+    notify: Option<NotifierHandle>,
 }
 
 impl DerivedSink for FanoutSink {
@@ -106,6 +109,9 @@ impl DerivedSink for FanoutSink {
                 .inc();
             if let schemas::Payload::SystemDeadLetter(d) = &e.data {
                 tracing::debug!(id = %e.id, reason = %d.reason, "dead-lettered");
+            }
+            if let Some(n) = &self.notify {
+                n.offer(&e);
             }
             self.hub.publish(&e);
             if let Some(p) = &self.derived {
@@ -205,11 +211,16 @@ pub async fn run(
         ),
         None => None,
     };
+    // The notifier's handle serves the routes on every instance; its task
+    // (deliveries, retries, digests) runs only beside the dataflow, so that
+    // instances sharing Redis never both send a pending delivery.
+    let (notifier, notifier_run) = start_notifier(&config, &hub, &metrics).await?;
     let sink = Arc::new(FanoutSink {
         hub: hub.clone(),
         metrics: metrics.clone(),
         derived: derived.clone(),
         files,
+        notify: notifier.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The dataflow reads the event topics when Kafka is configured (each
@@ -236,6 +247,9 @@ pub async fn run(
         let metrics = metrics.clone();
         let stop_rx = stop_rx.clone();
         move || -> Result<RunningDataflow, ServeError> {
+            let notifier = notifier_run.map(|(stop_tx, notifier, rx, stop_rx)| {
+                (stop_tx, tokio::spawn(notifier.run(rx, stop_rx)))
+            });
             let (bridge, ends) =
                 Bridge::start(&config, sink, metrics.clone(), readers, checkpoints)
                     .map_err(ServeError::Dataflow)?;
@@ -270,7 +284,11 @@ pub async fn run(
                     },
                 )
                 .collect();
-            Ok(RunningDataflow { bridge, sources })
+            Ok(RunningDataflow {
+                bridge,
+                sources,
+                notifier,
+            })
         }
     };
     let running: Arc<std::sync::Mutex<Option<RunningDataflow>>> = Arc::default();
@@ -438,14 +456,17 @@ pub async fn run(
         config.server.max_connections,
         metrics.http_connection_limit_waits.clone(),
     );
-    let server =
-        axum::serve(listener, http_ingest::router(state)).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            // Upgraded WebSocket connections are not tracked by the HTTP
-            // server's graceful shutdown: close them explicitly.
-            hub_for_close.close_all();
-        });
+    let mut app = http_ingest::router(state);
+    if let Some(n) = notifier {
+        app = app.layer(axum::Extension(n));
+    }
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        // Upgraded WebSocket connections are not tracked by the HTTP
+        // server's graceful shutdown: close them explicitly.
+        hub_for_close.close_all();
+    });
     let result = server.await.map_err(ServeError::Server);
 
     // HTTP is down: nothing new can be acknowledged. Drain the dataflow.
@@ -456,10 +477,15 @@ pub async fn run(
         Some(t) => t.await.ok().flatten(),
         None => None,
     };
-    let (bridge, sources) = match running.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        Some(RunningDataflow { bridge, sources }) => (Some(bridge), sources),
-        None => (None, Vec::new()),
-    };
+    let (bridge, sources, notifier_task) =
+        match running.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(RunningDataflow {
+                bridge,
+                sources,
+                notifier,
+            }) => (Some(bridge), sources, notifier),
+            None => (None, Vec::new(), None),
+        };
     if tokio::time::timeout(grace, futures_util::future::join_all(sources))
         .await
         .is_err()
@@ -484,6 +510,13 @@ pub async fn run(
         }
     })
     .await;
+    // After the drain: what the dataflow derived last is routed too.
+    if let Some((stop, task)) = notifier_task {
+        let _ = stop.send(true);
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("the notifier did not stop within the grace period");
+        }
+    }
     // Drained and acknowledged: a standby may take over right away.
     if let Some(lease) = lease {
         lease.release().await;
@@ -499,4 +532,47 @@ pub async fn run(
 struct RunningDataflow {
     bridge: Bridge,
     sources: Vec<tokio::task::JoinHandle<()>>,
+    notifier: Option<NotifierTask>,
+}
+
+type NotifierTask = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The notifier, ready to run beside the dataflow.
+type NotifierRun = (
+    watch::Sender<bool>,
+    connectors::notifier::Notifier<connectors::notifier::SystemClock>,
+    tokio::sync::mpsc::Receiver<connectors::notifier::runner::Input>,
+    watch::Receiver<bool>,
+);
+
+/// Starts the notifier task (`[notifications]`), its store in Redis when
+/// `redis.url` is set (in-process otherwise).
+async fn start_notifier(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Metrics,
+) -> Result<(Option<NotifierHandle>, Option<NotifierRun>), ServeError> {
+    use connectors::notifier::{Notifier, Store, SystemClock, metrics::NotifierMetrics};
+    if !config.notifications.enabled {
+        return Ok((None, None));
+    }
+    let store = match &config.redis.url {
+        Some(url) => Store::redis(url, &config.redis.prefix)
+            .map_err(|e| ServeError::Config(format!("redis.url: {e}")))?,
+        None => Store::memory(),
+    };
+    let nm = NotifierMetrics::register(metrics.registry())
+        .map_err(|e| ServeError::Config(format!("notifier metrics: {e}")))?;
+    let (notifier, rx) = Notifier::start(
+        config.notifications.clone(),
+        store,
+        Some(hub.clone()),
+        nm,
+        SystemClock,
+    )
+    .await
+    .map_err(|e| ServeError::Config(e.to_string()))?;
+    let handle = notifier.handle();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    Ok((Some(handle), Some((stop_tx, notifier, rx, stop_rx))))
 }

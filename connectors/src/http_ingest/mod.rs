@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/ingest", get(ws_ingest::upgrade))
         .merge(commands::routes())
         .merge(crate::schema_registry::routes())
+        .merge(crate::notifier::routes())
         .route("/api/realtime/websocket/stats", get(ws_stats))
         .route("/api/realtime/websocket/broadcast", post(ws_broadcast))
         .route(

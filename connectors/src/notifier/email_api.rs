@@ -1,0 +1,39 @@
+//! Email through a Brevo-style transactional HTTP API:
+//! `POST {base_url}/v3/smtp/email`, header `api-key`, and the delivery id as
+//! `Idempotency-Key` (the same on every retry).
+
+use super::policy::Delivery;
+use super::{DeliveryError, HttpApiConfig, template};
+
+/// The HTTP email channel.
+#[derive(Clone)]
+pub struct EmailApi {
+    pub http: reqwest::Client,
+    pub config: HttpApiConfig,
+}
+
+impl EmailApi {
+    pub async fn send(&self, d: &Delivery, to: &str) -> Result<(), DeliveryError> {
+        let url = format!(
+            "{}/v3/smtp/email",
+            self.config.base_url.trim_end_matches('/')
+        );
+        let body = serde_json::json!({
+            "sender": {"email": self.config.sender},
+            "to": [{"email": to}],
+            "subject": template::subject(d),
+            "htmlContent": template::html(d),
+            "textContent": template::text(d),
+            "headers": {"X-Inkstream-Notification": d.id},
+        });
+        DeliveryError::from_http(
+            self.http
+                .post(url)
+                .header("api-key", &self.config.api_key)
+                .header("Idempotency-Key", &d.id)
+                .json(&body)
+                .send()
+                .await,
+        )
+    }
+}

@@ -1,0 +1,308 @@
+//! The notification endpoints. They find the notifier through an
+//! `Extension<NotifierHandle>` layered on the app by `serve`; without one
+//! they answer 503 `notifications_disabled`.
+//!
+//! - `GET /api/realtime/notifications?unread=true&offset=0&limit=50[&user_id=]`
+//! - `POST /api/realtime/notifications/{id}/read`
+//! - `GET|PUT /api/realtime/notifications/preferences[?user_id=]`
+//! - `POST /api/realtime/notifications/send` (admin user or app key)
+//!
+//! A user acts on their own notifications; an admin user, an app (API key)
+//! or anyone when auth is off names the user with `user_id`.
+
+use super::policy::{Alert, Preferences};
+use super::runner::NotifierHandle;
+use crate::auth::{Principal, Role};
+use crate::http_ingest::{ApiError, AppState, authenticate};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/realtime/notifications", get(list))
+        .route("/api/realtime/notifications/{id}/read", post(mark_read))
+        .route(
+            "/api/realtime/notifications/preferences",
+            get(get_prefs).put(put_prefs),
+        )
+        .route("/api/realtime/notifications/send", post(send))
+}
+
+type Handle = Option<Extension<NotifierHandle>>;
+
+fn notifier(h: Handle) -> Result<NotifierHandle, ApiError> {
+    h.map(|Extension(h)| h).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "notifications_disabled",
+            "the notifier is not running (notifications.enabled = false)",
+        )
+    })
+}
+
+fn store_error(e: super::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "notification store error");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the notification store is unavailable",
+    )
+    .with_retry_after(1)
+}
+
+/// Whose notifications: the caller's, or `user_id` for admins and apps.
+/// Also says whether the caller is privileged (an admin user or an app).
+async fn target_user(
+    s: &AppState,
+    headers: &HeaderMap,
+    user_id: Option<String>,
+) -> Result<(String, bool), ApiError> {
+    let principal = authenticate(s, headers, None).await?;
+    let privileged = match &principal {
+        Principal::User(u) => u.role == Role::Admin,
+        Principal::App(_) => true,
+        Principal::Anonymous => false,
+    };
+    match principal {
+        Principal::User(u) => match user_id {
+            Some(other) if other != u.id && u.role != Role::Admin => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only admins may act for another user",
+            )),
+            Some(other) => Ok((other, privileged)),
+            None => Ok((u.id, privileged)),
+        },
+        Principal::App(_) | Principal::Anonymous => user_id
+            .filter(|u| !u.is_empty())
+            .map(|u| (u, privileged))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "missing_field",
+                    "user_id is required for apps (and when auth is off)",
+                )
+                .with_field(Some("user_id"))
+            }),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    unread: bool,
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    user_id: Option<String>,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn list(
+    State(s): State<AppState>,
+    h: Handle,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let n = notifier(h)?;
+    let (user, _) = target_user(&s, &headers, q.user_id).await?;
+    let limit = q.limit.clamp(1, 200);
+    let (items, total) = n
+        .store
+        .in_app_list(&user, q.unread, q.offset, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "user_id": user,
+        "notifications": items,
+        "total": total,
+        "offset": q.offset,
+        "limit": limit,
+    })))
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    user_id: Option<String>,
+}
+
+async fn mark_read(
+    State(s): State<AppState>,
+    h: Handle,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<UserQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let n = notifier(h)?;
+    let (user, _) = target_user(&s, &headers, q.user_id).await?;
+    if !n
+        .store
+        .in_app_mark_read(&user, &id)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no notification {id:?} for this user"),
+        ));
+    }
+    Ok(Json(json!({"id": id, "read": true})))
+}
+
+async fn get_prefs(
+    State(s): State<AppState>,
+    h: Handle,
+    headers: HeaderMap,
+    Query(q): Query<UserQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let n = notifier(h)?;
+    let (user, _) = target_user(&s, &headers, q.user_id).await?;
+    Ok(Json(
+        json!({"user_id": user, "preferences": n.prefs(&user)}),
+    ))
+}
+
+async fn put_prefs(
+    State(s): State<AppState>,
+    h: Handle,
+    headers: HeaderMap,
+    Query(q): Query<UserQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let n = notifier(h)?;
+    let (user, privileged) = target_user(&s, &headers, q.user_id).await?;
+    // Missing fields take the configured defaults, unknown ones are refused.
+    let defaults = serde_json::to_value(&n.config().defaults).unwrap_or(Value::Null);
+    let patch: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    let Value::Object(patch) = patch else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "expected a JSON object",
+        ));
+    };
+    let mut merged = defaults;
+    for (k, v) in patch {
+        merged[k] = v;
+    }
+    let prefs: Preferences = serde_json::from_value(merged).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            e.to_string(),
+        )
+    })?;
+    prefs.validate().map_err(|(field, msg)| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg)
+            .with_field(Some(field))
+    })?;
+    // The server POSTs to a webhook URL: letting any user choose it would
+    // let them make it call internal addresses (SSRF).
+    if prefs.webhook_url.is_some() && !privileged && !n.config().webhook.allow_user_urls {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)",
+        )
+        .with_field(Some("webhook_url")));
+    }
+    n.set_prefs(&user, prefs.clone())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({"user_id": user, "preferences": prefs})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    /// A user id, `role:admin` or `project:<id>`.
+    recipient: String,
+    #[serde(default = "default_priority")]
+    priority: schemas::payload::Priority,
+    title: String,
+    #[serde(default)]
+    body: String,
+    /// Auto-mute key (default: a key of its own, so never muted).
+    dedup_key: Option<String>,
+    /// Idempotency key of the request (default: generated).
+    id: Option<String>,
+}
+
+fn default_priority() -> schemas::payload::Priority {
+    schemas::payload::Priority::Medium
+}
+
+async fn send(
+    State(s): State<AppState>,
+    h: Handle,
+    headers: HeaderMap,
+    Json(b): Json<SendBody>,
+) -> Result<Response, ApiError> {
+    let n = notifier(h)?;
+    match authenticate(&s, &headers, None).await? {
+        Principal::Anonymous | Principal::App(_) => {}
+        Principal::User(u) if u.role == Role::Admin => {}
+        Principal::User(_) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin only",
+            ));
+        }
+    }
+    if b.title.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "title must not be empty",
+        )
+        .with_field(Some("title")));
+    }
+    let recipients = n.config().resolve(&b.recipient).len();
+    let id = b.id.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("send-{nanos:x}")
+    });
+    let alert = Alert {
+        dedup_key: b.dedup_key.unwrap_or_else(|| format!("send:{id}")),
+        // Its own namespace: a client id never collides with a derived one.
+        id: format!("send:{id}"),
+        rule: None,
+        priority: b.priority,
+        recipient: b.recipient,
+        title: b.title,
+        body: b.body,
+    };
+    if !n.try_send(alert) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "the notifier queue is full",
+        )
+        .with_retry_after(1));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "recipients": recipients})),
+    )
+        .into_response())
+}

@@ -1,0 +1,613 @@
+//! The notifier task: owns the [`Policy`], a [`Clock`], the [`Store`] and the
+//! channels. Fed derived events (alerts, flow changes) and custom sends over
+//! a bounded channel; ticks every second for batches, holds, digests and
+//! retries.
+//!
+//! Delivery guarantees:
+//! - An alert id is routed once: re-emitted derived events (same
+//!   deterministic id after a checkpoint restore) are dropped by the `seen`
+//!   mark, committed atomically with the policy state and the new pending
+//!   deliveries (persist first, then send).
+//! - A delivery id is sent until it succeeds, then marked `done`; a `done`
+//!   id is never sent again (a restart re-loads only pending ones). The id
+//!   travels as `Idempotency-Key` / `Message-ID`, so the only window — a
+//!   crash after the provider accepted but before `done` was written — is
+//!   deduplicated by the provider.
+//! - Transient failures (5xx, 429, timeouts, connection errors) are retried
+//!   with exponential backoff and jitter up to `retry.max_attempts`;
+//!   permanent ones (4xx) are not. Then the delivery goes to the dead
+//!   letters with its reason, and a CRITICAL email falls back to SMS.
+
+use super::email_api::EmailApi;
+use super::in_app::InApp;
+use super::metrics::NotifierMetrics;
+use super::policy::{Alert, Channel, Delivery, Policy, Preferences, priority_label};
+use super::sms::Sms;
+use super::smtp::Smtp;
+use super::store::{Pending, Store, StoreError};
+use super::webhook::Webhook;
+use super::{DeliveryError, NotifierConfig};
+use crate::websocket_fanout::Hub;
+use schemas::payload::SessionState;
+use schemas::{Event, Payload};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Wall-clock time in ms since the epoch (a trait so tests control it).
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told (tests).
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn new(ms: i64) -> ManualClock {
+        ManualClock(Arc::new(AtomicI64::new(ms)))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the notifier task is sent.
+#[derive(Debug)]
+pub enum Input {
+    /// A derived event (alert or flow change).
+    Event(Event),
+    /// A custom notification (`POST /notifications/send`); `recipient` may
+    /// be an address (`role:admin`, `project:<id>`).
+    Send(Alert),
+}
+
+/// Why the notifier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    #[error("notifier store: {0}")]
+    Store(#[from] StoreError),
+    #[error("notifier config: {0}")]
+    Config(String),
+}
+
+/// What the HTTP endpoints and the dataflow sink hold: the queue into the
+/// task, the store, and the preferences.
+#[derive(Clone)]
+pub struct NotifierHandle {
+    tx: mpsc::Sender<Input>,
+    pub store: Store,
+    prefs: Arc<RwLock<HashMap<String, Preferences>>>,
+    defaults: Arc<Preferences>,
+    config: Arc<NotifierConfig>,
+}
+
+impl NotifierHandle {
+    /// A user's effective preferences (their own, else the defaults).
+    pub fn prefs(&self, user: &str) -> Preferences {
+        self.prefs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| (*self.defaults).clone())
+    }
+
+    /// Stores a user's preferences (store first, then the cache).
+    pub async fn set_prefs(&self, user: &str, p: Preferences) -> Result<(), StoreError> {
+        self.store.prefs_put(user, &p).await?;
+        self.prefs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_owned(), p);
+        Ok(())
+    }
+
+    pub fn config(&self) -> &NotifierConfig {
+        &self.config
+    }
+
+    /// Queues a custom notification; `false` when the queue is full.
+    pub fn try_send(&self, alert: Alert) -> bool {
+        self.tx.try_send(Input::Send(alert)).is_ok()
+    }
+
+    /// From the dataflow's sink (a worker thread): queues a derived event if
+    /// the notifier wants it. Waits for room when called outside the
+    /// runtime (backpressure on the dataflow, never a silent drop); inside
+    /// it, a full queue drops the event and says so.
+    pub fn offer(&self, e: &Event) {
+        if !super::wants(e) {
+            return;
+        }
+        match self.tx.try_send(Input::Event(e.clone())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    let _ = self.tx.blocking_send(input);
+                } else {
+                    tracing::warn!(id = %e.id, "notifier queue full: event dropped");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// The delivery backends.
+struct Channels {
+    in_app: InApp,
+    smtp: Option<Smtp>,
+    email_api: Option<EmailApi>,
+    sms: Option<Sms>,
+    webhook: Webhook,
+}
+
+impl Channels {
+    async fn deliver(
+        &self,
+        d: &Delivery,
+        prefs: &Preferences,
+        now_ms: i64,
+    ) -> Result<(), DeliveryError> {
+        match d.channel {
+            Channel::InApp => self.in_app.send(d, now_ms).await,
+            Channel::Email => {
+                let to = prefs
+                    .email
+                    .as_deref()
+                    .ok_or_else(|| DeliveryError::permanent("the user has no email address"))?;
+                match (&self.smtp, &self.email_api) {
+                    (Some(s), _) => s.send(d, to).await,
+                    (None, Some(api)) => api.send(d, to).await,
+                    (None, None) => Err(DeliveryError::permanent("email is not configured")),
+                }
+            }
+            Channel::Sms => {
+                let phone = prefs
+                    .phone
+                    .as_deref()
+                    .ok_or_else(|| DeliveryError::permanent("the user has no phone number"))?;
+                match &self.sms {
+                    Some(s) => s.send(d, phone).await,
+                    None => Err(DeliveryError::permanent("sms is not configured")),
+                }
+            }
+            Channel::Webhook => self.webhook.send(d, prefs.webhook_url.as_deref()).await,
+        }
+    }
+}
+
+/// The notifier task's state.
+pub struct Notifier<C: Clock> {
+    config: Arc<NotifierConfig>,
+    policy: Policy,
+    store: Store,
+    channels: Channels,
+    clock: C,
+    handle: NotifierHandle,
+    metrics: NotifierMetrics,
+    /// Deliveries waiting for their (next) attempt, by id (mirrors the store).
+    pending: BTreeMap<String, Pending>,
+    /// xorshift state for the jitter.
+    rng: u64,
+}
+
+impl<C: Clock> Notifier<C> {
+    /// Loads preferences, policy state and pending deliveries from the store.
+    pub async fn start(
+        config: NotifierConfig,
+        store: Store,
+        hub: Option<Arc<Hub>>,
+        metrics: NotifierMetrics,
+        clock: C,
+    ) -> Result<(Notifier<C>, mpsc::Receiver<Input>), NotifierError> {
+        config
+            .validate()
+            .map_err(|(k, m)| NotifierError::Config(format!("{k}: {m}")))?;
+        let config = Arc::new(config);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.retry.timeout_ms))
+            .build()
+            .map_err(|e| NotifierError::Config(format!("http client: {e}")))?;
+        let timeout = Duration::from_millis(config.retry.timeout_ms);
+        let smtp = match &config.smtp {
+            Some(c) => Some(Smtp::new(c, timeout).map_err(NotifierError::Config)?),
+            None => None,
+        };
+        let channels = Channels {
+            in_app: InApp {
+                hub,
+                store: store.clone(),
+                keep: config.in_app_keep.max(1),
+            },
+            smtp,
+            email_api: config.email_api.clone().map(|c| EmailApi {
+                http: http.clone(),
+                config: c,
+            }),
+            sms: config.sms.clone().map(|c| Sms {
+                http: http.clone(),
+                config: c,
+            }),
+            webhook: Webhook {
+                http,
+                config: config.webhook.clone(),
+            },
+        };
+        let mut policy = Policy::new(config.policy());
+        for (u, s) in store.load_users().await? {
+            policy.restore(u, s);
+        }
+        let pending: BTreeMap<String, Pending> = store
+            .load_pending()
+            .await?
+            .into_iter()
+            .map(|p| (p.delivery.id.clone(), p))
+            .collect();
+        let prefs: HashMap<String, Preferences> = store.prefs_all().await?.into_iter().collect();
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let handle = NotifierHandle {
+            tx,
+            store: store.clone(),
+            prefs: Arc::new(RwLock::new(prefs)),
+            defaults: Arc::new(config.defaults.clone()),
+            config: config.clone(),
+        };
+        let seed = clock.now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        let n = Notifier {
+            config,
+            policy,
+            store,
+            channels,
+            clock,
+            handle,
+            metrics,
+            pending,
+            rng: seed | 1,
+        };
+        n.update_gauge();
+        Ok((n, rx))
+    }
+
+    pub fn handle(&self) -> NotifierHandle {
+        self.handle.clone()
+    }
+
+    /// Deliveries waiting for a retry.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Handles one derived event.
+    pub async fn on_event(&mut self, e: &Event) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let user = e.user_id.as_deref();
+        let flow = match &e.data {
+            Payload::AnalyticsAlertTriggered(a) => {
+                let alert = Alert {
+                    id: e.id.clone(),
+                    rule: Some(a.rule.clone()),
+                    priority: a.priority,
+                    recipient: a.recipient_id.clone(),
+                    dedup_key: a.dedup_key.clone(),
+                    title: a.title.clone(),
+                    body: a.body.clone(),
+                };
+                return self.send(alert).await;
+            }
+            // Held "until they pause": leaving FLOW_STATE for active writing
+            // (flow_state_exited) keeps the hold; a pause, a break, the end
+            // of the session (or `flow_hold_max_s`) releases it.
+            Payload::WritingFlowStateEntered(_) => true,
+            Payload::WritingSessionPaused(_) | Payload::WritingSessionEnded(_) => false,
+            Payload::WritingSessionStateChanged(s) => match s.to {
+                SessionState::FlowState => true,
+                SessionState::Paused
+                | SessionState::Break
+                | SessionState::Ended
+                | SessionState::Idle => false,
+                SessionState::WarmingUp | SessionState::ActiveWriting => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let Some(user) = user else { return Ok(()) };
+        let prefs = self.handle.prefs(user);
+        let out = self.policy.on_flow(user, flow, &prefs, now);
+        self.route(Vec::new(), out, now).await
+    }
+
+    /// Routes one alert (from the dataflow or a custom send), once per id.
+    pub async fn send(&mut self, alert: Alert) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        if self.store.is_seen(&alert.id).await? {
+            tracing::debug!(id = %alert.id, "alert already routed");
+            return Ok(());
+        }
+        let users = self.config.resolve(&alert.recipient);
+        if users.is_empty() {
+            tracing::warn!(recipient = %alert.recipient, rule = ?alert.rule, "alert recipient resolves to nobody");
+        }
+        let single = users.len() == 1 && users[0] == alert.recipient;
+        let mut out = Vec::new();
+        for u in &users {
+            let a = Alert {
+                id: if single {
+                    alert.id.clone()
+                } else {
+                    format!("{}:{u}", alert.id)
+                },
+                recipient: u.clone(),
+                ..alert.clone()
+            };
+            let prefs = self.handle.prefs(u);
+            out.extend(self.policy.on_alert(&a, &prefs, now));
+        }
+        self.route(vec![alert.id], out, now).await
+    }
+
+    /// Releases what is due (batches, holds, digests) and retries what is due.
+    pub async fn tick(&mut self) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let handle = self.handle.clone();
+        let out = self.policy.tick(now, &|u| handle.prefs(u));
+        let result = self.route(Vec::new(), out, now).await;
+        // Once per tick: counting the held items walks every user.
+        self.update_gauge();
+        result
+    }
+
+    /// Persists the step (seen ids, state, new deliveries), then sends.
+    async fn route(
+        &mut self,
+        seen: Vec<String>,
+        deliveries: Vec<Delivery>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let dirty = self.policy.take_dirty();
+        let new: Vec<Pending> = deliveries
+            .into_iter()
+            .filter(|d| !self.pending.contains_key(&d.id))
+            .map(|delivery| Pending {
+                delivery,
+                attempt: 0,
+                next_at_ms: now,
+                last_error: None,
+            })
+            .collect();
+        if !(seen.is_empty() && dirty.is_empty() && new.is_empty()) {
+            self.store
+                .commit(&seen, self.config.dedup_ttl_s, &dirty, &new)
+                .await?;
+        }
+        for t in self.policy.take_tallies() {
+            self.metrics
+                .count(priority_label(t.priority), t.channel, t.outcome.as_str());
+        }
+        for p in new {
+            self.pending.insert(p.delivery.id.clone(), p);
+        }
+        self.attempt_due(now).await
+    }
+
+    /// Attempts every due delivery, `CONCURRENCY` at a time (a slow
+    /// provider costs one timeout per batch, not one per delivery), then
+    /// the fallbacks of those that failed for good.
+    async fn attempt_due(&mut self, now: i64) -> Result<(), StoreError> {
+        const CONCURRENCY: usize = 32;
+        loop {
+            let due: Vec<String> = self
+                .pending
+                .values()
+                .filter(|p| p.next_at_ms <= now)
+                .map(|p| p.delivery.id.clone())
+                .collect();
+            if due.is_empty() {
+                return Ok(());
+            }
+            let mut fallbacks = Vec::new();
+            for chunk in due.chunks(CONCURRENCY) {
+                let mut batch = Vec::new();
+                for id in chunk {
+                    let Some(p) = self.pending.remove(id) else {
+                        continue;
+                    };
+                    match self.store.is_done(id).await {
+                        // Delivered before a restart, bookkeeping interrupted: never twice.
+                        Ok(true) => {
+                            if let Err(e) = self.store.finish(id, self.config.dedup_ttl_s).await {
+                                self.pending.insert(id.clone(), p);
+                                return Err(e);
+                            }
+                        }
+                        Ok(false) => {
+                            let prefs = self.handle.prefs(&p.delivery.recipient);
+                            batch.push((p, prefs));
+                        }
+                        Err(e) => {
+                            self.pending.insert(id.clone(), p);
+                            return Err(e);
+                        }
+                    }
+                }
+                let channels = &self.channels;
+                let results =
+                    futures_util::future::join_all(batch.iter().map(|(p, prefs)| async move {
+                        let started = Instant::now();
+                        let r = channels.deliver(&p.delivery, prefs, now).await;
+                        (r, started.elapsed())
+                    }))
+                    .await;
+                let mut error = None;
+                for ((p, _), (result, took)) in batch.into_iter().zip(results) {
+                    self.metrics
+                        .delivery_seconds
+                        .with_label_values(&[p.delivery.channel.as_str()])
+                        .observe(took.as_secs_f64());
+                    if error.is_some() {
+                        // The store failed: keep it for the next tick.
+                        self.pending.insert(p.delivery.id.clone(), p);
+                        continue;
+                    }
+                    match self.settle(p, result, now).await {
+                        Ok(Some(fb)) => fallbacks.push(fb),
+                        Ok(None) => {}
+                        Err(e) => error = Some(e),
+                    }
+                }
+                if let Some(e) = error {
+                    return Err(e);
+                }
+            }
+            if fallbacks.is_empty() {
+                return Ok(());
+            }
+            let new: Vec<Pending> = fallbacks
+                .into_iter()
+                .map(|delivery| Pending {
+                    delivery,
+                    attempt: 0,
+                    next_at_ms: now,
+                    last_error: None,
+                })
+                .collect();
+            self.store
+                .commit(&[], self.config.dedup_ttl_s, &[], &new)
+                .await?;
+            for p in new {
+                self.pending.insert(p.delivery.id.clone(), p);
+            }
+        }
+    }
+
+    /// Books the result of one attempt; returns a fallback delivery when it
+    /// failed for good. On a store error the delivery stays pending.
+    async fn settle(
+        &mut self,
+        mut p: Pending,
+        result: Result<(), DeliveryError>,
+        now: i64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let (prio, ch) = (
+            priority_label(p.delivery.priority),
+            p.delivery.channel.as_str(),
+        );
+        let id = p.delivery.id.clone();
+        match result {
+            Ok(()) => {
+                if let Err(e) = self.store.finish(&id, self.config.dedup_ttl_s).await {
+                    // Delivered but not booked: the retry carries the same key.
+                    self.pending.insert(id, p);
+                    return Err(e);
+                }
+                self.metrics.count(prio, ch, "delivered");
+                tracing::debug!(id = %id, channel = ch, attempt = p.attempt + 1, "notification delivered");
+                Ok(None)
+            }
+            Err(e) if e.transient && p.attempt + 1 < self.config.retry.max_attempts => {
+                p.attempt += 1;
+                p.next_at_ms = now + self.backoff_ms(p.attempt);
+                p.last_error = Some(e.reason.clone());
+                self.metrics.count(prio, ch, "retried");
+                tracing::info!(id = %id, channel = ch, attempt = p.attempt, error = %e, "delivery failed, retrying");
+                let saved = self.store.put_pending(&p).await;
+                self.pending.insert(id, p);
+                saved.map(|()| None)
+            }
+            Err(e) => {
+                p.attempt += 1;
+                tracing::warn!(id = %id, channel = ch, attempts = p.attempt, error = %e, "delivery dead-lettered");
+                if let Err(err) = self.store.dead_letter(&p, &e.reason).await {
+                    p.attempt -= 1;
+                    self.pending.insert(id, p);
+                    return Err(err);
+                }
+                self.metrics.count(prio, ch, "dead_lettered");
+                Ok(self.policy.on_failed(&p.delivery))
+            }
+        }
+    }
+
+    /// `base · 2^(attempt-1)`, capped, spread by ±`jitter`.
+    fn backoff_ms(&mut self, attempt: u32) -> i64 {
+        let r = &self.config.retry;
+        let exp = r
+            .base_ms
+            .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(30))
+            .min(r.max_ms) as f64;
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+        (exp * (1.0 + r.jitter * (2.0 * unit - 1.0))).max(1.0) as i64
+    }
+
+    fn update_gauge(&self) {
+        self.metrics
+            .pending
+            .set((self.pending.len() + self.policy.waiting()) as i64);
+    }
+
+    /// The task: events, custom sends and a 1 s tick, until `stop`.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(
+            store = self.store.backend(),
+            pending = self.pending.len(),
+            "notifier started"
+        );
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let result = tokio::select! {
+                changed = stop.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+                msg = rx.recv() => match msg {
+                    Some(Input::Event(e)) => self.on_event(&e).await,
+                    Some(Input::Send(a)) => self.send(a).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.tick().await,
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "notifier store error");
+            }
+        }
+        // Drain what is queued, so alerts derived before shutdown are routed.
+        while let Ok(msg) = rx.try_recv() {
+            let _ = match msg {
+                Input::Event(e) => self.on_event(&e).await,
+                Input::Send(a) => self.send(a).await,
+            };
+        }
+        tracing::info!("notifier stopped");
+    }
+}

@@ -1,0 +1,36 @@
+//! SMS through a Brevo-style HTTP API: `POST {base_url}/v3/transactionalSMS/sms`,
+//! header `api-key`, the delivery id as `Idempotency-Key`.
+
+use super::policy::Delivery;
+use super::{DeliveryError, HttpApiConfig, template};
+
+/// The SMS channel.
+#[derive(Clone)]
+pub struct Sms {
+    pub http: reqwest::Client,
+    pub config: HttpApiConfig,
+}
+
+impl Sms {
+    pub async fn send(&self, d: &Delivery, phone: &str) -> Result<(), DeliveryError> {
+        let url = format!(
+            "{}/v3/transactionalSMS/sms",
+            self.config.base_url.trim_end_matches('/')
+        );
+        let body = serde_json::json!({
+            "sender": self.config.sender,
+            "recipient": phone,
+            "content": template::sms(d),
+            "type": "transactional",
+        });
+        DeliveryError::from_http(
+            self.http
+                .post(url)
+                .header("api-key", &self.config.api_key)
+                .header("Idempotency-Key", &d.id)
+                .json(&body)
+                .send()
+                .await,
+        )
+    }
+}

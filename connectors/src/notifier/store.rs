@@ -1,0 +1,583 @@
+//! Where the notifier keeps what must outlive a delivery attempt: Redis when
+//! `redis.url` is set (survives restarts), in-process otherwise (not durable,
+//! like the embedded log).
+//!
+//! Redis keys (`P` = `redis.prefix`):
+//! - `P:notifications:seen:<alert id>` — alert ids already routed (TTL):
+//!   derived events re-emitted after a checkpoint restore are dropped.
+//! - `P:notifications:users` — hash user → policy state (JSON).
+//! - `P:notifications:pending` — hash delivery id → [`Pending`] (JSON).
+//! - `P:notifications:done:<delivery id>` — delivered (TTL): never twice.
+//! - `P:notifications:dead` — stream of dead letters (id, channel,
+//!   recipient, reason, delivery).
+//! - `P:notifications:inapp:<user>` — zset id by time; `…:inapp:<user>:items`
+//!   hash id → notification JSON; `…:unread:<user>` set of unread ids.
+//! - `P:notifications:prefs` — hash user → preferences (JSON).
+//!
+//! In-process, ids are remembered by count (the last 100 000 alert ids and
+//! delivered ids) and the newest 10 000 dead letters are kept.
+//!
+//! Routing an alert commits its seen mark, the users' state and the new
+//! pending deliveries in one MULTI, so a crash leaves either all or none.
+
+use super::policy::{Delivery, Preferences, UserState};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A store failure (Redis unreachable, bad JSON).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A delivery waiting for its (next) attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub delivery: Delivery,
+    /// Attempts made so far.
+    pub attempt: u32,
+    /// Not before (ms since the epoch).
+    pub next_at_ms: i64,
+    pub last_error: Option<String>,
+}
+
+/// One stored in-app notification, as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InAppNotification {
+    pub id: String,
+    pub recipient_id: String,
+    pub priority: schemas::payload::Priority,
+    pub title: String,
+    pub body: String,
+    pub rule: Option<String>,
+    pub suppressed_similar: u64,
+    pub kind: super::policy::DeliveryKind,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub read: bool,
+}
+
+/// The last `cap` ids (the embedded store's stand-in for keys with a TTL:
+/// bounded by count, since it is not durable anyway).
+#[derive(Debug, Default)]
+struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    const CAP: usize = 100_000;
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            while self.order.len() > Self::CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}
+
+/// Dead letters kept by the embedded store (oldest dropped first).
+const MEMORY_DEAD_LETTERS: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct Mem {
+    seen: Recent,
+    users: HashMap<String, String>,
+    pending: BTreeMap<String, String>,
+    done: Recent,
+    dead: VecDeque<serde_json::Value>,
+    in_app: HashMap<String, Vec<InAppNotification>>,
+    prefs: HashMap<String, String>,
+}
+
+/// The store: Redis or in-process.
+#[derive(Clone)]
+pub enum Store {
+    Memory(Arc<Mutex<MemoryStore>>),
+    Redis {
+        conn: ConnectionManager,
+        /// `redis.prefix`.
+        prefix: String,
+    },
+}
+
+/// The in-process store (not durable).
+#[derive(Debug, Default)]
+pub struct MemoryStore(Mem);
+
+type R<T> = Result<T, StoreError>;
+
+impl Store {
+    pub fn memory() -> Store {
+        Store::Memory(Arc::new(Mutex::new(MemoryStore::default())))
+    }
+
+    /// A Redis store (connects lazily; reconnects by itself).
+    pub fn redis(url: &str, prefix: &str) -> R<Store> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )?;
+        Ok(Store::Redis {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "embedded",
+            Store::Redis { .. } => "redis",
+        }
+    }
+
+    fn key(prefix: &str, rest: &str) -> String {
+        format!("{prefix}:notifications:{rest}")
+    }
+
+    fn mem(m: &Arc<Mutex<MemoryStore>>) -> MutexGuard<'_, MemoryStore> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an alert id was routed already (and not expired).
+    pub async fn is_seen(&self, id: &str) -> R<bool> {
+        match self {
+            Store::Memory(m) => Ok(Self::mem(m).0.seen.contains(id)),
+            Store::Redis { conn, prefix } => {
+                let n: i64 = redis::cmd("EXISTS")
+                    .arg(Self::key(prefix, &format!("seen:{id}")))
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    /// Commits one routing step: the alert's seen mark (if any), changed
+    /// user states (`None` = delete) and new pending deliveries, atomically.
+    pub async fn commit(
+        &self,
+        seen: &[String],
+        ttl_s: u64,
+        users: &[(String, Option<UserState>)],
+        pending: &[Pending],
+    ) -> R<()> {
+        match self {
+            Store::Memory(m) => {
+                let mut g = Self::mem(m);
+                for id in seen {
+                    g.0.seen.insert(id);
+                }
+                for (u, s) in users {
+                    match s {
+                        Some(s) => {
+                            g.0.users.insert(u.clone(), serde_json::to_string(s)?);
+                        }
+                        None => {
+                            g.0.users.remove(u);
+                        }
+                    }
+                }
+                for p in pending {
+                    g.0.pending
+                        .insert(p.delivery.id.clone(), serde_json::to_string(p)?);
+                }
+                Ok(())
+            }
+            Store::Redis { conn, prefix } => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for id in seen {
+                    pipe.cmd("SET")
+                        .arg(Self::key(prefix, &format!("seen:{id}")))
+                        .arg(1)
+                        .arg("EX")
+                        .arg(ttl_s.max(1))
+                        .ignore();
+                }
+                let users_key = Self::key(prefix, "users");
+                for (u, s) in users {
+                    match s {
+                        Some(s) => pipe.hset(&users_key, u, serde_json::to_string(s)?).ignore(),
+                        None => pipe.hdel(&users_key, u).ignore(),
+                    };
+                }
+                let pending_key = Self::key(prefix, "pending");
+                for p in pending {
+                    pipe.hset(&pending_key, &p.delivery.id, serde_json::to_string(p)?)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn.clone()).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every persisted user state.
+    pub async fn load_users(&self) -> R<Vec<(String, UserState)>> {
+        let raw: Vec<(String, String)> = match self {
+            Store::Memory(m) => Self::mem(m)
+                .0
+                .users
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Store::Redis { conn, prefix } => {
+                redis::cmd("HGETALL")
+                    .arg(Self::key(prefix, "users"))
+                    .query_async(&mut conn.clone())
+                    .await?
+            }
+        };
+        raw.into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
+            .collect()
+    }
+
+    /// Every pending delivery.
+    pub async fn load_pending(&self) -> R<Vec<Pending>> {
+        let raw: Vec<(String, String)> = match self {
+            Store::Memory(m) => Self::mem(m)
+                .0
+                .pending
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Store::Redis { conn, prefix } => {
+                redis::cmd("HGETALL")
+                    .arg(Self::key(prefix, "pending"))
+                    .query_async(&mut conn.clone())
+                    .await?
+            }
+        };
+        raw.into_iter()
+            .map(|(_, v)| Ok(serde_json::from_str(&v)?))
+            .collect()
+    }
+
+    /// Saves a pending delivery (after a failed attempt).
+    pub async fn put_pending(&self, p: &Pending) -> R<()> {
+        self.commit(&[], 1, &[], std::slice::from_ref(p)).await
+    }
+
+    /// Whether a delivery id was delivered already.
+    pub async fn is_done(&self, id: &str) -> R<bool> {
+        match self {
+            Store::Memory(m) => Ok(Self::mem(m).0.done.contains(id)),
+            Store::Redis { conn, prefix } => {
+                let n: i64 = redis::cmd("EXISTS")
+                    .arg(Self::key(prefix, &format!("done:{id}")))
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    /// Marks a delivery delivered and drops it from the pending set.
+    pub async fn finish(&self, id: &str, ttl_s: u64) -> R<()> {
+        match self {
+            Store::Memory(m) => {
+                let mut g = Self::mem(m);
+                g.0.done.insert(id);
+                g.0.pending.remove(id);
+                Ok(())
+            }
+            Store::Redis { conn, prefix } => {
+                let () = redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(Self::key(prefix, &format!("done:{id}")))
+                    .arg(1)
+                    .arg("EX")
+                    .arg(ttl_s.max(1))
+                    .ignore()
+                    .hdel(Self::key(prefix, "pending"), id)
+                    .ignore()
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves a delivery to the dead letters with its reason.
+    pub async fn dead_letter(&self, p: &Pending, reason: &str) -> R<()> {
+        let d = &p.delivery;
+        let json = serde_json::to_string(p)?;
+        match self {
+            Store::Memory(m) => {
+                let mut g = Self::mem(m);
+                g.0.pending.remove(&d.id);
+                if g.0.dead.len() >= MEMORY_DEAD_LETTERS {
+                    g.0.dead.pop_front();
+                }
+                g.0.dead.push_back(serde_json::json!({
+                    "id": d.id, "channel": d.channel.as_str(), "recipient": d.recipient,
+                    "reason": reason, "delivery": json,
+                }));
+                Ok(())
+            }
+            Store::Redis { conn, prefix } => {
+                let () = redis::pipe()
+                    .atomic()
+                    .cmd("XADD")
+                    .arg(Self::key(prefix, "dead"))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(100_000)
+                    .arg("*")
+                    .arg("id")
+                    .arg(&d.id)
+                    .arg("channel")
+                    .arg(d.channel.as_str())
+                    .arg("recipient")
+                    .arg(&d.recipient)
+                    .arg("reason")
+                    .arg(reason)
+                    .arg("delivery")
+                    .arg(json)
+                    .ignore()
+                    .hdel(Self::key(prefix, "pending"), &d.id)
+                    .ignore()
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The dead letters (oldest first): `{id, channel, recipient, reason, delivery}`.
+    pub async fn dead_letters(&self) -> R<Vec<serde_json::Value>> {
+        match self {
+            Store::Memory(m) => Ok(Self::mem(m).0.dead.iter().cloned().collect()),
+            Store::Redis { conn, prefix } => {
+                let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(Self::key(prefix, "dead"))
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(reply
+                    .ids
+                    .into_iter()
+                    .map(|e| {
+                        let mut o = serde_json::Map::new();
+                        for (k, v) in e.map {
+                            if let Ok(s) = redis::from_redis_value::<String>(v) {
+                                o.insert(k, s.into());
+                            }
+                        }
+                        serde_json::Value::Object(o)
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Stores an in-app notification (unread), keeping the newest `keep`.
+    pub async fn in_app_add(&self, n: &InAppNotification, keep: usize) -> R<()> {
+        let user = &n.recipient_id;
+        match self {
+            Store::Memory(m) => {
+                let mut g = Self::mem(m);
+                let list = g.0.in_app.entry(user.clone()).or_default();
+                if !list.iter().any(|x| x.id == n.id) {
+                    list.push(n.clone());
+                }
+                if list.len() > keep {
+                    let extra = list.len() - keep;
+                    list.drain(..extra);
+                }
+                Ok(())
+            }
+            Store::Redis { conn, prefix } => {
+                let zset = Self::key(prefix, &format!("inapp:{user}"));
+                let items = format!("{zset}:items");
+                let unread = Self::key(prefix, &format!("unread:{user}"));
+                let mut c = conn.clone();
+                let () = redis::pipe()
+                    .atomic()
+                    .zadd(&zset, &n.id, n.created_ms)
+                    .ignore()
+                    .hset(&items, &n.id, serde_json::to_string(n)?)
+                    .ignore()
+                    .sadd(&unread, &n.id)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await?;
+                // Trim the oldest beyond `keep` (ids first, then their bodies).
+                let old: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&zset)
+                    .arg(0)
+                    .arg(-(keep as i64) - 1)
+                    .query_async(&mut c)
+                    .await?;
+                if !old.is_empty() {
+                    let () = redis::pipe()
+                        .atomic()
+                        .zrem(&zset, &old)
+                        .ignore()
+                        .hdel(&items, &old)
+                        .ignore()
+                        .srem(&unread, &old)
+                        .ignore()
+                        .query_async(&mut c)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A page of a user's in-app notifications, newest first, and the total
+    /// matching the filter.
+    pub async fn in_app_list(
+        &self,
+        user: &str,
+        unread_only: bool,
+        offset: usize,
+        limit: usize,
+    ) -> R<(Vec<InAppNotification>, usize)> {
+        let all: Vec<InAppNotification> = match self {
+            Store::Memory(m) => {
+                let g = Self::mem(m);
+                let mut v = g.0.in_app.get(user).cloned().unwrap_or_default();
+                v.reverse();
+                v
+            }
+            Store::Redis { conn, prefix } => {
+                let zset = Self::key(prefix, &format!("inapp:{user}"));
+                let mut c = conn.clone();
+                let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                    .arg(&zset)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok((Vec::new(), 0));
+                }
+                let unread: HashSet<String> = redis::cmd("SMEMBERS")
+                    .arg(Self::key(prefix, &format!("unread:{user}")))
+                    .query_async(&mut c)
+                    .await?;
+                let bodies: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(format!("{zset}:items"))
+                    .arg(&ids)
+                    .query_async(&mut c)
+                    .await?;
+                let mut out = Vec::new();
+                for (id, b) in ids.iter().zip(bodies) {
+                    if let Some(b) = b {
+                        let mut n: InAppNotification = serde_json::from_str(&b)?;
+                        n.read = !unread.contains(id);
+                        out.push(n);
+                    }
+                }
+                out
+            }
+        };
+        let filtered: Vec<InAppNotification> = all
+            .into_iter()
+            .filter(|n| !unread_only || !n.read)
+            .collect();
+        let total = filtered.len();
+        Ok((
+            filtered.into_iter().skip(offset).take(limit).collect(),
+            total,
+        ))
+    }
+
+    /// Marks one notification read; `false` when the user has no such id.
+    pub async fn in_app_mark_read(&self, user: &str, id: &str) -> R<bool> {
+        match self {
+            Store::Memory(m) => {
+                let mut g = Self::mem(m);
+                match g
+                    .0
+                    .in_app
+                    .get_mut(user)
+                    .and_then(|l| l.iter_mut().find(|n| n.id == id))
+                {
+                    Some(n) => {
+                        n.read = true;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+            Store::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let score: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(Self::key(prefix, &format!("inapp:{user}")))
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await?;
+                if score.is_none() {
+                    return Ok(false);
+                }
+                let _: i64 = redis::cmd("SREM")
+                    .arg(Self::key(prefix, &format!("unread:{user}")))
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Every user's stored preferences.
+    pub async fn prefs_all(&self) -> R<Vec<(String, Preferences)>> {
+        let raw: Vec<(String, String)> = match self {
+            Store::Memory(m) => Self::mem(m)
+                .0
+                .prefs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Store::Redis { conn, prefix } => {
+                redis::cmd("HGETALL")
+                    .arg(Self::key(prefix, "prefs"))
+                    .query_async(&mut conn.clone())
+                    .await?
+            }
+        };
+        raw.into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
+            .collect()
+    }
+
+    pub async fn prefs_put(&self, user: &str, p: &Preferences) -> R<()> {
+        let json = serde_json::to_string(p)?;
+        match self {
+            Store::Memory(m) => {
+                Self::mem(m).0.prefs.insert(user.to_owned(), json);
+                Ok(())
+            }
+            Store::Redis { conn, prefix } => {
+                let _: i64 = redis::cmd("HSET")
+                    .arg(Self::key(prefix, "prefs"))
+                    .arg(user)
+                    .arg(json)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
