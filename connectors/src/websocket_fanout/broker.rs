@@ -61,32 +61,77 @@ pub enum BrokerError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// For each publication: keys meta, history; args pubsub channel, body.
-/// ARGV[1] history size (0: no history), ARGV[2] history ttl ms, ARGV[3] meta
-/// ttl ms, ARGV[4] now ms, ARGV[5] epoch seed (random per call).
-/// Returns, per publication, the offset and the number of gateways that
-/// received it.
+/// One call per batch. For each publication: keys meta, history, interest;
+/// args pubsub channel, body. ARGV[1] history size (0: no history), ARGV[2]
+/// history ttl ms, ARGV[3] meta ttl ms, ARGV[4] now ms, ARGV[5] epoch seed
+/// (random per call).
+///
+/// A channel nobody subscribed to within the history's max age (no interest
+/// key) is skipped: no client can hold an offset of it, so nothing needs
+/// numbering or keeping. Work is per channel where it can be: the meta is
+/// read and written, TTLs set, and one `PUBLISH` sent once per channel per
+/// batch, carrying `<epoch> <first offset>` and the bodies, one per line
+/// (compact JSON has no raw newline). Returns, per publication, its offset
+/// (0 when skipped) and the gateways that received its channel's message.
 const PUBLISH_SCRIPT: &str = r#"
 local size = tonumber(ARGV[1])
+local n = #KEYS / 3
+local state, order, metas = {}, {}, {}
+for i = 1, n do
+  local meta, hist, interest = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local st = state[meta]
+  if st == nil then
+    st = false
+    if redis.call('EXISTS', interest) == 1 then
+      local epoch = redis.call('HGET', meta, 'epoch')
+      local offset = 0
+      if not epoch then
+        epoch = ARGV[5] .. '-' .. i
+        redis.call('DEL', hist)
+      else
+        offset = tonumber(redis.call('HGET', meta, 'offset') or '0')
+      end
+      st = {epoch = epoch, first = offset + 1, offset = offset, hist = hist,
+            chan = ARGV[4 + 2 * i], bodies = {}}
+    end
+    state[meta] = st
+    order[#order + 1] = meta
+  end
+  metas[i] = meta
+  if st then
+    st.offset = st.offset + 1
+    local body = ARGV[5 + 2 * i]
+    if size > 0 then
+      redis.call('XADD', hist, 'MAXLEN', size, st.offset .. '-0', 't', ARGV[4], 'd', body)
+    end
+    st.bodies[#st.bodies + 1] = body
+  end
+end
+local received = {}
+for _, meta in ipairs(order) do
+  local st = state[meta]
+  if st then
+    redis.call('HSET', meta, 'epoch', st.epoch, 'offset', st.offset)
+    redis.call('PEXPIRE', meta, ARGV[3])
+    if size > 0 then
+      redis.call('PEXPIRE', st.hist, ARGV[2])
+    end
+    received[meta] = redis.call('PUBLISH', st.chan,
+      st.epoch .. ' ' .. st.first .. '\n' .. table.concat(st.bodies, '\n'))
+  end
+end
 local out = {}
-for i = 1, #KEYS / 2 do
-  local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
-  local chan, body = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    epoch = ARGV[5] .. '-' .. i
-    redis.call('DEL', hist)
-    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+local seen = {}
+for i = 1, n do
+  local st = state[metas[i]]
+  if st then
+    seen[metas[i]] = (seen[metas[i]] or (st.first - 1)) + 1
+    out[2 * i - 1] = seen[metas[i]]
+    out[2 * i] = received[metas[i]]
+  else
+    out[2 * i - 1] = 0
+    out[2 * i] = 0
   end
-  local offset = redis.call('HINCRBY', meta, 'offset', 1)
-  redis.call('PEXPIRE', meta, ARGV[3])
-  if size > 0 then
-    redis.call('XADD', hist, 'MAXLEN', size, offset .. '-0', 't', ARGV[4], 'd', body)
-    redis.call('PEXPIRE', hist, ARGV[2])
-  end
-  local n = redis.call('PUBLISH', chan, epoch .. ' ' .. offset .. ' ' .. body)
-  out[2 * i - 1] = offset
-  out[2 * i] = n
 end
 return out
 "#;
@@ -139,6 +184,11 @@ impl Keys {
     }
     fn history(&self, key: &ChannelKey) -> String {
         format!("{}:h", self.tag(key))
+    }
+    /// Exists while some gateway had a subscriber within the history's max
+    /// age: only then is the channel numbered and kept.
+    fn interest(&self, key: &ChannelKey) -> String {
+        format!("{}:i", self.tag(key))
     }
     fn pubsub(&self, key: &ChannelKey) -> String {
         self.tag(key)
@@ -316,7 +366,9 @@ async fn publisher(
                 .unwrap_or(0);
             let mut inv = script.prepare_invoke();
             for p in &batch {
-                inv.key(keys.meta(&p.key)).key(keys.history(&p.key));
+                inv.key(keys.meta(&p.key))
+                    .key(keys.history(&p.key))
+                    .key(keys.interest(&p.key));
             }
             inv.arg(history_size)
                 .arg(history_max_age.as_millis().max(1) as u64)
@@ -503,8 +555,17 @@ impl Subscriber {
                 continue;
             }
             backoff = Duration::from_millis(50);
+            let mut refresh =
+                tokio::time::interval((self.history.max_age / 3).max(Duration::from_millis(100)));
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = refresh.tick() => {
+                        let keys: Vec<ChannelKey> = self.channels.keys().cloned().collect();
+                        if let Err(error) = self.show_interest(&keys).await {
+                            tracing::warn!(%error, "fanout: renewing channel interest failed");
+                        }
+                    }
                     cmd = cmds.recv() => match cmd {
                         None => return,
                         Some(Command::Join { conn, q, channel, since, epoch }) => {
@@ -551,6 +612,9 @@ impl Subscriber {
     ) -> Result<(), redis::RedisError> {
         let key: ChannelKey = (q.path, channel);
         if !self.channels.contains_key(&key) {
+            // Interest first: from here on publishers number and keep the
+            // channel, so the offset read below stays meaningful.
+            self.show_interest(std::slice::from_ref(&key)).await?;
             sink.subscribe(self.keys.pubsub(&key)).await?;
             // Subscribed first: every publication after this offset arrives
             // by Pub/Sub (or is found by the gap check).
@@ -594,30 +658,51 @@ impl Subscriber {
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
             return Ok(());
         };
-        let mut parts = payload.splitn(3, ' ');
-        let (Some(epoch), Some(Ok(offset)), Some(body)) = (
-            parts.next(),
-            parts.next().map(str::parse::<u64>),
-            parts.next(),
-        ) else {
+        // `<epoch> <first offset>` then one body per line.
+        let mut lines = payload.split('\n');
+        let Some((epoch, Ok(first))) = lines
+            .next()
+            .and_then(|h| h.split_once(' '))
+            .map(|(e, o)| (e, o.parse::<u64>()))
+        else {
             return Ok(());
         };
-        let Some(state) = self.channels.get_mut(&key) else {
-            return Ok(()); // unsubscribed meanwhile
-        };
-        if state.epoch != epoch {
-            // The channel was forgotten and created anew: a new numbering.
-            state.epoch = epoch.to_owned();
-            state.offset = 0;
+        for (offset, body) in (first..).zip(lines) {
+            let Some(state) = self.channels.get_mut(&key) else {
+                return Ok(()); // unsubscribed meanwhile
+            };
+            if state.epoch != epoch {
+                // The channel was forgotten and created anew: a new numbering.
+                state.epoch = epoch.to_owned();
+                state.offset = 0;
+            }
+            if offset <= state.offset {
+                continue; // already delivered (replayed or gap-filled)
+            }
+            if offset > state.offset + 1 {
+                self.fill(&key, offset - 1).await?;
+            }
+            self.deliver(&key, epoch, offset, body);
         }
-        if offset <= state.offset {
-            return Ok(()); // already delivered (replayed or gap-filled)
-        }
-        if offset > state.offset + 1 {
-            self.fill(&key, offset - 1).await?;
-        }
-        self.deliver(&key, epoch, offset, body);
         Ok(())
+    }
+
+    /// Marks the channels this gateway serves as wanted (numbered and kept
+    /// by publishers) for another history max age.
+    async fn show_interest(&self, keys: &[ChannelKey]) -> Result<(), redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("SET")
+                .arg(self.keys.interest(key))
+                .arg(1)
+                .arg("PX")
+                .arg(self.history.max_age.as_millis().max(1) as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.history.conn.clone()).await
     }
 
     /// Delivers what the history holds between the last delivered offset and
