@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Generates the Grafana dashboards of this folder (the JSON files are committed;
-edit here and rerun: python3 dashboards/generate.py). Standard library only."""
-import json, os
-OUT = os.path.dirname(os.path.abspath(__file__))
+edit here and rerun: python3 dashboards/generate.py). Standard library only.
+An optional argument writes them to another folder instead (the test suite
+checks that the committed files are what this script generates)."""
+import json, os, sys
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 DS = {"type": "prometheus", "uid": "prometheus"}
 I = 'instance=~"$instance"'
 

@@ -332,6 +332,28 @@ fn dashboards_are_complete_and_use_the_provisioned_datasource() {
 }
 
 #[test]
+fn committed_dashboards_are_what_generate_py_produces() {
+    let dir = std::env::temp_dir().join(unique("dashboards"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(python())
+        .arg(repo().join("dashboards/generate.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for name in DASHBOARDS {
+        let file = format!("{name}.json");
+        let generated = std::fs::read_to_string(dir.join(&file)).unwrap();
+        let committed = std::fs::read_to_string(repo().join("dashboards").join(&file)).unwrap();
+        assert!(
+            generated == committed,
+            "dashboards/{file} differs from what dashboards/generate.py produces: rerun it"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn dashboard_expressions_are_valid_promql() {
     // promtool parses every expression of a rules file: one recording rule
     // per panel expression, with the template variable filled in.
