@@ -304,6 +304,8 @@ struct Timing {
     /// input moved to them (closing every earlier epoch). Bounded: under a
     /// long stall the oldest are dropped (their delay is then unmeasured).
     open: VecDeque<(u64, Instant)>,
+    /// The input time last seen (each time is recorded once).
+    input: Option<u64>,
     /// Last publication of the per-operator gauges.
     published: Option<Instant>,
 }
@@ -314,7 +316,9 @@ impl Timing {
     /// The input is now at `time` (`None`: closed).
     fn input_at(&mut self, time: Option<u64>) {
         let Some(t) = time else { return };
-        if self.open.back().is_none_or(|(last, _)| *last < t) {
+        // Time 0 is the input's start: no epoch before it to wait for.
+        if t > 0 && self.input.is_none_or(|last| last < t) {
+            self.input = Some(t);
             if self.open.len() >= Self::MAX_OPEN {
                 self.open.pop_front();
             }

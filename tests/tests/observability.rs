@@ -203,6 +203,7 @@ async fn metrics_output_of_a_running_server_passes_promtool_check_metrics() {
 
 #[tokio::test]
 async fn dataflow_metrics_report_state_watermark_lag_and_epoch_delay() {
+    let started = Instant::now();
     let server = Server::start(&[]).await;
     ingest_some(&server).await;
     // Operators sample their state every 200 ms; the bridge publishes every 250 ms.
@@ -223,6 +224,15 @@ async fn dataflow_metrics_report_state_watermark_lag_and_epoch_delay() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // One observation per epoch the input closed (`dataflow.epoch`: 100 ms).
+    let delays = sample(&text, "inkstream_dataflow_epoch_delay_seconds_count").unwrap();
+    let epochs = started.elapsed().as_secs_f64() * 10.0;
+    assert!(
+        delays <= epochs + 2.0,
+        "{delays} epoch delays in {epochs} epochs"
+    );
+    let sum = sample(&text, "inkstream_dataflow_epoch_delay_seconds_sum").unwrap();
+    assert!(sum / delays < 1.0, "mean epoch delay {} s", sum / delays);
     let watermark = sample(&text, "inkstream_dataflow_watermark_seconds").unwrap();
     let now = now_ms() as f64 / 1000.0;
     assert!(
