@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use inkstream_tests::{Server, free_port, inkstream_bin, now_ms, python, unique};
+use inkstream_tests::{
+    Server, free_port, inkstream_bin, kafka_brokers, now_ms, python, redis_url, unique,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -177,9 +179,39 @@ async fn ingest_some(server: &Server) {
 
 #[tokio::test]
 async fn metrics_output_of_a_running_server_passes_promtool_check_metrics() {
-    let server = Server::start(&[]).await;
+    // The full deployment: Redis log, Kafka mirror and Kafka as the source.
+    let (prefix, group) = (unique("obs"), unique("obs-dataflow"));
+    let server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &kafka_brokers(),
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        &format!("kafka.dataflow_group={group}"),
+    ])
+    .await;
     ingest_some(&server).await;
-    let text = scrape(&server).await;
+    // Scrape once the mirror has delivered, so its series carry real values.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(&server).await;
+        if sample(&text, "inkstream_mirror_events_total").is_some_and(|n| n >= 5.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mirror delivered nothing:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        sample(
+            &text,
+            r#"inkstream_log_append_duration_seconds_count{backend="redis"}"#
+        ) >= Some(1.0)
+    );
     run_promtool(&["check", "metrics"], Some(&text));
     // Closed label sets exist from the start, at zero.
     for series in [
