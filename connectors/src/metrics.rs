@@ -5,9 +5,26 @@
 //! codes), never from user input such as user ids.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+mod process;
+pub use process::ProcessCollector;
+
+/// Codes of `inkstream_ingest_events_rejected_total` (schemas' decode errors
+/// and the ingest edge's own).
+const REJECT_CODES: [&str; 9] = [
+    "missing_field",
+    "invalid_field",
+    "invalid_json",
+    "unknown_type",
+    "empty_body",
+    "batch_too_large",
+    "rate_limited",
+    "forbidden",
+    "log_unavailable",
+];
 
 /// All metrics; cheap to share behind an `Arc`.
 #[derive(Clone)]
@@ -37,8 +54,16 @@ pub struct Metrics {
     pub dataflow_late_events: IntCounterVec,
     /// Events whose id the dataflow had already taken (processed once).
     pub dataflow_duplicate_events: IntCounter,
-    /// Current event-time watermark, ms since the epoch.
-    pub dataflow_watermark_ms: IntGauge,
+    /// Current event-time watermark, seconds since the epoch (ms precision).
+    pub dataflow_watermark_seconds: Gauge,
+    /// Wall clock minus each operator's input frontier, by operator.
+    pub dataflow_watermark_lag_seconds: GaugeVec,
+    /// Keys or entries held by each operator (all workers), by operator.
+    pub dataflow_state_keys: IntGaugeVec,
+    /// From the input closing an epoch to the output frontier passing it.
+    pub dataflow_epoch_delay_seconds: Histogram,
+    /// Dead letters emitted by the dataflow's input, by reason.
+    pub dataflow_dead_letters: IntCounterVec,
     /// Events delivered to Kafka by the mirror (acknowledged in the log).
     pub mirror_events: IntCounter,
     /// Mirror failures, by stage (topics, log, produce, ack, encode, undecodable).
@@ -155,9 +180,39 @@ impl Metrics {
                 "inkstream_dataflow_duplicate_events_total",
                 "Events dropped by the dataflow's input as a second copy of an id it had taken.",
             )?,
-            dataflow_watermark_ms: IntGauge::new(
-                "inkstream_dataflow_watermark_milliseconds",
-                "Current event-time watermark in milliseconds since the Unix epoch.",
+            dataflow_watermark_seconds: Gauge::new(
+                "inkstream_dataflow_watermark_seconds",
+                "Current event-time watermark in seconds since the Unix epoch.",
+            )?,
+            dataflow_watermark_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "inkstream_dataflow_watermark_lag_seconds",
+                    "Wall clock minus the operator's input frontier (0 before the first event).",
+                ),
+                &["operator"],
+            )?,
+            dataflow_state_keys: IntGaugeVec::new(
+                Opts::new(
+                    "inkstream_dataflow_state_keys",
+                    "Keys or entries held in the operator's state, summed over workers.",
+                ),
+                &["operator"],
+            )?,
+            dataflow_epoch_delay_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "inkstream_dataflow_epoch_delay_seconds",
+                    "Time from the input closing an epoch to the dataflow's output passing it.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            dataflow_dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_dataflow_dead_letters_total",
+                    "Events dead-lettered at the dataflow's input, by reason (late, undecodable).",
+                ),
+                &["reason"],
             )?,
             mirror_events: IntCounter::new(
                 "inkstream_mirror_events_total",
@@ -262,7 +317,11 @@ impl Metrics {
         r.register(Box::new(m.dataflow_derived.clone()))?;
         r.register(Box::new(m.dataflow_late_events.clone()))?;
         r.register(Box::new(m.dataflow_duplicate_events.clone()))?;
-        r.register(Box::new(m.dataflow_watermark_ms.clone()))?;
+        r.register(Box::new(m.dataflow_watermark_seconds.clone()))?;
+        r.register(Box::new(m.dataflow_watermark_lag_seconds.clone()))?;
+        r.register(Box::new(m.dataflow_state_keys.clone()))?;
+        r.register(Box::new(m.dataflow_epoch_delay_seconds.clone()))?;
+        r.register(Box::new(m.dataflow_dead_letters.clone()))?;
         r.register(Box::new(m.mirror_events.clone()))?;
         r.register(Box::new(m.mirror_errors.clone()))?;
         r.register(Box::new(m.mirror_lag_events.clone()))?;
@@ -278,7 +337,59 @@ impl Metrics {
         r.register(Box::new(m.ws_recoveries.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
+        r.register(Box::new(ProcessCollector::new()?))?;
+        m.initialize_labels();
         Ok(m)
+    }
+
+    /// Creates the series of every closed label set at zero, so that each
+    /// exists from the first scrape (a series that appears only on its first
+    /// increment breaks `rate()` and "absent" alerts). Labels that depend on
+    /// the router (`route`) or on the dataflow (`operator`) are initialized
+    /// where those are known.
+    fn initialize_labels(&self) {
+        for ty in schemas::payload::TYPES {
+            self.ingest_events_accepted.with_label_values(&[ty]);
+            self.dataflow_derived.with_label_values(&[ty]);
+            self.dataflow_late_events.with_label_values(&[ty]);
+        }
+        for code in REJECT_CODES {
+            self.ingest_events_rejected.with_label_values(&[code]);
+        }
+        for backend in ["embedded", "redis"] {
+            self.log_append_seconds.with_label_values(&[backend]);
+            for op in ["append", "read", "claim", "ack", "trim"] {
+                self.log_errors.with_label_values(&[backend, op]);
+            }
+        }
+        self.log_errors.with_label_values(&["kafka", "read"]);
+        for outcome in ["delivered", "failed", "dropped"] {
+            self.derived_produced.with_label_values(&[outcome]);
+        }
+        for reason in ["late", "undecodable"] {
+            self.dataflow_dead_letters.with_label_values(&[reason]);
+        }
+        for stage in ["topics", "log", "produce", "ack", "encode", "undecodable"] {
+            self.mirror_errors.with_label_values(&[stage]);
+        }
+        for code in [
+            "unauthenticated",
+            "invalid_credentials",
+            "token_expired",
+            "session_store_unavailable",
+        ] {
+            self.auth_failures.with_label_values(&[code]);
+        }
+        for path in crate::websocket_fanout::WsPath::ALL {
+            let path = [path.as_str()];
+            self.ws_connections.with_label_values(&path);
+            self.ws_messages_out.with_label_values(&path);
+            self.ws_slow_disconnects.with_label_values(&path);
+            self.ws_coalesced.with_label_values(&path);
+        }
+        for outcome in ["recovered", "not_recovered"] {
+            self.ws_recoveries.with_label_values(&[outcome]);
+        }
     }
 
     /// A fresh registry with every metric registered (tests, replay).

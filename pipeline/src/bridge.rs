@@ -10,6 +10,7 @@
 use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, late_event};
+use crate::operator_stats::{self, OPERATORS, OperatorStats};
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -59,6 +60,13 @@ impl Bridge {
         // Kafka partitions get no traffic) follows it instead of holding the
         // frontier back forever — Flink's idle-source rule.
         let leading = Arc::new(AtomicI64::new(i64::MIN));
+        let stats = OperatorStats::default();
+        for op in OPERATORS {
+            metrics.dataflow_state_keys.with_label_values(&[op]);
+            metrics
+                .dataflow_watermark_lag_seconds
+                .with_label_values(&[op]);
+        }
         let config = config.clone();
         let workers = config.dataflow.workers;
         let timely_config = config.dataflow.timely_config();
@@ -66,13 +74,15 @@ impl Bridge {
             // Workers are numbered across a cluster; readers are this
             // process's first `readers` workers.
             let index = worker.index() - config.dataflow.process_index * workers.max(1);
-            let (driver, probe) = dataflow::install(
-                worker,
-                &config,
-                sink.clone(),
-                index < readers,
-                checkpoints.clone(),
-            );
+            let (driver, probe) = operator_stats::building(&stats, || {
+                dataflow::install(
+                    worker,
+                    &config,
+                    sink.clone(),
+                    index < readers,
+                    checkpoints.clone(),
+                )
+            });
             let Some(mut driver) = driver else {
                 return;
             };
@@ -97,6 +107,7 @@ impl Bridge {
             let idle_after = config.dataflow.idle_advance_after;
             let disorder = config.dataflow.allowed_disorder.as_millis() as i64;
             let mut last_arrival = Instant::now();
+            let mut timing = Timing::default();
             loop {
                 let mut closed = false;
                 loop {
@@ -151,13 +162,18 @@ impl Bridge {
                     driver.advance_to(leading.load(Ordering::Relaxed));
                 }
                 leading.fetch_max(driver.watermark(), Ordering::Relaxed);
-                metrics.dataflow_watermark_ms.set(driver.watermark().max(0));
+                metrics
+                    .dataflow_watermark_seconds
+                    .set(driver.watermark().max(0) as f64 / 1000.0);
+                timing.input_at(driver.time());
                 if let (Acks::Checkpoint(a), Some(c)) = (&mut acks, checkpoints.as_ref()) {
                     for b in driver.take_crossed() {
                         a.cut(c, b, &driver);
                     }
                 }
                 worker.step_or_park(Some(Duration::from_millis(2)));
+                timing.output_passed(&probe, &metrics);
+                timing.publish(&stats, &metrics);
                 let done = match (&mut acks, checkpoints.as_ref()) {
                     // Entries whose epoch the output frontier has passed.
                     (Acks::Frontier(in_flight), _) => {
@@ -235,6 +251,10 @@ fn feed<S: DerivedSink>(
                 events.push((Some(stream), at, e));
             }
             Err(reason) => {
+                metrics
+                    .dataflow_dead_letters
+                    .with_label_values(&["undecodable"])
+                    .inc();
                 dead.push(dataflow::dead_letter(
                     "undecodable",
                     &format!("{}/{}", entry.stream, entry.id),
@@ -265,12 +285,90 @@ fn feed<S: DerivedSink>(
             .dataflow_late_events
             .with_label_values(&[e.event_type()])
             .inc();
+        metrics
+            .dataflow_dead_letters
+            .with_label_values(&["late"])
+            .inc();
         dead.push(late_event(e, watermark));
     }
     if !dead.is_empty() {
         sink.emit(&mut dead);
     }
     done
+}
+
+/// The dataflow's timing metrics, kept by each reading worker's loop.
+#[derive(Default)]
+struct Timing {
+    /// Input times not yet passed by the output frontier, with when the
+    /// input moved to them (closing every earlier epoch). Bounded: under a
+    /// long stall the oldest are dropped (their delay is then unmeasured).
+    open: VecDeque<(u64, Instant)>,
+    /// The input time last seen (each time is recorded once).
+    input: Option<u64>,
+    /// Last publication of the per-operator gauges.
+    published: Option<Instant>,
+}
+
+impl Timing {
+    const MAX_OPEN: usize = 4096;
+
+    /// The input is now at `time` (`None`: closed).
+    fn input_at(&mut self, time: Option<u64>) {
+        let Some(t) = time else { return };
+        // Time 0 is the input's start: no epoch before it to wait for.
+        if t > 0 && self.input.is_none_or(|last| last < t) {
+            self.input = Some(t);
+            if self.open.len() >= Self::MAX_OPEN {
+                self.open.pop_front();
+            }
+            self.open.push_back((t, Instant::now()));
+        }
+    }
+
+    /// Observes the delay of every epoch the output frontier has passed.
+    fn output_passed(&mut self, probe: &timely::dataflow::ProbeHandle<u64>, metrics: &Metrics) {
+        while let Some((t, at)) = self.open.front().copied() {
+            // Everything before `t` is done once no output time is below it.
+            if probe.less_than(&t) {
+                break;
+            }
+            self.open.pop_front();
+            metrics
+                .dataflow_epoch_delay_seconds
+                .observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Publishes state size and watermark lag per operator, 4 times a second.
+    fn publish(&mut self, stats: &OperatorStats, metrics: &Metrics) {
+        if self
+            .published
+            .is_some_and(|p| p.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.published = Some(Instant::now());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for (op, state, frontier) in stats.summary() {
+            metrics
+                .dataflow_state_keys
+                .with_label_values(&[op])
+                .set(state as i64);
+            // Frontier 0: no event time yet; `None`: input ended.
+            let lag = match frontier {
+                Some(f) if f > 0 => now_ms.saturating_sub(f) as f64 / 1000.0,
+                _ => 0.0,
+            };
+            metrics
+                .dataflow_watermark_lag_seconds
+                .with_label_values(&[op])
+                .set(lag);
+        }
+    }
 }
 
 /// Which processed entries may be acknowledged in the log, and when.

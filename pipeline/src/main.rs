@@ -66,6 +66,12 @@ impl ClusterArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Exit 0 if the local server's /healthz answers 200 (container healthchecks).
+    Healthcheck {
+        /// The server's port (config `server.port`, default 8080).
+        #[arg(long, env = "PORT")]
+        port: Option<u16>,
+    },
     /// Run ingest, the log, the dataflow and the WebSocket fanout.
     Serve {
         /// HTTP port (config `server.port`, default 8080).
@@ -221,12 +227,21 @@ fn main() -> anyhow::Result<()> {
                 overrides.push(format!("dataflow.workers={w}"));
             }
         }
+        Command::Healthcheck { port } => {
+            if let Some(p) = port {
+                overrides.push(format!("server.port={p}"));
+            }
+        }
         Command::Generate { .. } | Command::Schemas { .. } | Command::Load { .. } => {}
     }
     overrides.extend(cli.set.iter().cloned());
     let config = Config::load(cli.config.as_deref(), &overrides)?;
 
     match cli.command {
+        Command::Healthcheck { .. } => {
+            let timeout = std::time::Duration::from_secs(3);
+            inkstream::healthcheck::check(config.server.port, timeout)?;
+        }
         Command::Serve { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

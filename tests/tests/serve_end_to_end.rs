@@ -153,7 +153,7 @@ async fn metrics_and_health_answer() {
         .await
         .unwrap();
     for name in [
-        "inkstream_dataflow_watermark_milliseconds",
+        "inkstream_dataflow_watermark_seconds",
         "inkstream_dataflow_events_in_total",
         "inkstream_http_requests_total",
     ] {

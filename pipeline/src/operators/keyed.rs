@@ -184,6 +184,9 @@ where
         let ctx = ctx.clone();
         let time = ctx.time;
         let part = format!("{}-w{}", C::NAME, ctx.worker);
+        // Metrics: state size and input frontier, sampled (ops, issue 9).
+        let stats = crate::operator_stats::slot(C::NAME);
+        let mut sampled = std::time::Instant::now();
         self.filter(|r| C::wants(r)).unary_frontier(
             Exchange::new(|r: &T| C::key(r)),
             C::NAME,
@@ -227,6 +230,10 @@ where
                         }
                     });
                     let f = frontier.frontier().first().copied();
+                    if let Some(s) = stats.as_ref().filter(|_| sampled.elapsed().as_millis() >= 200) {
+                        sampled = std::time::Instant::now();
+                        s.set(me.core.state_size(), f);
+                    }
                     loop {
                         // The barrier the frontier reached, if any: the latest
                         // at or before it, when it jumped over several.

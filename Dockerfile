@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# inkstream, built from this repository (docker-compose.yml builds it).
+#
+# Stage 1 compiles a release binary with the toolchain image (which has the C
+# toolchain librdkafka's build needs); stage 2 is debian:bookworm-slim with
+# the binary only, run as an unprivileged user. The healthcheck is the binary
+# itself (`inkstream healthcheck` asks /healthz), so no curl in the image.
+
+# The toolchain the test suite runs on (edition 2024 needs 1.85 or later).
+ARG RUST_VERSION=1.95
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the registry and build artifacts between image builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p inkstream \
+    && install -m 0755 target/release/inkstream /usr/local/bin/inkstream
+
+FROM debian:bookworm-slim AS runtime
+# ca-certificates: TLS to managed Redis/Kafka; zlib (librdkafka) is in the base.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 inkstream \
+    && useradd --system --uid 10001 --gid inkstream --home-dir /var/lib/inkstream \
+       --create-home --shell /usr/sbin/nologin inkstream
+COPY --from=build /usr/local/bin/inkstream /usr/local/bin/inkstream
+USER inkstream:inkstream
+WORKDIR /var/lib/inkstream
+ENV PORT=8080 \
+    RUST_LOG=info
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["inkstream", "healthcheck"]
+ENTRYPOINT ["inkstream"]
+CMD ["serve"]

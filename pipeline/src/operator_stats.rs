@@ -1,0 +1,138 @@
+//! Per-operator figures for the metrics: state size and input frontier of
+//! every keyed operator instance, published by the bridge as
+//! `inkstream_dataflow_state_keys{operator}` and
+//! `inkstream_dataflow_watermark_lag_seconds{operator}`.
+//!
+//! Each operator instance owns one [`Slot`] and stores into it (two relaxed
+//! atomic stores per activation); the bridge sums and reads them a few times
+//! a second. The slots of one dataflow live in one [`OperatorStats`], created
+//! by [`crate::bridge::Bridge`] and handed to the operators while the
+//! dataflow is built on each worker thread ([`building`]): a thread-local set
+//! for the duration of `dataflow::install`, so that the operator `Ctx` (built
+//! in a dozen places, tests included) needs no new field. Dataflows built
+//! without it (tests, replay) have no slots and cost nothing.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Every keyed operator's name ([`crate::operators::keyed::Core::NAME`]): the
+/// closed label set, initialized at startup so each series exists at once.
+pub const OPERATORS: [&str; 6] = [
+    "LiveWpm",
+    "Sessions",
+    "Presence",
+    "ConflictWindows",
+    "TeamMetrics",
+    "AlertWindows",
+];
+
+/// One operator instance's figures.
+#[derive(Debug)]
+pub struct Slot {
+    operator: &'static str,
+    /// Keys or entries the core holds ([`crate::operators::keyed::Core::state_size`]).
+    state: AtomicUsize,
+    /// The operator's input frontier (an epoch: ms since the Unix epoch,
+    /// floored to `dataflow.epoch`); `u64::MAX` once its input has ended.
+    frontier: AtomicU64,
+}
+
+impl Slot {
+    /// Records the instance's figures after an activation.
+    pub fn set(&self, state: usize, frontier: Option<u64>) {
+        self.state.store(state, Ordering::Relaxed);
+        self.frontier
+            .store(frontier.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// The slots of one dataflow (all workers of a process).
+#[derive(Debug, Default, Clone)]
+pub struct OperatorStats {
+    slots: Arc<Mutex<Vec<Arc<Slot>>>>,
+}
+
+/// Per operator name: total state across instances, and the least input
+/// frontier (`None` when no instance has one).
+pub type Summary = Vec<(&'static str, usize, Option<u64>)>;
+
+impl OperatorStats {
+    fn slot(&self, operator: &'static str) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            operator,
+            state: AtomicUsize::new(0),
+            frontier: AtomicU64::new(0),
+        });
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.push(slot.clone());
+        }
+        slot
+    }
+
+    /// Sums state and takes the least frontier per operator name.
+    pub fn summary(&self) -> Summary {
+        let mut out: Summary = Vec::new();
+        let Ok(slots) = self.slots.lock() else {
+            return out;
+        };
+        for s in slots.iter() {
+            let state = s.state.load(Ordering::Relaxed);
+            let f = s.frontier.load(Ordering::Relaxed);
+            let f = (f != u64::MAX).then_some(f);
+            match out.iter_mut().find(|(n, _, _)| *n == s.operator) {
+                Some((_, total, least)) => {
+                    *total += state;
+                    *least = match (*least, f) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                None => out.push((s.operator, state, f)),
+            }
+        }
+        out
+    }
+}
+
+thread_local! {
+    static BUILDING: RefCell<Option<OperatorStats>> = const { RefCell::new(None) };
+}
+
+/// Runs `build` (a dataflow construction on this worker thread) with
+/// `stats` receiving the slots of the operators it creates.
+pub fn building<R>(stats: &OperatorStats, build: impl FnOnce() -> R) -> R {
+    BUILDING.with(|b| *b.borrow_mut() = Some(stats.clone()));
+    let r = build();
+    BUILDING.with(|b| *b.borrow_mut() = None);
+    r
+}
+
+/// A slot for an operator being built, if the dataflow collects stats.
+pub fn slot(operator: &'static str) -> Option<Arc<Slot>> {
+    BUILDING.with(|b| b.borrow().as_ref().map(|s| s.slot(operator)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_sums_state_and_takes_the_least_frontier_per_operator() {
+        let stats = OperatorStats::default();
+        let (a, b, c) = building(&stats, || {
+            (
+                slot("Sessions").unwrap(),
+                slot("Sessions").unwrap(),
+                slot("LiveWpm").unwrap(),
+            )
+        });
+        assert!(slot("Sessions").is_none(), "outside building: no slot");
+        a.set(3, Some(2000));
+        b.set(4, Some(1000));
+        c.set(1, None);
+        let mut s = stats.summary();
+        s.sort();
+        assert_eq!(s, vec![("LiveWpm", 1, None), ("Sessions", 7, Some(1000))]);
+    }
+}
