@@ -12,6 +12,8 @@
 //! - [`http_ingest`]: the axum router: `POST /v1/events`, the WS paths,
 //!   `/metrics`, `/healthz`.
 //! - [`metrics`]: every Prometheus metric of the process, in one place.
+//! - [`view_store`]: the dataflow's current state, materialised (Redis or
+//!   in-process) for the query endpoints.
 
 pub mod auth;
 pub mod event_log;
@@ -20,6 +22,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod redis_stream;
 pub mod schema_registry;
+pub mod view_store;
 pub mod websocket_fanout;
 
 pub use event_log::{EntryRef, EventLog, LogEntry, LogError};

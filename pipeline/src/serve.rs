@@ -88,6 +88,8 @@ struct FanoutSink {
     derived: Option<Arc<DerivedProducer>>,
     /// `derived.dir`: every derived event, appended as NDJSON.
     files: Option<FileSink>,
+    /// The view store's queue (never blocks this worker thread).
+    views: connectors::view_store::ViewFeed,
 }
 
 impl DerivedSink for FanoutSink {
@@ -98,6 +100,7 @@ impl DerivedSink for FanoutSink {
                 tracing::error!(%error, "derived events not written to derived.dir");
             }
         }
+        self.views.offer(events);
         for e in events.drain(..) {
             self.metrics
                 .dataflow_derived
@@ -185,11 +188,22 @@ pub async fn run(
         ),
         None => None,
     };
+    let (views, view_feed) = connectors::view_store::ViewStore::start(
+        connectors::view_store::ViewStoreConfig {
+            redis_url: config.redis.url.clone(),
+            prefix: config.redis.prefix.clone(),
+            ..Default::default()
+        },
+        &metrics,
+    )
+    .await
+    .map_err(|e| ServeError::Config(format!("view store: {e}")))?;
     let sink = Arc::new(FanoutSink {
         hub: hub.clone(),
         metrics: metrics.clone(),
         derived: derived.clone(),
         files,
+        views: view_feed,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The dataflow reads the event topics when Kafka is configured (each
@@ -307,6 +321,7 @@ pub async fn run(
         config: Arc::new(config.ingest.to_ingest_config()),
         auth,
         limiter: Arc::new(RateLimiter::new(100_000)),
+        views,
     };
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener = TcpListener::bind(&addr)

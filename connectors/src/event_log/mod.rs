@@ -9,6 +9,7 @@
 //! - [`RedisLog`](crate::redis_stream::RedisLog): Redis Streams, the durable log.
 
 mod embedded;
+pub mod query;
 
 pub use embedded::EmbeddedLog;
 
@@ -180,6 +181,33 @@ impl EventLog {
         match self {
             EventLog::Embedded(_) => Ok(0),
             EventLog::Redis(log) => log.trim(groups, keep_after_ms).await,
+        }
+    }
+
+    /// One page of `q.category`'s entries, oldest first, merged over its
+    /// shards (see [`query`]).
+    pub async fn range(&self, q: &query::RangeQuery) -> Result<query::RangePage, LogError> {
+        let runs = match self {
+            EventLog::Embedded(log) => log.range_shards(q),
+            EventLog::Redis(log) => log.range_shards(q).await?,
+        };
+        Ok(query::merge(q, runs))
+    }
+
+    /// Streams per category (a cursor is one position per shard).
+    pub fn shard_count(&self) -> usize {
+        match self {
+            EventLog::Embedded(_) => 1,
+            EventLog::Redis(log) => log.shard_count(),
+        }
+    }
+
+    /// Length, groups, consumers, pending, lag, first/last ids of
+    /// `category`'s streams, per shard and totalled.
+    pub async fn info(&self, category: Category) -> Result<query::CategoryInfo, LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(log.info(category)),
+            EventLog::Redis(log) => log.info(category).await,
         }
     }
 

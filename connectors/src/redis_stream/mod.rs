@@ -25,6 +25,8 @@
 //! **Trimming** ([`RedisLog::trim`]) removes only entries that every required
 //! consumer group has acknowledged and that are older than the retention.
 
+mod query;
+
 use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
