@@ -69,6 +69,12 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastavro, conf
     python3 -m venv "$venv"; }
   "$venv/bin/pip" install -q $python_deps
 fi
+# The OpenAPI validator (tests/tests/openapi.rs): installed into the venv in
+# place, so an existing venv gets it without being rebuilt.
+if ! "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
+  log "adding openapi-spec-validator to the Python venv"
+  "$venv/bin/pip" install -q openapi-spec-validator==0.9.0
+fi
 
 # --- start services on free ports ---------------------------------------------
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -38,6 +38,9 @@ pub const RECENT_CONFLICTS: usize = 50;
 /// Open conflicts kept per document (the operator resolves them by timeout;
 /// this only bounds a misbehaving stream).
 const MAX_OPEN_CONFLICTS: usize = 1000;
+/// How long a live WPM figure is kept for a session about to open (the WPM
+/// window), ms.
+const LIVE_WPM_MS: i64 = 60_000;
 
 /// A writing session, as the view answers it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -169,6 +172,10 @@ pub struct ViewState {
     /// project → (day, user) → totals.
     pub writing: HashMap<String, BTreeMap<(String, String), WritingTotals>>,
     pub dirty: BTreeSet<Dirty>,
+    /// user → (ts, value) of the latest live WPM: the WPM operator emits on
+    /// arrival, before the session operator (event-time order) opens the
+    /// session it belongs to.
+    pub live_wpm: HashMap<String, (i64, f64)>,
     /// Writing totals added since the last take: (project, day, user, delta).
     pub writing_deltas: Vec<(String, String, String, WritingTotals)>,
 }
@@ -291,7 +298,11 @@ impl ViewState {
                         state: from,
                         started_at: e.ts,
                         updated_at: e.ts,
-                        wpm: 0.0,
+                        wpm: self
+                            .live_wpm
+                            .get(&user)
+                            .filter(|(t, _)| (e.ts - t).abs() <= LIVE_WPM_MS)
+                            .map_or(0.0, |(_, w)| *w),
                         in_flow: false,
                         flow_since: None,
                         reason: None,
@@ -306,7 +317,11 @@ impl ViewState {
         };
         if let Some(view) = self.sessions.get_mut(&id) {
             view.state = to.clone();
-            view.wpm = f(data, "wpm").unwrap_or(view.wpm);
+            // The transition's WPM is measured at its instant; a live
+            // figure that arrived earlier may be newer.
+            if let Some(w) = f(data, "wpm").filter(|w| *w > 0.0) {
+                view.wpm = w;
+            }
             view.reason = s(data, "reason");
             view.transitions += 1;
             view.updated_at = view.updated_at.max(e.ts);
@@ -387,6 +402,9 @@ impl ViewState {
         let metric = s(data, "metric").unwrap_or_default();
         let value = f(data, "value").unwrap_or(0.0);
         if metric == "wpm" {
+            if let Some(user) = &e.user_id {
+                self.live_wpm.insert(user.clone(), (e.ts, value));
+            }
             if let Some(view) = self.open_session(e) {
                 view.wpm = value;
                 view.updated_at = view.updated_at.max(e.ts);
@@ -571,6 +589,7 @@ impl ViewState {
 
     /// Drops what is older than the retentions, by event time `now`.
     pub fn prune(&mut self, now: i64, ended_retention_ms: i64, writing_retention_ms: i64) {
+        self.live_wpm.retain(|_, (t, _)| *t >= now - LIVE_WPM_MS);
         let before = now - ended_retention_ms;
         self.sessions
             .retain(|_, v| !(v.ended && v.updated_at < before));
