@@ -100,3 +100,61 @@ async fn redis_log_pages_and_info() {
     let log = EventLog::Redis(RedisLog::connect(&config).await.unwrap());
     pages_are_exact_and_ordered(&log, 8).await;
 }
+
+/// Every page of `q` until the end: the event ids, checking id order.
+async fn page_all(log: &EventLog, mut q: RangeQuery) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut last: Option<(u64, u64)> = None;
+    loop {
+        let page = log.range(&q).await.unwrap();
+        assert!(page.entries.len() <= q.limit);
+        for e in &page.entries {
+            let (ms, seq) = e.entry.id.split_once('-').unwrap();
+            let id = (ms.parse().unwrap(), seq.parse().unwrap());
+            assert!(last.is_none_or(|l| l <= id), "ids in order");
+            last = Some(id);
+            ids.push(e.event.as_ref().unwrap().id.clone());
+        }
+        match page.next {
+            Some(after) => q.after = after,
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_pages_of_a_hot_shard_read_it_in_chunks_and_stay_exact() {
+    let mut config = RedisLogConfig::new(redis_url());
+    config.prefix = unique("evq-hot");
+    let log = EventLog::Redis(RedisLog::connect(&config).await.unwrap());
+    // 300 events of one user (one shard) with a few of other users between.
+    for b in 0..10 {
+        let mut events: Vec<Event> = (0..30)
+            .map(|i| ev(format!("hot-{b:02}-{i:02}"), "hot".into()))
+            .collect();
+        events.push(ev(format!("cold-{b:02}"), format!("cold{b}")));
+        log.append("app", &events).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for limit in [1, 7, 50, 1000] {
+        let ids = page_all(
+            &log,
+            RangeQuery {
+                category: Category::Writing,
+                from_ms: None,
+                to_ms: None,
+                after: Vec::new(),
+                limit,
+            },
+        )
+        .await;
+        assert_eq!(ids.len(), 310, "limit {limit}");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 310, "limit {limit}: no repeats");
+        // The hot user's events come in append order.
+        let hot: Vec<&String> = ids.iter().filter(|i| i.starts_with("hot")).collect();
+        assert!(hot.windows(2).all(|w| w[0] < w[1]), "limit {limit}");
+    }
+}

@@ -187,11 +187,15 @@ impl EventLog {
     /// One page of `q.category`'s entries, oldest first, merged over its
     /// shards (see [`query`]).
     pub async fn range(&self, q: &query::RangeQuery) -> Result<query::RangePage, LogError> {
-        let runs = match self {
-            EventLog::Embedded(log) => log.range_shards(q),
-            EventLog::Redis(log) => log.range_shards(q).await?,
+        let (entries, next) = match self {
+            // One stream, read with limit + 1: fewer means it is exhausted.
+            EventLog::Embedded(log) => query::merge(q, log.range_shards(q), true),
+            EventLog::Redis(log) => {
+                let (raw, next) = log.range_page(q).await?;
+                (raw.into_iter().map(|r| r.decode()).collect(), next)
+            }
         };
-        Ok(query::merge(q, runs))
+        Ok(query::RangePage { entries, next })
     }
 
     /// Streams per category (a cursor is one position per shard).

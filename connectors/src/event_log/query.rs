@@ -12,7 +12,7 @@
 //! **Info** reports what XINFO STREAM / XINFO GROUPS report, per shard and
 //! totalled; the embedded log answers the same shape.
 
-use super::LogEntry;
+use super::{EntryRef, LogEntry};
 use schemas::Category;
 use serde::Serialize;
 
@@ -65,38 +65,54 @@ pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Merges per-shard runs (each in id order, at most `limit + 1` long) into
-/// one page of `limit`, in (id, shard) order, and computes the positions.
-pub(crate) fn merge(q: &RangeQuery, per_shard: Vec<Vec<LogEntry>>) -> RangePage {
+/// Something read from a shard, with its place in the log.
+pub(crate) trait Positioned {
+    fn entry_ref(&self) -> &EntryRef;
+}
+
+impl Positioned for LogEntry {
+    fn entry_ref(&self) -> &EntryRef {
+        &self.entry
+    }
+}
+
+/// Merges per-shard runs (each in id order) into one page of `limit`, in
+/// (id, shard) order, and computes the positions.
+/// Generic so that a backend can merge undecoded entries and decode only
+/// the page (up to `shards × (limit + 1)` are read, `limit` kept).
+///
+/// `drained`: the runs hold everything each shard has up to the page's end
+/// (no shard was cut short before it); otherwise a cursor is always given.
+pub(crate) fn merge<T: Positioned>(
+    q: &RangeQuery,
+    per_shard: Vec<Vec<T>>,
+    drained: bool,
+) -> (Vec<T>, Option<Vec<Option<String>>>) {
     let shards = per_shard.len();
     let mut positions: Vec<Option<String>> = (0..shards)
         .map(|s| q.after.get(s).cloned().flatten())
         .collect();
-    let mut all: Vec<(u64, u64, usize, LogEntry)> = per_shard
+    let mut all: Vec<(u64, u64, usize, T)> = per_shard
         .into_iter()
         .enumerate()
         .flat_map(|(shard, run)| {
             run.into_iter().map(move |e| {
-                let (ms, seq) = parse_id(&e.entry.id).unwrap_or((0, 0));
+                let (ms, seq) = parse_id(&e.entry_ref().id).unwrap_or((0, 0));
                 (ms, seq, shard, e)
             })
         })
         .collect();
     all.sort_by_key(|a| (a.0, a.1, a.2));
-    // Every shard returned at most limit + 1; if the union holds more than
-    // limit, something is left for the next page. If it holds at most limit,
-    // every shard returned fewer than it was asked for: all are exhausted.
-    let more = all.len() > q.limit;
+    // More than limit: something is left for the next page. At most limit
+    // and drained: every shard is exhausted.
+    let more = all.len() > q.limit || !drained;
     all.truncate(q.limit);
     let mut entries = Vec::with_capacity(all.len());
     for (_, _, shard, e) in all {
-        positions[shard] = Some(e.entry.id.clone());
+        positions[shard] = Some(e.entry_ref().id.clone());
         entries.push(e);
     }
-    RangePage {
-        entries,
-        next: more.then_some(positions),
-    }
+    (entries, more.then_some(positions))
 }
 
 /// One consumer group on one stream, as XINFO GROUPS reports it.
@@ -197,7 +213,6 @@ impl CategoryInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event_log::EntryRef;
 
     fn entry(id: &str) -> LogEntry {
         LogEntry {
@@ -221,26 +236,28 @@ mod tests {
 
     #[test]
     fn merge_orders_by_id_then_shard_and_resumes_each_shard_after_its_last() {
-        let page = merge(
+        let (entries, next) = merge(
             &q(3, vec![]),
             vec![
                 vec![entry("5-0"), entry("9-0")],
                 vec![entry("5-0"), entry("6-1"), entry("7-0")],
             ],
+            true,
         );
-        let ids: Vec<_> = page.entries.iter().map(|e| e.entry.id.as_str()).collect();
+        let ids: Vec<_> = entries.iter().map(|e| e.entry.id.as_str()).collect();
         assert_eq!(ids, ["5-0", "5-0", "6-1"]);
-        assert_eq!(
-            page.next,
-            Some(vec![Some("5-0".into()), Some("6-1".into())])
-        );
+        assert_eq!(next, Some(vec![Some("5-0".into()), Some("6-1".into())]));
     }
 
     #[test]
     fn a_page_that_holds_everything_has_no_cursor() {
-        let page = merge(&q(3, vec![]), vec![vec![entry("1-0")], vec![entry("2-0")]]);
-        assert_eq!(page.entries.len(), 2);
-        assert_eq!(page.next, None);
+        let (entries, next) = merge(
+            &q(3, vec![]),
+            vec![vec![entry("1-0")], vec![entry("2-0")]],
+            true,
+        );
+        assert_eq!(entries.len(), 2);
+        assert_eq!(next, None);
     }
 
     #[test]

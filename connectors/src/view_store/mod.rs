@@ -334,6 +334,8 @@ async fn writer(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written_as_of = 0;
+    // Pruning walks the whole state: once a second, not once per batch.
+    let mut pruned = tokio::time::Instant::now();
     loop {
         tokio::select! {
             batch = rx.recv() => {
@@ -354,7 +356,10 @@ async fn writer(
                             st.apply(e);
                         }
                     }
-                    st.prune(wm, ended_ms, writing_ms);
+                    if pruned.elapsed() >= Duration::from_secs(1) {
+                        st.prune(wm, ended_ms, writing_ms);
+                        pruned = tokio::time::Instant::now();
+                    }
                     redis_views::Changes::take(&mut st)
                 };
                 metrics.applied.inc_by(n as u64);
@@ -386,5 +391,47 @@ async fn writer(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ty: &str) -> Event {
+        Event {
+            id: "e".into(),
+            ts: 1,
+            user_id: Some("u".into()),
+            project_id: Some("p".into()),
+            document_id: Some("d".into()),
+            data: schemas::Payload::example(ty).unwrap_or_else(|| panic!("{ty}")),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Metrics::standalone();
+        let (tx, mut rx) = mpsc::channel(1);
+        let feed = ViewFeed {
+            tx,
+            watermark: metrics.dataflow_watermark_ms.clone(),
+            metrics: ViewMetrics::register(&metrics),
+        };
+        metrics.dataflow_watermark_ms.set(42);
+        let wanted = event("collaboration.presence_updated");
+        // Types the views do not read are not even queued.
+        feed.offer(&[event("writing.keystroke")]);
+        feed.offer(&[wanted.clone(), wanted.clone()]);
+        feed.offer(&[wanted]);
+        assert_eq!(feed.metrics.dropped.get(), 1);
+        let queued = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((queued.events.len(), queued.watermark), (2, 42));
+        assert!(rx.try_recv().is_err());
+        assert!(
+            metrics
+                .render()
+                .contains("inkstream_view_dropped_events_total 1")
+        );
     }
 }
