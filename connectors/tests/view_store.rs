@@ -107,3 +107,52 @@ async fn another_instance_answers_from_redis_with_the_writers_watermark() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn changes_made_while_redis_is_down_are_written_when_it_is_back() {
+    let mut redis = inkstream_tests::PrivateRedis::start("views-outage");
+    let config = ViewStoreConfig {
+        redis_url: Some(redis.url()),
+        prefix: unique("views"),
+        ..Default::default()
+    };
+    let metrics = Metrics::standalone();
+    let (store, feed) = ViewStore::start(config, &metrics).await.unwrap();
+    redis.stop();
+    let ts = 1_767_603_600_000;
+    metrics.dataflow_watermark_ms.set(ts);
+    feed.offer(&[ev(
+        "collaboration.presence_updated",
+        ts,
+        "u9",
+        json!({"status": "online", "paragraph": 1, "offset": 0}),
+    )]);
+    // The write fails (counted) while Redis is down...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("inkstream_view_write_errors_total") && !l.ends_with(" 0"))
+    {
+        assert!(Instant::now() < deadline, "no write error counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and is retried once it is back (the AOF kept nothing of ours: the
+    // data can only come from the retry).
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok((c, as_of)) = store.collaborators("d1").await
+            && !c.is_empty()
+        {
+            assert_eq!(c[0].user_id, "u9");
+            assert_eq!(as_of, ts);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held change was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -102,7 +102,7 @@ impl ViewMetrics {
             ),
             dropped: counter(
                 "inkstream_view_dropped_events_total",
-                "Derived events dropped because the view store's queue was full.",
+                "Derived events dropped by the view store: its queue was full, or Redis was unavailable too long.",
             ),
             write_errors: counter(
                 "inkstream_view_write_errors_total",
@@ -334,6 +334,7 @@ async fn writer(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written_as_of = 0;
+    let mut unwritten = redis_views::Changes::default();
     // Pruning walks the whole state: once a second, not once per batch.
     let mut pruned = tokio::time::Instant::now();
     loop {
@@ -363,33 +364,56 @@ async fn writer(
                     redis_views::Changes::take(&mut st)
                 };
                 metrics.applied.inc_by(n as u64);
-                if let Backend::Redis(r) = &store.backend
-                    && let Err(error) = r.write(&changes, wm).await
-                {
-                    metrics.write_errors.inc();
-                    tracing::warn!(%error, events = n, "view store: writing to redis failed");
-                }
                 store.as_of.fetch_max(wm, Ordering::Relaxed);
-                written_as_of = written_as_of.max(wm);
+                unwritten.extend(changes);
+                flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
             }
             _ = tick.tick() => {
                 if !rx.is_empty() {
                     continue;
                 }
-                let wm = watermark.get();
+                let wm = watermark.get().max(written_as_of);
                 store.as_of.fetch_max(wm, Ordering::Relaxed);
-                if wm > written_as_of
-                    && let Backend::Redis(r) = &store.backend
-                {
-                    match r.write(&redis_views::Changes::default(), wm).await {
-                        Ok(()) => written_as_of = wm,
-                        Err(error) => {
-                            metrics.write_errors.inc();
-                            tracing::debug!(%error, "view store: writing as_of failed");
-                        }
-                    }
+                if wm > written_as_of || unwritten.len() > 0 {
+                    flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
                 }
             }
+        }
+    }
+}
+
+/// Changes held for Redis while it fails, at most; past it they are dropped
+/// (counted) and the views catch up as the records change again.
+const MAX_UNWRITTEN: usize = 100_000;
+
+/// Writes what Redis has not got yet, with the watermark `wm`. On failure
+/// the changes are kept for the next try (and `as_of` in Redis stays where
+/// it was: it never claims what is not written).
+async fn flush(
+    store: &ViewStore,
+    unwritten: &mut redis_views::Changes,
+    written_as_of: &mut i64,
+    wm: i64,
+    metrics: &ViewMetrics,
+) {
+    let Backend::Redis(r) = &store.backend else {
+        *unwritten = redis_views::Changes::default();
+        *written_as_of = wm;
+        return;
+    };
+    match r.write(unwritten, wm).await {
+        Ok(()) => {
+            *unwritten = redis_views::Changes::default();
+            *written_as_of = wm;
+        }
+        Err(error) => {
+            metrics.write_errors.inc();
+            let held = unwritten.len();
+            if held > MAX_UNWRITTEN {
+                metrics.dropped.inc_by(held as u64);
+                *unwritten = redis_views::Changes::default();
+            }
+            tracing::warn!(%error, held, "view store: writing to redis failed; retrying");
         }
     }
 }

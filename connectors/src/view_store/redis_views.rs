@@ -42,6 +42,24 @@ fn json<T: serde::Serialize>(v: &T) -> Option<String> {
 }
 
 impl Changes {
+    /// Records (writes) held.
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+            + self.presence.len()
+            + self.conflicts.len()
+            + self.team.len()
+            + self.writing.len()
+    }
+
+    /// Appends `later`: written after, so its values win.
+    pub(crate) fn extend(&mut self, later: Changes) {
+        self.sessions.extend(later.sessions);
+        self.presence.extend(later.presence);
+        self.conflicts.extend(later.conflicts);
+        self.team.extend(later.team);
+        self.writing.extend(later.writing);
+    }
+
     /// Takes the state's dirty marks and writing deltas.
     pub(crate) fn take(st: &mut ViewState) -> Changes {
         let mut c = Changes::default();
@@ -134,9 +152,12 @@ impl RedisViews {
         self.key(&format!("team:{}", serde_json::json!([project, doc])))
     }
 
-    /// Writes one batch of changes and the watermark, in one round trip.
+    /// Writes one batch of changes and the watermark, in one round trip, as
+    /// one transaction (MULTI/EXEC): a failed write applied nothing, so it
+    /// can be retried whole without adding a writing delta twice.
     pub(crate) async fn write(&self, c: &Changes, as_of: i64) -> Result<(), ViewError> {
         let mut p = redis::pipe();
+        p.atomic();
         let active = self.key("active");
         for (id, v, open, score) in &c.sessions {
             let key = self.key(&format!("session:{id}"));
