@@ -331,6 +331,7 @@ async fn writer(
 ) {
     let ended_ms = config.ended_retention.as_millis() as i64;
     let writing_ms = config.writing_retention.as_millis() as i64;
+    let stale_ms = config.ttl.as_millis() as i64;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written_as_of = 0;
@@ -358,7 +359,7 @@ async fn writer(
                         }
                     }
                     if pruned.elapsed() >= Duration::from_secs(1) {
-                        st.prune(wm, ended_ms, writing_ms);
+                        st.prune(wm, ended_ms, writing_ms, stale_ms);
                         pruned = tokio::time::Instant::now();
                     }
                     redis_views::Changes::take(&mut st)

@@ -174,6 +174,12 @@ impl RedisViews {
         }
         if !c.sessions.is_empty() {
             p.cmd("EXPIRE").arg(&active).arg(self.ttl_s).ignore();
+            // Ids whose session key has expired (not updated for the TTL).
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(&active)
+                .arg("-inf")
+                .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
+                .ignore();
         }
         let hashes = c
             .presence

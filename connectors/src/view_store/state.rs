@@ -587,19 +587,41 @@ impl ViewState {
         }
     }
 
-    /// Drops what is older than the retentions, by event time `now`.
-    pub fn prune(&mut self, now: i64, ended_retention_ms: i64, writing_retention_ms: i64) {
+    /// Drops what is older than the retentions, by event time `now`: ended
+    /// sessions and resolved conflicts after `ended_retention_ms`, writing
+    /// days after `writing_retention_ms`, and anything not updated for
+    /// `stale_ms` (an open session, a presence or a team figure whose closing
+    /// event was dropped or never came).
+    pub fn prune(
+        &mut self,
+        now: i64,
+        ended_retention_ms: i64,
+        writing_retention_ms: i64,
+        stale_ms: i64,
+    ) {
         self.live_wpm.retain(|_, (t, _)| *t >= now - LIVE_WPM_MS);
         let before = now - ended_retention_ms;
+        let stale = now - stale_ms;
         self.sessions
-            .retain(|_, v| !(v.ended && v.updated_at < before));
+            .retain(|_, v| !(v.ended && v.updated_at < before) && v.updated_at >= stale);
         let open = &mut self.open;
         let sessions = &self.sessions;
         open.retain(|_, id| sessions.contains_key(id));
         for all in self.conflicts.values_mut() {
-            all.retain(|_, c| c.resolved_at.is_none_or(|t| t >= before));
+            all.retain(|_, c| {
+                c.resolved_at.is_none_or(|t| t >= before)
+                    && c.detected_at.max(c.resolved_at.unwrap_or(0)) >= stale
+            });
         }
         self.conflicts.retain(|_, all| !all.is_empty());
+        for users in self.presence.values_mut() {
+            users.retain(|_, c| c.updated_at >= stale);
+        }
+        self.presence.retain(|_, users| !users.is_empty());
+        for figures in self.team.values_mut() {
+            figures.retain(|_, f| f.ts >= stale);
+        }
+        self.team.retain(|_, f| !f.is_empty());
         let oldest_day = day_of(now - writing_retention_ms);
         for days in self.writing.values_mut() {
             days.retain(|(day, _), _| *day >= oldest_day);
@@ -706,7 +728,7 @@ mod tests {
         v.apply(&ev("collaboration.conflict_resolved", 9, "u1", Some("d1"),
             json!({"conflict_id": "c1", "other_user_id": "u2", "paragraph": 2, "duration_ms": 4, "resolution": "moved_apart"})));
         assert_eq!(v.conflicts["d1"]["c1"].status, "resolved");
-        v.prune(9 + 3_600_001, 3_600_000, 1);
+        v.prune(9 + 3_600_001, 3_600_000, 1, 86_400_000);
         assert!(v.conflicts.is_empty());
     }
 }
