@@ -70,6 +70,12 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastavro, conf
     python3 -m venv "$venv"; }
   "$venv/bin/pip" install -q $python_deps
 fi
+# The OpenAPI validator (tests/tests/openapi.rs): installed into the venv in
+# place, so an existing venv gets it without being rebuilt.
+if ! "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
+  log "adding openapi-spec-validator to the Python venv"
+  "$venv/bin/pip" install -q openapi-spec-validator==0.9.0
+fi
 
 # --- observability and deployment checks (ops; tests/tests/observability.rs) --
 # promtool: the binary alone, extracted from Debian's prometheus package (its

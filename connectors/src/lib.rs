@@ -13,6 +13,8 @@
 //!   `/metrics`, `/healthz`.
 //! - [`metrics`]: every Prometheus metric of the process, in one place.
 //! - [`notifier`]: notifications (policy, in-app/email/SMS/webhook delivery).
+//! - [`view_store`]: the dataflow's current state, materialised (Redis or
+//!   in-process) for the query endpoints.
 
 pub mod auth;
 pub mod event_log;
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod redis_stream;
 pub mod schema_registry;
+pub mod view_store;
 pub mod websocket_fanout;
 
 pub use event_log::{EntryRef, EventLog, LogEntry, LogError};

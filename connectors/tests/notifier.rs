@@ -757,7 +757,14 @@ async fn serve_api(
         },
         None,
     );
+    let (views, _feed) = inkstream_connectors::view_store::ViewStore::start(
+        inkstream_connectors::view_store::ViewStoreConfig::default(),
+        &metrics,
+    )
+    .await
+    .unwrap();
     let state = AppState {
+        views,
         log: EventLog::Embedded(EmbeddedLog::new("t", Duration::from_secs(60), 1000)),
         hub: hub.clone(),
         metrics: metrics.clone(),

@@ -92,6 +92,8 @@ struct FanoutSink {
     files: Option<FileSink>,
     /// The notifier's bounded queue (alerts and flow changes), when enabled.
     notify: Option<NotifierHandle>,
+    /// The view store's queue (never blocks this worker thread).
+    views: connectors::view_store::ViewFeed,
 }
 
 impl DerivedSink for FanoutSink {
@@ -102,6 +104,7 @@ impl DerivedSink for FanoutSink {
                 tracing::error!(%error, "derived events not written to derived.dir");
             }
         }
+        self.views.offer(events);
         for e in events.drain(..) {
             self.metrics
                 .dataflow_derived
@@ -215,12 +218,23 @@ pub async fn run(
     // (deliveries, retries, digests) runs only beside the dataflow, so that
     // instances sharing Redis never both send a pending delivery.
     let (notifier, notifier_run) = start_notifier(&config, &hub, &metrics).await?;
+    let (views, view_feed) = connectors::view_store::ViewStore::start(
+        connectors::view_store::ViewStoreConfig {
+            redis_url: config.redis.url.clone(),
+            prefix: config.redis.prefix.clone(),
+            ..Default::default()
+        },
+        &metrics,
+    )
+    .await
+    .map_err(|e| ServeError::Config(format!("view store: {e}")))?;
     let sink = Arc::new(FanoutSink {
         hub: hub.clone(),
         metrics: metrics.clone(),
         derived: derived.clone(),
         files,
         notify: notifier.clone(),
+        views: view_feed,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The dataflow reads the event topics when Kafka is configured (each
@@ -431,6 +445,7 @@ pub async fn run(
         config: Arc::new(config.ingest.to_ingest_config()),
         auth,
         limiter: Arc::new(RateLimiter::new(100_000)),
+        views,
     };
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener = TcpListener::bind(&addr)

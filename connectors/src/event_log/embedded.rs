@@ -407,6 +407,79 @@ impl EmbeddedLog {
     }
 }
 
+impl EmbeddedLog {
+    /// Up to `limit + 1` entries of the category's one stream within the
+    /// query's bounds (only entries not yet trimmed: the embedded log drops
+    /// what every group has acknowledged).
+    pub fn range_shards(&self, q: &super::query::RangeQuery) -> Vec<Vec<LogEntry>> {
+        let inner = self.lock();
+        let s = &inner.streams[category_index(q.category)];
+        let start = match q.after.first().cloned().flatten().and_then(|a| parse(&a)) {
+            Some(after) => s.entries.partition_point(|(id, _)| *id <= after),
+            None => {
+                let from = q.from_ms.unwrap_or(0);
+                s.entries.partition_point(|(id, _)| id.0 < from)
+            }
+        };
+        let run = s
+            .entries
+            .iter()
+            .skip(start)
+            .take_while(|(id, _)| q.to_ms.is_none_or(|to| id.0 < to))
+            .take(q.limit + 1)
+            .map(|(id, e)| LogEntry {
+                entry: EntryRef {
+                    stream: s.name.clone(),
+                    id: render(*id),
+                },
+                event: Ok(e.clone()),
+            })
+            .collect();
+        vec![run]
+    }
+
+    /// The same figures XINFO STREAM / GROUPS give for Redis. Consumers are
+    /// those holding pending entries (the embedded log keeps no other record).
+    pub fn info(&self, category: Category) -> super::query::CategoryInfo {
+        use super::query::{CategoryInfo, GroupInfo, StreamInfo};
+        let inner = self.lock();
+        let si = category_index(category);
+        let s = &inner.streams[si];
+        let mut groups: Vec<GroupInfo> = inner
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let pending: Vec<&String> = g
+                    .pending
+                    .range((si, (0, 0))..(si + 1, (0, 0)))
+                    .map(|(_, (c, _))| c)
+                    .collect();
+                let mut consumers = pending.clone();
+                consumers.sort();
+                consumers.dedup();
+                let lag =
+                    s.entries.len() - s.entries.partition_point(|(id, _)| *id <= g.last_delivered);
+                GroupInfo {
+                    name: name.clone(),
+                    consumers: consumers.len() as u64,
+                    pending: pending.len() as u64,
+                    last_delivered_id: Some(render(g.last_delivered)),
+                    lag: Some(lag as u64),
+                }
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        let shard = StreamInfo {
+            stream: s.name.to_string(),
+            length: s.entries.len() as u64,
+            first_id: s.entries.front().map(|(id, _)| render(*id)),
+            last_id: s.entries.back().map(|(id, _)| render(*id)),
+            groups,
+        };
+        CategoryInfo::total(category, "embedded", vec![shard])
+    }
+}
+
 fn category_index(c: Category) -> usize {
     Category::ALL.iter().position(|x| *x == c).unwrap_or(0)
 }

@@ -9,6 +9,7 @@
 //! - [`RedisLog`](crate::redis_stream::RedisLog): Redis Streams, the durable log.
 
 mod embedded;
+pub mod query;
 
 pub use embedded::EmbeddedLog;
 
@@ -180,6 +181,37 @@ impl EventLog {
         match self {
             EventLog::Embedded(_) => Ok(0),
             EventLog::Redis(log) => log.trim(groups, keep_after_ms).await,
+        }
+    }
+
+    /// One page of `q.category`'s entries, oldest first, merged over its
+    /// shards (see [`query`]).
+    pub async fn range(&self, q: &query::RangeQuery) -> Result<query::RangePage, LogError> {
+        let (entries, next) = match self {
+            // One stream, read with limit + 1: fewer means it is exhausted.
+            EventLog::Embedded(log) => query::merge(q, log.range_shards(q), true),
+            EventLog::Redis(log) => {
+                let (raw, next) = log.range_page(q).await?;
+                (raw.into_iter().map(|r| r.decode()).collect(), next)
+            }
+        };
+        Ok(query::RangePage { entries, next })
+    }
+
+    /// Streams per category (a cursor is one position per shard).
+    pub fn shard_count(&self) -> usize {
+        match self {
+            EventLog::Embedded(_) => 1,
+            EventLog::Redis(log) => log.shard_count(),
+        }
+    }
+
+    /// Length, groups, consumers, pending, lag, first/last ids of
+    /// `category`'s streams, per shard and totalled.
+    pub async fn info(&self, category: Category) -> Result<query::CategoryInfo, LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(log.info(category)),
+            EventLog::Redis(log) => log.info(category).await,
         }
     }
 

@@ -8,27 +8,24 @@
 
 use super::{ApiError, AppState, authenticate, ingest_events};
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use serde_json::{Map, Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/realtime/writing/sessions/start", post(start))
-        .route(
-            "/api/realtime/writing/sessions/{id}/keystroke",
-            post(keystroke),
-        )
-        .route("/api/realtime/writing/sessions/{id}/end", post(end))
-        .route("/api/realtime/writing/sessions/{id}/resume", post(resume))
-        .route("/api/realtime/collaboration/presence", post(presence))
-        .route("/api/realtime/collaboration/cursor", post(cursor))
-        .route("/api/realtime/collaboration/edit", post(edit))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start))
+        .routes(routes!(keystroke))
+        .routes(routes!(end))
+        .routes(routes!(resume))
+        .routes(routes!(presence))
+        .routes(routes!(cursor))
+        .routes(routes!(edit))
 }
 
 const ENVELOPE: [&str; 5] = ["id", "ts", "user_id", "project_id", "document_id"];
@@ -102,6 +99,15 @@ async fn command(
     Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
 }
 
+/// Starts a writing session (`session_id` generated when absent and echoed back). Becomes a `writing.session_started` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/writing/sessions/start", tag = "commands",
+    request_body(content = Object, description = "Envelope fields plus the `writing.session_started` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn start(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -133,6 +139,16 @@ fn uuid_v7() -> String {
     schemas::json::new_id()
 }
 
+/// Records keystrokes (`keystrokes`, `words`, `chars`, `source`). Becomes a `writing.keystroke` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/writing/sessions/{id}/keystroke", tag = "commands",
+    params(("id" = String, Path, description = "The session id")),
+    request_body(content = Object, description = "Envelope fields plus the `writing.keystroke` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn keystroke(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -171,6 +187,16 @@ async fn session_command(
     .await
 }
 
+/// Ends a writing session. Becomes a `writing.session_ended` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/writing/sessions/{id}/end", tag = "commands",
+    params(("id" = String, Path, description = "The session id")),
+    request_body(content = Object, description = "Envelope fields plus the `writing.session_ended` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn end(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -180,6 +206,16 @@ async fn end(
     session_command(&s, id, &headers, &body, "writing.session_ended").await
 }
 
+/// Resumes a paused writing session. Becomes a `writing.session_resumed` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/writing/sessions/{id}/resume", tag = "commands",
+    params(("id" = String, Path, description = "The session id")),
+    request_body(content = Object, description = "Envelope fields plus the `writing.session_resumed` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -189,6 +225,15 @@ async fn resume(
     session_command(&s, id, &headers, &body, "writing.session_resumed").await
 }
 
+/// Reports the presence of a collaborator (`status`, cursor fields). Becomes a `collaboration.presence_updated` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/collaboration/presence", tag = "commands",
+    request_body(content = Object, description = "Envelope fields plus the `collaboration.presence_updated` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn presence(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -205,6 +250,15 @@ async fn presence(
     .await
 }
 
+/// Reports a cursor move (`paragraph`, `offset`, `selection`). Becomes a `collaboration.cursor_moved` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/collaboration/cursor", tag = "commands",
+    request_body(content = Object, description = "Envelope fields plus the `collaboration.cursor_moved` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn cursor(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -221,6 +275,15 @@ async fn cursor(
     .await
 }
 
+/// Reports an applied edit. Becomes a `collaboration.edit_applied` event; envelope fields (`id`, `ts`, `user_id`,
+/// `project_id`, `document_id`) come from the body, the rest is the payload.
+#[utoipa::path(post, path = "/api/realtime/collaboration/edit", tag = "commands",
+    request_body(content = Object, description = "Envelope fields plus the `collaboration.edit_applied` payload fields", content_type = "application/json"),
+    responses(
+        (status = 202, description = "In the log", body = Object),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn edit(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -11,8 +11,10 @@
 
 mod commands;
 mod error;
+mod events_query;
 mod ingest;
 mod listener;
+pub mod openapi;
 mod ws_ingest;
 
 pub use error::ApiError;
@@ -32,11 +34,13 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Settings of the ingest API.
 #[derive(Debug, Clone)]
@@ -87,28 +91,39 @@ pub struct AppState {
     pub config: Arc<IngestConfig>,
     pub auth: Authenticator,
     pub limiter: Arc<RateLimiter>,
+    /// The materialised views the query endpoints read.
+    pub views: crate::view_store::ViewStore,
 }
 
-/// The whole HTTP app.
+/// The whole HTTP app. Every route is registered through utoipa-axum, so
+/// it is in the OpenAPI document (`GET /openapi.json`) by construction; see
+/// [`openapi`] for how to add one.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let mut app = Router::new()
-        .route("/v1/events", post(ingest_http))
-        .route("/api/realtime/events/publish", post(ingest_http))
-        .route("/ws/ingest", get(ws_ingest::upgrade))
+    let app = OpenApiRouter::new()
+        .routes(routes!(ingest_v1))
+        .routes(routes!(publish))
+        .routes(routes!(ws_ingest::upgrade))
         .merge(commands::routes())
         .merge(crate::schema_registry::routes())
+        .routes(routes!(events_query::range))
+        .routes(routes!(events_query::info))
+        .merge(crate::view_store::routes())
         .merge(crate::notifier::routes())
-        .route("/api/realtime/websocket/stats", get(ws_stats))
-        .route("/api/realtime/websocket/broadcast", post(ws_broadcast))
-        .route(
-            "/api/realtime/websocket/send-to-user",
-            post(ws_send_to_user),
-        )
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz));
+        .routes(routes!(ws_stats))
+        .routes(routes!(ws_broadcast))
+        .routes(routes!(ws_send_to_user))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz));
+    let (mut app, mut api) = app.split_for_parts();
     for path in WsPath::ALL {
+        openapi::add_websocket(
+            &mut api,
+            path.as_str(),
+            "Subscribe to derived events: send `{\"op\":\"subscribe\",\"channel\":\"document:d1\"}`; \
+             frames are `subscribed`, `message` (with a per-channel offset), `error`, `ping`. See docs/API.md.",
+        );
         app = app.route(
             path.as_str(),
             get(
@@ -133,6 +148,18 @@ pub fn router(state: AppState) -> Router {
             ),
         );
     }
+    openapi::add_self(&mut api);
+    openapi::finish(&mut api);
+    let document: Arc<str> = api.to_json().unwrap_or_default().into();
+    let app = app.route(
+        "/openapi.json",
+        get(move || async move {
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                document.to_string(),
+            )
+        }),
+    );
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -159,6 +186,9 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
     resp
 }
 
+/// Prometheus metrics, text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -166,6 +196,17 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object)))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the log answers.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, description = "`{\"status\":\"ready\",\"log\":\"redis\"}`", body = Object),
+        (status = 503, description = "The log does not answer", body = openapi::ErrorBody)))]
 async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     s.log
         .ping()
@@ -200,6 +241,10 @@ async fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError
     }
 }
 
+/// Fanout statistics (admin).
+#[utoipa::path(get, path = "/api/realtime/websocket/stats", tag = "websocket",
+    responses((status = 200, description = "Connections, channels, subscribers, queues", body = Object),
+        (status = 401, body = openapi::ErrorBody), (status = 403, body = openapi::ErrorBody)))]
 async fn ws_stats(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -208,15 +253,23 @@ async fn ws_stats(
     Ok(Json(s.hub.stats()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Broadcast {
     /// `/ws/analytics` (default), `/ws/collaboration`, `/ws/presence`, `/ws/notifications`.
     #[serde(default)]
     path: Option<String>,
+    /// `user:{id}`, `project:{id}`, `document:{id}` or `category:{name}`.
     channel: String,
+    #[schema(value_type = Object)]
     data: serde_json::Value,
 }
 
+/// Publishes `data` to a channel of a fanout path (admin).
+#[utoipa::path(post, path = "/api/realtime/websocket/broadcast", tag = "websocket",
+    request_body = Broadcast,
+    responses((status = 200, description = "`{\"delivered_to\":N}` subscribers", body = Object),
+        (status = 401, body = openapi::ErrorBody), (status = 403, body = openapi::ErrorBody),
+        (status = 422, description = "Bad `path` or `channel` (`field` names it)", body = openapi::ErrorBody)))]
 async fn ws_broadcast(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -253,12 +306,18 @@ async fn ws_broadcast(
     Ok(Json(json!({"delivered_to": n})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SendToUser {
     user_id: String,
+    #[schema(value_type = Object)]
     data: serde_json::Value,
 }
 
+/// Sends `data` to a user's `/ws/notifications` channel (admin).
+#[utoipa::path(post, path = "/api/realtime/websocket/send-to-user", tag = "websocket",
+    request_body = SendToUser,
+    responses((status = 200, description = "`{\"delivered_to\":N}` connections", body = Object),
+        (status = 401, body = openapi::ErrorBody), (status = 403, body = openapi::ErrorBody)))]
 async fn ws_send_to_user(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -287,7 +346,8 @@ fn fanout_unavailable(reason: String) -> ApiError {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct IngestParams {
     /// Accept the valid events of a batch and report the rejected ones,
     /// instead of rejecting the whole batch (the default).
@@ -296,6 +356,52 @@ struct IngestParams {
     /// A user token, for clients that cannot set headers.
     #[serde(default)]
     token: Option<String>,
+}
+
+/// Ingests one event, a JSON array of events, or NDJSON; answers 202 once
+/// every event is in the log.
+#[utoipa::path(post, path = "/v1/events", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (openapi::IngestBody = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"type\":\"writing.keystroke\",…}\n{…}\n")),
+    )),
+    responses(
+        (status = 202, description = "Stored (duplicates are reported, not stored twice)", body = openapi::IngestAccepted),
+        (status = 400, description = "Malformed body, or an invalid event (`field` names it)", body = openapi::ErrorBody),
+        (status = 401, body = openapi::ErrorBody),
+        (status = 413, body = openapi::ErrorBody),
+        (status = 415, body = openapi::ErrorBody),
+        (status = 422, description = "Schema violation (`field` names it)", body = openapi::ErrorBody),
+        (status = 429, body = openapi::ErrorBody),
+        (status = 503, description = "The log is unavailable (Retry-After)", body = openapi::ErrorBody)))]
+async fn ingest_v1(
+    s: State<AppState>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_http(s, params, headers, body).await
+}
+
+/// `POST /v1/events` under the original specification's name.
+#[utoipa::path(post, path = "/api/realtime/events/publish", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (openapi::IngestBody = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 202, body = openapi::IngestAccepted),
+        (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody),
+        (status = 413, body = openapi::ErrorBody), (status = 415, body = openapi::ErrorBody),
+        (status = 422, body = openapi::ErrorBody), (status = 429, body = openapi::ErrorBody),
+        (status = 503, body = openapi::ErrorBody)))]
+async fn publish(
+    s: State<AppState>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_http(s, params, headers, body).await
 }
 
 async fn ingest_http(

@@ -18,14 +18,23 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WsParams {
+    /// A user token, for clients that cannot set the Authorization header.
     #[serde(default)]
     token: Option<String>,
+    /// Accept the valid events of a frame and report the rejected ones.
     #[serde(default)]
     partial: bool,
 }
 
+/// Streams events over a WebSocket: JSON text frames (one event or an
+/// array), each answered in order with `{"op":"ack",…}` or `{"op":"error",…}`.
+#[utoipa::path(get, path = "/ws/ingest", tag = "websocket", params(WsParams),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open"),
+        (status = 401, description = "Missing or bad credentials: no upgrade", body = super::openapi::ErrorBody)))]
 pub(crate) async fn upgrade(
     State(s): State<AppState>,
     Query(params): Query<WsParams>,

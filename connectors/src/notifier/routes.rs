@@ -17,21 +17,23 @@ use crate::http_ingest::{ApiError, AppState, authenticate};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/realtime/notifications", get(list))
-        .route("/api/realtime/notifications/{id}/read", post(mark_read))
-        .route(
-            "/api/realtime/notifications/preferences",
-            get(get_prefs).put(put_prefs),
-        )
-        .route("/api/realtime/notifications/send", post(send))
+/// The routes, documented in the OpenAPI document (see
+/// `http_ingest::openapi`).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(mark_read))
+        .routes(routes!(get_prefs, put_prefs))
+        .routes(routes!(send))
 }
+
+const ERR: &str = "`{\"error\":{\"code\",\"message\",\"field\"?}}`; 503 `notifications_disabled` or `store_unavailable`";
 
 type Handle = Option<Extension<NotifierHandle>>;
 
@@ -92,14 +94,19 @@ async fn target_user(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only unread notifications.
     #[serde(default)]
     unread: bool,
+    /// Notifications to skip (newest first).
     #[serde(default)]
     offset: usize,
+    /// Page size, 1–200 (default 50).
     #[serde(default = "default_limit")]
     limit: usize,
+    /// Another user's (admins, apps, or anyone when auth is off).
     user_id: Option<String>,
 }
 
@@ -107,6 +114,12 @@ fn default_limit() -> usize {
     50
 }
 
+/// A user's in-app notifications, newest first.
+#[utoipa::path(get, path = "/api/realtime/notifications", tag = "notifications", params(ListQuery),
+    responses((status = 200, description = "`{user_id, notifications, total, offset, limit}`", body = Object),
+        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
     h: Handle,
@@ -130,11 +143,20 @@ async fn list(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UserQuery {
+    /// Another user's (admins, apps, or anyone when auth is off).
     user_id: Option<String>,
 }
 
+/// Marks one notification read.
+#[utoipa::path(post, path = "/api/realtime/notifications/{id}/read", tag = "notifications",
+    params(("id" = String, Path, description = "Notification id"), UserQuery),
+    responses((status = 200, description = "`{id, read: true}`", body = Object),
+        (status = 404, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
 async fn mark_read(
     State(s): State<AppState>,
     h: Handle,
@@ -159,6 +181,11 @@ async fn mark_read(
     Ok(Json(json!({"id": id, "read": true})))
 }
 
+/// A user's notification preferences (the configured defaults until set).
+#[utoipa::path(get, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
+    responses((status = 200, description = "`{user_id, preferences}`", body = Object),
+        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
 async fn get_prefs(
     State(s): State<AppState>,
     h: Handle,
@@ -172,6 +199,15 @@ async fn get_prefs(
     ))
 }
 
+/// Sets a user's preferences: timezone, quiet_hours, channels per priority,
+/// digest frequency and hour, email, phone, webhook_url, flow_hold.
+#[utoipa::path(put, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
+    request_body(content = Object, description = "Preferences; missing fields take the defaults, unknown ones are refused"),
+    responses((status = 200, description = "`{user_id, preferences}`", body = Object),
+        (status = 422, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
 async fn put_prefs(
     State(s): State<AppState>,
     h: Handle,
@@ -248,6 +284,14 @@ fn default_priority() -> schemas::payload::Priority {
     schemas::payload::Priority::Medium
 }
 
+/// Sends a custom notification through the policy (admin or app key).
+#[utoipa::path(post, path = "/api/realtime/notifications/send", tag = "notifications",
+    request_body(content = Object, description = "`{recipient, priority?, title, body, dedup_key?, id?}`"),
+    responses((status = 202, description = "`{id, recipients}`", body = Object),
+        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 422, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
+        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
 async fn send(
     State(s): State<AppState>,
     h: Handle,

@@ -26,6 +26,7 @@
 //! consumer group has acknowledged and that are older than the retention.
 
 pub mod lease;
+mod query;
 
 use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -9,23 +9,23 @@
 //! registry's own format (`{"error_code","message"}`), which its clients parse.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// The registry routes (merged into the app at the root).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/schemas/ids/{id}", get(schema_by_id))
-        .route("/schemas/ids/{id}/subjects", get(subjects_of_id))
-        .route("/subjects", get(subjects))
-        .route("/subjects/{subject}/versions", get(versions))
-        .route("/subjects/{subject}/versions/{version}", get(version))
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(schema_by_id))
+        .routes(routes!(subjects_of_id))
+        .routes(routes!(subjects))
+        .routes(routes!(versions))
+        .routes(routes!(version))
 }
 
 /// Every subject: `<topic>-value` for each event topic.
@@ -47,6 +47,11 @@ fn not_found(code: u32, message: &str) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/schemas/ids/{id}", tag = "schema-registry",
+    params(("id" = u32, Path, description = "Schema id")),
+    responses(
+        (status = 200, description = "`{\"schema\": \"<Avro JSON>\"}`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn schema_by_id(Path(id): Path<u32>) -> Response {
     if id != schemas::confluent::schema_id() {
         return not_found(40403, "Schema not found");
@@ -57,6 +62,11 @@ async fn schema_by_id(Path(id): Path<u32>) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/schemas/ids/{id}/subjects", tag = "schema-registry",
+    params(("id" = u32, Path, description = "Schema id")),
+    responses(
+        (status = 200, description = "Subjects using the schema", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn subjects_of_id(Path(id): Path<u32>) -> Response {
     if id != schemas::confluent::schema_id() {
         return not_found(40403, "Schema not found");
@@ -64,10 +74,18 @@ async fn subjects_of_id(Path(id): Path<u32>) -> Response {
     reply(StatusCode::OK, json!(subject_names()))
 }
 
+#[utoipa::path(get, path = "/subjects", tag = "schema-registry",
+    responses(
+        (status = 200, description = "Every subject: `inkstream.events.<category>-value`", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn subjects() -> Response {
     reply(StatusCode::OK, json!(subject_names()))
 }
 
+#[utoipa::path(get, path = "/subjects/{subject}/versions", tag = "schema-registry",
+    params(("subject" = String, Path, description = "Subject name")),
+    responses(
+        (status = 200, description = "`[1]`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn versions(Path(subject): Path<String>) -> Response {
     if !subject_names().contains(&subject) {
         return not_found(40401, "Subject not found");
@@ -75,6 +93,11 @@ async fn versions(Path(subject): Path<String>) -> Response {
     reply(StatusCode::OK, json!([1]))
 }
 
+#[utoipa::path(get, path = "/subjects/{subject}/versions/{version}", tag = "schema-registry",
+    params(("subject" = String, Path, description = "Subject name"), ("version" = String, Path, description = "`1` or `latest`")),
+    responses(
+        (status = 200, description = "`{subject, version, id, schema}`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn version(Path((subject, version)): Path<(String, String)>) -> Response {
     if !subject_names().contains(&subject) {
         return not_found(40401, "Subject not found");

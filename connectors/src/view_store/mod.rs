@@ -1,0 +1,468 @@
+//! The view store: the dataflow's current state, materialised so that any
+//! instance answers the query endpoints (`http.rs`).
+//!
+//! ```text
+//! FanoutSink::emit ──offer()──▶ bounded queue ──▶ writer task ──▶ ViewState (in-process)
+//!   (timely worker: clones the         (drop + count      │
+//!    few types the views read,          on overflow)       └─▶ Redis (pipelined), when redis.url is set
+//!    never waits)
+//! ```
+//!
+//! - **Embedded** (no `redis.url`): queries read the writer's [`ViewState`].
+//! - **Redis**: the writer keeps its [`ViewState`] as a cache to assemble
+//!   records and writes what each batch changed — strings, hashes and a
+//!   sorted set under `<prefix>:view:`, with TTLs — so every instance answers
+//!   from Redis. Writing totals are HINCRBY deltas, so a restarted writer
+//!   adds to them instead of overwriting.
+//!
+//! **Freshness.** Each batch carries the dataflow watermark read when it was
+//! emitted ([`Metrics::dataflow_watermark_seconds`]); when the queue is empty the
+//! writer follows the watermark every 500 ms (no derived event means nothing
+//! changed up to it). That is `as_of`; answers add `lag_ms = now − as_of`.
+
+mod http;
+mod redis_views;
+pub mod state;
+
+pub use http::routes;
+pub use state::ViewState;
+
+use crate::metrics::Metrics;
+use prometheus::IntCounter;
+use redis_views::RedisViews;
+use schemas::Event;
+use state::{Collaborator, ConflictView, SessionView, TeamFigure, WritingTotals};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Settings of the view store.
+#[derive(Debug, Clone)]
+pub struct ViewStoreConfig {
+    /// Redis (`redis://…`); in-process when `None`.
+    pub redis_url: Option<String>,
+    /// Key prefix (as the log's): keys are `<prefix>:view:…`.
+    pub prefix: String,
+    /// How long an ended session and a resolved conflict stay queryable, in
+    /// event time (default 1 h).
+    pub ended_retention: Duration,
+    /// How long per-day writing totals are kept (default 35 days).
+    pub writing_retention: Duration,
+    /// TTL of live Redis keys, refreshed on every write (default 24 h): a
+    /// document nobody touches for a day disappears.
+    pub ttl: Duration,
+    /// Batches the queue holds before dropping (default 1024).
+    pub queue_batches: usize,
+}
+
+impl Default for ViewStoreConfig {
+    fn default() -> Self {
+        ViewStoreConfig {
+            redis_url: None,
+            prefix: "inkstream".into(),
+            ended_retention: Duration::from_secs(3600),
+            writing_retention: Duration::from_secs(35 * 86_400),
+            ttl: Duration::from_secs(86_400),
+            queue_batches: 1024,
+        }
+    }
+}
+
+/// Why the view store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("the view store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Metrics of the view store, registered in the shared registry.
+#[derive(Clone)]
+struct ViewMetrics {
+    applied: IntCounter,
+    dropped: IntCounter,
+    write_errors: IntCounter,
+}
+
+impl ViewMetrics {
+    fn register(metrics: &Metrics) -> ViewMetrics {
+        let counter = |name: &str, help: &str| {
+            // Invariant: fixed, valid names and help strings.
+            #[allow(clippy::expect_used)]
+            let c = IntCounter::new(name, help).expect("valid metric");
+            // Already registered (a second store in one process, in tests):
+            // this one then goes unreported, which is harmless.
+            let _ = metrics.registry().register(Box::new(c.clone()));
+            c
+        };
+        ViewMetrics {
+            applied: counter(
+                "inkstream_view_events_total",
+                "Derived events applied to the view store.",
+            ),
+            dropped: counter(
+                "inkstream_view_dropped_events_total",
+                "Derived events dropped by the view store: its queue was full, or Redis was unavailable too long.",
+            ),
+            write_errors: counter(
+                "inkstream_view_write_errors_total",
+                "Batches the view store failed to write to Redis.",
+            ),
+        }
+    }
+}
+
+struct Batch {
+    events: Vec<Event>,
+    watermark: i64,
+}
+
+/// The dataflow's side: offers derived events, never waits.
+#[derive(Clone)]
+pub struct ViewFeed {
+    tx: mpsc::Sender<Batch>,
+    watermark: prometheus::Gauge,
+    metrics: ViewMetrics,
+}
+
+impl ViewFeed {
+    /// Queues the events the views read (a clone of those only). When the
+    /// queue is full they are dropped and counted: the timely worker must
+    /// never wait on the view store.
+    pub fn offer(&self, events: &[Event]) {
+        let events: Vec<Event> = events
+            .iter()
+            .filter(|e| state::wanted(e.event_type()))
+            .cloned()
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        let batch = Batch {
+            events,
+            watermark: watermark_ms(&self.watermark),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(batch) {
+            let before = self.metrics.dropped.get();
+            self.metrics.dropped.inc_by(n);
+            // One line per 10 000 dropped, not one per batch.
+            if before / 10_000 != (before + n) / 10_000 || before == 0 {
+                tracing::warn!(
+                    dropped_total = before + n,
+                    "view store queue full: events dropped"
+                );
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Memory,
+    Redis(RedisViews),
+}
+
+/// The query side; clones share the store.
+#[derive(Clone)]
+pub struct ViewStore {
+    backend: Backend,
+    state: Arc<Mutex<ViewState>>,
+    /// The watermark the in-process state reflects (ms).
+    as_of: Arc<AtomicI64>,
+}
+
+/// Answers of the store, before the HTTP layer adds `lag_ms`.
+pub type Fresh<T> = (T, i64);
+
+impl ViewStore {
+    /// Starts the writer task (on the current tokio runtime) and returns the
+    /// query side and the feed for the dataflow's sink.
+    pub async fn start(
+        config: ViewStoreConfig,
+        metrics: &Metrics,
+    ) -> Result<(ViewStore, ViewFeed), ViewError> {
+        let backend = match &config.redis_url {
+            Some(url) => Backend::Redis(RedisViews::connect(url, &config).await?),
+            None => Backend::Memory,
+        };
+        let vm = ViewMetrics::register(metrics);
+        let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+        let store = ViewStore {
+            backend,
+            state: Arc::new(Mutex::new(ViewState::default())),
+            as_of: Arc::new(AtomicI64::new(0)),
+        };
+        let feed = ViewFeed {
+            tx,
+            watermark: metrics.dataflow_watermark_seconds.clone(),
+            metrics: vm.clone(),
+        };
+        tokio::spawn(writer(
+            store.clone(),
+            rx,
+            metrics.dataflow_watermark_seconds.clone(),
+            config,
+            vm,
+        ));
+        Ok((store, feed))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ViewState> {
+        // Every mutation is a whole apply of one event: a panic mid-way
+        // leaves at worst one event half-applied, which the next overwrites.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn local_as_of(&self) -> i64 {
+        self.as_of.load(Ordering::Relaxed)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// One session by id.
+    pub async fn session(&self, id: &str) -> Result<Fresh<Option<SessionView>>, ViewError> {
+        match &self.backend {
+            Backend::Memory => Ok((self.lock().sessions.get(id).cloned(), self.local_as_of())),
+            Backend::Redis(r) => r.session(id).await,
+        }
+    }
+
+    /// Open sessions, most recently updated first (at most 1000).
+    pub async fn active(&self) -> Result<Fresh<Vec<SessionView>>, ViewError> {
+        match &self.backend {
+            Backend::Memory => {
+                let st = self.lock();
+                let mut v: Vec<SessionView> =
+                    st.sessions.values().filter(|s| !s.ended).cloned().collect();
+                v.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+                v.truncate(1000);
+                Ok((v, self.local_as_of()))
+            }
+            Backend::Redis(r) => r.active().await,
+        }
+    }
+
+    /// The collaborators present in a document (online or away).
+    pub async fn collaborators(&self, doc: &str) -> Result<Fresh<Vec<Collaborator>>, ViewError> {
+        match &self.backend {
+            Backend::Memory => Ok((
+                self.lock()
+                    .presence
+                    .get(doc)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default(),
+                self.local_as_of(),
+            )),
+            Backend::Redis(r) => r.collaborators(doc).await,
+        }
+    }
+
+    /// Open and recently resolved conflicts of a document.
+    pub async fn conflicts(&self, doc: &str) -> Result<Fresh<Vec<ConflictView>>, ViewError> {
+        match &self.backend {
+            Backend::Memory => Ok((
+                self.lock()
+                    .conflicts
+                    .get(doc)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default(),
+                self.local_as_of(),
+            )),
+            Backend::Redis(r) => r.conflicts(doc).await,
+        }
+    }
+
+    /// The latest team metrics of a project's document (`None`: project-wide).
+    pub async fn team(
+        &self,
+        project: &str,
+        doc: Option<&str>,
+    ) -> Result<Fresh<Vec<TeamFigure>>, ViewError> {
+        match &self.backend {
+            Backend::Memory => Ok((
+                self.lock()
+                    .team
+                    .get(&(project.to_owned(), doc.map(str::to_owned)))
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default(),
+                self.local_as_of(),
+            )),
+            Backend::Redis(r) => r.team(project, doc).await,
+        }
+    }
+
+    /// A project's writing totals per (day, user).
+    pub async fn writing(
+        &self,
+        project: &str,
+    ) -> Result<Fresh<Vec<(String, String, WritingTotals)>>, ViewError> {
+        match &self.backend {
+            Backend::Memory => Ok((
+                self.lock()
+                    .writing
+                    .get(project)
+                    .map(|m| {
+                        m.iter()
+                            .map(|((d, u), t)| (d.clone(), u.clone(), t.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                self.local_as_of(),
+            )),
+            Backend::Redis(r) => r.writing(project).await,
+        }
+    }
+}
+
+/// The dataflow watermark in ms (the gauge is in seconds, as Prometheus
+/// names units).
+fn watermark_ms(g: &prometheus::Gauge) -> i64 {
+    (g.get() * 1000.0).round() as i64
+}
+
+/// Applies queued batches, writes them through to Redis, and follows the
+/// watermark while idle.
+async fn writer(
+    store: ViewStore,
+    mut rx: mpsc::Receiver<Batch>,
+    watermark: prometheus::Gauge,
+    config: ViewStoreConfig,
+    metrics: ViewMetrics,
+) {
+    let ended_ms = config.ended_retention.as_millis() as i64;
+    let writing_ms = config.writing_retention.as_millis() as i64;
+    let stale_ms = config.ttl.as_millis() as i64;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written_as_of = 0;
+    let mut unwritten = redis_views::Changes::default();
+    // Pruning walks the whole state: once a second, not once per batch.
+    let mut pruned = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(first) = batch else { return };
+                let mut batches = vec![first];
+                while batches.len() < 64 {
+                    match rx.try_recv() {
+                        Ok(b) => batches.push(b),
+                        Err(_) => break,
+                    }
+                }
+                let wm = batches.iter().map(|b| b.watermark).max().unwrap_or(0);
+                let n: usize = batches.iter().map(|b| b.events.len()).sum();
+                let changes = {
+                    let mut st = store.lock();
+                    for b in &batches {
+                        for e in &b.events {
+                            st.apply(e);
+                        }
+                    }
+                    if pruned.elapsed() >= Duration::from_secs(1) {
+                        st.prune(wm, ended_ms, writing_ms, stale_ms);
+                        pruned = tokio::time::Instant::now();
+                    }
+                    redis_views::Changes::take(&mut st)
+                };
+                metrics.applied.inc_by(n as u64);
+                store.as_of.fetch_max(wm, Ordering::Relaxed);
+                unwritten.extend(changes);
+                flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
+            }
+            _ = tick.tick() => {
+                if !rx.is_empty() {
+                    continue;
+                }
+                let wm = watermark_ms(&watermark).max(written_as_of);
+                store.as_of.fetch_max(wm, Ordering::Relaxed);
+                if wm > written_as_of || unwritten.len() > 0 {
+                    flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
+                }
+            }
+        }
+    }
+}
+
+/// Changes held for Redis while it fails, at most; past it they are dropped
+/// (counted) and the views catch up as the records change again.
+const MAX_UNWRITTEN: usize = 100_000;
+
+/// Writes what Redis has not got yet, with the watermark `wm`. On failure
+/// the changes are kept for the next try (and `as_of` in Redis stays where
+/// it was: it never claims what is not written).
+async fn flush(
+    store: &ViewStore,
+    unwritten: &mut redis_views::Changes,
+    written_as_of: &mut i64,
+    wm: i64,
+    metrics: &ViewMetrics,
+) {
+    let Backend::Redis(r) = &store.backend else {
+        *unwritten = redis_views::Changes::default();
+        *written_as_of = wm;
+        return;
+    };
+    match r.write(unwritten, wm).await {
+        Ok(()) => {
+            *unwritten = redis_views::Changes::default();
+            *written_as_of = wm;
+        }
+        Err(error) => {
+            metrics.write_errors.inc();
+            let held = unwritten.len();
+            if held > MAX_UNWRITTEN {
+                metrics.dropped.inc_by(held as u64);
+                *unwritten = redis_views::Changes::default();
+            }
+            tracing::warn!(%error, held, "view store: writing to redis failed; retrying");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ty: &str) -> Event {
+        Event {
+            id: "e".into(),
+            ts: 1,
+            user_id: Some("u".into()),
+            project_id: Some("p".into()),
+            document_id: Some("d".into()),
+            data: schemas::Payload::example(ty).unwrap_or_else(|| panic!("{ty}")),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Metrics::standalone();
+        let (tx, mut rx) = mpsc::channel(1);
+        let feed = ViewFeed {
+            tx,
+            watermark: metrics.dataflow_watermark_seconds.clone(),
+            metrics: ViewMetrics::register(&metrics),
+        };
+        metrics.dataflow_watermark_seconds.set(0.042);
+        let wanted = event("collaboration.presence_updated");
+        // Types the views do not read are not even queued.
+        feed.offer(&[event("writing.keystroke")]);
+        feed.offer(&[wanted.clone(), wanted.clone()]);
+        feed.offer(&[wanted]);
+        assert_eq!(feed.metrics.dropped.get(), 1);
+        let queued = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((queued.events.len(), queued.watermark), (2, 42));
+        assert!(rx.try_recv().is_err());
+        assert!(
+            metrics
+                .render()
+                .contains("inkstream_view_dropped_events_total 1")
+        );
+    }
+}

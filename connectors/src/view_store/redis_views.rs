@@ -1,0 +1,335 @@
+//! The views in Redis. Keys (all under `<prefix>:view:`, each with a TTL
+//! refreshed on write):
+//!
+//! | key | type | content |
+//! | --- | --- | --- |
+//! | `session:<id>` | string | a [`SessionView`] as JSON |
+//! | `active` | sorted set | open session ids, scored by `updated_at` |
+//! | `presence:<doc>` | hash | user → [`Collaborator`] JSON |
+//! | `conflicts:<doc>` | hash | conflict id → [`ConflictView`] JSON |
+//! | `team:<json [project, doc]>` | hash | `window\|metric\|user` → [`TeamFigure`] JSON |
+//! | `writing:<project>` | hash | `day\|metric\|user` → integer (HINCRBY) |
+//! | `as_of` | string | the watermark the views reflect (ms) |
+//!
+//! One pipelined round trip per batch of changes.
+
+use super::state::{
+    Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingTotals,
+};
+use super::{Fresh, ViewError, ViewStoreConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Most open sessions an `active` query reads.
+const ACTIVE_MAX: isize = 1000;
+
+/// What a batch changed, serialized under the state lock and written after.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// (id, JSON or deleted, open?, score)
+    sessions: Vec<(String, Option<String>, bool, i64)>,
+    /// (doc, user, JSON or deleted)
+    presence: Vec<(String, String, Option<String>)>,
+    conflicts: Vec<(String, String, Option<String>)>,
+    /// (project, doc, field, JSON or deleted)
+    team: Vec<(String, Option<String>, String, Option<String>)>,
+    writing: Vec<(String, String, String, WritingTotals)>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Option<String> {
+    serde_json::to_string(v).ok()
+}
+
+impl Changes {
+    /// Records (writes) held.
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+            + self.presence.len()
+            + self.conflicts.len()
+            + self.team.len()
+            + self.writing.len()
+    }
+
+    /// Appends `later`: written after, so its values win.
+    pub(crate) fn extend(&mut self, later: Changes) {
+        self.sessions.extend(later.sessions);
+        self.presence.extend(later.presence);
+        self.conflicts.extend(later.conflicts);
+        self.team.extend(later.team);
+        self.writing.extend(later.writing);
+    }
+
+    /// Takes the state's dirty marks and writing deltas.
+    pub(crate) fn take(st: &mut ViewState) -> Changes {
+        let mut c = Changes::default();
+        for d in std::mem::take(&mut st.dirty) {
+            match d {
+                Dirty::Session(id) => {
+                    let v = st.sessions.get(&id);
+                    c.sessions.push((
+                        id.clone(),
+                        v.and_then(json),
+                        v.is_some_and(|v| !v.ended),
+                        v.map_or(0, |v| v.updated_at),
+                    ));
+                }
+                Dirty::Presence { document, user } => {
+                    let v = st.presence.get(&document).and_then(|m| m.get(&user));
+                    let v = v.and_then(json);
+                    c.presence.push((document, user, v));
+                }
+                Dirty::Conflict { document, id } => {
+                    let v = st.conflicts.get(&document).and_then(|m| m.get(&id));
+                    let v = v.and_then(json);
+                    c.conflicts.push((document, id, v));
+                }
+                Dirty::Team {
+                    project,
+                    document,
+                    field,
+                } => {
+                    let v = st
+                        .team
+                        .get(&(project.clone(), document.clone()))
+                        .and_then(|m| m.get(&field))
+                        .and_then(json);
+                    c.team.push((project, document, field, v));
+                }
+            }
+        }
+        c.writing = std::mem::take(&mut st.writing_deltas);
+        c
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct RedisViews {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl_s: u64,
+    writing_ttl_s: u64,
+}
+
+fn unavailable(e: redis::RedisError) -> ViewError {
+    ViewError::Unavailable(e.to_string())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_str(s).ok()
+}
+
+impl RedisViews {
+    pub(crate) async fn connect(
+        url: &str,
+        config: &ViewStoreConfig,
+    ) -> Result<RedisViews, ViewError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| ViewError::Unavailable(format!("invalid redis url: {e}")))?;
+        let conn = ConnectionManager::new_with_config(
+            client,
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(1),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(RedisViews {
+            conn,
+            prefix: format!("{}:view:", config.prefix),
+            ttl_s: config.ttl.as_secs().max(1),
+            writing_ttl_s: config.writing_retention.as_secs().max(1),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn team_key(&self, project: &str, doc: Option<&str>) -> String {
+        // JSON keeps ids with `:` unambiguous.
+        self.key(&format!("team:{}", serde_json::json!([project, doc])))
+    }
+
+    /// Writes one batch of changes and the watermark, in one round trip, as
+    /// one transaction (MULTI/EXEC): a failed write applied nothing, so it
+    /// can be retried whole without adding a writing delta twice.
+    pub(crate) async fn write(&self, c: &Changes, as_of: i64) -> Result<(), ViewError> {
+        let mut p = redis::pipe();
+        p.atomic();
+        let active = self.key("active");
+        for (id, v, open, score) in &c.sessions {
+            let key = self.key(&format!("session:{id}"));
+            match v {
+                Some(v) => p.cmd("SET").arg(&key).arg(v).arg("EX").arg(self.ttl_s),
+                None => p.cmd("DEL").arg(&key),
+            }
+            .ignore();
+            if *open {
+                p.cmd("ZADD").arg(&active).arg(score).arg(id).ignore();
+            } else {
+                p.cmd("ZREM").arg(&active).arg(id).ignore();
+            }
+        }
+        if !c.sessions.is_empty() {
+            p.cmd("EXPIRE").arg(&active).arg(self.ttl_s).ignore();
+            // Ids whose session key has expired (not updated for the TTL).
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(&active)
+                .arg("-inf")
+                .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
+                .ignore();
+        }
+        let hashes = c
+            .presence
+            .iter()
+            .map(|(d, f, v)| (self.key(&format!("presence:{d}")), f, v))
+            .chain(
+                c.conflicts
+                    .iter()
+                    .map(|(d, f, v)| (self.key(&format!("conflicts:{d}")), f, v)),
+            )
+            .chain(
+                c.team
+                    .iter()
+                    .map(|(pr, d, f, v)| (self.team_key(pr, d.as_deref()), f, v)),
+            );
+        for (key, field, v) in hashes {
+            match v {
+                Some(v) => p.cmd("HSET").arg(&key).arg(field).arg(v),
+                None => p.cmd("HDEL").arg(&key).arg(field),
+            }
+            .ignore();
+            p.cmd("EXPIRE").arg(&key).arg(self.ttl_s).ignore();
+        }
+        for (project, day, user, t) in &c.writing {
+            let key = self.key(&format!("writing:{project}"));
+            for (metric, n) in [
+                ("words", t.words),
+                ("sessions", t.sessions),
+                ("active_ms", t.active_ms),
+                ("flow_ms", t.flow_ms),
+            ] {
+                p.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg(format!("{day}|{metric}|{user}"))
+                    .arg(n)
+                    .ignore();
+            }
+            p.cmd("EXPIRE").arg(&key).arg(self.writing_ttl_s).ignore();
+        }
+        p.cmd("SET")
+            .arg(self.key("as_of"))
+            .arg(as_of)
+            .arg("EX")
+            .arg(self.ttl_s)
+            .ignore();
+        let mut conn = self.conn.clone();
+        p.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn as_of_and<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<(T, i64), ViewError> {
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(self.key("as_of"));
+        p.add_command(cmd.clone());
+        let mut conn = self.conn.clone();
+        let (as_of, v): (Option<i64>, T) = p.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok((v, as_of.unwrap_or(0)))
+    }
+
+    async fn hash(&self, key: String) -> Result<(HashMap<String, String>, i64), ViewError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(key);
+        self.as_of_and(&cmd).await
+    }
+
+    pub(crate) async fn session(&self, id: &str) -> Result<Fresh<Option<SessionView>>, ViewError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(&format!("session:{id}")));
+        let (v, as_of): (Option<String>, i64) = self.as_of_and(&cmd).await?;
+        Ok((v.as_deref().and_then(parse), as_of))
+    }
+
+    pub(crate) async fn active(&self) -> Result<Fresh<Vec<SessionView>>, ViewError> {
+        let mut cmd = redis::cmd("ZREVRANGE");
+        cmd.arg(self.key("active")).arg(0).arg(ACTIVE_MAX - 1);
+        let (ids, as_of): (Vec<String>, i64) = self.as_of_and(&cmd).await?;
+        if ids.is_empty() {
+            return Ok((Vec::new(), as_of));
+        }
+        let mut get = redis::cmd("MGET");
+        for id in &ids {
+            get.arg(self.key(&format!("session:{id}")));
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = get.query_async(&mut conn).await.map_err(unavailable)?;
+        // A session whose key expired (its writer stopped) leaves its id in
+        // the set until the next write of it: skip it.
+        let sessions = values
+            .iter()
+            .flatten()
+            .filter_map(|s| parse::<SessionView>(s))
+            .filter(|s| !s.ended)
+            .collect();
+        Ok((sessions, as_of))
+    }
+
+    pub(crate) async fn collaborators(
+        &self,
+        doc: &str,
+    ) -> Result<Fresh<Vec<Collaborator>>, ViewError> {
+        let (m, as_of) = self.hash(self.key(&format!("presence:{doc}"))).await?;
+        let mut v: Vec<Collaborator> = m.values().filter_map(|s| parse(s)).collect();
+        v.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok((v, as_of))
+    }
+
+    pub(crate) async fn conflicts(&self, doc: &str) -> Result<Fresh<Vec<ConflictView>>, ViewError> {
+        let (m, as_of) = self.hash(self.key(&format!("conflicts:{doc}"))).await?;
+        let mut v: Vec<ConflictView> = m.values().filter_map(|s| parse(s)).collect();
+        v.sort_by(|a, b| a.conflict_id.cmp(&b.conflict_id));
+        Ok((v, as_of))
+    }
+
+    pub(crate) async fn team(
+        &self,
+        project: &str,
+        doc: Option<&str>,
+    ) -> Result<Fresh<Vec<TeamFigure>>, ViewError> {
+        let (m, as_of) = self.hash(self.team_key(project, doc)).await?;
+        Ok((m.values().filter_map(|s| parse(s)).collect(), as_of))
+    }
+
+    pub(crate) async fn writing(
+        &self,
+        project: &str,
+    ) -> Result<Fresh<Vec<(String, String, WritingTotals)>>, ViewError> {
+        let (m, as_of) = self.hash(self.key(&format!("writing:{project}"))).await?;
+        let mut rows: std::collections::BTreeMap<(String, String), WritingTotals> =
+            Default::default();
+        for (field, n) in m {
+            let mut parts = field.splitn(3, '|');
+            let (Some(day), Some(metric), Some(user)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let n: i64 = n.parse().unwrap_or(0);
+            let t = rows.entry((day.to_owned(), user.to_owned())).or_default();
+            match metric {
+                "words" => t.words = n,
+                "sessions" => t.sessions = n,
+                "active_ms" => t.active_ms = n,
+                "flow_ms" => t.flow_ms = n,
+                _ => {}
+            }
+        }
+        Ok((
+            rows.into_iter().map(|((d, u), t)| (d, u, t)).collect(),
+            as_of,
+        ))
+    }
+}

@@ -1,0 +1,162 @@
+//! The view store in Redis: what one instance's dataflow fed is answered by
+//! another instance (sharing only Redis), with the feeding instance's
+//! watermark as `as_of`; writing totals add up across writer restarts.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use inkstream_connectors::Metrics;
+use inkstream_connectors::view_store::{ViewStore, ViewStoreConfig};
+use inkstream_tests::{redis_url, unique};
+use schemas::Event;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn ev(ty: &str, ts: i64, user: &str, data: Value) -> Event {
+    serde_json::from_value(
+        json!({"id": unique("e"), "type": ty, "ts": ts, "user_id": user,
+        "project_id": "p1", "document_id": "d1", "data": data}),
+    )
+    .unwrap()
+}
+
+fn config(prefix: &str) -> ViewStoreConfig {
+    ViewStoreConfig {
+        redis_url: Some(redis_url()),
+        prefix: prefix.into(),
+        ..Default::default()
+    }
+}
+
+fn summary(user: &str, start: i64) -> Event {
+    ev(
+        "writing.session_ended",
+        start + 1000,
+        user,
+        json!({"session_id": null, "reason": "ended", "start_ts": start, "end_ts": start + 1000,
+               "events": 3, "words": 5, "wpm": 5.0, "active_ms": 1000, "flow_ms": 0,
+               "paused_ms": 0, "longest_flow_ms": 0, "pasted_words": 0}),
+    )
+}
+
+#[tokio::test]
+async fn another_instance_answers_from_redis_with_the_writers_watermark() {
+    let prefix = unique("views");
+    let writer_metrics = Metrics::standalone();
+    let (_writer, feed) = ViewStore::start(config(&prefix), &writer_metrics)
+        .await
+        .unwrap();
+    let reader_metrics = Metrics::standalone();
+    let (reader, _unused) = ViewStore::start(config(&prefix), &reader_metrics)
+        .await
+        .unwrap();
+    let ts = 1_767_603_600_000;
+    writer_metrics
+        .dataflow_watermark_seconds
+        .set((ts + 5000) as f64 / 1000.0);
+    feed.offer(&[
+        ev(
+            "collaboration.presence_updated",
+            ts,
+            "u1",
+            json!({"status": "online", "paragraph": 2, "offset": 5, "mode": "edit"}),
+        ),
+        ev(
+            "writing.session_state_changed",
+            ts,
+            "u1",
+            json!({"session_id": "s1", "from": "IDLE", "to": "WARMING_UP", "reason": "activity", "wpm": 0.0}),
+        ),
+        summary("u2", ts),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (collaborators, as_of) = loop {
+        let (c, as_of) = reader.collaborators("d1").await.unwrap();
+        if !c.is_empty() {
+            break (c, as_of);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader never saw the writer's view"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(collaborators[0].user_id, "u1");
+    assert_eq!(collaborators[0].paragraph, Some(2));
+    assert_eq!(as_of, ts + 5000, "as_of is the watermark the writer fed");
+    let (session, _) = reader.session("s1").await.unwrap();
+    assert_eq!(session.unwrap().state, "WARMING_UP");
+    let (active, _) = reader.active().await.unwrap();
+    assert_eq!(active.len(), 1);
+    let (writing, _) = reader.writing("p1").await.unwrap();
+    assert_eq!(writing.len(), 1);
+    assert_eq!((writing[0].2.words, writing[0].2.sessions), (5, 1));
+
+    // A restarted writer (empty cache) adds to the totals instead of
+    // overwriting them.
+    let metrics = Metrics::standalone();
+    let (_again, feed) = ViewStore::start(config(&prefix), &metrics).await.unwrap();
+    metrics
+        .dataflow_watermark_seconds
+        .set((ts + 9000) as f64 / 1000.0);
+    feed.offer(&[summary("u2", ts + 100)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (writing, as_of) = reader.writing("p1").await.unwrap();
+        if writing[0].2.sessions == 2 {
+            assert_eq!(writing[0].2.words, 10);
+            assert_eq!(as_of, ts + 9000);
+            break;
+        }
+        assert!(Instant::now() < deadline, "totals not added: {writing:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn changes_made_while_redis_is_down_are_written_when_it_is_back() {
+    let mut redis = inkstream_tests::PrivateRedis::start("views-outage");
+    let config = ViewStoreConfig {
+        redis_url: Some(redis.url()),
+        prefix: unique("views"),
+        ..Default::default()
+    };
+    let metrics = Metrics::standalone();
+    let (store, feed) = ViewStore::start(config, &metrics).await.unwrap();
+    redis.stop();
+    let ts = 1_767_603_600_000;
+    metrics.dataflow_watermark_seconds.set((ts) as f64 / 1000.0);
+    feed.offer(&[ev(
+        "collaboration.presence_updated",
+        ts,
+        "u9",
+        json!({"status": "online", "paragraph": 1, "offset": 0}),
+    )]);
+    // The write fails (counted) while Redis is down...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("inkstream_view_write_errors_total") && !l.ends_with(" 0"))
+    {
+        assert!(Instant::now() < deadline, "no write error counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and is retried once it is back (the AOF kept nothing of ours: the
+    // data can only come from the retry).
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok((c, as_of)) = store.collaborators("d1").await
+            && !c.is_empty()
+        {
+            assert_eq!(c[0].user_id, "u9");
+            assert_eq!(as_of, ts);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held change was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
