@@ -10,6 +10,7 @@
 //! `{"error":{"code","message","field"?}}`.
 
 mod commands;
+mod console;
 mod error;
 mod ingest;
 mod listener;
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/ingest", get(ws_ingest::upgrade))
         .merge(commands::routes())
         .merge(crate::schema_registry::routes())
+        .merge(console::routes())
         .route("/api/realtime/websocket/stats", get(ws_stats))
         .route("/api/realtime/websocket/broadcast", post(ws_broadcast))
         .route(

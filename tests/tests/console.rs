@@ -1,0 +1,229 @@
+//! The live console in a real headless browser: `inkstream serve`, Debian's
+//! Chromium driven by playwright-core (`tests/browser/console.mjs`), events
+//! POSTed over HTTP, and the page checked for what they mean: who is online
+//! with a cursor, a writing session with WPM, a conflict, and alerts; plus a
+//! dropped connection recovered with `since`.
+//!
+//! Node, Chromium and playwright-core come from `tests/run.sh`
+//! (`INKSTREAM_TEST_NODE`, `INKSTREAM_TEST_CHROMIUM`,
+//! `INKSTREAM_TEST_BROWSER_DIR`); without them the test fails.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use inkstream_tests::{Server, now_ms, unique};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn required(var: &str, what: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{var} is not set: this test needs {what}. Run the suite with `tests/run.sh`, which \
+             installs chromium and playwright-core and exports INKSTREAM_TEST_NODE, \
+             INKSTREAM_TEST_CHROMIUM and INKSTREAM_TEST_BROWSER_DIR."
+        ),
+    }
+}
+
+/// What the test ingests: two collaborators on one paragraph of d1 (a
+/// conflict; the cursors come more than `presence.cursor_interval` (1 s)
+/// after the joins, so presence updates carry them), u1 typing (a session with WPM), u2 mentioning u1 (an alert for
+/// u1) and a critical system error (an alert for the admins).
+fn events(ts: i64) -> Vec<Value> {
+    let collab = |id: &str, ty: &str, user: &str, dt: i64, data: Value| {
+        json!({"id": unique(id), "type": ty, "ts": ts + dt, "user_id": user,
+               "project_id": "p1", "document_id": "d1", "data": data})
+    };
+    vec![
+        collab(
+            "j1",
+            "collaboration.user_joined",
+            "u1",
+            0,
+            json!({"client": "web"}),
+        ),
+        collab(
+            "j2",
+            "collaboration.user_joined",
+            "u2",
+            10,
+            json!({"client": "web"}),
+        ),
+        collab(
+            "c1",
+            "collaboration.cursor_moved",
+            "u1",
+            1100,
+            json!({"paragraph": 3, "offset": 5, "viewport": [0, 10], "mode": "edit"}),
+        ),
+        collab(
+            "c2",
+            "collaboration.cursor_moved",
+            "u2",
+            1130,
+            json!({"paragraph": 3, "offset": 40, "selection": [40, 52], "mode": "edit"}),
+        ),
+        collab(
+            "x1",
+            "collaboration.edit_applied",
+            "u1",
+            1140,
+            json!({"paragraph": 3, "offset": 5, "inserted": 12, "deleted": 0}),
+        ),
+        collab(
+            "x2",
+            "collaboration.edit_applied",
+            "u2",
+            1150,
+            json!({"paragraph": 3, "offset": 40, "inserted": 3, "deleted": 1}),
+        ),
+        collab(
+            "k1",
+            "writing.keystroke",
+            "u1",
+            1160,
+            json!({"keystrokes": 40, "words": 8, "chars": 40}),
+        ),
+        collab(
+            "k2",
+            "writing.keystroke",
+            "u1",
+            2160,
+            json!({"keystrokes": 30, "words": 6, "chars": 30}),
+        ),
+        collab(
+            "m1",
+            "collaboration.comment_added",
+            "u2",
+            2170,
+            json!({"comment_id": "cm1", "paragraph": 3, "mentions": ["u1"]}),
+        ),
+        json!({"id": unique("s1"), "type": "system.error", "ts": ts + 2180,
+               "data": {"service": "export", "message": "PDF export timed out", "severity": "critical"}}),
+    ]
+}
+
+/// The pages the browser opens and what each must show.
+fn spec(ts: i64) -> Value {
+    json!({
+        "pages": [
+            {
+                // No parameters: the admin view over the category: channels.
+                "name": "admin",
+                "query": "",
+                "expect": {
+                    "presence": [["d1", "u1"], ["d1", "u2"]],
+                    "sessions": ["u1"],
+                    "conflicts": [["u1", "u2", 3]],
+                    "feed": ["Error in export", "u2 mentioned you"],
+                },
+            },
+            {
+                // A collaborator's view: project, document and own channels.
+                "name": "scoped",
+                "query": "?project=p1&document=d1&user=u1",
+                "expect": {
+                    "presence": [["d1", "u1"], ["d1", "u2"]],
+                    "sessions": ["u1"],
+                    "conflicts": [["u1", "u2", 3]],
+                    "feed": ["u2 mentioned you"],
+                },
+            },
+        ],
+        "recovery": {
+            "page": "admin",
+            "user": "u9",
+            "event": {"id": unique("r1"), "type": "writing.keystroke", "ts": ts + 3000,
+                      "user_id": "u9", "project_id": "p1",
+                      "data": {"keystrokes": 25, "words": 5, "chars": 25}},
+        },
+    })
+}
+
+/// Waits for the script to print `want` on a line of its own.
+fn wait_line(rx: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line == want => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no {want:?} from the browser script: {e}")),
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs")
+}
+
+#[tokio::test]
+async fn the_console_page_shows_presence_sessions_conflicts_and_alerts_live_in_headless_chromium() {
+    let node = required("INKSTREAM_TEST_NODE", "node");
+    let chromium = required("INKSTREAM_TEST_CHROMIUM", "Debian's chromium");
+    let browser_dir = required("INKSTREAM_TEST_BROWSER_DIR", "playwright-core (npm)");
+    let started = Instant::now();
+    let server = Server::start(&[]).await;
+    let out = std::env::temp_dir().join(unique("console-test"));
+    std::fs::create_dir_all(&out).unwrap();
+    let ts = now_ms();
+
+    let mut child = Command::new(node)
+        .arg(script())
+        .arg(server.url(""))
+        .arg(&out)
+        .arg(spec(ts).to_string())
+        .env("INKSTREAM_TEST_CHROMIUM", chromium)
+        .env("INKSTREAM_TEST_BROWSER_DIR", browser_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node tests/browser/console.mjs");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let fail = |mut child: Child, why: String| -> ! {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{why}; screenshots in {} (the script's log is above)",
+            out.display()
+        );
+    };
+
+    // The pages are open and subscribed before anything is ingested.
+    let (ready, rx) =
+        tokio::task::spawn_blocking(move || (wait_line(&rx, "ready", Duration::from_secs(20)), rx))
+            .await
+            .unwrap();
+    if let Err(why) = ready {
+        fail(child, why);
+    }
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .json(&events(ts))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+
+    let (done, _rx) =
+        tokio::task::spawn_blocking(move || (wait_line(&rx, "ok", Duration::from_secs(25)), rx))
+            .await
+            .unwrap();
+    if let Err(why) = done {
+        fail(child, why);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "browser script exited with {status}");
+    println!("console test took {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&out);
+}
