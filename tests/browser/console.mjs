@@ -3,9 +3,10 @@
 //
 //   node console.mjs <base-url> <out-dir> <spec-json>
 //
-// spec: {"pages": [{"name", "query", "expect": {"presence": [[doc, user]],
-//        "sessions": [user], "conflicts": [[userA, userB, paragraph]],
-//        "feed": [title substring]}}],
+// spec: {"pages": [{"name", "query", "ready"?: css selector, "allowErrors"?: [substring],
+//        "expect": {"presence": [[doc, user]], "sessions": [user],
+//        "conflicts": [[userA, userB, paragraph]], "feed": [title substring],
+//        "connections": [status substring]}}],
 //        "recovery": {"page", "event"}}   (optional, see below)
 //
 // Prints "ready" once every page is subscribed (the test then ingests),
@@ -59,14 +60,21 @@ let failed = false;
 try {
   for (const p of spec.pages) {
     const page = await context.newPage();
-    page.on('console', (m) => { if (m.type() === 'error') problems.push(`${p.name}: console error: ${m.text()}`); });
+    // `allowErrors`: substrings of console errors the page is expected to
+    // log (a refused WebSocket upgrade is logged by the browser itself).
+    const allowed = (text) => (p.allowErrors ?? []).some((a) => text.includes(a));
+    page.on('console', (m) => {
+      if (m.type() === 'error' && !allowed(m.text())) problems.push(`${p.name}: console error: ${m.text()}`);
+    });
     page.on('pageerror', (e) => problems.push(`${p.name}: page error: ${e.message}`));
     if (spec.recovery?.page === p.name) await routeForRecovery(page);
     const resp = await page.goto(`${base}/${p.query}`);
     if (!resp.ok()) throw new Error(`${p.name}: GET / answered ${resp.status()}`);
     pages.push({ ...p, page });
   }
-  for (const p of pages) await p.page.waitForSelector('body[data-live="true"]', { timeout: 10_000 });
+  // A page is ready when every socket is subscribed, or at `ready` (a CSS
+  // selector) for pages expected not to get there (refused channels).
+  for (const p of pages) await p.page.waitForSelector(p.ready ?? 'body[data-live="true"]', { timeout: 10_000 });
   log('every page subscribed');
   console.log('ready');
 
@@ -117,6 +125,11 @@ async function expectAll({ name, page, expect }, deadline) {
       .locator('#conflicts li[data-conflict]')
       .filter({ hasText: a }).filter({ hasText: b }).filter({ hasText: `¶${paragraph} ` })
       .first()
+      .waitFor({ timeout: left() }));
+  }
+  for (const text of expect.connections ?? []) {
+    await check(`connection status "${text}"`, () => page
+      .locator('#connections li').filter({ hasText: text }).first()
       .waitFor({ timeout: left() }));
   }
   for (const title of expect.feed ?? []) {

@@ -6,7 +6,9 @@
 //!
 //! Node, Chromium and playwright-core come from `tests/run.sh`
 //! (`INKSTREAM_TEST_NODE`, `INKSTREAM_TEST_CHROMIUM`,
-//! `INKSTREAM_TEST_BROWSER_DIR`); without them the test fails.
+//! `INKSTREAM_TEST_BROWSER_DIR`); without them the test fails. Screenshots
+//! of every page are kept on failure, and on success too with
+//! `INKSTREAM_TEST_KEEP_SCREENSHOTS=1` (to look at the page).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -161,22 +163,21 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs")
 }
 
-#[tokio::test]
-async fn the_console_page_shows_presence_sessions_conflicts_and_alerts_live_in_headless_chromium() {
+/// Runs the browser script against `server`: waits until its pages are
+/// subscribed, POSTs `events` (with `bearer` when auth is on), and waits for
+/// the script to find everything `spec` expects. Panics with the screenshots'
+/// folder on failure.
+async fn check_in_browser(server: &Server, spec: Value, events: Vec<Value>, bearer: Option<&str>) {
     let node = required("INKSTREAM_TEST_NODE", "node");
     let chromium = required("INKSTREAM_TEST_CHROMIUM", "Debian's chromium");
     let browser_dir = required("INKSTREAM_TEST_BROWSER_DIR", "playwright-core (npm)");
-    let started = Instant::now();
-    let server = Server::start(&[]).await;
     let out = std::env::temp_dir().join(unique("console-test"));
     std::fs::create_dir_all(&out).unwrap();
-    let ts = now_ms();
-
     let mut child = Command::new(node)
         .arg(script())
         .arg(server.url(""))
         .arg(&out)
-        .arg(spec(ts).to_string())
+        .arg(spec.to_string())
         .env("INKSTREAM_TEST_CHROMIUM", chromium)
         .env("INKSTREAM_TEST_BROWSER_DIR", browser_dir)
         .stdout(Stdio::piped())
@@ -207,12 +208,13 @@ async fn the_console_page_shows_presence_sessions_conflicts_and_alerts_live_in_h
     if let Err(why) = ready {
         fail(child, why);
     }
-    let resp = reqwest::Client::new()
+    let mut post = reqwest::Client::new()
         .post(server.url("/v1/events"))
-        .json(&events(ts))
-        .send()
-        .await
-        .unwrap();
+        .json(&events);
+    if let Some(token) = bearer {
+        post = post.bearer_auth(token);
+    }
+    let resp = post.send().await.unwrap();
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
 
     let (done, _rx) =
@@ -224,6 +226,77 @@ async fn the_console_page_shows_presence_sessions_conflicts_and_alerts_live_in_h
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "browser script exited with {status}");
+    if std::env::var_os("INKSTREAM_TEST_KEEP_SCREENSHOTS").is_some() {
+        println!("screenshots kept in {}", out.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[tokio::test]
+async fn the_console_page_shows_presence_sessions_conflicts_and_alerts_live_in_headless_chromium() {
+    let started = Instant::now();
+    let server = Server::start(&[]).await;
+    let ts = now_ms();
+    check_in_browser(&server, spec(ts), events(ts), None).await;
     println!("console test took {:?}", started.elapsed());
-    let _ = std::fs::remove_dir_all(&out);
+}
+
+fn token(sub: &str, role: &str) -> String {
+    connectors::auth::sign_jwt(
+        &json!({"sub": sub, "role": role, "projects": ["p1"], "documents": ["d1"],
+                "exp": now_ms() / 1000 + 300}),
+        b"console-secret",
+    )
+}
+
+#[tokio::test]
+async fn the_console_passes_its_token_to_every_socket_and_shows_refused_channels() {
+    // Users subscribe with JWTs; the test ingests as an app (API key), which
+    // may write events of any user.
+    let cfg = std::env::temp_dir().join(unique("console-auth.toml"));
+    let key_hash = connectors::auth::hash_api_key("console-test-key");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\njwt_secret = \"console-secret\"\n\
+             [[auth.api_keys]]\nname = \"console-test\"\nsha256 = \"{key_hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]).await;
+    let member = token("u1", "member");
+    let ts = now_ms();
+    let spec = json!({
+        "pages": [
+            {
+                // A member's own view: every channel allowed with the token.
+                "name": "member",
+                "query": format!("?project=p1&document=d1&user=u1&token={member}"),
+                "expect": {
+                    "presence": [["d1", "u1"], ["d1", "u2"]],
+                    "sessions": ["u1"],
+                    "conflicts": [["u1", "u2", 3]],
+                    "feed": ["u2 mentioned you"],
+                },
+            },
+            {
+                // The admin view with a member's token: category: is refused.
+                "name": "member-admin-view",
+                "query": format!("?token={member}"),
+                "ready": "#connections li[data-state=\"refused\"]",
+                "expect": {"connections": ["refused: category:writing"]},
+            },
+            {
+                // No token at all: the upgrade itself is refused (401).
+                "name": "no-token",
+                "query": "?user=u1",
+                "ready": "#connections li[data-state=\"closed\"]",
+                "allowErrors": ["WebSocket"],
+                "expect": {"connections": ["refused or unreachable"]},
+            },
+        ],
+    });
+    check_in_browser(&server, spec, events(ts), Some("console-test-key")).await;
+    let _ = std::fs::remove_file(cfg);
 }

@@ -24,7 +24,7 @@ export class ChannelSocket {
     this.handlers = handlers;
     // channel -> {offset, epoch, subscribed, denied, reread, rereading}
     this.channels = new Map(channels.map((c) => [c, { offset: 0, epoch: null, subscribed: false, denied: null, reread: false, rereading: false }]));
-    this.state = 'connecting'; // connecting | live | closed
+    this.state = 'connecting'; // connecting | live | closed | refused (every channel forbidden)
     this.detail = '';
     this.attempts = 0;
     this.gaps = 0;
@@ -41,7 +41,9 @@ export class ChannelSocket {
     this.setState('connecting', this.attempts ? `retry ${this.attempts}` : '');
     const ws = new WebSocket(this.url);
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       for (const [channel, ch] of this.channels) {
         if (ch.denied) continue;
         const frame = { op: 'subscribe', channel };
@@ -58,7 +60,10 @@ export class ChannelSocket {
       if (this.ws !== ws) return;
       this.attempts += 1;
       // 4008: the server found us too slow; 1001: it is shutting down.
-      const why = ev.code === 4008 ? 'too slow, dropped' : ev.code === 1001 ? 'server going away' : `closed (${ev.code})`;
+      // A refused upgrade (401: missing or bad token) never opens; the
+      // browser does not tell why.
+      const why = !opened ? 'refused or unreachable (check the token)'
+        : ev.code === 4008 ? 'too slow, dropped' : ev.code === 1001 ? 'server going away' : `closed (${ev.code})`;
       this.setState('closed', why);
       const base = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** Math.min(this.attempts - 1, 5));
       this.timer = setTimeout(() => this.connect(), base * (0.5 + Math.random() / 2));
@@ -128,11 +133,13 @@ export class ChannelSocket {
 
   // Live once every channel answered (subscribed, or refused for good).
   checkLive() {
-    if (this.state === 'live') return;
-    if ([...this.channels.values()].every((c) => c.subscribed || c.denied)) {
+    if (this.state === 'live' || this.state === 'refused') return;
+    const all = [...this.channels];
+    if (all.every(([, c]) => c.subscribed || c.denied)) {
       this.attempts = 0;
-      const denied = [...this.channels.values()].filter((c) => c.denied).length;
-      this.setState('live', denied ? `${denied} channel(s) refused` : '');
+      const denied = all.filter(([, c]) => c.denied).map(([name]) => name);
+      const detail = denied.length ? `refused: ${denied.join(', ')}` : '';
+      this.setState(denied.length === all.length ? 'refused' : 'live', detail);
     }
   }
 
