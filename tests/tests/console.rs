@@ -300,3 +300,23 @@ async fn the_console_passes_its_token_to_every_socket_and_shows_refused_channels
     check_in_browser(&server, spec, events(ts), Some("console-test-key")).await;
     let _ = std::fs::remove_file(cfg);
 }
+
+/// The page's pure state and its socket client, tested in node without a
+/// browser (`tests/browser/*.test.mjs`, node's own test runner).
+#[test]
+fn the_console_model_and_socket_client_pass_their_node_unit_tests() {
+    let node = required("INKSTREAM_TEST_NODE", "node");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let out = Command::new(node)
+        .arg("--test")
+        .arg(dir.join("model.test.mjs"))
+        .arg(dir.join("socket.test.mjs"))
+        .output()
+        .expect("run node --test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("# fail 0") && !stdout.contains("# pass 0"),
+        "node unit tests failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

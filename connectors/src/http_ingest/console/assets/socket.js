@@ -73,6 +73,7 @@ export class ChannelSocket {
   // For tests and the unload handler: closes without reconnecting.
   stop() {
     clearTimeout(this.timer);
+    clearInterval(this.ping);
     const ws = this.ws;
     this.ws = null;
     ws?.close(1000, 'bye');
