@@ -7,19 +7,22 @@
 //        "expect": {"presence": [[doc, user]], "sessions": [user],
 //        "conflicts": [[userA, userB, paragraph]], "feed": [title substring],
 //        "connections": [status substring]}}],
+//        "latePages": [same as pages, opened after the expectations],
 //        "recovery": {"page", "event"}}   (optional, see below)
 //
 // Prints "ready" once every page is subscribed (the test then ingests),
 // "ok" and exits 0 when everything showed up; otherwise prints what is
 // missing, saves a screenshot per page into <out-dir> and exits 1.
-// Console errors (CSP violations included) and page errors fail the run.
+// Console errors (CSP violations included), page errors and accessibility
+// violations (axe-core, WCAG 2.1 AA) fail the run.
 //
 // Needs INKSTREAM_TEST_CHROMIUM (Debian's /usr/bin/chromium) and
-// INKSTREAM_TEST_BROWSER_DIR (a folder with node_modules/playwright-core),
+// INKSTREAM_TEST_BROWSER_DIR (a folder with node_modules/playwright-core and
+// axe-core),
 // both exported by tests/run.sh.
 
 import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -31,7 +34,9 @@ if (!chromiumPath || !browserDir) {
   throw new Error('INKSTREAM_TEST_CHROMIUM and INKSTREAM_TEST_BROWSER_DIR must be set: run the suite with tests/run.sh');
 }
 const spec = JSON.parse(specJson);
-const { chromium } = createRequire(join(browserDir, 'package.json'))('playwright-core');
+const require = createRequire(join(browserDir, 'package.json'));
+const { chromium } = require('playwright-core');
+const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 const started = Date.now();
 const log = (msg) => console.error(`[console.mjs ${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
@@ -58,20 +63,7 @@ const fromServer = [];
 const fromPage = [];
 let failed = false;
 try {
-  for (const p of spec.pages) {
-    const page = await context.newPage();
-    // `allowErrors`: substrings of console errors the page is expected to
-    // log (a refused WebSocket upgrade is logged by the browser itself).
-    const allowed = (text) => (p.allowErrors ?? []).some((a) => text.includes(a));
-    page.on('console', (m) => {
-      if (m.type() === 'error' && !allowed(m.text())) problems.push(`${p.name}: console error: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`${p.name}: page error: ${e.message}`));
-    if (spec.recovery?.page === p.name) await routeForRecovery(page);
-    const resp = await page.goto(`${base}/${p.query}`);
-    if (!resp.ok()) throw new Error(`${p.name}: GET / answered ${resp.status()}`);
-    pages.push({ ...p, page });
-  }
+  for (const p of spec.pages) pages.push({ ...p, page: await openPage(p) });
   // A page is ready when every socket is subscribed, or at `ready` (a CSS
   // selector) for pages expected not to get there (refused channels).
   for (const p of pages) await p.page.waitForSelector(p.ready ?? 'body[data-live="true"]', { timeout: 10_000 });
@@ -81,8 +73,16 @@ try {
   const deadline = Date.now() + DEADLINE_MS;
   for (const p of pages) await expectAll(p, deadline);
   log('every expectation met');
+  // Pages opened after the events: they can only show them from the
+  // channels' history (the backfill of a first subscribe).
+  for (const p of spec.latePages ?? []) {
+    const late = { ...p, page: await openPage(p) };
+    pages.push(late);
+    await expectAll(late, deadline);
+  }
+  for (const p of pages) await checkAccessibility(p);
   if (spec.recovery) await checkRecovery(pages.find((p) => p.name === spec.recovery.page), deadline);
-  if (problems.length) throw new Error(problems.join('\n'));
+  if (problems.length) throw new Error(`${problems.length} problem(s):`);
   console.log('ok');
 } catch (e) {
   failed = true;
@@ -98,6 +98,21 @@ try {
   rmSync(profile, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
+
+async function openPage(p) {
+  const page = await context.newPage();
+  // `allowErrors`: substrings of console errors the page is expected to
+  // log (a refused WebSocket upgrade is logged by the browser itself).
+  const allowed = (text) => (p.allowErrors ?? []).some((a) => text.includes(a));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !allowed(m.text())) problems.push(`${p.name}: console error: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`${p.name}: page error: ${e.message}`));
+  if (spec.recovery?.page === p.name) await routeForRecovery(page);
+  const resp = await page.goto(`${base}/${p.query}`);
+  if (!resp.ok()) throw new Error(`${p.name}: GET / answered ${resp.status()}`);
+  return page;
+}
 
 async function expectAll({ name, page, expect }, deadline) {
   const left = () => Math.max(1, deadline - Date.now());
@@ -137,6 +152,29 @@ async function expectAll({ name, page, expect }, deadline) {
       .locator('#feed li').filter({ hasText: title }).first()
       .waitFor({ timeout: left() }));
   }
+}
+
+// axe-core's WCAG 2.1 A/AA rules on the page as it is now (filled in by the
+// expectations above). Evaluated through the DevTools protocol, which the
+// page's CSP does not restrict.
+async function checkAccessibility({ name, page }) {
+  await page.evaluate(axeSource);
+  for (const colorScheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme });
+    await axeRun(`${name} (${colorScheme})`, page);
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
+}
+
+async function axeRun(name, page) {
+  const violations = await page.evaluate(async () => {
+    const r = await globalThis.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+    });
+    return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  });
+  for (const v of violations) problems.push(`${name}: accessibility: ${v}`);
+  log(`${name}: axe-core found ${violations.length} violation(s)`);
 }
 
 // Recovery: the page's /ws/analytics connection goes through a route. The
@@ -184,7 +222,9 @@ async function checkRecovery(p, deadline) {
   }
   // Ingested while the page is cut off from the server.
   const resp = await fetch(`${base}/v1/events`, {
-    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(event),
+    // Stamped now: an event time from the start of the test may already be
+    // behind the watermark (late, dead-lettered) on a slow machine.
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...event, ts: Date.now() }),
   });
   if (resp.status !== 202) throw new Error(`recovery: ingest answered ${resp.status}`);
   await new Promise((r) => setTimeout(r, 1_000)); // the derived WPM is published live, in ms
@@ -198,8 +238,9 @@ async function checkRecovery(p, deadline) {
   if (!replies.some((f) => f.recovered === true)) {
     throw new Error(`recovery: the server recovered nothing: ${JSON.stringify(replies)}`);
   }
+  const frames = () => JSON.stringify({ fromPage, fromServer: fromServer.map((m) => m.slice(0, 160)) });
   await until((u) => Number.parseFloat(document.querySelector(`#sessions tr[data-user="${u}"] .wpm`)?.textContent) > 0,
-    user, `the event ingested while disconnected (${user}) did not show`);
+    user, `the event ingested while disconnected (${user}) did not show; frames: ${frames()}`);
   // Channels that had published nothing before the drop come back with a new
   // epoch: the page re-reads them from offset 1 instead of reporting a gap.
   const gap = await page.locator('#gap').textContent({ timeout: 500 }).catch(() => null);

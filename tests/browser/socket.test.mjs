@@ -46,6 +46,10 @@ test('first subscribe starts live; after a drop it asks for what came after the 
   assert.deepEqual(ws().sent, [{ op: 'subscribe', channel: 'user:u1' }]);
   ws().reply({ op: 'subscribed', channel: 'user:u1', offset: 4, epoch: 'e1' });
   assert.equal(s.state, 'live');
+  // Backfill: the four publications before it, then live.
+  assert.deepEqual(ws().sent.at(-1), { op: 'subscribe', channel: 'user:u1', since: 0, epoch: 'e1' });
+  ws().reply({ op: 'message', channel: 'user:u1', offset: 4, data: { n: 4 } });
+  ws().reply({ op: 'subscribed', channel: 'user:u1', offset: 4, epoch: 'e1', recovered: true });
   ws().reply({ op: 'message', channel: 'user:u1', offset: 5, data: { n: 5 } });
   ws().drop();
   assert.equal(s.state, 'closed');
@@ -55,7 +59,7 @@ test('first subscribe starts live; after a drop it asks for what came after the 
   ws().reply({ op: 'message', channel: 'user:u1', offset: 5, data: { n: 5 } }); // already seen
   ws().reply({ op: 'message', channel: 'user:u1', offset: 6, data: { n: 6 } });
   ws().reply({ op: 'subscribed', channel: 'user:u1', offset: 6, epoch: 'e1', recovered: true });
-  assert.deepEqual(seen.events, [['user:u1', 5], ['user:u1', 6]]);
+  assert.deepEqual(seen.events, [['user:u1', 4], ['user:u1', 5], ['user:u1', 6]]);
   assert.deepEqual(seen.gaps, []);
   s.stop();
 });
@@ -116,5 +120,24 @@ test('a socket that never opened says the upgrade was refused, and retries with 
   ws().drop();
   assert.deepEqual([s.state, s.detail], ['closed', 'refused or unreachable (check the token)']);
   assert.ok(s.timer, 'a retry is scheduled');
+  s.stop();
+});
+
+test('backfill asks for fewer recent publications when the older ones have expired, and never reports a gap', () => {
+  const { s, seen, ws } = client(['category:analytics']);
+  ws().open();
+  ws().reply({ op: 'subscribed', channel: 'category:analytics', offset: 300, epoch: 'e1' });
+  ws().reply({ op: 'message', channel: 'category:analytics', offset: 301, data: { n: 301 } }); // live
+  const sinces = [];
+  for (const offset of [301, 301, 301]) {
+    sinces.push(ws().sent.at(-1).since);
+    ws().reply({ op: 'subscribed', channel: 'category:analytics', offset, epoch: 'e1', recovered: false });
+  }
+  assert.deepEqual(sinces, [200, 276, 296]);
+  assert.equal(ws().sent.length, 4, 'gives up after the smallest try');
+  assert.deepEqual(seen.gaps, []);
+  ws().reply({ op: 'message', channel: 'category:analytics', offset: 301, data: { n: 301 } }); // duplicate
+  ws().reply({ op: 'message', channel: 'category:analytics', offset: 302, data: { n: 302 } });
+  assert.deepEqual(seen.events.map(([, n]) => n), [301, 302]);
   s.stop();
 });

@@ -1,8 +1,10 @@
 //! The live console in a real headless browser: `inkstream serve`, Debian's
 //! Chromium driven by playwright-core (`tests/browser/console.mjs`), events
 //! POSTed over HTTP, and the page checked for what they mean: who is online
-//! with a cursor, a writing session with WPM, a conflict, and alerts; plus a
-//! dropped connection recovered with `since`.
+//! with a cursor, a writing session with WPM, a conflict, and alerts; a page
+//! opened afterwards shows them from the channels' history; a dropped
+//! connection is recovered with `since`; with auth on, the token reaches
+//! every socket and refusals are shown.
 //!
 //! Node, Chromium and playwright-core come from `tests/run.sh`
 //! (`INKSTREAM_TEST_NODE`, `INKSTREAM_TEST_CHROMIUM`,
@@ -32,10 +34,15 @@ fn required(var: &str, what: &str) -> String {
 }
 
 /// What the test ingests: two collaborators on one paragraph of d1 (a
-/// conflict; the cursors come more than `presence.cursor_interval` (1 s)
-/// after the joins, so presence updates carry them), u1 typing (a session with WPM), u2 mentioning u1 (an alert for
-/// u1) and a critical system error (an alert for the admins).
-fn events(ts: i64) -> Vec<Value> {
+/// conflict; the cursors come at least `presence.cursor_interval` (1 s)
+/// after the joins, so presence updates carry them), u1 typing (a session
+/// with WPM), u2 mentioning u1 (an alert for u1) and a critical system error
+/// (an alert for the admins).
+fn events(now: i64) -> Vec<Value> {
+    // All within `dataflow.allowed_disorder` (2 s) before now: none is late,
+    // and none is in the future (a future event time moves the watermark
+    // ahead of the clock, and an event stamped now right after would be late).
+    let ts = now - 1_600;
     let collab = |id: &str, ty: &str, user: &str, dt: i64, data: Value| {
         json!({"id": unique(id), "type": ty, "ts": ts + dt, "user_id": user,
                "project_id": "p1", "document_id": "d1", "data": data})
@@ -59,58 +66,58 @@ fn events(ts: i64) -> Vec<Value> {
             "c1",
             "collaboration.cursor_moved",
             "u1",
-            1100,
+            1010,
             json!({"paragraph": 3, "offset": 5, "viewport": [0, 10], "mode": "edit"}),
         ),
         collab(
             "c2",
             "collaboration.cursor_moved",
             "u2",
-            1130,
+            1020,
             json!({"paragraph": 3, "offset": 40, "selection": [40, 52], "mode": "edit"}),
         ),
         collab(
             "x1",
             "collaboration.edit_applied",
             "u1",
-            1140,
+            1030,
             json!({"paragraph": 3, "offset": 5, "inserted": 12, "deleted": 0}),
         ),
         collab(
             "x2",
             "collaboration.edit_applied",
             "u2",
-            1150,
+            1040,
             json!({"paragraph": 3, "offset": 40, "inserted": 3, "deleted": 1}),
         ),
         collab(
             "k1",
             "writing.keystroke",
             "u1",
-            1160,
+            1050,
             json!({"keystrokes": 40, "words": 8, "chars": 40}),
         ),
         collab(
             "k2",
             "writing.keystroke",
             "u1",
-            2160,
+            1500,
             json!({"keystrokes": 30, "words": 6, "chars": 30}),
         ),
         collab(
             "m1",
             "collaboration.comment_added",
             "u2",
-            2170,
+            1510,
             json!({"comment_id": "cm1", "paragraph": 3, "mentions": ["u1"]}),
         ),
-        json!({"id": unique("s1"), "type": "system.error", "ts": ts + 2180,
+        json!({"id": unique("s1"), "type": "system.error", "ts": ts + 1520,
                "data": {"service": "export", "message": "PDF export timed out", "severity": "critical"}}),
     ]
 }
 
 /// The pages the browser opens and what each must show.
-fn spec(ts: i64) -> Value {
+fn spec() -> Value {
     json!({
         "pages": [
             {
@@ -136,10 +143,24 @@ fn spec(ts: i64) -> Value {
                 },
             },
         ],
+        // Opened after everything happened: shown from the channels' history.
+        "latePages": [
+            {
+                "name": "late-admin",
+                "query": "",
+                "expect": {
+                    "presence": [["d1", "u1"], ["d1", "u2"]],
+                    "sessions": ["u1"],
+                    "conflicts": [["u1", "u2", 3]],
+                    "feed": ["Error in export", "u2 mentioned you"],
+                },
+            },
+        ],
         "recovery": {
             "page": "admin",
             "user": "u9",
-            "event": {"id": unique("r1"), "type": "writing.keystroke", "ts": ts + 3000,
+            // `ts` is set by the script when it sends the event.
+            "event": {"id": unique("r1"), "type": "writing.keystroke", "ts": 0,
                       "user_id": "u9", "project_id": "p1",
                       "data": {"keystrokes": 25, "words": 5, "chars": 25}},
         },
@@ -164,10 +185,17 @@ fn script() -> PathBuf {
 }
 
 /// Runs the browser script against `server`: waits until its pages are
-/// subscribed, POSTs `events` (with `bearer` when auth is on), and waits for
+/// subscribed, POSTs `events(now)` (with `bearer` when auth is on; stamped
+/// only then, since an event time from before the browser started may already
+/// be behind the watermark on a slow machine), and waits for
 /// the script to find everything `spec` expects. Panics with the screenshots'
 /// folder on failure.
-async fn check_in_browser(server: &Server, spec: Value, events: Vec<Value>, bearer: Option<&str>) {
+async fn check_in_browser(
+    server: &Server,
+    spec: Value,
+    events: fn(i64) -> Vec<Value>,
+    bearer: Option<&str>,
+) {
     let node = required("INKSTREAM_TEST_NODE", "node");
     let chromium = required("INKSTREAM_TEST_CHROMIUM", "Debian's chromium");
     let browser_dir = required("INKSTREAM_TEST_BROWSER_DIR", "playwright-core (npm)");
@@ -210,7 +238,7 @@ async fn check_in_browser(server: &Server, spec: Value, events: Vec<Value>, bear
     }
     let mut post = reqwest::Client::new()
         .post(server.url("/v1/events"))
-        .json(&events);
+        .json(&events(now_ms()));
     if let Some(token) = bearer {
         post = post.bearer_auth(token);
     }
@@ -237,8 +265,7 @@ async fn check_in_browser(server: &Server, spec: Value, events: Vec<Value>, bear
 async fn the_console_page_shows_presence_sessions_conflicts_and_alerts_live_in_headless_chromium() {
     let started = Instant::now();
     let server = Server::start(&[]).await;
-    let ts = now_ms();
-    check_in_browser(&server, spec(ts), events(ts), None).await;
+    check_in_browser(&server, spec(), events, None).await;
     println!("console test took {:?}", started.elapsed());
 }
 
@@ -266,7 +293,6 @@ async fn the_console_passes_its_token_to_every_socket_and_shows_refused_channels
     .unwrap();
     let server = Server::start(&["--config", cfg.to_str().unwrap()]).await;
     let member = token("u1", "member");
-    let ts = now_ms();
     let spec = json!({
         "pages": [
             {
@@ -297,7 +323,7 @@ async fn the_console_passes_its_token_to_every_socket_and_shows_refused_channels
             },
         ],
     });
-    check_in_browser(&server, spec, events(ts), Some("console-test-key")).await;
+    check_in_browser(&server, spec, events, Some("console-test-key")).await;
     let _ = std::fs::remove_file(cfg);
 }
 

@@ -6,14 +6,19 @@
 // reconnect); receive {"op":"subscribed","channel","offset","epoch",
 // "recovered"?}, {"op":"message","channel","offset","data"},
 // {"op":"error","code","message","channel"?} and {"op":"pong"}.
-// A channel's offsets count its publications within one epoch; a reconnect
-// asks for everything after the last offset seen, and the server answers
-// "recovered": false when its history no longer reaches back (or it
-// restarted: new epoch), which the console reports as a gap.
+// A channel's offsets count its publications within one epoch. A first
+// subscribe starts live, then asks for the channel's recent history (so the
+// page does not start empty); a reconnect asks for everything after the last
+// offset seen, and the server answers "recovered": false when its history no
+// longer reaches back (or it restarted: new epoch), which the console
+// reports as a gap.
 
 const PING_MS = 25_000;
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 10_000;
+// How many recent publications a first subscribe asks to see, tried in
+// turn (the server keeps at most `fanout.history_size`, default 100).
+const BACKFILL = [100, 25, 5];
 
 export class ChannelSocket {
   // url: ws(s)://host/ws/...?token=…; channels: names; handlers: onEvent(data,
@@ -22,8 +27,10 @@ export class ChannelSocket {
     this.path = path;
     this.url = url;
     this.handlers = handlers;
-    // channel -> {offset, epoch, subscribed, denied, reread, rereading}
-    this.channels = new Map(channels.map((c) => [c, { offset: 0, epoch: null, subscribed: false, denied: null, reread: false, rereading: false }]));
+    // channel -> {offset, epoch, subscribed, denied, phase, step, rereading}
+    this.channels = new Map(channels.map((c) => [c, {
+      offset: 0, epoch: null, subscribed: false, denied: null, phase: 'initial', step: 0, rereading: false,
+    }]));
     this.state = 'connecting'; // connecting | live | closed | refused (every channel forbidden)
     this.detail = '';
     this.attempts = 0;
@@ -47,8 +54,9 @@ export class ChannelSocket {
       for (const [channel, ch] of this.channels) {
         if (ch.denied) continue;
         const frame = { op: 'subscribe', channel };
-        // Only after something was seen: a first subscribe starts live.
-        if (ch.epoch !== null) Object.assign(frame, { since: ch.offset, epoch: ch.epoch });
+        // A first subscribe starts live (then backfills); later ones resume.
+        ch.phase = ch.epoch === null ? 'initial' : 'resume';
+        if (ch.phase === 'resume') Object.assign(frame, { since: ch.offset, epoch: ch.epoch });
         ws.send(JSON.stringify(frame));
       }
       this.ping = setInterval(() => ws.send('{"op":"ping"}'), PING_MS);
@@ -100,27 +108,7 @@ export class ChannelSocket {
       case 'subscribed':
         if (!ch) return;
         ch.subscribed = true;
-        ch.rereading = false;
-        if (f.recovered === false && ch.offset === 0 && f.offset > 0 && !ch.reread) {
-          // A channel that had published nothing when we left was forgotten
-          // by the server (no history, no subscriber) and came back with a
-          // new epoch: everything we missed is in that epoch, from offset 1.
-          ch.reread = true;
-          ch.rereading = true;
-          ch.epoch = f.epoch;
-          this.ws.send(JSON.stringify({ op: 'subscribe', channel: f.channel, since: 0, epoch: f.epoch }));
-          this.checkLive();
-          return;
-        }
-        // Nothing seen and nothing published: nothing missed either.
-        if (f.recovered === false && !(ch.offset === 0 && f.offset === 0)) {
-          this.gaps += 1;
-          this.handlers.onGap(f.channel);
-        }
-        ch.reread = false;
-        // Replayed frames (if any) came first; this is where live continues.
-        ch.offset = f.offset;
-        ch.epoch = f.epoch;
+        this.subscribed(f.channel, ch, f);
         this.checkLive();
         return;
       case 'error':
@@ -130,6 +118,51 @@ export class ChannelSocket {
         return;
       default:
     }
+  }
+
+  // A `subscribed` reply, read according to what the subscribe asked for
+  // (`ch.phase`). Replayed frames (if any) came before it; its offset is
+  // where the live stream continues.
+  subscribed(channel, ch, f) {
+    const before = ch.offset;
+    const oldEpoch = ch.epoch;
+    const again = (phase, since) => {
+      ch.phase = phase;
+      // Replays bring offsets below the live ones: let them through (the
+      // model drops events it has seen, by id).
+      ch.rereading = true;
+      this.ws.send(JSON.stringify({ op: 'subscribe', channel, since, epoch: f.epoch }));
+    };
+    ch.epoch = f.epoch;
+    ch.offset = Math.max(before, f.offset);
+    if (ch.phase === 'initial' || ch.phase === 'backfill') {
+      // Show what the server still keeps of the channel instead of an empty
+      // page: the last BACKFILL[i] publications, fewer when older ones have
+      // expired (the server only replays a complete range).
+      const next = ch.phase === 'initial' ? 0 : ch.step + 1;
+      if (f.recovered !== true && f.offset > 0 && next < BACKFILL.length) {
+        ch.step = next;
+        again('backfill', Math.max(0, f.offset - BACKFILL[next]));
+        return;
+      }
+    } else if (f.recovered === false) {
+      // Publications after `before` may be lost: the history no longer
+      // reaches back, or the channel was forgotten with history in it
+      // (expired, or the server restarted). A channel forgotten while it had
+      // published nothing (no history, no subscriber) loses nothing.
+      if (before > 0 || f.epoch === oldEpoch || ch.phase === 'reread') {
+        this.gaps += 1;
+        this.handlers.onGap(channel);
+      }
+      // What the channel's new epoch published is still there, from offset 1.
+      if (ch.phase === 'resume' && f.epoch !== oldEpoch && f.offset > 0) {
+        again('reread', 0);
+        return;
+      }
+    }
+    ch.phase = 'live';
+    ch.rereading = false;
+    ch.offset = f.offset;
   }
 
   // Live once every channel answered (subscribed, or refused for good).
