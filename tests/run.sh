@@ -72,7 +72,8 @@ fi
 
 # Headless-browser test of the live console (tests/tests/console.rs): Debian's
 # chromium, driven by playwright-core from npm (never `playwright install`,
-# which downloads a browser build). The npm install is cached per lock file.
+# which downloads a browser build), and axe-core for the accessibility check.
+# The npm install is cached per lock file.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   log "installing node and npm (Debian packages)"
   as_root apt-get update -qq

@@ -98,9 +98,9 @@ export class ChannelSocket {
     switch (f.op) {
       case 'message':
         if (!ch) return;
-        // Already seen; while re-reading a new epoch from its start, older
-        // frames come after newer live ones (the model drops events it has
-        // seen, by id).
+        // Already seen. While a backfill or re-read replays history, older
+        // frames come after newer live ones and pass (the model drops events
+        // it has seen, by id; an admin broadcast may show twice).
         if (f.offset <= ch.offset && !ch.rereading) return;
         ch.offset = Math.max(ch.offset, f.offset);
         this.handlers.onEvent(f.data, f.channel);
