@@ -86,7 +86,7 @@ if [ ! -x /usr/bin/chromium ] || [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuS
 fi
 browser_dir="$cache/browser-$(cat tests/browser/package.json tests/browser/package-lock.json | sha256sum | cut -c1-16)"
 if [ ! -f "$browser_dir/node_modules/playwright-core/package.json" ]; then
-  log "installing playwright-core into $browser_dir (npm ci)"
+  log "installing playwright-core and axe-core into $browser_dir (npm ci)"
   rm -rf "$browser_dir" && mkdir -p "$browser_dir"
   cp tests/browser/package.json tests/browser/package-lock.json "$browser_dir/"
   (cd "$browser_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
