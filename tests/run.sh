@@ -105,6 +105,31 @@ fi
 export INKSTREAM_TEST_PROMTOOL="$promtool"
 export INKSTREAM_TEST_COMPOSE_SCHEMA="$compose_schema"
 
+# Headless-browser test of the live console (tests/tests/console.rs): Debian's
+# chromium, driven by playwright-core from npm (never `playwright install`,
+# which downloads a browser build), and axe-core for the accessibility check.
+# The npm install is cached per lock file.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "installing node and npm (Debian packages)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -x /usr/bin/chromium ] || [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  log "installing chromium and a font (Debian packages)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+fi
+browser_dir="$cache/browser-$(cat tests/browser/package.json tests/browser/package-lock.json | sha256sum | cut -c1-16)"
+if [ ! -f "$browser_dir/node_modules/playwright-core/package.json" ]; then
+  log "installing playwright-core and axe-core into $browser_dir (npm ci)"
+  rm -rf "$browser_dir" && mkdir -p "$browser_dir"
+  cp tests/browser/package.json tests/browser/package-lock.json "$browser_dir/"
+  (cd "$browser_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
+export INKSTREAM_TEST_NODE="$(command -v node)"
+export INKSTREAM_TEST_CHROMIUM=/usr/bin/chromium
+export INKSTREAM_TEST_BROWSER_DIR="$browser_dir"
+
 # --- start services on free ports ---------------------------------------------
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {

@@ -46,6 +46,7 @@ const DESIGN_ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),
+    ("get", "/"),
     ("get", "/ws/ingest"),
     ("get", "/ws/collaboration"),
     ("get", "/ws/analytics"),

@@ -10,6 +10,7 @@
 //! `{"error":{"code","message","field"?}}`.
 
 mod commands;
+mod console;
 mod error;
 mod events_query;
 mod ingest;
@@ -117,6 +118,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(healthz))
         .routes(routes!(readyz));
     let (mut app, mut api) = app.split_for_parts();
+    // The live console: static assets, documented as the one page `GET /`.
+    app = app.merge(console::routes());
+    openapi::add_console(&mut api);
     for path in WsPath::ALL {
         openapi::add_websocket(
             &mut api,

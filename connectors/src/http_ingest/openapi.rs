@@ -114,6 +114,25 @@ pub(crate) fn add_websocket(api: &mut OpenApi, path: &str, description: &str) {
         .insert(path.to_owned(), PathItem::new(HttpMethod::Get, op));
 }
 
+/// `GET /`: the live console page (its scripts and styles under `/console/`).
+pub(crate) fn add_console(api: &mut OpenApi) {
+    let op = OperationBuilder::new()
+        .tag("meta")
+        .summary(Some("The live console (HTML)"))
+        .description(Some(
+            "A page that subscribes over WebSocket and shows presence, sessions, conflicts and \
+             notifications live. Query: `project`, `document`, `user`, `token`.",
+        ))
+        .response(
+            "200",
+            ResponseBuilder::new().description("text/html; its assets are under /console/"),
+        )
+        .build();
+    api.paths
+        .paths
+        .insert("/".to_owned(), PathItem::new(HttpMethod::Get, op));
+}
+
 /// Fills in the document's info and adds the shared schemas.
 pub(crate) fn finish(api: &mut OpenApi) {
     api.info.title = "inkstream".into();
