@@ -237,6 +237,7 @@ pub async fn run(
         views: view_feed,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     // The dataflow reads the event topics when Kafka is configured (each
     // record is then in Redis, mirrored, and in Kafka) — one consumer per
     // worker, sharing the partitions — and the log otherwise (one reader, so
@@ -336,7 +337,16 @@ pub async fn run(
                     )
                 })
                 .map_err(|e| ServeError::Config(format!("redis.url: {e}")))?;
-            let name = format!("dataflow:{}", config.dataflow.group);
+            // One lease per process of a timely cluster: its processes run
+            // together, each standing in for one index.
+            let name = if config.dataflow.processes() > 1 {
+                format!(
+                    "dataflow:{}:p{}",
+                    config.dataflow.group, config.dataflow.process_index
+                )
+            } else {
+                format!("dataflow:{}", config.dataflow.group)
+            };
             let prefix = config.redis.prefix.clone();
             let ttl = config.dataflow.lease_ttl;
             let holder = format!(
@@ -347,10 +357,15 @@ pub async fn run(
             );
             let running = running.clone();
             let mut stop = stop_rx.clone();
+            let stop_now = stop_tx.clone();
             lease_task = Some(tokio::spawn(async move {
                 let lease =
                     Lease::acquire(conn, &prefix, &name, &holder, ttl, stop.clone()).await?;
-                match start_dataflow() {
+                // Starting may block (a cluster waits for its peers).
+                let started = tokio::task::spawn_blocking(start_dataflow)
+                    .await
+                    .unwrap_or_else(|e| Err(ServeError::Dataflow(e.to_string())));
+                match started {
                     Ok(d) => {
                         *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
                         active.set(1);
@@ -363,6 +378,10 @@ pub async fn run(
                 let mut lost = lease.lost();
                 tokio::select! {
                     _ = lost.wait_for(|l| *l) => {
+                        // Stop reading at once (another instance may hold the
+                        // lease soon); the rest shuts down as usual.
+                        let _ = stop_now.send(true);
+                        active.set(0);
                         let _ = fatal_tx.send(Some(
                             "the dataflow lease was lost (another instance runs the dataflow now)".into(),
                         ));

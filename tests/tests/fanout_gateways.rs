@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{Server, Ws, next_json, now_ms, redis_url, unique};
+use inkstream_tests::{PrivateRedis, Server, Ws, next_json, now_ms, redis_url, unique};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,13 +18,16 @@ const HISTORY: u64 = 5;
 
 /// The processing instance and a gateway-only instance on one Redis prefix.
 async fn two_gateways(prefix: &str) -> (Server, Server) {
-    let url = redis_url();
+    two_gateways_on(&redis_url(), prefix).await
+}
+
+async fn two_gateways_on(url: &str, prefix: &str) -> (Server, Server) {
     let history = format!("fanout.history_size={HISTORY}");
     let pre = format!("redis.prefix={prefix}");
-    let a = Server::start(&["--redis-url", &url, "--set", &pre, "--set", &history]).await;
+    let a = Server::start(&["--redis-url", url, "--set", &pre, "--set", &history]).await;
     let b = Server::start(&[
         "--redis-url",
-        &url,
+        url,
         "--set",
         &pre,
         "--set",
@@ -201,9 +204,12 @@ async fn a_client_recovers_on_the_other_gateway_what_it_missed_or_learns_it_cann
     assert_eq!(reply["offset"], 5);
     // Then live, from either gateway, with no duplicate of the replay.
     broadcast(&b, &channel, 6).await;
-    assert_eq!(
-        offsets(&until_quiet(&mut on_a, Duration::from_millis(500)).await),
-        vec![6]
+    assert_eq!(offsets(&messages(&mut on_a, 1).await), vec![6]);
+    assert!(
+        until_quiet(&mut on_a, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "no duplicate of the replay"
     );
 
     // Too far back: seven more publications push offset 2 out of the history.
@@ -233,14 +239,17 @@ async fn a_client_recovers_on_the_other_gateway_what_it_missed_or_learns_it_cann
 
 #[tokio::test]
 async fn a_lost_pubsub_connection_loses_nothing_the_history_still_holds() {
-    let (a, b) = two_gateways(&unique("gw")).await;
+    // A Redis of its own: killing every Pub/Sub connection must not touch
+    // the other tests' gateways.
+    let redis = PrivateRedis::start("pubsub-kill");
+    let (a, b) = two_gateways_on(&redis.url(), &unique("gw")).await;
     let channel = format!("user:{}", unique("u"));
     let mut on_b = connect(&b, "/ws/analytics").await;
     subscribe(&mut on_b, json!({"op":"subscribe","channel":channel})).await;
 
     // Cut every gateway's Pub/Sub connection, then publish at once: what
     // the gateway missed while reconnecting is read back from the history.
-    let client = redis::Client::open(redis_url()).unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
@@ -332,7 +341,18 @@ async fn identical_instances_run_one_dataflow_and_a_standby_takes_over() {
     for i in 0..3 {
         keystroke(&second, &user, t0 + i * 1_100).await;
     }
-    let got = until_quiet(&mut on_second, Duration::from_millis(1500)).await;
+    // The three live WPM updates (with session changes between them), then
+    // nothing more: a second dataflow would publish everything again.
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .filter(|m: &&Value| m["data"]["type"] == "analytics.metric_updated")
+        .count()
+        < 3
+    {
+        got.extend(messages(&mut on_second, 1).await);
+    }
+    got.extend(until_quiet(&mut on_second, Duration::from_millis(1500)).await);
     let n = got.len() as u64;
     assert_eq!(offsets(&got), (1..=n).collect::<Vec<_>>(), "{got:?}");
     let ids: std::collections::HashSet<_> = got.iter().map(|m| m["data"]["id"].clone()).collect();
@@ -419,4 +439,66 @@ async fn an_instance_that_loses_the_lease_stops_rather_than_run_a_second_dataflo
         owner, "someone-else",
         "never deletes another holder's lease"
     );
+}
+
+#[tokio::test]
+async fn a_subscribe_undone_at_once_leaves_no_subscriber_behind() {
+    let (a, b) = two_gateways(&unique("gw")).await;
+    let channel = format!("user:{}", unique("u"));
+    let mut ws = connect(&b, "/ws/analytics").await;
+    // Both frames at once: the unsubscribe must undo the subscribe even
+    // though the broker is still joining it.
+    ws.send(Message::text(
+        json!({"op":"subscribe","channel":channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        json!({"op":"unsubscribe","channel":channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let frames = until_quiet(&mut ws, Duration::from_millis(500)).await;
+    assert!(
+        frames.iter().any(|f| f["op"] == "unsubscribed"),
+        "{frames:?}"
+    );
+    broadcast(&a, &channel, 1).await;
+    let after = until_quiet(&mut ws, Duration::from_millis(500)).await;
+    assert!(offsets(&after).is_empty(), "still subscribed: {after:?}");
+    assert_eq!(metric(&b, "inkstream_ws_subscribers").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_channel_nobody_listened_to_for_its_history_age_is_not_recovered() {
+    let url = redis_url();
+    let pre = format!("redis.prefix={}", unique("gw"));
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--set",
+        pre.as_str(),
+        "--set",
+        "fanout.history_max_age=1s",
+    ];
+    let server = Server::start(&args).await;
+    let channel = format!("user:{}", unique("u"));
+    let mut ws = connect(&server, "/ws/analytics").await;
+    let (_, first) = subscribe(&mut ws, json!({"op":"subscribe","channel":channel})).await;
+    broadcast(&server, &channel, 1).await;
+    let seen = messages(&mut ws, 1).await;
+    drop(ws);
+    // Nobody subscribed for longer than the history is kept: what is
+    // published now is neither numbered nor kept, and nobody may believe
+    // they missed nothing.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    broadcast(&server, &channel, 2).await;
+    let mut back = connect(&server, "/ws/analytics").await;
+    let (replayed, reply) = subscribe(
+        &mut back,
+        json!({"op":"subscribe","channel":channel,"since":seen[0]["offset"],"epoch":first["epoch"]}),
+    )
+    .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert!(replayed.is_empty());
 }

@@ -55,10 +55,13 @@ impl Lease {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let every = (ttl / 3).max(Duration::from_millis(10));
         let mut waiting_logged = false;
+        let mut sent;
         loop {
             if *stop.borrow() {
                 return None;
             }
+            // The lease runs from when it was asked for, not answered.
+            sent = tokio::time::Instant::now();
             let taken: Result<Option<String>, _> = redis::cmd("SET")
                 .arg(&key)
                 .arg(holder)
@@ -98,6 +101,7 @@ impl Lease {
             key.clone(),
             holder.to_owned(),
             ttl,
+            sent,
             lost_tx,
         ));
         Some(Lease {
@@ -134,34 +138,42 @@ async fn renew(
     key: String,
     holder: String,
     ttl: Duration,
+    acquired: tokio::time::Instant,
     lost: watch::Sender<bool>,
 ) {
     let script = redis::Script::new(RENEW);
     let every = (ttl / 3).max(Duration::from_millis(10));
-    let mut last_ok = tokio::time::Instant::now();
+    // Valid until `last_ok + ttl` at the latest (measured from when the
+    // renewal was sent). Give up at two thirds of that, so this holder stops
+    // before a standby can take the lease, not after.
+    let mut last_ok = acquired;
     loop {
         tokio::time::sleep(every).await;
-        let renewed: Result<i64, _> = script
-            .key(&key)
-            .arg(&holder)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await;
+        let sent = tokio::time::Instant::now();
+        let renewed = tokio::time::timeout(
+            every,
+            script
+                .key(&key)
+                .arg(&holder)
+                .arg(ttl.as_millis().max(1) as u64)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await;
         match renewed {
-            Ok(1) => last_ok = tokio::time::Instant::now(),
-            Ok(_) => {
+            Ok(Ok(1)) => last_ok = sent,
+            Ok(Ok(_)) => {
                 tracing::error!(lease = %key, "lease lost: another instance holds it");
                 let _ = lost.send(true);
                 return;
             }
-            // Unreachable Redis: the lease may have expired meanwhile; past
-            // the TTL another instance may hold it, so stop either way.
-            Err(error) if last_ok.elapsed() >= ttl => {
-                tracing::error!(%error, lease = %key, "lease not renewed within its ttl");
+            // Unreachable or slow Redis: the lease may expire meanwhile.
+            _ if last_ok.elapsed() >= ttl * 2 / 3 => {
+                tracing::error!(lease = %key, "lease not renewed in time; giving it up");
                 let _ = lost.send(true);
                 return;
             }
-            Err(error) => tracing::warn!(%error, lease = %key, "renewing the lease failed"),
+            Ok(Err(error)) => tracing::warn!(%error, lease = %key, "renewing the lease failed"),
+            Err(_) => tracing::warn!(lease = %key, "renewing the lease timed out"),
         }
     }
 }

@@ -82,7 +82,11 @@ for i = 1, n do
   local st = state[meta]
   if st == nil then
     st = false
-    if redis.call('EXISTS', interest) == 1 then
+    if redis.call('EXISTS', interest) == 0 then
+      -- Nobody can hold an offset of it any more: forget its numbering, so
+      -- a client coming back with an old offset learns it is not recovered.
+      redis.call('DEL', meta, hist)
+    else
       local epoch = redis.call('HGET', meta, 'epoch')
       local offset = 0
       if not epoch then
@@ -137,9 +141,13 @@ return out
 "#;
 
 /// The channel's epoch and newest offset, creating the channel when new.
-/// KEYS[1] meta; ARGV[1] epoch candidate, ARGV[2] meta ttl ms.
+/// KEYS[1] meta, KEYS[2] history; ARGV[1] epoch candidate, ARGV[2] meta ttl
+/// ms. A new epoch starts with an empty history (a stream left over from an
+/// expired or evicted meta would refuse offsets from 1 again).
 const META_SCRIPT: &str = r#"
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+end
 redis.call('HSETNX', KEYS[1], 'offset', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('HMGET', KEYS[1], 'epoch', 'offset')
@@ -148,6 +156,28 @@ return redis.call('HMGET', KEYS[1], 'epoch', 'offset')
 /// Meta hashes outlive their history by far: offsets (and so clients'
 /// positions) survive a quiet day; the history itself is bounded by age.
 const META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest wait for a Pub/Sub (un)subscribe confirmation: a half-open
+/// connection must not freeze the gateway's one subscriber task.
+const PUBSUB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The meta TTL for a history max age: never shorter than the history.
+fn meta_ttl(history_max_age: Duration) -> Duration {
+    META_TTL.max(history_max_age * 2)
+}
+
+fn timed_out(what: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} timed out"),
+    ))
+}
+
+/// Connection trouble (retry) rather than a reply Redis refused (a retry
+/// would fail the same way).
+fn transient(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
 
 /// One publication on its way to Redis.
 struct Publication {
@@ -165,8 +195,9 @@ pub(super) enum Command {
         since: Option<u64>,
         epoch: Option<String>,
     },
-    /// The last local subscriber of the channel left (checked again).
-    Leave { key: ChannelKey },
+    /// A client leaves a channel (unsubscribe or disconnect), in order with
+    /// its join: a subscribe still being joined is undone after it.
+    Unsubscribe { conn: u64, key: ChannelKey },
 }
 
 /// Key names of one deployment.
@@ -372,7 +403,7 @@ async fn publisher(
             }
             inv.arg(history_size)
                 .arg(history_max_age.as_millis().max(1) as u64)
-                .arg(META_TTL.as_millis() as u64)
+                .arg(meta_ttl(history_max_age).as_millis() as u64)
                 .arg(now_ms)
                 .arg(format!("{seed:016x}"));
             for p in &batch {
@@ -389,6 +420,21 @@ async fn publisher(
                             let offset = replies.get(2 * i).copied().unwrap_or(0);
                             let n = replies.get(2 * i + 1).copied().unwrap_or(0);
                             let _ = reply.send(Ok((offset, n)));
+                        }
+                    }
+                    break;
+                }
+                Err(error) if !transient(&error) => {
+                    // Refused by Redis itself (a script error, OOM): the same
+                    // batch would fail forever and hold up all fanout.
+                    metrics
+                        .publications
+                        .with_label_values(&["failed"])
+                        .inc_by(batch.len() as u64);
+                    tracing::error!(%error, publications = batch.len(), "fanout publish refused by redis; batch dropped");
+                    for p in batch.drain(..) {
+                        if let Some(reply) = p.reply {
+                            let _ = reply.send(Err(error.to_string()));
                         }
                     }
                     break;
@@ -427,8 +473,9 @@ impl HistoryReader {
         let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), key);
         let (epoch, offset): (Option<String>, Option<u64>) = redis::Script::new(META_SCRIPT)
             .key(self.keys.meta(key))
+            .key(self.keys.history(key))
             .arg(format!("{seed:016x}"))
-            .arg(META_TTL.as_millis() as u64)
+            .arg(meta_ttl(self.max_age).as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok((epoch.unwrap_or_default(), offset.unwrap_or(0)))
@@ -473,6 +520,24 @@ impl HistoryReader {
         }
         Ok((out.len() as u64 == to - from + 1).then_some(out))
     }
+}
+
+async fn subscribe(
+    sink: &mut redis::aio::PubSubSink,
+    name: String,
+) -> Result<(), redis::RedisError> {
+    tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(name))
+        .await
+        .map_err(|_| timed_out("subscribe"))?
+}
+
+async fn unsubscribe(
+    sink: &mut redis::aio::PubSubSink,
+    name: String,
+) -> Result<(), redis::RedisError> {
+    tokio::time::timeout(PUBSUB_TIMEOUT, sink.unsubscribe(name))
+        .await
+        .map_err(|_| timed_out("unsubscribe"))?
 }
 
 /// What the gateway last delivered on a channel it is subscribed to.
@@ -533,12 +598,22 @@ impl Subscriber {
             // Back after an outage: resubscribe, then deliver what was
             // published meanwhile (from the history) before anything live.
             let names: Vec<ChannelKey> = self.channels.keys().cloned().collect();
-            let mut ok = true;
+            // Interest first (Redis may have restarted empty): publications
+            // are numbered and kept again before anything is read back.
+            let mut ok = match self.show_interest(&names).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "fanout: renewing channel interest failed");
+                    false
+                }
+            };
             for key in &names {
-                if let Err(error) = sink.subscribe(self.keys.pubsub(key)).await {
+                if !ok {
+                    break;
+                }
+                if let Err(error) = subscribe(&mut sink, self.keys.pubsub(key)).await {
                     tracing::warn!(%error, "fanout: resubscribing failed");
                     ok = false;
-                    break;
                 }
             }
             if ok {
@@ -569,15 +644,22 @@ impl Subscriber {
                     cmd = cmds.recv() => match cmd {
                         None => return,
                         Some(Command::Join { conn, q, channel, since, epoch }) => {
+                            let (q2, ch2) = (q.clone(), channel.clone());
                             if let Err(error) = self.join(&mut sink, conn, q, channel, since, epoch).await {
                                 tracing::warn!(%error, "fanout: subscribing through redis failed");
+                                // The client is told (it may subscribe again);
+                                // the connection to Redis is renewed.
+                                if let Some(hub) = self.hub.upgrade() {
+                                    hub.fail_join(&q2, &ch2);
+                                }
                                 break;
                             }
                         }
-                        Some(Command::Leave { key }) => {
-                            let still = self.hub.upgrade().is_some_and(|h| h.has_local_subscribers(&key));
-                            if !still && self.channels.remove(&key).is_some()
-                                && sink.unsubscribe(self.keys.pubsub(&key)).await.is_err()
+                        Some(Command::Unsubscribe { conn, key }) => {
+                            let empty = self.hub.upgrade().is_none_or(|h| h.remove_subscriber(conn, &key));
+                            if empty
+                                && self.channels.remove(&key).is_some()
+                                && unsubscribe(&mut sink, self.keys.pubsub(&key)).await.is_err()
                             {
                                 break;
                             }
@@ -615,12 +697,25 @@ impl Subscriber {
             // Interest first: from here on publishers number and keep the
             // channel, so the offset read below stays meaningful.
             self.show_interest(std::slice::from_ref(&key)).await?;
-            sink.subscribe(self.keys.pubsub(&key)).await?;
+            subscribe(sink, self.keys.pubsub(&key)).await?;
             // Subscribed first: every publication after this offset arrives
             // by Pub/Sub (or is found by the gap check).
             let (epoch, offset) = self.history.meta(&key).await?;
             self.channels
                 .insert(key.clone(), ChannelState { epoch, offset });
+        }
+        // A client coming from another gateway may be ahead of this one
+        // (its publication still in this gateway's Pub/Sub buffer): catch up
+        // from the history first rather than answer "not recovered".
+        if let (Some(since), Some(state)) = (since, self.channels.get(&key))
+            && since > state.offset
+            && epoch.as_ref().is_none_or(|e| *e == state.epoch)
+        {
+            let (known, delivered) = (state.epoch.clone(), state.offset);
+            let (e, newest) = self.history.meta(&key).await?;
+            if e == known && newest > delivered {
+                self.fill(&key, newest).await?;
+            }
         }
         let Some(state) = self.channels.get(&key) else {
             return Ok(());
@@ -645,8 +740,24 @@ impl Subscriber {
                 None => Recovery::NotRecovered,
             },
         };
-        if let Some(hub) = self.hub.upgrade() {
-            hub.join_remote(conn, &q, key, &current_epoch, current, replay, recovery);
+        let hub = self.hub.upgrade();
+        let added = hub.as_ref().is_some_and(|h| {
+            h.join_remote(
+                conn,
+                &q,
+                key.clone(),
+                &current_epoch,
+                current,
+                replay,
+                recovery,
+            )
+        });
+        // The client went away meanwhile: stop listening if nobody else is.
+        if !added
+            && !hub.is_some_and(|h| h.has_local_subscribers(&key))
+            && self.channels.remove(&key).is_some()
+        {
+            unsubscribe(sink, self.keys.pubsub(&key)).await?;
         }
         Ok(())
     }
@@ -672,9 +783,13 @@ impl Subscriber {
                 return Ok(()); // unsubscribed meanwhile
             };
             if state.epoch != epoch {
-                // The channel was forgotten and created anew: a new numbering.
+                // The channel was forgotten and created anew: a new
+                // numbering, which the clients are told about.
                 state.epoch = epoch.to_owned();
                 state.offset = 0;
+                if let Some(hub) = self.hub.upgrade() {
+                    hub.reset_remote(&key, epoch);
+                }
             }
             if offset <= state.offset {
                 continue; // already delivered (replayed or gap-filled)
@@ -700,6 +815,11 @@ impl Subscriber {
                 .arg(1)
                 .arg("PX")
                 .arg(self.history.max_age.as_millis().max(1) as u64)
+                .ignore();
+            // A subscribed but quiet channel keeps its numbering.
+            pipe.cmd("PEXPIRE")
+                .arg(self.keys.meta(key))
+                .arg(meta_ttl(self.history.max_age).as_millis() as u64)
                 .ignore();
         }
         pipe.query_async::<()>(&mut self.history.conn.clone()).await
@@ -742,8 +862,11 @@ impl Subscriber {
             return Ok(());
         };
         if state.epoch != epoch {
-            state.epoch = epoch;
+            state.epoch = epoch.clone();
             state.offset = 0;
+            if let Some(hub) = self.hub.upgrade() {
+                hub.reset_remote(key, &epoch);
+            }
         }
         self.fill(key, newest).await?;
         if let Some(state) = self.channels.get_mut(key) {

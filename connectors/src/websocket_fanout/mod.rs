@@ -459,17 +459,29 @@ impl Hub {
     }
 
     fn unsubscribe(&self, conn: u64, path: WsPath, channel: &str) {
-        let mut t = self.table();
         let key = (path, channel.to_owned());
-        let Some(ch) = t.channels.get_mut(&key) else {
-            return;
+        match self.broker.get() {
+            // In order with the join: a subscribe the broker is still
+            // working on is undone after it, never before.
+            Some(b) => b.command(broker::Command::Unsubscribe { conn, key }),
+            None => {
+                self.remove_subscriber(conn, &key);
+            }
+        }
+    }
+
+    /// Removes a subscriber; true when the channel has none left here.
+    fn remove_subscriber(&self, conn: u64, key: &ChannelKey) -> bool {
+        let mut t = self.table();
+        let Some(ch) = t.channels.get_mut(key) else {
+            return true;
         };
         let removed = ch.subscribers.remove(&conn).is_some();
         let now_empty = ch.subscribers.is_empty();
         if now_empty && ch.publish_seq.is_none() {
             // Nothing to recover from and nobody listening: the channel
             // (its offsets and epoch) is forgotten.
-            t.channels.remove(&key);
+            t.channels.remove(key);
         }
         if removed {
             t.subscriptions -= 1;
@@ -478,13 +490,34 @@ impl Hub {
             }
             self.gauges.set(&t);
         }
-        drop(t);
-        if removed
-            && now_empty
-            && let Some(b) = self.broker.get()
-        {
-            // Through Redis the gateway stops listening after the last one.
-            b.command(broker::Command::Leave { key });
+        now_empty
+    }
+
+    /// Through Redis: the broker could not subscribe; the client is told.
+    fn fail_join(&self, q: &ClientQueue, channel: &str) {
+        self.enqueue(
+            q,
+            error_frame(
+                "unavailable",
+                "the fanout cannot subscribe right now; subscribe again",
+                Some(channel),
+            ),
+        );
+    }
+
+    /// Through Redis: the channel was forgotten and numbers anew from 1
+    /// under `epoch`; its subscribers get a `subscribed` frame saying so
+    /// (`recovered: false`: reload).
+    fn reset_remote(&self, key: &ChannelKey, epoch: &str) {
+        let mut t = self.table();
+        let Some(ch) = t.channels.get_mut(key) else {
+            return;
+        };
+        ch.epoch = epoch.to_owned();
+        ch.offset = 0;
+        let frame = subscribed_frame(&key.1, 0, epoch, Recovery::NotRecovered);
+        for q in ch.subscribers.values() {
+            self.enqueue(q, frame.clone());
         }
     }
 
@@ -520,7 +553,7 @@ impl Hub {
         offset: u64,
         replay: Vec<Utf8Bytes>,
         recovery: Recovery,
-    ) {
+    ) -> bool {
         if recovery != Recovery::NotAsked {
             let outcome = match recovery {
                 Recovery::Recovered => "recovered",
@@ -532,14 +565,8 @@ impl Hub {
                 .inc();
         }
         if q.closing.load(Ordering::Relaxed) || q.tx.is_closed() {
-            // Gone while the broker worked: nothing to add (and a Leave
-            // keeps the channel tidy).
-            if let Some(b) = self.broker.get()
-                && !self.has_local_subscribers(&key)
-            {
-                b.command(broker::Command::Leave { key });
-            }
-            return;
+            // Gone while the broker worked: nothing to add.
+            return false;
         }
         let mut t = self.table();
         let ch = t.channels.entry(key.clone()).or_insert_with(|| Channel {
@@ -558,6 +585,7 @@ impl Hub {
         let first = added && ch.subscribers.len() == 1;
         self.enqueue(q, subscribed_frame(&key.1, offset, epoch, recovery));
         self.count_subscriber(&mut t, added, first);
+        true
     }
 
     /// Through Redis: a publication numbered by the broker, to this
