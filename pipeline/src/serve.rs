@@ -349,12 +349,23 @@ pub async fn run(
             };
             let prefix = config.redis.prefix.clone();
             let ttl = config.dataflow.lease_ttl;
-            let holder = format!(
-                "{}-{}-{:x}",
-                config.dataflow.consumer,
-                std::process::id(),
-                std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
-            );
+            // Stable per instance (two instances on one host need two
+            // ports): a restarted instance takes its own lease back at once.
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            let holder = match config.server.port {
+                // Port chosen at bind: no stable name, so a unique one.
+                0 => format!(
+                    "{host}:0-{}-{:x}",
+                    std::process::id(),
+                    std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
+                ),
+                port => format!("{host}:{port}"),
+            };
             let running = running.clone();
             let mut stop = stop_rx.clone();
             let stop_now = stop_tx.clone();

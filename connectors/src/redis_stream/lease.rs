@@ -16,6 +16,17 @@ use redis::aio::ConnectionManager;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Takes the lease when free or already the caller's (the same instance
+/// restarted before its lease expired); returns 1 when taken.
+const TAKE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if not cur or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 /// Renews only the caller's own lease; returns 1 when renewed.
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -43,6 +54,8 @@ pub struct Lease {
 
 impl Lease {
     /// Waits until the lease `name` is ours (or `stop` turns true: `None`).
+    /// `holder` names this instance stably (host and port): restarted, it takes
+    /// its own lease back at once instead of waiting for it to expire.
     pub async fn acquire(
         conn: ConnectionManager,
         prefix: &str,
@@ -62,17 +75,15 @@ impl Lease {
             }
             // The lease runs from when it was asked for, not answered.
             sent = tokio::time::Instant::now();
-            let taken: Result<Option<String>, _> = redis::cmd("SET")
-                .arg(&key)
+            let taken: Result<i64, _> = redis::Script::new(TAKE)
+                .key(&key)
                 .arg(holder)
-                .arg("NX")
-                .arg("PX")
                 .arg(ttl_ms)
-                .query_async(&mut conn.clone())
+                .invoke_async(&mut conn.clone())
                 .await;
             match taken {
-                Ok(Some(_)) => break,
-                Ok(None) => {
+                Ok(1) => break,
+                Ok(_) => {
                     if !waiting_logged {
                         let owner: Option<String> = redis::cmd("GET")
                             .arg(&key)
