@@ -321,3 +321,51 @@ pub async fn subscribe(server: &Server, channel: &str) -> Ws {
     );
     ws
 }
+
+/// Sends a subscribe frame on `ws`; returns the frames that came before the
+/// `subscribed` reply (a replay), and the reply.
+pub async fn subscribe_frame(
+    ws: &mut Ws,
+    frame: serde_json::Value,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        frame.to_string(),
+    ))
+    .await
+    .expect("send subscribe");
+    let mut before = Vec::new();
+    loop {
+        let m = next_json(ws).await;
+        if m["op"] == "subscribed" {
+            return (before, m);
+        }
+        before.push(m);
+    }
+}
+
+/// Every JSON frame until none arrives for `quiet`.
+pub async fn until_quiet(ws: &mut Ws, quiet: Duration) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(quiet, ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            out.push(serde_json::from_str(&t).expect("JSON frame"));
+        }
+    }
+    out
+}
+
+/// The sum of every sample of the metric family `name` on `/metrics`.
+pub async fn metric(server: &Server, name: &str) -> f64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

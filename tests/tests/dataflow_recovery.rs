@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use inkstream_tests::{Server, inkstream_bin, redis_url, unique};
+use inkstream_tests::{Server, inkstream_bin, metric, redis_url, unique};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,19 +79,6 @@ async fn post(server: &Server, lines: &[String]) {
             .unwrap();
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     }
-}
-
-async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Waits until the dataflow has taken `n` events in and its output has

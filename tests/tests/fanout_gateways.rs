@@ -7,8 +7,11 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{PrivateRedis, Server, Ws, next_json, now_ms, redis_url, unique};
+use futures_util::SinkExt;
+use inkstream_tests::{
+    PrivateRedis, Server, Ws, metric, next_json, now_ms, redis_url, subscribe_frame as subscribe,
+    unique, until_quiet,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -46,19 +49,6 @@ async fn connect(server: &Server, path: &str) -> Ws {
         .0
 }
 
-/// Sends a subscribe; returns the frames before `subscribed`, and it.
-async fn subscribe(ws: &mut Ws, frame: Value) -> (Vec<Value>, Value) {
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-    let mut before = Vec::new();
-    loop {
-        let m = next_json(ws).await;
-        if m["op"] == "subscribed" {
-            return (before, m);
-        }
-        before.push(m);
-    }
-}
-
 /// The next `n` message frames.
 async fn messages(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut out = Vec::new();
@@ -66,17 +56,6 @@ async fn messages(ws: &mut Ws, n: usize) -> Vec<Value> {
         let m = next_json(ws).await;
         if m["op"] == "message" {
             out.push(m);
-        }
-    }
-    out
-}
-
-/// Every frame until none arrives for `quiet`.
-async fn until_quiet(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(quiet, ws.next()).await {
-        if let Message::Text(t) = msg {
-            out.push(serde_json::from_str(&t).unwrap());
         }
     }
     out
@@ -110,19 +89,6 @@ fn offsets(frames: &[Value]) -> Vec<u64> {
         .filter(|m| m["op"] == "message")
         .map(|m| m["offset"].as_u64().unwrap())
         .collect()
-}
-
-async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{Server, Ws, next_json, now_ms, unique};
+use inkstream_tests::{
+    Server, Ws, next_json, now_ms, subscribe_frame as subscribe, unique, until_quiet,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Publications kept per channel by the server under test: small, so that a
 /// `since` from before the test's first batches is out of reach.
@@ -20,30 +20,6 @@ async fn connect(server: &Server) -> Ws {
         .await
         .unwrap()
         .0
-}
-
-/// Sends a subscribe and returns the frames before `subscribed`, and it.
-async fn subscribe(ws: &mut Ws, frame: Value) -> (Vec<Value>, Value) {
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-    let mut before = Vec::new();
-    loop {
-        let m = next_json(ws).await;
-        if m["op"] == "subscribed" {
-            return (before, m);
-        }
-        before.push(m);
-    }
-}
-
-/// Every frame until none arrives for `quiet`.
-async fn until_quiet(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(quiet, ws.next()).await {
-        if let Message::Text(t) = msg {
-            out.push(serde_json::from_str(&t).unwrap());
-        }
-    }
-    out
 }
 
 /// One keystroke now; live WPM updates are limited to one per user per
