@@ -303,8 +303,9 @@ pub struct FanoutSettings {
     /// process only), `redis` (shared by every gateway on the same Redis and
     /// prefix), or `auto` (default: `redis` when `redis.url` is set).
     pub broker: FanoutBroker,
-    /// Publications waiting to be written to Redis before new ones are
-    /// dropped and counted (default 65536).
+    /// Publications waiting to be written to Redis, over 4 lanes (default
+    /// 65536). When a lane is full the dataflow waits up to 5 s, then
+    /// publications are dropped and counted.
     pub publish_queue: usize,
 }
 

@@ -157,6 +157,19 @@ return redis.call('HMGET', KEYS[1], 'epoch', 'offset')
 /// positions) survive a quiet day; the history itself is bounded by age.
 const META_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Publishing lanes: batches of different channels in flight at once (one
+/// lane's round trip was the fanout's throughput limit, about 76 K
+/// publications/s with 2 ms per batch of 160).
+const PUBLISH_LANES: usize = 4;
+
+/// Longest the dataflow's thread waits for room in a full publish queue
+/// (Redis slow or away) before publications are dropped.
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Fixed hasher: a channel's lane must not change within a process.
+const LANE_HASH: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> =
+    std::hash::BuildHasherDefault::new();
+
 /// Longest wait for a Pub/Sub (un)subscribe confirmation: a half-open
 /// connection must not freeze the gateway's one subscriber task.
 const PUBSUB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -244,6 +257,10 @@ struct BrokerMetrics {
     gap_fills: IntCounter,
     /// Pub/Sub reconnects.
     reconnects: IntCounter,
+    /// One batch's Lua call, from send to reply.
+    batch_seconds: prometheus::Histogram,
+    /// Publications per batch.
+    batch_size: prometheus::Histogram,
 }
 
 impl BrokerMetrics {
@@ -264,6 +281,22 @@ impl BrokerMetrics {
                 "inkstream_ws_broker_reconnects_total",
                 "Reconnects of a gateway's Redis Pub/Sub connection.",
             )?,
+            batch_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "inkstream_ws_broker_batch_seconds",
+                    "Time of one publish batch's Lua call through Redis, send to reply.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )?,
+            batch_size: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "inkstream_ws_broker_batch_publications",
+                    "Publications per publish batch.",
+                )
+                .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0]),
+            )?,
         };
         for o in ["published", "dropped", "failed"] {
             m.publications.with_label_values(&[o]);
@@ -272,13 +305,18 @@ impl BrokerMetrics {
         r.register(Box::new(m.publications.clone()))?;
         r.register(Box::new(m.gap_fills.clone()))?;
         r.register(Box::new(m.reconnects.clone()))?;
+        r.register(Box::new(m.batch_seconds.clone()))?;
+        r.register(Box::new(m.batch_size.clone()))?;
         Ok(m)
     }
 }
 
 /// The hub's handle on Redis.
 pub(super) struct Broker {
-    publish_tx: mpsc::Sender<Publication>,
+    /// One queue per publishing lane; a channel always uses the same lane,
+    /// so its publications keep their order, while lanes overlap their
+    /// round trips to Redis.
+    lanes: Vec<mpsc::Sender<Publication>>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     metrics: BrokerMetrics,
 }
@@ -301,44 +339,67 @@ impl Broker {
             prefix: config.prefix.clone(),
         };
         let metrics = BrokerMetrics::new(&hub.metrics)?;
-        let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
+        let mut lanes = Vec::with_capacity(PUBLISH_LANES);
+        for _ in 0..PUBLISH_LANES {
+            let (tx, rx) = mpsc::channel((config.publish_queue / PUBLISH_LANES).max(1));
+            lanes.push(tx);
+            tokio::spawn(publisher(
+                conn.clone(),
+                keys.clone(),
+                rx,
+                hub.config.history_size,
+                hub.config.history_max_age,
+                metrics.clone(),
+            ));
+        }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let history = Arc::new(HistoryReader {
             conn: conn.clone(),
             keys: keys.clone(),
             max_age: hub.config.history_max_age,
         });
-        tokio::spawn(publisher(
-            conn,
-            keys.clone(),
-            publish_rx,
-            hub.config.history_size,
-            hub.config.history_max_age,
-            metrics.clone(),
-        ));
         tokio::spawn(
             Subscriber::new(Arc::downgrade(hub), client, keys, history, metrics.clone())
                 .run(cmd_rx),
         );
         Ok(Broker {
-            publish_tx,
+            lanes,
             cmd_tx,
             metrics,
         })
     }
 
-    /// Queues a publication; dropped (and counted) when the queue is full.
+    /// Queues a publication. A full queue holds back the caller when it is
+    /// the dataflow's thread (backpressure: a burst, such as ten thousand
+    /// writers starting at once, waits instead of being lost), for at most
+    /// `PUBLISH_WAIT`; inside the async runtime (or past that wait) the
+    /// publication is dropped and counted.
     pub(super) fn publish(&self, key: ChannelKey, body: String) {
-        let p = Publication {
+        let lane = self.lane(&key);
+        let mut p = Publication {
             key,
             body,
             reply: None,
         };
-        if self.publish_tx.try_send(p).is_err() {
-            self.metrics
-                .publications
-                .with_label_values(&["dropped"])
-                .inc();
+        let may_wait = tokio::runtime::Handle::try_current().is_err();
+        let deadline = std::time::Instant::now() + PUBLISH_WAIT;
+        loop {
+            match lane.try_send(p) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(back))
+                    if may_wait && std::time::Instant::now() < deadline =>
+                {
+                    p = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => {
+                    self.metrics
+                        .publications
+                        .with_label_values(&["dropped"])
+                        .inc();
+                    return;
+                }
+            }
         }
     }
 
@@ -354,12 +415,17 @@ impl Broker {
             body,
             reply: Some(tx),
         };
-        self.publish_tx
+        self.lane(&p.key)
             .send(p)
             .await
             .map_err(|_| "the fanout broker stopped".to_owned())?;
         rx.await
             .map_err(|_| "the fanout broker stopped".to_owned())?
+    }
+
+    fn lane(&self, key: &ChannelKey) -> &mpsc::Sender<Publication> {
+        let h = std::hash::BuildHasher::hash_one(&LANE_HASH, key);
+        &self.lanes[(h % self.lanes.len() as u64) as usize]
     }
 
     pub(super) fn command(&self, c: Command) {
@@ -409,7 +475,13 @@ async fn publisher(
             for p in &batch {
                 inv.arg(keys.pubsub(&p.key)).arg(&p.body);
             }
-            match inv.invoke_async::<Vec<u64>>(&mut conn).await {
+            let started = std::time::Instant::now();
+            let result = inv.invoke_async::<Vec<u64>>(&mut conn).await;
+            metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.batch_size.observe(batch.len() as f64);
+            match result {
                 Ok(replies) => {
                     metrics
                         .publications
