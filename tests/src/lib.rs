@@ -85,7 +85,11 @@ pub struct Server {
 impl Server {
     /// Starts `inkstream serve` with `args` and waits until `/healthz` answers.
     pub async fn start(args: &[&str]) -> Server {
-        let port = free_port();
+        Server::start_on(free_port(), args).await
+    }
+
+    /// Like [`Server::start`] on a given port (a restart "in place").
+    pub async fn start_on(port: u16, args: &[&str]) -> Server {
         let mut cmd = Command::new(inkstream_bin());
         cmd.arg("serve")
             .arg("--port")

@@ -468,3 +468,37 @@ async fn a_channel_nobody_listened_to_for_its_history_age_is_not_recovered() {
     assert_eq!(reply["recovered"], false, "{reply}");
     assert!(replayed.is_empty());
 }
+
+#[tokio::test]
+async fn an_instance_restarted_in_place_takes_its_own_lease_back_at_once() {
+    let url = redis_url();
+    let pre = format!("redis.prefix={}", unique("gw"));
+    // A long TTL: a standby would wait 30 s; the same instance (host and
+    // port) must not.
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--set",
+        pre.as_str(),
+        "--set",
+        "dataflow.lease_ttl=30s",
+    ];
+    let port = inkstream_tests::free_port();
+    let mut first = Server::start_on(port, &args).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !active(&first).await {
+        assert!(std::time::Instant::now() < deadline, "never took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let restarted = Server::start_on(port, &args).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !active(&restarted).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted instance waited for its own lease to expire"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
