@@ -38,7 +38,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Settings of the Redis fanout broker.
@@ -222,6 +222,17 @@ struct Keys {
 impl Keys {
     fn tag(&self, key: &ChannelKey) -> String {
         format!("{}:ws:{{{}|{}}}", self.prefix, key.0.as_str(), key.1)
+    }
+    /// Meta, history and interest keys and the Pub/Sub name of a channel,
+    /// its tag formatted once (the publisher's per-publication path).
+    fn names(&self, key: &ChannelKey) -> [String; 4] {
+        let tag = self.tag(key);
+        [
+            format!("{tag}:m"),
+            format!("{tag}:h"),
+            format!("{tag}:i"),
+            tag,
+        ]
     }
     fn meta(&self, key: &ChannelKey) -> String {
         format!("{}:m", self.tag(key))
@@ -462,18 +473,19 @@ async fn publisher(
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let mut inv = script.prepare_invoke();
+            let mut channels = Vec::with_capacity(batch.len());
             for p in &batch {
-                inv.key(keys.meta(&p.key))
-                    .key(keys.history(&p.key))
-                    .key(keys.interest(&p.key));
+                let [meta, history, interest, pubsub] = keys.names(&p.key);
+                inv.key(meta).key(history).key(interest);
+                channels.push(pubsub);
             }
             inv.arg(history_size)
                 .arg(history_max_age.as_millis().max(1) as u64)
                 .arg(meta_ttl(history_max_age).as_millis() as u64)
                 .arg(now_ms)
                 .arg(format!("{seed:016x}"));
-            for p in &batch {
-                inv.arg(keys.pubsub(&p.key)).arg(&p.body);
+            for (p, pubsub) in batch.iter().zip(channels) {
+                inv.arg(pubsub).arg(&p.body);
             }
             let started = std::time::Instant::now();
             let result = inv.invoke_async::<Vec<u64>>(&mut conn).await;
@@ -564,25 +576,14 @@ impl HistoryReader {
         if from > to {
             return Ok(Some(Vec::new()));
         }
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.history(key))
-            .arg(format!("{from}-0"))
-            .arg(format!("{to}-0"))
-            .query_async(&mut self.conn.clone())
-            .await?;
         let oldest_ok = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
             .saturating_sub(self.max_age.as_millis() as u64);
-        let mut out = Vec::with_capacity(entries.ids.len());
-        for (i, e) in entries.ids.iter().enumerate() {
-            let offset =
-                e.id.split_once('-')
-                    .and_then(|(o, _)| o.parse::<u64>().ok())
-                    .unwrap_or(0);
-            let at: u64 = e.get("t").unwrap_or(0);
-            let body: Option<String> = e.get("d");
+        let entries = self.entries(key, from, to).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, (offset, at, body)) in entries.into_iter().enumerate() {
             match body {
                 Some(body) if offset == from + i as u64 && at >= oldest_ok => {
                     out.push((offset, body))
@@ -591,6 +592,36 @@ impl HistoryReader {
             }
         }
         Ok((out.len() as u64 == to - from + 1).then_some(out))
+    }
+
+    /// The history entries with offsets `from..=to` the stream still holds:
+    /// (offset, publish time ms, body).
+    async fn entries(
+        &self,
+        key: &ChannelKey,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, u64, Option<String>)>, redis::RedisError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.history(key))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply
+            .ids
+            .iter()
+            .map(|e| {
+                let offset =
+                    e.id.split_once('-')
+                        .and_then(|(o, _)| o.parse::<u64>().ok())
+                        .unwrap_or(0);
+                (offset, e.get("t").unwrap_or(0), e.get("d"))
+            })
+            .collect())
     }
 }
 
@@ -904,21 +935,8 @@ impl Subscriber {
             return Ok(());
         };
         let (epoch, from) = (state.epoch.clone(), state.offset + 1);
-        if from > to {
-            return Ok(());
-        }
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.history(key))
-            .arg(format!("{from}-0"))
-            .arg(format!("{to}-0"))
-            .query_async(&mut self.history.conn.clone())
-            .await?;
-        for e in &entries.ids {
-            let offset =
-                e.id.split_once('-')
-                    .and_then(|(o, _)| o.parse::<u64>().ok())
-                    .unwrap_or(0);
-            if let Some(body) = e.get::<String>("d") {
+        for (offset, _, body) in self.history.entries(key, from, to).await? {
+            if let Some(body) = body {
                 self.metrics.gap_fills.inc();
                 self.deliver(key, &epoch, offset, &body);
             }
@@ -953,7 +971,7 @@ impl Subscriber {
             state.offset = offset;
         }
         if let Some(hub) = self.hub.upgrade() {
-            hub.deliver_remote(key, epoch, offset, body, Instant::now());
+            hub.deliver_remote(key, epoch, offset, body);
         }
     }
 }
@@ -970,7 +988,17 @@ mod tests {
         let key = (WsPath::Analytics, "user:a|b:c}".to_owned());
         // Channel names may hold any character but the path separator is the
         // first '|' and the name ends at the last '}'.
-        assert_eq!(keys.parse_pubsub(&keys.pubsub(&key)), Some(key));
+        assert_eq!(keys.parse_pubsub(&keys.pubsub(&key)), Some(key.clone()));
         assert_eq!(keys.parse_pubsub("other:ws:{/ws/analytics|user:u}"), None);
+        // The publisher's names are the same as the single-key helpers'.
+        assert_eq!(
+            keys.names(&key),
+            [
+                keys.meta(&key),
+                keys.history(&key),
+                keys.interest(&key),
+                keys.pubsub(&key)
+            ]
+        );
     }
 }

@@ -437,14 +437,7 @@ impl Hub {
                 }
                 None => Recovery::NotRecovered,
             };
-            let outcome = match recovery {
-                Recovery::Recovered => "recovered",
-                _ => "not_recovered",
-            };
-            self.metrics
-                .ws_recoveries
-                .with_label_values(&[outcome])
-                .inc();
+            self.count_recovery(recovery);
         }
         let added = ch.subscribers.insert(conn, q.clone()).is_none();
         let first = added && ch.subscribers.len() == 1;
@@ -521,6 +514,19 @@ impl Hub {
         }
     }
 
+    /// Counts a subscribe that asked for recovery, by outcome.
+    fn count_recovery(&self, recovery: Recovery) {
+        let outcome = match recovery {
+            Recovery::NotAsked => return,
+            Recovery::Recovered => "recovered",
+            Recovery::NotRecovered => "not_recovered",
+        };
+        self.metrics
+            .ws_recoveries
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
     /// Counts a subscriber added to a channel (`first`: the channel had none).
     fn count_subscriber(&self, t: &mut Table, added: bool, first: bool) {
         if added {
@@ -554,16 +560,7 @@ impl Hub {
         replay: Vec<Utf8Bytes>,
         recovery: Recovery,
     ) -> bool {
-        if recovery != Recovery::NotAsked {
-            let outcome = match recovery {
-                Recovery::Recovered => "recovered",
-                _ => "not_recovered",
-            };
-            self.metrics
-                .ws_recoveries
-                .with_label_values(&[outcome])
-                .inc();
-        }
+        self.count_recovery(recovery);
         if q.closing.load(Ordering::Relaxed) || q.tx.is_closed() {
             // Gone while the broker worked: nothing to add.
             return false;
@@ -590,14 +587,7 @@ impl Hub {
 
     /// Through Redis: a publication numbered by the broker, to this
     /// gateway's subscribers of the channel.
-    fn deliver_remote(
-        &self,
-        key: &ChannelKey,
-        epoch: &str,
-        offset: u64,
-        body: &str,
-        _now: Instant,
-    ) {
+    fn deliver_remote(&self, key: &ChannelKey, epoch: &str, offset: u64, body: &str) {
         let mut t = self.table();
         let Some(ch) = t.channels.get_mut(key) else {
             return;
