@@ -7,12 +7,16 @@
 //! - [`payload`]: the typed payload of every event type, mirroring the Avro
 //!   schemas in `schemas/avro/` (the source of truth), and the Avro codecs.
 //!
+//! - [`fault`]: whose fault an error is and whether a retry helps ([`Classify`]),
+//!   implemented by every library error of the workspace.
+//!
 //! This crate is pure (no async, no I/O) so that every other crate can depend on it.
 
 pub mod binary;
 pub mod confluent;
 pub mod docs;
 pub mod event;
+pub mod fault;
 mod hash;
 pub mod json;
 pub mod payload;
@@ -22,6 +26,7 @@ mod validate;
 mod random_tests;
 
 pub use event::{Category, Event, EventType, UnknownType};
+pub use fault::{Classify, Fault};
 pub use hash::stable_hash;
 pub use json::{DecodeError, Limits, decode_batch, decode_event, decode_value};
 pub use payload::{AvroSchemas, Payload};
