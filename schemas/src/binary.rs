@@ -22,6 +22,13 @@ use std::fmt;
 #[error("avro binary: {0}")]
 pub struct BinaryError(String);
 
+/// Bytes that do not decode came from whoever wrote them.
+impl crate::fault::Classify for BinaryError {
+    fn fault(&self) -> crate::fault::Fault {
+        crate::fault::Fault::Caller
+    }
+}
+
 impl ser::Error for BinaryError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
         BinaryError(msg.to_string())
@@ -619,7 +626,8 @@ impl<'de> de::VariantAccess<'de> for Symbol {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{AvroSchemas, examples};
+    use crate::avro::AvroSchemas;
+    use crate::examples::examples;
 
     fn events() -> Vec<Event> {
         let mut out = Vec::new();

@@ -8,8 +8,8 @@
 //! every process and across restarts, and changes exactly when the schema
 //! does.
 
+use crate::avro::{AVRO_ENVELOPE_SOURCE, avro_sources};
 use crate::event::Event;
-use crate::payload::{AVRO_ENVELOPE_SOURCE, avro_sources};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -26,6 +26,13 @@ pub enum FrameError {
     UnknownSchema { found: u32, expected: u32 },
     #[error(transparent)]
     Avro(#[from] crate::binary::BinaryError),
+}
+
+/// Framed bytes that do not decode are the producer's to fix.
+impl crate::fault::Classify for FrameError {
+    fn fault(&self) -> crate::fault::Fault {
+        crate::fault::Fault::Caller
+    }
 }
 
 struct Published {

@@ -2,8 +2,9 @@
 //! `inkstream schemas docs` writes `docs/EVENTS.md`, and a test fails when the
 //! committed file differs from what the schemas say.
 
+use crate::avro::AvroSchemas;
 use crate::event::{Category, EventType};
-use crate::payload::{AvroSchemas, examples};
+use crate::examples::examples;
 use apache_avro::Schema;
 use std::fmt::Write;
 

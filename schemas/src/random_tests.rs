@@ -2,8 +2,9 @@
 //! JSON decoder's fast and slow paths agree, and JSON → model → Avro binary →
 //! model → JSON is the identity, byte-for-byte the same Avro as apache-avro.
 
+use crate::avro::AvroSchemas;
 use crate::json::{Limits, decode_event, decode_value};
-use crate::payload::{AvroSchemas, TYPES};
+use crate::payload::TYPES;
 use crate::validate::non_negative;
 use apache_avro::Schema;
 use serde_json::{Map, Value, json};

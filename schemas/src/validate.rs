@@ -6,9 +6,10 @@
 //! non-negative, `[start, end]` pairs are ordered, currencies are ISO 4217
 //! codes) are checked here.
 
+use crate::avro::AvroSchemas;
+use crate::decode_error::{DecodeError, describe};
 use crate::event::EventType;
-use crate::json::{DecodeError, describe};
-use crate::payload::{AvroSchemas, Payload};
+use crate::payload::Payload;
 use apache_avro::Schema;
 use serde_json::Value;
 
