@@ -20,6 +20,7 @@ pub mod auth;
 pub mod event_log;
 pub mod http_ingest;
 pub mod kafka;
+pub mod lease;
 pub mod metrics;
 pub mod notifier;
 pub mod redis_stream;

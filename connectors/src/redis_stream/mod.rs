@@ -25,7 +25,6 @@
 //! **Trimming** ([`RedisLog::trim`]) removes only entries that every required
 //! consumer group has acknowledged and that are older than the retention.
 
-pub mod lease;
 mod query;
 
 use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
