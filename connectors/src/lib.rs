@@ -23,7 +23,6 @@ pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod notifier;
-pub mod redis_stream;
 pub mod schema_registry;
 pub mod view_store;
 pub mod websocket_fanout;
