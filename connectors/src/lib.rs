@@ -18,12 +18,11 @@
 
 pub mod auth;
 pub mod event_log;
-pub mod http_ingest;
+pub mod http_api;
 pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod notifier;
-pub mod schema_registry;
 pub mod view_store;
 pub mod websocket_fanout;
 

@@ -21,7 +21,6 @@ pub mod email_api;
 pub mod in_app;
 pub mod metrics;
 pub mod policy;
-pub mod routes;
 pub mod runner;
 pub mod sms;
 pub mod smtp;
@@ -30,7 +29,6 @@ pub mod template;
 pub mod webhook;
 
 pub use policy::{Alert, Channel, Delivery, Policy, PolicyConfig, Preferences};
-pub use routes::routes;
 pub use runner::{Clock, ManualClock, Notifier, NotifierHandle, SystemClock};
 pub use store::Store;
 

@@ -20,11 +20,9 @@
 //! writer follows the watermark every 500 ms (no derived event means nothing
 //! changed up to it). That is `as_of`; answers add `lag_ms = now − as_of`.
 
-mod http;
 mod redis_views;
 pub mod state;
 
-pub use http::routes;
 pub use state::ViewState;
 
 use crate::metrics::Metrics;

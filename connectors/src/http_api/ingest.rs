@@ -1,10 +1,23 @@
-//! The ingest pipeline shared by REST, the command endpoints and `/ws/ingest`:
+//! Ingest: `POST /v1/events` (and its alias `/api/realtime/events/publish`),
+//! and the pipeline it shares with the command endpoints and `/ws/ingest`:
 //! decode → rate limit → authorize → append (idempotent) → answer.
+//!
+//! Contract: an ingest request is answered `202` only after every event it
+//! carries is in the log (the append returned).
 
-use super::{ApiError, AppState};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::openapi;
+use super::state::AppState;
 use crate::auth::Principal;
-use axum::http::StatusCode;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use schemas::{DecodeError, Event};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -249,4 +262,101 @@ pub async fn ingest_events(
         body["rejected"] = rejected.into();
     }
     Ok(IngestOutcome { body })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct IngestParams {
+    /// Accept the valid events of a batch and report the rejected ones,
+    /// instead of rejecting the whole batch (the default).
+    #[serde(default)]
+    pub(crate) partial: bool,
+    /// A user token, for clients that cannot set headers.
+    #[serde(default)]
+    pub(crate) token: Option<String>,
+}
+
+/// Ingests one event, a JSON array of events, or NDJSON; answers 202 once
+/// every event is in the log.
+#[utoipa::path(post, path = "/v1/events", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (openapi::IngestBody = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"type\":\"writing.keystroke\",…}\n{…}\n")),
+    )),
+    responses(
+        (status = 202, description = "Stored (duplicates are reported, not stored twice)", body = openapi::IngestAccepted),
+        (status = 400, description = "Malformed body, or an invalid event (`field` names it)", body = openapi::ErrorBody),
+        (status = 401, body = openapi::ErrorBody),
+        (status = 413, body = openapi::ErrorBody),
+        (status = 415, body = openapi::ErrorBody),
+        (status = 422, description = "Schema violation (`field` names it)", body = openapi::ErrorBody),
+        (status = 429, body = openapi::ErrorBody),
+        (status = 503, description = "The log is unavailable (Retry-After)", body = openapi::ErrorBody)))]
+pub(crate) async fn ingest_v1(
+    s: State<AppState>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_http(s, params, headers, body).await
+}
+
+/// `POST /v1/events` under the original specification's name.
+#[utoipa::path(post, path = "/api/realtime/events/publish", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (openapi::IngestBody = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 202, body = openapi::IngestAccepted),
+        (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody),
+        (status = 413, body = openapi::ErrorBody), (status = 415, body = openapi::ErrorBody),
+        (status = 422, body = openapi::ErrorBody), (status = 429, body = openapi::ErrorBody),
+        (status = 503, body = openapi::ErrorBody)))]
+pub(crate) async fn publish(
+    s: State<AppState>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_http(s, params, headers, body).await
+}
+
+async fn ingest_http(
+    State(s): State<AppState>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body exceeds {} bytes", s.config.max_body_bytes),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", r.body_text())
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let ndjson = match essence {
+        "application/json" => false,
+        "application/x-ndjson" | "application/ndjson" => true,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected application/json or application/x-ndjson, got {other:?}"),
+            ));
+        }
+    };
+    let decoded = decode_body(&s, &principal, &body, ndjson)?;
+    let outcome = ingest_events(&s, &principal, decoded, params.partial).await?;
+    Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }

@@ -8,13 +8,15 @@
 //! (`project:` / `document:` claims), admins and analysts read everything;
 //! apps and an auth-off server read everything. Refusals are 403.
 
-use super::state::{
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::openapi::ErrorBody;
+use super::state::AppState;
+use crate::auth::{Principal, Role};
+use crate::view_store::state::{
     Collaborator, ConflictView, SessionView, TeamFigure, WritingTotals, day_of, ms_of_day,
 };
-use super::{Fresh, ViewError};
-use crate::auth::{Principal, Role};
-use crate::http_ingest::openapi::ErrorBody;
-use crate::http_ingest::{ApiError, AppState, authenticate};
+use crate::view_store::{Fresh, ViewError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -24,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// The view routes (documented), merged into the app.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(session_metrics))
         .routes(routes!(active_sessions))

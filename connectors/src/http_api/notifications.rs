@@ -1,6 +1,6 @@
-//! The notification endpoints. They find the notifier through an
-//! `Extension<NotifierHandle>` layered on the app by `serve`; without one
-//! they answer 503 `notifications_disabled`.
+//! The notification endpoints. They find the notifier in
+//! [`AppState::notifier`]; without one they answer 503
+//! `notifications_disabled`.
 //!
 //! - `GET /api/realtime/notifications?unread=true&offset=0&limit=50[&user_id=]`
 //! - `POST /api/realtime/notifications/{id}/read`
@@ -10,22 +10,26 @@
 //! A user acts on their own notifications; an admin user, an app (API key)
 //! or anyone when auth is off names the user with `user_id`.
 
-use super::policy::{Alert, Preferences};
-use super::runner::NotifierHandle;
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::openapi::ErrorBody;
+use super::state::AppState;
 use crate::auth::{Principal, Role};
-use crate::http_ingest::{ApiError, AppState, authenticate};
+use crate::notifier::NotifierHandle;
+use crate::notifier::policy::{Alert, Preferences};
+use crate::notifier::store::StoreError;
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// The routes, documented in the OpenAPI document (see
-/// `http_ingest::openapi`).
-pub fn routes() -> OpenApiRouter<AppState> {
+/// [`super::openapi`]).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(mark_read))
@@ -35,10 +39,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 const ERR: &str = "`{\"error\":{\"code\",\"message\",\"field\"?}}`; 503 `notifications_disabled` or `store_unavailable`";
 
-type Handle = Option<Extension<NotifierHandle>>;
-
-fn notifier(h: Handle) -> Result<NotifierHandle, ApiError> {
-    h.map(|Extension(h)| h).ok_or_else(|| {
+fn notifier(s: &AppState) -> Result<NotifierHandle, ApiError> {
+    s.notifier.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "notifications_disabled",
@@ -47,7 +49,7 @@ fn notifier(h: Handle) -> Result<NotifierHandle, ApiError> {
     })
 }
 
-fn store_error(e: super::store::StoreError) -> ApiError {
+fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "notification store error");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -117,16 +119,15 @@ fn default_limit() -> usize {
 /// A user's in-app notifications, newest first.
 #[utoipa::path(get, path = "/api/realtime/notifications", tag = "notifications", params(ListQuery),
     responses((status = 200, description = "`{user_id, notifications, total, offset, limit}`", body = Object),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, _) = target_user(&s, &headers, q.user_id).await?;
     let limit = q.limit.clamp(1, 200);
     let (items, total) = n
@@ -154,17 +155,16 @@ struct UserQuery {
 #[utoipa::path(post, path = "/api/realtime/notifications/{id}/read", tag = "notifications",
     params(("id" = String, Path, description = "Notification id"), UserQuery),
     responses((status = 200, description = "`{id, read: true}`", body = Object),
-        (status = 404, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 404, description = ERR, body = ErrorBody),
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn mark_read(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, _) = target_user(&s, &headers, q.user_id).await?;
     if !n
         .store
@@ -184,15 +184,14 @@ async fn mark_read(
 /// A user's notification preferences (the configured defaults until set).
 #[utoipa::path(get, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
     responses((status = 200, description = "`{user_id, preferences}`", body = Object),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn get_prefs(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, _) = target_user(&s, &headers, q.user_id).await?;
     Ok(Json(
         json!({"user_id": user, "preferences": n.prefs(&user)}),
@@ -204,18 +203,17 @@ async fn get_prefs(
 #[utoipa::path(put, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
     request_body(content = Object, description = "Preferences; missing fields take the defaults, unknown ones are refused"),
     responses((status = 200, description = "`{user_id, preferences}`", body = Object),
-        (status = 422, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 422, description = ERR, body = ErrorBody),
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn put_prefs(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Query(q): Query<UserQuery>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, privileged) = target_user(&s, &headers, q.user_id).await?;
     // Missing fields take the configured defaults, unknown ones are refused.
     let defaults = serde_json::to_value(&n.config().defaults).unwrap_or(Value::Null);
@@ -288,17 +286,16 @@ fn default_priority() -> schemas::payload::Priority {
 #[utoipa::path(post, path = "/api/realtime/notifications/send", tag = "notifications",
     request_body(content = Object, description = "`{recipient, priority?, title, body, dedup_key?, id?}`"),
     responses((status = 202, description = "`{id, recipients}`", body = Object),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 422, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
+        (status = 422, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn send(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Json(b): Json<SendBody>,
 ) -> Result<Response, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     match authenticate(&s, &headers, None).await? {
         Principal::Anonymous | Principal::App(_) => {}
         Principal::User(u) if u.role == Role::Admin => {}

@@ -6,7 +6,10 @@
 //! taken from the body; `ts` defaults to the server clock and `user_id` to
 //! the authenticated user. Every other body field is the payload.
 
-use super::{ApiError, AppState, authenticate, ingest_events};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::ingest::ingest_events;
+use super::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

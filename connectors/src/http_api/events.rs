@@ -8,7 +8,9 @@
 //! shard>`. It carries the bounds, so the next page is the same URL plus
 //! `cursor` (with a cursor, `from` and `to` are ignored).
 
-use super::{ApiError, AppState, authenticate};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::state::AppState;
 use crate::event_log::query::{CategoryInfo, DEFAULT_LIMIT, MAX_LIMIT, RangeQuery};
 use axum::Json;
 use axum::extract::{Path, Query, State};
