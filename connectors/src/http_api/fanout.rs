@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::ingest::IngestParams;
 use super::openapi;
 use super::state::AppState;
-use crate::websocket_fanout::{WsPath, valid_channel};
+use crate::websocket_fanout::{PublishError, WsPath, valid_channel};
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -138,7 +138,7 @@ pub(crate) async fn ws_send_to_user(
 }
 
 /// The fanout could not publish (Redis unreachable): 503, retry later.
-fn fanout_unavailable(reason: String) -> ApiError {
+fn fanout_unavailable(reason: PublishError) -> ApiError {
     tracing::warn!(%reason, "broadcast failed");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
