@@ -5,7 +5,7 @@
 use super::error::ApiError;
 use super::state::AppState;
 use crate::auth::{Principal, Role};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 
 /// Authenticates a request (headers, `?token=`), answering 401 on failure.
 pub(crate) async fn authenticate(
@@ -15,7 +15,7 @@ pub(crate) async fn authenticate(
 ) -> Result<Principal, ApiError> {
     s.auth.authenticate(headers, token).await.map_err(|e| {
         s.metrics.auth_failures.with_label_values(&[e.code()]).inc();
-        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+        ApiError::Unauthenticated(e)
     })
 }
 
@@ -25,10 +25,6 @@ pub(crate) async fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(
     match authenticate(s, headers, None).await? {
         Principal::Anonymous | Principal::App(_) => Ok(()),
         Principal::User(u) if u.role == Role::Admin => Ok(()),
-        Principal::User(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin only",
-        )),
+        Principal::User(_) => Err(ApiError::forbidden("admin only")),
     }
 }

@@ -12,7 +12,7 @@ use crate::websocket_fanout::{PublishError, WsPath, valid_channel};
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::routing::{MethodRouter, get};
 use serde::Deserialize;
 use serde_json::json;
@@ -82,22 +82,13 @@ pub(crate) async fn ws_broadcast(
         Some(p) => WsPath::ALL
             .into_iter()
             .find(|w| w.as_str() == p)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_field",
-                    format!("unknown path {p:?}"),
-                )
-                .with_field(Some("path"))
-            })?,
+            .ok_or_else(|| ApiError::invalid_field("path", format!("unknown path {p:?}")))?,
     };
     if !valid_channel(&b.channel) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
+        return Err(ApiError::invalid_field(
+            "channel",
             "expected user:{id}, project:{id}, document:{id} or category:{name}",
-        )
-        .with_field(Some("channel")));
+        ));
     }
     let n = s
         .hub
@@ -140,9 +131,5 @@ pub(crate) async fn ws_send_to_user(
 /// The fanout could not publish (Redis unreachable): 503, retry later.
 fn fanout_unavailable(reason: PublishError) -> ApiError {
     tracing::warn!(%reason, "broadcast failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "fanout_unavailable",
-        "the fanout cannot publish right now; retry later",
-    )
+    ApiError::FanoutUnavailable
 }

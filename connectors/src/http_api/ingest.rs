@@ -54,37 +54,37 @@ pub(crate) fn decode_body(
             .ingest_events_rejected
             .with_label_values(&[e.code])
             .inc();
-        ApiError::from_decode(StatusCode::BAD_REQUEST, &e)
+        ApiError::Malformed(e)
     })?;
     if decoded.len() > s.config.max_batch_events {
         s.metrics
             .ingest_events_rejected
             .with_label_values(&["batch_too_large"])
             .inc_by(decoded.len() as u64);
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} events in one request; the limit is {}",
-                decoded.len(),
-                s.config.max_batch_events
-            ),
-        ));
+        return Err(ApiError::BatchTooLarge {
+            events: decoded.len(),
+            limit: s.config.max_batch_events,
+        });
     }
     Ok(decoded)
 }
 
+/// Why a caller may not ingest an event (the whole request is refused, 403).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotAllowed(String);
+
 /// Whether `principal` may ingest `event`; a user's events are their own
 /// (an event without `user_id` is taken as theirs).
-fn authorize(principal: &Principal, event: &mut Event) -> Result<(), String> {
+fn authorize(principal: &Principal, event: &mut Event) -> Result<(), NotAllowed> {
     match principal {
         Principal::Anonymous => Ok(()),
         Principal::App(key) => match &key.categories {
-            Some(allowed) if !allowed.contains(&event.category()) => Err(format!(
+            Some(allowed) if !allowed.contains(&event.category()) => Err(NotAllowed(format!(
                 "the API key {:?} may not ingest {} events",
                 key.name,
                 event.category()
-            )),
+            ))),
             _ => Ok(()),
         },
         Principal::User(user) => match &event.user_id {
@@ -93,10 +93,10 @@ fn authorize(principal: &Principal, event: &mut Event) -> Result<(), String> {
                 Ok(())
             }
             Some(u) if *u == user.id => Ok(()),
-            Some(u) => Err(format!(
+            Some(u) => Err(NotAllowed(format!(
                 "user {:?} may not ingest events of user {u:?}",
                 user.id
-            )),
+            ))),
         },
     }
 }
@@ -118,15 +118,11 @@ pub async fn ingest_events(
                 .ingest_events_rejected
                 .with_label_values(&["rate_limited"])
                 .inc_by(decoded.len() as u64);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "more than {} events/s (burst {}); retry later",
-                    rate.per_second, rate.burst
-                ),
-            )
-            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u32));
+            return Err(ApiError::RateLimited {
+                per_second: rate.per_second,
+                burst: rate.burst,
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+            });
         }
     }
 
@@ -142,11 +138,9 @@ pub async fn ingest_events(
                         .ingest_events_rejected
                         .with_label_values(&["forbidden"])
                         .inc();
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        format!("event {index}: {message}; nothing was stored"),
-                    ));
+                    return Err(ApiError::forbidden(format!(
+                        "event {index}: {message}; nothing was stored"
+                    )));
                 }
             },
             Err(e) => {
@@ -173,19 +167,19 @@ pub async fn ingest_events(
                 .unwrap_or_default(),
             first["message"].as_str().unwrap_or(""),
         );
-        return Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", message)
-                .with_field(first["field"].as_str())
-                .with_details(json!({ "rejected": rejected })),
-        );
+        let field = first["field"].as_str().map(str::to_owned);
+        return Err(ApiError::InvalidEvents {
+            message,
+            field,
+            rejected,
+        });
     }
     if events.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_events",
-            "no valid event in the request",
-        )
-        .with_details(json!({ "rejected": rejected })));
+        return Err(ApiError::InvalidEvents {
+            message: "no valid event in the request".into(),
+            field: None,
+            rejected,
+        });
     }
 
     let start = Instant::now();
@@ -204,9 +198,7 @@ pub async fn ingest_events(
                 .with_label_values(&["log_unavailable"])
                 .inc_by(events.len() as u64);
             tracing::warn!(error = %e, backend, "log append failed");
-            return Err(ApiError::unavailable(
-                "the event log cannot take writes right now",
-            ));
+            return Err(ApiError::LogRefusedWrite);
         }
         Err(_) => {
             s.metrics
@@ -218,9 +210,7 @@ pub async fn ingest_events(
                 .with_label_values(&["log_unavailable"])
                 .inc_by(events.len() as u64);
             tracing::warn!(backend, "log append timed out");
-            return Err(ApiError::unavailable(
-                "the event log did not answer in time",
-            ));
+            return Err(ApiError::LogTimedOut);
         }
     };
     s.metrics
@@ -331,13 +321,11 @@ async fn ingest_http(
     let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body exceeds {} bytes", s.config.max_body_bytes),
-            )
+            ApiError::BodyTooLarge {
+                limit: s.config.max_body_bytes,
+            }
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", r.body_text())
+            ApiError::BadBody(r.body_text())
         }
     })?;
     let content_type = headers
@@ -349,11 +337,7 @@ async fn ingest_http(
         "application/json" => false,
         "application/x-ndjson" | "application/ndjson" => true,
         other => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("expected application/json or application/x-ndjson, got {other:?}"),
-            ));
+            return Err(ApiError::UnsupportedMediaType(other.to_owned()));
         }
     };
     let decoded = decode_body(&s, &principal, &body, ndjson)?;

@@ -32,9 +32,6 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     responses((status = 200, description = "`{\"status\":\"ready\",\"log\":\"redis\"}`", body = Object),
         (status = 503, description = "The log does not answer", body = openapi::ErrorBody)))]
 pub(crate) async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    s.log
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(&e.to_string()))?;
+    s.log.ping().await.map_err(ApiError::LogUnavailable)?;
     Ok(Json(json!({"status": "ready", "log": s.log.backend()})))
 }

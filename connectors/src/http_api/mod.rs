@@ -45,7 +45,7 @@ pub use state::{AppState, IngestConfig};
 use crate::websocket_fanout::WsPath;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
@@ -100,7 +100,7 @@ pub fn router(state: AppState) -> Router {
             )
         }),
     );
-    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+    app.fallback(|| async { ApiError::NoRoute })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

@@ -40,23 +40,12 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 const ERR: &str = "`{\"error\":{\"code\",\"message\",\"field\"?}}`; 503 `notifications_disabled` or `store_unavailable`";
 
 fn notifier(s: &AppState) -> Result<NotifierHandle, ApiError> {
-    s.notifier.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "notifications_disabled",
-            "the notifier is not running (notifications.enabled = false)",
-        )
-    })
+    s.notifier.clone().ok_or(ApiError::NotificationsDisabled)
 }
 
 fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "notification store error");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the notification store is unavailable",
-    )
-    .with_retry_after(1)
+    ApiError::NotificationStoreUnavailable
 }
 
 /// Whose notifications: the caller's, or `user_id` for admins and apps.
@@ -74,24 +63,18 @@ async fn target_user(
     };
     match principal {
         Principal::User(u) => match user_id {
-            Some(other) if other != u.id && u.role != Role::Admin => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only admins may act for another user",
-            )),
+            Some(other) if other != u.id && u.role != Role::Admin => {
+                Err(ApiError::forbidden("only admins may act for another user"))
+            }
             Some(other) => Ok((other, privileged)),
             None => Ok((u.id, privileged)),
         },
         Principal::App(_) | Principal::Anonymous => user_id
             .filter(|u| !u.is_empty())
             .map(|u| (u, privileged))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "missing_field",
-                    "user_id is required for apps (and when auth is off)",
-                )
-                .with_field(Some("user_id"))
+            .ok_or_else(|| ApiError::MissingField {
+                message: "user_id is required for apps (and when auth is off)".into(),
+                field: "user_id".into(),
             }),
     }
 }
@@ -172,11 +155,10 @@ async fn mark_read(
         .await
         .map_err(store_error)?
     {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no notification {id:?} for this user"),
-        ));
+        return Err(ApiError::NotFound {
+            message: format!("no notification {id:?} for this user"),
+            field: None,
+        });
     }
     Ok(Json(json!({"id": id, "read": true})))
 }
@@ -217,44 +199,30 @@ async fn put_prefs(
     let (user, privileged) = target_user(&s, &headers, q.user_id).await?;
     // Missing fields take the configured defaults, unknown ones are refused.
     let defaults = serde_json::to_value(&n.config().defaults).unwrap_or(Value::Null);
-    let patch: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidJson(format!("malformed JSON: {e}")))?;
     let Value::Object(patch) = patch else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "expected a JSON object",
-        ));
+        return Err(ApiError::InvalidJson("expected a JSON object".into()));
     };
     let mut merged = defaults;
     for (k, v) in patch {
         merged[k] = v;
     }
-    let prefs: Preferences = serde_json::from_value(merged).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            e.to_string(),
-        )
-    })?;
-    prefs.validate().map_err(|(field, msg)| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg)
-            .with_field(Some(field))
-    })?;
+    let prefs: Preferences =
+        serde_json::from_value(merged).map_err(|e| ApiError::InvalidField {
+            message: e.to_string(),
+            field: None,
+        })?;
+    prefs
+        .validate()
+        .map_err(|(field, msg)| ApiError::invalid_field(field, msg))?;
     // The server POSTs to a webhook URL: letting any user choose it would
     // let them make it call internal addresses (SSRF).
     if prefs.webhook_url.is_some() && !privileged && !n.config().webhook.allow_user_urls {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)",
-        )
-        .with_field(Some("webhook_url")));
+        return Err(ApiError::Forbidden {
+            message: "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)".into(),
+            field: Some("webhook_url".into()),
+        });
     }
     n.set_prefs(&user, prefs.clone())
         .await
@@ -300,20 +268,11 @@ async fn send(
         Principal::Anonymous | Principal::App(_) => {}
         Principal::User(u) if u.role == Role::Admin => {}
         Principal::User(_) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "admin only",
-            ));
+            return Err(ApiError::forbidden("admin only"));
         }
     }
     if b.title.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            "title must not be empty",
-        )
-        .with_field(Some("title")));
+        return Err(ApiError::invalid_field("title", "title must not be empty"));
     }
     let recipients = n.config().resolve(&b.recipient).len();
     let id = b.id.unwrap_or_else(|| {
@@ -334,12 +293,7 @@ async fn send(
         body: b.body,
     };
     if !n.try_send(alert) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            "the notifier queue is full",
-        )
-        .with_retry_after(1));
+        return Err(ApiError::NotifierQueueFull);
     }
     Ok((
         StatusCode::ACCEPTED,

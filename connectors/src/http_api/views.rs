@@ -19,7 +19,7 @@ use crate::view_store::state::{
 use crate::view_store::{Fresh, ViewError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa_axum::router::OpenApiRouter;
@@ -48,12 +48,7 @@ fn lag(as_of: i64) -> i64 {
 }
 
 fn unavailable(e: ViewError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "views_unavailable",
-        e.to_string(),
-    )
-    .with_retry_after(1)
+    ApiError::ViewsUnavailable(e)
 }
 
 /// May `principal` read what the WS channel `channels` would carry (any one)?
@@ -69,11 +64,7 @@ fn may_read(principal: &Principal, channels: &[String]) -> bool {
 }
 
 fn forbidden(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!("not a member of {what}"),
-    )
+    ApiError::forbidden(format!("not a member of {what}"))
 }
 
 fn session_channels(s: &SessionView) -> Vec<String> {
@@ -115,13 +106,9 @@ async fn session_metrics(
 ) -> Result<Json<SessionMetrics>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
     let (session, as_of) = fetch(s.views.session(&id)).await?;
-    let session = session.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no session {id:?}"),
-        )
-        .with_field(Some("id"))
+    let session = session.ok_or_else(|| ApiError::NotFound {
+        message: format!("no session {id:?}"),
+        field: Some("id".into()),
     })?;
     if !may_read(&principal, &session_channels(&session)) {
         return Err(forbidden("this session's user or project"));
@@ -168,18 +155,19 @@ async fn active_sessions(
     if let Some(p) = &q.project
         && !may_read(&principal, &[format!("project:{p}")])
     {
-        return Err(forbidden(&format!("project {p:?}")).with_field(Some("project")));
+        return Err(ApiError::Forbidden {
+            message: format!("not a member of project {p:?}"),
+            field: Some("project".into()),
+        });
     }
     if let Some(u) = &q.user
         && q.project.is_none()
         && !may_read(&principal, &[format!("user:{u}")])
     {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "another user's sessions need a project you are a member of, or the admin or analyst role",
-        )
-        .with_field(Some("user")));
+        return Err(ApiError::Forbidden {
+            message: "another user's sessions need a project you are a member of, or the admin or analyst role".into(),
+            field: Some("user".into()),
+        });
     }
     let (all, as_of) = fetch(s.views.active()).await?;
     let sessions = all
@@ -235,12 +223,10 @@ pub struct ProjectWriting {
 
 fn day_param(field: &'static str, v: &str) -> Result<String, ApiError> {
     let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
+        ApiError::invalid_parameter(
+            field,
             format!("expected ms since the epoch, RFC 3339 or YYYY-MM-DD, got {v:?}"),
         )
-        .with_field(Some(field))
     };
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(day_of(ms));
@@ -278,12 +264,7 @@ async fn project_writing(
         None => day_of(ms_of_day(&to).unwrap_or_else(now_ms) - 29 * 86_400_000),
     };
     if from > to {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "`to` is before `from`",
-        )
-        .with_field(Some("to")));
+        return Err(ApiError::invalid_parameter("to", "`to` is before `from`"));
     }
     if !may_read(&principal, &[format!("project:{project}")]) {
         return Err(forbidden(&format!("project {project:?}")));

@@ -90,7 +90,7 @@ async fn serve(socket: WebSocket, s: AppState, principal: Principal, partial: bo
                 body
             }
             Err(e) => {
-                json!({"op": "error", "frame": frame, "status": e.status.as_u16(), "error": e.body()})
+                json!({"op": "error", "frame": frame, "status": e.status().as_u16(), "error": e.body()})
             }
         };
         frame += 1;

@@ -96,6 +96,15 @@ pub enum NotifierError {
     Config(String),
 }
 
+impl schemas::Classify for NotifierError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            NotifierError::Store(e) => schemas::Classify::fault(e),
+            NotifierError::Config(_) => schemas::Fault::Config,
+        }
+    }
+}
+
 /// What the HTTP endpoints and the dataflow sink hold: the queue into the
 /// task, the store, and the preferences.
 #[derive(Clone)]
