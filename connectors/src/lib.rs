@@ -1,29 +1,46 @@
-//! Every inkstream edge that does I/O.
+//! Every inkstream edge that does I/O. One folder per external system or
+//! component; the HTTP edge is one folder of its own that only the binary
+//! assembles. No module imports from a file that imports it back
+//! (`modcheck`): shared types live in their own files (`entry.rs`,
+//! `error.rs`, `config.rs`, …), not in the `mod.rs` that declares them.
 //!
-//! - [`auth`]: API keys, HS256 JWTs and express-session cookies; rate limits.
-//! - [`event_log`]: the log every event is appended to before it is acknowledged:
-//!   the [`EventLog`] enum over the embedded (in-process) log and Redis Streams.
-//! - [`redis_stream`]: the Redis Streams backend (XADD, XREADGROUP, XACK, XAUTOCLAIM).
+//! - [`auth`]: API keys, HS256 JWTs and express-session cookies; rate limits
+//!   (`principal.rs` who is calling, `jwt.rs`, `crypto.rs`, `rate.rs`).
+//! - [`event_log`]: the log every event is appended to before it is
+//!   acknowledged: the [`EventLog`] enum over the embedded (in-process) log
+//!   and Redis Streams ([`event_log::redis`]: XADD, XREADGROUP, XACK,
+//!   XAUTOCLAIM, range queries), the entry types, and
+//!   [`event_log::reader`], the dataflow's source over the log.
+//! - [`lease`]: a lease in Redis (at most one holder), for the dataflow.
 //! - [`kafka`]: the Kafka-compatible side: topic admin, idempotent producer,
-//!   and the mirror from the log to the event topics.
-//! - [`schema_registry`]: the read side of the Schema Registry REST API.
+//!   the mirror from the log to the event topics, the derived-event producer
+//!   and the Kafka source of the dataflow.
 //! - [`websocket_fanout`]: the hub that fans derived events out to WebSocket
-//!   subscribers by path and channel, with byte-bounded per-client queues.
-//! - [`http_ingest`]: the axum router: `POST /v1/events`, the WS paths,
-//!   `/metrics`, `/healthz`.
-//! - [`metrics`]: every Prometheus metric of the process, in one place.
-//! - [`notifier`]: notifications (policy, in-app/email/SMS/webhook delivery).
+//!   subscribers by path and channel, with byte-bounded per-client queues;
+//!   optionally through Redis (`broker/`).
+//! - [`notifier`]: notifications (policy, in-app/email/SMS/webhook delivery),
+//!   reached through a [`notifier::NotifierHandle`].
 //! - [`view_store`]: the dataflow's current state, materialised (Redis or
 //!   in-process) for the query endpoints.
+//! - [`metrics`]: every Prometheus metric of the process, in one place; it
+//!   imports no component.
+//! - [`http_api`]: every handler and the axum router: ingest
+//!   (`POST /v1/events`, commands, `/ws/ingest`), the WS subscribe paths and
+//!   fanout admin, event queries, views, notifications, the Schema Registry
+//!   read API, the console, `/metrics`, `/healthz`, `/readyz`,
+//!   `/openapi.json`. Handlers reach components through `State<AppState>`;
+//!   one typed [`http_api::ApiError`] maps to status, code and message.
+//!
+//! Library errors are `thiserror` types implementing [`schemas::Classify`]
+//! (whose fault, whether a retry helps).
 
 pub mod auth;
 pub mod event_log;
-pub mod http_ingest;
+pub mod http_api;
 pub mod kafka;
+pub mod lease;
 pub mod metrics;
 pub mod notifier;
-pub mod redis_stream;
-pub mod schema_registry;
 pub mod view_store;
 pub mod websocket_fanout;
 

@@ -345,8 +345,9 @@ impl Metrics {
     /// Creates the series of every closed label set at zero, so that each
     /// exists from the first scrape (a series that appears only on its first
     /// increment breaks `rate()` and "absent" alerts). Labels that depend on
-    /// the router (`route`) or on the dataflow (`operator`) are initialized
-    /// where those are known.
+    /// the router (`route`), the dataflow (`operator`) or the fanout hub
+    /// (`path`) are initialized where those are known: this module imports
+    /// no component.
     fn initialize_labels(&self) {
         for ty in schemas::payload::TYPES {
             self.ingest_events_accepted.with_label_values(&[ty]);
@@ -379,13 +380,6 @@ impl Metrics {
             "session_store_unavailable",
         ] {
             self.auth_failures.with_label_values(&[code]);
-        }
-        for path in crate::websocket_fanout::WsPath::ALL {
-            let path = [path.as_str()];
-            self.ws_connections.with_label_values(&path);
-            self.ws_messages_out.with_label_values(&path);
-            self.ws_slow_disconnects.with_label_values(&path);
-            self.ws_coalesced.with_label_values(&path);
         }
         for outcome in ["recovered", "not_recovered"] {
             self.ws_recoveries.with_label_values(&[outcome]);

@@ -7,7 +7,7 @@
 use inkstream_connectors::EventLog;
 use inkstream_connectors::event_log::EmbeddedLog;
 use inkstream_connectors::event_log::query::RangeQuery;
-use inkstream_connectors::redis_stream::{RedisLog, RedisLogConfig};
+use inkstream_connectors::event_log::redis::{RedisLog, RedisLogConfig};
 use inkstream_tests::{redis_url, unique};
 use schemas::{Category, Event};
 use std::time::Duration;

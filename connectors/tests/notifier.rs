@@ -739,7 +739,7 @@ async fn serve_api(
 ) {
     use inkstream_connectors::auth::{ApiKey, AuthConfig, Authenticator, RateLimiter};
     use inkstream_connectors::event_log::EmbeddedLog;
-    use inkstream_connectors::http_ingest::{AppState, IngestConfig, router};
+    use inkstream_connectors::http_api::{AppState, IngestConfig, router};
     use inkstream_connectors::websocket_fanout::{Hub, HubConfig};
     use inkstream_connectors::{EventLog, Metrics};
     let metrics = Metrics::standalone();
@@ -763,7 +763,7 @@ async fn serve_api(
     )
     .await
     .unwrap();
-    let state = AppState {
+    let mut state = AppState {
         views,
         log: EventLog::Embedded(EmbeddedLog::new("t", Duration::from_secs(60), 1000)),
         hub: hub.clone(),
@@ -771,6 +771,7 @@ async fn serve_api(
         config: Arc::new(IngestConfig::default()),
         auth,
         limiter: Arc::new(RateLimiter::new(1000)),
+        notifier: None,
     };
     let nm = NotifierMetrics::register(metrics.registry()).unwrap();
     let (n, rx) = Notifier::start(
@@ -785,7 +786,8 @@ async fn serve_api(
     let handle = n.handle();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(n.run(rx, stop_rx));
-    let app = router(state).layer(axum::Extension(handle.clone()));
+    state.notifier = Some(handle.clone());
+    let app = router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

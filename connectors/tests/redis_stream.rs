@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use inkstream_connectors::EventLog;
-use inkstream_connectors::redis_stream::{RedisLog, RedisLogConfig};
+use inkstream_connectors::event_log::redis::{RedisLog, RedisLogConfig};
 use inkstream_tests::{redis_url, unique};
 use schemas::Event;
 use std::time::Duration;
@@ -152,7 +152,7 @@ async fn an_undecodable_entry_is_returned_as_an_error_not_a_failed_read() {
     assert!(got.iter().any(|e| {
         e.event
             .as_ref()
-            .is_err_and(|r| r.contains("does not decode"))
+            .is_err_and(|r| r.0.contains("does not decode"))
     }));
     assert!(
         got.iter()

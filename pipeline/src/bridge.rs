@@ -1,6 +1,6 @@
 //! The one place where tokio meets timely.
 //!
-//! The tokio side ([`crate::source`]) reads log entries and sends them over a
+//! The tokio side ([`connectors::event_log::reader`]) reads log entries and sends them over a
 //! bounded channel; worker 0 drains that channel into the [`InputDriver`],
 //! steps the dataflow, and reports back which entries are fully processed
 //! (the output frontier has passed their epoch) so that the source can

@@ -260,8 +260,8 @@ impl Default for IngestSettings {
 }
 
 impl IngestSettings {
-    pub fn to_ingest_config(&self) -> connectors::http_ingest::IngestConfig {
-        connectors::http_ingest::IngestConfig {
+    pub fn to_ingest_config(&self) -> connectors::http_api::IngestConfig {
+        connectors::http_api::IngestConfig {
             max_body_bytes: self.max_body_bytes,
             max_batch_events: self.max_batch_events,
             limits: schemas::Limits {

@@ -3,7 +3,6 @@
 //! - [`operators`]: one file per computation; a pure core plus its timely wrapper.
 //! - [`dataflow`]: wires the operators; event time, watermark and late events.
 //! - [`bridge`]: the only module touching both tokio and timely.
-//! - [`source`]: reads the log for the dataflow and acknowledges processed entries.
 //! - [`serve`], [`replay`], [`generate`], [`load`]: the subcommands.
 //! - [`config`]: the TOML file, flags, env vars and `--set` overrides.
 
@@ -20,4 +19,3 @@ pub mod operator_stats;
 pub mod operators;
 pub mod replay;
 pub mod serve;
-pub mod source;

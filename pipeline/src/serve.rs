@@ -13,16 +13,16 @@ use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::{Config, FanoutBroker};
 use crate::dataflow::DerivedSink;
 use crate::file_sink::FileSink;
-use crate::source::{self, SourceConfig};
 use connectors::auth::{Authenticator, RateLimiter};
 use connectors::event_log::EmbeddedLog;
-use connectors::http_ingest::{self, AppState, LimitedListener};
+use connectors::event_log::reader::{self as source, SourceConfig};
+use connectors::event_log::redis::{RedisLog, RedisLogConfig};
+use connectors::http_api::{self, AppState, LimitedListener};
 use connectors::kafka::derived::DerivedProducer;
 use connectors::kafka::mirror::MirrorConfig;
 use connectors::kafka::source::KafkaSourceConfig;
+use connectors::lease::Lease;
 use connectors::notifier::NotifierHandle;
-use connectors::redis_stream::lease::Lease;
-use connectors::redis_stream::{RedisLog, RedisLogConfig};
 use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
 use connectors::{EventLog, Metrics};
 use schemas::Event;
@@ -476,6 +476,7 @@ pub async fn run(
         auth,
         limiter: Arc::new(RateLimiter::new(100_000)),
         views,
+        notifier,
     };
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener = TcpListener::bind(&addr)
@@ -501,10 +502,7 @@ pub async fn run(
         config.server.max_connections,
         metrics.http_connection_limit_waits.clone(),
     );
-    let mut app = http_ingest::router(state);
-    if let Some(n) = notifier {
-        app = app.layer(axum::Extension(n));
-    }
+    let app = http_api::router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|s| *s).await;
         tracing::info!("shutting down: finishing in-flight requests");

@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LIMITS, apply, createState } from '../../connectors/src/http_ingest/console/assets/model.js';
+import { LIMITS, apply, createState } from '../../connectors/src/http_api/console/assets/model.js';
 
 const ev = (type, fields, data = {}) => ({ id: `${type}-${Math.random()}`, type, ts: 1000, ...fields, data });
 const presence = (user, ts, data) => ({ ...ev('collaboration.presence_updated', { user_id: user, document_id: 'd1', project_id: 'p1', ts }, data) });

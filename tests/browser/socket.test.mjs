@@ -20,7 +20,7 @@ class FakeSocket {
   drop(code = 1006) { this.onclose({ code }); }
 }
 globalThis.WebSocket = FakeSocket;
-const { ChannelSocket } = await import('../../connectors/src/http_ingest/console/assets/socket.js');
+const { ChannelSocket } = await import('../../connectors/src/http_api/console/assets/socket.js');
 
 function client(channels) {
   const seen = { events: [], gaps: [] };

@@ -1,7 +1,9 @@
 //! HS256 JSON Web Tokens: verification (and signing, for tests and tools).
 //! Only HS256 is accepted; `exp` is required.
 
-use super::{AuthError, Role, User, hmac_sha256};
+use super::crypto::{constant_time_eq, hmac_sha256};
+use super::error::AuthError;
+use super::principal::{Role, User};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -51,7 +53,7 @@ pub(crate) fn verify(token: &str, secret: &[u8]) -> Result<User, AuthError> {
     let given = URL_SAFE_NO_PAD
         .decode(sig)
         .map_err(|_| invalid("malformed JWT signature"))?;
-    if !super::constant_time_eq(&expected, &given) {
+    if !constant_time_eq(&expected, &given) {
         return Err(invalid("bad JWT signature"));
     }
     let claims: serde_json::Value = URL_SAFE_NO_PAD

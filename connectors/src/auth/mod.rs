@@ -6,32 +6,25 @@
 //! caller is [`Principal::Anonymous`] (the zero-setup default; `serve` says so
 //! loudly at startup). Configuring either turns it on for every caller.
 
+mod crypto;
+mod error;
 mod jwt;
+mod principal;
 mod rate;
 
+pub use crypto::{hash_api_key, hex};
+pub use error::AuthError;
+pub use principal::{ApiKey, Principal, Role, User};
 pub use rate::{Rate, RateLimiter};
+
+use crypto::{constant_time_eq, hmac_sha256};
 
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
-use schemas::Category;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-
-/// An API key as configured: only its SHA-256 is stored.
-#[derive(Debug, Clone)]
-pub struct ApiKey {
-    /// Name of the app (metrics, logs, and the dedup namespace of its ids).
-    pub name: String,
-    /// Hex SHA-256 of the key.
-    pub sha256: String,
-    /// Categories the app may ingest; `None` = all.
-    pub categories: Option<Vec<Category>>,
-    /// Events per second the app may ingest; `None` = the default app rate.
-    pub rate: Option<Rate>,
-}
 
 /// The authentication settings.
 #[derive(Debug, Clone, Default)]
@@ -45,81 +38,6 @@ impl AuthConfig {
     /// Whether any credential is configured (auth is on).
     pub fn enabled(&self) -> bool {
         self.jwt_secret.is_some() || self.session_secret.is_some() || !self.api_keys.is_empty()
-    }
-}
-
-/// A role carried by user tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Analyst,
-    Member,
-}
-
-/// An authenticated end user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: String,
-    pub role: Role,
-    /// Projects the user is a member of (claims).
-    pub projects: Vec<String>,
-    /// Documents the user is a member of (claims).
-    pub documents: Vec<String>,
-}
-
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub enum Principal {
-    /// Auth is off.
-    Anonymous,
-    /// An app with an API key.
-    App(Arc<ApiKey>),
-    /// An end user.
-    User(User),
-}
-
-impl Principal {
-    /// The namespace its idempotency keys live in.
-    pub fn dedup_namespace(&self) -> String {
-        match self {
-            Principal::Anonymous => "anonymous".into(),
-            Principal::App(k) => format!("app:{}", k.name),
-            Principal::User(u) => format!("user:{}", u.id),
-        }
-    }
-
-    /// The key its rate is accounted under.
-    pub fn rate_key(&self) -> Option<String> {
-        match self {
-            Principal::Anonymous => None,
-            _ => Some(self.dedup_namespace()),
-        }
-    }
-}
-
-/// Why a caller could not be authenticated (HTTP 401).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error(
-        "no credentials: send `Authorization: Bearer <api key or token>`, `?token=`, or the session cookie"
-    )]
-    Missing,
-    #[error("invalid credentials: {0}")]
-    Invalid(String),
-    #[error("the token has expired")]
-    Expired,
-    #[error("the session store is unavailable: {0}")]
-    SessionStore(String),
-}
-
-impl AuthError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "unauthenticated",
-            AuthError::Invalid(_) => "invalid_credentials",
-            AuthError::Expired => "token_expired",
-            AuthError::SessionStore(_) => "session_store_unavailable",
-        }
     }
 }
 
@@ -295,35 +213,11 @@ pub fn sign_cookie(sid: &str, secret: &[u8]) -> String {
 
 pub use jwt::sign as sign_jwt;
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(data);
-            mac.finalize().into_bytes().to_vec()
-        }
-        // Invariant: HMAC takes keys of any length; an empty signature never verifies.
-        Err(_) => Vec::new(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The hex SHA-256 of an API key, as configured in `auth.api_keys`.
-pub fn hash_api_key(key: &str) -> String {
-    hex(&Sha256::digest(key.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use schemas::Category;
 
     fn auth() -> Authenticator {
         Authenticator::new(

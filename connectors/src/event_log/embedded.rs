@@ -3,7 +3,7 @@
 //! the semantics of Redis Streams consumer groups so that code written against
 //! it behaves the same against Redis.
 
-use super::{Appended, EntryRef, LogEntry, stream_name};
+use super::entry::{Appended, EntryRef, LogEntry, stream_name};
 use schemas::{Category, Event};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;

@@ -6,54 +6,28 @@
 //! - [`EmbeddedLog`]: in-process, zero setup, **not durable** (it dies with the
 //!   process). Same semantics as Redis Streams: one stream per category,
 //!   consumer groups, pending entries redelivered until acknowledged.
-//! - [`RedisLog`](crate::redis_stream::RedisLog): Redis Streams, the durable log.
+//! - [`RedisLog`](redis::RedisLog): Redis Streams, the durable log.
+//!
+//! The entry types and stream naming live in `entry.rs`, [`LogError`] in
+//! `error.rs`, so that the backends and [`query`] import them from there and
+//! not from this file (which imports the backends). [`reader`] is the
+//! dataflow's source over the log.
 
 mod embedded;
+mod entry;
+mod error;
 pub mod query;
+pub mod reader;
+pub mod redis;
 
 pub use embedded::EmbeddedLog;
+pub use entry::{Appended, EntryRef, LogEntry, Undecodable, stream_name};
+pub use error::LogError;
 
-use crate::redis_stream::RedisLog;
+use self::redis::RedisLog;
 use schemas::{Category, Event};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Where one entry lives: its stream and its id (`<ms>-<seq>`, as Redis writes them).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EntryRef {
-    pub stream: Arc<str>,
-    pub id: String,
-}
-
-/// The outcome of appending one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    /// Where the event is stored. For a duplicate the embedded log names the
-    /// first copy; Redis does not record it (the id is empty).
-    pub entry: EntryRef,
-    /// The same id from the same app was already stored within the dedup
-    /// window; nothing new was written.
-    pub duplicate: bool,
-}
-
-/// One entry read from the log. An entry that does not decode is still
-/// returned (as `Err` with the reason) so that it can be dead-lettered and
-/// acknowledged instead of blocking its stream forever.
-#[derive(Debug, Clone)]
-pub struct LogEntry {
-    pub entry: EntryRef,
-    pub event: Result<Event, String>,
-}
-
-/// Why a log operation failed. Every variant is the log's fault, not the
-/// caller's; retrying later may help for `Unavailable`.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("the log is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the log answered unexpectedly: {0}")]
-    Protocol(String),
-}
 
 /// The event log, embedded or Redis.
 #[derive(Clone)]
@@ -222,10 +196,4 @@ impl EventLog {
             EventLog::Redis(log) => log.ping().await,
         }
     }
-}
-
-/// The stream name of a category's shard under `prefix`
-/// (`inkstream:events:writing:3`).
-pub fn stream_name(prefix: &str, category: Category, shard: u32) -> String {
-    format!("{prefix}:events:{}:{shard}", category.as_str())
 }

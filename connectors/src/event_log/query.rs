@@ -12,7 +12,7 @@
 //! **Info** reports what XINFO STREAM / XINFO GROUPS report, per shard and
 //! totalled; the embedded log answers the same shape.
 
-use super::{EntryRef, LogEntry};
+use super::entry::{EntryRef, LogEntry};
 use schemas::Category;
 use serde::Serialize;
 
@@ -220,7 +220,7 @@ mod tests {
                 stream: "s".into(),
                 id: id.into(),
             },
-            event: Err("unused".into()),
+            event: Err(crate::event_log::Undecodable("unused".into())),
         }
     }
 

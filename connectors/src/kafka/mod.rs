@@ -22,6 +22,14 @@ pub enum KafkaError {
     CreateTopic { topic: String, code: String },
 }
 
+impl schemas::Classify for KafkaError {
+    /// The brokers failed or refused; whether a retry helps depends on why,
+    /// which rdkafka has already retried internally where it could.
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::External
+    }
+}
+
 /// The topic carrying events of a category.
 pub fn events_topic(category: schemas::Category) -> String {
     format!("inkstream.events.{}", category.as_str())

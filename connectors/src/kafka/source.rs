@@ -8,7 +8,7 @@
 //! predecessor was processed — at-least-once, never a gap.
 
 use super::{client_config, events_topic};
-use crate::event_log::{EntryRef, LogEntry};
+use crate::event_log::{EntryRef, LogEntry, Undecodable};
 use crate::metrics::Metrics;
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -123,8 +123,9 @@ pub async fn run(
                         .received
                         .push_back((m.offset(), false));
                     let event = match m.payload() {
-                        Some(bytes) => schemas::confluent::decode(bytes).map_err(|e| e.to_string()),
-                        None => Err("record without a value".to_owned()),
+                        Some(bytes) => schemas::confluent::decode(bytes)
+                            .map_err(|e| Undecodable(e.to_string())),
+                        None => Err(Undecodable("record without a value".to_owned())),
                     };
                     batch.push(LogEntry {
                         entry: EntryRef {

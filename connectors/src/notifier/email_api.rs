@@ -2,8 +2,10 @@
 //! `POST {base_url}/v3/smtp/email`, header `api-key`, and the delivery id as
 //! `Idempotency-Key` (the same on every retry).
 
+use super::config::HttpApiConfig;
+use super::error::DeliveryError;
 use super::policy::Delivery;
-use super::{DeliveryError, HttpApiConfig, template};
+use super::template;
 
 /// The HTTP email channel.
 #[derive(Clone)]

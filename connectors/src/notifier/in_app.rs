@@ -2,7 +2,7 @@
 //! the fanout hub (`/ws/notifications`, channel `user:{recipient}`) and
 //! stored for `GET /api/realtime/notifications`.
 
-use super::DeliveryError;
+use super::error::DeliveryError;
 use super::policy::Delivery;
 use super::store::{InAppNotification, Store};
 use crate::websocket_fanout::Hub;

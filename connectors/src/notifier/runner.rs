@@ -18,7 +18,9 @@
 //!   permanent ones (4xx) are not. Then the delivery goes to the dead
 //!   letters with its reason, and a CRITICAL email falls back to SMS.
 
+use super::config::NotifierConfig;
 use super::email_api::EmailApi;
+use super::error::DeliveryError;
 use super::in_app::InApp;
 use super::metrics::NotifierMetrics;
 use super::policy::{Alert, Channel, Delivery, Policy, Preferences, priority_label};
@@ -26,7 +28,6 @@ use super::sms::Sms;
 use super::smtp::Smtp;
 use super::store::{Pending, Store, StoreError};
 use super::webhook::Webhook;
-use super::{DeliveryError, NotifierConfig};
 use crate::websocket_fanout::Hub;
 use schemas::payload::SessionState;
 use schemas::{Event, Payload};
@@ -95,6 +96,15 @@ pub enum NotifierError {
     Config(String),
 }
 
+impl schemas::Classify for NotifierError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            NotifierError::Store(e) => schemas::Classify::fault(e),
+            NotifierError::Config(_) => schemas::Fault::Config,
+        }
+    }
+}
+
 /// What the HTTP endpoints and the dataflow sink hold: the queue into the
 /// task, the store, and the preferences.
 #[derive(Clone)]
@@ -141,7 +151,7 @@ impl NotifierHandle {
     /// runtime (backpressure on the dataflow, never a silent drop); inside
     /// it, a full queue drops the event and says so.
     pub fn offer(&self, e: &Event) {
-        if !super::wants(e) {
+        if !wants(e) {
             return;
         }
         match self.tx.try_send(Input::Event(e.clone())) {
@@ -236,7 +246,9 @@ impl<C: Clock> Notifier<C> {
             .map_err(|e| NotifierError::Config(format!("http client: {e}")))?;
         let timeout = Duration::from_millis(config.retry.timeout_ms);
         let smtp = match &config.smtp {
-            Some(c) => Some(Smtp::new(c, timeout).map_err(NotifierError::Config)?),
+            Some(c) => {
+                Some(Smtp::new(c, timeout).map_err(|e| NotifierError::Config(e.to_string()))?)
+            }
             None => None,
         };
         let channels = Channels {
@@ -610,4 +622,17 @@ impl<C: Clock> Notifier<C> {
         }
         tracing::info!("notifier stopped");
     }
+}
+
+/// Whether the notifier wants this derived event (alerts and flow changes).
+pub fn wants(e: &schemas::Event) -> bool {
+    use schemas::Payload as P;
+    matches!(
+        e.data,
+        P::AnalyticsAlertTriggered(_)
+            | P::WritingFlowStateEntered(_)
+            | P::WritingSessionStateChanged(_)
+            | P::WritingSessionPaused(_)
+            | P::WritingSessionEnded(_)
+    )
 }

@@ -1,8 +1,10 @@
 //! SMS through a Brevo-style HTTP API: `POST {base_url}/v3/transactionalSMS/sms`,
 //! header `api-key`, the delivery id as `Idempotency-Key`.
 
+use super::config::HttpApiConfig;
+use super::error::DeliveryError;
 use super::policy::Delivery;
-use super::{DeliveryError, HttpApiConfig, template};
+use super::template;
 
 /// The SMS channel.
 #[derive(Clone)]

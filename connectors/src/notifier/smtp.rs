@@ -4,14 +4,30 @@
 //! after a crash between the server's 250 and our bookkeeping is
 //! recognisable as the same message.
 
+use super::config::SmtpConfig;
+use super::error::DeliveryError;
 use super::policy::Delivery;
-use super::{DeliveryError, SmtpConfig, template};
+use super::template;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use schemas::{Classify, Fault};
 use std::time::Duration;
 
 /// The SMTP channel.
+/// Why the SMTP channel cannot be set up: the configuration is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpConfigError {
+    #[error("notifications.smtp.from: {0}")]
+    From(lettre::address::AddressError),
+}
+
+impl Classify for SmtpConfigError {
+    fn fault(&self) -> Fault {
+        Fault::Config
+    }
+}
+
 #[derive(Clone)]
 pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -19,11 +35,8 @@ pub struct Smtp {
 }
 
 impl Smtp {
-    pub fn new(c: &SmtpConfig, timeout: Duration) -> Result<Smtp, String> {
-        let from: Mailbox = c
-            .from
-            .parse()
-            .map_err(|e| format!("notifications.smtp.from: {e}"))?;
+    pub fn new(c: &SmtpConfig, timeout: Duration) -> Result<Smtp, SmtpConfigError> {
+        let from: Mailbox = c.from.parse().map_err(SmtpConfigError::From)?;
         // Plain SMTP (optionally authenticated): TLS is a relay's job here.
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host)
             .port(c.port)

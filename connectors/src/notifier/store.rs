@@ -35,6 +35,17 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
 }
 
+impl schemas::Classify for StoreError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            StoreError::Redis(_) => schemas::Fault::External,
+            // What this process wrote does not read back: a bug (or a
+            // foreign writer under our prefix).
+            StoreError::Json(_) => schemas::Fault::Internal,
+        }
+    }
+}
+
 /// A delivery waiting for its (next) attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {

@@ -4,8 +4,10 @@
 //! `Idempotency-Key: <delivery id>`. A delivery to several URLs succeeds
 //! when all do (a retry re-sends to all: receivers dedupe by the key).
 
+use super::config::WebhookConfig;
+use super::error::DeliveryError;
 use super::policy::Delivery;
-use super::{DeliveryError, WebhookConfig, template};
+use super::template;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

@@ -1,5 +1,5 @@
 //! The view store: the dataflow's current state, materialised so that any
-//! instance answers the query endpoints (`http.rs`).
+//! instance answers the query endpoints (`http_api/views.rs`).
 //!
 //! ```text
 //! FanoutSink::emit ──offer()──▶ bounded queue ──▶ writer task ──▶ ViewState (in-process)
@@ -20,11 +20,13 @@
 //! writer follows the watermark every 500 ms (no derived event means nothing
 //! changed up to it). That is `as_of`; answers add `lag_ms = now − as_of`.
 
-mod http;
+mod config;
+mod error;
 mod redis_views;
 pub mod state;
 
-pub use http::routes;
+pub use config::ViewStoreConfig;
+pub use error::{Fresh, ViewError};
 pub use state::ViewState;
 
 use crate::metrics::Metrics;
@@ -36,45 +38,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Settings of the view store.
-#[derive(Debug, Clone)]
-pub struct ViewStoreConfig {
-    /// Redis (`redis://…`); in-process when `None`.
-    pub redis_url: Option<String>,
-    /// Key prefix (as the log's): keys are `<prefix>:view:…`.
-    pub prefix: String,
-    /// How long an ended session and a resolved conflict stay queryable, in
-    /// event time (default 1 h).
-    pub ended_retention: Duration,
-    /// How long per-day writing totals are kept (default 35 days).
-    pub writing_retention: Duration,
-    /// TTL of live Redis keys, refreshed on every write (default 24 h): a
-    /// document nobody touches for a day disappears.
-    pub ttl: Duration,
-    /// Batches the queue holds before dropping (default 1024).
-    pub queue_batches: usize,
-}
-
-impl Default for ViewStoreConfig {
-    fn default() -> Self {
-        ViewStoreConfig {
-            redis_url: None,
-            prefix: "inkstream".into(),
-            ended_retention: Duration::from_secs(3600),
-            writing_retention: Duration::from_secs(35 * 86_400),
-            ttl: Duration::from_secs(86_400),
-            queue_batches: 1024,
-        }
-    }
-}
-
-/// Why the view store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ViewError {
-    #[error("the view store is unavailable: {0}")]
-    Unavailable(String),
-}
 
 /// Metrics of the view store, registered in the shared registry.
 #[derive(Clone)]
@@ -171,9 +134,6 @@ pub struct ViewStore {
     /// The watermark the in-process state reflects (ms).
     as_of: Arc<AtomicI64>,
 }
-
-/// Answers of the store, before the HTTP layer adds `lag_ms`.
-pub type Fresh<T> = (T, i64);
 
 impl ViewStore {
     /// Starts the writer task (on the current tokio runtime) and returns the

@@ -13,10 +13,11 @@
 //!
 //! One pipelined round trip per batch of changes.
 
+use super::config::ViewStoreConfig;
+use super::error::{Fresh, ViewError};
 use super::state::{
     Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingTotals,
 };
-use super::{Fresh, ViewError, ViewStoreConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
 use std::time::Duration;

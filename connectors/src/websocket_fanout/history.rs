@@ -23,7 +23,7 @@ struct Entry {
 /// at the back with the channel's next offset and dropped at the front), so
 /// "reaches back to `since + 1`" is a look at the front entry.
 #[derive(Default)]
-pub(super) struct History {
+pub(crate) struct History {
     entries: VecDeque<Entry>,
 }
 

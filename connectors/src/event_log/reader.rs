@@ -5,7 +5,10 @@
 //! when the bridge reports them fully processed. Log errors are counted and
 //! retried with capped exponential backoff: the source never dies.
 
-use connectors::{EntryRef, EventLog, LogEntry, Metrics};
+use super::EventLog;
+use super::entry::{EntryRef, LogEntry};
+use super::error::LogError;
+use crate::metrics::Metrics;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -57,7 +60,7 @@ pub async fn run(
                 }
                 // An empty page: the backlog is done; new entries from now on.
                 let done = page.is_empty();
-                return Ok::<_, connectors::LogError>((page, done));
+                return Ok::<_, LogError>((page, done));
             }
             let batch = log
                 .read_new(

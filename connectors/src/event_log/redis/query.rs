@@ -2,10 +2,11 @@
 //! category in one pipelined round trip) and XINFO STREAM / GROUPS.
 
 use super::{RedisLog, decode_entry, unavailable, value_str};
+use crate::event_log::entry::{EntryRef, LogEntry};
+use crate::event_log::error::LogError;
 use crate::event_log::query::{
     CategoryInfo, GroupInfo, Positioned, RangeQuery, StreamInfo, bounds, merge, parse_id,
 };
-use crate::event_log::{EntryRef, LogEntry, LogError};
 use redis::Value;
 use schemas::Category;
 use std::collections::HashMap;

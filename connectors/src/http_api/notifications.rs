@@ -1,6 +1,6 @@
-//! The notification endpoints. They find the notifier through an
-//! `Extension<NotifierHandle>` layered on the app by `serve`; without one
-//! they answer 503 `notifications_disabled`.
+//! The notification endpoints. They find the notifier in
+//! [`AppState::notifier`]; without one they answer 503
+//! `notifications_disabled`.
 //!
 //! - `GET /api/realtime/notifications?unread=true&offset=0&limit=50[&user_id=]`
 //! - `POST /api/realtime/notifications/{id}/read`
@@ -10,22 +10,26 @@
 //! A user acts on their own notifications; an admin user, an app (API key)
 //! or anyone when auth is off names the user with `user_id`.
 
-use super::policy::{Alert, Preferences};
-use super::runner::NotifierHandle;
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::openapi::ErrorBody;
+use super::state::AppState;
 use crate::auth::{Principal, Role};
-use crate::http_ingest::{ApiError, AppState, authenticate};
+use crate::notifier::NotifierHandle;
+use crate::notifier::policy::{Alert, Preferences};
+use crate::notifier::store::StoreError;
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// The routes, documented in the OpenAPI document (see
-/// `http_ingest::openapi`).
-pub fn routes() -> OpenApiRouter<AppState> {
+/// [`super::openapi`]).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(mark_read))
@@ -35,26 +39,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 const ERR: &str = "`{\"error\":{\"code\",\"message\",\"field\"?}}`; 503 `notifications_disabled` or `store_unavailable`";
 
-type Handle = Option<Extension<NotifierHandle>>;
-
-fn notifier(h: Handle) -> Result<NotifierHandle, ApiError> {
-    h.map(|Extension(h)| h).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "notifications_disabled",
-            "the notifier is not running (notifications.enabled = false)",
-        )
-    })
+fn notifier(s: &AppState) -> Result<NotifierHandle, ApiError> {
+    s.notifier.clone().ok_or(ApiError::NotificationsDisabled)
 }
 
-fn store_error(e: super::store::StoreError) -> ApiError {
+fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "notification store error");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the notification store is unavailable",
-    )
-    .with_retry_after(1)
+    ApiError::NotificationStoreUnavailable
 }
 
 /// Whose notifications: the caller's, or `user_id` for admins and apps.
@@ -72,24 +63,18 @@ async fn target_user(
     };
     match principal {
         Principal::User(u) => match user_id {
-            Some(other) if other != u.id && u.role != Role::Admin => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only admins may act for another user",
-            )),
+            Some(other) if other != u.id && u.role != Role::Admin => {
+                Err(ApiError::forbidden("only admins may act for another user"))
+            }
             Some(other) => Ok((other, privileged)),
             None => Ok((u.id, privileged)),
         },
         Principal::App(_) | Principal::Anonymous => user_id
             .filter(|u| !u.is_empty())
             .map(|u| (u, privileged))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "missing_field",
-                    "user_id is required for apps (and when auth is off)",
-                )
-                .with_field(Some("user_id"))
+            .ok_or_else(|| ApiError::MissingField {
+                message: "user_id is required for apps (and when auth is off)".into(),
+                field: "user_id".into(),
             }),
     }
 }
@@ -117,16 +102,15 @@ fn default_limit() -> usize {
 /// A user's in-app notifications, newest first.
 #[utoipa::path(get, path = "/api/realtime/notifications", tag = "notifications", params(ListQuery),
     responses((status = 200, description = "`{user_id, notifications, total, offset, limit}`", body = Object),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, _) = target_user(&s, &headers, q.user_id).await?;
     let limit = q.limit.clamp(1, 200);
     let (items, total) = n
@@ -154,17 +138,16 @@ struct UserQuery {
 #[utoipa::path(post, path = "/api/realtime/notifications/{id}/read", tag = "notifications",
     params(("id" = String, Path, description = "Notification id"), UserQuery),
     responses((status = 200, description = "`{id, read: true}`", body = Object),
-        (status = 404, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 404, description = ERR, body = ErrorBody),
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn mark_read(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, _) = target_user(&s, &headers, q.user_id).await?;
     if !n
         .store
@@ -172,11 +155,10 @@ async fn mark_read(
         .await
         .map_err(store_error)?
     {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no notification {id:?} for this user"),
-        ));
+        return Err(ApiError::NotFound {
+            message: format!("no notification {id:?} for this user"),
+            field: None,
+        });
     }
     Ok(Json(json!({"id": id, "read": true})))
 }
@@ -184,15 +166,14 @@ async fn mark_read(
 /// A user's notification preferences (the configured defaults until set).
 #[utoipa::path(get, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
     responses((status = 200, description = "`{user_id, preferences}`", body = Object),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn get_prefs(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, _) = target_user(&s, &headers, q.user_id).await?;
     Ok(Json(
         json!({"user_id": user, "preferences": n.prefs(&user)}),
@@ -204,59 +185,44 @@ async fn get_prefs(
 #[utoipa::path(put, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
     request_body(content = Object, description = "Preferences; missing fields take the defaults, unknown ones are refused"),
     responses((status = 200, description = "`{user_id, preferences}`", body = Object),
-        (status = 422, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 422, description = ERR, body = ErrorBody),
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn put_prefs(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Query(q): Query<UserQuery>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     let (user, privileged) = target_user(&s, &headers, q.user_id).await?;
     // Missing fields take the configured defaults, unknown ones are refused.
     let defaults = serde_json::to_value(&n.config().defaults).unwrap_or(Value::Null);
-    let patch: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidJson(format!("malformed JSON: {e}")))?;
     let Value::Object(patch) = patch else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "expected a JSON object",
-        ));
+        return Err(ApiError::InvalidJson("expected a JSON object".into()));
     };
     let mut merged = defaults;
     for (k, v) in patch {
         merged[k] = v;
     }
-    let prefs: Preferences = serde_json::from_value(merged).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            e.to_string(),
-        )
-    })?;
-    prefs.validate().map_err(|(field, msg)| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg)
-            .with_field(Some(field))
-    })?;
+    let prefs: Preferences =
+        serde_json::from_value(merged).map_err(|e| ApiError::InvalidField {
+            message: e.to_string(),
+            field: None,
+        })?;
+    prefs
+        .validate()
+        .map_err(|(field, msg)| ApiError::invalid_field(field, msg))?;
     // The server POSTs to a webhook URL: letting any user choose it would
     // let them make it call internal addresses (SSRF).
     if prefs.webhook_url.is_some() && !privileged && !n.config().webhook.allow_user_urls {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)",
-        )
-        .with_field(Some("webhook_url")));
+        return Err(ApiError::Forbidden {
+            message: "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)".into(),
+            field: Some("webhook_url".into()),
+        });
     }
     n.set_prefs(&user, prefs.clone())
         .await
@@ -288,35 +254,25 @@ fn default_priority() -> schemas::payload::Priority {
 #[utoipa::path(post, path = "/api/realtime/notifications/send", tag = "notifications",
     request_body(content = Object, description = "`{recipient, priority?, title, body, dedup_key?, id?}`"),
     responses((status = 202, description = "`{id, recipients}`", body = Object),
-        (status = 401, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 403, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 422, description = ERR, body = crate::http_ingest::openapi::ErrorBody),
-        (status = 503, description = ERR, body = crate::http_ingest::openapi::ErrorBody)))]
+        (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
+        (status = 422, description = ERR, body = ErrorBody),
+        (status = 503, description = ERR, body = ErrorBody)))]
 async fn send(
     State(s): State<AppState>,
-    h: Handle,
     headers: HeaderMap,
     Json(b): Json<SendBody>,
 ) -> Result<Response, ApiError> {
-    let n = notifier(h)?;
+    let n = notifier(&s)?;
     match authenticate(&s, &headers, None).await? {
         Principal::Anonymous | Principal::App(_) => {}
         Principal::User(u) if u.role == Role::Admin => {}
         Principal::User(_) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "admin only",
-            ));
+            return Err(ApiError::forbidden("admin only"));
         }
     }
     if b.title.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            "title must not be empty",
-        )
-        .with_field(Some("title")));
+        return Err(ApiError::invalid_field("title", "title must not be empty"));
     }
     let recipients = n.config().resolve(&b.recipient).len();
     let id = b.id.unwrap_or_else(|| {
@@ -337,12 +293,7 @@ async fn send(
         body: b.body,
     };
     if !n.try_send(alert) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            "the notifier queue is full",
-        )
-        .with_retry_after(1));
+        return Err(ApiError::NotifierQueueFull);
     }
     Ok((
         StatusCode::ACCEPTED,

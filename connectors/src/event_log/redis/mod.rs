@@ -25,10 +25,10 @@
 //! **Trimming** ([`RedisLog::trim`]) removes only entries that every required
 //! consumer group has acknowledged and that are older than the retention.
 
-pub mod lease;
 mod query;
 
-use crate::event_log::{Appended, EntryRef, LogEntry, LogError, stream_name};
+use super::entry::{Appended, EntryRef, LogEntry, Undecodable, stream_name};
+use super::error::LogError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
 use schemas::{Category, Event};
@@ -615,11 +615,11 @@ fn id_lt(a: &str, b: &str) -> bool {
     parse(a) < parse(b)
 }
 
-fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, String> {
+fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, Undecodable> {
     let raw = match map.get("event") {
         Some(redis::Value::BulkString(b)) => b,
-        Some(_) => return Err("field `event` is not a string".into()),
-        None => return Err("entry has no `event` field".into()),
+        Some(_) => return Err(Undecodable("field `event` is not a string".into())),
+        None => return Err(Undecodable("entry has no `event` field".into())),
     };
-    schemas::binary::decode(raw).map_err(|e| format!("entry does not decode: {e}"))
+    schemas::binary::decode(raw).map_err(|e| Undecodable(format!("entry does not decode: {e}")))
 }

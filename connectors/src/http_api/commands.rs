@@ -6,7 +6,10 @@
 //! taken from the body; `ts` defaults to the server clock and `user_id` to
 //! the authenticated user. Every other body field is the payload.
 
-use super::{ApiError, AppState, authenticate, ingest_events};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::ingest::ingest_events;
+use super::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -36,16 +39,8 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "expected a JSON object",
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("malformed JSON: {e}"),
-        )),
+        Ok(_) => Err(ApiError::InvalidJson("expected a JSON object".into())),
+        Err(e) => Err(ApiError::InvalidJson(format!("malformed JSON: {e}"))),
     }
 }
 

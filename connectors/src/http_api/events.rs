@@ -8,11 +8,13 @@
 //! shard>`. It carries the bounds, so the next page is the same URL plus
 //! `cursor` (with a cursor, `from` and `to` are ignored).
 
-use super::{ApiError, AppState, authenticate};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::state::AppState;
 use crate::event_log::query::{CategoryInfo, DEFAULT_LIMIT, MAX_LIMIT, RangeQuery};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use schemas::Category;
@@ -46,19 +48,12 @@ pub struct EventPage {
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message).with_field(Some(field))
+    ApiError::invalid_parameter(field, message)
 }
 
 fn category(name: &str) -> Result<Category, ApiError> {
-    Category::parse(name).ok_or_else(|| {
-        let known: Vec<&str> = Category::ALL.iter().map(|c| c.as_str()).collect();
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_category",
-            format!("no category {name:?}; known: {}", known.join(", ")),
-        )
-        .with_field(Some("category"))
-        .with_details(serde_json::json!({ "known": known }))
+    Category::parse(name).ok_or_else(|| ApiError::UnknownCategory {
+        name: name.to_owned(),
     })
 }
 
@@ -130,9 +125,7 @@ async fn authorize(s: &AppState, headers: &HeaderMap, c: Category) -> Result<(),
     if crate::websocket_fanout::may_subscribe(&principal, &format!("category:{}", c.as_str())) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+        Err(ApiError::forbidden(
             "reading the log needs the admin or analyst role",
         ))
     }
@@ -196,11 +189,7 @@ pub(crate) async fn range(
         after,
         limit,
     };
-    let page = s
-        .log
-        .range(&q)
-        .await
-        .map_err(|e| ApiError::unavailable(&e.to_string()))?;
+    let page = s.log.range(&q).await.map_err(ApiError::LogUnavailable)?;
     let mut undecodable = 0;
     let mut events = Vec::with_capacity(page.entries.len());
     for e in page.entries {
@@ -242,7 +231,7 @@ pub(crate) async fn info(
         .info(c)
         .await
         .map(Json)
-        .map_err(|e| ApiError::unavailable(&e.to_string()))
+        .map_err(ApiError::LogUnavailable)
 }
 
 #[cfg(test)]
@@ -266,7 +255,9 @@ mod tests {
             Some(1500)
         );
         assert_eq!(
-            time_param("from", "yesterday").err().and_then(|e| e.field),
+            time_param("from", "yesterday")
+                .err()
+                .and_then(|e| e.field()),
             Some("from".to_owned())
         );
     }

@@ -1,10 +1,23 @@
-//! The ingest pipeline shared by REST, the command endpoints and `/ws/ingest`:
+//! Ingest: `POST /v1/events` (and its alias `/api/realtime/events/publish`),
+//! and the pipeline it shares with the command endpoints and `/ws/ingest`:
 //! decode → rate limit → authorize → append (idempotent) → answer.
+//!
+//! Contract: an ingest request is answered `202` only after every event it
+//! carries is in the log (the append returned).
 
-use super::{ApiError, AppState};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::openapi;
+use super::state::AppState;
 use crate::auth::Principal;
-use axum::http::StatusCode;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use schemas::{DecodeError, Event};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,37 +54,37 @@ pub(crate) fn decode_body(
             .ingest_events_rejected
             .with_label_values(&[e.code])
             .inc();
-        ApiError::from_decode(StatusCode::BAD_REQUEST, &e)
+        ApiError::Malformed(e)
     })?;
     if decoded.len() > s.config.max_batch_events {
         s.metrics
             .ingest_events_rejected
             .with_label_values(&["batch_too_large"])
             .inc_by(decoded.len() as u64);
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} events in one request; the limit is {}",
-                decoded.len(),
-                s.config.max_batch_events
-            ),
-        ));
+        return Err(ApiError::BatchTooLarge {
+            events: decoded.len(),
+            limit: s.config.max_batch_events,
+        });
     }
     Ok(decoded)
 }
 
+/// Why a caller may not ingest an event (the whole request is refused, 403).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotAllowed(String);
+
 /// Whether `principal` may ingest `event`; a user's events are their own
 /// (an event without `user_id` is taken as theirs).
-fn authorize(principal: &Principal, event: &mut Event) -> Result<(), String> {
+fn authorize(principal: &Principal, event: &mut Event) -> Result<(), NotAllowed> {
     match principal {
         Principal::Anonymous => Ok(()),
         Principal::App(key) => match &key.categories {
-            Some(allowed) if !allowed.contains(&event.category()) => Err(format!(
+            Some(allowed) if !allowed.contains(&event.category()) => Err(NotAllowed(format!(
                 "the API key {:?} may not ingest {} events",
                 key.name,
                 event.category()
-            )),
+            ))),
             _ => Ok(()),
         },
         Principal::User(user) => match &event.user_id {
@@ -80,10 +93,10 @@ fn authorize(principal: &Principal, event: &mut Event) -> Result<(), String> {
                 Ok(())
             }
             Some(u) if *u == user.id => Ok(()),
-            Some(u) => Err(format!(
+            Some(u) => Err(NotAllowed(format!(
                 "user {:?} may not ingest events of user {u:?}",
                 user.id
-            )),
+            ))),
         },
     }
 }
@@ -105,15 +118,11 @@ pub async fn ingest_events(
                 .ingest_events_rejected
                 .with_label_values(&["rate_limited"])
                 .inc_by(decoded.len() as u64);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "more than {} events/s (burst {}); retry later",
-                    rate.per_second, rate.burst
-                ),
-            )
-            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u32));
+            return Err(ApiError::RateLimited {
+                per_second: rate.per_second,
+                burst: rate.burst,
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+            });
         }
     }
 
@@ -129,11 +138,9 @@ pub async fn ingest_events(
                         .ingest_events_rejected
                         .with_label_values(&["forbidden"])
                         .inc();
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        format!("event {index}: {message}; nothing was stored"),
-                    ));
+                    return Err(ApiError::forbidden(format!(
+                        "event {index}: {message}; nothing was stored"
+                    )));
                 }
             },
             Err(e) => {
@@ -160,19 +167,19 @@ pub async fn ingest_events(
                 .unwrap_or_default(),
             first["message"].as_str().unwrap_or(""),
         );
-        return Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", message)
-                .with_field(first["field"].as_str())
-                .with_details(json!({ "rejected": rejected })),
-        );
+        let field = first["field"].as_str().map(str::to_owned);
+        return Err(ApiError::InvalidEvents {
+            message,
+            field,
+            rejected,
+        });
     }
     if events.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_events",
-            "no valid event in the request",
-        )
-        .with_details(json!({ "rejected": rejected })));
+        return Err(ApiError::InvalidEvents {
+            message: "no valid event in the request".into(),
+            field: None,
+            rejected,
+        });
     }
 
     let start = Instant::now();
@@ -191,9 +198,7 @@ pub async fn ingest_events(
                 .with_label_values(&["log_unavailable"])
                 .inc_by(events.len() as u64);
             tracing::warn!(error = %e, backend, "log append failed");
-            return Err(ApiError::unavailable(
-                "the event log cannot take writes right now",
-            ));
+            return Err(ApiError::LogRefusedWrite);
         }
         Err(_) => {
             s.metrics
@@ -205,9 +210,7 @@ pub async fn ingest_events(
                 .with_label_values(&["log_unavailable"])
                 .inc_by(events.len() as u64);
             tracing::warn!(backend, "log append timed out");
-            return Err(ApiError::unavailable(
-                "the event log did not answer in time",
-            ));
+            return Err(ApiError::LogTimedOut);
         }
     };
     s.metrics
@@ -249,4 +252,95 @@ pub async fn ingest_events(
         body["rejected"] = rejected.into();
     }
     Ok(IngestOutcome { body })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct IngestParams {
+    /// Accept the valid events of a batch and report the rejected ones,
+    /// instead of rejecting the whole batch (the default).
+    #[serde(default)]
+    pub(crate) partial: bool,
+    /// A user token, for clients that cannot set headers.
+    #[serde(default)]
+    pub(crate) token: Option<String>,
+}
+
+/// Ingests one event, a JSON array of events, or NDJSON; answers 202 once
+/// every event is in the log.
+#[utoipa::path(post, path = "/v1/events", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (openapi::IngestBody = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"type\":\"writing.keystroke\",…}\n{…}\n")),
+    )),
+    responses(
+        (status = 202, description = "Stored (duplicates are reported, not stored twice)", body = openapi::IngestAccepted),
+        (status = 400, description = "Malformed body, or an invalid event (`field` names it)", body = openapi::ErrorBody),
+        (status = 401, body = openapi::ErrorBody),
+        (status = 413, body = openapi::ErrorBody),
+        (status = 415, body = openapi::ErrorBody),
+        (status = 422, description = "Schema violation (`field` names it)", body = openapi::ErrorBody),
+        (status = 429, body = openapi::ErrorBody),
+        (status = 503, description = "The log is unavailable (Retry-After)", body = openapi::ErrorBody)))]
+pub(crate) async fn ingest_v1(
+    s: State<AppState>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_http(s, params, headers, body).await
+}
+
+/// `POST /v1/events` under the original specification's name.
+#[utoipa::path(post, path = "/api/realtime/events/publish", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (openapi::IngestBody = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 202, body = openapi::IngestAccepted),
+        (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody),
+        (status = 413, body = openapi::ErrorBody), (status = 415, body = openapi::ErrorBody),
+        (status = 422, body = openapi::ErrorBody), (status = 429, body = openapi::ErrorBody),
+        (status = 503, body = openapi::ErrorBody)))]
+pub(crate) async fn publish(
+    s: State<AppState>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_http(s, params, headers, body).await
+}
+
+async fn ingest_http(
+    State(s): State<AppState>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: s.config.max_body_bytes,
+            }
+        } else {
+            ApiError::BadBody(r.body_text())
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let ndjson = match essence {
+        "application/json" => false,
+        "application/x-ndjson" | "application/ndjson" => true,
+        other => {
+            return Err(ApiError::UnsupportedMediaType(other.to_owned()));
+        }
+    };
+    let decoded = decode_body(&s, &principal, &body, ndjson)?;
+    let outcome = ingest_events(&s, &principal, decoded, params.partial).await?;
+    Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }

@@ -8,7 +8,10 @@
 //! Backpressure: a frame is read only after the previous one is in the log,
 //! so a slow log slows the socket (TCP flow control) instead of buffering.
 
-use super::{ApiError, AppState, authenticate, ingest, ingest_events};
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::ingest::{self, ingest_events};
+use super::state::AppState;
 use crate::auth::Principal;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -87,7 +90,7 @@ async fn serve(socket: WebSocket, s: AppState, principal: Principal, partial: bo
                 body
             }
             Err(e) => {
-                json!({"op": "error", "frame": frame, "status": e.status.as_u16(), "error": e.body()})
+                json!({"op": "error", "frame": frame, "status": e.status().as_u16(), "error": e.body()})
             }
         };
         frame += 1;

@@ -1,4 +1,5 @@
 //! Fanout through Redis: several gateways, one numbering, history in Redis.
+//! The hub reaches it through [`super`]'s seam.
 //!
 //! With `fanout.broker = redis` (the default when Redis is configured) the hub
 //! no longer numbers or keeps publications itself. The shape is Centrifugo's
@@ -31,11 +32,17 @@
 //!   is bounded per channel; meta hashes expire a day after their channel's
 //!   last publication.
 
-use super::{ChannelKey, ClientQueue, Hub, Recovery, WsPath, message_frame};
+use super::{Command, LocalHub, RemoteJoin};
 use crate::metrics::Metrics;
+use crate::websocket_fanout::channel::ChannelKey;
+use crate::websocket_fanout::client::ClientQueue;
+use crate::websocket_fanout::config::HubConfig;
+use crate::websocket_fanout::frames::{Recovery, message_frame};
+use crate::websocket_fanout::routing::WsPath;
 use futures_util::StreamExt;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use redis::aio::ConnectionManager;
+use schemas::{Classify, Fault};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -59,6 +66,49 @@ pub enum BrokerError {
     Redis(#[from] redis::RedisError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+impl Classify for BrokerError {
+    fn fault(&self) -> Fault {
+        match self {
+            BrokerError::Redis(e) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
+                Fault::Config
+            }
+            BrokerError::Redis(_) => Fault::External,
+            // The metric names are constants: registering them cannot fail
+            // unless the code is wrong.
+            BrokerError::Metrics(_) => Fault::Internal,
+        }
+    }
+}
+
+/// Why a publication that waits for its answer (an admin broadcast) was not
+/// published. The reason is Redis's error text: the same failure answers
+/// every caller waiting on the batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// Redis refused the batch itself (a script error, OOM): retrying the
+    /// same batch fails the same way.
+    #[error("{0}")]
+    Refused(String),
+    /// Redis did not answer or the connection failed; the batch is retried.
+    #[error("{0}")]
+    Failed(String),
+    /// The broker's task is gone (shutdown).
+    #[error("the fanout broker stopped")]
+    Stopped,
+}
+
+impl Classify for PublishError {
+    fn fault(&self) -> Fault {
+        match self {
+            PublishError::Refused(_) | PublishError::Failed(_) => Fault::External,
+            PublishError::Stopped => Fault::Internal,
+        }
+    }
+    fn retryable(&self) -> bool {
+        matches!(self, PublishError::Failed(_))
+    }
 }
 
 /// One call per batch. For each publication: keys meta, history, interest;
@@ -197,20 +247,7 @@ struct Publication {
     key: ChannelKey,
     body: String,
     /// Admin broadcasts wait for the offset and receiver count.
-    reply: Option<oneshot::Sender<Result<(u64, u64), String>>>,
-}
-
-pub(super) enum Command {
-    Join {
-        conn: u64,
-        q: ClientQueue,
-        channel: String,
-        since: Option<u64>,
-        epoch: Option<String>,
-    },
-    /// A client leaves a channel (unsubscribe or disconnect), in order with
-    /// its join: a subscribe still being joined is undone after it.
-    Unsubscribe { conn: u64, key: ChannelKey },
+    reply: Option<oneshot::Sender<Result<(u64, u64), PublishError>>>,
 }
 
 /// Key names of one deployment.
@@ -323,7 +360,7 @@ impl BrokerMetrics {
 }
 
 /// The hub's handle on Redis.
-pub(super) struct Broker {
+pub(crate) struct Broker {
     /// One queue per publishing lane; a channel always uses the same lane,
     /// so its publications keep their order, while lanes overlap their
     /// round trips to Redis.
@@ -334,8 +371,10 @@ pub(super) struct Broker {
 
 impl Broker {
     /// Connects and starts the publisher and subscriber tasks for `hub`.
-    pub(super) async fn start(
-        hub: &Arc<Hub>,
+    pub(crate) async fn start<H: LocalHub>(
+        hub: &Arc<H>,
+        hub_config: &HubConfig,
+        hub_metrics: &Metrics,
         config: &RedisBrokerConfig,
     ) -> Result<Broker, BrokerError> {
         let client = redis::Client::open(config.url.as_str())?;
@@ -349,7 +388,7 @@ impl Broker {
         let keys = Keys {
             prefix: config.prefix.clone(),
         };
-        let metrics = BrokerMetrics::new(&hub.metrics)?;
+        let metrics = BrokerMetrics::new(hub_metrics)?;
         let mut lanes = Vec::with_capacity(PUBLISH_LANES);
         for _ in 0..PUBLISH_LANES {
             let (tx, rx) = mpsc::channel((config.publish_queue / PUBLISH_LANES).max(1));
@@ -358,8 +397,8 @@ impl Broker {
                 conn.clone(),
                 keys.clone(),
                 rx,
-                hub.config.history_size,
-                hub.config.history_max_age,
+                hub_config.history_size,
+                hub_config.history_max_age,
                 metrics.clone(),
             ));
         }
@@ -367,7 +406,7 @@ impl Broker {
         let history = Arc::new(HistoryReader {
             conn: conn.clone(),
             keys: keys.clone(),
-            max_age: hub.config.history_max_age,
+            max_age: hub_config.history_max_age,
         });
         tokio::spawn(
             Subscriber::new(Arc::downgrade(hub), client, keys, history, metrics.clone())
@@ -385,7 +424,7 @@ impl Broker {
     /// writers starting at once, waits instead of being lost), for at most
     /// `PUBLISH_WAIT`; inside the async runtime (or past that wait) the
     /// publication is dropped and counted.
-    pub(super) fn publish(&self, key: ChannelKey, body: String) {
+    pub(crate) fn publish(&self, key: ChannelKey, body: String) {
         let lane = self.lane(&key);
         let mut p = Publication {
             key,
@@ -415,11 +454,11 @@ impl Broker {
     }
 
     /// Publishes and waits: the channel offset and the gateways that got it.
-    pub(super) async fn publish_and_wait(
+    pub(crate) async fn publish_and_wait(
         &self,
         key: ChannelKey,
         body: String,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), PublishError> {
         let (tx, rx) = oneshot::channel();
         let p = Publication {
             key,
@@ -429,9 +468,8 @@ impl Broker {
         self.lane(&p.key)
             .send(p)
             .await
-            .map_err(|_| "the fanout broker stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the fanout broker stopped".to_owned())?
+            .map_err(|_| PublishError::Stopped)?;
+        rx.await.map_err(|_| PublishError::Stopped)?
     }
 
     fn lane(&self, key: &ChannelKey) -> &mpsc::Sender<Publication> {
@@ -439,7 +477,7 @@ impl Broker {
         &self.lanes[(h % self.lanes.len() as u64) as usize]
     }
 
-    pub(super) fn command(&self, c: Command) {
+    pub(crate) fn command(&self, c: Command) {
         let _ = self.cmd_tx.send(c);
     }
 }
@@ -518,7 +556,7 @@ async fn publisher(
                     tracing::error!(%error, publications = batch.len(), "fanout publish refused by redis; batch dropped");
                     for p in batch.drain(..) {
                         if let Some(reply) = p.reply {
-                            let _ = reply.send(Err(error.to_string()));
+                            let _ = reply.send(Err(PublishError::Refused(error.to_string())));
                         }
                     }
                     break;
@@ -533,7 +571,7 @@ async fn publisher(
                     // for everyone else.
                     for p in &mut batch {
                         if let Some(reply) = p.reply.take() {
-                            let _ = reply.send(Err(error.to_string()));
+                            let _ = reply.send(Err(PublishError::Failed(error.to_string())));
                         }
                     }
                     tokio::time::sleep(backoff).await;
@@ -650,8 +688,8 @@ struct ChannelState {
 }
 
 /// The one task that owns the gateway's Pub/Sub connection.
-struct Subscriber {
-    hub: Weak<Hub>,
+struct Subscriber<H> {
+    hub: Weak<H>,
     client: redis::Client,
     keys: Keys,
     history: Arc<HistoryReader>,
@@ -659,14 +697,14 @@ struct Subscriber {
     channels: HashMap<ChannelKey, ChannelState>,
 }
 
-impl Subscriber {
+impl<H: LocalHub> Subscriber<H> {
     fn new(
-        hub: Weak<Hub>,
+        hub: Weak<H>,
         client: redis::Client,
         keys: Keys,
         history: Arc<HistoryReader>,
         metrics: BrokerMetrics,
-    ) -> Subscriber {
+    ) -> Subscriber<H> {
         Subscriber {
             hub,
             client,
@@ -845,15 +883,15 @@ impl Subscriber {
         };
         let hub = self.hub.upgrade();
         let added = hub.as_ref().is_some_and(|h| {
-            h.join_remote(
+            h.join_remote(RemoteJoin {
                 conn,
-                &q,
-                key.clone(),
-                &current_epoch,
-                current,
+                q: &q,
+                key: key.clone(),
+                epoch: &current_epoch,
+                offset: current,
                 replay,
                 recovery,
-            )
+            })
         });
         // The client went away meanwhile: stop listening if nobody else is.
         if !added

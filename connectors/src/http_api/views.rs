@@ -8,23 +8,25 @@
 //! (`project:` / `document:` claims), admins and analysts read everything;
 //! apps and an auth-off server read everything. Refusals are 403.
 
-use super::state::{
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::openapi::ErrorBody;
+use super::state::AppState;
+use crate::auth::{Principal, Role};
+use crate::view_store::state::{
     Collaborator, ConflictView, SessionView, TeamFigure, WritingTotals, day_of, ms_of_day,
 };
-use super::{Fresh, ViewError};
-use crate::auth::{Principal, Role};
-use crate::http_ingest::openapi::ErrorBody;
-use crate::http_ingest::{ApiError, AppState, authenticate};
+use crate::view_store::{Fresh, ViewError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// The view routes (documented), merged into the app.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(session_metrics))
         .routes(routes!(active_sessions))
@@ -46,12 +48,7 @@ fn lag(as_of: i64) -> i64 {
 }
 
 fn unavailable(e: ViewError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "views_unavailable",
-        e.to_string(),
-    )
-    .with_retry_after(1)
+    ApiError::ViewsUnavailable(e)
 }
 
 /// May `principal` read what the WS channel `channels` would carry (any one)?
@@ -67,11 +64,7 @@ fn may_read(principal: &Principal, channels: &[String]) -> bool {
 }
 
 fn forbidden(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!("not a member of {what}"),
-    )
+    ApiError::forbidden(format!("not a member of {what}"))
 }
 
 fn session_channels(s: &SessionView) -> Vec<String> {
@@ -113,13 +106,9 @@ async fn session_metrics(
 ) -> Result<Json<SessionMetrics>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
     let (session, as_of) = fetch(s.views.session(&id)).await?;
-    let session = session.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no session {id:?}"),
-        )
-        .with_field(Some("id"))
+    let session = session.ok_or_else(|| ApiError::NotFound {
+        message: format!("no session {id:?}"),
+        field: Some("id".into()),
     })?;
     if !may_read(&principal, &session_channels(&session)) {
         return Err(forbidden("this session's user or project"));
@@ -166,18 +155,19 @@ async fn active_sessions(
     if let Some(p) = &q.project
         && !may_read(&principal, &[format!("project:{p}")])
     {
-        return Err(forbidden(&format!("project {p:?}")).with_field(Some("project")));
+        return Err(ApiError::Forbidden {
+            message: format!("not a member of project {p:?}"),
+            field: Some("project".into()),
+        });
     }
     if let Some(u) = &q.user
         && q.project.is_none()
         && !may_read(&principal, &[format!("user:{u}")])
     {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "another user's sessions need a project you are a member of, or the admin or analyst role",
-        )
-        .with_field(Some("user")));
+        return Err(ApiError::Forbidden {
+            message: "another user's sessions need a project you are a member of, or the admin or analyst role".into(),
+            field: Some("user".into()),
+        });
     }
     let (all, as_of) = fetch(s.views.active()).await?;
     let sessions = all
@@ -233,12 +223,10 @@ pub struct ProjectWriting {
 
 fn day_param(field: &'static str, v: &str) -> Result<String, ApiError> {
     let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
+        ApiError::invalid_parameter(
+            field,
             format!("expected ms since the epoch, RFC 3339 or YYYY-MM-DD, got {v:?}"),
         )
-        .with_field(Some(field))
     };
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(day_of(ms));
@@ -276,12 +264,7 @@ async fn project_writing(
         None => day_of(ms_of_day(&to).unwrap_or_else(now_ms) - 29 * 86_400_000),
     };
     if from > to {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "`to` is before `from`",
-        )
-        .with_field(Some("to")));
+        return Err(ApiError::invalid_parameter("to", "`to` is before `from`"));
     }
     if !may_read(&principal, &[format!("project:{project}")]) {
         return Err(forbidden(&format!("project {project:?}")));

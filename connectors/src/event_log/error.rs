@@ -1,0 +1,24 @@
+//! Why a log operation failed ([`LogError`]), for both backends.
+
+use schemas::{Classify, Fault};
+
+/// Why a log operation failed. Every variant is the log's fault, not the
+/// caller's; retrying later may help for `Unavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the log answered unexpectedly: {0}")]
+    Protocol(String),
+}
+
+impl Classify for LogError {
+    fn fault(&self) -> Fault {
+        Fault::External
+    }
+    /// A log that does not answer may answer later; one that answers
+    /// nonsense will answer the same nonsense.
+    fn retryable(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
+    }
+}
