@@ -16,7 +16,7 @@ use crate::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alerts::Alerts;
 use crate::operators::conflicts::ConflictTracker;
-use crate::operators::keyed::{Ctx, Keyed};
+use crate::runtime::keyed::{Ctx, Keyed};
 use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::SessionTracker;
 use crate::operators::team::TeamTracker;

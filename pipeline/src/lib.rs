@@ -18,6 +18,7 @@ pub mod healthcheck;
 pub mod load;
 pub mod operator_stats;
 pub mod operators;
+pub mod runtime;
 pub mod replay;
 pub mod serve;
 pub mod source;

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Every keyed operator's name ([`crate::operators::keyed::Core::NAME`]): the
+/// Every keyed operator's name ([`crate::runtime::keyed::Core::NAME`]): the
 /// closed label set, initialized at startup so each series exists at once.
 pub const OPERATORS: [&str; 6] = [
     "LiveWpm",
@@ -31,7 +31,7 @@ pub const OPERATORS: [&str; 6] = [
 #[derive(Debug)]
 pub struct Slot {
     operator: &'static str,
-    /// Keys or entries the core holds ([`crate::operators::keyed::Core::state_size`]).
+    /// Keys or entries the core holds ([`crate::runtime::keyed::Core::state_size`]).
     state: AtomicUsize,
     /// The operator's input frontier (an epoch: ms since the Unix epoch,
     /// floored to `dataflow.epoch`); `u64::MAX` once its input has ended.

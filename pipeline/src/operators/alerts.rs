@@ -81,7 +81,7 @@
 //! `ts` = the source event's time. Stateful rules (sales milestones,
 //! thresholds, anomalies) are **frontier-driven**: the live stage extracts a
 //! small [`Observation`] per (rule, key) that the event feeds; an
-//! [`AlertState`] in the operator runtime ([`crate::operators::keyed`],
+//! [`AlertState`] in the operator runtime ([`crate::runtime::keyed`],
 //! [`Order::EventTime`]) exchanges them by (rule, key), parks them by
 //! event-time epoch and, once the frontier passes an epoch, processes its
 //! observations in (ts, event id) order; the runtime also checkpoints the
@@ -100,7 +100,7 @@
 //! last one starts afresh: a book falls back to `total_units - units`),
 //! whatever the batching; a periodic sweep frees their memory.
 
-use crate::operators::keyed::{Core, Ctx, Keyed, Order};
+use crate::runtime::keyed::{Core, Ctx, Keyed, Order};
 use crate::operators::{Record, Timed, derived_id, stable_hash};
 use schemas::payload::{
     AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,

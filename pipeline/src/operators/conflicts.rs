@@ -83,7 +83,7 @@
 //! A position is dropped once the frontier is past `ts + window` and it is in
 //! no open conflict; a conflict once resolved; a document once empty.
 
-use crate::operators::keyed::{Core, Order};
+use crate::runtime::keyed::{Core, Order};
 use crate::operators::{Record, derived_id, stable_hash};
 use schemas::Event;
 use schemas::payload::{
@@ -1533,7 +1533,7 @@ mod tests {
         for workers in [1, 2] {
             for batch in [1, 7, 1000] {
                 use crate::operators::EventTime;
-                use crate::operators::keyed::{Ctx, Keyed};
+                use crate::runtime::keyed::{Ctx, Keyed};
                 use timely::dataflow::operators::Inspect;
                 let c = conflicts.clone();
                 let (out, late) = crate::dataflow::run_for_test(

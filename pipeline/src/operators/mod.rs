@@ -5,7 +5,6 @@
 pub mod alerts;
 pub mod conflicts;
 pub mod flow;
-pub mod keyed;
 pub mod presence;
 pub mod sessions;
 pub mod team;

@@ -6,7 +6,7 @@
 //! events and comments). Events without a `user_id` or without a
 //! `document_id` are ignored, and so are derived types (`EventType::derived`:
 //! conflicts, flow state, metrics...), which the pipeline computes itself.
-//! It runs in the operator runtime ([`crate::operators::keyed`], live:
+//! It runs in the operator runtime ([`crate::runtime::keyed`], live:
 //! [`Order::Arrival`]), exchanged by `document_id`, so one document's
 //! collaborators live on one worker and each pair's events arrive in log
 //! order; its whole state is saved at checkpoint barriers.
@@ -75,7 +75,7 @@
 //! one timer entry per pair (plus entries of dropped pairs until their time
 //! passes).
 
-use crate::operators::keyed::{Core, Order};
+use crate::runtime::keyed::{Core, Order};
 use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
@@ -603,7 +603,7 @@ impl Core for PresenceTracker {
 mod tests {
     use super::*;
     use crate::operators::EventTime;
-    use crate::operators::keyed::{Ctx, Keyed};
+    use crate::runtime::keyed::{Ctx, Keyed};
     use serde_json::json;
 
     const MIN: i64 = 60_000;

@@ -69,7 +69,7 @@
 //! `wpm_above_threshold`, `wpm_below_threshold`, `idle_timeout`,
 //! `session_paused`, `break_timeout`, `gap`, `ended`, `restarted`.
 //!
-//! **Determinism.** The operator runtime ([`crate::operators::keyed`],
+//! **Determinism.** The operator runtime ([`crate::runtime::keyed`],
 //! event-time order) processes each epoch only once the frontier
 //! has passed it, in (event time, arrival) order, and fires deadlines from
 //! the frontier, so outputs are identical whatever the arrival order within
@@ -81,7 +81,7 @@
 //! rolling window is empty ([`SessionTracker::state_size`]).
 
 use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
-use crate::operators::keyed::{Core, Order};
+use crate::runtime::keyed::{Core, Order};
 use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{
@@ -1973,7 +1973,7 @@ mod tests {
             let (s2, f2) = (s.clone(), f.clone());
             let (out, late) =
                 crate::dataflow::run_for_test(arrivals, workers, batch, &config, move |st, cfg| {
-                    let ctx = crate::operators::keyed::Ctx {
+                    let ctx = crate::runtime::keyed::Ctx {
                         time: EventTime {
                             epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                             flush_at_end: cfg.dataflow.flush_at_end,
@@ -1981,7 +1981,7 @@ mod tests {
                         worker: 0,
                         checkpoints: None,
                     };
-                    crate::operators::keyed::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
+                    crate::runtime::keyed::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
                 });
             assert!(late.is_empty());
             assert_eq!(out, expected, "{workers} worker(s), batch {batch}");

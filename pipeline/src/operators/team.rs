@@ -71,7 +71,7 @@
 //! document, user, L, start])`.
 //!
 //! **Determinism.** Frontier-driven ([`Order::EventTime`] in the operator
-//! runtime, [`crate::operators::keyed`]): records and conflict events are
+//! runtime, [`crate::runtime::keyed`]): records and conflict events are
 //! parked by their own epoch and observed once the frontier passes it (the
 //! conflicts are derived from the records, so the frontier of the
 //! concatenation is the later of both), in [`observation_order`]: (ts,
@@ -88,7 +88,7 @@
 //! `latest_retention` ([`TeamTracker::latest`], for the view store). All of
 //! it is serializable: checkpoints snapshot the whole tracker.
 
-use crate::operators::keyed::{Core, Order};
+use crate::runtime::keyed::{Core, Order};
 use crate::operators::{Record, derived_id, stable_hash, written_words};
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
@@ -1833,7 +1833,7 @@ mod tests {
         let (out, late) =
             crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
                 use crate::operators::EventTime;
-                use crate::operators::keyed::{Ctx, Keyed};
+                use crate::runtime::keyed::{Ctx, Keyed};
                 use timely::dataflow::operators::Concat;
                 use timely::dataflow::operators::vec::{Filter, Map};
                 let time = EventTime {

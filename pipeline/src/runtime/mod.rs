@@ -1,0 +1,7 @@
+//! The operator runtime: what every stateful operator runs in, apart from
+//! the computations themselves ([`crate::operators`]).
+//!
+//! - [`keyed`]: exchange by key, arrival- or event-time-order processing,
+//!   capabilities for outputs fired by time, checkpoint barriers.
+
+pub mod keyed;
