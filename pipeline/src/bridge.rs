@@ -7,7 +7,7 @@
 //! acknowledge them in the log. A full channel blocks the source: that is the
 //! backpressure from a slow dataflow to the log reader.
 
-use crate::checkpoint::Checkpoints;
+use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, late_event};
 use crate::operator_stats::{self, OPERATORS, OperatorStats};
@@ -414,7 +414,7 @@ impl CheckpointAcks {
         checkpoints: &Checkpoints,
         worker: usize,
         driver: &mut dataflow::InputDriver,
-    ) -> Result<CheckpointAcks, crate::checkpoint::CheckpointError> {
+    ) -> Result<CheckpointAcks, crate::runtime::checkpoint::CheckpointError> {
         let part = format!("reader-{worker}");
         checkpoints.expect(&part);
         let mut skip = HashMap::new();

@@ -24,7 +24,7 @@ pub struct Config {
     pub conflicts: crate::operators::conflicts::ConflictsConfig,
     pub team: crate::operators::team::TeamConfig,
     pub alerts: crate::operators::alerts::AlertsConfig,
-    pub checkpoint: crate::checkpoint::CheckpointConfig,
+    pub checkpoint: crate::runtime::checkpoint::CheckpointConfig,
     pub derived: DerivedSettings,
     pub flow: crate::operators::flow::FlowConfig,
     pub auth: AuthSettings,

@@ -12,7 +12,7 @@
 //! also advances with the wall clock while the input is idle (see
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
-use crate::checkpoint::Checkpoints;
+use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alerts::Alerts;
 use crate::operators::conflicts::ConflictTracker;

@@ -8,7 +8,6 @@
 //! - [`config`]: the TOML file, flags, env vars and `--set` overrides.
 
 pub mod bridge;
-pub mod checkpoint;
 pub mod config;
 pub mod dataflow;
 pub mod fanout_load;

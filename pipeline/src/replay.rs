@@ -8,7 +8,7 @@
 //! (`OUT/<type>.ndjson`); invalid lines and late events go to
 //! `OUT/system.dead_letter.ndjson`.
 
-use crate::checkpoint::Checkpoints;
+use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, dead_letter, late_event};
 use crate::file_sink::FileSink;

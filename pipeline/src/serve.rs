@@ -248,7 +248,7 @@ pub async fn run(
         1
     };
     let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
-    let checkpoints = crate::checkpoint::Checkpoints::open(&config.checkpoint, epoch_ms)
+    let checkpoints = crate::runtime::checkpoint::Checkpoints::open(&config.checkpoint, epoch_ms)
         .map_err(|e| ServeError::Dataflow(e.to_string()))?
         .map(Arc::new);
     if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {

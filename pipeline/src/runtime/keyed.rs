@@ -1,6 +1,6 @@
 //! The runtime every stateful operator runs in: exchange by key, arrival-order
 //! or event-time-order processing, capability management for outputs fired
-//! by the passing of time, and checkpoint barriers (see [`crate::checkpoint`]).
+//! by the passing of time, and checkpoint barriers (see [`crate::runtime::checkpoint`]).
 //!
 //! An operator supplies a [`Core`]: a pure, serializable state machine
 //! (`observe`, `advance_to`, `flush`). This file is the only place that
@@ -17,7 +17,7 @@
 //! - at each checkpoint barrier the core and its parked records are saved,
 //!   and restored at start.
 
-use crate::checkpoint::Checkpoints;
+use crate::runtime::checkpoint::Checkpoints;
 use crate::operators::{
     EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped,
 };
@@ -279,7 +279,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{CheckpointConfig, Checkpoints};
+    use crate::runtime::checkpoint::{CheckpointConfig, Checkpoints};
     use crate::config::Config;
     use crate::dataflow::{VecSink, install_graph};
     use crate::operators::wpm::{WpmConfig, WpmTracker};

@@ -3,5 +3,8 @@
 //!
 //! - [`keyed`]: exchange by key, arrival- or event-time-order processing,
 //!   capabilities for outputs fired by time, checkpoint barriers.
+//! - [`checkpoint`]: consistent snapshots of every operator's state with the
+//!   input position they belong to.
 
+pub mod checkpoint;
 pub mod keyed;
