@@ -10,7 +10,7 @@
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, late_event};
-use crate::operator_stats::{self, OPERATORS, OperatorStats};
+use crate::runtime::operator_stats::{self, OPERATORS, OperatorStats};
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -15,7 +15,6 @@ pub mod file_sink;
 pub mod generate;
 pub mod healthcheck;
 pub mod load;
-pub mod operator_stats;
 pub mod operators;
 pub mod runtime;
 pub mod replay;

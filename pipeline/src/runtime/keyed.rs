@@ -185,7 +185,7 @@ where
         let time = ctx.time;
         let part = format!("{}-w{}", C::NAME, ctx.worker);
         // Metrics: state size and input frontier, sampled (ops, issue 9).
-        let stats = crate::operator_stats::slot(C::NAME);
+        let stats = crate::runtime::operator_stats::slot(C::NAME);
         let mut sampled = std::time::Instant::now();
         self.filter(|r| C::wants(r)).unary_frontier(
             Exchange::new(|r: &T| C::key(r)),

@@ -5,6 +5,9 @@
 //!   capabilities for outputs fired by time, checkpoint barriers.
 //! - [`checkpoint`]: consistent snapshots of every operator's state with the
 //!   input position they belong to.
+//! - [`operator_stats`]: state size and input frontier per operator instance,
+//!   for the metrics.
 
 pub mod checkpoint;
 pub mod keyed;
+pub mod operator_stats;
