@@ -21,7 +21,8 @@ use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::SessionTracker;
 use crate::operators::team::TeamTracker;
 use crate::operators::wpm::WpmTracker;
-use crate::operators::{EventTime, Record, derived_id, stable_hash};
+use crate::operators::{derived_id, stable_hash};
+use crate::runtime::{EventTime, Record};
 use schemas::Event;
 use schemas::payload::{DeadLetter, Payload};
 use serde::{Deserialize, Serialize};
@@ -233,7 +234,7 @@ impl InputDriver {
     /// channels are FIFO). A record's stamp is never later than its own
     /// epoch, so the frontier still means "no event before this time can
     /// come": frontier-driven operators park records by their own epoch
-    /// ([`crate::operators::EpochBuffer`]).
+    /// ([`crate::runtime::EpochBuffer`]).
     ///
     /// An event id seen before (within the disorder window: older copies are
     /// late anyway) is a duplicate: counted in [`InputDriver::duplicates`]

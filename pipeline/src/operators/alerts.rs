@@ -101,7 +101,8 @@
 //! whatever the batching; a periodic sweep frees their memory.
 
 use crate::runtime::keyed::{Core, Ctx, Keyed, Order};
-use crate::operators::{Record, Timed, derived_id, stable_hash};
+use crate::operators::{derived_id, stable_hash};
+use crate::runtime::{Record, Timed};
 use schemas::payload::{
     AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
 };
@@ -3201,7 +3202,7 @@ mod tests {
             let (out, late) =
                 crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
                     let ctx = Ctx {
-                        time: crate::operators::EventTime {
+                        time: crate::runtime::EventTime {
                             epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                             flush_at_end: cfg.dataflow.flush_at_end,
                         },

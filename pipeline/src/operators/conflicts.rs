@@ -84,7 +84,8 @@
 //! no open conflict; a conflict once resolved; a document once empty.
 
 use crate::runtime::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash};
+use crate::operators::{derived_id, stable_hash};
+use crate::runtime::Record;
 use schemas::Event;
 use schemas::payload::{
     ConflictDetected, ConflictKind, ConflictResolved, ConflictSeverity, EditMode, Payload,
@@ -1532,7 +1533,7 @@ mod tests {
         let conflicts = ConflictsConfig::default();
         for workers in [1, 2] {
             for batch in [1, 7, 1000] {
-                use crate::operators::EventTime;
+                use crate::runtime::EventTime;
                 use crate::runtime::keyed::{Ctx, Keyed};
                 use timely::dataflow::operators::Inspect;
                 let c = conflicts.clone();

@@ -76,7 +76,8 @@
 //! passes).
 
 use crate::runtime::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::Record;
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
 use serde::{Deserialize, Serialize};
@@ -602,7 +603,7 @@ impl Core for PresenceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operators::EventTime;
+    use crate::runtime::EventTime;
     use crate::runtime::keyed::{Ctx, Keyed};
     use serde_json::json;
 

@@ -82,7 +82,8 @@
 
 use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
 use crate::runtime::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::Record;
 use schemas::Event;
 use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
@@ -786,7 +787,7 @@ impl Core for SessionTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operators::{EpochBuffer, EventTime};
+    use crate::runtime::{EpochBuffer, EventTime};
     use serde_json::json;
     use std::sync::Arc;
 

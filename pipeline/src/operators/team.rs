@@ -89,7 +89,8 @@
 //! it is serializable: checkpoints snapshot the whole tracker.
 
 use crate::runtime::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::Record;
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -1832,7 +1833,7 @@ mod tests {
         let team = reference_config();
         let (out, late) =
             crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
-                use crate::operators::EventTime;
+                use crate::runtime::EventTime;
                 use crate::runtime::keyed::{Ctx, Keyed};
                 use timely::dataflow::operators::Concat;
                 use timely::dataflow::operators::vec::{Filter, Map};

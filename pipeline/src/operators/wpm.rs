@@ -10,7 +10,8 @@
 //! not writing.
 
 use crate::runtime::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::Record;
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
 use serde::{Deserialize, Serialize};

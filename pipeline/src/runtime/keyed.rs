@@ -18,9 +18,7 @@
 //!   and restored at start.
 
 use crate::runtime::checkpoint::Checkpoints;
-use crate::operators::{
-    EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped,
-};
+use crate::runtime::time::{EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped};
 use schemas::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,7 +41,7 @@ pub enum Order {
 
 /// A stateful operator's pure logic.
 pub trait Core: Serialize + DeserializeOwned + 'static {
-    /// What the operator reads and exchanges: usually [`crate::operators::Record`].
+    /// What the operator reads and exchanges: usually [`crate::runtime::Record`].
     type Item: Timed + Clone + Serialize + DeserializeOwned + Send + 'static;
     /// Names the operator in timely, logs and checkpoint files.
     const NAME: &'static str;
