@@ -138,7 +138,7 @@ pub struct AlertsConfig {
     pub system_error_min_severity: Severity,
     /// Event time after which an idle anomaly series or book total is
     /// forgotten (default 24 h).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub state_ttl: Duration,
     /// `[[alerts.rules]]` (default none).
     pub rules: Vec<RuleConfig>,
@@ -216,7 +216,7 @@ pub struct ThresholdRuleConfig {
     #[serde(default)]
     pub value: Option<String>,
     /// Window length (e.g. "5m"; positive).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub window: Duration,
     /// The threshold, in the aggregate's unit.
     pub threshold: f64,

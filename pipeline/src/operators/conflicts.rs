@@ -100,7 +100,7 @@ use std::time::Duration;
 pub struct ConflictsConfig {
     /// Two positions at most this far apart in event time can conflict, and
     /// a conflict ends this long after its later position (default 30 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub window: Duration,
     /// `cursor_moved` modes that place the user as editing (default
     /// `["edit", "review"]`); in other modes the cursor clears the position.

@@ -90,18 +90,18 @@ use std::time::Duration;
 pub struct PresenceConfig {
     /// Idle time after which an online collaborator is away (default 5 min;
     /// idle for exactly this long is still online).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub away_after: Duration,
     /// Idle time after which a collaborator is offline and forgotten
     /// (default 15 min; exactly this long is not yet offline).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub offline_after: Duration,
     /// Least event time between two updates caused by cursor movement of one
     /// collaborator in one document (default 1 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub cursor_interval: Duration,
     /// Window of `typing_wpm` (default 1 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub typing_window: Duration,
 }
 

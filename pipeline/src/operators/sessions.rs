@@ -99,17 +99,17 @@ use std::time::Duration;
 pub struct SessionsConfig {
     /// A longer gap between a user's writing events ends the session; exactly
     /// this keeps it (default 30 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub gap: Duration,
     /// PAUSED after this long without activity; exactly this keeps the user
     /// writing (default 60 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub pause_after: Duration,
     /// BREAK after this long without activity (default 5 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub break_after: Duration,
     /// WARMING_UP for this long from the start of a session (default 2 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub warmup: Duration,
 }
 

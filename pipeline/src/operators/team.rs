@@ -126,15 +126,15 @@ pub struct TeamConfig {
     pub windows: Vec<Duration>,
     /// A comment still unresolved this long after it was added is dropped
     /// (counted); a later resolution is not a response (default 7 days).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub comment_max_open: Duration,
     /// A conflict counts as open for efficiency at most this long after its
     /// detection, in case its resolution never comes (default 1 h).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub conflict_max_open: Duration,
     /// How long the latest closed figures of a scope stay queryable after
     /// their window ended, in event time (default 24 h).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub latest_retention: Duration,
 }
 
@@ -159,11 +159,11 @@ impl TeamConfig {
     }
 }
 
-/// A list of durations, each as [`crate::config::duration`] reads it.
+/// A list of durations, each as [`crate::runtime::duration::deserialize`] reads it.
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     #[derive(Deserialize)]
     #[serde(transparent)]
-    struct One(#[serde(deserialize_with = "crate::config::duration")] Duration);
+    struct One(#[serde(deserialize_with = "crate::runtime::duration::deserialize")] Duration);
     Ok(Vec::<One>::deserialize(d)?
         .into_iter()
         .map(|o| o.0)

@@ -23,12 +23,12 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct WpmConfig {
     /// Length of the rolling window (default 60 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub window: Duration,
     /// Least event time between two updates of one user (default 1 s): an
     /// event closer than this to the user's last emitted update is counted
     /// but emits nothing, so a fast typist is not a firehose.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub min_interval: Duration,
 }
 

@@ -44,7 +44,7 @@ pub struct CheckpointConfig {
     /// Where checkpoints are written and restored from (default: none, off).
     pub dir: Option<PathBuf>,
     /// Event time between checkpoints (default 5 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub interval: Duration,
 }
 

@@ -9,10 +9,12 @@
 //! - [`record`]: an input event as it travels between operators and workers.
 //! - [`checkpoint`]: consistent snapshots of every operator's state with the
 //!   input position they belong to.
+//! - [`duration`]: how every duration in the configuration is read.
 //! - [`operator_stats`]: state size and input frontier per operator instance,
 //!   for the metrics.
 
 pub mod checkpoint;
+pub mod duration;
 pub mod keyed;
 pub mod operator_stats;
 pub mod record;
