@@ -46,8 +46,23 @@ pub trait DerivedSink: Send + Sync + 'static {
     fn emit(&self, events: &mut Vec<Event>);
     /// Makes everything emitted so far durable (before a checkpoint is
     /// declared complete).
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// Why a sink could not write or make durable what it was given.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to {path}: {source}")]
+pub struct SinkError {
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
+}
+
+impl schemas::Classify for SinkError {
+    /// The disk or the service behind it (full, gone, read-only).
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::External
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::dataflow::{self, DerivedSink, dead_letter, late_event};
+use crate::dataflow::{self, DerivedSink, SinkError, dead_letter, late_event};
 use crate::file_sink::FileSink;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -33,6 +33,8 @@ pub enum ReplayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("dataflow failed: {0}")]
     Dataflow(String),
 }
@@ -312,7 +314,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     }
     let elapsed = start.elapsed();
     if let Some(e) = sink.take_error() {
-        return Err(e);
+        return Err(e.into());
     }
     sink.flush()?;
     // Finished: nothing to resume any more.

@@ -125,7 +125,7 @@ impl DerivedSink for FanoutSink {
 
     /// Before a checkpoint completes, the derived topics have everything
     /// derived so far (the fanout is live only; its history is its own).
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), crate::dataflow::SinkError> {
         if let Some(p) = &self.derived {
             p.flush(std::time::Duration::from_secs(10));
         }

@@ -551,6 +551,7 @@ impl Core for ConflictTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::naive;
     use schemas::payload::{CommentAdded, CursorMoved, EditApplied, UserLeft};
 
     const W: i64 = 30_000;
@@ -1166,244 +1167,6 @@ mod tests {
             .collect()
     }
 
-    /// The rules, written out naively: every position ever seen is kept,
-    /// nothing is dropped, and time only passes at the end.
-    mod naive {
-        use super::*;
-
-        /// Where a user edits: (paragraph, half-open selection), `None` when not editing.
-        pub type At = Option<(i64, Option<(i64, i64)>)>;
-
-        pub struct Conflict {
-            pub doc: String,
-            pub a: String,
-            pub b: String,
-            pub id: String,
-            pub paragraph: i64,
-            pub high: bool,
-            pub since: i64,
-            pub until: i64,
-            pub project: Option<String>,
-        }
-
-        #[derive(Default)]
-        pub struct Reference {
-            /// (doc, user, ts, Some((paragraph, selection)) when editing)
-            pub positions: Vec<(String, String, i64, At)>,
-            pub conflicts: Vec<Conflict>,
-            pub projects: Vec<(String, Option<String>)>,
-            pub out: Vec<Event>,
-        }
-
-        fn emit(out: &mut Vec<Event>, c: &Conflict, data: [Payload; 2], ts: i64, kind: &str) {
-            for (to, data) in [&c.a, &c.b].into_iter().zip(data) {
-                out.push(Event {
-                    id: derived_id(kind, &[&c.id, to]),
-                    ts,
-                    user_id: Some(to.clone()),
-                    project_id: c.project.clone(),
-                    document_id: Some(c.doc.clone()),
-                    data,
-                });
-            }
-        }
-
-        fn resolve(out: &mut Vec<Event>, c: &Conflict, ts: i64, why: &str) {
-            let data = |other: &str| {
-                Payload::CollaborationConflictResolved(ConflictResolved {
-                    conflict_id: c.id.clone(),
-                    other_user_id: other.to_owned(),
-                    paragraph: c.paragraph,
-                    duration_ms: ts - c.since,
-                    resolution: Some(why.to_owned()),
-                })
-            };
-            emit(out, c, [data(&c.b), data(&c.a)], ts, "conflict_resolved");
-        }
-
-        impl Reference {
-            fn latest(&self, doc: &str, user: &str) -> Option<usize> {
-                self.positions
-                    .iter()
-                    .rposition(|(d, u, _, _)| d == doc && u == user)
-            }
-
-            pub fn observe(&mut self, e: &Event, w: i64) {
-                let doc = e.document_id.clone().unwrap();
-                let user = e.user_id.clone().unwrap();
-                let at = match &e.data {
-                    Payload::CollaborationCursorMoved(c)
-                        if matches!(c.mode, EditMode::Edit | EditMode::Review) =>
-                    {
-                        let sel = match c.selection.as_deref() {
-                            Some(&[x, y]) if x < y => Some((x, y)),
-                            Some(&[x, y]) if y < x => Some((y, x)),
-                            _ => None,
-                        };
-                        Some((c.paragraph, sel))
-                    }
-                    Payload::CollaborationCursorMoved(_) => None,
-                    Payload::CollaborationEditApplied(a) => Some((a.paragraph, None)),
-                    Payload::CollaborationUserLeft(_) => None,
-                    _ => return,
-                };
-                let why_gone = match &e.data {
-                    Payload::CollaborationUserLeft(_) => "user_left",
-                    _ => "stopped_editing",
-                };
-                let t = e.ts;
-                if let Some(i) = self.latest(&doc, &user)
-                    && self.positions[i].2 > t
-                {
-                    return;
-                }
-                // Project memory: forgotten when nothing of the doc is live at t.
-                let live = self
-                    .positions
-                    .iter()
-                    .any(|(d, _, ts, _)| *d == doc && ts + w >= t)
-                    || self.conflicts.iter().any(|c| c.doc == doc && c.until >= t);
-                let mut project = self
-                    .projects
-                    .iter()
-                    .rev()
-                    .find(|(d, _)| *d == doc)
-                    .and_then(|(_, p)| p.clone());
-                if !live {
-                    project = None;
-                }
-                if e.project_id.is_some() {
-                    project = e.project_id.clone();
-                }
-                self.projects.push((doc.clone(), project.clone()));
-                self.positions.push((doc.clone(), user.clone(), t, at));
-
-                let mut users: Vec<String> = self
-                    .positions
-                    .iter()
-                    .filter(|(d, u, _, _)| *d == doc && *u != user)
-                    .map(|(_, u, _, _)| u.clone())
-                    .collect();
-                users.sort();
-                users.dedup();
-                for v in users {
-                    let (_, _, tv, vat) = self.positions[self.latest(&doc, &v).unwrap()].clone();
-                    let (a, b) = if user < v {
-                        (user.clone(), v.clone())
-                    } else {
-                        (v.clone(), user.clone())
-                    };
-                    // (paragraph, high, kind)
-                    let rel = match (at, vat) {
-                        (Some((p, s1)), Some((q, s2))) if p == q => {
-                            let overlap = match (s1, s2) {
-                                (Some((x1, y1)), Some((x2, y2))) => x1 < y2 && x2 < y1,
-                                _ => false,
-                            };
-                            Some((
-                                p,
-                                true,
-                                if overlap {
-                                    OverlappingSelection
-                                } else {
-                                    SameParagraph
-                                },
-                            ))
-                        }
-                        (Some((p, _)), Some((q, _))) if p + 1 == q || q + 1 == p => {
-                            Some((p.min(q), false, AdjacentParagraph))
-                        }
-                        _ => None,
-                    };
-                    let near = t - w <= tv && tv <= t + w;
-                    let open = self
-                        .conflicts
-                        .iter()
-                        .position(|c| c.doc == doc && c.a == a && c.b == b);
-                    let mut detect = rel.is_some() && near;
-                    if let Some(i) = open {
-                        if self.conflicts[i].until < t {
-                            let c = self.conflicts.remove(i);
-                            resolve(&mut self.out, &c, c.until, "timeout");
-                        } else if rel.is_some_and(|(p, high, _)| {
-                            p == self.conflicts[i].paragraph && high == self.conflicts[i].high
-                        }) {
-                            if near {
-                                let c = &mut self.conflicts[i];
-                                c.until = c.until.max(t + w).max(tv + w);
-                            }
-                            detect = false;
-                        } else {
-                            let c = self.conflicts.remove(i);
-                            let why = if near && rel.is_some_and(|(_, high, _)| high && !c.high) {
-                                "escalated"
-                            } else if at.is_none() {
-                                why_gone
-                            } else {
-                                "moved_apart"
-                            };
-                            resolve(&mut self.out, &c, t.max(c.since), why);
-                        }
-                    }
-                    if detect {
-                        let (p, high, kind) = rel.unwrap();
-                        let c = Conflict {
-                            doc: doc.clone(),
-                            a: a.clone(),
-                            b: b.clone(),
-                            id: derived_id("conflict", &[&doc, &a, &b, &p.to_string(), &e.id]),
-                            paragraph: p,
-                            high,
-                            since: t,
-                            until: t.max(tv) + w,
-                            project: project.clone(),
-                        };
-                        let severity = if high { High } else { Medium };
-                        let para = |x: &At| x.unwrap().0;
-                        let data = |other: &str, other_p: i64| {
-                            let suggestion = match kind {
-                                SameParagraph => format!("{other} is editing paragraph {p}"),
-                                OverlappingSelection => {
-                                    format!("{other} has selected the same text in paragraph {p}")
-                                }
-                                AdjacentParagraph => {
-                                    format!("{other} is editing paragraph {other_p}, next to yours")
-                                }
-                            };
-                            Payload::CollaborationConflictDetected(ConflictDetected {
-                                conflict_id: c.id.clone(),
-                                other_user_id: other.to_owned(),
-                                paragraph: p,
-                                severity,
-                                kind,
-                                suggestion,
-                            })
-                        };
-                        let (pa, pb) = if a == user {
-                            (para(&at), para(&vat))
-                        } else {
-                            (para(&vat), para(&at))
-                        };
-                        emit(
-                            &mut self.out,
-                            &c,
-                            [data(&b, pb), data(&a, pa)],
-                            t,
-                            "conflict_detected",
-                        );
-                        self.conflicts.push(c);
-                    }
-                }
-            }
-
-            pub fn finish(&mut self) {
-                for c in std::mem::take(&mut self.conflicts) {
-                    resolve(&mut self.out, &c, c.until, "timeout");
-                }
-            }
-        }
-    }
-
     fn sorted(mut v: Vec<Event>) -> Vec<Event> {
         v.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
         v
@@ -1571,6 +1334,247 @@ mod tests {
                 );
                 assert!(late.is_empty());
                 assert_eq!(out, expected, "workers {workers}, batch {batch}");
+            }
+        }
+    }
+}
+
+/// The rules, written out naively: every position ever seen is kept,
+/// nothing is dropped, and time only passes at the end.
+#[cfg(test)]
+mod naive {
+    use super::*;
+    use ConflictKind::*;
+    use ConflictSeverity::*;
+
+    /// Where a user edits: (paragraph, half-open selection), `None` when not editing.
+    pub type At = Option<(i64, Option<(i64, i64)>)>;
+
+    pub struct Conflict {
+        pub doc: String,
+        pub a: String,
+        pub b: String,
+        pub id: String,
+        pub paragraph: i64,
+        pub high: bool,
+        pub since: i64,
+        pub until: i64,
+        pub project: Option<String>,
+    }
+
+    #[derive(Default)]
+    pub struct Reference {
+        /// (doc, user, ts, Some((paragraph, selection)) when editing)
+        pub positions: Vec<(String, String, i64, At)>,
+        pub conflicts: Vec<Conflict>,
+        pub projects: Vec<(String, Option<String>)>,
+        pub out: Vec<Event>,
+    }
+
+    fn emit(out: &mut Vec<Event>, c: &Conflict, data: [Payload; 2], ts: i64, kind: &str) {
+        for (to, data) in [&c.a, &c.b].into_iter().zip(data) {
+            out.push(Event {
+                id: derived_id(kind, &[&c.id, to]),
+                ts,
+                user_id: Some(to.clone()),
+                project_id: c.project.clone(),
+                document_id: Some(c.doc.clone()),
+                data,
+            });
+        }
+    }
+
+    fn resolve(out: &mut Vec<Event>, c: &Conflict, ts: i64, why: &str) {
+        let data = |other: &str| {
+            Payload::CollaborationConflictResolved(ConflictResolved {
+                conflict_id: c.id.clone(),
+                other_user_id: other.to_owned(),
+                paragraph: c.paragraph,
+                duration_ms: ts - c.since,
+                resolution: Some(why.to_owned()),
+            })
+        };
+        emit(out, c, [data(&c.b), data(&c.a)], ts, "conflict_resolved");
+    }
+
+    impl Reference {
+        fn latest(&self, doc: &str, user: &str) -> Option<usize> {
+            self.positions
+                .iter()
+                .rposition(|(d, u, _, _)| d == doc && u == user)
+        }
+
+        pub fn observe(&mut self, e: &Event, w: i64) {
+            let doc = e.document_id.clone().unwrap();
+            let user = e.user_id.clone().unwrap();
+            let at = match &e.data {
+                Payload::CollaborationCursorMoved(c)
+                    if matches!(c.mode, EditMode::Edit | EditMode::Review) =>
+                {
+                    let sel = match c.selection.as_deref() {
+                        Some(&[x, y]) if x < y => Some((x, y)),
+                        Some(&[x, y]) if y < x => Some((y, x)),
+                        _ => None,
+                    };
+                    Some((c.paragraph, sel))
+                }
+                Payload::CollaborationCursorMoved(_) => None,
+                Payload::CollaborationEditApplied(a) => Some((a.paragraph, None)),
+                Payload::CollaborationUserLeft(_) => None,
+                _ => return,
+            };
+            let why_gone = match &e.data {
+                Payload::CollaborationUserLeft(_) => "user_left",
+                _ => "stopped_editing",
+            };
+            let t = e.ts;
+            if let Some(i) = self.latest(&doc, &user)
+                && self.positions[i].2 > t
+            {
+                return;
+            }
+            // Project memory: forgotten when nothing of the doc is live at t.
+            let live = self
+                .positions
+                .iter()
+                .any(|(d, _, ts, _)| *d == doc && ts + w >= t)
+                || self.conflicts.iter().any(|c| c.doc == doc && c.until >= t);
+            let mut project = self
+                .projects
+                .iter()
+                .rev()
+                .find(|(d, _)| *d == doc)
+                .and_then(|(_, p)| p.clone());
+            if !live {
+                project = None;
+            }
+            if e.project_id.is_some() {
+                project = e.project_id.clone();
+            }
+            self.projects.push((doc.clone(), project.clone()));
+            self.positions.push((doc.clone(), user.clone(), t, at));
+
+            let mut users: Vec<String> = self
+                .positions
+                .iter()
+                .filter(|(d, u, _, _)| *d == doc && *u != user)
+                .map(|(_, u, _, _)| u.clone())
+                .collect();
+            users.sort();
+            users.dedup();
+            for v in users {
+                let (_, _, tv, vat) = self.positions[self.latest(&doc, &v).unwrap()].clone();
+                let (a, b) = if user < v {
+                    (user.clone(), v.clone())
+                } else {
+                    (v.clone(), user.clone())
+                };
+                // (paragraph, high, kind)
+                let rel = match (at, vat) {
+                    (Some((p, s1)), Some((q, s2))) if p == q => {
+                        let overlap = match (s1, s2) {
+                            (Some((x1, y1)), Some((x2, y2))) => x1 < y2 && x2 < y1,
+                            _ => false,
+                        };
+                        Some((
+                            p,
+                            true,
+                            if overlap {
+                                OverlappingSelection
+                            } else {
+                                SameParagraph
+                            },
+                        ))
+                    }
+                    (Some((p, _)), Some((q, _))) if p + 1 == q || q + 1 == p => {
+                        Some((p.min(q), false, AdjacentParagraph))
+                    }
+                    _ => None,
+                };
+                let near = t - w <= tv && tv <= t + w;
+                let open = self
+                    .conflicts
+                    .iter()
+                    .position(|c| c.doc == doc && c.a == a && c.b == b);
+                let mut detect = rel.is_some() && near;
+                if let Some(i) = open {
+                    if self.conflicts[i].until < t {
+                        let c = self.conflicts.remove(i);
+                        resolve(&mut self.out, &c, c.until, "timeout");
+                    } else if rel.is_some_and(|(p, high, _)| {
+                        p == self.conflicts[i].paragraph && high == self.conflicts[i].high
+                    }) {
+                        if near {
+                            let c = &mut self.conflicts[i];
+                            c.until = c.until.max(t + w).max(tv + w);
+                        }
+                        detect = false;
+                    } else {
+                        let c = self.conflicts.remove(i);
+                        let why = if near && rel.is_some_and(|(_, high, _)| high && !c.high) {
+                            "escalated"
+                        } else if at.is_none() {
+                            why_gone
+                        } else {
+                            "moved_apart"
+                        };
+                        resolve(&mut self.out, &c, t.max(c.since), why);
+                    }
+                }
+                if detect {
+                    let (p, high, kind) = rel.unwrap();
+                    let c = Conflict {
+                        doc: doc.clone(),
+                        a: a.clone(),
+                        b: b.clone(),
+                        id: derived_id("conflict", &[&doc, &a, &b, &p.to_string(), &e.id]),
+                        paragraph: p,
+                        high,
+                        since: t,
+                        until: t.max(tv) + w,
+                        project: project.clone(),
+                    };
+                    let severity = if high { High } else { Medium };
+                    let para = |x: &At| x.unwrap().0;
+                    let data = |other: &str, other_p: i64| {
+                        let suggestion = match kind {
+                            SameParagraph => format!("{other} is editing paragraph {p}"),
+                            OverlappingSelection => {
+                                format!("{other} has selected the same text in paragraph {p}")
+                            }
+                            AdjacentParagraph => {
+                                format!("{other} is editing paragraph {other_p}, next to yours")
+                            }
+                        };
+                        Payload::CollaborationConflictDetected(ConflictDetected {
+                            conflict_id: c.id.clone(),
+                            other_user_id: other.to_owned(),
+                            paragraph: p,
+                            severity,
+                            kind,
+                            suggestion,
+                        })
+                    };
+                    let (pa, pb) = if a == user {
+                        (para(&at), para(&vat))
+                    } else {
+                        (para(&vat), para(&at))
+                    };
+                    emit(
+                        &mut self.out,
+                        &c,
+                        [data(&b, pb), data(&a, pa)],
+                        t,
+                        "conflict_detected",
+                    );
+                    self.conflicts.push(c);
+                }
+            }
+        }
+
+        pub fn finish(&mut self) {
+            for c in std::mem::take(&mut self.conflicts) {
+                resolve(&mut self.out, &c, c.until, "timeout");
             }
         }
     }
