@@ -10,7 +10,7 @@
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, late_event};
-use crate::runtime::operator_stats::{self, OPERATORS, OperatorStats};
+use crate::runtime::operator_stats::{OPERATORS, OperatorStats};
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -74,15 +74,14 @@ impl Bridge {
             // Workers are numbered across a cluster; readers are this
             // process's first `readers` workers.
             let index = worker.index() - config.dataflow.process_index * workers.max(1);
-            let (driver, probe) = operator_stats::building(&stats, || {
-                dataflow::install(
-                    worker,
-                    &config,
-                    sink.clone(),
-                    index < readers,
-                    checkpoints.clone(),
-                )
-            });
+            let (driver, probe) = dataflow::install(
+                worker,
+                &config,
+                sink.clone(),
+                index < readers,
+                checkpoints.clone(),
+                Some(stats.clone()),
+            );
             let Some(mut driver) = driver else {
                 return;
             };

@@ -16,7 +16,8 @@ use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alerts::Alerts;
 use crate::operators::conflicts::ConflictTracker;
-use crate::runtime::keyed::{Ctx, Keyed};
+use crate::runtime::operator_stats::OperatorStats;
+use crate::runtime::{Keyed, OperatorCtx};
 use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::SessionTracker;
 use crate::operators::team::TeamTracker;
@@ -81,7 +82,7 @@ impl schemas::Classify for SinkError {
 pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
-    ctx: &Ctx,
+    ctx: &OperatorCtx,
 ) -> Stream<'scope, u64, Vec<Event>> {
     let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
     let sessions = events
@@ -456,7 +457,8 @@ impl InputDriver {
     }
 }
 
-/// Builds the dataflow on `worker` with its output going to `sink`. Returns
+/// Builds the dataflow on `worker` with its output going to `sink` (and its
+/// operators' figures to `stats`, when given). Returns
 /// the input driver when this worker reads a source (`reader`), and a probe
 /// on the output. Each reading worker holds its own watermark (per-input
 /// watermarks, as with Kafka partitions); the frontier is their minimum.
@@ -466,14 +468,16 @@ pub fn install<S: DerivedSink>(
     sink: Arc<S>,
     reader: bool,
     checkpoints: Option<Arc<Checkpoints>>,
+    stats: Option<OperatorStats>,
 ) -> (Option<InputDriver>, ProbeHandle<u64>) {
-    let ctx = Ctx {
+    let ctx = OperatorCtx {
         time: EventTime {
             epoch_ms: config.dataflow.epoch.as_millis().max(1) as u64,
             flush_at_end: config.dataflow.flush_at_end,
         },
         worker: worker.index(),
         checkpoints,
+        stats,
     };
     let checkpoints = ctx.checkpoints.clone();
     install_graph(worker, config, sink, reader, checkpoints, |events| {

@@ -154,7 +154,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         let reads = worker.index() == 0;
         // The first worker of each process completes its process's checkpoints.
         let completes = worker.index() % threads == 0;
-        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone());
+        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone(), None);
         let mut last_completed = 0u64;
         let Some(mut driver) = driver else {
             if let (true, Some(c)) = (completes, ckpt.as_ref()) {

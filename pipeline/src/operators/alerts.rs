@@ -100,7 +100,7 @@
 //! last one starts afresh: a book falls back to `total_units - units`),
 //! whatever the batching; a periodic sweep frees their memory.
 
-use crate::runtime::keyed::{Core, Ctx, Keyed, Order};
+use crate::runtime::{Core, Keyed, OperatorCtx, Order};
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::{Record, Timed};
 use schemas::payload::{
@@ -1284,16 +1284,16 @@ pub fn sort_observations(obs: &mut [Observation]) {
 /// The latest envelope and recipients of a series, for transitions that
 /// no event carries (a window sliding).
 #[derive(Default, Serialize, Deserialize)]
-struct Context {
+struct AlertSubject {
     user_id: Option<String>,
     project_id: Option<String>,
     document_id: Option<String>,
     recipients: Vec<String>,
 }
 
-impl Context {
-    fn of(o: &Observation) -> Context {
-        Context {
+impl AlertSubject {
+    fn of(o: &Observation) -> AlertSubject {
+        AlertSubject {
             user_id: o.user_id.clone(),
             project_id: o.project_id.clone(),
             document_id: o.document_id.clone(),
@@ -1312,7 +1312,7 @@ struct Window {
     above: bool,
     /// The deadline registered for this key (lazy deletion of older ones).
     deadline: Option<i64>,
-    ctx: Context,
+    ctx: AlertSubject,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1650,7 +1650,7 @@ fn observe_threshold(
     slide(rule, t, &o.key, w, o.ts, out);
     w.entries.push_back((o.ts, o.value));
     w.sum += o.value;
-    w.ctx = Context::of(o);
+    w.ctx = AlertSubject::of(o);
     evaluate(rule, t, &o.key, w, o.ts, Some(&o.source_id), out);
     register(deadlines, ri, &o.key, t, w);
 }
@@ -1831,7 +1831,7 @@ fn crossing(
     rule: &SeriesRule,
     t: &ThresholdRule,
     key: &str,
-    ctx: &Context,
+    ctx: &AlertSubject,
     dir: Direction,
     value: f64,
     ts: i64,
@@ -1917,18 +1917,18 @@ pub trait Alerts<'scope> {
     /// Every alert rule over `self` (all events, input and derived). A
     /// config that fails [`AlertRules::new`] should have been rejected at
     /// startup; if one gets here, it is logged and only the built-in rules run.
-    fn alert_rules(self, config: &AlertsConfig, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
+    fn alert_rules(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>>;
 
     /// The same with rules already compiled.
     fn compiled_alert_rules(
         self,
         rules: Arc<AlertRules>,
-        ctx: &Ctx,
+        ctx: &OperatorCtx,
     ) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn alert_rules(self, config: &AlertsConfig, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
+    fn alert_rules(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>> {
         let rules = AlertRules::new(config).unwrap_or_else(|error| {
             tracing::error!(%error, "invalid alert rules; only the built-in rules run");
             AlertRules::builtin(config.defaults)
@@ -1943,7 +1943,7 @@ impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
     fn compiled_alert_rules(
         self,
         rules: Arc<AlertRules>,
-        ctx: &Ctx,
+        ctx: &OperatorCtx,
     ) -> Stream<'scope, u64, Vec<Event>> {
         let state = AlertState::new(&rules);
         // Live stage, on the worker that has the event: no exchange of whole events.
@@ -3201,14 +3201,10 @@ mod tests {
             let a = alerts_cfg.clone();
             let (out, late) =
                 crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
-                    let ctx = Ctx {
-                        time: crate::runtime::EventTime {
+                    let ctx = OperatorCtx::plain(crate::runtime::EventTime {
                             epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                             flush_at_end: cfg.dataflow.flush_at_end,
-                        },
-                        worker: 0,
-                        checkpoints: None,
-                    };
+                        });
                     s.alert_rules(&a, &ctx)
                 });
             assert!(late.is_empty());

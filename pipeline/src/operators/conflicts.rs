@@ -83,7 +83,7 @@
 //! A position is dropped once the frontier is past `ts + window` and it is in
 //! no open conflict; a conflict once resolved; a document once empty.
 
-use crate::runtime::keyed::{Core, Order};
+use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::Record;
 use schemas::Event;
@@ -1297,7 +1297,7 @@ mod tests {
         for workers in [1, 2] {
             for batch in [1, 7, 1000] {
                 use crate::runtime::EventTime;
-                use crate::runtime::keyed::{Ctx, Keyed};
+                use crate::runtime::{Keyed, OperatorCtx};
                 use timely::dataflow::operators::Inspect;
                 let c = conflicts.clone();
                 let (out, late) = crate::dataflow::run_for_test(
@@ -1311,11 +1311,7 @@ mod tests {
                             flush_at_end: cfg.dataflow.flush_at_end,
                         };
                         let epoch_ms = time.epoch_ms;
-                        let ctx = Ctx {
-                            time,
-                            worker: 0,
-                            checkpoints: None,
-                        };
+                        let ctx = OperatorCtx::plain(time);
                         s.keyed(ConflictTracker::new(&c), &ctx)
                             .inspect_core(move |event| {
                                 if let Ok((stamp, data)) = event {

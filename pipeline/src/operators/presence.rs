@@ -75,7 +75,7 @@
 //! one timer entry per pair (plus entries of dropped pairs until their time
 //! passes).
 
-use crate::runtime::keyed::{Core, Order};
+use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use schemas::Event;
@@ -604,7 +604,7 @@ impl Core for PresenceTracker {
 mod tests {
     use super::*;
     use crate::runtime::EventTime;
-    use crate::runtime::keyed::{Ctx, Keyed};
+    use crate::runtime::{Keyed, OperatorCtx};
     use serde_json::json;
 
     const MIN: i64 = 60_000;
@@ -1682,11 +1682,7 @@ mod tests {
                                 epoch_ms: c.dataflow.epoch.as_millis() as u64,
                                 flush_at_end: c.dataflow.flush_at_end,
                             };
-                            let ctx = Ctx {
-                                time,
-                                worker: 0,
-                                checkpoints: None,
-                            };
+                            let ctx = OperatorCtx::plain(time);
                             s.keyed(PresenceTracker::new(&pc), &ctx)
                         },
                     );

@@ -81,7 +81,7 @@
 //! rolling window is empty ([`SessionTracker::state_size`]).
 
 use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
-use crate::runtime::keyed::{Core, Order};
+use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use schemas::Event;
@@ -239,13 +239,13 @@ fn kind(e: &Event) -> Kind {
 }
 
 /// Where a user's outputs go.
-struct Ctx<'a> {
+struct UserOutputs<'a> {
     user: &'a str,
     rules: Rules,
     out: &'a mut Vec<Event>,
 }
 
-impl Ctx<'_> {
+impl UserOutputs<'_> {
     fn emit(&mut self, s: &Session, ts: i64, operator: &str, extra: &str, data: Payload) {
         let start = s.start_ts.to_string();
         self.out.push(Event {
@@ -369,7 +369,7 @@ impl User {
     }
 
     /// Evaluates every instant before `x`, in order.
-    fn run_until(&mut self, x: i64, ctx: &mut Ctx<'_>) {
+    fn run_until(&mut self, x: i64, ctx: &mut UserOutputs<'_>) {
         while let Some(t) = self.next_instant(ctx.rules) {
             if t >= x {
                 break;
@@ -379,7 +379,7 @@ impl User {
     }
 
     /// Evaluates instant `t`, after every event at `t`.
-    fn instant(&mut self, t: i64, ctx: &mut Ctx<'_>) {
+    fn instant(&mut self, t: i64, ctx: &mut UserOutputs<'_>) {
         let r = ctx.rules;
         self.clock = t;
         if self.pending.is_some_and(|p| p <= t) {
@@ -423,7 +423,7 @@ impl User {
     }
 
     /// Ends the open session at `at`: the summary.
-    fn end(&mut self, at: i64, reason: &str, ctx: &mut Ctx<'_>) {
+    fn end(&mut self, at: i64, reason: &str, ctx: &mut UserOutputs<'_>) {
         let Some(mut s) = self.session.take() else {
             return;
         };
@@ -467,7 +467,7 @@ impl User {
         id: Option<String>,
         reason: &str,
         implicit: bool,
-        ctx: &mut Ctx<'_>,
+        ctx: &mut UserOutputs<'_>,
     ) {
         let id = id.unwrap_or_else(|| format!("s-{:016x}", stable_hash(&(ctx.user, t))));
         let mut s = Session {
@@ -505,7 +505,7 @@ impl User {
     }
 
     /// Applies one event at `t` (its instant is evaluated later).
-    fn apply(&mut self, t: i64, e: &Event, kind: Kind, ctx: &mut Ctx<'_>) {
+    fn apply(&mut self, t: i64, e: &Event, kind: Kind, ctx: &mut UserOutputs<'_>) {
         match kind {
             Kind::Ignored => {}
             Kind::Started(id) => {
@@ -541,7 +541,7 @@ impl User {
         }
     }
 
-    fn activity_or_open(&mut self, t: i64, e: &Event, reason: &str, ctx: &mut Ctx<'_>) {
+    fn activity_or_open(&mut self, t: i64, e: &Event, reason: &str, ctx: &mut UserOutputs<'_>) {
         if self.session.is_none() {
             self.open(t, e, None, reason, true, ctx);
         }
@@ -549,7 +549,7 @@ impl User {
     }
 
     /// Activity at `t` in the open session: resumes it if paused, counts it.
-    fn activity(&mut self, t: i64, e: &Event, ctx: &mut Ctx<'_>) {
+    fn activity(&mut self, t: i64, e: &Event, ctx: &mut UserOutputs<'_>) {
         let r = ctx.rules;
         let Some(s) = self.session.as_mut() else {
             return;
@@ -586,7 +586,7 @@ impl User {
 }
 
 /// Enters PAUSED at `t` (from a writing state), leaving flow.
-fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mut Ctx<'_>) {
+fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mut UserOutputs<'_>) {
     let change = flow.stop(t);
     let wpm = flow.wpm_at(t);
     ctx.transition(s, SessionState::Paused, t, reason, wpm);
@@ -673,7 +673,7 @@ impl SessionTracker {
         let Some(u) = self.users.get_mut(user) else {
             return;
         };
-        let mut ctx = Ctx {
+        let mut ctx = UserOutputs {
             user,
             rules: self.rules,
             out,
@@ -719,7 +719,7 @@ impl SessionTracker {
                 continue;
             };
             u.scheduled = None;
-            let mut ctx = Ctx {
+            let mut ctx = UserOutputs {
                 user: &user,
                 rules: self.rules,
                 out: &mut *out,
@@ -1974,15 +1974,11 @@ mod tests {
             let (s2, f2) = (s.clone(), f.clone());
             let (out, late) =
                 crate::dataflow::run_for_test(arrivals, workers, batch, &config, move |st, cfg| {
-                    let ctx = crate::runtime::keyed::Ctx {
-                        time: EventTime {
+                    let ctx = crate::runtime::OperatorCtx::plain(EventTime {
                             epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                             flush_at_end: cfg.dataflow.flush_at_end,
-                        },
-                        worker: 0,
-                        checkpoints: None,
-                    };
-                    crate::runtime::keyed::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
+                        });
+                    crate::runtime::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
                 });
             assert!(late.is_empty());
             assert_eq!(out, expected, "{workers} worker(s), batch {batch}");

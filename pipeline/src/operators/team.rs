@@ -88,7 +88,7 @@
 //! `latest_retention` ([`TeamTracker::latest`], for the view store). All of
 //! it is serializable: checkpoints snapshot the whole tracker.
 
-use crate::runtime::keyed::{Core, Order};
+use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use schemas::Event;
@@ -1834,18 +1834,14 @@ mod tests {
         let (out, late) =
             crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
                 use crate::runtime::EventTime;
-                use crate::runtime::keyed::{Ctx, Keyed};
+                use crate::runtime::{Keyed, OperatorCtx};
                 use timely::dataflow::operators::Concat;
                 use timely::dataflow::operators::vec::{Filter, Map};
                 let time = EventTime {
                     epoch_ms: cfg.dataflow.epoch.as_millis().max(1) as u64,
                     flush_at_end: cfg.dataflow.flush_at_end,
                 };
-                let ctx = Ctx {
-                    time,
-                    worker: 0,
-                    checkpoints: None,
-                };
+                let ctx = OperatorCtx::plain(time);
                 // Tests put synthetic conflict events in the input; as the
                 // conflicts operator's they are derived records (the copies
                 // left in the input are client-sent, hence ignored).

@@ -9,7 +9,7 @@
 //! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
 //! not writing.
 
-use crate::runtime::keyed::{Core, Order};
+use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use schemas::Event;

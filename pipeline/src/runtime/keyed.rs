@@ -18,6 +18,7 @@
 //!   and restored at start.
 
 use crate::runtime::checkpoint::Checkpoints;
+use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::time::{EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped};
 use schemas::Event;
 use serde::Serialize;
@@ -64,13 +65,31 @@ pub trait Core: Serialize + DeserializeOwned + 'static {
     fn sort_epoch(items: &mut [Self::Item]);
 }
 
-/// Where an operator instance runs.
+/// Where an operator instance runs and what the runtime hands it besides
+/// its records.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct OperatorCtx {
+    /// Epoch length and whether to close everything at the end of input.
     pub time: EventTime,
     /// Global index of this worker (names its checkpoint parts).
     pub worker: usize,
+    /// Where the instance saves and restores its state (`None`: no checkpoints).
     pub checkpoints: Option<Arc<Checkpoints>>,
+    /// Where the instance reports its state size and input frontier for the
+    /// metrics (`None`: not collected, as in replay and tests).
+    pub stats: Option<OperatorStats>,
+}
+
+impl OperatorCtx {
+    /// Worker 0, without checkpoints or stats (single-operator graphs in tests).
+    pub fn plain(time: EventTime) -> OperatorCtx {
+        OperatorCtx {
+            time,
+            worker: 0,
+            checkpoints: None,
+            stats: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -171,19 +190,19 @@ impl<C: Core> Instance<C> {
 
 /// Runs `core` over a stream of its items: `records.keyed(core, &ctx)`.
 pub trait Keyed<'scope, T> {
-    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
+    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope, T> Keyed<'scope, T> for Stream<'scope, u64, Vec<T>>
 where
     T: Timed + Clone + Serialize + DeserializeOwned + Send + 'static,
 {
-    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
+    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>> {
         let ctx = ctx.clone();
         let time = ctx.time;
         let part = format!("{}-w{}", C::NAME, ctx.worker);
         // Metrics: state size and input frontier, sampled (ops, issue 9).
-        let stats = crate::runtime::operator_stats::slot(C::NAME);
+        let stats = ctx.stats.as_ref().map(|s| s.slot(C::NAME));
         let mut sampled = std::time::Instant::now();
         self.filter(|r| C::wants(r)).unary_frontier(
             Exchange::new(|r: &T| C::key(r)),
@@ -316,13 +335,12 @@ mod tests {
         let sink = Arc::new(VecSink::default());
         let s2 = sink.clone();
         timely::execute_directly(move |worker| {
-            let ctx = Ctx {
-                time: EventTime {
+            let ctx = OperatorCtx {
+                checkpoints: ckpt.clone(),
+                ..OperatorCtx::plain(EventTime {
                     epoch_ms: 100,
                     flush_at_end: true,
-                },
-                worker: 0,
-                checkpoints: ckpt.clone(),
+                })
             };
             let config = Config::default();
             let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {

@@ -20,6 +20,6 @@ pub mod operator_stats;
 pub mod record;
 pub mod time;
 
-pub use keyed::{Core, Ctx, Keyed, Order};
+pub use keyed::{Core, Keyed, OperatorCtx, Order};
 pub use record::Record;
 pub use time::{EpochBuffer, EventTime, Timed};
