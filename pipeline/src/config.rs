@@ -18,7 +18,7 @@ pub struct Config {
     pub ingest: IngestSettings,
     pub fanout: FanoutSettings,
     pub dataflow: DataflowConfig,
-    pub wpm: crate::operators::wpm::WpmConfig,
+    pub wpm: crate::operators::live_wpm::LiveWpmConfig,
     pub sessions: crate::operators::sessions::SessionsConfig,
     pub presence: crate::operators::presence::PresenceConfig,
     pub conflicts: crate::operators::conflicts::ConflictsConfig,

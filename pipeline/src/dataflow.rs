@@ -21,7 +21,7 @@ use crate::runtime::{Keyed, OperatorCtx};
 use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::SessionTracker;
 use crate::operators::team::TeamTracker;
-use crate::operators::wpm::WpmTracker;
+use crate::operators::live_wpm::LiveWpm;
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::{EventTime, Record};
 use schemas::Event;
@@ -84,7 +84,7 @@ pub fn build_graph<'scope>(
     config: &Config,
     ctx: &OperatorCtx,
 ) -> Stream<'scope, u64, Vec<Event>> {
-    let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
+    let wpm = events.clone().keyed(LiveWpm::new(&config.wpm), ctx);
     let sessions = events
         .clone()
         .keyed(SessionTracker::new(&config.sessions, &config.flow), ctx);

@@ -8,7 +8,7 @@ pub mod flow;
 pub mod presence;
 pub mod sessions;
 pub mod team;
-pub mod wpm;
+pub mod live_wpm;
 
 use schemas::Event;
 

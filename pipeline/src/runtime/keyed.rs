@@ -299,7 +299,7 @@ mod tests {
     use crate::runtime::checkpoint::{CheckpointConfig, Checkpoints};
     use crate::config::Config;
     use crate::dataflow::{VecSink, install_graph};
-    use crate::operators::wpm::{WpmConfig, WpmTracker};
+    use crate::operators::live_wpm::{LiveWpmConfig, LiveWpm};
     use schemas::payload::{Keystroke, Payload};
 
     fn ks(id: &str, ts: i64) -> Event {
@@ -345,9 +345,9 @@ mod tests {
             let config = Config::default();
             let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {
                 s.keyed(
-                    WpmTracker::new(&WpmConfig {
+                    LiveWpm::new(&LiveWpmConfig {
                         min_interval: std::time::Duration::ZERO,
-                        ..WpmConfig::default()
+                        ..LiveWpmConfig::default()
                     }),
                     &ctx,
                 )
