@@ -21,7 +21,7 @@ pub struct Config {
     pub wpm: crate::operators::live_wpm::LiveWpmConfig,
     pub sessions: crate::operators::sessions::SessionsConfig,
     pub presence: crate::operators::presence::PresenceConfig,
-    pub conflicts: crate::operators::conflicts::ConflictsConfig,
+    pub conflicts: crate::operators::conflict_windows::ConflictWindowsConfig,
     pub team: crate::operators::team::TeamConfig,
     pub alerts: crate::operators::alerts::AlertsConfig,
     pub checkpoint: crate::runtime::checkpoint::CheckpointConfig,

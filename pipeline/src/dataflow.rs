@@ -15,7 +15,7 @@
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alerts::Alerts;
-use crate::operators::conflicts::ConflictTracker;
+use crate::operators::conflict_windows::ConflictWindows;
 use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::{Keyed, OperatorCtx};
 use crate::operators::presence::PresenceTracker;
@@ -93,7 +93,7 @@ pub fn build_graph<'scope>(
         .keyed(PresenceTracker::new(&config.presence), ctx);
     let conflicts = events
         .clone()
-        .keyed(ConflictTracker::new(&config.conflicts), ctx);
+        .keyed(ConflictWindows::new(&config.conflicts), ctx);
     let team = events
         .clone()
         .concat(as_records(conflicts.clone()))

@@ -3,7 +3,7 @@
 //! extension trait on `Stream`, and its tests.
 
 pub mod alerts;
-pub mod conflicts;
+pub mod conflict_windows;
 pub mod flow;
 pub mod presence;
 pub mod sessions;

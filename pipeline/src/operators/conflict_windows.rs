@@ -97,7 +97,7 @@ use std::time::Duration;
 /// Settings of the conflict-window operator (`[conflicts]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ConflictsConfig {
+pub struct ConflictWindowsConfig {
     /// Two positions at most this far apart in event time can conflict, and
     /// a conflict ends this long after its later position (default 30 s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
@@ -107,9 +107,9 @@ pub struct ConflictsConfig {
     pub editing_modes: Vec<EditMode>,
 }
 
-impl Default for ConflictsConfig {
+impl Default for ConflictWindowsConfig {
     fn default() -> Self {
-        ConflictsConfig {
+        ConflictWindowsConfig {
             window: Duration::from_secs(30),
             editing_modes: vec![EditMode::Edit, EditMode::Review],
         }
@@ -195,7 +195,7 @@ struct Doc {
     conflicts: BTreeMap<(String, String), Open>,
     /// Last project id seen, forgotten when the document goes dormant.
     project_id: Option<String>,
-    /// This document's entry in `ConflictTracker::timers`.
+    /// This document's entry in `ConflictWindows::timers`.
     wake: Option<i64>,
 }
 
@@ -219,7 +219,7 @@ impl Doc {
 /// Serializable as a whole (checkpoints): it holds no config struct, only
 /// the window in ms and the editing modes, and no `Event`.
 #[derive(Serialize, Deserialize)]
-pub struct ConflictTracker {
+pub struct ConflictWindows {
     window_ms: i64,
     editing_modes: Vec<EditMode>,
     docs: HashMap<String, Doc>,
@@ -228,9 +228,9 @@ pub struct ConflictTracker {
     timers: BTreeSet<(i64, String)>,
 }
 
-impl ConflictTracker {
-    pub fn new(config: &ConflictsConfig) -> ConflictTracker {
-        ConflictTracker {
+impl ConflictWindows {
+    pub fn new(config: &ConflictWindowsConfig) -> ConflictWindows {
+        ConflictWindows {
             window_ms: config.window.as_millis().min(i64::MAX as u128) as i64,
             editing_modes: config.editing_modes.clone(),
             docs: HashMap::new(),
@@ -503,7 +503,7 @@ fn resolved(
 
 /// Live (per-document arrival order) and keyed by document, in the
 /// operator runtime: every position of a document meets on one worker.
-impl Core for ConflictTracker {
+impl Core for ConflictWindows {
     type Item = Record;
     const NAME: &'static str = "ConflictWindows";
     const ORDER: Order = Order::Arrival;
@@ -527,19 +527,19 @@ impl Core for ConflictTracker {
     }
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
-        ConflictTracker::observe(self, &r.event, out);
+        ConflictWindows::observe(self, &r.event, out);
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        ConflictTracker::advance_to(self, watermark, out);
+        ConflictWindows::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        ConflictTracker::flush(self, out);
+        ConflictWindows::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        ConflictTracker::state_size(self)
+        ConflictWindows::state_size(self)
     }
 
     /// Unused (arrival order); what `Order::EventTime` would need.
@@ -635,12 +635,12 @@ mod tests {
             .collect()
     }
 
-    fn tracker() -> ConflictTracker {
-        ConflictTracker::new(&ConflictsConfig::default())
+    fn tracker() -> ConflictWindows {
+        ConflictWindows::new(&ConflictWindowsConfig::default())
     }
 
     /// Feeds `events` and returns the digest of what they emitted.
-    fn run(t: &mut ConflictTracker, events: &[Event]) -> Vec<Out> {
+    fn run(t: &mut ConflictWindows, events: &[Event]) -> Vec<Out> {
         let mut out = Vec::new();
         for e in events {
             t.observe(e, &mut out);
@@ -1087,13 +1087,13 @@ mod tests {
 
     #[test]
     fn config_reads_from_toml() {
-        let c: ConflictsConfig =
+        let c: ConflictWindowsConfig =
             toml::from_str("window = \"10s\"\nediting_modes = [\"edit\"]").unwrap();
         assert_eq!(c.window, Duration::from_secs(10));
         assert_eq!(c.editing_modes, [EditMode::Edit]);
-        let c: ConflictsConfig = toml::from_str("").unwrap();
+        let c: ConflictWindowsConfig = toml::from_str("").unwrap();
         assert_eq!(c.window, Duration::from_secs(30));
-        assert!(toml::from_str::<ConflictsConfig>("windw = 1").is_err());
+        assert!(toml::from_str::<ConflictWindowsConfig>("windw = 1").is_err());
     }
 
     // ---- a naive reference, compared on seeded random streams ----------------
@@ -1175,9 +1175,9 @@ mod tests {
     #[test]
     fn matches_a_naive_reference_on_random_streams() {
         let w = 10_000;
-        let config = ConflictsConfig {
+        let config = ConflictWindowsConfig {
             window: Duration::from_millis(w as u64),
-            ..ConflictsConfig::default()
+            ..ConflictWindowsConfig::default()
         };
         let mut resolutions = std::collections::BTreeMap::<String, usize>::new();
         for seed in 1..=20u64 {
@@ -1192,7 +1192,7 @@ mod tests {
             // watermark allows: newest ts − 2 s), and with no frontier at all.
             let mut rng = SplitMix64(seed ^ 0xABCD);
             for every in [0u64, 1, 3] {
-                let mut t = ConflictTracker::new(&config);
+                let mut t = ConflictWindows::new(&config);
                 let mut out = Vec::new();
                 let mut max_ts = i64::MIN;
                 for e in &events {
@@ -1248,10 +1248,10 @@ mod tests {
             let (first, second) = records.split_at(records.len() / 2);
             // Through the `Core` interface, with the watermark following the
             // stream as the runtime would move it.
-            let feed = |t: &mut ConflictTracker, rs: &[Record], out: &mut Vec<Event>| {
+            let feed = |t: &mut ConflictWindows, rs: &[Record], out: &mut Vec<Event>| {
                 let mut max_ts = i64::MIN;
                 for (i, r) in rs.iter().enumerate() {
-                    if <ConflictTracker as Core>::wants(r) {
+                    if <ConflictWindows as Core>::wants(r) {
                         Core::observe(t, r, out);
                     }
                     max_ts = max_ts.max(r.event.ts);
@@ -1265,7 +1265,7 @@ mod tests {
             feed(&mut original, first, &mut before);
             assert!(original.state_size() > 0, "seed {seed}: something to save");
             let bytes = bincode::serialize(&original).expect("serialize");
-            let mut restored: ConflictTracker = bincode::deserialize(&bytes).expect("deserialize");
+            let mut restored: ConflictWindows = bincode::deserialize(&bytes).expect("deserialize");
             assert_eq!(restored.state_size(), original.state_size(), "seed {seed}");
             let (mut a, mut b) = (Vec::new(), Vec::new());
             feed(&mut original, second, &mut a);
@@ -1293,7 +1293,7 @@ mod tests {
         t.flush(&mut expected);
         let expected = sorted(expected);
         assert!(expected.len() > 50, "{}", expected.len());
-        let conflicts = ConflictsConfig::default();
+        let conflicts = ConflictWindowsConfig::default();
         for workers in [1, 2] {
             for batch in [1, 7, 1000] {
                 use crate::runtime::EventTime;
@@ -1312,7 +1312,7 @@ mod tests {
                         };
                         let epoch_ms = time.epoch_ms;
                         let ctx = OperatorCtx::plain(time);
-                        s.keyed(ConflictTracker::new(&c), &ctx)
+                        s.keyed(ConflictWindows::new(&c), &ctx)
                             .inspect_core(move |event| {
                                 if let Ok((stamp, data)) = event {
                                     for e in data {
