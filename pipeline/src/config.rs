@@ -22,7 +22,7 @@ pub struct Config {
     pub sessions: crate::operators::sessions::SessionsConfig,
     pub presence: crate::operators::presence::PresenceConfig,
     pub conflicts: crate::operators::conflict_windows::ConflictWindowsConfig,
-    pub team: crate::operators::team::TeamConfig,
+    pub team: crate::operators::team_metrics::TeamMetricsConfig,
     pub alerts: crate::operators::alerts::AlertsConfig,
     pub checkpoint: crate::runtime::checkpoint::CheckpointConfig,
     pub derived: DerivedSettings,

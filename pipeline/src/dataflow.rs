@@ -20,7 +20,7 @@ use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::{Keyed, OperatorCtx};
 use crate::operators::presence::PresenceTracker;
 use crate::operators::sessions::SessionTracker;
-use crate::operators::team::TeamTracker;
+use crate::operators::team_metrics::TeamMetrics;
 use crate::operators::live_wpm::LiveWpm;
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::{EventTime, Record};
@@ -97,7 +97,7 @@ pub fn build_graph<'scope>(
     let team = events
         .clone()
         .concat(as_records(conflicts.clone()))
-        .keyed(TeamTracker::new(&config.team), ctx);
+        .keyed(TeamMetrics::new(&config.team), ctx);
     // Alerts read the input and what the sessions derive (flow state).
     let alerts = events
         .concat(as_records(sessions.clone()))

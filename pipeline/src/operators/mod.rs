@@ -7,7 +7,7 @@ pub mod conflict_windows;
 pub mod flow;
 pub mod presence;
 pub mod sessions;
-pub mod team;
+pub mod team_metrics;
 pub mod live_wpm;
 
 use schemas::Event;

@@ -33,7 +33,7 @@
 //!   the comments whose `comment_resolved` falls in the window, matched by
 //!   (project, document, `comment_id`) with the first `comment_added`.
 //!   A response longer than `comment_max_open` is not counted: the comment
-//!   is dropped and counted in [`TeamTracker::comments_expired`] (so open
+//!   is dropped and counted in [`TeamMetrics::comments_expired`] (so open
 //!   comments never pile up). A resolution without a known `comment_added`
 //!   is ignored. Emitted only when at least one response is counted.
 //! - `team.collaboration_efficiency`: active time without an open conflict
@@ -85,7 +85,7 @@
 //! **State.** Open windows; per document the conflicts seen within the last
 //! `conflict_max_open` + longest window and the comments open at most
 //! `comment_max_open`; the latest closed figures per scope for
-//! `latest_retention` ([`TeamTracker::latest`], for the view store). All of
+//! `latest_retention` ([`TeamMetrics::latest`], for the view store). All of
 //! it is serializable: checkpoints snapshot the whole tracker.
 
 use crate::runtime::{Core, Order};
@@ -119,7 +119,7 @@ const METRICS: [&str; 7] = [
 /// `[team]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TeamConfig {
+pub struct TeamMetricsConfig {
     /// Lengths of the tumbling windows, e.g. `["1m", "1h"]` (default 1 min
     /// and 1 h). Zero lengths and repeats are ignored.
     #[serde(deserialize_with = "durations")]
@@ -138,9 +138,9 @@ pub struct TeamConfig {
     pub latest_retention: Duration,
 }
 
-impl Default for TeamConfig {
+impl Default for TeamMetricsConfig {
     fn default() -> Self {
-        TeamConfig {
+        TeamMetricsConfig {
             windows: vec![Duration::from_secs(60), Duration::from_secs(3600)],
             comment_max_open: Duration::from_secs(7 * 24 * 3600),
             conflict_max_open: Duration::from_secs(3600),
@@ -149,7 +149,7 @@ impl Default for TeamConfig {
     }
 }
 
-impl TeamConfig {
+impl TeamMetricsConfig {
     /// Checks what serde cannot; the message starts with the key path.
     pub fn validate(&self) -> Result<(), String> {
         if self.windows.iter().all(Duration::is_zero) {
@@ -294,14 +294,14 @@ struct ProjectState {
 }
 
 /// The pure core. Feed events in [`observation_order`]: records with
-/// [`TeamTracker::observe`], the conflicts operator's events with
-/// [`TeamTracker::observe_conflict`]; tell it the watermark with
-/// [`TeamTracker::advance_to`]. In the dataflow it runs as a [`Core`].
+/// [`TeamMetrics::observe`], the conflicts operator's events with
+/// [`TeamMetrics::observe_conflict`]; tell it the watermark with
+/// [`TeamMetrics::advance_to`]. In the dataflow it runs as a [`Core`].
 ///
-/// The config is kept as plain ms (not [`TeamConfig`]) so that a checkpoint
+/// The config is kept as plain ms (not [`TeamMetricsConfig`]) so that a checkpoint
 /// restores a complete tracker.
 #[derive(Serialize, Deserialize)]
-pub struct TeamTracker {
+pub struct TeamMetrics {
     /// Window lengths (ms), ascending, distinct, positive.
     lengths: Vec<i64>,
     longest: i64,
@@ -327,8 +327,8 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl TeamTracker {
-    pub fn new(config: &TeamConfig) -> TeamTracker {
+impl TeamMetrics {
+    pub fn new(config: &TeamMetricsConfig) -> TeamMetrics {
         let mut lengths: Vec<i64> = config
             .windows
             .iter()
@@ -337,7 +337,7 @@ impl TeamTracker {
             .collect();
         lengths.sort_unstable();
         lengths.dedup();
-        TeamTracker {
+        TeamMetrics {
             longest: lengths.last().copied().unwrap_or(0),
             lengths,
             comment_max_open: ms(config.comment_max_open),
@@ -764,7 +764,7 @@ fn dimension(name: &str, value: &str) -> Dimension {
 /// Frontier-driven and keyed by project, in the operator runtime. Its one
 /// input is the records concatenated with the conflicts operator's events as
 /// derived records (`events.concat(conflicts)`).
-impl Core for TeamTracker {
+impl Core for TeamMetrics {
     type Item = Record;
     const NAME: &'static str = "TeamMetrics";
     const ORDER: Order = Order::EventTime;
@@ -772,9 +772,9 @@ impl Core for TeamTracker {
     fn wants(r: &Record) -> bool {
         // A conflict event a client sent is not a conflict: only derived ones.
         if r.is_derived() {
-            TeamTracker::wants_conflict(&r.event)
+            TeamMetrics::wants_conflict(&r.event)
         } else {
-            TeamTracker::wants_record(&r.event)
+            TeamMetrics::wants_record(&r.event)
         }
     }
 
@@ -784,22 +784,22 @@ impl Core for TeamTracker {
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
         if r.is_derived() {
-            TeamTracker::observe_conflict(self, &r.event, out);
+            TeamMetrics::observe_conflict(self, &r.event, out);
         } else {
-            TeamTracker::observe(self, &r.event, out);
+            TeamMetrics::observe(self, &r.event, out);
         }
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        TeamTracker::advance_to(self, watermark, out);
+        TeamMetrics::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        TeamTracker::flush(self, out);
+        TeamMetrics::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        TeamTracker::state_size(self)
+        TeamMetrics::state_size(self)
     }
 
     /// [`observation_order`], then records before conflict events (a
@@ -943,19 +943,19 @@ mod tests {
         )
     }
 
-    fn cfg(windows_ms: &[u64]) -> TeamConfig {
-        TeamConfig {
+    fn cfg(windows_ms: &[u64]) -> TeamMetricsConfig {
+        TeamMetricsConfig {
             windows: windows_ms
                 .iter()
                 .map(|m| Duration::from_millis(*m))
                 .collect(),
-            ..TeamConfig::default()
+            ..TeamMetricsConfig::default()
         }
     }
 
     /// Feeds `events` (conflict events to the conflicts input) in
     /// observation order, then flushes.
-    fn run(t: &mut TeamTracker, mut events: Vec<Event>) -> Vec<Event> {
+    fn run(t: &mut TeamMetrics, mut events: Vec<Event>) -> Vec<Event> {
         events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
         let mut out = Vec::new();
         for e in &events {
@@ -1019,7 +1019,7 @@ mod tests {
 
     #[test]
     fn an_event_exactly_at_the_window_end_belongs_to_the_next_window() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1036,7 +1036,7 @@ mod tests {
 
     #[test]
     fn a_window_closes_only_when_the_watermark_reaches_its_end() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         t.observe(&words("a", 1_000, "u1", Some("d1"), 2), &mut out);
         t.advance_to(59_999, &mut out);
@@ -1056,7 +1056,7 @@ mod tests {
 
     #[test]
     fn empty_windows_emit_nothing() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1070,7 +1070,7 @@ mod tests {
 
     #[test]
     fn the_hour_window_sums_the_minute_windows() {
-        let mut t = TeamTracker::new(&TeamConfig::default());
+        let mut t = TeamMetrics::new(&TeamMetricsConfig::default());
         let mut events = Vec::new();
         for i in 0..200i64 {
             let ts = (i * 7_919) % 3_600_000;
@@ -1115,7 +1115,7 @@ mod tests {
 
     #[test]
     fn words_count_typed_text_only_and_edits_count_edit_events() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1145,7 +1145,7 @@ mod tests {
 
     #[test]
     fn comment_response_time_is_resolution_minus_addition() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1170,11 +1170,11 @@ mod tests {
 
     #[test]
     fn a_comment_open_longer_than_the_bound_is_dropped_and_counted() {
-        let config = TeamConfig {
+        let config = TeamMetricsConfig {
             comment_max_open: Duration::from_secs(60),
             ..cfg(&[60_000])
         };
-        let mut t = TeamTracker::new(&config);
+        let mut t = TeamMetrics::new(&config);
         let mut out = Vec::new();
         let events = [
             comment_added("a1", 0, Some("d1"), "c1"),
@@ -1201,7 +1201,7 @@ mod tests {
 
     #[test]
     fn conflict_resolution_mean_counts_each_conflict_once() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1229,7 +1229,7 @@ mod tests {
 
     #[test]
     fn efficiency_is_one_without_conflicts() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             (0..10)
@@ -1248,7 +1248,7 @@ mod tests {
 
     #[test]
     fn efficiency_counts_active_seconds_while_a_conflict_is_open() {
-        let mut t = TeamTracker::new(&cfg(&[10_000]));
+        let mut t = TeamMetrics::new(&cfg(&[10_000]));
         let mut events: Vec<Event> = (0..20)
             .map(|s| edit(&format!("e{s}"), s * 1_000 + 500, "u1", Some("d1")))
             .collect();
@@ -1270,11 +1270,11 @@ mod tests {
 
     #[test]
     fn an_unresolved_conflict_stops_counting_after_its_bound() {
-        let config = TeamConfig {
+        let config = TeamMetricsConfig {
             conflict_max_open: Duration::from_millis(2_000),
             ..cfg(&[10_000])
         };
-        let mut t = TeamTracker::new(&config);
+        let mut t = TeamMetrics::new(&config);
         let mut events: Vec<Event> = (0..5)
             .map(|s| edit(&format!("e{s}"), s * 1_000, "u1", Some("d1")))
             .collect();
@@ -1289,7 +1289,7 @@ mod tests {
 
     #[test]
     fn records_without_project_and_client_sent_conflicts_are_ignored() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         let mut e = words("a", 0, "u1", None, 3);
         e.project_id = None;
@@ -1299,15 +1299,15 @@ mod tests {
         t.flush(&mut out);
         assert!(out.is_empty());
         assert_eq!(t.state_size(), 0);
-        assert!(!TeamTracker::wants_record(&e));
-        assert!(!TeamTracker::wants_record(&detected(
+        assert!(!TeamMetrics::wants_record(&e));
+        assert!(!TeamMetrics::wants_record(&detected(
             "k", 0, "u1", "d1", "c1"
         )));
     }
 
     #[test]
     fn outputs_carry_envelope_and_dimensions() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(&mut t, vec![words("a", 61_000, "u1", Some("d1"), 3)]);
         let e = out
             .iter()
@@ -1338,7 +1338,7 @@ mod tests {
 
     #[test]
     fn latest_exposes_the_last_closed_window_of_each_length() {
-        let mut t = TeamTracker::new(&cfg(&[60_000, 120_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000, 120_000]));
         let mut out = Vec::new();
         t.observe(&words("a", 0, "u1", Some("d1"), 3), &mut out);
         t.observe(&words("b", 60_000, "u1", Some("d1"), 5), &mut out);
@@ -1366,7 +1366,7 @@ mod tests {
 
     #[test]
     fn config_reads_duration_lists_from_toml() {
-        let c: TeamConfig =
+        let c: TeamMetricsConfig =
             toml::from_str("windows = [\"1m\", \"1h\", 90000]\ncomment_max_open = \"2d\"").unwrap();
         assert_eq!(
             c.windows,
@@ -1378,10 +1378,10 @@ mod tests {
         );
         assert_eq!(c.comment_max_open, Duration::from_secs(2 * 86_400));
         assert_eq!(c.conflict_max_open, Duration::from_secs(3600));
-        assert!(toml::from_str::<TeamConfig>("windows = [\"1x\"]").is_err());
-        assert!(toml::from_str::<TeamConfig>("window = [\"1m\"]").is_err());
+        assert!(toml::from_str::<TeamMetricsConfig>("windows = [\"1x\"]").is_err());
+        assert!(toml::from_str::<TeamMetricsConfig>("window = [\"1m\"]").is_err());
         assert!(cfg(&[0]).validate().is_err());
-        assert!(TeamConfig::default().validate().is_ok());
+        assert!(TeamMetricsConfig::default().validate().is_ok());
     }
 
     #[test]
@@ -1415,8 +1415,8 @@ mod tests {
         }
     }
 
-    fn reference_config() -> TeamConfig {
-        TeamConfig {
+    fn reference_config() -> TeamMetricsConfig {
+        TeamMetricsConfig {
             windows: vec![
                 Duration::from_secs(60),
                 Duration::from_secs(90),
@@ -1514,7 +1514,7 @@ mod tests {
     }
 
     /// The definitions of the module doc, applied to the whole stream at once.
-    fn reference(events: &[Event], cfg: &TeamConfig) -> Vec<Row> {
+    fn reference(events: &[Event], cfg: &TeamMetricsConfig) -> Vec<Row> {
         let lengths: Vec<i64> = cfg.windows.iter().map(|d| ms(*d)).collect();
         let comment_max = ms(cfg.comment_max_open);
         let conflict_max = ms(cfg.conflict_max_open);
@@ -1674,7 +1674,7 @@ mod tests {
             let mut g = SplitMix(seed ^ 0xABCD);
             let mut sorted = events.clone();
             sorted.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
-            let mut t = TeamTracker::new(&cfg);
+            let mut t = TeamMetrics::new(&cfg);
             let mut out = Vec::new();
             let mut watermark = i64::MIN;
             let mut peak = 0;
@@ -1730,16 +1730,16 @@ mod tests {
             seq: 1,
             event: std::sync::Arc::new(detected("k", 1_000, "u1", "d1", "c1")),
         };
-        assert!(!<TeamTracker as Core>::wants(&client));
+        assert!(!<TeamMetrics as Core>::wants(&client));
         let derived = Record::derived(detected("k", 1_000, "u1", "d1", "c1"));
-        assert!(<TeamTracker as Core>::wants(&derived));
+        assert!(<TeamMetrics as Core>::wants(&derived));
         let activity = record(2, &words("a", 1_000, "u1", Some("d1"), 3));
-        assert!(<TeamTracker as Core>::wants(&activity));
+        assert!(<TeamMetrics as Core>::wants(&activity));
         // A derived record that is not a conflict is not for this operator.
-        assert!(!<TeamTracker as Core>::wants(&Record::derived(words(
+        assert!(!<TeamMetrics as Core>::wants(&Record::derived(words(
             "w", 1_000, "u1", None, 1
         ))));
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         // Even if one got through, a client conflict is not counted.
         Core::observe(&mut t, &client, &mut out);
@@ -1749,7 +1749,7 @@ mod tests {
             values(&out, CONFLICTS, Some("d1"), None, 60_000),
             [(60_000, 0.0)]
         );
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         Core::observe(&mut t, &derived, &mut out);
         Core::observe(&mut t, &activity, &mut out);
@@ -1773,7 +1773,7 @@ mod tests {
             record(4, &detected("z", 5, "u1", "d1", "c2")),
             record(5, &words("a", 4, "u1", Some("d1"), 1)),
         ];
-        <TeamTracker as Core>::sort_epoch(&mut items);
+        <TeamMetrics as Core>::sort_epoch(&mut items);
         let ids: Vec<&str> = items.iter().map(|r| r.event.id.as_str()).collect();
         assert_eq!(ids, ["a", "a", "z", "b", "r"]);
         // ts 4 first; then at ts 5 the openings, the record before the conflict.
@@ -1790,11 +1790,11 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| record(i as u64, e))
-                .filter(<TeamTracker as Core>::wants)
+                .filter(<TeamMetrics as Core>::wants)
                 .collect();
             let (first, second) = records.split_at(records.len() / 2);
             // Feeds records, moving the watermark to each record's time now and then.
-            let feed = |t: &mut TeamTracker, rs: &[Record], g: &mut SplitMix| {
+            let feed = |t: &mut TeamMetrics, rs: &[Record], g: &mut SplitMix| {
                 let mut out = Vec::new();
                 for r in rs {
                     if g.below(10) == 0 {
@@ -1805,11 +1805,11 @@ mod tests {
                 out
             };
             let mut g = SplitMix(seed);
-            let mut original = TeamTracker::new(&cfg);
+            let mut original = TeamMetrics::new(&cfg);
             let before = feed(&mut original, first, &mut g);
             assert!(!before.is_empty());
             let bytes = bincode::serialize(&original).unwrap();
-            let mut restored: TeamTracker = bincode::deserialize(&bytes).unwrap();
+            let mut restored: TeamMetrics = bincode::deserialize(&bytes).unwrap();
             assert!(Core::state_size(&restored) > 0, "seed {seed}");
             assert_eq!(Core::state_size(&restored), Core::state_size(&original));
             let (mut g1, mut g2) = (SplitMix(seed ^ 7), SplitMix(seed ^ 7));
@@ -1849,7 +1849,7 @@ mod tests {
                     .clone()
                     .filter(|r| is_conflict(&r.event))
                     .map(|r| Record::derived((*r.event).clone()));
-                s.concat(conflicts).keyed(TeamTracker::new(&team), &ctx)
+                s.concat(conflicts).keyed(TeamMetrics::new(&team), &ctx)
             });
         assert!(late.is_empty(), "{} late", late.len());
         out
@@ -1865,7 +1865,7 @@ mod tests {
             let mut events = random_stream(seed, 300);
             events.sort_by_key(|e| e.ts);
             // The core on the events in order is the expected output.
-            let mut t = TeamTracker::new(&reference_config());
+            let mut t = TeamMetrics::new(&reference_config());
             let expected = run(&mut t, events.clone());
             assert!(!expected.is_empty());
             let mut expected_sorted = expected.clone();
