@@ -18,7 +18,7 @@ use crate::operators::alerts::Alerts;
 use crate::operators::conflict_windows::ConflictWindows;
 use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::{Keyed, OperatorCtx};
-use crate::operators::presence::PresenceTracker;
+use crate::operators::presence::Presence;
 use crate::operators::sessions::SessionTracker;
 use crate::operators::team_metrics::TeamMetrics;
 use crate::operators::live_wpm::LiveWpm;
@@ -90,7 +90,7 @@ pub fn build_graph<'scope>(
         .keyed(SessionTracker::new(&config.sessions, &config.flow), ctx);
     let presence = events
         .clone()
-        .keyed(PresenceTracker::new(&config.presence), ctx);
+        .keyed(Presence::new(&config.presence), ctx);
     let conflicts = events
         .clone()
         .keyed(ConflictWindows::new(&config.conflicts), ctx);
