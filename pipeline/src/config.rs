@@ -26,7 +26,7 @@ pub struct Config {
     pub alerts: crate::operators::alerts::AlertsConfig,
     pub checkpoint: crate::runtime::checkpoint::CheckpointConfig,
     pub derived: DerivedSettings,
-    pub flow: crate::operators::flow::FlowConfig,
+    pub flow: crate::operators::sessions::flow::FlowConfig,
     pub auth: AuthSettings,
     /// `[notifications]`: see `connectors::notifier::NotifierConfig` and docs/OPERATIONS.md.
     pub notifications: connectors::notifier::NotifierConfig,

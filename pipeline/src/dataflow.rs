@@ -19,7 +19,7 @@ use crate::operators::conflict_windows::ConflictWindows;
 use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::{Keyed, OperatorCtx};
 use crate::operators::presence::Presence;
-use crate::operators::sessions::SessionTracker;
+use crate::operators::sessions::Sessions;
 use crate::operators::team_metrics::TeamMetrics;
 use crate::operators::live_wpm::LiveWpm;
 use crate::operators::{derived_id, stable_hash};
@@ -87,7 +87,7 @@ pub fn build_graph<'scope>(
     let wpm = events.clone().keyed(LiveWpm::new(&config.wpm), ctx);
     let sessions = events
         .clone()
-        .keyed(SessionTracker::new(&config.sessions, &config.flow), ctx);
+        .keyed(Sessions::new(&config.sessions, &config.flow), ctx);
     let presence = events
         .clone()
         .keyed(Presence::new(&config.presence), ctx);

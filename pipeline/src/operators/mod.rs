@@ -4,7 +4,6 @@
 
 pub mod alerts;
 pub mod conflict_windows;
-pub mod flow;
 pub mod presence;
 pub mod sessions;
 pub mod team_metrics;

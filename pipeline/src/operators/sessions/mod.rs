@@ -1,5 +1,5 @@
 //! Writing sessions per user, in event time: the session state machine, with
-//! flow state ([`crate::operators::flow`]) as one of its states.
+//! flow state ([`crate::operators::sessions::flow`]) as one of its states.
 //!
 //! ```text
 //! IDLE ─▶ WARMING_UP ─▶ ACTIVE_WRITING ⟷ FLOW_STATE
@@ -38,7 +38,7 @@
 //!   `session_ended` (`ended`) and a client `session_started` (`restarted`).
 //!   At end of input (replay) every deadline fires as if the watermark went
 //!   on forever: open sessions pause, break, and end by the gap.
-//! - FLOW_STATE ⟷ ACTIVE_WRITING as [`crate::operators::flow`] says;
+//! - FLOW_STATE ⟷ ACTIVE_WRITING as [`crate::operators::sessions::flow`] says;
 //!   `writing.flow_state_entered` / `flow_state_exited`; pausing or ending
 //!   exits flow too.
 //!
@@ -78,12 +78,13 @@
 //! rank in its session.
 //!
 //! **Memory.** A user's state is dropped once the session has ended and the
-//! rolling window is empty ([`SessionTracker::state_size`]).
+//! rolling window is empty ([`Sessions::state_size`]).
 
-use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
-use crate::runtime::{Core, Order};
+pub mod flow;
+
 use crate::operators::{derived_id, stable_hash, written_words};
-use crate::runtime::Record;
+use crate::runtime::{Core, Order, Record};
+use flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
 use schemas::Event;
 use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
@@ -611,7 +612,7 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
 /// does, as a [`Core`]), and tell it when the watermark moves. Serializable
 /// (plain fields only, bincode-safe), so it is checkpointed.
 #[derive(Serialize, Deserialize)]
-pub struct SessionTracker {
+pub struct Sessions {
     rules: Rules,
     flow: FlowRules,
     users: HashMap<String, User>,
@@ -619,9 +620,9 @@ pub struct SessionTracker {
     queue: BTreeSet<(i64, String)>,
 }
 
-impl SessionTracker {
-    pub fn new(config: &SessionsConfig, flow: &FlowConfig) -> SessionTracker {
-        SessionTracker {
+impl Sessions {
+    pub fn new(config: &SessionsConfig, flow: &FlowConfig) -> Sessions {
+        Sessions {
             rules: Rules {
                 gap: config.gap.as_millis() as i64,
                 pause: config.pause_after.as_millis() as i64,
@@ -739,9 +740,9 @@ impl SessionTracker {
     }
 }
 
-/// In the operator runtime: `records.keyed(SessionTracker::new(&config.sessions,
+/// In the operator runtime: `records.keyed(Sessions::new(&config.sessions,
 /// &config.flow), &ctx)`, checkpointed, with the same outputs as [`Sessions`].
-impl Core for SessionTracker {
+impl Core for Sessions {
     type Item = Record;
     const NAME: &'static str = "Sessions";
     const ORDER: Order = Order::EventTime;
@@ -763,19 +764,19 @@ impl Core for SessionTracker {
     }
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
-        SessionTracker::observe(self, &r.event, out);
+        Sessions::observe(self, &r.event, out);
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        SessionTracker::advance_to(self, watermark, out);
+        Sessions::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        SessionTracker::flush(self, out);
+        Sessions::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        SessionTracker::state_size(self)
+        Sessions::state_size(self)
     }
 
     /// Per user: event time, ties in arrival order.
@@ -834,12 +835,12 @@ mod tests {
         ev(user, ts, &format!("writing.{name}"), data)
     }
 
-    fn tracker() -> SessionTracker {
-        SessionTracker::new(&SessionsConfig::default(), &FlowConfig::default())
+    fn tracker() -> Sessions {
+        Sessions::new(&SessionsConfig::default(), &FlowConfig::default())
     }
 
     /// Feeds `events` (in time order), then moves the watermark to `watermark`.
-    fn run(t: &mut SessionTracker, events: &[Event], watermark: i64) -> Vec<Event> {
+    fn run(t: &mut Sessions, events: &[Event], watermark: i64) -> Vec<Event> {
         let mut out = Vec::new();
         for e in events {
             t.observe(e, &mut out);
@@ -1085,7 +1086,7 @@ mod tests {
             sustain: Duration::from_secs(10),
             ..FlowConfig::default()
         };
-        let mut t = SessionTracker::new(&SessionsConfig::default(), &flow);
+        let mut t = Sessions::new(&SessionsConfig::default(), &flow);
         let out = run(&mut t, &fast_writing(0, 150_000), 3 * MIN);
         assert_eq!(
             flow_events(&out),
@@ -1336,7 +1337,7 @@ mod tests {
             epoch_ms: epoch,
             flush_at_end: true,
         };
-        let mut t = SessionTracker::new(sessions, flow);
+        let mut t = Sessions::new(sessions, flow);
         let mut parked = EpochBuffer::default();
         let mut out = Vec::new();
         let mut newest = i64::MIN;
@@ -1924,18 +1925,18 @@ mod tests {
         for seed in 0..8 {
             let events = random_stream(300 + seed, 3, 400, true);
             let half = events.len() / 2;
-            let feed = |t: &mut SessionTracker, e: &Event| {
+            let feed = |t: &mut Sessions, e: &Event| {
                 let mut out = Vec::new();
                 t.observe(e, &mut out);
                 t.advance_to(e.ts - 50, &mut out);
                 out
             };
-            let mut before = SessionTracker::new(&s, &f);
+            let mut before = Sessions::new(&s, &f);
             for e in &events[..half] {
                 feed(&mut before, e);
             }
             let bytes = bincode::serialize(&before).expect("serializes");
-            let mut after: SessionTracker = bincode::deserialize(&bytes).expect("deserializes");
+            let mut after: Sessions = bincode::deserialize(&bytes).expect("deserializes");
             assert!(before.state_size() > 0, "seed {seed}: empty snapshot");
             for u in ["u0", "u1", "u2"] {
                 held.insert(format!("{:?}", before.state_of(u)));
@@ -1978,7 +1979,7 @@ mod tests {
                             epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                             flush_at_end: cfg.dataflow.flush_at_end,
                         });
-                    crate::runtime::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
+                    crate::runtime::Keyed::keyed(st, Sessions::new(&s2, &f2), &ctx)
                 });
             assert!(late.is_empty());
             assert_eq!(out, expected, "{workers} worker(s), batch {batch}");
