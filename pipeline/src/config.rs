@@ -23,7 +23,7 @@ pub struct Config {
     pub presence: crate::operators::presence::PresenceConfig,
     pub conflicts: crate::operators::conflict_windows::ConflictWindowsConfig,
     pub team: crate::operators::team_metrics::TeamMetricsConfig,
-    pub alerts: crate::operators::alerts::AlertsConfig,
+    pub alerts: crate::operators::alert_windows::AlertsConfig,
     pub checkpoint: crate::runtime::checkpoint::CheckpointConfig,
     pub derived: DerivedSettings,
     pub flow: crate::operators::sessions::flow::FlowConfig,
@@ -515,7 +515,7 @@ impl Config {
         if let Err((path, message)) = self.notifications.validate() {
             return bad(&path, &message);
         }
-        if let Err(e) = crate::operators::alerts::AlertRules::new(&self.alerts) {
+        if let Err(e) = crate::operators::alert_windows::AlertRules::new(&self.alerts) {
             return Err(ConfigError::Invalid {
                 path: e.path.clone(),
                 message: e.message.clone(),

@@ -14,7 +14,7 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::operators::alerts::Alerts;
+use crate::operators::alert_windows::Alerts;
 use crate::operators::conflict_windows::ConflictWindows;
 use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::{Keyed, OperatorCtx};

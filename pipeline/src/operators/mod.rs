@@ -2,7 +2,7 @@
 //! (no timely, no tokio: plain `observe`/`advance_to`), the timely wrapper as an
 //! extension trait on `Stream`, and its tests.
 
-pub mod alerts;
+pub mod alert_windows;
 pub mod conflict_windows;
 pub mod presence;
 pub mod sessions;
