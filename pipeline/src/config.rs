@@ -515,7 +515,7 @@ impl Config {
         if let Err((path, message)) = self.notifications.validate() {
             return bad(&path, &message);
         }
-        if let Err(e) = crate::operators::alert_windows::AlertRules::new(&self.alerts) {
+        if let Err(e) = crate::operators::alert_windows::LiveRules::new(&self.alerts) {
             return Err(ConfigError::Invalid {
                 path: e.path.clone(),
                 message: e.message.clone(),

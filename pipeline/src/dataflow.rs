@@ -14,7 +14,7 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::operators::alert_windows::Alerts;
+use crate::operators::alert_windows::AlertWindowsExt;
 use crate::operators::conflict_windows::ConflictWindows;
 use crate::runtime::operator_stats::OperatorStats;
 use crate::runtime::{Keyed, OperatorCtx};
@@ -77,7 +77,7 @@ impl schemas::Classify for SinkError {
 ///          │                     ▼             │      │
 ///          ├─ team_metrics ◀── conflicts       │      │
 ///          │                                   ▼      │
-///          └─ alert_rules ◀── records + session/flow ─┘
+///          └─ alert_windows ◀── records + session/flow ─┘
 /// ```
 pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
@@ -101,7 +101,7 @@ pub fn build_graph<'scope>(
     // Alerts read the input and what the sessions derive (flow state).
     let alerts = events
         .concat(as_records(sessions.clone()))
-        .alert_rules(&config.alerts, ctx);
+        .alert_windows(&config.alerts, ctx);
     let scope = wpm.scope();
     scope.concatenate([wpm, sessions, presence, conflicts, team, alerts])
 }

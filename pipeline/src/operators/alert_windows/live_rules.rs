@@ -84,7 +84,7 @@ pub(super) struct Rule {
 
 /// The rules, validated and compiled: construct once, share (`Arc`).
 #[derive(Debug, Clone)]
-pub struct AlertRules {
+pub struct LiveRules {
     pub(super) defaults: bool,
     /// Sorted, distinct, positive.
     pub(super) milestones: Vec<i64>,
@@ -117,10 +117,10 @@ pub(super) const BUILTIN_NAMES: &[&str] = &[
 /// The rule index of sales milestones in [`Observation::rule`].
 pub(super) const SALES: u32 = u32::MAX;
 
-impl AlertRules {
+impl LiveRules {
     /// Validates and compiles `[alerts]`; errors name the key path
     /// (`alerts.rules[2].aggregate: expected one of count, sum, avg`).
-    pub fn new(config: &AlertsConfig) -> Result<AlertRules, AlertsConfigError> {
+    pub fn new(config: &AlertsConfig) -> Result<LiveRules, AlertsConfigError> {
         let mut milestones = Vec::with_capacity(config.sales_milestones.len());
         for (i, m) in config.sales_milestones.iter().enumerate() {
             if *m <= 0 {
@@ -356,7 +356,7 @@ impl AlertRules {
                 kind,
             });
         }
-        Ok(AlertRules {
+        Ok(LiveRules {
             defaults: config.defaults,
             milestones,
             min_severity: severity_rank(config.system_error_min_severity),
@@ -369,9 +369,9 @@ impl AlertRules {
     /// The built-in rules only, with their default settings (`defaults` on
     /// or off): what runs when a config that failed validation reaches the
     /// wrapper anyway.
-    pub fn builtin(defaults: bool) -> AlertRules {
+    pub fn builtin(defaults: bool) -> LiveRules {
         let d = AlertsConfig::default();
-        AlertRules {
+        LiveRules {
             defaults,
             milestones: d.sales_milestones,
             min_severity: severity_rank(d.system_error_min_severity),
@@ -383,7 +383,7 @@ impl AlertRules {
 
     /// The live stage: pushes the alerts of stateless rules to `alerts`
     /// (at once, `ts` = the event's) and the inputs of stateful rules to
-    /// `obs`, for [`AlertState::observe`] in event-time order.
+    /// `obs`, for [`AlertWindows::observe`] in event-time order.
     pub fn stage(&self, e: &Event, alerts: &mut Vec<Event>, obs: &mut Vec<Observation>) {
         if self.defaults {
             self.builtin_rules(e, alerts, obs);
@@ -707,7 +707,7 @@ impl Observation {
 
 /// The order in which a key's observations must be processed: event time,
 /// then the event id (unique), so it is the same on every run. Copies of one
-/// observation end up next to each other ([`AlertState::observe`] skips them).
+/// observation end up next to each other ([`AlertWindows::observe`] skips them).
 pub fn sort_observations(obs: &mut [Observation]) {
     obs.sort_by(|a, b| a.identity().cmp(&b.identity()));
 }

@@ -81,11 +81,11 @@
 //! `ts` = the source event's time. Stateful rules (sales milestones,
 //! thresholds, anomalies) are **frontier-driven**: the live stage extracts a
 //! small [`Observation`] per (rule, key) that the event feeds; an
-//! [`AlertState`] in the operator runtime ([`crate::runtime::keyed`],
+//! [`AlertWindows`] in the operator runtime ([`crate::runtime::keyed`],
 //! [`Order::EventTime`]) exchanges them by (rule, key), parks them by
 //! event-time epoch and, once the frontier passes an epoch, processes its
 //! observations in (ts, event id) order; the runtime also checkpoints the
-//! state and the parked observations (see [`AlertState`] for how the rules
+//! state and the parked observations (see [`AlertWindows`] for how the rules
 //! come back after a restore). Arrival
 //! order was not an option: this operator reads input events *and* derived
 //! events of other operators, and a rule's key is not the log's partition
@@ -108,8 +108,8 @@ mod tests;
 mod windows;
 
 pub use config::{AlertsConfig, AlertsConfigError, AnomalyRuleConfig, ConditionConfig, MatchRuleConfig, RuleConfig, ThresholdRuleConfig};
-pub use live_rules::{AlertRules, Observation, sort_observations};
-pub use windows::AlertState;
+pub use live_rules::{LiveRules, Observation, sort_observations};
+pub use windows::AlertWindows;
 
 use crate::runtime::{Core, Keyed, OperatorCtx, Order};
 use crate::operators::{derived_id, stable_hash};
@@ -139,40 +139,40 @@ enum Staged {
     Observe(Observation),
 }
 
-/// The timely wrapper: `events.alert_rules(&config, &ctx)`.
-pub trait Alerts<'scope> {
+/// The timely wrapper: `events.alert_windows(&config, &ctx)`.
+pub trait AlertWindowsExt<'scope> {
     /// Every alert rule over `self` (all events, input and derived). A
-    /// config that fails [`AlertRules::new`] should have been rejected at
+    /// config that fails [`LiveRules::new`] should have been rejected at
     /// startup; if one gets here, it is logged and only the built-in rules run.
-    fn alert_rules(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>>;
+    fn alert_windows(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>>;
 
     /// The same with rules already compiled.
-    fn compiled_alert_rules(
+    fn alert_windows_compiled(
         self,
-        rules: Arc<AlertRules>,
+        rules: Arc<LiveRules>,
         ctx: &OperatorCtx,
     ) -> Stream<'scope, u64, Vec<Event>>;
 }
 
-impl<'scope> Alerts<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn alert_rules(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>> {
-        let rules = AlertRules::new(config).unwrap_or_else(|error| {
+impl<'scope> AlertWindowsExt<'scope> for Stream<'scope, u64, Vec<Record>> {
+    fn alert_windows(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>> {
+        let rules = LiveRules::new(config).unwrap_or_else(|error| {
             tracing::error!(%error, "invalid alert rules; only the built-in rules run");
-            AlertRules::builtin(config.defaults)
+            LiveRules::builtin(config.defaults)
         });
-        self.compiled_alert_rules(Arc::new(rules), ctx)
+        self.alert_windows_compiled(Arc::new(rules), ctx)
     }
 
     /// Two stages: the live one is stateless (nothing to checkpoint) and runs
-    /// where the event is; the stateful one is an [`AlertState`] in the
+    /// where the event is; the stateful one is an [`AlertWindows`] in the
     /// operator runtime ([`Keyed`]), which exchanges, orders, stamps and
     /// checkpoints it like every stateful operator.
-    fn compiled_alert_rules(
+    fn alert_windows_compiled(
         self,
-        rules: Arc<AlertRules>,
+        rules: Arc<LiveRules>,
         ctx: &OperatorCtx,
     ) -> Stream<'scope, u64, Vec<Event>> {
-        let state = AlertState::new(&rules);
+        let state = AlertWindows::new(&rules);
         // Live stage, on the worker that has the event: no exchange of whole events.
         let staged = self.unary::<CapacityContainerBuilder<Vec<Staged>>, _, _, _>(
             Pipeline,

@@ -69,21 +69,21 @@ fn config(text: &str) -> Result<AlertsConfig, String> {
         .map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
-fn rules(text: &str) -> AlertRules {
-    AlertRules::new(&config(text).unwrap()).unwrap()
+fn rules(text: &str) -> LiveRules {
+    LiveRules::new(&config(text).unwrap()).unwrap()
 }
 
 fn rules_error(text: &str) -> String {
     match config(text) {
         Err(e) => e,
-        Ok(c) => AlertRules::new(&c).map(|_| ()).unwrap_err().to_string(),
+        Ok(c) => LiveRules::new(&c).map(|_| ()).unwrap_err().to_string(),
     }
 }
 
 /// Stages every event, then feeds the observations in order, epoch by
 /// epoch (advancing the watermark between epochs), and flushes.
-fn run_core(rules: &AlertRules, events: &[Event]) -> Vec<Event> {
-    let mut state = AlertState::new(rules);
+fn run_core(rules: &LiveRules, events: &[Event]) -> Vec<Event> {
+    let mut state = AlertWindows::new(rules);
     let (mut out, mut obs) = (Vec::new(), Vec::new());
     for e in events {
         rules.stage(e, &mut out, &mut obs);
@@ -136,7 +136,7 @@ fn anomalies(out: &[Event]) -> Vec<(i64, String, f64)> {
         .collect()
 }
 
-fn live(rules: &AlertRules, e: &Event) -> Vec<Event> {
+fn live(rules: &LiveRules, e: &Event) -> Vec<Event> {
     let (mut out, mut obs) = (Vec::new(), Vec::new());
     rules.stage(e, &mut out, &mut obs);
     out
@@ -146,7 +146,7 @@ use Direction::{Above, Below};
 
 #[test]
 fn a_system_error_alerts_the_admins_critical_at_once() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     let out = live(&r, &error("e1", 5_000, "error"));
     assert_eq!(
         alerts(&out),
@@ -177,10 +177,10 @@ fn a_system_error_alerts_the_admins_critical_at_once() {
 
 #[test]
 fn system_errors_below_the_minimum_severity_do_not_alert() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     assert!(live(&r, &error("e1", 0, "warning")).is_empty());
     assert_eq!(live(&r, &error("e2", 0, "critical")).len(), 1);
-    let all = AlertRules::new(&AlertsConfig {
+    let all = LiveRules::new(&AlertsConfig {
         system_error_min_severity: Severity::Debug,
         ..AlertsConfig::default()
     })
@@ -190,7 +190,7 @@ fn system_errors_below_the_minimum_severity_do_not_alert() {
 
 #[test]
 fn a_published_book_alerts_its_owner_high_or_else_the_project() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     let mut e = ev(
         "e1",
         "publishing.book_published",
@@ -220,7 +220,7 @@ fn a_published_book_alerts_its_owner_high_or_else_the_project() {
 
 #[test]
 fn entering_flow_state_alerts_the_writer_low() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     let e = ev(
         "f1",
         "writing.flow_state_entered",
@@ -246,7 +246,7 @@ fn entering_flow_state_alerts_the_writer_low() {
 
 #[test]
 fn each_mentioned_user_gets_one_medium_alert_but_not_the_author() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     let e = ev(
         "c1",
         "collaboration.comment_added",
@@ -284,7 +284,7 @@ fn each_mentioned_user_gets_one_medium_alert_but_not_the_author() {
 
 #[test]
 fn sales_milestones_fire_once_each_as_the_total_crosses_them() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     let events = [
         sales("s1", 1_000, "b1", 50, 50),
         sales("s2", 2_000, "b1", 70, 120),        // 100
@@ -324,7 +324,7 @@ fn sales_milestones_fire_once_each_as_the_total_crosses_them() {
 
 #[test]
 fn a_book_not_in_state_takes_its_previous_total_from_the_update() {
-    let r = AlertRules::new(&AlertsConfig::default()).unwrap();
+    let r = LiveRules::new(&AlertsConfig::default()).unwrap();
     let out = run_core(&r, &[sales("s1", 0, "b1", 10, 105)]);
     assert_eq!(crossings(&out).len(), 1, "95 → 105 crosses 100");
     let out = run_core(&r, &[sales("s1", 0, "b1", 20, 150)]);
@@ -428,7 +428,7 @@ fn conditions_compare_numbers_strings_and_arrays() {
     );
 }
 
-fn threshold_rules(extra: &str) -> AlertRules {
+fn threshold_rules(extra: &str) -> LiveRules {
     rules(&format!(
         "[alerts]\ndefaults = false\n[[alerts.rules]]\nkind = \"threshold\"\nname = \"busy\"\n\
          type = \"writing.keystroke\"\nkey = \"user_id\"\n{extra}\n"
@@ -458,7 +458,7 @@ fn a_count_threshold_fires_on_crossing_not_while_above() {
 #[test]
 fn falling_below_by_the_window_sliding_waits_for_the_frontier() {
     let r = threshold_rules("aggregate = \"count\"\nwindow = \"10s\"\nthreshold = 2");
-    let mut state = AlertState::new(&r);
+    let mut state = AlertWindows::new(&r);
     let (mut out, mut obs) = (Vec::new(), Vec::new());
     for e in [ks("a", "u1", 0, 1), ks("b", "u1", 500, 1)] {
         r.stage(&e, &mut out, &mut obs);
@@ -572,7 +572,7 @@ fn threshold_alerts_go_to_the_recipients_of_the_notified_crossings() {
     assert_eq!(crossings(&out).len(), 2);
 }
 
-fn anomaly_rules() -> AlertRules {
+fn anomaly_rules() -> LiveRules {
     rules(
         "[alerts]\ndefaults = false\n[[alerts.rules]]\nkind = \"anomaly\"\nname = \"odd\"\n\
          type = \"writing.keystroke\"\nkey = \"user_id\"\nvalue = \"data.words\"\nwindow = 10\n\
@@ -635,8 +635,8 @@ fn idle_series_and_book_totals_are_forgotten_after_the_ttl() {
     )
     .unwrap();
     cfg.sales_milestones = vec![100];
-    let r = AlertRules::new(&cfg).unwrap();
-    let mut state = AlertState::new(&r);
+    let r = LiveRules::new(&cfg).unwrap();
+    let mut state = AlertWindows::new(&r);
     let (mut out, mut obs) = (Vec::new(), Vec::new());
     for e in [
         ks("a", "u1", 0, 1),
@@ -957,7 +957,7 @@ fn a_copy_of_an_observation_counts_once() {
     let mut twice = obs.clone();
     twice.insert(0, obs[0].clone());
     sort_observations(&mut twice);
-    let mut state = AlertState::new(&r);
+    let mut state = AlertWindows::new(&r);
     for o in &twice {
         state.observe(o, &mut out);
     }
@@ -969,9 +969,9 @@ fn a_copy_of_an_observation_counts_once() {
 fn an_idle_book_is_forgotten_after_the_ttl_whether_or_not_a_sweep_ran() {
     let mut cfg = config("[alerts]\nstate_ttl = \"1h\"\n").unwrap();
     cfg.sales_milestones = vec![100];
-    let r = AlertRules::new(&cfg).unwrap();
+    let r = LiveRules::new(&cfg).unwrap();
     let run = |second_ts: i64, sweep: bool| {
-        let mut state = AlertState::new(&r);
+        let mut state = AlertWindows::new(&r);
         let (mut out, mut obs) = (Vec::new(), Vec::new());
         r.stage(&sales("s1", 0, "b1", 50, 50), &mut out, &mut obs);
         r.stage(&sales("s2", second_ts, "b1", 10, 110), &mut out, &mut obs);
@@ -989,7 +989,7 @@ fn an_idle_book_is_forgotten_after_the_ttl_whether_or_not_a_sweep_ran() {
 }
 
 /// Observations of `events` by epoch (100 ms), in processing order.
-fn epochs_of(rules: &AlertRules, events: &[Event]) -> Vec<(i64, Vec<Observation>)> {
+fn epochs_of(rules: &LiveRules, events: &[Event]) -> Vec<(i64, Vec<Observation>)> {
     let (mut alerts, mut obs) = (Vec::new(), Vec::new());
     for e in events {
         rules.stage(e, &mut alerts, &mut obs);
@@ -1011,7 +1011,7 @@ fn epochs_of(rules: &AlertRules, events: &[Event]) -> Vec<(i64, Vec<Observation>
 }
 
 /// As the runtime does: each epoch's observations, then the watermark at its end.
-fn feed(state: &mut AlertState, epochs: &[(i64, Vec<Observation>)]) -> Vec<Event> {
+fn feed(state: &mut AlertWindows, epochs: &[(i64, Vec<Observation>)]) -> Vec<Event> {
     let mut out = Vec::new();
     for (end, obs) in epochs {
         for o in obs {
@@ -1059,11 +1059,11 @@ fn state_survives_a_snapshot_round_trip() {
     )
     .unwrap();
     cfg.sales_milestones = vec![100, 300, 1000, 3000];
-    let r = AlertRules::new(&cfg).unwrap();
+    let r = LiveRules::new(&cfg).unwrap();
     for seed in 0..3 {
         let epochs = epochs_of(&r, &mixed_stream(seed, 2000));
         let (first, second) = epochs.split_at(epochs.len() / 2);
-        let mut original = AlertState::new(&r);
+        let mut original = AlertWindows::new(&r);
         let before = feed(&mut original, first);
         assert!(!before.is_empty());
         assert!(
@@ -1071,7 +1071,7 @@ fn state_survives_a_snapshot_round_trip() {
             "seed {seed}: open windows at the snapshot"
         );
         let bytes = bincode::serialize(&original).unwrap();
-        let mut restored: AlertState = bincode::deserialize(&bytes).unwrap();
+        let mut restored: AlertWindows = bincode::deserialize(&bytes).unwrap();
         assert_eq!(restored.state_size(), original.state_size());
         let mut want = feed(&mut original, second);
         let mut got = feed(&mut restored, second);
@@ -1096,7 +1096,7 @@ fn state_survives_a_snapshot_round_trip() {
     }
 }
 
-impl AlertState {
+impl AlertWindows {
     fn flush_out(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         self.flush(&mut out);
@@ -1226,7 +1226,7 @@ fn outputs_are_identical_with_1_and_2_workers_any_batching_and_disorder() {
                         epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
                         flush_at_end: cfg.dataflow.flush_at_end,
                     });
-                s.alert_rules(&a, &ctx)
+                s.alert_windows(&a, &ctx)
             });
         assert!(late.is_empty());
         out

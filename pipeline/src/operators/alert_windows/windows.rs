@@ -75,7 +75,7 @@ pub(super) struct Book {
 
 /// A config rule as the stateful stage sees it: the outputs' name and
 /// priority, and the parameters of its series. Its field paths, conditions
-/// and recipients were applied by the live stage ([`AlertRules::stage`]),
+/// and recipients were applied by the live stage ([`LiveRules::stage`]),
 /// whose results the observations carry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct SeriesRule {
@@ -93,25 +93,25 @@ pub(super) enum SeriesKind {
 }
 
 /// The stateful rules' state. Feed each (rule, key)'s observations in
-/// [`sort_observations`] order; call [`AlertState::advance_to`] with the
+/// [`sort_observations`] order; call [`AlertWindows::advance_to`] with the
 /// watermark (no observation before it will come).
 ///
 /// **Checkpoints.** The operator runtime saves the whole core with bincode
 /// and restores it by deserializing, with no hook to hand it anything
 /// afterwards. So the core holds its rules as plain data (names, priorities,
 /// windows, thresholds, milestones: `SeriesRule`), copied out of the
-/// compiled [`AlertRules`] at construction, not the `Arc<AlertRules>`
+/// compiled [`LiveRules`] at construction, not the `Arc<LiveRules>`
 /// itself: that holds field paths, conditions with `serde_json::Value`s
 /// (whose `Deserialize` needs `deserialize_any`, which bincode lacks) and
 /// templates, none of which this stage uses. Re-attaching a skipped
-/// `Arc<AlertRules>` would have needed state outside the core (a
+/// `Arc<LiveRules>` would have needed state outside the core (a
 /// process-wide `OnceLock`): one rule set per process, wrong for tests that
 /// run several dataflows at once, and invisible in the snapshot. A restored
 /// core therefore runs with the rules it was saved with; restoring with a
 /// changed `[alerts]` section is not supported (as with a changed worker
 /// count): the live stage's rule indices would name other rules.
 #[derive(Serialize, Deserialize)]
-pub struct AlertState {
+pub struct AlertWindows {
     /// Per config rule index.
     pub(super) rules: Vec<SeriesRule>,
     /// Sorted, distinct, positive.
@@ -130,10 +130,10 @@ pub struct AlertState {
     pub(super) last: Option<(i64, String, u32, String)>,
 }
 
-impl AlertState {
-    pub fn new(rules: &AlertRules) -> AlertState {
+impl AlertWindows {
+    pub fn new(rules: &LiveRules) -> AlertWindows {
         let n = rules.rules.len();
-        AlertState {
+        AlertWindows {
             rules: rules
                 .rules
                 .iter()
@@ -324,7 +324,7 @@ impl AlertState {
 }
 
 /// Frontier-driven, keyed by (rule, key), in the operator runtime.
-impl Core for AlertState {
+impl Core for AlertWindows {
     type Item = Observation;
     const NAME: &'static str = "AlertWindows";
     const ORDER: Order = Order::EventTime;
@@ -338,19 +338,19 @@ impl Core for AlertState {
     }
 
     fn observe(&mut self, o: &Observation, out: &mut Vec<Event>) {
-        AlertState::observe(self, o, out);
+        AlertWindows::observe(self, o, out);
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        AlertState::advance_to(self, watermark, out);
+        AlertWindows::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        AlertState::flush(self, out);
+        AlertWindows::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        AlertState::state_size(self)
+        AlertWindows::state_size(self)
     }
 
     fn sort_epoch(items: &mut [Observation]) {
@@ -359,7 +359,7 @@ impl Core for AlertState {
 }
 
 /// Drops `key`'s entry if idle for more than `ttl_ms` before `ts`. The sweep
-/// in [`AlertState::advance_to`] runs when the frontier happens to pass, so
+/// in [`AlertWindows::advance_to`] runs when the frontier happens to pass, so
 /// it only bounds memory: this check makes "forgotten" depend on event time
 /// alone, never on batching or on when the last sweep ran.
 pub(super) fn forget_if_idle<V>(
