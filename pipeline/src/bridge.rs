@@ -9,8 +9,8 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::dataflow::{self, DerivedSink, late_event};
-use crate::runtime::operator_stats::{OPERATORS, OperatorStats};
+use crate::dataflow::{self, DerivedSink, OPERATORS, late_event};
+use crate::runtime::operator_stats::OperatorStats;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};

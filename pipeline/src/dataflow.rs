@@ -14,10 +14,10 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::operators::alert_windows::AlertWindowsExt;
+use crate::operators::alert_windows::{AlertWindows, AlertWindowsExt};
 use crate::operators::conflict_windows::ConflictWindows;
 use crate::runtime::operator_stats::OperatorStats;
-use crate::runtime::{Keyed, OperatorCtx};
+use crate::runtime::{Core, Keyed, OperatorCtx};
 use crate::operators::presence::Presence;
 use crate::operators::sessions::Sessions;
 use crate::operators::team_metrics::TeamMetrics;
@@ -105,6 +105,19 @@ pub fn build_graph<'scope>(
     let scope = wpm.scope();
     scope.concatenate([wpm, sessions, presence, conflicts, team, alerts])
 }
+
+/// Every keyed operator's name ([`Core::NAME`]: its metric label and
+/// checkpoint file), in the order [`build_graph`] wires them: the closed
+/// label set of the per-operator metrics, initialized at startup so each
+/// series exists at once.
+pub const OPERATORS: [&str; 6] = [
+    LiveWpm::NAME,
+    Sessions::NAME,
+    Presence::NAME,
+    ConflictWindows::NAME,
+    TeamMetrics::NAME,
+    AlertWindows::NAME,
+];
 
 /// Derived events as records, to feed other operators (records are what
 /// crosses workers; see [`Record`]).

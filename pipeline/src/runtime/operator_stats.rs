@@ -13,17 +13,6 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Every keyed operator's name ([`crate::runtime::keyed::Core::NAME`]): the
-/// closed label set, initialized at startup so each series exists at once.
-pub const OPERATORS: [&str; 6] = [
-    "LiveWpm",
-    "Sessions",
-    "Presence",
-    "ConflictWindows",
-    "TeamMetrics",
-    "AlertWindows",
-];
-
 /// One operator instance's figures.
 #[derive(Debug)]
 pub struct Slot {
