@@ -509,8 +509,9 @@ impl Config {
                 "must be less than the number of dataflow.hosts",
             );
         }
-        if let Err(message) = self.team.validate() {
-            return bad("team.windows", &message);
+        if let Err(e) = self.team.validate() {
+            // The message names the key again (as it always has).
+            return bad(&e.path, &e.to_string());
         }
         if let Err((path, message)) = self.notifications.validate() {
             return bad(&path, &message);

@@ -32,3 +32,18 @@ pub fn written_words(e: &Event) -> Option<u64> {
 pub fn derived_id(operator: &str, parts: &[&str]) -> String {
     format!("d-{:016x}", stable_hash(&(operator, parts)))
 }
+
+/// An invalid key in an operator's config section, with its path (e.g.
+/// `alerts.rules[2].aggregate`); [`crate::config::Config::load`] reports it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct OperatorConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl schemas::Classify for OperatorConfigError {
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::Config
+    }
+}

@@ -89,7 +89,7 @@
 //! it is serializable: checkpoints snapshot the whole tracker.
 
 use crate::runtime::{Core, Order};
-use crate::operators::{derived_id, stable_hash, written_words};
+use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
@@ -151,9 +151,12 @@ impl Default for TeamMetricsConfig {
 
 impl TeamMetricsConfig {
     /// Checks what serde cannot; the message starts with the key path.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OperatorConfigError> {
         if self.windows.iter().all(Duration::is_zero) {
-            return Err("team.windows: needs at least one positive duration".into());
+            return Err(OperatorConfigError {
+                path: "team.windows".into(),
+                message: "needs at least one positive duration".into(),
+            });
         }
         Ok(())
     }

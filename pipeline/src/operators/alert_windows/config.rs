@@ -9,6 +9,7 @@ use schemas::payload::{
     AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
 };
 use schemas::{Event, EventType};
+use crate::operators::OperatorConfigError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -194,17 +195,8 @@ pub struct ConditionConfig {
     pub value: Value,
 }
 
-/// An invalid `[alerts]` section, with the path of the offending key.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct AlertsConfigError {
-    /// e.g. `alerts.rules[2].aggregate`.
-    pub path: String,
-    pub message: String,
-}
-
-pub(super) fn invalid<T>(path: String, message: impl Into<String>) -> Result<T, AlertsConfigError> {
-    Err(AlertsConfigError {
+pub(super) fn invalid<T>(path: String, message: impl Into<String>) -> Result<T, OperatorConfigError> {
+    Err(OperatorConfigError {
         path,
         message: message.into(),
     })

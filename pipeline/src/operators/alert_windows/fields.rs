@@ -22,6 +22,22 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
+/// A field path, recipient or template of a config rule that does not parse;
+/// the caller adds the key's path ([`crate::operators::OperatorConfigError`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum SyntaxError {
+    #[error(
+        "expected a field path such as `user_id`, `data.service` or `data.mentions[*]`, got {0:?}"
+    )]
+    FieldPath(String),
+    #[error("expected a field path or an address such as `role:admin`, got {0:?}")]
+    Recipient(String),
+    #[error("unclosed `{{` in template {0:?}")]
+    Unclosed(String),
+    #[error("unmatched `}}` in template {0:?}")]
+    Unmatched(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Root {
     Id,
@@ -48,12 +64,8 @@ pub(super) struct FieldPath {
 }
 
 impl FieldPath {
-    pub(super) fn parse(text: &str) -> Result<FieldPath, String> {
-        let err = || {
-            format!(
-                "expected a field path such as `user_id`, `data.service` or `data.mentions[*]`, got {text:?}"
-            )
-        };
+    pub(super) fn parse(text: &str) -> Result<FieldPath, SyntaxError> {
+        let err = || SyntaxError::FieldPath(text.to_owned());
         let head_len = text.find(['.', '[']).unwrap_or(text.len());
         let root = match &text[..head_len] {
             "id" => Root::Id,
@@ -227,12 +239,10 @@ pub(super) enum Recipient {
 }
 
 impl Recipient {
-    pub(super) fn parse(text: &str) -> Result<Recipient, String> {
+    pub(super) fn parse(text: &str) -> Result<Recipient, SyntaxError> {
         match text.split_once(':') {
             Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok(Recipient::Literal(text.into())),
-            Some(_) => Err(format!(
-                "expected a field path or an address such as `role:admin`, got {text:?}"
-            )),
+            Some(_) => Err(SyntaxError::Recipient(text.to_owned())),
             None => FieldPath::parse(text).map(Recipient::Path),
         }
     }
@@ -262,7 +272,7 @@ pub(super) enum Piece {
 pub(super) struct Template(pub(super) Vec<Piece>);
 
 impl Template {
-    pub(super) fn parse(text: &str) -> Result<Template, String> {
+    pub(super) fn parse(text: &str) -> Result<Template, SyntaxError> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -272,12 +282,12 @@ impl Template {
             let after = &rest[open + 1..];
             let close = after
                 .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in template {text:?}"))?;
+                .ok_or_else(|| SyntaxError::Unclosed(text.to_owned()))?;
             pieces.push(Piece::Field(FieldPath::parse(&after[..close])?));
             rest = &after[close + 1..];
         }
         if rest.contains('}') {
-            return Err(format!("unmatched `}}` in template {text:?}"));
+            return Err(SyntaxError::Unmatched(text.to_owned()));
         }
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_owned()));

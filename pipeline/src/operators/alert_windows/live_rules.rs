@@ -9,6 +9,7 @@ use schemas::payload::{
     AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
 };
 use schemas::{Event, EventType};
+use crate::operators::OperatorConfigError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -120,7 +121,7 @@ pub(super) const SALES: u32 = u32::MAX;
 impl LiveRules {
     /// Validates and compiles `[alerts]`; errors name the key path
     /// (`alerts.rules[2].aggregate: expected one of count, sum, avg`).
-    pub fn new(config: &AlertsConfig) -> Result<LiveRules, AlertsConfigError> {
+    pub fn new(config: &AlertsConfig) -> Result<LiveRules, OperatorConfigError> {
         let mut milestones = Vec::with_capacity(config.sales_milestones.len());
         for (i, m) in config.sales_milestones.iter().enumerate() {
             if *m <= 0 {
@@ -175,15 +176,15 @@ impl LiveRules {
                 return invalid(at("name"), format!("{name:?} is used by another rule"));
             }
             let ty = EventType::lookup(event_type)
-                .map_err(|e| AlertsConfigError {
+                .map_err(|e| OperatorConfigError {
                     path: at("type"),
                     message: e.to_string(),
                 })?
                 .name;
             let path = |field: &str, text: &str| {
-                FieldPath::parse(text).map_err(|message| AlertsConfigError {
+                FieldPath::parse(text).map_err(|e| OperatorConfigError {
                     path: at(field),
-                    message,
+                    message: e.to_string(),
                 })
             };
             let mut conds = Vec::with_capacity(conditions.len());
@@ -236,9 +237,9 @@ impl LiveRules {
                 }
             };
             let recipient = match recipient {
-                Some(r) => Some(Recipient::parse(r).map_err(|message| AlertsConfigError {
+                Some(r) => Some(Recipient::parse(r).map_err(|e| OperatorConfigError {
                     path: at("recipient"),
-                    message,
+                    message: e.to_string(),
                 })?),
                 None => None,
             };
@@ -246,9 +247,9 @@ impl LiveRules {
             let kind = match rc {
                 RuleConfig::Match(m) => {
                     let template = |field: &str, text: &str| {
-                        Template::parse(text).map_err(|message| AlertsConfigError {
+                        Template::parse(text).map_err(|e| OperatorConfigError {
                             path: at(field),
-                            message,
+                            message: e.to_string(),
                         })
                     };
                     RuleKind::Match {

@@ -107,7 +107,7 @@ mod live_rules;
 mod tests;
 mod windows;
 
-pub use config::{AlertsConfig, AlertsConfigError, AnomalyRuleConfig, ConditionConfig, MatchRuleConfig, RuleConfig, ThresholdRuleConfig};
+pub use config::{AlertsConfig, AnomalyRuleConfig, ConditionConfig, MatchRuleConfig, RuleConfig, ThresholdRuleConfig};
 pub use live_rules::{LiveRules, Observation, sort_observations};
 pub use windows::AlertWindows;
 
