@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML file, flags, env vars and `--set` overrides.
 
 pub mod bridge;
+pub mod commands;
 pub mod config;
 pub mod dataflow;
 pub mod fanout_load;
@@ -18,5 +19,4 @@ pub mod load;
 pub mod operators;
 pub mod runtime;
 pub mod replay;
-pub mod serve;
 pub mod source;

@@ -247,7 +247,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(inkstream::serve::run(config, shutdown_signal(), |_| {}))?;
+            runtime.block_on(inkstream::commands::serve::run(config, shutdown_signal(), |_| {}))?;
         }
         Command::Replay { file, out, .. } => {
             let report = inkstream::replay::run(&file, &out, &config)?;

@@ -1,0 +1,4 @@
+//! The subcommands of the `inkstream` binary, one file (or folder) each.
+//! `main.rs` parses the arguments and calls one `run` here per subcommand.
+
+pub mod serve;
