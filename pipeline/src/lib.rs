@@ -18,5 +18,4 @@ pub mod healthcheck;
 pub mod load;
 pub mod operators;
 pub mod runtime;
-pub mod replay;
 pub mod source;

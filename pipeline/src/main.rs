@@ -250,7 +250,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(inkstream::commands::serve::run(config, shutdown_signal(), |_| {}))?;
         }
         Command::Replay { file, out, .. } => {
-            let report = inkstream::replay::run(&file, &out, &config)?;
+            let report = inkstream::commands::replay::run(&file, &out, &config)?;
             println!(
                 "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late, {} duplicates",
                 report.events,

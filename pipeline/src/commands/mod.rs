@@ -2,3 +2,4 @@
 //! `main.rs` parses the arguments and calls one `run` here per subcommand.
 
 pub mod serve;
+pub mod replay;
