@@ -13,7 +13,6 @@ pub mod config;
 pub mod dataflow;
 pub mod fanout_load;
 pub mod file_sink;
-pub mod generate;
 pub mod healthcheck;
 pub mod load;
 pub mod operators;

@@ -370,7 +370,7 @@ fn main() -> anyhow::Result<()> {
             disorder_ms,
             out,
         } => {
-            let config = inkstream::generate::GenerateConfig {
+            let config = inkstream::commands::generate::GenerateConfig {
                 events,
                 users,
                 seed,
@@ -380,12 +380,12 @@ fn main() -> anyhow::Result<()> {
             if out.as_os_str() == "-" {
                 let stdout = std::io::stdout();
                 let mut w = std::io::BufWriter::new(stdout.lock());
-                inkstream::generate::generate(&config, &mut w)?;
+                inkstream::commands::generate::generate(&config, &mut w)?;
             } else {
                 let f = std::fs::File::create(&out)
                     .with_context(|| format!("creating {}", out.display()))?;
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                inkstream::generate::generate(&config, &mut w)?;
+                inkstream::commands::generate::generate(&config, &mut w)?;
             }
         }
     }

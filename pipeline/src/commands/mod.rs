@@ -3,3 +3,4 @@
 
 pub mod serve;
 pub mod replay;
+pub mod generate;
