@@ -11,7 +11,7 @@
 //!   measures ingest → live WPM message on the socket from each message's
 //!   event time (ms resolution; client and server share the clock).
 
-use crate::load::{LoadError, http_post};
+use crate::commands::load::{LoadError, http_post};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +35,7 @@ impl FanoutReport {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        crate::load::percentile_ms(&self.latencies_us, p)
+        crate::commands::load::percentile_ms(&self.latencies_us, p)
     }
 }
 

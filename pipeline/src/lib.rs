@@ -14,7 +14,6 @@ pub mod dataflow;
 pub mod fanout_load;
 pub mod file_sink;
 pub mod healthcheck;
-pub mod load;
 pub mod operators;
 pub mod runtime;
 pub mod source;

@@ -326,14 +326,14 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let mode = match mode.as_str() {
-                "batch" => inkstream::load::Mode::Batch,
-                "single" => inkstream::load::Mode::Single,
-                "ws" => inkstream::load::Mode::Ws,
+                "batch" => inkstream::commands::load::Mode::Batch,
+                "single" => inkstream::commands::load::Mode::Single,
+                "ws" => inkstream::commands::load::Mode::Ws,
                 other => {
                     anyhow::bail!("--mode {other:?}: expected batch, single, ws, fanout or e2e")
                 }
             };
-            let config = inkstream::load::LoadConfig {
+            let config = inkstream::commands::load::LoadConfig {
                 addr,
                 mode,
                 events,
@@ -347,7 +347,7 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             let r = runtime
-                .block_on(inkstream::load::run(&config))
+                .block_on(inkstream::commands::load::run(&config))
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!(
                 "{:?}: {} events in {} requests over {} connections in {:.2} s: {:.0} events/s; \

@@ -4,3 +4,4 @@
 pub mod serve;
 pub mod replay;
 pub mod generate;
+pub mod load;
