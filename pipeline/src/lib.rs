@@ -11,7 +11,6 @@ pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod dataflow;
-pub mod fanout_load;
 pub mod file_sink;
 pub mod healthcheck;
 pub mod operators;

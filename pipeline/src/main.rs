@@ -293,7 +293,7 @@ fn main() -> anyhow::Result<()> {
                 let r = runtime
                     .block_on(async {
                         if mode == "fanout" {
-                            inkstream::fanout_load::fanout(
+                            inkstream::commands::fanout_load::fanout(
                                 &addr,
                                 token.as_deref(),
                                 connections,
@@ -301,7 +301,7 @@ fn main() -> anyhow::Result<()> {
                             )
                             .await
                         } else {
-                            inkstream::fanout_load::end_to_end(
+                            inkstream::commands::fanout_load::end_to_end(
                                 &addr,
                                 token.as_deref(),
                                 users,

@@ -5,3 +5,4 @@ pub mod serve;
 pub mod replay;
 pub mod generate;
 pub mod load;
+pub mod fanout_load;
