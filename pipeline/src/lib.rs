@@ -12,7 +12,6 @@ pub mod commands;
 pub mod config;
 pub mod dataflow;
 pub mod file_sink;
-pub mod healthcheck;
 pub mod operators;
 pub mod runtime;
 pub mod source;

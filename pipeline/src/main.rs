@@ -240,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Healthcheck { .. } => {
             let timeout = std::time::Duration::from_secs(3);
-            inkstream::healthcheck::check(config.server.port, timeout)?;
+            inkstream::commands::healthcheck::check(config.server.port, timeout)?;
         }
         Command::Serve { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,3 +6,4 @@ pub mod replay;
 pub mod generate;
 pub mod load;
 pub mod fanout_load;
+pub mod healthcheck;
