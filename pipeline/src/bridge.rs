@@ -9,7 +9,7 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::dataflow::{self, DerivedSink, OPERATORS, late_event};
+use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
 use crate::runtime::operator_stats::OperatorStats;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -41,7 +41,7 @@ impl Bridge {
         metrics: Metrics,
         readers: usize,
         checkpoints: Option<Arc<Checkpoints>>,
-    ) -> Result<(Bridge, Vec<BridgeEnds>), String> {
+    ) -> Result<(Bridge, Vec<BridgeEnds>), WorkerError> {
         let readers = readers.clamp(1, config.dataflow.workers.max(1));
         let mut tokio_ends = Vec::with_capacity(readers);
         let mut worker_ends = Vec::with_capacity(readers);
@@ -195,7 +195,8 @@ impl Bridge {
                     let _ = done_tx.send(done);
                 }
             }
-        })?;
+        })
+        .map_err(WorkerError)?;
         Ok((Bridge { guards }, tokio_ends))
     }
 

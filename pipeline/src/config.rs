@@ -460,6 +460,13 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+impl schemas::Classify for ConfigError {
+    /// Every way of loading fails on the deployment's settings.
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::Config
+    }
+}
+
 impl Config {
     /// Loads the file (if any), then applies `overrides` (`dotted.key=value`).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {

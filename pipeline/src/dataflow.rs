@@ -52,6 +52,19 @@ pub trait DerivedSink: Send + Sync + 'static {
     }
 }
 
+/// Timely's own failures: workers that could not start (a cluster peer
+/// unreachable, an address in use) or that panicked. Timely reports both
+/// only as text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WorkerError(pub String);
+
+impl schemas::Classify for WorkerError {
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::External
+    }
+}
+
 /// Why a sink could not write or make durable what it was given.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write to {path}: {source}")]

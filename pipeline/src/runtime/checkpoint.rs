@@ -74,6 +74,19 @@ pub enum CheckpointError {
     Incomplete { barrier: u64 },
 }
 
+impl schemas::Classify for CheckpointError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            // The disk under `checkpoint.dir`.
+            CheckpointError::Io { .. } | CheckpointError::Incomplete { .. } => {
+                schemas::Fault::External
+            }
+            // Written by another build (parts are only read by the same one).
+            CheckpointError::Format { .. } => schemas::Fault::Internal,
+        }
+    }
+}
+
 /// The checkpoint directory of a run.
 #[derive(Debug)]
 pub struct Checkpoints {

@@ -1,4 +1,4 @@
-//! `inkstream load`: a load generator for the ingest API, for benchmarks.
+//! `inkstream load --mode batch|single|ws`: load on the ingest API, for benchmarks.
 //!
 //! Modes: `batch` (NDJSON bodies of `--batch` events over keep-alive HTTP/1.1),
 //! `single` (one event per request, keep-alive), `ws` (`/ws/ingest` frames of
@@ -6,51 +6,11 @@
 //! the generator costs as little CPU as possible next to the server on the
 //! same 2 cores. Prints events/s and request latency percentiles.
 
+use super::LoadError;
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Why a load run stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Nothing listens at the address (the server is not running there).
-    #[error("connect {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    /// The WebSocket handshake failed.
-    #[error("connect: {0}")]
-    WsConnect(tokio_tungstenite::tungstenite::Error),
-    /// A connection broke mid-run.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
-    /// The server hung up (`connection`, `socket`).
-    #[error("server closed the {0}")]
-    Closed(&'static str),
-    #[error("response headers too large")]
-    HeadersTooLarge,
-    /// The server answered, but not with success: the step and its reply.
-    #[error("{step}: {reply}")]
-    Rejected { step: String, reply: String },
-    /// A connection's task panicked.
-    #[error(transparent)]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl schemas::Classify for LoadError {
-    fn fault(&self) -> schemas::Fault {
-        match self {
-            // Credentials or a payload the server refuses: change the run.
-            LoadError::Rejected { .. } => schemas::Fault::Caller,
-            LoadError::Task(_) => schemas::Fault::Internal,
-            _ => schemas::Fault::External,
-        }
-    }
-}
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -160,9 +120,9 @@ async fn http_connection(
 ) -> Result<(Vec<u32>, u64), LoadError> {
     let mut stream = TcpStream::connect(&config.addr)
         .await
-        .map_err(|source| LoadError::Connect {
+        .map_err(|error| LoadError::Connect {
             addr: config.addr.clone(),
-            source,
+            error,
         })?;
     let _ = stream.set_nodelay(true);
     let batch = if config.mode == Mode::Single {

@@ -11,7 +11,8 @@
 //!   measures ingest → live WPM message on the socket from each message's
 //!   event time (ms resolution; client and server share the clock).
 
-use crate::commands::load::{LoadError, http_post};
+use super::LoadError;
+use super::ingest::{http_post, percentile_ms};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +32,26 @@ pub struct FanoutReport {
 }
 
 impl FanoutReport {
+    /// Prints the report line of `--mode fanout` or `e2e`.
+    pub fn print(&self, mode: &str) {
+        println!(
+            "{mode}: {} messages over {} connections in {:.2} s: {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            self.delivered,
+            self.connections,
+            self.elapsed.as_secs_f64(),
+            self.per_second(),
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.99),
+            self.percentile_ms(1.0),
+            self.latencies_us.len()
+        );
+    }
+
     pub fn per_second(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        crate::commands::load::percentile_ms(&self.latencies_us, p)
+        percentile_ms(&self.latencies_us, p)
     }
 }
 
@@ -62,9 +78,9 @@ fn number_after(frame: &str, key: &str) -> Option<u64> {
 async fn connect(addr: &str, token: Option<&str>) -> Result<(TcpStream, Vec<u8>, String), LoadError> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|source| LoadError::Connect {
+        .map_err(|error| LoadError::Connect {
             addr: addr.to_owned(),
-            source,
+            error,
         })?;
     let _ = stream.set_nodelay(true);
     let auth = token
