@@ -2,7 +2,7 @@
 //! bridge's workers, one log or Kafka reader per input, the notifier's task
 //! beside it) and the handles that the drain stops in order.
 
-use super::ServeError;
+use super::error::ServeError;
 use super::outputs::{DerivedOutputs, NotifierRun, NotifierTask, Outputs};
 use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::Config;

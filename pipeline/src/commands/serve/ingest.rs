@@ -2,7 +2,7 @@
 //! (the Kafka mirror, trimming) and the HTTP/WebSocket server, which stops
 //! accepting at the stop signal and lets in-flight requests finish.
 
-use super::ServeError;
+use super::error::ServeError;
 use super::lease::{Fatal, redis_connection};
 use crate::config::Config;
 use connectors::auth::{Authenticator, RateLimiter};

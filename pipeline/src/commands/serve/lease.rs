@@ -2,7 +2,7 @@
 //! false`: a gateway), at once, or — when several instances share Redis —
 //! only while it holds the dataflow lease, stopping when it loses it.
 
-use super::ServeError;
+use super::error::ServeError;
 use super::dataflow::{DataflowStart, RunningDataflow};
 use crate::config::Config;
 use connectors::Metrics;

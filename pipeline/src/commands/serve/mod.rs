@@ -10,19 +10,22 @@
 //! it is in the log, and unprocessed entries stay pending for the next start.
 //! [`run`] reads in that order, top to bottom.
 //!
+//! - [`error`]: why it stops.
 //! - [`outputs`]: the log, the fanout hub and every output of derived events.
 //! - [`dataflow`]: starting the dataflow and its readers.
 //! - [`lease`]: whether this instance runs the dataflow (the lease).
 //! - [`ingest`]: authentication, mirror, trimming and the HTTP server.
 
 mod dataflow;
+mod error;
 mod ingest;
 mod lease;
 mod outputs;
 
+pub use error::ServeError;
 pub use outputs::open_log;
 
-use super::{ClusterArgs, RuntimeError, toml_string};
+use super::{ClusterArgs, toml_string};
 use crate::config::Config;
 use dataflow::{DataflowStart, RunningDataflow};
 use ingest::Ingest;
@@ -33,57 +36,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Why `serve` could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("cannot reach the log: {0}")]
-    Log(#[from] connectors::LogError),
-    #[error("cannot reach Kafka: {0}")]
-    Kafka(#[from] connectors::kafka::KafkaError),
-    #[error("cannot start the dataflow: {0}")]
-    Checkpoint(crate::runtime::checkpoint::CheckpointError),
-    #[error("cannot start the dataflow: {0}")]
-    Workers(crate::dataflow::WorkerError),
-    #[error("cannot start the dataflow: {0}")]
-    StartPanicked(tokio::task::JoinError),
-    /// The dataflow stopped this instance: it failed to start under the
-    /// lease, or the lease was lost.
-    #[error("cannot start the dataflow: {0}")]
-    Stopped(Arc<ServeError>),
-    #[error("the dataflow lease was lost (another instance runs the dataflow now)")]
-    LeaseLost,
-    #[error("server error: {0}")]
-    Server(std::io::Error),
-    #[error("configuration: fanout.broker = redis needs redis.url (--redis-url / REDIS_URL)")]
-    FanoutNeedsRedis,
-    #[error("configuration: fanout through redis: {0}")]
-    FanoutRedis(connectors::websocket_fanout::BrokerError),
-    /// `derived.dir` cannot be created.
-    #[error("configuration: {0}")]
-    DerivedDir(crate::dataflow::SinkError),
-    #[error("configuration: view store: {0}")]
-    ViewStore(connectors::view_store::ViewError),
-    #[error("configuration: redis.url: {0}")]
-    RedisUrl(redis::RedisError),
-    #[error("configuration: redis.url: {0}")]
-    NotifierStore(connectors::notifier::store::StoreError),
-    #[error("configuration: notifier metrics: {0}")]
-    NotifierMetrics(prometheus::Error),
-    #[error("configuration: {0}")]
-    Notifier(connectors::notifier::runner::NotifierError),
-    #[error("configuration: {0}")]
-    Metrics(prometheus::Error),
-    #[error("configuration: {0}")]
-    Auth(crate::config::ConfigError),
-}
 
 // The flags of `inkstream serve`; each overrides its config key.
 #[derive(clap::Args)]
@@ -165,34 +117,6 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
-    }
-}
-
-impl schemas::Classify for ServeError {
-    fn fault(&self) -> schemas::Fault {
-        use schemas::Fault;
-        match self {
-            ServeError::Bind { .. }
-            | ServeError::FanoutNeedsRedis
-            | ServeError::DerivedDir(_)
-            | ServeError::RedisUrl(_)
-            | ServeError::NotifierStore(_)
-            | ServeError::Notifier(_)
-            | ServeError::Auth(_) => Fault::Config,
-            ServeError::Runtime(_)
-            | ServeError::Log(_)
-            | ServeError::Kafka(_)
-            | ServeError::Server(_)
-            | ServeError::FanoutRedis(_)
-            | ServeError::ViewStore(_)
-            | ServeError::LeaseLost => Fault::External,
-            ServeError::Checkpoint(e) => schemas::Classify::fault(e),
-            ServeError::Workers(e) => schemas::Classify::fault(e),
-            ServeError::Stopped(e) => e.fault(),
-            ServeError::StartPanicked(_)
-            | ServeError::NotifierMetrics(_)
-            | ServeError::Metrics(_) => Fault::Internal,
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! that feeds the hub, the Kafka derived topics, `derived.dir`, the notifier
 //! and the view store.
 
-use super::ServeError;
+use super::error::ServeError;
 use crate::config::{Config, FanoutBroker};
 use crate::dataflow::{DerivedSink, SinkError};
 use crate::file_sink::FileSink;
