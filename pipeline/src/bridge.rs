@@ -7,9 +7,9 @@
 //! acknowledge them in the log. A full channel blocks the source: that is the
 //! backpressure from a slow dataflow to the log reader.
 
-use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
+use crate::runtime::checkpoint::Checkpoints;
 use crate::runtime::operator_stats::OperatorStats;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -12,17 +12,17 @@
 //! also advances with the wall clock while the input is idle (see
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
-use crate::runtime::checkpoint::Checkpoints;
 use crate::config::Config;
 use crate::operators::alert_windows::{AlertWindows, AlertWindowsExt};
 use crate::operators::conflict_windows::ConflictWindows;
-use crate::runtime::operator_stats::OperatorStats;
-use crate::runtime::{Core, Keyed, OperatorCtx};
+use crate::operators::live_wpm::LiveWpm;
 use crate::operators::presence::Presence;
 use crate::operators::sessions::Sessions;
 use crate::operators::team_metrics::TeamMetrics;
-use crate::operators::live_wpm::LiveWpm;
 use crate::operators::{derived_id, stable_hash};
+use crate::runtime::checkpoint::Checkpoints;
+use crate::runtime::operator_stats::OperatorStats;
+use crate::runtime::{Core, Keyed, OperatorCtx};
 use crate::runtime::{EventTime, Record};
 use schemas::Event;
 use schemas::payload::{DeadLetter, Payload};
@@ -101,9 +101,7 @@ pub fn build_graph<'scope>(
     let sessions = events
         .clone()
         .keyed(Sessions::new(&config.sessions, &config.flow), ctx);
-    let presence = events
-        .clone()
-        .keyed(Presence::new(&config.presence), ctx);
+    let presence = events.clone().keyed(Presence::new(&config.presence), ctx);
     let conflicts = events
         .clone()
         .keyed(ConflictWindows::new(&config.conflicts), ctx);

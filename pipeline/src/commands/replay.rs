@@ -8,11 +8,11 @@
 //! (`OUT/<type>.ndjson`); invalid lines and late events go to
 //! `OUT/system.dead_letter.ndjson`.
 
-use crate::runtime::checkpoint::{CheckpointError, Checkpoints};
 use super::{ClusterArgs, toml_string};
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, SinkError, WorkerError, dead_letter, late_event};
 use crate::file_sink::FileSink;
+use crate::runtime::checkpoint::{CheckpointError, Checkpoints};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -234,7 +234,8 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         let reads = worker.index() == 0;
         // The first worker of each process completes its process's checkpoints.
         let completes = worker.index() % threads == 0;
-        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone(), None);
+        let (driver, probe) =
+            dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone(), None);
         let mut last_completed = 0u64;
         let Some(mut driver) = driver else {
             if let (true, Some(c)) = (completes, ckpt.as_ref()) {

@@ -83,9 +83,9 @@
 //! A position is dropped once the frontier is past `ts + window` and it is in
 //! no open conflict; a conflict once resolved; a document once empty.
 
-use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{
     ConflictDetected, ConflictKind, ConflictResolved, ConflictSeverity, EditMode, Payload,
@@ -550,8 +550,8 @@ impl Core for ConflictWindows {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::naive;
+    use super::*;
     use schemas::payload::{CommentAdded, CursorMoved, EditApplied, UserLeft};
 
     const W: i64 = 30_000;

@@ -9,9 +9,9 @@
 //! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
 //! not writing.
 
-use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
 use serde::{Deserialize, Serialize};

@@ -4,10 +4,10 @@
 
 pub mod alert_windows;
 pub mod conflict_windows;
+pub mod live_wpm;
 pub mod presence;
 pub mod sessions;
 pub mod team_metrics;
-pub mod live_wpm;
 
 use schemas::Event;
 

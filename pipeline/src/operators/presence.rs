@@ -75,9 +75,9 @@
 //! one timer entry per pair (plus entries of dropped pairs until their time
 //! passes).
 
-use crate::runtime::{Core, Order};
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
 use serde::{Deserialize, Serialize};
@@ -1749,8 +1749,7 @@ mod tests {
                     feed(&mut before, e, *w);
                 }
                 let bytes = bincode::serialize(&before).expect("serializes");
-                let mut after: Presence =
-                    bincode::deserialize(&bytes).expect("deserializes");
+                let mut after: Presence = bincode::deserialize(&bytes).expect("deserializes");
                 assert!(
                     before.state_size() > 0,
                     "config {c} seed {seed}: empty snapshot"

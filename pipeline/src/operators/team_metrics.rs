@@ -88,9 +88,9 @@
 //! `latest_retention` ([`TeamMetrics::latest`], for the view store). All of
 //! it is serializable: checkpoints snapshot the whole tracker.
 
-use crate::runtime::{Core, Order};
 use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
 use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
 use serde::{Deserialize, Deserializer, Serialize};

@@ -19,7 +19,9 @@
 
 use crate::runtime::checkpoint::Checkpoints;
 use crate::runtime::operator_stats::OperatorStats;
-use crate::runtime::time::{EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped};
+use crate::runtime::time::{
+    EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped,
+};
 use schemas::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -190,14 +192,22 @@ impl<C: Core> Instance<C> {
 
 /// Runs `core` over a stream of its items: `records.keyed(core, &ctx)`.
 pub trait Keyed<'scope, T> {
-    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>>;
+    fn keyed<C: Core<Item = T>>(
+        self,
+        core: C,
+        ctx: &OperatorCtx,
+    ) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope, T> Keyed<'scope, T> for Stream<'scope, u64, Vec<T>>
 where
     T: Timed + Clone + Serialize + DeserializeOwned + Send + 'static,
 {
-    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>> {
+    fn keyed<C: Core<Item = T>>(
+        self,
+        core: C,
+        ctx: &OperatorCtx,
+    ) -> Stream<'scope, u64, Vec<Event>> {
         let ctx = ctx.clone();
         let time = ctx.time;
         let part = format!("{}-w{}", C::NAME, ctx.worker);
@@ -296,10 +306,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::checkpoint::{CheckpointConfig, Checkpoints};
     use crate::config::Config;
     use crate::dataflow::{VecSink, install_graph};
-    use crate::operators::live_wpm::{LiveWpmConfig, LiveWpm};
+    use crate::operators::live_wpm::{LiveWpm, LiveWpmConfig};
+    use crate::runtime::checkpoint::{CheckpointConfig, Checkpoints};
     use schemas::payload::{Keystroke, Payload};
 
     fn ks(id: &str, ts: i64) -> Event {

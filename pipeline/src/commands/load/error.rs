@@ -5,10 +5,7 @@
 pub enum LoadError {
     /// Nothing listens at the address (the server is not running there).
     #[error("connect {addr}: {error}")]
-    Connect {
-        addr: String,
-        error: std::io::Error,
-    },
+    Connect { addr: String, error: std::io::Error },
     /// The WebSocket handshake failed.
     #[error("connect: {0}")]
     WsConnect(tokio_tungstenite::tungstenite::Error),

@@ -75,7 +75,10 @@ fn number_after(frame: &str, key: &str) -> Option<u64> {
 }
 
 /// A keep-alive connection for `http_post`, its buffer and auth header.
-async fn connect(addr: &str, token: Option<&str>) -> Result<(TcpStream, Vec<u8>, String), LoadError> {
+async fn connect(
+    addr: &str,
+    token: Option<&str>,
+) -> Result<(TcpStream, Vec<u8>, String), LoadError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|error| LoadError::Connect {

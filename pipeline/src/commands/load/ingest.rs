@@ -118,12 +118,13 @@ async fn http_connection(
     conn: usize,
     events: u64,
 ) -> Result<(Vec<u32>, u64), LoadError> {
-    let mut stream = TcpStream::connect(&config.addr)
-        .await
-        .map_err(|error| LoadError::Connect {
-            addr: config.addr.clone(),
-            error,
-        })?;
+    let mut stream =
+        TcpStream::connect(&config.addr)
+            .await
+            .map_err(|error| LoadError::Connect {
+                addr: config.addr.clone(),
+                error,
+            })?;
     let _ = stream.set_nodelay(true);
     let batch = if config.mode == Mode::Single {
         1
@@ -193,12 +194,8 @@ pub(crate) async fn http_post(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .await?;
-    stream
-        .write_all(body.as_bytes())
-        .await?;
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
     // Read the response: headers, then Content-Length bytes of body.
     let mut have = 0usize;
     let (status, header_end, length) = loop {

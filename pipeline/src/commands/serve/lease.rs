@@ -2,8 +2,8 @@
 //! false`: a gateway), at once, or — when several instances share Redis —
 //! only while it holds the dataflow lease, stopping when it loses it.
 
-use super::error::ServeError;
 use super::dataflow::{DataflowStart, RunningDataflow};
+use super::error::ServeError;
 use crate::config::Config;
 use connectors::Metrics;
 use connectors::redis_stream::lease::Lease;
@@ -32,7 +32,11 @@ impl DataflowControl {
             Some(t) => t.await.ok().flatten(),
             None => None,
         };
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         (running, lease)
     }
 }
@@ -96,9 +100,7 @@ pub(super) fn launch(
 }
 
 /// A lazy connection to `redis.url`.
-pub(super) fn redis_connection(
-    url: &str,
-) -> Result<redis::aio::ConnectionManager, ServeError> {
+pub(super) fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, ServeError> {
     redis::Client::open(url)
         .and_then(|c| {
             redis::aio::ConnectionManager::new_lazy_with_config(

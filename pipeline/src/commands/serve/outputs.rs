@@ -121,9 +121,9 @@ impl Outputs {
             _ => None,
         };
         let files = match &config.derived.dir {
-            Some(dir) => Some(
-                FileSink::new(dir, String::new(), true).map_err(ServeError::DerivedDir)?,
-            ),
+            Some(dir) => {
+                Some(FileSink::new(dir, String::new(), true).map_err(ServeError::DerivedDir)?)
+            }
             None => None,
         };
         // The notifier's handle serves the routes on every instance; its task

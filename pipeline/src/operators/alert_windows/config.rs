@@ -2,27 +2,11 @@
 //! rules (`match`, `threshold`, `anomaly`), and the error naming the key of
 //! an invalid one. Compiled by [`super::live_rules::LiveRules::new`].
 
-use crate::runtime::{Core, Keyed, OperatorCtx, Order};
-use crate::operators::{derived_id, stable_hash};
-use crate::runtime::{Record, Timed};
-use schemas::payload::{
-    AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
-};
-use schemas::{Event, EventType};
 use crate::operators::OperatorConfigError;
-use serde::{Deserialize, Serialize};
+use schemas::payload::Severity;
+use serde::Deserialize;
 use serde_json::Value;
-use std::borrow::Cow;
-use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
 
 /// `[alerts]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -195,7 +179,10 @@ pub struct ConditionConfig {
     pub value: Value,
 }
 
-pub(super) fn invalid<T>(path: String, message: impl Into<String>) -> Result<T, OperatorConfigError> {
+pub(super) fn invalid<T>(
+    path: String,
+    message: impl Into<String>,
+) -> Result<T, OperatorConfigError> {
     Err(OperatorConfigError {
         path,
         message: message.into(),

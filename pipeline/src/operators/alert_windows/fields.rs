@@ -1,26 +1,10 @@
 //! Field paths, conditions, recipients and templates: the small expression
 //! language of config rules (its syntax is in the module map of [`super`]).
 
-use crate::runtime::{Core, Keyed, OperatorCtx, Order};
-use crate::operators::{derived_id, stable_hash};
-use crate::runtime::{Record, Timed};
-use schemas::payload::{
-    AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
-};
-use schemas::{Event, EventType};
-use serde::{Deserialize, Serialize};
+use schemas::Event;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
 
 /// A field path, recipient or template of a config rule that does not parse;
 /// the caller adds the key's path ([`crate::operators::OperatorConfigError`]).

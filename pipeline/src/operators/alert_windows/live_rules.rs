@@ -2,29 +2,15 @@
 //! (built-in and `match` rules) at once, and an [`Observation`] per stateful
 //! rule (sales milestones, thresholds, anomalies) for the windowed state.
 
-use crate::runtime::{Core, Keyed, OperatorCtx, Order};
-use crate::operators::{derived_id, stable_hash};
-use crate::runtime::{Record, Timed};
-use schemas::payload::{
-    AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
-};
-use schemas::{Event, EventType};
-use crate::operators::OperatorConfigError;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::borrow::Cow;
-use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
 use super::config::*;
 use super::fields::*;
+use crate::operators::OperatorConfigError;
+use crate::operators::derived_id;
+use crate::runtime::Timed;
+use schemas::payload::{AlertTriggered, Direction, Payload, Priority, Severity};
+use schemas::{Event, EventType};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(super) enum Aggregate {
@@ -455,7 +441,12 @@ impl LiveRules {
         }
     }
 
-    pub(super) fn builtin_rules(&self, e: &Event, alerts: &mut Vec<Event>, obs: &mut Vec<Observation>) {
+    pub(super) fn builtin_rules(
+        &self,
+        e: &Event,
+        alerts: &mut Vec<Event>,
+        obs: &mut Vec<Observation>,
+    ) {
         let owner = || match (&e.user_id, &e.project_id) {
             (Some(u), _) => u.clone(),
             (None, Some(p)) => format!("project:{p}"),
@@ -663,8 +654,6 @@ pub(super) fn direction_name(d: Direction) -> &'static str {
         Direction::Below => "below",
     }
 }
-
-
 
 /// What one event contributes to one stateful rule's series: produced by the
 /// live stage, exchanged by (rule, key), processed in event-time order.

@@ -107,24 +107,16 @@ mod live_rules;
 mod tests;
 mod windows;
 
-pub use config::{AlertsConfig, AnomalyRuleConfig, ConditionConfig, MatchRuleConfig, RuleConfig, ThresholdRuleConfig};
+pub use config::{
+    AlertsConfig, AnomalyRuleConfig, ConditionConfig, MatchRuleConfig, RuleConfig,
+    ThresholdRuleConfig,
+};
 pub use live_rules::{LiveRules, Observation, sort_observations};
 pub use windows::AlertWindows;
 
-use crate::runtime::{Core, Keyed, OperatorCtx, Order};
-use crate::operators::{derived_id, stable_hash};
-use crate::runtime::{Record, Timed};
-use schemas::payload::{
-    AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
-};
-use schemas::{Event, EventType};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::borrow::Cow;
-use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use crate::runtime::{Keyed, OperatorCtx, Record};
+use schemas::Event;
 use std::sync::Arc;
-use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
@@ -144,7 +136,11 @@ pub trait AlertWindowsExt<'scope> {
     /// Every alert rule over `self` (all events, input and derived). A
     /// config that fails [`LiveRules::new`] should have been rejected at
     /// startup; if one gets here, it is logged and only the built-in rules run.
-    fn alert_windows(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>>;
+    fn alert_windows(
+        self,
+        config: &AlertsConfig,
+        ctx: &OperatorCtx,
+    ) -> Stream<'scope, u64, Vec<Event>>;
 
     /// The same with rules already compiled.
     fn alert_windows_compiled(
@@ -155,7 +151,11 @@ pub trait AlertWindowsExt<'scope> {
 }
 
 impl<'scope> AlertWindowsExt<'scope> for Stream<'scope, u64, Vec<Record>> {
-    fn alert_windows(self, config: &AlertsConfig, ctx: &OperatorCtx) -> Stream<'scope, u64, Vec<Event>> {
+    fn alert_windows(
+        self,
+        config: &AlertsConfig,
+        ctx: &OperatorCtx,
+    ) -> Stream<'scope, u64, Vec<Event>> {
         let rules = LiveRules::new(config).unwrap_or_else(|error| {
             tracing::error!(%error, "invalid alert rules; only the built-in rules run");
             LiveRules::builtin(config.defaults)

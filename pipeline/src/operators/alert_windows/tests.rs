@@ -1,9 +1,12 @@
-use super::*;
 use super::config::*;
 use super::fields::*;
 use super::live_rules::*;
 use super::windows::*;
-use schemas::payload::Keystroke;
+use super::*;
+use schemas::Event;
+use schemas::payload::{Direction, Keystroke, Payload, Priority, Severity};
+use serde::Deserialize;
+use serde_json::Value;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -748,9 +751,7 @@ fn config_validation_errors_name_the_path() {
             "alerts.rules[1].min_samples: expected 2 to window (5) samples",
         ),
         (
-            rule(
-                "kind = \"anomaly\"\ntype = \"writing.keystroke\"\nvalue = \"data.words\"\nk = 0",
-            ),
+            rule("kind = \"anomaly\"\ntype = \"writing.keystroke\"\nvalue = \"data.words\"\nk = 0"),
             "alerts.rules[1].k: must be a positive number",
         ),
         (
@@ -1223,9 +1224,9 @@ fn outputs_are_identical_with_1_and_2_workers_any_batching_and_disorder() {
         let (out, late) =
             crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
                 let ctx = OperatorCtx::plain(crate::runtime::EventTime {
-                        epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
-                        flush_at_end: cfg.dataflow.flush_at_end,
-                    });
+                    epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
+                    flush_at_end: cfg.dataflow.flush_at_end,
+                });
                 s.alert_windows(&a, &ctx)
             });
         assert!(late.is_empty());

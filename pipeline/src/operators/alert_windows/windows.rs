@@ -3,29 +3,13 @@
 //! processes observations in event-time order and fires crossings when
 //! events arrive or windows slide.
 
-use crate::runtime::{Core, Keyed, OperatorCtx, Order};
-use crate::operators::{derived_id, stable_hash};
-use crate::runtime::{Record, Timed};
-use schemas::payload::{
-    AlertTriggered, AnomalyDetected, Direction, Payload, Priority, Severity, ThresholdCrossed,
-};
-use schemas::{Event, EventType};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::borrow::Cow;
-use std::cell::OnceCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
-use super::config::*;
-use super::fields::*;
 use super::live_rules::*;
+use crate::operators::{derived_id, stable_hash};
+use crate::runtime::{Core, Order};
+use schemas::Event;
+use schemas::payload::{AnomalyDetected, Direction, Payload, Priority, ThresholdCrossed};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The latest envelope and recipients of a series, for transitions that
 /// no event carries (a window sliding).

@@ -1976,9 +1976,9 @@ mod tests {
             let (out, late) =
                 crate::dataflow::run_for_test(arrivals, workers, batch, &config, move |st, cfg| {
                     let ctx = crate::runtime::OperatorCtx::plain(EventTime {
-                            epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
-                            flush_at_end: cfg.dataflow.flush_at_end,
-                        });
+                        epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
+                        flush_at_end: cfg.dataflow.flush_at_end,
+                    });
                     crate::runtime::Keyed::keyed(st, Sessions::new(&s2, &f2), &ctx)
                 });
             assert!(late.is_empty());
