@@ -1,6 +1,15 @@
-//! The dataflow operators, one per file. Each holds its config, a pure core
-//! (no timely, no tokio: plain `observe`/`advance_to`), the timely wrapper as an
-//! extension trait on `Stream`, and its tests.
+//! The dataflow operators: the computations, one file (or folder) each. Each
+//! holds its config, a pure core (no timely, no tokio: plain
+//! `observe`/`advance_to`) run by the operator runtime ([`crate::runtime`]),
+//! and its tests.
+//!
+//! An operator has one name, used everywhere: its file, its core type, its
+//! metric label and checkpoint file (the core's `NAME`), and its timely
+//! extension method where it has one — `live_wpm.rs`/`LiveWpm`/`"LiveWpm"`,
+//! `sessions/`/`Sessions`, `presence.rs`/`Presence`,
+//! `conflict_windows.rs`/`ConflictWindows`, `team_metrics.rs`/`TeamMetrics`,
+//! `alert_windows/`/`AlertWindows`/`.alert_windows()`. The label and file
+//! names are behaviour (dashboards, checkpoints): the rest derives from them.
 
 pub mod alert_windows;
 pub mod conflict_windows;

@@ -1,3 +1,6 @@
+//! The alert operator's tests: config validation, each kind of rule, and the
+//! windowed state, on the pure parts and through the dataflow.
+
 use super::config::*;
 use super::fields::*;
 use super::live_rules::*;
