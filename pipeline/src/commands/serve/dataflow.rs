@@ -3,7 +3,7 @@
 //! beside it) and the handles that the drain stops in order.
 
 use super::error::ServeError;
-use super::outputs::{DerivedOutputs, NotifierRun, NotifierTask, Outputs};
+use super::outputs::{DerivedOutputs, NotifierRun, NotifierTask};
 use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::Config;
 use crate::runtime::checkpoint::Checkpoints;
@@ -29,11 +29,13 @@ pub(super) struct DataflowStart {
 
 impl DataflowStart {
     /// Opens the checkpoints (restoring happens when the workers start).
+    /// Takes the sink and the notifier's task: the dataflow owns them, so
+    /// they end when it does.
     pub fn prepare(
         config: &Config,
         log: &EventLog,
         metrics: &Metrics,
-        outputs: &mut Outputs,
+        (sink, notifier_run): (Arc<DerivedOutputs>, Option<NotifierRun>),
         stop_rx: &watch::Receiver<bool>,
     ) -> Result<DataflowStart, ServeError> {
         // The dataflow reads the event topics when Kafka is configured (each
@@ -57,8 +59,8 @@ impl DataflowStart {
             log: log.clone(),
             metrics: metrics.clone(),
             stop_rx: stop_rx.clone(),
-            notifier_run: outputs.notifier_run.take(),
-            sink: outputs.sink.clone(),
+            notifier_run,
+            sink,
             readers,
             checkpoints,
         })

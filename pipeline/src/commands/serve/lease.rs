@@ -22,12 +22,19 @@ pub(super) struct DataflowControl {
     pub lease_task: Option<JoinHandle<Option<Lease>>>,
     /// Set when the dataflow failed to start or the lease was lost.
     pub fatal_rx: watch::Receiver<Fatal>,
+    /// Without a lease task nothing can set `fatal_rx`; its sender is kept
+    /// here so that it stays open (a closed channel would read as a stop).
+    fatal_tx: Option<watch::Sender<Fatal>>,
+    /// A dataflow this process does not run (a gateway): its outputs stay
+    /// open until the drain ends, as in a process that runs it.
+    unstarted: Option<DataflowStart>,
 }
 
 impl DataflowControl {
     /// Waits for the lease task (it ends at the stop signal) and takes what
     /// runs: the dataflow, if any, and the lease to release.
-    pub async fn settle(self) -> (Option<RunningDataflow>, Option<Lease>) {
+    /// Also returns what must stay alive until the drain ends.
+    pub async fn settle(self) -> (Option<RunningDataflow>, Option<Lease>, impl Sized) {
         let lease = match self.lease_task {
             Some(t) => t.await.ok().flatten(),
             None => None,
@@ -37,7 +44,7 @@ impl DataflowControl {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        (running, lease)
+        (running, lease, (self.fatal_tx, self.unstarted))
     }
 }
 
@@ -63,11 +70,15 @@ pub(super) fn launch(
         .map_err(ServeError::Metrics)?;
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let mut lease_task = None;
+    let mut kept_fatal_tx = None;
+    let mut unstarted = None;
     match (&config.redis.url, config.dataflow.enabled) {
         (_, false) => {
             tracing::info!(
                 "dataflow: off in this process (dataflow.enabled = false): gateway only"
             );
+            kept_fatal_tx = Some(fatal_tx);
+            unstarted = Some(start);
         }
         (Some(url), true) if config.dataflow.lease => {
             let conn = redis_connection(url)?;
@@ -90,12 +101,15 @@ pub(super) fn launch(
         (_, true) => {
             *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(start.start()?);
             active.set(1);
+            kept_fatal_tx = Some(fatal_tx);
         }
     }
     Ok(DataflowControl {
         running,
         lease_task,
         fatal_rx,
+        fatal_tx: kept_fatal_tx,
+        unstarted,
     })
 }
 

@@ -133,10 +133,10 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = connectors::Metrics::standalone();
     let log = open_log(&config).await?;
-    let mut outputs = Outputs::open(&config, &metrics).await?;
+    let outputs = Outputs::open(&config, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let start = DataflowStart::prepare(&config, &log, &metrics, &mut outputs, &stop_rx)?;
+    let start = DataflowStart::prepare(&config, &log, &metrics, outputs.for_dataflow, &stop_rx)?;
     let dataflow = lease::launch(&config, start, &metrics, &stop_rx, &stop_tx)?;
     let ingest = Ingest::start(
         &config,
@@ -192,7 +192,7 @@ async fn drain(
 ) {
     let _ = stop_tx.send(true);
     // The lease task ends at the stop signal; after it, what runs is final.
-    let (running, lease) = dataflow.settle().await;
+    let (running, lease, keep_until_drained) = dataflow.settle().await;
     let (bridge, sources, notifier_task) = match running {
         Some(RunningDataflow {
             bridge,
@@ -235,4 +235,5 @@ async fn drain(
     if let Some(lease) = lease {
         lease.release().await;
     }
+    drop(keep_until_drained);
 }

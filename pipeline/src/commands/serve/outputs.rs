@@ -79,12 +79,10 @@ pub(super) struct Outputs {
     pub derived: Option<Arc<DerivedProducer>>,
     /// The notifier's handle, for the routes (every instance).
     pub notifier: Option<NotifierHandle>,
-    /// The notifier's task, run beside the dataflow only.
-    pub notifier_run: Option<NotifierRun>,
     /// The views, for the routes.
     pub views: ViewStore,
-    /// The dataflow's sink.
-    pub sink: Arc<DerivedOutputs>,
+    /// The dataflow's sink and the notifier's task, for the dataflow.
+    pub for_dataflow: (Arc<DerivedOutputs>, Option<NotifierRun>),
 }
 
 /// The notifier's task once started: its stop signal and its handle.
@@ -152,9 +150,8 @@ impl Outputs {
             hub,
             derived,
             notifier,
-            notifier_run,
             views,
-            sink,
+            for_dataflow: (sink, notifier_run),
         })
     }
 }
