@@ -7,10 +7,10 @@
 //! acknowledge them in the log. A full channel blocks the source: that is the
 //! backpressure from a slow dataflow to the log reader.
 
-use crate::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::dataflow::{self, DerivedSink, late_event};
-use crate::operator_stats::{self, OPERATORS, OperatorStats};
+use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
+use crate::runtime::checkpoint::Checkpoints;
+use crate::runtime::operator_stats::OperatorStats;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -41,7 +41,7 @@ impl Bridge {
         metrics: Metrics,
         readers: usize,
         checkpoints: Option<Arc<Checkpoints>>,
-    ) -> Result<(Bridge, Vec<BridgeEnds>), String> {
+    ) -> Result<(Bridge, Vec<BridgeEnds>), WorkerError> {
         let readers = readers.clamp(1, config.dataflow.workers.max(1));
         let mut tokio_ends = Vec::with_capacity(readers);
         let mut worker_ends = Vec::with_capacity(readers);
@@ -74,15 +74,14 @@ impl Bridge {
             // Workers are numbered across a cluster; readers are this
             // process's first `readers` workers.
             let index = worker.index() - config.dataflow.process_index * workers.max(1);
-            let (driver, probe) = operator_stats::building(&stats, || {
-                dataflow::install(
-                    worker,
-                    &config,
-                    sink.clone(),
-                    index < readers,
-                    checkpoints.clone(),
-                )
-            });
+            let (driver, probe) = dataflow::install(
+                worker,
+                &config,
+                sink.clone(),
+                index < readers,
+                checkpoints.clone(),
+                Some(stats.clone()),
+            );
             let Some(mut driver) = driver else {
                 return;
             };
@@ -196,7 +195,8 @@ impl Bridge {
                     let _ = done_tx.send(done);
                 }
             }
-        })?;
+        })
+        .map_err(WorkerError)?;
         Ok((Bridge { guards }, tokio_ends))
     }
 
@@ -414,7 +414,7 @@ impl CheckpointAcks {
         checkpoints: &Checkpoints,
         worker: usize,
         driver: &mut dataflow::InputDriver,
-    ) -> Result<CheckpointAcks, crate::checkpoint::CheckpointError> {
+    ) -> Result<CheckpointAcks, crate::runtime::checkpoint::CheckpointError> {
         let part = format!("reader-{worker}");
         checkpoints.expect(&part);
         let mut skip = HashMap::new();

@@ -4,7 +4,7 @@
 //! Precedence, lowest first: defaults < TOML file < flags/env < `--set`.
 //! Every section denies unknown fields, and every error names the key path.
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,15 +18,15 @@ pub struct Config {
     pub ingest: IngestSettings,
     pub fanout: FanoutSettings,
     pub dataflow: DataflowConfig,
-    pub wpm: crate::operators::wpm::WpmConfig,
+    pub wpm: crate::operators::live_wpm::LiveWpmConfig,
     pub sessions: crate::operators::sessions::SessionsConfig,
     pub presence: crate::operators::presence::PresenceConfig,
-    pub conflicts: crate::operators::conflicts::ConflictsConfig,
-    pub team: crate::operators::team::TeamConfig,
-    pub alerts: crate::operators::alerts::AlertsConfig,
-    pub checkpoint: crate::checkpoint::CheckpointConfig,
+    pub conflicts: crate::operators::conflict_windows::ConflictWindowsConfig,
+    pub team: crate::operators::team_metrics::TeamMetricsConfig,
+    pub alerts: crate::operators::alert_windows::AlertsConfig,
+    pub checkpoint: crate::runtime::checkpoint::CheckpointConfig,
     pub derived: DerivedSettings,
-    pub flow: crate::operators::flow::FlowConfig,
+    pub flow: crate::operators::sessions::flow::FlowConfig,
     pub auth: AuthSettings,
     /// `[notifications]`: see `connectors::notifier::NotifierConfig` and docs/OPERATIONS.md.
     pub notifications: connectors::notifier::NotifierConfig,
@@ -128,7 +128,7 @@ pub struct ServerConfig {
     /// HTTP port (default 8080; `--port`, `PORT`).
     pub port: u16,
     /// How long shutdown waits for in-flight requests and the dataflow to drain.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub shutdown_grace: Duration,
     /// Most open connections (HTTP and WebSocket); past it, accepting waits (default 50,000).
     pub max_connections: usize,
@@ -156,14 +156,14 @@ pub struct RedisConfig {
     pub shards: u32,
     /// Acknowledged entries younger than this are kept (for replays and
     /// event queries); older ones are trimmed (default 1 h).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub retention: Duration,
     /// How often trimming runs (default 10 s).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub trim_interval: Duration,
     /// Entries pending this long with a consumer that stopped are claimed by
     /// another (XAUTOCLAIM; default 30 s).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub claim_idle_after: Duration,
 }
 
@@ -214,18 +214,18 @@ pub struct IngestSettings {
     /// Largest single event in bytes (default 64 KiB).
     pub max_event_bytes: usize,
     /// How far in the past `ts` may be (default 24 h).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub max_past: Duration,
     /// How far in the future `ts` may be (default 5 min).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub max_future: Duration,
     /// Whether to check `ts` against the server clock at all (default true).
     pub check_skew: bool,
     /// How long an append may take before answering 503 (default 5 s).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub append_timeout: Duration,
     /// How long an event id is remembered per app for deduplication (default 24 h).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub dedup_window: Duration,
     /// Embedded log only: most ids remembered; past it the oldest are
     /// forgotten before the window ends (default 1,000,000).
@@ -294,7 +294,7 @@ pub struct FanoutSettings {
     /// Publications kept per channel for recovery on reconnect (default 100; 0: none).
     pub history_size: usize,
     /// Age after which a kept publication is dropped (default 5m).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub history_max_age: Duration,
     /// Most channels keeping history; the least recently published loses it
     /// first (default 10000). In-process history only.
@@ -358,15 +358,15 @@ pub struct DataflowConfig {
     /// This process's index in `hosts` (default 0).
     pub process_index: usize,
     /// How far behind the newest event time the watermark trails (default 2 s).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub allowed_disorder: Duration,
     /// Granularity of dataflow timestamps: event times are batched into epochs
     /// of this length (default 100 ms).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub epoch: Duration,
     /// `serve` only: with no input for this long, the watermark advances with
     /// the wall clock (default 1 s).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub idle_advance_after: Duration,
     /// Run the dataflow in this process (default true). A gateway-only
     /// instance (`false`) ingests and fans out what another instance's
@@ -379,7 +379,7 @@ pub struct DataflowConfig {
     pub lease: bool,
     /// How long the lease outlives its holder's last renewal (default 10s;
     /// renewed every third of it).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub lease_ttl: Duration,
     /// Consumer group the dataflow reads the log with (default `dataflow`).
     pub group: String,
@@ -460,6 +460,13 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+impl schemas::Classify for ConfigError {
+    /// Every way of loading fails on the deployment's settings.
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::Config
+    }
+}
+
 impl Config {
     /// Loads the file (if any), then applies `overrides` (`dotted.key=value`).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
@@ -509,13 +516,14 @@ impl Config {
                 "must be less than the number of dataflow.hosts",
             );
         }
-        if let Err(message) = self.team.validate() {
-            return bad("team.windows", &message);
+        if let Err(e) = self.team.validate() {
+            // The message names the key again (as it always has).
+            return bad(&e.path, &e.to_string());
         }
         if let Err((path, message)) = self.notifications.validate() {
             return bad(&path, &message);
         }
-        if let Err(e) = crate::operators::alerts::AlertRules::new(&self.alerts) {
+        if let Err(e) = crate::operators::alert_windows::LiveRules::new(&self.alerts) {
             return Err(ConfigError::Invalid {
                 path: e.path.clone(),
                 message: e.message.clone(),
@@ -569,58 +577,6 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), C
     }
     cur.insert(last.to_owned(), value);
     Ok(())
-}
-
-/// A duration: integer milliseconds, or a string such as `500ms`, `2s`, `5m`,
-/// `1h`, `1d` (units may be combined: `1m30s`).
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Ms(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Ms(ms) => Ok(Duration::from_millis(ms)),
-        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err =
-        || format!("expected a duration such as \"500ms\", \"2s\", \"5m\" or \"1h\", got {s:?}");
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(err());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(err());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let ms = match unit {
-            "ms" => 1,
-            "s" => 1000,
-            "m" | "min" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" if rest.is_empty() && total.is_zero() => 1,
-            _ => return Err(err()),
-        };
-        total += Duration::from_millis(n.saturating_mul(ms));
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -696,14 +652,5 @@ mod tests {
         assert!(e.to_string().starts_with("config key server.port"), "{e}");
         let e = Config::load(None, &["dataflow.epoch=abc".into()]).unwrap_err();
         assert!(e.to_string().contains("dataflow.epoch"), "{e}");
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

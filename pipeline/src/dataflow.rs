@@ -12,16 +12,18 @@
 //! also advances with the wall clock while the input is idle (see
 //! [`crate::bridge`]); `replay` is pure event time and flushes at end of input.
 
-use crate::checkpoint::Checkpoints;
 use crate::config::Config;
-use crate::operators::alerts::Alerts;
-use crate::operators::conflicts::ConflictTracker;
-use crate::operators::keyed::{Ctx, Keyed};
-use crate::operators::presence::PresenceTracker;
-use crate::operators::sessions::SessionTracker;
-use crate::operators::team::TeamTracker;
-use crate::operators::wpm::WpmTracker;
-use crate::operators::{EventTime, Record, derived_id, stable_hash};
+use crate::operators::alert_windows::{AlertWindows, AlertWindowsExt};
+use crate::operators::conflict_windows::ConflictWindows;
+use crate::operators::live_wpm::LiveWpm;
+use crate::operators::presence::Presence;
+use crate::operators::sessions::Sessions;
+use crate::operators::team_metrics::TeamMetrics;
+use crate::operators::{derived_id, stable_hash};
+use crate::runtime::checkpoint::Checkpoints;
+use crate::runtime::operator_stats::OperatorStats;
+use crate::runtime::{Core, Keyed, OperatorCtx};
+use crate::runtime::{EventTime, Record};
 use schemas::Event;
 use schemas::payload::{DeadLetter, Payload};
 use serde::{Deserialize, Serialize};
@@ -45,8 +47,36 @@ pub trait DerivedSink: Send + Sync + 'static {
     fn emit(&self, events: &mut Vec<Event>);
     /// Makes everything emitted so far durable (before a checkpoint is
     /// declared complete).
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// Timely's own failures: workers that could not start (a cluster peer
+/// unreachable, an address in use) or that panicked. Timely reports both
+/// only as text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WorkerError(pub String);
+
+impl schemas::Classify for WorkerError {
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::External
+    }
+}
+
+/// Why a sink could not write or make durable what it was given.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to {path}: {source}")]
+pub struct SinkError {
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
+}
+
+impl schemas::Classify for SinkError {
+    /// The disk or the service behind it (full, gone, read-only).
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::External
     }
 }
 
@@ -60,34 +90,45 @@ pub trait DerivedSink: Send + Sync + 'static {
 ///          │                     ▼             │      │
 ///          ├─ team_metrics ◀── conflicts       │      │
 ///          │                                   ▼      │
-///          └─ alert_rules ◀── records + session/flow ─┘
+///          └─ alert_windows ◀── records + session/flow ─┘
 /// ```
 pub fn build_graph<'scope>(
     events: Stream<'scope, u64, Vec<Record>>,
     config: &Config,
-    ctx: &Ctx,
+    ctx: &OperatorCtx,
 ) -> Stream<'scope, u64, Vec<Event>> {
-    let wpm = events.clone().keyed(WpmTracker::new(&config.wpm), ctx);
+    let wpm = events.clone().keyed(LiveWpm::new(&config.wpm), ctx);
     let sessions = events
         .clone()
-        .keyed(SessionTracker::new(&config.sessions, &config.flow), ctx);
-    let presence = events
-        .clone()
-        .keyed(PresenceTracker::new(&config.presence), ctx);
+        .keyed(Sessions::new(&config.sessions, &config.flow), ctx);
+    let presence = events.clone().keyed(Presence::new(&config.presence), ctx);
     let conflicts = events
         .clone()
-        .keyed(ConflictTracker::new(&config.conflicts), ctx);
+        .keyed(ConflictWindows::new(&config.conflicts), ctx);
     let team = events
         .clone()
         .concat(as_records(conflicts.clone()))
-        .keyed(TeamTracker::new(&config.team), ctx);
+        .keyed(TeamMetrics::new(&config.team), ctx);
     // Alerts read the input and what the sessions derive (flow state).
     let alerts = events
         .concat(as_records(sessions.clone()))
-        .alert_rules(&config.alerts, ctx);
+        .alert_windows(&config.alerts, ctx);
     let scope = wpm.scope();
     scope.concatenate([wpm, sessions, presence, conflicts, team, alerts])
 }
+
+/// Every keyed operator's name ([`Core::NAME`]: its metric label and
+/// checkpoint file), in the order [`build_graph`] wires them: the closed
+/// label set of the per-operator metrics, initialized at startup so each
+/// series exists at once.
+pub const OPERATORS: [&str; 6] = [
+    LiveWpm::NAME,
+    Sessions::NAME,
+    Presence::NAME,
+    ConflictWindows::NAME,
+    TeamMetrics::NAME,
+    AlertWindows::NAME,
+];
 
 /// Derived events as records, to feed other operators (records are what
 /// crosses workers; see [`Record`]).
@@ -233,7 +274,7 @@ impl InputDriver {
     /// channels are FIFO). A record's stamp is never later than its own
     /// epoch, so the frontier still means "no event before this time can
     /// come": frontier-driven operators park records by their own epoch
-    /// ([`crate::operators::EpochBuffer`]).
+    /// ([`crate::runtime::EpochBuffer`]).
     ///
     /// An event id seen before (within the disorder window: older copies are
     /// late anyway) is a duplicate: counted in [`InputDriver::duplicates`]
@@ -440,7 +481,8 @@ impl InputDriver {
     }
 }
 
-/// Builds the dataflow on `worker` with its output going to `sink`. Returns
+/// Builds the dataflow on `worker` with its output going to `sink` (and its
+/// operators' figures to `stats`, when given). Returns
 /// the input driver when this worker reads a source (`reader`), and a probe
 /// on the output. Each reading worker holds its own watermark (per-input
 /// watermarks, as with Kafka partitions); the frontier is their minimum.
@@ -450,14 +492,16 @@ pub fn install<S: DerivedSink>(
     sink: Arc<S>,
     reader: bool,
     checkpoints: Option<Arc<Checkpoints>>,
+    stats: Option<OperatorStats>,
 ) -> (Option<InputDriver>, ProbeHandle<u64>) {
-    let ctx = Ctx {
+    let ctx = OperatorCtx {
         time: EventTime {
             epoch_ms: config.dataflow.epoch.as_millis().max(1) as u64,
             flush_at_end: config.dataflow.flush_at_end,
         },
         worker: worker.index(),
         checkpoints,
+        stats,
     };
     let checkpoints = ctx.checkpoints.clone();
     install_graph(worker, config, sink, reader, checkpoints, |events| {

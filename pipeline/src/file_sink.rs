@@ -4,8 +4,7 @@
 //! made durable before a checkpoint completes, and a line a crash left
 //! half written is cut).
 
-use crate::dataflow::DerivedSink;
-use crate::replay::ReplayError;
+use crate::dataflow::{DerivedSink, SinkError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -23,14 +22,14 @@ pub struct FileSink {
     pub(crate) resume: bool,
     pub(crate) files: Mutex<HashMap<&'static str, BufWriter<File>>>,
     pub(crate) counts: Mutex<BTreeMap<&'static str, u64>>,
-    pub(crate) error: Mutex<Option<ReplayError>>,
+    pub(crate) error: Mutex<Option<SinkError>>,
 }
 
 impl FileSink {
     /// Writes into `dir` (created), appending to existing files when
     /// `resume`, with `suffix` before `.ndjson` (`.p<i>` in a cluster).
-    pub fn new(dir: &Path, suffix: String, resume: bool) -> Result<FileSink, ReplayError> {
-        std::fs::create_dir_all(dir).map_err(|source| ReplayError::Output {
+    pub fn new(dir: &Path, suffix: String, resume: bool) -> Result<FileSink, SinkError> {
+        std::fs::create_dir_all(dir).map_err(|source| SinkError {
             path: dir.into(),
             source,
         })?;
@@ -53,17 +52,17 @@ impl FileSink {
     }
 
     /// The first write error, if any (emit cannot return one).
-    pub fn take_error(&self) -> Option<ReplayError> {
+    pub fn take_error(&self) -> Option<SinkError> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), ReplayError> {
+    fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), SinkError> {
         // Serialize outside the lock (workers do it in parallel), one buffer
         // per type; then one locked write per type.
         let mut buffers: BTreeMap<&'static str, (Vec<u8>, u64)> = BTreeMap::new();
         for e in events.drain(..) {
             let (buf, n) = buffers.entry(e.event_type()).or_default();
-            serde_json::to_writer(&mut *buf, &e).map_err(|err| ReplayError::Output {
+            serde_json::to_writer(&mut *buf, &e).map_err(|err| SinkError {
                 path: self.dir.clone(),
                 source: err.into(),
             })?;
@@ -80,14 +79,14 @@ impl FileSink {
                 } else {
                     File::create(path())
                 }
-                .map_err(|source| ReplayError::Output {
+                .map_err(|source| SinkError {
                     path: path(),
                     source,
                 })?;
                 files.insert(ty, BufWriter::with_capacity(1 << 20, f));
             }
             if let Some(w) = files.get_mut(ty) {
-                w.write_all(&buf).map_err(|source| ReplayError::Output {
+                w.write_all(&buf).map_err(|source| SinkError {
                     path: path(),
                     source,
                 })?;
@@ -97,14 +96,14 @@ impl FileSink {
         Ok(())
     }
 
-    pub fn flush(&self) -> Result<(), ReplayError> {
+    pub fn flush(&self) -> Result<(), SinkError> {
         self.flush_files(false)
     }
 
-    fn flush_files(&self, durable: bool) -> Result<(), ReplayError> {
+    fn flush_files(&self, durable: bool) -> Result<(), SinkError> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for (ty, w) in files.iter_mut() {
-            let err = |source| ReplayError::Output {
+            let err = |source| SinkError {
                 path: self.dir.join(format!("{ty}{}.ndjson", self.suffix)),
                 source,
             };
@@ -154,7 +153,7 @@ impl DerivedSink for FileSink {
         }
     }
 
-    fn sync(&self) -> Result<(), String> {
-        self.flush_files(true).map_err(|e| e.to_string())
+    fn sync(&self) -> Result<(), SinkError> {
+        self.flush_files(true)
     }
 }

@@ -1,21 +1,21 @@
 //! inkstream's dataflow and the assembly of the `inkstream` binary.
 //!
-//! - [`operators`]: one file per computation; a pure core plus its timely wrapper.
-//! - [`dataflow`]: wires the operators; event time, watermark and late events.
+//! - [`operators`]: the computations, one file (or folder) per operator: its
+//!   config, a pure core, its timely wrapper and its tests.
+//! - [`runtime`]: what operators run in — the keyed operator runtime, event
+//!   time and epochs, checkpoints, operator stats, the config's durations.
+//! - [`dataflow`]: wires the operators; the input driver (event time,
+//!   watermark, late events) and the sink trait.
 //! - [`bridge`]: the only module touching both tokio and timely.
-//! - [`serve`], [`replay`], [`generate`], [`load`]: the subcommands.
+//! - [`file_sink`]: derived events as NDJSON files (replay's output, `derived.dir`).
 //! - [`config`]: the TOML file, flags, env vars and `--set` overrides.
+//! - [`commands`]: the subcommands (`serve`, `replay`, `generate`, `load`,
+//!   `healthcheck`, `schemas`), one file or folder each.
 
 pub mod bridge;
-pub mod checkpoint;
+pub mod commands;
 pub mod config;
 pub mod dataflow;
-pub mod fanout_load;
 pub mod file_sink;
-pub mod generate;
-pub mod healthcheck;
-pub mod load;
-pub mod operator_stats;
 pub mod operators;
-pub mod replay;
-pub mod serve;
+pub mod runtime;

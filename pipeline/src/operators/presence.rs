@@ -6,7 +6,7 @@
 //! events and comments). Events without a `user_id` or without a
 //! `document_id` are ignored, and so are derived types (`EventType::derived`:
 //! conflicts, flow state, metrics...), which the pipeline computes itself.
-//! It runs in the operator runtime ([`crate::operators::keyed`], live:
+//! It runs in the operator runtime ([`crate::runtime::keyed`], live:
 //! [`Order::Arrival`]), exchanged by `document_id`, so one document's
 //! collaborators live on one worker and each pair's events arrive in log
 //! order; its whole state is saved at checkpoint barriers.
@@ -75,8 +75,9 @@
 //! one timer entry per pair (plus entries of dropped pairs until their time
 //! passes).
 
-use crate::operators::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
 use serde::{Deserialize, Serialize};
@@ -89,18 +90,18 @@ use std::time::Duration;
 pub struct PresenceConfig {
     /// Idle time after which an online collaborator is away (default 5 min;
     /// idle for exactly this long is still online).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub away_after: Duration,
     /// Idle time after which a collaborator is offline and forgotten
     /// (default 15 min; exactly this long is not yet offline).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub offline_after: Duration,
     /// Least event time between two updates caused by cursor movement of one
     /// collaborator in one document (default 1 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub cursor_interval: Duration,
     /// Window of `typing_wpm` (default 1 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub typing_window: Duration,
 }
 
@@ -301,10 +302,10 @@ fn prune_typing(p: &mut Pair, watermark: i64, window_ms: i64) {
 }
 
 /// The pure core. Feed each pair's events in arrival order; tell it the
-/// watermark with [`PresenceTracker::advance_to`]. Serializable whole (a
+/// watermark with [`Presence::advance_to`]. Serializable whole (a
 /// checkpoint restores it as it was).
 #[derive(Serialize, Deserialize)]
-pub struct PresenceTracker {
+pub struct Presence {
     lim: Limits,
     /// document → user → state.
     docs: HashMap<String, HashMap<String, Pair>>,
@@ -321,10 +322,10 @@ enum Action {
     Leave,
 }
 
-impl PresenceTracker {
-    pub fn new(config: &PresenceConfig) -> PresenceTracker {
+impl Presence {
+    pub fn new(config: &PresenceConfig) -> Presence {
         let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
-        PresenceTracker {
+        Presence {
             lim: Limits {
                 away_ms: ms(config.away_after),
                 offline_ms: ms(config.offline_after),
@@ -558,14 +559,14 @@ fn note_project(p: &mut Pair, e: &Event) {
 }
 
 /// Live (arrival order), keyed by document, in the operator runtime:
-/// `records.keyed(PresenceTracker::new(&config.presence), &ctx)`.
+/// `records.keyed(Presence::new(&config.presence), &ctx)`.
 ///
 /// The runtime stamps what `observe` emits no earlier than the input
 /// container's stamp, so a missed away/offline fired by a later event can
 /// be stamped later than its own epoch (its deadline may be before that
 /// stamp, the frontier not having caught up); harmless while nothing
 /// downstream parks presence updates.
-impl Core for PresenceTracker {
+impl Core for Presence {
     type Item = Record;
     const NAME: &'static str = "Presence";
     const ORDER: Order = Order::Arrival;
@@ -581,19 +582,19 @@ impl Core for PresenceTracker {
     }
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
-        PresenceTracker::observe(self, &r.event, out);
+        Presence::observe(self, &r.event, out);
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        PresenceTracker::advance_to(self, watermark, out);
+        Presence::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        PresenceTracker::flush(self, out);
+        Presence::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        PresenceTracker::state_size(self)
+        Presence::state_size(self)
     }
 
     fn sort_epoch(_records: &mut [Record]) {}
@@ -602,8 +603,8 @@ impl Core for PresenceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operators::EventTime;
-    use crate::operators::keyed::{Ctx, Keyed};
+    use crate::runtime::EventTime;
+    use crate::runtime::{Keyed, OperatorCtx};
     use serde_json::json;
 
     const MIN: i64 = 60_000;
@@ -665,7 +666,7 @@ mod tests {
             .collect()
     }
 
-    fn run(t: &mut PresenceTracker, events: &[Event]) -> Vec<Event> {
+    fn run(t: &mut Presence, events: &[Event]) -> Vec<Event> {
         let mut out = Vec::new();
         for e in events {
             t.observe(e, &mut out);
@@ -673,8 +674,8 @@ mod tests {
         out
     }
 
-    fn tracker() -> PresenceTracker {
-        PresenceTracker::new(&PresenceConfig::default())
+    fn tracker() -> Presence {
+        Presence::new(&PresenceConfig::default())
     }
 
     #[test]
@@ -1000,7 +1001,7 @@ mod tests {
             typing_window: Duration::from_secs(30),
             ..Default::default()
         };
-        let mut t = PresenceTracker::new(&cfg);
+        let mut t = Presence::new(&cfg);
         let out = run(&mut t, &[ks("a", 0, 10)]);
         assert_eq!(presence(&out[0]).typing_wpm, Some(20.0));
     }
@@ -1129,7 +1130,7 @@ mod tests {
             away_after: OFFLINE_D,
             ..Default::default()
         };
-        let mut t = PresenceTracker::new(&cfg);
+        let mut t = Presence::new(&cfg);
         let mut out = run(&mut t, &[ks("a", 0, 1)]);
         t.advance_to(OFFLINE + 1, &mut out);
         assert_eq!(statuses(&out), [(0, "online"), (OFFLINE, "offline")]);
@@ -1564,7 +1565,7 @@ mod tests {
     /// it was at (what lets the runtime stamp every update at its own epoch).
     fn core(cfg: &PresenceConfig, events: &[Event], seed: u64) -> Vec<Event> {
         let mut rng = SplitMix(seed ^ 0xabcd);
-        let mut t = PresenceTracker::new(cfg);
+        let mut t = Presence::new(cfg);
         let mut out = Vec::new();
         let (mut max_ts, mut said) = (i64::MIN, i64::MIN);
         let check = |out: &[Event], from: usize, said: i64| {
@@ -1681,12 +1682,8 @@ mod tests {
                                 epoch_ms: c.dataflow.epoch.as_millis() as u64,
                                 flush_at_end: c.dataflow.flush_at_end,
                             };
-                            let ctx = Ctx {
-                                time,
-                                worker: 0,
-                                checkpoints: None,
-                            };
-                            s.keyed(PresenceTracker::new(&pc), &ctx)
+                            let ctx = OperatorCtx::plain(time);
+                            s.keyed(Presence::new(&pc), &ctx)
                         },
                     );
                     assert!(late.is_empty(), "the stream has no late events");
@@ -1703,13 +1700,13 @@ mod tests {
 
     /// Through the `Core` interface, as the runtime drives it: the record,
     /// then (maybe) a watermark.
-    fn feed(t: &mut PresenceTracker, e: &Event, watermark: Option<i64>) -> Vec<Event> {
+    fn feed(t: &mut Presence, e: &Event, watermark: Option<i64>) -> Vec<Event> {
         let mut out = Vec::new();
         let r = Record {
             seq: 0,
             event: std::sync::Arc::new(e.clone()),
         };
-        if <PresenceTracker as Core>::wants(&r) {
+        if <Presence as Core>::wants(&r) {
             Core::observe(t, &r, &mut out);
         }
         if let Some(w) = watermark {
@@ -1747,13 +1744,12 @@ mod tests {
                     watermarks.push(tick.then_some(w));
                 }
                 let half = events.len() / 2;
-                let mut before = PresenceTracker::new(cfg);
+                let mut before = Presence::new(cfg);
                 for (e, w) in events[..half].iter().zip(&watermarks) {
                     feed(&mut before, e, *w);
                 }
                 let bytes = bincode::serialize(&before).expect("serializes");
-                let mut after: PresenceTracker =
-                    bincode::deserialize(&bytes).expect("deserializes");
+                let mut after: Presence = bincode::deserialize(&bytes).expect("deserializes");
                 assert!(
                     before.state_size() > 0,
                     "config {c} seed {seed}: empty snapshot"

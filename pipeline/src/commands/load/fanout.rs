@@ -11,7 +11,8 @@
 //!   measures ingest → live WPM message on the socket from each message's
 //!   event time (ms resolution; client and server share the clock).
 
-use crate::load::http_post;
+use super::LoadError;
+use super::ingest::{http_post, percentile_ms};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +32,26 @@ pub struct FanoutReport {
 }
 
 impl FanoutReport {
+    /// Prints the report line of `--mode fanout` or `e2e`.
+    pub fn print(&self, mode: &str) {
+        println!(
+            "{mode}: {} messages over {} connections in {:.2} s: {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            self.delivered,
+            self.connections,
+            self.elapsed.as_secs_f64(),
+            self.per_second(),
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.99),
+            self.percentile_ms(1.0),
+            self.latencies_us.len()
+        );
+    }
+
     pub fn per_second(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        crate::load::percentile_ms(&self.latencies_us, p)
+        percentile_ms(&self.latencies_us, p)
     }
 }
 
@@ -59,10 +75,16 @@ fn number_after(frame: &str, key: &str) -> Option<u64> {
 }
 
 /// A keep-alive connection for `http_post`, its buffer and auth header.
-async fn connect(addr: &str, token: Option<&str>) -> Result<(TcpStream, Vec<u8>, String), String> {
+async fn connect(
+    addr: &str,
+    token: Option<&str>,
+) -> Result<(TcpStream, Vec<u8>, String), LoadError> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|error| LoadError::Connect {
+            addr: addr.to_owned(),
+            error,
+        })?;
     let _ = stream.set_nodelay(true);
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -73,26 +95,32 @@ async fn connect(addr: &str, token: Option<&str>) -> Result<(TcpStream, Vec<u8>,
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn subscribe(addr: &str, token: Option<&str>, channel: &str) -> Result<Ws, String> {
+async fn subscribe(addr: &str, token: Option<&str>, channel: &str) -> Result<Ws, LoadError> {
     let mut url = format!("ws://{addr}/ws/analytics");
     if let Some(t) = token {
         url.push_str(&format!("?token={t}"));
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(LoadError::WsConnect)?;
     let sub = format!(r#"{{"op":"subscribe","channel":"{channel}"}}"#);
-    ws.send(Message::text(sub))
-        .await
-        .map_err(|e| e.to_string())?;
+    ws.send(Message::text(sub)).await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.contains(r#""op":"subscribed""#) => return Ok(ws),
             Some(Ok(Message::Text(t))) if t.contains(r#""op":"error""#) => {
-                return Err(format!("subscribe refused: {t}"));
+                return Err(LoadError::Rejected {
+                    step: "subscribe refused".into(),
+                    reply: t.to_string(),
+                });
             }
             Some(Ok(_)) => continue,
-            other => return Err(format!("subscribe: {other:?}")),
+            other => {
+                return Err(LoadError::Rejected {
+                    step: "subscribe".into(),
+                    reply: format!("{other:?}"),
+                });
+            }
         }
     }
 }
@@ -103,7 +131,7 @@ pub async fn fanout(
     token: Option<&str>,
     connections: usize,
     broadcasts: u64,
-) -> Result<FanoutReport, String> {
+) -> Result<FanoutReport, LoadError> {
     let channel = "category:load";
     let delivered = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
@@ -164,7 +192,10 @@ pub async fn fanout(
         )
         .await?;
         if status != 200 {
-            return Err(format!("broadcast: {status} {reply}"));
+            return Err(LoadError::Rejected {
+                step: "broadcast".into(),
+                reply: format!("{status} {reply}"),
+            });
         }
     }
     for r in readers {
@@ -188,7 +219,7 @@ pub async fn end_to_end(
     users: u32,
     rate: u64,
     seconds: u64,
-) -> Result<FanoutReport, String> {
+) -> Result<FanoutReport, LoadError> {
     let mut ws = subscribe(addr, token, "category:analytics").await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let reader = tokio::spawn(async move {
@@ -245,14 +276,17 @@ pub async fn end_to_end(
         )
         .await?;
         if status != 202 {
-            return Err(format!("ingest: {status} {reply}"));
+            return Err(LoadError::Rejected {
+                step: "ingest".into(),
+                reply: format!("{status} {reply}"),
+            });
         }
         sent += per_tick;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = stop_tx.send(true);
     let elapsed = start.elapsed();
-    let mut latencies_us = reader.await.map_err(|e| e.to_string())?;
+    let mut latencies_us = reader.await?;
     latencies_us.sort_unstable();
     Ok(FanoutReport {
         connections: 1,

@@ -83,8 +83,9 @@
 //! A position is dropped once the frontier is past `ts + window` and it is in
 //! no open conflict; a conflict once resolved; a document once empty.
 
-use crate::operators::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash};
+use crate::operators::{derived_id, stable_hash};
+use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{
     ConflictDetected, ConflictKind, ConflictResolved, ConflictSeverity, EditMode, Payload,
@@ -96,19 +97,19 @@ use std::time::Duration;
 /// Settings of the conflict-window operator (`[conflicts]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ConflictsConfig {
+pub struct ConflictWindowsConfig {
     /// Two positions at most this far apart in event time can conflict, and
     /// a conflict ends this long after its later position (default 30 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub window: Duration,
     /// `cursor_moved` modes that place the user as editing (default
     /// `["edit", "review"]`); in other modes the cursor clears the position.
     pub editing_modes: Vec<EditMode>,
 }
 
-impl Default for ConflictsConfig {
+impl Default for ConflictWindowsConfig {
     fn default() -> Self {
-        ConflictsConfig {
+        ConflictWindowsConfig {
             window: Duration::from_secs(30),
             editing_modes: vec![EditMode::Edit, EditMode::Review],
         }
@@ -194,7 +195,7 @@ struct Doc {
     conflicts: BTreeMap<(String, String), Open>,
     /// Last project id seen, forgotten when the document goes dormant.
     project_id: Option<String>,
-    /// This document's entry in `ConflictTracker::timers`.
+    /// This document's entry in `ConflictWindows::timers`.
     wake: Option<i64>,
 }
 
@@ -218,7 +219,7 @@ impl Doc {
 /// Serializable as a whole (checkpoints): it holds no config struct, only
 /// the window in ms and the editing modes, and no `Event`.
 #[derive(Serialize, Deserialize)]
-pub struct ConflictTracker {
+pub struct ConflictWindows {
     window_ms: i64,
     editing_modes: Vec<EditMode>,
     docs: HashMap<String, Doc>,
@@ -227,9 +228,9 @@ pub struct ConflictTracker {
     timers: BTreeSet<(i64, String)>,
 }
 
-impl ConflictTracker {
-    pub fn new(config: &ConflictsConfig) -> ConflictTracker {
-        ConflictTracker {
+impl ConflictWindows {
+    pub fn new(config: &ConflictWindowsConfig) -> ConflictWindows {
+        ConflictWindows {
             window_ms: config.window.as_millis().min(i64::MAX as u128) as i64,
             editing_modes: config.editing_modes.clone(),
             docs: HashMap::new(),
@@ -502,7 +503,7 @@ fn resolved(
 
 /// Live (per-document arrival order) and keyed by document, in the
 /// operator runtime: every position of a document meets on one worker.
-impl Core for ConflictTracker {
+impl Core for ConflictWindows {
     type Item = Record;
     const NAME: &'static str = "ConflictWindows";
     const ORDER: Order = Order::Arrival;
@@ -526,19 +527,19 @@ impl Core for ConflictTracker {
     }
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
-        ConflictTracker::observe(self, &r.event, out);
+        ConflictWindows::observe(self, &r.event, out);
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        ConflictTracker::advance_to(self, watermark, out);
+        ConflictWindows::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        ConflictTracker::flush(self, out);
+        ConflictWindows::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        ConflictTracker::state_size(self)
+        ConflictWindows::state_size(self)
     }
 
     /// Unused (arrival order); what `Order::EventTime` would need.
@@ -549,6 +550,7 @@ impl Core for ConflictTracker {
 
 #[cfg(test)]
 mod tests {
+    use super::naive;
     use super::*;
     use schemas::payload::{CommentAdded, CursorMoved, EditApplied, UserLeft};
 
@@ -633,12 +635,12 @@ mod tests {
             .collect()
     }
 
-    fn tracker() -> ConflictTracker {
-        ConflictTracker::new(&ConflictsConfig::default())
+    fn tracker() -> ConflictWindows {
+        ConflictWindows::new(&ConflictWindowsConfig::default())
     }
 
     /// Feeds `events` and returns the digest of what they emitted.
-    fn run(t: &mut ConflictTracker, events: &[Event]) -> Vec<Out> {
+    fn run(t: &mut ConflictWindows, events: &[Event]) -> Vec<Out> {
         let mut out = Vec::new();
         for e in events {
             t.observe(e, &mut out);
@@ -1085,13 +1087,13 @@ mod tests {
 
     #[test]
     fn config_reads_from_toml() {
-        let c: ConflictsConfig =
+        let c: ConflictWindowsConfig =
             toml::from_str("window = \"10s\"\nediting_modes = [\"edit\"]").unwrap();
         assert_eq!(c.window, Duration::from_secs(10));
         assert_eq!(c.editing_modes, [EditMode::Edit]);
-        let c: ConflictsConfig = toml::from_str("").unwrap();
+        let c: ConflictWindowsConfig = toml::from_str("").unwrap();
         assert_eq!(c.window, Duration::from_secs(30));
-        assert!(toml::from_str::<ConflictsConfig>("windw = 1").is_err());
+        assert!(toml::from_str::<ConflictWindowsConfig>("windw = 1").is_err());
     }
 
     // ---- a naive reference, compared on seeded random streams ----------------
@@ -1165,244 +1167,6 @@ mod tests {
             .collect()
     }
 
-    /// The rules, written out naively: every position ever seen is kept,
-    /// nothing is dropped, and time only passes at the end.
-    mod naive {
-        use super::*;
-
-        /// Where a user edits: (paragraph, half-open selection), `None` when not editing.
-        pub type At = Option<(i64, Option<(i64, i64)>)>;
-
-        pub struct Conflict {
-            pub doc: String,
-            pub a: String,
-            pub b: String,
-            pub id: String,
-            pub paragraph: i64,
-            pub high: bool,
-            pub since: i64,
-            pub until: i64,
-            pub project: Option<String>,
-        }
-
-        #[derive(Default)]
-        pub struct Reference {
-            /// (doc, user, ts, Some((paragraph, selection)) when editing)
-            pub positions: Vec<(String, String, i64, At)>,
-            pub conflicts: Vec<Conflict>,
-            pub projects: Vec<(String, Option<String>)>,
-            pub out: Vec<Event>,
-        }
-
-        fn emit(out: &mut Vec<Event>, c: &Conflict, data: [Payload; 2], ts: i64, kind: &str) {
-            for (to, data) in [&c.a, &c.b].into_iter().zip(data) {
-                out.push(Event {
-                    id: derived_id(kind, &[&c.id, to]),
-                    ts,
-                    user_id: Some(to.clone()),
-                    project_id: c.project.clone(),
-                    document_id: Some(c.doc.clone()),
-                    data,
-                });
-            }
-        }
-
-        fn resolve(out: &mut Vec<Event>, c: &Conflict, ts: i64, why: &str) {
-            let data = |other: &str| {
-                Payload::CollaborationConflictResolved(ConflictResolved {
-                    conflict_id: c.id.clone(),
-                    other_user_id: other.to_owned(),
-                    paragraph: c.paragraph,
-                    duration_ms: ts - c.since,
-                    resolution: Some(why.to_owned()),
-                })
-            };
-            emit(out, c, [data(&c.b), data(&c.a)], ts, "conflict_resolved");
-        }
-
-        impl Reference {
-            fn latest(&self, doc: &str, user: &str) -> Option<usize> {
-                self.positions
-                    .iter()
-                    .rposition(|(d, u, _, _)| d == doc && u == user)
-            }
-
-            pub fn observe(&mut self, e: &Event, w: i64) {
-                let doc = e.document_id.clone().unwrap();
-                let user = e.user_id.clone().unwrap();
-                let at = match &e.data {
-                    Payload::CollaborationCursorMoved(c)
-                        if matches!(c.mode, EditMode::Edit | EditMode::Review) =>
-                    {
-                        let sel = match c.selection.as_deref() {
-                            Some(&[x, y]) if x < y => Some((x, y)),
-                            Some(&[x, y]) if y < x => Some((y, x)),
-                            _ => None,
-                        };
-                        Some((c.paragraph, sel))
-                    }
-                    Payload::CollaborationCursorMoved(_) => None,
-                    Payload::CollaborationEditApplied(a) => Some((a.paragraph, None)),
-                    Payload::CollaborationUserLeft(_) => None,
-                    _ => return,
-                };
-                let why_gone = match &e.data {
-                    Payload::CollaborationUserLeft(_) => "user_left",
-                    _ => "stopped_editing",
-                };
-                let t = e.ts;
-                if let Some(i) = self.latest(&doc, &user)
-                    && self.positions[i].2 > t
-                {
-                    return;
-                }
-                // Project memory: forgotten when nothing of the doc is live at t.
-                let live = self
-                    .positions
-                    .iter()
-                    .any(|(d, _, ts, _)| *d == doc && ts + w >= t)
-                    || self.conflicts.iter().any(|c| c.doc == doc && c.until >= t);
-                let mut project = self
-                    .projects
-                    .iter()
-                    .rev()
-                    .find(|(d, _)| *d == doc)
-                    .and_then(|(_, p)| p.clone());
-                if !live {
-                    project = None;
-                }
-                if e.project_id.is_some() {
-                    project = e.project_id.clone();
-                }
-                self.projects.push((doc.clone(), project.clone()));
-                self.positions.push((doc.clone(), user.clone(), t, at));
-
-                let mut users: Vec<String> = self
-                    .positions
-                    .iter()
-                    .filter(|(d, u, _, _)| *d == doc && *u != user)
-                    .map(|(_, u, _, _)| u.clone())
-                    .collect();
-                users.sort();
-                users.dedup();
-                for v in users {
-                    let (_, _, tv, vat) = self.positions[self.latest(&doc, &v).unwrap()].clone();
-                    let (a, b) = if user < v {
-                        (user.clone(), v.clone())
-                    } else {
-                        (v.clone(), user.clone())
-                    };
-                    // (paragraph, high, kind)
-                    let rel = match (at, vat) {
-                        (Some((p, s1)), Some((q, s2))) if p == q => {
-                            let overlap = match (s1, s2) {
-                                (Some((x1, y1)), Some((x2, y2))) => x1 < y2 && x2 < y1,
-                                _ => false,
-                            };
-                            Some((
-                                p,
-                                true,
-                                if overlap {
-                                    OverlappingSelection
-                                } else {
-                                    SameParagraph
-                                },
-                            ))
-                        }
-                        (Some((p, _)), Some((q, _))) if p + 1 == q || q + 1 == p => {
-                            Some((p.min(q), false, AdjacentParagraph))
-                        }
-                        _ => None,
-                    };
-                    let near = t - w <= tv && tv <= t + w;
-                    let open = self
-                        .conflicts
-                        .iter()
-                        .position(|c| c.doc == doc && c.a == a && c.b == b);
-                    let mut detect = rel.is_some() && near;
-                    if let Some(i) = open {
-                        if self.conflicts[i].until < t {
-                            let c = self.conflicts.remove(i);
-                            resolve(&mut self.out, &c, c.until, "timeout");
-                        } else if rel.is_some_and(|(p, high, _)| {
-                            p == self.conflicts[i].paragraph && high == self.conflicts[i].high
-                        }) {
-                            if near {
-                                let c = &mut self.conflicts[i];
-                                c.until = c.until.max(t + w).max(tv + w);
-                            }
-                            detect = false;
-                        } else {
-                            let c = self.conflicts.remove(i);
-                            let why = if near && rel.is_some_and(|(_, high, _)| high && !c.high) {
-                                "escalated"
-                            } else if at.is_none() {
-                                why_gone
-                            } else {
-                                "moved_apart"
-                            };
-                            resolve(&mut self.out, &c, t.max(c.since), why);
-                        }
-                    }
-                    if detect {
-                        let (p, high, kind) = rel.unwrap();
-                        let c = Conflict {
-                            doc: doc.clone(),
-                            a: a.clone(),
-                            b: b.clone(),
-                            id: derived_id("conflict", &[&doc, &a, &b, &p.to_string(), &e.id]),
-                            paragraph: p,
-                            high,
-                            since: t,
-                            until: t.max(tv) + w,
-                            project: project.clone(),
-                        };
-                        let severity = if high { High } else { Medium };
-                        let para = |x: &At| x.unwrap().0;
-                        let data = |other: &str, other_p: i64| {
-                            let suggestion = match kind {
-                                SameParagraph => format!("{other} is editing paragraph {p}"),
-                                OverlappingSelection => {
-                                    format!("{other} has selected the same text in paragraph {p}")
-                                }
-                                AdjacentParagraph => {
-                                    format!("{other} is editing paragraph {other_p}, next to yours")
-                                }
-                            };
-                            Payload::CollaborationConflictDetected(ConflictDetected {
-                                conflict_id: c.id.clone(),
-                                other_user_id: other.to_owned(),
-                                paragraph: p,
-                                severity,
-                                kind,
-                                suggestion,
-                            })
-                        };
-                        let (pa, pb) = if a == user {
-                            (para(&at), para(&vat))
-                        } else {
-                            (para(&vat), para(&at))
-                        };
-                        emit(
-                            &mut self.out,
-                            &c,
-                            [data(&b, pb), data(&a, pa)],
-                            t,
-                            "conflict_detected",
-                        );
-                        self.conflicts.push(c);
-                    }
-                }
-            }
-
-            pub fn finish(&mut self) {
-                for c in std::mem::take(&mut self.conflicts) {
-                    resolve(&mut self.out, &c, c.until, "timeout");
-                }
-            }
-        }
-    }
-
     fn sorted(mut v: Vec<Event>) -> Vec<Event> {
         v.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
         v
@@ -1411,9 +1175,9 @@ mod tests {
     #[test]
     fn matches_a_naive_reference_on_random_streams() {
         let w = 10_000;
-        let config = ConflictsConfig {
+        let config = ConflictWindowsConfig {
             window: Duration::from_millis(w as u64),
-            ..ConflictsConfig::default()
+            ..ConflictWindowsConfig::default()
         };
         let mut resolutions = std::collections::BTreeMap::<String, usize>::new();
         for seed in 1..=20u64 {
@@ -1428,7 +1192,7 @@ mod tests {
             // watermark allows: newest ts − 2 s), and with no frontier at all.
             let mut rng = SplitMix64(seed ^ 0xABCD);
             for every in [0u64, 1, 3] {
-                let mut t = ConflictTracker::new(&config);
+                let mut t = ConflictWindows::new(&config);
                 let mut out = Vec::new();
                 let mut max_ts = i64::MIN;
                 for e in &events {
@@ -1484,10 +1248,10 @@ mod tests {
             let (first, second) = records.split_at(records.len() / 2);
             // Through the `Core` interface, with the watermark following the
             // stream as the runtime would move it.
-            let feed = |t: &mut ConflictTracker, rs: &[Record], out: &mut Vec<Event>| {
+            let feed = |t: &mut ConflictWindows, rs: &[Record], out: &mut Vec<Event>| {
                 let mut max_ts = i64::MIN;
                 for (i, r) in rs.iter().enumerate() {
-                    if <ConflictTracker as Core>::wants(r) {
+                    if <ConflictWindows as Core>::wants(r) {
                         Core::observe(t, r, out);
                     }
                     max_ts = max_ts.max(r.event.ts);
@@ -1501,7 +1265,7 @@ mod tests {
             feed(&mut original, first, &mut before);
             assert!(original.state_size() > 0, "seed {seed}: something to save");
             let bytes = bincode::serialize(&original).expect("serialize");
-            let mut restored: ConflictTracker = bincode::deserialize(&bytes).expect("deserialize");
+            let mut restored: ConflictWindows = bincode::deserialize(&bytes).expect("deserialize");
             assert_eq!(restored.state_size(), original.state_size(), "seed {seed}");
             let (mut a, mut b) = (Vec::new(), Vec::new());
             feed(&mut original, second, &mut a);
@@ -1529,11 +1293,11 @@ mod tests {
         t.flush(&mut expected);
         let expected = sorted(expected);
         assert!(expected.len() > 50, "{}", expected.len());
-        let conflicts = ConflictsConfig::default();
+        let conflicts = ConflictWindowsConfig::default();
         for workers in [1, 2] {
             for batch in [1, 7, 1000] {
-                use crate::operators::EventTime;
-                use crate::operators::keyed::{Ctx, Keyed};
+                use crate::runtime::EventTime;
+                use crate::runtime::{Keyed, OperatorCtx};
                 use timely::dataflow::operators::Inspect;
                 let c = conflicts.clone();
                 let (out, late) = crate::dataflow::run_for_test(
@@ -1547,12 +1311,8 @@ mod tests {
                             flush_at_end: cfg.dataflow.flush_at_end,
                         };
                         let epoch_ms = time.epoch_ms;
-                        let ctx = Ctx {
-                            time,
-                            worker: 0,
-                            checkpoints: None,
-                        };
-                        s.keyed(ConflictTracker::new(&c), &ctx)
+                        let ctx = OperatorCtx::plain(time);
+                        s.keyed(ConflictWindows::new(&c), &ctx)
                             .inspect_core(move |event| {
                                 if let Ok((stamp, data)) = event {
                                     for e in data {
@@ -1570,6 +1330,247 @@ mod tests {
                 );
                 assert!(late.is_empty());
                 assert_eq!(out, expected, "workers {workers}, batch {batch}");
+            }
+        }
+    }
+}
+
+/// The rules, written out naively: every position ever seen is kept,
+/// nothing is dropped, and time only passes at the end.
+#[cfg(test)]
+mod naive {
+    use super::*;
+    use ConflictKind::*;
+    use ConflictSeverity::*;
+
+    /// Where a user edits: (paragraph, half-open selection), `None` when not editing.
+    pub type At = Option<(i64, Option<(i64, i64)>)>;
+
+    pub struct Conflict {
+        pub doc: String,
+        pub a: String,
+        pub b: String,
+        pub id: String,
+        pub paragraph: i64,
+        pub high: bool,
+        pub since: i64,
+        pub until: i64,
+        pub project: Option<String>,
+    }
+
+    #[derive(Default)]
+    pub struct Reference {
+        /// (doc, user, ts, Some((paragraph, selection)) when editing)
+        pub positions: Vec<(String, String, i64, At)>,
+        pub conflicts: Vec<Conflict>,
+        pub projects: Vec<(String, Option<String>)>,
+        pub out: Vec<Event>,
+    }
+
+    fn emit(out: &mut Vec<Event>, c: &Conflict, data: [Payload; 2], ts: i64, kind: &str) {
+        for (to, data) in [&c.a, &c.b].into_iter().zip(data) {
+            out.push(Event {
+                id: derived_id(kind, &[&c.id, to]),
+                ts,
+                user_id: Some(to.clone()),
+                project_id: c.project.clone(),
+                document_id: Some(c.doc.clone()),
+                data,
+            });
+        }
+    }
+
+    fn resolve(out: &mut Vec<Event>, c: &Conflict, ts: i64, why: &str) {
+        let data = |other: &str| {
+            Payload::CollaborationConflictResolved(ConflictResolved {
+                conflict_id: c.id.clone(),
+                other_user_id: other.to_owned(),
+                paragraph: c.paragraph,
+                duration_ms: ts - c.since,
+                resolution: Some(why.to_owned()),
+            })
+        };
+        emit(out, c, [data(&c.b), data(&c.a)], ts, "conflict_resolved");
+    }
+
+    impl Reference {
+        fn latest(&self, doc: &str, user: &str) -> Option<usize> {
+            self.positions
+                .iter()
+                .rposition(|(d, u, _, _)| d == doc && u == user)
+        }
+
+        pub fn observe(&mut self, e: &Event, w: i64) {
+            let doc = e.document_id.clone().unwrap();
+            let user = e.user_id.clone().unwrap();
+            let at = match &e.data {
+                Payload::CollaborationCursorMoved(c)
+                    if matches!(c.mode, EditMode::Edit | EditMode::Review) =>
+                {
+                    let sel = match c.selection.as_deref() {
+                        Some(&[x, y]) if x < y => Some((x, y)),
+                        Some(&[x, y]) if y < x => Some((y, x)),
+                        _ => None,
+                    };
+                    Some((c.paragraph, sel))
+                }
+                Payload::CollaborationCursorMoved(_) => None,
+                Payload::CollaborationEditApplied(a) => Some((a.paragraph, None)),
+                Payload::CollaborationUserLeft(_) => None,
+                _ => return,
+            };
+            let why_gone = match &e.data {
+                Payload::CollaborationUserLeft(_) => "user_left",
+                _ => "stopped_editing",
+            };
+            let t = e.ts;
+            if let Some(i) = self.latest(&doc, &user)
+                && self.positions[i].2 > t
+            {
+                return;
+            }
+            // Project memory: forgotten when nothing of the doc is live at t.
+            let live = self
+                .positions
+                .iter()
+                .any(|(d, _, ts, _)| *d == doc && ts + w >= t)
+                || self.conflicts.iter().any(|c| c.doc == doc && c.until >= t);
+            let mut project = self
+                .projects
+                .iter()
+                .rev()
+                .find(|(d, _)| *d == doc)
+                .and_then(|(_, p)| p.clone());
+            if !live {
+                project = None;
+            }
+            if e.project_id.is_some() {
+                project = e.project_id.clone();
+            }
+            self.projects.push((doc.clone(), project.clone()));
+            self.positions.push((doc.clone(), user.clone(), t, at));
+
+            let mut users: Vec<String> = self
+                .positions
+                .iter()
+                .filter(|(d, u, _, _)| *d == doc && *u != user)
+                .map(|(_, u, _, _)| u.clone())
+                .collect();
+            users.sort();
+            users.dedup();
+            for v in users {
+                let (_, _, tv, vat) = self.positions[self.latest(&doc, &v).unwrap()].clone();
+                let (a, b) = if user < v {
+                    (user.clone(), v.clone())
+                } else {
+                    (v.clone(), user.clone())
+                };
+                // (paragraph, high, kind)
+                let rel = match (at, vat) {
+                    (Some((p, s1)), Some((q, s2))) if p == q => {
+                        let overlap = match (s1, s2) {
+                            (Some((x1, y1)), Some((x2, y2))) => x1 < y2 && x2 < y1,
+                            _ => false,
+                        };
+                        Some((
+                            p,
+                            true,
+                            if overlap {
+                                OverlappingSelection
+                            } else {
+                                SameParagraph
+                            },
+                        ))
+                    }
+                    (Some((p, _)), Some((q, _))) if p + 1 == q || q + 1 == p => {
+                        Some((p.min(q), false, AdjacentParagraph))
+                    }
+                    _ => None,
+                };
+                let near = t - w <= tv && tv <= t + w;
+                let open = self
+                    .conflicts
+                    .iter()
+                    .position(|c| c.doc == doc && c.a == a && c.b == b);
+                let mut detect = rel.is_some() && near;
+                if let Some(i) = open {
+                    if self.conflicts[i].until < t {
+                        let c = self.conflicts.remove(i);
+                        resolve(&mut self.out, &c, c.until, "timeout");
+                    } else if rel.is_some_and(|(p, high, _)| {
+                        p == self.conflicts[i].paragraph && high == self.conflicts[i].high
+                    }) {
+                        if near {
+                            let c = &mut self.conflicts[i];
+                            c.until = c.until.max(t + w).max(tv + w);
+                        }
+                        detect = false;
+                    } else {
+                        let c = self.conflicts.remove(i);
+                        let why = if near && rel.is_some_and(|(_, high, _)| high && !c.high) {
+                            "escalated"
+                        } else if at.is_none() {
+                            why_gone
+                        } else {
+                            "moved_apart"
+                        };
+                        resolve(&mut self.out, &c, t.max(c.since), why);
+                    }
+                }
+                if detect {
+                    let (p, high, kind) = rel.unwrap();
+                    let c = Conflict {
+                        doc: doc.clone(),
+                        a: a.clone(),
+                        b: b.clone(),
+                        id: derived_id("conflict", &[&doc, &a, &b, &p.to_string(), &e.id]),
+                        paragraph: p,
+                        high,
+                        since: t,
+                        until: t.max(tv) + w,
+                        project: project.clone(),
+                    };
+                    let severity = if high { High } else { Medium };
+                    let para = |x: &At| x.unwrap().0;
+                    let data = |other: &str, other_p: i64| {
+                        let suggestion = match kind {
+                            SameParagraph => format!("{other} is editing paragraph {p}"),
+                            OverlappingSelection => {
+                                format!("{other} has selected the same text in paragraph {p}")
+                            }
+                            AdjacentParagraph => {
+                                format!("{other} is editing paragraph {other_p}, next to yours")
+                            }
+                        };
+                        Payload::CollaborationConflictDetected(ConflictDetected {
+                            conflict_id: c.id.clone(),
+                            other_user_id: other.to_owned(),
+                            paragraph: p,
+                            severity,
+                            kind,
+                            suggestion,
+                        })
+                    };
+                    let (pa, pb) = if a == user {
+                        (para(&at), para(&vat))
+                    } else {
+                        (para(&vat), para(&at))
+                    };
+                    emit(
+                        &mut self.out,
+                        &c,
+                        [data(&b, pb), data(&a, pa)],
+                        t,
+                        "conflict_detected",
+                    );
+                    self.conflicts.push(c);
+                }
+            }
+        }
+
+        pub fn finish(&mut self) {
+            for c in std::mem::take(&mut self.conflicts) {
+                resolve(&mut self.out, &c, c.until, "timeout");
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The runtime every stateful operator runs in: exchange by key, arrival-order
 //! or event-time-order processing, capability management for outputs fired
-//! by the passing of time, and checkpoint barriers (see [`crate::checkpoint`]).
+//! by the passing of time, and checkpoint barriers (see [`crate::runtime::checkpoint`]).
 //!
 //! An operator supplies a [`Core`]: a pure, serializable state machine
 //! (`observe`, `advance_to`, `flush`). This file is the only place that
@@ -17,8 +17,9 @@
 //! - at each checkpoint barrier the core and its parked records are saved,
 //!   and restored at start.
 
-use crate::checkpoint::Checkpoints;
-use crate::operators::{
+use crate::runtime::checkpoint::Checkpoints;
+use crate::runtime::operator_stats::OperatorStats;
+use crate::runtime::time::{
     EpochBuffer, EventOutput, EventTime, Timed, give_at_own_epochs, give_stamped,
 };
 use schemas::Event;
@@ -43,7 +44,7 @@ pub enum Order {
 
 /// A stateful operator's pure logic.
 pub trait Core: Serialize + DeserializeOwned + 'static {
-    /// What the operator reads and exchanges: usually [`crate::operators::Record`].
+    /// What the operator reads and exchanges: usually [`crate::runtime::Record`].
     type Item: Timed + Clone + Serialize + DeserializeOwned + Send + 'static;
     /// Names the operator in timely, logs and checkpoint files.
     const NAME: &'static str;
@@ -66,13 +67,31 @@ pub trait Core: Serialize + DeserializeOwned + 'static {
     fn sort_epoch(items: &mut [Self::Item]);
 }
 
-/// Where an operator instance runs.
+/// Where an operator instance runs and what the runtime hands it besides
+/// its records.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct OperatorCtx {
+    /// Epoch length and whether to close everything at the end of input.
     pub time: EventTime,
     /// Global index of this worker (names its checkpoint parts).
     pub worker: usize,
+    /// Where the instance saves and restores its state (`None`: no checkpoints).
     pub checkpoints: Option<Arc<Checkpoints>>,
+    /// Where the instance reports its state size and input frontier for the
+    /// metrics (`None`: not collected, as in replay and tests).
+    pub stats: Option<OperatorStats>,
+}
+
+impl OperatorCtx {
+    /// Worker 0, without checkpoints or stats (single-operator graphs in tests).
+    pub fn plain(time: EventTime) -> OperatorCtx {
+        OperatorCtx {
+            time,
+            worker: 0,
+            checkpoints: None,
+            stats: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -173,19 +192,27 @@ impl<C: Core> Instance<C> {
 
 /// Runs `core` over a stream of its items: `records.keyed(core, &ctx)`.
 pub trait Keyed<'scope, T> {
-    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>>;
+    fn keyed<C: Core<Item = T>>(
+        self,
+        core: C,
+        ctx: &OperatorCtx,
+    ) -> Stream<'scope, u64, Vec<Event>>;
 }
 
 impl<'scope, T> Keyed<'scope, T> for Stream<'scope, u64, Vec<T>>
 where
     T: Timed + Clone + Serialize + DeserializeOwned + Send + 'static,
 {
-    fn keyed<C: Core<Item = T>>(self, core: C, ctx: &Ctx) -> Stream<'scope, u64, Vec<Event>> {
+    fn keyed<C: Core<Item = T>>(
+        self,
+        core: C,
+        ctx: &OperatorCtx,
+    ) -> Stream<'scope, u64, Vec<Event>> {
         let ctx = ctx.clone();
         let time = ctx.time;
         let part = format!("{}-w{}", C::NAME, ctx.worker);
         // Metrics: state size and input frontier, sampled (ops, issue 9).
-        let stats = crate::operator_stats::slot(C::NAME);
+        let stats = ctx.stats.as_ref().map(|s| s.slot(C::NAME));
         let mut sampled = std::time::Instant::now();
         self.filter(|r| C::wants(r)).unary_frontier(
             Exchange::new(|r: &T| C::key(r)),
@@ -279,10 +306,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{CheckpointConfig, Checkpoints};
     use crate::config::Config;
     use crate::dataflow::{VecSink, install_graph};
-    use crate::operators::wpm::{WpmConfig, WpmTracker};
+    use crate::operators::live_wpm::{LiveWpm, LiveWpmConfig};
+    use crate::runtime::checkpoint::{CheckpointConfig, Checkpoints};
     use schemas::payload::{Keystroke, Payload};
 
     fn ks(id: &str, ts: i64) -> Event {
@@ -318,20 +345,19 @@ mod tests {
         let sink = Arc::new(VecSink::default());
         let s2 = sink.clone();
         timely::execute_directly(move |worker| {
-            let ctx = Ctx {
-                time: EventTime {
+            let ctx = OperatorCtx {
+                checkpoints: ckpt.clone(),
+                ..OperatorCtx::plain(EventTime {
                     epoch_ms: 100,
                     flush_at_end: true,
-                },
-                worker: 0,
-                checkpoints: ckpt.clone(),
+                })
             };
             let config = Config::default();
             let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {
                 s.keyed(
-                    WpmTracker::new(&WpmConfig {
+                    LiveWpm::new(&LiveWpmConfig {
                         min_interval: std::time::Duration::ZERO,
-                        ..WpmConfig::default()
+                        ..LiveWpmConfig::default()
                     }),
                     &ctx,
                 )

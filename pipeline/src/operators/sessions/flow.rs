@@ -48,13 +48,13 @@ pub struct FlowConfig {
     /// Rolling WPM at or above this counts toward flow (words per minute; default 200).
     pub min_wpm: f64,
     /// How long the WPM must stay at or above `min_wpm` to enter flow (default 2 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub sustain: Duration,
     /// How long the WPM must stay below `min_wpm` to leave flow (default 30 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub exit_after: Duration,
     /// Length of the rolling WPM window (default 60 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub window: Duration,
 }
 

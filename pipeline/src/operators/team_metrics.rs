@@ -33,7 +33,7 @@
 //!   the comments whose `comment_resolved` falls in the window, matched by
 //!   (project, document, `comment_id`) with the first `comment_added`.
 //!   A response longer than `comment_max_open` is not counted: the comment
-//!   is dropped and counted in [`TeamTracker::comments_expired`] (so open
+//!   is dropped and counted in [`TeamMetrics::comments_expired`] (so open
 //!   comments never pile up). A resolution without a known `comment_added`
 //!   is ignored. Emitted only when at least one response is counted.
 //! - `team.collaboration_efficiency`: active time without an open conflict
@@ -71,7 +71,7 @@
 //! document, user, L, start])`.
 //!
 //! **Determinism.** Frontier-driven ([`Order::EventTime`] in the operator
-//! runtime, [`crate::operators::keyed`]): records and conflict events are
+//! runtime, [`crate::runtime::keyed`]): records and conflict events are
 //! parked by their own epoch and observed once the frontier passes it (the
 //! conflicts are derived from the records, so the frontier of the
 //! concatenation is the later of both), in [`observation_order`]: (ts,
@@ -85,11 +85,12 @@
 //! **State.** Open windows; per document the conflicts seen within the last
 //! `conflict_max_open` + longest window and the comments open at most
 //! `comment_max_open`; the latest closed figures per scope for
-//! `latest_retention` ([`TeamTracker::latest`], for the view store). All of
+//! `latest_retention` ([`TeamMetrics::latest`], for the view store). All of
 //! it is serializable: checkpoints snapshot the whole tracker.
 
-use crate::operators::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
+use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -118,28 +119,28 @@ const METRICS: [&str; 7] = [
 /// `[team]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TeamConfig {
+pub struct TeamMetricsConfig {
     /// Lengths of the tumbling windows, e.g. `["1m", "1h"]` (default 1 min
     /// and 1 h). Zero lengths and repeats are ignored.
     #[serde(deserialize_with = "durations")]
     pub windows: Vec<Duration>,
     /// A comment still unresolved this long after it was added is dropped
     /// (counted); a later resolution is not a response (default 7 days).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub comment_max_open: Duration,
     /// A conflict counts as open for efficiency at most this long after its
     /// detection, in case its resolution never comes (default 1 h).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub conflict_max_open: Duration,
     /// How long the latest closed figures of a scope stay queryable after
     /// their window ended, in event time (default 24 h).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub latest_retention: Duration,
 }
 
-impl Default for TeamConfig {
+impl Default for TeamMetricsConfig {
     fn default() -> Self {
-        TeamConfig {
+        TeamMetricsConfig {
             windows: vec![Duration::from_secs(60), Duration::from_secs(3600)],
             comment_max_open: Duration::from_secs(7 * 24 * 3600),
             conflict_max_open: Duration::from_secs(3600),
@@ -148,21 +149,24 @@ impl Default for TeamConfig {
     }
 }
 
-impl TeamConfig {
+impl TeamMetricsConfig {
     /// Checks what serde cannot; the message starts with the key path.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OperatorConfigError> {
         if self.windows.iter().all(Duration::is_zero) {
-            return Err("team.windows: needs at least one positive duration".into());
+            return Err(OperatorConfigError {
+                path: "team.windows".into(),
+                message: "needs at least one positive duration".into(),
+            });
         }
         Ok(())
     }
 }
 
-/// A list of durations, each as [`crate::config::duration`] reads it.
+/// A list of durations, each as [`crate::runtime::duration::deserialize`] reads it.
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     #[derive(Deserialize)]
     #[serde(transparent)]
-    struct One(#[serde(deserialize_with = "crate::config::duration")] Duration);
+    struct One(#[serde(deserialize_with = "crate::runtime::duration::deserialize")] Duration);
     Ok(Vec::<One>::deserialize(d)?
         .into_iter()
         .map(|o| o.0)
@@ -293,14 +297,14 @@ struct ProjectState {
 }
 
 /// The pure core. Feed events in [`observation_order`]: records with
-/// [`TeamTracker::observe`], the conflicts operator's events with
-/// [`TeamTracker::observe_conflict`]; tell it the watermark with
-/// [`TeamTracker::advance_to`]. In the dataflow it runs as a [`Core`].
+/// [`TeamMetrics::observe`], the conflicts operator's events with
+/// [`TeamMetrics::observe_conflict`]; tell it the watermark with
+/// [`TeamMetrics::advance_to`]. In the dataflow it runs as a [`Core`].
 ///
-/// The config is kept as plain ms (not [`TeamConfig`]) so that a checkpoint
+/// The config is kept as plain ms (not [`TeamMetricsConfig`]) so that a checkpoint
 /// restores a complete tracker.
 #[derive(Serialize, Deserialize)]
-pub struct TeamTracker {
+pub struct TeamMetrics {
     /// Window lengths (ms), ascending, distinct, positive.
     lengths: Vec<i64>,
     longest: i64,
@@ -326,8 +330,8 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl TeamTracker {
-    pub fn new(config: &TeamConfig) -> TeamTracker {
+impl TeamMetrics {
+    pub fn new(config: &TeamMetricsConfig) -> TeamMetrics {
         let mut lengths: Vec<i64> = config
             .windows
             .iter()
@@ -336,7 +340,7 @@ impl TeamTracker {
             .collect();
         lengths.sort_unstable();
         lengths.dedup();
-        TeamTracker {
+        TeamMetrics {
             longest: lengths.last().copied().unwrap_or(0),
             lengths,
             comment_max_open: ms(config.comment_max_open),
@@ -763,7 +767,7 @@ fn dimension(name: &str, value: &str) -> Dimension {
 /// Frontier-driven and keyed by project, in the operator runtime. Its one
 /// input is the records concatenated with the conflicts operator's events as
 /// derived records (`events.concat(conflicts)`).
-impl Core for TeamTracker {
+impl Core for TeamMetrics {
     type Item = Record;
     const NAME: &'static str = "TeamMetrics";
     const ORDER: Order = Order::EventTime;
@@ -771,9 +775,9 @@ impl Core for TeamTracker {
     fn wants(r: &Record) -> bool {
         // A conflict event a client sent is not a conflict: only derived ones.
         if r.is_derived() {
-            TeamTracker::wants_conflict(&r.event)
+            TeamMetrics::wants_conflict(&r.event)
         } else {
-            TeamTracker::wants_record(&r.event)
+            TeamMetrics::wants_record(&r.event)
         }
     }
 
@@ -783,22 +787,22 @@ impl Core for TeamTracker {
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
         if r.is_derived() {
-            TeamTracker::observe_conflict(self, &r.event, out);
+            TeamMetrics::observe_conflict(self, &r.event, out);
         } else {
-            TeamTracker::observe(self, &r.event, out);
+            TeamMetrics::observe(self, &r.event, out);
         }
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        TeamTracker::advance_to(self, watermark, out);
+        TeamMetrics::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        TeamTracker::flush(self, out);
+        TeamMetrics::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        TeamTracker::state_size(self)
+        TeamMetrics::state_size(self)
     }
 
     /// [`observation_order`], then records before conflict events (a
@@ -942,19 +946,19 @@ mod tests {
         )
     }
 
-    fn cfg(windows_ms: &[u64]) -> TeamConfig {
-        TeamConfig {
+    fn cfg(windows_ms: &[u64]) -> TeamMetricsConfig {
+        TeamMetricsConfig {
             windows: windows_ms
                 .iter()
                 .map(|m| Duration::from_millis(*m))
                 .collect(),
-            ..TeamConfig::default()
+            ..TeamMetricsConfig::default()
         }
     }
 
     /// Feeds `events` (conflict events to the conflicts input) in
     /// observation order, then flushes.
-    fn run(t: &mut TeamTracker, mut events: Vec<Event>) -> Vec<Event> {
+    fn run(t: &mut TeamMetrics, mut events: Vec<Event>) -> Vec<Event> {
         events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
         let mut out = Vec::new();
         for e in &events {
@@ -1018,7 +1022,7 @@ mod tests {
 
     #[test]
     fn an_event_exactly_at_the_window_end_belongs_to_the_next_window() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1035,7 +1039,7 @@ mod tests {
 
     #[test]
     fn a_window_closes_only_when_the_watermark_reaches_its_end() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         t.observe(&words("a", 1_000, "u1", Some("d1"), 2), &mut out);
         t.advance_to(59_999, &mut out);
@@ -1055,7 +1059,7 @@ mod tests {
 
     #[test]
     fn empty_windows_emit_nothing() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1069,7 +1073,7 @@ mod tests {
 
     #[test]
     fn the_hour_window_sums_the_minute_windows() {
-        let mut t = TeamTracker::new(&TeamConfig::default());
+        let mut t = TeamMetrics::new(&TeamMetricsConfig::default());
         let mut events = Vec::new();
         for i in 0..200i64 {
             let ts = (i * 7_919) % 3_600_000;
@@ -1114,7 +1118,7 @@ mod tests {
 
     #[test]
     fn words_count_typed_text_only_and_edits_count_edit_events() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1144,7 +1148,7 @@ mod tests {
 
     #[test]
     fn comment_response_time_is_resolution_minus_addition() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1169,11 +1173,11 @@ mod tests {
 
     #[test]
     fn a_comment_open_longer_than_the_bound_is_dropped_and_counted() {
-        let config = TeamConfig {
+        let config = TeamMetricsConfig {
             comment_max_open: Duration::from_secs(60),
             ..cfg(&[60_000])
         };
-        let mut t = TeamTracker::new(&config);
+        let mut t = TeamMetrics::new(&config);
         let mut out = Vec::new();
         let events = [
             comment_added("a1", 0, Some("d1"), "c1"),
@@ -1200,7 +1204,7 @@ mod tests {
 
     #[test]
     fn conflict_resolution_mean_counts_each_conflict_once() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             vec![
@@ -1228,7 +1232,7 @@ mod tests {
 
     #[test]
     fn efficiency_is_one_without_conflicts() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
             &mut t,
             (0..10)
@@ -1247,7 +1251,7 @@ mod tests {
 
     #[test]
     fn efficiency_counts_active_seconds_while_a_conflict_is_open() {
-        let mut t = TeamTracker::new(&cfg(&[10_000]));
+        let mut t = TeamMetrics::new(&cfg(&[10_000]));
         let mut events: Vec<Event> = (0..20)
             .map(|s| edit(&format!("e{s}"), s * 1_000 + 500, "u1", Some("d1")))
             .collect();
@@ -1269,11 +1273,11 @@ mod tests {
 
     #[test]
     fn an_unresolved_conflict_stops_counting_after_its_bound() {
-        let config = TeamConfig {
+        let config = TeamMetricsConfig {
             conflict_max_open: Duration::from_millis(2_000),
             ..cfg(&[10_000])
         };
-        let mut t = TeamTracker::new(&config);
+        let mut t = TeamMetrics::new(&config);
         let mut events: Vec<Event> = (0..5)
             .map(|s| edit(&format!("e{s}"), s * 1_000, "u1", Some("d1")))
             .collect();
@@ -1288,7 +1292,7 @@ mod tests {
 
     #[test]
     fn records_without_project_and_client_sent_conflicts_are_ignored() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         let mut e = words("a", 0, "u1", None, 3);
         e.project_id = None;
@@ -1298,15 +1302,15 @@ mod tests {
         t.flush(&mut out);
         assert!(out.is_empty());
         assert_eq!(t.state_size(), 0);
-        assert!(!TeamTracker::wants_record(&e));
-        assert!(!TeamTracker::wants_record(&detected(
+        assert!(!TeamMetrics::wants_record(&e));
+        assert!(!TeamMetrics::wants_record(&detected(
             "k", 0, "u1", "d1", "c1"
         )));
     }
 
     #[test]
     fn outputs_carry_envelope_and_dimensions() {
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(&mut t, vec![words("a", 61_000, "u1", Some("d1"), 3)]);
         let e = out
             .iter()
@@ -1337,7 +1341,7 @@ mod tests {
 
     #[test]
     fn latest_exposes_the_last_closed_window_of_each_length() {
-        let mut t = TeamTracker::new(&cfg(&[60_000, 120_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000, 120_000]));
         let mut out = Vec::new();
         t.observe(&words("a", 0, "u1", Some("d1"), 3), &mut out);
         t.observe(&words("b", 60_000, "u1", Some("d1"), 5), &mut out);
@@ -1365,7 +1369,7 @@ mod tests {
 
     #[test]
     fn config_reads_duration_lists_from_toml() {
-        let c: TeamConfig =
+        let c: TeamMetricsConfig =
             toml::from_str("windows = [\"1m\", \"1h\", 90000]\ncomment_max_open = \"2d\"").unwrap();
         assert_eq!(
             c.windows,
@@ -1377,10 +1381,10 @@ mod tests {
         );
         assert_eq!(c.comment_max_open, Duration::from_secs(2 * 86_400));
         assert_eq!(c.conflict_max_open, Duration::from_secs(3600));
-        assert!(toml::from_str::<TeamConfig>("windows = [\"1x\"]").is_err());
-        assert!(toml::from_str::<TeamConfig>("window = [\"1m\"]").is_err());
+        assert!(toml::from_str::<TeamMetricsConfig>("windows = [\"1x\"]").is_err());
+        assert!(toml::from_str::<TeamMetricsConfig>("window = [\"1m\"]").is_err());
         assert!(cfg(&[0]).validate().is_err());
-        assert!(TeamConfig::default().validate().is_ok());
+        assert!(TeamMetricsConfig::default().validate().is_ok());
     }
 
     #[test]
@@ -1414,8 +1418,8 @@ mod tests {
         }
     }
 
-    fn reference_config() -> TeamConfig {
-        TeamConfig {
+    fn reference_config() -> TeamMetricsConfig {
+        TeamMetricsConfig {
             windows: vec![
                 Duration::from_secs(60),
                 Duration::from_secs(90),
@@ -1513,7 +1517,7 @@ mod tests {
     }
 
     /// The definitions of the module doc, applied to the whole stream at once.
-    fn reference(events: &[Event], cfg: &TeamConfig) -> Vec<Row> {
+    fn reference(events: &[Event], cfg: &TeamMetricsConfig) -> Vec<Row> {
         let lengths: Vec<i64> = cfg.windows.iter().map(|d| ms(*d)).collect();
         let comment_max = ms(cfg.comment_max_open);
         let conflict_max = ms(cfg.conflict_max_open);
@@ -1673,7 +1677,7 @@ mod tests {
             let mut g = SplitMix(seed ^ 0xABCD);
             let mut sorted = events.clone();
             sorted.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
-            let mut t = TeamTracker::new(&cfg);
+            let mut t = TeamMetrics::new(&cfg);
             let mut out = Vec::new();
             let mut watermark = i64::MIN;
             let mut peak = 0;
@@ -1729,16 +1733,16 @@ mod tests {
             seq: 1,
             event: std::sync::Arc::new(detected("k", 1_000, "u1", "d1", "c1")),
         };
-        assert!(!<TeamTracker as Core>::wants(&client));
+        assert!(!<TeamMetrics as Core>::wants(&client));
         let derived = Record::derived(detected("k", 1_000, "u1", "d1", "c1"));
-        assert!(<TeamTracker as Core>::wants(&derived));
+        assert!(<TeamMetrics as Core>::wants(&derived));
         let activity = record(2, &words("a", 1_000, "u1", Some("d1"), 3));
-        assert!(<TeamTracker as Core>::wants(&activity));
+        assert!(<TeamMetrics as Core>::wants(&activity));
         // A derived record that is not a conflict is not for this operator.
-        assert!(!<TeamTracker as Core>::wants(&Record::derived(words(
+        assert!(!<TeamMetrics as Core>::wants(&Record::derived(words(
             "w", 1_000, "u1", None, 1
         ))));
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         // Even if one got through, a client conflict is not counted.
         Core::observe(&mut t, &client, &mut out);
@@ -1748,7 +1752,7 @@ mod tests {
             values(&out, CONFLICTS, Some("d1"), None, 60_000),
             [(60_000, 0.0)]
         );
-        let mut t = TeamTracker::new(&cfg(&[60_000]));
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let mut out = Vec::new();
         Core::observe(&mut t, &derived, &mut out);
         Core::observe(&mut t, &activity, &mut out);
@@ -1772,7 +1776,7 @@ mod tests {
             record(4, &detected("z", 5, "u1", "d1", "c2")),
             record(5, &words("a", 4, "u1", Some("d1"), 1)),
         ];
-        <TeamTracker as Core>::sort_epoch(&mut items);
+        <TeamMetrics as Core>::sort_epoch(&mut items);
         let ids: Vec<&str> = items.iter().map(|r| r.event.id.as_str()).collect();
         assert_eq!(ids, ["a", "a", "z", "b", "r"]);
         // ts 4 first; then at ts 5 the openings, the record before the conflict.
@@ -1789,11 +1793,11 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| record(i as u64, e))
-                .filter(<TeamTracker as Core>::wants)
+                .filter(<TeamMetrics as Core>::wants)
                 .collect();
             let (first, second) = records.split_at(records.len() / 2);
             // Feeds records, moving the watermark to each record's time now and then.
-            let feed = |t: &mut TeamTracker, rs: &[Record], g: &mut SplitMix| {
+            let feed = |t: &mut TeamMetrics, rs: &[Record], g: &mut SplitMix| {
                 let mut out = Vec::new();
                 for r in rs {
                     if g.below(10) == 0 {
@@ -1804,11 +1808,11 @@ mod tests {
                 out
             };
             let mut g = SplitMix(seed);
-            let mut original = TeamTracker::new(&cfg);
+            let mut original = TeamMetrics::new(&cfg);
             let before = feed(&mut original, first, &mut g);
             assert!(!before.is_empty());
             let bytes = bincode::serialize(&original).unwrap();
-            let mut restored: TeamTracker = bincode::deserialize(&bytes).unwrap();
+            let mut restored: TeamMetrics = bincode::deserialize(&bytes).unwrap();
             assert!(Core::state_size(&restored) > 0, "seed {seed}");
             assert_eq!(Core::state_size(&restored), Core::state_size(&original));
             let (mut g1, mut g2) = (SplitMix(seed ^ 7), SplitMix(seed ^ 7));
@@ -1832,19 +1836,15 @@ mod tests {
         let team = reference_config();
         let (out, late) =
             crate::dataflow::run_for_test(events, workers, batch, &config, move |s, cfg| {
-                use crate::operators::EventTime;
-                use crate::operators::keyed::{Ctx, Keyed};
+                use crate::runtime::EventTime;
+                use crate::runtime::{Keyed, OperatorCtx};
                 use timely::dataflow::operators::Concat;
                 use timely::dataflow::operators::vec::{Filter, Map};
                 let time = EventTime {
                     epoch_ms: cfg.dataflow.epoch.as_millis().max(1) as u64,
                     flush_at_end: cfg.dataflow.flush_at_end,
                 };
-                let ctx = Ctx {
-                    time,
-                    worker: 0,
-                    checkpoints: None,
-                };
+                let ctx = OperatorCtx::plain(time);
                 // Tests put synthetic conflict events in the input; as the
                 // conflicts operator's they are derived records (the copies
                 // left in the input are client-sent, hence ignored).
@@ -1852,7 +1852,7 @@ mod tests {
                     .clone()
                     .filter(|r| is_conflict(&r.event))
                     .map(|r| Record::derived((*r.event).clone()));
-                s.concat(conflicts).keyed(TeamTracker::new(&team), &ctx)
+                s.concat(conflicts).keyed(TeamMetrics::new(&team), &ctx)
             });
         assert!(late.is_empty(), "{} late", late.len());
         out
@@ -1868,7 +1868,7 @@ mod tests {
             let mut events = random_stream(seed, 300);
             events.sort_by_key(|e| e.ts);
             // The core on the events in order is the expected output.
-            let mut t = TeamTracker::new(&reference_config());
+            let mut t = TeamMetrics::new(&reference_config());
             let expected = run(&mut t, events.clone());
             assert!(!expected.is_empty());
             let mut expected_sorted = expected.clone();

@@ -15,6 +15,74 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Write;
+use std::path::PathBuf;
+
+// The flags of `inkstream generate`.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Number of events.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Number of users.
+    #[arg(long, default_value_t = 1_000)]
+    users: u32,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Largest arrival-order disorder, in ms.
+    #[arg(long, default_value_t = 1_500)]
+    disorder_ms: i64,
+    /// Output file (`-` for stdout).
+    #[arg(long, default_value = "-")]
+    out: PathBuf,
+}
+
+/// Why the file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("creating {path}")]
+    Create {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+}
+
+impl schemas::Classify for GenerateError {
+    /// The output path given on the command line, or its disk.
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            GenerateError::Create { .. } => schemas::Fault::Caller,
+            GenerateError::Write(_) => schemas::Fault::External,
+        }
+    }
+}
+
+/// `inkstream generate`: the events to `--out`, or stdout for `-`.
+pub fn main(args: &GenerateArgs) -> Result<(), GenerateError> {
+    let config = GenerateConfig {
+        events: args.events,
+        users: args.users,
+        seed: args.seed,
+        disorder_ms: args.disorder_ms,
+        ..Default::default()
+    };
+    if args.out.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        generate(&config, &mut w)?;
+    } else {
+        let f = std::fs::File::create(&args.out).map_err(|source| GenerateError::Create {
+            path: args.out.display().to_string(),
+            source,
+        })?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        generate(&config, &mut w)?;
+    }
+    Ok(())
+}
 
 /// What to generate.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! `inkstream load`: a load generator for the ingest API, for benchmarks.
+//! `inkstream load --mode batch|single|ws`: load on the ingest API, for benchmarks.
 //!
 //! Modes: `batch` (NDJSON bodies of `--batch` events over keep-alive HTTP/1.1),
 //! `single` (one event per request, keep-alive), `ws` (`/ws/ingest` frames of
@@ -6,6 +6,7 @@
 //! the generator costs as little CPU as possible next to the server on the
 //! same 2 cores. Prints events/s and request latency percentiles.
 
+use super::LoadError;
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,7 +71,7 @@ fn event_line(run: u64, conn: usize, i: u64, users: u32, ts: i64) -> String {
 }
 
 /// Runs the load and returns what it measured.
-pub async fn run(config: &LoadConfig) -> Result<LoadReport, String> {
+pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -90,7 +91,7 @@ pub async fn run(config: &LoadConfig) -> Result<LoadReport, String> {
     let mut latencies = Vec::new();
     let mut requests = 0;
     for t in tasks {
-        let (lat, reqs) = t.await.map_err(|e| e.to_string())??;
+        let (lat, reqs) = t.await??;
         latencies.extend(lat);
         requests += reqs;
     }
@@ -116,10 +117,14 @@ async fn http_connection(
     run: u64,
     conn: usize,
     events: u64,
-) -> Result<(Vec<u32>, u64), String> {
-    let mut stream = TcpStream::connect(&config.addr)
-        .await
-        .map_err(|e| format!("connect {}: {e}", config.addr))?;
+) -> Result<(Vec<u32>, u64), LoadError> {
+    let mut stream =
+        TcpStream::connect(&config.addr)
+            .await
+            .map_err(|error| LoadError::Connect {
+                addr: config.addr.clone(),
+                error,
+            })?;
     let _ = stream.set_nodelay(true);
     let batch = if config.mode == Mode::Single {
         1
@@ -162,7 +167,10 @@ async fn http_connection(
         .await?;
         latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         if status != 202 {
-            return Err(format!("status {status}: {reply}"));
+            return Err(LoadError::Rejected {
+                step: format!("status {status}"),
+                reply,
+            });
         }
         sent += n;
         requests += 1;
@@ -181,19 +189,13 @@ pub(crate) async fn http_post(
     content_type: &str,
     auth: &str,
     body: &str,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), LoadError> {
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(body.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
     // Read the response: headers, then Content-Length bytes of body.
     let mut have = 0usize;
     let (status, header_end, length) = loop {
@@ -216,7 +218,7 @@ pub(crate) async fn http_post(
             break (status, end + 4, length);
         }
         if have == buf.len() {
-            return Err("response headers too large".into());
+            return Err(LoadError::HeadersTooLarge);
         }
     };
     while have < header_end + length {
@@ -230,11 +232,11 @@ pub(crate) async fn http_post(
 }
 
 /// Reads what is there (at least one byte); a closed connection is an error.
-async fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
+async fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, LoadError> {
     match stream.read(buf).await {
-        Ok(0) => Err("server closed the connection".into()),
+        Ok(0) => Err(LoadError::Closed("connection")),
         Ok(k) => Ok(k),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -247,14 +249,14 @@ async fn ws_connection(
     run: u64,
     conn: usize,
     events: u64,
-) -> Result<(Vec<u32>, u64), String> {
+) -> Result<(Vec<u32>, u64), LoadError> {
     let mut url = format!("ws://{}/ws/ingest", config.addr);
     if let Some(t) = &config.token {
         url.push_str(&format!("?token={t}"));
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(LoadError::WsConnect)?;
     let batch = config.batch.max(1) as u64;
     let mut latencies = Vec::new();
     let mut sent = 0;
@@ -274,19 +276,21 @@ async fn ws_connection(
         frame.push(']');
         let t = Instant::now();
         ws.send(tokio_tungstenite::tungstenite::Message::text(frame.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         loop {
             match ws.next().await {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(reply))) => {
                     if !reply.contains(r#""op":"ack""#) {
-                        return Err(format!("frame rejected: {reply}"));
+                        return Err(LoadError::Rejected {
+                            step: "frame rejected".into(),
+                            reply: reply.to_string(),
+                        });
                     }
                     break;
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("server closed the socket".into()),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(LoadError::Closed("socket")),
             }
         }
         latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);

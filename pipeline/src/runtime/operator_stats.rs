@@ -6,32 +6,18 @@
 //! Each operator instance owns one [`Slot`] and stores into it (two relaxed
 //! atomic stores per activation); the bridge sums and reads them a few times
 //! a second. The slots of one dataflow live in one [`OperatorStats`], created
-//! by [`crate::bridge::Bridge`] and handed to the operators while the
-//! dataflow is built on each worker thread ([`building`]): a thread-local set
-//! for the duration of `dataflow::install`, so that the operator `Ctx` (built
-//! in a dozen places, tests included) needs no new field. Dataflows built
-//! without it (tests, replay) have no slots and cost nothing.
+//! by [`crate::bridge::Bridge`] and handed to each operator instance in its
+//! [`crate::runtime::OperatorCtx`]. Dataflows built without it (tests,
+//! replay) have no slots and cost nothing.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// Every keyed operator's name ([`crate::operators::keyed::Core::NAME`]): the
-/// closed label set, initialized at startup so each series exists at once.
-pub const OPERATORS: [&str; 6] = [
-    "LiveWpm",
-    "Sessions",
-    "Presence",
-    "ConflictWindows",
-    "TeamMetrics",
-    "AlertWindows",
-];
 
 /// One operator instance's figures.
 #[derive(Debug)]
 pub struct Slot {
     operator: &'static str,
-    /// Keys or entries the core holds ([`crate::operators::keyed::Core::state_size`]).
+    /// Keys or entries the core holds ([`crate::runtime::keyed::Core::state_size`]).
     state: AtomicUsize,
     /// The operator's input frontier (an epoch: ms since the Unix epoch,
     /// floored to `dataflow.epoch`); `u64::MAX` once its input has ended.
@@ -58,7 +44,8 @@ pub struct OperatorStats {
 pub type Summary = Vec<(&'static str, usize, Option<u64>)>;
 
 impl OperatorStats {
-    fn slot(&self, operator: &'static str) -> Arc<Slot> {
+    /// A new slot for an instance of `operator`.
+    pub fn slot(&self, operator: &'static str) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             operator,
             state: AtomicUsize::new(0),
@@ -95,24 +82,6 @@ impl OperatorStats {
     }
 }
 
-thread_local! {
-    static BUILDING: RefCell<Option<OperatorStats>> = const { RefCell::new(None) };
-}
-
-/// Runs `build` (a dataflow construction on this worker thread) with
-/// `stats` receiving the slots of the operators it creates.
-pub fn building<R>(stats: &OperatorStats, build: impl FnOnce() -> R) -> R {
-    BUILDING.with(|b| *b.borrow_mut() = Some(stats.clone()));
-    let r = build();
-    BUILDING.with(|b| *b.borrow_mut() = None);
-    r
-}
-
-/// A slot for an operator being built, if the dataflow collects stats.
-pub fn slot(operator: &'static str) -> Option<Arc<Slot>> {
-    BUILDING.with(|b| b.borrow().as_ref().map(|s| s.slot(operator)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,14 +89,11 @@ mod tests {
     #[test]
     fn summary_sums_state_and_takes_the_least_frontier_per_operator() {
         let stats = OperatorStats::default();
-        let (a, b, c) = building(&stats, || {
-            (
-                slot("Sessions").unwrap(),
-                slot("Sessions").unwrap(),
-                slot("LiveWpm").unwrap(),
-            )
-        });
-        assert!(slot("Sessions").is_none(), "outside building: no slot");
+        let (a, b, c) = (
+            stats.slot("Sessions"),
+            stats.slot("Sessions"),
+            stats.slot("LiveWpm"),
+        );
         a.set(3, Some(2000));
         b.set(4, Some(1000));
         c.set(1, None);

@@ -2,6 +2,7 @@
 //! when it answers 200. For container healthchecks: the runtime image then
 //! needs no curl or wget (see the `Dockerfile`).
 
+use crate::config::Config;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -17,6 +18,36 @@ pub enum HealthError {
     },
     #[error("/healthz answered {0:?}")]
     Status(String),
+}
+
+impl schemas::Classify for HealthError {
+    /// The server is down, not listening yet, or unhealthy.
+    fn fault(&self) -> schemas::Fault {
+        schemas::Fault::External
+    }
+}
+
+// The flags of `inkstream healthcheck`.
+#[derive(clap::Args)]
+pub struct HealthcheckArgs {
+    /// The server's port (config `server.port`, default 8080).
+    #[arg(long, env = "PORT")]
+    port: Option<u16>,
+}
+
+impl HealthcheckArgs {
+    /// The flags as `--set` overrides of their config keys.
+    pub fn overrides(&self) -> Vec<String> {
+        self.port
+            .map(|p| format!("server.port={p}"))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `inkstream healthcheck`: asks the configured port, 3 s per step.
+pub fn main(config: &Config) -> Result<(), HealthError> {
+    check(config.server.port, Duration::from_secs(3))
 }
 
 /// One `GET /healthz` on `127.0.0.1:port`, with `timeout` for each step.

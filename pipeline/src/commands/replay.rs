@@ -8,10 +8,11 @@
 //! (`OUT/<type>.ndjson`); invalid lines and late events go to
 //! `OUT/system.dead_letter.ndjson`.
 
-use crate::checkpoint::Checkpoints;
+use super::{ClusterArgs, toml_string};
 use crate::config::Config;
-use crate::dataflow::{self, DerivedSink, dead_letter, late_event};
+use crate::dataflow::{self, DerivedSink, SinkError, WorkerError, dead_letter, late_event};
 use crate::file_sink::FileSink;
+use crate::runtime::checkpoint::{CheckpointError, Checkpoints};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -19,6 +20,70 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+// The flags of `inkstream replay`.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The events, one JSON object per line.
+    file: PathBuf,
+    /// Output directory: one `<type>.ndjson` per derived event type.
+    #[arg(long)]
+    out: PathBuf,
+    /// Dataflow worker threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Checkpoint into DIR (config `checkpoint.dir`), and resume from its
+    /// latest complete checkpoint if a previous run was killed.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+}
+
+impl ReplayArgs {
+    /// The flags as `--set` overrides of their config keys.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.cluster.overrides(&mut out);
+        if let Some(d) = &self.checkpoint_dir {
+            out.push(format!(
+                "checkpoint.dir={}",
+                toml_string(&d.to_string_lossy())
+            ));
+        }
+        if let Some(w) = self.workers {
+            out.push(format!("dataflow.workers={w}"));
+        }
+        out
+    }
+}
+
+/// `inkstream replay`: [`run`], then the report on stdout.
+pub fn main(args: &ReplayArgs, config: &Config) -> Result<(), ReplayError> {
+    let report = run(&args.file, &args.out, config)?;
+    println!(
+        "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late, {} duplicates",
+        report.events,
+        report.bytes as f64 / 1e6,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second(),
+        report.invalid,
+        report.late,
+        report.duplicates
+    );
+    let [p50, p99, max] = report.epoch_delay;
+    println!(
+        "  epoch delay p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; peak RSS {:.1} MB",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
+        report.peak_rss_bytes as f64 / 1e6
+    );
+    for (ty, n) in &report.derived {
+        println!("  {ty}: {n}");
+    }
+    Ok(())
+}
 
 /// Why a replay failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +98,25 @@ pub enum ReplayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("dataflow failed: {0}")]
-    Dataflow(String),
+    Checkpoint(CheckpointError),
+    #[error("dataflow failed: {0}")]
+    Dataflow(WorkerError),
+}
+
+impl schemas::Classify for ReplayError {
+    fn fault(&self) -> schemas::Fault {
+        use schemas::Fault;
+        match self {
+            // The file named on the command line, or the output directory.
+            ReplayError::Input { .. } | ReplayError::Output { .. } => Fault::Caller,
+            ReplayError::Sink(e) => e.fault(),
+            ReplayError::Checkpoint(e) => e.fault(),
+            ReplayError::Dataflow(e) => e.fault(),
+        }
+    }
 }
 
 /// What a replay did.
@@ -121,7 +203,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     })?;
     let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
     let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms)
-        .map_err(|e| ReplayError::Dataflow(e.to_string()))?
+        .map_err(ReplayError::Checkpoint)?
         .map(Arc::new);
     let resume = checkpoints.as_ref().and_then(|c| c.restored());
     if let Some(b) = resume {
@@ -152,7 +234,8 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         let reads = worker.index() == 0;
         // The first worker of each process completes its process's checkpoints.
         let completes = worker.index() % threads == 0;
-        let (driver, probe) = dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone());
+        let (driver, probe) =
+            dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone(), None);
         let mut last_completed = 0u64;
         let Some(mut driver) = driver else {
             if let (true, Some(c)) = (completes, ckpt.as_ref()) {
@@ -297,7 +380,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         }
         Ok::<(), std::io::Error>(())
     })
-    .map_err(ReplayError::Dataflow)?;
+    .map_err(|e| ReplayError::Dataflow(WorkerError(e)))?;
     for result in guards.join() {
         match result {
             Ok(Ok(())) => {}
@@ -307,12 +390,12 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
                     source,
                 });
             }
-            Err(e) => return Err(ReplayError::Dataflow(e)),
+            Err(e) => return Err(ReplayError::Dataflow(WorkerError(e))),
         }
     }
     let elapsed = start.elapsed();
     if let Some(e) = sink.take_error() {
-        return Err(e);
+        return Err(e.into());
     }
     sink.flush()?;
     // Finished: nothing to resume any more.

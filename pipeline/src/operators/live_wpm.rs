@@ -9,8 +9,9 @@
 //! `writing.word_added` (`words`, default 1). Pasted, imported and AI text is
 //! not writing.
 
-use crate::operators::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::Record;
+use crate::runtime::{Core, Order};
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
 use serde::{Deserialize, Serialize};
@@ -20,20 +21,20 @@ use std::time::Duration;
 /// Settings of the WPM operator (`[wpm]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct WpmConfig {
+pub struct LiveWpmConfig {
     /// Length of the rolling window (default 60 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub window: Duration,
     /// Least event time between two updates of one user (default 1 s): an
     /// event closer than this to the user's last emitted update is counted
     /// but emits nothing, so a fast typist is not a firehose.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub min_interval: Duration,
 }
 
-impl Default for WpmConfig {
+impl Default for LiveWpmConfig {
     fn default() -> Self {
-        WpmConfig {
+        LiveWpmConfig {
             window: Duration::from_secs(60),
             min_interval: Duration::from_secs(1),
         }
@@ -52,7 +53,7 @@ struct UserWindow {
 
 /// The pure core.
 #[derive(Serialize, Deserialize)]
-pub struct WpmTracker {
+pub struct LiveWpm {
     window_ms: i64,
     interval_ms: i64,
     users: HashMap<String, UserWindow>,
@@ -66,9 +67,9 @@ pub struct WpmTracker {
     pruned_at: Option<i64>,
 }
 
-impl WpmTracker {
-    pub fn new(config: &WpmConfig) -> WpmTracker {
-        WpmTracker {
+impl LiveWpm {
+    pub fn new(config: &LiveWpmConfig) -> LiveWpm {
+        LiveWpm {
             window_ms: config.window.as_millis().max(1) as i64,
             interval_ms: config.min_interval.as_millis() as i64,
             users: HashMap::new(),
@@ -171,7 +172,7 @@ impl WpmTracker {
 }
 
 /// Live (arrival order) and keyed by user, in the operator runtime.
-impl Core for WpmTracker {
+impl Core for LiveWpm {
     type Item = Record;
     const NAME: &'static str = "LiveWpm";
     const ORDER: Order = Order::Arrival;
@@ -185,11 +186,11 @@ impl Core for WpmTracker {
     }
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
-        out.extend(WpmTracker::observe(self, r.seq, &r.event));
+        out.extend(LiveWpm::observe(self, r.seq, &r.event));
     }
 
     fn advance_to(&mut self, watermark: i64, _out: &mut Vec<Event>) {
-        WpmTracker::advance_to(self, watermark);
+        LiveWpm::advance_to(self, watermark);
     }
 
     fn flush(&mut self, _out: &mut Vec<Event>) {}
@@ -224,16 +225,16 @@ mod tests {
     }
 
     /// Every event emits: these tests are about the window.
-    fn unlimited() -> WpmConfig {
-        WpmConfig {
+    fn unlimited() -> LiveWpmConfig {
+        LiveWpmConfig {
             min_interval: Duration::ZERO,
-            ..WpmConfig::default()
+            ..LiveWpmConfig::default()
         }
     }
 
     #[test]
     fn updates_are_at_most_one_per_interval_of_event_time_per_user() {
-        let mut t = WpmTracker::new(&WpmConfig::default());
+        let mut t = LiveWpm::new(&LiveWpmConfig::default());
         assert!(t.observe(1, &ks("a", "u1", 10_000, 1, None)).is_some());
         assert!(t.observe(2, &ks("b", "u1", 10_999, 1, None)).is_none());
         assert!(t.observe(3, &ks("c", "u2", 10_500, 1, None)).is_some());
@@ -255,7 +256,7 @@ mod tests {
 
     #[test]
     fn sums_words_in_the_last_minute() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         assert_eq!(
             wpm(&t.observe(1, &ks("a", "u1", 1_000, 10, None)).unwrap()),
             10.0
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn window_boundary_is_exclusive_at_the_start() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         t.observe(4, &ks("a", "u1", 0, 10, None));
         // exactly one window later: the first event is out.
         assert_eq!(
@@ -284,7 +285,7 @@ mod tests {
 
     #[test]
     fn out_of_order_event_counts_for_its_own_time() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         t.observe(6, &ks("a", "u1", 10_000, 10, None));
         // Arrives late but within the window: its WPM covers only events up to 5 s.
         assert_eq!(
@@ -300,7 +301,7 @@ mod tests {
     #[test]
     fn value_is_as_of_arrival_whatever_the_processing_order() {
         // A (ts 10 s) arrived before B (ts 9 s), but B is processed first.
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         assert_eq!(
             wpm(&t.observe(2, &ks("b", "u1", 9_000, 3, None)).unwrap()),
             3.0
@@ -314,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_duplicated_event_id_is_counted_once() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         let e = ks("a", "u1", 1_000, 4, None);
         assert_eq!(wpm(&t.observe(7, &e).unwrap()), 4.0);
         assert!(t.observe(7, &e).is_none(), "redelivered");
@@ -330,7 +331,7 @@ mod tests {
 
     #[test]
     fn pasted_text_is_not_writing() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         assert_eq!(
             wpm(&t.observe(9, &ks("a", "u1", 1, 500, Some("paste"))).unwrap()),
             0.0
@@ -339,18 +340,18 @@ mod tests {
 
     #[test]
     fn users_are_independent_and_ids_deterministic() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         let a = t.observe(10, &ks("a", "u1", 1, 4, None)).unwrap();
         let b = t.observe(11, &ks("b", "u2", 1, 7, None)).unwrap();
         assert_eq!((wpm(&a), wpm(&b)), (4.0, 7.0));
-        let mut t2 = WpmTracker::new(&unlimited());
+        let mut t2 = LiveWpm::new(&unlimited());
         // Same input, same id, whatever the arrival position.
         assert_eq!(t2.observe(12, &ks("a", "u1", 1, 4, None)).unwrap().id, a.id);
     }
 
     #[test]
     fn state_is_dropped_within_a_second_after_the_watermark_passes_the_window() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         for i in 0..100 {
             t.observe(13, &ks(&format!("e{i}"), &format!("u{i}"), 1_000, 1, None));
         }
@@ -369,7 +370,7 @@ mod tests {
 
     #[test]
     fn non_writing_events_are_ignored() {
-        let mut t = WpmTracker::new(&unlimited());
+        let mut t = LiveWpm::new(&unlimited());
         let mut e = ks("a", "u1", 1, 4, None);
         e.data = Payload::from_json_value(
             "collaboration.cursor_moved",

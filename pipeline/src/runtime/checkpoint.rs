@@ -44,7 +44,7 @@ pub struct CheckpointConfig {
     /// Where checkpoints are written and restored from (default: none, off).
     pub dir: Option<PathBuf>,
     /// Event time between checkpoints (default 5 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub interval: Duration,
 }
 
@@ -72,6 +72,19 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {barrier}: a part failed to write; not completed")]
     Incomplete { barrier: u64 },
+}
+
+impl schemas::Classify for CheckpointError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            // The disk under `checkpoint.dir`.
+            CheckpointError::Io { .. } | CheckpointError::Incomplete { .. } => {
+                schemas::Fault::External
+            }
+            // Written by another build (parts are only read by the same one).
+            CheckpointError::Format { .. } => schemas::Fault::Internal,
+        }
+    }
 }
 
 /// The checkpoint directory of a run.

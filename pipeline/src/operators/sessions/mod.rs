@@ -1,5 +1,5 @@
 //! Writing sessions per user, in event time: the session state machine, with
-//! flow state ([`crate::operators::flow`]) as one of its states.
+//! flow state ([`crate::operators::sessions::flow`]) as one of its states.
 //!
 //! ```text
 //! IDLE ─▶ WARMING_UP ─▶ ACTIVE_WRITING ⟷ FLOW_STATE
@@ -38,7 +38,7 @@
 //!   `session_ended` (`ended`) and a client `session_started` (`restarted`).
 //!   At end of input (replay) every deadline fires as if the watermark went
 //!   on forever: open sessions pause, break, and end by the gap.
-//! - FLOW_STATE ⟷ ACTIVE_WRITING as [`crate::operators::flow`] says;
+//! - FLOW_STATE ⟷ ACTIVE_WRITING as [`crate::operators::sessions::flow`] says;
 //!   `writing.flow_state_entered` / `flow_state_exited`; pausing or ending
 //!   exits flow too.
 //!
@@ -69,7 +69,7 @@
 //! `wpm_above_threshold`, `wpm_below_threshold`, `idle_timeout`,
 //! `session_paused`, `break_timeout`, `gap`, `ended`, `restarted`.
 //!
-//! **Determinism.** The operator runtime ([`crate::operators::keyed`],
+//! **Determinism.** The operator runtime ([`crate::runtime::keyed`],
 //! event-time order) processes each epoch only once the frontier
 //! has passed it, in (event time, arrival) order, and fires deadlines from
 //! the frontier, so outputs are identical whatever the arrival order within
@@ -78,11 +78,13 @@
 //! rank in its session.
 //!
 //! **Memory.** A user's state is dropped once the session has ended and the
-//! rolling window is empty ([`SessionTracker::state_size`]).
+//! rolling window is empty ([`Sessions::state_size`]).
 
-use crate::operators::flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
-use crate::operators::keyed::{Core, Order};
-use crate::operators::{Record, derived_id, stable_hash, written_words};
+pub mod flow;
+
+use crate::operators::{derived_id, stable_hash, written_words};
+use crate::runtime::{Core, Order, Record};
+use flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
 use schemas::Event;
 use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
@@ -98,17 +100,17 @@ use std::time::Duration;
 pub struct SessionsConfig {
     /// A longer gap between a user's writing events ends the session; exactly
     /// this keeps it (default 30 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub gap: Duration,
     /// PAUSED after this long without activity; exactly this keeps the user
     /// writing (default 60 s).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub pause_after: Duration,
     /// BREAK after this long without activity (default 5 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub break_after: Duration,
     /// WARMING_UP for this long from the start of a session (default 2 min).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub warmup: Duration,
 }
 
@@ -238,13 +240,13 @@ fn kind(e: &Event) -> Kind {
 }
 
 /// Where a user's outputs go.
-struct Ctx<'a> {
+struct UserOutputs<'a> {
     user: &'a str,
     rules: Rules,
     out: &'a mut Vec<Event>,
 }
 
-impl Ctx<'_> {
+impl UserOutputs<'_> {
     fn emit(&mut self, s: &Session, ts: i64, operator: &str, extra: &str, data: Payload) {
         let start = s.start_ts.to_string();
         self.out.push(Event {
@@ -368,7 +370,7 @@ impl User {
     }
 
     /// Evaluates every instant before `x`, in order.
-    fn run_until(&mut self, x: i64, ctx: &mut Ctx<'_>) {
+    fn run_until(&mut self, x: i64, ctx: &mut UserOutputs<'_>) {
         while let Some(t) = self.next_instant(ctx.rules) {
             if t >= x {
                 break;
@@ -378,7 +380,7 @@ impl User {
     }
 
     /// Evaluates instant `t`, after every event at `t`.
-    fn instant(&mut self, t: i64, ctx: &mut Ctx<'_>) {
+    fn instant(&mut self, t: i64, ctx: &mut UserOutputs<'_>) {
         let r = ctx.rules;
         self.clock = t;
         if self.pending.is_some_and(|p| p <= t) {
@@ -422,7 +424,7 @@ impl User {
     }
 
     /// Ends the open session at `at`: the summary.
-    fn end(&mut self, at: i64, reason: &str, ctx: &mut Ctx<'_>) {
+    fn end(&mut self, at: i64, reason: &str, ctx: &mut UserOutputs<'_>) {
         let Some(mut s) = self.session.take() else {
             return;
         };
@@ -466,7 +468,7 @@ impl User {
         id: Option<String>,
         reason: &str,
         implicit: bool,
-        ctx: &mut Ctx<'_>,
+        ctx: &mut UserOutputs<'_>,
     ) {
         let id = id.unwrap_or_else(|| format!("s-{:016x}", stable_hash(&(ctx.user, t))));
         let mut s = Session {
@@ -504,7 +506,7 @@ impl User {
     }
 
     /// Applies one event at `t` (its instant is evaluated later).
-    fn apply(&mut self, t: i64, e: &Event, kind: Kind, ctx: &mut Ctx<'_>) {
+    fn apply(&mut self, t: i64, e: &Event, kind: Kind, ctx: &mut UserOutputs<'_>) {
         match kind {
             Kind::Ignored => {}
             Kind::Started(id) => {
@@ -540,7 +542,7 @@ impl User {
         }
     }
 
-    fn activity_or_open(&mut self, t: i64, e: &Event, reason: &str, ctx: &mut Ctx<'_>) {
+    fn activity_or_open(&mut self, t: i64, e: &Event, reason: &str, ctx: &mut UserOutputs<'_>) {
         if self.session.is_none() {
             self.open(t, e, None, reason, true, ctx);
         }
@@ -548,7 +550,7 @@ impl User {
     }
 
     /// Activity at `t` in the open session: resumes it if paused, counts it.
-    fn activity(&mut self, t: i64, e: &Event, ctx: &mut Ctx<'_>) {
+    fn activity(&mut self, t: i64, e: &Event, ctx: &mut UserOutputs<'_>) {
         let r = ctx.rules;
         let Some(s) = self.session.as_mut() else {
             return;
@@ -585,7 +587,7 @@ impl User {
 }
 
 /// Enters PAUSED at `t` (from a writing state), leaving flow.
-fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mut Ctx<'_>) {
+fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mut UserOutputs<'_>) {
     let change = flow.stop(t);
     let wpm = flow.wpm_at(t);
     ctx.transition(s, SessionState::Paused, t, reason, wpm);
@@ -610,7 +612,7 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
 /// does, as a [`Core`]), and tell it when the watermark moves. Serializable
 /// (plain fields only, bincode-safe), so it is checkpointed.
 #[derive(Serialize, Deserialize)]
-pub struct SessionTracker {
+pub struct Sessions {
     rules: Rules,
     flow: FlowRules,
     users: HashMap<String, User>,
@@ -618,9 +620,9 @@ pub struct SessionTracker {
     queue: BTreeSet<(i64, String)>,
 }
 
-impl SessionTracker {
-    pub fn new(config: &SessionsConfig, flow: &FlowConfig) -> SessionTracker {
-        SessionTracker {
+impl Sessions {
+    pub fn new(config: &SessionsConfig, flow: &FlowConfig) -> Sessions {
+        Sessions {
             rules: Rules {
                 gap: config.gap.as_millis() as i64,
                 pause: config.pause_after.as_millis() as i64,
@@ -672,7 +674,7 @@ impl SessionTracker {
         let Some(u) = self.users.get_mut(user) else {
             return;
         };
-        let mut ctx = Ctx {
+        let mut ctx = UserOutputs {
             user,
             rules: self.rules,
             out,
@@ -718,7 +720,7 @@ impl SessionTracker {
                 continue;
             };
             u.scheduled = None;
-            let mut ctx = Ctx {
+            let mut ctx = UserOutputs {
                 user: &user,
                 rules: self.rules,
                 out: &mut *out,
@@ -738,9 +740,9 @@ impl SessionTracker {
     }
 }
 
-/// In the operator runtime: `records.keyed(SessionTracker::new(&config.sessions,
+/// In the operator runtime: `records.keyed(Sessions::new(&config.sessions,
 /// &config.flow), &ctx)`, checkpointed, with the same outputs as [`Sessions`].
-impl Core for SessionTracker {
+impl Core for Sessions {
     type Item = Record;
     const NAME: &'static str = "Sessions";
     const ORDER: Order = Order::EventTime;
@@ -762,19 +764,19 @@ impl Core for SessionTracker {
     }
 
     fn observe(&mut self, r: &Record, out: &mut Vec<Event>) {
-        SessionTracker::observe(self, &r.event, out);
+        Sessions::observe(self, &r.event, out);
     }
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        SessionTracker::advance_to(self, watermark, out);
+        Sessions::advance_to(self, watermark, out);
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {
-        SessionTracker::flush(self, out);
+        Sessions::flush(self, out);
     }
 
     fn state_size(&self) -> usize {
-        SessionTracker::state_size(self)
+        Sessions::state_size(self)
     }
 
     /// Per user: event time, ties in arrival order.
@@ -786,7 +788,7 @@ impl Core for SessionTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operators::{EpochBuffer, EventTime};
+    use crate::runtime::{EpochBuffer, EventTime};
     use serde_json::json;
     use std::sync::Arc;
 
@@ -833,12 +835,12 @@ mod tests {
         ev(user, ts, &format!("writing.{name}"), data)
     }
 
-    fn tracker() -> SessionTracker {
-        SessionTracker::new(&SessionsConfig::default(), &FlowConfig::default())
+    fn tracker() -> Sessions {
+        Sessions::new(&SessionsConfig::default(), &FlowConfig::default())
     }
 
     /// Feeds `events` (in time order), then moves the watermark to `watermark`.
-    fn run(t: &mut SessionTracker, events: &[Event], watermark: i64) -> Vec<Event> {
+    fn run(t: &mut Sessions, events: &[Event], watermark: i64) -> Vec<Event> {
         let mut out = Vec::new();
         for e in events {
             t.observe(e, &mut out);
@@ -1084,7 +1086,7 @@ mod tests {
             sustain: Duration::from_secs(10),
             ..FlowConfig::default()
         };
-        let mut t = SessionTracker::new(&SessionsConfig::default(), &flow);
+        let mut t = Sessions::new(&SessionsConfig::default(), &flow);
         let out = run(&mut t, &fast_writing(0, 150_000), 3 * MIN);
         assert_eq!(
             flow_events(&out),
@@ -1335,7 +1337,7 @@ mod tests {
             epoch_ms: epoch,
             flush_at_end: true,
         };
-        let mut t = SessionTracker::new(sessions, flow);
+        let mut t = Sessions::new(sessions, flow);
         let mut parked = EpochBuffer::default();
         let mut out = Vec::new();
         let mut newest = i64::MIN;
@@ -1923,18 +1925,18 @@ mod tests {
         for seed in 0..8 {
             let events = random_stream(300 + seed, 3, 400, true);
             let half = events.len() / 2;
-            let feed = |t: &mut SessionTracker, e: &Event| {
+            let feed = |t: &mut Sessions, e: &Event| {
                 let mut out = Vec::new();
                 t.observe(e, &mut out);
                 t.advance_to(e.ts - 50, &mut out);
                 out
             };
-            let mut before = SessionTracker::new(&s, &f);
+            let mut before = Sessions::new(&s, &f);
             for e in &events[..half] {
                 feed(&mut before, e);
             }
             let bytes = bincode::serialize(&before).expect("serializes");
-            let mut after: SessionTracker = bincode::deserialize(&bytes).expect("deserializes");
+            let mut after: Sessions = bincode::deserialize(&bytes).expect("deserializes");
             assert!(before.state_size() > 0, "seed {seed}: empty snapshot");
             for u in ["u0", "u1", "u2"] {
                 held.insert(format!("{:?}", before.state_of(u)));
@@ -1973,15 +1975,11 @@ mod tests {
             let (s2, f2) = (s.clone(), f.clone());
             let (out, late) =
                 crate::dataflow::run_for_test(arrivals, workers, batch, &config, move |st, cfg| {
-                    let ctx = crate::operators::keyed::Ctx {
-                        time: EventTime {
-                            epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
-                            flush_at_end: cfg.dataflow.flush_at_end,
-                        },
-                        worker: 0,
-                        checkpoints: None,
-                    };
-                    crate::operators::keyed::Keyed::keyed(st, SessionTracker::new(&s2, &f2), &ctx)
+                    let ctx = crate::runtime::OperatorCtx::plain(EventTime {
+                        epoch_ms: cfg.dataflow.epoch.as_millis() as u64,
+                        flush_at_end: cfg.dataflow.flush_at_end,
+                    });
+                    crate::runtime::Keyed::keyed(st, Sessions::new(&s2, &f2), &ctx)
                 });
             assert!(late.is_empty());
             assert_eq!(out, expected, "{workers} worker(s), batch {batch}");

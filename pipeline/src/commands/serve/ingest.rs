@@ -1,0 +1,191 @@
+//! The ingest side of `serve`: authentication, the log's background tasks
+//! (the Kafka mirror, trimming) and the HTTP/WebSocket server, which stops
+//! accepting at the stop signal and lets in-flight requests finish.
+
+use super::error::ServeError;
+use super::lease::{Fatal, redis_connection};
+use crate::config::Config;
+use connectors::auth::{Authenticator, RateLimiter};
+use connectors::http_api::{self, AppState, LimitedListener};
+use connectors::kafka::mirror::MirrorConfig;
+use connectors::notifier::NotifierHandle;
+use connectors::view_store::ViewStore;
+use connectors::websocket_fanout::Hub;
+use connectors::{EventLog, Metrics};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The ingest routes' state, and the mirror's task (stopped by the drain).
+pub(super) struct Ingest {
+    pub state: AppState,
+    pub mirror: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Ingest {
+    /// Authentication, then the Kafka mirror and log trimming.
+    pub fn start(
+        config: &Config,
+        log: EventLog,
+        hub: &Arc<Hub>,
+        views: ViewStore,
+        metrics: &Metrics,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> Result<Ingest, ServeError> {
+        let auth = authenticator(config)?;
+        // Trimming waits for the consumers that read the log: the dataflow (when
+        // it reads Redis) and the mirror (when Kafka is configured).
+        let mut required_groups = Vec::new();
+        if config.kafka.brokers.is_none() {
+            required_groups.push(config.dataflow.group.clone());
+        }
+        let mut mirror = None;
+        if let Some(brokers) = &config.kafka.brokers {
+            let mut mc = MirrorConfig::new(brokers.clone());
+            mc.partitions = config.kafka.partitions;
+            mc.batch = config.kafka.mirror_batch;
+            required_groups.push(mc.group.clone());
+            tracing::info!(%brokers, "mirroring the log to Kafka");
+            tokio::spawn(connectors::kafka::mirror::report_lag(
+                log.clone(),
+                mc.group.clone(),
+                metrics.clone(),
+                std::time::Duration::from_secs(5),
+                stop_rx.clone(),
+            ));
+            mirror = Some(tokio::spawn(connectors::kafka::mirror::run(
+                log.clone(),
+                mc,
+                metrics.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        if matches!(log, EventLog::Redis(_)) {
+            tokio::spawn(trim_periodically(
+                log.clone(),
+                required_groups,
+                config.redis.retention,
+                config.redis.trim_interval,
+                metrics.clone(),
+            ));
+        }
+        let state = AppState {
+            log,
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            config: Arc::new(config.ingest.to_ingest_config()),
+            auth,
+            limiter: Arc::new(RateLimiter::new(100_000)),
+            views,
+            // Set when the server starts: the notifier belongs to the outputs.
+            notifier: None,
+        };
+        Ok(Ingest { state, mirror })
+    }
+}
+
+/// API keys, JWTs and sessions as `[auth]` says; off (and loudly so) without them.
+fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
+    let auth_config = config
+        .auth
+        .to_auth_config(&config.ingest)
+        .map_err(ServeError::Auth)?;
+    let sessions = match &config.redis.url {
+        Some(url) if auth_config.session_secret.is_some() => Some(redis_connection(url)?),
+        _ => None,
+    };
+    let auth = Authenticator::new(auth_config, sessions);
+    if !auth.enabled() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: anyone who can reach this port may ingest and subscribe. \
+             Configure auth.api_keys, auth.jwt_secret or auth.session_secret to turn it on."
+        );
+    }
+    Ok(auth)
+}
+
+/// Trims acknowledged entries older than the retention, forever.
+async fn trim_periodically(
+    log: EventLog,
+    groups: Vec<String>,
+    retention: std::time::Duration,
+    every: std::time::Duration,
+    metrics: Metrics,
+) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+    loop {
+        tick.tick().await;
+        let keep_after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(retention.as_millis() as u64);
+        match log.trim(&groups, keep_after).await {
+            Ok(n) if n > 0 => tracing::debug!(entries = n, "trimmed the log"),
+            Ok(_) => {}
+            Err(e) => {
+                metrics
+                    .log_errors
+                    .with_label_values(&[log.backend(), "trim"])
+                    .inc();
+                tracing::warn!(error = %e, "trimming the log failed");
+            }
+        }
+    }
+}
+
+/// Binds `server.bind:server.port` and tells `on_bound` the address.
+pub(super) async fn bind(
+    config: &Config,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<TcpListener, ServeError> {
+    let addr = format!("{}:{}", config.server.bind, config.server.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ServeError::Server)?;
+    tracing::info!(addr = %local, "listening");
+    on_bound(local);
+    Ok(listener)
+}
+
+/// Serves HTTP and WebSockets until `shutdown` resolves or the dataflow
+/// stops this instance (`fatal`); then stops accepting, closes WebSocket
+/// clients and lets in-flight requests finish.
+pub(super) async fn serve_until_stopped(
+    config: &Config,
+    listener: TcpListener,
+    mut ingest: AppState,
+    notifier: Option<NotifierHandle>,
+    metrics: &Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut fatal: watch::Receiver<Fatal>,
+) -> Result<(), ServeError> {
+    let (signal_tx, signal_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = fatal.wait_for(|f| f.is_some()) => {}
+        }
+        let _ = signal_tx.send(true);
+    });
+    let mut graceful = signal_rx.clone();
+    let hub_for_close = ingest.hub.clone();
+    let listener = LimitedListener::new(
+        listener,
+        config.server.max_connections,
+        metrics.http_connection_limit_waits.clone(),
+    );
+    ingest.notifier = notifier;
+    let app = http_api::router(ingest);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        // Upgraded WebSocket connections are not tracked by the HTTP
+        // server's graceful shutdown: close them explicitly.
+        hub_for_close.close_all();
+    });
+    server.await.map_err(ServeError::Server)
+}

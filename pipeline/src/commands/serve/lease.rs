@@ -1,0 +1,218 @@
+//! Whether this process runs the dataflow: not at all (`dataflow.enabled =
+//! false`: a gateway), at once, or — when several instances share Redis —
+//! only while it holds the dataflow lease, stopping when it loses it.
+
+use super::dataflow::{DataflowStart, RunningDataflow};
+use super::error::ServeError;
+use crate::config::Config;
+use connectors::Metrics;
+use connectors::lease::Lease;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why this instance must stop although nobody asked it to.
+pub(super) type Fatal = Option<Arc<ServeError>>;
+
+/// The dataflow as the lease decides it, for the drain.
+pub(super) struct DataflowControl {
+    /// The running dataflow, once started (final after the lease task ends).
+    pub running: Arc<Mutex<Option<RunningDataflow>>>,
+    /// Holds the lease until the stop signal; returns it for release.
+    pub lease_task: Option<JoinHandle<Option<Lease>>>,
+    /// Set when the dataflow failed to start or the lease was lost.
+    pub fatal_rx: watch::Receiver<Fatal>,
+    /// Without a lease task nothing can set `fatal_rx`; its sender is kept
+    /// here so that it stays open (a closed channel would read as a stop).
+    fatal_tx: Option<watch::Sender<Fatal>>,
+    /// A dataflow this process does not run (a gateway): its outputs stay
+    /// open until the drain ends, as in a process that runs it.
+    unstarted: Option<DataflowStart>,
+}
+
+impl DataflowControl {
+    /// Waits for the lease task (it ends at the stop signal) and takes what
+    /// runs: the dataflow, if any, and the lease to release.
+    /// Also returns what must stay alive until the drain ends.
+    pub async fn settle(self) -> (Option<RunningDataflow>, Option<Lease>, impl Sized) {
+        let lease = match self.lease_task {
+            Some(t) => t.await.ok().flatten(),
+            None => None,
+        };
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        (running, lease, (self.fatal_tx, self.unstarted))
+    }
+}
+
+/// Starts the dataflow as the config says (see the module doc).
+pub(super) fn launch(
+    config: &Config,
+    start: DataflowStart,
+    metrics: &Metrics,
+    stop_rx: &watch::Receiver<bool>,
+    stop_tx: &Arc<watch::Sender<bool>>,
+) -> Result<DataflowControl, ServeError> {
+    let running: Arc<Mutex<Option<RunningDataflow>>> = Arc::default();
+    // 1 while this process runs the dataflow (holds the lease): which
+    // instance is the active one, for operators and tests.
+    let active = prometheus::IntGauge::new(
+        "inkstream_dataflow_active",
+        "1 while this process runs the dataflow (holds the dataflow lease), else 0.",
+    )
+    .map_err(ServeError::Metrics)?;
+    metrics
+        .registry()
+        .register(Box::new(active.clone()))
+        .map_err(ServeError::Metrics)?;
+    let (fatal_tx, fatal_rx) = watch::channel(None);
+    let mut lease_task = None;
+    let mut kept_fatal_tx = None;
+    let mut unstarted = None;
+    match (&config.redis.url, config.dataflow.enabled) {
+        (_, false) => {
+            tracing::info!(
+                "dataflow: off in this process (dataflow.enabled = false): gateway only"
+            );
+            kept_fatal_tx = Some(fatal_tx);
+            unstarted = Some(start);
+        }
+        (Some(url), true) if config.dataflow.lease => {
+            let conn = redis_connection(url)?;
+            let held = HeldLease {
+                conn,
+                prefix: config.redis.prefix.clone(),
+                name: lease_name(config),
+                holder: holder_name(config.server.port),
+                ttl: config.dataflow.lease_ttl,
+            };
+            lease_task = Some(tokio::spawn(held.run(
+                start,
+                running.clone(),
+                active,
+                fatal_tx,
+                stop_rx.clone(),
+                stop_tx.clone(),
+            )));
+        }
+        (_, true) => {
+            *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(start.start()?);
+            active.set(1);
+            kept_fatal_tx = Some(fatal_tx);
+        }
+    }
+    Ok(DataflowControl {
+        running,
+        lease_task,
+        fatal_rx,
+        fatal_tx: kept_fatal_tx,
+        unstarted,
+    })
+}
+
+/// A lazy connection to `redis.url`.
+pub(super) fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, ServeError> {
+    redis::Client::open(url)
+        .and_then(|c| {
+            redis::aio::ConnectionManager::new_lazy_with_config(
+                c,
+                redis::aio::ConnectionManagerConfig::new(),
+            )
+        })
+        .map_err(ServeError::RedisUrl)
+}
+
+/// One lease per process of a timely cluster: its processes run together,
+/// each standing in for one index.
+fn lease_name(config: &Config) -> String {
+    if config.dataflow.processes() > 1 {
+        format!(
+            "dataflow:{}:p{}",
+            config.dataflow.group, config.dataflow.process_index
+        )
+    } else {
+        format!("dataflow:{}", config.dataflow.group)
+    }
+}
+
+/// Stable per instance (two instances on one host need two ports): a
+/// restarted instance takes its own lease back at once.
+fn holder_name(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    match port {
+        // Port chosen at bind: no stable name, so a unique one.
+        0 => format!(
+            "{host}:0-{}-{:x}",
+            std::process::id(),
+            std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
+        ),
+        port => format!("{host}:{port}"),
+    }
+}
+
+/// The lease this instance runs the dataflow under.
+struct HeldLease {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    name: String,
+    holder: String,
+    ttl: std::time::Duration,
+}
+
+impl HeldLease {
+    /// Waits for the lease, starts the dataflow, and holds the lease until
+    /// the stop signal — or, when it is lost, stops this instance.
+    async fn run(
+        self,
+        start: DataflowStart,
+        running: Arc<Mutex<Option<RunningDataflow>>>,
+        active: prometheus::IntGauge,
+        fatal_tx: watch::Sender<Fatal>,
+        mut stop: watch::Receiver<bool>,
+        stop_now: Arc<watch::Sender<bool>>,
+    ) -> Option<Lease> {
+        let lease = Lease::acquire(
+            self.conn,
+            &self.prefix,
+            &self.name,
+            &self.holder,
+            self.ttl,
+            stop.clone(),
+        )
+        .await?;
+        // Starting may block (a cluster waits for its peers).
+        let started = tokio::task::spawn_blocking(move || start.start())
+            .await
+            .unwrap_or_else(|e| Err(ServeError::StartPanicked(e)));
+        match started {
+            Ok(d) => {
+                *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+                active.set(1);
+            }
+            Err(e) => {
+                let _ = fatal_tx.send(Some(Arc::new(e)));
+                return Some(lease);
+            }
+        }
+        let mut lost = lease.lost();
+        tokio::select! {
+            _ = lost.wait_for(|l| *l) => {
+                // Stop reading at once (another instance may hold the
+                // lease soon); the rest shuts down as usual.
+                let _ = stop_now.send(true);
+                active.set(0);
+                let _ = fatal_tx.send(Some(Arc::new(ServeError::LeaseLost)));
+            }
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        Some(lease)
+    }
+}

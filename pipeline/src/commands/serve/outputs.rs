@@ -1,0 +1,234 @@
+//! Where `serve` sends what it ingests and derives: the log, the fanout hub
+//! (in-process or through Redis), and [`DerivedOutputs`], the dataflow's sink
+//! that feeds the hub, the Kafka derived topics, `derived.dir`, the notifier
+//! and the view store.
+
+use super::error::ServeError;
+use crate::config::{Config, FanoutBroker};
+use crate::dataflow::{DerivedSink, SinkError};
+use crate::file_sink::FileSink;
+use connectors::event_log::EmbeddedLog;
+use connectors::kafka::derived::DerivedProducer;
+use connectors::notifier::NotifierHandle;
+use connectors::event_log::redis::{RedisLog, RedisLogConfig};
+use connectors::view_store::{ViewFeed, ViewStore, ViewStoreConfig};
+use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
+use connectors::{EventLog, Metrics};
+use schemas::Event;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Sends derived events to every output and counts them.
+pub(super) struct DerivedOutputs {
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    /// The Kafka derived topics, when Kafka is configured.
+    derived: Option<Arc<DerivedProducer>>,
+    /// `derived.dir`: every derived event, appended as NDJSON.
+    files: Option<FileSink>,
+    /// The notifier's bounded queue (alerts and flow changes), when enabled.
+    notify: Option<NotifierHandle>,
+    /// The view store's queue (never blocks this worker thread).
+    views: ViewFeed,
+}
+
+impl DerivedSink for DerivedOutputs {
+    fn emit(&self, events: &mut Vec<Event>) {
+        if let Some(files) = &self.files {
+            files.emit(&mut events.clone());
+            if let Some(error) = files.take_error() {
+                tracing::error!(%error, "derived events not written to derived.dir");
+            }
+        }
+        self.views.offer(events);
+        for e in events.drain(..) {
+            self.metrics
+                .dataflow_derived
+                .with_label_values(&[e.event_type()])
+                .inc();
+            if let schemas::Payload::SystemDeadLetter(d) = &e.data {
+                tracing::debug!(id = %e.id, reason = %d.reason, "dead-lettered");
+            }
+            if let Some(n) = &self.notify {
+                n.offer(&e);
+            }
+            self.hub.publish(&e);
+            if let Some(p) = &self.derived {
+                p.send(&e);
+            }
+        }
+    }
+
+    /// Before a checkpoint completes, the derived topics have everything
+    /// derived so far (the fanout is live only; its history is its own).
+    fn sync(&self) -> Result<(), SinkError> {
+        if let Some(p) = &self.derived {
+            p.flush(std::time::Duration::from_secs(10));
+        }
+        match &self.files {
+            Some(files) => files.sync(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every output of this process, opened.
+pub(super) struct Outputs {
+    pub hub: Arc<Hub>,
+    /// Flushed once more after the dataflow has drained.
+    pub derived: Option<Arc<DerivedProducer>>,
+    /// The notifier's handle, for the routes (every instance).
+    pub notifier: Option<NotifierHandle>,
+    /// The views, for the routes.
+    pub views: ViewStore,
+    /// The dataflow's sink and the notifier's task, for the dataflow.
+    pub for_dataflow: (Arc<DerivedOutputs>, Option<NotifierRun>),
+}
+
+/// The notifier's task once started: its stop signal and its handle.
+pub(super) type NotifierTask = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The notifier, ready to run beside the dataflow.
+pub(super) type NotifierRun = (
+    watch::Sender<bool>,
+    connectors::notifier::Notifier<connectors::notifier::SystemClock>,
+    tokio::sync::mpsc::Receiver<connectors::notifier::runner::Input>,
+    watch::Receiver<bool>,
+);
+
+impl Outputs {
+    /// Opens, in order: the hub, the derived topics, `derived.dir`, the
+    /// notifier and the view store.
+    pub async fn open(config: &Config, metrics: &Metrics) -> Result<Outputs, ServeError> {
+        let hub = open_hub(config, metrics).await?;
+        let derived = match &config.kafka.brokers {
+            Some(brokers) if config.dataflow.enabled => {
+                let topics: Vec<String> = schemas::EventType::all()
+                    .filter(|t| t.derived)
+                    .map(|t| connectors::kafka::derived_topic(t.name))
+                    .collect();
+                if let Err(e) =
+                    connectors::kafka::ensure_topics(brokers, &topics, config.kafka.partitions)
+                        .await
+                {
+                    // Not fatal: the broker may be down now; production retries.
+                    tracing::warn!(error = %e, "creating the derived topics failed");
+                }
+                Some(Arc::new(DerivedProducer::new(brokers, metrics.clone())?))
+            }
+            _ => None,
+        };
+        let files = match &config.derived.dir {
+            Some(dir) => {
+                Some(FileSink::new(dir, String::new(), true).map_err(ServeError::DerivedDir)?)
+            }
+            None => None,
+        };
+        // The notifier's handle serves the routes on every instance; its task
+        // (deliveries, retries, digests) runs only beside the dataflow, so that
+        // instances sharing Redis never both send a pending delivery.
+        let (notifier, notifier_run) = start_notifier(config, &hub, metrics).await?;
+        let (views, view_feed) = ViewStore::start(
+            ViewStoreConfig {
+                redis_url: config.redis.url.clone(),
+                prefix: config.redis.prefix.clone(),
+                ..Default::default()
+            },
+            metrics,
+        )
+        .await
+        .map_err(ServeError::ViewStore)?;
+        let sink = Arc::new(DerivedOutputs {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            derived: derived.clone(),
+            files,
+            notify: notifier.clone(),
+            views: view_feed,
+        });
+        Ok(Outputs {
+            hub,
+            derived,
+            notifier,
+            views,
+            for_dataflow: (sink, notifier_run),
+        })
+    }
+}
+
+/// Opens the log the config asks for.
+pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
+    match &config.redis.url {
+        Some(url) => {
+            let mut rc = RedisLogConfig::new(url.clone());
+            rc.prefix = config.redis.prefix.clone();
+            rc.shards = config.redis.shards;
+            rc.dedup_window = config.ingest.dedup_window;
+            let log = RedisLog::connect(&rc).await?;
+            tracing::info!(prefix = %rc.prefix, "event log: redis streams");
+            Ok(EventLog::Redis(log))
+        }
+        None => {
+            tracing::warn!(
+                "event log: EMBEDDED (in-process, NOT durable: events are lost when the process \
+                 stops). Set --redis-url / REDIS_URL for a durable log."
+            );
+            Ok(EventLog::Embedded(EmbeddedLog::new(
+                &config.redis.prefix,
+                config.ingest.dedup_window,
+                config.ingest.dedup_max_ids_embedded,
+            )))
+        }
+    }
+}
+
+/// The fanout hub, through Redis when `fanout.broker` says so.
+async fn open_hub(config: &Config, metrics: &Metrics) -> Result<Arc<Hub>, ServeError> {
+    let hub = Arc::new(Hub::new(config.fanout.to_hub_config(), metrics.clone()));
+    let via_redis = match (config.fanout.broker, &config.redis.url) {
+        (FanoutBroker::Memory, _) | (FanoutBroker::Auto, None) => None,
+        (FanoutBroker::Auto | FanoutBroker::Redis, Some(url)) => Some(url),
+        (FanoutBroker::Redis, None) => return Err(ServeError::FanoutNeedsRedis),
+    };
+    if let Some(url) = via_redis {
+        hub.attach_redis(&RedisBrokerConfig {
+            url: url.clone(),
+            prefix: config.redis.prefix.clone(),
+            publish_queue: config.fanout.publish_queue,
+        })
+        .await
+        .map_err(ServeError::FanoutRedis)?;
+        tracing::info!("fanout: through redis (numbering and history shared by every gateway)");
+    }
+    Ok(hub)
+}
+
+/// Starts the notifier (`[notifications]`), its store in Redis when
+/// `redis.url` is set (in-process otherwise).
+async fn start_notifier(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Metrics,
+) -> Result<(Option<NotifierHandle>, Option<NotifierRun>), ServeError> {
+    use connectors::notifier::{Notifier, Store, SystemClock, metrics::NotifierMetrics};
+    if !config.notifications.enabled {
+        return Ok((None, None));
+    }
+    let store = match &config.redis.url {
+        Some(url) => Store::redis(url, &config.redis.prefix).map_err(ServeError::NotifierStore)?,
+        None => Store::memory(),
+    };
+    let nm = NotifierMetrics::register(metrics.registry()).map_err(ServeError::NotifierMetrics)?;
+    let (notifier, rx) = Notifier::start(
+        config.notifications.clone(),
+        store,
+        Some(hub.clone()),
+        nm,
+        SystemClock,
+    )
+    .await
+    .map_err(ServeError::Notifier)?;
+    let handle = notifier.handle();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    Ok((Some(handle), Some((stop_tx, notifier, rx, stop_rx))))
+}
