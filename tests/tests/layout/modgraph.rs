@@ -286,14 +286,14 @@ impl CrateGraph {
         let mut edges = BTreeSet::new();
         for (from, m) in self.modules.iter().enumerate() {
             for (abs, line) in &m.refs {
-                if let Some(to) = self.resolve(abs, 0) {
-                    if to != from {
-                        edges.insert(Edge {
-                            from,
-                            to,
-                            line: *line,
-                        });
-                    }
+                if let Some(to) = self.resolve(abs, 0)
+                    && to != from
+                {
+                    edges.insert(Edge {
+                        from,
+                        to,
+                        line: *line,
+                    });
                 }
             }
         }
@@ -530,10 +530,10 @@ impl<'ast> Visit<'ast> for PathCollector {
                         "bound",
                         "getter",
                     ];
-                    if named.contains(&key.as_str()) {
-                        if let Ok(path) = lit.parse::<syn::Path>() {
-                            self.visit_path(&path);
-                        }
+                    if named.contains(&key.as_str())
+                        && let Ok(path) = lit.parse::<syn::Path>()
+                    {
+                        self.visit_path(&path);
                     }
                 }
                 Ok(())
