@@ -251,7 +251,10 @@ impl PrivateKafka {
     /// Starts the broker (again) and waits until it says it has started: an
     /// open port alone does not answer metadata requests yet.
     pub fn restart(&mut self) {
-        let script = required("INKSTREAM_TEST_KAFKA_SH", "Apache Kafka (tests/kafka/broker.sh)");
+        let script = required(
+            "INKSTREAM_TEST_KAFKA_SH",
+            "Apache Kafka (tests/kafka/broker.sh)",
+        );
         let log_path = self.dir.join("broker.log");
         let log = std::fs::File::create(&log_path).expect("kafka log");
         let child = Command::new("bash")
@@ -271,7 +274,11 @@ impl PrivateKafka {
             if text.contains("Kafka Server started") {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("Apache Kafka exited during startup ({status}):\n{text}");
             }
             assert!(
