@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or this one:
-#   - installs what is missing: redis-server (Debian package) and the
-#     Kafka-compatible broker tansu (cargo install, cached under
-#     ${INKSTREAM_CACHE:-~/.cache/inkstream} and skipped when present);
-#   - starts its own redis-server and tansu on free loopback ports (never the
-#     ones that may already be running) and exports their addresses;
+#   - installs what is missing: redis-server (Debian package) and Apache
+#     Kafka's jars (from Maven Central with Maven, tests/kafka/pom.xml; cached
+#     under ${INKSTREAM_CACHE:-~/.cache/inkstream} and skipped when present);
+#   - starts its own redis-server and Apache Kafka (KRaft, one node) on free
+#     loopback ports (never the ones that may already be running) and exports
+#     their addresses;
 #   - runs cargo fmt --check, clippy -D warnings and every test in one cargo
 #     invocation;
 #   - stops what it started, also on failure or interrupt.
@@ -14,8 +15,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 cache="${INKSTREAM_CACHE:-$HOME/.cache/inkstream}"
-tansu_version="0.6.0"
-tansu="$cache/tansu-$tansu_version/bin/tansu"
+kafka_sh="$root/tests/kafka/broker.sh"
 work="$(mktemp -d -t inkstream-tests.XXXXXX)"
 pids=()
 started=$(date +%s)
@@ -47,13 +47,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 fi
-if [ ! -x "$tansu" ]; then
-  log "installing tansu $tansu_version with the dynostore engine (first run only, ~9 min)"
-  cargo install tansu --version "$tansu_version" --locked --features dynostore \
-    --root "$cache/tansu-$tansu_version"
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  log "installing Java and Maven (Debian packages) for Apache Kafka"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends default-jre-headless maven >/dev/null
 fi
-"$tansu" --help | grep -q 'Storage engines: .*dynostore' || {
-  log "$tansu has no storage engine: delete it and rerun"; exit 1; }
+log "fetching Apache Kafka's jars from Maven Central (cached after the first run)"
+kafka_libs=$("$kafka_sh" fetch)
 # Independent (non-Rust) clients for the cross-checks: fastavro, confluent-kafka;
 # aiosmtpd: the real SMTP server of the notifier tests.
 venv="$cache/venv"
@@ -166,29 +166,38 @@ start_redis() {
   done
   return 1
 }
-start_tansu() {
+# Apache Kafka: started once the log says "Kafka Server started" (an open port
+# alone is not a broker that answers metadata requests yet).
+start_kafka() {
   local attempt
   for attempt in 1 2 3 4 5; do
     kafka_port=$(free_port)
-    "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-      --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-      --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+    local controller_port
+    controller_port=$(free_port)
+    "$kafka_sh" run "$work/kafka" "$kafka_port" "$controller_port" >"$work/kafka.log" 2>&1 &
     local pid=$!
-    if wait_port "$kafka_port" tansu "$pid"; then pids+=("$pid"); return 0; fi
+    local i
+    for i in $(seq 1 1200); do
+      grep -q "Kafka Server started" "$work/kafka.log" 2>/dev/null && { pids+=("$pid"); return 0; }
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
     kill "$pid" 2>/dev/null || true
-    log "tansu could not start on $kafka_port (attempt $attempt)"
+    wait "$pid" 2>/dev/null || true
+    log "Apache Kafka could not start on $kafka_port (attempt $attempt): $(grep -m1 -E 'ERROR|Exception' "$work/kafka.log" || tail -1 "$work/kafka.log")"
   done
   return 1
 }
 start_redis
-start_tansu
+start_kafka
 
 export INKSTREAM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export INKSTREAM_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export INKSTREAM_TEST_REDIS_SERVER="$(command -v redis-server)"
-export INKSTREAM_TEST_TANSU="$tansu"
+export INKSTREAM_TEST_KAFKA_SH="$kafka_sh"
+export INKSTREAM_TEST_KAFKA_LIBS="$kafka_libs"
 export INKSTREAM_TEST_PYTHON="$venv/bin/python"
-log "redis-server on $redis_port, tansu on $kafka_port"
+log "redis-server on $redis_port, Apache Kafka on $kafka_port"
 
 # --- checks and tests ---------------------------------------------------------
 log "cargo fmt --check"

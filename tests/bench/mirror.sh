@@ -2,12 +2,12 @@
 # Mirror benchmark (docs/BENCHMARKS.md): Redis → Kafka throughput on a 1M-event
 # backlog with a kill -9 of inkstream in the middle, exactly-once by event_id
 # checked by an independent Python consumer, ingest → topic latency, and the
-# broker's own producer throughput (tansu perf) in the same run.
-# Needs: a release build, redis-server, tansu and the test venv (tests/run.sh installs them).
+# broker's producer ceiling (tests/examples/produce_perf.rs, the mirror's own
+# producer settings) in the same run, against Apache Kafka (tests/kafka/broker.sh).
+# Needs: a release build, redis-server, Java + Maven and the test venv (tests/run.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=./target/release/inkstream
-T="${INKSTREAM_CACHE:-$HOME/.cache/inkstream}/tansu-0.6.0/bin/tansu"
 PY="${INKSTREAM_CACHE:-$HOME/.cache/inkstream}/venv/bin/python"
 N="${N:-1000000}"
 RP=$(( 21000 + RANDOM % 9000 )); KP=$(( 31000 + RANDOM % 9000 )); HP=$(( 41000 + RANDOM % 9000 ))
@@ -15,9 +15,9 @@ work=$(mktemp -d)
 cleanup() { pkill -f "serve --port $HP" || true; redis-cli -p $RP shutdown nosave >/dev/null 2>&1 || true; kill $TPID 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 redis-server --port $RP --save "" --appendonly no --daemonize yes --dir "$work" --logfile "$work/redis.log"
-"$T" broker --listener-url tcp://127.0.0.1:$KP --advertised-listener-url tcp://127.0.0.1:$KP --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+tests/kafka/broker.sh run "$work/kafka" $KP $(( KP + 1 )) >"$work/kafka.log" 2>&1 &
 TPID=$!
-sleep 1
+until grep -q "Kafka Server started" "$work/kafka.log"; do kill -0 $TPID || { cat "$work/kafka.log"; exit 1; }; sleep 0.2; done
 metric() { curl -s "127.0.0.1:$HP/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 wait_http() { for _ in $(seq 100); do curl -sf "127.0.0.1:$HP/healthz" >/dev/null && return; sleep 0.1; done; }
 

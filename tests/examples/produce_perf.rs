@@ -1,7 +1,7 @@
 //! The broker's own producer ceiling for tests/bench/mirror.sh: N records of
 //! the mirror's size (~80 bytes) with the mirror's producer settings
 //! (idempotent, acks=all, linger 5 ms), as fast as delivery reports allow.
-//! (`tansu perf` reports through OpenTelemetry only; kcat fails the handshake.)
+//! (The same client and settings as the mirror, so the ratio compares like with like.)
 //!
 //! `cargo run --release -p inkstream-tests --example produce_perf -- BROKERS N`
 

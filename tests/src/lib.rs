@@ -29,7 +29,7 @@ pub fn redis_url() -> String {
 pub fn kafka_brokers() -> String {
     required(
         "INKSTREAM_TEST_KAFKA_BROKERS",
-        "Kafka-compatible broker (tansu)",
+        "Kafka broker (Apache Kafka)",
     )
 }
 
@@ -219,18 +219,25 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A private tansu broker (from the harness's `INKSTREAM_TEST_TANSU`) that a
-/// test may stop and restart on the same port (the memory engine comes back
-/// empty).
+/// A private Apache Kafka broker (KRaft, one node; started with the harness's
+/// `tests/kafka/broker.sh`) that a test may stop and start again on the same
+/// ports. Its data lives in a folder of its own and survives a restart, as a
+/// real broker's does.
 pub struct PrivateKafka {
     pub port: u16,
+    controller_port: u16,
+    dir: PathBuf,
     child: Option<Child>,
 }
 
 impl PrivateKafka {
     pub fn start() -> PrivateKafka {
+        let dir = std::env::temp_dir().join(unique("kafka"));
+        std::fs::create_dir_all(&dir).expect("kafka dir");
         let mut k = PrivateKafka {
             port: free_port(),
+            controller_port: free_port(),
+            dir,
             child: None,
         };
         k.restart();
@@ -241,30 +248,48 @@ impl PrivateKafka {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts the broker (again) and waits until it says it has started: an
+    /// open port alone does not answer metadata requests yet.
     pub fn restart(&mut self) {
-        let bin = required("INKSTREAM_TEST_TANSU", "tansu binary");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let script = required(
+            "INKSTREAM_TEST_KAFKA_SH",
+            "Apache Kafka (tests/kafka/broker.sh)",
+        );
+        let log_path = self.dir.join("broker.log");
+        let log = std::fs::File::create(&log_path).expect("kafka log");
+        let child = Command::new("bash")
+            .arg(script)
+            .arg("run")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
             .spawn()
-            .expect("spawn tansu");
+            .expect("spawn Apache Kafka");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("Kafka Server started") {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("Apache Kafka exited during startup ({status}):\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Apache Kafka did not say \"Kafka Server started\" within 90 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// Stops the broker at once (SIGKILL, like a crash); its data stays.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -276,6 +301,7 @@ impl PrivateKafka {
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

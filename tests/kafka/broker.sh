@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Apache Kafka for the test suite and the benchmark scripts: a single-node
+# KRaft broker (broker and controller in one process) run from its Maven
+# Central jars, on loopback ports the caller chooses.
+#
+#   broker.sh fetch                 the jars folder (downloads once with Maven,
+#                                   cached per pom.xml under $INKSTREAM_CACHE)
+#   broker.sh format DIR            a formatted, empty KRaft store in DIR
+#   broker.sh run DIR PORT CPORT    runs the broker in the foreground (exec: the
+#                                   caller's child pid is the JVM) with its data
+#                                   in DIR (formatted first when empty), clients
+#                                   on PORT and the controller on CPORT; the
+#                                   data survives a stop and a run again
+#
+# Environment: KAFKA_HEAP (default 512m), INKSTREAM_CACHE (~/.cache/inkstream).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${INKSTREAM_CACHE:-$HOME/.cache/inkstream}"
+# Any 16 bytes in base64url: every test broker is a cluster of its own.
+cluster_id="aW5rc3RyZWFtLXRlc3RzIQ"
+
+libs_dir() {
+  local key
+  key=$(sha256sum "$here/pom.xml" | cut -c1-16)
+  echo "$cache/kafka-$key/libs"
+}
+
+fetch() {
+  local libs
+  libs=$(libs_dir)
+  if [ ! -f "$libs/.complete" ]; then
+    command -v mvn >/dev/null 2>&1 || { echo "broker.sh: mvn (Maven) is needed to fetch Apache Kafka" >&2; exit 1; }
+    command -v java >/dev/null 2>&1 || { echo "broker.sh: java (17+) is needed to run Apache Kafka" >&2; exit 1; }
+    rm -rf "$libs"
+    mkdir -p "$libs"
+    mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$libs" -DincludeScope=runtime >&2
+    touch "$libs/.complete"
+  fi
+  echo "$libs"
+}
+
+java_opts() {
+  echo "-Xms128m -Xmx${KAFKA_HEAP:-512m} -XX:+UseSerialGC -Djava.awt.headless=true" \
+       "-Dlog4j2.configurationFile=$here/log4j2.properties"
+}
+
+write_properties() { # dir port cport
+  cat >"$1/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$3
+listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:$3
+advertised.listeners=PLAINTEXT://127.0.0.1:$2
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$1/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+format() { # dir
+  local libs
+  libs=$(fetch)
+  mkdir -p "$1"
+  # Formatting needs a configuration; its ports are not recorded.
+  write_properties "$1" 1 2
+  # shellcheck disable=SC2046
+  java $(java_opts) -cp "$libs/*" kafka.tools.StorageTool format \
+    -t "$cluster_id" -c "$1/server.properties" --ignore-formatted >/dev/null
+}
+
+run() { # dir port cport
+  local libs
+  libs=$(fetch)
+  [ -f "$1/data/meta.properties" ] || format "$1"
+  write_properties "$1" "$2" "$3"
+  # shellcheck disable=SC2046
+  exec java $(java_opts) -cp "$libs/*" kafka.Kafka "$1/server.properties"
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  format) format "$2" ;;
+  run) run "$2" "$3" "$4" ;;
+  *) echo "usage: broker.sh fetch | format DIR | run DIR PORT CONTROLLER_PORT" >&2; exit 2 ;;
+esac
