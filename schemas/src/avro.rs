@@ -230,10 +230,10 @@ impl AvroSchemas {
 
     /// The schemas embedded in this build, parsed once per process.
     pub fn shared() -> Result<&'static AvroSchemas, AvroError> {
-        static SHARED: std::sync::OnceLock<Result<AvroSchemas, String>> =
+        static SHARED: std::sync::OnceLock<Result<AvroSchemas, AvroError>> =
             std::sync::OnceLock::new();
         SHARED
-            .get_or_init(|| AvroSchemas::embedded().map_err(|e| e.to_string()))
+            .get_or_init(AvroSchemas::embedded)
             .as_ref()
             .map_err(|e| AvroError::Malformed(format!("embedded schemas: {e}")))
     }

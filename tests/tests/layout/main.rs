@@ -134,12 +134,22 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The files of every module that is not test-only (`#[cfg(test)] mod x;`
+/// files are tests, however long).
 fn source_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for krate in ["schemas", "connectors", "pipeline"] {
-        rust_files(&root().join(krate).join("src"), &mut files);
-    }
+    let mut files: Vec<PathBuf> = crate_roots()
+        .into_iter()
+        .filter(|(name, _)| *name != "tests")
+        .flat_map(|(name, file)| {
+            graph(name, &file)
+                .modules
+                .into_iter()
+                .filter(|m| !m.test_only)
+                .map(|m| m.file)
+        })
+        .collect();
     files.sort();
+    files.dedup();
     files
 }
 
