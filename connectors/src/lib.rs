@@ -1,7 +1,7 @@
 //! Every inkstream edge that does I/O. One folder per external system or
 //! component; the HTTP edge is one folder of its own that only the binary
 //! assembles. No module imports from a file that imports it back
-//! (`modcheck`): shared types live in their own files (`entry.rs`,
+//! (checked by `tests/tests/layout/`): shared types live in their own files (`entry.rs`,
 //! `error.rs`, `config.rs`, …), not in the `mod.rs` that declares them.
 //!
 //! - [`auth`]: API keys, HS256 JWTs and express-session cookies; rate limits
