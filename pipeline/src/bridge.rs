@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
 use crate::runtime::checkpoint::Checkpoints;
 use crate::runtime::operator_stats::OperatorStats;
+use connectors::event_log::reader::CaughtUp;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,6 +30,9 @@ pub struct BridgeEnds {
     pub entries: mpsc::Sender<Vec<LogEntry>>,
     /// Entries fully processed, to acknowledge in the log.
     pub processed: mpsc::UnboundedReceiver<Vec<EntryRef>>,
+    /// Marked by the reader when it has caught up with its input: event time
+    /// follows the wall clock through a quiet input only up to there.
+    pub caught_up: CaughtUp,
 }
 
 impl Bridge {
@@ -48,11 +52,13 @@ impl Bridge {
         for _ in 0..readers {
             let (tx, rx) = mpsc::channel::<Vec<LogEntry>>(64);
             let (done_tx, done_rx) = mpsc::unbounded_channel();
+            let caught_up = CaughtUp::default();
             tokio_ends.push(BridgeEnds {
                 entries: tx,
                 processed: done_rx,
+                caught_up: caught_up.clone(),
             });
-            worker_ends.push(Some((rx, done_tx)));
+            worker_ends.push(Some((rx, done_tx, caught_up)));
         }
         // Worker i takes reader i's channels; the closure is shared by all workers.
         let ends = Arc::new(Mutex::new(worker_ends));
@@ -100,7 +106,7 @@ impl Bridge {
                 .lock()
                 .ok()
                 .and_then(|mut e| e.get_mut(index).and_then(Option::take));
-            let Some((mut rx, done_tx)) = taken else {
+            let Some((mut rx, done_tx, caught_up)) = taken else {
                 return;
             };
             let idle_after = config.dataflow.idle_advance_after;
@@ -109,6 +115,9 @@ impl Bridge {
             let mut timing = Timing::default();
             loop {
                 let mut closed = false;
+                // Read before draining: what the reader sent before it
+                // marked this is in the channel by now.
+                let quiet_until = caught_up.get();
                 loop {
                     match rx.try_recv() {
                         Ok(batch) => {
@@ -150,10 +159,14 @@ impl Bridge {
                     return;
                 }
                 // Idle input: let the watermark follow the wall clock, so that
-                // absence of events still moves time forward.
-                let idle = last_arrival.elapsed();
+                // absence of events still moves time forward — but only for
+                // the time the reader has confirmed there was nothing to read
+                // (a slow or starved reader must not make its backlog late).
+                let idle = quiet_until
+                    .map(|q| q.saturating_duration_since(last_arrival))
+                    .unwrap_or_default();
                 // Partitions that went quiet stop holding the watermark back.
-                driver.tick();
+                driver.tick(quiet_until);
                 if idle >= idle_after {
                     if let Some(max) = driver.max_ts() {
                         driver.advance_to(max + idle.as_millis() as i64 - disorder);

@@ -366,10 +366,13 @@ impl InputDriver {
         }
     }
 
-    /// Lets time pass without input: idle partitions stop holding the
-    /// watermark back (call it when the input is quiet).
-    pub fn tick(&mut self) {
-        self.expire_idle(std::time::Instant::now());
+    /// Lets time pass without input: partitions that delivered nothing for
+    /// `idle_after` before `quiet_until` (the instant the reader last caught
+    /// up with its input) stop holding the watermark back.
+    pub fn tick(&mut self, quiet_until: Option<std::time::Instant>) {
+        if let Some(until) = quiet_until {
+            self.expire_idle(until);
+        }
         self.downgrade_to_watermark();
     }
 

@@ -4,13 +4,59 @@
 //! restart, never acknowledged), then new ones. Entries are acknowledged only
 //! when the bridge reports them fully processed. Log errors are counted and
 //! retried with capped exponential backoff: the source never dies.
+//!
+//! The reader also tells the dataflow how far it has **caught up**
+//! ([`CaughtUp`]): the start of its latest read that found nothing more to
+//! read. The dataflow lets event time follow the wall clock through a quiet
+//! input only up to that instant, so a reader that is merely slow (a starved
+//! task, a slow Redis) never makes the events it has not read yet look late.
 
 use super::EventLog;
 use super::entry::{EntryRef, LogEntry};
 use super::error::LogError;
 use crate::metrics::Metrics;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+
+/// How far a reader has caught up with its input: the start of its latest
+/// read that returned less than a full page, i.e. everything appended before
+/// that instant has been handed to the dataflow. Shared by a reader (which
+/// marks it after sending that read's entries) and the dataflow worker it
+/// feeds (which reads it before draining the channel).
+#[derive(Debug, Clone)]
+pub struct CaughtUp {
+    base: Instant,
+    /// Nanoseconds after `base`, plus one; 0: never caught up.
+    at: Arc<AtomicU64>,
+}
+
+impl Default for CaughtUp {
+    fn default() -> Self {
+        CaughtUp {
+            base: Instant::now(),
+            at: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl CaughtUp {
+    /// Everything appended before `read_started` has been sent (call it after
+    /// the send). Never moves back.
+    pub fn mark(&self, read_started: Instant) {
+        let nanos = read_started.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        self.at.fetch_max(nanos, Ordering::Release);
+    }
+
+    /// The latest instant the reader was caught up at, if any.
+    pub fn get(&self) -> Option<Instant> {
+        match self.at.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.base + Duration::from_nanos(n - 1)),
+        }
+    }
+}
 
 pub struct SourceConfig {
     pub group: String,
@@ -30,6 +76,7 @@ pub async fn run(
     mut processed: mpsc::UnboundedReceiver<Vec<EntryRef>>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Metrics,
+    caught_up: CaughtUp,
 ) {
     let backend = log.backend();
     let mut backoff = Backoff::default();
@@ -43,6 +90,8 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
+        let reading_new = resumed;
+        let started = Instant::now();
         let read = async {
             if !resumed {
                 if !group_ready {
@@ -112,8 +161,14 @@ pub async fn run(
             Ok((batch, resume_done)) => {
                 resumed |= resume_done;
                 backoff.reset();
+                // Less than a full page of new entries: nothing more was
+                // there when this read began.
+                let drained = reading_new && batch.len() < config.batch;
                 if !batch.is_empty() && entries.send(batch).await.is_err() {
                     break;
+                }
+                if drained {
+                    caught_up.mark(started);
                 }
             }
             Err(e) => {

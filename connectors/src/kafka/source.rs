@@ -8,6 +8,7 @@
 //! predecessor was processed — at-least-once, never a gap.
 
 use super::{client_config, events_topic};
+use crate::event_log::reader::CaughtUp;
 use crate::event_log::{EntryRef, LogEntry, Undecodable};
 use crate::metrics::Metrics;
 use futures_util::{FutureExt, StreamExt};
@@ -15,8 +16,13 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+
+/// How long the consumer must have delivered nothing for the input to count
+/// as caught up to the start of that silence ([`CaughtUp`]): well above the
+/// fetch wait (5 ms), so a record already on the broker would have arrived.
+const QUIET: Duration = Duration::from_millis(100);
 
 /// Settings of the Kafka source.
 #[derive(Debug, Clone)]
@@ -69,6 +75,7 @@ pub async fn run(
     mut processed: mpsc::UnboundedReceiver<Vec<EntryRef>>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Metrics,
+    caught_up: CaughtUp,
 ) {
     let consumer: StreamConsumer = match client_config(&config.brokers)
         .set("group.id", &config.group)
@@ -98,6 +105,7 @@ pub async fn run(
     let mut progress: HashMap<(String, i32), PartitionProgress> = HashMap::new();
     let mut names: HashMap<(String, i32), Arc<str>> = HashMap::new();
     let mut stream = consumer.stream();
+    let mut quiet_check = tokio::time::Instant::now() + QUIET;
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
@@ -105,8 +113,16 @@ pub async fn run(
                 commit_with(&consumer, &mut progress, &done, CommitMode::Async);
                 continue;
             }
+            _ = tokio::time::sleep_until(quiet_check) => {
+                // Nothing for QUIET: whatever the broker had before then
+                // has been delivered.
+                caught_up.mark(Instant::now().checked_sub(QUIET).unwrap_or_else(Instant::now));
+                quiet_check = tokio::time::Instant::now() + QUIET;
+                continue;
+            }
             msg = stream.next() => msg,
         };
+        quiet_check = tokio::time::Instant::now() + QUIET;
         let mut batch: Vec<LogEntry> = Vec::new();
         let mut next = first;
         loop {

@@ -87,7 +87,11 @@ impl DataflowStart {
         let sources = ends
             .into_iter()
             .map(
-                |BridgeEnds { entries, processed }| match &config.kafka.brokers {
+                |BridgeEnds {
+                     entries,
+                     processed,
+                     caught_up,
+                 }| match &config.kafka.brokers {
                     Some(brokers) => tokio::spawn(connectors::kafka::source::run(
                         KafkaSourceConfig {
                             brokers: brokers.clone(),
@@ -98,6 +102,7 @@ impl DataflowStart {
                         processed,
                         stop_rx.clone(),
                         metrics.clone(),
+                        caught_up,
                     )),
                     None => tokio::spawn(source::run(
                         log.clone(),
@@ -111,6 +116,7 @@ impl DataflowStart {
                         processed,
                         stop_rx.clone(),
                         metrics.clone(),
+                        caught_up,
                     )),
                 },
             )
