@@ -336,10 +336,12 @@ fn ada(tz: &str) -> Preferences {
 }
 
 fn base_config() -> NotifierConfig {
-    let mut c = NotifierConfig::default();
-    // The provider, the webhook receiver and aiosmtpd run on loopback,
-    // which deliveries refuse by default.
-    c.allow_private_destinations = true;
+    let mut c = NotifierConfig {
+        // The provider, the webhook receiver and aiosmtpd run on loopback,
+        // which deliveries refuse by default.
+        allow_private_destinations: true,
+        ..Default::default()
+    };
     c.retry.base_ms = 1000;
     c.retry.jitter = 0.2;
     c

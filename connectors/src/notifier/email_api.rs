@@ -28,12 +28,8 @@ impl EmailApi {
             "textContent": template::text(d),
             "headers": {"X-Inkstream-Notification": d.id},
         });
-        let req = self
-            .http
-            .post("email", &url)?
-            .header("api-key", &self.config.api_key)
-            .header("Idempotency-Key", &d.id)
-            .json(&body);
-        self.http.send("email", req).await
+        self.http
+            .post_api("email", &url, &self.config.api_key, &d.id, &body)
+            .await
     }
 }

@@ -240,6 +240,24 @@ impl Outbound {
         Ok(self.http.post(parsed))
     }
 
+    /// POSTs `body` to a Brevo-style provider API: header `api-key`, the
+    /// delivery id as `Idempotency-Key`.
+    pub async fn post_api(
+        &self,
+        channel: &str,
+        url: &str,
+        api_key: &str,
+        delivery_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), DeliveryError> {
+        let req = self
+            .post(channel, url)?
+            .header("api-key", api_key)
+            .header("Idempotency-Key", delivery_id)
+            .json(body);
+        self.send(channel, req).await
+    }
+
     /// Sends `req` and classifies the answer; a destination the resolver
     /// refused is a permanent failure, counted.
     pub async fn send(

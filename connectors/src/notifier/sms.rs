@@ -25,12 +25,8 @@ impl Sms {
             "content": template::sms(d),
             "type": "transactional",
         });
-        let req = self
-            .http
-            .post("sms", &url)?
-            .header("api-key", &self.config.api_key)
-            .header("Idempotency-Key", &d.id)
-            .json(&body);
-        self.http.send("sms", req).await
+        self.http
+            .post_api("sms", &url, &self.config.api_key, &d.id, &body)
+            .await
     }
 }
