@@ -18,7 +18,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/inkstream /usr/local/bin/inkstream
 
 FROM debian:bookworm-slim AS runtime
-# ca-certificates: TLS to managed Redis/Kafka; zlib (librdkafka) is in the base.
+# ca-certificates: the system roots that rustls (the binary's one TLS stack)
+# trusts for rediss:// (managed Redis), https to the email/SMS providers and
+# webhooks, and SMTP STARTTLS/implicit TLS, unless a `*.tls.ca_file` names
+# another CA. Kafka over TLS/SASL is configured separately (see
+# docs/OPERATIONS.md). zlib (librdkafka) is in the base.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -22,6 +22,8 @@
 //!   reached through a [`notifier::NotifierHandle`].
 //! - [`view_store`]: the dataflow's current state, materialised (Redis or
 //!   in-process) for the query endpoints.
+//! - [`tls`]: the one TLS stack (rustls, ring) and its settings; the one
+//!   constructor of every Redis client ([`tls::redis_client`]).
 //! - [`metrics`]: every Prometheus metric of the process, in one place; it
 //!   imports no component.
 //! - [`http_api`]: every handler and the axum router: ingest
@@ -41,6 +43,7 @@ pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod notifier;
+pub mod tls;
 pub mod view_store;
 pub mod websocket_fanout;
 

@@ -12,8 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use inkstream_connectors::notifier::metrics::NotifierMetrics;
 use inkstream_connectors::notifier::policy::{Channel, Preferences};
 use inkstream_connectors::notifier::{
-    HttpApiConfig, ManualClock, Notifier, NotifierConfig, SmtpConfig, Store, WebhookConfig,
+    HttpApiConfig, ManualClock, Notifier, NotifierConfig, SmtpConfig, SmtpTls, Store, WebhookConfig,
 };
+use inkstream_tests::tls::TestPki;
 use schemas::payload::AlertTriggered;
 use schemas::payload::Priority;
 use schemas::{Event, Payload};
@@ -70,14 +71,24 @@ const HOOK: &str = "/hook";
 
 impl Provider {
     async fn start() -> Provider {
+        Provider::serve(None).await
+    }
+
+    /// The same provider behind https, with `pki`'s server certificate.
+    async fn start_https(pki: &TestPki) -> Provider {
+        Provider::serve(Some(pki.server_config())).await
+    }
+
+    async fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Provider {
         let state = Arc::new(Mutex::new(ProviderState::default()));
         async fn handle(
             State(s): State<Arc<Mutex<ProviderState>>>,
             uri: axum::http::Uri,
             headers: HeaderMap,
             body: Bytes,
-        ) -> StatusCode {
+        ) -> (StatusCode, [(axum::http::HeaderName, &'static str); 1]) {
             let path = uri.path().to_owned();
+            let path_for_redirect = HOOK;
             let (status, delay) = {
                 let mut g = s.lock().unwrap();
                 let delay = g.delays.get_mut(&path).and_then(VecDeque::pop_front);
@@ -104,7 +115,12 @@ impl Provider {
             if let Some(ms) = delay {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            StatusCode::from_u16(status).unwrap()
+            // Every answer names a place to go: a client that followed
+            // redirects would come back (never followed: one request per try).
+            (
+                StatusCode::from_u16(status).unwrap(),
+                [(axum::http::header::LOCATION, path_for_redirect)],
+            )
         }
         let app = Router::new()
             .route(EMAIL, axum::routing::post(handle))
@@ -112,8 +128,21 @@ impl Provider {
             .route(HOOK, axum::routing::post(handle))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = listener.local_addr().unwrap();
+        let base = match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+                format!("http://{addr}")
+            }
+            Some(config) => {
+                let tls = TlsListener {
+                    tcp: listener,
+                    acceptor: tokio_rustls::TlsAcceptor::from(config),
+                };
+                tokio::spawn(async move { axum::serve(tls, app).await.unwrap() });
+                format!("https://{addr}")
+            }
+        };
         Provider { state, base }
     }
 
@@ -159,6 +188,33 @@ impl Provider {
     }
 }
 
+/// TLS in front of a TCP listener, for `axum::serve` (a failed handshake
+/// is dropped; the next connection is accepted).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 // --- the real SMTP server ------------------------------------------------------
 
 /// aiosmtpd on a free port, writing each message to a directory.
@@ -170,6 +226,20 @@ struct Smtpd {
 
 impl Smtpd {
     fn start() -> Smtpd {
+        Smtpd::start_with(&[])
+    }
+
+    /// aiosmtpd with `mode` (`starttls`: STARTTLS required before MAIL;
+    /// `implicit`: TLS from the first byte) and `pki`'s server certificate.
+    fn start_tls(mode: &str, pki: &TestPki) -> Smtpd {
+        Smtpd::start_with(&[
+            mode.to_owned(),
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string(),
+        ])
+    }
+
+    fn start_with(tls_args: &[String]) -> Smtpd {
         let python = std::env::var("INKSTREAM_TEST_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| {
             panic!(
                 "INKSTREAM_TEST_PYTHON is not set: this test needs a real SMTP server (aiosmtpd). \
@@ -183,6 +253,7 @@ impl Smtpd {
             .arg(&script)
             .arg(port.to_string())
             .arg(&dir)
+            .args(tls_args)
             .stdout(Stdio::null())
             .spawn()
             .expect("start aiosmtpd");
@@ -204,6 +275,7 @@ impl Smtpd {
             from: "inkstream <noreply@example.com>".into(),
             username: None,
             password: None,
+            tls: None,
         }
     }
 
@@ -264,7 +336,12 @@ fn ada(tz: &str) -> Preferences {
 }
 
 fn base_config() -> NotifierConfig {
-    let mut c = NotifierConfig::default();
+    let mut c = NotifierConfig {
+        // The provider, the webhook receiver and aiosmtpd run on loopback,
+        // which deliveries refuse by default.
+        allow_private_destinations: true,
+        ..Default::default()
+    };
     c.retry.base_ms = 1000;
     c.retry.jitter = 0.2;
     c
@@ -296,7 +373,7 @@ fn count(m: &NotifierMetrics, priority: &str, channel: &str, outcome: &str) -> u
 }
 
 fn redis_store(prefix: &str) -> Store {
-    Store::redis(&inkstream_tests::redis_url(), prefix).expect("redis store")
+    Store::redis(&inkstream_tests::redis_url(), prefix, &Default::default()).expect("redis store")
 }
 
 // --- the issue's "done when" scenarios ----------------------------------------------
@@ -1115,4 +1192,164 @@ async fn a_timeout_is_retried_and_a_refused_connection_ends_in_a_dead_letter() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].idempotency_key, got[1].idempotency_key);
     assert_eq!(n.pending(), 0);
+}
+
+// --- TLS and outbound safety -------------------------------------------------------
+
+/// One HIGH alert to `ada` on `channel`, delivered (or not) on the spot.
+async fn deliver_once(config: NotifierConfig, channel: Channel) -> (Store, NotifierMetrics) {
+    let clock = ManualClock::new(local("UTC", 12, 0));
+    let store = Store::memory();
+    let (mut n, metrics) = start(config, store.clone(), &clock).await;
+    let mut p = ada("UTC");
+    p.channels.high = vec![channel];
+    n.handle().set_prefs("ada", p).await.unwrap();
+    n.on_event(&alert_event(
+        "d-tls",
+        Priority::High,
+        "ada",
+        "k",
+        "Over TLS",
+    ))
+    .await
+    .unwrap();
+    (store, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_api_sms_and_webhook_are_delivered_over_https_trusting_the_configured_ca() {
+    let pki = TestPki::new("notifier-https");
+    let provider = Provider::start_https(&pki).await;
+    assert!(provider.base.starts_with("https://"));
+    for channel in [Channel::Email, Channel::Sms, Channel::Webhook] {
+        let mut config = base_config();
+        config.tls.ca_file = Some(pki.ca_file.clone());
+        config.email_api = Some(provider.api());
+        config.sms = Some(provider.api());
+        config.webhook.urls = vec![format!("{}{HOOK}", provider.base)];
+        let (_, metrics) = deliver_once(config, channel).await;
+        assert_eq!(
+            count(&metrics, "high", channel.as_str(), "delivered"),
+            1,
+            "{channel:?} over https"
+        );
+    }
+    assert_eq!(provider.received(EMAIL).len(), 1);
+    assert_eq!(provider.received(SMS).len(), 1);
+    assert_eq!(provider.received(HOOK).len(), 1);
+
+    // Without the CA the provider's certificate is not trusted: nothing
+    // reaches it, and the failure is a retryable connection error.
+    let mut config = base_config();
+    config.webhook.urls = vec![format!("{}{HOOK}", provider.base)];
+    let (_, metrics) = deliver_once(config, Channel::Webhook).await;
+    assert_eq!(count(&metrics, "high", "webhook", "delivered"), 0);
+    assert_eq!(count(&metrics, "high", "webhook", "retried"), 1);
+    assert_eq!(
+        provider.received(HOOK).len(),
+        1,
+        "an untrusted server got nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_loopback_private_and_metadata_addresses_are_refused_unless_allowed() {
+    let provider = Provider::start().await;
+    let port = provider.base.rsplit(':').next().unwrap().to_owned();
+    for url in [
+        format!("http://127.0.0.1:{port}{HOOK}"),
+        format!("http://localhost:{port}{HOOK}"),
+        format!("http://[::ffff:127.0.0.1]:{port}{HOOK}"),
+        "http://10.1.2.3/hook".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let mut config = base_config();
+        config.allow_private_destinations = false;
+        config.webhook.urls = vec![url.clone()];
+        let (store, metrics) = deliver_once(config, Channel::Webhook).await;
+        assert_eq!(
+            metrics.refused.with_label_values(&["webhook"]).get(),
+            1,
+            "{url} was not refused"
+        );
+        // Refused for good: not retried, in the dead letters with the reason.
+        assert_eq!(
+            count(&metrics, "high", "webhook", "dead_lettered"),
+            1,
+            "{url}"
+        );
+        let dead = store.dead_letters().await.unwrap();
+        let reason = dead[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("destination refused")
+                && reason.contains("notifications.allow_private_destinations"),
+            "{url}: {reason}"
+        );
+    }
+    assert!(
+        provider.received(HOOK).is_empty(),
+        "a refused webhook reached the receiver"
+    );
+
+    // The setting allows them.
+    let mut config = base_config();
+    config.webhook.urls = vec![format!("http://127.0.0.1:{port}{HOOK}")];
+    let (_, metrics) = deliver_once(config, Channel::Webhook).await;
+    assert_eq!(count(&metrics, "high", "webhook", "delivered"), 1);
+    assert_eq!(metrics.refused.with_label_values(&["webhook"]).get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_the_answer_and_is_never_followed() {
+    let provider = Provider::start().await;
+    let mut config = base_config();
+    config.webhook.urls = vec![format!("{}{HOOK}", provider.base)];
+    provider.always(HOOK, 307);
+    let (store, metrics) = deliver_once(config, Channel::Webhook).await;
+    assert_eq!(
+        provider.received(HOOK).len(),
+        1,
+        "the redirect was followed"
+    );
+    assert_eq!(count(&metrics, "high", "webhook", "dead_lettered"), 1);
+    let dead = store.dead_letters().await.unwrap();
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("307"),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_delivers_with_starttls_and_with_implicit_tls_to_a_real_server() {
+    let pki = TestPki::new("smtp-tls");
+    for mode in ["starttls", "implicit"] {
+        let smtpd = Smtpd::start_tls(mode, &pki);
+        let mut config = base_config();
+        config.tls.ca_file = Some(pki.ca_file.clone());
+        config.smtp = Some(SmtpConfig {
+            host: "localhost".into(),
+            tls: Some(if mode == "starttls" {
+                SmtpTls::Starttls
+            } else {
+                SmtpTls::Implicit
+            }),
+            ..smtpd.config()
+        });
+        let (_, metrics) = deliver_once(config, Channel::Email).await;
+        assert_eq!(count(&metrics, "high", "email", "delivered"), 1, "{mode}");
+        let msgs = smtpd.messages();
+        assert_eq!(msgs.len(), 1, "{mode}: one message received");
+        assert!(msgs[0].1.contains("Over TLS"), "{mode}: {}", msgs[0].1);
+    }
+    // A server that requires STARTTLS refuses a plain client's mail: the
+    // requirement is real, so the success above went through TLS.
+    let smtpd = Smtpd::start_tls("starttls", &pki);
+    let mut config = base_config();
+    config.smtp = Some(SmtpConfig {
+        tls: Some(SmtpTls::None),
+        ..smtpd.config()
+    });
+    let (_, metrics) = deliver_once(config, Channel::Email).await;
+    assert_eq!(count(&metrics, "high", "email", "delivered"), 0);
+    assert!(smtpd.messages().is_empty());
 }

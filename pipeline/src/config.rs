@@ -148,8 +148,12 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://…`; unset means the embedded (in-process, not durable) log.
+    /// `redis://…` or `rediss://…` (TLS); unset means the embedded
+    /// (in-process, not durable) log.
     pub url: Option<String>,
+    /// `[redis.tls]`: `ca_file` (default: the system roots), optional
+    /// `cert_file`/`key_file` (mutual TLS); only with `rediss://`.
+    pub tls: connectors::tls::TlsFiles,
     /// Prefix of every key inkstream writes (default `inkstream`).
     pub prefix: String,
     /// Streams per category, keyed by partition key (default 8).
@@ -171,6 +175,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: None,
+            tls: Default::default(),
             prefix: "inkstream".into(),
             shards: 8,
             retention: Duration::from_secs(3600),

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         let mut config = NotifierConfig::default();
         config.defaults.quiet_hours = None;
         let prefix = format!("bench-{}", std::process::id());
-        let store = Store::redis(&url, &prefix)?;
+        let store = Store::redis(&url, &prefix, &Default::default())?;
         let (mut notifier, _rx) = Notifier::start(
             config,
             store,

@@ -3,9 +3,14 @@
 message on 127.0.0.1:PORT and writes each one, as received (headers and
 MIME body), to DIR/<n>.eml, plus DIR/<n>.rcpt with the envelope recipients.
 
-Usage: smtp_sink.py PORT DIR
+Usage: smtp_sink.py PORT DIR [MODE CERT KEY]
+
+MODE `starttls`: STARTTLS is offered and required before MAIL (submission,
+587); `implicit`: TLS from the first byte (465). CERT/KEY: the server's PEM
+certificate and key.
 """
 import os
+import ssl
 import sys
 import time
 
@@ -31,7 +36,19 @@ class Sink:
         return "250 OK"
 
 
-controller = Controller(Sink(), hostname="127.0.0.1", port=port)
+tls = {}
+if len(sys.argv) > 3:
+    mode, cert, key = sys.argv[3], sys.argv[4], sys.argv[5]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if mode == "starttls":
+        tls = {"tls_context": context, "require_starttls": True}
+    elif mode == "implicit":
+        tls = {"ssl_context": context}
+    else:
+        sys.exit(f"unknown TLS mode {mode!r} (starttls or implicit)")
+
+controller = Controller(Sink(), hostname="127.0.0.1", port=port, **tls)
 controller.start()
 print("ready", flush=True)
 try:

@@ -5,6 +5,8 @@
 //! the harness did not provide it, the test **fails** with a message saying
 //! how to run the suite. Nothing is skipped silently.
 
+pub mod tls;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

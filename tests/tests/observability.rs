@@ -234,12 +234,21 @@ async fn dataflow_metrics_report_state_watermark_lag_and_epoch_delay() {
             r#"inkstream_dataflow_state_keys{operator="LiveWpm"}"#,
         );
         let delays = sample(&text, "inkstream_dataflow_epoch_delay_seconds_count");
-        if state.is_some_and(|s| s > 0.0) && delays.is_some_and(|n| n > 0.0) {
+        // The lag is published with the state, but reads 0 until the
+        // operator's frontier has event time behind the clock: wait for it too.
+        let lag = sample(
+            &text,
+            r#"inkstream_dataflow_watermark_lag_seconds{operator="LiveWpm"}"#,
+        );
+        if state.is_some_and(|s| s > 0.0)
+            && delays.is_some_and(|n| n > 0.0)
+            && lag.is_some_and(|l| l > 0.0)
+        {
             break text;
         }
         assert!(
             Instant::now() < deadline,
-            "no state or epoch delay:\n{text}"
+            "no state, epoch delay or watermark lag:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

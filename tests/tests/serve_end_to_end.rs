@@ -258,3 +258,89 @@ async fn sigterm_after_ingest_leaves_every_acknowledged_event_in_redis_and_proce
         "the dataflow drained and acknowledged everything it read"
     );
 }
+
+/// Ingest, the dataflow and the fanout over `rediss://`: a real
+/// redis-server serving only TLS with a certificate from a CA made here,
+/// requiring a client certificate (`redis.tls.cert_file`/`key_file`).
+#[tokio::test]
+async fn posted_keystrokes_reach_the_analytics_socket_through_redis_over_tls() {
+    use inkstream_tests::tls::{TestPki, TlsRedis};
+    let pki = TestPki::new("redis-tls");
+    let redis = TlsRedis::start(&pki);
+    let prefix = unique("e2e-tls");
+    let set = |k: &str, p: &std::path::Path| format!("redis.tls.{k}={:?}", p.display().to_string());
+    let tls_args = [
+        set("ca_file", &pki.ca_file),
+        set("cert_file", &pki.client_cert),
+        set("key_file", &pki.client_key),
+    ];
+    let prefix_arg = format!("redis.prefix={prefix}");
+    let url = redis.url();
+    let mut args = vec!["--redis-url", url.as_str(), "--set", &prefix_arg];
+    for a in &tls_args {
+        args.extend(["--set", a.as_str()]);
+    }
+    let server = Server::start(&args).await;
+    let latency = wpm_round_trip(&server, "u-rediss").await;
+    println!("rediss: POST → WS WPM message in {latency:?}");
+
+    // The events, the fanout's history and the lease are in the TLS Redis.
+    let files = connectors::tls::TlsFiles {
+        ca_file: Some(pki.ca_file.clone()),
+        cert_file: Some(pki.client_cert.clone()),
+        key_file: Some(pki.client_key.clone()),
+    };
+    let client = connectors::tls::redis_client(&redis.url(), &files).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for part in [":events:", ":ws:", ":lease:"] {
+        assert!(
+            keys.iter().any(|k| k.contains(part)),
+            "no `{part}` key under {prefix} in the TLS redis: {keys:?}"
+        );
+    }
+}
+
+/// Without the CA, the server's certificate is not trusted: `serve` exits
+/// non-zero saying so, instead of talking to an unverified Redis.
+#[tokio::test]
+async fn serve_refuses_a_redis_whose_certificate_it_cannot_verify() {
+    use inkstream_tests::tls::{TestPki, TlsRedis};
+    let pki = TestPki::new("redis-tls-untrusted");
+    let redis = TlsRedis::start(&pki);
+    let mut child = std::process::Command::new(inkstream_tests::inkstream_bin())
+        .args(["serve", "--port", &inkstream_tests::free_port().to_string()])
+        .args(["--redis-url", &redis.url()])
+        .env_remove("REDIS_URL")
+        .env_remove("KAFKA_BROKERS")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not exit within 60 s against a Redis whose certificate is untrusted");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success(),
+        "serve started against an untrusted Redis"
+    );
+    assert!(
+        stderr.to_lowercase().contains("certificate"),
+        "the error does not say the certificate is the problem: {stderr}"
+    );
+}

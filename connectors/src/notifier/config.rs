@@ -42,6 +42,14 @@ pub struct NotifierConfig {
     pub email_api: Option<HttpApiConfig>,
     pub sms: Option<HttpApiConfig>,
     pub webhook: WebhookConfig,
+    /// Let webhooks and the email/SMS APIs reach loopback, private,
+    /// link-local and metadata addresses (default false: such destinations
+    /// are refused, so that a `webhook_url` cannot reach internal services).
+    pub allow_private_destinations: bool,
+    /// `[notifications.tls]`: a CA trusted for https besides the system
+    /// roots (`ca_file`), and a client certificate (`cert_file`/`key_file`)
+    /// for providers that require one. Also used by SMTP.
+    pub tls: crate::tls::TlsFiles,
 }
 
 impl Default for NotifierConfig {
@@ -64,6 +72,8 @@ impl Default for NotifierConfig {
             email_api: None,
             sms: None,
             webhook: WebhookConfig::default(),
+            allow_private_destinations: false,
+            tls: Default::default(),
         }
     }
 }
@@ -107,12 +117,39 @@ pub struct SmtpConfig {
     pub port: u16,
     /// Sender address, e.g. `inkstream <noreply@example.com>`.
     pub from: String,
-    /// AUTH PLAIN/LOGIN credentials (default none). No TLS is built in:
-    /// send through a local relay (or a TLS-terminating sidecar).
+    /// AUTH PLAIN/LOGIN credentials (default none). Sent only over TLS
+    /// unless `tls = "none"` says otherwise.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// `starttls` (upgrade required, submission on 587), `implicit` (TLS
+    /// from the first byte, 465) or `none` (plain, a local relay). Default:
+    /// `implicit` on port 465, `starttls` on 587, `none` otherwise. The
+    /// server is verified against the system roots plus
+    /// `notifications.tls.ca_file`.
+    #[serde(default)]
+    pub tls: Option<SmtpTls>,
+}
+
+/// `notifications.smtp.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Implicit,
+}
+
+impl SmtpConfig {
+    /// `tls`, or the port's usual mode.
+    pub fn tls_mode(&self) -> SmtpTls {
+        self.tls.unwrap_or(match self.port {
+            465 => SmtpTls::Implicit,
+            587 => SmtpTls::Starttls,
+            _ => SmtpTls::None,
+        })
+    }
 }
 
 fn default_smtp_port() -> u16 {

@@ -10,7 +10,7 @@ use super::template;
 /// The HTTP email channel.
 #[derive(Clone)]
 pub struct EmailApi {
-    pub http: reqwest::Client,
+    pub http: super::outbound::Outbound,
     pub config: HttpApiConfig,
 }
 
@@ -28,14 +28,8 @@ impl EmailApi {
             "textContent": template::text(d),
             "headers": {"X-Inkstream-Notification": d.id},
         });
-        DeliveryError::from_http(
-            self.http
-                .post(url)
-                .header("api-key", &self.config.api_key)
-                .header("Idempotency-Key", &d.id)
-                .json(&body)
-                .send()
-                .await,
-        )
+        self.http
+            .post_api("email", &url, &self.config.api_key, &d.id, &body)
+            .await
     }
 }

@@ -41,10 +41,30 @@ impl DeliveryError {
                     Err(DeliveryError::permanent(msg))
                 }
             }
-            Err(e) if e.is_builder() => Err(DeliveryError::permanent(format!("bad request: {e}"))),
-            Err(e) => Err(DeliveryError::transient(format!("request failed: {e}"))),
+            // Without the URL: a webhook URL may carry a token in its path.
+            Err(e) if e.is_builder() => Err(DeliveryError::permanent(format!(
+                "bad request: {}",
+                chain(e.without_url())
+            ))),
+            Err(e) => Err(DeliveryError::transient(format!(
+                "request failed: {}",
+                chain(e.without_url())
+            ))),
         }
     }
+}
+
+/// An error and its causes, `a: b: c` (reqwest's own message is only
+/// "error sending request"; the cause says a certificate or a refusal).
+fn chain(e: reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 impl Classify for DeliveryError {

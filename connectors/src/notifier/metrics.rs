@@ -26,6 +26,10 @@ pub struct NotifierMetrics {
     pub delivery_seconds: HistogramVec,
     /// `inkstream_notification_pending`: retries + held + digest queues.
     pub pending: IntGauge,
+    /// `inkstream_notification_destinations_refused_total{channel}`:
+    /// deliveries refused because the destination is a loopback, private,
+    /// link-local or metadata address (`notifications.allow_private_destinations`).
+    pub refused: IntCounterVec,
 }
 
 impl NotifierMetrics {
@@ -54,7 +58,19 @@ impl NotifierMetrics {
         )?;
         registry.register(Box::new(total.clone()))?;
         registry.register(Box::new(delivery_seconds.clone()))?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "inkstream_notification_destinations_refused_total",
+                "Deliveries refused because the destination resolves to a loopback, private, \
+                 link-local or metadata address, by channel.",
+            ),
+            &["channel"],
+        )?;
         registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        for c in ["email", "sms", "webhook"] {
+            refused.with_label_values(&[c]);
+        }
         for p in PRIORITIES {
             for c in CHANNELS {
                 for o in OUTCOMES {
@@ -69,6 +85,7 @@ impl NotifierMetrics {
             total,
             delivery_seconds,
             pending,
+            refused,
         })
     }
 

@@ -10,7 +10,9 @@
 //!   in-process: user state, pending deliveries, dead letters, in-app
 //!   notifications, preferences.
 //! - Channels, one file each: [`in_app`], [`smtp`], [`email_api`], [`sms`],
-//!   [`webhook`]; [`template`] renders the text and HTML bodies.
+//!   [`webhook`]; [`template`] renders the text and HTML bodies;
+//!   [`outbound`], the HTTP client of the webhook/email/SMS channels
+//!   (private destinations refused, no redirects, timeouts, rustls).
 //! - `config.rs`: `[notifications]` ([`NotifierConfig`] and its channel
 //!   sections); `error.rs`: [`DeliveryError`].
 //! - The endpoints (`GET /api/realtime/notifications`, `POST …/{id}/read`,
@@ -18,13 +20,15 @@
 //!   `http_api/notifications.rs` and use the [`NotifierHandle`].
 //! - [`metrics`], the metrics: `inkstream_notifications_total{priority,channel,outcome}`,
 //!   `inkstream_notification_delivery_seconds{channel}`,
-//!   `inkstream_notification_pending`.
+//!   `inkstream_notification_pending`,
+//!   `inkstream_notification_destinations_refused_total{channel}`.
 
 mod config;
 pub mod email_api;
 mod error;
 pub mod in_app;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod runner;
 pub mod sms;
@@ -37,6 +41,6 @@ pub use policy::{Alert, Channel, Delivery, Policy, PolicyConfig, Preferences};
 pub use runner::{Clock, ManualClock, Notifier, NotifierHandle, SystemClock};
 pub use store::Store;
 
-pub use config::{HttpApiConfig, NotifierConfig, RetryConfig, SmtpConfig, WebhookConfig};
+pub use config::{HttpApiConfig, NotifierConfig, RetryConfig, SmtpConfig, SmtpTls, WebhookConfig};
 pub use error::DeliveryError;
 pub use runner::wants;

@@ -240,15 +240,19 @@ impl<C: Clock> Notifier<C> {
             .validate()
             .map_err(|(k, m)| NotifierError::Config(format!("{k}: {m}")))?;
         let config = Arc::new(config);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.retry.timeout_ms))
-            .build()
-            .map_err(|e| NotifierError::Config(format!("http client: {e}")))?;
         let timeout = Duration::from_millis(config.retry.timeout_ms);
+        let http = super::outbound::Outbound::new(
+            timeout,
+            &config.tls,
+            config.allow_private_destinations,
+            metrics.refused.clone(),
+        )
+        .map_err(|e| NotifierError::Config(e.to_string()))?;
         let smtp = match &config.smtp {
-            Some(c) => {
-                Some(Smtp::new(c, timeout).map_err(|e| NotifierError::Config(e.to_string()))?)
-            }
+            Some(c) => Some(
+                Smtp::new(c, &config.tls, timeout)
+                    .map_err(|e| NotifierError::Config(e.to_string()))?,
+            ),
             None => None,
         };
         let channels = Channels {

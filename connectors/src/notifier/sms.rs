@@ -9,7 +9,7 @@ use super::template;
 /// The SMS channel.
 #[derive(Clone)]
 pub struct Sms {
-    pub http: reqwest::Client,
+    pub http: super::outbound::Outbound,
     pub config: HttpApiConfig,
 }
 
@@ -25,14 +25,8 @@ impl Sms {
             "content": template::sms(d),
             "type": "transactional",
         });
-        DeliveryError::from_http(
-            self.http
-                .post(url)
-                .header("api-key", &self.config.api_key)
-                .header("Idempotency-Key", &d.id)
-                .json(&body)
-                .send()
-                .await,
-        )
+        self.http
+            .post_api("sms", &url, &self.config.api_key, &d.id, &body)
+            .await
     }
 }

@@ -33,12 +33,15 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("stored JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl schemas::Classify for StoreError {
     fn fault(&self) -> schemas::Fault {
         match self {
             StoreError::Redis(_) => schemas::Fault::External,
+            StoreError::Tls(_) => schemas::Fault::Config,
             // What this process wrote does not read back: a bug (or a
             // foreign writer under our prefix).
             StoreError::Json(_) => schemas::Fault::Internal,
@@ -137,8 +140,8 @@ impl Store {
     }
 
     /// A Redis store (connects lazily; reconnects by itself).
-    pub fn redis(url: &str, prefix: &str) -> R<Store> {
-        let client = redis::Client::open(url)?;
+    pub fn redis(url: &str, prefix: &str, tls: &crate::tls::TlsFiles) -> R<Store> {
+        let client = crate::tls::redis_client(url, tls)?;
         let conn = ConnectionManager::new_lazy_with_config(
             client,
             redis::aio::ConnectionManagerConfig::new(),

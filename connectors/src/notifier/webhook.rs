@@ -44,7 +44,7 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
 /// The webhook channel.
 #[derive(Clone)]
 pub struct Webhook {
-    pub http: reqwest::Client,
+    pub http: super::outbound::Outbound,
     pub config: WebhookConfig,
 }
 
@@ -62,14 +62,14 @@ impl Webhook {
         for url in urls {
             let mut req = self
                 .http
-                .post(url)
+                .post("webhook", url)?
                 .header("content-type", "application/json")
                 .header("Idempotency-Key", &d.id)
                 .body(body.clone());
             if let Some(secret) = &self.config.secret {
                 req = req.header("X-Inkstream-Signature", sign(secret.as_bytes(), &body));
             }
-            DeliveryError::from_http(req.send().await)?;
+            self.http.send("webhook", req).await?;
         }
         Ok(())
     }

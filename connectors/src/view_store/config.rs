@@ -19,6 +19,8 @@ pub struct ViewStoreConfig {
     pub ttl: Duration,
     /// Batches the queue holds before dropping (default 1024).
     pub queue_batches: usize,
+    /// `redis.tls` (used with `rediss://`).
+    pub redis_tls: crate::tls::TlsFiles,
 }
 
 impl Default for ViewStoreConfig {
@@ -30,6 +32,7 @@ impl Default for ViewStoreConfig {
             writing_retention: Duration::from_secs(35 * 86_400),
             ttl: Duration::from_secs(86_400),
             queue_batches: 1024,
+            redis_tls: Default::default(),
         }
     }
 }

@@ -125,8 +125,8 @@ impl RedisViews {
         url: &str,
         config: &ViewStoreConfig,
     ) -> Result<RedisViews, ViewError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| ViewError::Unavailable(format!("invalid redis url: {e}")))?;
+        let client = crate::tls::redis_client(url, &config.redis_tls)
+            .map_err(|e| ViewError::Unavailable(format!("invalid redis settings: {e}")))?;
         let conn = ConnectionManager::new_with_config(
             client,
             ConnectionManagerConfig::new()

@@ -50,6 +50,8 @@ pub struct RedisLogConfig {
     pub response_timeout: Duration,
     /// How long an event id is remembered for deduplication (default 24 h).
     pub dedup_window: Duration,
+    /// `redis.tls` (used with `rediss://`).
+    pub tls: crate::tls::TlsFiles,
 }
 
 impl RedisLogConfig {
@@ -60,6 +62,7 @@ impl RedisLogConfig {
             shards: 8,
             response_timeout: Duration::from_secs(2),
             dedup_window: Duration::from_secs(24 * 3600),
+            tls: Default::default(),
         }
     }
 }
@@ -105,8 +108,8 @@ fn unavailable(e: redis::RedisError) -> LogError {
 impl RedisLog {
     /// Connects (lazily reconnecting later) to Redis.
     pub async fn connect(config: &RedisLogConfig) -> Result<RedisLog, LogError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| LogError::Unavailable(format!("invalid redis url: {e}")))?;
+        let client = crate::tls::redis_client(&config.url, &config.tls)
+            .map_err(|e| LogError::Unavailable(format!("invalid redis settings: {e}")))?;
         let base = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.response_timeout))
             .set_number_of_retries(1)

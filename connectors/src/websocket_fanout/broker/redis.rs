@@ -57,6 +57,8 @@ pub struct RedisBrokerConfig {
     pub prefix: String,
     /// Publications waiting to be written to Redis before new ones are dropped.
     pub publish_queue: usize,
+    /// `redis.tls` (used with `rediss://`).
+    pub tls: crate::tls::TlsFiles,
 }
 
 /// Why the broker could not start.
@@ -64,6 +66,8 @@ pub struct RedisBrokerConfig {
 pub enum BrokerError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -75,6 +79,7 @@ impl Classify for BrokerError {
                 Fault::Config
             }
             BrokerError::Redis(_) => Fault::External,
+            BrokerError::Tls(e) => e.fault(),
             // The metric names are constants: registering them cannot fail
             // unless the code is wrong.
             BrokerError::Metrics(_) => Fault::Internal,
@@ -377,7 +382,7 @@ impl Broker {
         hub_metrics: &Metrics,
         config: &RedisBrokerConfig,
     ) -> Result<Broker, BrokerError> {
-        let client = redis::Client::open(config.url.as_str())?;
+        let client = crate::tls::redis_client(&config.url, &config.tls)?;
         let conn = ConnectionManager::new_with_config(
             client.clone(),
             redis::aio::ConnectionManagerConfig::new()

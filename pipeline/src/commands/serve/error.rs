@@ -41,6 +41,8 @@ pub enum ServeError {
     ViewStore(connectors::view_store::ViewError),
     #[error("configuration: redis.url: {0}")]
     RedisUrl(redis::RedisError),
+    #[error("configuration: {0}")]
+    RedisTls(connectors::tls::TlsError),
     #[error("configuration: redis.url: {0}")]
     NotifierStore(connectors::notifier::store::StoreError),
     #[error("configuration: notifier metrics: {0}")]
@@ -61,6 +63,7 @@ impl schemas::Classify for ServeError {
             | ServeError::FanoutNeedsRedis
             | ServeError::DerivedDir(_)
             | ServeError::RedisUrl(_)
+            | ServeError::RedisTls(_)
             | ServeError::NotifierStore(_)
             | ServeError::Notifier(_)
             | ServeError::Auth(_) => Fault::Config,

@@ -93,7 +93,9 @@ fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
         .to_auth_config(&config.ingest)
         .map_err(ServeError::Auth)?;
     let sessions = match &config.redis.url {
-        Some(url) if auth_config.session_secret.is_some() => Some(redis_connection(url)?),
+        Some(url) if auth_config.session_secret.is_some() => {
+            Some(redis_connection(url, &config.redis.tls)?)
+        }
         _ => None,
     };
     let auth = Authenticator::new(auth_config, sessions);

@@ -81,7 +81,7 @@ pub(super) fn launch(
             unstarted = Some(start);
         }
         (Some(url), true) if config.dataflow.lease => {
-            let conn = redis_connection(url)?;
+            let conn = redis_connection(url, &config.redis.tls)?;
             let held = HeldLease {
                 conn,
                 prefix: config.redis.prefix.clone(),
@@ -113,16 +113,17 @@ pub(super) fn launch(
     })
 }
 
-/// A lazy connection to `redis.url`.
-pub(super) fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, ServeError> {
-    redis::Client::open(url)
-        .and_then(|c| {
-            redis::aio::ConnectionManager::new_lazy_with_config(
-                c,
-                redis::aio::ConnectionManagerConfig::new(),
-            )
-        })
-        .map_err(ServeError::RedisUrl)
+/// A lazy connection to `redis.url` (TLS as `redis.tls` says).
+pub(super) fn redis_connection(
+    url: &str,
+    tls: &connectors::tls::TlsFiles,
+) -> Result<redis::aio::ConnectionManager, ServeError> {
+    let client = connectors::tls::redis_client(url, tls).map_err(ServeError::RedisTls)?;
+    redis::aio::ConnectionManager::new_lazy_with_config(
+        client,
+        redis::aio::ConnectionManagerConfig::new(),
+    )
+    .map_err(ServeError::RedisUrl)
 }
 
 /// One lease per process of a timely cluster: its processes run together,

@@ -131,6 +131,7 @@ impl Outputs {
         let (views, view_feed) = ViewStore::start(
             ViewStoreConfig {
                 redis_url: config.redis.url.clone(),
+                redis_tls: config.redis.tls.clone(),
                 prefix: config.redis.prefix.clone(),
                 ..Default::default()
             },
@@ -164,6 +165,7 @@ pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
             rc.prefix = config.redis.prefix.clone();
             rc.shards = config.redis.shards;
             rc.dedup_window = config.ingest.dedup_window;
+            rc.tls = config.redis.tls.clone();
             let log = RedisLog::connect(&rc).await?;
             tracing::info!(prefix = %rc.prefix, "event log: redis streams");
             Ok(EventLog::Redis(log))
@@ -195,6 +197,7 @@ async fn open_hub(config: &Config, metrics: &Metrics) -> Result<Arc<Hub>, ServeE
             url: url.clone(),
             prefix: config.redis.prefix.clone(),
             publish_queue: config.fanout.publish_queue,
+            tls: config.redis.tls.clone(),
         })
         .await
         .map_err(ServeError::FanoutRedis)?;
@@ -215,7 +218,8 @@ async fn start_notifier(
         return Ok((None, None));
     }
     let store = match &config.redis.url {
-        Some(url) => Store::redis(url, &config.redis.prefix).map_err(ServeError::NotifierStore)?,
+        Some(url) => Store::redis(url, &config.redis.prefix, &config.redis.tls)
+            .map_err(ServeError::NotifierStore)?,
         None => Store::memory(),
     };
     let nm = NotifierMetrics::register(metrics.registry()).map_err(ServeError::NotifierMetrics)?;
