@@ -32,7 +32,11 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/inkstream /usr/local/bin/inkstream
 USER inkstream:inkstream
 WORKDIR /var/lib/inkstream
+# A container listens on every interface, so `serve` refuses to start without
+# a credential (INKSTREAM_JWT_SECRET, INKSTREAM_SESSION_SECRET or API keys in
+# the config file); see docs/API.md, "Security model".
 ENV PORT=8080 \
+    INKSTREAM_BIND=0.0.0.0 \
     RUST_LOG=info
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

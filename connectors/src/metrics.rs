@@ -14,13 +14,14 @@ pub use process::ProcessCollector;
 
 /// Codes of `inkstream_ingest_events_rejected_total` (schemas' decode errors
 /// and the ingest edge's own).
-const REJECT_CODES: [&str; 9] = [
+const REJECT_CODES: [&str; 10] = [
     "missing_field",
     "invalid_field",
     "invalid_json",
     "unknown_type",
     "empty_body",
     "batch_too_large",
+    "batch_over_burst",
     "rate_limited",
     "forbidden",
     "log_unavailable",
@@ -84,6 +85,9 @@ pub struct Metrics {
     pub ws_messages_out: IntCounterVec,
     /// Clients disconnected because their queue overflowed, by path.
     pub ws_slow_disconnects: IntCounterVec,
+    /// WebSocket connections the fanout closed, by reason (`control_flood`,
+    /// `idle`, `token_expired`).
+    pub ws_closes: IntCounterVec,
     /// Presence frames that replaced an older one of the same channel in a
     /// full queue instead of disconnecting the client.
     pub ws_coalesced: IntCounterVec,
@@ -262,6 +266,13 @@ impl Metrics {
                 ),
                 &["path"],
             )?,
+            ws_closes: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_closes_total",
+                    "WebSocket connections the fanout closed, by reason.",
+                ),
+                &["reason"],
+            )?,
             ws_slow_disconnects: IntCounterVec::new(
                 Opts::new(
                     "inkstream_ws_slow_disconnects_total",
@@ -332,6 +343,7 @@ impl Metrics {
         r.register(Box::new(m.ws_connections.clone()))?;
         r.register(Box::new(m.ws_messages_out.clone()))?;
         r.register(Box::new(m.ws_slow_disconnects.clone()))?;
+        r.register(Box::new(m.ws_closes.clone()))?;
         r.register(Box::new(m.ws_coalesced.clone()))?;
         r.register(Box::new(m.ws_history_channels.clone()))?;
         r.register(Box::new(m.ws_recoveries.clone()))?;
@@ -378,8 +390,12 @@ impl Metrics {
             "invalid_credentials",
             "token_expired",
             "session_store_unavailable",
+            "origin_not_allowed",
         ] {
             self.auth_failures.with_label_values(&[code]);
+        }
+        for reason in ["control_flood", "idle", "token_expired"] {
+            self.ws_closes.with_label_values(&[reason]);
         }
         for outcome in ["recovered", "not_recovered"] {
             self.ws_recoveries.with_label_values(&[outcome]);

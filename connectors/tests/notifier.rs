@@ -828,7 +828,9 @@ async fn serve_api(
             api_keys: vec![ApiKey {
                 name: "ops".into(),
                 sha256: inkstream_connectors::auth::hash_api_key("svc-key"),
+                scopes: vec![inkstream_connectors::auth::Scope::Admin],
                 categories: None,
+                projects: None,
                 rate: None,
             }],
         },

@@ -43,10 +43,15 @@ pub struct DerivedSettings {
     pub dir: Option<std::path::PathBuf>,
 }
 
-/// `[auth]`: with nothing set, authentication is off (and `serve` says so).
+/// `[auth]`: with nothing set, authentication is off (and `serve` says so);
+/// `serve` then refuses a non-loopback `server.bind` unless
+/// `allow_anonymous = true`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
+    /// Serve without credentials on a non-loopback address (default false):
+    /// every caller who can reach the port is then an admin.
+    pub allow_anonymous: bool,
     /// HS256 secret of user JWTs (`INKSTREAM_JWT_SECRET`).
     pub jwt_secret: Option<String>,
     /// express-session cookie secret (`INKSTREAM_SESSION_SECRET`).
@@ -63,9 +68,17 @@ pub struct ApiKeySettings {
     pub name: String,
     /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`); the key itself is never stored.
     pub sha256: String,
+    /// What it may do: `ingest`, `read`, `admin` (default `["ingest"]`;
+    /// `admin` implies the others).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
     /// Categories it may ingest (default: all).
     #[serde(default)]
     pub categories: Option<Vec<String>>,
+    /// Projects it may ingest into (default: all; when set, events without
+    /// `project_id` are refused).
+    #[serde(default)]
+    pub projects: Option<Vec<String>>,
     /// Sustained events per second (default `ingest.app_rate_per_sec`).
     #[serde(default)]
     pub rate_per_sec: Option<f64>,
@@ -101,11 +114,25 @@ impl AuthSettings {
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
             };
+            let scopes = match &k.scopes {
+                None => vec![connectors::auth::Scope::Ingest],
+                Some(list) => list
+                    .iter()
+                    .map(|s| {
+                        connectors::auth::Scope::parse(s).ok_or_else(|| ConfigError::Invalid {
+                            path: format!("{path}.scopes"),
+                            message: format!("unknown scope {s:?} (ingest, read or admin)"),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             let per_second = k.rate_per_sec.unwrap_or(ingest.app_rate_per_sec);
             keys.push(connectors::auth::ApiKey {
                 name: k.name.clone(),
                 sha256: k.sha256.to_ascii_lowercase(),
+                scopes,
                 categories,
+                projects: k.projects.clone(),
                 rate: Some(connectors::auth::Rate {
                     per_second,
                     burst: k.burst.unwrap_or(per_second * 2.0),
@@ -123,7 +150,8 @@ impl AuthSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to bind (default `0.0.0.0`).
+    /// Address to bind (default `127.0.0.1`). Any other address needs a
+    /// credential in `[auth]` or `auth.allow_anonymous = true`.
     pub bind: String,
     /// HTTP port (default 8080; `--port`, `PORT`).
     pub port: u16,
@@ -132,15 +160,29 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Most open connections (HTTP and WebSocket); past it, accepting waits (default 50,000).
     pub max_connections: usize,
+    /// How long a handler may run before answering 503 `request_timed_out` (default 30 s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub request_timeout: Duration,
+    /// A connection that neither sends nor receives a byte for this long is
+    /// closed (default 60 s; WebSocket clients are pinged more often).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Origins (`https://app.example.com`) whose pages may open WebSockets
+    /// authenticated by the session cookie, besides this server's own
+    /// (default none). Token-authenticated upgrades are not checked.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            bind: "0.0.0.0".into(),
+            bind: "127.0.0.1".into(),
             port: 8080,
             shutdown_grace: Duration::from_secs(10),
             max_connections: 50_000,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -242,6 +284,10 @@ pub struct IngestSettings {
     /// (default 50,000, burst 100,000).
     pub app_rate_per_sec: f64,
     pub app_burst: f64,
+    /// Events per second each anonymous peer address may ingest when auth
+    /// is off (default 200, burst 1,000: like a user).
+    pub anonymous_rate_per_sec: f64,
+    pub anonymous_burst: f64,
 }
 
 impl Default for IngestSettings {
@@ -260,6 +306,8 @@ impl Default for IngestSettings {
             user_burst: 1_000.0,
             app_rate_per_sec: 50_000.0,
             app_burst: 100_000.0,
+            anonymous_rate_per_sec: 200.0,
+            anonymous_burst: 1_000.0,
         }
     }
 }
@@ -285,6 +333,12 @@ impl IngestSettings {
                 per_second: self.app_rate_per_sec,
                 burst: self.app_burst,
             },
+            anonymous_rate: connectors::auth::Rate {
+                per_second: self.anonymous_rate_per_sec,
+                burst: self.anonymous_burst,
+            },
+            // `[server]` settings, set by `serve`.
+            ..connectors::http_api::IngestConfig::default()
         }
     }
 }
@@ -312,6 +366,18 @@ pub struct FanoutSettings {
     /// 65536). When a lane is full the dataflow waits up to 5 s, then
     /// publications are dropped and counted.
     pub publish_queue: usize,
+    /// Control frames (subscribe, unsubscribe, ping) per second per
+    /// connection (default 20); past the burst the connection is closed with 4029.
+    pub control_rate_per_sec: f64,
+    /// Control frames a connection may send at once (default 300).
+    pub control_burst: f64,
+    /// How often the server pings each WebSocket (default 25s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub ping_interval: Duration,
+    /// Nothing heard from a client, pongs included, for this long closes it
+    /// with 4009 (default 60s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub idle_timeout: Duration,
 }
 
 /// `fanout.broker`.
@@ -332,6 +398,10 @@ impl Default for FanoutSettings {
             max_subscriptions: d.max_subscriptions,
             history_size: d.history_size,
             history_max_age: d.history_max_age,
+            control_rate_per_sec: d.control_rate_per_sec,
+            control_burst: d.control_burst,
+            ping_interval: d.ping_interval,
+            idle_timeout: d.idle_timeout,
             history_max_channels: d.history_max_channels,
             broker: FanoutBroker::Auto,
             publish_queue: 65_536,
@@ -347,6 +417,10 @@ impl FanoutSettings {
             history_size: self.history_size,
             history_max_age: self.history_max_age,
             history_max_channels: self.history_max_channels,
+            control_rate_per_sec: self.control_rate_per_sec,
+            control_burst: self.control_burst,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
         }
     }
 }

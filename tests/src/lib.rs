@@ -96,6 +96,14 @@ impl Server {
         cmd.arg("serve")
             .arg("--port")
             .arg(port.to_string())
+            // The suites drive load as anonymous callers from one address:
+            // lift their per-peer rate (a test's own `--set` comes later and wins).
+            .args([
+                "--set",
+                "ingest.anonymous_rate_per_sec=1e9",
+                "--set",
+                "ingest.anonymous_burst=1e9",
+            ])
             .args(args)
             .env_remove("REDIS_URL")
             .env_remove("KAFKA_BROKERS")

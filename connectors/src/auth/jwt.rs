@@ -78,6 +78,7 @@ pub(crate) fn verify(token: &str, secret: &[u8]) -> Result<User, AuthError> {
         role: role_of(claims.get("role")),
         projects: strings(claims.get("projects")),
         documents: strings(claims.get("documents")),
+        expires_at: Some(exp),
     })
 }
 

@@ -3,8 +3,10 @@
 //! connect-redis stores it).
 //!
 //! With no API key and no secret configured, authentication is off and every
-//! caller is [`Principal::Anonymous`] (the zero-setup default; `serve` says so
-//! loudly at startup). Configuring either turns it on for every caller.
+//! caller is [`Principal::Anonymous`] (the zero-setup default, which `serve`
+//! allows only on a loopback bind unless `auth.allow_anonymous = true`, and
+//! says so loudly at startup). Configuring either turns it on for every
+//! caller. What each principal may do: [`Principal`] and docs/API.md.
 
 mod crypto;
 mod error;
@@ -14,7 +16,7 @@ mod rate;
 
 pub use crypto::{hash_api_key, hex};
 pub use error::AuthError;
-pub use principal::{ApiKey, Principal, Role, User};
+pub use principal::{ApiKey, Principal, Role, Scope, User};
 pub use rate::{Rate, RateLimiter};
 
 use crypto::{constant_time_eq, hmac_sha256};
@@ -153,6 +155,7 @@ fn user_from_session(s: &serde_json::Value) -> Option<User> {
         role: jwt::role_of(holder.get("role")),
         projects: jwt::strings(holder.get("projects")),
         documents: jwt::strings(holder.get("documents")),
+        expires_at: None,
     })
 }
 
@@ -227,7 +230,9 @@ mod tests {
                 api_keys: vec![ApiKey {
                     name: "mobile".into(),
                     sha256: hash_api_key("k-123"),
+                    scopes: vec![Scope::Ingest],
                     categories: Some(vec![Category::Writing]),
+                    projects: None,
                     rate: None,
                 }],
             },

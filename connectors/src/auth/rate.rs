@@ -56,7 +56,8 @@ impl RateLimiter {
             b.tokens -= need;
             return Ok(());
         }
-        // A batch larger than the burst can never pass: wait for a full bucket.
+        // A batch larger than the burst can never pass (ingest answers 413
+        // before asking): wait for a full bucket.
         let missing = need.min(rate.burst.max(need)) - b.tokens;
         Err(Duration::from_secs_f64(
             (missing / rate.per_second.max(1e-9)).max(0.001),

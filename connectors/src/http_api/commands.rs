@@ -87,7 +87,7 @@ async fn command(
         );
     }
     let decoded = vec![schemas::decode_value(Value::Object(event), &limits)];
-    let outcome = ingest_events(s, &principal, decoded, false).await?;
+    let outcome = ingest_events(s, &principal, super::auth::peer(headers), decoded, false).await?;
     if let (Value::Object(r), Value::Object(o)) = (&mut reply, outcome.body) {
         r.extend(o);
     }

@@ -43,6 +43,16 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     /// 413 `batch_too_large`: `events` in one request, more than `limit`.
     BatchTooLarge { events: usize, limit: usize },
+    /// 413 `batch_over_burst`: more events in one request than the caller's
+    /// burst, which no wait can ever admit.
+    BatchOverBurst {
+        events: usize,
+        burst: f64,
+        per_second: f64,
+    },
+    /// 503 `request_timed_out`: the handler did not finish within
+    /// `server.request_timeout`.
+    RequestTimedOut { seconds: f64 },
     /// 415 `unsupported_media_type`: the `Content-Type` essence sent.
     UnsupportedMediaType(String),
     /// 422 `invalid_field`.
@@ -191,6 +201,24 @@ impl ApiError {
                 "batch_too_large",
                 format!("{events} events in one request; the limit is {limit}"),
             ),
+            ApiError::BatchOverBurst {
+                events,
+                burst,
+                per_second,
+            } => Parts::new(
+                S::PAYLOAD_TOO_LARGE,
+                "batch_over_burst",
+                format!(
+                    "{events} events in one request is more than this caller's burst of {burst} \
+                     events ({per_second} events/s): split the batch"
+                ),
+            ),
+            ApiError::RequestTimedOut { seconds } => Parts::new(
+                S::SERVICE_UNAVAILABLE,
+                "request_timed_out",
+                format!("the request did not finish within {seconds} s (server.request_timeout)"),
+            )
+            .retry_after(1),
             ApiError::UnsupportedMediaType(got) => Parts::new(
                 S::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

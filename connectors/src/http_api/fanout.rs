@@ -3,7 +3,7 @@
 //! endpoints (stats, broadcast, send-to-user). The hub itself
 //! ([`crate::websocket_fanout`]) knows nothing of HTTP.
 
-use super::auth::{authenticate, require_admin};
+use super::auth::{authenticate, check_ws_origin, require_admin};
 use super::error::ApiError;
 use super::ingest::IngestParams;
 use super::openapi;
@@ -28,6 +28,7 @@ pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
             // Nothing is sent before authentication: bad or missing
             // credentials refuse the upgrade with 401.
             let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+            check_ws_origin(&s, &headers, params.token.as_deref())?;
             // Small buffers: tens of thousands of subscribers, each
             // sending only small control frames (tungstenite's 128 KiB
             // read and write buffers would be ~5 GB at 20 K); the hub's

@@ -9,7 +9,7 @@ use super::auth::authenticate;
 use super::error::ApiError;
 use super::openapi;
 use super::state::AppState;
-use crate::auth::Principal;
+use crate::auth::{ApiKey, Principal, Role, Scope};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -74,45 +74,106 @@ pub(crate) fn decode_body(
 #[error("{0}")]
 struct NotAllowed(String);
 
-/// Whether `principal` may ingest `event`; a user's events are their own
-/// (an event without `user_id` is taken as theirs).
+/// Whether `principal` may ingest `event` (the table in docs/API.md):
+/// - a key needs the `ingest` scope, and its `categories`/`projects` narrow it;
+/// - a user's events are their own (an event without `user_id` is taken as
+///   theirs) and stay within their `projects`/`documents` claims; admins may
+///   ingest anything, analysts only like members.
 fn authorize(principal: &Principal, event: &mut Event) -> Result<(), NotAllowed> {
     match principal {
         Principal::Anonymous => Ok(()),
-        Principal::App(key) => match &key.categories {
-            Some(allowed) if !allowed.contains(&event.category()) => Err(NotAllowed(format!(
-                "the API key {:?} may not ingest {} events",
-                key.name,
-                event.category()
-            ))),
-            _ => Ok(()),
-        },
-        Principal::User(user) => match &event.user_id {
-            None => {
-                event.user_id = Some(user.id.clone());
-                Ok(())
+        Principal::App(key) => authorize_app(key, event),
+        Principal::User(user) if user.role == Role::Admin => {
+            event.user_id.get_or_insert_with(|| user.id.clone());
+            Ok(())
+        }
+        Principal::User(user) => {
+            let owner = event.user_id.get_or_insert_with(|| user.id.clone());
+            if *owner != user.id {
+                return Err(NotAllowed(format!(
+                    "user {:?} may not ingest events of user {owner:?}",
+                    user.id
+                )));
             }
-            Some(u) if *u == user.id => Ok(()),
-            Some(u) => Err(NotAllowed(format!(
-                "user {:?} may not ingest events of user {u:?}",
-                user.id
-            ))),
-        },
+            if let Some(p) = &event.project_id
+                && !user.projects.contains(p)
+            {
+                return Err(NotAllowed(format!(
+                    "user {:?} is not a member of project {p:?}",
+                    user.id
+                )));
+            }
+            if let Some(d) = &event.document_id
+                && !user.documents.contains(d)
+            {
+                return Err(NotAllowed(format!(
+                    "user {:?} is not a member of document {d:?}",
+                    user.id
+                )));
+            }
+            Ok(())
+        }
     }
+}
+
+fn authorize_app(key: &ApiKey, event: &Event) -> Result<(), NotAllowed> {
+    if !key.has(Scope::Ingest) {
+        return Err(NotAllowed(format!(
+            "the API key {:?} has no ingest scope",
+            key.name
+        )));
+    }
+    if let Some(allowed) = &key.categories
+        && !allowed.contains(&event.category())
+    {
+        return Err(NotAllowed(format!(
+            "the API key {:?} may not ingest {} events",
+            key.name,
+            event.category()
+        )));
+    }
+    if let Some(allowed) = &key.projects
+        && !event
+            .project_id
+            .as_ref()
+            .is_some_and(|p| allowed.contains(p))
+    {
+        return Err(NotAllowed(format!(
+            "the API key {:?} may only ingest events of its projects (project_id {:?})",
+            key.name, event.project_id
+        )));
+    }
+    Ok(())
 }
 
 /// Rate-limits, authorizes and appends decoded events for `principal`.
 pub async fn ingest_events(
     s: &AppState,
     principal: &Principal,
+    peer: Option<std::net::IpAddr>,
     decoded: Vec<Result<Event, DecodeError>>,
     partial: bool,
 ) -> Result<IngestOutcome, ApiError> {
-    if let Some(key) = principal.rate_key() {
+    {
+        // Anonymous callers are limited like users, keyed by peer address.
+        let key = principal.rate_key(peer);
         let rate = match principal {
             Principal::App(k) => k.rate.unwrap_or(s.config.app_rate),
-            _ => s.config.user_rate,
+            Principal::User(_) => s.config.user_rate,
+            Principal::Anonymous => s.config.anonymous_rate,
         };
+        if decoded.len() as f64 > rate.burst {
+            // Waiting never helps: a 429 would be retried forever.
+            s.metrics
+                .ingest_events_rejected
+                .with_label_values(&["batch_over_burst"])
+                .inc_by(decoded.len() as u64);
+            return Err(ApiError::BatchOverBurst {
+                events: decoded.len(),
+                burst: rate.burst,
+                per_second: rate.per_second,
+            });
+        }
         if let Err(wait) = s.limiter.check(&key, decoded.len(), rate) {
             s.metrics
                 .ingest_events_rejected
@@ -328,10 +389,11 @@ async fn ingest_http(
             ApiError::BadBody(r.body_text())
         }
     })?;
+    // No default: a body without a type is refused (415), see `refuse_body_type`.
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+        .unwrap_or("no Content-Type");
     let essence = content_type.split(';').next().unwrap_or("").trim();
     let ndjson = match essence {
         "application/json" => false,
@@ -341,6 +403,13 @@ async fn ingest_http(
         }
     };
     let decoded = decode_body(&s, &principal, &body, ndjson)?;
-    let outcome = ingest_events(&s, &principal, decoded, params.partial).await?;
+    let outcome = ingest_events(
+        &s,
+        &principal,
+        super::auth::peer(&headers),
+        decoded,
+        params.partial,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }

@@ -1,11 +1,16 @@
 //! A listener that holds at most N connections open at once: past the limit
 //! it stops accepting (the kernel backlog absorbs the wait) instead of
-//! accepting without bound; counted in a metric.
+//! accepting without bound; counted in a metric. Every connection is closed
+//! once no byte has moved either way for the idle timeout, so idle sockets
+//! cannot hold the permits (upgraded WebSockets included: the hub pings its
+//! clients more often than that).
 
 use axum::serve::Listener;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,14 +21,22 @@ pub struct LimitedListener {
     permits: Arc<Semaphore>,
     /// Counts accepts that had to wait for a free slot.
     waited: prometheus::IntCounter,
+    /// No byte either way for this long closes the connection.
+    idle: Duration,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, max_connections: usize, waited: prometheus::IntCounter) -> Self {
+    pub fn new(
+        inner: TcpListener,
+        max_connections: usize,
+        idle: Duration,
+        waited: prometheus::IntCounter,
+    ) -> Self {
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
             waited,
+            idle: idle.max(Duration::from_millis(10)),
         }
     }
 }
@@ -32,6 +45,29 @@ impl LimitedListener {
 pub struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    /// When a byte last moved either way.
+    last: Instant,
+    /// Fires at `last + idle` or later; re-armed lazily when it fires early
+    /// (cheaper than resetting the timer on every read).
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl LimitedStream {
+    /// Whether the connection has been idle for `idle`; re-arms the timer
+    /// (registering `cx`) otherwise.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last + self.idle;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.deadline.as_mut().reset(due.into());
+        }
+    }
 }
 
 impl Listener for LimitedListener {
@@ -56,10 +92,14 @@ impl Listener for LimitedListener {
                     // Small frames (WS messages, 202s) must not wait for
                     // Nagle's algorithm and the peer's delayed ACK (40 ms).
                     let _ = stream.set_nodelay(true);
+                    let now = Instant::now();
                     return (
                         LimitedStream {
                             stream,
                             _permit: permit,
+                            idle: self.idle,
+                            last: now,
+                            deadline: Box::pin(tokio::time::sleep_until((now + self.idle).into())),
                         },
                         addr,
                     );
@@ -84,7 +124,20 @@ impl AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.last = Instant::now();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.idle_expired(cx) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection idle for server.idle_timeout",
+            ))),
+            other => other,
+        }
     }
 }
 
@@ -94,7 +147,13 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.last = Instant::now();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
@@ -107,9 +166,29 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.last = Instant::now();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+/// The peer of a connection accepted by [`LimitedListener`], for
+/// `into_make_service_with_connect_info::<PeerAddr>()` (the router reads it
+/// to key anonymous callers' rate limits).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
     }
 }

@@ -39,15 +39,15 @@ mod ws_ingest;
 
 pub use error::ApiError;
 pub use ingest::{IngestOutcome, ingest_events};
-pub use listener::LimitedListener;
+pub use listener::{LimitedListener, PeerAddr};
 pub use state::{AppState, IngestConfig};
 
 use crate::websocket_fanout::WsPath;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,15 +106,69 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts every request by route template and status, and times it.
-async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// A request with a body must say what it is (415 otherwise), and may not be
+/// one of the types a cross-site form or `no-cors` fetch sends without a
+/// CORS preflight (`text/plain`, form encodings): with a session cookie,
+/// those would let any web page write as the user.
+fn refuse_body_type(req: &Request) -> Option<ApiError> {
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if !has_body {
+        return None;
+    }
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Some(ApiError::UnsupportedMediaType("no Content-Type".into()));
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
+    )
+    .then_some(ApiError::UnsupportedMediaType(essence))
+}
+
+/// Counts every request by route template and status, and times it. It
+/// also records the TCP peer in [`auth::PEER_HEADER`] (removing any value a
+/// client sent), which keys anonymous callers' rate limits.
+async fn track(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<listener::PeerAddr>>()
+        .map(|c| c.0.0.ip());
+    let headers = req.headers_mut();
+    headers.remove(auth::PEER_HEADER);
+    if let Some(ip) = peer
+        && let Ok(v) = header::HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert(auth::PEER_HEADER, v);
+    }
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let resp = match refuse_body_type(&req) {
+        Some(refusal) => refusal.into_response(),
+        None => match tokio::time::timeout(s.config.request_timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => ApiError::RequestTimedOut {
+                seconds: s.config.request_timeout.as_secs_f64(),
+            }
+            .into_response(),
+        },
+    };
     s.metrics
         .http_request_seconds
         .with_label_values(&[&route])

@@ -5,16 +5,16 @@
 //! - `GET /api/realtime/notifications?unread=true&offset=0&limit=50[&user_id=]`
 //! - `POST /api/realtime/notifications/{id}/read`
 //! - `GET|PUT /api/realtime/notifications/preferences[?user_id=]`
-//! - `POST /api/realtime/notifications/send` (admin user or app key)
+//! - `POST /api/realtime/notifications/send` (admin user or a key with the admin scope)
 //!
 //! A user acts on their own notifications; an admin user, an app (API key)
 //! or anyone when auth is off names the user with `user_id`.
 
-use super::auth::authenticate;
+use super::auth::{authenticate, require_admin};
 use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::state::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::notifier::NotifierHandle;
 use crate::notifier::policy::{Alert, Preferences};
 use crate::notifier::store::StoreError;
@@ -48,30 +48,31 @@ fn store_error(e: StoreError) -> ApiError {
     ApiError::NotificationStoreUnavailable
 }
 
-/// Whose notifications: the caller's, or `user_id` for admins and apps.
-/// Also says whether the caller is privileged (an admin user or an app).
+/// Whose notifications: the caller's, or `user_id` for admins (an admin
+/// user, a key with the `admin` scope, anyone when auth is off). Also says
+/// whether the caller is an admin. Keys without `admin` hold no user and
+/// may not act for one.
 async fn target_user(
     s: &AppState,
     headers: &HeaderMap,
     user_id: Option<String>,
 ) -> Result<(String, bool), ApiError> {
     let principal = authenticate(s, headers, None).await?;
-    let privileged = match &principal {
-        Principal::User(u) => u.role == Role::Admin,
-        Principal::App(_) => true,
-        Principal::Anonymous => false,
-    };
+    let admin = principal.is_admin();
     match principal {
         Principal::User(u) => match user_id {
-            Some(other) if other != u.id && u.role != Role::Admin => {
+            Some(other) if other != u.id && !admin => {
                 Err(ApiError::forbidden("only admins may act for another user"))
             }
-            Some(other) => Ok((other, privileged)),
-            None => Ok((u.id, privileged)),
+            Some(other) => Ok((other, admin)),
+            None => Ok((u.id, admin)),
         },
+        Principal::App(_) if !admin => Err(ApiError::forbidden(
+            "notifications of users need an API key with the admin scope",
+        )),
         Principal::App(_) | Principal::Anonymous => user_id
             .filter(|u| !u.is_empty())
-            .map(|u| (u, privileged))
+            .map(|u| (u, admin))
             .ok_or_else(|| ApiError::MissingField {
                 message: "user_id is required for apps (and when auth is off)".into(),
                 field: "user_id".into(),
@@ -91,7 +92,7 @@ struct ListQuery {
     /// Page size, 1–200 (default 50).
     #[serde(default = "default_limit")]
     limit: usize,
-    /// Another user's (admins, apps, or anyone when auth is off).
+    /// Another user's (admins, or anyone when auth is off).
     user_id: Option<String>,
 }
 
@@ -130,7 +131,7 @@ async fn list(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct UserQuery {
-    /// Another user's (admins, apps, or anyone when auth is off).
+    /// Another user's (admins, or anyone when auth is off).
     user_id: Option<String>,
 }
 
@@ -220,7 +221,9 @@ async fn put_prefs(
     // let them make it call internal addresses (SSRF).
     if prefs.webhook_url.is_some() && !privileged && !n.config().webhook.allow_user_urls {
         return Err(ApiError::Forbidden {
-            message: "only admins and apps may set webhook_url (notifications.webhook.allow_user_urls = false)".into(),
+            message:
+                "only admins may set webhook_url (notifications.webhook.allow_user_urls = false)"
+                    .into(),
             field: Some("webhook_url".into()),
         });
     }
@@ -250,7 +253,7 @@ fn default_priority() -> schemas::payload::Priority {
     schemas::payload::Priority::Medium
 }
 
-/// Sends a custom notification through the policy (admin or app key).
+/// Sends a custom notification through the policy (admin).
 #[utoipa::path(post, path = "/api/realtime/notifications/send", tag = "notifications",
     request_body(content = Object, description = "`{recipient, priority?, title, body, dedup_key?, id?}`"),
     responses((status = 202, description = "`{id, recipients}`", body = Object),
@@ -264,13 +267,7 @@ async fn send(
     Json(b): Json<SendBody>,
 ) -> Result<Response, ApiError> {
     let n = notifier(&s)?;
-    match authenticate(&s, &headers, None).await? {
-        Principal::Anonymous | Principal::App(_) => {}
-        Principal::User(u) if u.role == Role::Admin => {}
-        Principal::User(_) => {
-            return Err(ApiError::forbidden("admin only"));
-        }
-    }
+    require_admin(&s, &headers).await?;
     if b.title.trim().is_empty() {
         return Err(ApiError::invalid_field("title", "title must not be empty"));
     }

@@ -29,6 +29,14 @@ pub struct IngestConfig {
     pub user_rate: Rate,
     /// Rate of an app whose key sets none, in events.
     pub app_rate: Rate,
+    /// Rate of each anonymous peer address (auth off), in events.
+    pub anonymous_rate: Rate,
+    /// How long a handler may take before the request answers 503
+    /// `request_timed_out` (default 30 s; WebSocket upgrades answer at once).
+    pub request_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may open WebSockets with
+    /// the session cookie, besides the server's own (default none).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +55,12 @@ impl Default for IngestConfig {
                 per_second: 50_000.0,
                 burst: 100_000.0,
             },
+            anonymous_rate: Rate {
+                per_second: 200.0,
+                burst: 1_000.0,
+            },
+            request_timeout: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -12,7 +12,7 @@ use super::auth::authenticate;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::state::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::view_store::state::{
     Collaborator, ConflictView, SessionView, TeamFigure, WritingTotals, day_of, ms_of_day,
 };
@@ -53,14 +53,10 @@ fn unavailable(e: ViewError) -> ApiError {
 
 /// May `principal` read what the WS channel `channels` would carry (any one)?
 fn may_read(principal: &Principal, channels: &[String]) -> bool {
-    if let Principal::User(u) = principal
-        && matches!(u.role, Role::Admin | Role::Analyst)
-    {
-        return true;
-    }
-    channels
-        .iter()
-        .any(|c| crate::websocket_fanout::may_subscribe(principal, c))
+    principal.reads_everything()
+        || channels
+            .iter()
+            .any(|c| crate::websocket_fanout::may_subscribe(principal, c))
 }
 
 fn forbidden(what: &str) -> ApiError {

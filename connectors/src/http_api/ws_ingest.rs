@@ -46,15 +46,23 @@ pub(crate) async fn upgrade(
 ) -> Result<Response, ApiError> {
     // Nothing is sent before authentication: a bad credential refuses the upgrade.
     let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
+    super::auth::check_ws_origin(&s, &headers, params.token.as_deref())?;
     let max = s.config.max_body_bytes;
+    let peer = super::auth::peer(&headers);
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(socket, s, principal, params.partial))
+        .on_upgrade(move |socket| serve(socket, s, principal, peer, params.partial))
         .into_response())
 }
 
-async fn serve(socket: WebSocket, s: AppState, principal: Principal, partial: bool) {
+async fn serve(
+    socket: WebSocket,
+    s: AppState,
+    principal: Principal,
+    peer: Option<std::net::IpAddr>,
+    partial: bool,
+) {
     let gauge = s.metrics.ws_ingest_connections.clone();
     gauge.inc();
     let (mut sink, mut stream) = socket.split();
@@ -79,7 +87,7 @@ async fn serve(socket: WebSocket, s: AppState, principal: Principal, partial: bo
             Ok(_) => continue,
         };
         let result = match ingest::decode_body(&s, &principal, text.as_bytes(), false) {
-            Ok(decoded) => ingest_events(&s, &principal, decoded, partial).await,
+            Ok(decoded) => ingest_events(&s, &principal, peer, decoded, partial).await,
             Err(e) => Err(e),
         };
         let reply = match result {

@@ -177,7 +177,7 @@ pub struct WebhookConfig {
     /// Signing secret: header `X-Inkstream-Signature: sha256=<hex HMAC of the body>`.
     pub secret: Option<String>,
     /// Whether users may set their own `webhook_url` (default false: only
-    /// admins and apps may, since the server POSTs to it).
+    /// admins (users or keys with the `admin` scope) may, since the server POSTs to it).
     pub allow_user_urls: bool,
 }
 

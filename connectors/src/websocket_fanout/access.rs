@@ -4,18 +4,22 @@
 use crate::auth::{Principal, Role};
 
 /// Channel authorization: a user's own `user:` channel; `project:` and
-/// `document:` for members (token claims) and admins; `category:` for admins
-/// and analysts. Apps (API keys) are services and may subscribe to any
-/// channel; with auth off everyone may.
+/// `document:` for members (token claims), admins and analysts; `category:` for admins
+/// and analysts. Apps (API keys) may subscribe to any channel with the
+/// `read` (or `admin`) scope and to none without; with auth off everyone may.
 pub fn may_subscribe(principal: &Principal, channel: &str) -> bool {
-    let Principal::User(user) = principal else {
-        return true;
+    let user = match principal {
+        Principal::Anonymous => return true,
+        Principal::App(_) => return principal.reads_everything(),
+        Principal::User(user) => user,
     };
-    let admin = user.role == Role::Admin;
+    // Admins and analysts read every project and document, but a `user:`
+    // channel (notifications) stays its user's own.
+    let all = principal.reads_everything();
     match channel.split_once(':') {
         Some(("user", id)) => id == user.id,
-        Some(("project", id)) => admin || user.projects.iter().any(|p| p == id),
-        Some(("document", id)) => admin || user.documents.iter().any(|d| d == id),
+        Some(("project", id)) => all || user.projects.iter().any(|p| p == id),
+        Some(("document", id)) => all || user.documents.iter().any(|d| d == id),
         Some(("category", _)) => matches!(user.role, Role::Admin | Role::Analyst),
         _ => false,
     }

@@ -4,3 +4,12 @@
 pub const CLOSE_SLOW: u16 = 4008;
 /// Close code sent to every client when the server shuts down (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code sent to a client that sent control frames (subscribe,
+/// unsubscribe, ping) faster than `fanout.control_rate_per_sec` allows.
+pub const CLOSE_CONTROL_FLOOD: u16 = 4029;
+/// Close code sent to a client from which nothing, not even a pong, was
+/// heard for `fanout.idle_timeout`.
+pub const CLOSE_IDLE: u16 = 4009;
+/// Close code sent when the connection's token expires (reconnect with a
+/// new token).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;

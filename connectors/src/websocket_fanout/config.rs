@@ -16,6 +16,16 @@ pub struct HubConfig {
     /// Most channels keeping history; the least recently published loses its
     /// history first (0: no history).
     pub history_max_channels: usize,
+    /// Control frames (subscribe, unsubscribe, ping) per second per
+    /// connection; past the burst the connection is closed with 4029.
+    pub control_rate_per_sec: f64,
+    /// Control frames a connection may send at once (default 300: more than
+    /// `max_subscriptions` subscribes in a row).
+    pub control_burst: f64,
+    /// How often the server pings each connection.
+    pub ping_interval: Duration,
+    /// Nothing heard from a client (pongs included) for this long closes it with 4009.
+    pub idle_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -26,6 +36,10 @@ impl Default for HubConfig {
             history_size: 100,
             history_max_age: Duration::from_secs(300),
             history_max_channels: 10_000,
+            control_rate_per_sec: 20.0,
+            control_burst: 300.0,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

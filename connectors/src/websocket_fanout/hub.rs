@@ -11,6 +11,7 @@ use super::client::{ClientQueue, Outbound};
 use super::close::{CLOSE_GOING_AWAY, CLOSE_SLOW};
 use super::config::HubConfig;
 use super::frames::{Recovery, error_frame, message_frame, op_frame, subscribed_frame};
+use super::guard::{self, ConnGuard};
 use super::history::History;
 use super::routing::{WsPath, routes, valid_channel};
 use crate::auth::Principal;
@@ -434,10 +435,24 @@ impl Hub {
         let bytes_out = self.gauges.bytes_out.with_label_values(&[path.as_str()]);
         let mut subscriptions: Vec<String> = Vec::new();
         let (mut sink, mut stream) = socket.split();
+        let mut guard = ConnGuard::new(&self.config, &principal, tokio::time::Instant::now());
+        let mut pings = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
+        let expiry = guard::expiry(guard.expires);
+        tokio::pin!(expiry);
+        let mut closing = None;
         loop {
             tokio::select! {
                 incoming = stream.next() => match incoming {
-                    Some(Ok(Message::Text(text))) => {
+                    Some(Ok(msg)) if !matches!(msg, Message::Close(_)) => {
+                        guard.heard(tokio::time::Instant::now());
+                        let Message::Text(text) = msg else { continue };
+                        if let Err(c) = guard.control(tokio::time::Instant::now()) {
+                            closing = Some(c);
+                            break;
+                        }
                         // A subscribe queues its own reply (after any replay).
                         if let Some(reply) =
                             self.control(conn, &q, &principal, &mut subscriptions, text.as_str())
@@ -445,9 +460,21 @@ impl Hub {
                             self.enqueue(&q, reply);
                         }
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+                    _ => break,
                 },
+                _ = pings.tick() => {
+                    if let Err(c) = guard.tick(tokio::time::Instant::now()) {
+                        closing = Some(c);
+                        break;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+                () = &mut expiry => {
+                    closing = Some(guard::EXPIRED);
+                    break;
+                }
                 outgoing = rx.recv() => match outgoing {
                     Some(Outbound::Frame(frame)) => {
                         let len = frame.len();
@@ -483,6 +510,14 @@ impl Hub {
                     None => break,
                 },
             }
+        }
+        if let Some(c) = closing {
+            self.metrics.ws_closes.with_label_values(&[c.label]).inc();
+            let frame = CloseFrame {
+                code: c.code,
+                reason: c.reason.into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
         }
         for ch in &subscriptions {
             self.unsubscribe(conn, path, ch);
@@ -783,6 +818,7 @@ mod tests {
             role,
             projects: vec!["p1".into()],
             documents: vec!["d1".into()],
+            expires_at: None,
         })
     }
 

@@ -21,7 +21,8 @@
 //! Files: `hub.rs` (the hub and a connection's serve loop), `client.rs` (a
 //! connection's queue), `channel.rs` (the table of channels: numbering,
 //! subscribers, history), `history.rs` (one channel's history), `frames.rs`
-//! (the JSON frames), `access.rs` (who may subscribe), `close.rs` (close
+//! (the JSON frames), `access.rs` (who may subscribe), `guard.rs` (a
+//! connection's control-frame rate, pings, idle timeout and token expiry), `close.rs` (close
 //! codes), `routing.rs` (which event goes to which path and channel),
 //! `config.rs`, and `broker/` (the seam to a broker outside the process;
 //! `broker/redis.rs`, fanout through Redis). The admin endpoints and the
@@ -34,13 +35,16 @@ mod client;
 mod close;
 mod config;
 mod frames;
+mod guard;
 mod history;
 mod hub;
 mod routing;
 
 pub use access::may_subscribe;
 pub use broker::redis::{BrokerError, PublishError, RedisBrokerConfig};
-pub use close::{CLOSE_GOING_AWAY, CLOSE_SLOW};
+pub use close::{
+    CLOSE_CONTROL_FLOOD, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED,
+};
 pub use config::HubConfig;
 pub use hub::Hub;
 pub use routing::{WsPath, routes, valid_channel};

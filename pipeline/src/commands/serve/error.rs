@@ -53,6 +53,14 @@ pub enum ServeError {
     Metrics(prometheus::Error),
     #[error("configuration: {0}")]
     Auth(crate::config::ConfigError),
+    /// No credential is configured and the bind address is not loopback.
+    #[error(
+        "configuration: server.bind = {bind:?} is not a loopback address and no credential is \
+         configured (auth.api_keys, auth.jwt_secret, auth.session_secret): anyone who can reach \
+         the port would be an admin. Configure a credential, bind 127.0.0.1, or set \
+         auth.allow_anonymous = true to serve anonymously on purpose"
+    )]
+    AnonymousOnNetwork { bind: String },
 }
 
 impl schemas::Classify for ServeError {
@@ -66,7 +74,8 @@ impl schemas::Classify for ServeError {
             | ServeError::RedisTls(_)
             | ServeError::NotifierStore(_)
             | ServeError::Notifier(_)
-            | ServeError::Auth(_) => Fault::Config,
+            | ServeError::Auth(_)
+            | ServeError::AnonymousOnNetwork { .. } => Fault::Config,
             ServeError::Runtime(_)
             | ServeError::Log(_)
             | ServeError::Kafka(_)

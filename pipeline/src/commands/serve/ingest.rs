@@ -75,7 +75,11 @@ impl Ingest {
             log,
             hub: hub.clone(),
             metrics: metrics.clone(),
-            config: Arc::new(config.ingest.to_ingest_config()),
+            config: Arc::new(connectors::http_api::IngestConfig {
+                request_timeout: config.server.request_timeout,
+                allowed_origins: config.server.allowed_origins.clone(),
+                ..config.ingest.to_ingest_config()
+            }),
             auth,
             limiter: Arc::new(RateLimiter::new(100_000)),
             views,
@@ -106,6 +110,32 @@ fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
         );
     }
     Ok(auth)
+}
+
+/// Refuses to serve anonymously beyond this machine: with no credential
+/// configured, `server.bind` must be loopback unless `auth.allow_anonymous`.
+/// Checked before anything starts.
+pub(super) fn check_anonymous(config: &Config) -> Result<(), ServeError> {
+    let auth = config
+        .auth
+        .to_auth_config(&config.ingest)
+        .map_err(ServeError::Auth)?;
+    if !auth.enabled() && !is_loopback(&config.server.bind) && !config.auth.allow_anonymous {
+        return Err(ServeError::AnonymousOnNetwork {
+            bind: config.server.bind.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `bind` only accepts connections from this machine: a loopback
+/// IP (`127.0.0.0/8`, `::1`) or `localhost`.
+fn is_loopback(bind: &str) -> bool {
+    let host = bind.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Trims acknowledged entries older than the retention, forever.
@@ -178,10 +208,12 @@ pub(super) async fn serve_until_stopped(
     let listener = LimitedListener::new(
         listener,
         config.server.max_connections,
+        config.server.idle_timeout,
         metrics.http_connection_limit_waits.clone(),
     );
     ingest.notifier = notifier;
     let app = http_api::router(ingest);
+    let app = app.into_make_service_with_connect_info::<http_api::PeerAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|s| *s).await;
         tracing::info!("shutting down: finishing in-flight requests");

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// HTTP port (config `server.port`, default 8080).
     #[arg(long, env = "PORT")]
     port: Option<u16>,
+    /// Address to bind (config `server.bind`, default 127.0.0.1; any other
+    /// address needs a credential or `auth.allow_anonymous = true`).
+    #[arg(long, env = "INKSTREAM_BIND")]
+    bind: Option<String>,
     /// Redis URL for the durable log; without it the log is embedded.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
@@ -78,6 +82,9 @@ impl ServeArgs {
         }
         if let Some(p) = self.port {
             out.push(format!("server.port={p}"));
+        }
+        if let Some(b) = self.bind.as_deref().filter(|b| !b.is_empty()) {
+            out.push(format!("server.bind={}", toml_string(b)));
         }
         if let Some(u) = self.redis_url.as_deref().filter(|u| !u.is_empty()) {
             out.push(format!("redis.url={}", toml_string(u)));
@@ -131,6 +138,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    ingest::check_anonymous(&config)?;
     let metrics = connectors::Metrics::standalone();
     let log = open_log(&config).await?;
     let outputs = Outputs::open(&config, &metrics).await?;
