@@ -151,3 +151,58 @@ from = "inkstream <noreply@example.com>"
     );
     let _ = std::fs::remove_file(&config);
 }
+
+/// An @mention is a MEDIUM alert; its in-app delivery is not batched (the
+/// batching window is for email, SMS and webhooks): the mentioned user's
+/// socket gets the notification frame within a second of the comment.
+#[tokio::test]
+async fn mention_in_a_comment_reaches_the_in_app_feed_within_a_second() {
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("mention")));
+    // No quiet hours: the test must not depend on the hour it runs at.
+    std::fs::write(
+        &config,
+        "[notifications.defaults]\ntimezone = \"UTC\"\nquiet_hours = { start = \"00:00\", end = \"00:00\" }\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/notifications"))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"op":"subscribe","channel":"user:grace"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+
+    let sent = Instant::now();
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .json(
+            &json!({"type": "collaboration.comment_added", "ts": now_ms(),
+                      "user_id": "ada", "project_id": "p1", "document_id": "d1",
+                      "data": {"comment_id": "c1", "paragraph": 3, "mentions": ["grace"]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let pushed = tokio::time::timeout_at((sent + Duration::from_secs(1)).into(), async {
+        loop {
+            let m = next_json(&mut ws).await;
+            if m["op"] == "message" {
+                break m;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no in-app frame for grace within 1 s of the comment"));
+    assert_eq!(pushed["data"]["type"], "system.notification", "{pushed}");
+    assert_eq!(pushed["data"]["data"]["recipient_id"], "grace", "{pushed}");
+    assert_eq!(pushed["data"]["data"]["priority"], "MEDIUM", "{pushed}");
+    assert_eq!(
+        pushed["data"]["data"]["title"], "ada mentioned you",
+        "{pushed}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
