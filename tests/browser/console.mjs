@@ -12,6 +12,9 @@
 //        "waitForServer": bool,   (poll <base-url>/healthz before opening pages)
 //        "deadlineAt": epoch ms}  (when everything must show; default 20 s after "ready")
 //  A conflict's users or paragraph may be null: any.
+//  Also per page: "viewport": {width, height}; expect "sparklines": [user]
+//  (a WPM line of 2+ points), "timelines": [user] (a state segment),
+//  "fits": true (nothing wider than the window).
 //
 // Prints "ready" once every page is subscribed (the test then ingests),
 // "ok" and exits 0 when everything showed up; otherwise prints what is
@@ -75,7 +78,8 @@ try {
   console.log('ready');
 
   const deadline = spec.deadlineAt ?? Date.now() + DEADLINE_MS;
-  for (const p of pages) await expectAll(p, deadline);
+  // Concurrently: each page must show everything by the deadline.
+  await Promise.all(pages.map((p) => expectAll(p, deadline)));
   log('every expectation met');
   // Pages opened after the events: they can only show them from the
   // channels' history (the backfill of a first subscribe).
@@ -125,6 +129,7 @@ async function openPage(p) {
   });
   page.on('pageerror', (e) => problems.push(`${p.name}: page error: ${e.message}`));
   if (spec.recovery?.page === p.name) await routeForRecovery(page);
+  if (p.viewport) await page.setViewportSize(p.viewport);
   const resp = await page.goto(`${base}/${p.query}`);
   if (!resp.ok()) throw new Error(`${p.name}: GET / answered ${resp.status()}`);
   return page;
@@ -150,6 +155,21 @@ async function expectAll({ name, page, expect }, deadline) {
     await check(`a session of ${user} with WPM > 0`, () => page.waitForFunction(
       (u) => Number.parseFloat(document.querySelector(`#sessions tr[data-user="${u}"] .wpm`)?.textContent) > 0,
       user, { timeout: left() }));
+  }
+  for (const user of expect.sparklines ?? []) {
+    await check(`a WPM sparkline of ${user}`, () => page.waitForFunction(
+      (u) => Number(document.querySelector(`#sessions tr[data-user="${u}"] svg.spark polyline`)?.dataset.points) >= 2,
+      user, { timeout: left() }));
+  }
+  for (const user of expect.timelines ?? []) {
+    await check(`a state timeline of ${user}`, () => page
+      .locator(`#sessions tr[data-user="${user}"] svg.timeline rect.seg`).first()
+      .waitFor({ timeout: left() }));
+  }
+  if (expect.fits) {
+    const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    if (scroll > inner) throw new Error(`${name}: the page is ${scroll} px wide in a ${inner} px window`);
+    log(`${name}: fits ${inner} px`);
   }
   for (const [a, b, paragraph] of expect.conflicts ?? []) {
     let conflicts = page.locator('#conflicts li[data-conflict]');

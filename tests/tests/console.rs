@@ -196,6 +196,7 @@ async fn check_in_browser(
     events: fn(i64) -> Vec<Value>,
     bearer: Option<&str>,
 ) {
+    let _one_browser = BROWSER.lock().await;
     let out = std::env::temp_dir().join(unique("console-test"));
     let script = start_script(&server.url(""), &spec, &out);
 
@@ -217,6 +218,10 @@ async fn check_in_browser(
         let _ = std::fs::remove_dir_all(&out);
     }
 }
+
+/// One browser at a time: the tests of this file otherwise run Chromiums in
+/// parallel on the same cores, and the demo's check has a 10 s deadline.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The browser script's process and the lines it prints.
 struct Script {
@@ -370,6 +375,7 @@ fn the_console_model_and_socket_client_pass_their_node_unit_tests() {
 /// screenshot is kept in `target/<profile>/test-artifacts/console-demo/`.
 #[tokio::test]
 async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
+    let _one_browser = BROWSER.lock().await;
     let port = inkstream_tests::free_port();
     let out = inkstream_tests::inkstream_bin()
         .parent()
@@ -380,16 +386,34 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
     let spec = json!({
         "waitForServer": true,
         "deadlineAt": deadline_at,
-        "pages": [{
-            "name": "demo",
-            "query": "",
-            "expect": {
-                "presence": [["d001-1", "u001"], ["d001-1", "u002"]],
-                "sessions": ["u001", "u002", "u004"],
-                "conflicts": [[null, null, null]],
-                "feed": ["mentioned you", "Error in export"],
+        "pages": [
+            {
+                "name": "demo",
+                "query": "",
+                "viewport": {"width": 1280, "height": 900},
+                "expect": {
+                    "presence": [["d001-1", "u001"], ["d001-1", "u002"]],
+                    "sessions": ["u001", "u002", "u004"],
+                    "sparklines": ["u001", "u002"],
+                    "timelines": ["u001", "u002"],
+                    "conflicts": [[null, null, null]],
+                    "feed": ["mentioned you", "Error in export"],
+                    "fits": true,
+                },
             },
-        }],
+            {
+                "name": "demo-wide",
+                "query": "",
+                "viewport": {"width": 1920, "height": 1080},
+                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "fits": true},
+            },
+            {
+                "name": "demo-phone",
+                "query": "",
+                "viewport": {"width": 390, "height": 844},
+                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "fits": true},
+            },
+        ],
     });
     let script = start_script(&format!("http://127.0.0.1:{port}"), &spec, &out);
     let child = Command::new(inkstream_tests::inkstream_bin())
@@ -402,10 +426,11 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
         .expect("spawn inkstream demo");
     // Killed when dropped, also when the test fails.
     let mut demo = Server { child, port };
+    let mut stdout = BufReader::new(demo.child.stdout.take().unwrap());
     let mut first = String::new();
-    BufReader::new(demo.child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    stdout.read_line(&mut first).unwrap();
+    // Keep reading, so the demo never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     assert_eq!(
         first.trim(),
         format!("inkstream demo: console at http://localhost:{port}/")

@@ -106,16 +106,19 @@ pub fn main(args: &DemoArgs, config: Config) -> Result<(), DemoError> {
             };
         };
         let target = SocketAddr::from(([127, 0, 0, 1], addr.port()));
-        println!(
-            "inkstream demo: console at http://localhost:{}/",
-            addr.port()
-        );
-        println!(
-            "  {} writers in {} projects, about {} events/s; Ctrl-C stops",
+        // A closed stdout (a pipe nobody reads) must not stop the demo.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "inkstream demo: console at http://localhost:{}/\n  {} writers in {} projects, \
+             about {} events/s; Ctrl-C stops",
+            addr.port(),
             args.projects * 3,
             args.projects,
             args.rate
         );
+        let _ = stdout.flush();
+        drop(stdout);
         let simulated = tokio::select! {
             r = simulate(target, args) => r,
             // The server stopped by itself (Ctrl-C, or a fatal error).
