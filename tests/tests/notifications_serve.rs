@@ -48,6 +48,20 @@ fn smtpd(port: u16) -> Smtpd {
     Smtpd { child, dir }
 }
 
+/// A socket on /ws/notifications subscribed to `user:{user}`.
+async fn in_app_feed(server: &Server, user: &str) -> inkstream_tests::Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/notifications"))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"op": "subscribe", "channel": format!("user:{user}")}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    ws
+}
+
 #[tokio::test]
 async fn system_error_posted_to_serve_reaches_the_admin_in_app_and_by_smtp() {
     let smtp_port = free_port();
@@ -77,15 +91,7 @@ from = "inkstream <noreply@example.com>"
     let url = redis_url();
     let server = Server::start(&["--config", config.to_str().unwrap(), "--redis-url", &url]).await;
     // The in-app delivery is pushed on /ws/notifications, channel user:ada.
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/notifications"))
-        .await
-        .unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        json!({"op":"subscribe","channel":"user:ada"}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let mut ws = in_app_feed(&server, "ada").await;
     let http = reqwest::Client::new();
     let r = http
         .post(server.url("/v1/events"))
@@ -165,15 +171,7 @@ async fn mention_in_a_comment_reaches_the_in_app_feed_within_a_second() {
     )
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/notifications"))
-        .await
-        .unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        json!({"op":"subscribe","channel":"user:grace"}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let mut ws = in_app_feed(&server, "grace").await;
 
     let sent = Instant::now();
     let r = reqwest::Client::new()

@@ -17,13 +17,12 @@
 
 use super::generate::Rng;
 use super::load::LoadError;
-use super::load::ingest::http_post;
+use super::load::fanout::EventPoster;
 use super::serve::{self, ServeArgs, ServeError};
 use crate::config::Config;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 // The flags of `inkstream demo`.
 #[derive(clap::Args)]
@@ -138,20 +137,7 @@ pub fn main(args: &DemoArgs, config: Config) -> Result<(), DemoError> {
 
 /// Posts the scenario to `addr` at `--rate` until `--seconds` (or forever).
 async fn simulate(addr: SocketAddr, args: &DemoArgs) -> Result<(), DemoError> {
-    let host = addr.to_string();
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|error| LoadError::Connect {
-            addr: host.clone(),
-            error,
-        })?;
-    let _ = stream.set_nodelay(true);
-    let mut buf = vec![0u8; 64 * 1024];
-    let auth = args
-        .token
-        .as_deref()
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let mut poster = EventPoster::connect(&addr.to_string(), args.token.as_deref()).await?;
     let started = Instant::now();
     let mut scenario = Scenario::new(args.projects, args.seed, wall_ms());
     // Five posts a second; the fraction of an event carries over.
@@ -175,24 +161,7 @@ async fn simulate(addr: SocketAddr, args: &DemoArgs) -> Result<(), DemoError> {
         if lines.is_empty() {
             continue;
         }
-        let body = lines.join("\n");
-        let (status, reply) = http_post(
-            &mut stream,
-            &mut buf,
-            &host,
-            "/v1/events",
-            "application/x-ndjson",
-            &auth,
-            &body,
-        )
-        .await?;
-        if status != 202 {
-            return Err(LoadError::Rejected {
-                step: format!("POST /v1/events answered {status}"),
-                reply,
-            }
-            .into());
-        }
+        poster.post(&lines.join("\n")).await?;
         posted += lines.len() as u64;
         if tty || last_line.elapsed() >= Duration::from_secs(10) {
             last_line = Instant::now();
