@@ -249,23 +249,35 @@ fn critical_email_falls_back_to_sms() {
 }
 
 #[test]
-fn medium_alerts_are_batched_within_the_window() {
-    let p = prefs("UTC");
+fn medium_in_app_is_immediate_and_email_waits_for_the_batch_window() {
+    let mut p = prefs("UTC");
+    p.channels.medium = vec![Channel::InApp, Channel::Email];
     let mut pol = Policy::new(PolicyConfig::default());
     let t = local("UTC", 2026, 11, 30, 12, 0);
-    assert!(
-        pol.on_alert(&alert("m1", Priority::Medium, "a"), &p, t)
-            .is_empty()
-    );
-    assert!(
-        pol.on_alert(&alert("m2", Priority::Medium, "b"), &p, t + 10_000)
-            .is_empty()
-    );
+    // In-app: each alert at once, on its own.
+    let first = pol.on_alert(&alert("m1", Priority::Medium, "a"), &p, t);
+    assert_eq!(channels(&first), vec![Channel::InApp]);
+    assert_eq!(first[0].kind, DeliveryKind::Immediate);
+    let second = pol.on_alert(&alert("m2", Priority::Medium, "b"), &p, t + 10_000);
+    assert_eq!(channels(&second), vec![Channel::InApp]);
+    assert_eq!(second[0].items[0].id, "m2");
+    // Email: both in one batch when the window closes.
     assert!(pol.tick(t + 59_000, &|_| p.clone()).is_empty());
     let out = pol.tick(t + 60_000, &|_| p.clone());
-    assert_eq!(out.len(), 1);
+    assert_eq!(channels(&out), vec![Channel::Email]);
     assert_eq!(out[0].kind, DeliveryKind::Batch);
     assert_eq!(out[0].items.len(), 2);
+}
+
+#[test]
+fn medium_with_only_in_app_leaves_nothing_waiting() {
+    let p = prefs("UTC"); // channels.medium = [in_app]
+    let mut pol = Policy::new(PolicyConfig::default());
+    let t = local("UTC", 2026, 11, 30, 12, 0);
+    let out = pol.on_alert(&alert("m1", Priority::Medium, "a"), &p, t);
+    assert_eq!(channels(&out), vec![Channel::InApp]);
+    assert_eq!(pol.waiting(), 0);
+    assert_eq!(pol.next_deadline(), None);
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! call per subcommand ([`inkstream::commands`]).
 
 use clap::{Parser, Subcommand};
+use inkstream::commands::demo::DemoArgs;
 use inkstream::commands::generate::GenerateArgs;
 use inkstream::commands::healthcheck::HealthcheckArgs;
 use inkstream::commands::load::LoadArgs;
 use inkstream::commands::replay::ReplayArgs;
 use inkstream::commands::schemas::SchemasCommand;
 use inkstream::commands::serve::ServeArgs;
-use inkstream::commands::{generate, healthcheck, load, replay, schemas, serve};
+use inkstream::commands::{demo, generate, healthcheck, load, replay, schemas, serve};
 use inkstream::config::Config;
 use std::path::PathBuf;
 
@@ -40,6 +41,8 @@ enum Command {
     Healthcheck(HealthcheckArgs),
     /// Run ingest, the log, the dataflow and the WebSocket fanout.
     Serve(ServeArgs),
+    /// `serve` plus a simulator posting live traffic: the console at work.
+    Demo(DemoArgs),
     /// Run the dataflow over an NDJSON event file, writing derived streams to DIR.
     Replay(ReplayArgs),
     /// Print the event contract.
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     // Flags become overrides of their config keys; `--set` comes last and wins.
     let mut overrides = match &cli.command {
         Command::Serve(args) => args.overrides(),
+        Command::Demo(args) => args.overrides(),
         Command::Replay(args) => args.overrides(),
         Command::Healthcheck(args) => args.overrides(),
         Command::Generate(_) | Command::Schemas { .. } | Command::Load(_) => Vec::new(),
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Healthcheck(_) => healthcheck::main(&config)?,
         Command::Serve(_) => serve::main(config)?,
+        Command::Demo(args) => demo::main(&args, config)?,
         Command::Replay(args) => replay::main(&args, &config)?,
         Command::Schemas { command } => schemas::run(command)?,
         Command::Load(args) => load::main(args)?,

@@ -8,7 +8,13 @@
 //        "conflicts": [[userA, userB, paragraph]], "feed": [title substring],
 //        "connections": [status substring]}}],
 //        "latePages": [same as pages, opened after the expectations],
-//        "recovery": {"page", "event"}}   (optional, see below)
+//        "recovery": {"page", "event"},   (optional, see below)
+//        "waitForServer": bool,   (poll <base-url>/healthz before opening pages)
+//        "deadlineAt": epoch ms}  (when everything must show; default 20 s after "ready")
+//  A conflict's users or paragraph may be null: any.
+//  Also per page: "viewport": {width, height}; expect "sparklines": [user]
+//  (a WPM line of 2+ points), "timelines": [user] (a state segment),
+//  "fits": true (nothing wider than the window).
 //
 // Prints "ready" once every page is subscribed (the test then ingests),
 // "ok" and exits 0 when everything showed up; otherwise prints what is
@@ -63,6 +69,7 @@ const fromServer = [];
 const fromPage = [];
 let failed = false;
 try {
+  if (spec.waitForServer) await waitForServer();
   for (const p of spec.pages) pages.push({ ...p, page: await openPage(p) });
   // A page is ready when every socket is subscribed, or at `ready` (a CSS
   // selector) for pages expected not to get there (refused channels).
@@ -70,8 +77,9 @@ try {
   log('every page subscribed');
   console.log('ready');
 
-  const deadline = Date.now() + DEADLINE_MS;
-  for (const p of pages) await expectAll(p, deadline);
+  const deadline = spec.deadlineAt ?? Date.now() + DEADLINE_MS;
+  // Concurrently: each page must show everything by the deadline.
+  await Promise.all(pages.map((p) => expectAll(p, deadline)));
   log('every expectation met');
   // Pages opened after the events: they can only show them from the
   // channels' history (the backfill of a first subscribe).
@@ -99,6 +107,18 @@ try {
 }
 process.exit(failed ? 1 : 0);
 
+// The server under test may still be starting (the browser launches first,
+// so its startup does not count against the server's deadline).
+async function waitForServer() {
+  const until = Date.now() + 20_000;
+  for (;;) {
+    const up = await fetch(`${base}/healthz`).then((r) => r.ok, () => false);
+    if (up) return;
+    if (Date.now() > until) throw new Error(`${base}/healthz did not answer within 20 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 async function openPage(p) {
   const page = await context.newPage();
   // `allowErrors`: substrings of console errors the page is expected to
@@ -109,6 +129,7 @@ async function openPage(p) {
   });
   page.on('pageerror', (e) => problems.push(`${p.name}: page error: ${e.message}`));
   if (spec.recovery?.page === p.name) await routeForRecovery(page);
+  if (p.viewport) await page.setViewportSize(p.viewport);
   const resp = await page.goto(`${base}/${p.query}`);
   if (!resp.ok()) throw new Error(`${p.name}: GET / answered ${resp.status()}`);
   return page;
@@ -135,10 +156,27 @@ async function expectAll({ name, page, expect }, deadline) {
       (u) => Number.parseFloat(document.querySelector(`#sessions tr[data-user="${u}"] .wpm`)?.textContent) > 0,
       user, { timeout: left() }));
   }
+  for (const user of expect.sparklines ?? []) {
+    await check(`a WPM sparkline of ${user}`, () => page.waitForFunction(
+      (u) => Number(document.querySelector(`#sessions tr[data-user="${u}"] svg.spark polyline`)?.dataset.points) >= 2,
+      user, { timeout: left() }));
+  }
+  for (const user of expect.timelines ?? []) {
+    await check(`a state timeline of ${user}`, () => page
+      .locator(`#sessions tr[data-user="${user}"] svg.timeline rect.seg`).first()
+      .waitFor({ timeout: left() }));
+  }
+  if (expect.fits) {
+    const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    if (scroll > inner) throw new Error(`${name}: the page is ${scroll} px wide in a ${inner} px window`);
+    log(`${name}: fits ${inner} px`);
+  }
   for (const [a, b, paragraph] of expect.conflicts ?? []) {
-    await check(`a conflict of ${a} and ${b} on ¶${paragraph}`, () => page
-      .locator('#conflicts li[data-conflict]')
-      .filter({ hasText: a }).filter({ hasText: b }).filter({ hasText: `¶${paragraph} ` })
+    let conflicts = page.locator('#conflicts li[data-conflict]');
+    for (const text of [a, b, paragraph === null ? null : `¶${paragraph} `]) {
+      if (text !== null) conflicts = conflicts.filter({ hasText: text });
+    }
+    await check(`a conflict of ${a ?? 'anyone'} and ${b ?? 'anyone'} on ¶${paragraph ?? 'any'}`, () => conflicts
       .first()
       .waitFor({ timeout: left() }));
   }

@@ -196,46 +196,12 @@ async fn check_in_browser(
     events: fn(i64) -> Vec<Value>,
     bearer: Option<&str>,
 ) {
-    let node = required("INKSTREAM_TEST_NODE", "node");
-    let chromium = required("INKSTREAM_TEST_CHROMIUM", "Debian's chromium");
-    let browser_dir = required("INKSTREAM_TEST_BROWSER_DIR", "playwright-core (npm)");
+    let _one_browser = BROWSER.lock().await;
     let out = std::env::temp_dir().join(unique("console-test"));
-    std::fs::create_dir_all(&out).unwrap();
-    let mut child = Command::new(node)
-        .arg(script())
-        .arg(server.url(""))
-        .arg(&out)
-        .arg(spec.to_string())
-        .env("INKSTREAM_TEST_CHROMIUM", chromium)
-        .env("INKSTREAM_TEST_BROWSER_DIR", browser_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node tests/browser/console.mjs");
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let fail = |mut child: Child, why: String| -> ! {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{why}; screenshots in {} (the script's log is above)",
-            out.display()
-        );
-    };
+    let script = start_script(&server.url(""), &spec, &out);
 
     // The pages are open and subscribed before anything is ingested.
-    let (ready, rx) =
-        tokio::task::spawn_blocking(move || (wait_line(&rx, "ready", Duration::from_secs(20)), rx))
-            .await
-            .unwrap();
-    if let Err(why) = ready {
-        fail(child, why);
-    }
+    let script = wait_for(script, "ready", Duration::from_secs(20), &out).await;
     let mut post = reqwest::Client::new()
         .post(server.url("/v1/events"))
         .json(&events(now_ms()));
@@ -244,21 +210,76 @@ async fn check_in_browser(
     }
     let resp = post.send().await.unwrap();
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-
-    let (done, _rx) =
-        tokio::task::spawn_blocking(move || (wait_line(&rx, "ok", Duration::from_secs(25)), rx))
-            .await
-            .unwrap();
-    if let Err(why) = done {
-        fail(child, why);
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "browser script exited with {status}");
+    let script = wait_for(script, "ok", Duration::from_secs(25), &out).await;
+    finish(script);
     if std::env::var_os("INKSTREAM_TEST_KEEP_SCREENSHOTS").is_some() {
         println!("screenshots kept in {}", out.display());
     } else {
         let _ = std::fs::remove_dir_all(&out);
     }
+}
+
+/// One browser at a time: the tests of this file otherwise run Chromiums in
+/// parallel on the same cores, and the demo's check has a 10 s deadline.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The browser script's process and the lines it prints.
+struct Script {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Starts `tests/browser/console.mjs` on `base` with `spec`; screenshots go to `out`.
+fn start_script(base: &str, spec: &Value, out: &Path) -> Script {
+    let node = required("INKSTREAM_TEST_NODE", "node");
+    let chromium = required("INKSTREAM_TEST_CHROMIUM", "Debian's chromium");
+    let browser_dir = required("INKSTREAM_TEST_BROWSER_DIR", "playwright-core (npm)");
+    std::fs::create_dir_all(out).unwrap();
+    let mut child = Command::new(node)
+        .arg(script())
+        .arg(base)
+        .arg(out)
+        .arg(spec.to_string())
+        .env("INKSTREAM_TEST_CHROMIUM", chromium)
+        .env("INKSTREAM_TEST_BROWSER_DIR", browser_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node tests/browser/console.mjs");
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Script { child, lines }
+}
+
+/// Waits for the script to print `want`; on failure kills it and panics
+/// naming the screenshots' folder.
+async fn wait_for(script: Script, want: &'static str, timeout: Duration, out: &Path) -> Script {
+    let Script { mut child, lines } = script;
+    let (result, lines) =
+        tokio::task::spawn_blocking(move || (wait_line(&lines, want, timeout), lines))
+            .await
+            .unwrap();
+    if let Err(why) = result {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{why}; screenshots in {} (the script's log is above)",
+            out.display()
+        );
+    }
+    Script { child, lines }
+}
+
+/// The script exits 0 after "ok".
+fn finish(script: Script) {
+    let Script { mut child, .. } = script;
+    let status = child.wait().unwrap();
+    assert!(status.success(), "browser script exited with {status}");
 }
 
 #[tokio::test]
@@ -345,4 +366,82 @@ fn the_console_model_and_socket_client_pass_their_node_unit_tests() {
         "node unit tests failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `inkstream demo` alone (no client of ours posts anything) fills every
+/// panel of the console within 10 s of its start: presence with cursors,
+/// sessions with WPM, a conflict, the alert feed (a mention, a service error).
+/// The browser launches first, so its startup does not count. The page's
+/// screenshot is kept in `target/<profile>/test-artifacts/console-demo/`.
+#[tokio::test]
+async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
+    let _one_browser = BROWSER.lock().await;
+    let port = inkstream_tests::free_port();
+    let out = inkstream_tests::inkstream_bin()
+        .parent()
+        .unwrap()
+        .join("test-artifacts/console-demo");
+    let _ = std::fs::remove_dir_all(&out);
+    let deadline_at = now_ms() + 10_000;
+    let spec = json!({
+        "waitForServer": true,
+        "deadlineAt": deadline_at,
+        "pages": [
+            {
+                "name": "demo",
+                "query": "",
+                "viewport": {"width": 1280, "height": 900},
+                "expect": {
+                    "presence": [["d001-1", "u001"], ["d001-1", "u002"]],
+                    "sessions": ["u001", "u002", "u004"],
+                    "sparklines": ["u001", "u002"],
+                    "timelines": ["u001", "u002"],
+                    "conflicts": [[null, null, null]],
+                    "feed": ["mentioned you", "Error in export"],
+                    "fits": true,
+                },
+            },
+            {
+                "name": "demo-wide",
+                "query": "",
+                "viewport": {"width": 1920, "height": 1080},
+                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "fits": true},
+            },
+            {
+                "name": "demo-phone",
+                "query": "",
+                "viewport": {"width": 390, "height": 844},
+                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "fits": true},
+            },
+        ],
+    });
+    let script = start_script(&format!("http://127.0.0.1:{port}"), &spec, &out);
+    let child = Command::new(inkstream_tests::inkstream_bin())
+        .args(["demo", "--port", &port.to_string(), "--rate", "20"])
+        .env_remove("REDIS_URL")
+        .env_remove("KAFKA_BROKERS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn inkstream demo");
+    // Killed when dropped, also when the test fails.
+    let mut demo = Server { child, port };
+    let mut stdout = BufReader::new(demo.child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    // Keep reading, so the demo never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    assert_eq!(
+        first.trim(),
+        format!("inkstream demo: console at http://localhost:{port}/")
+    );
+    let script = wait_for(script, "ok", Duration::from_secs(40), &out).await;
+    finish(script);
+    let took = Duration::from_millis((now_ms() + 10_000 - deadline_at).max(0) as u64);
+    println!(
+        "every panel filled within 10 s of the demo's start (the script, axe-core included, \
+         ended {took:?} after it); screenshot in {}",
+        out.display()
+    );
+    drop(demo);
 }

@@ -48,6 +48,20 @@ fn smtpd(port: u16) -> Smtpd {
     Smtpd { child, dir }
 }
 
+/// A socket on /ws/notifications subscribed to `user:{user}`.
+async fn in_app_feed(server: &Server, user: &str) -> inkstream_tests::Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/notifications"))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"op": "subscribe", "channel": format!("user:{user}")}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    ws
+}
+
 #[tokio::test]
 async fn system_error_posted_to_serve_reaches_the_admin_in_app_and_by_smtp() {
     let smtp_port = free_port();
@@ -77,15 +91,7 @@ from = "inkstream <noreply@example.com>"
     let url = redis_url();
     let server = Server::start(&["--config", config.to_str().unwrap(), "--redis-url", &url]).await;
     // The in-app delivery is pushed on /ws/notifications, channel user:ada.
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws/notifications"))
-        .await
-        .unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        json!({"op":"subscribe","channel":"user:ada"}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(&mut ws).await["op"], "subscribed");
+    let mut ws = in_app_feed(&server, "ada").await;
     let http = reqwest::Client::new();
     let r = http
         .post(server.url("/v1/events"))
@@ -148,6 +154,53 @@ from = "inkstream <noreply@example.com>"
     assert!(
         metrics.contains(r#"inkstream_notifications_total{channel="email",outcome="delivered",priority="critical"} 1"#),
         "{metrics}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
+/// An @mention is a MEDIUM alert; its in-app delivery is not batched (the
+/// batching window is for email, SMS and webhooks): the mentioned user's
+/// socket gets the notification frame within a second of the comment.
+#[tokio::test]
+async fn mention_in_a_comment_reaches_the_in_app_feed_within_a_second() {
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("mention")));
+    // No quiet hours: the test must not depend on the hour it runs at.
+    std::fs::write(
+        &config,
+        "[notifications.defaults]\ntimezone = \"UTC\"\nquiet_hours = { start = \"00:00\", end = \"00:00\" }\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
+    let mut ws = in_app_feed(&server, "grace").await;
+
+    let sent = Instant::now();
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .json(
+            &json!({"type": "collaboration.comment_added", "ts": now_ms(),
+                      "user_id": "ada", "project_id": "p1", "document_id": "d1",
+                      "data": {"comment_id": "c1", "paragraph": 3, "mentions": ["grace"]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let pushed = tokio::time::timeout_at((sent + Duration::from_secs(1)).into(), async {
+        loop {
+            let m = next_json(&mut ws).await;
+            if m["op"] == "message" {
+                break m;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no in-app frame for grace within 1 s of the comment"));
+    assert_eq!(pushed["data"]["type"], "system.notification", "{pushed}");
+    assert_eq!(pushed["data"]["data"]["recipient_id"], "grace", "{pushed}");
+    assert_eq!(pushed["data"]["data"]["priority"], "MEDIUM", "{pushed}");
+    assert_eq!(
+        pushed["data"]["data"]["title"], "ada mentioned you",
+        "{pushed}"
     );
     let _ = std::fs::remove_file(&config);
 }

@@ -19,7 +19,8 @@ pub struct NotifierConfig {
     pub defaults: Preferences,
     /// Auto-mute window for a `(user, dedup_key)`, in seconds (default 3600).
     pub mute_window_s: u64,
-    /// MEDIUM batching window, in seconds (default 60).
+    /// MEDIUM batching window for email, SMS and webhook, in seconds
+    /// (default 60); in-app is never batched.
     pub batch_window_s: u64,
     /// Hold non-critical in-app/email while the user is in FLOW_STATE
     /// (default true; each user may also turn it off).

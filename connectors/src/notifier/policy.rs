@@ -11,7 +11,7 @@
 //! |---|---|---|---|---|
 //! | CRITICAL | `channels.critical` (default in-app, email, SMS, webhook), at once; email failed or no address → SMS | bypassed | bypassed | bypassed |
 //! | HIGH | `channels.high` (default in-app + email), at once | held, one digest when the window opens | yes | in-app/email held |
-//! | MEDIUM | `channels.medium` (default in-app), batched for `batch_window` | held | yes | in-app/email held |
+//! | MEDIUM | `channels.medium` (default in-app): in-app at once; email, SMS and webhook batched for `batch_window` | held | yes | in-app/email held |
 //! | LOW | the digest (`digest_channels`, default in-app + email) | digest waits for the window | yes | in-app/email held |
 //!
 //! Auto-mute: the first alert of a `(user, dedup_key)` opens a window of
@@ -660,15 +660,23 @@ impl Policy {
             }
             return out;
         }
-        if alert.priority == Priority::Medium {
-            let batch_window = self.config.batch_window_ms;
-            let st = self.users.entry(user.clone()).or_default();
-            st.batch.push(item);
-            let dropped = trim_front(&mut st.batch, self.config.max_queued_per_user);
-            st.batch_deadline_ms.get_or_insert(now_ms + batch_window);
-            self.count_dropped(dropped, Priority::Medium, "in_app");
-            return out;
-        }
+        let channels = if alert.priority == Priority::Medium {
+            // The batching window protects inboxes (email, SMS, webhook);
+            // in-app goes at once: a co-editor expects an @mention now.
+            let (now_channels, inboxes): (Vec<Channel>, Vec<Channel>) =
+                channels.into_iter().partition(|c| !batched(*c));
+            if let Some(first) = inboxes.first() {
+                let batch_window = self.config.batch_window_ms;
+                let st = self.users.entry(user.clone()).or_default();
+                st.batch.push(item.clone());
+                let dropped = trim_front(&mut st.batch, self.config.max_queued_per_user);
+                st.batch_deadline_ms.get_or_insert(now_ms + batch_window);
+                self.count_dropped(dropped, Priority::Medium, first.as_str());
+            }
+            now_channels
+        } else {
+            channels
+        };
         let per_channel: Vec<(Channel, Vec<Item>)> = channels
             .into_iter()
             .map(|c| (c, vec![item.clone()]))
@@ -751,7 +759,13 @@ impl Policy {
         if st.batch_deadline_ms.is_some_and(|d| d <= now_ms) {
             st.batch_deadline_ms = None;
             let items = std::mem::take(&mut st.batch);
-            let channels = prefs.channels.medium.clone();
+            let channels: Vec<Channel> = prefs
+                .channels
+                .medium
+                .iter()
+                .copied()
+                .filter(|c| batched(*c))
+                .collect();
             if quiet {
                 for item in items {
                     st.quiet_held.push(Held {
@@ -945,6 +959,12 @@ impl Policy {
         }
         out
     }
+}
+
+/// Whether MEDIUM alerts wait for the batching window on this channel
+/// (in-app never does: it is delivered at once).
+fn batched(c: Channel) -> bool {
+    c != Channel::InApp
 }
 
 /// Drops the oldest entries beyond `cap`; returns how many.

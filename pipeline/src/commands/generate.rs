@@ -32,6 +32,11 @@ pub struct GenerateArgs {
     /// Largest arrival-order disorder, in ms.
     #[arg(long, default_value_t = 1_500)]
     disorder_ms: i64,
+    /// Event time of the first event: ms since the epoch, or `now`, which
+    /// places the file so that its last event is now (a live `serve`
+    /// accepts events up to 24 h old). Default: 2026-01-05T08:00:00Z.
+    #[arg(long, default_value = "1767600000000")]
+    start: String,
     /// Output file (`-` for stdout).
     #[arg(long, default_value = "-")]
     out: PathBuf,
@@ -48,13 +53,23 @@ pub enum GenerateError {
     },
     #[error(transparent)]
     Write(#[from] std::io::Error),
+    #[error("--start {0:?}: expected `now` or ms since the Unix epoch")]
+    Start(String),
+    /// `--start now` asks for a file a live server accepts; this one cannot be.
+    #[error(
+        "--start now: the events span {span_h:.1} h, more than the 24 h a live server accepts; \
+         generate fewer events or more users"
+    )]
+    TooLong { span_h: f64 },
 }
 
 impl schemas::Classify for GenerateError {
     /// The output path given on the command line, or its disk.
     fn fault(&self) -> schemas::Fault {
         match self {
-            GenerateError::Create { .. } => schemas::Fault::Caller,
+            GenerateError::Create { .. }
+            | GenerateError::Start(_)
+            | GenerateError::TooLong { .. } => schemas::Fault::Caller,
             GenerateError::Write(_) => schemas::Fault::External,
         }
     }
@@ -62,12 +77,18 @@ impl schemas::Classify for GenerateError {
 
 /// `inkstream generate`: the events to `--out`, or stdout for `-`.
 pub fn main(args: &GenerateArgs) -> Result<(), GenerateError> {
-    let config = GenerateConfig {
+    let mut config = GenerateConfig {
         events: args.events,
         users: args.users,
         seed: args.seed,
         disorder_ms: args.disorder_ms,
-        ..Default::default()
+        start_ts: 0,
+    };
+    config.start_ts = match args.start.as_str() {
+        "now" => start_ending_now(&config, now_ms())?,
+        ms => ms
+            .parse()
+            .map_err(|_| GenerateError::Start(args.start.clone()))?,
     };
     if args.out.as_os_str() == "-" {
         let stdout = std::io::stdout();
@@ -82,6 +103,27 @@ pub fn main(args: &GenerateArgs) -> Result<(), GenerateError> {
         generate(&config, &mut w)?;
     }
     Ok(())
+}
+
+/// The start that makes the file's last event fall at `now` (a dry run
+/// measures the span; generation is deterministic, so the real run matches).
+fn start_ending_now(config: &GenerateConfig, now: i64) -> Result<i64, GenerateError> {
+    // A day minus a margin for posting the file after it is written.
+    const ACCEPTED_MS: i64 = 23 * 3_600_000;
+    let span = generate(config, &mut std::io::sink())? - config.start_ts;
+    if span > ACCEPTED_MS {
+        return Err(GenerateError::TooLong {
+            span_h: span as f64 / 3_600_000.0,
+        });
+    }
+    Ok(now - span)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// What to generate.
@@ -149,8 +191,9 @@ struct UserState {
     units: i64,
 }
 
-/// Writes `config.events` NDJSON lines to `out`.
-pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Result<()> {
+/// Writes `config.events` NDJSON lines to `out`; returns the latest event
+/// time written.
+pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Result<i64> {
     let mut rng = Rng::new(config.seed);
     let users = config.users.max(1);
     let mut state: Vec<UserState> = (0..users)
@@ -175,11 +218,13 @@ pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Resul
     let mut arrivals: BinaryHeap<Reverse<(i64, u64, String)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut written = 0u64;
+    let mut last_ts = config.start_ts;
     while written + (arrivals.len() as u64) < config.events {
         let Some(Reverse((ts, u))) = due.pop() else {
             break;
         };
         let s = &mut state[u as usize];
+        last_ts = ts;
         let user = format!("u{u:05}");
         let project = format!("p{:04}", u / 4);
         // Four users per project share one document: co-editing.
@@ -332,7 +377,8 @@ pub fn generate(config: &GenerateConfig, out: &mut impl Write) -> std::io::Resul
         out.write_all(b"\n")?;
         written += 1;
     }
-    out.flush()
+    out.flush()?;
+    Ok(last_ts)
 }
 
 #[cfg(test)]
@@ -364,5 +410,35 @@ mod tests {
         let mut again = Vec::new();
         generate(&config, &mut again).unwrap();
         assert_eq!(text.as_bytes(), &again[..], "deterministic for a seed");
+    }
+
+    #[test]
+    fn start_now_ends_the_file_now_and_within_what_a_server_accepts() {
+        let mut config = GenerateConfig {
+            events: 2_000,
+            users: 20,
+            ..GenerateConfig::default()
+        };
+        let now = 1_800_000_000_000;
+        config.start_ts = start_ending_now(&config, now).unwrap();
+        let mut buf = Vec::new();
+        generate(&config, &mut buf).unwrap();
+        let limits = schemas::Limits::default();
+        let max_ts = String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(|l| schemas::decode_event(l.as_bytes(), &limits).unwrap().ts)
+            .max()
+            .unwrap();
+        assert!(max_ts <= now && max_ts > now - 23 * 3_600_000, "{max_ts}");
+        let long = GenerateConfig {
+            events: 200_000,
+            users: 2,
+            ..GenerateConfig::default()
+        };
+        assert!(matches!(
+            start_ending_now(&long, now),
+            Err(GenerateError::TooLong { .. })
+        ));
     }
 }

@@ -4,12 +4,14 @@
 //! point per subcommand.
 //!
 //! - [`serve`]: ingest, log, dataflow and fanout in one process.
+//! - [`demo`]: `serve` plus a simulator posting live traffic.
 //! - [`replay`]: the dataflow over an NDJSON file.
 //! - [`generate`]: a realistic, deterministic NDJSON event file.
 //! - [`load`]: load generators for benchmarks.
 //! - [`healthcheck`]: the container healthcheck.
 //! - [`schemas`]: prints the event contract.
 
+pub mod demo;
 pub mod generate;
 pub mod healthcheck;
 pub mod load;

@@ -74,6 +74,48 @@ fn number_after(frame: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Posts NDJSON batches to `POST /v1/events` on one keep-alive connection
+/// (the e2e load and `inkstream demo`).
+pub(crate) struct EventPoster {
+    http: TcpStream,
+    buf: Vec<u8>,
+    auth: String,
+    addr: String,
+}
+
+impl EventPoster {
+    pub(crate) async fn connect(addr: &str, token: Option<&str>) -> Result<EventPoster, LoadError> {
+        let (http, buf, auth) = connect(addr, token).await?;
+        Ok(EventPoster {
+            http,
+            buf,
+            auth,
+            addr: addr.to_owned(),
+        })
+    }
+
+    /// One NDJSON body; anything but 202 is `Rejected`.
+    pub(crate) async fn post(&mut self, body: &str) -> Result<(), LoadError> {
+        let (status, reply) = http_post(
+            &mut self.http,
+            &mut self.buf,
+            &self.addr,
+            "/v1/events",
+            "application/x-ndjson",
+            &self.auth,
+            body,
+        )
+        .await?;
+        if status != 202 {
+            return Err(LoadError::Rejected {
+                step: "ingest".into(),
+                reply: format!("{status} {reply}"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A keep-alive connection for `http_post`, its buffer and auth header.
 async fn connect(
     addr: &str,
@@ -244,7 +286,7 @@ pub async fn end_to_end(
         }
         lat
     });
-    let (mut http, mut buf, auth) = connect(addr, token).await?;
+    let mut poster = EventPoster::connect(addr, token).await?;
     // Batches every 10 ms; each user writes at most once a second (the
     // live WPM rate limit), so every event is an update.
     let per_tick = (rate / 100).max(1);
@@ -265,22 +307,7 @@ pub async fn end_to_end(
             ));
             body.push('\n');
         }
-        let (status, reply) = http_post(
-            &mut http,
-            &mut buf,
-            addr,
-            "/v1/events",
-            "application/x-ndjson",
-            &auth,
-            &body,
-        )
-        .await?;
-        if status != 202 {
-            return Err(LoadError::Rejected {
-                step: "ingest".into(),
-                reply: format!("{status} {reply}"),
-            });
-        }
+        poster.post(&body).await?;
         sent += per_tick;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

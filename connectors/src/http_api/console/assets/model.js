@@ -10,6 +10,7 @@ export const LIMITS = {
   documents: 100, // documents with someone online
   usersPerDocument: 100,
   sessions: 500,
+  history: 60, // WPM samples and state changes kept per session (sparkline, timeline)
   conflicts: 200,
   resolved: 10, // recently resolved conflicts kept for context
   feed: 100,
@@ -154,7 +155,15 @@ function liveWpm(state, e, d) {
   s.wpm = d.value;
   s.wpmTs = e.ts;
   s.ts = Math.max(s.ts, e.ts);
+  s.history = [...(s.history ?? []), { ts: e.ts, wpm: d.value }].slice(-LIMITS.history);
   return true;
+}
+
+// The session's states over time, for the timeline: [{ts, state}], bounded.
+function noteState(s, ts, state) {
+  const states = s.states ?? [];
+  if (states.at(-1)?.state === state) return;
+  s.states = [...states, { ts, state }].slice(-LIMITS.history);
 }
 
 function session(state, e, fields) {
@@ -163,7 +172,10 @@ function session(state, e, fields) {
   if (s.stateTs !== undefined && e.ts < s.stateTs) return false;
   if (fields.session) s.session = fields.session;
   if (fields.since && !s.since) s.since = fields.since;
-  if (fields.state) s.state = fields.state;
+  if (fields.state) {
+    s.state = fields.state;
+    noteState(s, e.ts, fields.state);
+  }
   if (typeof fields.wpm === 'number') {
     s.wpm = fields.wpm;
     s.wpmTs = e.ts;

@@ -28,10 +28,12 @@ const fmt = (n, digits = 1) => (typeof n === 'number' ? n.toFixed(digits) : '–
 const timeEl = (ts) => h('time', { datetime: typeof ts === 'number' ? new Date(ts).toISOString() : null }, time(ts));
 
 function table(caption, headers, rows) {
-  return h('table', {},
+  // Scrolls sideways inside its card on narrow screens (focusable, so the
+  // keyboard can scroll it too).
+  return h('div', { class: 'table-wrap', role: 'region', 'aria-label': `${caption} (table)`, tabindex: '0' }, h('table', {},
     h('caption', { class: 'visually-hidden' }, caption),
     h('thead', {}, h('tr', {}, headers.map(([label, cls]) => h('th', { scope: 'col', class: cls }, label)))),
-    h('tbody', {}, rows));
+    h('tbody', {}, rows)));
 }
 
 function fill(section, nodes, emptyText) {
@@ -73,18 +75,61 @@ export function renderPresence(section, state) {
   for (const marker of section.querySelectorAll('.bar > span')) marker.style.left = `calc(${marker.dataset.at} * (100% - 3px))`;
 }
 
+const SVG = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+}
+
+// WPM over the last updates as a line, scaled to the session's own peak.
+function sparkline(history = []) {
+  const w = 80;
+  const hgt = 18;
+  const peak = Math.max(1, ...history.map((p) => p.wpm));
+  const step = history.length > 1 ? w / (history.length - 1) : 0;
+  const points = history.map((p, i) => `${(i * step).toFixed(1)},${(hgt - 1 - (p.wpm / peak) * (hgt - 2)).toFixed(1)}`);
+  const label = history.length
+    ? `WPM over the last ${history.length} updates: ${fmt(Math.min(...history.map((p) => p.wpm)))} to ${fmt(peak)}`
+    : 'no WPM yet';
+  return svg('svg', { class: 'spark', viewBox: `0 0 ${w} ${hgt}`, width: w, height: hgt, role: 'img', 'aria-label': label },
+    svg('title', {}, label),
+    svg('polyline', { points: points.join(' '), 'data-points': String(history.length) }));
+}
+
+// The session's states over the last `span` ms as coloured segments.
+function timeline(states = [], now, span = 10 * 60_000) {
+  const w = 120;
+  const from = now - span;
+  const x = (ts) => (Math.max(0, ts - from) / span) * w;
+  const segments = states.map((st, i) => {
+    const end = states[i + 1]?.ts ?? now;
+    return svg('rect', { class: `seg s-${st.state}`, x: x(st.ts).toFixed(1), y: 2, height: 12,
+      width: Math.max(1, x(end) - x(st.ts)).toFixed(1) });
+  });
+  const label = states.length
+    ? `States: ${states.map((st) => `${STATE_LABEL[st.state] ?? st.state} from ${time(st.ts)}`).join(', ')}`
+    : 'no state yet';
+  return svg('svg', { class: 'timeline', viewBox: `0 0 ${w} 16`, width: w, height: 16, role: 'img', 'aria-label': label },
+    svg('title', {}, label), ...segments);
+}
+
 export function renderSessions(section, state) {
+  const now = Math.max(0, ...[...state.sessions.values()].map((s) => s.ts));
   const rows = [...state.sessions.values()]
     .sort((a, b) => (b.wpm ?? -1) - (a.wpm ?? -1) || a.user.localeCompare(b.user))
     .map((s) => h('tr', { dataUser: s.user, dataState: s.state ?? 'unknown' },
       h('th', { scope: 'row' }, s.user),
       h('td', {}, s.state ? h('span', { class: `badge s-${s.state}` }, STATE_LABEL[s.state] ?? s.state) : h('span', { class: 'meta' }, 'typing')),
       h('td', { class: 'num wpm' }, fmt(s.wpm)),
+      h('td', { class: 'chart' }, sparkline(s.history)),
+      h('td', { class: 'chart' }, timeline(s.states, now)),
       h('td', {}, s.project ?? '–'),
       h('td', {}, s.document ?? '–'),
       h('td', {}, s.since ? timeEl(s.since) : '–')));
   const nodes = rows.length
-    ? [table('Writing sessions', [['Writer'], ['State'], ['WPM', 'num'], ['Project'], ['Document'], ['Started']], rows)]
+    ? [table('Writing sessions', [['Writer'], ['State'], ['WPM', 'num'], ['WPM trend'], ['Last 10 min'], ['Project'], ['Document'], ['Started']], rows)]
     : [];
   fill(section, nodes, 'No active session yet.');
 }
