@@ -305,6 +305,27 @@ impl Drop for PrivateKafka {
     }
 }
 
+/// Debian's `kcat` (librdkafka's command-line client), installed by the harness.
+pub fn kcat() -> String {
+    required("INKSTREAM_TEST_KCAT", "kcat (Debian package)")
+}
+
+/// Runs one of Apache Kafka's own command-line tools (`class`, from the
+/// broker's jars through `tests/kafka/broker.sh tool`) to completion.
+pub fn kafka_tool(class: &str, args: &[&str]) -> std::process::Output {
+    let script = required(
+        "INKSTREAM_TEST_KAFKA_SH",
+        "Apache Kafka (tests/kafka/broker.sh)",
+    );
+    Command::new("bash")
+        .arg(script)
+        .arg("tool")
+        .arg(class)
+        .args(args)
+        .output()
+        .expect("run an Apache Kafka tool")
+}
+
 /// The harness's Python (with fastavro and confluent-kafka).
 pub fn python() -> String {
     required(
