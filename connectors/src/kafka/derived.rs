@@ -1,22 +1,86 @@
 //! Derived events out to `inkstream.derived.<type>` topics: keyed by
-//! partition key, Confluent-framed Avro, headers like the event topics. The
-//! derived ids are deterministic, so a replay after a restart is
-//! deduplicated downstream by `event_id`.
+//! partition key, Confluent-framed Avro, headers like the event topics.
+//!
+//! The topics are part of the dataflow's checkpoint ([`DerivedProducer::sync`]
+//! is called before a checkpoint completes; an error fails it, nothing is
+//! acknowledged, and the next checkpoint tries again). Two delivery modes:
+//!
+//! - **At least once** (default): events are produced as they are derived
+//!   (idempotent producer). A checkpoint completes only once the producer
+//!   has flushed and no delivery failed since start; after a failed or
+//!   dropped delivery no checkpoint completes until a restart replays the
+//!   events from the last one. A replay re-produces what followed the last
+//!   checkpoint: duplicates, with identical (deterministic) ids.
+//! - **Exactly once**: a transactional producer (Flink's two-phase
+//!   `KafkaSink` pattern). Events are buffered by dataflow time; at
+//!   checkpoint `b`, those stamped before `b` are produced in one transaction
+//!   that also records `b` (a transactional offset commit of the marker
+//!   group), and committed. A `read_committed` consumer sees each once: a
+//!   restart that replays from an older checkpoint drops what a committed
+//!   transaction already holds (time before the recorded barrier). The cost
+//!   is latency: outputs become visible per checkpoint.
 //!
 //! A threaded producer (its own polling thread) keeps the dataflow's worker
 //! threads free of async: `send` only enqueues; a full queue blocks the
-//! caller briefly (backpressure) rather than dropping.
+//! caller briefly (backpressure).
 
 use super::{client_config, derived_topic};
 use crate::metrics::Metrics;
-use rdkafka::ClientContext;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use schemas::Event;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// How long a checkpoint waits for the derived topics.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the derived topics did not take what was derived.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(
+        "derived events not all delivered within {0:?} (broker unreachable?); the checkpoint is retried"
+    )]
+    Pending(Duration),
+    #[error(
+        "{0} derived events failed delivery or were dropped; no checkpoint completes until a \
+         restart replays them from the last one"
+    )]
+    Lost(u64),
+    #[error("the derived-topics transaction failed ({0}); the checkpoint is retried")]
+    Transaction(rdkafka::error::KafkaError),
+    #[error("derived events cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl schemas::Classify for DeliveryError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            DeliveryError::Encode(_) => schemas::Fault::Internal,
+            _ => schemas::Fault::External,
+        }
+    }
+}
+
+/// The delivery guarantee of the derived topics (`kafka.derived_delivery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    AtLeastOnce,
+    /// Transactional, with this `transactional.id` (also the marker group's
+    /// id); one per process of the dataflow.
+    ExactlyOnce { transactional_id: String },
+}
 
 /// Counts delivery reports.
 pub struct Deliveries {
     metrics: Metrics,
+    /// Deliveries that failed (or events dropped) since start.
+    lost: AtomicU64,
 }
 
 impl ClientContext for Deliveries {}
@@ -31,6 +95,7 @@ impl ProducerContext for Deliveries {
                 .with_label_values(&["delivered"])
                 .inc(),
             Err((e, _)) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .derived_produced
                     .with_label_values(&["failed"])
@@ -41,43 +106,211 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// The transactional state (exactly-once mode).
+struct Transactions {
+    /// Events not yet committed, by dataflow time.
+    buffer: BTreeMap<u64, Vec<Event>>,
+    /// Events stamped before this barrier are in a committed transaction.
+    committed: u64,
+    /// The marker partition whose committed offset records `committed`.
+    marker: (String, i32),
+    group: ConsumerGroupMetadata,
+}
+
 /// Produces derived events.
 pub struct DerivedProducer {
     producer: ThreadedProducer<Deliveries>,
     schema_id: String,
     metrics: Metrics,
+    txn: Option<Mutex<Transactions>>,
 }
 
 impl DerivedProducer {
-    pub fn new(brokers: &str, metrics: Metrics) -> Result<DerivedProducer, super::KafkaError> {
-        let producer = client_config(brokers)
+    /// Connects; in exactly-once mode, also fences an older producer with
+    /// the same id (aborting its open transaction) and reads the barrier the
+    /// last committed transaction recorded.
+    pub fn new(
+        brokers: &str,
+        metrics: Metrics,
+        delivery: &Delivery,
+    ) -> Result<DerivedProducer, super::KafkaError> {
+        let mut config = client_config(brokers);
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .create_with_context(Deliveries {
-                metrics: metrics.clone(),
-            })?;
+            .set("linger.ms", "5");
+        if let Delivery::ExactlyOnce { transactional_id } = delivery {
+            config.set("transactional.id", transactional_id);
+        }
+        let producer: ThreadedProducer<Deliveries> = config.create_with_context(Deliveries {
+            metrics: metrics.clone(),
+            lost: AtomicU64::new(0),
+        })?;
+        let txn = match delivery {
+            Delivery::AtLeastOnce => None,
+            Delivery::ExactlyOnce { transactional_id } => {
+                producer.init_transactions(Duration::from_secs(30))?;
+                let consumer: BaseConsumer = client_config(brokers)
+                    .set("group.id", transactional_id)
+                    .set("enable.auto.commit", "false")
+                    .create()?;
+                let marker = (derived_topic("system.dead_letter"), 0);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&marker.0, marker.1);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(30))?
+                    .elements()
+                    .first()
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) if o > 0 => Some(o as u64),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let group = consumer.group_metadata().ok_or_else(|| {
+                    super::KafkaError::NoGroupMetadata(transactional_id.clone())
+                })?;
+                tracing::info!(
+                    committed_barrier = committed,
+                    "derived topics: exactly once (transactional, committed per checkpoint)"
+                );
+                Some(Mutex::new(Transactions {
+                    buffer: BTreeMap::new(),
+                    committed,
+                    marker,
+                    group,
+                }))
+            }
+        };
         Ok(DerivedProducer {
             producer,
             schema_id: schemas::confluent::schema_id().to_string(),
             metrics,
+            txn,
         })
     }
 
-    /// Waits until every enqueued event is delivered (or `timeout`); call at
-    /// shutdown, after the dataflow drained.
+    /// At shutdown, after the dataflow drained: at least once, waits until
+    /// every enqueued event is delivered (or `timeout`). Exactly once, what
+    /// no checkpoint committed is left to the replay after the restart.
     pub fn flush(&self, timeout: Duration) {
-        use rdkafka::producer::Producer;
+        if self.txn.is_some() {
+            return;
+        }
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "derived events still undelivered at shutdown");
         }
     }
 
-    /// Enqueues one derived event.
-    pub fn send(&self, event: &Event) {
-        let Ok(value) = schemas::confluent::encode(event) else {
-            tracing::error!(id = %event.id, "cannot encode a derived event");
-            return;
+    /// Takes derived events stamped with dataflow time `time`: produced now
+    /// (at least once) or buffered until the checkpoint after `time` (no
+    /// time: the next checkpoint).
+    pub fn send(&self, time: Option<u64>, events: &[Event]) {
+        match &self.txn {
+            Some(txn) => {
+                let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+                // Before the committed barrier: a replay of what a committed
+                // transaction already holds.
+                let time = time.unwrap_or(t.committed);
+                if time >= t.committed {
+                    t.buffer.entry(time).or_default().extend_from_slice(events);
+                }
+            }
+            None => {
+                for e in events {
+                    if !self.produce(e) {
+                        self.lost(1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn lost(&self, n: u64) {
+        let lost = &self.producer.context().lost;
+        lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Makes the derived topics hold every event stamped before `barrier`:
+    /// the checkpoint at `barrier` completes only if this succeeds.
+    pub fn sync(&self, barrier: u64) -> Result<(), DeliveryError> {
+        let result = match &self.txn {
+            None => self.flush_all(),
+            Some(txn) => {
+                let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+                self.commit(&mut t, barrier)
+            }
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .derived_syncs
+            .with_label_values(&[outcome])
+            .inc();
+        result
+    }
+
+    fn flush_all(&self) -> Result<(), DeliveryError> {
+        self.producer
+            .flush(SYNC_TIMEOUT)
+            .map_err(|_| DeliveryError::Pending(SYNC_TIMEOUT))?;
+        match self.producer.context().lost.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            n => Err(DeliveryError::Lost(n)),
+        }
+    }
+
+    /// One transaction: the buffered events before `barrier` and the marker.
+    fn commit(&self, t: &mut Transactions, barrier: u64) -> Result<(), DeliveryError> {
+        if barrier <= t.committed {
+            return Ok(());
+        }
+        let later = t.buffer.split_off(&barrier);
+        let batch = std::mem::replace(&mut t.buffer, later);
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&t.marker.0, t.marker.1, Offset::Offset(barrier as i64))
+            .map_err(DeliveryError::Transaction)?;
+        let attempt = (|| {
+            self.producer.begin_transaction()?;
+            for e in batch.values().flatten() {
+                if !self.produce(e) {
+                    return Err(rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ));
+                }
+            }
+            self.producer
+                .send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT)?;
+            self.producer.commit_transaction(SYNC_TIMEOUT)
+        })();
+        match attempt {
+            Ok(()) => {
+                t.committed = barrier;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = self.producer.abort_transaction(SYNC_TIMEOUT) {
+                    tracing::warn!(error = %abort, "aborting the derived-topics transaction failed");
+                }
+                // Back into the buffer: the next checkpoint commits them.
+                for (time, mut events) in batch {
+                    let slot = t.buffer.entry(time).or_default();
+                    events.append(slot);
+                    *slot = events;
+                }
+                Err(DeliveryError::Transaction(e))
+            }
+        }
+    }
+
+    /// Enqueues one derived event; `false` if it could not be (the queue
+    /// stayed full for 5 s, or the producer refused it).
+    fn produce(&self, event: &Event) -> bool {
+        let value = match schemas::confluent::encode(event) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(id = %event.id, error = %DeliveryError::Encode(e.to_string()), "derived event dropped");
+                return false;
+            }
         };
         let topic = derived_topic(event.event_type());
         let key = event.partition_key().to_owned();
@@ -89,7 +322,7 @@ impl DerivedProducer {
                 .headers(headers)
                 .timestamp(event.ts);
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -98,16 +331,18 @@ impl DerivedProducer {
                 )) => std::thread::sleep(Duration::from_millis(5)),
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "cannot enqueue a derived event");
-                    return;
+                    return false;
                 }
             }
         }
         // A broker down for long: the dataflow must not stall (WebSocket
-        // fanout depends on it); the event is re-derived by a replay.
+        // fanout depends on it); the checkpoint fails and a restart
+        // re-derives the event.
         self.metrics
             .derived_produced
             .with_label_values(&["dropped"])
             .inc();
         tracing::warn!(id = %event.id, "the producer queue stayed full for 5 s; derived event dropped");
+        false
     }
 }
