@@ -6,8 +6,9 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use inkstream_tests::{PrivateKafka, Server, kafka_tool, kcat, now_ms, redis_url, unique};
-use serde_json::{Value, json};
+use inkstream_tests::{
+    PrivateKafka, Server, kafka_tool, kcat, keystrokes, now_ms, post_events, redis_url, unique,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -220,20 +221,8 @@ async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag(
     .await;
     // 40 keystroke batches a second apart: 40 live WPM updates.
     let t0 = now_ms() - 50_000;
-    let events: Vec<Value> = (0..40)
-        .map(|i| {
-            json!({"id": format!("{prefix}-{i}"), "type": "writing.keystroke", "ts": t0 + i * 1_000,
-                   "user_id": user, "project_id": project,
-                   "data": {"keystrokes": 6, "words": 1, "chars": 6}})
-        })
-        .collect();
-    let r = reqwest::Client::new()
-        .post(server.url("/v1/events"))
-        .json(&Value::Array(events.clone()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let events = keystrokes(&prefix, &user, &project, t0, 40);
+    assert_eq!(post_events(&server, &events).await, 202);
 
     // The event topic through kcat: every event, keyed by user, framed.
     let records = kcat_until(&brokers, "inkstream.events.writing", 40, |r| r.key == user).await;

@@ -27,10 +27,8 @@
 use super::{client_config, derived_topic};
 use crate::metrics::Metrics;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use schemas::Event;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -73,7 +71,9 @@ pub enum Delivery {
     AtLeastOnce,
     /// Transactional, with this `transactional.id` (also the marker group's
     /// id); one per process of the dataflow.
-    ExactlyOnce { transactional_id: String },
+    ExactlyOnce {
+        transactional_id: String,
+    },
 }
 
 /// Counts delivery reports.
@@ -94,13 +94,15 @@ impl ProducerContext for Deliveries {
                 .derived_produced
                 .with_label_values(&["delivered"])
                 .inc(),
-            Err((e, _)) => {
+            Err((e, m)) => {
+                use rdkafka::Message;
+                let topic = m.topic();
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .derived_produced
                     .with_label_values(&["failed"])
                     .inc();
-                tracing::warn!(error = %e, "a derived event was not delivered");
+                tracing::warn!(error = %e, %topic, "a derived event was not delivered");
             }
         }
     }
@@ -108,6 +110,12 @@ impl ProducerContext for Deliveries {
 
 /// The transactional state (exactly-once mode).
 struct Transactions {
+    /// The producer; `None` after a failure it may not recover from (an
+    /// abort that timed out, a broker restarted mid-transaction): the next
+    /// checkpoint builds a new one, whose `init_transactions` aborts
+    /// whatever the old one left open.
+    producer: Option<ThreadedProducer<Deliveries>>,
+    config: ClientConfig,
     /// Events not yet committed, by dataflow time.
     buffer: BTreeMap<u64, Vec<Event>>,
     /// Events stamped before this barrier are in a committed transaction.
@@ -117,12 +125,16 @@ struct Transactions {
     group: ConsumerGroupMetadata,
 }
 
+enum Mode {
+    AtLeastOnce(ThreadedProducer<Deliveries>),
+    ExactlyOnce(Mutex<Transactions>),
+}
+
 /// Produces derived events.
 pub struct DerivedProducer {
-    producer: ThreadedProducer<Deliveries>,
+    mode: Mode,
     schema_id: String,
     metrics: Metrics,
-    txn: Option<Mutex<Transactions>>,
 }
 
 impl DerivedProducer {
@@ -139,16 +151,11 @@ impl DerivedProducer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5");
-        if let Delivery::ExactlyOnce { transactional_id } = delivery {
-            config.set("transactional.id", transactional_id);
-        }
-        let producer: ThreadedProducer<Deliveries> = config.create_with_context(Deliveries {
-            metrics: metrics.clone(),
-            lost: AtomicU64::new(0),
-        })?;
-        let txn = match delivery {
-            Delivery::AtLeastOnce => None,
+        let mode = match delivery {
+            Delivery::AtLeastOnce => Mode::AtLeastOnce(producer(&config, &metrics)?),
             Delivery::ExactlyOnce { transactional_id } => {
+                config.set("transactional.id", transactional_id);
+                let producer = producer(&config, &metrics)?;
                 producer.init_transactions(Duration::from_secs(30))?;
                 let consumer: BaseConsumer = client_config(brokers)
                     .set("group.id", transactional_id)
@@ -166,14 +173,16 @@ impl DerivedProducer {
                         _ => None,
                     })
                     .unwrap_or(0);
-                let group = consumer.group_metadata().ok_or_else(|| {
-                    super::KafkaError::NoGroupMetadata(transactional_id.clone())
-                })?;
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| super::KafkaError::NoGroupMetadata(transactional_id.clone()))?;
                 tracing::info!(
                     committed_barrier = committed,
                     "derived topics: exactly once (transactional, committed per checkpoint)"
                 );
-                Some(Mutex::new(Transactions {
+                Mode::ExactlyOnce(Mutex::new(Transactions {
+                    producer: Some(producer),
+                    config,
                     buffer: BTreeMap::new(),
                     committed,
                     marker,
@@ -182,10 +191,9 @@ impl DerivedProducer {
             }
         };
         Ok(DerivedProducer {
-            producer,
+            mode,
             schema_id: schemas::confluent::schema_id().to_string(),
             metrics,
-            txn,
         })
     }
 
@@ -193,10 +201,9 @@ impl DerivedProducer {
     /// every enqueued event is delivered (or `timeout`). Exactly once, what
     /// no checkpoint committed is left to the replay after the restart.
     pub fn flush(&self, timeout: Duration) {
-        if self.txn.is_some() {
-            return;
-        }
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Mode::AtLeastOnce(producer) = &self.mode
+            && let Err(e) = producer.flush(timeout)
+        {
             tracing::warn!(error = %e, "derived events still undelivered at shutdown");
         }
     }
@@ -205,8 +212,8 @@ impl DerivedProducer {
     /// (at least once) or buffered until the checkpoint after `time` (no
     /// time: the next checkpoint).
     pub fn send(&self, time: Option<u64>, events: &[Event]) {
-        match &self.txn {
-            Some(txn) => {
+        match &self.mode {
+            Mode::ExactlyOnce(txn) => {
                 let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
                 // Before the committed barrier: a replay of what a committed
                 // transaction already holds.
@@ -215,27 +222,22 @@ impl DerivedProducer {
                     t.buffer.entry(time).or_default().extend_from_slice(events);
                 }
             }
-            None => {
+            Mode::AtLeastOnce(producer) => {
                 for e in events {
-                    if !self.produce(e) {
-                        self.lost(1);
+                    if self.produce(producer, e).is_err() {
+                        producer.context().lost.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         }
     }
 
-    fn lost(&self, n: u64) {
-        let lost = &self.producer.context().lost;
-        lost.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Makes the derived topics hold every event stamped before `barrier`:
     /// the checkpoint at `barrier` completes only if this succeeds.
     pub fn sync(&self, barrier: u64) -> Result<(), DeliveryError> {
-        let result = match &self.txn {
-            None => self.flush_all(),
-            Some(txn) => {
+        let result = match &self.mode {
+            Mode::AtLeastOnce(producer) => flush_all(producer),
+            Mode::ExactlyOnce(txn) => {
                 let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
                 self.commit(&mut t, barrier)
             }
@@ -248,48 +250,52 @@ impl DerivedProducer {
         result
     }
 
-    fn flush_all(&self) -> Result<(), DeliveryError> {
-        self.producer
-            .flush(SYNC_TIMEOUT)
-            .map_err(|_| DeliveryError::Pending(SYNC_TIMEOUT))?;
-        match self.producer.context().lost.load(Ordering::Relaxed) {
-            0 => Ok(()),
-            n => Err(DeliveryError::Lost(n)),
-        }
-    }
-
     /// One transaction: the buffered events before `barrier` and the marker.
     fn commit(&self, t: &mut Transactions, barrier: u64) -> Result<(), DeliveryError> {
         if barrier <= t.committed {
             return Ok(());
         }
+        let producer = match t.producer.take() {
+            Some(p) => p,
+            None => {
+                let p = producer(&t.config, &self.metrics).map_err(DeliveryError::Transaction)?;
+                p.init_transactions(SYNC_TIMEOUT)
+                    .map_err(DeliveryError::Transaction)?;
+                p
+            }
+        };
         let later = t.buffer.split_off(&barrier);
         let batch = std::mem::replace(&mut t.buffer, later);
+        tracing::debug!(
+            barrier,
+            events = batch.values().map(Vec::len).sum::<usize>(),
+            "committing the derived-topics transaction"
+        );
         let mut marker = TopicPartitionList::new();
         marker
             .add_partition_offset(&t.marker.0, t.marker.1, Offset::Offset(barrier as i64))
             .map_err(DeliveryError::Transaction)?;
         let attempt = (|| {
-            self.producer.begin_transaction()?;
+            producer.begin_transaction()?;
             for e in batch.values().flatten() {
-                if !self.produce(e) {
-                    return Err(rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ));
-                }
+                self.produce(&producer, e)?;
             }
-            self.producer
-                .send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT)?;
-            self.producer.commit_transaction(SYNC_TIMEOUT)
+            producer.send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT)?;
+            producer.commit_transaction(SYNC_TIMEOUT)
         })();
         match attempt {
             Ok(()) => {
                 t.committed = barrier;
+                t.producer = Some(producer);
                 Ok(())
             }
             Err(e) => {
-                if let Err(abort) = self.producer.abort_transaction(SYNC_TIMEOUT) {
-                    tracing::warn!(error = %abort, "aborting the derived-topics transaction failed");
+                match producer.abort_transaction(SYNC_TIMEOUT) {
+                    Ok(()) => t.producer = Some(producer),
+                    Err(abort) => tracing::warn!(
+                        error = %abort,
+                        "aborting the derived-topics transaction failed; a new producer takes over at the next checkpoint"
+                    ),
                 }
                 // Back into the buffer: the next checkpoint commits them.
                 for (time, mut events) in batch {
@@ -302,14 +308,20 @@ impl DerivedProducer {
         }
     }
 
-    /// Enqueues one derived event; `false` if it could not be (the queue
+    /// Enqueues one derived event; an error if it could not be (the queue
     /// stayed full for 5 s, or the producer refused it).
-    fn produce(&self, event: &Event) -> bool {
+    fn produce(
+        &self,
+        producer: &ThreadedProducer<Deliveries>,
+        event: &Event,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let value = match schemas::confluent::encode(event) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(id = %event.id, error = %DeliveryError::Encode(e.to_string()), "derived event dropped");
-                return false;
+                return Err(rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::InvalidMessage,
+                ));
             }
         };
         let topic = derived_topic(event.event_type());
@@ -321,8 +333,8 @@ impl DerivedProducer {
                 .payload(&value)
                 .headers(headers)
                 .timestamp(event.ts);
-            match self.producer.send(record) {
-                Ok(()) => return true,
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -330,8 +342,8 @@ impl DerivedProducer {
                     _,
                 )) => std::thread::sleep(Duration::from_millis(5)),
                 Err((e, _)) => {
-                    tracing::warn!(error = %e, "cannot enqueue a derived event");
-                    return false;
+                    tracing::warn!(error = %e, %topic, "cannot enqueue a derived event");
+                    return Err(e);
                 }
             }
         }
@@ -343,6 +355,29 @@ impl DerivedProducer {
             .with_label_values(&["dropped"])
             .inc();
         tracing::warn!(id = %event.id, "the producer queue stayed full for 5 s; derived event dropped");
-        false
+        Err(rdkafka::error::KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::QueueFull,
+        ))
+    }
+}
+
+fn producer(
+    config: &ClientConfig,
+    metrics: &Metrics,
+) -> Result<ThreadedProducer<Deliveries>, rdkafka::error::KafkaError> {
+    config.create_with_context(Deliveries {
+        metrics: metrics.clone(),
+        lost: AtomicU64::new(0),
+    })
+}
+
+/// At least once: everything enqueued delivered, and nothing ever lost.
+fn flush_all(producer: &ThreadedProducer<Deliveries>) -> Result<(), DeliveryError> {
+    producer
+        .flush(SYNC_TIMEOUT)
+        .map_err(|_| DeliveryError::Pending(SYNC_TIMEOUT))?;
+    match producer.context().lost.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(DeliveryError::Lost(n)),
     }
 }

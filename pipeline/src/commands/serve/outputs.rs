@@ -118,8 +118,10 @@ impl Outputs {
         let hub = open_hub(config, metrics).await?;
         let derived = match &config.kafka.brokers {
             Some(brokers) if config.dataflow.enabled => {
+                // Every type: besides the derived ones, the dataflow emits
+                // `writing.session_started` and `collaboration.presence_updated`
+                // (a producer writing to a missing topic loses the event).
                 let topics: Vec<String> = schemas::EventType::all()
-                    .filter(|t| t.derived)
                     .map(|t| connectors::kafka::derived_topic(t.name))
                     .collect();
                 if let Err(e) =
