@@ -52,6 +52,13 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends default-jre-headless maven >/dev/null
 fi
+# kcat: a standard Kafka client (librdkafka's CLI) reading the topics in
+# tests/tests/kafka_clients.rs.
+if ! command -v kcat >/dev/null 2>&1; then
+  log "installing kcat (Debian package)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends kcat >/dev/null
+fi
 log "fetching Apache Kafka's jars from Maven Central (cached after the first run)"
 kafka_libs=$("$kafka_sh" fetch)
 # Independent (non-Rust) clients for the cross-checks: fastavro, confluent-kafka;
@@ -196,6 +203,7 @@ export INKSTREAM_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export INKSTREAM_TEST_REDIS_SERVER="$(command -v redis-server)"
 export INKSTREAM_TEST_KAFKA_SH="$kafka_sh"
 export INKSTREAM_TEST_KAFKA_LIBS="$kafka_libs"
+export INKSTREAM_TEST_KCAT="$(command -v kcat)"
 export INKSTREAM_TEST_PYTHON="$venv/bin/python"
 log "redis-server on $redis_port, Apache Kafka on $kafka_port"
 

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub dataflow_source_records: IntCounter,
     /// Derived events produced to `inkstream.derived.*` topics, by outcome.
     pub derived_produced: IntCounterVec,
+    /// Checkpoint syncs of the derived topics (flush or transaction commit),
+    /// by outcome (`ok`, `failed`).
+    pub derived_syncs: IntCounterVec,
     /// Events handed to the dataflow.
     pub dataflow_events_in: IntCounter,
     /// Derived events emitted by the dataflow, by type.
@@ -159,6 +162,14 @@ impl Metrics {
                 Opts::new(
                     "inkstream_derived_produced_total",
                     "Derived events produced to inkstream.derived.* topics, by outcome.",
+                ),
+                &["outcome"],
+            )?,
+            derived_syncs: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_derived_syncs_total",
+                    "Checkpoint syncs of the derived topics (at-least-once: flush with every \
+                     delivery successful; exactly-once: transaction commit), by outcome.",
                 ),
                 &["outcome"],
             )?,
@@ -324,6 +335,7 @@ impl Metrics {
         r.register(Box::new(m.log_errors.clone()))?;
         r.register(Box::new(m.dataflow_source_records.clone()))?;
         r.register(Box::new(m.derived_produced.clone()))?;
+        r.register(Box::new(m.derived_syncs.clone()))?;
         r.register(Box::new(m.dataflow_events_in.clone()))?;
         r.register(Box::new(m.dataflow_derived.clone()))?;
         r.register(Box::new(m.dataflow_late_events.clone()))?;

@@ -489,7 +489,7 @@ impl CheckpointAcks {
             return Vec::new();
         }
         self.last_completed = b;
-        if let Err(error) = sink.sync() {
+        if let Err(error) = sink.sync(b) {
             tracing::error!(%error, "derived events not made durable; checkpoint skipped");
             return Vec::new();
         }

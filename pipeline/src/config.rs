@@ -238,6 +238,19 @@ pub struct KafkaConfig {
     pub mirror_batch: usize,
     /// Consumer group of the dataflow on the event topics (default `inkstream-dataflow`).
     pub dataflow_group: String,
+    /// Delivery guarantee of the derived topics: `at_least_once` (default;
+    /// produced as derived) or `exactly_once` (transactional, committed with
+    /// each checkpoint; needs `checkpoint.dir`).
+    pub derived_delivery: DerivedDelivery,
+}
+
+/// `kafka.derived_delivery`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DerivedDelivery {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 impl Default for KafkaConfig {
@@ -247,6 +260,7 @@ impl Default for KafkaConfig {
             partitions: 8,
             mirror_batch: 2_000,
             dataflow_group: "inkstream-dataflow".into(),
+            derived_delivery: DerivedDelivery::AtLeastOnce,
         }
     }
 }
@@ -616,6 +630,14 @@ impl Config {
         }
         if self.dataflow.read_batch == 0 {
             return bad("dataflow.read_batch", "must be at least 1");
+        }
+        if self.kafka.derived_delivery == DerivedDelivery::ExactlyOnce
+            && self.checkpoint.dir.is_none()
+        {
+            return bad(
+                "kafka.derived_delivery",
+                "exactly_once commits the derived topics with each checkpoint: set checkpoint.dir",
+            );
         }
         Ok(())
     }

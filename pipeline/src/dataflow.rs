@@ -45,9 +45,17 @@ use timely::worker::Worker;
 pub trait DerivedSink: Send + Sync + 'static {
     /// Takes a batch of derived events (drain it).
     fn emit(&self, events: &mut Vec<Event>);
-    /// Makes everything emitted so far durable (before a checkpoint is
-    /// declared complete).
-    fn sync(&self) -> Result<(), SinkError> {
+    /// Takes a batch of derived events stamped with dataflow time `time`
+    /// (the dataflow's own output; `emit` takes the bridge's dead letters).
+    fn emit_at(&self, time: u64, events: &mut Vec<Event>) {
+        let _ = time;
+        self.emit(events)
+    }
+    /// Makes everything emitted so far, or at least everything stamped
+    /// before `barrier`, durable (before the checkpoint at `barrier` is
+    /// declared complete; an error fails that checkpoint).
+    fn sync(&self, barrier: u64) -> Result<(), SinkError> {
+        let _ = barrier;
         Ok(())
     }
 }
@@ -67,16 +75,24 @@ impl schemas::Classify for WorkerError {
 
 /// Why a sink could not write or make durable what it was given.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write to {path}: {source}")]
-pub struct SinkError {
-    pub path: std::path::PathBuf,
-    pub source: std::io::Error,
+pub enum SinkError {
+    #[error("cannot write to {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kafka derived topics: {0}")]
+    Kafka(#[from] connectors::kafka::derived::DeliveryError),
 }
 
 impl schemas::Classify for SinkError {
-    /// The disk or the service behind it (full, gone, read-only).
+    /// The disk or the service behind it (full, gone, read-only), or the
+    /// brokers.
     fn fault(&self) -> schemas::Fault {
-        schemas::Fault::External
+        match self {
+            SinkError::File { .. } => schemas::Fault::External,
+            SinkError::Kafka(e) => schemas::Classify::fault(e),
+        }
     }
 }
 
@@ -539,7 +555,9 @@ where
                 "DerivedSink",
                 move |_cap, _info| {
                     move |input, _output| {
-                        input.for_each(|_time, data| sink.emit(data));
+                        input.for_each(|cap, data| {
+                            sink.emit_at(cap.least().copied().unwrap_or(0), data)
+                        });
                     }
                 },
             )

@@ -29,7 +29,7 @@ impl FileSink {
     /// Writes into `dir` (created), appending to existing files when
     /// `resume`, with `suffix` before `.ndjson` (`.p<i>` in a cluster).
     pub fn new(dir: &Path, suffix: String, resume: bool) -> Result<FileSink, SinkError> {
-        std::fs::create_dir_all(dir).map_err(|source| SinkError {
+        std::fs::create_dir_all(dir).map_err(|source| SinkError::File {
             path: dir.into(),
             source,
         })?;
@@ -62,7 +62,7 @@ impl FileSink {
         let mut buffers: BTreeMap<&'static str, (Vec<u8>, u64)> = BTreeMap::new();
         for e in events.drain(..) {
             let (buf, n) = buffers.entry(e.event_type()).or_default();
-            serde_json::to_writer(&mut *buf, &e).map_err(|err| SinkError {
+            serde_json::to_writer(&mut *buf, &e).map_err(|err| SinkError::File {
                 path: self.dir.clone(),
                 source: err.into(),
             })?;
@@ -79,14 +79,14 @@ impl FileSink {
                 } else {
                     File::create(path())
                 }
-                .map_err(|source| SinkError {
+                .map_err(|source| SinkError::File {
                     path: path(),
                     source,
                 })?;
                 files.insert(ty, BufWriter::with_capacity(1 << 20, f));
             }
             if let Some(w) = files.get_mut(ty) {
-                w.write_all(&buf).map_err(|source| SinkError {
+                w.write_all(&buf).map_err(|source| SinkError::File {
                     path: path(),
                     source,
                 })?;
@@ -103,7 +103,7 @@ impl FileSink {
     fn flush_files(&self, durable: bool) -> Result<(), SinkError> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for (ty, w) in files.iter_mut() {
-            let err = |source| SinkError {
+            let err = |source| SinkError::File {
                 path: self.dir.join(format!("{ty}{}.ndjson", self.suffix)),
                 source,
             };
@@ -153,7 +153,7 @@ impl DerivedSink for FileSink {
         }
     }
 
-    fn sync(&self) -> Result<(), SinkError> {
+    fn sync(&self, _barrier: u64) -> Result<(), SinkError> {
         self.flush_files(true)
     }
 }

@@ -11,6 +11,10 @@
 #                                   in DIR (formatted first when empty), clients
 #                                   on PORT and the controller on CPORT; the
 #                                   data survives a stop and a run again
+#   broker.sh tool CLASS ARGS...    runs one of Apache Kafka's command-line
+#                                   tools from the same jars, e.g.
+#                                   org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
+#                                   (kafka-consumer-groups.sh); warnings only
 #
 # Environment: KAFKA_HEAP (default 512m), INKSTREAM_CACHE (~/.cache/inkstream).
 set -euo pipefail
@@ -89,9 +93,18 @@ run() { # dir port cport
   exec java $(java_opts) -cp "$libs/*" kafka.Kafka "$1/server.properties"
 }
 
+tool() { # class args...
+  local libs
+  libs=$(fetch)
+  # shellcheck disable=SC2046
+  exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    "-Dlog4j2.configurationFile=$here/log4j2.properties" -cp "$libs/*" "$@"
+}
+
 case "${1:-}" in
   fetch) fetch ;;
   format) format "$2" ;;
   run) run "$2" "$3" "$4" ;;
-  *) echo "usage: broker.sh fetch | format DIR | run DIR PORT CONTROLLER_PORT" >&2; exit 2 ;;
+  tool) shift; tool "$@" ;;
+  *) echo "usage: broker.sh fetch | format DIR | run DIR PORT CONTROLLER_PORT | tool CLASS ARGS..." >&2; exit 2 ;;
 esac

@@ -315,6 +315,56 @@ impl Drop for PrivateKafka {
     }
 }
 
+/// POSTs `events` (a JSON array) to `/v1/events`; the response status.
+pub async fn post_events(server: &Server, events: &[serde_json::Value]) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .json(&serde_json::Value::Array(events.to_vec()))
+        .send()
+        .await
+        .expect("POST /v1/events")
+        .status()
+}
+
+/// `n` keystroke batches of `user` in `project`, a second apart from `t0`
+/// (ids `<prefix>-<i>`): the live WPM operator emits one update for each.
+pub fn keystrokes(
+    prefix: &str,
+    user: &str,
+    project: &str,
+    t0: i64,
+    n: i64,
+) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("{prefix}-{i}"), "type": "writing.keystroke",
+                "ts": t0 + i * 1_000, "user_id": user, "project_id": project,
+                "data": {"keystrokes": 6, "words": 1, "chars": 6}})
+        })
+        .collect()
+}
+
+/// Debian's `kcat` (librdkafka's command-line client), installed by the harness.
+pub fn kcat() -> String {
+    required("INKSTREAM_TEST_KCAT", "kcat (Debian package)")
+}
+
+/// Runs one of Apache Kafka's own command-line tools (`class`, from the
+/// broker's jars through `tests/kafka/broker.sh tool`) to completion.
+pub fn kafka_tool(class: &str, args: &[&str]) -> std::process::Output {
+    let script = required(
+        "INKSTREAM_TEST_KAFKA_SH",
+        "Apache Kafka (tests/kafka/broker.sh)",
+    );
+    Command::new("bash")
+        .arg(script)
+        .arg("tool")
+        .arg(class)
+        .args(args)
+        .output()
+        .expect("run an Apache Kafka tool")
+}
+
 /// The harness's Python (with fastavro and confluent-kafka).
 pub fn python() -> String {
     required(

@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use futures_util::StreamExt;
-use inkstream_tests::{PrivateKafka, Server, Ws, now_ms, redis_url, subscribe, unique};
+use inkstream_tests::{
+    PrivateKafka, Server, Ws, now_ms, post_events, redis_url, subscribe, unique,
+};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
@@ -53,13 +55,7 @@ async fn run_mode(args: &[&str], prefix: &str, user: &str) -> BTreeMap<String, f
     let server = Server::start(args).await;
     let mut ws = subscribe(&server, &format!("user:{user}")).await;
     let events = scenario(prefix, user);
-    let r = reqwest::Client::new()
-        .post(server.url("/v1/events"))
-        .json(&Value::Array(events.clone()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(post_events(&server, &events).await, 202);
     let got = collect(&mut ws, events.len(), Duration::from_secs(30)).await;
     let metrics = reqwest::get(server.url("/metrics"))
         .await

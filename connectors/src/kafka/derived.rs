@@ -1,22 +1,86 @@
 //! Derived events out to `inkstream.derived.<type>` topics: keyed by
-//! partition key, Confluent-framed Avro, headers like the event topics. The
-//! derived ids are deterministic, so a replay after a restart is
-//! deduplicated downstream by `event_id`.
+//! partition key, Confluent-framed Avro, headers like the event topics.
+//!
+//! The topics are part of the dataflow's checkpoint ([`DerivedProducer::sync`]
+//! is called before a checkpoint completes; an error fails it, nothing is
+//! acknowledged, and the next checkpoint tries again). Two delivery modes:
+//!
+//! - **At least once** (default): events are produced as they are derived
+//!   (idempotent producer). A checkpoint completes only once the producer
+//!   has flushed and no delivery failed since start; after a failed or
+//!   dropped delivery no checkpoint completes until a restart replays the
+//!   events from the last one. A replay re-produces what followed the last
+//!   checkpoint: duplicates, with identical (deterministic) ids.
+//! - **Exactly once**: a transactional producer (Flink's two-phase
+//!   `KafkaSink` pattern). Events are buffered by dataflow time; at
+//!   checkpoint `b`, those stamped before `b` are produced in one transaction
+//!   that also records `b` (a transactional offset commit of the marker
+//!   group), and committed. A `read_committed` consumer sees each once: a
+//!   restart that replays from an older checkpoint drops what a committed
+//!   transaction already holds (time before the recorded barrier). The cost
+//!   is latency: outputs become visible per checkpoint.
 //!
 //! A threaded producer (its own polling thread) keeps the dataflow's worker
 //! threads free of async: `send` only enqueues; a full queue blocks the
-//! caller briefly (backpressure) rather than dropping.
+//! caller briefly (backpressure).
 
 use super::{client_config, derived_topic};
 use crate::metrics::Metrics;
-use rdkafka::ClientContext;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use schemas::Event;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// How long a checkpoint waits for the derived topics.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the derived topics did not take what was derived.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(
+        "derived events not all delivered within {0:?} (broker unreachable?); the checkpoint is retried"
+    )]
+    Pending(Duration),
+    #[error(
+        "{0} derived events failed delivery or were dropped; no checkpoint completes until a \
+         restart replays them from the last one"
+    )]
+    Lost(u64),
+    #[error("the derived-topics transaction failed ({0}); the checkpoint is retried")]
+    Transaction(rdkafka::error::KafkaError),
+    #[error("derived events cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl schemas::Classify for DeliveryError {
+    fn fault(&self) -> schemas::Fault {
+        match self {
+            DeliveryError::Encode(_) => schemas::Fault::Internal,
+            _ => schemas::Fault::External,
+        }
+    }
+}
+
+/// The delivery guarantee of the derived topics (`kafka.derived_delivery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    AtLeastOnce,
+    /// Transactional, with this `transactional.id` (also the marker group's
+    /// id); one per process of the dataflow.
+    ExactlyOnce {
+        transactional_id: String,
+    },
+}
 
 /// Counts delivery reports.
 pub struct Deliveries {
     metrics: Metrics,
+    /// Deliveries that failed (or events dropped) since start.
+    lost: AtomicU64,
 }
 
 impl ClientContext for Deliveries {}
@@ -30,54 +94,235 @@ impl ProducerContext for Deliveries {
                 .derived_produced
                 .with_label_values(&["delivered"])
                 .inc(),
-            Err((e, _)) => {
+            Err((e, m)) => {
+                use rdkafka::Message;
+                let topic = m.topic();
+                self.lost.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .derived_produced
                     .with_label_values(&["failed"])
                     .inc();
-                tracing::warn!(error = %e, "a derived event was not delivered");
+                tracing::warn!(error = %e, %topic, "a derived event was not delivered");
             }
         }
     }
 }
 
+/// The transactional state (exactly-once mode).
+struct Transactions {
+    /// The producer; `None` after a failure it may not recover from (an
+    /// abort that timed out, a broker restarted mid-transaction): the next
+    /// checkpoint builds a new one, whose `init_transactions` aborts
+    /// whatever the old one left open.
+    producer: Option<ThreadedProducer<Deliveries>>,
+    config: ClientConfig,
+    /// Events not yet committed, by dataflow time.
+    buffer: BTreeMap<u64, Vec<Event>>,
+    /// Events stamped before this barrier are in a committed transaction.
+    committed: u64,
+    /// The marker partition whose committed offset records `committed`.
+    marker: (String, i32),
+    group: ConsumerGroupMetadata,
+}
+
+enum Mode {
+    AtLeastOnce(ThreadedProducer<Deliveries>),
+    ExactlyOnce(Mutex<Transactions>),
+}
+
 /// Produces derived events.
 pub struct DerivedProducer {
-    producer: ThreadedProducer<Deliveries>,
+    mode: Mode,
     schema_id: String,
     metrics: Metrics,
 }
 
 impl DerivedProducer {
-    pub fn new(brokers: &str, metrics: Metrics) -> Result<DerivedProducer, super::KafkaError> {
-        let producer = client_config(brokers)
+    /// Connects; in exactly-once mode, also fences an older producer with
+    /// the same id (aborting its open transaction) and reads the barrier the
+    /// last committed transaction recorded.
+    pub fn new(
+        brokers: &str,
+        metrics: Metrics,
+        delivery: &Delivery,
+    ) -> Result<DerivedProducer, super::KafkaError> {
+        let mut config = client_config(brokers);
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .create_with_context(Deliveries {
-                metrics: metrics.clone(),
-            })?;
+            .set("linger.ms", "5");
+        let mode = match delivery {
+            Delivery::AtLeastOnce => Mode::AtLeastOnce(producer(&config, &metrics)?),
+            Delivery::ExactlyOnce { transactional_id } => {
+                config.set("transactional.id", transactional_id);
+                let producer = producer(&config, &metrics)?;
+                producer.init_transactions(Duration::from_secs(30))?;
+                let consumer: BaseConsumer = client_config(brokers)
+                    .set("group.id", transactional_id)
+                    .set("enable.auto.commit", "false")
+                    .create()?;
+                let marker = (derived_topic("system.dead_letter"), 0);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&marker.0, marker.1);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(30))?
+                    .elements()
+                    .first()
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) if o > 0 => Some(o as u64),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| super::KafkaError::NoGroupMetadata(transactional_id.clone()))?;
+                tracing::info!(
+                    committed_barrier = committed,
+                    "derived topics: exactly once (transactional, committed per checkpoint)"
+                );
+                Mode::ExactlyOnce(Mutex::new(Transactions {
+                    producer: Some(producer),
+                    config,
+                    buffer: BTreeMap::new(),
+                    committed,
+                    marker,
+                    group,
+                }))
+            }
+        };
         Ok(DerivedProducer {
-            producer,
+            mode,
             schema_id: schemas::confluent::schema_id().to_string(),
             metrics,
         })
     }
 
-    /// Waits until every enqueued event is delivered (or `timeout`); call at
-    /// shutdown, after the dataflow drained.
+    /// At shutdown, after the dataflow drained: at least once, waits until
+    /// every enqueued event is delivered (or `timeout`). Exactly once, what
+    /// no checkpoint committed is left to the replay after the restart.
     pub fn flush(&self, timeout: Duration) {
-        use rdkafka::producer::Producer;
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Mode::AtLeastOnce(producer) = &self.mode
+            && let Err(e) = producer.flush(timeout)
+        {
             tracing::warn!(error = %e, "derived events still undelivered at shutdown");
         }
     }
 
-    /// Enqueues one derived event.
-    pub fn send(&self, event: &Event) {
-        let Ok(value) = schemas::confluent::encode(event) else {
-            tracing::error!(id = %event.id, "cannot encode a derived event");
-            return;
+    /// Takes derived events stamped with dataflow time `time`: produced now
+    /// (at least once) or buffered until the checkpoint after `time` (no
+    /// time: the next checkpoint).
+    pub fn send(&self, time: Option<u64>, events: &[Event]) {
+        match &self.mode {
+            Mode::ExactlyOnce(txn) => {
+                let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+                // Before the committed barrier: a replay of what a committed
+                // transaction already holds.
+                let time = time.unwrap_or(t.committed);
+                if time >= t.committed {
+                    t.buffer.entry(time).or_default().extend_from_slice(events);
+                }
+            }
+            Mode::AtLeastOnce(producer) => {
+                for e in events {
+                    if self.produce(producer, e).is_err() {
+                        producer.context().lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the derived topics hold every event stamped before `barrier`:
+    /// the checkpoint at `barrier` completes only if this succeeds.
+    pub fn sync(&self, barrier: u64) -> Result<(), DeliveryError> {
+        let result = match &self.mode {
+            Mode::AtLeastOnce(producer) => flush_all(producer),
+            Mode::ExactlyOnce(txn) => {
+                let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+                self.commit(&mut t, barrier)
+            }
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .derived_syncs
+            .with_label_values(&[outcome])
+            .inc();
+        result
+    }
+
+    /// One transaction: the buffered events before `barrier` and the marker.
+    fn commit(&self, t: &mut Transactions, barrier: u64) -> Result<(), DeliveryError> {
+        if barrier <= t.committed {
+            return Ok(());
+        }
+        let producer = match t.producer.take() {
+            Some(p) => p,
+            None => {
+                let p = producer(&t.config, &self.metrics).map_err(DeliveryError::Transaction)?;
+                p.init_transactions(SYNC_TIMEOUT)
+                    .map_err(DeliveryError::Transaction)?;
+                p
+            }
+        };
+        let later = t.buffer.split_off(&barrier);
+        let batch = std::mem::replace(&mut t.buffer, later);
+        tracing::debug!(
+            barrier,
+            events = batch.values().map(Vec::len).sum::<usize>(),
+            "committing the derived-topics transaction"
+        );
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&t.marker.0, t.marker.1, Offset::Offset(barrier as i64))
+            .map_err(DeliveryError::Transaction)?;
+        let attempt = (|| {
+            producer.begin_transaction()?;
+            for e in batch.values().flatten() {
+                self.produce(&producer, e)?;
+            }
+            producer.send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT)?;
+            producer.commit_transaction(SYNC_TIMEOUT)
+        })();
+        match attempt {
+            Ok(()) => {
+                t.committed = barrier;
+                t.producer = Some(producer);
+                Ok(())
+            }
+            Err(e) => {
+                match producer.abort_transaction(SYNC_TIMEOUT) {
+                    Ok(()) => t.producer = Some(producer),
+                    Err(abort) => tracing::warn!(
+                        error = %abort,
+                        "aborting the derived-topics transaction failed; a new producer takes over at the next checkpoint"
+                    ),
+                }
+                // Back into the buffer: the next checkpoint commits them.
+                for (time, mut events) in batch {
+                    let slot = t.buffer.entry(time).or_default();
+                    events.append(slot);
+                    *slot = events;
+                }
+                Err(DeliveryError::Transaction(e))
+            }
+        }
+    }
+
+    /// Enqueues one derived event; an error if it could not be (the queue
+    /// stayed full for 5 s, or the producer refused it).
+    fn produce(
+        &self,
+        producer: &ThreadedProducer<Deliveries>,
+        event: &Event,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let value = match schemas::confluent::encode(event) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(id = %event.id, error = %DeliveryError::Encode(e.to_string()), "derived event dropped");
+                return Err(rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::InvalidMessage,
+                ));
+            }
         };
         let topic = derived_topic(event.event_type());
         let key = event.partition_key().to_owned();
@@ -88,8 +333,8 @@ impl DerivedProducer {
                 .payload(&value)
                 .headers(headers)
                 .timestamp(event.ts);
-            match self.producer.send(record) {
-                Ok(()) => return,
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -97,17 +342,42 @@ impl DerivedProducer {
                     _,
                 )) => std::thread::sleep(Duration::from_millis(5)),
                 Err((e, _)) => {
-                    tracing::warn!(error = %e, "cannot enqueue a derived event");
-                    return;
+                    tracing::warn!(error = %e, %topic, "cannot enqueue a derived event");
+                    return Err(e);
                 }
             }
         }
         // A broker down for long: the dataflow must not stall (WebSocket
-        // fanout depends on it); the event is re-derived by a replay.
+        // fanout depends on it); the checkpoint fails and a restart
+        // re-derives the event.
         self.metrics
             .derived_produced
             .with_label_values(&["dropped"])
             .inc();
         tracing::warn!(id = %event.id, "the producer queue stayed full for 5 s; derived event dropped");
+        Err(rdkafka::error::KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::QueueFull,
+        ))
+    }
+}
+
+fn producer(
+    config: &ClientConfig,
+    metrics: &Metrics,
+) -> Result<ThreadedProducer<Deliveries>, rdkafka::error::KafkaError> {
+    config.create_with_context(Deliveries {
+        metrics: metrics.clone(),
+        lost: AtomicU64::new(0),
+    })
+}
+
+/// At least once: everything enqueued delivered, and nothing ever lost.
+fn flush_all(producer: &ThreadedProducer<Deliveries>) -> Result<(), DeliveryError> {
+    producer
+        .flush(SYNC_TIMEOUT)
+        .map_err(|_| DeliveryError::Pending(SYNC_TIMEOUT))?;
+    match producer.context().lost.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(DeliveryError::Lost(n)),
     }
 }

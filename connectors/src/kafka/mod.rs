@@ -20,6 +20,8 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic} failed: {code}")]
     CreateTopic { topic: String, code: String },
+    #[error("the Kafka client gave no consumer group metadata for group {0}")]
+    NoGroupMetadata(String),
 }
 
 impl schemas::Classify for KafkaError {

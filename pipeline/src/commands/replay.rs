@@ -174,7 +174,7 @@ fn complete_passed(
         return;
     }
     *last = b;
-    if let Err(error) = sink.sync() {
+    if let Err(error) = sink.sync(b) {
         tracing::error!(%error, "outputs not made durable; checkpoint skipped");
         return;
     }

@@ -4,12 +4,12 @@
 //! and the view store.
 
 use super::error::ServeError;
-use crate::config::{Config, FanoutBroker};
+use crate::config::{Config, DerivedDelivery, FanoutBroker};
 use crate::dataflow::{DerivedSink, SinkError};
 use crate::file_sink::FileSink;
 use connectors::event_log::EmbeddedLog;
 use connectors::event_log::redis::{RedisLog, RedisLogConfig};
-use connectors::kafka::derived::DerivedProducer;
+use connectors::kafka::derived::{Delivery, DerivedProducer};
 use connectors::notifier::NotifierHandle;
 use connectors::view_store::{ViewFeed, ViewStore, ViewStoreConfig};
 use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
@@ -33,7 +33,34 @@ pub(super) struct DerivedOutputs {
 }
 
 impl DerivedSink for DerivedOutputs {
+    /// The bridge's dead letters: in exactly-once mode, committed with the
+    /// next checkpoint.
     fn emit(&self, events: &mut Vec<Event>) {
+        self.deliver(None, events);
+    }
+
+    fn emit_at(&self, time: u64, events: &mut Vec<Event>) {
+        self.deliver(Some(time), events);
+    }
+
+    /// Before the checkpoint at `barrier` completes, the derived topics have
+    /// everything stamped before it (flushed with every delivery successful,
+    /// or committed in a transaction) and `derived.dir` is fsynced (the
+    /// fanout is live only; its history is its own). Either failing fails
+    /// the checkpoint: nothing is acknowledged, the next one tries again.
+    fn sync(&self, barrier: u64) -> Result<(), SinkError> {
+        if let Some(p) = &self.derived {
+            p.sync(barrier)?;
+        }
+        match &self.files {
+            Some(files) => files.sync(barrier),
+            None => Ok(()),
+        }
+    }
+}
+
+impl DerivedOutputs {
+    fn deliver(&self, time: Option<u64>, events: &mut Vec<Event>) {
         if let Some(files) = &self.files {
             files.emit(&mut events.clone());
             if let Some(error) = files.take_error() {
@@ -41,6 +68,9 @@ impl DerivedSink for DerivedOutputs {
             }
         }
         self.views.offer(events);
+        if let Some(p) = &self.derived {
+            p.send(time, events);
+        }
         for e in events.drain(..) {
             self.metrics
                 .dataflow_derived
@@ -53,21 +83,6 @@ impl DerivedSink for DerivedOutputs {
                 n.offer(&e);
             }
             self.hub.publish(&e);
-            if let Some(p) = &self.derived {
-                p.send(&e);
-            }
-        }
-    }
-
-    /// Before a checkpoint completes, the derived topics have everything
-    /// derived so far (the fanout is live only; its history is its own).
-    fn sync(&self) -> Result<(), SinkError> {
-        if let Some(p) = &self.derived {
-            p.flush(std::time::Duration::from_secs(10));
-        }
-        match &self.files {
-            Some(files) => files.sync(),
-            None => Ok(()),
         }
     }
 }
@@ -103,8 +118,10 @@ impl Outputs {
         let hub = open_hub(config, metrics).await?;
         let derived = match &config.kafka.brokers {
             Some(brokers) if config.dataflow.enabled => {
+                // Every type: besides the derived ones, the dataflow emits
+                // `writing.session_started` and `collaboration.presence_updated`
+                // (a producer writing to a missing topic loses the event).
                 let topics: Vec<String> = schemas::EventType::all()
-                    .filter(|t| t.derived)
                     .map(|t| connectors::kafka::derived_topic(t.name))
                     .collect();
                 if let Err(e) =
@@ -114,7 +131,22 @@ impl Outputs {
                     // Not fatal: the broker may be down now; production retries.
                     tracing::warn!(error = %e, "creating the derived topics failed");
                 }
-                Some(Arc::new(DerivedProducer::new(brokers, metrics.clone())?))
+                let delivery = match config.kafka.derived_delivery {
+                    DerivedDelivery::AtLeastOnce => Delivery::AtLeastOnce,
+                    // One transactional id per process of the dataflow: a
+                    // restarted process fences its predecessor.
+                    DerivedDelivery::ExactlyOnce => Delivery::ExactlyOnce {
+                        transactional_id: format!(
+                            "{}-derived-p{}",
+                            config.kafka.dataflow_group, config.dataflow.process_index
+                        ),
+                    },
+                };
+                Some(Arc::new(DerivedProducer::new(
+                    brokers,
+                    metrics.clone(),
+                    &delivery,
+                )?))
             }
             _ => None,
         };

@@ -1,0 +1,308 @@
+//! Standard Kafka clients against inkstream's topics on Apache Kafka:
+//! Debian's `kcat` reads the event and derived topics (keys, headers, values
+//! in the Confluent wire format: magic byte 0, the 4-byte schema id, Avro),
+//! and Apache Kafka's own consumer-groups tool shows the dataflow's group with
+//! its offsets and lag.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use inkstream_tests::{
+    PrivateKafka, Server, kafka_tool, kcat, keystrokes, now_ms, post_events, redis_url, unique,
+};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+const CONSUMER_GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+
+/// One record as kcat printed it.
+#[derive(Debug)]
+struct Record {
+    partition: i32,
+    key: String,
+    headers: HashMap<String, String>,
+    value: Vec<u8>,
+}
+
+/// Reads `topic` from the beginning to its end with kcat; every record as
+/// `partition \t key \t headers \t value-length \n value-bytes`. An error
+/// (the topic not created yet) is kcat's message.
+fn kcat_read(brokers: &str, topic: &str) -> Result<Vec<Record>, String> {
+    let out = std::process::Command::new(kcat())
+        .args([
+            "-C",
+            "-b",
+            brokers,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "%p\\t%k\\t%h\\t%S\\n%s"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut records = Vec::new();
+    let mut rest = &out.stdout[..];
+    while !rest.is_empty() {
+        let nl = rest.iter().position(|b| *b == b'\n').unwrap();
+        let line = std::str::from_utf8(&rest[..nl]).unwrap();
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 4, "kcat line {line:?}");
+        let len: usize = fields[3].parse().unwrap();
+        let headers = fields[2]
+            .split(',')
+            .filter_map(|h| h.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        records.push(Record {
+            partition: fields[0].parse().unwrap(),
+            key: fields[1].to_owned(),
+            headers,
+            value: rest[nl + 1..nl + 1 + len].to_vec(),
+        });
+        rest = &rest[nl + 1 + len..];
+    }
+    Ok(records)
+}
+
+/// kcat's reads of `topic` until `n` records that `keep` are there.
+async fn kcat_until(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    keep: impl Fn(&Record) -> bool,
+) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (b, t) = (brokers.to_owned(), topic.to_owned());
+        let read = tokio::task::spawn_blocking(move || kcat_read(&b, &t))
+            .await
+            .unwrap();
+        let outcome = match read {
+            Ok(mut records) => {
+                records.retain(&keep);
+                if records.len() >= n {
+                    return records;
+                }
+                format!("{} records", records.len())
+            }
+            Err(error) => format!("kcat failed: {error}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "kcat did not read {n} of the records on {topic} within 60 s: {outcome}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The Confluent framing, checked byte by byte, then the Avro body decoded.
+fn framed(r: &Record) -> schemas::Event {
+    let id = schemas::confluent::schema_id();
+    assert_eq!(r.value[0], 0, "magic byte");
+    assert_eq!(r.value[1..5], id.to_be_bytes(), "schema id, big-endian");
+    assert_eq!(r.headers["schema_id"], id.to_string());
+    let event = schemas::confluent::decode(&r.value).unwrap();
+    assert_eq!(r.headers["event_id"], event.id);
+    assert_eq!(r.headers["event_type"], event.event_type());
+    assert_eq!(r.key, event.partition_key());
+    event
+}
+
+/// `kafka-consumer-groups --describe` of `group`: (topic, partition) →
+/// (current offset, log-end offset, lag) for the rows with a committed offset.
+fn describe(brokers: &str, group: &str) -> HashMap<(String, i32), (i64, i64, i64)> {
+    let out = kafka_tool(
+        CONSUMER_GROUPS,
+        &[
+            "--bootstrap-server",
+            brokers,
+            "--describe",
+            "--group",
+            group,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kafka-consumer-groups --describe {group}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = HashMap::new();
+    let mut columns: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if cells.first() == Some(&"GROUP") {
+            columns = cells;
+            continue;
+        }
+        let col = |name: &str| columns.iter().position(|c| *c == name);
+        let (Some(t), Some(p), Some(c), Some(e), Some(l)) = (
+            col("TOPIC"),
+            col("PARTITION"),
+            col("CURRENT-OFFSET"),
+            col("LOG-END-OFFSET"),
+            col("LAG"),
+        ) else {
+            continue;
+        };
+        if cells.len() <= l || cells[0] != group {
+            continue;
+        }
+        let (Ok(current), Ok(end), Ok(lag)) =
+            (cells[c].parse(), cells[e].parse(), cells[l].parse())
+        else {
+            continue; // "-": nothing committed on this partition
+        };
+        rows.insert(
+            (cells[t].to_owned(), cells[p].parse().unwrap()),
+            (current, end, lag),
+        );
+    }
+    rows
+}
+
+/// Waits until the group's committed offsets on `topic` satisfy `ok`.
+async fn describe_until(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    what: &str,
+    ok: impl Fn(i64, i64, i64) -> bool,
+) -> (i64, i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (b, g) = (brokers.to_owned(), group.to_owned());
+        let rows = tokio::task::spawn_blocking(move || describe(&b, &g))
+            .await
+            .unwrap();
+        let sum = rows
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .fold((0, 0, 0), |a, (_, r)| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
+        if ok(sum.0, sum.1, sum.2) {
+            return sum;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kafka-consumer-groups never showed {what} for {group} on {topic} within 60 s \
+             (current, log-end, lag = {sum:?}; rows {rows:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag() {
+    // A private broker: the scenario's event times must not be late against
+    // other tests' events, and the group's offsets are this test's alone.
+    let kafka = PrivateKafka::start();
+    let brokers = kafka.brokers();
+    let prefix = unique("clients");
+    let (user, project, group) = (
+        format!("{prefix}-u"),
+        format!("{prefix}-p"),
+        format!("{prefix}-g"),
+    );
+    let mut server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &brokers,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        &format!("kafka.dataflow_group=\"{group}\""),
+    ])
+    .await;
+    // 40 keystroke batches a second apart: 40 live WPM updates.
+    let t0 = now_ms() - 50_000;
+    let events = keystrokes(&prefix, &user, &project, t0, 40);
+    assert_eq!(post_events(&server, &events).await, 202);
+
+    // The event topic through kcat: every event, keyed by user, framed.
+    let records = kcat_until(&brokers, "inkstream.events.writing", 40, |r| r.key == user).await;
+    let ids: HashSet<String> = records.iter().map(|r| framed(r).id).collect();
+    let sent: HashSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, sent, "kcat reads every ingested event once");
+    let partitions: HashSet<i32> = records.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions.len(), 1, "one key, one partition");
+
+    // The derived topic through kcat: 40 WPM updates (the user's), keyed by
+    // project (beside the project's team metrics).
+    // (Other metrics may carry the user too: WPM only.)
+    let wpm = |r: &Record| {
+        let e = schemas::confluent::decode(&r.value).unwrap();
+        r.key == project
+            && e.user_id == Some(user.clone())
+            && matches!(&e.data, schemas::Payload::AnalyticsMetricUpdated(m) if m.metric == "wpm")
+    };
+    let derived = kcat_until(
+        &brokers,
+        "inkstream.derived.analytics.metric_updated",
+        40,
+        wpm,
+    )
+    .await;
+    let derived_ids: HashSet<String> = derived.iter().map(|r| framed(r).id).collect();
+    assert_eq!(derived_ids.len(), 40, "40 distinct derived events");
+
+    // Apache Kafka's consumer-groups tool: the dataflow's group has committed
+    // all 40 records of the event topic, lag 0.
+    describe_until(
+        &brokers,
+        &group,
+        "inkstream.events.writing",
+        "40 committed records and lag 0",
+        |current, end, lag| current == 40 && end == 40 && lag == 0,
+    )
+    .await;
+
+    // Stopped, with 5 records produced behind its back (kcat as producer):
+    // the tool shows the group 5 records behind.
+    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.expect("exited within 20 s").success());
+    // One file per record (kcat -P sends each file as one message): copies
+    // of five of the records above, on their partition.
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<String> = records[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let path = dir.join(format!("{i}.avro"));
+            std::fs::write(&path, &r.value).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let partition = records[0].partition.to_string();
+    let out = std::process::Command::new(kcat())
+        .args(["-P", "-b", &brokers, "-t", "inkstream.events.writing"])
+        .args(["-p", &partition])
+        .args(&files)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "kcat -P: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    describe_until(
+        &brokers,
+        &group,
+        "inkstream.events.writing",
+        "a lag of 5 after 5 records produced while it was stopped",
+        |current, end, lag| current == 40 && end == 45 && lag == 5,
+    )
+    .await;
+}
