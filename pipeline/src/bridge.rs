@@ -85,6 +85,9 @@ impl Bridge {
             let Some(mut driver) = driver else {
                 return;
             };
+            driver.bound_by_clock(dataflow::ServerClock::system(
+                config.dataflow.future_tolerance,
+            ));
             let (process, processes) = (config.dataflow.process_index, config.dataflow.processes());
             let mut acks = match checkpoints.as_ref() {
                 None => Acks::Frontier(BTreeMap::new()),

@@ -368,6 +368,12 @@ pub struct DataflowConfig {
     /// the wall clock (default 1 s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub idle_advance_after: Duration,
+    /// `serve` only: how far ahead of this server's clock event time may
+    /// move the watermark (default 1 s). An event stamped later (ingest
+    /// accepts up to `ingest.max_future`) is processed with its own time but
+    /// holds nobody back and makes nobody late.
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub future_tolerance: Duration,
     /// Run the dataflow in this process (default true). A gateway-only
     /// instance (`false`) ingests and fans out what another instance's
     /// dataflow publishes through Redis (`fanout.broker = redis`).
@@ -433,6 +439,7 @@ impl Default for DataflowConfig {
             allowed_disorder: Duration::from_secs(2),
             epoch: Duration::from_millis(100),
             idle_advance_after: Duration::from_secs(1),
+            future_tolerance: Duration::from_secs(1),
             enabled: true,
             lease: true,
             lease_ttl: Duration::from_secs(10),
