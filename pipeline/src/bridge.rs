@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
 use crate::runtime::checkpoint::Checkpoints;
 use crate::runtime::operator_stats::OperatorStats;
+use connectors::event_log::dataflow_id;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -227,9 +228,19 @@ fn feed<S: DerivedSink>(
     let mut dead = Vec::new();
     let mut events: Vec<(Option<Arc<str>>, Option<u64>, schemas::Event)> =
         Vec::with_capacity(batch.len());
-    for LogEntry { entry, event } in batch {
+    for LogEntry {
+        entry,
+        event,
+        namespace,
+    } in batch
+    {
         match event {
-            Ok(e) => {
+            Ok(mut e) => {
+                // The log's identity of an event, (namespace, id), is the
+                // dataflow's too: the same id from two callers is two events.
+                if let Some(id) = dataflow_id(namespace.as_deref(), &e.id) {
+                    e.id = id;
+                }
                 let at = position(&entry);
                 let stream = entry.stream.clone();
                 match acks {

@@ -836,7 +836,8 @@ mod tests {
                 .unwrap()
                 .iter()
                 .filter(|e| {
-                    e.event_type() == "writing.session_started" && e.user_id.as_deref() == Some(user)
+                    e.event_type() == "writing.session_started"
+                        && e.user_id.as_deref() == Some(user)
                 })
                 .count()
         };
