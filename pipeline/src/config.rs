@@ -428,6 +428,14 @@ impl DataflowConfig {
     pub fn processes(&self) -> usize {
         self.hosts.len().max(1)
     }
+
+    /// Workers per process and processes: what a checkpoint must match.
+    pub fn layout(&self) -> crate::runtime::checkpoint::Layout {
+        crate::runtime::checkpoint::Layout {
+            workers: self.workers.max(1),
+            processes: self.processes(),
+        }
+    }
 }
 
 impl Default for DataflowConfig {
