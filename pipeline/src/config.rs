@@ -390,7 +390,8 @@ pub struct DataflowConfig {
     /// Consumer group the dataflow reads the log with (default `dataflow`).
     pub group: String,
     /// Consumer name within the group; stable across restarts so that this
-    /// instance resumes its own pending entries (default `inkstream-0`).
+    /// instance resumes its own pending entries (default `inkstream-0`; in a
+    /// timely cluster, suffixed `-p<process_index>`).
     pub consumer: String,
     /// Most entries read from the log per batch (default 4096).
     pub read_batch: usize,
@@ -427,6 +428,18 @@ impl DataflowConfig {
     /// Processes in the cluster (1 without `hosts`).
     pub fn processes(&self) -> usize {
         self.hosts.len().max(1)
+    }
+
+    /// The consumer name this process reads the log with: `consumer`, and
+    /// in a timely cluster `<consumer>-p<process_index>`, so that each
+    /// process has its own pending entries (one name for all made every
+    /// process re-read the others' pending entries as its own at start).
+    pub fn consumer_name(&self) -> String {
+        if self.processes() > 1 {
+            format!("{}-p{}", self.consumer, self.process_index)
+        } else {
+            self.consumer.clone()
+        }
     }
 
     /// Workers per process and processes: what a checkpoint must match.
@@ -597,6 +610,20 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_process_of_a_cluster_reads_the_log_under_its_own_consumer_name() {
+        let mut d = DataflowConfig::default();
+        assert_eq!(d.consumer_name(), "inkstream-0");
+        d.hosts = vec!["a:2101".into(), "b:2101".into()];
+        let names: Vec<String> = (0..2)
+            .map(|i| {
+                d.process_index = i;
+                d.consumer_name()
+            })
+            .collect();
+        assert_eq!(names, ["inkstream-0-p0", "inkstream-0-p1"]);
+    }
 
     #[test]
     fn the_alert_rules_example_in_the_operations_doc_is_a_valid_config() {

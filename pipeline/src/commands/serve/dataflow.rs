@@ -103,7 +103,7 @@ impl DataflowStart {
                         log.clone(),
                         SourceConfig {
                             group: config.dataflow.group.clone(),
-                            consumer: config.dataflow.consumer.clone(),
+                            consumer: config.dataflow.consumer_name(),
                             batch: config.dataflow.read_batch,
                             claim_idle_after: config.redis.claim_idle_after,
                         },
