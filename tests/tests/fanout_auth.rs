@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use futures_util::{SinkExt, StreamExt};
-use inkstream_tests::{Server, next_json, now_ms};
+use inkstream_tests::{Server, metrics_text, next_json, now_ms};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -188,12 +188,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounde
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !disconnected().await {
         if std::time::Instant::now() >= deadline {
-            let metrics = reqwest::get(server.url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = metrics_text(&server).await;
             let figures: Vec<&str> = metrics
                 .lines()
                 .filter(|l| {
