@@ -152,7 +152,9 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounde
     // pause of more than `idle_advance_after` + `allowed_disorder` between
     // two posts (a loaded machine) let the idle watermark overtake the
     // following batches, which were then dead-lettered as late and sent
-    // nobody a frame — the root cause of "no slow disconnect within 120 s".
+    // nobody a frame (shown with 3.5 s pauses: half the events late). If
+    // this test fails again, the message lists the late, dead-letter and
+    // ws_* figures that tell which side fell short.
     let client = reqwest::Client::new();
     let disconnected = || async {
         reqwest::get(server.url("/metrics"))
