@@ -16,21 +16,11 @@ use redis::aio::ConnectionManager;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Takes the lease when free or already the caller's; returns 1 when taken.
-/// Holders are `<instance>/<random>` (random per process start, so two
-/// processes never share an identity, even on hosts with one hostname). A
-/// holder with the caller's instance (`ARGV[3]`, host:port: the same
-/// instance before a crash) is replaced once its lease has gone unrenewed
-/// for two thirds of the TTL (`PTTL <= ARGV[4]`): by then that holder, were
-/// it still alive, has given the lease up itself (see [`renew`]), so the
-/// restarted instance takes over sooner than a TTL without two holders.
+/// Takes the lease when free or already the caller's (the same instance
+/// restarted before its lease expired); returns 1 when taken.
 const TAKE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-local reclaim = false
-if cur and ARGV[3] ~= '' and string.sub(cur, 1, string.len(ARGV[3]) + 1) == ARGV[3] .. '/' then
-  reclaim = redis.call('PTTL', KEYS[1]) <= tonumber(ARGV[4])
-end
-if not cur or cur == ARGV[1] or reclaim then
+if not cur or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -64,10 +54,8 @@ pub struct Lease {
 
 impl Lease {
     /// Waits until the lease `name` is ours (or `stop` turns true: `None`).
-    /// `holder` is unique to this process: `<instance>/<random>`, where the
-    /// instance (host and port, empty when it has none) is stable across
-    /// restarts, so a restarted instance reclaims its own dead lease after
-    /// two thirds of the TTL instead of the whole TTL.
+    /// `holder` names this instance stably (host and port): restarted, it takes
+    /// its own lease back at once instead of waiting for it to expire.
     pub async fn acquire(
         conn: ConnectionManager,
         prefix: &str,
@@ -78,7 +66,6 @@ impl Lease {
     ) -> Option<Lease> {
         let key = format!("{prefix}:lease:{name}");
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let instance = holder.rsplit_once('/').map_or("", |(i, _)| i);
         let every = (ttl / 3).max(Duration::from_millis(10));
         let mut waiting_logged = false;
         let mut sent;
@@ -92,8 +79,6 @@ impl Lease {
                 .key(&key)
                 .arg(holder)
                 .arg(ttl_ms)
-                .arg(instance)
-                .arg(ttl_ms / 3)
                 .invoke_async(&mut conn.clone())
                 .await;
             match taken {

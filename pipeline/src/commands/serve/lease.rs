@@ -138,10 +138,8 @@ fn lease_name(config: &Config) -> String {
     }
 }
 
-/// Unique per process start (`<host>:<port>/<random>`): two processes never
-/// share an identity, even on two hosts with one hostname; the instance part
-/// (host and port) lets a restarted instance reclaim its own dead lease early
-/// (see `connectors::lease`).
+/// Stable per instance (two instances on one host need two ports): a
+/// restarted instance takes its own lease back at once.
 fn holder_name(port: u16) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -149,15 +147,14 @@ fn holder_name(port: u16) -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    let random = format!(
-        "{}-{:016x}",
-        std::process::id(),
-        std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
-    );
     match port {
-        // Port chosen at bind: no stable instance to reclaim as.
-        0 => format!("/{random}"),
-        port => format!("{host}:{port}/{random}"),
+        // Port chosen at bind: no stable name, so a unique one.
+        0 => format!(
+            "{host}:0-{}-{:x}",
+            std::process::id(),
+            std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
+        ),
+        port => format!("{host}:{port}"),
     }
 }
 
