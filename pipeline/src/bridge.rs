@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
 use crate::runtime::checkpoint::Checkpoints;
 use crate::runtime::operator_stats::OperatorStats;
+use connectors::event_log::dataflow_id;
 use connectors::event_log::reader::CaughtUp;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -91,6 +92,9 @@ impl Bridge {
             let Some(mut driver) = driver else {
                 return;
             };
+            driver.bound_by_clock(dataflow::ServerClock::system(
+                config.dataflow.future_tolerance,
+            ));
             let (process, processes) = (config.dataflow.process_index, config.dataflow.processes());
             let mut acks = match checkpoints.as_ref() {
                 None => Acks::Frontier(BTreeMap::new()),
@@ -237,9 +241,19 @@ fn feed<S: DerivedSink>(
     let mut dead = Vec::new();
     let mut events: Vec<(Option<Arc<str>>, Option<u64>, schemas::Event)> =
         Vec::with_capacity(batch.len());
-    for LogEntry { entry, event } in batch {
+    for LogEntry {
+        entry,
+        event,
+        namespace,
+    } in batch
+    {
         match event {
-            Ok(e) => {
+            Ok(mut e) => {
+                // The log's identity of an event, (namespace, id), is the
+                // dataflow's too: the same id from two callers is two events.
+                if let Some(id) = dataflow_id(namespace.as_deref(), &e.id) {
+                    e.id = id;
+                }
                 let at = position(&entry);
                 let stream = entry.stream.clone();
                 match acks {

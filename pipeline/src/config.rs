@@ -461,6 +461,12 @@ pub struct DataflowConfig {
     /// the wall clock (default 1 s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub idle_advance_after: Duration,
+    /// `serve` only: how far ahead of this server's clock event time may
+    /// move the watermark (default 1 s). An event stamped later (ingest
+    /// accepts up to `ingest.max_future`) is processed with its own time but
+    /// holds nobody back and makes nobody late.
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub future_tolerance: Duration,
     /// Run the dataflow in this process (default true). A gateway-only
     /// instance (`false`) ingests and fans out what another instance's
     /// dataflow publishes through Redis (`fanout.broker = redis`).
@@ -477,7 +483,8 @@ pub struct DataflowConfig {
     /// Consumer group the dataflow reads the log with (default `dataflow`).
     pub group: String,
     /// Consumer name within the group; stable across restarts so that this
-    /// instance resumes its own pending entries (default `inkstream-0`).
+    /// instance resumes its own pending entries (default `inkstream-0`; in a
+    /// timely cluster, suffixed `-p<process_index>`).
     pub consumer: String,
     /// Most entries read from the log per batch (default 4096).
     pub read_batch: usize,
@@ -515,6 +522,26 @@ impl DataflowConfig {
     pub fn processes(&self) -> usize {
         self.hosts.len().max(1)
     }
+
+    /// The consumer name this process reads the log with: `consumer`, and
+    /// in a timely cluster `<consumer>-p<process_index>`, so that each
+    /// process has its own pending entries (one name for all made every
+    /// process re-read the others' pending entries as its own at start).
+    pub fn consumer_name(&self) -> String {
+        if self.processes() > 1 {
+            format!("{}-p{}", self.consumer, self.process_index)
+        } else {
+            self.consumer.clone()
+        }
+    }
+
+    /// Workers per process and processes: what a checkpoint must match.
+    pub fn layout(&self) -> crate::runtime::checkpoint::Layout {
+        crate::runtime::checkpoint::Layout {
+            workers: self.workers.max(1),
+            processes: self.processes(),
+        }
+    }
 }
 
 impl Default for DataflowConfig {
@@ -526,6 +553,7 @@ impl Default for DataflowConfig {
             allowed_disorder: Duration::from_secs(2),
             epoch: Duration::from_millis(100),
             idle_advance_after: Duration::from_secs(1),
+            future_tolerance: Duration::from_secs(1),
             enabled: true,
             lease: true,
             lease_ttl: Duration::from_secs(10),
@@ -683,6 +711,20 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_process_of_a_cluster_reads_the_log_under_its_own_consumer_name() {
+        let mut d = DataflowConfig::default();
+        assert_eq!(d.consumer_name(), "inkstream-0");
+        d.hosts = vec!["a:2101".into(), "b:2101".into()];
+        let names: Vec<String> = (0..2)
+            .map(|i| {
+                d.process_index = i;
+                d.consumer_name()
+            })
+            .collect();
+        assert_eq!(names, ["inkstream-0-p0", "inkstream-0-p1"]);
+    }
 
     #[test]
     fn the_alert_rules_example_in_the_operations_doc_is_a_valid_config() {

@@ -184,6 +184,40 @@ pub struct InputDriver {
     /// look late. A partition silent for `idle_after` stops holding it back.
     parts: Partitions,
     idle_after: std::time::Duration,
+    /// `serve` only: the server clock bounds event time (see
+    /// [`InputDriver::bound_by_clock`]); `None` in `replay` (pure event time).
+    clock: Option<ServerClock>,
+}
+
+/// The server clock that bounds how far event time may move the watermark:
+/// an event stamped after `now() + tolerance_ms` is processed with its own
+/// time, but counts as `now() + tolerance_ms` for the watermark, so one
+/// client with a fast clock cannot make everyone else late.
+#[derive(Clone, Copy)]
+pub struct ServerClock {
+    /// Milliseconds since the Unix epoch (a plain `fn`, so tests can fake it).
+    pub now_ms: fn() -> i64,
+    pub tolerance_ms: i64,
+}
+
+impl ServerClock {
+    /// The system clock.
+    pub fn system(tolerance: std::time::Duration) -> ServerClock {
+        fn now_ms() -> i64 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        }
+        ServerClock {
+            now_ms,
+            tolerance_ms: tolerance.as_millis() as i64,
+        }
+    }
+
+    /// The latest event time that may count for the watermark now.
+    fn horizon(&self) -> i64 {
+        (self.now_ms)().saturating_add(self.tolerance_ms)
+    }
 }
 
 /// The input partitions of a reader and the least newest event time among
@@ -308,6 +342,7 @@ impl InputDriver {
     pub fn push_from(&mut self, events: Vec<(Option<Arc<str>>, Option<u64>, Event)>) -> Vec<Event> {
         let now = std::time::Instant::now();
         self.expire_idle(now);
+        let horizon = self.horizon();
         // Every partition in this batch is active from its start, at its
         // first event's time: a stream that comes later in the batch (a
         // reply lists stream after stream) holds the watermark back from
@@ -315,7 +350,7 @@ impl InputDriver {
         // streams listed before it.
         for (part, _, e) in &events {
             if let Some(part) = part {
-                self.parts.touch(part, e.ts, now);
+                self.parts.touch(part, e.ts.min(horizon), now);
             }
         }
         self.push_inner(events.into_iter(), now)
@@ -331,6 +366,7 @@ impl InputDriver {
             late.extend(events.map(|(_, _, e)| e));
             return late;
         };
+        let horizon = self.horizon();
         let mut handle = self.handle.activate();
         let mut session = handle.session(cap);
         for (part, position, e) in events {
@@ -345,12 +381,14 @@ impl InputDriver {
             }
             // The watermark moves per event, not per batch, so which events are
             // late depends only on arrival order, never on how input was batched.
-            if self.max_ts.is_none_or(|m| e.ts > m) {
-                self.max_ts = Some(e.ts);
+            // An event from the future counts only up to the server clock.
+            let counted = e.ts.min(horizon);
+            if self.max_ts.is_none_or(|m| counted > m) {
+                self.max_ts = Some(counted);
             }
             let newest = match &part {
-                None => Some(e.ts),
-                Some(part) => self.parts.observe(part, e.ts, now),
+                None => Some(counted),
+                Some(part) => self.parts.observe(part, counted, now),
             };
             if let Some(newest) = newest {
                 self.watermark = self.watermark.max(newest - self.disorder_ms);
@@ -392,8 +430,22 @@ impl InputDriver {
         self.downgrade_to_watermark();
     }
 
-    /// Moves the watermark forward to `watermark` (never back).
+    /// Bounds event time by the server clock (`serve`): no event moves the
+    /// watermark past `now + tolerance − allowed_disorder`, and neither does
+    /// the idle advance.
+    pub fn bound_by_clock(&mut self, clock: ServerClock) {
+        self.clock = Some(clock);
+    }
+
+    /// The latest event time that counts for the watermark now.
+    fn horizon(&self) -> i64 {
+        self.clock.as_ref().map_or(i64::MAX, ServerClock::horizon)
+    }
+
+    /// Moves the watermark forward to `watermark` (never back, and with a
+    /// server clock never past it: see [`InputDriver::bound_by_clock`]).
     pub fn advance_to(&mut self, watermark: i64) {
+        let watermark = watermark.min(self.horizon().saturating_sub(self.disorder_ms));
         if watermark <= self.watermark {
             return;
         }
@@ -588,6 +640,7 @@ where
         crossed: Vec::new(),
         parts: Partitions::default(),
         idle_after: config.dataflow.idle_advance_after,
+        clock: None,
     };
     (Some(driver), probe)
 }
@@ -774,6 +827,92 @@ mod tests {
             ["b2"],
             "one stream far ahead makes nothing late while the other is active"
         );
+    }
+
+    /// The fake server clock of the test below (ms).
+    static FAKE_NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+    fn fake_now() -> i64 {
+        FAKE_NOW.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn user_ks(id: &str, user: &str, ts: i64) -> Event {
+        Event {
+            user_id: Some(user.into()),
+            ..ks(id, ts, 1)
+        }
+    }
+
+    #[test]
+    fn an_event_from_the_future_makes_nobody_late_and_waits_for_its_time() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = 1_767_603_600_000;
+        FAKE_NOW.store(now, Relaxed);
+        let config = Config::default();
+        let disorder = config.dataflow.allowed_disorder.as_millis() as i64;
+        let sink = Arc::new(VecSink::default());
+        let s2 = sink.clone();
+        let started = move |user: &str| {
+            s2.0.lock()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    e.event_type() == "writing.session_started"
+                        && e.user_id.as_deref() == Some(user)
+                })
+                .count()
+        };
+        let late = timely::execute_directly(move |worker| {
+            let (driver, probe) = install(worker, &config, sink, true, None, None);
+            let mut driver = driver.unwrap();
+            driver.bound_by_clock(ServerClock {
+                now_ms: fake_now,
+                tolerance_ms: 1_000,
+            });
+            let step_until = |worker: &mut timely::worker::Worker, what: &dyn Fn() -> bool| {
+                for _ in 0..1_000 {
+                    if what() {
+                        return true;
+                    }
+                    worker.step();
+                }
+                what()
+            };
+            // One client with a clock 4 min fast, then everyone else on time.
+            let mut late = driver.push(vec![user_ks("f", "fast", now + 240_000)]);
+            assert!(
+                driver.watermark() <= now + 1_000 - disorder,
+                "the watermark passed the server clock: {}",
+                driver.watermark() - now
+            );
+            for i in 0..20 {
+                late.extend(driver.push(vec![
+                    user_ks(&format!("a{i}"), "a", now + i * 10),
+                    user_ks(&format!("b{i}"), "b", now + i * 10 + 5),
+                ]));
+            }
+            // The server clock moves on (as the idle advance does in serve).
+            FAKE_NOW.store(now + 5_000, Relaxed);
+            driver.advance_to(i64::MAX);
+            assert!(
+                step_until(worker, &|| started("a") == 1 && started("b") == 1),
+                "the on-time users' sessions did not start"
+            );
+            assert_eq!(started("fast"), 0, "the future event ran ahead of its time");
+            // Its time comes.
+            FAKE_NOW.store(now + 240_000 + disorder, Relaxed);
+            driver.advance_to(i64::MAX);
+            assert!(
+                step_until(worker, &|| started("fast") == 1),
+                "the future event's own outputs never appeared"
+            );
+            driver.close();
+            while !probe.done() {
+                worker.step();
+            }
+            late
+        });
+        assert!(late.is_empty(), "late: {late:?}");
     }
 
     #[test]

@@ -56,6 +56,9 @@ for name, svc in services.items():
 redis_cmd = " ".join(services.get("redis", {}).get("command", []))
 if "--appendonly yes" not in redis_cmd:
     problems.append("redis: AOF persistence (--appendonly yes) not enabled")
+if "--appendfsync always" not in redis_cmd:
+    problems.append("redis: AOF not fsynced on every write (--appendfsync always): a host crash "
+                    "loses acknowledged events")
 kafka_env = services.get("kafka", {}).get("environment", {})
 if "controller" not in str(kafka_env.get("KAFKA_PROCESS_ROLES", "")) or any(
         "ZOOKEEPER" in k for k in kafka_env):
@@ -71,6 +74,11 @@ if not str(env.get("REDIS_URL", "")).startswith("redis://redis:"):
     problems.append("inkstream: REDIS_URL does not point at the redis service")
 if not str(env.get("KAFKA_BROKERS", "")).startswith("kafka:"):
     problems.append("inkstream: KAFKA_BROKERS does not point at the kafka service")
+ink_cmd = " ".join(ink.get("command", []))
+if "checkpoint.dir=" not in ink_cmd:
+    problems.append("inkstream: no checkpoint.dir: a restart drops open sessions and windows")
+elif not any(str(v).split(":")[1:2] == ["/var/lib/inkstream"] for v in ink.get("volumes", [])):
+    problems.append("inkstream: checkpoint.dir is not on a volume")
 build = ink.get("build") or {}
 dockerfile = os.path.join(root, build.get("context", "."), build.get("dockerfile", "Dockerfile"))
 if not os.path.exists(dockerfile):

@@ -446,14 +446,19 @@ pub async fn until_quiet(ws: &mut Ws, quiet: Duration) -> Vec<serde_json::Value>
     out
 }
 
-/// The sum of every sample of the metric family `name` on `/metrics`.
-pub async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
+/// The server's `/metrics` page.
+pub async fn metrics_text(server: &Server) -> String {
+    reqwest::get(server.url("/metrics"))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// The sum of every sample of the metric family `name` on `/metrics`.
+pub async fn metric(server: &Server, name: &str) -> f64 {
+    let text = metrics_text(server).await;
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

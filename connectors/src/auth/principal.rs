@@ -96,7 +96,7 @@ impl Principal {
     /// The namespace its idempotency keys live in.
     pub fn dedup_namespace(&self) -> String {
         match self {
-            Principal::Anonymous => "anonymous".into(),
+            Principal::Anonymous => crate::event_log::ANONYMOUS.into(),
             Principal::App(k) => format!("app:{}", k.name),
             Principal::User(u) => format!("user:{}", u.id),
         }

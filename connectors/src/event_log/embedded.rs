@@ -25,7 +25,14 @@ fn parse(id: &str) -> Option<Id> {
 
 struct Stream {
     name: Arc<str>,
-    entries: VecDeque<(Id, Event)>,
+    entries: VecDeque<(Id, Stored)>,
+}
+
+/// One stored event and the caller namespace it was appended under.
+#[derive(Clone)]
+struct Stored {
+    event: Event,
+    namespace: Arc<str>,
 }
 
 #[derive(Default)]
@@ -145,6 +152,7 @@ impl EmbeddedLog {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let clock = Instant::now();
+        let namespace: Arc<str> = Arc::from(app);
         let mut inner = self.lock();
         inner.dedup.expire(clock);
         let mut refs = Vec::with_capacity(events.len());
@@ -168,7 +176,13 @@ impl EmbeddedLog {
             inner.last_id = id;
             let idx = category_index(event.category());
             let stream = &mut inner.streams[idx];
-            stream.entries.push_back((id, event.clone()));
+            stream.entries.push_back((
+                id,
+                Stored {
+                    event: event.clone(),
+                    namespace: namespace.clone(),
+                },
+            ));
             let entry = EntryRef {
                 stream: stream.name.clone(),
                 id: render(id),
@@ -218,7 +232,7 @@ impl EmbeddedLog {
         } = &mut *inner;
         let g = groups.entry(group.to_owned()).or_default();
         // Merge streams by id so delivery follows append order across categories.
-        let mut out: Vec<(usize, Id, Event)> = Vec::new();
+        let mut out: Vec<(usize, Id, Stored)> = Vec::new();
         for (si, s) in streams.iter().enumerate() {
             let start = s.entries.partition_point(|(id, _)| *id <= g.last_delivered);
             out.extend(
@@ -235,7 +249,7 @@ impl EmbeddedLog {
             g.last_delivered = *id;
         }
         out.into_iter()
-            .map(|(si, id, event)| {
+            .map(|(si, id, stored)| {
                 g.pending
                     .insert((si, id), (consumer.to_owned(), Instant::now()));
                 LogEntry {
@@ -243,7 +257,8 @@ impl EmbeddedLog {
                         stream: streams[si].name.clone(),
                         id: render(id),
                     },
-                    event: Ok(event),
+                    event: Ok(stored.event),
+                    namespace: Some(stored.namespace),
                 }
             })
             .collect()
@@ -283,7 +298,8 @@ impl EmbeddedLog {
                         stream: s.name.clone(),
                         id: render(*id),
                     },
-                    event: Ok(s.entries[pos].1.clone()),
+                    event: Ok(s.entries[pos].1.event.clone()),
+                    namespace: Some(s.entries[pos].1.namespace.clone()),
                 })
             })
             .collect()
@@ -323,7 +339,8 @@ impl EmbeddedLog {
                     stream: s.name.clone(),
                     id: render(*id),
                 },
-                event: Ok(s.entries[pos].1.clone()),
+                event: Ok(s.entries[pos].1.event.clone()),
+                namespace: Some(s.entries[pos].1.namespace.clone()),
             });
         }
         out
@@ -432,7 +449,8 @@ impl EmbeddedLog {
                     stream: s.name.clone(),
                     id: render(*id),
                 },
-                event: Ok(e.clone()),
+                event: Ok(e.event.clone()),
+                namespace: Some(e.namespace.clone()),
             })
             .collect();
         vec![run]

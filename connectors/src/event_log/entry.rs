@@ -31,6 +31,28 @@ pub struct Appended {
 pub struct LogEntry {
     pub entry: EntryRef,
     pub event: Result<Event, Undecodable>,
+    /// The caller namespace the event was ingested under (`app:<name>`,
+    /// `user:<id>`, [`ANONYMOUS`]): the log stores an id once per namespace,
+    /// so (namespace, id) is the event's identity. `None` when unknown (an
+    /// entry written before namespaces were stored, a Kafka record without
+    /// the `namespace` header).
+    pub namespace: Option<Arc<str>>,
+}
+
+/// The namespace of every caller when authentication is off.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The id the dataflow knows an event by, so that it agrees with the log on
+/// what a duplicate is: two callers may use the same id for different
+/// events. `<namespace>/<id>` for an authenticated caller; the id itself
+/// when the namespace is [`ANONYMOUS`] (auth off: one namespace, so ids,
+/// and the derived ids made from them, stay as they always were) or unknown.
+/// `None`: keep the id as it is.
+pub fn dataflow_id(namespace: Option<&str>, id: &str) -> Option<String> {
+    match namespace {
+        Some(ns) if ns != ANONYMOUS => Some(format!("{ns}/{id}")),
+        _ => None,
+    }
 }
 
 /// Why a stored entry is not an event (missing field, bad Avro). Kept as data

@@ -21,7 +21,7 @@ pub mod reader;
 pub mod redis;
 
 pub use embedded::EmbeddedLog;
-pub use entry::{Appended, EntryRef, LogEntry, Undecodable, stream_name};
+pub use entry::{ANONYMOUS, Appended, EntryRef, LogEntry, Undecodable, dataflow_id, stream_name};
 pub use error::LogError;
 
 use self::redis::RedisLog;

@@ -221,6 +221,7 @@ mod tests {
                 id: id.into(),
             },
             event: Err(crate::event_log::Undecodable("unused".into())),
+            namespace: None,
         }
     }
 

@@ -187,7 +187,13 @@ async fn produce(
             }
         };
         let topic = events_topic(event.category());
-        let headers = super::event_headers(event, schema_id);
+        let mut headers = super::event_headers(event, schema_id);
+        if let Some(ns) = entry.namespace.as_deref() {
+            headers = headers.insert(rdkafka::message::Header {
+                key: super::NAMESPACE_HEADER,
+                value: Some(ns),
+            });
+        }
         let record = FutureRecord::to(&topic)
             .key(event.partition_key())
             .payload(&value)

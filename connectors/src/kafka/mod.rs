@@ -67,6 +67,21 @@ pub fn event_headers(event: &schemas::Event, schema_id: &str) -> rdkafka::messag
         })
 }
 
+/// The header naming the caller namespace an event was ingested under
+/// (event topics only): with `event_id` the event's identity (see
+/// `event_log::dataflow_id`).
+pub const NAMESPACE_HEADER: &str = "namespace";
+
+/// The value of header `key` of `message`, when it is UTF-8.
+pub fn header_str<'m, M: rdkafka::Message>(message: &'m M, key: &str) -> Option<&'m str> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
 /// The topic carrying derived events of a type (`inkstream.derived.analytics.metric_updated`).
 pub fn derived_topic(event_type: &str) -> String {
     format!("inkstream.derived.{event_type}")

@@ -149,6 +149,7 @@ pub async fn run(
                             id: m.offset().to_string(),
                         },
                         event,
+                        namespace: super::header_str(&m, super::NAMESPACE_HEADER).map(Arc::from),
                     });
                 }
                 Some(Err(e)) => {

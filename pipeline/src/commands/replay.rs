@@ -202,7 +202,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
         source,
     })?;
     let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
-    let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms)
+    let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms, config.dataflow.layout())
         .map_err(ReplayError::Checkpoint)?
         .map(Arc::new);
     let resume = checkpoints.as_ref().and_then(|c| c.restored());

@@ -25,8 +25,10 @@
 //! seen ids and position, and the input is re-read from that position. What
 //! was derived between the checkpoint and the crash is derived again with the
 //! same deterministic ids, so sinks deduplicate it (at-least-once output,
-//! exactly-once state). A restore needs the same worker count (state is
-//! partitioned by worker).
+//! exactly-once state). A restore needs the same worker and process counts
+//! (state is partitioned by worker): each completion marker records them,
+//! and [`Checkpoints::open`] refuses a checkpoint taken with other counts,
+//! naming both, instead of silently restoring only some of the parts.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -72,6 +74,36 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {barrier}: a part failed to write; not completed")]
     Incomplete { barrier: u64 },
+    #[error(
+        "checkpoint {barrier} in {dir} was taken with {saved} but this run has {now}: its state \
+         is partitioned by worker and cannot be restored with other counts (rescaling is not \
+         supported); start with the same counts, or move the directory aside to start empty"
+    )]
+    Rescale {
+        dir: PathBuf,
+        barrier: u64,
+        saved: Layout,
+        now: Layout,
+    },
+}
+
+/// How a dataflow is spread: timely workers per process and processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub workers: usize,
+    pub processes: usize,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} worker(s) ({} process(es) × {} worker(s))",
+            self.workers * self.processes,
+            self.processes,
+            self.workers
+        )
+    }
 }
 
 impl schemas::Classify for CheckpointError {
@@ -83,6 +115,8 @@ impl schemas::Classify for CheckpointError {
             }
             // Written by another build (parts are only read by the same one).
             CheckpointError::Format { .. } => schemas::Fault::Internal,
+            // The operator changed the worker or process count.
+            CheckpointError::Rescale { .. } => schemas::Fault::Config,
         }
     }
 }
@@ -99,13 +133,17 @@ pub struct Checkpoints {
     /// The parts this process writes at every barrier (operator instances,
     /// input drivers): a checkpoint is complete only with all of them.
     parts: Mutex<std::collections::BTreeSet<String>>,
+    /// This run's layout, written into every completion marker.
+    layout: Layout,
 }
 
 impl Checkpoints {
-    /// Opens (creating) `dir` and finds the latest complete checkpoint.
+    /// Opens (creating) `dir` and finds the latest complete checkpoint;
+    /// refuses one taken with another [`Layout`].
     pub fn open(
         config: &CheckpointConfig,
         epoch_ms: u64,
+        layout: Layout,
     ) -> Result<Option<Checkpoints>, CheckpointError> {
         let Some(dir) = config.dir.clone() else {
             return Ok(None);
@@ -119,12 +157,24 @@ impl Checkpoints {
         let epoch = epoch_ms.max(1);
         let interval_ms = ms.div_ceil(epoch).max(1) * epoch;
         let restored = complete_barriers(&dir)?.into_iter().max();
+        if let Some(barrier) = restored
+            && let Some(saved) = saved_layout(&dir.join(format!("ckpt-{barrier:020}")))
+            && saved != layout
+        {
+            return Err(CheckpointError::Rescale {
+                dir,
+                barrier,
+                saved,
+                now: layout,
+            });
+        }
         Ok(Some(Checkpoints {
             dir,
             interval_ms,
             restored,
             failed: Mutex::new(Vec::new()),
             parts: Mutex::new(Default::default()),
+            layout,
         }))
     }
 
@@ -244,11 +294,10 @@ impl Checkpoints {
             path: dir.clone(),
             source,
         })?;
-        write_synced(&path, processes.to_string().as_bytes()).map_err(|source| {
-            CheckpointError::Io {
-                path: path.clone(),
-                source,
-            }
+        let marker = format!("{processes} {}", self.layout.workers);
+        write_synced(&path, marker.as_bytes()).map_err(|source| CheckpointError::Io {
+            path: path.clone(),
+            source,
         })?;
         let complete = complete_barriers(&self.dir)?;
         if let Some(newest) = complete.iter().max() {
@@ -288,6 +337,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The layout a checkpoint was taken with (its completion marker holds
+/// `<processes> <workers per process>`; markers of older builds only the
+/// process count: unknown).
+fn saved_layout(barrier_dir: &Path) -> Option<Layout> {
+    let text = std::fs::read_to_string(barrier_dir.join("COMPLETE.p0")).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<usize>().ok());
+    let processes = fields.next()??;
+    let workers = fields.next()??;
+    Some(Layout { workers, processes })
+}
+
 /// Barriers whose checkpoint has the completion marker of every process.
 fn complete_barriers(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
     let entries = std::fs::read_dir(dir).map_err(|source| CheckpointError::Io {
@@ -308,7 +368,11 @@ fn complete_barriers(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
         let Ok(text) = std::fs::read_to_string(marker(0)) else {
             continue;
         };
-        let processes: usize = text.trim().parse().unwrap_or(1);
+        let processes: usize = text
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1);
         if (1..processes).all(|p| marker(p).exists()) {
             out.push(barrier);
         }
@@ -320,16 +384,52 @@ fn complete_barriers(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
 mod tests {
     use super::*;
 
-    fn open(dir: &Path) -> Checkpoints {
+    fn open_with(dir: &Path, layout: Layout) -> Result<Option<Checkpoints>, CheckpointError> {
         Checkpoints::open(
             &CheckpointConfig {
                 dir: Some(dir.to_path_buf()),
                 interval: Duration::from_millis(250),
             },
             100,
+            layout,
         )
-        .unwrap()
-        .unwrap()
+    }
+
+    /// Two processes of one worker each.
+    fn open(dir: &Path) -> Checkpoints {
+        let two = Layout {
+            workers: 1,
+            processes: 2,
+        };
+        open_with(dir, two).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_taken_with_other_worker_counts_is_refused_naming_both() {
+        let dir = std::env::temp_dir().join(format!("inkstream-rescale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let four = Layout {
+            workers: 4,
+            processes: 1,
+        };
+        let c = open_with(&dir, four).unwrap().unwrap();
+        c.expect("part");
+        c.save(300, "part", &1u8);
+        assert!(c.complete(300, 0, 1).unwrap());
+        assert_eq!(
+            open_with(&dir, four).unwrap().unwrap().restored(),
+            Some(300)
+        );
+        let two = Layout {
+            workers: 2,
+            processes: 1,
+        };
+        let error = open_with(&dir, two).unwrap_err().to_string();
+        assert!(
+            error.contains("taken with 4 worker(s)") && error.contains("this run has 2 worker(s)"),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -345,7 +445,7 @@ mod tests {
         assert_eq!(c.next_barrier(300), 600);
         c.expect("part");
         c.save(300, "part", &vec![1, 2, 3]);
-        assert!(!c.complete(600, 0, 1).unwrap(), "no parts written at 600");
+        assert!(!c.complete(600, 0, 2).unwrap(), "no parts written at 600");
         assert!(c.complete(300, 0, 2).unwrap());
         assert_eq!(open(&dir).restored(), None, "process 1 has not completed");
         c.complete(300, 1, 2).unwrap();
@@ -356,7 +456,9 @@ mod tests {
         // A newer one, half written, is ignored; a complete newer one replaces it.
         again.save(600, "part", &vec![4]);
         assert_eq!(open(&dir).restored(), Some(300));
-        assert!(again.complete(600, 0, 1).unwrap());
+        assert!(again.complete(600, 0, 2).unwrap());
+        assert_eq!(open(&dir).restored(), Some(300));
+        assert!(again.complete(600, 1, 2).unwrap());
         assert_eq!(open(&dir).restored(), Some(600));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -339,6 +339,10 @@ mod tests {
                 interval: std::time::Duration::from_secs(1),
             },
             100,
+            crate::runtime::checkpoint::Layout {
+                workers: 1,
+                processes: 1,
+            },
         )
         .unwrap()
         .map(Arc::new);

@@ -78,9 +78,9 @@ local ttl = ARGV[1]
 local n = tonumber(ARGV[2])
 local out = {}
 for i = 1, n do
-  local a = 2 + (i - 1) * 3
+  local a = 3 + (i - 1) * 3
   if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ttl) then
-    out[i] = redis.call('XADD', KEYS[n + i], '*', 'type', ARGV[a + 1], 'id', ARGV[a + 2], 'event', ARGV[a + 3])
+    out[i] = redis.call('XADD', KEYS[n + i], '*', 'type', ARGV[a + 1], 'id', ARGV[a + 2], 'event', ARGV[a + 3], 'ns', ARGV[3])
   else
     out[i] = 0
   end
@@ -169,7 +169,7 @@ impl RedisLog {
         for e in events {
             invocation.key(&**self.stream_for(e));
         }
-        invocation.arg(self.dedup_ttl_ms).arg(events.len());
+        invocation.arg(self.dedup_ttl_ms).arg(events.len()).arg(app);
         for e in events {
             let body = schemas::binary::encode(e)
                 .map_err(|err| LogError::Protocol(format!("encode event {}: {err}", e.id)))?;
@@ -366,12 +366,14 @@ impl RedisLog {
             let stream = self.intern(&key.key);
             for entry in key.ids {
                 let event = decode_entry(&entry.map);
+                let namespace = entry_namespace(&entry.map);
                 out.push(LogEntry {
                     entry: EntryRef {
                         stream: stream.clone(),
                         id: entry.id,
                     },
                     event,
+                    namespace,
                 });
             }
         }
@@ -434,6 +436,7 @@ impl RedisLog {
                         id: entry.id.clone(),
                     },
                     event: decode_entry(&entry.map),
+                    namespace: entry_namespace(&entry.map),
                 });
             }
         }
@@ -616,6 +619,14 @@ fn id_lt(a: &str, b: &str) -> bool {
         (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
     };
     parse(a) < parse(b)
+}
+
+/// The caller namespace an entry was appended under (field `ns`).
+pub(crate) fn entry_namespace(map: &HashMap<String, redis::Value>) -> Option<Arc<str>> {
+    match map.get("ns") {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().map(Arc::from),
+        _ => None,
+    }
 }
 
 fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, Undecodable> {

@@ -1,7 +1,7 @@
 //! Read-only queries of the Redis log: range pages (XRANGE, every shard of a
 //! category in one pipelined round trip) and XINFO STREAM / GROUPS.
 
-use super::{RedisLog, decode_entry, unavailable, value_str};
+use super::{RedisLog, decode_entry, entry_namespace, unavailable, value_str};
 use crate::event_log::entry::{EntryRef, LogEntry};
 use crate::event_log::error::LogError;
 use crate::event_log::query::{
@@ -28,6 +28,7 @@ impl RawEntry {
     pub(crate) fn decode(self) -> LogEntry {
         LogEntry {
             event: decode_entry(&self.map),
+            namespace: entry_namespace(&self.map),
             entry: self.entry,
         }
     }

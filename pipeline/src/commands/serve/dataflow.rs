@@ -48,7 +48,7 @@ impl DataflowStart {
             1
         };
         let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
-        let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms)
+        let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms, config.dataflow.layout())
             .map_err(ServeError::Checkpoint)?
             .map(Arc::new);
         if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
@@ -108,7 +108,7 @@ impl DataflowStart {
                         log.clone(),
                         SourceConfig {
                             group: config.dataflow.group.clone(),
-                            consumer: config.dataflow.consumer.clone(),
+                            consumer: config.dataflow.consumer_name(),
                             batch: config.dataflow.read_batch,
                             claim_idle_after: config.redis.claim_idle_after,
                         },
