@@ -78,6 +78,8 @@ pub struct Metrics {
     pub mirror_lag_seconds: prometheus::Gauge,
     /// Requests and upgrades refused by authentication, by error code.
     pub auth_failures: IntCounterVec,
+    /// Fetches of `auth.jwks_url` by outcome (`ok`, `failed`, `rate_limited`).
+    pub auth_jwks_fetches: IntCounterVec,
     /// Open `/ws/ingest` connections.
     pub ws_ingest_connections: IntGauge,
     /// Accepts that waited because the connection limit was reached.
@@ -255,6 +257,14 @@ impl Metrics {
                 ),
                 &["code"],
             )?,
+            auth_jwks_fetches: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_auth_jwks_fetches_total",
+                    "Fetches of the identity provider's key set (auth.jwks_url), by outcome \
+                     (rate_limited: refused because the last one was too recent).",
+                ),
+                &["outcome"],
+            )?,
             ws_ingest_connections: IntGauge::new(
                 "inkstream_ws_ingest_connections",
                 "Open /ws/ingest connections.",
@@ -350,6 +360,7 @@ impl Metrics {
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
         r.register(Box::new(m.auth_failures.clone()))?;
+        r.register(Box::new(m.auth_jwks_fetches.clone()))?;
         r.register(Box::new(m.ws_ingest_connections.clone()))?;
         r.register(Box::new(m.http_connection_limit_waits.clone()))?;
         r.register(Box::new(m.ws_connections.clone()))?;
@@ -397,14 +408,26 @@ impl Metrics {
         for stage in ["topics", "log", "produce", "ack", "encode", "undecodable"] {
             self.mirror_errors.with_label_values(&[stage]);
         }
+        // auth::AuthError::CODES (metrics imports no component) and the
+        // Origin check's refusal.
         for code in [
             "unauthenticated",
             "invalid_credentials",
             "token_expired",
+            "token_not_yet_valid",
+            "token_algorithm_refused",
+            "token_bad_signature",
+            "token_unknown_key",
+            "token_wrong_audience",
+            "token_wrong_issuer",
             "session_store_unavailable",
+            "jwks_unavailable",
             "origin_not_allowed",
         ] {
             self.auth_failures.with_label_values(&[code]);
+        }
+        for outcome in ["ok", "failed", "rate_limited"] {
+            self.auth_jwks_fetches.with_label_values(&[outcome]);
         }
         for reason in ["control_flood", "idle", "token_expired"] {
             self.ws_closes.with_label_values(&[reason]);

@@ -833,9 +833,12 @@ async fn serve_api(
                 projects: None,
                 rate: None,
             }],
+            ..AuthConfig::default()
         },
         None,
-    );
+        metrics.auth_jwks_fetches.clone(),
+    )
+    .unwrap();
     let (views, _feed) = inkstream_connectors::view_store::ViewStore::start(
         inkstream_connectors::view_store::ViewStoreConfig::default(),
         &metrics,

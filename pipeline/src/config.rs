@@ -46,7 +46,7 @@ pub struct DerivedSettings {
 /// `[auth]`: with nothing set, authentication is off (and `serve` says so);
 /// `serve` then refuses a non-loopback `server.bind` unless
 /// `allow_anonymous = true`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Serve without credentials on a non-loopback address (default false):
@@ -54,6 +54,29 @@ pub struct AuthSettings {
     pub allow_anonymous: bool,
     /// HS256 secret of user JWTs (`INKSTREAM_JWT_SECRET`).
     pub jwt_secret: Option<String>,
+    /// The identity provider's JSON Web Key Set (RS256/ES256 user tokens),
+    /// e.g. `https://idp.example/.well-known/jwks.json`: https, or http to a
+    /// loopback address only (default: none).
+    pub jwks_url: Option<String>,
+    /// `[auth.jwks_tls]`: `ca_file` trusted besides the system roots (a
+    /// private provider), optional `cert_file`/`key_file`.
+    pub jwks_tls: connectors::tls::TlsFiles,
+    /// Least time between two fetches of the key set; a token naming an
+    /// unknown `kid` refetches it at most this often (default 30 s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub jwks_min_refresh_interval: Duration,
+    /// Keys older than this are refetched on the next token (default 15 min).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub jwks_max_age: Duration,
+    /// Accepted `aud` values of user tokens; when set, a token must carry
+    /// one of them (default: `aud` not checked).
+    pub jwt_audience: Vec<String>,
+    /// Accepted `iss` values; when set, a token must carry one (default:
+    /// not checked).
+    pub jwt_issuer: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf` (default 0 s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub jwt_leeway: Duration,
     /// express-session cookie secret (`INKSTREAM_SESSION_SECRET`).
     pub session_secret: Option<String>,
     /// Apps allowed to ingest.
@@ -85,6 +108,24 @@ pub struct ApiKeySettings {
     /// Burst, in events (default twice the rate).
     #[serde(default)]
     pub burst: Option<f64>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            allow_anonymous: false,
+            jwt_secret: None,
+            jwks_url: None,
+            jwks_tls: Default::default(),
+            jwks_min_refresh_interval: Duration::from_secs(30),
+            jwks_max_age: Duration::from_secs(15 * 60),
+            jwt_audience: Vec::new(),
+            jwt_issuer: Vec::new(),
+            jwt_leeway: Duration::ZERO,
+            session_secret: None,
+            api_keys: Vec::new(),
+        }
+    }
 }
 
 impl AuthSettings {
@@ -139,8 +180,22 @@ impl AuthSettings {
                 }),
             });
         }
+        let jwks = self.jwks_url.as_ref().filter(|u| !u.is_empty()).map(|url| {
+            connectors::auth::JwksConfig {
+                tls: self.jwks_tls.clone(),
+                min_refresh_interval: self.jwks_min_refresh_interval,
+                max_age: self.jwks_max_age,
+                ..connectors::auth::JwksConfig::new(url.clone())
+            }
+        });
         Ok(connectors::auth::AuthConfig {
             jwt_secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
+            jwks,
+            jwt: connectors::auth::JwtRules {
+                audience: self.jwt_audience.clone(),
+                issuer: self.jwt_issuer.clone(),
+                leeway: self.jwt_leeway,
+            },
             session_secret: self.session_secret.clone().filter(|s| !s.is_empty()),
             api_keys: keys,
         })

@@ -1,4 +1,5 @@
-//! Who is calling: apps with API keys, end users with a signed JWT (HS256) or
+//! Who is calling: apps with API keys, end users with a signed JWT (HS256
+//! with a shared secret, RS256/ES256 with an identity provider's JWKS) or
 //! the express-session cookie (`connect.sid`, session looked up in Redis as
 //! connect-redis stores it).
 //!
@@ -10,12 +11,15 @@
 
 mod crypto;
 mod error;
+mod jwks;
 mod jwt;
 mod principal;
 mod rate;
 
 pub use crypto::{hash_api_key, hex};
 pub use error::AuthError;
+pub use jwks::{Jwks, JwksConfig, JwksError};
+pub use jwt::JwtRules;
 pub use principal::{ApiKey, Principal, Role, Scope, User};
 pub use rate::{Rate, RateLimiter};
 
@@ -31,7 +35,12 @@ use std::sync::Arc;
 /// The authentication settings.
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
+    /// HS256 secret of user tokens.
     pub jwt_secret: Option<String>,
+    /// The identity provider's key set (RS256/ES256 user tokens).
+    pub jwks: Option<JwksConfig>,
+    /// `aud`, `iss` and leeway, for every user token.
+    pub jwt: JwtRules,
     pub session_secret: Option<String>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -39,7 +48,10 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// Whether any credential is configured (auth is on).
     pub fn enabled(&self) -> bool {
-        self.jwt_secret.is_some() || self.session_secret.is_some() || !self.api_keys.is_empty()
+        self.jwt_secret.is_some()
+            || self.jwks.is_some()
+            || self.session_secret.is_some()
+            || !self.api_keys.is_empty()
     }
 }
 
@@ -48,18 +60,38 @@ impl AuthConfig {
 pub struct Authenticator {
     config: Arc<AuthConfig>,
     keys: Arc<Vec<Arc<ApiKey>>>,
+    /// The HS256 key of `jwt_secret`.
+    secret: Option<Arc<jsonwebtoken::DecodingKey>>,
+    /// The key set of `auth.jwks_url`.
+    jwks: Option<Arc<Jwks>>,
     /// Redis holding `sess:<sid>` (connect-redis); `None` without Redis.
     sessions: Option<ConnectionManager>,
 }
 
 impl Authenticator {
-    pub fn new(config: AuthConfig, sessions: Option<ConnectionManager>) -> Authenticator {
+    /// `jwks_fetches` counts the key set's fetches by outcome. Fails only
+    /// on a JWKS setting that cannot work (URL, CA file).
+    pub fn new(
+        config: AuthConfig,
+        sessions: Option<ConnectionManager>,
+        jwks_fetches: prometheus::IntCounterVec,
+    ) -> Result<Authenticator, JwksError> {
         let keys = config.api_keys.iter().cloned().map(Arc::new).collect();
-        Authenticator {
+        let jwks = match &config.jwks {
+            Some(c) => Some(Arc::new(Jwks::new(c, jwks_fetches)?)),
+            None => None,
+        };
+        let secret = config
+            .jwt_secret
+            .as_deref()
+            .map(|s| Arc::new(jsonwebtoken::DecodingKey::from_secret(s.as_bytes())));
+        Ok(Authenticator {
             config: Arc::new(config),
             keys: Arc::new(keys),
+            secret,
+            jwks,
             sessions,
-        }
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -85,7 +117,7 @@ impl Authenticator {
             })
             .map(str::trim);
         if let Some(token) = bearer.or(query_token) {
-            return self.token(token);
+            return self.token(token).await;
         }
         if let Some(sid) = session_cookie(headers) {
             return self.session(&sid).await;
@@ -93,12 +125,9 @@ impl Authenticator {
         Err(AuthError::Missing)
     }
 
-    fn token(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn token(&self, token: &str) -> Result<Principal, AuthError> {
         if token.matches('.').count() == 2 {
-            let secret = self.config.jwt_secret.as_deref().ok_or_else(|| {
-                AuthError::Invalid("JWTs are not accepted (no auth.jwt_secret)".into())
-            })?;
-            return jwt::verify(token, secret.as_bytes()).map(Principal::User);
+            return self.jwt(token).await.map(Principal::User);
         }
         let digest = hex(&Sha256::digest(token.as_bytes()));
         self.keys
@@ -106,6 +135,50 @@ impl Authenticator {
             .find(|k| constant_time_eq(k.sha256.as_bytes(), digest.as_bytes()))
             .map(|k| Principal::App(k.clone()))
             .ok_or_else(|| AuthError::Invalid("unknown API key".into()))
+    }
+
+    /// A user token: the key is chosen by the header's `alg` — HS256 only
+    /// with the shared secret, RS256/ES256 only with a key of the JWKS —
+    /// so a token can never make us use a public key as an HMAC secret.
+    async fn jwt(&self, token: &str) -> Result<User, AuthError> {
+        use jsonwebtoken::Algorithm;
+        let header = jwt::peek(token)?;
+        let accepted = || {
+            let mut a = Vec::new();
+            if self.secret.is_some() {
+                a.push("HS256 (auth.jwt_secret)");
+            }
+            if self.jwks.is_some() {
+                a.push("RS256 or ES256 (auth.jwks_url)");
+            }
+            if a.is_empty() {
+                "none: no auth.jwt_secret or auth.jwks_url is set".to_owned()
+            } else {
+                a.join(", ")
+            }
+        };
+        let refused = || {
+            AuthError::AlgorithmRefused(format!(
+                "alg {:?} is not accepted; accepted: {}",
+                header.alg,
+                accepted()
+            ))
+        };
+        match (header.alg.as_str(), &self.secret, &self.jwks) {
+            ("HS256", Some(secret), _) => {
+                jwt::verify(token, Algorithm::HS256, secret, &self.config.jwt)
+            }
+            (alg @ ("RS256" | "ES256"), _, Some(jwks)) => {
+                let alg = if alg == "RS256" {
+                    Algorithm::RS256
+                } else {
+                    Algorithm::ES256
+                };
+                let key = jwks.key(header.kid.as_deref(), alg).await?;
+                jwt::verify(token, alg, &key, &self.config.jwt)
+            }
+            _ => Err(refused()),
+        }
     }
 
     async fn session(&self, signed: &str) -> Result<Principal, AuthError> {
@@ -226,6 +299,8 @@ mod tests {
         Authenticator::new(
             AuthConfig {
                 jwt_secret: Some("jwt-secret".into()),
+                jwks: None,
+                jwt: JwtRules::default(),
                 session_secret: Some("sess-secret".into()),
                 api_keys: vec![ApiKey {
                     name: "mobile".into(),
@@ -237,7 +312,9 @@ mod tests {
                 }],
             },
             None,
+            crate::Metrics::standalone().auth_jwks_fetches,
         )
+        .unwrap()
     }
 
     fn bearer(v: &str) -> HeaderMap {
@@ -288,10 +365,13 @@ mod tests {
             AuthError::Expired
         );
         let forged = sign_jwt(&serde_json::json!({"sub":"u1","exp": now + 60}), b"other");
-        assert!(matches!(
-            auth().authenticate(&bearer(&forged), None).await,
-            Err(AuthError::Invalid(_))
-        ));
+        assert_eq!(
+            auth()
+                .authenticate(&bearer(&forged), None)
+                .await
+                .unwrap_err(),
+            AuthError::BadSignature
+        );
         // ?token= works like the header.
         assert!(
             auth()
@@ -339,7 +419,12 @@ mod tests {
 
     #[tokio::test]
     async fn auth_off_makes_everyone_anonymous() {
-        let a = Authenticator::new(AuthConfig::default(), None);
+        let a = Authenticator::new(
+            AuthConfig::default(),
+            None,
+            crate::Metrics::standalone().auth_jwks_fetches,
+        )
+        .unwrap();
         assert!(matches!(
             a.authenticate(&HeaderMap::new(), None).await.unwrap(),
             Principal::Anonymous

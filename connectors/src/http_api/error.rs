@@ -173,6 +173,13 @@ impl ApiError {
                 Parts::new(S::BAD_REQUEST, "invalid_parameter", message.clone())
                     .field(Some(field.clone()))
             }
+            // A store or key set we depend on being down is not the
+            // caller's fault: 503 (a 401 would make clients drop good tokens).
+            ApiError::Unauthenticated(e)
+                if schemas::Classify::fault(e) == schemas::Fault::External =>
+            {
+                Parts::new(S::SERVICE_UNAVAILABLE, e.code(), e.to_string()).retry_after(5)
+            }
             ApiError::Unauthenticated(e) => Parts::new(S::UNAUTHORIZED, e.code(), e.to_string()),
             ApiError::Forbidden { message, field } => {
                 Parts::new(S::FORBIDDEN, "forbidden", message.clone()).field(field.clone())

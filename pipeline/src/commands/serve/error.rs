@@ -53,10 +53,12 @@ pub enum ServeError {
     Metrics(prometheus::Error),
     #[error("configuration: {0}")]
     Auth(crate::config::ConfigError),
+    #[error("configuration: {0}")]
+    Jwks(connectors::auth::JwksError),
     /// No credential is configured and the bind address is not loopback.
     #[error(
         "configuration: server.bind = {bind:?} is not a loopback address and no credential is \
-         configured (auth.api_keys, auth.jwt_secret, auth.session_secret): anyone who can reach \
+         configured (auth.api_keys, auth.jwt_secret, auth.jwks_url, auth.session_secret): anyone who can reach \
          the port would be an admin. Configure a credential, bind 127.0.0.1, or set \
          auth.allow_anonymous = true to serve anonymously on purpose"
     )]
@@ -75,6 +77,7 @@ impl schemas::Classify for ServeError {
             | ServeError::NotifierStore(_)
             | ServeError::Notifier(_)
             | ServeError::Auth(_)
+            | ServeError::Jwks(_)
             | ServeError::AnonymousOnNetwork { .. } => Fault::Config,
             ServeError::Runtime(_)
             | ServeError::Log(_)

@@ -34,7 +34,7 @@ impl Ingest {
         metrics: &Metrics,
         stop_rx: &watch::Receiver<bool>,
     ) -> Result<Ingest, ServeError> {
-        let auth = authenticator(config)?;
+        let auth = authenticator(config, metrics)?;
         // Trimming waits for the consumers that read the log: the dataflow (when
         // it reads Redis) and the mirror (when Kafka is configured).
         let mut required_groups = Vec::new();
@@ -91,7 +91,7 @@ impl Ingest {
 }
 
 /// API keys, JWTs and sessions as `[auth]` says; off (and loudly so) without them.
-fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
+fn authenticator(config: &Config, metrics: &Metrics) -> Result<Authenticator, ServeError> {
     let auth_config = config
         .auth
         .to_auth_config(&config.ingest)
@@ -102,11 +102,13 @@ fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
         }
         _ => None,
     };
-    let auth = Authenticator::new(auth_config, sessions);
+    let auth = Authenticator::new(auth_config, sessions, metrics.auth_jwks_fetches.clone())
+        .map_err(ServeError::Jwks)?;
     if !auth.enabled() {
         tracing::warn!(
             "AUTHENTICATION IS OFF: anyone who can reach this port may ingest and subscribe. \
-             Configure auth.api_keys, auth.jwt_secret or auth.session_secret to turn it on."
+             Configure auth.api_keys, auth.jwt_secret, auth.jwks_url or auth.session_secret \
+             to turn it on."
         );
     }
     Ok(auth)

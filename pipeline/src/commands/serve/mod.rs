@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// HS256 secret of user JWTs (config `auth.jwt_secret`).
     #[arg(long, env = "INKSTREAM_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// The identity provider's JWKS for RS256/ES256 user tokens (config
+    /// `auth.jwks_url`).
+    #[arg(long, env = "INKSTREAM_JWKS_URL")]
+    jwks_url: Option<String>,
     /// express-session cookie secret (config `auth.session_secret`).
     #[arg(long, env = "INKSTREAM_SESSION_SECRET", hide_env_values = true)]
     session_secret: Option<String>,
@@ -75,6 +79,7 @@ impl ServeArgs {
         for (key, value) in [
             ("auth.jwt_secret", &self.jwt_secret),
             ("auth.session_secret", &self.session_secret),
+            ("auth.jwks_url", &self.jwks_url),
         ] {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
                 out.push(format!("{key}={}", toml_string(v)));
