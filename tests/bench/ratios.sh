@@ -28,6 +28,8 @@ PERF=./target/release/examples/produce_perf
 N="${N:-500000}"
 E2E_RUNS="${E2E_RUNS:-3}"
 E2E_SECONDS="${E2E_SECONDS:-10}"
+SECTIONS="${SECTIONS:-1 2 3 4}"   # a subset for quick loops, e.g. SECTIONS=1 (the record is all four)
+on() { [[ " $SECTIONS " == *" $1 "* ]]; }
 [ -x "$B" ] && [ -x "$PERF" ] || { echo "build first: cargo build --release -p inkstream && cargo build --release -p inkstream-tests --examples" >&2; exit 1; }
 work=$(mktemp -d)
 PIDS=()         # every process this script started (killed by pid at exit)
@@ -98,10 +100,11 @@ metric() { curl -s "127.0.0.1:$HP/metrics" | awk -v m="$1" '{n=$1; sub(/[{].*/, 
 peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$SPID/status"; }
 stop_serve() { kill -TERM "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; }
 eps() { sed -n 's/.* s: \([0-9]*\) events\/s.*/\1/p'; }   # events/s out of a `load` line
-ratio() { python3 -c "import sys; print(f'{100*float(sys.argv[1])/float(sys.argv[2]):.1f} %')" "$1" "$2"; }
+ratio() { [ -n "$1" ] && [ -n "$2" ] || return 0; python3 -c "import sys; print(f'{100*float(sys.argv[1])/float(sys.argv[2]):.1f} %')" "$1" "$2"; }
 
 declare -A R   # the summary
 
+if on 1; then
 echo "== 1. durable ingest into Redis vs the XADD ceiling (N=$N)"
 start_redis
 payload=$(head -c 67 /dev/zero | tr '\0' 'x')
@@ -111,10 +114,16 @@ R[xadd]=$(echo "$ceiling_line" | sed -n 's/.*: \([0-9.]*\) requests per second.*
 redis-cli -p "$RP" del bench:s >/dev/null
 start_serve redis --redis-url "redis://127.0.0.1:$RP"
 redis-cli -p "$RP" config resetstat >/dev/null
+# Redis's CPU instructions over the load and the dataflow's reading of it:
+# unlike commandstats' µs, not inflated when the shared cores preempt Redis.
+rpid=$(redis-cli -p "$RP" info server | tr -d '\r' | sed -n 's/^process_id://p')
+perf stat -e task-clock -x, -p "$rpid" -o "$work/redis.perf" & PERFPID=$!
 line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
 echo "HTTP batch: $line"; R[redis_batch]=$(echo "$line" | eps)
 # Let the dataflow read and acknowledge what was ingested, then Redis's time per event.
 for _ in $(seq 600); do [ "$(metric inkstream_dataflow_events_in_total)" -ge "$N" ] && break; sleep 0.1; done
+kill -INT "$PERFPID"; wait "$PERFPID" || true
+awk -F, -v n="$N" '$3 ~ /task-clock/ {printf "Redis CPU per ingested event (perf stat task-clock, ingest + read + ack + views): %.2f µs\n", $1*1000/n}' "$work/redis.perf"
 echo "Redis time per ingested event (INFO commandstats / $N, ingest + dataflow read + ack):"
 redis-cli -p "$RP" info commandstats | tr -d '\r' | awk -F'[:=,]' -v n="$N" '
   /^cmdstat_/ { name=substr($1,9); usec=$5; calls=$3; total+=usec;
@@ -124,7 +133,9 @@ line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --c
 echo "/ws/ingest: $line"; R[redis_ws]=$(echo "$line" | eps)
 R[rss_redis]=$(peak_rss_mb)
 stop_serve
+fi
 
+if on 1 && on 3; then
 echo "== 3. Kafka: the broker's producer ceiling vs the mirror on the backlog of 1. ($(( 2 * N + 1 )) entries)"
 start_kafka
 line=$("$PERF" "127.0.0.1:$KP" "$N" | tail -1)
@@ -140,7 +151,9 @@ t1=$(date +%s.%N); m1=$(metric inkstream_mirror_events_total)
 R[mirror]=$(python3 -c "import sys; print(int((int(sys.argv[3])-int(sys.argv[4]))/(float(sys.argv[2])-float(sys.argv[1]))))" "$t0" "$t1" "$m1" "$m0")
 echo "mirror: $(( m1 - m0 )) events in $(python3 -c "print(f'{$t1-$t0:.2f}')") s = ${R[mirror]} events/s"
 stop_serve; stop_kafka; stop_redis "$RP"
+fi
 
+if on 2; then
 echo "== 2. embedded ingest"
 start_serve embedded
 line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
@@ -151,6 +164,7 @@ line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --c
 echo "/ws/ingest: $line"; R[emb_ws]=$(echo "$line" | eps)
 R[rss_emb]=$(peak_rss_mb)
 stop_serve
+fi
 
 echo "== 4. e2e at 10 K events/s, 10,000 writers new to a fresh server ($E2E_RUNS runs each)"
 e2e() { # label → appends "p50/p99" to R[e2e_label]
@@ -160,6 +174,7 @@ e2e() { # label → appends "p50/p99" to R[e2e_label]
   p50=$(echo "$line" | sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p'); p99=$(echo "$line" | sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p')
   R[e2e_$1]="${R[e2e_$1]:-}${R[e2e_$1]:+, }$p50/$p99"
 }
+if on 4; then
 for _ in $(seq "$E2E_RUNS"); do start_serve e2e-emb; e2e embedded; stop_serve; done
 for _ in $(seq "$E2E_RUNS"); do
   start_redis; start_serve e2e-redis --redis-url "redis://127.0.0.1:$RP"; e2e redis; stop_serve; stop_redis "$RP"
@@ -169,20 +184,21 @@ for _ in $(seq "$E2E_RUNS"); do
   start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"; e2e kafka
   stop_serve; stop_kafka; stop_redis "$RP"
 done
+fi
 
 echo
 echo "== summary ($(date -u +%F), $(nproc) cores, N=$N)"
 printf '%-52s %12s %10s\n' "what" "events/s" "ratio"
-printf '%-52s %12s %10s\n' "redis-benchmark -P 64 XADD (the ceiling)" "${R[xadd]}" "100 %"
-printf '%-52s %12s %10s\n' "durable HTTP batch ingest into the same Redis" "${R[redis_batch]}" "$(ratio "${R[redis_batch]}" "${R[xadd]}")"
-printf '%-52s %12s %10s\n' "durable /ws/ingest into the same Redis" "${R[redis_ws]}" "$(ratio "${R[redis_ws]}" "${R[xadd]}")"
-printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, fresh process" "${R[emb_fresh]}" ""
-printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, warm" "${R[emb_warm]}" "$(ratio "${R[emb_warm]}" 1000000) of 1 M"
-printf '%-52s %12s %10s\n' "embedded /ws/ingest" "${R[emb_ws]}" ""
-printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings)" "${R[producer]}" "100 %"
-printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka" "${R[mirror]}" "$(ratio "${R[mirror]}" "${R[producer]}")"
+printf '%-52s %12s %10s\n' "redis-benchmark -P 64 XADD (the ceiling)" "${R[xadd]:-}" "100 %"
+printf '%-52s %12s %10s\n' "durable HTTP batch ingest into the same Redis" "${R[redis_batch]:-}" "$(ratio "${R[redis_batch]:-}" "${R[xadd]:-}")"
+printf '%-52s %12s %10s\n' "durable /ws/ingest into the same Redis" "${R[redis_ws]:-}" "$(ratio "${R[redis_ws]:-}" "${R[xadd]:-}")"
+printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, fresh process" "${R[emb_fresh]:-}" ""
+printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, warm" "${R[emb_warm]:-}" "$(ratio "${R[emb_warm]:-}" 1000000) of 1 M"
+printf '%-52s %12s %10s\n' "embedded /ws/ingest" "${R[emb_ws]:-}" ""
+printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings)" "${R[producer]:-}" "100 %"
+printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
 echo "e2e ingest → WPM message at 10 K ev/s, p50/p99 ms per run:"
-echo "  embedded:      ${R[e2e_embedded]}"
-echo "  via Redis:     ${R[e2e_redis]}"
-echo "  Redis + Kafka: ${R[e2e_kafka]}"
-echo "peak RSS of the server: ${R[rss_redis]} MB (Redis ingest, 2×N events), ${R[rss_emb]} MB (embedded, 3×N events)"
+echo "  embedded:      ${R[e2e_embedded]:-}"
+echo "  via Redis:     ${R[e2e_redis]:-}"
+echo "  Redis + Kafka: ${R[e2e_kafka]:-}"
+echo "peak RSS of the server: ${R[rss_redis]:-} MB (Redis ingest, 2×N events), ${R[rss_emb]:-} MB (embedded, 3×N events)"
