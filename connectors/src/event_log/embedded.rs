@@ -168,23 +168,27 @@ impl EmbeddedLog {
     }
 
     pub fn append(&self, app: &str, events: &[Event]) -> Vec<Appended> {
+        self.append_owned(app, events.to_vec())
+    }
+
+    /// Appends events the caller hands over (no copy of each event).
+    pub fn append_owned(&self, app: &str, events: Vec<Event>) -> Vec<Appended> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let clock = Instant::now();
         let namespace: Arc<str> = Arc::from(app);
-        // Hashing and copying happen before the lock: it is held only for
+        // Hashing happens before the lock: it is held only for
         // the lookups and the pushes.
         let keys: Vec<u128> = events
             .iter()
             .map(|e| self.dedup_keys.key(app, &e.id))
             .collect();
-        let copies: Vec<Event> = events.to_vec();
         let mut placed: Vec<(usize, Id, bool)> = Vec::with_capacity(events.len());
         let mut inner = self.lock();
         inner.dedup.expire(clock);
-        for (event, key) in copies.into_iter().zip(keys) {
+        for (event, key) in events.into_iter().zip(keys) {
             if let Some(&(si, id)) = inner.dedup.seen.get(&key) {
                 placed.push((si, id, true));
                 continue;
