@@ -212,6 +212,95 @@ async fn the_same_id_from_the_same_app_is_stored_once_across_restarts() {
 }
 
 #[tokio::test]
+async fn a_namespace_holding_the_key_separator_cannot_reach_another_namespaces_ids() {
+    // With ids keyed `<ns>:<id>`, app "a:b" sending "c" and app "a" sending
+    // "b:c" would have been one key: the second event dropped as a duplicate.
+    let prefix = unique("sep");
+    let log = open(&prefix).await;
+    let first = log
+        .append("a:b", &[ev("c", "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    let second = log
+        .append("a", &[ev("b:c", "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    assert!(!first[0].duplicate);
+    assert!(
+        !second[0].duplicate,
+        "another namespace's event is not a duplicate"
+    );
+    // And a batch mixing new ids, repeats within the batch and ids stored
+    // before answers each one right, in order.
+    let third = log
+        .append(
+            "a",
+            &[
+                ev("b:c", "writing.keystroke", "u1"),
+                ev("n1", "writing.keystroke", "u2"),
+                ev("n1", "writing.keystroke", "u2"),
+                ev("n2", "collaboration.cursor_moved", "u3"),
+            ],
+        )
+        .await
+        .unwrap();
+    let dup: Vec<bool> = third.iter().map(|a| a.duplicate).collect();
+    assert_eq!(dup, [true, false, true, false]);
+}
+
+#[tokio::test]
+async fn ids_stored_by_the_previous_layout_are_still_duplicates_for_one_window() {
+    // A log written by the version before the dedup buckets: an entry in a
+    // stream and one key per id (`<prefix>:dedup:<ns>:<id>`).
+    let prefix = unique("legacy");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:events:writing:0"))
+        .arg("*")
+        .arg("id")
+        .arg("old")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:dedup:app:old"))
+        .arg("1")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let log = open(&prefix).await;
+    let a = log
+        .append(
+            "app",
+            &[
+                ev("old", "writing.keystroke", "u1"),
+                ev("new", "writing.keystroke", "u1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(a[0].duplicate, "the id the previous version stored");
+    assert!(!a[1].duplicate);
+    // On a new log there is nothing of the previous layout to look up.
+    let fresh = unique("fresh");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{fresh}:dedup:app:old"))
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let b = open(&fresh)
+        .await
+        .append("app", &[ev("old", "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    assert!(!b[0].duplicate, "a new log does not read the old keys");
+}
+
+#[tokio::test]
 async fn trimming_never_removes_what_a_required_group_still_needs() {
     let prefix = unique("trim");
     let log = open(&prefix).await;

@@ -6,7 +6,7 @@
 use super::entry::{Appended, EntryRef, LogEntry, stream_name};
 use schemas::{Category, Event};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -52,14 +52,29 @@ struct Inner {
 
 /// Ids seen per app within the window, bounded in count: past `max_ids` the
 /// oldest are forgotten early (documented in docs/OPERATIONS.md). Keys are a
-/// 128-bit hash of (app, id) — two independent 64-bit hashes, so a false
-/// "duplicate" needs a 128-bit collision — and values where the first copy
-/// went: compact, and no allocation per event.
+/// 128-bit keyed hash of (app, id) — two SipHash-1-3 with random keys of
+/// this process, so no caller can craft two ids that collide (a false
+/// "duplicate" would drop an event) — and values where the first copy
+/// went: compact, and no allocation per event. The table is sized for
+/// `max_ids` up front (its memory is touched only as it fills), so a burst
+/// of new ids never waits for it to grow and rehash.
 struct Dedup {
     window: Duration,
     max_ids: usize,
     seen: HashMap<u128, (usize, Id), BuildHasherDefault<PassThrough>>,
     order: VecDeque<(Instant, u128)>,
+}
+
+/// The keyed hash of the dedup table.
+#[derive(Clone)]
+struct DedupKeys(RandomState, RandomState);
+
+impl DedupKeys {
+    fn key(&self, app: &str, id: &str) -> u128 {
+        let a = self.0.hash_one((app, id));
+        let b = self.1.hash_one((app, id));
+        (u128::from(a) << 64) | u128::from(b)
+    }
 }
 
 /// The keys are already uniform hashes: use their low bits as they are.
@@ -80,10 +95,19 @@ impl std::hash::Hasher for PassThrough {
     }
 }
 
-fn dedup_key(app: &str, id: &str) -> u128 {
-    let a = schemas::stable_hash(&(app, id));
-    let b = schemas::stable_hash(&(id, app, 0x9e37_79b9_u32));
-    (u128::from(a) << 64) | u128::from(b)
+impl Dedup {
+    fn new(window: Duration, max_ids: usize) -> Dedup {
+        let max_ids = max_ids.max(1);
+        // Beyond a few million the up-front table is more address space
+        // than a typical window needs; it grows from there.
+        let presize = max_ids.min(4 << 20);
+        Dedup {
+            window,
+            max_ids,
+            seen: HashMap::with_capacity_and_hasher(presize, Default::default()),
+            order: VecDeque::with_capacity(presize),
+        }
+    }
 }
 
 impl Dedup {
@@ -105,6 +129,7 @@ pub struct EmbeddedLog {
     inner: Arc<Mutex<Inner>>,
     /// Wakes blocked readers when entries are appended.
     appended: Arc<Notify>,
+    dedup_keys: DedupKeys,
 }
 
 impl Default for EmbeddedLog {
@@ -129,14 +154,10 @@ impl EmbeddedLog {
                 streams,
                 groups: HashMap::new(),
                 last_id: (0, 0),
-                dedup: Dedup {
-                    window: dedup_window,
-                    max_ids: max_ids.max(1),
-                    seen: HashMap::default(),
-                    order: VecDeque::new(),
-                },
+                dedup: Dedup::new(dedup_window, max_ids),
             })),
             appended: Arc::new(Notify::new()),
+            dedup_keys: DedupKeys(RandomState::new(), RandomState::new()),
         }
     }
 
@@ -147,25 +168,29 @@ impl EmbeddedLog {
     }
 
     pub fn append(&self, app: &str, events: &[Event]) -> Vec<Appended> {
+        self.append_owned(app, events.to_vec())
+    }
+
+    /// Appends events the caller hands over (no copy of each event).
+    pub fn append_owned(&self, app: &str, events: Vec<Event>) -> Vec<Appended> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let clock = Instant::now();
         let namespace: Arc<str> = Arc::from(app);
+        // Hashing happens before the lock: it is held only for
+        // the lookups and the pushes.
+        let keys: Vec<u128> = events
+            .iter()
+            .map(|e| self.dedup_keys.key(app, &e.id))
+            .collect();
+        let mut placed: Vec<(usize, Id, bool)> = Vec::with_capacity(events.len());
         let mut inner = self.lock();
         inner.dedup.expire(clock);
-        let mut refs = Vec::with_capacity(events.len());
-        for event in events {
-            let key = dedup_key(app, &event.id);
+        for (event, key) in events.into_iter().zip(keys) {
             if let Some(&(si, id)) = inner.dedup.seen.get(&key) {
-                refs.push(Appended {
-                    entry: EntryRef {
-                        stream: inner.streams[si].name.clone(),
-                        id: render(id),
-                    },
-                    duplicate: true,
-                });
+                placed.push((si, id, true));
                 continue;
             }
             let id = if now > inner.last_id.0 {
@@ -175,28 +200,30 @@ impl EmbeddedLog {
             };
             inner.last_id = id;
             let idx = category_index(event.category());
-            let stream = &mut inner.streams[idx];
-            stream.entries.push_back((
+            inner.streams[idx].entries.push_back((
                 id,
                 Stored {
-                    event: event.clone(),
+                    event,
                     namespace: namespace.clone(),
                 },
             ));
-            let entry = EntryRef {
-                stream: stream.name.clone(),
-                id: render(id),
-            };
             inner.dedup.seen.insert(key, (idx, id));
             inner.dedup.order.push_back((clock, key));
-            refs.push(Appended {
-                entry,
-                duplicate: false,
-            });
+            placed.push((idx, id, false));
         }
+        let names: Vec<Arc<str>> = inner.streams.iter().map(|s| s.name.clone()).collect();
         drop(inner);
         self.appended.notify_waiters();
-        refs
+        placed
+            .into_iter()
+            .map(|(si, id, duplicate)| Appended {
+                entry: EntryRef {
+                    stream: names[si].clone(),
+                    id: render(id),
+                },
+                duplicate,
+            })
+            .collect()
     }
 
     pub fn ensure_group(&self, group: &str) {

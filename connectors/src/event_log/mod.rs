@@ -56,6 +56,19 @@ impl EventLog {
         }
     }
 
+    /// [`append`](Self::append) of events the caller no longer needs: the
+    /// embedded log keeps them as they are instead of copying them.
+    pub async fn append_owned(
+        &self,
+        app: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Appended>, LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(log.append_owned(app, events)),
+            EventLog::Redis(log) => log.append(app, &events).await,
+        }
+    }
+
     /// Creates consumer group `group` on every stream (from the beginning of
     /// each stream) if it does not exist yet.
     pub async fn ensure_group(&self, group: &str) -> Result<(), LogError> {

@@ -123,7 +123,16 @@ pub async fn run(
         };
         // Acknowledge between reads rather than racing them: a cancelled
         // XREADGROUP would leave delivered entries pending until a restart.
-        while let Ok(done) = processed.try_recv() {
+        // Everything processed since the last round in one XACK per stream.
+        let mut done = Vec::new();
+        while let Ok(more) = processed.try_recv() {
+            if done.is_empty() {
+                done = more;
+            } else {
+                done.extend(more);
+            }
+        }
+        if !done.is_empty() {
             ack(&log, &config.group, &done, &metrics).await;
         }
         // Take over what a consumer that stopped left pending.

@@ -245,7 +245,13 @@ pub async fn ingest_events(
 
     let start = Instant::now();
     let app = principal.dedup_namespace();
-    let appended = tokio::time::timeout(s.config.append_timeout, s.log.append(&app, &events)).await;
+    // What the answer and the metrics need, taken before the events move
+    // into the log (the embedded log keeps them without copying).
+    let types: Vec<&'static str> = events.iter().map(Event::event_type).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let count = events.len();
+    let appended =
+        tokio::time::timeout(s.config.append_timeout, s.log.append_owned(&app, events)).await;
     let backend = s.log.backend();
     let stored = match appended {
         Ok(Ok(stored)) => stored,
@@ -257,7 +263,7 @@ pub async fn ingest_events(
             s.metrics
                 .ingest_events_rejected
                 .with_label_values(&["log_unavailable"])
-                .inc_by(events.len() as u64);
+                .inc_by(count as u64);
             tracing::warn!(error = %e, backend, "log append failed");
             return Err(ApiError::LogRefusedWrite);
         }
@@ -269,7 +275,7 @@ pub async fn ingest_events(
             s.metrics
                 .ingest_events_rejected
                 .with_label_values(&["log_unavailable"])
-                .inc_by(events.len() as u64);
+                .inc_by(count as u64);
             tracing::warn!(backend, "log append timed out");
             return Err(ApiError::LogTimedOut);
         }
@@ -278,41 +284,49 @@ pub async fn ingest_events(
         .log_append_seconds
         .with_label_values(&[backend])
         .observe(start.elapsed().as_secs_f64());
-    s.metrics.ingest_batch_size.observe(events.len() as f64);
-    let mut duplicates = 0;
-    for (e, a) in events.iter().zip(&stored) {
+    s.metrics.ingest_batch_size.observe(count as f64);
+    // Accepted events counted per type: one metric update per type present
+    // in the batch, not one per event.
+    let mut per_type: Vec<(&'static str, u64)> = Vec::new();
+    let mut duplicate_ids = Vec::new();
+    for ((ty, id), a) in types.iter().zip(&ids).zip(&stored) {
         if a.duplicate {
-            duplicates += 1;
+            duplicate_ids.push(Value::String(id.clone()));
         } else {
-            s.metrics
-                .ingest_events_accepted
-                .with_label_values(&[e.event_type()])
-                .inc();
+            match per_type.iter_mut().find(|(t, _)| t == ty) {
+                Some((_, n)) => *n += 1,
+                None => per_type.push((ty, 1)),
+            }
         }
     }
+    for (ty, n) in per_type {
+        s.metrics
+            .ingest_events_accepted
+            .with_label_values(&[ty])
+            .inc_by(n);
+    }
+    let duplicates = duplicate_ids.len();
     if duplicates > 0 {
-        s.metrics.ingest_duplicates.inc_by(duplicates);
+        s.metrics.ingest_duplicates.inc_by(duplicates as u64);
     }
     // Ids in request order; duplicates (already stored, not stored again)
     // listed apart. Offsets stay internal: they are the log's business.
-    let mut body = json!({
-        "accepted": events.len(),
-        "duplicates": duplicates,
-        "ids": events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-    });
+    let mut body = serde_json::Map::new();
+    body.insert("accepted".into(), count.into());
+    body.insert("duplicates".into(), duplicates.into());
+    body.insert(
+        "ids".into(),
+        Value::Array(ids.into_iter().map(Value::String).collect()),
+    );
     if duplicates > 0 {
-        body["duplicate_ids"] = events
-            .iter()
-            .zip(&stored)
-            .filter(|(_, a)| a.duplicate)
-            .map(|(e, _)| e.id.as_str())
-            .collect::<Vec<_>>()
-            .into();
+        body.insert("duplicate_ids".into(), Value::Array(duplicate_ids));
     }
     if !rejected.is_empty() {
-        body["rejected"] = rejected.into();
+        body.insert("rejected".into(), rejected.into());
     }
-    Ok(IngestOutcome { body })
+    Ok(IngestOutcome {
+        body: Value::Object(body),
+    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

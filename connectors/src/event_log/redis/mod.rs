@@ -4,16 +4,28 @@
 //! `<prefix>:events:<category>:<shard>`, the shard chosen by a stable hash of
 //! the event's partition key (DESIGN.md), so all events of one key land in
 //! one stream in order, and consumers can scale out by stream. Entries carry
-//! the event's `type`, `id` and the event itself (`event`: raw Avro binary of
-//! the envelope schema `inkstream.Event`).
+//! the event's `id`, the event itself (`event`: raw Avro binary of the
+//! envelope schema `inkstream.Event`) and the caller namespace (`ns`).
+//! Entries written before 2026-12 also carry `type`; readers ignore it.
 //!
-//! **Appends** are one round trip per batch: a Lua script that, per event,
-//! claims the idempotency key `<prefix>:dedup:<app>:<id>` (SET NX with the
-//! dedup window as TTL) and XADDs the event only when the claim succeeded.
-//! The script runs atomically, so a crash can never leave an id recorded
+//! **Appends** are one round trip per batch: one Lua script call
+//! ([`APPEND_SCRIPT`]) that stores each event once per caller namespace and
+//! dedup window. Ids are remembered in hashes per namespace and time bucket
+//! (`<prefix>:idem:<len(ns)>:<ns>:<bucket>`, bucket = Redis time ÷ window):
+//! the script looks the batch's ids up in the current and the previous
+//! bucket (two HMGETs per batch), XADDs the new ones and records them in
+//! the current bucket (one HSET per batch). A bucket expires as a whole at
+//! the end of the bucket after it, so an id is remembered at least one
+//! window and at most two. The namespace is length-prefixed in the key, so
+//! no namespace (partly chosen by callers) can reach another's ids. The
+//! script runs atomically, so a crash can never leave an id recorded
 //! without its event or an event without its id; a retried batch after a
 //! timeout is stored exactly once. Ingest answers only after the script
-//! returned.
+//! returned. Before the buckets (until 2026-12) each id was a key of its
+//! own (`<prefix>:dedup:<ns>:<id>`, SET NX PX): on a log that has entries
+//! when this version first starts, those keys are also checked for one
+//! window (marker `<prefix>:idem:legacy-until`). All instances must be
+//! upgraded together.
 //!
 //! **Consumers** use consumer groups (XREADGROUP / XACK); entries a stopped
 //! consumer left pending are claimed by another after a visibility timeout
@@ -30,7 +42,6 @@ mod query;
 use super::entry::{Appended, EntryRef, LogEntry, Undecodable, stream_name};
 use super::error::LogError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::StreamReadReply;
 use schemas::{Category, Event};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,23 +78,61 @@ impl RedisLogConfig {
     }
 }
 
-/// KEYS: dedup keys 1..n, then stream keys n+1..2n.
-/// ARGV: ttl_ms, n, then (type, id, body) per event.
-/// Returns per event the new entry id, or 0 for a duplicate. Two commands per
-/// event: the dedup key is claimed with SET NX (so a duplicate costs one),
-/// and the entry appended only when the claim succeeded. Both run inside one
-/// script, so no crash can separate them.
+/// Appends one batch of one caller namespace, each event once per namespace
+/// within the dedup window (see the module docs, "Appends").
+///
+/// KEYS: 1 the namespace's dedup key prefix (`<prefix>:idem:<len>:<ns>:`,
+/// the bucket number is appended here), 2 the legacy-until marker, 3.. the
+/// streams the batch touches.
+/// ARGV: window_ms, ns, the namespace's legacy key prefix
+/// (`<prefix>:dedup:<ns>:`), n, then per event (stream index from 1, id,
+/// Avro body). Returns per event the new entry id, or 0 for a duplicate.
+///
+/// Redis's clock (TIME) picks the bucket, so every instance agrees on it.
+/// The dedup keys are derived here from KEYS[1]: like the streams of one
+/// batch, they must live on one Redis (no cluster).
 const APPEND_SCRIPT: &str = r#"
-local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
-local out = {}
-for i = 1, n do
-  local a = 3 + (i - 1) * 3
-  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ttl) then
-    out[i] = redis.call('XADD', KEYS[n + i], '*', 'type', ARGV[a + 1], 'id', ARGV[a + 2], 'event', ARGV[a + 3], 'ns', ARGV[3])
-  else
-    out[i] = 0
+local window = tonumber(ARGV[1])
+local ns = ARGV[2]
+local n = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bucket = math.floor(now / window)
+local cur = KEYS[1] .. bucket
+local prev = KEYS[1] .. (bucket - 1)
+local legacy = tonumber(redis.call('GET', KEYS[2]) or '0') > now
+local ids = {}
+for i = 1, n do ids[i] = ARGV[4 + (i - 1) * 3 + 2] end
+local in_cur, in_prev = {}, {}
+for from = 1, n, 1000 do
+  local to = math.min(from + 999, n)
+  local c = redis.call('HMGET', cur, unpack(ids, from, to))
+  local p = redis.call('HMGET', prev, unpack(ids, from, to))
+  for j = 1, to - from + 1 do
+    in_cur[from + j - 1] = c[j]
+    in_prev[from + j - 1] = p[j]
   end
+end
+local out, fresh, seen = {}, {}, {}
+for i = 1, n do
+  local a = 4 + (i - 1) * 3
+  local id = ids[i]
+  if in_cur[i] or in_prev[i] or seen[id]
+     or (legacy and redis.call('EXISTS', ARGV[3] .. id) == 1) then
+    out[i] = 0
+  else
+    seen[id] = true
+    out[i] = redis.call('XADD', KEYS[2 + tonumber(ARGV[a + 1])], '*',
+      'id', id, 'event', ARGV[a + 3], 'ns', ns)
+    fresh[#fresh + 1] = id
+    fresh[#fresh + 1] = '1'
+  end
+end
+for from = 1, #fresh, 2000 do
+  redis.call('HSET', cur, unpack(fresh, from, math.min(from + 1999, #fresh)))
+end
+if #fresh > 0 then
+  redis.call('PEXPIREAT', cur, (bucket + 2) * window)
 end
 return out
 "#;
@@ -97,7 +146,7 @@ pub struct RedisLog {
     streams: Arc<[Arc<str>]>,
     shards: u32,
     prefix: Arc<str>,
-    dedup_ttl_ms: u64,
+    dedup_window_ms: u64,
     append: Arc<redis::Script>,
 }
 
@@ -135,25 +184,71 @@ impl RedisLog {
                 (0..shards).map(move |s| Arc::<str>::from(stream_name(&config.prefix, *c, s)))
             })
             .collect();
-        Ok(RedisLog {
+        let log = RedisLog {
             writer,
             reader,
             streams,
             shards,
             prefix: config.prefix.as_str().into(),
-            dedup_ttl_ms: config.dedup_window.as_millis().max(1) as u64,
+            dedup_window_ms: config.dedup_window.as_millis().max(1) as u64,
             append: Arc::new(redis::Script::new(APPEND_SCRIPT)),
-        })
+        };
+        log.mark_legacy_window().await?;
+        Ok(log)
+    }
+
+    /// Ids stored by a version before the dedup buckets (one key per id,
+    /// `<prefix>:dedup:<ns>:<id>`) are still checked for one window after
+    /// the first start of this version on a log that already has entries;
+    /// on a new log never. The marker holds the end of that time (ms, Redis
+    /// clock; 0 = none) and is written once.
+    async fn mark_legacy_window(&self) -> Result<(), LogError> {
+        let mut conn = self.writer.clone();
+        let marker = legacy_marker(&self.prefix);
+        let set: bool = redis::cmd("EXISTS")
+            .arg(&marker)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if set {
+            return Ok(());
+        }
+        let existing: u64 = redis::cmd("EXISTS")
+            .arg(self.streams.iter().map(|s| &**s).collect::<Vec<&str>>())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let until = if existing > 0 {
+            secs * 1000 + micros / 1000 + self.dedup_window_ms
+        } else {
+            0
+        };
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&marker)
+            .arg(until)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     /// The stream an event belongs to.
     pub fn stream_for(&self, event: &Event) -> &Arc<str> {
+        &self.streams[self.stream_index(event)]
+    }
+
+    fn stream_index(&self, event: &Event) -> usize {
         let c = Category::ALL
             .iter()
             .position(|c| *c == event.category())
             .unwrap_or(0);
         let shard = (schemas::stable_hash(event.partition_key()) % u64::from(self.shards)) as usize;
-        &self.streams[c * self.shards as usize + shard]
+        c * self.shards as usize + shard
     }
 
     /// Appends `events` for `app` in one round trip; events whose id `app`
@@ -162,18 +257,36 @@ impl RedisLog {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        // The streams this batch touches, each passed once.
+        let mut used: Vec<usize> = Vec::new();
+        let mut slot_of = vec![0u32; self.streams.len()];
+        let mut slots = Vec::with_capacity(events.len());
+        for e in events {
+            let s = self.stream_index(e);
+            if slot_of[s] == 0 {
+                used.push(s);
+                slot_of[s] = used.len() as u32;
+            }
+            slots.push(slot_of[s]);
+        }
         let mut invocation = self.append.prepare_invoke();
-        for e in events {
-            invocation.key(format!("{}:dedup:{app}:{}", self.prefix, e.id));
+        invocation
+            .key(dedup_prefix(&self.prefix, app))
+            .key(legacy_marker(&self.prefix));
+        for &s in &used {
+            invocation.key(&*self.streams[s]);
         }
-        for e in events {
-            invocation.key(&**self.stream_for(e));
-        }
-        invocation.arg(self.dedup_ttl_ms).arg(events.len()).arg(app);
-        for e in events {
-            let body = schemas::binary::encode(e)
+        invocation
+            .arg(self.dedup_window_ms)
+            .arg(app)
+            .arg(format!("{}:dedup:{app}:", self.prefix))
+            .arg(events.len());
+        let mut body = Vec::with_capacity(128);
+        for (e, slot) in events.iter().zip(&slots) {
+            body.clear();
+            schemas::binary::encode_into(e, &mut body)
                 .map_err(|err| LogError::Protocol(format!("encode event {}: {err}", e.id)))?;
-            invocation.arg(e.event_type()).arg(&e.id).arg(body);
+            invocation.arg(*slot).arg(&e.id).arg(&body[..]);
         }
         let mut conn = self.writer.clone();
         let replies: Vec<redis::Value> = invocation
@@ -187,16 +300,18 @@ impl RedisLog {
                 events.len()
             )));
         }
-        events
-            .iter()
-            .zip(replies)
-            .map(|(e, reply)| {
-                let stream = self.stream_for(e).clone();
+        replies
+            .into_iter()
+            .zip(slots)
+            .map(|(reply, slot)| {
+                let stream = self.streams[used[slot as usize - 1]].clone();
                 match reply {
                     redis::Value::BulkString(id) => Ok(Appended {
                         entry: EntryRef {
                             stream,
-                            id: String::from_utf8_lossy(&id).into_owned(),
+                            id: String::from_utf8(id).map_err(|_| {
+                                LogError::Protocol("an entry id that is not UTF-8".into())
+                            })?,
                         },
                         duplicate: false,
                     }),
@@ -356,25 +471,26 @@ impl RedisLog {
 
     async fn run_read(&self, cmd: redis::Cmd) -> Result<Vec<LogEntry>, LogError> {
         let mut conn = self.reader.clone();
-        let reply: Option<StreamReadReply> =
-            cmd.query_async(&mut conn).await.map_err(unavailable)?;
-        let Some(reply) = reply else {
-            return Ok(Vec::new());
+        let reply: redis::Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+        let streams = match reply {
+            redis::Value::Nil => return Ok(Vec::new()),
+            redis::Value::Map(m) => m,
+            redis::Value::Array(a) => a
+                .into_iter()
+                .map(|kv| pair(kv).ok_or_else(|| bad_reply("stream")))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad_reply("XREADGROUP")),
         };
         let mut out = Vec::new();
-        for key in reply.keys {
-            let stream = self.intern(&key.key);
-            for entry in key.ids {
-                let event = decode_entry(&entry.map);
-                let namespace = entry_namespace(&entry.map);
-                out.push(LogEntry {
-                    entry: EntryRef {
-                        stream: stream.clone(),
-                        id: entry.id,
-                    },
-                    event,
-                    namespace,
-                });
+        let mut last_ns = None;
+        for (key, entries) in streams {
+            let stream = self.intern(bulk_str(&key).ok_or_else(|| bad_reply("stream name"))?);
+            let redis::Value::Array(entries) = entries else {
+                return Err(bad_reply("entries"));
+            };
+            out.reserve(entries.len());
+            for entry in entries {
+                out.push(entry_of(&stream, entry, &mut last_ns)?);
             }
         }
         Ok(out)
@@ -588,6 +704,18 @@ impl RedisLog {
     }
 }
 
+/// The key prefix of namespace `ns`'s dedup buckets: the namespace is
+/// length-prefixed, so no namespace (which the caller partly chooses) can
+/// produce another's keys, whatever characters it holds.
+fn dedup_prefix(prefix: &str, ns: &str) -> String {
+    format!("{prefix}:idem:{}:{ns}:", ns.len())
+}
+
+/// Until when (ms, Redis clock) ids of the previous dedup layout are checked.
+fn legacy_marker(prefix: &str) -> String {
+    format!("{prefix}:idem:legacy-until")
+}
+
 /// The smallest id pending in `group` on `stream` (XPENDING summary:
 /// `[count, smallest id, greatest id, consumers]`).
 async fn oldest_pending(
@@ -619,6 +747,85 @@ fn id_lt(a: &str, b: &str) -> bool {
         (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
     };
     parse(a) < parse(b)
+}
+
+fn bad_reply(what: &str) -> LogError {
+    LogError::Protocol(format!("unexpected shape of a stream reply ({what})"))
+}
+
+/// A two-element array as a pair.
+fn pair(v: redis::Value) -> Option<(redis::Value, redis::Value)> {
+    match v {
+        redis::Value::Array(a) if a.len() == 2 => {
+            let mut a = a.into_iter();
+            Some((a.next()?, a.next()?))
+        }
+        _ => None,
+    }
+}
+
+fn bulk_str(v: &redis::Value) -> Option<&str> {
+    match v {
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        redis::Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// One `[id, [field, value, …]]` of a read reply, decoded straight from the
+/// reply: no map per entry, and the namespace shared with the previous
+/// entry when it is the same (`last_ns`). An entry whose fields are gone
+/// (deleted while pending: nil) or hold no `event` is returned undecodable.
+fn entry_of(
+    stream: &Arc<str>,
+    entry: redis::Value,
+    last_ns: &mut Option<Arc<str>>,
+) -> Result<LogEntry, LogError> {
+    let (id, fields) = pair(entry).ok_or_else(|| bad_reply("entry"))?;
+    let id = match id {
+        redis::Value::BulkString(b) => String::from_utf8(b).map_err(|_| bad_reply("entry id"))?,
+        redis::Value::SimpleString(s) => s,
+        _ => return Err(bad_reply("entry id")),
+    };
+    let mut event = Err(Undecodable("entry has no `event` field".into()));
+    let mut namespace = None;
+    if let redis::Value::Array(fields) = fields {
+        for kv in fields.chunks_exact(2) {
+            let redis::Value::BulkString(name) = &kv[0] else {
+                continue;
+            };
+            match (name.as_slice(), &kv[1]) {
+                (b"event", redis::Value::BulkString(raw)) => {
+                    event = schemas::binary::decode(raw)
+                        .map_err(|e| Undecodable(format!("entry does not decode: {e}")));
+                }
+                (b"event", _) => {
+                    event = Err(Undecodable("field `event` is not a string".into()));
+                }
+                (b"ns", redis::Value::BulkString(ns)) => {
+                    if let Ok(ns) = std::str::from_utf8(ns) {
+                        namespace = Some(match last_ns {
+                            Some(last) if **last == *ns => last.clone(),
+                            _ => {
+                                let ns: Arc<str> = Arc::from(ns);
+                                *last_ns = Some(ns.clone());
+                                ns
+                            }
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(LogEntry {
+        entry: EntryRef {
+            stream: stream.clone(),
+            id,
+        },
+        event,
+        namespace,
+    })
 }
 
 /// The caller namespace an entry was appended under (field `ns`).

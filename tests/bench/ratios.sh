@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Every speed ratio of issue 17 in one run, on fresh services, side by side
+# (docs/BENCHMARKS.md, "Ratios"). Not part of the test command.
+#
+#   cargo build --release -p inkstream && cargo build --release -p inkstream-tests --examples
+#   tests/bench/ratios.sh            # N=500000 events per throughput row by default
+#
+# Prints, on one machine in one run:
+#   1. the XADD ceiling of a fresh redis-server (`redis-benchmark -P 64`, a
+#      67-byte payload like an Avro keystroke event) and inkstream's durable
+#      HTTP NDJSON batch ingest into the same Redis (idempotency on, the
+#      dataflow running), with the ratio, and Redis's own time per event from
+#      `INFO commandstats`; `/ws/ingest` into the same Redis; peak RSS;
+#   2. embedded HTTP batch ingest (fresh process, then warm) and `/ws/ingest`;
+#   3. the broker's producer ceiling (the mirror's settings) and the mirror's
+#      throughput on the Redis backlog left by 1., with the ratio;
+#   4. ingest → live WPM message latency at 10 K events/s (`load --mode e2e`,
+#      10,000 writers) three times each embedded, via Redis and via
+#      Redis + Kafka, every run on a fresh server (and fresh Redis/Kafka)
+#      that has never seen those writers.
+# Ingest runs as an app (API key with a rate limit above the load), so the
+# dedup namespace is `app:bench` as in production.
+# Needs: redis-server + redis-benchmark, Java + Maven (tests/kafka/broker.sh).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+B="${INKSTREAM_BIN:-./target/release/inkstream}"
+PERF=./target/release/examples/produce_perf
+N="${N:-500000}"
+E2E_RUNS="${E2E_RUNS:-3}"
+E2E_SECONDS="${E2E_SECONDS:-10}"
+SECTIONS="${SECTIONS:-1 2 3 4}"   # a subset for quick loops, e.g. SECTIONS=1 (the record is all four)
+on() { [[ " $SECTIONS " == *" $1 "* ]]; }
+[ -x "$B" ] && [ -x "$PERF" ] || { echo "build first: cargo build --release -p inkstream && cargo build --release -p inkstream-tests --examples" >&2; exit 1; }
+work=$(mktemp -d)
+PIDS=()         # every process this script started (killed by pid at exit)
+REDIS_PORTS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${REDIS_PORTS[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+KEY=bench-key-not-secret
+cat >"$work/bench.toml" <<EOF
+[[auth.api_keys]]
+name = "bench"
+sha256 = "$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
+scopes = ["ingest", "read"]
+rate_per_sec = 100000000.0
+burst = 200000000.0
+EOF
+export INKSTREAM_LOAD_TOKEN="$KEY"
+
+start_redis() { # sets RP (a fresh, empty redis-server)
+  local p; p=$(free_port)
+  mkdir -p "$work/redis-$p"
+  redis-server --port "$p" --save "" --appendonly no --daemonize yes --dir "$work/redis-$p" \
+    --logfile "$work/redis-$p/redis.log" >/dev/null
+  REDIS_PORTS+=("$p")
+  until redis-cli -p "$p" ping >/dev/null 2>&1; do sleep 0.05; done
+  RP=$p
+}
+stop_redis() { redis-cli -p "$1" shutdown nosave >/dev/null 2>&1 || true; }
+
+start_kafka() { # sets KP and KAFKA_PID (a fresh, empty broker)
+  local p c d; p=$(free_port); c=$(free_port); d="$work/kafka-$p"
+  mkdir -p "$d"
+  tests/kafka/broker.sh run "$d" "$p" "$c" >"$d.log" 2>&1 &
+  KAFKA_PID=$!; PIDS+=("$KAFKA_PID")
+  until grep -q "Kafka Server started" "$d.log"; do
+    kill -0 "$KAFKA_PID" 2>/dev/null || { cat "$d.log" >&2; exit 1; }; sleep 0.2
+  done
+  KP=$p
+}
+stop_kafka() { kill "$KAFKA_PID" 2>/dev/null || true; wait "$KAFKA_PID" 2>/dev/null || true; }
+
+# start_serve NAME ARGS... → sets HP (port) and SPID; waits until the dataflow
+# processed one warm-up event (of a writer the measured load never uses).
+start_serve() {
+  local name=$1; shift
+  HP=$(free_port)
+  "$B" --config "$work/bench.toml" serve --port "$HP" "$@" >"$work/serve-$name.log" 2>&1 &
+  SPID=$!; PIDS+=("$SPID")
+  for _ in $(seq 300); do curl -sf "127.0.0.1:$HP/healthz" >/dev/null && break; sleep 0.1; done
+  [ -n "${NOWARM:-}" ] && return
+  curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
+    --data "{\"type\":\"writing.keystroke\",\"ts\":$(date +%s%3N),\"user_id\":\"warmup\",\"data\":{\"keystrokes\":1,\"words\":1,\"chars\":1}}" \
+    "127.0.0.1:$HP/v1/events" || { tail -20 "$work/serve-$name.log" >&2; exit 1; }
+  for _ in $(seq 600); do
+    [ "$(metric inkstream_dataflow_events_in_total)" != "0" ] && [ -n "$(metric inkstream_dataflow_events_in_total)" ] && return
+    sleep 0.1
+  done
+  echo "serve $name: the dataflow did not process the warm-up event in 60 s" >&2; tail -20 "$work/serve-$name.log" >&2; exit 1
+}
+metric() { curl -s "127.0.0.1:$HP/metrics" | awk -v m="$1" '{n=$1; sub(/[{].*/, "", n)} n==m {s+=$2} END {printf "%d", s}'; }
+peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$SPID/status"; }
+stop_serve() { kill -TERM "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; }
+eps() { sed -n 's/.* s: \([0-9]*\) events\/s.*/\1/p'; }   # events/s out of a `load` line
+ratio() { [ -n "$1" ] && [ -n "$2" ] || return 0; python3 -c "import sys; print(f'{100*float(sys.argv[1])/float(sys.argv[2]):.1f} %')" "$1" "$2"; }
+
+declare -A R   # the summary
+
+if on 1; then
+echo "== 1. durable ingest into Redis vs the XADD ceiling (N=$N)"
+start_redis
+payload=$(head -c 67 /dev/zero | tr '\0' 'x')
+ceiling_line=$(redis-benchmark -p "$RP" -n $(( N * 4 )) -P 64 -q XADD bench:s '*' type writing.keystroke id e-0000000001 event "$payload" | tr '\r' '\n' | grep 'requests per second' | tail -1)
+echo "redis-benchmark -P 64 XADD: $ceiling_line"
+R[xadd]=$(echo "$ceiling_line" | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | cut -d. -f1)
+redis-cli -p "$RP" del bench:s >/dev/null
+start_serve redis --redis-url "redis://127.0.0.1:$RP"
+redis-cli -p "$RP" config resetstat >/dev/null
+# Redis's CPU instructions over the load and the dataflow's reading of it:
+# unlike commandstats' µs, not inflated when the shared cores preempt Redis.
+rpid=$(redis-cli -p "$RP" info server | tr -d '\r' | sed -n 's/^process_id://p')
+perf stat -e task-clock -x, -p "$rpid" -o "$work/redis.perf" & PERFPID=$!
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+echo "HTTP batch: $line"; R[redis_batch]=$(echo "$line" | eps)
+# Let the dataflow read and acknowledge what was ingested, then Redis's time per event.
+for _ in $(seq 600); do [ "$(metric inkstream_dataflow_events_in_total)" -ge "$N" ] && break; sleep 0.1; done
+kill -INT "$PERFPID"; wait "$PERFPID" || true
+awk -F, -v n="$N" '$3 ~ /task-clock/ {printf "Redis CPU per ingested event (perf stat task-clock, ingest + read + ack + views): %.2f µs\n", $1*1000/n}' "$work/redis.perf"
+echo "Redis time per ingested event (INFO commandstats / $N, ingest + dataflow read + ack):"
+redis-cli -p "$RP" info commandstats | tr -d '\r' | awk -F'[:=,]' -v n="$N" '
+  /^cmdstat_/ { name=substr($1,9); usec=$5; calls=$3; total+=usec;
+                if (usec/n >= 0.01) printf "  %-12s %8.2f µs/event  (%d calls)\n", name, usec/n, calls }
+  END { printf "  %-12s %8.2f µs/event → Redis-bound ceiling %.0f events/s\n", "total", total/n, n*1e6/total }'
+line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --connections 2)
+echo "/ws/ingest: $line"; R[redis_ws]=$(echo "$line" | eps)
+R[rss_redis]=$(peak_rss_mb)
+stop_serve
+fi
+
+if on 1 && on 3; then
+echo "== 3. Kafka: the broker's producer ceiling vs the mirror on the backlog of 1. ($(( 2 * N + 1 )) entries)"
+start_kafka
+line=$("$PERF" "127.0.0.1:$KP" "$N" | tail -1)
+echo "producer ceiling: $line"
+R[producer]=$(echo "$line" | sed -n 's/.* = \([0-9]*\) records\/s.*/\1/p')
+NOWARM=1 start_serve mirror --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"
+# From the first mirrored entry (the producer's connection set up) to lag 0.
+for _ in $(seq 600); do [ "$(metric inkstream_mirror_events_total)" -gt 0 ] && break; sleep 0.05; done
+t0=$(date +%s.%N); m0=$(metric inkstream_mirror_events_total)
+backlog=$(( 2 * N + 1 ))   # both loads and the warm-up event
+for _ in $(seq 6000); do [ "$(metric inkstream_mirror_events_total)" -ge "$backlog" ] && break; sleep 0.1; done
+t1=$(date +%s.%N); m1=$(metric inkstream_mirror_events_total)
+R[mirror]=$(python3 -c "import sys; print(int((int(sys.argv[3])-int(sys.argv[4]))/(float(sys.argv[2])-float(sys.argv[1]))))" "$t0" "$t1" "$m1" "$m0")
+echo "mirror: $(( m1 - m0 )) events in $(python3 -c "print(f'{$t1-$t0:.2f}')") s = ${R[mirror]} events/s"
+stop_serve; stop_kafka; stop_redis "$RP"
+fi
+
+if on 2; then
+echo "== 2. embedded ingest"
+start_serve embedded
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+echo "HTTP batch, fresh process: $line"; R[emb_fresh]=$(echo "$line" | eps)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+echo "HTTP batch, warm: $line"; R[emb_warm]=$(echo "$line" | eps)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --connections 2)
+echo "/ws/ingest: $line"; R[emb_ws]=$(echo "$line" | eps)
+R[rss_emb]=$(peak_rss_mb)
+stop_serve
+fi
+
+echo "== 4. e2e at 10 K events/s, 10,000 writers new to a fresh server ($E2E_RUNS runs each)"
+e2e() { # label → appends "p50/p99" to R[e2e_label]
+  local line p50 p99
+  line=$("$B" load --addr "127.0.0.1:$HP" --mode e2e --rate 10000 --seconds "$E2E_SECONDS" --users 10000)
+  echo "$1: $line"
+  p50=$(echo "$line" | sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p'); p99=$(echo "$line" | sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p')
+  R[e2e_$1]="${R[e2e_$1]:-}${R[e2e_$1]:+, }$p50/$p99"
+}
+if on 4; then
+for _ in $(seq "$E2E_RUNS"); do start_serve e2e-emb; e2e embedded; stop_serve; done
+for _ in $(seq "$E2E_RUNS"); do
+  start_redis; start_serve e2e-redis --redis-url "redis://127.0.0.1:$RP"; e2e redis; stop_serve; stop_redis "$RP"
+done
+for _ in $(seq "$E2E_RUNS"); do
+  start_redis; start_kafka
+  start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"; e2e kafka
+  stop_serve; stop_kafka; stop_redis "$RP"
+done
+fi
+
+echo
+echo "== summary ($(date -u +%F), $(nproc) cores, N=$N)"
+printf '%-52s %12s %10s\n' "what" "events/s" "ratio"
+printf '%-52s %12s %10s\n' "redis-benchmark -P 64 XADD (the ceiling)" "${R[xadd]:-}" "100 %"
+printf '%-52s %12s %10s\n' "durable HTTP batch ingest into the same Redis" "${R[redis_batch]:-}" "$(ratio "${R[redis_batch]:-}" "${R[xadd]:-}")"
+printf '%-52s %12s %10s\n' "durable /ws/ingest into the same Redis" "${R[redis_ws]:-}" "$(ratio "${R[redis_ws]:-}" "${R[xadd]:-}")"
+printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, fresh process" "${R[emb_fresh]:-}" ""
+printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, warm" "${R[emb_warm]:-}" "$(ratio "${R[emb_warm]:-}" 1000000) of 1 M"
+printf '%-52s %12s %10s\n' "embedded /ws/ingest" "${R[emb_ws]:-}" ""
+printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings)" "${R[producer]:-}" "100 %"
+printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
+echo "e2e ingest → WPM message at 10 K ev/s, p50/p99 ms per run:"
+echo "  embedded:      ${R[e2e_embedded]:-}"
+echo "  via Redis:     ${R[e2e_redis]:-}"
+echo "  Redis + Kafka: ${R[e2e_kafka]:-}"
+echo "peak RSS of the server: ${R[rss_redis]:-} MB (Redis ingest, 2×N events), ${R[rss_emb]:-} MB (embedded, 3×N events)"
