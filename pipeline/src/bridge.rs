@@ -68,6 +68,12 @@ impl Bridge {
         // frontier back forever — Flink's idle-source rule.
         let leading = Arc::new(AtomicI64::new(i64::MIN));
         let stats = OperatorStats::default();
+        if !config.dataflow.operators.is_all() {
+            tracing::info!(
+                operators = %config.dataflow.operators.describe(),
+                "running only some operators"
+            );
+        }
         for op in OPERATORS {
             metrics.dataflow_state_keys.with_label_values(&[op]);
             metrics

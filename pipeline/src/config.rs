@@ -543,6 +543,10 @@ pub struct DataflowConfig {
     pub consumer: String,
     /// Most entries read from the log per batch (default 4096).
     pub read_batch: usize,
+    /// The operators that run (default: all): any of `wpm`, `sessions`,
+    /// `presence`, `conflicts`, `team`, `alerts`; `team` pulls in
+    /// `conflicts` and `alerts` pull in `sessions` (they read their outputs).
+    pub operators: crate::operators::selection::OperatorSet,
     /// End every open session and window when the input ends (`replay` sets
     /// it; in `serve` the input only ends at shutdown, and sessions continue
     /// after a restart).
@@ -615,6 +619,7 @@ impl Default for DataflowConfig {
             group: "dataflow".into(),
             consumer: "inkstream-0".into(),
             read_batch: 4096,
+            operators: Default::default(),
             flush_at_end: false,
         }
     }

@@ -113,24 +113,47 @@ pub fn build_graph<'scope>(
     config: &Config,
     ctx: &OperatorCtx,
 ) -> Stream<'scope, u64, Vec<Event>> {
-    let wpm = events.clone().keyed(LiveWpm::new(&config.wpm), ctx);
-    let sessions = events
-        .clone()
-        .keyed(Sessions::new(&config.sessions, &config.flow), ctx);
-    let presence = events.clone().keyed(Presence::new(&config.presence), ctx);
-    let conflicts = events
-        .clone()
-        .keyed(ConflictWindows::new(&config.conflicts), ctx);
-    let team = events
-        .clone()
-        .concat(as_records(conflicts.clone()))
-        .keyed(TeamMetrics::new(&config.team), ctx);
+    use crate::operators::selection::OperatorName as Op;
+    let run = config.dataflow.operators;
+    let scope = events.scope();
+    let mut outputs = Vec::new();
+    if run.contains(Op::Wpm) {
+        outputs.push(events.clone().keyed(LiveWpm::new(&config.wpm), ctx));
+    }
+    let sessions = run.contains(Op::Sessions).then(|| {
+        events
+            .clone()
+            .keyed(Sessions::new(&config.sessions, &config.flow), ctx)
+    });
+    outputs.extend(sessions.clone());
+    if run.contains(Op::Presence) {
+        outputs.push(events.clone().keyed(Presence::new(&config.presence), ctx));
+    }
+    let conflicts = run.contains(Op::Conflicts).then(|| {
+        events
+            .clone()
+            .keyed(ConflictWindows::new(&config.conflicts), ctx)
+    });
+    outputs.extend(conflicts.clone());
+    // The selection pulls in what an operator reads (team: conflicts;
+    // alerts: sessions), so the streams below exist when they run.
+    if let (true, Some(conflicts)) = (run.contains(Op::Team), conflicts) {
+        outputs.push(
+            events
+                .clone()
+                .concat(as_records(conflicts))
+                .keyed(TeamMetrics::new(&config.team), ctx),
+        );
+    }
     // Alerts read the input and what the sessions derive (flow state).
-    let alerts = events
-        .concat(as_records(sessions.clone()))
-        .alert_windows(&config.alerts, ctx);
-    let scope = wpm.scope();
-    scope.concatenate([wpm, sessions, presence, conflicts, team, alerts])
+    if let (true, Some(sessions)) = (run.contains(Op::Alerts), sessions) {
+        outputs.push(
+            events
+                .concat(as_records(sessions))
+                .alert_windows(&config.alerts, ctx),
+        );
+    }
+    scope.concatenate(outputs)
 }
 
 /// Every keyed operator's name ([`Core::NAME`]: its metric label and

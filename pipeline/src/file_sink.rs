@@ -23,6 +23,8 @@ pub struct FileSink {
     pub(crate) files: Mutex<HashMap<&'static str, BufWriter<File>>>,
     pub(crate) counts: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) error: Mutex<Option<SinkError>>,
+    /// Write only these types (`None`: every type).
+    pub(crate) only: Option<Vec<&'static str>>,
 }
 
 impl FileSink {
@@ -40,7 +42,15 @@ impl FileSink {
             files: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
             error: Mutex::new(None),
+            only: None,
         })
+    }
+
+    /// Writes only the types in `only` (`None`: every type); the others
+    /// are neither serialized nor counted.
+    pub fn only(mut self, only: Option<Vec<&'static str>>) -> FileSink {
+        self.only = only;
+        self
     }
 
     /// Events written, by type.
@@ -61,7 +71,11 @@ impl FileSink {
         // per type; then one locked write per type.
         let mut buffers: BTreeMap<&'static str, (Vec<u8>, u64)> = BTreeMap::new();
         for e in events.drain(..) {
-            let (buf, n) = buffers.entry(e.event_type()).or_default();
+            let ty = e.event_type();
+            if self.only.as_ref().is_some_and(|o| !o.contains(&ty)) {
+                continue;
+            }
+            let (buf, n) = buffers.entry(ty).or_default();
             serde_json::to_writer(&mut *buf, &e).map_err(|err| SinkError::File {
                 path: self.dir.clone(),
                 source: err.into(),

@@ -490,3 +490,115 @@ fn a_replay_killed_mid_way_resumes_from_its_checkpoint_with_the_same_outputs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The derived events of one type file, sorted (`[]` when not written).
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn files(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn chosen_operators_derive_what_they_derive_in_the_full_run_and_nothing_else() {
+    let dir = scratch("operators");
+    let input = dir.join("events.ndjson");
+    let status = Command::new(bin())
+        .args(["generate", "--events", "20000", "--users", "24", "--out"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let full = dir.join("full");
+    replay(&input, &full, &["--workers", "2"]);
+
+    // What each selection writes, and nothing else: every file identical
+    // to the full run's file of that type.
+    let sessions = [
+        "writing.flow_state_entered.ndjson",
+        "writing.flow_state_exited.ndjson",
+        "writing.session_ended.ndjson",
+        "writing.session_paused.ndjson",
+        "writing.session_resumed.ndjson",
+        "writing.session_started.ndjson",
+        "writing.session_state_changed.ndjson",
+    ];
+    let alerts = [
+        "analytics.alert_triggered.ndjson",
+        "analytics.threshold_crossed.ndjson",
+    ];
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("sessions", sessions.to_vec()),
+        // alerts read the flow state: sessions run too.
+        ("alerts", [&sessions[..], &alerts[..]].concat()),
+        (
+            "conflicts",
+            vec![
+                "collaboration.conflict_detected.ndjson",
+                "collaboration.conflict_resolved.ndjson",
+            ],
+        ),
+    ];
+    for (ops, expected) in cases {
+        let out = dir.join(ops);
+        replay(&input, &out, &["--workers", "2", "--operators", ops]);
+        let written: Vec<String> = files(&out).into_iter().collect();
+        let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(written, expected, "--operators {ops}");
+        for f in &written {
+            let got = sorted_lines(&out.join(f));
+            assert!(!got.is_empty(), "--operators {ops}: {f} is empty");
+            assert_eq!(got, sorted_lines(&full.join(f)), "--operators {ops}: {f}");
+        }
+    }
+
+    // --outputs: nothing but the one type asked for, the same lines.
+    let only = dir.join("only");
+    let report = replay(
+        &input,
+        &only,
+        &[
+            "--operators",
+            "sessions",
+            "--outputs",
+            "writing.session_ended",
+        ],
+    );
+    assert!(report.contains("writing.session_ended"), "{report}");
+    assert_eq!(
+        files(&only).into_iter().collect::<Vec<_>>(),
+        ["writing.session_ended.ndjson"]
+    );
+    let f = "writing.session_ended.ndjson";
+    assert_eq!(sorted_lines(&only.join(f)), sorted_lines(&full.join(f)));
+
+    // Unknown names fail before anything runs, saying what is accepted.
+    for (flag, value, says) in [
+        ("--operators", "sessions,wmp", "unknown variant `wmp`"),
+        ("--outputs", "writing.session_over", "writing.session_over"),
+    ] {
+        let out = Command::new(bin())
+            .arg("replay")
+            .arg(&input)
+            .arg("--out")
+            .arg(dir.join("bad"))
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,6 +38,18 @@ pub struct ReplayArgs {
     /// latest complete checkpoint if a previous run was killed.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// Run only these operators (config `dataflow.operators`; default all):
+    /// wpm, sessions, presence, conflicts, team, alerts. `team` also runs
+    /// `conflicts` and `alerts` also run `sessions` (they read their
+    /// outputs); only what runs derives outputs.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    operators: Vec<String>,
+    /// Write only these derived event types (e.g. `writing.session_ended`;
+    /// `system.dead_letter` for invalid and late lines). Default: every
+    /// type the chosen operators derive, and the dead letters. The report
+    /// still counts invalid and late lines.
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    outputs: Vec<String>,
 }
 
 impl ReplayArgs {
@@ -54,13 +66,39 @@ impl ReplayArgs {
         if let Some(w) = self.workers {
             out.push(format!("dataflow.workers={w}"));
         }
+        if !self.operators.is_empty() {
+            let list: Vec<String> = self.operators.iter().map(|o| toml_string(o)).collect();
+            out.push(format!("dataflow.operators=[{}]", list.join(",")));
+        }
         out
+    }
+
+    /// The `--outputs` types, checked against the catalogue (`None`: all).
+    pub fn output_types(&self) -> Result<Option<Vec<&'static str>>, ReplayError> {
+        if self.outputs.is_empty() {
+            return Ok(None);
+        }
+        self.outputs
+            .iter()
+            .map(|t| {
+                schemas::payload::TYPES
+                    .iter()
+                    .find(|k| **k == t.as_str())
+                    .copied()
+                    .ok_or_else(|| ReplayError::UnknownOutput(t.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 }
 
 /// `inkstream replay`: [`run`], then the report on stdout.
 pub fn main(args: &ReplayArgs, config: &Config) -> Result<(), ReplayError> {
-    let report = run(&args.file, &args.out, config)?;
+    let only = args.output_types()?;
+    if !config.dataflow.operators.is_all() {
+        eprintln!("operators: {}", config.dataflow.operators.describe());
+    }
+    let report = run_selected(&args.file, &args.out, config, only)?;
     println!(
         "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late, {} duplicates",
         report.events,
@@ -98,6 +136,10 @@ pub enum ReplayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "--outputs: unknown event type {0:?} (one of `inkstream schemas`' types, e.g. writing.session_ended)"
+    )]
+    UnknownOutput(String),
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("dataflow failed: {0}")]
@@ -111,7 +153,9 @@ impl schemas::Classify for ReplayError {
         use schemas::Fault;
         match self {
             // The file named on the command line, or the output directory.
-            ReplayError::Input { .. } | ReplayError::Output { .. } => Fault::Caller,
+            ReplayError::Input { .. }
+            | ReplayError::Output { .. }
+            | ReplayError::UnknownOutput(_) => Fault::Caller,
             ReplayError::Sink(e) => e.fault(),
             ReplayError::Checkpoint(e) => e.fault(),
             ReplayError::Dataflow(e) => e.fault(),
@@ -192,6 +236,16 @@ const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Replays `input` through the dataflow, writing derived streams into `out`.
 pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, ReplayError> {
+    run_selected(input, out, config, None)
+}
+
+/// [`run`], writing only the derived types in `only` (`None`: all).
+pub fn run_selected(
+    input: &Path,
+    out: &Path,
+    config: &Config,
+    only: Option<Vec<&'static str>>,
+) -> Result<ReplayReport, ReplayError> {
     let file = File::open(input).map_err(|source| ReplayError::Input {
         path: input.into(),
         source,
@@ -214,7 +268,7 @@ pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, Re
     } else {
         String::new()
     };
-    let sink = Arc::new(FileSink::new(out, suffix, resume.is_some())?);
+    let sink = Arc::new(FileSink::new(out, suffix, resume.is_some())?.only(only));
     let reader = Arc::new(Mutex::new(Some(BufReader::with_capacity(1 << 20, file))));
     let stats = Arc::new(Stats::default());
     let start = Instant::now();

@@ -15,6 +15,7 @@ pub mod alert_windows;
 pub mod conflict_windows;
 pub mod live_wpm;
 pub mod presence;
+pub mod selection;
 pub mod sessions;
 pub mod team_metrics;
 
