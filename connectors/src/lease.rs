@@ -11,21 +11,54 @@
 //! A holder that finds the lease gone or taken at renewal has been fenced off
 //! (it stalled past the TTL, or Redis lost the key): it must stop its
 //! dataflow at once — that is what [`Lease::lost`] is for.
+//!
+//! **Identity and fencing.** A holder is `<host>:<port>#<random>`: unique per
+//! process start, so two processes never both renew one lease. An instance
+//! restarted in place (same `<host>:<port>`, its *place*) takes the lease
+//! back at once instead of waiting for the TTL. Every take increments a
+//! counter, the [`Fence`] token; writes that must come from the current
+//! holder only (checkpoints) check it in the same Redis script that writes,
+//! so a process that lost the lease (stalled, or replaced in place) can no
+//! longer write even before its own renewal notices.
 
 use redis::aio::ConnectionManager;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Takes the lease when free or already the caller's (the same instance
-/// restarted before its lease expired); returns 1 when taken.
+/// Takes the lease when free, already the caller's, or held by a process at
+/// the caller's place (`ARGV[3]`, `<host>:<port>`; empty: no place) — the
+/// same instance restarted before its lease expired. Returns the new fence
+/// token (`KEYS[2]` incremented), 0 when not taken.
 const TAKE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-if not cur or cur == ARGV[1] then
+local place = ARGV[3]
+if not cur or cur == ARGV[1]
+   or (place ~= '' and string.sub(cur, 1, #place + 1) == place .. '#') then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return redis.call('INCR', KEYS[2])
 end
 return 0
 "#;
+
+/// The fence of a lease: writes guarded by it succeed only while the
+/// Redis key `key` still holds `token` (no later take happened).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub token: i64,
+}
+
+/// A holder name unique to this process start, at `place` (`<host>:<port>`;
+/// `None`: no stable place, never reclaimed by place).
+pub fn holder_at(place: Option<&str>) -> (String, String) {
+    let random = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+    let place = place.unwrap_or("").to_owned();
+    let at = if place.is_empty() { "-" } else { &place };
+    (
+        format!("{at}#{:x}-{random:016x}", std::process::id()),
+        place,
+    )
+}
 
 /// Renews only the caller's own lease; returns 1 when renewed.
 const RENEW: &str = r#"
@@ -48,28 +81,31 @@ pub struct Lease {
     conn: ConnectionManager,
     key: String,
     holder: String,
+    fence: Fence,
     lost: watch::Receiver<bool>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
 impl Lease {
     /// Waits until the lease `name` is ours (or `stop` turns true: `None`).
-    /// `holder` names this instance stably (host and port): restarted, it takes
-    /// its own lease back at once instead of waiting for it to expire.
+    /// `holder` names this process start, `place` where it runs (see
+    /// [`holder_at`]): an instance restarted at the same place takes its
+    /// lease back at once instead of waiting for it to expire.
     pub async fn acquire(
         conn: ConnectionManager,
         prefix: &str,
         name: &str,
-        holder: &str,
+        (holder, place): (&str, &str),
         ttl: Duration,
         mut stop: watch::Receiver<bool>,
     ) -> Option<Lease> {
         let key = format!("{prefix}:lease:{name}");
+        let fence_key = format!("{key}:fence");
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let every = (ttl / 3).max(Duration::from_millis(10));
         let mut waiting_logged = false;
         let mut sent;
-        loop {
+        let token = loop {
             if *stop.borrow() {
                 return None;
             }
@@ -77,12 +113,14 @@ impl Lease {
             sent = tokio::time::Instant::now();
             let taken: Result<i64, _> = redis::Script::new(TAKE)
                 .key(&key)
+                .key(&fence_key)
                 .arg(holder)
                 .arg(ttl_ms)
+                .arg(place)
                 .invoke_async(&mut conn.clone())
                 .await;
             match taken {
-                Ok(1) => break,
+                Ok(token) if token > 0 => break token,
                 Ok(_) => {
                     if !waiting_logged {
                         let owner: Option<String> = redis::cmd("GET")
@@ -104,8 +142,8 @@ impl Lease {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.changed() => {}
             }
-        }
-        tracing::info!(lease = %key, %holder, "lease taken");
+        };
+        tracing::info!(lease = %key, %holder, token, "lease taken");
         let (lost_tx, lost) = watch::channel(false);
         let renewer = tokio::spawn(renew(
             conn.clone(),
@@ -119,9 +157,19 @@ impl Lease {
             conn,
             key,
             holder: holder.to_owned(),
+            fence: Fence {
+                key: fence_key,
+                token,
+            },
             lost,
             renewer,
         })
+    }
+
+    /// The fence token of this take (writes that check it fail once another
+    /// process took the lease).
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// Turns true when the lease was lost (gone or taken at a renewal).

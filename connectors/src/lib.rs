@@ -11,7 +11,9 @@
 //!   and Redis Streams ([`event_log::redis`]: XADD, XREADGROUP, XACK,
 //!   XAUTOCLAIM, range queries), the entry types, and
 //!   [`event_log::reader`], the dataflow's source over the log.
-//! - [`lease`]: a lease in Redis (at most one holder), for the dataflow.
+//! - [`lease`]: a lease in Redis (at most one holder, fence tokens), for the dataflow.
+//! - [`checkpoint_store`]: the dataflow's checkpoints in Redis, shared by
+//!   the instances of a group (chunked parts, a pointer flipped atomically).
 //! - [`kafka`]: the Kafka-compatible side: topic admin, idempotent producer,
 //!   the mirror from the log to the event topics, the derived-event producer
 //!   and the Kafka source of the dataflow.
@@ -37,6 +39,7 @@
 //! (whose fault, whether a retry helps).
 
 pub mod auth;
+pub mod checkpoint_store;
 pub mod event_log;
 pub mod http_api;
 pub mod kafka;

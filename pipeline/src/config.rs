@@ -719,12 +719,26 @@ impl Config {
         if self.dataflow.read_batch == 0 {
             return bad("dataflow.read_batch", "must be at least 1");
         }
-        if self.kafka.derived_delivery == DerivedDelivery::ExactlyOnce
-            && self.checkpoint.dir.is_none()
-        {
+        let redis_log = self.redis.url.is_some();
+        let store = self.checkpoint.resolved(redis_log);
+        if self.kafka.derived_delivery == DerivedDelivery::ExactlyOnce && store.is_none() {
             return bad(
                 "kafka.derived_delivery",
-                "exactly_once commits the derived topics with each checkpoint: set checkpoint.dir",
+                "exactly_once commits the derived topics with each checkpoint: set \
+                 checkpoint.store (or checkpoint.dir)",
+            );
+        }
+        use crate::runtime::checkpoint::CheckpointStoreKind;
+        if store == Some(CheckpointStoreKind::Dir) && self.checkpoint.dir.is_none() {
+            return bad(
+                "checkpoint.dir",
+                "checkpoint.store = \"dir\" needs a directory",
+            );
+        }
+        if store == Some(CheckpointStoreKind::Redis) && !redis_log {
+            return bad(
+                "checkpoint.store",
+                "\"redis\" keeps checkpoints in the log's Redis: set redis.url, or use \"dir\"",
             );
         }
         Ok(())

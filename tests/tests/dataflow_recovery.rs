@@ -36,6 +36,20 @@ fn events() -> Vec<String> {
 }
 
 fn args(prefix: &str, checkpoints: &Path, derived: &Path) -> Vec<String> {
+    let mut args = base_args(prefix, derived);
+    // This test reads the directory: keep the checkpoints there (with a
+    // Redis log they would go to Redis by default).
+    args.extend([
+        "--set".into(),
+        "checkpoint.store=dir".into(),
+        "--set".into(),
+        format!("checkpoint.dir='{}'", checkpoints.display()),
+    ]);
+    args
+}
+
+/// Everything but where checkpoints go.
+fn base_args(prefix: &str, derived: &Path) -> Vec<String> {
     [
         "--redis-url",
         &redis_url(),
@@ -54,8 +68,6 @@ fn args(prefix: &str, checkpoints: &Path, derived: &Path) -> Vec<String> {
         "dataflow.idle_advance_after=1h",
         "--set",
         "checkpoint.interval=2m",
-        "--set",
-        &format!("checkpoint.dir='{}'", checkpoints.display()),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -105,12 +117,18 @@ async fn settle(server: &Server, n: usize) {
 }
 
 /// Every derived event the server wrote to `derived.dir`, deduplicated by
-/// id (a second copy must be the same event).
+/// id (a second copy must be the same event). A last line without its
+/// newline (a process killed while writing it) is not an event.
 fn derived(dir: &Path) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
+    derived_into(dir, &mut out);
+    out
+}
+
+fn derived_into(dir: &Path, out: &mut BTreeMap<String, String>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for line in text.lines() {
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let id = v["id"].as_str().unwrap().to_owned();
             let json = v.to_string();
@@ -120,7 +138,6 @@ fn derived(dir: &Path) -> BTreeMap<String, String> {
             out.insert(id, json);
         }
     }
-    out
 }
 
 /// A clean stop (SIGTERM): the dataflow drains and the files are flushed.
@@ -146,20 +163,134 @@ fn complete_checkpoints(dir: &Path) -> usize {
         .count()
 }
 
+/// Compares two sets of derived events by id and content.
+fn assert_same(expected: &BTreeMap<String, String>, got: &BTreeMap<String, String>, what: &str) {
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} expected, {} {what}; missing e.g. {:?}, extra e.g. {:?}",
+        expected.len(),
+        got.len(),
+        missing.iter().map(|k| &expected[*k]).collect::<Vec<_>>(),
+        extra.iter().map(|k| &got[*k]).collect::<Vec<_>>()
+    );
+    for (id, json) in expected {
+        assert_eq!(&got[id], json, "event {id} differs {what}");
+    }
+}
+
+/// The derived events of an uninterrupted run over `lines`.
+async fn uninterrupted(lines: &[String]) -> BTreeMap<String, String> {
+    let (dir, out) = (scratch("ckpt-a"), scratch("derived-a"));
+    let server = start(&args(&unique("reca"), &dir, &out)).await;
+    post(&server, lines).await;
+    settle(&server, (lines.len() as f64 * 0.98) as usize).await;
+    stop(server).await;
+    let expected = derived(&out);
+    assert!(expected.len() > 5000, "{} derived events", expected.len());
+    for d in [dir, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    expected
+}
+
+async fn active(server: &Server) -> bool {
+    metric(server, "inkstream_dataflow_active").await == 1.0
+}
+
+/// The barrier of the latest complete checkpoint in Redis, if any.
+async fn latest_checkpoint(prefix: &str) -> Option<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(format!("{prefix}:ckpt:dataflow:latest"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Two instances share Redis; the one holding the dataflow lease is killed
+/// with SIGKILL mid-stream, with sessions open. The standby takes the lease,
+/// restores the holder's last complete checkpoint from Redis (the default
+/// store with a Redis log) and continues: the union of what both derived is
+/// what an uninterrupted run derives, event for event.
+#[tokio::test]
+async fn a_standby_that_takes_over_continues_open_sessions_with_the_same_outputs() {
+    let lines = events();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let expected = uninterrupted(&lines).await;
+
+    let prefix = unique("failover");
+    let (out_a, out_b) = (scratch("derived-holder"), scratch("derived-standby"));
+    let with = |out: &Path| {
+        let mut a = base_args(&prefix, out);
+        a.extend([
+            "--set".into(),
+            "checkpoint.store=redis".into(),
+            "--set".into(),
+            "dataflow.lease_ttl=3s".into(),
+        ]);
+        a
+    };
+    let mut holder = start(&with(&out_a)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !active(&holder).await {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let standby = start(&with(&out_b)).await;
+    post(&holder, first).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest_checkpoint(&prefix).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint completed in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle(&holder, (first.len() as f64 * 0.98) as usize).await;
+    assert!(!active(&standby).await, "the standby runs no dataflow yet");
+    holder.child.kill().unwrap(); // SIGKILL: nothing flushed, lease not released
+    holder.child.wait().unwrap();
+    let before = derived(&out_a).len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !active(&standby).await {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never took the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    post(&standby, second).await;
+    settle(&standby, 1).await;
+    stop(standby).await;
+    let mut got = derived(&out_a);
+    derived_into(&out_b, &mut got);
+    assert!(before < got.len(), "the standby derived more");
+    assert_same(&expected, &got, "after the failover");
+    for d in [out_a, out_b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 #[tokio::test]
 async fn serve_killed_mid_stream_resumes_from_its_checkpoint_with_the_same_outputs() {
     let lines = events();
     let (first, second) = lines.split_at(lines.len() / 2);
 
-    // The run that is never interrupted.
-    let (dir_a, out_a) = (scratch("ckpt-a"), scratch("derived-a"));
-    let a = args(&unique("reca"), &dir_a, &out_a);
-    let server = start(&a).await;
-    post(&server, &lines).await;
-    settle(&server, (lines.len() as f64 * 0.98) as usize).await;
-    stop(server).await;
-    let expected = derived(&out_a);
-    assert!(expected.len() > 5000, "{} derived events", expected.len());
+    let expected = uninterrupted(&lines).await;
 
     // The same stream, killed with SIGKILL after a checkpoint, then resumed.
     let (dir_b, out_b) = (scratch("ckpt-b"), scratch("derived-b"));
@@ -184,28 +315,8 @@ async fn serve_killed_mid_stream_resumes_from_its_checkpoint_with_the_same_outpu
         before_crash < got.len(),
         "the restarted server derived more"
     );
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<&String> = got
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{} expected, {} after the crash; missing e.g. {:?}, extra e.g. {:?}",
-        expected.len(),
-        got.len(),
-        missing.iter().map(|k| &expected[*k]).collect::<Vec<_>>(),
-        extra.iter().map(|k| &got[*k]).collect::<Vec<_>>()
-    );
-    for (id, json) in &expected {
-        assert_eq!(&got[id], json, "event {id} differs after the crash");
-    }
-    for d in [dir_a, dir_b, out_a, out_b] {
+    assert_same(&expected, &got, "after the crash");
+    for d in [dir_b, out_b] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

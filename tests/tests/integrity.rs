@@ -161,3 +161,105 @@ async fn the_same_id_from_two_apps_is_two_events_and_a_retry_is_one() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The checkpoint store in Redis: a checkpoint is readable only once every
+/// process completed it (the pointer flips in the completing script), and a
+/// holder whose lease was taken over in place (same host:port, a newer
+/// process start) can no longer write a part or complete a checkpoint: its
+/// fence token is stale.
+#[tokio::test]
+async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
+    use connectors::checkpoint_store::{CheckpointStoreError, RedisCheckpointStore};
+    use connectors::lease::{Lease, holder_at};
+    let prefix = unique("fence");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let ttl = Duration::from_secs(30);
+    let old = holder_at(Some("host-a:8080"));
+    let first = Lease::acquire(
+        conn.clone(),
+        &prefix,
+        "dataflow:g",
+        (&old.0, &old.1),
+        ttl,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let store = |fence| RedisCheckpointStore::new(client.clone(), &prefix, "g", fence);
+    let old_store = store(Some(first.fence()));
+    tokio::task::spawn_blocking(move || {
+        // Two processes: complete only with both; a part bigger than a chunk.
+        let big = vec![7u8; connectors::checkpoint_store::CHUNK * 2 + 3];
+        old_store.put(100, "part-0", &big).unwrap();
+        assert!(!old_store.complete(100, 0, 2, 1).unwrap());
+        assert_eq!(
+            old_store.latest().unwrap(),
+            None,
+            "half complete is not readable"
+        );
+        assert!(old_store.complete(100, 1, 2, 1).unwrap());
+        assert_eq!(old_store.latest().unwrap().unwrap().barrier, 100);
+        assert_eq!(old_store.get(100, "part-0").unwrap().unwrap(), big);
+        old_store
+    })
+    .await
+    .unwrap();
+    // The same place, a new process start: takes the lease at once.
+    let new = holder_at(Some("host-a:8080"));
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        Lease::acquire(
+            conn.clone(),
+            &prefix,
+            "dataflow:g",
+            (&new.0, &new.1),
+            ttl,
+            stop.clone(),
+        ),
+    )
+    .await
+    .expect("a restart in place waited for the TTL")
+    .unwrap();
+    assert!(second.fence().token > first.fence().token);
+    // Another place waits.
+    let other = holder_at(Some("host-b:8080"));
+    let waited = tokio::time::timeout(
+        Duration::from_millis(300),
+        Lease::acquire(
+            conn.clone(),
+            &prefix,
+            "dataflow:g",
+            (&other.0, &other.1),
+            ttl,
+            stop,
+        ),
+    )
+    .await;
+    assert!(waited.is_err(), "another place took a held lease");
+    let (old_store, new_store) = (store(Some(first.fence())), store(Some(second.fence())));
+    tokio::task::spawn_blocking(move || {
+        assert!(matches!(
+            old_store.put(200, "part-0", b"stale"),
+            Err(CheckpointStoreError::Fenced { .. })
+        ));
+        assert!(matches!(
+            old_store.complete(100, 0, 1, 1),
+            Err(CheckpointStoreError::Fenced { .. })
+        ));
+        new_store.put(200, "part-0", b"fresh").unwrap();
+        new_store.complete(200, 0, 2, 1).unwrap();
+        assert!(new_store.complete(200, 1, 2, 1).unwrap());
+        assert_eq!(new_store.get(200, "part-0").unwrap().unwrap(), b"fresh");
+        assert_eq!(
+            new_store.get(100, "part-0").unwrap(),
+            None,
+            "the older one is deleted"
+        );
+    })
+    .await
+    .unwrap();
+}

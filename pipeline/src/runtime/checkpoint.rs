@@ -36,23 +36,51 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// `[checkpoint]`: off unless a directory is given (`replay --checkpoint-dir`).
+/// `[checkpoint]`: off unless a directory or a store is given
+/// (`replay --checkpoint-dir`; in `serve`, `checkpoint.store` or `checkpoint.dir`).
 ///
 /// Parts are bincode (any key type, compact); they are read back only by
 /// the same build, which is the point of a checkpoint, not an archive.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// Where checkpoints are written and restored from (default: none, off).
+    /// Where checkpoints are kept: `"redis"` (shared by every instance of
+    /// the dataflow group, so a standby that takes the lease resumes from
+    /// them) or `"dir"` (this host's disk). Unset: Redis when the log is in
+    /// Redis, else the directory. Setting it turns checkpoints on.
+    pub store: Option<CheckpointStoreKind>,
+    /// The directory of the `dir` store (setting it turns checkpoints on).
     pub dir: Option<PathBuf>,
     /// Event time between checkpoints (default 5 min).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub interval: Duration,
 }
 
+/// Where checkpoints are kept (see [`CheckpointConfig::store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointStoreKind {
+    Redis,
+    Dir,
+}
+
+impl CheckpointConfig {
+    /// Whether checkpoints are on, and where (`redis_log`: the log is in
+    /// Redis). `None`: off.
+    pub fn resolved(&self, redis_log: bool) -> Option<CheckpointStoreKind> {
+        match (self.store, &self.dir) {
+            (Some(kind), _) => Some(kind),
+            (None, None) => None,
+            (None, Some(_)) if redis_log => Some(CheckpointStoreKind::Redis),
+            (None, Some(_)) => Some(CheckpointStoreKind::Dir),
+        }
+    }
+}
+
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
+            store: None,
             dir: None,
             interval: Duration::from_secs(300),
         }
@@ -74,6 +102,8 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {barrier}: a part failed to write; not completed")]
     Incomplete { barrier: u64 },
+    #[error(transparent)]
+    Store(#[from] connectors::checkpoint_store::CheckpointStoreError),
     #[error(
         "checkpoint {barrier} in {dir} was taken with {saved} but this run has {now}: its state \
          is partitioned by worker and cannot be restored with other counts (rescaling is not \
@@ -117,14 +147,22 @@ impl schemas::Classify for CheckpointError {
             CheckpointError::Format { .. } => schemas::Fault::Internal,
             // The operator changed the worker or process count.
             CheckpointError::Rescale { .. } => schemas::Fault::Config,
+            CheckpointError::Store(e) => e.fault(),
         }
     }
 }
 
-/// The checkpoint directory of a run.
+/// Where a run's checkpoints live.
+#[derive(Debug)]
+enum Backend {
+    Dir(PathBuf),
+    Redis(Box<connectors::checkpoint_store::RedisCheckpointStore>),
+}
+
+/// The checkpoints of a run (in a directory or in Redis).
 #[derive(Debug)]
 pub struct Checkpoints {
-    dir: PathBuf,
+    backend: Backend,
     interval_ms: u64,
     /// The checkpoint restored at start, if any.
     restored: Option<u64>,
@@ -133,8 +171,17 @@ pub struct Checkpoints {
     /// The parts this process writes at every barrier (operator instances,
     /// input drivers): a checkpoint is complete only with all of them.
     parts: Mutex<std::collections::BTreeSet<String>>,
+    /// Parts written by this process, per barrier not yet completed.
+    written: Mutex<std::collections::BTreeMap<u64, std::collections::BTreeSet<String>>>,
     /// This run's layout, written into every completion marker.
     layout: Layout,
+}
+
+/// Event time between barriers, rounded up to whole epochs.
+fn interval_ms(config: &CheckpointConfig, epoch_ms: u64) -> u64 {
+    let ms = config.interval.as_millis() as u64;
+    let epoch = epoch_ms.max(1);
+    ms.div_ceil(epoch).max(1) * epoch
 }
 
 impl Checkpoints {
@@ -152,10 +199,7 @@ impl Checkpoints {
             path: dir.clone(),
             source,
         })?;
-        let ms = config.interval.as_millis() as u64;
-        // Barriers are epoch boundaries: round the interval up to whole epochs.
-        let epoch = epoch_ms.max(1);
-        let interval_ms = ms.div_ceil(epoch).max(1) * epoch;
+        let interval_ms = interval_ms(config, epoch_ms);
         let restored = complete_barriers(&dir)?.into_iter().max();
         if let Some(barrier) = restored
             && let Some(saved) = saved_layout(&dir.join(format!("ckpt-{barrier:020}")))
@@ -169,13 +213,51 @@ impl Checkpoints {
             });
         }
         Ok(Some(Checkpoints {
-            dir,
+            backend: Backend::Dir(dir),
             interval_ms,
             restored,
             failed: Mutex::new(Vec::new()),
             parts: Mutex::new(Default::default()),
+            written: Mutex::new(Default::default()),
             layout,
         }))
+    }
+
+    /// Opens the checkpoints of a dataflow group kept in Redis and finds the
+    /// latest complete one; refuses one taken with another [`Layout`].
+    /// `process` forgets its completions of unfinished newer checkpoints.
+    pub fn open_redis(
+        store: connectors::checkpoint_store::RedisCheckpointStore,
+        config: &CheckpointConfig,
+        epoch_ms: u64,
+        layout: Layout,
+        process: usize,
+    ) -> Result<Checkpoints, CheckpointError> {
+        let latest = store.latest()?;
+        if let Some(l) = latest {
+            let saved = Layout {
+                workers: l.workers,
+                processes: l.processes,
+            };
+            if saved != layout {
+                return Err(CheckpointError::Rescale {
+                    dir: PathBuf::from(format!("Redis ({}:*)", store.base())),
+                    barrier: l.barrier,
+                    saved,
+                    now: layout,
+                });
+            }
+        }
+        store.forget_unfinished(process)?;
+        Ok(Checkpoints {
+            backend: Backend::Redis(Box::new(store)),
+            interval_ms: interval_ms(config, epoch_ms),
+            restored: latest.map(|l| l.barrier),
+            failed: Mutex::new(Vec::new()),
+            parts: Mutex::new(Default::default()),
+            written: Mutex::new(Default::default()),
+            layout,
+        })
     }
 
     /// The checkpoint state was restored from.
@@ -203,8 +285,8 @@ impl Checkpoints {
             .insert(name.to_owned());
     }
 
-    fn barrier_dir(&self, barrier: u64) -> PathBuf {
-        self.dir.join(format!("ckpt-{barrier:020}"))
+    fn barrier_dir(&self, dir: &Path, barrier: u64) -> PathBuf {
+        dir.join(format!("ckpt-{barrier:020}"))
     }
 
     /// Reads part `name` of the restored checkpoint (`None`: nothing restored,
@@ -213,11 +295,19 @@ impl Checkpoints {
         let Some(b) = self.restored else {
             return Ok(None);
         };
-        let path = self.barrier_dir(b).join(format!("{name}.bin"));
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(CheckpointError::Io { path, source }),
+        let (path, bytes) = match &self.backend {
+            Backend::Dir(dir) => {
+                let path = self.barrier_dir(dir, b).join(format!("{name}.bin"));
+                match std::fs::read(&path) {
+                    Ok(bytes) => (path, bytes),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(source) => return Err(CheckpointError::Io { path, source }),
+                }
+            }
+            Backend::Redis(store) => match store.get(b, name)? {
+                Some(bytes) => (PathBuf::from(format!("redis:{b}/{name}")), bytes),
+                None => return Ok(None),
+            },
         };
         bincode::deserialize(&bytes)
             .map(Some)
@@ -228,12 +318,22 @@ impl Checkpoints {
     /// leaves the old file or the new one, never half of one). A failure is
     /// remembered so that the checkpoint is never marked complete.
     pub fn save<T: Serialize>(&self, barrier: u64, name: &str, value: &T) {
-        if let Err(error) = self.try_save(barrier, name, value) {
-            tracing::error!(%error, barrier, part = name, "checkpoint part not written");
-            self.failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(barrier);
+        match self.try_save(barrier, name, value) {
+            Ok(()) => {
+                self.written
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(barrier)
+                    .or_default()
+                    .insert(name.to_owned());
+            }
+            Err(error) => {
+                tracing::error!(%error, barrier, part = name, "checkpoint part not written");
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(barrier);
+            }
         }
     }
 
@@ -243,7 +343,14 @@ impl Checkpoints {
         name: &str,
         value: &T,
     ) -> Result<(), CheckpointError> {
-        let dir = self.barrier_dir(barrier);
+        let bytes = bincode::serialize(value).map_err(|source| CheckpointError::Format {
+            path: PathBuf::from(name),
+            source,
+        })?;
+        let dir = match &self.backend {
+            Backend::Dir(dir) => self.barrier_dir(dir, barrier),
+            Backend::Redis(store) => return Ok(store.put(barrier, name, &bytes)?),
+        };
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { path, source }
@@ -251,10 +358,6 @@ impl Checkpoints {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{name}.bin"));
         let tmp = dir.join(format!("{name}.bin.tmp"));
-        let bytes = bincode::serialize(value).map_err(|source| CheckpointError::Format {
-            path: path.clone(),
-            source,
-        })?;
         write_synced(&tmp, &bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
@@ -277,31 +380,53 @@ impl Checkpoints {
         {
             return Err(CheckpointError::Incomplete { barrier });
         }
-        let dir = self.barrier_dir(barrier);
         // A part missing: some instance saw time jump past this barrier to a
         // later one. Not an error; this barrier just is no checkpoint.
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&barrier)
+            .cloned()
+            .unwrap_or_default();
         let missing = self
             .parts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|name| !dir.join(format!("{name}.bin")).exists());
+            .any(|name| !written.contains(name));
         if missing {
             return Ok(false);
         }
-        let path = dir.join(format!("COMPLETE.p{process}"));
-        std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
-            path: dir.clone(),
-            source,
+        // Completions come in barrier order: older ones are settled.
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|b, _| *b >= barrier);
+        let dir = match &self.backend {
+            Backend::Dir(dir) => dir,
+            Backend::Redis(store) => {
+                store.complete(barrier, process, processes, self.layout.workers)?;
+                return Ok(true);
+            }
+        };
+        let path = self
+            .barrier_dir(dir, barrier)
+            .join(format!("COMPLETE.p{process}"));
+        std::fs::create_dir_all(self.barrier_dir(dir, barrier)).map_err(|source| {
+            CheckpointError::Io {
+                path: dir.clone(),
+                source,
+            }
         })?;
         let marker = format!("{processes} {}", self.layout.workers);
         write_synced(&path, marker.as_bytes()).map_err(|source| CheckpointError::Io {
             path: path.clone(),
             source,
         })?;
-        let complete = complete_barriers(&self.dir)?;
+        let complete = complete_barriers(dir)?;
         if let Some(newest) = complete.iter().max() {
-            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = entry.file_name();
                 let older = name
                     .to_str()
@@ -318,7 +443,16 @@ impl Checkpoints {
 
     /// Deletes every checkpoint (the run finished: nothing to resume).
     pub fn clear(&self) {
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+        let dir = match &self.backend {
+            Backend::Dir(dir) => dir,
+            Backend::Redis(store) => {
+                if let Err(error) = store.clear() {
+                    tracing::warn!(%error, "checkpoints not cleared");
+                }
+                return;
+            }
+        };
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry
                 .file_name()
                 .to_str()
@@ -389,6 +523,7 @@ mod tests {
             &CheckpointConfig {
                 dir: Some(dir.to_path_buf()),
                 interval: Duration::from_millis(250),
+                store: None,
             },
             100,
             layout,

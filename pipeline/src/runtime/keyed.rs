@@ -337,6 +337,7 @@ mod tests {
             &CheckpointConfig {
                 dir: Some(dir.clone()),
                 interval: std::time::Duration::from_secs(1),
+                store: None,
             },
             100,
             crate::runtime::checkpoint::Layout {

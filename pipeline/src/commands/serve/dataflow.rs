@@ -6,9 +6,11 @@ use super::error::ServeError;
 use super::outputs::{DerivedOutputs, NotifierRun, NotifierTask};
 use crate::bridge::{Bridge, BridgeEnds};
 use crate::config::Config;
-use crate::runtime::checkpoint::Checkpoints;
+use crate::runtime::checkpoint::{CheckpointStoreKind, Checkpoints};
+use connectors::checkpoint_store::RedisCheckpointStore;
 use connectors::event_log::reader::{self as source, SourceConfig};
 use connectors::kafka::source::KafkaSourceConfig;
+use connectors::lease::Fence;
 use connectors::{EventLog, Metrics};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -24,11 +26,9 @@ pub(super) struct DataflowStart {
     sink: Arc<DerivedOutputs>,
     /// Inputs of the dataflow: one per worker with Kafka, else one.
     readers: usize,
-    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 impl DataflowStart {
-    /// Opens the checkpoints (restoring happens when the workers start).
     /// Takes the sink and the notifier's task: the dataflow owns them, so
     /// they end when it does.
     pub fn prepare(
@@ -47,13 +47,6 @@ impl DataflowStart {
         } else {
             1
         };
-        let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
-        let checkpoints = Checkpoints::open(&config.checkpoint, epoch_ms, config.dataflow.layout())
-            .map_err(ServeError::Checkpoint)?
-            .map(Arc::new);
-        if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
-            tracing::info!(barrier = b, "dataflow state restored from checkpoint");
-        }
         Ok(DataflowStart {
             config: config.clone(),
             log: log.clone(),
@@ -62,13 +55,15 @@ impl DataflowStart {
             notifier_run,
             sink,
             readers,
-            checkpoints,
         })
     }
 
-    /// Starts the notifier's task, the workers and the readers. May block
-    /// (a cluster waits for its peers).
-    pub fn start(self) -> Result<RunningDataflow, ServeError> {
+    /// Starts the notifier's task, the workers and the readers, restoring
+    /// the latest complete checkpoint (opened now, not at process start: a
+    /// standby that just took the lease resumes from what the last holder
+    /// completed). `fence` guards the checkpoint writes (`None`: no lease).
+    /// May block (Redis, and a cluster waits for its peers).
+    pub fn start(self, fence: Option<Fence>) -> Result<RunningDataflow, ServeError> {
         let DataflowStart {
             config,
             log,
@@ -77,8 +72,11 @@ impl DataflowStart {
             notifier_run,
             sink,
             readers,
-            checkpoints,
         } = self;
+        let checkpoints = open_checkpoints(&config, fence)?.map(Arc::new);
+        if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
+            tracing::info!(barrier = b, "dataflow state restored from checkpoint");
+        }
         let notifier = notifier_run.map(|(stop_tx, notifier, rx, stop_rx)| {
             (stop_tx, tokio::spawn(notifier.run(rx, stop_rx)))
         });
@@ -126,6 +124,48 @@ impl DataflowStart {
             sources,
             notifier,
         })
+    }
+}
+
+/// The checkpoints `checkpoint` configures (see `CheckpointConfig::store`).
+fn open_checkpoints(
+    config: &Config,
+    fence: Option<Fence>,
+) -> Result<Option<Checkpoints>, ServeError> {
+    let epoch_ms = config.dataflow.epoch.as_millis().max(1) as u64;
+    let layout = config.dataflow.layout();
+    match (
+        config.checkpoint.resolved(config.redis.url.is_some()),
+        &config.redis.url,
+    ) {
+        (Some(CheckpointStoreKind::Redis), Some(url)) => {
+            if config.checkpoint.dir.is_some() && config.checkpoint.store.is_none() {
+                tracing::info!(
+                    "checkpoints kept in Redis (shared by the group's instances), not in \
+                     checkpoint.dir; set checkpoint.store = \"dir\" to keep them on this disk"
+                );
+            }
+            let client = connectors::tls::redis_client(url, &config.redis.tls)
+                .map_err(ServeError::RedisTls)?;
+            let store = RedisCheckpointStore::new(
+                client,
+                &config.redis.prefix,
+                &config.dataflow.group,
+                fence,
+            );
+            Checkpoints::open_redis(
+                store,
+                &config.checkpoint,
+                epoch_ms,
+                layout,
+                config.dataflow.process_index,
+            )
+            .map(Some)
+            .map_err(ServeError::Checkpoint)
+        }
+        _ => {
+            Checkpoints::open(&config.checkpoint, epoch_ms, layout).map_err(ServeError::Checkpoint)
+        }
     }
 }
 

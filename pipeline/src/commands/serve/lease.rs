@@ -86,7 +86,7 @@ pub(super) fn launch(
                 conn,
                 prefix: config.redis.prefix.clone(),
                 name: lease_name(config),
-                holder: holder_name(config.server.port),
+                holder: connectors::lease::holder_at(place(config.server.port).as_deref()),
                 ttl: config.dataflow.lease_ttl,
             };
             lease_task = Some(tokio::spawn(held.run(
@@ -99,7 +99,7 @@ pub(super) fn launch(
             )));
         }
         (_, true) => {
-            *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(start.start()?);
+            *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(start.start(None)?);
             active.set(1);
             kept_fatal_tx = Some(fatal_tx);
         }
@@ -139,24 +139,17 @@ fn lease_name(config: &Config) -> String {
     }
 }
 
-/// Stable per instance (two instances on one host need two ports): a
-/// restarted instance takes its own lease back at once.
-fn holder_name(port: u16) -> String {
+/// Where this instance runs, `<host>:<port>` (two instances on one host need
+/// two ports): restarted there, it takes its own lease back at once. `None`
+/// with a port chosen at bind (no stable place).
+fn place(port: u16) -> Option<String> {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    match port {
-        // Port chosen at bind: no stable name, so a unique one.
-        0 => format!(
-            "{host}:0-{}-{:x}",
-            std::process::id(),
-            std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
-        ),
-        port => format!("{host}:{port}"),
-    }
+    (port != 0).then(|| format!("{host}:{port}"))
 }
 
 /// The lease this instance runs the dataflow under.
@@ -164,7 +157,9 @@ struct HeldLease {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     name: String,
-    holder: String,
+    /// This process start's holder name and its place (see
+    /// [`connectors::lease::holder_at`]).
+    holder: (String, String),
     ttl: std::time::Duration,
 }
 
@@ -184,13 +179,14 @@ impl HeldLease {
             self.conn,
             &self.prefix,
             &self.name,
-            &self.holder,
+            (&self.holder.0, &self.holder.1),
             self.ttl,
             stop.clone(),
         )
         .await?;
         // Starting may block (a cluster waits for its peers).
-        let started = tokio::task::spawn_blocking(move || start.start())
+        let fence = lease.fence();
+        let started = tokio::task::spawn_blocking(move || start.start(Some(fence)))
             .await
             .unwrap_or_else(|e| Err(ServeError::StartPanicked(e)));
         match started {
