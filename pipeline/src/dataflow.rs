@@ -191,7 +191,7 @@ pub struct InputDriver {
     /// Arrival sequence number of the next event.
     next_seq: u64,
     /// Hashed ids of events at or after the watermark, with their time.
-    seen: HashMap<u64, i64>,
+    seen: rustc_hash::FxHashMap<u64, i64>,
     /// Size of `seen` after its last pruning (prune when it doubles).
     seen_pruned_at: usize,
     duplicates: u64,
@@ -653,7 +653,7 @@ where
         max_ts: None,
         watermark: i64::MIN,
         next_seq: 0,
-        seen: HashMap::new(),
+        seen: Default::default(),
         seen_pruned_at: 0,
         duplicates: 0,
         next_barrier: checkpoints

@@ -11,6 +11,14 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Serialized events of one batch per type, and how many: kept per thread
+/// between batches so that serializing reuses their capacity.
+type Buffers = BTreeMap<&'static str, (Vec<u8>, u64)>;
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+}
+
 /// Writes derived events as NDJSON, one file per type.
 pub struct FileSink {
     pub(crate) dir: PathBuf,
@@ -67,9 +75,23 @@ impl FileSink {
     }
 
     fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), SinkError> {
+        BUFFERS.with_borrow_mut(|buffers| {
+            // Reused from the last batch (their capacity, not their bytes).
+            for (buf, n) in buffers.values_mut() {
+                buf.clear();
+                *n = 0;
+            }
+            self.write_with(events, buffers)
+        })
+    }
+
+    fn write_with(
+        &self,
+        events: &mut Vec<schemas::Event>,
+        buffers: &mut Buffers,
+    ) -> Result<(), SinkError> {
         // Serialize outside the lock (workers do it in parallel), one buffer
         // per type; then one locked write per type.
-        let mut buffers: BTreeMap<&'static str, (Vec<u8>, u64)> = BTreeMap::new();
         for e in events.drain(..) {
             let ty = e.event_type();
             if self.only.as_ref().is_some_and(|o| !o.contains(&ty)) {
@@ -85,7 +107,11 @@ impl FileSink {
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (ty, (buf, n)) in buffers {
+        for (ty, (buf, n)) in buffers.iter() {
+            let (ty, n) = (*ty, *n);
+            if n == 0 {
+                continue;
+            }
             let path = || self.dir.join(format!("{ty}{}.ndjson", self.suffix));
             if !files.contains_key(ty) {
                 let f = if self.resume {
@@ -100,7 +126,7 @@ impl FileSink {
                 files.insert(ty, BufWriter::with_capacity(1 << 20, f));
             }
             if let Some(w) = files.get_mut(ty) {
-                w.write_all(&buf).map_err(|source| SinkError::File {
+                w.write_all(buf).map_err(|source| SinkError::File {
                     path: path(),
                     source,
                 })?;

@@ -7,7 +7,7 @@ use super::access::may_subscribe;
 use super::broker::redis::{Broker, BrokerError, PublishError, RedisBrokerConfig};
 use super::broker::{Command, LocalHub, RemoteJoin};
 use super::channel::{Channel, ChannelKey, Table};
-use super::client::{ClientQueue, Outbound};
+use super::client::{ClientQueue, Outbound, write_batch};
 use super::close::{CLOSE_GOING_AWAY, CLOSE_SLOW};
 use super::config::HubConfig;
 use super::frames::{Recovery, error_frame, message_frame, op_frame, subscribed_frame};
@@ -477,12 +477,24 @@ impl Hub {
                 }
                 outgoing = rx.recv() => match outgoing {
                     Some(Outbound::Frame(frame)) => {
-                        let len = frame.len();
-                        let sent = sink.send(Message::Text(frame)).await;
-                        q.queued.fetch_sub(len, Ordering::Relaxed);
-                        bytes_out.inc_by(len as u64);
-                        if sent.is_err() {
+                        // This frame and those queued behind it, one flush.
+                        let w = write_batch(&mut sink, &mut rx, frame, &q.queued).await;
+                        bytes_out.inc_by(w.bytes as u64);
+                        if w.failed {
                             break;
+                        }
+                        match w.next {
+                            None | Some(Outbound::Frame(_)) => {}
+                            Some(Outbound::Close(code, reason)) => {
+                                let close = CloseFrame { code, reason: reason.into() };
+                                let _ = sink.send(Message::Close(Some(close))).await;
+                                break;
+                            }
+                            Some(Outbound::Coalesced) => {
+                                if self.send_coalesced(&q, &mut sink, &bytes_out).await.is_err() {
+                                    break;
+                                }
+                            }
                         }
                     }
                     Some(Outbound::Close(code, reason)) => {
@@ -492,18 +504,7 @@ impl Hub {
                         break;
                     }
                     Some(Outbound::Coalesced) => {
-                        let frames = std::mem::take(
-                            &mut *q.coalesced.lock().unwrap_or_else(|p| p.into_inner()),
-                        );
-                        let mut failed = false;
-                        for (_, frame) in frames {
-                            bytes_out.inc_by(frame.len() as u64);
-                            if sink.send(Message::Text(frame)).await.is_err() {
-                                failed = true;
-                                break;
-                            }
-                        }
-                        if failed {
+                        if self.send_coalesced(&q, &mut sink, &bytes_out).await.is_err() {
                             break;
                         }
                     }
@@ -524,6 +525,24 @@ impl Hub {
         }
         self.conns().remove(&conn);
         gauge.dec();
+    }
+
+    /// Writes what waits in the connection's coalesced slots (one flush).
+    async fn send_coalesced<S>(
+        &self,
+        q: &ClientQueue,
+        sink: &mut S,
+        bytes_out: &prometheus::IntCounter,
+    ) -> Result<(), S::Error>
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        let frames = std::mem::take(&mut *q.coalesced.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, frame) in frames {
+            bytes_out.inc_by(frame.len() as u64);
+            sink.feed(Message::Text(frame)).await?;
+        }
+        sink.flush().await
     }
 
     /// Handles one control frame; returns the reply frame, or `None` when

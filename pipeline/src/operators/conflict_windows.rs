@@ -86,12 +86,13 @@
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
+use rustc_hash::FxHashMap as HashMap;
 use schemas::Event;
 use schemas::payload::{
     ConflictDetected, ConflictKind, ConflictResolved, ConflictSeverity, EditMode, Payload,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Settings of the conflict-window operator (`[conflicts]`).
@@ -233,7 +234,7 @@ impl ConflictWindows {
         ConflictWindows {
             window_ms: config.window.as_millis().min(i64::MAX as u128) as i64,
             editing_modes: config.editing_modes.clone(),
-            docs: HashMap::new(),
+            docs: HashMap::default(),
             timers: BTreeSet::new(),
         }
     }

@@ -12,10 +12,11 @@
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Settings of the WPM operator (`[wpm]`).
@@ -47,6 +48,10 @@ impl Default for LiveWpmConfig {
 struct UserWindow {
     entries: VecDeque<(i64, u64, u64)>,
     ids: VecDeque<(i64, u64)>,
+    /// The ids of `ids`, to look up (not saved: rebuilt when it does not
+    /// match `ids` after a restore).
+    #[serde(skip)]
+    id_set: FxHashSet<u64>,
     /// Event time of the last update emitted.
     last_emitted: Option<i64>,
 }
@@ -72,7 +77,7 @@ impl LiveWpm {
         LiveWpm {
             window_ms: config.window.as_millis().max(1) as i64,
             interval_ms: config.min_interval.as_millis() as i64,
-            users: HashMap::new(),
+            users: HashMap::default(),
             pruned_at: None,
         }
     }
@@ -93,7 +98,10 @@ impl LiveWpm {
         // The same event id twice (a redelivery, an at-least-once copy) is
         // counted once: the ids of everything still in the window are kept.
         let id = stable_hash(e.id.as_str());
-        if w.ids.iter().any(|(_, i)| *i == id) {
+        if w.id_set.len() != w.ids.len() {
+            w.id_set = w.ids.iter().map(|(_, i)| *i).collect();
+        }
+        if !w.id_set.insert(id) {
             return None;
         }
         w.ids.push_back((e.ts, id));
@@ -159,7 +167,14 @@ impl LiveWpm {
             // `ids` holds exactly the ids of `entries` (both are pushed
             // together): only when an entry left can an id have.
             if w.entries.len() != before {
-                w.ids.retain(|(t, _)| *t > horizon);
+                let set = &mut w.id_set;
+                w.ids.retain(|(t, i)| {
+                    let keep = *t > horizon;
+                    if !keep {
+                        set.remove(i);
+                    }
+                    keep
+                });
             }
             !w.entries.is_empty()
         });

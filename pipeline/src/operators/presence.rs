@@ -78,10 +78,11 @@
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
+use rustc_hash::FxHashMap as HashMap;
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// Settings of the presence operator (`[presence]`).
@@ -332,7 +333,7 @@ impl Presence {
                 cursor_ms: ms(config.cursor_interval),
                 window_ms: ms(config.typing_window).max(1),
             },
-            docs: HashMap::new(),
+            docs: HashMap::default(),
             timers: BTreeSet::new(),
             pairs: 0,
             watermark: i64::MIN,
@@ -444,7 +445,7 @@ impl Presence {
             p.scheduled = self.lim.next_transition(&p).0;
             // Look up before inserting: `entry` would allocate the key each time.
             if !self.docs.contains_key(doc) {
-                self.docs.insert(doc.to_owned(), HashMap::new());
+                self.docs.insert(doc.to_owned(), HashMap::default());
             }
             if let Some(users) = self.docs.get_mut(doc) {
                 self.timers
@@ -1462,7 +1463,7 @@ mod tests {
             cfg.typing_window.as_millis() as i64,
         ];
         let mut clock = 1_000_000_i64;
-        let mut last: HashMap<(i64, i64), i64> = HashMap::new();
+        let mut last: HashMap<(i64, i64), i64> = HashMap::default();
         let (mut max_ts, mut watermark) = (i64::MIN, i64::MIN);
         let mut events = Vec::new();
         for i in 0..n {
@@ -1637,7 +1638,7 @@ mod tests {
         let mut exactly_at = 0;
         for seed in 0..20 {
             let events = random_stream(seed * 31, 600, &cfg);
-            let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+            let mut last: HashMap<(&str, &str), i64> = HashMap::default();
             for e in &events {
                 if let (Some(u), Some(d)) = (e.user_id.as_deref(), e.document_id.as_deref()) {
                     let l = last.entry((u, d)).or_insert(e.ts);

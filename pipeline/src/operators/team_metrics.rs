@@ -91,10 +91,11 @@
 use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
+use rustc_hash::FxHashMap as HashMap;
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 pub const WORDS: &str = "team.words";
@@ -346,9 +347,9 @@ impl TeamMetrics {
             comment_max_open: ms(config.comment_max_open),
             conflict_max_open: ms(config.conflict_max_open),
             latest_retention: ms(config.latest_retention),
-            projects: HashMap::new(),
+            projects: HashMap::default(),
             closing: BTreeSet::new(),
-            latest: HashMap::new(),
+            latest: HashMap::default(),
             comments_expired: 0,
             last_prune: i64::MIN,
         }
@@ -430,16 +431,21 @@ impl TeamMetrics {
                 self.touch(project, document, e.ts, |agg| {
                     agg.edits += edit;
                     if let Some(u) = user {
-                        if !agg.users.contains_key(u) {
-                            agg.users.insert(u.to_owned(), UserCounts::default());
-                        }
+                        // One search when the user is known (most events);
+                        // `entry` would allocate the key every time.
                         if let Some(c) = agg.users.get_mut(u) {
                             c.words += words;
                             c.edits += edit;
+                        } else {
+                            agg.users
+                                .insert(u.to_owned(), UserCounts { words, edits: edit });
                         }
                     }
                     if let Some(s) = agg.active.get_mut(document) {
-                        s.insert(second);
+                        // Mostly the second of the document's last event.
+                        if s.last() != Some(&second) {
+                            s.insert(second);
+                        }
                     } else {
                         agg.active
                             .insert(document.clone(), BTreeSet::from([second]));

@@ -7,10 +7,10 @@ use super::fields::*;
 use crate::operators::OperatorConfigError;
 use crate::operators::derived_id;
 use crate::runtime::Timed;
+use rustc_hash::FxHashMap as HashMap;
 use schemas::payload::{AlertTriggered, Direction, Payload, Priority, Severity};
 use schemas::{Event, EventType};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(super) enum Aggregate {
@@ -118,7 +118,7 @@ impl LiveRules {
         milestones.sort_unstable();
         milestones.dedup();
         let mut rules = Vec::with_capacity(config.rules.len());
-        let mut by_type: HashMap<&'static str, Vec<u32>> = HashMap::new();
+        let mut by_type: HashMap<&'static str, Vec<u32>> = HashMap::default();
         let mut names = std::collections::HashSet::new();
         for (i, rc) in config.rules.iter().enumerate() {
             let at = |field: &str| format!("alerts.rules[{i}].{field}");
@@ -364,7 +364,7 @@ impl LiveRules {
             min_severity: severity_rank(d.system_error_min_severity),
             state_ttl_ms: d.state_ttl.as_millis() as i64,
             rules: Vec::new(),
-            by_type: HashMap::new(),
+            by_type: HashMap::default(),
         }
     }
 

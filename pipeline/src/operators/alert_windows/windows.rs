@@ -6,10 +6,11 @@
 use super::live_rules::*;
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::{Core, Order};
+use rustc_hash::FxHashMap as HashMap;
 use schemas::Event;
 use schemas::payload::{AnomalyDetected, Direction, Payload, Priority, ThresholdCrossed};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 /// The latest envelope and recipients of a series, for transitions that
 /// no event carries (a window sliding).
@@ -133,10 +134,10 @@ impl AlertWindows {
                 .collect(),
             milestones: rules.milestones.clone(),
             state_ttl_ms: rules.state_ttl_ms,
-            windows: (0..n).map(|_| HashMap::new()).collect(),
+            windows: (0..n).map(|_| HashMap::default()).collect(),
             deadlines: BTreeSet::new(),
-            series: (0..n).map(|_| HashMap::new()).collect(),
-            books: HashMap::new(),
+            series: (0..n).map(|_| HashMap::default()).collect(),
+            books: HashMap::default(),
             swept_at: i64::MIN,
             last: None,
         }

@@ -85,13 +85,14 @@ pub mod flow;
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::{Core, Order, Record};
 use flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
+use rustc_hash::FxHashMap as HashMap;
 use schemas::Event;
 use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
     SessionStarted, SessionState, SessionStateChanged, TextSource,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// `[sessions]`.
@@ -631,7 +632,7 @@ impl Sessions {
                 warmup: config.warmup.as_millis() as i64,
             },
             flow: FlowRules::new(flow),
-            users: HashMap::new(),
+            users: HashMap::default(),
             queue: BTreeSet::new(),
         }
     }
@@ -1876,7 +1877,7 @@ mod tests {
             exit: 30,
             window: 60,
         };
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashMap<String, usize> = HashMap::default();
         for seed in 0..10 {
             // Ties at one ms included: they are taken in arrival order by both.
             let events = random_stream(100 + seed, 3, 500, false);
