@@ -72,6 +72,10 @@ pub struct Metrics {
     pub mirror_events: IntCounter,
     /// Mirror failures, by stage (topics, log, produce, ack, encode, undecodable).
     pub mirror_errors: IntCounterVec,
+    /// Poison records: entries that failed to produce with a permanent error
+    /// `kafka.mirror_max_attempts` times, sent to the mirror's dead-letter
+    /// topic and acknowledged.
+    pub mirror_dead_lettered: IntCounter,
     /// Entries not yet in Kafka (undelivered + pending) for the mirror group.
     pub mirror_lag_events: IntGauge,
     /// Age of the oldest entry not yet in Kafka, seconds.
@@ -242,6 +246,12 @@ impl Metrics {
                 ),
                 &["stage"],
             )?,
+            mirror_dead_lettered: IntCounter::new(
+                "inkstream_mirror_dead_lettered_total",
+                "Log entries the mirror could not produce (a permanent error, e.g. larger than the \
+                 topic's max.message.bytes, kafka.mirror_max_attempts times), dead-lettered to \
+                 inkstream.mirror.dead_letter.",
+            )?,
             mirror_lag_events: IntGauge::new(
                 "inkstream_mirror_lag_events",
                 "Log entries not yet delivered to Kafka (undelivered plus pending).",
@@ -357,6 +367,7 @@ impl Metrics {
         r.register(Box::new(m.dataflow_dead_letters.clone()))?;
         r.register(Box::new(m.mirror_events.clone()))?;
         r.register(Box::new(m.mirror_errors.clone()))?;
+        r.register(Box::new(m.mirror_dead_lettered.clone()))?;
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
         r.register(Box::new(m.auth_failures.clone()))?;

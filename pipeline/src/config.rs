@@ -291,6 +291,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Entries the mirror reads and produces per round (default 2,000).
     pub mirror_batch: usize,
+    /// Failures with a permanent error (too large for the topic, invalid)
+    /// before the mirror dead-letters a record to `inkstream.mirror.dead_letter`
+    /// (default 5).
+    pub mirror_max_attempts: u32,
     /// Consumer group of the dataflow on the event topics (default `inkstream-dataflow`).
     pub dataflow_group: String,
     /// Delivery guarantee of the derived topics: `at_least_once` (default;
@@ -314,6 +318,7 @@ impl Default for KafkaConfig {
             brokers: None,
             partitions: 8,
             mirror_batch: 2_000,
+            mirror_max_attempts: 5,
             dataflow_group: "inkstream-dataflow".into(),
             derived_delivery: DerivedDelivery::AtLeastOnce,
         }
@@ -715,6 +720,9 @@ impl Config {
         }
         if self.wpm.window.is_zero() {
             return bad("wpm.window", "must be positive");
+        }
+        if self.kafka.mirror_max_attempts == 0 {
+            return bad("kafka.mirror_max_attempts", "must be at least 1");
         }
         if self.dataflow.read_batch == 0 {
             return bad("dataflow.read_batch", "must be at least 1");

@@ -214,11 +214,15 @@ async fn nothing_is_lost_across_a_kill_9_of_inkstream_and_a_broker_restart() {
     let redis = PrivateRedis::start("mirror-crash");
     let mut kafka = PrivateKafka::start();
     let prefix = unique("crash");
+    // The restarted instance has another port, hence another mirror
+    // consumer: it claims what the dead one left pending after this long.
     let args = [
         "--redis-url",
         &redis.url(),
         "--kafka-brokers",
         &kafka.brokers(),
+        "--set",
+        "redis.claim_idle_after=3s",
     ];
     let all = events(&prefix, 3000);
 
@@ -278,4 +282,144 @@ async fn nothing_is_lost_across_a_kill_9_of_inkstream_and_a_broker_restart() {
         metrics.contains("inkstream_mirror_events_total"),
         "mirror metrics exported"
     );
+}
+
+/// Waits until `metric` reads `want` (up to `secs`).
+async fn wait_metric(server: &Server, metric: &str, want: f64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = inkstream_tests::metric(server, metric).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric} is {got}, not {want}, after {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Two instances mirror one log (each its own consumer in the group); the
+/// one that read a batch is killed with SIGKILL before acknowledging it. The
+/// survivor claims the dead consumer's pending entries: every event reaches
+/// its topic, any duplicate is the same record (same id, same bytes), and
+/// the group's lag returns to 0, so trimming is not held back by the dead
+/// consumer.
+#[tokio::test]
+async fn a_mirror_killed_mid_batch_is_taken_over_by_another_instance() {
+    let redis = PrivateRedis::start("mirror-takeover");
+    let kafka = PrivateKafka::start();
+    let prefix = unique("takeover");
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--set",
+        "redis.claim_idle_after=2s",
+    ];
+    let all = events(&prefix, 4000);
+    let survivor = Server::start(&args).await;
+    let mut doomed = Server::start(&args).await;
+    // Both mirrors read: batches go to whichever asks first. Killed right
+    // after the 202, the doomed one dies with entries read and in flight.
+    assert_eq!(ingest(&doomed, &all[..2000]).await, 202);
+    doomed.child.kill().unwrap();
+    let _ = doomed.child.wait();
+    assert_eq!(ingest(&survivor, &all[2000..]).await, 202);
+    let every: HashSet<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = consume(&kafka.brokers(), &prefix, &every, Duration::from_secs(120)).await;
+    let missing: Vec<&String> = every.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} missing, e.g. {:?}",
+        missing.len(),
+        every.len(),
+        &missing[..missing.len().min(5)]
+    );
+    for (id, (copies, _)) in &seen {
+        for c in copies {
+            assert_eq!(
+                c.payload(),
+                copies[0].payload(),
+                "two different records with id {id}"
+            );
+        }
+    }
+    wait_metric(&survivor, "inkstream_mirror_lag_events", 0.0, 60).await;
+}
+
+/// A record the broker refuses every time (larger than its topic's
+/// `max.message.bytes`) is dead-lettered after `kafka.mirror_max_attempts`
+/// failures, counted, and acknowledged: the mirror moves on, the events
+/// around it reach their topics and the lag returns to 0.
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_moves_on() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let redis = PrivateRedis::start("mirror-poison");
+    let kafka = PrivateKafka::start();
+    let admin: AdminClient<_> = connectors::kafka::client_config(&kafka.brokers())
+        .create()
+        .unwrap();
+    let small = NewTopic::new("inkstream.events.automation", 8, TopicReplication::Fixed(1))
+        .set("max.message.bytes", "4000");
+    let made = admin
+        .create_topics([&small], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    let prefix = unique("poison");
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--set",
+        "kafka.mirror_max_attempts=3",
+    ];
+    let server = Server::start(&args).await;
+    let poison_id = format!("{prefix}-poison");
+    let poison = json!({"id": poison_id, "type": "automation.workflow_failed", "ts": now_ms(),
+        "user_id": "u1", "project_id": "p1", "data": {"workflow_id": "w1", "error": "x".repeat(30_000)}});
+    let mut batch = events(&prefix, 300);
+    batch.insert(150, poison);
+    assert_eq!(ingest(&server, &batch).await, 202);
+    let others: HashSet<String> = batch
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .filter(|id| *id != poison_id)
+        .collect();
+    let seen = consume(&kafka.brokers(), &prefix, &others, Duration::from_secs(90)).await;
+    for id in &others {
+        assert!(
+            seen.contains_key(id),
+            "{id} held back behind the poison record"
+        );
+    }
+    wait_metric(&server, "inkstream_mirror_dead_lettered_total", 1.0, 90).await;
+    // The dead letter names the event.
+    let consumer: StreamConsumer = connectors::kafka::client_config(&kafka.brokers())
+        .set("group.id", unique("dlq"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[connectors::kafka::mirror::DEAD_LETTER_TOPIC])
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .expect("no dead letter on the topic")
+        .unwrap();
+    let letter: Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+    assert_eq!(letter["event_id"], poison_id.as_str(), "{letter}");
+    assert_eq!(letter["attempts"], 3, "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("too large"),
+        "{letter}"
+    );
+    wait_metric(&server, "inkstream_mirror_lag_events", 0.0, 60).await;
 }

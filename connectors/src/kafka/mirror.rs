@@ -12,6 +12,25 @@
 //! Broker outage: ingest keeps appending to Redis; the mirror backs off
 //! (capped exponential), re-creates missing topics (an in-memory broker comes
 //! back empty), re-reads its pending entries and catches up.
+//!
+//! **Several instances.** Every instance runs a mirror, each with its own
+//! consumer name in the one group (`mirror-<host>:<port>`: stable at a place,
+//! so a restart re-reads its own pending entries): Redis hands each new
+//! entry to one of them. Every `claim_idle_after` each mirror also claims
+//! (XAUTOCLAIM) entries pending with *any* consumer for that long — the
+//! in-flight batch of an instance that died — and produces them. So no entry
+//! waits for its dead reader's restart, and trimming (which waits for the
+//! group) is never blocked by a dead consumer for longer than that. A claim
+//! may re-produce an entry a slow but live mirror is still delivering: a
+//! duplicate with the same `event_id`, as after any crash.
+//!
+//! **Poison records.** A record that fails with a permanent error (larger
+//! than the topic's `max.message.bytes`, invalid) `max_attempts` times is
+//! produced instead to `inkstream.mirror.dead_letter` (JSON: stream, entry id,
+//! event id and type, error, size; keyed by event id), counted in
+//! `inkstream_mirror_dead_lettered_total`, and acknowledged, so the mirror
+//! moves on instead of re-reading it forever. Transient errors (broker down,
+//! timeouts) never dead-letter: those entries wait in the log.
 
 use super::{ensure_topics, events_topic, idempotent_producer};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
@@ -34,6 +53,11 @@ pub struct MirrorConfig {
     /// Entries read and produced per round (default 2,000): the bound on
     /// records in flight.
     pub batch: usize,
+    /// Entries pending with any consumer this long are claimed (default 30 s).
+    pub claim_idle_after: Duration,
+    /// Failures with a permanent error before a record is dead-lettered
+    /// (default 5).
+    pub max_attempts: u32,
 }
 
 impl MirrorConfig {
@@ -44,15 +68,43 @@ impl MirrorConfig {
             consumer: "mirror-0".into(),
             partitions: 8,
             batch: 2_000,
+            claim_idle_after: Duration::from_secs(30),
+            max_attempts: 5,
         }
     }
 }
+
+/// Where the mirror sends what it cannot produce (see the module doc).
+pub const DEAD_LETTER_TOPIC: &str = "inkstream.mirror.dead_letter";
 
 fn topics() -> Vec<String> {
     schemas::Category::ALL
         .iter()
         .map(|c| events_topic(*c))
+        .chain([DEAD_LETTER_TOPIC.to_owned()])
         .collect()
+}
+
+/// A delivery failure that the same record will meet again on every try.
+fn permanent(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::BadMessage
+        )
+    )
+}
+
+/// One entry's failed delivery.
+struct Failure {
+    entry: EntryRef,
+    error: String,
+    permanent: bool,
 }
 
 /// Runs the mirror until `shutdown` flips.
@@ -77,6 +129,9 @@ pub async fn run(
         }
     };
     let schema_id = schemas::confluent::schema_id().to_string();
+    // Permanent failures per entry (`stream/id`), for poison records.
+    let mut attempts: std::collections::HashMap<String, u32> = Default::default();
+    let mut last_claim = tokio::time::Instant::now();
     while !*shutdown.borrow() {
         if need_topics {
             match ensure_topics(&config.brokers, &topics(), config.partitions).await {
@@ -103,6 +158,28 @@ pub async fn run(
                 reread_pending = false;
             }
             r
+        } else if last_claim.elapsed() >= config.claim_idle_after {
+            // Entries a dead consumer read and never acknowledged.
+            let r = log
+                .claim_idle(
+                    &config.group,
+                    &config.consumer,
+                    config.claim_idle_after,
+                    config.batch,
+                )
+                .await;
+            if matches!(&r, Ok(v) if v.len() < config.batch) {
+                last_claim = tokio::time::Instant::now();
+            }
+            if let Ok(v) = &r
+                && !v.is_empty()
+            {
+                tracing::info!(
+                    entries = v.len(),
+                    "mirror: claimed entries a stopped consumer left pending"
+                );
+            }
+            r
         } else {
             log.read_new(
                 &config.group,
@@ -127,7 +204,29 @@ pub async fn run(
         if entries.is_empty() {
             continue;
         }
-        let (delivered, failed) = produce(&producer, &entries, &schema_id, &metrics).await;
+        let (mut delivered, failures) = produce(&producer, &entries, &schema_id, &metrics).await;
+        for e in &delivered {
+            attempts.remove(&format!("{}/{}", e.stream, e.id));
+        }
+        let mut failed = None;
+        for f in failures {
+            let key = format!("{}/{}", f.entry.stream, f.entry.id);
+            let n = attempts.entry(key.clone()).or_default();
+            if f.permanent {
+                *n += 1;
+            }
+            if f.permanent && *n >= config.max_attempts {
+                let n = *n;
+                let entry = entries.iter().find(|e| e.entry == f.entry);
+                if dead_letter(&producer, entry, &f, n).await {
+                    metrics.mirror_dead_lettered.inc();
+                    attempts.remove(&key);
+                    delivered.push(f.entry);
+                    continue;
+                }
+            }
+            failed.get_or_insert(f.error);
+        }
         if !delivered.is_empty() {
             if let Err(e) = log.ack(&config.group, &delivered).await {
                 // Unacknowledged: they will be produced again (at-least-once).
@@ -152,17 +251,51 @@ pub async fn run(
     }
 }
 
+/// Produces a dead-letter record for a poison entry; true once delivered.
+async fn dead_letter(
+    producer: &FutureProducer,
+    entry: Option<&LogEntry>,
+    f: &Failure,
+    attempts: u32,
+) -> bool {
+    let event = entry.and_then(|e| e.event.as_ref().ok());
+    let id = event.map(|e| e.id.clone()).unwrap_or_default();
+    let value = serde_json::json!({
+        "stream": &*f.entry.stream,
+        "entry_id": &*f.entry.id,
+        "event_id": id,
+        "type": event.map(|e| e.event_type()),
+        "namespace": entry.and_then(|e| e.namespace.as_deref()),
+        "error": f.error,
+        "attempts": attempts,
+        "bytes": event.and_then(|e| schemas::confluent::encode(e).ok()).map(|v| v.len()),
+    })
+    .to_string();
+    let record = FutureRecord::to(DEAD_LETTER_TOPIC).key(&id).payload(&value);
+    match producer.send(record, Duration::from_secs(10)).await {
+        Ok(_) => {
+            tracing::error!(entry = %f.entry.id, event_id = %id, error = %f.error, attempts,
+                "mirror: poison record dead-lettered to {DEAD_LETTER_TOPIC}");
+            true
+        }
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "mirror: dead-lettering a poison record failed");
+            false
+        }
+    }
+}
+
 /// Produces a batch and waits for every delivery report. Returns the
-/// entries to acknowledge, and the first error if any delivery failed.
+/// entries to acknowledge and the failed ones.
 async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
     schema_id: &str,
     metrics: &Metrics,
-) -> (Vec<EntryRef>, Option<String>) {
+) -> (Vec<EntryRef>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
     let mut delivered = Vec::with_capacity(entries.len());
-    let mut first_error = None;
+    let mut failures = Vec::new();
     for entry in entries {
         let event = match &entry.event {
             Ok(e) => e,
@@ -201,24 +334,30 @@ async fn produce(
             .timestamp(event.ts);
         match producer.send_result(record) {
             Ok(future) => deliveries.push((entry.entry.clone(), future)),
-            Err((e, _)) => {
-                first_error.get_or_insert_with(|| e.to_string());
-            }
+            Err((e, _)) => failures.push(Failure {
+                entry: entry.entry.clone(),
+                error: e.to_string(),
+                permanent: permanent(&e),
+            }),
         }
     }
     let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
     for (entry, result) in refs.into_iter().zip(join_all(futures).await) {
         match result {
             Ok(Ok(_)) => delivered.push(entry),
-            Ok(Err((e, _))) => {
-                first_error.get_or_insert_with(|| e.to_string());
-            }
-            Err(_) => {
-                first_error.get_or_insert_with(|| "delivery report dropped".to_owned());
-            }
+            Ok(Err((e, _))) => failures.push(Failure {
+                entry,
+                error: e.to_string(),
+                permanent: permanent(&e),
+            }),
+            Err(_) => failures.push(Failure {
+                entry,
+                error: "delivery report dropped".to_owned(),
+                permanent: false,
+            }),
         }
     }
-    (delivered, first_error)
+    (delivered, failures)
 }
 
 /// Sleeps `ms`, or returns true at once when shutdown was requested.

@@ -46,6 +46,15 @@ impl Ingest {
             let mut mc = MirrorConfig::new(brokers.clone());
             mc.partitions = config.kafka.partitions;
             mc.batch = config.kafka.mirror_batch;
+            mc.max_attempts = config.kafka.mirror_max_attempts;
+            mc.claim_idle_after = config.redis.claim_idle_after;
+            // One consumer per instance, stable at its place (see the mirror).
+            mc.consumer = match super::lease::place(config.server.port) {
+                Some(place) => format!("mirror-{place}"),
+                None => connectors::lease::holder_at(None)
+                    .0
+                    .replace("-#", "mirror-"),
+            };
             required_groups.push(mc.group.clone());
             tracing::info!(%brokers, "mirroring the log to Kafka");
             tokio::spawn(connectors::kafka::mirror::report_lag(

@@ -142,7 +142,7 @@ fn lease_name(config: &Config) -> String {
 /// Where this instance runs, `<host>:<port>` (two instances on one host need
 /// two ports): restarted there, it takes its own lease back at once. `None`
 /// with a port chosen at bind (no stable place).
-fn place(port: u16) -> Option<String> {
+pub(super) fn place(port: u16) -> Option<String> {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
