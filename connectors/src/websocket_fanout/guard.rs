@@ -11,7 +11,9 @@
 //!   a fresh token (no in-band re-authentication, so a subscription never
 //!   outlives its credential).
 
-use super::close::{CLOSE_CONTROL_FLOOD, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED};
+use super::close::{
+    CLOSE_CONTROL_FLOOD, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG,
+};
 use super::config::HubConfig;
 use crate::auth::Principal;
 use tokio::time::Instant;
@@ -40,6 +42,28 @@ pub(crate) const EXPIRED: Closing = Closing {
     reason: "the token expired: reconnect with a new one",
     label: "token_expired",
 };
+
+pub(crate) const TOO_BIG: Closing = Closing {
+    code: CLOSE_TOO_BIG,
+    reason: "frame larger than the 64 KiB limit",
+    label: "too_big",
+};
+pub(crate) const PROTOCOL_ERROR: Closing = Closing {
+    code: CLOSE_PROTOCOL_ERROR,
+    reason: "malformed WebSocket frame",
+    label: "protocol_error",
+};
+
+/// Why a client's frame could not be read, as a close to send (rather than
+/// dropping the socket without a word). axum wraps tungstenite's error, whose
+/// kind shows only in its text ("Message too long: N > 65536").
+pub(crate) fn read_error(e: &axum::Error) -> Closing {
+    if e.to_string().contains("too long") {
+        TOO_BIG
+    } else {
+        PROTOCOL_ERROR
+    }
+}
 
 /// The limits of one connection.
 pub(crate) struct ConnGuard {

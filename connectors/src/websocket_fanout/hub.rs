@@ -460,6 +460,12 @@ impl Hub {
                             self.enqueue(&q, reply);
                         }
                     }
+                    // A frame over the size limit or not WebSocket at all:
+                    // a named close, not a reset (found by tests/tests/fuzz).
+                    Some(Err(e)) => {
+                        closing = Some(guard::read_error(&e));
+                        break;
+                    }
                     _ => break,
                 },
                 _ = pings.tick() => {

@@ -63,7 +63,10 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
             "" if rest.is_empty() && total.is_zero() => 1,
             _ => return Err(err()),
         };
-        total += Duration::from_millis(n.saturating_mul(ms));
+        // Checked: a thousand terms of u64::MAX ms overflow `Duration`.
+        total = total
+            .checked_add(Duration::from_millis(n.saturating_mul(ms)))
+            .ok_or_else(err)?;
     }
     Ok(total)
 }
@@ -80,5 +83,11 @@ mod tests {
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_sum_past_the_largest_duration_is_an_error_not_a_panic() {
+        let huge = "18446744073709551615d".repeat(1001);
+        assert!(parse_duration(&huge).is_err());
     }
 }
