@@ -83,6 +83,12 @@ if ! "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
   log "adding openapi-spec-validator to the Python venv"
   "$venv/bin/pip" install -q openapi-spec-validator==0.9.0
 fi
+# schemathesis (tests/tests/schemathesis.rs): the OpenAPI document as a
+# contract, checked against a live server; also added in place.
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q '4\.32\.5'; then
+  log "adding schemathesis to the Python venv"
+  "$venv/bin/pip" install -q schemathesis==4.32.5
+fi
 
 # --- observability and deployment checks (ops; tests/tests/observability.rs) --
 # promtool: the binary alone, extracted from Debian's prometheus package (its

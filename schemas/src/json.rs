@@ -13,7 +13,10 @@ use std::fmt;
 /// Bounds applied while decoding. `Default` matches DESIGN.md.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Longest accepted `id`, in bytes.
+    /// Longest accepted `id` (and `user_id`, `project_id`, `document_id`),
+    /// in characters (Unicode scalar values: at most 4× as many bytes). The
+    /// name is historical; a JSON Schema `maxLength` counts characters, so
+    /// the limit does too, and the API document can state it exactly.
     pub max_id_bytes: usize,
     /// Largest accepted single event, in bytes of JSON.
     pub max_event_bytes: usize,
@@ -99,7 +102,7 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
     let known = EventType::lookup(&w.event_type).ok()?;
     let ok_id = |s: &Option<Cow<'_, str>>| {
         s.as_ref()
-            .is_none_or(|s| !s.is_empty() && s.len() <= limits.max_id_bytes)
+            .is_none_or(|s| !s.is_empty() && s.chars().count() <= limits.max_id_bytes)
     };
     if !(ok_id(&w.id) && ok_id(&w.user_id) && ok_id(&w.project_id) && ok_id(&w.document_id)) {
         return None;
@@ -130,7 +133,8 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
     if !raw.trim_start().starts_with('{') {
         return None;
     }
-    let data = crate::payload::Payload::from_json(known.name, raw)?.ok()?;
+    let mut data = crate::payload::Payload::from_json(known.name, raw)?.ok()?;
+    crate::validate::order_pairs(&mut data);
     if !crate::validate::passes_rules(&data) {
         return None;
     }
@@ -207,8 +211,31 @@ pub fn decode_batch(
     }
 }
 
+/// Numbers with no fraction written as floats (`17.0`, `1.7e3`) are
+/// integers (JSON Schema says so, and generated clients send them): they
+/// become integers before the typed decode, when they fit an `i64`.
+pub fn integral_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            // Within one unit in the last place of an integer: serde_json's
+            // parse of a long decimal may be off by one ulp (17 digits).
+            if let Some(f) = n.as_f64()
+                && (f - f.round()).abs() <= f.abs() * f64::EPSILON
+                && f >= -9.223_372_036_854_775e18
+                && f < 9.223_372_036_854_775e18
+            {
+                *v = Value::from(f.round() as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats),
+        Value::Object(m) => m.values_mut().for_each(integral_floats),
+        _ => {}
+    }
+}
+
 /// Validates and converts an already-parsed JSON value into an [`Event`].
-pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError> {
+pub fn decode_value(mut value: Value, limits: &Limits) -> Result<Event, DecodeError> {
+    integral_floats(&mut value);
     let mut obj = match value {
         Value::Object(m) => m,
         other => {
@@ -233,14 +260,14 @@ pub fn decode_value(value: Value, limits: &Limits) -> Result<Event, DecodeError>
                 "expected a non-empty string",
             ));
         }
-        Some(id) if id.len() > limits.max_id_bytes => {
+        Some(id) if id.chars().count() > limits.max_id_bytes => {
             return Err(DecodeError::new(
                 "invalid_field",
                 Some("id"),
                 format!(
-                    "expected at most {} bytes, got {} bytes",
+                    "expected at most {} characters, got {}",
                     limits.max_id_bytes,
-                    id.len()
+                    id.chars().count()
                 ),
             ));
         }
@@ -342,13 +369,13 @@ fn take_id(
             Some(field),
             "expected a non-empty string",
         )),
-        Some(s) if s.len() > limits.max_id_bytes => Err(DecodeError::new(
+        Some(s) if s.chars().count() > limits.max_id_bytes => Err(DecodeError::new(
             "invalid_field",
             Some(field),
             format!(
-                "expected at most {} bytes, got {}",
+                "expected at most {} characters, got {}",
                 limits.max_id_bytes,
-                s.len()
+                s.chars().count()
             ),
         )),
         other => Ok(other),
@@ -378,7 +405,7 @@ impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "id ≤ {} B, event ≤ {} B",
+            "id ≤ {} chars, event ≤ {} B",
             self.max_id_bytes, self.max_event_bytes
         )
     }

@@ -24,6 +24,7 @@ pub mod examples;
 pub mod fault;
 mod hash;
 pub mod json;
+pub mod json_schema;
 pub mod payload;
 mod validate;
 

@@ -154,7 +154,7 @@ fn fast_and_slow_paths_reject_the_same_invalid_events() {
         r#"{"type":"writing.keystroke","ts":1,"user_id":"u","data":{"keystrokes":-1,"words":1,"chars":1}}"#,
         r#"{"type":"writing.keystroke","ts":1,"user_id":"u","data":{"keystrokes":1,"words":1}}"#,
         r#"{"type":"writing.keystroke","ts":1,"user_id":"u","data":{"keystrokes":1,"words":1,"chars":1,"x":1}}"#,
-        r#"{"type":"collaboration.cursor_moved","ts":1,"user_id":"u","document_id":"d","data":{"paragraph":1,"offset":1,"selection":[5,2]}}"#,
+        r#"{"type":"collaboration.cursor_moved","ts":1,"user_id":"u","document_id":"d","data":{"paragraph":1,"offset":1,"selection":[-1,2]}}"#,
         r#"{"type":"publishing.sales_updated","ts":1,"project_id":"p","data":{"book_id":"b","units":1,"revenue_cents":1,"currency":"eur","total_units":1}}"#,
         r#"{"type":"writing.keystroke","ts":-5,"user_id":"u","data":{"keystrokes":1,"words":1,"chars":1}}"#,
         r#"{"type":"writing.keystroke","ts":1,"user_id":"","data":{"keystrokes":1,"words":1,"chars":1}}"#,

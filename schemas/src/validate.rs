@@ -57,8 +57,34 @@ pub fn payload(known: EventType, data: &Value) -> Result<Payload, DecodeError> {
             ));
         }
     };
+    let mut payload = payload;
+    order_pairs(&mut payload);
     check_rules(&payload)?;
     Ok(payload)
+}
+
+/// `[start, end]` pairs given end first (a backward selection) are stored
+/// as `[min, max]`.
+pub(crate) fn order_pairs(payload: &mut Payload) {
+    let order = |v: &mut Option<Vec<i64>>| {
+        if let Some(v) = v
+            && v.len() == 2
+            && v[0] > v[1]
+        {
+            v.swap(0, 1);
+        }
+    };
+    match payload {
+        Payload::CollaborationCursorMoved(c) => {
+            order(&mut c.selection);
+            order(&mut c.viewport);
+        }
+        Payload::CollaborationPresenceUpdated(p) => {
+            order(&mut p.selection);
+            order(&mut p.viewport);
+        }
+        _ => {}
+    }
 }
 
 fn invalid(field: &str, expected: &str, got: &Value) -> DecodeError {
@@ -232,7 +258,7 @@ fn check_rules(payload: &Payload) -> Result<(), DecodeError> {
                 "invalid_field",
                 Some(&format!("data.{field}")),
                 format!(
-                    "expected [start, end] with 0 ≤ start ≤ end, got {}",
+                    "expected [start, end] of two non-negative integers, got {}",
                     serde_json::to_string(v).unwrap_or_default()
                 ),
             ));

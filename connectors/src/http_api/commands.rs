@@ -12,6 +12,7 @@ use super::ingest::ingest_events;
 use super::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,18 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 
 const ENVELOPE: [&str; 5] = ["id", "ts", "user_id", "project_id", "document_id"];
 
+/// Authenticates, then reads the body as a JSON object (in that order: a
+/// caller without credentials learns nothing about its body).
+async fn caller_and_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(crate::auth::Principal, Map<String, Value>), ApiError> {
+    let principal = authenticate(s, headers, None).await?;
+    let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;
+    Ok((principal, body_object(&body)?))
+}
+
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
@@ -48,14 +61,13 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// fields), ingests it, and answers 202 with `reply` merged in.
 async fn command(
     s: &AppState,
+    principal: &crate::auth::Principal,
     headers: &HeaderMap,
-    body: &[u8],
+    mut fields: Map<String, Value>,
     event_type: &str,
     extra: &[(&str, Value)],
     mut reply: Value,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(s, headers, None).await?;
-    let mut fields = body_object(body)?;
     let mut event = Map::new();
     event.insert("type".into(), event_type.into());
     for k in ENVELOPE {
@@ -70,7 +82,7 @@ async fn command(
             .unwrap_or(0);
         event.insert("ts".into(), now.into());
     }
-    if let (crate::auth::Principal::User(u), false) = (&principal, event.contains_key("user_id")) {
+    if let (crate::auth::Principal::User(u), false) = (principal, event.contains_key("user_id")) {
         event.insert("user_id".into(), u.id.clone().into());
     }
     for (k, v) in extra {
@@ -87,7 +99,7 @@ async fn command(
         );
     }
     let decoded = vec![schemas::decode_value(Value::Object(event), &limits)];
-    let outcome = ingest_events(s, &principal, super::auth::peer(headers), decoded, false).await?;
+    let outcome = ingest_events(s, principal, super::auth::peer(headers), decoded, false).await?;
     if let (Value::Object(r), Value::Object(o)) = (&mut reply, outcome.body) {
         r.extend(o);
     }
@@ -101,27 +113,31 @@ async fn command(
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn start(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let given = body_object(&body)?
-        .get("session_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let session_id = given.clone().unwrap_or_else(|| format!("s-{}", uuid_v7()));
+    let (principal, fields) = caller_and_body(&s, &headers, body).await?;
+    // Generated only when absent (or null): a given one is validated.
+    let given = fields.get("session_id").filter(|v| !v.is_null()).cloned();
+    let session_id = match &given {
+        Some(v) => v.clone(),
+        None => Value::from(format!("s-{}", uuid_v7())),
+    };
     let extra = if given.is_some() {
         vec![]
     } else {
-        vec![("session_id", Value::from(session_id.clone()))]
+        vec![("session_id", session_id.clone())]
     };
     command(
         &s,
+        &principal,
         &headers,
-        &body,
+        fields,
         "writing.session_started",
         &extra,
         json!({"session_id": session_id}),
@@ -142,20 +158,23 @@ fn uuid_v7() -> String {
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn keystroke(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (principal, fields) = caller_and_body(&s, &headers, body).await?;
     // The keystroke payload has no session id: sessions are derived from
     // activity; the path's id is echoed back.
     command(
         &s,
+        &principal,
         &headers,
-        &body,
+        fields,
         "writing.keystroke",
         &[],
         json!({"session_id": id}),
@@ -168,13 +187,21 @@ async fn session_command(
     s: &AppState,
     id: String,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Result<Bytes, BytesRejection>,
     event_type: &str,
 ) -> Result<Response, ApiError> {
+    let (principal, fields) = caller_and_body(s, headers, body).await?;
+    if fields.contains_key("session_id") {
+        return Err(ApiError::InvalidField {
+            message: "the session id is the path's; leave it out of the body".into(),
+            field: Some("session_id".into()),
+        });
+    }
     command(
         s,
+        &principal,
         headers,
-        body,
+        fields,
         event_type,
         &[("session_id", id.clone().into())],
         json!({"session_id": id}),
@@ -190,15 +217,16 @@ async fn session_command(
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn end(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    session_command(&s, id, &headers, &body, "writing.session_ended").await
+    session_command(&s, id, &headers, body, "writing.session_ended").await
 }
 
 /// Resumes a paused writing session. Becomes a `writing.session_resumed` event; envelope fields (`id`, `ts`, `user_id`,
@@ -209,15 +237,16 @@ async fn end(
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    session_command(&s, id, &headers, &body, "writing.session_resumed").await
+    session_command(&s, id, &headers, body, "writing.session_resumed").await
 }
 
 /// Reports the presence of a collaborator (`status`, cursor fields). Becomes a `collaboration.presence_updated` event; envelope fields (`id`, `ts`, `user_id`,
@@ -227,17 +256,20 @@ async fn resume(
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn presence(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (principal, fields) = caller_and_body(&s, &headers, body).await?;
     command(
         &s,
+        &principal,
         &headers,
-        &body,
+        fields,
         "collaboration.presence_updated",
         &[],
         json!({}),
@@ -252,17 +284,20 @@ async fn presence(
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn cursor(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (principal, fields) = caller_and_body(&s, &headers, body).await?;
     command(
         &s,
+        &principal,
         &headers,
-        &body,
+        fields,
         "collaboration.cursor_moved",
         &[],
         json!({}),
@@ -277,17 +312,20 @@ async fn cursor(
     responses(
         (status = 202, description = "In the log", body = Object),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller may not write this event (scope, category, project, user)", body = super::openapi::ErrorBody),
         (status = 422, description = "Invalid payload (`field` names it, e.g. `data.words`)", body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn edit(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (principal, fields) = caller_and_body(&s, &headers, body).await?;
     command(
         &s,
+        &principal,
         &headers,
-        &body,
+        fields,
         "collaboration.edit_applied",
         &[],
         json!({}),

@@ -93,6 +93,9 @@ pub enum ApiError {
     NotifierQueueFull,
     /// 404 `not_found`: no route matches.
     NoRoute,
+    /// 400 `invalid_upgrade`: a GET on a WebSocket path that is not a
+    /// WebSocket handshake (the reason names the header).
+    InvalidUpgrade(String),
 }
 
 /// What an [`ApiError`] answers.
@@ -160,6 +163,58 @@ impl ApiError {
         }
     }
 
+    /// A query string that does not deserialize: 400 `invalid_parameter`
+    /// naming the parameter when serde says which.
+    pub fn from_query(r: &axum::extract::rejection::QueryRejection) -> ApiError {
+        let text = r.body_text();
+        let detail = text
+            .split_once("query string: ")
+            .map(|(_, d)| d)
+            .unwrap_or(&text);
+        let (field, message) = match detail.split_once(": ") {
+            Some((f, m)) if !f.contains(' ') => (f.to_owned(), m.to_owned()),
+            _ => ("query".to_owned(), detail.to_owned()),
+        };
+        ApiError::InvalidParameter { field, message }
+    }
+
+    /// A body that could not be read: 413 over the limit, 400 otherwise.
+    pub fn from_body(r: &axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::BadBody(r.body_text())
+        }
+    }
+
+    /// A JSON object body decoded into `T` (after authentication): 400
+    /// `invalid_json` when it is not JSON, 422 naming the field otherwise.
+    pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+        let mut value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::InvalidJson(format!("malformed JSON: {e}")))?;
+        schemas::json::integral_floats(&mut value);
+        if !value.is_object() {
+            return Err(ApiError::InvalidJson("expected a JSON object".into()));
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next());
+            match missing {
+                Some(f) => ApiError::MissingField {
+                    message: "required field is missing".into(),
+                    field: f.to_owned(),
+                },
+                None => ApiError::InvalidField {
+                    message,
+                    field: (path != ".").then_some(path),
+                },
+            }
+        })
+    }
+
     /// The one mapping from an error to its answer.
     fn parts(&self) -> Parts {
         use StatusCode as S;
@@ -188,6 +243,11 @@ impl ApiError {
                 Parts::new(S::NOT_FOUND, "not_found", message.clone()).field(field.clone())
             }
             ApiError::NoRoute => Parts::new(S::NOT_FOUND, "not_found", "no such route"),
+            ApiError::InvalidUpgrade(reason) => Parts::new(
+                S::BAD_REQUEST,
+                "invalid_upgrade",
+                format!("not a WebSocket handshake: {reason}"),
+            ),
             ApiError::UnknownCategory { name } => {
                 let known: Vec<&str> = schemas::Category::ALL.iter().map(|c| c.as_str()).collect();
                 Parts::new(

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::event_log::query::{CategoryInfo, DEFAULT_LIMIT, MAX_LIMIT, RangeQuery};
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -29,6 +30,7 @@ pub struct RangeParams {
     /// Exclusive upper bound on the append time: ms since the epoch or RFC 3339.
     to: Option<String>,
     /// Events per page, 1..=1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -57,14 +59,15 @@ fn category(name: &str) -> Result<Category, ApiError> {
     })
 }
 
-/// ms since the epoch, or an RFC 3339 time.
+/// ms since the epoch, or an RFC 3339 time (one before 1970 is the epoch:
+/// nothing was appended earlier).
 fn time_param(field: &'static str, v: &str) -> Result<u64, ApiError> {
     if let Ok(ms) = v.parse::<u64>() {
         return Ok(ms);
     }
     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
         .ok()
-        .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        .map(|t| u64::try_from((t.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(0))
         .ok_or_else(|| {
             bad(
                 field,
@@ -120,8 +123,11 @@ fn decode_cursor(cursor: &str, shards: usize) -> Result<Cursor, ApiError> {
     Ok((from, to, after))
 }
 
-async fn authorize(s: &AppState, headers: &HeaderMap, c: Category) -> Result<(), ApiError> {
+/// Reading the log: the callers that may subscribe to `category:` channels
+/// (checked before the category is: the same for every category).
+async fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let principal = authenticate(s, headers, None).await?;
+    let c = Category::Writing;
     if crate::websocket_fanout::may_subscribe(&principal, &format!("category:{}", c.as_str())) {
         Ok(())
     } else {
@@ -139,7 +145,7 @@ async fn authorize(s: &AppState, headers: &HeaderMap, c: Category) -> Result<(),
     params(("category" = String, Path, description = "writing, collaboration, publishing, analytics, automation or system"), RangeParams),
     responses(
         (status = 200, description = "One page, oldest first", body = EventPage),
-        (status = 400, description = "Bad `from`, `to`, `limit` or `cursor` (`field` names it)", body = super::openapi::ErrorBody),
+        (status = 400, description = "Bad `from`, `to`, `limit` or `cursor` (`field` names it); `to` before `from` is an empty page", body = super::openapi::ErrorBody),
         (status = 401, description = "Not authenticated", body = super::openapi::ErrorBody),
         (status = 403, description = "Not an admin or analyst", body = super::openapi::ErrorBody),
         (status = 404, description = "Unknown category (the known ones are listed)", body = super::openapi::ErrorBody),
@@ -149,11 +155,12 @@ async fn authorize(s: &AppState, headers: &HeaderMap, c: Category) -> Result<(),
 pub(crate) async fn range(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    Query(p): Query<RangeParams>,
+    p: Result<Query<RangeParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<EventPage>, ApiError> {
+    authorize(&s, &headers).await?;
     let c = category(&name)?;
-    authorize(&s, &headers, c).await?;
+    let Query(p) = p.map_err(|r| ApiError::from_query(&r))?;
     let limit = match p.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
@@ -180,7 +187,13 @@ pub(crate) async fn range(
     if let (Some(f), Some(t)) = (from_ms, to_ms)
         && f > t
     {
-        return Err(bad("to", "`to` is before `from`"));
+        // An empty range: nothing in it.
+        return Ok(Json(EventPage {
+            category: c.as_str().to_owned(),
+            events: Vec::new(),
+            undecodable: 0,
+            next_cursor: None,
+        }));
     }
     let q = RangeQuery {
         category: c,
@@ -225,8 +238,8 @@ pub(crate) async fn info(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<CategoryInfo>, ApiError> {
+    authorize(&s, &headers).await?;
     let c = category(&name)?;
-    authorize(&s, &headers, c).await?;
     s.log
         .info(c)
         .await

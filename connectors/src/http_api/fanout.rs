@@ -10,7 +10,10 @@ use super::openapi;
 use super::state::AppState;
 use crate::websocket_fanout::{PublishError, WsPath, valid_channel};
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{MethodRouter, get};
@@ -22,13 +25,18 @@ use serde_json::json;
 pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
     get(
         move |State(s): State<AppState>,
-              Query(params): Query<IngestParams>,
+              params: Result<Query<IngestParams>, QueryRejection>,
+              uri: axum::http::Uri,
               headers: HeaderMap,
-              ws: WebSocketUpgrade| async move {
+              ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| async move {
             // Nothing is sent before authentication: bad or missing
-            // credentials refuse the upgrade with 401.
-            let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
-            check_ws_origin(&s, &headers, params.token.as_deref())?;
+            // credentials refuse the upgrade with 401; then the request
+            // is checked (a handshake, known parameters).
+            let token = super::ws_ingest::query_token(&uri);
+            let principal = authenticate(&s, &headers, token.as_deref()).await?;
+            check_ws_origin(&s, &headers, token.as_deref())?;
+            params.map_err(|r| ApiError::from_query(&r))?;
+            let ws = ws.map_err(|r| ApiError::InvalidUpgrade(r.body_text()))?;
             // Small buffers: tens of thousands of subscribers, each
             // sending only small control frames (tungstenite's 128 KiB
             // read and write buffers would be ~5 GB at 20 K); the hub's
@@ -46,7 +54,7 @@ pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
 /// Fanout statistics (admin).
 #[utoipa::path(get, path = "/api/realtime/websocket/stats", tag = "websocket",
     responses((status = 200, description = "Connections, channels, subscribers, queues", body = Object),
-        (status = 401, body = openapi::ErrorBody), (status = 403, body = openapi::ErrorBody)))]
+        (status = 401, body = openapi::ErrorBody), (status = 403, description = "Not an admin", body = openapi::ErrorBody)))]
 pub(crate) async fn ws_stats(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -56,28 +64,40 @@ pub(crate) async fn ws_stats(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Broadcast {
     /// `/ws/analytics` (default), `/ws/collaboration`, `/ws/presence`, `/ws/notifications`.
     #[serde(default)]
     path: Option<String>,
-    /// `user:{id}`, `project:{id}`, `document:{id}` or `category:{name}`.
+    /// `user:{id}`, `project:{id}`, `document:{id}` or `category:{name}`
+    /// (at most 200 characters).
+    #[schema(
+        pattern = r"^(user|project|document|category):[\s\S]+$",
+        max_length = 200
+    )]
     channel: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value, sent as the frame's `data`.
+    #[schema(value_type = Value)]
     data: serde_json::Value,
 }
 
 /// Publishes `data` to a channel of a fanout path (admin).
 #[utoipa::path(post, path = "/api/realtime/websocket/broadcast", tag = "websocket",
     request_body = Broadcast,
-    responses((status = 200, description = "`{\"delivered_to\":N}` subscribers", body = Object),
-        (status = 401, body = openapi::ErrorBody), (status = 403, body = openapi::ErrorBody),
-        (status = 422, description = "Bad `path` or `channel` (`field` names it)", body = openapi::ErrorBody)))]
+    responses((status = 200, description = "`{\"delivered_to\":N}` subscribers", body = Delivered),
+        (status = 401, body = openapi::ErrorBody), (status = 403, description = "Not an admin", body = openapi::ErrorBody),
+        (status = 422, description = "Bad `path` or `channel` (`field` names it)", body = openapi::ErrorBody),
+        (status = 503, description = "The fanout cannot publish (`fanout_unavailable`)", body = openapi::ErrorBody)))]
 pub(crate) async fn ws_broadcast(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(b): Json<Broadcast>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Who is asking comes first: nothing of the body is read for a caller
+    // that may not broadcast.
     require_admin(&s, &headers).await?;
+    let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;
+    let b: Broadcast = ApiError::parse_json(&body)?;
     let path = match b.path.as_deref() {
         None => WsPath::Analytics,
         Some(p) => WsPath::ALL
@@ -100,23 +120,43 @@ pub(crate) async fn ws_broadcast(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SendToUser {
+    /// The user whose `user:{id}` channel of `/ws/notifications` gets the frame.
+    #[schema(min_length = 1, max_length = 195)]
     user_id: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value, sent as the frame's `data`.
+    #[schema(value_type = Value)]
     data: serde_json::Value,
+}
+
+/// How many subscribers a frame was handed to.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Delivered {
+    delivered_to: u64,
 }
 
 /// Sends `data` to a user's `/ws/notifications` channel (admin).
 #[utoipa::path(post, path = "/api/realtime/websocket/send-to-user", tag = "websocket",
     request_body = SendToUser,
-    responses((status = 200, description = "`{\"delivered_to\":N}` connections", body = Object),
-        (status = 401, body = openapi::ErrorBody), (status = 403, body = openapi::ErrorBody)))]
+    responses((status = 200, description = "`{\"delivered_to\":N}` connections", body = Delivered),
+        (status = 401, body = openapi::ErrorBody), (status = 403, description = "Not an admin", body = openapi::ErrorBody),
+        (status = 422, description = "A field is missing or wrong (`field` names it)", body = openapi::ErrorBody),
+        (status = 503, description = "The fanout cannot publish (`fanout_unavailable`)", body = openapi::ErrorBody)))]
 pub(crate) async fn ws_send_to_user(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(b): Json<SendToUser>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&s, &headers).await?;
+    let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;
+    let b: SendToUser = ApiError::parse_json(&body)?;
+    if b.user_id.is_empty() || !valid_channel(&format!("user:{}", b.user_id)) {
+        return Err(ApiError::invalid_field(
+            "user_id",
+            "expected 1 to 195 characters",
+        ));
+    }
     let n = s
         .hub
         .publish_raw(

@@ -12,7 +12,7 @@ use super::state::AppState;
 use crate::auth::{ApiKey, Principal, Role, Scope};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -336,9 +336,6 @@ pub(crate) struct IngestParams {
     /// instead of rejecting the whole batch (the default).
     #[serde(default)]
     pub(crate) partial: bool,
-    /// A user token, for clients that cannot set headers.
-    #[serde(default)]
-    pub(crate) token: Option<String>,
 }
 
 /// Ingests one event, a JSON array of events, or NDJSON; answers 202 once
@@ -352,18 +349,20 @@ pub(crate) struct IngestParams {
         (status = 202, description = "Stored (duplicates are reported, not stored twice)", body = openapi::IngestAccepted),
         (status = 400, description = "Malformed body, or an invalid event (`field` names it)", body = openapi::ErrorBody),
         (status = 401, body = openapi::ErrorBody),
-        (status = 413, body = openapi::ErrorBody),
-        (status = 415, body = openapi::ErrorBody),
+        (status = 403, description = "The caller may not write an event of the request (scope, category, project, user); nothing was stored", body = openapi::ErrorBody),
+        (status = 413, description = "Body over ingest.max_body_bytes, more events than ingest.max_batch_events, or than the caller's burst", body = openapi::ErrorBody),
+        (status = 415, description = "Not application/json, application/x-ndjson or application/ndjson", body = openapi::ErrorBody),
         (status = 422, description = "Schema violation (`field` names it)", body = openapi::ErrorBody),
-        (status = 429, body = openapi::ErrorBody),
+        (status = 429, description = "Over the caller's rate (Retry-After)", body = openapi::ErrorBody),
         (status = 503, description = "The log is unavailable (Retry-After)", body = openapi::ErrorBody)))]
 pub(crate) async fn ingest_v1(
     s: State<AppState>,
-    params: Query<IngestParams>,
+    params: Result<Query<IngestParams>, QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    ingest_http(s, params, headers, body).await
+    ingest_http(s, params, uri, headers, body).await
 }
 
 /// `POST /v1/events` under the original specification's name.
@@ -375,34 +374,33 @@ pub(crate) async fn ingest_v1(
     responses(
         (status = 202, body = openapi::IngestAccepted),
         (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody),
+        (status = 403, description = "The caller may not write an event of the request; nothing was stored", body = openapi::ErrorBody),
         (status = 413, body = openapi::ErrorBody), (status = 415, body = openapi::ErrorBody),
         (status = 422, body = openapi::ErrorBody), (status = 429, body = openapi::ErrorBody),
         (status = 503, body = openapi::ErrorBody)))]
 pub(crate) async fn publish(
     s: State<AppState>,
-    params: Query<IngestParams>,
+    params: Result<Query<IngestParams>, QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    ingest_http(s, params, headers, body).await
+    ingest_http(s, params, uri, headers, body).await
 }
 
 async fn ingest_http(
     State(s): State<AppState>,
-    Query(params): Query<IngestParams>,
+    params: Result<Query<IngestParams>, QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                limit: s.config.max_body_bytes,
-            }
-        } else {
-            ApiError::BadBody(r.body_text())
-        }
-    })?;
+    // Authentication first: a caller without credentials learns nothing
+    // about its parameters or body.
+    let token = super::ws_ingest::query_token(&uri);
+    let principal = authenticate(&s, &headers, token.as_deref()).await?;
+    let Query(params) = params.map_err(|r| ApiError::from_query(&r))?;
+    let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;
     // No default: a body without a type is refused (415), see `refuse_body_type`.
     let content_type = headers
         .get(header::CONTENT_TYPE)

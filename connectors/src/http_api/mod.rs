@@ -24,6 +24,7 @@
 mod auth;
 mod commands;
 mod console;
+mod contract;
 mod error;
 mod events;
 mod fanout;
@@ -90,13 +91,20 @@ pub fn router(state: AppState) -> Router {
     }
     openapi::add_self(&mut api);
     openapi::finish(&mut api);
-    let document: Arc<str> = api.to_json().unwrap_or_default().into();
+    let mut document = serde_json::to_value(&api).unwrap_or_default();
+    contract::complete(&mut document, &state.config, state.auth.enabled());
+    let document = Arc::new(document);
+    let config = state.config.clone();
     let app = app.route(
         "/openapi.json",
         get(move || async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
             (
                 [(header::CONTENT_TYPE, "application/json")],
-                document.to_string(),
+                contract::render(&document, &config, now),
             )
         }),
     );

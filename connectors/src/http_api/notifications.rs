@@ -19,6 +19,8 @@ use crate::notifier::NotifierHandle;
 use crate::notifier::policy::{Alert, Preferences};
 use crate::notifier::store::StoreError;
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,12 +54,13 @@ fn store_error(e: StoreError) -> ApiError {
 /// user, a key with the `admin` scope, anyone when auth is off). Also says
 /// whether the caller is an admin. Keys without `admin` hold no user and
 /// may not act for one.
-async fn target_user(
-    s: &AppState,
-    headers: &HeaderMap,
-    user_id: Option<String>,
-) -> Result<(String, bool), ApiError> {
-    let principal = authenticate(s, headers, None).await?;
+fn target_user(principal: Principal, user_id: Option<String>) -> Result<(String, bool), ApiError> {
+    if user_id.as_deref() == Some("") {
+        return Err(ApiError::invalid_parameter(
+            "user_id",
+            "expected a user id, got an empty string",
+        ));
+    }
     let admin = principal.is_admin();
     match principal {
         Principal::User(u) => match user_id {
@@ -70,14 +73,25 @@ async fn target_user(
         Principal::App(_) if !admin => Err(ApiError::forbidden(
             "notifications of users need an API key with the admin scope",
         )),
-        Principal::App(_) | Principal::Anonymous => user_id
-            .filter(|u| !u.is_empty())
-            .map(|u| (u, admin))
-            .ok_or_else(|| ApiError::MissingField {
-                message: "user_id is required for apps (and when auth is off)".into(),
-                field: "user_id".into(),
-            }),
+        Principal::App(_) | Principal::Anonymous => user_id.map(|u| (u, admin)).ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "user_id",
+                "user_id is required for API keys (and when auth is off)",
+            )
+        }),
     }
+}
+
+/// Authenticates, then reads the query (authentication first: a caller
+/// without credentials learns nothing about its parameters).
+async fn caller<T>(
+    s: &AppState,
+    headers: &HeaderMap,
+    q: Result<Query<T>, QueryRejection>,
+) -> Result<(Principal, T), ApiError> {
+    let principal = authenticate(s, headers, None).await?;
+    let Query(q) = q.map_err(|r| ApiError::from_query(&r))?;
+    Ok((principal, q))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -88,11 +102,15 @@ struct ListQuery {
     unread: bool,
     /// Notifications to skip (newest first).
     #[serde(default)]
-    offset: usize,
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    offset: u32,
     /// Page size, 1–200 (default 50).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 200)]
     limit: usize,
-    /// Another user's (admins, or anyone when auth is off).
+    /// Whose notifications: required for API keys; an end user's own when
+    /// left out (another user's: admins only).
+    #[param(min_length = 1)]
     user_id: Option<String>,
 }
 
@@ -103,20 +121,28 @@ fn default_limit() -> usize {
 /// A user's in-app notifications, newest first.
 #[utoipa::path(get, path = "/api/realtime/notifications", tag = "notifications", params(ListQuery),
     responses((status = 200, description = "`{user_id, notifications, total, offset, limit}`", body = Object),
+        (status = 400, description = "A bad parameter (`field` names it; `user_id` is required for API keys)", body = ErrorBody),
         (status = 401, description = ERR, body = ErrorBody),
         (status = 403, description = ERR, body = ErrorBody),
         (status = 503, description = ERR, body = ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let (principal, q) = caller(&s, &headers, q).await?;
+    let (user, _) = target_user(principal, q.user_id)?;
+    if !(1..=200).contains(&q.limit) {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            format!("expected 1 to 200, got {}", q.limit),
+        ));
+    }
     let n = notifier(&s)?;
-    let (user, _) = target_user(&s, &headers, q.user_id).await?;
-    let limit = q.limit.clamp(1, 200);
+    let limit = q.limit;
     let (items, total) = n
         .store
-        .in_app_list(&user, q.unread, q.offset, limit)
+        .in_app_list(&user, q.unread, q.offset as usize, limit)
         .await
         .map_err(store_error)?;
     Ok(Json(json!({
@@ -131,7 +157,9 @@ async fn list(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct UserQuery {
-    /// Another user's (admins, or anyone when auth is off).
+    /// Whose: required for API keys; an end user's own when left out
+    /// (another user's: admins only).
+    #[param(min_length = 1)]
     user_id: Option<String>,
 }
 
@@ -139,17 +167,20 @@ struct UserQuery {
 #[utoipa::path(post, path = "/api/realtime/notifications/{id}/read", tag = "notifications",
     params(("id" = String, Path, description = "Notification id"), UserQuery),
     responses((status = 200, description = "`{id, read: true}`", body = Object),
+        (status = 400, description = "A bad parameter (`user_id` is required for API keys)", body = ErrorBody),
         (status = 404, description = ERR, body = ErrorBody),
         (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
         (status = 503, description = ERR, body = ErrorBody)))]
 async fn mark_read(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<UserQuery>,
+    q: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let (principal, q) = caller(&s, &headers, q).await?;
+    let (user, _) = target_user(principal, q.user_id)?;
     let n = notifier(&s)?;
-    let (user, _) = target_user(&s, &headers, q.user_id).await?;
     if !n
         .store
         .in_app_mark_read(&user, &id)
@@ -167,15 +198,18 @@ async fn mark_read(
 /// A user's notification preferences (the configured defaults until set).
 #[utoipa::path(get, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
     responses((status = 200, description = "`{user_id, preferences}`", body = Object),
+        (status = 400, description = "A bad parameter (`user_id` is required for API keys)", body = ErrorBody),
         (status = 401, description = ERR, body = ErrorBody),
+        (status = 403, description = ERR, body = ErrorBody),
         (status = 503, description = ERR, body = ErrorBody)))]
 async fn get_prefs(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<UserQuery>,
+    q: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let (principal, q) = caller(&s, &headers, q).await?;
+    let (user, _) = target_user(principal, q.user_id)?;
     let n = notifier(&s)?;
-    let (user, _) = target_user(&s, &headers, q.user_id).await?;
     Ok(Json(
         json!({"user_id": user, "preferences": n.prefs(&user)}),
     ))
@@ -186,6 +220,7 @@ async fn get_prefs(
 #[utoipa::path(put, path = "/api/realtime/notifications/preferences", tag = "notifications", params(UserQuery),
     request_body(content = Object, description = "Preferences; missing fields take the defaults, unknown ones are refused"),
     responses((status = 200, description = "`{user_id, preferences}`", body = Object),
+        (status = 400, description = "A bad parameter or a body that is not a JSON object", body = ErrorBody),
         (status = 422, description = ERR, body = ErrorBody),
         (status = 401, description = ERR, body = ErrorBody),
         (status = 403, description = ERR, body = ErrorBody),
@@ -193,15 +228,18 @@ async fn get_prefs(
 async fn put_prefs(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<UserQuery>,
-    body: axum::body::Bytes,
+    q: Result<Query<UserQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let (principal, q) = caller(&s, &headers, q).await?;
+    let (user, privileged) = target_user(principal, q.user_id)?;
     let n = notifier(&s)?;
-    let (user, privileged) = target_user(&s, &headers, q.user_id).await?;
+    let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;
     // Missing fields take the configured defaults, unknown ones are refused.
     let defaults = serde_json::to_value(&n.config().defaults).unwrap_or(Value::Null);
-    let patch: Value = serde_json::from_slice(&body)
+    let mut patch: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(format!("malformed JSON: {e}")))?;
+    schemas::json::integral_floats(&mut patch);
     let Value::Object(patch) = patch else {
         return Err(ApiError::InvalidJson("expected a JSON object".into()));
     };
@@ -233,13 +271,17 @@ async fn put_prefs(
     Ok(Json(json!({"user_id": user, "preferences": prefs})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
     /// A user id, `role:admin` or `project:<id>`.
     recipient: String,
+    /// LOW, MEDIUM (default), HIGH or CRITICAL.
     #[serde(default = "default_priority")]
+    #[schema(value_type = Option<String>, pattern = "^(LOW|MEDIUM|HIGH|CRITICAL)$")]
     priority: schemas::payload::Priority,
+    /// Not blank.
+    #[schema(pattern = r"[^\t\n\x0b\x0c\r ]")]
     title: String,
     #[serde(default)]
     body: String,
@@ -255,7 +297,7 @@ fn default_priority() -> schemas::payload::Priority {
 
 /// Sends a custom notification through the policy (admin).
 #[utoipa::path(post, path = "/api/realtime/notifications/send", tag = "notifications",
-    request_body(content = Object, description = "`{recipient, priority?, title, body, dedup_key?, id?}`"),
+    request_body(content = SendBody, description = "`{recipient, priority?, title, body?, dedup_key?, id?}`"),
     responses((status = 202, description = "`{id, recipients}`", body = Object),
         (status = 401, description = ERR, body = ErrorBody),
         (status = 403, description = ERR, body = ErrorBody),
@@ -264,11 +306,18 @@ fn default_priority() -> schemas::payload::Priority {
 async fn send(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(b): Json<SendBody>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let n = notifier(&s)?;
+    // Who is asking comes first: nothing of the body is read, and nothing
+    // about the notifier said, to a caller that may not send.
     require_admin(&s, &headers).await?;
-    if b.title.trim().is_empty() {
+    let n = notifier(&s)?;
+    let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;
+    let b: SendBody = ApiError::parse_json(&body)?;
+    if b.title
+        .chars()
+        .all(|c| matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' '))
+    {
         return Err(ApiError::invalid_field("title", "title must not be empty"));
     }
     let recipients = n.config().resolve(&b.recipient).len();

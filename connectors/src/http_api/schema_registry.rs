@@ -47,13 +47,20 @@ fn not_found(code: u32, message: &str) -> Response {
     )
 }
 
+/// Whether a path's id is this registry's one schema id (anything else,
+/// numeric or not, is a schema it does not have: 404 40403, as the
+/// registry's clients expect).
+fn ours(id: &str) -> bool {
+    id.parse::<u32>().ok() == Some(schemas::confluent::schema_id())
+}
+
 #[utoipa::path(get, path = "/schemas/ids/{id}", tag = "schema-registry",
-    params(("id" = u32, Path, description = "Schema id")),
+    params(("id" = u32, Path, description = "Schema id (another value, numeric or not: 404 40403)")),
     responses(
         (status = 200, description = "`{\"schema\": \"<Avro JSON>\"}`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
-async fn schema_by_id(Path(id): Path<u32>) -> Response {
-    if id != schemas::confluent::schema_id() {
+async fn schema_by_id(Path(id): Path<String>) -> Response {
+    if !ours(&id) {
         return not_found(40403, "Schema not found");
     }
     reply(
@@ -63,12 +70,12 @@ async fn schema_by_id(Path(id): Path<u32>) -> Response {
 }
 
 #[utoipa::path(get, path = "/schemas/ids/{id}/subjects", tag = "schema-registry",
-    params(("id" = u32, Path, description = "Schema id")),
+    params(("id" = u32, Path, description = "Schema id (another value, numeric or not: 404 40403)")),
     responses(
-        (status = 200, description = "Subjects using the schema", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 200, description = "Subjects using the schema", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
-async fn subjects_of_id(Path(id): Path<u32>) -> Response {
-    if id != schemas::confluent::schema_id() {
+async fn subjects_of_id(Path(id): Path<String>) -> Response {
+    if !ours(&id) {
         return not_found(40403, "Schema not found");
     }
     reply(StatusCode::OK, json!(subject_names()))
@@ -76,7 +83,7 @@ async fn subjects_of_id(Path(id): Path<u32>) -> Response {
 
 #[utoipa::path(get, path = "/subjects", tag = "schema-registry",
     responses(
-        (status = 200, description = "Every subject: `inkstream.events.<category>-value`", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
+        (status = 200, description = "Every subject: `inkstream.events.<category>-value`", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn subjects() -> Response {
     reply(StatusCode::OK, json!(subject_names()))
 }
@@ -84,7 +91,7 @@ async fn subjects() -> Response {
 #[utoipa::path(get, path = "/subjects/{subject}/versions", tag = "schema-registry",
     params(("subject" = String, Path, description = "Subject name")),
     responses(
-        (status = 200, description = "`[1]`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 200, description = "`[1]`", body = Vec<u32>, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
 async fn versions(Path(subject): Path<String>) -> Response {
     if !subject_names().contains(&subject) {

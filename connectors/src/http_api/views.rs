@@ -18,6 +18,7 @@ use crate::view_store::state::{
 };
 use crate::view_store::{Fresh, ViewError};
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -92,8 +93,9 @@ pub struct SessionMetrics {
     params(("id" = String, Path, description = "The session id: the client's `session_id`, or `<user>@<start ms>` for an implicit session")),
     responses(
         (status = 200, body = SessionMetrics),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, description = "No such session in the view", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Not a session the caller may read (also when there is none, for callers that cannot read every session)", body = ErrorBody),
+        (status = 404, description = "No such session in the view (callers that read every session)", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 async fn session_metrics(
     State(s): State<AppState>,
@@ -102,13 +104,24 @@ async fn session_metrics(
 ) -> Result<Json<SessionMetrics>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
     let (session, as_of) = fetch(s.views.session(&id)).await?;
-    let session = session.ok_or_else(|| ApiError::NotFound {
-        message: format!("no session {id:?}"),
-        field: Some("id".into()),
-    })?;
-    if !may_read(&principal, &session_channels(&session)) {
-        return Err(forbidden("this session's user or project"));
-    }
+    // Authorization before existence: a caller that may not read every
+    // session gets the same 403 for another's session and for none at all,
+    // so session ids cannot be probed.
+    let session = match session {
+        Some(v) if may_read(&principal, &session_channels(&v)) => v,
+        Some(_) => return Err(forbidden("this session's user or project")),
+        None if principal.reads_everything() => {
+            return Err(ApiError::NotFound {
+                message: format!("no session {id:?}"),
+                field: Some("id".into()),
+            });
+        }
+        None => {
+            return Err(ApiError::forbidden(format!(
+                "no session {id:?} that you may read"
+            )));
+        }
+    };
     Ok(Json(SessionMetrics {
         session,
         as_of,
@@ -139,15 +152,17 @@ pub struct ActiveSessions {
     params(ActiveParams),
     responses(
         (status = 200, body = ActiveSessions),
+        (status = 400, description = "A bad parameter (`field` names it)", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "`user` is another user / `project` one the caller is not a member of", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 async fn active_sessions(
     State(s): State<AppState>,
-    Query(q): Query<ActiveParams>,
+    q: Result<Query<ActiveParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<ActiveSessions>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let Query(q) = q.map_err(|r| ApiError::from_query(&r))?;
     if let Some(p) = &q.project
         && !may_read(&principal, &[format!("project:{p}")])
     {
@@ -189,7 +204,7 @@ struct RangeParams {
     /// Start (inclusive): ms since the epoch, RFC 3339, or `YYYY-MM-DD`; the
     /// UTC day holding it is included. Default: 30 days before `to`.
     from: Option<String>,
-    /// End (inclusive, same forms). Default: now.
+    /// End (inclusive, same forms). Default: now. Before `from`: no rows.
     to: Option<String>,
 }
 
@@ -247,10 +262,11 @@ fn day_param(field: &'static str, v: &str) -> Result<String, ApiError> {
 async fn project_writing(
     State(s): State<AppState>,
     Path(project): Path<String>,
-    Query(q): Query<RangeParams>,
+    q: Result<Query<RangeParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<ProjectWriting>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let Query(q) = q.map_err(|r| ApiError::from_query(&r))?;
     let to = match &q.to {
         Some(v) => day_param("to", v)?,
         None => day_of(now_ms()),
@@ -259,9 +275,7 @@ async fn project_writing(
         Some(v) => day_param("from", v)?,
         None => day_of(ms_of_day(&to).unwrap_or_else(now_ms) - 29 * 86_400_000),
     };
-    if from > to {
-        return Err(ApiError::invalid_parameter("to", "`to` is before `from`"));
-    }
+    // `to` before `from`: an empty range, answered with no rows.
     if !may_read(&principal, &[format!("project:{project}")]) {
         return Err(forbidden(&format!("project {project:?}")));
     }

@@ -13,6 +13,8 @@ use super::error::ApiError;
 use super::ingest::{self, ingest_events};
 use super::state::AppState;
 use crate::auth::Principal;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -24,9 +26,6 @@ use serde_json::json;
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct WsParams {
-    /// A user token, for clients that cannot set the Authorization header.
-    #[serde(default)]
-    token: Option<String>,
     /// Accept the valid events of a frame and report the rejected ones.
     #[serde(default)]
     partial: bool,
@@ -37,16 +36,22 @@ pub(crate) struct WsParams {
 #[utoipa::path(get, path = "/ws/ingest", tag = "websocket", params(WsParams),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
+        (status = 400, description = "Not a WebSocket handshake, or a bad parameter", body = super::openapi::ErrorBody),
         (status = 401, description = "Missing or bad credentials: no upgrade", body = super::openapi::ErrorBody)))]
 pub(crate) async fn upgrade(
     State(s): State<AppState>,
-    Query(params): Query<WsParams>,
+    params: Result<Query<WsParams>, QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    // Nothing is sent before authentication: a bad credential refuses the upgrade.
-    let principal = authenticate(&s, &headers, params.token.as_deref()).await?;
-    super::auth::check_ws_origin(&s, &headers, params.token.as_deref())?;
+    // Nothing is sent before authentication: a bad credential refuses the
+    // upgrade; then the request is checked (a handshake, known parameters).
+    let token = query_token(&uri);
+    let principal = authenticate(&s, &headers, token.as_deref()).await?;
+    super::auth::check_ws_origin(&s, &headers, token.as_deref())?;
+    let Query(params) = params.map_err(|r| ApiError::from_query(&r))?;
+    let ws = ws.map_err(|r| ApiError::InvalidUpgrade(r.body_text()))?;
     let max = s.config.max_body_bytes;
     let peer = super::auth::peer(&headers);
     Ok(ws
@@ -54,6 +59,18 @@ pub(crate) async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| serve(socket, s, principal, peer, params.partial))
         .into_response())
+}
+
+/// The `?token=` of a request's query string, read on its own so that
+/// authentication comes before the other parameters are checked.
+pub(crate) fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TokenOnly {
+        token: Option<String>,
+    }
+    Query::<TokenOnly>::try_from_uri(uri)
+        .ok()
+        .and_then(|Query(t)| t.token)
 }
 
 async fn serve(

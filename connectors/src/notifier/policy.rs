@@ -80,9 +80,22 @@ impl LocalTime {
         LocalTime(h * 60 + m)
     }
 
+    /// Exactly `HH:MM` (the API document states it as a pattern).
     pub fn parse(s: &str) -> Option<LocalTime> {
-        let (h, m) = s.split_once(':')?;
-        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        let b = s.as_bytes();
+        if b.len() != 5
+            || b[2] != b':'
+            || !b
+                .iter()
+                .enumerate()
+                .all(|(i, c)| i == 2 || c.is_ascii_digit())
+        {
+            return None;
+        }
+        let (h, m) = (
+            u16::from(b[0] - b'0') * 10 + u16::from(b[1] - b'0'),
+            u16::from(b[3] - b'0') * 10 + u16::from(b[4] - b'0'),
+        );
         (h < 24 && m < 60).then_some(LocalTime(h * 60 + m))
     }
 }
