@@ -2,7 +2,7 @@
 # inkstream, built from this repository (docker-compose.yml builds it).
 #
 # Stage 1 compiles a release binary with the toolchain image (which has the C
-# toolchain librdkafka's build needs); stage 2 is debian:bookworm-slim with
+# toolchain, libssl-dev and pkg-config librdkafka's build needs); stage 2 is debian:bookworm-slim with
 # the binary only, run as an unprivileged user. The healthcheck is the binary
 # itself (`inkstream healthcheck` asks /healthz), so no curl in the image.
 
@@ -21,10 +21,11 @@ FROM debian:bookworm-slim AS runtime
 # ca-certificates: the system roots that rustls (the binary's one TLS stack)
 # trusts for rediss:// (managed Redis), https to the email/SMS providers and
 # webhooks, and SMTP STARTTLS/implicit TLS, unless a `*.tls.ca_file` names
-# another CA. Kafka over TLS/SASL is configured separately (see
-# docs/OPERATIONS.md). zlib (librdkafka) is in the base.
+# another CA. libssl3: librdkafka's TLS for Kafka (ssl / sasl_ssl, see
+# docs/OPERATIONS.md "Kafka security"), which trusts the same system roots
+# unless kafka.tls.ca_file is set. zlib (librdkafka) is in the base.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 inkstream \
     && useradd --system --uid 10001 --gid inkstream --home-dir /var/lib/inkstream \

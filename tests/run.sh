@@ -42,6 +42,13 @@ as_root() {
 }
 
 # --- install what is missing -------------------------------------------------
+# librdkafka is built with OpenSSL (Kafka over TLS/SASL): its headers and
+# pkg-config must be there before cargo builds rdkafka-sys.
+if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl 2>/dev/null; then
+  log "installing libssl-dev and pkg-config (Debian packages) for librdkafka's TLS"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends libssl-dev pkg-config >/dev/null
+fi
 if ! command -v redis-server >/dev/null 2>&1; then
   log "installing redis-server (Debian package)"
   as_root apt-get update -qq

@@ -80,6 +80,9 @@ pub struct Metrics {
     pub mirror_lag_events: IntGauge,
     /// Age of the oldest entry not yet in Kafka, seconds.
     pub mirror_lag_seconds: prometheus::Gauge,
+    /// Kafka connections refused: SASL credentials (`sasl`) or the TLS
+    /// handshake (`tls`), by client (`check`, `source`, `derived`).
+    pub kafka_auth_failures: IntCounterVec,
     /// Requests and upgrades refused by authentication, by error code.
     pub auth_failures: IntCounterVec,
     /// Fetches of `auth.jwks_url` by outcome (`ok`, `failed`, `rate_limited`).
@@ -260,6 +263,15 @@ impl Metrics {
                 "inkstream_mirror_lag_seconds",
                 "Age of the oldest log entry not yet delivered to Kafka.",
             )?,
+            kafka_auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_kafka_auth_failures_total",
+                    "Kafka connections refused: SASL authentication (kind sasl) or the TLS \
+                     handshake (kind tls), by client (check: the startup access check; \
+                     source: the dataflow's consumer; derived: the derived producer).",
+                ),
+                &["client", "kind"],
+            )?,
             auth_failures: IntCounterVec::new(
                 Opts::new(
                     "inkstream_auth_failures_total",
@@ -370,6 +382,7 @@ impl Metrics {
         r.register(Box::new(m.mirror_dead_lettered.clone()))?;
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
+        r.register(Box::new(m.kafka_auth_failures.clone()))?;
         r.register(Box::new(m.auth_failures.clone()))?;
         r.register(Box::new(m.auth_jwks_fetches.clone()))?;
         r.register(Box::new(m.ws_ingest_connections.clone()))?;
@@ -418,6 +431,11 @@ impl Metrics {
         }
         for stage in ["topics", "log", "produce", "ack", "encode", "undecodable"] {
             self.mirror_errors.with_label_values(&[stage]);
+        }
+        for client in ["check", "source", "derived"] {
+            for kind in ["sasl", "tls"] {
+                self.kafka_auth_failures.with_label_values(&[client, kind]);
+            }
         }
         // auth::AuthError::CODES (metrics imports no component) and the
         // Origin check's refusal.

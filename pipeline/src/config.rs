@@ -301,6 +301,46 @@ pub struct KafkaConfig {
     /// produced as derived) or `exactly_once` (transactional, committed with
     /// each checkpoint; needs `checkpoint.dir`).
     pub derived_delivery: DerivedDelivery,
+    /// librdkafka's `security.protocol`: `plaintext` (default), `ssl`,
+    /// `sasl_plaintext` or `sasl_ssl` (Kafka's upper-case spelling works too).
+    pub security_protocol: connectors::kafka::security::SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with the
+    /// `sasl_*` protocols (default: none).
+    pub sasl_mechanism: Option<connectors::kafka::security::SaslMechanism>,
+    /// SASL user name (default: none).
+    pub sasl_username: Option<String>,
+    /// SASL password (`--kafka-sasl-password`, `INKSTREAM_KAFKA_SASL_PASSWORD`;
+    /// default: none). Never logged.
+    pub sasl_password: Option<connectors::kafka::security::Secret>,
+    /// `[kafka.tls]`: `ca_file` (default: the system roots), optional
+    /// `cert_file`/`key_file` (mutual TLS); only with `ssl`/`sasl_ssl`.
+    pub tls: connectors::tls::TlsFiles,
+}
+
+impl KafkaConfig {
+    /// The brokers with their security settings, checked (`None` without
+    /// `kafka.brokers`); errors name the key.
+    pub fn cluster(&self) -> Result<Option<connectors::kafka::Brokers>, ConfigError> {
+        let Some(bootstrap) = &self.brokers else {
+            return Ok(None);
+        };
+        let security = connectors::kafka::security::SecuritySettings {
+            protocol: self.security_protocol,
+            mechanism: self.sasl_mechanism,
+            username: self.sasl_username.clone(),
+            password: self.sasl_password.clone(),
+            tls: self.tls.clone(),
+        }
+        .check()
+        .map_err(|e| ConfigError::Invalid {
+            path: "kafka".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(connectors::kafka::Brokers {
+            bootstrap: bootstrap.clone(),
+            security,
+        }))
+    }
 }
 
 /// `kafka.derived_delivery`.
@@ -321,6 +361,11 @@ impl Default for KafkaConfig {
             mirror_max_attempts: 5,
             dataflow_group: "inkstream-dataflow".into(),
             derived_delivery: DerivedDelivery::AtLeastOnce,
+            security_protocol: Default::default(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            tls: Default::default(),
         }
     }
 }
@@ -727,6 +772,7 @@ impl Config {
         if self.dataflow.read_batch == 0 {
             return bad("dataflow.read_batch", "must be at least 1");
         }
+        self.kafka.cluster()?;
         let redis_log = self.redis.url.is_some();
         let store = self.checkpoint.resolved(redis_log);
         if self.kafka.derived_delivery == DerivedDelivery::ExactlyOnce && store.is_none() {
@@ -866,6 +912,42 @@ mod tests {
         assert_eq!(c.dataflow.allowed_disorder, Duration::from_secs(5));
         assert_eq!(c.wpm.window, Duration::from_secs(120));
         assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:1/0"));
+    }
+
+    #[test]
+    fn kafka_security_settings_are_checked_at_load_and_name_their_key() {
+        let c = Config::load(
+            None,
+            &[
+                "kafka.brokers=b1:9096".into(),
+                "kafka.security_protocol=SASL_SSL".into(),
+                "kafka.sasl_mechanism=SCRAM-SHA-512".into(),
+                "kafka.sasl_username=inkstream".into(),
+                "kafka.sasl_password=pw-from-env".into(),
+            ],
+        )
+        .unwrap();
+        let brokers = c.kafka.cluster().unwrap().unwrap();
+        let cfg = brokers.client_config();
+        assert_eq!(cfg.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(cfg.get("sasl.password"), Some("pw-from-env"));
+        assert!(
+            !format!("{c:?}").contains("pw-from-env"),
+            "Debug redacts it"
+        );
+        let e = Config::load(
+            None,
+            &[
+                "kafka.brokers=b1:9096".into(),
+                "kafka.security_protocol=sasl_ssl".into(),
+                "kafka.sasl_mechanism=SCRAM-SHA-512".into(),
+                "kafka.sasl_username=inkstream".into(),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("kafka.sasl_password"), "{e}");
+        let e = Config::load(None, &["kafka.sasl_mechanism=GSSAPI".into()]).unwrap_err();
+        assert!(e.to_string().contains("kafka.sasl_mechanism"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,16 @@
 #                                   (kafka-consumer-groups.sh); warnings only
 #
 # Environment: KAFKA_HEAP (default 512m), INKSTREAM_CACHE (~/.cache/inkstream).
+#
+# A second listener with SASL_SSL (SCRAM-SHA-512 over TLS), when
+# KAFKA_SASL_SSL_PORT is set (for `run`; `format` adds the user):
+#   KAFKA_SASL_SSL_PORT   its port (advertised as 127.0.0.1)
+#   KAFKA_TLS_CERT        PEM certificate chain of the broker
+#   KAFKA_TLS_KEY         its PEM (PKCS#8, unencrypted) private key; both go
+#                         into a PEM keystore (ssl.keystore.type=PEM: no keytool)
+#   KAFKA_SCRAM_USER      the SCRAM-SHA-512 user created when the store is
+#   KAFKA_SCRAM_PASSWORD  formatted (kafka-storage format --add-scram)
+# The PLAINTEXT listener stays (inter-broker traffic, admin tools).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -51,15 +61,23 @@ java_opts() {
 }
 
 write_properties() { # dir port cport
+  local listeners="PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:$3"
+  local advertised="PLAINTEXT://127.0.0.1:$2"
+  local map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ -n "${KAFKA_SASL_SSL_PORT:-}" ]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    advertised="$advertised,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    map="$map,SASL_SSL:SASL_SSL"
+  fi
   cat >"$1/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$3
-listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:$3
-advertised.listeners=PLAINTEXT://127.0.0.1:$2
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$map
 log.dirs=$1/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -71,6 +89,17 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
+  if [ -n "${KAFKA_SASL_SSL_PORT:-}" ]; then
+    : "${KAFKA_TLS_CERT:?KAFKA_TLS_CERT is needed with KAFKA_SASL_SSL_PORT}"
+    : "${KAFKA_TLS_KEY:?KAFKA_TLS_KEY is needed with KAFKA_SASL_SSL_PORT}"
+    cat "$KAFKA_TLS_KEY" "$KAFKA_TLS_CERT" >"$1/keystore.pem"
+    cat >>"$1/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$1/keystore.pem
+EOF
+  fi
 }
 
 format() { # dir
@@ -79,9 +108,14 @@ format() { # dir
   mkdir -p "$1"
   # Formatting needs a configuration; its ports are not recorded.
   write_properties "$1" 1 2
+  local scram=()
+  if [ -n "${KAFKA_SCRAM_USER:-}" ]; then
+    : "${KAFKA_SCRAM_PASSWORD:?KAFKA_SCRAM_PASSWORD is needed with KAFKA_SCRAM_USER}"
+    scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM_USER,password=$KAFKA_SCRAM_PASSWORD]")
+  fi
   # shellcheck disable=SC2046
   java $(java_opts) -cp "$libs/*" kafka.tools.StorageTool format \
-    -t "$cluster_id" -c "$1/server.properties" --ignore-formatted >/dev/null
+    -t "$cluster_id" -c "$1/server.properties" --ignore-formatted "${scram[@]}" >/dev/null
 }
 
 run() { # dir port cport

@@ -92,6 +92,11 @@ impl Server {
 
     /// Like [`Server::start`] on a given port (a restart "in place").
     pub async fn start_on(port: u16, args: &[&str]) -> Server {
+        Server::start_with_env(port, &[], args).await
+    }
+
+    /// Like [`Server::start_on`] with environment variables (secrets).
+    pub async fn start_with_env(port: u16, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = Command::new(inkstream_bin());
         cmd.arg("serve")
             .arg("--port")
@@ -107,6 +112,7 @@ impl Server {
             .args(args)
             .env_remove("REDIS_URL")
             .env_remove("KAFKA_BROKERS")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -236,17 +242,48 @@ impl Drop for PrivateRedis {
 pub struct PrivateKafka {
     pub port: u16,
     controller_port: u16,
+    /// The SASL_SSL listener's port, when started with one.
+    pub sasl_port: Option<u16>,
+    /// `broker.sh`'s settings of the SASL_SSL listener (kept for restarts).
+    env: Vec<(String, String)>,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl PrivateKafka {
     pub fn start() -> PrivateKafka {
+        PrivateKafka::start_with(None, Vec::new())
+    }
+
+    /// A broker with a second listener, SASL_SSL: SCRAM-SHA-512 for `user`
+    /// with `password`, over TLS with the PEM certificate `cert` and its
+    /// key `key` (e.g. `tls::TestPki`'s server pair).
+    pub fn start_sasl_ssl(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        user: &str,
+        password: &str,
+    ) -> PrivateKafka {
+        let port = free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let env = vec![
+            ("KAFKA_SASL_SSL_PORT".to_owned(), port.to_string()),
+            ("KAFKA_TLS_CERT".to_owned(), path(cert)),
+            ("KAFKA_TLS_KEY".to_owned(), path(key)),
+            ("KAFKA_SCRAM_USER".to_owned(), user.to_owned()),
+            ("KAFKA_SCRAM_PASSWORD".to_owned(), password.to_owned()),
+        ];
+        PrivateKafka::start_with(Some(port), env)
+    }
+
+    fn start_with(sasl_port: Option<u16>, env: Vec<(String, String)>) -> PrivateKafka {
         let dir = std::env::temp_dir().join(unique("kafka"));
         std::fs::create_dir_all(&dir).expect("kafka dir");
         let mut k = PrivateKafka {
             port: free_port(),
             controller_port: free_port(),
+            sasl_port,
+            env,
             dir,
             child: None,
         };
@@ -254,8 +291,18 @@ impl PrivateKafka {
         k
     }
 
+    /// The PLAINTEXT listener.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The SASL_SSL listener.
+    pub fn sasl_brokers(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.sasl_port
+                .expect("a broker started with start_sasl_ssl")
+        )
     }
 
     /// Starts the broker (again) and waits until it says it has started: an
@@ -273,6 +320,7 @@ impl PrivateKafka {
             .arg(&self.dir)
             .arg(self.port.to_string())
             .arg(self.controller_port.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()

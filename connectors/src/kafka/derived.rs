@@ -83,7 +83,15 @@ pub struct Deliveries {
     lost: AtomicU64,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::security::Observed {
+            metrics: self.metrics.clone(),
+            client: "derived",
+        }
+        .observe(&error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -142,7 +150,7 @@ impl DerivedProducer {
     /// the same id (aborting its open transaction) and reads the barrier the
     /// last committed transaction recorded.
     pub fn new(
-        brokers: &str,
+        brokers: &super::Brokers,
         metrics: Metrics,
         delivery: &Delivery,
     ) -> Result<DerivedProducer, super::KafkaError> {

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 /// Settings of the mirror.
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
-    pub brokers: String,
+    pub brokers: super::Brokers,
     /// Consumer group on the log (default `mirror`).
     pub group: String,
     /// Consumer name, stable across restarts (default `mirror-0`).
@@ -61,7 +61,7 @@ pub struct MirrorConfig {
 }
 
 impl MirrorConfig {
-    pub fn new(brokers: impl Into<String>) -> MirrorConfig {
+    pub fn new(brokers: impl Into<super::Brokers>) -> MirrorConfig {
         MirrorConfig {
             brokers: brokers.into(),
             group: "mirror".into(),

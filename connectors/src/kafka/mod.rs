@@ -1,10 +1,17 @@
 //! The Kafka-compatible side: topic administration and an idempotent producer.
 //!
 //! - [`mirror`]: the log → `inkstream.events.<category>` mirror.
+//! - [`source`]: the event topics as the dataflow's input.
+//! - [`derived`]: derived events out to `inkstream.derived.<type>`.
+//! - [`security`]: [`Brokers`], the one place every client's settings
+//!   (bootstrap list, TLS, SASL) are made, and the startup access check.
 
 pub mod derived;
 pub mod mirror;
+pub mod security;
 pub mod source;
+
+pub use security::Brokers;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -37,15 +44,10 @@ pub fn events_topic(category: schemas::Category) -> String {
     format!("inkstream.events.{}", category.as_str())
 }
 
-/// The base client configuration for `brokers` (comma-separated host:port).
-pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("socket.timeout.ms", "10000")
-        // The broker does not support topic auto-creation; topics are created
-        // explicitly through the admin API.
-        .set("allow.auto.create.topics", "false");
-    cfg
+/// The base client configuration for `brokers` ([`Brokers::client_config`];
+/// a bare `host:port` list is plaintext).
+pub fn client_config(brokers: impl Into<Brokers>) -> ClientConfig {
+    brokers.into().client_config()
 }
 
 /// The headers every inkstream record carries: `event_type`, `event_id`,
@@ -88,7 +90,7 @@ pub fn derived_topic(event_type: &str) -> String {
 }
 
 /// An idempotent producer: retries never duplicate or reorder within a partition.
-pub fn idempotent_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
+pub fn idempotent_producer(brokers: impl Into<Brokers>) -> Result<FutureProducer, KafkaError> {
     Ok(client_config(brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -99,7 +101,7 @@ pub fn idempotent_producer(brokers: &str) -> Result<FutureProducer, KafkaError> 
 
 /// Creates the topics that do not exist yet, with `partitions` each.
 pub async fn ensure_topics(
-    brokers: &str,
+    brokers: impl Into<Brokers>,
     topics: &[String],
     partitions: i32,
 ) -> Result<(), KafkaError> {

@@ -7,6 +7,7 @@
 //! prefix per partition: a restart resumes after the last record whose every
 //! predecessor was processed — at-least-once, never a gap.
 
+use super::security::Observed;
 use super::{client_config, events_topic};
 use crate::event_log::reader::CaughtUp;
 use crate::event_log::{EntryRef, LogEntry, Undecodable};
@@ -27,7 +28,7 @@ const QUIET: Duration = Duration::from_millis(100);
 /// Settings of the Kafka source.
 #[derive(Debug, Clone)]
 pub struct KafkaSourceConfig {
-    pub brokers: String,
+    pub brokers: super::Brokers,
     /// Consumer group (default `inkstream-dataflow`).
     pub group: String,
     /// Most records per batch handed to the dataflow.
@@ -77,7 +78,11 @@ pub async fn run(
     metrics: Metrics,
     caught_up: CaughtUp,
 ) {
-    let consumer: StreamConsumer = match client_config(&config.brokers)
+    let context = super::security::Observed {
+        metrics: metrics.clone(),
+        client: "source",
+    };
+    let consumer: StreamConsumer<Observed> = match client_config(&config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -85,7 +90,7 @@ pub async fn run(
         // broker may not answer early, and the live path (ingest → derived
         // frame) pays it. A short wait costs idle fetches, not latency.
         .set("fetch.wait.max.ms", "5")
-        .create()
+        .create_with_context(context)
     {
         Ok(c) => c,
         Err(e) => {
@@ -191,7 +196,7 @@ pub async fn run(
 }
 
 fn commit_with(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<Observed>,
     progress: &mut HashMap<(String, i32), PartitionProgress>,
     done: &[EntryRef],
     mode: CommitMode,

@@ -80,6 +80,7 @@ impl DataflowStart {
         let notifier = notifier_run.map(|(stop_tx, notifier, rx, stop_rx)| {
             (stop_tx, tokio::spawn(notifier.run(rx, stop_rx)))
         });
+        let kafka = config.kafka.cluster().map_err(ServeError::Auth)?;
         let (bridge, ends) = Bridge::start(&config, sink, metrics.clone(), readers, checkpoints)
             .map_err(ServeError::Workers)?;
         let sources = ends
@@ -89,7 +90,7 @@ impl DataflowStart {
                      entries,
                      processed,
                      caught_up,
-                 }| match &config.kafka.brokers {
+                 }| match &kafka {
                     Some(brokers) => tokio::spawn(connectors::kafka::source::run(
                         KafkaSourceConfig {
                             brokers: brokers.clone(),

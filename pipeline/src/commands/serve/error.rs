@@ -16,6 +16,8 @@ pub enum ServeError {
     Log(#[from] connectors::LogError),
     #[error("cannot reach Kafka: {0}")]
     Kafka(#[from] connectors::kafka::KafkaError),
+    #[error("configuration: {0}")]
+    KafkaAccess(connectors::kafka::security::AccessError),
     #[error("cannot start the dataflow: {0}")]
     Checkpoint(crate::runtime::checkpoint::CheckpointError),
     #[error("cannot start the dataflow: {0}")]
@@ -87,6 +89,7 @@ impl schemas::Classify for ServeError {
             | ServeError::ViewStore(_)
             | ServeError::LeaseLost => Fault::External,
             ServeError::Checkpoint(e) => schemas::Classify::fault(e),
+            ServeError::KafkaAccess(e) => schemas::Classify::fault(e),
             ServeError::Workers(e) => schemas::Classify::fault(e),
             ServeError::Stopped(e) => e.fault(),
             ServeError::StartPanicked(_)

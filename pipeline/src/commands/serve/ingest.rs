@@ -42,8 +42,9 @@ impl Ingest {
             required_groups.push(config.dataflow.group.clone());
         }
         let mut mirror = None;
-        if let Some(brokers) = &config.kafka.brokers {
-            let mut mc = MirrorConfig::new(brokers.clone());
+        if let Some(brokers) = config.kafka.cluster().map_err(ServeError::Auth)? {
+            tracing::info!(%brokers, "mirroring the log to Kafka");
+            let mut mc = MirrorConfig::new(brokers);
             mc.partitions = config.kafka.partitions;
             mc.batch = config.kafka.mirror_batch;
             mc.max_attempts = config.kafka.mirror_max_attempts;
@@ -56,7 +57,6 @@ impl Ingest {
                     .replace("-#", "mirror-"),
             };
             required_groups.push(mc.group.clone());
-            tracing::info!(%brokers, "mirroring the log to Kafka");
             tokio::spawn(connectors::kafka::mirror::report_lag(
                 log.clone(),
                 mc.group.clone(),

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// express-session cookie secret (config `auth.session_secret`).
     #[arg(long, env = "INKSTREAM_SESSION_SECRET", hide_env_values = true)]
     session_secret: Option<String>,
+    /// SASL password for Kafka (config `kafka.sasl_password`).
+    #[arg(long, env = "INKSTREAM_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    kafka_sasl_password: Option<String>,
 }
 
 impl ServeArgs {
@@ -80,6 +83,7 @@ impl ServeArgs {
             ("auth.jwt_secret", &self.jwt_secret),
             ("auth.session_secret", &self.session_secret),
             ("auth.jwks_url", &self.jwks_url),
+            ("kafka.sasl_password", &self.kafka_sasl_password),
         ] {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
                 out.push(format!("{key}={}", toml_string(v)));
@@ -145,6 +149,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     ingest::check_anonymous(&config)?;
     let metrics = connectors::Metrics::standalone();
+    outputs::check_kafka(&config, &metrics).await?;
     let log = open_log(&config).await?;
     let outputs = Outputs::open(&config, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

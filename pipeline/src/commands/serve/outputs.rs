@@ -116,7 +116,7 @@ impl Outputs {
     /// notifier and the view store.
     pub async fn open(config: &Config, metrics: &Metrics) -> Result<Outputs, ServeError> {
         let hub = open_hub(config, metrics).await?;
-        let derived = match &config.kafka.brokers {
+        let derived = match &config.kafka.cluster().map_err(ServeError::Auth)? {
             Some(brokers) if config.dataflow.enabled => {
                 // Every type: besides the derived ones, the dataflow emits
                 // `writing.session_started` and `collaboration.presence_updated`
@@ -187,6 +187,29 @@ impl Outputs {
             for_dataflow: (sink, notifier_run),
         })
     }
+}
+
+/// With TLS or SASL configured, connects to Kafka once: refused credentials
+/// or a failed handshake stop the start with a message naming the settings
+/// (brokers that do not answer only earn a warning: the clients retry).
+pub(super) async fn check_kafka(config: &Config, metrics: &Metrics) -> Result<(), ServeError> {
+    let Some(brokers) = config.kafka.cluster().map_err(ServeError::Auth)? else {
+        return Ok(());
+    };
+    if brokers.security == Default::default() {
+        return Ok(());
+    }
+    let metrics = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        connectors::kafka::security::check_access(
+            &brokers,
+            &metrics,
+            std::time::Duration::from_secs(10),
+        )
+    })
+    .await
+    .map_err(ServeError::StartPanicked)?
+    .map_err(ServeError::KafkaAccess)
 }
 
 /// Opens the log the config asks for.
