@@ -33,6 +33,7 @@ mod meta;
 mod notifications;
 pub mod openapi;
 mod schema_registry;
+mod server;
 mod state;
 mod views;
 mod ws_ingest;
@@ -40,6 +41,7 @@ mod ws_ingest;
 pub use error::ApiError;
 pub use ingest::{IngestOutcome, ingest_events};
 pub use listener::{LimitedListener, PeerAddr};
+pub use server::serve;
 pub use state::{AppState, IngestConfig};
 
 use crate::websocket_fanout::WsPath;
