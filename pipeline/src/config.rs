@@ -218,6 +218,12 @@ pub struct ServerConfig {
     /// How long a handler may run before answering 503 `request_timed_out` (default 30 s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub request_timeout: Duration,
+    /// A client must send a request's whole head (request line and headers)
+    /// within this long of starting it, or the connection is closed
+    /// (default 10 s): the slowloris defence, which trickled bytes do not
+    /// reset.
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub header_read_timeout: Duration,
     /// A connection that neither sends nor receives a byte for this long is
     /// closed (default 60 s; WebSocket clients are pinged more often).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
@@ -236,6 +242,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_connections: 50_000,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             allowed_origins: Vec::new(),
         }

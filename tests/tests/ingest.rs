@@ -550,3 +550,49 @@ async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
         200
     );
 }
+
+/// Slowloris: a client that starts a request and trickles its head a byte
+/// at a time (so the connection is never idle) is disconnected once
+/// `server.header_read_timeout` has passed; other clients are served
+/// meanwhile, and a client that sends its head in time is unaffected.
+#[tokio::test]
+async fn a_request_head_not_finished_within_the_header_read_timeout_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&["--set", "server.header_read_timeout=\"1s\""]).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Generous: the point is that it closes long before the 60 s idle
+    // timeout could, while bytes keep arriving.
+    let deadline = started + Duration::from_secs(40);
+    let mut buf = [0u8; 512];
+    let closed = loop {
+        assert!(
+            Instant::now() < deadline,
+            "a client trickling its request head was not disconnected within 40 s \
+             (server.header_read_timeout = 1s)"
+        );
+        // Keep the connection busy: one header byte every 200 ms.
+        if slow.write_all(b"X").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            // hyper may answer 408 before closing: keep reading to the close.
+            Ok(Ok(_)) => continue,
+            Err(_) => {}
+        }
+        // Another client is served meanwhile.
+        if started.elapsed() < Duration::from_millis(500) {
+            let r = reqwest::get(server.url("/healthz")).await.unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    assert!(closed);
+    let r = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert!(r.status().is_success(), "the server still answers");
+}

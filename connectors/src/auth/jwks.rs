@@ -74,6 +74,21 @@ impl Classify for JwksError {
     }
 }
 
+/// Why a fetch of the key set did not happen or failed.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("the last fetch was less than auth.jwks_min_refresh_interval ({0:?}) ago")]
+    RateLimited(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Classify for FetchError {
+    fn fault(&self) -> Fault {
+        Fault::External
+    }
+}
+
 /// One usable key.
 #[derive(Clone)]
 struct Key {
@@ -196,7 +211,7 @@ impl Jwks {
             return found;
         }
         // Unknown kid, stale or no keys: refetch if allowed, then look again.
-        let fetch_error = self.refresh().await.err();
+        let fetch_error = self.refresh().await.err().map(|e| e.to_string());
         match self.snapshot() {
             Some(s) => find(&s, kid, alg).unwrap_or_else(|| {
                 Err(AuthError::UnknownKey(match kid {
@@ -212,16 +227,13 @@ impl Jwks {
 
     /// Fetches the key set unless the last fetch started less than
     /// `min_refresh` ago. Errors say why the keys could not be had.
-    async fn refresh(&self) -> Result<(), String> {
+    async fn refresh(&self) -> Result<(), FetchError> {
         let mut last = self.last_attempt.lock().await;
         if let Some(at) = *last
             && at.elapsed() < self.min_refresh
         {
             self.fetches.with_label_values(&["rate_limited"]).inc();
-            return Err(format!(
-                "the last fetch was less than auth.jwks_min_refresh_interval ({:?}) ago",
-                self.min_refresh
-            ));
+            return Err(FetchError::RateLimited(self.min_refresh));
         }
         *last = Some(Instant::now());
         match self.fetch().await {
@@ -242,25 +254,30 @@ impl Jwks {
         }
     }
 
-    async fn fetch(&self) -> Result<Vec<Key>, String> {
+    async fn fetch(&self) -> Result<Vec<Key>, FetchError> {
         let mut resp = self
             .http
             .get(self.url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("GET failed: {e}"))?;
+            .map_err(|e| FetchError::Failed(format!("GET failed: {e}")))?;
         if !resp.status().is_success() {
-            return Err(format!("GET answered {}", resp.status()));
+            return Err(FetchError::Failed(format!(
+                "GET answered {}",
+                resp.status()
+            )));
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("reading the body failed: {e}"))?
+            .map_err(|e| FetchError::Failed(format!("reading the body failed: {e}")))?
         {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("the key set is larger than {MAX_BODY} bytes"));
+                return Err(FetchError::Failed(format!(
+                    "the key set is larger than {MAX_BODY} bytes"
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -270,12 +287,13 @@ impl Jwks {
 
 /// The usable signing keys of a JWKS document. Keys are parsed one by one
 /// so that one the library does not know does not hide the others.
-fn parse(body: &[u8]) -> Result<Vec<Key>, String> {
+fn parse(body: &[u8]) -> Result<Vec<Key>, FetchError> {
     #[derive(serde::Deserialize)]
     struct Doc {
         keys: Vec<serde_json::Value>,
     }
-    let doc: Doc = serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let doc: Doc = serde_json::from_slice(body)
+        .map_err(|e| FetchError::Failed(format!("not a JWKS document: {e}")))?;
     let mut keys = Vec::new();
     for raw in doc.keys {
         let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {

@@ -34,6 +34,7 @@ mod meta;
 mod notifications;
 pub mod openapi;
 mod schema_registry;
+mod server;
 mod state;
 mod views;
 mod ws_ingest;
@@ -41,6 +42,7 @@ mod ws_ingest;
 pub use error::ApiError;
 pub use ingest::{IngestOutcome, ingest_events};
 pub use listener::{LimitedListener, PeerAddr};
+pub use server::serve;
 pub use state::{AppState, IngestConfig};
 
 use crate::websocket_fanout::WsPath;

@@ -224,13 +224,18 @@ pub(super) async fn serve_until_stopped(
     );
     ingest.notifier = notifier;
     let app = http_api::router(ingest);
-    let app = app.into_make_service_with_connect_info::<http_api::PeerAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        // Upgraded WebSocket connections are not tracked by the HTTP
-        // server's graceful shutdown: close them explicitly.
-        hub_for_close.close_all();
-    });
-    server.await.map_err(ServeError::Server)
+    http_api::serve(
+        listener,
+        app,
+        config.server.header_read_timeout,
+        async move {
+            let _ = graceful.wait_for(|s| *s).await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            // Upgraded WebSocket connections are not tracked by the HTTP
+            // server's graceful shutdown: close them explicitly.
+            hub_for_close.close_all();
+        },
+    )
+    .await;
+    Ok(())
 }
