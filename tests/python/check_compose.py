@@ -75,8 +75,11 @@ if not str(env.get("REDIS_URL", "")).startswith("redis://redis:"):
 if not str(env.get("KAFKA_BROKERS", "")).startswith("kafka:"):
     problems.append("inkstream: KAFKA_BROKERS does not point at the kafka service")
 ink_cmd = " ".join(ink.get("command", []))
-if "checkpoint.dir=" not in ink_cmd:
-    problems.append("inkstream: no checkpoint.dir: a restart drops open sessions and windows")
+if 'checkpoint.store="redis"' in ink_cmd:
+    pass  # in Redis (AOF always, checked above): shared by every instance
+elif "checkpoint.dir=" not in ink_cmd:
+    problems.append("inkstream: no checkpoints (checkpoint.store or checkpoint.dir): a restart "
+                    "drops open sessions and windows")
 elif not any(str(v).split(":")[1:2] == ["/var/lib/inkstream"] for v in ink.get("volumes", [])):
     problems.append("inkstream: checkpoint.dir is not on a volume")
 build = ink.get("build") or {}
