@@ -1,13 +1,15 @@
 //! Counts the records on the event topics whose `event_id` header starts with
-//! a prefix, and how many distinct ids they carry (the exactly-once-by-id
-//! check of tests/bench/mirror.sh; Python is too slow for a million).
+//! a prefix, how many distinct ids they carry, and how many copies of an id
+//! differ from its first (a duplicate must be an identical copy): the checks
+//! of tests/bench/mirror.sh and mirror_restart.sh (Python is too slow for a
+//! million).
 //!
 //! `cargo run --release -p inkstream-tests --example count_topics -- BROKERS PREFIX EXPECTED`
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 #[tokio::main]
@@ -24,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|c| connectors::kafka::events_topic(*c))
         .collect();
     consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let mut ids = HashSet::new();
+    // id → hash of the first copy's value.
+    let mut ids: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut differing = 0u64;
     let mut records = 0u64;
     let mut decoded = 0u64;
     let start = Instant::now();
@@ -47,10 +51,14 @@ async fn main() -> anyhow::Result<()> {
         if schemas::confluent::decode(m.payload().unwrap_or_default()).is_ok() {
             decoded += 1;
         }
-        ids.insert(id.to_vec());
+        let value = schemas::stable_hash(m.payload().unwrap_or_default());
+        if *ids.entry(id.to_vec()).or_insert(value) != value {
+            differing += 1;
+        }
     }
     println!(
-        "{records} records ({decoded} decoded), {} distinct event ids (expected {expected}) in {:.1} s",
+        "{records} records ({decoded} decoded), {} distinct event ids (expected {expected}), \
+         {differing} differing copies, in {:.1} s",
         ids.len(),
         start.elapsed().as_secs_f64()
     );
