@@ -221,8 +221,7 @@ pub fn integral_floats(v: &mut Value) {
             // parse of a long decimal may be off by one ulp (17 digits).
             if let Some(f) = n.as_f64()
                 && (f - f.round()).abs() <= f.abs() * f64::EPSILON
-                && f >= -9.223_372_036_854_775e18
-                && f < 9.223_372_036_854_775e18
+                && (-9.223_372_036_854_775e18..9.223_372_036_854_775e18).contains(&f)
             {
                 *v = Value::from(f.round() as i64);
             }

@@ -97,10 +97,10 @@ pub(crate) fn complete(doc: &mut Value, cfg: &IngestConfig, secured_server: bool
         "content": {
             "application/json": {"schema": {"oneOf": [
                 {"$ref": format!("{REFS}Event")}, {"$ref": format!("{REFS}EventBatch")}]}},
-            "application/x-ndjson": {
-                "schema": {"$ref": format!("{REFS}EventBatch")},
+            "application/x-ndjson": {"schema": {
+                "$ref": format!("{REFS}EventBatch"),
                 "description": "One event per line (each item of the array on its own line)"
-            },
+            }},
             "application/ndjson": {"schema": {"$ref": format!("{REFS}EventBatch")}}
         }
     });
