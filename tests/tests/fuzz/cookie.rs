@@ -41,7 +41,11 @@ fn authenticator() -> Authenticator {
             ..AuthConfig::default()
         },
         None,
+        connectors::metrics::Metrics::standalone()
+            .auth_jwks_fetches
+            .clone(),
     )
+    .expect("an authenticator without a JWKS URL always builds")
 }
 
 /// `encodeURIComponent`, as express (the `cookie` package) writes the value.
