@@ -85,3 +85,15 @@ pub(crate) fn check_ws_origin(
         field: None,
     })
 }
+
+/// The `?token=` of a request's query string, read on its own so that
+/// authentication comes before the other parameters are checked.
+pub(crate) fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TokenOnly {
+        token: Option<String>,
+    }
+    axum::extract::Query::<TokenOnly>::try_from_uri(uri)
+        .ok()
+        .and_then(|axum::extract::Query(t)| t.token)
+}

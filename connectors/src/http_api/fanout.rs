@@ -32,7 +32,7 @@ pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
             // Nothing is sent before authentication: bad or missing
             // credentials refuse the upgrade with 401; then the request
             // is checked (a handshake, known parameters).
-            let token = super::ws_ingest::query_token(&uri);
+            let token = super::auth::query_token(&uri);
             let principal = authenticate(&s, &headers, token.as_deref()).await?;
             check_ws_origin(&s, &headers, token.as_deref())?;
             params.map_err(|r| ApiError::from_query(&r))?;

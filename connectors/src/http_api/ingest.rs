@@ -397,7 +397,7 @@ async fn ingest_http(
 ) -> Result<Response, ApiError> {
     // Authentication first: a caller without credentials learns nothing
     // about its parameters or body.
-    let token = super::ws_ingest::query_token(&uri);
+    let token = super::auth::query_token(&uri);
     let principal = authenticate(&s, &headers, token.as_deref()).await?;
     let Query(params) = params.map_err(|r| ApiError::from_query(&r))?;
     let body = body.map_err(|r| ApiError::from_body(&r, s.config.max_body_bytes))?;

@@ -47,7 +47,7 @@ pub(crate) async fn upgrade(
 ) -> Result<Response, ApiError> {
     // Nothing is sent before authentication: a bad credential refuses the
     // upgrade; then the request is checked (a handshake, known parameters).
-    let token = query_token(&uri);
+    let token = super::auth::query_token(&uri);
     let principal = authenticate(&s, &headers, token.as_deref()).await?;
     super::auth::check_ws_origin(&s, &headers, token.as_deref())?;
     let Query(params) = params.map_err(|r| ApiError::from_query(&r))?;
@@ -59,18 +59,6 @@ pub(crate) async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| serve(socket, s, principal, peer, params.partial))
         .into_response())
-}
-
-/// The `?token=` of a request's query string, read on its own so that
-/// authentication comes before the other parameters are checked.
-pub(crate) fn query_token(uri: &axum::http::Uri) -> Option<String> {
-    #[derive(Deserialize)]
-    struct TokenOnly {
-        token: Option<String>,
-    }
-    Query::<TokenOnly>::try_from_uri(uri)
-        .ok()
-        .and_then(|Query(t)| t.token)
 }
 
 async fn serve(
