@@ -362,7 +362,7 @@ async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_move
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let redis = PrivateRedis::start("mirror-poison");
     let kafka = PrivateKafka::start();
-    let admin: AdminClient<_> = connectors::kafka::client_config(&kafka.brokers())
+    let admin: AdminClient<_> = connectors::kafka::client_config(kafka.brokers())
         .create()
         .unwrap();
     let small = NewTopic::new("inkstream.events.automation", 8, TopicReplication::Fixed(1))
@@ -402,7 +402,7 @@ async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_move
     }
     wait_metric(&server, "inkstream_mirror_dead_lettered_total", 1.0, 90).await;
     // The dead letter names the event.
-    let consumer: StreamConsumer = connectors::kafka::client_config(&kafka.brokers())
+    let consumer: StreamConsumer = connectors::kafka::client_config(kafka.brokers())
         .set("group.id", unique("dlq"))
         .set("auto.offset.reset", "earliest")
         .create()
