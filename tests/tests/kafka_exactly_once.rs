@@ -89,6 +89,11 @@ async fn read_committed_sees_each_derived_event_once_across_kill_9_and_a_broker_
         "kafka.derived_delivery=exactly_once".to_owned(),
         "--set".to_owned(),
         format!("checkpoint.dir='{}'", checkpoints.display()),
+        // This test is about the derived topics' transactions with the
+        // directory store; the Redis store (the default with a Redis log
+        // since shared checkpoints) is covered by dataflow_recovery.
+        "--set".to_owned(),
+        "checkpoint.store=\"dir\"".to_owned(),
         // Event time: 40 s of keystrokes cross 8 checkpoints.
         "--set".to_owned(),
         "checkpoint.interval=5s".to_owned(),

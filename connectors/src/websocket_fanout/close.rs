@@ -16,6 +16,3 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code sent for a client frame over the 64 KiB limit (RFC 6455
 /// "message too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code sent for a frame the WebSocket protocol does not allow (RFC
-/// 6455 "protocol error"), e.g. a text frame that is not UTF-8.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;

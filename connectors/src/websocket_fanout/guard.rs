@@ -11,9 +11,7 @@
 //!   a fresh token (no in-band re-authentication, so a subscription never
 //!   outlives its credential).
 
-use super::close::{
-    CLOSE_CONTROL_FLOOD, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG,
-};
+use super::close::{CLOSE_CONTROL_FLOOD, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG};
 use super::config::HubConfig;
 use crate::auth::Principal;
 use tokio::time::Instant;
@@ -48,21 +46,19 @@ pub(crate) const TOO_BIG: Closing = Closing {
     reason: "frame larger than the 64 KiB limit",
     label: "too_big",
 };
-pub(crate) const PROTOCOL_ERROR: Closing = Closing {
-    code: CLOSE_PROTOCOL_ERROR,
-    reason: "malformed WebSocket frame",
-    label: "protocol_error",
-};
 
-/// Why a client's frame could not be read, as a close to send (rather than
-/// dropping the socket without a word). axum wraps tungstenite's error, whose
-/// kind shows only in its text ("Message too long: N > 65536").
-pub(crate) fn read_error(e: &axum::Error) -> Closing {
-    if e.to_string().contains("too long") {
-        TOO_BIG
-    } else {
-        PROTOCOL_ERROR
-    }
+/// Why a client's frame could not be read, as a close to send, or `None`
+/// to just end the connection. A frame over the size limit gets a named
+/// close (1009: the client is talking WebSocket and can act on it; found by
+/// tests/tests/fuzz). Anything else — a reset, a hang-up without a closing
+/// handshake, bytes that are not WebSocket at all — ends the connection
+/// without a frame: a peer that does not speak WebSocket (an HTTP client
+/// reusing the upgraded connection for its next request, as schemathesis'
+/// does) would read a close frame as a garbled HTTP response.
+/// axum wraps tungstenite's error, whose kind shows only in its text
+/// ("Space limit exceeded: Message too long: N > 65536").
+pub(crate) fn read_error(e: &axum::Error) -> Option<Closing> {
+    e.to_string().contains("too long").then_some(TOO_BIG)
 }
 
 /// The limits of one connection.

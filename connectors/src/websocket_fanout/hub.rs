@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
+/// How long a closing connection waits for the client's Close reply.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The hub; share it behind an `Arc`.
 pub struct Hub {
     table: Mutex<Table>,
@@ -463,7 +466,7 @@ impl Hub {
                     // A frame over the size limit or not WebSocket at all:
                     // a named close, not a reset (found by tests/tests/fuzz).
                     Some(Err(e)) => {
-                        closing = Some(guard::read_error(&e));
+                        closing = guard::read_error(&e);
                         break;
                     }
                     _ => break,
@@ -526,6 +529,20 @@ impl Hub {
             };
             let _ = sink.send(Message::Close(Some(frame))).await;
         }
+        // The closing handshake: read (and drop) what the client still sends
+        // until its own Close or the end, for at most `CLOSE_LINGER`. Tearing
+        // the socket down with the client's replies unread (the pongs it
+        // writes while catching up on buffered frames, its Close) makes the
+        // kernel answer with a reset, which destroys what the client has not
+        // read yet — the close frame with its code included.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
         for ch in &subscriptions {
             self.unsubscribe(conn, path, ch);
         }
