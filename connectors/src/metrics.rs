@@ -479,6 +479,19 @@ impl Metrics {
         &self.registry
     }
 
+    /// The figures the console charts (`/ws/analytics` channel
+    /// `category:stats`), read from the very series `/metrics` exports so
+    /// the two always agree: events accepted at ingest (every type), derived
+    /// events emitted by the dataflow (every type), and the largest
+    /// watermark lag of any operator.
+    pub fn pipeline_totals(&self) -> PipelineTotals {
+        PipelineTotals {
+            ingest_events: sum_series(&self.ingest_events_accepted) as u64,
+            derived_events: sum_series(&self.dataflow_derived) as u64,
+            watermark_lag_seconds: max_series(&self.dataflow_watermark_lag_seconds),
+        }
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -486,4 +499,41 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// See [`Metrics::pipeline_totals`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PipelineTotals {
+    /// `inkstream_ingest_events_accepted_total`, summed over `type`.
+    pub ingest_events: u64,
+    /// `inkstream_dataflow_derived_events_total`, summed over `type`.
+    pub derived_events: u64,
+    /// `inkstream_dataflow_watermark_lag_seconds`, the largest over
+    /// `operator` (0 before the dataflow has seen an event, or when this
+    /// instance does not run it).
+    pub watermark_lag_seconds: f64,
+}
+
+/// The values of every series of a counter or gauge family.
+fn series_values(c: &dyn prometheus::core::Collector) -> Vec<f64> {
+    let mut out = Vec::new();
+    for family in c.collect() {
+        let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+        for m in family.get_metric() {
+            out.push(if counter {
+                m.get_counter().get_value()
+            } else {
+                m.get_gauge().get_value()
+            });
+        }
+    }
+    out
+}
+
+fn sum_series(c: &dyn prometheus::core::Collector) -> f64 {
+    series_values(c).into_iter().sum()
+}
+
+fn max_series(c: &dyn prometheus::core::Collector) -> f64 {
+    series_values(c).into_iter().fold(0.0, f64::max)
 }

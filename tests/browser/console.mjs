@@ -14,7 +14,9 @@
 //  A conflict's users or paragraph may be null: any.
 //  Also per page: "viewport": {width, height}; expect "sparklines": [user]
 //  (a WPM line of 2+ points), "timelines": [user] (a state segment),
-//  "fits": true (nothing wider than the window).
+//  "fits": true (nothing wider than the window), "stats": N (the throughput
+//  and lag charts with N+ points each, ingest, derived and lag above 0 at
+//  some point).
 //
 // Prints "ready" once every page is subscribed (the test then ingests),
 // "ok" and exits 0 when everything showed up; otherwise prints what is
@@ -165,6 +167,17 @@ async function expectAll({ name, page, expect }, deadline) {
     await check(`a state timeline of ${user}`, () => page
       .locator(`#sessions tr[data-user="${user}"] svg.timeline rect.seg`).first()
       .waitFor({ timeout: left() }));
+  }
+  if (expect.stats) {
+    const lines = [['throughput', 'ingest'], ['throughput', 'derived'], ['lag', 'lag']];
+    for (const [chart, line] of lines) {
+      await check(`the ${chart} chart's ${line} line with ${expect.stats}+ points, not all 0`, () => page.waitForFunction(
+        ([c, l, n]) => {
+          const el = document.querySelector(`#stats svg.${c} polyline.${l}`);
+          return Number(el?.dataset.points) >= n && Number(el?.dataset.max) > 0;
+        },
+        [chart, line, expect.stats], { timeout: left() }));
+    }
   }
   if (expect.fits) {
     const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);

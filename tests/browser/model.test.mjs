@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LIMITS, apply, createState } from '../../connectors/src/http_api/console/assets/model.js';
+import { LIMITS, apply, createState, statsSeries } from '../../connectors/src/http_api/console/assets/model.js';
 
 const ev = (type, fields, data = {}) => ({ id: `${type}-${Math.random()}`, type, ts: 1000, ...fields, data });
 const presence = (user, ts, data) => ({ ...ev('collaboration.presence_updated', { user_id: user, document_id: 'd1', project_id: 'p1', ts }, data) });
@@ -87,4 +87,27 @@ test('an admin broadcast without an event type shows as a message', () => {
   const s = createState();
   assert.equal(apply(s, { title: 'Maintenance', body: 'at 22:00' }, 'user:u1'), true);
   assert.deepEqual([s.feed[0].kind, s.feed[0].title, s.feed[0].recipient], ['message', 'Maintenance', 'u1']);
+});
+
+test('pipeline stats are charted per second: throughput summed over gateways, lag the largest, oldest dropped', () => {
+  const s = createState();
+  const stats = (ts, instance, ingest, derived, lag) => ({
+    id: `stats-${instance}-${ts}`, type: 'system.pipeline_stats', ts, instance,
+    data: { interval_ms: 1000, ingest_events_per_sec: ingest, derived_events_per_sec: derived, watermark_lag_ms: lag },
+  });
+  assert.equal(apply(s, stats(10_000, 'a', 20, 60, 2100), 'category:stats'), true);
+  assert.equal(apply(s, stats(10_010, 'b', 5, 0, 0), 'category:stats'), true);
+  // The same publication again (history replay): applied once.
+  assert.equal(apply(s, stats(10_000, 'a', 20, 60, 2100), 'category:stats'), false);
+  apply(s, stats(9_000, 'a', 10, 30, 2000), 'category:stats');
+  assert.deepEqual(statsSeries(s), [
+    { ts: 9_000, ingest: 10, derived: 30, lag: 2000 },
+    { ts: 10_000, ingest: 25, derived: 60, lag: 2100 },
+  ]);
+  for (let i = 0; i < LIMITS.stats + 5; i += 1) apply(s, stats(20_000 + i * 1000, 'a', 1, 1, 1), 'category:stats');
+  const series = statsSeries(s);
+  assert.equal(series.length, LIMITS.stats);
+  assert.equal(series[0].ts, 20_000 + 5 * 1000);
+  // Older than everything kept: ignored.
+  assert.equal(apply(s, stats(1_000, 'a', 1, 1, 1), 'category:stats'), false);
 });

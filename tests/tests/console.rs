@@ -129,6 +129,8 @@ fn spec() -> Value {
                     "sessions": ["u1"],
                     "conflicts": [["u1", "u2", 3]],
                     "feed": ["Error in export", "u2 mentioned you"],
+                    // The server's figures: the ingest above, what it derived, the lag.
+                    "stats": 2,
                 },
             },
             {
@@ -370,7 +372,9 @@ fn the_console_model_and_socket_client_pass_their_node_unit_tests() {
 
 /// `inkstream demo` alone (no client of ours posts anything) fills every
 /// panel of the console within 10 s of its start: presence with cursors,
-/// sessions with WPM, a conflict, the alert feed (a mention, a service error).
+/// sessions with WPM, a conflict, the alert feed (a mention, a service error),
+/// and the throughput and watermark-lag charts from the server's own figures
+/// (`category:stats`, 3+ points each, not all zero).
 /// The browser launches first, so its startup does not count. The page's
 /// screenshot is kept in `target/<profile>/test-artifacts/console-demo/`.
 #[tokio::test]
@@ -396,6 +400,7 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
                     "sessions": ["u001", "u002", "u004"],
                     "sparklines": ["u001", "u002"],
                     "timelines": ["u001", "u002"],
+                    "stats": 3,
                     "conflicts": [[null, null, null]],
                     "feed": ["mentioned you", "Error in export"],
                     "fits": true,
@@ -405,13 +410,13 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
                 "name": "demo-wide",
                 "query": "",
                 "viewport": {"width": 1920, "height": 1080},
-                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "fits": true},
+                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "stats": 3, "fits": true},
             },
             {
                 "name": "demo-phone",
                 "query": "",
                 "viewport": {"width": 390, "height": 844},
-                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "fits": true},
+                "expect": {"sessions": ["u001"], "sparklines": ["u001"], "stats": 3, "fits": true},
             },
         ],
     });

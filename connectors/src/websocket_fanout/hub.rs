@@ -337,6 +337,12 @@ impl Hub {
         }
     }
 
+    /// This hub's random id (new at every start): names the gateway in
+    /// what it publishes by itself (`pipeline_stats`), never its address.
+    pub fn instance(&self) -> &str {
+        &self.incarnation
+    }
+
     /// Open connections.
     pub fn connection_count(&self) -> usize {
         self.conns().len()

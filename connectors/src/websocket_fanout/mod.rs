@@ -24,7 +24,8 @@
 //! (the JSON frames), `access.rs` (who may subscribe), `guard.rs` (a
 //! connection's control-frame rate, pings, idle timeout and token expiry), `close.rs` (close
 //! codes), `routing.rs` (which event goes to which path and channel),
-//! `config.rs`, and `broker/` (the seam to a broker outside the process;
+//! `config.rs`, `pipeline_stats.rs` (the server's throughput and watermark
+//! lag, published once a second on `category:stats` for the console), and `broker/` (the seam to a broker outside the process;
 //! `broker/redis.rs`, fanout through Redis). The admin endpoints and the
 //! subscribe upgrade live in `http_api/fanout.rs`.
 
@@ -38,6 +39,7 @@ mod frames;
 mod guard;
 mod history;
 mod hub;
+pub mod pipeline_stats;
 mod routing;
 
 pub use access::may_subscribe;

@@ -156,6 +156,8 @@ pub async fn run(
     let stop_tx = Arc::new(stop_tx);
     let start = DataflowStart::prepare(&config, &log, &metrics, outputs.for_dataflow, &stop_rx)?;
     let dataflow = lease::launch(&config, start, &metrics, &stop_rx, &stop_tx)?;
+    // The console's throughput and lag chart; ends at the stop signal.
+    connectors::websocket_fanout::pipeline_stats::spawn(&outputs.hub, &metrics, stop_rx.clone());
     let ingest = Ingest::start(
         &config,
         log,

@@ -5,11 +5,14 @@
 //
 // With no project, document or user the console subscribes to the
 // `category:` channels of /ws/analytics, which carry every derived event: the
-// admin and analyst view (open to everyone when auth is off).
+// admin and analyst view (open to everyone when auth is off), plus
+// `category:stats`, the server's throughput and watermark lag.
 
 import { ChannelSocket } from './socket.js';
-import { apply, createState } from './model.js';
-import { renderConflicts, renderConnections, renderFeed, renderPresence, renderSessions } from './view.js';
+import { apply, createState, statsSeries } from './model.js';
+import {
+  renderConflicts, renderConnections, renderFeed, renderPresence, renderSessions, renderStats,
+} from './view.js';
 
 const RENDER_EVERY_MS = 100;
 
@@ -42,6 +45,9 @@ function plan() {
   }
   if (paths.size === 0) {
     for (const c of ['writing', 'analytics', 'collaboration', 'system']) add('/ws/analytics', `category:${c}`);
+    // The server's own throughput and watermark lag, once a second
+    // (connectors/src/websocket_fanout/pipeline_stats.rs).
+    add('/ws/analytics', 'category:stats');
   }
   return paths;
 }
@@ -49,7 +55,7 @@ function plan() {
 const state = createState();
 const $ = (sel) => document.querySelector(sel);
 const sections = {
-  presence: $('#presence'), sessions: $('#sessions'), conflicts: $('#conflicts'), feed: $('#feed'),
+  presence: $('#presence'), sessions: $('#sessions'), stats: $('#stats'), conflicts: $('#conflicts'), feed: $('#feed'),
 };
 const dirty = new Set();
 let renderTimer = null;
@@ -59,6 +65,7 @@ function render() {
   if (dirty.has('model')) {
     renderPresence(sections.presence, state);
     renderSessions(sections.sessions, state);
+    renderStats(sections.stats, statsSeries(state));
     renderConflicts(sections.conflicts, state);
     renderFeed(sections.feed, state);
   }

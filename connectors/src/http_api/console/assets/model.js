@@ -15,6 +15,7 @@ export const LIMITS = {
   resolved: 10, // recently resolved conflicts kept for context
   feed: 100,
   seen: 5000, // event ids remembered for de-duplication
+  stats: 120, // seconds of throughput and lag kept for the chart
 };
 
 const SEVERITY = { LOW: 1, MEDIUM: 2, HIGH: 3 };
@@ -26,6 +27,7 @@ export function createState() {
     conflicts: new Map(), // conflict id -> {id, document, project, users, paragraph, severity, kind, suggestion, ts}
     resolved: [], // newest first: {id, document, users, paragraph, durationMs, resolution, ts}
     feed: [], // newest first: {key, kind, priority, title, body, recipient, rule, ts}
+    stats: new Map(), // second -> Map(instance -> {ingest, derived, lag}) (system.pipeline_stats)
     seen: new Set(),
     seenOrder: [],
   };
@@ -67,6 +69,8 @@ export function apply(state, data, channel) {
       return session(state, data, { session: d.session_id, state: 'ACTIVE_WRITING', wpm: d.wpm });
     case 'writing.session_ended':
       return endSession(state, data);
+    case 'system.pipeline_stats':
+      return pipelineStats(state, data, d);
     case 'collaboration.conflict_detected':
       return conflict(state, data, d);
     case 'collaboration.conflict_resolved':
@@ -84,6 +88,42 @@ export function apply(state, data, channel) {
     default:
       return false;
   }
+}
+
+// The server's own figures, once a second per gateway (channel
+// category:stats). Several gateways each publish theirs: kept per second
+// and instance, summed (throughput) or maxed (lag) by statsSeries.
+function pipelineStats(state, e, d) {
+  if (typeof e.ts !== 'number' || typeof d.ingest_events_per_sec !== 'number') return false;
+  const second = Math.round(e.ts / 1000);
+  let at = state.stats.get(second);
+  if (!at) {
+    // Oldest seconds go first; a backfill's older frames may come after
+    // newer live ones, and are then dropped if out of the window.
+    if (state.stats.size >= LIMITS.stats && second < Math.min(...state.stats.keys())) return false;
+    at = new Map();
+    state.stats.set(second, at);
+    while (state.stats.size > LIMITS.stats) state.stats.delete(Math.min(...state.stats.keys()));
+  }
+  at.set(String(e.instance ?? ''), {
+    ingest: d.ingest_events_per_sec, derived: d.derived_events_per_sec ?? 0, lag: d.watermark_lag_ms ?? 0,
+  });
+  return true;
+}
+
+// [{ts, ingest, derived, lag}] oldest first: events/s summed over the
+// gateways, the watermark lag (ms) of the one running the dataflow (the
+// largest).
+export function statsSeries(state) {
+  return [...state.stats.entries()].sort((a, b) => a[0] - b[0]).map(([second, at]) => {
+    const all = [...at.values()];
+    return {
+      ts: second * 1000,
+      ingest: all.reduce((n, x) => n + x.ingest, 0),
+      derived: all.reduce((n, x) => n + x.derived, 0),
+      lag: Math.max(0, ...all.map((x) => x.lag)),
+    };
+  });
 }
 
 function remember(state, id) {

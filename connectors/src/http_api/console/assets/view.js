@@ -134,6 +134,43 @@ export function renderSessions(section, state) {
   fill(section, nodes, 'No active session yet.');
 }
 
+// The server's own figures (channel category:stats): events/s in and out,
+// and the watermark lag, over the last minutes; one point per second.
+export function renderStats(section, series) {
+  if (series.length === 0) {
+    fill(section, [], 'No figures yet (admins and analysts see them).');
+    return;
+  }
+  const last = series.at(-1);
+  const now = h('p', { class: 'figures' },
+    h('span', { class: 'key k-ingest' }, 'ingest'), ` ${fmt(last.ingest)} events/s · `,
+    h('span', { class: 'key k-derived' }, 'derived'), ` ${fmt(last.derived)} events/s · `,
+    h('span', { class: 'key k-lag' }, 'watermark lag'), ` ${fmt(last.lag / 1000, 2)} s`);
+  fill(section, [now,
+    chart('throughput', 'Throughput, events per second', series, [['ingest', 'ingest'], ['derived', 'derived']], 'events/s'),
+    chart('lag', 'Watermark lag, ms', series, [['lag', 'lag']], 'ms')], '');
+}
+
+// A line chart of `keys` of `series`, scaled to its peak, full width.
+function chart(cls, title, series, keys, unit) {
+  const w = 300;
+  const hgt = 60;
+  const peak = Math.max(1, ...series.flatMap((p) => keys.map(([k]) => p[k])));
+  const step = series.length > 1 ? w / (series.length - 1) : 0;
+  const lines = keys.map(([k, c]) => {
+    const points = series.map((p, i) => `${(i * step).toFixed(1)},${(hgt - 1 - (p[k] / peak) * (hgt - 2)).toFixed(1)}`);
+    return svg('polyline', { class: c, points: points.join(' '), 'data-points': String(series.length),
+      'data-max': String(Math.max(...series.map((p) => p[k]))) });
+  });
+  const label = `${title} over the last ${series.length} s: ${keys
+    .map(([k]) => `${k} ${fmt(Math.min(...series.map((p) => p[k])))} to ${fmt(Math.max(...series.map((p) => p[k])))} ${unit}`)
+    .join('; ')}`;
+  return h('figure', { class: 'chart-fig' },
+    h('figcaption', {}, title, h('span', { class: 'meta' }, ` · peak ${fmt(peak)}`)),
+    svg('svg', { class: `line-chart ${cls}`, viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': label },
+      svg('title', {}, label), ...lines));
+}
+
 export function renderConflicts(section, state) {
   const open = [...state.conflicts.values()]
     .sort((a, b) => b.ts - a.ts)
