@@ -14,10 +14,12 @@
 //!   `# → STATUS JSON` (continued on `#` lines) after a `curl` is what that
 //!   call must answer: the status exactly, and every field shown in the JSON
 //!   (fields not shown are not checked). `…` matches anything: a bare `…`
-//!   any value, `…` inside a string any text, a trailing `, …` in an array
-//!   any further elements. A `curl` without a shown response must answer 2xx.
-//! - A `GET` answered 404 is retried for up to 10 s: the views are filled by
-//!   the dataflow, a moment after the events that make them.
+//!   any value (`[…]` any array, a trailing `, …` in an array any further
+//!   elements), `…` inside a string any text (`"…"` any value). A `curl` without a shown response must answer 2xx.
+//! - A `GET` answering another status than shown (not 2xx when none is
+//!   shown) is retried for up to 10 s: the views are filled by the dataflow,
+//!   a moment after the events that make them (until then a member's query
+//!   is 403, an admin's 404). Other methods are never retried.
 //! - Timestamps are computed by the blocks themselves (`$(date +%s%3N)`),
 //!   never hard-coded: a fixed time falls out of the 24 h window ingest
 //!   accepts.
@@ -174,31 +176,37 @@ fn pattern_json(shown: &str) -> String {
                 in_string = true;
                 out.push(c);
             }
-            '…' => out.push_str("\"…\""),
+            '…' => {
+                out.push('"');
+                out.push_str(BARE);
+                out.push('"');
+            }
             _ => out.push(c),
         }
     }
-    // `, "…"}`: an object member without a key; drop it.
+    // `, …}`: an object member without a key; drop it.
     let mut s = out;
-    for gap in [", \"…\"}", ",\"…\"}"] {
-        s = s.replace(gap, "}");
+    for gap in [format!(", \"{BARE}\"}}"), format!(",\"{BARE}\"}}")] {
+        s = s.replace(&gap, "}");
     }
     s
 }
 
+/// What a bare `…` (outside quotes) becomes: any value, and as the last
+/// element of an array, any further elements.
+const BARE: &str = "…(any)";
+
 /// Whether `actual` has everything `shown` shows.
 fn matches(shown: &Value, actual: &Value) -> bool {
     match (shown, actual) {
-        (Value::String(p), _) if p == "…" => true,
+        (Value::String(p), _) if p == "…" || p == BARE => true,
         (Value::String(p), Value::String(a)) if p.contains('…') => glob(p, a),
         (Value::String(p), a) if p.contains('…') => glob(p, &a.to_string()),
         (Value::Object(p), Value::Object(a)) => p
             .iter()
             .all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av))),
-        // `[…]`: any array.
-        (Value::Array(p), Value::Array(_)) if p.len() == 1 && p[0] == "…" => true,
         (Value::Array(p), Value::Array(a)) => {
-            let open = p.last().is_some_and(|l| l == "…") && p.len() > 1;
+            let open = p.last().is_some_and(|l| l == BARE);
             let fixed = if open { &p[..p.len() - 1] } else { &p[..] };
             (if open {
                 a.len() >= fixed.len()
@@ -229,17 +237,22 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// Bash run before every block: `curl` records each call's status and body
-/// in `$DOCS_RESPONSES` (one JSON line per call) and retries a GET answered
-/// 404 for up to 10 s; `inkstream` is the binary under test.
+/// in `$DOCS_RESPONSES` (one JSON line per call), and retries a GET for up to
+/// 10 s while it answers another status than the doc shows (`$DOCS_EXPECT`:
+/// `call:status` pairs; 2xx when none is shown).
 const PRELUDE: &str = r#"set -euo pipefail
 curl() {
-  local body status tries=0 method=GET
+  local body status tries=0 method=GET call want
   body=$(mktemp)
+  # This call's index: the calls recorded so far (also from subshells).
+  call=$(( $(wc -l < "$DOCS_RESPONSES") ))
+  want=$(printf '%s\n' $DOCS_EXPECT | sed -n "s/^$call://p")
   for a in "$@"; do case "$a" in -d|--data|--data-binary|--json) method=POST;; esac; done
   for a in "$@"; do case "$a" in -X*) method=other;; esac; done
   while :; do
     status=$(command curl -sS -o "$body" -w '%{http_code}' "$@")
-    if [ "$status" = 404 ] && [ "$method" = GET ] && [ $tries -lt 100 ]; then
+    if [ "$method" = GET ] && [ $tries -lt 100 ] \
+      && { if [ -n "$want" ]; then [ "$status" != "$want" ]; else [ "${status#2}" = "$status" ]; fi; }; then
       tries=$((tries + 1)); sleep 0.1; continue
     fi
     break
@@ -255,7 +268,7 @@ struct Run {
     output: String,
 }
 
-fn run_block(b: &Block, port: u16, env: &[(&str, String)], dir: &Path) -> Run {
+fn run_block(b: &Block, shown: &[Shown], port: u16, env: &[(&str, String)], dir: &Path) -> Run {
     let code = b
         .code
         .replace("localhost:8080", &format!("127.0.0.1:{port}"));
@@ -272,6 +285,14 @@ fn run_block(b: &Block, port: u16, env: &[(&str, String)], dir: &Path) -> Run {
         .arg(format!("{PRELUDE}\n{code}\n"))
         .current_dir(dir)
         .env("DOCS_RESPONSES", &responses)
+        .env(
+            "DOCS_EXPECT",
+            shown
+                .iter()
+                .map(|s| format!("{}:{}", s.call, s.status))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         .env("PATH", path)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
@@ -310,7 +331,7 @@ fn check_file(file: &'static str, port: u16, env: &[(&str, String)]) -> usize {
     let mut ran = 0;
     for b in shell_blocks(file).iter().filter(|b| b.run) {
         let shown = shown_responses(b);
-        let run = run_block(b, port, env, &dir);
+        let run = run_block(b, &shown, port, env, &dir);
         let here = || {
             format!(
                 "{}:{}:\n{}\n--- output ---\n{}",
@@ -353,6 +374,13 @@ fn check_file(file: &'static str, port: u16, env: &[(&str, String)]) -> usize {
             "the doc shows a response to call {max_call} but only {} ran: {}",
             run.responses.len(),
             here()
+        );
+        println!(
+            "{}:{}: {} calls, {} shown responses checked",
+            b.file,
+            b.line,
+            run.responses.len(),
+            shown.len()
         );
         ran += 1;
     }
@@ -447,4 +475,7 @@ fn shown_responses_match_loosely_where_they_say_so() {
     other["error"]["message"] = json!("2 of 2 events");
     assert!(!matches(&p, &other));
     assert!(glob("a…c…e", "abcde") && !glob("a…c", "ab"));
+    let any: Value = serde_json::from_str(&pattern_json(r#"{"xs":[…],"ys":[1, …]}"#)).unwrap();
+    assert!(matches(&any, &json!({"xs": [], "ys": [1, 2, 3]})));
+    assert!(!matches(&any, &json!({"xs": [1], "ys": [2]})));
 }
