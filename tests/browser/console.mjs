@@ -10,7 +10,9 @@
 //        "latePages": [same as pages, opened after the expectations],
 //        "recovery": {"page", "event"},   (optional, see below)
 //        "waitForServer": bool,   (poll <base-url>/healthz before opening pages)
-//        "deadlineAt": epoch ms}  (when everything must show; default 20 s after "ready")
+//        "deadlineAt": epoch ms,  (when everything must show; default 20 s after "ready")
+//        "waitForGo": bool}  (print "launched" once the browser runs, then read
+//                             "go <deadlineAt>" from stdin)
 //  A conflict's users or paragraph may be null: any.
 //  Also per page: "viewport": {width, height}; expect "sparklines": [user]
 //  (a WPM line of 2+ points), "timelines": [user] (a state segment),
@@ -62,6 +64,15 @@ const context = await chromium.launchPersistentContext(profile, {
   timeout: 15_000,
 });
 
+// "waitForGo": the deadline comes later, on stdin ("go <deadlineAt>"), once
+// the test has started the server: so the browser's own startup (seconds on
+// a loaded machine) never counts against the server's deadline.
+if (spec.waitForGo) {
+  console.log('launched');
+  spec.deadlineAt = await goLine();
+  log(`go: ${((spec.deadlineAt - Date.now()) / 1000).toFixed(1)} s to the deadline`);
+}
+
 const problems = [];
 const pages = [];
 // The recovery check's routed /ws/analytics connections (see routeForRecovery).
@@ -72,7 +83,9 @@ const fromPage = [];
 let failed = false;
 try {
   if (spec.waitForServer) await waitForServer();
-  for (const p of spec.pages) pages.push({ ...p, page: await openPage(p) });
+  log('server up');
+  // Opened side by side: on a loaded machine each takes seconds.
+  pages.push(...await Promise.all(spec.pages.map(async (p) => ({ ...p, page: await openPage(p) }))));
   // A page is ready when every socket is subscribed, or at `ready` (a CSS
   // selector) for pages expected not to get there (refused channels).
   for (const p of pages) await p.page.waitForSelector(p.ready ?? 'body[data-live="true"]', { timeout: 10_000 });
@@ -108,6 +121,19 @@ try {
   rmSync(profile, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
+
+async function goLine() {
+  const { createInterface } = await import('node:readline');
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    const m = /^go (\d+)$/.exec(line.trim());
+    if (m) {
+      lines.close();
+      return Number(m[1]);
+    }
+  }
+  throw new Error('stdin closed before "go <deadlineAt>"');
+}
 
 // The server under test may still be starting (the browser launches first,
 // so its startup does not count against the server's deadline).

@@ -244,6 +244,7 @@ fn start_script(base: &str, spec: &Value, out: &Path) -> Script {
         .arg(spec.to_string())
         .env("INKSTREAM_TEST_CHROMIUM", chromium)
         .env("INKSTREAM_TEST_BROWSER_DIR", browser_dir)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -375,8 +376,9 @@ fn the_console_model_and_socket_client_pass_their_node_unit_tests() {
 /// sessions with WPM, a conflict, the alert feed (a mention, a service error),
 /// and the throughput and watermark-lag charts from the server's own figures
 /// (`category:stats`, 3+ points each, not all zero).
-/// The browser launches first, so its startup does not count. The page's
-/// screenshot is kept in `target/<profile>/test-artifacts/console-demo/`.
+/// The browser launches first and the demo is started once it runs, so the
+/// browser's startup does not count. The pages' screenshots are kept in
+/// `target/<profile>/test-artifacts/console-demo/`, pass or fail.
 #[tokio::test]
 async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
     let _one_browser = BROWSER.lock().await;
@@ -386,10 +388,9 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
         .unwrap()
         .join("test-artifacts/console-demo");
     let _ = std::fs::remove_dir_all(&out);
-    let deadline_at = now_ms() + 10_000;
     let spec = json!({
         "waitForServer": true,
-        "deadlineAt": deadline_at,
+        "waitForGo": true,
         "pages": [
             {
                 "name": "demo",
@@ -421,6 +422,10 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
         ],
     });
     let script = start_script(&format!("http://127.0.0.1:{port}"), &spec, &out);
+    // The browser runs before the demo starts: its launch (seconds on a
+    // loaded machine) is not the demo's time. The 10 s count from the spawn.
+    let mut script = wait_for(script, "launched", Duration::from_secs(60), &out).await;
+    let deadline_at = now_ms() + 10_000;
     let child = Command::new(inkstream_tests::inkstream_bin())
         .args(["demo", "--port", &port.to_string(), "--rate", "20"])
         .env_remove("REDIS_URL")
@@ -431,6 +436,11 @@ async fn inkstream_demo_fills_every_console_panel_within_10_seconds() {
         .expect("spawn inkstream demo");
     // Killed when dropped, also when the test fails.
     let mut demo = Server { child, port };
+    {
+        use std::io::Write;
+        let stdin = script.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "go {deadline_at}").unwrap();
+    }
     let mut stdout = BufReader::new(demo.child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
