@@ -473,3 +473,60 @@ async fn healthcheck_subcommand_exits_zero_only_when_the_server_is_healthy() {
         "{down:?}"
     );
 }
+
+/// The console's chart figures (`/ws/analytics` `category:stats`, once a
+/// second) are the Prometheus counters: after 5 events, a publication shows
+/// 5 accepted and what the dataflow derived, equal to what `/metrics` says.
+#[tokio::test]
+async fn the_server_publishes_its_throughput_and_watermark_lag_on_category_stats_as_metrics_counts_them()
+ {
+    let server = Server::start(&[]).await;
+    let mut ws = inkstream_tests::subscribe(&server, "category:stats").await;
+    let now = now_ms();
+    let events: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"id": unique(&format!("st{i}")), "type": "writing.keystroke", "ts": now - 500 + i,
+                   "user_id": "u1", "project_id": "p1", "data": {"keystrokes": 10, "words": 2, "chars": 10}})
+        })
+        .collect();
+    assert_eq!(inkstream_tests::post_events(&server, &events).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_rate = false;
+    let data = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no category:stats publication with 5 events ingested and something derived within 20 s"
+        );
+        let f = inkstream_tests::next_json(&mut ws).await;
+        assert_eq!(f["op"], "message", "{f}");
+        assert_eq!(f["data"]["type"], "system.pipeline_stats", "{f}");
+        assert!(
+            f["data"]["instance"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{f}"
+        );
+        let d = f["data"]["data"].clone();
+        assert!(d["interval_ms"].as_u64().unwrap() > 0, "{f}");
+        saw_rate |= d["ingest_events_per_sec"].as_f64().unwrap() > 0.0;
+        if d["ingest_events_total"] == 5 && d["derived_events_total"].as_u64().unwrap() > 0 {
+            break d;
+        }
+    };
+    assert!(saw_rate, "the ingest of 5 events showed in no rate");
+    assert!(data["watermark_lag_ms"].as_u64().unwrap() > 0, "{data}");
+    // The same counters in /metrics: ingest exactly (nothing else came in),
+    // derived at least as many (counters only grow).
+    let text = inkstream_tests::metrics_text(&server).await;
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("inkstream_ingest_events_accepted_total"), 5.0);
+    assert!(
+        sum("inkstream_dataflow_derived_events_total")
+            >= data["derived_events_total"].as_f64().unwrap()
+    );
+}
