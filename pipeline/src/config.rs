@@ -298,6 +298,20 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Entries the mirror reads and produces per round (default 2,000).
     pub mirror_batch: usize,
+    /// Mirror pages produced whose delivery reports are awaited at once
+    /// (default 4; 1 = read → produce → wait → acknowledge, serially).
+    pub mirror_in_flight: usize,
+    /// The mirror's producer while it keeps up with live traffic: `linger.ms`
+    /// (default 1 ms) and `batch.size` (default 1,000,000 bytes).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub mirror_live_linger: Duration,
+    pub mirror_live_batch_bytes: usize,
+    /// The mirror's producer while it drains a backlog (a read returned a
+    /// full page): `linger.ms` (default 20 ms) and `batch.size` (default
+    /// 4,000,000 bytes).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub mirror_bulk_linger: Duration,
+    pub mirror_bulk_batch_bytes: usize,
     /// Failures with a permanent error (too large for the topic, invalid)
     /// before the mirror dead-letters a record to `inkstream.mirror.dead_letter`
     /// (default 5).
@@ -365,6 +379,11 @@ impl Default for KafkaConfig {
             brokers: None,
             partitions: 8,
             mirror_batch: 2_000,
+            mirror_in_flight: 4,
+            mirror_live_linger: connectors::kafka::mirror::ProducerTuning::LIVE.linger,
+            mirror_live_batch_bytes: connectors::kafka::mirror::ProducerTuning::LIVE.batch_bytes,
+            mirror_bulk_linger: connectors::kafka::mirror::ProducerTuning::BULK.linger,
+            mirror_bulk_batch_bytes: connectors::kafka::mirror::ProducerTuning::BULK.batch_bytes,
             mirror_max_attempts: 5,
             dataflow_group: "inkstream-dataflow".into(),
             derived_delivery: DerivedDelivery::AtLeastOnce,
@@ -772,6 +791,34 @@ impl Config {
         }
         if self.wpm.window.is_zero() {
             return bad("wpm.window", "must be positive");
+        }
+        if self.kafka.mirror_batch == 0 {
+            return bad("kafka.mirror_batch", "must be at least 1");
+        }
+        if self.kafka.mirror_in_flight == 0 {
+            return bad("kafka.mirror_in_flight", "must be at least 1");
+        }
+        for (key, bytes) in [
+            (
+                "kafka.mirror_live_batch_bytes",
+                self.kafka.mirror_live_batch_bytes,
+            ),
+            (
+                "kafka.mirror_bulk_batch_bytes",
+                self.kafka.mirror_bulk_batch_bytes,
+            ),
+        ] {
+            if !(1..=i32::MAX as usize).contains(&bytes) {
+                return bad(key, "must be between 1 and 2147483647 bytes");
+            }
+        }
+        for (key, linger) in [
+            ("kafka.mirror_live_linger", self.kafka.mirror_live_linger),
+            ("kafka.mirror_bulk_linger", self.kafka.mirror_bulk_linger),
+        ] {
+            if linger > Duration::from_secs(900) {
+                return bad(key, "must be at most 900s (librdkafka's linger.ms limit)");
+            }
         }
         if self.kafka.mirror_max_attempts == 0 {
             return bad("kafka.mirror_max_attempts", "must be at least 1");

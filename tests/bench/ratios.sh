@@ -12,8 +12,11 @@
 #      dataflow running), with the ratio, and Redis's own time per event from
 #      `INFO commandstats`; `/ws/ingest` into the same Redis; peak RSS;
 #   2. embedded HTTP batch ingest (fresh process, then warm) and `/ws/ingest`;
-#   3. the broker's producer ceiling (the mirror's settings) and the mirror's
-#      throughput on the Redis backlog left by 1., with the ratio;
+#   3. the broker's producer ceiling (the mirror's backlog producer, every
+#      record in flight) and the mirror's throughput on the Redis backlog
+#      left by 1., with the ratio: first in serial rounds (the shape before
+#      the pipelining; NO_SERIAL=1 skips it), then with the defaults, each
+#      over the whole backlog (the group is reset in between);
 #   4. ingest → live WPM message latency at 10 K events/s (`load --mode e2e`,
 #      10,000 writers) three times each embedded, via Redis and via
 #      Redis + Kafka, every run on a fresh server (and fresh Redis/Kafka)
@@ -141,15 +144,31 @@ start_kafka
 line=$("$PERF" "127.0.0.1:$KP" "$N" | tail -1)
 echo "producer ceiling: $line"
 R[producer]=$(echo "$line" | sed -n 's/.* = \([0-9]*\) records\/s.*/\1/p')
-NOWARM=1 start_serve mirror --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"
-# From the first mirrored entry (the producer's connection set up) to lag 0.
-for _ in $(seq 600); do [ "$(metric inkstream_mirror_events_total)" -gt 0 ] && break; sleep 0.05; done
-t0=$(date +%s.%N); m0=$(metric inkstream_mirror_events_total)
 backlog=$(( 2 * N + 1 ))   # both loads and the warm-up event
-for _ in $(seq 6000); do [ "$(metric inkstream_mirror_events_total)" -ge "$backlog" ] && break; sleep 0.1; done
-t1=$(date +%s.%N); m1=$(metric inkstream_mirror_events_total)
-R[mirror]=$(python3 -c "import sys; print(int((int(sys.argv[3])-int(sys.argv[4]))/(float(sys.argv[2])-float(sys.argv[1]))))" "$t0" "$t1" "$m1" "$m0")
-echo "mirror: $(( m1 - m0 )) events in $(python3 -c "print(f'{$t1-$t0:.2f}')") s = ${R[mirror]} events/s"
+# mirror_run LABEL SET-ARGS... → R[LABEL]: the mirror's rate on the whole
+# backlog, from its first mirrored entry (the producer connected) to lag 0.
+mirror_run() {
+  local label=$1 t0 t1 m0 m1; shift
+  NOWARM=1 start_serve "$label" --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP" "$@"
+  for _ in $(seq 600); do [ "$(metric inkstream_mirror_events_total)" -gt 0 ] && break; sleep 0.05; done
+  t0=$(date +%s.%N); m0=$(metric inkstream_mirror_events_total)
+  for _ in $(seq 6000); do [ "$(metric inkstream_mirror_events_total)" -ge "$backlog" ] && break; sleep 0.1; done
+  t1=$(date +%s.%N); m1=$(metric inkstream_mirror_events_total)
+  R[$label]=$(python3 -c "import sys; print(int((int(sys.argv[3])-int(sys.argv[4]))/(float(sys.argv[2])-float(sys.argv[1]))))" "$t0" "$t1" "$m1" "$m0")
+  echo "$label ($*): $(( m1 - m0 )) events in $(python3 -c "print(f'{$t1-$t0:.2f}')") s = ${R[$label]} events/s"
+  stop_serve
+  # Hand the same backlog to the next run: the group starts over.
+  redis-cli -p "$RP" --scan --pattern 'inkstream:events:*' | while read -r s; do
+    redis-cli -p "$RP" xgroup setid "$s" mirror 0 >/dev/null
+  done
+}
+# The shape before the pipelining (2026-12-03), same binary: one page at a
+# time (read → produce → wait for every report → XACK), linger 5 ms.
+if [ -z "${NO_SERIAL:-}" ]; then
+  mirror_run mirror_serial --set kafka.mirror_in_flight=1 --set kafka.mirror_live_linger=5ms \
+    --set kafka.mirror_bulk_linger=5ms --set kafka.mirror_bulk_batch_bytes=1000000
+fi
+mirror_run mirror
 stop_serve; stop_kafka; stop_redis "$RP"
 fi
 
@@ -196,7 +215,8 @@ printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, fresh process" "${R[emb_
 printf '%-52s %12s %10s\n' "embedded HTTP batch ingest, warm" "${R[emb_warm]:-}" "$(ratio "${R[emb_warm]:-}" 1000000) of 1 M"
 printf '%-52s %12s %10s\n' "embedded /ws/ingest" "${R[emb_ws]:-}" ""
 printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings)" "${R[producer]:-}" "100 %"
-printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
+printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka (pipelined, defaults)" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
+printf '%-52s %12s %10s\n' "mirror, same backlog, serial rounds (in_flight 1)" "${R[mirror_serial]:-}" "$(ratio "${R[mirror_serial]:-}" "${R[producer]:-}")"
 echo "e2e ingest → WPM message at 10 K ev/s, p50/p99 ms per run:"
 echo "  embedded:      ${R[e2e_embedded]:-}"
 echo "  via Redis:     ${R[e2e_redis]:-}"

@@ -1,23 +1,34 @@
-//! The broker's own producer ceiling for tests/bench/mirror.sh: N records of
-//! the mirror's size (~80 bytes) with the mirror's producer settings
-//! (idempotent, acks=all, linger 5 ms), as fast as delivery reports allow.
-//! (The same client and settings as the mirror, so the ratio compares like with like.)
+//! The broker's own producer ceiling for tests/bench/ratios.sh and
+//! tests/bench/mirror.sh: N records of the mirror's size (~80 bytes) with the
+//! mirror's producer (`connectors::kafka::mirror::producer`: idempotent,
+//! acks=all, the backlog tuning `ProducerTuning::BULK` unless `live` is
+//! given), sent as fast as the producer's queue takes them, then every
+//! delivery report awaited. (The same client and settings as the mirror
+//! draining a backlog, so the ratio compares like with like.)
 //!
-//! `cargo run --release -p inkstream-tests --example produce_perf -- BROKERS N`
+//! `cargo run --release -p inkstream-tests --example produce_perf -- BROKERS N [bulk|live]`
 
+use connectors::kafka::mirror::{ProducerTuning, producer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
 use std::time::{Duration, Instant};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (brokers, n) = (&args[1], args[2].parse::<usize>()?);
+    let (name, tuning) = match args.get(3).map(String::as_str) {
+        None | Some("bulk") => ("bulk", ProducerTuning::BULK),
+        Some("live") => ("live", ProducerTuning::LIVE),
+        Some(other) => anyhow::bail!("unknown tuning {other:?} (bulk or live)"),
+    };
     let topic = format!("bench.produce.{}", std::process::id());
     connectors::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 8).await?;
-    let producer = connectors::kafka::idempotent_producer(brokers)?;
+    let producer = producer(brokers, tuning)?;
     let value = vec![7u8; 80];
     let start = Instant::now();
-    let mut in_flight = Vec::with_capacity(2000);
+    let mut in_flight = Vec::with_capacity(n);
     for i in 0..n {
         let key = format!("u{}", i % 10_000);
         let mut record = FutureRecord::to(&topic).key(&key).payload(&value);
@@ -27,25 +38,23 @@ async fn main() -> anyhow::Result<()> {
                     in_flight.push(f);
                     break;
                 }
-                Err((_, back)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-            }
-        }
-        if in_flight.len() >= 2000 {
-            for f in in_flight.drain(..) {
-                f.await?.map_err(|(e, _)| e)?;
+                Err((e, _)) => return Err(e.into()),
             }
         }
     }
-    for f in in_flight.drain(..) {
+    for f in in_flight {
         f.await?.map_err(|(e, _)| e)?;
     }
     let s = start.elapsed().as_secs_f64();
     println!(
-        "broker producer: {n} records in {s:.2} s = {:.0} records/s (idempotent, acks=all, windows of 2,000 like the mirror)",
-        n as f64 / s
+        "broker producer: {n} records in {s:.2} s = {:.0} records/s (the mirror's producer, {name} tuning: idempotent, acks=all, linger {} ms, batch.size {} B; all in flight)",
+        n as f64 / s,
+        tuning.linger.as_millis(),
+        tuning.batch_bytes
     );
     Ok(())
 }

@@ -9,6 +9,18 @@
 //! are produced again — consumers deduplicate by `event_id`. The producer is
 //! idempotent, so its own retries never duplicate.
 //!
+//! **Pipelined.** New entries are read a page at a time; a page is produced
+//! and the wait for its delivery reports goes in flight while the next page
+//! is read and produced (up to `in_flight` pages). Pages are settled in the
+//! order they were produced — acknowledged with one XACK per stream as their
+//! reports complete — so acknowledgements follow the log's order per stream.
+//! A full page means a backlog: it goes to a producer tuned for throughput
+//! ([`ProducerTuning::BULK`]); otherwise to one tuned for latency
+//! ([`ProducerTuning::LIVE`]). The mirror switches producers only with
+//! nothing in flight, so no record overtakes an earlier one of its
+//! partition. Pending and claimed entries are read from the start of the
+//! consumer's list, so those pages are settled before the next read.
+//!
 //! Broker outage: ingest keeps appending to Redis; the mirror backs off
 //! (capped exponential), re-creates missing topics (an in-memory broker comes
 //! back empty), re-reads its pending entries and catches up.
@@ -32,13 +44,59 @@
 //! moves on instead of re-reading it forever. Transient errors (broker down,
 //! timeouts) never dead-letter: those entries wait in the log.
 
-use super::{ensure_topics, events_topic, idempotent_producer};
+use super::{ensure_topics, events_topic};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How a producer batches records. The mirror keeps two producers: one tuned
+/// for latency, used while it keeps up with live traffic, and one tuned for
+/// throughput, used while it drains a backlog (a read returned a full page).
+/// It switches only with nothing in flight, so records of one partition
+/// never overtake each other across the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerTuning {
+    /// librdkafka `linger.ms`: how long a partition's batch waits to fill.
+    pub linger: Duration,
+    /// librdkafka `batch.size`: the largest request batch in bytes.
+    pub batch_bytes: usize,
+}
+
+impl ProducerTuning {
+    /// Live traffic: send at once (`linger.ms` 1, batches up to 1 MB).
+    pub const LIVE: ProducerTuning = ProducerTuning {
+        linger: Duration::from_millis(1),
+        batch_bytes: 1_000_000,
+    };
+    /// A backlog: wait 20 ms to fill batches of up to 4 MB.
+    pub const BULK: ProducerTuning = ProducerTuning {
+        linger: Duration::from_millis(20),
+        batch_bytes: 4_000_000,
+    };
+}
+
+/// The mirror's producer: idempotent (`acks=all`; retries never duplicate or
+/// reorder within a partition) with `tuning`, and a local queue large
+/// enough for every page in flight.
+pub fn producer(
+    brokers: impl Into<super::Brokers>,
+    tuning: ProducerTuning,
+) -> Result<FutureProducer, super::KafkaError> {
+    Ok(super::client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", tuning.linger.as_millis().to_string())
+        .set("batch.size", tuning.batch_bytes.to_string())
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
 
 /// Settings of the mirror.
 #[derive(Debug, Clone)]
@@ -50,9 +108,16 @@ pub struct MirrorConfig {
     pub consumer: String,
     /// Partitions of topics it creates (default 8).
     pub partitions: i32,
-    /// Entries read and produced per round (default 2,000): the bound on
-    /// records in flight.
+    /// Entries read per page (per stream with Redis; default 2,000).
     pub batch: usize,
+    /// Pages produced whose delivery reports are still awaited (default 4):
+    /// the next page is read and produced while earlier ones are delivered.
+    /// 1 means read → produce → wait → acknowledge, serially.
+    pub in_flight: usize,
+    /// The producer while the mirror keeps up (latency).
+    pub live: ProducerTuning,
+    /// The producer while it drains a backlog (throughput).
+    pub bulk: ProducerTuning,
     /// Entries pending with any consumer this long are claimed (default 30 s).
     pub claim_idle_after: Duration,
     /// Failures with a permanent error before a record is dead-lettered
@@ -68,6 +133,9 @@ impl MirrorConfig {
             consumer: "mirror-0".into(),
             partitions: 8,
             batch: 2_000,
+            in_flight: 4,
+            live: ProducerTuning::LIVE,
+            bulk: ProducerTuning::BULK,
             claim_idle_after: Duration::from_secs(30),
             max_attempts: 5,
         }
@@ -107,6 +175,35 @@ struct Failure {
     permanent: bool,
 }
 
+/// A page whose delivery reports have all arrived.
+struct Settled {
+    entries: Vec<LogEntry>,
+    delivered: Vec<EntryRef>,
+    failures: Vec<Failure>,
+}
+
+/// Which producer a page goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Live,
+    Bulk,
+}
+
+/// The mirror's state between rounds.
+struct Mirror {
+    log: EventLog,
+    config: MirrorConfig,
+    metrics: Metrics,
+    schema_id: String,
+    live: FutureProducer,
+    bulk: FutureProducer,
+    mode: Mode,
+    /// Pages produced, oldest first; settled and acknowledged in this order.
+    in_flight: VecDeque<JoinHandle<Settled>>,
+    /// Permanent failures per entry (`stream/id`), for poison records.
+    attempts: HashMap<String, u32>,
+}
+
 /// Runs the mirror until `shutdown` flips.
 pub async fn run(
     log: EventLog,
@@ -117,8 +214,10 @@ pub async fn run(
     let mut backoff_ms = 100u64;
     let mut need_topics = true;
     let mut reread_pending = true;
-    let producer = loop {
-        match idempotent_producer(&config.brokers) {
+    let (live, bulk) = loop {
+        match producer(&config.brokers, config.live)
+            .and_then(|l| Ok((l, producer(&config.brokers, config.bulk)?)))
+        {
             Ok(p) => break p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create the Kafka producer; retrying");
@@ -128,16 +227,44 @@ pub async fn run(
             }
         }
     };
-    let schema_id = schemas::confluent::schema_id().to_string();
-    // Permanent failures per entry (`stream/id`), for poison records.
-    let mut attempts: std::collections::HashMap<String, u32> = Default::default();
+    let mut m = Mirror {
+        log,
+        config,
+        metrics,
+        schema_id: schemas::confluent::schema_id().to_string(),
+        live,
+        bulk,
+        mode: Mode::Live,
+        in_flight: VecDeque::new(),
+        attempts: HashMap::new(),
+    };
+    let config = m.config.clone();
     let mut last_claim = tokio::time::Instant::now();
+    let mut failed: Option<String> = None;
     while !*shutdown.borrow() {
+        if let Some(error) = failed.take() {
+            // Settle what is still in flight first: its delivered entries
+            // are acknowledged, its failures re-read with the rest.
+            m.drain().await;
+            m.metrics
+                .mirror_errors
+                .with_label_values(&["produce"])
+                .inc();
+            tracing::warn!(%error, retry_in_ms = backoff_ms, "mirror: delivery failed; will re-read pending entries");
+            // Topics may have vanished (an in-memory broker restarted).
+            need_topics = true;
+            reread_pending = true;
+            if sleep_or_stop(&mut shutdown, backoff_ms).await {
+                return;
+            }
+            backoff_ms = (backoff_ms * 2).min(5_000);
+            continue;
+        }
         if need_topics {
             match ensure_topics(&config.brokers, &topics(), config.partitions).await {
                 Ok(()) => need_topics = false,
                 Err(e) => {
-                    metrics.mirror_errors.with_label_values(&["topics"]).inc();
+                    m.metrics.mirror_errors.with_label_values(&["topics"]).inc();
                     tracing::warn!(error = %e, retry_in_ms = backoff_ms, "creating topics failed");
                     if sleep_or_stop(&mut shutdown, backoff_ms).await {
                         return;
@@ -147,10 +274,23 @@ pub async fn run(
                 }
             }
         }
+        let claim_due = last_claim.elapsed() >= config.claim_idle_after;
+        // Pending and claimed entries are read from the start of the
+        // consumer's list: the previous page must be settled before the next
+        // read, or it would be read again. New entries pipeline.
+        if (reread_pending || claim_due) && !m.in_flight.is_empty() {
+            failed = m.drain().await;
+            continue;
+        }
+        if m.in_flight.len() >= config.in_flight.max(1) {
+            failed = m.settle(1).await;
+            continue;
+        }
         let read = if reread_pending {
             let r = async {
-                log.ensure_group(&config.group).await?;
-                log.read_pending(&config.group, &config.consumer, config.batch)
+                m.log.ensure_group(&config.group).await?;
+                m.log
+                    .read_pending(&config.group, &config.consumer, config.batch)
                     .await
             }
             .await;
@@ -158,9 +298,10 @@ pub async fn run(
                 reread_pending = false;
             }
             r
-        } else if last_claim.elapsed() >= config.claim_idle_after {
+        } else if claim_due {
             // Entries a dead consumer read and never acknowledged.
-            let r = log
+            let r = m
+                .log
                 .claim_idle(
                     &config.group,
                     &config.consumer,
@@ -181,19 +322,23 @@ pub async fn run(
             }
             r
         } else {
-            log.read_new(
-                &config.group,
-                &config.consumer,
-                config.batch,
-                Duration::from_millis(250),
-            )
-            .await
+            // With pages in flight, do not wait for new entries: settle the
+            // oldest page instead when there are none.
+            let block = if m.in_flight.is_empty() {
+                Duration::from_millis(250)
+            } else {
+                Duration::ZERO
+            };
+            m.log
+                .read_new(&config.group, &config.consumer, config.batch, block)
+                .await
         };
         let entries = match read {
             Ok(e) => e,
             Err(e) => {
-                metrics.mirror_errors.with_label_values(&["log"]).inc();
+                m.metrics.mirror_errors.with_label_values(&["log"]).inc();
                 tracing::warn!(error = %e, "mirror: reading the log failed");
+                failed = m.drain().await;
                 if sleep_or_stop(&mut shutdown, backoff_ms).await {
                     return;
                 }
@@ -202,52 +347,144 @@ pub async fn run(
             }
         };
         if entries.is_empty() {
+            if !m.in_flight.is_empty() {
+                failed = m.settle(1).await;
+            }
             continue;
         }
-        let (mut delivered, failures) = produce(&producer, &entries, &schema_id, &metrics).await;
-        for e in &delivered {
-            attempts.remove(&format!("{}/{}", e.stream, e.id));
+        let mode = if entries.len() >= config.batch {
+            Mode::Bulk
+        } else {
+            Mode::Live
+        };
+        if mode != m.mode {
+            // Nothing of the other producer in flight: no overtaking.
+            failed = m.drain().await;
+            m.mode = mode;
         }
+        m.send(entries).await;
+        // Acknowledge pages whose reports have all arrived, without waiting.
+        let ready = m.in_flight.iter().take_while(|h| h.is_finished()).count();
+        if ready > 0 && failed.is_none() {
+            failed = m.settle(ready).await;
+        }
+        if failed.is_none() {
+            backoff_ms = 100;
+        }
+    }
+    // A graceful stop: acknowledge what was delivered.
+    m.drain().await;
+}
+
+impl Mirror {
+    /// Settles every page in flight.
+    async fn drain(&mut self) -> Option<String> {
+        let n = self.in_flight.len();
+        self.settle(n).await
+    }
+
+    /// Waits for the oldest `n` pages' delivery reports, dead-letters poison
+    /// records, and acknowledges the delivered entries in one call (pages
+    /// in order, so per stream in order). Returns the first transient
+    /// failure.
+    async fn settle(&mut self, n: usize) -> Option<String> {
+        let mut delivered = Vec::new();
         let mut failed = None;
-        for f in failures {
+        for _ in 0..n.min(self.in_flight.len()) {
+            let Some(handle) = self.in_flight.pop_front() else {
+                break;
+            };
+            let page = match handle.await {
+                Ok(p) => p,
+                Err(e) => {
+                    // The entries stay pending: they are read again.
+                    failed.get_or_insert(format!("a delivery task failed: {e}"));
+                    continue;
+                }
+            };
+            if let Some(e) = self.page_outcome(page, &mut delivered).await {
+                failed.get_or_insert(e);
+            }
+        }
+        if !delivered.is_empty() {
+            if let Err(e) = self.log.ack(&self.config.group, &delivered).await {
+                // Unacknowledged: they will be produced again (at-least-once).
+                self.metrics.mirror_errors.with_label_values(&["ack"]).inc();
+                tracing::warn!(error = %e, "mirror: acknowledging in the log failed");
+            }
+            self.metrics.mirror_events.inc_by(delivered.len() as u64);
+        }
+        failed
+    }
+
+    /// Adds a settled page's delivered (and dead-lettered) entries to
+    /// `delivered`; returns a failure that was not dead-lettered.
+    async fn page_outcome(
+        &mut self,
+        page: Settled,
+        delivered: &mut Vec<EntryRef>,
+    ) -> Option<String> {
+        if !self.attempts.is_empty() {
+            for e in &page.delivered {
+                self.attempts.remove(&format!("{}/{}", e.stream, e.id));
+            }
+        }
+        delivered.extend(page.delivered);
+        let mut failed = None;
+        for f in page.failures {
             let key = format!("{}/{}", f.entry.stream, f.entry.id);
-            let n = attempts.entry(key.clone()).or_default();
+            let n = self.attempts.entry(key.clone()).or_default();
             if f.permanent {
                 *n += 1;
             }
-            if f.permanent && *n >= config.max_attempts {
+            if f.permanent && *n >= self.config.max_attempts {
                 let n = *n;
-                let entry = entries.iter().find(|e| e.entry == f.entry);
-                if dead_letter(&producer, entry, &f, n).await {
-                    metrics.mirror_dead_lettered.inc();
-                    attempts.remove(&key);
+                let entry = page.entries.iter().find(|e| e.entry == f.entry);
+                if dead_letter(&self.live, entry, &f, n).await {
+                    self.metrics.mirror_dead_lettered.inc();
+                    self.attempts.remove(&key);
                     delivered.push(f.entry);
                     continue;
                 }
             }
             failed.get_or_insert(f.error);
         }
-        if !delivered.is_empty() {
-            if let Err(e) = log.ack(&config.group, &delivered).await {
-                // Unacknowledged: they will be produced again (at-least-once).
-                metrics.mirror_errors.with_label_values(&["ack"]).inc();
-                tracing::warn!(error = %e, "mirror: acknowledging in the log failed");
+        failed
+    }
+
+    /// Produces a page with the current mode's producer and puts the wait
+    /// for its delivery reports in flight.
+    async fn send(&mut self, entries: Vec<LogEntry>) {
+        let producer = match self.mode {
+            Mode::Live => &self.live,
+            Mode::Bulk => &self.bulk,
+        };
+        let (deliveries, delivered, failures) =
+            produce(producer, &entries, &self.schema_id, &self.metrics).await;
+        self.in_flight.push_back(tokio::spawn(async move {
+            let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
+            let mut page = Settled {
+                entries,
+                delivered,
+                failures,
+            };
+            for (entry, result) in refs.into_iter().zip(join_all(futures).await) {
+                match result {
+                    Ok(Ok(_)) => page.delivered.push(entry),
+                    Ok(Err((e, _))) => page.failures.push(Failure {
+                        entry,
+                        error: e.to_string(),
+                        permanent: permanent(&e),
+                    }),
+                    Err(_) => page.failures.push(Failure {
+                        entry,
+                        error: "delivery report dropped".to_owned(),
+                        permanent: false,
+                    }),
+                }
             }
-            metrics.mirror_events.inc_by(delivered.len() as u64);
-        }
-        if let Some(error) = failed {
-            metrics.mirror_errors.with_label_values(&["produce"]).inc();
-            tracing::warn!(%error, retry_in_ms = backoff_ms, "mirror: delivery failed; will re-read pending entries");
-            // Topics may have vanished (an in-memory broker restarted).
-            need_topics = true;
-            reread_pending = true;
-            if sleep_or_stop(&mut shutdown, backoff_ms).await {
-                return;
-            }
-            backoff_ms = (backoff_ms * 2).min(5_000);
-        } else {
-            backoff_ms = 100;
-        }
+            page
+        }));
     }
 }
 
@@ -285,16 +522,20 @@ async fn dead_letter(
     }
 }
 
-/// Produces a batch and waits for every delivery report. Returns the
-/// entries to acknowledge and the failed ones.
+/// The delivery reports of one page, awaited in flight.
+type Deliveries = Vec<(EntryRef, rdkafka::producer::DeliveryFuture)>;
+
+/// Produces a page (in order). Returns the records handed to the producer
+/// with their delivery futures, the entries to acknowledge without a record
+/// (undecodable, unencodable) and those the producer refused.
 async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
     schema_id: &str,
     metrics: &Metrics,
-) -> (Vec<EntryRef>, Vec<Failure>) {
+) -> (Deliveries, Vec<EntryRef>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
-    let mut delivered = Vec::with_capacity(entries.len());
+    let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for entry in entries {
         let event = match &entry.event {
@@ -327,37 +568,41 @@ async fn produce(
                 value: Some(ns),
             });
         }
-        let record = FutureRecord::to(&topic)
+        let mut record = FutureRecord::to(&topic)
             .key(event.partition_key())
             .payload(&value)
             .headers(headers)
             .timestamp(event.ts);
-        match producer.send_result(record) {
-            Ok(future) => deliveries.push((entry.entry.clone(), future)),
-            Err((e, _)) => failures.push(Failure {
-                entry: entry.entry.clone(),
-                error: e.to_string(),
-                permanent: permanent(&e),
-            }),
+        // The local queue is full while earlier pages are delivered: wait
+        // for room (bounded by the delivery timeout) rather than fail.
+        let mut waited_ms = 0u64;
+        loop {
+            match producer.send_result(record) {
+                Ok(future) => {
+                    deliveries.push((entry.entry.clone(), future));
+                    break;
+                }
+                Err((e, back))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        && waited_ms < 30_000 =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    waited_ms += 1;
+                }
+                Err((e, _)) => {
+                    failures.push(Failure {
+                        entry: entry.entry.clone(),
+                        error: e.to_string(),
+                        permanent: permanent(&e),
+                    });
+                    break;
+                }
+            }
         }
     }
-    let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
-    for (entry, result) in refs.into_iter().zip(join_all(futures).await) {
-        match result {
-            Ok(Ok(_)) => delivered.push(entry),
-            Ok(Err((e, _))) => failures.push(Failure {
-                entry,
-                error: e.to_string(),
-                permanent: permanent(&e),
-            }),
-            Err(_) => failures.push(Failure {
-                entry,
-                error: "delivery report dropped".to_owned(),
-                permanent: false,
-            }),
-        }
-    }
-    (delivered, failures)
+    (deliveries, delivered, failures)
 }
 
 /// Sleeps `ms`, or returns true at once when shutdown was requested.

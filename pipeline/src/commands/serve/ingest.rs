@@ -47,6 +47,15 @@ impl Ingest {
             let mut mc = MirrorConfig::new(brokers);
             mc.partitions = config.kafka.partitions;
             mc.batch = config.kafka.mirror_batch;
+            mc.in_flight = config.kafka.mirror_in_flight;
+            mc.live = connectors::kafka::mirror::ProducerTuning {
+                linger: config.kafka.mirror_live_linger,
+                batch_bytes: config.kafka.mirror_live_batch_bytes,
+            };
+            mc.bulk = connectors::kafka::mirror::ProducerTuning {
+                linger: config.kafka.mirror_bulk_linger,
+                batch_bytes: config.kafka.mirror_bulk_batch_bytes,
+            };
             mc.max_attempts = config.kafka.mirror_max_attempts;
             mc.claim_idle_after = config.redis.claim_idle_after;
             // One consumer per instance, stable at its place (see the mirror).
