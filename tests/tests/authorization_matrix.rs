@@ -627,7 +627,7 @@ async fn anonymous_access_needs_loopback_or_an_explicit_setting() {
 async fn anonymous_callers_are_rate_limited_and_a_batch_over_the_burst_is_413() {
     let server = Server::start(&[
         "--set",
-        "ingest.anonymous_rate_per_sec=1",
+        "ingest.anonymous_rate_per_sec=0.001", // no refill between the requests, however slow the machine
         "--set",
         "ingest.anonymous_burst=10",
     ])
