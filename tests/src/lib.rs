@@ -5,6 +5,7 @@
 //! the harness did not provide it, the test **fails** with a message saying
 //! how to run the suite. Nothing is skipped silently.
 
+pub mod chaos;
 pub mod tls;
 
 use std::net::TcpListener;
