@@ -164,9 +164,15 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
     server.child.kill().unwrap();
     let _ = server.child.wait();
 
-    // 2. A new process resumes from the checkpoint and takes 10 more: the
-    //    50 updates, once (the last 10 only this process can derive).
+    // 2. A new process resumes from the checkpoint: the first 40 updates,
+    //    once (its mirror claims what the killed one left unmirrored, after
+    //    `redis.claim_idle_after`). Then 10 more, which only this process
+    //    derives. (Ingested before the claim, they would reach the topic
+    //    ahead of the claimed ones, which would then be late.)
     let server = Server::start(&args).await;
+    reader
+        .until("the first 40 live WPM updates", |s| s.len() >= 40)
+        .await;
     ingest(&server, &events[40..]).await;
     reader
         .until("the 50 live WPM updates", |s| s.len() >= 50)
