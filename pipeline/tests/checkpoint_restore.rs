@@ -85,3 +85,44 @@ fn a_checkpoint_written_by_the_previous_layout_restores_with_the_same_outputs() 
     );
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// The same checkpoint (2 workers; its older marker holds only the process
+/// count, so the worker count is read off its parts) replayed with 1 or 3
+/// workers: refused with both counts, nothing written, the checkpoint kept.
+#[test]
+fn a_checkpoint_replayed_with_another_worker_count_is_refused_naming_both() {
+    let scratch =
+        std::env::temp_dir().join(format!("inkstream-ckpt-rescale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let checkpoints = scratch.join("checkpoint");
+    copy_dir(&fixture().join("checkpoint"), &checkpoints);
+    for workers in ["1", "3"] {
+        let out = scratch.join(format!("out-{workers}"));
+        let output = Command::new(env!("CARGO_BIN_EXE_inkstream"))
+            .arg("replay")
+            .arg(fixture().join("input.ndjson"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--checkpoint-dir")
+            .arg(&checkpoints)
+            .args(["--workers", workers, "--set", "checkpoint.interval=1m"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{workers} workers: {stderr}");
+        assert!(
+            stderr.contains("was taken with 2 worker(s) (1 process(es) × 2 worker(s))")
+                && stderr.contains(&format!(
+                    "this run has {workers} worker(s) (1 process(es) × {workers} worker(s))"
+                )),
+            "{workers} workers: the error does not name both counts:\n{stderr}"
+        );
+        let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
+        assert_eq!(
+            files(&checkpoints.join("ckpt-00000001767603300000")),
+            files(&fixture().join("checkpoint/ckpt-00000001767603300000")),
+            "the checkpoint is left alone"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}

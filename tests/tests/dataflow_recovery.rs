@@ -364,3 +364,102 @@ async fn a_bulk_backfill_over_many_streams_has_no_late_events() {
         "late events in an in-order backfill"
     );
 }
+
+/// Where a rescale test keeps its checkpoints.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Redis,
+    Dir,
+}
+
+/// A checkpoint taken with 2 workers, then a restart with 1: the state is
+/// partitioned by worker, so restoring it with another count would silently
+/// lose the other workers' parts. The restart refuses to run the dataflow,
+/// exits with an error naming both counts, and leaves the checkpoint alone.
+async fn a_restart_with_another_worker_count_is_refused(store: Store) {
+    let prefix = unique("rescale");
+    let (dir, out) = (scratch("ckpt-rescale"), scratch("derived-rescale"));
+    let with = |workers: usize| {
+        let mut a = base_args(&prefix, &out);
+        match store {
+            Store::Redis => a.extend(["--set".into(), "checkpoint.store=redis".into()]),
+            Store::Dir => a.extend([
+                "--set".into(),
+                "checkpoint.store=dir".into(),
+                "--set".into(),
+                format!("checkpoint.dir='{}'", dir.display()),
+            ]),
+        }
+        a.extend(["--set".into(), format!("dataflow.workers={workers}")]);
+        a
+    };
+    let lines = events();
+    let mut server = start(&with(2)).await;
+    post(&server, &lines[..lines.len() / 2]).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let checkpointed = || async {
+        match store {
+            Store::Redis => latest_checkpoint(&prefix).await.is_some(),
+            Store::Dir => complete_checkpoints(&dir) > 0,
+        }
+    };
+    while !checkpointed().await {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint completed ({store:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    // The same process with 1 worker: it must stop with the error (once
+    // the killed holder's lease expired, `dataflow.lease_ttl`), not run
+    // with half the state.
+    let log = dir.join("rescaled-stderr.log");
+    let mut child = std::process::Command::new(inkstream_bin())
+        .arg("serve")
+        .args(["--port", &inkstream_tests::free_port().to_string()])
+        .args(with(1))
+        .env_remove("REDIS_URL")
+        .env_remove("KAFKA_BROKERS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "serve with another worker count still runs after 90 s ({store:?}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{store:?}: {stderr}");
+    assert!(
+        stderr.contains("was taken with 2 worker(s) (1 process(es) × 2 worker(s))")
+            && stderr.contains("this run has 1 worker(s) (1 process(es) × 1 worker(s))"),
+        "{store:?}: the error does not name both counts:\n{stderr}"
+    );
+    assert!(checkpointed().await, "the checkpoint is left alone");
+    for d in [dir, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[tokio::test]
+async fn a_restart_with_another_worker_count_is_refused_with_checkpoints_in_redis() {
+    a_restart_with_another_worker_count_is_refused(Store::Redis).await;
+}
+
+#[tokio::test]
+async fn a_restart_with_another_worker_count_is_refused_with_checkpoints_in_a_directory() {
+    a_restart_with_another_worker_count_is_refused(Store::Dir).await;
+}

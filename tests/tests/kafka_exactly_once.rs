@@ -2,8 +2,10 @@
 //! `kafka.derived_delivery = exactly_once` the derived producer is
 //! transactional and commits with each checkpoint: a `read_committed`
 //! consumer sees every derived event exactly once across a kill -9 of
-//! inkstream; with the broker stopped, checkpoints fail (counted), nothing is
-//! acknowledged, and once it is back everything arrives, still once.
+//! inkstream; with the broker stopped, checkpoints fail (counted), none
+//! completes (nothing is acknowledged), and once it is back everything
+//! arrives, still once. Run with both checkpoint stores (Redis, the default
+//! with a Redis log, and a directory): the guarantee must not depend on it.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -69,14 +71,52 @@ impl Committed {
     }
 }
 
+/// The latest complete checkpoint in Redis (`<base>:latest`).
+async fn redis_latest(base: &str) -> Option<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(format!("{base}:latest"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The newest complete checkpoint of the `dir` store (`ckpt-<barrier>`
+/// with its completion marker).
+fn dir_latest(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("COMPLETE.p0").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .max()
+}
+
+/// Where the checkpoints are kept: the guarantee must not depend on it.
+#[derive(Clone, Copy)]
+enum Store {
+    Redis,
+    Dir,
+}
+
 #[tokio::test]
-async fn read_committed_sees_each_derived_event_once_across_kill_9_and_a_broker_outage() {
+async fn read_committed_sees_each_derived_event_once_with_checkpoints_in_redis() {
+    exactly_once_across_kill_9_and_a_broker_outage(Store::Redis).await;
+}
+
+#[tokio::test]
+async fn read_committed_sees_each_derived_event_once_with_checkpoints_in_a_directory() {
+    exactly_once_across_kill_9_and_a_broker_outage(Store::Dir).await;
+}
+
+async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
     let mut kafka = PrivateKafka::start();
     let brokers = kafka.brokers();
     let prefix = unique("eos");
     let (user, project) = (format!("{prefix}-u"), format!("{prefix}-p"));
     let checkpoints = std::env::temp_dir().join(unique("eos-ckpt"));
-    let args = [
+    let mut args = vec![
         "--redis-url".to_owned(),
         redis_url(),
         "--kafka-brokers".to_owned(),
@@ -87,25 +127,39 @@ async fn read_committed_sees_each_derived_event_once_across_kill_9_and_a_broker_
         format!("kafka.dataflow_group=\"{prefix}-g\""),
         "--set".to_owned(),
         "kafka.derived_delivery=exactly_once".to_owned(),
-        "--set".to_owned(),
-        format!("checkpoint.dir='{}'", checkpoints.display()),
-        // This test is about the derived topics' transactions with the
-        // directory store; the Redis store (the default with a Redis log
-        // since shared checkpoints) is covered by dataflow_recovery.
-        "--set".to_owned(),
-        "checkpoint.store=\"dir\"".to_owned(),
         // Event time: 40 s of keystrokes cross 8 checkpoints.
         "--set".to_owned(),
         "checkpoint.interval=5s".to_owned(),
     ];
+    match store {
+        // The default with a Redis log: shared by the group's instances.
+        Store::Redis => args.extend(["--set".to_owned(), "checkpoint.store=\"redis\"".to_owned()]),
+        Store::Dir => args.extend([
+            "--set".to_owned(),
+            "checkpoint.store=\"dir\"".to_owned(),
+            "--set".to_owned(),
+            format!("checkpoint.dir='{}'", checkpoints.display()),
+        ]),
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut reader = Committed::new(&brokers, &user);
     let t0 = now_ms() - 120_000;
+    let events = keystrokes(&prefix, &user, &project, t0, 40);
+    let latest = || async {
+        match store {
+            Store::Redis => redis_latest(&format!("{prefix}:ckpt:dataflow")).await,
+            Store::Dir => dir_latest(&checkpoints),
+        }
+    };
 
-    // 1. Part of the updates committed, then kill -9 (whatever was derived
-    //    but not committed is invisible to read_committed).
+    // 1. 40 keystrokes; once a first derived event is committed, kill -9
+    //    (whatever was derived but not committed is invisible to
+    //    read_committed). Known gap, why not later: what the restarted
+    //    dataflow must read again from the topic arrives only after the
+    //    killed consumer's group session expired, and its idle watermark
+    //    has passed it by then (late); see docs/STATUS.md.
     let mut server = Server::start(&args).await;
-    ingest(&server, &keystrokes(&prefix, &user, &project, t0, 40)).await;
+    ingest(&server, &events).await;
     reader
         .until("a first committed derived event", |s| !s.is_empty())
         .await;
@@ -113,25 +167,46 @@ async fn read_committed_sees_each_derived_event_once_across_kill_9_and_a_broker_
     let _ = server.child.wait();
 
     // 2. A new process resumes from its checkpoint: the 40 updates, once.
+    //    (No new events now: see the known gap above — they would reach
+    //    the restarted dataflow after its idle watermark passed them.)
     let server = Server::start(&args).await;
     reader
         .until("the 40 live WPM updates", |s| s.len() >= 40)
         .await;
 
     // 3. The broker stops: checkpoints fail (the transaction cannot commit),
-    //    counted; nothing is acknowledged.
+    //    counted, and none completes: nothing is acknowledged.
     kafka.stop();
+    let failed_syncs = || metric(&server, "inkstream_derived_syncs_total{outcome=\"failed\"}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(&server, "inkstream_derived_syncs_total{outcome=\"failed\"}").await < 1.0 {
+    while failed_syncs().await < 1.0 {
         assert!(
             Instant::now() < deadline,
             "no failed derived-topics sync counted within 120 s of the broker stopping"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let before = latest().await;
+    assert!(
+        before.is_some(),
+        "no checkpoint completed before the outage"
+    );
+    while failed_syncs().await < 2.0 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(120),
+            "no second failed derived-topics sync counted while the broker is stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        latest().await,
+        before,
+        "a checkpoint completed while its derived transaction could not commit"
+    );
+
     // 4. Back with its data: checkpoints commit again, and no derived event
     //    was seen twice.
-    let failed = metric(&server, "inkstream_derived_syncs_total{outcome=\"failed\"}").await;
+    let failed = failed_syncs().await;
     let ok = metric(&server, "inkstream_derived_syncs_total{outcome=\"ok\"}").await;
     kafka.restart();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -139,6 +214,14 @@ async fn read_committed_sees_each_derived_event_once_across_kill_9_and_a_broker_
         assert!(
             Instant::now() < deadline,
             "no checkpoint committed within 120 s of the broker's return ({failed} failed)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest().await == before {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint completed within 60 s of a committed derived transaction"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

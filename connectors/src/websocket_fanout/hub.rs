@@ -30,6 +30,13 @@ use tokio::sync::mpsc;
 /// How long a closing connection waits for the client's Close reply.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The same for a client closed as slow (4008): before it reaches the close
+/// frame it reads everything the kernel buffered for it (megabytes: the
+/// socket's send buffer autotunes up to `net.ipv4.tcp_wmem`), which takes a
+/// loaded machine more than [`CLOSE_LINGER`]; the connection's queue and
+/// subscriptions are released before this wait.
+const SLOW_CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The hub; share it behind an `Arc`.
 pub struct Hub {
     table: Mutex<Table>,
@@ -535,13 +542,26 @@ impl Hub {
             };
             let _ = sink.send(Message::Close(Some(frame))).await;
         }
+        // Nothing more is queued for this connection: its subscriptions and
+        // queue go now, whatever the handshake below takes.
+        for ch in &subscriptions {
+            self.unsubscribe(conn, path, ch);
+        }
+        self.conns().remove(&conn);
+        drop(rx);
         // The closing handshake: read (and drop) what the client still sends
-        // until its own Close or the end, for at most `CLOSE_LINGER`. Tearing
-        // the socket down with the client's replies unread (the pongs it
-        // writes while catching up on buffered frames, its Close) makes the
-        // kernel answer with a reset, which destroys what the client has not
-        // read yet — the close frame with its code included.
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        // until its own Close or the end, for at most `CLOSE_LINGER`
+        // (`SLOW_CLOSE_LINGER` after a slow close). Tearing the socket down
+        // with the client's replies unread (the pongs it writes while
+        // catching up on buffered frames, its Close) makes the kernel answer
+        // with a reset, which destroys what the client has not read yet —
+        // the close frame with its code included.
+        let linger = if q.closing.load(Ordering::Relaxed) {
+            SLOW_CLOSE_LINGER
+        } else {
+            CLOSE_LINGER
+        };
+        let _ = tokio::time::timeout(linger, async {
             while let Some(Ok(m)) = stream.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
@@ -549,10 +569,6 @@ impl Hub {
             }
         })
         .await;
-        for ch in &subscriptions {
-            self.unsubscribe(conn, path, ch);
-        }
-        self.conns().remove(&conn);
         gauge.dec();
     }
 

@@ -105,15 +105,18 @@ pub enum CheckpointError {
     #[error(transparent)]
     Store(#[from] connectors::checkpoint_store::CheckpointStoreError),
     #[error(
-        "checkpoint {barrier} in {dir} was taken with {saved} but this run has {now}: its state \
+        "checkpoint {barrier} in {place} was taken with {saved} but this run has {now}: its state \
          is partitioned by worker and cannot be restored with other counts (rescaling is not \
-         supported); start with the same counts, or move the directory aside to start empty"
+         supported); start with the same counts, or {remedy} to start empty"
     )]
     Rescale {
-        dir: PathBuf,
+        /// The directory, or the Redis keys.
+        place: String,
         barrier: u64,
         saved: Layout,
         now: Layout,
+        /// How to start empty instead.
+        remedy: String,
     },
 }
 
@@ -206,10 +209,11 @@ impl Checkpoints {
             && saved != layout
         {
             return Err(CheckpointError::Rescale {
-                dir,
+                place: dir.display().to_string(),
                 barrier,
                 saved,
                 now: layout,
+                remedy: "move the directory aside".to_owned(),
             });
         }
         Ok(Some(Checkpoints {
@@ -241,10 +245,11 @@ impl Checkpoints {
             };
             if saved != layout {
                 return Err(CheckpointError::Rescale {
-                    dir: PathBuf::from(format!("Redis ({}:*)", store.base())),
+                    place: format!("Redis (keys {}:*)", store.base()),
                     barrier: l.barrier,
                     saved,
                     now: layout,
+                    remedy: format!("delete the keys {}:*", store.base()),
                 });
             }
         }
@@ -471,15 +476,32 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The layout a checkpoint was taken with (its completion marker holds
-/// `<processes> <workers per process>`; markers of older builds only the
-/// process count: unknown).
+/// The layout a checkpoint was taken with: its completion marker holds
+/// `<processes> <workers per process>`. Markers of older builds hold only
+/// the process count; the worker count is then read off the operators'
+/// parts (`<operator>-w<global worker index>.bin`, one per worker, all
+/// present in a complete checkpoint). `None`: not known either way.
 fn saved_layout(barrier_dir: &Path) -> Option<Layout> {
     let text = std::fs::read_to_string(barrier_dir.join("COMPLETE.p0")).ok()?;
     let mut fields = text.split_whitespace().map(|f| f.parse::<usize>().ok());
-    let processes = fields.next()??;
-    let workers = fields.next()??;
-    Some(Layout { workers, processes })
+    let processes = fields.next()??.max(1);
+    if let Some(workers) = fields.next().flatten() {
+        return Some(Layout { workers, processes });
+    }
+    let total = std::fs::read_dir(barrier_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            let (_, w) = name.strip_suffix(".bin")?.rsplit_once("-w")?;
+            w.parse::<usize>().ok()
+        })
+        .max()?
+        + 1;
+    Some(Layout {
+        workers: total.div_ceil(processes),
+        processes,
+    })
 }
 
 /// Barriers whose checkpoint has the completion marker of every process.
@@ -564,6 +586,35 @@ mod tests {
             error.contains("taken with 4 worker(s)") && error.contains("this run has 2 worker(s)"),
             "{error}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_marker_of_an_older_build_without_the_worker_count_is_checked_by_its_parts() {
+        let dir =
+            std::env::temp_dir().join(format!("inkstream-rescale-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = dir.join(format!("ckpt-{:020}", 300));
+        std::fs::create_dir_all(&ckpt).unwrap();
+        // Written by 2 workers in 1 process; the marker holds only "1".
+        std::fs::write(ckpt.join("COMPLETE.p0"), "1").unwrap();
+        for part in ["Sessions-w0.bin", "Sessions-w1.bin", "reader-0.bin"] {
+            std::fs::write(ckpt.join(part), b"").unwrap();
+        }
+        let one = Layout {
+            workers: 1,
+            processes: 1,
+        };
+        let error = open_with(&dir, one).unwrap_err().to_string();
+        assert!(
+            error.contains("taken with 2 worker(s)") && error.contains("this run has 1 worker(s)"),
+            "{error}"
+        );
+        let two = Layout {
+            workers: 2,
+            processes: 1,
+        };
+        assert_eq!(open_with(&dir, two).unwrap().unwrap().restored(), Some(300));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
