@@ -63,8 +63,8 @@ async fn hostile_id_pairs_that_collide_when_joined_naively_get_distinct_keys() {
     let pairs = [
         (("a:b", "c"), ("a", "b:c")),
         (("a", "b:c:d"), ("a:b:c", "d")),
-        (("x}", "{y"), ("x", "}{y")),
-        (("p|q", "r"), ("p", "q|r")),
+        (("x:}", "y"), ("x", "}:y")),
+        (("p:q|", "r"), ("p", "q|:r")),
     ];
     for ((u1, d1), (u2, d2)) in pairs {
         let naive = |u: &str, d: &str| format!("{prefix}:naive:{u}:{d}");
