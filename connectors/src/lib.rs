@@ -46,6 +46,7 @@ pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod notifier;
+pub mod redis_key;
 pub mod tls;
 pub mod view_store;
 pub mod websocket_fanout;

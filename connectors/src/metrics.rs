@@ -27,6 +27,9 @@ const REJECT_CODES: [&str; 10] = [
     "log_unavailable",
 ];
 
+/// Labels of `inkstream_limit_hits_total`: every bound counted there.
+pub const LIMITS: [&str; 2] = ["ws_channels_per_connection", "view_keys"];
+
 /// All metrics; cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct Metrics {
@@ -107,6 +110,14 @@ pub struct Metrics {
     pub ws_history_channels: IntGauge,
     /// Subscribes with `since`, by outcome (`recovered`, `not_recovered`).
     pub ws_recoveries: IntCounterVec,
+    /// Subscribes/unsubscribes that waited before reaching the Redis
+    /// broker's task, by reason: `connection_budget` (this connection had
+    /// `fanout.max_pending_commands` waiting already) or `queue_full`
+    /// (`fanout.command_queue` was full).
+    pub ws_broker_command_waits: IntCounterVec,
+    /// Requests or items refused because a bound was reached, by limit
+    /// (`ws_channels_per_connection`, `view_keys`).
+    pub limit_hits: IntCounterVec,
     /// HTTP requests by route template and status.
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route template.
@@ -341,6 +352,20 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            ws_broker_command_waits: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_broker_command_waits_total",
+                    "WebSocket subscribes/unsubscribes that waited before reaching the Redis broker, by reason (connection_budget, queue_full).",
+                ),
+                &["reason"],
+            )?,
+            limit_hits: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_limit_hits_total",
+                    "Requests or items refused because a configured bound was reached, by limit.",
+                ),
+                &["limit"],
+            )?,
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "inkstream_http_requests_total",
@@ -394,6 +419,8 @@ impl Metrics {
         r.register(Box::new(m.ws_coalesced.clone()))?;
         r.register(Box::new(m.ws_history_channels.clone()))?;
         r.register(Box::new(m.ws_recoveries.clone()))?;
+        r.register(Box::new(m.ws_broker_command_waits.clone()))?;
+        r.register(Box::new(m.limit_hits.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
         r.register(Box::new(m.http_request_seconds.clone()))?;
         r.register(Box::new(ProcessCollector::new()?))?;
@@ -463,6 +490,12 @@ impl Metrics {
         }
         for outcome in ["recovered", "not_recovered"] {
             self.ws_recoveries.with_label_values(&[outcome]);
+        }
+        for reason in ["connection_budget", "queue_full"] {
+            self.ws_broker_command_waits.with_label_values(&[reason]);
+        }
+        for limit in LIMITS {
+            self.limit_hits.with_label_values(&[limit]);
         }
     }
 

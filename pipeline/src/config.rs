@@ -17,6 +17,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub ingest: IngestSettings,
     pub fanout: FanoutSettings,
+    pub views: ViewsSettings,
     pub dataflow: DataflowConfig,
     pub wpm: crate::operators::live_wpm::LiveWpmConfig,
     pub sessions: crate::operators::sessions::SessionsConfig,
@@ -30,6 +31,25 @@ pub struct Config {
     pub auth: AuthSettings,
     /// `[notifications]`: see `connectors::notifier::NotifierConfig` and docs/OPERATIONS.md.
     pub notifications: connectors::notifier::NotifierConfig,
+}
+
+/// `[views]`: the queryable views (docs/API.md "Views").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewsSettings {
+    /// Most keys per view (sessions, presence documents, conflict documents,
+    /// team pairs, writing projects, live WPM users), in memory and in Redis
+    /// (default 500000); past it new keys are dropped and counted in
+    /// `inkstream_limit_hits_total{limit="view_keys"}`.
+    pub max_keys: usize,
+}
+
+impl Default for ViewsSettings {
+    fn default() -> Self {
+        ViewsSettings {
+            max_keys: connectors::view_store::ViewStoreConfig::default().max_keys,
+        }
+    }
 }
 
 /// `[derived]`: where `serve` writes derived events besides the WebSocket
@@ -523,6 +543,12 @@ pub struct FanoutSettings {
     /// with 4009 (default 60s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub idle_timeout: Duration,
+    /// Subscribes/unsubscribes of one connection waiting for the Redis
+    /// broker at once (default 8); past it that connection's frames wait.
+    pub max_pending_commands: usize,
+    /// Subscribes/unsubscribes of all connections waiting for the Redis
+    /// broker (default 4096); a sender finding it full waits.
+    pub command_queue: usize,
 }
 
 /// `fanout.broker`.
@@ -550,6 +576,8 @@ impl Default for FanoutSettings {
             history_max_channels: d.history_max_channels,
             broker: FanoutBroker::Auto,
             publish_queue: 65_536,
+            max_pending_commands: d.max_pending_commands,
+            command_queue: d.command_queue,
         }
     }
 }
@@ -566,6 +594,8 @@ impl FanoutSettings {
             control_burst: self.control_burst,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
+            max_pending_commands: self.max_pending_commands,
+            command_queue: self.command_queue,
         }
     }
 }

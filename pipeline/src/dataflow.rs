@@ -191,7 +191,9 @@ pub struct InputDriver {
     /// Arrival sequence number of the next event.
     next_seq: u64,
     /// Hashed ids of events at or after the watermark, with their time.
-    seen: rustc_hash::FxHashMap<u64, i64>,
+    /// Keyed hasher: the ids' FNV hashes are known to any caller, who could
+    /// otherwise pick ids whose hashes share buckets.
+    seen: foldhash::HashMap<u64, i64>,
     /// Size of `seen` after its last pruning (prune when it doubles).
     seen_pruned_at: usize,
     duplicates: u64,

@@ -84,56 +84,86 @@ fn with(mut c: Value, key: &str, v: Value) -> Value {
     c
 }
 
-/// A JWKS endpoint: serves whatever `keys` holds, counting requests.
+/// A JWKS endpoint: serves whatever `keys` holds, counting requests; over
+/// https when given a TLS server configuration.
 struct Provider {
     port: u16,
     keys: Arc<Mutex<Vec<Jwk>>>,
     hits: Arc<AtomicUsize>,
+    https: bool,
+}
+
+/// Answers one request on `sock` with the key set.
+async fn answer<S>(mut sock: S, keys: Arc<Mutex<Vec<Jwk>>>, hits: Arc<AtomicUsize>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // One request per connection: read to the blank line.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    let body = serde_json::to_string(&JwkSet {
+        keys: keys.lock().unwrap().clone(),
+    })
+    .unwrap();
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }
 
 impl Provider {
     async fn start(keys: Vec<Jwk>) -> Provider {
+        Provider::start_with(keys, None).await
+    }
+
+    async fn start_with(keys: Vec<Jwk>, tls: Option<Arc<rustls::ServerConfig>>) -> Provider {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let keys = Arc::new(Mutex::new(keys));
         let hits = Arc::new(AtomicUsize::new(0));
         let (k, h) = (keys.clone(), hits.clone());
+        let https = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
+                let Ok((sock, _)) = listener.accept().await else {
                     continue;
                 };
-                let (k, h) = (k.clone(), h.clone());
+                let (k, h, acceptor) = (k.clone(), h.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    // One request per connection: read to the blank line.
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    match acceptor {
+                        // A client that refuses the certificate ends here.
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(sock).await {
+                                answer(tls, k, h).await;
+                            }
                         }
+                        None => answer(sock, k, h).await,
                     }
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let body = serde_json::to_string(&JwkSet {
-                        keys: k.lock().unwrap().clone(),
-                    })
-                    .unwrap();
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
                 });
             }
         });
-        Provider { port, keys, hits }
+        Provider {
+            port,
+            keys,
+            hits,
+            https,
+        }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/.well-known/jwks.json", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/.well-known/jwks.json", self.port)
     }
 }
 
@@ -370,5 +400,55 @@ async fn a_rotated_key_is_picked_up_on_its_first_unknown_kid_and_hs256_still_wor
     assert_eq!(
         ingest(&server, &no_aud, "u3").await,
         (401, Some("token_wrong_audience".into()))
+    );
+}
+
+#[tokio::test]
+async fn an_https_provider_is_trusted_through_auth_jwks_tls_ca_file() {
+    let pki = inkstream_tests::tls::TestPki::new("jwks-tls");
+    let key = SigningKey::ec("tls-1");
+    let provider = Provider::start_with(vec![key.jwk.clone()], Some(pki.server_config())).await;
+    assert!(provider.url().starts_with("https://"));
+    let ca = format!(
+        "auth.jwks_tls.ca_file={:?}",
+        pki.ca_file.display().to_string()
+    );
+    let server = serve(&provider, &["--set", &ca]).await;
+    assert_eq!(
+        ingest(&server, &key.sign(&claims("u1")), "u1").await,
+        (202, None),
+        "a token signed by a key fetched over https with the configured CA"
+    );
+    assert_eq!(provider.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_https_provider_with_an_untrusted_certificate_is_refused_with_a_clear_error() {
+    // The provider's certificate is signed by a CA the server was not told
+    // about (and that no system root knows).
+    let pki = inkstream_tests::tls::TestPki::new("jwks-untrusted");
+    let key = SigningKey::ec("tls-2");
+    let provider = Provider::start_with(vec![key.jwk.clone()], Some(pki.server_config())).await;
+    let server = serve(&provider, &[]).await;
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .bearer_auth(key.sign(&claims("u1")))
+        .json(&event("u1"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "jwks_unavailable", "{body}");
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(
+        message.contains("certificate") && message.contains("auth.jwks_url"),
+        "the refusal names the cause and the setting: {body}"
+    );
+    assert_eq!(
+        provider.hits.load(Ordering::SeqCst),
+        0,
+        "no request reached the provider over an untrusted connection"
     );
 }

@@ -261,7 +261,7 @@ impl Jwks {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| FetchError::Failed(format!("GET failed: {e}")))?;
+            .map_err(|e| FetchError::Failed(format!("GET failed: {}", with_causes(&e))))?;
         if !resp.status().is_success() {
             return Err(FetchError::Failed(format!(
                 "GET answered {}",
@@ -283,6 +283,23 @@ impl Jwks {
         }
         parse(&body)
     }
+}
+
+/// `e` and its causes: reqwest's own text ("error sending request") does
+/// not say why, its sources do (e.g. "invalid peer certificate:
+/// UnknownIssuer" for a provider whose CA is not trusted).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// The usable signing keys of a JWKS document. Keys are parsed one by one

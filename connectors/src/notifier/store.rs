@@ -2,7 +2,9 @@
 //! `redis.url` is set (survives restarts), in-process otherwise (not durable,
 //! like the embedded log).
 //!
-//! Redis keys (`P` = `redis.prefix`):
+//! Redis keys (`P` = `redis.prefix`; ids in keys escaped by
+//! [`crate::redis_key::part`]: `%`, `:`, `{`, `}`, `|` as `%25`, `%3A`, …,
+//! so user `a:items` no longer names user `a`'s items hash):
 //! - `P:notifications:seen:<alert id>` — alert ids already routed (TTL):
 //!   derived events re-emitted after a checkpoint restore are dropped.
 //! - `P:notifications:users` — hash user → policy state (JSON).
@@ -21,6 +23,7 @@
 //! pending deliveries in one MULTI, so a crash leaves either all or none.
 
 use super::policy::{Delivery, Preferences, UserState};
+use crate::redis_key::part;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -173,7 +176,7 @@ impl Store {
             Store::Memory(m) => Ok(Self::mem(m).0.seen.contains(id)),
             Store::Redis { conn, prefix } => {
                 let n: i64 = redis::cmd("EXISTS")
-                    .arg(Self::key(prefix, &format!("seen:{id}")))
+                    .arg(Self::key(prefix, &format!("seen:{}", part(id))))
                     .query_async(&mut conn.clone())
                     .await?;
                 Ok(n > 0)
@@ -217,7 +220,7 @@ impl Store {
                 pipe.atomic();
                 for id in seen {
                     pipe.cmd("SET")
-                        .arg(Self::key(prefix, &format!("seen:{id}")))
+                        .arg(Self::key(prefix, &format!("seen:{}", part(id))))
                         .arg(1)
                         .arg("EX")
                         .arg(ttl_s.max(1))
@@ -294,7 +297,7 @@ impl Store {
             Store::Memory(m) => Ok(Self::mem(m).0.done.contains(id)),
             Store::Redis { conn, prefix } => {
                 let n: i64 = redis::cmd("EXISTS")
-                    .arg(Self::key(prefix, &format!("done:{id}")))
+                    .arg(Self::key(prefix, &format!("done:{}", part(id))))
                     .query_async(&mut conn.clone())
                     .await?;
                 Ok(n > 0)
@@ -315,7 +318,7 @@ impl Store {
                 let () = redis::pipe()
                     .atomic()
                     .cmd("SET")
-                    .arg(Self::key(prefix, &format!("done:{id}")))
+                    .arg(Self::key(prefix, &format!("done:{}", part(id))))
                     .arg(1)
                     .arg("EX")
                     .arg(ttl_s.max(1))
@@ -420,9 +423,9 @@ impl Store {
                 Ok(())
             }
             Store::Redis { conn, prefix } => {
-                let zset = Self::key(prefix, &format!("inapp:{user}"));
+                let zset = Self::key(prefix, &format!("inapp:{}", part(user)));
                 let items = format!("{zset}:items");
-                let unread = Self::key(prefix, &format!("unread:{user}"));
+                let unread = Self::key(prefix, &format!("unread:{}", part(user)));
                 let mut c = conn.clone();
                 let () = redis::pipe()
                     .atomic()
@@ -475,7 +478,7 @@ impl Store {
                 v
             }
             Store::Redis { conn, prefix } => {
-                let zset = Self::key(prefix, &format!("inapp:{user}"));
+                let zset = Self::key(prefix, &format!("inapp:{}", part(user)));
                 let mut c = conn.clone();
                 let ids: Vec<String> = redis::cmd("ZREVRANGE")
                     .arg(&zset)
@@ -487,7 +490,7 @@ impl Store {
                     return Ok((Vec::new(), 0));
                 }
                 let unread: HashSet<String> = redis::cmd("SMEMBERS")
-                    .arg(Self::key(prefix, &format!("unread:{user}")))
+                    .arg(Self::key(prefix, &format!("unread:{}", part(user))))
                     .query_async(&mut c)
                     .await?;
                 let bodies: Vec<Option<String>> = redis::cmd("HMGET")
@@ -538,7 +541,7 @@ impl Store {
             Store::Redis { conn, prefix } => {
                 let mut c = conn.clone();
                 let score: Option<f64> = redis::cmd("ZSCORE")
-                    .arg(Self::key(prefix, &format!("inapp:{user}")))
+                    .arg(Self::key(prefix, &format!("inapp:{}", part(user))))
                     .arg(id)
                     .query_async(&mut c)
                     .await?;
@@ -546,7 +549,7 @@ impl Store {
                     return Ok(false);
                 }
                 let _: i64 = redis::cmd("SREM")
-                    .arg(Self::key(prefix, &format!("unread:{user}")))
+                    .arg(Self::key(prefix, &format!("unread:{}", part(user))))
                     .arg(id)
                     .query_async(&mut c)
                     .await?;

@@ -19,6 +19,11 @@ pub struct ViewStoreConfig {
     pub ttl: Duration,
     /// Batches the queue holds before dropping (default 1024).
     pub queue_batches: usize,
+    /// Most keys per view (sessions, presence documents, conflict
+    /// documents, team pairs, writing projects, live WPM users), in memory
+    /// and in Redis (default 500 000); past it new keys are not added and
+    /// `inkstream_limit_hits_total{limit="view_keys"}` counts each.
+    pub max_keys: usize,
     /// `redis.tls` (used with `rediss://`).
     pub redis_tls: crate::tls::TlsFiles,
 }
@@ -32,6 +37,7 @@ impl Default for ViewStoreConfig {
             writing_retention: Duration::from_secs(35 * 86_400),
             ttl: Duration::from_secs(86_400),
             queue_batches: 1024,
+            max_keys: 500_000,
             redis_tls: Default::default(),
         }
     }

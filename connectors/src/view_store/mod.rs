@@ -43,6 +43,8 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 struct ViewMetrics {
     applied: IntCounter,
+    /// `inkstream_limit_hits_total{limit="view_keys"}`.
+    key_limit_hits: IntCounter,
     dropped: IntCounter,
     write_errors: IntCounter,
 }
@@ -59,6 +61,7 @@ impl ViewMetrics {
             c
         };
         ViewMetrics {
+            key_limit_hits: metrics.limit_hits.with_label_values(&["view_keys"]),
             applied: counter(
                 "inkstream_view_events_total",
                 "Derived events applied to the view store.",
@@ -150,7 +153,10 @@ impl ViewStore {
         let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
         let store = ViewStore {
             backend,
-            state: Arc::new(Mutex::new(ViewState::default())),
+            state: Arc::new(Mutex::new(ViewState {
+                max_keys: Some(config.max_keys.max(1)),
+                ..ViewState::default()
+            })),
             as_of: Arc::new(AtomicI64::new(0)),
         };
         let feed = ViewFeed {
@@ -328,6 +334,9 @@ async fn writer(
                         st.prune(wm, ended_ms, writing_ms, stale_ms);
                         pruned = tokio::time::Instant::now();
                     }
+                    metrics
+                        .key_limit_hits
+                        .inc_by(std::mem::take(&mut st.refused_keys));
                     redis_views::Changes::take(&mut st)
                 };
                 metrics.applied.inc_by(n as u64);

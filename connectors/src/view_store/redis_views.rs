@@ -11,13 +11,16 @@
 //! | `writing:<project>` | hash | `day\|metric\|user` → integer (HINCRBY) |
 //! | `as_of` | string | the watermark the views reflect (ms) |
 //!
-//! One pipelined round trip per batch of changes.
+//! Ids in keys (`<id>`, `<doc>`, `<project>`) are escaped by
+//! [`crate::redis_key::part`] (`%`, `:`, `{`, `}`, `|` percent-escaped;
+//! other ids unchanged). One pipelined round trip per batch of changes.
 
 use super::config::ViewStoreConfig;
 use super::error::{Fresh, ViewError};
 use super::state::{
     Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingTotals,
 };
+use crate::redis_key::part;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -161,7 +164,7 @@ impl RedisViews {
         p.atomic();
         let active = self.key("active");
         for (id, v, open, score) in &c.sessions {
-            let key = self.key(&format!("session:{id}"));
+            let key = self.key(&format!("session:{}", part(id)));
             match v {
                 Some(v) => p.cmd("SET").arg(&key).arg(v).arg("EX").arg(self.ttl_s),
                 None => p.cmd("DEL").arg(&key),
@@ -185,11 +188,11 @@ impl RedisViews {
         let hashes = c
             .presence
             .iter()
-            .map(|(d, f, v)| (self.key(&format!("presence:{d}")), f, v))
+            .map(|(d, f, v)| (self.key(&format!("presence:{}", part(d))), f, v))
             .chain(
                 c.conflicts
                     .iter()
-                    .map(|(d, f, v)| (self.key(&format!("conflicts:{d}")), f, v)),
+                    .map(|(d, f, v)| (self.key(&format!("conflicts:{}", part(d))), f, v)),
             )
             .chain(
                 c.team
@@ -205,7 +208,7 @@ impl RedisViews {
             p.cmd("EXPIRE").arg(&key).arg(self.ttl_s).ignore();
         }
         for (project, day, user, t) in &c.writing {
-            let key = self.key(&format!("writing:{project}"));
+            let key = self.key(&format!("writing:{}", part(project)));
             for (metric, n) in [
                 ("words", t.words),
                 ("sessions", t.sessions),
@@ -250,7 +253,7 @@ impl RedisViews {
 
     pub(crate) async fn session(&self, id: &str) -> Result<Fresh<Option<SessionView>>, ViewError> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key(&format!("session:{id}")));
+        cmd.arg(self.key(&format!("session:{}", part(id))));
         let (v, as_of): (Option<String>, i64) = self.as_of_and(&cmd).await?;
         Ok((v.as_deref().and_then(parse), as_of))
     }
@@ -264,7 +267,7 @@ impl RedisViews {
         }
         let mut get = redis::cmd("MGET");
         for id in &ids {
-            get.arg(self.key(&format!("session:{id}")));
+            get.arg(self.key(&format!("session:{}", part(id))));
         }
         let mut conn = self.conn.clone();
         let values: Vec<Option<String>> = get.query_async(&mut conn).await.map_err(unavailable)?;
@@ -283,14 +286,18 @@ impl RedisViews {
         &self,
         doc: &str,
     ) -> Result<Fresh<Vec<Collaborator>>, ViewError> {
-        let (m, as_of) = self.hash(self.key(&format!("presence:{doc}"))).await?;
+        let (m, as_of) = self
+            .hash(self.key(&format!("presence:{}", part(doc))))
+            .await?;
         let mut v: Vec<Collaborator> = m.values().filter_map(|s| parse(s)).collect();
         v.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok((v, as_of))
     }
 
     pub(crate) async fn conflicts(&self, doc: &str) -> Result<Fresh<Vec<ConflictView>>, ViewError> {
-        let (m, as_of) = self.hash(self.key(&format!("conflicts:{doc}"))).await?;
+        let (m, as_of) = self
+            .hash(self.key(&format!("conflicts:{}", part(doc))))
+            .await?;
         let mut v: Vec<ConflictView> = m.values().filter_map(|s| parse(s)).collect();
         v.sort_by(|a, b| a.conflict_id.cmp(&b.conflict_id));
         Ok((v, as_of))
@@ -309,7 +316,9 @@ impl RedisViews {
         &self,
         project: &str,
     ) -> Result<Fresh<Vec<(String, String, WritingTotals)>>, ViewError> {
-        let (m, as_of) = self.hash(self.key(&format!("writing:{project}"))).await?;
+        let (m, as_of) = self
+            .hash(self.key(&format!("writing:{}", part(project))))
+            .await?;
         let mut rows: std::collections::BTreeMap<(String, String), WritingTotals> =
             Default::default();
         for (field, n) in m {

@@ -178,6 +178,28 @@ pub struct ViewState {
     pub live_wpm: HashMap<String, (i64, f64)>,
     /// Writing totals added since the last take: (project, day, user, delta).
     pub writing_deltas: Vec<(String, String, String, WritingTotals)>,
+    /// Most keys each view holds (sessions, open sessions, live WPM users,
+    /// presence documents, conflict documents, team (project, document)
+    /// pairs, writing projects): each is one Redis key, and all of them are
+    /// named by clients. An update that would add a key past it is dropped
+    /// and counted in `refused_keys`. `None`: unbounded (tests).
+    pub max_keys: Option<usize>,
+    /// Updates dropped by `max_keys` since the writer last took the count.
+    pub refused_keys: u64,
+}
+
+/// Whether `map` may hold `key`: it does already, or it has room for one
+/// more under `max`. Counts a refusal in `refused`.
+fn room<K, Q, V>(map: &HashMap<K, V>, key: &Q, max: Option<usize>, refused: &mut u64) -> bool
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if max.is_none_or(|m| map.len() < m) || map.contains_key(key) {
+        return true;
+    }
+    *refused += 1;
+    false
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -288,6 +310,12 @@ impl ViewState {
             Some(id) if from != "IDLE" && self.sessions.contains_key(&id) => id,
             _ => {
                 let id = s(data, "session_id").unwrap_or_else(|| format!("{user}@{}", e.ts));
+                let (max, refused) = (self.max_keys, &mut self.refused_keys);
+                if !room(&self.sessions, &id, max, refused)
+                    || !room(&self.open, &user, max, refused)
+                {
+                    return;
+                }
                 self.sessions.insert(
                     id.clone(),
                     SessionView {
@@ -379,7 +407,14 @@ impl ViewState {
         let Some(project) = e.project_id.clone() else {
             return;
         };
-        if !first_report {
+        if !first_report
+            || !room(
+                &self.writing,
+                &project,
+                self.max_keys,
+                &mut self.refused_keys,
+            )
+        {
             return;
         }
         let day = day_of(i(data, "start_ts").unwrap_or(e.ts));
@@ -402,7 +437,9 @@ impl ViewState {
         let metric = s(data, "metric").unwrap_or_default();
         let value = f(data, "value").unwrap_or(0.0);
         if metric == "wpm" {
-            if let Some(user) = &e.user_id {
+            if let Some(user) = &e.user_id
+                && room(&self.live_wpm, user, self.max_keys, &mut self.refused_keys)
+            {
                 self.live_wpm.insert(user.clone(), (e.ts, value));
             }
             if let Some(view) = self.open_session(e) {
@@ -436,6 +473,10 @@ impl ViewState {
         let user = dims.get("user_id").cloned();
         let window = dims.get("window").cloned().unwrap_or_default();
         let field = format!("{window}|{metric}|{}", user.as_deref().unwrap_or(""));
+        let key = (project.clone(), document.clone());
+        if !room(&self.team, &key, self.max_keys, &mut self.refused_keys) {
+            return;
+        }
         let figures = self
             .team
             .entry((project.clone(), document.clone()))
@@ -466,6 +507,9 @@ impl ViewState {
             return;
         };
         let status = s(data, "status").unwrap_or_default();
+        if !room(&self.presence, &doc, self.max_keys, &mut self.refused_keys) {
+            return;
+        }
         let users = self.presence.entry(doc.clone()).or_default();
         if status == "offline" {
             users.remove(&user);
@@ -504,6 +548,9 @@ impl ViewState {
             return;
         };
         let other = s(data, "other_user_id").unwrap_or_default();
+        if !room(&self.conflicts, &doc, self.max_keys, &mut self.refused_keys) {
+            return;
+        }
         let open = self.conflicts.entry(doc.clone()).or_default();
         let entry = open.entry(id.clone()).or_insert_with(|| {
             let mut users = vec![user.clone(), other.clone()];
@@ -689,6 +736,40 @@ mod tests {
         assert!(v.open.is_empty());
         let t = &v.writing["p1"][&("1970-01-01".to_owned(), "u1".to_owned())];
         assert_eq!((t.words, t.sessions, t.active_ms), (7, 1, 2000));
+    }
+
+    #[test]
+    fn a_view_at_its_key_bound_refuses_new_keys_counts_them_and_keeps_updating_old_ones() {
+        let mut v = ViewState {
+            max_keys: Some(2),
+            ..ViewState::default()
+        };
+        let online = |ts, doc: &str| {
+            ev(
+                "collaboration.presence_updated",
+                ts,
+                "u1",
+                Some(doc),
+                json!({"status": "online", "paragraph": ts}),
+            )
+        };
+        v.apply(&online(1, "d1"));
+        v.apply(&online(2, "d2"));
+        v.apply(&online(3, "d3"));
+        assert_eq!(v.presence.len(), 2, "d3 refused");
+        assert!(!v.presence.contains_key("d3"));
+        assert_eq!(v.refused_keys, 1);
+        // A document it holds still updates.
+        v.apply(&online(4, "d1"));
+        assert_eq!(v.presence["d1"]["u1"].paragraph, Some(4));
+        assert_eq!(v.refused_keys, 1);
+        // Every view is bounded on its own: sessions are not presence.
+        for (ts, user) in [(5, "a"), (6, "b"), (7, "c")] {
+            v.apply(&ev("writing.session_state_changed", ts, user, None,
+                json!({"session_id": null, "from": "IDLE", "to": "WARMING_UP", "reason": "activity", "wpm": 0.0})));
+        }
+        assert_eq!(v.sessions.len(), 2);
+        assert_eq!(v.refused_keys, 2);
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub struct HubConfig {
     pub ping_interval: Duration,
     /// Nothing heard from a client (pongs included) for this long closes it with 4009.
     pub idle_timeout: Duration,
+    /// Subscribes/unsubscribes of one connection waiting for the Redis
+    /// broker's task at once; past it that connection's reading waits (its
+    /// own backpressure), so a flood from one client cannot fill the queue
+    /// every other client's subscribes wait in.
+    pub max_pending_commands: usize,
+    /// Subscribes/unsubscribes of all connections waiting for the Redis
+    /// broker's task; a sender finding it full waits.
+    pub command_queue: usize,
 }
 
 impl Default for HubConfig {
@@ -40,6 +48,8 @@ impl Default for HubConfig {
             control_burst: 300.0,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
+            max_pending_commands: 8,
+            command_queue: 4096,
         }
     }
 }

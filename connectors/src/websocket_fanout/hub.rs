@@ -301,16 +301,28 @@ impl Hub {
         recovery
     }
 
-    fn unsubscribe(&self, conn: u64, path: WsPath, channel: &str) {
+    async fn unsubscribe(
+        &self,
+        conn: u64,
+        path: WsPath,
+        channel: &str,
+        budget: &Arc<tokio::sync::Semaphore>,
+    ) {
         let key = (path, channel.to_owned());
         match self.broker.get() {
             // In order with the join: a subscribe the broker is still
             // working on is undone after it, never before.
-            Some(b) => b.command(Command::Unsubscribe { conn, key }),
+            Some(b) => b.command(Command::Unsubscribe { conn, key }, budget).await,
             None => {
                 self.remove_subscriber(conn, &key);
             }
         }
+    }
+
+    /// Unsubscribes without a broker (the in-process hub's tests).
+    #[cfg(test)]
+    fn unsubscribe_here(&self, conn: u64, path: WsPath, channel: &str) {
+        self.remove_subscriber(conn, &(path, channel.to_owned()));
     }
 
     /// Counts a subscribe that asked for recovery, by outcome.
@@ -450,6 +462,11 @@ impl Hub {
         gauge.inc();
         let bytes_out = self.gauges.bytes_out.with_label_values(&[path.as_str()]);
         let mut subscriptions: Vec<String> = Vec::new();
+        // This connection's commands waiting for the Redis broker (see
+        // `Broker::command`).
+        let budget = Arc::new(tokio::sync::Semaphore::new(
+            self.config.max_pending_commands.max(1),
+        ));
         let (mut sink, mut stream) = socket.split();
         let mut guard = ConnGuard::new(&self.config, &principal, tokio::time::Instant::now());
         let mut pings = tokio::time::interval_at(
@@ -470,9 +487,10 @@ impl Hub {
                             break;
                         }
                         // A subscribe queues its own reply (after any replay).
-                        if let Some(reply) =
-                            self.control(conn, &q, &principal, &mut subscriptions, text.as_str())
-                        {
+                        let reply = self
+                            .control(conn, &q, &principal, &mut subscriptions, &budget, text.as_str())
+                            .await;
+                        if let Some(reply) = reply {
                             self.enqueue(&q, reply);
                         }
                     }
@@ -545,7 +563,7 @@ impl Hub {
         // Nothing more is queued for this connection: its subscriptions and
         // queue go now, whatever the handshake below takes.
         for ch in &subscriptions {
-            self.unsubscribe(conn, path, ch);
+            self.unsubscribe(conn, path, ch, &budget).await;
         }
         self.conns().remove(&conn);
         drop(rx);
@@ -592,12 +610,13 @@ impl Hub {
 
     /// Handles one control frame; returns the reply frame, or `None` when
     /// it was already queued (a successful subscribe).
-    fn control(
+    async fn control(
         &self,
         conn: u64,
         q: &ClientQueue,
         principal: &Principal,
         subscriptions: &mut Vec<String>,
+        budget: &Arc<tokio::sync::Semaphore>,
         text: &str,
     ) -> Option<Utf8Bytes> {
         #[derive(Deserialize)]
@@ -641,6 +660,10 @@ impl Hub {
             ("subscribe", Some(ch)) => {
                 if !subscriptions.contains(&ch) {
                     if subscriptions.len() >= self.config.max_subscriptions {
+                        self.metrics
+                            .limit_hits
+                            .with_label_values(&["ws_channels_per_connection"])
+                            .inc();
                         return Some(error_frame(
                             "too_many_subscriptions",
                             &format!(
@@ -655,13 +678,14 @@ impl Hub {
                 if let Some(b) = self.broker.get() {
                     // The broker's task replays, answers and adds the client
                     // in order with the live publications.
-                    b.command(Command::Join {
+                    let join = Command::Join {
                         conn,
                         q: q.clone(),
                         channel: ch,
                         since: ctl.since,
                         epoch: ctl.epoch,
-                    });
+                    };
+                    b.command(join, budget).await;
                     return None;
                 }
                 // Again on an existing subscription: replays what was asked
@@ -678,7 +702,7 @@ impl Hub {
             }
             ("unsubscribe", Some(ch)) => {
                 subscriptions.retain(|c| *c != ch);
-                self.unsubscribe(conn, q.path, &ch);
+                self.unsubscribe(conn, q.path, &ch, budget).await;
                 op_frame("unsubscribed", &ch)
             }
             (other, _) => error_frame(
@@ -1007,7 +1031,7 @@ mod tests {
                 m["offset"].as_u64().unwrap()
             })
             .collect();
-        hub.unsubscribe(99, A, channel);
+        hub.unsubscribe_here(99, A, channel);
         (replayed, reply)
     }
 
@@ -1107,7 +1131,7 @@ mod tests {
         assert_eq!(first[0]["op"], "subscribed");
         assert!(first[0].get("recovered").is_none(), "no since, no flag");
         let epoch = first[0]["epoch"].clone();
-        hub.unsubscribe(1, A, "user:u1");
+        hub.unsubscribe_here(1, A, "user:u1");
         publish(&hub, "user:u1", 3, t0);
         hub.subscribe(1, &q, "user:u1", None, None, t0);
         publish(&hub, "user:u1", 4, t0);
@@ -1223,7 +1247,7 @@ mod tests {
             (&frames[0]["offset"], &frames[1]["offset"]),
             (&0.into(), &1.into())
         );
-        hub.unsubscribe(1, A, "user:u1");
+        hub.unsubscribe_here(1, A, "user:u1");
         assert_eq!(history_channels(&hub), 0);
         let (_, reply) = resubscribe(&hub, "user:u1", 1, None, t0);
         assert_eq!(

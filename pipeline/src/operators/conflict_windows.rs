@@ -86,7 +86,7 @@
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{
     ConflictDetected, ConflictKind, ConflictResolved, ConflictSeverity, EditMode, Payload,

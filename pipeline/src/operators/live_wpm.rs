@@ -12,7 +12,7 @@
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
-use rustc_hash::{FxHashMap as HashMap, FxHashSet};
+use foldhash::{HashMap, HashSet};
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
 use serde::{Deserialize, Serialize};
@@ -51,7 +51,7 @@ struct UserWindow {
     /// The ids of `ids`, to look up (not saved: rebuilt when it does not
     /// match `ids` after a restore).
     #[serde(skip)]
-    id_set: FxHashSet<u64>,
+    id_set: HashSet<u64>,
     /// Event time of the last update emitted.
     last_emitted: Option<i64>,
 }

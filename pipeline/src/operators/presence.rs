@@ -78,7 +78,7 @@
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{CursorMoved, EditMode, Payload, PresenceStatus, PresenceUpdated};
 use serde::{Deserialize, Serialize};

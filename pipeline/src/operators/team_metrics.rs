@@ -91,7 +91,7 @@
 use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
 use serde::{Deserialize, Deserializer, Serialize};

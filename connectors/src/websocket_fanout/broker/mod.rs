@@ -59,3 +59,13 @@ pub(crate) enum Command {
     /// its join: a subscribe still being joined is undone after it.
     Unsubscribe { conn: u64, key: ChannelKey },
 }
+
+/// A command with its connection's share of the broker's queue: the permit
+/// goes back to the connection once the broker's task has handled the
+/// command, so one connection never has more than
+/// `fanout.max_pending_commands` waiting, and a flood only holds up the
+/// flooding connection's own reading.
+pub(crate) struct Queued {
+    pub(crate) cmd: Command,
+    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+}

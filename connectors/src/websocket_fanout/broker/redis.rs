@@ -32,7 +32,7 @@
 //!   is bounded per channel; meta hashes expire a day after their channel's
 //!   last publication.
 
-use super::{Command, LocalHub, RemoteJoin};
+use super::{Command, LocalHub, Queued, RemoteJoin};
 use crate::metrics::Metrics;
 use crate::websocket_fanout::channel::ChannelKey;
 use crate::websocket_fanout::client::ClientQueue;
@@ -262,8 +262,18 @@ struct Keys {
 }
 
 impl Keys {
+    /// `<prefix>:ws:{<path>|<kind>:<id>}`: the channel's id escaped by
+    /// [`crate::redis_key::part`], so no id can end the hash tag early (and
+    /// move a channel's keys to different cluster slots) or name another
+    /// channel's keys.
     fn tag(&self, key: &ChannelKey) -> String {
-        format!("{}:ws:{{{}|{}}}", self.prefix, key.0.as_str(), key.1)
+        let (kind, id) = key.1.split_once(':').unwrap_or(("", key.1.as_str()));
+        format!(
+            "{}:ws:{{{}|{kind}:{}}}",
+            self.prefix,
+            key.0.as_str(),
+            crate::redis_key::part(id)
+        )
     }
     /// Meta, history and interest keys and the Pub/Sub name of a channel,
     /// its tag formatted once (the publisher's per-publication path).
@@ -297,7 +307,8 @@ impl Keys {
             .strip_suffix('}')?;
         let (path, channel) = inner.split_once('|')?;
         let path = WsPath::ALL.into_iter().find(|p| p.as_str() == path)?;
-        Some((path, channel.to_owned()))
+        let (kind, id) = channel.split_once(':')?;
+        Some((path, format!("{kind}:{}", crate::redis_key::unescape(id)?)))
     }
 }
 
@@ -370,8 +381,12 @@ pub(crate) struct Broker {
     /// so its publications keep their order, while lanes overlap their
     /// round trips to Redis.
     lanes: Vec<mpsc::Sender<Publication>>,
-    cmd_tx: mpsc::UnboundedSender<Command>,
+    /// Subscribes/unsubscribes for the one subscriber task, bounded
+    /// (`fanout.command_queue`); each holds its connection's permit.
+    cmd_tx: mpsc::Sender<Queued>,
     metrics: BrokerMetrics,
+    /// `inkstream_ws_broker_command_waits_total`.
+    command_waits: prometheus::IntCounterVec,
 }
 
 impl Broker {
@@ -407,7 +422,7 @@ impl Broker {
                 metrics.clone(),
             ));
         }
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(hub_config.command_queue.max(1));
         let history = Arc::new(HistoryReader {
             conn: conn.clone(),
             keys: keys.clone(),
@@ -421,6 +436,7 @@ impl Broker {
             lanes,
             cmd_tx,
             metrics,
+            command_waits: hub_metrics.ws_broker_command_waits.clone(),
         })
     }
 
@@ -482,8 +498,32 @@ impl Broker {
         &self.lanes[(h % self.lanes.len() as u64) as usize]
     }
 
-    pub(crate) fn command(&self, c: Command) {
-        let _ = self.cmd_tx.send(c);
+    /// Queues a command for the subscriber task, taking one of the sending
+    /// connection's `budget` permits first. Either wait (a permit, room in
+    /// the queue) holds up only the caller: the connection's own read loop.
+    pub(crate) async fn command(&self, cmd: Command, budget: &Arc<tokio::sync::Semaphore>) {
+        let permit = match Arc::clone(budget).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.command_waits
+                    .with_label_values(&["connection_budget"])
+                    .inc();
+                match Arc::clone(budget).acquire_owned().await {
+                    Ok(p) => p,
+                    // Never closed: the connection owns it.
+                    Err(_) => return,
+                }
+            }
+        };
+        match self.cmd_tx.try_send(Queued { cmd, permit }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(q)) => {
+                self.command_waits.with_label_values(&["queue_full"]).inc();
+                let _ = self.cmd_tx.send(q).await;
+            }
+            // The subscriber task is gone (shutdown).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 
@@ -720,7 +760,7 @@ impl<H: LocalHub> Subscriber<H> {
         }
     }
 
-    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Queued>) {
         let mut backoff = Duration::from_millis(50);
         let mut first = true;
         loop {
@@ -787,9 +827,10 @@ impl<H: LocalHub> Subscriber<H> {
                             tracing::warn!(%error, "fanout: renewing channel interest failed");
                         }
                     }
-                    cmd = cmds.recv() => match cmd {
+                    cmd = cmds.recv() => match cmd.map(|Queued { cmd, permit }| (cmd, permit)) {
                         None => return,
-                        Some(Command::Join { conn, q, channel, since, epoch }) => {
+                        // The permit returns to the connection when the arm ends.
+                        Some((Command::Join { conn, q, channel, since, epoch }, _permit)) => {
                             let (q2, ch2) = (q.clone(), channel.clone());
                             if let Err(error) = self.join(&mut sink, conn, q, channel, since, epoch).await {
                                 tracing::warn!(%error, "fanout: subscribing through redis failed");
@@ -801,7 +842,7 @@ impl<H: LocalHub> Subscriber<H> {
                                 break;
                             }
                         }
-                        Some(Command::Unsubscribe { conn, key }) => {
+                        Some((Command::Unsubscribe { conn, key }, _permit)) => {
                             let empty = self.hub.upgrade().is_none_or(|h| h.remove_subscriber(conn, &key));
                             if empty
                                 && self.channels.remove(&key).is_some()
@@ -1029,9 +1070,18 @@ mod tests {
             prefix: "inkstream".into(),
         };
         let key = (WsPath::Analytics, "user:a|b:c}".to_owned());
-        // Channel names may hold any character but the path separator is the
-        // first '|' and the name ends at the last '}'.
+        // Channel ids may hold any character; escaped, they hold none of
+        // the tag's separators.
+        assert_eq!(
+            keys.pubsub(&key),
+            "inkstream:ws:{/ws/analytics|user:a%7Cb%3Ac%7D}"
+        );
         assert_eq!(keys.parse_pubsub(&keys.pubsub(&key)), Some(key.clone()));
+        // An ordinary id keeps the key it always had.
+        assert_eq!(
+            keys.meta(&(WsPath::Presence, "document:d1".to_owned())),
+            "inkstream:ws:{/ws/presence|document:d1}:m"
+        );
         assert_eq!(keys.parse_pubsub("other:ws:{/ws/analytics|user:u}"), None);
         // The publisher's names are the same as the single-key helpers'.
         assert_eq!(

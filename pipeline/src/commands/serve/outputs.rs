@@ -165,6 +165,7 @@ impl Outputs {
                 redis_url: config.redis.url.clone(),
                 redis_tls: config.redis.tls.clone(),
                 prefix: config.redis.prefix.clone(),
+                max_keys: config.views.max_keys,
                 ..Default::default()
             },
             metrics,

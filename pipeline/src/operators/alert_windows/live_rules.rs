@@ -7,7 +7,7 @@ use super::fields::*;
 use crate::operators::OperatorConfigError;
 use crate::operators::derived_id;
 use crate::runtime::Timed;
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use schemas::payload::{AlertTriggered, Direction, Payload, Priority, Severity};
 use schemas::{Event, EventType};
 use serde::{Deserialize, Serialize};

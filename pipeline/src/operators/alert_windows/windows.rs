@@ -6,7 +6,7 @@
 use super::live_rules::*;
 use crate::operators::{derived_id, stable_hash};
 use crate::runtime::{Core, Order};
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{AnomalyDetected, Direction, Payload, Priority, ThresholdCrossed};
 use serde::{Deserialize, Serialize};

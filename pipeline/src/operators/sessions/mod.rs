@@ -85,7 +85,7 @@ pub mod flow;
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::{Core, Order, Record};
 use flow::{FlowChange, FlowConfig, FlowRules, FlowTracker};
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{
     FlowStateEntered, FlowStateExited, Payload, SessionEnded, SessionPaused, SessionResumed,
