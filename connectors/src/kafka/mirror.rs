@@ -128,7 +128,7 @@ pub async fn run(
             }
         }
     };
-    let schema_id = schemas::confluent::schema_id().to_string();
+    let schema_ids = config.brokers.schema_ids.clone();
     // Permanent failures per entry (`stream/id`), for poison records.
     let mut attempts: std::collections::HashMap<String, u32> = Default::default();
     let mut last_claim = tokio::time::Instant::now();
@@ -204,7 +204,7 @@ pub async fn run(
         if entries.is_empty() {
             continue;
         }
-        let (mut delivered, failures) = produce(&producer, &entries, &schema_id, &metrics).await;
+        let (mut delivered, failures) = produce(&producer, &entries, &schema_ids, &metrics).await;
         for e in &delivered {
             attempts.remove(&format!("{}/{}", e.stream, e.id));
         }
@@ -290,7 +290,7 @@ async fn dead_letter(
 async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
-    schema_id: &str,
+    schema_ids: &super::registry::SchemaIds,
     metrics: &Metrics,
 ) -> (Vec<EntryRef>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
@@ -310,7 +310,9 @@ async fn produce(
                 continue;
             }
         };
-        let value = match schemas::confluent::encode(event) {
+        let topic = events_topic(event.category());
+        let schema_id = schema_ids.for_topic(&topic);
+        let value = match schemas::confluent::encode_with(schema_id, event) {
             Ok(v) => v,
             Err(e) => {
                 metrics.mirror_errors.with_label_values(&["encode"]).inc();
@@ -319,8 +321,7 @@ async fn produce(
                 continue;
             }
         };
-        let topic = events_topic(event.category());
-        let mut headers = super::event_headers(event, schema_id);
+        let mut headers = super::event_headers(event, &schema_id.to_string());
         if let Some(ns) = entry.namespace.as_deref() {
             headers = headers.insert(rdkafka::message::Header {
                 key: super::NAMESPACE_HEADER,
