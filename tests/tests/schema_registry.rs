@@ -177,32 +177,26 @@ async fn records_are_framed_with_the_registry_ids_and_decode_through_the_registr
     drop(kafka);
 }
 
+/// Deletes `subject` (soft, then for good) and checks it is gone.
+async fn clear(subject: &str) {
+    let path = format!("/subjects/{subject}");
+    registry_call(reqwest::Method::DELETE, &path, None).await;
+    registry_call(
+        reqwest::Method::DELETE,
+        &format!("{path}?permanent=true"),
+        None,
+    )
+    .await;
+    let (status, body) =
+        registry_call(reqwest::Method::GET, &format!("{path}/versions"), None).await;
+    assert_eq!(status, 404, "{subject} could not be deleted: {body}");
+}
+
 #[tokio::test]
 async fn an_incompatible_schema_under_a_subject_stops_startup_with_the_registry_message() {
     let _one = REGISTRY.lock().await;
     let subject = "inkstream.events.automation-value";
-    let delete = |permanent: bool| {
-        registry_call(
-            reqwest::Method::DELETE,
-            &format!(
-                "/subjects/{subject}{}",
-                if permanent { "?permanent=true" } else { "" }
-            ),
-            None,
-        )
-    };
-    let clear = || async {
-        delete(false).await;
-        delete(true).await;
-        let (status, body) = registry_call(
-            reqwest::Method::GET,
-            &format!("/subjects/{subject}/versions"),
-            None,
-        )
-        .await;
-        assert_eq!(status, 404, "{subject} could not be deleted: {body}");
-    };
-    clear().await;
+    clear(subject).await;
     // Another team's schema under the subject: a record inkstream's envelope
     // cannot read (its fields have no defaults), so BACKWARD refuses it.
     let legacy = json!({"type": "record", "name": "Event", "namespace": "inkstream",
@@ -234,7 +228,7 @@ async fn an_incompatible_schema_under_a_subject_stops_startup_with_the_registry_
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            clear().await;
+            clear(subject).await;
             panic!(
                 "inkstream serve started (or hung) despite the incompatible schema under {subject}"
             );
@@ -243,7 +237,7 @@ async fn an_incompatible_schema_under_a_subject_stops_startup_with_the_registry_
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    clear().await;
+    clear(subject).await;
     assert!(!status.success(), "exit status {status}: {stderr}");
     assert!(
         stderr.contains(&format!("schema of subject {subject}"))
