@@ -525,6 +525,7 @@ mod tests {
         let brokers = Brokers {
             bootstrap: "b1:9093,b2:9093".into(),
             security: s.check().unwrap(),
+            schema_ids: Default::default(),
         };
         let cfg = brokers.client_config();
         assert_eq!(cfg.get("bootstrap.servers"), Some("b1:9093,b2:9093"));
