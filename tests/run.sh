@@ -3,9 +3,11 @@
 #   - installs what is missing: redis-server (Debian package) and Apache
 #     Kafka's jars (from Maven Central with Maven, tests/kafka/pom.xml; cached
 #     under ${INKSTREAM_CACHE:-~/.cache/inkstream} and skipped when present);
-#   - starts its own redis-server and Apache Kafka (KRaft, one node) on free
-#     loopback ports (never the ones that may already be running) and exports
-#     their addresses;
+#   - installs Apicurio Registry (a Schema Registry with Confluent's API, from
+#     its distribution on Maven Central, tests/registry/registry.sh);
+#   - starts its own redis-server, Apache Kafka (KRaft, one node) and Apicurio
+#     Registry on free loopback ports (never the ones that may already be
+#     running) and exports their addresses;
 #   - runs cargo fmt --check, clippy -D warnings and every test in one cargo
 #     invocation;
 #   - stops what it started, also on failure or interrupt.
@@ -16,6 +18,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 cache="${INKSTREAM_CACHE:-$HOME/.cache/inkstream}"
 kafka_sh="$root/tests/kafka/broker.sh"
+registry_sh="$root/tests/registry/registry.sh"
 work="$(mktemp -d -t inkstream-tests.XXXXXX)"
 pids=()
 started=$(date +%s)
@@ -68,6 +71,13 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 log "fetching Apache Kafka's jars from Maven Central (cached after the first run)"
 kafka_libs=$("$kafka_sh" fetch)
+log "fetching Apicurio Registry from Maven Central (cached after the first run)"
+"$registry_sh" fetch >/dev/null
+"$registry_sh" java >/dev/null || {
+  log "installing a Java 21 runtime (Debian package) for Apicurio Registry"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends openjdk-21-jre-headless >/dev/null
+  "$registry_sh" java >/dev/null; }
 # Independent (non-Rust) clients for the cross-checks: fastavro, confluent-kafka;
 # aiosmtpd: the real SMTP server of the notifier tests.
 venv="$cache/venv"
@@ -208,8 +218,40 @@ start_kafka() {
   done
   return 1
 }
+# Apicurio Registry: a Quarkus app that takes from seconds to a few minutes
+# to start on a loaded machine, so it starts now and is waited for after
+# clippy (ready: its Confluent API answers). One that exits during startup
+# (a port taken meanwhile) is started again on other ports.
+registry_pid=""
+launch_registry() {
+  registry_port=$(free_port)
+  local mport
+  mport=$(free_port)
+  "$registry_sh" run "$registry_port" "$mport" >"$work/registry.log" 2>&1 &
+  registry_pid=$!
+  pids+=("$registry_pid")
+}
+wait_registry() {
+  local attempt deadline
+  for attempt in 1 2 3; do
+    deadline=$(( $(date +%s) + 600 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+      if curl -sf -m 5 "http://127.0.0.1:$registry_port/apis/ccompat/v7/subjects" >/dev/null 2>&1; then
+        return 0
+      fi
+      kill -0 "$registry_pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+    log "Apicurio Registry did not become ready on $registry_port (attempt $attempt): $(grep -m1 -E 'ERROR|Exception' "$work/registry.log" || tail -1 "$work/registry.log")"
+    launch_registry
+  done
+  return 1
+}
 start_redis
 start_kafka
+launch_registry
 
 export INKSTREAM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export INKSTREAM_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
@@ -225,5 +267,9 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "waiting for Apicurio Registry"
+wait_registry
+export INKSTREAM_TEST_SCHEMA_REGISTRY_URL="http://127.0.0.1:$registry_port/apis/ccompat/v7"
+log "Apicurio Registry on $registry_port"
 log "cargo test"
 cargo test --workspace --locked "$@"

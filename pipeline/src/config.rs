@@ -356,6 +356,22 @@ pub struct KafkaConfig {
     /// `[kafka.tls]`: `ca_file` (default: the system roots), optional
     /// `cert_file`/`key_file` (mutual TLS); only with `ssl`/`sasl_ssl`.
     pub tls: connectors::tls::TlsFiles,
+    /// An external Schema Registry's Confluent-compatible API
+    /// (`--schema-registry-url`, `INKSTREAM_SCHEMA_REGISTRY_URL`; default:
+    /// none, the built-in schema id). Set: the value schema of every topic
+    /// is registered there at startup (subject `<topic>-value`, BACKWARD)
+    /// and the registry's ids frame the records.
+    pub schema_registry_url: Option<String>,
+    /// HTTP basic auth user of the registry (default: none).
+    pub schema_registry_username: Option<String>,
+    /// Its password (`INKSTREAM_SCHEMA_REGISTRY_PASSWORD`). Never logged.
+    pub schema_registry_password: Option<connectors::kafka::security::Secret>,
+    /// `[kafka.schema_registry_tls]`: `ca_file`, `cert_file`/`key_file`
+    /// for an `https://` registry.
+    pub schema_registry_tls: connectors::tls::TlsFiles,
+    /// The ids the registry gave (set by `serve` at startup, not a setting).
+    #[serde(skip)]
+    pub schema_ids: connectors::kafka::registry::SchemaIds,
 }
 
 impl KafkaConfig {
@@ -380,7 +396,19 @@ impl KafkaConfig {
         Ok(Some(connectors::kafka::Brokers {
             bootstrap: bootstrap.clone(),
             security,
+            schema_ids: self.schema_ids.clone(),
         }))
+    }
+
+    /// The external Schema Registry's settings (`None` without
+    /// `kafka.schema_registry_url`).
+    pub fn schema_registry(&self) -> Option<connectors::kafka::registry::RegistryConfig> {
+        let url = self.schema_registry_url.as_ref()?;
+        let mut rc = connectors::kafka::registry::RegistryConfig::new(url.clone());
+        rc.username = self.schema_registry_username.clone();
+        rc.password = self.schema_registry_password.clone();
+        rc.tls = self.schema_registry_tls.clone();
+        Some(rc)
     }
 }
 
@@ -412,6 +440,11 @@ impl Default for KafkaConfig {
             sasl_username: None,
             sasl_password: None,
             tls: Default::default(),
+            schema_registry_url: None,
+            schema_registry_username: None,
+            schema_registry_password: None,
+            schema_registry_tls: Default::default(),
+            schema_ids: Default::default(),
         }
     }
 }

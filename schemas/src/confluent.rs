@@ -86,17 +86,29 @@ pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8]), FrameError> {
 
 /// An event in the Confluent wire format with the published schema.
 pub fn encode(event: &Event) -> Result<Vec<u8>, FrameError> {
+    encode_with(schema_id(), event)
+}
+
+/// An event in the Confluent wire format, framed with `schema_id`: the id an
+/// external registry gave the published schema.
+pub fn encode_with(schema_id: u32, event: &Event) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(128);
     out.push(MAGIC);
-    out.extend_from_slice(&schema_id().to_be_bytes());
+    out.extend_from_slice(&schema_id.to_be_bytes());
     crate::binary::encode_into(event, &mut out)?;
     Ok(out)
 }
 
 /// Decodes a record framed with the published schema's id.
 pub fn decode(bytes: &[u8]) -> Result<Event, FrameError> {
+    decode_with(bytes, |id| id == schema_id())
+}
+
+/// Decodes a record framed with an id `known` says stands for the published
+/// schema (its own id, or one an external registry gave it).
+pub fn decode_with(bytes: &[u8], known: impl Fn(u32) -> bool) -> Result<Event, FrameError> {
     let (id, datum) = unframe(bytes)?;
-    if id != schema_id() {
+    if !known(id) {
         return Err(FrameError::UnknownSchema {
             found: id,
             expected: schema_id(),

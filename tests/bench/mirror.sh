@@ -18,17 +18,20 @@ redis-server --port $RP --save "" --appendonly no --daemonize yes --dir "$work" 
 tests/kafka/broker.sh run "$work/kafka" $KP $(( KP + 1 )) >"$work/kafka.log" 2>&1 &
 TPID=$!
 until grep -q "Kafka Server started" "$work/kafka.log"; do kill -0 $TPID || { cat "$work/kafka.log"; exit 1; }; sleep 0.2; done
+# The load comes from one anonymous address: lift its per-peer rate (default
+# 200 events/s, which answers 429 past the burst).
+ANON="--set ingest.anonymous_rate_per_sec=1e9 --set ingest.anonymous_burst=1e9"
 metric() { curl -s "127.0.0.1:$HP/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 wait_http() { for _ in $(seq 100); do curl -sf "127.0.0.1:$HP/healthz" >/dev/null && return; sleep 0.1; done; }
 
 echo "== backlog: $N events into Redis (no Kafka)"
-$B serve --port $HP --redis-url redis://127.0.0.1:$RP >"$work/serve1.log" 2>&1 &
+$B serve --port $HP --redis-url redis://127.0.0.1:$RP $ANON >"$work/serve1.log" 2>&1 &
 wait_http
 $B load --addr 127.0.0.1:$HP --mode batch --events "$N" --batch 1000 --connections 2
 pkill -TERM -f "serve --port $HP"; sleep 2
 
 echo "== mirror catches up (kill -9 half way, restart)"
-$B serve --port $HP --redis-url redis://127.0.0.1:$RP --kafka-brokers 127.0.0.1:$KP >"$work/serve2.log" 2>&1 &
+$B serve --port $HP --redis-url redis://127.0.0.1:$RP $ANON --kafka-brokers 127.0.0.1:$KP >"$work/serve2.log" 2>&1 &
 wait_http
 start=$(date +%s.%N)
 while :; do
@@ -39,7 +42,7 @@ done
 half=$(date +%s.%N)
 first_half=${m%.*}
 pkill -KILL -f "serve --port $HP"; sleep 1
-$B serve --port $HP --redis-url redis://127.0.0.1:$RP --kafka-brokers 127.0.0.1:$KP >"$work/serve3.log" 2>&1 &
+$B serve --port $HP --redis-url redis://127.0.0.1:$RP $ANON --kafka-brokers 127.0.0.1:$KP >"$work/serve3.log" 2>&1 &
 wait_http
 restart=$(date +%s.%N)
 while :; do

@@ -6,8 +6,9 @@
 # seconds (default 10) and started again on the same ports and data. Then
 # every record on the event topics is counted (tests/examples/count_topics.rs):
 # missing ids must be 0; duplicates are allowed only as identical copies
-# (same id, same bytes). Prints events, missing, duplicates, wall time and
-# the broker's downtime.
+# (same id, same bytes). Prints events sent and acknowledged, records on the
+# topics, distinct ids, missing, duplicates, the broker's downtime, the time
+# from its restart to the mirror's lag 0 and the wall time.
 #
 #   cargo build --release -p inkstream && tests/bench/mirror_restart.sh
 #
@@ -72,12 +73,18 @@ echo "mirror errors by stage: $(curl -s 127.0.0.1:$HP/metrics | grep '^inkstream
 echo "== every record on the event topics"
 out=$(cargo run -q --profile "$PROFILE" -p inkstream-tests --example count_topics -- 127.0.0.1:$KP load- "$N")
 echo "$out"
-python3 - "$N" "$t0" "$t_stop" "$t_up" "$t_done" "$out" <<'PY'
+python3 - "$N" "$t0" "$t_stop" "$t_up" "$t_done" "$out" "$(cat "$work/load.log")" <<'PY'
 import re, sys
 n = int(sys.argv[1]); t0, stop, up, done = map(float, sys.argv[2:6])
 m = re.search(r"(\d+) records .*?, (\d+) distinct event ids.*?(\d+) differing", sys.argv[6])
 records, distinct, differing = map(int, m.groups())
-print(f"events {n:,}; missing {n - distinct}; duplicates {records - distinct} (differing copies {differing}); "
-      f"wall time {done - t0:.1f} s (ingest start to mirror lag 0); broker down {up - stop:.1f} s")
-sys.exit(0 if distinct == n and differing == 0 else 1)
+# The load generator stops at the first answer that is not 202: the events it
+# reports are the acknowledged ones.
+acked = int(re.search(r": (\d+) events in", sys.argv[7]).group(1))
+print(f"events sent {n:,}; acknowledged (202) {acked:,}; records on the topics {records:,}; "
+      f"distinct ids {distinct:,}; missing {acked - distinct}; duplicates {records - distinct} "
+      f"(copies that differ {differing}); broker down {up - stop:.1f} s; "
+      f"drained {done - up:.1f} s after the broker was back; wall time {done - t0:.1f} s "
+      f"(ingest start to mirror lag 0)")
+sys.exit(0 if distinct == acked == n and differing == 0 else 1)
 PY

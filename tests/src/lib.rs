@@ -513,3 +513,12 @@ pub async fn metric(server: &Server, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The external Schema Registry started by the harness (Apicurio Registry's
+/// Confluent-compatible API, `http://127.0.0.1:PORT/apis/ccompat/v7`).
+pub fn schema_registry_url() -> String {
+    required(
+        "INKSTREAM_TEST_SCHEMA_REGISTRY_URL",
+        "Schema Registry (Apicurio Registry, tests/registry/registry.sh)",
+    )
+}

@@ -141,7 +141,7 @@ enum Mode {
 /// Produces derived events.
 pub struct DerivedProducer {
     mode: Mode,
-    schema_id: String,
+    schema_ids: super::registry::SchemaIds,
     metrics: Metrics,
 }
 
@@ -200,7 +200,7 @@ impl DerivedProducer {
         };
         Ok(DerivedProducer {
             mode,
-            schema_id: schemas::confluent::schema_id().to_string(),
+            schema_ids: brokers.schema_ids.clone(),
             metrics,
         })
     }
@@ -323,7 +323,9 @@ impl DerivedProducer {
         producer: &ThreadedProducer<Deliveries>,
         event: &Event,
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let value = match schemas::confluent::encode(event) {
+        let topic = derived_topic(event.event_type());
+        let schema_id = self.schema_ids.for_topic(&topic);
+        let value = match schemas::confluent::encode_with(schema_id, event) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(id = %event.id, error = %DeliveryError::Encode(e.to_string()), "derived event dropped");
@@ -332,10 +334,10 @@ impl DerivedProducer {
                 ));
             }
         };
-        let topic = derived_topic(event.event_type());
+        let schema_id = schema_id.to_string();
         let key = event.partition_key().to_owned();
         for _ in 0..1000 {
-            let headers = super::event_headers(event, self.schema_id.as_str());
+            let headers = super::event_headers(event, schema_id.as_str());
             let record = BaseRecord::to(&topic)
                 .key(&key)
                 .payload(&value)

@@ -194,7 +194,7 @@ struct Mirror {
     log: EventLog,
     config: MirrorConfig,
     metrics: Metrics,
-    schema_id: String,
+    schema_ids: super::registry::SchemaIds,
     live: FutureProducer,
     bulk: FutureProducer,
     mode: Mode,
@@ -229,9 +229,9 @@ pub async fn run(
     };
     let mut m = Mirror {
         log,
+        schema_ids: config.brokers.schema_ids.clone(),
         config,
         metrics,
-        schema_id: schemas::confluent::schema_id().to_string(),
         live,
         bulk,
         mode: Mode::Live,
@@ -460,7 +460,7 @@ impl Mirror {
             Mode::Bulk => &self.bulk,
         };
         let (deliveries, delivered, failures) =
-            produce(producer, &entries, &self.schema_id, &self.metrics).await;
+            produce(producer, &entries, &self.schema_ids, &self.metrics).await;
         self.in_flight.push_back(tokio::spawn(async move {
             let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
             let mut page = Settled {
@@ -531,7 +531,7 @@ type Deliveries = Vec<(EntryRef, rdkafka::producer::DeliveryFuture)>;
 async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
-    schema_id: &str,
+    schema_ids: &super::registry::SchemaIds,
     metrics: &Metrics,
 ) -> (Deliveries, Vec<EntryRef>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
@@ -551,7 +551,9 @@ async fn produce(
                 continue;
             }
         };
-        let value = match schemas::confluent::encode(event) {
+        let topic = events_topic(event.category());
+        let schema_id = schema_ids.for_topic(&topic);
+        let value = match schemas::confluent::encode_with(schema_id, event) {
             Ok(v) => v,
             Err(e) => {
                 metrics.mirror_errors.with_label_values(&["encode"]).inc();
@@ -560,8 +562,7 @@ async fn produce(
                 continue;
             }
         };
-        let topic = events_topic(event.category());
-        let mut headers = super::event_headers(event, schema_id);
+        let mut headers = super::event_headers(event, &schema_id.to_string());
         if let Some(ns) = entry.namespace.as_deref() {
             headers = headers.insert(rdkafka::message::Header {
                 key: super::NAMESPACE_HEADER,

@@ -3,11 +3,13 @@
 //! - [`mirror`]: the log → `inkstream.events.<category>` mirror.
 //! - [`source`]: the event topics as the dataflow's input.
 //! - [`derived`]: derived events out to `inkstream.derived.<type>`.
+//! - [`registry`]: registering the schemas in an external Schema Registry.
 //! - [`security`]: [`Brokers`], the one place every client's settings
 //!   (bootstrap list, TLS, SASL) are made, and the startup access check.
 
 pub mod derived;
 pub mod mirror;
+pub mod registry;
 pub mod security;
 pub mod source;
 

@@ -99,8 +99,9 @@ impl Secret {
         Secret(value.into())
     }
 
-    /// The value, for the one place that hands it to librdkafka.
-    fn expose(&self) -> &str {
+    /// The value, for the places that hand it over (librdkafka, the schema
+    /// registry's basic auth).
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
@@ -235,6 +236,9 @@ pub struct Brokers {
     /// `host:port[,host:port]`.
     pub bootstrap: String,
     pub security: Security,
+    /// The value schema ids of the topics (an external registry's, or the
+    /// built-in one): every producer frames with them, the source accepts them.
+    pub schema_ids: super::registry::SchemaIds,
 }
 
 impl Brokers {
@@ -243,6 +247,7 @@ impl Brokers {
         Brokers {
             bootstrap: bootstrap.into(),
             security: Security::default(),
+            schema_ids: Default::default(),
         }
     }
 
@@ -520,6 +525,7 @@ mod tests {
         let brokers = Brokers {
             bootstrap: "b1:9093,b2:9093".into(),
             security: s.check().unwrap(),
+            schema_ids: Default::default(),
         };
         let cfg = brokers.client_config();
         assert_eq!(cfg.get("bootstrap.servers"), Some("b1:9093,b2:9093"));

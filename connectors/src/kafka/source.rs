@@ -144,8 +144,10 @@ pub async fn run(
                         .received
                         .push_back((m.offset(), false));
                     let event = match m.payload() {
-                        Some(bytes) => schemas::confluent::decode(bytes)
-                            .map_err(|e| Undecodable(e.to_string())),
+                        Some(bytes) => schemas::confluent::decode_with(bytes, |id| {
+                            config.brokers.schema_ids.knows(id)
+                        })
+                        .map_err(|e| Undecodable(e.to_string())),
                         None => Err(Undecodable("record without a value".to_owned())),
                     };
                     batch.push(LogEntry {

@@ -18,6 +18,13 @@ pub enum ServeError {
     Kafka(#[from] connectors::kafka::KafkaError),
     #[error("configuration: {0}")]
     KafkaAccess(connectors::kafka::security::AccessError),
+    #[error("{0}")]
+    SchemaRegistry(connectors::kafka::registry::RegistryError),
+    #[error(
+        "configuration: kafka.schema_registry_url is set but kafka.brokers is not (the registry \
+         holds the schemas of Kafka topics)"
+    )]
+    RegistryWithoutKafka,
     #[error("cannot start the dataflow: {0}")]
     Checkpoint(crate::runtime::checkpoint::CheckpointError),
     #[error("cannot start the dataflow: {0}")]
@@ -80,7 +87,8 @@ impl schemas::Classify for ServeError {
             | ServeError::Notifier(_)
             | ServeError::Auth(_)
             | ServeError::Jwks(_)
-            | ServeError::AnonymousOnNetwork { .. } => Fault::Config,
+            | ServeError::AnonymousOnNetwork { .. }
+            | ServeError::RegistryWithoutKafka => Fault::Config,
             ServeError::Runtime(_)
             | ServeError::Log(_)
             | ServeError::Kafka(_)
@@ -90,6 +98,7 @@ impl schemas::Classify for ServeError {
             | ServeError::LeaseLost => Fault::External,
             ServeError::Checkpoint(e) => schemas::Classify::fault(e),
             ServeError::KafkaAccess(e) => schemas::Classify::fault(e),
+            ServeError::SchemaRegistry(e) => schemas::Classify::fault(e),
             ServeError::Workers(e) => schemas::Classify::fault(e),
             ServeError::Stopped(e) => e.fault(),
             ServeError::StartPanicked(_)

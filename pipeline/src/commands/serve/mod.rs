@@ -71,6 +71,17 @@ pub struct ServeArgs {
     /// SASL password for Kafka (config `kafka.sasl_password`).
     #[arg(long, env = "INKSTREAM_KAFKA_SASL_PASSWORD", hide_env_values = true)]
     kafka_sasl_password: Option<String>,
+    /// An external Schema Registry (Confluent API) to register the topics'
+    /// schemas in (config `kafka.schema_registry_url`).
+    #[arg(long, env = "INKSTREAM_SCHEMA_REGISTRY_URL")]
+    schema_registry_url: Option<String>,
+    /// Basic-auth password of the registry (config `kafka.schema_registry_password`).
+    #[arg(
+        long,
+        env = "INKSTREAM_SCHEMA_REGISTRY_PASSWORD",
+        hide_env_values = true
+    )]
+    schema_registry_password: Option<String>,
 }
 
 impl ServeArgs {
@@ -84,6 +95,11 @@ impl ServeArgs {
             ("auth.session_secret", &self.session_secret),
             ("auth.jwks_url", &self.jwks_url),
             ("kafka.sasl_password", &self.kafka_sasl_password),
+            ("kafka.schema_registry_url", &self.schema_registry_url),
+            (
+                "kafka.schema_registry_password",
+                &self.schema_registry_password,
+            ),
         ] {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
                 out.push(format!("{key}={}", toml_string(v)));
@@ -143,13 +159,14 @@ pub(crate) async fn shutdown_signal() {
 /// dataflow (now, later under the lease, or never), then ingest; HTTP opens
 /// last. Shutdown is [`drain`], after HTTP has closed.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     ingest::check_anonymous(&config)?;
     let metrics = connectors::Metrics::standalone();
     outputs::check_kafka(&config, &metrics).await?;
+    config.kafka.schema_ids = outputs::register_schemas(&config).await?;
     let log = open_log(&config).await?;
     let outputs = Outputs::open(&config, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -213,6 +213,28 @@ pub(super) async fn check_kafka(config: &Config, metrics: &Metrics) -> Result<()
     .map_err(ServeError::KafkaAccess)
 }
 
+/// With `kafka.schema_registry_url`: the published schema registered for
+/// every topic inkstream produces (the event topics, and the derived ones
+/// when the dataflow runs here); the registry's ids. Without: the built-in id.
+pub(super) async fn register_schemas(
+    config: &Config,
+) -> Result<connectors::kafka::registry::SchemaIds, ServeError> {
+    let Some(registry) = config.kafka.schema_registry() else {
+        return Ok(Default::default());
+    };
+    if config.kafka.brokers.is_none() {
+        return Err(ServeError::RegistryWithoutKafka);
+    }
+    let mut topics: Vec<String> = schemas::Category::ALL
+        .iter()
+        .map(|c| connectors::kafka::events_topic(*c))
+        .collect();
+    topics.extend(schemas::EventType::all().map(|t| connectors::kafka::derived_topic(t.name)));
+    connectors::kafka::registry::register(&registry, &topics)
+        .await
+        .map_err(ServeError::SchemaRegistry)
+}
+
 /// Opens the log the config asks for.
 pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
     match &config.redis.url {
