@@ -422,10 +422,11 @@ fn blocks_split_mid_line_derive_the_same_events_as_one_worker() {
     let summary = replay(&input, &one, &["--workers", "1"]);
     let expected = all_derived(&one);
     let expected_counts = counts(&summary);
-    assert!(
-        summary.contains("1 invalid, 1 late, 1 duplicates"),
-        "{summary}"
-    );
+    // The scenario is exercised: the invalid line, and at least the late
+    // and duplicated lines added (the generated file may have its own).
+    assert!(summary.contains(" 1 invalid, "), "{summary}");
+    assert!(!summary.contains(" 0 late"), "{summary}");
+    assert!(!summary.contains(" 0 duplicates"), "{summary}");
     assert!(expected.len() > 1000, "{} derived events", expected.len());
     for (i, flags) in [
         ["--block-bytes", "997", "--decoders", "2"],
