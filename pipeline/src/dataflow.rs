@@ -381,14 +381,36 @@ impl InputDriver {
         self.push_inner(events.into_iter(), now)
     }
 
+    /// Like [`InputDriver::push`], for events decoded elsewhere (the
+    /// replay's block decoders) and already shared, so the feeding worker
+    /// neither allocates nor copies them.
+    pub fn push_shared(&mut self, events: Vec<Arc<Event>>) -> Vec<Event> {
+        let now = std::time::Instant::now();
+        self.push_arcs(events.into_iter().map(|e| (None, None, e)), now)
+    }
+
     fn push_inner(
         &mut self,
         events: impl Iterator<Item = (Option<Arc<str>>, Option<u64>, Event)>,
         now: std::time::Instant,
     ) -> Vec<Event> {
+        self.push_arcs(
+            events.map(|(part, position, e)| (part, position, Arc::new(e))),
+            now,
+        )
+    }
+
+    /// The input proper: each event with its partition and its position.
+    fn push_arcs(
+        &mut self,
+        events: impl Iterator<Item = (Option<Arc<str>>, Option<u64>, Arc<Event>)>,
+        now: std::time::Instant,
+    ) -> Vec<Event> {
+        // A late event was never shared: unwrapping it does not copy.
+        let unshared = |e: Arc<Event>| Arc::try_unwrap(e).unwrap_or_else(|e| (*e).clone());
         let mut late = Vec::new();
         let Some(cap) = self.cap.as_ref() else {
-            late.extend(events.map(|(_, _, e)| e));
+            late.extend(events.map(|(_, _, e)| unshared(e)));
             return late;
         };
         let horizon = self.horizon();
@@ -396,7 +418,7 @@ impl InputDriver {
         let mut session = handle.session(cap);
         for (part, position, e) in events {
             if e.ts < self.watermark {
-                late.push(e);
+                late.push(unshared(e));
                 continue;
             }
             let id = stable_hash(e.id.as_str());
@@ -420,10 +442,7 @@ impl InputDriver {
             }
             let seq = position.unwrap_or(self.next_seq);
             self.next_seq = self.next_seq.max(seq) + 1;
-            session.give(Record {
-                seq,
-                event: Arc::new(e),
-            });
+            session.give(Record { seq, event: e });
         }
         drop(session);
         drop(handle);

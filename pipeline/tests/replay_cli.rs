@@ -376,6 +376,77 @@ fn one_worker_two_workers_and_a_two_process_cluster_derive_the_same_events() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The counts line of a replay's report ("N events (… MB) in … s: … events/s;
+/// I invalid, L late, D duplicates"), without the timing.
+fn counts(summary: &str) -> (String, String) {
+    let first = summary.lines().next().unwrap();
+    let events = first.split(" in ").next().unwrap().to_owned();
+    let rest = first.rsplit("events/s; ").next().unwrap().to_owned();
+    (events, rest)
+}
+
+/// Every worker of the reading process decodes blocks of the file; blocks
+/// are split at line boundaries, so a block edge in the middle of a line (or
+/// a block smaller than a line) changes nothing: the same derived events,
+/// dead letters (with their line numbers), late events and duplicates as one
+/// worker reading the file whole.
+#[test]
+fn blocks_split_mid_line_derive_the_same_events_as_one_worker() {
+    let dir = scratch("blocks");
+    let generated = dir.join("generated.ndjson");
+    let status = Command::new(bin())
+        .args(["generate", "--events", "20000", "--users", "24", "--out"])
+        .arg(&generated)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&generated).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Blank and invalid lines, a duplicate (the same line twice in a row)
+    // and a late event (an early line again, with a new id, much later).
+    let mut edited: Vec<String> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        edited.push((*line).to_owned());
+        match i {
+            4999 => edited.push((*line).to_owned()),
+            5000 => edited.extend(["".to_owned(), "not json".to_owned()]),
+            15000 => edited.push(lines[100].replacen("\"id\":\"", "\"id\":\"late-", 1)),
+            _ => {}
+        }
+    }
+    let input = dir.join("events.ndjson");
+    // No final newline: the last line ends at the end of the file.
+    std::fs::write(&input, edited.join("\n")).unwrap();
+
+    let one = dir.join("one");
+    let summary = replay(&input, &one, &["--workers", "1"]);
+    let expected = all_derived(&one);
+    let expected_counts = counts(&summary);
+    // The scenario is exercised: the invalid line, and at least the late
+    // and duplicated lines added (the generated file may have its own).
+    assert!(summary.contains(" 1 invalid, "), "{summary}");
+    assert!(!summary.contains(" 0 late"), "{summary}");
+    assert!(!summary.contains(" 0 duplicates"), "{summary}");
+    assert!(expected.len() > 1000, "{} derived events", expected.len());
+    for (i, flags) in [
+        ["--block-bytes", "997", "--decoders", "2"],
+        ["--block-bytes", "64", "--decoders", "2"],
+        // Worker 0 decoding alone, as before parallel input.
+        ["--block-bytes", "997", "--decoders", "1"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = dir.join(format!("two-{i}"));
+        let mut args = vec!["--workers", "2"];
+        args.extend(flags);
+        let summary = replay(&input, &out, &args);
+        assert_eq!(counts(&summary), expected_counts, "{flags:?}");
+        assert_eq!(all_derived(&out), expected, "{flags:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every derived event, deduplicated by id (as a sink would): a second copy
 /// of an id must be the same event.
 fn deduplicated(dir: &Path) -> Vec<(String, String)> {

@@ -1,21 +1,25 @@
 //! `inkstream replay`: the dataflow over an NDJSON file, in pure event time.
 //!
-//! The file is streamed (never held in memory): worker 0 reads and decodes
-//! lines in batches, feeds them at their event time, and waits for the
-//! dataflow to catch up every few batches, so memory is bounded by the
+//! The file is streamed (never held in memory): the workers of the reading
+//! process decode it in blocks split at line boundaries ([`blocks`]), worker
+//! 0 feeds the blocks in file order at their event time, and waits for the
+//! dataflow to catch up every few blocks, so memory is bounded by the
 //! in-flight window, not by the file. At end of input every pending window and
 //! timer is flushed. Derived events are written as one NDJSON file per type
 //! (`OUT/<type>.ndjson`); invalid lines and late events go to
 //! `OUT/system.dead_letter.ndjson`.
+
+mod blocks;
 
 use super::{ClusterArgs, toml_string};
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, SinkError, WorkerError, dead_letter, late_event};
 use crate::file_sink::FileSink;
 use crate::runtime::checkpoint::{CheckpointError, Checkpoints};
+use blocks::{Blocks, Take};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +54,16 @@ pub struct ReplayArgs {
     /// still counts invalid and late lines.
     #[arg(long, value_delimiter = ',', value_name = "TYPES")]
     outputs: Vec<String>,
+    /// Bytes per block of the file: the workers of the reading process
+    /// decode blocks in parallel (split at line boundaries); worker 0 feeds
+    /// them to the dataflow in file order, so outputs do not depend on it.
+    #[arg(long, default_value_t = BLOCK_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    block_bytes: u64,
+    /// How many workers of the reading process decode blocks (default: all
+    /// of them; 1: worker 0 alone decodes, as before parallel input).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    decoders: Option<u64>,
 }
 
 impl ReplayArgs {
@@ -98,7 +112,11 @@ pub fn main(args: &ReplayArgs, config: &Config) -> Result<(), ReplayError> {
     if !config.dataflow.operators.is_all() {
         eprintln!("operators: {}", config.dataflow.operators.describe());
     }
-    let report = run_selected(&args.file, &args.out, config, only)?;
+    let read = Reading {
+        block_bytes: args.block_bytes,
+        decoders: args.decoders.map_or(usize::MAX, |d| d as usize),
+    };
+    let report = run_selected(&args.file, &args.out, config, only, read)?;
     println!(
         "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s; {} invalid, {} late, {} duplicates",
         report.events,
@@ -229,22 +247,43 @@ fn complete_passed(
     }
 }
 
-/// Events decoded per batch handed to the dataflow.
-const BATCH: usize = 4096;
-/// Batches fed before waiting for the dataflow to catch up (bounds memory).
+/// Bytes per block of the file that one worker decodes (`--block-bytes`).
+pub const BLOCK_BYTES: u64 = 1 << 20;
+/// Decoded blocks per worker that may wait to be fed (bounds memory).
+const BLOCKS_AHEAD_PER_WORKER: usize = 2;
+/// Blocks fed before waiting for the dataflow to catch up (bounds memory).
 const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Replays `input` through the dataflow, writing derived streams into `out`.
 pub fn run(input: &Path, out: &Path, config: &Config) -> Result<ReplayReport, ReplayError> {
-    run_selected(input, out, config, None)
+    run_selected(input, out, config, None, Reading::default())
 }
 
-/// [`run`], writing only the derived types in `only` (`None`: all).
+/// How the file is read: blocks of `block_bytes`, decoded by the first
+/// `decoders` workers of the reading process.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    pub block_bytes: u64,
+    pub decoders: usize,
+}
+
+impl Default for Reading {
+    fn default() -> Reading {
+        Reading {
+            block_bytes: BLOCK_BYTES,
+            decoders: usize::MAX,
+        }
+    }
+}
+
+/// [`run`], writing only the derived types in `only` (`None`: all), the
+/// file read as `read` says.
 pub fn run_selected(
     input: &Path,
     out: &Path,
     config: &Config,
     only: Option<Vec<&'static str>>,
+    read: Reading,
 ) -> Result<ReplayReport, ReplayError> {
     let file = File::open(input).map_err(|source| ReplayError::Input {
         path: input.into(),
@@ -269,7 +308,13 @@ pub fn run_selected(
         String::new()
     };
     let sink = Arc::new(FileSink::new(out, suffix, resume.is_some())?.only(only));
-    let reader = Arc::new(Mutex::new(Some(BufReader::with_capacity(1 << 20, file))));
+    let threads = config.dataflow.workers.max(1);
+    let blocks = Arc::new(Blocks::new(
+        file,
+        total_bytes,
+        read.block_bytes,
+        BLOCKS_AHEAD_PER_WORKER * threads,
+    ));
     let stats = Arc::new(Stats::default());
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -278,49 +323,42 @@ pub fn run_selected(
     let mut cfg = config.clone();
     // Pure event time: at the end of the file every session and window ends.
     cfg.dataflow.flush_at_end = true;
-    let (sink2, stats2) = (sink.clone(), stats.clone());
+    let (sink2, stats2, blocks2) = (sink.clone(), stats.clone(), blocks.clone());
     let ckpt = checkpoints.clone();
     let (process, processes) = (config.dataflow.process_index, config.dataflow.processes());
-    let threads = config.dataflow.workers.max(1);
     let guards = timely::execute(timely_config, move |worker| {
-        // Worker 0 reads the file (one arrival order, so live figures match a
-        // single-worker run exactly); the others compute.
+        // Worker 0 feeds the file to the dataflow (one arrival order, so
+        // live figures match a single-worker run exactly); every worker of
+        // its process decodes blocks of the file for it, and computes.
         let reads = worker.index() == 0;
         // The first worker of each process completes its process's checkpoints.
         let completes = worker.index() % threads == 0;
         let (driver, probe) =
             dataflow::install(worker, &cfg, sink2.clone(), reads, ckpt.clone(), None);
         let mut last_completed = 0u64;
+        // Whether this worker decodes blocks for worker 0.
+        let decodes = worker.index() < read.decoders;
         let Some(mut driver) = driver else {
-            if let (true, Some(c)) = (completes, ckpt.as_ref()) {
-                while !probe.done() {
-                    worker.step_or_park(Some(Duration::from_millis(5)));
+            while !probe.done() {
+                // Decode a block for worker 0 when one is due, and compute.
+                if decodes && blocks2.decode_one() {
+                    worker.step();
+                } else {
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                }
+                if let (true, Some(c)) = (completes, ckpt.as_ref()) {
                     complete_passed(&probe, c, &sink2, &mut last_completed, process, processes);
                 }
             }
             return Ok(());
         };
-        let taken = reader.lock().ok().and_then(|mut r| r.take());
-        let Some(mut reader) = taken else {
-            return Ok(());
-        };
-        let limits = schemas::Limits::default();
-        // Bytes, not a `String`: the decoder validates UTF-8 as it parses,
-        // so `read_line`'s separate validation pass is saved.
-        let mut line = Vec::new();
         let mut line_no = 0u64;
         if let Some(c) = ckpt.as_ref() {
             c.expect("reader");
             match c.load::<ReaderPart>("reader") {
                 Ok(Some(part)) => {
                     // Skip what the checkpoint already covers.
-                    while line_no < part.line {
-                        line.clear();
-                        if reader.read_until(b'\n', &mut line)? == 0 {
-                            break;
-                        }
-                        line_no += 1;
-                    }
+                    line_no = part.line;
                     driver.restore(part.driver);
                     eprintln!("resuming from checkpoint at line {line_no}");
                 }
@@ -328,7 +366,7 @@ pub fn run_selected(
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
         }
-        let mut batch = Vec::with_capacity(BATCH);
+        blocks2.start_after_lines(line_no)?;
         let mut dead = Vec::new();
         let mut batches = 0usize;
         let mut last_progress = Instant::now();
@@ -336,38 +374,41 @@ pub fn run_selected(
         let mut due: std::collections::VecDeque<(u64, Instant)> = Default::default();
         let mut delays = Vec::new();
         loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line)?;
-            if n > 0 {
-                line_no += 1;
-                stats2.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                let text = line.trim_ascii_end();
-                if !text.is_empty() {
-                    match schemas::decode_event(text, &limits) {
-                        Ok(e) => batch.push(e),
-                        Err(err) => {
-                            stats2.invalid.fetch_add(1, Ordering::Relaxed);
-                            dead.push(dead_letter(
-                                "invalid",
-                                &format!("line-{line_no}"),
-                                0,
-                                serde_json::json!({
-                                    "line": line_no,
-                                    "code": err.code,
-                                    "field": err.field,
-                                    "message": err.message,
-                                }),
-                            ));
-                        }
+            let block = match blocks2.take()? {
+                Take::Block(block) => block,
+                Take::End => break,
+                Take::NotYet => {
+                    // Decode a block (the next one, or one ahead) or, when
+                    // the other workers have them all, compute.
+                    if !blocks2.decode_one() {
+                        worker.step();
                     }
+                    continue;
                 }
+            };
+            stats2.bytes.fetch_add(block.bytes, Ordering::Relaxed);
+            for (at, err) in block.invalid {
+                let line = line_no + at + 1;
+                stats2.invalid.fetch_add(1, Ordering::Relaxed);
+                dead.push(dead_letter(
+                    "invalid",
+                    &format!("line-{line}"),
+                    0,
+                    serde_json::json!({
+                        "line": line,
+                        "code": err.code,
+                        "field": err.field,
+                        "message": err.message,
+                    }),
+                ));
             }
-            if batch.len() >= BATCH || (n == 0 && !batch.is_empty()) {
+            line_no += block.lines;
+            if !block.events.is_empty() {
                 stats2
                     .events
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(block.events.len() as u64, Ordering::Relaxed);
                 let watermark = driver.watermark();
-                for e in driver.push(batch.drain(..)) {
+                for e in driver.push_shared(block.events) {
                     stats2.late.fetch_add(1, Ordering::Relaxed);
                     dead.push(late_event(e, watermark));
                 }
@@ -394,7 +435,10 @@ pub fn run_selected(
                     && let Some(t) = driver.time()
                 {
                     while probe.less_than(&t) {
-                        worker.step();
+                        // Waiting for the dataflow: decode ahead meanwhile.
+                        if !blocks2.decode_one() {
+                            worker.step();
+                        }
                     }
                 }
                 // An input time is done once the output frontier reached it.
@@ -412,9 +456,6 @@ pub fn run_selected(
             }
             if !dead.is_empty() {
                 sink2.emit(&mut dead);
-            }
-            if n == 0 {
-                break;
             }
         }
         stats2
