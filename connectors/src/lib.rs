@@ -47,6 +47,7 @@ pub mod lease;
 pub mod metrics;
 pub mod notifier;
 pub mod redis_key;
+pub mod secret;
 pub mod tls;
 pub mod view_store;
 pub mod websocket_fanout;

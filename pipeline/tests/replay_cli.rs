@@ -420,7 +420,7 @@ fn blocks_split_mid_line_derive_the_same_events_as_one_worker() {
 
     let one = dir.join("one");
     let summary = replay(&input, &one, &["--workers", "1"]);
-    let expected = all_derived(&one);
+    let expected = without_late_watermark(all_derived(&one));
     let expected_counts = counts(&summary);
     // The scenario is exercised: the invalid line, and at least the late
     // and duplicated lines added (the generated file may have its own).
@@ -442,9 +442,34 @@ fn blocks_split_mid_line_derive_the_same_events_as_one_worker() {
         args.extend(flags);
         let summary = replay(&input, &out, &args);
         assert_eq!(counts(&summary), expected_counts, "{flags:?}");
-        assert_eq!(all_derived(&out), expected, "{flags:?}");
+        assert_eq!(
+            without_late_watermark(all_derived(&out)),
+            expected,
+            "{flags:?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The derived events with the `watermark` taken out of late dead letters'
+/// detail: it records how far the input's watermark had moved when the late
+/// event arrived, which depends on how the input is fed to the workers (it
+/// differs between 1 and 2 workers with or without parallel decoding); which
+/// events are late, and everything else, does not.
+fn without_late_watermark(derived: Vec<(String, String)>) -> Vec<(String, String)> {
+    derived
+        .into_iter()
+        .map(|(id, text)| {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "system.dead_letter" && v["data"]["reason"] == "late" {
+                let mut detail: serde_json::Value =
+                    serde_json::from_str(v["data"]["detail"].as_str().unwrap()).unwrap();
+                detail.as_object_mut().unwrap().remove("watermark");
+                v["data"]["detail"] = serde_json::Value::String(detail.to_string());
+            }
+            (id, v.to_string())
+        })
+        .collect()
 }
 
 /// Every derived event, deduplicated by id (as a sink would): a second copy

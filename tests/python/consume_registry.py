@@ -24,7 +24,9 @@ brokers, registry, topics, match = sys.argv[1], sys.argv[2], sys.argv[3].split("
 how, _, what = match.partition(":")
 expected = int(sys.argv[5])
 timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 60.0
-deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+# confluent-kafka sets no HTTP timeout by default: a stalled request would
+# hang the consumer past every deadline.
+deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry, "timeout": 10}))
 consumer = Consumer({
     "bootstrap.servers": brokers,
     "group.id": f"py-registry-{time.time()}",
@@ -59,7 +61,15 @@ while seen < expected and time.time() < deadline:
     if how == "key" and key != what:
         continue
     value = msg.value()
-    event = deserializer(value, SerializationContext(msg.topic(), MessageField.VALUE))
+    while True:
+        try:
+            event = deserializer(value, SerializationContext(msg.topic(), MessageField.VALUE))
+            break
+        except Exception as e:  # a registry call that timed out: try again
+            print(f"decode failed, retrying: {e}", file=sys.stderr, flush=True)
+            if time.time() >= deadline:
+                raise
+            time.sleep(0.5)
     seen += 1
     print(json.dumps({
         "topic": msg.topic(),

@@ -514,7 +514,10 @@ async fn the_server_publishes_its_throughput_and_watermark_lag_on_category_stats
         }
     };
     assert!(saw_rate, "the ingest of 5 events showed in no rate");
-    assert!(data["watermark_lag_ms"].as_u64().unwrap() > 0, "{data}");
+    // The lag is a gauge (how far the watermark trails the server clock at
+    // the sample): 0 is a fair value once the input is idle and advanced,
+    // so only its presence is checked here; the console test sees it move.
+    assert!(data["watermark_lag_ms"].as_u64().is_some(), "{data}");
     // The same counters in /metrics: ingest exactly (nothing else came in),
     // derived at least as many (counters only grow).
     let text = inkstream_tests::metrics_text(&server).await;

@@ -52,7 +52,11 @@ async fn latest_id(subject: &str) -> u32 {
 /// Runs `consume_registry.py`: the records of `topics` that `matching`
 /// selects, decoded through the registry.
 fn consume(brokers: &str, topics: &str, matching: &str, expected: usize) -> Vec<Value> {
-    let out = std::process::Command::new(python())
+    // `timeout` enforces the deadline even if the client hangs (its HTTP
+    // client has no timeout of its own unless configured).
+    let out = std::process::Command::new("timeout")
+        .args(["--kill-after=5", "120"])
+        .arg(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/python/consume_registry.py"

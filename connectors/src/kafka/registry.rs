@@ -17,7 +17,7 @@
 //! for a subject with no versions (Apicurio answers 404) gets it right after
 //! the first registration.
 
-use super::security::Secret;
+use crate::secret::Secret;
 use crate::tls::{TlsError, TlsFiles};
 use schemas::{Classify, Fault};
 use serde_json::{Value, json};
