@@ -48,7 +48,7 @@ fetch() {
     command -v java >/dev/null 2>&1 || { echo "broker.sh: java (17+) is needed to run Apache Kafka" >&2; exit 1; }
     rm -rf "$libs"
     mkdir -p "$libs"
-    mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+    mvn -q -B -f "$here/pom.xml" -Dmaven.repo.local="${MAVEN_REPO:-$HOME/.m2/repository}" dependency:copy-dependencies \
       -DoutputDirectory="$libs" -DincludeScope=runtime >&2
     touch "$libs/.complete"
   fi

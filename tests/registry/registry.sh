@@ -28,10 +28,15 @@ dir="$cache/apicurio-registry-$version"
 fetch() {
   if [ ! -f "$dir/.complete" ]; then
     command -v mvn >/dev/null 2>&1 || { echo "registry.sh: mvn (Maven) is needed to fetch Apicurio Registry" >&2; exit 1; }
-    mvn -q -B -Dstyle.color=never org.apache.maven.plugins:maven-dependency-plugin:3.8.1:get \
+    # Maven's own default is the home directory of the passwd entry (Java's
+    # user.home), not $HOME: name the local repository so we look where it
+    # downloads.
+    local repo="${MAVEN_REPO:-$HOME/.m2/repository}"
+    mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$repo" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.8.1:get \
       -Dartifact="$artifact" -Dtransitive=false >&2
     local tgz
-    tgz="${MAVEN_REPO:-$HOME/.m2/repository}/io/apicurio/apicurio-registry-app/$version/apicurio-registry-app-$version-all.tar.gz"
+    tgz="$repo/io/apicurio/apicurio-registry-app/$version/apicurio-registry-app-$version-all.tar.gz"
     [ -s "$tgz" ] || { echo "registry.sh: $artifact was not downloaded to $tgz" >&2; exit 1; }
     rm -rf "$dir"
     mkdir -p "$dir"
