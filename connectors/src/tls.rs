@@ -87,6 +87,28 @@ pub struct LoadedTls {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+impl LoadedTls {
+    /// An HTTP client builder trusting the CA (when set) and presenting the
+    /// client certificate (when set).
+    pub fn apply(
+        &self,
+        mut b: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+        if let Some(ca) = &self.ca {
+            for cert in reqwest::Certificate::from_pem_bundle(ca)? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &self.identity {
+            let mut pem = cert.clone();
+            pem.push(b'\n');
+            pem.extend_from_slice(key);
+            b = b.identity(reqwest::Identity::from_pem(&pem)?);
+        }
+        Ok(b)
+    }
+}
+
 impl std::fmt::Debug for LoadedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key is a secret: never printed.

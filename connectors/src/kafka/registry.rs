@@ -176,17 +176,7 @@ impl Registry {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout)
             .timeout(config.timeout);
-        if let Some(ca) = &loaded.ca {
-            for cert in reqwest::Certificate::from_pem_bundle(ca).map_err(RegistryError::Client)? {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        if let Some((cert, key)) = &loaded.identity {
-            let mut pem = cert.clone();
-            pem.push(b'\n');
-            pem.extend_from_slice(key);
-            b = b.identity(reqwest::Identity::from_pem(&pem).map_err(RegistryError::Client)?);
-        }
+        b = loaded.apply(b).map_err(RegistryError::Client)?;
         Ok(Registry {
             base,
             http: b.build().map_err(RegistryError::Client)?,

@@ -188,17 +188,7 @@ impl Outbound {
         if !allow_private {
             b = b.dns_resolver(Arc::new(GuardedResolver));
         }
-        if let Some(ca) = &loaded.ca {
-            for cert in reqwest::Certificate::from_pem_bundle(ca).map_err(OutboundError::Client)? {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        if let Some((cert, key)) = &loaded.identity {
-            let mut pem = cert.clone();
-            pem.push(b'\n');
-            pem.extend_from_slice(key);
-            b = b.identity(reqwest::Identity::from_pem(&pem).map_err(OutboundError::Client)?);
-        }
+        b = loaded.apply(b).map_err(OutboundError::Client)?;
         Ok(Outbound {
             http: b.build().map_err(OutboundError::Client)?,
             allow_private,
