@@ -22,8 +22,9 @@
 # Environment: EVENTS, USERS (1000), SEED (42), BATCH (1000 lines per POST),
 # DOWN (10 s), DEADLINE (600 s per awaited condition), BIN (the inkstream
 # binary, default target/release/inkstream). Needs redis-server, Java +
-# Maven (tests/run.sh installs them). The driver is tests/src/chaos.rs (the
-# suite runs a small version: tests/tests/chaos.rs).
+# Maven (tests/run.sh installs them). The driver is tests/src/chaos.rs; the
+# small version: EVENTS=12000 USERS=24 BATCH=200 DOWN=3 (not yet green, so not
+# in the test command).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B="${BIN:-./target/release/inkstream}"

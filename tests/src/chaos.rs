@@ -7,7 +7,7 @@
 //! copies identical), and the derived events of both instances are compared
 //! with those of an undisturbed run of the same input.
 //!
-//! Driven by `tests/tests/chaos.rs` (small) and `tests/examples/chaos.rs`
+//! Driven by `tests/examples/chaos.rs`
 //! (`tests/bench/chaos.sh`, 1 M events). Needs what [`PrivateRedis`] and
 //! [`PrivateKafka`] need (`INKSTREAM_TEST_REDIS_SERVER`,
 //! `INKSTREAM_TEST_KAFKA_SH`) and the `inkstream` binary ([`inkstream_bin`]).
