@@ -522,3 +522,30 @@ pub fn schema_registry_url() -> String {
         "Schema Registry (Apicurio Registry, tests/registry/registry.sh)",
     )
 }
+
+/// Waits for a child expected to exit by itself (e.g. `serve` refusing to
+/// start), polling until `within` has passed. Returns its exit status and
+/// its stderr (when piped; empty otherwise), or `None` — after killing and
+/// reaping it — when it was still running at the deadline.
+pub async fn exit_within(
+    child: &mut Child,
+    within: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("the child's stderr");
+    }
+    Some((status, stderr))
+}

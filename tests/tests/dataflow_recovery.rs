@@ -427,19 +427,12 @@ async fn a_restart_with_another_worker_count_is_refused(store: Store) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!(
-                "serve with another worker count still runs after 90 s ({store:?}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let Some((status, _)) = inkstream_tests::exit_within(&mut child, Duration::from_secs(90)).await
+    else {
+        panic!(
+            "serve with another worker count still runs after 90 s ({store:?}):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     };
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "{store:?}: {stderr}");

@@ -202,7 +202,7 @@ async fn the_mirror_the_kafka_source_and_the_derived_producer_work_through_sasl_
 }
 
 /// Runs `inkstream serve` to its exit (60 s at most): status and stderr.
-fn serve_to_exit(args: &[String], password: &str) -> (std::process::ExitStatus, String) {
+async fn serve_to_exit(args: &[String], password: &str) -> (std::process::ExitStatus, String) {
     let mut child = std::process::Command::new(inkstream_bin())
         .arg("serve")
         .args(["--port", &free_port().to_string()])
@@ -214,26 +214,9 @@ fn serve_to_exit(args: &[String], password: &str) -> (std::process::ExitStatus, 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("inkstream serve did not stop within 60 s although Kafka refused it");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status, stderr)
+    inkstream_tests::exit_within(&mut child, Duration::from_secs(60))
+        .await
+        .expect("inkstream serve did not stop within 60 s although Kafka refused it")
 }
 
 #[tokio::test]
@@ -242,12 +225,7 @@ async fn a_wrong_password_or_ca_stops_serve_at_startup_naming_the_setting() {
     let kafka = PrivateKafka::start_sasl_ssl(&pki.server_cert, &pki.server_key, USER, PASSWORD);
     let args = sasl_args(&kafka, &pki);
     let wrong = "not-the-password-1234";
-    let (status, stderr) = tokio::task::spawn_blocking({
-        let args = args.clone();
-        move || serve_to_exit(&args, wrong)
-    })
-    .await
-    .unwrap();
+    let (status, stderr) = serve_to_exit(&args, wrong).await;
     assert!(
         !status.success(),
         "a refused password must not start: {stderr}"
@@ -272,9 +250,7 @@ async fn a_wrong_password_or_ca_stops_serve_at_startup_naming_the_setting() {
     let mut args = args;
     let ca = args.len() - 1;
     args[ca] = format!("kafka.tls.ca_file=\"{}\"", other.ca_file.display());
-    let (status, stderr) = tokio::task::spawn_blocking(move || serve_to_exit(&args, PASSWORD))
-        .await
-        .unwrap();
+    let (status, stderr) = serve_to_exit(&args, PASSWORD).await;
     assert!(
         !status.success(),
         "an unverifiable broker must not start: {stderr}"

@@ -13,7 +13,7 @@ use inkstream_tests::{
     redis_url, schema_registry_url, unique,
 };
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The two tests change the same registry's subjects: one at a time.
 static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -224,23 +224,12 @@ async fn an_incompatible_schema_under_a_subject_stops_startup_with_the_registry_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            clear(subject).await;
-            panic!(
-                "inkstream serve started (or hung) despite the incompatible schema under {subject}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let Some((status, stderr)) =
+        inkstream_tests::exit_within(&mut child, Duration::from_secs(60)).await
+    else {
+        clear(subject).await;
+        panic!("inkstream serve started (or hung) despite the incompatible schema under {subject}");
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     clear(subject).await;
     assert!(!status.success(), "exit status {status}: {stderr}");
     assert!(

@@ -322,19 +322,9 @@ async fn serve_refuses_a_redis_whose_certificate_it_cannot_verify() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve did not exit within 60 s against a Redis whose certificate is untrusted");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = inkstream_tests::exit_within(&mut child, Duration::from_secs(60))
+        .await
+        .expect("serve did not exit within 60 s against a Redis whose certificate is untrusted");
     assert!(
         !status.success(),
         "serve started against an untrusted Redis"

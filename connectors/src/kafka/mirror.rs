@@ -50,7 +50,7 @@ use crate::metrics::Metrics;
 use futures_util::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -576,7 +576,7 @@ async fn produce(
             .timestamp(event.ts);
         // The local queue is full while earlier pages are delivered: wait
         // for room (bounded by the delivery timeout) rather than fail.
-        let mut waited_ms = 0u64;
+        let mut full_since: Option<Instant> = None;
         loop {
             match producer.send_result(record) {
                 Ok(future) => {
@@ -586,11 +586,13 @@ async fn produce(
                 Err((e, back))
                     if e.rdkafka_error_code()
                         == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        && waited_ms < 30_000 =>
+                        && full_since.get_or_insert_with(Instant::now).elapsed()
+                            < Duration::from_secs(30) =>
                 {
+                    // Counted in wall time: a 1 ms sleep takes longer on a
+                    // busy machine, so counting sleeps overstated the bound.
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    waited_ms += 1;
                 }
                 Err((e, _)) => {
                     failures.push(Failure {
