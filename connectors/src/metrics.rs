@@ -48,6 +48,9 @@ pub struct Metrics {
     pub log_errors: IntCounterVec,
     /// Records read from Kafka for the dataflow.
     pub dataflow_source_records: IntCounter,
+    /// The Kafka source's checks of whether it has read everything, by
+    /// outcome (`caught_up`, `behind`, `failed`: the broker did not answer).
+    pub dataflow_source_checks: IntCounterVec,
     /// Derived events produced to `inkstream.derived.*` topics, by outcome.
     pub derived_produced: IntCounterVec,
     /// Checkpoint syncs of the derived topics (flush or transaction commit),
@@ -177,6 +180,13 @@ impl Metrics {
             dataflow_source_records: IntCounter::new(
                 "inkstream_dataflow_source_records_total",
                 "Records read from the Kafka event topics for the dataflow.",
+            )?,
+            dataflow_source_checks: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_dataflow_source_checks_total",
+                    "The Kafka source's checks of whether it has read everything its partitions hold, by outcome (caught_up, behind, failed: the broker did not answer; no idle advance then).",
+                ),
+                &["outcome"],
             )?,
             derived_produced: IntCounterVec::new(
                 Opts::new(
@@ -391,6 +401,7 @@ impl Metrics {
         r.register(Box::new(m.log_append_seconds.clone()))?;
         r.register(Box::new(m.log_errors.clone()))?;
         r.register(Box::new(m.dataflow_source_records.clone()))?;
+        r.register(Box::new(m.dataflow_source_checks.clone()))?;
         r.register(Box::new(m.derived_produced.clone()))?;
         r.register(Box::new(m.derived_syncs.clone()))?;
         r.register(Box::new(m.dataflow_events_in.clone()))?;

@@ -17,11 +17,7 @@ use std::time::{Duration, Instant};
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (brokers, prefix, expected) = (&args[1], &args[2], args[3].parse::<usize>()?);
-    let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
-        .set("group.id", format!("count-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: StreamConsumer = inkstream_tests::checking_consumer(brokers, "count").create()?;
     let topics: Vec<String> = schemas::Category::ALL
         .iter()
         .map(|c| connectors::kafka::events_topic(*c))

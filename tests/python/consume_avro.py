@@ -24,6 +24,8 @@ consumer = Consumer({
     "bootstrap.servers": brokers,
     "group.id": f"py-{prefix}-{time.time()}",
     "auto.offset.reset": "earliest",
+    # Find topics created after subscribing within a second (default: 5 min).
+    "topic.metadata.refresh.interval.ms": 1000,
     "enable.auto.commit": False,
 })
 consumer.subscribe(topics)

@@ -335,10 +335,7 @@ async fn topic_ids(brokers: &str, expected: usize) -> HashMap<String, (usize, bo
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
-    let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
-        .set("group.id", crate::unique("chaos-verify"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
+    let consumer: StreamConsumer = crate::checking_consumer(brokers, "chaos-verify")
         .create()
         .expect("consumer");
     let topics: Vec<String> = schemas::Category::ALL
@@ -419,6 +416,11 @@ pub struct Report {
     pub dead_letters_chaos: usize,
     pub late_metric: f64,
     pub recoveries: Vec<Recovery>,
+    /// Instances that exited on their own and were started again, as a
+    /// supervisor would (a holder that cannot renew its lease in time, e.g.
+    /// through a Redis outage longer than `lease_ttl`, stops with an error
+    /// by design: docs/OPERATIONS.md "Failover").
+    pub supervisor_restarts: Vec<String>,
     pub calm_wall: Duration,
     pub chaos_wall: Duration,
     /// Conditions the end of a run waited for in vain (the mirror's lag).
@@ -512,6 +514,11 @@ impl Report {
             "dead letters (late)             undisturbed {}, chaos {}; late metric {}",
             self.dead_letters_calm, self.dead_letters_chaos, self.late_metric
         );
+        println!(
+            "restarted by the supervisor     {} {:?}",
+            self.supervisor_restarts.len(),
+            self.supervisor_restarts
+        );
         for r in &self.recoveries {
             println!(
                 "recovery {:<22} restored {}, ingest acknowledged {}, dataflow running {}, checkpoint complete {}",
@@ -577,6 +584,23 @@ impl Stack {
             .iter()
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect()
+    }
+
+    /// Acts as the supervisor the docs ask for: an instance whose process
+    /// exited on its own is started again on its port. Returns what exited.
+    async fn supervise(&mut self) -> Vec<String> {
+        let mut restarted = Vec::new();
+        for i in 0..self.servers.len() {
+            let exited = match self.servers[i].as_mut() {
+                Some(s) => s.child.try_wait().expect("try_wait"),
+                None => None,
+            };
+            if let Some(status) = exited {
+                restarted.push(format!("instance {i}: {status}"));
+                self.servers[i] = Some(start(self.ports[i], &self.args[i]).await);
+            }
+        }
+        restarted
     }
 
     /// The instance running the dataflow, if one does.
@@ -784,6 +808,7 @@ pub async fn run(cfg: &Config) -> Report {
     let redis_url = chaos.redis.url();
     let acked = |s: &Arc<ClientState>| s.acked_batches.load(Ordering::SeqCst);
     let mut recoveries = Vec::new();
+    let mut supervisor_restarts = Vec::new();
     for (k, point) in points.iter().enumerate() {
         until("the client reaching the next fault", cfg.deadline, || {
             let s = state.clone();
@@ -864,12 +889,17 @@ pub async fn run(cfg: &Config) -> Report {
         r.checkpoint = t0.elapsed();
         say(&format!("{r:?}"));
         recoveries.push(r);
+        for exited in chaos.supervise().await {
+            say(&format!("supervisor: {exited}; started again"));
+            supervisor_restarts.push(exited);
+        }
     }
     tokio::time::timeout(cfg.deadline * 4, poster)
         .await
         .expect("chaos run: the client did not finish")
         .expect("the client panicked");
     say("chaos: ingested");
+    supervisor_restarts.extend(chaos.supervise().await);
     chaos
         .settle(
             None,
@@ -946,6 +976,7 @@ pub async fn run(cfg: &Config) -> Report {
         dead_letters_chaos: count_type(&derived, "system.dead_letter"),
         late_metric: calm_late + chaos_late,
         recoveries,
+        supervisor_restarts,
         calm_wall,
         chaos_wall,
         settle_problems,

@@ -393,6 +393,22 @@ pub fn keystrokes(
         .collect()
 }
 
+/// The configuration of a consumer that checks what reached a broker: a
+/// group of its own (`group` plus a unique suffix), from the earliest offset,
+/// no commits. Topics created after it subscribed are found within a second:
+/// librdkafka's default looks for them again only every 5 minutes, so a
+/// checker that subscribes before the mirror has created a topic would miss
+/// everything on it.
+pub fn checking_consumer(brokers: &str, group: &str) -> rdkafka::ClientConfig {
+    let mut config = connectors::kafka::client_config(brokers);
+    config
+        .set("group.id", unique(group))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "1000");
+    config
+}
+
 /// Debian's `kcat` (librdkafka's command-line client), installed by the harness.
 pub fn kcat() -> String {
     required("INKSTREAM_TEST_KCAT", "kcat (Debian package)")

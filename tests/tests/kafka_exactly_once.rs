@@ -2,15 +2,18 @@
 //! `kafka.derived_delivery = exactly_once` the derived producer is
 //! transactional and commits with each checkpoint: a `read_committed`
 //! consumer sees every derived event exactly once across a kill -9 of
-//! inkstream; with the broker stopped, checkpoints fail (counted), none
-//! completes (nothing is acknowledged), and once it is back everything
-//! arrives, still once. Run with both checkpoint stores (Redis, the default
+//! inkstream (and a restarted dataflow waiting for its partitions counts
+//! none of what it then reads as late); with the broker stopped, the source
+//! cannot confirm it has read everything, the watermark stands still and no
+//! checkpoint completes (nothing is acknowledged), and once it is back
+//! everything arrives, still once. Run with both checkpoint stores (Redis, the default
 //! with a Redis log, and a directory): the guarantee must not depend on it.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use inkstream_tests::{
-    PrivateKafka, Server, keystrokes, metric, now_ms, post_events, redis_url, unique,
+    PrivateKafka, Server, checking_consumer, keystrokes, metric, now_ms, post_events, redis_url,
+    unique,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -33,10 +36,7 @@ struct Committed {
 
 impl Committed {
     fn new(brokers: &str, user: &str) -> Committed {
-        let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
-            .set("group.id", unique("read-committed"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
+        let consumer: StreamConsumer = checking_consumer(brokers, "read-committed")
             .set("isolation.level", "read_committed")
             .create()
             .unwrap();
@@ -154,10 +154,7 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
 
     // 1. 40 keystrokes; once a first derived event is committed, kill -9
     //    (whatever was derived but not committed is invisible to
-    //    read_committed). Known gap, why not later: what the restarted
-    //    dataflow must read again from the topic arrives only after the
-    //    killed consumer's group session expired, and its idle watermark
-    //    has passed it by then (late); see docs/STATUS.md.
+    //    read_committed).
     let mut server = Server::start(&args).await;
     ingest(&server, &events).await;
     reader
@@ -166,54 +163,76 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
     server.child.kill().unwrap();
     let _ = server.child.wait();
 
-    // 2. A new process resumes from its checkpoint: the 40 updates, once.
-    //    (No new events now: see the known gap above — they would reach
-    //    the restarted dataflow after its idle watermark passed them.)
+    // 2. A new process resumes from its checkpoint, and 20 new keystrokes
+    //    arrive at once. Its consumer gets no partition until the killed
+    //    member's group session expires; that silence is not "caught up",
+    //    so its idle watermark waits, and nothing it reads then is late:
+    //    the 60 updates, once.
     let server = Server::start(&args).await;
+    let after = keystrokes(&format!("{prefix}-after"), &user, &project, now_ms(), 20);
+    ingest(&server, &after).await;
     reader
-        .until("the 40 live WPM updates", |s| s.len() >= 40)
+        .until("the 60 live WPM updates", |s| s.len() >= 60)
         .await;
+    assert_eq!(
+        metric(&server, "inkstream_dataflow_late_events_total").await,
+        0.0,
+        "the restarted dataflow dead-lettered events as late"
+    );
 
-    // 3. The broker stops: checkpoints fail (the transaction cannot commit),
-    //    counted, and none completes: nothing is acknowledged.
+    // 3. The broker stops. The source can no longer confirm that it has
+    //    read everything (its checks fail, counted), so the idle watermark
+    //    stands still instead of passing what the broker may still hold,
+    //    and no checkpoint completes: nothing more is acknowledged.
     kafka.stop();
-    let failed_syncs = || metric(&server, "inkstream_derived_syncs_total{outcome=\"failed\"}");
+    let failed_checks = || {
+        metric(
+            &server,
+            "inkstream_dataflow_source_checks_total{outcome=\"failed\"}",
+        )
+    };
+    let watermark = || metric(&server, "inkstream_dataflow_watermark_seconds");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while failed_syncs().await < 1.0 {
+    while failed_checks().await < 2.0 {
         assert!(
             Instant::now() < deadline,
-            "no failed derived-topics sync counted within 120 s of the broker stopping"
+            "the source counted no two failed read checks within 120 s of the broker stopping"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let before = latest().await;
+    let (before, stood_at) = (latest().await, watermark().await);
     assert!(
         before.is_some(),
         "no checkpoint completed before the outage"
     );
-    while failed_syncs().await < 2.0 {
+    let checks = failed_checks().await;
+    while failed_checks().await < checks + 4.0 {
         assert!(
             Instant::now() < deadline + Duration::from_secs(120),
-            "no second failed derived-topics sync counted while the broker is stopped"
+            "the source counted no further failed read checks while the broker is stopped"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
+        watermark().await,
+        stood_at,
+        "the idle watermark moved while the source could not reach the broker"
+    );
+    assert_eq!(
         latest().await,
         before,
-        "a checkpoint completed while its derived transaction could not commit"
+        "a checkpoint completed while the broker was stopped"
     );
 
     // 4. Back with its data: checkpoints commit again, and no derived event
     //    was seen twice.
-    let failed = failed_syncs().await;
     let ok = metric(&server, "inkstream_derived_syncs_total{outcome=\"ok\"}").await;
     kafka.restart();
     let deadline = Instant::now() + Duration::from_secs(120);
     while metric(&server, "inkstream_derived_syncs_total{outcome=\"ok\"}").await <= ok {
         assert!(
             Instant::now() < deadline,
-            "no checkpoint committed within 120 s of the broker's return ({failed} failed)"
+            "no checkpoint committed within 120 s of the broker's return"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -226,14 +245,14 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     reader
-        .until("the 40 live WPM updates again", |s| s.len() >= 40)
+        .until("the 60 live WPM updates again", |s| s.len() >= 60)
         .await;
     let duplicated: Vec<_> = reader.seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         duplicated.is_empty(),
         "read_committed saw these derived events more than once: {duplicated:?}"
     );
-    assert_eq!(reader.seen.len(), 40);
+    assert_eq!(reader.seen.len(), 60);
     drop(server);
     let _ = std::fs::remove_dir_all(&checkpoints);
 }

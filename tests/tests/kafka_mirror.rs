@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use inkstream_tests::{
-    PrivateKafka, PrivateRedis, Server, kafka_brokers, now_ms, python, redis_url, unique,
+    PrivateKafka, PrivateRedis, Server, checking_consumer, kafka_brokers, now_ms, python,
+    redis_url, unique,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -56,12 +57,7 @@ async fn consume(
     expected: &HashSet<String>,
     timeout: Duration,
 ) -> HashMap<String, (Vec<rdkafka::message::OwnedMessage>, usize)> {
-    let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
-        .set("group.id", unique("verify"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = checking_consumer(brokers, "verify").create().unwrap();
     consumer.subscribe(&TOPICS).unwrap();
     let mut seen: HashMap<String, (Vec<rdkafka::message::OwnedMessage>, usize)> = HashMap::new();
     let deadline = Instant::now() + timeout;
@@ -402,11 +398,7 @@ async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_move
     }
     wait_metric(&server, "inkstream_mirror_dead_lettered_total", 1.0, 90).await;
     // The dead letter names the event.
-    let consumer: StreamConsumer = connectors::kafka::client_config(kafka.brokers())
-        .set("group.id", unique("dlq"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = checking_consumer(&kafka.brokers(), "dlq").create().unwrap();
     consumer
         .subscribe(&[connectors::kafka::mirror::DEAD_LETTER_TOPIC])
         .unwrap();

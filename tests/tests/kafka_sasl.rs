@@ -14,8 +14,8 @@
 
 use inkstream_tests::tls::TestPki;
 use inkstream_tests::{
-    PrivateKafka, Server, free_port, inkstream_bin, kafka_tool, keystrokes, metric, now_ms,
-    post_events, redis_url, unique,
+    PrivateKafka, Server, checking_consumer, free_port, inkstream_bin, kafka_tool, keystrokes,
+    metric, now_ms, post_events, redis_url, unique,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -52,12 +52,7 @@ async fn read_until(
     n: usize,
     keep: impl Fn(&schemas::Event) -> bool,
 ) -> HashSet<String> {
-    let consumer: StreamConsumer = connectors::kafka::client_config(brokers)
-        .set("group.id", unique("sasl-check"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = checking_consumer(brokers, "sasl-check").create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut seen = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -7,7 +7,7 @@
 
 use futures_util::StreamExt;
 use inkstream_tests::{
-    PrivateKafka, Server, Ws, now_ms, post_events, redis_url, subscribe, unique,
+    PrivateKafka, Server, Ws, checking_consumer, now_ms, post_events, redis_url, subscribe, unique,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -157,11 +157,7 @@ async fn embedded_redis_and_kafka_modes_produce_the_same_outputs() {
     assert_eq!(embedded, kafka, "embedded and Redis + Kafka agree");
 
     // With Kafka, the derived events are on their topic too, same ids.
-    let consumer: StreamConsumer = connectors::kafka::client_config(&brokers)
-        .set("group.id", unique("derived"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = checking_consumer(&brokers, "derived").create().unwrap();
     consumer
         .subscribe(&["inkstream.derived.analytics.metric_updated"])
         .unwrap();

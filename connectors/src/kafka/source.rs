@@ -6,17 +6,30 @@
 //! processed (its output frontier passed them), and only as a contiguous
 //! prefix per partition: a restart resumes after the last record whose every
 //! predecessor was processed — at-least-once, never a gap.
+//!
+//! The source tells the dataflow when it has read everything
+//! ([`CaughtUp`]), which lets the idle watermark follow the wall clock.
+//! Silence alone does not count: a consumer still waiting for the group to
+//! hand it partitions (after a kill -9 the dead member's session must expire
+//! first), or cut off from the broker, delivers nothing either. So an idle
+//! source asks: is it a member with its assignment, and has every assigned
+//! partition's position reached the high watermark the broker reports now?
 
 use super::security::Observed;
-use super::{client_config, events_topic};
+use super::{client_config, ensure_topics, events_topic};
 use crate::event_log::reader::CaughtUp;
 use crate::event_log::{EntryRef, LogEntry, Undecodable};
 use crate::metrics::Metrics;
 use futures_util::{FutureExt, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -24,6 +37,14 @@ use tokio::sync::{mpsc, watch};
 /// as caught up to the start of that silence ([`CaughtUp`]): well above the
 /// fetch wait (5 ms), so a record already on the broker would have arrived.
 const QUIET: Duration = Duration::from_millis(100);
+
+/// How often, at most, an idle source asks the broker whether it has read
+/// everything (one offsets request per assigned partition).
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The longest one of those requests may take (an unreachable broker: the
+/// check fails, and the source is not caught up).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Settings of the Kafka source.
 #[derive(Debug, Clone)]
@@ -33,6 +54,90 @@ pub struct KafkaSourceConfig {
     pub group: String,
     /// Most records per batch handed to the dataflow.
     pub batch: usize,
+    /// Partitions of an event topic this source creates (if missing) before
+    /// it subscribes, as the mirror does: a subscription to a topic that
+    /// does not exist yet would find it only at librdkafka's next metadata
+    /// refresh.
+    pub partitions: i32,
+}
+
+/// The source consumer's context: the shared error accounting, plus whether
+/// the group coordinator has handed this consumer its partitions.
+struct SourceContext {
+    observed: Observed,
+    /// True from an assignment to the next revocation.
+    member: AtomicBool,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        self.observed.observe(&error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Revoke(_)) {
+            self.member.store(false, Ordering::Release);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_)) {
+            self.member.store(true, Ordering::Release);
+        }
+    }
+}
+
+type Source = StreamConsumer<SourceContext>;
+
+/// Whether the consumer has handed out every record its partitions held
+/// when this call began (blocking: broker round trips). True for a member
+/// with no partitions (more consumers than partitions); false while the
+/// group has not assigned it any yet, and when the broker does not answer.
+fn read_everything(consumer: &Source) -> Result<bool, RdKafkaError> {
+    if !consumer.context().member.load(Ordering::Acquire) {
+        return Ok(false);
+    }
+    let positions = consumer.position()?;
+    // A partition nothing was read from since the assignment has no
+    // position yet: it starts at its committed offset.
+    let mut at: HashMap<(String, i32), i64> = HashMap::new();
+    let mut unread = TopicPartitionList::new();
+    for tp in positions.elements() {
+        match tp.offset() {
+            Offset::Offset(o) => {
+                at.insert((tp.topic().to_owned(), tp.partition()), o);
+            }
+            _ => {
+                unread.add_partition(tp.topic(), tp.partition());
+            }
+        }
+    }
+    if unread.count() > 0 {
+        for tp in consumer
+            .committed_offsets(unread, CHECK_TIMEOUT)?
+            .elements()
+        {
+            if let Offset::Offset(o) = tp.offset() {
+                at.insert((tp.topic().to_owned(), tp.partition()), o);
+            }
+        }
+    }
+    for tp in positions.elements() {
+        let (low, high) = consumer.fetch_watermarks(tp.topic(), tp.partition(), CHECK_TIMEOUT)?;
+        // No commit: `auto.offset.reset = earliest`; a commit below the
+        // low watermark (retention) resets there too.
+        let from = at
+            .get(&(tp.topic().to_owned(), tp.partition()))
+            .copied()
+            .unwrap_or(low)
+            .max(low);
+        if from < high {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Received offsets of one partition, in order, with whether each is done.
@@ -78,11 +183,14 @@ pub async fn run(
     metrics: Metrics,
     caught_up: CaughtUp,
 ) {
-    let context = super::security::Observed {
-        metrics: metrics.clone(),
-        client: "source",
+    let context = SourceContext {
+        observed: Observed {
+            metrics: metrics.clone(),
+            client: "source",
+        },
+        member: AtomicBool::new(false),
     };
-    let consumer: StreamConsumer<Observed> = match client_config(&config.brokers)
+    let consumer: Arc<Source> = match client_config(&config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -90,9 +198,12 @@ pub async fn run(
         // broker may not answer early, and the live path (ingest → derived
         // frame) pays it. A short wait costs idle fetches, not latency.
         .set("fetch.wait.max.ms", "5")
+        // New partitions of the event topics are found within 10 s
+        // (librdkafka's default: 5 min).
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .create_with_context(context)
     {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(error = %e, "cannot create the Kafka consumer");
             return;
@@ -102,6 +213,19 @@ pub async fn run(
         .iter()
         .map(|c| events_topic(*c))
         .collect();
+    let mut retry_in = Duration::from_millis(200);
+    while let Err(error) = ensure_topics(&config.brokers, &topics, config.partitions).await {
+        metrics
+            .log_errors
+            .with_label_values(&["kafka", "topics"])
+            .inc();
+        tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "kafka source: creating the event topics failed");
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(retry_in) => {}
+        }
+        retry_in = (retry_in * 2).min(Duration::from_secs(5));
+    }
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topic_refs) {
         tracing::error!(error = %e, "cannot subscribe to the event topics");
@@ -111,6 +235,9 @@ pub async fn run(
     let mut names: HashMap<(String, i32), Arc<str>> = HashMap::new();
     let mut stream = consumer.stream();
     let mut quiet_check = tokio::time::Instant::now() + QUIET;
+    // The check in flight: when it began, and its answer.
+    let mut check: Option<(Instant, tokio::task::JoinHandle<Result<bool, RdKafkaError>>)> = None;
+    let mut next_check = tokio::time::Instant::now();
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
@@ -118,11 +245,38 @@ pub async fn run(
                 commit_with(&consumer, &mut progress, &done, CommitMode::Async);
                 continue;
             }
+            answer = async { (&mut check.as_mut().expect("a check in flight").1).await }, if check.is_some() => {
+                let (began, _) = check.take().expect("a check in flight");
+                // Every record handed out before the answer was sent on in
+                // an earlier turn of this loop.
+                let outcome = match answer {
+                    Ok(Ok(true)) => {
+                        caught_up.mark(began);
+                        "caught_up"
+                    }
+                    Ok(Ok(false)) => "behind",
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "kafka source: cannot tell whether it has read everything");
+                        "failed"
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka source: the read check failed");
+                        "failed"
+                    }
+                };
+                metrics.dataflow_source_checks.with_label_values(&[outcome]).inc();
+                continue;
+            }
             _ = tokio::time::sleep_until(quiet_check) => {
-                // Nothing for QUIET: whatever the broker had before then
-                // has been delivered.
-                caught_up.mark(Instant::now().checked_sub(QUIET).unwrap_or_else(Instant::now));
-                quiet_check = tokio::time::Instant::now() + QUIET;
+                // Nothing for QUIET: ask whether that is because there is
+                // nothing more to read.
+                let now = tokio::time::Instant::now();
+                if check.is_none() && now >= next_check {
+                    let c = consumer.clone();
+                    check = Some((Instant::now(), tokio::task::spawn_blocking(move || read_everything(&c))));
+                    next_check = now + CHECK_EVERY;
+                }
+                quiet_check = now + QUIET;
                 continue;
             }
             msg = stream.next() => msg,
@@ -190,6 +344,9 @@ pub async fn run(
     }
     drop(stream);
     drop(entries);
+    if let Some((_, pending)) = check.take() {
+        let _ = pending.await;
+    }
     // The dataflow drains; commit what it reports, synchronously so the
     // commits are on the broker before the process exits.
     while let Some(done) = processed.recv().await {
@@ -198,7 +355,7 @@ pub async fn run(
 }
 
 fn commit_with(
-    consumer: &StreamConsumer<Observed>,
+    consumer: &Source,
     progress: &mut HashMap<(String, i32), PartitionProgress>,
     done: &[EntryRef],
     mode: CommitMode,

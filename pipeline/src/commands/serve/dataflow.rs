@@ -96,6 +96,7 @@ impl DataflowStart {
                             brokers: brokers.clone(),
                             group: config.kafka.dataflow_group.clone(),
                             batch: config.dataflow.read_batch,
+                            partitions: config.kafka.partitions,
                         },
                         entries,
                         processed,
