@@ -84,6 +84,8 @@ pub struct Metrics {
     pub mirror_dead_lettered: IntCounter,
     /// Entries not yet in Kafka (undelivered + pending) for the mirror group.
     pub mirror_lag_events: IntGauge,
+    /// 1 while this process runs the mirror (holds its lease), else 0.
+    pub mirror_active: IntGauge,
     /// Age of the oldest entry not yet in Kafka, seconds.
     pub mirror_lag_seconds: prometheus::Gauge,
     /// Kafka connections refused: SASL credentials (`sasl`) or the TLS
@@ -280,6 +282,10 @@ impl Metrics {
                 "inkstream_mirror_lag_events",
                 "Log entries not yet delivered to Kafka (undelivered plus pending).",
             )?,
+            mirror_active: IntGauge::new(
+                "inkstream_mirror_active",
+                "1 while this process runs the Kafka mirror (on a shared Redis log: holds the mirror lease), else 0.",
+            )?,
             mirror_lag_seconds: prometheus::Gauge::new(
                 "inkstream_mirror_lag_seconds",
                 "Age of the oldest log entry not yet delivered to Kafka.",
@@ -418,6 +424,7 @@ impl Metrics {
         r.register(Box::new(m.mirror_dead_lettered.clone()))?;
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
+        r.register(Box::new(m.mirror_active.clone()))?;
         r.register(Box::new(m.kafka_auth_failures.clone()))?;
         r.register(Box::new(m.auth_failures.clone()))?;
         r.register(Box::new(m.auth_jwks_fetches.clone()))?;

@@ -132,6 +132,10 @@ impl Bridge {
                     match rx.try_recv() {
                         Ok(batch) => {
                             last_arrival = Instant::now();
+                            // Held before this batch was sent: see CaughtUp::hold.
+                            for part in caught_up.take_held() {
+                                driver.hold(part);
+                            }
                             let done = feed(
                                 &mut driver,
                                 batch,

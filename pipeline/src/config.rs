@@ -661,6 +661,13 @@ pub struct DataflowConfig {
     /// holds nobody back and makes nobody late.
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub future_tolerance: Duration,
+    /// How long, in event time behind the watermark, an event's id is still
+    /// remembered (default 1 min). A copy arriving within it is a duplicate
+    /// (counted, dropped), not a late event: the log and the mirror deliver
+    /// at least once, and a copy produced again after a takeover or a retry
+    /// often arrives after the watermark passed the original.
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub dedup_retention: Duration,
     /// Run the dataflow in this process (default true). A gateway-only
     /// instance (`false`) ingests and fans out what another instance's
     /// dataflow publishes through Redis (`fanout.broker = redis`).
@@ -752,6 +759,7 @@ impl Default for DataflowConfig {
             epoch: Duration::from_millis(100),
             idle_advance_after: Duration::from_secs(1),
             future_tolerance: Duration::from_secs(1),
+            dedup_retention: Duration::from_secs(60),
             enabled: true,
             lease: true,
             lease_ttl: Duration::from_secs(10),

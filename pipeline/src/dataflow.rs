@@ -190,12 +190,16 @@ pub struct InputDriver {
     watermark: i64,
     /// Arrival sequence number of the next event.
     next_seq: u64,
-    /// Hashed ids of events at or after the watermark, with their time.
+    /// Hashed ids of events no more than `dedup_retention_ms` behind the
+    /// watermark, with their time.
     /// Keyed hasher: the ids' FNV hashes are known to any caller, who could
     /// otherwise pick ids whose hashes share buckets.
     seen: foldhash::HashMap<u64, i64>,
     /// Size of `seen` after its last pruning (prune when it doubles).
     seen_pruned_at: usize,
+    /// How far behind the watermark ids are kept (`dataflow.dedup_retention`):
+    /// a copy within it is a duplicate, not a late event.
+    dedup_retention_ms: i64,
     duplicates: u64,
     checkpoints: Option<Arc<Checkpoints>>,
     /// The next checkpoint barrier the capability will cross.
@@ -256,6 +260,9 @@ struct Partitions {
 struct Part {
     max_ts: i64,
     last_seen: std::time::Instant,
+    /// Held by the reader ([`InputDriver::hold`]): `max_ts` is a stand-in
+    /// until the partition's first record.
+    held: bool,
 }
 
 impl Partitions {
@@ -266,6 +273,13 @@ impl Partitions {
     /// Marks `part` active now; a new one starts at `ts`.
     fn touch(&mut self, part: &Arc<str>, ts: i64, now: std::time::Instant) {
         match self.parts.get_mut(part) {
+            Some(p) if p.held => {
+                // Its first record: from here on its own time counts.
+                p.held = false;
+                p.max_ts = ts;
+                p.last_seen = now;
+                self.recompute();
+            }
             Some(p) => p.last_seen = now,
             None => {
                 self.parts.insert(
@@ -273,6 +287,7 @@ impl Partitions {
                     Part {
                         max_ts: ts,
                         last_seen: now,
+                        held: false,
                     },
                 );
                 self.min = Some(self.min.map_or(ts, |m| m.min(ts)));
@@ -284,6 +299,12 @@ impl Partitions {
     /// the active partitions.
     fn observe(&mut self, part: &Arc<str>, ts: i64, now: std::time::Instant) -> Option<i64> {
         match self.parts.get_mut(part) {
+            Some(p) if p.held => {
+                p.held = false;
+                p.max_ts = ts;
+                p.last_seen = now;
+                self.recompute();
+            }
             Some(p) => {
                 p.last_seen = now;
                 if ts > p.max_ts {
@@ -417,15 +438,18 @@ impl InputDriver {
         let mut handle = self.handle.activate();
         let mut session = handle.session(cap);
         for (part, position, e) in events {
+            // A copy of an event already taken is a duplicate even behind
+            // the watermark (within `dedup_retention`): it was processed.
+            let id = stable_hash(e.id.as_str());
+            if self.seen.contains_key(&id) {
+                self.duplicates += 1;
+                continue;
+            }
             if e.ts < self.watermark {
                 late.push(unshared(e));
                 continue;
             }
-            let id = stable_hash(e.id.as_str());
-            if self.seen.insert(id, e.ts).is_some() {
-                self.duplicates += 1;
-                continue;
-            }
+            self.seen.insert(id, e.ts);
             // The watermark moves per event, not per batch, so which events are
             // late depends only on arrival order, never on how input was batched.
             // An event from the future counts only up to the server clock.
@@ -464,6 +488,33 @@ impl InputDriver {
         }
     }
 
+    /// `part` has records the reader has yet to deliver (a Kafka source's
+    /// new assignment with a backlog): until its first record arrives, it
+    /// holds the watermark where it is now, as an active partition would —
+    /// without it, the partitions delivered first would move the watermark
+    /// past this one's backlog (Flink's per-split watermarks start at the
+    /// minimum for the same reason). A partition already known is only
+    /// marked active. Like any partition it stops holding once silent for
+    /// `idle_after`.
+    pub fn hold(&mut self, part: Arc<str>) {
+        let now = std::time::Instant::now();
+        let at = self.watermark.saturating_add(self.disorder_ms);
+        match self.parts.parts.get_mut(&part) {
+            Some(p) => p.last_seen = now,
+            None => {
+                self.parts.parts.insert(
+                    part,
+                    Part {
+                        max_ts: at,
+                        last_seen: now,
+                        held: true,
+                    },
+                );
+                self.parts.recompute();
+            }
+        }
+    }
+
     /// Lets time pass without input: partitions that delivered nothing for
     /// `idle_after` before `quiet_until` (the instant the reader last caught
     /// up with its input) stop holding the watermark back.
@@ -498,9 +549,10 @@ impl InputDriver {
     }
 
     fn downgrade_to_watermark(&mut self) {
-        // Ids older than the watermark can go: a copy of them would be late.
+        // Ids further behind the watermark than the retention can go: a
+        // copy of them is late.
         if self.seen.len() > self.seen_pruned_at.saturating_mul(2).max(1024) {
-            let w = self.watermark;
+            let w = self.watermark.saturating_sub(self.dedup_retention_ms);
             self.seen.retain(|_, ts| *ts >= w);
             self.seen_pruned_at = self.seen.len();
         }
@@ -565,6 +617,7 @@ impl InputDriver {
                     Part {
                         max_ts,
                         last_seen: now,
+                        held: false,
                     },
                 )
             })
@@ -676,6 +729,7 @@ where
         next_seq: 0,
         seen: Default::default(),
         seen_pruned_at: 0,
+        dedup_retention_ms: config.dataflow.dedup_retention.as_millis() as i64,
         duplicates: 0,
         next_barrier: checkpoints
             .as_ref()
@@ -871,6 +925,71 @@ mod tests {
             ["b2"],
             "one stream far ahead makes nothing late while the other is active"
         );
+    }
+
+    #[test]
+    fn a_held_partition_keeps_the_watermark_until_its_first_record() {
+        let mut config = Config::default();
+        config.dataflow.idle_advance_after = std::time::Duration::from_secs(3600);
+        let sink = Arc::new(VecSink::default());
+        let late = timely::execute_directly(move |worker| {
+            let (driver, probe) = install_graph(worker, &config, sink, true, None, |s| {
+                s.map(|r| (*r.event).clone())
+            });
+            let mut driver = driver.unwrap();
+            let (a, c): (Arc<str>, Arc<str>) = (Arc::from("topic#0"), Arc::from("topic#2"));
+            let mut late = Vec::new();
+            late.extend(driver.push_from(vec![(Some(a.clone()), None, ks("a0", 10_000, 1))]));
+            assert_eq!(driver.watermark(), 8_000);
+            // A new assignment: c has a backlog the reader has not fetched.
+            driver.hold(c.clone());
+            late.extend(driver.push_from(vec![(Some(a.clone()), None, ks("a1", 90_000, 1))]));
+            assert_eq!(
+                driver.watermark(),
+                8_000,
+                "c holds the watermark where it was"
+            );
+            // c's backlog, 80 s behind a: nothing of it is late.
+            late.extend(driver.push_from(vec![
+                (Some(c.clone()), None, ks("c0", 9_000, 1)),
+                (Some(c.clone()), None, ks("c1", 60_000, 1)),
+            ]));
+            assert_eq!(driver.watermark(), 58_000, "c's own time counts now");
+            driver.close();
+            while !probe.done() {
+                worker.step();
+            }
+            late
+        });
+        assert!(late.is_empty(), "late: {late:?}");
+    }
+
+    #[test]
+    fn a_copy_behind_the_watermark_is_a_duplicate_not_a_late_event() {
+        let config = Config::default(); // dedup_retention 1 min
+        let sink = Arc::new(VecSink::default());
+        let (late, duplicates) = timely::execute_directly(move |worker| {
+            let (driver, probe) = install_graph(worker, &config, sink, true, None, |s| {
+                s.map(|r| (*r.event).clone())
+            });
+            let mut driver = driver.unwrap();
+            let mut late = Vec::new();
+            late.extend(driver.push(vec![ks("x", 10_000, 1), ks("y", 40_000, 1)]));
+            assert_eq!(driver.watermark(), 38_000);
+            // x again (a page produced twice), 28 s behind the watermark;
+            // z, never seen and as old, is late.
+            late.extend(driver.push(vec![ks("x", 10_000, 1), ks("z", 10_000, 1)]));
+            driver.close();
+            while !probe.done() {
+                worker.step();
+            }
+            (late, driver.duplicates())
+        });
+        assert_eq!(
+            late.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["z"]
+        );
+        assert_eq!(duplicates, 1);
     }
 
     /// The fake server clock of the test below (ms).

@@ -383,7 +383,10 @@ pub struct Recovery {
     pub dataflow: Duration,
     /// A newer checkpoint than the one before the fault is complete: state,
     /// offsets and derived sinks all durable again.
-    pub checkpoint: Duration,
+    /// `None`: none was due — checkpoints follow event time, and the whole
+    /// input was acknowledged and read up to the undisturbed run's last
+    /// watermark without crossing another barrier.
+    pub checkpoint: Option<Duration>,
 }
 
 /// What the run found.
@@ -410,6 +413,8 @@ pub struct Report {
     pub derived_differing: usize,
     /// Examples of what differs (for the failure message).
     pub derived_examples: Vec<String>,
+    /// By derived type: missing, extra, differing.
+    pub derived_by_type: BTreeMap<String, [usize; 3]>,
     pub sessions_calm: usize,
     pub sessions_chaos: usize,
     pub dead_letters_calm: usize,
@@ -506,6 +511,9 @@ impl Report {
             "derived vs undisturbed          missing {}, extra {}, differing {}",
             self.derived_missing, self.derived_extra, self.derived_differing
         );
+        for (ty, [m, e, d]) in &self.derived_by_type {
+            println!("  {ty:<30} missing {m}, extra {e}, differing {d}");
+        }
         println!(
             "writing.session_ended           undisturbed {}, chaos {}",
             self.sessions_calm, self.sessions_chaos
@@ -526,7 +534,10 @@ impl Report {
                 s(r.restored),
                 s(r.ingest),
                 s(r.dataflow),
-                s(r.checkpoint)
+                r.checkpoint.map_or_else(
+                    || "none due (input processed to the undisturbed watermark)".into(),
+                    s
+                )
             );
         }
         println!(
@@ -601,6 +612,31 @@ impl Stack {
             }
         }
         restarted
+    }
+
+    /// Each instance's figures (for the run's log while it waits).
+    async fn status(&self) -> String {
+        let mut out = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let mut figures = Vec::new();
+            for (short, name) in [
+                ("active", "inkstream_dataflow_active"),
+                ("watermark", "inkstream_dataflow_watermark_seconds"),
+                ("read", "inkstream_dataflow_source_records_total"),
+                (
+                    "caught_up",
+                    "inkstream_dataflow_source_checks_total{outcome=\"caught_up\"",
+                ),
+                ("mirror_lag", "inkstream_mirror_lag_events"),
+                ("late", "inkstream_dataflow_late_events_total"),
+            ] {
+                if let Some(v) = try_metric(*p, name).await {
+                    figures.push(format!("{short} {v}"));
+                }
+            }
+            out.push(format!("instance {i}: {}", figures.join(", ")));
+        }
+        out.join("; ")
     }
 
     /// The instance running the dataflow, if one does.
@@ -874,19 +910,45 @@ pub async fn run(cfg: &Config) -> Report {
             .await;
             r.dataflow = t0.elapsed();
         }
+        let mut told = Instant::now();
+        let checkpointed = std::sync::atomic::AtomicBool::new(false);
         until(
             "a checkpoint completing after the fault",
             cfg.deadline,
             || {
                 let (url, before) = (redis_url.clone(), before.clone());
+                let tell = told.elapsed() >= Duration::from_secs(10);
+                if tell {
+                    told = Instant::now();
+                }
+                let (chaos, state, checkpointed) = (&chaos, &state, &checkpointed);
                 async move {
+                    if tell {
+                        say(&format!(
+                            "waiting for a checkpoint: {}",
+                            chaos.status().await
+                        ));
+                    }
                     let now = latest_checkpoint(&url, "chaos").await;
-                    now.is_some() && now != before
+                    if now.is_some() && now != before {
+                        checkpointed.store(true, Ordering::SeqCst);
+                        return true;
+                    }
+                    // No barrier left to cross: everything acknowledged and
+                    // read to where the undisturbed run ended.
+                    if acked(state) == n
+                        && let Some(h) = chaos.holder().await
+                    {
+                        let wm = try_metric(chaos.ports[h], "inkstream_dataflow_watermark_seconds")
+                            .await;
+                        return wm.is_some_and(|w| w >= calm_watermark);
+                    }
+                    false
                 }
             },
         )
         .await;
-        r.checkpoint = t0.elapsed();
+        r.checkpoint = checkpointed.load(Ordering::SeqCst).then(|| t0.elapsed());
         say(&format!("{r:?}"));
         recoveries.push(r);
         for exited in chaos.supervise().await {
@@ -922,16 +984,25 @@ pub async fn run(cfg: &Config) -> Report {
     let mut examples = Vec::new();
     let mut missing = 0;
     let mut differing = 0;
+    let mut by_type: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let type_of = |json: &str| {
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
     for (id, json) in &calm_derived.by_id {
         match derived.by_id.get(id) {
             None => {
                 missing += 1;
+                by_type.entry(type_of(json)).or_default()[0] += 1;
                 if examples.len() < 3 {
                     examples.push(format!("missing {json}"));
                 }
             }
             Some(got) if got != json => {
                 differing += 1;
+                by_type.entry(type_of(json)).or_default()[2] += 1;
                 if examples.len() < 6 {
                     examples.push(format!("differs: {json} vs {got}"));
                 }
@@ -945,6 +1016,9 @@ pub async fn run(cfg: &Config) -> Report {
         .filter(|(id, _)| !calm_derived.by_id.contains_key(*id))
         .map(|(_, j)| j)
         .collect();
+    for j in &extra {
+        by_type.entry(type_of(j)).or_default()[1] += 1;
+    }
     examples.extend(extra.iter().take(3).map(|j| format!("extra {j}")));
     let report = Report {
         lines: input.lines,
@@ -970,6 +1044,7 @@ pub async fn run(cfg: &Config) -> Report {
         derived_extra: extra.len(),
         derived_differing: differing + derived.differing + calm_derived.differing,
         derived_examples: examples,
+        derived_by_type: by_type,
         sessions_calm: count_type(&calm_derived, "writing.session_ended"),
         sessions_chaos: count_type(&derived, "writing.session_ended"),
         dead_letters_calm: count_type(&calm_derived, "system.dead_letter"),

@@ -296,9 +296,10 @@ async fn wait_metric(server: &Server, metric: &str, want: f64, secs: u64) {
     }
 }
 
-/// Two instances mirror one log (each its own consumer in the group); the
-/// one that read a batch is killed with SIGKILL before acknowledging it. The
-/// survivor claims the dead consumer's pending entries: every event reaches
+/// Two instances share one log; one at a time mirrors (the mirror lease).
+/// The holder is killed with SIGKILL right after a batch, before
+/// acknowledging what it read. The standby takes the lease and claims the
+/// dead consumer's pending entries: every event reaches
 /// its topic, any duplicate is the same record (same id, same bytes), and
 /// the group's lag returns to 0, so trimming is not held back by the dead
 /// consumer.
@@ -314,16 +315,27 @@ async fn a_mirror_killed_mid_batch_is_taken_over_by_another_instance() {
         &kafka.brokers(),
         "--set",
         "redis.claim_idle_after=2s",
+        "--set",
+        "dataflow.lease_ttl=3s",
     ];
     let all = events(&prefix, 4000);
-    let survivor = Server::start(&args).await;
+    // The first instance takes the mirror lease; the second stands by (one
+    // mirror at a time keeps each partition in log order).
     let mut doomed = Server::start(&args).await;
-    // Both mirrors read: batches go to whichever asks first. Killed right
-    // after the 202, the doomed one dies with entries read and in flight.
+    wait_metric(&doomed, "inkstream_mirror_active", 1.0, 60).await;
+    let survivor = Server::start(&args).await;
+    assert_eq!(
+        inkstream_tests::metric(&survivor, "inkstream_mirror_active").await,
+        0.0,
+        "a second instance mirrors while the first holds the lease"
+    );
+    // Killed right after the 202, the holder dies with entries read and in
+    // flight; the standby takes the lease and claims them.
     assert_eq!(ingest(&doomed, &all[..2000]).await, 202);
     doomed.child.kill().unwrap();
     let _ = doomed.child.wait();
     assert_eq!(ingest(&survivor, &all[2000..]).await, 202);
+    wait_metric(&survivor, "inkstream_mirror_active", 1.0, 60).await;
     let every: HashSet<String> = all
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())

@@ -15,8 +15,8 @@ use super::EventLog;
 use super::entry::{EntryRef, LogEntry};
 use super::error::LogError;
 use crate::metrics::Metrics;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +30,10 @@ pub struct CaughtUp {
     base: Instant,
     /// Nanoseconds after `base`, plus one; 0: never caught up.
     at: Arc<AtomicU64>,
+    /// Input partitions with records still to read that the reader has not
+    /// delivered from yet (a Kafka source's new assignment): each holds the
+    /// watermark where it is until its first record arrives.
+    held: Arc<Mutex<Vec<Arc<str>>>>,
 }
 
 impl Default for CaughtUp {
@@ -37,6 +41,7 @@ impl Default for CaughtUp {
         CaughtUp {
             base: Instant::now(),
             at: Arc::new(AtomicU64::new(0)),
+            held: Arc::default(),
         }
     }
 }
@@ -47,6 +52,21 @@ impl CaughtUp {
     pub fn mark(&self, read_started: Instant) {
         let nanos = read_started.saturating_duration_since(self.base).as_nanos() as u64 + 1;
         self.at.fetch_max(nanos, Ordering::Release);
+    }
+
+    /// `parts` have records still to read: the dataflow holds its watermark
+    /// for each until that partition delivers (call it before sending any
+    /// of their records).
+    pub fn hold(&self, parts: impl IntoIterator<Item = Arc<str>>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(parts);
+    }
+
+    /// The partitions to hold since the last call (the dataflow's side).
+    pub fn take_held(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The latest instant the reader was caught up at, if any.

@@ -25,16 +25,19 @@
 //! (capped exponential), re-creates missing topics (an in-memory broker comes
 //! back empty), re-reads its pending entries and catches up.
 //!
-//! **Several instances.** Every instance runs a mirror, each with its own
-//! consumer name in the one group (`mirror-<host>:<port>`: stable at a place,
-//! so a restart re-reads its own pending entries): Redis hands each new
-//! entry to one of them. Every `claim_idle_after` each mirror also claims
+//! **Several instances.** On a shared Redis log one instance at a time
+//! mirrors: `serve` runs this loop only while it holds the lease
+//! `<prefix>:lease:mirror` (two mirrors reading one stream would produce its
+//! pages side by side, and a partition would no longer hold a key's events
+//! in log order). Each instance has its own consumer name in the one group
+//! (`mirror-<host>:<port>`: stable at a place, so a restart re-reads its own
+//! pending entries). Every `claim_idle_after` the mirror also claims
 //! (XAUTOCLAIM) entries pending with *any* consumer for that long — the
-//! in-flight batch of an instance that died — and produces them. So no entry
+//! in-flight pages of a holder that died — and produces them. So no entry
 //! waits for its dead reader's restart, and trimming (which waits for the
 //! group) is never blocked by a dead consumer for longer than that. A claim
-//! may re-produce an entry a slow but live mirror is still delivering: a
-//! duplicate with the same `event_id`, as after any crash.
+//! may re-produce an entry the dead holder had delivered but not
+//! acknowledged: a duplicate with the same `event_id`, as after any crash.
 //!
 //! **Poison records.** A record that fails with a permanent error (larger
 //! than the topic's `max.message.bytes`, invalid) `max_attempts` times is
@@ -202,6 +205,35 @@ struct Mirror {
     in_flight: VecDeque<JoinHandle<Settled>>,
     /// Permanent failures per entry (`stream/id`), for poison records.
     attempts: HashMap<String, u32>,
+    /// Partitions per event topic, as the broker last said.
+    partitions: HashMap<String, i32>,
+}
+
+/// The partition of a record with partition key `key` in a topic of
+/// `count` partitions: the hash that picks the event's Redis shard
+/// (`stable_hash(key) % shards`). With as many partitions as shards (8 and 8
+/// by default), or a multiple, each partition takes one shard's entries in
+/// the shard's order, so event time is as ordered in a partition as in the
+/// log: a partition holding several shards would interleave their pages
+/// (pages of a backlog span minutes of event time), and a reader's
+/// per-partition watermark would make the later page's events late.
+pub fn partition_for(key: &str, count: i32) -> i32 {
+    (schemas::stable_hash(key) % count.max(1) as u64) as i32
+}
+
+/// Partitions per event topic, from the broker's metadata (blocking).
+fn partition_counts(producer: &FutureProducer) -> Result<HashMap<String, i32>, super::KafkaError> {
+    use rdkafka::producer::Producer;
+    let metadata = producer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let wanted = topics();
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| wanted.iter().any(|w| w == t.name()) && !t.partitions().is_empty())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
 }
 
 /// Runs the mirror until `shutdown` flips.
@@ -211,6 +243,15 @@ pub async fn run(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    /// `inkstream_mirror_active` is 1 while this runs, however it ends.
+    struct Active(prometheus::IntGauge);
+    impl Drop for Active {
+        fn drop(&mut self) {
+            self.0.set(0);
+        }
+    }
+    metrics.mirror_active.set(1);
+    let _active = Active(metrics.mirror_active.clone());
     let mut backoff_ms = 100u64;
     let mut need_topics = true;
     let mut reread_pending = true;
@@ -237,6 +278,7 @@ pub async fn run(
         mode: Mode::Live,
         in_flight: VecDeque::new(),
         attempts: HashMap::new(),
+        partitions: HashMap::new(),
     };
     let config = m.config.clone();
     let mut last_claim = tokio::time::Instant::now();
@@ -261,8 +303,20 @@ pub async fn run(
             continue;
         }
         if need_topics {
-            match ensure_topics(&config.brokers, &topics(), config.partitions).await {
-                Ok(()) => need_topics = false,
+            let counts = match ensure_topics(&config.brokers, &topics(), config.partitions).await {
+                Ok(()) => {
+                    let producer = m.live.clone();
+                    tokio::task::spawn_blocking(move || partition_counts(&producer))
+                        .await
+                        .unwrap_or_else(|e| Err(super::KafkaError::Blocking(e.to_string())))
+                }
+                Err(e) => Err(e),
+            };
+            match counts {
+                Ok(counts) => {
+                    m.partitions = counts;
+                    need_topics = false;
+                }
                 Err(e) => {
                     m.metrics.mirror_errors.with_label_values(&["topics"]).inc();
                     tracing::warn!(error = %e, retry_in_ms = backoff_ms, "creating topics failed");
@@ -459,8 +513,15 @@ impl Mirror {
             Mode::Live => &self.live,
             Mode::Bulk => &self.bulk,
         };
-        let (deliveries, delivered, failures) =
-            produce(producer, &entries, &self.schema_ids, &self.metrics).await;
+        let (deliveries, delivered, failures) = produce(
+            producer,
+            &entries,
+            &self.schema_ids,
+            &self.partitions,
+            self.config.partitions,
+            &self.metrics,
+        )
+        .await;
         self.in_flight.push_back(tokio::spawn(async move {
             let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
             let mut page = Settled {
@@ -532,6 +593,8 @@ async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
     schema_ids: &super::registry::SchemaIds,
+    partitions: &HashMap<String, i32>,
+    default_partitions: i32,
     metrics: &Metrics,
 ) -> (Deliveries, Vec<EntryRef>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
@@ -569,11 +632,17 @@ async fn produce(
                 value: Some(ns),
             });
         }
-        let mut record = FutureRecord::to(&topic)
-            .key(event.partition_key())
-            .payload(&value)
-            .headers(headers)
-            .timestamp(event.ts);
+        let mut record = FutureRecord::to(&topic).key(event.partition_key());
+        // Never librdkafka's own partitioner: one key must always map to
+        // one partition. A topic the broker did not list (yet) has the
+        // partitions this mirror creates topics with; if that is wrong the
+        // produce fails and the counts are fetched again.
+        let count = partitions
+            .get(&topic)
+            .copied()
+            .unwrap_or(default_partitions);
+        record = record.partition(partition_for(event.partition_key(), count));
+        let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
         // The local queue is full while earlier pages are delivered: wait
         // for room (bounded by the delivery timeout) rather than fail.
         let mut full_since: Option<Instant> = None;
@@ -640,6 +709,34 @@ pub async fn report_lag(
         }
         if sleep_or_stop(&mut shutdown, every.as_millis() as u64).await {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_for;
+
+    /// A partition takes the entries of one Redis shard only (the shard is
+    /// `stable_hash(key) % shards`), so it keeps the shard's order: with as
+    /// many partitions as shards, or a multiple.
+    #[test]
+    fn each_partition_takes_one_shard() {
+        let shards = 8u64;
+        for partitions in [8, 16, 24] {
+            let mut shard_of = std::collections::HashMap::new();
+            for i in 0..5_000 {
+                let key = format!("u{i:05}");
+                let shard = schemas::stable_hash(&key) % shards;
+                let p = partition_for(&key, partitions);
+                assert!((0..partitions).contains(&p));
+                let first = *shard_of.entry(p).or_insert(shard);
+                assert_eq!(
+                    first, shard,
+                    "partition {p} of {partitions} takes two shards"
+                );
+            }
+            assert_eq!(shard_of.len(), partitions as usize, "every partition used");
         }
     }
 }

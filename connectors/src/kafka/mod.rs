@@ -31,6 +31,8 @@ pub enum KafkaError {
     CreateTopic { topic: String, code: String },
     #[error("the Kafka client gave no consumer group metadata for group {0}")]
     NoGroupMetadata(String),
+    #[error("a blocking Kafka call did not finish: {0}")]
+    Blocking(String),
 }
 
 impl schemas::Classify for KafkaError {

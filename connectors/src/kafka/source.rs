@@ -29,7 +29,7 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -67,6 +67,8 @@ struct SourceContext {
     observed: Observed,
     /// True from an assignment to the next revocation.
     member: AtomicBool,
+    /// Assignments received so far.
+    assignments: AtomicU64,
 }
 
 impl ClientContext for SourceContext {
@@ -85,6 +87,7 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if matches!(rebalance, Rebalance::Assign(_)) {
             self.member.store(true, Ordering::Release);
+            self.assignments.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -99,24 +102,31 @@ fn read_everything(consumer: &Source) -> Result<bool, RdKafkaError> {
     if !consumer.context().member.load(Ordering::Acquire) {
         return Ok(false);
     }
+    Ok(unread(consumer)?.is_empty())
+}
+
+/// The assigned partitions whose position (the next offset the application
+/// gets) is below the broker's latest offset: records still to read
+/// (blocking: broker round trips).
+fn unread(consumer: &Source) -> Result<Vec<(String, i32)>, RdKafkaError> {
     let positions = consumer.position()?;
     // A partition nothing was read from since the assignment has no
     // position yet: it starts at its committed offset.
     let mut at: HashMap<(String, i32), i64> = HashMap::new();
-    let mut unread = TopicPartitionList::new();
+    let mut unstarted = TopicPartitionList::new();
     for tp in positions.elements() {
         match tp.offset() {
             Offset::Offset(o) => {
                 at.insert((tp.topic().to_owned(), tp.partition()), o);
             }
             _ => {
-                unread.add_partition(tp.topic(), tp.partition());
+                unstarted.add_partition(tp.topic(), tp.partition());
             }
         }
     }
-    if unread.count() > 0 {
+    if unstarted.count() > 0 {
         for tp in consumer
-            .committed_offsets(unread, CHECK_TIMEOUT)?
+            .committed_offsets(unstarted, CHECK_TIMEOUT)?
             .elements()
         {
             if let Offset::Offset(o) = tp.offset() {
@@ -124,20 +134,44 @@ fn read_everything(consumer: &Source) -> Result<bool, RdKafkaError> {
             }
         }
     }
+    let mut behind = Vec::new();
     for tp in positions.elements() {
         let (low, high) = consumer.fetch_watermarks(tp.topic(), tp.partition(), CHECK_TIMEOUT)?;
         // No commit: `auto.offset.reset = earliest`; a commit below the
         // low watermark (retention) resets there too.
-        let from = at
-            .get(&(tp.topic().to_owned(), tp.partition()))
-            .copied()
-            .unwrap_or(low)
-            .max(low);
+        let key = (tp.topic().to_owned(), tp.partition());
+        let from = at.get(&key).copied().unwrap_or(low).max(low);
         if from < high {
-            return Ok(false);
+            behind.push(key);
         }
     }
-    Ok(true)
+    Ok(behind)
+}
+
+/// The partitions of a new assignment that have records still to read
+/// (blocking). The broker answers fetches while this runs (a batch is in
+/// hand), so a failed check is retried; if it keeps failing nothing is
+/// held — holding every partition would stop the watermark at the empty
+/// ones until they go idle.
+fn backlog(consumer: &Source) -> Vec<(String, i32)> {
+    let mut last = None;
+    for _ in 0..20 {
+        match unread(consumer) {
+            Ok(behind) => return behind,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if let Some(error) = last {
+        tracing::warn!(%error, "kafka source: cannot tell which new partitions have a backlog; holding none");
+    }
+    Vec::new()
+}
+
+fn part_name(names: &mut HashMap<(String, i32), Arc<str>>, key: (String, i32)) -> &Arc<str> {
+    names
+        .entry(key)
+        .or_insert_with_key(|(topic, partition)| Arc::from(format!("{topic}#{partition}")))
 }
 
 /// Received offsets of one partition, in order, with whether each is done.
@@ -189,6 +223,7 @@ pub async fn run(
             client: "source",
         },
         member: AtomicBool::new(false),
+        assignments: AtomicU64::new(0),
     };
     let consumer: Arc<Source> = match client_config(&config.brokers)
         .set("group.id", &config.group)
@@ -238,6 +273,8 @@ pub async fn run(
     // The check in flight: when it began, and its answer.
     let mut check: Option<(Instant, tokio::task::JoinHandle<Result<bool, RdKafkaError>>)> = None;
     let mut next_check = tokio::time::Instant::now();
+    // The assignment whose backlog is held (see below).
+    let mut held_for = 0u64;
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
@@ -288,10 +325,7 @@ pub async fn run(
             match next {
                 Some(Ok(m)) => {
                     let key = (m.topic().to_owned(), m.partition());
-                    let name = names
-                        .entry(key.clone())
-                        .or_insert_with(|| Arc::from(format!("{}#{}", key.0, key.1)))
-                        .clone();
+                    let name = part_name(&mut names, key.clone()).clone();
                     progress
                         .entry(key)
                         .or_default()
@@ -336,6 +370,28 @@ pub async fn run(
         if batch.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
+        }
+        // A new assignment: its partitions with a backlog (other than
+        // those this batch starts) hold the watermark until they deliver.
+        // Registered before the batch goes out, so the dataflow applies it
+        // first.
+        let assignment = consumer.context().assignments.load(Ordering::Acquire);
+        if assignment != held_for {
+            let c = consumer.clone();
+            let behind = tokio::task::spawn_blocking(move || backlog(&c))
+                .await
+                .unwrap_or_default();
+            tracing::info!(
+                assignment,
+                with_backlog = behind.len(),
+                "kafka source: new assignment; its partitions with a backlog hold the watermark until they deliver"
+            );
+            caught_up.hold(
+                behind
+                    .into_iter()
+                    .map(|key| part_name(&mut names, key).clone()),
+            );
+            held_for = assignment;
         }
         metrics.dataflow_source_records.inc_by(batch.len() as u64);
         if entries.send(batch).await.is_err() {

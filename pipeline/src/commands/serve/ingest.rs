@@ -73,12 +73,31 @@ impl Ingest {
                 std::time::Duration::from_secs(5),
                 stop_rx.clone(),
             ));
-            mirror = Some(tokio::spawn(connectors::kafka::mirror::run(
-                log.clone(),
-                mc,
-                metrics.clone(),
-                stop_rx.clone(),
-            )));
+            mirror = Some(match (&config.redis.url, config.dataflow.lease) {
+                // One mirror at a time on a shared log: two mirrors reading
+                // one stream would produce its pages side by side, so a
+                // partition would no longer hold a key's events in log order.
+                (Some(url), true) => tokio::spawn(super::lease::mirror_under_lease(
+                    super::lease::redis_connection(url, &config.redis.tls)?,
+                    super::lease::MirrorLease {
+                        prefix: config.redis.prefix.clone(),
+                        holder: connectors::lease::holder_at(
+                            super::lease::place(config.server.port).as_deref(),
+                        ),
+                        ttl: config.dataflow.lease_ttl,
+                    },
+                    log.clone(),
+                    mc,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )),
+                _ => tokio::spawn(connectors::kafka::mirror::run(
+                    log.clone(),
+                    mc,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )),
+            });
         }
         if matches!(log, EventLog::Redis(_)) {
             tokio::spawn(trim_periodically(

@@ -213,3 +213,69 @@ impl HeldLease {
         Some(lease)
     }
 }
+
+/// Where the mirror's lease lives and who asks for it.
+pub(super) struct MirrorLease {
+    pub prefix: String,
+    /// This process start's holder name and its place.
+    pub holder: (String, String),
+    pub ttl: std::time::Duration,
+}
+
+/// Runs the Kafka mirror only while holding the lease
+/// `<redis.prefix>:lease:mirror` (the dataflow's TTL), so that one instance
+/// at a time mirrors a shared log: each stream's pages are then produced in
+/// log order, and each partition (one Redis shard's entries) keeps it. The
+/// other instances stand by; one takes over within the TTL of the holder's
+/// end and claims the entries it left pending (`redis.claim_idle_after`).
+/// A holder that loses the lease stops mirroring and asks for it again.
+pub(super) async fn mirror_under_lease(
+    conn: redis::aio::ConnectionManager,
+    lease: MirrorLease,
+    log: connectors::event_log::EventLog,
+    config: connectors::kafka::mirror::MirrorConfig,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let Some(held) = Lease::acquire(
+            conn.clone(),
+            &lease.prefix,
+            "mirror",
+            (&lease.holder.0, &lease.holder.1),
+            lease.ttl,
+            stop.clone(),
+        )
+        .await
+        else {
+            return; // stopped while standing by
+        };
+        let (mirror_stop, mirror_stop_rx) = watch::channel(false);
+        let mut mirror = tokio::spawn(connectors::kafka::mirror::run(
+            log.clone(),
+            config.clone(),
+            metrics.clone(),
+            mirror_stop_rx,
+        ));
+        let mut lost = held.lost();
+        let (stopping, ended) = tokio::select! {
+            _ = stop.wait_for(|s| *s) => (true, false),
+            _ = lost.wait_for(|l| *l) => {
+                tracing::warn!("mirror lease lost: mirroring stops here; asking for the lease again");
+                (false, false)
+            }
+            _ = &mut mirror => {
+                tracing::error!("the mirror ended on its own; asking for the lease again");
+                (false, true)
+            }
+        };
+        let _ = mirror_stop.send(true);
+        if !ended {
+            let _ = mirror.await;
+        }
+        held.release().await;
+        if stopping || *stop.borrow() {
+            return;
+        }
+    }
+}
