@@ -761,6 +761,11 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.servers.clear();
+        // CHAOS_KEEP=1 keeps the derived files to look into.
+        if std::env::var_os("CHAOS_KEEP").is_some() {
+            eprintln!("chaos: derived files kept in {:?}", self.derived);
+            return;
+        }
         for d in &self.derived {
             let _ = std::fs::remove_dir_all(d);
         }

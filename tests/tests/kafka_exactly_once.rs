@@ -164,10 +164,10 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
     let _ = server.child.wait();
 
     // 2. A new process resumes from its checkpoint, and 20 new keystrokes
-    //    arrive at once. Its consumer gets no partition until the killed
-    //    member's group session expires; that silence is not "caught up",
-    //    so its idle watermark waits, and nothing it reads then is late:
-    //    the 60 updates, once.
+    //    arrive at once. Until its consumer has its partitions (at once:
+    //    static membership replaces the killed member) and has read them to
+    //    the end, silence is not "caught up", so its idle watermark waits
+    //    and nothing it reads then is late: the 60 updates, once.
     let server = Server::start(&args).await;
     let after = keystrokes(&format!("{prefix}-after"), &user, &project, now_ms(), 20);
     ingest(&server, &after).await;

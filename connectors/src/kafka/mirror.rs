@@ -126,6 +126,12 @@ pub struct MirrorConfig {
     /// Failures with a permanent error before a record is dead-lettered
     /// (default 5).
     pub max_attempts: u32,
+    /// Take over at start (default false): before reading new entries,
+    /// claim every entry pending with another consumer however briefly —
+    /// set by the holder of the mirror lease, whose predecessor has stopped.
+    /// Its pages then reach their partitions before anything newer (claimed
+    /// `claim_idle_after` later, they would land behind newer entries).
+    pub claim_at_start: bool,
 }
 
 impl MirrorConfig {
@@ -141,6 +147,7 @@ impl MirrorConfig {
             bulk: ProducerTuning::BULK,
             claim_idle_after: Duration::from_secs(30),
             max_attempts: 5,
+            claim_at_start: false,
         }
     }
 }
@@ -282,6 +289,7 @@ pub async fn run(
     };
     let config = m.config.clone();
     let mut last_claim = tokio::time::Instant::now();
+    let mut takeover = config.claim_at_start;
     let mut failed: Option<String> = None;
     while !*shutdown.borrow() {
         if let Some(error) = failed.take() {
@@ -328,7 +336,7 @@ pub async fn run(
                 }
             }
         }
-        let claim_due = last_claim.elapsed() >= config.claim_idle_after;
+        let claim_due = takeover || last_claim.elapsed() >= config.claim_idle_after;
         // Pending and claimed entries are read from the start of the
         // consumer's list: the previous page must be settled before the next
         // read, or it would be read again. New entries pipeline.
@@ -359,12 +367,17 @@ pub async fn run(
                 .claim_idle(
                     &config.group,
                     &config.consumer,
-                    config.claim_idle_after,
+                    if takeover {
+                        Duration::ZERO
+                    } else {
+                        config.claim_idle_after
+                    },
                     config.batch,
                 )
                 .await;
             if matches!(&r, Ok(v) if v.len() < config.batch) {
                 last_claim = tokio::time::Instant::now();
+                takeover = false;
             }
             if let Ok(v) = &r
                 && !v.is_empty()

@@ -54,6 +54,12 @@ pub struct KafkaSourceConfig {
     pub group: String,
     /// Most records per batch handed to the dataflow.
     pub batch: usize,
+    /// The consumer's static group membership (`group.instance.id`): the
+    /// same for the same reader of the same dataflow process index, so a
+    /// standby that takes over after a kill -9 takes the dead consumer's
+    /// partitions at once instead of after its session times out (meanwhile
+    /// the survivor's watermark would pass what those partitions hold).
+    pub instance: String,
     /// Partitions of an event topic this source creates (if missing) before
     /// it subscribes, as the mirror does: a subscription to a topic that
     /// does not exist yet would find it only at librdkafka's next metadata
@@ -229,6 +235,7 @@ pub async fn run(
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("group.instance.id", &config.instance)
         // librdkafka's default lets a fetch wait up to 500 ms for data; the
         // broker may not answer early, and the live path (ingest → derived
         // frame) pays it. A short wait costs idle fetches, not latency.

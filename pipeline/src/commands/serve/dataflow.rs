@@ -85,18 +85,26 @@ impl DataflowStart {
             .map_err(ServeError::Workers)?;
         let sources = ends
             .into_iter()
+            .enumerate()
             .map(
-                |BridgeEnds {
-                     entries,
-                     processed,
-                     caught_up,
-                 }| match &kafka {
+                |(
+                    reader,
+                    BridgeEnds {
+                        entries,
+                        processed,
+                        caught_up,
+                    },
+                )| match &kafka {
                     Some(brokers) => tokio::spawn(connectors::kafka::source::run(
                         KafkaSourceConfig {
                             brokers: brokers.clone(),
                             group: config.kafka.dataflow_group.clone(),
                             batch: config.dataflow.read_batch,
                             partitions: config.kafka.partitions,
+                            instance: format!(
+                                "{}-p{}-r{reader}",
+                                config.kafka.dataflow_group, config.dataflow.process_index
+                            ),
                         },
                         entries,
                         processed,

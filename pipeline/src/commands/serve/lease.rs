@@ -251,9 +251,11 @@ pub(super) async fn mirror_under_lease(
             return; // stopped while standing by
         };
         let (mirror_stop, mirror_stop_rx) = watch::channel(false);
+        let mut taking_over = config.clone();
+        taking_over.claim_at_start = true;
         let mut mirror = tokio::spawn(connectors::kafka::mirror::run(
             log.clone(),
-            config.clone(),
+            taking_over,
             metrics.clone(),
             mirror_stop_rx,
         ));
