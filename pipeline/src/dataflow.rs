@@ -883,16 +883,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_watermark_follows_the_slowest_active_partition_until_it_goes_quiet() {
-        let mut config = Config::default();
-        config.dataflow.idle_advance_after = std::time::Duration::from_millis(200);
+    /// Runs `feed` against the input driver of a pass-through graph, then
+    /// ends the input and drains the graph.
+    fn drive<T: Send + 'static>(
+        config: Config,
+        feed: impl FnOnce(&mut InputDriver) -> T + Send + Sync + 'static,
+    ) -> T {
         let sink = Arc::new(VecSink::default());
-        let late = timely::execute_directly(move |worker| {
+        timely::execute_directly(move |worker| {
             let (driver, probe) = install_graph(worker, &config, sink, true, None, |s| {
                 s.map(|r| (*r.event).clone())
             });
             let mut driver = driver.unwrap();
+            let out = feed(&mut driver);
+            driver.close();
+            while !probe.done() {
+                worker.step();
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn the_watermark_follows_the_slowest_active_partition_until_it_goes_quiet() {
+        let mut config = Config::default();
+        config.dataflow.idle_advance_after = std::time::Duration::from_millis(200);
+        let late = drive(config, |driver| {
             let (a, b): (Arc<str>, Arc<str>) = (Arc::from("stream-a"), Arc::from("stream-b"));
             let mut late = Vec::new();
             // A backlog read stream by stream: all of a, then b, 60 s behind.
@@ -914,10 +930,6 @@ mod tests {
             assert_eq!(driver.watermark(), 69_000);
             // Now an old event of b is late (the watermark never goes back).
             late.extend(driver.push_from(vec![(Some(b), None, ks("b2", 6_000, 1))]));
-            driver.close();
-            while !probe.done() {
-                worker.step();
-            }
             late
         });
         assert_eq!(
@@ -931,12 +943,7 @@ mod tests {
     fn a_held_partition_keeps_the_watermark_until_its_first_record() {
         let mut config = Config::default();
         config.dataflow.idle_advance_after = std::time::Duration::from_secs(3600);
-        let sink = Arc::new(VecSink::default());
-        let late = timely::execute_directly(move |worker| {
-            let (driver, probe) = install_graph(worker, &config, sink, true, None, |s| {
-                s.map(|r| (*r.event).clone())
-            });
-            let mut driver = driver.unwrap();
+        let late = drive(config, |driver| {
             let (a, c): (Arc<str>, Arc<str>) = (Arc::from("topic#0"), Arc::from("topic#2"));
             let mut late = Vec::new();
             late.extend(driver.push_from(vec![(Some(a.clone()), None, ks("a0", 10_000, 1))]));
@@ -955,10 +962,6 @@ mod tests {
                 (Some(c.clone()), None, ks("c1", 60_000, 1)),
             ]));
             assert_eq!(driver.watermark(), 58_000, "c's own time counts now");
-            driver.close();
-            while !probe.done() {
-                worker.step();
-            }
             late
         });
         assert!(late.is_empty(), "late: {late:?}");
@@ -966,23 +969,14 @@ mod tests {
 
     #[test]
     fn a_copy_behind_the_watermark_is_a_duplicate_not_a_late_event() {
-        let config = Config::default(); // dedup_retention 1 min
-        let sink = Arc::new(VecSink::default());
-        let (late, duplicates) = timely::execute_directly(move |worker| {
-            let (driver, probe) = install_graph(worker, &config, sink, true, None, |s| {
-                s.map(|r| (*r.event).clone())
-            });
-            let mut driver = driver.unwrap();
+        // dedup_retention: 1 min by default.
+        let (late, duplicates) = drive(Config::default(), |driver| {
             let mut late = Vec::new();
             late.extend(driver.push(vec![ks("x", 10_000, 1), ks("y", 40_000, 1)]));
             assert_eq!(driver.watermark(), 38_000);
             // x again (a page produced twice), 28 s behind the watermark;
             // z, never seen and as old, is late.
             late.extend(driver.push(vec![ks("x", 10_000, 1), ks("z", 10_000, 1)]));
-            driver.close();
-            while !probe.done() {
-                worker.step();
-            }
             (late, driver.duplicates())
         });
         assert_eq!(
