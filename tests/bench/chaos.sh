@@ -23,8 +23,8 @@
 # DOWN (10 s), DEADLINE (600 s per awaited condition), BIN (the inkstream
 # binary, default target/release/inkstream). Needs redis-server, Java +
 # Maven (tests/run.sh installs them). The driver is tests/src/chaos.rs; the
-# small version: EVENTS=12000 USERS=24 BATCH=200 DOWN=3 (not yet green, so not
-# in the test command).
+# small version, in the test command as tests/tests/chaos.rs: EVENTS=12000
+# USERS=24 BATCH=200 DOWN=3 SEED=7.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B="${BIN:-./target/release/inkstream}"

@@ -17,8 +17,11 @@
 //! written twice (before a crash and again after the restore from the last
 //! checkpoint) has the same id. Both runs use event time only
 //! (`dataflow.idle_advance_after = 1h`: the wall clock never moves the
-//! watermark, so pauses of a fault cannot close windows early), and the
-//! client posts the file in order, one batch at a time. The chaos run's
+//! watermark, so pauses of a fault cannot close windows early), presence
+//! in event-time order (`presence.order = event_time`: in arrival order it
+//! follows how a pair's writing and collaboration partitions interleave when
+//! fetched, which differs between any two runs), and the client posts the
+//! file in order, one batch at a time. The chaos run's
 //! outputs (both instances' `derived.dir`, every restart appended) are
 //! deduplicated by id; a second copy must be byte-identical (JSON), and the
 //! set must equal the undisturbed run's, event for event. Both runs end the
@@ -230,6 +233,10 @@ fn serve_args(redis: &str, kafka: &str, derived: &Path) -> Vec<String> {
         "redis.prefix=chaos".to_owned(),
         // Event time only: a fault's pause must not close windows early.
         "dataflow.idle_advance_after=1h".into(),
+        // Presence in event-time order: live (arrival) presence follows how
+        // a pair's writing and collaboration partitions happen to be
+        // fetched, which no run reproduces (operators/presence.rs, "Order").
+        "presence.order=event_time".into(),
         "dataflow.lease_ttl=3s".into(),
         "redis.claim_idle_after=3s".into(),
         "checkpoint.store=redis".into(),

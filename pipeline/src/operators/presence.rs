@@ -6,10 +6,23 @@
 //! events and comments). Events without a `user_id` or without a
 //! `document_id` are ignored, and so are derived types (`EventType::derived`:
 //! conflicts, flow state, metrics...), which the pipeline computes itself.
-//! It runs in the operator runtime ([`crate::runtime::keyed`], live:
-//! [`Order::Arrival`]), exchanged by `document_id`, so one document's
-//! collaborators live on one worker and each pair's events arrive in log
-//! order; its whole state is saved at checkpoint barriers.
+//! It runs in the operator runtime ([`crate::runtime::keyed`]), exchanged by
+//! `document_id`, so one document's collaborators live on one worker; its
+//! whole state is saved at checkpoint barriers.
+//!
+//! **Order** (`presence.order`). A pair's events come from two categories
+//! (`writing` is partitioned by user, `collaboration` by document), so no
+//! log orders them with each other: how they interleave depends on when each
+//! partition is fetched. `arrival` (the default) observes them as they come:
+//! updates are live, but a rerun of the same log (a failover that resumes
+//! from a checkpoint, a replay) may interleave them differently and so emit
+//! different cursor-rate-limited updates or `typing_wpm`. `event_time` parks
+//! them until the watermark passes their epoch and observes each epoch
+//! sorted by (`ts`, `id`): the updates come `dataflow.allowed_disorder` plus up to
+//! one epoch later, and the same log gives the same updates whatever the
+//! fetch order, failovers or worker count (what an analytics reader of the
+//! derived stream that needs reproducible presence wants; the chaos run
+//! checks it).
 //!
 //! **Statuses.** A pair with no state is offline.
 //! - Any other event of the pair is *activity*: the pair is online, and
@@ -104,6 +117,9 @@ pub struct PresenceConfig {
     /// Window of `typing_wpm` (default 1 min).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub typing_window: Duration,
+    /// `arrival` (live, default) or `event_time` (reproducible; later by the
+    /// watermark's delay). See the module documentation.
+    pub order: Order,
 }
 
 impl Default for PresenceConfig {
@@ -113,6 +129,7 @@ impl Default for PresenceConfig {
             offline_after: Duration::from_secs(15 * 60),
             cursor_interval: Duration::from_secs(1),
             typing_window: Duration::from_secs(60),
+            order: Order::Arrival,
         }
     }
 }
@@ -315,6 +332,10 @@ pub struct Presence {
     pairs: usize,
     /// The last watermark given: no event before it will come.
     watermark: i64,
+    /// `presence.order`: the runtime reads it from the configured operator,
+    /// never from a checkpoint.
+    #[serde(skip)]
+    order: Order,
 }
 
 enum Action {
@@ -337,6 +358,7 @@ impl Presence {
             timers: BTreeSet::new(),
             pairs: 0,
             watermark: i64::MIN,
+            order: config.order,
         }
     }
 
@@ -572,6 +594,10 @@ impl Core for Presence {
     const NAME: &'static str = "Presence";
     const ORDER: Order = Order::Arrival;
 
+    fn order(&self) -> Order {
+        self.order
+    }
+
     /// What `observe` would ignore anyway: filtered before the exchange.
     fn wants(r: &Record) -> bool {
         let e = &r.event;
@@ -598,7 +624,11 @@ impl Core for Presence {
         Presence::state_size(self)
     }
 
-    fn sort_epoch(_records: &mut [Record]) {}
+    /// `presence.order = "event_time"`: by time, then id (unique after
+    /// dedup), so neither arrival nor batching decides.
+    fn sort_epoch(records: &mut [Record]) {
+        records.sort_by(|a, b| (a.event.ts, &a.event.id).cmp(&(b.event.ts, &b.event.id)));
+    }
 }
 
 #[cfg(test)]
@@ -1444,6 +1474,7 @@ mod tests {
             offline_after: Duration::from_secs(15),
             cursor_interval: Duration::from_secs(1),
             typing_window: Duration::from_secs(3),
+            order: Order::Arrival,
         }
     }
 
@@ -1697,6 +1728,98 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The presence operator alone in the dataflow, fed `events` in that
+    /// order (the source's watermark: greatest `ts` − 2 s).
+    fn in_dataflow(
+        cfg: &PresenceConfig,
+        events: &[Event],
+        workers: usize,
+        batch: usize,
+    ) -> Vec<Event> {
+        let pc = cfg.clone();
+        let (out, late) = crate::dataflow::run_for_test(
+            events.to_vec(),
+            workers,
+            batch,
+            &crate::config::Config::default(),
+            move |s, c| {
+                let time = EventTime {
+                    epoch_ms: c.dataflow.epoch.as_millis() as u64,
+                    flush_at_end: c.dataflow.flush_at_end,
+                };
+                s.keyed(Presence::new(&pc), &OperatorCtx::plain(time))
+            },
+        );
+        assert!(
+            late.is_empty(),
+            "no event of these orders is late: {late:?}"
+        );
+        out
+    }
+
+    /// The same log fetched in other interleavings: every event moved at
+    /// most 500 ms of event time (less than the 2 s disorder bound, so none
+    /// becomes late), as a pair's writing and collaboration partitions are
+    /// when fetched at different moments or replayed after a failover.
+    fn interleavings(events: &[Event], seed: u64) -> Vec<Vec<Event>> {
+        let mut rng = SplitMix(seed);
+        let mut by_time = events.to_vec();
+        by_time.sort_by_key(|e| e.ts);
+        let mut jittered: Vec<(i64, Event)> = events
+            .iter()
+            .map(|e| (e.ts + rng.below(500), e.clone()))
+            .collect();
+        jittered.sort_by_key(|(k, _)| *k);
+        vec![
+            events.to_vec(),
+            by_time,
+            jittered.into_iter().map(|(_, e)| e).collect(),
+        ]
+    }
+
+    #[test]
+    fn in_event_time_order_any_interleaving_gives_the_same_updates_in_arrival_order_not() {
+        let mut arrival_differs = false;
+        for seed in [5_u64, 29] {
+            let cfg = PresenceConfig {
+                order: Order::EventTime,
+                ..small()
+            };
+            let events = random_stream(seed, 800, &cfg);
+            let orders = interleavings(&events, seed);
+            let sorted = |mut v: Vec<Event>| {
+                v.sort_by(|a, b| a.id.cmp(&b.id));
+                v
+            };
+            let want = sorted(in_dataflow(&cfg, &orders[0], 1, 1000));
+            assert!(want.len() > 50, "seed {seed}: too few updates to mean much");
+            for (o, events) in orders.iter().enumerate() {
+                for (workers, batch) in [(1, 1), (2, 7), (2, 1000)] {
+                    let got = sorted(in_dataflow(&cfg, events, workers, batch));
+                    assert_eq!(
+                        got.len(),
+                        want.len(),
+                        "seed {seed}, order {o}, {workers} workers, batch {batch}"
+                    );
+                    assert!(
+                        got == want,
+                        "seed {seed}, order {o}, {workers} workers, batch {batch}"
+                    );
+                }
+            }
+            // What the setting is for: arrival order follows the interleaving.
+            let live = small();
+            let first = sorted(in_dataflow(&live, &orders[0], 1, 1000));
+            arrival_differs |= orders[1..]
+                .iter()
+                .any(|o| sorted(in_dataflow(&live, o, 1, 1000)) != first);
+        }
+        assert!(
+            arrival_differs,
+            "arrival order gave the same updates for every interleaving: the test shows nothing"
+        );
     }
 
     /// Through the `Core` interface, as the runtime drives it: the record,

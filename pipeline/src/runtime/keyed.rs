@@ -33,9 +33,11 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Filter;
 
 /// In which order a core observes its records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Order {
     /// As they arrive (per key: log order). Live outputs, low latency.
+    #[default]
     Arrival,
     /// Once the watermark has passed their epoch, sorted by
     /// [`Core::sort_epoch`]. Deterministic whatever the arrival order.
@@ -49,6 +51,12 @@ pub trait Core: Serialize + DeserializeOwned + 'static {
     /// Names the operator in timely, logs and checkpoint files.
     const NAME: &'static str;
     const ORDER: Order;
+    /// The order this instance observes in (default [`Core::ORDER`]; an
+    /// operator may make it a setting). Read from the configured core before
+    /// a checkpoint is restored, so the setting, not the saved state, decides.
+    fn order(&self) -> Order {
+        Self::ORDER
+    }
     /// Whether the operator reads `item` at all (filtered before the exchange).
     fn wants(item: &Self::Item) -> bool;
     /// The key items are exchanged by: all items of one key meet on one worker.
@@ -117,6 +125,7 @@ struct Instance<C: Core> {
     held: Vec<(Capability<u64>, Vec<C::Item>)>,
     cap: Option<Capability<u64>>,
     time: EventTime,
+    order: Order,
     out: Vec<Event>,
 }
 
@@ -124,7 +133,7 @@ impl<C: Core> Instance<C> {
     /// Takes in one container stamped `c`: observed at once (arrival order)
     /// or parked by epoch (event-time order).
     fn take(&mut self, output: &mut EventOutput<'_>, c: &Capability<u64>, data: &mut Vec<C::Item>) {
-        match C::ORDER {
+        match self.order {
             Order::Arrival => {
                 for r in data.iter() {
                     self.core.observe(r, &mut self.out);
@@ -219,12 +228,14 @@ where
             C::NAME,
             move |initial, _info| {
                 let ckpt = ctx.checkpoints.clone();
+                let order = core.order();
                 let mut me = Instance {
                     core,
                     pending: EpochBuffer::default(),
                     held: Vec::new(),
                     cap: Some(initial),
                     time,
+                    order,
                     out: Vec::new(),
                 };
                 if let Some(c) = ckpt.as_ref() {

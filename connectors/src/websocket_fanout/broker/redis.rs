@@ -241,10 +241,19 @@ fn timed_out(what: &str) -> redis::RedisError {
     ))
 }
 
-/// Connection trouble (retry) rather than a reply Redis refused (a retry
-/// would fail the same way).
+/// Connection trouble, or a server that will answer shortly (retry), rather
+/// than a reply Redis refused (a retry would fail the same way). A Redis
+/// that just restarted answers `LOADING` while it reads its AOF back: a
+/// publication batch refused then must wait, not be dropped.
 fn transient(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.retry_method(),
+            redis::RetryMethod::WaitAndRetry | redis::RetryMethod::RefreshSlotsAndRetry
+        )
 }
 
 /// One publication on its way to Redis.
@@ -1062,6 +1071,24 @@ impl<H: LocalHub> Subscriber<H> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_redis_still_loading_or_failing_over_is_retried_a_refusal_is_not() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        for kind in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+        ] {
+            let e = RedisError::from((ErrorKind::Server(kind), "server busy"));
+            assert!(super::transient(&e), "{kind:?} must be retried");
+        }
+        for kind in [ServerErrorKind::ResponseError, ServerErrorKind::NoPerm] {
+            let e = RedisError::from((ErrorKind::Server(kind), "refused"));
+            assert!(!super::transient(&e), "{kind:?} would fail again");
+        }
+    }
+
     use super::*;
 
     #[test]
