@@ -267,6 +267,8 @@ struct Derived {
     by_id: BTreeMap<String, String>,
     differing: usize,
     copies: usize,
+    /// A few copies that differed from the first of their id (both shown).
+    examples: Vec<String>,
 }
 
 fn read_derived(dirs: &[&Path]) -> Derived {
@@ -282,7 +284,12 @@ fn read_derived(dirs: &[&Path]) -> Derived {
                 let json = v.to_string();
                 d.copies += 1;
                 match d.by_id.get(&id) {
-                    Some(first) if *first != json => d.differing += 1,
+                    Some(first) if *first != json => {
+                        d.differing += 1;
+                        if d.examples.len() < 3 {
+                            d.examples.push(format!("copies differ: {first} vs {json}"));
+                        }
+                    }
                     Some(_) => {}
                     None => {
                         d.by_id.insert(id, json);
@@ -1032,6 +1039,13 @@ pub async fn run(cfg: &Config) -> Report {
         by_type.entry(type_of(j)).or_default()[1] += 1;
     }
     examples.extend(extra.iter().take(3).map(|j| format!("extra {j}")));
+    examples.extend(
+        calm_derived
+            .examples
+            .iter()
+            .map(|e| format!("undisturbed: {e}")),
+    );
+    examples.extend(derived.examples.iter().map(|e| format!("chaos: {e}")));
     let report = Report {
         lines: input.lines,
         distinct_ids: input.distinct.len(),
