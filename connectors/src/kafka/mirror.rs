@@ -21,13 +21,9 @@
 //! partition. Pending and claimed entries are read from the start of the
 //! consumer's list, so those pages are settled before the next read.
 //!
-//! Broker outage: ingest keeps appending to Redis; the pages in flight wait
-//! (records never time out: one given up and produced again later would
-//! land behind newer records of its partition), and the mirror reads no
-//! more than `in_flight` pages ahead. On a failure it backs off (capped
-//! exponential), re-creates missing topics (an in-memory broker comes back
-//! empty), re-reads its pending entries and catches up. A stopping mirror
-//! waits at most 5 s for reports; the rest stays pending in the log.
+//! Broker outage: ingest keeps appending to Redis; the mirror backs off
+//! (capped exponential), re-creates missing topics (an in-memory broker comes
+//! back empty), re-reads its pending entries and catches up.
 //!
 //! **Several instances.** On a shared Redis log one instance at a time
 //! mirrors: `serve` runs this loop only while it holds the lease
@@ -101,13 +97,7 @@ pub fn producer(
         .set("batch.size", tuning.batch_bytes.to_string())
         .set("batch.num.messages", "100000")
         .set("queue.buffering.max.messages", "2000000")
-        // Never give a record up while the broker is away (0: no timeout;
-        // librdkafka retries it, in order, until the broker is back). A
-        // record that timed out and was produced again after the outage
-        // would land behind later records of its partition, which had not
-        // timed out yet — out of log order, so behind the watermark its
-        // readers had computed: late. Permanent errors still fail at once.
-        .set("message.timeout.ms", "0")
+        .set("message.timeout.ms", "30000")
         .create()?)
 }
 
@@ -224,17 +214,7 @@ struct Mirror {
     attempts: HashMap<String, u32>,
     /// Partitions per event topic, as the broker last said.
     partitions: HashMap<String, i32>,
-    /// The stop signal, and when it was first seen: waits for delivery
-    /// reports end [`STOP_GRACE`] after it (records are never timed out, so
-    /// with the broker away a report may never come).
-    stop: watch::Receiver<bool>,
-    stop_deadline: Option<tokio::time::Instant>,
 }
-
-/// How long a stopping mirror waits for delivery reports on their way; what
-/// is not reported by then stays pending in the log, produced again by
-/// whoever mirrors next (the producer is dropped, which purges its queue).
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The partition of a record with partition key `key` in a topic of
 /// `count` partitions: the hash that picks the event's Redis shard
@@ -306,8 +286,6 @@ pub async fn run(
         in_flight: VecDeque::new(),
         attempts: HashMap::new(),
         partitions: HashMap::new(),
-        stop: shutdown.clone(),
-        stop_deadline: None,
     };
     let config = m.config.clone();
     let mut last_claim = tokio::time::Instant::now();
@@ -480,26 +458,10 @@ impl Mirror {
         let mut delivered = Vec::new();
         let mut failed = None;
         for _ in 0..n.min(self.in_flight.len()) {
-            let Some(mut handle) = self.in_flight.pop_front() else {
+            let Some(handle) = self.in_flight.pop_front() else {
                 break;
             };
-            let report = tokio::select! {
-                biased;
-                r = &mut handle => Some(r),
-                _ = stopped(&mut self.stop) => {
-                    let deadline = *self
-                        .stop_deadline
-                        .get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
-                    tokio::time::timeout_at(deadline, &mut handle).await.ok()
-                }
-            };
-            let Some(report) = report else {
-                // Stopping with the report not in: the page stays pending.
-                handle.abort();
-                failed.get_or_insert("stopped before the delivery report".to_owned());
-                continue;
-            };
-            let page = match report {
+            let page = match handle.await {
                 Ok(p) => p,
                 Err(e) => {
                     // The entries stay pending: they are read again.
@@ -695,7 +657,7 @@ async fn produce(
         record = record.partition(partition_for(event.partition_key(), count));
         let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
         // The local queue is full while earlier pages are delivered: wait
-        // for room (at most 30 s) rather than fail.
+        // for room (bounded by the delivery timeout) rather than fail.
         let mut full_since: Option<Instant> = None;
         loop {
             match producer.send_result(record) {
@@ -726,13 +688,6 @@ async fn produce(
         }
     }
     (deliveries, delivered, failures)
-}
-
-/// Resolves once a stop is requested (never, if nobody can request one).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 /// Sleeps `ms`, or returns true at once when shutdown was requested.
