@@ -1703,22 +1703,7 @@ mod tests {
             let want = core(&cfg, &events, seed);
             for workers in [1, 2] {
                 for batch in [1, 7, 1000] {
-                    let pc = cfg.clone();
-                    let (out, late) = crate::dataflow::run_for_test(
-                        events.clone(),
-                        workers,
-                        batch,
-                        &crate::config::Config::default(),
-                        move |s, c| {
-                            let time = EventTime {
-                                epoch_ms: c.dataflow.epoch.as_millis() as u64,
-                                flush_at_end: c.dataflow.flush_at_end,
-                            };
-                            let ctx = OperatorCtx::plain(time);
-                            s.keyed(Presence::new(&pc), &ctx)
-                        },
-                    );
-                    assert!(late.is_empty(), "the stream has no late events");
+                    let out = in_dataflow(&cfg, &events, workers, batch);
                     assert_eq!(
                         out.len(),
                         want.len(),
