@@ -336,6 +336,19 @@ pub struct KafkaConfig {
     /// before the mirror dead-letters a record to `inkstream.mirror.dead_letter`
     /// (default 5).
     pub mirror_max_attempts: u32,
+    /// The mirror produces in Kafka transactions, one per round of pages,
+    /// and acknowledges a round's entries once it commits (default true):
+    /// a failed round is aborted and produced again from its oldest entry,
+    /// so `read_committed` readers see every partition in log order even
+    /// after a broker outage. `false` for brokers without transactions
+    /// (idempotent only: a page that times out during a long outage lands
+    /// behind later ones).
+    pub mirror_transactional: bool,
+    /// How long a mirrored record may wait for the broker before its
+    /// delivery fails and its round is produced again (default 30 s;
+    /// librdkafka's `message.timeout.ms`).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub mirror_delivery_timeout: Duration,
     /// Consumer group of the dataflow on the event topics (default `inkstream-dataflow`).
     pub dataflow_group: String,
     /// Delivery guarantee of the derived topics: `at_least_once` (default;
@@ -433,6 +446,8 @@ impl Default for KafkaConfig {
             mirror_bulk_linger: connectors::kafka::mirror::ProducerTuning::BULK.linger,
             mirror_bulk_batch_bytes: connectors::kafka::mirror::ProducerTuning::BULK.batch_bytes,
             mirror_max_attempts: 5,
+            mirror_transactional: true,
+            mirror_delivery_timeout: connectors::kafka::mirror::DELIVERY_TIMEOUT,
             dataflow_group: "inkstream-dataflow".into(),
             derived_delivery: DerivedDelivery::AtLeastOnce,
             security_protocol: Default::default(),
@@ -868,6 +883,14 @@ impl Config {
         }
         if self.kafka.mirror_in_flight == 0 {
             return bad("kafka.mirror_in_flight", "must be at least 1");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(900))
+            .contains(&self.kafka.mirror_delivery_timeout)
+        {
+            return bad(
+                "kafka.mirror_delivery_timeout",
+                "must be between 1 s and 15 min",
+            );
         }
         for (key, bytes) in [
             (

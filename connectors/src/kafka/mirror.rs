@@ -21,6 +21,26 @@
 //! partition. Pending and claimed entries are read from the start of the
 //! consumer's list, so those pages are settled before the next read.
 //!
+//! **Transactional rounds** (`transactional_id` set; `serve`'s default).
+//! The pages of a round (up to `in_flight`, or fewer when the mirror has
+//! caught up) are produced in one Kafka transaction; the round's entries are
+//! acknowledged only after it commits. When any record of a round fails
+//! (broker down longer than the delivery timeout, a broker restart, a
+//! poison record) the whole transaction is aborted and the round is produced
+//! again from its oldest entry. `read_committed` consumers (librdkafka's and
+//! the dataflow's default) therefore see each partition's records in log
+//! order whatever fails: without transactions a page that timed out during
+//! an outage is produced again *behind* the later pages that were delivered,
+//! and its events arrive late at an event-time reader. The transactional id
+//! is shared by the group's mirrors under the lease, so a new holder's
+//! `init_transactions` aborts its dead predecessor's open transaction at
+//! once (and fences a holder that lost the lease) instead of holding every
+//! `read_committed` reader at the last stable offset for
+//! `transaction.timeout.ms`. Cost: records are visible per round, a few ms
+//! later than without (measured in docs/BENCHMARKS.md). Without a
+//! transactional id the producer is only idempotent (brokers or services
+//! without transactions) and the reordering above can happen.
+//!
 //! Broker outage: ingest keeps appending to Redis; the mirror backs off
 //! (capped exponential), re-creates missing topics (an in-memory broker comes
 //! back empty), re-reads its pending entries and catches up.
@@ -45,7 +65,9 @@
 //! event id and type, error, size; keyed by event id), counted in
 //! `inkstream_mirror_dead_lettered_total`, and acknowledged, so the mirror
 //! moves on instead of re-reading it forever. Transient errors (broker down,
-//! timeouts) never dead-letter: those entries wait in the log.
+//! timeouts) never dead-letter: those entries wait in the log. The dead
+//! letter is produced in place of the record, in its round (and its
+//! transaction), at the first try after the last failed attempt.
 
 use super::{ensure_topics, events_topic};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
@@ -90,16 +112,59 @@ pub fn producer(
     brokers: impl Into<super::Brokers>,
     tuning: ProducerTuning,
 ) -> Result<FutureProducer, super::KafkaError> {
-    Ok(super::client_config(brokers)
+    Ok(configured(brokers, tuning, DELIVERY_TIMEOUT).create()?)
+}
+
+/// The mirror's transactional producer (blocking: `init_transactions`
+/// waits for the transaction coordinator, aborting the open transaction of
+/// an earlier producer with the same `transactional_id` and fencing it).
+pub fn transactional_producer(
+    brokers: impl Into<super::Brokers>,
+    tuning: ProducerTuning,
+    delivery_timeout: Duration,
+    transactional_id: &str,
+) -> Result<FutureProducer, super::KafkaError> {
+    use rdkafka::producer::Producer;
+    // The broker aborts a transaction open longer than this; a round lasts
+    // at most about the delivery timeout.
+    let transaction_timeout = (delivery_timeout * 2).max(Duration::from_secs(60));
+    let producer: FutureProducer = configured(brokers, tuning, delivery_timeout)
+        .set("transactional.id", transactional_id)
+        .set(
+            "transaction.timeout.ms",
+            transaction_timeout.as_millis().to_string(),
+        )
+        .create()?;
+    producer.init_transactions(TXN_TIMEOUT)?;
+    Ok(producer)
+}
+
+fn configured(
+    brokers: impl Into<super::Brokers>,
+    tuning: ProducerTuning,
+    delivery_timeout: Duration,
+) -> rdkafka::ClientConfig {
+    let mut config = super::client_config(brokers);
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", tuning.linger.as_millis().to_string())
         .set("batch.size", tuning.batch_bytes.to_string())
         .set("batch.num.messages", "100000")
         .set("queue.buffering.max.messages", "2000000")
-        .set("message.timeout.ms", "30000")
-        .create()?)
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().max(1).to_string(),
+        );
+    config
 }
+
+/// How long a record may wait for its delivery by default (librdkafka's
+/// `message.timeout.ms`): then it fails, and its round is produced again.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound of a transaction call (init, commit, abort).
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the mirror.
 #[derive(Debug, Clone)]
@@ -132,6 +197,12 @@ pub struct MirrorConfig {
     /// Its pages then reach their partitions before anything newer (claimed
     /// `claim_idle_after` later, they would land behind newer entries).
     pub claim_at_start: bool,
+    /// Produce in transactions with this id (`<id>.live` and `<id>.bulk`
+    /// for the two producers); `None` (the default here): idempotent only.
+    /// See the module doc.
+    pub transactional_id: Option<String>,
+    /// How long a record may wait for its delivery report (default 30 s).
+    pub delivery_timeout: Duration,
 }
 
 impl MirrorConfig {
@@ -148,6 +219,8 @@ impl MirrorConfig {
             claim_idle_after: Duration::from_secs(30),
             max_attempts: 5,
             claim_at_start: false,
+            transactional_id: None,
+            delivery_timeout: DELIVERY_TIMEOUT,
         }
     }
 }
@@ -187,8 +260,10 @@ struct Failure {
 
 /// A page whose delivery reports have all arrived.
 struct Settled {
-    entries: Vec<LogEntry>,
+    /// Delivered (or with nothing to deliver): to acknowledge.
     delivered: Vec<EntryRef>,
+    /// Of `delivered`, those whose dead letter was delivered instead.
+    dead_lettered: Vec<EntryRef>,
     failures: Vec<Failure>,
 }
 
@@ -210,10 +285,22 @@ struct Mirror {
     mode: Mode,
     /// Pages produced, oldest first; settled and acknowledged in this order.
     in_flight: VecDeque<JoinHandle<Settled>>,
-    /// Permanent failures per entry (`stream/id`), for poison records.
-    attempts: HashMap<String, u32>,
+    /// Permanent failures per entry (`stream/id`) and the last error, for
+    /// poison records.
+    attempts: HashMap<String, (u32, String)>,
     /// Partitions per event topic, as the broker last said.
     partitions: HashMap<String, i32>,
+    /// Transactional: a transaction is open on the current mode's producer.
+    open: bool,
+    /// Pages produced in the open transaction.
+    pages: usize,
+    /// Entries delivered in the open transaction: acknowledged at its commit.
+    uncommitted: Vec<EntryRef>,
+    /// Dead letters delivered in the open transaction: counted at its commit.
+    uncommitted_dead: u64,
+    /// An abort failed: the producers are re-created (whose
+    /// `init_transactions` aborts what is left open) before the next round.
+    broken: bool,
 }
 
 /// The partition of a record with partition key `key` in a topic of
@@ -243,6 +330,28 @@ fn partition_counts(producer: &FutureProducer) -> Result<HashMap<String, i32>, s
         .collect())
 }
 
+/// The live and the bulk producer: transactional (`<id>.live`,
+/// `<id>.bulk`) when the config has a transactional id.
+async fn producers(
+    config: &MirrorConfig,
+) -> Result<(FutureProducer, FutureProducer), super::KafkaError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let make = |tuning, role: &str| match &config.transactional_id {
+            Some(id) => transactional_producer(
+                &config.brokers,
+                tuning,
+                config.delivery_timeout,
+                &format!("{id}.{role}"),
+            ),
+            None => Ok(configured(&config.brokers, tuning, config.delivery_timeout).create()?),
+        };
+        Ok((make(config.live, "live")?, make(config.bulk, "bulk")?))
+    })
+    .await
+    .unwrap_or_else(|e| Err(super::KafkaError::Blocking(e.to_string())))
+}
+
 /// Runs the mirror until `shutdown` flips.
 pub async fn run(
     log: EventLog,
@@ -263,18 +372,21 @@ pub async fn run(
     let mut need_topics = true;
     let mut reread_pending = true;
     let (live, bulk) = loop {
-        match producer(&config.brokers, config.live)
-            .and_then(|l| Ok((l, producer(&config.brokers, config.bulk)?)))
-        {
+        match producers(&config).await {
             Ok(p) => break p,
             Err(e) => {
-                tracing::error!(error = %e, "cannot create the Kafka producer; retrying");
+                metrics.mirror_errors.with_label_values(&["producer"]).inc();
+                tracing::error!(error = %e, retry_in_ms = backoff_ms, "cannot create the Kafka producer; retrying");
                 if sleep_or_stop(&mut shutdown, backoff_ms).await {
                     return;
                 }
+                backoff_ms = (backoff_ms * 2).min(5_000);
             }
         }
     };
+    if config.transactional_id.is_some() {
+        tracing::info!("mirror: transactional (records visible per committed round)");
+    }
     let mut m = Mirror {
         log,
         schema_ids: config.brokers.schema_ids.clone(),
@@ -286,16 +398,24 @@ pub async fn run(
         in_flight: VecDeque::new(),
         attempts: HashMap::new(),
         partitions: HashMap::new(),
+        open: false,
+        pages: 0,
+        uncommitted: Vec::new(),
+        uncommitted_dead: 0,
+        broken: false,
     };
     let config = m.config.clone();
+    let transactional = config.transactional_id.is_some();
+    let max_in_flight = config.in_flight.max(1);
     let mut last_claim = tokio::time::Instant::now();
     let mut takeover = config.claim_at_start;
     let mut failed: Option<String> = None;
     while !*shutdown.borrow() {
         if let Some(error) = failed.take() {
-            // Settle what is still in flight first: its delivered entries
-            // are acknowledged, its failures re-read with the rest.
-            m.drain().await;
+            // Settle what is still in flight first: without transactions
+            // its delivered entries are acknowledged; with them the round is
+            // aborted. The failures are read again with the rest.
+            m.abort().await;
             m.metrics
                 .mirror_errors
                 .with_label_values(&["produce"])
@@ -308,6 +428,12 @@ pub async fn run(
                 return;
             }
             backoff_ms = (backoff_ms * 2).min(5_000);
+            if m.broken {
+                match producers(&config).await {
+                    Ok((live, bulk)) => m.replace(live, bulk),
+                    Err(e) => failed = Some(format!("re-creating the producers: {e}")),
+                }
+            }
             continue;
         }
         if need_topics {
@@ -338,13 +464,19 @@ pub async fn run(
         }
         let claim_due = takeover || last_claim.elapsed() >= config.claim_idle_after;
         // Pending and claimed entries are read from the start of the
-        // consumer's list: the previous page must be settled before the next
-        // read, or it would be read again. New entries pipeline.
-        if (reread_pending || claim_due) && !m.in_flight.is_empty() {
-            failed = m.drain().await;
+        // consumer's list: the previous page must be settled (and its
+        // round committed) before the next read, or it would be read again.
+        // New entries pipeline.
+        if (reread_pending || claim_due) && m.busy() {
+            failed = m.commit().await;
             continue;
         }
-        if m.in_flight.len() >= config.in_flight.max(1) {
+        if transactional && m.pages >= max_in_flight {
+            // A full round: commit it, then start the next.
+            failed = m.commit().await;
+            continue;
+        }
+        if !transactional && m.in_flight.len() >= max_in_flight {
             failed = m.settle(1).await;
             continue;
         }
@@ -389,12 +521,12 @@ pub async fn run(
             }
             r
         } else {
-            // With pages in flight, do not wait for new entries: settle the
-            // oldest page instead when there are none.
-            let block = if m.in_flight.is_empty() {
-                Duration::from_millis(250)
-            } else {
+            // With pages in flight (or a round open), do not wait for new
+            // entries: settle the oldest page (or commit) when there are none.
+            let block = if m.busy() {
                 Duration::ZERO
+            } else {
+                Duration::from_millis(250)
             };
             m.log
                 .read_new(&config.group, &config.consumer, config.batch, block)
@@ -405,7 +537,7 @@ pub async fn run(
             Err(e) => {
                 m.metrics.mirror_errors.with_label_values(&["log"]).inc();
                 tracing::warn!(error = %e, "mirror: reading the log failed");
-                failed = m.drain().await;
+                failed = m.commit().await;
                 if sleep_or_stop(&mut shutdown, backoff_ms).await {
                     return;
                 }
@@ -414,7 +546,10 @@ pub async fn run(
             }
         };
         if entries.is_empty() {
-            if !m.in_flight.is_empty() {
+            if transactional {
+                // Caught up: what the round holds becomes visible now.
+                failed = m.commit().await;
+            } else if !m.in_flight.is_empty() {
                 failed = m.settle(1).await;
             }
             continue;
@@ -426,11 +561,19 @@ pub async fn run(
         };
         if mode != m.mode {
             // Nothing of the other producer in flight: no overtaking.
-            failed = m.drain().await;
+            failed = m.commit().await;
+            if failed.is_some() {
+                // These entries are pending: read again after the failure.
+                continue;
+            }
             m.mode = mode;
         }
-        m.send(entries).await;
-        // Acknowledge pages whose reports have all arrived, without waiting.
+        if let Some(e) = m.send(entries).await {
+            failed = Some(e);
+            continue;
+        }
+        // Settle pages whose reports have all arrived, without waiting
+        // (with transactions: their failures surface before the commit).
         let ready = m.in_flight.iter().take_while(|h| h.is_finished()).count();
         if ready > 0 && failed.is_none() {
             failed = m.settle(ready).await;
@@ -439,21 +582,118 @@ pub async fn run(
             backoff_ms = 100;
         }
     }
-    // A graceful stop: acknowledge what was delivered.
-    m.drain().await;
+    // A graceful stop: acknowledge what was delivered (and committed).
+    if m.commit().await.is_some() {
+        m.abort().await;
+    }
 }
 
 impl Mirror {
+    /// Pages in flight, or a transaction open.
+    fn busy(&self) -> bool {
+        !self.in_flight.is_empty() || self.open
+    }
+
+    fn transactional(&self) -> bool {
+        self.config.transactional_id.is_some()
+    }
+
+    /// The producer of the current mode.
+    fn current(&self) -> &FutureProducer {
+        match self.mode {
+            Mode::Live => &self.live,
+            Mode::Bulk => &self.bulk,
+        }
+    }
+
     /// Settles every page in flight.
     async fn drain(&mut self) -> Option<String> {
         let n = self.in_flight.len();
         self.settle(n).await
     }
 
-    /// Waits for the oldest `n` pages' delivery reports, dead-letters poison
-    /// records, and acknowledges the delivered entries in one call (pages
-    /// in order, so per stream in order). Returns the first transient
-    /// failure.
+    /// Settles every page in flight and commits the open transaction, then
+    /// acknowledges its entries. Without transactions: [`Mirror::drain`].
+    /// On a failure the transaction stays open, for [`Mirror::abort`].
+    async fn commit(&mut self) -> Option<String> {
+        if let Some(e) = self.drain().await {
+            return Some(e);
+        }
+        if !self.open {
+            return None;
+        }
+        use rdkafka::producer::Producer;
+        let producer = self.current().clone();
+        let committed =
+            tokio::task::spawn_blocking(move || producer.commit_transaction(TXN_TIMEOUT))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = committed {
+            return Some(format!("committing the mirror's transaction failed: {e}"));
+        }
+        self.open = false;
+        self.pages = 0;
+        self.metrics
+            .mirror_dead_lettered
+            .inc_by(std::mem::take(&mut self.uncommitted_dead));
+        let delivered = std::mem::take(&mut self.uncommitted);
+        self.ack(delivered).await;
+        None
+    }
+
+    /// After a failure: settles what is in flight; with transactions aborts
+    /// the open one (nothing of it is acknowledged: it is read again). An
+    /// abort that fails marks the producers for re-creation and purges
+    /// what they still hold.
+    async fn abort(&mut self) {
+        if !self.transactional() {
+            let _ = self.drain().await;
+            return;
+        }
+        if self.open {
+            use rdkafka::producer::{Producer, PurgeConfig};
+            let producer = self.current().clone();
+            let aborted = tokio::task::spawn_blocking(move || {
+                let r = producer.abort_transaction(TXN_TIMEOUT);
+                if r.is_err() {
+                    producer.purge(PurgeConfig::default().queue().inflight());
+                }
+                r
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = aborted {
+                tracing::warn!(error = %e, "mirror: aborting the transaction failed; new producers take over");
+                self.broken = true;
+            }
+            self.open = false;
+            self.pages = 0;
+        }
+        // Every record of the round is now delivered, aborted or purged.
+        let _ = self.drain().await;
+        self.uncommitted.clear();
+        self.uncommitted_dead = 0;
+    }
+
+    /// New producers after a failed abort; the old ones are dropped off the
+    /// runtime (dropping purges and flushes, which blocks).
+    fn replace(&mut self, live: FutureProducer, bulk: FutureProducer) {
+        let old = (
+            std::mem::replace(&mut self.live, live),
+            std::mem::replace(&mut self.bulk, bulk),
+        );
+        tokio::task::spawn_blocking(move || drop(old));
+        self.broken = false;
+        self.open = false;
+        self.pages = 0;
+    }
+
+    /// Waits for the oldest `n` pages' delivery reports and acknowledges
+    /// the delivered entries in one call (pages in order, so per stream in
+    /// order) — with transactions, keeps them for the commit. Counts poison
+    /// records' attempts. Returns the first failure.
     async fn settle(&mut self, n: usize) -> Option<String> {
         let mut delivered = Vec::new();
         let mut failed = None;
@@ -469,82 +709,108 @@ impl Mirror {
                     continue;
                 }
             };
-            if let Some(e) = self.page_outcome(page, &mut delivered).await {
+            if let Some(e) = self.page_outcome(page, &mut delivered) {
                 failed.get_or_insert(e);
             }
         }
-        if !delivered.is_empty() {
-            if let Err(e) = self.log.ack(&self.config.group, &delivered).await {
-                // Unacknowledged: they will be produced again (at-least-once).
-                self.metrics.mirror_errors.with_label_values(&["ack"]).inc();
-                tracing::warn!(error = %e, "mirror: acknowledging in the log failed");
-            }
-            self.metrics.mirror_events.inc_by(delivered.len() as u64);
+        if self.transactional() {
+            self.uncommitted.append(&mut delivered);
+        } else {
+            self.ack(delivered).await;
         }
         failed
     }
 
+    /// Acknowledges delivered entries in the log.
+    async fn ack(&mut self, delivered: Vec<EntryRef>) {
+        if delivered.is_empty() {
+            return;
+        }
+        if let Err(e) = self.log.ack(&self.config.group, &delivered).await {
+            // Unacknowledged: they will be produced again (at-least-once).
+            self.metrics.mirror_errors.with_label_values(&["ack"]).inc();
+            tracing::warn!(error = %e, "mirror: acknowledging in the log failed");
+        }
+        self.metrics.mirror_events.inc_by(delivered.len() as u64);
+    }
+
     /// Adds a settled page's delivered (and dead-lettered) entries to
-    /// `delivered`; returns a failure that was not dead-lettered.
-    async fn page_outcome(
-        &mut self,
-        page: Settled,
-        delivered: &mut Vec<EntryRef>,
-    ) -> Option<String> {
+    /// `delivered` and counts permanent failures; returns the first failure.
+    fn page_outcome(&mut self, page: Settled, delivered: &mut Vec<EntryRef>) -> Option<String> {
         if !self.attempts.is_empty() {
             for e in &page.delivered {
-                self.attempts.remove(&format!("{}/{}", e.stream, e.id));
+                self.attempts.remove(&attempt_key(e));
             }
+        }
+        for e in &page.dead_lettered {
+            tracing::error!(stream = %e.stream, entry = %e.id,
+                "mirror: poison record dead-lettered to {DEAD_LETTER_TOPIC}");
+        }
+        let dead = page.dead_lettered.len() as u64;
+        if self.transactional() {
+            self.uncommitted_dead += dead;
+        } else {
+            self.metrics.mirror_dead_lettered.inc_by(dead);
         }
         delivered.extend(page.delivered);
         let mut failed = None;
         for f in page.failures {
-            let key = format!("{}/{}", f.entry.stream, f.entry.id);
-            let n = self.attempts.entry(key.clone()).or_default();
             if f.permanent {
-                *n += 1;
-            }
-            if f.permanent && *n >= self.config.max_attempts {
-                let n = *n;
-                let entry = page.entries.iter().find(|e| e.entry == f.entry);
-                if dead_letter(&self.live, entry, &f, n).await {
-                    self.metrics.mirror_dead_lettered.inc();
-                    self.attempts.remove(&key);
-                    delivered.push(f.entry);
-                    continue;
-                }
+                let n = self.attempts.entry(attempt_key(&f.entry)).or_default();
+                n.0 += 1;
+                n.1.clone_from(&f.error);
             }
             failed.get_or_insert(f.error);
         }
         failed
     }
 
-    /// Produces a page with the current mode's producer and puts the wait
-    /// for its delivery reports in flight.
-    async fn send(&mut self, entries: Vec<LogEntry>) {
-        let producer = match self.mode {
-            Mode::Live => &self.live,
-            Mode::Bulk => &self.bulk,
-        };
+    /// Produces a page with the current mode's producer (in the open
+    /// transaction, begun here if none is) and puts the wait for its
+    /// delivery reports in flight.
+    async fn send(&mut self, entries: Vec<LogEntry>) -> Option<String> {
+        if self.transactional() && !self.open {
+            use rdkafka::producer::Producer;
+            if let Err(e) = self.current().begin_transaction() {
+                return Some(format!("beginning a transaction failed: {e}"));
+            }
+            self.open = true;
+        }
+        self.pages += 1;
         let (deliveries, delivered, failures) = produce(
-            producer,
+            self.current(),
             &entries,
-            &self.schema_ids,
-            &self.partitions,
-            self.config.partitions,
-            &self.metrics,
+            &Context {
+                schema_ids: &self.schema_ids,
+                partitions: &self.partitions,
+                default_partitions: self.config.partitions,
+                attempts: &self.attempts,
+                max_attempts: self.config.max_attempts,
+                delivery_timeout: self.config.delivery_timeout,
+                metrics: &self.metrics,
+            },
         )
         .await;
         self.in_flight.push_back(tokio::spawn(async move {
-            let (refs, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
             let mut page = Settled {
-                entries,
                 delivered,
+                dead_lettered: Vec::new(),
                 failures,
             };
-            for (entry, result) in refs.into_iter().zip(join_all(futures).await) {
+            let mut refs = Vec::with_capacity(deliveries.len());
+            let mut futures = Vec::with_capacity(deliveries.len());
+            for (entry, future, letter) in deliveries {
+                refs.push((entry, letter));
+                futures.push(future);
+            }
+            for ((entry, letter), result) in refs.into_iter().zip(join_all(futures).await) {
                 match result {
-                    Ok(Ok(_)) => page.delivered.push(entry),
+                    Ok(Ok(_)) => {
+                        if letter {
+                            page.dead_lettered.push(entry.clone());
+                        }
+                        page.delivered.push(entry);
+                    }
                     Ok(Err((e, _))) => page.failures.push(Failure {
                         entry,
                         error: e.to_string(),
@@ -559,66 +825,82 @@ impl Mirror {
             }
             page
         }));
+        None
     }
 }
 
-/// Produces a dead-letter record for a poison entry; true once delivered.
-async fn dead_letter(
-    producer: &FutureProducer,
-    entry: Option<&LogEntry>,
-    f: &Failure,
-    attempts: u32,
-) -> bool {
-    let event = entry.and_then(|e| e.event.as_ref().ok());
+/// `stream/id`: an entry's key in the poison-attempt table.
+fn attempt_key(e: &EntryRef) -> String {
+    format!("{}/{}", e.stream, e.id)
+}
+
+/// The dead letter of a poison entry: its key (the event id) and value.
+fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String) {
+    let event = entry.event.as_ref().ok();
     let id = event.map(|e| e.id.clone()).unwrap_or_default();
     let value = serde_json::json!({
-        "stream": &*f.entry.stream,
-        "entry_id": &*f.entry.id,
+        "stream": &*entry.entry.stream,
+        "entry_id": &*entry.entry.id,
         "event_id": id,
         "type": event.map(|e| e.event_type()),
-        "namespace": entry.and_then(|e| e.namespace.as_deref()),
-        "error": f.error,
+        "namespace": entry.namespace.as_deref(),
+        "error": error,
         "attempts": attempts,
         "bytes": event.and_then(|e| schemas::confluent::encode(e).ok()).map(|v| v.len()),
     })
     .to_string();
-    let record = FutureRecord::to(DEAD_LETTER_TOPIC).key(&id).payload(&value);
-    match producer.send(record, Duration::from_secs(10)).await {
-        Ok(_) => {
-            tracing::error!(entry = %f.entry.id, event_id = %id, error = %f.error, attempts,
-                "mirror: poison record dead-lettered to {DEAD_LETTER_TOPIC}");
-            true
-        }
-        Err((e, _)) => {
-            tracing::warn!(error = %e, "mirror: dead-lettering a poison record failed");
-            false
-        }
-    }
+    (id, value)
 }
 
-/// The delivery reports of one page, awaited in flight.
-type Deliveries = Vec<(EntryRef, rdkafka::producer::DeliveryFuture)>;
+/// The delivery reports of one page, awaited in flight: the entry, its
+/// report, and whether the record is the entry's dead letter.
+type Deliveries = Vec<(EntryRef, rdkafka::producer::DeliveryFuture, bool)>;
+
+/// What [`produce`] needs besides the producer and the page.
+struct Context<'a> {
+    schema_ids: &'a super::registry::SchemaIds,
+    partitions: &'a HashMap<String, i32>,
+    default_partitions: i32,
+    attempts: &'a HashMap<String, (u32, String)>,
+    max_attempts: u32,
+    delivery_timeout: Duration,
+    metrics: &'a Metrics,
+}
 
 /// Produces a page (in order). Returns the records handed to the producer
 /// with their delivery futures, the entries to acknowledge without a record
-/// (undecodable, unencodable) and those the producer refused.
+/// (undecodable, unencodable) and those the producer refused. An entry that
+/// failed permanently `max_attempts` times is produced as its dead letter.
 async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
-    schema_ids: &super::registry::SchemaIds,
-    partitions: &HashMap<String, i32>,
-    default_partitions: i32,
-    metrics: &Metrics,
+    cx: &Context<'_>,
 ) -> (Deliveries, Vec<EntryRef>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for entry in entries {
+        if !cx.attempts.is_empty()
+            && let Some((n, error)) = cx.attempts.get(&attempt_key(&entry.entry))
+            && *n >= cx.max_attempts
+        {
+            let (id, value) = dead_letter(entry, error, *n);
+            let record = FutureRecord::to(DEAD_LETTER_TOPIC).key(&id).payload(&value);
+            match producer.send_result(record) {
+                Ok(future) => deliveries.push((entry.entry.clone(), future, true)),
+                Err((e, _)) => failures.push(Failure {
+                    entry: entry.entry.clone(),
+                    error: format!("dead-lettering: {e}"),
+                    permanent: false,
+                }),
+            }
+            continue;
+        }
         let event = match &entry.event {
             Ok(e) => e,
             Err(reason) => {
                 // Cannot be represented in Avro: counted, logged, acknowledged.
-                metrics
+                cx.metrics
                     .mirror_errors
                     .with_label_values(&["undecodable"])
                     .inc();
@@ -628,11 +910,14 @@ async fn produce(
             }
         };
         let topic = events_topic(event.category());
-        let schema_id = schema_ids.for_topic(&topic);
+        let schema_id = cx.schema_ids.for_topic(&topic);
         let value = match schemas::confluent::encode_with(schema_id, event) {
             Ok(v) => v,
             Err(e) => {
-                metrics.mirror_errors.with_label_values(&["encode"]).inc();
+                cx.metrics
+                    .mirror_errors
+                    .with_label_values(&["encode"])
+                    .inc();
                 tracing::error!(id = %event.id, error = %e, "mirror: cannot encode an event");
                 delivered.push(entry.entry.clone());
                 continue;
@@ -650,10 +935,11 @@ async fn produce(
         // one partition. A topic the broker did not list (yet) has the
         // partitions this mirror creates topics with; if that is wrong the
         // produce fails and the counts are fetched again.
-        let count = partitions
+        let count = cx
+            .partitions
             .get(&topic)
             .copied()
-            .unwrap_or(default_partitions);
+            .unwrap_or(cx.default_partitions);
         record = record.partition(partition_for(event.partition_key(), count));
         let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
         // The local queue is full while earlier pages are delivered: wait
@@ -662,14 +948,14 @@ async fn produce(
         loop {
             match producer.send_result(record) {
                 Ok(future) => {
-                    deliveries.push((entry.entry.clone(), future));
+                    deliveries.push((entry.entry.clone(), future, false));
                     break;
                 }
                 Err((e, back))
                     if e.rdkafka_error_code()
                         == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
                         && full_since.get_or_insert_with(Instant::now).elapsed()
-                            < Duration::from_secs(30) =>
+                            < cx.delivery_timeout =>
                 {
                     // Counted in wall time: a 1 ms sleep takes longer on a
                     // busy machine, so counting sleeps overstated the bound.

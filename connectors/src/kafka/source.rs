@@ -184,6 +184,8 @@ fn part_name(names: &mut HashMap<(String, i32), Arc<str>>, key: (String, i32)) -
 #[derive(Default)]
 struct PartitionProgress {
     received: VecDeque<(i64, bool)>,
+    /// The offset this consumer last committed.
+    committed: Option<i64>,
 }
 
 impl PartitionProgress {
@@ -313,7 +315,8 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(quiet_check) => {
                 // Nothing for QUIET: ask whether that is because there is
-                // nothing more to read.
+                // nothing more to read; commit past a transaction's marker.
+                commit_with(&consumer, &mut progress, &[], CommitMode::Async);
                 let now = tokio::time::Instant::now();
                 if check.is_none() && now >= next_check {
                     let c = consumer.clone();
@@ -435,10 +438,42 @@ fn commit_with(
     }
     touched.sort();
     touched.dedup();
+    // Where the consumer stands on its assigned partitions (local, no
+    // round trip). On a transactional topic (the mirror's) a partition ends
+    // with a commit marker, and aborted records may sit between committed
+    // ones: neither is ever handed out, only the position steps over them.
+    // Committing the last record + 1 would leave the group's lag at 1 per
+    // transaction.
+    let positions = consumer.position().ok();
+    let position = |key: &(String, i32)| {
+        positions
+            .as_ref()?
+            .find_partition(&key.0, key.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+    };
     let mut tpl = TopicPartitionList::new();
-    for key in touched {
-        if let Some(next) = progress.get_mut(&key).and_then(PartitionProgress::advance) {
+    for (key, p) in progress.iter_mut() {
+        let mut next = if touched.binary_search(key).is_ok() {
+            p.advance()
+        } else {
+            None
+        };
+        // Every record received from it is done: whatever lies before the
+        // position was either done or never handed out.
+        if p.received.is_empty()
+            && let Some(at) = position(key)
+            && Some(at) > next.or(p.committed)
+        {
+            next = Some(at);
+        }
+        if let Some(next) = next
+            && Some(next) > p.committed
+        {
             let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next));
+            p.committed = Some(next);
         }
     }
     if tpl.count() > 0

@@ -57,6 +57,7 @@ impl Ingest {
                 batch_bytes: config.kafka.mirror_bulk_batch_bytes,
             };
             mc.max_attempts = config.kafka.mirror_max_attempts;
+            mc.delivery_timeout = config.kafka.mirror_delivery_timeout;
             mc.claim_idle_after = config.redis.claim_idle_after;
             // One consumer per instance, stable at its place (see the mirror).
             mc.consumer = match super::lease::place(config.server.port) {
@@ -65,6 +66,19 @@ impl Ingest {
                     .0
                     .replace("-#", "mirror-"),
             };
+            let under_lease = config.redis.url.is_some() && config.dataflow.lease;
+            if config.kafka.mirror_transactional {
+                // Under the lease one id for the group: the next holder's
+                // init_transactions aborts a dead holder's open transaction
+                // at once (and fences one that lost the lease). Otherwise
+                // one per instance: mirrors running side by side must not
+                // fence each other.
+                mc.transactional_id = Some(if under_lease {
+                    format!("{}.{}", config.redis.prefix, mc.group)
+                } else {
+                    format!("{}.{}", config.redis.prefix, mc.consumer)
+                });
+            }
             required_groups.push(mc.group.clone());
             tokio::spawn(connectors::kafka::mirror::report_lag(
                 log.clone(),
