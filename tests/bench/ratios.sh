@@ -15,7 +15,8 @@
 #   3. the broker's producer ceiling (the mirror's backlog producer, every
 #      record in flight) and the mirror's throughput on the Redis backlog
 #      left by 1., with the ratio: first in serial rounds (the shape before
-#      the pipelining; NO_SERIAL=1 skips it), then with the defaults, each
+#      the pipelining; NO_SERIAL=1 skips it), then with the defaults
+#      (transactional rounds), then without transactions, each
 #      over the whole backlog (the group is reset in between);
 #   4. ingest → live WPM message latency at 10 K events/s (`load --mode e2e`,
 #      10,000 writers) three times each embedded, via Redis and via
@@ -169,6 +170,9 @@ if [ -z "${NO_SERIAL:-}" ]; then
     --set kafka.mirror_bulk_linger=5ms --set kafka.mirror_bulk_batch_bytes=1000000
 fi
 mirror_run mirror
+# The same, without transactions (idempotent only): the cost of rounds that
+# commit before their entries are acknowledged.
+mirror_run mirror_idem --set kafka.mirror_transactional=false
 stop_serve; stop_kafka; stop_redis "$RP"
 fi
 
@@ -202,6 +206,10 @@ for _ in $(seq "$E2E_RUNS"); do
   start_redis; start_kafka
   start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"; e2e kafka
   stop_serve; stop_kafka; stop_redis "$RP"
+  start_redis; start_kafka
+  start_serve e2e-kafka-idem --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP" \
+    --set kafka.mirror_transactional=false; e2e kafka_idem
+  stop_serve; stop_kafka; stop_redis "$RP"
 done
 fi
 
@@ -217,8 +225,10 @@ printf '%-52s %12s %10s\n' "embedded /ws/ingest" "${R[emb_ws]:-}" ""
 printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings)" "${R[producer]:-}" "100 %"
 printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka (pipelined, defaults)" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
 printf '%-52s %12s %10s\n' "mirror, same backlog, serial rounds (in_flight 1)" "${R[mirror_serial]:-}" "$(ratio "${R[mirror_serial]:-}" "${R[producer]:-}")"
+printf '%-52s %12s %10s\n' "mirror, same backlog, not transactional" "${R[mirror_idem]:-}" "$(ratio "${R[mirror_idem]:-}" "${R[producer]:-}")"
 echo "e2e ingest → WPM message at 10 K ev/s, p50/p99 ms per run:"
 echo "  embedded:      ${R[e2e_embedded]:-}"
 echo "  via Redis:     ${R[e2e_redis]:-}"
 echo "  Redis + Kafka: ${R[e2e_kafka]:-}"
+echo "  Redis + Kafka, mirror not transactional: ${R[e2e_kafka_idem]:-}"
 echo "peak RSS of the server: ${R[rss_redis]:-} MB (Redis ingest, 2×N events), ${R[rss_emb]:-} MB (embedded, 3×N events)"

@@ -73,8 +73,10 @@ use super::{ensure_topics, events_topic};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -203,6 +205,11 @@ pub struct MirrorConfig {
     pub transactional_id: Option<String>,
     /// How long a record may wait for its delivery report (default 30 s).
     pub delivery_timeout: Duration,
+    /// Record each committed round's entry ranges in its transaction, and
+    /// at a takeover acknowledge without producing the entries the previous
+    /// holder had committed but not acknowledged (default false; `serve`
+    /// sets it for the lease holder, whose transactional id is shared).
+    pub record_rounds: bool,
 }
 
 impl MirrorConfig {
@@ -221,6 +228,7 @@ impl MirrorConfig {
             claim_at_start: false,
             transactional_id: None,
             delivery_timeout: DELIVERY_TIMEOUT,
+            record_rounds: false,
         }
     }
 }
@@ -301,6 +309,128 @@ struct Mirror {
     /// An abort failed: the producers are re-created (whose
     /// `init_transactions` aborts what is left open) before the next round.
     broken: bool,
+    /// With `record_rounds`: the marker groups of the live and the bulk
+    /// producer (their transactional ids).
+    markers: Option<(Arc<BaseConsumer>, Arc<BaseConsumer>)>,
+    /// The last round's number, recorded with its ranges.
+    round: i64,
+    /// Until the takeover is over: the previous holder's last committed
+    /// round, per stream its first and last entry id. Entries within are in
+    /// Kafka already: acknowledged without producing them again.
+    committed_before: Ranges,
+}
+
+/// A log entry id as a comparable key (Redis `ms-seq`; the embedded log's
+/// numbers as `(n, 0)`).
+type EntryKey = (u64, u64);
+
+/// Per stream, the first and last entry id of a round.
+type Ranges = HashMap<String, (EntryKey, EntryKey)>;
+
+fn entry_key(id: &str) -> Option<EntryKey> {
+    match id.split_once('-') {
+        Some((ms, seq)) => Some((ms.parse().ok()?, seq.parse().ok()?)),
+        None => Some((id.parse().ok()?, 0)),
+    }
+}
+
+/// Largest offset metadata per marker partition (Kafka's default
+/// `offset.metadata.max.bytes` is 4,096).
+const MARK_CHUNK_BYTES: usize = 3_800;
+
+/// A round's entry ranges (`stream<TAB>first<TAB>last` lines) in chunks for
+/// the marker partitions.
+fn encode_ranges(entries: &[EntryRef]) -> Vec<String> {
+    let mut ranges: HashMap<&str, (EntryKey, &str, EntryKey, &str)> = HashMap::new();
+    for e in entries {
+        let Some(k) = entry_key(&e.id) else {
+            continue;
+        };
+        let r = ranges.entry(&e.stream).or_insert((k, &e.id, k, &e.id));
+        if k < r.0 {
+            (r.0, r.1) = (k, &e.id);
+        }
+        if k > r.2 {
+            (r.2, r.3) = (k, &e.id);
+        }
+    }
+    let mut lines: Vec<String> = ranges
+        .into_iter()
+        .map(|(stream, (_, first, _, last))| format!("{stream}\t{first}\t{last}"))
+        .collect();
+    lines.sort();
+    let mut chunks: Vec<String> = Vec::new();
+    for line in lines {
+        match chunks.last_mut() {
+            Some(c) if c.len() + 1 + line.len() <= MARK_CHUNK_BYTES => {
+                c.push('\n');
+                c.push_str(&line);
+            }
+            _ => chunks.push(line),
+        }
+    }
+    chunks
+}
+
+/// The ranges of the chunks [`encode_ranges`] made.
+fn decode_ranges<'a>(chunks: impl IntoIterator<Item = &'a str>) -> Ranges {
+    let mut ranges = HashMap::new();
+    for line in chunks.into_iter().flat_map(str::lines) {
+        let mut parts = line.split('\t');
+        if let (Some(stream), Some(Some(first)), Some(Some(last))) = (
+            parts.next(),
+            parts.next().map(entry_key),
+            parts.next().map(entry_key),
+        ) {
+            ranges.insert(stream.to_owned(), (first, last));
+        }
+    }
+    ranges
+}
+
+/// The consumer whose group records the rounds of the producer with
+/// `transactional_id` (no subscription: only its group metadata and
+/// committed offsets are used).
+fn marker_consumer(
+    brokers: &super::Brokers,
+    transactional_id: &str,
+) -> Result<Arc<BaseConsumer>, super::KafkaError> {
+    Ok(Arc::new(
+        super::client_config(brokers)
+            .set("group.id", transactional_id)
+            .set("enable.auto.commit", "false")
+            .create()?,
+    ))
+}
+
+/// The last round the previous holder committed (blocking): of both marker
+/// groups, the chunks with the highest round number.
+fn last_committed_round(
+    markers: &(Arc<BaseConsumer>, Arc<BaseConsumer>),
+    partitions: i32,
+) -> Result<(i64, Ranges), super::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut best: (i64, Vec<String>) = (0, Vec::new());
+    for consumer in [&markers.0, &markers.1] {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions.max(1) {
+            tpl.add_partition(DEAD_LETTER_TOPIC, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+        for e in committed.elements() {
+            let Offset::Offset(round) = e.offset() else {
+                continue;
+            };
+            if round > best.0 {
+                best = (round, Vec::new());
+            }
+            if round == best.0 && !e.metadata().is_empty() {
+                best.1.push(e.metadata().to_owned());
+            }
+        }
+    }
+    Ok((best.0, decode_ranges(best.1.iter().map(String::as_str))))
 }
 
 /// The partition of a record with partition key `key` in a topic of
@@ -403,7 +533,23 @@ pub async fn run(
         uncommitted: Vec::new(),
         uncommitted_dead: 0,
         broken: false,
+        markers: None,
+        round: 0,
+        committed_before: HashMap::new(),
     };
+    if m.config.record_rounds
+        && let Some(id) = m.config.transactional_id.clone()
+    {
+        let brokers = &m.config.brokers;
+        match marker_consumer(brokers, &format!("{id}.live"))
+            .and_then(|l| Ok((l, marker_consumer(brokers, &format!("{id}.bulk"))?)))
+        {
+            Ok(markers) => m.markers = Some(markers),
+            Err(e) => tracing::warn!(error = %e,
+                "mirror: cannot record rounds; a takeover may produce the last round again"),
+        }
+    }
+    let mut rounds_loaded = m.markers.is_none();
     let config = m.config.clone();
     let transactional = config.transactional_id.is_some();
     let max_in_flight = config.in_flight.max(1);
@@ -450,6 +596,10 @@ pub async fn run(
                 Ok(counts) => {
                     m.partitions = counts;
                     need_topics = false;
+                    if !rounds_loaded {
+                        rounds_loaded = true;
+                        m.load_last_round().await;
+                    }
                 }
                 Err(e) => {
                     m.metrics.mirror_errors.with_label_values(&["topics"]).inc();
@@ -510,6 +660,9 @@ pub async fn run(
             if matches!(&r, Ok(v) if v.len() < config.batch) {
                 last_claim = tokio::time::Instant::now();
                 takeover = false;
+                // The previous holder's entries are all claimed: its last
+                // round no longer says anything about what is pending.
+                m.committed_before.clear();
             }
             if let Ok(v) = &r
                 && !v.is_empty()
@@ -589,6 +742,73 @@ pub async fn run(
 }
 
 impl Mirror {
+    /// Reads the last round the previous holder committed, whose entries
+    /// it may not have acknowledged.
+    async fn load_last_round(&mut self) {
+        let Some(markers) = self.markers.clone() else {
+            return;
+        };
+        let partitions = self
+            .partitions
+            .get(DEAD_LETTER_TOPIC)
+            .copied()
+            .unwrap_or(self.config.partitions);
+        match tokio::task::spawn_blocking(move || last_committed_round(&markers, partitions)).await
+        {
+            Ok(Ok((round, ranges))) => {
+                tracing::info!(
+                    round,
+                    streams = ranges.len(),
+                    "mirror: the previous holder's last committed round"
+                );
+                self.round = round;
+                self.committed_before = ranges;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e,
+                "mirror: cannot read the last committed round; a takeover may produce it again"),
+            Err(e) => tracing::warn!(error = %e, "mirror: reading the last committed round failed"),
+        }
+    }
+
+    /// The offsets that record this round's entry ranges in its
+    /// transaction (marker group of the current producer), if recorded.
+    fn round_marker(&mut self) -> Option<(Arc<BaseConsumer>, rdkafka::TopicPartitionList)> {
+        let markers = self.markers.as_ref()?;
+        if self.uncommitted.is_empty() {
+            return None;
+        }
+        let chunks = encode_ranges(&self.uncommitted);
+        let partitions = self
+            .partitions
+            .get(DEAD_LETTER_TOPIC)
+            .copied()
+            .unwrap_or(self.config.partitions);
+        if chunks.len() > partitions.max(1) as usize {
+            tracing::warn!(
+                chunks = chunks.len(),
+                partitions,
+                "mirror: a round's ranges do not fit the marker partitions; not recorded"
+            );
+            return None;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.round = (self.round + 1).max(now);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (p, chunk) in chunks.into_iter().enumerate() {
+            let mut e = tpl.add_partition(DEAD_LETTER_TOPIC, p as i32);
+            if e.set_offset(rdkafka::Offset::Offset(self.round)).is_ok() {
+                e.set_metadata(chunk);
+            }
+        }
+        let consumer = match self.mode {
+            Mode::Live => markers.0.clone(),
+            Mode::Bulk => markers.1.clone(),
+        };
+        Some((consumer, tpl))
+    }
+
     /// Pages in flight, or a transaction open.
     fn busy(&self) -> bool {
         !self.in_flight.is_empty() || self.open
@@ -622,13 +842,26 @@ impl Mirror {
         if !self.open {
             return None;
         }
+        use rdkafka::consumer::Consumer;
         use rdkafka::producer::Producer;
         let producer = self.current().clone();
-        let committed =
-            tokio::task::spawn_blocking(move || producer.commit_transaction(TXN_TIMEOUT))
-                .await
+        let marker = self.round_marker();
+        let committed = tokio::task::spawn_blocking(move || {
+            if let Some((consumer, tpl)) = marker {
+                let group = consumer
+                    .group_metadata()
+                    .ok_or("no group metadata for the round marker")?;
+                producer
+                    .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
+                    .map_err(|e| format!("recording the round: {e}"))?;
+            }
+            producer
+                .commit_transaction(TXN_TIMEOUT)
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r: Result<(), String>| r);
         if let Err(e) = committed {
             return Some(format!("committing the mirror's transaction failed: {e}"));
         }
@@ -777,7 +1010,28 @@ impl Mirror {
             self.open = true;
         }
         self.pages += 1;
-        let (deliveries, delivered, failures) = produce(
+        // At a takeover: what the previous holder committed in its last
+        // round is in Kafka already; acknowledged with this round.
+        let mut already = Vec::new();
+        let entries = if self.committed_before.is_empty() {
+            entries
+        } else {
+            let (done, rest): (Vec<LogEntry>, Vec<LogEntry>) = entries.into_iter().partition(|e| {
+                matches!(
+                    (self.committed_before.get(&*e.entry.stream), entry_key(&e.entry.id)),
+                    (Some((first, last)), Some(k)) if *first <= k && k <= *last
+                )
+            });
+            if !done.is_empty() {
+                tracing::info!(
+                    entries = done.len(),
+                    "mirror: entries the previous holder committed but did not acknowledge; acknowledged without producing them again"
+                );
+            }
+            already.extend(done.into_iter().map(|e| e.entry));
+            rest
+        };
+        let (deliveries, mut delivered, failures) = produce(
             self.current(),
             &entries,
             &Context {
@@ -791,6 +1045,7 @@ impl Mirror {
             },
         )
         .await;
+        delivered.append(&mut already);
         self.in_flight.push_back(tokio::spawn(async move {
             let mut page = Settled {
                 delivered,
@@ -1014,11 +1269,41 @@ pub async fn report_lag(
 
 #[cfg(test)]
 mod tests {
-    use super::partition_for;
+    use super::*;
 
     /// A partition takes the entries of one Redis shard only (the shard is
     /// `stable_hash(key) % shards`), so it keeps the shard's order: with as
     /// many partitions as shards, or a multiple.
+    #[test]
+    fn a_rounds_ranges_survive_the_marker_chunks() {
+        let entry = |stream: &str, id: &str| EntryRef {
+            stream: Arc::from(stream),
+            id: id.to_owned(),
+        };
+        let mut entries = vec![
+            entry("inkstream:events:writing:3", "1796383861742-12"),
+            entry("inkstream:events:writing:3", "1796383861742-2"),
+            entry("inkstream:events:writing:3", "1796383900000-0"),
+            entry("inkstream:events:system:0", "17"),
+        ];
+        // Enough streams to need several chunks.
+        for s in 0..200 {
+            entries.push(entry(&format!("inkstream:events:analytics:{s}"), "5-1"));
+        }
+        let chunks = encode_ranges(&entries);
+        assert!(chunks.len() > 1, "200 streams do not fit one chunk");
+        assert!(chunks.iter().all(|c| c.len() <= MARK_CHUNK_BYTES));
+        let ranges = decode_ranges(chunks.iter().map(String::as_str));
+        assert_eq!(ranges.len(), 202);
+        // Numerically, not as strings: -2 is before -12.
+        assert_eq!(
+            ranges["inkstream:events:writing:3"],
+            ((1796383861742, 2), (1796383900000, 0))
+        );
+        assert_eq!(ranges["inkstream:events:system:0"], ((17, 0), (17, 0)));
+        assert_eq!(entry_key("x-1"), None);
+    }
+
     #[test]
     fn each_partition_takes_one_shard() {
         let shards = 8u64;

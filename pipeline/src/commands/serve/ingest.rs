@@ -73,6 +73,7 @@ impl Ingest {
                 // at once (and fences one that lost the lease). Otherwise
                 // one per instance: mirrors running side by side must not
                 // fence each other.
+                mc.record_rounds = under_lease;
                 mc.transactional_id = Some(if under_lease {
                     format!("{}.{}", config.redis.prefix, mc.group)
                 } else {
