@@ -36,7 +36,12 @@
 //! `init_transactions` aborts its dead predecessor's open transaction at
 //! once (and fences a holder that lost the lease) instead of holding every
 //! `read_committed` reader at the last stable offset for
-//! `transaction.timeout.ms`. Cost: records are visible per round, a few ms
+//! `transaction.timeout.ms`. With `record_rounds` each round's transaction
+//! also records, per stream, its first and last entry id (offset metadata of
+//! the producer's marker group); the next holder reads the last committed
+//! round and acknowledges the pending entries within it without producing
+//! them again (its predecessor died between the commit and the XACK).
+//! Cost: records are visible per round, a few ms
 //! later than without (measured in docs/BENCHMARKS.md). Without a
 //! transactional id the producer is only idempotent (brokers or services
 //! without transactions) and the reordering above can happen.
