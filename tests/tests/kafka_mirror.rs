@@ -81,6 +81,30 @@ async fn consume(
     seen
 }
 
+/// [`consume`] until every event of `all` was seen; fails naming the
+/// missing ones.
+async fn consume_every(
+    brokers: &str,
+    prefix: &str,
+    all: &[Value],
+    timeout: Duration,
+) -> HashMap<String, (Vec<rdkafka::message::OwnedMessage>, usize)> {
+    let every: HashSet<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = consume(brokers, prefix, &every, timeout).await;
+    let missing: Vec<&String> = every.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} missing, e.g. {:?}",
+        missing.len(),
+        every.len(),
+        &missing[..missing.len().min(5)]
+    );
+    seen
+}
+
 #[tokio::test]
 async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
     let brokers = kafka_brokers();
@@ -336,19 +360,7 @@ async fn a_mirror_killed_mid_batch_is_taken_over_by_another_instance() {
     let _ = doomed.child.wait();
     assert_eq!(ingest(&survivor, &all[2000..]).await, 202);
     wait_metric(&survivor, "inkstream_mirror_active", 1.0, 60).await;
-    let every: HashSet<String> = all
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
-    let seen = consume(&kafka.brokers(), &prefix, &every, Duration::from_secs(120)).await;
-    let missing: Vec<&String> = every.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} missing, e.g. {:?}",
-        missing.len(),
-        every.len(),
-        &missing[..missing.len().min(5)]
-    );
+    let seen = consume_every(&kafka.brokers(), &prefix, &all, Duration::from_secs(120)).await;
     for (id, (copies, _)) in &seen {
         for c in copies {
             assert_eq!(
@@ -499,19 +511,7 @@ async fn pages_that_fail_during_an_outage_are_never_overtaken_by_later_ones() {
     // The broker returns while ingest goes on.
     kafka.restart();
     post(all.len()).await;
-    let every: HashSet<String> = all
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
-    let seen = consume(&kafka.brokers(), &prefix, &every, Duration::from_secs(180)).await;
-    let missing: Vec<&String> = every.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} missing, e.g. {:?}",
-        missing.len(),
-        every.len(),
-        &missing[..missing.len().min(5)]
-    );
+    let seen = consume_every(&kafka.brokers(), &prefix, &all, Duration::from_secs(180)).await;
     // Per partition, the first copies in offset order follow the ingest
     // order (the ids are numbered in it).
     let mut partitions: HashMap<(String, i32), Vec<(i64, &str)>> = HashMap::new();

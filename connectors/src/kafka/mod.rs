@@ -10,6 +10,7 @@
 pub mod derived;
 pub mod mirror;
 pub mod registry;
+mod rounds;
 pub mod security;
 pub mod source;
 
