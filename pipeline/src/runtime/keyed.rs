@@ -126,6 +126,10 @@ struct Instance<C: Core> {
     cap: Option<Capability<u64>>,
     time: EventTime,
     order: Order,
+    /// Checkpoints without `flush_at_end` (`serve`): whoever resumes reads
+    /// again what followed the last checkpoint, so the end of input fires
+    /// nothing past the last frontier (see [`Instance::advance`]).
+    resumable: bool,
     out: Vec<Event>,
 }
 
@@ -163,10 +167,29 @@ impl<C: Core> Instance<C> {
 
     /// Does the work due before `target` (`None`: the input ended) and
     /// moves the held capability to it.
+    ///
+    /// The end of input (`None`) in `serve` with checkpoints is a stop, not
+    /// the end of time: the frontier never passed what is parked, and the
+    /// log entries after the last completed checkpoint were not
+    /// acknowledged. Taking the parked records in and firing their epochs'
+    /// deadlines would publish outputs derived from part of their input
+    /// (an event not yet read can still belong to those epochs), which the
+    /// instance that resumes derives again, in full, with the same ids and
+    /// other contents. So nothing more is observed or fired: the
+    /// capability is dropped and the next holder derives those outputs
+    /// once. (Flink, likewise, cancels a job for failover without firing
+    /// its timers; only replay's `flush_at_end` closes everything.)
     fn advance(&mut self, output: &mut EventOutput<'_>, target: Option<u64>) {
         let Some(floor) = self.cap.as_ref() else {
             return;
         };
+        if target.is_none() && self.resumable {
+            self.pending = EpochBuffer::default();
+            self.held.clear();
+            self.cap = None;
+            self.out.clear();
+            return;
+        }
         // Work due before `target`, in event-time order.
         while let Some((t, mut items)) = self.pending.pop_ready(target) {
             C::sort_epoch(&mut items);
@@ -236,6 +259,7 @@ where
                     cap: Some(initial),
                     time,
                     order,
+                    resumable: ckpt.is_some() && !time.flush_at_end,
                     out: Vec::new(),
                 };
                 if let Some(c) = ckpt.as_ref() {
@@ -282,10 +306,11 @@ where
                             _ => None,
                         };
                         let Some(b) = barrier else {
-                            if f.is_none() {
+                            if f.is_none() && !me.resumable {
                                 // Input ended: no barrier will come, and a
                                 // held container keeps its capability (the
-                                // dataflow would never finish). Take them in.
+                                // dataflow would never finish). Take them in
+                                // (when resumable, `advance` drops them).
                                 me.release(output, u64::MAX);
                             }
                             me.advance(output, f);
@@ -338,6 +363,112 @@ mod tests {
                 source: Default::default(),
             }),
         }
+    }
+
+    /// Runs the sessions operator as `serve` does (no `flush_at_end`),
+    /// with or without checkpoints, over `events`, then ends the input:
+    /// the ids and times of what it derived.
+    fn sessions_until_input_ends(checkpoints: bool, events: Vec<Event>) -> Vec<(String, i64)> {
+        use crate::operators::sessions::Sessions;
+        let dir = std::env::temp_dir().join(format!(
+            "inkstream-keyed-stop-{}-{checkpoints}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = checkpoints
+            .then(|| {
+                Checkpoints::open(
+                    &CheckpointConfig {
+                        dir: Some(dir.clone()),
+                        interval: std::time::Duration::from_secs(1),
+                        store: None,
+                    },
+                    100,
+                    crate::runtime::checkpoint::Layout {
+                        workers: 1,
+                        processes: 1,
+                    },
+                )
+                .unwrap()
+            })
+            .flatten()
+            .map(Arc::new);
+        let sink = Arc::new(VecSink::default());
+        let s2 = sink.clone();
+        timely::execute_directly(move |worker| {
+            let ctx = OperatorCtx {
+                checkpoints: ckpt.clone(),
+                ..OperatorCtx::plain(EventTime {
+                    epoch_ms: 100,
+                    flush_at_end: false,
+                })
+            };
+            let config = Config::default();
+            let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {
+                s.keyed(Sessions::new(&config.sessions, &config.flow), &ctx)
+            });
+            let mut driver = driver.unwrap();
+            driver.push(events);
+            for _ in 0..100 {
+                worker.step();
+            }
+            driver.close();
+            let mut steps = 0;
+            while !probe.done() {
+                worker.step();
+                steps += 1;
+                assert!(steps < 10_000, "the dataflow never finishes");
+            }
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = sink.0.lock().unwrap();
+        out.iter()
+            .map(|e| {
+                (
+                    format!("{}:{}", e.user_id.as_deref().unwrap_or(""), e.event_type()),
+                    e.ts,
+                )
+            })
+            .collect()
+    }
+
+    /// The 1 M chaos run's 3 differing derived events: an instance that lost
+    /// the lease stopped its input, took in the records parked past the
+    /// frontier and fired their deadlines, and so published a flow entry
+    /// whose WPM missed words not yet read; the next holder derived it
+    /// again, from the checkpoint, with all of them. With checkpoints, the
+    /// end of input in `serve` fires nothing past the frontier.
+    #[test]
+    fn a_stop_with_checkpoints_fires_nothing_past_the_frontier() {
+        let at = |user: &str, id: &str, ts: i64| Event {
+            user_id: Some(user.into()),
+            ..ks(id, ts)
+        };
+        // Disorder 2 s: after the event at 10 s the frontier is at 8 s, so
+        // u1's event at 0 is taken in, u2's at 10 s stays parked.
+        let events = || vec![at("u1", "a", 0), at("u2", "b", 10_000)];
+        let stopped = sessions_until_input_ends(true, events());
+        assert!(
+            stopped
+                .iter()
+                .any(|(k, ts)| k == "u1:writing.session_started" && *ts == 0),
+            "what the frontier passed is derived: {stopped:?}"
+        );
+        assert!(
+            stopped
+                .iter()
+                .all(|(k, ts)| !k.starts_with("u2:") && *ts < 8_000),
+            "nothing past the frontier (8 s) is derived at a stop: {stopped:?}"
+        );
+        // Without checkpoints nothing is read again, so a stop drains: the
+        // parked event is taken in (and its entry then acknowledged).
+        let drained = sessions_until_input_ends(false, events());
+        assert!(
+            drained
+                .iter()
+                .any(|(k, ts)| k == "u2:writing.session_started" && *ts == 10_000),
+            "without checkpoints the stop drains what is parked: {drained:?}"
+        );
     }
 
     #[test]
