@@ -426,3 +426,81 @@ async fn a_pending_backlog_is_read_back_page_by_page() {
     expected.sort();
     assert_eq!(seen, expected, "every pending entry once, none twice");
 }
+
+/// The 1 M chaos run: after Redis reloaded its AOF, XINFO GROUPS reported
+/// `lag` 10,000 on streams the mirror group had read to the end (nothing
+/// pending), so `inkstream_mirror_lag_events` never went back to 0. The
+/// group's `entries-read` counter is set wrong here on purpose (XGROUP SETID
+/// … ENTRIESREAD), then an entry is deleted (Redis can no longer tell the
+/// lag: nil).
+#[tokio::test]
+async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
+    let prefix = unique("lag");
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let events: Vec<Event> = (0..6)
+        .map(|i| ev(&format!("e{i}"), "writing.keystroke", "u1"))
+        .collect();
+    let refs = log.append("app", &events).await.unwrap();
+    let stream = refs[0].entry.stream.to_string();
+    let got = log
+        .read_new("g", "c1", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 6, "all six read");
+    let entries: Vec<_> = got.iter().map(|e| e.entry.clone()).collect();
+    log.ack("g", &entries).await.unwrap();
+    assert_eq!(
+        log.group_lag("g").await.unwrap(),
+        (0, None),
+        "read and acknowledged"
+    );
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let last = refs[5].entry.id.clone();
+    // Read to the last entry, but Redis believes 2 of 6 were read: lag 4.
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg("g")
+        .arg(&last)
+        .arg("ENTRIESREAD")
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let info: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        info[0].get("lag"),
+        Some(&redis::Value::Int(4)),
+        "Redis miscounts: {info:?}"
+    );
+    assert_eq!(
+        log.group_lag("g").await.unwrap(),
+        (0, None),
+        "nothing follows the last delivered id: lag 0 whatever Redis counts"
+    );
+
+    // Three unread entries, one of them deleted before it was read: Redis
+    // cannot tell the lag (nil); the unread ones are counted.
+    let more: Vec<Event> = (6..9)
+        .map(|i| ev(&format!("e{i}"), "writing.keystroke", "u1"))
+        .collect();
+    let more = log.append("app", &more).await.unwrap();
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&more[1].entry.id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (lag, oldest) = log.group_lag("g").await.unwrap();
+    assert_eq!(lag, 2, "the two unread entries left");
+    let first_ms: u64 = more[0].entry.id.split('-').next().unwrap().parse().unwrap();
+    assert_eq!(oldest, Some(first_ms), "the oldest unread entry's time");
+}

@@ -7,10 +7,28 @@
 //!
 //! - **At least once** (default): events are produced as they are derived
 //!   (idempotent producer). A checkpoint completes only once the producer
-//!   has flushed and no delivery failed since start; after a failed or
-//!   dropped delivery no checkpoint completes until a restart replays the
-//!   events from the last one. A replay re-produces what followed the last
-//!   checkpoint: duplicates, with identical (deterministic) ids.
+//!   has flushed and no delivery failed since start. A replay re-produces
+//!   what followed the last checkpoint: duplicates, with identical
+//!   (deterministic) ids.
+//!
+//!   **With checkpoints** ([`Backpressure::Wait`]) nothing is given up
+//!   while the broker is away: librdkafka retries a delivery for as long as
+//!   it takes (`message.timeout.ms` = 0) and a full queue makes the dataflow
+//!   wait for room, as Flink's backpressure does, so memory stays bounded
+//!   by the queue. Checkpoints wait for the broker (each attempt fails with
+//!   [`DeliveryError::Pending`]) and complete once it is back. Before, a
+//!   queue full for 5 s dropped the event, and no checkpoint could complete
+//!   again until a restart (the 1 M chaos run: 3 events dropped in a 23 s
+//!   outage). Once the instance stops ([`DerivedProducer::stop_waiting`])
+//!   a full queue drops again: what follows the last checkpoint is derived
+//!   again by whoever resumes. A delivery can still fail for good (a
+//!   record the broker refuses): then no checkpoint completes until a
+//!   restart replays it, and the error says so.
+//!
+//!   **Without checkpoints** ([`Backpressure::Drop`]) a queue full for 5 s
+//!   drops the event (counted) and a delivery fails after librdkafka's
+//!   default 5 min, so that the dataflow and the WebSocket fanout never
+//!   stall on the broker; nothing replays what is lost.
 //! - **Exactly once**: a transactional producer (Flink's two-phase
 //!   `KafkaSink` pattern). Events are buffered by dataflow time; at
 //!   checkpoint `b`, those stamped before `b` are produced in one transaction
@@ -74,6 +92,18 @@ pub enum Delivery {
     ExactlyOnce {
         transactional_id: String,
     },
+}
+
+/// What a full producer queue does to the dataflow (at least once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Deliver for as long as it takes and wait for room in the queue:
+    /// with checkpoints (giving an event up would keep every later
+    /// checkpoint from completing).
+    Wait,
+    /// After 5 s of a full queue, drop the event (counted): without
+    /// checkpoints.
+    Drop,
 }
 
 /// Counts delivery reports.
@@ -143,6 +173,9 @@ pub struct DerivedProducer {
     mode: Mode,
     schema_ids: super::registry::SchemaIds,
     metrics: Metrics,
+    backpressure: Backpressure,
+    /// Set by [`DerivedProducer::stop_waiting`]: the instance is stopping.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl DerivedProducer {
@@ -153,12 +186,26 @@ impl DerivedProducer {
         brokers: &super::Brokers,
         metrics: Metrics,
         delivery: &Delivery,
+        backpressure: Backpressure,
     ) -> Result<DerivedProducer, super::KafkaError> {
         let mut config = client_config(brokers);
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5");
+        // Exactly once already loses nothing (a failed transaction is
+        // aborted and its events committed by the next checkpoint), and a
+        // transactional producer's deliveries must time out within its
+        // transaction: waiting is for at least once.
+        let backpressure = match delivery {
+            Delivery::AtLeastOnce => backpressure,
+            Delivery::ExactlyOnce { .. } => Backpressure::Drop,
+        };
+        if backpressure == Backpressure::Wait {
+            // No delivery times out: the queue holds what the broker has
+            // not taken, and a full queue holds the dataflow back.
+            config.set("message.timeout.ms", "0");
+        }
         let mode = match delivery {
             Delivery::AtLeastOnce => Mode::AtLeastOnce(producer(&config, &metrics)?),
             Delivery::ExactlyOnce { transactional_id } => {
@@ -202,7 +249,15 @@ impl DerivedProducer {
             mode,
             schema_ids: brokers.schema_ids.clone(),
             metrics,
+            backpressure,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The instance is stopping: a full queue no longer waits (see the
+    /// module doc). Call before the dataflow drains.
+    pub fn stop_waiting(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// At shutdown, after the dataflow drained: at least once, waits until
@@ -336,7 +391,9 @@ impl DerivedProducer {
         };
         let schema_id = schema_id.to_string();
         let key = event.partition_key().to_owned();
-        for _ in 0..1000 {
+        let started = std::time::Instant::now();
+        let mut warned = started;
+        loop {
             let headers = super::event_headers(event, schema_id.as_str());
             let record = BaseRecord::to(&topic)
                 .key(&key)
@@ -350,16 +407,30 @@ impl DerivedProducer {
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
                     ),
                     _,
-                )) => std::thread::sleep(Duration::from_millis(5)),
+                )) => {}
                 Err((e, _)) => {
                     tracing::warn!(error = %e, %topic, "cannot enqueue a derived event");
                     return Err(e);
                 }
             }
+            let waited = started.elapsed();
+            let wait =
+                self.backpressure == Backpressure::Wait && !self.stopping.load(Ordering::Relaxed);
+            if !wait && waited >= Duration::from_secs(5) {
+                break;
+            }
+            if wait && warned.elapsed() >= Duration::from_secs(5) {
+                warned = std::time::Instant::now();
+                tracing::warn!(
+                    waited_s = waited.as_secs(),
+                    "the derived producer's queue is full (broker unreachable?); the dataflow waits for room"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        // A broker down for long: the dataflow must not stall (WebSocket
-        // fanout depends on it); the checkpoint fails and a restart
-        // re-derives the event.
+        // Without checkpoints the dataflow must not stall on the broker
+        // (WebSocket fanout depends on it); at a stop, what followed the
+        // last checkpoint is derived again by whoever resumes.
         self.metrics
             .derived_produced
             .with_label_values(&["dropped"])

@@ -228,6 +228,11 @@ async fn drain(
     grace: Duration,
 ) {
     let _ = stop_tx.send(true);
+    // A derived producer waiting for room (broker down) stops waiting: what
+    // follows the last checkpoint is derived again by whoever resumes.
+    if let Some(p) = &derived {
+        p.stop_waiting();
+    }
     // The lease task ends at the stop signal; after it, what runs is final.
     let (running, lease, keep_until_drained) = dataflow.settle().await;
     let (bridge, sources, notifier_task) = match running {

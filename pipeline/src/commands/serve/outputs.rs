@@ -9,7 +9,7 @@ use crate::dataflow::{DerivedSink, SinkError};
 use crate::file_sink::FileSink;
 use connectors::event_log::EmbeddedLog;
 use connectors::event_log::redis::{RedisLog, RedisLogConfig};
-use connectors::kafka::derived::{Delivery, DerivedProducer};
+use connectors::kafka::derived::{Backpressure, Delivery, DerivedProducer};
 use connectors::notifier::NotifierHandle;
 use connectors::view_store::{ViewFeed, ViewStore, ViewStoreConfig};
 use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
@@ -142,10 +142,22 @@ impl Outputs {
                         ),
                     },
                 };
+                // With checkpoints nothing may be given up (no later
+                // checkpoint could complete): delivery and a full queue wait.
+                let checkpointed = config
+                    .checkpoint
+                    .resolved(config.redis.url.is_some())
+                    .is_some();
+                let backpressure = if checkpointed {
+                    Backpressure::Wait
+                } else {
+                    Backpressure::Drop
+                };
                 Some(Arc::new(DerivedProducer::new(
                     brokers,
                     metrics.clone(),
                     &delivery,
+                    backpressure,
                 )?))
             }
             _ => None,
