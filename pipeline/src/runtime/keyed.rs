@@ -365,14 +365,30 @@ mod tests {
         }
     }
 
-    /// Runs the sessions operator as `serve` does (no `flush_at_end`),
-    /// with or without checkpoints, over `events`, then ends the input:
-    /// the ids and times of what it derived.
-    fn sessions_until_input_ends(checkpoints: bool, events: Vec<Event>) -> Vec<(String, i64)> {
-        use crate::operators::sessions::Sessions;
+    /// Wires one keyed operator, configured from the [`Config`].
+    type OneOperator = for<'s> fn(
+        Stream<'s, u64, Vec<crate::runtime::Record>>,
+        &Config,
+        &OperatorCtx,
+    ) -> Stream<'s, u64, Vec<Event>>;
+
+    /// One keyed operator (`operator`, the Config's) in a one-worker
+    /// dataflow, with checkpoints (1 s of event time, epochs of 100 ms) or
+    /// without: pushes each of `batches` (stepping `steps` times after
+    /// each), ends the input and steps until the dataflow is done. What the
+    /// operator derived.
+    fn until_input_ends(
+        checkpoints: bool,
+        flush_at_end: bool,
+        batches: Vec<Vec<Event>>,
+        steps: usize,
+        operator: OneOperator,
+    ) -> Vec<Event> {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "inkstream-keyed-stop-{}-{checkpoints}",
-            std::process::id()
+            "inkstream-keyed-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let ckpt = checkpoints
@@ -400,17 +416,19 @@ mod tests {
                 checkpoints: ckpt.clone(),
                 ..OperatorCtx::plain(EventTime {
                     epoch_ms: 100,
-                    flush_at_end: false,
+                    flush_at_end,
                 })
             };
             let config = Config::default();
             let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {
-                s.keyed(Sessions::new(&config.sessions, &config.flow), &ctx)
+                operator(s, &config, &ctx)
             });
             let mut driver = driver.unwrap();
-            driver.push(events);
-            for _ in 0..100 {
-                worker.step();
+            for batch in batches {
+                driver.push(batch);
+                for _ in 0..steps {
+                    worker.step();
+                }
             }
             driver.close();
             let mut steps = 0;
@@ -422,14 +440,24 @@ mod tests {
         });
         let _ = std::fs::remove_dir_all(&dir);
         let out = sink.0.lock().unwrap();
-        out.iter()
-            .map(|e| {
-                (
-                    format!("{}:{}", e.user_id.as_deref().unwrap_or(""), e.event_type()),
-                    e.ts,
-                )
-            })
-            .collect()
+        out.clone()
+    }
+
+    /// The sessions operator as `serve` runs it (no `flush_at_end`), with or
+    /// without checkpoints, until its input ends: who and what it derived, when.
+    fn sessions_until_input_ends(checkpoints: bool, events: Vec<Event>) -> Vec<(String, i64)> {
+        use crate::operators::sessions::Sessions;
+        until_input_ends(checkpoints, false, vec![events], 100, |s, config, ctx| {
+            s.keyed(Sessions::new(&config.sessions, &config.flow), ctx)
+        })
+        .iter()
+        .map(|e| {
+            (
+                format!("{}:{}", e.user_id.as_deref().unwrap_or(""), e.event_type()),
+                e.ts,
+            )
+        })
+        .collect()
     }
 
     /// The 1 M chaos run's 3 differing derived events: an instance that lost
@@ -473,65 +501,24 @@ mod tests {
 
     #[test]
     fn containers_held_for_a_barrier_are_taken_in_when_the_input_ends_first() {
-        let dir = std::env::temp_dir().join(format!("inkstream-keyed-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ckpt = Checkpoints::open(
-            &CheckpointConfig {
-                dir: Some(dir.clone()),
-                interval: std::time::Duration::from_secs(1),
-                store: None,
-            },
-            100,
-            crate::runtime::checkpoint::Layout {
-                workers: 1,
-                processes: 1,
-            },
-        )
-        .unwrap()
-        .map(Arc::new);
-        let sink = Arc::new(VecSink::default());
-        let s2 = sink.clone();
-        timely::execute_directly(move |worker| {
-            let ctx = OperatorCtx {
-                checkpoints: ckpt.clone(),
-                ..OperatorCtx::plain(EventTime {
-                    epoch_ms: 100,
-                    flush_at_end: true,
-                })
-            };
-            let config = Config::default();
-            let (driver, probe) = install_graph(worker, &config, s2, true, ckpt, |s| {
-                s.keyed(
-                    LiveWpm::new(&LiveWpmConfig {
-                        min_interval: std::time::Duration::ZERO,
-                        ..LiveWpmConfig::default()
-                    }),
-                    &ctx,
-                )
-            });
-            let mut driver = driver.unwrap();
-            // The first batch moves the input past the first barriers; the
-            // second is stamped after them and must wait for the operator's
-            // frontier to reach a barrier — but the input ends first, with
-            // no step in between.
-            driver.push(vec![ks("a", 0), ks("b", 5_000)]);
-            driver.push(vec![ks("c", 5_100), ks("d", 5_200)]);
-            driver.close();
-            let mut steps = 0;
-            while !probe.done() {
-                worker.step();
-                steps += 1;
-                assert!(steps < 10_000, "the dataflow never finishes");
-            }
+        // The first batch moves the input past the first barriers; the
+        // second is stamped after them and must wait for the operator's
+        // frontier to reach a barrier — but the input ends first, with no
+        // step in between.
+        let batches = vec![
+            vec![ks("a", 0), ks("b", 5_000)],
+            vec![ks("c", 5_100), ks("d", 5_200)],
+        ];
+        let out = until_input_ends(true, true, batches, 0, |s, _, ctx| {
+            s.keyed(
+                LiveWpm::new(&LiveWpmConfig {
+                    min_interval: std::time::Duration::ZERO,
+                    ..LiveWpmConfig::default()
+                }),
+                ctx,
+            )
         });
-        let ids: Vec<String> = sink
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.id.clone())
-            .collect();
+        let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), 4, "every event was taken in: {ids:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
