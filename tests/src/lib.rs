@@ -348,6 +348,27 @@ impl PrivateKafka {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing
+    /// sent to it is answered — a hung broker or a partition, not a crash.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let child = self.child.as_ref().expect("a running broker");
+        let status = Command::new("kill")
+            .arg(which)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {which} of the broker failed");
+    }
+
     /// Stops the broker at once (SIGKILL, like a crash); its data stays.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -552,3 +552,51 @@ async fn pages_that_fail_during_an_outage_are_never_overtaken_by_later_ones() {
         "the outage failed no delivery"
     );
 }
+
+/// SIGTERM with the broker hung (frozen: connections open, nothing
+/// answered): the drain cannot commit the dataflow's Kafka offsets
+/// (librdkafka's synchronous commit has no deadline) nor the mirror's
+/// round, yet `serve` exits within its bounds (the source's last commit
+/// waits 10 s; the records since the previous commit are read again at the
+/// next start).
+#[tokio::test]
+async fn a_shutdown_with_the_broker_hung_ends_instead_of_waiting_for_it() {
+    let kafka = PrivateKafka::start();
+    let prefix = unique("gone");
+    let mut server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        &format!("kafka.dataflow_group=\"{prefix}-g\""),
+    ])
+    .await;
+    let batch = events(&prefix, 300);
+    assert_eq!(ingest(&server, &batch).await, 202);
+    // The dataflow has read them from the topics: its source holds offsets
+    // to commit.
+    wait_metric_until(
+        &server,
+        "inkstream_dataflow_source_records_total",
+        "≥ 300",
+        |v| v >= 300.0,
+        120,
+    )
+    .await;
+    kafka.freeze();
+    let began = Instant::now();
+    let status = server.terminate(Duration::from_secs(180));
+    kafka.thaw();
+    assert!(
+        status.is_some(),
+        "serve had not exited 180 s after SIGTERM with the broker hung"
+    );
+    eprintln!(
+        "serve exited {:.1} s after SIGTERM with the broker hung: {:?}",
+        began.elapsed().as_secs_f64(),
+        status
+    );
+}

@@ -46,6 +46,9 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// check fails, and the source is not caught up).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest the source's last offset commit may hold a shutdown.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Settings of the Kafka source.
 #[derive(Debug, Clone)]
 pub struct KafkaSourceConfig {
@@ -413,10 +416,34 @@ pub async fn run(
     if let Some((_, pending)) = check.take() {
         let _ = pending.await;
     }
-    // The dataflow drains; commit what it reports, synchronously so the
-    // commits are on the broker before the process exits.
+    // The dataflow drains; commit what it reports in one synchronous
+    // commit at the end, so the offsets are on the broker before the process
+    // exits. librdkafka's synchronous commit has no deadline (with the
+    // broker gone it waits for ever), so it runs off the runtime's workers
+    // and the drain waits for it at most FINAL_COMMIT_TIMEOUT: after that
+    // the records since the last commit are read again at the next start
+    // (at-least-once; consumers deduplicate by event id).
+    let mut done_all = Vec::new();
     while let Some(done) = processed.recv().await {
-        commit_with(&consumer, &mut progress, &done, CommitMode::Sync);
+        done_all.extend(done);
+    }
+    let c = consumer.clone();
+    let commit = tokio::task::spawn_blocking(move || {
+        commit_with(&c, &mut progress, &done_all, CommitMode::Sync)
+    });
+    if tokio::time::timeout(FINAL_COMMIT_TIMEOUT, commit)
+        .await
+        .is_err()
+    {
+        metrics
+            .log_errors
+            .with_label_values(&["kafka", "commit"])
+            .inc();
+        tracing::warn!(
+            timeout_ms = FINAL_COMMIT_TIMEOUT.as_millis() as u64,
+            "kafka source: the last offsets were not committed in time (broker unreachable?); \
+             records since the previous commit are read again at the next start"
+        );
     }
 }
 

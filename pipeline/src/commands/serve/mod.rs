@@ -127,8 +127,15 @@ impl ServeArgs {
 /// `inkstream serve`: [`run`] on a multi-threaded runtime until SIGINT or SIGTERM.
 pub fn main(config: Config) -> Result<(), ServeError> {
     let runtime = super::async_runtime()?;
-    runtime.block_on(run(config, shutdown_signal(), |_| {}))
+    let result = runtime.block_on(run(config, shutdown_signal(), |_| {}));
+    // `run` has drained; what is left is a task stuck in a client library's
+    // blocking call on a service that is gone. It must not hold the exit.
+    runtime.shutdown_timeout(LEFTOVER_TASKS_TIMEOUT);
+    result
 }
+
+/// How long the exit waits for tasks still running after the drain.
+const LEFTOVER_TASKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
