@@ -88,6 +88,11 @@ pub struct Metrics {
     pub mirror_active: IntGauge,
     /// Age of the oldest entry not yet in Kafka, seconds.
     pub mirror_lag_seconds: prometheus::Gauge,
+    /// A mirror round: its first page produced → its entries acknowledged
+    /// in the log (with transactions: after the commit).
+    pub mirror_round_seconds: Histogram,
+    /// The mirror's transaction commit (with the round marker).
+    pub mirror_commit_seconds: Histogram,
     /// Kafka connections refused: SASL credentials (`sasl`) or the TLS
     /// handshake (`tls`), by client (`check`, `source`, `derived`).
     pub kafka_auth_failures: IntCounterVec,
@@ -290,6 +295,21 @@ impl Metrics {
                 "inkstream_mirror_lag_seconds",
                 "Age of the oldest log entry not yet delivered to Kafka.",
             )?,
+            mirror_round_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "inkstream_mirror_round_duration_seconds",
+                    "A mirror round: its first page produced to its entries acknowledged in the \
+                     log (transactional: after the commit).",
+                )
+                .buckets(latency.clone()),
+            )?,
+            mirror_commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "inkstream_mirror_commit_duration_seconds",
+                    "The mirror's Kafka transaction commit (with its round marker).",
+                )
+                .buckets(latency.clone()),
+            )?,
             kafka_auth_failures: IntCounterVec::new(
                 Opts::new(
                     "inkstream_kafka_auth_failures_total",
@@ -424,6 +444,8 @@ impl Metrics {
         r.register(Box::new(m.mirror_dead_lettered.clone()))?;
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
+        r.register(Box::new(m.mirror_round_seconds.clone()))?;
+        r.register(Box::new(m.mirror_commit_seconds.clone()))?;
         r.register(Box::new(m.mirror_active.clone()))?;
         r.register(Box::new(m.kafka_auth_failures.clone()))?;
         r.register(Box::new(m.auth_failures.clone()))?;

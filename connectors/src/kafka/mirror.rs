@@ -22,9 +22,13 @@
 //! consumer's list, so those pages are settled before the next read.
 //!
 //! **Transactional rounds** (`transactional_id` set; `serve`'s default).
-//! The pages of a round (up to `in_flight`, or fewer when the mirror has
-//! caught up) are produced in one Kafka transaction; the round's entries are
-//! acknowledged only after it commits. When any record of a round fails
+//! A round's pages are produced in one Kafka transaction; the round's
+//! entries are acknowledged only after it commits. While the mirror keeps up
+//! a round is one page, committed as soon as it is delivered (its records
+//! become visible to `read_committed` readers without waiting for later
+//! reads); a backlog's round takes up to `in_flight` pages (fewer commits).
+//! A page is full — a backlog — when some stream filled its share of the
+//! read (`batch` entries per stream on Redis). When any record of a round fails
 //! (broker down longer than the delivery timeout, a broker restart, a
 //! poison record) the whole transaction is aborted and the round is produced
 //! again from its oldest entry. `read_committed` consumers (librdkafka's and
@@ -320,6 +324,9 @@ struct Mirror {
     markers: Option<(Arc<BaseConsumer>, Arc<BaseConsumer>)>,
     /// The last round's number, recorded with its ranges.
     round: i64,
+    /// When the round's first page was produced (none produced since the
+    /// last acknowledgement: `None`).
+    round_began: Option<Instant>,
     /// Until the takeover is over: the previous holder's last committed
     /// round, per stream its first and last entry id. Entries within are in
     /// Kafka already: acknowledged without producing them again.
@@ -428,6 +435,7 @@ pub async fn run(
         broken: false,
         markers: None,
         round: 0,
+        round_began: None,
         committed_before: HashMap::new(),
     };
     if m.config.record_rounds
@@ -514,7 +522,16 @@ pub async fn run(
             failed = m.commit().await;
             continue;
         }
-        if transactional && m.pages >= max_in_flight {
+        // A live round is one page: its records become visible to
+        // `read_committed` readers as soon as they are delivered (reading
+        // more pages into it would hold the first page's records back by
+        // every later read and produce). A backlog's round takes
+        // `in_flight` pages: fewer commits.
+        let round_pages = match m.mode {
+            Mode::Live => 1,
+            Mode::Bulk => max_in_flight,
+        };
+        if transactional && m.pages >= round_pages {
             // A full round: commit it, then start the next.
             failed = m.commit().await;
             continue;
@@ -600,7 +617,8 @@ pub async fn run(
             }
             continue;
         }
-        let mode = if entries.len() >= config.batch {
+        let per_stream = matches!(m.log, EventLog::Redis(_));
+        let mode = if full_page(&entries, config.batch, per_stream) {
             Mode::Bulk
         } else {
             Mode::Live
@@ -742,6 +760,7 @@ impl Mirror {
         use rdkafka::producer::Producer;
         let producer = self.current().clone();
         let marker = self.round_marker();
+        let began = Instant::now();
         let committed = tokio::task::spawn_blocking(move || {
             if let Some((consumer, tpl)) = marker {
                 let group = consumer.group_metadata().ok_or_else(|| {
@@ -757,6 +776,9 @@ impl Mirror {
         if let Err(e) = committed {
             return Some(format!("committing the mirror's transaction failed: {e}"));
         }
+        self.metrics
+            .mirror_commit_seconds
+            .observe(began.elapsed().as_secs_f64());
         self.open = false;
         self.pages = 0;
         self.metrics
@@ -764,7 +786,17 @@ impl Mirror {
             .inc_by(std::mem::take(&mut self.uncommitted_dead));
         let delivered = std::mem::take(&mut self.uncommitted);
         self.ack(delivered).await;
+        self.round_over();
         None
+    }
+
+    /// A round's entries are acknowledged: its duration is observed.
+    fn round_over(&mut self) {
+        if let Some(began) = self.round_began.take() {
+            self.metrics
+                .mirror_round_seconds
+                .observe(began.elapsed().as_secs_f64());
+        }
     }
 
     /// After a failure: settles what is in flight; with transactions aborts
@@ -774,6 +806,7 @@ impl Mirror {
     async fn abort(&mut self) {
         if !self.transactional() {
             let _ = self.drain().await;
+            self.round_began = None;
             return;
         }
         if self.open {
@@ -798,6 +831,7 @@ impl Mirror {
         }
         // Every record of the round is now delivered, aborted or purged.
         let _ = self.drain().await;
+        self.round_began = None;
         self.uncommitted.clear();
         self.uncommitted_dead = 0;
     }
@@ -842,6 +876,9 @@ impl Mirror {
             self.uncommitted.append(&mut delivered);
         } else {
             self.ack(delivered).await;
+            if self.in_flight.is_empty() && failed.is_none() {
+                self.round_over();
+            }
         }
         failed
     }
@@ -902,6 +939,7 @@ impl Mirror {
             self.open = true;
         }
         self.pages += 1;
+        self.round_began.get_or_insert_with(Instant::now);
         // At a takeover: what the previous holder committed in its last
         // round is in Kafka already; acknowledged with this round.
         let mut already = Vec::new();
@@ -974,6 +1012,21 @@ impl Mirror {
         }));
         None
     }
+}
+
+/// Whether a read returned a full page: a backlog. On Redis `batch` bounds
+/// each stream's entries (a read across 48 streams of live traffic may
+/// return more than `batch` in all), on the embedded log the whole read.
+fn full_page(entries: &[LogEntry], batch: usize, per_stream: bool) -> bool {
+    if !per_stream {
+        return entries.len() >= batch;
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    entries.iter().any(|e| {
+        let n = counts.entry(&e.entry.stream).or_default();
+        *n += 1;
+        *n >= batch
+    })
 }
 
 /// `stream/id`: an entry's key in the poison-attempt table.

@@ -33,9 +33,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// How long the consumer must have delivered nothing for the input to count
-/// as caught up to the start of that silence ([`CaughtUp`]): well above the
-/// fetch wait (5 ms), so a record already on the broker would have arrived.
+/// The longest a fetch waits on the broker for records (`fetch.wait.max.ms`).
+const FETCH_WAIT_MS: &str = "100";
+
+/// How long the consumer must have delivered nothing before the source asks
+/// whether it has read everything ([`CaughtUp`]; the answer compares each
+/// assigned partition's position with the broker's high watermark, so it
+/// does not depend on this being longer than the fetch wait).
 const QUIET: Duration = Duration::from_millis(100);
 
 /// How often, at most, an idle source asks the broker whether it has read
@@ -241,10 +245,13 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("group.instance.id", &config.instance)
-        // librdkafka's default lets a fetch wait up to 500 ms for data; the
-        // broker may not answer early, and the live path (ingest → derived
-        // frame) pays it. A short wait costs idle fetches, not latency.
-        .set("fetch.wait.max.ms", "5")
+        // Apache Kafka answers a waiting fetch as soon as records (or, for
+        // `read_committed`, a commit marker) arrive, so the wait bounds only
+        // idle polls. At 5 ms those polls (200/s) cost the broker the CPU
+        // the live path needs: measured at 10 K events/s on 2 cores, ingest
+        // → WPM frame p99 3.2 s with 5 ms, 0.6–0.8 s with 100–500 ms
+        // (docs/BENCHMARKS.md "Ratios").
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         // New partitions of the event topics are found within 10 s
         // (librdkafka's default: 5 min).
         .set("topic.metadata.refresh.interval.ms", "10000")
