@@ -18,6 +18,21 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for this process (what Redis asks of its
+/// hosts, for the same reason). mimalloc asks the kernel for them
+/// (`MADV_HUGEPAGE`); the first touch of each 2 MB page then zeroes it, and
+/// may compact memory, on the thread that touched it. When 10,000 writers
+/// never seen before arrive at once, their new state grows the heap by many
+/// such pages on the dataflow's thread: measured ingest → WPM frame p99 of
+/// 49–211 ms in the first second on the embedded log, 7–8 ms without
+/// (docs/BENCHMARKS.md "Ratios").
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!(error = %e, "cannot disable transparent huge pages");
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "inkstream",
@@ -63,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     // Flags become overrides of their config keys; `--set` comes last and wins.
     let mut overrides = match &cli.command {

@@ -254,6 +254,26 @@ pub async fn fanout(
     })
 }
 
+/// Prints (to stderr, beside the report line) each second's latencies:
+/// whether a tail is a burst (new writers at the start, a checkpoint) or
+/// spread over the run.
+fn print_timeline(timed: &[(u64, u32)]) {
+    let mut by_second: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    for &(second, l) in timed {
+        by_second.entry(second).or_default().push(l);
+    }
+    for (second, mut l) in by_second {
+        l.sort_unstable();
+        eprintln!(
+            "  second {second:>3}: {:>6} messages, latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            l.len(),
+            percentile_ms(&l, 0.5),
+            percentile_ms(&l, 0.99),
+            percentile_ms(&l, 1.0)
+        );
+    }
+}
+
 /// Ingest → live WPM message, at `rate` events/s for `seconds`.
 pub async fn end_to_end(
     addr: &str,
@@ -264,8 +284,10 @@ pub async fn end_to_end(
 ) -> Result<FanoutReport, LoadError> {
     let mut ws = subscribe(addr, token, "category:analytics").await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let began = Instant::now();
     let reader = tokio::spawn(async move {
-        let mut lat = Vec::new();
+        // (second of the run it arrived in, latency µs)
+        let mut lat: Vec<(u64, u32)> = Vec::new();
         loop {
             tokio::select! {
                 m = ws.next() => match m {
@@ -275,7 +297,10 @@ pub async fn end_to_end(
                     {
                         if let Some(ts) = number_after(&t, r#""ts""#) {
                             let ms = now_us() / 1000;
-                            lat.push((ms.saturating_sub(ts) * 1000).min(u64::from(u32::MAX)) as u32);
+                            lat.push((
+                                began.elapsed().as_secs(),
+                                (ms.saturating_sub(ts) * 1000).min(u64::from(u32::MAX)) as u32,
+                            ));
                         }
                     }
                     Some(Ok(_)) => {}
@@ -313,7 +338,9 @@ pub async fn end_to_end(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = stop_tx.send(true);
     let elapsed = start.elapsed();
-    let mut latencies_us = reader.await?;
+    let timed = reader.await?;
+    print_timeline(&timed);
+    let mut latencies_us: Vec<u32> = timed.into_iter().map(|(_, l)| l).collect();
     latencies_us.sort_unstable();
     Ok(FanoutReport {
         connections: 1,
