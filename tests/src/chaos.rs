@@ -700,6 +700,30 @@ impl Stack {
                 deadline.as_secs()
             ));
         }
+        // The holder has read every record the topics hold: two of its read
+        // checks (the Kafka source compares each assigned partition's
+        // position with the broker's latest offset; the second began after
+        // this point) answered `caught_up` after the mirror's lag reached 0.
+        // The watermark alone does not say so: after the broker's restart a
+        // partition can be fetched seconds after the others, and its records
+        // (an arrival-order operator's input) would miss the stop.
+        const CAUGHT_UP: &str = "inkstream_dataflow_source_checks_total{outcome=\"caught_up\"}";
+        let started = Instant::now();
+        let mut base: HashMap<u16, f64> = HashMap::new();
+        loop {
+            if let Some(h) = self.holder().await
+                && let Some(n) = try_metric(self.ports[h], CAUGHT_UP).await
+                && n >= *base.entry(self.ports[h]).or_insert(n) + 2.0
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "chaos run: the holder did not confirm within {} s that it has read every record on the topics",
+                deadline.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         until("the dataflow reading its input", deadline, || async {
             let Some(h) = self.holder().await else {
                 return false;

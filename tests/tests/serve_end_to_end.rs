@@ -334,3 +334,22 @@ async fn serve_refuses_a_redis_whose_certificate_it_cannot_verify() {
         "the error does not say the certificate is the problem: {stderr}"
     );
 }
+
+/// `serve` runs without transparent huge pages (docs/BENCHMARKS.md
+/// "Ratios": a burst of new writers otherwise zeroes 2 MB pages on the
+/// dataflow's thread): the kernel reports THP off for the process.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serve_runs_without_transparent_huge_pages() {
+    let server = Server::start(&[]).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("the kernel reports THP_enabled in /proc/<pid>/status (Linux 5.0+)");
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some("0"),
+        "transparent huge pages are on for serve: {line}"
+    );
+}
