@@ -78,7 +78,9 @@
 //! letter is produced in place of the record, in its round (and its
 //! transaction), at the first try after the last failed attempt.
 
-use super::rounds::{Ranges, encode_ranges, entry_key, last_committed_round, marker_consumer};
+use super::rounds::{
+    Ranges, encode_ranges, entry_key, full_page, last_committed_round, marker_consumer,
+};
 use super::{ensure_topics, events_topic};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
@@ -522,11 +524,8 @@ pub async fn run(
             failed = m.commit().await;
             continue;
         }
-        // A live round is one page: its records become visible to
-        // `read_committed` readers as soon as they are delivered (reading
-        // more pages into it would hold the first page's records back by
-        // every later read and produce). A backlog's round takes
-        // `in_flight` pages: fewer commits.
+        // A live round is one page, visible once delivered; a backlog's
+        // takes `in_flight` pages (fewer commits). See the module doc.
         let round_pages = match m.mode {
             Mode::Live => 1,
             Mode::Bulk => max_in_flight,
@@ -1012,21 +1011,6 @@ impl Mirror {
         }));
         None
     }
-}
-
-/// Whether a read returned a full page: a backlog. On Redis `batch` bounds
-/// each stream's entries (a read across 48 streams of live traffic may
-/// return more than `batch` in all), on the embedded log the whole read.
-fn full_page(entries: &[LogEntry], batch: usize, per_stream: bool) -> bool {
-    if !per_stream {
-        return entries.len() >= batch;
-    }
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    entries.iter().any(|e| {
-        let n = counts.entry(&e.entry.stream).or_default();
-        *n += 1;
-        *n >= batch
-    })
 }
 
 /// `stream/id`: an entry's key in the poison-attempt table.

@@ -6,7 +6,7 @@
 //! stream the first and last entry id of the round, on the partitions of
 //! the mirror's dead-letter topic (the offset is the round's number).
 
-use crate::event_log::EntryRef;
+use crate::event_log::{EntryRef, LogEntry};
 use rdkafka::consumer::BaseConsumer;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,6 +124,21 @@ pub(super) fn last_committed_round(
         }
     }
     Ok((best.0, decode_ranges(best.1.iter().map(String::as_str))))
+}
+
+/// Whether a read returned a full page: a backlog. On Redis `batch` bounds
+/// each stream's entries (a read across 48 streams of live traffic may
+/// return more than `batch` in all), on the embedded log the whole read.
+pub(super) fn full_page(entries: &[LogEntry], batch: usize, per_stream: bool) -> bool {
+    if !per_stream {
+        return entries.len() >= batch;
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    entries.iter().any(|e| {
+        let n = counts.entry(&e.entry.stream).or_default();
+        *n += 1;
+        *n >= batch
+    })
 }
 
 #[cfg(test)]
