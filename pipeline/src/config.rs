@@ -597,6 +597,12 @@ pub struct FanoutSettings {
     /// Subscribes/unsubscribes of all connections waiting for the Redis
     /// broker (default 4096); a sender finding it full waits.
     pub command_queue: usize,
+    /// Once a frame is queued for a connection, how long it waits before
+    /// writing, so that what is published meanwhile leaves in the same
+    /// write (default 0s: at once). Trades latency for throughput with many
+    /// subscribers: fewer syscalls, and fewer reads for every client.
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub write_delay: Duration,
 }
 
 /// `fanout.broker`.
@@ -626,6 +632,7 @@ impl Default for FanoutSettings {
             publish_queue: 65_536,
             max_pending_commands: d.max_pending_commands,
             command_queue: d.command_queue,
+            write_delay: d.write_delay,
         }
     }
 }
@@ -644,6 +651,7 @@ impl FanoutSettings {
             idle_timeout: self.idle_timeout,
             max_pending_commands: self.max_pending_commands,
             command_queue: self.command_queue,
+            write_delay: self.write_delay,
         }
     }
 }

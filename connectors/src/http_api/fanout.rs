@@ -8,12 +8,11 @@ use super::error::ApiError;
 use super::ingest::IngestParams;
 use super::openapi;
 use super::state::AppState;
+use super::ws_upgrade::{NotAHandshake, RawUpgrade};
 use crate::websocket_fanout::{PublishError, WsPath, valid_channel};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{MethodRouter, get};
@@ -28,7 +27,7 @@ pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
               params: Result<Query<IngestParams>, QueryRejection>,
               uri: axum::http::Uri,
               headers: HeaderMap,
-              ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| async move {
+              ws: Result<RawUpgrade, NotAHandshake>| async move {
             // Nothing is sent before authentication: bad or missing
             // credentials refuse the upgrade with 401; then the request
             // is checked (a handshake, known parameters).
@@ -37,16 +36,7 @@ pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
             check_ws_origin(&s, &headers, token.as_deref())?;
             params.map_err(|r| ApiError::from_query(&r))?;
             let ws = ws.map_err(|r| ApiError::InvalidUpgrade(r.body_text()))?;
-            // Small buffers: tens of thousands of subscribers, each
-            // sending only small control frames (tungstenite's 128 KiB
-            // read and write buffers would be ~5 GB at 20 K); the hub's
-            // own byte-bounded queue is the outbound buffer.
-            Ok::<_, ApiError>(
-                ws.read_buffer_size(4 * 1024)
-                    .write_buffer_size(4 * 1024)
-                    .max_message_size(64 * 1024)
-                    .on_upgrade(move |socket| s.hub.serve(socket, path, principal)),
-            )
+            Ok::<_, ApiError>(ws.on_upgrade(move |io| s.hub.serve(io, path, principal)))
         },
     )
 }

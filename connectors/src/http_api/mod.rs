@@ -18,7 +18,7 @@
 //! Files: `state.rs` (what handlers share), `error.rs`, `auth.rs` (credentials
 //! → principal), `openapi.rs`, `listener.rs`, `meta.rs` (health, metrics),
 //! `ingest.rs`, `commands.rs`, `ws_ingest.rs`, `events.rs` (log queries),
-//! `fanout.rs` (subscribe paths and admin), `notifications.rs`, `views.rs`,
+//! `fanout.rs` (subscribe paths and admin), `ws_upgrade.rs` (their handshake), `notifications.rs`, `views.rs`,
 //! `schema_registry.rs`, `console/`.
 
 mod auth;
@@ -38,6 +38,7 @@ mod server;
 mod state;
 mod views;
 mod ws_ingest;
+mod ws_upgrade;
 
 pub use error::ApiError;
 pub use ingest::{IngestOutcome, ingest_events};

@@ -2,14 +2,15 @@
 //! ([`ClientQueue`], bounded in bytes by the hub) and what goes through it
 //! ([`Outbound`]).
 
+use super::frames::WsFrame;
 use super::routing::WsPath;
-use axum::extract::ws::Utf8Bytes;
+use super::socket::Socket;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 pub(crate) enum Outbound {
-    Frame(Utf8Bytes),
+    Frame(WsFrame),
     Close(u16, &'static str),
     /// Send what is waiting in the connection's coalesced slots.
     Coalesced,
@@ -28,14 +29,15 @@ pub(crate) struct ClientQueue {
     /// waits here (replacing older ones) instead of the client being
     /// disconnected: a collaborator wants where the others are now, not
     /// every step in between. Bounded by the connection's subscriptions.
-    pub(crate) coalesced: Arc<Mutex<Vec<(String, Utf8Bytes)>>>,
+    pub(crate) coalesced: Arc<Mutex<Vec<(String, WsFrame)>>>,
 }
 
-/// Most frames, and bytes, written with one flush (one `write` when the
-/// socket takes them): enough to turn a burst into a few large writes,
-/// small enough that a connection yields to the others between batches.
-const BATCH_FRAMES: usize = 256;
-const BATCH_BYTES: usize = 64 * 1024;
+/// Most frames, and bytes, written with one vectored write (one syscall
+/// when the socket takes them): enough to turn a burst into a few large
+/// writes, small enough that a connection yields to the others between
+/// batches.
+const BATCH_FRAMES: usize = 512;
+const BATCH_BYTES: usize = 128 * 1024;
 
 /// What [`write_batch`] did.
 pub(crate) struct Written {
@@ -49,49 +51,46 @@ pub(crate) struct Written {
 }
 
 /// Writes `first` and the frames queued behind it (up to a batch) with one
-/// flush instead of one per frame, and without a task wake-up per frame:
-/// a broadcast to many channels, or a burst on one, leaves several frames
-/// in a connection's queue by the time its task runs. The frames' bytes
-/// leave `queued` once the flush returned (as they did one by one before),
-/// so the connection's byte bound still counts what is not written yet.
+/// vectored write instead of one per frame, and without a task wake-up
+/// per frame: a broadcast to many channels, or a burst on one, leaves
+/// several frames in a connection's queue by the time its task runs. The
+/// frames' bytes leave `queued` once the write returned, so the
+/// connection's byte bound still counts what is not written yet.
 pub(crate) async fn write_batch<S>(
-    sink: &mut S,
+    socket: &mut Socket<S>,
     rx: &mut mpsc::UnboundedReceiver<Outbound>,
-    first: Utf8Bytes,
+    first: WsFrame,
     queued: &AtomicUsize,
+    batch: &mut Vec<WsFrame>,
 ) -> Written
 where
-    S: futures_util::Sink<axum::extract::ws::Message> + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use axum::extract::ws::Message;
-    use futures_util::SinkExt;
     use std::sync::atomic::Ordering;
     let mut written = Written {
-        bytes: 0,
+        bytes: first.len(),
         failed: false,
         next: None,
     };
-    let mut frame = Some(first);
-    let mut frames = 0;
-    while let Some(f) = frame.take() {
-        let len = f.len();
-        written.bytes += len;
-        if sink.feed(Message::Text(f)).await.is_err() {
-            queued.fetch_sub(written.bytes, Ordering::Relaxed);
-            written.failed = true;
-            return written;
-        }
-        frames += 1;
-        if frames >= BATCH_FRAMES || written.bytes >= BATCH_BYTES {
-            break;
-        }
+    batch.clear();
+    batch.push(first);
+    while batch.len() < BATCH_FRAMES && written.bytes < BATCH_BYTES {
         match rx.try_recv() {
-            Ok(Outbound::Frame(f)) => frame = Some(f),
-            Ok(other) => written.next = Some(other),
-            Err(_) => {}
+            Ok(Outbound::Frame(f)) => {
+                written.bytes += f.len();
+                batch.push(f);
+            }
+            Ok(other) => {
+                written.next = Some(other);
+                break;
+            }
+            Err(_) => break,
         }
     }
-    written.failed = sink.flush().await.is_err();
+    written.failed = socket.write(batch).await.is_err();
+    // The bytes go with the references: a publication's buffer is freed
+    // once the last subscriber's batch is written.
+    batch.clear();
     queued.fetch_sub(written.bytes, Ordering::Relaxed);
     written
 }

@@ -34,6 +34,10 @@ pub struct HubConfig {
     /// Subscribes/unsubscribes of all connections waiting for the Redis
     /// broker's task; a sender finding it full waits.
     pub command_queue: usize,
+    /// How long a connection waits, once a frame is queued for it, before
+    /// writing: frames published meanwhile leave in the same write (one
+    /// syscall, one read for the client). 0 (default): at once.
+    pub write_delay: Duration,
 }
 
 impl Default for HubConfig {
@@ -50,6 +54,7 @@ impl Default for HubConfig {
             idle_timeout: Duration::from_secs(60),
             max_pending_commands: 8,
             command_queue: 4096,
+            write_delay: Duration::ZERO,
         }
     }
 }

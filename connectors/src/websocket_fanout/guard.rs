@@ -55,10 +55,9 @@ pub(crate) const TOO_BIG: Closing = Closing {
 /// without a frame: a peer that does not speak WebSocket (an HTTP client
 /// reusing the upgraded connection for its next request, as schemathesis'
 /// does) would read a close frame as a garbled HTTP response.
-/// axum wraps tungstenite's error, whose kind shows only in its text
-/// ("Space limit exceeded: Message too long: N > 65536").
-pub(crate) fn read_error(e: &axum::Error) -> Option<Closing> {
-    e.to_string().contains("too long").then_some(TOO_BIG)
+pub(crate) fn read_error(e: &tokio_tungstenite::tungstenite::Error) -> Option<Closing> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    matches!(e, Error::Capacity(CapacityError::MessageTooLong { .. })).then_some(TOO_BIG)
 }
 
 /// The limits of one connection.

@@ -4,7 +4,7 @@
 //! Pure: no locks, no sockets, time passed in. The hub owns one `History` per
 //! channel and decides, across channels, which ones may keep one.
 
-use axum::extract::ws::Utf8Bytes;
+use super::frames::WsFrame;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ struct Entry {
     at: Instant,
     /// The `message` frame exactly as it was sent live (shared bytes, so the
     /// history costs no second copy while live queues still hold it).
-    frame: Utf8Bytes,
+    frame: WsFrame,
 }
 
 /// The last publications of one channel.
@@ -34,7 +34,7 @@ impl History {
         &mut self,
         offset: u64,
         at: Instant,
-        frame: Utf8Bytes,
+        frame: WsFrame,
         size: usize,
         max_age: Duration,
     ) {
@@ -84,7 +84,7 @@ impl History {
         &self,
         since: u64,
         current: u64,
-    ) -> Option<impl Iterator<Item = &Utf8Bytes>> {
+    ) -> Option<impl Iterator<Item = &WsFrame>> {
         if since > current {
             return None;
         }
@@ -102,8 +102,8 @@ impl History {
 mod tests {
     use super::*;
 
-    fn frame(n: u64) -> Utf8Bytes {
-        Utf8Bytes::from(format!("m{n}"))
+    fn frame(n: u64) -> WsFrame {
+        WsFrame::text(&format!("m{n}"))
     }
 
     fn filled(n: u64, size: usize, t0: Instant) -> History {
@@ -116,7 +116,7 @@ mod tests {
 
     fn missed(h: &History, since: u64, current: u64) -> Option<Vec<String>> {
         h.missed_since(since, current)
-            .map(|it| it.map(|f| f.as_str().to_owned()).collect())
+            .map(|it| it.map(|f| f.payload().to_owned()).collect())
     }
 
     #[test]

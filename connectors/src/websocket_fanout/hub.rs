@@ -10,14 +10,13 @@ use super::channel::{Channel, ChannelKey, Table};
 use super::client::{ClientQueue, Outbound, write_batch};
 use super::close::{CLOSE_GOING_AWAY, CLOSE_SLOW};
 use super::config::HubConfig;
-use super::frames::{Recovery, error_frame, message_frame, op_frame, subscribed_frame};
+use super::frames::{Recovery, WsFrame, error_frame, message_frame, op_frame, subscribed_frame};
 use super::guard::{self, ConnGuard};
 use super::history::History;
 use super::routing::{WsPath, routes, valid_channel};
+use super::socket::Socket;
 use crate::auth::Principal;
 use crate::metrics::Metrics;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
 use schemas::Event;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -26,6 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// How long a closing connection waits for the client's Close reply.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -185,7 +186,7 @@ impl Hub {
         ch.subscribers.len()
     }
 
-    fn enqueue(&self, q: &ClientQueue, frame: Utf8Bytes) {
+    fn enqueue(&self, q: &ClientQueue, frame: WsFrame) {
         self.enqueue_on(q, None, frame);
     }
 
@@ -194,7 +195,7 @@ impl Hub {
     /// connection with 4008. Once a channel has a coalesced frame waiting,
     /// its later frames replace it too, so the client never receives an
     /// older position after a newer one.
-    fn enqueue_on(&self, q: &ClientQueue, channel: Option<&str>, frame: Utf8Bytes) {
+    fn enqueue_on(&self, q: &ClientQueue, channel: Option<&str>, frame: WsFrame) {
         if q.closing.load(Ordering::Relaxed) {
             return;
         }
@@ -444,7 +445,21 @@ impl Hub {
     }
 
     /// Serves one upgraded WebSocket connection on `path` until it closes.
-    pub async fn serve(self: Arc<Self>, socket: WebSocket, path: WsPath, principal: Principal) {
+    /// `io` is the connection after the HTTP upgrade was answered.
+    pub async fn serve<S>(self: Arc<Self>, io: S, path: WsPath, principal: Principal)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        // Small read buffers: tens of thousands of subscribers, each sending
+        // only small control frames (tungstenite's 128 KiB default would be
+        // ~2.5 GB at 20 K). Its write buffer holds only pongs and close
+        // replies; the hub's frames are written raw (`socket.rs`), and the
+        // hub's own byte-bounded queue is the outbound buffer.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(64 * 1024));
+        let mut socket = Socket::new(io, config).await;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = ClientQueue {
@@ -467,7 +482,6 @@ impl Hub {
         let budget = Arc::new(tokio::sync::Semaphore::new(
             self.config.max_pending_commands.max(1),
         ));
-        let (mut sink, mut stream) = socket.split();
         let mut guard = ConnGuard::new(&self.config, &principal, tokio::time::Instant::now());
         let mut pings = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.ping_interval,
@@ -476,22 +490,28 @@ impl Hub {
         let expiry = guard::expiry(guard.expires);
         tokio::pin!(expiry);
         let mut closing = None;
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
-                incoming = stream.next() => match incoming {
+                incoming = socket.next() => match incoming {
                     Some(Ok(msg)) if !matches!(msg, Message::Close(_)) => {
                         guard.heard(tokio::time::Instant::now());
-                        let Message::Text(text) = msg else { continue };
-                        if let Err(c) = guard.control(tokio::time::Instant::now()) {
-                            closing = Some(c);
-                            break;
+                        if let Message::Text(text) = msg {
+                            if let Err(c) = guard.control(tokio::time::Instant::now()) {
+                                closing = Some(c);
+                                break;
+                            }
+                            // A subscribe queues its own reply (after any replay).
+                            let reply = self
+                                .control(conn, &q, &principal, &mut subscriptions, &budget, text.as_str())
+                                .await;
+                            if let Some(reply) = reply {
+                                self.enqueue(&q, reply);
+                            }
                         }
-                        // A subscribe queues its own reply (after any replay).
-                        let reply = self
-                            .control(conn, &q, &principal, &mut subscriptions, &budget, text.as_str())
-                            .await;
-                        if let Some(reply) = reply {
-                            self.enqueue(&q, reply);
+                        // A pong tungstenite wrote for the client's ping.
+                        if socket.has_captured() && socket.write(&[]).await.is_err() {
+                            break;
                         }
                     }
                     // A frame over the size limit or not WebSocket at all:
@@ -507,7 +527,7 @@ impl Hub {
                         closing = Some(c);
                         break;
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if socket.write(&[WsFrame::ping()]).await.is_err() {
                         break;
                     }
                 }
@@ -517,8 +537,12 @@ impl Hub {
                 }
                 outgoing = rx.recv() => match outgoing {
                     Some(Outbound::Frame(frame)) => {
-                        // This frame and those queued behind it, one flush.
-                        let w = write_batch(&mut sink, &mut rx, frame, &q.queued).await;
+                        // Let what is published meanwhile join this write.
+                        if !self.config.write_delay.is_zero() {
+                            tokio::time::sleep(self.config.write_delay).await;
+                        }
+                        // This frame and those queued behind it, one write.
+                        let w = write_batch(&mut socket, &mut rx, frame, &q.queued, &mut batch).await;
                         bytes_out.inc_by(w.bytes as u64);
                         if w.failed {
                             break;
@@ -526,25 +550,22 @@ impl Hub {
                         match w.next {
                             None | Some(Outbound::Frame(_)) => {}
                             Some(Outbound::Close(code, reason)) => {
-                                let close = CloseFrame { code, reason: reason.into() };
-                                let _ = sink.send(Message::Close(Some(close))).await;
+                                let _ = socket.close(code, reason).await;
                                 break;
                             }
                             Some(Outbound::Coalesced) => {
-                                if self.send_coalesced(&q, &mut sink, &bytes_out).await.is_err() {
+                                if self.send_coalesced(&q, &mut socket, &bytes_out).await.is_err() {
                                     break;
                                 }
                             }
                         }
                     }
                     Some(Outbound::Close(code, reason)) => {
-                        let _ = sink
-                            .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
-                            .await;
+                        let _ = socket.close(code, reason).await;
                         break;
                     }
                     Some(Outbound::Coalesced) => {
-                        if self.send_coalesced(&q, &mut sink, &bytes_out).await.is_err() {
+                        if self.send_coalesced(&q, &mut socket, &bytes_out).await.is_err() {
                             break;
                         }
                     }
@@ -554,11 +575,7 @@ impl Hub {
         }
         if let Some(c) = closing {
             self.metrics.ws_closes.with_label_values(&[c.label]).inc();
-            let frame = CloseFrame {
-                code: c.code,
-                reason: c.reason.into(),
-            };
-            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = socket.close(c.code, c.reason).await;
         }
         // Nothing more is queued for this connection: its subscriptions and
         // queue go now, whatever the handshake below takes.
@@ -580,32 +597,34 @@ impl Hub {
             CLOSE_LINGER
         };
         let _ = tokio::time::timeout(linger, async {
-            while let Some(Ok(m)) = stream.next().await {
+            while let Some(Ok(m)) = socket.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
             }
         })
         .await;
+        socket.shutdown().await;
         gauge.dec();
     }
 
-    /// Writes what waits in the connection's coalesced slots (one flush).
+    /// Writes what waits in the connection's coalesced slots (one write).
     async fn send_coalesced<S>(
         &self,
         q: &ClientQueue,
-        sink: &mut S,
+        socket: &mut Socket<S>,
         bytes_out: &prometheus::IntCounter,
-    ) -> Result<(), S::Error>
+    ) -> std::io::Result<()>
     where
-        S: futures_util::Sink<Message> + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let frames = std::mem::take(&mut *q.coalesced.lock().unwrap_or_else(|p| p.into_inner()));
-        for (_, frame) in frames {
-            bytes_out.inc_by(frame.len() as u64);
-            sink.feed(Message::Text(frame)).await?;
-        }
-        sink.flush().await
+        let frames: Vec<WsFrame> =
+            std::mem::take(&mut *q.coalesced.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect();
+        bytes_out.inc_by(frames.iter().map(|f| f.len() as u64).sum());
+        socket.write(&frames).await
     }
 
     /// Handles one control frame; returns the reply frame, or `None` when
@@ -618,7 +637,7 @@ impl Hub {
         subscriptions: &mut Vec<String>,
         budget: &Arc<tokio::sync::Semaphore>,
         text: &str,
-    ) -> Option<Utf8Bytes> {
+    ) -> Option<WsFrame> {
         #[derive(Deserialize)]
         struct Control {
             op: String,
@@ -642,7 +661,7 @@ impl Hub {
             }
         };
         Some(match (ctl.op.as_str(), ctl.channel) {
-            ("ping", _) => Utf8Bytes::from(r#"{"op":"pong"}"#),
+            ("ping", _) => WsFrame::text(r#"{"op":"pong"}"#),
             ("subscribe" | "unsubscribe", None) => {
                 error_frame("bad_request", "channel: required", None)
             }
@@ -941,7 +960,7 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(o) = rx.try_recv() {
             out.push(match o {
-                Outbound::Frame(f) => serde_json::from_str(f.as_str()).unwrap(),
+                Outbound::Frame(f) => serde_json::from_str(f.payload()).unwrap(),
                 Outbound::Close(code, _) => serde_json::json!({"close": code}),
                 Outbound::Coalesced => serde_json::json!({"coalesced": true}),
             });
@@ -983,13 +1002,16 @@ mod tests {
         );
         // The writer then sends the latest frame of each channel, once.
         let slots = q.coalesced.lock().unwrap();
-        let latest: Vec<(String, i64)> = slots
+        let mut latest: Vec<(String, i64)> = slots
             .iter()
             .map(|(c, f)| {
-                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                let v: serde_json::Value = serde_json::from_str(f.payload()).unwrap();
                 (c.clone(), v["data"]["n"].as_i64().unwrap())
             })
             .collect();
+        // Slots are in the order the channels overflowed, which depends on
+        // the frames' sizes.
+        latest.sort();
         assert_eq!(
             latest,
             [

@@ -18,8 +18,14 @@
 //!   `inkstream_ws_coalesced_total`; the client sees a jump in the channel's
 //!   offsets) and goes out as soon as the socket drains.
 //!
+//! - A publication's frame is encoded once, WebSocket header included, and
+//!   written to each subscriber's socket as is, many frames per vectored
+//!   write (`socket.rs`); `fanout.write_delay` lets a connection wait for
+//!   more before writing.
+//!
 //! Files: `hub.rs` (the hub and a connection's serve loop), `client.rs` (a
-//! connection's queue), `channel.rs` (the table of channels: numbering,
+//! connection's queue and its batched writes), `socket.rs` (the upgraded
+//! connection: tungstenite reads, frames written raw), `channel.rs` (the table of channels: numbering,
 //! subscribers, history), `history.rs` (one channel's history), `frames.rs`
 //! (the JSON frames), `access.rs` (who may subscribe), `guard.rs` (a
 //! connection's control-frame rate, pings, idle timeout and token expiry), `close.rs` (close
@@ -41,6 +47,7 @@ mod history;
 mod hub;
 pub mod pipeline_stats;
 mod routing;
+mod socket;
 
 pub use access::may_subscribe;
 pub use broker::redis::{BrokerError, PublishError, RedisBrokerConfig};

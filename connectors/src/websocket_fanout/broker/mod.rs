@@ -10,8 +10,7 @@ pub mod redis;
 
 use super::channel::ChannelKey;
 use super::client::ClientQueue;
-use super::frames::Recovery;
-use axum::extract::ws::Utf8Bytes;
+use super::frames::{Recovery, WsFrame};
 
 /// What a broker asks of the hub: this gateway's local subscribers, kept in
 /// step with the broker's numbering. Called by the broker's one task, in
@@ -42,7 +41,7 @@ pub(crate) struct RemoteJoin<'a> {
     pub(crate) epoch: &'a str,
     pub(crate) offset: u64,
     /// `message` frames of the history the client asked for, oldest first.
-    pub(crate) replay: Vec<Utf8Bytes>,
+    pub(crate) replay: Vec<WsFrame>,
     pub(crate) recovery: Recovery,
 }
 
