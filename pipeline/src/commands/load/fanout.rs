@@ -13,6 +13,7 @@
 
 use super::LoadError;
 use super::ingest::{http_post, percentile_ms};
+use super::raw_ws::RawWs;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,14 +65,15 @@ fn now_us() -> u64 {
 
 /// The number after `"key":` in a frame, without parsing the whole frame
 /// (the client must cost little next to the server on the same cores).
-fn number_after(frame: &str, key: &str) -> Option<u64> {
-    let at = frame.find(key)? + key.len();
-    let digits: String = frame[at..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+fn number_after(frame: &[u8], key: &str) -> Option<u64> {
+    let at = memchr::memmem::find(frame, key.as_bytes())? + key.len();
+    let rest = &frame[at..];
+    let first = rest.iter().position(u8::is_ascii_digit)?;
+    let mut n = 0u64;
+    for &d in rest[first..].iter().take_while(|d| d.is_ascii_digit()) {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(n)
 }
 
 /// Posts NDJSON batches to `POST /v1/events` on one keep-alive connection
@@ -167,7 +169,12 @@ async fn subscribe(addr: &str, token: Option<&str>, channel: &str) -> Result<Ws,
     }
 }
 
-/// Broadcast fanout: `connections` subscribers, `broadcasts` messages.
+/// How long a fanout reader (or a subscribe) waits for a frame.
+const FANOUT_IDLE: Duration = Duration::from_secs(600);
+
+/// Broadcast fanout: `connections` subscribers, `broadcasts` messages. The
+/// subscribers are [`RawWs`] connections: a reader costs little per
+/// delivered message, so the run measures the server, not the client.
 pub async fn fanout(
     addr: &str,
     token: Option<&str>,
@@ -183,7 +190,7 @@ pub async fn fanout(
     for wave in (0..connections).collect::<Vec<_>>().chunks(500) {
         let mut opened = Vec::new();
         for _ in wave {
-            opened.push(subscribe(addr, token, channel));
+            opened.push(RawWs::subscribe(addr, token, channel, FANOUT_IDLE));
         }
         for ws in futures_util::future::join_all(opened).await {
             let mut ws = ws?;
@@ -191,28 +198,43 @@ pub async fn fanout(
             readers.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
                 let mut seen = 0u64;
+                let mut outcome = Ok(());
                 while seen < broadcasts {
+                    let before = seen;
                     // Idle until the broadcasts start, which is after every
                     // connection has subscribed (tens of seconds for 20 K):
                     // a short timeout here closes the first connections.
-                    match tokio::time::timeout(Duration::from_secs(600), ws.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""op":"message""#) => {
-                            seen += 1;
-                            delivered.fetch_add(1, Ordering::Relaxed);
-                            // Sample latencies (1 in 16) to keep the client cheap.
-                            if seen.is_multiple_of(16)
-                                && let Some(sent) = number_after(&t, r#""sent_us""#)
-                            {
-                                mine.push(
-                                    now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32
-                                );
+                    let end = ws
+                        .read_batch(FANOUT_IDLE, |t| {
+                            if t.starts_with(br#"{"op":"message""#) {
+                                seen += 1;
+                                // Sample latencies (1 in 16) to keep the client cheap.
+                                if seen.is_multiple_of(16)
+                                    && let Some(sent) = number_after(t, r#""sent_us""#)
+                                {
+                                    mine.push(
+                                        now_us().saturating_sub(sent).min(u64::from(u32::MAX))
+                                            as u32,
+                                    );
+                                }
                             }
+                            seen < broadcasts
+                        })
+                        .await;
+                    // Once per read, not per message.
+                    delivered.fetch_add(seen - before, Ordering::Relaxed);
+                    match end {
+                        Ok(None) => {}
+                        // Stopped, Close, EOF or idle: this reader is done.
+                        Ok(Some(_)) => break,
+                        Err(e) => {
+                            outcome = Err(e);
+                            break;
                         }
-                        Ok(Some(Ok(_))) => {}
-                        _ => break,
                     }
                 }
                 latencies.lock().await.extend(mine);
+                outcome
             }));
         }
     }
@@ -240,10 +262,18 @@ pub async fn fanout(
             });
         }
     }
+    let mut failed = None;
     for r in readers {
-        let _ = r.await;
+        // A protocol error (or a broken connection) fails the run, after
+        // every reader has finished.
+        if let Err(e) = r.await? {
+            failed.get_or_insert(e);
+        }
     }
     let elapsed = start.elapsed();
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let mut latencies_us = std::mem::take(&mut *latencies.lock().await);
     latencies_us.sort_unstable();
     Ok(FanoutReport {
@@ -295,7 +325,7 @@ pub async fn end_to_end(
                     Some(Ok(Message::Text(t)))
                         if t.contains(r#""metric":"wpm""#) && t.contains(r#""user_id":"e"#) =>
                     {
-                        if let Some(ts) = number_after(&t, r#""ts""#) {
+                        if let Some(ts) = number_after(t.as_bytes(), r#""ts""#) {
                             let ms = now_us() / 1000;
                             lat.push((
                                 began.elapsed().as_secs(),
@@ -348,4 +378,21 @@ pub async fn end_to_end(
         elapsed,
         latencies_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_after;
+
+    #[test]
+    fn number_after_reads_the_digits_behind_the_key() {
+        let frame = br#"{"op":"message","channel":"c","data":{"i":3,"sent_us":1733346000123456}}"#;
+        assert_eq!(
+            number_after(frame, r#""sent_us""#),
+            Some(1_733_346_000_123_456)
+        );
+        assert_eq!(number_after(frame, r#""i""#), Some(3));
+        assert_eq!(number_after(frame, r#""ts""#), None);
+        assert_eq!(number_after(br#"{"ts":}"#, r#""ts""#), None);
+    }
 }

@@ -7,6 +7,7 @@
 mod error;
 pub mod fanout;
 pub mod ingest;
+mod raw_ws;
 
 pub use error::LoadError;
 pub use ingest::{LoadConfig, LoadReport, Mode, run};
