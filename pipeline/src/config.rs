@@ -597,10 +597,11 @@ pub struct FanoutSettings {
     /// Subscribes/unsubscribes of all connections waiting for the Redis
     /// broker (default 4096); a sender finding it full waits.
     pub command_queue: usize,
-    /// Once a frame is queued for a connection, how long it waits before
-    /// writing, so that what is published meanwhile leaves in the same
-    /// write (default 0s: at once). Trades latency for throughput with many
-    /// subscribers: fewer syscalls, and fewer reads for every client.
+    /// Least time between two writes to one WebSocket connection: what is
+    /// published meanwhile waits and leaves in the same write; a connection
+    /// that has not written for that long writes at once (default 0s: every
+    /// frame at once). Trades latency for throughput with many subscribers
+    /// on busy channels: fewer syscalls, and fewer reads for every client.
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub write_delay: Duration,
 }

@@ -34,9 +34,10 @@ pub struct HubConfig {
     /// Subscribes/unsubscribes of all connections waiting for the Redis
     /// broker's task; a sender finding it full waits.
     pub command_queue: usize,
-    /// How long a connection waits, once a frame is queued for it, before
-    /// writing: frames published meanwhile leave in the same write (one
-    /// syscall, one read for the client). 0 (default): at once.
+    /// Least time between two writes of frames to one connection: frames
+    /// published meanwhile wait and leave in the same write (one syscall,
+    /// one read for the client). A connection that has not written for that
+    /// long writes at once. 0 (default): every frame at once.
     pub write_delay: Duration,
 }
 

@@ -491,6 +491,8 @@ impl Hub {
         tokio::pin!(expiry);
         let mut closing = None;
         let mut batch = Vec::new();
+        // When this connection last began writing frames (with a write delay).
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 incoming = socket.next() => match incoming {
@@ -537,9 +539,15 @@ impl Hub {
                 }
                 outgoing = rx.recv() => match outgoing {
                     Some(Outbound::Frame(frame)) => {
-                        // Let what is published meanwhile join this write.
+                        // At most one write per `write_delay`: a connection
+                        // that wrote less than that ago waits out the rest,
+                        // so what is published meanwhile leaves in the same
+                        // write; a quiet one writes at once.
+                        if let Some(at) = last_write {
+                            tokio::time::sleep_until(at + self.config.write_delay).await;
+                        }
                         if !self.config.write_delay.is_zero() {
-                            tokio::time::sleep(self.config.write_delay).await;
+                            last_write = Some(tokio::time::Instant::now());
                         }
                         // This frame and those queued behind it, one write.
                         let w = write_batch(&mut socket, &mut rx, frame, &q.queued, &mut batch).await;
