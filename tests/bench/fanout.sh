@@ -21,17 +21,7 @@ CONNS="${CONNS:-1000}"
 EVENTS="${EVENTS:-5000}"
 DELAYS="${DELAYS:-0s 5ms 10ms 20ms}"
 [ -x "$B" ] || { echo "build first: cargo build --release -p inkstream" >&2; exit 1; }
-work=$(mktemp -d)
-PIDS=()
-REDIS_PORTS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${REDIS_PORTS[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source tests/bench/lib.sh
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 # row LABEL SERVER_BIN CONNS EVENTS [serve args...]

@@ -35,18 +35,7 @@ E2E_SECONDS="${E2E_SECONDS:-10}"
 SECTIONS="${SECTIONS:-1 2 3 4}"   # a subset for quick loops, e.g. SECTIONS=1 (the record is all four)
 on() { [[ " $SECTIONS " == *" $1 "* ]]; }
 [ -x "$B" ] && [ -x "$PERF" ] || { echo "build first: cargo build --release -p inkstream && cargo build --release -p inkstream-tests --examples" >&2; exit 1; }
-work=$(mktemp -d)
-PIDS=()         # every process this script started (killed by pid at exit)
-REDIS_PORTS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${REDIS_PORTS[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source tests/bench/lib.sh
 
 KEY=bench-key-not-secret
 cat >"$work/bench.toml" <<EOF

@@ -123,13 +123,7 @@ async fn connect(
     addr: &str,
     token: Option<&str>,
 ) -> Result<(TcpStream, Vec<u8>, String), LoadError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|error| LoadError::Connect {
-            addr: addr.to_owned(),
-            error,
-        })?;
-    let _ = stream.set_nodelay(true);
+    let stream = super::tcp_connect(addr).await?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();

@@ -118,14 +118,7 @@ async fn http_connection(
     conn: usize,
     events: u64,
 ) -> Result<(Vec<u32>, u64), LoadError> {
-    let mut stream =
-        TcpStream::connect(&config.addr)
-            .await
-            .map_err(|error| LoadError::Connect {
-                addr: config.addr.clone(),
-                error,
-            })?;
-    let _ = stream.set_nodelay(true);
+    let mut stream = super::tcp_connect(&config.addr).await?;
     let batch = if config.mode == Mode::Single {
         1
     } else {
