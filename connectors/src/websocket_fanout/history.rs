@@ -4,17 +4,18 @@
 //! Pure: no locks, no sockets, time passed in. The hub owns one `History` per
 //! channel and decides, across channels, which ones may keep one.
 
-use super::frames::WsFrame;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Entry {
     offset: u64,
     /// When it was published: entries older than the max age are dropped.
     at: Instant,
-    /// The `message` frame exactly as it was sent live (shared bytes, so the
-    /// history costs no second copy while live queues still hold it).
-    frame: WsFrame,
+    /// The publication's JSON, shared by every channel the event went to;
+    /// its `message` frame is built only when it is replayed (most
+    /// channels keeping history have nobody subscribed).
+    body: Arc<str>,
 }
 
 /// The last publications of one channel.
@@ -34,12 +35,12 @@ impl History {
         &mut self,
         offset: u64,
         at: Instant,
-        frame: WsFrame,
+        body: Arc<str>,
         size: usize,
         max_age: Duration,
     ) {
         debug_assert!(self.entries.back().is_none_or(|e| e.offset + 1 == offset));
-        self.entries.push_back(Entry { offset, at, frame });
+        self.entries.push_back(Entry { offset, at, body });
         while self.entries.len() > size {
             self.entries.pop_front();
         }
@@ -76,7 +77,7 @@ impl History {
         self.entries.clear();
     }
 
-    /// The frames with offset > `since`, oldest first, when the history still
+    /// The publications (offset, body) after `since`, oldest first, when the history still
     /// holds every one of them up to `current` (the channel's newest offset);
     /// `None` when some were lost (or `since` is ahead of the channel, which
     /// means the client saw another incarnation of it).
@@ -84,7 +85,7 @@ impl History {
         &self,
         since: u64,
         current: u64,
-    ) -> Option<impl Iterator<Item = &WsFrame>> {
+    ) -> Option<impl Iterator<Item = (u64, &Arc<str>)>> {
         if since > current {
             return None;
         }
@@ -94,7 +95,7 @@ impl History {
             Some(first) if first.offset <= since + 1 => (since + 1 - first.offset) as usize,
             _ => return None,
         };
-        Some(self.entries.iter().skip(skip).map(|e| &e.frame))
+        Some(self.entries.iter().skip(skip).map(|e| (e.offset, &e.body)))
     }
 }
 
@@ -102,8 +103,8 @@ impl History {
 mod tests {
     use super::*;
 
-    fn frame(n: u64) -> WsFrame {
-        WsFrame::text(&format!("m{n}"))
+    fn frame(n: u64) -> Arc<str> {
+        Arc::from(format!("m{n}"))
     }
 
     fn filled(n: u64, size: usize, t0: Instant) -> History {
@@ -116,7 +117,7 @@ mod tests {
 
     fn missed(h: &History, since: u64, current: u64) -> Option<Vec<String>> {
         h.missed_since(since, current)
-            .map(|it| it.map(|f| f.payload().to_owned()).collect())
+            .map(|it| it.map(|(_, body)| body.to_string()).collect())
     }
 
     #[test]

@@ -119,6 +119,8 @@ impl Hub {
             }
             return;
         }
+        // One body for every route and its histories.
+        let body: Arc<str> = Arc::from(body);
         let mut t = self.table();
         t.expire(now, self.config.history_max_age);
         for key in routes {
@@ -131,7 +133,13 @@ impl Hub {
 
     /// Numbers, keeps and queues one publication on one channel; returns its
     /// subscriber count.
-    fn publish_locked(&self, t: &mut Table, key: ChannelKey, body: &str, now: Instant) -> usize {
+    fn publish_locked(
+        &self,
+        t: &mut Table,
+        key: ChannelKey,
+        body: &Arc<str>,
+        now: Instant,
+    ) -> usize {
         let history_on = self.config.history_on();
         let needs_room = t
             .channels
@@ -162,12 +170,12 @@ impl Hub {
             return 0;
         };
         ch.offset += 1;
-        let frame = message_frame(&key.1, ch.offset, body);
+        let offset = ch.offset;
         if history_on {
             ch.history.push(
-                ch.offset,
+                offset,
                 now,
-                frame.clone(),
+                Arc::clone(body),
                 self.config.history_size,
                 self.config.history_max_age,
             );
@@ -180,6 +188,11 @@ impl Hub {
         let Some(ch) = t.channels.get(&key) else {
             return 0;
         };
+        if ch.subscribers.is_empty() {
+            // Kept for recovery only: the frame is built if it is replayed.
+            return 0;
+        }
+        let frame = message_frame(&key.1, offset, body);
         for q in ch.subscribers.values() {
             self.enqueue_on(q, Some(&key.1), frame.clone());
         }
@@ -280,9 +293,9 @@ impl Hub {
                 .missed_since(since, ch.offset)
                 .filter(|_| epoch.is_none_or(|e| e == ch.epoch));
             recovery = match missed {
-                Some(frames) => {
-                    for f in frames {
-                        self.enqueue(q, f.clone());
+                Some(missed) => {
+                    for (offset, body) in missed {
+                        self.enqueue(q, message_frame(channel, offset, body));
                     }
                     Recovery::Recovered
                 }
@@ -396,7 +409,8 @@ impl Hub {
         let mut t = self.table();
         t.expire(now, self.config.history_max_age);
         // Kept in the history like any publication: offsets stay contiguous.
-        let n = self.publish_locked(&mut t, (path, channel.to_owned()), &data.to_string(), now);
+        let body = Arc::from(data.to_string());
+        let n = self.publish_locked(&mut t, (path, channel.to_owned()), &body, now);
         self.metrics
             .ws_history_channels
             .set(t.by_publish.len() as i64);

@@ -1,7 +1,9 @@
 //! The fanout hub: derived events out to WebSocket subscribers.
 //!
-//! - A publication is serialized once per channel and shared (as reference-
-//!   counted bytes) by every subscriber of that channel and its history.
+//! - A derived event is serialized once and its JSON shared by every
+//!   channel's history; its frame is built once per channel that has
+//!   subscribers here and shared (as reference-counted bytes) by all of
+//!   them. A channel's history builds frames only when it replays them.
 //! - Every channel numbers its publications (`offset`, from 1) and keeps the
 //!   last ones (`history_size`, `history_max_age`) whether or not anyone is
 //!   subscribed, so a client that reconnects with `since` recovers what it

@@ -123,7 +123,7 @@ async fn connect(
     addr: &str,
     token: Option<&str>,
 ) -> Result<(TcpStream, Vec<u8>, String), LoadError> {
-    let stream = super::tcp_connect(addr).await?;
+    let stream = super::ingest::tcp_connect(addr).await?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();

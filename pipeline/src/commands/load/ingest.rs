@@ -112,13 +112,26 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A TCP connection to the server with Nagle off: every load client's
+/// first step (small requests and frames must leave at once).
+pub(crate) async fn tcp_connect(addr: &str) -> Result<TcpStream, LoadError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|error| LoadError::Connect {
+            addr: addr.to_owned(),
+            error,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 async fn http_connection(
     config: &LoadConfig,
     run: u64,
     conn: usize,
     events: u64,
 ) -> Result<(Vec<u32>, u64), LoadError> {
-    let mut stream = super::tcp_connect(&config.addr).await?;
+    let mut stream = tcp_connect(&config.addr).await?;
     let batch = if config.mode == Mode::Single {
         1
     } else {

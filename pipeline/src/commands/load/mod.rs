@@ -12,19 +12,6 @@ mod raw_ws;
 pub use error::LoadError;
 pub use ingest::{LoadConfig, LoadReport, Mode, run};
 
-/// A TCP connection to the server with Nagle off: every load client's
-/// first step (small requests and frames must leave at once).
-pub(crate) async fn tcp_connect(addr: &str) -> Result<tokio::net::TcpStream, LoadError> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|error| LoadError::Connect {
-            addr: addr.to_owned(),
-            error,
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
 // The flags of `inkstream load`.
 #[derive(clap::Args)]
 pub struct LoadArgs {

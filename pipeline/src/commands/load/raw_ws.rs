@@ -249,7 +249,7 @@ impl RawWs {
     /// Connects and upgrades `path` (with `?token=` when given): anything
     /// but `101 Switching Protocols` is `Rejected`.
     pub async fn connect(addr: &str, token: Option<&str>, path: &str) -> Result<RawWs, LoadError> {
-        let mut stream = super::tcp_connect(addr).await?;
+        let mut stream = super::ingest::tcp_connect(addr).await?;
         let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
         let key = base64_16(&random_bytes());
         let request = format!(
