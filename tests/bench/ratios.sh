@@ -21,7 +21,8 @@
 #   4. ingest → live WPM message latency at 10 K events/s (`load --mode e2e`,
 #      10,000 writers) three times each embedded, via Redis and via
 #      Redis + Kafka, every run on a fresh server (and fresh Redis/Kafka)
-#      that has never seen those writers.
+#      that has never seen those writers; the fresh broker is warmed up by a
+#      throwaway server first and emptied (warm_kafka; COLD_BROKER=1 skips it).
 # Ingest runs as an app (API key with a rate limit above the load), so the
 # dedup namespace is `app:bench` as in production.
 # Needs: redis-server + redis-benchmark, Java + Maven (tests/kafka/broker.sh).
@@ -70,6 +71,37 @@ start_kafka() { # sets KP and KAFKA_PID (a fresh, empty broker)
   KP=$p
 }
 stop_kafka() { kill "$KAFKA_PID" 2>/dev/null || true; wait "$KAFKA_PID" 2>/dev/null || true; }
+
+# warm_kafka: a deployed broker is warm; a fresh JVM compiles its hot paths
+# for the first minute (its C2 compiler thread took half a core during an
+# e2e run on a broker started 20 s before). So before a measured run the
+# fresh broker serves a throwaway inkstream (its own Redis, Redis prefix,
+# consumer group and transactional id) under the same e2e load for
+# WARM_SECONDS (default 20; COLD_BROKER=1 skips this), then its topics are
+# deleted: the measured server starts on an empty broker, with writers it
+# has never seen.
+warm_kafka() {
+  [ -n "${COLD_BROKER:-}" ] && return
+  local rp=$RP
+  start_redis
+  local warm_port; warm_port=$(free_port)
+  "$B" --config "$work/bench.toml" serve --port "$warm_port" --redis-url "redis://127.0.0.1:$RP" \
+    --kafka-brokers "127.0.0.1:$KP" --set redis.prefix=warmup --set kafka.dataflow_group=warmup-dataflow \
+    >"$work/serve-warmup.log" 2>&1 &
+  local wpid=$!; PIDS+=("$wpid")
+  for _ in $(seq 300); do curl -sf "127.0.0.1:$warm_port/healthz" >/dev/null && break; sleep 0.1; done
+  "$B" load --addr "127.0.0.1:$warm_port" --mode e2e --rate 10000 --seconds "${WARM_SECONDS:-20}" --users 10000 >/dev/null 2>&1 \
+    || { echo "the broker's warm-up load failed" >&2; tail -20 "$work/serve-warmup.log" >&2; exit 1; }
+  kill -TERM "$wpid"; wait "$wpid" 2>/dev/null || true
+  stop_redis "$RP"; RP=$rp
+  tests/kafka/broker.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KP" \
+    --delete --topic 'inkstream\..*' >/dev/null
+  for _ in $(seq 300); do
+    [ -z "$(tests/kafka/broker.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KP" --list | grep '^inkstream\.')" ] && return
+    sleep 0.2
+  done
+  echo "the warm-up's topics were not deleted within 60 s" >&2; exit 1
+}
 
 # start_serve NAME ARGS... → sets HP (port) and SPID; waits until the dataflow
 # processed one warm-up event (of a writer the measured load never uses).
@@ -192,10 +224,10 @@ for _ in $(seq "$E2E_RUNS"); do
   start_redis; start_serve e2e-redis --redis-url "redis://127.0.0.1:$RP"; e2e redis; stop_serve; stop_redis "$RP"
 done
 for _ in $(seq "$E2E_RUNS"); do
-  start_redis; start_kafka
+  start_redis; start_kafka; warm_kafka
   start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"; e2e kafka
   stop_serve; stop_kafka; stop_redis "$RP"
-  start_redis; start_kafka
+  start_redis; start_kafka; warm_kafka
   start_serve e2e-kafka-idem --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP" \
     --set kafka.mirror_transactional=false; e2e kafka_idem
   stop_serve; stop_kafka; stop_redis "$RP"

@@ -116,10 +116,14 @@ impl Classify for PublishError {
     }
 }
 
-/// One call per batch. For each publication: keys meta, history, interest;
-/// args pubsub channel, body. ARGV[1] history size (0: no history), ARGV[2]
+/// One call per batch. ARGV[1] history size (0: no history), ARGV[2]
 /// history ttl ms, ARGV[3] meta ttl ms, ARGV[4] now ms, ARGV[5] epoch seed
-/// (random per call).
+/// (random per call), then per publication the channel's tag (its Pub/Sub
+/// name, [`Keys::tag`]) and the body. The meta, history and interest keys
+/// are the tag with `:m`, `:h` and `:i` ([`Keys::names`]), derived here: two
+/// arguments per publication instead of five, the cost that bounds a burst
+/// of publications (most on channels nobody subscribes to). Like the log's
+/// append script, the keys of one batch must live on one Redis (no cluster).
 ///
 /// A channel nobody subscribed to within the history's max age (no interest
 /// key) is skipped: no client can hold an offset of it, so nothing needs
@@ -130,17 +134,21 @@ impl Classify for PublishError {
 /// (0 when skipped) and the gateways that received its channel's message.
 const PUBLISH_SCRIPT: &str = r#"
 local size = tonumber(ARGV[1])
-local n = #KEYS / 3
+local n = (#ARGV - 5) / 2
 local state, order, metas = {}, {}, {}
 for i = 1, n do
-  local meta, hist, interest = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local tag = ARGV[4 + 2 * i]
+  local meta, hist = tag .. ':m', tag .. ':h'
   local st = state[meta]
   if st == nil then
     st = false
-    if redis.call('EXISTS', interest) == 0 then
+    if redis.call('EXISTS', tag .. ':i') == 0 then
       -- Nobody can hold an offset of it any more: forget its numbering, so
-      -- a client coming back with an old offset learns it is not recovered.
-      redis.call('DEL', meta, hist)
+      -- a client coming back with an old offset learns it is not recovered
+      -- (the history goes with its meta, see META_SCRIPT).
+      if redis.call('EXISTS', meta) == 1 then
+        redis.call('DEL', meta, hist)
+      end
     else
       local epoch = redis.call('HGET', meta, 'epoch')
       local offset = 0
@@ -151,7 +159,7 @@ for i = 1, n do
         offset = tonumber(redis.call('HGET', meta, 'offset') or '0')
       end
       st = {epoch = epoch, first = offset + 1, offset = offset, hist = hist,
-            chan = ARGV[4 + 2 * i], bodies = {}}
+            chan = tag, bodies = {}}
     end
     state[meta] = st
     order[#order + 1] = meta
@@ -284,8 +292,10 @@ impl Keys {
             crate::redis_key::part(id)
         )
     }
-    /// Meta, history and interest keys and the Pub/Sub name of a channel,
-    /// its tag formatted once (the publisher's per-publication path).
+    /// Meta, history and interest keys and the Pub/Sub name of a channel:
+    /// the tag and the suffixes `PUBLISH_SCRIPT` appends to it (the test
+    /// below holds them to the single-key helpers).
+    #[cfg(test)]
     fn names(&self, key: &ChannelKey) -> [String; 4] {
         let tag = self.tag(key);
         [
@@ -334,6 +344,8 @@ struct BrokerMetrics {
     batch_seconds: prometheus::Histogram,
     /// Publications per batch.
     batch_size: prometheus::Histogram,
+    /// Time the dataflow's thread waited for room in a full publish lane.
+    publish_wait_seconds: prometheus::Counter,
 }
 
 impl BrokerMetrics {
@@ -370,6 +382,10 @@ impl BrokerMetrics {
                 )
                 .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0]),
             )?,
+            publish_wait_seconds: prometheus::Counter::new(
+                "inkstream_ws_broker_publish_wait_seconds_total",
+                "Time the dataflow waited for room in a full fanout publish lane (Redis slower than a burst of publications: the dataflow's outputs, live ones included, are held back meanwhile).",
+            )?,
         };
         for o in ["published", "dropped", "failed"] {
             m.publications.with_label_values(&[o]);
@@ -378,6 +394,7 @@ impl BrokerMetrics {
         r.register(Box::new(m.publications.clone()))?;
         r.register(Box::new(m.gap_fills.clone()))?;
         r.register(Box::new(m.reconnects.clone()))?;
+        r.register(Box::new(m.publish_wait_seconds.clone()))?;
         r.register(Box::new(m.batch_seconds.clone()))?;
         r.register(Box::new(m.batch_size.clone()))?;
         Ok(m)
@@ -396,6 +413,10 @@ pub(crate) struct Broker {
     metrics: BrokerMetrics,
     /// `inkstream_ws_broker_command_waits_total`.
     command_waits: prometheus::IntCounterVec,
+    /// Set when a wait for room gave up (Redis is not draining the lanes:
+    /// away, or far slower than the dataflow); cleared by the next
+    /// publication that finds room. While set, a full lane drops at once.
+    gave_up: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -446,6 +467,7 @@ impl Broker {
             cmd_tx,
             metrics,
             command_waits: hub_metrics.ws_broker_command_waits.clone(),
+            gave_up: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -453,26 +475,53 @@ impl Broker {
     /// the dataflow's thread (backpressure: a burst, such as ten thousand
     /// writers starting at once, waits instead of being lost), for at most
     /// `PUBLISH_WAIT`; inside the async runtime (or past that wait) the
-    /// publication is dropped and counted.
+    /// publication is dropped and counted. The wait is bounded per outage,
+    /// not per publication: once one wait gave up, full lanes drop at once
+    /// until a publication finds room again. Otherwise every derived event
+    /// would hold the dataflow for `PUBLISH_WAIT` while Redis is away (and a
+    /// shutdown's drain would never end).
     pub(crate) fn publish(&self, key: ChannelKey, body: String) {
+        use std::sync::atomic::Ordering;
         let lane = self.lane(&key);
         let mut p = Publication {
             key,
             body,
             reply: None,
         };
-        let may_wait = tokio::runtime::Handle::try_current().is_err();
-        let deadline = std::time::Instant::now() + PUBLISH_WAIT;
+        let may_wait =
+            tokio::runtime::Handle::try_current().is_err() && !self.gave_up.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let deadline = started + PUBLISH_WAIT;
+        let mut waited = false;
+        let waited_for = |waited: bool| {
+            if waited {
+                self.metrics
+                    .publish_wait_seconds
+                    .inc_by(started.elapsed().as_secs_f64());
+            }
+        };
         loop {
             match lane.try_send(p) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.gave_up.store(false, Ordering::Relaxed);
+                    return waited_for(waited);
+                }
                 Err(mpsc::error::TrySendError::Full(back))
                     if may_wait && std::time::Instant::now() < deadline =>
                 {
                     p = back;
+                    waited = true;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(_) => {
+                Err(e) => {
+                    if may_wait && matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        self.gave_up.store(true, Ordering::Relaxed);
+                        tracing::warn!(
+                            waited_ms = PUBLISH_WAIT.as_millis() as u64,
+                            "fanout: redis is not taking publications; dropping them (counted) until it does"
+                        );
+                    }
+                    waited_for(waited);
                     self.metrics
                         .publications
                         .with_label_values(&["dropped"])
@@ -565,19 +614,13 @@ async fn publisher(
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let mut inv = script.prepare_invoke();
-            let mut channels = Vec::with_capacity(batch.len());
-            for p in &batch {
-                let [meta, history, interest, pubsub] = keys.names(&p.key);
-                inv.key(meta).key(history).key(interest);
-                channels.push(pubsub);
-            }
             inv.arg(history_size)
                 .arg(history_max_age.as_millis().max(1) as u64)
                 .arg(meta_ttl(history_max_age).as_millis() as u64)
                 .arg(now_ms)
                 .arg(format!("{seed:016x}"));
-            for (p, pubsub) in batch.iter().zip(channels) {
-                inv.arg(pubsub).arg(&p.body);
+            for p in &batch {
+                inv.arg(keys.tag(&p.key)).arg(&p.body);
             }
             let started = std::time::Instant::now();
             let result = inv.invoke_async::<Vec<u64>>(&mut conn).await;
@@ -1090,6 +1133,67 @@ mod tests {
     }
 
     use super::*;
+
+    /// Redis away (nothing drains the lanes): the dataflow's thread waits for
+    /// room once, then drops at once until a publication finds room again.
+    /// Before, every publication waited `PUBLISH_WAIT`, so a drain at
+    /// shutdown with Redis gone never ended.
+    #[test]
+    fn a_full_lane_holds_the_dataflow_once_per_outage_not_per_publication() {
+        use std::sync::atomic::Ordering;
+        let metrics = Metrics::standalone();
+        let (lane, mut rx) = mpsc::channel(1);
+        let (cmd_tx, _cmd_rx) = mpsc::channel(1);
+        let broker = Broker {
+            lanes: vec![lane],
+            cmd_tx,
+            metrics: BrokerMetrics::new(&metrics).expect("metrics"),
+            command_waits: metrics.ws_broker_command_waits.clone(),
+            gave_up: std::sync::atomic::AtomicBool::new(false),
+        };
+        let key: ChannelKey = (WsPath::Analytics, "user:u".to_owned());
+        let dropped = || {
+            broker
+                .metrics
+                .publications
+                .with_label_values(&["dropped"])
+                .get()
+        };
+        // Not inside a runtime, like the dataflow's thread: it may wait.
+        broker.publish(key.clone(), "first".into());
+        let started = std::time::Instant::now();
+        broker.publish(key.clone(), "waits, then dropped".into());
+        assert!(
+            started.elapsed() >= PUBLISH_WAIT,
+            "the first full lane waits"
+        );
+        assert!(broker.gave_up.load(Ordering::Relaxed));
+        let waited = broker.metrics.publish_wait_seconds.get();
+        assert!(
+            waited >= PUBLISH_WAIT.as_secs_f64(),
+            "the wait is counted: {waited}"
+        );
+        for i in 0..100 {
+            broker.publish(key.clone(), format!("dropped {i}"));
+        }
+        assert_eq!(
+            dropped(),
+            101,
+            "every publication past the wait is dropped and counted"
+        );
+        assert_eq!(
+            broker.metrics.publish_wait_seconds.get(),
+            waited,
+            "no publication after the first gave up waited again"
+        );
+        // Redis drains again: the next publication is queued and waiting is
+        // allowed again.
+        assert_eq!(rx.try_recv().expect("the first publication").body, "first");
+        broker.publish(key.clone(), "after".into());
+        assert!(!broker.gave_up.load(Ordering::Relaxed));
+        assert_eq!(rx.try_recv().expect("queued after room").body, "after");
+        assert_eq!(dropped(), 101);
+    }
 
     #[test]
     fn pubsub_names_round_trip() {
