@@ -118,6 +118,11 @@ pub struct Metrics {
     pub ws_coalesced: IntCounterVec,
     /// Channels keeping publications for recovery.
     pub ws_history_channels: IntGauge,
+    /// Window results handed to the fanout's pacer, by outcome (`published`,
+    /// `dropped`: its queue was full).
+    pub ws_paced_events: IntCounterVec,
+    /// Window results waiting in the fanout's pacer.
+    pub ws_paced_queue: IntGauge,
     /// Subscribes with `since`, by outcome (`recovered`, `not_recovered`).
     pub ws_recoveries: IntCounterVec,
     /// Subscribes/unsubscribes that waited before reaching the Redis
@@ -381,6 +386,17 @@ impl Metrics {
                 "inkstream_ws_history_channels",
                 "WebSocket channels keeping recent publications for recovery.",
             )?,
+            ws_paced_events: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_ws_paced_events_total",
+                    "Window results (team metrics) published to the fanout at fanout.paced_rate, by outcome (published; dropped: fanout.paced_queue was full).",
+                ),
+                &["outcome"],
+            )?,
+            ws_paced_queue: IntGauge::new(
+                "inkstream_ws_paced_queue_events",
+                "Window results waiting to be published to the fanout at fanout.paced_rate.",
+            )?,
             ws_recoveries: IntCounterVec::new(
                 Opts::new(
                     "inkstream_ws_recoveries_total",
@@ -458,6 +474,8 @@ impl Metrics {
         r.register(Box::new(m.ws_closes.clone()))?;
         r.register(Box::new(m.ws_coalesced.clone()))?;
         r.register(Box::new(m.ws_history_channels.clone()))?;
+        r.register(Box::new(m.ws_paced_events.clone()))?;
+        r.register(Box::new(m.ws_paced_queue.clone()))?;
         r.register(Box::new(m.ws_recoveries.clone()))?;
         r.register(Box::new(m.ws_broker_command_waits.clone()))?;
         r.register(Box::new(m.limit_hits.clone()))?;
@@ -527,6 +545,9 @@ impl Metrics {
         }
         for reason in ["control_flood", "idle", "token_expired", "too_big"] {
             self.ws_closes.with_label_values(&[reason]);
+        }
+        for outcome in ["published", "dropped"] {
+            self.ws_paced_events.with_label_values(&[outcome]);
         }
         for outcome in ["recovered", "not_recovered"] {
             self.ws_recoveries.with_label_values(&[outcome]);

@@ -591,6 +591,16 @@ pub struct FanoutSettings {
     /// with 4009 (default 60s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub idle_timeout: Duration,
+    /// Window results (team metrics: every key's figures at once when a
+    /// window closes) go to the fanout at most this many per second, in
+    /// 2 ms slices, so live updates never queue behind a whole window
+    /// (default 20000; 0: published at once, like everything else). Derived
+    /// streams, topics and views get them at once either way.
+    pub paced_rate: u32,
+    /// Window results waiting for the fanout at `paced_rate` (default
+    /// 100000); past it they are dropped from the fanout and counted
+    /// (`inkstream_ws_paced_events_total{outcome="dropped"}`).
+    pub paced_queue: usize,
     /// Subscribes/unsubscribes of one connection waiting for the Redis
     /// broker at once (default 8); past it that connection's frames wait.
     pub max_pending_commands: usize,
@@ -631,6 +641,8 @@ impl Default for FanoutSettings {
             history_max_channels: d.history_max_channels,
             broker: FanoutBroker::Auto,
             publish_queue: 65_536,
+            paced_rate: 20_000,
+            paced_queue: 100_000,
             max_pending_commands: d.max_pending_commands,
             command_queue: d.command_queue,
             write_delay: d.write_delay,
@@ -713,6 +725,13 @@ pub struct DataflowConfig {
     pub consumer: String,
     /// Most entries read from the log per batch (default 4096).
     pub read_batch: usize,
+    /// `serve` only: most items one event-time operator observes, plus
+    /// events it fires, in one step of the worker before it lets the other
+    /// operators run and resumes in the next step (default 256; 0: no
+    /// bound). A burst (ten thousand new writers, a window closing for all
+    /// of them) then delays the live operators (WPM) by a slice, not by the
+    /// whole burst; outputs are the same either way. Replay has no bound.
+    pub step_budget: usize,
     /// The operators that run (default: all): any of `wpm`, `sessions`,
     /// `presence`, `conflicts`, `team`, `alerts`; `team` pulls in
     /// `conflicts` and `alerts` pull in `sessions` (they read their outputs).
@@ -790,6 +809,7 @@ impl Default for DataflowConfig {
             group: "dataflow".into(),
             consumer: "inkstream-0".into(),
             read_batch: 4096,
+            step_budget: 256,
             operators: Default::default(),
             flush_at_end: false,
         }

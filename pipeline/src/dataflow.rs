@@ -670,6 +670,8 @@ pub fn install<S: DerivedSink>(
         worker: worker.index(),
         checkpoints,
         stats,
+        // Replay (`flush_at_end`) has no live operator to let through.
+        step_budget: (!config.dataflow.flush_at_end).then_some(config.dataflow.step_budget),
     };
     let checkpoints = ctx.checkpoints.clone();
     install_graph(worker, config, sink, reader, checkpoints, |events| {

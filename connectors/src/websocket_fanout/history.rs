@@ -73,6 +73,12 @@ impl History {
         self.entries.len()
     }
 
+    /// Every kept body, oldest first.
+    #[cfg(test)]
+    pub(super) fn bodies(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.entries.iter().map(|e| &e.body)
+    }
+
     pub(super) fn clear(&mut self) {
         self.entries.clear();
     }

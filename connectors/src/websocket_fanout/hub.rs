@@ -339,6 +339,17 @@ impl Hub {
         self.remove_subscriber(conn, &(path, channel.to_owned()));
     }
 
+    /// The bodies a channel of `/ws/analytics`'s history keeps, oldest first
+    /// (tests of what reached the hub, and in which order).
+    #[cfg(test)]
+    pub(crate) fn history_bodies(&self, channel: &str) -> Vec<String> {
+        let t = self.table();
+        let Some(ch) = t.channels.get(&(WsPath::Analytics, channel.to_owned())) else {
+            return Vec::new();
+        };
+        ch.history.bodies().map(|b| b.to_string()).collect()
+    }
+
     /// Counts a subscribe that asked for recovery, by outcome.
     fn count_recovery(&self, recovery: Recovery) {
         let outcome = match recovery {

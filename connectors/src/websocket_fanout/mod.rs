@@ -32,7 +32,7 @@
 //! (the JSON frames), `access.rs` (who may subscribe), `guard.rs` (a
 //! connection's control-frame rate, pings, idle timeout and token expiry), `close.rs` (close
 //! codes), `routing.rs` (which event goes to which path and channel),
-//! `config.rs`, `pipeline_stats.rs` (the server's throughput and watermark
+//! `config.rs`, `pacer.rs` (window results published at a steady rate, not in one burst), `pipeline_stats.rs` (the server's throughput and watermark
 //! lag, published once a second on `category:stats` for the console), and `broker/` (the seam to a broker outside the process;
 //! `broker/redis.rs`, fanout through Redis). The admin endpoints and the
 //! subscribe upgrade live in `http_api/fanout.rs`.
@@ -47,6 +47,7 @@ mod frames;
 mod guard;
 mod history;
 mod hub;
+mod pacer;
 pub mod pipeline_stats;
 mod routing;
 mod socket;
@@ -58,4 +59,5 @@ pub use close::{
 };
 pub use config::HubConfig;
 pub use hub::Hub;
+pub use pacer::Pacer;
 pub use routing::{WsPath, routes, valid_channel};

@@ -418,7 +418,7 @@ impl TeamMetrics {
         let Some(project) = e.project_id.as_deref() else {
             return;
         };
-        self.close_until(e.ts, out);
+        self.close_until(e.ts, out, usize::MAX);
         match &e.data {
             Payload::WritingKeystroke(_)
             | Payload::WritingWordAdded(_)
@@ -492,7 +492,7 @@ impl TeamMetrics {
         let Some(project) = e.project_id.as_deref() else {
             return;
         };
-        self.close_until(e.ts, out);
+        self.close_until(e.ts, out, usize::MAX);
         let (max_open, longest) = (self.conflict_max_open, self.longest);
         // A span still retained (see `prune`) is the same conflict; an older
         // one can no longer touch any open window and is forgotten.
@@ -544,16 +544,28 @@ impl TeamMetrics {
     /// No event with `ts < watermark` will come: closes the windows ending
     /// at or before it and forgets what no open window can need.
     pub fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        self.close_until(watermark, out);
+        self.advance_some(watermark, out, usize::MAX);
+    }
+
+    /// [`TeamMetrics::advance_to`], closing windows until about `budget`
+    /// figures were emitted (at least one window); whether every window
+    /// due by `watermark` is closed. Windows close in the same order either
+    /// way.
+    pub fn advance_some(&mut self, watermark: i64, out: &mut Vec<Event>, budget: usize) -> bool {
+        let limit = out.len().saturating_add(budget);
+        if !self.close_until(watermark, out, limit) {
+            return false;
+        }
         if watermark.saturating_sub(self.last_prune) >= PRUNE_EVERY_MS {
             self.last_prune = watermark;
             self.prune(watermark);
         }
+        true
     }
 
     /// End of input (replay): closes every open window.
     pub fn flush(&mut self, out: &mut Vec<Event>) {
-        self.close_until(i64::MAX, out);
+        self.close_until(i64::MAX, out, usize::MAX);
     }
 
     fn doc(&mut self, project: &str, document: &Option<String>) -> Option<&mut DocState> {
@@ -600,8 +612,13 @@ impl TeamMetrics {
         }
     }
 
-    fn close_until(&mut self, watermark: i64, out: &mut Vec<Event>) {
+    /// Closes the windows ending by `watermark`, oldest first, until `out`
+    /// holds `limit` events; whether none is left to close.
+    fn close_until(&mut self, watermark: i64, out: &mut Vec<Event>, limit: usize) -> bool {
         while self.closing.first().is_some_and(|k| k.0 <= watermark) {
+            if out.len() >= limit {
+                return false;
+            }
             let Some((end, project, scope, len)) = self.closing.pop_first() else {
                 break;
             };
@@ -634,6 +651,7 @@ impl TeamMetrics {
             latest.retain(|w| w.window_ms != len);
             latest.push(figures);
         }
+        true
     }
 
     fn prune(&mut self, watermark: i64) {
@@ -724,6 +742,12 @@ fn figures(
     v
 }
 
+/// Whether `e` is one of this operator's window figures: emitted for every
+/// scope and user at once when a window closes (the fanout paces them).
+pub fn is_window_figure(e: &Event) -> bool {
+    matches!(&e.data, Payload::AnalyticsMetricUpdated(m) if m.metric.starts_with("team."))
+}
+
 /// The `analytics.metric_updated` events of one closed window.
 fn emit(project: &str, scope: &Option<String>, w: &WindowFigures, out: &mut Vec<Event>) {
     let window = window_label(w.window_ms);
@@ -801,6 +825,10 @@ impl Core for TeamMetrics {
 
     fn advance_to(&mut self, watermark: i64, out: &mut Vec<Event>) {
         TeamMetrics::advance_to(self, watermark, out);
+    }
+
+    fn advance_some(&mut self, watermark: i64, out: &mut Vec<Event>, budget: usize) -> bool {
+        TeamMetrics::advance_some(self, watermark, out, budget)
     }
 
     fn flush(&mut self, out: &mut Vec<Event>) {

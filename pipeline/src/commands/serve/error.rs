@@ -43,6 +43,8 @@ pub enum ServeError {
     FanoutNeedsRedis,
     #[error("configuration: fanout through redis: {0}")]
     FanoutRedis(connectors::websocket_fanout::BrokerError),
+    #[error("cannot start the fanout's pacing thread: {0}")]
+    Pacer(std::io::Error),
     /// `derived.dir` cannot be created.
     #[error("configuration: {0}")]
     DerivedDir(crate::dataflow::SinkError),
@@ -94,6 +96,7 @@ impl schemas::Classify for ServeError {
             | ServeError::Kafka(_)
             | ServeError::Server(_)
             | ServeError::FanoutRedis(_)
+            | ServeError::Pacer(_)
             | ServeError::ViewStore(_)
             | ServeError::LeaseLost => Fault::External,
             ServeError::Checkpoint(e) => schemas::Classify::fault(e),

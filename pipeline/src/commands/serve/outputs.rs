@@ -12,7 +12,7 @@ use connectors::event_log::redis::{RedisLog, RedisLogConfig};
 use connectors::kafka::derived::{Backpressure, Delivery, DerivedProducer};
 use connectors::notifier::NotifierHandle;
 use connectors::view_store::{ViewFeed, ViewStore, ViewStoreConfig};
-use connectors::websocket_fanout::{Hub, RedisBrokerConfig};
+use connectors::websocket_fanout::{Hub, Pacer, RedisBrokerConfig};
 use connectors::{EventLog, Metrics};
 use schemas::Event;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ use tokio::sync::watch;
 /// Sends derived events to every output and counts them.
 pub(super) struct DerivedOutputs {
     hub: Arc<Hub>,
+    /// Window results to the hub at `fanout.paced_rate` (none when 0).
+    pacer: Option<Pacer>,
     metrics: Metrics,
     /// The Kafka derived topics, when Kafka is configured.
     derived: Option<Arc<DerivedProducer>>,
@@ -82,7 +84,10 @@ impl DerivedOutputs {
             if let Some(n) = &self.notify {
                 n.offer(&e);
             }
-            self.hub.publish(&e);
+            match &self.pacer {
+                Some(p) if crate::operators::team_metrics::is_window_figure(&e) => p.offer(e),
+                _ => self.hub.publish(&e),
+            }
         }
     }
 }
@@ -184,8 +189,16 @@ impl Outputs {
         )
         .await
         .map_err(ServeError::ViewStore)?;
+        let pacer = match config.fanout.paced_rate {
+            0 => None,
+            rate => Some(
+                Pacer::start(hub.clone(), rate, config.fanout.paced_queue, metrics)
+                    .map_err(ServeError::Pacer)?,
+            ),
+        };
         let sink = Arc::new(DerivedOutputs {
             hub: hub.clone(),
+            pacer,
             metrics: metrics.clone(),
             derived: derived.clone(),
             files,
