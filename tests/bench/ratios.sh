@@ -168,12 +168,14 @@ echo "producer ceiling: $line"
 R[producer]=$(echo "$line" | sed -n 's/.* = \([0-9]*\) records\/s.*/\1/p')
 backlog=$(( 2 * N + 1 ))   # both loads and the warm-up event
 # mirror_run LABEL SET-ARGS... → R[LABEL]: the mirror's rate on the whole
-# backlog, from its first mirrored entry (the producer connected) to lag 0.
+# backlog, from the server answering /healthz (the mirror starting: its
+# producers connect within the span) to lag 0. Not from the first mirrored
+# entry: the counter moves when a round commits, and a backlog's round can
+# hold most of it (a page is `kafka.mirror_batch` entries *per stream*).
 mirror_run() {
   local label=$1 t0 t1 m0 m1; shift
   NOWARM=1 start_serve "$label" --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP" "$@"
-  for _ in $(seq 600); do [ "$(metric inkstream_mirror_events_total)" -gt 0 ] && break; sleep 0.05; done
-  t0=$(date +%s.%N); m0=$(metric inkstream_mirror_events_total)
+  t0=$(date +%s.%N); m0=0
   for _ in $(seq 6000); do [ "$(metric inkstream_mirror_events_total)" -ge "$backlog" ] && break; sleep 0.1; done
   t1=$(date +%s.%N); m1=$(metric inkstream_mirror_events_total)
   R[$label]=$(python3 -c "import sys; print(int((int(sys.argv[3])-int(sys.argv[4]))/(float(sys.argv[2])-float(sys.argv[1]))))" "$t0" "$t1" "$m1" "$m0")
@@ -191,6 +193,11 @@ if [ -z "${NO_SERIAL:-}" ]; then
     --set kafka.mirror_bulk_linger=5ms --set kafka.mirror_bulk_batch_bytes=1000000
 fi
 mirror_run mirror
+# MIRROR_IN_FLIGHT="8 16": the same with other round sizes (pages per
+# transactional round of a backlog), side by side with the default.
+for v in ${MIRROR_IN_FLIGHT:-}; do
+  mirror_run "mirror_if$v" --set "kafka.mirror_in_flight=$v"
+done
 # The same, without transactions (idempotent only): the cost of rounds that
 # commit before their entries are acknowledged.
 mirror_run mirror_idem --set kafka.mirror_transactional=false
@@ -213,17 +220,28 @@ fi
 echo "== 4. e2e at 10 K events/s, 10,000 writers new to a fresh server ($E2E_RUNS runs each)"
 e2e() { # label → appends "p50/p99" to R[e2e_label]
   local line p50 p99
+  # E2E_ALIGN=56: start the load at that second of a minute, so that every
+  # run crosses a minute of event time (team metrics' windows close for
+  # all 10,000 writers at once); by default a 10 s run does in 1 of 6.
+  if [ -n "${E2E_ALIGN:-}" ]; then
+    while [ "$(date +%-S)" != "$E2E_ALIGN" ]; do sleep 0.2; done
+  fi
   line=$("$B" load --addr "127.0.0.1:$HP" --mode e2e --rate 10000 --seconds "$E2E_SECONDS" --users 10000)
   echo "$1: $line"
   p50=$(echo "$line" | sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p'); p99=$(echo "$line" | sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p')
   R[e2e_$1]="${R[e2e_$1]:-}${R[e2e_$1]:+, }$p50/$p99"
 }
+# E2E_PATHS="embedded redis" leaves out the Kafka runs (quick loops).
+path_on() { case " ${E2E_PATHS:-embedded redis kafka} " in *" $1 "*) return 0;; *) return 1;; esac; }
 if on 4; then
-for _ in $(seq "$E2E_RUNS"); do start_serve e2e-emb; e2e embedded; stop_serve; done
-for _ in $(seq "$E2E_RUNS"); do
-  start_redis; start_serve e2e-redis --redis-url "redis://127.0.0.1:$RP"; e2e redis; stop_serve; stop_redis "$RP"
+# E2E_SERVE_ARGS="--set fanout.paced_rate=0": more settings for every e2e server.
+# shellcheck disable=SC2086
+path_on embedded && for _ in $(seq "$E2E_RUNS"); do start_serve e2e-emb ${E2E_SERVE_ARGS:-}; e2e embedded; stop_serve; done
+path_on redis && for _ in $(seq "$E2E_RUNS"); do
+  # shellcheck disable=SC2086
+  start_redis; start_serve e2e-redis --redis-url "redis://127.0.0.1:$RP" ${E2E_SERVE_ARGS:-}; e2e redis; stop_serve; stop_redis "$RP"
 done
-for _ in $(seq "$E2E_RUNS"); do
+path_on kafka && for _ in $(seq "$E2E_RUNS"); do
   start_redis; start_kafka; warm_kafka
   start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"; e2e kafka
   stop_serve; stop_kafka; stop_redis "$RP"
@@ -246,6 +264,9 @@ printf '%-52s %12s %10s\n' "embedded /ws/ingest" "${R[emb_ws]:-}" ""
 printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings)" "${R[producer]:-}" "100 %"
 printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka (pipelined, defaults)" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
 printf '%-52s %12s %10s\n' "mirror, same backlog, serial rounds (in_flight 1)" "${R[mirror_serial]:-}" "$(ratio "${R[mirror_serial]:-}" "${R[producer]:-}")"
+for v in ${MIRROR_IN_FLIGHT:-}; do
+  printf '%-52s %12s %10s\n' "mirror, same backlog, kafka.mirror_in_flight=$v" "${R[mirror_if$v]:-}" "$(ratio "${R[mirror_if$v]:-}" "${R[producer]:-}")"
+done
 printf '%-52s %12s %10s\n' "mirror, same backlog, not transactional" "${R[mirror_idem]:-}" "$(ratio "${R[mirror_idem]:-}" "${R[producer]:-}")"
 echo "e2e ingest → WPM message at 10 K ev/s, p50/p99 ms per run:"
 echo "  embedded:      ${R[e2e_embedded]:-}"
