@@ -101,8 +101,10 @@ impl Pacer {
         }
         q.events.push_back(event);
         let n = q.events.len();
-        drop(q);
+        // Under the lock, like the pacing thread's: the gauge never ends
+        // on a stale length.
         self.metrics.ws_paced_queue.set(n as i64);
+        drop(q);
         if n == 1 {
             self.shared.ready.notify_one();
         }
@@ -152,8 +154,8 @@ impl Run {
             };
             slice.extend(q.events.drain(..n));
             let left = q.events.len();
-            drop(q);
             self.metrics.ws_paced_queue.set(left as i64);
+            drop(q);
             tokens -= n as f64;
             for e in slice.drain(..) {
                 self.hub.publish(&e);
