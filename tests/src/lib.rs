@@ -6,6 +6,7 @@
 //! how to run the suite. Nothing is skipped silently.
 
 pub mod chaos;
+pub mod cut_proxy;
 pub mod tls;
 
 use std::net::TcpListener;

@@ -103,6 +103,9 @@ pub async fn run(
     let mut resumed = false;
     // Where the re-read of this consumer's pending entries is, per stream:
     // a backlog left by a crash is resumed page by page, not all at once.
+    // New reads move it too: after a failed read, the entries Redis may
+    // have delivered to this consumer without the reply arriving (a
+    // timeout) are the pending ones past it (see below).
     let mut cursor: std::collections::HashMap<std::sync::Arc<str>, String> = Default::default();
     let mut group_ready = false;
     let mut last_claim = tokio::time::Instant::now();
@@ -190,6 +193,9 @@ pub async fn run(
             Ok((batch, resume_done)) => {
                 resumed |= resume_done;
                 backoff.reset();
+                if reading_new {
+                    advance_cursor(&mut cursor, &batch);
+                }
                 // Less than a full page of new entries: nothing more was
                 // there when this read began.
                 let drained = reading_new && batch.len() < config.batch;
@@ -205,6 +211,13 @@ pub async fn run(
                     .log_errors
                     .with_label_values(&[backend, "read"])
                     .inc();
+                // A read that failed may still have been served: a reply
+                // lost to a timeout or a dropped connection leaves its
+                // entries pending with this consumer, and `claim_idle` never
+                // takes a consumer's own entries. So read this consumer's
+                // pending entries past the cursor before new ones again;
+                // otherwise they would wait for a restart.
+                resumed = false;
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "log read failed");
                 tokio::select! {
@@ -218,6 +231,19 @@ pub async fn run(
     drop(entries);
     while let Some(done) = processed.recv().await {
         ack(&log, &config.group, &done, &metrics).await;
+    }
+}
+
+/// Moves the cursor to the last entry of each stream in `batch` (a read
+/// returns each stream's entries together, in order).
+fn advance_cursor(cursor: &mut std::collections::HashMap<Arc<str>, String>, batch: &[LogEntry]) {
+    for (i, e) in batch.iter().enumerate() {
+        let last_of_stream = batch
+            .get(i + 1)
+            .is_none_or(|next| next.entry.stream != e.entry.stream);
+        if last_of_stream {
+            cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
+        }
     }
 }
 

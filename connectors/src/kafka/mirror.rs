@@ -81,7 +81,7 @@
 use super::rounds::{
     Ranges, encode_ranges, entry_key, full_page, last_committed_round, marker_consumer,
 };
-use super::{ensure_topics, events_topic};
+use super::{ensure_topics, events_topic, sleep_or_stop};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
@@ -599,6 +599,8 @@ pub async fn run(
             Err(e) => {
                 m.metrics.mirror_errors.with_label_values(&["log"]).inc();
                 tracing::warn!(error = %e, "mirror: reading the log failed");
+                // Served with its reply lost? Its entries are pending here.
+                reread_pending = true;
                 failed = m.commit().await;
                 if sleep_or_stop(&mut shutdown, backoff_ms).await {
                     return;
@@ -1013,11 +1015,6 @@ impl Mirror {
     }
 }
 
-/// `stream/id`: an entry's key in the poison-attempt table.
-fn attempt_key(e: &EntryRef) -> String {
-    format!("{}/{}", e.stream, e.id)
-}
-
 /// The dead letter of a poison entry: its key (the event id) and value.
 fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String) {
     let event = entry.event.as_ref().ok();
@@ -1160,40 +1157,9 @@ async fn produce(
     (deliveries, delivered, failures)
 }
 
-/// Sleeps `ms`, or returns true at once when shutdown was requested.
-async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, ms: u64) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(ms)) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
-    }
-}
-
-/// Publishes the mirror group's lag (entries not yet in Kafka and the age of
-/// the oldest) every `every`, until `shutdown` flips.
-pub async fn report_lag(
-    log: EventLog,
-    group: String,
-    metrics: Metrics,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        match log.group_lag(&group).await {
-            Ok((entries, oldest_ms)) => {
-                metrics.mirror_lag_events.set(entries as i64);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                let age = oldest_ms.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
-                metrics.mirror_lag_seconds.set(age);
-            }
-            Err(e) => tracing::debug!(error = %e, "mirror lag unavailable"),
-        }
-        if sleep_or_stop(&mut shutdown, every.as_millis() as u64).await {
-            return;
-        }
-    }
+/// `stream/id`: an entry's key in the poison-attempt table.
+fn attempt_key(e: &EntryRef) -> String {
+    format!("{}/{}", e.stream, e.id)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The Kafka-compatible side: topic administration and an idempotent producer.
 //!
-//! - [`mirror`]: the log → `inkstream.events.<category>` mirror.
+//! - [`mirror`]: the log → `inkstream.events.<category>` mirror; [`lag`]:
+//!   its lag, published for operators.
 //! - [`source`]: the event topics as the dataflow's input.
 //! - [`derived`]: derived events out to `inkstream.derived.<type>`.
 //! - [`registry`]: registering the schemas in an external Schema Registry.
@@ -8,6 +9,7 @@
 //!   (bootstrap list, TLS, SASL) are made, and the startup access check.
 
 pub mod derived;
+pub mod lag;
 pub mod mirror;
 pub mod registry;
 mod rounds;
@@ -129,4 +131,12 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// Sleeps `ms`, or returns true at once when shutdown was requested.
+async fn sleep_or_stop(shutdown: &mut tokio::sync::watch::Receiver<bool>, ms: u64) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
 }

@@ -81,7 +81,7 @@ impl Ingest {
                 });
             }
             required_groups.push(mc.group.clone());
-            tokio::spawn(connectors::kafka::mirror::report_lag(
+            tokio::spawn(connectors::kafka::lag::report_lag(
                 log.clone(),
                 mc.group.clone(),
                 metrics.clone(),

@@ -1,0 +1,159 @@
+//! A Redis read that was served but whose reply never arrived (a timeout, a
+//! dropped connection) leaves its entries pending with the reader's own
+//! consumer, and a consumer never claims its own entries. Both readers of
+//! the log — the dataflow's and the Kafka mirror's — must read them again
+//! at once instead of leaving them until a restart. Seen in a benchmark: a
+//! mirror read timed out under load, and 16,000 entries waited for 11
+//! minutes, until the run was stopped.
+//!
+//! The fault is real: a loopback proxy in front of the real redis-server
+//! drops the reply holding a marked event and closes that connection.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use inkstream_connectors::event_log::reader::{self, CaughtUp, SourceConfig};
+use inkstream_connectors::event_log::redis::{RedisLog, RedisLogConfig};
+use inkstream_connectors::kafka::mirror::{self, MirrorConfig};
+use inkstream_connectors::{EventLog, Metrics};
+use inkstream_tests::cut_proxy::CutProxy;
+use inkstream_tests::{kafka_brokers, now_ms, redis_url, unique};
+use schemas::Event;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+fn keystroke(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        ts: now_ms(),
+        user_id: Some("u1".into()),
+        project_id: Some("p1".into()),
+        document_id: Some("d1".into()),
+        data: schemas::Payload::example("writing.keystroke").unwrap(),
+    }
+}
+
+async fn open(url: String, prefix: &str) -> EventLog {
+    let mut config = RedisLogConfig::new(url);
+    config.prefix = prefix.into();
+    EventLog::Redis(RedisLog::connect(&config).await.expect("connect to redis"))
+}
+
+/// The test's redis-server, and a log through a proxy to it.
+async fn direct_and_proxied(prefix: &str) -> (EventLog, EventLog, CutProxy) {
+    let url = redis_url();
+    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = CutProxy::start(upstream).await;
+    let proxied = open(format!("redis://127.0.0.1:{}", proxy.port()), prefix).await;
+    (open(url.clone(), prefix).await, proxied, proxy)
+}
+
+/// Waits (30 s at most) for the dataflow reader to hand over `id`.
+async fn handed_over(rx: &mut mpsc::Receiver<Vec<inkstream_connectors::LogEntry>>, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let batch = tokio::time::timeout(left, rx.recv()).await;
+        let Ok(Some(batch)) = batch else {
+            panic!(
+                "{id} never reached the dataflow in 30 s: it stays pending with the reader's consumer"
+            );
+        };
+        if batch
+            .iter()
+            .any(|e| e.event.as_ref().is_ok_and(|ev| ev.id == id))
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_dataflow_reader_reads_again_what_a_lost_reply_left_pending() {
+    let prefix = unique("lostread");
+    let (direct, proxied, proxy) = direct_and_proxied(&prefix).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let (processed_tx, processed_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let config = SourceConfig {
+        group: "dataflow".into(),
+        consumer: "c".into(),
+        batch: 100,
+        claim_idle_after: Duration::from_secs(60),
+    };
+    let reader = tokio::spawn(reader::run(
+        proxied,
+        config,
+        tx,
+        processed_rx,
+        stop_rx,
+        Metrics::standalone(),
+        CaughtUp::default(),
+    ));
+    let before = format!("{prefix}-before");
+    direct.append("app", &[keystroke(&before)]).await.unwrap();
+    handed_over(&mut rx, &before).await;
+
+    let lost = format!("{prefix}-lost");
+    proxy.arm(&lost);
+    direct.append("app", &[keystroke(&lost)]).await.unwrap();
+    handed_over(&mut rx, &lost).await;
+    assert_eq!(proxy.cuts(), 1, "the reply holding {lost} was lost once");
+
+    // Stopped, the reader waits for the dataflow's reports until the
+    // dataflow (the test here) is gone.
+    stop_tx.send(true).unwrap();
+    drop((rx, processed_tx));
+    tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reader stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_mirror_reads_again_what_a_lost_reply_left_pending() {
+    let prefix = unique("lostmirror");
+    let (direct, proxied, proxy) = direct_and_proxied(&prefix).await;
+    let metrics = Metrics::standalone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut config = MirrorConfig::new(kafka_brokers());
+    config.consumer = "m".into();
+    config.transactional_id = Some(format!("{prefix}.mirror"));
+    let mirror = tokio::spawn(mirror::run(proxied, config, metrics.clone(), stop_rx));
+    let mirrored = |n: u64, what: String| {
+        let metrics = metrics.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while metrics.mirror_events.get() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} was not mirrored in 60 s (inkstream_mirror_events_total {})",
+                    metrics.mirror_events.get()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let before = format!("{prefix}-before");
+    direct.append("app", &[keystroke(&before)]).await.unwrap();
+    mirrored(1, before).await;
+
+    let lost = format!("{prefix}-lost");
+    proxy.arm(&lost);
+    direct.append("app", &[keystroke(&lost)]).await.unwrap();
+    mirrored(2, format!("{lost} (its read's reply was lost)")).await;
+    assert_eq!(proxy.cuts(), 1, "the reply holding {lost} was lost once");
+    assert!(
+        direct
+            .read_pending("mirror", "m", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing is left pending with the mirror"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), mirror)
+        .await
+        .expect("the mirror stops")
+        .unwrap();
+}
