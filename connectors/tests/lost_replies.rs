@@ -7,7 +7,10 @@
 //! minutes, until the run was stopped.
 //!
 //! The fault is real: a loopback proxy in front of the real redis-server
-//! drops the reply holding a marked event and closes that connection.
+//! drops the reply holding a marked event and closes that connection. And
+//! an acknowledgement that failed through an outage (a private
+//! redis-server, stopped and started again) is made once Redis is back:
+//! left pending, the entry would hold back trimming until a restart.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -16,7 +19,7 @@ use inkstream_connectors::event_log::redis::{RedisLog, RedisLogConfig};
 use inkstream_connectors::kafka::mirror::{self, MirrorConfig};
 use inkstream_connectors::{EventLog, Metrics};
 use inkstream_tests::cut_proxy::CutProxy;
-use inkstream_tests::{kafka_brokers, now_ms, redis_url, unique};
+use inkstream_tests::{PrivateRedis, kafka_brokers, now_ms, redis_url, unique};
 use schemas::Event;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -155,5 +158,75 @@ async fn the_mirror_reads_again_what_a_lost_reply_left_pending() {
     tokio::time::timeout(Duration::from_secs(60), mirror)
         .await
         .expect("the mirror stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
+    let prefix = unique("ackretry");
+    let mut redis = PrivateRedis::start("ackretry");
+    let log = open(redis.url(), &prefix).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let (processed_tx, processed_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::standalone();
+    let config = SourceConfig {
+        group: "dataflow".into(),
+        consumer: "c".into(),
+        batch: 100,
+        claim_idle_after: Duration::from_secs(60),
+    };
+    let reader = tokio::spawn(reader::run(
+        log.clone(),
+        config,
+        tx,
+        processed_rx,
+        stop_rx,
+        metrics.clone(),
+        CaughtUp::default(),
+    ));
+    let id = format!("{prefix}-e");
+    let stored = log.append("app", &[keystroke(&id)]).await.unwrap();
+    handed_over(&mut rx, &id).await;
+
+    // Processed while Redis is away: every XACK try fails.
+    redis.stop();
+    processed_tx.send(vec![stored[0].entry.clone()]).unwrap();
+    let failed_acks = || {
+        metrics
+            .log_errors
+            .with_label_values(&["redis", "ack"])
+            .get()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while failed_acks() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the reader did not try (and fail) its XACK 5 times with Redis stopped: {} failures",
+            failed_acks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.restart();
+    let check = open(redis.url(), &prefix).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = check.read_pending("dataflow", "c", 10).await;
+        if matches!(&pending, Ok(p) if p.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} is still pending 30 s after Redis came back: its failed XACK was not made again ({pending:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    stop_tx.send(true).unwrap();
+    drop((rx, processed_tx));
+    tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reader stops")
         .unwrap();
 }

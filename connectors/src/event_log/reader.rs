@@ -109,6 +109,11 @@ pub async fn run(
     let mut cursor: std::collections::HashMap<std::sync::Arc<str>, String> = Default::default();
     let mut group_ready = false;
     let mut last_claim = tokio::time::Instant::now();
+    // Processed entries whose XACK failed (Redis away for the retries'
+    // ~3 s): acknowledged with the next round's. Left pending they would
+    // hold back trimming (which keeps what a group has pending) until a
+    // restart.
+    let mut unacked: Vec<EntryRef> = Vec::new();
     loop {
         if *shutdown.borrow() {
             break;
@@ -146,8 +151,9 @@ pub async fn run(
         };
         // Acknowledge between reads rather than racing them: a cancelled
         // XREADGROUP would leave delivered entries pending until a restart.
-        // Everything processed since the last round in one XACK per stream.
-        let mut done = Vec::new();
+        // Everything processed since the last round in one XACK per stream,
+        // after what an earlier round could not acknowledge.
+        let mut done = std::mem::take(&mut unacked);
         while let Ok(more) = processed.try_recv() {
             if done.is_empty() {
                 done = more;
@@ -155,8 +161,8 @@ pub async fn run(
                 done.extend(more);
             }
         }
-        if !done.is_empty() {
-            ack(&log, &config.group, &done, &metrics).await;
+        if !done.is_empty() && !ack(&log, &config.group, &done, &metrics).await {
+            unacked = done;
         }
         // Take over what a consumer that stopped left pending.
         if resumed && last_claim.elapsed() >= config.claim_idle_after / 2 {
@@ -229,6 +235,9 @@ pub async fn run(
     }
     // Ending the input lets the dataflow drain; the bridge then reports the rest.
     drop(entries);
+    if !unacked.is_empty() {
+        ack(&log, &config.group, &unacked, &metrics).await;
+    }
     while let Some(done) = processed.recv().await {
         ack(&log, &config.group, &done, &metrics).await;
     }
@@ -247,11 +256,12 @@ fn advance_cursor(cursor: &mut std::collections::HashMap<Arc<str>, String>, batc
     }
 }
 
-async fn ack(log: &EventLog, group: &str, done: &[EntryRef], metrics: &Metrics) {
+/// Acknowledges `done`, retrying a few times; false when it gave up.
+async fn ack(log: &EventLog, group: &str, done: &[EntryRef], metrics: &Metrics) -> bool {
     let mut backoff = Backoff::default();
     for _ in 0..5 {
         match log.ack(group, done).await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) => {
                 metrics
                     .log_errors
@@ -262,12 +272,13 @@ async fn ack(log: &EventLog, group: &str, done: &[EntryRef], metrics: &Metrics) 
             }
         }
     }
-    // Unacknowledged entries stay pending and are re-read after a restart:
-    // at-least-once, never lost.
+    // Still pending: tried again with the next round (and re-read after a
+    // restart): at-least-once, never lost.
     tracing::error!(
         entries = done.len(),
-        "giving up acknowledging entries for now"
+        "acknowledging entries failed; trying again with the next round"
     );
+    false
 }
 
 /// Capped exponential backoff: 50 ms, 100 ms, … 5 s.
