@@ -162,6 +162,60 @@ async fn the_mirror_reads_again_what_a_lost_reply_left_pending() {
 }
 
 #[tokio::test]
+async fn the_mirror_acknowledges_again_what_a_lost_xack_left_pending() {
+    let prefix = unique("lostack");
+    let (direct, proxied, proxy) = direct_and_proxied(&prefix).await;
+    let metrics = Metrics::standalone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut config = MirrorConfig::new(kafka_brokers());
+    config.consumer = "m".into();
+    config.transactional_id = Some(format!("{prefix}.mirror"));
+    let mirror = tokio::spawn(mirror::run(proxied, config, metrics.clone(), stop_rx));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = format!("{prefix}-first");
+    direct.append("app", &[keystroke(&first)]).await.unwrap();
+    while metrics.mirror_events.get() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{first} was not mirrored in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The XACK of the next entry never reaches Redis.
+    proxy.arm_request("XACK");
+    let second = format!("{prefix}-second");
+    direct.append("app", &[keystroke(&second)]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending = direct.read_pending("mirror", "m", 10).await.unwrap();
+        if proxy.cuts() == 1 && pending.is_empty() && metrics.mirror_events.get() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "60 s after its XACK was lost, {second} is still pending with the mirror \
+             (cuts {}, pending {}, mirrored {})",
+            proxy.cuts(),
+            pending.len(),
+            metrics.mirror_events.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metrics.mirror_errors.with_label_values(&["ack"]).get(),
+        1,
+        "the lost XACK is counted"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), mirror)
+        .await
+        .expect("the mirror stops")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
     let prefix = unique("ackretry");
     let mut redis = PrivateRedis::start("ackretry");

@@ -20,7 +20,8 @@
 #      the broker's first, then warm), then without transactions, each over
 #      the whole backlog (the group is reset in between). The server's
 #      dataflow reads the mirrored records back from Kafka meanwhile, as it
-#      does in a deployment with Kafka;
+#      does in a deployment with Kafka; last, the mirror alone (an instance
+#      with `dataflow.enabled = false`);
 #   4. ingest → live WPM message latency at 10 K events/s (`load --mode e2e`,
 #      10,000 writers) three times each embedded, via Redis and via
 #      Redis + Kafka, every run on a fresh server (and fresh Redis/Kafka)
@@ -215,6 +216,10 @@ done
 # The same, without transactions (idempotent only): the cost of rounds that
 # commit before their entries are acknowledged.
 mirror_run mirror_idem --set kafka.mirror_transactional=false
+# The mirror alone: an instance without the dataflow (`dataflow.enabled =
+# false`, as when another instance holds the dataflow's lease), so the
+# server's dataflow does not read the mirrored records back meanwhile.
+mirror_run mirror_solo --set dataflow.enabled=false
 stop_serve; stop_kafka; stop_redis "$RP"
 fi
 
@@ -283,6 +288,7 @@ for v in ${MIRROR_IN_FLIGHT:-}; do
   printf '%-52s %12s %10s\n' "mirror, same backlog, kafka.mirror_in_flight=$v" "${R[mirror_if$v]:-}" "$(ratio "${R[mirror_if$v]:-}" "${R[producer]:-}")"
 done
 printf '%-52s %12s %10s\n' "mirror, same backlog, not transactional" "${R[mirror_idem]:-}" "$(ratio "${R[mirror_idem]:-}" "${R[producer]:-}")"
+printf '%-52s %12s %10s\n' "mirror alone (no dataflow in that instance)" "${R[mirror_solo]:-}" "$(ratio "${R[mirror_solo]:-}" "${R[producer]:-}")"
 echo "e2e ingest → WPM message at 10 K ev/s, p50/p99 ms per run:"
 echo "  embedded:      ${R[e2e_embedded]:-}"
 echo "  via Redis:     ${R[e2e_redis]:-}"

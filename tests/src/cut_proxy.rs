@@ -4,8 +4,9 @@
 //!
 //! Bytes pass both ways unchanged until [`CutProxy::arm`] is given a marker;
 //! then the first chunk from the server that contains it is dropped, and
-//! that connection is closed on both sides. Later connections (the client
-//! reconnecting) pass unchanged again.
+//! that connection is closed on both sides. [`CutProxy::arm_request`] does
+//! the same to a request (a command that never arrives: an XACK lost).
+//! Later connections (the client reconnecting) pass unchanged again.
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,8 +14,17 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Default)]
 struct State {
-    marker: Option<Vec<u8>>,
+    /// Cut at the next reply holding it.
+    reply: Option<Vec<u8>>,
+    /// Cut at the next request holding it (the command never arrives).
+    request: Option<Vec<u8>>,
     cuts: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Way {
+    Request,
+    Reply,
 }
 
 pub struct CutProxy {
@@ -51,10 +61,16 @@ impl CutProxy {
 
     /// The next server reply holding `marker` is lost with its connection.
     pub fn arm(&self, marker: &str) {
-        lock(&self.state).marker = Some(marker.as_bytes().to_vec());
+        lock(&self.state).reply = Some(marker.as_bytes().to_vec());
     }
 
-    /// Replies lost so far.
+    /// The next client request holding `marker` is lost with its
+    /// connection (it never reaches the server).
+    pub fn arm_request(&self, marker: &str) {
+        lock(&self.state).request = Some(marker.as_bytes().to_vec());
+    }
+
+    /// Connections cut so far.
     pub fn cuts(&self) -> usize {
         lock(&self.state).cuts
     }
@@ -71,23 +87,38 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 async fn pipe(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
-    let (mut client_rx, mut client_tx) = client.into_split();
-    let (mut server_rx, mut server_tx) = server.into_split();
-    let up = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
-    });
+    let (client_rx, client_tx) = client.into_split();
+    let (server_rx, server_tx) = server.into_split();
+    // When either way ends (a cut, or a side closing), both halves of both
+    // sockets are dropped: the connection closes each way.
+    tokio::select! {
+        _ = forward(client_rx, server_tx, state.clone(), Way::Request) => {}
+        _ = forward(server_rx, client_tx, state, Way::Reply) => {}
+    }
+}
+
+async fn forward(
+    mut rx: tokio::net::tcp::OwnedReadHalf,
+    mut tx: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<Mutex<State>>,
+    way: Way,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     // The end of the previous chunk: a marker split across two reads is
-    // still seen (the reply is then cut in its middle, lost all the same).
+    // still seen (the message is then cut in its middle, lost all the same).
     let mut tail: Vec<u8> = Vec::new();
     loop {
-        let n = match server_rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+        let n = match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         let cut = {
             let mut s = lock(&state);
-            let hit = s.marker.as_ref().is_some_and(|m| {
+            let armed = match way {
+                Way::Request => &mut s.request,
+                Way::Reply => &mut s.reply,
+            };
+            let hit = armed.as_ref().is_some_and(|m| {
                 tail.extend_from_slice(&buf[..n]);
                 let hit = tail.windows(m.len()).any(|w| w == m.as_slice());
                 let keep = tail.len().saturating_sub(m.len());
@@ -95,15 +126,13 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
                 hit
             });
             if hit {
-                s.marker = None;
+                *armed = None;
                 s.cuts += 1;
             }
             hit
         };
-        if cut || client_tx.write_all(&buf[..n]).await.is_err() {
-            break;
+        if cut || tx.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
-    // Dropping both halves closes the connection each way.
-    up.abort();
 }

@@ -318,6 +318,8 @@ struct Mirror {
     uncommitted: Vec<EntryRef>,
     /// Dead letters delivered in the open transaction: counted at its commit.
     uncommitted_dead: u64,
+    /// In Kafka, but their XACK failed: acknowledged with the next ones.
+    unacked: Vec<EntryRef>,
     /// An abort failed: the producers are re-created (whose
     /// `init_transactions` aborts what is left open) before the next round.
     broken: bool,
@@ -434,6 +436,7 @@ pub async fn run(
         pages: 0,
         uncommitted: Vec::new(),
         uncommitted_dead: 0,
+        unacked: Vec::new(),
         broken: false,
         markers: None,
         round: 0,
@@ -615,6 +618,9 @@ pub async fn run(
                 failed = m.commit().await;
             } else if !m.in_flight.is_empty() {
                 failed = m.settle(1).await;
+            }
+            if failed.is_none() && !m.busy() && !m.unacked.is_empty() {
+                m.ack(Vec::new()).await; // XACKs that failed earlier
             }
             continue;
         }
@@ -884,15 +890,24 @@ impl Mirror {
         failed
     }
 
-    /// Acknowledges delivered entries in the log.
-    async fn ack(&mut self, delivered: Vec<EntryRef>) {
+    /// Acknowledges delivered entries in the log, after those whose XACK
+    /// failed before. A failure keeps them for the next call: pending, they
+    /// would hold back trimming until a restart.
+    async fn ack(&mut self, mut delivered: Vec<EntryRef>) {
+        if !self.unacked.is_empty() {
+            let mut earlier = std::mem::take(&mut self.unacked);
+            earlier.append(&mut delivered);
+            delivered = earlier;
+        }
         if delivered.is_empty() {
             return;
         }
         if let Err(e) = self.log.ack(&self.config.group, &delivered).await {
-            // Unacknowledged: they will be produced again (at-least-once).
             self.metrics.mirror_errors.with_label_values(&["ack"]).inc();
-            tracing::warn!(error = %e, "mirror: acknowledging in the log failed");
+            tracing::warn!(error = %e, entries = delivered.len(),
+                "mirror: acknowledging in the log failed; trying again with the next ones");
+            self.unacked = delivered;
+            return;
         }
         self.metrics.mirror_events.inc_by(delivered.len() as u64);
     }
