@@ -17,7 +17,7 @@
 use inkstream_connectors::event_log::reader::{self, CaughtUp, SourceConfig};
 use inkstream_connectors::event_log::redis::{RedisLog, RedisLogConfig};
 use inkstream_connectors::kafka::mirror::{self, MirrorConfig};
-use inkstream_connectors::{EventLog, Metrics};
+use inkstream_connectors::{EntryRef, EventLog, LogEntry, Metrics};
 use inkstream_tests::cut_proxy::CutProxy;
 use inkstream_tests::{PrivateRedis, kafka_brokers, now_ms, redis_url, unique};
 use schemas::Event;
@@ -50,23 +50,133 @@ async fn direct_and_proxied(prefix: &str) -> (EventLog, EventLog, CutProxy) {
     (open(url.clone(), prefix).await, proxied, proxy)
 }
 
-/// Waits (30 s at most) for the dataflow reader to hand over `id`.
-async fn handed_over(rx: &mut mpsc::Receiver<Vec<inkstream_connectors::LogEntry>>, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let batch = tokio::time::timeout(left, rx.recv()).await;
-        let Ok(Some(batch)) = batch else {
-            panic!(
-                "{id} never reached the dataflow in 30 s: it stays pending with the reader's consumer"
-            );
+/// The dataflow's reader on `log` (group `dataflow`, consumer `c`), with
+/// the test in the dataflow's place.
+struct ReaderRun {
+    entries: mpsc::Receiver<Vec<LogEntry>>,
+    processed: mpsc::UnboundedSender<Vec<EntryRef>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Metrics,
+}
+
+impl ReaderRun {
+    fn start(log: EventLog) -> ReaderRun {
+        let (tx, entries) = mpsc::channel(16);
+        let (processed, processed_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let metrics = Metrics::standalone();
+        let config = SourceConfig {
+            group: "dataflow".into(),
+            consumer: "c".into(),
+            batch: 100,
+            claim_idle_after: Duration::from_secs(60),
         };
-        if batch
-            .iter()
-            .any(|e| e.event.as_ref().is_ok_and(|ev| ev.id == id))
-        {
-            return;
+        let task = tokio::spawn(reader::run(
+            log,
+            config,
+            tx,
+            processed_rx,
+            stop_rx,
+            metrics.clone(),
+            CaughtUp::default(),
+        ));
+        ReaderRun {
+            entries,
+            processed,
+            stop,
+            task,
+            metrics,
         }
+    }
+
+    /// Waits (30 s at most) for the reader to hand over `id`.
+    async fn handed_over(&mut self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(batch)) = tokio::time::timeout(left, self.entries.recv()).await else {
+                panic!(
+                    "{id} never reached the dataflow in 30 s: it stays pending with the reader's consumer"
+                );
+            };
+            if batch
+                .iter()
+                .any(|e| e.event.as_ref().is_ok_and(|ev| ev.id == id))
+            {
+                return;
+            }
+        }
+    }
+
+    /// Stopped, the reader waits for the dataflow's reports until the
+    /// dataflow (the test here) is gone.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        drop((self.entries, self.processed));
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the reader stops")
+            .unwrap();
+    }
+}
+
+/// The transactional mirror (consumer `m`) on a log through a proxy.
+struct MirrorRun {
+    direct: EventLog,
+    proxy: CutProxy,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MirrorRun {
+    async fn start(prefix: &str) -> MirrorRun {
+        let (direct, proxied, proxy) = direct_and_proxied(prefix).await;
+        let metrics = Metrics::standalone();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut config = MirrorConfig::new(kafka_brokers());
+        config.consumer = "m".into();
+        config.transactional_id = Some(format!("{prefix}.mirror"));
+        let task = tokio::spawn(mirror::run(proxied, config, metrics.clone(), stop_rx));
+        MirrorRun {
+            direct,
+            proxy,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Appends `id` and waits (60 s at most) until the mirror counts `n`
+    /// entries in Kafka and acknowledged.
+    async fn append_and_wait(&self, id: &str, n: u64, what: &str) {
+        self.direct.append("app", &[keystroke(id)]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metrics.mirror_events.get() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{id} ({what}) was not mirrored and acknowledged in 60 s (inkstream_mirror_events_total {})",
+                self.metrics.mirror_events.get()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn pending(&self) -> usize {
+        self.direct
+            .read_pending("mirror", "m", 10)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the mirror stops")
+            .unwrap();
     }
 }
 
@@ -74,145 +184,62 @@ async fn handed_over(rx: &mut mpsc::Receiver<Vec<inkstream_connectors::LogEntry>
 async fn the_dataflow_reader_reads_again_what_a_lost_reply_left_pending() {
     let prefix = unique("lostread");
     let (direct, proxied, proxy) = direct_and_proxied(&prefix).await;
-    let (tx, mut rx) = mpsc::channel(16);
-    let (processed_tx, processed_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let config = SourceConfig {
-        group: "dataflow".into(),
-        consumer: "c".into(),
-        batch: 100,
-        claim_idle_after: Duration::from_secs(60),
-    };
-    let reader = tokio::spawn(reader::run(
-        proxied,
-        config,
-        tx,
-        processed_rx,
-        stop_rx,
-        Metrics::standalone(),
-        CaughtUp::default(),
-    ));
+    let mut reader = ReaderRun::start(proxied);
     let before = format!("{prefix}-before");
     direct.append("app", &[keystroke(&before)]).await.unwrap();
-    handed_over(&mut rx, &before).await;
+    reader.handed_over(&before).await;
 
     let lost = format!("{prefix}-lost");
     proxy.arm(&lost);
     direct.append("app", &[keystroke(&lost)]).await.unwrap();
-    handed_over(&mut rx, &lost).await;
+    reader.handed_over(&lost).await;
     assert_eq!(proxy.cuts(), 1, "the reply holding {lost} was lost once");
-
-    // Stopped, the reader waits for the dataflow's reports until the
-    // dataflow (the test here) is gone.
-    stop_tx.send(true).unwrap();
-    drop((rx, processed_tx));
-    tokio::time::timeout(Duration::from_secs(30), reader)
-        .await
-        .expect("the reader stops")
-        .unwrap();
+    reader.stop().await;
 }
 
 #[tokio::test]
 async fn the_mirror_reads_again_what_a_lost_reply_left_pending() {
     let prefix = unique("lostmirror");
-    let (direct, proxied, proxy) = direct_and_proxied(&prefix).await;
-    let metrics = Metrics::standalone();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut config = MirrorConfig::new(kafka_brokers());
-    config.consumer = "m".into();
-    config.transactional_id = Some(format!("{prefix}.mirror"));
-    let mirror = tokio::spawn(mirror::run(proxied, config, metrics.clone(), stop_rx));
-    let mirrored = |n: u64, what: String| {
-        let metrics = metrics.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while metrics.mirror_events.get() < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "{what} was not mirrored in 60 s (inkstream_mirror_events_total {})",
-                    metrics.mirror_events.get()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    let before = format!("{prefix}-before");
-    direct.append("app", &[keystroke(&before)]).await.unwrap();
-    mirrored(1, before).await;
+    let run = MirrorRun::start(&prefix).await;
+    run.append_and_wait(&format!("{prefix}-before"), 1, "the first")
+        .await;
 
     let lost = format!("{prefix}-lost");
-    proxy.arm(&lost);
-    direct.append("app", &[keystroke(&lost)]).await.unwrap();
-    mirrored(2, format!("{lost} (its read's reply was lost)")).await;
-    assert_eq!(proxy.cuts(), 1, "the reply holding {lost} was lost once");
-    assert!(
-        direct
-            .read_pending("mirror", "m", 10)
-            .await
-            .unwrap()
-            .is_empty(),
+    run.proxy.arm(&lost);
+    run.append_and_wait(&lost, 2, "its read's reply was lost")
+        .await;
+    assert_eq!(
+        run.proxy.cuts(),
+        1,
+        "the reply holding {lost} was lost once"
+    );
+    assert_eq!(
+        run.pending().await,
+        0,
         "nothing is left pending with the mirror"
     );
-
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), mirror)
-        .await
-        .expect("the mirror stops")
-        .unwrap();
+    run.stop().await;
 }
 
 #[tokio::test]
 async fn the_mirror_acknowledges_again_what_a_lost_xack_left_pending() {
     let prefix = unique("lostack");
-    let (direct, proxied, proxy) = direct_and_proxied(&prefix).await;
-    let metrics = Metrics::standalone();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut config = MirrorConfig::new(kafka_brokers());
-    config.consumer = "m".into();
-    config.transactional_id = Some(format!("{prefix}.mirror"));
-    let mirror = tokio::spawn(mirror::run(proxied, config, metrics.clone(), stop_rx));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let first = format!("{prefix}-first");
-    direct.append("app", &[keystroke(&first)]).await.unwrap();
-    while metrics.mirror_events.get() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "{first} was not mirrored in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let run = MirrorRun::start(&prefix).await;
+    run.append_and_wait(&format!("{prefix}-first"), 1, "the first")
+        .await;
 
-    // The XACK of the next entry never reaches Redis.
-    proxy.arm_request("XACK");
+    // The XACK of the next entry never reaches Redis; it counts once it does.
+    run.proxy.arm_request("XACK");
     let second = format!("{prefix}-second");
-    direct.append("app", &[keystroke(&second)]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending = direct.read_pending("mirror", "m", 10).await.unwrap();
-        if proxy.cuts() == 1 && pending.is_empty() && metrics.mirror_events.get() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "60 s after its XACK was lost, {second} is still pending with the mirror \
-             (cuts {}, pending {}, mirrored {})",
-            proxy.cuts(),
-            pending.len(),
-            metrics.mirror_events.get()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    run.append_and_wait(&second, 2, "its XACK was lost").await;
+    assert_eq!(run.proxy.cuts(), 1, "the XACK was lost once");
+    assert_eq!(run.pending().await, 0, "{second} is not left pending");
     assert_eq!(
-        metrics.mirror_errors.with_label_values(&["ack"]).get(),
+        run.metrics.mirror_errors.with_label_values(&["ack"]).get(),
         1,
         "the lost XACK is counted"
     );
-
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), mirror)
-        .await
-        .expect("the mirror stops")
-        .unwrap();
+    run.stop().await;
 }
 
 #[tokio::test]
@@ -220,34 +247,20 @@ async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
     let prefix = unique("ackretry");
     let mut redis = PrivateRedis::start("ackretry");
     let log = open(redis.url(), &prefix).await;
-    let (tx, mut rx) = mpsc::channel(16);
-    let (processed_tx, processed_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics = Metrics::standalone();
-    let config = SourceConfig {
-        group: "dataflow".into(),
-        consumer: "c".into(),
-        batch: 100,
-        claim_idle_after: Duration::from_secs(60),
-    };
-    let reader = tokio::spawn(reader::run(
-        log.clone(),
-        config,
-        tx,
-        processed_rx,
-        stop_rx,
-        metrics.clone(),
-        CaughtUp::default(),
-    ));
+    let mut reader = ReaderRun::start(log.clone());
     let id = format!("{prefix}-e");
     let stored = log.append("app", &[keystroke(&id)]).await.unwrap();
-    handed_over(&mut rx, &id).await;
+    reader.handed_over(&id).await;
 
     // Processed while Redis is away: every XACK try fails.
     redis.stop();
-    processed_tx.send(vec![stored[0].entry.clone()]).unwrap();
+    reader
+        .processed
+        .send(vec![stored[0].entry.clone()])
+        .unwrap();
     let failed_acks = || {
-        metrics
+        reader
+            .metrics
             .log_errors
             .with_label_values(&["redis", "ack"])
             .get()
@@ -276,11 +289,5 @@ async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-
-    stop_tx.send(true).unwrap();
-    drop((rx, processed_tx));
-    tokio::time::timeout(Duration::from_secs(30), reader)
-        .await
-        .expect("the reader stops")
-        .unwrap();
+    reader.stop().await;
 }

@@ -543,6 +543,9 @@ pub async fn run(
             continue;
         }
         let read = if reread_pending {
+            // What failed to be acknowledged is pending: read (and
+            // acknowledged) again with the rest, not twice.
+            m.unacked.clear();
             let r = async {
                 m.log.ensure_group(&config.group).await?;
                 m.log
