@@ -93,6 +93,7 @@ use schemas::payload::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `[sessions]`.
@@ -616,9 +617,11 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
 pub struct Sessions {
     rules: Rules,
     flow: FlowRules,
-    users: HashMap<String, User>,
+    /// Keys shared with `queue` (a refcount, not a copy of the name, per
+    /// reschedule); serialized as plain strings, as a `String` key would be.
+    users: HashMap<Arc<str>, User>,
     /// (instant, user): each user is listed at or before its next instant.
-    queue: BTreeSet<(i64, String)>,
+    queue: BTreeSet<(i64, Arc<str>)>,
 }
 
 impl Sessions {
@@ -670,7 +673,7 @@ impl Sessions {
             if matches!(kind, Kind::Ended | Kind::Paused) {
                 return; // nothing to end or pause
             }
-            self.users.insert(user.to_owned(), User::new(self.flow));
+            self.users.insert(Arc::from(user), User::new(self.flow));
         }
         let Some(u) = self.users.get_mut(user) else {
             return;
@@ -687,10 +690,15 @@ impl Sessions {
         u.apply(t, e, kind, &mut ctx);
         u.pending = Some(t);
         if u.scheduled.is_none_or(|s| s > t) {
-            if let Some(s) = u.scheduled.replace(t) {
-                self.queue.remove(&(s, user.to_owned()));
+            let earlier = u.scheduled.replace(t);
+            let Some((key, _)) = self.users.get_key_value(user) else {
+                return;
+            };
+            let key = Arc::clone(key);
+            if let Some(s) = earlier {
+                self.queue.remove(&(s, Arc::clone(&key)));
             }
-            self.queue.insert((t, user.to_owned()));
+            self.queue.insert((t, key));
         }
     }
 
