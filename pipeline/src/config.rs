@@ -57,10 +57,15 @@ impl Default for ViewsSettings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DerivedSettings {
-    /// Append every derived event to `DIR/<type>.ndjson` (default: none). The
+    /// Append every derived event to `DIR/<type>.ndjson` (or `.avro`, see
+    /// `format`; default: none). The
     /// files survive restarts and are made durable before each checkpoint
     /// completes.
     pub dir: Option<std::path::PathBuf>,
+    /// How they are written: `"ndjson"` (default; `<type>.ndjson`) or
+    /// `"avro"` (Avro object container files, `<type>.avro`). Also
+    /// `replay --format`.
+    pub format: crate::file_sink::Format,
 }
 
 /// `[auth]`: with nothing set, authentication is off (and `serve` says so);

@@ -299,17 +299,62 @@ fn sessions_match_the_reference_with_gap_overridden_and_any_worker_count() {
 
 /// Every derived event of a run, as JSON text keyed by id: files of one
 /// process (`<type>.ndjson`) or of every process of a cluster
-/// (`<type>.p<i>.ndjson`).
+/// (`<type>.p<i>.ndjson`), or Avro containers (`<type>.avro`, read as the
+/// same JSON).
 fn all_derived(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        for v in read_ndjson(&path) {
+        let events = match path.extension().and_then(|e| e.to_str()) {
+            Some("avro") => read_avro(&path),
+            _ => read_ndjson(&path),
+        };
+        for v in events {
             out.push((v["id"].as_str().unwrap().to_owned(), v.to_string()));
         }
     }
     out.sort();
     out
+}
+
+/// The events of an Avro container file `<type>.avro`, as JSON: those of
+/// its whole blocks (a kill may have cut the last one; [`whole_avro`]
+/// checks a finished run's files).
+fn read_avro(path: &Path) -> Vec<serde_json::Value> {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let container = schemas::container::Container::new(name.strip_suffix(".avro").unwrap());
+    let bytes = std::fs::read(path).unwrap();
+    let whole = container
+        .complete_prefix(&bytes)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    if whole == 0 {
+        return Vec::new(); // not even the header was written
+    }
+    container
+        .read(&bytes[..whole])
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .iter()
+        // Through the text, as an NDJSON line is read (serde_json's float
+        // parsing is not exact: the same text must give the same value).
+        .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+        .collect()
+}
+
+/// Every Avro container in `dir` is whole: header, blocks, nothing after.
+fn whole_avro(dir: &Path) {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let Some(ty) = name.strip_suffix(".avro") else {
+            panic!("{name}: not an Avro container in an Avro run's outputs");
+        };
+        let bytes = std::fs::read(&path).unwrap();
+        let c = schemas::container::Container::new(ty);
+        assert_eq!(c.complete_prefix(&bytes), Ok(bytes.len()), "{name}");
+        seen += 1;
+    }
+    assert!(seen > 0, "no Avro container in {}", dir.display());
 }
 
 fn free_port() -> u16 {
@@ -487,7 +532,19 @@ fn deduplicated(dir: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn a_replay_killed_mid_way_resumes_from_its_checkpoint_with_the_same_outputs() {
-    let dir = scratch("crash");
+    killed_and_resumed("ndjson");
+}
+
+/// The same with Avro container outputs (a block a kill cut in half is cut
+/// off on resume), compared with the uninterrupted run's NDJSON: both
+/// formats hold the same events.
+#[test]
+fn a_replay_killed_mid_way_resumes_its_avro_outputs_with_the_events_of_the_ndjson_run() {
+    killed_and_resumed("avro");
+}
+
+fn killed_and_resumed(format: &str) {
+    let dir = scratch(&format!("crash-{format}"));
     let input = dir.join("events.ndjson");
     let status = Command::new(bin())
         .args(["generate", "--events", "400000", "--users", "120", "--out"])
@@ -495,11 +552,21 @@ fn a_replay_killed_mid_way_resumes_from_its_checkpoint_with_the_same_outputs() {
         .status()
         .unwrap();
     assert!(status.success());
-    let settings = ["--set", "checkpoint.interval=2m", "--workers", "2"];
-
     let uninterrupted = dir.join("uninterrupted");
-    replay(&input, &uninterrupted, &settings);
+    replay(
+        &input,
+        &uninterrupted,
+        &["--set", "checkpoint.interval=2m", "--workers", "2"],
+    );
     let expected = deduplicated(&uninterrupted);
+    let settings = [
+        "--set",
+        "checkpoint.interval=2m",
+        "--workers",
+        "2",
+        "--format",
+        format,
+    ];
 
     // Kill -9 once at least one checkpoint is complete, well before the end.
     let out = dir.join("crashed");
@@ -574,6 +641,9 @@ fn a_replay_killed_mid_way_resumes_from_its_checkpoint_with_the_same_outputs() {
         "resumed at line {resumed_at}"
     );
 
+    if format == "avro" {
+        whole_avro(&out);
+    }
     let got = deduplicated(&out);
     assert_eq!(
         got.len(),

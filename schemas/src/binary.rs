@@ -92,6 +92,19 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, BinaryError> {
 /// Decodes one event written by [`encode`] (or any writer of the same schema
 /// version). Trailing bytes are an error.
 pub fn decode(bytes: &[u8]) -> Result<Event, BinaryError> {
+    let (event, used) = decode_prefix(bytes)?;
+    if used < bytes.len() {
+        return Err(BinaryError(format!(
+            "{} trailing bytes after the event",
+            bytes.len() - used
+        )));
+    }
+    Ok(event)
+}
+
+/// Decodes the event at the start of `bytes` (several are concatenated in
+/// an Avro container's block): the event and how many bytes it took.
+pub fn decode_prefix(bytes: &[u8]) -> Result<(Event, usize), BinaryError> {
     let mut r = Reader { input: bytes };
     let id = r.read_string()?;
     let ty = r.read_string()?;
@@ -111,20 +124,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, BinaryError> {
     }
     let data = Payload::deserialize_as(branch_type, &mut r)
         .ok_or_else(|| BinaryError(format!("unknown type {ty}")))??;
-    if !r.input.is_empty() {
-        return Err(BinaryError(format!(
-            "{} trailing bytes after the event",
-            r.input.len()
-        )));
-    }
-    Ok(Event {
-        id,
-        ts,
-        user_id,
-        project_id,
-        document_id,
-        data,
-    })
+    let used = bytes.len() - r.input.len();
+    Ok((
+        Event {
+            id,
+            ts,
+            user_id,
+            project_id,
+            document_id,
+            data,
+        },
+        used,
+    ))
 }
 
 struct Writer<'a> {

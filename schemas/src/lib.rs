@@ -7,6 +7,7 @@
 //! - [`payload`]: the typed payload of every event type, mirroring the Avro
 //!   schemas in `schemas/avro/` (the source of truth).
 //! - [`avro`]: the Avro encoding of the envelope ([`AvroSchemas`]).
+//! - [`container`]: Avro object container files of events (`replay --format avro`).
 //! - [`examples`]: a minimal and a maximal example payload per type.
 //!
 //! - [`fault`]: whose fault an error is and whether a retry helps ([`Classify`]),
@@ -17,6 +18,7 @@
 pub mod avro;
 pub mod binary;
 pub mod confluent;
+pub mod container;
 mod decode_error;
 pub mod docs;
 pub mod event;

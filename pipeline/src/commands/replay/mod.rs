@@ -14,7 +14,7 @@ mod blocks;
 use super::{ClusterArgs, toml_string};
 use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, SinkError, WorkerError, dead_letter, late_event};
-use crate::file_sink::FileSink;
+use crate::file_sink::{FileSink, Format};
 use crate::runtime::checkpoint::{CheckpointError, Checkpoints};
 use blocks::{Blocks, Take};
 use std::collections::BTreeMap;
@@ -30,9 +30,15 @@ use std::time::{Duration, Instant};
 pub struct ReplayArgs {
     /// The events, one JSON object per line.
     file: PathBuf,
-    /// Output directory: one `<type>.ndjson` per derived event type.
+    /// Output directory: one `<type>.ndjson` (or `<type>.avro`) per
+    /// derived event type.
     #[arg(long)]
     out: PathBuf,
+    /// How outputs are written (config `derived.format`; default ndjson):
+    /// `ndjson`, or `avro` (Avro object container files with the envelope
+    /// schema in their header, readable by any Avro tool).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Dataflow worker threads.
     #[arg(long)]
     workers: Option<usize>,
@@ -76,6 +82,9 @@ impl ReplayArgs {
                 "checkpoint.dir={}",
                 toml_string(&d.to_string_lossy())
             ));
+        }
+        if let Some(f) = self.format {
+            out.push(format!("derived.format={}", toml_string(f.extension())));
         }
         if let Some(w) = self.workers {
             out.push(format!("dataflow.workers={w}"));
@@ -307,7 +316,11 @@ pub fn run_selected(
     } else {
         String::new()
     };
-    let sink = Arc::new(FileSink::new(out, suffix, resume.is_some())?.only(only));
+    let sink = Arc::new(
+        FileSink::new(out, suffix, resume.is_some())?
+            .only(only)
+            .format(config.derived.format),
+    );
     let threads = config.dataflow.workers.max(1);
     let blocks = Arc::new(Blocks::new(
         file,

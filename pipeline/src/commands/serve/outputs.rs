@@ -168,9 +168,11 @@ impl Outputs {
             _ => None,
         };
         let files = match &config.derived.dir {
-            Some(dir) => {
-                Some(FileSink::new(dir, String::new(), true).map_err(ServeError::DerivedDir)?)
-            }
+            Some(dir) => Some(
+                FileSink::new(dir, String::new(), true)
+                    .map_err(ServeError::DerivedDir)?
+                    .format(config.derived.format),
+            ),
             None => None,
         };
         // The notifier's handle serves the routes on every instance; its task
