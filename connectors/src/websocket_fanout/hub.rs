@@ -5,7 +5,7 @@
 
 use super::access::may_subscribe;
 use super::broker::redis::{Broker, BrokerError, PublishError, RedisBrokerConfig};
-use super::broker::{Command, LocalHub, RemoteJoin};
+use super::broker::{Command, LocalHub, Priority, RemoteJoin};
 use super::channel::{Channel, ChannelKey, Table};
 use super::client::{ClientQueue, Outbound, write_batch};
 use super::close::{CLOSE_GOING_AWAY, CLOSE_SLOW};
@@ -94,12 +94,20 @@ impl Hub {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes a derived event to every channel it routes to.
+    /// Publishes a derived event to every channel it routes to, as a live
+    /// update ([`Priority::Live`]).
     pub fn publish(&self, event: &Event) {
-        self.publish_at(event, Instant::now());
+        self.publish_at(event, Priority::Live, Instant::now());
     }
 
-    fn publish_at(&self, event: &Event, now: Instant) {
+    /// [`Hub::publish`] with a priority: through a shared broker (Redis)
+    /// [`Priority::Background`] publications yield to live ones. In process
+    /// both are the same.
+    pub fn publish_with(&self, event: &Event, priority: Priority) {
+        self.publish_at(event, priority, Instant::now());
+    }
+
+    fn publish_at(&self, event: &Event, priority: Priority, now: Instant) {
         let routes = routes(event);
         if routes.is_empty() {
             return;
@@ -115,7 +123,7 @@ impl Hub {
         };
         if let Some(b) = self.broker.get() {
             for key in routes {
-                b.publish(key, body.clone());
+                b.publish(key, body.clone(), priority);
             }
             return;
         }

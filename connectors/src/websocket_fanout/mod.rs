@@ -53,6 +53,7 @@ mod routing;
 mod socket;
 
 pub use access::may_subscribe;
+pub use broker::Priority;
 pub use broker::redis::{BrokerError, PublishError, RedisBrokerConfig};
 pub use close::{
     CLOSE_CONTROL_FLOOD, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED,

@@ -20,6 +20,7 @@
 //! derived streams, topics and views get every one: only the live fanout is
 //! paced).
 
+use super::broker::Priority;
 use super::hub::Hub;
 use crate::metrics::Metrics;
 use schemas::Event;
@@ -158,7 +159,7 @@ impl Run {
             drop(q);
             tokens -= n as f64;
             for e in slice.drain(..) {
-                self.hub.publish(&e);
+                self.hub.publish_with(&e, Priority::Background);
             }
             self.metrics
                 .ws_paced_events

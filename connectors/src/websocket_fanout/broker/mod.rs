@@ -12,6 +12,23 @@ use super::channel::ChannelKey;
 use super::client::ClientQueue;
 use super::frames::{Recovery, WsFrame};
 
+/// How a publication queues for a broker that is shared (one Redis): a
+/// live figure must not wait behind a burst of results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Live updates (WPM, presence, conflicts, admin broadcasts): written to
+    /// the broker first.
+    Live,
+    /// Results of event-time operators (session transitions, alerts, window
+    /// figures): minutes of event time old by nature, and they come in
+    /// bursts (ten thousand writers starting at once). Written a few at a
+    /// time beside the live ones, so a burst delays a live update by at
+    /// most one small batch per lane. Within a channel a live publication
+    /// may thus take an earlier offset than a background one emitted
+    /// before it.
+    Background,
+}
+
 /// What a broker asks of the hub: this gateway's local subscribers, kept in
 /// step with the broker's numbering. Called by the broker's one task, in
 /// order with the live publications.

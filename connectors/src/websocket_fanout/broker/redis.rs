@@ -32,7 +32,7 @@
 //!   is bounded per channel; meta hashes expire a day after their channel's
 //!   last publication.
 
-use super::{Command, LocalHub, Queued, RemoteJoin};
+use super::{Command, LocalHub, Priority, Queued, RemoteJoin};
 use crate::metrics::Metrics;
 use crate::websocket_fanout::channel::ChannelKey;
 use crate::websocket_fanout::client::ClientQueue;
@@ -225,6 +225,29 @@ const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// publications/s with 2 ms per batch of 160).
 const PUBLISH_LANES: usize = 4;
 
+/// Most publications in one batch (one script call).
+const BATCH: usize = 256;
+
+/// Most [`Priority::Background`] publications in one batch: what a live
+/// publication may wait behind per lane while a burst of results drains
+/// (at ~5 µs of Redis each, ~0.3 ms).
+const BACKGROUND_BATCH: usize = 64;
+
+/// One publishing lane: a queue per priority, drained by one task.
+struct Lane {
+    live: mpsc::Sender<Publication>,
+    background: mpsc::Sender<Publication>,
+}
+
+impl Lane {
+    fn queue(&self, priority: Priority) -> &mpsc::Sender<Publication> {
+        match priority {
+            Priority::Live => &self.live,
+            Priority::Background => &self.background,
+        }
+    }
+}
+
 /// Longest the dataflow's thread waits for room in a full publish queue
 /// (Redis slow or away) before publications are dropped.
 const PUBLISH_WAIT: Duration = Duration::from_secs(5);
@@ -403,10 +426,10 @@ impl BrokerMetrics {
 
 /// The hub's handle on Redis.
 pub(crate) struct Broker {
-    /// One queue per publishing lane; a channel always uses the same lane,
-    /// so its publications keep their order, while lanes overlap their
-    /// round trips to Redis.
-    lanes: Vec<mpsc::Sender<Publication>>,
+    /// The publishing lanes; a channel always uses the same lane, so its
+    /// publications of one priority keep their order, while lanes overlap
+    /// their round trips to Redis.
+    lanes: Vec<Lane>,
     /// Subscribes/unsubscribes for the one subscriber task, bounded
     /// (`fanout.command_queue`); each holds its connection's permit.
     cmd_tx: mpsc::Sender<Queued>,
@@ -441,12 +464,14 @@ impl Broker {
         let metrics = BrokerMetrics::new(hub_metrics)?;
         let mut lanes = Vec::with_capacity(PUBLISH_LANES);
         for _ in 0..PUBLISH_LANES {
-            let (tx, rx) = mpsc::channel((config.publish_queue / PUBLISH_LANES).max(1));
-            lanes.push(tx);
+            let room = (config.publish_queue / PUBLISH_LANES).max(1);
+            let (live, live_rx) = mpsc::channel(room);
+            let (background, background_rx) = mpsc::channel(room);
+            lanes.push(Lane { live, background });
             tokio::spawn(publisher(
                 conn.clone(),
                 keys.clone(),
-                rx,
+                (live_rx, background_rx),
                 hub_config.history_size,
                 hub_config.history_max_age,
                 metrics.clone(),
@@ -480,9 +505,9 @@ impl Broker {
     /// until a publication finds room again. Otherwise every derived event
     /// would hold the dataflow for `PUBLISH_WAIT` while Redis is away (and a
     /// shutdown's drain would never end).
-    pub(crate) fn publish(&self, key: ChannelKey, body: String) {
+    pub(crate) fn publish(&self, key: ChannelKey, body: String, priority: Priority) {
         use std::sync::atomic::Ordering;
-        let lane = self.lane(&key);
+        let lane = self.lane(&key).queue(priority);
         let mut p = Publication {
             key,
             body,
@@ -545,13 +570,14 @@ impl Broker {
             reply: Some(tx),
         };
         self.lane(&p.key)
+            .live
             .send(p)
             .await
             .map_err(|_| PublishError::Stopped)?;
         rx.await.map_err(|_| PublishError::Stopped)?
     }
 
-    fn lane(&self, key: &ChannelKey) -> &mpsc::Sender<Publication> {
+    fn lane(&self, key: &ChannelKey) -> &Lane {
         let h = std::hash::BuildHasher::hash_one(&LANE_HASH, key);
         &self.lanes[(h % self.lanes.len() as u64) as usize]
     }
@@ -591,7 +617,7 @@ impl Broker {
 async fn publisher(
     mut conn: ConnectionManager,
     keys: Keys,
-    mut rx: mpsc::Receiver<Publication>,
+    mut queues: (mpsc::Receiver<Publication>, mpsc::Receiver<Publication>),
     history_size: usize,
     history_max_age: Duration,
     metrics: BrokerMetrics,
@@ -601,7 +627,7 @@ async fn publisher(
     let mut seed: u64 =
         std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id());
     loop {
-        if rx.recv_many(&mut batch, 256).await == 0 {
+        if !next_batch(&mut queues, &mut batch).await {
             return;
         }
         let mut backoff = Duration::from_millis(50);
@@ -675,6 +701,41 @@ async fn publisher(
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
+        }
+    }
+}
+
+/// Waits for publications and takes the next batch: every live one
+/// waiting (up to [`BATCH`]), then at most [`BACKGROUND_BATCH`] background
+/// ones. False once both queues are closed and empty.
+async fn next_batch(
+    (live, background): &mut (mpsc::Receiver<Publication>, mpsc::Receiver<Publication>),
+    batch: &mut Vec<Publication>,
+) -> bool {
+    loop {
+        while batch.len() < BATCH {
+            match live.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut taken = 0;
+        while taken < BACKGROUND_BATCH && batch.len() < BATCH {
+            match background.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+            taken += 1;
+        }
+        if !batch.is_empty() {
+            return true;
+        }
+        let (live_open, background_open) = (!live.is_closed(), !background.is_closed());
+        tokio::select! {
+            biased;
+            Some(p) = live.recv(), if live_open => batch.push(p),
+            Some(p) = background.recv(), if background_open => batch.push(p),
+            else => return false,
         }
     }
 }
@@ -1142,10 +1203,11 @@ mod tests {
     fn a_full_lane_holds_the_dataflow_once_per_outage_not_per_publication() {
         use std::sync::atomic::Ordering;
         let metrics = Metrics::standalone();
-        let (lane, mut rx) = mpsc::channel(1);
+        let (live, mut rx) = mpsc::channel(1);
+        let (background, _background_rx) = mpsc::channel(1);
         let (cmd_tx, _cmd_rx) = mpsc::channel(1);
         let broker = Broker {
-            lanes: vec![lane],
+            lanes: vec![Lane { live, background }],
             cmd_tx,
             metrics: BrokerMetrics::new(&metrics).expect("metrics"),
             command_waits: metrics.ws_broker_command_waits.clone(),
@@ -1160,9 +1222,9 @@ mod tests {
                 .get()
         };
         // Not inside a runtime, like the dataflow's thread: it may wait.
-        broker.publish(key.clone(), "first".into());
+        broker.publish(key.clone(), "first".into(), Priority::Live);
         let started = std::time::Instant::now();
-        broker.publish(key.clone(), "waits, then dropped".into());
+        broker.publish(key.clone(), "waits, then dropped".into(), Priority::Live);
         assert!(
             started.elapsed() >= PUBLISH_WAIT,
             "the first full lane waits"
@@ -1174,7 +1236,7 @@ mod tests {
             "the wait is counted: {waited}"
         );
         for i in 0..100 {
-            broker.publish(key.clone(), format!("dropped {i}"));
+            broker.publish(key.clone(), format!("dropped {i}"), Priority::Live);
         }
         assert_eq!(
             dropped(),
@@ -1189,10 +1251,64 @@ mod tests {
         // Redis drains again: the next publication is queued and waiting is
         // allowed again.
         assert_eq!(rx.try_recv().expect("the first publication").body, "first");
-        broker.publish(key.clone(), "after".into());
+        broker.publish(key.clone(), "after".into(), Priority::Live);
         assert!(!broker.gave_up.load(Ordering::Relaxed));
         assert_eq!(rx.try_recv().expect("queued after room").body, "after");
         assert_eq!(dropped(), 101);
+    }
+
+    /// A burst of background publications waiting: each batch takes every
+    /// live one first and at most `BACKGROUND_BATCH` of the burst, so a
+    /// live publication never queues behind the burst; each priority keeps
+    /// its order; the task ends once both queues are closed and empty.
+    #[tokio::test]
+    async fn live_publications_go_first_and_a_burst_drains_a_few_per_batch() {
+        let (live, live_rx) = mpsc::channel(1000);
+        let (background, background_rx) = mpsc::channel(1000);
+        let p = |body: String| Publication {
+            key: (WsPath::Analytics, "user:u".to_owned()),
+            body,
+            reply: None,
+        };
+        for i in 0..300 {
+            background.try_send(p(format!("b{i}"))).expect("room");
+        }
+        for i in 0..3 {
+            live.try_send(p(format!("l{i}"))).expect("room");
+        }
+        let mut queues = (live_rx, background_rx);
+        let mut batches = Vec::new();
+        let mut batch = Vec::new();
+        let mut round = 0;
+        while next_batch(&mut queues, &mut batch).await {
+            batches.push(batch.drain(..).map(|p| p.body).collect::<Vec<_>>());
+            round += 1;
+            if round == 2 {
+                live.try_send(p("late live".into())).expect("room");
+            }
+            if batches.iter().map(Vec::len).sum::<usize>() == 304 {
+                break;
+            }
+        }
+        assert_eq!(batches[0][..3], ["l0", "l1", "l2"]);
+        assert_eq!(batches[0].len(), 3 + BACKGROUND_BATCH);
+        assert_eq!(
+            batches[2][0], "late live",
+            "a live publication waits one batch at most"
+        );
+        assert!(batches.iter().all(|b| b.len() <= BACKGROUND_BATCH + 3));
+        let background_order: Vec<&String> = batches
+            .iter()
+            .flatten()
+            .filter(|b| b.starts_with('b'))
+            .collect();
+        let expected: Vec<String> = (0..300).map(|i| format!("b{i}")).collect();
+        assert_eq!(background_order, expected.iter().collect::<Vec<_>>());
+        drop((live, background));
+        assert!(
+            !next_batch(&mut queues, &mut batch).await,
+            "both closed and empty"
+        );
     }
 
     #[test]

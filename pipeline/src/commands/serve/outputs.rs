@@ -12,7 +12,7 @@ use connectors::event_log::redis::{RedisLog, RedisLogConfig};
 use connectors::kafka::derived::{Backpressure, Delivery, DerivedProducer};
 use connectors::notifier::NotifierHandle;
 use connectors::view_store::{ViewFeed, ViewStore, ViewStoreConfig};
-use connectors::websocket_fanout::{Hub, Pacer, RedisBrokerConfig};
+use connectors::websocket_fanout::{Hub, Pacer, Priority, RedisBrokerConfig};
 use connectors::{EventLog, Metrics};
 use schemas::Event;
 use std::sync::Arc;
@@ -86,6 +86,9 @@ impl DerivedOutputs {
             }
             match &self.pacer {
                 Some(p) if crate::operators::team_metrics::is_window_figure(&e) => p.offer(e),
+                _ if crate::operators::is_burst_result(&e) => {
+                    self.hub.publish_with(&e, Priority::Background)
+                }
                 _ => self.hub.publish(&e),
             }
         }
