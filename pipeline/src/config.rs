@@ -580,9 +580,10 @@ pub struct FanoutSettings {
     /// process only), `redis` (shared by every gateway on the same Redis and
     /// prefix), or `auto` (default: `redis` when `redis.url` is set).
     pub broker: FanoutBroker,
-    /// Publications waiting to be written to Redis, over 4 lanes (default
-    /// 65536). When a lane is full the dataflow waits up to 5 s, then
-    /// publications are dropped and counted.
+    /// Publications waiting to be written to Redis, over 4 lanes, per
+    /// priority (default 65536; live updates go before session/flow
+    /// transitions and window figures). When a lane is full the dataflow
+    /// waits up to 5 s, then publications are dropped and counted.
     pub publish_queue: usize,
     /// Control frames (subscribe, unsubscribe, ping) per second per
     /// connection (default 20); past the burst the connection is closed with 4029.
