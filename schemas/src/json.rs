@@ -4,6 +4,8 @@
 //! relative to the event) and says what was expected and what was found, so an
 //! app developer can fix the call from the message alone.
 
+mod scan;
+
 pub use crate::decode_error::DecodeError;
 use crate::decode_error::describe;
 use crate::event::{Event, EventType};
@@ -71,11 +73,23 @@ pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError>
     decode_value(value, limits)
 }
 
-/// The fast path: a borrowed, typed parse of a well-formed event in one pass.
-/// `None` on anything unusual (an error, an RFC 3339 `ts`, an escaped id…):
-/// the slow path then decides, with a precise error if it is one. Both paths
-/// accept exactly the same events (tested).
-fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
+/// The envelope of an event, borrowed from its text: what the fast path
+/// reads before it validates (by [`scan::envelope`] or by serde).
+#[derive(Debug, PartialEq)]
+struct Envelope<'a> {
+    id: Option<std::borrow::Cow<'a, str>>,
+    event_type: std::borrow::Cow<'a, str>,
+    ts: i64,
+    user_id: Option<std::borrow::Cow<'a, str>>,
+    project_id: Option<std::borrow::Cow<'a, str>>,
+    document_id: Option<std::borrow::Cow<'a, str>>,
+    /// The raw text of `data`.
+    data: Option<&'a str>,
+}
+
+/// A typed serde parse of the envelope (escapes, whitespace, any valid
+/// JSON): `None` on anything serde refuses.
+fn parse_envelope(text: &str) -> Option<Envelope<'_>> {
     use serde::Deserialize;
     use std::borrow::Cow;
     #[derive(Deserialize)]
@@ -95,10 +109,28 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
         #[serde(default, borrow)]
         data: Option<&'a serde_json::value::RawValue>,
     }
-    // Validate UTF-8 once, then parse from `&str` (serde_json then skips
-    // per-string validation).
-    let text = std::str::from_utf8(bytes).ok()?;
     let w: Wire<'_> = serde_json::from_str(text).ok()?;
+    Some(Envelope {
+        id: w.id,
+        event_type: w.event_type,
+        ts: w.ts,
+        user_id: w.user_id,
+        project_id: w.project_id,
+        document_id: w.document_id,
+        data: w.data.map(|d| d.get()),
+    })
+}
+
+/// The fast path: a borrowed, typed parse of a well-formed event in one pass.
+/// `None` on anything unusual (an error, an RFC 3339 `ts`, an escaped id…):
+/// the slow path then decides, with a precise error if it is one. Both paths
+/// accept exactly the same events (tested).
+fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
+    use std::borrow::Cow;
+    // Validate UTF-8 once, then parse from `&str` (serde_json then skips
+    // per-string validation). The plain shape is scanned; serde reads the rest.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let w = scan::envelope(text).or_else(|| parse_envelope(text))?;
     let known = EventType::lookup(&w.event_type).ok()?;
     let ok_id = |s: &Option<Cow<'_, str>>| {
         s.as_ref()
@@ -129,7 +161,7 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
             return None;
         }
     }
-    let raw = w.data.map_or("{}", |d| d.get());
+    let raw = w.data.unwrap_or("{}");
     if !raw.trim_start().starts_with('{') {
         return None;
     }

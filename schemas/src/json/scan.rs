@@ -1,0 +1,262 @@
+//! The envelope of a plain event line, scanned byte by byte: the common
+//! shape (`{"id":"…","ts":…,"user_id":"…",…,"type":"…","data":{…}}`, keys in
+//! any order, no whitespace, no escapes, no nulls) costs a third of a serde
+//! parse of the same envelope. Anything else — whitespace, an escape, a
+//! control character, `null`, an unknown or repeated key, a number that is
+//! not a plain non-negative integer, trailing bytes — is `None`, and the
+//! serde parse decides (tested: whatever this accepts, serde reads the
+//! same). `data` is only delimited here; it is parsed strictly afterwards.
+
+use super::Envelope;
+use std::borrow::Cow;
+
+/// The envelope of `text`, or `None` when it is not of the plain shape.
+pub(super) fn envelope(text: &str) -> Option<Envelope<'_>> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    expect(b, &mut i, b'{')?;
+    let mut e = Envelope {
+        id: None,
+        event_type: Cow::Borrowed(""),
+        ts: 0,
+        user_id: None,
+        project_id: None,
+        document_id: None,
+        data: None,
+    };
+    let mut seen = 0u8;
+    loop {
+        let key = string(b, &mut i)?;
+        expect(b, &mut i, b':')?;
+        let bit = match key {
+            "id" => {
+                e.id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
+                1
+            }
+            "type" => {
+                e.event_type = Cow::Borrowed(str_at(text, b, &mut i)?);
+                2
+            }
+            "ts" => {
+                e.ts = integer(b, &mut i)?;
+                4
+            }
+            "user_id" => {
+                e.user_id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
+                8
+            }
+            "project_id" => {
+                e.project_id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
+                16
+            }
+            "document_id" => {
+                e.document_id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
+                32
+            }
+            "data" => {
+                let start = i;
+                object(b, &mut i)?;
+                e.data = Some(text.get(start..i)?);
+                64
+            }
+            _ => return None,
+        };
+        if seen & bit != 0 {
+            return None; // serde refuses a repeated field
+        }
+        seen |= bit;
+        match b.get(i)? {
+            b',' => i += 1,
+            b'}' => {
+                i += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    // `type` and `ts` are required; nothing may follow the object.
+    (seen & 6 == 6 && i == b.len()).then_some(e)
+}
+
+fn expect(b: &[u8], i: &mut usize, byte: u8) -> Option<()> {
+    (b.get(*i) == Some(&byte)).then(|| *i += 1)
+}
+
+/// A string without escapes or control characters, as a `&str` of `text`.
+fn str_at<'a>(text: &'a str, b: &[u8], i: &mut usize) -> Option<&'a str> {
+    let start = *i + 1;
+    string(b, i)?;
+    text.get(start..*i - 1)
+}
+
+/// Moves past a string without escapes or control characters; its bytes
+/// (the text is valid UTF-8 already).
+fn string<'a>(b: &'a [u8], i: &mut usize) -> Option<&'a str> {
+    expect(b, i, b'"')?;
+    let start = *i;
+    let len = b[start..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let end = start + len;
+    if b[end] != b'"' {
+        return None;
+    }
+    *i = end + 1;
+    std::str::from_utf8(&b[start..end]).ok()
+}
+
+/// A non-negative integer as JSON writes it (no sign, no leading zero, no
+/// fraction or exponent), that fits an `i64`.
+fn integer(b: &[u8], i: &mut usize) -> Option<i64> {
+    let start = *i;
+    let mut v: i64 = 0;
+    while let Some(d) = b.get(*i).filter(|c| c.is_ascii_digit()) {
+        v = v.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+        *i += 1;
+    }
+    let digits = *i - start;
+    if digits == 0 || (digits > 1 && b[start] == b'0') {
+        return None;
+    }
+    // A fraction or an exponent makes it a float, which serde refuses here.
+    match b.get(*i) {
+        Some(b'.' | b'e' | b'E') => None,
+        _ => Some(v),
+    }
+}
+
+/// Moves past an object: braces and brackets balanced, strings skipped
+/// (escapes included). Its content is checked when it is parsed.
+fn object(b: &[u8], i: &mut usize) -> Option<()> {
+    if b.get(*i) != Some(&b'{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    while let Some(&c) = b.get(*i) {
+        *i += 1;
+        match c {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return (c == b'}').then_some(());
+                }
+            }
+            b'"' => loop {
+                match b.get(*i)? {
+                    b'"' => {
+                        *i += 1;
+                        break;
+                    }
+                    b'\\' => *i += 2,
+                    _ => *i += 1,
+                }
+            },
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the scan accepts `text`; if it does, serde's typed parse
+    /// reads the same envelope, or refuses only a `data` that is not valid
+    /// JSON (which the strict parse of `data` after the scan refuses too).
+    fn agrees(text: &str) -> bool {
+        let Some(scanned) = envelope(text) else {
+            return false;
+        };
+        match super::super::parse_envelope(text) {
+            Some(parsed) => assert_eq!(scanned, parsed, "{text}"),
+            None => {
+                let data = scanned
+                    .data
+                    .unwrap_or_else(|| panic!("serde refuses {text}"));
+                assert!(
+                    serde_json::from_str::<serde::de::IgnoredAny>(data).is_err(),
+                    "serde refuses {text} but its data is valid JSON"
+                );
+            }
+        }
+        true
+    }
+
+    /// What the scan accepts, serde's typed parse reads alike; what it
+    /// refuses is left to serde (which may accept or refuse it).
+    #[test]
+    fn whatever_the_scan_accepts_serde_reads_the_same() {
+        let plain = r#"{"id":"e1","ts":1767600000383,"user_id":"u1","project_id":"p1","document_id":"d1","type":"writing.keystroke","data":{"keystrokes":3,"words":1,"chars":4,"note":"a \"}\" in {[it]}"}}"#;
+        let cases = [
+            plain,
+            r#"{"type":"writing.keystroke","ts":0,"data":{}}"#,
+            r#"{"data":{"a":[1,{"b":"}"}]},"ts":5,"type":"t"}"#,
+            r#"{"type":"t","ts":5}"#,
+            // Left to serde: each of these is refused by the scan.
+            r#"{"type":"t", "ts":5}"#,
+            r#"{"type":"t","ts":5} "#,
+            r#"{"type":"t","ts":05}"#,
+            r#"{"type":"t","ts":-5}"#,
+            r#"{"type":"t","ts":5.0}"#,
+            r#"{"type":"t","ts":5e3}"#,
+            r#"{"type":"t","ts":99999999999999999999}"#,
+            r#"{"type":"t","ts":5,"ts":6}"#,
+            r#"{"type":"t\u0041","ts":5}"#,
+            r#"{"type":"t","ts":5,"user_id":null}"#,
+            r#"{"type":"t","ts":5,"data":null}"#,
+            r#"{"type":"t","ts":5,"data":[]}"#,
+            r#"{"type":"t","ts":5,"data":{"a":1}"#,
+            r#"{"type":"t","ts":5,"data":{"a":1]}"#,
+            r#"{"type":"t","ts":5,"other":1}"#,
+            r#"{"type":"t"}"#,
+            r#"{"ts":5}"#,
+            "{\"type\":\"t\u{1}\",\"ts\":5}",
+            r#"{"type":"t","ts":5,}"#,
+            r#"{"type":"t","ts":5}{}"#,
+            r#"{"type":"é","ts":5,"id":"ü"}"#,
+            "",
+            "{",
+        ];
+        let mut accepted = 0;
+        for text in cases {
+            if agrees(text) {
+                accepted += 1;
+            }
+        }
+        assert_eq!(
+            accepted, 5,
+            "the plain cases (and non-ASCII text) are scanned"
+        );
+        assert_eq!(
+            envelope(plain).and_then(|e| e.data),
+            Some(r#"{"keystrokes":3,"words":1,"chars":4,"note":"a \"}\" in {[it]}"}"#)
+        );
+    }
+
+    /// Every prefix and every one-byte change of a plain line: the scan
+    /// never accepts what serde reads differently or refuses.
+    #[test]
+    fn no_prefix_or_one_byte_change_is_read_differently() {
+        let line = r#"{"id":"e0000000001","ts":1767600000383,"user_id":"u00659","project_id":"p0164","document_id":"d0164-1","type":"collaboration.user_joined","data":{"client":"web","n":[1,{"x":"\\"}]}}"#;
+        let check = |text: &str| {
+            agrees(text);
+        };
+        for cut in 0..=line.len() {
+            if let Some(prefix) = line.get(..cut) {
+                check(prefix);
+            }
+        }
+        let replacements = b"{}[]\":,\\ 0a-.e\x01n";
+        for at in 0..line.len() {
+            for &r in replacements {
+                let mut bytes = line.as_bytes().to_vec();
+                bytes[at] = r;
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    check(text);
+                }
+            }
+        }
+    }
+}
