@@ -5,6 +5,7 @@
 //! made durable before a checkpoint completes, and a line or block a crash
 //! left half written is cut).
 
+use crate::config::OutputFormat as Format;
 use crate::dataflow::{DerivedSink, SinkError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -18,29 +19,6 @@ type Buffers = BTreeMap<&'static str, (Vec<u8>, u64)>;
 
 thread_local! {
     static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
-}
-
-/// How derived events are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// One JSON object per line (`<type>.ndjson`), as the ingest API takes them.
-    #[default]
-    Ndjson,
-    /// Avro object container files (`<type>.avro`) with the envelope schema
-    /// in their header, one block per batch: about a third of the bytes and
-    /// of the CPU time of NDJSON (docs/BENCHMARKS.md).
-    Avro,
-}
-
-impl Format {
-    /// The file name extension.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Format::Ndjson => "ndjson",
-            Format::Avro => "avro",
-        }
-    }
 }
 
 /// One type's open file.

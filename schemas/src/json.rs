@@ -4,7 +4,7 @@
 //! relative to the event) and says what was expected and what was found, so an
 //! app developer can fix the call from the message alone.
 
-mod scan;
+mod envelope;
 
 pub use crate::decode_error::DecodeError;
 use crate::decode_error::describe;
@@ -73,54 +73,6 @@ pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError>
     decode_value(value, limits)
 }
 
-/// The envelope of an event, borrowed from its text: what the fast path
-/// reads before it validates (by [`scan::envelope`] or by serde).
-#[derive(Debug, PartialEq)]
-struct Envelope<'a> {
-    id: Option<std::borrow::Cow<'a, str>>,
-    event_type: std::borrow::Cow<'a, str>,
-    ts: i64,
-    user_id: Option<std::borrow::Cow<'a, str>>,
-    project_id: Option<std::borrow::Cow<'a, str>>,
-    document_id: Option<std::borrow::Cow<'a, str>>,
-    /// The raw text of `data`.
-    data: Option<&'a str>,
-}
-
-/// A typed serde parse of the envelope (escapes, whitespace, any valid
-/// JSON): `None` on anything serde refuses.
-fn parse_envelope(text: &str) -> Option<Envelope<'_>> {
-    use serde::Deserialize;
-    use std::borrow::Cow;
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Wire<'a> {
-        #[serde(default, borrow)]
-        id: Option<Cow<'a, str>>,
-        #[serde(rename = "type", borrow)]
-        event_type: Cow<'a, str>,
-        ts: i64,
-        #[serde(default, borrow)]
-        user_id: Option<Cow<'a, str>>,
-        #[serde(default, borrow)]
-        project_id: Option<Cow<'a, str>>,
-        #[serde(default, borrow)]
-        document_id: Option<Cow<'a, str>>,
-        #[serde(default, borrow)]
-        data: Option<&'a serde_json::value::RawValue>,
-    }
-    let w: Wire<'_> = serde_json::from_str(text).ok()?;
-    Some(Envelope {
-        id: w.id,
-        event_type: w.event_type,
-        ts: w.ts,
-        user_id: w.user_id,
-        project_id: w.project_id,
-        document_id: w.document_id,
-        data: w.data.map(|d| d.get()),
-    })
-}
-
 /// The fast path: a borrowed, typed parse of a well-formed event in one pass.
 /// `None` on anything unusual (an error, an RFC 3339 `ts`, an escaped id…):
 /// the slow path then decides, with a precise error if it is one. Both paths
@@ -130,7 +82,7 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
     // Validate UTF-8 once, then parse from `&str` (serde_json then skips
     // per-string validation). The plain shape is scanned; serde reads the rest.
     let text = std::str::from_utf8(bytes).ok()?;
-    let w = scan::envelope(text).or_else(|| parse_envelope(text))?;
+    let w = envelope::read(text)?;
     let known = EventType::lookup(&w.event_type).ok()?;
     let ok_id = |s: &Option<Cow<'_, str>>| {
         s.as_ref()

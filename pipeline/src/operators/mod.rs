@@ -37,26 +37,6 @@ pub fn written_words(e: &Event) -> Option<u64> {
     }
 }
 
-/// Whether a derived event is a result of an event-time operator that
-/// comes in bursts: a session or flow transition (ten thousand writers
-/// starting at once start ten thousand sessions in one epoch) or a team
-/// window's figure. Such results go to a shared fanout broker behind the
-/// live updates (WPM, presence, conflicts, alerts), which they must not
-/// delay (`connectors::websocket_fanout::Priority`).
-pub fn is_burst_result(e: &Event) -> bool {
-    use schemas::payload::Payload;
-    matches!(
-        e.data,
-        Payload::WritingSessionStarted(_)
-            | Payload::WritingSessionEnded(_)
-            | Payload::WritingSessionPaused(_)
-            | Payload::WritingSessionResumed(_)
-            | Payload::WritingSessionStateChanged(_)
-            | Payload::WritingFlowStateEntered(_)
-            | Payload::WritingFlowStateExited(_)
-    ) || team_metrics::is_window_figure(e)
-}
-
 /// A deterministic id for a derived event: a hash of what produced it, so
 /// that replays and restarts produce the same id and sinks can deduplicate.
 pub fn derived_id(operator: &str, parts: &[&str]) -> String {

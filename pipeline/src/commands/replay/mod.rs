@@ -13,8 +13,9 @@ mod blocks;
 
 use super::{ClusterArgs, toml_string};
 use crate::config::Config;
+use crate::config::OutputFormat as Format;
 use crate::dataflow::{self, DerivedSink, SinkError, WorkerError, dead_letter, late_event};
-use crate::file_sink::{FileSink, Format};
+use crate::file_sink::FileSink;
 use crate::runtime::checkpoint::{CheckpointError, Checkpoints};
 use blocks::{Blocks, Take};
 use std::collections::BTreeMap;

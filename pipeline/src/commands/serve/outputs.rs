@@ -86,13 +86,31 @@ impl DerivedOutputs {
             }
             match &self.pacer {
                 Some(p) if crate::operators::team_metrics::is_window_figure(&e) => p.offer(e),
-                _ if crate::operators::is_burst_result(&e) => {
-                    self.hub.publish_with(&e, Priority::Background)
-                }
+                _ if is_burst_result(&e) => self.hub.publish_with(&e, Priority::Background),
                 _ => self.hub.publish(&e),
             }
         }
     }
+}
+
+/// Whether a derived event is a result of an event-time operator that
+/// comes in bursts: a session or flow transition (ten thousand writers
+/// starting at once start ten thousand sessions in one epoch) or a team
+/// window's figure. Such results go to a shared fanout broker behind the
+/// live updates (WPM, presence, conflicts, alerts), which they must not
+/// delay ([`Priority`]).
+fn is_burst_result(e: &Event) -> bool {
+    use schemas::payload::Payload;
+    matches!(
+        e.data,
+        Payload::WritingSessionStarted(_)
+            | Payload::WritingSessionEnded(_)
+            | Payload::WritingSessionPaused(_)
+            | Payload::WritingSessionResumed(_)
+            | Payload::WritingSessionStateChanged(_)
+            | Payload::WritingFlowStateEntered(_)
+            | Payload::WritingFlowStateExited(_)
+    ) || crate::operators::team_metrics::is_window_figure(e)
 }
 
 /// Every output of this process, opened.

@@ -1,17 +1,69 @@
-//! The envelope of a plain event line, scanned byte by byte: the common
-//! shape (`{"id":"…","ts":…,"user_id":"…",…,"type":"…","data":{…}}`, keys in
-//! any order, no whitespace, no escapes, no nulls) costs a third of a serde
-//! parse of the same envelope. Anything else — whitespace, an escape, a
+//! The envelope of an event line. The plain shape
+//! (`{"id":"…","ts":…,"user_id":"…",…,"type":"…","data":{…}}`, keys in any
+//! order, no whitespace, no escapes, no nulls) is scanned byte by byte, at a
+//! fraction of a serde parse of the same envelope. Anything else — whitespace, an escape, a
 //! control character, `null`, an unknown or repeated key, a number that is
 //! not a plain non-negative integer, trailing bytes — is `None`, and the
 //! serde parse decides (tested: whatever this accepts, serde reads the
 //! same). `data` is only delimited here; it is parsed strictly afterwards.
 
-use super::Envelope;
 use std::borrow::Cow;
 
+/// The envelope of an event, borrowed from its text: what the fast path
+/// reads before it validates (by [`scan`] or by serde).
+#[derive(Debug, PartialEq)]
+pub(super) struct Envelope<'a> {
+    pub(super) id: Option<Cow<'a, str>>,
+    pub(super) event_type: Cow<'a, str>,
+    pub(super) ts: i64,
+    pub(super) user_id: Option<Cow<'a, str>>,
+    pub(super) project_id: Option<Cow<'a, str>>,
+    pub(super) document_id: Option<Cow<'a, str>>,
+    /// The raw text of `data`.
+    pub(super) data: Option<&'a str>,
+}
+
+/// A typed serde parse of the envelope (escapes, whitespace, any valid
+/// JSON): `None` on anything serde refuses.
+fn parse(text: &str) -> Option<Envelope<'_>> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wire<'a> {
+        #[serde(default, borrow)]
+        pub(super) id: Option<Cow<'a, str>>,
+        #[serde(rename = "type", borrow)]
+        pub(super) event_type: Cow<'a, str>,
+        ts: i64,
+        #[serde(default, borrow)]
+        user_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        pub(super) project_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        pub(super) document_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let w: Wire<'_> = serde_json::from_str(text).ok()?;
+    Some(Envelope {
+        id: w.id,
+        event_type: w.event_type,
+        ts: w.ts,
+        user_id: w.user_id,
+        project_id: w.project_id,
+        document_id: w.document_id,
+        data: w.data.map(|d| d.get()),
+    })
+}
+
+/// The envelope of `text`: scanned when it has the plain shape, else
+/// parsed by serde; `None` when serde refuses it too.
+pub(super) fn read(text: &str) -> Option<Envelope<'_>> {
+    scan(text).or_else(|| parse(text))
+}
+
 /// The envelope of `text`, or `None` when it is not of the plain shape.
-pub(super) fn envelope(text: &str) -> Option<Envelope<'_>> {
+fn scan(text: &str) -> Option<Envelope<'_>> {
     let b = text.as_bytes();
     let mut i = 0;
     expect(b, &mut i, b'{')?;
@@ -166,10 +218,10 @@ mod tests {
     /// reads the same envelope, or refuses only a `data` that is not valid
     /// JSON (which the strict parse of `data` after the scan refuses too).
     fn agrees(text: &str) -> bool {
-        let Some(scanned) = envelope(text) else {
+        let Some(scanned) = scan(text) else {
             return false;
         };
-        match super::super::parse_envelope(text) {
+        match parse(text) {
             Some(parsed) => assert_eq!(scanned, parsed, "{text}"),
             None => {
                 let data = scanned
@@ -230,7 +282,7 @@ mod tests {
             "the plain cases (and non-ASCII text) are scanned"
         );
         assert_eq!(
-            envelope(plain).and_then(|e| e.data),
+            scan(plain).and_then(|e| e.data),
             Some(r#"{"keystrokes":3,"words":1,"chars":4,"note":"a \"}\" in {[it]}"}"#)
         );
     }
