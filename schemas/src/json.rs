@@ -85,8 +85,10 @@ fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
     let w = envelope::read(text)?;
     let known = EventType::lookup(&w.event_type).ok()?;
     let ok_id = |s: &Option<Cow<'_, str>>| {
-        s.as_ref()
-            .is_none_or(|s| !s.is_empty() && s.chars().count() <= limits.max_id_bytes)
+        s.as_ref().is_none_or(|s| {
+            !s.is_empty()
+                && (s.len() <= limits.max_id_bytes || s.chars().count() <= limits.max_id_bytes)
+        })
     };
     if !(ok_id(&w.id) && ok_id(&w.user_id) && ok_id(&w.project_id) && ok_id(&w.document_id)) {
         return None;

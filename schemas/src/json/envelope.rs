@@ -80,32 +80,32 @@ fn scan(text: &str) -> Option<Envelope<'_>> {
     loop {
         let key = string(b, &mut i)?;
         expect(b, &mut i, b':')?;
-        let bit = match key {
-            "id" => {
+        let bit = match &b[key] {
+            b"id" => {
                 e.id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
                 1
             }
-            "type" => {
+            b"type" => {
                 e.event_type = Cow::Borrowed(str_at(text, b, &mut i)?);
                 2
             }
-            "ts" => {
+            b"ts" => {
                 e.ts = integer(b, &mut i)?;
                 4
             }
-            "user_id" => {
+            b"user_id" => {
                 e.user_id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
                 8
             }
-            "project_id" => {
+            b"project_id" => {
                 e.project_id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
                 16
             }
-            "document_id" => {
+            b"document_id" => {
                 e.document_id = Some(Cow::Borrowed(str_at(text, b, &mut i)?));
                 32
             }
-            "data" => {
+            b"data" => {
                 let start = i;
                 object(b, &mut i)?;
                 e.data = Some(text.get(start..i)?);
@@ -136,25 +136,21 @@ fn expect(b: &[u8], i: &mut usize, byte: u8) -> Option<()> {
 
 /// A string without escapes or control characters, as a `&str` of `text`.
 fn str_at<'a>(text: &'a str, b: &[u8], i: &mut usize) -> Option<&'a str> {
-    let start = *i + 1;
-    string(b, i)?;
-    text.get(start..*i - 1)
+    let range = string(b, i)?;
+    text.get(range)
 }
 
-/// Moves past a string without escapes or control characters; its bytes
-/// (the text is valid UTF-8 already).
-fn string<'a>(b: &'a [u8], i: &mut usize) -> Option<&'a str> {
+/// Moves past a string without escapes or control characters; the range
+/// of its content (the text is valid UTF-8 already).
+fn string(b: &[u8], i: &mut usize) -> Option<std::ops::Range<usize>> {
     expect(b, i, b'"')?;
     let start = *i;
-    let len = b[start..]
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    let end = start + len;
-    if b[end] != b'"' {
+    let end = start + memchr::memchr2(b'"', b'\\', &b[start..])?;
+    if b[end] != b'"' || b[start..end].iter().any(|&c| c < 0x20) {
         return None;
     }
     *i = end + 1;
-    std::str::from_utf8(&b[start..end]).ok()
+    Some(start..end)
 }
 
 /// A non-negative integer as JSON writes it (no sign, no leading zero, no
@@ -195,14 +191,12 @@ fn object(b: &[u8], i: &mut usize) -> Option<()> {
                 }
             }
             b'"' => loop {
-                match b.get(*i)? {
-                    b'"' => {
-                        *i += 1;
-                        break;
-                    }
-                    b'\\' => *i += 2,
-                    _ => *i += 1,
+                let at = *i + memchr::memchr2(b'"', b'\\', b.get(*i..)?)?;
+                *i = at + 1;
+                if b[at] == b'"' {
+                    break;
                 }
+                *i += 1; // the escaped character
             },
             _ => {}
         }
