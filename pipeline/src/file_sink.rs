@@ -199,16 +199,21 @@ impl FileSink {
     }
 }
 
-/// Opens an output file to append to after a crash, first cutting what
-/// follows its last complete line.
-fn open_for_resume(path: &Path) -> std::io::Result<File> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new()
+/// Opens (or creates) an output file to read and append to, as it is.
+fn open_to_append(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .read(true)
         .write(true)
         .truncate(false)
-        .open(path)?;
+        .open(path)
+}
+
+/// Opens an output file to append to after a crash, first cutting what
+/// follows its last complete line.
+fn open_for_resume(path: &Path) -> std::io::Result<File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = open_to_append(path)?;
     let len = f.metadata()?.len();
     let mut keep = len;
     let mut buf = [0u8; 4096];
@@ -248,12 +253,7 @@ impl DerivedSink for FileSink {
 /// is refused, not appended to.
 fn open_avro_for_resume(path: &Path, ty: &str) -> std::io::Result<(File, bool)> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(path)?;
+    let mut f = open_to_append(path)?;
     let container = schemas::container::Container::new(ty);
     let (header, sync) = (container.header(), container.sync());
     let len = f.metadata()?.len();

@@ -41,7 +41,8 @@ impl de::Error for BinaryError {
     }
 }
 
-fn write_long(out: &mut Vec<u8>, v: i64) {
+/// Appends `v` as Avro writes a long (zig-zag, then 7 bits per byte).
+pub(crate) fn write_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);

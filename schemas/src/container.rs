@@ -13,7 +13,7 @@
 //! compare with `cmp`. A marker only has to be unlikely to occur inside the
 //! data, which 16 hashed bytes are.
 
-use crate::binary::{self, BinaryError};
+use crate::binary::{self, BinaryError, write_long};
 use crate::event::Event;
 
 /// The first four bytes of every object container file.
@@ -184,15 +184,6 @@ pub fn block_prefix(count: u64, len: usize) -> Vec<u8> {
 
 /// A block: (its event count, its events' bytes), and where the next starts.
 type Block<'a> = ((u64, &'a [u8]), usize);
-
-fn write_long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
 
 fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     write_long(out, b.len() as i64);
