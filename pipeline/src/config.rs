@@ -77,8 +77,8 @@ pub enum OutputFormat {
     #[default]
     Ndjson,
     /// Avro object container files (`<type>.avro`) with the envelope schema
-    /// in their header, one block per batch: about a third of the bytes and
-    /// of the CPU time of NDJSON (docs/BENCHMARKS.md).
+    /// in their header, one block per batch: about 40 % of the bytes of
+    /// NDJSON, and ~15 % less CPU in `replay` (docs/BENCHMARKS.md).
     Avro,
 }
 

@@ -16,11 +16,11 @@ use super::frames::{Recovery, WsFrame};
 /// live figure must not wait behind a burst of results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
-    /// Live updates (WPM, presence, conflicts, admin broadcasts): written to
-    /// the broker first.
+    /// Live updates (WPM, presence, conflicts, alerts, admin broadcasts):
+    /// written to the broker first.
     Live,
-    /// Results of event-time operators (session transitions, alerts, window
-    /// figures): minutes of event time old by nature, and they come in
+    /// Results of event-time operators (session and flow transitions,
+    /// window figures): minutes of event time old by nature, and they come in
     /// bursts (ten thousand writers starting at once). Written a few at a
     /// time beside the live ones, so a burst delays a live update by at
     /// most one small batch per lane. Within a channel a live publication
