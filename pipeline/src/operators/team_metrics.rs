@@ -264,7 +264,30 @@ struct Agg {
     responses: u64,
     response_ms: i64,
     /// Active seconds per document (`None`: events without a document).
-    active: BTreeMap<Option<String>, BTreeSet<i64>>,
+    active: BTreeMap<Option<String>, Seconds>,
+}
+
+/// Distinct seconds, ascending. They mostly come in order (events are
+/// observed in event-time order within an epoch, and epochs in order), so
+/// adding one is a comparison with the last; a sorted `Vec` serializes as
+/// the `BTreeSet<i64>` it replaced did (a sequence), so checkpoints keep
+/// their format.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Seconds(Vec<i64>);
+
+impl Seconds {
+    fn insert(&mut self, second: i64) {
+        match self.0.last() {
+            Some(&last) if last == second => {}
+            Some(&last) if last > second => {
+                if let Err(at) = self.0.binary_search(&second) {
+                    self.0.insert(at, second);
+                }
+            }
+            _ => self.0.push(second),
+        }
+    }
 }
 
 /// A conflict as seen by one document: first detection, first resolution.
@@ -315,6 +338,11 @@ pub struct TeamMetrics {
     projects: HashMap<String, ProjectState>,
     /// Every open window, in the order they close: (end, project, scope, length).
     closing: BTreeSet<(i64, String, Option<String>, i64)>,
+    /// At or before the first end in `closing` (`i64::MAX`: none), so
+    /// that most events skip the search (`close_until` runs per event).
+    /// Not stored: a restored tracker starts at `i64::MIN` (search once).
+    #[serde(skip, default = "i64_min")]
+    next_close: i64,
     /// Latest closed figures per project and scope, one per window length.
     latest: HashMap<String, HashMap<Option<String>, Vec<WindowFigures>>>,
     comments_expired: u64,
@@ -326,6 +354,10 @@ pub struct TeamMetrics {
 
 /// Event time between two prunings of the team state.
 const PRUNE_EVERY_MS: i64 = 60_000;
+
+fn i64_min() -> i64 {
+    i64::MIN
+}
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -349,6 +381,7 @@ impl TeamMetrics {
             latest_retention: ms(config.latest_retention),
             projects: HashMap::default(),
             closing: BTreeSet::new(),
+            next_close: i64::MAX,
             latest: HashMap::default(),
             comments_expired: 0,
             last_prune: i64::MIN,
@@ -442,13 +475,9 @@ impl TeamMetrics {
                         }
                     }
                     if let Some(s) = agg.active.get_mut(document) {
-                        // Mostly the second of the document's last event.
-                        if s.last() != Some(&second) {
-                            s.insert(second);
-                        }
+                        s.insert(second);
                     } else {
-                        agg.active
-                            .insert(document.clone(), BTreeSet::from([second]));
+                        agg.active.insert(document.clone(), Seconds(vec![second]));
                     }
                 });
             }
@@ -605,6 +634,7 @@ impl TeamMetrics {
                 let agg = windows.entry((end, len)).or_insert_with(|| {
                     self.closing
                         .insert((end, project.to_owned(), scope.clone(), len));
+                    self.next_close = self.next_close.min(end);
                     Agg::default()
                 });
                 f(agg);
@@ -615,6 +645,16 @@ impl TeamMetrics {
     /// Closes the windows ending by `watermark`, oldest first, until `out`
     /// holds `limit` events; whether none is left to close.
     fn close_until(&mut self, watermark: i64, out: &mut Vec<Event>, limit: usize) -> bool {
+        if self.next_close > watermark {
+            return true;
+        }
+        let done = self.close_some(watermark, out, limit);
+        self.next_close = self.closing.first().map_or(i64::MAX, |k| k.0);
+        done
+    }
+
+    /// [`TeamMetrics::close_until`] without the shortcut.
+    fn close_some(&mut self, watermark: i64, out: &mut Vec<Event>, limit: usize) -> bool {
         while self.closing.first().is_some_and(|k| k.0 <= watermark) {
             if out.len() >= limit {
                 return false;
@@ -727,7 +767,7 @@ fn figures(
             .map(|s| (s.detected, s.end(conflict_max_open)))
             .filter(|&(from, to)| from < end && to >= start)
             .collect();
-        for &sec in seconds {
+        for &sec in &seconds.0 {
             let lo = sec.saturating_mul(1000).max(start);
             let hi = sec.saturating_mul(1000).saturating_add(999).min(end - 1);
             active += 1;
@@ -1928,5 +1968,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Seconds stay distinct and ascending whatever order they come in, and
+    /// are stored as the `BTreeSet<i64>` they replaced was (checkpoints
+    /// written before still restore).
+    #[test]
+    fn active_seconds_are_a_sorted_set_stored_as_before() {
+        let mut s = Seconds::default();
+        for sec in [5, 5, 7, 3, 7, 6, 3, 9, -1] {
+            s.insert(sec);
+        }
+        assert_eq!(s.0, [-1, 3, 5, 6, 7, 9]);
+        let set: BTreeSet<i64> = s.0.iter().copied().collect();
+        assert_eq!(
+            bincode::serialize(&s).unwrap(),
+            bincode::serialize(&set).unwrap()
+        );
+        let back: Seconds = bincode::deserialize(&bincode::serialize(&set).unwrap()).unwrap();
+        assert_eq!(back.0, s.0);
     }
 }

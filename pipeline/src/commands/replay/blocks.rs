@@ -38,6 +38,9 @@ pub struct Blocks {
     ahead: u64,
     limits: Limits,
     state: Mutex<State>,
+    /// Read buffers for reuse: a fresh megabyte per block costs page faults
+    /// and zeroing in the kernel (a fifth of the replay's CPU time).
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 #[derive(Default)]
@@ -75,6 +78,7 @@ impl Blocks {
             ahead: ahead.max(1) as u64,
             limits: Limits::default(),
             state: Mutex::new(State::default()),
+            buffers: Mutex::new(Vec::new()),
         }
     }
 
@@ -110,8 +114,10 @@ impl Blocks {
         };
         let first = start == self.lock().base.unwrap_or(0);
         let end = (start + self.block).min(self.len);
-        let result = read_block(&self.file, start, end, self.len, first)
-            .map(|bytes| decode_block(&bytes, &self.limits));
+        let mut buf = self.take_buffer();
+        let result = read_block(&self.file, start, end, self.len, first, &mut buf)
+            .map(|bytes| decode_block(bytes, &self.limits));
+        self.return_buffer(buf);
         let mut s = self.lock();
         match result {
             Ok(decoded) => {
@@ -122,6 +128,16 @@ impl Blocks {
             }
         }
         true
+    }
+
+    fn take_buffer(&self) -> Vec<u8> {
+        let mut pool = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    fn return_buffer(&self, buf: Vec<u8>) {
+        let mut pool = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        pool.push(buf);
     }
 
     /// The next block in file order, for worker 0.
@@ -147,29 +163,31 @@ impl Blocks {
 
 /// The bytes of the lines that start in `[start, end)`: from the first line
 /// start at or after `start` (`start` itself when `first`) to the end of the
-/// last line starting before `end`, read past `end` to its newline.
-pub fn read_block(
+/// last line starting before `end`, read past `end` to its newline. Read
+/// into `buf` (its previous contents are dropped, its allocation reused).
+pub fn read_block<'b>(
     file: &File,
     start: u64,
     end: u64,
     len: u64,
     first: bool,
-) -> std::io::Result<Vec<u8>> {
+    buf: &'b mut Vec<u8>,
+) -> std::io::Result<&'b [u8]> {
     // One byte before the range tells whether a line starts at `start`.
     let from = if first { start } else { start - 1 };
-    let mut buf = vec![0u8; (end - from) as usize];
-    file.read_exact_at(&mut buf, from)?;
+    buf.clear();
+    buf.resize((end - from) as usize, 0);
+    file.read_exact_at(buf, from)?;
     let skip = if first {
         0
     } else {
-        match memchr::memchr(b'\n', &buf) {
+        match memchr::memchr(b'\n', buf) {
             Some(i) => i + 1,
             // No line starts in this block: it is inside a long line.
-            None => return Ok(Vec::new()),
+            None => return Ok(&buf[..0]),
         }
     };
-    buf.drain(..skip);
-    if !buf.is_empty() && buf.last() != Some(&b'\n') && end < len {
+    if buf.len() > skip && buf.last() != Some(&b'\n') && end < len {
         // The last line goes on past the block: read to its newline.
         let mut at = end;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -184,7 +202,7 @@ pub fn read_block(
             at += n as u64;
         }
     }
-    Ok(buf)
+    Ok(&buf[skip..])
 }
 
 /// Decodes the lines of a block (see [`read_block`]).
@@ -274,11 +292,14 @@ mod tests {
             let (file, path) = file_with(&format!("split{final_newline}"), text.as_bytes());
             let len = text.len() as u64;
             for block in 1..=len + 1 {
-                let mut joined = Vec::new();
+                let mut joined: Vec<u8> = Vec::new();
+                // One buffer for every block, as the replay reuses them.
+                let mut buf = Vec::new();
                 let mut start = 0;
                 while start < len {
                     let end = (start + block).min(len);
-                    joined.extend(read_block(&file, start, end, len, start == 0).unwrap());
+                    joined
+                        .extend(read_block(&file, start, end, len, start == 0, &mut buf).unwrap());
                     start += block;
                 }
                 assert_eq!(joined, text.as_bytes(), "block {block}");
