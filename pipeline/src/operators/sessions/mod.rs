@@ -92,7 +92,8 @@ use schemas::payload::{
     SessionStarted, SessionState, SessionStateChanged, TextSource,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -613,15 +614,54 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
 /// The pure core. Feed each user's events in event-time order (the runtime
 /// does, as a [`Core`]), and tell it when the watermark moves. Serializable
 /// (plain fields only, bincode-safe), so it is checkpointed.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
+#[serde(from = "StoredSessions")]
 pub struct Sessions {
     rules: Rules,
     flow: FlowRules,
     /// Keys shared with `queue` (a refcount, not a copy of the name, per
     /// reschedule); serialized as plain strings, as a `String` key would be.
     users: HashMap<Arc<str>, User>,
-    /// (instant, user): each user is listed at or before its next instant.
-    queue: BTreeSet<(i64, Arc<str>)>,
+    /// (instant, user), earliest first: each user with a `scheduled`
+    /// instant is listed at it. An entry whose instant is no longer its
+    /// user's `scheduled` is stale and skipped when it comes up (a
+    /// reschedule pushes, it does not search); the heap is rebuilt from
+    /// the users when stale entries outnumber them, so it stays within
+    /// twice the users.
+    queue: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+}
+
+/// A checkpoint stores the queue as the sorted set of (instant, user) it
+/// was before the heap: one entry per scheduled user, in order.
+impl Serialize for Sessions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Sessions", 4)?;
+        st.serialize_field("rules", &self.rules)?;
+        st.serialize_field("flow", &self.flow)?;
+        st.serialize_field("users", &self.users)?;
+        st.serialize_field("queue", &self.scheduled())?;
+        st.end()
+    }
+}
+
+#[derive(Deserialize)]
+struct StoredSessions {
+    rules: Rules,
+    flow: FlowRules,
+    users: HashMap<Arc<str>, User>,
+    queue: Vec<(i64, Arc<str>)>,
+}
+
+impl From<StoredSessions> for Sessions {
+    fn from(s: StoredSessions) -> Sessions {
+        Sessions {
+            rules: s.rules,
+            flow: s.flow,
+            users: s.users,
+            queue: s.queue.into_iter().map(Reverse).collect(),
+        }
+    }
 }
 
 impl Sessions {
@@ -636,7 +676,7 @@ impl Sessions {
             },
             flow: FlowRules::new(flow),
             users: HashMap::default(),
-            queue: BTreeSet::new(),
+            queue: BinaryHeap::new(),
         }
     }
 
@@ -695,11 +735,33 @@ impl Sessions {
                 return;
             };
             let key = Arc::clone(key);
-            if let Some(s) = earlier {
-                self.queue.remove(&(s, Arc::clone(&key)));
+            self.queue.push(Reverse((t, key)));
+            if earlier.is_some() && self.queue.len() > 2 * self.users.len() + 64 {
+                self.rebuild_queue();
             }
-            self.queue.insert((t, key));
         }
+    }
+
+    /// Every scheduled (instant, user), in order: the queue without its
+    /// stale entries.
+    fn scheduled(&self) -> Vec<(i64, &Arc<str>)> {
+        let mut v: Vec<(i64, &Arc<str>)> = self
+            .users
+            .iter()
+            .filter_map(|(k, u)| u.scheduled.map(|t| (t, k)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Drops the stale entries.
+    fn rebuild_queue(&mut self) {
+        let fresh: Vec<Reverse<(i64, Arc<str>)>> = self
+            .users
+            .iter()
+            .filter_map(|(k, u)| u.scheduled.map(|t| Reverse((t, Arc::clone(k)))))
+            .collect();
+        self.queue = BinaryHeap::from(fresh);
     }
 
     /// No event before `watermark` will come: fires every deadline before it.
@@ -719,15 +781,18 @@ impl Sessions {
     }
 
     fn run(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        while let Some((t, _)) = self.queue.first()
+        while let Some(Reverse((t, _))) = self.queue.peek()
             && *t < watermark
         {
-            let Some((_, user)) = self.queue.pop_first() else {
+            let Some(Reverse((t, user))) = self.queue.pop() else {
                 break;
             };
             let Some(u) = self.users.get_mut(&user) else {
                 continue;
             };
+            if u.scheduled != Some(t) {
+                continue; // stale: rescheduled since
+            }
             u.scheduled = None;
             let mut ctx = UserOutputs {
                 user: &user,
@@ -738,7 +803,7 @@ impl Sessions {
             match u.next_instant(self.rules) {
                 Some(n) => {
                     u.scheduled = Some(n);
-                    self.queue.insert((n, user));
+                    self.queue.push(Reverse((n, user)));
                 }
                 None if u.is_empty() => {
                     self.users.remove(&user);
@@ -1961,6 +2026,50 @@ mod tests {
             assert!(a == b, "seed {seed}: outputs differ after a restore");
         }
         assert!(held.len() >= 3, "snapshots held states {held:?}");
+    }
+
+    /// The timer heap skips what was rescheduled, stays within twice the
+    /// users, and a checkpoint stores it as the sorted set it was before
+    /// (one (instant, user) per scheduled user), so checkpoints written by
+    /// either shape restore.
+    #[test]
+    fn the_timer_queue_is_stored_as_the_sorted_set_it_was() {
+        #[derive(Serialize)]
+        struct AsBefore<'a> {
+            rules: &'a Rules,
+            flow: &'a FlowRules,
+            users: &'a HashMap<Arc<str>, User>,
+            queue: std::collections::BTreeSet<(i64, Arc<str>)>,
+        }
+        let (s, f) = small();
+        let events = random_stream(11, 40, 3000, true);
+        let mut t = Sessions::new(&s, &f);
+        let mut out = Vec::new();
+        let mut most = 0;
+        for (i, e) in events.iter().enumerate() {
+            t.observe(e, &mut out);
+            if i % 7 == 0 {
+                t.advance_to(e.ts - 50, &mut out);
+            }
+            most = most.max(t.queue.len());
+            assert!(t.queue.len() <= 2 * t.users.len() + 64 + 1);
+        }
+        assert!(most > 40, "the queue held {most} entries at most");
+        let before = AsBefore {
+            rules: &t.rules,
+            flow: &t.flow,
+            users: &t.users,
+            queue: t
+                .users
+                .iter()
+                .filter_map(|(k, u)| u.scheduled.map(|at| (at, Arc::clone(k))))
+                .collect(),
+        };
+        assert!(!before.queue.is_empty());
+        let bytes = bincode::serialize(&t).expect("serializes");
+        assert!(bytes == bincode::serialize(&before).expect("serializes"));
+        let back: Sessions = bincode::deserialize(&bytes).expect("deserializes");
+        assert_eq!(back.queue.len(), before.queue.len());
     }
 
     // ---- in the operator runtime --------------------------------------------------------
