@@ -625,9 +625,9 @@ pub struct Sessions {
     /// (instant, user), earliest first: each user with a `scheduled`
     /// instant is listed at it. An entry whose instant is no longer its
     /// user's `scheduled` is stale and skipped when it comes up (a
-    /// reschedule pushes, it does not search); the heap is rebuilt from
-    /// the users when stale entries outnumber them, so it stays within
-    /// twice the users.
+    /// reschedule pushes, it does not search); a reschedule that finds
+    /// more than twice as many entries as users (+ 64) rebuilds the heap
+    /// from the users, so it stays within twice the most users held.
     queue: BinaryHeap<Reverse<(i64, Arc<str>)>>,
 }
 
