@@ -271,6 +271,28 @@ async fn views_answer_ingested_sessions_presence_conflicts_and_team_metrics_from
         .await
         .unwrap();
     assert!(ttl > 0, "{key} has TTL {ttl}");
+    // Every view key expires: sessions, presence, conflicts, team figures
+    // and writing totals alike (one EXPIRE per key and batch).
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:view:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for kind in ["session:", "presence:", "conflicts:", "team:", "writing:"] {
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("{prefix}:view:{kind}"))),
+            "no {kind} key among {keys:?}"
+        );
+    }
+    for key in &keys {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has TTL {ttl}");
+    }
     let as_of: i64 = redis::cmd("GET")
         .arg(format!("{prefix}:view:as_of"))
         .query_async(&mut conn)

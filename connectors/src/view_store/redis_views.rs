@@ -199,13 +199,19 @@ impl RedisViews {
                     .iter()
                     .map(|(pr, d, f, v)| (self.team_key(pr, d.as_deref()), f, v)),
             );
+        // One EXPIRE per key and batch, after its writes (same transaction):
+        // a team window's figures are many fields of one hash.
+        let mut expire: Vec<(String, u64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (key, field, v) in hashes {
             match v {
                 Some(v) => p.cmd("HSET").arg(&key).arg(field).arg(v),
                 None => p.cmd("HDEL").arg(&key).arg(field),
             }
             .ignore();
-            p.cmd("EXPIRE").arg(&key).arg(self.ttl_s).ignore();
+            if seen.insert(key.clone()) {
+                expire.push((key, self.ttl_s));
+            }
         }
         for (project, day, user, t) in &c.writing {
             let key = self.key(&format!("writing:{}", part(project)));
@@ -221,7 +227,12 @@ impl RedisViews {
                     .arg(n)
                     .ignore();
             }
-            p.cmd("EXPIRE").arg(&key).arg(self.writing_ttl_s).ignore();
+            if seen.insert(key.clone()) {
+                expire.push((key, self.writing_ttl_s));
+            }
+        }
+        for (key, ttl) in &expire {
+            p.cmd("EXPIRE").arg(key).arg(ttl).ignore();
         }
         p.cmd("SET")
             .arg(self.key("as_of"))
