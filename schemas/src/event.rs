@@ -96,8 +96,7 @@ impl Event {
 
     /// The category half of the type (`writing` for `writing.keystroke`).
     pub fn category(&self) -> Category {
-        // Invariant: every payload type starts with a known category (tested).
-        Category::of_type(self.event_type()).unwrap_or(Category::System)
+        self.data.category()
     }
 
     /// The key that decides ordering and partitioning (DESIGN.md):
@@ -277,6 +276,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The category each payload variant names is its type's first half.
+    #[test]
+    fn every_payload_knows_its_types_category() {
+        for ty in crate::payload::TYPES {
+            let payload = Payload::example(ty).unwrap();
+            assert_eq!(Some(payload.category()), Category::of_type(ty), "{ty}");
+        }
+    }
 
     #[test]
     fn partition_keys_follow_the_contract() {

@@ -739,6 +739,28 @@ pub struct Notification {
 
 // ---- the payload union --------------------------------------------------------------------------
 
+/// The [`crate::Category`] of a catalogue category name (the first half of a type).
+macro_rules! category_of {
+    (writing) => {
+        crate::Category::Writing
+    };
+    (collaboration) => {
+        crate::Category::Collaboration
+    };
+    (publishing) => {
+        crate::Category::Publishing
+    };
+    (analytics) => {
+        crate::Category::Analytics
+    };
+    (automation) => {
+        crate::Category::Automation
+    };
+    (system) => {
+        crate::Category::System
+    };
+}
+
 /// Declares [`Payload`], [`TYPES`] and everything else that lists every type, from one table:
 /// `Variant(Struct) = category.name as AvroRecordName;`, in catalogue order.
 macro_rules! payloads {
@@ -774,6 +796,13 @@ macro_rules! payloads {
         )),*];
 
         impl Payload {
+            /// The category half of the type, without parsing its name.
+            pub fn category(&self) -> crate::Category {
+                match self {
+                    $(Payload::$variant(_) => category_of!($cat),)*
+                }
+            }
+
             /// The event type, `category.name` (e.g. `writing.keystroke`).
             pub fn type_name(&self) -> &'static str {
                 match self {
