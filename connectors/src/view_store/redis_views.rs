@@ -201,17 +201,14 @@ impl RedisViews {
             );
         // One EXPIRE per key and batch, after its writes (same transaction):
         // a team window's figures are many fields of one hash.
-        let mut expire: Vec<(String, u64)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut expire: HashMap<String, u64> = HashMap::new();
         for (key, field, v) in hashes {
             match v {
                 Some(v) => p.cmd("HSET").arg(&key).arg(field).arg(v),
                 None => p.cmd("HDEL").arg(&key).arg(field),
             }
             .ignore();
-            if seen.insert(key.clone()) {
-                expire.push((key, self.ttl_s));
-            }
+            expire.entry(key).or_insert(self.ttl_s);
         }
         for (project, day, user, t) in &c.writing {
             let key = self.key(&format!("writing:{}", part(project)));
@@ -227,9 +224,7 @@ impl RedisViews {
                     .arg(n)
                     .ignore();
             }
-            if seen.insert(key.clone()) {
-                expire.push((key, self.writing_ttl_s));
-            }
+            expire.entry(key).or_insert(self.writing_ttl_s);
         }
         for (key, ttl) in &expire {
             p.cmd("EXPIRE").arg(key).arg(ttl).ignore();

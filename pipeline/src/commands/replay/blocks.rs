@@ -38,8 +38,9 @@ pub struct Blocks {
     ahead: u64,
     limits: Limits,
     state: Mutex<State>,
-    /// Read buffers for reuse: a fresh megabyte per block costs page faults
-    /// and zeroing in the kernel (a fifth of the replay's CPU time).
+    /// Read buffers for reuse, instead of a fresh zeroed megabyte per block
+    /// (−10 MB peak RSS with sessions only; no time measured on a warm page
+    /// cache).
     buffers: Mutex<Vec<Vec<u8>>>,
 }
 

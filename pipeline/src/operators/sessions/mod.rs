@@ -757,9 +757,9 @@ impl Sessions {
     /// Drops the stale entries.
     fn rebuild_queue(&mut self) {
         let fresh: Vec<Reverse<(i64, Arc<str>)>> = self
-            .users
-            .iter()
-            .filter_map(|(k, u)| u.scheduled.map(|t| Reverse((t, Arc::clone(k)))))
+            .scheduled()
+            .into_iter()
+            .map(|(t, k)| Reverse((t, Arc::clone(k))))
             .collect();
         self.queue = BinaryHeap::from(fresh);
     }
