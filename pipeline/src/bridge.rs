@@ -249,8 +249,10 @@ fn feed<S: DerivedSink>(
 ) -> Vec<EntryRef> {
     let mut done = Vec::new();
     let mut dead = Vec::new();
-    let mut events: Vec<(Option<Arc<str>>, Option<u64>, schemas::Event)> =
+    let mut events: Vec<(Option<u32>, Option<u64>, schemas::Event)> =
         Vec::with_capacity(batch.len());
+    // The batch's streams, each named once (see `InputDriver::push_parted`).
+    let mut parts: Vec<Arc<str>> = Vec::new();
     for LogEntry {
         entry,
         event,
@@ -265,7 +267,7 @@ fn feed<S: DerivedSink>(
                     e.id = id;
                 }
                 let at = position(&entry);
-                let stream = entry.stream.clone();
+                let part = part_index(&mut parts, &entry.stream);
                 match acks {
                     Acks::Frontier(in_flight) => {
                         let t = driver.epoch_of(e.ts);
@@ -285,7 +287,7 @@ fn feed<S: DerivedSink>(
                 }
                 // Each stream (or topic partition) is an input partition with
                 // its own watermark: see `InputDriver::push_from`.
-                events.push((Some(stream), at, e));
+                events.push((Some(part), at, e));
             }
             Err(reason) => {
                 metrics
@@ -305,7 +307,7 @@ fn feed<S: DerivedSink>(
     metrics.dataflow_events_in.inc_by(events.len() as u64);
     let watermark = driver.watermark();
     let duplicates = driver.duplicates();
-    let late = driver.push_from(events);
+    let late = driver.push_parted(&parts, events);
     // A barrier this batch crossed: its cut is *here*, after this batch and
     // before the next one (saving it later, after more batches, would put
     // entries the restored state never saw before the cut).
@@ -332,6 +334,20 @@ fn feed<S: DerivedSink>(
         sink.emit(&mut dead);
     }
     done
+}
+
+/// `stream`'s index in `parts`, added if new. A reply lists a stream's
+/// entries together and the embedded log shares one name per stream, so
+/// the last one or a pointer comparison nearly always finds it.
+fn part_index(parts: &mut Vec<Arc<str>>, stream: &Arc<str>) -> u32 {
+    if let Some(i) = parts.iter().rposition(|p| Arc::ptr_eq(p, stream)) {
+        return i as u32;
+    }
+    if let Some(i) = parts.iter().position(|p| **p == **stream) {
+        return i as u32;
+    }
+    parts.push(stream.clone());
+    (parts.len() - 1) as u32
 }
 
 /// The dataflow's timing metrics, kept by each reading worker's loop.

@@ -386,6 +386,32 @@ impl InputDriver {
     /// Like [`InputDriver::push_positioned`], with each event's input
     /// partition (`None`: the one default partition, as in `replay`).
     pub fn push_from(&mut self, events: Vec<(Option<Arc<str>>, Option<u64>, Event)>) -> Vec<Event> {
+        let mut parts: Vec<Arc<str>> = Vec::new();
+        let events = events
+            .into_iter()
+            .map(|(part, position, e)| {
+                let index = part.map(|p| match parts.iter().position(|q| *q == p) {
+                    Some(i) => i as u32,
+                    None => {
+                        parts.push(p);
+                        (parts.len() - 1) as u32
+                    }
+                });
+                (index, position, e)
+            })
+            .collect();
+        self.push_parted(&parts, events)
+    }
+
+    /// [`InputDriver::push_from`] with each event's partition given as an
+    /// index into `parts`: the reader names each partition once per batch,
+    /// so no event clones (and drops) a shared name — an atomic on a cache
+    /// line the log's threads touch too.
+    pub fn push_parted(
+        &mut self,
+        parts: &[Arc<str>],
+        events: Vec<(Option<u32>, Option<u64>, Event)>,
+    ) -> Vec<Event> {
         let now = std::time::Instant::now();
         self.expire_idle(now);
         let horizon = self.horizon();
@@ -393,13 +419,23 @@ impl InputDriver {
         // first event's time: a stream that comes later in the batch (a
         // reply lists stream after stream) holds the watermark back from
         // the first event on, instead of finding it moved past by the
-        // streams listed before it.
+        // streams listed before it. (Touching it again for its later
+        // events would change nothing: same instant, and only a new or
+        // held partition takes the time.)
+        let mut touched = vec![false; parts.len()];
         for (part, _, e) in &events {
-            if let Some(part) = part {
-                self.parts.touch(part, e.ts.min(horizon), now);
+            if let Some(i) = *part
+                && !std::mem::replace(&mut touched[i as usize], true)
+            {
+                self.parts.touch(&parts[i as usize], e.ts.min(horizon), now);
             }
         }
-        self.push_inner(events.into_iter(), now)
+        self.push_inner(
+            events
+                .into_iter()
+                .map(|(part, position, e)| (part.map(|i| &parts[i as usize]), position, e)),
+            now,
+        )
     }
 
     /// Like [`InputDriver::push`], for events decoded elsewhere (the
@@ -410,9 +446,9 @@ impl InputDriver {
         self.push_arcs(events.into_iter().map(|e| (None, None, e)), now)
     }
 
-    fn push_inner(
+    fn push_inner<'a>(
         &mut self,
-        events: impl Iterator<Item = (Option<Arc<str>>, Option<u64>, Event)>,
+        events: impl Iterator<Item = (Option<&'a Arc<str>>, Option<u64>, Event)>,
         now: std::time::Instant,
     ) -> Vec<Event> {
         self.push_arcs(
@@ -422,9 +458,9 @@ impl InputDriver {
     }
 
     /// The input proper: each event with its partition and its position.
-    fn push_arcs(
+    fn push_arcs<'a>(
         &mut self,
-        events: impl Iterator<Item = (Option<Arc<str>>, Option<u64>, Arc<Event>)>,
+        events: impl Iterator<Item = (Option<&'a Arc<str>>, Option<u64>, Arc<Event>)>,
         now: std::time::Instant,
     ) -> Vec<Event> {
         // A late event was never shared: unwrapping it does not copy.

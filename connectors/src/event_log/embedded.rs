@@ -5,7 +5,7 @@
 
 use super::entry::{Appended, EntryRef, LogEntry, stream_name};
 use schemas::{Category, Event};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,9 @@ fn parse(id: &str) -> Option<Id> {
 
 struct Stream {
     name: Arc<str>,
-    entries: VecDeque<(Id, Stored)>,
+    /// Boxed: the deque moves 40 bytes per entry when it grows (a backlog
+    /// the dataflow has yet to read), not the whole event.
+    entries: VecDeque<(Id, Box<Stored>)>,
 }
 
 /// One stored event and the caller namespace it was appended under.
@@ -39,8 +41,97 @@ struct Stored {
 struct Group {
     /// The last id delivered to any consumer of the group.
     last_delivered: Id,
-    /// Delivered but unacknowledged: id → (consumer, when delivered).
-    pending: BTreeMap<(usize, Id), (String, Instant)>,
+    /// Delivered but unacknowledged.
+    pending: Pending,
+    /// Consumer names, shared by their pending entries.
+    consumers: HashMap<String, Arc<str>>,
+}
+
+impl Group {
+    fn consumer(&mut self, name: &str) -> Arc<str> {
+        if let Some(c) = self.consumers.get(name) {
+            return c.clone();
+        }
+        let c: Arc<str> = Arc::from(name);
+        self.consumers.insert(name.to_owned(), c.clone());
+        c
+    }
+}
+
+/// A group's delivered, unacknowledged entries: per stream in id order (a
+/// group delivers a stream's entries in id order, and a claim changes an
+/// entry's owner, not its place), so delivery is a push, an acknowledgement
+/// a binary search, and both leave the order Redis's PEL lists them in.
+#[derive(Default)]
+struct Pending {
+    streams: Vec<VecDeque<Slot>>,
+    len: usize,
+}
+
+struct Slot {
+    id: Id,
+    owner: Arc<str>,
+    at: Instant,
+    /// False once acknowledged (removed when it reaches the front).
+    live: bool,
+}
+
+impl Pending {
+    fn push(&mut self, si: usize, id: Id, owner: Arc<str>, at: Instant) {
+        if self.streams.len() <= si {
+            self.streams.resize_with(si + 1, VecDeque::new);
+        }
+        let q = &mut self.streams[si];
+        debug_assert!(q.back().is_none_or(|s| s.id < id), "delivered in id order");
+        q.push_back(Slot {
+            id,
+            owner,
+            at,
+            live: true,
+        });
+        self.len += 1;
+    }
+
+    fn remove(&mut self, si: usize, id: Id) {
+        let Some(q) = self.streams.get_mut(si) else {
+            return;
+        };
+        if let Ok(i) = q.binary_search_by_key(&id, |s| s.id)
+            && q[i].live
+        {
+            q[i].live = false;
+            self.len -= 1;
+            while q.front().is_some_and(|s| !s.live) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Every pending entry, by stream then id.
+    fn iter(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        self.streams
+            .iter()
+            .enumerate()
+            .flat_map(|(si, q)| q.iter().filter(|s| s.live).map(move |s| (si, s)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Slot)> {
+        self.streams
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(si, q)| q.iter_mut().filter(|s| s.live).map(move |s| (si, s)))
+    }
+
+    fn in_stream(&self, si: usize) -> impl Iterator<Item = &Slot> {
+        self.streams
+            .get(si)
+            .into_iter()
+            .flat_map(|q| q.iter().filter(|s| s.live))
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 struct Inner {
@@ -202,10 +293,10 @@ impl EmbeddedLog {
             let idx = category_index(event.category());
             inner.streams[idx].entries.push_back((
                 id,
-                Stored {
+                Box::new(Stored {
                     event,
                     namespace: namespace.clone(),
-                },
+                }),
             ));
             inner.dedup.seen.insert(key, (idx, id));
             inner.dedup.order.push_back((clock, key));
@@ -259,7 +350,7 @@ impl EmbeddedLog {
         } = &mut *inner;
         let g = groups.entry(group.to_owned()).or_default();
         // Merge streams by id so delivery follows append order across categories.
-        let mut out: Vec<(usize, Id, Stored)> = Vec::new();
+        let mut out: Vec<(usize, Id, &Stored)> = Vec::new();
         for (si, s) in streams.iter().enumerate() {
             let start = s.entries.partition_point(|(id, _)| *id <= g.last_delivered);
             out.extend(
@@ -267,25 +358,29 @@ impl EmbeddedLog {
                     .iter()
                     .skip(start)
                     .take(count)
-                    .map(|(id, e)| (si, *id, e.clone())),
+                    .map(|(id, e)| (si, *id, &**e)),
             );
         }
         out.sort_by_key(|(_, id, _)| *id);
         out.truncate(count);
+        if out.is_empty() {
+            return Vec::new();
+        }
         if let Some((_, id, _)) = out.last() {
             g.last_delivered = *id;
         }
+        let owner = g.consumer(consumer);
+        let now = Instant::now();
         out.into_iter()
             .map(|(si, id, stored)| {
-                g.pending
-                    .insert((si, id), (consumer.to_owned(), Instant::now()));
+                g.pending.push(si, id, owner.clone(), now);
                 LogEntry {
                     entry: EntryRef {
                         stream: streams[si].name.clone(),
                         id: render(id),
                     },
-                    event: Ok(stored.event),
-                    namespace: Some(stored.namespace),
+                    event: Ok(stored.event.clone()),
+                    namespace: Some(stored.namespace.clone()),
                 }
             })
             .collect()
@@ -309,21 +404,21 @@ impl EmbeddedLog {
         };
         g.pending
             .iter()
-            .filter(|(_, (c, _))| c.as_str() == consumer)
-            .filter(|((si, id), _)| {
+            .filter(|(_, slot)| &*slot.owner == consumer)
+            .filter(|(si, slot)| {
                 after
                     .get(&inner.streams[*si].name)
                     .and_then(|a| parse(a))
-                    .is_none_or(|a| *id > a)
+                    .is_none_or(|a| slot.id > a)
             })
             .take(count)
-            .filter_map(|((si, id), _)| {
-                let s = &inner.streams[*si];
-                let pos = s.entries.binary_search_by_key(id, |(i, _)| *i).ok()?;
+            .filter_map(|(si, slot)| {
+                let s = &inner.streams[si];
+                let pos = s.entries.binary_search_by_key(&slot.id, |(i, _)| *i).ok()?;
                 Some(LogEntry {
                     entry: EntryRef {
                         stream: s.name.clone(),
-                        id: render(*id),
+                        id: render(slot.id),
                     },
                     event: Ok(s.entries[pos].1.event.clone()),
                     namespace: Some(s.entries[pos].1.namespace.clone()),
@@ -347,24 +442,25 @@ impl EmbeddedLog {
             return Vec::new();
         };
         let now = Instant::now();
+        let owner = g.consumer(consumer);
         let mut out = Vec::new();
-        for ((si, id), (owner, at)) in g.pending.iter_mut() {
+        for (si, slot) in g.pending.iter_mut() {
             if out.len() >= count {
                 break;
             }
-            if now.duration_since(*at) < min_idle || owner == consumer {
+            if now.duration_since(slot.at) < min_idle || *slot.owner == *consumer {
                 continue;
             }
-            let s = &streams[*si];
-            let Ok(pos) = s.entries.binary_search_by_key(id, |(i, _)| *i) else {
+            let s = &streams[si];
+            let Ok(pos) = s.entries.binary_search_by_key(&slot.id, |(i, _)| *i) else {
                 continue;
             };
-            *owner = consumer.to_owned();
-            *at = now;
+            slot.owner = owner.clone();
+            slot.at = now;
             out.push(LogEntry {
                 entry: EntryRef {
                     stream: s.name.clone(),
-                    id: render(*id),
+                    id: render(slot.id),
                 },
                 event: Ok(s.entries[pos].1.event.clone()),
                 namespace: Some(s.entries[pos].1.namespace.clone()),
@@ -382,7 +478,7 @@ impl EmbeddedLog {
             for e in entries {
                 let si = streams.iter().position(|s| *s.name == *e.stream);
                 if let (Some(si), Some(id)) = (si, parse(&e.id)) {
-                    g.pending.remove(&(si, id));
+                    g.pending.remove(si, id);
                 }
             }
         }
@@ -392,11 +488,7 @@ impl EmbeddedLog {
             let floor = groups
                 .values()
                 .map(|g| {
-                    let first_pending = g
-                        .pending
-                        .range((si, (0, 0))..(si + 1, (0, 0)))
-                        .next()
-                        .map(|((_, id), _)| *id);
+                    let first_pending = g.pending.in_stream(si).next().map(|slot| slot.id);
                     match first_pending {
                         Some(id) => id,
                         None => (g.last_delivered.0, g.last_delivered.1.saturating_add(1)),
@@ -428,7 +520,7 @@ impl EmbeddedLog {
             .iter()
             .map(|s| s.entries.len() - s.entries.partition_point(|(id, _)| *id <= g.last_delivered))
             .sum();
-        let oldest_pending = g.pending.keys().map(|(_, id)| id.0).min();
+        let oldest_pending = g.pending.iter().map(|(_, slot)| slot.id.0).min();
         let oldest_new = inner
             .streams
             .iter()
@@ -494,11 +586,7 @@ impl EmbeddedLog {
             .groups
             .iter()
             .map(|(name, g)| {
-                let pending: Vec<&String> = g
-                    .pending
-                    .range((si, (0, 0))..(si + 1, (0, 0)))
-                    .map(|(_, (c, _))| c)
-                    .collect();
+                let pending: Vec<&str> = g.pending.in_stream(si).map(|slot| &*slot.owner).collect();
                 let mut consumers = pending.clone();
                 consumers.sort();
                 consumers.dedup();
@@ -566,6 +654,52 @@ mod tests {
         assert_eq!(log.read_pending("g", "c1", 10).len(), 2);
         // Only the acknowledged prefix of the writing stream was trimmed.
         assert_eq!(log.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_in_any_order_leave_the_rest_pending_in_order() {
+        let log = EmbeddedLog::default();
+        log.ensure_group("g");
+        log.append(
+            "app",
+            &[
+                ev("w1", "writing.keystroke"),
+                ev("s1", "system.error"),
+                ev("w2", "writing.keystroke"),
+                ev("w3", "writing.keystroke"),
+                ev("s2", "system.error"),
+            ],
+        );
+        let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
+        let by_id = |id: &str| {
+            got.iter()
+                .find(|e| e.event.as_ref().unwrap().id == id)
+                .unwrap()
+                .entry
+                .clone()
+        };
+        let pending_ids = |v: Vec<LogEntry>| -> Vec<String> {
+            v.into_iter().map(|e| e.event.unwrap().id).collect()
+        };
+        // Out of order: the middle of one stream, then the other's last.
+        log.ack("g", &[by_id("w2"), by_id("s2")]);
+        assert_eq!(
+            pending_ids(log.read_pending("g", "c1", 10)),
+            ["w1", "w3", "s1"],
+            "per stream (streams in category order), in id order"
+        );
+        assert_eq!(log.group_lag("g").0, 3);
+        // A claim moves entries to another consumer without reordering them.
+        let claimed = log.claim_idle("g", "c2", Duration::ZERO, 2);
+        assert_eq!(pending_ids(claimed), ["w1", "w3"]);
+        assert!(log.read_pending("g", "c1", 10).len() == 1);
+        assert_eq!(pending_ids(log.read_pending("g", "c2", 10)), ["w1", "w3"]);
+        // Acknowledging twice changes nothing; the front goes, then the rest.
+        log.ack("g", &[by_id("w1"), by_id("w1")]);
+        assert_eq!(pending_ids(log.read_pending("g", "c2", 10)), ["w3"]);
+        log.ack("g", &[by_id("w3"), by_id("s1")]);
+        assert_eq!(log.group_lag("g").0, 0);
+        assert!(log.is_empty(), "everything acknowledged is trimmed");
     }
 
     #[test]
