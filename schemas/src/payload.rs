@@ -763,8 +763,17 @@ macro_rules! category_of {
 
 /// Declares [`Payload`], [`TYPES`] and everything else that lists every type, from one table:
 /// `Variant(Struct) = category.name as AvroRecordName;`, in catalogue order.
+/// A payload variant's field: the record, or the record in a `Box` for the
+/// few records much larger than the rest (`SessionEnded in Box`), so that an
+/// [`crate::Event`] — moved by value through decoding, the log and the
+/// operators — is sized by the common small payloads.
+macro_rules! payload_slot {
+    ($ty:ident) => { $ty };
+    ($ty:ident, $wrap:ident) => { $wrap<$ty> };
+}
+
 macro_rules! payloads {
-    ($($variant:ident($ty:ident) = $cat:ident . $name:ident as $record:ident;)*) => {
+    ($($variant:ident($ty:ident $(in $wrap:ident)?) = $cat:ident . $name:ident as $record:ident;)*) => {
         /// The typed payload of an event: one variant per event type.
         ///
         /// Not self-describing: its `Serialize` writes the bare payload object (the event's
@@ -776,7 +785,7 @@ macro_rules! payloads {
                     "`", stringify!($cat), ".", stringify!($name), "` (Avro record `inkstream.",
                     stringify!($cat), ".", stringify!($record), "`)."
                 )]
-                $variant($ty),
+                $variant(payload_slot!($ty $(, $wrap)?)),
             )*
         }
 
@@ -818,7 +827,7 @@ macro_rules! payloads {
             ) -> Option<Result<Payload, serde_json::Error>> {
                 Some(match type_name {
                     $(concat!(stringify!($cat), ".", stringify!($name)) => {
-                        serde_json::from_str(json).map(Payload::$variant)
+                        serde_json::from_str(json).map(|p: $ty| Payload::$variant(p.into()))
                     })*
                     _ => return None,
                 })
@@ -832,7 +841,7 @@ macro_rules! payloads {
             ) -> Option<Result<Payload, serde_path_to_error::Error<serde_json::Error>>> {
                 Some(match type_name {
                     $(concat!(stringify!($cat), ".", stringify!($name)) => {
-                        serde_path_to_error::deserialize(json).map(Payload::$variant)
+                        serde_path_to_error::deserialize(json).map(|p: $ty| Payload::$variant(p.into()))
                     })*
                     _ => return None,
                 })
@@ -847,7 +856,7 @@ macro_rules! payloads {
             ) -> Option<Result<Payload, D::Error>> {
                 Some(match type_name {
                     $(concat!(stringify!($cat), ".", stringify!($name)) => {
-                        <$ty as Deserialize>::deserialize(deserializer).map(Payload::$variant)
+                        <$ty as Deserialize>::deserialize(deserializer).map(|p: $ty| Payload::$variant(p.into()))
                     })*
                     _ => return None,
                 })
@@ -860,7 +869,7 @@ macro_rules! payloads {
             ) -> Option<Result<Payload, serde_json::Error>> {
                 Some(match type_name {
                     $(concat!(stringify!($cat), ".", stringify!($name)) => {
-                        serde_json::from_value(json).map(Payload::$variant)
+                        serde_json::from_value(json).map(|p: $ty| Payload::$variant(p.into()))
                     })*
                     _ => return None,
                 })
@@ -873,7 +882,7 @@ macro_rules! payloads {
             ) -> Option<Result<Payload, apache_avro::Error>> {
                 Some(match type_name {
                     $(concat!(stringify!($cat), ".", stringify!($name)) => {
-                        apache_avro::from_value(record).map(Payload::$variant)
+                        apache_avro::from_value(record).map(|p: $ty| Payload::$variant(p.into()))
                     })*
                     _ => return None,
                 })
@@ -891,7 +900,7 @@ macro_rules! payloads {
         $(
             impl From<$ty> for Payload {
                 fn from(payload: $ty) -> Payload {
-                    Payload::$variant(payload)
+                    Payload::$variant(payload.into())
                 }
             }
         )*
@@ -904,7 +913,7 @@ payloads! {
     WritingParagraphCompleted(ParagraphCompleted) =
         writing.paragraph_completed as ParagraphCompleted;
     WritingSessionStarted(SessionStarted) = writing.session_started as SessionStarted;
-    WritingSessionEnded(SessionEnded) = writing.session_ended as SessionEnded;
+    WritingSessionEnded(SessionEnded in Box) = writing.session_ended as SessionEnded;
     WritingSessionPaused(SessionPaused) = writing.session_paused as SessionPaused;
     WritingSessionResumed(SessionResumed) = writing.session_resumed as SessionResumed;
     WritingFlowStateEntered(FlowStateEntered) = writing.flow_state_entered as FlowStateEntered;
@@ -918,31 +927,31 @@ payloads! {
     CollaborationCommentAdded(CommentAdded) = collaboration.comment_added as CommentAdded;
     CollaborationCommentResolved(CommentResolved) =
         collaboration.comment_resolved as CommentResolved;
-    CollaborationConflictDetected(ConflictDetected) =
+    CollaborationConflictDetected(ConflictDetected in Box) =
         collaboration.conflict_detected as ConflictDetected;
-    CollaborationConflictResolved(ConflictResolved) =
+    CollaborationConflictResolved(ConflictResolved in Box) =
         collaboration.conflict_resolved as ConflictResolved;
-    CollaborationPresenceUpdated(PresenceUpdated) =
+    CollaborationPresenceUpdated(PresenceUpdated in Box) =
         collaboration.presence_updated as PresenceUpdated;
     PublishingStatusChanged(StatusChanged) = publishing.status_changed as StatusChanged;
     PublishingUploadStarted(UploadStarted) = publishing.upload_started as UploadStarted;
     PublishingUploadCompleted(UploadCompleted) = publishing.upload_completed as UploadCompleted;
     PublishingUploadFailed(UploadFailed) = publishing.upload_failed as UploadFailed;
     PublishingReviewCompleted(ReviewCompleted) = publishing.review_completed as ReviewCompleted;
-    PublishingBookPublished(BookPublished) = publishing.book_published as BookPublished;
+    PublishingBookPublished(BookPublished in Box) = publishing.book_published as BookPublished;
     PublishingSalesUpdated(SalesUpdated) = publishing.sales_updated as SalesUpdated;
     AnalyticsMetricUpdated(MetricUpdated) = analytics.metric_updated as MetricUpdated;
-    AnalyticsThresholdCrossed(ThresholdCrossed) = analytics.threshold_crossed as ThresholdCrossed;
-    AnalyticsAnomalyDetected(AnomalyDetected) = analytics.anomaly_detected as AnomalyDetected;
-    AnalyticsAlertTriggered(AlertTriggered) = analytics.alert_triggered as AlertTriggered;
+    AnalyticsThresholdCrossed(ThresholdCrossed in Box) = analytics.threshold_crossed as ThresholdCrossed;
+    AnalyticsAnomalyDetected(AnomalyDetected in Box) = analytics.anomaly_detected as AnomalyDetected;
+    AnalyticsAlertTriggered(AlertTriggered in Box) = analytics.alert_triggered as AlertTriggered;
     AutomationWorkflowStarted(WorkflowStarted) = automation.workflow_started as WorkflowStarted;
-    AutomationActionExecuted(ActionExecuted) = automation.action_executed as ActionExecuted;
+    AutomationActionExecuted(ActionExecuted in Box) = automation.action_executed as ActionExecuted;
     AutomationWorkflowCompleted(WorkflowCompleted) =
         automation.workflow_completed as WorkflowCompleted;
     AutomationWorkflowFailed(WorkflowFailed) = automation.workflow_failed as WorkflowFailed;
     SystemError(SystemError) = system.error as Error;
     SystemDeadLetter(DeadLetter) = system.dead_letter as DeadLetter;
-    SystemNotification(Notification) = system.notification as Notification;
+    SystemNotification(Notification in Box) = system.notification as Notification;
 }
 
 impl Payload {

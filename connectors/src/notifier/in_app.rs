@@ -32,7 +32,7 @@ pub fn event(d: &Delivery, now_ms: i64) -> Event {
         user_id: Some(d.recipient.clone()),
         project_id: None,
         document_id: None,
-        data: Payload::SystemNotification(schemas::payload::Notification {
+        data: Payload::SystemNotification(Box::new(schemas::payload::Notification {
             notification_id: d.id.clone(),
             recipient_id: d.recipient.clone(),
             priority: d.priority,
@@ -40,7 +40,7 @@ pub fn event(d: &Delivery, now_ms: i64) -> Event {
             body: d.text(),
             rule,
             suppressed_similar: d.suppressed_similar as i64,
-        }),
+        })),
     }
 }
 

@@ -314,7 +314,7 @@ fn alert_event(id: &str, priority: Priority, recipient: &str, dedup: &str, title
         user_id: (!recipient.contains(':')).then(|| recipient.to_owned()),
         project_id: None,
         document_id: None,
-        data: Payload::AnalyticsAlertTriggered(AlertTriggered {
+        data: Payload::AnalyticsAlertTriggered(Box::new(AlertTriggered {
             rule: "test_rule".into(),
             priority,
             recipient_id: recipient.into(),
@@ -322,7 +322,7 @@ fn alert_event(id: &str, priority: Priority, recipient: &str, dedup: &str, title
             title: title.into(),
             body: format!("body of {title}"),
             source_event_id: format!("src-{id}"),
-        }),
+        })),
     }
 }
 

@@ -464,14 +464,14 @@ fn detected(
         user_id: Some(to.to_owned()),
         project_id: c.project_id.clone(),
         document_id: Some(doc_id.to_owned()),
-        data: Payload::CollaborationConflictDetected(ConflictDetected {
+        data: Payload::CollaborationConflictDetected(Box::new(ConflictDetected {
             conflict_id: c.conflict_id.clone(),
             other_user_id: other.to_owned(),
             paragraph: r.paragraph,
             severity: r.severity,
             kind: r.kind,
             suggestion: suggestion(other, other_paragraph, r),
-        }),
+        })),
     });
 }
 
@@ -491,13 +491,13 @@ fn resolved(
             user_id: Some(to.clone()),
             project_id: c.project_id.clone(),
             document_id: Some(doc_id.to_owned()),
-            data: Payload::CollaborationConflictResolved(ConflictResolved {
+            data: Payload::CollaborationConflictResolved(Box::new(ConflictResolved {
                 conflict_id: c.conflict_id.clone(),
                 other_user_id: other.clone(),
                 paragraph: c.paragraph,
                 duration_ms: ts - c.detected_ts,
                 resolution: Some(resolution.to_owned()),
-            }),
+            })),
         });
     }
 }
@@ -1383,13 +1383,13 @@ mod naive {
 
     fn resolve(out: &mut Vec<Event>, c: &Conflict, ts: i64, why: &str) {
         let data = |other: &str| {
-            Payload::CollaborationConflictResolved(ConflictResolved {
+            Payload::CollaborationConflictResolved(Box::new(ConflictResolved {
                 conflict_id: c.id.clone(),
                 other_user_id: other.to_owned(),
                 paragraph: c.paragraph,
                 duration_ms: ts - c.since,
                 resolution: Some(why.to_owned()),
-            })
+            }))
         };
         emit(out, c, [data(&c.b), data(&c.a)], ts, "conflict_resolved");
     }
@@ -1543,14 +1543,14 @@ mod naive {
                                 format!("{other} is editing paragraph {other_p}, next to yours")
                             }
                         };
-                        Payload::CollaborationConflictDetected(ConflictDetected {
+                        Payload::CollaborationConflictDetected(Box::new(ConflictDetected {
                             conflict_id: c.id.clone(),
                             other_user_id: other.to_owned(),
                             paragraph: p,
                             severity,
                             kind,
                             suggestion,
-                        })
+                        }))
                     };
                     let (pa, pb) = if a == user {
                         (para(&at), para(&vat))

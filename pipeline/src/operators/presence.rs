@@ -275,7 +275,7 @@ fn update(
         user_id: Some(user.to_owned()),
         project_id: p.project_id.clone(),
         document_id: Some(doc.to_owned()),
-        data: Payload::CollaborationPresenceUpdated(PresenceUpdated {
+        data: Payload::CollaborationPresenceUpdated(Box::new(PresenceUpdated {
             status,
             paragraph: c.map(|c| c.paragraph),
             offset: c.map(|c| c.offset),
@@ -283,7 +283,7 @@ fn update(
             viewport: c.and_then(|c| c.viewport.clone()),
             mode: c.map(|c| c.mode),
             typing_wpm: typing_wpm(p, ts, lim.window_ms),
-        }),
+        })),
     }
 }
 
@@ -1321,7 +1321,7 @@ mod tests {
                 user_id: Some(u.clone()),
                 project_id: p.project.clone(),
                 document_id: Some(d.clone()),
-                data: Payload::CollaborationPresenceUpdated(PresenceUpdated {
+                data: Payload::CollaborationPresenceUpdated(Box::new(PresenceUpdated {
                     status,
                     paragraph: c.as_ref().map(|c| c.paragraph),
                     offset: c.as_ref().map(|c| c.offset),
@@ -1329,7 +1329,7 @@ mod tests {
                     viewport: c.as_ref().and_then(|c| c.viewport.clone()),
                     mode: c.as_ref().map(|c| c.mode),
                     typing_wpm: (words > 0).then(|| words as f64 * 60_000.0 / window as f64),
-                }),
+                })),
             });
         }
         let mut pairs: std::collections::BTreeMap<(String, String), P> = Default::default();

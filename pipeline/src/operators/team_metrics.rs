@@ -985,7 +985,7 @@ mod tests {
             ts,
             user,
             Some(doc),
-            Payload::CollaborationConflictDetected(c),
+            Payload::CollaborationConflictDetected(Box::new(c)),
         )
     }
 
@@ -1009,7 +1009,7 @@ mod tests {
             ts,
             user,
             Some(doc),
-            Payload::CollaborationConflictResolved(c),
+            Payload::CollaborationConflictResolved(Box::new(c)),
         )
     }
 

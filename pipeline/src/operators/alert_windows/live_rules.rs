@@ -618,7 +618,7 @@ pub(super) fn alert_event(
         user_id,
         project_id,
         document_id: document_id.cloned(),
-        data: Payload::AnalyticsAlertTriggered(AlertTriggered {
+        data: Payload::AnalyticsAlertTriggered(Box::new(AlertTriggered {
             rule: rule.to_owned(),
             priority,
             recipient_id: recipient.to_owned(),
@@ -626,7 +626,7 @@ pub(super) fn alert_event(
             title,
             body,
             source_event_id: source_id.to_owned(),
-        }),
+        })),
     }
 }
 

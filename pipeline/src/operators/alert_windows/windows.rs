@@ -236,7 +236,7 @@ impl AlertWindows {
                 user_id: o.user_id.clone(),
                 project_id: o.project_id.clone(),
                 document_id: o.document_id.clone(),
-                data: Payload::AnalyticsThresholdCrossed(ThresholdCrossed {
+                data: Payload::AnalyticsThresholdCrossed(Box::new(ThresholdCrossed {
                     rule: "sales_milestone".to_owned(),
                     metric: "total_units".to_owned(),
                     key: o.key.clone(),
@@ -244,7 +244,7 @@ impl AlertWindows {
                     threshold: m as f64,
                     direction: Direction::Above,
                     window_ms: None,
-                }),
+                })),
             });
         }
         let book = self.books.entry(o.key.clone()).or_insert(Book {
@@ -448,7 +448,7 @@ pub(super) fn observe_anomaly(
                 user_id: o.user_id.clone(),
                 project_id: o.project_id.clone(),
                 document_id: o.document_id.clone(),
-                data: Payload::AnalyticsAnomalyDetected(AnomalyDetected {
+                data: Payload::AnalyticsAnomalyDetected(Box::new(AnomalyDetected {
                     rule: rule.name.clone(),
                     metric: a.metric.clone(),
                     key: o.key.clone(),
@@ -456,7 +456,7 @@ pub(super) fn observe_anomaly(
                     mean,
                     stddev,
                     k: a.k,
-                }),
+                })),
             });
         }
     }
@@ -622,7 +622,7 @@ pub(super) fn crossing(
         user_id: ctx.user_id.clone(),
         project_id: ctx.project_id.clone(),
         document_id: ctx.document_id.clone(),
-        data: Payload::AnalyticsThresholdCrossed(ThresholdCrossed {
+        data: Payload::AnalyticsThresholdCrossed(Box::new(ThresholdCrossed {
             rule: rule.name.clone(),
             metric: t.metric.clone(),
             key: key.to_owned(),
@@ -630,6 +630,6 @@ pub(super) fn crossing(
             threshold: t.threshold,
             direction: dir,
             window_ms: Some(t.window_ms),
-        }),
+        })),
     });
 }

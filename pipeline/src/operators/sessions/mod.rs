@@ -444,7 +444,7 @@ impl User {
             at,
             "session_ended",
             "",
-            Payload::WritingSessionEnded(SessionEnded {
+            Payload::WritingSessionEnded(Box::new(SessionEnded {
                 session_id: Some(s.id.clone()),
                 reason: Some(reason.to_owned()),
                 start_ts: Some(s.start_ts),
@@ -457,7 +457,7 @@ impl User {
                 paused_ms: Some(x.paused_ms),
                 longest_flow_ms: Some(x.longest_flow_ms),
                 pasted_words: Some(s.pasted_words),
-            }),
+            })),
         );
     }
 
@@ -943,7 +943,7 @@ mod tests {
     fn summaries(out: &[Event]) -> Vec<(i64, SessionEnded)> {
         out.iter()
             .filter_map(|e| match &e.data {
-                Payload::WritingSessionEnded(s) => Some((e.ts, s.clone())),
+                Payload::WritingSessionEnded(s) => Some((e.ts, (**s).clone())),
                 _ => None,
             })
             .collect()
