@@ -13,9 +13,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Serialized events of one batch per type, and how many: kept per thread
-/// between batches so that serializing reuses their capacity.
-type Buffers = BTreeMap<&'static str, (Vec<u8>, u64)>;
+/// Serialized events of one batch per type, and how many, indexed by the
+/// type's position in the catalogue (`Payload::type_index`, no name
+/// comparisons per event): kept per thread between batches so that
+/// serializing reuses their capacity.
+type Buffers = Vec<(Vec<u8>, u64)>;
 
 thread_local! {
     static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
@@ -42,6 +44,8 @@ pub struct FileSink {
     pub(crate) error: Mutex<Option<SinkError>>,
     /// Write only these types (`None`: every type).
     pub(crate) only: Option<Vec<&'static str>>,
+    /// The same, by catalogue index.
+    only_index: Option<Vec<bool>>,
     pub(crate) format: Format,
 }
 
@@ -61,6 +65,7 @@ impl FileSink {
             counts: Mutex::new(BTreeMap::new()),
             error: Mutex::new(None),
             only: None,
+            only_index: None,
             format: Format::Ndjson,
         })
     }
@@ -79,6 +84,12 @@ impl FileSink {
     /// Writes only the types in `only` (`None`: every type); the others
     /// are neither serialized nor counted.
     pub fn only(mut self, only: Option<Vec<&'static str>>) -> FileSink {
+        self.only_index = only.as_ref().map(|o| {
+            schemas::payload::TYPES
+                .iter()
+                .map(|t| o.contains(t))
+                .collect()
+        });
         self.only = only;
         self
     }
@@ -99,7 +110,8 @@ impl FileSink {
     fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), SinkError> {
         BUFFERS.with_borrow_mut(|buffers| {
             // Reused from the last batch (their capacity, not their bytes).
-            for (buf, n) in buffers.values_mut() {
+            buffers.resize_with(schemas::payload::TYPES.len(), Default::default);
+            for (buf, n) in buffers.iter_mut() {
                 buf.clear();
                 *n = 0;
             }
@@ -115,11 +127,11 @@ impl FileSink {
         // Serialize outside the lock (workers do it in parallel), one buffer
         // per type; then one locked write per type.
         for e in events.drain(..) {
-            let ty = e.event_type();
-            if self.only.as_ref().is_some_and(|o| !o.contains(&ty)) {
+            let index = e.data.type_index();
+            if self.only_index.as_ref().is_some_and(|o| !o[index]) {
                 continue;
             }
-            let (buf, n) = buffers.entry(ty).or_default();
+            let (buf, n) = &mut buffers[index];
             match self.format {
                 Format::Ndjson => {
                     serde_json::to_writer(&mut *buf, &e).map_err(|err| SinkError::File {
@@ -130,7 +142,7 @@ impl FileSink {
                 }
                 Format::Avro => {
                     schemas::binary::encode_into(&e, buf).map_err(|err| SinkError::File {
-                        path: self.path(ty),
+                        path: self.path(e.event_type()),
                         source: std::io::Error::new(std::io::ErrorKind::InvalidData, err),
                     })?;
                 }
@@ -139,8 +151,8 @@ impl FileSink {
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (ty, (buf, n)) in buffers.iter() {
-            let (ty, n) = (*ty, *n);
+        for (index, (buf, n)) in buffers.iter().enumerate() {
+            let (ty, n) = (schemas::payload::TYPES[index], *n);
             if n == 0 {
                 continue;
             }

@@ -283,6 +283,7 @@ mod tests {
         for ty in crate::payload::TYPES {
             let payload = Payload::example(ty).unwrap();
             assert_eq!(Some(payload.category()), Category::of_type(ty), "{ty}");
+            assert_eq!(crate::payload::TYPES[payload.type_index()], *ty);
         }
     }
 

@@ -804,7 +804,21 @@ macro_rules! payloads {
             include_str!(concat!("../avro/", stringify!($cat), "/", stringify!($name), ".avsc")),
         )),*];
 
+        /// The variants without their records, in catalogue order.
+        #[derive(Clone, Copy)]
+        enum Kind {
+            $($variant,)*
+        }
+
         impl Payload {
+            /// The type's position in [`TYPES`] (catalogue order), without
+            /// comparing names: an index for per-type tables.
+            pub fn type_index(&self) -> usize {
+                match self {
+                    $(Payload::$variant(_) => Kind::$variant as usize,)*
+                }
+            }
+
             /// The category half of the type, without parsing its name.
             pub fn category(&self) -> crate::Category {
                 match self {
