@@ -107,6 +107,26 @@ fn main() {
         per_sec(fast_decode),
         fast_decode.as_nanos() as f64 / n as f64
     );
+    // A request body of the 1,000 events, as NDJSON (POST /v1/events) and as
+    // a JSON array (an array body, a /ws/ingest frame), decoded whole.
+    let ndjson = lines.join("\n");
+    let array = format!("[{}]", lines.join(","));
+    let rounds = (n / lines.len()).max(1);
+    let batch = |body: &str, is_ndjson: bool| {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            black_box(
+                inkstream_schemas::decode_batch(body.as_bytes(), is_ndjson, &limits)
+                    .expect("decodes"),
+            );
+        }
+        start.elapsed().as_nanos() as f64 / (rounds * lines.len()) as f64
+    };
+    println!(
+        "batch of 1,000, NDJSON / JSON array: {:.0} / {:.0} ns/event",
+        batch(&ndjson, true),
+        batch(&array, false)
+    );
     let both = decode + fast_encode;
     println!(
         "decode + validate + encode: {:>6.0} events/s",

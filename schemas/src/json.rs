@@ -146,6 +146,10 @@ fn json_error(e: serde_json::Error) -> DecodeError {
     DecodeError::new("invalid_json", None, message)
 }
 
+/// The most NDJSON events [`decode_batch`] reserves room for before
+/// decoding (more lines grow the vector as usual).
+const NDJSON_PRESIZE_MAX: usize = 4096;
+
 /// Decodes a request body: a single JSON object, a JSON array of objects, or
 /// NDJSON (one object per line; `ndjson = true`). Returns one result per event,
 /// in order, so callers can report each rejected index.
@@ -162,16 +166,41 @@ pub fn decode_batch(
         ));
     }
     if ndjson {
-        return Ok(body
-            .split(|b| *b == b'\n')
-            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|line| decode_event(line, limits))
-            .collect());
+        // Sized for the lines up front (a filtered iterator would start
+        // empty and copy every decoded event at each doubling), up to a
+        // bound: a body of blank lines reserves no more than that.
+        let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
+        let mut out = Vec::with_capacity(lines.min(NDJSON_PRESIZE_MAX));
+        out.extend(
+            body.split(|b| *b == b'\n')
+                .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+                .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                .map(|line| decode_event(line, limits)),
+        );
+        return Ok(out);
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
+            // Split at the array's own commas and decode each item once; only
+            // a body that is not well-formed JSON goes through serde_json's
+            // whole-array parse, for its precise request-level error.
+            if let Some(items) = split_array(body) {
+                let decoded: Vec<Result<Event, DecodeError>> = items
+                    .iter()
+                    .map(|item| decode_event(item, limits))
+                    .collect();
+                let malformed = decoded.iter().zip(&items).any(|(r, item)| match r {
+                    Err(e) if e.code == "invalid_json" => true,
+                    Err(e) if e.code == "event_too_large" => {
+                        serde_json::from_slice::<serde::de::IgnoredAny>(item).is_err()
+                    }
+                    _ => false,
+                });
+                if !malformed {
+                    return Ok(decoded);
+                }
+            }
             let items: Vec<&serde_json::value::RawValue> =
                 serde_json::from_slice(body).map_err(json_error)?;
             Ok(items
@@ -194,6 +223,64 @@ pub fn decode_batch(
             "expected a JSON object, a JSON array of objects, or NDJSON",
         )),
         None => Err(DecodeError::new("empty_body", None, "the body is empty")),
+    }
+}
+
+/// The items of a top-level JSON array, trimmed, found by scanning for the
+/// array's own commas (strings and nesting skipped), without parsing them.
+/// `None` when the array's own structure is not well formed (no `[`, an
+/// empty item, a bracket closing what is not open at this level, text after
+/// the `]`). Each item still has to be valid JSON on its own: with every
+/// item valid, the whole body is.
+fn split_array(body: &[u8]) -> Option<Vec<&[u8]>> {
+    let skip_ws = |mut i: usize| {
+        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if body.get(i) != Some(&b'[') {
+        return None;
+    }
+    let mut items = Vec::with_capacity(body.len() / 128 + 1);
+    i = skip_ws(i + 1);
+    if body.get(i) == Some(&b']') {
+        return (skip_ws(i + 1) == body.len()).then_some(items);
+    }
+    loop {
+        let start = i;
+        let mut depth = 0usize;
+        loop {
+            match *body.get(i)? {
+                b'"' => {
+                    // Past the closing quote; `\` escapes the next byte.
+                    i += 1;
+                    loop {
+                        i += memchr::memchr2(b'"', b'\\', body.get(i..)?)?;
+                        if body[i] == b'"' {
+                            break;
+                        }
+                        i += 2;
+                    }
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b']' | b',' if depth == 0 => break,
+                b'}' => return None,
+                _ => {}
+            }
+            i += 1;
+        }
+        let item = body[start..i].trim_ascii();
+        if item.is_empty() {
+            return None;
+        }
+        items.push(item);
+        if body[i] == b']' {
+            return (skip_ws(i + 1) == body.len()).then_some(items);
+        }
+        i = skip_ws(i + 1);
     }
 }
 
@@ -398,6 +485,72 @@ impl fmt::Display for Limits {
 
 #[cfg(test)]
 mod tests {
+
+    /// The array path as it was: serde_json parses the whole body first.
+    fn decode_array_reference(
+        body: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
+        let items: Vec<&serde_json::value::RawValue> =
+            serde_json::from_slice(body).map_err(json_error)?;
+        Ok(items
+            .into_iter()
+            .map(|raw| decode_event(raw.get().as_bytes(), limits))
+            .collect())
+    }
+
+    #[test]
+    fn arrays_split_without_serde_decode_as_the_whole_array_parse_did() {
+        let ok = r#"{"id":"a","type":"writing.keystroke","ts":1,"user_id":"u","data":{"keystrokes":1,"words":1,"chars":1}}"#;
+        let tricky = r#"{"id":"b","type":"collaboration.comment_added","ts":2,"user_id":"u \" ] } , [","project_id":"p","document_id":"d","data":{"comment_id":"c,]}","paragraph":3,"thread_id":"[\\\"{"}}"#;
+        let invalid = r#"{"id":"c","type":"writing.keystroke","ts":1}"#;
+        let mut limits = Limits::default();
+        let bodies: Vec<String> = vec![
+            "[]".into(),
+            " [ ] ".into(),
+            format!("[{ok}]"),
+            format!(" [ {ok} ,\n {tricky} , {invalid} ] \n"),
+            format!("[{ok},{ok},]"),
+            format!("[{ok},,{ok}]"),
+            format!("[{ok}"),
+            format!("[{ok}] x"),
+            format!("[{ok}]]"),
+            format!("[{ok} {ok}]"),
+            format!("[{ok}}}]"),
+            format!("[{{\"type\":1]}}]"),
+            format!("[{ok}, 5, \"s\", null, [1,2]]"),
+            format!("[{ok}, {{\"a\": \"unterminated]"),
+            format!("[{ok}, {{\"a\": \"\\u00e9 \\\\\"}}]"),
+            format!(
+                "[{},{ok}]",
+                ok.replace("\"u\"", "\"uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu\"")
+            ),
+            format!("[{} , {ok}]", "{\"x\": [1, 2"),
+        ];
+        // The split itself, on the body whose strings hold brackets, commas,
+        // quotes and backslashes: three items, exactly the three texts.
+        let three = split_array(bodies[3].as_bytes()).unwrap();
+        assert_eq!(
+            three,
+            [ok.as_bytes(), tricky.as_bytes(), invalid.as_bytes()]
+        );
+        let decoded = decode_batch(bodies[3].as_bytes(), false, &limits).unwrap();
+        assert!(
+            decoded[0].is_ok() && decoded[1].is_ok() && decoded[2].is_err(),
+            "{decoded:?}"
+        );
+        for body in &bodies {
+            for max in [usize::MAX, 150] {
+                limits.max_event_bytes = max;
+                assert_eq!(
+                    decode_batch(body.as_bytes(), false, &limits),
+                    decode_array_reference(body.as_bytes(), &limits),
+                    "{body} (max_event_bytes {max})"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     fn decode(s: &str) -> Result<Event, DecodeError> {

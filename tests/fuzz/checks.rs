@@ -93,6 +93,7 @@ fn json_accepted(bytes: &[u8], event: &Event, limits: &Limits) {
 
 /// A request body through `decode_batch` (object, array or NDJSON).
 pub fn json_batch(bytes: &[u8]) {
+    array_as_serde_reads_it(bytes);
     for ndjson in [false, true] {
         match decode_batch(bytes, ndjson, &Limits::default()) {
             Ok(results) => {
@@ -110,6 +111,46 @@ pub fn json_batch(bytes: &[u8]) {
             }
             Err(e) => decode_error(&e),
         }
+    }
+}
+
+/// An array body decodes as serde_json's parse of the whole array would
+/// have it (the decoder splits arrays itself): the same events and per-item
+/// errors, or a request-level error exactly when the body is not JSON.
+fn array_as_serde_reads_it(bytes: &[u8]) {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return;
+    }
+    let limits = Limits::default();
+    // Events without an id get a generated one: compare without ids.
+    let blank = |v: Vec<Result<schemas::Event, schemas::DecodeError>>| {
+        v.into_iter()
+            .map(|r| {
+                r.map(|mut e| {
+                    e.id.clear();
+                    e
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let reference =
+        serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(bytes).map(|items| {
+            items
+                .iter()
+                .map(|raw| schemas::decode_event(raw.get().as_bytes(), &limits))
+                .collect::<Vec<_>>()
+        });
+    match (decode_batch(bytes, false, &limits), reference) {
+        (Ok(fast), Ok(reference)) => assert_eq!(
+            blank(fast),
+            blank(reference),
+            "an array body decoded otherwise than serde_json's whole-array parse"
+        ),
+        (Err(_), Err(_)) => {}
+        (fast, reference) => panic!(
+            "an array body: decode_batch gave {fast:?}, serde_json's whole-array parse {:?}",
+            reference.map(|_| "events").map_err(|e| e.to_string())
+        ),
     }
 }
 
