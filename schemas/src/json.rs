@@ -53,6 +53,24 @@ pub fn new_id() -> String {
 
 /// Decodes one event from its JSON bytes.
 pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => decode_event_str(text, limits),
+        // Not UTF-8: the slow path's parse says where.
+        Err(_) => decode_event_checked(bytes, None, limits),
+    }
+}
+
+/// [`decode_event`] of text already known to be UTF-8 (a line or an item of
+/// a body validated whole): not validated again.
+fn decode_event_str(text: &str, limits: &Limits) -> Result<Event, DecodeError> {
+    decode_event_checked(text.as_bytes(), Some(text), limits)
+}
+
+fn decode_event_checked(
+    bytes: &[u8],
+    text: Option<&str>,
+    limits: &Limits,
+) -> Result<Event, DecodeError> {
     if bytes.len() > limits.max_event_bytes {
         return Err(DecodeError::new(
             "event_too_large",
@@ -64,7 +82,7 @@ pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError>
             ),
         ));
     }
-    if let Some(event) = decode_fast(bytes, limits) {
+    if let Some(event) = text.and_then(|t| decode_fast(t, limits)) {
         return Ok(event);
     }
     // The slow path parses a generic JSON value so that the error can name
@@ -77,11 +95,11 @@ pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError>
 /// `None` on anything unusual (an error, an RFC 3339 `ts`, an escaped id…):
 /// the slow path then decides, with a precise error if it is one. Both paths
 /// accept exactly the same events (tested).
-fn decode_fast(bytes: &[u8], limits: &Limits) -> Option<Event> {
+fn decode_fast(text: &str, limits: &Limits) -> Option<Event> {
     use std::borrow::Cow;
-    // Validate UTF-8 once, then parse from `&str` (serde_json then skips
-    // per-string validation). The plain shape is scanned; serde reads the rest.
-    let text = std::str::from_utf8(bytes).ok()?;
+    // Parsed from `&str` (UTF-8 validated once, by the caller: serde_json
+    // then skips per-string validation). The plain shape is scanned; serde
+    // reads the rest.
     let w = envelope::read(text)?;
     let known = EventType::lookup(&w.event_type).ok()?;
     let ok_id = |s: &Option<Cow<'_, str>>| {
@@ -158,24 +176,24 @@ pub fn decode_batch(
     ndjson: bool,
     limits: &Limits,
 ) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
-    if std::str::from_utf8(body).is_err() {
+    let Ok(text) = std::str::from_utf8(body) else {
         return Err(DecodeError::new(
             "invalid_utf8",
             None,
             "body is not valid UTF-8",
         ));
-    }
+    };
     if ndjson {
         // Sized for the lines up front (a filtered iterator would start
         // empty and copy every decoded event at each doubling), up to a
         // bound: a body of blank lines reserves no more than that.
-        let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
+        let lines = memchr::memchr_iter(b'\n', body).count() + 1;
         let mut out = Vec::with_capacity(lines.min(NDJSON_PRESIZE_MAX));
         out.extend(
-            body.split(|b| *b == b'\n')
-                .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-                .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-                .map(|line| decode_event(line, limits)),
+            text.split('\n')
+                .map(|line| line.strip_suffix('\r').unwrap_or(line))
+                .filter(|line| !line.bytes().all(|b| b.is_ascii_whitespace()))
+                .map(|line| decode_event_str(line, limits)),
         );
         return Ok(out);
     }
@@ -185,15 +203,15 @@ pub fn decode_batch(
             // Split at the array's own commas and decode each item once; only
             // a body that is not well-formed JSON goes through serde_json's
             // whole-array parse, for its precise request-level error.
-            if let Some(items) = split_array(body) {
+            if let Some(items) = split_array(text) {
                 let decoded: Vec<Result<Event, DecodeError>> = items
                     .iter()
-                    .map(|item| decode_event(item, limits))
+                    .map(|item| decode_event_str(item, limits))
                     .collect();
                 let malformed = decoded.iter().zip(&items).any(|(r, item)| match r {
                     Err(e) if e.code == "invalid_json" => true,
                     Err(e) if e.code == "event_too_large" => {
-                        serde_json::from_slice::<serde::de::IgnoredAny>(item).is_err()
+                        serde_json::from_str::<serde::de::IgnoredAny>(item).is_err()
                     }
                     _ => false,
                 });
@@ -232,7 +250,9 @@ pub fn decode_batch(
 /// empty item, a bracket closing what is not open at this level, text after
 /// the `]`). Each item still has to be valid JSON on its own: with every
 /// item valid, the whole body is.
-fn split_array(body: &[u8]) -> Option<Vec<&[u8]>> {
+fn split_array(text: &str) -> Option<Vec<&str>> {
+    // Every index it cuts at is an ASCII byte's, so a char boundary.
+    let body = text.as_bytes();
     let skip_ws = |mut i: usize| {
         while body.get(i).is_some_and(u8::is_ascii_whitespace) {
             i += 1;
@@ -272,7 +292,7 @@ fn split_array(body: &[u8]) -> Option<Vec<&[u8]>> {
             }
             i += 1;
         }
-        let item = body[start..i].trim_ascii();
+        let item = text[start..i].trim_ascii();
         if item.is_empty() {
             return None;
         }
@@ -529,11 +549,8 @@ mod tests {
         ];
         // The split itself, on the body whose strings hold brackets, commas,
         // quotes and backslashes: three items, exactly the three texts.
-        let three = split_array(bodies[3].as_bytes()).unwrap();
-        assert_eq!(
-            three,
-            [ok.as_bytes(), tricky.as_bytes(), invalid.as_bytes()]
-        );
+        let three = split_array(&bodies[3]).unwrap();
+        assert_eq!(three, [ok, tricky, invalid]);
         let decoded = decode_batch(bodies[3].as_bytes(), false, &limits).unwrap();
         assert!(
             decoded[0].is_ok() && decoded[1].is_ok() && decoded[2].is_err(),
