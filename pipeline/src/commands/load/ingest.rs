@@ -260,7 +260,9 @@ async fn ws_connection(
     if let Some(t) = &config.token {
         url.push_str(&format!("?token={t}"));
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    // Without Nagle, as the HTTP client above: a frame's last segment is not
+    // held back until the previous one is acknowledged.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .map_err(LoadError::WsConnect)?;
     let batch = config.batch.max(1) as u64;
