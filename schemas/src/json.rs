@@ -219,12 +219,7 @@ pub fn decode_batch(
                     return Ok(decoded);
                 }
             }
-            let items: Vec<&serde_json::value::RawValue> =
-                serde_json::from_slice(body).map_err(json_error)?;
-            Ok(items
-                .into_iter()
-                .map(|raw| decode_event(raw.get().as_bytes(), limits))
-                .collect())
+            decode_array_parsed(body, limits)
         }
         Some(b'{') => {
             // A single event that is not even JSON is a malformed request
@@ -242,6 +237,21 @@ pub fn decode_batch(
         )),
         None => Err(DecodeError::new("empty_body", None, "the body is empty")),
     }
+}
+
+/// An array body through serde_json's parse of the whole array (its raw
+/// items, then each decoded): what a body that is not well-formed gets, for
+/// serde_json's precise error.
+fn decode_array_parsed(
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(body).map_err(json_error)?;
+    Ok(items
+        .into_iter()
+        .map(|raw| decode_event(raw.get().as_bytes(), limits))
+        .collect())
 }
 
 /// The items of a top-level JSON array, trimmed, found by scanning for the
@@ -505,20 +515,10 @@ impl fmt::Display for Limits {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
-    /// The array path as it was: serde_json parses the whole body first.
-    fn decode_array_reference(
-        body: &[u8],
-        limits: &Limits,
-    ) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
-        let items: Vec<&serde_json::value::RawValue> =
-            serde_json::from_slice(body).map_err(json_error)?;
-        Ok(items
-            .into_iter()
-            .map(|raw| decode_event(raw.get().as_bytes(), limits))
-            .collect())
-    }
-
+    /// The split path against the whole-array parse it replaced (kept as
+    /// the fallback for bodies that are not well-formed).
     #[test]
     fn arrays_split_without_serde_decode_as_the_whole_array_parse_did() {
         let ok = r#"{"id":"a","type":"writing.keystroke","ts":1,"user_id":"u","data":{"keystrokes":1,"words":1,"chars":1}}"#;
@@ -561,14 +561,12 @@ mod tests {
                 limits.max_event_bytes = max;
                 assert_eq!(
                     decode_batch(body.as_bytes(), false, &limits),
-                    decode_array_reference(body.as_bytes(), &limits),
+                    decode_array_parsed(body.as_bytes(), &limits),
                     "{body} (max_event_bytes {max})"
                 );
             }
         }
     }
-
-    use super::*;
 
     fn decode(s: &str) -> Result<Event, DecodeError> {
         decode_event(s.as_bytes(), &Limits::default())
