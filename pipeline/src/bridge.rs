@@ -267,7 +267,7 @@ fn feed<S: DerivedSink>(
                     e.id = id;
                 }
                 let at = position(&entry);
-                let part = part_index(&mut parts, &entry.stream);
+                let part = dataflow::part_index(&mut parts, &entry.stream);
                 match acks {
                     Acks::Frontier(in_flight) => {
                         let t = driver.epoch_of(e.ts);
@@ -286,7 +286,7 @@ fn feed<S: DerivedSink>(
                     }
                 }
                 // Each stream (or topic partition) is an input partition with
-                // its own watermark: see `InputDriver::push_from`.
+                // its own watermark: see `InputDriver::push_parted`.
                 events.push((Some(part), at, e));
             }
             Err(reason) => {
@@ -334,20 +334,6 @@ fn feed<S: DerivedSink>(
         sink.emit(&mut dead);
     }
     done
-}
-
-/// `stream`'s index in `parts`, added if new. A reply lists a stream's
-/// entries together and the embedded log shares one name per stream, so
-/// the last one or a pointer comparison nearly always finds it.
-fn part_index(parts: &mut Vec<Arc<str>>, stream: &Arc<str>) -> u32 {
-    if let Some(i) = parts.iter().rposition(|p| Arc::ptr_eq(p, stream)) {
-        return i as u32;
-    }
-    if let Some(i) = parts.iter().position(|p| **p == **stream) {
-        return i as u32;
-    }
-    parts.push(stream.clone());
-    (parts.len() - 1) as u32
 }
 
 /// The dataflow's timing metrics, kept by each reading worker's loop.

@@ -333,6 +333,21 @@ impl Partitions {
     }
 }
 
+/// `stream`'s index in `parts` (the partitions of a batch for
+/// [`InputDriver::push_parted`]), added if new. A reply lists a stream's
+/// entries together and the embedded log shares one name per stream, so
+/// the last one or a pointer comparison nearly always finds it.
+pub fn part_index(parts: &mut Vec<Arc<str>>, stream: &Arc<str>) -> u32 {
+    if let Some(i) = parts.iter().rposition(|p| Arc::ptr_eq(p, stream)) {
+        return i as u32;
+    }
+    if let Some(i) = parts.iter().position(|p| **p == **stream) {
+        return i as u32;
+    }
+    parts.push(stream.clone());
+    (parts.len() - 1) as u32
+}
+
 /// What the input driver must restore to resume exactly where a
 /// checkpoint was taken.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,16 +404,7 @@ impl InputDriver {
         let mut parts: Vec<Arc<str>> = Vec::new();
         let events = events
             .into_iter()
-            .map(|(part, position, e)| {
-                let index = part.map(|p| match parts.iter().position(|q| *q == p) {
-                    Some(i) => i as u32,
-                    None => {
-                        parts.push(p);
-                        (parts.len() - 1) as u32
-                    }
-                });
-                (index, position, e)
-            })
+            .map(|(part, position, e)| (part.map(|p| part_index(&mut parts, &p)), position, e))
             .collect();
         self.push_parted(&parts, events)
     }

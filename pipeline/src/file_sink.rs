@@ -42,10 +42,8 @@ pub struct FileSink {
     pub(crate) files: Mutex<HashMap<&'static str, Open>>,
     pub(crate) counts: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) error: Mutex<Option<SinkError>>,
-    /// Write only these types (`None`: every type).
-    pub(crate) only: Option<Vec<&'static str>>,
-    /// The same, by catalogue index.
-    only_index: Option<Vec<bool>>,
+    /// Write only these types (`None`: every type), by catalogue index.
+    only: Option<Vec<bool>>,
     pub(crate) format: Format,
 }
 
@@ -65,7 +63,6 @@ impl FileSink {
             counts: Mutex::new(BTreeMap::new()),
             error: Mutex::new(None),
             only: None,
-            only_index: None,
             format: Format::Ndjson,
         })
     }
@@ -84,13 +81,12 @@ impl FileSink {
     /// Writes only the types in `only` (`None`: every type); the others
     /// are neither serialized nor counted.
     pub fn only(mut self, only: Option<Vec<&'static str>>) -> FileSink {
-        self.only_index = only.as_ref().map(|o| {
+        self.only = only.map(|o| {
             schemas::payload::TYPES
                 .iter()
                 .map(|t| o.contains(t))
                 .collect()
         });
-        self.only = only;
         self
     }
 
@@ -128,7 +124,7 @@ impl FileSink {
         // per type; then one locked write per type.
         for e in events.drain(..) {
             let index = e.data.type_index();
-            if self.only_index.as_ref().is_some_and(|o| !o[index]) {
+            if self.only.as_ref().is_some_and(|o| !o[index]) {
                 continue;
             }
             let (buf, n) = &mut buffers[index];

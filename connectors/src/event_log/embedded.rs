@@ -5,7 +5,7 @@
 
 use super::entry::{Appended, EntryRef, LogEntry, stream_name};
 use schemas::{Category, Event};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,7 +63,7 @@ struct Group {
     /// Delivered but unacknowledged.
     pending: Pending,
     /// Consumer names, shared by their pending entries.
-    consumers: HashMap<String, Arc<str>>,
+    consumers: HashSet<Arc<str>>,
 }
 
 impl Group {
@@ -72,7 +72,7 @@ impl Group {
             return c.clone();
         }
         let c: Arc<str> = Arc::from(name);
-        self.consumers.insert(name.to_owned(), c.clone());
+        self.consumers.insert(c.clone());
         c
     }
 }
