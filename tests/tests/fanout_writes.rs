@@ -116,3 +116,32 @@ async fn with_a_write_delay_frames_published_after_a_write_wait_for_it_then_leav
         );
     }
 }
+
+/// `inkstream load --mode fanout` with several publishers at once (the
+/// benchmark's `--publishers`): every subscriber gets every broadcast, and
+/// the report counts those deliveries.
+#[tokio::test]
+async fn the_fanout_load_with_several_publishers_delivers_every_broadcast_to_every_subscriber() {
+    let server = Server::start(&[]).await;
+    let mut load = std::process::Command::new(inkstream_tests::inkstream_bin());
+    load.args(["load", "--mode", "fanout", "--addr"])
+        .arg(format!("127.0.0.1:{}", server.port))
+        .args(["--connections", "5", "--events", "61", "--publishers", "4"])
+        .env_remove("INKSTREAM_LOAD_TOKEN");
+    let out = tokio::task::spawn_blocking(move || load.output());
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("inkstream load did not finish within 120 s")
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inkstream load failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("fanout: 305 messages over 5 connections"),
+        "61 broadcasts × 5 subscribers: {stdout}"
+    );
+}

@@ -174,6 +174,7 @@ pub async fn fanout(
     token: Option<&str>,
     connections: usize,
     broadcasts: u64,
+    publishers: usize,
 ) -> Result<FanoutReport, LoadError> {
     let channel = "category:load";
     let delivered = Arc::new(AtomicU64::new(0));
@@ -232,29 +233,44 @@ pub async fn fanout(
             }));
         }
     }
-    let (mut http, mut buf, auth) = connect(addr, token).await?;
+    // Publisher `p` sends broadcasts p, p + publishers, …, one in flight.
+    let publishers = publishers.clamp(1, broadcasts.max(1) as usize) as u64;
+    let mut connected = Vec::new();
+    for _ in 0..publishers {
+        connected.push(connect(addr, token).await?);
+    }
     let start = Instant::now();
-    for i in 0..broadcasts {
-        let body = format!(
-            r#"{{"channel":"{channel}","data":{{"i":{i},"sent_us":{}}}}}"#,
-            now_us()
-        );
-        let (status, reply) = http_post(
-            &mut http,
-            &mut buf,
-            addr,
-            "/api/realtime/websocket/broadcast",
-            "application/json",
-            &auth,
-            &body,
-        )
-        .await?;
-        if status != 200 {
-            return Err(LoadError::Rejected {
-                step: "broadcast".into(),
-                reply: format!("{status} {reply}"),
-            });
-        }
+    let mut sending = Vec::new();
+    for (p, (mut http, mut buf, auth)) in (0..publishers).zip(connected) {
+        let addr = addr.to_string();
+        sending.push(tokio::spawn(async move {
+            for i in (p..broadcasts).step_by(publishers as usize) {
+                let body = format!(
+                    r#"{{"channel":"{channel}","data":{{"i":{i},"sent_us":{}}}}}"#,
+                    now_us()
+                );
+                let (status, reply) = http_post(
+                    &mut http,
+                    &mut buf,
+                    &addr,
+                    "/api/realtime/websocket/broadcast",
+                    "application/json",
+                    &auth,
+                    &body,
+                )
+                .await?;
+                if status != 200 {
+                    return Err(LoadError::Rejected {
+                        step: "broadcast".into(),
+                        reply: format!("{status} {reply}"),
+                    });
+                }
+            }
+            Ok(())
+        }));
+    }
+    for s in sending {
+        s.await??;
     }
     let mut failed = None;
     for r in readers {

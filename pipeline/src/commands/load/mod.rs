@@ -40,6 +40,10 @@ pub struct LoadArgs {
     connections: usize,
     #[arg(long, default_value_t = 10_000)]
     users: u32,
+    /// fanout: connections broadcasting at once, each with one broadcast
+    /// in flight (the dataflow publishes without waiting for a reply).
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     /// Bearer token or API key.
     #[arg(long, env = "INKSTREAM_LOAD_TOKEN")]
     token: Option<String>,
@@ -56,6 +60,7 @@ pub fn main(args: LoadArgs) -> Result<(), LoadError> {
                     args.token.as_deref(),
                     args.connections,
                     args.events,
+                    args.publishers,
                 )
                 .await
             } else {
