@@ -256,7 +256,9 @@ struct UserCounts {
 /// What one window of one scope has counted so far.
 #[derive(Default, Serialize, Deserialize)]
 struct Agg {
-    users: BTreeMap<String, UserCounts>,
+    /// Per user: a hash map, as every event of a window touches it (a
+    /// B-tree compared user names at each level); sorted at the close.
+    users: HashMap<String, UserCounts>,
     edits: u64,
     conflicts: u64,
     resolved: u64,
@@ -739,7 +741,9 @@ fn figures(
         user_id,
         value,
     };
-    for (user, c) in agg.users {
+    let mut users: Vec<(String, UserCounts)> = agg.users.into_iter().collect();
+    users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (user, c) in users {
         v.push(figure(WORDS, Some(user.clone()), c.words as f64));
         v.push(figure(EDITS, Some(user), c.edits as f64));
     }
