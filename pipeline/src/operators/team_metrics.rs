@@ -1225,6 +1225,37 @@ mod tests {
     }
 
     #[test]
+    fn a_windows_per_user_figures_come_out_in_user_order() {
+        // Users counted in reverse order; the counts live in a hash map,
+        // and the figures must still come out sorted by user (outputs are
+        // files and topics that replays reproduce byte for byte).
+        let mut t = TeamMetrics::new(&cfg(&[60_000]));
+        let events: Vec<Event> = (0..64)
+            .rev()
+            .map(|i| {
+                keystroke(
+                    &format!("k{i}"),
+                    63 - i,
+                    &format!("u{i:02}"),
+                    None,
+                    1,
+                    false,
+                )
+            })
+            .collect();
+        let out = run(&mut t, events);
+        let users: Vec<&str> = out
+            .iter()
+            .filter(|e| matches!(&e.data, Payload::AnalyticsMetricUpdated(m) if m.metric == WORDS))
+            .filter_map(|e| e.user_id.as_deref())
+            .collect();
+        let mut sorted = users.clone();
+        sorted.sort_unstable();
+        assert_eq!(users.len(), 64);
+        assert_eq!(users, sorted);
+    }
+
+    #[test]
     fn comment_response_time_is_resolution_minus_addition() {
         let mut t = TeamMetrics::new(&cfg(&[60_000]));
         let out = run(
