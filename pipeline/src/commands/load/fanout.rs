@@ -98,19 +98,32 @@ impl EventPoster {
 
     /// One NDJSON body; anything but 202 is `Rejected`.
     pub(crate) async fn post(&mut self, body: &str) -> Result<(), LoadError> {
+        self.post_to("/v1/events", "application/x-ndjson", body, 202, "ingest")
+            .await
+    }
+
+    /// One body to `path`; any status but `want` is `Rejected` at `step`.
+    async fn post_to(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        want: u16,
+        step: &str,
+    ) -> Result<(), LoadError> {
         let (status, reply) = http_post(
             &mut self.http,
             &mut self.buf,
             &self.addr,
-            "/v1/events",
-            "application/x-ndjson",
+            path,
+            content_type,
             &self.auth,
             body,
         )
         .await?;
-        if status != 202 {
+        if status != want {
             return Err(LoadError::Rejected {
-                step: "ingest".into(),
+                step: step.into(),
                 reply: format!("{status} {reply}"),
             });
         }
@@ -237,36 +250,28 @@ pub async fn fanout(
     let publishers = publishers.clamp(1, broadcasts.max(1) as usize) as u64;
     let mut connected = Vec::new();
     for _ in 0..publishers {
-        connected.push(connect(addr, token).await?);
+        connected.push(EventPoster::connect(addr, token).await?);
     }
     let start = Instant::now();
     let mut sending = Vec::new();
-    for (p, (mut http, mut buf, auth)) in (0..publishers).zip(connected) {
-        let addr = addr.to_string();
+    for (p, mut poster) in (0..publishers).zip(connected) {
         sending.push(tokio::spawn(async move {
             for i in (p..broadcasts).step_by(publishers as usize) {
                 let body = format!(
                     r#"{{"channel":"{channel}","data":{{"i":{i},"sent_us":{}}}}}"#,
                     now_us()
                 );
-                let (status, reply) = http_post(
-                    &mut http,
-                    &mut buf,
-                    &addr,
-                    "/api/realtime/websocket/broadcast",
-                    "application/json",
-                    &auth,
-                    &body,
-                )
-                .await?;
-                if status != 200 {
-                    return Err(LoadError::Rejected {
-                        step: "broadcast".into(),
-                        reply: format!("{status} {reply}"),
-                    });
-                }
+                poster
+                    .post_to(
+                        "/api/realtime/websocket/broadcast",
+                        "application/json",
+                        &body,
+                        200,
+                        "broadcast",
+                    )
+                    .await?;
             }
-            Ok(())
+            Ok::<(), LoadError>(())
         }));
     }
     for s in sending {
