@@ -250,7 +250,7 @@ fn decode_array_parsed(
         serde_json::from_slice(body).map_err(json_error)?;
     Ok(items
         .into_iter()
-        .map(|raw| decode_event(raw.get().as_bytes(), limits))
+        .map(|raw| decode_event_str(raw.get(), limits))
         .collect())
 }
 
