@@ -72,6 +72,10 @@ pub struct Metrics {
     pub dataflow_state_keys: IntGaugeVec,
     /// From the input closing an epoch to the output frontier passing it.
     pub dataflow_epoch_delay_seconds: Histogram,
+    /// Wall clock minus the event time of each input batch's oldest event,
+    /// when the dataflow takes the batch: how far behind real time its input
+    /// runs (Flink's fetch event-time lag).
+    pub dataflow_input_delay_seconds: Histogram,
     /// Dead letters emitted by the dataflow's input, by reason.
     pub dataflow_dead_letters: IntCounterVec,
     /// Events delivered to Kafka by the mirror (acknowledged in the log).
@@ -91,6 +95,10 @@ pub struct Metrics {
     /// A mirror round: its first page produced → its entries acknowledged
     /// in the log (with transactions: after the commit).
     pub mirror_round_seconds: Histogram,
+    /// Wall clock minus the event time of each mirror round's oldest event
+    /// when the round is acknowledged (with transactions: committed, so
+    /// visible to `read_committed` readers).
+    pub mirror_event_delay_seconds: Histogram,
     /// The mirror's transaction commit (with the round marker).
     pub mirror_commit_seconds: Histogram,
     /// Kafka connections refused: SASL credentials (`sasl`) or the TLS
@@ -146,6 +154,12 @@ impl Metrics {
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5,
         ];
+        // Event time to now: a backlog's is minutes.
+        let delay: Vec<f64> = latency
+            .iter()
+            .copied()
+            .chain([5.0, 10.0, 30.0, 60.0, 300.0])
+            .collect();
         let m = Metrics {
             ingest_events_accepted: IntCounterVec::new(
                 Opts::new(
@@ -264,6 +278,14 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ]),
             )?,
+            dataflow_input_delay_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "inkstream_dataflow_input_delay_seconds",
+                    "Wall clock minus the event time of the oldest event of each batch the \
+                     dataflow takes from its source (0 for event times ahead of the clock).",
+                )
+                .buckets(delay.clone()),
+            )?,
             dataflow_dead_letters: IntCounterVec::new(
                 Opts::new(
                     "inkstream_dataflow_dead_letters_total",
@@ -307,6 +329,14 @@ impl Metrics {
                      log (transactional: after the commit).",
                 )
                 .buckets(latency.clone()),
+            )?,
+            mirror_event_delay_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "inkstream_mirror_event_delay_seconds",
+                    "Wall clock minus the event time of the oldest event of each mirror round when \
+                     the round is acknowledged (transactional: committed).",
+                )
+                .buckets(delay.clone()),
             )?,
             mirror_commit_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -454,6 +484,7 @@ impl Metrics {
         r.register(Box::new(m.dataflow_watermark_lag_seconds.clone()))?;
         r.register(Box::new(m.dataflow_state_keys.clone()))?;
         r.register(Box::new(m.dataflow_epoch_delay_seconds.clone()))?;
+        r.register(Box::new(m.dataflow_input_delay_seconds.clone()))?;
         r.register(Box::new(m.dataflow_dead_letters.clone()))?;
         r.register(Box::new(m.mirror_events.clone()))?;
         r.register(Box::new(m.mirror_errors.clone()))?;
@@ -461,6 +492,7 @@ impl Metrics {
         r.register(Box::new(m.mirror_lag_events.clone()))?;
         r.register(Box::new(m.mirror_lag_seconds.clone()))?;
         r.register(Box::new(m.mirror_round_seconds.clone()))?;
+        r.register(Box::new(m.mirror_event_delay_seconds.clone()))?;
         r.register(Box::new(m.mirror_commit_seconds.clone()))?;
         r.register(Box::new(m.mirror_active.clone()))?;
         r.register(Box::new(m.kafka_auth_failures.clone()))?;

@@ -195,6 +195,63 @@ async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
     }
 }
 
+/// The mirror's delay histogram observes each round's oldest event when
+/// the round commits: an event stamped 40 s ago is one observation above
+/// 30 s, and nothing is observed past 5 minutes. (The dataflow's input
+/// delay is tested in observability.rs: here its Kafka source shares the
+/// topics with every other test's events.)
+#[tokio::test]
+async fn an_old_events_delay_shows_when_the_mirror_commits_it() {
+    let brokers = kafka_brokers();
+    let prefix = unique("delay");
+    let server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &brokers,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ])
+    .await;
+    let mut batch = events(&prefix, 20);
+    batch[0]["ts"] = json!(now_ms() - 40_000);
+    assert_eq!(ingest(&server, &batch).await, 202);
+    let family = "inkstream_mirror_event_delay_seconds";
+    // The old event's round may commit after others: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (n, within_30, within_300, sum) = loop {
+        let m = |series: String| {
+            let server = &server;
+            async move { inkstream_tests::metric(server, &series).await }
+        };
+        let n = m(format!("{family}_count")).await;
+        let within_30 = m(format!("{family}_bucket{{le=\"30\"}}")).await;
+        if n - within_30 >= 1.0 {
+            break (
+                n,
+                within_30,
+                m(format!("{family}_bucket{{le=\"300\"}}")).await,
+                m(format!("{family}_sum")).await,
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{family}: no round with the 40 s old event committed in 60 s ({n} rounds)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        n - within_30,
+        1.0,
+        "{family}: one round held the 40 s old event"
+    );
+    assert_eq!(within_300, n, "{family}: nothing older than 5 minutes");
+    assert!(
+        sum >= 40.0,
+        "{family}: the sum {sum} s holds the 40 s old event"
+    );
+}
+
 #[tokio::test]
 async fn schema_registry_endpoints_serve_the_published_schema() {
     let server = Server::start(&[]).await;

@@ -220,6 +220,58 @@ async fn metrics_output_of_a_running_server_passes_promtool_check_metrics() {
     }
 }
 
+/// The dataflow's input delay observes each batch's oldest event when the
+/// dataflow takes it: an event stamped 40 s ago is one observation above
+/// 30 s; one stamped ahead of the clock counts as 0, not as a negative delay.
+#[tokio::test]
+async fn an_old_events_delay_shows_at_the_dataflows_input() {
+    let server = Server::start(&[]).await;
+    let ts = now_ms();
+    let event = |name: &str, ts: i64| {
+        json!({"id": unique(name), "type": "writing.keystroke", "ts": ts, "user_id": "u-delay",
+            "data": {"keystrokes": 1, "words": 1, "chars": 1}})
+    };
+    let client = reqwest::Client::new();
+    for body in [
+        json!([event("old", ts - 40_000), event("now", ts)]),
+        json!([event("ahead", ts + 2_000)]),
+    ] {
+        let r = client
+            .post(server.url("/v1/events"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    }
+    let family = "inkstream_dataflow_input_delay_seconds";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(&server).await;
+        let events = sample(&text, "inkstream_dataflow_events_in_total").unwrap_or(0.0);
+        if events >= 3.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dataflow did not take the 3 events in 30 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let n = sample(&text, &format!("{family}_count")).unwrap();
+    let within_30 = sample(&text, &format!("{family}_bucket{{le=\"30\"}}")).unwrap();
+    let within_300 = sample(&text, &format!("{family}_bucket{{le=\"300\"}}")).unwrap();
+    let sum = sample(&text, &format!("{family}_sum")).unwrap();
+    assert_eq!(n - within_30, 1.0, "one batch held the 40 s old event");
+    assert_eq!(within_300, n, "nothing older than 5 minutes");
+    // 40 s and a little for the first batch, ~0 for the rest (the event
+    // ahead of the clock counts as 0, so it lowers nothing).
+    assert!(
+        (40.0..40.0 + 30.0).contains(&sum),
+        "the delays sum to {sum} s"
+    );
+}
+
 #[tokio::test]
 async fn dataflow_metrics_report_state_watermark_lag_and_epoch_delay() {
     let started = Instant::now();

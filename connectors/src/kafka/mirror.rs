@@ -331,6 +331,8 @@ struct Mirror {
     /// When the round's first page was produced (none produced since the
     /// last acknowledgement: `None`).
     round_began: Option<Instant>,
+    /// The event time of the round's oldest event (ms since the epoch).
+    round_oldest: Option<i64>,
     /// Until the takeover is over: the previous holder's last committed
     /// round, per stream its first and last entry id. Entries within are in
     /// Kafka already: acknowledged without producing them again.
@@ -441,6 +443,7 @@ pub async fn run(
         markers: None,
         round: 0,
         round_began: None,
+        round_oldest: None,
         committed_before: HashMap::new(),
     };
     if m.config.record_rounds
@@ -802,6 +805,14 @@ impl Mirror {
 
     /// A round's entries are acknowledged: its duration is observed.
     fn round_over(&mut self) {
+        if let Some(oldest) = self.round_oldest.take() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            self.metrics
+                .mirror_event_delay_seconds
+                .observe((now - oldest).max(0) as f64 / 1e3);
+        }
         if let Some(began) = self.round_began.take() {
             self.metrics
                 .mirror_round_seconds
@@ -817,6 +828,7 @@ impl Mirror {
         if !self.transactional() {
             let _ = self.drain().await;
             self.round_began = None;
+            self.round_oldest = None;
             return;
         }
         if self.open {
@@ -842,6 +854,7 @@ impl Mirror {
         // Every record of the round is now delivered, aborted or purged.
         let _ = self.drain().await;
         self.round_began = None;
+        self.round_oldest = None;
         self.uncommitted.clear();
         self.uncommitted_dead = 0;
     }
@@ -959,6 +972,13 @@ impl Mirror {
         }
         self.pages += 1;
         self.round_began.get_or_insert_with(Instant::now);
+        if let Some(oldest) = entries
+            .iter()
+            .filter_map(|e| e.event.as_ref().ok().map(|e| e.ts))
+            .min()
+        {
+            self.round_oldest = Some(self.round_oldest.map_or(oldest, |o| o.min(oldest)));
+        }
         // At a takeover: what the previous holder committed in its last
         // round is in Kafka already; acknowledged with this round.
         let mut already = Vec::new();
