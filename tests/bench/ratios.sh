@@ -261,10 +261,31 @@ e2e() { # label → appends "p50/p99" to R[e2e_label]
   if [ -n "${E2E_ALIGN:-}" ]; then
     while [ "$(date +%-S)" != "$E2E_ALIGN" ]; do sleep 0.2; done
   fi
+  local before; before=$(cpu_ticks)
   line=$("$B" load --addr "127.0.0.1:$HP" --mode e2e --rate 10000 --seconds "$E2E_SECONDS" --users 10000)
   echo "$1: $line"
+  # Where the time goes: CPU of each process during the load, and the share
+  # of batches whose oldest event was at most 10 / 25 ms old when the mirror
+  # committed its round and when the dataflow took it.
+  echo "  CPU s during the load (serve, redis-server, broker): $(cpu_ticks | python3 -c 'import sys; a=sys.argv[1].split(); b=sys.stdin.read().split(); print(", ".join(f"{(int(y)-int(x))/100:.1f}" for x, y in zip(a, b)))' "$before")"
+  local h
+  for h in inkstream_mirror_event_delay_seconds inkstream_dataflow_input_delay_seconds; do
+    curl -s "127.0.0.1:$HP/metrics" | awk -v h="$h" '
+      index($1, h "_bucket{le=\"0.01\"}") == 1 { a = $2 } index($1, h "_bucket{le=\"0.025\"}") == 1 { b = $2 }
+      $1 == h "_count" { n = $2 }
+      END { if (n > 0) printf "  %s: %d batches, %.0f %% within 10 ms, %.0f %% within 25 ms\n", h, n, 100 * a / n, 100 * b / n }'
+  done
   p50=$(echo "$line" | sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p'); p99=$(echo "$line" | sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p')
   R[e2e_$1]="${R[e2e_$1]:-}${R[e2e_$1]:+, }$p50/$p99"
+}
+# cpu_ticks: CPU clock ticks (1/100 s) so far of the server, Redis and the broker.
+cpu_ticks() {
+  local p t out=""
+  for p in "${SPID:-}" "$(redis-cli -p "${RP:-0}" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')" "${KAFKA_PID:-}"; do
+    t=0; [ -n "$p" ] && [ -r "/proc/$p/stat" ] && t=$(awk '{print $14 + $15}' "/proc/$p/stat")
+    out="$out $t"
+  done
+  echo "$out"
 }
 # E2E_PATHS="embedded redis" leaves out the Kafka runs (quick loops).
 path_on() { case " ${E2E_PATHS:-embedded redis kafka} " in *" $1 "*) return 0;; *) return 1;; esac; }
