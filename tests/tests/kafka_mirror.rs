@@ -105,19 +105,24 @@ async fn consume_every(
     seen
 }
 
+/// A server on the shared Redis (its own key prefix) mirroring to `brokers`.
+async fn mirroring(brokers: &str, prefix: &str) -> Server {
+    Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        brokers,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+    ])
+    .await
+}
+
 #[tokio::test]
 async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
     let brokers = kafka_brokers();
     let prefix = unique("mirror");
-    let server = Server::start(&[
-        "--redis-url",
-        &redis_url(),
-        "--kafka-brokers",
-        &brokers,
-        "--set",
-        &format!("redis.prefix={prefix}"),
-    ])
-    .await;
+    let server = mirroring(&brokers, &prefix).await;
     let batch = events(&prefix, 600);
     assert_eq!(ingest(&server, &batch).await, 202);
     let ids: HashSet<String> = batch
@@ -202,17 +207,8 @@ async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
 /// topics with every other test's events.)
 #[tokio::test]
 async fn an_old_events_delay_shows_when_the_mirror_commits_it() {
-    let brokers = kafka_brokers();
     let prefix = unique("delay");
-    let server = Server::start(&[
-        "--redis-url",
-        &redis_url(),
-        "--kafka-brokers",
-        &brokers,
-        "--set",
-        &format!("redis.prefix={prefix}"),
-    ])
-    .await;
+    let server = mirroring(&kafka_brokers(), &prefix).await;
     let mut batch = events(&prefix, 20);
     batch[0]["ts"] = json!(now_ms() - 40_000);
     assert_eq!(ingest(&server, &batch).await, 202);
