@@ -95,9 +95,10 @@ pub struct Metrics {
     /// A mirror round: its first page produced → its entries acknowledged
     /// in the log (with transactions: after the commit).
     pub mirror_round_seconds: Histogram,
-    /// Wall clock minus the event time of each mirror round's oldest event
-    /// when the round is acknowledged (with transactions: committed, so
-    /// visible to `read_committed` readers).
+    /// Wall clock minus the event time of the oldest event of each mirror
+    /// round when it commits (with transactions: then visible to
+    /// `read_committed` readers), or without transactions of each page when
+    /// it is acknowledged.
     pub mirror_event_delay_seconds: Histogram,
     /// The mirror's transaction commit (with the round marker).
     pub mirror_commit_seconds: Histogram,
@@ -145,6 +146,15 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route template.
     pub http_request_seconds: HistogramVec,
+}
+
+/// Observes in `histogram` how long ago (wall clock) the event time
+/// `event_ms` was, in seconds; an event time ahead of the clock counts 0.
+pub fn observe_age(histogram: &Histogram, event_ms: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    histogram.observe(now.saturating_sub(event_ms).max(0) as f64 / 1e3);
 }
 
 impl Metrics {
@@ -334,7 +344,7 @@ impl Metrics {
                 HistogramOpts::new(
                     "inkstream_mirror_event_delay_seconds",
                     "Wall clock minus the event time of the oldest event of each mirror round when \
-                     the round is acknowledged (transactional: committed).",
+                     it commits (transactional) or of each page when it is acknowledged (not).",
                 )
                 .buckets(delay.clone()),
             )?,

@@ -305,12 +305,7 @@ fn feed<S: DerivedSink>(
         }
     }
     if let Some(oldest) = events.iter().map(|(_, _, e)| e.ts).min() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        metrics
-            .dataflow_input_delay_seconds
-            .observe((now - oldest).max(0) as f64 / 1e3);
+        connectors::metrics::observe_age(&metrics.dataflow_input_delay_seconds, oldest);
     }
     // After the delay: a scrape that sees these events counted sees it too.
     metrics.dataflow_events_in.inc_by(events.len() as u64);

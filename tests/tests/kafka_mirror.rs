@@ -105,24 +105,28 @@ async fn consume_every(
     seen
 }
 
-/// A server on the shared Redis (its own key prefix) mirroring to `brokers`.
-async fn mirroring(brokers: &str, prefix: &str) -> Server {
-    Server::start(&[
+/// A server on the shared Redis (its own key prefix) mirroring to
+/// `brokers`, with `more` arguments.
+async fn mirroring(brokers: &str, prefix: &str, more: &[&str]) -> Server {
+    let redis = redis_url();
+    let key_prefix = format!("redis.prefix={prefix}");
+    let mut args = vec![
         "--redis-url",
-        &redis_url(),
+        &redis,
         "--kafka-brokers",
         brokers,
         "--set",
-        &format!("redis.prefix={prefix}"),
-    ])
-    .await
+        &key_prefix,
+    ];
+    args.extend_from_slice(more);
+    Server::start(&args).await
 }
 
 #[tokio::test]
 async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
     let brokers = kafka_brokers();
     let prefix = unique("mirror");
-    let server = mirroring(&brokers, &prefix).await;
+    let server = mirroring(&brokers, &prefix, &[]).await;
     let batch = events(&prefix, 600);
     assert_eq!(ingest(&server, &batch).await, 202);
     let ids: HashSet<String> = batch
@@ -200,52 +204,56 @@ async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
     }
 }
 
-/// The mirror's delay histogram observes each round's oldest event when
-/// the round commits: an event stamped 40 s ago is one observation above
-/// 30 s, and nothing is observed past 5 minutes. (The dataflow's input
-/// delay is tested in observability.rs: here its Kafka source shares the
-/// topics with every other test's events.)
+/// The mirror's delay histogram observes the oldest event of each round
+/// when it commits (of each page when it is acknowledged, without
+/// transactions): an event stamped 40 s ago is one observation above 30 s,
+/// and nothing is observed past 5 minutes. (The dataflow's input delay is
+/// tested in observability.rs: here its Kafka source shares the topics with
+/// every other test's events.)
 #[tokio::test]
 async fn an_old_events_delay_shows_when_the_mirror_commits_it() {
-    let prefix = unique("delay");
-    let server = mirroring(&kafka_brokers(), &prefix).await;
-    let mut batch = events(&prefix, 20);
-    batch[0]["ts"] = json!(now_ms() - 40_000);
-    assert_eq!(ingest(&server, &batch).await, 202);
-    let family = "inkstream_mirror_event_delay_seconds";
-    // The old event's round may commit after others: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (n, within_30, within_300, sum) = loop {
-        let m = |series: String| {
-            let server = &server;
-            async move { inkstream_tests::metric(server, &series).await }
-        };
-        let n = m(format!("{family}_count")).await;
-        let within_30 = m(format!("{family}_bucket{{le=\"30\"}}")).await;
-        if n - within_30 >= 1.0 {
-            break (
-                n,
-                within_30,
-                m(format!("{family}_bucket{{le=\"300\"}}")).await,
-                m(format!("{family}_sum")).await,
+    for transactional in ["true", "false"] {
+        let prefix = unique("delay");
+        let setting = format!("kafka.mirror_transactional={transactional}");
+        let server = mirroring(&kafka_brokers(), &prefix, &["--set", &setting]).await;
+        let mut batch = events(&prefix, 20);
+        batch[0]["ts"] = json!(now_ms() - 40_000);
+        assert_eq!(ingest(&server, &batch).await, 202);
+        let family = "inkstream_mirror_event_delay_seconds";
+        // The old event's round may commit after others: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (n, within_30, within_300, sum) = loop {
+            let m = |series: String| {
+                let server = &server;
+                async move { inkstream_tests::metric(server, &series).await }
+            };
+            let n = m(format!("{family}_count")).await;
+            let within_30 = m(format!("{family}_bucket{{le=\"30\"}}")).await;
+            if n - within_30 >= 1.0 {
+                break (
+                    n,
+                    within_30,
+                    m(format!("{family}_bucket{{le=\"300\"}}")).await,
+                    m(format!("{family}_sum")).await,
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{setting}: no round with the 40 s old event committed in 60 s ({n} rounds)"
             );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{family}: no round with the 40 s old event committed in 60 s ({n} rounds)"
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            n - within_30,
+            1.0,
+            "{setting}: one round or page held the 40 s old event"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(
-        n - within_30,
-        1.0,
-        "{family}: one round held the 40 s old event"
-    );
-    assert_eq!(within_300, n, "{family}: nothing older than 5 minutes");
-    assert!(
-        sum >= 40.0,
-        "{family}: the sum {sum} s holds the 40 s old event"
-    );
+        assert_eq!(within_300, n, "{setting}: nothing older than 5 minutes");
+        assert!(
+            sum >= 40.0,
+            "{setting}: the sum {sum} s holds the 40 s old event"
+        );
+    }
 }
 
 #[tokio::test]

@@ -285,6 +285,8 @@ struct Settled {
     /// Of `delivered`, those whose dead letter was delivered instead.
     dead_lettered: Vec<EntryRef>,
     failures: Vec<Failure>,
+    /// The event time of the page's oldest event.
+    oldest: Option<i64>,
 }
 
 /// Which producer a page goes to.
@@ -331,7 +333,9 @@ struct Mirror {
     /// When the round's first page was produced (none produced since the
     /// last acknowledgement: `None`).
     round_began: Option<Instant>,
-    /// The event time of the round's oldest event (ms since the epoch).
+    /// With transactions: the event time of the round's oldest event (ms
+    /// since the epoch), observed when the round commits. Without, each
+    /// page's is observed when the page is acknowledged.
     round_oldest: Option<i64>,
     /// Until the takeover is over: the previous holder's last committed
     /// round, per stream its first and last entry id. Entries within are in
@@ -806,12 +810,7 @@ impl Mirror {
     /// A round's entries are acknowledged: its duration is observed.
     fn round_over(&mut self) {
         if let Some(oldest) = self.round_oldest.take() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            self.metrics
-                .mirror_event_delay_seconds
-                .observe((now - oldest).max(0) as f64 / 1e3);
+            crate::metrics::observe_age(&self.metrics.mirror_event_delay_seconds, oldest);
         }
         if let Some(began) = self.round_began.take() {
             self.metrics
@@ -878,6 +877,7 @@ impl Mirror {
     /// records' attempts. Returns the first failure.
     async fn settle(&mut self, n: usize) -> Option<String> {
         let mut delivered = Vec::new();
+        let mut oldest: Vec<i64> = Vec::new();
         let mut failed = None;
         for _ in 0..n.min(self.in_flight.len()) {
             let Some(handle) = self.in_flight.pop_front() else {
@@ -891,6 +891,7 @@ impl Mirror {
                     continue;
                 }
             };
+            oldest.extend(page.oldest.filter(|_| page.failures.is_empty()));
             if let Some(e) = self.page_outcome(page, &mut delivered) {
                 failed.get_or_insert(e);
             }
@@ -899,6 +900,9 @@ impl Mirror {
             self.uncommitted.append(&mut delivered);
         } else {
             self.ack(delivered).await;
+            for ts in oldest {
+                crate::metrics::observe_age(&self.metrics.mirror_event_delay_seconds, ts);
+            }
             if self.in_flight.is_empty() && failed.is_none() {
                 self.round_over();
             }
@@ -972,10 +976,12 @@ impl Mirror {
         }
         self.pages += 1;
         self.round_began.get_or_insert_with(Instant::now);
-        if let Some(oldest) = entries
+        let oldest = entries
             .iter()
             .filter_map(|e| e.event.as_ref().ok().map(|e| e.ts))
-            .min()
+            .min();
+        if self.transactional()
+            && let Some(oldest) = oldest
         {
             self.round_oldest = Some(self.round_oldest.map_or(oldest, |o| o.min(oldest)));
         }
@@ -1020,6 +1026,7 @@ impl Mirror {
                 delivered,
                 dead_lettered: Vec::new(),
                 failures,
+                oldest,
             };
             let mut refs = Vec::with_capacity(deliveries.len());
             let mut futures = Vec::with_capacity(deliveries.len());
