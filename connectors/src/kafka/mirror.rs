@@ -78,6 +78,8 @@
 //! letter is produced in place of the record, in its round (and its
 //! transaction), at the first try after the last failed attempt.
 
+mod produce;
+
 use super::rounds::{
     Ranges, encode_ranges, entry_key, full_page, last_committed_round, marker_consumer,
 };
@@ -85,8 +87,10 @@ use super::{ensure_topics, events_topic, sleep_or_stop};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
+use produce::{Context, Failure, attempt_key, permanent, produce};
+pub use produce::{DEAD_LETTER_TOPIC, partition_for};
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,37 +249,12 @@ impl MirrorConfig {
     }
 }
 
-/// Where the mirror sends what it cannot produce (see the module doc).
-pub const DEAD_LETTER_TOPIC: &str = "inkstream.mirror.dead_letter";
-
 fn topics() -> Vec<String> {
     schemas::Category::ALL
         .iter()
         .map(|c| events_topic(*c))
         .chain([DEAD_LETTER_TOPIC.to_owned()])
         .collect()
-}
-
-/// A delivery failure that the same record will meet again on every try.
-fn permanent(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::BadMessage
-        )
-    )
-}
-
-/// One entry's failed delivery.
-struct Failure {
-    entry: EntryRef,
-    error: String,
-    permanent: bool,
 }
 
 /// A page whose delivery reports have all arrived.
@@ -341,18 +320,6 @@ struct Mirror {
     /// round, per stream its first and last entry id. Entries within are in
     /// Kafka already: acknowledged without producing them again.
     committed_before: Ranges,
-}
-
-/// The partition of a record with partition key `key` in a topic of
-/// `count` partitions: the hash that picks the event's Redis shard
-/// (`stable_hash(key) % shards`). With as many partitions as shards (8 and 8
-/// by default), or a multiple, each partition takes one shard's entries in
-/// the shard's order, so event time is as ordered in a partition as in the
-/// log: a partition holding several shards would interleave their pages
-/// (pages of a backlog span minutes of event time), and a reader's
-/// per-partition watermark would make the later page's events late.
-pub fn partition_for(key: &str, count: i32) -> i32 {
-    (schemas::stable_hash(key) % count.max(1) as u64) as i32
 }
 
 /// Partitions per event topic, from the broker's metadata (blocking).
@@ -1058,153 +1025,6 @@ impl Mirror {
         }));
         None
     }
-}
-
-/// The dead letter of a poison entry: its key (the event id) and value.
-fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String) {
-    let event = entry.event.as_ref().ok();
-    let id = event.map(|e| e.id.clone()).unwrap_or_default();
-    let value = serde_json::json!({
-        "stream": &*entry.entry.stream,
-        "entry_id": &*entry.entry.id,
-        "event_id": id,
-        "type": event.map(|e| e.event_type()),
-        "namespace": entry.namespace.as_deref(),
-        "error": error,
-        "attempts": attempts,
-        "bytes": event.and_then(|e| schemas::confluent::encode(e).ok()).map(|v| v.len()),
-    })
-    .to_string();
-    (id, value)
-}
-
-/// The delivery reports of one page, awaited in flight: the entry, its
-/// report, and whether the record is the entry's dead letter.
-type Deliveries = Vec<(EntryRef, rdkafka::producer::DeliveryFuture, bool)>;
-
-/// What [`produce`] needs besides the producer and the page.
-struct Context<'a> {
-    schema_ids: &'a super::registry::SchemaIds,
-    partitions: &'a HashMap<String, i32>,
-    default_partitions: i32,
-    attempts: &'a HashMap<String, (u32, String)>,
-    max_attempts: u32,
-    delivery_timeout: Duration,
-    metrics: &'a Metrics,
-}
-
-/// Produces a page (in order). Returns the records handed to the producer
-/// with their delivery futures, the entries to acknowledge without a record
-/// (undecodable, unencodable) and those the producer refused. An entry that
-/// failed permanently `max_attempts` times is produced as its dead letter.
-async fn produce(
-    producer: &FutureProducer,
-    entries: &[LogEntry],
-    cx: &Context<'_>,
-) -> (Deliveries, Vec<EntryRef>, Vec<Failure>) {
-    let mut deliveries = Vec::with_capacity(entries.len());
-    let mut delivered = Vec::new();
-    let mut failures = Vec::new();
-    for entry in entries {
-        if !cx.attempts.is_empty()
-            && let Some((n, error)) = cx.attempts.get(&attempt_key(&entry.entry))
-            && *n >= cx.max_attempts
-        {
-            let (id, value) = dead_letter(entry, error, *n);
-            let record = FutureRecord::to(DEAD_LETTER_TOPIC).key(&id).payload(&value);
-            match producer.send_result(record) {
-                Ok(future) => deliveries.push((entry.entry.clone(), future, true)),
-                Err((e, _)) => failures.push(Failure {
-                    entry: entry.entry.clone(),
-                    error: format!("dead-lettering: {e}"),
-                    permanent: false,
-                }),
-            }
-            continue;
-        }
-        let event = match &entry.event {
-            Ok(e) => e,
-            Err(reason) => {
-                // Cannot be represented in Avro: counted, logged, acknowledged.
-                cx.metrics
-                    .mirror_errors
-                    .with_label_values(&["undecodable"])
-                    .inc();
-                tracing::error!(entry = %entry.entry.id, %reason, "mirror: skipping an undecodable entry");
-                delivered.push(entry.entry.clone());
-                continue;
-            }
-        };
-        let topic = events_topic(event.category());
-        let schema_id = cx.schema_ids.for_topic(&topic);
-        let value = match schemas::confluent::encode_with(schema_id, event) {
-            Ok(v) => v,
-            Err(e) => {
-                cx.metrics
-                    .mirror_errors
-                    .with_label_values(&["encode"])
-                    .inc();
-                tracing::error!(id = %event.id, error = %e, "mirror: cannot encode an event");
-                delivered.push(entry.entry.clone());
-                continue;
-            }
-        };
-        let mut headers = super::event_headers(event, &schema_id.to_string());
-        if let Some(ns) = entry.namespace.as_deref() {
-            headers = headers.insert(rdkafka::message::Header {
-                key: super::NAMESPACE_HEADER,
-                value: Some(ns),
-            });
-        }
-        let mut record = FutureRecord::to(&topic).key(event.partition_key());
-        // Never librdkafka's own partitioner: one key must always map to
-        // one partition. A topic the broker did not list (yet) has the
-        // partitions this mirror creates topics with; if that is wrong the
-        // produce fails and the counts are fetched again.
-        let count = cx
-            .partitions
-            .get(&topic)
-            .copied()
-            .unwrap_or(cx.default_partitions);
-        record = record.partition(partition_for(event.partition_key(), count));
-        let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
-        // The local queue is full while earlier pages are delivered: wait
-        // for room (bounded by the delivery timeout) rather than fail.
-        let mut full_since: Option<Instant> = None;
-        loop {
-            match producer.send_result(record) {
-                Ok(future) => {
-                    deliveries.push((entry.entry.clone(), future, false));
-                    break;
-                }
-                Err((e, back))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        && full_since.get_or_insert_with(Instant::now).elapsed()
-                            < cx.delivery_timeout =>
-                {
-                    // Counted in wall time: a 1 ms sleep takes longer on a
-                    // busy machine, so counting sleeps overstated the bound.
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => {
-                    failures.push(Failure {
-                        entry: entry.entry.clone(),
-                        error: e.to_string(),
-                        permanent: permanent(&e),
-                    });
-                    break;
-                }
-            }
-        }
-    }
-    (deliveries, delivered, failures)
-}
-
-/// `stream/id`: an entry's key in the poison-attempt table.
-fn attempt_key(e: &EntryRef) -> String {
-    format!("{}/{}", e.stream, e.id)
 }
 
 #[cfg(test)]
