@@ -220,29 +220,24 @@ async fn an_old_events_delay_shows_when_the_mirror_commits_it() {
         batch[0]["ts"] = json!(now_ms() - 40_000);
         assert_eq!(ingest(&server, &batch).await, 202);
         let family = "inkstream_mirror_event_delay_seconds";
-        // The old event's round may commit after others: wait for it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (n, within_30, within_300, sum) = loop {
-            let m = |series: String| {
-                let server = &server;
-                async move { inkstream_tests::metric(server, &series).await }
-            };
-            let n = m(format!("{family}_count")).await;
-            let within_30 = m(format!("{family}_bucket{{le=\"30\"}}")).await;
-            if n - within_30 >= 1.0 {
-                break (
-                    n,
-                    within_30,
-                    m(format!("{family}_bucket{{le=\"300\"}}")).await,
-                    m(format!("{family}_sum")).await,
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{setting}: no round with the 40 s old event committed in 60 s ({n} rounds)"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // The old event's round may commit after others: wait for its
+        // observation (the sum reaches 40 s only with it).
+        wait_metric_until(
+            &server,
+            &format!("{family}_sum"),
+            ">= 40",
+            |s| s >= 40.0,
+            60,
+        )
+        .await;
+        let m = |series: String| {
+            let server = &server;
+            async move { inkstream_tests::metric(server, &series).await }
         };
+        let n = m(format!("{family}_count")).await;
+        let within_30 = m(format!("{family}_bucket{{le=\"30\"}}")).await;
+        let within_300 = m(format!("{family}_bucket{{le=\"300\"}}")).await;
+        let sum = m(format!("{family}_sum")).await;
         assert_eq!(
             n - within_30,
             1.0,

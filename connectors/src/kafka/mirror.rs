@@ -312,9 +312,10 @@ struct Mirror {
     /// When the round's first page was produced (none produced since the
     /// last acknowledgement: `None`).
     round_began: Option<Instant>,
-    /// With transactions: the event time of the round's oldest event (ms
-    /// since the epoch), observed when the round commits. Without, each
-    /// page's is observed when the page is acknowledged.
+    /// With transactions: the event time of the oldest event of the round's
+    /// settled pages (ms since the epoch), observed when the round commits
+    /// (every page is settled first). Without, each page's is observed when
+    /// the page is acknowledged.
     round_oldest: Option<i64>,
     /// Until the takeover is over: the previous holder's last committed
     /// round, per stream its first and last entry id. Entries within are in
@@ -858,7 +859,14 @@ impl Mirror {
                     continue;
                 }
             };
-            oldest.extend(page.oldest.filter(|_| page.failures.is_empty()));
+            if let Some(ts) = page.oldest.filter(|_| page.failures.is_empty()) {
+                if self.transactional() {
+                    // Observed when the round commits.
+                    self.round_oldest = Some(self.round_oldest.map_or(ts, |o| o.min(ts)));
+                } else {
+                    oldest.push(ts);
+                }
+            }
             if let Some(e) = self.page_outcome(page, &mut delivered) {
                 failed.get_or_insert(e);
             }
@@ -947,11 +955,6 @@ impl Mirror {
             .iter()
             .filter_map(|e| e.event.as_ref().ok().map(|e| e.ts))
             .min();
-        if self.transactional()
-            && let Some(oldest) = oldest
-        {
-            self.round_oldest = Some(self.round_oldest.map_or(oldest, |o| o.min(oldest)));
-        }
         // At a takeover: what the previous holder committed in its last
         // round is in Kafka already; acknowledged with this round.
         let mut already = Vec::new();
