@@ -619,29 +619,54 @@ fn pause(s: &mut Session, flow: &mut FlowTracker, t: i64, reason: &str, ctx: &mu
 pub struct Sessions {
     rules: Rules,
     flow: FlowRules,
-    /// Keys shared with `queue` (a refcount, not a copy of the name, per
-    /// reschedule); serialized as plain strings, as a `String` key would be.
-    users: HashMap<Arc<str>, User>,
-    /// (instant, user), earliest first: each user with a `scheduled`
+    /// Each user's slot in `slots`: the one hash lookup of an event.
+    index: HashMap<Arc<str>, u32>,
+    /// Users by slot; `None` is free (listed in `free`) and reused.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// (instant, slot), earliest first: each user with a `scheduled`
     /// instant is listed at it. An entry whose instant is no longer its
-    /// user's `scheduled` is stale and skipped when it comes up (a
-    /// reschedule pushes, it does not search); a reschedule that finds
-    /// more than twice as many entries as users (+ 64) rebuilds the heap
-    /// from the users, so it stays within twice the most users held.
-    queue: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+    /// slot's `scheduled` (rescheduled, or the slot freed and reused) is
+    /// stale and skipped when it comes up (a reschedule pushes, it does not
+    /// search); a reschedule that finds more than twice as many entries as
+    /// users (+ 64) rebuilds the heap from the users, so it stays within
+    /// twice the most users held. Plain integers: a comparison reads no
+    /// name and a push touches no reference count.
+    queue: BinaryHeap<Reverse<(i64, u32)>>,
 }
 
-/// A checkpoint stores the queue as the sorted set of (instant, user) it
-/// was before the heap: one entry per scheduled user, in order.
+/// One user: the name (shared with `index`) and the state.
+struct Slot {
+    name: Arc<str>,
+    user: User,
+}
+
+/// A checkpoint stores what it stored before the slots: the users by name,
+/// and the queue as the sorted set of (instant, user), one entry per
+/// scheduled user.
 impl Serialize for Sessions {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("Sessions", 4)?;
         st.serialize_field("rules", &self.rules)?;
         st.serialize_field("flow", &self.flow)?;
-        st.serialize_field("users", &self.users)?;
+        st.serialize_field("users", &UsersByName(self))?;
         st.serialize_field("queue", &self.scheduled())?;
         st.end()
+    }
+}
+
+/// The users as the map `name → state` a checkpoint holds.
+struct UsersByName<'a>(&'a Sessions);
+
+impl Serialize for UsersByName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.index.len()))?;
+        for (name, user) in self.0.users() {
+            m.serialize_entry(name, user)?;
+        }
+        m.end()
     }
 }
 
@@ -654,48 +679,87 @@ struct StoredSessions {
 }
 
 impl From<StoredSessions> for Sessions {
-    fn from(s: StoredSessions) -> Sessions {
-        Sessions {
-            rules: s.rules,
-            flow: s.flow,
-            users: s.users,
-            queue: s.queue.into_iter().map(Reverse).collect(),
+    fn from(stored: StoredSessions) -> Sessions {
+        let mut s = Sessions::with_rules(stored.rules, stored.flow);
+        for (name, user) in stored.users {
+            s.insert(name, user);
         }
+        s.queue = stored
+            .queue
+            .into_iter()
+            .filter_map(|(t, name)| s.index.get(&name).map(|&slot| Reverse((t, slot))))
+            .collect();
+        s
     }
 }
 
 impl Sessions {
     pub fn new(config: &SessionsConfig, flow: &FlowConfig) -> Sessions {
-        Sessions {
-            rules: Rules {
+        Sessions::with_rules(
+            Rules {
                 gap: config.gap.as_millis() as i64,
                 pause: config.pause_after.as_millis() as i64,
                 // A break is a long pause: never before the pause itself.
                 brk: config.break_after.max(config.pause_after).as_millis() as i64,
                 warmup: config.warmup.as_millis() as i64,
             },
-            flow: FlowRules::new(flow),
-            users: HashMap::default(),
+            FlowRules::new(flow),
+        )
+    }
+
+    fn with_rules(rules: Rules, flow: FlowRules) -> Sessions {
+        Sessions {
+            rules,
+            flow,
+            index: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             queue: BinaryHeap::new(),
         }
     }
 
+    /// Every user with state: (name, state).
+    fn users(&self) -> impl Iterator<Item = (&Arc<str>, &User)> {
+        self.slots.iter().flatten().map(|s| (&s.name, &s.user))
+    }
+
+    /// Gives `user` a slot (a free one first).
+    fn insert(&mut self, name: Arc<str>, user: User) -> u32 {
+        let slot = Slot {
+            name: Arc::clone(&name),
+            user,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = Some(slot);
+                at
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(name, at);
+        at
+    }
+
     /// Open sessions.
     pub fn open_sessions(&self) -> usize {
-        self.users.values().filter(|u| u.session.is_some()).count()
+        self.users().filter(|(_, u)| u.session.is_some()).count()
     }
 
     /// Users with state (an open session or words still in the rolling
     /// window): memory is bounded by these, not by past sessions.
     pub fn state_size(&self) -> usize {
-        self.users.len()
+        self.index.len()
     }
 
     /// The state of `user`'s session (IDLE when none is open).
     pub fn state_of(&self, user: &str) -> SessionState {
-        self.users
+        self.index
             .get(user)
-            .and_then(|u| u.session.as_ref())
+            .and_then(|&at| self.slots[at as usize].as_ref())
+            .and_then(|s| s.user.session.as_ref())
             .map_or(SessionState::Idle, |s| s.state)
     }
 
@@ -709,17 +773,17 @@ impl Sessions {
         let Some(user) = e.user_id.as_deref() else {
             return;
         };
-        if !self.users.contains_key(user) {
-            if matches!(kind, Kind::Ended | Kind::Paused) {
-                return; // nothing to end or pause
-            }
-            self.users.insert(Arc::from(user), User::new(self.flow));
-        }
-        let Some(u) = self.users.get_mut(user) else {
+        let at = match self.index.get(user) {
+            Some(&at) => at,
+            // Nothing to end or pause.
+            None if matches!(kind, Kind::Ended | Kind::Paused) => return,
+            None => self.insert(Arc::from(user), User::new(self.flow)),
+        };
+        let Some(Slot { name, user: u }) = self.slots[at as usize].as_mut() else {
             return;
         };
         let mut ctx = UserOutputs {
-            user,
+            user: name,
             rules: self.rules,
             out,
         };
@@ -731,12 +795,8 @@ impl Sessions {
         u.pending = Some(t);
         if u.scheduled.is_none_or(|s| s > t) {
             let earlier = u.scheduled.replace(t);
-            let Some((key, _)) = self.users.get_key_value(user) else {
-                return;
-            };
-            let key = Arc::clone(key);
-            self.queue.push(Reverse((t, key)));
-            if earlier.is_some() && self.queue.len() > 2 * self.users.len() + 64 {
+            self.queue.push(Reverse((t, at)));
+            if earlier.is_some() && self.queue.len() > 2 * self.index.len() + 64 {
                 self.rebuild_queue();
             }
         }
@@ -746,8 +806,7 @@ impl Sessions {
     /// stale entries.
     fn scheduled(&self) -> Vec<(i64, &Arc<str>)> {
         let mut v: Vec<(i64, &Arc<str>)> = self
-            .users
-            .iter()
+            .users()
             .filter_map(|(k, u)| u.scheduled.map(|t| (t, k)))
             .collect();
         v.sort_unstable();
@@ -756,10 +815,8 @@ impl Sessions {
 
     /// Drops the stale entries.
     fn rebuild_queue(&mut self) {
-        let fresh: Vec<Reverse<(i64, Arc<str>)>> = self
-            .scheduled()
-            .into_iter()
-            .map(|(t, k)| Reverse((t, Arc::clone(k))))
+        let fresh: Vec<Reverse<(i64, u32)>> = (self.slots.iter().enumerate())
+            .filter_map(|(at, s)| Some(Reverse((s.as_ref()?.user.scheduled?, at as u32))))
             .collect();
         self.queue = BinaryHeap::from(fresh);
     }
@@ -776,26 +833,26 @@ impl Sessions {
     /// frontiers the operator happened to see before the input closed.)
     pub fn flush(&mut self, out: &mut Vec<Event>) {
         self.run(i64::MAX, out);
-        self.users.clear();
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
         self.queue.clear();
     }
 
     fn run(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        while let Some(Reverse((t, _))) = self.queue.peek()
-            && *t < watermark
+        while let Some(&Reverse((t, at))) = self.queue.peek()
+            && t < watermark
         {
-            let Some(Reverse((t, user))) = self.queue.pop() else {
-                break;
-            };
-            let Some(u) = self.users.get_mut(&user) else {
-                continue;
+            self.queue.pop();
+            let Some(Slot { name, user: u }) = self.slots[at as usize].as_mut() else {
+                continue; // stale: the user's state has gone
             };
             if u.scheduled != Some(t) {
                 continue; // stale: rescheduled since
             }
             u.scheduled = None;
             let mut ctx = UserOutputs {
-                user: &user,
+                user: name,
                 rules: self.rules,
                 out: &mut *out,
             };
@@ -803,10 +860,12 @@ impl Sessions {
             match u.next_instant(self.rules) {
                 Some(n) => {
                     u.scheduled = Some(n);
-                    self.queue.push(Reverse((n, user)));
+                    self.queue.push(Reverse((n, at)));
                 }
                 None if u.is_empty() => {
-                    self.users.remove(&user);
+                    self.index.remove(&**name);
+                    self.slots[at as usize] = None;
+                    self.free.push(at);
                 }
                 None => {}
             }
@@ -2034,34 +2093,47 @@ mod tests {
     /// either shape restore.
     #[test]
     fn the_timer_queue_is_stored_as_the_sorted_set_it_was() {
+        /// What a checkpoint held before the slots: the users as a map by
+        /// name (here in the slots' order, as a map iterates in any), the
+        /// queue as a sorted set.
         #[derive(Serialize)]
         struct AsBefore<'a> {
             rules: &'a Rules,
             flow: &'a FlowRules,
-            users: &'a HashMap<Arc<str>, User>,
+            #[serde(serialize_with = "as_map")]
+            users: Vec<(&'a Arc<str>, &'a User)>,
             queue: std::collections::BTreeSet<(i64, Arc<str>)>,
+        }
+        fn as_map<S: serde::Serializer>(v: &[(&Arc<str>, &User)], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(v.iter().copied())
         }
         let (s, f) = small();
         let events = random_stream(11, 40, 3000, true);
         let mut t = Sessions::new(&s, &f);
         let mut out = Vec::new();
         let mut most = 0;
+        let mut freed = 0;
         for (i, e) in events.iter().enumerate() {
             t.observe(e, &mut out);
             if i % 7 == 0 {
                 t.advance_to(e.ts - 50, &mut out);
             }
             most = most.max(t.queue.len());
-            assert!(t.queue.len() <= 2 * t.users.len() + 64 + 1);
+            freed = freed.max(t.free.len());
+            assert!(t.queue.len() <= 2 * t.index.len() + 64 + 1);
+            assert_eq!(t.index.len(), t.slots.iter().flatten().count());
         }
         assert!(most > 40, "the queue held {most} entries at most");
+        assert!(
+            freed > 0,
+            "no user's state ever went, so no slot was reused"
+        );
         let before = AsBefore {
             rules: &t.rules,
             flow: &t.flow,
-            users: &t.users,
+            users: t.users().collect(),
             queue: t
-                .users
-                .iter()
+                .users()
                 .filter_map(|(k, u)| u.scheduled.map(|at| (at, Arc::clone(k))))
                 .collect(),
         };
@@ -2070,6 +2142,15 @@ mod tests {
         assert!(bytes == bincode::serialize(&before).expect("serializes"));
         let back: Sessions = bincode::deserialize(&bytes).expect("deserializes");
         assert_eq!(back.queue.len(), before.queue.len());
+        assert_eq!(back.state_size(), t.state_size());
+        // The restored core goes on exactly as the original.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut back = back;
+        let end = events.last().map_or(0, |e| e.ts);
+        t.advance_to(end + 600_000, &mut a);
+        back.advance_to(end + 600_000, &mut b);
+        assert!(!a.is_empty());
+        assert!(a == b, "the restored core fired otherwise");
     }
 
     // ---- in the operator runtime --------------------------------------------------------
