@@ -12,8 +12,9 @@
 //! (after **all** of the user's events at that millisecond are applied, so
 //! the result never depends on their order) and every deadline below, fired
 //! when the frontier passes it (or a later event of the user arrives). Since
-//! every instant where `W` changes is measured while the user is writing,
-//! the runs below are exact, not sampled.
+//! every instant where `W` changes is measured while the user is writing
+//! (a fall only while `W` is at or above `min_wpm`: a fall from below stays
+//! below and changes no run), the runs below are exact, not sampled.
 //!
 //! **Runs.** While the session is in a writing state (WARMING_UP,
 //! ACTIVE_WRITING, FLOW_STATE), an *above run* starts at the first instant
@@ -301,8 +302,17 @@ impl FlowTracker {
         }
     }
 
-    /// When `W` next falls (an instant to measure at while writing).
+    /// When `W` next falls in a way that can change the runs (an instant to
+    /// measure at while writing): only while the last measured `W` was at
+    /// or above `min_wpm`. From below it can only stay below, which changes
+    /// nothing (the below run, if any, goes on; no above run starts), so
+    /// such a fall needs no instant of its own: the next event's instant
+    /// measures the window exactly. After [`FlowTracker::start`] nothing is
+    /// measured yet, but the starting event's own instant comes first.
     pub fn next_drop(&self) -> Option<i64> {
+        if self.tracking && self.above_since.is_none() {
+            return None;
+        }
         self.wpm.next_drop()
     }
 
