@@ -482,16 +482,18 @@ impl InputDriver {
         for (part, position, e) in events {
             // A copy of an event already taken is a duplicate even behind
             // the watermark (within `dedup_retention`): it was processed.
-            let id = stable_hash(e.id.as_str());
-            if self.seen.contains_key(&id) {
+            // One lookup: most ids are new.
+            let std::collections::hash_map::Entry::Vacant(slot) =
+                self.seen.entry(stable_hash(e.id.as_str()))
+            else {
                 self.duplicates += 1;
                 continue;
-            }
+            };
             if e.ts < self.watermark {
                 late.push(unshared(e));
                 continue;
             }
-            self.seen.insert(id, e.ts);
+            slot.insert(e.ts);
             // The watermark moves per event, not per batch, so which events are
             // late depends only on arrival order, never on how input was batched.
             // An event from the future counts only up to the server clock.

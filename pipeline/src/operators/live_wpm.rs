@@ -91,10 +91,11 @@ impl LiveWpm {
         let user = e.user_id.as_deref()?;
         // Look up before inserting: most events are from users already known,
         // and `entry` would allocate the key every time.
-        if !self.users.contains_key(user) {
-            self.users.insert(user.to_owned(), UserWindow::default());
-        }
-        let w = self.users.get_mut(user)?;
+        let w = if let Some(w) = self.users.get_mut(user) {
+            w
+        } else {
+            self.users.entry(user.to_owned()).or_default()
+        };
         // The same event id twice (a redelivery, an at-least-once copy) is
         // counted once: the ids of everything still in the window are kept.
         let id = stable_hash(e.id.as_str());
@@ -112,7 +113,11 @@ impl LiveWpm {
                 .rev()
                 .take_while(|(t, _, _)| *t > e.ts)
                 .count();
-        w.entries.insert(pos, (e.ts, seq, words));
+        if pos == w.entries.len() {
+            w.entries.push_back((e.ts, seq, words));
+        } else {
+            w.entries.insert(pos, (e.ts, seq, words));
+        }
         // Rate limit in event time, per user, in arrival order (the operator
         // is live and per-user arrival order is the log's order).
         if self.interval_ms > 0

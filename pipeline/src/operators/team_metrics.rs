@@ -615,20 +615,17 @@ impl TeamMetrics {
     /// Applies `f` to the window containing `ts` of every length, in the
     /// project's scope and (if any) the document's.
     fn touch(&mut self, project: &str, document: &Option<String>, ts: i64, f: impl Fn(&mut Agg)) {
-        if !self.projects.contains_key(project) {
-            self.projects
-                .insert(project.to_owned(), ProjectState::default());
-        }
-        let Some(p) = self.projects.get_mut(project) else {
-            return;
+        let p = if let Some(p) = self.projects.get_mut(project) {
+            p
+        } else {
+            self.projects.entry(project.to_owned()).or_default()
         };
         let doc_scope = document.is_some().then_some(document);
         for scope in [Some(&None), doc_scope].into_iter().flatten() {
-            if !p.windows.contains_key(scope) {
-                p.windows.insert(scope.clone(), BTreeMap::new());
-            }
-            let Some(windows) = p.windows.get_mut(scope) else {
-                continue;
+            let windows = if let Some(w) = p.windows.get_mut(scope) {
+                w
+            } else {
+                p.windows.entry(scope.clone()).or_default()
             };
             for &len in &self.lengths {
                 let start = ts.div_euclid(len) * len;
