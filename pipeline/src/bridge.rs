@@ -433,6 +433,22 @@ struct ReaderPart {
     cut: HashMap<String, u64>,
 }
 
+/// [`ReaderPart`] as written before 2026-12-06 (no dedup key).
+#[derive(serde::Deserialize)]
+struct ReaderPartV1 {
+    driver: dataflow::DriverStateV1,
+    cut: HashMap<String, u64>,
+}
+
+impl From<ReaderPartV1> for ReaderPart {
+    fn from(p: ReaderPartV1) -> ReaderPart {
+        ReaderPart {
+            driver: p.driver.into(),
+            cut: p.cut,
+        }
+    }
+}
+
 struct CheckpointAcks {
     /// This reader's part name (`reader-<worker>`).
     part: String,
@@ -461,7 +477,7 @@ impl CheckpointAcks {
         let part = format!("reader-{worker}");
         checkpoints.expect(&part);
         let mut skip = HashMap::new();
-        if let Some(p) = checkpoints.load::<ReaderPart>(&part)? {
+        if let Some(p) = checkpoints.load_or_older::<ReaderPart, ReaderPartV1>(&part)? {
             driver.restore(p.driver);
             tracing::info!(streams = p.cut.len(), "input resumed from checkpoint");
             skip = p.cut;

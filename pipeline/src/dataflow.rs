@@ -190,11 +190,13 @@ pub struct InputDriver {
     watermark: i64,
     /// Arrival sequence number of the next event.
     next_seq: u64,
-    /// Hashed ids of events no more than `dedup_retention_ms` behind the
-    /// watermark, with their time.
-    /// Keyed hasher: the ids' FNV hashes are known to any caller, who could
-    /// otherwise pick ids whose hashes share buckets.
+    /// Hashed ids ([`DedupKey`]) of events no more than
+    /// `dedup_retention_ms` behind the watermark, with their time.
+    /// Keyed hasher for the table itself: the hashes are attacker-chosen
+    /// input for it (HashDoS).
     seen: foldhash::HashMap<u64, i64>,
+    /// How an id becomes its key in `seen`.
+    dedup_key: DedupKey,
     /// Size of `seen` after its last pruning (prune when it doubles).
     seen_pruned_at: usize,
     /// How far behind the watermark ids are kept (`dataflow.dedup_retention`):
@@ -348,6 +350,47 @@ pub fn part_index(parts: &mut Vec<Arc<str>>, stream: &Arc<str>) -> u32 {
     (parts.len() - 1) as u32
 }
 
+/// How the input driver turns an event id into the 64-bit identity it
+/// remembers. Two ids with the same identity are one event to the
+/// dataflow, so the identity must not be forgeable: with an unkeyed hash
+/// (FNV until 2026-12-06) a caller could compute an id of its own that
+/// passes for another caller's next id (ids are often predictable) and so
+/// drop that event from every operator as a "duplicate", an alert
+/// included. SipHash-1-3 under a random 128-bit key, kept in each
+/// checkpoint, makes that a guess against 2^64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DedupKey {
+    /// FNV-1a of the id: only for state restored from a checkpoint written
+    /// before the keyed identity, whose remembered ids are FNV hashes;
+    /// the next checkpoint keeps it, so that state stays consistent.
+    Fnv,
+    SipHash13(u64, u64),
+}
+
+impl DedupKey {
+    /// A fresh secret key from the OS's randomness (through std's
+    /// per-process `RandomState`, SipHash-keyed from `getrandom`).
+    pub fn random() -> DedupKey {
+        use std::hash::BuildHasher;
+        let a = std::collections::hash_map::RandomState::new().hash_one(0x6b30_u64);
+        let b = std::collections::hash_map::RandomState::new().hash_one(0x6b31_u64);
+        DedupKey::SipHash13(a, b)
+    }
+
+    /// The identity of `id`.
+    pub fn of(&self, id: &str) -> u64 {
+        match *self {
+            DedupKey::Fnv => stable_hash(id),
+            DedupKey::SipHash13(k0, k1) => {
+                use std::hash::Hasher;
+                let mut h = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
+                h.write(id.as_bytes());
+                h.finish()
+            }
+        }
+    }
+}
+
 /// What the input driver must restore to resume exactly where a
 /// checkpoint was taken.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -355,11 +398,40 @@ pub struct DriverState {
     pub watermark: i64,
     pub max_ts: Option<i64>,
     pub next_seq: u64,
+    /// Identities ([`DriverState::dedup_key`]) of the ids remembered.
     pub seen: Vec<(u64, i64)>,
     pub duplicates: u64,
     /// Newest event time per input partition.
-    #[serde(default)]
     pub parts: Vec<(String, i64)>,
+    pub dedup_key: DedupKey,
+}
+
+/// [`DriverState`] as checkpoints before 2026-12-06 stored it: no key, so
+/// its `seen` are FNV hashes. Readers decode a part in the current shape
+/// first and in this one when that fails (bincode is not self-describing:
+/// the older bytes end where the key would start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverStateV1 {
+    pub watermark: i64,
+    pub max_ts: Option<i64>,
+    pub next_seq: u64,
+    pub seen: Vec<(u64, i64)>,
+    pub duplicates: u64,
+    pub parts: Vec<(String, i64)>,
+}
+
+impl From<DriverStateV1> for DriverState {
+    fn from(s: DriverStateV1) -> DriverState {
+        DriverState {
+            watermark: s.watermark,
+            max_ts: s.max_ts,
+            next_seq: s.next_seq,
+            seen: s.seen,
+            duplicates: s.duplicates,
+            parts: s.parts,
+            dedup_key: DedupKey::Fnv,
+        }
+    }
 }
 
 impl InputDriver {
@@ -484,7 +556,7 @@ impl InputDriver {
             // the watermark (within `dedup_retention`): it was processed.
             // One lookup: most ids are new.
             let std::collections::hash_map::Entry::Vacant(slot) =
-                self.seen.entry(stable_hash(e.id.as_str()))
+                self.seen.entry(self.dedup_key.of(e.id.as_str()))
             else {
                 self.duplicates += 1;
                 continue;
@@ -640,6 +712,7 @@ impl InputDriver {
             seen,
             duplicates: self.duplicates,
             parts,
+            dedup_key: self.dedup_key,
         }
     }
 
@@ -650,6 +723,7 @@ impl InputDriver {
         self.next_seq = state.next_seq;
         self.seen = state.seen.into_iter().collect();
         self.seen_pruned_at = self.seen.len();
+        self.dedup_key = state.dedup_key;
         self.duplicates = state.duplicates;
         let now = std::time::Instant::now();
         self.parts.parts = state
@@ -774,6 +848,7 @@ where
         watermark: i64::MIN,
         next_seq: 0,
         seen: Default::default(),
+        dedup_key: DedupKey::random(),
         seen_pruned_at: 0,
         dedup_retention_ms: config.dataflow.dedup_retention.as_millis() as i64,
         duplicates: 0,
@@ -927,6 +1002,73 @@ mod tests {
             out.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    /// The identity an id is remembered by is a keyed hash under a fresh
+    /// secret key: not the id's FNV hash (which anyone can compute, and so
+    /// forge an id of their own that passes for another caller's), not the
+    /// same in two runs, and carried by a checkpoint, so a copy after a
+    /// restore is still a duplicate.
+    #[test]
+    fn an_id_is_remembered_by_a_secret_identity_that_a_checkpoint_keeps() {
+        let config = Config::default();
+        let (first, second) = (
+            drive(config.clone(), |d| {
+                d.push([ks("app:a/e1", 1_000, 1)]);
+                d.state()
+            }),
+            drive(config.clone(), |d| d.state()),
+        );
+        let DedupKey::SipHash13(..) = first.dedup_key else {
+            panic!("a fresh driver is keyed: {:?}", first.dedup_key);
+        };
+        assert_ne!(first.dedup_key, second.dedup_key, "two runs drew one key");
+        let remembered: Vec<u64> = first.seen.iter().map(|(k, _)| *k).collect();
+        assert_eq!(remembered, [first.dedup_key.of("app:a/e1")]);
+        assert_ne!(remembered, [stable_hash("app:a/e1")]);
+        let restored = first.clone();
+        let (late, duplicates, key) = drive(config, move |d| {
+            d.restore(restored);
+            let late = d.push([ks("app:a/e1", 1_000, 1), ks("app:a/e2", 1_001, 1)]);
+            (late, d.duplicates(), d.state().dedup_key)
+        });
+        assert!(late.is_empty());
+        assert_eq!(
+            duplicates, 1,
+            "the copy after the restore was not a duplicate"
+        );
+        assert_eq!(key, first.dedup_key);
+    }
+
+    /// A checkpoint written before the keyed identity (its remembered ids
+    /// FNV hashes, no key) restores: the driver goes on with FNV, so a copy
+    /// of an id it remembers is still a duplicate, and says so in its next
+    /// checkpoint.
+    #[test]
+    fn a_checkpoint_from_before_the_keyed_identity_goes_on_with_fnv() {
+        let v1 = DriverStateV1 {
+            watermark: 0,
+            max_ts: Some(1_000),
+            next_seq: 1,
+            seen: vec![(stable_hash("e1"), 1_000)],
+            duplicates: 0,
+            parts: Vec::new(),
+        };
+        let bytes = bincode::serialize(&v1).unwrap();
+        assert!(
+            bincode::deserialize::<DriverState>(&bytes).is_err(),
+            "the older bytes must not pass for the current shape"
+        );
+        let state: DriverState = bincode::deserialize::<DriverStateV1>(&bytes)
+            .unwrap()
+            .into();
+        let (duplicates, key) = drive(Config::default(), move |d| {
+            d.restore(state);
+            d.push([ks("e1", 1_000, 1), ks("e2", 1_001, 1)]);
+            (d.duplicates(), d.state().dedup_key)
+        });
+        assert_eq!(duplicates, 1);
+        assert_eq!(key, DedupKey::Fnv);
     }
 
     /// Runs `feed` against the input driver of a pass-through graph, then

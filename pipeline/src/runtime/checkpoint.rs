@@ -294,6 +294,23 @@ impl Checkpoints {
         dir.join(format!("ckpt-{barrier:020}"))
     }
 
+    /// [`Checkpoints::load`] of a part whose shape changed: the current
+    /// shape `T` first, then the older `O` (converted); when neither
+    /// decodes, the error of the current shape.
+    pub fn load_or_older<T, O>(&self, name: &str) -> Result<Option<T>, CheckpointError>
+    where
+        T: DeserializeOwned,
+        O: DeserializeOwned + Into<T>,
+    {
+        match self.load::<T>(name) {
+            Ok(part) => Ok(part),
+            Err(now) => match self.load::<O>(name) {
+                Ok(Some(older)) => Ok(Some(older.into())),
+                _ => Err(now),
+            },
+        }
+    }
+
     /// Reads part `name` of the restored checkpoint (`None`: nothing restored,
     /// or this part was not written).
     pub fn load<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, CheckpointError> {
@@ -559,6 +576,50 @@ mod tests {
             processes: 2,
         };
         open_with(dir, two).unwrap().unwrap()
+    }
+
+    /// A part written in an older shape restores through its conversion;
+    /// one that is neither shape is refused with the current shape's error.
+    #[test]
+    fn a_part_in_its_older_shape_is_read_through_the_older_type() {
+        #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Now {
+            a: u64,
+            b: Option<u32>,
+        }
+        #[derive(Serialize, serde::Deserialize)]
+        struct Before {
+            a: u64,
+        }
+        impl From<Before> for Now {
+            fn from(x: Before) -> Now {
+                Now { a: x.a, b: None }
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("inkstream-older-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let one = Layout {
+            workers: 1,
+            processes: 1,
+        };
+        let c = open_with(&dir, one).unwrap().unwrap();
+        for name in ["old", "new", "bad"] {
+            c.expect(name);
+        }
+        c.save(300, "old", &Before { a: 7 });
+        c.save(300, "new", &Now { a: 8, b: Some(1) });
+        c.save(300, "bad", &1u8);
+        assert!(c.complete(300, 0, 1).unwrap());
+        let c = open_with(&dir, one).unwrap().unwrap();
+        assert_eq!(c.restored(), Some(300));
+        let old = c.load_or_older::<Now, Before>("old").unwrap();
+        assert_eq!(old, Some(Now { a: 7, b: None }));
+        let new = c.load_or_older::<Now, Before>("new").unwrap();
+        assert_eq!(new, Some(Now { a: 8, b: Some(1) }));
+        let bad = c.load_or_older::<Now, Before>("bad").unwrap_err();
+        assert!(matches!(bad, CheckpointError::Format { .. }), "{bad}");
+        assert_eq!(c.load_or_older::<Now, Before>("absent").unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

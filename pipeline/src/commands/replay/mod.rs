@@ -225,6 +225,22 @@ struct ReaderPart {
     driver: dataflow::DriverState,
 }
 
+/// [`ReaderPart`] as written before 2026-12-06 (no dedup key).
+#[derive(serde::Deserialize)]
+struct ReaderPartV1 {
+    line: u64,
+    driver: dataflow::DriverStateV1,
+}
+
+impl From<ReaderPartV1> for ReaderPart {
+    fn from(p: ReaderPartV1) -> ReaderPart {
+        ReaderPart {
+            line: p.line,
+            driver: p.driver.into(),
+        }
+    }
+}
+
 /// Completes the newest checkpoint the output probe has passed, once this
 /// process's sink has made everything before it durable.
 fn complete_passed(
@@ -369,7 +385,7 @@ pub fn run_selected(
         let mut line_no = 0u64;
         if let Some(c) = ckpt.as_ref() {
             c.expect("reader");
-            match c.load::<ReaderPart>("reader") {
+            match c.load_or_older::<ReaderPart, ReaderPartV1>("reader") {
                 Ok(Some(part)) => {
                     // Skip what the checkpoint already covers.
                     line_no = part.line;
