@@ -436,7 +436,7 @@ struct ReaderPart {
 /// [`ReaderPart`] as written before 2026-12-06 (no dedup key).
 #[derive(serde::Deserialize)]
 struct ReaderPartV1 {
-    driver: dataflow::DriverStateV1,
+    driver: dataflow::DriverBase,
     cut: HashMap<String, u64>,
 }
 

@@ -372,9 +372,8 @@ impl DedupKey {
     /// per-process `RandomState`, SipHash-keyed from `getrandom`).
     pub fn random() -> DedupKey {
         use std::hash::BuildHasher;
-        let a = std::collections::hash_map::RandomState::new().hash_one(0x6b30_u64);
-        let b = std::collections::hash_map::RandomState::new().hash_one(0x6b31_u64);
-        DedupKey::SipHash13(a, b)
+        let secret = std::collections::hash_map::RandomState::new();
+        DedupKey::SipHash13(secret.hash_one(0u8), secret.hash_one(1u8))
     }
 
     /// The identity of `id`.
@@ -395,6 +394,18 @@ impl DedupKey {
 /// checkpoint was taken.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriverState {
+    pub base: DriverBase,
+    /// How `base.seen` identifies ids.
+    pub dedup_key: DedupKey,
+}
+
+/// The driver's state but for its [`DedupKey`]: all that checkpoints before
+/// 2026-12-06 stored (their `seen` are FNV hashes). bincode writes a nested
+/// struct's fields inline, so a [`DriverState`] is these bytes followed by
+/// the key; readers decode a part as the current shape first and as this
+/// one when that fails (the older bytes end where the key would start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverBase {
     pub watermark: i64,
     pub max_ts: Option<i64>,
     pub next_seq: u64,
@@ -403,32 +414,12 @@ pub struct DriverState {
     pub duplicates: u64,
     /// Newest event time per input partition.
     pub parts: Vec<(String, i64)>,
-    pub dedup_key: DedupKey,
 }
 
-/// [`DriverState`] as checkpoints before 2026-12-06 stored it: no key, so
-/// its `seen` are FNV hashes. Readers decode a part in the current shape
-/// first and in this one when that fails (bincode is not self-describing:
-/// the older bytes end where the key would start).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DriverStateV1 {
-    pub watermark: i64,
-    pub max_ts: Option<i64>,
-    pub next_seq: u64,
-    pub seen: Vec<(u64, i64)>,
-    pub duplicates: u64,
-    pub parts: Vec<(String, i64)>,
-}
-
-impl From<DriverStateV1> for DriverState {
-    fn from(s: DriverStateV1) -> DriverState {
+impl From<DriverBase> for DriverState {
+    fn from(base: DriverBase) -> DriverState {
         DriverState {
-            watermark: s.watermark,
-            max_ts: s.max_ts,
-            next_seq: s.next_seq,
-            seen: s.seen,
-            duplicates: s.duplicates,
-            parts: s.parts,
+            base,
             dedup_key: DedupKey::Fnv,
         }
     }
@@ -706,24 +697,32 @@ impl InputDriver {
             .collect();
         parts.sort_unstable();
         DriverState {
-            watermark: self.watermark,
-            max_ts: self.max_ts,
-            next_seq: self.next_seq,
-            seen,
-            duplicates: self.duplicates,
-            parts,
+            base: DriverBase {
+                watermark: self.watermark,
+                max_ts: self.max_ts,
+                next_seq: self.next_seq,
+                seen,
+                duplicates: self.duplicates,
+                parts,
+            },
             dedup_key: self.dedup_key,
         }
     }
 
     /// Resumes from a checkpoint's driver part.
-    pub fn restore(&mut self, state: DriverState) {
+    pub fn restore(
+        &mut self,
+        DriverState {
+            base: state,
+            dedup_key,
+        }: DriverState,
+    ) {
         self.watermark = state.watermark;
         self.max_ts = state.max_ts;
         self.next_seq = state.next_seq;
         self.seen = state.seen.into_iter().collect();
         self.seen_pruned_at = self.seen.len();
-        self.dedup_key = state.dedup_key;
+        self.dedup_key = dedup_key;
         self.duplicates = state.duplicates;
         let now = std::time::Instant::now();
         self.parts.parts = state
@@ -1023,7 +1022,7 @@ mod tests {
             panic!("a fresh driver is keyed: {:?}", first.dedup_key);
         };
         assert_ne!(first.dedup_key, second.dedup_key, "two runs drew one key");
-        let remembered: Vec<u64> = first.seen.iter().map(|(k, _)| *k).collect();
+        let remembered: Vec<u64> = first.base.seen.iter().map(|(k, _)| *k).collect();
         assert_eq!(remembered, [first.dedup_key.of("app:a/e1")]);
         assert_ne!(remembered, [stable_hash("app:a/e1")]);
         let restored = first.clone();
@@ -1046,7 +1045,7 @@ mod tests {
     /// checkpoint.
     #[test]
     fn a_checkpoint_from_before_the_keyed_identity_goes_on_with_fnv() {
-        let v1 = DriverStateV1 {
+        let v1 = DriverBase {
             watermark: 0,
             max_ts: Some(1_000),
             next_seq: 1,
@@ -1059,9 +1058,7 @@ mod tests {
             bincode::deserialize::<DriverState>(&bytes).is_err(),
             "the older bytes must not pass for the current shape"
         );
-        let state: DriverState = bincode::deserialize::<DriverStateV1>(&bytes)
-            .unwrap()
-            .into();
+        let state: DriverState = bincode::deserialize::<DriverBase>(&bytes).unwrap().into();
         let (duplicates, key) = drive(Config::default(), move |d| {
             d.restore(state);
             d.push([ks("e1", 1_000, 1), ks("e2", 1_001, 1)]);

@@ -229,7 +229,7 @@ struct ReaderPart {
 #[derive(serde::Deserialize)]
 struct ReaderPartV1 {
     line: u64,
-    driver: dataflow::DriverStateV1,
+    driver: dataflow::DriverBase,
 }
 
 impl From<ReaderPartV1> for ReaderPart {
