@@ -322,7 +322,7 @@ impl Metrics {
             )?,
             mirror_lag_events: IntGauge::new(
                 "inkstream_mirror_lag_events",
-                "Log entries not yet delivered to Kafka (undelivered plus pending).",
+                "Log entries not yet delivered to Kafka (undelivered plus pending; a Redis entry holds up to 16 events of one append).",
             )?,
             mirror_active: IntGauge::new(
                 "inkstream_mirror_active",

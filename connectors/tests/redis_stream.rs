@@ -80,14 +80,26 @@ async fn appended_events_are_read_by_a_group_acked_and_not_redelivered() {
         &ev("a", "writing.keystroke", "u1")
     );
 
-    log.ack("g", &[got[0].entry.clone()]).await.unwrap();
+    // a and c went into one entry (one append, one stream): acknowledging
+    // it leaves b pending.
+    let entry_of = |id: &str| {
+        got.iter()
+            .find(|e| e.event.as_ref().unwrap().id == id)
+            .unwrap()
+            .entry
+            .clone()
+    };
+    assert_eq!(entry_of("a"), entry_of("c"));
+    log.ack("g", &[entry_of("a")]).await.unwrap();
     assert!(
         log.read_new("g", "c1", 100, Duration::from_millis(50))
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(log.read_pending("g", "c1", 100).await.unwrap().len(), 2);
+    let pending = log.read_pending("g", "c1", 100).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event.as_ref().unwrap().id, "b");
 }
 
 #[tokio::test]
@@ -308,7 +320,12 @@ async fn trimming_never_removes_what_a_required_group_still_needs() {
     let events: Vec<Event> = (0..10)
         .map(|i| ev(&format!("t{i}"), "writing.keystroke", "u1"))
         .collect();
-    let stored = log.append("app", &events).await.unwrap();
+    // One append each: an append packs its events of one stream into one
+    // entry, and trimming works by entry.
+    let mut stored = Vec::new();
+    for e in &events {
+        stored.extend(log.append("app", std::slice::from_ref(e)).await.unwrap());
+    }
     let stream = stored[0].entry.stream.clone();
     let far_future = u64::MAX / 2;
     // Nothing delivered yet: nothing may go.
@@ -441,7 +458,11 @@ async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
     let events: Vec<Event> = (0..6)
         .map(|i| ev(&format!("e{i}"), "writing.keystroke", "u1"))
         .collect();
-    let refs = log.append("app", &events).await.unwrap();
+    // One append each: an entry each (an append packs a stream's events).
+    let mut refs = Vec::new();
+    for e in &events {
+        refs.extend(log.append("app", std::slice::from_ref(e)).await.unwrap());
+    }
     let stream = refs[0].entry.stream.to_string();
     let got = log
         .read_new("g", "c1", 100, Duration::from_millis(100))
@@ -492,7 +513,11 @@ async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
     let more: Vec<Event> = (6..9)
         .map(|i| ev(&format!("e{i}"), "writing.keystroke", "u1"))
         .collect();
-    let more = log.append("app", &more).await.unwrap();
+    let mut appended = Vec::new();
+    for e in &more {
+        appended.extend(log.append("app", std::slice::from_ref(e)).await.unwrap());
+    }
+    let more = appended;
     let _: u64 = redis::cmd("XDEL")
         .arg(&stream)
         .arg(&more[1].entry.id)
@@ -503,4 +528,132 @@ async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
     assert_eq!(lag, 2, "the two unread entries left");
     let first_ms: u64 = more[0].entry.id.split('-').next().unwrap().parse().unwrap();
     assert_eq!(oldest, Some(first_ms), "the oldest unread entry's time");
+}
+
+/// An append packs its new events of one stream into entries of up to
+/// `PACK_EVENTS`, in order: 40 events of one user are 3 entries (16, 16,
+/// 8), read back as 40 events with their places, acknowledged by entry. A
+/// duplicate in the batch takes no place. Entries of one event written
+/// before packing (`id`, `event`, `ns`) still read, and a packed entry
+/// with a frame that does not decode gives that event as undecodable and
+/// the others as they are.
+#[tokio::test]
+async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each() {
+    use inkstream_connectors::event_log::{PACK_EVENTS, Part};
+    assert_eq!(PACK_EVENTS, 16);
+    let prefix = unique("pack");
+    let log = open(&prefix).await;
+    log.ensure_group("g").await.unwrap();
+    let mut events: Vec<Event> = (0..40)
+        .map(|i| ev(&format!("p{i:02}"), "writing.keystroke", "u1"))
+        .collect();
+    events.insert(20, ev("p03", "writing.keystroke", "u1"));
+    let stored = log.append("app", &events).await.unwrap();
+    assert!(stored[20].duplicate, "a copy within the batch");
+    let entries: Vec<&str> = stored
+        .iter()
+        .filter(|a| !a.duplicate)
+        .map(|a| a.entry.id.as_str())
+        .collect();
+    let mut distinct = entries.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{entries:?}");
+    assert!(entries[..16].iter().all(|e| *e == entries[0]));
+    assert!(entries[16..32].iter().all(|e| *e == entries[16]));
+    assert!(entries[32..].iter().all(|e| *e == entries[32]));
+    let stream = stored[0].entry.stream.clone();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&*stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 3);
+
+    let got = log
+        .read_new("g", "c", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .collect();
+    let want: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(ids, want, "every event once, in append order");
+    let parts: Vec<Part> = got.iter().map(|e| e.part.unwrap()).collect();
+    assert_eq!(parts[0], Part { index: 0, of: 16 });
+    assert_eq!(parts[15], Part { index: 15, of: 16 });
+    assert_eq!(parts[39], Part { index: 7, of: 8 });
+    assert!(got.iter().all(|e| e.namespace.as_deref() == Some("app")));
+    // One acknowledgement per entry, whatever the events say.
+    let refs: Vec<_> = got.iter().map(|e| e.entry.clone()).collect();
+    log.ack("g", &refs).await.unwrap();
+    assert!(log.read_pending("g", "c", 100).await.unwrap().is_empty());
+
+    // Ids stored before, inside a batch: the rest is packed without them.
+    let mut again: Vec<Event> = (0..18)
+        .map(|i| ev(&format!("q{i:02}"), "writing.keystroke", "u1"))
+        .collect();
+    again.insert(5, ev("p05", "writing.keystroke", "u1"));
+    again.insert(12, ev("p10", "writing.keystroke", "u1"));
+    let stored = log.append("app", &again).await.unwrap();
+    let duplicates: Vec<usize> = (0..stored.len()).filter(|&i| stored[i].duplicate).collect();
+    assert_eq!(duplicates, [5, 12]);
+    let got = log
+        .read_new("g", "c", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .collect();
+    let want: Vec<String> = (0..18).map(|i| format!("q{i:02}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(got[17].part, Some(Part { index: 1, of: 2 }));
+    let refs: Vec<_> = got.iter().map(|e| e.entry.clone()).collect();
+    log.ack("g", &refs).await.unwrap();
+
+    // Written before packing, and a packed entry with a bad frame.
+    let old = schemas::binary::encode(&ev("old", "writing.keystroke", "u1")).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&*stream)
+        .arg("*")
+        .arg("id")
+        .arg("old")
+        .arg("event")
+        .arg(old)
+        .arg("ns")
+        .arg("app")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut blob = Vec::new();
+    schemas::binary::encode_framed_into(&ev("good1", "writing.keystroke", "u1"), &mut blob)
+        .unwrap();
+    blob.extend_from_slice(&[6, b'b', b'a', b'd']); // a frame of 3 bytes
+    schemas::binary::encode_framed_into(&ev("good2", "writing.keystroke", "u1"), &mut blob)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&*stream)
+        .arg("*")
+        .arg("ns")
+        .arg("app")
+        .arg("events")
+        .arg(blob)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let got = log
+        .read_new("g", "c", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].event.as_ref().unwrap().id, "old");
+    assert_eq!(got[0].part, None);
+    assert_eq!(got[1].event.as_ref().unwrap().id, "good1");
+    let bad = got[2].event.as_ref().unwrap_err().to_string();
+    assert!(bad.contains("does not decode"), "{bad}");
+    assert_eq!(got[2].part, Some(Part { index: 1, of: 3 }));
+    assert_eq!(got[3].event.as_ref().unwrap().id, "good2");
 }

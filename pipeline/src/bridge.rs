@@ -253,12 +253,19 @@ fn feed<S: DerivedSink>(
         Vec::with_capacity(batch.len());
     // The batch's streams, each named once (see `InputDriver::push_parted`).
     let mut parts: Vec<Arc<str>> = Vec::new();
+    // An entry is acknowledged once, when its last event is seen: a packed
+    // entry's events come one after another, and may fall into several
+    // epochs (acknowledged at the latest), or be partly late or undecodable
+    // (acknowledged with the rest, never before).
+    let mut held = Held::default();
     for LogEntry {
         entry,
         event,
         namespace,
+        part,
     } in batch
     {
+        let last = part.is_none_or(|p| p.index + 1 >= p.of);
         match event {
             Ok(mut e) => {
                 // The log's identity of an event, (namespace, id), is the
@@ -269,20 +276,21 @@ fn feed<S: DerivedSink>(
                 let at = position(&entry);
                 let part = dataflow::part_index(&mut parts, &entry.stream);
                 match acks {
-                    Acks::Frontier(in_flight) => {
-                        let t = driver.epoch_of(e.ts);
+                    Acks::Frontier(_) => {
                         if e.ts >= driver.watermark() {
-                            in_flight.entry(t).or_default().push(entry);
-                        } else {
-                            done.push(entry);
+                            let t = driver.epoch_of(e.ts);
+                            held.epoch = held.epoch.max(Some(t));
                         }
                     }
                     Acks::Checkpoint(a) => {
                         if !a.admit(&entry, at) {
                             // Before the restored cut: already in the state.
-                            done.push(entry);
+                            if last {
+                                held.settle(entry, acks, &mut done);
+                            }
                             continue;
                         }
+                        held.admitted = true;
                     }
                 }
                 // Each stream (or topic partition) is an input partition with
@@ -294,14 +302,20 @@ fn feed<S: DerivedSink>(
                     .dataflow_dead_letters
                     .with_label_values(&["undecodable"])
                     .inc();
+                let at = match part {
+                    Some(p) if p.of > 1 => format!("{}/{}#{}", entry.stream, entry.id, p.index),
+                    _ => format!("{}/{}", entry.stream, entry.id),
+                };
                 dead.push(dataflow::dead_letter(
                     "undecodable",
-                    &format!("{}/{}", entry.stream, entry.id),
+                    &at,
                     0,
                     serde_json::json!({ "stream": &*entry.stream, "entry": &entry.id, "error": reason }),
                 ));
-                done.push(entry);
             }
+        }
+        if last {
+            held.settle(entry, acks, &mut done);
         }
     }
     if let Some(oldest) = events.iter().map(|(_, _, e)| e.ts).min() {
@@ -415,6 +429,30 @@ impl Timing {
 }
 
 /// Which processed entries may be acknowledged in the log, and when.
+/// What one entry's events so far decided about its acknowledgement (see
+/// [`feed`]).
+#[derive(Default)]
+struct Held {
+    /// Without checkpoints: the latest epoch an event of it is in flight in.
+    epoch: Option<u64>,
+    /// With checkpoints: an event of it was fed (it awaits a checkpoint).
+    admitted: bool,
+}
+
+impl Held {
+    /// The entry's last event was seen: in flight at its latest epoch,
+    /// awaiting a checkpoint, or done now (every event late, undecodable or
+    /// already in the restored state).
+    fn settle(&mut self, entry: EntryRef, acks: &mut Acks, done: &mut Vec<EntryRef>) {
+        let held = std::mem::take(self);
+        match (acks, held.epoch) {
+            (Acks::Frontier(in_flight), Some(t)) => in_flight.entry(t).or_default().push(entry),
+            (Acks::Checkpoint(_), _) if held.admitted => {}
+            _ => done.push(entry),
+        }
+    }
+}
+
 enum Acks {
     /// No checkpoints: an entry is done once the output frontier has passed
     /// its epoch (entries by epoch).
@@ -572,4 +610,38 @@ fn position(entry: &EntryRef) -> Option<u64> {
     let (ms, seq) = entry.id.split_once('-')?;
     let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
     Some((ms << 20) | seq.min((1 << 20) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> EntryRef {
+        EntryRef {
+            stream: "s".into(),
+            id: id.into(),
+        }
+    }
+
+    /// Without checkpoints a packed entry is acknowledged once, when the
+    /// latest epoch one of its events is in has passed; with every event
+    /// late (or undecodable) at once.
+    #[test]
+    fn a_packed_entry_is_acknowledged_once_after_its_latest_event() {
+        let mut acks = Acks::Frontier(BTreeMap::new());
+        let mut done = Vec::new();
+        let mut held = Held::default();
+        for epoch in [Some(7), None, Some(3)] {
+            held.epoch = held.epoch.max(epoch);
+        }
+        held.settle(entry("1-0"), &mut acks, &mut done);
+        Held::default().settle(entry("2-0"), &mut acks, &mut done);
+        let Acks::Frontier(in_flight) = &acks else {
+            unreachable!()
+        };
+        assert_eq!(in_flight.len(), 1);
+        assert_eq!(in_flight[&7], [entry("1-0")]);
+        assert_eq!(done, [entry("2-0")], "every event late: done at once");
+        assert!(held.epoch.is_none() && !held.admitted, "settling resets");
+    }
 }

@@ -345,7 +345,8 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Partitions of the topics inkstream creates (default 8).
     pub partitions: i32,
-    /// Entries the mirror reads and produces per round (default 2,000).
+    /// Events the mirror reads and produces per page (default 2,000; from
+    /// Redis an eighth as many entries per stream, each up to 16 events).
     pub mirror_batch: usize,
     /// Mirror pages produced whose delivery reports are awaited at once
     /// (default 4; 1 = read → produce → wait → acknowledge, serially).
@@ -753,7 +754,8 @@ pub struct DataflowConfig {
     /// instance resumes its own pending entries (default `inkstream-0`; in a
     /// timely cluster, suffixed `-p<process_index>`).
     pub consumer: String,
-    /// Most entries read from the log per batch (default 4096).
+    /// Events read from the log per batch (default 4096; from Redis an
+    /// eighth as many entries per stream, each up to 16 events).
     pub read_batch: usize,
     /// `serve` only: most items one event-time operator observes, plus
     /// events it fires, in one step of the worker before it lets the other

@@ -90,6 +90,59 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, BinaryError> {
     Ok(out)
 }
 
+/// Appends `event` as an Avro `bytes` value: its length (a long), then its
+/// encoding. Several in a row make a packed log entry ([`decode_framed`]);
+/// the length lets a reader skip an event that does not decode and go on
+/// with the next.
+pub fn encode_framed_into(event: &Event, out: &mut Vec<u8>) -> Result<(), BinaryError> {
+    // The length is not known before the event is written: reserve the
+    // longest prefix an event can need (5 bytes: up to 2^34 / 2), then move
+    // the event down over what the actual prefix leaves unused.
+    const RESERVED: usize = 5;
+    let start = out.len();
+    out.resize(start + RESERVED, 0);
+    encode_into(event, out)?;
+    let len = out.len() - start - RESERVED;
+    let mut prefix = Vec::with_capacity(RESERVED);
+    write_long(&mut prefix, len as i64);
+    if prefix.len() > RESERVED {
+        out.truncate(start);
+        return Err(BinaryError(format!("an event of {len} bytes")));
+    }
+    let body = start + RESERVED;
+    let at = start + prefix.len();
+    out[start..at].copy_from_slice(&prefix);
+    out.copy_within(body.., at);
+    out.truncate(at + len);
+    Ok(())
+}
+
+/// The events of a packed entry ([`encode_framed_into`] one after another),
+/// in order. An event that does not decode is an `Err` in its place; a
+/// length that runs past the end (or is not a length) ends the entry with
+/// an `Err`, since nothing after it can be found.
+pub fn decode_framed(bytes: &[u8]) -> Vec<Result<Event, BinaryError>> {
+    let mut out = Vec::with_capacity(16);
+    let mut r = Reader { input: bytes };
+    while !r.input.is_empty() {
+        let len = match r.read_long() {
+            Ok(n) => usize::try_from(n).ok().filter(|n| *n <= r.input.len()),
+            Err(_) => None,
+        };
+        let Some(len) = len else {
+            out.push(Err(BinaryError(format!(
+                "a packed entry's frame {} has no valid length",
+                out.len()
+            ))));
+            break;
+        };
+        let (event, rest) = r.input.split_at(len);
+        r.input = rest;
+        out.push(decode(event));
+    }
+    out
+}
+
 /// Decodes one event written by [`encode`] (or any writer of the same schema
 /// version). Trailing bytes are an error.
 pub fn decode(bytes: &[u8]) -> Result<Event, BinaryError> {
@@ -678,6 +731,44 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
+    }
+
+    #[test]
+    fn a_packed_entry_holds_every_event_in_order_and_skips_one_that_does_not_decode() {
+        let all = events();
+        let mut blob = Vec::new();
+        for e in &all {
+            encode_framed_into(e, &mut blob).unwrap();
+        }
+        let back: Vec<Event> = decode_framed(&blob)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(back, all, "every event of every type, in order");
+
+        // A frame whose bytes are not an event: only that one fails.
+        let mut blob = Vec::new();
+        encode_framed_into(&all[0], &mut blob).unwrap();
+        write_long(&mut blob, 3);
+        blob.extend_from_slice(b"bad");
+        encode_framed_into(&all[1], &mut blob).unwrap();
+        let back = decode_framed(&blob);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0].as_ref().unwrap(), &all[0]);
+        assert!(back[1].is_err());
+        assert_eq!(back[2].as_ref().unwrap(), &all[1]);
+
+        // A length past the end: the rest cannot be found, one error ends it.
+        let mut blob = Vec::new();
+        encode_framed_into(&all[0], &mut blob).unwrap();
+        write_long(&mut blob, 1_000);
+        blob.extend_from_slice(b"short");
+        let back = decode_framed(&blob);
+        assert_eq!(back.len(), 2);
+        assert!(back[0].is_ok());
+        let err = back[1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("frame 1 has no valid length"), "{err}");
+        assert!(decode_framed(&[]).is_empty());
     }
 
     #[test]

@@ -306,7 +306,7 @@ fn count_type(d: &Derived, ty: &str) -> usize {
     d.by_id.values().filter(|j| j.contains(&needle)).count()
 }
 
-/// The `id` field of every entry of the log's streams: id → copies.
+/// The id of every event in the log's streams: id → copies.
 async fn log_ids(url: &str, prefix: &str) -> HashMap<String, usize> {
     let client = redis::Client::open(url).expect("redis url");
     let mut conn = client
@@ -334,9 +334,9 @@ async fn log_ids(url: &str, prefix: &str) -> HashMap<String, usize> {
             let Some((last, _)) = page.last() else { break };
             from = format!("({last}");
             for (_, fields) in &page {
-                if let Some(redis::Value::BulkString(b)) = fields.get("id") {
-                    *ids.entry(String::from_utf8_lossy(b).into_owned())
-                        .or_default() += 1;
+                for event in connectors::event_log::redis::events_of_fields(fields) {
+                    let id = event.expect("every stored event decodes").id;
+                    *ids.entry(id).or_default() += 1;
                 }
             }
         }

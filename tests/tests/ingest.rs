@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-/// An XRANGE entry: id and field/value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+/// An XRANGE entry: id and fields.
+type StreamEntry = (String, std::collections::HashMap<String, redis::Value>);
 
 fn keystroke(id: &str, user: &str) -> Value {
     json!({"id": id, "type":"writing.keystroke","ts": now_ms(),"user_id": user,
@@ -26,7 +26,13 @@ async fn post(server: &Server, path: &str, auth: Option<&str>, body: &Value) -> 
     req.send().await.unwrap()
 }
 
+/// The events in the log's streams (an entry holds up to 16).
 async fn xlen_all(url: &str, prefix: &str) -> u64 {
+    log_ids(url, prefix).await.len() as u64
+}
+
+/// The id of every event in the log's streams, entry by entry.
+async fn log_ids(url: &str, prefix: &str) -> Vec<String> {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -34,16 +40,22 @@ async fn xlen_all(url: &str, prefix: &str) -> u64 {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let mut n = 0;
+    let mut ids = Vec::new();
     for k in keys {
-        let l: u64 = redis::cmd("XLEN")
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
             .arg(&k)
+            .arg("-")
+            .arg("+")
             .query_async(&mut conn)
             .await
             .unwrap();
-        n += l;
+        for (_, fields) in entries {
+            for event in connectors::event_log::redis::events_of_fields(&fields) {
+                ids.push(event.expect("every stored event decodes").id);
+            }
+        }
     }
-    n
+    ids
 }
 
 #[tokio::test]
@@ -521,30 +533,7 @@ async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
     }
     acknowledged.push(retried);
     // Everything acknowledged, before and after the outage, is in Redis once.
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("inkstream:events:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for k in keys {
-        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
-            .arg(&k)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for (_, fields) in entries {
-            for (name, value) in fields {
-                if name == "id" {
-                    ids.push(String::from_utf8(value).unwrap());
-                }
-            }
-        }
-    }
+    let ids = log_ids(&url, "inkstream").await;
     for id in &acknowledged {
         assert_eq!(ids.iter().filter(|x| *x == id).count(), 1, "{id}");
     }

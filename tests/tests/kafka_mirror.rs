@@ -473,8 +473,22 @@ async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_move
     let poison_id = format!("{prefix}-poison");
     let poison = json!({"id": poison_id, "type": "automation.workflow_failed", "ts": now_ms(),
         "user_id": "u1", "project_id": "p1", "data": {"workflow_id": "w1", "error": "x".repeat(30_000)}});
+    // Events of the same project and category around it: the same stream,
+    // so one append packs them into the poison record's entry.
+    let sibling = |i: usize| {
+        json!({"id": format!("{prefix}-sibling{i}"), "type": "automation.workflow_failed",
+            "ts": now_ms(), "user_id": "u1", "project_id": "p1",
+            "data": {"workflow_id": format!("w{i}"), "error": "small"}})
+    };
     let mut batch = events(&prefix, 300);
-    batch.insert(150, poison);
+    let packed: Vec<Value> = (0..3)
+        .map(sibling)
+        .chain([poison])
+        .chain((3..6).map(sibling))
+        .collect();
+    for (k, e) in packed.into_iter().enumerate() {
+        batch.insert(150 + k, e);
+    }
     assert_eq!(ingest(&server, &batch).await, 202);
     let others: HashSet<String> = batch
         .iter()
@@ -487,6 +501,12 @@ async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_move
             seen.contains_key(id),
             "{id} held back behind the poison record"
         );
+    }
+    // Only the poison record is dead-lettered; its entry's other events
+    // reach their topic, once each (the failed rounds were aborted).
+    for i in 0..6 {
+        let id = format!("{prefix}-sibling{i}");
+        assert_eq!(seen[&id].1, 1, "{id}: copies on the topic");
     }
     wait_metric(&server, "inkstream_mirror_dead_lettered_total", 1.0, 90).await;
     // The dead letter names the event.
@@ -506,6 +526,11 @@ async fn a_poison_record_is_dead_lettered_after_its_attempts_and_the_mirror_move
         "{letter}"
     );
     wait_metric(&server, "inkstream_mirror_lag_events", 0.0, 60).await;
+    assert_eq!(
+        inkstream_tests::metric(&server, "inkstream_mirror_dead_lettered_total").await,
+        1.0,
+        "one dead letter: the poison record's, not its entry's"
+    );
 }
 
 /// A broker outage longer than the mirror's delivery timeout, with ingest

@@ -231,12 +231,19 @@ async fn sigterm_after_ingest_leaves_every_acknowledged_event_in_redis_and_proce
     let mut count = 0i64;
     for shard in 0..8 {
         let stream = format!("{prefix}:events:writing:{shard}");
-        let n: u64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        len += n;
+        // Events, not entries: an entry holds up to 16.
+        let entries: Vec<(String, std::collections::HashMap<String, redis::Value>)> =
+            redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        len += entries
+            .iter()
+            .map(|(_, fields)| connectors::event_log::redis::events_of_fields(fields).len() as u64)
+            .sum::<u64>();
         // XPENDING summary: [count, first, last, consumers]
         let summary: redis::Value = redis::cmd("XPENDING")
             .arg(&stream)

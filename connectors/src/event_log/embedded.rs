@@ -400,6 +400,7 @@ impl EmbeddedLog {
                     },
                     event: Ok(stored.event.clone()),
                     namespace: Some(stored.namespace.clone()),
+                    part: None,
                 }
             })
             .collect()
@@ -441,6 +442,7 @@ impl EmbeddedLog {
                     },
                     event: Ok(s.entries[pos].1.event.clone()),
                     namespace: Some(s.entries[pos].1.namespace.clone()),
+                    part: None,
                 })
             })
             .collect()
@@ -483,6 +485,7 @@ impl EmbeddedLog {
                 },
                 event: Ok(s.entries[pos].1.event.clone()),
                 namespace: Some(s.entries[pos].1.namespace.clone()),
+                part: None,
             });
         }
         out
@@ -569,7 +572,13 @@ impl EmbeddedLog {
     pub fn range_shards(&self, q: &super::query::RangeQuery) -> Vec<Vec<LogEntry>> {
         let inner = self.lock();
         let s = &inner.streams[category_index(q.category)];
-        let start = match q.after.first().cloned().flatten().and_then(|a| parse(&a)) {
+        // An entry here holds one event, so a position inside an entry
+        // (`id.k`, which only a packed Redis entry gives) has taken it whole.
+        let after = q.after.first().and_then(|a| a.as_deref());
+        let after = after
+            .and_then(super::query::parse_position)
+            .and_then(|(id, _)| parse(id));
+        let start = match after {
             Some(after) => s.entries.partition_point(|(id, _)| *id <= after),
             None => {
                 let from = q.from_ms.unwrap_or(0);
@@ -589,6 +598,7 @@ impl EmbeddedLog {
                 },
                 event: Ok(e.event.clone()),
                 namespace: Some(e.namespace.clone()),
+                part: None,
             })
             .collect();
         vec![run]

@@ -37,6 +37,33 @@ pub struct LogEntry {
     /// entry written before namespaces were stored, a Kafka record without
     /// the `namespace` header).
     pub namespace: Option<Arc<str>>,
+    /// Where the event sits in a packed entry (a Redis entry holds up to
+    /// [`PACK_EVENTS`] events of one append); `None` for an entry of one
+    /// event (the embedded log, Kafka records, Redis entries written before
+    /// packing). The entry is acknowledged as a whole.
+    pub part: Option<Part>,
+}
+
+/// The most events one Redis entry holds: an append stores a batch's events
+/// of one stream in entries of up to this many (one XADD each), so Redis
+/// does one stream insert, and a reader reads one entry, per this many
+/// events (docs/ARCHITECTURE.md "The log").
+pub const PACK_EVENTS: usize = 16;
+
+/// An event's place in a packed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// From 0, in append order.
+    pub index: u32,
+    /// Events in the entry.
+    pub of: u32,
+}
+
+impl LogEntry {
+    /// Whether no event of the entry comes after this one.
+    pub fn ends_entry(&self) -> bool {
+        self.part.is_none_or(|p| p.index + 1 >= p.of)
+    }
 }
 
 /// The namespace of every caller when authentication is off.

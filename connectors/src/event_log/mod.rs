@@ -21,7 +21,10 @@ pub mod reader;
 pub mod redis;
 
 pub use embedded::EmbeddedLog;
-pub use entry::{ANONYMOUS, Appended, EntryRef, LogEntry, Undecodable, dataflow_id, stream_name};
+pub use entry::{
+    ANONYMOUS, Appended, EntryRef, LogEntry, PACK_EVENTS, Part, Undecodable, dataflow_id,
+    stream_name,
+};
 pub use error::LogError;
 
 use self::redis::RedisLog;
@@ -66,6 +69,18 @@ impl EventLog {
         match self {
             EventLog::Embedded(log) => Ok(log.append_owned(app, events)),
             EventLog::Redis(log) => log.append(app, &events).await,
+        }
+    }
+
+    /// How many entries a read asks for (per stream) to take about
+    /// `events` events at a time. An embedded entry is one event; a Redis
+    /// entry holds up to [`PACK_EVENTS`], so a read asks for an eighth:
+    /// at most twice `events` events per stream from packed entries, and
+    /// still `events / 8` entries of one event each from older ones.
+    pub fn entries_for(&self, events: usize) -> usize {
+        match self {
+            EventLog::Embedded(_) => events.max(1),
+            EventLog::Redis(_) => events.div_ceil(PACK_EVENTS / 2).max(1),
         }
     }
 
@@ -177,10 +192,7 @@ impl EventLog {
         let (entries, next) = match self {
             // One stream, read with limit + 1: fewer means it is exhausted.
             EventLog::Embedded(log) => query::merge(q, log.range_shards(q), true),
-            EventLog::Redis(log) => {
-                let (raw, next) = log.range_page(q).await?;
-                (raw.into_iter().map(|r| r.decode()).collect(), next)
-            }
+            EventLog::Redis(log) => log.range_page(q).await?,
         };
         Ok(query::RangePage { entries, next })
     }

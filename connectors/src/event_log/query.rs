@@ -6,13 +6,19 @@
 //! keeps the first `limit`. The position of each shard (the last id taken
 //! from it) goes into the cursor, so the next page resumes *exactly*: nothing
 //! is skipped or repeated, whatever arrives meanwhile behind the positions.
+//! A page may end inside a packed Redis entry (up to [`PACK_EVENTS`] events
+//! in one entry): the position is then `<id>.<k>`, the entry with its first
+//! `k` events taken, and the next page reads that entry again from its
+//! event `k`.
 //! Times are the log's append times (the `ms` part of the entry id), which
 //! is what XRANGE can seek by; the event time `ts` is in each event.
 //!
 //! **Info** reports what XINFO STREAM / XINFO GROUPS report, per shard and
 //! totalled; the embedded log answers the same shape.
 
-use super::entry::{EntryRef, LogEntry};
+use super::entry::LogEntry;
+#[cfg(doc)]
+use super::entry::PACK_EVENTS;
 use schemas::Category;
 use serde::Serialize;
 
@@ -44,11 +50,18 @@ pub struct RangePage {
     pub next: Option<Vec<Option<String>>>,
 }
 
-/// A shard's bounds as XRANGE arguments: start (`(id` exclusive, `ms-0`
-/// inclusive or `-`) and end (`(ms-0` exclusive or `+`).
+/// A shard's bounds as XRANGE arguments: start (`(id` exclusive after a
+/// whole entry, `id` inclusive inside a packed one, `ms-0` inclusive or
+/// `-`) and end (`(ms-0` exclusive or `+`).
 pub(crate) fn bounds(q: &RangeQuery, shard: usize) -> (String, String) {
-    let start = match q.after.get(shard).cloned().flatten() {
-        Some(id) => format!("({id}"),
+    let start = match q
+        .after
+        .get(shard)
+        .and_then(|a| a.as_deref())
+        .and_then(parse_position)
+    {
+        Some((id, 0)) => format!("({id}"),
+        Some((id, _)) => id.to_owned(),
         None => q
             .from_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms}-0")),
@@ -65,51 +78,76 @@ pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Something read from a shard, with its place in the log.
-pub(crate) trait Positioned {
-    fn entry_ref(&self) -> &EntryRef;
+/// Parses a shard position: an entry id, taken whole (`ms-seq`, 0), or
+/// with its first `k` events taken (`ms-seq.k`, k ≥ 1).
+pub(crate) fn parse_position(p: &str) -> Option<(&str, u32)> {
+    let (id, taken) = match p.split_once('.') {
+        Some((id, k)) => (id, k.parse().ok().filter(|k| *k >= 1)?),
+        None => (p, 0),
+    };
+    parse_id(id)?;
+    Some((id, taken))
 }
 
-impl Positioned for LogEntry {
-    fn entry_ref(&self) -> &EntryRef {
-        &self.entry
+/// Drops from the front of `run` (a shard's first read, which starts at
+/// its position's entry when that entry was only partly taken) the events
+/// the position says were taken.
+pub(crate) fn skip_taken(q: &RangeQuery, shard: usize, run: &mut Vec<LogEntry>) {
+    let Some((id, taken)) = q
+        .after
+        .get(shard)
+        .and_then(|a| a.as_deref())
+        .and_then(parse_position)
+    else {
+        return;
+    };
+    if taken == 0 {
+        return;
     }
+    let n = run
+        .iter()
+        .take_while(|e| e.entry.id == id && e.part.map_or(0, |p| p.index) < taken)
+        .count();
+    run.drain(..n);
 }
 
-/// Merges per-shard runs (each in id order) into one page of `limit`, in
-/// (id, shard) order, and computes the positions.
-/// Generic so that a backend can merge undecoded entries and decode only
-/// the page (up to `shards × (limit + 1)` are read, `limit` kept).
+/// Merges per-shard runs (each in log order) into one page of `limit`
+/// events, in (id, shard, place in the entry) order, and computes the
+/// positions.
 ///
 /// `drained`: the runs hold everything each shard has up to the page's end
 /// (no shard was cut short before it); otherwise a cursor is always given.
-pub(crate) fn merge<T: Positioned>(
+pub(crate) fn merge(
     q: &RangeQuery,
-    per_shard: Vec<Vec<T>>,
+    per_shard: Vec<Vec<LogEntry>>,
     drained: bool,
-) -> (Vec<T>, Option<Vec<Option<String>>>) {
+) -> (Vec<LogEntry>, Option<Vec<Option<String>>>) {
     let shards = per_shard.len();
     let mut positions: Vec<Option<String>> = (0..shards)
         .map(|s| q.after.get(s).cloned().flatten())
         .collect();
-    let mut all: Vec<(u64, u64, usize, T)> = per_shard
+    let mut all: Vec<(u64, u64, usize, u32, LogEntry)> = per_shard
         .into_iter()
         .enumerate()
         .flat_map(|(shard, run)| {
             run.into_iter().map(move |e| {
-                let (ms, seq) = parse_id(&e.entry_ref().id).unwrap_or((0, 0));
-                (ms, seq, shard, e)
+                let (ms, seq) = parse_id(&e.entry.id).unwrap_or((0, 0));
+                (ms, seq, shard, e.part.map_or(0, |p| p.index), e)
             })
         })
         .collect();
-    all.sort_by_key(|a| (a.0, a.1, a.2));
+    all.sort_by_key(|a| (a.0, a.1, a.2, a.3));
     // More than limit: something is left for the next page. At most limit
     // and drained: every shard is exhausted.
     let more = all.len() > q.limit || !drained;
     all.truncate(q.limit);
     let mut entries = Vec::with_capacity(all.len());
-    for (_, _, shard, e) in all {
-        positions[shard] = Some(e.entry_ref().id.clone());
+    for (_, _, shard, index, e) in all {
+        positions[shard] = Some(if e.ends_entry() {
+            e.entry.id.clone()
+        } else {
+            format!("{}.{}", e.entry.id, index + 1)
+        });
         entries.push(e);
     }
     (entries, more.then_some(positions))
@@ -214,6 +252,8 @@ impl CategoryInfo {
 mod tests {
     use super::*;
 
+    use crate::event_log::entry::{EntryRef, Part};
+
     fn entry(id: &str) -> LogEntry {
         LogEntry {
             entry: EntryRef {
@@ -222,7 +262,18 @@ mod tests {
             },
             event: Err(crate::event_log::Undecodable("unused".into())),
             namespace: None,
+            part: None,
         }
+    }
+
+    /// The `of` events of packed entry `id`.
+    fn packed(id: &str, of: u32) -> Vec<LogEntry> {
+        (0..of)
+            .map(|index| LogEntry {
+                part: Some(Part { index, of }),
+                ..entry(id)
+            })
+            .collect()
     }
 
     fn q(limit: usize, after: Vec<Option<String>>) -> RangeQuery {
@@ -259,6 +310,43 @@ mod tests {
         );
         assert_eq!(entries.len(), 2);
         assert_eq!(next, None);
+    }
+
+    #[test]
+    fn a_page_that_ends_inside_a_packed_entry_resumes_at_its_next_event() {
+        let shard0 = [packed("5-0", 3), packed("8-0", 2)].concat();
+        let shard1 = vec![entry("6-0")];
+        let (entries, next) = merge(&q(2, vec![]), vec![shard0.clone(), shard1.clone()], true);
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.entry.id.as_str(), e.part.unwrap().index))
+            .collect();
+        assert_eq!(got, [("5-0", 0), ("5-0", 1)]);
+        assert_eq!(next, Some(vec![Some("5-0.2".into()), None]));
+
+        // The next page reads entry 5-0 again (inclusive) and skips what
+        // the position says was taken.
+        let query = q(3, next.unwrap());
+        assert_eq!(bounds(&query, 0).0, "5-0");
+        let mut run = shard0;
+        skip_taken(&query, 0, &mut run);
+        let (entries, next) = merge(&query, vec![run, shard1], true);
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.entry.id.as_str(), e.part.map_or(0, |p| p.index)))
+            .collect();
+        assert_eq!(got, [("5-0", 2), ("6-0", 0), ("8-0", 0)]);
+        // 5-0 is taken whole now: the position is its id alone (exclusive).
+        assert_eq!(next, Some(vec![Some("8-0.1".into()), Some("6-0".into())]));
+    }
+
+    #[test]
+    fn positions_parse_whole_or_inside_an_entry_and_nothing_else() {
+        assert_eq!(parse_position("7-3"), Some(("7-3", 0)));
+        assert_eq!(parse_position("7-3.4"), Some(("7-3", 4)));
+        for bad in ["7-3.0", "7-3.", "7-3.x", "7.4", "", "7-3.4.5", "7-3.-1"] {
+            assert_eq!(parse_position(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

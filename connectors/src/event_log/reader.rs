@@ -114,6 +114,8 @@ pub async fn run(
     // hold back trimming (which keeps what a group has pending) until a
     // restart.
     let mut unacked: Vec<EntryRef> = Vec::new();
+    // Entries per stream per read (a packed Redis entry is up to 16 events).
+    let count = log.entries_for(config.batch);
     loop {
         if *shutdown.borrow() {
             break;
@@ -127,7 +129,7 @@ pub async fn run(
                     group_ready = true;
                 }
                 let page = log
-                    .read_pending_after(&config.group, &config.consumer, config.batch, &cursor)
+                    .read_pending_after(&config.group, &config.consumer, count, &cursor)
                     .await?;
                 for e in &page {
                     cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
@@ -143,7 +145,7 @@ pub async fn run(
                 .read_new(
                     &config.group,
                     &config.consumer,
-                    config.batch,
+                    count,
                     Duration::from_millis(250),
                 )
                 .await?;
@@ -172,7 +174,7 @@ pub async fn run(
                     &config.group,
                     &config.consumer,
                     config.claim_idle_after,
-                    config.batch,
+                    count,
                 )
                 .await
             {
@@ -204,7 +206,8 @@ pub async fn run(
                 }
                 // Less than a full page of new entries: nothing more was
                 // there when this read began.
-                let drained = reading_new && batch.len() < config.batch;
+                let drained =
+                    reading_new && batch.iter().filter(|e| e.ends_entry()).count() < count;
                 if !batch.is_empty() && entries.send(batch).await.is_err() {
                     break;
                 }

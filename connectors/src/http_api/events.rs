@@ -109,7 +109,7 @@ fn decode_cursor(cursor: &str, shards: usize) -> Result<Cursor, ApiError> {
         .map(|id| {
             if id.is_empty() {
                 Ok(None)
-            } else if crate::event_log::query::parse_id(id).is_some() {
+            } else if crate::event_log::query::parse_position(id).is_some() {
                 Ok(Some(id.to_owned()))
             } else {
                 Err(invalid())

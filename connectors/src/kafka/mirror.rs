@@ -76,7 +76,13 @@
 //! moves on instead of re-reading it forever. Transient errors (broker down,
 //! timeouts) never dead-letter: those entries wait in the log. The dead
 //! letter is produced in place of the record, in its round (and its
-//! transaction), at the first try after the last failed attempt.
+//! transaction), at the first try after the last failed attempt. The broker
+//! refuses a partition's whole produce batch for one poison record, so every
+//! record of it fails alike: a record that failed permanently is produced
+//! alone on its next tries (the producer flushed before and after it), so
+//! that only the poison one counts further attempts. Attempts are counted
+//! per event (a packed entry's events each), and with transactions forgotten
+//! only when a round that delivered the record commits.
 
 mod produce;
 
@@ -260,7 +266,8 @@ fn topics() -> Vec<String> {
 /// A page whose delivery reports have all arrived.
 struct Settled {
     /// Delivered (or with nothing to deliver): to acknowledge.
-    delivered: Vec<EntryRef>,
+    /// An entry and the event's place in it, per record.
+    delivered: Vec<(EntryRef, u32)>,
     /// Of `delivered`, those whose dead letter was delivered instead.
     dead_lettered: Vec<EntryRef>,
     failures: Vec<Failure>,
@@ -299,6 +306,9 @@ struct Mirror {
     uncommitted: Vec<EntryRef>,
     /// Dead letters delivered in the open transaction: counted at its commit.
     uncommitted_dead: u64,
+    /// Poison-attempt keys of records delivered in the open transaction:
+    /// cleared at its commit (an aborted round delivered nothing).
+    uncommitted_clears: Vec<String>,
     /// In Kafka, but their XACK failed: acknowledged with the next ones.
     unacked: Vec<EntryRef>,
     /// An abort failed: the producers are re-created (whose
@@ -410,6 +420,7 @@ pub async fn run(
         pages: 0,
         uncommitted: Vec::new(),
         uncommitted_dead: 0,
+        uncommitted_clears: Vec::new(),
         unacked: Vec::new(),
         broken: false,
         markers: None,
@@ -432,6 +443,8 @@ pub async fn run(
     }
     let mut rounds_loaded = m.markers.is_none();
     let config = m.config.clone();
+    // Entries per stream per page (a packed Redis entry is up to 16 events).
+    let count = m.log.entries_for(config.batch);
     let transactional = config.transactional_id.is_some();
     let max_in_flight = config.in_flight.max(1);
     let mut last_claim = tokio::time::Instant::now();
@@ -524,7 +537,7 @@ pub async fn run(
             let r = async {
                 m.log.ensure_group(&config.group).await?;
                 m.log
-                    .read_pending(&config.group, &config.consumer, config.batch)
+                    .read_pending(&config.group, &config.consumer, count)
                     .await
             }
             .await;
@@ -544,10 +557,10 @@ pub async fn run(
                     } else {
                         config.claim_idle_after
                     },
-                    config.batch,
+                    count,
                 )
                 .await;
-            if matches!(&r, Ok(v) if v.len() < config.batch) {
+            if matches!(&r, Ok(v) if v.iter().filter(|e| e.ends_entry()).count() < count) {
                 last_claim = tokio::time::Instant::now();
                 takeover = false;
                 // The previous holder's entries are all claimed: its last
@@ -572,7 +585,7 @@ pub async fn run(
                 Duration::from_millis(250)
             };
             m.log
-                .read_new(&config.group, &config.consumer, config.batch, block)
+                .read_new(&config.group, &config.consumer, count, block)
                 .await
         };
         let entries = match read {
@@ -603,7 +616,7 @@ pub async fn run(
             continue;
         }
         let per_stream = matches!(m.log, EventLog::Redis(_));
-        let mode = if full_page(&entries, config.batch, per_stream) {
+        let mode = if full_page(&entries, count, per_stream) {
             Mode::Bulk
         } else {
             Mode::Live
@@ -769,6 +782,9 @@ impl Mirror {
         self.metrics
             .mirror_dead_lettered
             .inc_by(std::mem::take(&mut self.uncommitted_dead));
+        for key in std::mem::take(&mut self.uncommitted_clears) {
+            self.attempts.remove(&key);
+        }
         let delivered = std::mem::take(&mut self.uncommitted);
         self.ack(delivered).await;
         self.round_over();
@@ -824,6 +840,7 @@ impl Mirror {
         self.round_oldest = None;
         self.uncommitted.clear();
         self.uncommitted_dead = 0;
+        self.uncommitted_clears.clear();
     }
 
     /// New producers after a failed abort; the old ones are dropped off the
@@ -909,10 +926,23 @@ impl Mirror {
 
     /// Adds a settled page's delivered (and dead-lettered) entries to
     /// `delivered` and counts permanent failures; returns the first failure.
+    ///
+    /// An entry is acknowledged as a whole, so a packed entry with a failed
+    /// event is not, even for its delivered events: it stays pending and is
+    /// produced again (in a transaction the round is aborted anyway).
     fn page_outcome(&mut self, page: Settled, delivered: &mut Vec<EntryRef>) -> Option<String> {
         if !self.attempts.is_empty() {
-            for e in &page.delivered {
-                self.attempts.remove(&attempt_key(e));
+            for (e, index) in &page.delivered {
+                let key = attempt_key(e, *index);
+                if !self.attempts.contains_key(&key) {
+                    continue;
+                }
+                if self.transactional() {
+                    // Delivered in a transaction that may still abort.
+                    self.uncommitted_clears.push(key);
+                } else {
+                    self.attempts.remove(&key);
+                }
             }
         }
         for e in &page.dead_lettered {
@@ -925,11 +955,25 @@ impl Mirror {
         } else {
             self.metrics.mirror_dead_lettered.inc_by(dead);
         }
-        delivered.extend(page.delivered);
+        if page.failures.is_empty() {
+            delivered.extend(page.delivered.into_iter().map(|(e, _)| e));
+        } else {
+            let failed: std::collections::HashSet<&EntryRef> =
+                page.failures.iter().map(|f| &f.entry).collect();
+            delivered.extend(
+                page.delivered
+                    .into_iter()
+                    .map(|(e, _)| e)
+                    .filter(|e| !failed.contains(e)),
+            );
+        }
         let mut failed = None;
         for f in page.failures {
             if f.permanent {
-                let n = self.attempts.entry(attempt_key(&f.entry)).or_default();
+                let n = self
+                    .attempts
+                    .entry(attempt_key(&f.entry, f.index))
+                    .or_default();
                 n.0 += 1;
                 n.1.clone_from(&f.error);
             }
@@ -973,7 +1017,7 @@ impl Mirror {
                     "mirror: entries the previous holder committed but did not acknowledge; acknowledged without producing them again"
                 );
             }
-            already.extend(done.into_iter().map(|e| e.entry));
+            already.extend(done.into_iter().map(|e| (e.entry, 0)));
             rest
         };
         let (deliveries, mut delivered, failures) = produce(
@@ -1000,25 +1044,27 @@ impl Mirror {
             };
             let mut refs = Vec::with_capacity(deliveries.len());
             let mut futures = Vec::with_capacity(deliveries.len());
-            for (entry, future, letter) in deliveries {
-                refs.push((entry, letter));
+            for (entry, index, future, letter) in deliveries {
+                refs.push((entry, index, letter));
                 futures.push(future);
             }
-            for ((entry, letter), result) in refs.into_iter().zip(join_all(futures).await) {
+            for ((entry, index, letter), result) in refs.into_iter().zip(join_all(futures).await) {
                 match result {
                     Ok(Ok(_)) => {
                         if letter {
                             page.dead_lettered.push(entry.clone());
                         }
-                        page.delivered.push(entry);
+                        page.delivered.push((entry, index));
                     }
                     Ok(Err((e, _))) => page.failures.push(Failure {
                         entry,
+                        index,
                         error: e.to_string(),
                         permanent: permanent(&e),
                     }),
                     Err(_) => page.failures.push(Failure {
                         entry,
+                        index,
                         error: "delivery report dropped".to_owned(),
                         permanent: false,
                     }),

@@ -130,11 +130,13 @@ pub(super) fn last_committed_round(
 /// each stream's entries (a read across 48 streams of live traffic may
 /// return more than `batch` in all), on the embedded log the whole read.
 pub(super) fn full_page(entries: &[LogEntry], batch: usize, per_stream: bool) -> bool {
+    // Entries, not events: a packed entry's events count once, at its last.
+    let mut entries = entries.iter().filter(|e| e.ends_entry());
     if !per_stream {
-        return entries.len() >= batch;
+        return entries.count() >= batch;
     }
     let mut counts: HashMap<&str, usize> = HashMap::new();
-    entries.iter().any(|e| {
+    entries.any(|e| {
         let n = counts.entry(&e.entry.stream).or_default();
         *n += 1;
         *n >= batch

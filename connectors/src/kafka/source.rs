@@ -378,6 +378,7 @@ pub async fn run(
                         },
                         event,
                         namespace: super::header_str(&m, super::NAMESPACE_HEADER).map(Arc::from),
+                        part: None,
                     });
                 }
                 Some(Err(e)) => {

@@ -3,18 +3,22 @@
 //! **Layout.** One stream per category and shard:
 //! `<prefix>:events:<category>:<shard>`, the shard chosen by a stable hash of
 //! the event's partition key (DESIGN.md), so all events of one key land in
-//! one stream in order, and consumers can scale out by stream. Entries carry
-//! the event's `id`, the event itself (`event`: raw Avro binary of the
-//! envelope schema `inkstream.Event`) and the caller namespace (`ns`).
-//! Entries written before 2026-12 also carry `type`; readers ignore it.
+//! one stream in order, and consumers can scale out by stream. An entry is
+//! *packed*: it holds up to [`PACK_EVENTS`] events of one append to one
+//! stream, in order (`events`: each event's Avro binary of the envelope
+//! schema `inkstream.Event`, framed as an Avro `bytes` value, one after
+//! another), and the caller namespace (`ns`). Readers hand out one
+//! [`LogEntry`] per event and acknowledge the entry as a whole. Entries
+//! written before 2026-12-06 hold one event each (`id`, `event`, `ns`, and
+//! before 2026-12 `type`); readers read both.
 //!
 //! **Appends** are one round trip per batch: one Lua script call
-//! ([`APPEND_SCRIPT`]) that stores each event once per caller namespace and
+//! (`append.rs`) that stores each event once per caller namespace and
 //! dedup window. Ids are remembered in hashes per namespace and time bucket
 //! (`<prefix>:idem:<len(ns)>:<ns>:<bucket>`, bucket = Redis time ÷ window):
 //! the script looks the batch's ids up in the current and the previous
-//! bucket (two HMGETs per batch), XADDs the new ones and records them in
-//! the current bucket (one HSET per batch). A bucket expires as a whole at
+//! bucket (two HMGETs per batch), XADDs the new ones (one XADD per packed
+//! entry) and records them in the current bucket (one HSET per batch). A bucket expires as a whole at
 //! the end of the bucket after it, so an id is remembered at least one
 //! window and at most two. The namespace is length-prefixed in the key, so
 //! no namespace (partly chosen by callers) can reach another's ids. The
@@ -25,7 +29,8 @@
 //! own (`<prefix>:dedup:<ns>:<id>`, SET NX PX): on a log that has entries
 //! when this version first starts, those keys are also checked for one
 //! window (marker `<prefix>:idem:legacy-until`). All instances must be
-//! upgraded together.
+//! upgraded together: a version before packing reads a packed entry as
+//! undecodable.
 //!
 //! **Consumers** use consumer groups (XREADGROUP / XACK); entries a stopped
 //! consumer left pending are claimed by another after a visibility timeout
@@ -37,9 +42,10 @@
 //! **Trimming** ([`RedisLog::trim`]) removes only entries that every required
 //! consumer group has acknowledged and that are older than the retention.
 
+mod append;
 mod query;
 
-use super::entry::{Appended, EntryRef, LogEntry, Undecodable, stream_name};
+use super::entry::{EntryRef, LogEntry, Part, Undecodable, stream_name};
 use super::error::LogError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::{Category, Event};
@@ -78,65 +84,6 @@ impl RedisLogConfig {
     }
 }
 
-/// Appends one batch of one caller namespace, each event once per namespace
-/// within the dedup window (see the module docs, "Appends").
-///
-/// KEYS: 1 the namespace's dedup key prefix (`<prefix>:idem:<len>:<ns>:`,
-/// the bucket number is appended here), 2 the legacy-until marker, 3.. the
-/// streams the batch touches.
-/// ARGV: window_ms, ns, the namespace's legacy key prefix
-/// (`<prefix>:dedup:<ns>:`), n, then per event (stream index from 1, id,
-/// Avro body). Returns per event the new entry id, or 0 for a duplicate.
-///
-/// Redis's clock (TIME) picks the bucket, so every instance agrees on it.
-/// The dedup keys are derived here from KEYS[1]: like the streams of one
-/// batch, they must live on one Redis (no cluster).
-const APPEND_SCRIPT: &str = r#"
-local window = tonumber(ARGV[1])
-local ns = ARGV[2]
-local n = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local bucket = math.floor(now / window)
-local cur = KEYS[1] .. bucket
-local prev = KEYS[1] .. (bucket - 1)
-local legacy = tonumber(redis.call('GET', KEYS[2]) or '0') > now
-local ids = {}
-for i = 1, n do ids[i] = ARGV[4 + (i - 1) * 3 + 2] end
-local in_cur, in_prev = {}, {}
-for from = 1, n, 1000 do
-  local to = math.min(from + 999, n)
-  local c = redis.call('HMGET', cur, unpack(ids, from, to))
-  local p = redis.call('HMGET', prev, unpack(ids, from, to))
-  for j = 1, to - from + 1 do
-    in_cur[from + j - 1] = c[j]
-    in_prev[from + j - 1] = p[j]
-  end
-end
-local out, fresh, seen = {}, {}, {}
-for i = 1, n do
-  local a = 4 + (i - 1) * 3
-  local id = ids[i]
-  if in_cur[i] or in_prev[i] or seen[id]
-     or (legacy and redis.call('EXISTS', ARGV[3] .. id) == 1) then
-    out[i] = 0
-  else
-    seen[id] = true
-    out[i] = redis.call('XADD', KEYS[2 + tonumber(ARGV[a + 1])], '*',
-      'id', id, 'event', ARGV[a + 3], 'ns', ns)
-    fresh[#fresh + 1] = id
-    fresh[#fresh + 1] = '1'
-  end
-end
-for from = 1, #fresh, 2000 do
-  redis.call('HSET', cur, unpack(fresh, from, math.min(from + 1999, #fresh)))
-end
-if #fresh > 0 then
-  redis.call('PEXPIREAT', cur, (bucket + 2) * window)
-end
-return out
-"#;
-
 /// The Redis Streams log; clones share connections.
 #[derive(Clone)]
 pub struct RedisLog {
@@ -147,7 +94,6 @@ pub struct RedisLog {
     shards: u32,
     prefix: Arc<str>,
     dedup_window_ms: u64,
-    append: Arc<redis::Script>,
 }
 
 fn unavailable(e: redis::RedisError) -> LogError {
@@ -191,7 +137,6 @@ impl RedisLog {
             shards,
             prefix: config.prefix.as_str().into(),
             dedup_window_ms: config.dedup_window.as_millis().max(1) as u64,
-            append: Arc::new(redis::Script::new(APPEND_SCRIPT)),
         };
         log.mark_legacy_window().await?;
         Ok(log)
@@ -249,84 +194,6 @@ impl RedisLog {
             .unwrap_or(0);
         let shard = (schemas::stable_hash(event.partition_key()) % u64::from(self.shards)) as usize;
         c * self.shards as usize + shard
-    }
-
-    /// Appends `events` for `app` in one round trip; events whose id `app`
-    /// already stored within the dedup window are not stored again.
-    pub async fn append(&self, app: &str, events: &[Event]) -> Result<Vec<Appended>, LogError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The streams this batch touches, each passed once.
-        let mut used: Vec<usize> = Vec::new();
-        let mut slot_of = vec![0u32; self.streams.len()];
-        let mut slots = Vec::with_capacity(events.len());
-        for e in events {
-            let s = self.stream_index(e);
-            if slot_of[s] == 0 {
-                used.push(s);
-                slot_of[s] = used.len() as u32;
-            }
-            slots.push(slot_of[s]);
-        }
-        let mut invocation = self.append.prepare_invoke();
-        invocation
-            .key(dedup_prefix(&self.prefix, app))
-            .key(legacy_marker(&self.prefix));
-        for &s in &used {
-            invocation.key(&*self.streams[s]);
-        }
-        invocation
-            .arg(self.dedup_window_ms)
-            .arg(app)
-            .arg(format!("{}:dedup:{app}:", self.prefix))
-            .arg(events.len());
-        let mut body = Vec::with_capacity(128);
-        for (e, slot) in events.iter().zip(&slots) {
-            body.clear();
-            schemas::binary::encode_into(e, &mut body)
-                .map_err(|err| LogError::Protocol(format!("encode event {}: {err}", e.id)))?;
-            invocation.arg(*slot).arg(&e.id).arg(&body[..]);
-        }
-        let mut conn = self.writer.clone();
-        let replies: Vec<redis::Value> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if replies.len() != events.len() {
-            return Err(LogError::Protocol(format!(
-                "{} append replies for {} events",
-                replies.len(),
-                events.len()
-            )));
-        }
-        replies
-            .into_iter()
-            .zip(slots)
-            .map(|(reply, slot)| {
-                let stream = self.streams[used[slot as usize - 1]].clone();
-                match reply {
-                    redis::Value::BulkString(id) => Ok(Appended {
-                        entry: EntryRef {
-                            stream,
-                            id: String::from_utf8(id).map_err(|_| {
-                                LogError::Protocol("an entry id that is not UTF-8".into())
-                            })?,
-                        },
-                        duplicate: false,
-                    }),
-                    // A duplicate: stored earlier (where is not recorded).
-                    redis::Value::Int(0) => Ok(Appended {
-                        entry: EntryRef {
-                            stream,
-                            id: String::new(),
-                        },
-                        duplicate: true,
-                    }),
-                    other => Err(LogError::Protocol(format!("bad append reply {other:?}"))),
-                }
-            })
-            .collect()
     }
 
     fn intern(&self, stream: &str) -> Arc<str> {
@@ -490,7 +357,7 @@ impl RedisLog {
             };
             out.reserve(entries.len());
             for entry in entries {
-                out.push(entry_of(&stream, entry, &mut last_ns)?);
+                entry_of(&stream, entry, &mut last_ns, &mut out)?;
             }
         }
         Ok(out)
@@ -546,14 +413,11 @@ impl RedisLog {
                 .await
                 .map_err(unavailable)?;
             for entry in claimed.ids {
-                out.push(LogEntry {
-                    entry: EntryRef {
-                        stream: stream.clone(),
-                        id: entry.id.clone(),
-                    },
-                    event: decode_entry(&entry.map),
-                    namespace: entry_namespace(&entry.map),
-                });
+                let at = EntryRef {
+                    stream: stream.clone(),
+                    id: entry.id,
+                };
+                entries_of_map(at, &entry.map, &mut out);
             }
         }
         Ok(out)
@@ -565,7 +429,11 @@ impl RedisLog {
         }
         let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for e in entries {
-            by_stream.entry(&e.stream).or_default().push(&e.id);
+            let ids = by_stream.entry(&e.stream).or_default();
+            // The events of a packed entry come one after another: its id once.
+            if ids.last() != Some(&e.id.as_str()) {
+                ids.push(&e.id);
+            }
         }
         let mut pipe = redis::pipe();
         for (stream, ids) in by_stream {
@@ -795,37 +663,40 @@ fn bulk_str(v: &redis::Value) -> Option<&str> {
 }
 
 /// One `[id, [field, value, …]]` of a read reply, decoded straight from the
-/// reply: no map per entry, and the namespace shared with the previous
-/// entry when it is the same (`last_ns`). An entry whose fields are gone
-/// (deleted while pending: nil) or hold no `event` is returned undecodable.
+/// reply into `out`: no map per entry, and the namespace shared with the
+/// previous entry when it is the same (`last_ns`). A packed entry (`events`)
+/// gives one [`LogEntry`] per event, an entry of one event (`event`,
+/// written before packing) one. An entry whose fields are gone (deleted
+/// while pending: nil) or hold neither is returned undecodable.
 fn entry_of(
     stream: &Arc<str>,
     entry: redis::Value,
     last_ns: &mut Option<Arc<str>>,
-) -> Result<LogEntry, LogError> {
+    out: &mut Vec<LogEntry>,
+) -> Result<(), LogError> {
     let (id, fields) = pair(entry).ok_or_else(|| bad_reply("entry"))?;
     let id = match id {
         redis::Value::BulkString(b) => String::from_utf8(b).map_err(|_| bad_reply("entry id"))?,
         redis::Value::SimpleString(s) => s,
         _ => return Err(bad_reply("entry id")),
     };
-    let mut event = Err(Undecodable("entry has no `event` field".into()));
+    let fields = match fields {
+        redis::Value::Array(fields) => fields,
+        _ => Vec::new(),
+    };
+    let mut body = Body::Missing;
     let mut namespace = None;
-    if let redis::Value::Array(fields) = fields {
+    {
         for kv in fields.chunks_exact(2) {
             let redis::Value::BulkString(name) = &kv[0] else {
                 continue;
             };
-            match (name.as_slice(), &kv[1]) {
-                (b"event", redis::Value::BulkString(raw)) => {
-                    event = schemas::binary::decode(raw)
-                        .map_err(|e| Undecodable(format!("entry does not decode: {e}")));
-                }
-                (b"event", _) => {
-                    event = Err(Undecodable("field `event` is not a string".into()));
-                }
-                (b"ns", redis::Value::BulkString(ns)) => {
-                    if let Ok(ns) = std::str::from_utf8(ns) {
+            match name.as_slice() {
+                b"event" | b"events" => body = Body::of(name, &kv[1]),
+                b"ns" => {
+                    if let redis::Value::BulkString(ns) = &kv[1]
+                        && let Ok(ns) = std::str::from_utf8(ns)
+                    {
                         namespace = Some(match last_ns {
                             Some(last) if **last == *ns => last.clone(),
                             _ => {
@@ -840,29 +711,106 @@ fn entry_of(
             }
         }
     }
-    Ok(LogEntry {
-        entry: EntryRef {
-            stream: stream.clone(),
-            id,
-        },
-        event,
-        namespace,
-    })
+    let entry = EntryRef {
+        stream: stream.clone(),
+        id,
+    };
+    body.into_entries(entry, namespace, out);
+    Ok(())
 }
 
-/// The caller namespace an entry was appended under (field `ns`).
-pub(crate) fn entry_namespace(map: &HashMap<String, redis::Value>) -> Option<Arc<str>> {
-    match map.get("ns") {
-        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().map(Arc::from),
-        _ => None,
+/// What an entry holds, before it is decoded.
+enum Body<'a> {
+    /// Field `event`: one event (entries written before packing).
+    One(&'a [u8]),
+    /// Field `events`: framed events ([`schemas::binary::decode_framed`]).
+    Packed(&'a [u8]),
+    Missing,
+    NotAString(&'static str),
+}
+
+impl<'a> Body<'a> {
+    fn of(name: &[u8], value: &'a redis::Value) -> Body<'a> {
+        match (name, value) {
+            (b"event", redis::Value::BulkString(raw)) => Body::One(raw),
+            (b"events", redis::Value::BulkString(raw)) => Body::Packed(raw),
+            (b"event", _) => Body::NotAString("event"),
+            _ => Body::NotAString("events"),
+        }
+    }
+
+    /// The entry's events, one [`LogEntry`] each, appended to `out`.
+    fn into_entries(self, entry: EntryRef, namespace: Option<Arc<str>>, out: &mut Vec<LogEntry>) {
+        let undecodable =
+            |e: schemas::binary::BinaryError| Undecodable(format!("entry does not decode: {e}"));
+        let one = |event| LogEntry {
+            entry: entry.clone(),
+            event,
+            namespace: namespace.clone(),
+            part: None,
+        };
+        match self {
+            Body::One(raw) => out.push(one(schemas::binary::decode(raw).map_err(undecodable))),
+            Body::Missing => out.push(one(Err(Undecodable(
+                "entry has no `event` or `events` field".into(),
+            )))),
+            Body::NotAString(field) => out.push(one(Err(Undecodable(format!(
+                "field `{field}` is not a string"
+            ))))),
+            Body::Packed(raw) => {
+                let events = schemas::binary::decode_framed(raw);
+                if events.is_empty() {
+                    out.push(one(Err(Undecodable(
+                        "a packed entry with no events".into(),
+                    ))));
+                    return;
+                }
+                let of = events.len() as u32;
+                out.reserve(events.len());
+                for (index, event) in events.into_iter().enumerate() {
+                    out.push(LogEntry {
+                        entry: entry.clone(),
+                        event: event.map_err(undecodable),
+                        namespace: namespace.clone(),
+                        part: Some(Part {
+                            index: index as u32,
+                            of,
+                        }),
+                    });
+                }
+            }
+        }
     }
 }
 
-fn decode_entry(map: &HashMap<String, redis::Value>) -> Result<Event, Undecodable> {
-    let raw = match map.get("event") {
-        Some(redis::Value::BulkString(b)) => b,
-        Some(_) => return Err(Undecodable("field `event` is not a string".into())),
-        None => return Err(Undecodable("entry has no `event` field".into())),
+/// The events of an entry read as a field map (XCLAIM, XRANGE), appended
+/// to `out` as [`entry_of`] does.
+pub(crate) fn entries_of_map(
+    entry: EntryRef,
+    map: &HashMap<String, redis::Value>,
+    out: &mut Vec<LogEntry>,
+) {
+    let namespace = match map.get("ns") {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().map(Arc::from),
+        _ => None,
     };
-    schemas::binary::decode(raw).map_err(|e| Undecodable(format!("entry does not decode: {e}")))
+    let body = match (map.get("events"), map.get("event")) {
+        (Some(v), _) => Body::of(b"events", v),
+        (None, Some(v)) => Body::of(b"event", v),
+        (None, None) => Body::Missing,
+    };
+    body.into_entries(entry, namespace, out);
+}
+
+/// The events of an entry's fields as XRANGE returns them (for tools and
+/// tests that read the streams themselves): one per event of a packed
+/// entry, one for an entry written before packing.
+pub fn events_of_fields(map: &HashMap<String, redis::Value>) -> Vec<Result<Event, Undecodable>> {
+    let mut out = Vec::new();
+    let entry = EntryRef {
+        stream: Arc::from(""),
+        id: String::new(),
+    };
+    entries_of_map(entry, map, &mut out);
+    out.into_iter().map(|e| e.event).collect()
 }

@@ -1,38 +1,16 @@
 //! Read-only queries of the Redis log: range pages (XRANGE, every shard of a
 //! category in one pipelined round trip) and XINFO STREAM / GROUPS.
 
-use super::{RedisLog, decode_entry, entry_namespace, unavailable, value_str};
-use crate::event_log::entry::{EntryRef, LogEntry};
+use super::{RedisLog, entries_of_map, unavailable, value_str};
+use crate::event_log::entry::{EntryRef, LogEntry, PACK_EVENTS};
 use crate::event_log::error::LogError;
 use crate::event_log::query::{
-    CategoryInfo, GroupInfo, Positioned, RangeQuery, StreamInfo, bounds, merge, parse_id,
+    CategoryInfo, GroupInfo, RangeQuery, StreamInfo, bounds, merge, parse_id, skip_taken,
 };
 use redis::Value;
 use schemas::Category;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// An entry as XRANGE returned it, not decoded yet.
-pub(crate) struct RawEntry {
-    entry: EntryRef,
-    map: HashMap<String, Value>,
-}
-
-impl Positioned for RawEntry {
-    fn entry_ref(&self) -> &EntryRef {
-        &self.entry
-    }
-}
-
-impl RawEntry {
-    pub(crate) fn decode(self) -> LogEntry {
-        LogEntry {
-            event: decode_entry(&self.map),
-            namespace: entry_namespace(&self.map),
-            entry: self.entry,
-        }
-    }
-}
 
 impl RedisLog {
     /// The shards of `category`, in shard order.
@@ -45,32 +23,39 @@ impl RedisLog {
         &self.streams[c * n..(c + 1) * n]
     }
 
-    /// One page, undecoded (only the page is decoded, after the merge).
+    /// One page of events.
     ///
     /// Reading `limit + 1` from each of the 8 shards would read 8 times the
     /// page. Instead each shard is read in chunks of about twice its fair
     /// share, and a shard is read further only while its last fetched id
-    /// still sorts before the page's last entry (its unread entries could
+    /// still sorts before the page's last event (its unread entries could
     /// belong to the page). Evenly spread keys need one round trip; one hot
-    /// shard needs a few.
+    /// shard needs a few. Chunks count entries, and a packed entry holds up
+    /// to [`PACK_EVENTS`] events: a chunk is an eighth of the events wanted
+    /// (at least 16 entries), so a page decodes about twice its events.
     pub(crate) async fn range_page(
         &self,
         q: &RangeQuery,
-    ) -> Result<(Vec<RawEntry>, Option<Vec<Option<String>>>), LogError> {
+    ) -> Result<(Vec<LogEntry>, Option<Vec<Option<String>>>), LogError> {
         let streams = self.category_streams(q.category);
         let n = streams.len();
-        let chunk = ((q.limit + 1).div_ceil(n) * 2).max(16).min(q.limit + 1);
-        let mut runs: Vec<Vec<RawEntry>> = (0..n).map(|_| Vec::new()).collect();
+        let chunk = ((q.limit + 1).div_ceil(n) * 2)
+            .div_ceil(PACK_EVENTS / 2)
+            .max(16)
+            .min(q.limit + 1);
+        let mut runs: Vec<Vec<LogEntry>> = (0..n).map(|_| Vec::new()).collect();
         let mut exhausted = vec![false; n];
         let mut fetch: Vec<usize> = (0..n).collect();
-        let key = |e: &RawEntry, shard: usize| {
+        let key = |e: &LogEntry, shard: usize| {
             let (ms, seq) = parse_id(&e.entry.id).unwrap_or((0, 0));
-            (ms, seq, shard)
+            (ms, seq, shard, e.part.map_or(0, |p| p.index))
         };
+        let mut first = vec![true; n];
         while !fetch.is_empty() {
             let mut pipe = redis::pipe();
             for &shard in &fetch {
                 let (start, end) = bounds(q, shard);
+                // After a first read every fetched entry was taken whole.
                 let start = runs[shard]
                     .last()
                     .map_or(start, |e| format!("({}", e.entry.id));
@@ -86,16 +71,21 @@ impl RedisLog {
                 pipe.query_async(&mut conn).await.map_err(unavailable)?;
             for (&shard, run) in fetch.iter().zip(replies) {
                 exhausted[shard] = run.len() < chunk;
-                runs[shard].extend(run.into_iter().map(|(id, map)| RawEntry {
-                    entry: EntryRef {
+                let mut events = Vec::with_capacity(run.len());
+                for (id, map) in run {
+                    let at = EntryRef {
                         stream: streams[shard].clone(),
                         id,
-                    },
-                    map,
-                }));
+                    };
+                    entries_of_map(at, &map, &mut events);
+                }
+                if std::mem::take(&mut first[shard]) {
+                    skip_taken(q, shard, &mut events);
+                }
+                runs[shard].extend(events);
             }
-            // The page's last entry, as far as fetched: its (id, shard).
-            let mut keys: Vec<(u64, u64, usize)> = runs
+            // The page's last event, as far as fetched: its (id, shard, index).
+            let mut keys: Vec<(u64, u64, usize, u32)> = runs
                 .iter()
                 .enumerate()
                 .flat_map(|(s, run)| run.iter().map(move |e| key(e, s)))

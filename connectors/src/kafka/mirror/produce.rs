@@ -27,9 +27,11 @@ pub(super) fn permanent(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// One entry's failed delivery.
+/// One record's failed delivery.
 pub(super) struct Failure {
     pub(super) entry: EntryRef,
+    /// The event's place in its packed entry (0 for an entry of one event).
+    pub(super) index: u32,
     pub(super) error: String,
     pub(super) permanent: bool,
 }
@@ -64,9 +66,10 @@ fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String)
     (id, value)
 }
 
-/// The delivery reports of one page, awaited in flight: the entry, its
-/// report, and whether the record is the entry's dead letter.
-pub(super) type Deliveries = Vec<(EntryRef, rdkafka::producer::DeliveryFuture, bool)>;
+/// The delivery reports of one page, awaited in flight: the entry and the
+/// event's place in it, its report, and whether the record is the event's
+/// dead letter.
+pub(super) type Deliveries = Vec<(EntryRef, u32, rdkafka::producer::DeliveryFuture, bool)>;
 
 /// What [`produce`] needs besides the producer and the page.
 pub(super) struct Context<'a> {
@@ -80,28 +83,31 @@ pub(super) struct Context<'a> {
 }
 
 /// Produces a page (in order). Returns the records handed to the producer
-/// with their delivery futures, the entries to acknowledge without a record
-/// (undecodable, unencodable) and those the producer refused. An entry that
-/// failed permanently `max_attempts` times is produced as its dead letter.
+/// with their delivery futures, the records to acknowledge without a
+/// record on Kafka (undecodable, unencodable) and those the producer
+/// refused. A record that failed permanently `max_attempts` times is
+/// produced as its dead letter (only that event of a packed entry).
 pub(super) async fn produce(
     producer: &FutureProducer,
     entries: &[LogEntry],
     cx: &Context<'_>,
-) -> (Deliveries, Vec<EntryRef>, Vec<Failure>) {
+) -> (Deliveries, Vec<(EntryRef, u32)>, Vec<Failure>) {
     let mut deliveries = Vec::with_capacity(entries.len());
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for entry in entries {
+        let index = entry.part.map_or(0, |p| p.index);
         if !cx.attempts.is_empty()
-            && let Some((n, error)) = cx.attempts.get(&attempt_key(&entry.entry))
+            && let Some((n, error)) = cx.attempts.get(&attempt_key(&entry.entry, index))
             && *n >= cx.max_attempts
         {
             let (id, value) = dead_letter(entry, error, *n);
             let record = FutureRecord::to(DEAD_LETTER_TOPIC).key(&id).payload(&value);
             match producer.send_result(record) {
-                Ok(future) => deliveries.push((entry.entry.clone(), future, true)),
+                Ok(future) => deliveries.push((entry.entry.clone(), index, future, true)),
                 Err((e, _)) => failures.push(Failure {
                     entry: entry.entry.clone(),
+                    index,
                     error: format!("dead-lettering: {e}"),
                     permanent: false,
                 }),
@@ -117,7 +123,7 @@ pub(super) async fn produce(
                     .with_label_values(&["undecodable"])
                     .inc();
                 tracing::error!(entry = %entry.entry.id, %reason, "mirror: skipping an undecodable entry");
-                delivered.push(entry.entry.clone());
+                delivered.push((entry.entry.clone(), index));
                 continue;
             }
         };
@@ -131,7 +137,7 @@ pub(super) async fn produce(
                     .with_label_values(&["encode"])
                     .inc();
                 tracing::error!(id = %event.id, error = %e, "mirror: cannot encode an event");
-                delivered.push(entry.entry.clone());
+                delivered.push((entry.entry.clone(), index));
                 continue;
             }
         };
@@ -154,13 +160,26 @@ pub(super) async fn produce(
             .unwrap_or(cx.default_partitions);
         record = record.partition(partition_for(event.partition_key(), count));
         let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
+        // A record that failed permanently before may only have shared a
+        // produce request with a poison record (the broker refuses a
+        // partition's whole batch, e.g. one over the topic's
+        // `max.message.bytes`): produced alone this time, it is delivered
+        // if it is fine, and only the poison one counts another attempt.
+        let isolate =
+            !cx.attempts.is_empty() && cx.attempts.contains_key(&attempt_key(&entry.entry, index));
+        if isolate {
+            flush(producer, cx.delivery_timeout);
+        }
         // The local queue is full while earlier pages are delivered: wait
         // for room (bounded by the delivery timeout) rather than fail.
         let mut full_since: Option<Instant> = None;
         loop {
             match producer.send_result(record) {
                 Ok(future) => {
-                    deliveries.push((entry.entry.clone(), future, false));
+                    deliveries.push((entry.entry.clone(), index, future, false));
+                    if isolate {
+                        flush(producer, cx.delivery_timeout);
+                    }
                     break;
                 }
                 Err((e, back))
@@ -177,6 +196,7 @@ pub(super) async fn produce(
                 Err((e, _)) => {
                     failures.push(Failure {
                         entry: entry.entry.clone(),
+                        index,
                         error: e.to_string(),
                         permanent: permanent(&e),
                     });
@@ -188,7 +208,28 @@ pub(super) async fn produce(
     (deliveries, delivered, failures)
 }
 
-/// `stream/id`: an entry's key in the poison-attempt table.
-pub(super) fn attempt_key(e: &EntryRef) -> String {
-    format!("{}/{}", e.stream, e.id)
+/// Waits until every record handed to `producer` was sent and answered
+/// (on the failure path only: it blocks the thread, so a multi-threaded
+/// runtime is told first).
+fn flush(producer: &FutureProducer, timeout: Duration) {
+    use rdkafka::producer::Producer;
+    let wait = || {
+        if let Err(e) = producer.flush(timeout) {
+            tracing::warn!(error = %e, "mirror: flushing around a suspect record");
+        }
+    };
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+/// `stream/id`, and `#index` for a later event of a packed entry: a
+/// record's key in the poison-attempt table.
+pub(super) fn attempt_key(e: &EntryRef, index: u32) -> String {
+    if index == 0 {
+        format!("{}/{}", e.stream, e.id)
+    } else {
+        format!("{}/{}#{index}", e.stream, e.id)
+    }
 }
