@@ -530,6 +530,21 @@ async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
     assert_eq!(oldest, Some(first_ms), "the oldest unread entry's time");
 }
 
+/// What group `g`'s consumer `c` reads next, and the events' ids.
+async fn read_new_ids(
+    log: &EventLog,
+) -> (Vec<inkstream_connectors::event_log::LogEntry>, Vec<String>) {
+    let got = log
+        .read_new("g", "c", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let ids = got
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .collect();
+    (got, ids)
+}
+
 /// An append packs its new events of one stream into entries of up to
 /// `PACK_EVENTS`, in order: 40 events of one user are 3 entries (16, 16,
 /// 8), read back as 40 events with their places, acknowledged by entry. A
@@ -571,14 +586,7 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
         .unwrap();
     assert_eq!(len, 3);
 
-    let got = log
-        .read_new("g", "c", 100, Duration::from_millis(100))
-        .await
-        .unwrap();
-    let ids: Vec<String> = got
-        .iter()
-        .map(|e| e.event.as_ref().unwrap().id.clone())
-        .collect();
+    let (got, ids) = read_new_ids(&log).await;
     let want: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
     assert_eq!(ids, want, "every event once, in append order");
     let parts: Vec<Part> = got.iter().map(|e| e.part.unwrap()).collect();
@@ -600,14 +608,7 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
     let stored = log.append("app", &again).await.unwrap();
     let duplicates: Vec<usize> = (0..stored.len()).filter(|&i| stored[i].duplicate).collect();
     assert_eq!(duplicates, [5, 12]);
-    let got = log
-        .read_new("g", "c", 100, Duration::from_millis(100))
-        .await
-        .unwrap();
-    let ids: Vec<String> = got
-        .iter()
-        .map(|e| e.event.as_ref().unwrap().id.clone())
-        .collect();
+    let (got, ids) = read_new_ids(&log).await;
     let want: Vec<String> = (0..18).map(|i| format!("q{i:02}")).collect();
     assert_eq!(ids, want);
     assert_eq!(got[17].part, Some(Part { index: 1, of: 2 }));
