@@ -931,6 +931,9 @@ impl Mirror {
     /// event is not, even for its delivered events: it stays pending and is
     /// produced again (in a transaction the round is aborted anyway).
     fn page_outcome(&mut self, page: Settled, delivered: &mut Vec<EntryRef>) -> Option<String> {
+        // Entries with a failed record stay pending, whole.
+        let failed: std::collections::HashSet<EntryRef> =
+            page.failures.iter().map(|f| f.entry.clone()).collect();
         if !self.attempts.is_empty() {
             for (e, index) in &page.delivered {
                 let key = attempt_key(e, *index);
@@ -940,7 +943,10 @@ impl Mirror {
                 if self.transactional() {
                     // Delivered in a transaction that may still abort.
                     self.uncommitted_clears.push(key);
-                } else {
+                } else if !failed.contains(e) {
+                    // Forgotten once its entry is acknowledged: a dead
+                    // letter whose entry is read again is sent again, not
+                    // produced as a record and counted from 1.
                     self.attempts.remove(&key);
                 }
             }
@@ -955,18 +961,12 @@ impl Mirror {
         } else {
             self.metrics.mirror_dead_lettered.inc_by(dead);
         }
-        if page.failures.is_empty() {
-            delivered.extend(page.delivered.into_iter().map(|(e, _)| e));
-        } else {
-            let failed: std::collections::HashSet<&EntryRef> =
-                page.failures.iter().map(|f| &f.entry).collect();
-            delivered.extend(
-                page.delivered
-                    .into_iter()
-                    .map(|(e, _)| e)
-                    .filter(|e| !failed.contains(e)),
-            );
-        }
+        delivered.extend(
+            page.delivered
+                .into_iter()
+                .map(|(e, _)| e)
+                .filter(|e| failed.is_empty() || !failed.contains(e)),
+        );
         let mut failed = None;
         for f in page.failures {
             if f.permanent {

@@ -168,7 +168,7 @@ pub(super) async fn produce(
         let isolate =
             !cx.attempts.is_empty() && cx.attempts.contains_key(&attempt_key(&entry.entry, index));
         if isolate {
-            flush(producer, cx.delivery_timeout);
+            flush(producer, cx.delivery_timeout.min(ISOLATION_FLUSH));
         }
         // The local queue is full while earlier pages are delivered: wait
         // for room (bounded by the delivery timeout) rather than fail.
@@ -178,7 +178,7 @@ pub(super) async fn produce(
                 Ok(future) => {
                     deliveries.push((entry.entry.clone(), index, future, false));
                     if isolate {
-                        flush(producer, cx.delivery_timeout);
+                        flush(producer, cx.delivery_timeout.min(ISOLATION_FLUSH));
                     }
                     break;
                 }
@@ -207,6 +207,11 @@ pub(super) async fn produce(
     }
     (deliveries, delivered, failures)
 }
+
+/// The longest wait around one suspect record: a slow broker cannot hold
+/// the mirror for a delivery timeout per suspect (a record still in flight
+/// after it is then merely not alone).
+const ISOLATION_FLUSH: Duration = Duration::from_secs(2);
 
 /// Waits until every record handed to `producer` was sent and answered
 /// (on the failure path only: it blocks the thread, so a multi-threaded
