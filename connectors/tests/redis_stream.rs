@@ -19,6 +19,17 @@ fn ev(id: &str, ty: &str, user: &str) -> Event {
     }
 }
 
+/// The entries of `stream`, as Redis counts them.
+async fn xlen(stream: &str) -> u64 {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 async fn open(prefix: &str) -> EventLog {
     let mut config = RedisLogConfig::new(redis_url());
     config.prefix = prefix.into();
@@ -213,13 +224,7 @@ async fn the_same_id_from_the_same_app_is_stored_once_across_restarts() {
         .await
         .unwrap();
     assert!(!c[0].duplicate);
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&*a[0].entry.stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let len = xlen(&a[0].entry.stream).await;
     assert_eq!(len, 2, "one copy for app, one for other");
 }
 
@@ -354,13 +359,7 @@ async fn trimming_never_removes_what_a_required_group_still_needs() {
         .await
         .unwrap();
     assert_eq!(log.trim(&["g".into()], 0).await.unwrap(), 0);
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&*stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let len = xlen(&stream).await;
     assert_eq!(len, 8);
 }
 
@@ -434,7 +433,7 @@ async fn a_pending_backlog_is_read_back_page_by_page() {
         }
         assert!(page.len() <= 10 * 8, "one page per stream at most");
         for e in page {
-            cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
+            cursor.insert(e.entry.stream.clone(), e.entry.id.to_string());
             seen.push(e.event.unwrap().id);
         }
     }
@@ -485,7 +484,7 @@ async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
         .arg("SETID")
         .arg(&stream)
         .arg("g")
-        .arg(&last)
+        .arg(&*last)
         .arg("ENTRIESREAD")
         .arg(2)
         .query_async(&mut conn)
@@ -520,7 +519,7 @@ async fn a_groups_lag_is_what_is_unread_even_when_redis_miscounts_it() {
     let more = appended;
     let _: u64 = redis::cmd("XDEL")
         .arg(&stream)
-        .arg(&more[1].entry.id)
+        .arg(&*more[1].entry.id)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -568,7 +567,7 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
     let entries: Vec<&str> = stored
         .iter()
         .filter(|a| !a.duplicate)
-        .map(|a| a.entry.id.as_str())
+        .map(|a| &*a.entry.id)
         .collect();
     let mut distinct = entries.clone();
     distinct.dedup();
@@ -577,13 +576,7 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
     assert!(entries[16..32].iter().all(|e| *e == entries[16]));
     assert!(entries[32..].iter().all(|e| *e == entries[32]));
     let stream = stored[0].entry.stream.clone();
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&*stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let len = xlen(&stream).await;
     assert_eq!(len, 3);
 
     let (got, ids) = read_new_ids(&log).await;
@@ -616,6 +609,8 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
     log.ack("g", &refs).await.unwrap();
 
     // Written before packing, and a packed entry with a bad frame.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let old = schemas::binary::encode(&ev("old", "writing.keystroke", "u1")).unwrap();
     let _: String = redis::cmd("XADD")
         .arg(&*stream)

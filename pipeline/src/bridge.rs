@@ -258,14 +258,14 @@ fn feed<S: DerivedSink>(
     // epochs (acknowledged at the latest), or be partly late or undecodable
     // (acknowledged with the rest, never before).
     let mut held = Held::default();
-    for LogEntry {
-        entry,
-        event,
-        namespace,
-        part,
-    } in batch
-    {
-        let last = part.is_none_or(|p| p.index + 1 >= p.of);
+    for log_entry in batch {
+        let last = log_entry.ends_entry();
+        let LogEntry {
+            entry,
+            event,
+            namespace,
+            part,
+        } = log_entry;
         match event {
             Ok(mut e) => {
                 // The log's identity of an event, (namespace, id), is the
@@ -428,7 +428,6 @@ impl Timing {
     }
 }
 
-/// Which processed entries may be acknowledged in the log, and when.
 /// What one entry's events so far decided about its acknowledgement (see
 /// [`feed`]).
 #[derive(Default)]
@@ -453,6 +452,7 @@ impl Held {
     }
 }
 
+/// Which processed entries may be acknowledged in the log, and when.
 enum Acks {
     /// No checkpoints: an entry is done once the output frontier has passed
     /// its epoch (entries by epoch).

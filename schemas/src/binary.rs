@@ -43,12 +43,22 @@ impl de::Error for BinaryError {
 
 /// Appends `v` as Avro writes a long (zig-zag, then 7 bits per byte).
 pub(crate) fn write_long(out: &mut Vec<u8>, v: i64) {
+    let (bytes, n) = long_bytes(v);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// `v` as Avro writes a long, and how many of the bytes it takes.
+fn long_bytes(v: i64) -> ([u8; 10], usize) {
+    let mut bytes = [0; 10];
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    let mut n = 0;
     while z >= 0x80 {
-        out.push((z as u8) | 0x80);
+        bytes[n] = (z as u8) | 0x80;
         z >>= 7;
+        n += 1;
     }
-    out.push(z as u8);
+    bytes[n] = z as u8;
+    (bytes, n + 1)
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -103,16 +113,14 @@ pub fn encode_framed_into(event: &Event, out: &mut Vec<u8>) -> Result<(), Binary
     out.resize(start + RESERVED, 0);
     encode_into(event, out)?;
     let len = out.len() - start - RESERVED;
-    let mut prefix = Vec::with_capacity(RESERVED);
-    write_long(&mut prefix, len as i64);
-    if prefix.len() > RESERVED {
+    let (prefix, n) = long_bytes(len as i64);
+    if n > RESERVED {
         out.truncate(start);
         return Err(BinaryError(format!("an event of {len} bytes")));
     }
-    let body = start + RESERVED;
-    let at = start + prefix.len();
-    out[start..at].copy_from_slice(&prefix);
-    out.copy_within(body.., at);
+    let at = start + n;
+    out[start..at].copy_from_slice(&prefix[..n]);
+    out.copy_within(start + RESERVED.., at);
     out.truncate(at + len);
     Ok(())
 }

@@ -329,7 +329,7 @@ impl EmbeddedLog {
             .map(|(si, id, duplicate)| Appended {
                 entry: EntryRef {
                     stream: names[si].clone(),
-                    id: render(id),
+                    id: render(id).into(),
                 },
                 duplicate,
             })
@@ -396,7 +396,7 @@ impl EmbeddedLog {
                 LogEntry {
                     entry: EntryRef {
                         stream: streams[si].name.clone(),
-                        id: render(id),
+                        id: render(id).into(),
                     },
                     event: Ok(stored.event.clone()),
                     namespace: Some(stored.namespace.clone()),
@@ -438,7 +438,7 @@ impl EmbeddedLog {
                 Some(LogEntry {
                     entry: EntryRef {
                         stream: s.name.clone(),
-                        id: render(slot.id),
+                        id: render(slot.id).into(),
                     },
                     event: Ok(s.entries[pos].1.event.clone()),
                     namespace: Some(s.entries[pos].1.namespace.clone()),
@@ -481,7 +481,7 @@ impl EmbeddedLog {
             out.push(LogEntry {
                 entry: EntryRef {
                     stream: s.name.clone(),
-                    id: render(slot.id),
+                    id: render(slot.id).into(),
                 },
                 event: Ok(s.entries[pos].1.event.clone()),
                 namespace: Some(s.entries[pos].1.namespace.clone()),
@@ -594,7 +594,7 @@ impl EmbeddedLog {
             .map(|(id, e)| LogEntry {
                 entry: EntryRef {
                     stream: s.name.clone(),
-                    id: render(*id),
+                    id: render(*id).into(),
                 },
                 event: Ok(e.event.clone()),
                 namespace: Some(e.namespace.clone()),

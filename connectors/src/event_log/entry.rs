@@ -10,7 +10,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EntryRef {
     pub stream: Arc<str>,
-    pub id: String,
+    pub id: Arc<str>,
 }
 
 /// The outcome of appending one event.
@@ -64,6 +64,24 @@ impl LogEntry {
     pub fn ends_entry(&self) -> bool {
         self.part.is_none_or(|p| p.index + 1 >= p.of)
     }
+
+    /// The event's place in its entry (0 for an entry of one event).
+    pub fn index(&self) -> u32 {
+        self.part.map_or(0, |p| p.index)
+    }
+
+    /// How many entries `batch` (a read, each entry's events together)
+    /// holds.
+    pub fn entries_in(batch: &[LogEntry]) -> usize {
+        batch.iter().filter(|e| e.ends_entry()).count()
+    }
+}
+
+/// How many Redis entries to read to take about `events` events: an
+/// eighth, so at most twice `events` from packed entries, and still
+/// `events / 8` entries of one event each from older ones.
+pub(crate) fn packed_entries_for(events: usize) -> usize {
+    events.div_ceil(PACK_EVENTS / 2).max(1)
 }
 
 /// The namespace of every caller when authentication is off.

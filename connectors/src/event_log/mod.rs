@@ -74,13 +74,11 @@ impl EventLog {
 
     /// How many entries a read asks for (per stream) to take about
     /// `events` events at a time. An embedded entry is one event; a Redis
-    /// entry holds up to [`PACK_EVENTS`], so a read asks for an eighth:
-    /// at most twice `events` events per stream from packed entries, and
-    /// still `events / 8` entries of one event each from older ones.
+    /// entry holds up to [`PACK_EVENTS`] (see [`entry::packed_entries_for`]).
     pub fn entries_for(&self, events: usize) -> usize {
         match self {
             EventLog::Embedded(_) => events.max(1),
-            EventLog::Redis(_) => events.div_ceil(PACK_EVENTS / 2).max(1),
+            EventLog::Redis(_) => entry::packed_entries_for(events),
         }
     }
 

@@ -54,12 +54,7 @@ pub struct RangePage {
 /// whole entry, `id` inclusive inside a packed one, `ms-0` inclusive or
 /// `-`) and end (`(ms-0` exclusive or `+`).
 pub(crate) fn bounds(q: &RangeQuery, shard: usize) -> (String, String) {
-    let start = match q
-        .after
-        .get(shard)
-        .and_then(|a| a.as_deref())
-        .and_then(parse_position)
-    {
+    let start = match position(q, shard) {
         Some((id, 0)) => format!("({id}"),
         Some((id, _)) => id.to_owned(),
         None => q
@@ -89,16 +84,19 @@ pub(crate) fn parse_position(p: &str) -> Option<(&str, u32)> {
     Some((id, taken))
 }
 
+/// The position `q` resumes shard `shard` from, parsed.
+fn position(q: &RangeQuery, shard: usize) -> Option<(&str, u32)> {
+    q.after
+        .get(shard)
+        .and_then(|a| a.as_deref())
+        .and_then(parse_position)
+}
+
 /// Drops from the front of `run` (a shard's first read, which starts at
 /// its position's entry when that entry was only partly taken) the events
 /// the position says were taken.
 pub(crate) fn skip_taken(q: &RangeQuery, shard: usize, run: &mut Vec<LogEntry>) {
-    let Some((id, taken)) = q
-        .after
-        .get(shard)
-        .and_then(|a| a.as_deref())
-        .and_then(parse_position)
-    else {
+    let Some((id, taken)) = position(q, shard) else {
         return;
     };
     if taken == 0 {
@@ -106,7 +104,7 @@ pub(crate) fn skip_taken(q: &RangeQuery, shard: usize, run: &mut Vec<LogEntry>) 
     }
     let n = run
         .iter()
-        .take_while(|e| e.entry.id == id && e.part.map_or(0, |p| p.index) < taken)
+        .take_while(|e| &*e.entry.id == id && e.index() < taken)
         .count();
     run.drain(..n);
 }
@@ -132,7 +130,7 @@ pub(crate) fn merge(
         .flat_map(|(shard, run)| {
             run.into_iter().map(move |e| {
                 let (ms, seq) = parse_id(&e.entry.id).unwrap_or((0, 0));
-                (ms, seq, shard, e.part.map_or(0, |p| p.index), e)
+                (ms, seq, shard, e.index(), e)
             })
         })
         .collect();
@@ -144,7 +142,7 @@ pub(crate) fn merge(
     let mut entries = Vec::with_capacity(all.len());
     for (_, _, shard, index, e) in all {
         positions[shard] = Some(if e.ends_entry() {
-            e.entry.id.clone()
+            e.entry.id.to_string()
         } else {
             format!("{}.{}", e.entry.id, index + 1)
         });
@@ -296,7 +294,7 @@ mod tests {
             ],
             true,
         );
-        let ids: Vec<_> = entries.iter().map(|e| e.entry.id.as_str()).collect();
+        let ids: Vec<_> = entries.iter().map(|e| &*e.entry.id).collect();
         assert_eq!(ids, ["5-0", "5-0", "6-1"]);
         assert_eq!(next, Some(vec![Some("5-0".into()), Some("6-1".into())]));
     }
@@ -319,7 +317,7 @@ mod tests {
         let (entries, next) = merge(&q(2, vec![]), vec![shard0.clone(), shard1.clone()], true);
         let got: Vec<_> = entries
             .iter()
-            .map(|e| (e.entry.id.as_str(), e.part.unwrap().index))
+            .map(|e| (&*e.entry.id, e.part.unwrap().index))
             .collect();
         assert_eq!(got, [("5-0", 0), ("5-0", 1)]);
         assert_eq!(next, Some(vec![Some("5-0.2".into()), None]));
@@ -333,7 +331,7 @@ mod tests {
         let (entries, next) = merge(&query, vec![run, shard1], true);
         let got: Vec<_> = entries
             .iter()
-            .map(|e| (e.entry.id.as_str(), e.part.map_or(0, |p| p.index)))
+            .map(|e| (&*e.entry.id, e.part.map_or(0, |p| p.index)))
             .collect();
         assert_eq!(got, [("5-0", 2), ("6-0", 0), ("8-0", 0)]);
         // 5-0 is taken whole now: the position is its id alone (exclusive).

@@ -132,7 +132,7 @@ pub async fn run(
                     .read_pending_after(&config.group, &config.consumer, count, &cursor)
                     .await?;
                 for e in &page {
-                    cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
+                    cursor.insert(e.entry.stream.clone(), e.entry.id.to_string());
                 }
                 if !page.is_empty() {
                     tracing::info!(entries = page.len(), "resuming pending log entries");
@@ -206,8 +206,7 @@ pub async fn run(
                 }
                 // Less than a full page of new entries: nothing more was
                 // there when this read began.
-                let drained =
-                    reading_new && batch.iter().filter(|e| e.ends_entry()).count() < count;
+                let drained = reading_new && LogEntry::entries_in(&batch) < count;
                 if !batch.is_empty() && entries.send(batch).await.is_err() {
                     break;
                 }
@@ -254,7 +253,7 @@ fn advance_cursor(cursor: &mut std::collections::HashMap<Arc<str>, String>, batc
             .get(i + 1)
             .is_none_or(|next| next.entry.stream != e.entry.stream);
         if last_of_stream {
-            cursor.insert(e.entry.stream.clone(), e.entry.id.clone());
+            cursor.insert(e.entry.stream.clone(), e.entry.id.to_string());
         }
     }
 }

@@ -560,7 +560,7 @@ pub async fn run(
                     count,
                 )
                 .await;
-            if matches!(&r, Ok(v) if v.iter().filter(|e| e.ends_entry()).count() < count) {
+            if matches!(&r, Ok(v) if LogEntry::entries_in(v) < count) {
                 last_claim = tokio::time::Instant::now();
                 takeover = false;
                 // The previous holder's entries are all claimed: its last
@@ -965,7 +965,7 @@ impl Mirror {
             page.delivered
                 .into_iter()
                 .map(|(e, _)| e)
-                .filter(|e| failed.is_empty() || !failed.contains(e)),
+                .filter(|e| !failed.contains(e)),
         );
         let mut failed = None;
         for f in page.failures {

@@ -151,7 +151,7 @@ mod tests {
     fn a_rounds_ranges_survive_the_marker_chunks() {
         let entry = |stream: &str, id: &str| EntryRef {
             stream: Arc::from(stream),
-            id: id.to_owned(),
+            id: id.into(),
         };
         let mut entries = vec![
             entry("inkstream:events:writing:3", "1796383861742-12"),

@@ -374,7 +374,7 @@ pub async fn run(
                     batch.push(LogEntry {
                         entry: EntryRef {
                             stream: name,
-                            id: m.offset().to_string(),
+                            id: m.offset().to_string().into(),
                         },
                         event,
                         namespace: super::header_str(&m, super::NAMESPACE_HEADER).map(Arc::from),

@@ -7,6 +7,7 @@ use crate::event_log::entry::{Appended, EntryRef, PACK_EVENTS};
 use crate::event_log::error::LogError;
 use schemas::Event;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Appends one batch of one caller namespace, each event once per namespace
 /// within the dedup window.
@@ -216,7 +217,7 @@ fn place(
     slots: &[usize],
     by_slot: &[Vec<usize>],
     (duplicates, entries): (Vec<usize>, Vec<String>),
-    streams: &[std::sync::Arc<str>],
+    streams: &[Arc<str>],
 ) -> Result<Vec<Appended>, LogError> {
     let bad = |what: &str| LogError::Protocol(format!("append reply: {what}"));
     let sent: usize = by_slot.iter().map(Vec::len).sum();
@@ -227,11 +228,12 @@ fn place(
             .ok_or_else(|| bad("a duplicate's position out of range"))? = true;
     }
     // Every event a duplicate until placed: those not sent stay one.
+    let none: Arc<str> = Arc::from("");
     let mut out: Vec<Appended> = (0..n)
         .map(|i| Appended {
             entry: EntryRef {
                 stream: streams[slots[i]].clone(),
-                id: String::new(),
+                id: none.clone(),
             },
             duplicate: true,
         })
@@ -240,7 +242,7 @@ fn place(
     let mut position = 0;
     for events in by_slot {
         let mut in_entry = PACK_EVENTS;
-        let mut id = String::new();
+        let mut id = none.clone();
         for &i in events {
             position += 1;
             if duplicate[position - 1] {
@@ -249,11 +251,12 @@ fn place(
             if in_entry == PACK_EVENTS {
                 id = entries
                     .next()
-                    .ok_or_else(|| bad("fewer entries than events"))?;
+                    .ok_or_else(|| bad("fewer entries than events"))?
+                    .into();
                 in_entry = 0;
             }
             in_entry += 1;
-            out[i].entry.id.clone_from(&id);
+            out[i].entry.id = id.clone();
             out[i].duplicate = false;
         }
     }
@@ -272,7 +275,7 @@ mod tests {
     /// events fill two entries (16 + 2), slot 1's one event a third.
     #[test]
     fn events_are_placed_in_their_slots_entries_sixteen_at_a_time() {
-        let streams: Vec<std::sync::Arc<str>> = vec!["s0".into(), "s1".into()];
+        let streams: Vec<Arc<str>> = vec!["s0".into(), "s1".into()];
         let n = 21;
         let mut slots = vec![0; n];
         slots[1] = 1;
@@ -285,12 +288,12 @@ mod tests {
             "the batch's copy"
         );
         assert!(out[slot0[1]].duplicate, "stored before");
-        assert_eq!(out[1].entry.id, "e3");
+        assert_eq!(&*out[1].entry.id, "e3");
         assert_eq!(&*out[1].entry.stream, "s1");
         let fresh: Vec<&str> = slot0
             .iter()
             .filter(|&&i| !out[i].duplicate)
-            .map(|&i| out[i].entry.id.as_str())
+            .map(|&i| &*out[i].entry.id)
             .collect();
         assert_eq!(fresh.len(), 18);
         assert!(fresh[..16].iter().all(|id| *id == "e1"));

@@ -415,7 +415,7 @@ impl RedisLog {
             for entry in claimed.ids {
                 let at = EntryRef {
                     stream: stream.clone(),
-                    id: entry.id,
+                    id: entry.id.into(),
                 };
                 entries_of_map(at, &entry.map, &mut out);
             }
@@ -431,7 +431,7 @@ impl RedisLog {
         for e in entries {
             let ids = by_stream.entry(&e.stream).or_default();
             // The events of a packed entry come one after another: its id once.
-            if ids.last() != Some(&e.id.as_str()) {
+            if ids.last() != Some(&&*e.id) {
                 ids.push(&e.id);
             }
         }
@@ -713,7 +713,7 @@ fn entry_of(
     }
     let entry = EntryRef {
         stream: stream.clone(),
-        id,
+        id: id.into(),
     };
     body.into_entries(entry, namespace, out);
     Ok(())
@@ -809,7 +809,7 @@ pub fn events_of_fields(map: &HashMap<String, redis::Value>) -> Vec<Result<Event
     let mut out = Vec::new();
     let entry = EntryRef {
         stream: Arc::from(""),
-        id: String::new(),
+        id: Arc::from(""),
     };
     entries_of_map(entry, map, &mut out);
     out.into_iter().map(|e| e.event).collect()

@@ -2,7 +2,9 @@
 //! category in one pipelined round trip) and XINFO STREAM / GROUPS.
 
 use super::{RedisLog, entries_of_map, unavailable, value_str};
-use crate::event_log::entry::{EntryRef, LogEntry, PACK_EVENTS};
+#[cfg(doc)]
+use crate::event_log::entry::PACK_EVENTS;
+use crate::event_log::entry::{EntryRef, LogEntry, packed_entries_for};
 use crate::event_log::error::LogError;
 use crate::event_log::query::{
     CategoryInfo, GroupInfo, RangeQuery, StreamInfo, bounds, merge, parse_id, skip_taken,
@@ -32,15 +34,15 @@ impl RedisLog {
     /// belong to the page). Evenly spread keys need one round trip; one hot
     /// shard needs a few. Chunks count entries, and a packed entry holds up
     /// to [`PACK_EVENTS`] events: a chunk is an eighth of the events wanted
-    /// (at least 16 entries), so a page decodes about twice its events.
+    /// ([`packed_entries_for`], at least 16 entries), so a page decodes
+    /// about twice its events.
     pub(crate) async fn range_page(
         &self,
         q: &RangeQuery,
     ) -> Result<(Vec<LogEntry>, Option<Vec<Option<String>>>), LogError> {
         let streams = self.category_streams(q.category);
         let n = streams.len();
-        let chunk = ((q.limit + 1).div_ceil(n) * 2)
-            .div_ceil(PACK_EVENTS / 2)
+        let chunk = packed_entries_for((q.limit + 1).div_ceil(n) * 2)
             .max(16)
             .min(q.limit + 1);
         let mut runs: Vec<Vec<LogEntry>> = (0..n).map(|_| Vec::new()).collect();
@@ -48,7 +50,7 @@ impl RedisLog {
         let mut fetch: Vec<usize> = (0..n).collect();
         let key = |e: &LogEntry, shard: usize| {
             let (ms, seq) = parse_id(&e.entry.id).unwrap_or((0, 0));
-            (ms, seq, shard, e.part.map_or(0, |p| p.index))
+            (ms, seq, shard, e.index())
         };
         let mut first = vec![true; n];
         while !fetch.is_empty() {
@@ -75,7 +77,7 @@ impl RedisLog {
                 for (id, map) in run {
                     let at = EntryRef {
                         stream: streams[shard].clone(),
-                        id,
+                        id: id.into(),
                     };
                     entries_of_map(at, &map, &mut events);
                 }

@@ -96,9 +96,14 @@ pub(super) async fn produce(
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for entry in entries {
-        let index = entry.part.map_or(0, |p| p.index);
-        if !cx.attempts.is_empty()
-            && let Some((n, error)) = cx.attempts.get(&attempt_key(&entry.entry, index))
+        let index = entry.index();
+        // Failed permanently before: dead-lettered after its last attempt.
+        let suspect = if cx.attempts.is_empty() {
+            None
+        } else {
+            cx.attempts.get(&attempt_key(&entry.entry, index))
+        };
+        if let Some((n, error)) = suspect
             && *n >= cx.max_attempts
         {
             let (id, value) = dead_letter(entry, error, *n);
@@ -165,8 +170,7 @@ pub(super) async fn produce(
         // partition's whole batch, e.g. one over the topic's
         // `max.message.bytes`): produced alone this time, it is delivered
         // if it is fine, and only the poison one counts another attempt.
-        let isolate =
-            !cx.attempts.is_empty() && cx.attempts.contains_key(&attempt_key(&entry.entry, index));
+        let isolate = suspect.is_some();
         if isolate {
             flush(producer, cx.delivery_timeout.min(ISOLATION_FLUSH));
         }
