@@ -318,6 +318,74 @@ async fn ids_stored_by_the_previous_layout_are_still_duplicates_for_one_window()
 }
 
 #[tokio::test]
+async fn ids_in_the_hash_buckets_of_the_layout_before_sets_are_still_duplicates() {
+    // The layout of 2026-12-04 to 2026-12-06: a hash per namespace and
+    // bucket (`<prefix>:idem:<len>:<ns>:<bucket>`, id → 1), in the current
+    // bucket and in the one before. The default window is 24 h, bucket =
+    // Redis time ÷ window.
+    let prefix = unique("hashes");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Not in the last minute of a bucket: the appends below must fall in
+    // the bucket the hashes are written for (waits past midnight UTC if so).
+    let secs = loop {
+        let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        if secs % 86_400 < 86_400 - 60 {
+            break secs;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let bucket = secs / 86_400;
+    for (b, id) in [(bucket, "in-current"), (bucket - 1, "in-previous")] {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}:idem:3:app:{b}"))
+            .arg(id)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Another namespace's hash is not this one's.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:idem:4:app2:{bucket}"))
+        .arg("theirs")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let log = open(&prefix).await;
+    let batch = [
+        ev("in-current", "writing.keystroke", "u1"),
+        ev("in-previous", "writing.keystroke", "u1"),
+        ev("theirs", "writing.keystroke", "u1"),
+        ev("new", "writing.keystroke", "u1"),
+    ];
+    let dup: Vec<bool> = log
+        .append("app", &batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.duplicate)
+        .collect();
+    assert_eq!(dup, [true, true, false, false]);
+    // What this version stored is remembered in its own sets.
+    let again: Vec<bool> = log
+        .append("app", &batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.duplicate)
+        .collect();
+    assert_eq!(again, [true, true, true, true]);
+    let members: u64 = redis::cmd("SCARD")
+        .arg(format!("{prefix}:ids:3:app:{bucket}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members, 2, "the two new ids, in this bucket's set");
+}
+
+#[tokio::test]
 async fn trimming_never_removes_what_a_required_group_still_needs() {
     let prefix = unique("trim");
     let log = open(&prefix).await;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Redis's own time per event in the append script, alone (docs/BENCHMARKS.md,
-"Packed entries"). Not part of the test command.
+"Packed entries" and "Sets for the dedup buckets"). Not part of the test
+command.
 
 Loads APPEND_SCRIPT from connectors/src/event_log/redis/append.rs into a
 redis-server, calls it CALLS times with N fresh events (101-byte bodies) over
@@ -30,14 +31,13 @@ body = b"\xc8\x01" + os.urandom(100)  # an Avro `bytes` length (100), then 100 b
 r.config_resetstat()
 started = time.time()
 for call in range(CALLS):
-    keys = [f"{prefix}:idem:3:app:", f"{prefix}:idem:legacy-until"]
+    keys = [f"{prefix}:ids:3:app:", f"{prefix}:idem:legacy-until", f"{prefix}:idem:3:app:"]
     keys += [f"{prefix}:events:writing:{s}" for s in range(8)]
     slots = [i % 8 for i in range(N)]
     order = sorted(range(N), key=lambda i: slots[i])
     counts = [slots.count(s) for s in range(8)]
     args = [86_400_000, "app", f"{prefix}:dedup:app:", N, 16, 8] + counts
-    for i in order:
-        args += [f"c{call}-e{i:05d}", 1]
+    args += [f"c{call}-e{i:05d}" for i in order]
     args += [body] * N
     duplicates, entries = r.evalsha(sha, len(keys), *keys, *args)
     assert not duplicates and len(entries) == 8 * -(-N // 8 // 16), (len(duplicates), len(entries))

@@ -37,6 +37,11 @@ B="${INKSTREAM_BIN:-./target/release/inkstream}"
 PERF=./target/release/examples/produce_perf
 N="${N:-500000}"
 E2E_RUNS="${E2E_RUNS:-3}"
+# Concurrent ingest connections of every throughput row. Four: with two, each
+# connection's request waits for its own append before the next is parsed,
+# so Redis and the server take turns instead of working at once (2 vs 4 on
+# fresh servers, alternated: docs/BENCHMARKS.md "Four connections").
+CONNS="${CONNS:-4}"
 E2E_SECONDS="${E2E_SECONDS:-10}"
 SECTIONS="${SECTIONS:-1 2 3 4}"   # a subset for quick loops, e.g. SECTIONS=1 (the record is all four)
 on() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -141,20 +146,34 @@ caught_up() {
 declare -A R   # the summary
 
 if on 1; then
-echo "== 1. durable ingest into Redis vs the XADD ceiling (N=$N)"
+echo "== 1. durable ingest into Redis vs the XADD ceiling (N=$N, $CONNS connections)"
 start_redis
 payload=$(head -c 67 /dev/zero | tr '\0' 'x')
 ceiling_line=$(redis-benchmark -p "$RP" -n $(( N * 4 )) -P 64 -q XADD bench:s '*' type writing.keystroke id e-0000000001 event "$payload" | tr '\r' '\n' | grep 'requests per second' | tail -1)
 echo "redis-benchmark -P 64 XADD: $ceiling_line"
 R[xadd]=$(echo "$ceiling_line" | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | cut -d. -f1)
 redis-cli -p "$RP" del bench:s >/dev/null
+# SEED_PREVIOUS=K: the namespace's previous dedup bucket holds K ids, as in
+# a deployment after its first window (on a fresh Redis the append has no
+# previous bucket to look in). SEED_LAYOUT=hash seeds the bucket layout of
+# the binaries before 2026-12-06 (hashes) instead of sets.
+if [ -n "${SEED_PREVIOUS:-}" ]; then
+  if [ "${SEED_LAYOUT:-set}" = hash ]; then key=inkstream:idem:9:app:bench:; add="redis.call('HSET', KEYS[1] .. b, unpack(m))"; two=1
+  else key=inkstream:ids:9:app:bench:; add="redis.call('SADD', KEYS[1] .. b, unpack(m))"; two=0; fi
+  redis-cli -p "$RP" eval "local b = math.floor(tonumber(redis.call('TIME')[1]) / 86400) - 1
+    for i = 1, tonumber(ARGV[1]), 1000 do local m = {}
+      for j = i, math.min(i + 999, tonumber(ARGV[1])) do
+        m[#m + 1] = 'seed-' .. j; if ARGV[2] == '1' then m[#m + 1] = '1' end end
+      $add end" 1 "$key" "$SEED_PREVIOUS" "$two" >/dev/null
+  echo "the previous dedup bucket of app:bench seeded with $SEED_PREVIOUS ids (${SEED_LAYOUT:-set}s)"
+fi
 start_serve redis --redis-url "redis://127.0.0.1:$RP"
 redis-cli -p "$RP" config resetstat >/dev/null
 # Redis's CPU instructions over the load and the dataflow's reading of it:
 # unlike commandstats' µs, not inflated when the shared cores preempt Redis.
 rpid=$(redis-cli -p "$RP" info server | tr -d '\r' | sed -n 's/^process_id://p')
 perf stat -e task-clock -x, -p "$rpid" -o "$work/redis.perf" & PERFPID=$!
-line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections "$CONNS")
 echo "HTTP batch: $line"; R[redis_batch]=$(echo "$line" | eps)
 # Let the dataflow read and acknowledge what was ingested, then Redis's time per event.
 caught_up "$N"
@@ -165,7 +184,7 @@ redis-cli -p "$RP" info commandstats | tr -d '\r' | awk -F'[:=,]' -v n="$N" '
   /^cmdstat_/ { name=substr($1,9); usec=$5; calls=$3; total+=usec;
                 if (usec/n >= 0.01) printf "  %-12s %8.2f µs/event  (%d calls)\n", name, usec/n, calls }
   END { printf "  (wall µs, inflated when Redis is preempted; commands a script runs count in evalsha and again under their own name)\n" }'
-line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --connections 2)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --connections "$CONNS")
 echo "/ws/ingest: $line"; R[redis_ws]=$(echo "$line" | eps)
 caught_up $(( 2 * N ))
 # A run into an empty Redis is faster than any run after it (four HTTP runs
@@ -173,7 +192,7 @@ caught_up $(( 2 * N ))
 # hold the earlier runs' events), so /ws/ingest, which runs second, is
 # compared with HTTP runs on either side of it: the mean of the first (an
 # empty Redis) and this one (twice the entries /ws/ingest found).
-line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections "$CONNS")
 echo "HTTP batch again, after /ws/ingest: $line"; R[redis_batch2]=$(echo "$line" | eps)
 R[redis_bracket]=$(( (R[redis_batch] + R[redis_batch2]) / 2 ))
 R[rss_redis]=$(peak_rss_mb)
@@ -240,13 +259,13 @@ stop_serve; stop_kafka; stop_redis "$RP"
 fi
 
 if on 2; then
-echo "== 2. embedded ingest"
+echo "== 2. embedded ingest ($CONNS connections)"
 start_serve embedded
-line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections "$CONNS")
 echo "HTTP batch, fresh process: $line"; R[emb_fresh]=$(echo "$line" | eps)
-line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections 2)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode batch --events "$N" --batch 1000 --connections "$CONNS")
 echo "HTTP batch, warm: $line"; R[emb_warm]=$(echo "$line" | eps)
-line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --connections 2)
+line=$("$B" load --addr "127.0.0.1:$HP" --mode ws --events "$N" --batch 1000 --connections "$CONNS")
 echo "/ws/ingest: $line"; R[emb_ws]=$(echo "$line" | eps)
 R[rss_emb]=$(peak_rss_mb)
 stop_serve

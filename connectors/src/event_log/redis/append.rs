@@ -2,7 +2,7 @@
 //! caller namespace and dedup window, in packed entries (see the module docs
 //! of [`super`], "Appends").
 
-use super::{RedisLog, dedup_prefix, legacy_marker, unavailable};
+use super::{RedisLog, dedup_prefix, hash_dedup_prefix, legacy_marker, unavailable};
 use crate::event_log::entry::{Appended, EntryRef, PACK_EVENTS};
 use crate::event_log::error::LogError;
 use schemas::Event;
@@ -12,31 +12,35 @@ use std::sync::Arc;
 /// Appends one batch of one caller namespace, each event once per namespace
 /// within the dedup window.
 ///
-/// KEYS: 1 the namespace's dedup key prefix (`<prefix>:idem:<len>:<ns>:`,
-/// the bucket number is appended here), 2 the legacy-until marker, 3.. the
-/// streams the batch touches (one *slot* each).
+/// KEYS: 1 the namespace's dedup key prefix (`<prefix>:ids:<len>:<ns>:`, the
+/// bucket number is appended here: a set of ids), 2 the legacy-until
+/// marker, 3 the prefix of the namespace's buckets of the layout before
+/// (`<prefix>:idem:<len>:<ns>:`, hashes: looked up while they exist), 4..
+/// the streams the batch touches (one *slot* each).
 /// ARGV: window_ms, ns, the namespace's legacy key prefix
 /// (`<prefix>:dedup:<ns>:`), n, the most events per entry, the number of
-/// slots, then the number of events of each slot; then per event its id and
-/// `1` (the pairs HSET records), grouped by slot in batch order; then per
-/// event, in the same order, its Avro body framed as Avro `bytes`. The ids
-/// of one batch are distinct (the caller drops a batch's later copies).
+/// slots, then the number of events of each slot; then per event its id,
+/// grouped by slot in batch order; then per event, in the same order, its
+/// Avro body framed as Avro `bytes`. The ids of one batch are distinct (the
+/// caller drops a batch's later copies).
 ///
 /// The new events of each slot are packed, in order, into entries of up to
 /// ARGV[5] events (fields `ns` and `events`, the framed bodies one after
 /// another): one XADD per entry. When no event of the batch is a duplicate
 /// (the usual case) the script hands ranges of its arguments to Redis as
-/// they are (`table.concat` for an entry's bodies, `unpack` for HSET)
-/// instead of building tables event by event: Lua's cost per event, not
-/// Redis's, was most of an append (docs/BENCHMARKS.md "Packed entries").
+/// they are (`table.concat` for an entry's bodies, `unpack` for SMISMEMBER
+/// and SADD) instead of building tables event by event: Lua's cost per
+/// event, not Redis's, was most of an append (docs/BENCHMARKS.md "Packed
+/// entries"), and a set costs Redis less per id than a hash field
+/// ("Sets for the dedup buckets").
 ///
 /// Returns `{duplicates, entries}`: the positions (from 1, in the order
 /// sent) of the events already stored, and the new entry ids, slot by slot
 /// and in order within a slot.
 ///
 /// Redis's clock (TIME) picks the bucket, so every instance agrees on it.
-/// The dedup keys are derived here from KEYS[1]: like the streams of one
-/// batch, they must live on one Redis (no cluster).
+/// The dedup keys are derived here from KEYS[1] and KEYS[3]: like the
+/// streams of one batch, they must live on one Redis (no cluster).
 const APPEND_SCRIPT: &str = r#"
 local window = tonumber(ARGV[1])
 local ns = ARGV[2]
@@ -44,30 +48,35 @@ local n = tonumber(ARGV[4])
 local pack = tonumber(ARGV[5])
 local nslots = tonumber(ARGV[6])
 local P = 6 + nslots
-local B = P + 2 * n
+local B = P + n
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local bucket = math.floor(now / window)
 local cur = KEYS[1] .. bucket
-local prev = KEYS[1] .. (bucket - 1)
-local legacy = tonumber(redis.call('GET', KEYS[2]) or '0') > now
-local ids = {}
-for i = 1, n do ids[i] = ARGV[P + 2 * i - 1] end
+local look = {{'SMISMEMBER', cur}}
+local function also(command, key)
+  if redis.call('EXISTS', key) == 1 then look[#look + 1] = {command, key} end
+end
+also('SMISMEMBER', KEYS[1] .. (bucket - 1))
+also('HMGET', KEYS[3] .. bucket)
+also('HMGET', KEYS[3] .. (bucket - 1))
 local dup, ndup = {}, 0
 for from = 1, n, 1000 do
   local to = math.min(from + 999, n)
-  local c = redis.call('HMGET', cur, unpack(ids, from, to))
-  local p = redis.call('HMGET', prev, unpack(ids, from, to))
-  for j = 1, to - from + 1 do
-    if c[j] or p[j] then
-      dup[from + j - 1] = true
-      ndup = ndup + 1
+  for _, l in ipairs(look) do
+    local found = redis.call(l[1], l[2], unpack(ARGV, P + from, P + to))
+    for j = 1, to - from + 1 do
+      local f = found[j]
+      if f and f ~= 0 and not dup[from + j - 1] then
+        dup[from + j - 1] = true
+        ndup = ndup + 1
+      end
     end
   end
 end
-if legacy then
+if tonumber(redis.call('GET', KEYS[2]) or '0') > now then
   for i = 1, n do
-    if not dup[i] and redis.call('EXISTS', ARGV[3] .. ids[i]) == 1 then
+    if not dup[i] and redis.call('EXISTS', ARGV[3] .. ARGV[P + i]) == 1 then
       dup[i] = true
       ndup = ndup + 1
     end
@@ -80,7 +89,7 @@ end
 local first = 1
 for s = 1, nslots do
   local last = first + tonumber(ARGV[6 + s]) - 1
-  local key = KEYS[2 + s]
+  local key = KEYS[3 + s]
   local clean = true
   if ndup > 0 then
     for i = first, last do
@@ -110,19 +119,16 @@ for s = 1, nslots do
   first = last + 1
 end
 if ndup == 0 then
-  for from = 1, 2 * n, 2000 do
-    redis.call('HSET', cur, unpack(ARGV, P + from, P + math.min(from + 1999, 2 * n)))
+  for from = 1, n, 1000 do
+    redis.call('SADD', cur, unpack(ARGV, P + from, P + math.min(from + 999, n)))
   end
 elseif ndup < n then
   local fresh = {}
   for i = 1, n do
-    if not dup[i] then
-      fresh[#fresh + 1] = ids[i]
-      fresh[#fresh + 1] = '1'
-    end
+    if not dup[i] then fresh[#fresh + 1] = ARGV[P + i] end
   end
-  for from = 1, #fresh, 2000 do
-    redis.call('HSET', cur, unpack(fresh, from, math.min(from + 1999, #fresh)))
+  for from = 1, #fresh, 1000 do
+    redis.call('SADD', cur, unpack(fresh, from, math.min(from + 999, #fresh)))
   end
 end
 if ndup < n then
@@ -172,7 +178,8 @@ impl RedisLog {
         let mut invocation = SCRIPT.prepare_invoke();
         invocation
             .key(dedup_prefix(&self.prefix, app))
-            .key(legacy_marker(&self.prefix));
+            .key(legacy_marker(&self.prefix))
+            .key(hash_dedup_prefix(&self.prefix, app));
         for &s in &used {
             invocation.key(&*self.streams[s]);
         }
@@ -187,7 +194,7 @@ impl RedisLog {
             invocation.arg(events.len());
         }
         for &i in by_slot.iter().flatten() {
-            invocation.arg(&events[i].id).arg(1);
+            invocation.arg(&events[i].id);
         }
         let mut body = Vec::with_capacity(256);
         for &i in by_slot.iter().flatten() {

@@ -14,13 +14,17 @@
 //!
 //! **Appends** are one round trip per batch: one Lua script call
 //! (`append.rs`) that stores each event once per caller namespace and
-//! dedup window. Ids are remembered in hashes per namespace and time bucket
-//! (`<prefix>:idem:<len(ns)>:<ns>:<bucket>`, bucket = Redis time ÷ window):
+//! dedup window. Ids are remembered in sets per namespace and time bucket
+//! (`<prefix>:ids:<len(ns)>:<ns>:<bucket>`, bucket = Redis time ÷ window):
 //! the script looks the batch's ids up in the current and the previous
-//! bucket (two HMGETs per batch), XADDs the new ones (one XADD per packed
-//! entry) and records them in the current bucket (one HSET per batch). A bucket expires as a whole at
-//! the end of the bucket after it, so an id is remembered at least one
-//! window and at most two. The namespace is length-prefixed in the key, so
+//! bucket (one SMISMEMBER each per batch, the previous one only if it
+//! exists), XADDs the new ones (one XADD per packed entry) and records them
+//! in the current bucket (one SADD per batch). A bucket expires as a whole
+//! at the end of the bucket after it, so an id is remembered at least one
+//! window and at most two. From 2026-12-04 to 2026-12-06 the buckets were
+//! hashes (`<prefix>:idem:…`, id → `1`: a set costs Redis less per id);
+//! while such a bucket exists (at most two windows after the upgrade) it is
+//! looked up too. The namespace is length-prefixed in the key, so
 //! no namespace (partly chosen by callers) can reach another's ids. The
 //! script runs atomically, so a crash can never leave an id recorded
 //! without its event or an event without its id; a retried batch after a
@@ -594,10 +598,17 @@ impl RedisLog {
 /// cannot tell a group's lag (a lower bound beyond it).
 const LAG_COUNT_CAP: u64 = 10_000;
 
-/// The key prefix of namespace `ns`'s dedup buckets: the namespace is
-/// length-prefixed, so no namespace (which the caller partly chooses) can
-/// produce another's keys, whatever characters it holds.
+/// The key prefix of namespace `ns`'s dedup buckets (sets of ids): the
+/// namespace is length-prefixed, so no namespace (which the caller partly
+/// chooses) can produce another's keys, whatever characters it holds.
 fn dedup_prefix(prefix: &str, ns: &str) -> String {
+    format!("{prefix}:ids:{}:{ns}:", ns.len())
+}
+
+/// The same for the buckets of the layout before sets (2026-12-04 to
+/// 2026-12-06: hashes, id → `1`), still looked up while they exist (at most
+/// two windows after an upgrade).
+fn hash_dedup_prefix(prefix: &str, ns: &str) -> String {
     format!("{prefix}:idem:{}:{ns}:", ns.len())
 }
 
