@@ -42,6 +42,10 @@ E2E_RUNS="${E2E_RUNS:-3}"
 # so Redis and the server take turns instead of working at once (2 vs 4 on
 # fresh servers, alternated: docs/BENCHMARKS.md "Four connections").
 CONNS="${CONNS:-4}"
+# The broker runs with the JVM settings Apache Kafka ships (G1, 1 GiB), not
+# the suite's small serial-GC heap (tests/kafka/broker.sh; KAFKA_JVM=suite
+# for that one): docs/BENCHMARKS.md "The broker's collector".
+export KAFKA_JVM="${KAFKA_JVM:-shipped}"
 E2E_SECONDS="${E2E_SECONDS:-10}"
 SECTIONS="${SECTIONS:-1 2 3 4}"   # a subset for quick loops, e.g. SECTIONS=1 (the record is all four)
 on() { [[ " $SECTIONS " == *" $1 "* ]]; }

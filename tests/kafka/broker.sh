@@ -16,7 +16,11 @@
 #                                   org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
 #                                   (kafka-consumer-groups.sh); warnings only
 #
-# Environment: KAFKA_HEAP (default 512m), INKSTREAM_CACHE (~/.cache/inkstream).
+# Environment: KAFKA_HEAP (default 512m), INKSTREAM_CACHE (~/.cache/inkstream),
+# KAFKA_JVM=shipped for the JVM settings Apache Kafka's own start scripts
+# use (1 GiB heap, G1 with 20 ms pause goal: what the benchmarks run; the
+# suite's default is a small serial-GC heap, whose full collections pause
+# the broker ~100 ms, docs/BENCHMARKS.md "The broker's collector").
 #
 # A second listener with SASL_SSL (SCRAM-SHA-512 over TLS), when
 # KAFKA_SASL_SSL_PORT is set (for `run`; `format` adds the user):
@@ -56,8 +60,15 @@ fetch() {
 }
 
 java_opts() {
-  echo "-Xms128m -Xmx${KAFKA_HEAP:-512m} -XX:+UseSerialGC -Djava.awt.headless=true" \
-       "-Dlog4j2.configurationFile=$here/log4j2.properties"
+  if [ "${KAFKA_JVM:-}" = shipped ]; then
+    # kafka-server-start.sh's KAFKA_HEAP_OPTS and kafka-run-class.sh's
+    # KAFKA_JVM_PERFORMANCE_OPTS.
+    echo "-Xms1G -Xmx1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35" \
+         "-XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15"
+  else
+    echo "-Xms128m -Xmx${KAFKA_HEAP:-512m} -XX:+UseSerialGC"
+  fi
+  echo "-Djava.awt.headless=true -Dlog4j2.configurationFile=$here/log4j2.properties"
 }
 
 write_properties() { # dir port cport
