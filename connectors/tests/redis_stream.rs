@@ -336,23 +336,20 @@ async fn ids_in_the_hash_buckets_of_the_layout_before_sets_are_still_duplicates(
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let bucket = secs / 86_400;
-    for (b, id) in [(bucket, "in-current"), (bucket - 1, "in-previous")] {
+    for (key, id) in [
+        (format!("{prefix}:idem:3:app:{bucket}"), "in-current"),
+        (format!("{prefix}:idem:3:app:{}", bucket - 1), "in-previous"),
+        // Another namespace's hash is not this one's.
+        (format!("{prefix}:idem:4:app2:{bucket}"), "theirs"),
+    ] {
         let _: () = redis::cmd("HSET")
-            .arg(format!("{prefix}:idem:3:app:{b}"))
+            .arg(key)
             .arg(id)
             .arg(1)
             .query_async(&mut conn)
             .await
             .unwrap();
     }
-    // Another namespace's hash is not this one's.
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{prefix}:idem:4:app2:{bucket}"))
-        .arg("theirs")
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     let log = open(&prefix).await;
     let batch = [
         ev("in-current", "writing.keystroke", "u1"),
@@ -360,22 +357,13 @@ async fn ids_in_the_hash_buckets_of_the_layout_before_sets_are_still_duplicates(
         ev("theirs", "writing.keystroke", "u1"),
         ev("new", "writing.keystroke", "u1"),
     ];
-    let dup: Vec<bool> = log
-        .append("app", &batch)
-        .await
-        .unwrap()
-        .iter()
-        .map(|a| a.duplicate)
-        .collect();
-    assert_eq!(dup, [true, true, false, false]);
+    let duplicates = async || -> Vec<bool> {
+        let appended = log.append("app", &batch).await.unwrap();
+        appended.iter().map(|a| a.duplicate).collect()
+    };
+    assert_eq!(duplicates().await, [true, true, false, false]);
     // What this version stored is remembered in its own sets.
-    let again: Vec<bool> = log
-        .append("app", &batch)
-        .await
-        .unwrap()
-        .iter()
-        .map(|a| a.duplicate)
-        .collect();
+    let again = duplicates().await;
     assert_eq!(again, [true, true, true, true]);
     let members: u64 = redis::cmd("SCARD")
         .arg(format!("{prefix}:ids:3:app:{bucket}"))
