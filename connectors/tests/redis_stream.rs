@@ -318,8 +318,8 @@ async fn ids_stored_by_the_previous_layout_are_still_duplicates_for_one_window()
 }
 
 #[tokio::test]
-async fn ids_in_the_hash_buckets_of_the_layout_before_sets_are_still_duplicates() {
-    // The layout of 2026-12-04 to 2026-12-06: a hash per namespace and
+async fn ids_in_the_previous_set_and_in_the_hash_buckets_of_the_layout_before_are_duplicates() {
+    // The layout of 2026-12-03 to 2026-12-06: a hash per namespace and
     // bucket (`<prefix>:idem:<len>:<ns>:<bucket>`, id → 1), in the current
     // bucket and in the one before. The default window is 24 h, bucket =
     // Redis time ÷ window.
@@ -350,21 +350,29 @@ async fn ids_in_the_hash_buckets_of_the_layout_before_sets_are_still_duplicates(
             .await
             .unwrap();
     }
+    // The previous bucket in this layout (a set) is looked up too.
+    let _: () = redis::cmd("SADD")
+        .arg(format!("{prefix}:ids:3:app:{}", bucket - 1))
+        .arg("in-previous-set")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let log = open(&prefix).await;
     let batch = [
         ev("in-current", "writing.keystroke", "u1"),
         ev("in-previous", "writing.keystroke", "u1"),
         ev("theirs", "writing.keystroke", "u1"),
         ev("new", "writing.keystroke", "u1"),
+        ev("in-previous-set", "writing.keystroke", "u1"),
     ];
     let duplicates = async || -> Vec<bool> {
         let appended = log.append("app", &batch).await.unwrap();
         appended.iter().map(|a| a.duplicate).collect()
     };
-    assert_eq!(duplicates().await, [true, true, false, false]);
+    assert_eq!(duplicates().await, [true, true, false, false, true]);
     // What this version stored is remembered in its own sets.
     let again = duplicates().await;
-    assert_eq!(again, [true, true, true, true]);
+    assert_eq!(again, [true; 5]);
     let members: u64 = redis::cmd("SCARD")
         .arg(format!("{prefix}:ids:3:app:{bucket}"))
         .query_async(&mut conn)

@@ -40,7 +40,7 @@ E2E_RUNS="${E2E_RUNS:-3}"
 # Concurrent ingest connections of every throughput row. Four: with two, each
 # connection's request waits for its own append before the next is parsed,
 # so Redis and the server take turns instead of working at once (2 vs 4 on
-# fresh servers, alternated: docs/BENCHMARKS.md "Four connections").
+# fresh servers, alternated: docs/BENCHMARKS.md "Sets for the dedup buckets, four connections").
 CONNS="${CONNS:-4}"
 # The broker runs with the JVM settings Apache Kafka ships (G1, 1 GiB), not
 # the suite's small serial-GC heap (tests/kafka/broker.sh; KAFKA_JVM=suite
@@ -162,14 +162,18 @@ redis-cli -p "$RP" del bench:s >/dev/null
 # previous bucket to look in). SEED_LAYOUT=hash seeds the bucket layout of
 # the binaries before 2026-12-06 (hashes) instead of sets.
 if [ -n "${SEED_PREVIOUS:-}" ]; then
-  if [ "${SEED_LAYOUT:-set}" = hash ]; then key=inkstream:idem:9:app:bench:; add="redis.call('HSET', KEYS[1] .. b, unpack(m))"; two=1
-  else key=inkstream:ids:9:app:bench:; add="redis.call('SADD', KEYS[1] .. b, unpack(m))"; two=0; fi
-  redis-cli -p "$RP" eval "local b = math.floor(tonumber(redis.call('TIME')[1]) / 86400) - 1
+  case "${SEED_LAYOUT:-set}" in
+    hash) key=inkstream:idem:9:app:bench:; add=HSET; count=HLEN; two=1 ;;
+    set) key=inkstream:ids:9:app:bench:; add=SADD; count=SCARD; two=0 ;;
+    *) echo "SEED_LAYOUT must be set or hash" >&2; exit 1 ;;
+  esac
+  seeded=$(redis-cli -p "$RP" eval "local b = math.floor(tonumber(redis.call('TIME')[1]) / 86400) - 1
     for i = 1, tonumber(ARGV[1]), 1000 do local m = {}
       for j = i, math.min(i + 999, tonumber(ARGV[1])) do
         m[#m + 1] = 'seed-' .. j; if ARGV[2] == '1' then m[#m + 1] = '1' end end
-      $add end" 1 "$key" "$SEED_PREVIOUS" "$two" >/dev/null
-  echo "the previous dedup bucket of app:bench seeded with $SEED_PREVIOUS ids (${SEED_LAYOUT:-set}s)"
+      redis.call('$add', KEYS[1] .. b, unpack(m)) end
+    return redis.call('$count', KEYS[1] .. b)" 1 "$key" "$SEED_PREVIOUS" "$two")
+  echo "the previous dedup bucket of app:bench holds $seeded ids (layout: ${SEED_LAYOUT:-set})"
 fi
 start_serve redis --redis-url "redis://127.0.0.1:$RP"
 redis-cli -p "$RP" config resetstat >/dev/null

@@ -18,9 +18,10 @@
 #
 # Environment: KAFKA_HEAP (default 512m), INKSTREAM_CACHE (~/.cache/inkstream),
 # KAFKA_JVM=shipped for the JVM settings Apache Kafka's own start scripts
-# use (1 GiB heap, G1 with 20 ms pause goal: what the benchmarks run; the
-# suite's default is a small serial-GC heap, whose full collections pause
-# the broker ~100 ms, docs/BENCHMARKS.md "The broker's collector").
+# use (1 GiB heap, G1 with a 20 ms pause goal; KAFKA_HEAP is then not
+# read). The benchmarks run those; the suite's default is a small
+# serial-GC heap, whose full collections pause the broker ~100 ms
+# (docs/BENCHMARKS.md "The broker's collector").
 #
 # A second listener with SASL_SSL (SCRAM-SHA-512 over TLS), when
 # KAFKA_SASL_SSL_PORT is set (for `run`; `format` adds the user):

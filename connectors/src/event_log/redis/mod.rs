@@ -21,7 +21,7 @@
 //! exists), XADDs the new ones (one XADD per packed entry) and records them
 //! in the current bucket (one SADD per batch). A bucket expires as a whole
 //! at the end of the bucket after it, so an id is remembered at least one
-//! window and at most two. From 2026-12-04 to 2026-12-06 the buckets were
+//! window and at most two. From 2026-12-03 to 2026-12-06 the buckets were
 //! hashes (`<prefix>:idem:…`, id → `1`: a set costs Redis less per id);
 //! while such a bucket exists (at most two windows after the upgrade) it is
 //! looked up too. The namespace is length-prefixed in the key, so
@@ -605,7 +605,7 @@ fn dedup_prefix(prefix: &str, ns: &str) -> String {
     format!("{prefix}:ids:{}:{ns}:", ns.len())
 }
 
-/// The same for the buckets of the layout before sets (2026-12-04 to
+/// The same for the buckets of the layout before sets (2026-12-03 to
 /// 2026-12-06: hashes, id → `1`), still looked up while they exist (at most
 /// two windows after an upgrade).
 fn hash_dedup_prefix(prefix: &str, ns: &str) -> String {
