@@ -30,10 +30,18 @@ async fn xlen(stream: &str) -> u64 {
         .unwrap()
 }
 
-async fn open(prefix: &str) -> EventLog {
+fn config(prefix: &str) -> RedisLogConfig {
     let mut config = RedisLogConfig::new(redis_url());
     config.prefix = prefix.into();
-    EventLog::Redis(RedisLog::connect(&config).await.expect("connect to redis"))
+    config
+}
+
+async fn open_with(config: &RedisLogConfig) -> EventLog {
+    EventLog::Redis(RedisLog::connect(config).await.expect("connect to redis"))
+}
+
+async fn open(prefix: &str) -> EventLog {
+    open_with(&config(prefix)).await
 }
 
 #[tokio::test]
@@ -321,21 +329,16 @@ async fn ids_stored_by_the_previous_layout_are_still_duplicates_for_one_window()
 async fn ids_in_the_previous_set_and_in_the_hash_buckets_of_the_layout_before_are_duplicates() {
     // The layout of 2026-12-03 to 2026-12-06: a hash per namespace and
     // bucket (`<prefix>:idem:<len>:<ns>:<bucket>`, id → 1), in the current
-    // bucket and in the one before. The default window is 24 h, bucket =
-    // Redis time ÷ window.
+    // bucket and in the one before; bucket = Redis time ÷ window. A window
+    // as long as Redis's clock now puts every append of this test in
+    // bucket 1 (for decades), with bucket 0 before it: no bucket boundary
+    // can fall between writing the buckets and appending.
     let prefix = unique("hashes");
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    // Not in the last minute of a bucket: the appends below must fall in
-    // the bucket the hashes are written for (waits past midnight UTC if so).
-    let secs = loop {
-        let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-        if secs % 86_400 < 86_400 - 60 {
-            break secs;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    let bucket = secs / 86_400;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let window = Duration::from_millis(secs * 1000 + micros / 1000);
+    let bucket = 1;
     for (key, id) in [
         (format!("{prefix}:idem:3:app:{bucket}"), "in-current"),
         (format!("{prefix}:idem:3:app:{}", bucket - 1), "in-previous"),
@@ -357,7 +360,9 @@ async fn ids_in_the_previous_set_and_in_the_hash_buckets_of_the_layout_before_ar
         .query_async(&mut conn)
         .await
         .unwrap();
-    let log = open(&prefix).await;
+    let mut config = config(&prefix);
+    config.dedup_window = window;
+    let log = open_with(&config).await;
     let batch = [
         ev("in-current", "writing.keystroke", "u1"),
         ev("in-previous", "writing.keystroke", "u1"),
