@@ -5,6 +5,7 @@
 //! app developer can fix the call from the message alone.
 
 mod envelope;
+pub(crate) mod flat;
 
 pub use crate::decode_error::DecodeError;
 use crate::decode_error::describe;
@@ -663,5 +664,44 @@ mod tests {
         let err = decode(r#"{"type":"system.error","ts":1,"words":3}"#).unwrap_err();
         assert_eq!(err.code, "unknown_field");
         assert_eq!(err.field.as_deref(), Some("words"));
+    }
+
+    /// The scan takes an envelope that ends with two closing braces to end
+    /// with `data`; whatever follows `data` instead is still refused (or
+    /// read) exactly as serde reads the whole envelope.
+    #[test]
+    fn keys_after_data_are_read_as_serde_reads_them() {
+        let base = r#"{"id":"e1","type":"writing.keystroke","ts":1,"user_id":"u1","data":{"keystrokes":1,"words":1,"chars":1}"#;
+        // What the slow path alone (a serde parse of the whole text) says.
+        let slow = |text: &str| {
+            let value: Value = serde_json::from_str(text).map_err(json_error)?;
+            decode_value(value, &Limits::default())
+        };
+        for tail in [
+            r#","extra":{}}"#,
+            r#","data":{}}"#,
+            r#","data":{"words":1}}"#,
+            "}",
+        ] {
+            let text = format!("{base}{tail}");
+            assert_eq!(
+                format!("{:?}", decode(&text)),
+                format!("{:?}", slow(&text)),
+                "{text}"
+            );
+        }
+        let err = decode(&format!(r#"{base},"extra":{{}}}}"#)).unwrap_err();
+        assert_eq!(err.code, "unknown_field");
+        assert_eq!(err.field.as_deref(), Some("extra"));
+        let later = r#"{"data":{"keystrokes":1,"words":1,"chars":1},"id":"e1","type":"writing.keystroke","ts":1,"user_id":"u1"}"#;
+        assert_eq!(
+            decode(later).unwrap(),
+            decode(&format!("{base}}}")).unwrap()
+        );
+        let nested = r#"{"type":"collaboration.comment_added","ts":1,"user_id":"u1","document_id":"d1","data":{"comment_id":"c1","paragraph":3,"mentions":["u2"]}}"#;
+        match decode(nested).unwrap().data {
+            crate::Payload::CollaborationCommentAdded(c) => assert_eq!(c.mentions, ["u2"]),
+            other => panic!("decoded as {other:?}"),
+        }
     }
 }

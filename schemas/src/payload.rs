@@ -841,6 +841,37 @@ macro_rules! payloads {
             ) -> Option<Result<Payload, serde_json::Error>> {
                 Some(match type_name {
                     $(concat!(stringify!($cat), ".", stringify!($name)) => {
+                        // The plain shape by the small reader, anything
+                        // else (and every error) by serde_json.
+                        match crate::json::flat::parse::<$ty>(json) {
+                            Some(p) => Ok(Payload::$variant(p.into())),
+                            None => serde_json::from_str(json).map(|p: $ty| Payload::$variant(p.into())),
+                        }
+                    })*
+                    _ => return None,
+                })
+            }
+
+            /// [`Payload::from_json`]'s plain reader alone: `None` inside
+            /// when it leaves the text to serde_json.
+            #[cfg(test)]
+            pub(crate) fn from_flat(type_name: &str, json: &str) -> Option<Option<Payload>> {
+                Some(match type_name {
+                    $(concat!(stringify!($cat), ".", stringify!($name)) => {
+                        crate::json::flat::parse::<$ty>(json).map(|p| Payload::$variant(p.into()))
+                    })*
+                    _ => return None,
+                })
+            }
+
+            /// [`Payload::from_json`] by serde_json alone.
+            #[cfg(test)]
+            pub(crate) fn from_json_serde(
+                type_name: &str,
+                json: &str,
+            ) -> Option<Result<Payload, serde_json::Error>> {
+                Some(match type_name {
+                    $(concat!(stringify!($cat), ".", stringify!($name)) => {
                         serde_json::from_str(json).map(|p: $ty| Payload::$variant(p.into()))
                     })*
                     _ => return None,
