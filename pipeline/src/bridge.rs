@@ -249,7 +249,7 @@ fn feed<S: DerivedSink>(
 ) -> Vec<EntryRef> {
     let mut done = Vec::new();
     let mut dead = Vec::new();
-    let mut events: Vec<(Option<u32>, Option<u64>, schemas::Event)> =
+    let mut events: Vec<(Option<u32>, Option<u64>, Arc<schemas::Event>)> =
         Vec::with_capacity(batch.len());
     // The batch's streams, each named once (see `InputDriver::push_parted`).
     let mut parts: Vec<Arc<str>> = Vec::new();
@@ -295,7 +295,7 @@ fn feed<S: DerivedSink>(
                 }
                 // Each stream (or topic partition) is an input partition with
                 // its own watermark: see `InputDriver::push_parted`.
-                events.push((Some(part), at, e));
+                events.push((Some(part), at, Arc::new(e)));
             }
             Err(reason) => {
                 metrics

@@ -467,7 +467,10 @@ impl InputDriver {
         let mut parts: Vec<Arc<str>> = Vec::new();
         let events = events
             .into_iter()
-            .map(|(part, position, e)| (part.map(|p| part_index(&mut parts, &p)), position, e))
+            .map(|(part, position, e)| {
+                let part = part.map(|p| part_index(&mut parts, &p));
+                (part, position, Arc::new(e))
+            })
             .collect();
         self.push_parted(&parts, events)
     }
@@ -475,11 +478,13 @@ impl InputDriver {
     /// [`InputDriver::push_from`] with each event's partition given as an
     /// index into `parts`: the reader names each partition once per batch,
     /// so no event clones (and drops) a shared name — an atomic on a cache
-    /// line the log's threads touch too.
+    /// line the log's threads touch too. Each event comes in its `Arc`
+    /// already (made where the reader hands it over: one move of the
+    /// event, not two).
     pub fn push_parted(
         &mut self,
         parts: &[Arc<str>],
-        events: Vec<(Option<u32>, Option<u64>, Event)>,
+        events: Vec<(Option<u32>, Option<u64>, Arc<Event>)>,
     ) -> Vec<Event> {
         let now = std::time::Instant::now();
         self.expire_idle(now);
@@ -499,7 +504,7 @@ impl InputDriver {
                 self.parts.touch(&parts[i as usize], e.ts.min(horizon), now);
             }
         }
-        self.push_inner(
+        self.push_arcs(
             events
                 .into_iter()
                 .map(|(part, position, e)| (part.map(|i| &parts[i as usize]), position, e)),
