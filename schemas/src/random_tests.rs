@@ -114,10 +114,19 @@ fn random_instances_round_trip_through_json_and_avro_for_every_type() {
     let limits = Limits::default();
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut checked = 0;
+    let mut read_plain = 0;
     for ty in TYPES {
         for i in 0..150 {
             let json_event = random_event(schemas, ty, i, &mut rng);
             let text = json_event.to_string();
+            // The payload's plain reader, where it reads the payload at all,
+            // reads what serde_json reads.
+            let data = json_event["data"].to_string();
+            if let Some(plain) = crate::Payload::from_flat(ty, &data).expect("a known type") {
+                let serde = crate::Payload::from_json_serde(ty, &data).expect("a known type");
+                assert_eq!(Some(plain), serde.ok(), "{ty}: {data}");
+                read_plain += 1;
+            }
             let fast = decode_event(text.as_bytes(), &limits);
             let slow = decode_value(json_event.clone(), &limits);
             let event = match (fast, slow) {
@@ -145,6 +154,12 @@ fn random_instances_round_trip_through_json_and_avro_for_every_type() {
         }
     }
     assert_eq!(checked, TYPES.len() * 150);
+    // Random strings hold escapes and numbers are often negative or
+    // fractional, so many payloads go to serde_json; the rest are read plainly.
+    assert!(
+        read_plain > TYPES.len() * 20 && read_plain < checked,
+        "{read_plain} of {checked} read plainly"
+    );
 }
 
 #[test]
