@@ -147,7 +147,8 @@ fn expect(b: &[u8], i: &mut usize, byte: u8) -> Option<()> {
 }
 
 /// A string without escapes or control characters, as a `&str` of `text`.
-fn str_at<'a>(text: &'a str, b: &[u8], i: &mut usize) -> Option<&'a str> {
+#[inline]
+pub(super) fn str_at<'a>(text: &'a str, b: &[u8], i: &mut usize) -> Option<&'a str> {
     let range = string(b, i)?;
     text.get(range)
 }
@@ -168,7 +169,7 @@ fn string(b: &[u8], i: &mut usize) -> Option<std::ops::Range<usize>> {
 /// The first `"`, `\\` or control character at or after `i`, eight bytes
 /// at a time (the strings of an event are short: a vectorised search's
 /// setup costs more than it saves).
-pub(super) fn special(b: &[u8], mut i: usize) -> Option<usize> {
+fn special(b: &[u8], mut i: usize) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
     // A byte of `x` below `n` (n ≤ 128) sets its high bit in `below(x, n)`;
@@ -190,7 +191,8 @@ pub(super) fn special(b: &[u8], mut i: usize) -> Option<usize> {
 
 /// A non-negative integer as JSON writes it (no sign, no leading zero, no
 /// fraction or exponent), that fits an `i64`.
-fn integer(b: &[u8], i: &mut usize) -> Option<i64> {
+#[inline]
+pub(super) fn integer(b: &[u8], i: &mut usize) -> Option<i64> {
     let start = *i;
     let mut v: i64 = 0;
     while let Some(d) = b.get(*i).filter(|c| c.is_ascii_digit()) {

@@ -1,5 +1,5 @@
 //! A payload (`data`) of the plain shape, read by a small serde deserializer
-//! of its own: no whitespace, no escapes, integers that are non-negative and
+//! of its own: no whitespace, no escapes, non-negative integers (to `i64::MAX`)
 //! written plainly, strings, `true`, `false`, `null`, arrays and objects.
 //! The payload types' own derived `Deserialize` reads it, so every rule of
 //! theirs (unknown and repeated fields, defaults, symbols, ranges) applies
@@ -74,39 +74,18 @@ impl<'de> Flat<'de> {
         Ok(())
     }
 
-    /// A string without escapes or control characters.
+    /// A string without escapes or control characters (the envelope
+    /// scan's reader).
     fn string(&mut self) -> Result<&'de str, Unsupported> {
-        self.eat(b'"')?;
-        let start = self.i;
-        self.i = super::envelope::special(self.b, start).ok_or(Unsupported)?;
-        if self.b[self.i] != b'"' {
-            return Err(Unsupported);
-        }
-        let s = self.text.get(start..self.i).ok_or(Unsupported)?;
-        self.i += 1;
-        Ok(s)
+        super::envelope::str_at(self.text, self.b, &mut self.i).ok_or(Unsupported)
     }
 
-    /// A non-negative integer as JSON writes it (no leading zero, no
-    /// fraction or exponent) that fits a `u64`.
+    /// A non-negative integer as JSON writes it, that fits an `i64` (the
+    /// envelope scan's reader; a larger one is serde_json's).
     fn unsigned(&mut self) -> Result<u64, Unsupported> {
-        let start = self.i;
-        let mut v: u64 = 0;
-        while let Some(d) = self.b.get(self.i).filter(|c| c.is_ascii_digit()) {
-            v = v
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(d - b'0')))
-                .ok_or(Unsupported)?;
-            self.i += 1;
-        }
-        let digits = self.i - start;
-        if digits > 1 && self.b[start] == b'0' {
-            return Err(Unsupported);
-        }
-        match self.b.get(self.i) {
-            Some(b'.' | b'e' | b'E') => Err(Unsupported),
-            _ => Ok(v),
-        }
+        super::envelope::integer(self.b, &mut self.i)
+            .map(i64::unsigned_abs)
+            .ok_or(Unsupported)
     }
 
     /// Enters an array or object (its opening byte); `leave` checks its end.
