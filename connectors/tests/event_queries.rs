@@ -55,7 +55,7 @@ async fn pages_are_exact_and_ordered(log: &EventLog, shards: usize) -> u64 {
             let id = (ms.parse().unwrap(), seq.parse().unwrap());
             assert!(last.is_none_or(|l| l <= id), "ids in order");
             last = Some(id);
-            ids.push(e.event.as_ref().unwrap().id.clone());
+            ids.push(e.caller_event().unwrap().id.clone());
         }
         match page.next {
             Some(after) => {
@@ -133,7 +133,7 @@ async fn page_all(log: &EventLog, mut q: RangeQuery) -> Vec<String> {
             let id = (ms.parse().unwrap(), seq.parse().unwrap());
             assert!(last.is_none_or(|l| l <= id), "ids in order");
             last = Some(id);
-            ids.push(e.event.as_ref().unwrap().id.clone());
+            ids.push(e.caller_event().unwrap().id.clone());
         }
         match page.next {
             Some(after) => q.after = after,

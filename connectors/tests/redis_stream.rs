@@ -95,7 +95,7 @@ async fn appended_events_are_read_by_a_group_acked_and_not_redelivered() {
         .collect();
     assert_eq!(writing, ["a", "c"]);
     assert_eq!(
-        got[0].event.as_ref().unwrap(),
+        &**got[0].event.as_ref().unwrap(),
         &ev("a", "writing.keystroke", "u1")
     );
 
@@ -503,7 +503,7 @@ async fn a_pending_backlog_is_read_back_page_by_page() {
         assert!(page.len() <= 10 * 8, "one page per stream at most");
         for e in page {
             cursor.insert(e.entry.stream.clone(), e.entry.id.to_string());
-            seen.push(e.event.unwrap().id);
+            seen.push(e.event.unwrap().id.clone());
         }
     }
     seen.sort();

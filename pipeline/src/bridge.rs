@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::dataflow::{self, DerivedSink, OPERATORS, WorkerError, late_event};
 use crate::runtime::checkpoint::Checkpoints;
 use crate::runtime::operator_stats::OperatorStats;
-use connectors::event_log::dataflow_id;
 use connectors::event_log::reader::CaughtUp;
 use connectors::{EntryRef, LogEntry, Metrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -263,16 +262,17 @@ fn feed<S: DerivedSink>(
         let LogEntry {
             entry,
             event,
+            id_form,
             namespace,
             part,
         } = log_entry;
         match event {
-            Ok(mut e) => {
+            Ok(e) => {
                 // The log's identity of an event, (namespace, id), is the
                 // dataflow's too: the same id from two callers is two events.
-                if let Some(id) = dataflow_id(namespace.as_deref(), &e.id) {
-                    e.id = id;
-                }
+                // (The embedded log stores events in this form: then `e` is
+                // its own copy, shared.)
+                let e = LogEntry::dataflow_event(e, id_form, namespace.as_deref());
                 let at = position(&entry);
                 let part = dataflow::part_index(&mut parts, &entry.stream);
                 match acks {
@@ -295,7 +295,7 @@ fn feed<S: DerivedSink>(
                 }
                 // Each stream (or topic partition) is an input partition with
                 // its own watermark: see `InputDriver::push_parted`.
-                events.push((Some(part), at, Arc::new(e)));
+                events.push((Some(part), at, e));
             }
             Err(reason) => {
                 metrics

@@ -3,7 +3,7 @@
 //! the semantics of Redis Streams consumer groups so that code written against
 //! it behaves the same against Redis.
 
-use super::entry::{Appended, EntryRef, LogEntry, stream_name};
+use super::entry::{Appended, EntryRef, IdForm, LogEntry, dataflow_id, stream_name};
 use schemas::{Category, Event};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
@@ -16,25 +16,25 @@ type Id = (u64, u64);
 
 /// `ms-seq`, as Redis writes ids (by hand: `format!` costs more than the
 /// rest of building an entry, and every appended and read entry has one).
-fn render(id: Id) -> String {
-    fn digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-        let mut i = buf.len();
+/// Written on the stack, then allocated once, as the shared string an
+/// [`EntryRef`] holds.
+fn render(id: Id) -> Arc<str> {
+    fn digits(mut n: u64, buf: &mut [u8], mut end: usize) -> usize {
         loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
+            end -= 1;
+            buf[end] = b'0' + (n % 10) as u8;
             n /= 10;
             if n == 0 {
-                return &buf[i..];
+                return end;
             }
         }
     }
-    let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
-    let (ms, seq) = (digits(id.0, &mut a), digits(id.1, &mut b));
-    let mut out = Vec::with_capacity(ms.len() + 1 + seq.len());
-    out.extend_from_slice(ms);
-    out.push(b'-');
-    out.extend_from_slice(seq);
-    String::from_utf8(out).unwrap_or_default()
+    // 20 digits, '-', 20 digits at most.
+    let mut buf = [0u8; 41];
+    let start = digits(id.1, &mut buf, 41) - 1;
+    buf[start] = b'-';
+    let start = digits(id.0, &mut buf, start);
+    Arc::from(std::str::from_utf8(&buf[start..]).unwrap_or_default())
 }
 
 fn parse(id: &str) -> Option<Id> {
@@ -44,15 +44,33 @@ fn parse(id: &str) -> Option<Id> {
 
 struct Stream {
     name: Arc<str>,
-    /// Boxed: the deque moves 40 bytes per entry when it grows (a backlog
-    /// the dataflow has yet to read), not the whole event.
-    entries: VecDeque<(Id, Box<Stored>)>,
+    entries: VecDeque<(Id, Stored)>,
 }
 
-/// One stored event and the caller namespace it was appended under.
+impl Stream {
+    /// The entry `id` as a reader gets it: the stored event itself, shared.
+    fn read(&self, id: Id, stored: &Stored) -> LogEntry {
+        LogEntry {
+            entry: EntryRef {
+                stream: self.name.clone(),
+                id: render(id),
+            },
+            event: Ok(stored.event.clone()),
+            id_form: IdForm::Dataflow,
+            namespace: Some(stored.namespace.clone()),
+            part: None,
+        }
+    }
+}
+
+/// One stored event and the caller namespace it was appended under. The
+/// event is stored as the dataflow knows it ([`IdForm::Dataflow`]: its id
+/// is [`dataflow_id`]'s), and shared with the readers: the dataflow, which
+/// reads the embedded log when there is no Kafka, holds the same copy
+/// until the watermark passes it, instead of a second one.
 #[derive(Clone)]
 struct Stored {
-    event: Event,
+    event: Arc<Event>,
     namespace: Arc<str>,
 }
 
@@ -291,14 +309,20 @@ impl EmbeddedLog {
         let namespace: Arc<str> = Arc::from(app);
         // Hashing happens before the lock: it is held only for
         // the lookups and the pushes.
-        let keys: Vec<u128> = events
-            .iter()
-            .map(|e| self.dedup_keys.key(app, &e.id))
+        let events: Vec<(u128, Arc<Event>)> = events
+            .into_iter()
+            .map(|mut e| {
+                let key = self.dedup_keys.key(app, &e.id);
+                if let Some(id) = dataflow_id(Some(app), &e.id) {
+                    e.id = id;
+                }
+                (key, Arc::new(e))
+            })
             .collect();
         let mut placed: Vec<(usize, Id, bool)> = Vec::with_capacity(events.len());
         let mut inner = self.lock();
         inner.dedup.expire(clock);
-        for (event, key) in events.into_iter().zip(keys) {
+        for (key, event) in events {
             if let Some(&(si, id)) = inner.dedup.seen.get(&key) {
                 placed.push((si, id, true));
                 continue;
@@ -312,10 +336,10 @@ impl EmbeddedLog {
             let idx = category_index(event.category());
             inner.streams[idx].entries.push_back((
                 id,
-                Box::new(Stored {
+                Stored {
                     event,
                     namespace: namespace.clone(),
-                }),
+                },
             ));
             inner.dedup.seen.insert(key, (idx, id));
             inner.dedup.order.push_back((clock, key));
@@ -329,7 +353,7 @@ impl EmbeddedLog {
             .map(|(si, id, duplicate)| Appended {
                 entry: EntryRef {
                     stream: names[si].clone(),
-                    id: render(id).into(),
+                    id: render(id),
                 },
                 duplicate,
             })
@@ -377,7 +401,7 @@ impl EmbeddedLog {
                     .iter()
                     .skip(start)
                     .take(count)
-                    .map(|(id, e)| (si, *id, &**e)),
+                    .map(|(id, e)| (si, *id, e)),
             );
         }
         out.sort_by_key(|(_, id, _)| *id);
@@ -393,15 +417,7 @@ impl EmbeddedLog {
         out.into_iter()
             .map(|(si, id, stored)| {
                 g.pending.push(si, id, owner.clone(), now);
-                LogEntry {
-                    entry: EntryRef {
-                        stream: streams[si].name.clone(),
-                        id: render(id).into(),
-                    },
-                    event: Ok(stored.event.clone()),
-                    namespace: Some(stored.namespace.clone()),
-                    part: None,
-                }
+                streams[si].read(id, stored)
             })
             .collect()
     }
@@ -435,15 +451,7 @@ impl EmbeddedLog {
             .filter_map(|(si, slot)| {
                 let s = &inner.streams[si];
                 let pos = s.entries.binary_search_by_key(&slot.id, |(i, _)| *i).ok()?;
-                Some(LogEntry {
-                    entry: EntryRef {
-                        stream: s.name.clone(),
-                        id: render(slot.id).into(),
-                    },
-                    event: Ok(s.entries[pos].1.event.clone()),
-                    namespace: Some(s.entries[pos].1.namespace.clone()),
-                    part: None,
-                })
+                Some(s.read(slot.id, &s.entries[pos].1))
             })
             .collect()
     }
@@ -478,15 +486,7 @@ impl EmbeddedLog {
             };
             slot.owner = owner.clone();
             slot.at = now;
-            out.push(LogEntry {
-                entry: EntryRef {
-                    stream: s.name.clone(),
-                    id: render(slot.id).into(),
-                },
-                event: Ok(s.entries[pos].1.event.clone()),
-                namespace: Some(s.entries[pos].1.namespace.clone()),
-                part: None,
-            });
+            out.push(s.read(slot.id, &s.entries[pos].1));
         }
         out
     }
@@ -591,15 +591,7 @@ impl EmbeddedLog {
             .skip(start)
             .take_while(|(id, _)| q.to_ms.is_none_or(|to| id.0 < to))
             .take(q.limit + 1)
-            .map(|(id, e)| LogEntry {
-                entry: EntryRef {
-                    stream: s.name.clone(),
-                    id: render(*id).into(),
-                },
-                event: Ok(e.event.clone()),
-                namespace: Some(e.namespace.clone()),
-                part: None,
-            })
+            .map(|(id, e)| s.read(*id, e))
             .collect();
         vec![run]
     }
@@ -625,7 +617,7 @@ impl EmbeddedLog {
                     name: name.clone(),
                     consumers: consumers.len() as u64,
                     pending: pending.len() as u64,
-                    last_delivered_id: Some(render(g.last_delivered)),
+                    last_delivered_id: Some(render(g.last_delivered).to_string()),
                     lag: Some(lag as u64),
                 }
             })
@@ -634,8 +626,8 @@ impl EmbeddedLog {
         let shard = StreamInfo {
             stream: s.name.to_string(),
             length: s.entries.len() as u64,
-            first_id: s.entries.front().map(|(id, _)| render(*id)),
-            last_id: s.entries.back().map(|(id, _)| render(*id)),
+            first_id: s.entries.front().map(|(id, _)| render(*id).to_string()),
+            last_id: s.entries.back().map(|(id, _)| render(*id).to_string()),
             groups,
         };
         CategoryInfo::total(category, "embedded", vec![shard])
@@ -673,9 +665,18 @@ mod tests {
         let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
         let ids: Vec<_> = got
             .iter()
-            .map(|e| e.event.as_ref().unwrap().id.clone())
+            .map(|e| e.caller_event().unwrap().id.clone())
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
+        // Stored as the dataflow knows them, and handed out as they are
+        // stored: no copy per read.
+        assert!(got.iter().all(|e| e.id_form == IdForm::Dataflow));
+        assert_eq!(got[0].event.as_ref().unwrap().id, "app/a");
+        let again = log.read_pending("g", "c1", 1);
+        assert!(Arc::ptr_eq(
+            again[0].event.as_ref().unwrap(),
+            got[0].event.as_ref().unwrap()
+        ));
         assert!(log.read_new("g", "c1", 10, Duration::ZERO).await.is_empty());
         // Unacknowledged: still pending for c1.
         assert_eq!(log.read_pending("g", "c1", 10).len(), 3);
@@ -693,7 +694,7 @@ mod tests {
             (1_733_400_000_123, 7),
             (u64::MAX, u64::MAX),
         ] {
-            assert_eq!(render(id), format!("{}-{}", id.0, id.1));
+            assert_eq!(&*render(id), format!("{}-{}", id.0, id.1));
             assert_eq!(parse(&render(id)), Some(id));
         }
     }
@@ -715,13 +716,15 @@ mod tests {
         let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
         let by_id = |id: &str| {
             got.iter()
-                .find(|e| e.event.as_ref().unwrap().id == id)
+                .find(|e| e.caller_event().unwrap().id == id)
                 .unwrap()
                 .entry
                 .clone()
         };
         let pending_ids = |v: Vec<LogEntry>| -> Vec<String> {
-            v.into_iter().map(|e| e.event.unwrap().id).collect()
+            v.iter()
+                .map(|e| e.caller_event().unwrap().id.clone())
+                .collect()
         };
         // Out of order: the middle of one stream, then the other's last.
         log.ack("g", &[by_id("w2"), by_id("s2")]);

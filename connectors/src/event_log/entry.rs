@@ -4,6 +4,7 @@
 //! backends, the queries and the readers.
 
 use schemas::{Category, Classify, Event, Fault};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Where one entry lives: its stream and its id (`<ms>-<seq>`, as Redis writes them).
@@ -30,7 +31,13 @@ pub struct Appended {
 #[derive(Debug, Clone)]
 pub struct LogEntry {
     pub entry: EntryRef,
-    pub event: Result<Event, Undecodable>,
+    /// Shared: the embedded log hands out the copy it stores (see
+    /// [`IdForm::Dataflow`]); the other backends decode a copy of their own.
+    pub event: Result<Arc<Event>, Undecodable>,
+    /// Whose form `event`'s id is in. Read the event through
+    /// [`LogEntry::caller_event`] or [`LogEntry::dataflow_event`],
+    /// which know it.
+    pub id_form: IdForm,
     /// The caller namespace the event was ingested under (`app:<name>`,
     /// `user:<id>`, [`ANONYMOUS`]): the log stores an id once per namespace,
     /// so (namespace, id) is the event's identity. `None` when unknown (an
@@ -59,7 +66,51 @@ pub struct Part {
     pub of: u32,
 }
 
+/// The form of a stored event's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdForm {
+    /// As the caller sent it (Redis, Kafka).
+    Caller,
+    /// As the dataflow knows it, [`dataflow_id`]: the embedded log stores
+    /// events in this form, so that the log and the dataflow reading it
+    /// share one copy of each event (no copy per read, half the memory
+    /// held until the watermark passes an event).
+    Dataflow,
+}
+
 impl LogEntry {
+    /// The event with the id its caller gave it: what the mirror writes and
+    /// a query returns. A copy only for an event stored in the dataflow's
+    /// form under a namespace that prefixes it.
+    pub fn caller_event(&self) -> Result<Cow<'_, Event>, &Undecodable> {
+        let event = self.event.as_ref()?;
+        if self.id_form == IdForm::Dataflow
+            && let Some(id) = caller_id(self.namespace.as_deref(), &event.id)
+        {
+            let mut e = Event::clone(event);
+            e.id = id.to_owned();
+            return Ok(Cow::Owned(e));
+        }
+        Ok(Cow::Borrowed(&**event))
+    }
+
+    /// The event with the id the dataflow knows it by ([`dataflow_id`]).
+    /// No copy for an event already in that form, or one this entry alone
+    /// holds (a decoded one: only its id is replaced).
+    pub fn dataflow_event(
+        event: Arc<Event>,
+        id_form: IdForm,
+        namespace: Option<&str>,
+    ) -> Arc<Event> {
+        let mut event = event;
+        if id_form == IdForm::Caller
+            && let Some(id) = dataflow_id(namespace, &event.id)
+        {
+            Arc::make_mut(&mut event).id = id;
+        }
+        event
+    }
+
     /// Whether no event of the entry comes after this one.
     pub fn ends_entry(&self) -> bool {
         self.part.is_none_or(|p| p.index + 1 >= p.of)
@@ -107,6 +158,15 @@ pub fn dataflow_id(namespace: Option<&str>, id: &str) -> Option<String> {
     }
 }
 
+/// The caller's id within a dataflow id made by [`dataflow_id`] with the
+/// same namespace; `None` when `dataflow_id` kept the id as it was.
+pub fn caller_id<'a>(namespace: Option<&str>, id: &'a str) -> Option<&'a str> {
+    match namespace {
+        Some(ns) if ns != ANONYMOUS => id.strip_prefix(ns).and_then(|rest| rest.strip_prefix('/')),
+        _ => None,
+    }
+}
+
 /// Why a stored entry is not an event (missing field, bad Avro). Kept as data
 /// with its entry, so the reader dead-letters and acknowledges it; serialises
 /// as the bare reason string.
@@ -127,4 +187,62 @@ impl Classify for Undecodable {
 /// (`inkstream:events:writing:3`).
 pub fn stream_name(prefix: &str, category: Category, shard: u32) -> String {
     format!("{prefix}:events:{}:{shard}", category.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, id_form: IdForm, namespace: Option<&str>) -> LogEntry {
+        LogEntry {
+            entry: EntryRef {
+                stream: "s".into(),
+                id: "1-0".into(),
+            },
+            event: Ok(Arc::new(Event {
+                id: id.into(),
+                ts: 1,
+                user_id: Some("u".into()),
+                project_id: None,
+                document_id: None,
+                data: schemas::Payload::example("writing.keystroke").unwrap(),
+            })),
+            id_form,
+            namespace: namespace.map(Arc::from),
+            part: None,
+        }
+    }
+
+    #[test]
+    fn either_form_gives_the_callers_id_and_the_dataflows() {
+        for (ns, caller, dataflow) in [
+            (Some("app:a"), "e1", "app:a/e1"),
+            // A caller's id that looks like a dataflow id is still its own.
+            (Some("app:a"), "app:a/e1", "app:a/app:a/e1"),
+            (Some(ANONYMOUS), "e1", "e1"),
+            (None, "e1", "e1"),
+        ] {
+            for (form, stored) in [(IdForm::Caller, caller), (IdForm::Dataflow, dataflow)] {
+                let e = entry(stored, form, ns);
+                assert_eq!(e.caller_event().unwrap().id, caller, "{ns:?} {form:?}");
+                let shared = e.event.clone().unwrap();
+                let d = LogEntry::dataflow_event(shared.clone(), form, ns);
+                assert_eq!(d.id, dataflow, "{ns:?} {form:?}");
+                // In the dataflow's form already: the same copy, not another.
+                if form == IdForm::Dataflow || caller == dataflow {
+                    assert!(Arc::ptr_eq(&d, &shared));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_decoded_event_gets_its_dataflow_id_in_place() {
+        let e = entry("e1", IdForm::Caller, Some("user:7"));
+        let event = e.event.unwrap();
+        let at = Arc::as_ptr(&event);
+        let d = LogEntry::dataflow_event(event, IdForm::Caller, Some("user:7"));
+        assert_eq!(d.id, "user:7/e1");
+        assert_eq!(Arc::as_ptr(&d), at, "held by the entry alone: not copied");
+    }
 }

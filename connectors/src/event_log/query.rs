@@ -259,6 +259,7 @@ mod tests {
                 id: id.into(),
             },
             event: Err(crate::event_log::Undecodable("unused".into())),
+            id_form: crate::event_log::IdForm::Caller,
             namespace: None,
             part: None,
         }

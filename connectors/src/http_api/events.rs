@@ -205,8 +205,10 @@ pub(crate) async fn range(
     let page = s.log.range(&q).await.map_err(ApiError::LogUnavailable)?;
     let mut undecodable = 0;
     let mut events = Vec::with_capacity(page.entries.len());
-    for e in page.entries {
-        match e.event.map(|ev| serde_json::to_value(&ev)) {
+    for e in &page.entries {
+        // With the id its caller gave it (the embedded log stores the
+        // dataflow's form).
+        match e.caller_event().map(|ev| serde_json::to_value(&*ev)) {
             Ok(Ok(v)) => events.push(v),
             _ => undecodable += 1,
         }

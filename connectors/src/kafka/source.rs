@@ -18,7 +18,7 @@
 use super::security::Observed;
 use super::{client_config, ensure_topics, events_topic};
 use crate::event_log::reader::CaughtUp;
-use crate::event_log::{EntryRef, LogEntry, Undecodable};
+use crate::event_log::{EntryRef, IdForm, LogEntry, Undecodable};
 use crate::metrics::Metrics;
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
@@ -376,7 +376,8 @@ pub async fn run(
                             stream: name,
                             id: m.offset().to_string().into(),
                         },
-                        event,
+                        event: event.map(Arc::new),
+                        id_form: IdForm::Caller,
                         namespace: super::header_str(&m, super::NAMESPACE_HEADER).map(Arc::from),
                         part: None,
                     });

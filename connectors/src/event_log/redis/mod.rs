@@ -49,7 +49,7 @@
 mod append;
 mod query;
 
-use super::entry::{EntryRef, LogEntry, Part, Undecodable, stream_name};
+use super::entry::{EntryRef, IdForm, LogEntry, Part, Undecodable, stream_name};
 use super::error::LogError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::{Category, Event};
@@ -754,9 +754,10 @@ impl<'a> Body<'a> {
     fn into_entries(self, entry: EntryRef, namespace: Option<Arc<str>>, out: &mut Vec<LogEntry>) {
         let undecodable =
             |e: schemas::binary::BinaryError| Undecodable(format!("entry does not decode: {e}"));
-        let one = |event| LogEntry {
+        let one = |event: Result<Event, Undecodable>| LogEntry {
             entry: entry.clone(),
-            event,
+            event: event.map(Arc::new),
+            id_form: IdForm::Caller,
             namespace: namespace.clone(),
             part: None,
         };
@@ -781,7 +782,8 @@ impl<'a> Body<'a> {
                 for (index, event) in events.into_iter().enumerate() {
                     out.push(LogEntry {
                         entry: entry.clone(),
-                        event: event.map_err(undecodable),
+                        event: event.map(Arc::new).map_err(undecodable),
+                        id_form: IdForm::Caller,
                         namespace: namespace.clone(),
                         part: Some(Part {
                             index: index as u32,
@@ -823,5 +825,7 @@ pub fn events_of_fields(map: &HashMap<String, redis::Value>) -> Vec<Result<Event
         id: Arc::from(""),
     };
     entries_of_map(entry, map, &mut out);
-    out.into_iter().map(|e| e.event).collect()
+    out.into_iter()
+        .map(|e| e.event.map(Arc::unwrap_or_clone))
+        .collect()
 }

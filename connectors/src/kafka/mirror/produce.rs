@@ -50,7 +50,8 @@ pub fn partition_for(key: &str, count: i32) -> i32 {
 
 /// The dead letter of a poison entry: its key (the event id) and value.
 fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String) {
-    let event = entry.event.as_ref().ok();
+    let event = entry.caller_event().ok();
+    let event = event.as_deref();
     let id = event.map(|e| e.id.clone()).unwrap_or_default();
     let value = serde_json::json!({
         "stream": &*entry.entry.stream,
@@ -119,7 +120,9 @@ pub(super) async fn produce(
             }
             continue;
         }
-        let event = match &entry.event {
+        // With the id its caller gave it (the embedded log stores the
+        // dataflow's form).
+        let event = match entry.caller_event() {
             Ok(e) => e,
             Err(reason) => {
                 // Cannot be represented in Avro: counted, logged, acknowledged.
@@ -134,7 +137,7 @@ pub(super) async fn produce(
         };
         let topic = events_topic(event.category());
         let schema_id = cx.schema_ids.for_topic(&topic);
-        let value = match schemas::confluent::encode_with(schema_id, event) {
+        let value = match schemas::confluent::encode_with(schema_id, &event) {
             Ok(v) => v,
             Err(e) => {
                 cx.metrics
@@ -146,7 +149,7 @@ pub(super) async fn produce(
                 continue;
             }
         };
-        let mut headers = crate::kafka::event_headers(event, &schema_id.to_string());
+        let mut headers = crate::kafka::event_headers(&event, &schema_id.to_string());
         if let Some(ns) = entry.namespace.as_deref() {
             headers = headers.insert(rdkafka::message::Header {
                 key: crate::kafka::NAMESPACE_HEADER,
