@@ -537,7 +537,9 @@ impl InputDriver {
         events: impl Iterator<Item = (Option<&'a Arc<str>>, Option<u64>, Arc<Event>)>,
         now: std::time::Instant,
     ) -> Vec<Event> {
-        // A late event was never shared: unwrapping it does not copy.
+        // A late event is not shared within the dataflow: unwrapping it
+        // copies it only when the embedded log still holds it (rare: late
+        // events are few).
         let unshared = |e: Arc<Event>| Arc::try_unwrap(e).unwrap_or_else(|e| (*e).clone());
         let mut late = Vec::new();
         let Some(cap) = self.cap.as_ref() else {
