@@ -6,7 +6,7 @@
 use super::entry::{Appended, EntryRef, IdForm, LogEntry, dataflow_id, stream_name};
 use schemas::{Category, Event};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -180,9 +180,9 @@ struct Inner {
 
 /// Ids seen per app within the window, bounded in count: past `max_ids` the
 /// oldest are forgotten early (documented in docs/OPERATIONS.md). Keys are a
-/// 128-bit keyed hash of (app, id) — two SipHash-1-3 with random keys of
-/// this process, so no caller can craft two ids that collide (a false
-/// "duplicate" would drop an event) — and values where the first copy
+/// 128-bit keyed hash of (app, id) — SipHash-1-3 with a 128-bit output and
+/// a random key of this process, so no caller can craft two ids that
+/// collide (a false "duplicate" would drop an event) — and values where the first copy
 /// went: compact, and no allocation per event. The table is sized for
 /// `max_ids` up front (its memory is touched only as it fills), so a burst
 /// of new ids never waits for it to grow and rehash.
@@ -193,15 +193,26 @@ struct Dedup {
     order: VecDeque<(Instant, u128)>,
 }
 
-/// The keyed hash of the dedup table.
+/// The keyed hash of the dedup table: one pass of SipHash-1-3 with a
+/// 128-bit output (two 64-bit passes cost twice as much).
 #[derive(Clone)]
-struct DedupKeys(RandomState, RandomState);
+struct DedupKeys(u64, u64);
 
 impl DedupKeys {
+    /// A random key: std's `RandomState` draws its keys from the operating
+    /// system; a hash under them is as unpredictable.
+    fn random() -> DedupKeys {
+        let draw = |n: u64| RandomState::new().hash_one(n);
+        DedupKeys(draw(0), draw(1))
+    }
+
     fn key(&self, app: &str, id: &str) -> u128 {
-        let a = self.0.hash_one((app, id));
-        let b = self.1.hash_one((app, id));
-        (u128::from(a) << 64) | u128::from(b)
+        use siphasher::sip128::Hasher128;
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.0, self.1);
+        // As std hashes a pair of strings: each followed by 0xff, so
+        // ("ab", "c") and ("a", "bc") differ.
+        (app, id).hash(&mut h);
+        h.finish128().as_u128()
     }
 }
 
@@ -285,7 +296,7 @@ impl EmbeddedLog {
                 dedup: Dedup::new(dedup_window, max_ids),
             })),
             appended: Arc::new(Notify::new()),
-            dedup_keys: DedupKeys(RandomState::new(), RandomState::new()),
+            dedup_keys: DedupKeys::random(),
         }
     }
 
@@ -321,31 +332,42 @@ impl EmbeddedLog {
             .collect();
         let mut placed: Vec<(usize, Id, bool)> = Vec::with_capacity(events.len());
         let mut inner = self.lock();
-        inner.dedup.expire(clock);
+        let Inner {
+            streams,
+            last_id,
+            dedup,
+            ..
+        } = &mut *inner;
+        dedup.expire(clock);
         for (key, event) in events {
-            if let Some(&(si, id)) = inner.dedup.seen.get(&key) {
-                placed.push((si, id, true));
-                continue;
-            }
-            let id = if now > inner.last_id.0 {
+            // One probe of the table: most ids are new.
+            let slot = match dedup.seen.entry(key) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    let &(si, id) = first.get();
+                    placed.push((si, id, true));
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => slot,
+            };
+            let id = if now > last_id.0 {
                 (now, 0)
             } else {
-                (inner.last_id.0, inner.last_id.1 + 1)
+                (last_id.0, last_id.1 + 1)
             };
-            inner.last_id = id;
+            *last_id = id;
             let idx = category_index(event.category());
-            inner.streams[idx].entries.push_back((
+            streams[idx].entries.push_back((
                 id,
                 Stored {
                     event,
                     namespace: namespace.clone(),
                 },
             ));
-            inner.dedup.seen.insert(key, (idx, id));
-            inner.dedup.order.push_back((clock, key));
+            slot.insert((idx, id));
+            dedup.order.push_back((clock, key));
             placed.push((idx, id, false));
         }
-        let names: Vec<Arc<str>> = inner.streams.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<Arc<str>> = streams.iter().map(|s| s.name.clone()).collect();
         drop(inner);
         self.appended.notify_waiters();
         placed
@@ -684,6 +706,16 @@ mod tests {
         assert_eq!(log.read_pending("g", "c1", 10).len(), 2);
         // Only the acknowledged prefix of the writing stream was trimmed.
         assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn dedup_keys_tell_apart_how_a_pair_is_split_and_differ_by_process() {
+        let k = DedupKeys::random();
+        assert_ne!(k.key("ab", "c"), k.key("a", "bc"));
+        assert_ne!(k.key("app", "1"), k.key("app", "2"));
+        assert_eq!(k.key("app", "1"), k.key("app", "1"));
+        // Another process (another random key) hashes differently.
+        assert_ne!(DedupKeys::random().key("app", "1"), k.key("app", "1"));
     }
 
     #[test]
