@@ -3,7 +3,8 @@
 //! events arrive, bounded by `from`/`to`; the XINFO figures of `/info`; and
 //! the errors. (The embedded backend is covered in
 //! `connectors/tests/event_queries.rs`: its log only holds what the dataflow
-//! has not yet acknowledged.)
+//! has not yet acknowledged; one test here checks that its pages show an
+//! authenticated caller's own ids.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -202,4 +203,59 @@ async fn event_queries_name_the_bad_parameter_and_the_known_categories() {
     assert_eq!(info["backend"], "embedded");
     assert_eq!(info["shards"].as_array().unwrap().len(), 1);
     assert!(info["groups"].is_array() && info["length"].is_u64());
+}
+
+/// The embedded log stores each event under the id the dataflow knows it
+/// by (`<namespace>/<id>` for an authenticated caller); a page still shows
+/// the caller's own ids. (No dataflow here, so nothing is acknowledged and
+/// trimmed while the test reads.)
+#[tokio::test]
+async fn embedded_pages_show_the_callers_ids() {
+    let dir = std::env::temp_dir().join(unique("evq-embedded-cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("inkstream.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[auth.api_keys]]\nname = \"evq-app\"\nsha256 = \"{}\"\nscopes = [\"ingest\", \"read\"]\n",
+            connectors::auth::hash_api_key("key-evq-app")
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "dataflow.enabled=false",
+    ])
+    .await;
+    let tag = unique("t");
+    let events = batch(&tag, 0, 30);
+    let client = reqwest::Client::new();
+    let r = client
+        .post(server.url("/v1/events"))
+        .bearer_auth("key-evq-app")
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let page: Value = client
+        .get(server.url("/api/realtime/events/writing?limit=100"))
+        .bearer_auth("key-evq-app")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events in {page}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let sent: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, sent, "the caller's ids, in append order");
+    let _ = std::fs::remove_dir_all(&dir);
 }

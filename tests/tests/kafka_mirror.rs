@@ -204,6 +204,65 @@ async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
     }
 }
 
+/// Without Redis the mirror reads the embedded log, which stores each
+/// event under the id the dataflow knows it by (`<namespace>/<id>` for an
+/// authenticated caller): the mirror still writes the caller's own id, in
+/// the record and its `event_id` header, with the caller's namespace in
+/// the `namespace` header.
+#[tokio::test]
+async fn from_the_embedded_log_the_mirror_writes_the_callers_ids() {
+    let brokers = kafka_brokers();
+    let prefix = unique("mirror-embedded");
+    let dir = std::env::temp_dir().join(unique("mirror-embedded-cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("inkstream.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[auth.api_keys]]\nname = \"mirror-app\"\nsha256 = \"{}\"\n",
+            connectors::auth::hash_api_key("key-mirror-app")
+        ),
+    )
+    .unwrap();
+    let group = format!("kafka.dataflow_group={prefix}-dataflow");
+    let server = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--kafka-brokers",
+        &brokers,
+        "--set",
+        &group,
+    ])
+    .await;
+    let batch = events(&prefix, 60);
+    let status = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .bearer_auth("key-mirror-app")
+        .json(&Value::Array(batch.clone()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    // Keyed by the `event_id` header: an id in the dataflow's form would
+    // not start with `prefix`, and the event would be missing.
+    let seen = consume_every(&brokers, &prefix, &batch, Duration::from_secs(60)).await;
+    for (id, (records, _)) in &seen {
+        let m = &records[0];
+        let event = schemas::confluent::decode(m.payload().unwrap()).unwrap();
+        assert_eq!(&event.id, id, "the record's event carries the caller's id");
+        let namespace = m
+            .headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == "namespace")
+            .and_then(|h| h.value)
+            .unwrap();
+        assert_eq!(namespace, b"app:mirror-app");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The mirror's delay histogram observes the oldest event of each round
 /// when it commits (of each page when it is acknowledged, without
 /// transactions): an event stamped 40 s ago is one observation above 30 s,
