@@ -46,6 +46,25 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
+/// A config file `inkstream.toml` holding `toml`, in a directory of its own
+/// under the system's temp dir (left there: a few bytes per test run).
+pub fn config_file(toml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("inkstream-cfg"));
+    std::fs::create_dir_all(&dir).expect("create a config directory");
+    let cfg = dir.join("inkstream.toml");
+    std::fs::write(&cfg, toml).expect("write the config file");
+    cfg
+}
+
+/// A config with one API key, `name`, whose secret is `key`, and `extra`
+/// lines of that key's table (`scopes = [...]`, `categories = [...]`).
+pub fn api_key_config(name: &str, key: &str, extra: &str) -> PathBuf {
+    config_file(&format!(
+        "[[auth.api_keys]]\nname = \"{name}\"\nsha256 = \"{}\"\n{extra}\n",
+        connectors::auth::hash_api_key(key)
+    ))
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use inkstream_tests::{Server, now_ms, redis_url, unique};
+use inkstream_tests::{Server, api_key_config, now_ms, redis_url, unique};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -211,17 +211,7 @@ async fn event_queries_name_the_bad_parameter_and_the_known_categories() {
 /// trimmed while the test reads.)
 #[tokio::test]
 async fn embedded_pages_show_the_callers_ids() {
-    let dir = std::env::temp_dir().join(unique("evq-embedded-cfg"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("inkstream.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[auth.api_keys]]\nname = \"evq-app\"\nsha256 = \"{}\"\nscopes = [\"ingest\", \"read\"]\n",
-            connectors::auth::hash_api_key("key-evq-app")
-        ),
-    )
-    .unwrap();
+    let cfg = api_key_config("evq-app", "key-evq-app", r#"scopes = ["ingest", "read"]"#);
     let server = Server::start(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -257,5 +247,4 @@ async fn embedded_pages_show_the_callers_ids() {
         .collect();
     let sent: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, sent, "the caller's ids, in append order");
-    let _ = std::fs::remove_dir_all(&dir);
 }

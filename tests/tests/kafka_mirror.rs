@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use inkstream_tests::{
-    PrivateKafka, PrivateRedis, Server, checking_consumer, kafka_brokers, now_ms, python,
-    redis_url, unique,
+    PrivateKafka, PrivateRedis, Server, api_key_config, checking_consumer, kafka_brokers, now_ms,
+    python, redis_url, unique,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -213,17 +213,7 @@ async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
 async fn from_the_embedded_log_the_mirror_writes_the_callers_ids() {
     let brokers = kafka_brokers();
     let prefix = unique("mirror-embedded");
-    let dir = std::env::temp_dir().join(unique("mirror-embedded-cfg"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("inkstream.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[auth.api_keys]]\nname = \"mirror-app\"\nsha256 = \"{}\"\n",
-            connectors::auth::hash_api_key("key-mirror-app")
-        ),
-    )
-    .unwrap();
+    let cfg = api_key_config("mirror-app", "key-mirror-app", "");
     let group = format!("kafka.dataflow_group={prefix}-dataflow");
     let server = Server::start(&[
         "--config",
@@ -260,7 +250,6 @@ async fn from_the_embedded_log_the_mirror_writes_the_callers_ids() {
             .unwrap();
         assert_eq!(namespace, b"app:mirror-app");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The mirror's delay histogram observes the oldest event of each round
