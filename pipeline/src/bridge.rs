@@ -271,7 +271,7 @@ fn feed<S: DerivedSink>(
                 // The log's identity of an event, (namespace, id), is the
                 // dataflow's too: the same id from two callers is two events.
                 // (The embedded log stores events in this form: then `e` is
-                // its own copy, shared.)
+                // the log's copy, shared, and nothing is copied.)
                 let e = LogEntry::dataflow_event(e, id_form, namespace.as_deref());
                 let at = position(&entry);
                 let part = dataflow::part_index(&mut parts, &entry.stream);

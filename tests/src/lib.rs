@@ -48,7 +48,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// A config file `inkstream.toml` holding `toml`, in a directory of its own
 /// under the system's temp dir (left there: a few bytes per test run).
-pub fn config_file(toml: &str) -> PathBuf {
+fn config_file(toml: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("inkstream-cfg"));
     std::fs::create_dir_all(&dir).expect("create a config directory");
     let cfg = dir.join("inkstream.toml");

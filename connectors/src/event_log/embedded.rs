@@ -68,7 +68,6 @@ impl Stream {
 /// is [`dataflow_id`]'s), and shared with the readers: the dataflow, which
 /// reads the embedded log when there is no Kafka, holds the same copy
 /// until the watermark passes it, instead of a second one.
-#[derive(Clone)]
 struct Stored {
     event: Arc<Event>,
     namespace: Arc<str>,

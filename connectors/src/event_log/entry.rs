@@ -160,7 +160,7 @@ pub fn dataflow_id(namespace: Option<&str>, id: &str) -> Option<String> {
 
 /// The caller's id within a dataflow id made by [`dataflow_id`] with the
 /// same namespace; `None` when `dataflow_id` kept the id as it was.
-pub fn caller_id<'a>(namespace: Option<&str>, id: &'a str) -> Option<&'a str> {
+fn caller_id<'a>(namespace: Option<&str>, id: &'a str) -> Option<&'a str> {
     match namespace {
         Some(ns) if ns != ANONYMOUS => id.strip_prefix(ns).and_then(|rest| rest.strip_prefix('/')),
         _ => None,

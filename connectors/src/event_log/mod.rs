@@ -22,8 +22,8 @@ pub mod redis;
 
 pub use embedded::EmbeddedLog;
 pub use entry::{
-    ANONYMOUS, Appended, EntryRef, IdForm, LogEntry, PACK_EVENTS, Part, Undecodable, caller_id,
-    dataflow_id, stream_name,
+    ANONYMOUS, Appended, EntryRef, IdForm, LogEntry, PACK_EVENTS, Part, Undecodable, dataflow_id,
+    stream_name,
 };
 pub use error::LogError;
 
