@@ -3,16 +3,22 @@
 //! mirror's producer (`connectors::kafka::mirror::producer`: idempotent,
 //! acks=all, the backlog tuning `ProducerTuning::BULK` unless `live` is
 //! given), sent as fast as the producer's queue takes them, then every
-//! delivery report awaited. (The same client and settings as the mirror
-//! draining a backlog, so the ratio compares like with like.)
+//! delivery report awaited, counted per page as the mirror counts them
+//! (`connectors::kafka::mirror::Reports`). (The same client, settings and
+//! delivery reports as the mirror draining a backlog, so the ratio compares
+//! like with like.)
 //!
 //! `cargo run --release -p inkstream-tests --example produce_perf -- BROKERS N [bulk|live]`
 
 use connectors::kafka::mirror::{ProducerTuning, producer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::{Duration, Instant};
+
+// The allocator of the `inkstream` binary (which librdkafka uses too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,16 +34,17 @@ async fn main() -> anyhow::Result<()> {
     let producer = producer(brokers, tuning)?;
     let value = vec![7u8; 80];
     let start = Instant::now();
-    let mut in_flight = Vec::with_capacity(n);
+    let reports = producer.context();
+    let page = reports.open();
     for i in 0..n {
         let key = format!("u{}", i % 10_000);
-        let mut record = FutureRecord::to(&topic).key(&key).payload(&value);
+        let opaque = page.expect(i as u32);
+        let mut record = BaseRecord::with_opaque_to(&topic, opaque)
+            .key(&key)
+            .payload(&value);
         loop {
-            match producer.send_result(record) {
-                Ok(f) => {
-                    in_flight.push(f);
-                    break;
-                }
+            match producer.send(record) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -46,8 +53,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    for f in in_flight {
-        f.await?.map_err(|(e, _)| e)?;
+    reports.seal(&page);
+    if let Some((place, e)) = page.wait().await.into_iter().next() {
+        anyhow::bail!("record {place} was not delivered: {e}");
     }
     let s = start.elapsed().as_secs_f64();
     println!(

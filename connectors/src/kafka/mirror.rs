@@ -85,6 +85,7 @@
 //! only when a round that delivered the record commits.
 
 mod produce;
+mod reports;
 
 use super::rounds::{
     Ranges, encode_ranges, entry_key, full_page, last_committed_round, marker_consumer,
@@ -92,11 +93,10 @@ use super::rounds::{
 use super::{ensure_topics, events_topic, sleep_or_stop};
 use crate::event_log::{EntryRef, EventLog, LogEntry};
 use crate::metrics::Metrics;
-use futures_util::future::join_all;
 use produce::{Context, Failure, attempt_key, permanent, produce};
 pub use produce::{DEAD_LETTER_TOPIC, partition_for};
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::FutureProducer;
+pub use reports::{MirrorProducer, Page, Reports};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,8 +135,8 @@ impl ProducerTuning {
 pub fn producer(
     brokers: impl Into<super::Brokers>,
     tuning: ProducerTuning,
-) -> Result<FutureProducer, super::KafkaError> {
-    Ok(configured(brokers, tuning, DELIVERY_TIMEOUT).create()?)
+) -> Result<MirrorProducer, super::KafkaError> {
+    Ok(configured(brokers, tuning, DELIVERY_TIMEOUT).create_with_context(Reports::default())?)
 }
 
 /// The mirror's transactional producer (blocking: `init_transactions`
@@ -147,18 +147,18 @@ pub fn transactional_producer(
     tuning: ProducerTuning,
     delivery_timeout: Duration,
     transactional_id: &str,
-) -> Result<FutureProducer, super::KafkaError> {
+) -> Result<MirrorProducer, super::KafkaError> {
     use rdkafka::producer::Producer;
     // The broker aborts a transaction open longer than this; a round lasts
     // at most about the delivery timeout.
     let transaction_timeout = (delivery_timeout * 2).max(Duration::from_secs(60));
-    let producer: FutureProducer = configured(brokers, tuning, delivery_timeout)
+    let producer: MirrorProducer = configured(brokers, tuning, delivery_timeout)
         .set("transactional.id", transactional_id)
         .set(
             "transaction.timeout.ms",
             transaction_timeout.as_millis().to_string(),
         )
-        .create()?;
+        .create_with_context(Reports::default())?;
     producer.init_transactions(TXN_TIMEOUT)?;
     Ok(producer)
 }
@@ -288,8 +288,8 @@ struct Mirror {
     config: MirrorConfig,
     metrics: Metrics,
     schema_ids: super::registry::SchemaIds,
-    live: FutureProducer,
-    bulk: FutureProducer,
+    live: MirrorProducer,
+    bulk: MirrorProducer,
     mode: Mode,
     /// Pages produced, oldest first; settled and acknowledged in this order.
     in_flight: VecDeque<JoinHandle<Settled>>,
@@ -334,7 +334,7 @@ struct Mirror {
 }
 
 /// Partitions per event topic, from the broker's metadata (blocking).
-fn partition_counts(producer: &FutureProducer) -> Result<HashMap<String, i32>, super::KafkaError> {
+fn partition_counts(producer: &MirrorProducer) -> Result<HashMap<String, i32>, super::KafkaError> {
     use rdkafka::producer::Producer;
     let metadata = producer
         .client()
@@ -352,7 +352,7 @@ fn partition_counts(producer: &FutureProducer) -> Result<HashMap<String, i32>, s
 /// `<id>.bulk`) when the config has a transactional id.
 async fn producers(
     config: &MirrorConfig,
-) -> Result<(FutureProducer, FutureProducer), super::KafkaError> {
+) -> Result<(MirrorProducer, MirrorProducer), super::KafkaError> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
         let make = |tuning, role: &str| match &config.transactional_id {
@@ -362,7 +362,8 @@ async fn producers(
                 config.delivery_timeout,
                 &format!("{id}.{role}"),
             ),
-            None => Ok(configured(&config.brokers, tuning, config.delivery_timeout).create()?),
+            None => Ok(configured(&config.brokers, tuning, config.delivery_timeout)
+                .create_with_context(Reports::default())?),
         };
         Ok((make(config.live, "live")?, make(config.bulk, "bulk")?))
     })
@@ -731,7 +732,7 @@ impl Mirror {
     }
 
     /// The producer of the current mode.
-    fn current(&self) -> &FutureProducer {
+    fn current(&self) -> &MirrorProducer {
         match self.mode {
             Mode::Live => &self.live,
             Mode::Bulk => &self.bulk,
@@ -845,7 +846,7 @@ impl Mirror {
 
     /// New producers after a failed abort; the old ones are dropped off the
     /// runtime (dropping purges and flushes, which blocks).
-    fn replace(&mut self, live: FutureProducer, bulk: FutureProducer) {
+    fn replace(&mut self, live: MirrorProducer, bulk: MirrorProducer) {
         let old = (
             std::mem::replace(&mut self.live, live),
             std::mem::replace(&mut self.bulk, bulk),
@@ -1042,31 +1043,21 @@ impl Mirror {
                 failures,
                 oldest,
             };
-            let mut refs = Vec::with_capacity(deliveries.len());
-            let mut futures = Vec::with_capacity(deliveries.len());
-            for (entry, index, future, letter) in deliveries {
-                refs.push((entry, index, letter));
-                futures.push(future);
-            }
-            for ((entry, index, letter), result) in refs.into_iter().zip(join_all(futures).await) {
-                match result {
-                    Ok(Ok(_)) => {
+            let failures = deliveries.page.wait().await;
+            let mut failures = failures.into_iter().peekable();
+            for (place, (entry, index, letter)) in deliveries.records.into_iter().enumerate() {
+                match failures.next_if(|(p, _)| *p as usize == place) {
+                    None => {
                         if letter {
                             page.dead_lettered.push(entry.clone());
                         }
                         page.delivered.push((entry, index));
                     }
-                    Ok(Err((e, _))) => page.failures.push(Failure {
+                    Some((_, e)) => page.failures.push(Failure {
                         entry,
                         index,
                         error: e.to_string(),
                         permanent: permanent(&e),
-                    }),
-                    Err(_) => page.failures.push(Failure {
-                        entry,
-                        index,
-                        error: "delivery report dropped".to_owned(),
-                        permanent: false,
                     }),
                 }
             }

@@ -2,11 +2,13 @@
 //! letter, after `max_attempts` permanent failures), with its delivery
 //! future, in log order.
 
+use super::reports::{MirrorProducer, Page};
 use crate::event_log::{EntryRef, LogEntry};
 use crate::kafka::events_topic;
 use crate::metrics::Metrics;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where the mirror sends what it cannot produce (see the mirror's module doc).
@@ -67,10 +69,13 @@ fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String)
     (id, value)
 }
 
-/// The delivery reports of one page, awaited in flight: the entry and the
-/// event's place in it, its report, and whether the record is the event's
-/// dead letter.
-pub(super) type Deliveries = Vec<(EntryRef, u32, rdkafka::producer::DeliveryFuture, bool)>;
+/// The records of one page handed to the producer, whose reports are
+/// awaited in flight: by the record's place in the page, the entry, the
+/// event's place in it, and whether the record is the event's dead letter.
+pub(super) struct Deliveries {
+    pub(super) page: Arc<Page>,
+    pub(super) records: Vec<(EntryRef, u32, bool)>,
+}
 
 /// What [`produce`] needs besides the producer and the page.
 pub(super) struct Context<'a> {
@@ -89,11 +94,14 @@ pub(super) struct Context<'a> {
 /// refused. A record that failed permanently `max_attempts` times is
 /// produced as its dead letter (only that event of a packed entry).
 pub(super) async fn produce(
-    producer: &FutureProducer,
+    producer: &MirrorProducer,
     entries: &[LogEntry],
     cx: &Context<'_>,
 ) -> (Deliveries, Vec<(EntryRef, u32)>, Vec<Failure>) {
-    let mut deliveries = Vec::with_capacity(entries.len());
+    use rdkafka::producer::Producer;
+    let reports = producer.context();
+    let page = reports.open();
+    let mut records = Vec::with_capacity(entries.len());
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for entry in entries {
@@ -108,15 +116,21 @@ pub(super) async fn produce(
             && *n >= cx.max_attempts
         {
             let (id, value) = dead_letter(entry, error, *n);
-            let record = FutureRecord::to(DEAD_LETTER_TOPIC).key(&id).payload(&value);
-            match producer.send_result(record) {
-                Ok(future) => deliveries.push((entry.entry.clone(), index, future, true)),
-                Err((e, _)) => failures.push(Failure {
-                    entry: entry.entry.clone(),
-                    index,
-                    error: format!("dead-lettering: {e}"),
-                    permanent: false,
-                }),
+            let opaque = page.expect(records.len() as u32);
+            let record = BaseRecord::with_opaque_to(DEAD_LETTER_TOPIC, opaque)
+                .key(&id)
+                .payload(&value);
+            match producer.send(record) {
+                Ok(()) => records.push((entry.entry.clone(), index, true)),
+                Err((e, _)) => {
+                    page.refused();
+                    failures.push(Failure {
+                        entry: entry.entry.clone(),
+                        index,
+                        error: format!("dead-lettering: {e}"),
+                        permanent: false,
+                    });
+                }
             }
             continue;
         }
@@ -156,7 +170,8 @@ pub(super) async fn produce(
                 value: Some(ns),
             });
         }
-        let mut record = FutureRecord::to(&topic).key(event.partition_key());
+        let opaque = page.expect(records.len() as u32);
+        let mut record = BaseRecord::with_opaque_to(&topic, opaque).key(event.partition_key());
         // Never librdkafka's own partitioner: one key must always map to
         // one partition. A topic the broker did not list (yet) has the
         // partitions this mirror creates topics with; if that is wrong the
@@ -181,9 +196,9 @@ pub(super) async fn produce(
         // for room (bounded by the delivery timeout) rather than fail.
         let mut full_since: Option<Instant> = None;
         loop {
-            match producer.send_result(record) {
-                Ok(future) => {
-                    deliveries.push((entry.entry.clone(), index, future, false));
+            match producer.send(record) {
+                Ok(()) => {
+                    records.push((entry.entry.clone(), index, false));
                     if isolate {
                         flush(producer, cx.delivery_timeout.min(ISOLATION_FLUSH));
                     }
@@ -201,6 +216,7 @@ pub(super) async fn produce(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => {
+                    page.refused();
                     failures.push(Failure {
                         entry: entry.entry.clone(),
                         index,
@@ -212,7 +228,8 @@ pub(super) async fn produce(
             }
         }
     }
-    (deliveries, delivered, failures)
+    reports.seal(&page);
+    (Deliveries { page, records }, delivered, failures)
 }
 
 /// The longest wait around one suspect record: a slow broker cannot hold
@@ -223,7 +240,7 @@ const ISOLATION_FLUSH: Duration = Duration::from_secs(2);
 /// Waits until every record handed to `producer` was sent and answered
 /// (on the failure path only: it blocks the thread, so a multi-threaded
 /// runtime is told first).
-fn flush(producer: &FutureProducer, timeout: Duration) {
+fn flush(producer: &MirrorProducer, timeout: Duration) {
     use rdkafka::producer::Producer;
     let wait = || {
         if let Err(e) = producer.flush(timeout) {
