@@ -351,6 +351,9 @@ pub struct KafkaConfig {
     /// Mirror pages produced whose delivery reports are awaited at once
     /// (default 4; 1 = read → produce → wait → acknowledge, serially).
     pub mirror_in_flight: usize,
+    /// Pages per transactional round of a backlog (default 32): one commit
+    /// per round. One page per round while the mirror keeps up.
+    pub mirror_round_pages: usize,
     /// The mirror's producer while it keeps up with live traffic: `linger.ms`
     /// (default 1 ms) and `batch.size` (default 1,000,000 bytes).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
@@ -471,6 +474,7 @@ impl Default for KafkaConfig {
             partitions: 8,
             mirror_batch: 2_000,
             mirror_in_flight: 4,
+            mirror_round_pages: 32,
             mirror_live_linger: connectors::kafka::mirror::ProducerTuning::LIVE.linger,
             mirror_live_batch_bytes: connectors::kafka::mirror::ProducerTuning::LIVE.batch_bytes,
             mirror_bulk_linger: connectors::kafka::mirror::ProducerTuning::BULK.linger,
@@ -944,6 +948,9 @@ impl Config {
         }
         if self.kafka.mirror_in_flight == 0 {
             return bad("kafka.mirror_in_flight", "must be at least 1");
+        }
+        if self.kafka.mirror_round_pages == 0 {
+            return bad("kafka.mirror_round_pages", "must be at least 1");
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(900))
             .contains(&self.kafka.mirror_delivery_timeout)

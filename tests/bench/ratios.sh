@@ -251,8 +251,12 @@ fi
 # are reported apart; every run after it is on a warm broker.
 mirror_run mirror_first
 mirror_run mirror
-# MIRROR_IN_FLIGHT="8 16": the same with other round sizes (pages per
-# transactional round of a backlog), side by side with the default.
+# MIRROR_ROUND_PAGES="4 8": the same with other round sizes (pages per
+# transactional round of a backlog), side by side with the default (32);
+# MIRROR_IN_FLIGHT="8 16": other numbers of pages awaiting reports.
+for v in ${MIRROR_ROUND_PAGES:-}; do
+  mirror_run "mirror_rp$v" --set "kafka.mirror_round_pages=$v"
+done
 for v in ${MIRROR_IN_FLIGHT:-}; do
   mirror_run "mirror_if$v" --set "kafka.mirror_in_flight=$v"
 done
@@ -350,6 +354,9 @@ printf '%-52s %12s %10s\n' "broker producer ceiling (mirror settings, warm)" "${
 printf '%-52s %12s %10s\n' "mirror, first on the broker (cold coordinator)" "${R[mirror_first]:-}" "$(ratio "${R[mirror_first]:-}" "${R[producer]:-}")"
 printf '%-52s %12s %10s\n' "mirror, Redis backlog → Kafka (pipelined, defaults)" "${R[mirror]:-}" "$(ratio "${R[mirror]:-}" "${R[producer]:-}")"
 printf '%-52s %12s %10s\n' "mirror, same backlog, serial rounds (in_flight 1)" "${R[mirror_serial]:-}" "$(ratio "${R[mirror_serial]:-}" "${R[producer]:-}")"
+for v in ${MIRROR_ROUND_PAGES:-}; do
+  printf '%-52s %12s %10s\n' "mirror, same backlog, kafka.mirror_round_pages=$v" "${R[mirror_rp$v]:-}" "$(ratio "${R[mirror_rp$v]:-}" "${R[producer]:-}")"
+done
 for v in ${MIRROR_IN_FLIGHT:-}; do
   printf '%-52s %12s %10s\n' "mirror, same backlog, kafka.mirror_in_flight=$v" "${R[mirror_if$v]:-}" "$(ratio "${R[mirror_if$v]:-}" "${R[producer]:-}")"
 done

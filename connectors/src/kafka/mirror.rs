@@ -26,7 +26,9 @@
 //! entries are acknowledged only after it commits. While the mirror keeps up
 //! a round is one page, committed as soon as it is delivered (its records
 //! become visible to `read_committed` readers without waiting for later
-//! reads); a backlog's round takes up to `in_flight` pages (fewer commits).
+//! reads); a backlog's round takes up to `round_pages` pages (fewer
+//! commits: each waits for the round's last delivery reports, with nothing
+//! else in flight), still with at most `in_flight` pages awaiting reports.
 //! A page is full — a backlog — when some stream filled its share of the
 //! read (`batch` entries per stream on Redis). When any record of a round fails
 //! (broker down longer than the delivery timeout, a broker restart, a
@@ -91,7 +93,7 @@ use super::rounds::{
     Ranges, encode_ranges, entry_key, full_page, last_committed_round, marker_consumer,
 };
 use super::{ensure_topics, events_topic, sleep_or_stop};
-use crate::event_log::{EntryRef, EventLog, LogEntry};
+use crate::event_log::{EntryRef, EventLog, LogEntry, LogError};
 use crate::metrics::Metrics;
 use produce::{Context, Failure, attempt_key, permanent, produce};
 pub use produce::{DEAD_LETTER_TOPIC, partition_for};
@@ -206,6 +208,10 @@ pub struct MirrorConfig {
     /// the next page is read and produced while earlier ones are delivered.
     /// 1 means read → produce → wait → acknowledge, serially.
     pub in_flight: usize,
+    /// Transactional: pages per round while draining a backlog (default
+    /// 32): one commit per round. While the mirror keeps up a round is one
+    /// page.
+    pub round_pages: usize,
     /// The producer while the mirror keeps up (latency).
     pub live: ProducerTuning,
     /// The producer while it drains a backlog (throughput).
@@ -243,6 +249,7 @@ impl MirrorConfig {
             partitions: 8,
             batch: 2_000,
             in_flight: 4,
+            round_pages: 32,
             live: ProducerTuning::LIVE,
             bulk: ProducerTuning::BULK,
             claim_idle_after: Duration::from_secs(30),
@@ -451,6 +458,9 @@ pub async fn run(
     let mut last_claim = tokio::time::Instant::now();
     let mut takeover = config.claim_at_start;
     let mut failed: Option<String> = None;
+    // The next page of new entries, read while this one is produced (a
+    // backlog only): Redis's reply and its decoding overlap the producing.
+    let mut ahead: Option<JoinHandle<Result<Vec<LogEntry>, LogError>>> = None;
     while !*shutdown.borrow() {
         if let Some(error) = failed.take() {
             // Settle what is still in flight first: without transactions
@@ -517,21 +527,38 @@ pub async fn run(
             continue;
         }
         // A live round is one page, visible once delivered; a backlog's
-        // takes `in_flight` pages (fewer commits). See the module doc.
+        // takes `round_pages` pages (fewer commits). See the module doc.
         let round_pages = match m.mode {
             Mode::Live => 1,
-            Mode::Bulk => max_in_flight,
+            Mode::Bulk => config.round_pages.max(1),
         };
         if transactional && m.pages >= round_pages {
             // A full round: commit it, then start the next.
             failed = m.commit().await;
             continue;
         }
-        if !transactional && m.in_flight.len() >= max_in_flight {
+        if m.in_flight.len() >= max_in_flight {
+            // With transactions the page's entries wait for the commit.
             failed = m.settle(1).await;
             continue;
         }
-        let read = if reread_pending {
+        // A page read ahead comes first; but not before pending entries
+        // are read again, which include its entries, in the log's order.
+        let ahead_read = match ahead.take() {
+            Some(h) if reread_pending => {
+                let _ = h.await;
+                None
+            }
+            Some(h) => Some(
+                h.await
+                    .unwrap_or_else(|e| Err(LogError::Unavailable(format!("reading ahead: {e}")))),
+            ),
+            None => None,
+        };
+        let from_new = ahead_read.is_some() || !(reread_pending || claim_due);
+        let read = if let Some(r) = ahead_read {
+            r
+        } else if reread_pending {
             // What failed to be acknowledged is pending: read (and
             // acknowledged) again with the rest, not twice.
             m.unacked.clear();
@@ -630,6 +657,13 @@ pub async fn run(
                 continue;
             }
             m.mode = mode;
+        }
+        if from_new && !claim_due && mode == Mode::Bulk && !*shutdown.borrow() {
+            let (log, group, consumer) =
+                (m.log.clone(), config.group.clone(), config.consumer.clone());
+            ahead = Some(tokio::spawn(async move {
+                log.read_new(&group, &consumer, count, Duration::ZERO).await
+            }));
         }
         if let Some(e) = m.send(entries).await {
             failed = Some(e);

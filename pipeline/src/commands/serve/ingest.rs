@@ -48,6 +48,7 @@ impl Ingest {
             mc.partitions = config.kafka.partitions;
             mc.batch = config.kafka.mirror_batch;
             mc.in_flight = config.kafka.mirror_in_flight;
+            mc.round_pages = config.kafka.mirror_round_pages;
             mc.live = connectors::kafka::mirror::ProducerTuning {
                 linger: config.kafka.mirror_live_linger,
                 batch_bytes: config.kafka.mirror_live_batch_bytes,
