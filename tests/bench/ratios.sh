@@ -306,6 +306,11 @@ e2e() { # label → appends "p50/p99" to R[e2e_label]
       $1 == h "_count" { n = $2 }
       END { if (n > 0) printf "  %s: %d batches, %.0f %% within 10 ms, %.0f %% within 25 ms\n", h, n, 100 * a / n, 100 * b / n }'
   done
+  # The mirror's rounds (read, produce, reports, commit, XACK) and commits.
+  for h in inkstream_mirror_round_duration_seconds inkstream_mirror_commit_duration_seconds; do
+    curl -s "127.0.0.1:$HP/metrics" | awk -v h="$h" '$1 == h "_sum" { s = $2 } $1 == h "_count" { n = $2 }
+      END { if (n > 0) printf "  %s: %d, mean %.1f ms\n", h, n, 1000 * s / n }'
+  done
   p50=$(echo "$line" | sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p'); p99=$(echo "$line" | sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p')
   R[e2e_$1]="${R[e2e_$1]:-}${R[e2e_$1]:+, }$p50/$p99"
 }
