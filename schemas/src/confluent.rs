@@ -93,10 +93,22 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, FrameError> {
 /// external registry gave the published schema.
 pub fn encode_with(schema_id: u32, event: &Event) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(128);
+    encode_with_into(schema_id, event, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_with`] into `out`, cleared first (a buffer reused record after
+/// record).
+pub fn encode_with_into(
+    schema_id: u32,
+    event: &Event,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    out.clear();
     out.push(MAGIC);
     out.extend_from_slice(&schema_id.to_be_bytes());
-    crate::binary::encode_into(event, &mut out)?;
-    Ok(out)
+    crate::binary::encode_into(event, out)?;
+    Ok(())
 }
 
 /// Decodes a record framed with the published schema's id.

@@ -69,6 +69,15 @@ fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String)
     (id, value)
 }
 
+/// Where a category's records go: its topic, the id of its value schema
+/// (and as the `schema_id` header's text) and the topic's partitions.
+struct Route {
+    topic: String,
+    schema_id: u32,
+    schema_id_text: String,
+    partitions: i32,
+}
+
 /// The records of one page handed to the producer, whose reports are
 /// awaited in flight: by the record's place in the page, the entry, the
 /// event's place in it, and whether the record is the event's dead letter.
@@ -102,6 +111,10 @@ pub(super) async fn produce(
     let reports = producer.context();
     let page = reports.open();
     let mut records = Vec::with_capacity(entries.len());
+    // Per category, made at its first event of the page.
+    let mut routes: [Option<Route>; schemas::Category::ALL.len()] = std::array::from_fn(|_| None);
+    // The record's value, copied by librdkafka at each send.
+    let mut value = Vec::with_capacity(256);
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for entry in entries {
@@ -149,10 +162,26 @@ pub(super) async fn produce(
                 continue;
             }
         };
-        let topic = events_topic(event.category());
-        let schema_id = cx.schema_ids.for_topic(&topic);
-        let value = match schemas::confluent::encode_with(schema_id, &event) {
-            Ok(v) => v,
+        let route = routes[event.category() as usize].get_or_insert_with(|| {
+            let topic = events_topic(event.category());
+            let schema_id = cx.schema_ids.for_topic(&topic);
+            // A topic the broker did not list (yet) has the partitions this
+            // mirror creates topics with; if that is wrong the produce fails
+            // and the counts are fetched again.
+            let partitions = cx
+                .partitions
+                .get(&topic)
+                .copied()
+                .unwrap_or(cx.default_partitions);
+            Route {
+                schema_id_text: schema_id.to_string(),
+                topic,
+                schema_id,
+                partitions,
+            }
+        });
+        match schemas::confluent::encode_with_into(route.schema_id, &event, &mut value) {
+            Ok(()) => {}
             Err(e) => {
                 cx.metrics
                     .mirror_errors
@@ -163,7 +192,7 @@ pub(super) async fn produce(
                 continue;
             }
         };
-        let mut headers = crate::kafka::event_headers(&event, &schema_id.to_string());
+        let mut headers = crate::kafka::event_headers(&event, &route.schema_id_text);
         if let Some(ns) = entry.namespace.as_deref() {
             headers = headers.insert(rdkafka::message::Header {
                 key: crate::kafka::NAMESPACE_HEADER,
@@ -171,17 +200,11 @@ pub(super) async fn produce(
             });
         }
         let opaque = page.expect(records.len() as u32);
-        let mut record = BaseRecord::with_opaque_to(&topic, opaque).key(event.partition_key());
+        let mut record =
+            BaseRecord::with_opaque_to(&route.topic, opaque).key(event.partition_key());
         // Never librdkafka's own partitioner: one key must always map to
-        // one partition. A topic the broker did not list (yet) has the
-        // partitions this mirror creates topics with; if that is wrong the
-        // produce fails and the counts are fetched again.
-        let count = cx
-            .partitions
-            .get(&topic)
-            .copied()
-            .unwrap_or(cx.default_partitions);
-        record = record.partition(partition_for(event.partition_key(), count));
+        // one partition.
+        record = record.partition(partition_for(event.partition_key(), route.partitions));
         let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
         // A record that failed permanently before may only have shared a
         // produce request with a poison record (the broker refuses a
