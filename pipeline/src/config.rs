@@ -351,8 +351,9 @@ pub struct KafkaConfig {
     /// Mirror pages produced whose delivery reports are awaited at once
     /// (default 4; 1 = read → produce → wait → acknowledge, serially).
     pub mirror_in_flight: usize,
-    /// Pages per transactional round of a backlog (default 32): one commit
-    /// per round. One page per round while the mirror keeps up.
+    /// Pages per transactional round of a backlog (default 32; a round
+    /// open 5 s commits with fewer): one commit per round. One page per
+    /// round while the mirror keeps up.
     pub mirror_round_pages: usize,
     /// The mirror's producer while it keeps up with live traffic: `linger.ms`
     /// (default 1 ms) and `batch.size` (default 1,000,000 bytes).

@@ -11,7 +11,11 @@
 //!
 //! **Pipelined.** New entries are read a page at a time; a page is produced
 //! and the wait for its delivery reports goes in flight while the next page
-//! is read and produced (up to `in_flight` pages). Pages are settled in the
+//! is read and produced (up to `in_flight` pages). The reports are counted
+//! per page by the producer's context (`reports.rs`), not a future per
+//! record. In a backlog the next page of new entries is read while the
+//! current one is produced; after a failure that read ahead is dropped (its
+//! entries are pending, and are read again in order with the rest). Pages are settled in the
 //! order they were produced — acknowledged with one XACK per stream as their
 //! reports complete — so acknowledgements follow the log's order per stream.
 //! A full page means a backlog: it goes to a producer tuned for throughput
@@ -152,7 +156,8 @@ pub fn transactional_producer(
 ) -> Result<MirrorProducer, super::KafkaError> {
     use rdkafka::producer::Producer;
     // The broker aborts a transaction open longer than this; a round lasts
-    // at most about the delivery timeout.
+    // at most about `MAX_ROUND_AGE` and the delivery timeout of its last
+    // pages.
     let transaction_timeout = (delivery_timeout * 2).max(Duration::from_secs(60));
     let producer: MirrorProducer = configured(brokers, tuning, delivery_timeout)
         .set("transactional.id", transactional_id)
@@ -192,6 +197,12 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of a transaction call (init, commit, abort).
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A backlog's round commits after this long even if it has fewer than
+/// `round_pages` pages: on a slow broker 32 pages could otherwise outlast
+/// the transaction timeout (the broker would abort the round, and the same
+/// round would be produced again and again).
+const MAX_ROUND_AGE: Duration = Duration::from_secs(5);
+
 /// Settings of the mirror.
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
@@ -209,8 +220,8 @@ pub struct MirrorConfig {
     /// 1 means read → produce → wait → acknowledge, serially.
     pub in_flight: usize,
     /// Transactional: pages per round while draining a backlog (default
-    /// 32): one commit per round. While the mirror keeps up a round is one
-    /// page.
+    /// 32; a round open 5 s commits with fewer): one commit per round.
+    /// While the mirror keeps up a round is one page.
     pub round_pages: usize,
     /// The producer while the mirror keeps up (latency).
     pub live: ProducerTuning,
@@ -532,7 +543,8 @@ pub async fn run(
             Mode::Live => 1,
             Mode::Bulk => config.round_pages.max(1),
         };
-        if transactional && m.pages >= round_pages {
+        let round_old = m.round_began.is_some_and(|t| t.elapsed() >= MAX_ROUND_AGE);
+        if transactional && (m.pages >= round_pages || round_old) {
             // A full round: commit it, then start the next.
             failed = m.commit().await;
             continue;
