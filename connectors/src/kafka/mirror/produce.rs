@@ -1,6 +1,6 @@
 //! Producing one page of the mirror: each entry's record (or its dead
-//! letter, after `max_attempts` permanent failures), with its delivery
-//! future, in log order.
+//! letter, after `max_attempts` permanent failures) in log order, its
+//! delivery report counted in the page's [`Page`].
 
 use super::reports::{MirrorProducer, Page};
 use crate::event_log::{EntryRef, LogEntry};
