@@ -47,6 +47,9 @@ impl Bridge {
         checkpoints: Option<Arc<Checkpoints>>,
     ) -> Result<(Bridge, Vec<BridgeEnds>), WorkerError> {
         let readers = readers.clamp(1, config.dataflow.workers.max(1));
+        if let Some(c) = checkpoints.as_ref() {
+            restore_sink(c, &*sink, config.dataflow.process_index)?;
+        }
         let mut tokio_ends = Vec::with_capacity(readers);
         let mut worker_ends = Vec::with_capacity(readers);
         for _ in 0..readers {
@@ -502,6 +505,8 @@ struct CheckpointAcks {
     /// The restored cut: entries at or before it are already in the state.
     skip: HashMap<String, u64>,
     last_completed: u64,
+    /// A completed checkpoint whose two-phase outputs are not committed.
+    uncommitted: Option<u64>,
 }
 
 impl CheckpointAcks {
@@ -529,6 +534,7 @@ impl CheckpointAcks {
             pushed: skip.clone(),
             skip,
             last_completed: checkpoints.restored().unwrap_or(0),
+            uncommitted: None,
         })
     }
 
@@ -573,9 +579,38 @@ impl CheckpointAcks {
             return Vec::new();
         }
         self.last_completed = b;
+        // A completed checkpoint whose outputs are not committed yet (the
+        // commit failed, or another process had not completed it) is
+        // committed first: until it is, no later checkpoint completes, so
+        // uncommitted outputs never pile up checkpoint after checkpoint.
+        if let Some(prev) = self.uncommitted {
+            match checkpoints.complete_everywhere(prev, processes) {
+                Ok(true) => {}
+                Ok(false) => return Vec::new(),
+                Err(error) => {
+                    tracing::warn!(%error, "checkpoint completion unknown; checkpoint skipped");
+                    return Vec::new();
+                }
+            }
+            if let Err(error) = sink.commit(prev) {
+                tracing::error!(%error, "derived events still not committed; checkpoint skipped");
+                return Vec::new();
+            }
+            self.uncommitted = None;
+        }
         if let Err(error) = sink.sync(b) {
             tracing::error!(%error, "derived events not made durable; checkpoint skipped");
             return Vec::new();
+        }
+        // A two-phase sink's uncommitted outputs are part of the checkpoint:
+        // whoever restores it commits them if this process does not.
+        match sink.pending(b) {
+            Ok(Some(pending)) => checkpoints.save(b, &pending_part(process), &pending),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "derived events not saved; checkpoint skipped");
+                return Vec::new();
+            }
         }
         match checkpoints.complete(b, process, processes) {
             Ok(true) => {}
@@ -584,6 +619,24 @@ impl CheckpointAcks {
                 tracing::error!(%error, "checkpoint not completed");
                 return Vec::new();
             }
+        }
+        crate::runtime::checkpoint::crash_point("checkpoint-completed");
+        // Committed only once no restore can go back before this checkpoint;
+        // until then (another process has not completed it, the commit
+        // failed) the outputs stay with the sink, and the next checkpoint
+        // commits them first.
+        let committed = match checkpoints.complete_everywhere(b, processes) {
+            Ok(true) => sink.commit(b).map_err(|error| {
+                tracing::warn!(%error, "derived events not committed; the next checkpoint commits them first");
+            }),
+            Ok(false) => Err(()),
+            Err(error) => {
+                tracing::warn!(%error, "checkpoint completion unknown; the next checkpoint commits its derived events first");
+                Err(())
+            }
+        };
+        if committed.is_err() {
+            self.uncommitted = Some(b);
         }
         // Everything fed before this barrier's cut is in the checkpoint.
         let mut upto = self.acked;
@@ -598,6 +651,32 @@ impl CheckpointAcks {
         self.acked = upto;
         self.awaiting.drain(..n.min(self.awaiting.len())).collect()
     }
+}
+
+/// The checkpoint part holding process `process`'s uncommitted outputs.
+fn pending_part(process: usize) -> String {
+    format!("derived-pending-p{process}")
+}
+
+/// Before the dataflow runs again from a restored checkpoint: the outputs
+/// it saved for a two-phase sink are committed (unless they were).
+fn restore_sink<S: DerivedSink>(
+    checkpoints: &Checkpoints,
+    sink: &S,
+    process: usize,
+) -> Result<(), WorkerError> {
+    let Some(b) = checkpoints.restored() else {
+        return Ok(());
+    };
+    let pending = checkpoints
+        .load::<dataflow::Pending>(&pending_part(process))
+        .map_err(|e| WorkerError(format!("checkpoint unreadable: {e}")))?;
+    if let Some(pending) = pending
+        && let Err(error) = sink.restore(b, pending)
+    {
+        tracing::warn!(%error, "the restored checkpoint's derived events are not committed yet; the next checkpoint commits them");
+    }
+    Ok(())
 }
 
 /// An entry's position in its log as a number: a Kafka offset

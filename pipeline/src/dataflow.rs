@@ -58,7 +58,29 @@ pub trait DerivedSink: Send + Sync + 'static {
         let _ = barrier;
         Ok(())
     }
+    /// A sink with a second phase (exactly-once Kafka topics): what the
+    /// checkpoint at `barrier` must hold so that a restore from it can still
+    /// commit it. `None`: nothing (the default).
+    fn pending(&self, barrier: u64) -> Result<Option<Pending>, SinkError> {
+        let _ = barrier;
+        Ok(None)
+    }
+    /// The checkpoint at `barrier` is complete in every process: commit
+    /// what it holds.
+    fn commit(&self, barrier: u64) -> Result<(), SinkError> {
+        let _ = barrier;
+        Ok(())
+    }
+    /// At a restore from the checkpoint at `barrier`: what
+    /// [`DerivedSink::pending`] gave for it, committed unless it already is.
+    fn restore(&self, barrier: u64, pending: Pending) -> Result<(), SinkError> {
+        let _ = (barrier, pending);
+        Ok(())
+    }
 }
+
+/// What a checkpoint holds for a two-phase sink.
+pub use connectors::kafka::derived::Pending;
 
 /// Timely's own failures: workers that could not start (a cluster peer
 /// unreachable, an address in use) or that panicked. Timely reports both

@@ -1,9 +1,11 @@
 //! Derived events out to `inkstream.derived.<type>` topics: keyed by
 //! partition key, Confluent-framed Avro, headers like the event topics.
 //!
-//! The topics are part of the dataflow's checkpoint ([`DerivedProducer::sync`]
-//! is called before a checkpoint completes; an error fails it, nothing is
-//! acknowledged, and the next checkpoint tries again). Two delivery modes:
+//! The topics are part of the dataflow's checkpoint: at least once,
+//! [`DerivedProducer::sync`] is called before a checkpoint completes (an
+//! error fails it, nothing is acknowledged, and the next checkpoint tries
+//! again); exactly once, the checkpoint holds what is not committed yet.
+//! Two delivery modes:
 //!
 //! - **At least once** (default): events are produced as they are derived
 //!   (idempotent producer). A checkpoint completes only once the producer
@@ -29,14 +31,22 @@
 //!   drops the event (counted) and a delivery fails after librdkafka's
 //!   default 5 min, so that the dataflow and the WebSocket fanout never
 //!   stall on the broker; nothing replays what is lost.
-//! - **Exactly once**: a transactional producer (Flink's two-phase
-//!   `KafkaSink` pattern). Events are buffered by dataflow time; at
-//!   checkpoint `b`, those stamped before `b` are produced in one transaction
-//!   that also records `b` (a transactional offset commit of the marker
-//!   group), and committed. A `read_committed` consumer sees each once: a
-//!   restart that replays from an older checkpoint drops what a committed
-//!   transaction already holds (time before the recorded barrier). The cost
-//!   is latency: outputs become visible per checkpoint.
+//! - **Exactly once**: a transactional producer and a two-phase commit, as
+//!   Flink's `KafkaSink` does. Events are buffered by dataflow time. At
+//!   checkpoint `b`, those stamped before `b` and not yet committed
+//!   ([`DerivedProducer::pending`]) are saved with the checkpoint; once the
+//!   checkpoint is complete, they are produced in one transaction that also
+//!   records `b` (a transactional offset commit of the marker group), and
+//!   committed ([`DerivedProducer::commit`]). A restore from checkpoint `b`
+//!   whose transaction the marker does not show committed (the process died
+//!   between the two phases) commits what the checkpoint saved
+//!   ([`DerivedProducer::restore`]); librdkafka cannot resume a transaction
+//!   across processes, so the checkpoint keeps the events themselves, not a
+//!   transaction handle. The marker is thus never ahead of the restored
+//!   checkpoint, and what the restored dataflow derives again (stamped at or
+//!   after `b`) was never committed. A `read_committed` consumer sees each
+//!   event once. The costs: outputs become visible per checkpoint, and each
+//!   checkpoint holds the outputs of its interval until they are committed.
 //!
 //! A threaded producer (its own polling thread) keeps the dataflow's worker
 //! threads free of async: `send` only enqueues; a full queue blocks the
@@ -70,7 +80,7 @@ pub enum DeliveryError {
     Lost(u64),
     #[error("the derived-topics transaction failed ({0}); the checkpoint is retried")]
     Transaction(rdkafka::error::KafkaError),
-    #[error("derived events cannot be encoded: {0}")]
+    #[error("derived events cannot be encoded or decoded: {0}")]
     Encode(String),
 }
 
@@ -82,6 +92,10 @@ impl schemas::Classify for DeliveryError {
         }
     }
 }
+
+/// Exactly-once derived events a checkpoint holds until their transaction
+/// commits: each with its dataflow time, Confluent-framed Avro.
+pub type Pending = Vec<(u64, Vec<u8>)>;
 
 /// The delivery guarantee of the derived topics (`kafka.derived_delivery`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,16 +309,97 @@ impl DerivedProducer {
         }
     }
 
-    /// Makes the derived topics hold every event stamped before `barrier`:
-    /// the checkpoint at `barrier` completes only if this succeeds.
+    /// At least once: makes the derived topics hold every event sent so far
+    /// (the checkpoint at `barrier` completes only if this succeeds).
+    /// Exactly once there is nothing to do before the checkpoint completes:
+    /// see [`DerivedProducer::pending`] and [`DerivedProducer::commit`].
     pub fn sync(&self, barrier: u64) -> Result<(), DeliveryError> {
-        let result = match &self.mode {
-            Mode::AtLeastOnce(producer) => flush_all(producer),
-            Mode::ExactlyOnce(txn) => {
-                let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
-                self.commit(&mut t, barrier)
-            }
+        let _ = barrier;
+        match &self.mode {
+            Mode::AtLeastOnce(producer) => self.counted(flush_all(producer)),
+            Mode::ExactlyOnce(_) => Ok(()),
+        }
+    }
+
+    /// Exactly once, the first phase: the events stamped before `barrier`
+    /// that no transaction has committed, encoded, for the checkpoint at
+    /// `barrier` to hold. `None` at least once (nothing to hold).
+    pub fn pending(&self, barrier: u64) -> Result<Option<Pending>, DeliveryError> {
+        let Mode::ExactlyOnce(txn) = &self.mode else {
+            return Ok(None);
         };
+        let t = txn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (time, events) in t.buffer.range(..barrier) {
+            for e in events {
+                let bytes = schemas::confluent::encode(e)
+                    .map_err(|e| DeliveryError::Encode(e.to_string()))?;
+                out.push((*time, bytes));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Exactly once, the second phase, once the checkpoint at `barrier` is
+    /// complete: one transaction with every buffered event stamped before
+    /// it and the marker `barrier`. On failure the events stay buffered: the
+    /// next checkpoint commits them, and a restore from this one does.
+    pub fn commit(&self, barrier: u64) -> Result<(), DeliveryError> {
+        let Mode::ExactlyOnce(txn) = &self.mode else {
+            return Ok(());
+        };
+        let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.transact(&mut t, barrier);
+        self.counted(result)
+    }
+
+    /// Exactly once, at a restore from the checkpoint at `barrier`: what
+    /// [`DerivedProducer::pending`] gave for it is committed now, unless the
+    /// marker shows its transaction committed (the process died after the
+    /// checkpoint completed and before it committed). A failed commit leaves
+    /// the events buffered for the next checkpoint.
+    pub fn restore(&self, barrier: u64, pending: Pending) -> Result<(), DeliveryError> {
+        let Mode::ExactlyOnce(txn) = &self.mode else {
+            return Ok(());
+        };
+        let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+        if barrier <= t.committed {
+            tracing::info!(
+                barrier,
+                committed_barrier = t.committed,
+                "derived topics: the restored checkpoint's transaction was committed"
+            );
+            return Ok(());
+        }
+        let events = pending.len();
+        let decoded = pending
+            .into_iter()
+            .map(|(time, bytes)| Ok((time, schemas::confluent::decode(&bytes)?)))
+            .collect::<Result<Vec<_>, schemas::confluent::FrameError>>()
+            .map_err(|e| DeliveryError::Encode(e.to_string()))?;
+        for (time, event) in decoded {
+            t.buffer.entry(time).or_default().push(event);
+        }
+        tracing::info!(
+            barrier,
+            committed_barrier = t.committed,
+            events,
+            "derived topics: committing the restored checkpoint's transaction (the process \
+             stopped between its checkpoint and its commit)"
+        );
+        let result = self.transact(&mut t, barrier);
+        self.counted(result)
+    }
+
+    /// The barrier of the last committed transaction (0: none), exactly once.
+    pub fn committed_barrier(&self) -> Option<u64> {
+        match &self.mode {
+            Mode::ExactlyOnce(txn) => Some(txn.lock().unwrap_or_else(|p| p.into_inner()).committed),
+            Mode::AtLeastOnce(_) => None,
+        }
+    }
+
+    fn counted(&self, result: Result<(), DeliveryError>) -> Result<(), DeliveryError> {
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         self.metrics
             .derived_syncs
@@ -314,7 +409,7 @@ impl DerivedProducer {
     }
 
     /// One transaction: the buffered events before `barrier` and the marker.
-    fn commit(&self, t: &mut Transactions, barrier: u64) -> Result<(), DeliveryError> {
+    fn transact(&self, t: &mut Transactions, barrier: u64) -> Result<(), DeliveryError> {
         if barrier <= t.committed {
             return Ok(());
         }

@@ -463,6 +463,22 @@ impl Checkpoints {
         Ok(true)
     }
 
+    /// Whether checkpoint `barrier` is complete in every one of `processes`
+    /// (this process completed its share): with one process, at once.
+    pub fn complete_everywhere(
+        &self,
+        barrier: u64,
+        processes: usize,
+    ) -> Result<bool, CheckpointError> {
+        if processes <= 1 {
+            return Ok(true);
+        }
+        match &self.backend {
+            Backend::Dir(dir) => Ok(complete_barriers(dir)?.contains(&barrier)),
+            Backend::Redis(store) => Ok(store.latest()?.is_some_and(|l| l.barrier >= barrier)),
+        }
+    }
+
     /// Deletes every checkpoint (the run finished: nothing to resume).
     pub fn clear(&self) {
         let dir = match &self.backend {
@@ -484,6 +500,20 @@ impl Checkpoints {
             }
         }
     }
+}
+
+/// A crash point for tests, in debug builds only: with
+/// `INKSTREAM_CRASH_AT=<point>` in its environment the process aborts when
+/// it reaches `point`, as a kill -9 at exactly the worst moment would. A
+/// release build has none.
+pub fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("INKSTREAM_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("INKSTREAM_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -5,7 +5,7 @@
 
 use super::error::ServeError;
 use crate::config::{Config, DerivedDelivery, FanoutBroker};
-use crate::dataflow::{DerivedSink, SinkError};
+use crate::dataflow::{DerivedSink, Pending, SinkError};
 use crate::file_sink::FileSink;
 use connectors::event_log::EmbeddedLog;
 use connectors::event_log::redis::{RedisLog, RedisLogConfig};
@@ -56,6 +56,28 @@ impl DerivedSink for DerivedOutputs {
         }
         match &self.files {
             Some(files) => files.sync(barrier),
+            None => Ok(()),
+        }
+    }
+
+    /// Exactly-once derived topics: the uncommitted events before `barrier`.
+    fn pending(&self, barrier: u64) -> Result<Option<Pending>, SinkError> {
+        match &self.derived {
+            Some(p) => Ok(p.pending(barrier)?),
+            None => Ok(None),
+        }
+    }
+
+    fn commit(&self, barrier: u64) -> Result<(), SinkError> {
+        match &self.derived {
+            Some(p) => Ok(p.commit(barrier)?),
+            None => Ok(()),
+        }
+    }
+
+    fn restore(&self, barrier: u64, pending: Pending) -> Result<(), SinkError> {
+        match &self.derived {
+            Some(p) => Ok(p.restore(barrier, pending)?),
             None => Ok(()),
         }
     }
