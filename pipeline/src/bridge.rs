@@ -301,6 +301,19 @@ fn feed<S: DerivedSink>(
                 events.push((Some(part), at, e));
             }
             Err(reason) => {
+                // With checkpoints the entry waits for one, like a decoded
+                // one: by then its dead letter is durable with the derived
+                // topics (acknowledged at once, a crash could lose it).
+                if let Acks::Checkpoint(a) = acks {
+                    if !a.admit(&entry, position(&entry)) {
+                        // Before the restored cut: dead-lettered already.
+                        if last {
+                            held.settle(entry, acks, &mut done);
+                        }
+                        continue;
+                    }
+                    held.admitted = true;
+                }
                 metrics
                     .dataflow_dead_letters
                     .with_label_values(&["undecodable"])

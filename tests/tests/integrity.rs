@@ -263,3 +263,108 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
     .await
     .unwrap();
 }
+
+/// With checkpoints, an entry that cannot be decoded is acknowledged like
+/// any other: once a checkpoint after it is complete, so its dead letter is
+/// durable with the derived outputs first. (It used to be acknowledged as
+/// soon as it was read: a crash before the next checkpoint lost its dead
+/// letter, and with it the only trace of the entry.)
+#[tokio::test]
+async fn an_undecodable_entry_waits_for_a_checkpoint_like_any_other() {
+    let prefix = unique("undecodable");
+    let server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--set",
+        &format!("redis.prefix=\"{prefix}\""),
+        "--set",
+        "checkpoint.store=\"redis\"",
+        // One barrier an hour: the first event takes one at once, and no
+        // other comes while the test runs unless the clock crosses an hour.
+        "--set",
+        "checkpoint.interval=1h",
+    ])
+    .await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let latest_key = format!("{prefix}:ckpt:dataflow:latest");
+    ingest(
+        &server,
+        None,
+        &json!([keystroke(&unique("k"), "u-undecodable", now_ms())]),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first: String = loop {
+        let latest: Option<String> = redis::cmd("GET")
+            .arg(&latest_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(l) = latest {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no first checkpoint completed within 60 s of the first event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stream = format!("{prefix}:events:writing:0");
+    let id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("ns")
+        .arg("")
+        .arg("events")
+        .arg(&b"\xffnot an event"[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    metric_reaches(
+        &server,
+        "inkstream_dataflow_dead_letters_total{reason=\"undecodable\"}",
+        1.0,
+        "the undecodable entry was not dead-lettered",
+    )
+    .await;
+    // The log reader acknowledges what is done before each read: two more
+    // events read and handed over mean at least one acknowledgement round
+    // after the dead letter (where the entry used to be acknowledged).
+    for n in [2.0, 3.0] {
+        ingest(
+            &server,
+            None,
+            &json!([keystroke(&unique("k"), "u-undecodable", now_ms())]),
+        )
+        .await;
+        metric_reaches(
+            &server,
+            "inkstream_dataflow_events_in_total",
+            n,
+            "an event after the undecodable entry was not read",
+        )
+        .await;
+    }
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("dataflow")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let latest: Option<String> = redis::cmd("GET")
+        .arg(&latest_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if latest.as_deref() == Some(first.as_str()) {
+        assert!(
+            pending.iter().any(|p| p.0 == id),
+            "the undecodable entry {id} was acknowledged before any checkpoint after it \
+             completed (pending: {pending:?})"
+        );
+    }
+}
