@@ -671,23 +671,18 @@ fn pending_part(process: usize) -> String {
     format!("derived-pending-p{process}")
 }
 
-/// Before the dataflow runs again from a restored checkpoint: the outputs
-/// it saved for a two-phase sink are committed (unless they were).
+/// Before the dataflow runs with checkpoints: the outputs the restored one
+/// saved for a two-phase sink are committed (unless they were).
 fn restore_sink<S: DerivedSink>(
     checkpoints: &Checkpoints,
     sink: &S,
     process: usize,
 ) -> Result<(), WorkerError> {
-    let Some(b) = checkpoints.restored() else {
-        return Ok(());
-    };
     let pending = checkpoints
         .load::<dataflow::Pending>(&pending_part(process))
         .map_err(|e| WorkerError(format!("checkpoint unreadable: {e}")))?;
-    if let Some(pending) = pending
-        && let Err(error) = sink.restore(b, pending)
-    {
-        tracing::warn!(%error, "the restored checkpoint's derived events are not committed yet; the next checkpoint commits them");
+    if let Err(error) = sink.restore(checkpoints.restored(), pending) {
+        tracing::warn!(%error, "the restored checkpoint's derived events are not committed yet");
     }
     Ok(())
 }

@@ -71,9 +71,10 @@ pub trait DerivedSink: Send + Sync + 'static {
         let _ = barrier;
         Ok(())
     }
-    /// At a restore from the checkpoint at `barrier`: what
-    /// [`DerivedSink::pending`] gave for it, committed unless it already is.
-    fn restore(&self, barrier: u64, pending: Pending) -> Result<(), SinkError> {
+    /// At the start of a dataflow with checkpoints: the restored checkpoint
+    /// (`None`: none) and what [`DerivedSink::pending`] gave for it,
+    /// committed unless it already is.
+    fn restore(&self, barrier: Option<u64>, pending: Option<Pending>) -> Result<(), SinkError> {
         let _ = (barrier, pending);
         Ok(())
     }

@@ -353,16 +353,37 @@ impl DerivedProducer {
         self.counted(result)
     }
 
-    /// Exactly once, at a restore from the checkpoint at `barrier`: what
-    /// [`DerivedProducer::pending`] gave for it is committed now, unless the
-    /// marker shows its transaction committed (the process died after the
-    /// checkpoint completed and before it committed). A failed commit leaves
-    /// the events buffered for the next checkpoint.
-    pub fn restore(&self, barrier: u64, pending: Pending) -> Result<(), DeliveryError> {
+    /// Exactly once, at the start of a dataflow with checkpoints: `barrier`
+    /// is the restored checkpoint (`None`: none), `pending` what
+    /// [`DerivedProducer::pending`] gave for it. Those events are committed
+    /// now, unless the marker shows their transaction committed (the process
+    /// died after the checkpoint completed and before it committed). A
+    /// failed commit leaves them buffered for the next checkpoint. A marker
+    /// ahead of the restored checkpoint is reported: what is derived again
+    /// before it is dropped as committed, which holds only if the
+    /// transactions after the checkpoint hold it.
+    pub fn restore(
+        &self,
+        barrier: Option<u64>,
+        pending: Option<Pending>,
+    ) -> Result<(), DeliveryError> {
         let Mode::ExactlyOnce(txn) = &self.mode else {
             return Ok(());
         };
         let mut t = txn.lock().unwrap_or_else(|p| p.into_inner());
+        if t.committed > barrier.unwrap_or(0) {
+            tracing::warn!(
+                restored_barrier = barrier.unwrap_or(0),
+                committed_barrier = t.committed,
+                "derived topics: the last committed transaction is ahead of the restored checkpoint \
+                 (checkpoints deleted, or written by a build before 2026-12-06 that committed \
+                 before completing); events derived again before it are dropped as committed, and \
+                 some may be missing"
+            );
+        }
+        let (Some(barrier), Some(pending)) = (barrier, pending) else {
+            return Ok(());
+        };
         if barrier <= t.committed {
             tracing::info!(
                 barrier,

@@ -75,7 +75,7 @@ impl DerivedSink for DerivedOutputs {
         }
     }
 
-    fn restore(&self, barrier: u64, pending: Pending) -> Result<(), SinkError> {
+    fn restore(&self, barrier: Option<u64>, pending: Option<Pending>) -> Result<(), SinkError> {
         match &self.derived {
             Some(p) => Ok(p.restore(barrier, pending)?),
             None => Ok(()),
