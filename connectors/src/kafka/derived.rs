@@ -323,12 +323,17 @@ impl DerivedProducer {
 
     /// Exactly once, the first phase: the events stamped before `barrier`
     /// that no transaction has committed, encoded, for the checkpoint at
-    /// `barrier` to hold. `None` at least once (nothing to hold).
+    /// `barrier` to hold. `None` at least once, or when a transaction
+    /// already committed `barrier` (nothing to hold).
     pub fn pending(&self, barrier: u64) -> Result<Option<Pending>, DeliveryError> {
         let Mode::ExactlyOnce(txn) = &self.mode else {
             return Ok(None);
         };
         let t = txn.lock().unwrap_or_else(|p| p.into_inner());
+        if barrier <= t.committed {
+            // Another worker of this process completed and committed it.
+            return Ok(None);
+        }
         let mut out = Vec::new();
         for (time, events) in t.buffer.range(..barrier) {
             for e in events {
