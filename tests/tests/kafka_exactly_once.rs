@@ -510,3 +510,130 @@ async fn at_least_once_with_checkpoints_a_broker_outage_holds_the_producer_back_
         }
     }
 }
+
+/// The exactly-once producer's two phases against a real broker, as a
+/// restarted process meets them: what `pending` gives for a checkpoint is
+/// what `commit` commits; a commit that fails (the broker stopped) keeps
+/// its events for the next one; a new producer with the same id (a restart)
+/// that restores a checkpoint commits the events it holds only when the
+/// marker does not show them committed. A `read_committed` reader sees
+/// each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_commits_what_a_checkpoint_holds_once_across_failures_and_restarts() {
+    use connectors::kafka::Brokers;
+    use connectors::kafka::derived::{Backpressure, Delivery, DerivedProducer};
+    use std::sync::Arc;
+
+    let mut kafka = PrivateKafka::start();
+    let brokers = Brokers::plaintext(kafka.brokers());
+    let marker_topic = connectors::kafka::derived_topic("system.dead_letter");
+    connectors::kafka::ensure_topics(brokers.clone(), &[WPM_TOPIC.to_owned(), marker_topic], 1)
+        .await
+        .unwrap();
+    let prefix = unique("2pc");
+    let user = format!("{prefix}-u");
+    let event = |i: usize| schemas::Event {
+        id: format!("{prefix}-{i}"),
+        ts: now_ms(),
+        user_id: Some(user.clone()),
+        project_id: None,
+        document_id: None,
+        data: schemas::Payload::example("analytics.metric_updated").unwrap(),
+    };
+    let delivery = Delivery::ExactlyOnce {
+        transactional_id: format!("{prefix}-derived-p0"),
+    };
+    let open = || {
+        let (brokers, delivery) = (brokers.clone(), delivery.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Arc::new(
+                    DerivedProducer::new(
+                        &brokers,
+                        connectors::Metrics::standalone(),
+                        &delivery,
+                        Backpressure::Wait,
+                    )
+                    .unwrap(),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let blocking = |p: &Arc<DerivedProducer>, f: fn(&DerivedProducer) -> bool| {
+        let p = p.clone();
+        async move { tokio::task::spawn_blocking(move || f(&p)).await.unwrap() }
+    };
+    let mut reader = Committed::new(&kafka.brokers(), &user);
+
+    // Checkpoint 100 holds events 0..10 (times 10..20); they are committed.
+    let producer = open().await;
+    for i in 0..10 {
+        producer.send(Some(10 + i as u64), &[event(i)]);
+    }
+    producer.send(Some(150), &[event(10)]);
+    let held = producer.pending(100).unwrap().unwrap();
+    assert_eq!(held.len(), 10, "checkpoint 100 holds the events before it");
+    assert!(blocking(&producer, |p| p.commit(100).is_ok()).await);
+    assert_eq!(producer.pending(100).unwrap(), None, "100 is committed");
+
+    // Checkpoint 200: the broker is stopped, its commit fails; the events
+    // stay (and event 10 with them), and checkpoint 300 commits them all.
+    producer.send(Some(160), &[event(11)]);
+    let held_200 = producer.pending(200).unwrap().unwrap();
+    assert_eq!(held_200.len(), 2);
+    kafka.stop();
+    assert!(
+        blocking(&producer, |p| p.commit(200).is_err()).await,
+        "a commit succeeded with the broker stopped"
+    );
+    kafka.restart();
+    producer.send(Some(250), &[event(12)]);
+    let held_300 = producer.pending(300).unwrap().unwrap();
+    assert_eq!(
+        held_300.len(),
+        3,
+        "the failed commit's events are held again"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !blocking(&producer, |p| p.commit(300).is_ok()).await {
+        assert!(
+            Instant::now() < deadline,
+            "no commit succeeded within 120 s of the broker's return"
+        );
+    }
+    drop(producer);
+
+    // A restart restoring checkpoint 300, whose transaction is committed:
+    // nothing is committed again.
+    let restarted = open().await;
+    restarted.restore(Some(300), Some(held_300)).unwrap();
+
+    // Checkpoint 400 completes and its process dies before committing: the
+    // next process restores it and commits what it holds.
+    restarted.send(Some(350), &[event(13), event(14)]);
+    let held_400 = restarted.pending(400).unwrap().unwrap();
+    drop(restarted);
+    let after_crash = open().await;
+    let p = after_crash.clone();
+    tokio::task::spawn_blocking(move || p.restore(Some(400), Some(held_400)))
+        .await
+        .unwrap()
+        .unwrap();
+    reader
+        .until("the 15 derived events", |s| s.len() >= 15)
+        .await;
+    // One more transaction after them: whatever was committed twice would
+    // be read before its records.
+    after_crash.send(Some(450), &[event(15)]);
+    assert!(blocking(&after_crash, |p| p.commit(500).is_ok()).await);
+    reader
+        .until("the 16th derived event", |s| s.len() >= 16)
+        .await;
+    let duplicated: Vec<_> = reader.seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "read_committed saw these derived events more than once: {duplicated:?}"
+    );
+}
