@@ -70,6 +70,38 @@ impl Committed {
             }
         }
     }
+
+    /// Fails naming every derived event seen more than once.
+    fn assert_once(&self) {
+        let duplicated: Vec<_> = self.seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            duplicated.is_empty(),
+            "read_committed saw these derived events more than once: {duplicated:?}"
+        );
+    }
+}
+
+/// A new process (after a kill), then 20 new keystrokes for `user`: the
+/// reader sees the 60 WPM updates, and none of the input was late.
+async fn restart_with_20_more(
+    args: &[&str],
+    prefix: &str,
+    user: &str,
+    project: &str,
+    reader: &mut Committed,
+) -> Server {
+    let server = Server::start(args).await;
+    let after = keystrokes(&format!("{prefix}-after"), user, project, now_ms(), 20);
+    ingest(&server, &after).await;
+    reader
+        .until("the 60 live WPM updates", |s| s.len() >= 60)
+        .await;
+    assert_eq!(
+        metric(&server, "inkstream_dataflow_late_events_total").await,
+        0.0,
+        "the restarted dataflow dead-lettered events as late"
+    );
+    server
 }
 
 /// The latest complete checkpoint in Redis (`<base>:latest`).
@@ -210,17 +242,7 @@ async fn killed_between_checkpoint_and_commit(store: Store) {
     // 2. A new process restores that checkpoint and commits its derived
     //    events; then 20 new keystrokes: the 60 updates, each once, none
     //    late.
-    let server = Server::start(&args).await;
-    let after = keystrokes(&format!("{prefix}-after"), &user, &project, now_ms(), 20);
-    ingest(&server, &after).await;
-    reader
-        .until("the 60 live WPM updates", |s| s.len() >= 60)
-        .await;
-    assert_eq!(
-        metric(&server, "inkstream_dataflow_late_events_total").await,
-        0.0,
-        "the restarted dataflow dead-lettered events as late"
-    );
+    let server = restart_with_20_more(&args, &prefix, &user, &project, &mut reader).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     while latest().await == crashed_at {
         assert!(
@@ -229,11 +251,7 @@ async fn killed_between_checkpoint_and_commit(store: Store) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let duplicated: Vec<_> = reader.seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "read_committed saw these derived events more than once: {duplicated:?}"
-    );
+    reader.assert_once();
     assert_eq!(reader.seen.len(), 60);
     drop(server);
     let _ = std::fs::remove_dir_all(&checkpoints);
@@ -283,17 +301,7 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
     //    static membership replaces the killed member) and has read them to
     //    the end, silence is not "caught up", so its idle watermark waits
     //    and nothing it reads then is late: the 60 updates, once.
-    let server = Server::start(&args).await;
-    let after = keystrokes(&format!("{prefix}-after"), &user, &project, now_ms(), 20);
-    ingest(&server, &after).await;
-    reader
-        .until("the 60 live WPM updates", |s| s.len() >= 60)
-        .await;
-    assert_eq!(
-        metric(&server, "inkstream_dataflow_late_events_total").await,
-        0.0,
-        "the restarted dataflow dead-lettered events as late"
-    );
+    let server = restart_with_20_more(&args, &prefix, &user, &project, &mut reader).await;
 
     // 3. The broker stops. The source can no longer confirm that it has
     //    read everything (its checks fail, counted), so the idle watermark
@@ -362,11 +370,7 @@ async fn exactly_once_across_kill_9_and_a_broker_outage(store: Store) {
     reader
         .until("the 60 live WPM updates again", |s| s.len() >= 60)
         .await;
-    let duplicated: Vec<_> = reader.seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "read_committed saw these derived events more than once: {duplicated:?}"
-    );
+    reader.assert_once();
     assert_eq!(reader.seen.len(), 60);
     drop(server);
     let _ = std::fs::remove_dir_all(&checkpoints);
@@ -631,9 +635,5 @@ async fn exactly_once_commits_what_a_checkpoint_holds_once_across_failures_and_r
     reader
         .until("the 16th derived event", |s| s.len() >= 16)
         .await;
-    let duplicated: Vec<_> = reader.seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "read_committed saw these derived events more than once: {duplicated:?}"
-    );
+    reader.assert_once();
 }
