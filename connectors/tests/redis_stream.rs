@@ -721,4 +721,29 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
     assert!(bad.contains("does not decode"), "{bad}");
     assert_eq!(got[2].part, Some(Part { index: 1, of: 3 }));
     assert_eq!(got[3].event.as_ref().unwrap().id, "good2");
+
+    // The same entries as the Kafka mirror reads them, as stored: each
+    // event's bytes are its encoding (its head reads without the payload),
+    // in the same places; the bad frame's head does not read.
+    use inkstream_connectors::event_log::ForwardEntry;
+    let stored = log.read_pending_forward("g", "c", 100).await.unwrap();
+    assert_eq!(stored.len(), 4);
+    for (s, e) in stored.iter().zip(&got) {
+        let ForwardEntry::Stored(s) = s else {
+            panic!("a Redis read gave a decoded entry")
+        };
+        assert_eq!(
+            (&s.entry, s.part, s.namespace.as_deref()),
+            (&e.entry, e.part, Some("app"))
+        );
+        let bytes = s.bytes().unwrap();
+        match &e.event {
+            Ok(event) => {
+                assert_eq!(&schemas::binary::decode(bytes).unwrap(), &**event);
+                let head = schemas::binary::decode_head(bytes).unwrap();
+                assert_eq!((head.id, head.ts), (event.id.as_str(), event.ts));
+            }
+            Err(_) => assert!(schemas::binary::decode_head(bytes).is_err()),
+        }
+    }
 }

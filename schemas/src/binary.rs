@@ -130,6 +130,17 @@ pub fn encode_framed_into(event: &Event, out: &mut Vec<u8>) -> Result<(), Binary
 /// length that runs past the end (or is not a length) ends the entry with
 /// an `Err`, since nothing after it can be found.
 pub fn decode_framed(bytes: &[u8]) -> Vec<Result<Event, BinaryError>> {
+    frames(bytes)
+        .into_iter()
+        .map(|frame| decode(&bytes[frame?]))
+        .collect()
+}
+
+/// The events of a packed entry as stored: where each one's encoding lies
+/// in `bytes`, without decoding it ([`decode_framed`] decodes them). A
+/// length that runs past the end (or is not a length) ends the list with an
+/// `Err`.
+pub fn frames(bytes: &[u8]) -> Vec<Result<std::ops::Range<usize>, BinaryError>> {
     let mut out = Vec::with_capacity(16);
     let mut r = Reader { input: bytes };
     while !r.input.is_empty() {
@@ -144,11 +155,75 @@ pub fn decode_framed(bytes: &[u8]) -> Vec<Result<Event, BinaryError>> {
             ))));
             break;
         };
-        let (event, rest) = r.input.split_at(len);
-        r.input = rest;
-        out.push(decode(event));
+        let start = bytes.len() - r.input.len();
+        r.input = &r.input[len..];
+        out.push(Ok(start..start + len));
     }
     out
+}
+
+/// The envelope's fields before `data`, read from an event's encoding
+/// without its payload: what a forwarder of the stored bytes needs (the
+/// Kafka mirror: topic, key, headers, timestamp).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub id: &'a str,
+    /// The type, which the `data` union's branch agrees with.
+    pub event_type: &'static str,
+    pub ts: i64,
+    pub user_id: Option<&'a str>,
+    pub project_id: Option<&'a str>,
+    pub document_id: Option<&'a str>,
+}
+
+impl<'a> Head<'a> {
+    pub fn category(&self) -> crate::Category {
+        crate::Category::of_type(self.event_type).unwrap_or(crate::Category::System)
+    }
+
+    /// As [`Event::partition_key`].
+    pub fn partition_key(&self) -> &'a str {
+        crate::event::partition_key(
+            self.event_type,
+            self.category(),
+            self.user_id,
+            self.project_id,
+            self.document_id,
+        )
+    }
+}
+
+/// Reads the [`Head`] of an event's encoding (the payload is not decoded:
+/// a forwarder passes it on as it is).
+pub fn decode_head(bytes: &[u8]) -> Result<Head<'_>, BinaryError> {
+    let mut r = Reader { input: bytes };
+    let id = r.read_str()?;
+    let ty = r.read_str()?;
+    let ts = r.read_long()?;
+    let mut opt = || match r.read_long()? {
+        0 => Ok(None),
+        1 => r.read_str().map(Some),
+        n => Err(BinaryError(format!("optional string: union branch {n}"))),
+    };
+    let (user_id, project_id, document_id) = (opt()?, opt()?, opt()?);
+    let branch = r.read_long()?;
+    let event_type = usize::try_from(branch)
+        .ok()
+        .and_then(|b| TYPES.get(b))
+        .ok_or_else(|| BinaryError(format!("union branch {branch} out of range")))?;
+    if *event_type != ty {
+        return Err(BinaryError(format!(
+            "type {ty:?} does not match the data branch {event_type:?}"
+        )));
+    }
+    Ok(Head {
+        id,
+        event_type,
+        ts,
+        user_id,
+        project_id,
+        document_id,
+    })
 }
 
 /// Decodes one event written by [`encode`] (or any writer of the same schema
@@ -777,6 +852,53 @@ mod tests {
         let err = back[1].as_ref().unwrap_err().to_string();
         assert!(err.contains("frame 1 has no valid length"), "{err}");
         assert!(decode_framed(&[]).is_empty());
+    }
+
+    /// What a forwarder reads without the payload agrees with the full
+    /// decode, for every type and for every frame of a packed entry.
+    #[test]
+    fn the_head_and_the_frames_agree_with_the_full_decode() {
+        let all = events();
+        let mut blob = Vec::new();
+        for e in &all {
+            encode_framed_into(e, &mut blob).unwrap();
+        }
+        let frames = frames(&blob);
+        assert_eq!(frames.len(), all.len());
+        for (e, frame) in all.iter().zip(frames) {
+            let bytes = &blob[frame.unwrap()];
+            assert_eq!(&decode(bytes).unwrap(), e);
+            let head = decode_head(bytes).unwrap();
+            assert_eq!(head.id, e.id);
+            assert_eq!(head.event_type, e.event_type());
+            assert_eq!(head.ts, e.ts);
+            assert_eq!(head.user_id, e.user_id.as_deref());
+            assert_eq!(head.project_id, e.project_id.as_deref());
+            assert_eq!(head.document_id, e.document_id.as_deref());
+            assert_eq!(head.partition_key(), e.partition_key());
+        }
+        // A type the branch does not agree with, and a truncated head.
+        let bytes = encode(&all[0]).unwrap();
+        assert!(decode_head(&bytes[..3]).is_err());
+        let mut other = all[0].clone();
+        other.data = all
+            .iter()
+            .find(|e| e.event_type() != all[0].event_type())
+            .unwrap()
+            .data
+            .clone();
+        let mut wrong = Vec::new();
+        write_str(&mut wrong, &other.id);
+        write_str(&mut wrong, all[0].event_type());
+        let tail = encode(&other).unwrap();
+        let skip = {
+            let mut r = Reader { input: &tail };
+            r.read_str().unwrap();
+            r.read_str().unwrap();
+            tail.len() - r.input.len()
+        };
+        wrong.extend_from_slice(&tail[skip..]);
+        assert!(decode_head(&wrong).is_err(), "branch and type disagree");
     }
 
     #[test]

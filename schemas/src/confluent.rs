@@ -75,6 +75,14 @@ pub fn frame(schema_id: u32, datum: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`frame`] into `out`, cleared first (a buffer reused record after record).
+pub fn frame_into(schema_id: u32, datum: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(datum);
+}
+
 /// Splits framed bytes into the schema id and the datum.
 pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8]), FrameError> {
     match bytes {

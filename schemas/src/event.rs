@@ -103,16 +103,32 @@ impl Event {
     /// writing → user, collaboration → document, publishing/analytics/automation
     /// → project, system → type.
     pub fn partition_key(&self) -> &str {
-        let key = match self.category() {
-            Category::Writing => self.user_id.as_deref(),
-            Category::Collaboration => self.document_id.as_deref(),
-            Category::Publishing | Category::Analytics | Category::Automation => {
-                self.project_id.as_deref()
-            }
-            Category::System => None,
-        };
-        key.unwrap_or(self.event_type())
+        partition_key(
+            self.event_type(),
+            self.category(),
+            self.user_id.as_deref(),
+            self.project_id.as_deref(),
+            self.document_id.as_deref(),
+        )
     }
+}
+
+/// [`Event::partition_key`] from the envelope's fields (also read without
+/// the payload: [`crate::binary::Head`]).
+pub(crate) fn partition_key<'a>(
+    event_type: &'a str,
+    category: Category,
+    user_id: Option<&'a str>,
+    project_id: Option<&'a str>,
+    document_id: Option<&'a str>,
+) -> &'a str {
+    let key = match category {
+        Category::Writing => user_id,
+        Category::Collaboration => document_id,
+        Category::Publishing | Category::Analytics | Category::Automation => project_id,
+        Category::System => None,
+    };
+    key.unwrap_or(event_type)
 }
 
 /// The six event categories of the contract.

@@ -128,6 +128,99 @@ impl LogEntry {
     }
 }
 
+/// An entry's event as a forwarding reader (the Kafka mirror) takes it:
+/// from Redis, as stored (the Avro binary of the envelope, whose payload
+/// nobody decodes: it is passed on as it is); from the embedded log, the
+/// event itself.
+#[derive(Debug, Clone)]
+pub enum ForwardEntry {
+    Decoded(LogEntry),
+    Stored(StoredEvent),
+}
+
+/// An event as Redis stores it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub entry: EntryRef,
+    pub namespace: Option<Arc<str>>,
+    pub part: Option<Part>,
+    /// The entry's stored bytes and where this event's encoding lies in
+    /// them (`schemas::binary`, the caller's id), or why the entry holds
+    /// none.
+    pub avro: Result<(Arc<[u8]>, std::ops::Range<usize>), Undecodable>,
+}
+
+impl StoredEvent {
+    /// The event's encoding.
+    pub fn bytes(&self) -> Result<&[u8], &Undecodable> {
+        let (buf, range) = self.avro.as_ref()?;
+        Ok(&buf[range.clone()])
+    }
+}
+
+impl ForwardEntry {
+    pub fn entry(&self) -> &EntryRef {
+        match self {
+            ForwardEntry::Decoded(e) => &e.entry,
+            ForwardEntry::Stored(e) => &e.entry,
+        }
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            ForwardEntry::Decoded(e) => e.namespace.as_deref(),
+            ForwardEntry::Stored(e) => e.namespace.as_deref(),
+        }
+    }
+
+    fn part(&self) -> Option<Part> {
+        match self {
+            ForwardEntry::Decoded(e) => e.part,
+            ForwardEntry::Stored(e) => e.part,
+        }
+    }
+
+    /// The event's place in its entry (0 for an entry of one event).
+    pub fn index(&self) -> u32 {
+        self.part().map_or(0, |p| p.index)
+    }
+
+    /// Whether this is the last event of its entry.
+    pub fn ends_entry(&self) -> bool {
+        self.part().is_none_or(|p| p.index + 1 >= p.of)
+    }
+
+    /// How many entries `batch` holds (as [`LogEntry::entries_in`]).
+    pub fn entries_in(batch: &[ForwardEntry]) -> usize {
+        batch.iter().filter(|e| e.ends_entry()).count()
+    }
+
+    /// The event's time, if it decodes.
+    pub fn ts(&self) -> Option<i64> {
+        match self {
+            ForwardEntry::Decoded(e) => e.event.as_ref().ok().map(|e| e.ts),
+            ForwardEntry::Stored(e) => {
+                let bytes = e.bytes().ok()?;
+                schemas::binary::decode_head(bytes).ok().map(|h| h.ts)
+            }
+        }
+    }
+
+    /// The whole event with its caller's id (decoded on demand: for the
+    /// rare record that needs more than the stored bytes, a dead letter).
+    pub fn caller_event(&self) -> Result<Cow<'_, Event>, Undecodable> {
+        match self {
+            ForwardEntry::Decoded(e) => e.caller_event().map_err(Clone::clone),
+            ForwardEntry::Stored(e) => {
+                let bytes = e.bytes().map_err(Clone::clone)?;
+                schemas::binary::decode(bytes)
+                    .map(Cow::Owned)
+                    .map_err(|err| Undecodable(format!("entry does not decode: {err}")))
+            }
+        }
+    }
+}
+
 /// How many Redis entries to read to take about `events` events: an
 /// eighth, so at most twice `events` from packed entries, and still
 /// `events / 8` entries of one event each from older ones.

@@ -22,8 +22,8 @@ pub mod redis;
 
 pub use embedded::EmbeddedLog;
 pub use entry::{
-    ANONYMOUS, Appended, EntryRef, IdForm, LogEntry, PACK_EVENTS, Part, Undecodable, dataflow_id,
-    stream_name,
+    ANONYMOUS, Appended, EntryRef, ForwardEntry, IdForm, LogEntry, PACK_EVENTS, Part, StoredEvent,
+    Undecodable, dataflow_id, stream_name,
 };
 pub use error::LogError;
 
@@ -139,6 +139,55 @@ impl EventLog {
         }
     }
 
+    /// [`EventLog::read_new`] for a forwarding reader (the Kafka mirror):
+    /// Redis's events as stored, the embedded log's decoded.
+    pub async fn read_new_forward(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<ForwardEntry>, LogError> {
+        match self {
+            EventLog::Embedded(log) => {
+                Ok(decoded(log.read_new(group, consumer, count, block).await))
+            }
+            EventLog::Redis(log) => log.read_new_stored(group, consumer, count, block).await,
+        }
+    }
+
+    /// [`EventLog::read_pending`] for a forwarding reader.
+    pub async fn read_pending_forward(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<ForwardEntry>, LogError> {
+        match self {
+            EventLog::Embedded(log) => Ok(decoded(log.read_pending(group, consumer, count))),
+            EventLog::Redis(log) => log.read_pending_stored(group, consumer, count).await,
+        }
+    }
+
+    /// [`EventLog::claim_idle`] for a forwarding reader.
+    pub async fn claim_idle_forward(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<ForwardEntry>, LogError> {
+        match self {
+            EventLog::Embedded(log) => {
+                Ok(decoded(log.claim_idle(group, consumer, min_idle, count)))
+            }
+            EventLog::Redis(log) => {
+                log.claim_idle_stored(group, consumer, min_idle, count)
+                    .await
+            }
+        }
+    }
+
     /// How far `group` is behind: entries not yet acknowledged (undelivered
     /// plus pending), and the append time (ms) of the oldest of them.
     pub async fn group_lag(&self, group: &str) -> Result<(u64, Option<u64>), LogError> {
@@ -219,4 +268,8 @@ impl EventLog {
             EventLog::Redis(log) => log.ping().await,
         }
     }
+}
+
+fn decoded(entries: Vec<LogEntry>) -> Vec<ForwardEntry> {
+    entries.into_iter().map(ForwardEntry::Decoded).collect()
 }

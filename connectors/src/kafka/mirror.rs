@@ -97,7 +97,7 @@ use super::rounds::{
     Ranges, encode_ranges, entry_key, full_page, last_committed_round, marker_consumer,
 };
 use super::{ensure_topics, events_topic, sleep_or_stop};
-use crate::event_log::{EntryRef, EventLog, LogEntry, LogError};
+use crate::event_log::{EntryRef, EventLog, ForwardEntry, LogError};
 use crate::metrics::Metrics;
 use produce::{Context, Failure, attempt_key, permanent, produce};
 pub use produce::{DEAD_LETTER_TOPIC, partition_for};
@@ -471,7 +471,7 @@ pub async fn run(
     let mut failed: Option<String> = None;
     // The next page of new entries, read while this one is produced (a
     // backlog only): Redis's reply and its decoding overlap the producing.
-    let mut ahead: Option<JoinHandle<Result<Vec<LogEntry>, LogError>>> = None;
+    let mut ahead: Option<JoinHandle<Result<Vec<ForwardEntry>, LogError>>> = None;
     while !*shutdown.borrow() {
         if let Some(error) = failed.take() {
             // Settle what is still in flight first: without transactions
@@ -577,7 +577,7 @@ pub async fn run(
             let r = async {
                 m.log.ensure_group(&config.group).await?;
                 m.log
-                    .read_pending(&config.group, &config.consumer, count)
+                    .read_pending_forward(&config.group, &config.consumer, count)
                     .await
             }
             .await;
@@ -589,7 +589,7 @@ pub async fn run(
             // Entries a dead consumer read and never acknowledged.
             let r = m
                 .log
-                .claim_idle(
+                .claim_idle_forward(
                     &config.group,
                     &config.consumer,
                     if takeover {
@@ -600,7 +600,7 @@ pub async fn run(
                     count,
                 )
                 .await;
-            if matches!(&r, Ok(v) if LogEntry::entries_in(v) < count) {
+            if matches!(&r, Ok(v) if ForwardEntry::entries_in(v) < count) {
                 last_claim = tokio::time::Instant::now();
                 takeover = false;
                 // The previous holder's entries are all claimed: its last
@@ -625,7 +625,7 @@ pub async fn run(
                 Duration::from_millis(250)
             };
             m.log
-                .read_new(&config.group, &config.consumer, count, block)
+                .read_new_forward(&config.group, &config.consumer, count, block)
                 .await
         };
         let entries = match read {
@@ -674,7 +674,8 @@ pub async fn run(
             let (log, group, consumer) =
                 (m.log.clone(), config.group.clone(), config.consumer.clone());
             ahead = Some(tokio::spawn(async move {
-                log.read_new(&group, &consumer, count, Duration::ZERO).await
+                log.read_new_forward(&group, &consumer, count, Duration::ZERO)
+                    .await
             }));
         }
         if let Some(e) = m.send(entries).await {
@@ -1032,7 +1033,7 @@ impl Mirror {
     /// Produces a page with the current mode's producer (in the open
     /// transaction, begun here if none is) and puts the wait for its
     /// delivery reports in flight.
-    async fn send(&mut self, entries: Vec<LogEntry>) -> Option<String> {
+    async fn send(&mut self, entries: Vec<ForwardEntry>) -> Option<String> {
         if self.transactional() && !self.open {
             use rdkafka::producer::Producer;
             if let Err(e) = self.current().begin_transaction() {
@@ -1042,29 +1043,27 @@ impl Mirror {
         }
         self.pages += 1;
         self.round_began.get_or_insert_with(Instant::now);
-        let oldest = entries
-            .iter()
-            .filter_map(|e| e.event.as_ref().ok().map(|e| e.ts))
-            .min();
+        let oldest = entries.iter().filter_map(ForwardEntry::ts).min();
         // At a takeover: what the previous holder committed in its last
         // round is in Kafka already; acknowledged with this round.
         let mut already = Vec::new();
         let entries = if self.committed_before.is_empty() {
             entries
         } else {
-            let (done, rest): (Vec<LogEntry>, Vec<LogEntry>) = entries.into_iter().partition(|e| {
-                matches!(
-                    (self.committed_before.get(&*e.entry.stream), entry_key(&e.entry.id)),
-                    (Some((first, last)), Some(k)) if *first <= k && k <= *last
-                )
-            });
+            let (done, rest): (Vec<ForwardEntry>, Vec<ForwardEntry>) =
+                entries.into_iter().partition(|e| {
+                    matches!(
+                        (self.committed_before.get(&*e.entry().stream), entry_key(&e.entry().id)),
+                        (Some((first, last)), Some(k)) if *first <= k && k <= *last
+                    )
+                });
             if !done.is_empty() {
                 tracing::info!(
                     entries = done.len(),
                     "mirror: entries the previous holder committed but did not acknowledge; acknowledged without producing them again"
                 );
             }
-            already.extend(done.into_iter().map(|e| (e.entry, 0)));
+            already.extend(done.into_iter().map(|e| (e.entry().clone(), 0)));
             rest
         };
         let (deliveries, mut delivered, failures) = produce(

@@ -6,7 +6,7 @@
 //! stream the first and last entry id of the round, on the partitions of
 //! the mirror's dead-letter topic (the offset is the round's number).
 
-use crate::event_log::{EntryRef, LogEntry};
+use crate::event_log::{EntryRef, ForwardEntry};
 use rdkafka::consumer::BaseConsumer;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ pub(super) fn last_committed_round(
 /// Whether a read returned a full page: a backlog. On Redis `batch` bounds
 /// each stream's entries (a read across 48 streams of live traffic may
 /// return more than `batch` in all), on the embedded log the whole read.
-pub(super) fn full_page(entries: &[LogEntry], batch: usize, per_stream: bool) -> bool {
+pub(super) fn full_page(entries: &[ForwardEntry], batch: usize, per_stream: bool) -> bool {
     // Entries, not events: a packed entry's events count once, at its last.
     let mut entries = entries.iter().filter(|e| e.ends_entry());
     if !per_stream {
@@ -137,7 +137,7 @@ pub(super) fn full_page(entries: &[LogEntry], batch: usize, per_stream: bool) ->
     }
     let mut counts: HashMap<&str, usize> = HashMap::new();
     entries.any(|e| {
-        let n = counts.entry(&e.entry.stream).or_default();
+        let n = counts.entry(&e.entry().stream).or_default();
         *n += 1;
         *n >= batch
     })

@@ -49,7 +49,9 @@
 mod append;
 mod query;
 
-use super::entry::{EntryRef, IdForm, LogEntry, Part, Undecodable, stream_name};
+use super::entry::{
+    EntryRef, ForwardEntry, IdForm, LogEntry, Part, StoredEvent, Undecodable, stream_name,
+};
 use super::error::LogError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::{Category, Event};
@@ -235,8 +237,29 @@ impl RedisLog {
         count: usize,
         block: Duration,
     ) -> Result<Vec<LogEntry>, LogError> {
-        let mut batch = self
-            .read_group(group, consumer, count, Some(block), ">")
+        self.read_new_as(group, consumer, count, block).await
+    }
+
+    /// [`RedisLog::read_new`], each event as stored.
+    pub async fn read_new_stored(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<ForwardEntry>, LogError> {
+        self.read_new_as(group, consumer, count, block).await
+    }
+
+    async fn read_new_as<T: ReadAs>(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<T>, LogError> {
+        let mut batch: Vec<T> = self
+            .read_group_of(group, consumer, count, Some(block), ">", &self.streams)
             .await?;
         if !batch.is_empty() {
             // A blocked XREADGROUP is woken by one stream and answers with
@@ -247,7 +270,7 @@ impl RedisLog {
             // stream, and a stream first seen a batch later would find it
             // moved on. (`count` stays a bound per stream.)
             let answered: std::collections::HashSet<&str> =
-                batch.iter().map(|e| &*e.entry.stream).collect();
+                batch.iter().map(|e| &**e.stream()).collect();
             let others: Vec<Arc<str>> = self
                 .streams
                 .iter()
@@ -274,6 +297,17 @@ impl RedisLog {
             .await
     }
 
+    /// [`RedisLog::read_pending`], each event as stored.
+    pub async fn read_pending_stored(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<ForwardEntry>, LogError> {
+        self.read_pending_after_as(group, consumer, count, &HashMap::new())
+            .await
+    }
+
     /// One page of `consumer`'s pending entries: per stream, those after the
     /// id in `after` (from the start where absent).
     pub async fn read_pending_after(
@@ -283,6 +317,17 @@ impl RedisLog {
         count: usize,
         after: &HashMap<Arc<str>, String>,
     ) -> Result<Vec<LogEntry>, LogError> {
+        self.read_pending_after_as(group, consumer, count, after)
+            .await
+    }
+
+    async fn read_pending_after_as<T: ReadAs>(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        after: &HashMap<Arc<str>, String>,
+    ) -> Result<Vec<T>, LogError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(group)
@@ -299,20 +344,8 @@ impl RedisLog {
         self.run_read(cmd).await
     }
 
-    async fn read_group(
-        &self,
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Option<Duration>,
-        from: &str,
-    ) -> Result<Vec<LogEntry>, LogError> {
-        self.read_group_of(group, consumer, count, block, from, &self.streams)
-            .await
-    }
-
     /// `XREADGROUP` over `streams` only.
-    async fn read_group_of(
+    async fn read_group_of<T: ReadAs>(
         &self,
         group: &str,
         consumer: &str,
@@ -320,7 +353,7 @@ impl RedisLog {
         block: Option<Duration>,
         from: &str,
         streams: &[Arc<str>],
-    ) -> Result<Vec<LogEntry>, LogError> {
+    ) -> Result<Vec<T>, LogError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(group)
@@ -340,7 +373,7 @@ impl RedisLog {
         self.run_read(cmd).await
     }
 
-    async fn run_read(&self, cmd: redis::Cmd) -> Result<Vec<LogEntry>, LogError> {
+    async fn run_read<T: ReadAs>(&self, cmd: redis::Cmd) -> Result<Vec<T>, LogError> {
         let mut conn = self.reader.clone();
         let reply: redis::Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
         let streams = match reply {
@@ -378,6 +411,27 @@ impl RedisLog {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<LogEntry>, LogError> {
+        self.claim_idle_as(group, consumer, min_idle, count).await
+    }
+
+    /// [`RedisLog::claim_idle`], each event as stored.
+    pub async fn claim_idle_stored(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<ForwardEntry>, LogError> {
+        self.claim_idle_as(group, consumer, min_idle, count).await
+    }
+
+    async fn claim_idle_as<T: ReadAs>(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<T>, LogError> {
         let mut conn = self.reader.clone();
         let idle_ms = min_idle.as_millis() as u64;
         let mut out = Vec::new();
@@ -679,11 +733,11 @@ fn bulk_str(v: &redis::Value) -> Option<&str> {
 /// gives one [`LogEntry`] per event, an entry of one event (`event`,
 /// written before packing) one. An entry whose fields are gone (deleted
 /// while pending: nil) or hold neither is returned undecodable.
-fn entry_of(
+fn entry_of<T: ReadAs>(
     stream: &Arc<str>,
     entry: redis::Value,
     last_ns: &mut Option<Arc<str>>,
-    out: &mut Vec<LogEntry>,
+    out: &mut Vec<T>,
 ) -> Result<(), LogError> {
     let (id, fields) = pair(entry).ok_or_else(|| bad_reply("entry"))?;
     let id = match id {
@@ -726,18 +780,22 @@ fn entry_of(
         stream: stream.clone(),
         id: id.into(),
     };
-    body.into_entries(entry, namespace, out);
+    T::push(body, entry, namespace, out);
     Ok(())
 }
 
 /// What an entry holds, before it is decoded.
-enum Body<'a> {
+pub(crate) enum Body<'a> {
     /// Field `event`: one event (entries written before packing).
     One(&'a [u8]),
     /// Field `events`: framed events ([`schemas::binary::decode_framed`]).
     Packed(&'a [u8]),
     Missing,
     NotAString(&'static str),
+}
+
+fn undecodable(e: schemas::binary::BinaryError) -> Undecodable {
+    Undecodable(format!("entry does not decode: {e}"))
 }
 
 impl<'a> Body<'a> {
@@ -750,10 +808,30 @@ impl<'a> Body<'a> {
         }
     }
 
-    /// The entry's events, one [`LogEntry`] each, appended to `out`.
-    fn into_entries(self, entry: EntryRef, namespace: Option<Arc<str>>, out: &mut Vec<LogEntry>) {
-        let undecodable =
-            |e: schemas::binary::BinaryError| Undecodable(format!("entry does not decode: {e}"));
+    /// Why an entry holds no events at all (`None`: it holds some).
+    fn empty(&self) -> Option<Undecodable> {
+        match self {
+            Body::Missing => Some(Undecodable("entry has no `event` or `events` field".into())),
+            Body::NotAString(field) => {
+                Some(Undecodable(format!("field `{field}` is not a string")))
+            }
+            Body::Packed([]) => Some(Undecodable("a packed entry with no events".into())),
+            _ => None,
+        }
+    }
+}
+
+/// What a read makes of each entry's events: decoded ([`LogEntry`], for
+/// the dataflow and the queries) or as stored ([`ForwardEntry`], for the
+/// Kafka mirror, which passes the bytes on).
+pub(crate) trait ReadAs: Sized + Send + 'static {
+    /// The entry's events, one each, appended to `out`.
+    fn push(body: Body<'_>, entry: EntryRef, namespace: Option<Arc<str>>, out: &mut Vec<Self>);
+    fn stream(&self) -> &Arc<str>;
+}
+
+impl ReadAs for LogEntry {
+    fn push(body: Body<'_>, entry: EntryRef, namespace: Option<Arc<str>>, out: &mut Vec<Self>) {
         let one = |event: Result<Event, Undecodable>| LogEntry {
             entry: entry.clone(),
             event: event.map(Arc::new),
@@ -761,22 +839,14 @@ impl<'a> Body<'a> {
             namespace: namespace.clone(),
             part: None,
         };
-        match self {
+        if let Some(reason) = body.empty() {
+            out.push(one(Err(reason)));
+            return;
+        }
+        match body {
             Body::One(raw) => out.push(one(schemas::binary::decode(raw).map_err(undecodable))),
-            Body::Missing => out.push(one(Err(Undecodable(
-                "entry has no `event` or `events` field".into(),
-            )))),
-            Body::NotAString(field) => out.push(one(Err(Undecodable(format!(
-                "field `{field}` is not a string"
-            ))))),
             Body::Packed(raw) => {
                 let events = schemas::binary::decode_framed(raw);
-                if events.is_empty() {
-                    out.push(one(Err(Undecodable(
-                        "a packed entry with no events".into(),
-                    ))));
-                    return;
-                }
                 let of = events.len() as u32;
                 out.reserve(events.len());
                 for (index, event) in events.into_iter().enumerate() {
@@ -792,16 +862,63 @@ impl<'a> Body<'a> {
                     });
                 }
             }
+            Body::Missing | Body::NotAString(_) => {}
         }
+    }
+
+    fn stream(&self) -> &Arc<str> {
+        &self.entry.stream
+    }
+}
+
+impl ReadAs for ForwardEntry {
+    fn push(body: Body<'_>, entry: EntryRef, namespace: Option<Arc<str>>, out: &mut Vec<Self>) {
+        let stored = |part, avro| {
+            ForwardEntry::Stored(StoredEvent {
+                entry: entry.clone(),
+                namespace: namespace.clone(),
+                part,
+                avro,
+            })
+        };
+        if let Some(reason) = body.empty() {
+            out.push(stored(None, Err(reason)));
+            return;
+        }
+        match body {
+            Body::One(raw) => out.push(stored(None, Ok((Arc::from(raw), 0..raw.len())))),
+            Body::Packed(raw) => {
+                // One copy of the entry's bytes, shared by its events.
+                let frames = schemas::binary::frames(raw);
+                let buf: Arc<[u8]> = Arc::from(raw);
+                let of = frames.len() as u32;
+                out.reserve(frames.len());
+                for (index, frame) in frames.into_iter().enumerate() {
+                    let part = Some(Part {
+                        index: index as u32,
+                        of,
+                    });
+                    out.push(stored(
+                        part,
+                        frame.map(|r| (buf.clone(), r)).map_err(undecodable),
+                    ));
+                }
+            }
+            Body::Missing | Body::NotAString(_) => {}
+        }
+    }
+
+    fn stream(&self) -> &Arc<str> {
+        &self.entry().stream
     }
 }
 
 /// The events of an entry read as a field map (XCLAIM, XRANGE), appended
 /// to `out` as [`entry_of`] does.
-pub(crate) fn entries_of_map(
+pub(crate) fn entries_of_map<T: ReadAs>(
     entry: EntryRef,
     map: &HashMap<String, redis::Value>,
-    out: &mut Vec<LogEntry>,
+    out: &mut Vec<T>,
 ) {
     let namespace = match map.get("ns") {
         Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().map(Arc::from),
@@ -812,14 +929,14 @@ pub(crate) fn entries_of_map(
         (None, Some(v)) => Body::of(b"event", v),
         (None, None) => Body::Missing,
     };
-    body.into_entries(entry, namespace, out);
+    T::push(body, entry, namespace, out);
 }
 
 /// The events of an entry's fields as XRANGE returns them (for tools and
 /// tests that read the streams themselves): one per event of a packed
 /// entry, one for an entry written before packing.
 pub fn events_of_fields(map: &HashMap<String, redis::Value>) -> Vec<Result<Event, Undecodable>> {
-    let mut out = Vec::new();
+    let mut out: Vec<LogEntry> = Vec::new();
     let entry = EntryRef {
         stream: Arc::from(""),
         id: Arc::from(""),

@@ -1,9 +1,18 @@
 //! Producing one page of the mirror: each entry's record (or its dead
 //! letter, after `max_attempts` permanent failures) in log order, its
 //! delivery report counted in the page's [`Page`].
+//!
+//! An event read from Redis is forwarded as stored: its record's value is
+//! the Confluent frame around the bytes the log holds (the same Avro
+//! binary of the envelope), and only the envelope's head is read for the
+//! topic, key, headers and timestamp; the payload is neither decoded nor
+//! encoded again. The log holds only what inkstream's append wrote after
+//! validating it; a payload that still does not decode is the reader's
+//! undecodable record (the dataflow dead-letters it). An event of the
+//! embedded log is encoded.
 
 use super::reports::{MirrorProducer, Page};
-use crate::event_log::{EntryRef, LogEntry};
+use crate::event_log::{EntryRef, ForwardEntry, Undecodable};
 use crate::kafka::events_topic;
 use crate::metrics::Metrics;
 use rdkafka::producer::BaseRecord;
@@ -51,16 +60,16 @@ pub fn partition_for(key: &str, count: i32) -> i32 {
 }
 
 /// The dead letter of a poison entry: its key (the event id) and value.
-fn dead_letter(entry: &LogEntry, error: &str, attempts: u32) -> (String, String) {
+fn dead_letter(entry: &ForwardEntry, error: &str, attempts: u32) -> (String, String) {
     let event = entry.caller_event().ok();
     let event = event.as_deref();
     let id = event.map(|e| e.id.clone()).unwrap_or_default();
     let value = serde_json::json!({
-        "stream": &*entry.entry.stream,
-        "entry_id": &*entry.entry.id,
+        "stream": &*entry.entry().stream,
+        "entry_id": &*entry.entry().id,
         "event_id": id,
         "type": event.map(|e| e.event_type()),
-        "namespace": entry.namespace.as_deref(),
+        "namespace": entry.namespace(),
         "error": error,
         "attempts": attempts,
         "bytes": event.and_then(|e| schemas::confluent::encode(e).ok()).map(|v| v.len()),
@@ -104,7 +113,7 @@ pub(super) struct Context<'a> {
 /// produced as its dead letter (only that event of a packed entry).
 pub(super) async fn produce(
     producer: &MirrorProducer,
-    entries: &[LogEntry],
+    entries: &[ForwardEntry],
     cx: &Context<'_>,
 ) -> (Deliveries, Vec<(EntryRef, u32)>, Vec<Failure>) {
     use rdkafka::producer::Producer;
@@ -123,7 +132,7 @@ pub(super) async fn produce(
         let suspect = if cx.attempts.is_empty() {
             None
         } else {
-            cx.attempts.get(&attempt_key(&entry.entry, index))
+            cx.attempts.get(&attempt_key(entry.entry(), index))
         };
         if let Some((n, error)) = suspect
             && *n >= cx.max_attempts
@@ -134,11 +143,11 @@ pub(super) async fn produce(
                 .key(&id)
                 .payload(&value);
             match producer.send(record) {
-                Ok(()) => records.push((entry.entry.clone(), index, true)),
+                Ok(()) => records.push((entry.entry().clone(), index, true)),
                 Err((e, _)) => {
                     page.refused();
                     failures.push(Failure {
-                        entry: entry.entry.clone(),
+                        entry: entry.entry().clone(),
                         index,
                         error: format!("dead-lettering: {e}"),
                         permanent: false,
@@ -147,23 +156,52 @@ pub(super) async fn produce(
             }
             continue;
         }
-        // With the id its caller gave it (the embedded log stores the
-        // dataflow's form).
-        let event = match entry.caller_event() {
-            Ok(e) => e,
-            Err(reason) => {
-                // Cannot be represented in Avro: counted, logged, acknowledged.
-                cx.metrics
-                    .mirror_errors
-                    .with_label_values(&["undecodable"])
-                    .inc();
-                tracing::error!(entry = %entry.entry.id, %reason, "mirror: skipping an undecodable entry");
-                delivered.push((entry.entry.clone(), index));
-                continue;
+        // The record's fields: read from the stored bytes' head, or from
+        // the event with the id its caller gave it (the embedded log
+        // stores the dataflow's form).
+        let decoded: std::borrow::Cow<'_, schemas::Event>;
+        let fields = match entry {
+            ForwardEntry::Stored(stored) => {
+                let read = stored.bytes().map_err(Clone::clone).and_then(|bytes| {
+                    let head = schemas::binary::decode_head(bytes)
+                        .map_err(|e| Undecodable(format!("entry does not decode: {e}")))?;
+                    Ok(Fields {
+                        id: head.id,
+                        event_type: head.event_type,
+                        category: head.category(),
+                        ts: head.ts,
+                        key: head.partition_key(),
+                        value: Value::Stored(bytes),
+                    })
+                });
+                match read {
+                    Ok(f) => f,
+                    Err(reason) => {
+                        skip_undecodable(cx, entry, &reason, &mut delivered);
+                        continue;
+                    }
+                }
             }
+            ForwardEntry::Decoded(e) => match e.caller_event() {
+                Ok(event) => {
+                    decoded = event;
+                    Fields {
+                        id: &decoded.id,
+                        event_type: decoded.event_type(),
+                        category: decoded.category(),
+                        ts: decoded.ts,
+                        key: decoded.partition_key(),
+                        value: Value::Event(&decoded),
+                    }
+                }
+                Err(reason) => {
+                    skip_undecodable(cx, entry, reason, &mut delivered);
+                    continue;
+                }
+            },
         };
-        let route = routes[event.category() as usize].get_or_insert_with(|| {
-            let topic = events_topic(event.category());
+        let route = routes[fields.category as usize].get_or_insert_with(|| {
+            let topic = events_topic(fields.category);
             let schema_id = cx.schema_ids.for_topic(&topic);
             // A topic the broker did not list (yet) has the partitions this
             // mirror creates topics with; if that is wrong the produce fails
@@ -180,32 +218,38 @@ pub(super) async fn produce(
                 partitions,
             }
         });
-        match schemas::confluent::encode_with_into(route.schema_id, &event, &mut value) {
-            Ok(()) => {}
-            Err(e) => {
-                cx.metrics
-                    .mirror_errors
-                    .with_label_values(&["encode"])
-                    .inc();
-                tracing::error!(id = %event.id, error = %e, "mirror: cannot encode an event");
-                delivered.push((entry.entry.clone(), index));
-                continue;
+        match fields.value {
+            Value::Stored(bytes) => {
+                schemas::confluent::frame_into(route.schema_id, bytes, &mut value)
             }
-        };
-        let mut headers = crate::kafka::event_headers(&event, &route.schema_id_text);
-        if let Some(ns) = entry.namespace.as_deref() {
+            Value::Event(event) => {
+                if let Err(e) =
+                    schemas::confluent::encode_with_into(route.schema_id, event, &mut value)
+                {
+                    cx.metrics
+                        .mirror_errors
+                        .with_label_values(&["encode"])
+                        .inc();
+                    tracing::error!(id = %fields.id, error = %e, "mirror: cannot encode an event");
+                    delivered.push((entry.entry().clone(), index));
+                    continue;
+                }
+            }
+        }
+        let mut headers =
+            crate::kafka::record_headers(fields.event_type, fields.id, &route.schema_id_text);
+        if let Some(ns) = entry.namespace() {
             headers = headers.insert(rdkafka::message::Header {
                 key: crate::kafka::NAMESPACE_HEADER,
                 value: Some(ns),
             });
         }
         let opaque = page.expect(records.len() as u32);
-        let mut record =
-            BaseRecord::with_opaque_to(&route.topic, opaque).key(event.partition_key());
+        let mut record = BaseRecord::with_opaque_to(&route.topic, opaque).key(fields.key);
         // Never librdkafka's own partitioner: one key must always map to
         // one partition.
-        record = record.partition(partition_for(event.partition_key(), route.partitions));
-        let mut record = record.payload(&value).headers(headers).timestamp(event.ts);
+        record = record.partition(partition_for(fields.key, route.partitions));
+        let mut record = record.payload(&value).headers(headers).timestamp(fields.ts);
         // A record that failed permanently before may only have shared a
         // produce request with a poison record (the broker refuses a
         // partition's whole batch, e.g. one over the topic's
@@ -221,7 +265,7 @@ pub(super) async fn produce(
         loop {
             match producer.send(record) {
                 Ok(()) => {
-                    records.push((entry.entry.clone(), index, false));
+                    records.push((entry.entry().clone(), index, false));
                     if isolate {
                         flush(producer, cx.delivery_timeout.min(ISOLATION_FLUSH));
                     }
@@ -241,7 +285,7 @@ pub(super) async fn produce(
                 Err((e, _)) => {
                     page.refused();
                     failures.push(Failure {
-                        entry: entry.entry.clone(),
+                        entry: entry.entry().clone(),
                         index,
                         error: e.to_string(),
                         permanent: permanent(&e),
@@ -253,6 +297,37 @@ pub(super) async fn produce(
     }
     reports.seal(&page);
     (Deliveries { page, records }, delivered, failures)
+}
+
+/// What a record is made of, read from the stored bytes or the event.
+struct Fields<'a> {
+    id: &'a str,
+    event_type: &'static str,
+    category: schemas::Category,
+    ts: i64,
+    key: &'a str,
+    value: Value<'a>,
+}
+
+/// A record's value: the stored encoding, framed, or the event, encoded.
+enum Value<'a> {
+    Stored(&'a [u8]),
+    Event(&'a schemas::Event),
+}
+
+/// An entry with nothing Kafka can carry: counted, logged, acknowledged.
+fn skip_undecodable(
+    cx: &Context<'_>,
+    entry: &ForwardEntry,
+    reason: &Undecodable,
+    delivered: &mut Vec<(EntryRef, u32)>,
+) {
+    cx.metrics
+        .mirror_errors
+        .with_label_values(&["undecodable"])
+        .inc();
+    tracing::error!(entry = %entry.entry().id, %reason, "mirror: skipping an undecodable entry");
+    delivered.push((entry.entry().clone(), entry.index()));
 }
 
 /// The longest wait around one suspect record: a slow broker cannot hold
