@@ -195,17 +195,6 @@ impl ForwardEntry {
         batch.iter().filter(|e| e.ends_entry()).count()
     }
 
-    /// The event's time, if it decodes.
-    pub fn ts(&self) -> Option<i64> {
-        match self {
-            ForwardEntry::Decoded(e) => e.event.as_ref().ok().map(|e| e.ts),
-            ForwardEntry::Stored(e) => {
-                let bytes = e.bytes().ok()?;
-                schemas::binary::decode_head(bytes).ok().map(|h| h.ts)
-            }
-        }
-    }
-
     /// The whole event with its caller's id (decoded on demand: for the
     /// rare record that needs more than the stored bytes, a dead letter).
     pub fn caller_event(&self) -> Result<Cow<'_, Event>, Undecodable> {

@@ -1043,7 +1043,6 @@ impl Mirror {
         }
         self.pages += 1;
         self.round_began.get_or_insert_with(Instant::now);
-        let oldest = entries.iter().filter_map(ForwardEntry::ts).min();
         // At a takeover: what the previous holder committed in its last
         // round is in Kafka already; acknowledged with this round.
         let mut already = Vec::new();
@@ -1080,6 +1079,7 @@ impl Mirror {
             },
         )
         .await;
+        let oldest = deliveries.oldest;
         delivered.append(&mut already);
         self.in_flight.push_back(tokio::spawn(async move {
             let mut page = Settled {

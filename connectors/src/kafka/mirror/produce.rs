@@ -93,6 +93,8 @@ struct Route {
 pub(super) struct Deliveries {
     pub(super) page: Arc<Page>,
     pub(super) records: Vec<(EntryRef, u32, bool)>,
+    /// The event time of the page's oldest event.
+    pub(super) oldest: Option<i64>,
 }
 
 /// What [`produce`] needs besides the producer and the page.
@@ -126,6 +128,7 @@ pub(super) async fn produce(
     let mut value = Vec::with_capacity(256);
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
+    let mut oldest: Option<i64> = None;
     for entry in entries {
         let index = entry.index();
         // Failed permanently before: dead-lettered after its last attempt.
@@ -200,6 +203,7 @@ pub(super) async fn produce(
                 }
             },
         };
+        oldest = Some(oldest.map_or(fields.ts, |o| o.min(fields.ts)));
         let route = routes[fields.category as usize].get_or_insert_with(|| {
             let topic = events_topic(fields.category);
             let schema_id = cx.schema_ids.for_topic(&topic);
@@ -296,7 +300,12 @@ pub(super) async fn produce(
         }
     }
     reports.seal(&page);
-    (Deliveries { page, records }, delivered, failures)
+    let deliveries = Deliveries {
+        page,
+        records,
+        oldest,
+    };
+    (deliveries, delivered, failures)
 }
 
 /// What a record is made of, read from the stored bytes or the event.
