@@ -13,3 +13,18 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A config with one API key allowed any rate ($work/bench.toml), its token
+# exported for `inkstream load` (a bench key, not a secret).
+bench_config() {
+  local key=bench-key-not-secret
+  cat >"$work/bench.toml" <<EOF
+[[auth.api_keys]]
+name = "bench"
+sha256 = "$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
+scopes = ["ingest", "read"]
+rate_per_sec = 100000000.0
+burst = 200000000.0
+EOF
+  export INKSTREAM_LOAD_TOKEN="$key"
+}

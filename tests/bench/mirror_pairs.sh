@@ -18,16 +18,7 @@ B="${INKSTREAM_BIN:-./target/release/inkstream}"
 N="${N:-1000000}"
 source tests/bench/lib.sh
 export KAFKA_JVM=shipped
-KEY=bench-key-not-secret
-cat >"$work/bench.toml" <<EOT
-[[auth.api_keys]]
-name = "bench"
-sha256 = "$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
-scopes = ["ingest", "read"]
-rate_per_sec = 100000000.0
-burst = 200000000.0
-EOT
-export INKSTREAM_LOAD_TOKEN="$KEY"
+bench_config
 p=$(free_port); mkdir -p "$work/r"
 redis-server --port "$p" --save "" --appendonly no --daemonize yes --dir "$work/r" --logfile "$work/r/redis.log" >/dev/null
 REDIS_PORTS+=("$p"); RP=$p

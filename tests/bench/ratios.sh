@@ -52,16 +52,7 @@ on() { [[ " $SECTIONS " == *" $1 "* ]]; }
 [ -x "$B" ] && [ -x "$PERF" ] || { echo "build first: cargo build --release -p inkstream && cargo build --release -p inkstream-tests --examples" >&2; exit 1; }
 source tests/bench/lib.sh
 
-KEY=bench-key-not-secret
-cat >"$work/bench.toml" <<EOF
-[[auth.api_keys]]
-name = "bench"
-sha256 = "$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
-scopes = ["ingest", "read"]
-rate_per_sec = 100000000.0
-burst = 200000000.0
-EOF
-export INKSTREAM_LOAD_TOKEN="$KEY"
+bench_config
 
 start_redis() { # sets RP (a fresh, empty redis-server)
   local p; p=$(free_port)
@@ -126,7 +117,7 @@ start_serve() {
   SPID=$!; PIDS+=("$SPID")
   for _ in $(seq 300); do curl -sf "127.0.0.1:$HP/healthz" >/dev/null && break; sleep 0.1; done
   [ -n "${NOWARM:-}" ] && return
-  curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
+  curl -sf -o /dev/null -H "Authorization: Bearer $INKSTREAM_LOAD_TOKEN" -H 'content-type: application/json' \
     --data "{\"type\":\"writing.keystroke\",\"ts\":$(date +%s%3N),\"user_id\":\"warmup\",\"data\":{\"keystrokes\":1,\"words\":1,\"chars\":1}}" \
     "127.0.0.1:$HP/v1/events" || { tail -20 "$work/serve-$name.log" >&2; exit 1; }
   for _ in $(seq 600); do

@@ -152,7 +152,7 @@ impl EventLog {
             EventLog::Embedded(log) => {
                 Ok(decoded(log.read_new(group, consumer, count, block).await))
             }
-            EventLog::Redis(log) => log.read_new_stored(group, consumer, count, block).await,
+            EventLog::Redis(log) => log.read_new_as(group, consumer, count, block).await,
         }
     }
 
@@ -165,7 +165,10 @@ impl EventLog {
     ) -> Result<Vec<ForwardEntry>, LogError> {
         match self {
             EventLog::Embedded(log) => Ok(decoded(log.read_pending(group, consumer, count))),
-            EventLog::Redis(log) => log.read_pending_stored(group, consumer, count).await,
+            EventLog::Redis(log) => {
+                log.read_pending_after_as(group, consumer, count, &Default::default())
+                    .await
+            }
         }
     }
 
@@ -181,10 +184,7 @@ impl EventLog {
             EventLog::Embedded(log) => {
                 Ok(decoded(log.claim_idle(group, consumer, min_idle, count)))
             }
-            EventLog::Redis(log) => {
-                log.claim_idle_stored(group, consumer, min_idle, count)
-                    .await
-            }
+            EventLog::Redis(log) => log.claim_idle_as(group, consumer, min_idle, count).await,
         }
     }
 

@@ -240,18 +240,7 @@ impl RedisLog {
         self.read_new_as(group, consumer, count, block).await
     }
 
-    /// [`RedisLog::read_new`], each event as stored.
-    pub async fn read_new_stored(
-        &self,
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<ForwardEntry>, LogError> {
-        self.read_new_as(group, consumer, count, block).await
-    }
-
-    async fn read_new_as<T: ReadAs>(
+    pub(crate) async fn read_new_as<T: ReadAs>(
         &self,
         group: &str,
         consumer: &str,
@@ -297,17 +286,6 @@ impl RedisLog {
             .await
     }
 
-    /// [`RedisLog::read_pending`], each event as stored.
-    pub async fn read_pending_stored(
-        &self,
-        group: &str,
-        consumer: &str,
-        count: usize,
-    ) -> Result<Vec<ForwardEntry>, LogError> {
-        self.read_pending_after_as(group, consumer, count, &HashMap::new())
-            .await
-    }
-
     /// One page of `consumer`'s pending entries: per stream, those after the
     /// id in `after` (from the start where absent).
     pub async fn read_pending_after(
@@ -321,7 +299,7 @@ impl RedisLog {
             .await
     }
 
-    async fn read_pending_after_as<T: ReadAs>(
+    pub(crate) async fn read_pending_after_as<T: ReadAs>(
         &self,
         group: &str,
         consumer: &str,
@@ -414,18 +392,7 @@ impl RedisLog {
         self.claim_idle_as(group, consumer, min_idle, count).await
     }
 
-    /// [`RedisLog::claim_idle`], each event as stored.
-    pub async fn claim_idle_stored(
-        &self,
-        group: &str,
-        consumer: &str,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<ForwardEntry>, LogError> {
-        self.claim_idle_as(group, consumer, min_idle, count).await
-    }
-
-    async fn claim_idle_as<T: ReadAs>(
+    pub(crate) async fn claim_idle_as<T: ReadAs>(
         &self,
         group: &str,
         consumer: &str,
