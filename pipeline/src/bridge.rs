@@ -597,16 +597,7 @@ impl CheckpointAcks {
         // committed first: until it is, no later checkpoint completes, so
         // uncommitted outputs never pile up checkpoint after checkpoint.
         if let Some(prev) = self.uncommitted {
-            match checkpoints.complete_everywhere(prev, processes) {
-                Ok(true) => {}
-                Ok(false) => return Vec::new(),
-                Err(error) => {
-                    tracing::warn!(%error, "checkpoint completion unknown; checkpoint skipped");
-                    return Vec::new();
-                }
-            }
-            if let Err(error) = sink.commit(prev) {
-                tracing::error!(%error, "derived events still not committed; checkpoint skipped");
+            if !commit_completed(checkpoints, sink, prev, processes) {
                 return Vec::new();
             }
             self.uncommitted = None;
@@ -638,17 +629,7 @@ impl CheckpointAcks {
         // until then (another process has not completed it, the commit
         // failed) the outputs stay with the sink, and the next checkpoint
         // commits them first.
-        let committed = match checkpoints.complete_everywhere(b, processes) {
-            Ok(true) => sink.commit(b).map_err(|error| {
-                tracing::warn!(%error, "derived events not committed; the next checkpoint commits them first");
-            }),
-            Ok(false) => Err(()),
-            Err(error) => {
-                tracing::warn!(%error, "checkpoint completion unknown; the next checkpoint commits its derived events first");
-                Err(())
-            }
-        };
-        if committed.is_err() {
+        if !commit_completed(checkpoints, sink, b, processes) {
             self.uncommitted = Some(b);
         }
         // Everything fed before this barrier's cut is in the checkpoint.
@@ -663,6 +644,31 @@ impl CheckpointAcks {
         let n = (upto - self.acked) as usize;
         self.acked = upto;
         self.awaiting.drain(..n.min(self.awaiting.len())).collect()
+    }
+}
+
+/// Commits a two-phase sink's outputs of the completed checkpoint `b` once
+/// every process has completed it; `false` when that is not (yet) so or
+/// the commit failed (the outputs stay with the sink).
+fn commit_completed<S: DerivedSink>(
+    checkpoints: &Checkpoints,
+    sink: &S,
+    b: u64,
+    processes: usize,
+) -> bool {
+    match checkpoints.complete_everywhere(b, processes) {
+        Ok(true) => match sink.commit(b) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, barrier = b, "derived events not committed; the next checkpoint commits them first");
+                false
+            }
+        },
+        Ok(false) => false,
+        Err(error) => {
+            tracing::warn!(%error, barrier = b, "checkpoint completion unknown; the next checkpoint commits its derived events first");
+            false
+        }
     }
 }
 

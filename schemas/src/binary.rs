@@ -200,12 +200,8 @@ pub fn decode_head(bytes: &[u8]) -> Result<Head<'_>, BinaryError> {
     let id = r.read_str()?;
     let ty = r.read_str()?;
     let ts = r.read_long()?;
-    let mut opt = || match r.read_long()? {
-        0 => Ok(None),
-        1 => r.read_str().map(Some),
-        n => Err(BinaryError(format!("optional string: union branch {n}"))),
-    };
-    let (user_id, project_id, document_id) = (opt()?, opt()?, opt()?);
+    let (user_id, project_id, document_id) =
+        (r.read_opt_str()?, r.read_opt_str()?, r.read_opt_str()?);
     let branch = r.read_long()?;
     let event_type = usize::try_from(branch)
         .ok()
@@ -529,12 +525,16 @@ impl<'de> Reader<'de> {
         self.read_str().map(str::to_owned)
     }
 
-    fn read_opt_string(&mut self) -> Result<Option<String>, BinaryError> {
+    fn read_opt_str(&mut self) -> Result<Option<&'de str>, BinaryError> {
         match self.read_long()? {
             0 => Ok(None),
-            1 => self.read_string().map(Some),
+            1 => self.read_str().map(Some),
             n => Err(BinaryError(format!("optional string: union branch {n}"))),
         }
+    }
+
+    fn read_opt_string(&mut self) -> Result<Option<String>, BinaryError> {
+        Ok(self.read_opt_str()?.map(str::to_owned))
     }
 
     fn read_fixed<const N: usize>(&mut self) -> Result<[u8; N], BinaryError> {

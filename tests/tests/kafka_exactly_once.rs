@@ -12,8 +12,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use inkstream_tests::{
-    PrivateKafka, Server, checking_consumer, free_port, keystrokes, metric, now_ms, post_events,
-    redis_url, unique,
+    PrivateKafka, Server, checking_consumer, exit_within, free_port, keystrokes, metric, now_ms,
+    post_events, redis_url, unique,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -221,17 +221,11 @@ async fn killed_between_checkpoint_and_commit(store: Store) {
     .await;
     let events = keystrokes(&prefix, &user, &project, now_ms() - 120_000, 40);
     ingest(&server, &events).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not reach its crash point (a first complete checkpoint) within 90 s"
+    let (status, _) = exit_within(&mut server.child, Duration::from_secs(90))
+        .await
+        .expect(
+            "the server did not reach its crash point (a first complete checkpoint) within 90 s",
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     assert!(!status.success(), "the server exited cleanly: {status:?}");
     let crashed_at = latest().await;
     assert!(

@@ -94,7 +94,8 @@ impl schemas::Classify for DeliveryError {
 }
 
 /// Exactly-once derived events a checkpoint holds until their transaction
-/// commits: each with its dataflow time, Confluent-framed Avro.
+/// commits: each with its dataflow time, the Avro binary of the envelope
+/// (`schemas::binary`).
 pub type Pending = Vec<(u64, Vec<u8>)>;
 
 /// The delivery guarantee of the derived topics (`kafka.derived_delivery`).
@@ -168,8 +169,10 @@ struct Transactions {
     /// whatever the old one left open.
     producer: Option<ThreadedProducer<Deliveries>>,
     config: ClientConfig,
-    /// Events not yet committed, by dataflow time.
-    buffer: BTreeMap<u64, Vec<Event>>,
+    /// Events not yet committed, by dataflow time, each as the Avro binary
+    /// of the envelope (encoded once: saved with a checkpoint as they are,
+    /// produced from them).
+    buffer: BTreeMap<u64, Vec<Vec<u8>>>,
     /// Events stamped before this barrier are in a committed transaction.
     committed: u64,
     /// The marker partition whose committed offset records `committed`.
@@ -296,7 +299,13 @@ impl DerivedProducer {
                 // transaction already holds.
                 let time = time.unwrap_or(t.committed);
                 if time >= t.committed {
-                    t.buffer.entry(time).or_default().extend_from_slice(events);
+                    let slot = t.buffer.entry(time).or_default();
+                    for e in events {
+                        match schemas::binary::encode(e) {
+                            Ok(bytes) => slot.push(bytes),
+                            Err(error) => self.unencodable(e, error),
+                        }
+                    }
                 }
             }
             Mode::AtLeastOnce(producer) => {
@@ -334,15 +343,11 @@ impl DerivedProducer {
             // Another worker of this process completed and committed it.
             return Ok(None);
         }
-        let mut out = Vec::new();
-        for (time, events) in t.buffer.range(..barrier) {
-            for e in events {
-                let bytes = schemas::confluent::encode(e)
-                    .map_err(|e| DeliveryError::Encode(e.to_string()))?;
-                out.push((*time, bytes));
-            }
-        }
-        Ok(Some(out))
+        let held = t.buffer.range(..barrier);
+        Ok(Some(
+            held.flat_map(|(time, events)| events.iter().map(|e| (*time, e.clone())))
+                .collect(),
+        ))
     }
 
     /// Exactly once, the second phase, once the checkpoint at `barrier` is
@@ -398,13 +403,8 @@ impl DerivedProducer {
             return Ok(());
         }
         let events = pending.len();
-        let decoded = pending
-            .into_iter()
-            .map(|(time, bytes)| Ok((time, schemas::confluent::decode(&bytes)?)))
-            .collect::<Result<Vec<_>, schemas::confluent::FrameError>>()
-            .map_err(|e| DeliveryError::Encode(e.to_string()))?;
-        for (time, event) in decoded {
-            t.buffer.entry(time).or_default().push(event);
+        for (time, bytes) in pending {
+            t.buffer.entry(time).or_default().push(bytes);
         }
         tracing::info!(
             barrier,
@@ -415,14 +415,6 @@ impl DerivedProducer {
         );
         let result = self.transact(&mut t, barrier);
         self.counted(result)
-    }
-
-    /// The barrier of the last committed transaction (0: none), exactly once.
-    pub fn committed_barrier(&self) -> Option<u64> {
-        match &self.mode {
-            Mode::ExactlyOnce(txn) => Some(txn.lock().unwrap_or_else(|p| p.into_inner()).committed),
-            Mode::AtLeastOnce(_) => None,
-        }
     }
 
     fn counted(&self, result: Result<(), DeliveryError>) -> Result<(), DeliveryError> {
@@ -461,8 +453,8 @@ impl DerivedProducer {
             .map_err(DeliveryError::Transaction)?;
         let attempt = (|| {
             producer.begin_transaction()?;
-            for e in batch.values().flatten() {
-                self.produce(&producer, e)?;
+            for bytes in batch.values().flatten() {
+                self.produce_encoded(&producer, bytes)?;
             }
             producer.send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT)?;
             producer.commit_transaction(SYNC_TIMEOUT)
@@ -499,28 +491,54 @@ impl DerivedProducer {
         producer: &ThreadedProducer<Deliveries>,
         event: &Event,
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let topic = derived_topic(event.event_type());
-        let schema_id = self.schema_ids.for_topic(&topic);
-        let value = match schemas::confluent::encode_with(schema_id, event) {
-            Ok(v) => v,
+        match schemas::binary::encode(event) {
+            Ok(bytes) => self.produce_encoded(producer, &bytes),
+            Err(error) => {
+                self.unencodable(event, error);
+                Err(rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::InvalidMessage,
+                ))
+            }
+        }
+    }
+
+    /// A derived event that cannot be encoded (a defect): logged, dropped.
+    fn unencodable(&self, event: &Event, error: schemas::binary::BinaryError) {
+        let error = DeliveryError::Encode(error.to_string());
+        tracing::error!(id = %event.id, %error, "derived event dropped");
+    }
+
+    /// [`DerivedProducer::produce`] of an event's Avro binary: its topic,
+    /// key, headers and time read from the envelope's head, the value
+    /// framed around the bytes.
+    fn produce_encoded(
+        &self,
+        producer: &ThreadedProducer<Deliveries>,
+        datum: &[u8],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let head = match schemas::binary::decode_head(datum) {
+            Ok(head) => head,
             Err(e) => {
-                tracing::error!(id = %event.id, error = %DeliveryError::Encode(e.to_string()), "derived event dropped");
+                tracing::error!(error = %DeliveryError::Encode(e.to_string()), "derived event dropped");
                 return Err(rdkafka::error::KafkaError::MessageProduction(
                     rdkafka::types::RDKafkaErrorCode::InvalidMessage,
                 ));
             }
         };
+        let topic = derived_topic(head.event_type);
+        let schema_id = self.schema_ids.for_topic(&topic);
+        let value = schemas::confluent::frame(schema_id, datum);
         let schema_id = schema_id.to_string();
-        let key = event.partition_key().to_owned();
+        let key = head.partition_key();
         let started = std::time::Instant::now();
         let mut warned = started;
         loop {
-            let headers = super::event_headers(event, schema_id.as_str());
+            let headers = super::record_headers(head.event_type, head.id, schema_id.as_str());
             let record = BaseRecord::to(&topic)
-                .key(&key)
+                .key(key)
                 .payload(&value)
                 .headers(headers)
-                .timestamp(event.ts);
+                .timestamp(head.ts);
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((
@@ -556,7 +574,7 @@ impl DerivedProducer {
             .derived_produced
             .with_label_values(&["dropped"])
             .inc();
-        tracing::warn!(id = %event.id, "the producer queue stayed full for 5 s; derived event dropped");
+        tracing::warn!(id = %head.id, "the producer queue stayed full for 5 s; derived event dropped");
         Err(rdkafka::error::KafkaError::MessageProduction(
             rdkafka::types::RDKafkaErrorCode::QueueFull,
         ))

@@ -59,12 +59,6 @@ pub fn client_config(brokers: impl Into<Brokers>) -> ClientConfig {
 
 /// The headers every inkstream record carries: `event_type`, `event_id`,
 /// `schema_id` (so consumers can route and deduplicate without decoding).
-pub fn event_headers(event: &schemas::Event, schema_id: &str) -> rdkafka::message::OwnedHeaders {
-    record_headers(event.event_type(), &event.id, schema_id)
-}
-
-/// [`event_headers`] from the fields themselves (a record forwarded from
-/// its stored bytes).
 pub fn record_headers(
     event_type: &str,
     event_id: &str,

@@ -109,7 +109,7 @@ pub(super) struct Context<'a> {
 }
 
 /// Produces a page (in order). Returns the records handed to the producer
-/// with their delivery futures, the records to acknowledge without a
+/// (their reports counted in the page), the records to acknowledge without a
 /// record on Kafka (undecodable, unencodable) and those the producer
 /// refused. A record that failed permanently `max_attempts` times is
 /// produced as its dead letter (only that event of a packed entry).
@@ -126,6 +126,8 @@ pub(super) async fn produce(
     let mut routes: [Option<Route>; schemas::Category::ALL.len()] = std::array::from_fn(|_| None);
     // The record's value, copied by librdkafka at each send.
     let mut value = Vec::with_capacity(256);
+    // An embedded-log event's encoding, reused likewise.
+    let mut encoded = Vec::with_capacity(256);
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     let mut oldest: Option<i64> = None;
@@ -159,53 +161,47 @@ pub(super) async fn produce(
             }
             continue;
         }
-        // The record's fields: read from the stored bytes' head, or from
-        // the event with the id its caller gave it (the embedded log
-        // stores the dataflow's form).
-        let decoded: std::borrow::Cow<'_, schemas::Event>;
-        let fields = match entry {
-            ForwardEntry::Stored(stored) => {
-                let read = stored.bytes().map_err(Clone::clone).and_then(|bytes| {
-                    let head = schemas::binary::decode_head(bytes)
-                        .map_err(|e| Undecodable(format!("entry does not decode: {e}")))?;
-                    Ok(Fields {
-                        id: head.id,
-                        event_type: head.event_type,
-                        category: head.category(),
-                        ts: head.ts,
-                        key: head.partition_key(),
-                        value: Value::Stored(bytes),
-                    })
-                });
-                match read {
-                    Ok(f) => f,
-                    Err(reason) => {
-                        skip_undecodable(cx, entry, &reason, &mut delivered);
-                        continue;
-                    }
-                }
-            }
+        // The event's Avro binary: as Redis stores it, or encoded (the
+        // embedded log's event, with the id its caller gave it: the log
+        // stores the dataflow's form). The record's topic, key, headers and
+        // time are read from its head.
+        // On failure: the error stage it counts as, and why.
+        let bytes = match entry {
+            ForwardEntry::Stored(stored) => stored.bytes().map_err(|r| ("undecodable", r.clone())),
             ForwardEntry::Decoded(e) => match e.caller_event() {
                 Ok(event) => {
-                    decoded = event;
-                    Fields {
-                        id: &decoded.id,
-                        event_type: decoded.event_type(),
-                        category: decoded.category(),
-                        ts: decoded.ts,
-                        key: decoded.partition_key(),
-                        value: Value::Event(&decoded),
-                    }
+                    encoded.clear();
+                    schemas::binary::encode_into(&event, &mut encoded)
+                        .map(|()| encoded.as_slice())
+                        .map_err(|e| ("encode", Undecodable(format!("event does not encode: {e}"))))
                 }
-                Err(reason) => {
-                    skip_undecodable(cx, entry, reason, &mut delivered);
-                    continue;
-                }
+                Err(reason) => Err(("undecodable", reason.clone())),
             },
         };
-        oldest = Some(oldest.map_or(fields.ts, |o| o.min(fields.ts)));
-        let route = routes[fields.category as usize].get_or_insert_with(|| {
-            let topic = events_topic(fields.category);
+        let head = bytes.and_then(|bytes| {
+            schemas::binary::decode_head(bytes)
+                .map(|head| (bytes, head))
+                .map_err(|e| {
+                    (
+                        "undecodable",
+                        Undecodable(format!("entry does not decode: {e}")),
+                    )
+                })
+        });
+        let (bytes, head) = match head {
+            Ok(read) => read,
+            Err((stage, reason)) => {
+                // Cannot be represented in Avro: counted, logged, acknowledged.
+                cx.metrics.mirror_errors.with_label_values(&[stage]).inc();
+                tracing::error!(entry = %entry.entry().id, %reason, "mirror: skipping an entry Kafka cannot carry");
+                delivered.push((entry.entry().clone(), index));
+                continue;
+            }
+        };
+        let category = head.category();
+        oldest = Some(oldest.map_or(head.ts, |o| o.min(head.ts)));
+        let route = routes[category as usize].get_or_insert_with(|| {
+            let topic = events_topic(category);
             let schema_id = cx.schema_ids.for_topic(&topic);
             // A topic the broker did not list (yet) has the partitions this
             // mirror creates topics with; if that is wrong the produce fails
@@ -222,26 +218,9 @@ pub(super) async fn produce(
                 partitions,
             }
         });
-        match fields.value {
-            Value::Stored(bytes) => {
-                schemas::confluent::frame_into(route.schema_id, bytes, &mut value)
-            }
-            Value::Event(event) => {
-                if let Err(e) =
-                    schemas::confluent::encode_with_into(route.schema_id, event, &mut value)
-                {
-                    cx.metrics
-                        .mirror_errors
-                        .with_label_values(&["encode"])
-                        .inc();
-                    tracing::error!(id = %fields.id, error = %e, "mirror: cannot encode an event");
-                    delivered.push((entry.entry().clone(), index));
-                    continue;
-                }
-            }
-        }
+        schemas::confluent::frame_into(route.schema_id, bytes, &mut value);
         let mut headers =
-            crate::kafka::record_headers(fields.event_type, fields.id, &route.schema_id_text);
+            crate::kafka::record_headers(head.event_type, head.id, &route.schema_id_text);
         if let Some(ns) = entry.namespace() {
             headers = headers.insert(rdkafka::message::Header {
                 key: crate::kafka::NAMESPACE_HEADER,
@@ -249,11 +228,11 @@ pub(super) async fn produce(
             });
         }
         let opaque = page.expect(records.len() as u32);
-        let mut record = BaseRecord::with_opaque_to(&route.topic, opaque).key(fields.key);
+        let mut record = BaseRecord::with_opaque_to(&route.topic, opaque).key(head.partition_key());
         // Never librdkafka's own partitioner: one key must always map to
         // one partition.
-        record = record.partition(partition_for(fields.key, route.partitions));
-        let mut record = record.payload(&value).headers(headers).timestamp(fields.ts);
+        record = record.partition(partition_for(head.partition_key(), route.partitions));
+        let mut record = record.payload(&value).headers(headers).timestamp(head.ts);
         // A record that failed permanently before may only have shared a
         // produce request with a poison record (the broker refuses a
         // partition's whole batch, e.g. one over the topic's
@@ -306,37 +285,6 @@ pub(super) async fn produce(
         oldest,
     };
     (deliveries, delivered, failures)
-}
-
-/// What a record is made of, read from the stored bytes or the event.
-struct Fields<'a> {
-    id: &'a str,
-    event_type: &'static str,
-    category: schemas::Category,
-    ts: i64,
-    key: &'a str,
-    value: Value<'a>,
-}
-
-/// A record's value: the stored encoding, framed, or the event, encoded.
-enum Value<'a> {
-    Stored(&'a [u8]),
-    Event(&'a schemas::Event),
-}
-
-/// An entry with nothing Kafka can carry: counted, logged, acknowledged.
-fn skip_undecodable(
-    cx: &Context<'_>,
-    entry: &ForwardEntry,
-    reason: &Undecodable,
-    delivered: &mut Vec<(EntryRef, u32)>,
-) {
-    cx.metrics
-        .mirror_errors
-        .with_label_values(&["undecodable"])
-        .inc();
-    tracing::error!(entry = %entry.entry().id, %reason, "mirror: skipping an undecodable entry");
-    delivered.push((entry.entry().clone(), entry.index()));
 }
 
 /// The longest wait around one suspect record: a slow broker cannot hold
