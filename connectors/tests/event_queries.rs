@@ -14,9 +14,9 @@ use std::time::Duration;
 
 fn ev(id: String, user: String) -> Event {
     Event {
-        id,
+        id: id.into(),
         ts: 1_767_603_600_000,
-        user_id: Some(user),
+        user_id: Some(user.into()),
         project_id: Some("p1".into()),
         document_id: Some("d1".into()),
         data: schemas::Payload::example("writing.keystroke").unwrap(),
@@ -133,7 +133,7 @@ async fn page_all(log: &EventLog, mut q: RangeQuery) -> Vec<String> {
             let id = (ms.parse().unwrap(), seq.parse().unwrap());
             assert!(last.is_none_or(|l| l <= id), "ids in order");
             last = Some(id);
-            ids.push(e.caller_event().unwrap().id.clone());
+            ids.push(e.caller_event().unwrap().id.to_string());
         }
         match page.next {
             Some(after) => q.after = after,

@@ -105,7 +105,7 @@ impl ReaderRun {
             seen.extend(
                 batch
                     .iter()
-                    .filter_map(|e| e.event.as_ref().ok().map(|ev| ev.id.clone())),
+                    .filter_map(|e| e.event.as_ref().ok().map(|ev| ev.id.to_string())),
             );
             if seen.iter().any(|s| s == id) {
                 return seen;

@@ -83,7 +83,7 @@ async fn appended_events_are_read_by_a_group_acked_and_not_redelivered() {
         .unwrap();
     let mut ids: Vec<String> = got
         .iter()
-        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .map(|e| e.event.as_ref().unwrap().id.to_string())
         .collect();
     ids.sort();
     assert_eq!(ids, ["a", "b", "c"]);
@@ -507,7 +507,7 @@ async fn a_pending_backlog_is_read_back_page_by_page() {
         }
     }
     seen.sort();
-    let mut expected: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let mut expected: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
     expected.sort();
     assert_eq!(seen, expected, "every pending entry once, none twice");
 }
@@ -608,7 +608,7 @@ async fn read_new_ids(
         .unwrap();
     let ids = got
         .iter()
-        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .map(|e| e.event.as_ref().unwrap().id.to_string())
         .collect();
     (got, ids)
 }

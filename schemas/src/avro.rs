@@ -298,12 +298,12 @@ pub fn to_avro_value(schemas: &AvroSchemas, event: &AvroEnvelope) -> Result<Avro
         .and_then(Option::as_ref)
         .ok_or_else(|| AvroError::UnknownType(type_name.to_owned()))?;
     let data = apache_avro::to_value(&event.data)?.resolve_with_names(record, &schemas.names)?;
-    let optional = |value: &Option<String>| match value {
-        Some(s) => AvroValue::Union(1, Box::new(AvroValue::String(s.clone()))),
+    let optional = |value: &Option<crate::Text>| match value {
+        Some(s) => AvroValue::Union(1, Box::new(AvroValue::String(s.to_string()))),
         None => AvroValue::Union(0, Box::new(AvroValue::Null)),
     };
     Ok(AvroValue::Record(vec![
-        ("id".into(), AvroValue::String(event.id.clone())),
+        ("id".into(), AvroValue::String(event.id.to_string())),
         ("type".into(), AvroValue::String(type_name.to_owned())),
         ("ts".into(), AvroValue::TimestampMillis(event.ts)),
         ("user_id".into(), optional(&event.user_id)),
@@ -391,11 +391,11 @@ fn decode_envelope(
         }
     };
     Ok(AvroEnvelope {
-        id: string("id")?,
+        id: string("id")?.into(),
         ts,
-        user_id: optional("user_id")?,
-        project_id: optional("project_id")?,
-        document_id: optional("document_id")?,
+        user_id: optional("user_id")?.map(Into::into),
+        project_id: optional("project_id")?.map(Into::into),
+        document_id: optional("document_id")?.map(Into::into),
         data,
     })
 }
@@ -485,11 +485,11 @@ mod tests {
 
     fn envelope(data: Payload, full: bool) -> AvroEnvelope {
         AvroEnvelope {
-            id: format!("e-{}", data.type_name()),
+            id: format!("e-{}", data.type_name()).into(),
             ts: 1_767_603_600_123,
-            user_id: full.then(|| "u1".to_owned()),
-            project_id: full.then(|| "p1".to_owned()),
-            document_id: full.then(|| "d1".to_owned()),
+            user_id: full.then(|| "u1".to_owned()).map(Into::into),
+            project_id: full.then(|| "p1".to_owned()).map(Into::into),
+            document_id: full.then(|| "d1".to_owned()).map(Into::into),
             data,
         }
     }

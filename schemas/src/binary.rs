@@ -66,7 +66,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn write_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
+fn write_opt_str(out: &mut Vec<u8>, s: &Option<crate::Text>) {
     match s {
         None => write_long(out, 0),
         Some(s) => {
@@ -239,12 +239,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, BinaryError> {
 /// an Avro container's block): the event and how many bytes it took.
 pub fn decode_prefix(bytes: &[u8]) -> Result<(Event, usize), BinaryError> {
     let mut r = Reader { input: bytes };
-    let id = r.read_string()?;
-    let ty = r.read_string()?;
+    let id = r.read_text()?;
+    let ty = r.read_str()?;
     let ts = r.read_long()?;
-    let user_id = r.read_opt_string()?;
-    let project_id = r.read_opt_string()?;
-    let document_id = r.read_opt_string()?;
+    let user_id = r.read_opt_text()?;
+    let project_id = r.read_opt_text()?;
+    let document_id = r.read_opt_text()?;
     let branch = r.read_long()?;
     let branch_type = usize::try_from(branch)
         .ok()
@@ -521,8 +521,12 @@ impl<'de> Reader<'de> {
         std::str::from_utf8(self.read_bytes()?).map_err(|_| BinaryError("invalid UTF-8".into()))
     }
 
-    fn read_string(&mut self) -> Result<String, BinaryError> {
-        self.read_str().map(str::to_owned)
+    fn read_text(&mut self) -> Result<crate::Text, BinaryError> {
+        self.read_str().map(crate::Text::from)
+    }
+
+    fn read_opt_text(&mut self) -> Result<Option<crate::Text>, BinaryError> {
+        Ok(self.read_opt_str()?.map(crate::Text::from))
     }
 
     fn read_opt_str(&mut self) -> Result<Option<&'de str>, BinaryError> {
@@ -531,10 +535,6 @@ impl<'de> Reader<'de> {
             1 => self.read_str().map(Some),
             n => Err(BinaryError(format!("optional string: union branch {n}"))),
         }
-    }
-
-    fn read_opt_string(&mut self) -> Result<Option<String>, BinaryError> {
-        Ok(self.read_opt_str()?.map(str::to_owned))
     }
 
     fn read_fixed<const N: usize>(&mut self) -> Result<[u8; N], BinaryError> {
@@ -782,11 +782,11 @@ mod tests {
         for (ty, minimal, maximal) in examples() {
             for (i, data) in [minimal, maximal].into_iter().enumerate() {
                 out.push(Event {
-                    id: format!("e-{ty}-{i}"),
+                    id: format!("e-{ty}-{i}").into(),
                     ts: 1_767_603_600_123 + i as i64,
-                    user_id: (i == 1).then(|| "u1".to_owned()),
+                    user_id: (i == 1).then(|| "u1".to_owned()).map(Into::into),
                     project_id: Some("p1".into()),
-                    document_id: (i == 1).then(|| "d1".to_owned()),
+                    document_id: (i == 1).then(|| "d1".to_owned()).map(Into::into),
                     data: Payload::from_json_value(ty, data).unwrap().unwrap(),
                 });
             }

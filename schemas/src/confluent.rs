@@ -222,7 +222,7 @@ mod tests {
         let schema = apache_avro::Schema::parse_str(published_schema()).unwrap();
         for (ty, minimal, _) in examples() {
             let e = Event {
-                id: format!("e-{ty}"),
+                id: format!("e-{ty}").into(),
                 ts: 1_767_603_600_123,
                 user_id: Some("u1".into()),
                 project_id: Some("p1".into()),

@@ -121,8 +121,8 @@ fn decode_fast(text: &str, limits: &Limits) -> Option<Event> {
     }
     let user_id = w
         .user_id
-        .map(Cow::into_owned)
-        .or_else(|| limits.default_user_id.clone());
+        .map(crate::Text::from)
+        .or_else(|| limits.default_user_id.as_deref().map(crate::Text::from));
     for field in known.category.required_fields() {
         let present = match *field {
             "user_id" => user_id.is_some(),
@@ -145,13 +145,13 @@ fn decode_fast(text: &str, limits: &Limits) -> Option<Event> {
     }
     Some(Event {
         id: match w.id {
-            Some(id) => id.into_owned(),
-            None => uuid::Uuid::now_v7().to_string(),
+            Some(id) => id.into(),
+            None => uuid::Uuid::now_v7().to_string().into(),
         },
         ts: w.ts,
         user_id,
-        project_id: w.project_id.map(Cow::into_owned),
-        document_id: w.document_id.map(Cow::into_owned),
+        project_id: w.project_id.map(crate::Text::from),
+        document_id: w.document_id.map(crate::Text::from),
         data,
     })
 }
@@ -444,11 +444,11 @@ pub fn decode_value(mut value: Value, limits: &Limits) -> Result<Event, DecodeEr
     let data = crate::validate::payload(known, &data)?;
 
     Ok(Event {
-        id,
+        id: id.into(),
         ts,
-        user_id,
-        project_id,
-        document_id,
+        user_id: user_id.map(Into::into),
+        project_id: project_id.map(Into::into),
+        document_id: document_id.map(Into::into),
         data,
     })
 }

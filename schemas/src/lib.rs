@@ -34,7 +34,7 @@ mod validate;
 mod random_tests;
 
 pub use avro::AvroSchemas;
-pub use event::{Category, Event, EventType, UnknownType};
+pub use event::{Category, Event, EventType, Text, UnknownType};
 pub use examples::examples;
 pub use fault::{Classify, Fault};
 pub use hash::stable_hash;

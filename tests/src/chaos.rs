@@ -335,7 +335,7 @@ async fn log_ids(url: &str, prefix: &str) -> HashMap<String, usize> {
             from = format!("({last}");
             for (_, fields) in &page {
                 for event in connectors::event_log::redis::events_of_fields(fields) {
-                    let id = event.expect("every stored event decodes").id;
+                    let id = event.expect("every stored event decodes").id.to_string();
                     *ids.entry(id).or_default() += 1;
                 }
             }

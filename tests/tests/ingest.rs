@@ -51,7 +51,7 @@ async fn log_ids(url: &str, prefix: &str) -> Vec<String> {
             .unwrap();
         for (_, fields) in entries {
             for event in connectors::event_log::redis::events_of_fields(&fields) {
-                ids.push(event.expect("every stored event decodes").id);
+                ids.push(event.expect("every stored event decodes").id.to_string());
             }
         }
     }

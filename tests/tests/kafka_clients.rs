@@ -226,7 +226,7 @@ async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag(
 
     // The event topic through kcat: every event, keyed by user, framed.
     let records = kcat_until(&brokers, "inkstream.events.writing", 40, |r| r.key == user).await;
-    let ids: HashSet<String> = records.iter().map(|r| framed(r).id).collect();
+    let ids: HashSet<String> = records.iter().map(|r| framed(r).id.to_string()).collect();
     let sent: HashSet<String> = events
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
@@ -241,7 +241,7 @@ async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag(
     let wpm = |r: &Record| {
         let e = schemas::confluent::decode(&r.value).unwrap();
         r.key == project
-            && e.user_id == Some(user.clone())
+            && e.user_id == Some(user.clone().into())
             && matches!(&e.data, schemas::Payload::AnalyticsMetricUpdated(m) if m.metric == "wpm")
     };
     let derived = kcat_until(
@@ -251,7 +251,7 @@ async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag(
         wpm,
     )
     .await;
-    let derived_ids: HashSet<String> = derived.iter().map(|r| framed(r).id).collect();
+    let derived_ids: HashSet<String> = derived.iter().map(|r| framed(r).id.to_string()).collect();
     assert_eq!(derived_ids.len(), 40, "40 distinct derived events");
 
     // Apache Kafka's consumer-groups tool: the dataflow's group has committed

@@ -66,7 +66,7 @@ impl Committed {
             };
             let e = schemas::confluent::decode(m.payload().unwrap()).unwrap();
             if e.user_id.as_deref() == Some(self.user.as_str()) {
-                *self.seen.entry(e.id).or_default() += 1;
+                *self.seen.entry(e.id.to_string()).or_default() += 1;
             }
         }
     }
@@ -398,9 +398,9 @@ async fn at_least_once_with_checkpoints_a_broker_outage_holds_the_producer_back_
     let event = {
         let prefix = prefix.clone();
         move |i: usize| schemas::Event {
-            id: format!("{prefix}-{i}"),
+            id: format!("{prefix}-{i}").into(),
             ts: now_ms(),
-            user_id: Some(format!("{prefix}-u")),
+            user_id: Some(format!("{prefix}-u").into()),
             project_id: None,
             document_id: None,
             data: schemas::Payload::example("analytics.metric_updated").unwrap(),
@@ -531,9 +531,9 @@ async fn exactly_once_commits_what_a_checkpoint_holds_once_across_failures_and_r
     let prefix = unique("2pc");
     let user = format!("{prefix}-u");
     let event = |i: usize| schemas::Event {
-        id: format!("{prefix}-{i}"),
+        id: format!("{prefix}-{i}").into(),
         ts: now_ms(),
-        user_id: Some(user.clone()),
+        user_id: Some(user.clone().into()),
         project_id: None,
         document_id: None,
         data: schemas::Payload::example("analytics.metric_updated").unwrap(),

@@ -68,7 +68,7 @@ async fn read_until(
         };
         let event = schemas::confluent::decode(m.payload().unwrap()).unwrap();
         if keep(&event) {
-            seen.insert(event.id);
+            seen.insert(event.id.to_string());
         }
     }
     seen

@@ -168,7 +168,7 @@ async fn embedded_redis_and_kafka_modes_produce_the_same_outputs() {
             continue;
         };
         let e = schemas::confluent::decode(m.payload().unwrap()).unwrap();
-        if kafka.contains_key(&e.id) {
+        if kafka.contains_key(e.id.as_str()) {
             found += 1;
         }
     }

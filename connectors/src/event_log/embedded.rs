@@ -324,7 +324,7 @@ impl EmbeddedLog {
             .map(|mut e| {
                 let key = self.dedup_keys.key(app, &e.id);
                 if let Some(id) = dataflow_id(Some(app), &e.id) {
-                    e.id = id;
+                    e.id = id.into();
                 }
                 (key, Arc::new(e))
             })
@@ -754,7 +754,7 @@ mod tests {
         };
         let pending_ids = |v: Vec<LogEntry>| -> Vec<String> {
             v.iter()
-                .map(|e| e.caller_event().unwrap().id.clone())
+                .map(|e| e.caller_event().unwrap().id.to_string())
                 .collect()
         };
         // Out of order: the middle of one stream, then the other's last.

@@ -88,7 +88,7 @@ impl LogEntry {
             && let Some(id) = caller_id(self.namespace.as_deref(), &event.id)
         {
             let mut e = Event::clone(event);
-            e.id = id.to_owned();
+            e.id = id.to_owned().into();
             return Ok(Cow::Owned(e));
         }
         Ok(Cow::Borrowed(&**event))
@@ -106,7 +106,7 @@ impl LogEntry {
         if id_form == IdForm::Caller
             && let Some(id) = dataflow_id(namespace, &event.id)
         {
-            Arc::make_mut(&mut event).id = id;
+            Arc::make_mut(&mut event).id = id.into();
         }
         event
     }

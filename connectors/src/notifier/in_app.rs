@@ -27,9 +27,9 @@ pub fn event(d: &Delivery, now_ms: i64) -> Event {
         _ => None,
     };
     Event {
-        id: d.id.clone(),
+        id: d.id.clone().into(),
         ts: now_ms,
-        user_id: Some(d.recipient.clone()),
+        user_id: Some(d.recipient.clone().into()),
         project_id: None,
         document_id: None,
         data: Payload::SystemNotification(Box::new(schemas::payload::Notification {

@@ -326,7 +326,7 @@ impl<C: Clock> Notifier<C> {
         let flow = match &e.data {
             Payload::AnalyticsAlertTriggered(a) => {
                 let alert = Alert {
-                    id: e.id.clone(),
+                    id: e.id.to_string(),
                     rule: Some(a.rule.clone()),
                     priority: a.priority,
                     recipient: a.recipient_id.clone(),

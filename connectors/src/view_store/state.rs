@@ -300,7 +300,7 @@ impl ViewState {
     }
 
     fn state_changed(&mut self, e: &Event, data: &Value) {
-        let Some(user) = e.user_id.clone() else {
+        let Some(user) = e.user_id.as_deref().map(String::from) else {
             return;
         };
         let to = s(data, "to").unwrap_or_default();
@@ -354,10 +354,10 @@ impl ViewState {
             view.transitions += 1;
             view.updated_at = view.updated_at.max(e.ts);
             if e.project_id.is_some() {
-                view.project_id = e.project_id.clone();
+                view.project_id = e.project_id.as_deref().map(String::from);
             }
             if e.document_id.is_some() {
-                view.document_id = e.document_id.clone();
+                view.document_id = e.document_id.as_deref().map(String::from);
             }
             view.in_flow = to == "FLOW_STATE";
             if to == "ENDED" {
@@ -369,7 +369,7 @@ impl ViewState {
     }
 
     fn session_ended(&mut self, e: &Event, data: &Value) {
-        let Some(user) = e.user_id.clone() else {
+        let Some(user) = e.user_id.as_deref().map(String::from) else {
             return;
         };
         // The summary follows the ENDED transition: the user's open session
@@ -404,7 +404,7 @@ impl ViewState {
             }
             self.dirty.insert(Dirty::Session(id));
         }
-        let Some(project) = e.project_id.clone() else {
+        let Some(project) = e.project_id.as_deref().map(String::from) else {
             return;
         };
         if !first_report
@@ -437,10 +437,10 @@ impl ViewState {
         let metric = s(data, "metric").unwrap_or_default();
         let value = f(data, "value").unwrap_or(0.0);
         if metric == "wpm" {
-            if let Some(user) = &e.user_id
+            if let Some(user) = e.user_id.as_deref()
                 && room(&self.live_wpm, user, self.max_keys, &mut self.refused_keys)
             {
-                self.live_wpm.insert(user.clone(), (e.ts, value));
+                self.live_wpm.insert(user.to_owned(), (e.ts, value));
             }
             if let Some(view) = self.open_session(e) {
                 view.wpm = value;
@@ -465,7 +465,7 @@ impl ViewState {
         let Some(project) = dims
             .get("project_id")
             .cloned()
-            .or_else(|| e.project_id.clone())
+            .or_else(|| e.project_id.as_deref().map(String::from))
         else {
             return;
         };
@@ -503,7 +503,10 @@ impl ViewState {
     }
 
     fn presence(&mut self, e: &Event, data: &Value) {
-        let (Some(user), Some(doc)) = (e.user_id.clone(), e.document_id.clone()) else {
+        let (Some(user), Some(doc)) = (
+            e.user_id.as_deref().map(String::from),
+            e.document_id.as_deref().map(String::from),
+        ) else {
             return;
         };
         let status = s(data, "status").unwrap_or_default();
@@ -541,8 +544,8 @@ impl ViewState {
 
     fn conflict_detected(&mut self, e: &Event, data: &Value) {
         let (Some(user), Some(doc), Some(id)) = (
-            e.user_id.clone(),
-            e.document_id.clone(),
+            e.user_id.as_deref().map(String::from),
+            e.document_id.as_deref().map(String::from),
             s(data, "conflict_id"),
         ) else {
             return;
@@ -581,7 +584,10 @@ impl ViewState {
     }
 
     fn conflict_resolved(&mut self, e: &Event, data: &Value) {
-        let (Some(doc), Some(id)) = (e.document_id.clone(), s(data, "conflict_id")) else {
+        let (Some(doc), Some(id)) = (
+            e.document_id.as_deref().map(String::from),
+            s(data, "conflict_id"),
+        ) else {
             return;
         };
         let Some(c) = self

@@ -182,9 +182,9 @@ mod tests {
 
     fn figure(i: u64) -> Event {
         Event {
-            id: format!("team-{i}"),
+            id: format!("team-{i}").into(),
             ts: 1_000,
-            user_id: Some(format!("u{i}")),
+            user_id: Some(format!("u{i}").into()),
             project_id: Some("p1".into()),
             document_id: None,
             data: Payload::AnalyticsMetricUpdated(MetricUpdated {

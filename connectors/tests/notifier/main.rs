@@ -311,7 +311,7 @@ fn alert_event(id: &str, priority: Priority, recipient: &str, dedup: &str, title
     Event {
         id: id.into(),
         ts: 0,
-        user_id: (!recipient.contains(':')).then(|| recipient.to_owned()),
+        user_id: (!recipient.contains(':')).then(|| recipient.into()),
         project_id: None,
         document_id: None,
         data: Payload::AnalyticsAlertTriggered(Box::new(AlertTriggered {

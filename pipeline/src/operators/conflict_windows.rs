@@ -186,7 +186,7 @@ struct Open {
     detected_ts: i64,
     /// Resolved `timeout` at this time once nothing extended it.
     deadline: i64,
-    project_id: Option<String>,
+    project_id: Option<schemas::Text>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -195,7 +195,7 @@ struct Doc {
     /// Keyed by the pair, sorted.
     conflicts: BTreeMap<(String, String), Open>,
     /// Last project id seen, forgotten when the document goes dormant.
-    project_id: Option<String>,
+    project_id: Option<schemas::Text>,
     /// This document's entry in `ConflictWindows::timers`.
     wake: Option<i64>,
 }
@@ -348,7 +348,7 @@ impl ConflictWindows {
                     &[doc_id, &key.0, &key.1, &r.paragraph.to_string(), &e.id],
                 );
                 let c = Open {
-                    conflict_id,
+                    conflict_id: conflict_id.into(),
                     paragraph: r.paragraph,
                     severity: r.severity,
                     detected_ts: t,
@@ -461,9 +461,9 @@ fn detected(
     out.push(Event {
         id: derived_id("conflict_detected", &[&c.conflict_id, to]),
         ts,
-        user_id: Some(to.to_owned()),
+        user_id: Some(to.to_owned().into()),
         project_id: c.project_id.clone(),
-        document_id: Some(doc_id.to_owned()),
+        document_id: Some(doc_id.to_owned().into()),
         data: Payload::CollaborationConflictDetected(Box::new(ConflictDetected {
             conflict_id: c.conflict_id.clone(),
             other_user_id: other.to_owned(),
@@ -488,9 +488,9 @@ fn resolved(
         out.push(Event {
             id: derived_id("conflict_resolved", &[&c.conflict_id, to]),
             ts,
-            user_id: Some(to.clone()),
+            user_id: Some(to.clone().into()),
             project_id: c.project_id.clone(),
-            document_id: Some(doc_id.to_owned()),
+            document_id: Some(doc_id.to_owned().into()),
             data: Payload::CollaborationConflictResolved(Box::new(ConflictResolved {
                 conflict_id: c.conflict_id.clone(),
                 other_user_id: other.clone(),
@@ -617,7 +617,7 @@ mod tests {
     fn digest(out: &mut Vec<Event>) -> Vec<Out> {
         out.drain(..)
             .map(|e| {
-                let to = e.user_id.clone().unwrap();
+                let to = e.user_id.as_deref().map(String::from).unwrap();
                 match e.data {
                     Payload::CollaborationConflictDetected(c) => {
                         Out::D(e.ts, to, c.other_user_id, c.paragraph, c.severity, c.kind)
@@ -1016,7 +1016,7 @@ mod tests {
             let doc = format!("d{i}");
             for (j, u) in ["u1", "u2"].into_iter().enumerate() {
                 let mut e = ev(&format!("e{i}{u}"), u, 1_000 + j as i64, cursor(1, None));
-                e.document_id = Some(doc.clone());
+                e.document_id = Some(doc.clone().into());
                 t.observe(&e, &mut out);
             }
         }
@@ -1154,14 +1154,14 @@ mod tests {
                     }),
                 };
                 Event {
-                    id: format!("e{i}"),
+                    id: format!("e{i}").into(),
                     ts,
-                    user_id: Some(user),
+                    user_id: Some(user.into()),
                     project_id: match rng.below(3) {
                         0 => None,
-                        k => Some(format!("p{k}")),
+                        k => Some(format!("p{k}").into()),
                     },
-                    document_id: Some(format!("d{}", rng.below(2))),
+                    document_id: Some(format!("d{}", rng.below(2)).into()),
                     data,
                 }
             })
@@ -1351,7 +1351,7 @@ mod naive {
         pub doc: String,
         pub a: String,
         pub b: String,
-        pub id: String,
+        pub id: schemas::Text,
         pub paragraph: i64,
         pub high: bool,
         pub since: i64,
@@ -1373,9 +1373,9 @@ mod naive {
             out.push(Event {
                 id: derived_id(kind, &[&c.id, to]),
                 ts,
-                user_id: Some(to.clone()),
-                project_id: c.project.clone(),
-                document_id: Some(c.doc.clone()),
+                user_id: Some(to.clone().into()),
+                project_id: c.project.clone().map(Into::into),
+                document_id: Some(c.doc.clone().into()),
                 data,
             });
         }
@@ -1384,7 +1384,7 @@ mod naive {
     fn resolve(out: &mut Vec<Event>, c: &Conflict, ts: i64, why: &str) {
         let data = |other: &str| {
             Payload::CollaborationConflictResolved(Box::new(ConflictResolved {
-                conflict_id: c.id.clone(),
+                conflict_id: c.id.to_string(),
                 other_user_id: other.to_owned(),
                 paragraph: c.paragraph,
                 duration_ms: ts - c.since,
@@ -1402,8 +1402,8 @@ mod naive {
         }
 
         pub fn observe(&mut self, e: &Event, w: i64) {
-            let doc = e.document_id.clone().unwrap();
-            let user = e.user_id.clone().unwrap();
+            let doc = e.document_id.as_deref().map(String::from).unwrap();
+            let user = e.user_id.as_deref().map(String::from).unwrap();
             let at = match &e.data {
                 Payload::CollaborationCursorMoved(c)
                     if matches!(c.mode, EditMode::Edit | EditMode::Review) =>
@@ -1446,7 +1446,7 @@ mod naive {
                 project = None;
             }
             if e.project_id.is_some() {
-                project = e.project_id.clone();
+                project = e.project_id.as_deref().map(String::from);
             }
             self.projects.push((doc.clone(), project.clone()));
             self.positions.push((doc.clone(), user.clone(), t, at));
@@ -1544,7 +1544,7 @@ mod naive {
                             }
                         };
                         Payload::CollaborationConflictDetected(Box::new(ConflictDetected {
-                            conflict_id: c.id.clone(),
+                            conflict_id: c.id.to_string(),
                             other_user_id: other.to_owned(),
                             paragraph: p,
                             severity,

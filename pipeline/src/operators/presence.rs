@@ -192,7 +192,7 @@ struct Pair {
     last_activity: i64,
     /// Greatest `ts` of an update emitted for the pair (the cursor rate limit).
     last_emitted: Option<i64>,
-    project_id: Option<String>,
+    project_id: Option<schemas::Text>,
     /// The cursor with the greatest event time, and that time.
     cursor: Option<(i64, Cursor)>,
     /// (event time, words) of typed words, in time order; older than the
@@ -272,9 +272,9 @@ fn update(
     Event {
         id,
         ts,
-        user_id: Some(user.to_owned()),
+        user_id: Some(user.into()),
         project_id: p.project_id.clone(),
-        document_id: Some(doc.to_owned()),
+        document_id: Some(doc.into()),
         data: Payload::CollaborationPresenceUpdated(Box::new(PresenceUpdated {
             status,
             paragraph: c.map(|c| c.paragraph),
@@ -1087,7 +1087,12 @@ mod tests {
         let out = run(&mut t, &[ks("a", 0, 1), comment, other]);
         let pairs: Vec<_> = out
             .iter()
-            .map(|e| (e.user_id.clone().unwrap(), e.document_id.clone().unwrap()))
+            .map(|e| {
+                (
+                    e.user_id.as_deref().map(String::from).unwrap(),
+                    e.document_id.as_deref().map(String::from).unwrap(),
+                )
+            })
             .collect();
         assert_eq!(pairs.len(), 3);
         assert_eq!(t.state_size(), 3);
@@ -1318,9 +1323,9 @@ mod tests {
             out.push(Event {
                 id,
                 ts,
-                user_id: Some(u.clone()),
-                project_id: p.project.clone(),
-                document_id: Some(d.clone()),
+                user_id: Some(u.clone().into()),
+                project_id: p.project.clone().map(Into::into),
+                document_id: Some(d.clone().into()),
                 data: Payload::CollaborationPresenceUpdated(Box::new(PresenceUpdated {
                     status,
                     paragraph: c.as_ref().map(|c| c.paragraph),
@@ -1369,7 +1374,7 @@ mod tests {
             let (Some(u), Some(d)) = (&e.user_id, &e.document_id) else {
                 continue;
             };
-            let key = (u.clone(), d.clone());
+            let key = (u.to_string(), d.to_string());
             if let Some(p) = pairs.get_mut(&key)
                 && !play(&mut out, &key, p, e.ts)
             {
@@ -1384,7 +1389,7 @@ mod tests {
                 PresenceStatus::Offline => {
                     if let Some(mut p) = pairs.remove(&key) {
                         if e.project_id.is_some() {
-                            p.project = e.project_id.clone();
+                            p.project = e.project_id.as_deref().map(String::from);
                         }
                         emit(
                             &mut out,
@@ -1402,7 +1407,7 @@ mod tests {
                         && p.online
                     {
                         if e.project_id.is_some() {
-                            p.project = e.project_id.clone();
+                            p.project = e.project_id.as_deref().map(String::from);
                         }
                         p.online = false;
                         emit(
@@ -1430,7 +1435,7 @@ mod tests {
                     p.online = true;
                     p.last = p.last.max(e.ts);
                     if e.project_id.is_some() {
-                        p.project = e.project_id.clone();
+                        p.project = e.project_id.as_deref().map(String::from);
                     }
                     if let Some(w) = crate::operators::written_words(e) {
                         p.typed.push((e.ts, w));
@@ -1563,13 +1568,12 @@ mod tests {
                 panic!("bad test payload {ty} {data}");
             };
             let mut e = Event {
-                id,
+                id: id.into(),
                 ts,
-                user_id: Some(format!("u{u}")),
-                project_id: [Some("p0".to_string()), Some("p1".to_string()), None]
-                    [rng.below(3) as usize]
+                user_id: Some(format!("u{u}").into()),
+                project_id: [Some("p0".into()), Some("p1".into()), None][rng.below(3) as usize]
                     .clone(),
-                document_id: Some(format!("d{d}")),
+                document_id: Some(format!("d{d}").into()),
                 data,
             };
             match rng.below(40) {

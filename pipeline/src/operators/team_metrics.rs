@@ -206,7 +206,7 @@ pub fn observation_order(e: &Event) -> (i64, u8, &str) {
 pub struct Figure {
     pub metric: &'static str,
     /// Set for per-user figures (`team.words`, `team.edits`).
-    pub user_id: Option<String>,
+    pub user_id: Option<schemas::Text>,
     pub value: f64,
 }
 
@@ -214,7 +214,7 @@ pub struct Figure {
 #[derive(Deserialize)]
 struct StoredFigure {
     metric: String,
-    user_id: Option<String>,
+    user_id: Option<schemas::Text>,
     value: f64,
 }
 
@@ -258,7 +258,7 @@ struct UserCounts {
 struct Agg {
     /// Per user: a hash map, as every event of a window touches it (a
     /// B-tree compared user names at each level); sorted at the close.
-    users: HashMap<String, UserCounts>,
+    users: HashMap<schemas::Text, UserCounts>,
     edits: u64,
     conflicts: u64,
     resolved: u64,
@@ -266,7 +266,7 @@ struct Agg {
     responses: u64,
     response_ms: i64,
     /// Active seconds per document (`None`: events without a document).
-    active: BTreeMap<Option<String>, Seconds>,
+    active: BTreeMap<Option<schemas::Text>, Seconds>,
 }
 
 /// Distinct seconds, ascending. They mostly come in order (events are
@@ -317,9 +317,9 @@ struct DocState {
 #[derive(Default, Serialize, Deserialize)]
 struct ProjectState {
     /// Open windows per scope (`None`: the project), keyed by (end, length).
-    windows: HashMap<Option<String>, BTreeMap<(i64, i64), Agg>>,
+    windows: HashMap<Option<schemas::Text>, BTreeMap<(i64, i64), Agg>>,
     /// Conflicts and comments per document (`None`: events without one).
-    docs: HashMap<Option<String>, DocState>,
+    docs: HashMap<Option<schemas::Text>, DocState>,
 }
 
 /// The pure core. Feed events in [`observation_order`]: records with
@@ -339,14 +339,14 @@ pub struct TeamMetrics {
     latest_retention: i64,
     projects: HashMap<String, ProjectState>,
     /// Every open window, in the order they close: (end, project, scope, length).
-    closing: BTreeSet<(i64, String, Option<String>, i64)>,
+    closing: BTreeSet<(i64, String, Option<schemas::Text>, i64)>,
     /// At or before the first end in `closing` (`i64::MAX`: none), so
     /// that most events skip the search (`close_until` runs per event).
     /// Not stored: a restored tracker starts at `i64::MIN` (search once).
     #[serde(skip, default = "i64_min")]
     next_close: i64,
     /// Latest closed figures per project and scope, one per window length.
-    latest: HashMap<String, HashMap<Option<String>, Vec<WindowFigures>>>,
+    latest: HashMap<String, HashMap<Option<schemas::Text>, Vec<WindowFigures>>>,
     comments_expired: u64,
     /// Watermark of the last pruning: pruning walks all state, so it runs
     /// once per [`PRUNE_EVERY_MS`] of event time, not per epoch (when it
@@ -442,7 +442,7 @@ impl TeamMetrics {
         let Some(scopes) = self.latest.get(project) else {
             return Vec::new();
         };
-        let key = document.map(str::to_owned);
+        let key = document.map(schemas::Text::from);
         let mut v: Vec<&WindowFigures> = scopes.get(&key).into_iter().flatten().collect();
         v.sort_by_key(|w| w.window_ms);
         v
@@ -473,7 +473,7 @@ impl TeamMetrics {
                             c.edits += edit;
                         } else {
                             agg.users
-                                .insert(u.to_owned(), UserCounts { words, edits: edit });
+                                .insert(u.into(), UserCounts { words, edits: edit });
                         }
                     }
                     if let Some(s) = agg.active.get_mut(document) {
@@ -599,7 +599,7 @@ impl TeamMetrics {
         self.close_until(i64::MAX, out, usize::MAX);
     }
 
-    fn doc(&mut self, project: &str, document: &Option<String>) -> Option<&mut DocState> {
+    fn doc(&mut self, project: &str, document: &Option<schemas::Text>) -> Option<&mut DocState> {
         // Look up before inserting: `entry` would allocate the keys every time.
         if !self.projects.contains_key(project) {
             self.projects
@@ -614,7 +614,13 @@ impl TeamMetrics {
 
     /// Applies `f` to the window containing `ts` of every length, in the
     /// project's scope and (if any) the document's.
-    fn touch(&mut self, project: &str, document: &Option<String>, ts: i64, f: impl Fn(&mut Agg)) {
+    fn touch(
+        &mut self,
+        project: &str,
+        document: &Option<schemas::Text>,
+        ts: i64,
+        f: impl Fn(&mut Agg),
+    ) {
         let p = if let Some(p) = self.projects.get_mut(project) {
             p
         } else {
@@ -725,7 +731,7 @@ impl TeamMetrics {
 
 /// The figures of a closed window (see the module doc for each definition).
 fn figures(
-    docs: &HashMap<Option<String>, DocState>,
+    docs: &HashMap<Option<schemas::Text>, DocState>,
     conflict_max_open: i64,
     start: i64,
     end: i64,
@@ -738,7 +744,7 @@ fn figures(
         user_id,
         value,
     };
-    let mut users: Vec<(String, UserCounts)> = agg.users.into_iter().collect();
+    let mut users: Vec<(schemas::Text, UserCounts)> = agg.users.into_iter().collect();
     users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (user, c) in users {
         v.push(figure(WORDS, Some(user.clone()), c.words as f64));
@@ -790,7 +796,7 @@ pub fn is_window_figure(e: &Event) -> bool {
 }
 
 /// The `analytics.metric_updated` events of one closed window.
-fn emit(project: &str, scope: &Option<String>, w: &WindowFigures, out: &mut Vec<Event>) {
+fn emit(project: &str, scope: &Option<schemas::Text>, w: &WindowFigures, out: &mut Vec<Event>) {
     let window = window_label(w.window_ms);
     let (len, start) = (w.window_ms.to_string(), w.start.to_string());
     let level = if scope.is_some() {
@@ -816,7 +822,7 @@ fn emit(project: &str, scope: &Option<String>, w: &WindowFigures, out: &mut Vec<
             ),
             ts: w.end - 1,
             user_id: f.user_id.clone(),
-            project_id: Some(project.to_owned()),
+            project_id: Some(project.to_owned().into()),
             document_id: scope.clone(),
             data: Payload::AnalyticsMetricUpdated(MetricUpdated {
                 metric: f.metric.to_owned(),
@@ -1064,9 +1070,12 @@ mod tests {
             .map(|e| match &e.data {
                 Payload::AnalyticsMetricUpdated(m) => (
                     m.metric.clone(),
-                    e.project_id.clone().unwrap_or_default(),
-                    e.document_id.clone(),
-                    e.user_id.clone(),
+                    e.project_id
+                        .as_deref()
+                        .map(String::from)
+                        .unwrap_or_default(),
+                    e.document_id.as_deref().map(String::from),
+                    e.user_id.as_deref().map(String::from),
                     m.window_ms.unwrap_or_default(),
                     e.ts,
                     m.value,
@@ -1651,17 +1660,17 @@ mod tests {
                 }
             };
         for e in events {
-            let Some(project) = e.project_id.clone() else {
+            let Some(project) = e.project_id.as_deref().map(String::from) else {
                 continue;
             };
-            let doc = e.document_id.clone();
+            let doc = e.document_id.as_deref().map(String::from);
             match &e.data {
                 Payload::WritingKeystroke(_)
                 | Payload::WritingWordAdded(_)
                 | Payload::CollaborationEditApplied(_) => {
                     let w = written_words(e).unwrap_or(0);
                     let edit = u64::from(matches!(e.data, Payload::CollaborationEditApplied(_)));
-                    let user = e.user_id.clone();
+                    let user = e.user_id.as_deref().map(String::from);
                     let sec = e.ts.div_euclid(1000);
                     each_window(&project, &doc, e.ts, &|rw| {
                         rw.edits += edit;

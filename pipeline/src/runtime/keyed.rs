@@ -630,9 +630,9 @@ mod tests {
         for i in 0..3_000i64 {
             let user = i % 300;
             events.push(Event {
-                user_id: Some(format!("u{user}")),
-                project_id: Some(format!("p{}", user % 6)),
-                document_id: Some(format!("d{}", user % 12)),
+                user_id: Some(format!("u{user}").into()),
+                project_id: Some(format!("p{}", user % 6).into()),
+                document_id: Some(format!("d{}", user % 12).into()),
                 ..ks(&format!("e{i}"), i * 50 + (user % 7) * 10)
             });
         }

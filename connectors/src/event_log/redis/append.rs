@@ -194,7 +194,7 @@ impl RedisLog {
             invocation.arg(events.len());
         }
         for &i in by_slot.iter().flatten() {
-            invocation.arg(&events[i].id);
+            invocation.arg(events[i].id.as_str());
         }
         let mut body = Vec::with_capacity(256);
         for &i in by_slot.iter().flatten() {

@@ -63,7 +63,7 @@ pub fn partition_for(key: &str, count: i32) -> i32 {
 fn dead_letter(entry: &ForwardEntry, error: &str, attempts: u32) -> (String, String) {
     let event = entry.caller_event().ok();
     let event = event.as_deref();
-    let id = event.map(|e| e.id.clone()).unwrap_or_default();
+    let id = event.map(|e| e.id.to_string()).unwrap_or_default();
     let value = serde_json::json!({
         "stream": &*entry.entry().stream,
         "entry_id": &*entry.entry().id,

@@ -97,10 +97,12 @@ impl FieldPath {
 
     /// The values at this path (several with `[*]`, none when missing).
     pub(super) fn eval<'a>(&self, v: &'a View<'a>) -> Vec<Cow<'a, Value>> {
-        let owned = |s: &Option<String>| s.as_ref().map(|s| Cow::Owned(Value::String(s.clone())));
+        let owned = |s: &Option<schemas::Text>| {
+            s.as_ref().map(|s| Cow::Owned(Value::String(s.to_string())))
+        };
         let e = v.event;
         let one = match self.root {
-            Root::Id => Some(Cow::Owned(Value::String(e.id.clone()))),
+            Root::Id => Some(Cow::Owned(Value::String(e.id.to_string()))),
             Root::Type => Some(Cow::Owned(Value::String(e.event_type().to_owned()))),
             Root::Ts => Some(Cow::Owned(Value::from(e.ts))),
             Root::UserId => owned(&e.user_id),

@@ -448,7 +448,7 @@ impl LiveRules {
         obs: &mut Vec<Observation>,
     ) {
         let owner = || match (&e.user_id, &e.project_id) {
-            (Some(u), _) => u.clone(),
+            (Some(u), _) => u.to_string(),
             (None, Some(p)) => format!("project:{p}"),
             (None, None) => "role:admin".to_owned(),
         };
@@ -521,7 +521,9 @@ impl LiveRules {
                 let author = e.user_id.as_deref().unwrap_or("someone");
                 for (i, m) in c.mentions.iter().enumerate() {
                     // Self-mentions and repeats in the list notify nobody new.
-                    if m.is_empty() || Some(m) == e.user_id.as_ref() || c.mentions[..i].contains(m)
+                    if m.is_empty()
+                        || Some(m.as_str()) == e.user_id.as_deref()
+                        || c.mentions[..i].contains(m)
                     {
                         continue;
                     }
@@ -601,12 +603,12 @@ pub(super) fn alert_event(
     body: String,
     source_id: &str,
     ts: i64,
-    project_id: Option<&String>,
-    document_id: Option<&String>,
+    project_id: Option<&schemas::Text>,
+    document_id: Option<&schemas::Text>,
 ) -> Event {
     let (user_id, project_id) = match recipient.split_once(':') {
-        None => (Some(recipient.to_owned()), project_id.cloned()),
-        Some(("project", p)) => (None, Some(p.to_owned())),
+        None => (Some(schemas::Text::from(recipient)), project_id.cloned()),
+        Some(("project", p)) => (None, Some(schemas::Text::from(p))),
         Some(_) => (None, project_id.cloned()),
     };
     Event {
@@ -669,14 +671,14 @@ pub struct Observation {
     /// Event time of the source event (ms).
     pub ts: i64,
     /// Id of the source event.
-    pub source_id: String,
+    pub source_id: schemas::Text,
     /// The value (1 for counts; `total_units` for sales).
     pub value: f64,
     /// Sales: `units` of the update; else 0.
     pub aux: f64,
-    pub user_id: Option<String>,
-    pub project_id: Option<String>,
-    pub document_id: Option<String>,
+    pub user_id: Option<schemas::Text>,
+    pub project_id: Option<schemas::Text>,
+    pub document_id: Option<schemas::Text>,
     /// Recipients of the rule's alerts, resolved on the source event.
     pub recipients: Vec<String>,
 }

@@ -16,9 +16,9 @@ use std::collections::{BTreeSet, VecDeque};
 /// no event carries (a window sliding).
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct AlertSubject {
-    pub(super) user_id: Option<String>,
-    pub(super) project_id: Option<String>,
-    pub(super) document_id: Option<String>,
+    pub(super) user_id: Option<schemas::Text>,
+    pub(super) project_id: Option<schemas::Text>,
+    pub(super) document_id: Option<schemas::Text>,
     pub(super) recipients: Vec<String>,
 }
 
@@ -112,7 +112,7 @@ pub struct AlertWindows {
     pub(super) swept_at: i64,
     /// Identity of the last observation processed: a copy sorts right after
     /// it (see [`sort_observations`]) and is skipped.
-    pub(super) last: Option<(i64, String, u32, String)>,
+    pub(super) last: Option<(i64, schemas::Text, u32, String)>,
 }
 
 impl AlertWindows {

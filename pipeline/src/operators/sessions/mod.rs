@@ -173,8 +173,8 @@ struct Session {
     totals: Totals,
     /// Totals as of the last event: the summary covers `[start_ts, last_ts]`.
     at_last: Totals,
-    project_id: Option<String>,
-    document_id: Option<String>,
+    project_id: Option<schemas::Text>,
+    document_id: Option<schemas::Text>,
 }
 
 impl Session {
@@ -255,7 +255,7 @@ impl UserOutputs<'_> {
         self.out.push(Event {
             id: derived_id(operator, &[self.user, &s.id, &start, extra]),
             ts,
-            user_id: Some(self.user.to_owned()),
+            user_id: Some(self.user.to_owned().into()),
             project_id: s.project_id.clone(),
             document_id: s.document_id.clone(),
             data,
@@ -929,7 +929,7 @@ mod tests {
 
     fn ev(user: &str, ts: i64, ty: &str, data: serde_json::Value) -> Event {
         Event {
-            id: format!("e-{user}-{ts}-{ty}"),
+            id: format!("e-{user}-{ts}-{ty}").into(),
             ts,
             user_id: Some(user.into()),
             project_id: Some("p1".into()),
@@ -1599,7 +1599,7 @@ mod tests {
                         json!({"paragraph": 1, "offset": 1}),
                     ),
                 };
-                e.id = format!("e-{user}-{i}");
+                e.id = format!("e-{user}-{i}").into();
                 all.push(e);
             }
         }
@@ -1946,7 +1946,7 @@ mod tests {
             let mut by_user: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
             for e in events {
                 by_user
-                    .entry(e.user_id.clone().unwrap())
+                    .entry(e.user_id.as_deref().map(String::from).unwrap())
                     .or_default()
                     .push(e);
             }
@@ -1986,7 +1986,7 @@ mod tests {
             .map(|e| {
                 (
                     e.ts,
-                    e.user_id.clone().unwrap(),
+                    e.user_id.as_deref().map(String::from).unwrap(),
                     e.event_type().to_owned(),
                     serde_json::to_value(&e.data).unwrap(),
                 )

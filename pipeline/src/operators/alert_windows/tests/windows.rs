@@ -245,11 +245,10 @@ fn reference(
         let Payload::WritingKeystroke(k) = &e.data else {
             continue;
         };
-        by_key.entry(e.user_id.clone().unwrap()).or_default().push((
-            e.ts,
-            e.id.clone(),
-            k.words as f64,
-        ));
+        by_key
+            .entry(e.user_id.as_deref().unwrap().to_owned())
+            .or_default()
+            .push((e.ts, e.id.to_string(), k.words as f64));
     }
     let mut result = BTreeMap::new();
     for (key, mut evs) in by_key {
