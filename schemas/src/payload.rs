@@ -128,9 +128,9 @@ pub enum Severity {
 #[serde(deny_unknown_fields)]
 pub struct Dimension {
     /// Label name, e.g. `user_id` or `document_id`.
-    pub name: String,
+    pub name: crate::Text,
     /// Label value, e.g. the user id.
-    pub value: String,
+    pub value: crate::Text,
 }
 
 // ---- writing ------------------------------------------------------------------------------------
@@ -558,8 +558,9 @@ pub struct SalesUpdated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricUpdated {
-    /// Metric name, e.g. `words_per_minute`.
-    pub metric: String,
+    /// Metric name, e.g. `words_per_minute` (inline up to 24 bytes, like
+    /// the envelope's ids: most metric events allocate nothing for it).
+    pub metric: crate::Text,
     /// New value of the metric, in the metric's own unit.
     pub value: f64,
     /// Length of the aggregation window (ms); null for a cumulative metric.

@@ -822,10 +822,10 @@ fn emit(project: &str, scope: &Option<schemas::Text>, w: &WindowFigures, out: &m
             ),
             ts: w.end - 1,
             user_id: f.user_id.clone(),
-            project_id: Some(project.to_owned().into()),
+            project_id: Some(project.into()),
             document_id: scope.clone(),
             data: Payload::AnalyticsMetricUpdated(MetricUpdated {
-                metric: f.metric.to_owned(),
+                metric: f.metric.into(),
                 value: f.value,
                 window_ms: Some(w.window_ms),
                 dimensions,
@@ -836,8 +836,8 @@ fn emit(project: &str, scope: &Option<schemas::Text>, w: &WindowFigures, out: &m
 
 fn dimension(name: &str, value: &str) -> Dimension {
     Dimension {
-        name: name.to_owned(),
-        value: value.to_owned(),
+        name: name.into(),
+        value: value.into(),
     }
 }
 
@@ -1069,7 +1069,7 @@ mod tests {
             .iter()
             .map(|e| match &e.data {
                 Payload::AnalyticsMetricUpdated(m) => (
-                    m.metric.clone(),
+                    m.metric.to_string(),
                     e.project_id
                         .as_deref()
                         .map(String::from)

@@ -646,7 +646,7 @@ mod tests {
             let mut per: std::collections::BTreeMap<String, Vec<String>> = Default::default();
             for e in out {
                 let kind = match &e.data {
-                    Payload::AnalyticsMetricUpdated(m) => m.metric.clone(),
+                    Payload::AnalyticsMetricUpdated(m) => m.metric.to_string(),
                     _ => e.event_type().to_owned(),
                 };
                 per.entry(kind)
