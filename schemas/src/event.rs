@@ -1,17 +1,11 @@
 //! The event envelope and the catalogue of event types.
 
 use crate::payload::Payload;
+use crate::text::Text;
 use serde::de::Error as _;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
-
-/// The envelope's ids (`id`, `user_id`, `project_id`, `document_id`): a
-/// string kept inline up to 24 bytes, so an event with short ids (most
-/// users', projects' and documents') is one allocation, not five. It reads
-/// as a `&str` (`Deref`), compares with `str` and `String`, and serializes
-/// as a string, so the wire forms and checkpoints are unchanged.
-pub type Text = compact_str::CompactString;
 
 /// One event, as it travels through the log, the dataflow and the sinks.
 ///

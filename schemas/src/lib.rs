@@ -28,15 +28,17 @@ mod hash;
 pub mod json;
 pub mod json_schema;
 pub mod payload;
+mod text;
 mod validate;
 
 #[cfg(test)]
 mod random_tests;
 
 pub use avro::AvroSchemas;
-pub use event::{Category, Event, EventType, Text, UnknownType};
+pub use event::{Category, Event, EventType, UnknownType};
 pub use examples::examples;
 pub use fault::{Classify, Fault};
 pub use hash::stable_hash;
 pub use json::{DecodeError, Limits, decode_batch, decode_event, decode_value};
 pub use payload::Payload;
+pub use text::Text;
