@@ -461,9 +461,9 @@ fn detected(
     out.push(Event {
         id: derived_id("conflict_detected", &[&c.conflict_id, to]),
         ts,
-        user_id: Some(to.to_owned().into()),
+        user_id: Some(to.into()),
         project_id: c.project_id.clone(),
-        document_id: Some(doc_id.to_owned().into()),
+        document_id: Some(doc_id.into()),
         data: Payload::CollaborationConflictDetected(Box::new(ConflictDetected {
             conflict_id: c.conflict_id.clone(),
             other_user_id: other.to_owned(),
@@ -490,7 +490,7 @@ fn resolved(
             ts,
             user_id: Some(to.clone().into()),
             project_id: c.project_id.clone(),
-            document_id: Some(doc_id.to_owned().into()),
+            document_id: Some(doc_id.into()),
             data: Payload::CollaborationConflictResolved(Box::new(ConflictResolved {
                 conflict_id: c.conflict_id.clone(),
                 other_user_id: other.clone(),

@@ -255,7 +255,7 @@ impl UserOutputs<'_> {
         self.out.push(Event {
             id: derived_id(operator, &[self.user, &s.id, &start, extra]),
             ts,
-            user_id: Some(self.user.to_owned().into()),
+            user_id: Some(self.user.into()),
             project_id: s.project_id.clone(),
             document_id: s.document_id.clone(),
             data,
