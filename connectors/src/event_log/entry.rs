@@ -88,7 +88,7 @@ impl LogEntry {
             && let Some(id) = caller_id(self.namespace.as_deref(), &event.id)
         {
             let mut e = Event::clone(event);
-            e.id = id.to_owned().into();
+            e.id = id.into();
             return Ok(Cow::Owned(e));
         }
         Ok(Cow::Borrowed(&**event))

@@ -84,11 +84,11 @@ fn authorize(principal: &Principal, event: &mut Event) -> Result<(), NotAllowed>
         Principal::Anonymous => Ok(()),
         Principal::App(key) => authorize_app(key, event),
         Principal::User(user) if user.role == Role::Admin => {
-            event.user_id.get_or_insert_with(|| user.id.clone().into());
+            event.user_id.get_or_insert_with(|| user.id.as_str().into());
             Ok(())
         }
         Principal::User(user) => {
-            let owner = event.user_id.get_or_insert_with(|| user.id.clone().into());
+            let owner = event.user_id.get_or_insert_with(|| user.id.as_str().into());
             if *owner != user.id {
                 return Err(NotAllowed(format!(
                     "user {:?} may not ingest events of user {owner:?}",

@@ -268,7 +268,9 @@ impl<C: Core> Instance<C> {
                     return false;
                 }
             }
-            self.current = None;
+            if let Some(done) = self.current.take() {
+                self.pending.recycle(done.items);
+            }
             give_at_own_epochs(output, floor, &self.time, &mut self.out);
         }
         let Some(target) = target else {

@@ -633,6 +633,13 @@ pub struct Sessions {
     /// twice the most users held. Plain integers: a comparison reads no
     /// name and a push touches no reference count.
     queue: BinaryHeap<Reverse<(i64, u32)>>,
+    /// (instant, slot) scheduled by events since the last run, in arrival
+    /// order: an event schedules its own instant, which the next run (at
+    /// the end of the event's epoch) takes at once, so it skips the heap.
+    /// A run sorts these and merges them with the heap: users are taken in
+    /// the same (instant, slot) order either way. Stale entries are
+    /// skipped like the heap's.
+    recent: Vec<(i64, u32)>,
 }
 
 /// One user: the name (shared with `index`) and the state.
@@ -715,6 +722,7 @@ impl Sessions {
             slots: Vec::new(),
             free: Vec::new(),
             queue: BinaryHeap::new(),
+            recent: Vec::new(),
         }
     }
 
@@ -795,8 +803,9 @@ impl Sessions {
         u.pending = Some(t);
         if u.scheduled.is_none_or(|s| s > t) {
             let earlier = u.scheduled.replace(t);
-            self.queue.push(Reverse((t, at)));
-            if earlier.is_some() && self.queue.len() > 2 * self.index.len() + 64 {
+            self.recent.push((t, at));
+            if earlier.is_some() && self.queue.len() + self.recent.len() > 2 * self.index.len() + 64
+            {
                 self.rebuild_queue();
             }
         }
@@ -819,6 +828,7 @@ impl Sessions {
             .filter_map(|(at, s)| Some(Reverse((s.as_ref()?.user.scheduled?, at as u32))))
             .collect();
         self.queue = BinaryHeap::from(fresh);
+        self.recent.clear();
     }
 
     /// No event before `watermark` will come: fires every deadline before it.
@@ -837,13 +847,33 @@ impl Sessions {
         self.slots.clear();
         self.free.clear();
         self.queue.clear();
+        self.recent.clear();
     }
 
     fn run(&mut self, watermark: i64, out: &mut Vec<Event>) {
-        while let Some(&Reverse((t, at))) = self.queue.peek()
-            && t < watermark
-        {
-            self.queue.pop();
+        // The recent entries due (all of them, in order), merged with the
+        // heap's: the earliest (instant, slot) first, as one heap would.
+        let mut recent = std::mem::take(&mut self.recent);
+        recent.sort_unstable();
+        let due = recent.partition_point(|&(t, _)| t < watermark);
+        let mut next = 0;
+        loop {
+            let from_heap = self.queue.peek().map(|&Reverse(e)| e);
+            let (t, at) = match (recent[..due].get(next), from_heap) {
+                (Some(&r), Some(h)) if h < r && h.0 < watermark => {
+                    self.queue.pop();
+                    h
+                }
+                (Some(&r), _) => {
+                    next += 1;
+                    r
+                }
+                (None, Some(h)) if h.0 < watermark => {
+                    self.queue.pop();
+                    h
+                }
+                (None, _) => break,
+            };
             let Some(Slot { name, user: u }) = self.slots[at as usize].as_mut() else {
                 continue; // stale: the user's state has gone
             };
@@ -870,6 +900,10 @@ impl Sessions {
                 None => {}
             }
         }
+        // Entries not due yet go to the heap; the vector is kept for reuse.
+        self.queue.extend(recent.drain(due..).map(Reverse));
+        recent.clear();
+        self.recent = recent;
     }
 }
 
@@ -2118,9 +2152,10 @@ mod tests {
             if i % 7 == 0 {
                 t.advance_to(e.ts - 50, &mut out);
             }
-            most = most.max(t.queue.len());
+            let queued = t.queue.len() + t.recent.len();
+            most = most.max(queued);
             freed = freed.max(t.free.len());
-            assert!(t.queue.len() <= 2 * t.index.len() + 64 + 1);
+            assert!(queued <= 2 * t.index.len() + 64 + 1);
             assert_eq!(t.index.len(), t.slots.iter().flatten().count());
         }
         assert!(most > 40, "the queue held {most} entries at most");
