@@ -17,21 +17,28 @@ use std::fmt;
 /// "project_id"?,"document_id"?,"data":{…}}`. Deserializing this form is for
 /// trusted input (the log, files written by inkstream); untrusted input goes
 /// through [`crate::json`], whose errors name the field.
+///
+/// Laid out as declared (`repr(C)`), the fields each stage reads first
+/// together at the front: the input reads `ts` and `id` of every event,
+/// an operator `ts`, `user_id` and the payload's variant. Arranged by the
+/// compiler, `ts` came last, three cache lines after `id`: a second miss
+/// per event on the worker that had not decoded it.
 #[derive(Debug, Clone, PartialEq)]
+#[repr(C)]
 pub struct Event {
-    /// Client-chosen idempotency key (≤ 128 bytes), or a generated UUIDv7.
-    /// Derived events carry a deterministic id (a hash of what produced them).
-    pub id: Text,
     /// Event time: milliseconds since the Unix epoch.
     pub ts: i64,
     /// The acting user; required for writing and collaboration events.
     pub user_id: Option<Text>,
+    /// Client-chosen idempotency key (≤ 128 bytes), or a generated UUIDv7.
+    /// Derived events carry a deterministic id (a hash of what produced them).
+    pub id: Text,
+    /// The typed payload; its variant is the event type.
+    pub data: Payload,
     /// Required for publishing, analytics and automation events.
     pub project_id: Option<Text>,
     /// Required for collaboration events.
     pub document_id: Option<Text>,
-    /// The typed payload; its variant is the event type.
-    pub data: Payload,
 }
 
 impl Serialize for Event {
