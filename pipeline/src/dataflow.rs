@@ -1003,6 +1003,15 @@ where
     (out, late)
 }
 
+/// Reads each event's time and the end of its id (what the input reads
+/// first), so that the reads overlap; the sum only keeps them from being
+/// optimized away.
+fn touch_all(events: &[Arc<Event>]) -> i64 {
+    events
+        .iter()
+        .fold(0i64, |acc, e| acc.wrapping_add(e.ts) ^ e.id.len() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1320,13 +1329,4 @@ mod tests {
         );
         assert_eq!(sink.0.lock().unwrap().len(), 3);
     }
-}
-
-/// Reads each event's time and the end of its id (what the input reads
-/// first), so that the reads overlap; the sum only keeps them from being
-/// optimized away.
-fn touch_all(events: &[Arc<Event>]) -> i64 {
-    events
-        .iter()
-        .fold(0i64, |acc, e| acc.wrapping_add(e.ts) ^ e.id.len() as i64)
 }
