@@ -1003,13 +1003,17 @@ where
     (out, late)
 }
 
-/// Reads each event's time and the end of its id (what the input reads
-/// first), so that the reads overlap; the sum only keeps them from being
-/// optimized away.
+/// Reads each event's time, the end of its id and of its user, and its
+/// payload's variant (what the input, then the operators' filters and the
+/// exchange on this worker, read first), so that the reads overlap; the
+/// sum only keeps them from being optimized away.
 fn touch_all(events: &[Arc<Event>]) -> i64 {
-    events
-        .iter()
-        .fold(0i64, |acc, e| acc.wrapping_add(e.ts) ^ e.id.len() as i64)
+    events.iter().fold(0i64, |acc, e| {
+        acc.wrapping_add(e.ts)
+            ^ e.id.len() as i64
+            ^ e.user_id.as_ref().map_or(0, |u| u.len() as i64)
+            ^ i64::from(e.category() == schemas::Category::Writing)
+    })
 }
 
 #[cfg(test)]
