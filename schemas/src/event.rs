@@ -21,9 +21,9 @@ use std::fmt;
 /// Laid out as declared (`repr(C)`), the fields each stage reads first
 /// together at the front: the input reads `ts` and `id` of every event
 /// (32 bytes, adjacent, so mostly one cache line), an operator `ts`,
-/// `user_id` and the payload's variant. Arranged by the
-/// compiler, `ts` came last, three cache lines after `id`: a second miss
-/// per event on the worker that had not decoded it.
+/// `user_id` and the payload's variant. Arranged by the compiler, `ts`
+/// came last, 96 bytes after `id`: a second cache miss per event on the
+/// worker that had not decoded it.
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub struct Event {

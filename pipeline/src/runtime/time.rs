@@ -27,6 +27,12 @@ impl EventTime {
         let ts = ts.max(0) as u64;
         ts - ts % self.epoch_ms.max(1)
     }
+
+    /// Whether `ts` is in `epoch` (`epoch_of(ts) == epoch`), by comparison
+    /// instead of a division.
+    pub fn in_epoch(&self, ts: i64, epoch: u64) -> bool {
+        (ts.max(0) as u64).wrapping_sub(epoch) < self.epoch_ms.max(1)
+    }
 }
 
 /// Something with an event time (what an [`EpochBuffer`] parks).
@@ -44,8 +50,8 @@ impl Timed for Record {
 /// building block of every frontier-driven (deterministic) operator.
 ///
 /// Epochs are kept in ascending order in a deque: input arrives nearly in
-/// event-time order, so a run of records lands in the last epoch or close
-/// to it (a search from the back), and the frontier takes epochs from the
+/// event-time order, so a run of records lands in the last epoch or after
+/// it (else a binary search finds its place), and the frontier takes epochs from the
 /// front. An epoch's vector, once its items were taken in, comes back
 /// through [`EpochBuffer::recycle`] and holds a later epoch: an epoch holds
 /// a few dozen records, and a map node plus a growing vector for each was
@@ -73,17 +79,15 @@ impl<T: Timed> EpochBuffer<T> {
     /// Parks `data` (drained) by event-time epoch.
     pub fn push(&mut self, time: &EventTime, data: &mut Vec<T>) {
         self.len += data.len();
-        let width = time.epoch_ms.max(1);
         // One search per run of records of one epoch (most of a container),
-        // not per record; the run's bounds are compared, not divided.
+        // not per record.
         let mut rest = data.drain(..).peekable();
         while let Some(r) = rest.next() {
             let epoch = time.epoch_of(r.ts());
             let at = self.slot(epoch);
             let parked = &mut self.pending[at].1;
             parked.push(r);
-            while let Some(r) = rest.next_if(|r| (r.ts().max(0) as u64).wrapping_sub(epoch) < width)
-            {
+            while let Some(r) = rest.next_if(|r| time.in_epoch(r.ts(), epoch)) {
                 parked.push(r);
             }
         }
