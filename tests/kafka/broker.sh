@@ -21,7 +21,8 @@
 # use (1 GiB heap, G1 with a 20 ms pause goal; KAFKA_HEAP is then not
 # read). The benchmarks run those; the suite's default is a small
 # serial-GC heap, whose full collections pause the broker ~100 ms
-# (docs/BENCHMARKS.md "The broker's collector").
+# (docs/BENCHMARKS.md "The broker's collector"). KAFKA_JVM_EXTRA: more JVM
+# options (e.g. a flight recording of the broker, see java_opts).
 #
 # A second listener with SASL_SSL (SCRAM-SHA-512 over TLS), when
 # KAFKA_SASL_SSL_PORT is set (for `run`; `format` adds the user):
@@ -70,6 +71,9 @@ java_opts() {
     echo "-Xms128m -Xmx${KAFKA_HEAP:-512m} -XX:+UseSerialGC"
   fi
   echo "-Djava.awt.headless=true -Dlog4j2.configurationFile=$here/log4j2.properties"
+  # More JVM options, e.g. a flight recording of the broker under a benchmark:
+  # KAFKA_JVM_EXTRA="-XX:StartFlightRecording=filename=/tmp/broker.jfr,settings=profile,dumponexit=true"
+  echo "${KAFKA_JVM_EXTRA:-}"
 }
 
 write_properties() { # dir port cport
