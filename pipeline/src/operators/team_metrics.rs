@@ -807,7 +807,9 @@ fn emit(project: &str, scope: &Option<schemas::Text>, w: &WindowFigures, out: &m
     let document = scope.as_deref().unwrap_or("");
     for f in &w.figures {
         let user = f.user_id.as_deref().unwrap_or("");
-        let mut dimensions = vec![dimension("project_id", project)];
+        // Room for all four at once (`vec![..]` held one, then grew).
+        let mut dimensions = Vec::with_capacity(4);
+        dimensions.push(dimension("project_id", project));
         if let Some(d) = scope {
             dimensions.push(dimension("document_id", d));
         }
