@@ -87,6 +87,17 @@
 //! `comment_max_open`; the latest closed figures per scope for
 //! `latest_retention` ([`TeamMetrics::latest`], for the view store). All of
 //! it is serializable: checkpoints snapshot the whole tracker.
+//!
+//! **Roll-up.** When every length is a multiple of the shortest (the
+//! default: 1 min and 1 h), an event is counted in the shortest window of
+//! each scope only, and a shortest window, when it closes, is added into
+//! the longer windows holding it (which close after it). Every figure is a
+//! sum (counts, totals, per-user counts, sets of active seconds), so the
+//! longer windows' figures are the same as counting each event in each of
+//! them, for half the work per event. A checkpoint holds every longer
+//! window complete (the open shortest windows added in), as before the
+//! roll-up; a restored tracker counts events directly in the longer windows
+//! open at the restore, and rolls up the windows opened after them.
 
 use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
 use crate::runtime::Record;
@@ -94,7 +105,8 @@ use crate::runtime::{Core, Order};
 use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{Dimension, MetricUpdated, Payload};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -247,14 +259,14 @@ pub struct WindowFigures {
     pub figures: Vec<Figure>,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct UserCounts {
     words: u64,
     edits: u64,
 }
 
 /// What one window of one scope has counted so far.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Agg {
     /// Per user: a hash map, as every event of a window touches it (a
     /// B-tree compared user names at each level); sorted at the close.
@@ -274,7 +286,7 @@ struct Agg {
 /// adding one is a comparison with the last; a sorted `Vec` serializes as
 /// the `BTreeSet<i64>` it replaced did (a sequence), so checkpoints keep
 /// their format.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 struct Seconds(Vec<i64>);
 
@@ -290,10 +302,53 @@ impl Seconds {
             _ => self.0.push(second),
         }
     }
+
+    /// Adds every second of `other` (both ascending and distinct).
+    fn union(&mut self, other: &Seconds) {
+        match (self.0.last(), other.0.first()) {
+            (_, None) => {}
+            // The usual case: a later shortest window's seconds.
+            (None, Some(_)) => self.0.extend_from_slice(&other.0),
+            (Some(&last), Some(&first)) if last < first => self.0.extend_from_slice(&other.0),
+            _ => {
+                for &second in &other.0 {
+                    self.insert(second);
+                }
+            }
+        }
+    }
+}
+
+impl Agg {
+    /// Adds what `other` counted (a shortest window rolled up into a longer
+    /// one).
+    fn add(&mut self, other: &Agg) {
+        for (user, c) in &other.users {
+            if let Some(mine) = self.users.get_mut(user) {
+                mine.words += c.words;
+                mine.edits += c.edits;
+            } else {
+                self.users.insert(user.clone(), c.clone());
+            }
+        }
+        self.edits += other.edits;
+        self.conflicts += other.conflicts;
+        self.resolved += other.resolved;
+        self.resolved_ms += other.resolved_ms;
+        self.responses += other.responses;
+        self.response_ms += other.response_ms;
+        for (document, seconds) in &other.active {
+            if let Some(mine) = self.active.get_mut(document) {
+                mine.union(seconds);
+            } else {
+                self.active.insert(document.clone(), seconds.clone());
+            }
+        }
+    }
 }
 
 /// A conflict as seen by one document: first detection, first resolution.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Span {
     detected: i64,
     resolved: Option<i64>,
@@ -307,14 +362,14 @@ impl Span {
     }
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct DocState {
     conflicts: HashMap<String, Span>,
     /// Open comments: id → time added.
     comments: HashMap<String, i64>,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct ProjectState {
     /// Open windows per scope (`None`: the project), keyed by (end, length).
     windows: HashMap<Option<schemas::Text>, BTreeMap<(i64, i64), Agg>>,
@@ -328,8 +383,9 @@ struct ProjectState {
 /// [`TeamMetrics::advance_to`]. In the dataflow it runs as a [`Core`].
 ///
 /// The config is kept as plain ms (not [`TeamMetricsConfig`]) so that a checkpoint
-/// restores a complete tracker.
-#[derive(Serialize, Deserialize)]
+/// restores a complete tracker. Serialized by hand (see the `Serialize`
+/// impl): a checkpoint holds the longer windows complete.
+#[derive(Deserialize)]
 pub struct TeamMetrics {
     /// Window lengths (ms), ascending, distinct, positive.
     lengths: Vec<i64>,
@@ -352,6 +408,35 @@ pub struct TeamMetrics {
     /// once per [`PRUNE_EVERY_MS`] of event time, not per epoch (when it
     /// runs never changes a figure: expiry is checked against each event).
     last_prune: i64,
+    /// With the roll-up: the longer windows ending at or before this count
+    /// their events directly and take no shortest window in (those open
+    /// when a checkpoint was restored, which hold their events so far).
+    /// `None`: restored, not computed yet ([`TeamMetrics::direct_until`]).
+    #[serde(skip)]
+    direct_until: Option<i64>,
+}
+
+/// Field by field as the derived `Deserialize` reads them (the skipped ones
+/// left out), with the open shortest windows added into the longer windows
+/// holding them: what a tracker counting every event in every window holds,
+/// so checkpoints keep their format and meaning.
+impl Serialize for TeamMetrics {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let folded = self.folded();
+        let projects = folded.as_ref().unwrap_or(&self.projects);
+        let mut s = serializer.serialize_struct("TeamMetrics", 10)?;
+        s.serialize_field("lengths", &self.lengths)?;
+        s.serialize_field("longest", &self.longest)?;
+        s.serialize_field("comment_max_open", &self.comment_max_open)?;
+        s.serialize_field("conflict_max_open", &self.conflict_max_open)?;
+        s.serialize_field("latest_retention", &self.latest_retention)?;
+        s.serialize_field("projects", projects)?;
+        s.serialize_field("closing", &self.closing)?;
+        s.serialize_field("latest", &self.latest)?;
+        s.serialize_field("comments_expired", &self.comments_expired)?;
+        s.serialize_field("last_prune", &self.last_prune)?;
+        s.end()
+    }
 }
 
 /// Event time between two prunings of the team state.
@@ -387,7 +472,69 @@ impl TeamMetrics {
             latest: HashMap::default(),
             comments_expired: 0,
             last_prune: i64::MIN,
+            direct_until: Some(i64::MIN),
         }
+    }
+
+    /// Whether events are counted in the shortest windows only, and those
+    /// added into the longer ones at their close: every length a multiple
+    /// of the shortest, so that each shortest window lies in exactly one
+    /// window of every length.
+    fn rolls_up(&self) -> bool {
+        match self.lengths.split_first() {
+            Some((&shortest, longer)) => {
+                !longer.is_empty() && longer.iter().all(|l| l % shortest == 0)
+            }
+            None => false,
+        }
+    }
+
+    /// The longer windows ending at or before this count their events
+    /// directly (`i64::MAX`: all, without the roll-up). After a restore:
+    /// the latest end of the longer windows open then.
+    fn direct_until(&mut self) -> i64 {
+        if !self.rolls_up() {
+            return i64::MAX;
+        }
+        let shortest = self.lengths[0];
+        *self.direct_until.get_or_insert_with(|| {
+            (self.closing.iter())
+                .filter(|k| k.3 > shortest)
+                .map(|k| k.0)
+                .max()
+                .unwrap_or(i64::MIN)
+        })
+    }
+
+    /// The open windows with every open shortest window added into the
+    /// longer windows it rolls up into (`None`: nothing to add).
+    fn folded(&self) -> Option<HashMap<String, ProjectState>> {
+        let direct_until = self.direct_until?;
+        if !self.rolls_up() {
+            return None;
+        }
+        let (&shortest, longer) = self.lengths.split_first()?;
+        let mut projects = self.projects.clone();
+        for p in projects.values_mut() {
+            for windows in p.windows.values_mut() {
+                let open: Vec<((i64, i64), Agg)> = (windows.iter())
+                    .filter(|((_, len), _)| *len == shortest)
+                    .map(|(k, agg)| (*k, agg.clone()))
+                    .collect();
+                for ((end, _), agg) in open {
+                    let start = end.saturating_sub(shortest);
+                    for &len in longer {
+                        let long_end = (start.div_euclid(len) * len).saturating_add(len);
+                        if long_end > direct_until
+                            && let Some(long) = windows.get_mut(&(long_end, len))
+                        {
+                            long.add(&agg);
+                        }
+                    }
+                }
+            }
+        }
+        Some(projects)
     }
 
     /// Whether the records input carries anything for this operator.
@@ -613,7 +760,10 @@ impl TeamMetrics {
     }
 
     /// Applies `f` to the window containing `ts` of every length, in the
-    /// project's scope and (if any) the document's.
+    /// project's scope and (if any) the document's. With the roll-up, `f`
+    /// applies to the shortest window only (and to longer windows counted
+    /// directly, see [`TeamMetrics::direct_until`]); the longer windows
+    /// holding it are opened with it, to take it in when it closes.
     fn touch(
         &mut self,
         project: &str,
@@ -621,6 +771,8 @@ impl TeamMetrics {
         ts: i64,
         f: impl Fn(&mut Agg),
     ) {
+        let direct_until = self.direct_until();
+        let shortest = self.lengths.first().copied().unwrap_or(0);
         let p = if let Some(p) = self.projects.get_mut(project) {
             p
         } else {
@@ -633,16 +785,25 @@ impl TeamMetrics {
             } else {
                 p.windows.entry(scope.clone()).or_default()
             };
+            let mut opened = false;
             for &len in &self.lengths {
                 let start = ts.div_euclid(len) * len;
                 let end = start.saturating_add(len);
+                let direct = len == shortest || end <= direct_until;
+                if !direct && !opened {
+                    // Rolled up: its shortest window is open, so is it.
+                    continue;
+                }
                 let agg = windows.entry((end, len)).or_insert_with(|| {
+                    opened = true;
                     self.closing
                         .insert((end, project.to_owned(), scope.clone(), len));
                     self.next_close = self.next_close.min(end);
                     Agg::default()
                 });
-                f(agg);
+                if direct {
+                    f(agg);
+                }
             }
         }
     }
@@ -660,6 +821,8 @@ impl TeamMetrics {
 
     /// [`TeamMetrics::close_until`] without the shortcut.
     fn close_some(&mut self, watermark: i64, out: &mut Vec<Event>, limit: usize) -> bool {
+        let direct_until = self.direct_until();
+        let shortest = self.lengths.first().copied().unwrap_or(0);
         while self.closing.first().is_some_and(|k| k.0 <= watermark) {
             if out.len() >= limit {
                 return false;
@@ -676,10 +839,22 @@ impl TeamMetrics {
             let Some(agg) = windows.remove(&(end, len)) else {
                 continue;
             };
+            let start = end.saturating_sub(len);
+            if len == shortest && direct_until < i64::MAX {
+                // Rolled up into the longer windows holding it, which close
+                // after it (same end: the shorter length sorts first).
+                for &long in &self.lengths[1..] {
+                    let long_end = (start.div_euclid(long) * long).saturating_add(long);
+                    if long_end > direct_until
+                        && let Some(w) = windows.get_mut(&(long_end, long))
+                    {
+                        w.add(&agg);
+                    }
+                }
+            }
             if windows.is_empty() {
                 p.windows.remove(&scope);
             }
-            let start = end.saturating_sub(len);
             let figures = WindowFigures {
                 window_ms: len,
                 start,
@@ -1548,6 +1723,28 @@ mod tests {
         }
     }
 
+    /// Lengths that are multiples of the shortest: the longer windows are
+    /// rolled up from the shortest (`reference_config`'s 90 s is not a
+    /// multiple of 60 s, so there every event counts in every window).
+    fn rollup_config() -> TeamMetricsConfig {
+        TeamMetricsConfig {
+            windows: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+            ],
+            ..reference_config()
+        }
+    }
+
+    #[test]
+    fn windows_roll_up_only_when_every_length_is_a_multiple_of_the_shortest() {
+        assert!(TeamMetrics::new(&rollup_config()).rolls_up());
+        assert!(TeamMetrics::new(&TeamMetricsConfig::default()).rolls_up());
+        assert!(!TeamMetrics::new(&reference_config()).rolls_up());
+        assert!(!TeamMetrics::new(&cfg(&[60_000])).rolls_up());
+    }
+
     /// A random stream within the conflicts operator's habits: each conflict
     /// has one id, reported by one or both users at its detection and (maybe)
     /// its resolution, resolved within `conflict_max_open`.
@@ -1786,8 +1983,10 @@ mod tests {
 
     #[test]
     fn the_core_matches_a_naive_reference_on_random_streams() {
-        let cfg = reference_config();
-        for seed in 1..=12 {
+        for (cfg, seed) in [reference_config(), rollup_config()]
+            .into_iter()
+            .flat_map(|cfg| (1..=12).map(move |seed| (cfg.clone(), seed)))
+        {
             let events = random_stream(seed, 400);
             let expected = reference(&events, &cfg);
             // The core, with the watermark advancing at random points.
@@ -1902,8 +2101,10 @@ mod tests {
 
     #[test]
     fn state_survives_a_snapshot_round_trip() {
-        let cfg = reference_config();
-        for seed in [2, 5, 9] {
+        for (cfg, seed) in [reference_config(), rollup_config()]
+            .into_iter()
+            .flat_map(|cfg| [2, 5, 9].map(move |seed| (cfg.clone(), seed)))
+        {
             let mut events = random_stream(seed, 400);
             events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
             let records: Vec<Record> = events
@@ -1946,6 +2147,100 @@ mod tests {
                 assert_eq!(restored.latest("p1", doc), original.latest("p1", doc));
             }
         }
+    }
+
+    /// Every open window's counts, in a canonical order.
+    fn open_windows(t: &TeamMetrics) -> Vec<String> {
+        let mut v = Vec::new();
+        for (project, p) in &t.projects {
+            for (scope, windows) in &p.windows {
+                for ((end, len), a) in windows {
+                    let mut users: Vec<(String, u64, u64)> = (a.users.iter())
+                        .map(|(u, c)| (u.to_string(), c.words, c.edits))
+                        .collect();
+                    users.sort();
+                    let active: Vec<(Option<String>, Vec<i64>)> = (a.active.iter())
+                        .map(|(d, s)| (d.as_ref().map(|d| d.to_string()), s.0.clone()))
+                        .collect();
+                    v.push(format!(
+                        "{project} {scope:?} {end} {len} {users:?} {} {} {} {} {} {} {active:?}",
+                        a.edits, a.conflicts, a.resolved, a.resolved_ms, a.responses, a.response_ms
+                    ));
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// A checkpoint of a rolling-up tracker holds what one counting every
+    /// event in every window (the tracker before the roll-up) holds, so
+    /// checkpoints written before restore into it, and its own restore into
+    /// either; all three go on to the same outputs.
+    #[test]
+    fn a_checkpoint_holds_the_longer_windows_complete_as_before_the_roll_up() {
+        let cfg = rollup_config();
+        let mut folded_any = false;
+        for seed in [2, 5, 9, 11] {
+            let mut events = random_stream(seed, 400);
+            events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
+            let records: Vec<Record> = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| record(i as u64, e))
+                .filter(<TeamMetrics as Core>::wants)
+                .collect();
+            let (first, second) = records.split_at(records.len() / 2);
+            let feed = |t: &mut TeamMetrics, rs: &[Record], g: &mut SplitMix| {
+                let mut out = Vec::new();
+                for r in rs {
+                    if g.below(10) == 0 {
+                        Core::advance_to(t, r.event.ts, &mut out);
+                    }
+                    Core::observe(t, r, &mut out);
+                }
+                out
+            };
+            let mut rolling = TeamMetrics::new(&cfg);
+            let mut direct = TeamMetrics::new(&cfg);
+            // Every longer window counted directly, none rolled up.
+            direct.direct_until = Some(i64::MAX);
+            let (mut g1, mut g2) = (SplitMix(seed), SplitMix(seed));
+            let before = feed(&mut rolling, first, &mut g1);
+            assert!(!before.is_empty());
+            assert_eq!(before, feed(&mut direct, first, &mut g2), "seed {seed}");
+            let rolling_bytes = bincode::serialize(&rolling).unwrap();
+            let direct_bytes = bincode::serialize(&direct).unwrap();
+            let mut from_rolling: TeamMetrics = bincode::deserialize(&rolling_bytes).unwrap();
+            let mut from_direct: TeamMetrics = bincode::deserialize(&direct_bytes).unwrap();
+            assert_eq!(
+                open_windows(&from_rolling),
+                open_windows(&from_direct),
+                "seed {seed}"
+            );
+            assert_eq!(open_windows(&direct), open_windows(&from_direct));
+            folded_any |= open_windows(&rolling) != open_windows(&from_rolling);
+            let mut outs = Vec::new();
+            for t in [&mut rolling, &mut from_rolling, &mut from_direct] {
+                let mut g = SplitMix(seed ^ 7);
+                let mut out = feed(t, second, &mut g);
+                Core::flush(t, &mut out);
+                outs.push(out);
+            }
+            assert!(!outs[0].is_empty());
+            assert_eq!(
+                outs[0], outs[1],
+                "seed {seed}: restored from a rolling tracker"
+            );
+            assert_eq!(
+                outs[0], outs[2],
+                "seed {seed}: restored from a direct tracker"
+            );
+        }
+        assert!(
+            folded_any,
+            "no checkpoint had an open shortest window to add in"
+        );
     }
 
     fn run_dataflow(events: Vec<Event>, workers: usize, batch: usize) -> Vec<Event> {
