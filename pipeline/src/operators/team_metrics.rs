@@ -94,10 +94,11 @@
 //! the longer windows holding it (which close after it). Every figure is a
 //! sum (counts, totals, per-user counts, sets of active seconds), so the
 //! longer windows' figures are the same as counting each event in each of
-//! them, for half the work per event. A checkpoint holds every longer
-//! window complete (the open shortest windows added in), as before the
-//! roll-up; a restored tracker counts events directly in the longer windows
-//! open at the restore, and rolls up the windows opened after them.
+//! them, with two window updates per event instead of four (at the
+//! default lengths). A checkpoint holds every longer window complete (the
+//! open shortest windows added in), as before the roll-up; a restored
+//! tracker counts events directly in the longer windows open at the
+//! restore, and rolls up the windows opened after them.
 
 use crate::operators::{OperatorConfigError, derived_id, stable_hash, written_words};
 use crate::runtime::Record;
