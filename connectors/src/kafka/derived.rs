@@ -195,6 +195,15 @@ pub struct DerivedProducer {
     stopping: std::sync::atomic::AtomicBool,
 }
 
+/// How long a derived event waits for others to share its produce request
+/// (`linger.ms`): Kafka Streams' default. Derived topics are read by
+/// analytics, not by the live path (the WebSocket fanout is fed by the
+/// dataflow directly). At 5 ms the producer sent a request per partition
+/// every few ms, over 700 a second at 10 K events/s: on two cores the
+/// broker's request handling competed with the mirror the live path waits
+/// for (docs/BENCHMARKS.md "Derived topics linger as Kafka Streams'").
+const LINGER_MS: &str = "100";
+
 impl DerivedProducer {
     /// Connects; in exactly-once mode, also fences an older producer with
     /// the same id (aborting its open transaction) and reads the barrier the
@@ -209,7 +218,7 @@ impl DerivedProducer {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5");
+            .set("linger.ms", LINGER_MS);
         // Exactly once already loses nothing (a failed transaction is
         // aborted and its events committed by the next checkpoint), and a
         // transactional producer's deliveries must time out within its
