@@ -199,7 +199,7 @@ pub struct DerivedProducer {
 /// (`linger.ms`): Kafka Streams' default. Derived topics are read by
 /// analytics, not by the live path (the WebSocket fanout is fed by the
 /// dataflow directly). At 5 ms the producer sent a request per partition
-/// every few ms, over 700 a second at 10 K events/s: on two cores the
+/// every few ms, ~500 a second at 10 K events/s: on two cores the
 /// broker's request handling competed with the mirror the live path waits
 /// for (docs/BENCHMARKS.md "Derived topics linger as Kafka Streams'").
 const LINGER_MS: &str = "100";
