@@ -1729,11 +1729,7 @@ mod tests {
     /// multiple of 60 s, so there every event counts in every window).
     fn rollup_config() -> TeamMetricsConfig {
         TeamMetricsConfig {
-            windows: vec![
-                Duration::from_secs(30),
-                Duration::from_secs(60),
-                Duration::from_secs(300),
-            ],
+            windows: [30, 60, 300].map(Duration::from_secs).to_vec(),
             ..reference_config()
         }
     }
@@ -2100,32 +2096,38 @@ mod tests {
         assert!(!items[1].is_derived() && items[2].is_derived());
     }
 
+    /// A random stream's records for the core, in observation order.
+    fn seeded_records(seed: u64) -> Vec<Record> {
+        let mut events = random_stream(seed, 400);
+        events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| record(i as u64, e))
+            .filter(<TeamMetrics as Core>::wants)
+            .collect()
+    }
+
+    /// Feeds records, moving the watermark to each record's time now and then.
+    fn feed(t: &mut TeamMetrics, rs: &[Record], g: &mut SplitMix) -> Vec<Event> {
+        let mut out = Vec::new();
+        for r in rs {
+            if g.below(10) == 0 {
+                Core::advance_to(t, r.event.ts, &mut out);
+            }
+            Core::observe(t, r, &mut out);
+        }
+        out
+    }
+
     #[test]
     fn state_survives_a_snapshot_round_trip() {
         for (cfg, seed) in [reference_config(), rollup_config()]
             .into_iter()
             .flat_map(|cfg| [2, 5, 9].map(move |seed| (cfg.clone(), seed)))
         {
-            let mut events = random_stream(seed, 400);
-            events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
-            let records: Vec<Record> = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| record(i as u64, e))
-                .filter(<TeamMetrics as Core>::wants)
-                .collect();
+            let records = seeded_records(seed);
             let (first, second) = records.split_at(records.len() / 2);
-            // Feeds records, moving the watermark to each record's time now and then.
-            let feed = |t: &mut TeamMetrics, rs: &[Record], g: &mut SplitMix| {
-                let mut out = Vec::new();
-                for r in rs {
-                    if g.below(10) == 0 {
-                        Core::advance_to(t, r.event.ts, &mut out);
-                    }
-                    Core::observe(t, r, &mut out);
-                }
-                out
-            };
             let mut g = SplitMix(seed);
             let mut original = TeamMetrics::new(&cfg);
             let before = feed(&mut original, first, &mut g);
@@ -2183,25 +2185,8 @@ mod tests {
         let cfg = rollup_config();
         let mut folded_any = false;
         for seed in [2, 5, 9, 11] {
-            let mut events = random_stream(seed, 400);
-            events.sort_by(|a, b| observation_order(a).cmp(&observation_order(b)));
-            let records: Vec<Record> = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| record(i as u64, e))
-                .filter(<TeamMetrics as Core>::wants)
-                .collect();
+            let records = seeded_records(seed);
             let (first, second) = records.split_at(records.len() / 2);
-            let feed = |t: &mut TeamMetrics, rs: &[Record], g: &mut SplitMix| {
-                let mut out = Vec::new();
-                for r in rs {
-                    if g.below(10) == 0 {
-                        Core::advance_to(t, r.event.ts, &mut out);
-                    }
-                    Core::observe(t, r, &mut out);
-                }
-                out
-            };
             let mut rolling = TeamMetrics::new(&cfg);
             let mut direct = TeamMetrics::new(&cfg);
             // Every longer window counted directly, none rolled up.
