@@ -523,15 +523,13 @@ impl TeamMetrics {
                     .map(|(k, agg)| (*k, agg.clone()))
                     .collect();
                 for ((end, _), agg) in open {
-                    let start = end.saturating_sub(shortest);
-                    for &len in longer {
-                        let long_end = (start.div_euclid(len) * len).saturating_add(len);
-                        if long_end > direct_until
-                            && let Some(long) = windows.get_mut(&(long_end, len))
-                        {
-                            long.add(&agg);
-                        }
-                    }
+                    roll_up(
+                        windows,
+                        longer,
+                        end.saturating_sub(shortest),
+                        direct_until,
+                        &agg,
+                    );
                 }
             }
         }
@@ -844,14 +842,7 @@ impl TeamMetrics {
             if len == shortest && direct_until < i64::MAX {
                 // Rolled up into the longer windows holding it, which close
                 // after it (same end: the shorter length sorts first).
-                for &long in &self.lengths[1..] {
-                    let long_end = (start.div_euclid(long) * long).saturating_add(long);
-                    if long_end > direct_until
-                        && let Some(w) = windows.get_mut(&(long_end, long))
-                    {
-                        w.add(&agg);
-                    }
-                }
+                roll_up(windows, &self.lengths[1..], start, direct_until, &agg);
             }
             if windows.is_empty() {
                 p.windows.remove(&scope);
@@ -902,6 +893,26 @@ impl TeamMetrics {
             });
             !scopes.is_empty()
         });
+    }
+}
+
+/// Adds `agg`, the shortest window starting at `start`, into the window of
+/// each `longer` length holding it, unless that one counts its events
+/// directly (it ends at or before `direct_until`).
+fn roll_up(
+    windows: &mut BTreeMap<(i64, i64), Agg>,
+    longer: &[i64],
+    start: i64,
+    direct_until: i64,
+    agg: &Agg,
+) {
+    for &len in longer {
+        let end = (start.div_euclid(len) * len).saturating_add(len);
+        if end > direct_until
+            && let Some(w) = windows.get_mut(&(end, len))
+        {
+            w.add(agg);
+        }
     }
 }
 
