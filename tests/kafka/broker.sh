@@ -21,8 +21,14 @@
 # use (1 GiB heap, G1 with a 20 ms pause goal; KAFKA_HEAP is then not
 # read). The benchmarks run those; the suite's default is a small
 # serial-GC heap, whose full collections pause the broker ~100 ms
-# (docs/BENCHMARKS.md "The broker's collector"). KAFKA_JVM_EXTRA: more JVM
-# options (e.g. a flight recording of the broker, see java_opts).
+# (docs/BENCHMARKS.md "The broker's collector"), compiled by C1 only (as
+# `tool` and tests/registry/registry.sh are): the suite's brokers live
+# minutes, and on two cores C2's compiler threads took a third of their
+# CPU from the tests beside them (docs/BENCHMARKS.md "The test command").
+# tests/bench/mirror.sh, mirror_restart.sh and chaos.sh run the suite's
+# settings too (mirror.sh's ratio is of one broker, same run).
+# KAFKA_JVM_EXTRA: more JVM options (e.g. a flight recording of the
+# broker, see java_opts).
 #
 # A second listener with SASL_SSL (SCRAM-SHA-512 over TLS), when
 # KAFKA_SASL_SSL_PORT is set (for `run`; `format` adds the user):
@@ -68,7 +74,7 @@ java_opts() {
     echo "-Xms1G -Xmx1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35" \
          "-XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15"
   else
-    echo "-Xms128m -Xmx${KAFKA_HEAP:-512m} -XX:+UseSerialGC"
+    echo "-Xms128m -Xmx${KAFKA_HEAP:-512m} -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
   fi
   echo "-Djava.awt.headless=true -Dlog4j2.configurationFile=$here/log4j2.properties"
   # More JVM options, e.g. a flight recording of the broker under a benchmark:
