@@ -28,7 +28,8 @@
 # tests/bench/mirror.sh, mirror_restart.sh and chaos.sh run the suite's
 # settings too (mirror.sh's ratio is of one broker, same run).
 # KAFKA_JVM_EXTRA: more JVM options (e.g. a flight recording of the
-# broker, see java_opts).
+# broker, see java_opts); KAFKA_PROPERTIES_EXTRA: more lines of
+# server.properties (see write_properties).
 #
 # A second listener with SASL_SSL (SCRAM-SHA-512 over TLS), when
 # KAFKA_SASL_SSL_PORT is set (for `run`; `format` adds the user):
@@ -111,6 +112,11 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
+  # More broker settings, one `key=value` per line, for experiments (e.g.
+  # KAFKA_PROPERTIES_EXTRA=transaction.partition.verification.enable=false).
+  if [ -n "${KAFKA_PROPERTIES_EXTRA:-}" ]; then
+    printf '%s\n' "$KAFKA_PROPERTIES_EXTRA" >>"$1/server.properties"
+  fi
   if [ -n "${KAFKA_SASL_SSL_PORT:-}" ]; then
     : "${KAFKA_TLS_CERT:?KAFKA_TLS_CERT is needed with KAFKA_SASL_SSL_PORT}"
     : "${KAFKA_TLS_KEY:?KAFKA_TLS_KEY is needed with KAFKA_SASL_SSL_PORT}"
