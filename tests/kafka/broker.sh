@@ -23,8 +23,8 @@
 # serial-GC heap, whose full collections pause the broker ~100 ms
 # (docs/BENCHMARKS.md "The broker's collector"), compiled by C1 only (as
 # `tool` and tests/registry/registry.sh are): the suite's brokers live
-# minutes, and on two cores C2's compiler threads took a third of their
-# CPU from the tests beside them (docs/BENCHMARKS.md "The test command").
+# minutes, and with C1 only the Kafka test files took a third less CPU and
+# 5-9 % less time on two cores (docs/BENCHMARKS.md "The test command").
 # tests/bench/mirror.sh, mirror_restart.sh and chaos.sh run the suite's
 # settings too (mirror.sh's ratio is of one broker, same run).
 # KAFKA_JVM_EXTRA: more JVM options (e.g. a flight recording of the
