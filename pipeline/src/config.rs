@@ -345,6 +345,9 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Partitions of the topics inkstream creates (default 8).
     pub partitions: i32,
+    /// Copies of each partition of the topics inkstream creates (default
+    /// -1: the broker's `default.replication.factor`).
+    pub replication_factor: i32,
     /// Events the mirror reads and produces per page (default 2,000; from
     /// Redis an eighth as many entries per stream, each up to 16 events).
     pub mirror_batch: usize,
@@ -422,6 +425,14 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// How inkstream creates the topics it needs.
+    pub fn new_topics(&self) -> connectors::kafka::NewTopics {
+        connectors::kafka::NewTopics {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+        }
+    }
+
     /// The brokers with their security settings, checked (`None` without
     /// `kafka.brokers`); errors name the key.
     pub fn cluster(&self) -> Result<Option<connectors::kafka::Brokers>, ConfigError> {
@@ -473,6 +484,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: None,
             partitions: 8,
+            replication_factor: connectors::kafka::BROKER_DEFAULT_REPLICATION,
             mirror_batch: 2_000,
             mirror_in_flight: 4,
             mirror_round_pages: 32,
@@ -944,6 +956,17 @@ impl Config {
         if self.wpm.window.is_zero() {
             return bad("wpm.window", "must be positive");
         }
+        if self.kafka.partitions < 1 {
+            return bad("kafka.partitions", "must be at least 1");
+        }
+        if self.kafka.replication_factor < 1
+            && self.kafka.replication_factor != connectors::kafka::BROKER_DEFAULT_REPLICATION
+        {
+            return bad(
+                "kafka.replication_factor",
+                "must be at least 1, or -1 for the broker's default.replication.factor",
+            );
+        }
         if self.kafka.mirror_batch == 0 {
             return bad("kafka.mirror_batch", "must be at least 1");
         }
@@ -1176,5 +1199,27 @@ mod tests {
         assert!(e.to_string().starts_with("config key server.port"), "{e}");
         let e = Config::load(None, &["dataflow.epoch=abc".into()]).unwrap_err();
         assert!(e.to_string().contains("dataflow.epoch"), "{e}");
+    }
+
+    #[test]
+    fn topics_are_created_with_the_brokers_replication_factor_unless_set() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(
+            c.kafka.new_topics(),
+            connectors::kafka::NewTopics {
+                partitions: 8,
+                replication_factor: -1
+            }
+        );
+        let c = Config::load(None, &["kafka.replication_factor=3".into()]).unwrap();
+        assert_eq!(c.kafka.new_topics().replication_factor, 3);
+        for (set, key) in [
+            ("kafka.replication_factor=0", "kafka.replication_factor"),
+            ("kafka.replication_factor=-2", "kafka.replication_factor"),
+            ("kafka.partitions=0", "kafka.partitions"),
+        ] {
+            let e = Config::load(None, &[set.into()]).unwrap_err();
+            assert!(e.to_string().contains(key), "{set}: {e}");
+        }
     }
 }

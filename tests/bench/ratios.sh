@@ -91,7 +91,7 @@ warm_kafka() {
   start_redis
   local warm_port; warm_port=$(free_port)
   "$B" --config "$work/bench.toml" serve --port "$warm_port" --redis-url "redis://127.0.0.1:$RP" \
-    --kafka-brokers "127.0.0.1:$KP" --set redis.prefix=warmup --set kafka.dataflow_group=warmup-dataflow \
+    --kafka-brokers "127.0.0.1:$KP" --set redis.prefix=warmup --set kafka.dataflow_group=warmup-dataflow ${E2E_SERVE_ARGS:-} \
     >"$work/serve-warmup.log" 2>&1 &
   local wpid=$!; PIDS+=("$wpid")
   for _ in $(seq 300); do curl -sf "127.0.0.1:$warm_port/healthz" >/dev/null && break; sleep 0.1; done
@@ -326,11 +326,12 @@ path_on redis && for _ in $(seq "$E2E_RUNS"); do
 done
 path_on kafka && for _ in $(seq "$E2E_RUNS"); do
   start_redis; start_kafka; warm_kafka
-  start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP"; e2e kafka
+  # shellcheck disable=SC2086
+  start_serve e2e-kafka --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP" ${E2E_SERVE_ARGS:-}; e2e kafka
   stop_serve; stop_kafka; stop_redis "$RP"
   start_redis; start_kafka; warm_kafka
   start_serve e2e-kafka-idem --redis-url "redis://127.0.0.1:$RP" --kafka-brokers "127.0.0.1:$KP" \
-    --set kafka.mirror_transactional=false; e2e kafka_idem
+    --set kafka.mirror_transactional=false ${E2E_SERVE_ARGS:-}; e2e kafka_idem
   stop_serve; stop_kafka; stop_redis "$RP"
 done
 fi

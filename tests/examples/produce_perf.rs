@@ -30,7 +30,12 @@ async fn main() -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("unknown tuning {other:?} (bulk or live)"),
     };
     let topic = format!("bench.produce.{}", std::process::id());
-    connectors::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 8).await?;
+    connectors::kafka::ensure_topics(
+        brokers,
+        std::slice::from_ref(&topic),
+        connectors::kafka::NewTopics::default(),
+    )
+    .await?;
     let producer = producer(brokers, tuning)?;
     let value = vec![7u8; 80];
     let start = Instant::now();

@@ -23,6 +23,15 @@ use std::time::{Duration, Instant};
 
 const WPM_TOPIC: &str = "inkstream.derived.analytics.metric_updated";
 
+/// How the tests that make their topics beforehand make them: one
+/// partition each.
+fn one_partition() -> connectors::kafka::NewTopics {
+    connectors::kafka::NewTopics {
+        partitions: 1,
+        ..Default::default()
+    }
+}
+
 async fn ingest(server: &Server, events: &[serde_json::Value]) {
     assert_eq!(post_events(server, events).await, 202);
 }
@@ -391,7 +400,7 @@ async fn at_least_once_with_checkpoints_a_broker_outage_holds_the_producer_back_
     const OUTAGE: usize = QUEUE + 500;
     let mut kafka = PrivateKafka::start();
     let brokers = Brokers::plaintext(kafka.brokers());
-    connectors::kafka::ensure_topics(brokers.clone(), &[WPM_TOPIC.to_owned()], 1)
+    connectors::kafka::ensure_topics(brokers.clone(), &[WPM_TOPIC.to_owned()], one_partition())
         .await
         .unwrap();
     let prefix = unique("wait");
@@ -525,9 +534,13 @@ async fn exactly_once_commits_what_a_checkpoint_holds_once_across_failures_and_r
     let mut kafka = PrivateKafka::start();
     let brokers = Brokers::plaintext(kafka.brokers());
     let marker_topic = connectors::kafka::derived_topic("system.dead_letter");
-    connectors::kafka::ensure_topics(brokers.clone(), &[WPM_TOPIC.to_owned(), marker_topic], 1)
-        .await
-        .unwrap();
+    connectors::kafka::ensure_topics(
+        brokers.clone(),
+        &[WPM_TOPIC.to_owned(), marker_topic],
+        one_partition(),
+    )
+    .await
+    .unwrap();
     let prefix = unique("2pc");
     let user = format!("{prefix}-u");
     let event = |i: usize| schemas::Event {

@@ -211,8 +211,9 @@ pub struct MirrorConfig {
     pub group: String,
     /// Consumer name, stable across restarts (default `mirror-0`).
     pub consumer: String,
-    /// Partitions of topics it creates (default 8).
-    pub partitions: i32,
+    /// How it creates the topics it needs (default 8 partitions, the
+    /// broker's replication factor).
+    pub new_topics: super::NewTopics,
     /// Entries read per page (per stream with Redis; default 2,000).
     pub batch: usize,
     /// Pages produced whose delivery reports are still awaited (default 4):
@@ -257,7 +258,7 @@ impl MirrorConfig {
             brokers: brokers.into(),
             group: "mirror".into(),
             consumer: "mirror-0".into(),
-            partitions: 8,
+            new_topics: super::NewTopics::default(),
             batch: 2_000,
             in_flight: 4,
             round_pages: 32,
@@ -499,7 +500,7 @@ pub async fn run(
             continue;
         }
         if need_topics {
-            let counts = match ensure_topics(&config.brokers, &topics(), config.partitions).await {
+            let counts = match ensure_topics(&config.brokers, &topics(), config.new_topics).await {
                 Ok(()) => {
                     let producer = m.live.clone();
                     tokio::task::spawn_blocking(move || partition_counts(&producer))
@@ -709,7 +710,7 @@ impl Mirror {
             .partitions
             .get(DEAD_LETTER_TOPIC)
             .copied()
-            .unwrap_or(self.config.partitions);
+            .unwrap_or(self.config.new_topics.partitions);
         match tokio::task::spawn_blocking(move || {
             last_committed_round(&markers, DEAD_LETTER_TOPIC, partitions)
         })
@@ -742,7 +743,7 @@ impl Mirror {
             .partitions
             .get(DEAD_LETTER_TOPIC)
             .copied()
-            .unwrap_or(self.config.partitions);
+            .unwrap_or(self.config.new_topics.partitions);
         if chunks.len() > partitions.max(1) as usize {
             tracing::warn!(
                 chunks = chunks.len(),
@@ -1071,7 +1072,7 @@ impl Mirror {
             &Context {
                 schema_ids: &self.schema_ids,
                 partitions: &self.partitions,
-                default_partitions: self.config.partitions,
+                default_partitions: self.config.new_topics.partitions,
                 attempts: &self.attempts,
                 max_attempts: self.config.max_attempts,
                 delivery_timeout: self.config.delivery_timeout,

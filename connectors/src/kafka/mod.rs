@@ -32,6 +32,15 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic} failed: {code}")]
     CreateTopic { topic: String, code: String },
+    #[error(
+        "creating topic {topic} failed: {code} (kafka.replication_factor = {replication_factor}; \
+         -1 takes the broker's default.replication.factor, which must not exceed the brokers)"
+    )]
+    ReplicationFactor {
+        topic: String,
+        code: String,
+        replication_factor: i32,
+    },
     #[error("the Kafka client gave no consumer group metadata for group {0}")]
     NoGroupMetadata(String),
     #[error("a blocking Kafka call did not finish: {0}")]
@@ -42,7 +51,10 @@ impl schemas::Classify for KafkaError {
     /// The brokers failed or refused; whether a retry helps depends on why,
     /// which rdkafka has already retried internally where it could.
     fn fault(&self) -> schemas::Fault {
-        schemas::Fault::External
+        match self {
+            KafkaError::ReplicationFactor { .. } => schemas::Fault::Config,
+            _ => schemas::Fault::External,
+        }
     }
 }
 
@@ -110,22 +122,61 @@ pub fn idempotent_producer(brokers: impl Into<Brokers>) -> Result<FutureProducer
         .create()?)
 }
 
-/// Creates the topics that do not exist yet, with `partitions` each.
+/// How inkstream creates the topics it needs when they are missing
+/// (`kafka.partitions`, `kafka.replication_factor`). Topics that exist are
+/// left as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewTopics {
+    /// Partitions of each topic (default 8).
+    pub partitions: i32,
+    /// Copies of each partition; -1 (the default) takes the broker's
+    /// `default.replication.factor` (KIP-464), as Kafka Streams does since
+    /// 3.0: a cluster of three brokers replicates inkstream's topics as it
+    /// does every other topic, and a single broker takes 1.
+    pub replication_factor: i32,
+}
+
+impl Default for NewTopics {
+    fn default() -> Self {
+        NewTopics {
+            partitions: 8,
+            replication_factor: BROKER_DEFAULT_REPLICATION,
+        }
+    }
+}
+
+/// `kafka.replication_factor = -1`: the broker's `default.replication.factor`.
+pub const BROKER_DEFAULT_REPLICATION: i32 = -1;
+
+/// Creates the topics that do not exist yet, as `new` says.
 pub async fn ensure_topics(
     brokers: impl Into<Brokers>,
     topics: &[String],
-    partitions: i32,
+    new: NewTopics,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let new: Vec<NewTopic<'_>> = topics
+    let specs: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                new.partitions,
+                TopicReplication::Fixed(new.replication_factor),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &opts).await? {
+    for result in admin.create_topics(&specs, &opts).await? {
         match result {
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, RDKafkaErrorCode::InvalidReplicationFactor)) => {
+                return Err(KafkaError::ReplicationFactor {
+                    topic,
+                    code: RDKafkaErrorCode::InvalidReplicationFactor.to_string(),
+                    replication_factor: new.replication_factor,
+                });
+            }
             Err((topic, code)) => {
                 return Err(KafkaError::CreateTopic {
                     topic,

@@ -67,11 +67,11 @@ pub struct KafkaSourceConfig {
     /// partitions at once instead of after its session times out (meanwhile
     /// the survivor's watermark would pass what those partitions hold).
     pub instance: String,
-    /// Partitions of an event topic this source creates (if missing) before
-    /// it subscribes, as the mirror does: a subscription to a topic that
-    /// does not exist yet would find it only at librdkafka's next metadata
+    /// How this source creates an event topic (if missing) before it
+    /// subscribes, as the mirror does: a subscription to a topic that does
+    /// not exist yet would find it only at librdkafka's next metadata
     /// refresh.
-    pub partitions: i32,
+    pub new_topics: super::NewTopics,
 }
 
 /// The source consumer's context: the shared error accounting, plus whether
@@ -281,7 +281,7 @@ pub async fn run(
         .map(|c| events_topic(*c))
         .collect();
     let mut retry_in = Duration::from_millis(200);
-    while let Err(error) = ensure_topics(&config.brokers, &topics, config.partitions).await {
+    while let Err(error) = ensure_topics(&config.brokers, &topics, config.new_topics).await {
         metrics
             .log_errors
             .with_label_values(&["kafka", "topics"])

@@ -100,7 +100,7 @@ impl DataflowStart {
                             brokers: brokers.clone(),
                             group: config.kafka.dataflow_group.clone(),
                             batch: config.dataflow.read_batch,
-                            partitions: config.kafka.partitions,
+                            new_topics: config.kafka.new_topics(),
                             instance: format!(
                                 "{}-p{}-r{reader}",
                                 config.kafka.dataflow_group, config.dataflow.process_index

@@ -45,7 +45,7 @@ impl Ingest {
         if let Some(brokers) = config.kafka.cluster().map_err(ServeError::Auth)? {
             tracing::info!(%brokers, "mirroring the log to Kafka");
             let mut mc = MirrorConfig::new(brokers);
-            mc.partitions = config.kafka.partitions;
+            mc.new_topics = config.kafka.new_topics();
             mc.batch = config.kafka.mirror_batch;
             mc.in_flight = config.kafka.mirror_in_flight;
             mc.round_pages = config.kafka.mirror_round_pages;

@@ -173,7 +173,7 @@ impl Outputs {
                     .map(|t| connectors::kafka::derived_topic(t.name))
                     .collect();
                 if let Err(e) =
-                    connectors::kafka::ensure_topics(brokers, &topics, config.kafka.partitions)
+                    connectors::kafka::ensure_topics(brokers, &topics, config.kafka.new_topics())
                         .await
                 {
                     // Not fatal: the broker may be down now; production retries.
