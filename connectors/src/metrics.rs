@@ -46,6 +46,9 @@ pub struct Metrics {
     pub log_append_seconds: HistogramVec,
     /// Log operation failures, by backend and operation.
     pub log_errors: IntCounterVec,
+    /// 1 for Redis's current persistence (`appendonly`, `appendfsync`),
+    /// checked at startup and every minute; absent with the embedded log.
+    pub redis_persistence: IntGaugeVec,
     /// Records read from Kafka for the dataflow.
     pub dataflow_source_records: IntCounter,
     /// The Kafka source's checks of whether it has read everything, by
@@ -212,6 +215,13 @@ impl Metrics {
                     "Failed log operations, by backend and operation.",
                 ),
                 &["backend", "op"],
+            )?,
+            redis_persistence: IntGaugeVec::new(
+                Opts::new(
+                    "inkstream_redis_persistence_info",
+                    "1 for the persistence of the Redis holding the log: appendonly (yes, no) and appendfsync (always, everysec, no; unknown when CONFIG is not allowed). An acknowledged event survives a host crash only with appendonly yes and appendfsync always (everysec: all but about the last second).",
+                ),
+                &["appendonly", "appendfsync"],
             )?,
             dataflow_source_records: IntCounter::new(
                 "inkstream_dataflow_source_records_total",
@@ -482,6 +492,7 @@ impl Metrics {
         r.register(Box::new(m.ingest_batch_size.clone()))?;
         r.register(Box::new(m.log_append_seconds.clone()))?;
         r.register(Box::new(m.log_errors.clone()))?;
+        r.register(Box::new(m.redis_persistence.clone()))?;
         r.register(Box::new(m.dataflow_source_records.clone()))?;
         r.register(Box::new(m.dataflow_source_checks.clone()))?;
         r.register(Box::new(m.derived_produced.clone()))?;

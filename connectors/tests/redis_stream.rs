@@ -747,3 +747,50 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
         }
     }
 }
+
+/// What a 202 is worth comes from Redis itself: its append-only file and
+/// fsync policy, read again after they change at run time (a private
+/// redis-server, since this test reconfigures it).
+#[tokio::test]
+async fn the_log_reports_what_redis_promises_about_acknowledged_events() {
+    use inkstream_connectors::event_log::redis::persistence::Durability;
+    let redis = inkstream_tests::PrivateRedis::start("persistence");
+    let mut config = RedisLogConfig::new(redis.url());
+    config.prefix = unique("persistence");
+    let log = open_with(&config).await;
+    let set = |key: &'static str, value: &'static str| {
+        let url = redis.url();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(key)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    let now = || async { log.persistence().await.unwrap().expect("a Redis log") };
+
+    // The private server runs as the docs advise: AOF, fsync always.
+    let p = now().await;
+    assert!(p.aof, "{p:?}");
+    assert_eq!(p.appendfsync.as_deref(), Some("always"));
+    assert_eq!(p.durability(), Durability::Fsynced);
+
+    set("appendfsync", "everysec").await;
+    assert_eq!(now().await.durability(), Durability::WithinASecond);
+    set("appendfsync", "no").await;
+    assert_eq!(now().await.durability(), Durability::OsDecides);
+    set("appendonly", "no").await;
+    let p = now().await;
+    assert_eq!(p.durability(), Durability::NotLogged, "{p:?}");
+    assert!(p.durability().weak());
+    assert_eq!((p.appendonly_label(), p.appendfsync_label()), ("no", "no"));
+
+    // The embedded log promises nothing beyond its process.
+    let embedded = EventLog::Embedded(Default::default());
+    assert_eq!(embedded.persistence().await.unwrap(), None);
+}

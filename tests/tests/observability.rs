@@ -180,16 +180,29 @@ async fn metrics_output_of_a_running_server_passes_promtool_check_metrics() {
     ])
     .await;
     ingest_some(&server).await;
-    // Scrape once the mirror has delivered, so its series carry real values.
+    // Scrape once the mirror has delivered, so its series carry real
+    // values, and Redis's persistence has been read. The harness's
+    // redis-server runs without AOF (`--appendonly no`): the server says so
+    // (and warns in its log).
+    let not_logged = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("inkstream_redis_persistence_info{")
+                && l.contains(r#"appendonly="no""#)
+                && l.ends_with(" 1")
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = scrape(&server).await;
-        if sample(&text, "inkstream_mirror_events_total").is_some_and(|n| n >= 5.0) {
+        if sample(&text, "inkstream_mirror_events_total").is_some_and(|n| n >= 5.0)
+            && not_logged(&text)
+        {
             break text;
         }
         assert!(
             Instant::now() < deadline,
-            "mirror delivered nothing:\n{text}"
+            "mirror delivered nothing, or no inkstream_redis_persistence_info with \
+             appendonly=\"no\":\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -337,9 +350,28 @@ async fn dataflow_metrics_report_state_watermark_lag_and_epoch_delay() {
 
 #[tokio::test]
 async fn every_metric_used_by_a_dashboard_or_alert_rule_is_exported() {
-    let server = Server::start(&[]).await;
+    // With the Redis log: the series about Redis exist only with it.
+    let server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--set",
+        &format!("redis.prefix={}", unique("obs-used")),
+    ])
+    .await;
     let _ = scrape(&server).await; // the /metrics route's own series
-    let exported = exported_names(&scrape(&server).await);
+    // Redis's persistence is read by a task of its own as the server starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exported = loop {
+        let exported = exported_names(&scrape(&server).await);
+        if exported.contains("inkstream_redis_persistence_info") {
+            break exported;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inkstream_redis_persistence_info not exported within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let mut used: Vec<(String, String)> = Vec::new();
     for (origin, expr) in panel_exprs() {
         assert!(!expr.is_empty(), "{origin}: a target without an expression");

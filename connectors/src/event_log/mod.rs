@@ -233,6 +233,15 @@ impl EventLog {
         }
     }
 
+    /// What Redis promises about acknowledged events (`None`: the embedded
+    /// log, which promises nothing beyond the process).
+    pub async fn persistence(&self) -> Result<Option<redis::persistence::Persistence>, LogError> {
+        match self {
+            EventLog::Embedded(_) => Ok(None),
+            EventLog::Redis(log) => log.persistence().await.map(Some),
+        }
+    }
+
     /// One page of `q.category`'s entries, oldest first, merged over its
     /// shards (see [`query`]).
     pub async fn range(&self, q: &query::RangeQuery) -> Result<query::RangePage, LogError> {

@@ -47,6 +47,7 @@
 //! consumer group has acknowledged and that are older than the retention.
 
 mod append;
+pub mod persistence;
 mod query;
 
 use super::entry::{

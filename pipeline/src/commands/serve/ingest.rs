@@ -116,6 +116,7 @@ impl Ingest {
             });
         }
         if matches!(log, EventLog::Redis(_)) {
+            tokio::spawn(watch_persistence(log.clone(), metrics.clone()));
             tokio::spawn(trim_periodically(
                 log.clone(),
                 required_groups,
@@ -191,6 +192,55 @@ fn is_loopback(bind: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How often Redis's persistence is read again (a failover may land on a
+/// server configured otherwise, and `CONFIG SET` changes it at run time).
+const PERSISTENCE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads what Redis promises about acknowledged events at startup and every
+/// [`PERSISTENCE_EVERY`]: says it in the log (a warning when a crash of
+/// Redis or of its host would lose acknowledged events; again whenever it
+/// changes) and in `inkstream_redis_persistence_info`.
+async fn watch_persistence(log: EventLog, metrics: Metrics) {
+    let mut tick = tokio::time::interval(PERSISTENCE_EVERY);
+    let mut last: Option<connectors::event_log::redis::persistence::Persistence> = None;
+    loop {
+        tick.tick().await;
+        let now = match log.persistence().await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading Redis's persistence failed");
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        metrics.redis_persistence.reset();
+        metrics
+            .redis_persistence
+            .with_label_values(&[now.appendonly_label(), now.appendfsync_label()])
+            .set(1);
+        let durability = now.durability();
+        if durability.weak() {
+            tracing::warn!(
+                appendonly = now.appendonly_label(),
+                appendfsync = now.appendfsync_label(),
+                "{}",
+                durability.describe()
+            );
+        } else {
+            tracing::info!(
+                appendonly = now.appendonly_label(),
+                appendfsync = now.appendfsync_label(),
+                "{}",
+                durability.describe()
+            );
+        }
+        last = Some(now);
+    }
 }
 
 /// Trims acknowledged entries older than the retention, forever.
