@@ -46,7 +46,8 @@ pub struct Metrics {
     pub log_append_seconds: HistogramVec,
     /// Log operation failures, by backend and operation.
     pub log_errors: IntCounterVec,
-    /// 1 for Redis's current persistence (`appendonly`, `appendfsync`),
+    /// 1 for Redis's current persistence (`appendonly`, `appendfsync`,
+    /// `eviction`),
     /// checked at startup and every minute; absent with the embedded log.
     pub redis_persistence: IntGaugeVec,
     /// Records read from Kafka for the dataflow.
@@ -219,9 +220,9 @@ impl Metrics {
             redis_persistence: IntGaugeVec::new(
                 Opts::new(
                     "inkstream_redis_persistence_info",
-                    "1 for the persistence of the Redis holding the log: appendonly (yes, no) and appendfsync (always, everysec, no; unknown when CONFIG is not allowed). An acknowledged event survives a host crash only with appendonly yes and appendfsync always (everysec: all but about the last second).",
+                    "1 for the persistence of the Redis holding the log: appendonly (yes, no), appendfsync (always, everysec, no; unknown when CONFIG is not allowed) and eviction (off without maxmemory, else maxmemory-policy). An acknowledged event survives a host crash only with appendonly yes and appendfsync always (everysec: all but about the last second), and a full Redis only with eviction off or noeviction.",
                 ),
-                &["appendonly", "appendfsync"],
+                &["appendonly", "appendfsync", "eviction"],
             )?,
             dataflow_source_records: IntCounter::new(
                 "inkstream_dataflow_source_records_total",

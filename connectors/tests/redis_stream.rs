@@ -753,7 +753,7 @@ async fn an_append_packs_a_streams_events_into_entries_read_back_one_event_each(
 /// redis-server, since this test reconfigures it).
 #[tokio::test]
 async fn the_log_reports_what_redis_promises_about_acknowledged_events() {
-    use inkstream_connectors::event_log::redis::persistence::Durability;
+    use inkstream_connectors::event_log::redis::persistence::{Durability, Eviction};
     let redis = inkstream_tests::PrivateRedis::start("persistence");
     let mut config = RedisLogConfig::new(redis.url());
     config.prefix = unique("persistence");
@@ -789,6 +789,19 @@ async fn the_log_reports_what_redis_promises_about_acknowledged_events() {
     assert_eq!(p.durability(), Durability::NotLogged, "{p:?}");
     assert!(p.durability().weak());
     assert_eq!((p.appendonly_label(), p.appendfsync_label()), ("no", "no"));
+
+    // No memory limit: nothing is evicted, whatever the policy.
+    assert_eq!(p.evicts(), Eviction::Never);
+    set("maxmemory-policy", "allkeys-lru").await;
+    assert_eq!(now().await.evicts(), Eviction::Never);
+    set("maxmemory", "1gb").await;
+    let p = now().await;
+    assert_eq!(p.evicts(), Eviction::AnyKey, "{p:?}");
+    assert_eq!(p.eviction_label(), "allkeys-lru");
+    set("maxmemory-policy", "volatile-lru").await;
+    assert_eq!(now().await.evicts(), Eviction::KeysWithTtl);
+    set("maxmemory-policy", "noeviction").await;
+    assert_eq!(now().await.evicts(), Eviction::Never);
 
     // The embedded log promises nothing beyond its process.
     let embedded = EventLog::Embedded(Default::default());

@@ -200,8 +200,9 @@ const PERSISTENCE_EVERY: std::time::Duration = std::time::Duration::from_secs(60
 
 /// Reads what Redis promises about acknowledged events at startup and every
 /// [`PERSISTENCE_EVERY`]: says it in the log (a warning when a crash of
-/// Redis or of its host would lose acknowledged events; again whenever it
-/// changes) and in `inkstream_redis_persistence_info`.
+/// Redis or of its host, or a full Redis, would lose acknowledged events or
+/// their dedup ids; again whenever it changes) and in
+/// `inkstream_redis_persistence_info`.
 async fn watch_persistence(log: EventLog, metrics: Metrics) {
     let mut tick = tokio::time::interval(PERSISTENCE_EVERY);
     let mut last: Option<connectors::event_log::redis::persistence::Persistence> = None;
@@ -221,8 +222,15 @@ async fn watch_persistence(log: EventLog, metrics: Metrics) {
         metrics.redis_persistence.reset();
         metrics
             .redis_persistence
-            .with_label_values(&[now.appendonly_label(), now.appendfsync_label()])
+            .with_label_values(&[
+                now.appendonly_label(),
+                now.appendfsync_label(),
+                now.eviction_label(),
+            ])
             .set(1);
+        if let Some(eviction) = now.evicts().describe() {
+            tracing::warn!(maxmemory_policy = now.eviction_label(), "{eviction}");
+        }
         let durability = now.durability();
         if durability.weak() {
             tracing::warn!(
