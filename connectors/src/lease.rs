@@ -21,7 +21,7 @@
 //! so a process that lost the lease (stalled, or replaced in place) can no
 //! longer write even before its own renewal notices.
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use std::time::Duration;
 use tokio::sync::watch;
 

@@ -24,6 +24,8 @@
 //!   reached through a [`notifier::NotifierHandle`].
 //! - [`view_store`]: the dataflow's current state, materialised (Redis or
 //!   in-process) for the query endpoints.
+//! - [`redis_conn`]: the Redis connection every client uses, which
+//!   reconnects when a failover left it on a replica.
 //! - [`tls`]: the one TLS stack (rustls, ring) and its settings; the one
 //!   constructor of every Redis client ([`tls::redis_client`]).
 //! - [`metrics`]: every Prometheus metric of the process, in one place; it
@@ -46,6 +48,7 @@ pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod notifier;
+pub mod redis_conn;
 pub mod redis_key;
 pub mod secret;
 pub mod tls;

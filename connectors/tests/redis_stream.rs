@@ -807,3 +807,133 @@ async fn the_log_reports_what_redis_promises_about_acknowledged_events() {
     let embedded = EventLog::Embedded(Default::default());
     assert_eq!(embedded.persistence().await.unwrap(), None);
 }
+
+/// A TCP forwarder whose target can be switched: connections made after a
+/// switch reach the new target, those made before stay with the old one
+/// (what a failover behind a DNS name looks like to a client).
+struct SwitchingProxy {
+    port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl SwitchingProxy {
+    async fn start(target: u16) -> SwitchingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let to = target.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let port = to.load(std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        SwitchingProxy { port, target }
+    }
+
+    fn switch_to(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `REPLICAOF` on the server at `port` (`None`: `NO ONE`, a primary again).
+async fn replica_of(port: u16, primary: Option<u16>) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd("REPLICAOF");
+    match primary {
+        Some(p) => cmd.arg("127.0.0.1").arg(p),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    cmd.query_async::<()>(&mut conn).await.unwrap();
+}
+
+/// A failover behind one address: the old primary stays up as a replica,
+/// so the connection opened before it answers PING but refuses every write
+/// with READONLY. redis-rs does not reconnect on that; the log's
+/// connections do (`redis_conn`): the append that met the replica fails
+/// (ingest answers 503, the caller retries), the next reaches the new
+/// primary; readiness reports the replica and reconnects the same way.
+/// Before, every append failed until a restart.
+#[tokio::test]
+async fn after_a_failover_behind_one_address_the_log_reaches_the_new_primary() {
+    let (a, b) = (
+        inkstream_tests::PrivateRedis::start("failover-a"),
+        inkstream_tests::PrivateRedis::start("failover-b"),
+    );
+    let proxy = SwitchingProxy::start(a.port).await;
+    let mut config = RedisLogConfig::new(format!("redis://127.0.0.1:{}", proxy.port));
+    config.prefix = unique("failover");
+    let log = open_with(&config).await;
+    let stored_on = |port: u16| {
+        let pattern = format!("{}:events:*", config.prefix);
+        async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let mut n = 0u64;
+            for k in keys {
+                n += redis::cmd("XLEN")
+                    .arg(&k)
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            n
+        }
+    };
+    log.append("app", &[ev(&unique("e1"), "writing.keystroke", "u1")])
+        .await
+        .unwrap();
+    assert_eq!(stored_on(a.port).await, 1);
+
+    // The address now leads to B; A is B's replica.
+    proxy.switch_to(b.port);
+    replica_of(a.port, Some(b.port)).await;
+    let e2 = [ev(&unique("e2"), "writing.keystroke", "u1")];
+    let refused = log.append("app", &e2).await;
+    assert!(
+        refused.is_err(),
+        "the connection opened before the failover reaches the replica: {refused:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match log.append("app", &e2).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "appends still fail 30 s after the failover: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_on(b.port).await, 1, "the retried append is on B");
+
+    // Back the other way, seen first by readiness (no write meanwhile).
+    replica_of(a.port, None).await;
+    proxy.switch_to(a.port);
+    replica_of(b.port, Some(a.port)).await;
+    let not_ready = log.ping().await;
+    assert!(
+        not_ready
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("replica")),
+        "readiness on a replica: {not_ready:?}"
+    );
+    log.ping()
+        .await
+        .expect("ready again once reconnected to the primary");
+    log.append("app", &[ev(&unique("e3"), "writing.keystroke", "u1")])
+        .await
+        .expect("the first append after readiness reconnected");
+}

@@ -173,9 +173,12 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
     use connectors::lease::{Lease, holder_at};
     let prefix = unique("fence");
     let client = redis::Client::open(redis_url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .unwrap();
+    let conn = connectors::redis_conn::PrimaryConnection::new_with_config(
+        client.clone(),
+        redis::aio::ConnectionManagerConfig::new(),
+    )
+    .await
+    .unwrap();
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let ttl = Duration::from_secs(30);
     let old = holder_at(Some("host-a:8080"));

@@ -25,10 +25,10 @@ pub use rate::{Rate, RateLimiter};
 
 use crypto::{constant_time_eq, hmac_sha256};
 
+use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 

@@ -23,8 +23,8 @@
 //! pending deliveries in one MULTI, so a crash leaves either all or none.
 
 use super::policy::{Delivery, Preferences, UserState};
+use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::redis_key::part;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -20,8 +20,9 @@ use super::error::{Fresh, ViewError};
 use super::state::{
     Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingTotals,
 };
+use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::redis_key::part;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use std::collections::HashMap;
 use std::time::Duration;
 

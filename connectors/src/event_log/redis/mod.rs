@@ -54,7 +54,8 @@ use super::entry::{
     EntryRef, ForwardEntry, IdForm, LogEntry, Part, StoredEvent, Undecodable, stream_name,
 };
 use super::error::LogError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::redis_conn::PrimaryConnection as ConnectionManager;
+use redis::aio::ConnectionManagerConfig;
 use schemas::{Category, Event};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -470,12 +471,30 @@ impl RedisLog {
     }
 
     pub async fn ping(&self) -> Result<(), LogError> {
-        let mut conn = self.writer.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        match self.writer.is_primary().await {
+            Ok(true) => Ok(()),
+            // A replica answers PING but refuses every append: not ready
+            // (its connection is replaced, see `redis_conn`).
+            Ok(false) => Err(LogError::Unavailable(
+                "the Redis server reached is a replica (read-only): a failover? reconnecting"
+                    .into(),
+            )),
+            // ROLE refused (a managed service's command list): PING then.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                let mut conn = self.writer.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Trims every stream below the oldest entry that one of `groups` still

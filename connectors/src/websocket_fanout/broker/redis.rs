@@ -34,6 +34,7 @@
 
 use super::{Command, LocalHub, Priority, Queued, RemoteJoin};
 use crate::metrics::Metrics;
+use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::websocket_fanout::channel::ChannelKey;
 use crate::websocket_fanout::client::ClientQueue;
 use crate::websocket_fanout::config::HubConfig;
@@ -41,7 +42,6 @@ use crate::websocket_fanout::frames::{Recovery, message_frame};
 use crate::websocket_fanout::routing::WsPath;
 use futures_util::StreamExt;
 use prometheus::{IntCounter, IntCounterVec, Opts};
-use redis::aio::ConnectionManager;
 use schemas::{Classify, Fault};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

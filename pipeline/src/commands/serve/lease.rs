@@ -117,9 +117,9 @@ pub(super) fn launch(
 pub(super) fn redis_connection(
     url: &str,
     tls: &connectors::tls::TlsFiles,
-) -> Result<redis::aio::ConnectionManager, ServeError> {
+) -> Result<connectors::redis_conn::PrimaryConnection, ServeError> {
     let client = connectors::tls::redis_client(url, tls).map_err(ServeError::RedisTls)?;
-    redis::aio::ConnectionManager::new_lazy_with_config(
+    connectors::redis_conn::PrimaryConnection::new_lazy_with_config(
         client,
         redis::aio::ConnectionManagerConfig::new(),
     )
@@ -154,7 +154,7 @@ pub(super) fn place(port: u16) -> Option<String> {
 
 /// The lease this instance runs the dataflow under.
 struct HeldLease {
-    conn: redis::aio::ConnectionManager,
+    conn: connectors::redis_conn::PrimaryConnection,
     prefix: String,
     name: String,
     /// This process start's holder name and its place (see
@@ -230,7 +230,7 @@ pub(super) struct MirrorLease {
 /// end and claims the entries it left pending (`redis.claim_idle_after`).
 /// A holder that loses the lease stops mirroring and asks for it again.
 pub(super) async fn mirror_under_lease(
-    conn: redis::aio::ConnectionManager,
+    conn: connectors::redis_conn::PrimaryConnection,
     lease: MirrorLease,
     log: connectors::event_log::EventLog,
     config: connectors::kafka::mirror::MirrorConfig,

@@ -1,0 +1,174 @@
+//! [`PrimaryConnection`]: redis-rs's `ConnectionManager`, made to follow a
+//! failover.
+//!
+//! A managed or Sentinel-run Redis fails over by promoting a replica and
+//! pointing its address (DNS) at it; the old primary often stays up as a
+//! replica. A connection opened before the failover is still healthy and
+//! answers reads, but every write gets `READONLY You can't write against a
+//! read only replica`. redis-rs does not count that as a reason to reconnect
+//! (it reconnects on I/O errors only), so until a restart ingest answered
+//! 503, the readers could not acknowledge and the lease could not be taken.
+//! Here a `READONLY` reply replaces the connection with a new one (a new
+//! address lookup), shared by every clone, and the command's error is
+//! returned as it was: callers already retry (ingest answers 503 with
+//! `Retry-After`, readers and the lease retry), and their next try reaches
+//! the new primary. A server that reports itself a replica on `ROLE`
+//! ([`PrimaryConnection::is_primary`], asked by `/readyz`) is replaced the
+//! same way.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
+use std::sync::{Arc, Mutex};
+
+/// A `ConnectionManager` that reconnects when its server turns out to be a
+/// replica. Clones share the connection.
+#[derive(Clone)]
+pub struct PrimaryConnection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// The connection in use and its generation (how many replaced it).
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+/// Whether `e` is a replica refusing a write.
+fn is_readonly(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+/// Whether a reply is a replica refusing a write: redis-rs hands a server's
+/// error reply back as a value (`Value::ServerError`), made an error only
+/// when the caller converts it.
+fn refused_by_replica(reply: &Value) -> bool {
+    match reply {
+        Value::ServerError(e) => e.kind() == Some(ServerErrorKind::ReadOnly),
+        Value::Array(items) => items.iter().any(refused_by_replica),
+        _ => false,
+    }
+}
+
+impl PrimaryConnection {
+    /// Connects now (as `ConnectionManager::new_with_config`).
+    pub async fn new_with_config(
+        client: Client,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<PrimaryConnection> {
+        let conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        Ok(PrimaryConnection::around(client, config, conn))
+    }
+
+    /// Connects on first use (as `ConnectionManager::new_lazy_with_config`).
+    pub fn new_lazy_with_config(
+        client: Client,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<PrimaryConnection> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(PrimaryConnection::around(client, config, conn))
+    }
+
+    fn around(
+        client: Client,
+        config: ConnectionManagerConfig,
+        conn: ConnectionManager,
+    ) -> PrimaryConnection {
+        PrimaryConnection {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                current: Mutex::new((0, conn)),
+            }),
+        }
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        let guard = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (guard.0, guard.1.clone())
+    }
+
+    /// Replaces the connection of generation `seen` (once, however many
+    /// commands saw it fail) with a new one, made on its first use.
+    fn replace(&self, seen: u64, why: &str) {
+        let mut guard = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if guard.0 != seen {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(
+            self.shared.client.clone(),
+            self.shared.config.clone(),
+        ) {
+            Ok(conn) => {
+                *guard = (seen + 1, conn);
+                tracing::warn!(
+                    reason = why,
+                    "redis: the server reached is a replica (a failover?): reconnecting"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "redis: could not make a new connection"),
+        }
+    }
+
+    /// Whether the server reached is a primary (`ROLE`). A replica's
+    /// connection is replaced, so the next command looks the address up
+    /// again.
+    pub async fn is_primary(&self) -> RedisResult<bool> {
+        let (generation, mut conn) = self.current();
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+        let primary = matches!(role.first(), Some(Value::BulkString(r)) if r == b"master");
+        if !primary {
+            self.replace(generation, "ROLE");
+        }
+        Ok(primary)
+    }
+}
+
+impl ConnectionLike for PrimaryConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let (generation, mut conn) = self.current();
+        Box::pin(async move {
+            let result = conn.req_packed_command(cmd).await;
+            let readonly = match &result {
+                Ok(reply) => refused_by_replica(reply),
+                Err(e) => is_readonly(e),
+            };
+            if readonly {
+                self.replace(generation, "READONLY");
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let (generation, mut conn) = self.current();
+        Box::pin(async move {
+            let result = conn.req_packed_commands(cmd, offset, count).await;
+            let readonly = match &result {
+                Ok(replies) => replies.iter().any(refused_by_replica),
+                Err(e) => is_readonly(e),
+            };
+            if readonly {
+                self.replace(generation, "READONLY");
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.current().1.get_db()
+    }
+}
