@@ -984,6 +984,17 @@ impl Config {
                 "must be between 1 s and 15 min",
             );
         }
+        if self.kafka.mirror_transactional
+            && self.kafka.mirror_delivery_timeout
+                > connectors::kafka::mirror::MAX_TRANSACTIONAL_DELIVERY_TIMEOUT
+        {
+            return bad(
+                "kafka.mirror_delivery_timeout",
+                "must be at most 7 min 30 s with kafka.mirror_transactional: the mirror's \
+                 transaction timeout is twice it, and brokers refuse more than their \
+                 transaction.max.timeout.ms (15 min by default)",
+            );
+        }
         for (key, bytes) in [
             (
                 "kafka.mirror_live_batch_bytes",
@@ -1202,7 +1213,7 @@ mod tests {
     }
 
     #[test]
-    fn topics_are_created_with_the_brokers_replication_factor_unless_set() {
+    fn kafka_settings_brokers_would_refuse_are_refused_at_load() {
         let c = Config::load(None, &[]).unwrap();
         assert_eq!(
             c.kafka.new_topics(),
@@ -1211,12 +1222,26 @@ mod tests {
                 replication_factor: -1
             }
         );
+        // Without transactions the delivery timeout may reach 15 min.
+        let c = Config::load(
+            None,
+            &[
+                "kafka.mirror_transactional=false".into(),
+                "kafka.mirror_delivery_timeout=900s".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.mirror_delivery_timeout, Duration::from_secs(900));
         let c = Config::load(None, &["kafka.replication_factor=3".into()]).unwrap();
         assert_eq!(c.kafka.new_topics().replication_factor, 3);
         for (set, key) in [
             ("kafka.replication_factor=0", "kafka.replication_factor"),
             ("kafka.replication_factor=-2", "kafka.replication_factor"),
             ("kafka.partitions=0", "kafka.partitions"),
+            (
+                "kafka.mirror_delivery_timeout=451s",
+                "kafka.mirror_delivery_timeout",
+            ),
         ] {
             let e = Config::load(None, &[set.into()]).unwrap_err();
             assert!(e.to_string().contains(key), "{set}: {e}");

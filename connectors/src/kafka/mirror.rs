@@ -157,8 +157,11 @@ pub fn transactional_producer(
     use rdkafka::producer::Producer;
     // The broker aborts a transaction open longer than this; a round lasts
     // at most about `MAX_ROUND_AGE` and the delivery timeout of its last
-    // pages.
-    let transaction_timeout = (delivery_timeout * 2).max(Duration::from_secs(60));
+    // pages. Brokers refuse more than their `transaction.max.timeout.ms`
+    // (15 min by default: `init_transactions` would fail, and the mirror
+    // retry it for ever), so the delivery timeout is bounded at load.
+    let transaction_timeout =
+        (delivery_timeout * 2).clamp(Duration::from_secs(60), MAX_TRANSACTION_TIMEOUT);
     let producer: MirrorProducer = configured(brokers, tuning, delivery_timeout)
         .set("transactional.id", transactional_id)
         .set(
@@ -202,6 +205,14 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// the transaction timeout (the broker would abort the round, and the same
 /// round would be produced again and again).
 const MAX_ROUND_AGE: Duration = Duration::from_secs(5);
+
+/// Apache Kafka's default `transaction.max.timeout.ms`: the longest
+/// transaction timeout a broker accepts unless its operator raised it.
+pub const MAX_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The longest delivery timeout of a transactional mirror: its transaction
+/// timeout is twice it.
+pub const MAX_TRANSACTIONAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(450);
 
 /// Settings of the mirror.
 #[derive(Debug, Clone)]
