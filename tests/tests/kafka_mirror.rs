@@ -749,3 +749,55 @@ async fn a_shutdown_with_the_broker_hung_ends_instead_of_waiting_for_it() {
         status
     );
 }
+
+/// Started while its broker is down (pods starting together), `serve` makes
+/// the derived topics as soon as the broker answers: the derived producer
+/// does not create topics, and until 2026-12-07 one failed try at startup
+/// was the only one, so every derived event was lost until a restart.
+#[tokio::test]
+async fn derived_topics_are_made_once_a_broker_down_at_startup_answers() {
+    let mut kafka = PrivateKafka::start();
+    kafka.stop();
+    let prefix = unique("late");
+    let server = Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        &format!("kafka.dataflow_group=\"{prefix}-g\""),
+    ])
+    .await;
+    let failed = r#"inkstream_log_errors_total{backend="kafka",op="derived_topics"}"#;
+    wait_metric_until(&server, failed, "≥ 1", |v| v >= 1.0, 120).await;
+
+    kafka.restart();
+    let topic = connectors::kafka::derived_topic("analytics.metric_updated");
+    let consumer: rdkafka::consumer::BaseConsumer =
+        connectors::kafka::client_config(kafka.brokers())
+            .create()
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        use rdkafka::consumer::Consumer;
+        let made = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .first()
+                    .map(|t| t.error().is_none() && !t.partitions().is_empty())
+            })
+            .unwrap_or(false);
+        if made {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} was not made within 120 s of the broker's start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

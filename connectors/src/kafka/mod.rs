@@ -165,7 +165,11 @@ pub async fn ensure_topics(
             )
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // A broker that does not answer fails the call within 10 s (the
+    // request timeout's default is 60 s), and the caller retries.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&specs, &opts).await? {
         match result {
             Ok(_) => {}

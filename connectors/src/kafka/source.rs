@@ -307,6 +307,9 @@ pub async fn run(
     let mut next_check = tokio::time::Instant::now();
     // The assignment whose backlog is held (see below).
     let mut held_for = 0u64;
+    // Receive errors come once per poll while the brokers are away (five a
+    // second): one warning, then one a minute with the count.
+    let mut receive_errors = ErrorThrottle::default();
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
@@ -357,6 +360,7 @@ pub async fn run(
         loop {
             match next {
                 Some(Ok(m)) => {
+                    receive_errors.succeeded();
                     let key = (m.topic().to_owned(), m.partition());
                     let name = part_name(&mut names, key.clone()).clone();
                     progress
@@ -387,7 +391,11 @@ pub async fn run(
                         .log_errors
                         .with_label_values(&["kafka", "read"])
                         .inc();
-                    tracing::warn!(error = %e, "kafka source: receive failed");
+                    if let Some(since) = receive_errors.failed(Instant::now()) {
+                        tracing::warn!(error = %e, failures_since_last_warning = since, "kafka source: receive failed");
+                    } else {
+                        tracing::debug!(error = %e, "kafka source: receive failed");
+                    }
                     break;
                 }
                 None => break,
@@ -532,8 +540,54 @@ fn commit_with(
     }
 }
 
+/// A warning for the first failure after a success, then at most one per
+/// [`ErrorThrottle::EVERY`] while failures go on (the others at debug).
+#[derive(Default)]
+struct ErrorThrottle {
+    last_warning: Option<Instant>,
+    since: u64,
+}
+
+impl ErrorThrottle {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// A failure at `now`: `Some(failures since the last warning)` when it
+    /// is to be warned about.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        match self.last_warning {
+            Some(at) if now.duration_since(at) < Self::EVERY => None,
+            _ => {
+                self.last_warning = Some(now);
+                Some(std::mem::take(&mut self.since))
+            }
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.last_warning = None;
+        self.since = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn receive_failures_are_warned_once_then_once_a_minute() {
+        let t0 = std::time::Instant::now();
+        let mut t = super::ErrorThrottle::default();
+        assert_eq!(t.failed(t0), Some(1));
+        for i in 1..300u64 {
+            assert_eq!(
+                t.failed(t0 + std::time::Duration::from_millis(200 * i)),
+                None
+            );
+        }
+        assert_eq!(t.failed(t0 + std::time::Duration::from_secs(60)), Some(300));
+        t.succeeded();
+        assert_eq!(t.failed(t0 + std::time::Duration::from_secs(61)), Some(1));
+    }
+
     use super::*;
 
     #[test]

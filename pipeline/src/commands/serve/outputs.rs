@@ -172,12 +172,21 @@ impl Outputs {
                 let topics: Vec<String> = schemas::EventType::all()
                     .map(|t| connectors::kafka::derived_topic(t.name))
                     .collect();
-                if let Err(e) =
-                    connectors::kafka::ensure_topics(brokers, &topics, config.kafka.new_topics())
-                        .await
-                {
-                    // Not fatal: the broker may be down now; production retries.
-                    tracing::warn!(error = %e, "creating the derived topics failed");
+                // Made before anything is produced; if the broker does not
+                // answer yet (pods starting together), made in the background
+                // as soon as it does: the producer does not create topics,
+                // and a record for a missing one fails after librdkafka's
+                // metadata wait (30 s). Until 2026-12-07 one failed try was
+                // the only one.
+                let new = config.kafka.new_topics();
+                if let Err(e) = connectors::kafka::ensure_topics(brokers, &topics, new).await {
+                    tracing::warn!(error = %e, "creating the derived topics failed; retrying");
+                    tokio::spawn(ensure_derived_topics(
+                        brokers.clone(),
+                        topics,
+                        new,
+                        metrics.clone(),
+                    ));
                 }
                 let delivery = match config.kafka.derived_delivery {
                     DerivedDelivery::AtLeastOnce => Delivery::AtLeastOnce,
@@ -383,4 +392,30 @@ async fn start_notifier(
     let handle = notifier.handle();
     let (stop_tx, stop_rx) = watch::channel(false);
     Ok((Some(handle), Some((stop_tx, notifier, rx, stop_rx))))
+}
+
+/// Creates the derived topics, retrying (200 ms doubling to 5 s) until the
+/// broker has them; each failed try counts in
+/// `inkstream_log_errors_total{backend="kafka",op="derived_topics"}`.
+async fn ensure_derived_topics(
+    brokers: connectors::kafka::Brokers,
+    topics: Vec<String>,
+    new: connectors::kafka::NewTopics,
+    metrics: Metrics,
+) {
+    let mut retry_in = std::time::Duration::from_millis(200);
+    loop {
+        match connectors::kafka::ensure_topics(&brokers, &topics, new).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics
+                    .log_errors
+                    .with_label_values(&["kafka", "derived_topics"])
+                    .inc();
+                tracing::warn!(error = %e, retry_in_ms = retry_in.as_millis() as u64, "creating the derived topics failed");
+            }
+        }
+        tokio::time::sleep(retry_in).await;
+        retry_in = (retry_in * 2).min(std::time::Duration::from_secs(5));
+    }
 }
