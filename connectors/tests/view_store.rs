@@ -160,3 +160,76 @@ async fn changes_made_while_redis_is_down_are_written_when_it_is_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What the writer prunes from its own state (a collaborator not seen for
+/// the TTL, writing days past their retention) goes from Redis too. Before,
+/// only the in-process copy forgot them: a hash's TTL is renewed by every
+/// write to it, so an active document kept a collaborator whose `offline`
+/// never came (a ghost, answered by every other instance) and an active
+/// project every day of its writing, for ever.
+#[tokio::test]
+async fn what_the_writer_prunes_goes_from_redis_too() {
+    let prefix = unique("views-prune");
+    let day = 86_400_000;
+    let short = ViewStoreConfig {
+        ttl: Duration::from_secs(600),
+        writing_retention: Duration::from_secs(86_400),
+        ..config(&prefix)
+    };
+    let writer_metrics = Metrics::standalone();
+    let (_writer, feed) = ViewStore::start(short.clone(), &writer_metrics)
+        .await
+        .unwrap();
+    let (reader, _unused) = ViewStore::start(short, &Metrics::standalone())
+        .await
+        .unwrap();
+    let presence = |user: &str, ts: i64| {
+        ev(
+            "collaboration.presence_updated",
+            ts,
+            user,
+            json!({"status": "online", "paragraph": 1, "offset": 0, "mode": "edit"}),
+        )
+    };
+    let ts = 1_767_603_600_000;
+    writer_metrics
+        .dataflow_watermark_seconds
+        .set((ts + 5000) as f64 / 1000.0);
+    feed.offer(&[presence("ghost", ts), summary("old-writer", ts)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (c, _) = reader.collaborators("d1").await.unwrap();
+        let (w, _) = reader.writing("p1").await.unwrap();
+        if c.len() == 1 && w.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first views never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Three days later: the ghost is past the TTL, the old day past the
+    // retention. The writer prunes at most once a second, at a batch.
+    let later = ts + 3 * day;
+    writer_metrics
+        .dataflow_watermark_seconds
+        .set(later as f64 / 1000.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        feed.offer(&[presence("present", later), summary("new-writer", later)]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (c, _) = reader.collaborators("d1").await.unwrap();
+        let (w, _) = reader.writing("p1").await.unwrap();
+        let users: Vec<&str> = c.iter().map(|c| c.user_id.as_str()).collect();
+        let writers: Vec<&str> = w.iter().map(|(_, u, _)| u.as_str()).collect();
+        if users == ["present"] && writers == ["new-writer"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pruned views still answered from Redis after 30 s: collaborators {users:?}, writing {writers:?}"
+        );
+    }
+}

@@ -40,6 +40,8 @@ pub(crate) struct Changes {
     /// (project, doc, field, JSON or deleted)
     team: Vec<(String, Option<String>, String, Option<String>)>,
     writing: Vec<(String, String, String, WritingTotals)>,
+    /// (project, day, user) pruned: their fields deleted.
+    writing_dropped: Vec<(String, String, String)>,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Option<String> {
@@ -54,6 +56,7 @@ impl Changes {
             + self.conflicts.len()
             + self.team.len()
             + self.writing.len()
+            + self.writing_dropped.len()
     }
 
     /// Appends `later`: written after, so its values win.
@@ -63,6 +66,7 @@ impl Changes {
         self.conflicts.extend(later.conflicts);
         self.team.extend(later.team);
         self.writing.extend(later.writing);
+        self.writing_dropped.extend(later.writing_dropped);
     }
 
     /// Takes the state's dirty marks and writing deltas.
@@ -104,6 +108,7 @@ impl Changes {
             }
         }
         c.writing = std::mem::take(&mut st.writing_deltas);
+        c.writing_dropped = std::mem::take(&mut st.writing_dropped);
         c
     }
 }
@@ -226,6 +231,14 @@ impl RedisViews {
                     .ignore();
             }
             expire.entry(key).or_insert(self.writing_ttl_s);
+        }
+        for (project, day, user) in &c.writing_dropped {
+            let key = self.key(&format!("writing:{}", part(project)));
+            p.cmd("HDEL").arg(&key);
+            for metric in ["words", "sessions", "active_ms", "flow_ms"] {
+                p.arg(format!("{day}|{metric}|{user}"));
+            }
+            p.ignore();
         }
         for (key, ttl) in &expire {
             p.cmd("EXPIRE").arg(key).arg(ttl).ignore();

@@ -178,6 +178,9 @@ pub struct ViewState {
     pub live_wpm: HashMap<String, (i64, f64)>,
     /// Writing totals added since the last take: (project, day, user, delta).
     pub writing_deltas: Vec<(String, String, String, WritingTotals)>,
+    /// Writing totals pruned since the last take: (project, day, user), so
+    /// that the Redis writer deletes them too.
+    pub writing_dropped: Vec<(String, String, String)>,
     /// Most keys each view holds (sessions, open sessions, live WPM users,
     /// presence documents, conflict documents, team (project, document)
     /// pairs, writing projects): each is one Redis key, and all of them are
@@ -660,24 +663,62 @@ impl ViewState {
         let open = &mut self.open;
         let sessions = &self.sessions;
         open.retain(|_, id| sessions.contains_key(id));
-        for all in self.conflicts.values_mut() {
-            all.retain(|_, c| {
-                c.resolved_at.is_none_or(|t| t >= before)
-                    && c.detected_at.max(c.resolved_at.unwrap_or(0)) >= stale
+        // What goes here is marked dirty too, so that the Redis writer
+        // deletes its field (a hash's TTL is renewed by every write to it:
+        // an active document kept a collaborator whose `offline` never came,
+        // and an active project every day of its writing, for ever).
+        let dirty = &mut self.dirty;
+        for (document, all) in self.conflicts.iter_mut() {
+            all.retain(|id, c| {
+                let keep = c.resolved_at.is_none_or(|t| t >= before)
+                    && c.detected_at.max(c.resolved_at.unwrap_or(0)) >= stale;
+                if !keep {
+                    dirty.insert(Dirty::Conflict {
+                        document: document.clone(),
+                        id: id.clone(),
+                    });
+                }
+                keep
             });
         }
         self.conflicts.retain(|_, all| !all.is_empty());
-        for users in self.presence.values_mut() {
-            users.retain(|_, c| c.updated_at >= stale);
+        for (document, users) in self.presence.iter_mut() {
+            users.retain(|user, c| {
+                let keep = c.updated_at >= stale;
+                if !keep {
+                    dirty.insert(Dirty::Presence {
+                        document: document.clone(),
+                        user: user.clone(),
+                    });
+                }
+                keep
+            });
         }
         self.presence.retain(|_, users| !users.is_empty());
-        for figures in self.team.values_mut() {
-            figures.retain(|_, f| f.ts >= stale);
+        for ((project, document), figures) in self.team.iter_mut() {
+            figures.retain(|field, f| {
+                let keep = f.ts >= stale;
+                if !keep {
+                    dirty.insert(Dirty::Team {
+                        project: project.clone(),
+                        document: document.clone(),
+                        field: field.clone(),
+                    });
+                }
+                keep
+            });
         }
         self.team.retain(|_, f| !f.is_empty());
         let oldest_day = day_of(now - writing_retention_ms);
-        for days in self.writing.values_mut() {
-            days.retain(|(day, _), _| *day >= oldest_day);
+        let dropped = &mut self.writing_dropped;
+        for (project, days) in self.writing.iter_mut() {
+            days.retain(|(day, user), _| {
+                let keep = *day >= oldest_day;
+                if !keep {
+                    dropped.push((project.clone(), day.clone(), user.clone()));
+                }
+                keep
+            });
         }
         self.writing.retain(|_, d| !d.is_empty());
     }
