@@ -937,3 +937,52 @@ async fn after_a_failover_behind_one_address_the_log_reaches_the_new_primary() {
         .await
         .expect("the first append after readiness reconnected");
 }
+
+/// A Redis Cluster is refused at connect with an error naming the setting
+/// (the append script touches keys of several hash slots: every append
+/// would fail with CROSSSLOT or MOVED).
+#[tokio::test]
+async fn a_redis_cluster_is_refused_at_connect_naming_the_setting() {
+    use schemas::Classify;
+    let bin = std::env::var("INKSTREAM_TEST_REDIS_SERVER")
+        .expect("INKSTREAM_TEST_REDIS_SERVER (tests/run.sh sets it): redis-server is needed");
+    let dir = std::env::temp_dir().join(unique("cluster-node"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = inkstream_tests::free_port();
+    let mut node = std::process::Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster-enabled redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut config = RedisLogConfig::new(format!("redis://127.0.0.1:{port}"));
+    config.prefix = unique("cluster");
+    let refused = RedisLog::connect(&config).await;
+    let _ = node.kill();
+    let _ = node.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = refused.err().expect("a Redis Cluster is refused");
+    assert!(
+        e.to_string().contains("redis.url") && e.to_string().contains("Redis Cluster"),
+        "{e}"
+    );
+    assert_eq!(e.fault(), schemas::Fault::Config);
+}

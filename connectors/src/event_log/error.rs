@@ -10,11 +10,18 @@ pub enum LogError {
     Unavailable(String),
     #[error("the log answered unexpectedly: {0}")]
     Protocol(String),
+    /// The Redis reached cannot hold the log (e.g. a Redis Cluster): the
+    /// operator must point `redis.url` elsewhere.
+    #[error("the log cannot run on this Redis: {0}")]
+    Unsupported(String),
 }
 
 impl Classify for LogError {
     fn fault(&self) -> Fault {
-        Fault::External
+        match self {
+            LogError::Unsupported(_) => Fault::Config,
+            _ => Fault::External,
+        }
     }
     /// A log that does not answer may answer later; one that answers
     /// nonsense will answer the same nonsense.

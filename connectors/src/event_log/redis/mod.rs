@@ -146,8 +146,31 @@ impl RedisLog {
             prefix: config.prefix.as_str().into(),
             dedup_window_ms: config.dedup_window.as_millis().max(1) as u64,
         };
+        log.refuse_cluster().await?;
         log.mark_legacy_window().await?;
         Ok(log)
+    }
+
+    /// A Redis Cluster cannot hold the log: the append script reads and
+    /// writes keys of several hash slots (the streams of a batch, the dedup
+    /// sets), which a cluster refuses (`CROSSSLOT`) or redirects (`MOVED`).
+    /// Said at connect, naming the setting, instead of as the first failing
+    /// command's error.
+    async fn refuse_cluster(&self) -> Result<(), LogError> {
+        let mut conn = self.writer.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Err(LogError::Unsupported(
+                "redis.url reaches a Redis Cluster (cluster_enabled:1); the log needs a standalone \
+                 or Sentinel-managed primary (its append script touches keys of several hash slots)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Ids stored by a version before the dedup buckets (one key per id,
