@@ -66,6 +66,11 @@ use std::time::Duration;
 /// How long a checkpoint waits for the derived topics.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// librdkafka's default `transaction.timeout.ms` (the derived producer
+/// keeps it): after it the broker aborts an open transaction, so a commit
+/// that did not finish is called again for at most this long.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why the derived topics did not take what was derived.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -465,8 +470,14 @@ impl DerivedProducer {
             for bytes in batch.values().flatten() {
                 self.produce_encoded(&producer, bytes)?;
             }
-            producer.send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT)?;
-            producer.commit_transaction(SYNC_TIMEOUT)
+            super::settle_transactional(
+                "send_offsets_to_transaction",
+                TRANSACTION_TIMEOUT,
+                || producer.send_offsets_to_transaction(&marker, &t.group, SYNC_TIMEOUT),
+            )?;
+            super::settle_transactional("commit_transaction", TRANSACTION_TIMEOUT, || {
+                producer.commit_transaction(SYNC_TIMEOUT)
+            })
         })();
         match attempt {
             Ok(()) => {

@@ -160,8 +160,7 @@ pub fn transactional_producer(
     // pages. Brokers refuse more than their `transaction.max.timeout.ms`
     // (15 min by default: `init_transactions` would fail, and the mirror
     // retry it for ever), so the delivery timeout is bounded at load.
-    let transaction_timeout =
-        (delivery_timeout * 2).clamp(Duration::from_secs(60), MAX_TRANSACTION_TIMEOUT);
+    let transaction_timeout = transaction_timeout(delivery_timeout);
     let producer: MirrorProducer = configured(brokers, tuning, delivery_timeout)
         .set("transactional.id", transactional_id)
         .set(
@@ -205,6 +204,12 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// the transaction timeout (the broker would abort the round, and the same
 /// round would be produced again and again).
 const MAX_ROUND_AGE: Duration = Duration::from_secs(5);
+
+/// A transactional mirror's `transaction.timeout.ms`: twice the delivery
+/// timeout, at least a minute, at most [`MAX_TRANSACTION_TIMEOUT`].
+fn transaction_timeout(delivery_timeout: Duration) -> Duration {
+    (delivery_timeout * 2).clamp(Duration::from_secs(60), MAX_TRANSACTION_TIMEOUT)
+}
 
 /// Apache Kafka's default `transaction.max.timeout.ms`: the longest
 /// transaction timeout a broker accepts unless its operator raised it.
@@ -819,14 +824,19 @@ impl Mirror {
         let producer = self.current().clone();
         let marker = self.round_marker();
         let began = Instant::now();
+        let patience = transaction_timeout(self.config.delivery_timeout);
         let committed = tokio::task::spawn_blocking(move || {
             if let Some((consumer, tpl)) = marker {
                 let group = consumer.group_metadata().ok_or_else(|| {
                     super::KafkaError::NoGroupMetadata("the mirror's round marker".into())
                 })?;
-                producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
+                super::settle_transactional("send_offsets_to_transaction", patience, || {
+                    producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
+                })?;
             }
-            producer.commit_transaction(TXN_TIMEOUT)?;
+            super::settle_transactional("commit_transaction", patience, || {
+                producer.commit_transaction(TXN_TIMEOUT)
+            })?;
             Ok::<(), super::KafkaError>(())
         })
         .await

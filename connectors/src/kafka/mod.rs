@@ -58,6 +58,38 @@ impl schemas::Classify for KafkaError {
     }
 }
 
+/// Calls a transactional step (`send_offsets_to_transaction`,
+/// `commit_transaction`) again while librdkafka says it may be retried and
+/// the transaction need not be aborted, for up to `patience`. A commit that
+/// times out goes on in the background (librdkafka's `rd_kafka_commit_transaction`:
+/// call it again to resume and await it); aborting instead fails
+/// (`__CONFLICT`), a new producer's `init_transactions` then lets the commit
+/// complete, and producing the round again wrote it twice — read_committed
+/// readers saw duplicates after a transaction coordinator stalled for longer
+/// than the call's timeout (a failover during a rolling restart). Past
+/// `patience` the broker has aborted the transaction itself (its timeout),
+/// and the error is returned.
+pub(crate) fn settle_transactional<T>(
+    step: &'static str,
+    patience: Duration,
+    mut call: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    let began = std::time::Instant::now();
+    loop {
+        match call() {
+            Err(rdkafka::error::KafkaError::Transaction(e))
+                if e.is_retriable()
+                    && !e.txn_requires_abort()
+                    && !e.is_fatal()
+                    && began.elapsed() < patience =>
+            {
+                tracing::warn!(error = %e, step, "a transactional step did not finish; calling it again");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The topic carrying events of a category.
 pub fn events_topic(category: schemas::Category) -> String {
     format!("inkstream.events.{}", category.as_str())
