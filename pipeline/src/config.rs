@@ -424,6 +424,10 @@ pub struct KafkaConfig {
     pub schema_ids: connectors::kafka::registry::SchemaIds,
 }
 
+/// The largest event `ingest.max_event_bytes` may allow with Kafka: a
+/// record's value and headers stay under Kafka's 1,000,000-byte default.
+const MAX_KAFKA_EVENT_BYTES: usize = 900_000;
+
 impl KafkaConfig {
     /// How inkstream creates the topics it needs.
     pub fn new_topics(&self) -> connectors::kafka::NewTopics {
@@ -956,6 +960,17 @@ impl Config {
         if self.wpm.window.is_zero() {
             return bad("wpm.window", "must be positive");
         }
+        // One event is one Kafka record: librdkafka refuses records over its
+        // `message.max.bytes` (1,000,000) and brokers over theirs (1 MB by
+        // default), so a larger event would be acknowledged, then
+        // dead-lettered by the mirror without its payload.
+        if self.kafka.brokers.is_some() && self.ingest.max_event_bytes > MAX_KAFKA_EVENT_BYTES {
+            return bad(
+                "ingest.max_event_bytes",
+                "must be at most 900000 with kafka.brokers (each event is one Kafka record, and \
+                 Kafka refuses records over 1 MB by default)",
+            );
+        }
         if self.kafka.partitions < 1 {
             return bad("kafka.partitions", "must be at least 1");
         }
@@ -1234,17 +1249,32 @@ mod tests {
         assert_eq!(c.kafka.mirror_delivery_timeout, Duration::from_secs(900));
         let c = Config::load(None, &["kafka.replication_factor=3".into()]).unwrap();
         assert_eq!(c.kafka.new_topics().replication_factor, 3);
+        // An event up to 900,000 bytes with Kafka, any size without it.
+        let big = ["ingest.max_event_bytes=1000000".to_owned()];
+        assert!(Config::load(None, &big).is_ok());
+        let with_kafka = |more: &str| vec!["kafka.brokers=\"b:9092\"".to_owned(), more.to_owned()];
+        assert!(Config::load(None, &with_kafka("ingest.max_event_bytes=900000")).is_ok());
         for (set, key) in [
-            ("kafka.replication_factor=0", "kafka.replication_factor"),
-            ("kafka.replication_factor=-2", "kafka.replication_factor"),
-            ("kafka.partitions=0", "kafka.partitions"),
             (
-                "kafka.mirror_delivery_timeout=451s",
+                vec!["kafka.replication_factor=0".to_owned()],
+                "kafka.replication_factor",
+            ),
+            (
+                vec!["kafka.replication_factor=-2".to_owned()],
+                "kafka.replication_factor",
+            ),
+            (vec!["kafka.partitions=0".to_owned()], "kafka.partitions"),
+            (
+                vec!["kafka.mirror_delivery_timeout=451s".to_owned()],
                 "kafka.mirror_delivery_timeout",
             ),
+            (
+                with_kafka("ingest.max_event_bytes=900001"),
+                "ingest.max_event_bytes",
+            ),
         ] {
-            let e = Config::load(None, &[set.into()]).unwrap_err();
-            assert!(e.to_string().contains(key), "{set}: {e}");
+            let e = Config::load(None, &set).unwrap_err();
+            assert!(e.to_string().contains(key), "{set:?}: {e}");
         }
     }
 }
