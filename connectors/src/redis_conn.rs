@@ -41,13 +41,11 @@ fn is_readonly(e: &redis::RedisError) -> bool {
 
 /// Whether a reply is a replica refusing a write: redis-rs hands a server's
 /// error reply back as a value (`Value::ServerError`), made an error only
-/// when the caller converts it.
+/// when the caller converts it. Only the reply itself is looked at (not
+/// inside arrays: a stream read's reply is large, and a replica refuses a
+/// write, a script or a transaction's commands with a top-level error).
 fn refused_by_replica(reply: &Value) -> bool {
-    match reply {
-        Value::ServerError(e) => e.kind() == Some(ServerErrorKind::ReadOnly),
-        Value::Array(items) => items.iter().any(refused_by_replica),
-        _ => false,
-    }
+    matches!(reply, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::ReadOnly))
 }
 
 impl PrimaryConnection {
