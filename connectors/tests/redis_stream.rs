@@ -986,3 +986,81 @@ async fn a_redis_cluster_is_refused_at_connect_naming_the_setting() {
     );
     assert_eq!(e.fault(), schemas::Fault::Config);
 }
+
+/// With `redis.min_replica_acks`, an append counts as stored only once a
+/// replica holds it (`WAIT`): with the replica stalled it fails as
+/// unavailable (ingest answers 503) though the primary has the events, and
+/// the retry, once the replica is back, is deduplicated.
+#[tokio::test]
+async fn with_min_replica_acks_an_append_is_stored_once_a_replica_holds_it() {
+    let (primary, replica) = (
+        inkstream_tests::PrivateRedis::start("replicated-primary"),
+        inkstream_tests::PrivateRedis::start("replicated-replica"),
+    );
+    replica_of(replica.port, Some(primary.port)).await;
+    let info = |port: u16, section: &'static str| async move {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async::<String>(&mut conn)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !info(primary.port, "replication")
+        .await
+        .contains("state=online")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not come online within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut config = RedisLogConfig::new(primary.url());
+    config.prefix = unique("replicated");
+    config.min_replica_acks = 1;
+    config.replica_ack_timeout = Duration::from_millis(300);
+    let log = open_with(&config).await;
+    log.append("app", &[ev(&unique("e1"), "writing.keystroke", "u1")])
+        .await
+        .expect("stored once the replica holds it");
+
+    let pid = info(replica.port, "server")
+        .await
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:").map(str::to_owned))
+        .unwrap();
+    let signal = |which: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([which, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    let e2 = [ev(&unique("e2"), "writing.keystroke", "u1")];
+    let refused = log.append("app", &e2).await;
+    signal("-CONT");
+    let e = refused.expect_err("no replica confirms while it is stopped");
+    assert!(e.to_string().contains("redis.min_replica_acks"), "{e}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        match log.append("app", &e2).await {
+            Ok(stored) => break stored,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the retry still fails 30 s after the replica's return: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        stored[0].duplicate,
+        "the retry finds the event the refused append stored on the primary"
+    );
+}

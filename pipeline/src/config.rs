@@ -322,6 +322,15 @@ pub struct RedisConfig {
     /// another (XAUTOCLAIM; default 30 s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub claim_idle_after: Duration,
+    /// Replicas that must hold an append before it is acknowledged (`WAIT`;
+    /// default 0: the primary's copy suffices). With 1 or more, a failover
+    /// to a replica loses no acknowledged event; an append the replicas do
+    /// not confirm within `replica_ack_timeout` answers 503 (a retry is
+    /// deduplicated).
+    pub min_replica_acks: u32,
+    /// How long an append waits for `min_replica_acks` (default 1 s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub replica_ack_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -334,6 +343,8 @@ impl Default for RedisConfig {
             retention: Duration::from_secs(3600),
             trim_interval: Duration::from_secs(10),
             claim_idle_after: Duration::from_secs(30),
+            min_replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -969,6 +980,16 @@ impl Config {
                 "ingest.max_event_bytes",
                 "must be at most 900000 with kafka.brokers (each event is one Kafka record, and \
                  Kafka refuses records over 1 MB by default)",
+            );
+        }
+        // Below the 2 s one Redis command may take (the WAIT runs on the
+        // writer's connection).
+        if !(Duration::from_millis(10)..=Duration::from_millis(1500))
+            .contains(&self.redis.replica_ack_timeout)
+        {
+            return bad(
+                "redis.replica_ack_timeout",
+                "must be between 10ms and 1500ms",
             );
         }
         if self.kafka.partitions < 1 {

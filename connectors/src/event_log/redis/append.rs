@@ -209,6 +209,7 @@ impl RedisLog {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        self.wait_for_replicas(&mut conn).await?;
         let streams: Vec<_> = used.iter().map(|&s| self.streams[s].clone()).collect();
         place(events.len(), &slots, &by_slot, reply, &streams)
     }
@@ -271,6 +272,37 @@ fn place(
         return Err(bad("more entries than events"));
     }
     Ok(out)
+}
+
+impl RedisLog {
+    /// With `min_replica_acks`: waits (`WAIT`, on the connection that wrote)
+    /// until that many replicas hold every write made so far, or fails as
+    /// unavailable: the events are on the primary, not yet safe from its
+    /// failover, so the caller hears 503 and retries, and the retry is
+    /// deduplicated (and waits again). Runs after duplicates-only batches
+    /// too: their first copy may be the one not yet replicated.
+    async fn wait_for_replicas(
+        &self,
+        conn: &mut crate::redis_conn::PrimaryConnection,
+    ) -> Result<(), LogError> {
+        let (needed, timeout_ms) = self.replicas;
+        if needed == 0 {
+            return Ok(());
+        }
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(needed)
+            .arg(timeout_ms)
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if acked < needed {
+            return Err(LogError::Unavailable(format!(
+                "{acked} of the {needed} replicas redis.min_replica_acks asks for confirmed the \
+                 append within {timeout_ms} ms (stored on the primary; a retry is deduplicated)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,11 @@ pub struct RedisLogConfig {
     pub dedup_window: Duration,
     /// `redis.tls` (used with `rediss://`).
     pub tls: crate::tls::TlsFiles,
+    /// Replicas that must confirm an append (`WAIT`) before it counts as
+    /// stored (default 0).
+    pub min_replica_acks: u32,
+    /// How long an append waits for them (default 1 s).
+    pub replica_ack_timeout: Duration,
 }
 
 impl RedisLogConfig {
@@ -88,6 +93,8 @@ impl RedisLogConfig {
             response_timeout: Duration::from_secs(2),
             dedup_window: Duration::from_secs(24 * 3600),
             tls: Default::default(),
+            min_replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct RedisLog {
     shards: u32,
     prefix: Arc<str>,
     dedup_window_ms: u64,
+    /// `min_replica_acks` and `replica_ack_timeout` (ms) of the config.
+    replicas: (u32, u64),
 }
 
 fn unavailable(e: redis::RedisError) -> LogError {
@@ -145,6 +154,10 @@ impl RedisLog {
             shards,
             prefix: config.prefix.as_str().into(),
             dedup_window_ms: config.dedup_window.as_millis().max(1) as u64,
+            replicas: (
+                config.min_replica_acks,
+                config.replica_ack_timeout.as_millis().max(1) as u64,
+            ),
         };
         log.refuse_cluster().await?;
         log.mark_legacy_window().await?;

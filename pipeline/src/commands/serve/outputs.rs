@@ -323,6 +323,8 @@ pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
             rc.shards = config.redis.shards;
             rc.dedup_window = config.ingest.dedup_window;
             rc.tls = config.redis.tls.clone();
+            rc.min_replica_acks = config.redis.min_replica_acks;
+            rc.replica_ack_timeout = config.redis.replica_ack_timeout;
             let log = RedisLog::connect(&rc).await?;
             tracing::info!(prefix = %rc.prefix, "event log: redis streams");
             Ok(EventLog::Redis(log))
