@@ -109,6 +109,9 @@ pub struct Metrics {
     /// Kafka connections refused: SASL credentials (`sasl`) or the TLS
     /// handshake (`tls`), by client (`check`, `source`, `derived`).
     pub kafka_auth_failures: IntCounterVec,
+    /// Fatal errors of a long-running Kafka client (`source`, `derived`),
+    /// after which it cannot produce or consume.
+    pub kafka_fatal_errors: IntCounterVec,
     /// Requests and upgrades refused by authentication, by error code.
     pub auth_failures: IntCounterVec,
     /// Fetches of `auth.jwks_url` by outcome (`ok`, `failed`, `rate_limited`).
@@ -375,6 +378,13 @@ impl Metrics {
                 ),
                 &["client", "kind"],
             )?,
+            kafka_fatal_errors: IntCounterVec::new(
+                Opts::new(
+                    "inkstream_kafka_fatal_errors_total",
+                    "Fatal errors of a long-running Kafka client (source, derived), after which it cannot produce or consume until the instance restarts.",
+                ),
+                &["client"],
+            )?,
             auth_failures: IntCounterVec::new(
                 Opts::new(
                     "inkstream_auth_failures_total",
@@ -493,6 +503,7 @@ impl Metrics {
         r.register(Box::new(m.ingest_batch_size.clone()))?;
         r.register(Box::new(m.log_append_seconds.clone()))?;
         r.register(Box::new(m.log_errors.clone()))?;
+        r.register(Box::new(m.kafka_fatal_errors.clone()))?;
         r.register(Box::new(m.redis_persistence.clone()))?;
         r.register(Box::new(m.dataflow_source_records.clone()))?;
         r.register(Box::new(m.dataflow_source_checks.clone()))?;
@@ -575,7 +586,10 @@ impl Metrics {
             for kind in ["sasl", "tls"] {
                 self.kafka_auth_failures.with_label_values(&[client, kind]);
             }
+            self.kafka_fatal_errors.with_label_values(&[client]);
         }
+        self.log_errors
+            .with_label_values(&["kafka", "derived_topics"]);
         // auth::AuthError::CODES (metrics imports no component) and the
         // Origin check's refusal.
         for code in [

@@ -500,6 +500,13 @@ pub async fn run(
                 .with_label_values(&["produce"])
                 .inc();
             tracing::warn!(%error, retry_in_ms = backoff_ms, "mirror: delivery failed; will re-read pending entries");
+            // A fatal error (an idempotent producer's broken sequence, a
+            // fenced transactional id) makes every later send fail: new
+            // producers take over instead of retrying for ever.
+            if let Some((code, reason)) = m.fatal_error() {
+                tracing::error!(?code, %reason, "mirror: the producer hit a fatal error; new producers take over");
+                m.broken = true;
+            }
             // Topics may have vanished (an in-memory broker restarted).
             need_topics = true;
             reread_pending = true;
@@ -784,6 +791,12 @@ impl Mirror {
             Mode::Bulk => markers.1.clone(),
         };
         Some((consumer, tpl))
+    }
+
+    /// A fatal error of either producer, if one has hit one.
+    fn fatal_error(&self) -> Option<(rdkafka::types::RDKafkaErrorCode, String)> {
+        use rdkafka::producer::Producer;
+        (self.live.client().fatal_error()).or_else(|| self.bulk.client().fatal_error())
     }
 
     /// Pages in flight, or a transaction open.

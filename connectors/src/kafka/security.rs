@@ -324,6 +324,16 @@ pub struct Observed {
 impl Observed {
     /// Counts and logs one of librdkafka's global errors.
     pub fn observe(&self, error: &RdKafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            // The client can no longer produce or consume (e.g. an
+            // idempotent producer's broken sequence): said loudly.
+            self.metrics
+                .kafka_fatal_errors
+                .with_label_values(&[self.client])
+                .inc();
+            tracing::error!(client = self.client, %error, reason, "kafka client hit a fatal error: it cannot produce or consume until this instance restarts");
+            return;
+        }
         match access_failure(error.rdkafka_error_code()) {
             Some(kind) => {
                 self.metrics
