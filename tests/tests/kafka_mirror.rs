@@ -702,6 +702,22 @@ async fn pages_that_fail_during_an_outage_are_never_overtaken_by_later_ones() {
     );
 }
 
+/// A server on the harness's Redis (its keys under `prefix`) mirroring to
+/// `kafka`, with a dataflow group of its own.
+async fn on_shared_redis(kafka: &PrivateKafka, prefix: &str) -> Server {
+    Server::start(&[
+        "--redis-url",
+        &redis_url(),
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        &format!("kafka.dataflow_group=\"{prefix}-g\""),
+    ])
+    .await
+}
+
 /// SIGTERM with the broker hung (frozen: connections open, nothing
 /// answered): the drain cannot commit the dataflow's Kafka offsets
 /// (librdkafka's synchronous commit has no deadline) nor the mirror's
@@ -712,17 +728,7 @@ async fn pages_that_fail_during_an_outage_are_never_overtaken_by_later_ones() {
 async fn a_shutdown_with_the_broker_hung_ends_instead_of_waiting_for_it() {
     let kafka = PrivateKafka::start();
     let prefix = unique("gone");
-    let mut server = Server::start(&[
-        "--redis-url",
-        &redis_url(),
-        "--kafka-brokers",
-        &kafka.brokers(),
-        "--set",
-        &format!("redis.prefix={prefix}"),
-        "--set",
-        &format!("kafka.dataflow_group=\"{prefix}-g\""),
-    ])
-    .await;
+    let mut server = on_shared_redis(&kafka, &prefix).await;
     let batch = events(&prefix, 300);
     assert_eq!(ingest(&server, &batch).await, 202);
     // The dataflow has read them from the topics: its source holds offsets
@@ -759,17 +765,7 @@ async fn derived_topics_are_made_once_a_broker_down_at_startup_answers() {
     let mut kafka = PrivateKafka::start();
     kafka.stop();
     let prefix = unique("late");
-    let server = Server::start(&[
-        "--redis-url",
-        &redis_url(),
-        "--kafka-brokers",
-        &kafka.brokers(),
-        "--set",
-        &format!("redis.prefix={prefix}"),
-        "--set",
-        &format!("kafka.dataflow_group=\"{prefix}-g\""),
-    ])
-    .await;
+    let server = on_shared_redis(&kafka, &prefix).await;
     let failed = r#"inkstream_log_errors_total{backend="kafka",op="derived_topics"}"#;
     wait_metric_until(&server, failed, "≥ 1", |v| v >= 1.0, 120).await;
 
