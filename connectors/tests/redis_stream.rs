@@ -1064,3 +1064,42 @@ async fn with_min_replica_acks_an_append_is_stored_once_a_replica_holds_it() {
         "the retry finds the event the refused append stored on the primary"
     );
 }
+
+/// An ACL user that may not run INFO (a common least-privilege setup)
+/// still connects and appends: the connect-time checks that use INFO (the
+/// Redis Cluster refusal) are skipped for it, not fatal.
+#[tokio::test]
+async fn a_user_without_info_still_connects_and_appends() {
+    let redis = inkstream_tests::PrivateRedis::start("acl-no-info");
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                "appender",
+                "on",
+                ">appender-pw",
+                "~*",
+                "&*",
+                "+@all",
+                "-info",
+            ][..],
+        )
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut config = RedisLogConfig::new(format!(
+        "redis://appender:appender-pw@127.0.0.1:{}",
+        redis.port
+    ));
+    config.prefix = unique("acl");
+    let log = open_with(&config).await;
+    log.append("app", &[ev(&unique("e"), "writing.keystroke", "u1")])
+        .await
+        .expect("an append by a user without INFO");
+    assert!(
+        log.persistence().await.is_err(),
+        "INFO is refused to this user (the persistence check then says nothing)"
+    );
+}

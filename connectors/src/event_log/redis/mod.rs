@@ -171,11 +171,25 @@ impl RedisLog {
     /// command's error.
     async fn refuse_cluster(&self) -> Result<(), LogError> {
         let mut conn = self.writer.clone();
-        let info: String = redis::cmd("INFO")
+        let info: String = match redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+        {
+            Ok(info) => info,
+            // INFO refused (an ACL user without @dangerous, a managed
+            // service's command list): not checked, as before the check.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                tracing::debug!(error = %e, "INFO cluster refused; not checking for a Redis Cluster");
+                return Ok(());
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
             return Err(LogError::Unsupported(
                 "redis.url reaches a Redis Cluster (cluster_enabled:1); the log needs a standalone \
