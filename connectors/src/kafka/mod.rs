@@ -224,6 +224,34 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// [`ensure_topics`] until the broker has them: 200 ms doubling to 5 s
+/// between tries, each failure handed to `failed` with the wait before the
+/// next. False when `shutdown` (if any) asked to stop first.
+pub async fn ensure_topics_until_made(
+    brokers: &Brokers,
+    topics: &[String],
+    new: NewTopics,
+    failed: impl Fn(&KafkaError, Duration),
+    mut shutdown: Option<&mut tokio::sync::watch::Receiver<bool>>,
+) -> bool {
+    let mut retry_in = Duration::from_millis(200);
+    loop {
+        match ensure_topics(brokers, topics, new).await {
+            Ok(()) => return true,
+            Err(e) => failed(&e, retry_in),
+        }
+        match shutdown.as_deref_mut() {
+            Some(s) => {
+                if sleep_or_stop(s, retry_in.as_millis() as u64).await {
+                    return false;
+                }
+            }
+            None => tokio::time::sleep(retry_in).await,
+        }
+        retry_in = (retry_in * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Sleeps `ms`, or returns true at once when shutdown was requested.
 async fn sleep_or_stop(shutdown: &mut tokio::sync::watch::Receiver<bool>, ms: u64) -> bool {
     tokio::select! {

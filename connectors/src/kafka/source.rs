@@ -16,7 +16,7 @@
 //! partition's position reached the high watermark the broker reports now?
 
 use super::security::Observed;
-use super::{client_config, ensure_topics, events_topic};
+use super::{client_config, ensure_topics_until_made, events_topic};
 use crate::event_log::reader::CaughtUp;
 use crate::event_log::{EntryRef, IdForm, LogEntry, Undecodable};
 use crate::metrics::Metrics;
@@ -280,18 +280,16 @@ pub async fn run(
         .iter()
         .map(|c| events_topic(*c))
         .collect();
-    let mut retry_in = Duration::from_millis(200);
-    while let Err(error) = ensure_topics(&config.brokers, &topics, config.new_topics).await {
+    let failed = |error: &super::KafkaError, retry_in: Duration| {
         metrics
             .log_errors
             .with_label_values(&["kafka", "topics"])
             .inc();
         tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "kafka source: creating the event topics failed");
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(retry_in) => {}
-        }
-        retry_in = (retry_in * 2).min(Duration::from_secs(5));
+    };
+    let (brokers, new) = (&config.brokers, config.new_topics);
+    if !ensure_topics_until_made(brokers, &topics, new, failed, Some(&mut shutdown)).await {
+        return;
     }
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topic_refs) {

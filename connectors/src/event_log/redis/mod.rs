@@ -113,6 +113,15 @@ pub struct RedisLog {
     replicas: (u32, u64),
 }
 
+/// Whether the server refused the command itself (not allowed to this
+/// user, renamed, unknown), rather than failing to answer.
+fn refused(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
+}
+
 fn unavailable(e: redis::RedisError) -> LogError {
     LogError::Unavailable(e.to_string())
 }
@@ -179,12 +188,7 @@ impl RedisLog {
             Ok(info) => info,
             // INFO refused (an ACL user without @dangerous, a managed
             // service's command list): not checked, as before the check.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                ) =>
-            {
+            Err(e) if refused(&e) => {
                 tracing::debug!(error = %e, "INFO cluster refused; not checking for a Redis Cluster");
                 return Ok(());
             }
@@ -530,12 +534,7 @@ impl RedisLog {
                     .into(),
             )),
             // ROLE refused (a managed service's command list): PING then.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                ) =>
-            {
+            Err(e) if refused(&e) => {
                 let mut conn = self.writer.clone();
                 redis::cmd("PING")
                     .query_async::<String>(&mut conn)

@@ -181,12 +181,23 @@ impl Outputs {
                 let new = config.kafka.new_topics();
                 if let Err(e) = connectors::kafka::ensure_topics(brokers, &topics, new).await {
                     tracing::warn!(error = %e, "creating the derived topics failed; retrying");
-                    tokio::spawn(ensure_derived_topics(
-                        brokers.clone(),
-                        topics,
-                        new,
-                        metrics.clone(),
-                    ));
+                    let (brokers, metrics) = (brokers.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        // Each failed try counts in
+                        // inkstream_log_errors_total{backend="kafka",op="derived_topics"}.
+                        let failed =
+                            |e: &connectors::kafka::KafkaError, retry_in: std::time::Duration| {
+                                metrics
+                                    .log_errors
+                                    .with_label_values(&["kafka", "derived_topics"])
+                                    .inc();
+                                tracing::warn!(error = %e, retry_in_ms = retry_in.as_millis() as u64, "creating the derived topics failed");
+                            };
+                        connectors::kafka::ensure_topics_until_made(
+                            &brokers, &topics, new, failed, None,
+                        )
+                        .await
+                    });
                 }
                 let delivery = match config.kafka.derived_delivery {
                     DerivedDelivery::AtLeastOnce => Delivery::AtLeastOnce,
@@ -394,30 +405,4 @@ async fn start_notifier(
     let handle = notifier.handle();
     let (stop_tx, stop_rx) = watch::channel(false);
     Ok((Some(handle), Some((stop_tx, notifier, rx, stop_rx))))
-}
-
-/// Creates the derived topics, retrying (200 ms doubling to 5 s) until the
-/// broker has them; each failed try counts in
-/// `inkstream_log_errors_total{backend="kafka",op="derived_topics"}`.
-async fn ensure_derived_topics(
-    brokers: connectors::kafka::Brokers,
-    topics: Vec<String>,
-    new: connectors::kafka::NewTopics,
-    metrics: Metrics,
-) {
-    let mut retry_in = std::time::Duration::from_millis(200);
-    loop {
-        match connectors::kafka::ensure_topics(&brokers, &topics, new).await {
-            Ok(()) => return,
-            Err(e) => {
-                metrics
-                    .log_errors
-                    .with_label_values(&["kafka", "derived_topics"])
-                    .inc();
-                tracing::warn!(error = %e, retry_in_ms = retry_in.as_millis() as u64, "creating the derived topics failed");
-            }
-        }
-        tokio::time::sleep(retry_in).await;
-        retry_in = (retry_in * 2).min(std::time::Duration::from_secs(5));
-    }
 }
