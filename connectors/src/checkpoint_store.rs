@@ -20,8 +20,15 @@
 //! new holder writes. Calls are blocking (the timely workers write their
 //! parts from their own threads) over one connection, reopened after an
 //! error; each has a timeout.
+//!
+//! With `redis.min_replica_acks` ([`RedisCheckpointStore::with_replicas`]),
+//! a completion counts only once that many replicas hold it and every part
+//! before it (`WAIT`): the log's entries a checkpoint covers are
+//! acknowledged after it completes, so a checkpoint a failover loses must
+//! never have been reported complete.
 
 use crate::lease::Fence;
+use crate::redis_conn::{ReplicaAcks, ReplicaShortfall};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -67,19 +74,31 @@ pub enum CheckpointStoreError {
     Fenced { key: String, token: i64 },
     #[error("checkpoint store in Redis: part {part} of checkpoint {barrier} is incomplete")]
     Torn { barrier: u64, part: String },
+    #[error(
+        "checkpoint store in Redis: checkpoint {barrier} is written on the primary only: {source}"
+    )]
+    NotReplicated {
+        barrier: u64,
+        source: ReplicaShortfall,
+    },
 }
 
 impl schemas::Classify for CheckpointStoreError {
     fn fault(&self) -> schemas::Fault {
         match self {
-            CheckpointStoreError::Redis(_) => schemas::Fault::External,
+            CheckpointStoreError::Redis(_) | CheckpointStoreError::NotReplicated { .. } => {
+                schemas::Fault::External
+            }
             CheckpointStoreError::Fenced { .. } | CheckpointStoreError::Torn { .. } => {
                 schemas::Fault::Internal
             }
         }
     }
     fn retryable(&self) -> bool {
-        matches!(self, CheckpointStoreError::Redis(_))
+        matches!(
+            self,
+            CheckpointStoreError::Redis(_) | CheckpointStoreError::NotReplicated { .. }
+        )
     }
 }
 
@@ -99,6 +118,8 @@ pub struct RedisCheckpointStore {
     base: String,
     fence: Option<Fence>,
     timeout: Duration,
+    /// Replicas that must hold a completion before it counts.
+    replicas: ReplicaAcks,
 }
 
 impl std::fmt::Debug for RedisCheckpointStore {
@@ -125,7 +146,34 @@ impl RedisCheckpointStore {
             base: format!("{prefix}:ckpt:{group}"),
             fence,
             timeout: Duration::from_secs(30),
+            replicas: ReplicaAcks::default(),
         }
+    }
+
+    /// Completions count only once `replicas` hold them (see the module doc).
+    pub fn with_replicas(mut self, replicas: ReplicaAcks) -> RedisCheckpointStore {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Waits until the replicas hold every write up to now (this call
+    /// writes first, so that `WAIT` covers what other processes wrote
+    /// before it too: the pointer to `barrier` one of them moved).
+    pub fn replicated(&self, barrier: u64) -> Result<(), CheckpointStoreError> {
+        if self.replicas.needed == 0 {
+            return Ok(());
+        }
+        let waited = self.with(|c| {
+            redis::cmd("INCR")
+                .arg(format!("{}:confirmations", self.base))
+                .query::<()>(c)?;
+            match self.replicas.wait_blocking(c) {
+                // `WAIT` failed: the connection is dropped like any other's.
+                Err(ReplicaShortfall::Redis(e)) => Err(e),
+                short => Ok(short),
+            }
+        })?;
+        waited.map_err(|source| CheckpointStoreError::NotReplicated { barrier, source })
     }
 
     /// Runs `f` on the connection (opened if needed; dropped after an
@@ -281,6 +329,7 @@ impl RedisCheckpointStore {
         if moved < 0 {
             return Err(self.fenced());
         }
+        self.replicated(barrier)?;
         if moved == 1 {
             self.delete_before(barrier)?;
         }
@@ -345,6 +394,7 @@ impl RedisCheckpointStore {
         self.with(|c| {
             redis::cmd("UNLINK")
                 .arg(format!("{}:latest", self.base))
+                .arg(format!("{}:confirmations", self.base))
                 .query::<()>(c)
         })
     }

@@ -20,8 +20,16 @@
 //! holder only (checkpoints) check it in the same Redis script that writes,
 //! so a process that lost the lease (stalled, or replaced in place) can no
 //! longer write even before its own renewal notices.
+//!
+//! **Failover.** Redis replicates asynchronously: a take the primary
+//! answered can be lost when a replica is promoted, and the next take would
+//! hand out the same fence token again, so two holders would pass each
+//! other's fence. With `redis.min_replica_acks` a take counts only once that
+//! many replicas hold it (`WAIT`); until then the lease is not used, and the
+//! take is tried again.
 
 use crate::redis_conn::PrimaryConnection as ConnectionManager;
+use crate::redis_conn::ReplicaAcks;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -90,13 +98,14 @@ impl Lease {
     /// Waits until the lease `name` is ours (or `stop` turns true: `None`).
     /// `holder` names this process start, `place` where it runs (see
     /// [`holder_at`]): an instance restarted at the same place takes its
-    /// lease back at once instead of waiting for it to expire.
+    /// lease back at once instead of waiting for it to expire. A take
+    /// counts once `replicas` hold it (see the module doc).
     pub async fn acquire(
         conn: ConnectionManager,
         prefix: &str,
         name: &str,
         (holder, place): (&str, &str),
-        ttl: Duration,
+        (ttl, replicas): (Duration, ReplicaAcks),
         mut stop: watch::Receiver<bool>,
     ) -> Option<Lease> {
         let key = format!("{prefix}:lease:{name}");
@@ -120,7 +129,15 @@ impl Lease {
                 .invoke_async(&mut conn.clone())
                 .await;
             match taken {
-                Ok(token) if token > 0 => break token,
+                // `WAIT` on the connection that took it (clones share it).
+                Ok(token) if token > 0 => match replicas.wait(&mut conn.clone()).await {
+                    Ok(()) => break token,
+                    Err(error) => tracing::warn!(
+                        %error,
+                        lease = %key,
+                        "lease taken on the primary only; not used until a replica holds it"
+                    ),
+                },
                 Ok(_) => {
                     if !waiting_logged {
                         let owner: Option<String> = redis::cmd("GET")

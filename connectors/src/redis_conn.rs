@@ -170,3 +170,82 @@ impl ConnectionLike for PrimaryConnection {
         self.current().1.get_db()
     }
 }
+
+/// How many replicas must hold a write (Redis `WAIT`) before inkstream
+/// relies on it, and how long to wait for them: `redis.min_replica_acks`
+/// and `redis.replica_ack_timeout`. A write only the primary holds is lost
+/// if the primary fails over before replicating it (replication is
+/// asynchronous). `needed = 0` (the default): the primary's reply is enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAcks {
+    pub needed: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ReplicaAcks {
+    fn default() -> ReplicaAcks {
+        ReplicaAcks {
+            needed: 0,
+            timeout: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// Fewer replicas confirmed a write than [`ReplicaAcks`] asks for, or
+/// `WAIT` itself failed. The write is on the primary: retrying is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaShortfall {
+    #[error(
+        "{acked} of the {needed} replicas redis.min_replica_acks asks for confirmed the write \
+         within {timeout_ms} ms"
+    )]
+    Short {
+        acked: u32,
+        needed: u32,
+        timeout_ms: u64,
+    },
+    #[error("waiting for replicas (redis.min_replica_acks): {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl ReplicaAcks {
+    fn wait_cmd(&self) -> Cmd {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(self.needed).arg(self.timeout_ms());
+        cmd
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+    }
+
+    fn judge(&self, acked: u32) -> Result<(), ReplicaShortfall> {
+        if acked < self.needed {
+            return Err(ReplicaShortfall::Short {
+                acked,
+                needed: self.needed,
+                timeout_ms: self.timeout_ms(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until `needed` replicas hold every write made so far on `conn`
+    /// (the connection that wrote: `WAIT` counts from its last write).
+    pub async fn wait(&self, conn: &mut PrimaryConnection) -> Result<(), ReplicaShortfall> {
+        if self.needed == 0 {
+            return Ok(());
+        }
+        let acked: u32 = self.wait_cmd().query_async(conn).await?;
+        self.judge(acked)
+    }
+
+    /// [`ReplicaAcks::wait`] on a blocking connection.
+    pub fn wait_blocking(&self, conn: &mut redis::Connection) -> Result<(), ReplicaShortfall> {
+        if self.needed == 0 {
+            return Ok(());
+        }
+        let acked: u32 = self.wait_cmd().query(conn)?;
+        self.judge(acked)
+    }
+}

@@ -997,27 +997,7 @@ async fn with_min_replica_acks_an_append_is_stored_once_a_replica_holds_it() {
         inkstream_tests::PrivateRedis::start("replicated-primary"),
         inkstream_tests::PrivateRedis::start("replicated-replica"),
     );
-    replica_of(replica.port, Some(primary.port)).await;
-    let info = |port: u16, section: &'static str| async move {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("INFO")
-            .arg(section)
-            .query_async::<String>(&mut conn)
-            .await
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !info(primary.port, "replication")
-        .await
-        .contains("state=online")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica did not come online within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    replica.replicate(&primary);
     let mut config = RedisLogConfig::new(primary.url());
     config.prefix = unique("replicated");
     config.min_replica_acks = 1;
@@ -1027,24 +1007,10 @@ async fn with_min_replica_acks_an_append_is_stored_once_a_replica_holds_it() {
         .await
         .expect("stored once the replica holds it");
 
-    let pid = info(replica.port, "server")
-        .await
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("process_id:").map(str::to_owned))
-        .unwrap();
-    let signal = |which: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([which, &pid])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    signal("-STOP");
+    replica.pause();
     let e2 = [ev(&unique("e2"), "writing.keystroke", "u1")];
     let refused = log.append("app", &e2).await;
-    signal("-CONT");
+    replica.resume();
     let e = refused.expect_err("no replica confirms while it is stopped");
     assert!(e.to_string().contains("redis.min_replica_acks"), "{e}");
 

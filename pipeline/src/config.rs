@@ -326,11 +326,23 @@ pub struct RedisConfig {
     /// default 0: the primary's copy suffices). With 1 or more, a failover
     /// to a replica loses no acknowledged event; an append the replicas do
     /// not confirm within `replica_ack_timeout` answers 503 (a retry is
-    /// deduplicated).
+    /// deduplicated). The dataflow's and the mirror's lease takes and the
+    /// checkpoints in Redis wait for them too.
     pub min_replica_acks: u32,
     /// How long an append waits for `min_replica_acks` (default 1 s).
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub replica_ack_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// `min_replica_acks` and `replica_ack_timeout`, for the writes that
+    /// wait for replicas.
+    pub fn replica_acks(&self) -> connectors::redis_conn::ReplicaAcks {
+        connectors::redis_conn::ReplicaAcks {
+            needed: self.min_replica_acks,
+            timeout: self.replica_ack_timeout,
+        }
+    }
 }
 
 impl Default for RedisConfig {

@@ -239,6 +239,55 @@ impl PrivateRedis {
         }
     }
 
+    /// Makes this server a replica of `primary` (`REPLICAOF`) and waits
+    /// until the primary reports it online (its first sync done).
+    pub fn replicate(&self, primary: &PrivateRedis) {
+        let query = |port: u16, cmd: &mut redis::Cmd| -> String {
+            let client =
+                redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a redis URL");
+            let mut conn = client
+                .get_connection()
+                .expect("connect to a private redis-server");
+            match cmd.query::<redis::Value>(&mut conn).expect("redis command") {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                other => format!("{other:?}"),
+            }
+        };
+        query(
+            self.port,
+            redis::cmd("REPLICAOF").arg("127.0.0.1").arg(primary.port),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !query(primary.port, redis::cmd("INFO").arg("replication")).contains("state=online") {
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {} did not come online within 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): a replica that stops confirming
+    /// writes, without closing a connection. [`PrivateRedis::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a server [`PrivateRedis::pause`] froze (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let sent = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {which} {pid} failed");
+    }
+
     /// Stops the server (SIGKILL: an outage, not a clean shutdown; AOF with
     /// fsync always keeps every acknowledged write).
     pub fn stop(&mut self) {

@@ -187,7 +187,7 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
         &prefix,
         "dataflow:g",
         (&old.0, &old.1),
-        ttl,
+        (ttl, Default::default()),
         stop.clone(),
     )
     .await
@@ -220,7 +220,7 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
             &prefix,
             "dataflow:g",
             (&new.0, &new.1),
-            ttl,
+            (ttl, Default::default()),
             stop.clone(),
         ),
     )
@@ -237,7 +237,7 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
             &prefix,
             "dataflow:g",
             (&other.0, &other.1),
-            ttl,
+            (ttl, Default::default()),
             stop,
         ),
     )
@@ -262,6 +262,102 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
             None,
             "the older one is deleted"
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// With `redis.min_replica_acks`, a lease take and a checkpoint's
+/// completion count only once a replica holds them. Redis replicates
+/// asynchronously: a failover could otherwise lose a take (the next take
+/// hands out the same fence token: two holders pass each other's fence) or
+/// a completed checkpoint whose log entries were already acknowledged
+/// (its events would be in no state a restore finds). While the replica is
+/// frozen the lease is not handed out and completing fails, retryably;
+/// once it is back both go through.
+#[tokio::test]
+async fn with_min_replica_acks_leases_and_checkpoints_wait_for_a_replica() {
+    use connectors::checkpoint_store::{CheckpointStoreError, RedisCheckpointStore};
+    use connectors::lease::{Lease, holder_at};
+    use connectors::redis_conn::ReplicaAcks;
+    use schemas::Classify;
+    let (primary, replica) = (
+        inkstream_tests::PrivateRedis::start("acks-primary"),
+        inkstream_tests::PrivateRedis::start("acks-replica"),
+    );
+    replica.replicate(&primary);
+    let replicas = ReplicaAcks {
+        needed: 1,
+        timeout: Duration::from_millis(200),
+    };
+    let prefix = unique("acks");
+    let client = redis::Client::open(primary.url()).unwrap();
+    let conn = connectors::redis_conn::PrimaryConnection::new_with_config(
+        client.clone(),
+        redis::aio::ConnectionManagerConfig::new(),
+    )
+    .await
+    .unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let me = holder_at(Some("host-a:8080"));
+    let acquire = |name: &'static str| {
+        Lease::acquire(
+            conn.clone(),
+            &prefix,
+            name,
+            (&me.0, &me.1),
+            (Duration::from_secs(30), replicas),
+            stop.clone(),
+        )
+    };
+    let held = tokio::time::timeout(Duration::from_secs(30), acquire("dataflow:g"))
+        .await
+        .expect("the lease is taken while the replica confirms")
+        .unwrap();
+    let store = RedisCheckpointStore::new(client.clone(), &prefix, "g", Some(held.fence()))
+        .with_replicas(replicas);
+    let store = tokio::task::spawn_blocking(move || {
+        store.put(100, "part-0", b"state").unwrap();
+        assert!(store.complete(100, 0, 1, 1).unwrap());
+        store
+    })
+    .await
+    .unwrap();
+
+    replica.pause();
+    let unconfirmed = tokio::time::timeout(Duration::from_secs(2), acquire("mirror")).await;
+    let store = tokio::task::spawn_blocking(move || {
+        store.put(200, "part-0", b"later").unwrap();
+        let e = store
+            .complete(200, 0, 1, 1)
+            .expect_err("no replica confirms the completion while it is frozen");
+        assert!(
+            matches!(e, CheckpointStoreError::NotReplicated { barrier: 200, .. }),
+            "{e}"
+        );
+        assert!(
+            e.retryable() && e.to_string().contains("redis.min_replica_acks"),
+            "{e}"
+        );
+        store
+    })
+    .await
+    .unwrap();
+    replica.resume();
+    assert!(
+        unconfirmed.is_err(),
+        "a lease was handed out that no replica holds"
+    );
+    let mirror = tokio::time::timeout(Duration::from_secs(30), acquire("mirror"))
+        .await
+        .expect("the lease is taken once the replica is back")
+        .unwrap();
+    assert!(mirror.fence().token > 0);
+    tokio::task::spawn_blocking(move || {
+        store
+            .complete(200, 0, 1, 1)
+            .expect("the completion counts once the replica holds it");
+        assert_eq!(store.latest().unwrap().unwrap().barrier, 200);
     })
     .await
     .unwrap();

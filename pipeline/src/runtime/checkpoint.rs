@@ -475,7 +475,15 @@ impl Checkpoints {
         }
         match &self.backend {
             Backend::Dir(dir) => Ok(complete_barriers(dir)?.contains(&barrier)),
-            Backend::Redis(store) => Ok(store.latest()?.is_some_and(|l| l.barrier >= barrier)),
+            Backend::Redis(store) => {
+                if store.latest()?.is_none_or(|l| l.barrier < barrier) {
+                    return Ok(false);
+                }
+                // The pointer another process moved, held by the replicas
+                // `redis.min_replica_acks` asks for before anything relies on it.
+                store.replicated(barrier)?;
+                Ok(true)
+            }
         }
     }
 

@@ -285,23 +285,11 @@ impl RedisLog {
         &self,
         conn: &mut crate::redis_conn::PrimaryConnection,
     ) -> Result<(), LogError> {
-        let (needed, timeout_ms) = self.replicas;
-        if needed == 0 {
-            return Ok(());
-        }
-        let acked: u32 = redis::cmd("WAIT")
-            .arg(needed)
-            .arg(timeout_ms)
-            .query_async(conn)
-            .await
-            .map_err(unavailable)?;
-        if acked < needed {
-            return Err(LogError::Unavailable(format!(
-                "{acked} of the {needed} replicas redis.min_replica_acks asks for confirmed the \
-                 append within {timeout_ms} ms (stored on the primary; a retry is deduplicated)"
-            )));
-        }
-        Ok(())
+        self.replicas.wait(conn).await.map_err(|e| {
+            LogError::Unavailable(format!(
+                "{e} (the append is stored on the primary; a retry is deduplicated)"
+            ))
+        })
     }
 }
 

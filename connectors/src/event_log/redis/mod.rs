@@ -109,8 +109,8 @@ pub struct RedisLog {
     shards: u32,
     prefix: Arc<str>,
     dedup_window_ms: u64,
-    /// `min_replica_acks` and `replica_ack_timeout` (ms) of the config.
-    replicas: (u32, u64),
+    /// `min_replica_acks` and `replica_ack_timeout` of the config.
+    replicas: crate::redis_conn::ReplicaAcks,
 }
 
 /// Whether the server refused the command itself (not allowed to this
@@ -163,10 +163,10 @@ impl RedisLog {
             shards,
             prefix: config.prefix.as_str().into(),
             dedup_window_ms: config.dedup_window.as_millis().max(1) as u64,
-            replicas: (
-                config.min_replica_acks,
-                config.replica_ack_timeout.as_millis().max(1) as u64,
-            ),
+            replicas: crate::redis_conn::ReplicaAcks {
+                needed: config.min_replica_acks,
+                timeout: config.replica_ack_timeout,
+            },
         };
         log.refuse_cluster().await?;
         log.mark_legacy_window().await?;

@@ -162,7 +162,8 @@ fn open_checkpoints(
                 &config.redis.prefix,
                 &config.dataflow.group,
                 fence,
-            );
+            )
+            .with_replicas(config.redis.replica_acks());
             Checkpoints::open_redis(
                 store,
                 &config.checkpoint,

@@ -101,6 +101,7 @@ impl Ingest {
                             super::lease::place(config.server.port).as_deref(),
                         ),
                         ttl: config.dataflow.lease_ttl,
+                        replicas: config.redis.replica_acks(),
                     },
                     log.clone(),
                     mc,

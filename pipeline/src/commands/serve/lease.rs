@@ -88,6 +88,7 @@ pub(super) fn launch(
                 name: lease_name(config),
                 holder: connectors::lease::holder_at(place(config.server.port).as_deref()),
                 ttl: config.dataflow.lease_ttl,
+                replicas: config.redis.replica_acks(),
             };
             lease_task = Some(tokio::spawn(held.run(
                 start,
@@ -161,6 +162,8 @@ struct HeldLease {
     /// [`connectors::lease::holder_at`]).
     holder: (String, String),
     ttl: std::time::Duration,
+    /// `redis.min_replica_acks`: replicas that must hold a take.
+    replicas: connectors::redis_conn::ReplicaAcks,
 }
 
 impl HeldLease {
@@ -180,7 +183,7 @@ impl HeldLease {
             &self.prefix,
             &self.name,
             (&self.holder.0, &self.holder.1),
-            self.ttl,
+            (self.ttl, self.replicas),
             stop.clone(),
         )
         .await?;
@@ -220,6 +223,8 @@ pub(super) struct MirrorLease {
     /// This process start's holder name and its place.
     pub holder: (String, String),
     pub ttl: std::time::Duration,
+    /// `redis.min_replica_acks`: replicas that must hold a take.
+    pub replicas: connectors::redis_conn::ReplicaAcks,
 }
 
 /// Runs the Kafka mirror only while holding the lease
@@ -243,7 +248,7 @@ pub(super) async fn mirror_under_lease(
             &lease.prefix,
             "mirror",
             (&lease.holder.0, &lease.holder.1),
-            lease.ttl,
+            (lease.ttl, lease.replicas),
             stop.clone(),
         )
         .await
