@@ -233,3 +233,60 @@ async fn what_the_writer_prunes_goes_from_redis_too() {
         );
     }
 }
+
+/// A view write Redis applied whose reply was lost (a timeout, a dropped
+/// connection) is not applied twice by its retry. The writing totals are
+/// `HINCRBY` deltas: before, the retry added a session's words and count
+/// again. The fault is real: a loopback proxy in front of the real
+/// redis-server drops the reply to the write's transaction (it holds
+/// `QUEUED`) and closes that connection.
+#[tokio::test]
+async fn a_write_applied_whose_reply_was_lost_is_not_counted_twice() {
+    let url = redis_url();
+    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
+    let prefix = unique("views-lost-reply");
+    let through_proxy = ViewStoreConfig {
+        redis_url: Some(format!("redis://127.0.0.1:{}", proxy.port())),
+        ..config(&prefix)
+    };
+    let metrics = Metrics::standalone();
+    let (_writer, feed) = ViewStore::start(through_proxy, &metrics).await.unwrap();
+    let (reader, _unused) = ViewStore::start(config(&prefix), &Metrics::standalone())
+        .await
+        .unwrap();
+    let ts = 1_767_603_600_000;
+    proxy.arm("QUEUED");
+    metrics.dataflow_watermark_seconds.set(ts as f64 / 1000.0);
+    feed.offer(&[summary("u1", ts)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.cuts() == 0 {
+        assert!(Instant::now() < deadline, "the write's reply was never cut");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A later change, with a later watermark: once Redis shows it, the
+    // retry of the first write is done too (it comes first).
+    let later = ts + 60_000;
+    metrics
+        .dataflow_watermark_seconds
+        .set(later as f64 / 1000.0);
+    feed.offer(&[summary("u1", later)]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let writing = loop {
+        let (writing, as_of) = reader.writing("p1").await.unwrap();
+        if as_of == later {
+            break writing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the later change never reached Redis (as_of {as_of})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(writing.len(), 1, "{writing:?}");
+    assert_eq!(
+        (writing[0].2.sessions, writing[0].2.words),
+        (2, 10),
+        "two sessions of 5 words each, each counted once: {writing:?}"
+    );
+}

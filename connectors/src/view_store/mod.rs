@@ -307,7 +307,7 @@ async fn writer(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written_as_of = 0;
-    let mut unwritten = redis_views::Changes::default();
+    let mut unwritten = Unwritten::default();
     // Pruning walks the whole state: once a second, not once per batch.
     let mut pruned = tokio::time::Instant::now();
     loop {
@@ -341,7 +341,7 @@ async fn writer(
                 };
                 metrics.applied.inc_by(n as u64);
                 store.as_of.fetch_max(wm, Ordering::Relaxed);
-                unwritten.extend(changes);
+                unwritten.changes.extend(changes);
                 flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
             }
             _ = tick.tick() => {
@@ -350,7 +350,7 @@ async fn writer(
                 }
                 let wm = watermark_ms(&watermark).max(written_as_of);
                 store.as_of.fetch_max(wm, Ordering::Relaxed);
-                if wm > written_as_of || unwritten.len() > 0 {
+                if wm > written_as_of || unwritten.changes.len() > 0 {
                     flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
                 }
             }
@@ -362,32 +362,65 @@ async fn writer(
 /// (counted) and the views catch up as the records change again.
 const MAX_UNWRITTEN: usize = 100_000;
 
+/// What Redis has not got yet, for certain.
+#[derive(Default)]
+struct Unwritten {
+    changes: redis_views::Changes,
+    /// The last write that failed: Redis may still have applied it (its
+    /// reply lost). Its attempt number and the writing deltas it carried
+    /// (the first ones of `changes`).
+    in_doubt: Option<(u64, usize)>,
+    /// Write attempts so far (numbers them).
+    attempts: u64,
+}
+
 /// Writes what Redis has not got yet, with the watermark `wm`. On failure
 /// the changes are kept for the next try (and `as_of` in Redis stays where
-/// it was: it never claims what is not written).
+/// it was: it never claims what is not written). Before that try, a write
+/// whose reply was lost is looked up: if Redis applied it, its writing
+/// deltas are not added again.
 async fn flush(
     store: &ViewStore,
-    unwritten: &mut redis_views::Changes,
+    unwritten: &mut Unwritten,
     written_as_of: &mut i64,
     wm: i64,
     metrics: &ViewMetrics,
 ) {
     let Backend::Redis(r) = &store.backend else {
-        *unwritten = redis_views::Changes::default();
+        *unwritten = Unwritten::default();
         *written_as_of = wm;
         return;
     };
-    match r.write(unwritten, wm).await {
+    if let Some((attempt, deltas)) = unwritten.in_doubt {
+        match r.applied(attempt).await {
+            Ok(applied) => {
+                if applied {
+                    unwritten.changes.forget_writing(deltas);
+                }
+                unwritten.in_doubt = None;
+            }
+            Err(error) => {
+                metrics.write_errors.inc();
+                tracing::warn!(%error, "view store: redis unreachable; retrying");
+                return;
+            }
+        }
+    }
+    unwritten.attempts += 1;
+    let attempt = unwritten.attempts;
+    match r.write(&unwritten.changes, wm, attempt).await {
         Ok(()) => {
-            *unwritten = redis_views::Changes::default();
+            unwritten.changes = redis_views::Changes::default();
             *written_as_of = wm;
         }
         Err(error) => {
             metrics.write_errors.inc();
-            let held = unwritten.len();
+            unwritten.in_doubt = Some((attempt, unwritten.changes.writing_len()));
+            let held = unwritten.changes.len();
             if held > MAX_UNWRITTEN {
                 metrics.dropped.inc_by(held as u64);
-                *unwritten = redis_views::Changes::default();
+                unwritten.changes = redis_views::Changes::default();
+                unwritten.in_doubt = None;
             }
             tracing::warn!(%error, held, "view store: writing to redis failed; retrying");
         }

@@ -10,6 +10,7 @@
 //! | `team:<json [project, doc]>` | hash | `window\|metric\|user` → [`TeamFigure`] JSON |
 //! | `writing:<project>` | hash | `day\|metric\|user` → integer (HINCRBY) |
 //! | `as_of` | string | the watermark the views reflect (ms) |
+//! | `applied:<writer>` | string | the last write attempt of writer `<writer>` that Redis applied |
 //!
 //! Ids in keys (`<id>`, `<doc>`, `<project>`) are escaped by
 //! [`crate::redis_key::part`] (`%`, `:`, `{`, `}`, `|` percent-escaped;
@@ -69,6 +70,18 @@ impl Changes {
         self.writing_dropped.extend(later.writing_dropped);
     }
 
+    /// Writing deltas held.
+    pub(crate) fn writing_len(&self) -> usize {
+        self.writing.len()
+    }
+
+    /// Forgets the first `n` writing deltas: a write Redis applied though
+    /// its reply was lost carried them (see [`RedisViews::applied`]). The
+    /// other changes set values, so writing them again changes nothing.
+    pub(crate) fn forget_writing(&mut self, n: usize) {
+        self.writing.drain(..n.min(self.writing.len()));
+    }
+
     /// Takes the state's dirty marks and writing deltas.
     pub(crate) fn take(st: &mut ViewState) -> Changes {
         let mut c = Changes::default();
@@ -119,6 +132,8 @@ pub(crate) struct RedisViews {
     prefix: String,
     ttl_s: u64,
     writing_ttl_s: u64,
+    /// This writer (random per connect): names its `applied:` key.
+    writer: String,
 }
 
 fn unavailable(e: redis::RedisError) -> ViewError {
@@ -150,6 +165,10 @@ impl RedisViews {
             prefix: format!("{}:view:", config.prefix),
             ttl_s: config.ttl.as_secs().max(1),
             writing_ttl_s: config.writing_retention.as_secs().max(1),
+            writer: format!(
+                "{:016x}",
+                std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
+            ),
         })
     }
 
@@ -162,12 +181,28 @@ impl RedisViews {
         self.key(&format!("team:{}", serde_json::json!([project, doc])))
     }
 
+    fn applied_key(&self) -> String {
+        self.key(&format!("applied:{}", self.writer))
+    }
+
     /// Writes one batch of changes and the watermark, in one round trip, as
-    /// one transaction (MULTI/EXEC): a failed write applied nothing, so it
-    /// can be retried whole without adding a writing delta twice.
-    pub(crate) async fn write(&self, c: &Changes, as_of: i64) -> Result<(), ViewError> {
+    /// one transaction (MULTI/EXEC), marked as write `attempt` of this
+    /// writer: a write that failed applied either nothing or everything,
+    /// and [`RedisViews::applied`] tells which when its reply was lost.
+    pub(crate) async fn write(
+        &self,
+        c: &Changes,
+        as_of: i64,
+        attempt: u64,
+    ) -> Result<(), ViewError> {
         let mut p = redis::pipe();
         p.atomic();
+        p.cmd("SET")
+            .arg(self.applied_key())
+            .arg(attempt)
+            .arg("EX")
+            .arg(self.ttl_s)
+            .ignore();
         let active = self.key("active");
         for (id, v, open, score) in &c.sessions {
             let key = self.key(&format!("session:{}", part(id)));
@@ -251,6 +286,19 @@ impl RedisViews {
             .ignore();
         let mut conn = self.conn.clone();
         p.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    /// Whether write `attempt` was applied. Its reply may be lost after
+    /// Redis applied it (a timeout, a dropped connection); retried whole,
+    /// its writing deltas (`HINCRBY`) would count twice.
+    pub(crate) async fn applied(&self, attempt: u64) -> Result<bool, ViewError> {
+        let mut conn = self.conn.clone();
+        let last: Option<u64> = redis::cmd("GET")
+            .arg(self.applied_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(last == Some(attempt))
     }
 
     async fn as_of_and<T: redis::FromRedisValue>(
