@@ -162,6 +162,19 @@ async fn the_same_id_from_two_apps_is_two_events_and_a_retry_is_one() {
     }
 }
 
+/// A client of the Redis at `url` (for checkpoint stores) and a connection
+/// (for leases).
+async fn lease_connection(url: &str) -> (redis::Client, connectors::redis_conn::PrimaryConnection) {
+    let client = redis::Client::open(url).unwrap();
+    let conn = connectors::redis_conn::PrimaryConnection::new_with_config(
+        client.clone(),
+        redis::aio::ConnectionManagerConfig::new(),
+    )
+    .await
+    .unwrap();
+    (client, conn)
+}
+
 /// The checkpoint store in Redis: a checkpoint is readable only once every
 /// process completed it (the pointer flips in the completing script), and a
 /// holder whose lease was taken over in place (same host:port, a newer
@@ -172,13 +185,7 @@ async fn a_holder_replaced_in_place_is_fenced_off_the_shared_checkpoints() {
     use connectors::checkpoint_store::{CheckpointStoreError, RedisCheckpointStore};
     use connectors::lease::{Lease, holder_at};
     let prefix = unique("fence");
-    let client = redis::Client::open(redis_url()).unwrap();
-    let conn = connectors::redis_conn::PrimaryConnection::new_with_config(
-        client.clone(),
-        redis::aio::ConnectionManagerConfig::new(),
-    )
-    .await
-    .unwrap();
+    let (client, conn) = lease_connection(&redis_url()).await;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let ttl = Duration::from_secs(30);
     let old = holder_at(Some("host-a:8080"));
@@ -291,13 +298,7 @@ async fn with_min_replica_acks_leases_and_checkpoints_wait_for_a_replica() {
         timeout: Duration::from_millis(200),
     };
     let prefix = unique("acks");
-    let client = redis::Client::open(primary.url()).unwrap();
-    let conn = connectors::redis_conn::PrimaryConnection::new_with_config(
-        client.clone(),
-        redis::aio::ConnectionManagerConfig::new(),
-    )
-    .await
-    .unwrap();
+    let (client, conn) = lease_connection(&primary.url()).await;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let me = holder_at(Some("host-a:8080"));
     let acquire = |name: &'static str| {
