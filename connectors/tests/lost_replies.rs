@@ -302,3 +302,97 @@ async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
     }
     reader.stop().await;
 }
+
+/// A fanout publication whose reply was lost after Redis ran the publish
+/// script (the reply cut by the proxy, the connection closed) is not
+/// published again by the retry: the channel's history holds it once, at
+/// offset 1, and the next publication takes offset 2. Before, the retry
+/// published it a second time, under a new offset.
+#[tokio::test]
+async fn a_publication_whose_reply_was_lost_is_not_published_twice() {
+    use inkstream_connectors::websocket_fanout::{Hub, HubConfig, RedisBrokerConfig, WsPath};
+    let url = redis_url();
+    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = CutProxy::start(upstream).await;
+    let prefix = unique("fanout-lost-reply");
+    let hub = std::sync::Arc::new(Hub::new(HubConfig::default(), Metrics::standalone()));
+    hub.attach_redis(&RedisBrokerConfig {
+        url: format!("redis://127.0.0.1:{}", proxy.port()),
+        prefix: prefix.clone(),
+        publish_queue: 1024,
+        tls: Default::default(),
+    })
+    .await
+    .unwrap();
+    // A gateway is interested in the channel: its publications are numbered
+    // and kept (the keys of `broker/redis.rs`'s `Keys`).
+    let tag = format!("{prefix}:ws:{{/ws/analytics|project:p1}}");
+    let mut direct = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(format!("{tag}:i"))
+        .arg(1)
+        .arg("EX")
+        .arg(600)
+        .query_async::<()>(&mut direct)
+        .await
+        .unwrap();
+
+    // The script's reply for one publication at offset 1, to no gateway.
+    proxy.arm("*2\r\n:1\r\n:0\r\n");
+    let first = hub
+        .publish_raw(
+            WsPath::Analytics,
+            "project:p1",
+            &serde_json::json!({"n": 1}),
+        )
+        .await;
+    assert!(first.is_err(), "the reply was cut: {first:?}");
+    assert_eq!(proxy.cuts(), 1);
+    // The next publication goes after the retry of the first (one
+    // publisher per lane, batches in order).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if hub
+            .publish_raw(
+                WsPath::Analytics,
+                "project:p1",
+                &serde_json::json!({"n": 2}),
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing still fails 30 s after the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{tag}:h"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let bodies: Vec<(&str, &str)> = history
+        .iter()
+        .map(|(id, fields)| {
+            let body = fields
+                .iter()
+                .find(|(k, _)| k == "d")
+                .map_or("", |(_, v)| v.as_str());
+            (id.as_str(), body)
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        [("1-0", r#"{"n":1}"#), ("2-0", r#"{"n":2}"#)],
+        "each publication once, in order"
+    );
+}

@@ -253,6 +253,26 @@ pub async fn run(
         member: AtomicBool::new(false),
         assignments: AtomicU64::new(0),
     };
+    let topics: Vec<String> = schemas::Category::ALL
+        .iter()
+        .map(|c| events_topic(*c))
+        .collect();
+    let failed = |error: &super::KafkaError, retry_in: Duration| {
+        metrics
+            .log_errors
+            .with_label_values(&["kafka", "topics"])
+            .inc();
+        tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "kafka source: creating the event topics failed");
+    };
+    let (brokers, new) = (&config.brokers, config.new_topics);
+    if !ensure_topics_until_made(brokers, &topics, new, failed, Some(&mut shutdown)).await {
+        return;
+    }
+    // Made once the topics exist, so once a broker answered: a consumer made
+    // while its bootstrap broker was down joined the group when the broker
+    // came up but fetched nothing for another ~40 s (a broker down at
+    // startup: first record 67-70 s after the broker's start, 14-15 s now;
+    // docs/BENCHMARKS.md "A broker down at startup").
     let consumer: Arc<Source> = match client_config(&config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
@@ -276,21 +296,6 @@ pub async fn run(
             return;
         }
     };
-    let topics: Vec<String> = schemas::Category::ALL
-        .iter()
-        .map(|c| events_topic(*c))
-        .collect();
-    let failed = |error: &super::KafkaError, retry_in: Duration| {
-        metrics
-            .log_errors
-            .with_label_values(&["kafka", "topics"])
-            .inc();
-        tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "kafka source: creating the event topics failed");
-    };
-    let (brokers, new) = (&config.brokers, config.new_topics);
-    if !ensure_topics_until_made(brokers, &topics, new, failed, Some(&mut shutdown)).await {
-        return;
-    }
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topic_refs) {
         tracing::error!(error = %e, "cannot subscribe to the event topics");

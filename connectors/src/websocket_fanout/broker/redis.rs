@@ -118,7 +118,10 @@ impl Classify for PublishError {
 
 /// One call per batch. ARGV[1] history size (0: no history), ARGV[2]
 /// history ttl ms, ARGV[3] meta ttl ms, ARGV[4] now ms, ARGV[5] epoch seed
-/// (random per call), then per publication the channel's tag (its Pub/Sub
+/// (random per call), ARGV[6] the publisher's marker key and ARGV[7] the
+/// batch's number (the same on every try of one batch: a try whose reply
+/// was lost after Redis ran it is not run again by the next, which returns
+/// nothing), then per publication the channel's tag (its Pub/Sub
 /// name, [`Keys::tag`]) and the body. The meta, history and interest keys
 /// are the tag with `:m`, `:h` and `:i` ([`Keys::names`]), derived here: two
 /// arguments per publication instead of five, the cost that bounds a burst
@@ -133,11 +136,14 @@ impl Classify for PublishError {
 /// (compact JSON has no raw newline). Returns, per publication, its offset
 /// (0 when skipped) and the gateways that received its channel's message.
 const PUBLISH_SCRIPT: &str = r#"
+if redis.call('GET', ARGV[6]) == ARGV[7] then
+  return {}
+end
 local size = tonumber(ARGV[1])
-local n = (#ARGV - 5) / 2
+local n = (#ARGV - 7) / 2
 local state, order, metas = {}, {}, {}
 for i = 1, n do
-  local tag = ARGV[4 + 2 * i]
+  local tag = ARGV[6 + 2 * i]
   local meta, hist = tag .. ':m', tag .. ':h'
   local st = state[meta]
   if st == nil then
@@ -167,7 +173,7 @@ for i = 1, n do
   metas[i] = meta
   if st then
     st.offset = st.offset + 1
-    local body = ARGV[5 + 2 * i]
+    local body = ARGV[7 + 2 * i]
     if size > 0 then
       redis.call('XADD', hist, 'MAXLEN', size, st.offset .. '-0', 't', ARGV[4], 'd', body)
     end
@@ -200,6 +206,7 @@ for i = 1, n do
     out[2 * i] = 0
   end
 end
+redis.call('SET', ARGV[6], ARGV[7], 'PX', ARGV[3])
 return out
 "#;
 
@@ -330,6 +337,11 @@ impl Keys {
     }
     fn meta(&self, key: &ChannelKey) -> String {
         format!("{}:m", self.tag(key))
+    }
+    /// `<prefix>:ws:applied:<publisher>`: the number of the last batch a
+    /// publisher's script ran.
+    fn applied(&self, publisher: u64) -> String {
+        format!("{}:ws:applied:{publisher:016x}", self.prefix)
     }
     fn history(&self, key: &ChannelKey) -> String {
         format!("{}:h", self.tag(key))
@@ -626,10 +638,14 @@ async fn publisher(
     let mut batch: Vec<Publication> = Vec::new();
     let mut seed: u64 =
         std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id());
+    // This publisher's last batch Redis ran (see `PUBLISH_SCRIPT`).
+    let marker = keys.applied(seed);
+    let mut batch_no: u64 = 0;
     loop {
         if !next_batch(&mut queues, &mut batch).await {
             return;
         }
+        batch_no += 1;
         let mut backoff = Duration::from_millis(50);
         loop {
             seed = seed
@@ -644,7 +660,9 @@ async fn publisher(
                 .arg(history_max_age.as_millis().max(1) as u64)
                 .arg(meta_ttl(history_max_age).as_millis() as u64)
                 .arg(now_ms)
-                .arg(format!("{seed:016x}"));
+                .arg(format!("{seed:016x}"))
+                .arg(&marker)
+                .arg(batch_no);
             for p in &batch {
                 inv.arg(keys.tag(&p.key)).arg(&p.body);
             }
