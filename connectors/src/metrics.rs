@@ -109,8 +109,8 @@ pub struct Metrics {
     /// Kafka connections refused: SASL credentials (`sasl`) or the TLS
     /// handshake (`tls`), by client (`check`, `source`, `derived`).
     pub kafka_auth_failures: IntCounterVec,
-    /// Fatal errors of a long-running Kafka client (`source`, `derived`),
-    /// after which it cannot produce or consume.
+    /// Fatal errors of a long-running Kafka client (`source`, `derived`,
+    /// `mirror`), after which the instance stops (`kafka::fatal`).
     pub kafka_fatal_errors: IntCounterVec,
     /// Requests and upgrades refused by authentication, by error code.
     pub auth_failures: IntCounterVec,
@@ -381,7 +381,7 @@ impl Metrics {
             kafka_fatal_errors: IntCounterVec::new(
                 Opts::new(
                     "inkstream_kafka_fatal_errors_total",
-                    "Fatal errors of a long-running Kafka client (source, derived), after which it cannot produce or consume until the instance restarts.",
+                    "Fatal errors of a long-running Kafka client (source, derived, mirror: a fence by another instance with the same id, a broken idempotent sequence), after which the instance stops.",
                 ),
                 &["client"],
             )?,
@@ -588,6 +588,7 @@ impl Metrics {
             }
             self.kafka_fatal_errors.with_label_values(&[client]);
         }
+        self.kafka_fatal_errors.with_label_values(&["mirror"]);
         self.log_errors
             .with_label_values(&["kafka", "derived_topics"]);
         // auth::AuthError::CODES (metrics imports no component) and the

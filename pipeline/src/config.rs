@@ -445,6 +445,10 @@ pub struct KafkaConfig {
     /// The ids the registry gave (set by `serve` at startup, not a setting).
     #[serde(skip)]
     pub schema_ids: connectors::kafka::registry::SchemaIds,
+    /// Where this instance's Kafka clients report a fatal error (`serve`
+    /// stops on it; not a setting).
+    #[serde(skip)]
+    pub fatal: connectors::kafka::FatalSignal,
 }
 
 /// The largest event `ingest.max_event_bytes` may allow with Kafka: a
@@ -482,6 +486,7 @@ impl KafkaConfig {
             bootstrap: bootstrap.clone(),
             security,
             schema_ids: self.schema_ids.clone(),
+            fatal: self.fatal.clone(),
         }))
     }
 
@@ -534,6 +539,7 @@ impl Default for KafkaConfig {
             schema_registry_password: None,
             schema_registry_tls: Default::default(),
             schema_ids: Default::default(),
+            fatal: Default::default(),
         }
     }
 }

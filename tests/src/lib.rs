@@ -12,6 +12,7 @@ pub mod tls;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn required(var: &str, what: &str) -> String {
@@ -118,6 +119,31 @@ impl Server {
 
     /// Like [`Server::start_on`] with environment variables (secrets).
     pub async fn start_with_env(port: u16, env: &[(&str, &str)], args: &[&str]) -> Server {
+        Server::spawn(port, env, args, Stdio::inherit()).await
+    }
+
+    /// Like [`Server::start`], also keeping what it logs: the lines are
+    /// copied to the test's stderr and into the returned buffer as they
+    /// come (a pipe nobody read would stall the server once full).
+    pub async fn start_logged(args: &[&str]) -> (Server, Arc<Mutex<String>>) {
+        let mut server = Server::spawn(free_port(), &[], args, Stdio::piped()).await;
+        let log = Arc::new(Mutex::new(String::new()));
+        let pipe = server.child.stderr.take().expect("a piped stderr");
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
+        (server, log)
+    }
+
+    async fn spawn(port: u16, env: &[(&str, &str)], args: &[&str], stderr: Stdio) -> Server {
         let mut cmd = Command::new(inkstream_bin());
         cmd.arg("serve")
             .arg("--port")
@@ -136,7 +162,7 @@ impl Server {
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = cmd.spawn().expect("spawn inkstream serve");
         let server = Server { child, port };
         let client = reqwest::Client::new();

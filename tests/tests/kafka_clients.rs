@@ -308,3 +308,70 @@ async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag(
     )
     .await;
 }
+
+/// A consumer that joins the dataflow's group with the source's static
+/// member id (`group.instance.id`: a second instance configured with the
+/// first one's place, or a zombie's replacement) fences the source, which
+/// librdkafka calls fatal: it can read nothing more. The process stops
+/// saying so instead of running on, healthy to look at, with a dataflow
+/// that reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_fenced_by_its_static_member_id_stops_its_process() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let brokers = inkstream_tests::kafka_brokers();
+    let prefix = unique("source-fence");
+    let group = format!("{prefix}-g");
+    let args = [
+        "--redis-url".to_owned(),
+        redis_url(),
+        "--kafka-brokers".to_owned(),
+        brokers.clone(),
+        "--set".to_owned(),
+        format!("redis.prefix={prefix}"),
+        "--set".to_owned(),
+        format!("kafka.dataflow_group=\"{group}\""),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut server, log) = inkstream_tests::Server::start_logged(&args).await;
+
+    // The source is a member once it has read a record.
+    let (user, project) = (format!("{prefix}-u"), format!("{prefix}-p"));
+    let events = keystrokes(&prefix, &user, &project, now_ms(), 1);
+    assert_eq!(post_events(&server, &events).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while inkstream_tests::metric(&server, "inkstream_dataflow_source_records_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dataflow's Kafka source read no record within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A consumer with its member id joins.
+    let fencer: StreamConsumer = connectors::kafka::client_config(brokers.as_str())
+        .set("group.id", &group)
+        .set("group.instance.id", format!("{group}-p0-r0"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topics: Vec<String> = schemas::Category::ALL
+        .iter()
+        .map(|c| connectors::kafka::events_topic(*c))
+        .collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    fencer.subscribe(&topics).unwrap();
+    let polling = tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_millis(200), fencer.recv()).await;
+        }
+    });
+    let exited = inkstream_tests::exit_within(&mut server.child, Duration::from_secs(90)).await;
+    polling.abort();
+    let (status, _) = exited.expect("the fenced source's process did not stop within 90 s");
+    let log = log.lock().unwrap().clone();
+    assert!(!status.success(), "the fenced process exited cleanly");
+    assert!(
+        log.contains("the Kafka source hit a fatal error") && log.contains("fencing it back"),
+        "the process did not say that its source was fenced: {log}"
+    );
+}

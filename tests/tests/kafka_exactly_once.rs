@@ -644,3 +644,68 @@ async fn exactly_once_commits_what_a_checkpoint_holds_once_across_failures_and_r
         .await;
     reader.assert_once();
 }
+
+/// A zombie must not fence the process that replaced it. A newer producer
+/// with the derived topics' transactional id (here the test's own; in a
+/// deployment the process that took over after this one paused past its
+/// lease) fences this one. Its next commit fails with a fatal error, and
+/// the process stops with it instead of making a new producer, whose
+/// `init_transactions` would fence the newer one back (the two taking
+/// turns, each committing what the other commits as well). The newer
+/// producer can still commit after the old process is gone, and a restart
+/// commits everything once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_derived_producer_stops_its_process_instead_of_fencing_back() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let brokers = inkstream_tests::kafka_brokers();
+    let prefix = unique("eos-fence");
+    let (user, project) = (format!("{prefix}-u"), format!("{prefix}-p"));
+    let unused = std::env::temp_dir().join(unique("eos-fence-ckpt"));
+    let args = serve_args(Store::Redis, &brokers, &prefix, &unused);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut reader = Committed::new(&brokers, &user);
+
+    // 1. A first committed derived event: the process holds the id.
+    let (mut server, log) = Server::start_logged(&args).await;
+    let t0 = now_ms() - 120_000;
+    ingest(&server, &keystrokes(&prefix, &user, &project, t0, 40)).await;
+    reader
+        .until("a first committed derived event", |s| !s.is_empty())
+        .await;
+
+    // 2. A newer producer with its transactional id fences it; then more
+    //    events, whose commit is the fenced producer's next call.
+    let newer: BaseProducer = connectors::kafka::client_config(brokers.as_str())
+        .set("transactional.id", format!("{prefix}-g-derived-p0"))
+        .create()
+        .unwrap();
+    newer.init_transactions(Duration::from_secs(30)).unwrap();
+    let later = keystrokes(&format!("{prefix}-later"), &user, &project, now_ms(), 20);
+    ingest(&server, &later).await;
+    let (status, _) = exit_within(&mut server.child, Duration::from_secs(90))
+        .await
+        .expect("the fenced process did not stop within 90 s of more events to commit");
+    let log = log.lock().unwrap().clone();
+    assert!(!status.success(), "the fenced process exited cleanly");
+    assert!(
+        log.contains("the Kafka derived hit a fatal error") && log.contains("fencing it back"),
+        "the fenced process did not say that its derived producer was fenced: {log}"
+    );
+
+    // 3. It did not fence the newer producer back: that one still commits.
+    newer.begin_transaction().unwrap();
+    newer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("the newer producer was fenced back by the process it fenced");
+    drop(newer);
+
+    // 4. A restart takes the id over again and commits the 60 updates, once.
+    let _server = Server::start(&args).await;
+    reader
+        .until("the 60 live WPM updates after the restart", |s| {
+            s.len() >= 60
+        })
+        .await;
+    reader.assert_once();
+    assert_eq!(reader.seen.len(), 60);
+}

@@ -797,3 +797,51 @@ async fn derived_topics_are_made_once_a_broker_down_at_startup_answers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The mirror's transactional id is shared under its lease, so that a new
+/// holder fences one that lost the lease (a zombie). A fenced mirror stops,
+/// and its process with it: before, it made new producers, whose
+/// `init_transactions` fenced the new holder back, and the two took turns
+/// for as long as the zombie ran. Here the test's own producer takes the
+/// live producer's id; it can still commit after the process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_mirror_stops_its_process_instead_of_fencing_back() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let brokers = kafka_brokers();
+    let prefix = unique("mirror-fence");
+    let (redis, key_prefix) = (redis_url(), format!("redis.prefix={prefix}"));
+    let args = [
+        "--redis-url",
+        &redis,
+        "--kafka-brokers",
+        &brokers,
+        "--set",
+        &key_prefix,
+        "--set",
+        "dataflow.enabled=false",
+    ];
+    let (mut server, log) = Server::start_logged(&args).await;
+    let all = events(&prefix, 6);
+    assert_eq!(ingest(&server, &all[..3]).await, 202);
+    consume_every(&brokers, &prefix, &all[..3], Duration::from_secs(90)).await;
+
+    let newer: BaseProducer = connectors::kafka::client_config(brokers.as_str())
+        .set("transactional.id", format!("{prefix}.mirror.live"))
+        .create()
+        .unwrap();
+    newer.init_transactions(Duration::from_secs(30)).unwrap();
+    assert_eq!(ingest(&server, &all[3..]).await, 202);
+    let (status, _) = inkstream_tests::exit_within(&mut server.child, Duration::from_secs(90))
+        .await
+        .expect("the fenced mirror's process did not stop within 90 s of more events to mirror");
+    let log = log.lock().unwrap().clone();
+    assert!(!status.success(), "the fenced process exited cleanly");
+    assert!(
+        log.contains("the Kafka mirror hit a fatal error") && log.contains("fencing it back"),
+        "the process did not say that its mirror was fenced: {log}"
+    );
+    newer.begin_transaction().unwrap();
+    newer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("the newer producer was fenced back by the mirror it fenced");
+}

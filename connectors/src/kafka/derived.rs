@@ -48,6 +48,12 @@
 //!   event once. The costs: outputs become visible per checkpoint, and each
 //!   checkpoint holds the outputs of its interval until they are committed.
 //!
+//! A fatal error of the producer (a fence: another process with the same
+//! transactional id; an idempotent producer's broken sequence) stops the
+//! instance ([`super::fatal`]): no new producer takes over, so a zombie
+//! never fences the process that replaced it, and the restart resumes from
+//! the last checkpoint.
+//!
 //! A threaded producer (its own polling thread) keeps the dataflow's worker
 //! threads free of async: `send` only enqueues; a full queue blocks the
 //! caller briefly (backpressure).
@@ -87,6 +93,8 @@ pub enum DeliveryError {
     Transaction(rdkafka::error::KafkaError),
     #[error("derived events cannot be encoded or decoded: {0}")]
     Encode(String),
+    #[error("{0}; no checkpoint completes in this instance")]
+    Fatal(std::sync::Arc<super::FatalError>),
 }
 
 impl schemas::Classify for DeliveryError {
@@ -129,6 +137,7 @@ pub enum Backpressure {
 /// Counts delivery reports.
 pub struct Deliveries {
     metrics: Metrics,
+    fatal: super::FatalSignal,
     /// Deliveries that failed (or events dropped) since start.
     lost: AtomicU64,
 }
@@ -138,6 +147,7 @@ impl ClientContext for Deliveries {
         super::security::Observed {
             metrics: self.metrics.clone(),
             client: "derived",
+            fatal: self.fatal.clone(),
         }
         .observe(&error, reason);
     }
@@ -171,8 +181,13 @@ struct Transactions {
     /// The producer; `None` after a failure it may not recover from (an
     /// abort that timed out, a broker restarted mid-transaction): the next
     /// checkpoint builds a new one, whose `init_transactions` aborts
-    /// whatever the old one left open.
+    /// whatever the old one left open. Not after a fatal error (a fence):
+    /// see `fatal`.
     producer: Option<ThreadedProducer<Deliveries>>,
+    /// The producer's fatal error, reported to the instance: no new
+    /// producer is made (after a fence it would fence the newer holder of
+    /// the id back, [`super::fatal`]), and every commit fails with it.
+    fatal: Option<std::sync::Arc<super::FatalError>>,
     config: ClientConfig,
     /// Events not yet committed, by dataflow time, each as the Avro binary
     /// of the envelope (encoded once: saved with a checkpoint as they are,
@@ -193,6 +208,7 @@ enum Mode {
 /// Produces derived events.
 pub struct DerivedProducer {
     mode: Mode,
+    fatal: super::FatalSignal,
     schema_ids: super::registry::SchemaIds,
     metrics: Metrics,
     backpressure: Backpressure,
@@ -237,11 +253,12 @@ impl DerivedProducer {
             // not taken, and a full queue holds the dataflow back.
             config.set("message.timeout.ms", "0");
         }
+        let fatal = &brokers.fatal;
         let mode = match delivery {
-            Delivery::AtLeastOnce => Mode::AtLeastOnce(producer(&config, &metrics)?),
+            Delivery::AtLeastOnce => Mode::AtLeastOnce(producer(&config, &metrics, fatal)?),
             Delivery::ExactlyOnce { transactional_id } => {
                 config.set("transactional.id", transactional_id);
-                let producer = producer(&config, &metrics)?;
+                let producer = producer(&config, &metrics, fatal)?;
                 producer.init_transactions(Duration::from_secs(30))?;
                 let consumer: BaseConsumer = client_config(brokers)
                     .set("group.id", transactional_id)
@@ -268,6 +285,7 @@ impl DerivedProducer {
                 );
                 Mode::ExactlyOnce(Mutex::new(Transactions {
                     producer: Some(producer),
+                    fatal: None,
                     config,
                     buffer: BTreeMap::new(),
                     committed,
@@ -278,6 +296,7 @@ impl DerivedProducer {
         };
         Ok(DerivedProducer {
             mode,
+            fatal: fatal.clone(),
             schema_ids: brokers.schema_ids.clone(),
             metrics,
             backpressure,
@@ -445,10 +464,14 @@ impl DerivedProducer {
         if barrier <= t.committed {
             return Ok(());
         }
+        if let Some(fatal) = &t.fatal {
+            return Err(DeliveryError::Fatal(fatal.clone()));
+        }
         let producer = match t.producer.take() {
             Some(p) => p,
             None => {
-                let p = producer(&t.config, &self.metrics).map_err(DeliveryError::Transaction)?;
+                let p = producer(&t.config, &self.metrics, &self.fatal)
+                    .map_err(DeliveryError::Transaction)?;
                 p.init_transactions(SYNC_TIMEOUT)
                     .map_err(DeliveryError::Transaction)?;
                 p
@@ -486,12 +509,25 @@ impl DerivedProducer {
                 Ok(())
             }
             Err(e) => {
-                match producer.abort_transaction(SYNC_TIMEOUT) {
-                    Ok(()) => t.producer = Some(producer),
-                    Err(abort) => tracing::warn!(
-                        error = %abort,
-                        "aborting the derived-topics transaction failed; a new producer takes over at the next checkpoint"
-                    ),
+                let fatal = producer.client().fatal_error();
+                match fatal {
+                    // Nothing to abort, and no new producer may take over.
+                    Some((code, reason)) => {
+                        let error = super::FatalError {
+                            client: "derived",
+                            code: Some(code),
+                            reason,
+                        };
+                        self.fatal.raise(&self.metrics, error.clone());
+                        t.fatal = Some(std::sync::Arc::new(error));
+                    }
+                    None => match producer.abort_transaction(SYNC_TIMEOUT) {
+                        Ok(()) => t.producer = Some(producer),
+                        Err(abort) => tracing::warn!(
+                            error = %abort,
+                            "aborting the derived-topics transaction failed; a new producer takes over at the next checkpoint"
+                        ),
+                    },
                 }
                 // Back into the buffer: the next checkpoint commits them.
                 for (time, mut events) in batch {
@@ -604,9 +640,11 @@ impl DerivedProducer {
 fn producer(
     config: &ClientConfig,
     metrics: &Metrics,
+    fatal: &super::FatalSignal,
 ) -> Result<ThreadedProducer<Deliveries>, rdkafka::error::KafkaError> {
     config.create_with_context(Deliveries {
         metrics: metrics.clone(),
+        fatal: fatal.clone(),
         lost: AtomicU64::new(0),
     })
 }

@@ -46,7 +46,9 @@
 //! `init_transactions` aborts its dead predecessor's open transaction at
 //! once (and fences a holder that lost the lease) instead of holding every
 //! `read_committed` reader at the last stable offset for
-//! `transaction.timeout.ms`. With `record_rounds` each round's transaction
+//! `transaction.timeout.ms`. A fenced mirror stops and reports it, which
+//! stops its instance ([`super::fatal`]): new producers would fence the
+//! new holder back, and the two would take turns. With `record_rounds` each round's transaction
 //! also records, per stream, its first and last entry id (offset metadata of
 //! the producer's marker group); the next holder reads the last committed
 //! round and acknowledges the pending entries within it without producing
@@ -504,6 +506,18 @@ pub async fn run(
             // fenced transactional id) makes every later send fail: new
             // producers take over instead of retrying for ever.
             if let Some((code, reason)) = m.fatal_error() {
+                if super::fatal::is_fence(Some(code)) {
+                    // Another mirror holds the transactional id now (this
+                    // one lost its lease, or runs beside one with its id):
+                    // new producers would fence it back ([`super::fatal`]).
+                    let error = super::FatalError {
+                        client: "mirror",
+                        code: Some(code),
+                        reason,
+                    };
+                    config.brokers.fatal.raise(&m.metrics, error);
+                    return;
+                }
                 tracing::error!(?code, %reason, "mirror: the producer hit a fatal error; new producers take over");
                 m.broken = true;
             }

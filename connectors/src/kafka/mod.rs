@@ -4,11 +4,13 @@
 //!   its lag, published for operators.
 //! - [`source`]: the event topics as the dataflow's input.
 //! - [`derived`]: derived events out to `inkstream.derived.<type>`.
+//! - [`fatal`]: a client's fatal error, which stops the instance.
 //! - [`registry`]: registering the schemas in an external Schema Registry.
 //! - [`security`]: [`Brokers`], the one place every client's settings
 //!   (bootstrap list, TLS, SASL) are made, and the startup access check.
 
 pub mod derived;
+pub mod fatal;
 pub mod lag;
 pub mod mirror;
 pub mod registry;
@@ -16,6 +18,7 @@ mod rounds;
 pub mod security;
 pub mod source;
 
+pub use fatal::{FatalError, FatalSignal};
 pub use security::Brokers;
 
 use rdkafka::ClientConfig;

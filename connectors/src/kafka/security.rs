@@ -214,6 +214,9 @@ pub struct Brokers {
     /// The value schema ids of the topics (an external registry's, or the
     /// built-in one): every producer frames with them, the source accepts them.
     pub schema_ids: super::registry::SchemaIds,
+    /// Where a client made from these brokers reports a fatal error (the
+    /// instance that made them stops on it: [`super::fatal`]).
+    pub fatal: super::FatalSignal,
 }
 
 impl Brokers {
@@ -223,6 +226,7 @@ impl Brokers {
             bootstrap: bootstrap.into(),
             security: Security::default(),
             schema_ids: Default::default(),
+            fatal: Default::default(),
         }
     }
 
@@ -319,6 +323,8 @@ pub struct Observed {
     pub metrics: Metrics,
     /// The client's name in the metric (`source`, `derived`, `check`).
     pub client: &'static str,
+    /// Where a fatal error is reported (the instance stops on it).
+    pub fatal: super::FatalSignal,
 }
 
 impl Observed {
@@ -327,11 +333,14 @@ impl Observed {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             // The client can no longer produce or consume (e.g. an
             // idempotent producer's broken sequence): said loudly.
-            self.metrics
-                .kafka_fatal_errors
-                .with_label_values(&[self.client])
-                .inc();
-            tracing::error!(client = self.client, %error, reason, "kafka client hit a fatal error: it cannot produce or consume until this instance restarts");
+            self.fatal.raise(
+                &self.metrics,
+                super::FatalError {
+                    client: self.client,
+                    code: None,
+                    reason: reason.to_owned(),
+                },
+            );
             return;
         }
         match access_failure(error.rdkafka_error_code()) {
@@ -428,6 +437,7 @@ pub fn check_access(
         observed: Observed {
             metrics: metrics.clone(),
             client: "check",
+            fatal: brokers.fatal.clone(),
         },
         first: Mutex::new(None),
     };
@@ -511,6 +521,7 @@ mod tests {
             bootstrap: "b1:9093,b2:9093".into(),
             security: s.check().unwrap(),
             schema_ids: Default::default(),
+            fatal: Default::default(),
         };
         let cfg = brokers.client_config();
         assert_eq!(cfg.get("bootstrap.servers"), Some("b1:9093,b2:9093"));

@@ -249,6 +249,7 @@ pub async fn run(
         observed: Observed {
             metrics: metrics.clone(),
             client: "source",
+            fatal: config.brokers.fatal.clone(),
         },
         member: AtomicBool::new(false),
         assignments: AtomicU64::new(0),
@@ -292,13 +293,30 @@ pub async fn run(
     {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            tracing::error!(error = %e, "cannot create the Kafka consumer");
+            // The dataflow would read nothing: the instance stops.
+            let reason = format!("cannot create the consumer: {e}");
+            config.brokers.fatal.raise(
+                &metrics,
+                super::FatalError {
+                    client: "source",
+                    code: e.rdkafka_error_code(),
+                    reason,
+                },
+            );
             return;
         }
     };
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topic_refs) {
-        tracing::error!(error = %e, "cannot subscribe to the event topics");
+        let reason = format!("cannot subscribe to the event topics: {e}");
+        config.brokers.fatal.raise(
+            &metrics,
+            super::FatalError {
+                client: "source",
+                code: e.rdkafka_error_code(),
+                reason,
+            },
+        );
         return;
     }
     let mut progress: HashMap<(String, i32), PartitionProgress> = HashMap::new();
@@ -313,6 +331,8 @@ pub async fn run(
     // Receive errors come once per poll while the brokers are away (five a
     // second): one warning, then one a minute with the count.
     let mut receive_errors = ErrorThrottle::default();
+    // A fatal error ended reading (reported; the instance stops).
+    let mut fatal = false;
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
@@ -389,6 +409,19 @@ pub async fn run(
                         part: None,
                     });
                 }
+                Some(Err(RdKafkaError::MessageConsumptionFatal(code))) => {
+                    // Fenced by a member with this one's static id: nothing
+                    // more can be read, and a new consumer would fence
+                    // that one back. The instance stops.
+                    let error = super::FatalError {
+                        client: "source",
+                        code: Some(code),
+                        reason: format!("Message consumption error: {code}"),
+                    };
+                    config.brokers.fatal.raise(&metrics, error);
+                    fatal = true;
+                    break;
+                }
                 Some(Err(e)) => {
                     metrics
                         .log_errors
@@ -414,6 +447,11 @@ pub async fn run(
             }
         }
         if batch.is_empty() {
+            if fatal {
+                // Waits for the stop the report brings.
+                let _ = shutdown.wait_for(|s| *s).await;
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }

@@ -37,6 +37,9 @@ pub enum ServeError {
     Stopped(Arc<ServeError>),
     #[error("the dataflow lease was lost (another instance runs the dataflow now)")]
     LeaseLost,
+    /// A Kafka client cannot go on (`connectors::kafka::fatal`).
+    #[error("{0}")]
+    KafkaFatal(Arc<connectors::kafka::FatalError>),
     #[error("server error: {0}")]
     Server(std::io::Error),
     #[error("configuration: fanout.broker = redis needs redis.url (--redis-url / REDIS_URL)")]
@@ -98,7 +101,8 @@ impl schemas::Classify for ServeError {
             | ServeError::FanoutRedis(_)
             | ServeError::Pacer(_)
             | ServeError::ViewStore(_)
-            | ServeError::LeaseLost => Fault::External,
+            | ServeError::LeaseLost
+            | ServeError::KafkaFatal(_) => Fault::External,
             ServeError::Checkpoint(e) => schemas::Classify::fault(e),
             ServeError::KafkaAccess(e) => schemas::Classify::fault(e),
             ServeError::SchemaRegistry(e) => schemas::Classify::fault(e),

@@ -297,9 +297,10 @@ pub(super) async fn bind(
     Ok(listener)
 }
 
-/// Serves HTTP and WebSockets until `shutdown` resolves or the dataflow
-/// stops this instance (`fatal`); then stops accepting, closes WebSocket
-/// clients and lets in-flight requests finish.
+/// Serves HTTP and WebSockets until `shutdown` resolves, the dataflow
+/// stops this instance (`fatal`) or a Kafka client hits a fatal error
+/// (`config.kafka.fatal`); then stops accepting, closes WebSocket clients
+/// and lets in-flight requests finish.
 pub(super) async fn serve_until_stopped(
     config: &Config,
     listener: TcpListener,
@@ -310,10 +311,12 @@ pub(super) async fn serve_until_stopped(
     mut fatal: watch::Receiver<Fatal>,
 ) -> Result<(), ServeError> {
     let (signal_tx, signal_rx) = watch::channel(false);
+    let mut kafka_fatal = config.kafka.fatal.subscribe();
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown => {}
             _ = fatal.wait_for(|f| f.is_some()) => {}
+            _ = kafka_fatal.wait_for(|f| f.is_some()) => {}
         }
         let _ = signal_tx.send(true);
     });

@@ -281,7 +281,9 @@ pub(super) async fn mirror_under_lease(
             let _ = mirror.await;
         }
         held.release().await;
-        if stopping || *stop.borrow() {
+        // A fenced mirror reported a fatal error and the instance stops: a
+        // new mirror here would fence the one that took over back.
+        if stopping || *stop.borrow() || config.brokers.fatal.reported().is_some() {
             return;
         }
     }

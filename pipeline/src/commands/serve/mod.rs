@@ -214,6 +214,9 @@ pub async fn run(
     if let Some(reason) = fatal_rx.borrow().clone() {
         return Err(ServeError::Stopped(reason));
     }
+    if let Some(error) = config.kafka.fatal.reported() {
+        return Err(ServeError::KafkaFatal(error));
+    }
     tracing::info!("stopped");
     result
 }
