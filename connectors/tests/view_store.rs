@@ -238,8 +238,8 @@ async fn what_the_writer_prunes_goes_from_redis_too() {
 /// connection) is not applied twice by its retry. The writing totals are
 /// `HINCRBY` deltas: before, the retry added a session's words and count
 /// again. The fault is real: a loopback proxy in front of the real
-/// redis-server drops the reply to the write's transaction (it holds
-/// `QUEUED`) and closes that connection.
+/// redis-server drops the reply to the write's script call (it holds
+/// `views-applied`) and closes that connection.
 #[tokio::test]
 async fn a_write_applied_whose_reply_was_lost_is_not_counted_twice() {
     let url = redis_url();
@@ -258,7 +258,7 @@ async fn a_write_applied_whose_reply_was_lost_is_not_counted_twice() {
     let ts = 1_767_603_600_000;
     // No watermark yet, so the writer's idle tick writes nothing: the first
     // transaction through the proxy is this batch's.
-    proxy.arm("QUEUED");
+    proxy.arm("views-applied");
     feed.offer(&[summary("u1", ts)]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.cuts() == 0 {
@@ -289,5 +289,90 @@ async fn a_write_applied_whose_reply_was_lost_is_not_counted_twice() {
         (writing[0].2.sessions, writing[0].2.words),
         (2, 10),
         "two sessions of 5 words each, each counted once: {writing:?}"
+    );
+}
+
+/// A view write that reaches Redis only after its retry (held on a
+/// connection the writer gave up on, as a proxy or a congested link can)
+/// is not applied a second time. The writer's check before the retry found
+/// it not applied, so the retry carried its `HINCRBY` deltas again; the
+/// write script skips an attempt older than the last one applied. Before,
+/// the writes were MULTI/EXEC transactions, and the late one added the
+/// first session's words and count again (3 sessions, 15 words).
+#[tokio::test]
+async fn a_write_that_arrives_after_its_retry_is_not_counted_twice() {
+    let url = redis_url();
+    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
+    let prefix = unique("views-late-write");
+    let through_proxy = ViewStoreConfig {
+        redis_url: Some(format!("redis://127.0.0.1:{}", proxy.port())),
+        ..config(&prefix)
+    };
+    let metrics = Metrics::standalone();
+    let (_writer, feed) = ViewStore::start(through_proxy, &metrics).await.unwrap();
+    let (reader, _unused) = ViewStore::start(config(&prefix), &Metrics::standalone())
+        .await
+        .unwrap();
+    let ts = 1_767_603_600_000;
+    // The first write with writing deltas is held; the writer sees its
+    // connection close.
+    proxy.arm_hold("HINCRBY");
+    feed.offer(&[summary("u1", ts)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.holds() {
+        assert!(Instant::now() < deadline, "the write was never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The retry (with a later change and watermark) is applied.
+    let later = ts + 60_000;
+    metrics
+        .dataflow_watermark_seconds
+        .set(later as f64 / 1000.0);
+    feed.offer(&[summary("u1", later)]);
+    let totals = || async {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (writing, as_of) = reader.writing("p1").await.unwrap();
+            if as_of == later {
+                assert_eq!(writing.len(), 1, "{writing:?}");
+                return (writing[0].2.sessions, writing[0].2.words);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the later change never reached Redis (as_of {as_of})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(totals().await, (2, 10), "before the late write arrived");
+    // Now the held write arrives, and Redis has run it once `done` exists.
+    let done = format!("{prefix}:late-write-done");
+    proxy.release(&done).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ran: bool = redis::cmd("EXISTS")
+            .arg(&done)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if ran {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis did not run the released write within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (writing, as_of) = reader.writing("p1").await.unwrap();
+    let totals: Vec<_> = writing.iter().map(|w| (w.2.sessions, w.2.words)).collect();
+    assert_eq!(
+        (as_of, totals),
+        (later, vec![(2, 10)]),
+        "after the late write: the watermark unmoved, two sessions of 5 words each, each \
+         counted once"
     );
 }

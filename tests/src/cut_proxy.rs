@@ -6,7 +6,11 @@
 //! then the first chunk from the server that contains it is dropped, and
 //! that connection is closed on both sides. [`CutProxy::arm_request`] does
 //! the same to a request (a command that never arrives: an XACK lost).
-//! Later connections (the client reconnecting) pass unchanged again.
+//! [`CutProxy::arm_hold`] holds a request instead, closing the client's
+//! side only, and [`CutProxy::release`] delivers it later on its own
+//! connection (a command that arrives after the client gave up on it and
+//! retried). Later connections (the client reconnecting) pass unchanged
+//! again.
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +22,12 @@ struct State {
     reply: Option<Vec<u8>>,
     /// Cut at the next request holding it (the command never arrives).
     request: Option<Vec<u8>>,
+    /// Hold the next request holding it (it arrives at `release`).
+    hold: Option<Vec<u8>>,
+    /// The held request and its connection to the server.
+    held: Option<(tokio::net::tcp::OwnedWriteHalf, Vec<u8>)>,
+    /// Connections of released requests, kept open.
+    released: Vec<tokio::net::tcp::OwnedWriteHalf>,
     cuts: usize,
 }
 
@@ -70,7 +80,37 @@ impl CutProxy {
         lock(&self.state).request = Some(marker.as_bytes().to_vec());
     }
 
-    /// Connections cut so far.
+    /// The next client request holding `marker` is held: the client's
+    /// side of its connection closes (the client sees it fail), the
+    /// server's stays open and gets nothing until [`CutProxy::release`].
+    pub fn arm_hold(&self, marker: &str) {
+        lock(&self.state).hold = Some(marker.as_bytes().to_vec());
+    }
+
+    /// Whether a request is held.
+    pub fn holds(&self) -> bool {
+        lock(&self.state).held.is_some()
+    }
+
+    /// Delivers the held request on its connection, followed by a Redis
+    /// `SET <done_key> 1`: Redis runs a connection's commands in order, so
+    /// once `done_key` exists the held request has run.
+    pub async fn release(&self, done_key: &str) {
+        let (mut tx, mut bytes) = lock(&self.state).held.take().expect("a held request");
+        bytes.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{done_key}\r\n$1\r\n1\r\n",
+                done_key.len()
+            )
+            .as_bytes(),
+        );
+        tx.write_all(&bytes)
+            .await
+            .expect("deliver the held request");
+        lock(&self.state).released.push(tx);
+    }
+
+    /// Connections cut so far (held ones included).
     pub fn cuts(&self) -> usize {
         lock(&self.state).cuts
     }
@@ -92,47 +132,63 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
     // When either way ends (a cut, or a side closing), both halves of both
     // sockets are dropped: the connection closes each way.
     tokio::select! {
-        _ = forward(client_rx, server_tx, state.clone(), Way::Request) => {}
-        _ = forward(server_rx, client_tx, state, Way::Reply) => {}
+        held = forward(client_rx, server_tx, state.clone(), Way::Request) => {
+            // A held request keeps its server side open until released.
+            if let Some(held) = held {
+                lock(&state).held = Some(held);
+            }
+        }
+        _ = forward(server_rx, client_tx, state.clone(), Way::Reply) => {}
     }
 }
 
+/// Forwards until the connection ends or is cut; returns a held request
+/// with the way to its destination.
 async fn forward(
     mut rx: tokio::net::tcp::OwnedReadHalf,
     mut tx: tokio::net::tcp::OwnedWriteHalf,
     state: Arc<Mutex<State>>,
     way: Way,
-) {
+) -> Option<(tokio::net::tcp::OwnedWriteHalf, Vec<u8>)> {
     let mut buf = vec![0u8; 64 * 1024];
     // The end of the previous chunk: a marker split across two reads is
     // still seen (the message is then cut in its middle, lost all the same).
     let mut tail: Vec<u8> = Vec::new();
     loop {
         let n = match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => n,
         };
-        let cut = {
+        let (cut, hold) = {
             let mut s = lock(&state);
-            let armed = match way {
-                Way::Request => &mut s.request,
-                Way::Reply => &mut s.reply,
-            };
-            let hit = armed.as_ref().is_some_and(|m| {
-                tail.extend_from_slice(&buf[..n]);
-                let hit = tail.windows(m.len()).any(|w| w == m.as_slice());
-                let keep = tail.len().saturating_sub(m.len());
-                tail.drain(..keep);
+            let seen = tail.len();
+            let mut hit = |armed: &mut Option<Vec<u8>>| {
+                let hit = armed.as_ref().is_some_and(|m| {
+                    tail.truncate(seen);
+                    tail.extend_from_slice(&buf[..n]);
+                    tail.windows(m.len()).any(|w| w == m.as_slice())
+                });
+                if hit {
+                    *armed = None;
+                }
                 hit
-            });
-            if hit {
-                *armed = None;
+            };
+            let (cut, hold) = match way {
+                Way::Request => (hit(&mut s.request), hit(&mut s.hold)),
+                Way::Reply => (hit(&mut s.reply), false),
+            };
+            if cut || hold {
                 s.cuts += 1;
             }
-            hit
+            let keep = tail.len().saturating_sub(64);
+            tail.drain(..keep);
+            (cut, hold)
         };
+        if hold {
+            return Some((tx, buf[..n].to_vec()));
+        }
         if cut || tx.write_all(&buf[..n]).await.is_err() {
-            return;
+            return None;
         }
     }
 }

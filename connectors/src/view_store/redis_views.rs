@@ -14,7 +14,7 @@
 //!
 //! Ids in keys (`<id>`, `<doc>`, `<project>`) are escaped by
 //! [`crate::redis_key::part`] (`%`, `:`, `{`, `}`, `|` percent-escaped;
-//! other ids unchanged). One pipelined round trip per batch of changes.
+//! other ids unchanged). One script call per batch of changes.
 
 use super::config::ViewStoreConfig;
 use super::error::{Fresh, ViewError};
@@ -126,6 +126,58 @@ impl Changes {
     }
 }
 
+/// One view write: applied only if this writer's marker (`KEYS[1]`) shows
+/// no attempt at or after this one (`ARGV[1]`) ran, then marked with it
+/// (`ARGV[2]`: the marker's TTL in seconds). The commands follow, each as
+/// its number of words, then its words ([`Calls`]). A MULTI/EXEC could not
+/// skip: a transaction delivered after its retry (held on a dropped
+/// connection) added its `HINCRBY` deltas a second time.
+static WRITE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last and last >= tonumber(ARGV[1]) then
+  return 'views-skipped'
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 'views-applied'
+",
+    )
+});
+
+/// The commands of one view write as [`WRITE_SCRIPT`]'s arguments, built
+/// as a pipeline would be: each command is its number of words, then its
+/// words.
+#[derive(Default)]
+struct Calls(Vec<Vec<u8>>, usize);
+
+impl Calls {
+    fn cmd(&mut self, name: &str) -> &mut Calls {
+        self.1 = self.0.len();
+        self.0.push(b"1".to_vec());
+        self.0.push(name.as_bytes().to_vec());
+        self
+    }
+
+    fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Calls {
+        self.0.extend(a.to_redis_args());
+        let words = self.0.len() - self.1 - 1;
+        self.0[self.1] = words.to_string().into_bytes();
+        self
+    }
+
+    /// Pipeline style; nothing to do.
+    fn ignore(&mut self) -> &mut Calls {
+        self
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct RedisViews {
     conn: ConnectionManager,
@@ -186,23 +238,19 @@ impl RedisViews {
     }
 
     /// Writes one batch of changes and the watermark, in one round trip, as
-    /// one transaction (MULTI/EXEC), marked as write `attempt` of this
+    /// one script call ([`WRITE_SCRIPT`]), marked as write `attempt` of this
     /// writer: a write that failed applied either nothing or everything,
-    /// and [`RedisViews::applied`] tells which when its reply was lost.
+    /// and [`RedisViews::applied`] tells which when its reply was lost. The
+    /// script runs only if no later attempt ran first, so a write that
+    /// reaches Redis after its retry (held on a dropped connection) is not
+    /// applied again.
     pub(crate) async fn write(
         &self,
         c: &Changes,
         as_of: i64,
         attempt: u64,
     ) -> Result<(), ViewError> {
-        let mut p = redis::pipe();
-        p.atomic();
-        p.cmd("SET")
-            .arg(self.applied_key())
-            .arg(attempt)
-            .arg("EX")
-            .arg(self.ttl_s)
-            .ignore();
+        let mut p = Calls::default();
         let active = self.key("active");
         for (id, v, open, score) in &c.sessions {
             let key = self.key(&format!("session:{}", part(id)));
@@ -284,8 +332,13 @@ impl RedisViews {
             .arg("EX")
             .arg(self.ttl_s)
             .ignore();
+        let mut inv = WRITE_SCRIPT.key(self.applied_key());
+        inv.arg(attempt).arg(self.ttl_s).arg(p.0);
         let mut conn = self.conn.clone();
-        p.query_async::<()>(&mut conn).await.map_err(unavailable)
+        inv.invoke_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     /// Whether write `attempt` was applied. Its reply may be lost after
@@ -298,7 +351,7 @@ impl RedisViews {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(last == Some(attempt))
+        Ok(last.is_some_and(|last| last >= attempt))
     }
 
     async fn as_of_and<T: redis::FromRedisValue>(
