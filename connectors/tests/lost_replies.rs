@@ -303,6 +303,83 @@ async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
     reader.stop().await;
 }
 
+/// A hub publishing through the cutting proxy to the suite's Redis, and a
+/// channel a gateway is interested in (so its publications are numbered and
+/// kept: the keys of `broker/redis.rs`'s `Keys`).
+struct Fanout {
+    hub: std::sync::Arc<inkstream_connectors::websocket_fanout::Hub>,
+    proxy: CutProxy,
+    /// The channel's tag (`/ws/analytics`, `project:p1`).
+    tag: String,
+    /// A connection to Redis that bypasses the proxy.
+    direct: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
+impl Fanout {
+    async fn through_proxy(name: &str) -> Fanout {
+        use inkstream_connectors::websocket_fanout::{Hub, HubConfig, RedisBrokerConfig};
+        let url = redis_url();
+        let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+        let proxy = CutProxy::start(upstream).await;
+        let prefix = unique(name);
+        let hub = std::sync::Arc::new(Hub::new(HubConfig::default(), Metrics::standalone()));
+        hub.attach_redis(&RedisBrokerConfig {
+            url: format!("redis://127.0.0.1:{}", proxy.port()),
+            prefix: prefix.clone(),
+            publish_queue: 1024,
+            tls: Default::default(),
+        })
+        .await
+        .unwrap();
+        let tag = format!("{prefix}:ws:{{/ws/analytics|project:p1}}");
+        let mut direct = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("SET")
+            .arg(format!("{tag}:i"))
+            .arg(1)
+            .arg("EX")
+            .arg(600)
+            .query_async::<()>(&mut direct)
+            .await
+            .unwrap();
+        Fanout {
+            hub,
+            proxy,
+            tag,
+            direct,
+            prefix,
+        }
+    }
+}
+
+/// The channel's history: (entry id, body) in order.
+async fn history(
+    direct: &mut redis::aio::MultiplexedConnection,
+    tag: &str,
+) -> Vec<(String, String)> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{tag}:h"))
+        .arg("-")
+        .arg("+")
+        .query_async(direct)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(id, fields)| {
+            let body = fields
+                .into_iter()
+                .find(|(k, _)| k == "d")
+                .map_or(String::new(), |(_, v)| v);
+            (id, body)
+        })
+        .collect()
+}
+
 /// A fanout publication whose reply was lost after Redis ran the publish
 /// script (the reply cut by the proxy, the connection closed) is not
 /// published again by the retry: the channel's history holds it once, at
@@ -310,36 +387,14 @@ async fn an_acknowledgement_that_failed_through_an_outage_is_made_after_it() {
 /// published it a second time, under a new offset.
 #[tokio::test]
 async fn a_publication_whose_reply_was_lost_is_not_published_twice() {
-    use inkstream_connectors::websocket_fanout::{Hub, HubConfig, RedisBrokerConfig, WsPath};
-    let url = redis_url();
-    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
-    let proxy = CutProxy::start(upstream).await;
-    let prefix = unique("fanout-lost-reply");
-    let hub = std::sync::Arc::new(Hub::new(HubConfig::default(), Metrics::standalone()));
-    hub.attach_redis(&RedisBrokerConfig {
-        url: format!("redis://127.0.0.1:{}", proxy.port()),
-        prefix: prefix.clone(),
-        publish_queue: 1024,
-        tls: Default::default(),
-    })
-    .await
-    .unwrap();
-    // A gateway is interested in the channel: its publications are numbered
-    // and kept (the keys of `broker/redis.rs`'s `Keys`).
-    let tag = format!("{prefix}:ws:{{/ws/analytics|project:p1}}");
-    let mut direct = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("SET")
-        .arg(format!("{tag}:i"))
-        .arg(1)
-        .arg("EX")
-        .arg(600)
-        .query_async::<()>(&mut direct)
-        .await
-        .unwrap();
+    use inkstream_connectors::websocket_fanout::WsPath;
+    let Fanout {
+        hub,
+        proxy,
+        tag,
+        mut direct,
+        ..
+    } = Fanout::through_proxy("fanout-lost-reply").await;
 
     // The script's reply for one publication at offset 1, to no gateway.
     proxy.arm("*2\r\n:1\r\n:0\r\n");
@@ -373,26 +428,75 @@ async fn a_publication_whose_reply_was_lost_is_not_published_twice() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let history: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("{tag}:h"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
-    let bodies: Vec<(&str, &str)> = history
-        .iter()
-        .map(|(id, fields)| {
-            let body = fields
-                .iter()
-                .find(|(k, _)| k == "d")
-                .map_or("", |(_, v)| v.as_str());
-            (id.as_str(), body)
-        })
-        .collect();
     assert_eq!(
-        bodies,
-        [("1-0", r#"{"n":1}"#), ("2-0", r#"{"n":2}"#)],
+        history(&mut direct, &tag).await,
+        [("1-0", r#"{"n":1}"#), ("2-0", r#"{"n":2}"#)].map(|(a, b)| (a.to_owned(), b.to_owned())),
         "each publication once, in order"
+    );
+}
+
+/// A fanout batch that reaches Redis only after its retry and a later batch
+/// ran (held on a connection the publisher gave up on) is not published
+/// again: the script skips a batch number at or below the last one its
+/// publisher ran. Before, it skipped only the last number itself, and the
+/// late batch published `{"n":1}` a second time, at offset 3.
+#[tokio::test]
+async fn a_publication_that_arrives_after_its_retry_is_not_published_twice() {
+    use inkstream_connectors::websocket_fanout::WsPath;
+    let Fanout {
+        hub,
+        proxy,
+        tag,
+        mut direct,
+        prefix,
+    } = Fanout::through_proxy("fanout-late-batch").await;
+    let publish = |n: u32| {
+        let hub = hub.clone();
+        async move {
+            hub.publish_raw(
+                WsPath::Analytics,
+                "project:p1",
+                &serde_json::json!({ "n": n }),
+            )
+            .await
+        }
+    };
+
+    proxy.arm_hold(r#"{"n":1}"#);
+    let first = publish(1).await;
+    assert!(
+        first.is_err(),
+        "the batch's connection was closed: {first:?}"
+    );
+    assert!(proxy.holds());
+    // Its retry and the next batch run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while publish(2).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "publishing still fails 30 s after the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then the held batch arrives.
+    let done = format!("{prefix}:late-batch-done");
+    proxy.release(&done).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis::cmd("EXISTS")
+        .arg(&done)
+        .query_async::<bool>(&mut direct)
+        .await
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Redis did not run the released batch within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        history(&mut direct, &tag).await,
+        [("1-0", r#"{"n":1}"#), ("2-0", r#"{"n":2}"#)].map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "each publication once, in order, after the late batch"
     );
 }

@@ -119,8 +119,9 @@ impl Classify for PublishError {
 /// One call per batch. ARGV[1] history size (0: no history), ARGV[2]
 /// history ttl ms, ARGV[3] meta ttl ms, ARGV[4] now ms, ARGV[5] epoch seed
 /// (random per call), ARGV[6] the publisher's marker key and ARGV[7] the
-/// batch's number (the same on every try of one batch: a try whose reply
-/// was lost after Redis ran it is not run again by the next, which returns
+/// batch's number (the same on every try of one batch, and rising: a try
+/// whose reply was lost after Redis ran it is not run again by the next,
+/// nor is a try that arrives after a later batch ran; either returns
 /// nothing), then per publication the channel's tag (its Pub/Sub
 /// name, [`Keys::tag`]) and the body. The meta, history and interest keys
 /// are the tag with `:m`, `:h` and `:i` ([`Keys::names`]), derived here: two
@@ -136,7 +137,8 @@ impl Classify for PublishError {
 /// (compact JSON has no raw newline). Returns, per publication, its offset
 /// (0 when skipped) and the gateways that received its channel's message.
 const PUBLISH_SCRIPT: &str = r#"
-if redis.call('GET', ARGV[6]) == ARGV[7] then
+local ran = tonumber(redis.call('GET', ARGV[6]) or '0')
+if ran and ran >= tonumber(ARGV[7]) then
   return {}
 end
 local size = tonumber(ARGV[1])
