@@ -115,7 +115,15 @@ fn framed(r: &Record) -> schemas::Event {
 
 /// `kafka-consumer-groups --describe` of `group`: (topic, partition) →
 /// (current offset, log-end offset, lag) for the rows with a committed offset.
-fn describe(brokers: &str, group: &str) -> HashMap<(String, i32), (i64, i64, i64)> {
+fn describe(brokers: &str, group: &str) -> Offsets {
+    described(brokers, group).0
+}
+
+/// (topic, partition) → (committed, log end, lag).
+type Offsets = HashMap<(String, i32), (i64, i64, i64)>;
+
+/// [`describe`], and the `CLIENT-ID`s of the group's members.
+fn described(brokers: &str, group: &str) -> (Offsets, HashSet<String>) {
     let out = kafka_tool(
         CONSUMER_GROUPS,
         &[
@@ -133,6 +141,7 @@ fn describe(brokers: &str, group: &str) -> HashMap<(String, i32), (i64, i64, i64
         String::from_utf8_lossy(&out.stderr)
     );
     let mut rows = HashMap::new();
+    let mut clients = HashSet::new();
     let mut columns: Vec<&str> = Vec::new();
     for line in text.lines() {
         let cells: Vec<&str> = line.split_whitespace().collect();
@@ -141,6 +150,12 @@ fn describe(brokers: &str, group: &str) -> HashMap<(String, i32), (i64, i64, i64
             continue;
         }
         let col = |name: &str| columns.iter().position(|c| *c == name);
+        if let Some(client) = col("CLIENT-ID").and_then(|c| cells.get(c))
+            && cells.first() == Some(&group)
+            && *client != "-"
+        {
+            clients.insert((*client).to_owned());
+        }
         let (Some(t), Some(p), Some(c), Some(e), Some(l)) = (
             col("TOPIC"),
             col("PARTITION"),
@@ -163,7 +178,7 @@ fn describe(brokers: &str, group: &str) -> HashMap<(String, i32), (i64, i64, i64
             (current, end, lag),
         );
     }
-    rows
+    (rows, clients)
 }
 
 /// Waits until the group's committed offsets on `topic` satisfy `ok`.
@@ -266,6 +281,17 @@ async fn kcat_reads_the_topics_and_kafka_consumer_groups_shows_the_dataflow_lag(
         |current, end, lag| current > 40 && current == end && lag == 0,
     )
     .await;
+    // Its member names itself (`client.id`: broker logs, quotas), not
+    // librdkafka's default `rdkafka`.
+    let (b, g) = (brokers.clone(), group.clone());
+    let (_, clients) = tokio::task::spawn_blocking(move || described(&b, &g))
+        .await
+        .unwrap();
+    assert_eq!(
+        clients,
+        HashSet::from(["inkstream-source".to_owned()]),
+        "the dataflow group's members' client ids"
+    );
 
     // Stopped, with 5 records produced behind its back (kcat as producer):
     // the tool shows the group 5 records behind.

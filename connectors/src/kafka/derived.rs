@@ -239,7 +239,8 @@ impl DerivedProducer {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", LINGER_MS);
+            .set("linger.ms", LINGER_MS)
+            .set("client.id", "inkstream-derived");
         // Exactly once already loses nothing (a failed transaction is
         // aborted and its events committed by the next checkpoint), and a
         // transactional producer's deliveries must time out within its

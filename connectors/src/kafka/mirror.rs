@@ -183,6 +183,7 @@ fn configured(
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("client.id", "inkstream-mirror")
         .set("linger.ms", tuning.linger.as_millis().to_string())
         .set("batch.size", tuning.batch_bytes.to_string())
         .set("batch.num.messages", "100000")

@@ -235,6 +235,10 @@ impl Brokers {
     pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap)
+            // Names inkstream in the brokers' logs, metrics and quotas
+            // (librdkafka's default is `rdkafka`); each long-running client
+            // names its role (`inkstream-source`, `-derived`, `-mirror`, `-check`).
+            .set("client.id", "inkstream")
             .set("socket.timeout.ms", "10000")
             // Topics are created explicitly through the admin API.
             .set("allow.auto.create.topics", "false");
@@ -441,7 +445,10 @@ pub fn check_access(
         },
         first: Mutex::new(None),
     };
-    let producer: BaseProducer<Probe> = brokers.client_config().create_with_context(probe)?;
+    let producer: BaseProducer<Probe> = brokers
+        .client_config()
+        .set("client.id", "inkstream-check")
+        .create_with_context(probe)?;
     let deadline = Instant::now() + wait;
     let failure = loop {
         // Serves the error callbacks.

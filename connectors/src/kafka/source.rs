@@ -279,6 +279,7 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("group.instance.id", &config.instance)
+        .set("client.id", "inkstream-source")
         // Apache Kafka answers a waiting fetch as soon as records (or, for
         // `read_committed`, a commit marker) arrive, so the wait bounds only
         // idle polls. At 5 ms those polls (200/s) cost the broker the CPU
