@@ -23,7 +23,7 @@ use super::email_api::EmailApi;
 use super::error::DeliveryError;
 use super::in_app::InApp;
 use super::metrics::NotifierMetrics;
-use super::policy::{Alert, Channel, Delivery, Policy, Preferences, priority_label};
+use super::policy::{Alert, Channel, Delivery, Policy, Preferences, UserState, priority_label};
 use super::sms::Sms;
 use super::smtp::Smtp;
 use super::store::{Pending, Store, StoreError};
@@ -31,7 +31,7 @@ use super::webhook::Webhook;
 use crate::websocket_fanout::Hub;
 use schemas::payload::SessionState;
 use schemas::{Event, Payload};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -223,8 +223,44 @@ pub struct Notifier<C: Clock> {
     metrics: NotifierMetrics,
     /// Deliveries waiting for their (next) attempt, by id (mirrors the store).
     pending: BTreeMap<String, Pending>,
+    /// Routing steps the store refused (Redis unreachable): committed with
+    /// the next step, their deliveries attempted once saved.
+    unsaved: Unsaved,
+    /// Alerts whose `seen` check the store could not answer: routed again
+    /// at the next tick (at most `queue` of them).
+    unchecked: VecDeque<Alert>,
     /// xorshift state for the jitter.
     rng: u64,
+}
+
+/// What routing steps changed and the store has not saved yet.
+#[derive(Default)]
+struct Unsaved {
+    seen: Vec<String>,
+    /// Each user's latest state (`None`: delete).
+    users: BTreeMap<String, Option<UserState>>,
+    pending: Vec<Pending>,
+}
+
+impl Unsaved {
+    fn add(
+        &mut self,
+        seen: Vec<String>,
+        users: Vec<(String, Option<UserState>)>,
+        pending: Vec<Pending>,
+    ) {
+        self.seen.extend(seen);
+        self.users.extend(users);
+        for p in pending {
+            if !self.pending.iter().any(|q| q.delivery.id == p.delivery.id) {
+                self.pending.push(p);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.users.is_empty() && self.pending.is_empty()
+    }
 }
 
 impl<C: Clock> Notifier<C> {
@@ -304,6 +340,8 @@ impl<C: Clock> Notifier<C> {
             handle,
             metrics,
             pending,
+            unsaved: Unsaved::default(),
+            unchecked: VecDeque::new(),
             rng: seed | 1,
         };
         n.update_gauge();
@@ -360,7 +398,20 @@ impl<C: Clock> Notifier<C> {
     /// Routes one alert (from the dataflow or a custom send), once per id.
     pub async fn send(&mut self, alert: Alert) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        if self.store.is_seen(&alert.id).await? {
+        let seen = match self.store.is_seen(&alert.id).await {
+            Ok(seen) => seen || self.unsaved.seen.contains(&alert.id),
+            Err(error) => {
+                // Routed again at the next tick, not lost.
+                if self.unchecked.len() >= self.config.queue.max(1)
+                    && let Some(dropped) = self.unchecked.pop_front()
+                {
+                    tracing::error!(id = %dropped.id, "notifier: the store has been unreachable for a whole queue of alerts; the oldest is dropped");
+                }
+                self.unchecked.push_back(alert);
+                return Err(error);
+            }
+        };
+        if seen {
             tracing::debug!(id = %alert.id, "alert already routed");
             return Ok(());
         }
@@ -388,6 +439,14 @@ impl<C: Clock> Notifier<C> {
 
     /// Releases what is due (batches, holds, digests) and retries what is due.
     pub async fn tick(&mut self) -> Result<(), StoreError> {
+        let mut waiting = std::mem::take(&mut self.unchecked);
+        while let Some(alert) = waiting.pop_front() {
+            if let Err(error) = self.send(alert).await {
+                // `send` kept that one; the rest wait with it.
+                self.unchecked.extend(waiting);
+                return Err(error);
+            }
+        }
         let now = self.clock.now_ms();
         let handle = self.handle.clone();
         let out = self.policy.tick(now, &|u| handle.prefs(u));
@@ -398,6 +457,10 @@ impl<C: Clock> Notifier<C> {
     }
 
     /// Persists the step (seen ids, state, new deliveries), then sends.
+    /// A step the store refuses is kept and committed with the next one
+    /// (the next tick at the latest), and its deliveries wait until then:
+    /// an alert routed while Redis is away is late, not lost (until
+    /// 2026-12-07 it was dropped, with a warning).
     async fn route(
         &mut self,
         seen: Vec<String>,
@@ -415,16 +478,28 @@ impl<C: Clock> Notifier<C> {
                 last_error: None,
             })
             .collect();
-        if !(seen.is_empty() && dirty.is_empty() && new.is_empty()) {
-            self.store
-                .commit(&seen, self.config.dedup_ttl_s, &dirty, &new)
-                .await?;
-        }
         for t in self.policy.take_tallies() {
             self.metrics
                 .count(priority_label(t.priority), t.channel, t.outcome.as_str());
         }
-        for p in new {
+        let mut step = std::mem::take(&mut self.unsaved);
+        step.add(seen, dirty, new);
+        if !step.is_empty() {
+            let users: Vec<(String, Option<UserState>)> = step
+                .users
+                .iter()
+                .map(|(u, s)| (u.clone(), s.clone()))
+                .collect();
+            let saved = self
+                .store
+                .commit(&step.seen, self.config.dedup_ttl_s, &users, &step.pending)
+                .await;
+            if let Err(error) = saved {
+                self.unsaved = step;
+                return Err(error);
+            }
+        }
+        for p in step.pending {
             self.pending.insert(p.delivery.id.clone(), p);
         }
         self.attempt_due(now).await
@@ -614,7 +689,7 @@ impl<C: Clock> Notifier<C> {
                 _ = tick.tick() => self.tick().await,
             };
             if let Err(error) = result {
-                tracing::warn!(%error, "notifier store error");
+                tracing::warn!(%error, unsaved_deliveries = self.unsaved.pending.len(), "notifier: store error; what it refused is tried again at the next tick");
             }
         }
         // Drain what is queued, so alerts derived before shutdown are routed.

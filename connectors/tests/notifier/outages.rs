@@ -258,3 +258,60 @@ async fn pending_retries_and_digest_queue_survive_a_restart_and_nothing_is_sent_
     assert_eq!(total, 2, "critical + digest in-app, each once: {inbox:?}");
     assert_eq!(c.pending(), 0);
 }
+
+/// Alerts that arrive while Redis cannot answer are late, not lost: one
+/// whose `seen` check fails, and one whose routing step (seen mark, state,
+/// pending deliveries) is refused, each cut on its way to Redis as by a
+/// dropped connection, are routed and delivered at the next tick; their
+/// re-emissions (after a checkpoint restore) are still recognised. Before,
+/// both were dropped with a warning: no notification, ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_the_store_could_not_check_or_save_are_delivered_at_the_next_tick() {
+    let url = inkstream_tests::redis_url();
+    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
+    let prefix = inkstream_tests::unique("notif-refused");
+    let store = Store::redis(
+        &format!("redis://127.0.0.1:{}", proxy.port()),
+        &prefix,
+        &Default::default(),
+    )
+    .expect("redis store");
+    let clock = ManualClock::new(local("UTC", 12, 0));
+    let (mut n, metrics) = start(base_config(), store, &clock).await;
+    let mut p = ada("UTC");
+    p.channels.high = vec![Channel::InApp];
+    n.handle().set_prefs("ada", p).await.unwrap();
+    let inbox = |n: &Notifier<ManualClock>| {
+        let store = n.handle().store;
+        async move { store.in_app_list("ada", false, 0, 10).await.unwrap().1 }
+    };
+
+    // 1. Its `seen` check (EXISTS on the seen key) is cut.
+    proxy.arm_request("notifications:seen:d-unchecked");
+    let unchecked = alert_event("d-unchecked", Priority::High, "ada", "k1", "First");
+    assert!(
+        n.on_event(&unchecked).await.is_err(),
+        "the cut check was reported"
+    );
+    // 2. Its routing step (the only request naming the pending hash) is cut.
+    proxy.arm_request("notifications:pending");
+    let unsaved = alert_event("d-unsaved", Priority::High, "ada", "k2", "Second");
+    assert!(
+        n.on_event(&unsaved).await.is_err(),
+        "the cut step was reported"
+    );
+    assert_eq!(proxy.cuts(), 2);
+    assert_eq!(inbox(&n).await, 0, "nothing delivered before it is saved");
+
+    clock.advance(1_000);
+    n.tick().await.expect("the next tick routes and saves both");
+    assert_eq!(inbox(&n).await, 2, "both delivered once saved");
+    assert_eq!(count(&metrics, "high", "in_app", "delivered"), 2);
+    // Re-emitted after a checkpoint restore (same ids): routed once.
+    n.on_event(&unchecked).await.unwrap();
+    n.on_event(&unsaved).await.unwrap();
+    clock.advance(1_000);
+    n.tick().await.unwrap();
+    assert_eq!(inbox(&n).await, 2);
+}
