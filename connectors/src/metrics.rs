@@ -50,6 +50,10 @@ pub struct Metrics {
     /// `eviction`),
     /// checked at startup and every minute; absent with the embedded log.
     pub redis_persistence: IntGaugeVec,
+    /// 1 for the weakest durability of the Kafka event topics (`replicas`,
+    /// `min_insync_replicas`, `unclean_leader_election`), checked at
+    /// startup and every minute; absent without Kafka.
+    pub kafka_durability: IntGaugeVec,
     /// Records read from Kafka for the dataflow.
     pub dataflow_source_records: IntCounter,
     /// The Kafka source's checks of whether it has read everything, by
@@ -226,6 +230,13 @@ impl Metrics {
                     "1 for the persistence of the Redis holding the log: appendonly (yes, no), appendfsync (always, everysec, no; unknown when CONFIG is not allowed) and eviction (off without maxmemory, else maxmemory-policy). An acknowledged event survives a host crash only with appendonly yes and appendfsync always (everysec: all but about the last second), and a full Redis only with eviction off or noeviction.",
                 ),
                 &["appendonly", "appendfsync", "eviction"],
+            )?,
+            kafka_durability: IntGaugeVec::new(
+                Opts::new(
+                    "inkstream_kafka_durability_info",
+                    "1 for the weakest durability of the Kafka event topics the mirror writes: the fewest replicas of a partition, the lowest min.insync.replicas, and whether any topic allows unclean leader election. A record the mirror had acknowledged (and the log then trimmed) survives the loss of a broker only with at least 2 replicas, min.insync.replicas >= 2 and no unclean leader election.",
+                ),
+                &["replicas", "min_insync_replicas", "unclean_leader_election"],
             )?,
             dataflow_source_records: IntCounter::new(
                 "inkstream_dataflow_source_records_total",
@@ -505,6 +516,7 @@ impl Metrics {
         r.register(Box::new(m.log_errors.clone()))?;
         r.register(Box::new(m.kafka_fatal_errors.clone()))?;
         r.register(Box::new(m.redis_persistence.clone()))?;
+        r.register(Box::new(m.kafka_durability.clone()))?;
         r.register(Box::new(m.dataflow_source_records.clone()))?;
         r.register(Box::new(m.dataflow_source_checks.clone()))?;
         r.register(Box::new(m.derived_produced.clone()))?;

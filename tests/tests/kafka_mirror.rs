@@ -135,6 +135,15 @@ async fn ingested_events_reach_their_topics_keyed_with_headers_and_decodable() {
         .collect();
     let seen = consume(&brokers, &prefix, &ids, Duration::from_secs(60)).await;
     assert_eq!(seen.len(), batch.len(), "every event is on its topic");
+    // The suite's single broker keeps one copy of each record: said in the
+    // durability metric (and a warning in the log).
+    wait_metric(
+        &server,
+        "inkstream_kafka_durability_info{min_insync_replicas=\"1\",replicas=\"1\",unclean_leader_election=\"false\"}",
+        1.0,
+        30,
+    )
+    .await;
 
     let mut last_seq_by_key: HashMap<String, usize> = HashMap::new();
     let mut records: Vec<&rdkafka::message::OwnedMessage> =

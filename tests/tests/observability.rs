@@ -350,25 +350,33 @@ async fn dataflow_metrics_report_state_watermark_lag_and_epoch_delay() {
 
 #[tokio::test]
 async fn every_metric_used_by_a_dashboard_or_alert_rule_is_exported() {
-    // With the Redis log: the series about Redis exist only with it.
+    // With the Redis log and Kafka: the series about them exist only with
+    // them.
     let server = Server::start(&[
         "--redis-url",
         &redis_url(),
+        "--kafka-brokers",
+        &inkstream_tests::kafka_brokers(),
         "--set",
         &format!("redis.prefix={}", unique("obs-used")),
     ])
     .await;
     let _ = scrape(&server).await; // the /metrics route's own series
-    // Redis's persistence is read by a task of its own as the server starts.
+    // Redis's persistence and the topics' durability are read by tasks of
+    // their own as the server starts.
     let deadline = Instant::now() + Duration::from_secs(30);
     let exported = loop {
         let exported = exported_names(&scrape(&server).await);
-        if exported.contains("inkstream_redis_persistence_info") {
+        let read = [
+            "inkstream_redis_persistence_info",
+            "inkstream_kafka_durability_info",
+        ];
+        if read.iter().all(|m| exported.contains(*m)) {
             break exported;
         }
         assert!(
             Instant::now() < deadline,
-            "inkstream_redis_persistence_info not exported within 30 s"
+            "{read:?} not all exported within 30 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

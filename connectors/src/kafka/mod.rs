@@ -5,11 +5,14 @@
 //! - [`source`]: the event topics as the dataflow's input.
 //! - [`derived`]: derived events out to `inkstream.derived.<type>`.
 //! - [`fatal`]: a client's fatal error, which stops the instance.
+//! - [`durability`]: what the event topics promise about an acknowledged
+//!   record (replicas, `min.insync.replicas`).
 //! - [`registry`]: registering the schemas in an external Schema Registry.
 //! - [`security`]: [`Brokers`], the one place every client's settings
 //!   (bootstrap list, TLS, SASL) are made, and the startup access check.
 
 pub mod derived;
+pub mod durability;
 pub mod fatal;
 pub mod lag;
 pub mod mirror;
@@ -48,6 +51,8 @@ pub enum KafkaError {
     NoGroupMetadata(String),
     #[error("a blocking Kafka call did not finish: {0}")]
     Blocking(String),
+    #[error("describing the topics' configuration failed: {0}")]
+    Describe(String),
 }
 
 impl schemas::Classify for KafkaError {

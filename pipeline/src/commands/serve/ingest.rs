@@ -44,6 +44,7 @@ impl Ingest {
         let mut mirror = None;
         if let Some(brokers) = config.kafka.cluster().map_err(ServeError::Auth)? {
             tracing::info!(%brokers, "mirroring the log to Kafka");
+            tokio::spawn(watch_kafka_durability(brokers.clone(), metrics.clone()));
             let mut mc = MirrorConfig::new(brokers);
             mc.new_topics = config.kafka.new_topics();
             mc.batch = config.kafka.mirror_batch;
@@ -249,6 +250,62 @@ async fn watch_persistence(log: EventLog, metrics: Metrics) {
             );
         }
         last = Some(now);
+    }
+}
+
+/// Reads the event topics' durability once they exist (every second
+/// until then), then every [`PERSISTENCE_EVERY`]: the metric, and a
+/// warning while it is weak (docs/OPERATIONS.md "Kafka durability").
+async fn watch_kafka_durability(brokers: connectors::kafka::Brokers, metrics: Metrics) {
+    use connectors::kafka::durability;
+    let topics: Vec<String> = schemas::Category::ALL
+        .iter()
+        .map(|c| connectors::kafka::events_topic(*c))
+        .collect();
+    let mut last = None;
+    loop {
+        let wait = match durability::read(&brokers, &topics).await {
+            Ok(now) => {
+                if last != Some(now) {
+                    metrics.kafka_durability.reset();
+                    metrics
+                        .kafka_durability
+                        .with_label_values(&[
+                            now.replicas.to_string().as_str(),
+                            now.min_insync.to_string().as_str(),
+                            if now.unclean_leader_election {
+                                "true"
+                            } else {
+                                "false"
+                            },
+                        ])
+                        .set(1);
+                    match now.weakness() {
+                        Some(weak) => tracing::warn!(
+                            replicas = now.replicas,
+                            min_insync_replicas = now.min_insync,
+                            "{weak}"
+                        ),
+                        None => tracing::info!(
+                            replicas = now.replicas,
+                            min_insync_replicas = now.min_insync,
+                            "the event topics keep each acknowledged record on at least two copies"
+                        ),
+                    }
+                    last = Some(now);
+                }
+                PERSISTENCE_EVERY
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the event topics' durability failed");
+                if last.is_none() {
+                    std::time::Duration::from_secs(1)
+                } else {
+                    PERSISTENCE_EVERY
+                }
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
