@@ -234,6 +234,44 @@ async fn what_the_writer_prunes_goes_from_redis_too() {
     }
 }
 
+/// A view writer that reaches the suite's Redis through the cutting proxy,
+/// and a reader that does not.
+struct Proxied {
+    proxy: inkstream_tests::cut_proxy::CutProxy,
+    /// The writer's: its watermark is the views' `as_of`.
+    metrics: Metrics,
+    feed: inkstream_connectors::view_store::ViewFeed,
+    reader: ViewStore,
+    prefix: String,
+    _writer: ViewStore,
+}
+
+impl Proxied {
+    async fn start(name: &str) -> Proxied {
+        let url = redis_url();
+        let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+        let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
+        let prefix = unique(name);
+        let through_proxy = ViewStoreConfig {
+            redis_url: Some(format!("redis://127.0.0.1:{}", proxy.port())),
+            ..config(&prefix)
+        };
+        let metrics = Metrics::standalone();
+        let (writer, feed) = ViewStore::start(through_proxy, &metrics).await.unwrap();
+        let (reader, _unused) = ViewStore::start(config(&prefix), &Metrics::standalone())
+            .await
+            .unwrap();
+        Proxied {
+            proxy,
+            metrics,
+            feed,
+            reader,
+            prefix,
+            _writer: writer,
+        }
+    }
+}
+
 /// A view write Redis applied whose reply was lost (a timeout, a dropped
 /// connection) is not applied twice by its retry. The writing totals are
 /// `HINCRBY` deltas: before, the retry added a session's words and count
@@ -242,19 +280,14 @@ async fn what_the_writer_prunes_goes_from_redis_too() {
 /// `views-applied`) and closes that connection.
 #[tokio::test]
 async fn a_write_applied_whose_reply_was_lost_is_not_counted_twice() {
-    let url = redis_url();
-    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
-    let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
-    let prefix = unique("views-lost-reply");
-    let through_proxy = ViewStoreConfig {
-        redis_url: Some(format!("redis://127.0.0.1:{}", proxy.port())),
-        ..config(&prefix)
-    };
-    let metrics = Metrics::standalone();
-    let (_writer, feed) = ViewStore::start(through_proxy, &metrics).await.unwrap();
-    let (reader, _unused) = ViewStore::start(config(&prefix), &Metrics::standalone())
-        .await
-        .unwrap();
+    let Proxied {
+        proxy,
+        metrics,
+        feed,
+        reader,
+        _writer,
+        ..
+    } = Proxied::start("views-lost-reply").await;
     let ts = 1_767_603_600_000;
     // No watermark yet, so the writer's idle tick writes nothing: the first
     // transaction through the proxy is this batch's.
@@ -301,19 +334,14 @@ async fn a_write_applied_whose_reply_was_lost_is_not_counted_twice() {
 /// first session's words and count again (3 sessions, 15 words).
 #[tokio::test]
 async fn a_write_that_arrives_after_its_retry_is_not_counted_twice() {
-    let url = redis_url();
-    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
-    let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
-    let prefix = unique("views-late-write");
-    let through_proxy = ViewStoreConfig {
-        redis_url: Some(format!("redis://127.0.0.1:{}", proxy.port())),
-        ..config(&prefix)
-    };
-    let metrics = Metrics::standalone();
-    let (_writer, feed) = ViewStore::start(through_proxy, &metrics).await.unwrap();
-    let (reader, _unused) = ViewStore::start(config(&prefix), &Metrics::standalone())
-        .await
-        .unwrap();
+    let Proxied {
+        proxy,
+        metrics,
+        feed,
+        reader,
+        prefix,
+        _writer,
+    } = Proxied::start("views-late-write").await;
     let ts = 1_767_603_600_000;
     // The first write with writing deltas is held; the writer sees its
     // connection close.

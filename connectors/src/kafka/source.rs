@@ -235,6 +235,19 @@ fn split_ref(r: &EntryRef) -> Option<(String, i32, i64)> {
     ))
 }
 
+/// The dataflow would read nothing: the instance stops
+/// ([`super::fatal`]).
+fn cannot_read(config: &KafkaSourceConfig, metrics: &Metrics, what: &str, e: &RdKafkaError) {
+    config.brokers.fatal.raise(
+        metrics,
+        super::FatalError {
+            client: "source",
+            code: e.rdkafka_error_code(),
+            reason: format!("{what}: {e}"),
+        },
+    );
+}
+
 /// Runs until `shutdown` flips; then stops consuming, drops `entries` (ending
 /// the dataflow's input) and commits what the bridge reports processed.
 pub async fn run(
@@ -293,32 +306,16 @@ pub async fn run(
         .create_with_context(context)
     {
         Ok(c) => Arc::new(c),
-        Err(e) => {
-            // The dataflow would read nothing: the instance stops.
-            let reason = format!("cannot create the consumer: {e}");
-            config.brokers.fatal.raise(
-                &metrics,
-                super::FatalError {
-                    client: "source",
-                    code: e.rdkafka_error_code(),
-                    reason,
-                },
-            );
-            return;
-        }
+        Err(e) => return cannot_read(&config, &metrics, "cannot create the consumer", &e),
     };
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topic_refs) {
-        let reason = format!("cannot subscribe to the event topics: {e}");
-        config.brokers.fatal.raise(
+        return cannot_read(
+            &config,
             &metrics,
-            super::FatalError {
-                client: "source",
-                code: e.rdkafka_error_code(),
-                reason,
-            },
+            "cannot subscribe to the event topics",
+            &e,
         );
-        return;
     }
     let mut progress: HashMap<(String, i32), PartitionProgress> = HashMap::new();
     let mut names: HashMap<(String, i32), Arc<str>> = HashMap::new();

@@ -18,15 +18,7 @@ async fn in_app_waits_while_the_writer_is_in_flow_and_arrives_when_they_pause() 
     use schemas::payload::{
         FlowStateEntered, FlowStateExited, SessionPaused, SessionState, SessionStateChanged,
     };
-    let clock = ManualClock::new(local("UTC", 12, 0));
-    let (mut n, metrics) = start(base_config(), Store::memory(), &clock).await;
-    let mut p = ada("UTC");
-    p.channels.high = vec![Channel::InApp];
-    n.handle().set_prefs("ada", p).await.unwrap();
-    let inbox = |n: &Notifier<ManualClock>| {
-        let store = n.handle().store;
-        async move { store.in_app_list("ada", false, 0, 10).await.unwrap().1 }
-    };
+    let (mut n, metrics, clock) = in_app_at_noon(Store::memory()).await;
 
     n.on_event(&writing(
         "f1",

@@ -366,6 +366,26 @@ async fn start(
     (n, metrics)
 }
 
+/// A notifier at noon UTC on `store`, sending ada's HIGH alerts in-app.
+async fn in_app_at_noon(store: Store) -> (Notifier<ManualClock>, NotifierMetrics, ManualClock) {
+    let clock = ManualClock::new(local("UTC", 12, 0));
+    let (n, metrics) = start(base_config(), store, &clock).await;
+    let mut p = ada("UTC");
+    p.channels.high = vec![Channel::InApp];
+    n.handle().set_prefs("ada", p).await.unwrap();
+    (n, metrics, clock)
+}
+
+/// How many in-app notifications ada has.
+async fn inbox(n: &Notifier<ManualClock>) -> usize {
+    n.handle()
+        .store
+        .in_app_list("ada", false, 0, 10)
+        .await
+        .unwrap()
+        .1
+}
+
 fn count(m: &NotifierMetrics, priority: &str, channel: &str, outcome: &str) -> u64 {
     m.total
         .with_label_values(&[priority, channel, outcome])

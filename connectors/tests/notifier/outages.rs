@@ -277,15 +277,7 @@ async fn alerts_the_store_could_not_check_or_save_are_delivered_at_the_next_tick
         &Default::default(),
     )
     .expect("redis store");
-    let clock = ManualClock::new(local("UTC", 12, 0));
-    let (mut n, metrics) = start(base_config(), store, &clock).await;
-    let mut p = ada("UTC");
-    p.channels.high = vec![Channel::InApp];
-    n.handle().set_prefs("ada", p).await.unwrap();
-    let inbox = |n: &Notifier<ManualClock>| {
-        let store = n.handle().store;
-        async move { store.in_app_list("ada", false, 0, 10).await.unwrap().1 }
-    };
+    let (mut n, metrics, clock) = in_app_at_noon(store).await;
 
     // 1. Its `seen` check (EXISTS on the seen key) is cut.
     proxy.arm_request("notifications:seen:d-unchecked");
