@@ -510,25 +510,31 @@ impl DerivedProducer {
                 Ok(())
             }
             Err(e) => {
-                let fatal = producer.client().fatal_error();
-                match fatal {
-                    // Nothing to abort, and no new producer may take over.
-                    Some((code, reason)) => {
-                        let error = super::FatalError {
-                            client: "derived",
-                            code: Some(code),
-                            reason,
-                        };
-                        self.fatal.raise(&self.metrics, error.clone());
-                        t.fatal = Some(std::sync::Arc::new(error));
-                    }
-                    None => match producer.abort_transaction(SYNC_TIMEOUT) {
+                // A fatal error (a fence) leaves nothing to abort, and no
+                // new producer may take over; the abort may be what finds it.
+                let mut fatal = producer.client().fatal_error();
+                if fatal.is_none() {
+                    match producer.abort_transaction(SYNC_TIMEOUT) {
                         Ok(()) => t.producer = Some(producer),
-                        Err(abort) => tracing::warn!(
-                            error = %abort,
-                            "aborting the derived-topics transaction failed; a new producer takes over at the next checkpoint"
-                        ),
-                    },
+                        Err(abort) => {
+                            fatal = producer.client().fatal_error();
+                            if fatal.is_none() {
+                                tracing::warn!(
+                                    error = %abort,
+                                    "aborting the derived-topics transaction failed; a new producer takes over at the next checkpoint"
+                                );
+                            }
+                        }
+                    }
+                }
+                if let Some((code, reason)) = fatal {
+                    let error = super::FatalError {
+                        client: "derived",
+                        code: Some(code),
+                        reason,
+                    };
+                    self.fatal.raise(&self.metrics, error.clone());
+                    t.fatal = Some(std::sync::Arc::new(error));
                 }
                 // Back into the buffer: the next checkpoint commits them.
                 for (time, mut events) in batch {
