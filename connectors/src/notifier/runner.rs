@@ -699,6 +699,19 @@ impl<C: Clock> Notifier<C> {
                 Input::Send(a) => self.send(a).await,
             };
         }
+        // What the store refused so far gets one last try; what still
+        // fails is said, not dropped silently.
+        if !(self.unsaved.is_empty() && self.unchecked.is_empty())
+            && let Err(error) = self.tick().await
+        {
+            tracing::error!(
+                %error,
+                unsaved_deliveries = self.unsaved.pending.len(),
+                unchecked_alerts = self.unchecked.len(),
+                "notifier stopped with routing the store refused: those alerts are not delivered \
+                 unless the dataflow derives them again after a restore"
+            );
+        }
         tracing::info!("notifier stopped");
     }
 }
