@@ -93,9 +93,10 @@ impl CutProxy {
     }
 
     /// Delivers the held request on its connection, followed by a Redis
-    /// `SET <done_key> 1`: Redis runs a connection's commands in order, so
-    /// once `done_key` exists the held request has run.
-    pub async fn release(&self, done_key: &str) {
+    /// `SET <done_key> 1`, and returns once `done_key` exists at
+    /// `redis_url` (Redis runs a connection's commands in order, so the held
+    /// request has run by then; 10 s at most).
+    pub async fn release(&self, done_key: &str, redis_url: &str) {
         let (mut tx, mut bytes) = lock(&self.state).held.take().expect("a held request");
         bytes.extend_from_slice(
             format!(
@@ -108,6 +109,24 @@ impl CutProxy {
             .await
             .expect("deliver the held request");
         lock(&self.state).released.push(tx);
+        let mut conn = redis::Client::open(redis_url)
+            .expect("a redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !redis::cmd("EXISTS")
+            .arg(done_key)
+            .query_async::<bool>(&mut conn)
+            .await
+            .expect("EXISTS")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Redis did not run the released request within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Connections cut so far (held ones included).
