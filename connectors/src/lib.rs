@@ -26,6 +26,9 @@
 //!   in-process) for the query endpoints.
 //! - [`redis_conn`]: the Redis connection every client uses, which
 //!   reconnects when a failover left it on a replica.
+//! - `redis_calls`: commands carried as a Lua script's arguments, so a
+//!   guard in the script (a writer's marker, a lease's fence) decides
+//!   whether they run (the views and the notifier write this way).
 //! - [`tls`]: the one TLS stack (rustls, ring) and its settings; the one
 //!   constructor of every Redis client ([`tls::redis_client`]).
 //! - [`metrics`]: every Prometheus metric of the process, in one place; it
@@ -48,6 +51,7 @@ pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod notifier;
+pub(crate) mod redis_calls;
 pub mod redis_conn;
 pub mod redis_key;
 pub mod secret;

@@ -11,6 +11,8 @@ use inkstream_tests::{Server, free_port, next_json, now_ms, redis_url, unique};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Smtpd {
@@ -201,6 +203,294 @@ async fn mention_in_a_comment_reaches_the_in_app_feed_within_a_second() {
     assert_eq!(
         pushed["data"]["data"]["title"], "ada mentioned you",
         "{pushed}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
+/// A webhook receiver: answers 503 (try again) until [`Hook::up`], then
+/// 200, and keeps the bodies it answered 200 to.
+struct Hook {
+    port: u16,
+    up: Arc<AtomicBool>,
+    tries: Arc<AtomicUsize>,
+    delivered: Arc<Mutex<Vec<String>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = Hook {
+            port: listener.local_addr().unwrap().port(),
+            up: Arc::default(),
+            tries: Arc::default(),
+            delivered: Arc::default(),
+        };
+        let (up, tries, delivered) = (hook.up.clone(), hook.tries.clone(), hook.delivered.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (up, tries, delivered) = (up.clone(), tries.clone(), delivered.clone());
+                tokio::spawn(read_request(socket, move |body| {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    if up.load(Ordering::SeqCst) {
+                        delivered.lock().unwrap().push(body);
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    }
+                }));
+            }
+        });
+        hook
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads one HTTP/1.1 request, answers with `status(body)` and closes.
+async fn read_request(
+    mut socket: tokio::net::TcpStream,
+    status: impl FnOnce(String) -> &'static str,
+) -> Option<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, length) = loop {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    while buf.len() < head_end + length {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+    let answer = format!(
+        "HTTP/1.1 {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status(body)
+    );
+    socket.write_all(answer.as_bytes()).await.ok()?;
+    Some(())
+}
+
+/// Two instances on one Redis, notifications on: `system.error` alerts go
+/// to admin ada by webhook only (no quiet hours, retries after ~0.5 s).
+fn shared_config(prefix: &str, hook: &Hook) -> PathBuf {
+    let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[redis]
+prefix = "{prefix}"
+[dataflow]
+lease_ttl = "3s"
+[notifications]
+admins = ["ada"]
+allow_private_destinations = true
+[notifications.retry]
+max_attempts = 1000
+base_ms = 500
+max_ms = 1000
+[notifications.defaults]
+timezone = "UTC"
+quiet_hours = {{ start = "00:00", end = "00:00" }}
+channels = {{ critical = ["webhook"] }}
+[notifications.webhook]
+urls = ["{}"]
+"#,
+            hook.url()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+async fn dataflow_active(server: &Server) -> bool {
+    inkstream_tests::metric(server, "inkstream_dataflow_active").await == 1.0
+}
+
+async fn post_error(server: &Server, message: &str) {
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .json(&json!({"id": unique("err"), "type": "system.error", "ts": now_ms(),
+                      "data": {"service": "billing", "message": message, "severity": "critical", "code": "E42"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+/// The holder routes an alert whose webhook delivery fails (503) and is
+/// killed (SIGKILL) while it waits for its retry. The standby, started
+/// before the alert, takes the lease over and delivers it: its notifier
+/// loads the pending deliveries when it starts running, not when its
+/// process did (until 2026-12-07 it had loaded them at process start and
+/// never saw this one; the alert's `seen` mark kept it from being routed
+/// again, so it was lost).
+#[tokio::test]
+async fn a_standby_that_takes_over_delivers_what_the_holder_left_pending() {
+    let hook = Hook::start().await;
+    let prefix = unique("notify-failover");
+    let config = shared_config(&prefix, &hook);
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--redis-url",
+        &redis_url(),
+    ];
+    let mut holder = Server::start(&args).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dataflow_active(&holder).await {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let standby = Server::start(&args).await;
+    assert!(
+        !dataflow_active(&standby).await,
+        "the standby runs no dataflow yet"
+    );
+
+    post_error(&holder, "db down").await;
+    // The delivery is saved as pending before its first try.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hook.tries.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never tried the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.child.kill().unwrap(); // SIGKILL: the lease is not released
+    holder.child.wait().unwrap();
+    hook.up();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dataflow_active(&standby).await {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never took the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered = hook.delivered.lock().unwrap().clone();
+        if let Some(body) = delivered.first() {
+            assert!(body.contains("Error in billing"), "{body}");
+            assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never delivered the pending webhook the holder left ({} tries in all)",
+            hook.tries.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
+/// A user sets preferences through one gateway; the instance running the
+/// notifier routes with them (until 2026-12-07 each instance knew only the
+/// preferences set through it and those stored when it started).
+#[tokio::test]
+async fn preferences_set_through_another_instance_are_the_ones_alerts_are_routed_with() {
+    let hook = Hook::start().await;
+    hook.up();
+    let prefix = unique("notify-prefs");
+    let config = shared_config(&prefix, &hook);
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--redis-url",
+        &redis_url(),
+    ];
+    let holder = Server::start(&args).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dataflow_active(&holder).await {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gateway = Server::start(&args).await;
+    let http = reqwest::Client::new();
+    let prefs = "/api/realtime/notifications/preferences?user_id=ada";
+    let r = http
+        .put(gateway.url(prefs))
+        .json(&json!({"channels": {"critical": ["in_app"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = http
+            .get(holder.url(prefs))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["preferences"]["channels"]["critical"] == json!(["in_app"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the preferences set through the gateway never reached the holder: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    post_error(&gateway, "disk full").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = http
+            .get(holder.url("/api/realtime/notifications?user_id=ada"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["total"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alert never reached ada in-app, the channel she chose: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        hook.delivered.lock().unwrap().is_empty(),
+        "the default channel (webhook) was used"
     );
     let _ = std::fs::remove_file(&config);
 }

@@ -17,6 +17,18 @@
 //!   with exponential backoff and jitter up to `retry.max_attempts`;
 //!   permanent ones (4xx) are not. Then the delivery goes to the dead
 //!   letters with its reason, and a CRITICAL email falls back to SMS.
+//!
+//! Several instances sharing Redis:
+//! - The task runs only beside the dataflow (one instance, under its
+//!   lease). It loads the users' state and the pending deliveries when it
+//!   starts ([`Notifier::resume`]), not when its process did: a standby
+//!   that takes the lease over hours later continues from what the last
+//!   holder saved. Its writes are guarded by the lease's fence
+//!   ([`Notifier::fenced`]).
+//! - Every instance serves the preference routes; each looks every second
+//!   for preferences changed through another one
+//!   ([`Store::prefs_changed_since`]), so the holder routes with what a
+//!   user set on any gateway.
 
 use super::config::NotifierConfig;
 use super::email_api::EmailApi;
@@ -33,7 +45,7 @@ use schemas::payload::SessionState;
 use schemas::{Event, Payload};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -264,7 +276,9 @@ impl Unsaved {
 }
 
 impl<C: Clock> Notifier<C> {
-    /// Loads preferences, policy state and pending deliveries from the store.
+    /// Builds the notifier and loads the preferences (which every
+    /// instance serves); the users' state and the pending deliveries are
+    /// loaded when its task starts ([`Notifier::resume`]).
     pub async fn start(
         config: NotifierConfig,
         store: Store,
@@ -311,22 +325,18 @@ impl<C: Clock> Notifier<C> {
                 config: config.webhook.clone(),
             },
         };
-        let mut policy = Policy::new(config.policy());
-        for (u, s) in store.load_users().await? {
-            policy.restore(u, s);
+        let policy = Policy::new(config.policy());
+        let (prefs, seq) = store.prefs_all().await?;
+        let prefs: Arc<RwLock<HashMap<String, Preferences>>> =
+            Arc::new(RwLock::new(prefs.into_iter().collect()));
+        if matches!(store, Store::Redis { .. }) {
+            tokio::spawn(refresh_prefs(store.clone(), Arc::downgrade(&prefs), seq));
         }
-        let pending: BTreeMap<String, Pending> = store
-            .load_pending()
-            .await?
-            .into_iter()
-            .map(|p| (p.delivery.id.clone(), p))
-            .collect();
-        let prefs: HashMap<String, Preferences> = store.prefs_all().await?.into_iter().collect();
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let handle = NotifierHandle {
             tx,
             store: store.clone(),
-            prefs: Arc::new(RwLock::new(prefs)),
+            prefs,
             defaults: Arc::new(config.defaults.clone()),
             config: config.clone(),
         };
@@ -339,7 +349,7 @@ impl<C: Clock> Notifier<C> {
             clock,
             handle,
             metrics,
-            pending,
+            pending: BTreeMap::new(),
             unsaved: Unsaved::default(),
             unchecked: VecDeque::new(),
             rng: seed | 1,
@@ -350,6 +360,33 @@ impl<C: Clock> Notifier<C> {
 
     pub fn handle(&self) -> NotifierHandle {
         self.handle.clone()
+    }
+
+    /// Guards this task's writes by the dataflow lease's `fence` (`None`:
+    /// no lease): once another process took the lease over, they are
+    /// refused ([`StoreError::Fenced`]).
+    pub fn fenced(mut self, fence: Option<crate::lease::Fence>) -> Self {
+        self.store = self.store.fenced(fence);
+        self
+    }
+
+    /// Loads the users' policy state and the pending deliveries from the
+    /// store, replacing what this task held. [`Notifier::run`] does this
+    /// first; a caller driving the notifier step by step calls it once.
+    pub async fn resume(&mut self) -> Result<(), StoreError> {
+        let users = self.store.load_users().await?;
+        let pending = self.store.load_pending().await?;
+        let mut policy = Policy::new(self.config.policy());
+        for (u, s) in users {
+            policy.restore(u, s);
+        }
+        self.policy = policy;
+        self.pending = pending
+            .into_iter()
+            .map(|p| (p.delivery.id.clone(), p))
+            .collect();
+        self.update_gauge();
+        Ok(())
     }
 
     /// Deliveries waiting for a retry.
@@ -667,6 +704,28 @@ impl<C: Clock> Notifier<C> {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What the last task saved (this process's earlier run, or another
+        // instance's before it lost the lease). Until it is loaded nothing
+        // is routed: the queue fills and holds the dataflow back.
+        let mut failing = false;
+        loop {
+            match self.resume().await {
+                Ok(()) => break,
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "notifier: cannot load its state from the store; trying again every second");
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.wait_for(|s| *s) => {
+                            tracing::error!("notifier stopped before it could load its state: nothing was routed");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         tracing::info!(
             store = self.store.backend(),
             pending = self.pending.len(),
@@ -713,6 +772,44 @@ impl<C: Clock> Notifier<C> {
             );
         }
         tracing::info!("notifier stopped");
+    }
+}
+
+/// How often every instance looks for preferences changed elsewhere.
+const PREFS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps an instance's preferences up to date with changes made through
+/// the other instances sharing the store, until its handle is gone.
+async fn refresh_prefs(
+    store: Store,
+    prefs: Weak<RwLock<HashMap<String, Preferences>>>,
+    mut seq: u64,
+) {
+    let mut every = tokio::time::interval(PREFS_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        let Some(map) = prefs.upgrade() else { return };
+        match store.prefs_changed_since(seq).await {
+            Ok((changed, latest)) => {
+                if failing {
+                    tracing::info!("notifier: preferences changed elsewhere are read again");
+                    failing = false;
+                }
+                seq = latest;
+                if !changed.is_empty() {
+                    let mut m = map.write().unwrap_or_else(|p| p.into_inner());
+                    m.extend(changed);
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "notifier: cannot read preferences changed on other instances; using the ones known until it can");
+                    failing = true;
+                }
+            }
+        }
     }
 }
 

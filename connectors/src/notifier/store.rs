@@ -14,19 +14,37 @@
 //!   recipient, reason, delivery).
 //! - `P:notifications:inapp:<user>` — zset id by time; `…:inapp:<user>:items`
 //!   hash id → notification JSON; `…:unread:<user>` set of unread ids.
-//! - `P:notifications:prefs` — hash user → preferences (JSON).
+//! - `P:notifications:prefs` — hash user → preferences (JSON);
+//!   `…:prefs:seq` counts their changes and `…:prefs:changed` (zset user by
+//!   the change's number) tells every instance whose changed since it last
+//!   looked ([`Store::prefs_changed_since`]).
+//! - `P:notifications:applied:<writer>` — the last step of notifier task
+//!   `<writer>` (random per task start) that Redis ran (TTL 24 h).
 //!
 //! In-process, ids are remembered by count (the last 100 000 alert ids and
 //! delivered ids) and the newest 10 000 dead letters are kept.
 //!
 //! Routing an alert commits its seen mark, the users' state and the new
-//! pending deliveries in one MULTI, so a crash leaves either all or none.
+//! pending deliveries in one step, so a crash leaves either all or none.
+//!
+//! **Steps.** The notifier task's writes (a routing step, a delivery
+//! finished, a dead letter) are each one script call ([`STEP`]) that runs
+//! only if
+//! - the dataflow lease's fence still holds ([`Store::fenced`]): a process
+//!   that lost the lease (stalled past its TTL, or replaced) can no longer
+//!   write what the new holder already loaded and moves on from, and
+//! - no later step of this task ran: a write that reaches Redis after its
+//!   retry (held on a dropped connection) is skipped instead of putting
+//!   older user state or a finished delivery back.
 
 use super::policy::{Delivery, Preferences, UserState};
+use crate::lease::Fence;
+use crate::redis_calls::{Calls, run_calls_from};
 use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::redis_key::part;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A store failure (Redis unreachable, bad JSON).
@@ -38,6 +56,11 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "this instance no longer holds the dataflow lease (fence token {token} of {key} is \
+         stale): the notifier's write was refused; the new holder delivers"
+    )]
+    Fenced { key: String, token: i64 },
 }
 
 impl schemas::Classify for StoreError {
@@ -45,6 +68,8 @@ impl schemas::Classify for StoreError {
         match self {
             StoreError::Redis(_) => schemas::Fault::External,
             StoreError::Tls(_) => schemas::Fault::Config,
+            // Another process runs the dataflow now: nothing to retry here.
+            StoreError::Fenced { .. } => schemas::Fault::Internal,
             // What this process wrote does not read back: a bug (or a
             // foreign writer under our prefix).
             StoreError::Json(_) => schemas::Fault::Internal,
@@ -128,8 +153,66 @@ pub enum Store {
         conn: ConnectionManager,
         /// `redis.prefix`.
         prefix: String,
+        /// Who writes the steps, and what guards them.
+        writer: Arc<Writer>,
     },
 }
+
+/// The writer of a store's steps: one task at a time (its steps are
+/// numbered in the order it makes them).
+#[derive(Debug)]
+pub struct Writer {
+    /// Random per [`Store::redis`] and [`Store::fenced`]: names its marker.
+    id: String,
+    /// The last step number handed out.
+    step: AtomicU64,
+    /// The dataflow lease's fence, when the task runs under it.
+    fence: Option<Fence>,
+}
+
+impl Writer {
+    fn new(fence: Option<Fence>) -> Arc<Writer> {
+        Arc::new(Writer {
+            id: format!(
+                "{:016x}",
+                std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
+            ),
+            step: AtomicU64::new(0),
+            fence,
+        })
+    }
+}
+
+/// How long a writer's marker outlives its last step (a held write
+/// arriving later than that would run).
+const MARKER_TTL_S: u64 = 24 * 3600;
+
+/// One step of the notifier task (see the module doc): returns -1 when the
+/// lease's fence (`ARGV[1]` key, `ARGV[2]` token; empty: no lease) no
+/// longer holds, 0 when this writer's marker (`KEYS[1]`) shows this step
+/// (`ARGV[3]`) or a later one ran, else marks it (TTL `ARGV[4]` s), runs
+/// the [`Calls`] that follow and returns 1.
+static STEP: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"
+if ARGV[1] ~= '' and redis.call('GET', ARGV[1]) ~= ARGV[2] then return -1 end
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last and last >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+{}return 1
+",
+        run_calls_from(5)
+    ))
+});
+
+/// A preference change: the counter, the hash and the change set in one
+/// step (`KEYS`: seq, prefs, changed; `ARGV`: user, JSON).
+const PUT_PREFS: &str = r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], n, ARGV[1])
+return n
+";
 
 /// The in-process store (not durable).
 #[derive(Debug, Default)]
@@ -152,7 +235,47 @@ impl Store {
         Ok(Store::Redis {
             conn,
             prefix: prefix.to_owned(),
+            writer: Writer::new(None),
         })
+    }
+
+    /// This store for a new writer task whose steps the dataflow lease's
+    /// `fence` guards (`None`: no lease, one instance). The task that runs
+    /// beside the dataflow writes through it; nothing else may.
+    pub fn fenced(&self, fence: Option<Fence>) -> Store {
+        match self {
+            Store::Memory(_) => self.clone(),
+            Store::Redis { conn, prefix, .. } => Store::Redis {
+                conn: conn.clone(),
+                prefix: prefix.clone(),
+                writer: Writer::new(fence),
+            },
+        }
+    }
+
+    /// Runs `calls` as the writer's next step ([`STEP`]).
+    async fn step(conn: &ConnectionManager, prefix: &str, writer: &Writer, calls: Calls) -> R<()> {
+        let n = writer.step.fetch_add(1, Ordering::Relaxed) + 1;
+        let (fence_key, token) = match &writer.fence {
+            Some(f) => (f.key.as_str(), f.token.to_string()),
+            None => ("", String::new()),
+        };
+        let ran: i64 = STEP
+            .key(Self::key(prefix, &format!("applied:{}", writer.id)))
+            .arg(fence_key)
+            .arg(token)
+            .arg(n)
+            .arg(MARKER_TTL_S)
+            .arg(calls.into_args())
+            .invoke_async(&mut conn.clone())
+            .await?;
+        match (ran, &writer.fence) {
+            (-1, Some(f)) => Err(StoreError::Fenced {
+                key: f.key.clone(),
+                token: f.token,
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn backend(&self) -> &'static str {
@@ -174,7 +297,7 @@ impl Store {
     pub async fn is_seen(&self, id: &str) -> R<bool> {
         match self {
             Store::Memory(m) => Ok(Self::mem(m).0.seen.contains(id)),
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let n: i64 = redis::cmd("EXISTS")
                     .arg(Self::key(prefix, &format!("seen:{}", part(id))))
                     .query_async(&mut conn.clone())
@@ -215,31 +338,43 @@ impl Store {
                 }
                 Ok(())
             }
-            Store::Redis { conn, prefix } => {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
+            Store::Redis {
+                conn,
+                prefix,
+                writer,
+            } => {
+                let mut calls = Calls::default();
                 for id in seen {
-                    pipe.cmd("SET")
+                    calls
+                        .cmd("SET")
                         .arg(Self::key(prefix, &format!("seen:{}", part(id))))
                         .arg(1)
                         .arg("EX")
-                        .arg(ttl_s.max(1))
-                        .ignore();
+                        .arg(ttl_s.max(1));
                 }
                 let users_key = Self::key(prefix, "users");
                 for (u, s) in users {
                     match s {
-                        Some(s) => pipe.hset(&users_key, u, serde_json::to_string(s)?).ignore(),
-                        None => pipe.hdel(&users_key, u).ignore(),
+                        Some(s) => calls
+                            .cmd("HSET")
+                            .arg(&users_key)
+                            .arg(u)
+                            .arg(serde_json::to_string(s)?),
+                        None => calls.cmd("HDEL").arg(&users_key).arg(u),
                     };
                 }
                 let pending_key = Self::key(prefix, "pending");
                 for p in pending {
-                    pipe.hset(&pending_key, &p.delivery.id, serde_json::to_string(p)?)
-                        .ignore();
+                    calls
+                        .cmd("HSET")
+                        .arg(&pending_key)
+                        .arg(&p.delivery.id)
+                        .arg(serde_json::to_string(p)?);
                 }
-                let () = pipe.query_async(&mut conn.clone()).await?;
-                Ok(())
+                if calls.is_empty() {
+                    return Ok(());
+                }
+                Self::step(conn, prefix, writer, calls).await
             }
         }
     }
@@ -253,7 +388,7 @@ impl Store {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 redis::cmd("HGETALL")
                     .arg(Self::key(prefix, "users"))
                     .query_async(&mut conn.clone())
@@ -274,7 +409,7 @@ impl Store {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 redis::cmd("HGETALL")
                     .arg(Self::key(prefix, "pending"))
                     .query_async(&mut conn.clone())
@@ -295,7 +430,7 @@ impl Store {
     pub async fn is_done(&self, id: &str) -> R<bool> {
         match self {
             Store::Memory(m) => Ok(Self::mem(m).0.done.contains(id)),
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let n: i64 = redis::cmd("EXISTS")
                     .arg(Self::key(prefix, &format!("done:{}", part(id))))
                     .query_async(&mut conn.clone())
@@ -314,20 +449,20 @@ impl Store {
                 g.0.pending.remove(id);
                 Ok(())
             }
-            Store::Redis { conn, prefix } => {
-                let () = redis::pipe()
-                    .atomic()
+            Store::Redis {
+                conn,
+                prefix,
+                writer,
+            } => {
+                let mut calls = Calls::default();
+                calls
                     .cmd("SET")
                     .arg(Self::key(prefix, &format!("done:{}", part(id))))
                     .arg(1)
                     .arg("EX")
-                    .arg(ttl_s.max(1))
-                    .ignore()
-                    .hdel(Self::key(prefix, "pending"), id)
-                    .ignore()
-                    .query_async(&mut conn.clone())
-                    .await?;
-                Ok(())
+                    .arg(ttl_s.max(1));
+                calls.cmd("HDEL").arg(Self::key(prefix, "pending")).arg(id);
+                Self::step(conn, prefix, writer, calls).await
             }
         }
     }
@@ -349,9 +484,13 @@ impl Store {
                 }));
                 Ok(())
             }
-            Store::Redis { conn, prefix } => {
-                let () = redis::pipe()
-                    .atomic()
+            Store::Redis {
+                conn,
+                prefix,
+                writer,
+            } => {
+                let mut calls = Calls::default();
+                calls
                     .cmd("XADD")
                     .arg(Self::key(prefix, "dead"))
                     .arg("MAXLEN")
@@ -367,13 +506,12 @@ impl Store {
                     .arg("reason")
                     .arg(reason)
                     .arg("delivery")
-                    .arg(json)
-                    .ignore()
-                    .hdel(Self::key(prefix, "pending"), &d.id)
-                    .ignore()
-                    .query_async(&mut conn.clone())
-                    .await?;
-                Ok(())
+                    .arg(json);
+                calls
+                    .cmd("HDEL")
+                    .arg(Self::key(prefix, "pending"))
+                    .arg(&d.id);
+                Self::step(conn, prefix, writer, calls).await
             }
         }
     }
@@ -382,7 +520,7 @@ impl Store {
     pub async fn dead_letters(&self) -> R<Vec<serde_json::Value>> {
         match self {
             Store::Memory(m) => Ok(Self::mem(m).0.dead.iter().cloned().collect()),
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
                     .arg(Self::key(prefix, "dead"))
                     .arg("-")
@@ -422,7 +560,7 @@ impl Store {
                 }
                 Ok(())
             }
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let zset = Self::key(prefix, &format!("inapp:{}", part(user)));
                 let items = format!("{zset}:items");
                 let unread = Self::key(prefix, &format!("unread:{}", part(user)));
@@ -477,7 +615,7 @@ impl Store {
                 v.reverse();
                 v
             }
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let zset = Self::key(prefix, &format!("inapp:{}", part(user)));
                 let mut c = conn.clone();
                 let ids: Vec<String> = redis::cmd("ZREVRANGE")
@@ -538,7 +676,7 @@ impl Store {
                     None => Ok(false),
                 }
             }
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let mut c = conn.clone();
                 let score: Option<f64> = redis::cmd("ZSCORE")
                     .arg(Self::key(prefix, &format!("inapp:{}", part(user))))
@@ -558,27 +696,76 @@ impl Store {
         }
     }
 
-    /// Every user's stored preferences.
-    pub async fn prefs_all(&self) -> R<Vec<(String, Preferences)>> {
-        let raw: Vec<(String, String)> = match self {
-            Store::Memory(m) => Self::mem(m)
-                .0
-                .prefs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            Store::Redis { conn, prefix } => {
-                redis::cmd("HGETALL")
+    /// Every stored preference, and a change number they include at least
+    /// (read first: a change made while they are read is seen again by
+    /// [`Store::prefs_changed_since`]).
+    pub async fn prefs_all(&self) -> R<(Vec<(String, Preferences)>, u64)> {
+        let (raw, seq): (Vec<(String, String)>, u64) = match self {
+            Store::Memory(m) => (
+                Self::mem(m)
+                    .0
+                    .prefs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                0,
+            ),
+            Store::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                let seq: Option<u64> = redis::cmd("GET")
+                    .arg(Self::key(prefix, "prefs:seq"))
+                    .query_async(&mut c)
+                    .await?;
+                let raw = redis::cmd("HGETALL")
                     .arg(Self::key(prefix, "prefs"))
-                    .query_async(&mut conn.clone())
-                    .await?
+                    .query_async(&mut c)
+                    .await?;
+                (raw, seq.unwrap_or(0))
             }
         };
-        raw.into_iter()
+        let all = raw
+            .into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
-            .collect()
+            .collect::<R<_>>()?;
+        Ok((all, seq))
     }
 
+    /// The preferences changed after change number `since` (by any
+    /// instance sharing the store), and the latest change number among
+    /// them (`since` when none). In-process there is one instance: none.
+    pub async fn prefs_changed_since(&self, since: u64) -> R<(Vec<(String, Preferences)>, u64)> {
+        let Store::Redis { conn, prefix, .. } = self else {
+            return Ok((Vec::new(), since));
+        };
+        let mut c = conn.clone();
+        let changed: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(Self::key(prefix, "prefs:changed"))
+            .arg(format!("({since}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await?;
+        if changed.is_empty() {
+            return Ok((Vec::new(), since));
+        }
+        let latest = changed.iter().map(|(_, n)| *n).max().unwrap_or(since);
+        let users: Vec<&String> = changed.iter().map(|(u, _)| u).collect();
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(Self::key(prefix, "prefs"))
+            .arg(&users)
+            .query_async(&mut c)
+            .await?;
+        let mut out = Vec::with_capacity(users.len());
+        for (u, v) in users.into_iter().zip(values) {
+            if let Some(v) = v {
+                out.push((u.clone(), serde_json::from_str(&v)?));
+            }
+        }
+        Ok((out, latest))
+    }
+
+    /// Stores a user's preferences; every instance sharing the store sees
+    /// the change at its next [`Store::prefs_changed_since`].
     pub async fn prefs_put(&self, user: &str, p: &Preferences) -> R<()> {
         let json = serde_json::to_string(p)?;
         match self {
@@ -586,12 +773,14 @@ impl Store {
                 Self::mem(m).0.prefs.insert(user.to_owned(), json);
                 Ok(())
             }
-            Store::Redis { conn, prefix } => {
-                let _: i64 = redis::cmd("HSET")
-                    .arg(Self::key(prefix, "prefs"))
+            Store::Redis { conn, prefix, .. } => {
+                let _: i64 = redis::Script::new(PUT_PREFS)
+                    .key(Self::key(prefix, "prefs:seq"))
+                    .key(Self::key(prefix, "prefs"))
+                    .key(Self::key(prefix, "prefs:changed"))
                     .arg(user)
                     .arg(json)
-                    .query_async(&mut conn.clone())
+                    .invoke_async(&mut conn.clone())
                     .await?;
                 Ok(())
             }

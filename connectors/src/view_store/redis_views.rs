@@ -21,6 +21,7 @@ use super::error::{Fresh, ViewError};
 use super::state::{
     Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingTotals,
 };
+use crate::redis_calls::{Calls, run_calls_from};
 use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::redis_key::part;
 use redis::aio::ConnectionManagerConfig;
@@ -128,55 +129,23 @@ impl Changes {
 
 /// One view write: applied only if this writer's marker (`KEYS[1]`) shows
 /// no attempt at or after this one (`ARGV[1]`) ran, then marked with it
-/// (`ARGV[2]`: the marker's TTL in seconds). The commands follow, each as
-/// its number of words, then its words ([`Calls`]). A MULTI/EXEC could not
-/// skip: a transaction delivered after its retry (held on a dropped
-/// connection) added its `HINCRBY` deltas a second time.
+/// (`ARGV[2]`: the marker's TTL in seconds). The commands follow as
+/// [`Calls`]. A MULTI/EXEC could not skip: a transaction delivered after
+/// its retry (held on a dropped connection) added its `HINCRBY` deltas a
+/// second time.
 static WRITE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
         r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if last and last >= tonumber(ARGV[1]) then
   return 'views-skipped'
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local i = 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-return 'views-applied'
+{}return 'views-applied'
 ",
-    )
+        run_calls_from(3)
+    ))
 });
-
-/// The commands of one view write as [`WRITE_SCRIPT`]'s arguments, built
-/// as a pipeline would be: each command is its number of words, then its
-/// words.
-#[derive(Default)]
-struct Calls(Vec<Vec<u8>>, usize);
-
-impl Calls {
-    fn cmd(&mut self, name: &str) -> &mut Calls {
-        self.1 = self.0.len();
-        self.0.push(b"1".to_vec());
-        self.0.push(name.as_bytes().to_vec());
-        self
-    }
-
-    fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Calls {
-        self.0.extend(a.to_redis_args());
-        let words = self.0.len() - self.1 - 1;
-        self.0[self.1] = words.to_string().into_bytes();
-        self
-    }
-
-    /// Pipeline style; nothing to do.
-    fn ignore(&mut self) -> &mut Calls {
-        self
-    }
-}
 
 #[derive(Clone)]
 pub(crate) struct RedisViews {
@@ -333,7 +302,7 @@ impl RedisViews {
             .arg(self.ttl_s)
             .ignore();
         let mut inv = WRITE_SCRIPT.key(self.applied_key());
-        inv.arg(attempt).arg(self.ttl_s).arg(p.0);
+        inv.arg(attempt).arg(self.ttl_s).arg(p.into_args());
         let mut conn = self.conn.clone();
         inv.invoke_async::<String>(&mut conn)
             .await

@@ -358,9 +358,11 @@ async fn start(
     clock: &ManualClock,
 ) -> (Notifier<ManualClock>, NotifierMetrics) {
     let metrics = NotifierMetrics::standalone();
-    let (n, rx) = Notifier::start(config, store, None, metrics.clone(), clock.clone())
+    let (mut n, rx) = Notifier::start(config, store, None, metrics.clone(), clock.clone())
         .await
         .expect("start the notifier");
+    // What `run` does first: what an earlier notifier on this store saved.
+    n.resume().await.expect("load the notifier's state");
     // Driven step by step; the queue is not used.
     std::mem::forget(rx);
     (n, metrics)

@@ -2,6 +2,9 @@
 //! a restart with pending retries and digests.
 
 use super::*;
+use inkstream_connectors::lease::Fence;
+use inkstream_connectors::notifier::policy::UserState;
+use inkstream_connectors::notifier::store::StoreError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_api_5xx_then_ok_is_delivered_on_the_retry_with_the_same_idempotency_key() {
@@ -306,4 +309,99 @@ async fn alerts_the_store_could_not_check_or_save_are_delivered_at_the_next_tick
     clock.advance(1_000);
     n.tick().await.unwrap();
     assert_eq!(inbox(&n).await, 2);
+}
+
+/// A user state told apart from others by its `suppressed` count.
+fn state(suppressed: u64) -> UserState {
+    let mut v = serde_json::to_value(UserState::default()).unwrap();
+    v["suppressed"] = suppressed.into();
+    serde_json::from_value(v).unwrap()
+}
+
+/// A routing step held on a dropped connection reaches Redis after the
+/// step that replaced it: it is skipped, so the user's state stays the
+/// newer one (as a MULTI it ran, and put the older state back).
+#[tokio::test]
+async fn a_step_that_reaches_redis_after_a_later_one_changes_nothing() {
+    let url = inkstream_tests::redis_url();
+    let upstream = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = inkstream_tests::cut_proxy::CutProxy::start(upstream).await;
+    let prefix = inkstream_tests::unique("notif-late-step");
+    let store = Store::redis(
+        &format!("redis://127.0.0.1:{}", proxy.port()),
+        &prefix,
+        &Default::default(),
+    )
+    .expect("redis store")
+    .fenced(None);
+    // The only request naming the users' hash is the step itself.
+    proxy.arm_hold("notifications:users");
+    let older = [("ada".to_owned(), Some(state(1)))];
+    assert!(
+        store.commit(&[], 60, &older, &[]).await.is_err(),
+        "the held step was reported"
+    );
+    assert!(proxy.holds(), "the step was never held");
+    let newer = [("ada".to_owned(), Some(state(2)))];
+    store.commit(&[], 60, &newer, &[]).await.unwrap();
+    // Now the held step arrives, and has run.
+    proxy.release(&format!("{prefix}:released"), &url).await;
+    let users = redis_store(&prefix).load_users().await.unwrap();
+    assert_eq!(
+        users,
+        vec![("ada".to_owned(), state(2))],
+        "the late step put the older state back"
+    );
+}
+
+/// A notifier whose process lost the dataflow lease (another took it: the
+/// fence token moved on) writes nothing; the holder of the current token
+/// does.
+#[tokio::test]
+async fn a_notifier_that_lost_the_lease_writes_nothing() {
+    let prefix = inkstream_tests::unique("notif-fenced");
+    let fence_key = format!("{prefix}:lease:dataflow:fence");
+    let mut conn = redis::Client::open(inkstream_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&fence_key)
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fence = |token| Fence {
+        key: fence_key.clone(),
+        token,
+    };
+    let users = [("ada".to_owned(), Some(state(1)))];
+    let stale = redis_store(&prefix).fenced(Some(fence(1)));
+    for refused in [
+        stale.commit(&["a1".to_owned()], 60, &users, &[]).await,
+        stale.finish("d1", 60).await,
+    ] {
+        match refused {
+            Err(StoreError::Fenced { token: 1, .. }) => {}
+            other => panic!("a stale holder's write was not refused: {other:?}"),
+        }
+    }
+    let reader = redis_store(&prefix);
+    assert!(!reader.is_seen("a1").await.unwrap());
+    assert!(!reader.is_done("d1").await.unwrap());
+    assert!(reader.load_users().await.unwrap().is_empty());
+
+    let current = redis_store(&prefix).fenced(Some(fence(2)));
+    current
+        .commit(&["a1".to_owned()], 60, &users, &[])
+        .await
+        .unwrap();
+    current.finish("d1", 60).await.unwrap();
+    assert!(reader.is_seen("a1").await.unwrap());
+    assert!(reader.is_done("d1").await.unwrap());
+    assert_eq!(
+        reader.load_users().await.unwrap(),
+        vec![("ada".to_owned(), state(1))]
+    );
 }

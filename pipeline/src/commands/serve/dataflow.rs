@@ -73,12 +73,17 @@ impl DataflowStart {
             sink,
             readers,
         } = self;
+        // The notifier's writes are guarded by the same fence.
+        let notifier_fence = fence.clone();
         let checkpoints = open_checkpoints(&config, fence)?.map(Arc::new);
         if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
             tracing::info!(barrier = b, "dataflow state restored from checkpoint");
         }
         let notifier = notifier_run.map(|(stop_tx, notifier, rx, stop_rx)| {
-            (stop_tx, tokio::spawn(notifier.run(rx, stop_rx)))
+            (
+                stop_tx,
+                tokio::spawn(notifier.fenced(notifier_fence).run(rx, stop_rx)),
+            )
         });
         let kafka = config.kafka.cluster().map_err(ServeError::Auth)?;
         let (bridge, ends) = Bridge::start(&config, sink, metrics.clone(), readers, checkpoints)
