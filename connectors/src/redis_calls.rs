@@ -6,7 +6,8 @@
 //!
 //! [`Calls`] builds the arguments as a pipeline would be built: each
 //! command is its number of words, then its words. A script runs them with
-//! [`run_calls_from`]'s Lua loop.
+//! [`run_calls_from`]'s Lua loop, which also knows one guard of its own,
+//! [`Calls::once`] (the following commands run once per member of a set).
 
 /// The commands of one guarded write, as script arguments.
 #[derive(Default)]
@@ -27,6 +28,13 @@ impl Calls {
         self
     }
 
+    /// Runs the next `following` commands only if `member` is new in the
+    /// set `set` (it is added): what they do happens once per member, even
+    /// when the same member comes again in a later call.
+    pub(crate) fn once(&mut self, set: &str, member: &str, following: usize) -> &mut Calls {
+        self.cmd(ONCE).arg(set).arg(member).arg(following)
+    }
+
     /// Pipeline style; nothing to do.
     pub(crate) fn ignore(&mut self) -> &mut Calls {
         self
@@ -42,13 +50,25 @@ impl Calls {
     }
 }
 
+/// The name of [`Calls::once`]'s guard (not a Redis command).
+const ONCE: &str = "INKSTREAM.ONCE";
+
 /// The Lua loop that runs the [`Calls`] passed from `ARGV[first]` on.
 pub(crate) fn run_calls_from(first: usize) -> String {
     format!(
         "local i = {first}
+local skip = 0
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
+  if skip > 0 then
+    skip = skip - 1
+  elseif ARGV[i + 1] == '{ONCE}' then
+    if redis.call('SADD', ARGV[i + 2], ARGV[i + 3]) == 0 then
+      skip = tonumber(ARGV[i + 4])
+    end
+  else
+    redis.call(unpack(ARGV, i + 1, i + n))
+  end
   i = i + n + 1
 end
 "

@@ -454,3 +454,96 @@ async fn views_refuse_what_the_callers_channels_would_refuse() {
     let (_, body) = get("/api/realtime/writing/sessions/active".into(), Some(owner)).await;
     assert_eq!(body["sessions"][0]["session_id"], "s-auth");
 }
+
+/// One writing session of `words` words in project `p`, started at `ts`:
+/// started, typed in, ended.
+async fn one_session(server: &Server, user: &str, p: &str, ts: i64, words: i64) {
+    let (session, d) = (unique("s"), unique("d"));
+    let at = |dt: i64| json!({"user_id": user, "project_id": p, "document_id": d, "ts": ts + dt});
+    let mut start = at(0);
+    start["session_id"] = json!(session);
+    post(server, "/api/realtime/writing/sessions/start", start).await;
+    let mut typed = at(500);
+    for (k, v) in [
+        ("keystrokes", json!(words * 5)),
+        ("words", json!(words)),
+        ("chars", json!(words * 5)),
+    ] {
+        typed[k] = v;
+    }
+    post(
+        server,
+        &format!("/api/realtime/writing/sessions/{session}/keystroke"),
+        typed,
+    )
+    .await;
+    let mut end = at(1000);
+    end["reason"] = json!("manual");
+    post(
+        server,
+        &format!("/api/realtime/writing/sessions/{session}/end"),
+        end,
+    )
+    .await;
+}
+
+/// The project's writing totals once they show `sessions`.
+async fn totals(server: &Server, p: &str, sessions: i64) -> Value {
+    poll(
+        server,
+        &format!("/api/realtime/analytics/project/{p}/writing"),
+        |b| b["totals"]["sessions"] == sessions,
+    )
+    .await["totals"]
+        .clone()
+}
+
+/// A session ends, its totals are in Redis, and the instance is killed
+/// (SIGKILL) before a checkpoint covers it. The restarted instance derives
+/// the session's summary again from the log (same id): the totals count it
+/// once (until 2026-12-07 they counted it twice: the totals are added, and
+/// the restarted view writer did not know the summary had been added).
+#[tokio::test]
+async fn writing_totals_count_a_session_once_when_a_restart_derives_it_again() {
+    let prefix = unique("views-replay");
+    let url = redis_url();
+    let args = [
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        "redis.shards=1",
+        // Checkpoints on, none covering the session: the restart reads it
+        // again.
+        "--set",
+        "checkpoint.store=redis",
+        "--set",
+        "checkpoint.interval=1h",
+    ];
+    let port = inkstream_tests::free_port();
+    let mut first = Server::start_on(port, &args).await;
+    let (user, p) = (unique("u"), unique("p"));
+    let ts = now_ms();
+    one_session(&first, &user, &p, ts, 8).await;
+    let before = totals(&first, &p, 1).await;
+    assert_eq!(before["words"], 8, "{before}");
+    first.child.kill().unwrap(); // SIGKILL: nothing flushed, nothing acknowledged
+    first.child.wait().unwrap();
+
+    let again = Server::start_on(port, &args).await;
+    // A later session of another project, after the first in the log (one
+    // shard) and in event time: once its totals show, the view writer has
+    // applied whatever the restart derived again before it.
+    let later = unique("p");
+    one_session(&again, &user, &later, ts + 5_000, 3).await;
+    totals(&again, &later, 1).await;
+    let after = poll(
+        &again,
+        &format!("/api/realtime/analytics/project/{p}/writing"),
+        |_| true,
+    )
+    .await["totals"]
+        .clone();
+    assert_eq!(after, before, "the restart counted the session again");
+}

@@ -9,6 +9,7 @@
 //! | `conflicts:<doc>` | hash | conflict id → [`ConflictView`] JSON |
 //! | `team:<json [project, doc]>` | hash | `window\|metric\|user` → [`TeamFigure`] JSON |
 //! | `writing:<project>` | hash | `day\|metric\|user` → integer (HINCRBY) |
+//! | `writing:<project>:counted` | set | ids of the session summaries added to it (each added once) |
 //! | `as_of` | string | the watermark the views reflect (ms) |
 //! | `applied:<writer>` | string | the last write attempt of writer `<writer>` that Redis applied |
 //!
@@ -19,7 +20,8 @@
 use super::config::ViewStoreConfig;
 use super::error::{Fresh, ViewError};
 use super::state::{
-    Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingTotals,
+    Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingDelta,
+    WritingTotals,
 };
 use crate::redis_calls::{Calls, run_calls_from};
 use crate::redis_conn::PrimaryConnection as ConnectionManager;
@@ -41,7 +43,7 @@ pub(crate) struct Changes {
     conflicts: Vec<(String, String, Option<String>)>,
     /// (project, doc, field, JSON or deleted)
     team: Vec<(String, Option<String>, String, Option<String>)>,
-    writing: Vec<(String, String, String, WritingTotals)>,
+    writing: Vec<WritingDelta>,
     /// (project, day, user) pruned: their fields deleted.
     writing_dropped: Vec<(String, String, String)>,
 }
@@ -268,8 +270,20 @@ impl RedisViews {
             .ignore();
             expire.entry(key).or_insert(self.ttl_s);
         }
-        for (project, day, user, t) in &c.writing {
+        for WritingDelta {
+            summary_id,
+            project,
+            day,
+            user,
+            totals: t,
+        } in &c.writing
+        {
             let key = self.key(&format!("writing:{}", part(project)));
+            // Added once per summary: a restore that derives it again (same
+            // id) finds it in the project's set and adds nothing.
+            let counted = format!("{key}:counted");
+            p.once(&counted, summary_id, 4);
+            expire.entry(counted).or_insert(self.writing_ttl_s);
             for (metric, n) in [
                 ("words", t.words),
                 ("sessions", t.sessions),

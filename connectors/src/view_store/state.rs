@@ -120,6 +120,18 @@ pub struct TeamFigure {
     pub ts: i64,
 }
 
+/// Totals one session summary adds to a user's day in a project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritingDelta {
+    /// The summary's id (derived: the same when a restore derives it
+    /// again), so that the Redis writer adds it once.
+    pub summary_id: String,
+    pub project: String,
+    pub day: String,
+    pub user: String,
+    pub totals: WritingTotals,
+}
+
 /// Writing totals of one user on one day.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WritingTotals {
@@ -176,8 +188,8 @@ pub struct ViewState {
     /// arrival, before the session operator (event-time order) opens the
     /// session it belongs to.
     pub live_wpm: HashMap<String, (i64, f64)>,
-    /// Writing totals added since the last take: (project, day, user, delta).
-    pub writing_deltas: Vec<(String, String, String, WritingTotals)>,
+    /// Writing totals added since the last take.
+    pub writing_deltas: Vec<WritingDelta>,
     /// Writing totals pruned since the last take: (project, day, user), so
     /// that the Redis writer deletes them too.
     pub writing_dropped: Vec<(String, String, String)>,
@@ -433,7 +445,13 @@ impl ViewState {
             .entry((day.clone(), user.clone()))
             .or_default()
             .add(&add);
-        self.writing_deltas.push((project, day, user, add));
+        self.writing_deltas.push(WritingDelta {
+            summary_id: e.id.to_string(),
+            project,
+            day,
+            user,
+            totals: add,
+        });
     }
 
     fn metric(&mut self, e: &Event, data: &Value) {
