@@ -547,3 +547,86 @@ async fn writing_totals_count_a_session_once_when_a_restart_derives_it_again() {
         .clone();
     assert_eq!(after, before, "the restart counted the session again");
 }
+
+/// The barrier (event time, ms) of the latest complete checkpoint in
+/// Redis, 0 when none.
+async fn checkpoint_barrier(prefix: &str) -> i64 {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let latest: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}:ckpt:dataflow:latest"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    latest
+        .and_then(|l| l.split(' ').next().and_then(|b| b.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A session opened before a checkpoint, the instance killed (SIGKILL)
+/// and restarted: the session's view keeps its start and its transitions
+/// when it ends (until 2026-12-07 the restarted view writer, whose cache
+/// was empty, made the session anew from its end: `started_at` became the
+/// end's time and the transitions started again from one).
+#[tokio::test]
+async fn an_open_session_keeps_its_view_across_a_restart() {
+    let prefix = unique("views-open");
+    let url = redis_url();
+    let args = [
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        "checkpoint.store=redis",
+        "--set",
+        "checkpoint.interval=1s",
+    ];
+    let port = inkstream_tests::free_port();
+    let mut first = Server::start_on(port, &args).await;
+    let (user, p, d, session) = (unique("u"), unique("p"), unique("d"), unique("s"));
+    let ts = now_ms();
+    post(
+        &first,
+        "/api/realtime/writing/sessions/start",
+        json!({"session_id": session, "user_id": user, "project_id": p, "document_id": d, "ts": ts}),
+    )
+    .await;
+    post(
+        &first,
+        &format!("/api/realtime/writing/sessions/{session}/keystroke"),
+        json!({"user_id": user, "project_id": p, "document_id": d, "ts": ts + 500,
+               "keystrokes": 40, "words": 8, "chars": 40, "source": "typed"}),
+    )
+    .await;
+    let path = format!("/api/realtime/writing/sessions/{session}/metrics");
+    let open =
+        poll(&first, &path, |b| b["session"]["state"] == "WARMING_UP").await["session"].clone();
+    // A checkpoint holds the open session: the restart restores it and
+    // does not derive its start again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint_barrier(&prefix).await <= ts + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint after the session's start completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let again = Server::start_on(port, &args).await;
+    post(
+        &again,
+        &format!("/api/realtime/writing/sessions/{session}/end"),
+        json!({"user_id": user, "project_id": p, "document_id": d, "ts": now_ms(), "reason": "manual"}),
+    )
+    .await;
+    let ended = poll(&again, &path, |b| b["session"]["ended"] == true).await["session"].clone();
+    assert_eq!(ended["started_at"], open["started_at"], "{ended}");
+    assert_eq!(
+        ended["transitions"].as_i64().unwrap(),
+        open["transitions"].as_i64().unwrap() + 1,
+        "the ending is one more transition of the same view: {ended}"
+    );
+}

@@ -310,10 +310,23 @@ async fn writer(
     let mut unwritten = Unwritten::default();
     // Pruning walks the whole state: once a second, not once per batch.
     let mut pruned = tokio::time::Instant::now();
+    // In Redis, the open sessions a previous writer left are read before
+    // the first batch (this instance just started its dataflow: a restart
+    // or a takeover).
+    let mut seeded = !matches!(store.backend, Backend::Redis(_));
     loop {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(first) = batch else { return };
+                if !seeded && let Backend::Redis(r) = &store.backend {
+                    match r.open_sessions().await {
+                        Ok(open) => {
+                            store.lock().seed_open(open);
+                            seeded = true;
+                        }
+                        Err(error) => tracing::warn!(%error, "view store: cannot read the open sessions from redis; trying again before the next batch"),
+                    }
+                }
                 let mut batches = vec![first];
                 while batches.len() < 64 {
                     match rx.try_recv() {

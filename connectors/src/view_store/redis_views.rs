@@ -362,6 +362,37 @@ impl RedisViews {
         Ok((v.as_deref().and_then(parse), as_of))
     }
 
+    /// Every open session Redis holds: a new writer's cache starts from
+    /// them, so a restart or a takeover continues them (their start, their
+    /// transitions) instead of making them anew from the next change.
+    pub(crate) async fn open_sessions(&self) -> Result<Vec<SessionView>, ViewError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.key("active"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut open = Vec::new();
+        for chunk in ids.chunks(1000) {
+            let mut get = redis::cmd("MGET");
+            for id in chunk {
+                get.arg(self.key(&format!("session:{}", part(id))));
+            }
+            let values: Vec<Option<String>> =
+                get.query_async(&mut conn).await.map_err(unavailable)?;
+            open.extend(
+                values
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| parse::<SessionView>(s))
+                    .filter(|s| !s.ended),
+            );
+        }
+        Ok(open)
+    }
+
     pub(crate) async fn active(&self) -> Result<Fresh<Vec<SessionView>>, ViewError> {
         let mut cmd = redis::cmd("ZREVRANGE");
         cmd.arg(self.key("active")).arg(0).arg(ACTIVE_MAX - 1);

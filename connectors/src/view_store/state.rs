@@ -309,6 +309,23 @@ impl ViewState {
         }
     }
 
+    /// Adds open sessions a previous writer left in Redis, unless this
+    /// state knows them already (it is newer). A user's latest one is
+    /// their open session.
+    pub fn seed_open(&mut self, mut sessions: Vec<SessionView>) {
+        sessions.sort_by_key(|v| v.started_at);
+        for v in sessions {
+            if self.sessions.contains_key(&v.session_id)
+                || self.open.contains_key(&v.user_id)
+                || !room(&self.sessions, &v.session_id, self.max_keys, &mut 0)
+            {
+                continue;
+            }
+            self.open.insert(v.user_id.clone(), v.session_id.clone());
+            self.sessions.insert(v.session_id.clone(), v);
+        }
+    }
+
     fn open_session(&mut self, e: &Event) -> Option<&mut SessionView> {
         let id = self.open.get(e.user_id.as_deref()?)?;
         self.sessions.get_mut(id)
