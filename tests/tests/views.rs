@@ -630,3 +630,65 @@ async fn an_open_session_keeps_its_view_across_a_restart() {
         "the ending is one more transition of the same view: {ended}"
     );
 }
+
+/// Two collaborators in one paragraph of `d` at `ts`: an open conflict.
+async fn cursors(server: &Server, users: &[(&str, i64)], p: &str, d: &str, ts: i64) {
+    for (u, paragraph) in users {
+        post(
+            server,
+            "/api/realtime/collaboration/cursor",
+            json!({"user_id": u, "project_id": p, "document_id": d, "ts": ts,
+                   "paragraph": paragraph, "offset": 0, "mode": "edit"}),
+        )
+        .await;
+    }
+}
+
+/// A conflict opened before a checkpoint, the instance killed (SIGKILL)
+/// and restarted, then resolved: the view shows it resolved (until
+/// 2026-12-07 the restarted view writer did not know the conflict and
+/// dropped its resolution, so it stayed open in Redis).
+#[tokio::test]
+async fn a_conflict_opened_before_a_restart_is_resolved_after_it() {
+    let prefix = unique("views-conflict");
+    let url = redis_url();
+    let args = [
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={prefix}"),
+        "--set",
+        "checkpoint.store=redis",
+        "--set",
+        "checkpoint.interval=1s",
+    ];
+    let port = inkstream_tests::free_port();
+    let mut first = Server::start_on(port, &args).await;
+    let (u1, u2, p, d) = (unique("u1"), unique("u2"), unique("p"), unique("d"));
+    let ts = now_ms();
+    cursors(&first, &[(&u1, 4), (&u2, 4)], &p, &d, ts).await;
+    let path = format!("/api/realtime/collaboration/document/{d}/conflicts");
+    poll(&first, &path, |b| {
+        b["open"].as_array().is_some_and(|c| c.len() == 1)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint_barrier(&prefix).await <= ts + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint after the conflict opened completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let again = Server::start_on(port, &args).await;
+    cursors(&again, &[(&u2, 40)], &p, &d, now_ms()).await;
+    let resolved = poll(&again, &path, |b| {
+        b["recent"].as_array().is_some_and(|c| c.len() == 1)
+    })
+    .await;
+    assert_eq!(resolved["open"], json!([]), "{resolved}");
+    assert_eq!(resolved["recent"][0]["status"], "resolved", "{resolved}");
+}

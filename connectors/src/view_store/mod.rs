@@ -334,6 +334,7 @@ async fn writer(
                         Err(_) => break,
                     }
                 }
+                seed_conflicts(&store, &batches).await;
                 let wm = batches.iter().map(|b| b.watermark).max().unwrap_or(0);
                 let n: usize = batches.iter().map(|b| b.events.len()).sum();
                 let changes = {
@@ -367,6 +368,32 @@ async fn writer(
                     flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
                 }
             }
+        }
+    }
+}
+
+/// In Redis: reads the conflicts that `batches` resolve and the state does
+/// not hold (a previous writer saw them open), so that they are resolved
+/// in Redis too instead of staying open there.
+async fn seed_conflicts(store: &ViewStore, batches: &[Batch]) {
+    let Backend::Redis(r) = &store.backend else {
+        return;
+    };
+    let wanted: Vec<(String, String)> = {
+        let st = store.lock();
+        batches
+            .iter()
+            .flat_map(|b| &b.events)
+            .filter_map(|e| st.unknown_conflict(e))
+            .collect()
+    };
+    if wanted.is_empty() {
+        return;
+    }
+    match r.conflicts_by_id(&wanted).await {
+        Ok(found) => store.lock().seed_conflicts(found),
+        Err(error) => {
+            tracing::warn!(%error, conflicts = wanted.len(), "view store: cannot read conflicts a previous writer left in redis; their resolution is not shown")
         }
     }
 }

@@ -393,6 +393,26 @@ impl RedisViews {
         Ok(open)
     }
 
+    /// The conflicts Redis holds among `wanted` (document, conflict id).
+    pub(crate) async fn conflicts_by_id(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<(String, ConflictView)>, ViewError> {
+        let mut p = redis::pipe();
+        for (doc, id) in wanted {
+            p.hget(self.key(&format!("conflicts:{}", part(doc))), id);
+        }
+        let values: Vec<Option<String>> = p
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(wanted
+            .iter()
+            .zip(values)
+            .filter_map(|((doc, _), v)| Some((doc.clone(), parse(v.as_deref()?)?)))
+            .collect())
+    }
+
     pub(crate) async fn active(&self) -> Result<Fresh<Vec<SessionView>>, ViewError> {
         let mut cmd = redis::cmd("ZREVRANGE");
         cmd.arg(self.key("active")).arg(0).arg(ACTIVE_MAX - 1);

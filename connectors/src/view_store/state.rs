@@ -326,6 +326,34 @@ impl ViewState {
         }
     }
 
+    /// The (document, conflict id) that `e` resolves, when this state
+    /// does not hold that conflict: a previous writer saw it open (before
+    /// a restart or a takeover), and Redis may hold it.
+    pub fn unknown_conflict(&self, e: &Event) -> Option<(String, String)> {
+        if e.event_type() != "collaboration.conflict_resolved" {
+            return None;
+        }
+        let doc = e.document_id.as_deref()?;
+        let id = s(&e.data.to_json_value(), "conflict_id")?;
+        let known = self
+            .conflicts
+            .get(doc)
+            .is_some_and(|all| all.contains_key(&id));
+        (!known).then(|| (doc.to_owned(), id))
+    }
+
+    /// Adds conflicts a previous writer left in Redis, unless this state
+    /// knows them already.
+    pub fn seed_conflicts(&mut self, found: Vec<(String, ConflictView)>) {
+        for (doc, c) in found {
+            if !room(&self.conflicts, &doc, self.max_keys, &mut 0) {
+                continue;
+            }
+            let all = self.conflicts.entry(doc).or_default();
+            all.entry(c.conflict_id.clone()).or_insert(c);
+        }
+    }
+
     fn open_session(&mut self, e: &Event) -> Option<&mut SessionView> {
         let id = self.open.get(e.user_id.as_deref()?)?;
         self.sessions.get_mut(id)
