@@ -494,3 +494,60 @@ async fn preferences_set_through_another_instance_are_the_ones_alerts_are_routed
     );
     let _ = std::fs::remove_file(&config);
 }
+
+/// A custom notification accepted by a gateway (an instance without the
+/// notifier's task) is delivered by the instance that runs it: accepted
+/// means queued in Redis (until 2026-12-07 it waited in the gateway's
+/// memory for a task that never ran there, and was lost when the gateway
+/// stopped).
+#[tokio::test]
+async fn a_notification_sent_through_a_gateway_is_delivered_by_the_holder() {
+    let hook = Hook::start().await;
+    hook.up();
+    let prefix = unique("notify-send");
+    let config = shared_config(&prefix, &hook);
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--redis-url",
+        &redis_url(),
+    ];
+    let holder = Server::start(&args).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dataflow_active(&holder).await {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gateway = Server::start(&args).await;
+    assert!(
+        !dataflow_active(&gateway).await,
+        "the gateway runs no dataflow"
+    );
+    let r = reqwest::Client::new()
+        .post(gateway.url("/api/realtime/notifications/send"))
+        .json(
+            &json!({"recipient": "ada", "priority": "CRITICAL", "title": "Press deadline moved",
+                      "body": "to Friday", "id": "deadline-1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered = hook.delivered.lock().unwrap().clone();
+        if let Some(body) = delivered.first() {
+            assert!(body.contains("Press deadline moved"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the notification the gateway accepted was never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(&config);
+}

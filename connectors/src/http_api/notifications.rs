@@ -338,7 +338,9 @@ async fn send(
         title: b.title,
         body: b.body,
     };
-    if !n.try_send(alert) {
+    // Accepted once queued: in Redis, durably, for whichever instance
+    // runs the notifier.
+    if !n.send(alert).await.map_err(store_error)? {
         return Err(ApiError::NotifierQueueFull);
     }
     Ok((

@@ -122,6 +122,9 @@ impl schemas::Classify for NotifierError {
 #[derive(Clone)]
 pub struct NotifierHandle {
     tx: mpsc::Sender<Input>,
+    /// Wakes this instance's task (if it runs here) for custom sends
+    /// queued in Redis.
+    wake: Arc<tokio::sync::Notify>,
     pub store: Store,
     prefs: Arc<RwLock<HashMap<String, Preferences>>>,
     defaults: Arc<Preferences>,
@@ -153,9 +156,20 @@ impl NotifierHandle {
         &self.config
     }
 
-    /// Queues a custom notification; `false` when the queue is full.
-    pub fn try_send(&self, alert: Alert) -> bool {
-        self.tx.try_send(Input::Send(alert)).is_ok()
+    /// Queues a custom notification (`POST /notifications/send`);
+    /// `Ok(false)` when `queue` are waiting already. With Redis it is
+    /// durable once this returns, and the task routes it wherever it runs
+    /// (this instance may be a gateway without one); in-process it goes to
+    /// the local task's queue.
+    pub async fn send(&self, alert: Alert) -> Result<bool, StoreError> {
+        if matches!(self.store, Store::Memory(_)) {
+            return Ok(self.tx.try_send(Input::Send(alert)).is_ok());
+        }
+        if !self.store.enqueue_send(&alert, self.config.queue).await? {
+            return Ok(false);
+        }
+        self.wake.notify_one();
+        Ok(true)
     }
 
     /// From the dataflow's sink (a worker thread): queues a derived event if
@@ -335,6 +349,7 @@ impl<C: Clock> Notifier<C> {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let handle = NotifierHandle {
             tx,
+            wake: Arc::new(tokio::sync::Notify::new()),
             store: store.clone(),
             prefs,
             defaults: Arc::new(config.defaults.clone()),
@@ -474,6 +489,47 @@ impl<C: Clock> Notifier<C> {
         self.route(vec![alert.id], out, now).await
     }
 
+    /// Routes the custom notifications queued in Redis (by any instance),
+    /// oldest first, deleting each once routed. Waits while earlier
+    /// routing is unsaved or unchecked: an alert is deleted from the queue
+    /// only once its routing step is saved.
+    pub async fn route_sends(&mut self) -> Result<(), StoreError> {
+        const PER_READ: usize = 256;
+        loop {
+            if !(self.unsaved.is_empty() && self.unchecked.is_empty()) {
+                return Ok(());
+            }
+            let queued = self.store.queued_sends(PER_READ).await?;
+            let more = queued.len() == PER_READ;
+            let mut routed = Vec::new();
+            let mut failed = None;
+            for (entry, alert) in queued {
+                let Some(alert) = alert else {
+                    tracing::error!(%entry, "notifier: a queued custom notification does not read back as one; dropped");
+                    routed.push(entry);
+                    continue;
+                };
+                match self.send(alert).await {
+                    Ok(()) if self.unsaved.is_empty() && self.unchecked.is_empty() => {
+                        routed.push(entry)
+                    }
+                    Ok(()) => break,
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+            }
+            self.store.sends_routed(&routed).await?;
+            if let Some(error) = failed {
+                return Err(error);
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     /// Releases what is due (batches, holds, digests) and retries what is due.
     pub async fn tick(&mut self) -> Result<(), StoreError> {
         let mut waiting = std::mem::take(&mut self.unchecked);
@@ -487,7 +543,12 @@ impl<C: Clock> Notifier<C> {
         let now = self.clock.now_ms();
         let handle = self.handle.clone();
         let out = self.policy.tick(now, &|u| handle.prefs(u));
-        let result = self.route(Vec::new(), out, now).await;
+        let mut result = self.route(Vec::new(), out, now).await;
+        if result.is_ok() {
+            // Sends queued while no task was woken (another instance
+            // accepted them, or this task was not running yet).
+            result = self.route_sends().await;
+        }
         // Once per tick: counting the held items walks every user.
         self.update_gauge();
         result
@@ -704,6 +765,7 @@ impl<C: Clock> Notifier<C> {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = self.handle.wake.clone();
         // What the last task saved (this process's earlier run, or another
         // instance's before it lost the lease). Until it is loaded nothing
         // is routed: the queue fills and holds the dataflow back.
@@ -745,6 +807,7 @@ impl<C: Clock> Notifier<C> {
                     Some(Input::Send(a)) => self.send(a).await,
                     None => break,
                 },
+                _ = wake.notified() => self.route_sends().await,
                 _ = tick.tick() => self.tick().await,
             };
             if let Err(error) = result {

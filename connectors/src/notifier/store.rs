@@ -18,6 +18,9 @@
 //!   `…:prefs:seq` counts their changes and `…:prefs:changed` (zset user by
 //!   the change's number) tells every instance whose changed since it last
 //!   looked ([`Store::prefs_changed_since`]).
+//! - `P:notifications:sends` — stream of custom notifications
+//!   (`POST /notifications/send`) accepted by any instance and not routed
+//!   yet: field `alert` (JSON); the task routes and deletes them.
 //! - `P:notifications:applied:<writer>` — the last step of notifier task
 //!   `<writer>` (random per task start) that Redis ran (TTL 24 h).
 //!
@@ -204,6 +207,15 @@ redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
         run_calls_from(5)
     ))
 });
+
+/// Queues a custom notification unless `ARGV[1]` are waiting already
+/// (`KEYS[1]`: the stream; `ARGV[2]`: the alert's JSON). Returns 1 when
+/// queued, 0 when full: an accepted send is never trimmed away.
+const ENQUEUE_SEND: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'alert', ARGV[2])
+return 1
+";
 
 /// A preference change: the counter, the hash and the change set in one
 /// step (`KEYS`: seq, prefs, changed; `ARGV`: user, JSON).
@@ -694,6 +706,71 @@ impl Store {
                 Ok(true)
             }
         }
+    }
+
+    /// Queues a custom notification for the notifier task, wherever it
+    /// runs (`Ok(false)`: `cap` are waiting already). In Redis it is
+    /// durable once this returns; in-process there is no store to queue
+    /// in (the caller hands it to the local task).
+    pub async fn enqueue_send(&self, alert: &super::policy::Alert, cap: usize) -> R<bool> {
+        let Store::Redis { conn, prefix, .. } = self else {
+            return Ok(false);
+        };
+        let queued: i64 = redis::Script::new(ENQUEUE_SEND)
+            .key(Self::key(prefix, "sends"))
+            .arg(cap.max(1))
+            .arg(serde_json::to_string(alert)?)
+            .invoke_async(&mut conn.clone())
+            .await?;
+        Ok(queued == 1)
+    }
+
+    /// The oldest queued custom notifications (entry id, alert; `None`: an
+    /// entry that does not read back as one), at most `count`.
+    pub async fn queued_sends(
+        &self,
+        count: usize,
+    ) -> R<Vec<(String, Option<super::policy::Alert>)>> {
+        let Store::Redis { conn, prefix, .. } = self else {
+            return Ok(Vec::new());
+        };
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(Self::key(prefix, "sends"))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let alert = e
+                    .get::<String>("alert")
+                    .and_then(|j| serde_json::from_str(&j).ok());
+                (e.id, alert)
+            })
+            .collect())
+    }
+
+    /// Deletes queued custom notifications that were routed (a step of the
+    /// task: fenced like the others).
+    pub async fn sends_routed(&self, ids: &[String]) -> R<()> {
+        let Store::Redis {
+            conn,
+            prefix,
+            writer,
+        } = self
+        else {
+            return Ok(());
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut calls = Calls::default();
+        calls.cmd("XDEL").arg(Self::key(prefix, "sends")).arg(ids);
+        Self::step(conn, prefix, writer, calls).await
     }
 
     /// Every stored preference, and a change number they include at least
