@@ -293,13 +293,23 @@ async fn read_request(
 }
 
 /// Two instances on one Redis, notifications on: `system.error` alerts go
-/// to admin ada by webhook only (no quiet hours, retries after ~0.5 s).
-fn shared_config(prefix: &str, hook: &Hook) -> PathBuf {
-    let config = std::env::temp_dir().join(format!("{prefix}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// to admin ada by webhook only (no quiet hours, retries after ~0.5 s). The
+/// first holds the dataflow lease (and runs the notifier's task); the
+/// second stands by, a gateway.
+struct Pair {
+    holder: Server,
+    other: Server,
+    config: PathBuf,
+}
+
+impl Pair {
+    async fn start(name: &str, hook: &Hook) -> Pair {
+        let prefix = unique(name);
+        let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [redis]
 prefix = "{prefix}"
 [dataflow]
@@ -318,11 +328,56 @@ channels = {{ critical = ["webhook"] }}
 [notifications.webhook]
 urls = ["{}"]
 "#,
-            hook.url()
-        ),
-    )
-    .unwrap();
-    config
+                hook.url()
+            ),
+        )
+        .unwrap();
+        let url = redis_url();
+        let args = ["--config", config.to_str().unwrap(), "--redis-url", &url];
+        let holder = Server::start(&args).await;
+        wait_active(&holder, "the first instance never took the lease").await;
+        let other = Server::start(&args).await;
+        assert!(
+            !dataflow_active(&other).await,
+            "the second instance runs no dataflow"
+        );
+        Pair {
+            holder,
+            other,
+            config,
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Waits (30 s at most) for the hook's first delivery; returns its body.
+async fn first_delivery(hook: &Hook, never: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(body) = hook.delivered.lock().unwrap().first() {
+            return body.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{never} ({} tries in all)",
+            hook.tries.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (30 s at most) until `server` runs the dataflow.
+async fn wait_active(server: &Server, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dataflow_active(server).await {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn dataflow_active(server: &Server) -> bool {
@@ -350,30 +405,9 @@ async fn post_error(server: &Server, message: &str) {
 #[tokio::test]
 async fn a_standby_that_takes_over_delivers_what_the_holder_left_pending() {
     let hook = Hook::start().await;
-    let prefix = unique("notify-failover");
-    let config = shared_config(&prefix, &hook);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--redis-url",
-        &redis_url(),
-    ];
-    let mut holder = Server::start(&args).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dataflow_active(&holder).await {
-        assert!(
-            Instant::now() < deadline,
-            "the first instance never took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let standby = Server::start(&args).await;
-    assert!(
-        !dataflow_active(&standby).await,
-        "the standby runs no dataflow yet"
-    );
+    let mut pair = Pair::start("notify-failover", &hook).await;
 
-    post_error(&holder, "db down").await;
+    post_error(&pair.holder, "db down").await;
     // The delivery is saved as pending before its first try.
     let deadline = Instant::now() + Duration::from_secs(30);
     while hook.tries.load(Ordering::SeqCst) == 0 {
@@ -383,34 +417,18 @@ async fn a_standby_that_takes_over_delivers_what_the_holder_left_pending() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    holder.child.kill().unwrap(); // SIGKILL: the lease is not released
-    holder.child.wait().unwrap();
+    pair.holder.child.kill().unwrap(); // SIGKILL: the lease is not released
+    pair.holder.child.wait().unwrap();
     hook.up();
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dataflow_active(&standby).await {
-        assert!(
-            Instant::now() < deadline,
-            "the standby never took the lease over"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let delivered = hook.delivered.lock().unwrap().clone();
-        if let Some(body) = delivered.first() {
-            assert!(body.contains("Error in billing"), "{body}");
-            assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby never delivered the pending webhook the holder left ({} tries in all)",
-            hook.tries.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = std::fs::remove_file(&config);
+    wait_active(&pair.other, "the standby never took the lease over").await;
+    let body = first_delivery(
+        &hook,
+        "the standby never delivered the pending webhook the holder left",
+    )
+    .await;
+    assert!(body.contains("Error in billing"), "{body}");
+    let delivered = hook.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
 }
 
 /// A user sets preferences through one gateway; the instance running the
@@ -420,24 +438,8 @@ async fn a_standby_that_takes_over_delivers_what_the_holder_left_pending() {
 async fn preferences_set_through_another_instance_are_the_ones_alerts_are_routed_with() {
     let hook = Hook::start().await;
     hook.up();
-    let prefix = unique("notify-prefs");
-    let config = shared_config(&prefix, &hook);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--redis-url",
-        &redis_url(),
-    ];
-    let holder = Server::start(&args).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dataflow_active(&holder).await {
-        assert!(
-            Instant::now() < deadline,
-            "the first instance never took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let gateway = Server::start(&args).await;
+    let pair = Pair::start("notify-prefs", &hook).await;
+    let (holder, gateway) = (&pair.holder, &pair.other);
     let http = reqwest::Client::new();
     let prefs = "/api/realtime/notifications/preferences?user_id=ada";
     let r = http
@@ -468,7 +470,7 @@ async fn preferences_set_through_another_instance_are_the_ones_alerts_are_routed
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    post_error(&gateway, "disk full").await;
+    post_error(gateway, "disk full").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v: Value = http
@@ -492,7 +494,6 @@ async fn preferences_set_through_another_instance_are_the_ones_alerts_are_routed
         hook.delivered.lock().unwrap().is_empty(),
         "the default channel (webhook) was used"
     );
-    let _ = std::fs::remove_file(&config);
 }
 
 /// A custom notification accepted by a gateway (an instance without the
@@ -504,28 +505,8 @@ async fn preferences_set_through_another_instance_are_the_ones_alerts_are_routed
 async fn a_notification_sent_through_a_gateway_is_delivered_by_the_holder() {
     let hook = Hook::start().await;
     hook.up();
-    let prefix = unique("notify-send");
-    let config = shared_config(&prefix, &hook);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--redis-url",
-        &redis_url(),
-    ];
-    let holder = Server::start(&args).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dataflow_active(&holder).await {
-        assert!(
-            Instant::now() < deadline,
-            "the first instance never took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let gateway = Server::start(&args).await;
-    assert!(
-        !dataflow_active(&gateway).await,
-        "the gateway runs no dataflow"
-    );
+    let pair = Pair::start("notify-send", &hook).await;
+    let gateway = &pair.other;
     let r = reqwest::Client::new()
         .post(gateway.url("/api/realtime/notifications/send"))
         .json(
@@ -536,18 +517,10 @@ async fn a_notification_sent_through_a_gateway_is_delivered_by_the_holder() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let delivered = hook.delivered.lock().unwrap().clone();
-        if let Some(body) = delivered.first() {
-            assert!(body.contains("Press deadline moved"), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the notification the gateway accepted was never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = std::fs::remove_file(&config);
+    let body = first_delivery(
+        &hook,
+        "the notification the gateway accepted was never delivered",
+    )
+    .await;
+    assert!(body.contains("Press deadline moved"), "{body}");
 }

@@ -455,6 +455,63 @@ async fn views_refuse_what_the_callers_channels_would_refuse() {
     assert_eq!(body["sessions"][0]["session_id"], "s-auth");
 }
 
+/// An instance on Redis with checkpoints every `interval` of event time,
+/// restarted in place (the same port: it takes its lease back at once).
+struct Restartable {
+    args: Vec<String>,
+    port: u16,
+    prefix: String,
+}
+
+impl Restartable {
+    fn new(name: &str, interval: &str) -> Restartable {
+        let prefix = unique(name);
+        let args = [
+            "--redis-url",
+            &redis_url(),
+            "--set",
+            &format!("redis.prefix={prefix}"),
+            "--set",
+            "redis.shards=1",
+            "--set",
+            "checkpoint.store=redis",
+            "--set",
+            &format!("checkpoint.interval={interval}"),
+        ]
+        .map(String::from)
+        .to_vec();
+        Restartable {
+            args,
+            port: inkstream_tests::free_port(),
+            prefix,
+        }
+    }
+
+    async fn start(&self) -> Server {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Server::start_on(self.port, &args).await
+    }
+
+    /// Waits (60 s at most) until a checkpoint past event time `past`
+    /// completed: a restart restores what came before it.
+    async fn checkpointed_past(&self, past: i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpoint_barrier(&self.prefix).await <= past {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint past {past} completed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// SIGKILL: nothing flushed, nothing acknowledged, the lease kept.
+fn kill(mut server: Server) {
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
 /// One writing session of `words` words in project `p`, started at `ts`:
 /// started, typed in, ended.
 async fn one_session(server: &Server, user: &str, p: &str, ts: i64, words: i64) {
@@ -505,33 +562,17 @@ async fn totals(server: &Server, p: &str, sessions: i64) -> Value {
 /// the restarted view writer did not know the summary had been added).
 #[tokio::test]
 async fn writing_totals_count_a_session_once_when_a_restart_derives_it_again() {
-    let prefix = unique("views-replay");
-    let url = redis_url();
-    let args = [
-        "--redis-url",
-        &url,
-        "--set",
-        &format!("redis.prefix={prefix}"),
-        "--set",
-        "redis.shards=1",
-        // Checkpoints on, none covering the session: the restart reads it
-        // again.
-        "--set",
-        "checkpoint.store=redis",
-        "--set",
-        "checkpoint.interval=1h",
-    ];
-    let port = inkstream_tests::free_port();
-    let mut first = Server::start_on(port, &args).await;
+    // No checkpoint covers the session: the restart reads it again.
+    let instance = Restartable::new("views-replay", "1h");
+    let first = instance.start().await;
     let (user, p) = (unique("u"), unique("p"));
     let ts = now_ms();
     one_session(&first, &user, &p, ts, 8).await;
     let before = totals(&first, &p, 1).await;
     assert_eq!(before["words"], 8, "{before}");
-    first.child.kill().unwrap(); // SIGKILL: nothing flushed, nothing acknowledged
-    first.child.wait().unwrap();
+    kill(first);
 
-    let again = Server::start_on(port, &args).await;
+    let again = instance.start().await;
     // A later session of another project, after the first in the log (one
     // shard) and in event time: once its totals show, the view writer has
     // applied whatever the restart derived again before it.
@@ -570,20 +611,8 @@ async fn checkpoint_barrier(prefix: &str) -> i64 {
 /// end's time and the transitions started again from one).
 #[tokio::test]
 async fn an_open_session_keeps_its_view_across_a_restart() {
-    let prefix = unique("views-open");
-    let url = redis_url();
-    let args = [
-        "--redis-url",
-        &url,
-        "--set",
-        &format!("redis.prefix={prefix}"),
-        "--set",
-        "checkpoint.store=redis",
-        "--set",
-        "checkpoint.interval=1s",
-    ];
-    let port = inkstream_tests::free_port();
-    let mut first = Server::start_on(port, &args).await;
+    let instance = Restartable::new("views-open", "1s");
+    let first = instance.start().await;
     let (user, p, d, session) = (unique("u"), unique("p"), unique("d"), unique("s"));
     let ts = now_ms();
     post(
@@ -604,18 +633,10 @@ async fn an_open_session_keeps_its_view_across_a_restart() {
         poll(&first, &path, |b| b["session"]["state"] == "WARMING_UP").await["session"].clone();
     // A checkpoint holds the open session: the restart restores it and
     // does not derive its start again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint_barrier(&prefix).await <= ts + 1_000 {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint after the session's start completed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    instance.checkpointed_past(ts + 1_000).await;
+    kill(first);
 
-    let again = Server::start_on(port, &args).await;
+    let again = instance.start().await;
     post(
         &again,
         &format!("/api/realtime/writing/sessions/{session}/end"),
@@ -650,20 +671,8 @@ async fn cursors(server: &Server, users: &[(&str, i64)], p: &str, d: &str, ts: i
 /// dropped its resolution, so it stayed open in Redis).
 #[tokio::test]
 async fn a_conflict_opened_before_a_restart_is_resolved_after_it() {
-    let prefix = unique("views-conflict");
-    let url = redis_url();
-    let args = [
-        "--redis-url",
-        &url,
-        "--set",
-        &format!("redis.prefix={prefix}"),
-        "--set",
-        "checkpoint.store=redis",
-        "--set",
-        "checkpoint.interval=1s",
-    ];
-    let port = inkstream_tests::free_port();
-    let mut first = Server::start_on(port, &args).await;
+    let instance = Restartable::new("views-conflict", "1s");
+    let first = instance.start().await;
     let (u1, u2, p, d) = (unique("u1"), unique("u2"), unique("p"), unique("d"));
     let ts = now_ms();
     cursors(&first, &[(&u1, 4), (&u2, 4)], &p, &d, ts).await;
@@ -672,18 +681,10 @@ async fn a_conflict_opened_before_a_restart_is_resolved_after_it() {
         b["open"].as_array().is_some_and(|c| c.len() == 1)
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint_barrier(&prefix).await <= ts + 1_000 {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint after the conflict opened completed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    instance.checkpointed_past(ts + 1_000).await;
+    kill(first);
 
-    let again = Server::start_on(port, &args).await;
+    let again = instance.start().await;
     cursors(&again, &[(&u2, 40)], &p, &d, now_ms()).await;
     let resolved = poll(&again, &path, |b| {
         b["recent"].as_array().is_some_and(|c| c.len() == 1)
