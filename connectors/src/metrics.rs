@@ -131,7 +131,7 @@ pub struct Metrics {
     /// Clients disconnected because their queue overflowed, by path.
     pub ws_slow_disconnects: IntCounterVec,
     /// WebSocket connections the fanout closed, by reason (`control_flood`,
-    /// `idle`, `token_expired`, `too_big`).
+    /// `idle`, `token_expired`, `session_ended`, `too_big`).
     pub ws_closes: IntCounterVec,
     /// Presence frames that replaced an older one of the same channel in a
     /// full queue instead of disconnecting the client.
@@ -624,7 +624,13 @@ impl Metrics {
         for outcome in ["ok", "failed", "rate_limited"] {
             self.auth_jwks_fetches.with_label_values(&[outcome]);
         }
-        for reason in ["control_flood", "idle", "token_expired", "too_big"] {
+        for reason in [
+            "control_flood",
+            "idle",
+            "token_expired",
+            "session_ended",
+            "too_big",
+        ] {
             self.ws_closes.with_label_values(&[reason]);
         }
         for outcome in ["published", "dropped"] {

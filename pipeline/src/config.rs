@@ -128,6 +128,12 @@ pub struct AuthSettings {
     pub jwt_leeway: Duration,
     /// express-session cookie secret (`INKSTREAM_SESSION_SECRET`).
     pub session_secret: Option<String>,
+    /// How often a WebSocket opened with a session cookie checks that its
+    /// session still holds the same user, role and memberships; once it
+    /// does not (logged out, expired, changed) the socket is closed with
+    /// 4001 (default 30 s).
+    #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
+    pub session_recheck: Duration,
     /// Apps allowed to ingest.
     pub api_keys: Vec<ApiKeySettings>,
 }
@@ -172,6 +178,7 @@ impl Default for AuthSettings {
             jwt_issuer: Vec::new(),
             jwt_leeway: Duration::ZERO,
             session_secret: None,
+            session_recheck: connectors::auth::DEFAULT_SESSION_RECHECK,
             api_keys: Vec::new(),
         }
     }
@@ -247,6 +254,7 @@ impl AuthSettings {
             },
             session_secret: self.session_secret.clone().filter(|s| !s.is_empty()),
             api_keys: keys,
+            session_recheck: self.session_recheck,
         })
     }
 }

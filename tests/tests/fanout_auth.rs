@@ -311,3 +311,125 @@ async fn admins_broadcast_and_read_stats_and_members_may_not() {
         .unwrap();
     assert_eq!(bad.status(), 422);
 }
+
+/// Connects to `path` with the express-session cookie `cookie`.
+async fn with_cookie(server: &Server, path: &str, cookie: &str) -> inkstream_tests::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.ws_url(path).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("connect.sid={cookie}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// Reads until the server closes `ws` (30 s at most); returns the close
+/// code and reason.
+async fn closed(ws: &mut inkstream_tests::Ws, what: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                let f = frame.expect("a close frame with a code");
+                return (u16::from(f.code), f.reason.to_string());
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{what} was not closed with a close frame: {other:?}"),
+        }
+    }
+}
+
+/// WebSockets opened with a session cookie are closed (4001) once their
+/// session is logged out or holds other memberships, and `/ws/ingest`
+/// closes at a token's `exp` like the subscribe paths (until 2026-12-07
+/// a session's sockets stayed open for as long as the client kept them,
+/// receiving its former projects' events, and `/ws/ingest` accepted events
+/// after its token expired).
+#[tokio::test]
+async fn sockets_close_when_their_session_ends_or_changes_and_ingest_at_token_expiry() {
+    let url = inkstream_tests::redis_url();
+    let server = Server::start(&[
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={}", inkstream_tests::unique("sess-ws")),
+        "--set",
+        "auth.session_secret=\"keyboard cat\"",
+        "--set",
+        "auth.jwt_secret=\"fanout-secret\"",
+        "--set",
+        "auth.session_recheck=\"200ms\"",
+    ])
+    .await;
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let session =
+        |projects: &[&str]| json!({"cookie": {}, "userId": "u7", "projects": projects}).to_string();
+    let mut login = async |projects: &[&str]| {
+        let sid = inkstream_tests::unique("sid");
+        let () = redis::cmd("SET")
+            .arg(format!("sess:{sid}"))
+            .arg(session(projects))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let cookie = connectors::auth::sign_cookie(&sid, b"keyboard cat").replace(':', "%3A");
+        (sid, cookie)
+    };
+
+    // Logged out: the subscriber is closed.
+    let (sid, cookie) = login(&["p1"]).await;
+    let mut sub = with_cookie(&server, "/ws/analytics", &cookie).await;
+    sub.send(Message::text(
+        json!({"op": "subscribe", "channel": "project:p1"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut sub).await["op"], "subscribed");
+    // The ingest socket of the same user, on another session whose
+    // memberships change.
+    let (changed_sid, changed_cookie) = login(&["p1"]).await;
+    let mut ingest = with_cookie(&server, "/ws/ingest", &changed_cookie).await;
+    let event = json!({"type": "writing.keystroke", "ts": now_ms(), "user_id": "u7",
+                       "data": {"keystrokes": 3, "words": 1, "chars": 3}});
+    ingest.send(Message::text(event.to_string())).await.unwrap();
+    assert_eq!(next_json(&mut ingest).await["op"], "ack");
+
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap(); // the first one is `login`'s
+    let () = redis::cmd("DEL")
+        .arg(format!("sess:{sid}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (code, reason) = closed(&mut sub, "the subscriber of a logged-out session").await;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("session"), "{reason}");
+
+    let () = redis::cmd("SET")
+        .arg(format!("sess:{changed_sid}"))
+        .arg(session(&["p2"]))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (code, reason) = closed(&mut ingest, "the ingest socket of a changed session").await;
+    assert_eq!(code, 4001, "{reason}");
+
+    // A token that expires in 2 s: the ingest socket is closed at its exp.
+    let short = connectors::auth::sign_jwt(
+        &json!({"sub": "u7", "exp": now_ms() / 1000 + 2}),
+        b"fanout-secret",
+    );
+    let (mut ingest, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("/ws/ingest?token={short}")))
+            .await
+            .unwrap();
+    let (code, reason) = closed(&mut ingest, "the ingest socket of an expired token").await;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("expired"), "{reason}");
+}

@@ -31,6 +31,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Resolves once the session cookie a long-lived connection was opened
+/// with no longer holds (see [`Authenticator::session_end`]).
+pub type SessionEnd = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// `auth.session_recheck` when unset.
+pub const DEFAULT_SESSION_RECHECK: Duration = Duration::from_secs(30);
 
 /// The authentication settings.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +51,10 @@ pub struct AuthConfig {
     pub jwt: JwtRules,
     pub session_secret: Option<String>,
     pub api_keys: Vec<ApiKey>,
+    /// How often a WebSocket opened with a session cookie checks that its
+    /// session still holds the same user (`auth.session_recheck`; zero:
+    /// [`DEFAULT_SESSION_RECHECK`]).
+    pub session_recheck: Duration,
 }
 
 impl AuthConfig {
@@ -108,21 +120,56 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(Principal::Anonymous);
         }
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        if let Some(token) = bearer.or(query_token) {
+        if let Some(token) = bearer(headers).or(query_token) {
             return self.token(token).await;
         }
         if let Some(sid) = session_cookie(headers) {
             return self.session(&sid).await;
         }
         Err(AuthError::Missing)
+    }
+
+    /// For a connection that [`Authenticator::authenticate`] let in by its
+    /// session cookie (no bearer or query token, which win): resolves once
+    /// that session is gone (logged out, expired) or holds another user,
+    /// role or memberships than `principal`, checked every
+    /// `auth.session_recheck`. While the store cannot answer, the
+    /// connection stays (it could not reconnect either). `None` for every
+    /// other credential: a JWT ends at its `exp`, an API key never.
+    pub fn session_end(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        principal: &Principal,
+    ) -> Option<SessionEnd> {
+        let Principal::User(user) = principal else {
+            return None;
+        };
+        if !self.enabled() || query_token.is_some() || bearer(headers).is_some() {
+            return None;
+        }
+        let signed = session_cookie(headers)?;
+        let (auth, user) = (self.clone(), user.clone());
+        let every = match self.config.session_recheck {
+            d if d.is_zero() => DEFAULT_SESSION_RECHECK,
+            d => d,
+        };
+        Some(Box::pin(async move {
+            let mut unreachable = false;
+            loop {
+                tokio::time::sleep(every).await;
+                match auth.session(&signed).await {
+                    Ok(Principal::User(now)) if now == user => unreachable = false,
+                    Err(AuthError::SessionStore(error)) => {
+                        if !unreachable {
+                            tracing::warn!(%error, "the session store does not answer: connections opened with a session stay until it does");
+                            unreachable = true;
+                        }
+                    }
+                    Ok(_) | Err(_) => return,
+                }
+            }
+        }))
     }
 
     async fn token(&self, token: &str) -> Result<Principal, AuthError> {
@@ -232,6 +279,18 @@ fn user_from_session(s: &serde_json::Value) -> Option<User> {
     })
 }
 
+/// The `Authorization: Bearer` token, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 /// The raw `connect.sid` cookie value (URL-decoded), if present.
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
     for value in headers.get_all(header::COOKIE) {
@@ -302,6 +361,7 @@ mod tests {
                 jwks: None,
                 jwt: JwtRules::default(),
                 session_secret: Some("sess-secret".into()),
+                session_recheck: DEFAULT_SESSION_RECHECK,
                 api_keys: vec![ApiKey {
                     name: "mobile".into(),
                     sha256: hash_api_key("k-123"),

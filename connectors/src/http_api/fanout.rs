@@ -36,7 +36,10 @@ pub(crate) fn subscribe(path: WsPath) -> MethodRouter<AppState> {
             check_ws_origin(&s, &headers, token.as_deref())?;
             params.map_err(|r| ApiError::from_query(&r))?;
             let ws = ws.map_err(|r| ApiError::InvalidUpgrade(r.body_text()))?;
-            Ok::<_, ApiError>(ws.on_upgrade(move |io| s.hub.serve(io, path, principal)))
+            let session_end = s.auth.session_end(&headers, token.as_deref(), &principal);
+            Ok::<_, ApiError>(
+                ws.on_upgrade(move |io| s.hub.serve(io, path, principal, session_end)),
+            )
         },
     )
 }

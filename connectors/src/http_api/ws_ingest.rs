@@ -15,7 +15,7 @@ use super::state::AppState;
 use crate::auth::Principal;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -54,25 +54,88 @@ pub(crate) async fn upgrade(
     let ws = ws.map_err(|r| ApiError::InvalidUpgrade(r.body_text()))?;
     let max = s.config.max_body_bytes;
     let peer = super::auth::peer(&headers);
+    let ends = credential_end(
+        &principal,
+        s.auth.session_end(&headers, token.as_deref(), &principal),
+    );
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(socket, s, principal, peer, params.partial))
+        .on_upgrade(move |socket| serve(socket, s, principal, peer, params.partial, ends))
         .into_response())
 }
 
+/// Resolves, with the close reason, when the credential the connection was
+/// opened with ends: a JWT at its `exp`, a session cookie once its session
+/// no longer holds (`session_end`). Never for API keys.
+fn credential_end(
+    principal: &Principal,
+    session_end: Option<crate::auth::SessionEnd>,
+) -> impl Future<Output = &'static str> + Send + 'static {
+    let exp = match principal {
+        Principal::User(u) => u.expires_at,
+        _ => None,
+    };
+    async move {
+        let expired = async {
+            match exp {
+                Some(exp) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(
+                        (exp as f64 - now).max(0.0),
+                    ))
+                    .await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let ended = async {
+            match session_end {
+                Some(end) => end.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = expired => "the token expired: reconnect with a new one",
+            () = ended => "the session ended or changed: reconnect",
+        }
+    }
+}
+
+/// Reads and answers frames until the client closes, or its credential
+/// ends (`ends`: closed with 4001, between two frames, so no event is
+/// accepted for a caller who is no longer who it was).
 async fn serve(
     socket: WebSocket,
     s: AppState,
     principal: Principal,
     peer: Option<std::net::IpAddr>,
     partial: bool,
+    ends: impl Future<Output = &'static str>,
 ) {
     let gauge = s.metrics.ws_ingest_connections.clone();
     gauge.inc();
     let (mut sink, mut stream) = socket.split();
     let mut frame: u64 = 0;
-    while let Some(msg) = stream.next().await {
+    tokio::pin!(ends);
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            reason = &mut ends => {
+                let close = CloseFrame {
+                    code: crate::websocket_fanout::CLOSE_TOKEN_EXPIRED,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                break;
+            }
+        };
         let text = match msg {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {

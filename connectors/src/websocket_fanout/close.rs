@@ -10,8 +10,9 @@ pub const CLOSE_CONTROL_FLOOD: u16 = 4029;
 /// Close code sent to a client from which nothing, not even a pong, was
 /// heard for `fanout.idle_timeout`.
 pub const CLOSE_IDLE: u16 = 4009;
-/// Close code sent when the connection's token expires (reconnect with a
-/// new token).
+/// Close code sent when the connection's credential ends: its token
+/// expired, or its session was logged out, expired or changed (reconnect
+/// with a new credential). `/ws/ingest` sends it too.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code sent for a client frame over the 64 KiB limit (RFC 6455
 /// "message too big").

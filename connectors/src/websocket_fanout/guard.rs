@@ -9,7 +9,9 @@
 //! - a connection authenticated by a token that expires is closed with
 //!   [`CLOSE_TOKEN_EXPIRED`] at the token's `exp`: the client reconnects with
 //!   a fresh token (no in-band re-authentication, so a subscription never
-//!   outlives its credential).
+//!   outlives its credential); one opened with a session cookie is closed
+//!   the same way once its session is gone or holds another user, role or
+//!   memberships (checked every `auth.session_recheck`).
 
 use super::close::{CLOSE_CONTROL_FLOOD, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG};
 use super::config::HubConfig;
@@ -39,6 +41,12 @@ pub(crate) const EXPIRED: Closing = Closing {
     code: CLOSE_TOKEN_EXPIRED,
     reason: "the token expired: reconnect with a new one",
     label: "token_expired",
+};
+
+pub(crate) const SESSION_ENDED: Closing = Closing {
+    code: CLOSE_TOKEN_EXPIRED,
+    reason: "the session ended or changed: reconnect",
+    label: "session_ended",
 };
 
 pub(crate) const TOO_BIG: Closing = Closing {

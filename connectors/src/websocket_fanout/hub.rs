@@ -479,8 +479,15 @@ impl Hub {
 
     /// Serves one upgraded WebSocket connection on `path` until it closes.
     /// `io` is the connection after the HTTP upgrade was answered.
-    pub async fn serve<S>(self: Arc<Self>, io: S, path: WsPath, principal: Principal)
-    where
+    /// `session_end` resolves once the session cookie the connection was
+    /// opened with no longer holds ([`crate::auth::Authenticator::session_end`]).
+    pub async fn serve<S>(
+        self: Arc<Self>,
+        io: S,
+        path: WsPath,
+        principal: Principal,
+        session_end: Option<crate::auth::SessionEnd>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
         // Small read buffers: tens of thousands of subscribers, each sending
@@ -522,6 +529,13 @@ impl Hub {
         );
         let expiry = guard::expiry(guard.expires);
         tokio::pin!(expiry);
+        let session_end = async move {
+            match session_end {
+                Some(end) => end.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(session_end);
         let mut closing = None;
         let mut batch = Vec::new();
         // When this connection last began writing frames (with a write delay).
@@ -568,6 +582,10 @@ impl Hub {
                 }
                 () = &mut expiry => {
                     closing = Some(guard::EXPIRED);
+                    break;
+                }
+                () = &mut session_end => {
+                    closing = Some(guard::SESSION_ENDED);
                     break;
                 }
                 outgoing = rx.recv() => match outgoing {
