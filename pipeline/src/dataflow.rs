@@ -106,6 +106,8 @@ pub enum SinkError {
     },
     #[error("kafka derived topics: {0}")]
     Kafka(#[from] connectors::kafka::derived::DeliveryError),
+    #[error("notifier: alerts not routed yet could not be queued: {0}")]
+    Notifier(#[from] connectors::notifier::store::StoreError),
 }
 
 impl schemas::Classify for SinkError {
@@ -115,6 +117,7 @@ impl schemas::Classify for SinkError {
         match self {
             SinkError::File { .. } => schemas::Fault::External,
             SinkError::Kafka(e) => schemas::Classify::fault(e),
+            SinkError::Notifier(e) => schemas::Classify::fault(e),
         }
     }
 }

@@ -45,7 +45,7 @@ use schemas::payload::SessionState;
 use schemas::{Event, Payload};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -125,6 +125,13 @@ pub struct NotifierHandle {
     /// Wakes this instance's task (if it runs here) for custom sends
     /// queued in Redis.
     wake: Arc<tokio::sync::Notify>,
+    /// Alerts offered by the dataflow that the task has not routed yet
+    /// (its `seen` mark not saved), by id: a checkpoint saves them
+    /// ([`NotifierHandle::persist_unrouted`]) before it counts them done.
+    in_flight: Arc<Mutex<BTreeMap<String, Alert>>>,
+    /// The runtime the store's client runs on, for
+    /// [`NotifierHandle::persist_unrouted`] from a worker thread.
+    runtime: tokio::runtime::Handle,
     pub store: Store,
     prefs: Arc<RwLock<HashMap<String, Preferences>>>,
     defaults: Arc<Preferences>,
@@ -172,6 +179,44 @@ impl NotifierHandle {
         Ok(true)
     }
 
+    /// Before a checkpoint counts the alerts offered so far as done: queues
+    /// those the task has not routed yet in the store's durable queue of
+    /// sends (Redis), where the task (this one, or whoever resumes after a
+    /// crash) routes them; routing one twice is harmless (its `seen`
+    /// mark). Blocks: called from the dataflow's worker threads. In-process
+    /// there is nothing durable to queue in, as with the embedded log.
+    /// Returns how many were queued.
+    pub fn persist_unrouted(&self) -> Result<usize, StoreError> {
+        if matches!(self.store, Store::Memory(_)) {
+            return Ok(0);
+        }
+        let alerts: Vec<Alert> = lock(&self.in_flight).values().cloned().collect();
+        if alerts.is_empty() {
+            return Ok(0);
+        }
+        let (store, runtime) = (self.store.clone(), self.runtime.clone());
+        let queued = std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(store.enqueue_unrouted(&alerts)))
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Panicked))
+        });
+        queued?;
+        let mut in_flight = lock(&self.in_flight);
+        for a in &alerts {
+            in_flight.remove(&a.id);
+        }
+        Ok(alerts.len())
+    }
+
+    /// The task routed (or found routed) these alert ids.
+    fn routed<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        let mut in_flight = lock(&self.in_flight);
+        for id in ids {
+            in_flight.remove(id);
+        }
+    }
+
     /// From the dataflow's sink (a worker thread): queues a derived event if
     /// the notifier wants it. Waits for room when called outside the
     /// runtime (backpressure on the dataflow, never a silent drop); inside
@@ -179,6 +224,9 @@ impl NotifierHandle {
     pub fn offer(&self, e: &Event) {
         if !wants(e) {
             return;
+        }
+        if let Some(alert) = alert_of(e) {
+            lock(&self.in_flight).insert(alert.id.clone(), alert);
         }
         match self.tx.try_send(Input::Event(e.clone())) {
             Ok(()) => {}
@@ -350,6 +398,8 @@ impl<C: Clock> Notifier<C> {
         let handle = NotifierHandle {
             tx,
             wake: Arc::new(tokio::sync::Notify::new()),
+            in_flight: Arc::default(),
+            runtime: tokio::runtime::Handle::current(),
             store: store.clone(),
             prefs,
             defaults: Arc::new(config.defaults.clone()),
@@ -414,18 +464,10 @@ impl<C: Clock> Notifier<C> {
         let now = self.clock.now_ms();
         let user = e.user_id.as_deref();
         let flow = match &e.data {
-            Payload::AnalyticsAlertTriggered(a) => {
-                let alert = Alert {
-                    id: e.id.to_string(),
-                    rule: Some(a.rule.clone()),
-                    priority: a.priority,
-                    recipient: a.recipient_id.clone(),
-                    dedup_key: a.dedup_key.clone(),
-                    title: a.title.clone(),
-                    body: a.body.clone(),
-                };
-                return self.send(alert).await;
-            }
+            Payload::AnalyticsAlertTriggered(_) => match alert_of(e) {
+                Some(alert) => return self.send(alert).await,
+                None => return Ok(()),
+            },
             // Held "until they pause": leaving FLOW_STATE for active writing
             // (flow_state_exited) keeps the hold; a pause, a break, the end
             // of the session (or `flow_hold_max_s`) releases it.
@@ -465,6 +507,9 @@ impl<C: Clock> Notifier<C> {
         };
         if seen {
             tracing::debug!(id = %alert.id, "alert already routed");
+            if !self.unsaved.seen.contains(&alert.id) {
+                self.handle.routed([&alert.id]);
+            }
             return Ok(());
         }
         let users = self.config.resolve(&alert.recipient);
@@ -596,6 +641,7 @@ impl<C: Clock> Notifier<C> {
                 self.unsaved = step;
                 return Err(error);
             }
+            self.handle.routed(&step.seen);
         }
         for p in step.pending {
             self.pending.insert(p.delivery.id.clone(), p);
@@ -874,6 +920,26 @@ async fn refresh_prefs(
             }
         }
     }
+}
+
+/// The alert a derived `analytics.alert_triggered` event asks for.
+fn alert_of(e: &Event) -> Option<Alert> {
+    let Payload::AnalyticsAlertTriggered(a) = &e.data else {
+        return None;
+    };
+    Some(Alert {
+        id: e.id.to_string(),
+        rule: Some(a.rule.clone()),
+        priority: a.priority,
+        recipient: a.recipient_id.clone(),
+        dedup_key: a.dedup_key.clone(),
+        title: a.title.clone(),
+        body: a.body.clone(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether the notifier wants this derived event (alerts and flow changes).

@@ -59,6 +59,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("the thread that wrote to the store panicked")]
+    Panicked,
     #[error(
         "this instance no longer holds the dataflow lease (fence token {token} of {key} is \
          stale): the notifier's write was refused; the new holder delivers"
@@ -75,7 +77,7 @@ impl schemas::Classify for StoreError {
             StoreError::Fenced { .. } => schemas::Fault::Internal,
             // What this process wrote does not read back: a bug (or a
             // foreign writer under our prefix).
-            StoreError::Json(_) => schemas::Fault::Internal,
+            StoreError::Json(_) | StoreError::Panicked => schemas::Fault::Internal,
         }
     }
 }
@@ -723,6 +725,28 @@ impl Store {
             .invoke_async(&mut conn.clone())
             .await?;
         Ok(queued == 1)
+    }
+
+    /// Queues alerts the dataflow derived and the task has not routed yet
+    /// with the custom sends (never refused for room: a checkpoint counts
+    /// them done once this returns).
+    pub async fn enqueue_unrouted(&self, alerts: &[super::policy::Alert]) -> R<()> {
+        let Store::Redis { conn, prefix, .. } = self else {
+            return Ok(());
+        };
+        let key = Self::key(prefix, "sends");
+        let mut p = redis::pipe();
+        p.atomic();
+        for a in alerts {
+            p.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("alert")
+                .arg(serde_json::to_string(a)?)
+                .ignore();
+        }
+        let () = p.query_async(&mut conn.clone()).await?;
+        Ok(())
     }
 
     /// The oldest queued custom notifications (entry id, alert; `None`: an

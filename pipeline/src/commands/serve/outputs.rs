@@ -47,12 +47,16 @@ impl DerivedSink for DerivedOutputs {
 
     /// Before the checkpoint at `barrier` completes, the derived topics have
     /// everything stamped before it (flushed with every delivery successful,
-    /// or committed in a transaction) and `derived.dir` is fsynced (the
-    /// fanout is live only; its history is its own). Either failing fails
-    /// the checkpoint: nothing is acknowledged, the next one tries again.
+    /// or committed in a transaction), `derived.dir` is fsynced, and the
+    /// alerts the notifier has not routed yet are queued in its store (the
+    /// fanout is live only; its history is its own). Any failing fails the
+    /// checkpoint: nothing is acknowledged, the next one tries again.
     fn sync(&self, barrier: u64) -> Result<(), SinkError> {
         if let Some(p) = &self.derived {
             p.sync(barrier)?;
+        }
+        if let Some(n) = &self.notify {
+            n.persist_unrouted()?;
         }
         match &self.files {
             Some(files) => files.sync(barrier),
