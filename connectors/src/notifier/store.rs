@@ -210,6 +210,31 @@ redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
     ))
 });
 
+/// Stores an in-app notification once (`KEYS`: the user's sorted set of
+/// ids, the hash of bodies, the set of unread ids; `ARGV`: id, time, JSON,
+/// how many to keep): a retry of a write that ran leaves it as it is (read,
+/// if the user read it). Trims the oldest beyond `keep`, 1,000 per call.
+/// Returns 1 when stored, 0 when it was there already.
+static IN_APP_ADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+while over > 0 do
+  local old = redis.call('ZRANGE', KEYS[1], 0, math.min(over, 1000) - 1)
+  redis.call('ZREM', KEYS[1], unpack(old))
+  redis.call('HDEL', KEYS[2], unpack(old))
+  redis.call('SREM', KEYS[3], unpack(old))
+  over = over - #old
+end
+return 1
+",
+    )
+});
+
 /// Queues a custom notification unless `ARGV[1]` are waiting already
 /// (`KEYS[1]`: the stream; `ARGV[2]`: the alert's JSON). Returns 1 when
 /// queued, 0 when full: an accepted send is never trimmed away.
@@ -578,36 +603,16 @@ impl Store {
                 let zset = Self::key(prefix, &format!("inapp:{}", part(user)));
                 let items = format!("{zset}:items");
                 let unread = Self::key(prefix, &format!("unread:{}", part(user)));
-                let mut c = conn.clone();
-                let () = redis::pipe()
-                    .atomic()
-                    .zadd(&zset, &n.id, n.created_ms)
-                    .ignore()
-                    .hset(&items, &n.id, serde_json::to_string(n)?)
-                    .ignore()
-                    .sadd(&unread, &n.id)
-                    .ignore()
-                    .query_async(&mut c)
+                let _: i64 = IN_APP_ADD
+                    .key(&zset)
+                    .key(&items)
+                    .key(&unread)
+                    .arg(&n.id)
+                    .arg(n.created_ms)
+                    .arg(serde_json::to_string(n)?)
+                    .arg(keep)
+                    .invoke_async(&mut conn.clone())
                     .await?;
-                // Trim the oldest beyond `keep` (ids first, then their bodies).
-                let old: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(&zset)
-                    .arg(0)
-                    .arg(-(keep as i64) - 1)
-                    .query_async(&mut c)
-                    .await?;
-                if !old.is_empty() {
-                    let () = redis::pipe()
-                        .atomic()
-                        .zrem(&zset, &old)
-                        .ignore()
-                        .hdel(&items, &old)
-                        .ignore()
-                        .srem(&unread, &old)
-                        .ignore()
-                        .query_async(&mut c)
-                        .await?;
-                }
                 Ok(())
             }
         }

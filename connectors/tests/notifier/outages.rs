@@ -405,3 +405,46 @@ async fn a_notifier_that_lost_the_lease_writes_nothing() {
         vec![("ada".to_owned(), state(1))]
     );
 }
+
+/// An in-app delivery whose store write ran but whose reply was lost is
+/// tried again: the notification is stored once and stays read if the
+/// user read it in between (the retry's `SADD` marked it unread again).
+#[tokio::test]
+async fn an_in_app_notification_stored_again_by_a_retry_stays_read() {
+    use inkstream_connectors::notifier::policy::DeliveryKind;
+    use inkstream_connectors::notifier::store::InAppNotification;
+    let prefix = inkstream_tests::unique("notif-inapp-retry");
+    let store = redis_store(&prefix);
+    let note = |id: &str, created_ms| InAppNotification {
+        id: id.into(),
+        recipient_id: "ada".into(),
+        priority: schemas::payload::Priority::High,
+        title: format!("note {id}"),
+        body: String::new(),
+        rule: None,
+        suppressed_similar: 0,
+        kind: DeliveryKind::Immediate,
+        created_ms,
+        read: false,
+    };
+    store.in_app_add(&note("d1", 10), 2).await.unwrap();
+    assert!(store.in_app_mark_read("ada", "d1").await.unwrap());
+    // The retry, with the time of its own try.
+    store.in_app_add(&note("d1", 20), 2).await.unwrap();
+    let (unread, total) = store.in_app_list("ada", true, 0, 10).await.unwrap();
+    assert!(
+        unread.is_empty() && total == 0,
+        "the retry marked a read notification unread: {unread:?}"
+    );
+    let (all, total) = store.in_app_list("ada", false, 0, 10).await.unwrap();
+    assert_eq!(total, 1, "stored once: {all:?}");
+    assert_eq!(all[0].created_ms, 10, "the first write stands: {all:?}");
+    // Trimming to `keep` still drops the oldest, body and unread mark too.
+    store.in_app_add(&note("d2", 30), 2).await.unwrap();
+    store.in_app_add(&note("d3", 40), 2).await.unwrap();
+    let (all, total) = store.in_app_list("ada", false, 0, 10).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!((ids, total), (vec!["d3", "d2"], 2));
+    let (unread, _) = store.in_app_list("ada", true, 0, 10).await.unwrap();
+    assert_eq!(unread.len(), 2);
+}
