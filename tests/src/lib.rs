@@ -627,6 +627,24 @@ pub async fn until_quiet(ws: &mut Ws, quiet: Duration) -> Vec<serde_json::Value>
     out
 }
 
+/// The barrier (event time, ms) of the latest complete dataflow checkpoint
+/// in the test Redis under `prefix`, 0 when there is none.
+pub async fn checkpoint_barrier(prefix: &str) -> i64 {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test redis");
+    let latest: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}:ckpt:dataflow:latest"))
+        .query_async(&mut conn)
+        .await
+        .expect("GET the checkpoint pointer");
+    latest
+        .and_then(|l| l.split(' ').next().and_then(|b| b.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// The server's `/metrics` page.
 pub async fn metrics_text(server: &Server) -> String {
     reqwest::get(server.url("/metrics"))

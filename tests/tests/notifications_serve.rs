@@ -553,21 +553,6 @@ async fn a_notification_sent_through_a_gateway_is_delivered_by_the_holder() {
     assert!(body.contains("Press deadline moved"), "{body}");
 }
 
-/// The barrier (event time, ms) of the latest complete checkpoint under
-/// `prefix`, 0 when none.
-async fn checkpoint_barrier(prefix: &str) -> i64 {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let latest: Option<String> = redis::cmd("GET")
-        .arg(format!("{prefix}:ckpt:dataflow:latest"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    latest
-        .and_then(|l| l.split(' ').next().and_then(|b| b.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// An alert waits in the notifier's queue (the task is busy with a
 /// webhook that does not answer) while a checkpoint covering it completes;
 /// the instance is killed (SIGKILL) and restarted. The alert is delivered:
@@ -606,7 +591,7 @@ async fn an_alert_a_checkpoint_covered_before_it_was_routed_survives_a_crash() {
     let ts = now_ms();
     post_error(&first, "search").await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint_barrier(&prefix).await <= ts + 1_000 {
+    while inkstream_tests::checkpoint_barrier(&prefix).await <= ts + 1_000 {
         assert!(
             Instant::now() < deadline,
             "no checkpoint past the second alert completed"

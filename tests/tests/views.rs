@@ -496,7 +496,7 @@ impl Restartable {
     /// completed: a restart restores what came before it.
     async fn checkpointed_past(&self, past: i64) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while checkpoint_barrier(&self.prefix).await <= past {
+        while inkstream_tests::checkpoint_barrier(&self.prefix).await <= past {
             assert!(
                 Instant::now() < deadline,
                 "no checkpoint past {past} completed"
@@ -587,21 +587,6 @@ async fn writing_totals_count_a_session_once_when_a_restart_derives_it_again() {
     .await["totals"]
         .clone();
     assert_eq!(after, before, "the restart counted the session again");
-}
-
-/// The barrier (event time, ms) of the latest complete checkpoint in
-/// Redis, 0 when none.
-async fn checkpoint_barrier(prefix: &str) -> i64 {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let latest: Option<String> = redis::cmd("GET")
-        .arg(format!("{prefix}:ckpt:dataflow:latest"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    latest
-        .and_then(|l| l.split(' ').next().and_then(|b| b.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// A session opened before a checkpoint, the instance killed (SIGKILL)
