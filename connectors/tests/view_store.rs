@@ -387,3 +387,89 @@ async fn a_write_that_arrives_after_its_retry_is_not_counted_twice() {
          counted once"
     );
 }
+
+/// The writer of an instance that lost the dataflow lease (paused past its
+/// TTL, cut off: another instance took the dataflow over and its fence
+/// token moved on) writes no view over the new holder's; the holder of
+/// the current token writes (until 2026-12-07 view writes carried no fence:
+/// a stale holder's queued batch could reopen a session the new holder had
+/// ended, and move `as_of` back).
+#[tokio::test]
+async fn a_writer_that_lost_the_lease_writes_no_view() {
+    use inkstream_connectors::lease::Fence;
+    let prefix = unique("views-fenced");
+    let fence_key = format!("{prefix}:lease:dataflow:fence");
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&fence_key)
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fence = |token| Fence {
+        key: fence_key.clone(),
+        token,
+    };
+    let ts = 1_767_603_600_000;
+    let presence = |user: &str| {
+        ev(
+            "collaboration.presence_updated",
+            ts,
+            user,
+            json!({"status": "online", "paragraph": 2, "offset": 5, "mode": "edit"}),
+        )
+    };
+    let stale_metrics = Metrics::standalone();
+    let (reader, stale) = ViewStore::start(config(&prefix), &stale_metrics)
+        .await
+        .unwrap();
+    stale.fenced(Some(fence(1)));
+    stale_metrics
+        .dataflow_watermark_seconds
+        .set((ts + 5000) as f64 / 1000.0);
+    stale.offer(&[presence("stale")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stale_metrics
+        .render()
+        .contains("inkstream_view_fenced_writes_total 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stale writer's write was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (collaborators, _) = reader.collaborators("d1").await.unwrap();
+    assert!(
+        collaborators.is_empty(),
+        "a stale holder wrote a view: {collaborators:?}"
+    );
+
+    let holder_metrics = Metrics::standalone();
+    let (_holder, current) = ViewStore::start(config(&prefix), &holder_metrics)
+        .await
+        .unwrap();
+    current.fenced(Some(fence(2)));
+    holder_metrics
+        .dataflow_watermark_seconds
+        .set((ts + 5000) as f64 / 1000.0);
+    current.offer(&[presence("holder")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (c, _) = reader.collaborators("d1").await.unwrap();
+        if !c.is_empty() {
+            let users: Vec<&str> = c.iter().map(|c| c.user_id.as_str()).collect();
+            assert_eq!(users, ["holder"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holder's view was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -11,10 +11,19 @@ pub type Fresh<T> = (T, i64);
 pub enum ViewError {
     #[error("the view store is unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "this instance no longer holds the dataflow lease (fence token {token} of {key} is \
+         stale): its view write was refused; the new holder writes the views"
+    )]
+    Fenced { key: String, token: i64 },
 }
 
 impl Classify for ViewError {
     fn fault(&self) -> Fault {
-        Fault::External
+        match self {
+            ViewError::Unavailable(_) => Fault::External,
+            // Expected at a takeover; nothing to retry here.
+            ViewError::Fenced { .. } => Fault::Internal,
+        }
     }
 }

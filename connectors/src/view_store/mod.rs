@@ -29,6 +29,7 @@ pub use config::ViewStoreConfig;
 pub use error::{Fresh, ViewError};
 pub use state::ViewState;
 
+use crate::lease::Fence;
 use crate::metrics::Metrics;
 use prometheus::IntCounter;
 use redis_views::RedisViews;
@@ -47,6 +48,7 @@ struct ViewMetrics {
     key_limit_hits: IntCounter,
     dropped: IntCounter,
     write_errors: IntCounter,
+    fenced: IntCounter,
 }
 
 impl ViewMetrics {
@@ -74,6 +76,10 @@ impl ViewMetrics {
                 "inkstream_view_write_errors_total",
                 "Batches the view store failed to write to Redis.",
             ),
+            fenced: counter(
+                "inkstream_view_fenced_writes_total",
+                "View writes Redis refused because this instance no longer holds the dataflow lease (another instance writes the views).",
+            ),
         }
     }
 }
@@ -89,9 +95,20 @@ pub struct ViewFeed {
     tx: mpsc::Sender<Batch>,
     watermark: prometheus::Gauge,
     metrics: ViewMetrics,
+    /// The dataflow lease's fence the writer's Redis writes carry.
+    fence: Arc<Mutex<Option<Fence>>>,
 }
 
 impl ViewFeed {
+    /// From now on the writer's Redis writes run only while `fence` is the
+    /// dataflow lease's current one (`None`: no lease). Set when this
+    /// instance starts its dataflow under the lease, before it derives
+    /// anything: a holder that lost the lease (paused past its TTL, cut
+    /// off) writes no view over the new holder's.
+    pub fn fenced(&self, fence: Option<Fence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
     /// Queues the events the views read (a clone of those only). When the
     /// queue is full they are dropped and counted: the timely worker must
     /// never wait on the view store.
@@ -159,17 +176,19 @@ impl ViewStore {
             })),
             as_of: Arc::new(AtomicI64::new(0)),
         };
+        let fence: Arc<Mutex<Option<Fence>>> = Arc::default();
         let feed = ViewFeed {
             tx,
             watermark: metrics.dataflow_watermark_seconds.clone(),
             metrics: vm.clone(),
+            fence: fence.clone(),
         };
         tokio::spawn(writer(
             store.clone(),
             rx,
             metrics.dataflow_watermark_seconds.clone(),
             config,
-            vm,
+            (vm, fence),
         ));
         Ok((store, feed))
     }
@@ -299,8 +318,12 @@ async fn writer(
     mut rx: mpsc::Receiver<Batch>,
     watermark: prometheus::Gauge,
     config: ViewStoreConfig,
-    metrics: ViewMetrics,
+    (metrics, fence): (ViewMetrics, Arc<Mutex<Option<Fence>>>),
 ) {
+    let writes = Writes {
+        metrics: &metrics,
+        fence: &fence,
+    };
     let ended_ms = config.ended_retention.as_millis() as i64;
     let writing_ms = config.writing_retention.as_millis() as i64;
     let stale_ms = config.ttl.as_millis() as i64;
@@ -356,7 +379,7 @@ async fn writer(
                 metrics.applied.inc_by(n as u64);
                 store.as_of.fetch_max(wm, Ordering::Relaxed);
                 unwritten.changes.extend(changes);
-                flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
+                flush(&store, &mut unwritten, &mut written_as_of, wm, &writes).await;
             }
             _ = tick.tick() => {
                 if !rx.is_empty() {
@@ -365,7 +388,7 @@ async fn writer(
                 let wm = watermark_ms(&watermark).max(written_as_of);
                 store.as_of.fetch_max(wm, Ordering::Relaxed);
                 if wm > written_as_of || unwritten.changes.len() > 0 {
-                    flush(&store, &mut unwritten, &mut written_as_of, wm, &metrics).await;
+                    flush(&store, &mut unwritten, &mut written_as_of, wm, &writes).await;
                 }
             }
         }
@@ -402,6 +425,12 @@ async fn seed_conflicts(store: &ViewStore, batches: &[Batch]) {
 /// (counted) and the views catch up as the records change again.
 const MAX_UNWRITTEN: usize = 100_000;
 
+/// What [`flush`] counts in and guards its writes with.
+struct Writes<'a> {
+    metrics: &'a ViewMetrics,
+    fence: &'a Mutex<Option<Fence>>,
+}
+
 /// What Redis has not got yet, for certain.
 #[derive(Default)]
 struct Unwritten {
@@ -424,8 +453,9 @@ async fn flush(
     unwritten: &mut Unwritten,
     written_as_of: &mut i64,
     wm: i64,
-    metrics: &ViewMetrics,
+    writes: &Writes<'_>,
 ) {
+    let metrics = writes.metrics;
     let Backend::Redis(r) = &store.backend else {
         *unwritten = Unwritten::default();
         *written_as_of = wm;
@@ -448,10 +478,29 @@ async fn flush(
     }
     unwritten.attempts += 1;
     let attempt = unwritten.attempts;
-    match r.write(&unwritten.changes, wm, attempt).await {
+    let fence = writes
+        .fence
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match r
+        .write(&unwritten.changes, wm, attempt, fence.as_ref())
+        .await
+    {
         Ok(()) => {
             unwritten.changes = redis_views::Changes::default();
             *written_as_of = wm;
+        }
+        Err(error @ ViewError::Fenced { .. }) => {
+            // Nothing of it ran, and nothing of this writer's will: the
+            // holder of the lease writes the views (this instance stops).
+            metrics.fenced.inc();
+            let dropped = unwritten.changes.len();
+            *unwritten = Unwritten {
+                attempts: unwritten.attempts,
+                ..Unwritten::default()
+            };
+            tracing::warn!(%error, dropped, "view store: write refused");
         }
         Err(error) => {
             metrics.write_errors.inc();
@@ -490,6 +539,7 @@ mod tests {
             tx,
             watermark: metrics.dataflow_watermark_seconds.clone(),
             metrics: ViewMetrics::register(&metrics),
+            fence: Arc::default(),
         };
         metrics.dataflow_watermark_seconds.set(0.042);
         let wanted = event("collaboration.presence_updated");

@@ -23,6 +23,7 @@ use super::state::{
     Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingDelta,
     WritingTotals,
 };
+use crate::lease::Fence;
 use crate::redis_calls::{Calls, run_calls_from};
 use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::redis_key::part;
@@ -129,15 +130,20 @@ impl Changes {
     }
 }
 
-/// One view write: applied only if this writer's marker (`KEYS[1]`) shows
-/// no attempt at or after this one (`ARGV[1]`) ran, then marked with it
-/// (`ARGV[2]`: the marker's TTL in seconds). The commands follow as
-/// [`Calls`]. A MULTI/EXEC could not skip: a transaction delivered after
-/// its retry (held on a dropped connection) added its `HINCRBY` deltas a
-/// second time.
+/// One view write: refused when the dataflow lease's fence (`ARGV[3]` key,
+/// `ARGV[4]` token; empty: no lease) is no longer this writer's (another
+/// instance took the dataflow over: its writer writes the views now);
+/// applied only if this writer's marker (`KEYS[1]`) shows no attempt at or
+/// after this one (`ARGV[1]`) ran, then marked with it (`ARGV[2]`: the
+/// marker's TTL in seconds). The commands follow as [`Calls`]. A
+/// MULTI/EXEC could not skip: a transaction delivered after its retry (held
+/// on a dropped connection) added its `HINCRBY` deltas a second time.
 static WRITE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(&format!(
         r"
+if ARGV[3] ~= '' and redis.call('GET', ARGV[3]) ~= ARGV[4] then
+  return 'views-fenced'
+end
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if last and last >= tonumber(ARGV[1]) then
   return 'views-skipped'
@@ -145,7 +151,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 {}return 'views-applied'
 ",
-        run_calls_from(3)
+        run_calls_from(5)
     ))
 });
 
@@ -220,6 +226,7 @@ impl RedisViews {
         c: &Changes,
         as_of: i64,
         attempt: u64,
+        fence: Option<&Fence>,
     ) -> Result<(), ViewError> {
         let mut p = Calls::default();
         let active = self.key("active");
@@ -316,12 +323,21 @@ impl RedisViews {
             .arg(self.ttl_s)
             .ignore();
         let mut inv = WRITE_SCRIPT.key(self.applied_key());
-        inv.arg(attempt).arg(self.ttl_s).arg(p.into_args());
+        inv.arg(attempt).arg(self.ttl_s);
+        match fence {
+            Some(f) => inv.arg(&f.key).arg(f.token),
+            None => inv.arg("").arg(""),
+        };
+        inv.arg(p.into_args());
         let mut conn = self.conn.clone();
-        inv.invoke_async::<String>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        let outcome: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match (outcome.as_str(), fence) {
+            ("views-fenced", Some(f)) => Err(ViewError::Fenced {
+                key: f.key.clone(),
+                token: f.token,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Whether write `attempt` was applied. Its reply may be lost after

@@ -73,8 +73,10 @@ impl DataflowStart {
             sink,
             readers,
         } = self;
-        // The notifier's writes are guarded by the same fence.
+        // The notifier's and the view store's writes are guarded by the
+        // same fence, set before anything is derived.
         let notifier_fence = fence.clone();
+        sink.fenced(fence.clone());
         let checkpoints = open_checkpoints(&config, fence)?.map(Arc::new);
         if let Some(b) = checkpoints.as_ref().and_then(|c| c.restored()) {
             tracing::info!(barrier = b, "dataflow state restored from checkpoint");

@@ -34,6 +34,14 @@ pub(super) struct DerivedOutputs {
     views: ViewFeed,
 }
 
+impl DerivedOutputs {
+    /// The dataflow starts under the lease's `fence` (`None`: no lease):
+    /// the view store's writes carry it from now on.
+    pub fn fenced(&self, fence: Option<connectors::lease::Fence>) {
+        self.views.fenced(fence);
+    }
+}
+
 impl DerivedSink for DerivedOutputs {
     /// The bridge's dead letters: in exactly-once mode, committed with the
     /// next checkpoint.
