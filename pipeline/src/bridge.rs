@@ -251,6 +251,7 @@ fn feed<S: DerivedSink>(
 ) -> Vec<EntryRef> {
     let mut done = Vec::new();
     let mut dead = Vec::new();
+    let stamp = driver.last_crossed();
     let mut events: Vec<(Option<u32>, Option<u64>, Arc<schemas::Event>)> =
         Vec::with_capacity(batch.len());
     // The batch's streams, each named once (see `InputDriver::push_parted`).
@@ -365,7 +366,7 @@ fn feed<S: DerivedSink>(
         dead.push(late_event(e, watermark));
     }
     if !dead.is_empty() {
-        sink.emit(&mut dead);
+        sink.emit_input(stamp, &mut dead);
     }
     done
 }

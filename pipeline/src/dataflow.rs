@@ -51,6 +51,15 @@ pub trait DerivedSink: Send + Sync + 'static {
         let _ = time;
         self.emit(events)
     }
+    /// Takes the input's dead letters (undecodable, invalid, late) of a
+    /// batch read after the cut of the checkpoint at `stamp` (`None`:
+    /// before every cut, [`InputDriver::last_crossed`]): a restore from
+    /// `stamp` or an older barrier reads that batch again and dead-letters
+    /// them again; a sink that keeps what it was given may cut them then.
+    fn emit_input(&self, stamp: Option<u64>, events: &mut Vec<Event>) {
+        let _ = stamp;
+        self.emit(events)
+    }
     /// Makes everything emitted so far, or at least everything stamped
     /// before `barrier`, durable (before the checkpoint at `barrier` is
     /// declared complete; an error fails that checkpoint).
@@ -234,6 +243,9 @@ pub struct InputDriver {
     next_barrier: Option<u64>,
     /// Barriers crossed since the last [`InputDriver::take_crossed`].
     crossed: Vec<u64>,
+    /// The newest barrier crossed (or restored from): see
+    /// [`InputDriver::last_crossed`].
+    last_crossed: Option<u64>,
     /// Per input partition (a Redis stream, a Kafka partition): its newest
     /// event time and when it last delivered. With partitions, the watermark
     /// follows the *slowest active* one (Flink's per-partition watermarks):
@@ -711,9 +723,19 @@ impl InputDriver {
             {
                 let b = c.barrier_at_or_before(t);
                 self.crossed.push(b);
+                self.last_crossed = Some(b);
                 self.next_barrier = Some(c.next_barrier(b));
             }
         }
+    }
+
+    /// The newest checkpoint barrier the input crossed so far (`None`:
+    /// none). Read before a batch is pushed, it says which restores read
+    /// that batch again: those from this barrier or an older one (the
+    /// batch is after its cut), so the batch's dead letters carry it
+    /// ([`DerivedSink::emit_input`]).
+    pub fn last_crossed(&self) -> Option<u64> {
+        self.last_crossed
     }
 
     /// Checkpoint barriers the input crossed since the last call: save the
@@ -780,6 +802,7 @@ impl InputDriver {
         self.downgrade_to_watermark();
         // The restored barrier itself is not crossed again.
         self.crossed.clear();
+        self.last_crossed = self.checkpoints.as_ref().and_then(|c| c.restored());
     }
 
     /// The current watermark (ms).
@@ -893,6 +916,7 @@ where
             .map(|c| c.next_barrier(c.restored().unwrap_or(0))),
         checkpoints,
         crossed: Vec::new(),
+        last_crossed: None,
         parts: Partitions::default(),
         idle_after: config.dataflow.idle_advance_after,
         clock: None,

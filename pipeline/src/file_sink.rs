@@ -3,10 +3,12 @@
 //! output of `replay`, and in `serve` an optional archive of every derived
 //! event (`derived.dir`) that survives restarts (files are appended to,
 //! made durable before a checkpoint completes, and a line or block a crash
-//! left half written is cut).
+//! left half written is cut). With checkpoints the files are exactly once:
+//! a restore cuts what it derives again ([`crate::file_journal`]).
 
 use crate::config::OutputFormat as Format;
-use crate::dataflow::{DerivedSink, SinkError};
+use crate::dataflow::{DerivedSink, Pending, SinkError};
+use crate::file_journal::{Journal, Range};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -26,6 +28,8 @@ thread_local! {
 /// One type's open file.
 pub(crate) struct Open {
     w: BufWriter<File>,
+    /// The file's length, with what `w` holds.
+    len: u64,
     /// Its header and sync marker ([`Format::Avro`]).
     container: Option<schemas::container::Container>,
 }
@@ -42,6 +46,9 @@ pub struct FileSink {
     pub(crate) files: Mutex<HashMap<&'static str, Open>>,
     pub(crate) counts: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) error: Mutex<Option<SinkError>>,
+    /// With checkpoints: which ranges hold which time (locked after
+    /// `files`).
+    journal: Mutex<Option<Journal>>,
     /// Write only these types (`None`: every type), by catalogue index.
     only: Option<Vec<bool>>,
     pub(crate) format: Format,
@@ -62,9 +69,35 @@ impl FileSink {
             files: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
             error: Mutex::new(None),
+            journal: Mutex::new(None),
             only: None,
             format: Format::Ndjson,
         })
+    }
+
+    /// Notes which ranges of the files hold which dataflow time, so that
+    /// [`DerivedSink::restore`] from a checkpoint cuts what the restored
+    /// dataflow derives again (with checkpoints only).
+    pub fn journaled(self) -> Result<FileSink, SinkError> {
+        if !self.resume {
+            // The files start empty: so does what the journal knows.
+            let old = self.dir.join(format!(".inkstream-journal{}", self.suffix));
+            match std::fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SinkError::File {
+                        path: old,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let journal = Journal::open(&self.dir, &self.suffix).map_err(|source| SinkError::File {
+            path: self.dir.clone(),
+            source,
+        })?;
+        *lock(&self.journal) = Some(journal);
+        Ok(self)
     }
 
     /// Writes `format` (default NDJSON).
@@ -103,7 +136,7 @@ impl FileSink {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn write(&self, events: &mut Vec<schemas::Event>) -> Result<(), SinkError> {
+    fn write(&self, time: Option<u64>, events: &mut Vec<schemas::Event>) -> Result<(), SinkError> {
         BUFFERS.with_borrow_mut(|buffers| {
             // Reused from the last batch (their capacity, not their bytes).
             buffers.resize_with(schemas::payload::TYPES.len(), Default::default);
@@ -111,12 +144,13 @@ impl FileSink {
                 buf.clear();
                 *n = 0;
             }
-            self.write_with(events, buffers)
+            self.write_with(time, events, buffers)
         })
     }
 
     fn write_with(
         &self,
+        time: Option<u64>,
         events: &mut Vec<schemas::Event>,
         buffers: &mut Buffers,
     ) -> Result<(), SinkError> {
@@ -147,6 +181,7 @@ impl FileSink {
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut journal = lock(&self.journal);
         for (index, (buf, n)) in buffers.iter().enumerate() {
             let (ty, n) = (schemas::payload::TYPES[index], *n);
             if n == 0 {
@@ -164,23 +199,38 @@ impl FileSink {
                     (true, Format::Avro) => open_avro_for_resume(&path(), ty),
                 }
                 .map_err(err)?;
+                let mut len = f.metadata().map_err(err)?.len();
                 let mut w = BufWriter::with_capacity(1 << 20, f);
                 let container =
                     (self.format == Format::Avro).then(|| schemas::container::Container::new(ty));
                 if let Some(c) = container.as_ref().filter(|_| fresh) {
                     w.write_all(c.header()).map_err(err)?;
+                    len += c.header().len() as u64;
                 }
-                files.insert(ty, Open { w, container });
+                files.insert(ty, Open { w, len, container });
             }
-            if let Some(Open { w, container }) = files.get_mut(ty) {
-                match container {
-                    None => w.write_all(buf),
-                    Some(c) => w
-                        .write_all(&schemas::container::block_prefix(n, buf.len()))
-                        .and_then(|()| w.write_all(buf))
-                        .and_then(|()| w.write_all(c.sync())),
+            if let Some(Open { w, len, container }) = files.get_mut(ty) {
+                let written = match container {
+                    None => w.write_all(buf).map(|()| buf.len()),
+                    Some(c) => {
+                        let prefix = schemas::container::block_prefix(n, buf.len());
+                        w.write_all(&prefix)
+                            .and_then(|()| w.write_all(buf))
+                            .and_then(|()| w.write_all(c.sync()))
+                            .map(|()| prefix.len() + buf.len() + c.sync().len())
+                    }
                 }
-                .map_err(err)?;
+                .map_err(err)? as u64;
+                if let Some(j) = journal.as_mut() {
+                    j.record(Range {
+                        ty: ty.to_owned(),
+                        offset: *len,
+                        len: written,
+                        time,
+                    })
+                    .map_err(|source| self.journal_error(source))?;
+                }
+                *len += written;
             }
             *counts.entry(ty).or_default() += n;
         }
@@ -203,8 +253,22 @@ impl FileSink {
                 w.get_ref().sync_data().map_err(err)?;
             }
         }
+        if durable && let Some(j) = lock(&self.journal).as_mut() {
+            j.sync().map_err(|source| self.journal_error(source))?;
+        }
         Ok(())
     }
+
+    fn journal_error(&self, source: std::io::Error) -> SinkError {
+        SinkError::File {
+            path: self.dir.join(format!(".inkstream-journal{}", self.suffix)),
+            source,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Opens (or creates) an output file to read and append to, as it is.
@@ -241,16 +305,61 @@ fn open_for_resume(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
-impl DerivedSink for FileSink {
-    fn emit(&self, events: &mut Vec<schemas::Event>) {
-        if let Err(e) = self.write(events) {
+impl FileSink {
+    fn emit_stamped(&self, time: Option<u64>, events: &mut Vec<schemas::Event>) {
+        if let Err(e) = self.write(time, events) {
             let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert(e);
         }
     }
+}
+
+impl DerivedSink for FileSink {
+    /// Not stamped: kept by every restore.
+    fn emit(&self, events: &mut Vec<schemas::Event>) {
+        self.emit_stamped(None, events);
+    }
+
+    fn emit_at(&self, time: u64, events: &mut Vec<schemas::Event>) {
+        self.emit_stamped(Some(time), events);
+    }
+
+    /// Noted like outputs at `stamp`: a restore from it or an older
+    /// barrier cuts them (it dead-letters them again).
+    fn emit_input(&self, stamp: Option<u64>, events: &mut Vec<schemas::Event>) {
+        self.emit_stamped(stamp, events);
+    }
 
     fn sync(&self, _barrier: u64) -> Result<(), SinkError> {
         self.flush_files(true)
+    }
+
+    /// No restore goes back before `barrier` any more: the journal forgets
+    /// what it can no longer have to cut.
+    fn commit(&self, barrier: u64) -> Result<(), SinkError> {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        match lock(&self.journal).as_mut() {
+            Some(j) => j
+                .rotate(barrier, |ty| files.get(ty).map(|o| o.len))
+                .map_err(|source| self.journal_error(source)),
+            None => Ok(()),
+        }
+    }
+
+    /// Before the dataflow restored from `barrier` writes: cuts from the
+    /// files what it derives again.
+    fn restore(&self, barrier: Option<u64>, _pending: Option<Pending>) -> Result<(), SinkError> {
+        // Files opened already are written out and closed: they are opened
+        // again (at their new length) by the next write.
+        self.flush_files(false)?;
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.clear();
+        match lock(&self.journal).as_mut() {
+            Some(j) => j
+                .restore(barrier, |ty| self.path(ty))
+                .map_err(|source| self.journal_error(source)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -393,6 +502,131 @@ mod tests {
         let error = sink.take_error().expect("refused").to_string();
         assert!(error.contains("magic"), "{error}");
         assert_eq!(std::fs::read(&path).expect("file"), b"{\"not\":\"avro\"}\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The `ts` offsets of the events in an NDJSON file, in file order.
+    fn read_ndjson(path: &Path) -> Vec<i64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a whole line");
+                v["ts"].as_i64().expect("ts") - 1_767_600_000_000
+            })
+            .collect()
+    }
+
+    fn journaled(dir: &Path, resume: bool, format: Format) -> FileSink {
+        FileSink::new(dir, String::new(), resume)
+            .expect("sink")
+            .format(format)
+            .journaled()
+            .expect("journal")
+    }
+
+    /// What a run writes before it is killed, with its times interleaved as
+    /// the workers write them (a time past a barrier before the barrier's
+    /// checkpoint is taken), then what a restore from barrier 10 leaves:
+    /// the outputs stamped before 10 and the dead letters no restore reads
+    /// again, in their order; written on from there, the file is what an
+    /// uninterrupted run writes, each event once.
+    fn restore_cuts_exactly_what_is_derived_again(format: Format) {
+        let dir = std::env::temp_dir().join(format!(
+            "inkstream-journal-{}-{}",
+            std::process::id(),
+            format.extension()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join(format!("writing.session_ended.{}", format.extension()));
+        let read = |p: &Path| match format {
+            Format::Ndjson => read_ndjson(p),
+            Format::Avro => read(p),
+        };
+        {
+            let sink = journaled(&dir, false, format);
+            sink.emit_at(5, &mut vec![ended(1)]);
+            sink.emit_at(12, &mut vec![ended(2)]); // past the barrier, early
+            sink.emit(&mut vec![ended(3)]); // unstamped: always kept
+            sink.emit_at(7, &mut vec![ended(4)]);
+            sink.emit_input(Some(10), &mut vec![ended(5)]); // read after 10's cut
+            sink.emit_input(Some(4), &mut vec![ended(6)]); // before 10's cut
+            sink.sync(10).expect("synced");
+            sink.emit_at(15, &mut vec![ended(7)]);
+            sink.emit_at(11, &mut vec![ended(8)]);
+            // Killed after a flush (the worst case: every byte on disk).
+            sink.flush().expect("flushed");
+            assert!(sink.take_error().is_none());
+        }
+        assert_eq!(read(&path), [1, 2, 3, 4, 5, 6, 7, 8]);
+        let sink = journaled(&dir, true, format);
+        sink.restore(Some(10), None).expect("restored");
+        assert_eq!(
+            read(&path),
+            [1, 3, 4, 6],
+            "cut exactly what is derived again"
+        );
+        sink.emit_at(12, &mut vec![ended(2)]);
+        sink.emit_at(11, &mut vec![ended(8)]);
+        sink.sync(20).expect("synced");
+        // Rotated at a completed checkpoint, then killed again and restored
+        // from 20: the ranges under the new floor stay.
+        sink.commit(20).expect("rotated");
+        sink.emit_at(25, &mut vec![ended(9)]);
+        sink.flush().expect("flushed");
+        drop(sink);
+        let sink = journaled(&dir, true, format);
+        sink.restore(Some(20), None).expect("restored");
+        assert_eq!(read(&path), [1, 3, 4, 6, 2, 8]);
+        // A fresh start (no checkpoint restored) keeps everything.
+        sink.emit_at(30, &mut vec![ended(9)]);
+        sink.flush().expect("flushed");
+        drop(sink);
+        let sink = journaled(&dir, true, format);
+        sink.restore(None, None).expect("restored");
+        assert_eq!(read(&path), [1, 3, 4, 6, 2, 8, 9]);
+        drop(sink);
+        let hidden: Vec<String> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert_eq!(hidden, [".inkstream-journal"], "no temporary file left");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restore_cuts_exactly_what_is_derived_again_ndjson() {
+        restore_cuts_exactly_what_is_derived_again(Format::Ndjson);
+    }
+
+    #[test]
+    fn a_restore_cuts_exactly_what_is_derived_again_avro() {
+        restore_cuts_exactly_what_is_derived_again(Format::Avro);
+    }
+
+    /// What follows the last range the journal knows (written after it was
+    /// last made durable) is cut, a line or block cut short included.
+    #[test]
+    fn what_the_journal_does_not_know_past_its_last_range_is_cut() {
+        let dir =
+            std::env::temp_dir().join(format!("inkstream-journal-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("writing.session_ended.ndjson");
+        {
+            let sink = journaled(&dir, false, Format::Ndjson);
+            sink.emit_at(5, &mut vec![ended(1)]);
+            sink.sync(10).expect("synced");
+        }
+        // Written, but its journal line lost with the process; and half a line.
+        let mut bytes = std::fs::read(&path).expect("file");
+        let whole = bytes.clone();
+        bytes.extend_from_slice(&whole);
+        bytes.extend_from_slice(&whole[..9]);
+        std::fs::write(&path, &bytes).expect("write");
+        let sink = journaled(&dir, true, Format::Ndjson);
+        sink.restore(Some(10), None).expect("restored");
+        assert_eq!(std::fs::read(&path).expect("file"), whole);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

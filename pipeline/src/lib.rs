@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod dataflow;
+mod file_journal;
 pub mod file_sink;
 pub mod operators;
 pub mod runtime;

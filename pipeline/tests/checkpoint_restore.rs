@@ -38,8 +38,10 @@ fn copy_dir(from: &Path, to: &Path) {
 fn all_lines(dir: &Path) -> Vec<String> {
     let mut lines: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
-        .flat_map(|entry| {
-            let path = entry.unwrap().path();
+        .map(|entry| entry.unwrap().path())
+        // Not an output: the journal of a checkpointed run.
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|path| {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             let text = std::fs::read_to_string(&path).unwrap();
             text.lines()

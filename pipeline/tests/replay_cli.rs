@@ -303,8 +303,7 @@ fn sessions_match_the_reference_with_gap_overridden_and_any_worker_count() {
 /// same JSON).
 fn all_derived(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in outputs_in(dir) {
         let events = match path.extension().and_then(|e| e.to_str()) {
             Some("avro") => read_avro(&path),
             _ => read_ndjson(&path),
@@ -322,8 +321,7 @@ fn all_derived(dir: &Path) -> Vec<(String, String)> {
 /// middle of its write; the resumed run cuts it off.
 fn killed_derived(dir: &Path) -> usize {
     let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in outputs_in(dir) {
         n += match path.extension().and_then(|e| e.to_str()) {
             Some("avro") => read_avro(&path).len(),
             _ => {
@@ -368,8 +366,7 @@ fn read_avro(path: &Path) -> Vec<serde_json::Value> {
 /// Every Avro container in `dir` is whole: header, blocks, nothing after.
 fn whole_avro(dir: &Path) {
     let mut seen = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in outputs_in(dir) {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         let Some(ty) = name.strip_suffix(".avro") else {
             panic!("{name}: not an Avro container in an Avro run's outputs");
@@ -405,9 +402,9 @@ fn one_worker_two_workers_and_a_two_process_cluster_derive_the_same_events() {
     replay(&input, &one, &["--workers", "1"]);
     let expected = all_derived(&one);
     assert!(expected.len() > 1000, "{} derived events", expected.len());
-    let types: std::collections::BTreeSet<String> = std::fs::read_dir(&one)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let types: std::collections::BTreeSet<String> = outputs_in(&one)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
 
     let two = dir.join("two");
@@ -675,6 +672,18 @@ fn killed_and_resumed(format: &str) {
         expected.len(),
         "derived events after the crash and resume"
     );
+    // Exactly once: the resume cut what it derived again (until 2026-12-07
+    // those events were there twice).
+    let (all, uninterrupted_all) = (all_derived(&out), all_derived(&uninterrupted));
+    assert_eq!(
+        all.len(),
+        uninterrupted_all.len(),
+        "events written twice after the crash and resume"
+    );
+    assert!(
+        all == uninterrupted_all,
+        "copies differ from an uninterrupted run"
+    );
     assert!(
         got == expected,
         "the outputs differ from an uninterrupted run"
@@ -694,9 +703,19 @@ fn sorted_lines(path: &Path) -> Vec<String> {
 }
 
 fn files(dir: &Path) -> std::collections::BTreeSet<String> {
+    outputs_in(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The output files in `dir`: not the hidden ones (the journal that makes
+/// them exactly once with checkpoints).
+fn outputs_in(dir: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect()
 }
 

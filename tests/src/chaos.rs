@@ -275,7 +275,14 @@ fn read_derived(dirs: &[&Path]) -> Derived {
     let mut d = Derived::default();
     for dir in dirs {
         for entry in std::fs::read_dir(dir).expect("derived dir") {
-            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+            let path = entry.expect("entry").path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue; // not an output: derived.dir's journal
+            }
+            let text = std::fs::read_to_string(path).expect("read");
             // A last line without its newline (a process killed while
             // writing it) is not an event.
             for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {

@@ -333,11 +333,22 @@ pub fn run_selected(
     } else {
         String::new()
     };
-    let sink = Arc::new(
-        FileSink::new(out, suffix, resume.is_some())?
-            .only(only)
-            .format(config.derived.format),
-    );
+    let sink = FileSink::new(out, suffix, resume.is_some())?
+        .only(only)
+        .format(config.derived.format);
+    // With checkpoints the outputs are exactly once: a resume first cuts
+    // what it derives again.
+    let sink = match &checkpoints {
+        Some(_) => {
+            let sink = sink.journaled()?;
+            if resume.is_some() {
+                sink.restore(resume, None)?;
+            }
+            sink
+        }
+        None => sink,
+    };
+    let sink = Arc::new(sink);
     let threads = config.dataflow.workers.max(1);
     let blocks = Arc::new(Blocks::new(
         file,
@@ -417,6 +428,7 @@ pub fn run_selected(
                 }
             };
             stats2.bytes.fetch_add(block.bytes, Ordering::Relaxed);
+            let stamp = driver.last_crossed();
             for (at, err) in block.invalid {
                 let line = line_no + at + 1;
                 stats2.invalid.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +497,7 @@ pub fn run_selected(
                 }
             }
             if !dead.is_empty() {
-                sink2.emit(&mut dead);
+                sink2.emit_input(stamp, &mut dead);
             }
         }
         stats2

@@ -46,11 +46,16 @@ impl DerivedSink for DerivedOutputs {
     /// The bridge's dead letters: in exactly-once mode, committed with the
     /// next checkpoint.
     fn emit(&self, events: &mut Vec<Event>) {
-        self.deliver(None, events);
+        self.deliver(None, None, events);
+    }
+
+    /// The bridge's dead letters, stamped for `derived.dir`'s journal.
+    fn emit_input(&self, stamp: Option<u64>, events: &mut Vec<Event>) {
+        self.deliver(None, stamp, events);
     }
 
     fn emit_at(&self, time: u64, events: &mut Vec<Event>) {
-        self.deliver(Some(time), events);
+        self.deliver(Some(time), Some(time), events);
     }
 
     /// Before the checkpoint at `barrier` completes, the derived topics have
@@ -81,24 +86,39 @@ impl DerivedSink for DerivedOutputs {
     }
 
     fn commit(&self, barrier: u64) -> Result<(), SinkError> {
+        if let Some(files) = &self.files
+            && let Err(error) = files.commit(barrier)
+        {
+            // The journal stays as it was: longer, still right.
+            tracing::warn!(%error, "derived.dir journal not rotated");
+        }
         match &self.derived {
             Some(p) => Ok(p.commit(barrier)?),
             None => Ok(()),
         }
     }
 
+    /// `derived.dir` cuts what the restored dataflow derives again (if it
+    /// cannot, the error is logged and those outputs will be there twice);
+    /// the derived topics commit what the checkpoint saved.
     fn restore(&self, barrier: Option<u64>, pending: Option<Pending>) -> Result<(), SinkError> {
-        match &self.derived {
-            Some(p) => Ok(p.restore(barrier, pending)?),
+        let files = match &self.files {
+            Some(files) => files.restore(barrier, None),
             None => Ok(()),
+        };
+        if let Some(p) = &self.derived {
+            p.restore(barrier, pending)?;
         }
+        files
     }
 }
 
 impl DerivedOutputs {
-    fn deliver(&self, time: Option<u64>, events: &mut Vec<Event>) {
+    /// `time`: the dataflow's output time (`None`: the bridge's dead
+    /// letters); `stamp`: what `derived.dir`'s journal notes.
+    fn deliver(&self, time: Option<u64>, stamp: Option<u64>, events: &mut Vec<Event>) {
         if let Some(files) = &self.files {
-            files.emit(&mut events.clone());
+            files.emit_input(stamp, &mut events.clone());
             if let Some(error) = files.take_error() {
                 tracing::error!(%error, "derived events not written to derived.dir");
             }
@@ -243,11 +263,21 @@ impl Outputs {
             _ => None,
         };
         let files = match &config.derived.dir {
-            Some(dir) => Some(
-                FileSink::new(dir, String::new(), true)
+            Some(dir) => {
+                let files = FileSink::new(dir, String::new(), true)
                     .map_err(ServeError::DerivedDir)?
-                    .format(config.derived.format),
-            ),
+                    .format(config.derived.format);
+                // With checkpoints, exactly once across a restore.
+                let checkpointed = config
+                    .checkpoint
+                    .resolved(config.redis.url.is_some())
+                    .is_some();
+                Some(if checkpointed {
+                    files.journaled().map_err(ServeError::DerivedDir)?
+                } else {
+                    files
+                })
+            }
             None => None,
         };
         // The notifier's handle serves the routes on every instance; its task
