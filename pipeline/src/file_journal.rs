@@ -124,7 +124,21 @@ impl Journal {
             .collect();
         types.sort();
         types.dedup();
+        // A restore a crash interrupted left the lengths it was cutting the
+        // files to: a file already at its length is done (a cut is one
+        // rename or truncation: a file is either cut or as it was, and as
+        // it was, the journal still describes it).
+        let next = self.path.with_file_name(format!(
+            "{}.next",
+            self.path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let done = match File::open(&next) {
+            Ok(f) => parse(BufReader::new(f))?.0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
         let mut floors = BTreeMap::new();
+        let mut cuts = Vec::new();
         for ty in types {
             let p = path(&ty);
             let Ok(len) = std::fs::metadata(&p).map(|m| m.len()) else {
@@ -132,9 +146,8 @@ impl Journal {
             };
             let mut ranges: Vec<&Range> = self.ranges.iter().filter(|r| r.ty == ty).collect();
             ranges.sort_by_key(|r| r.offset);
-            let kept = match barrier {
-                None => len,
-                Some(b) => {
+            let keep = match barrier {
+                Some(b) if done.get(&ty) != Some(&len) => {
                     let floor = self
                         .floors
                         .get(&ty)
@@ -142,43 +155,61 @@ impl Journal {
                         .or_else(|| ranges.first().map(|r| r.offset))
                         .unwrap_or(len)
                         .min(len);
-                    cut(&p, len, floor, &ranges, b)?
+                    plan(len, floor, &ranges, b)
                 }
+                _ => vec![(0, len)],
             };
-            floors.insert(ty, kept);
+            floors.insert(ty, keep.iter().map(|(_, l)| l).sum::<u64>());
+            cuts.push((p, len, keep));
+        }
+        // First what the files become, then the cuts, then the journal.
+        write_journal(&next, &floors, &[])?;
+        for (p, len, keep) in cuts {
+            cut(&p, len, &keep)?;
         }
         self.floors = floors;
         self.ranges.clear();
-        self.rewrite()
+        self.rewrite()?;
+        std::fs::remove_file(&next)
     }
 
     /// Writes the journal anew (floors and ranges) and appends from there.
     fn rewrite(&mut self) -> std::io::Result<()> {
-        let tmp = hidden_tmp(&self.path);
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        for (ty, floor) in &self.floors {
-            writeln!(w, "f {ty} {floor}")?;
-        }
-        for r in &self.ranges {
-            write_range(&mut w, r)?;
-        }
-        w.flush()?;
-        w.get_ref().sync_data()?;
-        std::fs::rename(&tmp, &self.path)?;
+        write_journal(&self.path, &self.floors, &self.ranges)?;
         self.w = BufWriter::new(append(&self.path)?);
         Ok(())
     }
 }
 
-/// Keeps `[0, floor)` of the file at `p` and, after it, the ranges stamped
-/// before `b` (or not stamped), in order; cuts the others and whatever no
-/// range covers from the first gap on. Returns the new length.
-fn cut(p: &Path, len: u64, floor: u64, ranges: &[&Range], b: u64) -> std::io::Result<u64> {
+/// Writes a journal at `path` atomically (a temporary file renamed).
+fn write_journal(
+    path: &Path,
+    floors: &BTreeMap<String, u64>,
+    ranges: &[Range],
+) -> std::io::Result<()> {
+    let tmp = hidden_tmp(path);
+    let mut w = BufWriter::new(File::create(&tmp)?);
+    for (ty, floor) in floors {
+        writeln!(w, "f {ty} {floor}")?;
+    }
+    for r in ranges {
+        write_range(&mut w, r)?;
+    }
+    w.flush()?;
+    w.get_ref().sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What to keep of a file of `len` bytes: `[0, floor)` and, after it, the
+/// ranges stamped before `b` (or not stamped), in order; not the others,
+/// nor whatever no range covers from the first gap on (written after the
+/// journal was last made durable).
+fn plan(len: u64, floor: u64, ranges: &[&Range], b: u64) -> Vec<(u64, u64)> {
     let mut keep: Vec<(u64, u64)> = vec![(0, floor)];
     let mut at = floor;
     for r in ranges.iter().filter(|r| r.offset >= floor) {
         if r.offset != at || r.offset + r.len > len {
-            break; // not written whole, or not noted: made after the journal
+            break; // not written whole, or not noted
         }
         if r.time.is_none_or(|t| t < b) {
             match keep.last_mut() {
@@ -188,21 +219,25 @@ fn cut(p: &Path, len: u64, floor: u64, ranges: &[&Range], b: u64) -> std::io::Re
         }
         at = r.offset + r.len;
     }
-    let new_len: u64 = keep.iter().map(|(_, l)| l).sum();
-    if keep.len() == 1 {
-        // A prefix: truncating is enough.
-        if new_len < len {
+    keep
+}
+
+/// Keeps only the `keep` ranges of the file at `p` (`len` bytes): a
+/// truncation when they are a prefix, else a copy renamed over it.
+fn cut(p: &Path, len: u64, keep: &[(u64, u64)]) -> std::io::Result<()> {
+    if let [(0, new_len)] = keep {
+        if *new_len < len {
             let f = std::fs::OpenOptions::new().write(true).open(p)?;
-            f.set_len(new_len)?;
+            f.set_len(*new_len)?;
             f.sync_data()?;
         }
-        return Ok(new_len);
+        return Ok(());
     }
     let tmp = hidden_tmp(p);
     {
         let mut src = File::open(p)?;
         let mut w = BufWriter::new(File::create(&tmp)?);
-        for (start, l) in &keep {
+        for (start, l) in keep {
             src.seek(SeekFrom::Start(*start))?;
             std::io::copy(&mut (&mut src).take(*l), &mut w)?;
         }
@@ -213,7 +248,7 @@ fn cut(p: &Path, len: u64, floor: u64, ranges: &[&Range], b: u64) -> std::io::Re
     if let Some(dir) = p.parent() {
         File::open(dir)?.sync_all()?;
     }
-    Ok(new_len)
+    Ok(())
 }
 
 /// `<dir>/.<name>.tmp`: hidden from readers of the directory.

@@ -629,4 +629,44 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("file"), whole);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A crash after a restore cut a file and before it wrote the journal
+    /// anew: the next restore finds the file cut already (the lengths the
+    /// restore was cutting to are noted before it cuts) and leaves it, where
+    /// the old journal's ranges would have cut it again, at the wrong places.
+    #[test]
+    fn a_restore_a_crash_interrupted_is_not_cut_twice() {
+        let dir =
+            std::env::temp_dir().join(format!("inkstream-journal-twice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("writing.session_ended.ndjson");
+        let journal = dir.join(".inkstream-journal");
+        {
+            let sink = journaled(&dir, false, Format::Ndjson);
+            sink.emit_at(5, &mut vec![ended(1)]);
+            sink.emit_at(12, &mut vec![ended(2)]);
+            sink.emit_at(7, &mut vec![ended(3)]);
+            sink.emit_at(14, &mut vec![ended(4)]);
+            sink.emit_at(8, &mut vec![ended(5)]);
+            sink.sync(10).expect("synced");
+        }
+        let old_journal = std::fs::read(&journal).expect("journal");
+        let sink = journaled(&dir, true, Format::Ndjson);
+        sink.restore(Some(10), None).expect("restored");
+        drop(sink);
+        assert_eq!(read_ndjson(&path), [1, 3, 5]);
+        // The state such a crash leaves: the file cut, the old journal, and
+        // the lengths being cut to (what the new journal says).
+        let new_journal = std::fs::read(&journal).expect("journal");
+        std::fs::write(dir.join(".inkstream-journal.next"), &new_journal).expect("next");
+        std::fs::write(&journal, &old_journal).expect("old journal");
+        let sink = journaled(&dir, true, Format::Ndjson);
+        sink.restore(Some(10), None).expect("restored again");
+        assert_eq!(read_ndjson(&path), [1, 3, 5], "cut twice");
+        sink.emit_at(12, &mut vec![ended(2)]);
+        sink.flush().expect("flushed");
+        assert_eq!(read_ndjson(&path), [1, 3, 5, 2]);
+        assert!(!dir.join(".inkstream-journal.next").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
