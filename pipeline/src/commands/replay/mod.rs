@@ -271,6 +271,13 @@ fn complete_passed(
         Ok(false) => {}
         Err(error) => tracing::error!(%error, "checkpoint not completed"),
     }
+    // Once every process completed it, no resume goes back before it: the
+    // outputs' journal forgets what it can no longer have to cut.
+    if let Ok(true) = checkpoints.complete_everywhere(b, processes)
+        && let Err(error) = sink.commit(b)
+    {
+        tracing::warn!(%error, "the outputs' journal not rotated");
+    }
 }
 
 /// Bytes per block of the file that one worker decodes (`--block-bytes`).
