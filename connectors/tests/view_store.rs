@@ -398,18 +398,7 @@ async fn a_write_that_arrives_after_its_retry_is_not_counted_twice() {
 async fn a_writer_that_lost_the_lease_writes_no_view() {
     use inkstream_connectors::lease::Fence;
     let prefix = unique("views-fenced");
-    let fence_key = format!("{prefix}:lease:dataflow:fence");
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::cmd("SET")
-        .arg(&fence_key)
-        .arg(2)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let fence_key = inkstream_tests::set_dataflow_fence(&prefix, 2).await;
     let fence = |token| Fence {
         key: fence_key.clone(),
         token,

@@ -627,6 +627,24 @@ pub async fn until_quiet(ws: &mut Ws, quiet: Duration) -> Vec<serde_json::Value>
     out
 }
 
+/// Sets the dataflow lease's fence token under `prefix` in the test Redis
+/// to `token` (as a takeover moves it on) and returns the fence's key.
+pub async fn set_dataflow_fence(prefix: &str, token: i64) -> String {
+    let key = format!("{prefix}:lease:dataflow:fence");
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test redis");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(token)
+        .query_async(&mut conn)
+        .await
+        .expect("SET the fence");
+    key
+}
+
 /// The barrier (event time, ms) of the latest complete dataflow checkpoint
 /// in the test Redis under `prefix`, 0 when there is none.
 pub async fn checkpoint_barrier(prefix: &str) -> i64 {

@@ -360,18 +360,7 @@ async fn a_step_that_reaches_redis_after_a_later_one_changes_nothing() {
 #[tokio::test]
 async fn a_notifier_that_lost_the_lease_writes_nothing() {
     let prefix = inkstream_tests::unique("notif-fenced");
-    let fence_key = format!("{prefix}:lease:dataflow:fence");
-    let mut conn = redis::Client::open(inkstream_tests::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::cmd("SET")
-        .arg(&fence_key)
-        .arg(2)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let fence_key = inkstream_tests::set_dataflow_fence(&prefix, 2).await;
     let fence = |token| Fence {
         key: fence_key.clone(),
         token,
