@@ -244,11 +244,7 @@ impl Outputs {
                 };
                 // With checkpoints nothing may be given up (no later
                 // checkpoint could complete): delivery and a full queue wait.
-                let checkpointed = config
-                    .checkpoint
-                    .resolved(config.redis.url.is_some())
-                    .is_some();
-                let backpressure = if checkpointed {
+                let backpressure = if checkpointed(config) {
                     Backpressure::Wait
                 } else {
                     Backpressure::Drop
@@ -262,24 +258,7 @@ impl Outputs {
             }
             _ => None,
         };
-        let files = match &config.derived.dir {
-            Some(dir) => {
-                let files = FileSink::new(dir, String::new(), true)
-                    .map_err(ServeError::DerivedDir)?
-                    .format(config.derived.format);
-                // With checkpoints, exactly once across a restore.
-                let checkpointed = config
-                    .checkpoint
-                    .resolved(config.redis.url.is_some())
-                    .is_some();
-                Some(if checkpointed {
-                    files.journaled().map_err(ServeError::DerivedDir)?
-                } else {
-                    files
-                })
-            }
-            None => None,
-        };
+        let files = open_derived_dir(config)?;
         // The notifier's handle serves the routes on every instance; its task
         // (deliveries, retries, digests) runs only beside the dataflow, so that
         // instances sharing Redis never both send a pending delivery.
@@ -320,6 +299,30 @@ impl Outputs {
             for_dataflow: (sink, notifier_run),
         })
     }
+}
+
+/// Whether the dataflow runs with checkpoints.
+fn checkpointed(config: &Config) -> bool {
+    config
+        .checkpoint
+        .resolved(config.redis.url.is_some())
+        .is_some()
+}
+
+/// `derived.dir`, when set: with checkpoints, journaled, so that each
+/// event is there once across a restore.
+fn open_derived_dir(config: &Config) -> Result<Option<FileSink>, ServeError> {
+    let Some(dir) = &config.derived.dir else {
+        return Ok(None);
+    };
+    let files = FileSink::new(dir, String::new(), true)
+        .map_err(ServeError::DerivedDir)?
+        .format(config.derived.format);
+    Ok(Some(if checkpointed(config) {
+        files.journaled().map_err(ServeError::DerivedDir)?
+    } else {
+        files
+    }))
 }
 
 /// With TLS or SASL configured, connects to Kafka once: refused credentials
