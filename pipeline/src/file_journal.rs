@@ -30,6 +30,11 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// The journal of a sink writing into `dir` with `suffix`.
+pub(crate) fn path(dir: &Path, suffix: &str) -> PathBuf {
+    dir.join(format!(".inkstream-journal{suffix}"))
+}
+
 /// One write: `len` bytes at `offset` of type `ty`'s file, stamped `time`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Range {
@@ -52,7 +57,7 @@ impl Journal {
     /// The journal of a sink writing into `dir` with `suffix` (read as it
     /// is; appended to).
     pub fn open(dir: &Path, suffix: &str) -> std::io::Result<Journal> {
-        let path = dir.join(format!(".inkstream-journal{suffix}"));
+        let path = path(dir, suffix);
         let (floors, ranges) = match File::open(&path) {
             Ok(f) => parse(BufReader::new(f))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),

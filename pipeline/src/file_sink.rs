@@ -81,7 +81,7 @@ impl FileSink {
     pub fn journaled(self) -> Result<FileSink, SinkError> {
         if !self.resume {
             // The files start empty: so does what the journal knows.
-            let old = self.dir.join(format!(".inkstream-journal{}", self.suffix));
+            let old = crate::file_journal::path(&self.dir, &self.suffix);
             match std::fs::remove_file(&old) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(SinkError::File {
@@ -261,7 +261,7 @@ impl FileSink {
 
     fn journal_error(&self, source: std::io::Error) -> SinkError {
         SinkError::File {
-            path: self.dir.join(format!(".inkstream-journal{}", self.suffix)),
+            path: crate::file_journal::path(&self.dir, &self.suffix),
             source,
         }
     }
