@@ -68,8 +68,17 @@ pub fn api_key_config(name: &str, key: &str, extra: &str) -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports that were free a moment ago: each is held until all
+/// are picked (picked one by one, the system may hand the same port out
+/// twice: a broker's controller and SASL listeners once got one port).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
 }
 
 /// Now, in ms since the Unix epoch.
@@ -348,7 +357,7 @@ pub struct PrivateKafka {
 
 impl PrivateKafka {
     pub fn start() -> PrivateKafka {
-        PrivateKafka::start_with(None, Vec::new())
+        PrivateKafka::start_with(free_ports(), None, Vec::new())
     }
 
     /// A broker with a second listener, SASL_SSL: SCRAM-SHA-512 for `user`
@@ -360,7 +369,7 @@ impl PrivateKafka {
         user: &str,
         password: &str,
     ) -> PrivateKafka {
-        let port = free_port();
+        let [port, plain, controller] = free_ports();
         let path = |p: &std::path::Path| p.display().to_string();
         let env = vec![
             ("KAFKA_SASL_SSL_PORT".to_owned(), port.to_string()),
@@ -369,15 +378,19 @@ impl PrivateKafka {
             ("KAFKA_SCRAM_USER".to_owned(), user.to_owned()),
             ("KAFKA_SCRAM_PASSWORD".to_owned(), password.to_owned()),
         ];
-        PrivateKafka::start_with(Some(port), env)
+        PrivateKafka::start_with([plain, controller], Some(port), env)
     }
 
-    fn start_with(sasl_port: Option<u16>, env: Vec<(String, String)>) -> PrivateKafka {
+    fn start_with(
+        [port, controller_port]: [u16; 2],
+        sasl_port: Option<u16>,
+        env: Vec<(String, String)>,
+    ) -> PrivateKafka {
         let dir = std::env::temp_dir().join(unique("kafka"));
         std::fs::create_dir_all(&dir).expect("kafka dir");
         let mut k = PrivateKafka {
-            port: free_port(),
-            controller_port: free_port(),
+            port,
+            controller_port,
             sasl_port,
             env,
             dir,
