@@ -12,7 +12,7 @@
 use crate::operators::{derived_id, stable_hash, written_words};
 use crate::runtime::Record;
 use crate::runtime::{Core, Order};
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use schemas::Event;
 use schemas::payload::{MetricUpdated, Payload};
 use serde::{Deserialize, Serialize};
@@ -43,17 +43,37 @@ impl Default for LiveWpmConfig {
 }
 
 /// One user's recent writing: (event time, arrival seq, words), ordered by
-/// time, and the ids (hashed) of those events, to process each id once.
+/// time.
+///
+/// Each event reaches the operator once: the input driver drops a copy of an
+/// id it has taken (within `dataflow.dedup_retention`; an older copy is late),
+/// before any operator sees it, so no id set is kept here.
 #[derive(Default, Serialize, Deserialize)]
 struct UserWindow {
     entries: VecDeque<(i64, u64, u64)>,
-    ids: VecDeque<(i64, u64)>,
-    /// The ids of `ids`, to look up (not saved: rebuilt when it does not
-    /// match `ids` after a restore).
-    #[serde(skip)]
-    id_set: HashSet<u64>,
+    /// Where builds before 2026-12-07 saved the ids of `entries`: written
+    /// empty and dropped when read, so a checkpoint of either build restores
+    /// in the other (bincode has no optional fields).
+    ids: DroppedIds,
     /// Event time of the last update emitted.
     last_emitted: Option<i64>,
+}
+
+/// A saved sequence of (time, hashed id) pairs that is read and dropped, and
+/// written empty (see [`UserWindow::ids`]).
+#[derive(Default)]
+struct DroppedIds;
+
+impl Serialize for DroppedIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(std::iter::empty::<(i64, u64)>())
+    }
+}
+
+impl<'de> Deserialize<'de> for DroppedIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        VecDeque::<(i64, u64)>::deserialize(d).map(|_| DroppedIds)
+    }
 }
 
 /// The pure core.
@@ -99,16 +119,6 @@ impl LiveWpm {
         } else {
             self.users.entry(user.to_owned()).or_default()
         };
-        // The same event id twice (a redelivery, an at-least-once copy) is
-        // counted once: the ids of everything still in the window are kept.
-        let id = stable_hash(e.id.as_str());
-        if w.id_set.len() != w.ids.len() {
-            w.id_set = w.ids.iter().map(|(_, i)| *i).collect();
-        }
-        if !w.id_set.insert(id) {
-            return None;
-        }
-        w.ids.push_back((e.ts, id));
         // Insert in time order; arrivals are mostly in order, so search from the back.
         let pos = w.entries.len()
             - w.entries
@@ -169,21 +179,8 @@ impl LiveWpm {
         self.pruned_at = Some(watermark);
         let horizon = watermark - self.window_ms;
         self.users.retain(|_, w| {
-            let before = w.entries.len();
             while w.entries.front().is_some_and(|(t, _, _)| *t <= horizon) {
                 w.entries.pop_front();
-            }
-            // `ids` holds exactly the ids of `entries` (both are pushed
-            // together): only when an entry left can an id have.
-            if w.entries.len() != before {
-                let set = &mut w.id_set;
-                w.ids.retain(|(t, i)| {
-                    let keep = *t > horizon;
-                    if !keep {
-                        set.remove(i);
-                    }
-                    keep
-                });
             }
             !w.entries.is_empty()
         });
@@ -343,20 +340,78 @@ mod tests {
         );
     }
 
+    /// The operator keeps no ids: a copy of an event (a redelivery, a
+    /// client's retry) is the input driver's to drop, before any operator.
+    /// Through the dataflow, 1 and 2 workers, batches of 1 and 3, the copies
+    /// (one right after its original, one after the next event) change no
+    /// figure.
     #[test]
-    fn a_duplicated_event_id_is_counted_once() {
-        let mut t = LiveWpm::new(&unlimited());
-        let e = ks("a", "u1", 1_000, 4, None);
-        assert_eq!(wpm(&t.observe(7, &e).unwrap()), 4.0);
-        assert!(t.observe(7, &e).is_none(), "redelivered");
-        assert!(
-            t.observe(12, &e).is_none(),
-            "a second copy at another position"
-        );
+    fn a_copy_of_an_event_changes_no_figure_through_the_dataflow() {
+        use crate::runtime::{EventTime, Keyed, OperatorCtx};
+        let events = [("a", 1_000, 4), ("b", 1_001, 1), ("c", 1_002, 2)]
+            .map(|(id, ts, n)| ks(id, "u1", ts, n, None));
+        let copied = vec![
+            events[0].clone(),
+            events[0].clone(),
+            events[1].clone(),
+            events[0].clone(),
+            events[2].clone(),
+        ];
+        for (workers, batch) in [(1, 1), (2, 1), (2, 3)] {
+            let (out, late) = crate::dataflow::run_for_test(
+                copied.clone(),
+                workers,
+                batch,
+                &crate::config::Config::default(),
+                |s, c| {
+                    let time = EventTime {
+                        epoch_ms: c.dataflow.epoch.as_millis() as u64,
+                        flush_at_end: c.dataflow.flush_at_end,
+                    };
+                    s.keyed(LiveWpm::new(&unlimited()), &OperatorCtx::plain(time))
+                },
+            );
+            assert!(late.is_empty(), "{late:?}");
+            let figures: Vec<f64> = out.iter().map(wpm).collect();
+            assert_eq!(figures, [4.0, 5.0, 7.0], "{workers} workers, batch {batch}");
+        }
+    }
+
+    /// A checkpoint keeps its format: one written by a build that saved the
+    /// ids (`ids` non-empty) restores and goes on as the uninterrupted
+    /// operator does, and one written now reads back as that build's shape
+    /// with no ids.
+    #[test]
+    fn a_checkpoint_with_the_ids_older_builds_saved_restores() {
+        #[derive(Serialize, Deserialize)]
+        struct Before {
+            entries: VecDeque<(i64, u64, u64)>,
+            ids: VecDeque<(i64, u64)>,
+            last_emitted: Option<i64>,
+        }
+        #[derive(Serialize, Deserialize)]
+        struct BeforeCore {
+            window_ms: i64,
+            interval_ms: i64,
+            users: std::collections::HashMap<String, Before>,
+        }
+        let mut live = LiveWpm::new(&unlimited());
+        live.observe(1, &ks("a", "u1", 1_000, 4, None));
+        live.observe(2, &ks("b", "u1", 2_000, 3, None));
+        let now = bincode::serialize(&live).unwrap();
+        let mut read: BeforeCore = bincode::deserialize(&now).unwrap();
+        let user = read.users.get_mut("u1").unwrap();
+        assert_eq!(user.entries.len(), 2);
+        assert!(user.ids.is_empty(), "written empty");
+        user.ids = [(1_000, 11), (2_000, 22)].into();
+        let before = bincode::serialize(&read).unwrap();
+        let mut restored: LiveWpm = bincode::deserialize(&before).unwrap();
+        let next = ks("c", "u1", 3_000, 2, None);
         assert_eq!(
-            wpm(&t.observe(8, &ks("b", "u1", 1_001, 1, None)).unwrap()),
-            5.0
+            wpm(&restored.observe(3, &next).unwrap()),
+            wpm(&live.observe(3, &next).unwrap())
         );
+        assert_eq!(bincode::serialize(&restored).unwrap(), bincode::serialize(&live).unwrap());
     }
 
     #[test]
