@@ -356,6 +356,57 @@ async fn identical_instances_run_one_dataflow_and_a_standby_takes_over() {
     }
 }
 
+/// A holder whose lease moved on (paused past its TTL, cut off) keeps
+/// deriving until it notices; what it derives meanwhile is not published:
+/// the new holder publishes those outputs. Its admin broadcasts still are.
+#[tokio::test]
+async fn a_holder_that_lost_the_lease_publishes_nothing_its_dataflow_still_derives() {
+    let prefix = unique("gw");
+    let pre = format!("redis.prefix={prefix}");
+    let holder = Server::start(&["--redis-url", &redis_url(), "--set", &pre]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !active(&holder).await {
+        assert!(std::time::Instant::now() < deadline, "never took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let user = unique("u");
+    let channel = format!("user:{user}");
+    let mut ws = connect(&holder, "/ws/analytics").await;
+    subscribe(&mut ws, json!({"op":"subscribe","channel":channel})).await;
+    let t0 = now_ms();
+    keystroke(&holder, &user, t0).await;
+    let first = messages(&mut ws, 1).await;
+    assert_eq!(first[0]["data"]["type"], "analytics.metric_updated");
+
+    // Another instance took the lease over: the fence moved past this one's.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let fence_key = format!("{prefix}:lease:dataflow:dataflow:fence");
+    let () = redis::cmd("INCR")
+        .arg(&fence_key)
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let fenced = "inkstream_ws_broker_publications_total{outcome=\"fenced\"}";
+    assert_eq!(metric(&holder, fenced).await, 0.0);
+    keystroke(&holder, &user, t0 + 1_100).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while metric(&holder, fenced).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second update was never refused as fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broadcast after it, on the same channel: the next message. Had the
+    // update been published, it would have come first.
+    assert_eq!(broadcast(&holder, &channel, 7).await["delivered_to"], 1);
+    let next = messages(&mut ws, 1).await;
+    assert_eq!(next[0]["data"], json!({"n": 7}), "{next:?}");
+    assert_eq!(offsets(&next), vec![2], "the update took no offset");
+}
+
 #[tokio::test]
 async fn an_instance_that_loses_the_lease_stops_rather_than_run_a_second_dataflow() {
     let url = redis_url();

@@ -86,6 +86,16 @@ impl Hub {
         Ok(())
     }
 
+    /// Through Redis, the dataflow's and the notifier's publications are
+    /// published from now on only while `fence` is the dataflow lease's
+    /// (`None`: no lease); admin broadcasts are not fenced. In process
+    /// there is nobody else to publish: nothing changes.
+    pub fn fenced(&self, fence: Option<crate::lease::Fence>) {
+        if let Some(b) = self.broker.get() {
+            b.fenced(fence);
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }

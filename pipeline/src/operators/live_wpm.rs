@@ -411,7 +411,10 @@ mod tests {
             wpm(&restored.observe(3, &next).unwrap()),
             wpm(&live.observe(3, &next).unwrap())
         );
-        assert_eq!(bincode::serialize(&restored).unwrap(), bincode::serialize(&live).unwrap());
+        assert_eq!(
+            bincode::serialize(&restored).unwrap(),
+            bincode::serialize(&live).unwrap()
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //!   last publication.
 
 use super::{Command, LocalHub, Priority, Queued, RemoteJoin};
+use crate::lease::Fence;
 use crate::metrics::Metrics;
 use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::websocket_fanout::channel::ChannelKey;
@@ -122,7 +123,12 @@ impl Classify for PublishError {
 /// batch's number (the same on every try of one batch, and rising: a try
 /// whose reply was lost after Redis ran it is not run again by the next,
 /// nor is a try that arrives after a later batch ran; either returns
-/// nothing), then per publication the channel's tag (its Pub/Sub
+/// nothing), ARGV[8] the dataflow lease's fence key and ARGV[9] this
+/// instance's token (empty: not fenced; sent when the batch holds
+/// publications of the dataflow or the notifier): a batch whose fence is
+/// no longer this instance's runs nothing and returns `{-1}` (another
+/// instance took the dataflow over, and publishes its outputs now), then
+/// per publication the channel's tag (its Pub/Sub
 /// name, [`Keys::tag`]) and the body. The meta, history and interest keys
 /// are the tag with `:m`, `:h` and `:i` ([`Keys::names`]), derived here: two
 /// arguments per publication instead of five, the cost that bounds a burst
@@ -141,11 +147,14 @@ local ran = tonumber(redis.call('GET', ARGV[6]) or '0')
 if ran and ran >= tonumber(ARGV[7]) then
   return {}
 end
+if ARGV[8] ~= '' and redis.call('GET', ARGV[8]) ~= ARGV[9] then
+  return {-1}
+end
 local size = tonumber(ARGV[1])
-local n = (#ARGV - 7) / 2
+local n = (#ARGV - 9) / 2
 local state, order, metas = {}, {}, {}
 for i = 1, n do
-  local tag = ARGV[6 + 2 * i]
+  local tag = ARGV[8 + 2 * i]
   local meta, hist = tag .. ':m', tag .. ':h'
   local st = state[meta]
   if st == nil then
@@ -175,7 +184,7 @@ for i = 1, n do
   metas[i] = meta
   if st then
     st.offset = st.offset + 1
-    local body = ARGV[7 + 2 * i]
+    local body = ARGV[9 + 2 * i]
     if size > 0 then
       redis.call('XADD', hist, 'MAXLEN', size, st.offset .. '-0', 't', ARGV[4], 'd', body)
     end
@@ -302,6 +311,9 @@ struct Publication {
     body: String,
     /// Admin broadcasts wait for the offset and receiver count.
     reply: Option<oneshot::Sender<Result<(u64, u64), PublishError>>>,
+    /// An output of the dataflow or the notifier (not an admin broadcast):
+    /// published only while this instance holds the dataflow lease's fence.
+    fenced: bool,
 }
 
 /// Key names of one deployment.
@@ -371,7 +383,8 @@ impl Keys {
 /// Counters of the broker.
 #[derive(Clone)]
 struct BrokerMetrics {
-    /// Publications by outcome: published, dropped (queue full), failed.
+    /// Publications by outcome: published, dropped (queue full), failed,
+    /// fenced (this instance no longer holds the dataflow lease).
     publications: IntCounterVec,
     /// Publications read back from the history after a Pub/Sub gap.
     gap_fills: IntCounter,
@@ -391,7 +404,7 @@ impl BrokerMetrics {
             publications: IntCounterVec::new(
                 Opts::new(
                     "inkstream_ws_broker_publications_total",
-                    "Fanout publications through Redis, by outcome (published, dropped, failed).",
+                    "Fanout publications through Redis, by outcome (published, dropped, failed, fenced).",
                 ),
                 &["outcome"],
             )?,
@@ -424,7 +437,7 @@ impl BrokerMetrics {
                 "Time the dataflow waited for room in a full fanout publish lane (Redis slower than a burst of publications: the dataflow's outputs, live ones included, are held back meanwhile).",
             )?,
         };
-        for o in ["published", "dropped", "failed"] {
+        for o in ["published", "dropped", "failed", "fenced"] {
             m.publications.with_label_values(&[o]);
         }
         let r = metrics.registry();
@@ -454,6 +467,9 @@ pub(crate) struct Broker {
     /// away, or far slower than the dataflow); cleared by the next
     /// publication that finds room. While set, a full lane drops at once.
     gave_up: std::sync::atomic::AtomicBool,
+    /// The dataflow lease's fence the queued publications (the outputs of
+    /// the dataflow and the notifier) carry: see [`Broker::fenced`].
+    fence: Arc<std::sync::Mutex<Option<Fence>>>,
 }
 
 impl Broker {
@@ -476,6 +492,7 @@ impl Broker {
             prefix: config.prefix.clone(),
         };
         let metrics = BrokerMetrics::new(hub_metrics)?;
+        let fence: Arc<std::sync::Mutex<Option<Fence>>> = Arc::default();
         let mut lanes = Vec::with_capacity(PUBLISH_LANES);
         for _ in 0..PUBLISH_LANES {
             let room = (config.publish_queue / PUBLISH_LANES).max(1);
@@ -489,6 +506,7 @@ impl Broker {
                 hub_config.history_size,
                 hub_config.history_max_age,
                 metrics.clone(),
+                fence.clone(),
             ));
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(hub_config.command_queue.max(1));
@@ -507,7 +525,18 @@ impl Broker {
             metrics,
             command_waits: hub_metrics.ws_broker_command_waits.clone(),
             gave_up: std::sync::atomic::AtomicBool::new(false),
+            fence,
         })
+    }
+
+    /// From now on the queued publications (the dataflow's and the
+    /// notifier's outputs) are published only while `fence` is the dataflow
+    /// lease's: an instance that lost the lease (paused past its TTL, cut
+    /// off) publishes none of what its dataflow still derives before it
+    /// stops, so clients see the new holder's outputs only. Admin
+    /// broadcasts are not fenced. `None`: no lease.
+    pub(crate) fn fenced(&self, fence: Option<Fence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
     }
 
     /// Queues a publication. A full queue holds back the caller when it is
@@ -526,6 +555,7 @@ impl Broker {
             key,
             body,
             reply: None,
+            fenced: true,
         };
         let may_wait =
             tokio::runtime::Handle::try_current().is_err() && !self.gave_up.load(Ordering::Relaxed);
@@ -582,6 +612,7 @@ impl Broker {
             key,
             body,
             reply: Some(tx),
+            fenced: false,
         };
         self.lane(&p.key)
             .live
@@ -635,8 +666,10 @@ async fn publisher(
     history_size: usize,
     history_max_age: Duration,
     metrics: BrokerMetrics,
+    fence: Arc<std::sync::Mutex<Option<Fence>>>,
 ) {
     let script = redis::Script::new(PUBLISH_SCRIPT);
+    let mut warned_fenced = false;
     let mut batch: Vec<Publication> = Vec::new();
     let mut seed: u64 =
         std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id());
@@ -665,17 +698,46 @@ async fn publisher(
                 .arg(format!("{seed:016x}"))
                 .arg(&marker)
                 .arg(batch_no);
+            let fence = batch
+                .iter()
+                .any(|p| p.fenced)
+                .then(|| fence.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .flatten();
+            match &fence {
+                Some(f) => inv.arg(&f.key).arg(f.token),
+                None => inv.arg("").arg(""),
+            };
             for p in &batch {
                 inv.arg(keys.tag(&p.key)).arg(&p.body);
             }
             let started = std::time::Instant::now();
-            let result = inv.invoke_async::<Vec<u64>>(&mut conn).await;
+            let result = inv.invoke_async::<Vec<i64>>(&mut conn).await;
             metrics
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.batch_size.observe(batch.len() as f64);
             match result {
+                Ok(replies) if replies.first() == Some(&-1) => {
+                    // Fenced: drop the dataflow's and the notifier's
+                    // publications, try the broadcasts again without them.
+                    let before = batch.len();
+                    batch.retain(|p| !p.fenced);
+                    metrics
+                        .publications
+                        .with_label_values(&["fenced"])
+                        .inc_by((before - batch.len()) as u64);
+                    if !std::mem::replace(&mut warned_fenced, true) {
+                        tracing::warn!(
+                            fence = fence.as_ref().map(|f| f.key.as_str()).unwrap_or(""),
+                            "fanout: this instance no longer holds the dataflow lease; its outputs are not published (counted as fenced)"
+                        );
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                }
                 Ok(replies) => {
+                    let replies: Vec<u64> = replies.into_iter().map(|r| r.max(0) as u64).collect();
                     metrics
                         .publications
                         .with_label_values(&["published"])
@@ -1232,6 +1294,7 @@ mod tests {
             metrics: BrokerMetrics::new(&metrics).expect("metrics"),
             command_waits: metrics.ws_broker_command_waits.clone(),
             gave_up: std::sync::atomic::AtomicBool::new(false),
+            fence: Arc::default(),
         };
         let key: ChannelKey = (WsPath::Analytics, "user:u".to_owned());
         let dropped = || {
@@ -1289,6 +1352,7 @@ mod tests {
             key: (WsPath::Analytics, "user:u".to_owned()),
             body,
             reply: None,
+            fenced: true,
         };
         for i in 0..300 {
             background.try_send(p(format!("b{i}"))).expect("room");

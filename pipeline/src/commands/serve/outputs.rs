@@ -36,8 +36,10 @@ pub(super) struct DerivedOutputs {
 
 impl DerivedOutputs {
     /// The dataflow starts under the lease's `fence` (`None`: no lease):
-    /// the view store's writes carry it from now on.
+    /// the view store's writes and the fanout's publications through Redis
+    /// carry it from now on.
     pub fn fenced(&self, fence: Option<connectors::lease::Fence>) {
+        self.hub.fenced(fence.clone());
         self.views.fenced(fence);
     }
 }
