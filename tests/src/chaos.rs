@@ -28,7 +28,7 @@
 //! same way: when the input is in and the watermark stands still, the
 //! instances are stopped with SIGTERM.
 
-use crate::{PrivateKafka, PrivateRedis, Server, free_port, inkstream_bin};
+use crate::{PrivateKafka, PrivateRedis, Server, free_port_list, inkstream_bin};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -582,7 +582,7 @@ struct Stack {
 impl Stack {
     async fn start(redis: PrivateRedis, kafka: PrivateKafka, instances: usize) -> Stack {
         let mut s = Stack {
-            ports: (0..instances).map(|_| free_port()).collect(),
+            ports: free_port_list(instances),
             derived: (0..instances)
                 .map(|i| scratch(&format!("chaos-derived-{i}")))
                 .collect(),

@@ -75,10 +75,18 @@ pub fn free_port() -> u16 {
 /// are picked (picked one by one, the system may hand the same port out
 /// twice: a broker's controller and SASL listeners once got one port).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
+    let ports = free_port_list(N);
+    std::array::from_fn(|i| ports[i])
+}
+
+/// [`free_ports`] for a count known at run time.
+pub fn free_port_list(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
         .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 /// Now, in ms since the Unix epoch.
