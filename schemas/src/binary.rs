@@ -85,13 +85,11 @@ fn write_opt_str(out: &mut Vec<u8>, s: &Option<crate::Text>) {
 
 /// Appends the Avro binary encoding of `event` (envelope schema) to `out`.
 pub fn encode_into(event: &Event, out: &mut Vec<u8>) -> Result<(), BinaryError> {
-    let ty = event.event_type();
-    let branch = TYPES
-        .iter()
-        .position(|t| *t == ty)
-        .ok_or_else(|| BinaryError(format!("unknown type {ty}")))?;
+    // The union branch is the payload's catalogue index (a name search
+    // compared up to every type name, per event).
+    let branch = event.data.type_index();
     write_str(out, &event.id);
-    write_str(out, ty);
+    write_str(out, event.event_type());
     write_long(out, event.ts);
     write_opt_str(out, &event.user_id);
     write_opt_str(out, &event.project_id);

@@ -310,6 +310,60 @@ fn fire_before(
     }
 }
 
+/// An activity event of a known pair (`changed`: the pair was just made):
+/// online again, its next transition, typing and cursor, and an update
+/// when something changed or a cursor move is due.
+fn on_activity(
+    lim: &Limits,
+    timers: &mut BTreeSet<(i64, String, String)>,
+    p: &mut Pair,
+    (user, doc): (&str, &str),
+    e: &Event,
+    mut changed: bool,
+    out: &mut Vec<Event>,
+) {
+    let t = e.ts;
+    if p.status != PresenceStatus::Online {
+        p.status = PresenceStatus::Online;
+        changed = true;
+    }
+    p.last_activity = p.last_activity.max(t);
+    let deadline = lim.next_transition(p).0;
+    if deadline < p.scheduled {
+        p.scheduled = deadline;
+        timers.insert((deadline, doc.to_owned(), user.to_owned()));
+    }
+    note_project(p, e);
+    if let Some(words) = written_words(e)
+        && words > 0
+    {
+        // In time order; arrivals are mostly in order, so search from the back.
+        let pos = p.typing.len() - p.typing.iter().rev().take_while(|(u, _)| *u > t).count();
+        p.typing.insert(pos, (t, words));
+    }
+    let mut cursor_moved = false;
+    if let Payload::CollaborationCursorMoved(c) = &e.data {
+        cursor_moved = true;
+        if p.cursor.as_ref().is_none_or(|(at, _)| t >= *at) {
+            p.cursor = Some((t, Cursor::from(c)));
+        }
+    }
+    let due = cursor_moved
+        && p.last_emitted
+            .is_none_or(|l| t.saturating_sub(l) >= lim.cursor_ms);
+    if changed || due {
+        out.push(update(
+            lim,
+            user,
+            doc,
+            p,
+            PresenceStatus::Online,
+            t,
+            Cause::Event(&e.id),
+        ));
+    }
+}
+
 /// Drops typed words no future update can count: every later update is at
 /// or after the watermark.
 fn prune_typing(p: &mut Pair, watermark: i64, window_ms: i64) {
@@ -407,11 +461,18 @@ impl Presence {
             _ => Action::Activity,
         };
         let (watermark, window_ms) = (self.watermark, self.lim.window_ms);
+        let mut gone = false;
         if let Some(p) = self.docs.get_mut(doc).and_then(|u| u.get_mut(user)) {
             prune_typing(p, watermark, window_ms);
-            if fire_before(&self.lim, user, doc, p, t, out) {
-                self.remove(doc, user);
+            gone = fire_before(&self.lim, user, doc, p, t, out);
+            if !gone && matches!(action, Action::Activity) {
+                // A known pair's activity (most events): one lookup.
+                on_activity(&self.lim, &mut self.timers, p, (user, doc), e, false, out);
+                return;
             }
+        }
+        if gone {
+            self.remove(doc, user);
         }
         match action {
             Action::Leave => {
@@ -451,6 +512,7 @@ impl Presence {
         }
     }
 
+    /// Activity of a pair not known yet (or just gone offline).
     fn activity(&mut self, user: &str, doc: &str, e: &Event, out: &mut Vec<Event>) {
         let t = e.ts;
         let mut changed = false;
@@ -477,50 +539,10 @@ impl Presence {
                 changed = true;
             }
         }
-        let lim = &self.lim;
         let Some(p) = self.docs.get_mut(doc).and_then(|u| u.get_mut(user)) else {
             return;
         };
-        if p.status != PresenceStatus::Online {
-            p.status = PresenceStatus::Online;
-            changed = true;
-        }
-        p.last_activity = p.last_activity.max(t);
-        let deadline = lim.next_transition(p).0;
-        if deadline < p.scheduled {
-            p.scheduled = deadline;
-            self.timers
-                .insert((deadline, doc.to_owned(), user.to_owned()));
-        }
-        note_project(p, e);
-        if let Some(words) = written_words(e)
-            && words > 0
-        {
-            // In time order; arrivals are mostly in order, so search from the back.
-            let pos = p.typing.len() - p.typing.iter().rev().take_while(|(u, _)| *u > t).count();
-            p.typing.insert(pos, (t, words));
-        }
-        let mut cursor_moved = false;
-        if let Payload::CollaborationCursorMoved(c) = &e.data {
-            cursor_moved = true;
-            if p.cursor.as_ref().is_none_or(|(at, _)| t >= *at) {
-                p.cursor = Some((t, Cursor::from(c)));
-            }
-        }
-        let due = cursor_moved
-            && p.last_emitted
-                .is_none_or(|l| t.saturating_sub(l) >= lim.cursor_ms);
-        if changed || due {
-            out.push(update(
-                lim,
-                user,
-                doc,
-                p,
-                PresenceStatus::Online,
-                t,
-                Cause::Event(&e.id),
-            ));
-        }
+        on_activity(&self.lim, &mut self.timers, p, (user, doc), e, changed, out);
     }
 
     /// No event before `watermark` will come: fires every away/offline whose
