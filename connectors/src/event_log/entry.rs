@@ -222,16 +222,20 @@ pub const ANONYMOUS: &str = "anonymous";
 
 /// The id the dataflow knows an event by, so that it agrees with the log on
 /// what a duplicate is: two callers may use the same id for different
-/// events. `<namespace>/<id>` for an authenticated caller; the id itself
-/// when the namespace is [`ANONYMOUS`] (auth off: one namespace, so ids,
-/// and the derived ids made from them, stay as they always were) or unknown.
-/// `None`: keep the id as it is.
+/// events. `<namespace>/<id>` for an authenticated caller, with any `%` and
+/// `/` of the namespace written `%25` and `%2F`, so the first `/` ends it:
+/// `alice` sending `phone/e-42` and `alice/phone` sending `e-42` are two
+/// events (they were one id, and the dataflow dropped the second as a copy
+/// of the first). A namespace without either character is written as it
+/// is, so ids (and the derived ids made from them) stay what they were. The
+/// id itself when the namespace is [`ANONYMOUS`] (auth off: one namespace)
+/// or unknown. `None`: keep the id as it is.
 pub fn dataflow_id(namespace: Option<&str>, id: &str) -> Option<String> {
     match namespace {
         Some(ns) if ns != ANONYMOUS => {
             // By hand: `format!` costs more than the copy, once per event.
             let mut s = String::with_capacity(ns.len() + 1 + id.len());
-            s.push_str(ns);
+            push_namespace(&mut s, ns);
             s.push('/');
             s.push_str(id);
             Some(s)
@@ -240,11 +244,34 @@ pub fn dataflow_id(namespace: Option<&str>, id: &str) -> Option<String> {
     }
 }
 
+/// `ns` with `%` and `/` escaped (see [`dataflow_id`]).
+fn push_namespace(s: &mut String, ns: &str) {
+    if !ns.contains(['%', '/']) {
+        s.push_str(ns);
+        return;
+    }
+    for c in ns.chars() {
+        match c {
+            '%' => s.push_str("%25"),
+            '/' => s.push_str("%2F"),
+            c => s.push(c),
+        }
+    }
+}
+
 /// The caller's id within a dataflow id made by [`dataflow_id`] with the
 /// same namespace; `None` when `dataflow_id` kept the id as it was.
 fn caller_id<'a>(namespace: Option<&str>, id: &'a str) -> Option<&'a str> {
     match namespace {
-        Some(ns) if ns != ANONYMOUS => id.strip_prefix(ns).and_then(|rest| rest.strip_prefix('/')),
+        Some(ns) if ns != ANONYMOUS => {
+            if !ns.contains(['%', '/']) {
+                return id.strip_prefix(ns).and_then(|rest| rest.strip_prefix('/'));
+            }
+            let mut prefix = String::with_capacity(ns.len() + 8);
+            push_namespace(&mut prefix, ns);
+            id.strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+        }
         _ => None,
     }
 }
@@ -316,6 +343,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Namespaces that end where another's id goes on do not make one id:
+    /// `alice` + `phone/e-42` and `alice/phone` + `e-42` were both
+    /// `alice/phone/e-42`, and the dataflow dropped the second caller's
+    /// event as a duplicate of the first's.
+    #[test]
+    fn two_callers_never_share_a_dataflow_id() {
+        let pairs = [
+            ("alice", "phone/e-42"),
+            ("alice/phone", "e-42"),
+            ("alice%2Fphone", "e-42"),
+            ("a%", "b"),
+            ("a", "%/b"),
+        ];
+        let ids: Vec<String> = pairs
+            .iter()
+            .map(|(ns, id)| dataflow_id(Some(ns), id).unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), pairs.len(), "{ids:?}");
+        for ((ns, id), made) in pairs.iter().zip(&ids) {
+            assert_eq!(caller_id(Some(ns), made), Some(*id), "{made}");
+        }
+        // A namespace without `%` or `/` keeps the form ids always had.
+        assert_eq!(
+            dataflow_id(Some("app:bench"), "e-1").unwrap(),
+            "app:bench/e-1"
+        );
+        assert_eq!(dataflow_id(Some(ANONYMOUS), "e-1"), None);
     }
 
     #[test]
