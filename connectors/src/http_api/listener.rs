@@ -3,7 +3,11 @@
 //! accepting without bound; counted in a metric. Every connection is closed
 //! once no byte has moved either way for the idle timeout, so idle sockets
 //! cannot hold the permits (upgraded WebSockets included: the hub pings its
-//! clients more often than that).
+//! clients more often than that). And a write the peer takes no byte of for
+//! the idle timeout (a client that stopped reading: its receive window and
+//! our send buffer are full) fails with `TimedOut`, so the task awaiting it
+//! ends, whatever else that task was meant to watch, and the connection's
+//! slot is released.
 
 use axum::serve::Listener;
 use std::future::Future;
@@ -51,6 +55,20 @@ pub struct LimitedStream {
     /// Fires at `last + idle` or later; re-armed lazily when it fires early
     /// (cheaper than resetting the timer on every read).
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed only while a write (or flush) waits for room in the send
+    /// buffer: fires `idle` after it began waiting with no byte taken.
+    /// `None` otherwise, so writes the socket takes at once cost nothing.
+    write_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write timed out: the connection is dead to writes from then on
+    /// (a close frame queued behind the stuck bytes would wait again).
+    write_timed_out: bool,
+}
+
+fn write_timeout_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "peer took no byte for server.idle_timeout",
+    )
 }
 
 impl LimitedStream {
@@ -66,6 +84,46 @@ impl LimitedStream {
                 return true;
             }
             self.deadline.as_mut().reset(due.into());
+        }
+    }
+
+    /// What a write, flush or shutdown of the inner stream returned, with
+    /// the stall bound applied: a `Pending` arms the write timer (when not
+    /// armed yet) and becomes a `TimedOut` error once it fires; anything
+    /// `Ready` disarms it. `moved` says whether a ready result took bytes.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+        moved: impl FnOnce(&T) -> bool,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                if let Ok(v) = &r
+                    && moved(v)
+                {
+                    self.last = Instant::now();
+                }
+                // Dropping the timer takes it out of the wheel: no stale
+                // wake-up later.
+                self.write_deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let deadline = self
+                    .write_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    self.write_deadline = None;
+                    self.write_timed_out = true;
+                    tracing::debug!(
+                        "write stalled for server.idle_timeout: closing the connection"
+                    );
+                    return Poll::Ready(Err(write_timeout_error()));
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -100,6 +158,8 @@ impl Listener for LimitedListener {
                             idle: self.idle,
                             last: now,
                             deadline: Box::pin(tokio::time::sleep_until((now + self.idle).into())),
+                            write_deadline: None,
+                            write_timed_out: false,
                         },
                         addr,
                     );
@@ -147,32 +207,33 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            self.last = Instant::now();
+        if self.write_timed_out {
+            return Poll::Ready(Err(write_timeout_error()));
         }
-        r
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.bound_write(cx, r, |n| *n > 0)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        if self.write_timed_out {
+            return Poll::Ready(Err(write_timeout_error()));
+        }
+        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        self.bound_write(cx, r, |()| false)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let r = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.bound_write(cx, r, |()| false)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            self.last = Instant::now();
+        if self.write_timed_out {
+            return Poll::Ready(Err(write_timeout_error()));
         }
-        r
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, r, |n| *n > 0)
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
