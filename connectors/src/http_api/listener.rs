@@ -253,3 +253,73 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limi
         PeerAddr(*stream.remote_addr())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection accepted by a [`LimitedListener`] with `idle`, and its
+    /// client (`recv_buffer`: the client's receive buffer, if set).
+    async fn pair(idle: Duration, recv_buffer: Option<u32>) -> (LimitedStream, TcpStream) {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let waited = prometheus::IntCounter::new("waited", "waited").unwrap();
+        let mut listener = LimitedListener::new(inner, 4, idle, waited);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buffer {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        let (client, (server, _)) = tokio::join!(socket.connect(addr), listener.accept());
+        (server, client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_write_the_peer_takes_nothing_of_fails_after_the_idle_timeout() {
+        let (mut server, _client) = pair(Duration::from_millis(300), Some(4096)).await;
+        let chunk = vec![0u8; 1 << 20];
+        let err = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Err(e) = server.write_all(&chunk).await {
+                    break e;
+                }
+            }
+        })
+        .await
+        .expect("a write to a client that reads nothing still pending after 30 s");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        // Dead to writes from then on, at once.
+        let again = server.write(b"x").await.unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::TimedOut);
+        assert!(server.flush().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_keeps_progressing_is_not_cut_however_long_it_takes() {
+        // 16 MB to a client reading at most 64 KB per 10 ms: more than the
+        // 2 s idle timeout in all, with the send buffer full most of it.
+        let idle = Duration::from_secs(2);
+        let (mut server, mut client) = pair(idle, Some(64 * 1024)).await;
+        let total = 16 << 20;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < total {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed after {got} bytes");
+                got += n;
+            }
+            got
+        });
+        let started = Instant::now();
+        server.write_all(&vec![7u8; total]).await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), total);
+        assert!(
+            started.elapsed() > idle,
+            "the write never outlasted the idle timeout: the test shows nothing"
+        );
+    }
+}
