@@ -145,3 +145,201 @@ async fn the_fanout_load_with_several_publishers_delivers_every_broadcast_to_eve
         "61 broadcasts × 5 subscribers: {stdout}"
     );
 }
+
+/// A WebSocket client on `path` whose receive buffer is 4 KiB (set before
+/// connecting, which turns off the kernel's receive autotuning): once it
+/// stops reading, the server's send buffer fills after a few megabytes at
+/// most, whatever the machine's TCP settings.
+async fn small_window_client(server: &Server, path: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{}", server.port).parse().unwrap())
+        .await
+        .unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    tokio_tungstenite::client_async(server.ws_url(path), stream)
+        .await
+        .unwrap()
+        .0
+}
+
+/// `/api/realtime/websocket/stats`' connections and subscriptions.
+async fn stats(server: &Server) -> (u64, u64, serde_json::Value) {
+    let s: serde_json::Value = reqwest::get(server.url("/api/realtime/websocket/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        s["connections"].as_u64().unwrap(),
+        s["subscriptions"].as_u64().unwrap(),
+        s,
+    )
+}
+
+/// Publishes ~64 KB broadcasts on `channel` until `done` holds (checked
+/// every 20) or 1,000 were sent (64 MB: far past any send buffer).
+async fn flood_until<F, Fut>(server: &Server, channel: &str, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let pad = "x".repeat(64 * 1024);
+    // A client per 20 broadcasts, dropped before `done` asks: with
+    // `server.max_connections = 2` (the stuck subscriber and one more) its
+    // idle keep-alive connection would hold the other slot.
+    let mut http = reqwest::Client::new();
+    for i in 0..1_000u64 {
+        let r = http
+            .post(server.url("/api/realtime/websocket/broadcast"))
+            .json(&json!({"channel": channel, "data": {"i": i, "pad": pad}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "broadcast {i}");
+        if i % 20 == 19 {
+            // The old client (and its connection) goes; a new one follows.
+            drop(std::mem::take(&mut http));
+            if done().await {
+                return;
+            }
+        }
+    }
+}
+
+/// Two fresh subscribers at once (the whole of `server.max_connections = 2`),
+/// within a deadline: no connection of the past still holds a slot.
+async fn two_fresh_subscribers(server: &Server, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let both = tokio::time::timeout(Duration::from_secs(5), async {
+            let a = subscribe(server, "project:p2").await;
+            let b = subscribe(server, "project:p2").await;
+            (a, b)
+        })
+        .await;
+        if both.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: two fresh connections were not served within 30 s with \
+             server.max_connections = 2 (a slot is still held)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_cut_once_a_write_takes_nothing_for_the_idle_timeout() {
+    // No slow close (the queue may hold 256 MB) and no fanout idle close:
+    // only the bound on a write that makes no progress can end it.
+    let server = Server::start(&[
+        "--set",
+        "server.idle_timeout=2s",
+        "--set",
+        "server.max_connections=2",
+        "--set",
+        "fanout.max_queue_bytes=268435456",
+        "--set",
+        "fanout.idle_timeout=1h",
+    ])
+    .await;
+    let mut ws = small_window_client(&server, "/ws/analytics").await;
+    ws.send(Message::text(
+        json!({"op":"subscribe","channel":"project:p1"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        inkstream_tests::next_json(&mut ws).await["op"],
+        "subscribed"
+    );
+    // From here on the client reads nothing.
+    flood_until(&server, "project:p1", || async {
+        stats(&server).await.0 == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (connections, subscriptions, s) = stats(&server).await;
+        let open = inkstream_tests::metric(&server, "inkstream_ws_connections").await;
+        if connections == 0 && subscriptions == 0 && open == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber that stopped reading was not disconnected within 60 s of \
+             the flood (server.idle_timeout = 2s): inkstream_ws_connections {open}, stats {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    two_fresh_subscribers(&server, "after the stuck subscriber was cut").await;
+    assert_eq!(
+        inkstream_tests::metric(&server, "inkstream_ws_slow_disconnects_total").await,
+        0.0,
+        "the queue bound was not what closed it"
+    );
+    drop(ws);
+}
+
+#[tokio::test]
+async fn a_subscriber_closed_as_slow_inside_a_stuck_write_is_released_at_once_then_gets_4008() {
+    // The connection limit's inactivity bound out of reach: what frees the
+    // queue and subscriptions is the slow close, while the hub's write to
+    // this client is stuck on a full send buffer. The queue's bound (8 MB)
+    // is past what the kernel buffers for the client (at most
+    // `net.ipv4.tcp_wmem`'s 4 MB + our 4 KiB), so the queue only fills once
+    // the write is stuck, not because the connection's task lagged behind a
+    // burst (with 256 KiB it closed before the kernel's buffer was full:
+    // the close went out at once and the test passed without the fix).
+    let server = Server::start(&[
+        "--set",
+        "server.idle_timeout=1h",
+        "--set",
+        "fanout.max_queue_bytes=8388608",
+        "--set",
+        "fanout.idle_timeout=1h",
+    ])
+    .await;
+    let mut ws = small_window_client(&server, "/ws/analytics").await;
+    ws.send(Message::text(
+        json!({"op":"subscribe","channel":"project:p1"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        inkstream_tests::next_json(&mut ws).await["op"],
+        "subscribed"
+    );
+    let slow = || async {
+        inkstream_tests::metric(&server, "inkstream_ws_slow_disconnects_total").await >= 1.0
+    };
+    flood_until(&server, "project:p1", slow).await;
+    assert!(slow().await, "no slow close after 64 MB of broadcasts");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (connections, subscriptions, s) = stats(&server).await;
+        if connections == 0 && subscriptions == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow-closed subscriber's subscriptions were not released within 30 s \
+             while its write was stuck: stats {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The client catches up now: what the kernel buffered, then 4008.
+    let closed_with = loop {
+        match next(&mut ws, "catching up after the slow close").await {
+            Message::Close(frame) => {
+                break frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(closed_with, Some((4008, "slow".to_owned())));
+}

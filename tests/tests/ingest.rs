@@ -588,3 +588,88 @@ async fn a_request_head_not_finished_within_the_header_read_timeout_is_disconnec
     let r = reqwest::get(server.url("/healthz")).await.unwrap();
     assert!(r.status().is_success(), "the server still answers");
 }
+
+#[tokio::test]
+async fn a_ws_ingest_client_that_never_reads_its_acks_is_cut_and_its_slot_freed() {
+    let server = Server::start(&[
+        "--set",
+        "server.idle_timeout=2s",
+        "--set",
+        "server.max_connections=2",
+    ])
+    .await;
+    // A 4 KiB receive buffer (set before connecting: no autotuning), so the
+    // server's send buffer fills after a few megabytes of replies at most.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{}", server.port).parse().unwrap())
+        .await
+        .unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url("/ws/ingest"), stream)
+        .await
+        .unwrap();
+    // Frames, each answered (binary: an `unsupported_media_type` error, no
+    // event stored), and no reply ever read: the server's ack write stops
+    // moving, then our own sends stop once the server stops reading.
+    let (mut tx, rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while tx.send(Message::binary(vec![0u8; 16])).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    let gauge = || inkstream_tests::metric(&server, "inkstream_ws_ingest_connections");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge().await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the /ws/ingest connection was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = gauge().await;
+        if open == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the /ws/ingest client that never reads its acks was not disconnected within \
+             60 s (server.idle_timeout = 2s): inkstream_ws_ingest_connections {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its slot is free: the whole `server.max_connections = 2` can be used.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let both = tokio::time::timeout(Duration::from_secs(5), async {
+            let a = tokio_tungstenite::connect_async(server.ws_url("/ws/ingest"))
+                .await
+                .unwrap();
+            let b = tokio_tungstenite::connect_async(server.ws_url("/ws/ingest"))
+                .await
+                .unwrap();
+            (a, b)
+        })
+        .await;
+        if both.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two fresh /ws/ingest connections were not served within 30 s with \
+             server.max_connections = 2 (a slot is still held)"
+        );
+    }
+    // The sender saw the connection end too.
+    let sent = tokio::time::timeout(Duration::from_secs(30), sender)
+        .await
+        .expect("the never-reading client's sends did not fail once the server cut it")
+        .unwrap();
+    assert!(sent > 0);
+    drop(rx);
+}

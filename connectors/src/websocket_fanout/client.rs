@@ -4,10 +4,9 @@
 
 use super::frames::WsFrame;
 use super::routing::WsPath;
-use super::socket::Socket;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 pub(crate) enum Outbound {
     Frame(WsFrame),
@@ -24,6 +23,10 @@ pub(crate) struct ClientQueue {
     pub(crate) queued: Arc<AtomicUsize>,
     /// Set once the connection is being closed as slow; nothing more is queued.
     pub(crate) closing: Arc<AtomicBool>,
+    /// Signalled when `closing` is set: the connection's task may be inside
+    /// a write the client does not read, and releases the queue and the
+    /// subscriptions at once instead of after it.
+    pub(crate) slow: Arc<Notify>,
     pub(crate) path: WsPath,
     /// Presence only: when the queue is full, the latest frame per channel
     /// waits here (replacing older ones) instead of the client being
@@ -50,23 +53,18 @@ pub(crate) struct Written {
     pub(crate) next: Option<Outbound>,
 }
 
-/// Writes `first` and the frames queued behind it (up to a batch) with one
-/// vectored write instead of one per frame, and without a task wake-up
-/// per frame: a broadcast to many channels, or a burst on one, leaves
-/// several frames in a connection's queue by the time its task runs. The
-/// frames' bytes leave `queued` once the write returned, so the
-/// connection's byte bound still counts what is not written yet.
-pub(crate) async fn write_batch<S>(
-    socket: &mut Socket<S>,
+/// Takes `first` and the frames queued behind it (up to a batch) into
+/// `batch`, to be written with one vectored write instead of one per frame,
+/// and without a task wake-up per frame: a broadcast to many channels, or a
+/// burst on one, leaves several frames in a connection's queue by the time
+/// its task runs. The frames' bytes leave `queued` only once the write
+/// returned ([`written`]), so the connection's byte bound still counts what
+/// is not written yet.
+pub(crate) fn take_batch(
     rx: &mut mpsc::UnboundedReceiver<Outbound>,
     first: WsFrame,
-    queued: &AtomicUsize,
     batch: &mut Vec<WsFrame>,
-) -> Written
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use std::sync::atomic::Ordering;
+) -> Written {
     let mut written = Written {
         bytes: first.len(),
         failed: false,
@@ -87,10 +85,13 @@ where
             Err(_) => break,
         }
     }
-    written.failed = socket.write(batch).await.is_err();
-    // The bytes go with the references: a publication's buffer is freed
-    // once the last subscriber's batch is written.
-    batch.clear();
-    queued.fetch_sub(written.bytes, Ordering::Relaxed);
     written
+}
+
+/// After the write of a [`take_batch`] batch: the bytes go with the
+/// references (a publication's buffer is freed once the last subscriber's
+/// batch is written) and leave `queued`.
+pub(crate) fn written(written: &Written, queued: &AtomicUsize, batch: &mut Vec<WsFrame>) {
+    batch.clear();
+    queued.fetch_sub(written.bytes, std::sync::atomic::Ordering::Relaxed);
 }

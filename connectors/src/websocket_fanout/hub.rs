@@ -7,7 +7,7 @@ use super::access::may_subscribe;
 use super::broker::redis::{Broker, BrokerError, PublishError, RedisBrokerConfig};
 use super::broker::{Command, LocalHub, Priority, RemoteJoin};
 use super::channel::{Channel, ChannelKey, Table};
-use super::client::{ClientQueue, Outbound, write_batch};
+use super::client::{ClientQueue, Outbound, take_batch, written};
 use super::close::{CLOSE_GOING_AWAY, CLOSE_SLOW};
 use super::config::HubConfig;
 use super::frames::{Recovery, WsFrame, error_frame, message_frame, op_frame, subscribed_frame};
@@ -265,6 +265,8 @@ impl Hub {
                     .with_label_values(&[q.path.as_str()])
                     .inc();
                 let _ = q.tx.send(Outbound::Close(CLOSE_SLOW, "slow"));
+                // Stored when the task is not waiting: its next write sees it.
+                q.slow.notify_one();
             }
             return;
         }
@@ -516,6 +518,7 @@ impl Hub {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
+            slow: Arc::new(tokio::sync::Notify::new()),
             path,
             coalesced: Arc::new(Mutex::new(Vec::new())),
         };
@@ -550,6 +553,9 @@ impl Hub {
         let mut batch = Vec::new();
         // When this connection last began writing frames (with a write delay).
         let mut last_write: Option<tokio::time::Instant> = None;
+        // A write failed (the client took nothing for `server.idle_timeout`,
+        // or the connection broke): no close handshake to wait for.
+        let mut write_failed = false;
         loop {
             tokio::select! {
                 incoming = socket.next() => match incoming {
@@ -570,6 +576,7 @@ impl Hub {
                         }
                         // A pong tungstenite wrote for the client's ping.
                         if socket.has_captured() && socket.write(&[]).await.is_err() {
+                            write_failed = true;
                             break;
                         }
                     }
@@ -587,6 +594,7 @@ impl Hub {
                         break;
                     }
                     if socket.write(&[WsFrame::ping()]).await.is_err() {
+                        write_failed = true;
                         break;
                     }
                 }
@@ -622,9 +630,43 @@ impl Hub {
                             tokio::task::yield_now().await;
                         }
                         // This frame and those queued behind it, one write.
-                        let w = write_batch(&mut socket, &mut rx, frame, &q.queued, &mut batch).await;
+                        let mut w = take_batch(&mut rx, frame, &mut batch);
+                        let mut released = false;
+                        {
+                            let write = socket.write(&batch);
+                            tokio::pin!(write);
+                            w.failed = loop {
+                                tokio::select! {
+                                    r = &mut write => break r.is_err(),
+                                    // Closed as slow while the client takes
+                                    // nothing of this write: its queue and
+                                    // subscriptions go now; the write goes on
+                                    // (the client may still catch up and read
+                                    // the close frame), bounded by
+                                    // `server.idle_timeout` like any write.
+                                    () = q.slow.notified(), if !released => {
+                                        released = true;
+                                        for ch in subscriptions.drain(..) {
+                                            self.unsubscribe(conn, path, &ch, &budget).await;
+                                        }
+                                        self.conns().remove(&conn);
+                                        while let Ok(o) = rx.try_recv() {
+                                            if let Outbound::Frame(f) = o {
+                                                q.queued.fetch_sub(f.len(), Ordering::Relaxed);
+                                            }
+                                        }
+                                    }
+                                }
+                            };
+                        }
+                        written(&w, &q.queued, &mut batch);
                         bytes_out.inc_by(w.bytes as u64);
                         if w.failed {
+                            write_failed = true;
+                            break;
+                        }
+                        if released {
+                            let _ = socket.close(CLOSE_SLOW, "slow").await;
                             break;
                         }
                         match w.next {
@@ -635,6 +677,7 @@ impl Hub {
                             }
                             Some(Outbound::Coalesced) => {
                                 if self.send_coalesced(&q, &mut socket, &bytes_out).await.is_err() {
+                                    write_failed = true;
                                     break;
                                 }
                             }
@@ -646,6 +689,7 @@ impl Hub {
                     }
                     Some(Outbound::Coalesced) => {
                         if self.send_coalesced(&q, &mut socket, &bytes_out).await.is_err() {
+                            write_failed = true;
                             break;
                         }
                     }
@@ -671,7 +715,9 @@ impl Hub {
         // catching up on buffered frames, its Close) makes the kernel answer
         // with a reset, which destroys what the client has not read yet —
         // the close frame with its code included.
-        let linger = if q.closing.load(Ordering::Relaxed) {
+        let linger = if write_failed {
+            std::time::Duration::ZERO
+        } else if q.closing.load(Ordering::Relaxed) {
             SLOW_CLOSE_LINGER
         } else {
             CLOSE_LINGER
@@ -1029,6 +1075,7 @@ mod tests {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
+            slow: Arc::new(tokio::sync::Notify::new()),
             path: A,
             coalesced: Arc::new(Mutex::new(Vec::new())),
         };
