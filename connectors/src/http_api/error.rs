@@ -41,8 +41,13 @@ pub enum ApiError {
     UnknownCategory { name: String },
     /// 413 `body_too_large`: the body exceeds `limit` bytes.
     BodyTooLarge { limit: usize },
-    /// 413 `batch_too_large`: `events` in one request, more than `limit`.
-    BatchTooLarge { events: usize, limit: usize },
+    /// 413 `batch_too_large`: `events` in one request (at least, when
+    /// `at_least`: the count stopped there), more than `limit`.
+    BatchTooLarge {
+        events: usize,
+        limit: usize,
+        at_least: bool,
+    },
     /// 413 `batch_over_burst`: more events in one request than the caller's
     /// burst, which no wait can ever admit.
     BatchOverBurst {
@@ -263,10 +268,18 @@ impl ApiError {
                 "body_too_large",
                 format!("the body exceeds {limit} bytes"),
             ),
-            ApiError::BatchTooLarge { events, limit } => Parts::new(
+            ApiError::BatchTooLarge {
+                events,
+                limit,
+                at_least,
+            } => Parts::new(
                 S::PAYLOAD_TOO_LARGE,
                 "batch_too_large",
-                format!("{events} events in one request; the limit is {limit}"),
+                if *at_least {
+                    format!("more than {limit} events in one request; the limit is {limit}")
+                } else {
+                    format!("{events} events in one request; the limit is {limit}")
+                },
             ),
             ApiError::BatchOverBurst {
                 events,
