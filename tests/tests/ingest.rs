@@ -566,6 +566,36 @@ async fn a_422_lists_at_most_100_rejected_events() {
     assert_eq!(answer["rejected"].as_array().unwrap().len(), 150);
 }
 
+/// Media types are case-insensitive: `Application/JSON` is JSON.
+#[tokio::test]
+async fn the_content_type_is_matched_in_any_case() {
+    let server = Server::start(&[]).await;
+    for ct in [
+        "Application/JSON",
+        "APPLICATION/JSON; charset=UTF-8",
+        "Application/X-NDJSON",
+    ] {
+        let r = reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .header("content-type", ct)
+            .body(keystroke(&unique("ct"), "u1").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{ct}: {}", r.text().await.unwrap());
+    }
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .header("content-type", "Application/XML")
+        .body("<e/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+}
+
 #[tokio::test]
 async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
     let mut redis = PrivateRedis::start("outage");

@@ -481,22 +481,22 @@ async fn ingest_http(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("no Content-Type");
+    // Media types are case-insensitive (RFC 9110 §8.3.1).
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    let ndjson = match essence {
+    let ndjson = match essence.to_ascii_lowercase().as_str() {
         "application/json" => false,
         "application/x-ndjson" | "application/ndjson" => true,
-        other => {
-            return Err(ApiError::UnsupportedMediaType(other.to_owned()));
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(essence.to_owned()));
         }
     };
-    let decoded = decode_body(&s, &principal, &body, ndjson)?;
-    let outcome = ingest_events(
-        &s,
-        &principal,
-        super::auth::peer(&headers),
-        decoded,
-        params.partial,
-    )
-    .await?;
+    let peer = super::auth::peer(&headers);
+    // Counted before anything is decoded: over the batch limit, the
+    // caller's burst or its rate, the body is refused without a decode.
+    if let Some(events) = refuse_over_max(&s, &body, ndjson)? {
+        admit(&s, &principal, peer, events, false)?;
+    }
+    let decoded = decode_counted(&s, &principal, &body, ndjson)?;
+    let outcome = ingest_events(&s, &principal, peer, decoded, params.partial).await?;
     Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }
