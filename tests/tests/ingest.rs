@@ -596,6 +596,66 @@ async fn the_content_type_is_matched_in_any_case() {
     assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
 }
 
+/// A path that exists, with a method it does not take: 405 with the JSON
+/// error body and the `Allow` header (axum's own answer had an empty body).
+#[tokio::test]
+async fn a_method_not_allowed_is_405_with_the_json_error_and_allow() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    for (req, allowed) in [
+        (client.get(server.url("/v1/events")), "POST"),
+        (client.put(server.url("/ws/ingest")), "GET"),
+        (client.delete(server.url("/healthz")), "GET"),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        let allow = r.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains(allowed), "Allow: {allow}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+}
+
+/// A path parameter that is not UTF-8 (`%FF`) is 400 `invalid_parameter`
+/// naming it, in the JSON error shape, after authentication (axum's own
+/// answer was plain text, before it).
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_json_400_naming_it() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    for (req, field) in [
+        (
+            client.post(server.url("/api/realtime/notifications/%FF/read?user_id=u1")),
+            "id",
+        ),
+        (
+            client.get(server.url("/api/realtime/writing/sessions/%FF/metrics")),
+            "id",
+        ),
+        (
+            client
+                .post(server.url("/api/realtime/writing/sessions/%FF/end"))
+                .header("content-type", "application/json")
+                .body(r#"{"user_id":"u1"}"#),
+            "id",
+        ),
+        (
+            client.get(server.url("/api/realtime/events/%FF")),
+            "category",
+        ),
+    ] {
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{text}");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
     let mut redis = PrivateRedis::start("outage");
