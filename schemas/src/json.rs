@@ -169,6 +169,47 @@ fn json_error(e: serde_json::Error) -> DecodeError {
 /// decoding (more lines grow the vector as usual).
 const NDJSON_PRESIZE_MAX: usize = 4096;
 
+/// How many events a request body holds, counted without decoding any: the
+/// non-empty lines of NDJSON, the items of a JSON array, 1 for a single
+/// object. So a caller can refuse a batch over its limit (or its rate)
+/// before any event is parsed.
+///
+/// NDJSON is counted to its end (one pass of byte comparisons, no
+/// allocation); an array's scan stops at item `max + 1`, so a count over
+/// `max` is exact for NDJSON and a lower bound (`max + 1`) for an array.
+/// `None` when the body cannot be counted: not UTF-8, not an object, an
+/// array or NDJSON, or an array that is not well formed before its
+/// `max + 1`th item ([`decode_batch`] says why).
+pub fn count_events(body: &[u8], ndjson: bool, max: usize) -> Option<usize> {
+    // Not UTF-8: `decode_batch` refuses it before looking at any event.
+    let text = std::str::from_utf8(body).ok()?;
+    if ndjson {
+        // The lines `decode_batch` decodes: those with a byte that is not
+        // ASCII whitespace (`\r` is whitespace, so CRLF needs no care).
+        let mut n = 0usize;
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+            if body[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
+                n += 1;
+            }
+            start = end + 1;
+        }
+        return Some(n);
+    }
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let mut n = 0usize;
+            scan_array(text, |_| {
+                n += 1;
+                n <= max
+            })
+            .map(|_| n)
+        }
+        Some(b'{') => Some(1),
+        _ => None,
+    }
+}
+
 /// Decodes a request body: a single JSON object, a JSON array of objects, or
 /// NDJSON (one object per line; `ndjson = true`). Returns one result per event,
 /// in order, so callers can report each rejected index.
@@ -262,6 +303,19 @@ fn decode_array_parsed(
 /// the `]`). Each item still has to be valid JSON on its own: with every
 /// item valid, the whole body is.
 fn split_array(text: &str) -> Option<Vec<&str>> {
+    let mut items = Vec::with_capacity(text.len() / 128 + 1);
+    scan_array(text, |item| {
+        items.push(item);
+        true
+    })?;
+    Some(items)
+}
+
+/// [`split_array`]'s scan, handing each item to `item` as it is found until
+/// `item` answers `false`. `Some(true)`: the whole array was scanned and is
+/// well formed; `Some(false)`: `item` stopped the scan (what follows is not
+/// looked at); `None`: the array's structure is not well formed before that.
+fn scan_array<'a>(text: &'a str, mut item: impl FnMut(&'a str) -> bool) -> Option<bool> {
     // Every index it cuts at is an ASCII byte's, so a char boundary.
     let body = text.as_bytes();
     let skip_ws = |mut i: usize| {
@@ -274,10 +328,9 @@ fn split_array(text: &str) -> Option<Vec<&str>> {
     if body.get(i) != Some(&b'[') {
         return None;
     }
-    let mut items = Vec::with_capacity(body.len() / 128 + 1);
     i = skip_ws(i + 1);
     if body.get(i) == Some(&b']') {
-        return (skip_ws(i + 1) == body.len()).then_some(items);
+        return (skip_ws(i + 1) == body.len()).then_some(true);
     }
     loop {
         let start = i;
@@ -303,13 +356,15 @@ fn split_array(text: &str) -> Option<Vec<&str>> {
             }
             i += 1;
         }
-        let item = text[start..i].trim_ascii();
-        if item.is_empty() {
+        let found = text[start..i].trim_ascii();
+        if found.is_empty() {
             return None;
         }
-        items.push(item);
+        if !item(found) {
+            return Some(false);
+        }
         if body[i] == b']' {
-            return (skip_ws(i + 1) == body.len()).then_some(items);
+            return (skip_ws(i + 1) == body.len()).then_some(true);
         }
         i = skip_ws(i + 1);
     }
@@ -657,6 +712,30 @@ mod tests {
         let arr = format!("[{KEYSTROKE},{KEYSTROKE}]");
         let out = decode_batch(arr.as_bytes(), false, &Limits::default()).unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn count_events_counts_what_decode_batch_decodes() {
+        let nd = format!("{KEYSTROKE}\r\n \n\n{{\"type\":\"nope.x\"}}\n\t\n1");
+        let arr = format!("[{KEYSTROKE}, \"a,]\\\"\", [1,{{\"b\":[2]}}], 3]");
+        for (body, ndjson) in [(nd.as_str(), true), (arr.as_str(), false)] {
+            let events = if ndjson { 3 } else { 4 };
+            let decoded = decode_batch(body.as_bytes(), ndjson, &Limits::default()).unwrap();
+            assert_eq!(decoded.len(), events, "{body}");
+            let count = |max| count_events(body.as_bytes(), ndjson, max);
+            assert_eq!(count(events), Some(events), "{body}");
+            assert_eq!(count(events + 5), Some(events), "{body}");
+            assert_eq!(count(events - 1), Some(events), "{body}");
+            assert_eq!(count(1), Some(if ndjson { events } else { 2 }), "{body}");
+        }
+        // An array's scan stops at the first item over the limit: what
+        // follows (here not even JSON) is not looked at.
+        assert_eq!(count_events(b"[1,2,3,4,5,}", false, 2), Some(3));
+        assert_eq!(count_events(b"[1,}", false, 2), None);
+        assert_eq!(count_events(b"[]", false, 0), Some(0));
+        assert_eq!(count_events(KEYSTROKE.as_bytes(), false, 0), Some(1));
+        assert_eq!(count_events(b"1\n1\n\xff", true, 1), None);
+        assert_eq!(count_events(b"\n \r\n", true, 0), Some(0));
     }
 
     #[test]

@@ -39,6 +39,6 @@ pub use event::{Category, Event, EventType, UnknownType};
 pub use examples::examples;
 pub use fault::{Classify, Fault};
 pub use hash::stable_hash;
-pub use json::{DecodeError, Limits, decode_batch, decode_event, decode_value};
+pub use json::{DecodeError, Limits, count_events, decode_batch, decode_event, decode_value};
 pub use payload::Payload;
 pub use text::Text;

@@ -478,6 +478,184 @@ async fn limits_answer_413_with_their_codes() {
     );
 }
 
+/// The server's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// A body of millions of tiny events over `ingest.max_batch_events` is
+/// refused from a count of its events, before any is decoded: the server's
+/// peak memory grows by far less than the decode of 4 M events would take
+/// (1.3 GB in a release build, one error object per line, until
+/// 2026-12-07), for NDJSON and for a JSON array alike.
+#[tokio::test]
+async fn a_batch_over_the_limit_is_refused_before_any_event_is_decoded() {
+    let server = Server::start(&[]).await;
+    let lines = 4_194_303; // "1\n" each: just under the 8 MiB body limit
+    let ndjson = "1\n".repeat(lines);
+    let array = format!("[{}1]", "1,".repeat(lines - 1));
+    for (body, ct, message) in [
+        (
+            ndjson,
+            "application/x-ndjson",
+            format!("{lines} events in one request; the limit is 10000"),
+        ),
+        (
+            array,
+            "application/json",
+            "more than 10000 events in one request; the limit is 10000".to_owned(),
+        ),
+    ] {
+        let before = peak_rss(&server);
+        let r = reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{ct}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "batch_too_large", "{body}");
+        assert_eq!(body["error"]["message"], message.as_str(), "{body}");
+        let grown = peak_rss(&server).saturating_sub(before);
+        assert!(
+            grown < 100 << 20,
+            "{ct}: peak memory grew by {} MiB for an 8 MiB body",
+            grown >> 20
+        );
+    }
+}
+
+/// A 422 lists at most 100 of the rejected events (the message counts them
+/// all); `?partial=true` still lists every one.
+#[tokio::test]
+async fn a_422_lists_at_most_100_rejected_events() {
+    let server = Server::start(&[]).await;
+    let mut body = "1\n".repeat(150);
+    body.push_str(&keystroke(&unique("lst"), "u1").to_string());
+    let send = |path: &'static str| {
+        reqwest::Client::new()
+            .post(server.url(path))
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .send()
+    };
+    let r = send("/v1/events").await.unwrap();
+    assert_eq!(r.status(), 422);
+    let answer: Value = r.json().await.unwrap();
+    let rejected = answer["error"]["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 100, "{answer}");
+    assert_eq!(rejected[0]["index"], 0);
+    assert_eq!(rejected[99]["index"], 99);
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("150 of 151 events are invalid") && message.contains("first 100"),
+        "{message}"
+    );
+    let r = send("/v1/events?partial=true").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["rejected"].as_array().unwrap().len(), 150);
+}
+
+/// Media types are case-insensitive: `Application/JSON` is JSON.
+#[tokio::test]
+async fn the_content_type_is_matched_in_any_case() {
+    let server = Server::start(&[]).await;
+    for ct in [
+        "Application/JSON",
+        "APPLICATION/JSON; charset=UTF-8",
+        "Application/X-NDJSON",
+    ] {
+        let r = reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .header("content-type", ct)
+            .body(keystroke(&unique("ct"), "u1").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{ct}: {}", r.text().await.unwrap());
+    }
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .header("content-type", "Application/XML")
+        .body("<e/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+}
+
+/// A path that exists, with a method it does not take: 405 with the JSON
+/// error body and the `Allow` header (axum's own answer had an empty body).
+#[tokio::test]
+async fn a_method_not_allowed_is_405_with_the_json_error_and_allow() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    for (req, allowed) in [
+        (client.get(server.url("/v1/events")), "POST"),
+        (client.put(server.url("/ws/ingest")), "GET"),
+        (client.delete(server.url("/healthz")), "GET"),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        let allow = r.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains(allowed), "Allow: {allow}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+}
+
+/// A path parameter that is not UTF-8 (`%FF`) is 400 `invalid_parameter`
+/// naming it, in the JSON error shape, after authentication (axum's own
+/// answer was plain text, before it).
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_json_400_naming_it() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    for (req, field) in [
+        (
+            client.post(server.url("/api/realtime/notifications/%FF/read?user_id=u1")),
+            "id",
+        ),
+        (
+            client.get(server.url("/api/realtime/writing/sessions/%FF/metrics")),
+            "id",
+        ),
+        (
+            client
+                .post(server.url("/api/realtime/writing/sessions/%FF/end"))
+                .header("content-type", "application/json")
+                .body(r#"{"user_id":"u1"}"#),
+            "id",
+        ),
+        (
+            client.get(server.url("/api/realtime/events/%FF")),
+            "category",
+        ),
+    ] {
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{text}");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
     let mut redis = PrivateRedis::start("outage");

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "inkstream";
+/// What a 503 `jwks_unavailable` says, whatever the cause.
+const JWKS_UNAVAILABLE: &str = "the token keys (JWKS) could not be fetched; try again";
 
 fn rsa_pem() -> Vec<u8> {
     std::fs::read(concat!(
@@ -164,6 +166,22 @@ impl Provider {
     fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}/.well-known/jwks.json", self.port)
+    }
+}
+
+/// Waits (up to 10 s) until the server's log satisfies `ok`: `Err` with the
+/// log when it never does.
+async fn logged_when(log: &Mutex<String>, ok: impl Fn(&str) -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = log.lock().unwrap().clone();
+        if ok(&logged) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(logged);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -429,7 +447,10 @@ async fn an_https_provider_with_an_untrusted_certificate_is_refused_with_a_clear
     let pki = inkstream_tests::tls::TestPki::new("jwks-untrusted");
     let key = SigningKey::ec("tls-2");
     let provider = Provider::start_with(vec![key.jwk.clone()], Some(pki.server_config())).await;
-    let server = serve(&provider, &[]).await;
+    let url = format!("auth.jwks_url={}", provider.url());
+    let aud = format!("auth.jwt_audience=[\"{AUDIENCE}\"]");
+    let iss = format!("auth.jwt_issuer=[\"{ISSUER}\"]");
+    let (server, log) = Server::start_logged(&["--set", &url, "--set", &aud, "--set", &iss]).await;
     let r = reqwest::Client::new()
         .post(server.url("/v1/events"))
         .bearer_auth(key.sign(&claims("u1")))
@@ -441,14 +462,59 @@ async fn an_https_provider_with_an_untrusted_certificate_is_refused_with_a_clear
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "jwks_unavailable", "{body}");
     assert_eq!(status, 503, "{body}");
-    let message = body["error"]["message"].as_str().unwrap().to_lowercase();
-    assert!(
-        message.contains("certificate") && message.contains("auth.jwks_url"),
-        "the refusal names the cause and the setting: {body}"
-    );
+    // The caller learns what is unavailable; the cause is in the log only.
+    assert_eq!(body["error"]["message"], JWKS_UNAVAILABLE, "{body}");
+    let logged = logged_when(&log, |l| {
+        l.contains("fetching the JWKS failed") && l.to_lowercase().contains("certificate")
+    })
+    .await;
+    assert!(logged.is_ok(), "the log names the cause: {logged:?}");
     assert_eq!(
         provider.hits.load(Ordering::SeqCst),
         0,
         "no request reached the provider over an untrusted connection"
     );
+}
+
+/// A key set that cannot be fetched is a 503 whose message names what is
+/// unavailable and nothing else: not the JWKS URL, not the connection error
+/// (until 2026-12-07 both went to any unauthenticated caller; they are
+/// logged). The token needs no valid signature to get there.
+#[tokio::test]
+async fn an_unreachable_jwks_answers_503_without_its_url_or_error() {
+    let port = inkstream_tests::free_port(); // nothing listens there
+    let url = format!("auth.jwks_url=http://127.0.0.1:{port}/.well-known/jwks.json");
+    let aud = format!("auth.jwt_audience=[\"{AUDIENCE}\"]");
+    let iss = format!("auth.jwt_issuer=[\"{ISSUER}\"]");
+    let (server, log) = Server::start_logged(&["--set", &url, "--set", &aud, "--set", &iss]).await;
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!(
+        "{}.{}.{}",
+        b64(json!({"alg": "RS256", "kid": "k"})),
+        b64(claims("u1")),
+        b64(json!("not a signature"))
+    );
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .bearer_auth(&token)
+        .json(&event("u1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let text = r.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "jwks_unavailable", "{body}");
+    assert_eq!(body["error"]["message"], JWKS_UNAVAILABLE, "{body}");
+    assert!(
+        !text.contains(&port.to_string()) && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let logged = logged_when(&log, |l| {
+        l.contains("fetching the JWKS failed") && l.contains(&port.to_string())
+    })
+    .await;
+    assert!(logged.is_ok(), "the cause is logged: {logged:?}");
 }

@@ -31,10 +31,15 @@ pub enum AuthError {
     WrongAudience(String),
     #[error("wrong issuer: {0}")]
     WrongIssuer(String),
-    #[error("the session store is unavailable: {0}")]
+    /// The session store (Redis) failed. The `String` is the cause, for
+    /// the log only: the message callers get names what is unavailable,
+    /// never the store's address or its error.
+    #[error("the session store is unavailable; try again")]
     SessionStore(String),
-    /// `auth.jwks_url` could not be fetched and no keys are cached.
-    #[error("the signing keys (auth.jwks_url) are unavailable: {0}")]
+    /// `auth.jwks_url` could not be fetched and no keys are cached. The
+    /// `String` is the cause, for the log only (it may name the URL and the
+    /// connection error; unauthenticated callers get neither).
+    #[error("the token keys (JWKS) could not be fetched; try again")]
     KeysUnavailable(String),
 }
 

@@ -209,9 +209,12 @@ impl Jwks {
                     None => format!("no {alg:?} key in auth.jwks_url"),
                 }))
             }),
-            None => Err(AuthError::KeysUnavailable(
-                fetch_error.unwrap_or_else(|| "not fetched yet".into()),
-            )),
+            None => {
+                // A failed fetch was logged by `refresh`, with the URL.
+                let cause = fetch_error.unwrap_or_else(|| "not fetched yet".into());
+                tracing::debug!(cause = %cause, "no JWKS to verify a token with");
+                Err(AuthError::KeysUnavailable(cause))
+            }
         }
     }
 

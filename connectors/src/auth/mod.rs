@@ -241,7 +241,10 @@ impl Authenticator {
             .arg(format!("sess:{sid}"))
             .query_async(&mut conn)
             .await
-            .map_err(|e| AuthError::SessionStore(e.to_string()))?;
+            .map_err(|e| {
+                tracing::warn!(error = %e, "reading a session from the session store failed");
+                AuthError::SessionStore(e.to_string())
+            })?;
         let raw = raw.ok_or_else(|| AuthError::Invalid("no such session".into()))?;
         let session: serde_json::Value = serde_json::from_str(&raw)
             .map_err(|_| AuthError::Invalid("the session is not JSON".into()))?;

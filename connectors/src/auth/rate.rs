@@ -36,6 +36,26 @@ impl RateLimiter {
         self.check_at(key, n, rate, Instant::now())
     }
 
+    /// Whether `key`'s bucket holds `n` events now, or how long to wait;
+    /// takes nothing (and makes no bucket).
+    pub fn peek(&self, key: &str, n: usize, rate: Rate) -> Result<(), Duration> {
+        self.peek_at(key, n, rate, Instant::now())
+    }
+
+    fn peek_at(&self, key: &str, n: usize, rate: Rate, now: Instant) -> Result<(), Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = buckets.get(key).map_or(rate.burst, |b| {
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * rate.per_second).min(rate.burst)
+        });
+        let need = n as f64;
+        if need <= tokens {
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64(
+            ((need - tokens) / rate.per_second.max(1e-9)).max(0.001),
+        ))
+    }
+
     fn check_at(&self, key: &str, n: usize, rate: Rate, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= self.max_keys && !buckets.contains_key(key) {
@@ -84,6 +104,16 @@ mod tests {
             l.check_at("a", 5, r, t0 + Duration::from_millis(500))
                 .is_ok()
         );
+        // A peek takes nothing and says the same as a check would.
+        let t1 = t0 + Duration::from_millis(500);
+        let peeked = l.peek_at("a", 5, r, t1).unwrap_err();
+        assert!((peeked.as_secs_f64() - 0.5).abs() < 0.01, "{peeked:?}");
+        assert!(
+            l.peek_at("a", 5, r, t1 + Duration::from_millis(500))
+                .is_ok()
+        );
+        assert!(l.peek_at("c", 20, r, t0).is_ok());
+        assert!(l.peek_at("c", 21, r, t0).is_err());
         // Another key has its own bucket.
         assert!(l.check_at("b", 20, r, t0).is_ok());
     }

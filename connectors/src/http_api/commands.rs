@@ -7,13 +7,13 @@
 //! the authenticated user. Every other body field is the payload.
 
 use super::auth::authenticate;
-use super::error::ApiError;
+use super::error::{ApiError, PathParam, path_param};
 use super::ingest::ingest_events;
 use super::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -163,11 +163,12 @@ fn uuid_v7() -> String {
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn keystroke(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: PathParam<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (principal, fields) = caller_and_body(&s, &headers, body).await?;
+    let id = path_param(id)?;
     // The keystroke payload has no session id: sessions are derived from
     // activity; the path's id is echoed back.
     command(
@@ -185,12 +186,13 @@ async fn keystroke(
 /// `…/sessions/:id/end` and `/resume`: the path's session id goes into the payload.
 async fn session_command(
     s: &AppState,
-    id: String,
+    id: PathParam<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     event_type: &str,
 ) -> Result<Response, ApiError> {
     let (principal, fields) = caller_and_body(s, headers, body).await?;
+    let id = path_param(id)?;
     if fields.contains_key("session_id") {
         return Err(ApiError::InvalidField {
             message: "the session id is the path's; leave it out of the body".into(),
@@ -222,7 +224,7 @@ async fn session_command(
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn end(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: PathParam<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -242,7 +244,7 @@ async fn end(
         (status = 429, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 async fn resume(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: PathParam<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {

@@ -13,6 +13,38 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+/// A path parameter (or tuple of them) as a handler takes it: its
+/// rejection (e.g. `%FF`, not UTF-8) is mapped by [`path_param`] after the
+/// handler has authenticated the caller, as a query's is.
+pub type PathParam<T> = Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>;
+
+/// The value of a [`PathParam`], or 400 `invalid_parameter` naming the
+/// parameter (`field`), in the JSON error shape (axum's own rejection is
+/// plain text).
+pub fn path_param<T>(p: PathParam<T>) -> Result<T, ApiError> {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    match p {
+        Ok(axum::extract::Path(v)) => Ok(v),
+        Err(PathRejection::FailedToDeserializePathParams(e)) => {
+            let field = match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => Some(key.clone()),
+                ErrorKind::ParseErrorAtKey { key, .. } => Some(key.clone()),
+                ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                _ => None,
+            };
+            Err(ApiError::InvalidParameter {
+                field: field.unwrap_or_else(|| "path".into()),
+                message: e.body_text(),
+            })
+        }
+        Err(other) => Err(ApiError::InvalidParameter {
+            field: "path".into(),
+            message: other.body_text(),
+        }),
+    }
+}
+
 /// Why a request was refused or failed.
 #[derive(Debug)]
 pub enum ApiError {
@@ -41,8 +73,13 @@ pub enum ApiError {
     UnknownCategory { name: String },
     /// 413 `body_too_large`: the body exceeds `limit` bytes.
     BodyTooLarge { limit: usize },
-    /// 413 `batch_too_large`: `events` in one request, more than `limit`.
-    BatchTooLarge { events: usize, limit: usize },
+    /// 413 `batch_too_large`: `events` in one request (at least, when
+    /// `at_least`: the count stopped there), more than `limit`.
+    BatchTooLarge {
+        events: usize,
+        limit: usize,
+        at_least: bool,
+    },
     /// 413 `batch_over_burst`: more events in one request than the caller's
     /// burst, which no wait can ever admit.
     BatchOverBurst {
@@ -93,6 +130,9 @@ pub enum ApiError {
     NotifierQueueFull,
     /// 404 `not_found`: no route matches.
     NoRoute,
+    /// 405 `method_not_allowed`: the path exists, not with this method (the
+    /// router adds the `Allow` header).
+    MethodNotAllowed,
     /// 400 `invalid_upgrade`: a GET on a WebSocket path that is not a
     /// WebSocket handshake (the reason names the header).
     InvalidUpgrade(String),
@@ -243,6 +283,11 @@ impl ApiError {
                 Parts::new(S::NOT_FOUND, "not_found", message.clone()).field(field.clone())
             }
             ApiError::NoRoute => Parts::new(S::NOT_FOUND, "not_found", "no such route"),
+            ApiError::MethodNotAllowed => Parts::new(
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take this method (the Allow header lists those it takes)",
+            ),
             ApiError::InvalidUpgrade(reason) => Parts::new(
                 S::BAD_REQUEST,
                 "invalid_upgrade",
@@ -263,10 +308,18 @@ impl ApiError {
                 "body_too_large",
                 format!("the body exceeds {limit} bytes"),
             ),
-            ApiError::BatchTooLarge { events, limit } => Parts::new(
+            ApiError::BatchTooLarge {
+                events,
+                limit,
+                at_least,
+            } => Parts::new(
                 S::PAYLOAD_TOO_LARGE,
                 "batch_too_large",
-                format!("{events} events in one request; the limit is {limit}"),
+                if *at_least {
+                    format!("more than {limit} events in one request; the limit is {limit}")
+                } else {
+                    format!("{events} events in one request; the limit is {limit}")
+                },
             ),
             ApiError::BatchOverBurst {
                 events,

@@ -9,12 +9,12 @@
 //! `cursor` (with a cursor, `from` and `to` are ignored).
 
 use super::auth::authenticate;
-use super::error::ApiError;
+use super::error::{ApiError, PathParam, path_param};
 use super::state::AppState;
 use crate::event_log::query::{CategoryInfo, DEFAULT_LIMIT, MAX_LIMIT, RangeQuery};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -154,11 +154,12 @@ async fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 )]
 pub(crate) async fn range(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    name: PathParam<String>,
     p: Result<Query<RangeParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<EventPage>, ApiError> {
     authorize(&s, &headers).await?;
+    let name = path_param(name)?;
     let c = category(&name)?;
     let Query(p) = p.map_err(|r| ApiError::from_query(&r))?;
     let limit = match p.limit.as_deref() {
@@ -237,10 +238,11 @@ pub(crate) async fn range(
 )]
 pub(crate) async fn info(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    name: PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Json<CategoryInfo>, ApiError> {
     authorize(&s, &headers).await?;
+    let name = path_param(name)?;
     let c = category(&name)?;
     s.log
         .info(c)

@@ -34,8 +34,46 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Decodes a body or frame into per-event results (400 when the body itself is bad).
+/// Decodes a body or frame into per-event results (400 when the body itself
+/// is bad; 413 before any event is decoded when it holds more than
+/// `ingest.max_batch_events`).
 pub(crate) fn decode_body(
+    s: &AppState,
+    principal: &Principal,
+    body: &[u8],
+    ndjson: bool,
+) -> Result<Vec<Result<Event, DecodeError>>, ApiError> {
+    refuse_over_max(s, body, ndjson)?;
+    decode_counted(s, principal, body, ndjson)
+}
+
+/// Counts the events of a body without decoding them (see
+/// [`schemas::count_events`]) and refuses more than `ingest.max_batch_events`
+/// with 413 `batch_too_large`: a body of millions of tiny lines costs a scan
+/// of its bytes, not millions of decode results. The count, when there is
+/// one, is exact (and within the limit).
+fn refuse_over_max(s: &AppState, body: &[u8], ndjson: bool) -> Result<Option<usize>, ApiError> {
+    let limit = s.config.max_batch_events;
+    let counted = schemas::count_events(body, ndjson, limit);
+    match counted {
+        Some(events) if events > limit => {
+            s.metrics
+                .ingest_events_rejected
+                .with_label_values(&["batch_too_large"])
+                .inc_by(events as u64);
+            Err(ApiError::BatchTooLarge {
+                events,
+                limit,
+                // An array is scanned only up to its first item over the limit.
+                at_least: !ndjson,
+            })
+        }
+        _ => Ok(counted),
+    }
+}
+
+/// [`decode_body`] after [`refuse_over_max`].
+fn decode_counted(
     s: &AppState,
     principal: &Principal,
     body: &[u8],
@@ -56,6 +94,8 @@ pub(crate) fn decode_body(
             .inc();
         ApiError::Malformed(e)
     })?;
+    // What the count could not see (an array serde_json parses but the
+    // count's scan found not well formed) is still bounded here.
     if decoded.len() > s.config.max_batch_events {
         s.metrics
             .ingest_events_rejected
@@ -64,10 +104,67 @@ pub(crate) fn decode_body(
         return Err(ApiError::BatchTooLarge {
             events: decoded.len(),
             limit: s.config.max_batch_events,
+            at_least: false,
         });
     }
     Ok(decoded)
 }
+
+/// Whether `principal` may ingest `events` events now: 413
+/// `batch_over_burst` for more than its burst, 429 `rate_limited` over its
+/// rate. `take` takes the events from the caller's bucket; without it the
+/// bucket is only looked at (the check before decoding, so a caller over
+/// its rate costs no decode; the events are taken after the decode, as
+/// before: a body refused as malformed takes nothing).
+fn admit(
+    s: &AppState,
+    principal: &Principal,
+    peer: Option<std::net::IpAddr>,
+    events: usize,
+    take: bool,
+) -> Result<(), ApiError> {
+    // Anonymous callers are limited like users, keyed by peer address.
+    let key = principal.rate_key(peer);
+    let rate = match principal {
+        Principal::App(k) => k.rate.unwrap_or(s.config.app_rate),
+        Principal::User(_) => s.config.user_rate,
+        Principal::Anonymous => s.config.anonymous_rate,
+    };
+    if events as f64 > rate.burst {
+        // Waiting never helps: a 429 would be retried forever.
+        s.metrics
+            .ingest_events_rejected
+            .with_label_values(&["batch_over_burst"])
+            .inc_by(events as u64);
+        return Err(ApiError::BatchOverBurst {
+            events,
+            burst: rate.burst,
+            per_second: rate.per_second,
+        });
+    }
+    let checked = if take {
+        s.limiter.check(&key, events, rate)
+    } else {
+        s.limiter.peek(&key, events, rate)
+    };
+    if let Err(wait) = checked {
+        s.metrics
+            .ingest_events_rejected
+            .with_label_values(&["rate_limited"])
+            .inc_by(events as u64);
+        return Err(ApiError::RateLimited {
+            per_second: rate.per_second,
+            burst: rate.burst,
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+        });
+    }
+    Ok(())
+}
+
+/// The most rejected events a 422 `invalid_events` answer lists (its
+/// message still counts them all); a `?partial=true` answer lists every one
+/// (the caller needs them to retry), at most `ingest.max_batch_events`.
+const MAX_REJECTED_LISTED: usize = 100;
 
 /// Why a caller may not ingest an event (the whole request is refused, 403).
 #[derive(Debug, thiserror::Error)]
@@ -154,42 +251,12 @@ pub async fn ingest_events(
     decoded: Vec<Result<Event, DecodeError>>,
     partial: bool,
 ) -> Result<IngestOutcome, ApiError> {
-    {
-        // Anonymous callers are limited like users, keyed by peer address.
-        let key = principal.rate_key(peer);
-        let rate = match principal {
-            Principal::App(k) => k.rate.unwrap_or(s.config.app_rate),
-            Principal::User(_) => s.config.user_rate,
-            Principal::Anonymous => s.config.anonymous_rate,
-        };
-        if decoded.len() as f64 > rate.burst {
-            // Waiting never helps: a 429 would be retried forever.
-            s.metrics
-                .ingest_events_rejected
-                .with_label_values(&["batch_over_burst"])
-                .inc_by(decoded.len() as u64);
-            return Err(ApiError::BatchOverBurst {
-                events: decoded.len(),
-                burst: rate.burst,
-                per_second: rate.per_second,
-            });
-        }
-        if let Err(wait) = s.limiter.check(&key, decoded.len(), rate) {
-            s.metrics
-                .ingest_events_rejected
-                .with_label_values(&["rate_limited"])
-                .inc_by(decoded.len() as u64);
-            return Err(ApiError::RateLimited {
-                per_second: rate.per_second,
-                burst: rate.burst,
-                retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
-            });
-        }
-    }
+    admit(s, principal, peer, decoded.len(), true)?;
 
     let total = decoded.len();
     let mut events = Vec::with_capacity(total);
     let mut rejected = Vec::new();
+    let mut rejected_count = 0usize;
     for (index, result) in decoded.into_iter().enumerate() {
         match result {
             Ok(mut e) => match authorize(principal, &mut e) {
@@ -209,17 +276,20 @@ pub async fn ingest_events(
                     .ingest_events_rejected
                     .with_label_values(&[e.code])
                     .inc();
-                rejected.push(json!({
-                    "index": index, "code": e.code, "field": e.field, "message": e.message,
-                }));
+                rejected_count += 1;
+                if partial || rejected.len() < MAX_REJECTED_LISTED {
+                    rejected.push(json!({
+                        "index": index, "code": e.code, "field": e.field, "message": e.message,
+                    }));
+                }
             }
         }
     }
     if !rejected.is_empty() && !partial {
         let first = &rejected[0];
         let message = format!(
-            "{} of {} events are invalid; nothing was stored (event {}: {}{})",
-            rejected.len(),
+            "{} of {} events are invalid; nothing was stored (event {}: {}{}){}",
+            rejected_count,
             total,
             first["index"],
             first["field"]
@@ -227,6 +297,11 @@ pub async fn ingest_events(
                 .map(|f| format!("{f}: "))
                 .unwrap_or_default(),
             first["message"].as_str().unwrap_or(""),
+            if rejected_count > rejected.len() {
+                format!("; `rejected` lists the first {}", rejected.len())
+            } else {
+                String::new()
+            },
         );
         let field = first["field"].as_str().map(str::to_owned);
         return Err(ApiError::InvalidEvents {
@@ -406,22 +481,22 @@ async fn ingest_http(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("no Content-Type");
+    // Media types are case-insensitive (RFC 9110 §8.3.1).
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    let ndjson = match essence {
+    let ndjson = match essence.to_ascii_lowercase().as_str() {
         "application/json" => false,
         "application/x-ndjson" | "application/ndjson" => true,
-        other => {
-            return Err(ApiError::UnsupportedMediaType(other.to_owned()));
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(essence.to_owned()));
         }
     };
-    let decoded = decode_body(&s, &principal, &body, ndjson)?;
-    let outcome = ingest_events(
-        &s,
-        &principal,
-        super::auth::peer(&headers),
-        decoded,
-        params.partial,
-    )
-    .await?;
+    let peer = super::auth::peer(&headers);
+    // Counted before anything is decoded: over the batch limit, the
+    // caller's burst or its rate, the body is refused without a decode.
+    if let Some(events) = refuse_over_max(&s, &body, ndjson)? {
+        admit(&s, &principal, peer, events, false)?;
+    }
+    let decoded = decode_counted(&s, &principal, &body, ndjson)?;
+    let outcome = ingest_events(&s, &principal, peer, decoded, params.partial).await?;
     Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }

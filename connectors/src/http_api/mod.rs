@@ -111,7 +111,10 @@ pub fn router(state: AppState) -> Router {
             )
         }),
     );
+    // After every route: the 405 fallback is set on the routes registered
+    // so far (axum keeps the `Allow` header on its answer).
     app.fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

@@ -11,7 +11,7 @@
 //! or anyone when auth is off names the user with `user_id`.
 
 use super::auth::{authenticate, require_admin};
-use super::error::ApiError;
+use super::error::{ApiError, PathParam, path_param};
 use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::auth::Principal;
@@ -21,7 +21,7 @@ use crate::notifier::store::StoreError;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -175,10 +175,11 @@ struct UserQuery {
 async fn mark_read(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: PathParam<String>,
     q: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (principal, q) = caller(&s, &headers, q).await?;
+    let id = path_param(id)?;
     let (user, _) = target_user(principal, q.user_id)?;
     let n = notifier(&s)?;
     if !n

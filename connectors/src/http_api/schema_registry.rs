@@ -10,6 +10,7 @@
 
 use axum::Json;
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -59,8 +60,9 @@ fn ours(id: &str) -> bool {
     responses(
         (status = 200, description = "`{\"schema\": \"<Avro JSON>\"}`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
-async fn schema_by_id(Path(id): Path<String>) -> Response {
-    if !ours(&id) {
+async fn schema_by_id(id: Result<Path<String>, PathRejection>) -> Response {
+    // A path that does not decode (not UTF-8) names no schema either.
+    if !id.is_ok_and(|Path(id)| ours(&id)) {
         return not_found(40403, "Schema not found");
     }
     reply(
@@ -74,8 +76,8 @@ async fn schema_by_id(Path(id): Path<String>) -> Response {
     responses(
         (status = 200, description = "Subjects using the schema", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
-async fn subjects_of_id(Path(id): Path<String>) -> Response {
-    if !ours(&id) {
+async fn subjects_of_id(id: Result<Path<String>, PathRejection>) -> Response {
+    if !id.is_ok_and(|Path(id)| ours(&id)) {
         return not_found(40403, "Schema not found");
     }
     reply(StatusCode::OK, json!(subject_names()))
@@ -93,8 +95,8 @@ async fn subjects() -> Response {
     responses(
         (status = 200, description = "`[1]`", body = Vec<u32>, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
-async fn versions(Path(subject): Path<String>) -> Response {
-    if !subject_names().contains(&subject) {
+async fn versions(subject: Result<Path<String>, PathRejection>) -> Response {
+    if !subject.is_ok_and(|Path(subject)| subject_names().contains(&subject)) {
         return not_found(40401, "Subject not found");
     }
     reply(StatusCode::OK, json!([1]))
@@ -105,7 +107,11 @@ async fn versions(Path(subject): Path<String>) -> Response {
     responses(
         (status = 200, description = "`{subject, version, id, schema}`", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
         (status = 404, description = "Registry error `{error_code, message}` (40401 subject, 40402 version, 40403 schema)", body = Object, content_type = "application/vnd.schemaregistry.v1+json")))]
-async fn version(Path((subject, version)): Path<(String, String)>) -> Response {
+async fn version(path: Result<Path<(String, String)>, PathRejection>) -> Response {
+    // A path that does not decode names neither a subject nor a version.
+    let Ok(Path((subject, version))) = path else {
+        return not_found(40401, "Subject not found");
+    };
     if !subject_names().contains(&subject) {
         return not_found(40401, "Subject not found");
     }

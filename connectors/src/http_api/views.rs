@@ -9,7 +9,7 @@
 //! apps and an auth-off server read everything. Refusals are 403.
 
 use super::auth::authenticate;
-use super::error::ApiError;
+use super::error::{ApiError, PathParam, path_param};
 use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::auth::Principal;
@@ -19,7 +19,7 @@ use crate::view_store::state::{
 use crate::view_store::{Fresh, ViewError};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -99,10 +99,11 @@ pub struct SessionMetrics {
         (status = 503, body = ErrorBody)))]
 async fn session_metrics(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Json<SessionMetrics>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let id = path_param(id)?;
     let (session, as_of) = fetch(s.views.session(&id)).await?;
     // Authorization before existence: a caller that may not read every
     // session gets the same 403 for another's session and for none at all,
@@ -261,11 +262,12 @@ fn day_param(field: &'static str, v: &str) -> Result<String, ApiError> {
         (status = 503, body = ErrorBody)))]
 async fn project_writing(
     State(s): State<AppState>,
-    Path(project): Path<String>,
+    project: PathParam<String>,
     q: Result<Query<RangeParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<ProjectWriting>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let project = path_param(project)?;
     let Query(q) = q.map_err(|r| ApiError::from_query(&r))?;
     let to = match &q.to {
         Some(v) => day_param("to", v)?,
@@ -326,10 +328,11 @@ pub struct Collaborators {
         (status = 503, body = ErrorBody)))]
 async fn collaborators(
     State(s): State<AppState>,
-    Path(doc): Path<String>,
+    doc: PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Json<Collaborators>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let doc = path_param(doc)?;
     if !may_read(&principal, &[format!("document:{doc}")]) {
         return Err(forbidden(&format!("document {doc:?}")));
     }
@@ -362,10 +365,11 @@ pub struct Conflicts {
         (status = 503, body = ErrorBody)))]
 async fn conflicts(
     State(s): State<AppState>,
-    Path(doc): Path<String>,
+    doc: PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Json<Conflicts>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let doc = path_param(doc)?;
     if !may_read(&principal, &[format!("document:{doc}")]) {
         return Err(forbidden(&format!("document {doc:?}")));
     }
@@ -416,10 +420,11 @@ pub struct DocumentMetrics {
         (status = 503, body = ErrorBody)))]
 async fn document_metrics(
     State(s): State<AppState>,
-    Path((project, doc)): Path<(String, String)>,
+    ids: PathParam<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<DocumentMetrics>, ApiError> {
     let principal = authenticate(&s, &headers, None).await?;
+    let (project, doc) = path_param(ids)?;
     if !may_read(
         &principal,
         &[format!("project:{project}"), format!("document:{doc}")],
