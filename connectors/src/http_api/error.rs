@@ -369,7 +369,11 @@ impl ApiError {
                 format!("more than {per_second} events/s (burst {burst}); retry later"),
             )
             .retry_after(*retry_after),
-            ApiError::LogUnavailable(e) => log_unavailable(e.to_string()),
+            // The cause (a Redis address, its error) is for the log, not
+            // for the caller: logged once, in `into_response`.
+            ApiError::LogUnavailable(_) => {
+                log_unavailable("the event log cannot be read right now".into())
+            }
             ApiError::LogRefusedWrite => {
                 log_unavailable("the event log cannot take writes right now".into())
             }
@@ -379,10 +383,12 @@ impl ApiError {
                 "fanout_unavailable",
                 "the fanout cannot publish right now; retry later",
             ),
-            ApiError::ViewsUnavailable(e) => {
-                Parts::new(S::SERVICE_UNAVAILABLE, "views_unavailable", e.to_string())
-                    .retry_after(1)
-            }
+            ApiError::ViewsUnavailable(_) => Parts::new(
+                S::SERVICE_UNAVAILABLE,
+                "views_unavailable",
+                "the views cannot be read right now; retry later",
+            )
+            .retry_after(1),
             ApiError::NotificationsDisabled => Parts::new(
                 S::SERVICE_UNAVAILABLE,
                 "notifications_disabled",
@@ -442,6 +448,15 @@ fn body_of(p: &Parts) -> Value {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        match &self {
+            ApiError::LogUnavailable(e) => {
+                tracing::warn!(error = %e, "a read of the event log failed")
+            }
+            ApiError::ViewsUnavailable(e) => {
+                tracing::warn!(error = %e, "a read of the views failed")
+            }
+            _ => {}
+        }
         let p = self.parts();
         let error = body_of(&p);
         let mut resp = (p.status, Json(json!({ "error": error }))).into_response();
@@ -450,5 +465,28 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed read of the log or the views answers 503 with a fixed
+    /// message: the cause (here a Redis address and its error) goes to the
+    /// log, never to the caller (it was the message itself).
+    #[test]
+    fn a_503_for_a_failed_read_names_no_internal_cause() {
+        let cause = "redis://10.0.0.7:6379: Connection refused (os error 111)";
+        for e in [
+            ApiError::LogUnavailable(LogError::Unavailable(cause.into())),
+            ApiError::ViewsUnavailable(ViewError::Unavailable(cause.into())),
+        ] {
+            let body = e.body();
+            let text = body.to_string();
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{text}");
+            assert!(!text.contains("10.0.0.7"), "{text}");
+            assert!(!text.contains("refused"), "{text}");
+        }
     }
 }
