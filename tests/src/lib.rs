@@ -579,6 +579,30 @@ pub fn python() -> String {
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A WebSocket client on `path` whose receive buffer is 4 KiB (set before
+/// connecting, which turns off the kernel's receive autotuning): once it
+/// stops reading, the server's send buffer fills after a few megabytes at
+/// most, whatever the machine's TCP settings.
+pub async fn small_window_client(server: &Server, path: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("set the receive buffer");
+    let stream = socket
+        .connect(
+            format!("127.0.0.1:{}", server.port)
+                .parse()
+                .expect("a socket address"),
+        )
+        .await
+        .expect("connect to the server");
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    tokio_tungstenite::client_async(server.ws_url(path), stream)
+        .await
+        .expect("WebSocket handshake")
+        .0
+}
+
 /// The next JSON text frame (other frames skipped); fails after 10 s.
 pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
     use futures_util::StreamExt;

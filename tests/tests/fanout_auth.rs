@@ -145,16 +145,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_memory_stays_bounde
     // turns off the kernel's receive autotuning): how many bytes the kernel
     // absorbs before the server's queue fills no longer depends on the
     // machine's TCP settings (up to 32 MB here with autotuning).
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(format!("127.0.0.1:{}", server.port).parse().unwrap())
-        .await
-        .unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url("/ws/analytics"), stream)
-        .await
-        .unwrap();
+    let mut ws = inkstream_tests::small_window_client(&server, "/ws/analytics").await;
     ws.send(Message::text(
         json!({"op":"subscribe","channel":"user:slow"}).to_string(),
     ))

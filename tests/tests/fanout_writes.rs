@@ -146,24 +146,6 @@ async fn the_fanout_load_with_several_publishers_delivers_every_broadcast_to_eve
     );
 }
 
-/// A WebSocket client on `path` whose receive buffer is 4 KiB (set before
-/// connecting, which turns off the kernel's receive autotuning): once it
-/// stops reading, the server's send buffer fills after a few megabytes at
-/// most, whatever the machine's TCP settings.
-async fn small_window_client(server: &Server, path: &str) -> Ws {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(format!("127.0.0.1:{}", server.port).parse().unwrap())
-        .await
-        .unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    tokio_tungstenite::client_async(server.ws_url(path), stream)
-        .await
-        .unwrap()
-        .0
-}
-
 /// `/api/realtime/websocket/stats`' connections and subscriptions.
 async fn stats(server: &Server) -> (u64, u64, serde_json::Value) {
     let s: serde_json::Value = reqwest::get(server.url("/api/realtime/websocket/stats"))
@@ -246,7 +228,7 @@ async fn a_subscriber_that_stops_reading_is_cut_once_a_write_takes_nothing_for_t
         "fanout.idle_timeout=1h",
     ])
     .await;
-    let mut ws = small_window_client(&server, "/ws/analytics").await;
+    let mut ws = inkstream_tests::small_window_client(&server, "/ws/analytics").await;
     ws.send(Message::text(
         json!({"op":"subscribe","channel":"project:p1"}).to_string(),
     ))
@@ -303,7 +285,7 @@ async fn a_subscriber_closed_as_slow_inside_a_stuck_write_is_released_at_once_th
         "fanout.idle_timeout=1h",
     ])
     .await;
-    let mut ws = small_window_client(&server, "/ws/analytics").await;
+    let mut ws = inkstream_tests::small_window_client(&server, "/ws/analytics").await;
     ws.send(Message::text(
         json!({"op":"subscribe","channel":"project:p1"}).to_string(),
     ))

@@ -776,18 +776,9 @@ async fn a_ws_ingest_client_that_never_reads_its_acks_is_cut_and_its_slot_freed(
         "server.max_connections=2",
     ])
     .await;
-    // A 4 KiB receive buffer (set before connecting: no autotuning), so the
-    // server's send buffer fills after a few megabytes of replies at most.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(format!("127.0.0.1:{}", server.port).parse().unwrap())
-        .await
-        .unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (ws, _) = tokio_tungstenite::client_async(server.ws_url("/ws/ingest"), stream)
-        .await
-        .unwrap();
+    // A 4 KiB receive buffer: the server's send buffer fills after a few
+    // megabytes of replies at most.
+    let ws = inkstream_tests::small_window_client(&server, "/ws/ingest").await;
     // Frames, each answered (binary: an `unsupported_media_type` error, no
     // event stored), and no reply ever read: the server's ack write stops
     // moving, then our own sends stop once the server stops reading.
