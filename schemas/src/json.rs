@@ -175,14 +175,14 @@ const NDJSON_PRESIZE_MAX: usize = 4096;
 /// before any event is parsed.
 ///
 /// NDJSON is counted to its end (one pass of byte comparisons, no
-/// allocation); an array's scan stops at item `max + 1`, so a count over
-/// `max` is exact for NDJSON and a lower bound (`max + 1`) for an array.
-/// `None` when the body cannot be counted: not UTF-8, not an object, an
-/// array or NDJSON, or an array that is not well formed before its
-/// `max + 1`th item ([`decode_batch`] says why).
+/// allocation, and no look at the text: its lines are counted whether or
+/// not they are UTF-8, so the decode is the body's one UTF-8 pass); an
+/// array's scan stops at item `max + 1`, so a count over `max` is exact for
+/// NDJSON and a lower bound (`max + 1`) for an array. `None` when the body
+/// cannot be counted: not an object, an array or NDJSON, an array that is
+/// not UTF-8, or one not well formed before its `max + 1`th item
+/// ([`decode_batch`] says why).
 pub fn count_events(body: &[u8], ndjson: bool, max: usize) -> Option<usize> {
-    // Not UTF-8: `decode_batch` refuses it before looking at any event.
-    let text = std::str::from_utf8(body).ok()?;
     if ndjson {
         // The lines `decode_batch` decodes: those with a byte that is not
         // ASCII whitespace (`\r` is whitespace, so CRLF needs no care).
@@ -198,6 +198,8 @@ pub fn count_events(body: &[u8], ndjson: bool, max: usize) -> Option<usize> {
     }
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => {
+            // Not UTF-8: `decode_batch` refuses it before looking at any event.
+            let text = std::str::from_utf8(body).ok()?;
             let mut n = 0usize;
             scan_array(text, |_| {
                 n += 1;
@@ -734,7 +736,11 @@ mod tests {
         assert_eq!(count_events(b"[1,}", false, 2), None);
         assert_eq!(count_events(b"[]", false, 0), Some(0));
         assert_eq!(count_events(KEYSTROKE.as_bytes(), false, 0), Some(1));
-        assert_eq!(count_events(b"1\n1\n\xff", true, 1), None);
+        // NDJSON lines are counted as bytes: a body over the limit is
+        // refused as such whatever its text (under it, the decode says
+        // it is not UTF-8).
+        assert_eq!(count_events(b"1\n1\n\xff", true, 1), Some(3));
+        assert_eq!(count_events(b"[1,\xff]", false, 5), None);
         assert_eq!(count_events(b"\n \r\n", true, 0), Some(0));
     }
 
