@@ -262,6 +262,19 @@ fn complete_passed(
         return;
     }
     *last = b;
+    complete_barrier(checkpoints, sink, b, process, processes);
+}
+
+/// Completes this process's part of barrier `b` once `sink` has made
+/// everything before it durable; rotates the outputs' journal only when `b`
+/// became a checkpoint in every process.
+fn complete_barrier(
+    checkpoints: &Checkpoints,
+    sink: &FileSink,
+    b: u64,
+    process: usize,
+    processes: usize,
+) {
     if let Err(error) = sink.sync(b) {
         tracing::error!(%error, "outputs not made durable; checkpoint skipped");
         return;
@@ -625,5 +638,83 @@ impl Stats {
             bytes as f64 / 1e6,
             total as f64 / 1e6
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::checkpoint::{CheckpointConfig, Layout};
+
+    fn ended(i: i64) -> schemas::Event {
+        schemas::decode_value(
+            serde_json::json!({
+                "id": format!("d-{i}"), "type": "writing.session_ended", "ts": i,
+                "user_id": "u1", "data": {
+                    "session_id": format!("s-{i}"), "start_ts": 0, "end_ts": i, "events": 1,
+                    "words": 1, "wpm": 1.0, "active_ms": 1, "paused_ms": 0, "flow_ms": 0,
+                    "longest_flow_ms": 0, "pasted_words": 0, "reason": "gap"
+                }
+            }),
+            &schemas::Limits::default(),
+        )
+        .expect("a valid event")
+    }
+
+    /// A barrier with a part missing (an operator's frontier jumped past it)
+    /// is no checkpoint: a resume goes back to the one before, and must
+    /// still be able to cut what was derived after that one. The journal
+    /// was rotated at such a barrier all the same (with one process
+    /// `complete_everywhere` is true at once), so a resume kept outputs it
+    /// derived again: replay_cli's kill test found copies now and then.
+    #[test]
+    fn a_barrier_with_a_part_missing_leaves_the_outputs_journal_as_it_was() {
+        let root = std::env::temp_dir().join(format!("inkstream-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = CheckpointConfig {
+            dir: Some(root.join("ckpt")),
+            interval: Duration::from_millis(1000),
+            ..CheckpointConfig::default()
+        };
+        let layout = Layout {
+            workers: 1,
+            processes: 1,
+        };
+        let checkpoints = Checkpoints::open(&config, 1, layout)
+            .expect("checkpoints open")
+            .expect("a checkpoint directory");
+        checkpoints.expect("reader");
+        checkpoints.expect("operator");
+        let out = root.join("out");
+        let sink = FileSink::new(&out, String::new(), false)
+            .and_then(FileSink::journaled)
+            .expect("sink");
+        // Barrier 1000 is a checkpoint: what came before it stays for good.
+        sink.emit_at(500, &mut vec![ended(500)]);
+        checkpoints.save(1000, "reader", &1u64);
+        checkpoints.save(1000, "operator", &1u64);
+        complete_barrier(&checkpoints, &sink, 1000, 0, 1);
+        // After it, an output; then barrier 2000 misses the operator's part.
+        sink.emit_at(1500, &mut vec![ended(1500)]);
+        checkpoints.save(2000, "reader", &2u64);
+        complete_barrier(&checkpoints, &sink, 2000, 0, 1);
+        assert!(sink.take_error().is_none(), "{:?}", sink.take_error());
+        // A resume goes back to 1000 and derives 1500 again: it is cut.
+        sink.restore(Some(1000), None).expect("restored");
+        let kept: Vec<i64> = std::fs::read_to_string(out.join("writing.session_ended.ndjson"))
+            .expect("the outputs")
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["ts"]
+                    .as_i64()
+                    .expect("ts")
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [500],
+            "a resume from the checkpoint before a barrier that is none kept what it derives again"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
