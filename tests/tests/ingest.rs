@@ -309,6 +309,72 @@ async fn a_caller_over_its_rate_gets_429_with_retry_after() {
     );
 }
 
+/// The burst and the rate are checked on the count of a body's or a
+/// `/ws/ingest` frame's events, before any is decoded: events that are
+/// countable but not JSON (`{x}`) from a caller over its burst or its rate
+/// get 413 `batch_over_burst` / 429 `rate_limited`, not the decode's 400
+/// `invalid_json`. Until 2026-12-08 a WS frame was decoded first.
+#[tokio::test]
+async fn a_caller_over_its_rate_is_refused_before_its_events_are_decoded_on_http_and_ws() {
+    let server = Server::start(&[
+        "--set",
+        "auth.jwt_secret=\"s\"",
+        "--set",
+        "ingest.user_rate_per_sec=0.001", // no refill within the test
+        "--set",
+        "ingest.user_burst=10",
+    ])
+    .await;
+    let token = connectors::auth::sign_jwt(&json!({"sub":"u1","exp":now_ms() / 1000 + 60}), b"s");
+    let malformed = |n: usize| format!("[{}]", vec!["{x}"; n].join(","));
+    let post_raw = |body: String| {
+        reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("/ws/ingest?token={token}")))
+            .await
+            .unwrap();
+
+    // The burst spent, the caller is over its rate: 429 on either route.
+    let batch: Vec<Value> = (0..10).map(|_| keystroke(&unique("rd"), "u1")).collect();
+    let r = post(&server, "/v1/events", Some(&token), &Value::Array(batch)).await;
+    assert_eq!(r.status(), 202);
+    let r = post_raw(malformed(2)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    ws.send(Message::text(malformed(2))).await.unwrap();
+    let reply = inkstream_tests::next_json(&mut ws).await;
+    assert_eq!(
+        (&reply["op"], &reply["frame"], &reply["status"]),
+        (&json!("error"), &json!(0), &json!(429)),
+        "a frame over the rate is refused before its decode: {reply}"
+    );
+    assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+    assert!(
+        reply["error"]["retry_after_s"].as_u64() >= Some(1),
+        "{reply}"
+    );
+
+    // More than the burst: 413 on either route, whatever the bucket holds.
+    let r = post_raw(malformed(11)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "batch_over_burst", "{body}");
+    ws.send(Message::text(malformed(11))).await.unwrap();
+    let reply = inkstream_tests::next_json(&mut ws).await;
+    assert_eq!(
+        (&reply["frame"], &reply["status"], &reply["error"]["code"]),
+        (&json!(1), &json!(413), &json!("batch_over_burst")),
+        "a frame over the burst is refused before its decode: {reply}"
+    );
+}
+
 #[tokio::test]
 async fn ws_ingest_acknowledges_every_frame_in_order() {
     let server = Server::start(&[]).await;
