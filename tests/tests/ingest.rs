@@ -787,6 +787,87 @@ async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
     );
 }
 
+/// What a session cookie gets while the session store cannot be read.
+const SESSION_STORE_UNAVAILABLE: &str = "the session store is unavailable; try again";
+
+/// A session cookie with the session store (Redis) down is a 503 whose
+/// message names what is unavailable and nothing else: not Redis's address,
+/// not its error (until 2026-12-07 the caller got Redis's error; it is
+/// logged).
+#[tokio::test]
+async fn a_session_cookie_with_redis_down_answers_503_without_the_redis_error() {
+    let mut redis = PrivateRedis::start("sessions-down");
+    let url = redis.url();
+    let (server, log) = Server::start_logged(&[
+        "--redis-url",
+        &url,
+        "--set",
+        "auth.session_secret=\"keyboard cat\"",
+    ])
+    .await;
+    // A connect-redis session, as express-session stores it.
+    let sid = unique("sid");
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("sess:{sid}"))
+        .arg(json!({"cookie":{},"userId":"u7"}).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let cookie = connectors::auth::sign_cookie(&sid, b"keyboard cat").replace(':', "%3A");
+    let send = || {
+        reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .header("cookie", format!("connect.sid={cookie}"))
+            .timeout(Duration::from_secs(20))
+            .json(&keystroke(&unique("sc"), "u7"))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 202, "the session is valid");
+
+    redis.stop();
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let text = r.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "session_store_unavailable", "{body}");
+    assert_eq!(
+        body["error"]["message"], SESSION_STORE_UNAVAILABLE,
+        "{body}"
+    );
+    let lower = text.to_ascii_lowercase();
+    for cause in [
+        &redis.port.to_string(),
+        "127.0.0.1",
+        "redis",
+        "refused",
+        "os error",
+        "io error",
+        "broken pipe",
+    ] {
+        assert!(!lower.contains(cause), "the answer names {cause:?}: {text}");
+    }
+    // The cause is for the operator: logged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log
+        .lock()
+        .unwrap()
+        .contains("reading a session from the session store failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the session store's error was not logged within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Slowloris: a client that starts a request and trickles its head a byte
 /// at a time (so the connection is never idle) is disconnected once
 /// `server.header_read_timeout` has passed; other clients are served
