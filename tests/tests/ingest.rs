@@ -309,6 +309,72 @@ async fn a_caller_over_its_rate_gets_429_with_retry_after() {
     );
 }
 
+/// The burst and the rate are checked on the count of a body's or a
+/// `/ws/ingest` frame's events, before any is decoded: events that are
+/// countable but not JSON (`{x}`) from a caller over its burst or its rate
+/// get 413 `batch_over_burst` / 429 `rate_limited`, not the decode's 400
+/// `invalid_json`. Until 2026-12-08 a WS frame was decoded first.
+#[tokio::test]
+async fn a_caller_over_its_rate_is_refused_before_its_events_are_decoded_on_http_and_ws() {
+    let server = Server::start(&[
+        "--set",
+        "auth.jwt_secret=\"s\"",
+        "--set",
+        "ingest.user_rate_per_sec=0.001", // no refill within the test
+        "--set",
+        "ingest.user_burst=10",
+    ])
+    .await;
+    let token = connectors::auth::sign_jwt(&json!({"sub":"u1","exp":now_ms() / 1000 + 60}), b"s");
+    let malformed = |n: usize| format!("[{}]", vec!["{x}"; n].join(","));
+    let post_raw = |body: String| {
+        reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("/ws/ingest?token={token}")))
+            .await
+            .unwrap();
+
+    // The burst spent, the caller is over its rate: 429 on either route.
+    let batch: Vec<Value> = (0..10).map(|_| keystroke(&unique("rd"), "u1")).collect();
+    let r = post(&server, "/v1/events", Some(&token), &Value::Array(batch)).await;
+    assert_eq!(r.status(), 202);
+    let r = post_raw(malformed(2)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    ws.send(Message::text(malformed(2))).await.unwrap();
+    let reply = inkstream_tests::next_json(&mut ws).await;
+    assert_eq!(
+        (&reply["op"], &reply["frame"], &reply["status"]),
+        (&json!("error"), &json!(0), &json!(429)),
+        "a frame over the rate is refused before its decode: {reply}"
+    );
+    assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+    assert!(
+        reply["error"]["retry_after_s"].as_u64() >= Some(1),
+        "{reply}"
+    );
+
+    // More than the burst: 413 on either route, whatever the bucket holds.
+    let r = post_raw(malformed(11)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "batch_over_burst", "{body}");
+    ws.send(Message::text(malformed(11))).await.unwrap();
+    let reply = inkstream_tests::next_json(&mut ws).await;
+    assert_eq!(
+        (&reply["frame"], &reply["status"], &reply["error"]["code"]),
+        (&json!(1), &json!(413), &json!("batch_over_burst")),
+        "a frame over the burst is refused before its decode: {reply}"
+    );
+}
+
 #[tokio::test]
 async fn ws_ingest_acknowledges_every_frame_in_order() {
     let server = Server::start(&[]).await;
@@ -719,6 +785,87 @@ async fn a_redis_outage_answers_503_and_ingest_recovers_without_a_restart() {
         reqwest::get(server.url("/readyz")).await.unwrap().status(),
         200
     );
+}
+
+/// What a session cookie gets while the session store cannot be read.
+const SESSION_STORE_UNAVAILABLE: &str = "the session store is unavailable; try again";
+
+/// A session cookie with the session store (Redis) down is a 503 whose
+/// message names what is unavailable and nothing else: not Redis's address,
+/// not its error (until 2026-12-07 the caller got Redis's error; it is
+/// logged).
+#[tokio::test]
+async fn a_session_cookie_with_redis_down_answers_503_without_the_redis_error() {
+    let mut redis = PrivateRedis::start("sessions-down");
+    let url = redis.url();
+    let (server, log) = Server::start_logged(&[
+        "--redis-url",
+        &url,
+        "--set",
+        "auth.session_secret=\"keyboard cat\"",
+    ])
+    .await;
+    // A connect-redis session, as express-session stores it.
+    let sid = unique("sid");
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("sess:{sid}"))
+        .arg(json!({"cookie":{},"userId":"u7"}).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let cookie = connectors::auth::sign_cookie(&sid, b"keyboard cat").replace(':', "%3A");
+    let send = || {
+        reqwest::Client::new()
+            .post(server.url("/v1/events"))
+            .header("cookie", format!("connect.sid={cookie}"))
+            .timeout(Duration::from_secs(20))
+            .json(&keystroke(&unique("sc"), "u7"))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 202, "the session is valid");
+
+    redis.stop();
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let text = r.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "session_store_unavailable", "{body}");
+    assert_eq!(
+        body["error"]["message"], SESSION_STORE_UNAVAILABLE,
+        "{body}"
+    );
+    let lower = text.to_ascii_lowercase();
+    for cause in [
+        &redis.port.to_string(),
+        "127.0.0.1",
+        "redis",
+        "refused",
+        "os error",
+        "io error",
+        "broken pipe",
+    ] {
+        assert!(!lower.contains(cause), "the answer names {cause:?}: {text}");
+    }
+    // The cause is for the operator: logged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log
+        .lock()
+        .unwrap()
+        .contains("reading a session from the session store failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the session store's error was not logged within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Slowloris: a client that starts a request and trickles its head a byte

@@ -1,6 +1,7 @@
 //! Ingest: `POST /v1/events` (and its alias `/api/realtime/events/publish`),
 //! and the pipeline it shares with the command endpoints and `/ws/ingest`:
-//! decode → rate limit → authorize → append (idempotent) → answer.
+//! count (batch limit, burst, rate: refused before any decode) → decode →
+//! rate limit → authorize → append (idempotent) → answer.
 //!
 //! Contract: an ingest request is answered `202` only after every event it
 //! carries is in the log (the append returned).
@@ -34,16 +35,22 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Decodes a body or frame into per-event results (400 when the body itself
-/// is bad; 413 before any event is decoded when it holds more than
-/// `ingest.max_batch_events`).
+/// Decodes a body or frame (`POST /v1/events`, a `/ws/ingest` frame) into
+/// per-event results (400 when the body itself is bad). Counted first:
+/// over `ingest.max_batch_events` (413 `batch_too_large`), the caller's
+/// burst (413 `batch_over_burst`) or its rate (429 `rate_limited`), it is
+/// refused before any event is decoded. `peer` keys an anonymous caller's
+/// rate, as in [`ingest_events`].
 pub(crate) fn decode_body(
     s: &AppState,
     principal: &Principal,
+    peer: Option<std::net::IpAddr>,
     body: &[u8],
     ndjson: bool,
 ) -> Result<Vec<Result<Event, DecodeError>>, ApiError> {
-    refuse_over_max(s, body, ndjson)?;
+    if let Some(events) = refuse_over_max(s, body, ndjson)? {
+        admit(s, principal, peer, events, false)?;
+    }
     decode_counted(s, principal, body, ndjson)
 }
 
@@ -72,7 +79,7 @@ fn refuse_over_max(s: &AppState, body: &[u8], ndjson: bool) -> Result<Option<usi
     }
 }
 
-/// [`decode_body`] after [`refuse_over_max`].
+/// [`decode_body`] after its checks on the count.
 fn decode_counted(
     s: &AppState,
     principal: &Principal,
@@ -491,12 +498,7 @@ async fn ingest_http(
         }
     };
     let peer = super::auth::peer(&headers);
-    // Counted before anything is decoded: over the batch limit, the
-    // caller's burst or its rate, the body is refused without a decode.
-    if let Some(events) = refuse_over_max(&s, &body, ndjson)? {
-        admit(&s, &principal, peer, events, false)?;
-    }
-    let decoded = decode_counted(&s, &principal, &body, ndjson)?;
+    let decoded = decode_body(&s, &principal, peer, &body, ndjson)?;
     let outcome = ingest_events(&s, &principal, peer, decoded, params.partial).await?;
     Ok((StatusCode::ACCEPTED, Json(outcome.body)).into_response())
 }

@@ -154,7 +154,7 @@ async fn serve(
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
-        let result = match ingest::decode_body(&s, &principal, text.as_bytes(), false) {
+        let result = match ingest::decode_body(&s, &principal, peer, text.as_bytes(), false) {
             Ok(decoded) => ingest_events(&s, &principal, peer, decoded, partial).await,
             Err(e) => Err(e),
         };
