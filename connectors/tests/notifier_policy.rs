@@ -114,6 +114,57 @@ fn low_alert_at_3am_arrives_in_the_8am_local_digest() {
 }
 
 #[test]
+fn a_digest_due_inside_quiet_hours_goes_out_when_they_end_not_never() {
+    // Daily digest at 23:00 with the default quiet hours 22:00-08:00: every
+    // digest hour is quiet.
+    let mut p = prefs(NY);
+    p.digest_hour = 23;
+    let mut pol = Policy::new(PolicyConfig::default());
+    let noon = local(NY, 2026, 11, 30, 12, 0);
+    assert!(
+        pol.on_alert(&alert("badge", Priority::Low, "flow"), &p, noon)
+            .is_empty()
+    );
+    assert!(
+        pol.tick(local(NY, 2026, 11, 30, 23, 0), &|_| p.clone())
+            .is_empty(),
+        "sent inside the quiet hours"
+    );
+    // Every minute of the next three days: the digest must go out once, at
+    // the end of the first quiet hours (08:00 on Dec 1).
+    let mut sent = Vec::new();
+    let mut t = local(NY, 2026, 11, 30, 23, 1);
+    while t < local(NY, 2026, 12, 3, 23, 59) {
+        for d in pol.tick(t, &|_| p.clone()) {
+            sent.push((t, d));
+        }
+        t += MIN;
+    }
+    assert!(
+        !sent.is_empty(),
+        "a LOW alert whose digest hour is always in quiet hours was never delivered \
+         (still waiting: {})",
+        pol.waiting()
+    );
+    let when = local(NY, 2026, 12, 1, 8, 0);
+    assert!(
+        sent.iter().all(|(at, d)| *at == when
+            && d.kind == DeliveryKind::Digest
+            && d.items.len() == 1
+            && d.items[0].id == "badge"),
+        "expected one digest at 08:00 on Dec 1, got {:?}",
+        sent.iter()
+            .map(|(at, d)| (*at, d.channel))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        channels(&sent.into_iter().map(|(_, d)| d).collect::<Vec<_>>()),
+        vec![Channel::InApp, Channel::Email]
+    );
+    assert_eq!(pol.waiting(), 0);
+}
+
+#[test]
 fn hourly_and_weekly_digests_fall_on_local_boundaries() {
     let mut p = prefs("Asia/Kolkata"); // UTC+05:30
     p.digest = DigestFrequency::Hourly;

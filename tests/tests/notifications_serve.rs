@@ -310,6 +310,67 @@ async fn read_request(
     Some(())
 }
 
+/// A proxy from the environment must not carry a webhook past the
+/// private-destination check: through `HTTP_PROXY` the check would see only
+/// the proxy's address, and the proxy would resolve and call the webhook's
+/// host (here `localhost`) itself. The delivery must be refused, and the
+/// "proxy" (a listener that answers 200) must receive nothing.
+#[tokio::test]
+async fn an_environment_proxy_does_not_carry_a_webhook_to_a_private_host() {
+    let proxy = Hook::start().await;
+    proxy.up();
+    let prefix = unique("proxy-ssrf");
+    let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+    std::fs::write(
+        &config,
+        r#"
+[notifications]
+admins = ["ada"]
+[notifications.retry]
+max_attempts = 1
+[notifications.defaults]
+timezone = "UTC"
+quiet_hours = { start = "00:00", end = "00:00" }
+channels = { critical = ["webhook"] }
+[notifications.webhook]
+urls = ["http://localhost:9/internal-admin"]
+"#,
+    )
+    .unwrap();
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let env = [
+        ("HTTP_PROXY", proxy_url.as_str()),
+        ("http_proxy", proxy_url.as_str()),
+        ("ALL_PROXY", proxy_url.as_str()),
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
+    ];
+    let server =
+        Server::start_with_env(free_port(), &env, &["--config", config.to_str().unwrap()]).await;
+    post_error(&server, "billing").await;
+    let refused = "inkstream_notification_destinations_refused_total";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while inkstream_tests::metric(&server, refused).await < 1.0 {
+        assert!(
+            proxy.delivered.lock().unwrap().is_empty(),
+            "the webhook to localhost went out through the proxy: {:?}",
+            proxy.delivered.lock().unwrap()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the webhook to localhost was never refused ({} requests reached the proxy)",
+            proxy.tries.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proxy.tries.load(Ordering::SeqCst),
+        0,
+        "a request reached the proxy"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
 /// Two instances on one Redis, notifications on: `system.error` alerts go
 /// to admin ada by webhook only (no quiet hours, retries after ~0.5 s). The
 /// first holds the dataflow lease (and runs the notifier's task); the

@@ -10,6 +10,8 @@
 //!   DNS rebinding could answer differently); literal addresses are checked
 //!   before the request;
 //! - redirects are never followed (a 3xx is the answer);
+//! - no proxy is taken from the environment (`HTTP_PROXY` and the like):
+//!   a proxy would resolve and reach the destination itself, past the check;
 //! - connecting and the whole request time out (`notifications.retry.timeout_ms`);
 //! - https is verified with rustls against the system roots plus
 //!   `notifications.tls.ca_file`.
@@ -170,8 +172,8 @@ impl Classify for OutboundError {
 
 impl Outbound {
     /// The client: no redirects, `timeout` to connect and for each request,
-    /// `tls` trusted besides the system roots, private destinations refused
-    /// unless `allow_private`. Refusals count in `refused{channel}`.
+    /// `tls` trusted besides the system roots, private destinations (and
+    /// proxies from the environment) refused unless `allow_private`. Refusals count in `refused{channel}`.
     pub fn new(
         timeout: Duration,
         tls: &TlsFiles,
@@ -186,7 +188,11 @@ impl Outbound {
             .connect_timeout(timeout)
             .timeout(timeout);
         if !allow_private {
-            b = b.dns_resolver(Arc::new(GuardedResolver));
+            // No proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`,
+            // `ALL_PROXY`): through one, the resolver would check the
+            // proxy's address only and the proxy would resolve and reach
+            // the user's host, private or not.
+            b = b.dns_resolver(Arc::new(GuardedResolver)).no_proxy();
         }
         b = loaded.apply(b).map_err(OutboundError::Client)?;
         Ok(Outbound {

@@ -827,17 +827,17 @@ impl Policy {
         let Some(st) = self.users.get_mut(user) else {
             return;
         };
-        // The digest, at the user's local hour (a digest due in quiet hours
-        // waits for the next one).
+        // The digest, at the user's local hour. One due in quiet hours stays
+        // due and goes out when they end: waiting for the next digest hour
+        // instead would hold it forever when that hour is always inside the
+        // quiet hours (digest_hour 23 with quiet hours 22:00-08:00), and the
+        // items would only ever be dropped, oldest first, at the cap.
         if let Some(due) = st.next_digest_ms
             && due <= now_ms
         {
-            st.next_digest_ms = if st.digest.is_empty() {
-                None
-            } else {
-                Some(prefs.next_digest_after(now_ms))
-            };
-            if !quiet && !st.digest.is_empty() {
+            if st.digest.is_empty() {
+                st.next_digest_ms = None;
+            } else if !quiet {
                 let items = std::mem::take(&mut st.digest);
                 st.next_digest_ms = None;
                 let per: Vec<(Channel, Vec<Item>)> = prefs

@@ -5,8 +5,13 @@
 //! | `analytics.*`, `writing.*` (derived)    | `/ws/analytics`     | `user:{u}`, `project:{p}`     |
 //! | `collaboration.conflict_*`              | `/ws/collaboration` | `document:{d}`, `project:{p}` |
 //! | `collaboration.presence_updated`        | `/ws/presence`      | `document:{d}`, `project:{p}` |
-//! | `system.notification`                   | `/ws/notifications` | `user:{recipient}`            |
-//! | every derived event                     | `/ws/analytics`     | `category:{category}`         |
+//! | `system.notification`                   | `/ws/notifications` | `user:{recipient}` only       |
+//! | every other derived event               | `/ws/analytics`     | `category:{category}`         |
+//!
+//! A notification goes to its recipient's `user:` channel and nowhere else:
+//! that channel is the user's own even for admins and analysts
+//! ([`super::may_subscribe`]), so the `category:system` channel they may
+//! read must not carry it (with its history) either.
 
 use schemas::Event;
 use std::fmt;
@@ -77,6 +82,7 @@ pub fn routes(event: &Event) -> Vec<(WsPath, String)> {
         push(WsPath::Presence, "project", project);
     } else if ty == "system.notification" {
         push(WsPath::Notifications, "user", user);
+        return out;
     } else {
         push(WsPath::Analytics, "user", user);
         push(WsPath::Analytics, "project", project);
@@ -108,6 +114,23 @@ mod tests {
                 (WsPath::Analytics, "project:p1".to_owned()),
                 (WsPath::Analytics, "category:analytics".to_owned()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_notification_goes_to_its_recipient_only_not_to_category_system() {
+        let e = Event {
+            id: "n-1".into(),
+            ts: 0,
+            user_id: Some("u1".into()),
+            project_id: None,
+            document_id: None,
+            data: schemas::Payload::example("system.notification").unwrap(),
+        };
+        assert_eq!(
+            routes(&e),
+            vec![(WsPath::Notifications, "user:u1".to_owned())],
+            "a user's notification must not reach category:system (admins, analysts, apps)"
         );
     }
 
