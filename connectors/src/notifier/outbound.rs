@@ -90,6 +90,18 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     } else if first == 0x0064 && ip.segments()[1] == 0xff9b {
         // NAT64 can reach any IPv4 address, private ones included.
         Some("a NAT64 address")
+    } else if first == 0x2002 || (first == 0x2001 && ip.segments()[1] == 0) {
+        // 6to4 and Teredo carry an IPv4 address inside: through a relay
+        // or tunnel of the host's they can reach a private one.
+        Some("a 6to4 or Teredo address")
+    } else if ip.segments()[..6] == [0; 6] {
+        // `::a.b.c.d` (IPv4-compatible, deprecated): the kernel may send it
+        // to the IPv4 address inside.
+        Some("an IPv4-compatible address")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("a site-local address")
+    } else if ip.segments()[..4] == [0x0100, 0, 0, 0] {
+        Some("a discard-only address")
     } else {
         None
     }
@@ -314,6 +326,15 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            // 6to4 of 127.0.0.1 and of 10.0.0.1, Teredo, IPv4-compatible.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "fec0::1",
+            "100::1",
         ] {
             let ip: IpAddr = bad.parse().unwrap();
             assert!(forbidden_reason(ip).is_some(), "{bad} should be refused");
