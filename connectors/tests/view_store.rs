@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use inkstream_connectors::Metrics;
-use inkstream_connectors::view_store::{ViewStore, ViewStoreConfig};
+use inkstream_connectors::view_store::{ActiveScope, ViewStore, ViewStoreConfig};
 use inkstream_tests::{redis_url, unique};
 use schemas::Event;
 use serde_json::{Value, json};
@@ -85,7 +85,7 @@ async fn another_instance_answers_from_redis_with_the_writers_watermark() {
     assert_eq!(as_of, ts + 5000, "as_of is the watermark the writer fed");
     let (session, _) = reader.session("s1").await.unwrap();
     assert_eq!(session.unwrap().state, "WARMING_UP");
-    let (active, _) = reader.active().await.unwrap();
+    let (active, _) = reader.active(&[ActiveScope::All]).await.unwrap();
     assert_eq!(active.len(), 1);
     let (writing, _) = reader.writing("p1").await.unwrap();
     assert_eq!(writing.len(), 1);
@@ -109,6 +109,83 @@ async fn another_instance_answers_from_redis_with_the_writers_watermark() {
         }
         assert!(Instant::now() < deadline, "totals not added: {writing:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A session opened at `ts` by `user` in `project`.
+fn opened(session: &str, ts: i64, user: &str, project: &str) -> Event {
+    serde_json::from_value(json!({
+        "id": unique("e"), "type": "writing.session_state_changed", "ts": ts,
+        "user_id": user, "project_id": project,
+        "data": {"session_id": session, "from": "IDLE", "to": "WARMING_UP",
+                 "reason": "activity", "wpm": 0.0}
+    }))
+    .unwrap()
+}
+
+/// More than 1000 sessions open elsewhere, all newer than one member's:
+/// the member's scopes still find theirs (the 1000 newest of everyone's,
+/// cut before filtering, held none of them), in memory and in Redis.
+#[tokio::test]
+async fn the_newest_1000_are_chosen_among_the_scopes_asked_for() {
+    for redis in [false, true] {
+        let config = ViewStoreConfig {
+            redis_url: redis.then(redis_url),
+            prefix: unique("views"),
+            ..Default::default()
+        };
+        let metrics = Metrics::standalone();
+        let (store, feed) = ViewStore::start(config, &metrics).await.unwrap();
+        let ts = 1_767_603_600_000;
+        metrics
+            .dataflow_watermark_seconds
+            .set((ts + 10_000) as f64 / 1000.0);
+        feed.offer(&[opened("mine", ts, "me", "p-mine")]);
+        for chunk in 0..11 {
+            let crowd: Vec<Event> = (0..100)
+                .map(|i| {
+                    let n = chunk * 100 + i;
+                    opened(&format!("s{n}"), ts + 1 + n, &format!("u{n}"), "p-crowd")
+                })
+                .collect();
+            feed.offer(&crowd);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (all, _) = store.active(&[ActiveScope::All]).await.unwrap();
+            if all.len() == 1000 && all.iter().all(|s| s.user_id != "me") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis {redis}: the 1,101 sessions were not all in the view: {} read",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mine = [
+            ActiveScope::User("me".into()),
+            ActiveScope::Project("p-mine".into()),
+        ];
+        for scopes in [&mine[..], &mine[..1], &mine[1..]] {
+            let (found, _) = store.active(scopes).await.unwrap();
+            let ids: Vec<&str> = found.iter().map(|s| s.session_id.as_str()).collect();
+            assert_eq!(ids, ["mine"], "redis {redis}, {scopes:?}");
+        }
+        // A project's own newest, merged with a user's, newest first.
+        let (crowd, _) = store
+            .active(&[
+                ActiveScope::Project("p-crowd".into()),
+                ActiveScope::User("me".into()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(crowd.len(), 1000, "redis {redis}");
+        assert_eq!(crowd[0].session_id, "s1099", "redis {redis}");
+        assert!(
+            crowd.windows(2).all(|w| w[0].updated_at >= w[1].updated_at),
+            "redis {redis}: not newest first"
+        );
     }
 }
 

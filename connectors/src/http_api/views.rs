@@ -16,7 +16,7 @@ use crate::auth::Principal;
 use crate::view_store::state::{
     Collaborator, ConflictView, SessionView, TeamFigure, WritingTotals, day_of, ms_of_day,
 };
-use crate::view_store::{Fresh, ViewError};
+use crate::view_store::{ActiveScope, Fresh, ViewError};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -181,7 +181,7 @@ async fn active_sessions(
             field: Some("user".into()),
         });
     }
-    let (all, as_of) = fetch(s.views.active()).await?;
+    let (all, as_of) = fetch(s.views.active(&active_scopes(&principal, &q))).await?;
     let sessions = all
         .into_iter()
         .filter(|v| q.user.as_ref().is_none_or(|u| *u == v.user_id))
@@ -197,6 +197,27 @@ async fn active_sessions(
         as_of,
         lag_ms: lag(as_of),
     }))
+}
+
+/// Whose open sessions to read for an allowed query: the user or project
+/// asked for; else everyone's for a caller who reads everything, and a
+/// member's own and their projects' otherwise (the 1000 newest are chosen
+/// among what the caller may read, not cut from everyone's first).
+fn active_scopes(principal: &Principal, q: &ActiveParams) -> Vec<ActiveScope> {
+    if let Some(u) = &q.user {
+        return vec![ActiveScope::User(u.clone())];
+    }
+    if let Some(p) = &q.project {
+        return vec![ActiveScope::Project(p.clone())];
+    }
+    match principal {
+        Principal::User(u) if !principal.reads_everything() => {
+            std::iter::once(ActiveScope::User(u.id.clone()))
+                .chain(u.projects.iter().map(|p| ActiveScope::Project(p.clone())))
+                .collect()
+        }
+        _ => vec![ActiveScope::All],
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -473,4 +494,55 @@ async fn document_metrics(
         as_of,
         lag_ms: lag(as_of),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Role, User};
+
+    fn user(role: Role) -> Principal {
+        Principal::User(User {
+            id: "me".into(),
+            role,
+            projects: vec!["p1".into(), "p2".into()],
+            documents: vec!["d1".into()],
+            expires_at: None,
+        })
+    }
+
+    fn params(user: Option<&str>, project: Option<&str>) -> ActiveParams {
+        ActiveParams {
+            user: user.map(Into::into),
+            project: project.map(Into::into),
+        }
+    }
+
+    /// A member's open sessions are chosen among their own and their
+    /// projects' (the newest 1000 of everyone's could hold none of them);
+    /// whoever reads everything reads everyone's.
+    #[test]
+    fn active_sessions_are_read_from_what_the_caller_may_read() {
+        let (member, admin) = (user(Role::Member), user(Role::Admin));
+        assert_eq!(
+            active_scopes(&member, &params(None, None)),
+            [
+                ActiveScope::User("me".into()),
+                ActiveScope::Project("p1".into()),
+                ActiveScope::Project("p2".into()),
+            ]
+        );
+        assert_eq!(
+            active_scopes(&admin, &params(None, None)),
+            [ActiveScope::All]
+        );
+        assert_eq!(
+            active_scopes(&member, &params(Some("u2"), Some("p1"))),
+            [ActiveScope::User("u2".into())]
+        );
+        assert_eq!(
+            active_scopes(&member, &params(None, Some("p2"))),
+            [ActiveScope::Project("p2".into())]
+        );
+    }
 }

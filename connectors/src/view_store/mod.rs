@@ -146,6 +146,27 @@ enum Backend {
     Redis(RedisViews),
 }
 
+/// Whose open sessions an [`ViewStore::active`] query reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveScope {
+    /// Everyone's.
+    All,
+    /// One user's.
+    User(String),
+    /// One project's.
+    Project(String),
+}
+
+impl ActiveScope {
+    fn holds(&self, s: &SessionView) -> bool {
+        match self {
+            ActiveScope::All => true,
+            ActiveScope::User(u) => s.user_id == *u,
+            ActiveScope::Project(p) => s.project_id.as_ref() == Some(p),
+        }
+    }
+}
+
 /// The query side; clones share the store.
 #[derive(Clone)]
 pub struct ViewStore {
@@ -218,18 +239,33 @@ impl ViewStore {
         }
     }
 
-    /// Open sessions, most recently updated first (at most 1000).
-    pub async fn active(&self) -> Result<Fresh<Vec<SessionView>>, ViewError> {
+    /// The open sessions of any of `scopes`, most recently updated first
+    /// (at most 1000 in all). A caller who may read only some sessions
+    /// names the scopes it may read, so that the 1000 are chosen among
+    /// those: cut before filtering, the newest 1000 of everyone's could
+    /// hold none of theirs.
+    pub async fn active(
+        &self,
+        scopes: &[ActiveScope],
+    ) -> Result<Fresh<Vec<SessionView>>, ViewError> {
         match &self.backend {
             Backend::Memory => {
                 let st = self.lock();
-                let mut v: Vec<SessionView> =
-                    st.sessions.values().filter(|s| !s.ended).cloned().collect();
-                v.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+                let mut v: Vec<SessionView> = st
+                    .sessions
+                    .values()
+                    .filter(|s| !s.ended && scopes.iter().any(|scope| scope.holds(s)))
+                    .cloned()
+                    .collect();
+                v.sort_by(|a, b| {
+                    b.updated_at
+                        .cmp(&a.updated_at)
+                        .then_with(|| a.session_id.cmp(&b.session_id))
+                });
                 v.truncate(1000);
                 Ok((v, self.local_as_of()))
             }
-            Backend::Redis(r) => r.active().await,
+            Backend::Redis(r) => r.active(scopes).await,
         }
     }
 

@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | `session:<id>` | string | a [`SessionView`] as JSON |
 //! | `active` | sorted set | open session ids, scored by `updated_at` |
+//! | `active:user:<user>`, `active:project:<project>` | sorted set | the same, of one user or project |
 //! | `presence:<doc>` | hash | user → [`Collaborator`] JSON |
 //! | `conflicts:<doc>` | hash | conflict id → [`ConflictView`] JSON |
 //! | `team:<json [project, doc]>` | hash | `window\|metric\|user` → [`TeamFigure`] JSON |
@@ -17,6 +18,7 @@
 //! [`crate::redis_key::part`] (`%`, `:`, `{`, `}`, `|` percent-escaped;
 //! other ids unchanged). One script call per batch of changes.
 
+use super::ActiveScope;
 use super::config::ViewStoreConfig;
 use super::error::{Fresh, ViewError};
 use super::state::{
@@ -37,8 +39,9 @@ const ACTIVE_MAX: isize = 1000;
 /// What a batch changed, serialized under the state lock and written after.
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
-    /// (id, JSON or deleted, open?, score)
-    sessions: Vec<(String, Option<String>, bool, i64)>,
+    /// (id, JSON or deleted, open?, score, user and project (`None` when
+    /// deleted))
+    sessions: Vec<SessionChange>,
     /// (doc, user, JSON or deleted)
     presence: Vec<(String, String, Option<String>)>,
     conflicts: Vec<(String, String, Option<String>)>,
@@ -48,6 +51,16 @@ pub(crate) struct Changes {
     /// (project, day, user) pruned: their fields deleted.
     writing_dropped: Vec<(String, String, String)>,
 }
+
+/// One session's change: (id, JSON or deleted, open?, score, its user and
+/// project when known).
+type SessionChange = (
+    String,
+    Option<String>,
+    bool,
+    i64,
+    Option<(String, Option<String>)>,
+);
 
 fn json<T: serde::Serialize>(v: &T) -> Option<String> {
     serde_json::to_string(v).ok()
@@ -98,6 +111,7 @@ impl Changes {
                         v.and_then(json),
                         v.is_some_and(|v| !v.ended),
                         v.map_or(0, |v| v.updated_at),
+                        v.map(|v| (v.user_id.clone(), v.project_id.clone())),
                     ));
                 }
                 Dirty::Presence { document, user } => {
@@ -230,27 +244,43 @@ impl RedisViews {
     ) -> Result<(), ViewError> {
         let mut p = Calls::default();
         let active = self.key("active");
-        for (id, v, open, score) in &c.sessions {
+        // The sorted sets this batch touched: the global one, and those of
+        // the users and projects whose sessions changed.
+        let mut indexes = vec![active];
+        for (id, v, open, score, owner) in &c.sessions {
             let key = self.key(&format!("session:{}", part(id)));
             match v {
                 Some(v) => p.cmd("SET").arg(&key).arg(v).arg("EX").arg(self.ttl_s),
                 None => p.cmd("DEL").arg(&key),
             }
             .ignore();
-            if *open {
-                p.cmd("ZADD").arg(&active).arg(score).arg(id).ignore();
-            } else {
-                p.cmd("ZREM").arg(&active).arg(id).ignore();
+            let first = indexes.len();
+            if let Some((user, project)) = owner {
+                indexes.push(self.active_key(&ActiveScope::User(user.clone())));
+                if let Some(project) = project {
+                    indexes.push(self.active_key(&ActiveScope::Project(project.clone())));
+                }
+            }
+            for index in std::iter::once(&indexes[0]).chain(&indexes[first..]) {
+                if *open {
+                    p.cmd("ZADD").arg(index).arg(score).arg(id).ignore();
+                } else {
+                    p.cmd("ZREM").arg(index).arg(id).ignore();
+                }
             }
         }
+        indexes.sort_unstable();
+        indexes.dedup();
         if !c.sessions.is_empty() {
-            p.cmd("EXPIRE").arg(&active).arg(self.ttl_s).ignore();
-            // Ids whose session key has expired (not updated for the TTL).
-            p.cmd("ZREMRANGEBYSCORE")
-                .arg(&active)
-                .arg("-inf")
-                .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
-                .ignore();
+            for index in &indexes {
+                p.cmd("EXPIRE").arg(index).arg(self.ttl_s).ignore();
+                // Ids whose session key has expired (not updated for the TTL).
+                p.cmd("ZREMRANGEBYSCORE")
+                    .arg(index)
+                    .arg("-inf")
+                    .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
+                    .ignore();
+            }
         }
         let hashes = c
             .presence
@@ -429,10 +459,52 @@ impl RedisViews {
             .collect())
     }
 
-    pub(crate) async fn active(&self) -> Result<Fresh<Vec<SessionView>>, ViewError> {
-        let mut cmd = redis::cmd("ZREVRANGE");
-        cmd.arg(self.key("active")).arg(0).arg(ACTIVE_MAX - 1);
-        let (ids, as_of): (Vec<String>, i64) = self.as_of_and(&cmd).await?;
+    fn active_key(&self, scope: &ActiveScope) -> String {
+        match scope {
+            ActiveScope::All => self.key("active"),
+            ActiveScope::User(u) => self.key(&format!("active:user:{}", part(u))),
+            ActiveScope::Project(p) => self.key(&format!("active:project:{}", part(p))),
+        }
+    }
+
+    /// The open sessions of any of `scopes`, most recently updated first,
+    /// at most [`ACTIVE_MAX`]: the newest of each scope's sorted set,
+    /// merged (the newest of a union are among the newest of its parts).
+    pub(crate) async fn active(
+        &self,
+        scopes: &[ActiveScope],
+    ) -> Result<Fresh<Vec<SessionView>>, ViewError> {
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(self.key("as_of"));
+        for scope in scopes {
+            p.cmd("ZREVRANGE")
+                .arg(self.active_key(scope))
+                .arg(0)
+                .arg(ACTIVE_MAX - 1)
+                .arg("WITHSCORES");
+        }
+        let mut conn = self.conn.clone();
+        let (as_of, lists): (Option<i64>, Vec<Vec<(String, f64)>>) = {
+            let mut v: Vec<redis::Value> = p.query_async(&mut conn).await.map_err(unavailable)?;
+            let bad = |e: redis::ParsingError| ViewError::Unavailable(e.to_string());
+            let as_of = redis::from_redis_value(v.remove(0)).map_err(bad)?;
+            let lists = v
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<_, _>>()
+                .map_err(bad)?;
+            (as_of, lists)
+        };
+        let as_of = as_of.unwrap_or(0);
+        let mut newest: Vec<(String, f64)> = lists.into_iter().flatten().collect();
+        newest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<String> = newest
+            .into_iter()
+            .filter(|(id, _)| seen.insert(id.clone()))
+            .take(ACTIVE_MAX as usize)
+            .map(|(id, _)| id)
+            .collect();
         if ids.is_empty() {
             return Ok((Vec::new(), as_of));
         }
