@@ -271,15 +271,21 @@ impl RedisViews {
         }
         indexes.sort_unstable();
         indexes.dedup();
+        let user_index = self.key("active:user:");
         if !c.sessions.is_empty() {
             for index in &indexes {
                 p.cmd("EXPIRE").arg(index).arg(self.ttl_s).ignore();
-                // Ids whose session key has expired (not updated for the TTL).
-                p.cmd("ZREMRANGEBYSCORE")
-                    .arg(index)
-                    .arg("-inf")
-                    .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
-                    .ignore();
+                // Ids whose session key has expired (not updated for the
+                // TTL). A user's index is not swept: it holds a few ids
+                // (a read skips those whose key is gone) and expires once
+                // the user writes no more.
+                if !index.starts_with(&user_index) {
+                    p.cmd("ZREMRANGEBYSCORE")
+                        .arg(index)
+                        .arg("-inf")
+                        .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
+                        .ignore();
+                }
             }
         }
         let hashes = c
