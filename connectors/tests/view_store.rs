@@ -114,10 +114,15 @@ async fn another_instance_answers_from_redis_with_the_writers_watermark() {
 
 /// A session opened at `ts` by `user` in `project`.
 fn opened(session: &str, ts: i64, user: &str, project: &str) -> Event {
+    changed(session, ts, user, project, ["IDLE", "WARMING_UP"])
+}
+
+/// A session's transition at `ts`.
+fn changed(session: &str, ts: i64, user: &str, project: &str, [from, to]: [&str; 2]) -> Event {
     serde_json::from_value(json!({
         "id": unique("e"), "type": "writing.session_state_changed", "ts": ts,
         "user_id": user, "project_id": project,
-        "data": {"session_id": session, "from": "IDLE", "to": "WARMING_UP",
+        "data": {"session_id": session, "from": from, "to": to,
                  "reason": "activity", "wpm": 0.0}
     }))
     .unwrap()
@@ -185,6 +190,46 @@ async fn the_newest_1000_are_chosen_among_the_scopes_asked_for() {
         assert!(
             crowd.windows(2).all(|w| w[0].updated_at >= w[1].updated_at),
             "redis {redis}: not newest first"
+        );
+        // A session that moves to another project is found there only; one
+        // that ends leaves its user's index.
+        let moved = ["WARMING_UP", "ACTIVE_WRITING"];
+        feed.offer(&[changed("mine", ts + 5000, "me", "p-other", moved)]);
+        let scoped = |scope: ActiveScope| {
+            let store = store.clone();
+            async move {
+                let (found, _) = store.active(&[scope]).await.unwrap();
+                found.into_iter().map(|s| s.session_id).collect::<Vec<_>>()
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while scoped(ActiveScope::Project("p-other".into())).await != ["mine"] {
+            assert!(
+                Instant::now() < deadline,
+                "redis {redis}: the moved session is not in its new project"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            scoped(ActiveScope::Project("p-mine".into()))
+                .await
+                .is_empty(),
+            "redis {redis}: the moved session is still in its first project"
+        );
+        let ended = ["ACTIVE_WRITING", "ENDED"];
+        feed.offer(&[changed("mine", ts + 6000, "me", "p-other", ended)]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !scoped(ActiveScope::User("me".into())).await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "redis {redis}: the ended session is still open for its user"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            scoped(ActiveScope::Project("p-other".into()))
+                .await
+                .is_empty()
         );
     }
 }

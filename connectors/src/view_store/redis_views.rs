@@ -31,6 +31,7 @@ use crate::redis_conn::PrimaryConnection as ConnectionManager;
 use crate::redis_key::part;
 use redis::aio::ConnectionManagerConfig;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most open sessions an `active` query reads.
@@ -177,7 +178,17 @@ pub(crate) struct RedisViews {
     writing_ttl_s: u64,
     /// This writer (random per connect): names its `applied:` key.
     writer: String,
+    /// The open sessions this writer put in their user's and project's
+    /// indexes, with that user and project: each is added there once
+    /// (those indexes pick which sessions a scoped read looks at, and are
+    /// not kept in `updated_at` order, which costs two more writes per
+    /// change), and taken out when it closes or is forgotten. Empty after a
+    /// restart or a takeover: a session is added again at its next change.
+    indexed: Arc<Mutex<HashMap<String, Owner>>>,
 }
+
+/// A session's user and project.
+type Owner = (String, Option<String>);
 
 fn unavailable(e: redis::RedisError) -> ViewError {
     ViewError::Unavailable(e.to_string())
@@ -212,6 +223,7 @@ impl RedisViews {
                 "{:016x}",
                 std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8)
             ),
+            indexed: Arc::default(),
         })
     }
 
@@ -244,49 +256,67 @@ impl RedisViews {
     ) -> Result<(), ViewError> {
         let mut p = Calls::default();
         let active = self.key("active");
-        // The sorted sets this batch touched: the global one, and those of
-        // the users and projects whose sessions changed.
-        let mut indexes = vec![active];
-        for (id, v, open, score, owner) in &c.sessions {
-            let key = self.key(&format!("session:{}", part(id)));
-            match v {
-                Some(v) => p.cmd("SET").arg(&key).arg(v).arg("EX").arg(self.ttl_s),
-                None => p.cmd("DEL").arg(&key),
-            }
-            .ignore();
-            let first = indexes.len();
-            if let Some((user, project)) = owner {
-                indexes.push(self.active_key(&ActiveScope::User(user.clone())));
-                if let Some(project) = project {
-                    indexes.push(self.active_key(&ActiveScope::Project(project.clone())));
+        // Sessions to note as indexed (`Some`) or not (`None`) once Redis
+        // applied this write, and the user and project indexes it adds to.
+        let mut noted: Vec<(&str, Option<Owner>)> = Vec::new();
+        let mut added: Vec<String> = Vec::new();
+        {
+            let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, v, open, score, owner) in &c.sessions {
+                let key = self.key(&format!("session:{}", part(id)));
+                match v {
+                    Some(v) => p.cmd("SET").arg(&key).arg(v).arg("EX").arg(self.ttl_s),
+                    None => p.cmd("DEL").arg(&key),
                 }
-            }
-            for index in std::iter::once(&indexes[0]).chain(&indexes[first..]) {
+                .ignore();
+                let command = if *open { "ZADD" } else { "ZREM" };
+                p.cmd(command).arg(&active);
                 if *open {
-                    p.cmd("ZADD").arg(index).arg(score).arg(id).ignore();
-                } else {
-                    p.cmd("ZREM").arg(index).arg(id).ignore();
+                    p.arg(score);
                 }
+                p.arg(id).ignore();
+                // The user's and the project's index: added to once (again
+                // when its project changed), taken out of when closed or
+                // forgotten (its owner as indexed).
+                let was = indexed.get(id);
+                let (out_of, into) = match (open, owner) {
+                    (true, Some(o)) if was == Some(o) => continue,
+                    (true, Some(o)) => (was, Some(o)),
+                    (true, None) => continue,
+                    (false, _) => (was.or(owner.as_ref()), None),
+                };
+                for (o, add) in [(out_of, false), (into, true)] {
+                    let Some((user, project)) = o else { continue };
+                    let scopes = [
+                        Some(ActiveScope::User(user.clone())),
+                        project.clone().map(ActiveScope::Project),
+                    ];
+                    for scope in scopes.into_iter().flatten() {
+                        let index = self.active_key(&scope);
+                        if add {
+                            p.cmd("ZADD").arg(&index).arg(score).arg(id).ignore();
+                            added.push(index);
+                        } else {
+                            p.cmd("ZREM").arg(&index).arg(id).ignore();
+                        }
+                    }
+                }
+                noted.push((id, into.cloned()));
             }
         }
-        indexes.sort_unstable();
-        indexes.dedup();
-        let user_index = self.key("active:user:");
+        added.sort_unstable();
+        added.dedup();
+        for index in &added {
+            p.cmd("EXPIRE").arg(index).arg(self.ttl_s).ignore();
+        }
         if !c.sessions.is_empty() {
-            for index in &indexes {
-                p.cmd("EXPIRE").arg(index).arg(self.ttl_s).ignore();
-                // Ids whose session key has expired (not updated for the
-                // TTL). A user's index is not swept: it holds a few ids
-                // (a read skips those whose key is gone) and expires once
-                // the user writes no more.
-                if !index.starts_with(&user_index) {
-                    p.cmd("ZREMRANGEBYSCORE")
-                        .arg(index)
-                        .arg("-inf")
-                        .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
-                        .ignore();
-                }
-            }
+            p.cmd("EXPIRE").arg(&active).arg(self.ttl_s).ignore();
+            // Ids whose session key has expired (not updated for the TTL).
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(&active)
+                .arg("-inf")
+                .arg(format!("({}", as_of - self.ttl_s as i64 * 1000))
+                .ignore();
         }
         let hashes = c
             .presence
@@ -372,7 +402,16 @@ impl RedisViews {
                 key: f.key.clone(),
                 token: f.token,
             }),
-            _ => Ok(()),
+            _ => {
+                let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, owner) in noted {
+                    match owner {
+                        Some(o) => indexed.insert(id.to_owned(), o),
+                        None => indexed.remove(id),
+                    };
+                }
+                Ok(())
+            }
         }
     }
 
@@ -474,8 +513,11 @@ impl RedisViews {
     }
 
     /// The open sessions of any of `scopes`, most recently updated first,
-    /// at most [`ACTIVE_MAX`]: the newest of each scope's sorted set,
-    /// merged (the newest of a union are among the newest of its parts).
+    /// at most [`ACTIVE_MAX`]: the first of each scope's sorted set, merged
+    /// (the newest of a union are among the newest of its parts). The
+    /// global set is scored by `updated_at`; a user's or a project's by
+    /// when the session was added to it, so of a project with more than
+    /// [`ACTIVE_MAX`] open sessions it reads the most recently opened.
     pub(crate) async fn active(
         &self,
         scopes: &[ActiveScope],
@@ -522,12 +564,19 @@ impl RedisViews {
         let values: Vec<Option<String>> = get.query_async(&mut conn).await.map_err(unavailable)?;
         // A session whose key expired (its writer stopped) leaves its id in
         // the set until the next write of it: skip it.
-        let sessions = values
+        let mut sessions = values
             .iter()
             .flatten()
             .filter_map(|s| parse::<SessionView>(s))
             .filter(|s| !s.ended)
-            .collect();
+            .collect::<Vec<_>>();
+        // Newest first by the sessions themselves: a user's or a project's
+        // index keeps the time a session was added to it.
+        sessions.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.session_id.cmp(&b.session_id))
+        });
         Ok((sessions, as_of))
     }
 
