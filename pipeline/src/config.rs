@@ -578,6 +578,10 @@ pub struct IngestSettings {
     /// Embedded log only: most ids remembered; past it the oldest are
     /// forgotten before the window ends (default 1,000,000).
     pub dedup_max_ids_embedded: usize,
+    /// Embedded log only: most events it holds (those not yet acknowledged
+    /// by every reader); past it appends answer 503 instead of the process
+    /// growing until it is killed for its memory (default 2,000,000).
+    pub embedded_max_events: usize,
     /// Events per second an end user may ingest (default 200, burst 1,000).
     pub user_rate_per_sec: f64,
     pub user_burst: f64,
@@ -603,6 +607,7 @@ impl Default for IngestSettings {
             append_timeout: Duration::from_secs(5),
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_max_ids_embedded: 1_000_000,
+            embedded_max_events: connectors::event_log::DEFAULT_EMBEDDED_MAX_ENTRIES,
             user_rate_per_sec: 200.0,
             user_burst: 1_000.0,
             app_rate_per_sec: 50_000.0,
@@ -994,6 +999,13 @@ impl Config {
         if self.dataflow.epoch.is_zero() {
             return bad("dataflow.epoch", "must be positive");
         }
+        if self.ingest.embedded_max_events < self.ingest.max_batch_events {
+            // A full batch could never be stored, even into an empty log.
+            return bad(
+                "ingest.embedded_max_events",
+                "must be at least ingest.max_batch_events",
+            );
+        }
         if self.wpm.window.is_zero() {
             return bad("wpm.window", "must be positive");
         }
@@ -1207,6 +1219,21 @@ mod tests {
             e.to_string().contains("notifications.defaults.timezone"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_embedded_log_bound_holds_a_full_batch() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.ingest.embedded_max_events, 2_000_000);
+        let e = Config::load(
+            None,
+            &[
+                "ingest.max_batch_events=100".into(),
+                "ingest.embedded_max_events=99".into(),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ingest.embedded_max_events"), "{e}");
     }
 
     #[test]

@@ -2,8 +2,15 @@
 //! exists so that `inkstream serve` runs with nothing installed, and it keeps
 //! the semantics of Redis Streams consumer groups so that code written against
 //! it behaves the same against Redis.
+//!
+//! Bounded: it holds at most `max_entries` entries (those not yet
+//! acknowledged by every group). An append that does not fit is refused
+//! whole ([`LogError::Full`], a 503 to the caller) instead of growing the
+//! process until the kernel kills it, which would lose every event it had
+//! acknowledged.
 
 use super::entry::{Appended, EntryRef, IdForm, LogEntry, dataflow_id, stream_name};
+use super::error::LogError;
 use schemas::{Category, Event};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, RandomState};
@@ -268,7 +275,13 @@ pub struct EmbeddedLog {
     /// Wakes blocked readers when entries are appended.
     appended: Arc<Notify>,
     dedup_keys: DedupKeys,
+    /// Most entries held at once (see the module's doc).
+    max_entries: usize,
 }
+
+/// The default bound on the entries an embedded log holds
+/// (`ingest.embedded_max_events`).
+pub const DEFAULT_MAX_ENTRIES: usize = 2_000_000;
 
 impl Default for EmbeddedLog {
     fn default() -> Self {
@@ -296,7 +309,15 @@ impl EmbeddedLog {
             })),
             appended: Arc::new(Notify::new()),
             dedup_keys: DedupKeys::random(),
+            max_entries: DEFAULT_MAX_ENTRIES,
         }
+    }
+
+    /// At most `max_entries` entries held (at least 1); an append that would
+    /// go past it is refused whole.
+    pub fn with_max_entries(mut self, max_entries: usize) -> EmbeddedLog {
+        self.max_entries = max_entries.max(1);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -305,12 +326,14 @@ impl EmbeddedLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn append(&self, app: &str, events: &[Event]) -> Vec<Appended> {
+    pub fn append(&self, app: &str, events: &[Event]) -> Result<Vec<Appended>, LogError> {
         self.append_owned(app, events.to_vec())
     }
 
-    /// Appends events the caller hands over (no copy of each event).
-    pub fn append_owned(&self, app: &str, events: Vec<Event>) -> Vec<Appended> {
+    /// Appends events the caller hands over (no copy of each event). All or
+    /// nothing: [`LogError::Full`] when the new ones (duplicates take no
+    /// room) do not all fit.
+    pub fn append_owned(&self, app: &str, events: Vec<Event>) -> Result<Vec<Appended>, LogError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -338,6 +361,22 @@ impl EmbeddedLog {
             ..
         } = &mut *inner;
         dedup.expire(clock);
+        let held: usize = streams.iter().map(|s| s.entries.len()).sum();
+        if held + events.len() > self.max_entries {
+            // Near the bound: count what would take room (ids neither
+            // remembered nor repeated within the batch).
+            let mut in_batch = HashSet::with_capacity(events.len());
+            let new = events
+                .iter()
+                .filter(|(key, _)| !dedup.seen.contains_key(key) && in_batch.insert(*key))
+                .count();
+            if held + new > self.max_entries {
+                return Err(LogError::Full {
+                    held,
+                    max: self.max_entries,
+                });
+            }
+        }
         for (key, event) in events {
             // One probe of the table: most ids are new.
             let slot = match dedup.seen.entry(key) {
@@ -369,7 +408,7 @@ impl EmbeddedLog {
         let names: Vec<Arc<str>> = streams.iter().map(|s| s.name.clone()).collect();
         drop(inner);
         self.appended.notify_waiters();
-        placed
+        Ok(placed
             .into_iter()
             .map(|(si, id, duplicate)| Appended {
                 entry: EntryRef {
@@ -378,7 +417,7 @@ impl EmbeddedLog {
                 },
                 duplicate,
             })
-            .collect()
+            .collect())
     }
 
     pub fn ensure_group(&self, group: &str) {
@@ -681,8 +720,9 @@ mod tests {
         log.append(
             "app",
             &[ev("a", "writing.keystroke"), ev("b", "system.error")],
-        );
-        log.append("app", &[ev("c", "writing.keystroke")]);
+        )
+        .unwrap();
+        log.append("app", &[ev("c", "writing.keystroke")]).unwrap();
         let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
         let ids: Vec<_> = got
             .iter()
@@ -743,7 +783,8 @@ mod tests {
                 ev("w3", "writing.keystroke"),
                 ev("s2", "system.error"),
             ],
-        );
+        )
+        .unwrap();
         let got = log.read_new("g", "c1", 10, Duration::ZERO).await;
         let by_id = |id: &str| {
             got.iter()
@@ -781,17 +822,23 @@ mod tests {
     #[test]
     fn the_same_id_from_the_same_app_is_stored_once() {
         let log = EmbeddedLog::default();
-        let first = log.append(
-            "app",
-            &[ev("a", "writing.keystroke"), ev("a", "writing.keystroke")],
-        );
+        let first = log
+            .append(
+                "app",
+                &[ev("a", "writing.keystroke"), ev("a", "writing.keystroke")],
+            )
+            .unwrap();
         assert!(!first[0].duplicate);
         assert!(first[1].duplicate);
         assert_eq!(first[0].entry, first[1].entry);
-        let again = log.append("app", &[ev("a", "writing.keystroke")]);
+        let again = log.append("app", &[ev("a", "writing.keystroke")]).unwrap();
         assert!(again[0].duplicate);
         // Another app's id space is its own.
-        assert!(!log.append("other", &[ev("a", "writing.keystroke")])[0].duplicate);
+        assert!(
+            !log.append("other", &[ev("a", "writing.keystroke")])
+                .unwrap()[0]
+                .duplicate
+        );
         assert_eq!(log.len(), 2);
     }
 
@@ -799,7 +846,8 @@ mod tests {
     fn dedup_memory_is_bounded() {
         let log = EmbeddedLog::new("t", Duration::from_secs(3600), 10);
         for i in 0..100 {
-            log.append("app", &[ev(&format!("e{i}"), "writing.keystroke")]);
+            log.append("app", &[ev(&format!("e{i}"), "writing.keystroke")])
+                .unwrap();
         }
         assert!(log.lock().dedup.seen.len() <= 11);
     }
@@ -813,8 +861,72 @@ mod tests {
             async move { reader.read_new("g", "c", 10, Duration::from_secs(5)).await },
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        log.append("app", &[ev("a", "writing.keystroke")]);
+        log.append("app", &[ev("a", "writing.keystroke")]).unwrap();
         let got = t.await.unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    /// A log whose reader has stopped (the dataflow stuck, the Kafka
+    /// mirror's broker away) must not grow until the process is killed for
+    /// its memory, losing every event it acknowledged: past its bound an
+    /// append is refused whole, with an error the caller sees (a 503), and
+    /// appends succeed again once the reader has caught up.
+    #[tokio::test]
+    async fn a_full_log_refuses_appends_whole_and_takes_them_again_once_read() {
+        let log = EmbeddedLog::default().with_max_entries(3);
+        log.ensure_group("g");
+        log.append(
+            "app",
+            &[ev("a", "writing.keystroke"), ev("b", "system.error")],
+        )
+        .unwrap();
+        // Two new events do not fit beside the two held: nothing is stored.
+        let refused = log.append(
+            "app",
+            &[ev("c", "writing.keystroke"), ev("d", "writing.keystroke")],
+        );
+        assert!(
+            matches!(refused, Err(LogError::Full { held: 2, max: 3 })),
+            "an append past the bound is refused: {refused:?}"
+        );
+        assert_eq!(log.len(), 2, "a refused append stores none of its events");
+        assert!(schemas::Classify::retryable(&refused.unwrap_err()));
+        // Duplicates take no room: a retry of what is stored is answered.
+        let again = log
+            .append(
+                "app",
+                &[
+                    ev("a", "writing.keystroke"),
+                    ev("c", "writing.keystroke"),
+                    ev("c", "writing.keystroke"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            again.iter().map(|a| a.duplicate).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert_eq!(log.len(), 3);
+        assert!(matches!(
+            log.append("app", &[ev("d", "writing.keystroke")]),
+            Err(LogError::Full { held: 3, max: 3 })
+        ));
+        // The reader catches up: what it acknowledged makes room.
+        let read = log.read_new("g", "c1", 10, Duration::ZERO).await;
+        assert_eq!(read.len(), 3);
+        log.ack("g", &[read[0].entry.clone(), read[1].entry.clone()]);
+        assert_eq!(log.len(), 1);
+        log.append(
+            "app",
+            &[ev("d", "writing.keystroke"), ev("e", "writing.keystroke")],
+        )
+        .unwrap();
+        let ids: Vec<String> = log
+            .read_new("g", "c1", 10, Duration::ZERO)
+            .await
+            .iter()
+            .map(|e| e.caller_event().unwrap().id.to_string())
+            .collect();
+        assert_eq!(ids, ["d", "e"], "nothing refused was stored on the side");
     }
 }

@@ -20,7 +20,7 @@ pub mod query;
 pub mod reader;
 pub mod redis;
 
-pub use embedded::EmbeddedLog;
+pub use embedded::{DEFAULT_MAX_ENTRIES as DEFAULT_EMBEDDED_MAX_ENTRIES, EmbeddedLog};
 pub use entry::{
     ANONYMOUS, Appended, EntryRef, ForwardEntry, IdForm, LogEntry, PACK_EVENTS, Part, StoredEvent,
     Undecodable, dataflow_id, stream_name,
@@ -51,10 +51,11 @@ impl EventLog {
     /// Appends `events` for `app` (in order, one round trip for the batch)
     /// and returns where each is stored. Returns only once every event is in
     /// the log. An id `app` already stored within the dedup window is not
-    /// stored again (`duplicate: true`).
+    /// stored again (`duplicate: true`). The embedded log refuses an append
+    /// that does not fit its bound whole ([`LogError::Full`]).
     pub async fn append(&self, app: &str, events: &[Event]) -> Result<Vec<Appended>, LogError> {
         match self {
-            EventLog::Embedded(log) => Ok(log.append(app, events)),
+            EventLog::Embedded(log) => log.append(app, events),
             EventLog::Redis(log) => log.append(app, events).await,
         }
     }
@@ -67,7 +68,7 @@ impl EventLog {
         events: Vec<Event>,
     ) -> Result<Vec<Appended>, LogError> {
         match self {
-            EventLog::Embedded(log) => Ok(log.append_owned(app, events)),
+            EventLog::Embedded(log) => log.append_owned(app, events),
             EventLog::Redis(log) => log.append(app, &events).await,
         }
     }

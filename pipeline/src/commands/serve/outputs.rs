@@ -392,11 +392,14 @@ pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
                 "event log: EMBEDDED (in-process, NOT durable: events are lost when the process \
                  stops). Set --redis-url / REDIS_URL for a durable log."
             );
-            Ok(EventLog::Embedded(EmbeddedLog::new(
-                &config.redis.prefix,
-                config.ingest.dedup_window,
-                config.ingest.dedup_max_ids_embedded,
-            )))
+            Ok(EventLog::Embedded(
+                EmbeddedLog::new(
+                    &config.redis.prefix,
+                    config.ingest.dedup_window,
+                    config.ingest.dedup_max_ids_embedded,
+                )
+                .with_max_entries(config.ingest.embedded_max_events),
+            ))
         }
     }
 }
