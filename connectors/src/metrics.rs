@@ -40,6 +40,9 @@ pub struct Metrics {
     pub ingest_events_rejected: IntCounterVec,
     /// Events whose id was already stored (not stored again).
     pub ingest_duplicates: IntCounter,
+    /// Idempotency ids the embedded log forgot before `ingest.dedup_window`
+    /// ended, because it remembers at most `ingest.dedup_max_ids_embedded`.
+    pub ingest_dedup_forgotten_early: IntCounter,
     /// Events per accepted ingest request or frame.
     pub ingest_batch_size: Histogram,
     /// Time to append one batch to the log, by backend.
@@ -195,6 +198,11 @@ impl Metrics {
                     "Events rejected at ingest, by error code.",
                 ),
                 &["code"],
+            )?,
+            ingest_dedup_forgotten_early: IntCounter::new(
+                "inkstream_ingest_dedup_ids_forgotten_early_total",
+                "Idempotency ids the embedded log forgot before ingest.dedup_window ended \
+                 (ingest.dedup_max_ids_embedded reached): a retry of one is stored again.",
             )?,
             ingest_duplicates: IntCounter::new(
                 "inkstream_ingest_duplicates_total",
@@ -511,6 +519,7 @@ impl Metrics {
         r.register(Box::new(m.ingest_events_accepted.clone()))?;
         r.register(Box::new(m.ingest_events_rejected.clone()))?;
         r.register(Box::new(m.ingest_duplicates.clone()))?;
+        r.register(Box::new(m.ingest_dedup_forgotten_early.clone()))?;
         r.register(Box::new(m.ingest_batch_size.clone()))?;
         r.register(Box::new(m.log_append_seconds.clone()))?;
         r.register(Box::new(m.log_errors.clone()))?;

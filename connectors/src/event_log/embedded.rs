@@ -256,15 +256,21 @@ impl Dedup {
 }
 
 impl Dedup {
-    fn expire(&mut self, now: Instant) {
+    /// Forgets the ids past the window, and the oldest past `max_ids`;
+    /// returns how many of those were still within the window.
+    fn expire(&mut self, now: Instant) -> u64 {
+        let mut early = 0;
         while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < self.window && self.order.len() <= self.max_ids {
+            let within = now.duration_since(*at) < self.window;
+            if within && self.order.len() <= self.max_ids {
                 break;
             }
+            early += u64::from(within);
             if let Some((_, key)) = self.order.pop_front() {
                 self.seen.remove(&key);
             }
         }
+        early
     }
 }
 
@@ -277,6 +283,8 @@ pub struct EmbeddedLog {
     dedup_keys: DedupKeys,
     /// Most entries held at once (see the module's doc).
     max_entries: usize,
+    /// Counts ids forgotten before the dedup window ended.
+    forgotten_early: Option<prometheus::IntCounter>,
 }
 
 /// The default bound on the entries an embedded log holds
@@ -310,6 +318,7 @@ impl EmbeddedLog {
             appended: Arc::new(Notify::new()),
             dedup_keys: DedupKeys::random(),
             max_entries: DEFAULT_MAX_ENTRIES,
+            forgotten_early: None,
         }
     }
 
@@ -317,6 +326,13 @@ impl EmbeddedLog {
     /// go past it is refused whole.
     pub fn with_max_entries(mut self, max_entries: usize) -> EmbeddedLog {
         self.max_entries = max_entries.max(1);
+        self
+    }
+
+    /// Counts in `counter` the ids forgotten before the dedup window ended
+    /// (more than `max_ids` within it): a retry of one is stored again.
+    pub fn with_forgotten_early_counter(mut self, counter: prometheus::IntCounter) -> EmbeddedLog {
+        self.forgotten_early = Some(counter);
         self
     }
 
@@ -360,7 +376,12 @@ impl EmbeddedLog {
             dedup,
             ..
         } = &mut *inner;
-        dedup.expire(clock);
+        let early = dedup.expire(clock);
+        if early > 0
+            && let Some(c) = &self.forgotten_early
+        {
+            c.inc_by(early);
+        }
         let held: usize = streams.iter().map(|s| s.entries.len()).sum();
         if held + events.len() > self.max_entries {
             // Near the bound: count what would take room (ids neither
@@ -850,6 +871,27 @@ mod tests {
                 .unwrap();
         }
         assert!(log.lock().dedup.seen.len() <= 11);
+    }
+
+    /// Ids forgotten within the window (the bound reached) are counted: a
+    /// retry of one would be stored again, and an operator can see that.
+    #[test]
+    fn ids_forgotten_before_the_window_ends_are_counted() {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let log = EmbeddedLog::new("t", Duration::from_secs(3600), 10)
+            .with_forgotten_early_counter(counter.clone());
+        for i in 0..100 {
+            log.append("app", &[ev(&format!("e{i}"), "writing.keystroke")])
+                .unwrap();
+        }
+        // 100 ids, at most 10 kept (11 once the last is added): 89 were
+        // forgotten within their hour.
+        assert_eq!(counter.get(), 89);
+        let again = log.append("app", &[ev("e0", "writing.keystroke")]).unwrap();
+        assert!(
+            !again[0].duplicate,
+            "e0 was forgotten, so it is stored again"
+        );
     }
 
     #[tokio::test]

@@ -174,7 +174,7 @@ pub async fn run(
     let metrics = connectors::Metrics::standalone();
     outputs::check_kafka(&config, &metrics).await?;
     config.kafka.schema_ids = outputs::register_schemas(&config).await?;
-    let log = open_log(&config).await?;
+    let log = open_log(&config, &metrics).await?;
     let outputs = Outputs::open(&config, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);

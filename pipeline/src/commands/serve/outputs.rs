@@ -373,7 +373,10 @@ pub(super) async fn register_schemas(
 }
 
 /// Opens the log the config asks for.
-pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
+pub async fn open_log(
+    config: &Config,
+    metrics: &connectors::Metrics,
+) -> Result<EventLog, ServeError> {
     match &config.redis.url {
         Some(url) => {
             let mut rc = RedisLogConfig::new(url.clone());
@@ -398,7 +401,8 @@ pub async fn open_log(config: &Config) -> Result<EventLog, ServeError> {
                     config.ingest.dedup_window,
                     config.ingest.dedup_max_ids_embedded,
                 )
-                .with_max_entries(config.ingest.embedded_max_events),
+                .with_max_entries(config.ingest.embedded_max_events)
+                .with_forgotten_early_counter(metrics.ingest_dedup_forgotten_early.clone()),
             ))
         }
     }
