@@ -27,7 +27,7 @@ pub mod state;
 
 pub use config::ViewStoreConfig;
 pub use error::{Fresh, ViewError};
-pub use state::ViewState;
+pub use state::{ActiveScope, ViewState};
 
 use crate::lease::Fence;
 use crate::metrics::Metrics;
@@ -144,27 +144,6 @@ impl ViewFeed {
 enum Backend {
     Memory,
     Redis(RedisViews),
-}
-
-/// Whose open sessions an [`ViewStore::active`] query reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActiveScope {
-    /// Everyone's.
-    All,
-    /// One user's.
-    User(String),
-    /// One project's.
-    Project(String),
-}
-
-impl ActiveScope {
-    fn holds(&self, s: &SessionView) -> bool {
-        match self {
-            ActiveScope::All => true,
-            ActiveScope::User(u) => s.user_id == *u,
-            ActiveScope::Project(p) => s.project_id.as_ref() == Some(p),
-        }
-    }
 }
 
 /// The query side; clones share the store.

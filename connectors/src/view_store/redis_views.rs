@@ -18,9 +18,9 @@
 //! [`crate::redis_key::part`] (`%`, `:`, `{`, `}`, `|` percent-escaped;
 //! other ids unchanged). One script call per batch of changes.
 
-use super::ActiveScope;
 use super::config::ViewStoreConfig;
 use super::error::{Fresh, ViewError};
+use super::state::ActiveScope;
 use super::state::{
     Collaborator, ConflictView, Dirty, SessionView, TeamFigure, ViewState, WritingDelta,
     WritingTotals,

@@ -42,6 +42,27 @@ const MAX_OPEN_CONFLICTS: usize = 1000;
 /// window), ms.
 const LIVE_WPM_MS: i64 = 60_000;
 
+/// Whose open sessions an [`super::ViewStore::active`] query reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveScope {
+    /// Everyone's.
+    All,
+    /// One user's.
+    User(String),
+    /// One project's.
+    Project(String),
+}
+
+impl ActiveScope {
+    pub(crate) fn holds(&self, s: &SessionView) -> bool {
+        match self {
+            ActiveScope::All => true,
+            ActiveScope::User(u) => s.user_id == *u,
+            ActiveScope::Project(p) => s.project_id.as_ref() == Some(p),
+        }
+    }
+}
+
 /// A writing session, as the view answers it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SessionView {
