@@ -613,7 +613,7 @@ impl Metrics {
         self.log_errors
             .with_label_values(&["kafka", "derived_topics"]);
         // auth::AuthError::CODES (metrics imports no component) and the
-        // Origin check's refusal.
+        // Origin and anonymous Host checks' refusals.
         for code in [
             "unauthenticated",
             "invalid_credentials",
@@ -627,6 +627,7 @@ impl Metrics {
             "session_store_unavailable",
             "jwks_unavailable",
             "origin_not_allowed",
+            "host_not_allowed",
         ] {
             self.auth_failures.with_label_values(&[code]);
         }

@@ -99,7 +99,9 @@ impl OutputFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Serve without credentials on a non-loopback address (default false):
-    /// every caller who can reach the port is then an admin.
+    /// every caller who can reach the port is then an admin. Also lifts the
+    /// rule that anonymous requests name a loopback `Host` (the guard
+    /// against web pages rebinding their name to this machine).
     pub allow_anonymous: bool,
     /// HS256 secret of user JWTs (`INKSTREAM_JWT_SECRET`).
     pub jwt_secret: Option<String>,
@@ -286,8 +288,9 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "crate::runtime::duration::deserialize")]
     pub idle_timeout: Duration,
     /// Origins (`https://app.example.com`) whose pages may open WebSockets
-    /// authenticated by the session cookie, besides this server's own
-    /// (default none). Token-authenticated upgrades are not checked.
+    /// without a token (authenticated by the session cookie, or with auth
+    /// off), besides this server's own (default none). Token-authenticated
+    /// upgrades are not checked.
     pub allowed_origins: Vec<String>,
 }
 

@@ -424,3 +424,181 @@ async fn sockets_close_when_their_session_ends_or_changes_and_ingest_at_token_ex
     assert_eq!(code, 4001, "{reason}");
     assert!(reason.contains("expired"), "{reason}");
 }
+
+/// Opens `path` with extra headers; `Ok(())` once upgraded, `Err(status)`
+/// when the server answered the handshake with another status.
+async fn upgrade_with(server: &Server, path: &str, headers: &[(&str, String)]) -> Result<(), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.ws_url(path).into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(other) => panic!("{path}: {other:?}"),
+    }
+}
+
+/// With auth off (the default, on loopback), a web page the developer
+/// visits must not reach the server through the browser: a WebSocket from
+/// another origin (`?token=` or not: tokens are ignored when auth is off)
+/// and any request addressed to another host name (a page that rebinds its
+/// own name to 127.0.0.1) are refused with 403. Until 2026-12-09 a page on
+/// any site could subscribe to every channel and write through
+/// `/ws/ingest` (WebSockets have no CORS), and through DNS rebinding read
+/// and call every route, admin ones included.
+#[tokio::test]
+async fn with_auth_off_other_pages_and_rebound_names_are_refused() {
+    let server = Server::start(&[]).await;
+    let port = server.port;
+    let evil = || ("origin", "http://evil.example".to_owned());
+    for path in ["/ws/analytics", "/ws/ingest", "/ws/ingest?token=x"] {
+        assert_eq!(
+            upgrade_with(&server, path, &[evil()]).await,
+            Err(403),
+            "{path} from another origin"
+        );
+    }
+    // The console's own page (same origin) and clients without Origin.
+    for origin in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ] {
+        let host = origin.trim_start_matches("http://").to_owned();
+        assert_eq!(
+            upgrade_with(
+                &server,
+                "/ws/analytics",
+                &[("origin", origin.clone()), ("host", host)]
+            )
+            .await,
+            Ok(()),
+            "{origin}"
+        );
+    }
+    assert_eq!(upgrade_with(&server, "/ws/ingest", &[]).await, Ok(()));
+    // DNS rebinding: same origin for the browser, but its own name as Host.
+    let rebound = format!("rebind.evil.example:{port}");
+    assert_eq!(
+        upgrade_with(
+            &server,
+            "/ws/analytics",
+            &[
+                ("origin", format!("http://{rebound}")),
+                ("host", rebound.clone())
+            ]
+        )
+        .await,
+        Err(403)
+    );
+    let client = reqwest::Client::new();
+    let get = async |host: &str| {
+        let r = client
+            .get(server.url("/api/realtime/websocket/stats"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (status, body) = get(&rebound).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("auth.allow_anonymous"),
+        "{body}"
+    );
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(get(&host).await.0, 200, "{host}");
+    }
+    assert!(
+        metrics_text(&server)
+            .await
+            .contains("inkstream_auth_failures_total{code=\"host_not_allowed\"} 2")
+    );
+
+    // Anonymous on purpose (`auth.allow_anonymous`): any Host is served.
+    let open = Server::start(&["--set", "auth.allow_anonymous=true"]).await;
+    let r = client
+        .get(open.url("/api/realtime/websocket/stats"))
+        .header("host", "inkstream.internal:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// A browser sends `Authorization: Basic` by itself once its user logged
+/// in to a proxy in front of the server; the upgrade is then still
+/// authenticated by the session cookie, so its Origin is checked. Until
+/// 2026-12-09 any `Authorization` header skipped the check, and a page on
+/// another site could open the user's sockets.
+#[tokio::test]
+async fn a_cookie_upgrade_next_to_basic_auth_is_origin_checked() {
+    let url = inkstream_tests::redis_url();
+    let server = Server::start(&[
+        "--redis-url",
+        &url,
+        "--set",
+        &format!("redis.prefix={}", inkstream_tests::unique("sess-basic")),
+        "--set",
+        "auth.session_secret=\"keyboard cat\"",
+    ])
+    .await;
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let sid = inkstream_tests::unique("sid");
+    let () = redis::cmd("SET")
+        .arg(format!("sess:{sid}"))
+        .arg(json!({"cookie": {}, "userId": "u9"}).to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let cookie = format!(
+        "connect.sid={}",
+        connectors::auth::sign_cookie(&sid, b"keyboard cat").replace(':', "%3A")
+    );
+    let basic = ("authorization", "Basic dXNlcjpwYXNz".to_owned());
+    for path in ["/ws/notifications", "/ws/ingest"] {
+        assert_eq!(
+            upgrade_with(
+                &server,
+                path,
+                &[
+                    ("cookie", cookie.clone()),
+                    basic.clone(),
+                    ("origin", "http://evil.example".into()),
+                ]
+            )
+            .await,
+            Err(403),
+            "{path}"
+        );
+        let own = format!("http://127.0.0.1:{}", server.port);
+        assert_eq!(
+            upgrade_with(
+                &server,
+                path,
+                &[("cookie", cookie.clone()), basic.clone(), ("origin", own)]
+            )
+            .await,
+            Ok(()),
+            "{path} from its own origin"
+        );
+    }
+}

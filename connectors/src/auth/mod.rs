@@ -129,6 +129,17 @@ impl Authenticator {
         Err(AuthError::Missing)
     }
 
+    /// Whether [`Authenticator::authenticate`] takes this request's
+    /// credential from a token (`Authorization: Bearer`, `?token=`), the
+    /// ones a web page cannot make a browser send on its own. False when
+    /// auth is off (a token is then ignored: every caller is anonymous) and
+    /// when the credential would be the session cookie, including next to
+    /// an `Authorization` header of another scheme (`Basic`, which a
+    /// browser does send by itself once the user logged in to a proxy).
+    pub fn by_token(&self, headers: &HeaderMap, query_token: Option<&str>) -> bool {
+        self.enabled() && (query_token.is_some() || bearer(headers).is_some())
+    }
+
     /// For a connection that [`Authenticator::authenticate`] let in by its
     /// session cookie (no bearer or query token, which win): resolves once
     /// that session is gone (logged out, expired) or holds another user,

@@ -353,7 +353,8 @@ fn websocket(op: &mut Value) {
     add_response(
         op,
         "403",
-        "A cookie-authenticated upgrade from an origin not allowed (server.allowed_origins)",
+        "An upgrade without a token (session cookie, or auth off) from an origin not allowed \
+         (server.allowed_origins)",
     );
 }
 

@@ -37,6 +37,12 @@ pub struct IngestConfig {
     /// Origins (`scheme://host[:port]`) whose pages may open WebSockets with
     /// the session cookie, besides the server's own (default none).
     pub allowed_origins: Vec<String>,
+    /// With auth off, whether requests addressed to any `Host` are served
+    /// (`auth.allow_anonymous`, default false). When false, an anonymous
+    /// caller's `Host` must be a loopback name or address (`localhost`,
+    /// `*.localhost`, `127.0.0.0/8`, `[::1]`): a web page that rebinds its
+    /// own domain name to 127.0.0.1 (DNS rebinding) sends its own name.
+    pub anonymous_any_host: bool,
 }
 
 impl Default for IngestConfig {
@@ -61,6 +67,7 @@ impl Default for IngestConfig {
             },
             request_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
+            anonymous_any_host: false,
         }
     }
 }

@@ -134,6 +134,7 @@ impl Ingest {
             config: Arc::new(connectors::http_api::IngestConfig {
                 request_timeout: config.server.request_timeout,
                 allowed_origins: config.server.allowed_origins.clone(),
+                anonymous_any_host: config.auth.allow_anonymous,
                 ..config.ingest.to_ingest_config()
             }),
             auth,
