@@ -518,3 +518,41 @@ async fn an_unreachable_jwks_answers_503_without_its_url_or_error() {
     .await;
     assert!(logged.is_ok(), "the cause is logged: {logged:?}");
 }
+
+/// Waits until the server's log holds `line`.
+async fn logged(log: &Mutex<String>, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.lock().unwrap().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not log {line:?} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A signing secret shorter than 32 bytes is warned about at startup (an
+/// HMAC key that short can be guessed offline from any token it signed),
+/// by its setting and length, never its value; a long one is not.
+#[tokio::test]
+async fn a_short_signing_secret_is_warned_about_without_its_value() {
+    let (_short, log) = Server::start_logged(&["--set", "auth.jwt_secret=\"s3cr3t-x\""]).await;
+    logged(&log, "listening").await;
+    let text = log.lock().unwrap().clone();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("shorter than 32 bytes"))
+        .unwrap_or_else(|| panic!("no warning about the 8-byte secret:\n{text}"));
+    assert!(warning.contains("auth.jwt_secret"), "{warning}");
+    assert!(!text.contains("s3cr3t-x"), "the secret was logged:\n{text}");
+
+    let long = "x".repeat(32);
+    let (_long, log) =
+        Server::start_logged(&["--set", &format!("auth.jwt_secret=\"{long}\"")]).await;
+    logged(&log, "listening").await;
+    let text = log.lock().unwrap().clone();
+    assert!(
+        !text.contains("shorter than 32 bytes"),
+        "a 32-byte secret was warned about:\n{text}"
+    );
+}

@@ -153,6 +153,23 @@ fn authenticator(config: &Config, metrics: &Metrics) -> Result<Authenticator, Se
         .auth
         .to_auth_config(&config.ingest)
         .map_err(ServeError::Auth)?;
+    for (setting, secret) in [
+        ("auth.jwt_secret", &auth_config.jwt_secret),
+        ("auth.session_secret", &auth_config.session_secret),
+    ] {
+        // An HMAC key shorter than its hash (SHA-256: 32 bytes) can be
+        // guessed offline from any token or cookie it signed (RFC 7518
+        // §3.2 asks for at least that much). Warned, not refused, so that
+        // existing deployments still start; the length only, never the key.
+        if let Some(len) = secret.as_ref().map(String::len).filter(|len| *len < 32) {
+            tracing::warn!(
+                setting,
+                bytes = len,
+                "a signing secret shorter than 32 bytes can be guessed offline from any \
+                 credential it signed; use 32 random bytes or more"
+            );
+        }
+    }
     let sessions = match &config.redis.url {
         Some(url) if auth_config.session_secret.is_some() => {
             Some(redis_connection(url, &config.redis.tls)?)
